@@ -1,0 +1,94 @@
+/* backend.h - the one compute API of paraserve, implemented by the CPU
+ * reference backend (backend_cpu.c) and the CUDA backend (cuda/).
+ *
+ * A backend owns the weights' working copies and the KV cache: n_kv_blocks
+ * physical blocks of block_size token slots each, per layer, for K and V.
+ * Which blocks a sequence uses is decided above the backend (kv_blocks.h);
+ * a batch plan hands the backend each sequence's block table.
+ *
+ * One backend_forward call runs one step for a ragged batch: each sequence
+ * brings n_tokens new tokens at positions pos0 .. pos0+n_tokens-1 (a prefill
+ * chunk, or 1 token for a decode), attends to its cached positions
+ * 0 .. pos0-1 plus the new ones (causal), writes the new K/V into its blocks,
+ * and yields logits when asked.  Token at position p lives in block
+ * block_table[p / block_size], slot p % block_size.
+ *
+ * Usage:
+ *   struct backend_config cfg = { .n_threads = 2, .n_kv_blocks = 256, .block_size = 16 };
+ *   backend *be; if (backend_cpu_create(model, &cfg, &be)) fail(ps_error_last());
+ *   struct batch_seq s = { .tokens = ids, .n_tokens = n, .pos0 = 0,
+ *                          .block_table = bt, .n_blocks = nb, .logits = LOGITS_LAST };
+ *   struct batch_plan plan = { .seqs = &s, .n_seqs = 1 };
+ *   float *logits = malloc(backend_logits_rows(&plan) * n_vocab * sizeof *logits);
+ *   backend_forward(be, &plan, logits);
+ *   backend_free(be);
+ */
+#ifndef PS_BACKEND_H
+#define PS_BACKEND_H
+
+#include <stdint.h>
+
+#include "../model/model.h"
+
+enum logits_mode {
+    LOGITS_NONE = 0, /* no rows (a prefill chunk that is not the last)  */
+    LOGITS_LAST = 1, /* one row: the last new token                     */
+    LOGITS_ALL  = 2, /* n_tokens rows (tests, scoring)                  */
+};
+
+struct batch_seq {
+    const int32_t   *tokens;      /* [n_tokens] new token ids            */
+    int32_t          n_tokens;    /* >= 1                                */
+    int32_t          pos0;        /* position of tokens[0]; cache holds 0..pos0-1 */
+    const int32_t   *block_table; /* [n_blocks] physical block ids       */
+    int32_t          n_blocks;    /* >= ceil((pos0 + n_tokens) / block_size) */
+    enum logits_mode logits;
+};
+
+struct batch_plan {
+    const struct batch_seq *seqs; /* [n_seqs] */
+    int32_t                 n_seqs;
+};
+
+struct backend_config {
+    int32_t n_threads;   /* CPU worker threads (CPU backend), >= 1        */
+    int32_t n_kv_blocks; /* physical KV blocks                            */
+    int32_t block_size;  /* token slots per block, e.g. 16                */
+    int32_t max_batch_tokens; /* upper bound of sum(n_tokens) per forward; 0 = 2048 */
+};
+
+typedef struct backend backend;
+
+/* Implementation table; a backend struct starts with a pointer to one. */
+struct backend_ops {
+    const char *name;
+    int  (*forward)(backend *be, const struct batch_plan *plan, float *logits);
+    int  (*copy_block)(backend *be, int32_t src, int32_t dst);
+    void (*free)(backend *be);
+};
+
+struct backend {
+    const struct backend_ops *ops;
+    const struct model       *model; /* borrowed: outlives the backend */
+    struct backend_config     cfg;
+};
+
+/* CPU reference backend (threads, AVX2/FMA when present). */
+int backend_cpu_create(const struct model *m, const struct backend_config *cfg, backend **out);
+
+/* Rows of logits backend_forward will write for this plan. */
+int64_t backend_logits_rows(const struct batch_plan *plan);
+
+/* Validate the plan (token ids, positions, block tables within the cache,
+ * total tokens <= max_batch_tokens) then run it.  logits: [rows, n_vocab] f32,
+ * rows in plan order.  PS_EINVAL with a detail for a bad plan; nothing is
+ * written to the cache then. */
+int backend_forward(backend *be, const struct batch_plan *plan, float *logits);
+
+/* Copy one physical KV block to another (copy-on-write of shared prefixes). */
+int backend_copy_block(backend *be, int32_t src, int32_t dst);
+
+const char *backend_name(const backend *be);
+void        backend_free(backend *be); /* NULL-safe */
+
+#endif /* PS_BACKEND_H */

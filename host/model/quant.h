@@ -1,0 +1,82 @@
+/* quant.h - tensor element types of GGUF/ggml, conversion and dot products.
+ *
+ * Block layouts follow the GGUF format (facts of the format, little endian):
+ *   Q4_0 (32 elems, 18 B): f16 d; u8 qs[16]          x[i] = ((q)-8)*d, low nibbles = elems 0..15, high = 16..31
+ *   Q4_1 (32 elems, 20 B): f16 d, f16 m; u8 qs[16]   x[i] = q*d + m
+ *   Q8_0 (32 elems, 34 B): f16 d; i8 qs[32]          x[i] = q*d
+ *   Q8_1 (32 elems, 36 B): f16 d, f16 s; i8 qs[32]   s = d*sum(qs) (activation format for Q4_1)
+ *   Q4_K (256 elems, 144 B): f16 d, f16 dmin; u8 scales[12] (6-bit scale+min x 8); u8 qs[128]
+ *   Q6_K (256 elems, 210 B): u8 ql[128]; u8 qh[64]; i8 scales[16]; f16 d
+ *   Q8_K (256 elems, 292 B): f32 d; i8 qs[256]; i16 bsums[16] (activation format for K quants)
+ *
+ * Matrix-vector products run on quantized weights directly: the activation row
+ * is first quantized to the weight type's `vec_dot_type` (quant_row_quantize),
+ * then quant_vec_dot() multiplies one weight row by it.  An AVX2/FMA path is
+ * picked at run time when the CPU has it (quant_init), else scalar code runs;
+ * both give the same result up to float summation order.
+ */
+#ifndef PS_QUANT_H
+#define PS_QUANT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+enum dtype {
+    DT_F32  = 0,
+    DT_F16  = 1,
+    DT_Q4_0 = 2,
+    DT_Q4_1 = 3,
+    DT_Q8_0 = 8,
+    DT_Q8_1 = 9,
+    DT_Q4_K = 12,
+    DT_Q6_K = 14,
+    DT_Q8_K = 15,
+    DT_BF16 = 30,
+};
+
+#define QK_BLOCK 32   /* elements per block of Q4_0/Q4_1/Q8_0/Q8_1 */
+#define QK_K     256  /* elements per super-block of K quants       */
+
+struct dtype_info {
+    const char *name;        /* "Q4_1" */
+    int32_t     block_elems; /* elements per block (1 for F32/F16/BF16) */
+    int32_t     block_bytes; /* bytes per block                         */
+    enum dtype  vec_dot_type;/* activation format quant_vec_dot expects  */
+};
+
+/* Traits of a GGUF type id, or NULL when paraserve does not support it
+ * (the caller names the id in its error). */
+const struct dtype_info *dtype_info_get(uint32_t type);
+
+/* Bytes of a row of `n` elements; 0 when n is not a multiple of the block
+ * size or the type is unknown. */
+size_t dtype_row_bytes(enum dtype type, int64_t n);
+
+/* Pick the SIMD implementation for this CPU.  Idempotent, thread-safe; called
+ * by every entry point below, so explicit calls are optional. */
+void quant_init(void);
+
+/* "avx2" or "scalar": the path quant_vec_dot uses on this machine.
+ * PARASERVE_SIMD=scalar in the environment forces the scalar path. */
+const char *quant_simd_name(void);
+
+/* Dequantize n elements (multiple of the block size) of `type` at src to
+ * f32 dst[n].  PS_EUNSUPPORTED for a type without a dequantizer. */
+int quant_row_dequantize(enum dtype type, const void *src, float *dst, int64_t n);
+
+/* Quantize src[n] to `type` (F32, F16, BF16, Q4_0, Q4_1, Q8_0, Q8_1, Q8_K,
+ * Q4_K, Q6_K) into dst (dtype_row_bytes(type, n) bytes).  Deterministic. */
+int quant_row_quantize(enum dtype type, const float *src, void *dst, int64_t n);
+
+/* Dot product of one weight row (type w_type, n elements) with an activation
+ * row already quantized to dtype_info_get(w_type)->vec_dot_type. */
+float quant_vec_dot(enum dtype w_type, const void *w_row, const void *act, int64_t n);
+
+/* IEEE half / bfloat16 conversions (scalar, exact round-to-nearest-even). */
+float    fp16_to_f32(uint16_t h);
+uint16_t f32_to_fp16(float f);
+float    bf16_to_f32(uint16_t h);
+uint16_t f32_to_bf16(float f);
+
+#endif /* PS_QUANT_H */
