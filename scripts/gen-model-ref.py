@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""Reference logits and greedy continuations of the embedded model, computed
+by llama.cpp through the `llama-cpp-python` package (pip install
+llama-cpp-python).  Writes tests/data/model_ref.json (prompts, token ids,
+greedy tokens, per-step top-2 margins) and tests/data/model_ref_logits.f32
+(the last-position logits of each prompt, n_prompts x n_vocab little-endian
+float32).  Token ids come from llama.cpp's own tokenizer so the logits test
+does not depend on paraserve's tokenizer (that has its own test).
+
+Usage: scripts/gen-model-ref.py [MODEL]   (default models/SmolLM2-135M-Instruct.Q4_1.gguf)
+"""
+import json
+import os
+import sys
+
+import numpy as np
+from llama_cpp import Llama, __version__ as llama_cpp_version
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MODEL = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
+N_GREEDY = 64
+
+CHAT = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{}<|im_end|>\n<|im_start|>assistant\n"
+PROMPTS = [
+    ("raw", "The capital of France is"),
+    ("raw", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"),
+    ("raw", "Once upon a time, in a small village at the edge of the forest, there lived"),
+    ("chat", "What is the boiling point of water at sea level? Answer briefly."),
+    ("chat", "Split this task into steps: book a flight to Tokyo, find a hotel near Shibuya, and plan three days of sightseeing."),
+    ("chat", "Write a haiku about GPUs."),
+    ("raw", "1, 2, 3, 4, 5, 6, 7, 8,"),
+]
+
+
+def main():
+    llm = Llama(model_path=MODEL, n_ctx=1024, n_batch=512, n_threads=2,
+                logits_all=True, verbose=False, seed=0)
+    n_vocab = llm.n_vocab()
+    cases, logits_rows = [], []
+    for kind, text in PROMPTS:
+        full = CHAT.format(text) if kind == "chat" else text
+        ids = llm.tokenize(full.encode(), add_bos=False, special=True)
+        llm.reset()
+        llm.eval(ids)
+        last = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        logits_rows.append(last.copy())
+        greedy, margins = [], []
+        cur = last
+        for _ in range(N_GREEDY):
+            order = np.argsort(-cur)
+            tok = int(order[0])
+            greedy.append(tok)
+            margins.append(float(cur[order[0]] - cur[order[1]]))
+            llm.eval([tok])
+            cur = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+        cases.append({"kind": kind, "text": full, "prompt_ids": ids, "greedy": greedy,
+                      "greedy_top2_margin": [round(m, 5) for m in margins],
+                      "greedy_text": llm.detokenize(greedy).decode("utf-8", "replace")})
+        print(f"{kind:4s} {len(ids):3d} tokens -> {cases[-1]['greedy_text'][:60]!r}")
+    out = {"generator": f"llama-cpp-python {llama_cpp_version}", "model": os.path.basename(MODEL),
+           "n_vocab": n_vocab, "kv_cache": "f16", "cases": cases}
+    with open(os.path.join(ROOT, "tests", "data", "model_ref.json"), "w") as f:
+        json.dump(out, f, indent=1)
+    np.stack(logits_rows).astype("<f4").tofile(os.path.join(ROOT, "tests", "data", "model_ref_logits.f32"))
+
+
+if __name__ == "__main__":
+    main()
