@@ -2,8 +2,9 @@
 """Reference logits and greedy continuations of the embedded model, computed
 by llama.cpp through the `llama-cpp-python` package (pip install
 llama-cpp-python).  Writes tests/data/model_ref.json (prompts, token ids,
-greedy tokens, per-step top-2 margins) and tests/data/model_ref_logits.f32
-(the last-position logits of each prompt, n_prompts x n_vocab little-endian
+greedy tokens, per-step top-2 margins)
+and tests/data/model_ref.tsv (the same ids for the C tests) and
+tests/data/model_ref_logits.f32 (the last-position logits of each prompt, n_prompts x n_vocab little-endian
 float32).  Token ids come from llama.cpp's own tokenizer so the logits test
 does not depend on paraserve's tokenizer (that has its own test).
 
@@ -61,6 +62,12 @@ def main():
            "n_vocab": n_vocab, "kv_cache": "f16", "cases": cases}
     with open(os.path.join(ROOT, "tests", "data", "model_ref.json"), "w") as f:
         json.dump(out, f, indent=1)
+    # The same cases as TSV for the C tests: prompt ids, greedy ids, margins.
+    with open(os.path.join(ROOT, "tests", "data", "model_ref.tsv"), "w") as f:
+        f.write("# prompt_ids\tgreedy_ids\tgreedy_top2_margin (llama.cpp reference, see model_ref.json)\n")
+        for c in cases:
+            f.write("%s\t%s\t%s\n" % (" ".join(map(str, c["prompt_ids"])), " ".join(map(str, c["greedy"])),
+                                        " ".join("%.5f" % m for m in c["greedy_top2_margin"])))
     np.stack(logits_rows).astype("<f4").tofile(os.path.join(ROOT, "tests", "data", "model_ref_logits.f32"))
 
 

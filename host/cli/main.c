@@ -13,6 +13,7 @@ struct command {
 static const struct command commands[] = {
     { "generate", cmd_generate, "generate text from a prompt with a GGUF model" },
     { "mkmodel",  cmd_mkmodel,  "write a GGUF model with deterministic random weights" },
+    { "bench",    cmd_bench,    "measure prefill and batched decode throughput" },
 };
 
 static void usage(FILE *out)

@@ -1,0 +1,295 @@
+/* cmd_bench.c - `paraserve bench`: engine throughput on one model.
+ *
+ * Measures, on the CPU backend, with deterministic pseudo-random prompts:
+ *   prefill  - one sequence, a --prompt-len token prompt in one forward
+ *              (chunks of --chunk tokens), tokens per second;
+ *   decode   - for each batch size B in --batch: B sequences, each prefilled
+ *              with --prompt-len tokens, then --gen decode steps with all B
+ *              sequences in every forward; aggregate tokens/s = B*gen/time and
+ *              milliseconds per step.
+ * Each figure is the median of --repeat runs.  Output: one CSV line per
+ * measurement on stdout (header first), progress on stderr.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "commands.h"
+#include "common/status.h"
+#include "engine/backend.h"
+#include "model/model.h"
+#include "model/quant.h"
+
+#define BENCH_MAX_BATCHES 16
+
+struct bench_opts {
+    const char *model_path;
+    int32_t     n_threads;
+    int32_t     prompt_len;
+    int32_t     n_gen;
+    int32_t     chunk;
+    int32_t     repeat;
+    int32_t     batches[BENCH_MAX_BATCHES];
+    int32_t     n_batches;
+};
+
+static void bench_usage(FILE *out)
+{
+    fprintf(out,
+        "usage: paraserve bench -m MODEL [options]\n"
+        "  -t, --threads K      CPU threads (default: all cores)\n"
+        "      --prompt-len N   prompt tokens (default 512)\n"
+        "      --gen N          decode steps per sequence (default 64)\n"
+        "      --chunk N        prefill chunk (default 512)\n"
+        "      --batch LIST     decode batch sizes, comma separated (default 1,8,32)\n"
+        "      --repeat N       runs per figure, median reported (default 3)\n");
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+static int parse_int_arg(const char *name, const char *s, int32_t lo, int32_t hi, int32_t *out)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (errno || end == s || *end || v < lo || v > hi) {
+        fprintf(stderr, "paraserve bench: %s must be an integer in [%d, %d], got '%s'\n", name, lo, hi, s);
+        return -1;
+    }
+    *out = (int32_t)v;
+    return 0;
+}
+
+static int parse_batches(const char *s, struct bench_opts *o)
+{
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", s);
+    o->n_batches = 0;
+    for (char *tok = strtok(buf, ","); tok; tok = strtok(NULL, ",")) {
+        if (o->n_batches == BENCH_MAX_BATCHES) {
+            fprintf(stderr, "paraserve bench: at most %d batch sizes\n", BENCH_MAX_BATCHES);
+            return -1;
+        }
+        if (parse_int_arg("--batch", tok, 1, 4096, &o->batches[o->n_batches++]))
+            return -1;
+    }
+    return o->n_batches ? 0 : -1;
+}
+
+static int bench_parse(int argc, char **argv, struct bench_opts *o)
+{
+    enum { OPT_PLEN = 256, OPT_GEN, OPT_CHUNK, OPT_BATCH, OPT_REPEAT };
+    static const struct option longopts[] = {
+        { "model", required_argument, 0, 'm' },
+        { "threads", required_argument, 0, 't' },
+        { "prompt-len", required_argument, 0, OPT_PLEN },
+        { "gen", required_argument, 0, OPT_GEN },
+        { "chunk", required_argument, 0, OPT_CHUNK },
+        { "batch", required_argument, 0, OPT_BATCH },
+        { "repeat", required_argument, 0, OPT_REPEAT },
+        { "help", no_argument, 0, 'h' },
+        { 0, 0, 0, 0 },
+    };
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    memset(o, 0, sizeof *o);
+    o->n_threads = ncpu > 0 ? (int32_t)ncpu : 1;
+    o->prompt_len = 512;
+    o->n_gen = 64;
+    o->chunk = 512;
+    o->repeat = 3;
+    o->batches[0] = 1, o->batches[1] = 8, o->batches[2] = 32, o->n_batches = 3;
+    optind = 1;
+    opterr = 0;
+    int c;
+    while ((c = getopt_long(argc, argv, ":m:t:h", longopts, NULL)) != -1) {
+        int rc = 0;
+        switch (c) {
+        case 'm': o->model_path = optarg; break;
+        case 't': rc = parse_int_arg("--threads", optarg, 1, 256, &o->n_threads); break;
+        case OPT_PLEN: rc = parse_int_arg("--prompt-len", optarg, 1, 1 << 16, &o->prompt_len); break;
+        case OPT_GEN: rc = parse_int_arg("--gen", optarg, 1, 1 << 16, &o->n_gen); break;
+        case OPT_CHUNK: rc = parse_int_arg("--chunk", optarg, 1, 1 << 16, &o->chunk); break;
+        case OPT_BATCH: rc = parse_batches(optarg, o); break;
+        case OPT_REPEAT: rc = parse_int_arg("--repeat", optarg, 1, 1000, &o->repeat); break;
+        case 'h': bench_usage(stdout); return 1;
+        default:
+            fprintf(stderr, "paraserve bench: bad option '%s'\n", argv[optind - 1]);
+            bench_usage(stderr);
+            return -1;
+        }
+        if (rc)
+            return -1;
+    }
+    if (!o->model_path) {
+        fprintf(stderr, "paraserve bench: -m MODEL is required\n");
+        return -1;
+    }
+    return 0;
+}
+
+/* Deterministic prompt tokens for sequence `seq` (xorshift). */
+static void bench_prompt(int32_t *ids, int32_t n, int32_t n_vocab, uint32_t seq)
+{
+    uint64_t x = 0x9E3779B97F4A7C15ull ^ ((uint64_t)seq * 0xD1B54A32D192ED03ull);
+    for (int32_t i = 0; i < n; i++) {
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        ids[i] = (int32_t)(x % (uint64_t)(n_vocab > 256 ? n_vocab - 256 : n_vocab)) + (n_vocab > 256 ? 256 : 0);
+    }
+}
+
+static int32_t argmax(const float *x, int32_t n)
+{
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return best;
+}
+
+int cmd_bench(int argc, char **argv)
+{
+    struct bench_opts o;
+    int prc = bench_parse(argc, argv, &o);
+    if (prc)
+        return prc > 0 ? 0 : 2;
+
+    int status = 1, rc;
+    struct model *m = NULL;
+    backend *be = NULL;
+    int32_t *ids = NULL, *tables = NULL, *next = NULL;
+    float *logits = NULL;
+    struct batch_seq *seqs = NULL;
+
+    int32_t max_b = 1;
+    for (int i = 0; i < o.n_batches; i++)
+        if (o.batches[i] > max_b)
+            max_b = o.batches[i];
+    const int32_t bs = 16;
+    const int32_t ctx = o.prompt_len + o.n_gen;
+    const int32_t blocks_per_seq = (ctx + bs - 1) / bs;
+    const int32_t max_tokens = o.chunk > max_b ? o.chunk : max_b;
+
+    rc = model_load(o.model_path, &m);
+    if (rc)
+        goto fail;
+    struct backend_config cfg = { .n_threads = o.n_threads, .n_kv_blocks = blocks_per_seq * max_b,
+                                  .block_size = bs, .max_batch_tokens = max_tokens };
+    rc = backend_cpu_create(m, &cfg, &be);
+    if (rc)
+        goto fail;
+    const int32_t n_vocab = m->hp.n_vocab;
+    ids = malloc((size_t)o.prompt_len * max_b * sizeof *ids);
+    tables = malloc((size_t)blocks_per_seq * max_b * sizeof *tables);
+    next = malloc((size_t)max_b * sizeof *next);
+    logits = malloc((size_t)max_b * n_vocab * sizeof *logits);
+    seqs = calloc((size_t)max_b, sizeof *seqs);
+    if (!ids || !tables || !next || !logits || !seqs) {
+        rc = ps_error_set(PS_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (int32_t i = 0; i < blocks_per_seq * max_b; i++)
+        tables[i] = i;
+    for (int32_t b = 0; b < max_b; b++)
+        bench_prompt(ids + (size_t)b * o.prompt_len, o.prompt_len, n_vocab, (uint32_t)b);
+
+    printf("engine,threads,simd,phase,batch,prompt_len,gen,tokens_per_s,ms_per_step\n");
+    fprintf(stderr, "[bench] model=%s backend=%s simd=%s threads=%d\n", m->name, backend_name(be),
+            quant_simd_name(), o.n_threads);
+
+    double runs[64];
+    int nrep = o.repeat > 64 ? 64 : o.repeat;
+    /* Prefill of one sequence. */
+    for (int r = 0; r < nrep; r++) {
+        double t0 = now_s();
+        for (int32_t off = 0; off < o.prompt_len; off += o.chunk) {
+            int32_t n = o.prompt_len - off < o.chunk ? o.prompt_len - off : o.chunk;
+            struct batch_seq s = { .tokens = ids + off, .n_tokens = n, .pos0 = off,
+                                   .block_table = tables, .n_blocks = blocks_per_seq,
+                                   .logits = off + n == o.prompt_len ? LOGITS_LAST : LOGITS_NONE };
+            struct batch_plan plan = { &s, 1 };
+            rc = backend_forward(be, &plan, logits);
+            if (rc)
+                goto fail;
+        }
+        runs[r] = now_s() - t0;
+    }
+    double tp = median(runs, nrep);
+    printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f\n", o.n_threads, quant_simd_name(), o.prompt_len,
+           o.prompt_len / tp, 1e3 * tp);
+    fprintf(stderr, "[bench] prefill %d tokens: %.1f tok/s\n", o.prompt_len, o.prompt_len / tp);
+
+    for (int bi = 0; bi < o.n_batches; bi++) {
+        int32_t B = o.batches[bi];
+        for (int r = 0; r < nrep; r++) {
+            /* Prefill every sequence (not timed), then decode B at a time. */
+            for (int32_t b = 0; b < B; b++) {
+                for (int32_t off = 0; off < o.prompt_len; off += o.chunk) {
+                    int32_t n = o.prompt_len - off < o.chunk ? o.prompt_len - off : o.chunk;
+                    struct batch_seq s = { .tokens = ids + (size_t)b * o.prompt_len + off, .n_tokens = n,
+                                           .pos0 = off, .block_table = tables + (size_t)b * blocks_per_seq,
+                                           .n_blocks = blocks_per_seq,
+                                           .logits = off + n == o.prompt_len ? LOGITS_LAST : LOGITS_NONE };
+                    struct batch_plan plan = { &s, 1 };
+                    rc = backend_forward(be, &plan, logits + (size_t)b * n_vocab);
+                    if (rc)
+                        goto fail;
+                }
+                next[b] = argmax(logits + (size_t)b * n_vocab, n_vocab);
+            }
+            double t0 = now_s();
+            for (int32_t g = 0; g < o.n_gen; g++) {
+                for (int32_t b = 0; b < B; b++)
+                    seqs[b] = (struct batch_seq){ .tokens = &next[b], .n_tokens = 1,
+                                                  .pos0 = o.prompt_len + g,
+                                                  .block_table = tables + (size_t)b * blocks_per_seq,
+                                                  .n_blocks = blocks_per_seq, .logits = LOGITS_LAST };
+                struct batch_plan plan = { seqs, B };
+                rc = backend_forward(be, &plan, logits);
+                if (rc)
+                    goto fail;
+                for (int32_t b = 0; b < B; b++)
+                    next[b] = argmax(logits + (size_t)b * n_vocab, n_vocab);
+            }
+            runs[r] = now_s() - t0;
+        }
+        double td = median(runs, nrep);
+        printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f\n", o.n_threads, quant_simd_name(), B,
+               o.prompt_len, o.n_gen, (double)B * o.n_gen / td, 1e3 * td / o.n_gen);
+        fprintf(stderr, "[bench] decode batch %d: %.1f tok/s, %.2f ms/step\n", B,
+                (double)B * o.n_gen / td, 1e3 * td / o.n_gen);
+    }
+    status = 0;
+    goto done;
+fail:
+    fprintf(stderr, "paraserve bench: %s\n", ps_error_last()[0] ? ps_error_last() : ps_status_str(rc));
+done:
+    free(seqs);
+    free(logits);
+    free(next);
+    free(tables);
+    free(ids);
+    backend_free(be);
+    model_free(m);
+    return status;
+}

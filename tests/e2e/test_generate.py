@@ -1,0 +1,111 @@
+"""`paraserve generate` end to end on the embedded model: greedy output equal
+to llama.cpp's, sampling determinism, chat mode, options and bad input."""
+import json
+import re
+
+import pytest
+
+from conftest import ROOT
+
+REF = json.loads((ROOT / "tests" / "data" / "model_ref.json").read_text())
+
+
+def ids_of(stdout: bytes):
+    m = re.search(rb"^ids:(.*)$", stdout, re.M)
+    assert m, stdout[-500:]
+    return [int(x) for x in m.group(1).split()]
+
+
+@pytest.mark.parametrize("case", REF["cases"][:3], ids=lambda c: c["text"][:24])
+def test_greedy_matches_llama_cpp(run, model_path, case):
+    # The reference decodes 64 tokens regardless of EOS.
+    r = run("generate", "-m", model_path, "--prompt-ids", " ".join(map(str, case["prompt_ids"])),
+            "-n", 64, "--ignore-eos", "--print-ids", "-t", 2)
+    assert r.returncode == 0, r.stderr.decode()
+    assert ids_of(r.stdout) == case["greedy"]
+
+
+def test_chat_prompt_is_tokenized_like_llama_cpp(run, model_path):
+    case = REF["cases"][3]  # a chat case; the text has the full ChatML prompt
+    question = case["text"].split("<|im_start|>user\n")[1].split("<|im_end|>")[0]
+    r = run("generate", "-m", model_path, "--chat", "-p", question, "-n", 64, "--ignore-eos",
+            "--print-ids", "-t", 2)
+    assert r.returncode == 0, r.stderr.decode()
+    assert ids_of(r.stdout) == case["greedy"]
+    text = r.stdout.decode()
+    assert case["greedy_text"][:20] in text
+
+
+def test_stats_on_stderr(run, model_path):
+    r = run("generate", "-m", model_path, "-p", "Hello", "-n", 8)
+    assert r.returncode == 0
+    err = r.stderr.decode()
+    assert re.search(r"prompt: \d+ tokens .* tok/s", err), err
+    assert re.search(r"decode: \d+ tokens .* tok/s", err), err
+
+
+def test_seeded_sampling_is_deterministic(run, model_path):
+    args = ("generate", "-m", model_path, "-p", "Tell me a story.", "--chat", "-n", 32,
+            "--temp", "1.0", "--top-p", "0.95", "--print-ids", "--ignore-eos")
+    a = ids_of(run(*args, "--seed", 7).stdout)
+    b = ids_of(run(*args, "--seed", 7).stdout)
+    c = ids_of(run(*args, "--seed", 8).stdout)
+    assert a == b
+    assert a != c
+
+
+def test_thread_count_does_not_change_output(run, model_path):
+    args = ("generate", "-m", model_path, "-p", "The three primary colors are", "-n", 24, "--print-ids")
+    assert ids_of(run(*args, "-t", 1).stdout) == ids_of(run(*args, "-t", 2).stdout)
+
+
+@pytest.mark.parametrize("args,needle", [
+    ((), "-m MODEL is required"),
+    (("-m", "x.gguf"), "exactly one of -p"),
+    (("-m", "x.gguf", "-p", "hi", "--temp", "abc"), "--temp"),
+    (("-m", "x.gguf", "-p", "hi", "-n", "-3"), "--n-predict"),
+    (("-m", "x.gguf", "-p", "hi", "--bogus"), "unknown option"),
+    (("-m", "x.gguf", "-p", "hi", "--top-p", "7"), "top_p"),
+])
+def test_usage_errors(run, args, needle):
+    r = run("generate", *args)
+    assert r.returncode == 2
+    assert needle in r.stderr.decode()
+
+
+def _write(tmp_path, name, data):
+    p = tmp_path / name
+    p.write_bytes(data)
+    return str(p)
+
+
+def test_bad_model_files(run, tmp_path, model_path):
+    good = open(model_path, "rb").read(1 << 20)
+    cases = {
+        "missing": (None, "No such file"),
+        "empty": (b"", "gguf"),
+        "wrong-magic": (b"GGML" + good[4:4096], "magic"),
+        "bad-version": (good[:4] + (99).to_bytes(4, "little") + good[8:4096], "version"),
+        "truncated-header": (good[:100], "gguf"),
+        "truncated-data": (good, "gguf"),  # 1 MiB of a 98 MB file: tensor data past EOF
+    }
+    for name, (data, needle) in cases.items():
+        path = str(tmp_path / name) if data is None else _write(tmp_path, name, data)
+        r = run("generate", "-m", path, "-p", "hi", "-n", 1, timeout=30)
+        err = r.stderr.decode()
+        assert r.returncode == 1, (name, r.returncode, err)
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1, (name, err)
+        assert needle.lower() in err.lower(), (name, err)
+
+
+def test_prompt_ids_out_of_range(run, model_path):
+    r = run("generate", "-m", model_path, "--prompt-ids", "1 2 999999", "-n", 1)
+    assert r.returncode == 1
+    assert "token id" in r.stderr.decode()
+
+
+def test_prompt_longer_than_context(run, model_path):
+    r = run("generate", "-m", model_path, "-p", "word " * 300, "-c", 64, "-n", 1)
+    assert r.returncode == 1
+    assert "context" in r.stderr.decode()
