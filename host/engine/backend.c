@@ -1,0 +1,101 @@
+/* backend.c - the part of the backend API shared by every implementation:
+ * plan validation and dispatch through the ops table.  A plan that fails
+ * validation never reaches a backend, so no cache slot is written for it. */
+#include "backend.h"
+
+#include <stddef.h>
+
+#include "../common/status.h"
+
+int64_t backend_logits_rows(const struct batch_plan *plan)
+{
+    int64_t rows = 0;
+    for (int32_t i = 0; i < plan->n_seqs; i++) {
+        const struct batch_seq *s = &plan->seqs[i];
+        if (s->logits == LOGITS_LAST)
+            rows += 1;
+        else if (s->logits == LOGITS_ALL)
+            rows += s->n_tokens;
+    }
+    return rows;
+}
+
+static int plan_validate(const backend *be, const struct batch_plan *plan, const float *logits)
+{
+    const int32_t n_vocab = be->model->hp.n_vocab;
+    const int64_t bs = be->cfg.block_size;
+    const int64_t ctx_max = (int64_t)be->cfg.n_kv_blocks * bs;
+    int64_t total = 0;
+
+    if (!plan || plan->n_seqs < 1 || !plan->seqs)
+        return ps_error_set(PS_EINVAL, "backend: plan has no sequences");
+    for (int32_t i = 0; i < plan->n_seqs; i++) {
+        const struct batch_seq *s = &plan->seqs[i];
+        if (s->n_tokens < 1 || !s->tokens)
+            return ps_error_set(PS_EINVAL, "backend: seq %d: n_tokens %d < 1", (int)i,
+                                (int)s->n_tokens);
+        if (s->logits != LOGITS_NONE && s->logits != LOGITS_LAST && s->logits != LOGITS_ALL)
+            return ps_error_set(PS_EINVAL, "backend: seq %d: logits mode %d unknown", (int)i,
+                                (int)s->logits);
+        for (int32_t t = 0; t < s->n_tokens; t++)
+            if (s->tokens[t] < 0 || s->tokens[t] >= n_vocab)
+                return ps_error_set(PS_EINVAL, "backend: seq %d: tokens[%d] = %d outside [0, %d)",
+                                    (int)i, (int)t, (int)s->tokens[t], (int)n_vocab);
+        if (s->pos0 < 0)
+            return ps_error_set(PS_EINVAL, "backend: seq %d: pos0 %d < 0", (int)i, (int)s->pos0);
+        const int64_t end = (int64_t)s->pos0 + s->n_tokens;
+        if (end > ctx_max)
+            return ps_error_set(PS_EINVAL,
+                                "backend: seq %d: pos0 + n_tokens = %lld exceeds the cache (%d blocks x %d)",
+                                (int)i, (long long)end, (int)be->cfg.n_kv_blocks, (int)bs);
+        if (s->n_blocks < 0 || !s->block_table || end > (int64_t)s->n_blocks * bs)
+            return ps_error_set(PS_EINVAL,
+                                "backend: seq %d: pos0 + n_tokens = %lld beyond block_table (n_blocks %d x %d)",
+                                (int)i, (long long)end, (int)s->n_blocks, (int)bs);
+        const int64_t used = (end + bs - 1) / bs;
+        for (int64_t b = 0; b < used; b++)
+            if (s->block_table[b] < 0 || s->block_table[b] >= be->cfg.n_kv_blocks)
+                return ps_error_set(PS_EINVAL, "backend: seq %d: block_table[%lld] = %d outside [0, %d)",
+                                    (int)i, (long long)b, (int)s->block_table[b],
+                                    (int)be->cfg.n_kv_blocks);
+        total += s->n_tokens;
+    }
+    if (total > be->cfg.max_batch_tokens)
+        return ps_error_set(PS_EINVAL, "backend: plan has %lld tokens, max_batch_tokens is %d",
+                            (long long)total, (int)be->cfg.max_batch_tokens);
+    if (!logits && backend_logits_rows(plan) > 0)
+        return ps_error_set(PS_EINVAL, "backend: plan asks for logits but the logits buffer is NULL");
+    return PS_OK;
+}
+
+int backend_forward(backend *be, const struct batch_plan *plan, float *logits)
+{
+    int rc = plan_validate(be, plan, logits);
+    if (rc)
+        return rc;
+    return be->ops->forward(be, plan, logits);
+}
+
+int backend_copy_block(backend *be, int32_t src, int32_t dst)
+{
+    if (src < 0 || src >= be->cfg.n_kv_blocks)
+        return ps_error_set(PS_EINVAL, "backend: copy_block src %d outside [0, %d)", (int)src,
+                            (int)be->cfg.n_kv_blocks);
+    if (dst < 0 || dst >= be->cfg.n_kv_blocks)
+        return ps_error_set(PS_EINVAL, "backend: copy_block dst %d outside [0, %d)", (int)dst,
+                            (int)be->cfg.n_kv_blocks);
+    if (src == dst)
+        return PS_OK;
+    return be->ops->copy_block(be, src, dst);
+}
+
+const char *backend_name(const backend *be)
+{
+    return be ? be->ops->name : "none";
+}
+
+void backend_free(backend *be)
+{
+    if (be)
+        be->ops->free(be);
+}

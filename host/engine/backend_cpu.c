@@ -1,0 +1,757 @@
+/* backend_cpu.c - CPU reference backend: llama / qwen2 / qwen3 forward pass
+ * over a ragged batch with a paged F16 KV cache.
+ *
+ * Layout of one step (T = total new tokens of the plan, all sequences'
+ * tokens concatenated; only attention looks at sequence boundaries):
+ *   x   [T, n_embd]   residual stream, f32
+ *   xn  [T, n_embd]   normed input of the next matmul
+ *   q   [T, n_head  * head_dim]   k, v [T, n_head_kv * head_dim]
+ *   att [T, n_head  * head_dim]   attention output
+ *   hb  [T, n_ff]     silu(gate) * up
+ *   kcache, vcache [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim] f16
+ *
+ * Matmuls: each activation row is quantized once to the weight's
+ * vec_dot_type, then one quant_vec_dot per (output row, token).  Threads
+ * claim chunks of MM_CHUNK output rows and run all T tokens over a chunk, so
+ * the weights are read once per step whatever the batch size.
+ *
+ * Determinism (batching and thread-count invariance): every output element
+ * is one quant_vec_dot of the same two rows, every norm / softmax / attention
+ * row is reduced in a fixed order inside one thread, and activation rows are
+ * quantized independently - so a sequence's numbers do not depend on what
+ * else is in the batch, nor on which thread computes them.
+ */
+#include "backend.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/status.h"
+#include "threadpool.h"
+
+#if defined(__x86_64__)
+#include <immintrin.h>
+#define CPU_X86 1
+#endif
+
+#define MM_CHUNK            16   /* output rows per claimed work unit        */
+#define QUANT_PARALLEL_MIN  8    /* quantize activations in parallel from T  */
+#define MAX_BATCH_DEFAULT   2048
+
+/* f32 working copies of the small vector weights (any stored type). */
+struct layer_vecs {
+    float *attn_norm, *ffn_norm;    /* [n_embd] */
+    float *bq, *bk, *bv;            /* [q_dim], [kv_dim], [kv_dim] or NULL */
+    float *q_norm, *k_norm;         /* [head_dim] or NULL */
+};
+
+struct cpu_backend {
+    struct backend     base;       /* first: a backend * is a cpu_backend * */
+    threadpool        *tp;
+    int                n_threads;
+    int                simd;       /* AVX2+FMA+F16C path for attention */
+
+    int64_t            q_dim, kv_dim, ctx_max;
+    int64_t            max_T;
+    size_t             act_bytes;  /* bytes of one quantized activation row, max over matmuls */
+
+    struct layer_vecs *lv;         /* [n_layer] */
+    float             *out_norm;   /* [n_embd] */
+
+    uint16_t          *kcache;     /* [n_layer][n_kv_blocks][block_size][kv_dim] */
+    uint16_t          *vcache;
+
+    /* scratch, sized for max_T tokens */
+    float   *x, *xn, *q, *k, *v, *att, *hb;
+    uint8_t *qact[3];              /* [max_T][act_bytes] quantized activations */
+    float   *rope_cos, *rope_sin;  /* [max_T][rope_dim / 2] */
+    float   *scores;               /* [n_threads][ctx_max] */
+    int32_t *tok_pos;              /* [max_T] */
+    int32_t *tok_seq;              /* [max_T] */
+    int32_t *logit_tok;            /* [max_T] token index of each logits row */
+};
+
+/* ---- small helpers --------------------------------------------------------- */
+
+static int vec_to_f32(const struct weight *w, int64_t n, float **out, const char *what, int il)
+{
+    *out = NULL;
+    if (!w->data)
+        return PS_OK;
+    if (w->ne[0] * w->ne[1] != n)
+        return ps_error_set(PS_EFORMAT, "backend_cpu: layer %d %s has %lld elements, expected %lld",
+                            il, what, (long long)(w->ne[0] * w->ne[1]), (long long)n);
+    float *f = malloc((size_t)n * sizeof *f);
+    if (!f)
+        return ps_error_set(PS_ENOMEM, "backend_cpu: out of memory for %s", what);
+    int rc = quant_row_dequantize(w->type, w->data, f, n);
+    if (rc) {
+        free(f);
+        return rc;
+    }
+    *out = f;
+    return PS_OK;
+}
+
+/* out[n] = x[n] * w[n] / sqrt(mean(x^2) + eps); sum in double, fixed order. */
+static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
+{
+    double ss = 0.0;
+    for (int64_t i = 0; i < n; i++)
+        ss += (double)x[i] * x[i];
+    const float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
+    for (int64_t i = 0; i < n; i++)
+        out[i] = x[i] * scale * w[i];
+}
+
+static inline float silu(float x)
+{
+    return x / (1.0f + expf(-x));
+}
+
+/* ---- matmul region --------------------------------------------------------- */
+
+struct mm_part {
+    const struct weight *w;
+    const uint8_t       *act;       /* [T][act_stride] quantized input rows */
+    size_t               act_stride;
+    float               *out;       /* out[t * out_stride + r] */
+    int64_t              out_stride;
+    const float         *bias;      /* [rows] or NULL */
+    int                  accumulate;/* out += w.x (residual) */
+};
+
+struct mm_task {
+    struct mm_part part[3];
+    int            n_part;
+    int            swiglu;          /* part[0] gate, part[1] up -> part[0].out = silu(g) * u */
+    int64_t        T;
+    int64_t        n_chunks;
+    int64_t        part_chunk0[4];  /* first chunk index of each part (concatenated) */
+    atomic_llong   next;
+};
+
+static void mm_chunk(const struct mm_part *p, int64_t r0, int64_t r1, int64_t T)
+{
+    const struct weight *w = p->w;
+    const int64_t K = w->ne[0];
+    const size_t rb = dtype_row_bytes(w->type, K);
+    const uint8_t *wd = w->data;
+    for (int64_t t = 0; t < T; t++) {
+        const uint8_t *a = p->act + (size_t)t * p->act_stride;
+        float *o = p->out + t * p->out_stride;
+        for (int64_t r = r0; r < r1; r++) {
+            float d = quant_vec_dot(w->type, wd + (size_t)r * rb, a, K);
+            if (p->bias)
+                d += p->bias[r];
+            if (p->accumulate)
+                o[r] += d;
+            else
+                o[r] = d;
+        }
+    }
+}
+
+static void mm_chunk_swiglu(const struct mm_part *g, const struct mm_part *u, int64_t r0, int64_t r1,
+                            int64_t T)
+{
+    const int64_t K = g->w->ne[0];
+    const size_t rbg = dtype_row_bytes(g->w->type, K);
+    const size_t rbu = dtype_row_bytes(u->w->type, K);
+    const uint8_t *gd = g->w->data, *ud = u->w->data;
+    for (int64_t t = 0; t < T; t++) {
+        const uint8_t *ag = g->act + (size_t)t * g->act_stride;
+        const uint8_t *au = u->act + (size_t)t * u->act_stride;
+        float *o = g->out + t * g->out_stride;
+        for (int64_t r = r0; r < r1; r++) {
+            float gv = quant_vec_dot(g->w->type, gd + (size_t)r * rbg, ag, K);
+            float uv = quant_vec_dot(u->w->type, ud + (size_t)r * rbu, au, K);
+            o[r] = silu(gv) * uv;
+        }
+    }
+}
+
+static void mm_worker(void *ctx, int ith, int nth)
+{
+    struct mm_task *mt = ctx;
+    for (;;) {
+        int64_t c = atomic_fetch_add_explicit(&mt->next, 1, memory_order_relaxed);
+        if (c >= mt->n_chunks)
+            break;
+        int ip = 0;
+        while (ip + 1 < mt->n_part && c >= mt->part_chunk0[ip + 1])
+            ip++;
+        const struct mm_part *p = &mt->part[ip];
+        const int64_t rows = p->w->ne[1];
+        const int64_t r0 = (c - mt->part_chunk0[ip]) * MM_CHUNK;
+        const int64_t r1 = r0 + MM_CHUNK < rows ? r0 + MM_CHUNK : rows;
+        if (mt->swiglu)
+            mm_chunk_swiglu(&mt->part[0], &mt->part[1], r0, r1, mt->T);
+        else
+            mm_chunk(p, r0, r1, mt->T);
+    }
+}
+
+struct quant_task {
+    enum dtype   type;
+    const float *src;     /* [T][K] */
+    uint8_t     *dst;     /* [T][dst_stride] */
+    int64_t      K, T;
+    size_t       dst_stride;
+};
+
+static void quant_worker(void *ctx, int ith, int nth)
+{
+    const struct quant_task *qt = ctx;
+    const int64_t per = (qt->T + nth - 1) / nth;
+    const int64_t t0 = ith * per;
+    const int64_t t1 = t0 + per < qt->T ? t0 + per : qt->T;
+    for (int64_t t = t0; t < t1; t++)
+        quant_row_quantize(qt->type, qt->src + t * qt->K, qt->dst + (size_t)t * qt->dst_stride, qt->K);
+}
+
+static void quantize_rows(struct cpu_backend *cb, enum dtype type, const float *src, int64_t K,
+                          int64_t T, uint8_t *dst)
+{
+    struct quant_task qt = { type, src, dst, K, T, cb->act_bytes };
+    if (T >= QUANT_PARALLEL_MIN && cb->n_threads > 1)
+        threadpool_run(cb->tp, quant_worker, &qt);
+    else
+        quant_worker(&qt, 0, 1);
+}
+
+/* Run up to three matmuls that read the same input rows src [T][K] as one
+ * parallel region; the input is quantized once per distinct vec_dot_type. */
+static void matmul_run(struct cpu_backend *cb, struct mm_part *parts, int n_part, int swiglu,
+                       const float *src, int64_t T)
+{
+    struct mm_task mt;
+    memset(&mt, 0, sizeof mt);
+    const int64_t K = parts[0].w->ne[0];
+    enum dtype done_type[3];
+    int n_done = 0;
+    for (int i = 0; i < n_part; i++) {
+        enum dtype vt = dtype_info_get(parts[i].w->type)->vec_dot_type;
+        int j = 0;
+        while (j < n_done && done_type[j] != vt)
+            j++;
+        if (j == n_done) {
+            quantize_rows(cb, vt, src, K, T, cb->qact[j]);
+            done_type[n_done++] = vt;
+        }
+        parts[i].act = cb->qact[j];
+        parts[i].act_stride = cb->act_bytes;
+        mt.part[i] = parts[i];
+    }
+    mt.n_part = swiglu ? 1 : n_part; /* swiglu: one row space, both weights per row */
+    if (swiglu)
+        mt.part[1] = parts[1];
+    mt.swiglu = swiglu;
+    mt.T = T;
+    int64_t chunks = 0;
+    for (int i = 0; i < mt.n_part; i++) {
+        mt.part_chunk0[i] = chunks;
+        chunks += (mt.part[i].w->ne[1] + MM_CHUNK - 1) / MM_CHUNK;
+    }
+    mt.n_chunks = chunks;
+    atomic_init(&mt.next, 0);
+    threadpool_run(cb->tp, mm_worker, &mt);
+}
+
+/* ---- attention ------------------------------------------------------------- */
+
+#ifdef CPU_X86
+__attribute__((target("avx2,fma,f16c")))
+static float dot_f32_f16_avx2(const float *a, const uint16_t *b, int64_t n)
+{
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i + 8)));
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), b1, acc1);
+    }
+    for (; i + 8 <= n; i += 8) {
+        __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), b0, acc0);
+    }
+    acc0 = _mm256_add_ps(acc0, acc1);
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc0), _mm256_extractf128_ps(acc0, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    float r = _mm_cvtss_f32(s);
+    for (; i < n; i++)
+        r += a[i] * fp16_to_f32(b[i]);
+    return r;
+}
+
+/* out[n] += w * b[n] */
+__attribute__((target("avx2,fma,f16c")))
+static void axpy_f16_avx2(float *out, float w, const uint16_t *b, int64_t n)
+{
+    const __m256 vw = _mm256_set1_ps(w);
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(b + i)));
+        _mm256_storeu_ps(out + i, _mm256_fmadd_ps(vw, b0, _mm256_loadu_ps(out + i)));
+    }
+    for (; i < n; i++)
+        out[i] += w * fp16_to_f32(b[i]);
+}
+#endif
+
+static float dot_f32_f16(int simd, const float *a, const uint16_t *b, int64_t n)
+{
+#ifdef CPU_X86
+    if (simd)
+        return dot_f32_f16_avx2(a, b, n);
+#endif
+    float r = 0.0f;
+    for (int64_t i = 0; i < n; i++)
+        r += a[i] * fp16_to_f32(b[i]);
+    return r;
+}
+
+static void axpy_f16(int simd, float *out, float w, const uint16_t *b, int64_t n)
+{
+#ifdef CPU_X86
+    if (simd) {
+        axpy_f16_avx2(out, w, b, n);
+        return;
+    }
+#endif
+    for (int64_t i = 0; i < n; i++)
+        out[i] += w * fp16_to_f32(b[i]);
+}
+
+struct attn_task {
+    struct cpu_backend     *cb;
+    const struct batch_plan *plan;
+    const int64_t          *seq_t0;   /* [n_seqs] first token row of each sequence */
+    int                     layer;
+    int64_t                 n_items;  /* n_seqs * n_head */
+    atomic_llong            next;
+};
+
+static void attn_worker(void *ctx, int ith, int nth)
+{
+    struct attn_task *at = ctx;
+    struct cpu_backend *cb = at->cb;
+    const struct model_hparams *hp = &cb->base.model->hp;
+    const int64_t D = hp->head_dim;
+    const int64_t bs = cb->base.cfg.block_size;
+    const int group = hp->n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)D);
+    const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * bs * cb->kv_dim;
+    float *sc = cb->scores + (size_t)ith * cb->ctx_max;
+
+    for (;;) {
+        int64_t item = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
+        if (item >= at->n_items)
+            break;
+        const int32_t is = (int32_t)(item / hp->n_head);
+        const int h = (int)(item % hp->n_head);
+        const int hkv = h / group;
+        const struct batch_seq *s = &at->plan->seqs[is];
+        const uint16_t *kbase = cb->kcache + layer_off + (size_t)hkv * D;
+        const uint16_t *vbase = cb->vcache + layer_off + (size_t)hkv * D;
+
+        for (int32_t i = 0; i < s->n_tokens; i++) {
+            const int64_t t = at->seq_t0[is] + i;
+            const int64_t n_ctx = (int64_t)s->pos0 + i + 1; /* causal: positions 0..pos */
+            const float *qh = cb->q + t * cb->q_dim + (int64_t)h * D;
+            float *out = cb->att + t * cb->q_dim + (int64_t)h * D;
+
+            float mx = -INFINITY;
+            for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
+                const int64_t blk = s->block_table[j0 / bs];
+                const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+                const uint16_t *kb = kbase + (size_t)blk * bs * cb->kv_dim;
+                for (int64_t j = 0; j < jn; j++) {
+                    float v = dot_f32_f16(cb->simd, qh, kb + (size_t)j * cb->kv_dim, D) * scale;
+                    sc[j0 + j] = v;
+                    mx = v > mx ? v : mx;
+                }
+            }
+            float sum = 0.0f;
+            for (int64_t j = 0; j < n_ctx; j++) {
+                float e = expf(sc[j] - mx);
+                sc[j] = e;
+                sum += e;
+            }
+            memset(out, 0, (size_t)D * sizeof *out);
+            for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
+                const int64_t blk = s->block_table[j0 / bs];
+                const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+                const uint16_t *vb = vbase + (size_t)blk * bs * cb->kv_dim;
+                for (int64_t j = 0; j < jn; j++)
+                    axpy_f16(cb->simd, out, sc[j0 + j], vb + (size_t)j * cb->kv_dim, D);
+            }
+            const float inv = 1.0f / sum;
+            for (int64_t d = 0; d < D; d++)
+                out[d] *= inv;
+        }
+    }
+}
+
+/* ---- rope ---------------------------------------------------------------- */
+
+/* cos/sin of each token's angles, as ggml computes them: theta_i =
+ * pos * freq_scale * base^(-2i/rope_dim), the power built by repeated
+ * multiplication in f32. */
+static void rope_tables(struct cpu_backend *cb, int64_t T)
+{
+    const struct model_hparams *hp = &cb->base.model->hp;
+    const int half = hp->rope_dim / 2;
+    const float theta_scale = powf(hp->rope_theta, -2.0f / (float)hp->rope_dim);
+    for (int64_t t = 0; t < T; t++) {
+        float th = (float)cb->tok_pos[t];
+        for (int i = 0; i < half; i++) {
+            const float a = th * hp->rope_freq_scale;
+            cb->rope_cos[t * half + i] = cosf(a);
+            cb->rope_sin[t * half + i] = sinf(a);
+            th *= theta_scale;
+        }
+    }
+}
+
+static void rope_apply(const struct model_hparams *hp, float *x, const float *c, const float *s)
+{
+    const int half = hp->rope_dim / 2;
+    if (hp->rope_style == ROPE_NEOX) {
+        for (int i = 0; i < half; i++) {
+            const float x0 = x[i], x1 = x[i + half];
+            x[i] = x0 * c[i] - x1 * s[i];
+            x[i + half] = x0 * s[i] + x1 * c[i];
+        }
+    } else {
+        for (int i = 0; i < half; i++) {
+            const float x0 = x[2 * i], x1 = x[2 * i + 1];
+            x[2 * i] = x0 * c[i] - x1 * s[i];
+            x[2 * i + 1] = x0 * s[i] + x1 * c[i];
+        }
+    }
+}
+
+/* ---- forward --------------------------------------------------------------- */
+
+static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits)
+{
+    struct cpu_backend *cb = (struct cpu_backend *)be;
+    const struct model *m = be->model;
+    const struct model_hparams *hp = &m->hp;
+    const int64_t E = hp->n_embd, D = hp->head_dim, F = hp->n_ff;
+    const int64_t bs = be->cfg.block_size;
+    const int half = hp->rope_dim / 2;
+    int64_t seq_t0_local[64];
+    int64_t *seq_t0 = plan->n_seqs <= 64 ? seq_t0_local : malloc((size_t)plan->n_seqs * sizeof *seq_t0);
+    if (!seq_t0)
+        return ps_error_set(PS_ENOMEM, "backend_cpu: out of memory for %d sequences", (int)plan->n_seqs);
+
+    /* token rows, positions, logits rows */
+    int64_t T = 0, n_rows = 0;
+    for (int32_t is = 0; is < plan->n_seqs; is++) {
+        const struct batch_seq *s = &plan->seqs[is];
+        seq_t0[is] = T;
+        for (int32_t i = 0; i < s->n_tokens; i++) {
+            cb->tok_pos[T + i] = s->pos0 + i;
+            cb->tok_seq[T + i] = is;
+            if (s->logits == LOGITS_ALL || (s->logits == LOGITS_LAST && i == s->n_tokens - 1))
+                cb->logit_tok[n_rows++] = (int32_t)(T + i);
+        }
+        T += s->n_tokens;
+    }
+
+    /* embeddings */
+    {
+        const size_t rb = dtype_row_bytes(m->tok_embd.type, E);
+        int64_t t = 0;
+        for (int32_t is = 0; is < plan->n_seqs; is++)
+            for (int32_t i = 0; i < plan->seqs[is].n_tokens; i++, t++) {
+                const uint8_t *row = (const uint8_t *)m->tok_embd.data + (size_t)plan->seqs[is].tokens[i] * rb;
+                int rc = quant_row_dequantize(m->tok_embd.type, row, cb->x + t * E, E);
+                if (rc) {
+                    if (seq_t0 != seq_t0_local)
+                        free(seq_t0);
+                    return rc;
+                }
+            }
+    }
+    rope_tables(cb, T);
+
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct layer_weights *lw = &m->layers[il];
+        const struct layer_vecs *lv = &cb->lv[il];
+
+        for (int64_t t = 0; t < T; t++)
+            rmsnorm(cb->xn + t * E, cb->x + t * E, lv->attn_norm, E, hp->rms_eps);
+
+        struct mm_part qkv[3] = {
+            { .w = &lw->wq, .out = cb->q, .out_stride = cb->q_dim,  .bias = lv->bq },
+            { .w = &lw->wk, .out = cb->k, .out_stride = cb->kv_dim, .bias = lv->bk },
+            { .w = &lw->wv, .out = cb->v, .out_stride = cb->kv_dim, .bias = lv->bv },
+        };
+        matmul_run(cb, qkv, 3, 0, cb->xn, T);
+
+        /* qk-norm (qwen3), rope, then K/V into the paged cache */
+        const size_t layer_off = (size_t)il * be->cfg.n_kv_blocks * bs * cb->kv_dim;
+        for (int64_t t = 0; t < T; t++) {
+            const float *c = cb->rope_cos + t * half, *sn = cb->rope_sin + t * half;
+            for (int h = 0; h < hp->n_head; h++) {
+                float *qh = cb->q + t * cb->q_dim + h * D;
+                if (lv->q_norm)
+                    rmsnorm(qh, qh, lv->q_norm, D, hp->rms_eps);
+                rope_apply(hp, qh, c, sn);
+            }
+            for (int h = 0; h < hp->n_head_kv; h++) {
+                float *kh = cb->k + t * cb->kv_dim + h * D;
+                if (lv->k_norm)
+                    rmsnorm(kh, kh, lv->k_norm, D, hp->rms_eps);
+                rope_apply(hp, kh, c, sn);
+            }
+            const struct batch_seq *s = &plan->seqs[cb->tok_seq[t]];
+            const int64_t p = cb->tok_pos[t];
+            const size_t off = layer_off + ((size_t)s->block_table[p / bs] * bs + (size_t)(p % bs)) * cb->kv_dim;
+            for (int64_t d = 0; d < cb->kv_dim; d++) {
+                cb->kcache[off + d] = f32_to_fp16(cb->k[t * cb->kv_dim + d]);
+                cb->vcache[off + d] = f32_to_fp16(cb->v[t * cb->kv_dim + d]);
+            }
+        }
+
+        struct attn_task at = { .cb = cb, .plan = plan, .seq_t0 = seq_t0, .layer = il,
+                                .n_items = (int64_t)plan->n_seqs * hp->n_head };
+        atomic_init(&at.next, 0);
+        threadpool_run(cb->tp, attn_worker, &at);
+
+        struct mm_part wo = { .w = &lw->wo, .out = cb->x, .out_stride = E, .accumulate = 1 };
+        matmul_run(cb, &wo, 1, 0, cb->att, T);
+
+        for (int64_t t = 0; t < T; t++)
+            rmsnorm(cb->xn + t * E, cb->x + t * E, lv->ffn_norm, E, hp->rms_eps);
+
+        struct mm_part gu[2] = {
+            { .w = &lw->w_gate, .out = cb->hb, .out_stride = F },
+            { .w = &lw->w_up,   .out = cb->hb, .out_stride = F },
+        };
+        matmul_run(cb, gu, 2, 1, cb->xn, T);
+
+        struct mm_part down = { .w = &lw->w_down, .out = cb->x, .out_stride = E, .accumulate = 1 };
+        matmul_run(cb, &down, 1, 0, cb->hb, T);
+    }
+
+    if (n_rows > 0) {
+        for (int64_t r = 0; r < n_rows; r++)
+            rmsnorm(cb->xn + r * E, cb->x + (int64_t)cb->logit_tok[r] * E, cb->out_norm, E, hp->rms_eps);
+        struct mm_part out = { .w = &m->output, .out = logits, .out_stride = hp->n_vocab };
+        matmul_run(cb, &out, 1, 0, cb->xn, n_rows);
+    }
+    if (seq_t0 != seq_t0_local)
+        free(seq_t0);
+    return PS_OK;
+}
+
+static int cpu_copy_block(backend *be, int32_t src, int32_t dst)
+{
+    struct cpu_backend *cb = (struct cpu_backend *)be;
+    const size_t blk = (size_t)be->cfg.block_size * cb->kv_dim;
+    for (int il = 0; il < be->model->hp.n_layer; il++) {
+        const size_t base = (size_t)il * be->cfg.n_kv_blocks * blk;
+        memcpy(cb->kcache + base + (size_t)dst * blk, cb->kcache + base + (size_t)src * blk,
+               blk * sizeof *cb->kcache);
+        memcpy(cb->vcache + base + (size_t)dst * blk, cb->vcache + base + (size_t)src * blk,
+               blk * sizeof *cb->vcache);
+    }
+    return PS_OK;
+}
+
+static void cpu_free(backend *be)
+{
+    struct cpu_backend *cb = (struct cpu_backend *)be;
+    if (!cb)
+        return;
+    threadpool_free(cb->tp);
+    if (cb->lv) {
+        for (int il = 0; il < be->model->hp.n_layer; il++) {
+            struct layer_vecs *lv = &cb->lv[il];
+            free(lv->attn_norm);
+            free(lv->ffn_norm);
+            free(lv->bq);
+            free(lv->bk);
+            free(lv->bv);
+            free(lv->q_norm);
+            free(lv->k_norm);
+        }
+        free(cb->lv);
+    }
+    free(cb->out_norm);
+    free(cb->kcache);
+    free(cb->vcache);
+    free(cb->x);
+    free(cb->xn);
+    free(cb->q);
+    free(cb->k);
+    free(cb->v);
+    free(cb->att);
+    free(cb->hb);
+    for (int i = 0; i < 3; i++)
+        free(cb->qact[i]);
+    free(cb->rope_cos);
+    free(cb->rope_sin);
+    free(cb->scores);
+    free(cb->tok_pos);
+    free(cb->tok_seq);
+    free(cb->logit_tok);
+    free(cb);
+}
+
+static const struct backend_ops cpu_ops = {
+    .name = "cpu",
+    .forward = cpu_forward,
+    .copy_block = cpu_copy_block,
+    .free = cpu_free,
+};
+
+/* Check a matrix weight: present, shape [in -> out], a type with a
+ * vec_dot, and track the largest quantized activation row it needs. */
+static int check_matrix(const struct weight *w, int64_t in, int64_t out, const char *what, int il,
+                        size_t *act_bytes)
+{
+    if (!w->data)
+        return ps_error_set(PS_EFORMAT, "backend_cpu: layer %d: %s missing", il, what);
+    if (w->ne[0] != in || w->ne[1] != out)
+        return ps_error_set(PS_EFORMAT, "backend_cpu: layer %d: %s is [%lld x %lld], expected [%lld x %lld]",
+                            il, what, (long long)w->ne[0], (long long)w->ne[1], (long long)in,
+                            (long long)out);
+    const struct dtype_info *ti = dtype_info_get(w->type);
+    if (!ti)
+        return ps_error_set(PS_EUNSUPPORTED, "backend_cpu: layer %d: %s has unsupported type %d", il,
+                            what, (int)w->type);
+    size_t rb = dtype_row_bytes(ti->vec_dot_type, in);
+    if (rb == 0 || dtype_row_bytes(w->type, in) == 0)
+        return ps_error_set(PS_EUNSUPPORTED, "backend_cpu: layer %d: %s: rows of %lld do not fit type %s",
+                            il, what, (long long)in, ti->name);
+    if (rb > *act_bytes)
+        *act_bytes = rb;
+    return PS_OK;
+}
+
+#define TRY(expr)             \
+    do {                      \
+        rc = (expr);          \
+        if (rc)               \
+            goto fail;        \
+    } while (0)
+
+#define ALLOC(ptr, count)                                              \
+    do {                                                               \
+        (ptr) = calloc((size_t)(count), sizeof *(ptr));                \
+        if (!(ptr)) {                                                  \
+            rc = ps_error_set(PS_ENOMEM, "backend_cpu: out of memory for %s (%lld elements)", \
+                              #ptr, (long long)(count));               \
+            goto fail;                                                 \
+        }                                                              \
+    } while (0)
+
+int backend_cpu_create(const struct model *m, const struct backend_config *cfg, backend **out)
+{
+    *out = NULL;
+    const struct model_hparams *hp = &m->hp;
+    if (cfg->n_threads < 1)
+        return ps_error_set(PS_EINVAL, "backend_cpu: n_threads %d < 1", (int)cfg->n_threads);
+    if (cfg->n_kv_blocks < 1)
+        return ps_error_set(PS_EINVAL, "backend_cpu: n_kv_blocks %d < 1", (int)cfg->n_kv_blocks);
+    if (cfg->block_size < 1)
+        return ps_error_set(PS_EINVAL, "backend_cpu: block_size %d < 1", (int)cfg->block_size);
+    if (cfg->max_batch_tokens < 0)
+        return ps_error_set(PS_EINVAL, "backend_cpu: max_batch_tokens %d < 0", (int)cfg->max_batch_tokens);
+    if (hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->head_dim < 1 ||
+        hp->rope_dim < 0 || hp->rope_dim % 2 || hp->rope_dim > hp->head_dim)
+        return ps_error_set(PS_EFORMAT, "backend_cpu: bad heads: n_head %d n_head_kv %d head_dim %d rope_dim %d",
+                            (int)hp->n_head, (int)hp->n_head_kv, (int)hp->head_dim, (int)hp->rope_dim);
+
+    quant_init();
+    int rc = PS_OK;
+    struct cpu_backend *cb = calloc(1, sizeof *cb);
+    if (!cb)
+        return ps_error_set(PS_ENOMEM, "backend_cpu: out of memory");
+    cb->base.ops = &cpu_ops;
+    cb->base.model = m;
+    cb->base.cfg = *cfg;
+    if (cb->base.cfg.max_batch_tokens == 0)
+        cb->base.cfg.max_batch_tokens = MAX_BATCH_DEFAULT;
+    cb->n_threads = cfg->n_threads;
+    cb->max_T = cb->base.cfg.max_batch_tokens;
+    cb->q_dim = (int64_t)hp->n_head * hp->head_dim;
+    cb->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
+    cb->ctx_max = (int64_t)cfg->n_kv_blocks * cfg->block_size;
+#ifdef CPU_X86
+    cb->simd = strcmp(quant_simd_name(), "scalar") != 0 && __builtin_cpu_supports("avx2") &&
+               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#endif
+
+    const int64_t E = hp->n_embd, F = hp->n_ff, T = cb->max_T;
+    ALLOC(cb->lv, hp->n_layer);
+    for (int il = 0; il < hp->n_layer; il++) {
+        const struct layer_weights *lw = &m->layers[il];
+        struct layer_vecs *lv = &cb->lv[il];
+        TRY(check_matrix(&lw->wq, E, cb->q_dim, "attn_q", il, &cb->act_bytes));
+        TRY(check_matrix(&lw->wk, E, cb->kv_dim, "attn_k", il, &cb->act_bytes));
+        TRY(check_matrix(&lw->wv, E, cb->kv_dim, "attn_v", il, &cb->act_bytes));
+        TRY(check_matrix(&lw->wo, cb->q_dim, E, "attn_output", il, &cb->act_bytes));
+        TRY(check_matrix(&lw->w_gate, E, F, "ffn_gate", il, &cb->act_bytes));
+        TRY(check_matrix(&lw->w_up, E, F, "ffn_up", il, &cb->act_bytes));
+        TRY(check_matrix(&lw->w_down, F, E, "ffn_down", il, &cb->act_bytes));
+        TRY(vec_to_f32(&lw->attn_norm, E, &lv->attn_norm, "attn_norm", il));
+        TRY(vec_to_f32(&lw->ffn_norm, E, &lv->ffn_norm, "ffn_norm", il));
+        TRY(vec_to_f32(&lw->bq, cb->q_dim, &lv->bq, "attn_q.bias", il));
+        TRY(vec_to_f32(&lw->bk, cb->kv_dim, &lv->bk, "attn_k.bias", il));
+        TRY(vec_to_f32(&lw->bv, cb->kv_dim, &lv->bv, "attn_v.bias", il));
+        TRY(vec_to_f32(&lw->q_norm, hp->head_dim, &lv->q_norm, "attn_q_norm", il));
+        TRY(vec_to_f32(&lw->k_norm, hp->head_dim, &lv->k_norm, "attn_k_norm", il));
+        if (!lv->attn_norm || !lv->ffn_norm) {
+            rc = ps_error_set(PS_EFORMAT, "backend_cpu: layer %d: norm weight missing", il);
+            goto fail;
+        }
+    }
+    TRY(check_matrix(&m->output, E, hp->n_vocab, "output", -1, &cb->act_bytes));
+    if (!m->tok_embd.data || m->tok_embd.ne[0] != E || m->tok_embd.ne[1] != hp->n_vocab ||
+        dtype_row_bytes(m->tok_embd.type, E) == 0) {
+        rc = ps_error_set(PS_EFORMAT, "backend_cpu: token_embd missing or not [%lld x %d]",
+                          (long long)E, (int)hp->n_vocab);
+        goto fail;
+    }
+    TRY(vec_to_f32(&m->output_norm, E, &cb->out_norm, "output_norm", -1));
+    if (!cb->out_norm) {
+        rc = ps_error_set(PS_EFORMAT, "backend_cpu: output_norm missing");
+        goto fail;
+    }
+
+    const int64_t cache_elems = (int64_t)hp->n_layer * cfg->n_kv_blocks * cfg->block_size * cb->kv_dim;
+    ALLOC(cb->kcache, cache_elems);
+    ALLOC(cb->vcache, cache_elems);
+    ALLOC(cb->x, T * E);
+    ALLOC(cb->xn, T * E);
+    ALLOC(cb->q, T * cb->q_dim);
+    ALLOC(cb->k, T * cb->kv_dim);
+    ALLOC(cb->v, T * cb->kv_dim);
+    ALLOC(cb->att, T * cb->q_dim);
+    ALLOC(cb->hb, T * F);
+    for (int i = 0; i < 3; i++)
+        ALLOC(cb->qact[i], T * (int64_t)cb->act_bytes);
+    ALLOC(cb->rope_cos, T * (hp->rope_dim / 2 + 1));
+    ALLOC(cb->rope_sin, T * (hp->rope_dim / 2 + 1));
+    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->ctx_max);
+    ALLOC(cb->tok_pos, T);
+    ALLOC(cb->tok_seq, T);
+    ALLOC(cb->logit_tok, T);
+    TRY(threadpool_create(cfg->n_threads, &cb->tp));
+
+    *out = &cb->base;
+    return PS_OK;
+fail:
+    cpu_free(&cb->base);
+    return rc;
+}

@@ -1,0 +1,352 @@
+/* sampler.c - penalties, greedy / top-k / temperature / top-p / min-p, draw.
+ *
+ * Determinism: candidate order is a total order (logit descending, id
+ * ascending on ties), sums run in a fixed order in double, and the RNG is
+ * xoshiro256** seeded through splitmix64 - so the same seed, logits and
+ * history give the same token on every machine.
+ *
+ * Cost: without top-p nothing is sorted.  Top-p selects the best 64
+ * candidates (quickselect), widening x4 until they hold top_p of the mass,
+ * so a full vocabulary sort is the rare worst case.
+ */
+#include "sampler.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/status.h"
+
+#define PENALTY_LAST_N_DEFAULT 64
+#define TOP_P_FIRST_K          64
+
+struct cand {
+    float   logit;
+    float   p;     /* exp((logit - max) / temperature), unnormalised */
+    int32_t id;
+};
+
+struct sampler {
+    struct sampler_params p;
+    int32_t      n_vocab;
+    int32_t      last_n;    /* history capacity */
+    int32_t      hist_len;  /* tokens held, <= last_n */
+    int32_t      hist_pos;  /* next write slot */
+    int32_t     *hist;      /* [last_n] ring */
+    int32_t     *counts;    /* [n_vocab] scratch, all zero between calls */
+    struct cand *cands;     /* [n_vocab] scratch */
+    uint64_t     rng[4];
+};
+
+struct sampler_params sampler_params_default(void)
+{
+    struct sampler_params p = {
+        .temperature = 0.0f,
+        .top_k = 0,
+        .top_p = 1.0f,
+        .min_p = 0.0f,
+        .repeat_penalty = 1.0f,
+        .presence_penalty = 0.0f,
+        .frequency_penalty = 0.0f,
+        .penalty_last_n = PENALTY_LAST_N_DEFAULT,
+        .seed = 0,
+    };
+    return p;
+}
+
+int sampler_params_validate(const struct sampler_params *p)
+{
+    if (!(p->temperature >= 0.0f) || isinf(p->temperature))
+        return ps_error_set(PS_EINVAL, "sampler: temperature %g must be a finite value >= 0",
+                            (double)p->temperature);
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+        return ps_error_set(PS_EINVAL, "sampler: top_p %g outside (0, 1]", (double)p->top_p);
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return ps_error_set(PS_EINVAL, "sampler: min_p %g outside [0, 1]", (double)p->min_p);
+    if (!(p->repeat_penalty > 0.0f) || isinf(p->repeat_penalty))
+        return ps_error_set(PS_EINVAL, "sampler: repeat_penalty %g must be a finite value > 0",
+                            (double)p->repeat_penalty);
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
+        return ps_error_set(PS_EINVAL, "sampler: presence_penalty %g outside [-2, 2]",
+                            (double)p->presence_penalty);
+    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
+        return ps_error_set(PS_EINVAL, "sampler: frequency_penalty %g outside [-2, 2]",
+                            (double)p->frequency_penalty);
+    if (p->penalty_last_n < 0)
+        return ps_error_set(PS_EINVAL, "sampler: penalty_last_n %d < 0", (int)p->penalty_last_n);
+    return PS_OK;
+}
+
+static uint64_t splitmix64(uint64_t *x)
+{
+    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static inline uint64_t rotl64(uint64_t x, int k)
+{
+    return (x << k) | (x >> (64 - k));
+}
+
+/* xoshiro256** */
+static uint64_t rng_next(uint64_t s[4])
+{
+    uint64_t r = rotl64(s[1] * 5, 7) * 9;
+    uint64_t t = s[1] << 17;
+    s[2] ^= s[0];
+    s[3] ^= s[1];
+    s[1] ^= s[2];
+    s[0] ^= s[3];
+    s[2] ^= t;
+    s[3] = rotl64(s[3], 45);
+    return r;
+}
+
+/* Uniform in [0, 1) with 53 random bits. */
+static double rng_uniform(uint64_t s[4])
+{
+    return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
+}
+
+int sampler_create(const struct sampler_params *p, int32_t n_vocab, sampler **out)
+{
+    *out = NULL;
+    int rc = sampler_params_validate(p);
+    if (rc)
+        return rc;
+    if (n_vocab < 1)
+        return ps_error_set(PS_EINVAL, "sampler: n_vocab %d < 1", (int)n_vocab);
+
+    struct sampler *s = calloc(1, sizeof *s);
+    if (!s)
+        goto nomem;
+    s->p = *p;
+    s->n_vocab = n_vocab;
+    s->last_n = p->penalty_last_n ? p->penalty_last_n : PENALTY_LAST_N_DEFAULT;
+    s->hist = malloc((size_t)s->last_n * sizeof *s->hist);
+    s->counts = calloc((size_t)n_vocab, sizeof *s->counts);
+    s->cands = malloc((size_t)n_vocab * sizeof *s->cands);
+    if (!s->hist || !s->counts || !s->cands)
+        goto nomem;
+    uint64_t x = p->seed;
+    for (int i = 0; i < 4; i++)
+        s->rng[i] = splitmix64(&x);
+    *out = s;
+    return PS_OK;
+nomem:
+    sampler_free(s);
+    return ps_error_set(PS_ENOMEM, "sampler: out of memory (n_vocab %d)", (int)n_vocab);
+}
+
+void sampler_free(sampler *s)
+{
+    if (!s)
+        return;
+    free(s->cands);
+    free(s->counts);
+    free(s->hist);
+    free(s);
+}
+
+void sampler_accept(sampler *s, int32_t token)
+{
+    if (token < 0 || token >= s->n_vocab)
+        return;
+    s->hist[s->hist_pos] = token;
+    s->hist_pos = (s->hist_pos + 1) % s->last_n;
+    if (s->hist_len < s->last_n)
+        s->hist_len++;
+}
+
+static void apply_penalties(sampler *s, float *logits)
+{
+    const struct sampler_params *p = &s->p;
+    if (p->repeat_penalty == 1.0f && p->presence_penalty == 0.0f && p->frequency_penalty == 0.0f)
+        return;
+    for (int32_t i = 0; i < s->hist_len; i++)
+        s->counts[s->hist[i]]++;
+    /* Each distinct token once; its count is reset as it is applied. */
+    for (int32_t i = 0; i < s->hist_len; i++) {
+        int32_t tok = s->hist[i];
+        int32_t c = s->counts[tok];
+        if (c == 0)
+            continue;
+        s->counts[tok] = 0;
+        float l = logits[tok];
+        if (l > 0.0f)
+            l /= p->repeat_penalty;
+        else
+            l *= p->repeat_penalty;
+        l -= (float)c * p->frequency_penalty + p->presence_penalty;
+        logits[tok] = l;
+    }
+}
+
+static inline int mask_allows(const uint32_t *mask, int32_t id)
+{
+    return !mask || ((mask[id / 32] >> (id % 32)) & 1u);
+}
+
+/* a before b in candidate order */
+static inline int cand_before(const struct cand *a, const struct cand *b)
+{
+    return a->logit > b->logit || (a->logit == b->logit && a->id < b->id);
+}
+
+static int cand_cmp(const void *pa, const void *pb)
+{
+    const struct cand *a = pa, *b = pb;
+    if (cand_before(a, b))
+        return -1;
+    return cand_before(b, a) ? 1 : 0;
+}
+
+static inline void cand_swap(struct cand *a, struct cand *b)
+{
+    struct cand t = *a;
+    *a = *b;
+    *b = t;
+}
+
+/* Reorder c[0..n) so its first k entries are the k best (any order among
+ * them).  Deterministic quickselect, median-of-three pivot. */
+static void cand_select(struct cand *c, int32_t n, int32_t k)
+{
+    int32_t lo = 0, hi = n - 1;
+    while (hi > lo) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (cand_before(&c[mid], &c[lo]))
+            cand_swap(&c[mid], &c[lo]);
+        if (cand_before(&c[hi], &c[lo]))
+            cand_swap(&c[hi], &c[lo]);
+        if (cand_before(&c[hi], &c[mid]))
+            cand_swap(&c[hi], &c[mid]);
+        struct cand pivot = c[mid];
+        int32_t i = lo, j = hi;
+        while (i <= j) {
+            while (cand_before(&c[i], &pivot))
+                i++;
+            while (cand_before(&pivot, &c[j]))
+                j--;
+            if (i <= j) {
+                cand_swap(&c[i], &c[j]);
+                i++;
+                j--;
+            }
+        }
+        if (k - 1 <= j)
+            hi = j;
+        else if (k - 1 >= i)
+            lo = i;
+        else
+            break;
+    }
+}
+
+static void cand_top(struct cand *c, int32_t n, int32_t k)
+{
+    if (k < n)
+        cand_select(c, n, k);
+    qsort(c, (size_t)k, sizeof *c, cand_cmp);
+}
+
+int sampler_sample(sampler *s, float *logits, const uint32_t *mask, int32_t *token)
+{
+    const struct sampler_params *p = &s->p;
+    const int32_t nv = s->n_vocab;
+
+    if (mask) {
+        int any = 0;
+        for (int32_t w = 0; w < (nv + 31) / 32 && !any; w++) {
+            uint32_t bits = mask[w];
+            if (w == nv / 32)
+                bits &= (nv % 32) ? ((1u << (nv % 32)) - 1u) : 0u;
+            any = bits != 0;
+        }
+        if (!any)
+            return ps_error_set(PS_EINVAL, "sampler: token mask allows no token of %d", (int)nv);
+    }
+
+    apply_penalties(s, logits);
+
+    /* Candidates: allowed ids, NaN logits treated as -inf. */
+    struct cand *c = s->cands;
+    int32_t n = 0;
+    for (int32_t id = 0; id < nv; id++) {
+        if (!mask_allows(mask, id))
+            continue;
+        float l = logits[id];
+        c[n].logit = isnan(l) ? -INFINITY : l;
+        c[n].id = id;
+        n++;
+    }
+
+    int32_t best = 0;
+    for (int32_t i = 1; i < n; i++)
+        if (cand_before(&c[i], &c[best]))
+            best = i;
+    if (p->temperature <= 0.0f || c[best].logit == -INFINITY) {
+        *token = c[best].id;
+        return PS_OK;
+    }
+
+    const float maxl = c[best].logit; /* the best candidate survives top-k */
+    int sorted = 0;
+    if (p->top_k > 0 && p->top_k < n) {
+        cand_top(c, n, p->top_k);
+        n = p->top_k;
+        sorted = 1;
+    }
+
+    const float inv_t = 1.0f / p->temperature;
+    double sum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        c[i].p = expf((c[i].logit - maxl) * inv_t);
+        sum += c[i].p;
+    }
+
+    if (p->top_p < 1.0f) {
+        const double target = (double)p->top_p * sum;
+        int32_t k = (sorted || n < TOP_P_FIRST_K) ? n : TOP_P_FIRST_K;
+        for (;;) {
+            if (!sorted)
+                cand_top(c, n, k);
+            double cum = 0.0;
+            int32_t m = 0;
+            while (m < k && cum < target)
+                cum += c[m++].p;
+            if (cum >= target || k == n) {
+                n = m > 0 ? m : 1;
+                break;
+            }
+            k = k > n / 4 ? n : k * 4;
+        }
+        sorted = 1;
+    }
+
+    if (p->min_p > 0.0f) {
+        /* p is relative to the best token (p = 1), so the threshold is min_p. */
+        int32_t m = 0;
+        for (int32_t i = 0; i < n; i++)
+            if (c[i].p >= p->min_p)
+                c[m++] = c[i];
+        n = m;
+    }
+
+    sum = 0.0;
+    for (int32_t i = 0; i < n; i++)
+        sum += c[i].p;
+    double r = rng_uniform(s->rng) * sum;
+    double cum = 0.0;
+    for (int32_t i = 0; i < n; i++) {
+        cum += c[i].p;
+        if (r < cum) {
+            *token = c[i].id;
+            return PS_OK;
+        }
+    }
+    *token = c[n - 1].id; /* r rounded up to sum */
+    return PS_OK;
+}

@@ -1,0 +1,169 @@
+/* threadpool.c - persistent workers, spin-then-sleep job hand-off.
+ *
+ * Protocol (one job at a time, serialised by the caller of threadpool_run):
+ *   caller: store fn/ctx, n_done = 0, then gen++ (under mu, broadcast cv);
+ *           run its own share (ith 0); spin until n_done == n-1.
+ *   worker: wait until gen != seen (spin SPIN_ITERS, then sleep on cv with
+ *           the check done under mu, so a wakeup cannot be lost); run its
+ *           share; n_done++ (release, publishing its writes to the caller).
+ * A decode step runs a few hundred short jobs back to back, so workers spin
+ * between them and only sleep when the engine is idle.
+ */
+#include "threadpool.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "../common/status.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define cpu_relax() _mm_pause()
+#else
+#define cpu_relax() ((void)0)
+#endif
+
+/* ~ a few ms of pause instructions before a worker goes to sleep. */
+#define SPIN_ITERS 200000
+/* Caller's wait: yield now and then so an oversubscribed machine progresses. */
+#define WAIT_YIELD_EVERY 4096
+
+struct worker {
+    struct threadpool *tp;
+    int                ith;
+};
+
+struct threadpool {
+    int              n;        /* threads including the caller */
+    pthread_t       *threads;  /* [n-1] */
+    struct worker   *workers;  /* [n-1] */
+    int              n_started;
+    pthread_mutex_t  mu;
+    pthread_cond_t   cv;
+    threadpool_fn    fn;
+    void            *ctx;
+    atomic_uint      gen;      /* job generation */
+    atomic_int       n_done;   /* workers done with the current generation */
+    atomic_int       stop;
+};
+
+static void *worker_main(void *arg)
+{
+    struct worker *w = arg;
+    struct threadpool *tp = w->tp;
+    unsigned seen = atomic_load_explicit(&tp->gen, memory_order_acquire);
+
+    for (;;) {
+        unsigned g = seen;
+        for (int i = 0; i < SPIN_ITERS; i++) {
+            g = atomic_load_explicit(&tp->gen, memory_order_acquire);
+            if (g != seen || atomic_load_explicit(&tp->stop, memory_order_relaxed))
+                break;
+            cpu_relax();
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&tp->mu);
+            while ((g = atomic_load(&tp->gen)) == seen && !atomic_load(&tp->stop))
+                pthread_cond_wait(&tp->cv, &tp->mu);
+            pthread_mutex_unlock(&tp->mu);
+        }
+        if (atomic_load(&tp->stop))
+            break;
+        seen = g;
+        tp->fn(tp->ctx, w->ith, tp->n);
+        atomic_fetch_add_explicit(&tp->n_done, 1, memory_order_release);
+    }
+    return NULL;
+}
+
+int threadpool_create(int n_threads, threadpool **out)
+{
+    *out = NULL;
+    if (n_threads < 1)
+        return ps_error_set(PS_EINVAL, "threadpool: n_threads %d < 1", n_threads);
+
+    struct threadpool *tp = calloc(1, sizeof *tp);
+    if (!tp)
+        return ps_error_set(PS_ENOMEM, "threadpool: out of memory");
+    tp->n = n_threads;
+    atomic_init(&tp->gen, 0);
+    atomic_init(&tp->n_done, 0);
+    atomic_init(&tp->stop, 0);
+    if (pthread_mutex_init(&tp->mu, NULL)) {
+        free(tp);
+        return ps_error_set(PS_EINTERNAL, "threadpool: pthread_mutex_init failed");
+    }
+    if (pthread_cond_init(&tp->cv, NULL)) {
+        pthread_mutex_destroy(&tp->mu);
+        free(tp);
+        return ps_error_set(PS_EINTERNAL, "threadpool: pthread_cond_init failed");
+    }
+    if (n_threads > 1) {
+        tp->threads = calloc((size_t)n_threads - 1, sizeof *tp->threads);
+        tp->workers = calloc((size_t)n_threads - 1, sizeof *tp->workers);
+        if (!tp->threads || !tp->workers) {
+            threadpool_free(tp);
+            return ps_error_set(PS_ENOMEM, "threadpool: out of memory");
+        }
+        for (int i = 0; i < n_threads - 1; i++) {
+            tp->workers[i].tp = tp;
+            tp->workers[i].ith = i + 1;
+            if (pthread_create(&tp->threads[i], NULL, worker_main, &tp->workers[i])) {
+                threadpool_free(tp);
+                return ps_error_set(PS_EINTERNAL, "threadpool: cannot start worker %d of %d",
+                                    i + 1, n_threads);
+            }
+            tp->n_started++;
+        }
+    }
+    *out = tp;
+    return PS_OK;
+}
+
+void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx)
+{
+    if (tp->n == 1) {
+        fn(ctx, 0, 1);
+        return;
+    }
+    tp->fn = fn;
+    tp->ctx = ctx;
+    atomic_store_explicit(&tp->n_done, 0, memory_order_relaxed);
+    pthread_mutex_lock(&tp->mu);
+    atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release);
+    pthread_cond_broadcast(&tp->cv);
+    pthread_mutex_unlock(&tp->mu);
+
+    fn(ctx, 0, tp->n);
+
+    for (unsigned i = 1; atomic_load_explicit(&tp->n_done, memory_order_acquire) < tp->n - 1; i++) {
+        if (i % WAIT_YIELD_EVERY == 0)
+            sched_yield();
+        else
+            cpu_relax();
+    }
+}
+
+int threadpool_size(const threadpool *tp)
+{
+    return tp->n;
+}
+
+void threadpool_free(threadpool *tp)
+{
+    if (!tp)
+        return;
+    pthread_mutex_lock(&tp->mu);
+    atomic_store(&tp->stop, 1);
+    pthread_cond_broadcast(&tp->cv);
+    pthread_mutex_unlock(&tp->mu);
+    for (int i = 0; i < tp->n_started; i++)
+        pthread_join(tp->threads[i], NULL);
+    pthread_cond_destroy(&tp->cv);
+    pthread_mutex_destroy(&tp->mu);
+    free(tp->workers);
+    free(tp->threads);
+    free(tp);
+}
