@@ -1107,13 +1107,14 @@ int gguf_writer_add_tensor(gguf_writer *w, const char *name, enum dtype type, ui
         w->cap_tensors = cap;
     }
     t.name = strdup(name);
-    t.data = malloc(t.nbytes ? t.nbytes : 1);
-    if (!t.name || !t.data) {
+    t.data = data ? malloc(t.nbytes) : NULL;
+    if (!t.name || (data && !t.data)) {
         free(t.name);
         free(t.data);
         return ps_error_set(PS_ENOMEM, "gguf: writer out of memory for tensor '%s'", name);
     }
-    memcpy(t.data, data, t.nbytes);
+    if (data)
+        memcpy(t.data, data, t.nbytes);
     w->tensors[w->n_tensors++] = t;
     return PS_OK;
 }
@@ -1125,10 +1126,21 @@ static size_t align_up(size_t x, size_t a)
 
 int gguf_writer_write(gguf_writer *w, const char *path)
 {
+    return gguf_writer_write_fill(w, path, NULL, NULL);
+}
+
+int gguf_writer_write_fill(gguf_writer *w, const char *path, gguf_tensor_fill_fn fill, void *ctx)
+{
     struct buf h = { 0 };
     int rc;
     FILE *fp = NULL;
+    uint8_t *tmp = NULL;
     static const uint8_t zeros[GGUF_DEFAULT_ALIGNMENT];
+
+    for (int64_t i = 0; i < w->n_tensors; i++)
+        if (!w->tensors[i].data && !fill)
+            return ps_error_set(PS_EINVAL, "gguf: writer: tensor '%s' has no data and no fill",
+                                w->tensors[i].name);
 
     if ((rc = buf_u32(&h, GGUF_MAGIC)) || (rc = buf_u32(&h, 3)) ||
         (rc = buf_u64(&h, (uint64_t)w->n_tensors)) || (rc = buf_u64(&h, (uint64_t)w->n_kv)) ||
@@ -1159,8 +1171,22 @@ int gguf_writer_write(gguf_writer *w, const char *path)
     for (int64_t i = 0; i < w->n_tensors; i++) {
         const struct writer_tensor *t = &w->tensors[i];
         size_t pad = align_up(t->nbytes, GGUF_DEFAULT_ALIGNMENT) - t->nbytes;
-        if (fwrite(t->data, 1, t->nbytes, fp) != t->nbytes)
+        const uint8_t *src = t->data;
+        if (!src) {
+            tmp = malloc(t->nbytes);
+            if (!tmp) {
+                rc = ps_error_set(PS_ENOMEM, "gguf: writer out of memory for tensor '%s'",
+                                  t->name);
+                goto fail;
+            }
+            if ((rc = fill(ctx, i, tmp, t->nbytes)))
+                goto fail;
+            src = tmp;
+        }
+        if (fwrite(src, 1, t->nbytes, fp) != t->nbytes)
             goto io_fail;
+        free(tmp);
+        tmp = NULL;
         if (i + 1 < w->n_tensors && pad && fwrite(zeros, 1, pad, fp) != pad)
             goto io_fail;
     }
@@ -1174,6 +1200,7 @@ int gguf_writer_write(gguf_writer *w, const char *path)
 io_fail:
     rc = ps_error_set(PS_EIO, "gguf: cannot write '%s': %s", path, strerror(errno));
 fail:
+    free(tmp);
     if (fp)
         fclose(fp);
     free(h.p);

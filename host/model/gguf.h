@@ -111,9 +111,15 @@ int  gguf_writer_set_str (gguf_writer *w, const char *key, const char *v);
 int  gguf_writer_set_arr_str(gguf_writer *w, const char *key, const char *const *v, uint64_t n);
 int  gguf_writer_set_arr_i32(gguf_writer *w, const char *key, const int32_t *v, uint64_t n);
 int  gguf_writer_set_arr_f32(gguf_writer *w, const char *key, const float *v, uint64_t n);
-/* data: dtype_row_bytes(type, ne[0]) * ne[1] * ne[2] * ne[3] bytes. */
+/* data: dtype_row_bytes(type, ne[0]) * ne[1] * ne[2] * ne[3] bytes, or NULL
+ * to have gguf_writer_write_fill produce it at write time (streaming). */
 int  gguf_writer_add_tensor(gguf_writer *w, const char *name, enum dtype type,
                             uint32_t n_dims, const int64_t *ne, const void *data);
 int  gguf_writer_write(gguf_writer *w, const char *path);
+/* Like gguf_writer_write; for each tensor added with data == NULL, calls
+ * fill(ctx, index, dst, nbytes) (index in add order) to produce its bytes in a
+ * temporary buffer, so only one such tensor is in memory at a time. */
+typedef int (*gguf_tensor_fill_fn)(void *ctx, int64_t index, void *dst, size_t nbytes);
+int  gguf_writer_write_fill(gguf_writer *w, const char *path, gguf_tensor_fill_fn fill, void *ctx);
 
 #endif /* PS_GGUF_H */
