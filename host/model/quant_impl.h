@@ -1,0 +1,51 @@
+/* quant_impl.h - private to quant.c / quant_avx2.c and tests/unit/test_quant.c.
+ *
+ * A kernel table per SIMD path.  quant_init() picks one table; the public
+ * entry points in quant.h dispatch through it.  Tests call both tables
+ * directly to compare the paths in one process.
+ *
+ * Contract of every kernel: n is a positive multiple of the weight type's
+ * block size (checked by the caller); pointers need no alignment.
+ */
+#ifndef PS_QUANT_IMPL_H
+#define PS_QUANT_IMPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* dot of one weight row w (its dtype) and one activation row a (the weight
+ * type's vec_dot_type), n elements */
+typedef float (*quant_dot_fn)(const void *w, const void *a, int64_t n);
+/* src[n] -> dst (dtype_row_bytes(type, n) bytes) */
+typedef void (*quant_quantize_fn)(const float *src, void *dst, int64_t n);
+
+struct quant_kernels {
+    const char       *name;       /* "scalar" / "avx2" */
+    quant_dot_fn      dot_f32;    /* F32  x F32  */
+    quant_dot_fn      dot_f16;    /* F16  x F32  */
+    quant_dot_fn      dot_bf16;   /* BF16 x F32  */
+    quant_dot_fn      dot_q4_0;   /* Q4_0 x Q8_0 */
+    quant_dot_fn      dot_q4_1;   /* Q4_1 x Q8_1 */
+    quant_dot_fn      dot_q8_0;   /* Q8_0 x Q8_0 */
+    quant_dot_fn      dot_q4_k;   /* Q4_K x Q8_K */
+    quant_dot_fn      dot_q6_k;   /* Q6_K x Q8_K */
+    quant_quantize_fn quantize_q8_0;
+    quant_quantize_fn quantize_q8_1;
+    quant_quantize_fn quantize_q8_k;
+};
+
+extern const struct quant_kernels quant_kernels_scalar;
+
+#if defined(__x86_64__) || defined(__i386__)
+#define PS_QUANT_HAVE_AVX2 1
+/* Valid only where quant_avx2_supported() is true. */
+extern const struct quant_kernels quant_kernels_avx2;
+#endif
+
+/* CPU has AVX2, FMA and F16C (false off x86). */
+bool quant_avx2_supported(void);
+
+/* Scalar Q8_K activation quantizer, shared by both tables. */
+void quant_quantize_q8_k_scalar(const float *src, void *dst, int64_t n);
+
+#endif /* PS_QUANT_IMPL_H */
