@@ -592,13 +592,13 @@ int tokenizer_from_gguf(const gguf_file *f, tokenizer **out)
         goto fail;
     if (!strcmp(pre, "smollm"))
         t->pre = PRE_SMOLLM;
-    else if (!strcmp(pre, "gpt2") || !strcmp(pre, "default"))
+    else if (!strcmp(pre, "gpt2") || !strcmp(pre, "gpt-2") || !strcmp(pre, "default"))
         t->pre = PRE_GPT2;
     else if (!strcmp(pre, "qwen2"))
         t->pre = PRE_QWEN2;
     else {
         rc = ps_error_set(PS_EUNSUPPORTED, "tokenizer: pre-tokenizer '%s' is not supported "
-                          "(smollm, gpt2, default, qwen2)", pre);
+                          "(smollm, gpt2, gpt-2, default, qwen2)", pre);
         goto fail;
     }
     if ((rc = load_vocab(t, f)))
@@ -818,21 +818,49 @@ static int bpe_word(struct encoder *e, const uint8_t *w, size_t n, struct id_vec
 {
     const tokenizer *t = e->t;
     int rc;
-    if (n == 1)
-        return emit_symbol(e, out, t->byte_sym[w[0]]);
-    if (n > e->syms_cap) {
-        size_t cap = n * 2;
+    if (n == 1 && t->byte_token[w[0]] >= 0)
+        return vec_push(out, t->byte_token[w[0]]);
+    if (n * 3 > e->syms_cap) {
+        size_t cap = n * 3;
         struct bpe_sym *p = realloc(e->syms, cap * sizeof *p);
         if (!p)
             return PS_ENOMEM;
         e->syms = p;
         e->syms_cap = cap;
     }
+    size_t m = 0;
+    bool missing = false;
     for (size_t i = 0; i < n; i++) {
-        e->syms[i].sym = t->byte_sym[w[i]];
-        e->syms[i].prev = (int32_t)i - 1;
-        e->syms[i].next = i + 1 < n ? (int32_t)i + 1 : -1;
+        missing |= t->byte_token[w[i]] < 0;
+        e->syms[m++].sym = t->byte_sym[w[i]];
     }
+    if (missing) {
+        /* Some byte has no token (SmolLM2 has none for 04 06 13 14 16 1D
+         * C0 C1 F1 F2 F5-FF).  As llama.cpp: a byte of a valid character is
+         * dropped, an invalid byte becomes U+FFFD. */
+        m = 0;
+        for (size_t i = 0; i < n;) {
+            uint32_t cp;
+            size_t k = unicode_utf8_decode(w + i, n - i, &cp);
+            for (size_t j = i; j < i + k; j++) {
+                if (t->byte_token[w[j]] >= 0) {
+                    e->syms[m++].sym = t->byte_sym[w[j]];
+                } else if (cp == UNICODE_INVALID) {
+                    e->syms[m++].sym = t->byte_sym[0xEF];
+                    e->syms[m++].sym = t->byte_sym[0xBF];
+                    e->syms[m++].sym = t->byte_sym[0xBD];
+                }
+            }
+            i += k;
+        }
+        if (m == 0)
+            return PS_OK;
+    }
+    for (size_t i = 0; i < m; i++) {
+        e->syms[i].prev = (int32_t)i - 1;
+        e->syms[i].next = i + 1 < m ? (int32_t)i + 1 : -1;
+    }
+    n = m;
     e->heap_n = 0;
     for (size_t i = 0; i + 1 < n; i++)
         if ((rc = try_pair(e, (int32_t)i)))

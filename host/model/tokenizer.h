@@ -8,7 +8,10 @@
  * Special tokens (token_type CONTROL or USER_DEFINED, e.g. "<|im_start|>")
  * are matched in the input only when encode is asked to parse them; else
  * their text is tokenized as ordinary bytes.  Invalid UTF-8 input bytes are
- * encoded through their byte tokens, so decode(encode(s)) == s for any s.
+ * encoded through their byte tokens, so decode(encode(s)) == s for any s
+ * whose bytes all have tokens.  A byte with no token (SmolLM2 lacks 13 that
+ * never occur in UTF-8 and 6 ASCII controls) is, as in llama.cpp, dropped
+ * when part of a valid character and encoded as U+FFFD when invalid.
  */
 #ifndef PS_TOKENIZER_H
 #define PS_TOKENIZER_H
