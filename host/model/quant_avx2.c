@@ -1,11 +1,387 @@
-/* quant_avx2.c - AVX2/FMA/F16C kernels (placeholder until the SIMD lands). */
+/* quant_avx2.c - AVX2/FMA/F16C kernels, selected at run time by quant_init().
+ *
+ * Compiled without -mavx2: every function carries the target attribute, so
+ * the binary still runs (on the scalar path) on CPUs without AVX2.
+ *
+ * Integer block dots use the unsigned x signed byte multiply
+ * (_mm256_maddubs_epi16) then pairwise widening (_mm256_madd_epi16); signed x
+ * signed products go through the sign trick |x| * (y * sign(x)).  The
+ * maddubs i16 pairs cannot saturate for our operand ranges: 15*127*2 (Q4),
+ * 127*127*2 (Q8, given q != -128 in the weight operand of a Q8_0 x Q8_0
+ * pair; ggml has the same limit), 63*127*2 (Q6_K).
+ *
+ * The Q8_0/Q8_1 activation quantizers reproduce quant.c's scalar rounding
+ * bit for bit (round half away from zero of x * (1/d)).
+ */
 #include "model/quant_impl.h"
 
+#include "model/quant.h"
+
 #ifdef PS_QUANT_HAVE_AVX2
-const struct quant_kernels quant_kernels_avx2 = {.name = "avx2"};
-#endif
+
+#include <immintrin.h>
+#include <string.h>
+
+#define AVX2 __attribute__((target("avx2,fma,f16c")))
+
+bool quant_avx2_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+           __builtin_cpu_supports("f16c");
+}
+
+static inline AVX2 float ld_h(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return _cvtsh_ss(h);
+}
+
+static inline AVX2 float hsum_ps(__m256 v)
+{
+    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    s = _mm_add_ss(s, _mm_movehdup_ps(s));
+    return _mm_cvtss_f32(s);
+}
+
+static inline AVX2 int hsum_epi32(__m256i v)
+{
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+/* 16 bytes of packed nibbles -> 32 bytes: low nibbles (elements 0..15) in
+ * the low lane, high nibbles (16..31) in the high lane */
+static inline AVX2 __m256i unpack_nibbles16(const uint8_t *p)
+{
+    __m128i v = _mm_loadu_si128((const __m128i *)p);
+    __m256i w = _mm256_inserti128_si256(_mm256_castsi128_si256(v), _mm_srli_epi16(v, 4), 1);
+    return _mm256_and_si256(w, _mm256_set1_epi8(0x0f));
+}
+
+/* u8 x i8 -> 8 x i32 sums of 4 adjacent products */
+static inline AVX2 __m256i dot_u8i8(__m256i u, __m256i s)
+{
+    return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+/* i8 x i8 -> 8 x i32 */
+static inline AVX2 __m256i dot_i8i8(__m256i x, __m256i y)
+{
+    return dot_u8i8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x));
+}
+
+static inline AVX2 __m256i ld256(const uint8_t *p)
+{
+    return _mm256_loadu_si256((const __m256i *)p);
+}
+
+/* ---- Q4_1 x Q8_1 ------------------------------------------------------------ */
+
+static AVX2 float dot_q4_1(const void *w, const void *a, int64_t n)
+{
+    const uint8_t *x = w, *y = a;
+    const int64_t  nb = n / 32;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    float  summ = 0.0f;
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2, x += 40, y += 72) {
+        __m256i p0 = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
+        __m256i p1 = dot_u8i8(unpack_nibbles16(x + 24), ld256(y + 40));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x + 20) * ld_h(y + 36)), _mm256_cvtepi32_ps(p1), acc1);
+        summ += ld_h(x + 2) * ld_h(y + 2) + ld_h(x + 22) * ld_h(y + 38);
+    }
+    for (; i < nb; i++, x += 20, y += 36) {
+        __m256i p = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p), acc0);
+        summ += ld_h(x + 2) * ld_h(y + 2);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summ;
+}
+
+/* ---- Q8_0 x Q8_0 ----------------------------------------------------------- */
+
+static AVX2 float dot_q8_0(const void *w, const void *a, int64_t n)
+{
+    const uint8_t *x = w, *y = a;
+    const int64_t  nb = n / 32;
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2, x += 68, y += 68) {
+        __m256i p0 = dot_i8i8(ld256(x + 2), ld256(y + 2));
+        __m256i p1 = dot_i8i8(ld256(x + 36), ld256(y + 36));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x + 34) * ld_h(y + 34)), _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++, x += 34, y += 34) {
+        __m256i p = dot_i8i8(ld256(x + 2), ld256(y + 2));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* ---- Q4_0 x Q8_0 ----------------------------------------------------------- */
+
+static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
+{
+    const uint8_t *x = w, *y = a;
+    const int64_t  nb = n / 32;
+    const __m256i  eight = _mm256_set1_epi8(8);
+    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2, x += 36, y += 68) {
+        __m256i q0 = _mm256_sub_epi8(unpack_nibbles16(x + 2), eight);
+        __m256i q1 = _mm256_sub_epi8(unpack_nibbles16(x + 20), eight);
+        __m256i p0 = dot_i8i8(q0, ld256(y + 2));
+        __m256i p1 = dot_i8i8(q1, ld256(y + 36));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x + 18) * ld_h(y + 34)), _mm256_cvtepi32_ps(p1), acc1);
+    }
+    for (; i < nb; i++, x += 18, y += 34) {
+        __m256i q = _mm256_sub_epi8(unpack_nibbles16(x + 2), eight);
+        __m256i p = dot_i8i8(q, ld256(y + 2));
+        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p), acc0);
+    }
+    return hsum_ps(_mm256_add_ps(acc0, acc1));
+}
+
+/* ---- Q4_K x Q8_K ----------------------------------------------------------- */
+
+static AVX2 float dot_q4_k(const void *w, const void *a, int64_t n)
+{
+    const uint8_t *x = w, *y = a;
+    const __m256i  m4 = _mm256_set1_epi8(0x0f);
+    __m256 acc  = _mm256_setzero_ps();
+    float  accm = 0.0f;
+    for (int64_t i = 0; i < n / 256; i++, x += 144, y += 292) {
+        float da;
+        memcpy(&da, y, sizeof da);
+        const uint8_t *s = x + 4;
+        /* 6-bit scales sc[0..7] and mins m[0..7] */
+        int16_t sc[8], m[8];
+        for (int j = 0; j < 4; j++) {
+            sc[j]     = (int16_t)(s[j] & 63);
+            m[j]      = (int16_t)(s[j + 4] & 63);
+            sc[j + 4] = (int16_t)((s[j + 8] & 0xf) | ((s[j] >> 6) << 4));
+            m[j + 4]  = (int16_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
+        }
+        /* mins: sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
+        __m256i bs   = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(y + 260)),
+                                         _mm256_set1_epi16(1));
+        __m256i mv   = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)m));
+        int     summ = hsum_epi32(_mm256_mullo_epi32(bs, mv));
+        accm += da * ld_h(x + 2) * (float)summ;
+
+        const uint8_t *qs = x + 16;
+        const uint8_t *q8 = y + 4;
+        __m256i sumi = _mm256_setzero_si256();
+        for (int c = 0; c < 4; c++, qs += 32, q8 += 64) {
+            __m256i q  = ld256(qs);
+            __m256i lo = _mm256_and_si256(q, m4);
+            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ld256(q8)),
+                                            _mm256_set1_epi16(sc[2 * c]));
+            __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ld256(q8 + 32)),
+                                            _mm256_set1_epi16(sc[2 * c + 1]));
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(da * ld_h(x)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc) - accm;
+}
+
+/* ---- Q6_K x Q8_K ----------------------------------------------------------- */
+
+static AVX2 float dot_q6_k(const void *w, const void *a, int64_t n)
+{
+    const uint8_t *x = w, *y = a;
+    const __m256i  m4 = _mm256_set1_epi8(0x0f), m30 = _mm256_set1_epi8(0x30);
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 256; i++, x += 210, y += 292) {
+        float da;
+        memcpy(&da, y, sizeof da);
+        const int8_t *sc = (const int8_t *)(x + 192);
+        /* q6 is stored +32: subtract 32 * sum_s sc[s] * bsums[s] once */
+        __m256i scv  = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)sc));
+        __m256i corr = _mm256_madd_epi16(scv, _mm256_loadu_si256((const __m256i *)(y + 260)));
+        __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
+        for (int h = 0; h < 2; h++) {
+            const uint8_t *ql = x + 64 * h, *q8 = y + 4 + 128 * h;
+            const int8_t  *s  = sc + 8 * h;
+            __m256i qh  = ld256(x + 128 + 32 * h);
+            __m256i ql0 = ld256(ql), ql1 = ld256(ql + 32);
+            __m256i q[4];
+            q[0] = _mm256_or_si256(_mm256_and_si256(ql0, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(qh, 4), m30));
+            q[1] = _mm256_or_si256(_mm256_and_si256(ql1, m4),
+                                   _mm256_and_si256(_mm256_slli_epi16(qh, 2), m30));
+            q[2] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                                   _mm256_and_si256(qh, m30));
+            q[3] = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                                   _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
+            for (int g = 0; g < 4; g++) {
+                /* 32 elements = sub-blocks 2g (low lane) and 2g+1 (high lane) */
+                __m256i p  = _mm256_maddubs_epi16(q[g], ld256(q8 + 32 * g));
+                __m256i sv = _mm256_set_m128i(_mm_set1_epi16(s[2 * g + 1]), _mm_set1_epi16(s[2 * g]));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sv));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(da * ld_h(x + 208)), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    return hsum_ps(acc);
+}
+
+/* ---- float weights ------------------------------------------------------------ */
+
+static inline AVX2 __m256 ld_f16x8(const uint8_t *p)
+{
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)p));
+}
+
+static inline AVX2 __m256 ld_bf16x8(const uint8_t *p)
+{
+    __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(v, 16));
+}
+
+static inline AVX2 __m256 ld_f32x8(const uint8_t *p)
+{
+    return _mm256_loadu_ps((const float *)(const void *)p);
+}
+
+static inline float ld_f32(const uint8_t *p)
+{
+    float f;
+    memcpy(&f, p, sizeof f);
+    return f;
+}
+
+/* One body for the three float weight types: WLOAD(p) loads 8 weights at p,
+ * WSCALAR(p) one, WB bytes per weight. */
+#define FLOAT_DOT(NAME, WLOAD, WSCALAR, WB)                                          \
+    static AVX2 float NAME(const void *w, const void *a, int64_t n)                  \
+    {                                                                                \
+        const uint8_t *x = w, *y = a;                                                \
+        __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();                   \
+        __m256 s2 = _mm256_setzero_ps(), s3 = _mm256_setzero_ps();                   \
+        int64_t i = 0;                                                               \
+        for (; i + 32 <= n; i += 32) {                                               \
+            s0 = _mm256_fmadd_ps(WLOAD(x + WB * i), ld_f32x8(y + 4 * i), s0);        \
+            s1 = _mm256_fmadd_ps(WLOAD(x + WB * (i + 8)), ld_f32x8(y + 4 * (i + 8)), s1);   \
+            s2 = _mm256_fmadd_ps(WLOAD(x + WB * (i + 16)), ld_f32x8(y + 4 * (i + 16)), s2); \
+            s3 = _mm256_fmadd_ps(WLOAD(x + WB * (i + 24)), ld_f32x8(y + 4 * (i + 24)), s3); \
+        }                                                                            \
+        for (; i + 8 <= n; i += 8)                                                   \
+            s0 = _mm256_fmadd_ps(WLOAD(x + WB * i), ld_f32x8(y + 4 * i), s0);        \
+        float r = hsum_ps(_mm256_add_ps(_mm256_add_ps(s0, s1), _mm256_add_ps(s2, s3))); \
+        for (; i < n; i++)                                                           \
+            r += WSCALAR(x + WB * i) * ld_f32(y + 4 * i);                            \
+        return r;                                                                    \
+    }
+
+static inline AVX2 float ld_bf16_1(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return bf16_to_f32(h);
+}
+
+FLOAT_DOT(dot_f32, ld_f32x8, ld_f32, 4)
+FLOAT_DOT(dot_f16, ld_f16x8, ld_h, 2)
+FLOAT_DOT(dot_bf16, ld_bf16x8, ld_bf16_1, 2)
+
+/* ---- Q8_0 / Q8_1 activation quantizers ------------------------------------------ */
+
+/* One block of 32: stores the 32 int8 at qs and returns the int sum; *d_out
+ * gets d = amax/127 (unrounded f32).  Rounding: half away from zero of
+ * x * (1/d), as the scalar roundf. */
+static inline AVX2 int quantize_block_q8(const float *x, int8_t *qs, float *d_out)
+{
+    const __m256 signbit = _mm256_set1_ps(-0.0f);
+    __m256 v[4];
+    __m256 amax = _mm256_setzero_ps();
+    for (int k = 0; k < 4; k++) {
+        v[k] = _mm256_loadu_ps(x + 8 * k);
+        amax = _mm256_max_ps(amax, _mm256_andnot_ps(signbit, v[k]));
+    }
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    const float d  = _mm_cvtss_f32(m) / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    *d_out = d;
+
+    const __m256 vid = _mm256_set1_ps(id), half = _mm256_set1_ps(0.5f), one = _mm256_set1_ps(1.0f);
+    __m256i i32[4];
+    for (int k = 0; k < 4; k++) {
+        __m256 p = _mm256_mul_ps(v[k], vid);
+        __m256 t = _mm256_round_ps(p, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+        __m256 f = _mm256_andnot_ps(signbit, _mm256_sub_ps(p, t));  /* |frac|, exact */
+        __m256 step = _mm256_or_ps(_mm256_and_ps(p, signbit), one);  /* +-1 */
+        __m256 r = _mm256_add_ps(t, _mm256_and_ps(_mm256_cmp_ps(f, half, _CMP_GE_OQ), step));
+        i32[k] = _mm256_cvttps_epi32(r);
+    }
+    __m256i sum = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+    /* packs interleave 128-bit lanes: dwords come out as a0 b0 c0 d0 a1 b1 c1 d1 */
+    __m256i p16 = _mm256_packs_epi16(_mm256_packs_epi32(i32[0], i32[1]),
+                                     _mm256_packs_epi32(i32[2], i32[3]));
+    p16 = _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256((__m256i *)(void *)qs, p16);
+    return hsum_epi32(sum);
+}
+
+static inline AVX2 void st_h(uint8_t *p, float f)
+{
+    uint16_t h = _cvtss_sh(f, _MM_FROUND_TO_NEAREST_INT);
+    memcpy(p, &h, sizeof h);
+}
+
+static AVX2 void quantize_q8_0(const float *x, void *dst, int64_t n)
+{
+    uint8_t *b = dst;
+    for (int64_t i = 0; i < n / 32; i++, x += 32, b += 34) {
+        float d;
+        quantize_block_q8(x, (int8_t *)(b + 2), &d);
+        st_h(b, d);
+    }
+}
+
+static AVX2 void quantize_q8_1(const float *x, void *dst, int64_t n)
+{
+    uint8_t *b = dst;
+    for (int64_t i = 0; i < n / 32; i++, x += 32, b += 36) {
+        float d;
+        int   sum = quantize_block_q8(x, (int8_t *)(b + 4), &d);
+        st_h(b, d);
+        st_h(b + 2, (float)sum * d);
+    }
+}
+
+const struct quant_kernels quant_kernels_avx2 = {
+    .name          = "avx2",
+    .dot_f32       = dot_f32,
+    .dot_f16       = dot_f16,
+    .dot_bf16      = dot_bf16,
+    .dot_q4_0      = dot_q4_0,
+    .dot_q4_1      = dot_q4_1,
+    .dot_q8_0      = dot_q8_0,
+    .dot_q4_k      = dot_q4_k,
+    .dot_q6_k      = dot_q6_k,
+    .quantize_q8_0 = quantize_q8_0,
+    .quantize_q8_1 = quantize_q8_1,
+    .quantize_q8_k = quant_quantize_q8_k_scalar,
+};
+
+#else /* !PS_QUANT_HAVE_AVX2 */
 
 bool quant_avx2_supported(void)
 {
     return false;
 }
+
+#endif
