@@ -82,26 +82,48 @@ static inline AVX2 __m256i ld256(const uint8_t *p)
 
 /* ---- Q4_1 x Q8_1 ------------------------------------------------------------ */
 
+/* the two f16 at p -> lanes 0 and 1 */
+static inline AVX2 __m128 ld_h2(const uint8_t *p)
+{
+    int32_t v;
+    memcpy(&v, p, sizeof v);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128(v));
+}
+
+/* f16 at p and at p + stride -> lanes 0 and 1 (one conversion for two blocks) */
+static inline AVX2 __m128 ld_h_pair(const uint8_t *p, int stride)
+{
+    uint16_t h0, h1;
+    memcpy(&h0, p, sizeof h0);
+    memcpy(&h1, p + stride, sizeof h1);
+    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
+}
+
+/* Both blocks start with two f16: (d, m) for Q4_1, (d, s) for Q8_1, so one
+ * product gives (d_w*d_a, m_w*s_a); lane 1 accumulates the offset term. */
 static AVX2 float dot_q4_1(const void *w, const void *a, int64_t n)
 {
     const uint8_t *x = w, *y = a;
     const int64_t  nb = n / 32;
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    float  summ = 0.0f;
+    __m128 accm = _mm_setzero_ps();
     int64_t i = 0;
     for (; i + 1 < nb; i += 2, x += 40, y += 72) {
+        __m128  s0 = _mm_mul_ps(ld_h2(x), ld_h2(y));
+        __m128  s1 = _mm_mul_ps(ld_h2(x + 20), ld_h2(y + 36));
         __m256i p0 = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
         __m256i p1 = dot_u8i8(unpack_nibbles16(x + 24), ld256(y + 40));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x + 20) * ld_h(y + 36)), _mm256_cvtepi32_ps(p1), acc1);
-        summ += ld_h(x + 2) * ld_h(y + 2) + ld_h(x + 22) * ld_h(y + 38);
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), _mm256_cvtepi32_ps(p1), acc1);
+        accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
     }
     for (; i < nb; i++, x += 20, y += 36) {
-        __m256i p = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p), acc0);
-        summ += ld_h(x + 2) * ld_h(y + 2);
+        __m128  s0 = _mm_mul_ps(ld_h2(x), ld_h2(y));
+        __m256i p0 = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(p0), acc0);
+        accm = _mm_add_ps(accm, s0);
     }
-    return hsum_ps(_mm256_add_ps(acc0, acc1)) + summ;
+    return hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(accm));
 }
 
 /* ---- Q8_0 x Q8_0 ----------------------------------------------------------- */
@@ -113,10 +135,11 @@ static AVX2 float dot_q8_0(const void *w, const void *a, int64_t n)
     __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 1 < nb; i += 2, x += 68, y += 68) {
+        __m128  sc = _mm_mul_ps(ld_h_pair(x, 34), ld_h_pair(y, 34));
         __m256i p0 = dot_i8i8(ld256(x + 2), ld256(y + 2));
         __m256i p1 = dot_i8i8(ld256(x + 36), ld256(y + 36));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x + 34) * ld_h(y + 34)), _mm256_cvtepi32_ps(p1), acc1);
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(sc)), _mm256_cvtepi32_ps(p1), acc1);
     }
     for (; i < nb; i++, x += 34, y += 34) {
         __m256i p = dot_i8i8(ld256(x + 2), ld256(y + 2));
@@ -137,10 +160,11 @@ static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
     for (; i + 1 < nb; i += 2, x += 36, y += 68) {
         __m256i q0 = _mm256_sub_epi8(unpack_nibbles16(x + 2), eight);
         __m256i q1 = _mm256_sub_epi8(unpack_nibbles16(x + 20), eight);
+        __m128  sc = _mm_mul_ps(ld_h_pair(x, 18), ld_h_pair(y, 34));
         __m256i p0 = dot_i8i8(q0, ld256(y + 2));
         __m256i p1 = dot_i8i8(q1, ld256(y + 36));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x + 18) * ld_h(y + 34)), _mm256_cvtepi32_ps(p1), acc1);
+        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p0), acc0);
+        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(sc)), _mm256_cvtepi32_ps(p1), acc1);
     }
     for (; i < nb; i++, x += 18, y += 34) {
         __m256i q = _mm256_sub_epi8(unpack_nibbles16(x + 2), eight);
