@@ -176,47 +176,52 @@ static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
 
 /* ---- Q4_K x Q8_K ----------------------------------------------------------- */
 
+/* shuffle control broadcasting 16-bit word k (of each 128-bit lane) */
+static inline AVX2 __m256i word_bcast(int k)
+{
+    return _mm256_set1_epi16((short)(((2 * k + 1) << 8) | (2 * k)));
+}
+
 static AVX2 float dot_q4_k(const void *w, const void *a, int64_t n)
 {
     const uint8_t *x = w, *y = a;
     const __m256i  m4 = _mm256_set1_epi8(0x0f);
     __m256 acc  = _mm256_setzero_ps();
-    float  accm = 0.0f;
+    __m256 accm = _mm256_setzero_ps();
     for (int64_t i = 0; i < n / 256; i++, x += 144, y += 292) {
         float da;
         memcpy(&da, y, sizeof da);
-        const uint8_t *s = x + 4;
-        /* 6-bit scales sc[0..7] and mins m[0..7] */
-        int16_t sc[8], m[8];
-        for (int j = 0; j < 4; j++) {
-            sc[j]     = (int16_t)(s[j] & 63);
-            m[j]      = (int16_t)(s[j + 4] & 63);
-            sc[j + 4] = (int16_t)((s[j + 8] & 0xf) | ((s[j] >> 6) << 4));
-            m[j + 4]  = (int16_t)((s[j + 8] >> 4) | ((s[j + 4] >> 6) << 4));
-        }
-        /* mins: sum_j m[j] * (bsums[2j] + bsums[2j+1]) */
-        __m256i bs   = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(y + 260)),
-                                         _mm256_set1_epi16(1));
-        __m256i mv   = _mm256_cvtepi16_epi32(_mm_loadu_si128((const __m128i *)m));
-        int     summ = hsum_epi32(_mm256_mullo_epi32(bs, mv));
-        accm += da * ld_h(x + 2) * (float)summ;
+        const __m128 dd = _mm_mul_ps(ld_h2(x), _mm_set1_ps(da));  /* (da*d, da*dmin) */
+        /* 12 packed bytes -> sc[0..7], m[0..7] (6 bits each), four per word */
+        uint32_t u[3];
+        memcpy(u, x + 4, sizeof u);
+        const uint32_t sc_lo = u[0] & 0x3f3f3f3fu, m_lo = u[1] & 0x3f3f3f3fu;
+        const uint32_t sc_hi = (u[2] & 0x0f0f0f0fu) | ((u[0] >> 2) & 0x30303030u);
+        const uint32_t m_hi  = ((u[2] >> 4) & 0x0f0f0f0fu) | ((u[1] >> 2) & 0x30303030u);
+        const __m128i  m8    = _mm_setr_epi32((int)m_lo, (int)m_hi, 0, 0);
+        const __m128i  sc8   = _mm_setr_epi32((int)sc_lo, (int)sc_hi, 0, 0);
 
-        const uint8_t *qs = x + 16;
-        const uint8_t *q8 = y + 4;
+        /* mins: m[j] * (bsums[2j] + bsums[2j+1]), kept as 8 lanes */
+        __m256i mdup = _mm256_cvtepu8_epi16(_mm_unpacklo_epi8(m8, m8));
+        __m256i mins = _mm256_madd_epi16(_mm256_loadu_si256((const __m256i *)(y + 260)), mdup);
+        accm = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(dd)), _mm256_cvtepi32_ps(mins), accm);
+
+        const __m256i sc16 = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(sc8));
+        const uint8_t *qs = x + 16, *q8 = y + 4;
         __m256i sumi = _mm256_setzero_si256();
         for (int c = 0; c < 4; c++, qs += 32, q8 += 64) {
-            __m256i q  = ld256(qs);
-            __m256i lo = _mm256_and_si256(q, m4);
-            __m256i hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
+            __m256i q   = ld256(qs);
+            __m256i lo  = _mm256_and_si256(q, m4);
+            __m256i hi  = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
             __m256i plo = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, ld256(q8)),
-                                            _mm256_set1_epi16(sc[2 * c]));
+                                            _mm256_shuffle_epi8(sc16, word_bcast(2 * c)));
             __m256i phi = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, ld256(q8 + 32)),
-                                            _mm256_set1_epi16(sc[2 * c + 1]));
+                                            _mm256_shuffle_epi8(sc16, word_bcast(2 * c + 1)));
             sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(plo, phi));
         }
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(da * ld_h(x)), _mm256_cvtepi32_ps(sumi), acc);
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd), _mm256_cvtepi32_ps(sumi), acc);
     }
-    return hsum_ps(acc) - accm;
+    return hsum_ps(_mm256_sub_ps(acc, accm));
 }
 
 /* ---- Q6_K x Q8_K ----------------------------------------------------------- */
@@ -236,7 +241,9 @@ static AVX2 float dot_q6_k(const void *w, const void *a, int64_t n)
         __m256i sumi = _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32(corr, 5));
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x + 64 * h, *q8 = y + 4 + 128 * h;
-            const int8_t  *s  = sc + 8 * h;
+            /* this half's 8 scales as i16 in both lanes */
+            __m256i sh  = _mm256_broadcastsi128_si256(
+                _mm_cvtepi8_epi16(_mm_loadl_epi64((const __m128i *)(sc + 8 * h))));
             __m256i qh  = ld256(x + 128 + 32 * h);
             __m256i ql0 = ld256(ql), ql1 = ld256(ql + 32);
             __m256i q[4];
@@ -250,9 +257,10 @@ static AVX2 float dot_q6_k(const void *w, const void *a, int64_t n)
                                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m30));
             for (int g = 0; g < 4; g++) {
                 /* 32 elements = sub-blocks 2g (low lane) and 2g+1 (high lane) */
-                __m256i p  = _mm256_maddubs_epi16(q[g], ld256(q8 + 32 * g));
-                __m256i sv = _mm256_set_m128i(_mm_set1_epi16(s[2 * g + 1]), _mm_set1_epi16(s[2 * g]));
-                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, sv));
+                __m256i p   = _mm256_maddubs_epi16(q[g], ld256(q8 + 32 * g));
+                __m256i ctl = _mm256_set_m128i(_mm256_castsi256_si128(word_bcast(2 * g + 1)),
+                                               _mm256_castsi256_si128(word_bcast(2 * g)));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, _mm256_shuffle_epi8(sh, ctl)));
             }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(da * ld_h(x + 208)), _mm256_cvtepi32_ps(sumi), acc);
