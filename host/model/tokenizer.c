@@ -788,8 +788,10 @@ static struct bpe_cand heap_pop(struct encoder *e)
 
 static int try_pair(struct encoder *e, int32_t left)
 {
+    if (left < 0)
+        return PS_OK;
     int32_t right = e->syms[left].next;
-    if (left < 0 || right < 0)
+    if (right < 0)
         return PS_OK;
     uint64_t key = ((uint64_t)(uint32_t)e->syms[left].sym << 32) | (uint32_t)e->syms[right].sym;
     const struct merge_entry *m = merge_slot(e->t, key);
