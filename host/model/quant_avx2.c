@@ -19,6 +19,7 @@
 
 #ifdef PS_QUANT_HAVE_AVX2
 
+#include <cpuid.h>
 #include <immintrin.h>
 #include <string.h>
 
@@ -26,9 +27,12 @@
 
 bool quant_avx2_supported(void)
 {
+    unsigned eax, ebx, ecx, edx;
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-           __builtin_cpu_supports("f16c");
+    if (!__builtin_cpu_supports("avx2") || !__builtin_cpu_supports("fma"))
+        return false;
+    /* F16C: CPUID.1:ECX bit 29 (not every compiler's builtin knows "f16c") */
+    return __get_cpuid(1, &eax, &ebx, &ecx, &edx) && (ecx & (1u << 29));
 }
 
 static inline AVX2 float ld_h(const uint8_t *p)
