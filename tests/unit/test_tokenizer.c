@@ -330,7 +330,7 @@ static void test_synthetic(void)
 {
     const char *path = "/tmp/ps-test-tokenizer-synth.gguf";
     enum { N = 300 };
-    static char store[N][16];
+    static char store[N][32];
     const char *toks[N];
     int32_t types[N];
     int n = 0;
