@@ -1,0 +1,712 @@
+/* scheduler.c - continuous batching, chunked prefill, preemption by
+ * recompute, prefix sharing.  The state machine is documented in
+ * scheduler.h. */
+#include "scheduler.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "../common/status.h"
+#include "kv_blocks.h"
+#include "prefix_cache.h"
+
+struct seq {
+    uint64_t       id;
+    uint32_t       tenant;
+    int32_t        priority;
+    uint64_t       arrival;     /* submit order, kept across preemption    */
+    enum seq_state state;
+    void          *user;
+
+    int32_t       *tokens;      /* [cap_tokens] prompt then generated      */
+    int32_t        n_tokens, cap_tokens;
+    int32_t        n_prompt;
+    int32_t        n_computed;  /* tokens whose K/V is in the cache        */
+    int32_t        max_tokens;
+    int32_t        n_generated;
+    bool           ignore_eos;
+
+    int32_t       *blocks;      /* [cap_blocks] block table                */
+    int32_t        n_blocks, cap_blocks;
+    int32_t        n_hashed;    /* leading full blocks offered to the cache */
+    uint64_t       last_hash;   /* chain hash of block n_hashed-1 (or seed) */
+
+    int32_t        n_cached;    /* prefix hit tokens at first admission    */
+    bool           admitted_once;
+    int32_t        n_preempted;
+
+    sampler       *smp;
+    char         **stop;
+    int32_t        n_stop;
+    char          *text;        /* held-back text                          */
+    size_t         text_len, text_cap;
+
+    /* per-step scratch */
+    bool           in_plan;
+    int32_t        take;
+};
+
+struct sched {
+    struct sched_config cfg;
+    backend            *be;
+    struct sched_vocab  vocab;
+    sched_event_fn      on_event;
+    void               *ud;
+    int32_t             bs, n_vocab;
+    kv_blocks          *kv;
+    prefix_cache       *pc;
+
+    struct seq        **running; /* [max_seqs] sorted by priority desc, arrival asc */
+    int32_t             n_running;
+    struct seq        **waiting; /* sorted the same way */
+    int32_t             n_waiting, cap_waiting;
+    uint64_t            next_arrival;
+
+    struct batch_seq   *plan_seqs; /* [max_seqs] */
+    struct seq        **plan_of;   /* [max_seqs] */
+    float              *logits;    /* [max_seqs][n_vocab] */
+    int32_t            *match_buf; /* [max blocks per seq] */
+    uint64_t           *hash_buf;
+
+    struct sched_stats  st;
+};
+
+const char *finish_reason_str(enum finish_reason r)
+{
+    switch (r) {
+    case FINISH_STOP: return "stop";
+    case FINISH_LENGTH: return "length";
+    case FINISH_CANCELLED: return "cancelled";
+    case FINISH_ERROR: return "error";
+    default: return "none";
+    }
+}
+
+/* ---- text: UTF-8 and stop-string hold-back -------------------------------- */
+
+/* Bytes at the end of t[0..len) that form an incomplete UTF-8 character. */
+static size_t utf8_incomplete_tail(const char *t, size_t len)
+{
+    for (size_t k = 1; k <= 3 && k <= len; k++) {
+        unsigned char c = (unsigned char)t[len - k];
+        if ((c & 0xC0) == 0x80)
+            continue; /* continuation byte: look further back */
+        size_t need = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+        return need > k ? k : 0;
+    }
+    return 0;
+}
+
+bool sched_text_scan(const char *t, size_t len, const char *const *stop, int32_t n_stop,
+                     size_t *stop_at, size_t *safe)
+{
+    size_t best = (size_t)-1;
+    for (int32_t i = 0; i < n_stop; i++) {
+        size_t sl = strlen(stop[i]);
+        if (!sl || sl > len)
+            continue;
+        for (size_t p = 0; p + sl <= len && p < best; p++)
+            if (!memcmp(t + p, stop[i], sl)) {
+                best = p;
+                break;
+            }
+    }
+    if (best != (size_t)-1) {
+        *stop_at = best;
+        *safe = best;
+        return true;
+    }
+    size_t hold = 0;
+    for (int32_t i = 0; i < n_stop; i++) {
+        size_t sl = strlen(stop[i]);
+        /* longest proper prefix of stop[i] that is a suffix of t */
+        for (size_t k = (sl - 1 < len ? sl - 1 : len); k > hold; k--)
+            if (!memcmp(t + len - k, stop[i], k)) {
+                hold = k;
+                break;
+            }
+    }
+    size_t u = utf8_incomplete_tail(t, len);
+    if (u > hold)
+        hold = u;
+    *safe = len - hold;
+    return false;
+}
+
+static int text_append(struct seq *q, const char *p, size_t n)
+{
+    if (q->text_len + n + 1 > q->text_cap) {
+        size_t cap = q->text_cap ? q->text_cap : 64;
+        while (cap < q->text_len + n + 1)
+            cap *= 2;
+        char *t = realloc(q->text, cap);
+        if (!t)
+            return ps_error_set(PS_ENOMEM, "scheduler: out of memory for text");
+        q->text = t;
+        q->text_cap = cap;
+    }
+    memcpy(q->text + q->text_len, p, n);
+    q->text_len += n;
+    q->text[q->text_len] = '\0';
+    return PS_OK;
+}
+
+static void text_consume(struct seq *q, size_t n)
+{
+    memmove(q->text, q->text + n, q->text_len - n);
+    q->text_len -= n;
+}
+
+/* ---- sequence bookkeeping -------------------------------------------------- */
+
+static int seq_cmp(const struct seq *a, const struct seq *b)
+{
+    if (a->priority != b->priority)
+        return a->priority > b->priority ? -1 : 1;
+    return a->arrival < b->arrival ? -1 : a->arrival > b->arrival ? 1 : 0;
+}
+
+static void list_insert(struct seq **list, int32_t *n, struct seq *q)
+{
+    int32_t i = *n;
+    while (i > 0 && seq_cmp(q, list[i - 1]) < 0) {
+        list[i] = list[i - 1];
+        i--;
+    }
+    list[i] = q;
+    (*n)++;
+}
+
+static bool list_remove(struct seq **list, int32_t *n, const struct seq *q)
+{
+    for (int32_t i = 0; i < *n; i++)
+        if (list[i] == q) {
+            memmove(list + i, list + i + 1, (size_t)(*n - i - 1) * sizeof *list);
+            (*n)--;
+            return true;
+        }
+    return false;
+}
+
+static void seq_destroy(struct seq *q)
+{
+    if (!q)
+        return;
+    for (int32_t i = 0; i < q->n_stop; i++)
+        free(q->stop[i]);
+    free(q->stop);
+    free(q->text);
+    free(q->blocks);
+    free(q->tokens);
+    sampler_free(q->smp);
+    free(q);
+}
+
+static void seq_release_blocks(sched *s, struct seq *q)
+{
+    for (int32_t i = 0; i < q->n_blocks; i++)
+        kv_blocks_unref(s->kv, q->blocks[i]);
+    q->n_blocks = 0;
+    q->n_computed = 0;
+    q->n_hashed = 0;
+    q->last_hash = prefix_cache_seed(q->tenant);
+}
+
+static void emit(sched *s, const struct sched_event *ev)
+{
+    if (s->on_event)
+        s->on_event(s->ud, ev);
+}
+
+/* Any state -> FINISHED: emit DONE with the held-back text (not when a stop
+ * string matched: the caller trimmed it), release and free. */
+static void sched_finish(sched *s, struct seq *q, enum finish_reason why, const char *error)
+{
+    if (q->state == SEQ_RUNNING)
+        list_remove(s->running, &s->n_running, q);
+    else if (q->state == SEQ_WAITING || q->state == SEQ_PREEMPTED)
+        list_remove(s->waiting, &s->n_waiting, q);
+    q->state = SEQ_FINISHED;
+    seq_release_blocks(s, q);
+    struct sched_event ev = {
+        .kind = SCHED_EV_DONE, .id = q->id, .user = q->user, .token = -1,
+        .text = q->text ? q->text : "", .text_len = why == FINISH_CANCELLED ? 0 : q->text_len,
+        .finish = why, .n_prompt = q->n_prompt, .n_cached = q->n_cached,
+        .n_generated = q->n_generated, .n_preempted = q->n_preempted, .error = error,
+    };
+    emit(s, &ev);
+    seq_destroy(q);
+}
+
+/* RUNNING -> PREEMPTED: give back every block; keep tokens and sampler. */
+static void sched_preempt(sched *s, struct seq *q)
+{
+    list_remove(s->running, &s->n_running, q);
+    seq_release_blocks(s, q);
+    q->state = SEQ_PREEMPTED;
+    q->n_preempted++;
+    s->st.preemptions++;
+    list_insert(s->waiting, &s->n_waiting, q);
+}
+
+/* Grow q's block table to hold `n_pos` positions; PS_EFULL when no block is
+ * free or evictable (blocks already added stay). */
+static int seq_grow(sched *s, struct seq *q, int32_t n_pos)
+{
+    while ((int64_t)q->n_blocks * s->bs < n_pos) {
+        int32_t b;
+        int rc = prefix_cache_alloc(s->pc, &b);
+        if (rc)
+            return rc;
+        q->blocks[q->n_blocks++] = b;
+    }
+    return PS_OK;
+}
+
+/* Copy-on-write: the block that position n_computed falls in must be ours
+ * alone before the backend writes into it. */
+static int seq_make_writable(sched *s, struct seq *q)
+{
+    int32_t bi = q->n_computed / s->bs;
+    if (bi >= q->n_blocks || kv_blocks_refcount(s->kv, q->blocks[bi]) <= 1)
+        return PS_OK;
+    int32_t nb;
+    int rc = prefix_cache_alloc(s->pc, &nb);
+    if (rc)
+        return rc;
+    rc = backend_copy_block(s->be, q->blocks[bi], nb);
+    if (rc) {
+        kv_blocks_unref(s->kv, nb);
+        return rc;
+    }
+    kv_blocks_unref(s->kv, q->blocks[bi]);
+    q->blocks[bi] = nb;
+    s->st.cow_copies++;
+    return PS_OK;
+}
+
+/* The running sequence to preempt for `q`: the last in priority order that
+ * is neither q nor already in this step's batch. */
+static struct seq *pick_victim(sched *s, const struct seq *q)
+{
+    for (int32_t i = s->n_running - 1; i >= 0; i--) {
+        struct seq *v = s->running[i];
+        if (v != q && !v->in_plan)
+            return v;
+    }
+    return NULL;
+}
+
+static void plan_add(sched *s, struct seq *q, int32_t take, int32_t *n_plan)
+{
+    q->in_plan = true;
+    q->take = take;
+    s->plan_of[*n_plan] = q;
+    (*n_plan)++;
+}
+
+/* Schedule up to `budget` tokens of running sequence q (decode or prefill
+ * chunk).  Returns tokens taken (0: q was preempted or finished). */
+static int32_t schedule_running(sched *s, struct seq *q, int32_t budget, int32_t *n_plan)
+{
+    int32_t need = q->n_tokens - q->n_computed;
+    int32_t take = need < budget ? need : budget;
+    for (;;) {
+        int rc = seq_make_writable(s, q);
+        if (!rc) {
+            rc = seq_grow(s, q, q->n_computed + take);
+            if (!rc)
+                break;
+            int32_t cap = q->n_blocks * s->bs - q->n_computed;
+            if (cap >= 1 && rc == PS_EFULL) { /* a shorter prefill chunk fits */
+                take = cap < take ? cap : take;
+                break;
+            }
+        }
+        struct seq *v = rc == PS_EFULL ? pick_victim(s, q) : NULL;
+        if (v) {
+            sched_preempt(s, v);
+            continue;
+        }
+        if (rc == PS_EFULL && *n_plan > 0) { /* others hold the blocks: wait for them */
+            sched_preempt(s, q);
+            return 0;
+        }
+        sched_finish(s, q, FINISH_ERROR, rc == PS_EFULL ? "KV cache exhausted by one sequence"
+                                                         : ps_error_last());
+        return 0;
+    }
+    plan_add(s, q, take, n_plan);
+    return take;
+}
+
+/* Blocks that could be handed out now: free plus idle cached. */
+static int32_t blocks_available(const sched *s)
+{
+    return kv_blocks_n_free(s->kv) + prefix_cache_n_idle(s->pc);
+}
+
+/* WAITING/PREEMPTED -> RUNNING with the first chunk scheduled.  Returns
+ * tokens taken; 0 when it does not fit now (q stays waiting, untouched). */
+static int32_t sched_admit(sched *s, struct seq *q, int32_t budget, int32_t *n_plan)
+{
+    int32_t matched = 0;
+    if (s->cfg.prefix_cache) {
+        /* at least one token must run to give logits */
+        int32_t max_blocks = (q->n_tokens - 1) / s->bs;
+        matched = prefix_cache_match(s->pc, q->tenant, q->tokens, q->n_tokens, max_blocks,
+                                     s->match_buf, s->hash_buf);
+    }
+    int32_t n_comp = matched * s->bs;
+    int32_t take = q->n_tokens - n_comp < budget ? q->n_tokens - n_comp : budget;
+    int32_t need_blocks = (n_comp + take + s->bs - 1) / s->bs - matched;
+    /* Keep a block of head-room per running sequence so admissions do not
+     * immediately force preemptions of the decodes already running. */
+    int32_t avail = blocks_available(s) - s->n_running;
+    if (need_blocks > avail) {
+        int32_t fit = avail > 0 ? (matched + avail) * s->bs - n_comp : 0;
+        if (fit < 1) {
+            for (int32_t i = 0; i < matched; i++)
+                kv_blocks_unref(s->kv, s->match_buf[i]);
+            return 0;
+        }
+        take = fit < take ? fit : take;
+    }
+    list_remove(s->waiting, &s->n_waiting, q);
+    memcpy(q->blocks, s->match_buf, (size_t)matched * sizeof *q->blocks);
+    q->n_blocks = matched;
+    q->n_computed = n_comp;
+    q->n_hashed = matched;
+    q->last_hash = matched ? s->hash_buf[matched - 1] : prefix_cache_seed(q->tenant);
+    if (!q->admitted_once) {
+        q->n_cached = n_comp < q->n_prompt ? n_comp : q->n_prompt;
+        q->admitted_once = true;
+    }
+    s->st.prefix_hit_tokens += (uint64_t)n_comp;
+    q->state = SEQ_RUNNING;
+    list_insert(s->running, &s->n_running, q);
+    if (seq_grow(s, q, n_comp + take)) {
+        /* cannot happen after the availability check; undo cleanly */
+        sched_preempt(s, q);
+        q->n_preempted--;
+        s->st.preemptions--;
+        return 0;
+    }
+    plan_add(s, q, take, n_plan);
+    return take;
+}
+
+/* Offer q's newly completed full blocks to the prefix cache. */
+static void seq_publish_blocks(sched *s, struct seq *q)
+{
+    if (!s->cfg.prefix_cache)
+        return;
+    int32_t full = q->n_computed / s->bs;
+    while (q->n_hashed < full) {
+        const int32_t *tk = q->tokens + (size_t)q->n_hashed * s->bs;
+        uint64_t h = prefix_cache_hash(q->last_hash, tk, s->bs);
+        prefix_cache_insert(s->pc, q->last_hash, h, tk, q->blocks[q->n_hashed]);
+        q->last_hash = h;
+        q->n_hashed++;
+    }
+}
+
+/* Sample q's next token from its logits row and apply the stop rules. */
+static void seq_sample(sched *s, struct seq *q, float *row)
+{
+    int32_t tok;
+    int rc = sampler_sample(q->smp, row, NULL, &tok);
+    if (rc) {
+        sched_finish(s, q, FINISH_ERROR, ps_error_last());
+        return;
+    }
+    sampler_accept(q->smp, tok);
+    q->tokens[q->n_tokens++] = tok;
+    q->n_generated++;
+    s->st.generated_tokens++;
+
+    bool eog = !q->ignore_eos && s->vocab.is_eog && s->vocab.is_eog(s->vocab.ud, tok);
+    if (eog) {
+        struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
+                                  .token = tok, .text = "", .text_len = 0 };
+        emit(s, &ev);
+        sched_finish(s, q, FINISH_STOP, NULL);
+        return;
+    }
+    size_t plen = 0;
+    const char *piece = s->vocab.piece ? s->vocab.piece(s->vocab.ud, tok, &plen) : NULL;
+    if (piece && plen && text_append(q, piece, plen)) {
+        sched_finish(s, q, FINISH_ERROR, ps_error_last());
+        return;
+    }
+    size_t stop_at = 0, safe = 0;
+    bool stopped = q->text_len &&
+        sched_text_scan(q->text, q->text_len, (const char *const *)q->stop, q->n_stop, &stop_at, &safe);
+    if (!q->text_len)
+        safe = 0;
+    struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
+                              .token = tok, .text = q->text ? q->text : "", .text_len = safe };
+    emit(s, &ev);
+    text_consume(q, safe);
+    if (stopped) {
+        q->text_len = 0; /* drop the stop string and whatever followed */
+        sched_finish(s, q, FINISH_STOP, NULL);
+    } else if (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.n_ctx) {
+        sched_finish(s, q, FINISH_LENGTH, NULL);
+    }
+}
+
+int sched_step(sched *s, int32_t *n_scheduled)
+{
+    int32_t n_plan = 0, budget = s->cfg.max_batch_tokens;
+    *n_scheduled = 0;
+    for (int32_t i = 0; i < s->n_running; i++)
+        s->running[i]->in_plan = false;
+
+    /* Pass 1: decodes; pass 2: prefill chunks of running sequences.  Walk a
+     * snapshot: preemption reorders the running array. */
+    struct seq **snap = s->plan_of + s->cfg.max_seqs; /* second half of the scratch */
+    int32_t n_snap = s->n_running;
+    memcpy(snap, s->running, (size_t)n_snap * sizeof *snap);
+    for (int pass = 0; pass < 2; pass++)
+        for (int32_t i = 0; i < n_snap && budget > 0; i++) {
+            struct seq *q = snap[i];
+            if (q->state != SEQ_RUNNING || q->in_plan)
+                continue;
+            bool decode = q->n_tokens - q->n_computed == 1;
+            if (decode != (pass == 0))
+                continue;
+            budget -= schedule_running(s, q, budget, &n_plan);
+        }
+    /* Pass 3: admissions in priority order. */
+    while (budget > 0 && s->n_waiting > 0 && s->n_running < s->cfg.max_seqs) {
+        int32_t took = sched_admit(s, s->waiting[0], budget, &n_plan);
+        if (!took)
+            break;
+        budget -= took;
+    }
+    if (!n_plan)
+        return PS_OK;
+
+    for (int32_t i = 0; i < n_plan; i++) {
+        struct seq *q = s->plan_of[i];
+        bool last = q->n_computed + q->take == q->n_tokens;
+        s->plan_seqs[i] = (struct batch_seq){
+            .tokens = q->tokens + q->n_computed, .n_tokens = q->take, .pos0 = q->n_computed,
+            .block_table = q->blocks, .n_blocks = q->n_blocks,
+            .logits = last ? LOGITS_LAST : LOGITS_NONE,
+        };
+        /* everything but the forward of a just-sampled token is prefill */
+        s->st.prefill_tokens += (uint64_t)(q->take - (last && q->n_generated > 0 ? 1 : 0));
+    }
+    struct batch_plan plan = { .seqs = s->plan_seqs, .n_seqs = n_plan };
+    s->st.steps++;
+    *n_scheduled = n_plan;
+    int rc = backend_forward(s->be, &plan, s->logits);
+    if (rc) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "backend: %s", ps_error_last());
+        for (int32_t i = 0; i < n_plan; i++)
+            sched_finish(s, s->plan_of[i], FINISH_ERROR, msg);
+        return rc;
+    }
+    /* plan_of[] entries may be freed during sampling: read rows first. */
+    int32_t row = 0;
+    for (int32_t i = 0; i < n_plan; i++) {
+        struct seq *q = s->plan_of[i];
+        bool last = s->plan_seqs[i].logits == LOGITS_LAST;
+        q->n_computed += q->take;
+        q->in_plan = false;
+        seq_publish_blocks(s, q);
+        if (last)
+            seq_sample(s, q, s->logits + (size_t)row++ * s->n_vocab);
+    }
+    return PS_OK;
+}
+
+/* ---- public API -------------------------------------------------------------- */
+
+int sched_create(const struct sched_config *cfg, backend *be, const struct sched_vocab *vocab,
+                 sched_event_fn on_event, void *ud, sched **out)
+{
+    *out = NULL;
+    if (!cfg || !be || cfg->max_seqs < 1 || cfg->max_batch_tokens < 1 || cfg->n_ctx < 2)
+        return ps_error_set(PS_EINVAL, "scheduler: bad config (max_seqs %d, max_batch_tokens %d, n_ctx %d)",
+                            cfg ? (int)cfg->max_seqs : 0, cfg ? (int)cfg->max_batch_tokens : 0,
+                            cfg ? (int)cfg->n_ctx : 0);
+    if (cfg->max_batch_tokens > be->cfg.max_batch_tokens)
+        return ps_error_set(PS_EINVAL, "scheduler: max_batch_tokens %d exceeds the backend's %d",
+                            (int)cfg->max_batch_tokens, (int)be->cfg.max_batch_tokens);
+    int rc;
+    struct sched *s = calloc(1, sizeof *s);
+    if (!s)
+        return ps_error_set(PS_ENOMEM, "scheduler: out of memory");
+    s->cfg = *cfg;
+    s->be = be;
+    if (vocab)
+        s->vocab = *vocab;
+    s->on_event = on_event;
+    s->ud = ud;
+    s->bs = be->cfg.block_size;
+    s->n_vocab = be->model->hp.n_vocab;
+    int64_t cache_tokens = (int64_t)be->cfg.n_kv_blocks * s->bs;
+    if (s->cfg.n_ctx > cache_tokens)
+        s->cfg.n_ctx = (int32_t)cache_tokens;
+    rc = kv_blocks_create(be->cfg.n_kv_blocks, &s->kv);
+    if (rc)
+        goto fail;
+    rc = prefix_cache_create(s->kv, s->bs, &s->pc);
+    if (rc)
+        goto fail;
+    size_t ms = (size_t)cfg->max_seqs;
+    size_t max_blocks = (size_t)(s->cfg.n_ctx + s->bs - 1) / (size_t)s->bs + 1;
+    s->running = calloc(ms, sizeof *s->running);
+    s->plan_seqs = calloc(ms, sizeof *s->plan_seqs);
+    s->plan_of = calloc(2 * ms, sizeof *s->plan_of);
+    s->logits = malloc(ms * (size_t)s->n_vocab * sizeof *s->logits);
+    s->match_buf = malloc(max_blocks * sizeof *s->match_buf);
+    s->hash_buf = malloc(max_blocks * sizeof *s->hash_buf);
+    if (!s->running || !s->plan_seqs || !s->plan_of || !s->logits || !s->match_buf || !s->hash_buf) {
+        rc = ps_error_set(PS_ENOMEM, "scheduler: out of memory for %d sequences", (int)cfg->max_seqs);
+        goto fail;
+    }
+    *out = s;
+    return PS_OK;
+fail:
+    sched_free(s);
+    return rc;
+}
+
+void sched_free(sched *s)
+{
+    if (!s)
+        return;
+    while (s->n_running > 0)
+        sched_finish(s, s->running[s->n_running - 1], FINISH_CANCELLED, NULL);
+    while (s->n_waiting > 0)
+        sched_finish(s, s->waiting[s->n_waiting - 1], FINISH_CANCELLED, NULL);
+    free(s->hash_buf);
+    free(s->match_buf);
+    free(s->logits);
+    free(s->plan_of);
+    free(s->plan_seqs);
+    free(s->waiting);
+    free(s->running);
+    prefix_cache_free(s->pc);
+    kv_blocks_free(s->kv);
+    free(s);
+}
+
+int sched_submit(sched *s, const struct sched_request *req)
+{
+    if (req->n_prompt < 1 || !req->prompt)
+        return ps_error_set(PS_EINVAL, "the prompt is empty");
+    if (req->n_prompt >= s->cfg.n_ctx)
+        return ps_error_set(PS_EINVAL,
+                            "the prompt has %d tokens; the context holds %d, so at most %d prompt tokens fit",
+                            (int)req->n_prompt, (int)s->cfg.n_ctx, (int)s->cfg.n_ctx - 1);
+    if (req->max_tokens < 1)
+        return ps_error_set(PS_EINVAL, "max_tokens must be >= 1, got %d", (int)req->max_tokens);
+    for (int32_t i = 0; i < req->n_prompt; i++)
+        if (req->prompt[i] < 0 || req->prompt[i] >= s->n_vocab)
+            return ps_error_set(PS_EINVAL, "prompt token %d is outside the vocabulary [0, %d)",
+                                (int)req->prompt[i], (int)s->n_vocab);
+    int rc = sampler_params_validate(&req->sampling);
+    if (rc)
+        return rc;
+    if (s->n_waiting == s->cap_waiting) {
+        int32_t cap = s->cap_waiting ? 2 * s->cap_waiting : 64;
+        struct seq **w = realloc(s->waiting, (size_t)cap * sizeof *w);
+        if (!w)
+            return ps_error_set(PS_ENOMEM, "scheduler: out of memory");
+        s->waiting = w;
+        s->cap_waiting = cap;
+    }
+    struct seq *q = calloc(1, sizeof *q);
+    if (!q)
+        return ps_error_set(PS_ENOMEM, "scheduler: out of memory");
+    q->id = req->id;
+    q->tenant = req->tenant;
+    q->priority = req->priority;
+    q->arrival = s->next_arrival++;
+    q->user = req->user;
+    q->n_prompt = req->n_prompt;
+    q->max_tokens = req->max_tokens;
+    q->ignore_eos = req->ignore_eos;
+    int64_t cap_tokens = (int64_t)req->n_prompt + req->max_tokens;
+    if (cap_tokens > s->cfg.n_ctx)
+        cap_tokens = s->cfg.n_ctx;
+    q->cap_tokens = (int32_t)cap_tokens;
+    q->cap_blocks = (q->cap_tokens + s->bs - 1) / s->bs;
+    q->tokens = malloc((size_t)q->cap_tokens * sizeof *q->tokens);
+    q->blocks = malloc((size_t)q->cap_blocks * sizeof *q->blocks);
+    if (!q->tokens || !q->blocks)
+        goto oom;
+    memcpy(q->tokens, req->prompt, (size_t)req->n_prompt * sizeof *q->tokens);
+    q->n_tokens = req->n_prompt;
+    q->last_hash = prefix_cache_seed(q->tenant);
+    if (req->n_stop > 0) {
+        q->stop = calloc((size_t)req->n_stop, sizeof *q->stop);
+        if (!q->stop)
+            goto oom;
+        for (int32_t i = 0; i < req->n_stop; i++) {
+            if (!req->stop[i] || !req->stop[i][0])
+                continue;
+            q->stop[q->n_stop] = strdup(req->stop[i]);
+            if (!q->stop[q->n_stop])
+                goto oom;
+            q->n_stop++;
+        }
+    }
+    rc = sampler_create(&req->sampling, s->n_vocab, &q->smp);
+    if (rc) {
+        seq_destroy(q);
+        return rc;
+    }
+    for (int32_t i = 0; i < req->n_prompt; i++)
+        sampler_accept(q->smp, req->prompt[i]);
+    q->state = SEQ_WAITING;
+    list_insert(s->waiting, &s->n_waiting, q);
+    s->st.prompt_tokens += (uint64_t)req->n_prompt;
+    return PS_OK;
+oom:
+    seq_destroy(q);
+    return ps_error_set(PS_ENOMEM, "scheduler: out of memory");
+}
+
+int sched_cancel(sched *s, uint64_t id)
+{
+    for (int32_t i = 0; i < s->n_running; i++)
+        if (s->running[i]->id == id) {
+            sched_finish(s, s->running[i], FINISH_CANCELLED, NULL);
+            return PS_OK;
+        }
+    for (int32_t i = 0; i < s->n_waiting; i++)
+        if (s->waiting[i]->id == id) {
+            sched_finish(s, s->waiting[i], FINISH_CANCELLED, NULL);
+            return PS_OK;
+        }
+    return ps_error_set(PS_ENOTFOUND, "scheduler: request %llu is not live", (unsigned long long)id);
+}
+
+bool sched_has_work(const sched *s)
+{
+    return s->n_running > 0 || s->n_waiting > 0;
+}
+
+int32_t sched_n_ctx(const sched *s)
+{
+    return s->cfg.n_ctx;
+}
+
+void sched_get_stats(const sched *s, struct sched_stats *st)
+{
+    *st = s->st;
+    st->n_running = s->n_running;
+    st->n_waiting = s->n_waiting;
+    st->kv_total = kv_blocks_n_total(s->kv);
+    st->kv_free = kv_blocks_n_free(s->kv);
+    st->kv_cached = prefix_cache_n_cached(s->pc);
+    st->kv_idle = prefix_cache_n_idle(s->pc);
+}

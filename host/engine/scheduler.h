@@ -1,0 +1,175 @@
+/* scheduler.h - continuous batching of sequences over one backend.
+ *
+ * The scheduler lives on the engine thread.  Each sched_step builds one
+ * ragged batch under a token budget (max_batch_tokens): first one decode
+ * token for every running sequence that has finished its prompt, then
+ * prefill chunks of running sequences, then new admissions from the waiting
+ * queue (chunked prefill: a long prompt spreads over several steps, mixed
+ * with other sequences' decodes).  Sequences join and leave at every step.
+ *
+ * Sequence state machine (one struct seq per request):
+ *
+ *     sched_submit          sched_admit                 sched_finish
+ *   ───────────────► WAITING ─────────► RUNNING ─────────────────────► FINISHED
+ *                       ▲                 │  ▲                           ▲
+ *                       │  sched_preempt  │  │ sched_admit               │
+ *                       │  (KV blocks     ▼  │ (re-prefill; prefix       │
+ *                       └──────────── PREEMPTED  cache usually hits)     │
+ *                                         │                              │
+ *                                         └──── sched_cancel ────────────┘
+ *   sched_cancel also finishes WAITING and RUNNING sequences.
+ *
+ *   sched_submit   validates the request, creates its sampler (prompt tokens
+ *                  enter the penalty history), queues it WAITING.
+ *   sched_admit    (inside sched_step) matches the longest cached prefix
+ *                  (prefix_cache_match: those blocks are shared, not
+ *                  recomputed), allocates blocks for the first chunk, moves
+ *                  the sequence to the running set.
+ *   sched_preempt  (inside sched_step, when a running sequence needs a block
+ *                  and none is free or evictable) releases every block of the
+ *                  lowest-priority, latest-arrived running sequence not yet in
+ *                  this step's batch.  Its prompt and generated tokens and its
+ *                  sampler are kept; it waits (ahead of later arrivals of its
+ *                  priority) and is re-prefilled (recompute) when admitted.
+ *   sched_finish   EOG token, stop string, max_tokens, context full, cancel,
+ *                  or backend error: releases blocks, emits SCHED_EV_DONE.
+ *
+ * Invariants
+ *   1. Every request gets exactly one SCHED_EV_DONE (after zero or more
+ *      SCHED_EV_TOKEN), then the scheduler forgets it.
+ *   2. A RUNNING sequence has n_computed < n_tokens: its last token (the
+ *      last sampled one, or the rest of the prompt) still has to go through
+ *      the backend.  WAITING and PREEMPTED sequences hold no blocks.
+ *   3. Priority: larger first; FCFS (arrival order) within a priority, for
+ *      admission and (reversed) for the choice of preemption victim.
+ *   4. Full blocks of computed tokens are offered to the prefix cache; a
+ *      sequence only writes past its shared prefix (copy-on-write through
+ *      backend_copy_block guards the block it writes if it were shared).
+ *   5. Text in SCHED_EV_TOKEN events never ends inside a UTF-8 character
+ *      nor inside a possible prefix of a stop string; a matched stop string
+ *      and what follows are never emitted.
+ *
+ * Not thread-safe: one thread calls everything (engine.h owns the thread).
+ */
+#ifndef PS_SCHEDULER_H
+#define PS_SCHEDULER_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "backend.h"
+#include "sampler.h"
+
+enum seq_state { SEQ_WAITING, SEQ_RUNNING, SEQ_PREEMPTED, SEQ_FINISHED };
+
+enum finish_reason {
+    FINISH_NONE = 0,
+    FINISH_STOP,      /* EOG token or stop string                    */
+    FINISH_LENGTH,    /* max_tokens or the context is full           */
+    FINISH_CANCELLED, /* sched_cancel (client left, shutdown)        */
+    FINISH_ERROR,     /* backend failure; event carries the message  */
+};
+const char *finish_reason_str(enum finish_reason r); /* "stop", "length", ... */
+
+struct sched_config {
+    int32_t max_seqs;         /* running sequences at once, >= 1              */
+    int32_t max_batch_tokens; /* token budget per step, <= backend's          */
+    int32_t n_ctx;            /* max prompt + generated tokens per sequence   */
+    bool    prefix_cache;     /* share full prompt blocks across requests     */
+};
+
+/* Text side, all optional (NULL piece: events carry no text and stop strings
+ * never match; NULL is_eog: no token ends generation). */
+struct sched_vocab {
+    void        *ud;
+    const char *(*piece)(void *ud, int32_t id, size_t *len); /* bytes of a token */
+    bool        (*is_eog)(void *ud, int32_t id);
+};
+
+struct sched_request {
+    uint64_t       id;        /* caller's, unique among live requests     */
+    uint32_t       tenant;    /* seeds the prefix-cache chain (isolation) */
+    int32_t        priority;  /* larger runs first                        */
+    const int32_t *prompt;    /* [n_prompt], copied                       */
+    int32_t        n_prompt;  /* >= 1                                     */
+    int32_t        max_tokens;/* >= 1                                     */
+    struct sampler_params sampling;
+    const char *const *stop;  /* [n_stop] NUL-terminated, copied          */
+    int32_t        n_stop;
+    bool           ignore_eos;
+    void          *user;      /* handed back in every event               */
+};
+
+enum sched_event_kind { SCHED_EV_TOKEN, SCHED_EV_DONE };
+
+/* Pointers inside are valid only during the callback. */
+struct sched_event {
+    enum sched_event_kind kind;
+    uint64_t    id;
+    void       *user;
+    int32_t     token;       /* TOKEN: the sampled id                        */
+    const char *text;        /* bytes now safe to show (TOKEN: may be empty;
+                                DONE: the held-back rest)                    */
+    size_t      text_len;
+    /* DONE only: */
+    enum finish_reason finish;
+    int32_t     n_prompt;    /* prompt tokens                                */
+    int32_t     n_cached;    /* prompt tokens served by the prefix cache at
+                                first admission                              */
+    int32_t     n_generated; /* completion tokens                            */
+    int32_t     n_preempted; /* times this sequence was preempted            */
+    const char *error;       /* FINISH_ERROR: message                        */
+};
+typedef void (*sched_event_fn)(void *ud, const struct sched_event *ev);
+
+struct sched_stats {
+    int32_t  n_running, n_waiting;
+    int32_t  kv_total, kv_free;     /* blocks                               */
+    int32_t  kv_cached, kv_idle;    /* listed in the prefix cache / of those
+                                       held by no sequence                  */
+    uint64_t steps;
+    uint64_t prompt_tokens;         /* submitted prompt tokens              */
+    uint64_t prefill_tokens;        /* tokens run through the backend as
+                                       prompt (recompute included)          */
+    uint64_t prefix_hit_tokens;     /* tokens served by the prefix cache    */
+    uint64_t generated_tokens;
+    uint64_t preemptions;
+    uint64_t cow_copies;
+};
+
+typedef struct sched sched;
+
+/* be is borrowed (outlives the scheduler); the scheduler owns a kv_blocks
+ * allocator of be->cfg.n_kv_blocks blocks and the prefix cache over it.
+ * n_ctx is capped at what the cache can hold. */
+int  sched_create(const struct sched_config *cfg, backend *be, const struct sched_vocab *vocab,
+                  sched_event_fn on_event, void *ud, sched **out);
+/* Finishes (FINISH_CANCELLED, events emitted) whatever is left. NULL-safe. */
+void sched_free(sched *s);
+
+/* WAITING.  PS_EINVAL naming the problem (empty prompt, prompt not shorter
+ * than the context, max_tokens < 1, bad sampling parameter); no event then. */
+int  sched_submit(sched *s, const struct sched_request *req);
+
+/* Finish request `id` with FINISH_CANCELLED (releasing its blocks) and emit
+ * its DONE event now.  PS_ENOTFOUND when it is not live. */
+int  sched_cancel(sched *s, uint64_t id);
+
+/* One batch: schedule, backend_forward, sample, emit events.  Sets
+ * *n_scheduled to the sequences in the batch (0: nothing to do).  A backend
+ * failure finishes the batch's sequences with FINISH_ERROR and is returned. */
+int  sched_step(sched *s, int32_t *n_scheduled);
+
+bool sched_has_work(const sched *s);
+int32_t sched_n_ctx(const sched *s);
+void sched_get_stats(const sched *s, struct sched_stats *st);
+
+/* Stop-string scan of pending text t[0..len): when a stop occurs, *stop_at =
+ * its earliest start and true is returned; else *safe = how many leading
+ * bytes can be emitted (the rest might begin a stop string or is an
+ * incomplete UTF-8 character). */
+bool sched_text_scan(const char *t, size_t len, const char *const *stop, int32_t n_stop,
+                     size_t *stop_at, size_t *safe);
+
+#endif /* PS_SCHEDULER_H */

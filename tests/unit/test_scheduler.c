@@ -1,0 +1,571 @@
+/* test_scheduler - the scheduler against a fake backend whose "model" really
+ * depends on the KV cache: forward writes each new token id into its cache
+ * slot (through the block table) and the next token is a hash of every
+ * token read back from positions 0..p.  A wrong block table, a stale shared
+ * block, a lost preempted state or a mixed-up batch row changes the output,
+ * so comparing with a direct computation checks the whole bookkeeping.
+ *
+ * Covered: one request, chunked prefill, batching invariance (many requests
+ * at once == each alone), preemption under a tiny cache, prefix sharing
+ * (hit tokens, prefill savings, tenant isolation), cancel, priorities, EOG,
+ * stop strings across token boundaries, UTF-8 hold-back, max_tokens,
+ * context limit, bad requests, backend failure. */
+#include <stdbool.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "engine/backend.h"
+#include "engine/scheduler.h"
+#include "test_util.h"
+
+#define N_VOCAB 64
+#define EOG_ID  63
+
+/* ---- fake backend ---------------------------------------------------------- */
+
+struct fake_backend {
+    struct backend base;
+    int32_t       *cache; /* [n_kv_blocks * block_size] token ids, -1 = never written */
+    int            fail_next;
+    int64_t        forwards, tokens_run;
+    int32_t        max_seqs_seen;
+};
+
+static uint32_t mix(uint32_t h, uint32_t x)
+{
+    h ^= x + 0x9e3779b9u + (h << 6) + (h >> 2);
+    h *= 0x85ebca6bu;
+    return h ^ (h >> 13);
+}
+
+/* Next token after ctx[0..n): never the EOG id unless eog_every divides. */
+static int32_t ref_next(const int32_t *ctx, int32_t n, bool allow_eog)
+{
+    uint32_t h = 2166136261u;
+    for (int32_t i = 0; i < n; i++)
+        h = mix(h, (uint32_t)ctx[i] * 31u + (uint32_t)i);
+    int32_t t = (int32_t)(h % (allow_eog ? N_VOCAB : N_VOCAB - 1));
+    return t;
+}
+
+static bool g_allow_eog;
+
+static int fake_forward(backend *be, const struct batch_plan *plan, float *logits)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    if (fb->fail_next) {
+        fb->fail_next = 0;
+        return ps_error_set(PS_EINTERNAL, "fake: injected failure");
+    }
+    const int32_t bs = be->cfg.block_size;
+    fb->forwards++;
+    if (plan->n_seqs > fb->max_seqs_seen)
+        fb->max_seqs_seen = plan->n_seqs;
+    int64_t row = 0;
+    int32_t ctx[4096];
+    for (int32_t i = 0; i < plan->n_seqs; i++) {
+        const struct batch_seq *s = &plan->seqs[i];
+        fb->tokens_run += s->n_tokens;
+        for (int32_t t = 0; t < s->n_tokens; t++) {
+            int32_t p = s->pos0 + t;
+            fb->cache[s->block_table[p / bs] * bs + p % bs] = s->tokens[t];
+        }
+        if (s->logits == LOGITS_NONE)
+            continue;
+        int32_t end = s->pos0 + s->n_tokens;
+        for (int32_t p = 0; p < end; p++)
+            ctx[p] = fb->cache[s->block_table[p / bs] * bs + p % bs];
+        float *out = logits + row * N_VOCAB;
+        for (int32_t v = 0; v < N_VOCAB; v++)
+            out[v] = 0.0f;
+        out[ref_next(ctx, end, g_allow_eog)] = 10.0f;
+        row++;
+    }
+    return PS_OK;
+}
+
+static int fake_copy_block(backend *be, int32_t src, int32_t dst)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    const int32_t bs = be->cfg.block_size;
+    memcpy(fb->cache + dst * bs, fb->cache + src * bs, (size_t)bs * sizeof *fb->cache);
+    return PS_OK;
+}
+
+static void fake_free(backend *be)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    free(fb->cache);
+    free(fb);
+}
+
+static const struct backend_ops fake_ops = { "fake", fake_forward, fake_copy_block, fake_free };
+static struct model g_model;
+
+static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs, int32_t max_batch_tokens)
+{
+    g_model.hp.n_vocab = N_VOCAB;
+    struct fake_backend *fb = calloc(1, sizeof *fb);
+    fb->base.ops = &fake_ops;
+    fb->base.model = &g_model;
+    fb->base.cfg = (struct backend_config){ .n_threads = 1, .n_kv_blocks = n_blocks,
+                                            .block_size = bs, .max_batch_tokens = max_batch_tokens };
+    fb->cache = malloc((size_t)n_blocks * bs * sizeof *fb->cache);
+    for (int32_t i = 0; i < n_blocks * bs; i++)
+        fb->cache[i] = -1;
+    return fb;
+}
+
+/* ---- fake vocabulary: token id -> text ---------------------------------------- */
+
+static const char *fake_piece(void *ud, int32_t id, size_t *len)
+{
+    static char text[64][3];
+    (void)ud;
+    if (id == EOG_ID) {
+        *len = 0;
+        return "";
+    }
+    if (id == 60) { *len = 1; return "\xC3"; } /* first byte of a 2-byte character */
+    if (id == 61) { *len = 1; return "\xA9"; } /* its continuation byte */
+    if (id == 62) { *len = 3; return "END"; }
+    text[id][0] = (char)('a' + id % 26);
+    text[id][1] = id >= 26 ? (char)('A' + id % 26) : '\0';
+    *len = strlen(text[id]);
+    return text[id];
+}
+
+static bool fake_is_eog(void *ud, int32_t id)
+{
+    (void)ud;
+    return id == EOG_ID;
+}
+
+/* ---- event collection --------------------------------------------------------- */
+
+#define MAX_REQ 64
+
+struct result {
+    int32_t  tokens[512];
+    int32_t  n_tokens;
+    char     text[4096];
+    size_t   text_len;
+    int      done;
+    enum finish_reason finish;
+    int32_t  n_prompt, n_cached, n_generated, n_preempted;
+    int      done_order;
+};
+
+static struct result g_res[MAX_REQ];
+static int g_done_counter;
+
+static void on_event(void *ud, const struct sched_event *ev)
+{
+    (void)ud;
+    struct result *r = &g_res[ev->id];
+    CHECK(!r->done);
+    memcpy(r->text + r->text_len, ev->text, ev->text_len);
+    r->text_len += ev->text_len;
+    if (ev->kind == SCHED_EV_TOKEN) {
+        r->tokens[r->n_tokens++] = ev->token;
+        return;
+    }
+    r->done = 1;
+    r->finish = ev->finish;
+    r->n_prompt = ev->n_prompt;
+    r->n_cached = ev->n_cached;
+    r->n_generated = ev->n_generated;
+    r->n_preempted = ev->n_preempted;
+    r->done_order = g_done_counter++;
+}
+
+static void reset_results(void)
+{
+    memset(g_res, 0, sizeof g_res);
+    g_done_counter = 0;
+}
+
+/* Expected greedy continuation of prompt, n tokens (stops after EOG). */
+static int32_t reference(const int32_t *prompt, int32_t n_prompt, int32_t n, int32_t *out)
+{
+    int32_t ctx[4096];
+    memcpy(ctx, prompt, (size_t)n_prompt * sizeof *ctx);
+    int32_t len = n_prompt, k = 0;
+    while (k < n) {
+        int32_t t = ref_next(ctx, len, g_allow_eog);
+        out[k++] = t;
+        ctx[len++] = t;
+        if (t == EOG_ID)
+            break;
+    }
+    return k;
+}
+
+static void make_prompt(int32_t *p, int32_t n, uint32_t seed)
+{
+    for (int32_t i = 0; i < n; i++) {
+        seed = seed * 1103515245u + 12345u;
+        p[i] = (int32_t)((seed >> 16) % 60);
+    }
+}
+
+static struct sched_request req_of(uint64_t id, const int32_t *prompt, int32_t n, int32_t max_tokens)
+{
+    struct sched_request r = { .id = id, .prompt = prompt, .n_prompt = n, .max_tokens = max_tokens,
+                               .sampling = sampler_params_default() };
+    return r;
+}
+
+static int run_to_end(sched *s, int max_steps)
+{
+    int steps = 0;
+    while (sched_has_work(s) && steps < max_steps) {
+        int32_t n;
+        if (sched_step(s, &n) != PS_OK)
+            return -1;
+        steps++;
+    }
+    return sched_has_work(s) ? -1 : steps;
+}
+
+static void check_no_leak(sched *s)
+{
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    CHECK(st.n_running == 0 && st.n_waiting == 0);
+    CHECK_MSG(st.kv_free + st.kv_idle == st.kv_total, "free %d idle %d total %d", st.kv_free,
+              st.kv_idle, st.kv_total);
+}
+
+static sched *make_sched(struct fake_backend *fb, int32_t max_seqs, int32_t budget, int32_t n_ctx,
+                         bool pcache)
+{
+    struct sched_config cfg = { .max_seqs = max_seqs, .max_batch_tokens = budget, .n_ctx = n_ctx,
+                                .prefix_cache = pcache };
+    struct sched_vocab vocab = { NULL, fake_piece, fake_is_eog };
+    sched *s = NULL;
+    CHECK(sched_create(&cfg, &fb->base, &vocab, on_event, NULL, &s) == PS_OK);
+    return s;
+}
+
+/* ---- tests -------------------------------------------------------------------- */
+
+static void test_text_scan(void)
+{
+    const char *stops[] = { "STOP", "xy" };
+    size_t at, safe;
+    CHECK(!sched_text_scan("hello", 5, stops, 2, &at, &safe) && safe == 5);
+    CHECK(!sched_text_scan("helloST", 7, stops, 2, &at, &safe) && safe == 5);
+    CHECK(!sched_text_scan("hellox", 6, stops, 2, &at, &safe) && safe == 5);
+    CHECK(sched_text_scan("heSTOPllo", 9, stops, 2, &at, &safe) && at == 2);
+    CHECK(sched_text_scan("abxySTOP", 8, stops, 2, &at, &safe) && at == 2); /* earliest wins */
+    CHECK(!sched_text_scan("caf\xC3", 4, stops, 0, &at, &safe) && safe == 3);  /* UTF-8 hold */
+    CHECK(!sched_text_scan("caf\xC3\xA9", 5, stops, 0, &at, &safe) && safe == 5);
+    CHECK(!sched_text_scan("\xE2\x82", 2, stops, 0, &at, &safe) && safe == 0);
+    CHECK(!sched_text_scan("a\xF0\x9F\x98", 4, stops, 0, &at, &safe) && safe == 1);
+    CHECK(!sched_text_scan("\x80\x80", 2, stops, 0, &at, &safe) && safe == 2); /* invalid: pass */
+}
+
+static void test_single_and_chunked(void)
+{
+    for (int budget = 3; budget <= 64; budget += 61) {
+        struct fake_backend *fb = fake_create(64, 4, 64);
+        sched *s = make_sched(fb, 8, budget, 256, true);
+        reset_results();
+        int32_t p[23], want[40];
+        make_prompt(p, 23, 7);
+        struct sched_request r = req_of(1, p, 23, 30);
+        CHECK(sched_submit(s, &r) == PS_OK);
+        CHECK(run_to_end(s, 1000) > 0);
+        int32_t nw = reference(p, 23, 30, want);
+        CHECK(g_res[1].done && g_res[1].finish == FINISH_LENGTH);
+        CHECK(g_res[1].n_tokens == nw && !memcmp(g_res[1].tokens, want, (size_t)nw * 4));
+        CHECK(g_res[1].n_prompt == 23 && g_res[1].n_generated == 30 && g_res[1].n_cached == 0);
+        /* chunked prefill: with budget 3, 23 prompt tokens take 8 steps */
+        if (budget == 3)
+            CHECK(fb->forwards == 8 + 29);
+        check_no_leak(s);
+        sched_free(s);
+        backend_free(&fb->base);
+    }
+}
+
+static void test_batch_invariance_and_preemption(int32_t n_blocks, int32_t budget, bool expect_preempt)
+{
+    struct fake_backend *fb = fake_create(n_blocks, 4, 64);
+    sched *s = make_sched(fb, 32, budget, 512, true);
+    reset_results();
+    enum { N = 24 };
+    static int32_t prompts[N][40];
+    int32_t lens[N], maxt[N];
+    for (int i = 0; i < N; i++) {
+        lens[i] = 5 + (i * 7) % 30;
+        maxt[i] = 8 + (i * 5) % 20;
+        make_prompt(prompts[i], lens[i], (uint32_t)(100 + i % 9)); /* some share prefixes */
+        struct sched_request r = req_of((uint64_t)(i + 1), prompts[i], lens[i], maxt[i]);
+        r.priority = i % 3;
+        CHECK(sched_submit(s, &r) == PS_OK);
+    }
+    CHECK(run_to_end(s, 20000) > 0);
+    int preempted = 0;
+    for (int i = 0; i < N; i++) {
+        struct result *r = &g_res[i + 1];
+        int32_t want[64];
+        int32_t nw = reference(prompts[i], lens[i], maxt[i], want);
+        CHECK_MSG(r->done && r->n_tokens == nw && !memcmp(r->tokens, want, (size_t)nw * 4),
+                  "request %d: %d tokens, want %d (blocks %d)", i, r->n_tokens, nw, n_blocks);
+        preempted += r->n_preempted;
+    }
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    CHECK(st.preemptions == (uint64_t)preempted);
+    if (expect_preempt)
+        CHECK_MSG(preempted > 0, "expected preemptions with %d blocks", n_blocks);
+    else
+        CHECK(preempted == 0);
+    CHECK(fb->max_seqs_seen > 1);
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
+static void test_prefix_sharing(void)
+{
+    struct fake_backend *fb = fake_create(128, 4, 64);
+    sched *s = make_sched(fb, 8, 64, 512, true);
+    reset_results();
+    int32_t a[50], b[50], want[16];
+    make_prompt(a, 50, 42);
+    memcpy(b, a, 41 * sizeof *a);
+    make_prompt(b + 41, 9, 43);
+    struct sched_request r = req_of(1, a, 50, 10);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 100) > 0);
+    struct sched_stats st0, st1;
+    sched_get_stats(s, &st0);
+    CHECK(st0.kv_cached >= 12); /* 50 prompt + 9 generated computed = 14 full blocks */
+
+    r = req_of(2, b, 50, 10);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 100) > 0);
+    sched_get_stats(s, &st1);
+    CHECK(g_res[2].n_cached == 40); /* 10 whole blocks of the 41 shared tokens */
+    CHECK(st1.prefix_hit_tokens - st0.prefix_hit_tokens == 40);
+    CHECK(st1.prefill_tokens - st0.prefill_tokens == 10);
+    int32_t nw = reference(b, 50, 10, want);
+    CHECK(g_res[2].n_tokens == nw && !memcmp(g_res[2].tokens, want, (size_t)nw * 4));
+
+    /* identical prompt: everything but the last token is shared */
+    r = req_of(3, a, 48, 5);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 100) > 0);
+    CHECK(g_res[3].n_cached == 44);
+    nw = reference(a, 48, 5, want);
+    CHECK(g_res[3].n_tokens == nw && !memcmp(g_res[3].tokens, want, (size_t)nw * 4));
+
+    /* another tenant shares nothing */
+    r = req_of(4, a, 50, 3);
+    r.tenant = 7;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 100) > 0);
+    CHECK(g_res[4].n_cached == 0);
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+
+    /* disabled cache */
+    fb = fake_create(128, 4, 64);
+    s = make_sched(fb, 8, 64, 512, false);
+    reset_results();
+    r = req_of(1, a, 50, 3);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    run_to_end(s, 100);
+    r = req_of(2, a, 50, 3);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    run_to_end(s, 100);
+    CHECK(g_res[2].n_cached == 0);
+    sched_get_stats(s, &st1);
+    CHECK(st1.kv_free == st1.kv_total && st1.kv_cached == 0);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
+static void test_cancel_priority_errors(void)
+{
+    struct fake_backend *fb = fake_create(32, 4, 64);
+    sched *s = make_sched(fb, 1, 64, 64, true);
+    reset_results();
+    int32_t p[10];
+    make_prompt(p, 10, 5);
+
+    /* priorities with one slot: the high one runs first though submitted last */
+    struct sched_request r = req_of(1, p, 10, 4);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = req_of(2, p, 10, 4);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = req_of(3, p, 10, 4);
+    r.priority = 5;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 100) > 0);
+    CHECK(g_res[3].done_order == 0 && g_res[1].done_order == 1 && g_res[2].done_order == 2);
+
+    /* cancel a running and a waiting request: DONE(cancelled), blocks back */
+    reset_results();
+    r = req_of(4, p, 10, 50);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = req_of(5, p, 10, 50);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    int32_t n;
+    for (int i = 0; i < 3; i++)
+        CHECK(sched_step(s, &n) == PS_OK);
+    CHECK(g_res[4].n_tokens == 3);
+    CHECK(sched_cancel(s, 4) == PS_OK);
+    CHECK(g_res[4].done && g_res[4].finish == FINISH_CANCELLED);
+    CHECK(sched_cancel(s, 5) == PS_OK);
+    CHECK(g_res[5].done && g_res[5].finish == FINISH_CANCELLED && g_res[5].n_tokens == 0);
+    CHECK(sched_cancel(s, 4) == PS_ENOTFOUND);
+    CHECK(!sched_has_work(s));
+    check_no_leak(s);
+
+    /* bad requests: no event, nothing queued */
+    reset_results();
+    int32_t big[64];
+    make_prompt(big, 64, 1);
+    r = req_of(6, big, 64, 4);
+    CHECK(sched_submit(s, &r) == PS_EINVAL); /* prompt not shorter than n_ctx 64 */
+    r = req_of(6, p, 0, 4);
+    CHECK(sched_submit(s, &r) == PS_EINVAL);
+    r = req_of(6, p, 10, 0);
+    CHECK(sched_submit(s, &r) == PS_EINVAL);
+    int32_t bad[2] = { 1, N_VOCAB };
+    r = req_of(6, bad, 2, 4);
+    CHECK(sched_submit(s, &r) == PS_EINVAL);
+    r = req_of(6, p, 10, 4);
+    r.sampling.temperature = -1.0f;
+    CHECK(sched_submit(s, &r) == PS_EINVAL);
+    CHECK(!g_res[6].done && !sched_has_work(s));
+
+    /* context limit: prompt 60 of n_ctx 64 -> 4 tokens then length */
+    r = req_of(7, big, 60, 100);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 100) > 0);
+    CHECK(g_res[7].finish == FINISH_LENGTH && g_res[7].n_generated == 4);
+
+    /* backend failure: the batch's requests finish with an error */
+    r = req_of(8, p, 10, 5);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    fb->fail_next = 1;
+    CHECK(sched_step(s, &n) == PS_EINTERNAL);
+    CHECK(g_res[8].done && g_res[8].finish == FINISH_ERROR);
+    check_no_leak(s);
+
+    /* sched_free cancels what is left */
+    r = req_of(9, p, 10, 5);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    sched_free(s);
+    CHECK(g_res[9].done && g_res[9].finish == FINISH_CANCELLED);
+    backend_free(&fb->base);
+}
+
+/* Find a prompt whose greedy continuation satisfies pred, for text tests. */
+static void test_text_eog_stop(void)
+{
+    struct fake_backend *fb = fake_create(64, 4, 64);
+    sched *s = make_sched(fb, 4, 64, 256, true);
+
+    /* EOG: find a prompt whose continuation hits EOG within 40 tokens */
+    g_allow_eog = true;
+    int32_t p[8], want[64];
+    uint32_t seed = 0;
+    int32_t nw = 0;
+    for (seed = 1; seed < 5000; seed++) {
+        make_prompt(p, 8, seed);
+        nw = reference(p, 8, 40, want);
+        if (want[nw - 1] == EOG_ID && nw > 3)
+            break;
+    }
+    CHECK(want[nw - 1] == EOG_ID);
+    reset_results();
+    struct sched_request r = req_of(1, p, 8, 40);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 200) > 0);
+    CHECK(g_res[1].finish == FINISH_STOP && g_res[1].n_tokens == nw);
+    /* ignore_eos keeps going */
+    r = req_of(2, p, 8, nw + 3);
+    r.ignore_eos = true;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 200) > 0);
+    CHECK(g_res[2].finish == FINISH_LENGTH && g_res[2].n_generated == nw + 3);
+    g_allow_eog = false;
+
+    /* stop string spanning token boundaries: take a 3-char window of the
+     * reference text that straddles two tokens */
+    make_prompt(p, 8, 77);
+    nw = reference(p, 8, 30, want);
+    char full[256] = "";
+    size_t off[64], fl = 0;
+    for (int32_t i = 0; i < nw; i++) {
+        size_t len;
+        const char *pc = fake_piece(NULL, want[i], &len);
+        off[i] = fl;
+        memcpy(full + fl, pc, len);
+        fl += len;
+    }
+    full[fl] = '\0';
+    size_t start = off[10] - 1; /* last char of token 9 + first two of token 10.. */
+    char stop[4] = { full[start], full[start + 1], full[start + 2], 0 };
+    const char *stops[] = { "never-there", stop };
+    size_t first = strstr(full, stop) - full;
+    reset_results();
+    r = req_of(3, p, 8, 30);
+    r.stop = stops;
+    r.n_stop = 2;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 200) > 0);
+    CHECK(g_res[3].finish == FINISH_STOP);
+    CHECK_MSG(g_res[3].text_len == first && !memcmp(g_res[3].text, full, first),
+              "text '%.*s' want '%.*s' (stop '%s')", (int)g_res[3].text_len, g_res[3].text,
+              (int)first, full, stop);
+
+    /* without stops, DONE flushes the held-back rest: whole text arrives */
+    r = req_of(4, p, 8, 30);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 200) > 0);
+    CHECK(g_res[4].text_len == fl && !memcmp(g_res[4].text, full, fl));
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
+static void test_config_errors(void)
+{
+    struct fake_backend *fb = fake_create(8, 4, 16);
+    struct sched_config cfg = { .max_seqs = 4, .max_batch_tokens = 32, .n_ctx = 64 };
+    sched *s = NULL;
+    CHECK(sched_create(&cfg, &fb->base, NULL, NULL, NULL, &s) == PS_EINVAL); /* budget > backend */
+    cfg.max_batch_tokens = 16;
+    cfg.max_seqs = 0;
+    CHECK(sched_create(&cfg, &fb->base, NULL, NULL, NULL, &s) == PS_EINVAL);
+    cfg.max_seqs = 4;
+    CHECK(sched_create(&cfg, &fb->base, NULL, NULL, NULL, &s) == PS_OK);
+    CHECK(sched_n_ctx(s) == 32); /* capped at the cache: 8 blocks x 4 */
+    sched_free(s);
+    backend_free(&fb->base);
+    CHECK(!strcmp(finish_reason_str(FINISH_LENGTH), "length"));
+}
+
+int main(void)
+{
+    test_text_scan();
+    test_single_and_chunked();
+    test_batch_invariance_and_preemption(512, 64, false); /* room for all   */
+    test_batch_invariance_and_preemption(512, 7, false);  /* tiny budget    */
+    test_batch_invariance_and_preemption(24, 64, true);   /* tiny cache     */
+    test_batch_invariance_and_preemption(16, 5, true);    /* both           */
+    test_prefix_sharing();
+    test_cancel_priority_errors();
+    test_text_eog_stop();
+    test_config_errors();
+    TEST_DONE();
+}
