@@ -23,7 +23,8 @@
  * Deviation from llama.cpp, by design: llama.cpp replaces each invalid
  * UTF-8 byte by U+FFFD before BPE (and decodes overlongs/surrogates
  * leniently); we split exactly as if the byte were U+FFFD but encode the
- * byte itself, so decode(encode(s)) == s for every s.
+ * byte itself through its byte token, so decode(encode(s)) == s for every s
+ * whose bytes all have tokens (see bpe_word for bytes that have none).
  */
 #include "tokenizer.h"
 
