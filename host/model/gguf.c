@@ -536,7 +536,7 @@ static int gguf_parse(struct gguf_file *f)
 {
     struct rd r = { .p = f->base, .size = f->size, .pos = 0 };
     int rc;
-    uint32_t magic;
+    uint32_t magic = 0;
     uint64_t n_tensors, n_kv;
 
     snprintf(r.what, sizeof r.what, "header");
@@ -555,11 +555,11 @@ static int gguf_parse(struct gguf_file *f)
         return rc;
     size_t left = r.size - r.pos;
     if (n_kv > left / GGUF_MIN_KV_BYTES)
-        return ps_error_set(PS_EFORMAT, "gguf: kv count %llu is impossible for the %zu bytes left",
+        return ps_error_set(PS_EFORMAT, "gguf: kv count %llu is impossible for the %zu bytes left (truncated or corrupt file)",
                             (unsigned long long)n_kv, left);
     if (n_tensors > (left - n_kv * GGUF_MIN_KV_BYTES) / GGUF_MIN_TENSOR_BYTES)
         return ps_error_set(PS_EFORMAT,
-                            "gguf: tensor count %llu is impossible for the %zu bytes left",
+                            "gguf: tensor count %llu is impossible for the %zu bytes left (truncated or corrupt file)",
                             (unsigned long long)n_tensors, left);
     f->n_kv      = (int64_t)n_kv;
     f->n_tensors = (int64_t)n_tensors;
@@ -736,7 +736,7 @@ static bool kv_is_unsigned(enum gguf_type t)
 
 int gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_typed(f, key, &kv);
     if (rc)
         return rc;
@@ -760,7 +760,7 @@ int gguf_get_u32(const gguf_file *f, const char *key, uint32_t *out)
 
 int gguf_get_i64(const gguf_file *f, const char *key, int64_t *out)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_typed(f, key, &kv);
     if (rc)
         return rc;
@@ -781,7 +781,7 @@ int gguf_get_i64(const gguf_file *f, const char *key, int64_t *out)
 
 int gguf_get_f32(const gguf_file *f, const char *key, float *out)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_typed(f, key, &kv);
     if (rc)
         return rc;
@@ -794,7 +794,7 @@ int gguf_get_f32(const gguf_file *f, const char *key, float *out)
 
 int gguf_get_bool(const gguf_file *f, const char *key, bool *out)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_typed(f, key, &kv);
     if (rc)
         return rc;
@@ -807,7 +807,7 @@ int gguf_get_bool(const gguf_file *f, const char *key, bool *out)
 
 int gguf_get_str(const gguf_file *f, const char *key, const char **out, size_t *len)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_typed(f, key, &kv);
     if (rc)
         return rc;
@@ -833,7 +833,7 @@ static int find_array(const gguf_file *f, const char *key, const struct gguf_kv 
 
 int gguf_get_arr_info(const gguf_file *f, const char *key, enum gguf_type *elem_type, uint64_t *n)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_array(f, key, &kv);
     if (rc)
         return rc;
@@ -846,7 +846,7 @@ int gguf_get_arr_info(const gguf_file *f, const char *key, enum gguf_type *elem_
 
 int gguf_get_arr_data(const gguf_file *f, const char *key, const void **data)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_array(f, key, &kv);
     if (rc)
         return rc;
@@ -860,7 +860,7 @@ int gguf_get_arr_data(const gguf_file *f, const char *key, const void **data)
 
 int gguf_get_arr_str(const gguf_file *f, const char *key, uint64_t i, const char **out, size_t *len)
 {
-    const struct gguf_kv *kv;
+    const struct gguf_kv *kv = NULL;
     int rc = find_array(f, key, &kv);
     if (rc)
         return rc;

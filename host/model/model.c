@@ -141,7 +141,7 @@ static int read_hparams(const gguf_file *f, struct model_hparams *hp)
     int64_t dflt_hd = hp->n_embd % hp->n_head == 0 ? hp->n_embd / hp->n_head : -1;
     if ((rc = hp_int(f, arch, "attention.key_length", dflt_hd, MODEL_MAX_DIM, &hp->head_dim)))
         return rc;
-    int32_t v_len;
+    int32_t v_len = 0;
     if ((rc = hp_int(f, arch, "attention.value_length", hp->head_dim, MODEL_MAX_DIM, &v_len)))
         return rc;
     if (v_len != hp->head_dim)
