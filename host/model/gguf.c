@@ -555,11 +555,14 @@ static int gguf_parse(struct gguf_file *f)
         return rc;
     size_t left = r.size - r.pos;
     if (n_kv > left / GGUF_MIN_KV_BYTES)
-        return ps_error_set(PS_EFORMAT, "gguf: kv count %llu is impossible for the %zu bytes left (truncated or corrupt file)",
+        return ps_error_set(PS_EFORMAT,
+                            "gguf: kv count %llu is impossible for the %zu bytes left "
+                            "(truncated or corrupt file)",
                             (unsigned long long)n_kv, left);
     if (n_tensors > (left - n_kv * GGUF_MIN_KV_BYTES) / GGUF_MIN_TENSOR_BYTES)
         return ps_error_set(PS_EFORMAT,
-                            "gguf: tensor count %llu is impossible for the %zu bytes left (truncated or corrupt file)",
+                            "gguf: tensor count %llu is impossible for the %zu bytes left "
+                            "(truncated or corrupt file)",
                             (unsigned long long)n_tensors, left);
     f->n_kv      = (int64_t)n_kv;
     f->n_tensors = (int64_t)n_tensors;
