@@ -1,0 +1,371 @@
+/* adapters.c - protocol adapters: every agent kind normalized to
+ * call(args) -> typed result (struct adapter_result).
+ *
+ *   http-json    POST args as JSON; a 2xx JSON reply is the result.
+ *   openai-chat  POST /chat/completions {model, messages:[system?, user]};
+ *                the result is choices[0].message.content.
+ *   local        openai-chat against the server's own endpoint serving
+ *                the embedded model (exec_config.local_url).
+ *   a2a          JSON-RPC 2.0 "message/send"; the result is the reply's
+ *                text parts (message or task artifacts), else the raw result.
+ *   builtin      builtin.c, run in-process; completion deferred to the loop.
+ *   mcp-http, mcp-stdio   mcp.c.
+ *
+ * Agent replies are untrusted: every field is checked before use; anything
+ * unexpected is a parse_error, never a crash.
+ */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "orchestrator/builtin.h"
+#include "orchestrator/exec_internal.h"
+#include "orchestrator/httpc.h"
+
+static char *const json_headers[] = {
+    "Content-Type: application/json",
+    "Accept: application/json",
+    NULL,
+};
+
+void adapter_op_free(struct adapter_op *op)
+{
+    if (!op)
+        return;
+    if (op->req)
+        httpc_cancel(op->req);
+    if (op->ev)
+        event_free(op->ev);
+    cJSON_Delete(op->args);
+    cJSON_Delete(op->b_result);
+    free(op->call_id);
+    free(op);
+}
+
+void adapter_finish(struct adapter_op *op, enum fb_status st, cJSON *result,
+                    const char *error, int retryable, int64_t recv_ns, int64_t send_ns)
+{
+    struct adapter_result r = {
+        .status = st, .result = result, .error = error, .retryable = retryable,
+        .agent_recv_ns = recv_ns, .agent_send_ns = send_ns,
+    };
+    adapter_done_fn done = op->done;
+    void *ud = op->ud;
+    op->req = NULL;   /* the caller (an httpc callback) owns the finished request */
+    adapter_op_free(op);
+    done(ud, &r);
+    cJSON_Delete(r.result);
+}
+
+int adapter_http_classify(const struct httpc_response *r, enum fb_status *st, char *err,
+                          size_t errlen, int *retryable)
+{
+    if (r->transport_error) {
+        *st = FB_EXEC_ERROR;
+        *retryable = 1;
+        snprintf(err, errlen, "transport error: %s", r->error);
+        return 0;
+    }
+    if (r->status >= 200 && r->status < 300)
+        return 1;
+    *st = FB_EXEC_ERROR;
+    *retryable = r->status == 429 || r->status >= 500;
+    size_t n = r->body_len < 200 ? r->body_len : 200;
+    char snippet[201];
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        snippet[k++] = (r->body[i] >= 32 && r->body[i] < 127) ? r->body[i] : ' ';
+    snippet[k] = 0;
+    snprintf(err, errlen, "HTTP %ld: %s", r->status, snippet);
+    return 0;
+}
+
+/* ---- http-json ------------------------------------------------------- */
+
+static void http_json_done(void *ud, const struct httpc_response *resp)
+{
+    struct adapter_op *op = ud;
+    enum fb_status st;
+    int retry = 0;
+    char err[512];
+    if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
+        adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
+    if (!j) {
+        adapter_finish(op, FB_PARSE_ERROR, NULL, "agent reply is not valid JSON", 0,
+                       resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    adapter_finish(op, FB_OK, j, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
+}
+
+static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
+                     void (*cb)(void *, const struct httpc_response *))
+{
+    char *text = cJSON_PrintUnformatted(body);
+    if (!text)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    op->req = httpc_request(op->ex->http, "POST", url, json_headers, op->rt->spec->headers,
+                            text, strlen(text), 0, cb, op);
+    free(text);
+    return op->req ? PS_OK : PS_EIO;
+}
+
+/* ---- openai-chat / local ------------------------------------------------ */
+
+static void chat_done(void *ud, const struct httpc_response *resp)
+{
+    struct adapter_op *op = ud;
+    enum fb_status st;
+    int retry = 0;
+    char err[512];
+    if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
+        adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
+    const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(c0, "message");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
+    if (!cJSON_IsString(content)) {
+        cJSON_Delete(j);
+        adapter_finish(op, FB_PARSE_ERROR, NULL,
+                       "chat reply has no choices[0].message.content string", 0,
+                       resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    cJSON *res = cJSON_CreateString(content->valuestring);
+    cJSON_Delete(j);
+    adapter_finish(op, FB_OK, res, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
+}
+
+/* The user message: args.input when it is the only thing, else the args JSON. */
+static char *chat_user_text(const cJSON *args)
+{
+    const cJSON *in = cJSON_GetObjectItemCaseSensitive(args, "input");
+    if (cJSON_IsString(in) && cJSON_GetArraySize(args) == 1)
+        return strdup(in->valuestring);
+    return cJSON_PrintUnformatted(args);
+}
+
+static int chat_start(struct adapter_op *op, const char *url, const char *model)
+{
+    const struct agent_spec *a = op->rt->spec;
+    char *user = chat_user_text(op->args);
+    cJSON *body = cJSON_CreateObject();
+    cJSON *msgs = cJSON_AddArrayToObject(body, "messages");
+    int st = PS_ENOMEM;
+    if (!user || !body || !msgs)
+        goto done;
+    cJSON_AddStringToObject(body, "model", model);
+    if (a->system_prompt) {
+        cJSON *m = cJSON_CreateObject();
+        cJSON_AddStringToObject(m, "role", "system");
+        cJSON_AddStringToObject(m, "content", a->system_prompt);
+        cJSON_AddItemToArray(msgs, m);
+    }
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "role", "user");
+    cJSON_AddStringToObject(m, "content", user);
+    cJSON_AddItemToArray(msgs, m);
+    cJSON_AddNumberToObject(body, "max_tokens", a->max_tokens);
+    cJSON_AddBoolToObject(body, "stream", 0);
+    st = post_json(op, url, body, chat_done);
+done:
+    free(user);
+    cJSON_Delete(body);
+    return st;
+}
+
+/* ---- a2a ----------------------------------------------------------------- */
+
+static void append_text_parts(const cJSON *parts, char **acc, size_t *len)
+{
+    const cJSON *p;
+    cJSON_ArrayForEach(p, parts) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
+        if (!cJSON_IsString(t))
+            continue;
+        size_t n = strlen(t->valuestring);
+        char *nb = realloc(*acc, *len + n + 2);
+        if (!nb)
+            return;
+        *acc = nb;
+        if (*len)
+            (*acc)[(*len)++] = '\n';
+        memcpy(*acc + *len, t->valuestring, n + 1);
+        *len += n;
+    }
+}
+
+static void a2a_done(void *ud, const struct httpc_response *resp)
+{
+    struct adapter_op *op = ud;
+    enum fb_status st;
+    int retry = 0;
+    char err[512];
+    if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
+        adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result");
+    if (e) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+        snprintf(err, sizeof err, "a2a error: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
+        cJSON_Delete(j);
+        adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    if (!cJSON_IsObject(r)) {
+        cJSON_Delete(j);
+        adapter_finish(op, FB_PARSE_ERROR, NULL, "a2a reply is not a JSON-RPC result object", 0,
+                       resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    char *text = NULL;
+    size_t len = 0;
+    append_text_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &text, &len);
+    const cJSON *arts = cJSON_GetObjectItemCaseSensitive(r, "artifacts"), *a;
+    cJSON_ArrayForEach(a, arts)
+        append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &len);
+    if (!text) {
+        const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
+        append_text_parts(cJSON_GetObjectItemCaseSensitive(
+                              cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                          &text, &len);
+    }
+    cJSON *res = text ? cJSON_CreateString(text) : cJSON_Duplicate(r, 1);
+    free(text);
+    cJSON_Delete(j);
+    adapter_finish(op, FB_OK, res, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
+}
+
+static int a2a_start(struct adapter_op *op)
+{
+    static long next_id = 1;
+    op->rpc_id = next_id++;
+    char *user = chat_user_text(op->args);
+    cJSON *body = cJSON_CreateObject();
+    int st = PS_ENOMEM;
+    if (!user || !body)
+        goto done;
+    cJSON_AddStringToObject(body, "jsonrpc", "2.0");
+    cJSON_AddNumberToObject(body, "id", (double)op->rpc_id);
+    cJSON_AddStringToObject(body, "method", "message/send");
+    cJSON *params = cJSON_AddObjectToObject(body, "params");
+    cJSON *msg = cJSON_AddObjectToObject(params, "message");
+    cJSON_AddStringToObject(msg, "role", "user");
+    cJSON_AddStringToObject(msg, "kind", "message");
+    char mid[160];
+    snprintf(mid, sizeof mid, "paraserve-%s-%ld", op->call_id, op->rpc_id);
+    cJSON_AddStringToObject(msg, "messageId", mid);
+    cJSON *parts = cJSON_AddArrayToObject(msg, "parts");
+    cJSON *p = cJSON_CreateObject();
+    cJSON_AddStringToObject(p, "kind", "text");
+    cJSON_AddStringToObject(p, "text", user);
+    cJSON_AddItemToArray(parts, p);
+    st = post_json(op, op->rt->spec->url, body, a2a_done);
+done:
+    free(user);
+    cJSON_Delete(body);
+    return st;
+}
+
+/* ---- builtin ------------------------------------------------------------- */
+
+static void builtin_deliver(evutil_socket_t fd, short what, void *ud)
+{
+    struct adapter_op *op = ud;
+    cJSON *res = op->b_result;
+    op->b_result = NULL;
+    char err[512];
+    snprintf(err, sizeof err, "%s", op->b_err);
+    adapter_finish(op, op->b_status, res, op->b_status == FB_OK ? NULL : err, 0, 0, 0);
+}
+
+static int builtin_start(struct adapter_op *op)
+{
+    const struct agent_spec *a = op->rt->spec;
+    int st = builtin_call(a->tool ? a->tool : a->name, op->args, &op->b_result,
+                          op->b_err, sizeof op->b_err);
+    op->b_status = st == PS_OK ? FB_OK : FB_EXEC_ERROR;
+    op->ev = event_new(op->ex->base, -1, 0, builtin_deliver, op);
+    if (!op->ev)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    event_active(op->ev, 0, 0);
+    return PS_OK;
+}
+
+/* ---- entry points -------------------------------------------------------- */
+
+struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const char *call_id,
+                                 const cJSON *args, adapter_done_fn done, void *ud)
+{
+    struct adapter_op *op = calloc(1, sizeof *op);
+    if (!op) {
+        ps_error_set(PS_ENOMEM, "out of memory");
+        return NULL;
+    }
+    op->ex = ex;
+    op->rt = rt;
+    op->done = done;
+    op->ud = ud;
+    op->args = cJSON_Duplicate(args, 1);
+    op->call_id = strdup(call_id);
+    if (!op->args || !op->call_id) {
+        adapter_op_free(op);
+        ps_error_set(PS_ENOMEM, "out of memory");
+        return NULL;
+    }
+    const struct agent_spec *a = rt->spec;
+    int st;
+    switch (a->kind) {
+    case AGENT_HTTP_JSON:
+        st = post_json(op, a->url, op->args, http_json_done);
+        break;
+    case AGENT_OPENAI_CHAT:
+        st = chat_start(op, a->url, a->model ? a->model : "default");
+        break;
+    case AGENT_LOCAL:
+        if (!ex->local_url)
+            st = ps_error_set(PS_EUNSUPPORTED, "local agents need a served model: run under "
+                              "'paraserve serve' (or pass --local-url)");
+        else
+            st = chat_start(op, ex->local_url, a->model ? a->model
+                            : ex->local_model ? ex->local_model : "default");
+        break;
+    case AGENT_A2A:
+        st = a2a_start(op);
+        break;
+    case AGENT_BUILTIN:
+        st = builtin_start(op);
+        break;
+    case AGENT_MCP_HTTP:
+    case AGENT_MCP_STDIO:
+        st = mcp_op_start(op);
+        break;
+    default:
+        st = ps_error_set(PS_EINTERNAL, "unknown agent kind");
+    }
+    if (st) {
+        adapter_op_free(op);
+        return NULL;
+    }
+    return op;
+}
+
+void adapter_cancel(struct adapter_op *op)
+{
+    if (!op)
+        return;
+    if (op->rt->spec->kind == AGENT_MCP_HTTP || op->rt->spec->kind == AGENT_MCP_STDIO)
+        mcp_op_cancel(op);
+    adapter_op_free(op);
+}

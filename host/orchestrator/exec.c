@@ -1,0 +1,709 @@
+/* exec.c - the executor (see executor.h for the contract and the state
+ * diagram).  Transitions:
+ *   submit      exec_group_submit()   -> NEW (kick event) or WAITING
+ *   NEW/WAITING call_make_ready()     substitute + validate -> call_dispatch()
+ *   READY       call_dispatch()       breaker check; slot ? call_start() : agent queue
+ *   queue       agent_pump()          (event) starts queued calls as slots free
+ *   RUNNING     on_adapter_done() / on_timer() (timeout)
+ *   BACKOFF     on_timer()            -> call_dispatch()
+ *   any         call_finish()         -> DONE, one feedback, dependents resolved
+ */
+#include <event2/event.h>
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "orchestrator/exec_internal.h"
+#include "orchestrator/httpc.h"
+#include "orchestrator/jschema.h"
+
+#define EXEC_MAX_ID      64
+#define EXEC_MAX_AFTER   64
+#define EXEC_BACKOFF_CAP 5000
+
+enum call_state { CS_NEW, CS_WAITING, CS_QUEUED, CS_RUNNING, CS_BACKOFF, CS_REJECT, CS_DONE };
+
+struct exec_call {
+    struct exec_group *g;
+    struct exec_call  *next;       /* group list, submit order */
+    struct exec_call  *q_next;     /* agent queue */
+    char              *id;
+    char              *to;
+    struct agent_rt   *rt;         /* NULL: unknown agent */
+    cJSON             *args;       /* as submitted */
+    cJSON             *final_args; /* after substitution */
+    char             **after;
+    int                n_after;
+    int                pending;    /* unfinished dependencies */
+    enum call_state    state;
+    int                attempts;
+    int                is_probe;
+    struct event      *timer;      /* kick / timeout / backoff / reject delivery */
+    struct adapter_op *op;
+    int64_t            t_submit;
+    int64_t            t_dispatch;
+    int64_t            d2r_ns;
+    enum fb_status     status;
+    cJSON             *result;
+    char              *error;
+};
+
+struct exec_group {
+    struct exec       *ex;
+    exec_feedback_fn   cb;
+    void              *ud;
+    struct exec_call  *head, *tail;
+    int                n_open;
+    struct exec_group *prev, *next;
+};
+
+static const char *const fb_names[] = {
+#define FB_STATUS_NAME(c, s) s,
+    FB_STATUS_TABLE(FB_STATUS_NAME)
+#undef FB_STATUS_NAME
+};
+
+const char *fb_status_str(enum fb_status s)
+{
+    return (unsigned)s < FB_STATUS_COUNT ? fb_names[s] : "?";
+}
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+static uint64_t rng_next(struct exec *ex)
+{
+    ex->rng ^= ex->rng << 13;
+    ex->rng ^= ex->rng >> 7;
+    ex->rng ^= ex->rng << 17;
+    return ex->rng;
+}
+
+static struct exec_call *group_find(const struct exec_group *g, const char *id)
+{
+    for (struct exec_call *c = g->head; c; c = c->next)
+        if (!strcmp(c->id, id))
+            return c;
+    return NULL;
+}
+
+static void queue_remove(struct agent_rt *rt, struct exec_call *c)
+{
+    struct exec_call **pp = &rt->q_head, *prev = NULL;
+    while (*pp && *pp != c) { prev = *pp; pp = &(*pp)->q_next; }
+    if (!*pp)
+        return;
+    *pp = c->q_next;
+    if (rt->q_tail == c)
+        rt->q_tail = prev;
+    c->q_next = NULL;
+    rt->queued--;
+}
+
+static void agent_slot_freed(struct exec *ex, struct agent_rt *rt)
+{
+    if (rt->q_head)
+        event_active(rt->pump, 0, 0);
+}
+
+static void breaker_result(struct agent_rt *rt, int ok, int is_probe)
+{
+    const struct agent_spec *a = rt->spec;
+    if (is_probe)
+        rt->probe_in_flight = 0;
+    if (ok) {
+        rt->consecutive_failures = 0;
+        rt->open_until_ns = 0;
+        return;
+    }
+    rt->consecutive_failures++;
+    if (a->breaker_failures > 0 && (is_probe || rt->consecutive_failures >= a->breaker_failures))
+        rt->open_until_ns = orch_now_ns() + (int64_t)a->breaker_open_ms * 1000000;
+}
+
+/* ---- finishing ---------------------------------------------------------------- */
+
+static void call_make_ready(struct exec_call *c);
+
+/* Abort whatever the call is doing, without feedback. */
+static void call_abort(struct exec_call *c)
+{
+    struct exec *ex = c->g->ex;
+    if (c->timer)
+        event_del(c->timer);
+    if (c->state == CS_QUEUED)
+        queue_remove(c->rt, c);
+    if (c->op) {
+        adapter_cancel(c->op);
+        c->op = NULL;
+        c->rt->running--;
+        ex->stats.running--;
+        if (c->is_probe)
+            c->rt->probe_in_flight = 0;
+        agent_slot_freed(ex, c->rt);
+    }
+}
+
+static void call_finish(struct exec_call *c, enum fb_status st, cJSON *result,
+                        const char *error, int64_t send_ns)
+{
+    if (c->state == CS_DONE) {
+        cJSON_Delete(result);
+        return;
+    }
+    struct exec_group *g = c->g;
+    struct exec *ex = g->ex;
+    call_abort(c);
+    c->state = CS_DONE;
+    c->status = st;
+    c->result = st == FB_OK ? result : NULL;
+    if (st != FB_OK)
+        cJSON_Delete(result);
+    c->error = error ? strdup(error) : NULL;
+    g->n_open--;
+    ex->stats.calls_finished++;
+    int64_t now = orch_now_ns();
+    struct exec_feedback fb = {
+        .id = c->id, .to = c->to, .status = st, .result = c->result,
+        .error = c->error ? c->error : (st == FB_OK ? NULL : "(no detail)"),
+        .ms = (now - c->t_submit) / 1000000,
+        .attempts = c->attempts,
+        .dispatch_to_recv_ns = c->d2r_ns,
+        .reply_to_record_ns = send_ns > 0 ? now - send_ns : -1,
+    };
+    g->cb(g->ud, &fb);
+
+    /* Resolve dependents (they come after c in the list). */
+    for (struct exec_call *d = c->next; d; d = d->next) {
+        if (d->state != CS_WAITING)
+            continue;
+        int depends = 0;
+        for (int i = 0; i < d->n_after && !depends; i++)
+            depends = !strcmp(d->after[i], c->id);
+        if (!depends)
+            continue;
+        if (st == FB_OK) {
+            if (--d->pending == 0)
+                call_make_ready(d);
+        } else {
+            char why[256];
+            snprintf(why, sizeof why, "dependency '%s' ended %s", c->id, fb_status_str(st));
+            call_finish(d, FB_CANCELLED, NULL, why, 0);
+        }
+    }
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+static void on_adapter_done(void *ud, struct adapter_result *r);
+
+static void call_start(struct exec_call *c)
+{
+    struct exec *ex = c->g->ex;
+    struct agent_rt *rt = c->rt;
+    rt->running++;
+    ex->stats.running++;
+    c->attempts++;
+    ex->stats.attempts++;
+    if (c->attempts > 1)
+        ex->stats.retries++;
+    c->state = CS_RUNNING;
+    c->t_dispatch = orch_now_ns();
+    c->op = adapter_start(ex, rt, c->id, c->final_args, on_adapter_done, c);
+    if (!c->op) {
+        rt->running--;
+        ex->stats.running--;
+        if (c->is_probe)
+            rt->probe_in_flight = 0;
+        agent_slot_freed(ex, rt);
+        char err[300];
+        snprintf(err, sizeof err, "%s", ps_error_last());
+        call_finish(c, FB_EXEC_ERROR, NULL, err, 0);
+        return;
+    }
+    struct timeval tv = { rt->spec->timeout_ms / 1000, (rt->spec->timeout_ms % 1000) * 1000 };
+    evtimer_add(c->timer, &tv);
+}
+
+static void call_dispatch(struct exec_call *c)
+{
+    struct exec *ex = c->g->ex;
+    struct agent_rt *rt = c->rt;
+    c->is_probe = 0;
+    if (rt->open_until_ns) {
+        int64_t now = orch_now_ns();
+        if (now < rt->open_until_ns || rt->probe_in_flight) {
+            char err[256];
+            snprintf(err, sizeof err, "circuit open for agent '%s' after %d consecutive failures",
+                     rt->spec->name, rt->consecutive_failures);
+            ex->stats.breaker_rejects++;
+            call_finish(c, FB_EXEC_ERROR, NULL, err, 0);
+            return;
+        }
+        c->is_probe = 1;          /* half-open: this call probes the agent */
+        rt->probe_in_flight = 1;
+    }
+    if (rt->running < rt->spec->max_concurrency && !rt->q_head) {
+        call_start(c);
+        return;
+    }
+    c->state = CS_QUEUED;
+    c->q_next = NULL;
+    if (rt->q_tail) rt->q_tail->q_next = c; else rt->q_head = c;
+    rt->q_tail = c;
+    rt->queued++;
+}
+
+static void agent_pump(evutil_socket_t fd, short what, void *ud)
+{
+    struct agent_rt *rt = ud;
+    while (rt->q_head && rt->running < rt->spec->max_concurrency) {
+        struct exec_call *c = rt->q_head;
+        rt->q_head = c->q_next;
+        if (!rt->q_head)
+            rt->q_tail = NULL;
+        c->q_next = NULL;
+        rt->queued--;
+        call_start(c);
+    }
+}
+
+/* Text of a result for substitution inside a longer string. */
+static char *result_text(const cJSON *r)
+{
+    if (cJSON_IsString(r))
+        return strdup(r->valuestring);
+    return cJSON_PrintUnformatted(r);
+}
+
+/* Replace {{id}} references to finished ok calls.  Returns 0, or -1 with
+ * err set when a reference names a call that has no ok result. */
+static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, size_t errlen)
+{
+    if (depth > JSCHEMA_MAX_DEPTH)
+        return 0;
+    for (cJSON *ch = node->child; ch; ch = ch->next) {
+        if (cJSON_IsArray(ch) || cJSON_IsObject(ch)) {
+            if (substitute(g, ch, depth + 1, err, errlen))
+                return -1;
+            continue;
+        }
+        if (!cJSON_IsString(ch) || !strstr(ch->valuestring, "{{"))
+            continue;
+        const char *s = ch->valuestring;
+        size_t cap = strlen(s) + 1, len = 0;
+        char *out = malloc(cap);
+        if (!out)
+            return -1;
+        cJSON *whole = NULL;
+        while (*s) {
+            const char *open = strstr(s, "{{");
+            const char *close = open ? strstr(open + 2, "}}") : NULL;
+            if (!open || !close) {
+                size_t n = strlen(s);
+                char *nb = realloc(out, len + n + 1);
+                if (!nb) { free(out); return -1; }
+                out = nb;
+                memcpy(out + len, s, n);
+                len += n;
+                break;
+            }
+            char ref[EXEC_MAX_ID + 1];
+            size_t rn = (size_t)(close - open - 2);
+            const struct exec_call *rc = NULL;
+            if (rn <= EXEC_MAX_ID) {
+                memcpy(ref, open + 2, rn);
+                ref[rn] = 0;
+                rc = group_find(g, ref);
+            }
+            if (!rc) {   /* not a call reference: keep the text */
+                size_t n = (size_t)(close + 2 - s);
+                char *nb = realloc(out, len + n + 1);
+                if (!nb) { free(out); return -1; }
+                out = nb;
+                memcpy(out + len, s, n);
+                len += n;
+                s = close + 2;
+                continue;
+            }
+            if (rc->state != CS_DONE || rc->status != FB_OK) {
+                snprintf(err, errlen, "args reference '{{%s}}' but that call has no ok result (list it in 'after')", ref);
+                free(out);
+                return -1;
+            }
+            if (open == ch->valuestring && close[2] == 0) {
+                whole = cJSON_Duplicate(rc->result, 1);
+                break;
+            }
+            size_t pre = (size_t)(open - s);
+            char *txt = result_text(rc->result);
+            size_t tn = txt ? strlen(txt) : 0;
+            char *nb = realloc(out, len + pre + tn + 1);
+            if (!nb) { free(out); free(txt); return -1; }
+            out = nb;
+            memcpy(out + len, s, pre);
+            len += pre;
+            memcpy(out + len, txt, tn);
+            len += tn;
+            free(txt);
+            s = close + 2;
+        }
+        if (whole) {
+            free(out);
+            cJSON_ReplaceItemViaPointer(node, ch, whole);
+            ch = whole;
+            continue;
+        }
+        out[len] = 0;
+        cJSON *ns = cJSON_CreateString(out);
+        free(out);
+        if (!ns)
+            return -1;
+        cJSON_ReplaceItemViaPointer(node, ch, ns);
+        ch = ns;
+    }
+    return 0;
+}
+
+static void call_make_ready(struct exec_call *c)
+{
+    char err[512] = "";
+    cJSON_Delete(c->final_args);
+    c->final_args = cJSON_Duplicate(c->args, 1);
+    if (!c->final_args || substitute(c->g, c->final_args, 0, err, sizeof err)) {
+        call_finish(c, FB_REJECTED, NULL, err[0] ? err : "out of memory", 0);
+        return;
+    }
+    if (jschema_validate(c->rt->spec->input_schema, c->final_args, "args", err, sizeof err)) {
+        char why[600];
+        snprintf(why, sizeof why, "args do not match %s's input_schema: %s", c->rt->spec->name, err);
+        call_finish(c, FB_REJECTED, NULL, why, 0);
+        return;
+    }
+    call_dispatch(c);
+}
+
+static void on_adapter_done(void *ud, struct adapter_result *r)
+{
+    struct exec_call *c = ud;
+    struct exec *ex = c->g->ex;
+    struct agent_rt *rt = c->rt;
+    c->op = NULL;
+    event_del(c->timer);
+    rt->running--;
+    ex->stats.running--;
+    agent_slot_freed(ex, rt);
+    c->d2r_ns = r->agent_recv_ns > 0 ? r->agent_recv_ns - c->t_dispatch : -1;
+    int failed = r->status == FB_EXEC_ERROR || r->status == FB_TIMEOUT;
+    breaker_result(rt, !failed, c->is_probe);
+    c->is_probe = 0;
+    if (r->status == FB_OK) {
+        cJSON *res = r->result;
+        r->result = NULL;
+        call_finish(c, FB_OK, res, NULL, r->agent_send_ns);
+        return;
+    }
+    if (r->retryable && c->attempts <= rt->spec->retries) {
+        double base = (double)rt->spec->backoff_ms * (double)(1u << (c->attempts - 1 < 16 ? c->attempts - 1 : 16));
+        if (base > EXEC_BACKOFF_CAP)
+            base = EXEC_BACKOFF_CAP;
+        double jitter = 0.5 + 0.5 * (double)(rng_next(ex) >> 11) / (double)(1ull << 53);
+        int64_t us = (int64_t)(base * jitter * 1000.0);
+        c->state = CS_BACKOFF;
+        struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
+        evtimer_add(c->timer, &tv);
+        return;
+    }
+    call_finish(c, r->status, NULL, r->error, r->agent_send_ns);
+}
+
+static void on_timer(evutil_socket_t fd, short what, void *ud)
+{
+    struct exec_call *c = ud;
+    char err[256];
+    switch (c->state) {
+    case CS_NEW:
+        call_make_ready(c);
+        break;
+    case CS_REJECT: {
+        char *e = c->error;
+        c->error = NULL;
+        call_finish(c, c->status, NULL, e, 0);
+        free(e);
+        break;
+    }
+    case CS_BACKOFF:
+        call_dispatch(c);
+        break;
+    case CS_RUNNING: {
+        struct exec *ex = c->g->ex;
+        adapter_cancel(c->op);
+        c->op = NULL;
+        c->rt->running--;
+        ex->stats.running--;
+        agent_slot_freed(ex, c->rt);
+        breaker_result(c->rt, 0, c->is_probe);
+        c->is_probe = 0;
+        snprintf(err, sizeof err, "no reply within %d ms (attempt %d)", c->rt->spec->timeout_ms, c->attempts);
+        call_finish(c, FB_TIMEOUT, NULL, err, 0);
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+/* ---- public API ---------------------------------------------------------------- */
+
+struct exec *exec_create(struct event_base *base, const struct registry *reg,
+                         const struct exec_config *cfg)
+{
+    struct exec *ex = calloc(1, sizeof *ex);
+    if (!ex) {
+        ps_error_set(PS_ENOMEM, "executor: out of memory");
+        return NULL;
+    }
+    /* A stdio agent that dies must not kill us with SIGPIPE. */
+    struct sigaction sa;
+    if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
+        signal(SIGPIPE, SIG_IGN);
+    ex->base = base;
+    ex->reg = reg;
+    ex->n_agents = registry_count(reg);
+    ex->http = httpc_create(base);
+    ex->agents = calloc((size_t)ex->n_agents + 1, sizeof *ex->agents);
+    if (!ex->http || !ex->agents)
+        goto fail;
+    for (int i = 0; i < ex->n_agents; i++) {
+        ex->agents[i].spec = registry_at(reg, i);
+        if (!(ex->agents[i].pump = event_new(base, -1, 0, agent_pump, &ex->agents[i])))
+            goto fail;
+    }
+    if (cfg && cfg->local_url && !(ex->local_url = strdup(cfg->local_url)))
+        goto fail;
+    if (cfg && cfg->local_model && !(ex->local_model = strdup(cfg->local_model)))
+        goto fail;
+    ex->rng = cfg && cfg->seed ? cfg->seed : (uint64_t)orch_now_ns() | 1;
+    return ex;
+fail:
+    exec_destroy(ex);
+    ps_error_set(PS_ENOMEM, "executor: out of memory");
+    return NULL;
+}
+
+void exec_destroy(struct exec *ex)
+{
+    if (!ex)
+        return;
+    while (ex->groups)
+        exec_group_destroy(ex->groups);
+    for (int i = 0; ex->agents && i < ex->n_agents; i++) {
+        mcp_session_free(ex, &ex->agents[i]);
+        if (ex->agents[i].pump)
+            event_free(ex->agents[i].pump);
+    }
+    httpc_destroy(ex->http);
+    free(ex->agents);
+    free(ex->local_url);
+    free(ex->local_model);
+    free(ex);
+}
+
+struct exec_group *exec_group_create(struct exec *ex, exec_feedback_fn cb, void *ud)
+{
+    struct exec_group *g = calloc(1, sizeof *g);
+    if (!g)
+        return NULL;
+    g->ex = ex;
+    g->cb = cb;
+    g->ud = ud;
+    g->next = ex->groups;
+    if (ex->groups)
+        ex->groups->prev = g;
+    ex->groups = g;
+    return g;
+}
+
+static void call_free(struct exec_call *c)
+{
+    if (c->timer)
+        event_free(c->timer);
+    free(c->id);
+    free(c->to);
+    cJSON_Delete(c->args);
+    cJSON_Delete(c->final_args);
+    cJSON_Delete(c->result);
+    for (int i = 0; i < c->n_after; i++)
+        free(c->after[i]);
+    free(c->after);
+    free(c->error);
+    free(c);
+}
+
+void exec_group_destroy(struct exec_group *g)
+{
+    if (!g)
+        return;
+    struct exec *ex = g->ex;
+    for (struct exec_call *c = g->head; c; c = c->next)
+        if (c->state != CS_DONE)
+            call_abort(c);
+    while (g->head) {
+        struct exec_call *c = g->head;
+        g->head = c->next;
+        call_free(c);
+    }
+    if (g->prev) g->prev->next = g->next; else ex->groups = g->next;
+    if (g->next) g->next->prev = g->prev;
+    free(g);
+}
+
+static void reject_later(struct exec_call *c, const char *why)
+{
+    c->state = CS_REJECT;
+    c->status = FB_REJECTED;
+    free(c->error);
+    c->error = strdup(why);
+    event_active(c->timer, 0, 0);
+}
+
+int exec_group_submit(struct exec_group *g, const cJSON *call)
+{
+    struct exec *ex = g->ex;
+    struct exec_call *c = calloc(1, sizeof *c);
+    if (!c)
+        return ps_error_set(PS_ENOMEM, "executor: out of memory");
+    c->g = g;
+    c->t_submit = orch_now_ns();
+    c->d2r_ns = -1;
+    c->timer = evtimer_new(ex->base, on_timer, c);
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
+    const cJSON *to = cJSON_GetObjectItemCaseSensitive(call, "to");
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(call, "args");
+    const cJSON *after = cJSON_GetObjectItemCaseSensitive(call, "after");
+    char why[512] = "";
+    if (cJSON_IsString(id) && id->valuestring[0] && strlen(id->valuestring) <= EXEC_MAX_ID) {
+        c->id = strdup(id->valuestring);
+    } else {
+        char gen[32];
+        int n = 0;
+        for (struct exec_call *p = g->head; p; p = p->next)
+            n++;
+        snprintf(gen, sizeof gen, "#%d", n + 1);
+        c->id = strdup(gen);
+        snprintf(why, sizeof why, "call 'id' must be a string of 1-%d characters", EXEC_MAX_ID);
+    }
+    c->to = strdup(cJSON_IsString(to) ? to->valuestring : "");
+    c->args = args ? cJSON_Duplicate(args, 1) : cJSON_CreateObject();
+    if (!c->timer || !c->id || !c->to || !c->args) {
+        call_free(c);
+        return ps_error_set(PS_ENOMEM, "executor: out of memory");
+    }
+    int dup = !why[0] && group_find(g, c->id) != NULL;
+    /* Link first: the call exists (and yields feedback) whatever is wrong with it. */
+    if (g->tail) g->tail->next = c; else g->head = c;
+    g->tail = c;
+    g->n_open++;
+    ex->stats.calls_started++;
+    c->state = CS_NEW;
+
+    if (why[0]) {
+    } else if (dup) {
+        snprintf(why, sizeof why, "duplicate call id '%s'", c->id);
+    } else if (!cJSON_IsString(to)) {
+        snprintf(why, sizeof why, "call 'to' must name an agent");
+    } else if (!registry_find(ex->reg, c->to)) {
+        snprintf(why, sizeof why, "unknown agent '%s'", c->to);
+    } else if (!cJSON_IsObject(c->args)) {
+        snprintf(why, sizeof why, "call 'args' must be an object");
+    } else if (after && (!cJSON_IsArray(after) || cJSON_GetArraySize(after) > EXEC_MAX_AFTER)) {
+        snprintf(why, sizeof why, "call 'after' must be a list of at most %d call ids", EXEC_MAX_AFTER);
+    }
+    if (!why[0]) {
+        c->rt = &ex->agents[registry_find(ex->reg, c->to) - registry_at(ex->reg, 0)];
+        int n = after ? cJSON_GetArraySize(after) : 0;
+        c->after = calloc((size_t)n + 1, sizeof *c->after);
+        if (!c->after)
+            snprintf(why, sizeof why, "out of memory");
+        const cJSON *a;
+        for (a = c->after ? (after ? after->child : NULL) : NULL; a; a = a->next) {
+            if (!cJSON_IsString(a)) {
+                snprintf(why, sizeof why, "call 'after' must list call ids (strings)");
+                break;
+            }
+            struct exec_call *dep = group_find(g, a->valuestring);
+            if (!dep || dep == c) {
+                snprintf(why, sizeof why, "'after' names '%s', which is not an earlier call", a->valuestring);
+                break;
+            }
+            if (!(c->after[c->n_after] = strdup(a->valuestring))) {
+                snprintf(why, sizeof why, "out of memory");
+                break;
+            }
+            c->n_after++;
+            if (dep->state != CS_DONE)
+                c->pending++;
+            else if (dep->status != FB_OK)
+                snprintf(why, sizeof why, "dependency '%s' ended %s", dep->id, fb_status_str(dep->status));
+        }
+        if (why[0] && !strncmp(why, "dependency", 10)) {
+            /* delivered as cancelled, like a dependency failing later */
+            reject_later(c, why);
+            c->status = FB_CANCELLED;
+            return PS_OK;
+        }
+    }
+    if (why[0]) {
+        reject_later(c, why);
+        return PS_OK;
+    }
+    if (c->pending == 0)
+        event_active(c->timer, 0, 0);   /* CS_NEW: made ready on the loop */
+    else
+        c->state = CS_WAITING;
+    return PS_OK;
+}
+
+int exec_group_cancel(struct exec_group *g, const char *id, const char *reason)
+{
+    struct exec_call *c = NULL;
+    for (struct exec_call *p = g->head; p; p = p->next)
+        if (!strcmp(p->id, id) && (!c || p->state != CS_DONE))
+            c = p;
+    if (!c)
+        return PS_ENOTFOUND;
+    if (c->state != CS_DONE)
+        call_finish(c, FB_CANCELLED, NULL, reason ? reason : "cancelled", 0);
+    return PS_OK;
+}
+
+void exec_group_cancel_all(struct exec_group *g, const char *reason)
+{
+    for (struct exec_call *c = g->head; c; c = c->next)
+        if (c->state != CS_DONE)
+            call_finish(c, FB_CANCELLED, NULL, reason ? reason : "cancelled", 0);
+}
+
+int exec_group_open(const struct exec_group *g)
+{
+    return g ? g->n_open : 0;
+}
+
+int exec_group_call_status(const struct exec_group *g, const char *id)
+{
+    const struct exec_call *c = group_find(g, id);
+    if (!c)
+        return -1;
+    return c->state == CS_DONE ? (int)c->status : -2;
+}
+
+void exec_get_stats(const struct exec *ex, struct exec_stats *st)
+{
+    *st = ex->stats;
+    st->queued = 0;
+    for (int i = 0; i < ex->n_agents; i++)
+        st->queued += ex->agents[i].queued;
+    st->http_active = httpc_active(ex->http);
+}

@@ -1,0 +1,101 @@
+/* exec_internal.h - structures shared by the executor (exec.c) and the
+ * protocol adapters (adapters.c, mcp.c).  Not a public API. */
+#ifndef PS_ORCH_EXEC_INTERNAL_H
+#define PS_ORCH_EXEC_INTERNAL_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <cjson/cJSON.h>
+
+#include "orchestrator/executor.h"
+#include "orchestrator/registry.h"
+
+struct event_base;
+struct httpc;
+struct exec_call;
+struct adapter_op;
+struct mcp_session;
+
+struct agent_rt {
+    const struct agent_spec *spec;
+    int                running;            /* attempts in an adapter now */
+    struct exec_call  *q_head, *q_tail;    /* READY, waiting for a slot */
+    int                queued;
+    int                consecutive_failures;
+    int64_t            open_until_ns;      /* breaker open while now < this */
+    int                half_open;          /* one probe allowed after opening */
+    int                probe_in_flight;
+    struct mcp_session *mcp;               /* mcp-http / mcp-stdio state, lazily made */
+    struct event      *pump;               /* starts queued calls as slots free */
+};
+
+struct exec {
+    struct event_base     *base;
+    const struct registry *reg;
+    struct httpc          *http;
+    struct agent_rt       *agents;
+    int                    n_agents;
+    char                  *local_url;
+    char                  *local_model;
+    uint64_t               rng;
+    struct exec_group     *groups;         /* every live group */
+    struct exec_stats      stats;
+};
+
+/* Outcome of one adapter attempt.  The executor may take ownership of
+ * `result` by setting it to NULL; otherwise the adapter frees it. */
+struct adapter_result {
+    enum fb_status status;
+    cJSON         *result;
+    const char    *error;
+    int            retryable;      /* transport error, 429, 5xx */
+    int64_t        agent_recv_ns;  /* 0 unknown */
+    int64_t        agent_send_ns;
+};
+
+typedef void (*adapter_done_fn)(void *ud, struct adapter_result *r);
+
+/* Start one attempt.  Never calls `done` before returning; calls it exactly
+ * once later unless adapter_cancel() comes first.  NULL when it could not
+ * start (ps_error_last() says why). */
+struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const char *call_id,
+                                 const cJSON *args, adapter_done_fn done, void *ud);
+/* Abort an attempt (protocols that can, are told: MCP notifications/cancelled).
+ * No callback afterwards. */
+void adapter_cancel(struct adapter_op *op);
+
+/* MCP (mcp.c) entry points used by adapter_start/adapter_cancel. */
+int  mcp_op_start(struct adapter_op *op);
+void mcp_op_cancel(struct adapter_op *op);
+void mcp_session_free(struct exec *ex, struct agent_rt *rt);
+
+/* Shared adapter op: one per attempt. */
+struct adapter_op {
+    struct exec       *ex;
+    struct agent_rt   *rt;
+    adapter_done_fn    done;
+    void              *ud;
+    struct httpc_req  *req;
+    struct event      *ev;            /* builtin: deferred completion */
+    cJSON             *args;          /* own copy */
+    char              *call_id;
+    long               rpc_id;        /* MCP or A2A JSON-RPC id */
+    int                mcp_sent;      /* request written to the agent */
+    struct adapter_op *mcp_prev, *mcp_next;  /* session's waiting/in-flight list */
+    enum fb_status     b_status;      /* builtin outcome */
+    cJSON             *b_result;
+    char               b_err[512];
+};
+
+/* Deliver an outcome built from pieces, then free the op. */
+void adapter_finish(struct adapter_op *op, enum fb_status st, cJSON *result,
+                    const char *error, int retryable, int64_t recv_ns, int64_t send_ns);
+void adapter_op_free(struct adapter_op *op);
+
+/* Classify an HTTP reply: returns 1 when it is a 2xx to be parsed further;
+ * otherwise fills st, err and retryable and returns 0. */
+struct httpc_response;
+int adapter_http_classify(const struct httpc_response *r, enum fb_status *st, char *err,
+                          size_t errlen, int *retryable);
+
+#endif /* PS_ORCH_EXEC_INTERNAL_H */

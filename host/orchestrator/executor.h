@@ -1,0 +1,117 @@
+/* executor.h - runs agent calls asynchronously on one libevent loop.
+ *
+ * Calls belong to a group (one per task).  A call is dispatched the moment
+ * every id in its `after` list has finished ok (a DAG, never a barrier);
+ * a dependency that ends in any other status ends its dependents with
+ * `cancelled`.  Each finished call yields exactly one feedback record
+ * (proto/feedback.schema.json) through the group's callback.
+ *
+ * Call states (exec.c names the function of each transition):
+ *
+ *   submit ──► WAITING (deps) ──deps ok──► READY ──slot free──► RUNNING
+ *                 │                          │ (agent queue)       │ │ │
+ *                 │ dep failed               │ breaker open        │ │ └─retryable fail─► BACKOFF ─timer─► READY
+ *                 ▼                          ▼                     │ └─timeout───────────────────────┐
+ *               DONE ◄────────────────────── DONE ◄── ok / error ──┘       cancel (any state) ──────► DONE
+ *
+ * Invariants:
+ *  1. A call is in at most one of: an agent's queue, an adapter (RUNNING),
+ *     a backoff/timeout timer.  An agent never has more than
+ *     max_concurrency calls RUNNING.
+ *  2. DONE is final: a cancelled or timed-out call's adapter operation is
+ *     aborted first, so a late reply can never produce a second record.
+ *  3. The group callback is never called from inside exec_group_submit()
+ *     or exec_group_cancel(); it must not call those (or destroy the
+ *     group) itself: defer to the loop instead.
+ *
+ * Arguments may reference finished calls: a string value exactly "{{c1}}"
+ * is replaced by c1's result (JSON), and "{{c1}}" inside a longer string by
+ * its text.  Arguments are validated against the agent's input_schema after
+ * substitution; a failure (or an unknown agent) is `rejected` without
+ * calling the agent.
+ */
+#ifndef PS_ORCH_EXECUTOR_H
+#define PS_ORCH_EXECUTOR_H
+
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+struct event_base;
+struct registry;
+struct exec;
+struct exec_group;
+
+#define FB_STATUS_TABLE(X)                  \
+    X(FB_OK,          "ok")                 \
+    X(FB_PARSE_ERROR, "parse_error")        \
+    X(FB_EXEC_ERROR,  "exec_error")         \
+    X(FB_TIMEOUT,     "timeout")            \
+    X(FB_CANCELLED,   "cancelled")          \
+    X(FB_REJECTED,    "rejected")
+
+enum fb_status {
+#define FB_STATUS_ENUM(c, s) c,
+    FB_STATUS_TABLE(FB_STATUS_ENUM)
+#undef FB_STATUS_ENUM
+    FB_STATUS_COUNT
+};
+
+const char *fb_status_str(enum fb_status s);
+
+/* One finished call.  All pointers are borrowed: valid during the callback
+ * only (duplicate what you keep). */
+struct exec_feedback {
+    const char    *id;
+    const char    *to;
+    enum fb_status status;
+    const cJSON   *result;       /* NULL unless status ok */
+    const char    *error;        /* NULL when status ok */
+    int64_t        ms;           /* submit -> finished */
+    int            attempts;     /* adapter attempts made (0: never called) */
+    int64_t        dispatch_to_recv_ns;  /* last attempt: dispatch -> agent got request; -1 unknown */
+    int64_t        reply_to_record_ns;   /* agent sent reply -> this record; -1 unknown */
+};
+
+typedef void (*exec_feedback_fn)(void *ud, const struct exec_feedback *fb);
+
+struct exec_config {
+    const char *local_url;   /* OpenAI chat-completions URL serving the
+                                embedded model, for kind "local"; NULL: none */
+    const char *local_model; /* model name sent there ("default") */
+    uint64_t    seed;        /* jitter PRNG seed (0: from the clock) */
+};
+
+/* Create an executor on `base` (not owned) over `reg` (not owned; must
+ * outlive the executor).  Returns NULL on failure (ps_error_set). */
+struct exec *exec_create(struct event_base *base, const struct registry *reg,
+                         const struct exec_config *cfg);
+/* Aborts every call of every group silently, stops stdio agents, frees. */
+void exec_destroy(struct exec *ex);
+
+struct exec_group *exec_group_create(struct exec *ex, exec_feedback_fn cb, void *ud);
+/* Aborts the group's unfinished calls without feedback, frees.  NULL-safe. */
+void exec_group_destroy(struct exec_group *g);
+
+/* Submit one call object {"id","to","args","after"?} (borrowed; copied).
+ * Malformed objects, duplicate ids, unknown agents, unknown `after` ids
+ * (dependencies must name earlier calls) and schema failures end as
+ * `rejected` feedback; the return value is PS_OK unless memory ran out. */
+int exec_group_submit(struct exec_group *g, const cJSON *call);
+
+/* Cancel one call (feedback `cancelled` if it had not finished), or all
+ * unfinished calls of the group.  PS_ENOTFOUND for an unknown id. */
+int exec_group_cancel(struct exec_group *g, const char *id, const char *reason);
+void exec_group_cancel_all(struct exec_group *g, const char *reason);
+
+/* Calls of the group not yet finished. */
+int exec_group_open(const struct exec_group *g);
+/* Status of a call: -1 unknown id, -2 unfinished, else an fb_status. */
+int exec_group_call_status(const struct exec_group *g, const char *id);
+
+struct exec_stats {
+    int64_t calls_started, calls_finished, attempts, retries, breaker_rejects;
+    int     running, queued, http_active;
+};
+void exec_get_stats(const struct exec *ex, struct exec_stats *st);
+
+#endif /* PS_ORCH_EXECUTOR_H */

@@ -1,0 +1,60 @@
+/* httpc.h - outbound HTTP(S) on a libevent loop: libcurl multi driven by its
+ * socket API (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION mapped to
+ * libevent events), so thousands of agent calls share the event-loop thread
+ * and never block it.  TLS is libcurl's (OpenSSL build).
+ *
+ * Every function must be called on the loop's thread.  A request ends in
+ * exactly one of: its done callback (once), or httpc_cancel() (no callback
+ * afterwards).  Responses over HTTPC_MAX_BODY bytes fail as transport errors.
+ */
+#ifndef PS_ORCH_HTTPC_H
+#define PS_ORCH_HTTPC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define HTTPC_MAX_BODY (16u << 20)
+
+struct event_base;
+struct httpc;
+struct httpc_req;
+
+struct httpc_response {
+    int         transport_error; /* 0, or a CURLcode: no HTTP reply was read */
+    const char *error;           /* transport error message ("" when none) */
+    long        status;          /* HTTP status when transport_error == 0 */
+    const char *body;            /* NUL-terminated; valid during the callback */
+    size_t      body_len;
+    const char *content_type;    /* NULL when absent */
+    const char *session_id;      /* Mcp-Session-Id reply header, NULL when absent */
+    int64_t     agent_recv_ns;   /* X-Agent-Recv-Ns reply header (CLOCK_MONOTONIC), 0 if absent */
+    int64_t     agent_send_ns;   /* X-Agent-Send-Ns reply header, 0 if absent */
+};
+
+typedef void (*httpc_done_fn)(void *ud, const struct httpc_response *resp);
+
+struct httpc *httpc_create(struct event_base *base);
+/* Cancels every outstanding request (no callbacks) and frees. NULL-safe. */
+void httpc_destroy(struct httpc *h);
+
+/* Start a request.  `method` is "POST" (body sent) or "DELETE"; `headers`
+ * are "Name: value" lines (two NULL-terminated lists, either may be NULL),
+ * copied.  `body` is copied.  timeout_ms 0 = none (the executor enforces
+ * call timeouts itself).  Returns NULL (with ps_error_set) on failure to
+ * start; the callback is then never called. */
+struct httpc_req *httpc_request(struct httpc *h, const char *method, const char *url,
+                                char *const *headers, char *const *headers2,
+                                const char *body, size_t body_len, long timeout_ms,
+                                httpc_done_fn done, void *ud);
+
+/* Abort a request that has not called back yet; frees it.  NULL-safe. */
+void httpc_cancel(struct httpc_req *r);
+
+/* Requests in flight (for leak checks and metrics). */
+int httpc_active(const struct httpc *h);
+
+/* CLOCK_MONOTONIC in nanoseconds: the clock of every timing in the
+ * orchestrator and of the mock agents' X-Agent-* headers. */
+int64_t orch_now_ns(void);
+
+#endif /* PS_ORCH_HTTPC_H */

@@ -1,0 +1,300 @@
+/* jschema.c - JSON Schema subset validator (see jschema.h). */
+#include "orchestrator/jschema.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/status.h"
+
+static const char *const known_types[] = {
+    "object", "array", "string", "number", "integer", "boolean", "null",
+};
+
+static int type_known(const char *t)
+{
+    for (size_t i = 0; i < sizeof known_types / sizeof known_types[0]; i++)
+        if (!strcmp(t, known_types[i]))
+            return 1;
+    return 0;
+}
+
+
+/* Location strings ("args.items[2].q"), truncated silently when long. */
+static void path_join(char *dst, size_t n, const char *base, const char *key, int index)
+{
+    size_t k = 0;
+    for (const char *p = base; *p && k + 1 < n; p++)
+        dst[k++] = *p;
+    char num[24];
+    if (key) {
+        if (k + 1 < n)
+            dst[k++] = '.';
+        for (const char *p = key; *p && k + 1 < n; p++)
+            dst[k++] = *p;
+    } else {
+        int m = snprintf(num, sizeof num, "[%d]", index);
+        for (int i = 0; i < m && k + 1 < n; i++)
+            dst[k++] = num[i];
+    }
+    dst[k] = 0;
+}
+
+static int fail(char *err, size_t errlen, const char *fmt, const char *where, const char *what)
+{
+    snprintf(err, errlen, fmt, where, what);
+    return PS_EINVAL;
+}
+
+static int check_rec(const cJSON *s, const char *where, int depth, char *err, size_t errlen)
+{
+    char sub[512];
+    if (depth > JSCHEMA_MAX_DEPTH)
+        return fail(err, errlen, "%s: schema nested too deeply%s", where, "");
+    if (cJSON_IsBool(s))
+        return PS_OK;
+    if (!cJSON_IsObject(s))
+        return fail(err, errlen, "%s: a schema must be an object%s", where, "");
+    for (const cJSON *k = s->child; k; k = k->next) {
+        const char *n = k->string;
+        path_join(sub, sizeof sub, where, n, 0);
+        if (!strcmp(n, "type")) {
+            if (cJSON_IsString(k)) {
+                if (!type_known(k->valuestring))
+                    return fail(err, errlen, "%s: unknown type '%s'", sub, k->valuestring);
+            } else if (cJSON_IsArray(k) && cJSON_GetArraySize(k) > 0) {
+                for (const cJSON *t = k->child; t; t = t->next)
+                    if (!cJSON_IsString(t) || !type_known(t->valuestring))
+                        return fail(err, errlen, "%s: unknown type in list%s", sub, "");
+            } else {
+                return fail(err, errlen, "%s: must be a type name or a list of them%s", sub, "");
+            }
+        } else if (!strcmp(n, "properties")) {
+            if (!cJSON_IsObject(k))
+                return fail(err, errlen, "%s: must be an object%s", sub, "");
+            for (const cJSON *p = k->child; p; p = p->next) {
+                char psub[512];
+                path_join(psub, sizeof psub, sub, p->string, 0);
+                int st = check_rec(p, psub, depth + 1, err, errlen);
+                if (st)
+                    return st;
+            }
+        } else if (!strcmp(n, "required")) {
+            if (!cJSON_IsArray(k))
+                return fail(err, errlen, "%s: must be a list of property names%s", sub, "");
+            for (const cJSON *p = k->child; p; p = p->next)
+                if (!cJSON_IsString(p))
+                    return fail(err, errlen, "%s: must be a list of property names%s", sub, "");
+        } else if (!strcmp(n, "additionalProperties") || !strcmp(n, "items")) {
+            int st = check_rec(k, sub, depth + 1, err, errlen);
+            if (st)
+                return st;
+        } else if (!strcmp(n, "anyOf") || !strcmp(n, "oneOf")) {
+            if (!cJSON_IsArray(k) || cJSON_GetArraySize(k) == 0)
+                return fail(err, errlen, "%s: must be a non-empty list of schemas%s", sub, "");
+            int i = 0;
+            for (const cJSON *p = k->child; p; p = p->next, i++) {
+                char psub[512];
+                path_join(psub, sizeof psub, sub, NULL, i);
+                int st = check_rec(p, psub, depth + 1, err, errlen);
+                if (st)
+                    return st;
+            }
+        } else if (!strcmp(n, "enum")) {
+            if (!cJSON_IsArray(k) || cJSON_GetArraySize(k) == 0)
+                return fail(err, errlen, "%s: must be a non-empty list%s", sub, "");
+        } else if (!strcmp(n, "minimum") || !strcmp(n, "maximum") ||
+                   !strcmp(n, "exclusiveMinimum") || !strcmp(n, "exclusiveMaximum")) {
+            if (!cJSON_IsNumber(k))
+                return fail(err, errlen, "%s: must be a number%s", sub, "");
+        } else if (!strcmp(n, "minLength") || !strcmp(n, "maxLength") ||
+                   !strcmp(n, "minItems") || !strcmp(n, "maxItems")) {
+            if (!cJSON_IsNumber(k) || k->valuedouble < 0 || k->valuedouble != floor(k->valuedouble))
+                return fail(err, errlen, "%s: must be a non-negative integer%s", sub, "");
+        } else if (!strcmp(n, "const") || !strcmp(n, "description") || !strcmp(n, "title") ||
+                   !strcmp(n, "default") || !strcmp(n, "examples") || !strcmp(n, "$schema")) {
+            continue;
+        } else {
+            return fail(err, errlen, "%s: unsupported schema keyword '%s'", where, n);
+        }
+    }
+    return PS_OK;
+}
+
+int jschema_check(const cJSON *schema, const char *where, char *err, size_t errlen)
+{
+    if (errlen)
+        err[0] = 0;
+    return check_rec(schema, where, 0, err, errlen);
+}
+
+static const char *type_of(const cJSON *v)
+{
+    if (cJSON_IsObject(v)) return "object";
+    if (cJSON_IsArray(v)) return "array";
+    if (cJSON_IsString(v)) return "string";
+    if (cJSON_IsNumber(v)) return "number";
+    if (cJSON_IsBool(v)) return "boolean";
+    if (cJSON_IsNull(v)) return "null";
+    return "invalid";
+}
+
+static int type_matches(const char *t, const cJSON *v)
+{
+    if (!strcmp(t, "integer"))
+        return cJSON_IsNumber(v) && isfinite(v->valuedouble) &&
+               v->valuedouble == floor(v->valuedouble);
+    if (!strcmp(t, "number"))
+        return cJSON_IsNumber(v);
+    return !strcmp(t, type_of(v));
+}
+
+/* Length in code points of a UTF-8 string. */
+static size_t utf8_len(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        if (((unsigned char)*s & 0xC0) != 0x80)
+            n++;
+    return n;
+}
+
+static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int depth,
+                        char *err, size_t errlen)
+{
+    char sub[512];
+    if (depth > JSCHEMA_MAX_DEPTH)
+        return fail(err, errlen, "%s: value nested too deeply%s", where, "");
+    if (cJSON_IsBool(s)) {
+        if (cJSON_IsFalse(s))
+            return fail(err, errlen, "%s: not allowed here%s", where, "");
+        return PS_OK;
+    }
+    if (!cJSON_IsObject(s))
+        return PS_OK;
+
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(s, "type");
+    if (cJSON_IsString(type)) {
+        if (!type_matches(type->valuestring, v)) {
+            snprintf(err, errlen, "%s: expected %s, got %s", where, type->valuestring, type_of(v));
+            return PS_EINVAL;
+        }
+    } else if (cJSON_IsArray(type)) {
+        int ok = 0;
+        for (const cJSON *t = type->child; t && !ok; t = t->next)
+            ok = cJSON_IsString(t) && type_matches(t->valuestring, v);
+        if (!ok)
+            return fail(err, errlen, "%s: type %s not allowed", where, type_of(v));
+    }
+
+    const cJSON *en = cJSON_GetObjectItemCaseSensitive(s, "enum");
+    if (cJSON_IsArray(en)) {
+        int ok = 0;
+        for (const cJSON *e = en->child; e && !ok; e = e->next)
+            ok = cJSON_Compare(e, v, 1);
+        if (!ok)
+            return fail(err, errlen, "%s: not one of the allowed values%s", where, "");
+    }
+    const cJSON *cst = cJSON_GetObjectItemCaseSensitive(s, "const");
+    if (cst && !cJSON_Compare(cst, v, 1))
+        return fail(err, errlen, "%s: must equal the schema's const%s", where, "");
+
+    if (cJSON_IsNumber(v)) {
+        double x = v->valuedouble;
+        const cJSON *b;
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "minimum")) && cJSON_IsNumber(b) && x < b->valuedouble) {
+            snprintf(err, errlen, "%s: %g is below the minimum %g", where, x, b->valuedouble);
+            return PS_EINVAL;
+        }
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "maximum")) && cJSON_IsNumber(b) && x > b->valuedouble) {
+            snprintf(err, errlen, "%s: %g is above the maximum %g", where, x, b->valuedouble);
+            return PS_EINVAL;
+        }
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "exclusiveMinimum")) && cJSON_IsNumber(b) && x <= b->valuedouble) {
+            snprintf(err, errlen, "%s: %g must be above %g", where, x, b->valuedouble);
+            return PS_EINVAL;
+        }
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "exclusiveMaximum")) && cJSON_IsNumber(b) && x >= b->valuedouble) {
+            snprintf(err, errlen, "%s: %g must be below %g", where, x, b->valuedouble);
+            return PS_EINVAL;
+        }
+    }
+    if (cJSON_IsString(v)) {
+        size_t n = utf8_len(v->valuestring);
+        const cJSON *b;
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "minLength")) && cJSON_IsNumber(b) && (double)n < b->valuedouble)
+            return fail(err, errlen, "%s: string shorter than minLength%s", where, "");
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "maxLength")) && cJSON_IsNumber(b) && (double)n > b->valuedouble)
+            return fail(err, errlen, "%s: string longer than maxLength%s", where, "");
+    }
+    if (cJSON_IsArray(v)) {
+        int n = cJSON_GetArraySize(v);
+        const cJSON *b;
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "minItems")) && cJSON_IsNumber(b) && n < b->valuedouble)
+            return fail(err, errlen, "%s: fewer items than minItems%s", where, "");
+        if ((b = cJSON_GetObjectItemCaseSensitive(s, "maxItems")) && cJSON_IsNumber(b) && n > b->valuedouble)
+            return fail(err, errlen, "%s: more items than maxItems%s", where, "");
+        const cJSON *items = cJSON_GetObjectItemCaseSensitive(s, "items");
+        if (items) {
+            int i = 0;
+            for (const cJSON *e = v->child; e; e = e->next, i++) {
+                path_join(sub, sizeof sub, where, NULL, i);
+                int st = validate_rec(items, e, sub, depth + 1, err, errlen);
+                if (st)
+                    return st;
+            }
+        }
+    }
+    if (cJSON_IsObject(v)) {
+        const cJSON *props = cJSON_GetObjectItemCaseSensitive(s, "properties");
+        const cJSON *req = cJSON_GetObjectItemCaseSensitive(s, "required");
+        const cJSON *addl = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+        for (const cJSON *r = req ? req->child : NULL; r; r = r->next)
+            if (cJSON_IsString(r) && !cJSON_GetObjectItemCaseSensitive(v, r->valuestring))
+                return fail(err, errlen, "%s: missing required property '%s'", where, r->valuestring);
+        for (const cJSON *m = v->child; m; m = m->next) {
+            path_join(sub, sizeof sub, where, m->string ? m->string : "?", 0);
+            const cJSON *ps = props ? cJSON_GetObjectItemCaseSensitive(props, m->string) : NULL;
+            if (ps) {
+                int st = validate_rec(ps, m, sub, depth + 1, err, errlen);
+                if (st)
+                    return st;
+            } else if (addl) {
+                if (cJSON_IsFalse(addl))
+                    return fail(err, errlen, "%s: unexpected property '%s'", where, m->string);
+                int st = validate_rec(addl, m, sub, depth + 1, err, errlen);
+                if (st)
+                    return st;
+            }
+        }
+    }
+    const cJSON *any = cJSON_GetObjectItemCaseSensitive(s, "anyOf");
+    if (cJSON_IsArray(any)) {
+        int ok = 0;
+        for (const cJSON *a = any->child; a && !ok; a = a->next)
+            ok = validate_rec(a, v, where, depth + 1, err, errlen) == PS_OK;
+        if (!ok)
+            return fail(err, errlen, "%s: matches none of anyOf%s", where, "");
+    }
+    const cJSON *one = cJSON_GetObjectItemCaseSensitive(s, "oneOf");
+    if (cJSON_IsArray(one)) {
+        int n = 0;
+        for (const cJSON *a = one->child; a; a = a->next)
+            n += validate_rec(a, v, where, depth + 1, err, errlen) == PS_OK;
+        if (n != 1)
+            return fail(err, errlen, "%s: must match exactly one of oneOf%s", where, "");
+    }
+    if (errlen)
+        err[0] = 0;
+    return PS_OK;
+}
+
+int jschema_validate(const cJSON *schema, const cJSON *value, const char *where,
+                     char *err, size_t errlen)
+{
+    if (errlen)
+        err[0] = 0;
+    if (!schema)
+        return PS_OK;
+    return validate_rec(schema, value, where, 0, err, errlen);
+}

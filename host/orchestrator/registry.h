@@ -1,0 +1,73 @@
+/* registry.h - the Agent-as-Tool registry: every agent and tool, whatever
+ * its protocol, described by one spec (proto/agent_spec.schema.json) and
+ * looked up by name.
+ *
+ * File format: {"agents":[{...spec...}, ...]}.  Loading is strict: an
+ * unknown field, a wrong type or a missing required field fails with a
+ * message naming it ("agents.json: agents[3].timeout_ms: must be an
+ * integer in 1..3600000"), recorded with ps_error_set().
+ *
+ * Ownership: the registry owns every spec and string in it; specs are
+ * immutable after loading and live until registry_free().
+ */
+#ifndef PS_ORCH_REGISTRY_H
+#define PS_ORCH_REGISTRY_H
+
+#include <cjson/cJSON.h>
+
+#define AGENT_KIND_TABLE(X)                 \
+    X(AGENT_LOCAL,       "local")           \
+    X(AGENT_OPENAI_CHAT, "openai-chat")     \
+    X(AGENT_MCP_HTTP,    "mcp-http")        \
+    X(AGENT_MCP_STDIO,   "mcp-stdio")       \
+    X(AGENT_A2A,         "a2a")             \
+    X(AGENT_HTTP_JSON,   "http-json")       \
+    X(AGENT_BUILTIN,     "builtin")
+
+enum agent_kind {
+#define AGENT_KIND_ENUM(k, s) k,
+    AGENT_KIND_TABLE(AGENT_KIND_ENUM)
+#undef AGENT_KIND_ENUM
+    AGENT_KIND_COUNT
+};
+
+const char *agent_kind_str(enum agent_kind k);
+
+struct agent_spec {
+    char           *name;            /* unique, [A-Za-z0-9_.-]{1,64} */
+    enum agent_kind kind;
+    char           *description;     /* "" when absent */
+    cJSON          *input_schema;    /* never NULL; {"type":"object"} default */
+    char           *url;             /* http(s) kinds */
+    char          **command;         /* mcp-stdio argv, NULL-terminated */
+    char          **headers;         /* "Name: value" lines, NULL-terminated */
+    char           *tool;            /* builtin / MCP tool name (default: name) */
+    char           *model;           /* openai-chat model ("default") */
+    char           *system_prompt;   /* local / openai-chat role prompt */
+    int             max_tokens;      /* local / openai-chat (default 256) */
+    int             timeout_ms;      /* per attempt (default 30000) */
+    int             max_concurrency; /* in flight at once (default 16) */
+    int             retries;         /* extra attempts for retryable failures (default 2) */
+    int             backoff_ms;      /* base of exponential backoff (default 100) */
+    int             breaker_failures;/* consecutive failures that open the breaker (5) */
+    int             breaker_open_ms; /* how long it stays open (5000) */
+};
+
+struct registry;
+
+/* Load a registry from a file / from JSON text.  `origin` names the source
+ * in error messages.  Returns PS_OK and *out, or an error with detail. */
+int  registry_load_file(const char *path, struct registry **out);
+int  registry_load_json(const char *text, const char *origin, struct registry **out);
+void registry_free(struct registry *reg);
+
+int                      registry_count(const struct registry *reg);
+const struct agent_spec *registry_at(const struct registry *reg, int i);
+/* NULL when no agent has that name. */
+const struct agent_spec *registry_find(const struct registry *reg, const char *name);
+
+/* The catalogue the orchestrator model reads: a new JSON array (caller
+ * frees) of {"name","kind","description","input_schema"}. */
+cJSON *registry_catalogue(const struct registry *reg);
+
+#endif /* PS_ORCH_REGISTRY_H */
