@@ -27,8 +27,9 @@
 
 /* ~ a few ms of pause instructions before a worker goes to sleep. */
 #define SPIN_ITERS 200000
-/* Caller's wait: yield now and then so an oversubscribed machine progresses. */
-#define WAIT_YIELD_EVERY 4096
+/* Spinners yield now and then so an oversubscribed machine (more threads
+ * than free cores) still lets the thread being waited for run. */
+#define YIELD_EVERY 1024
 
 struct worker {
     struct threadpool *tp;
@@ -53,7 +54,8 @@ static void *worker_main(void *arg)
 {
     struct worker *w = arg;
     struct threadpool *tp = w->tp;
-    unsigned seen = atomic_load_explicit(&tp->gen, memory_order_acquire);
+    /* gen is 0 at creation; a worker that starts late must still see job 1 */
+    unsigned seen = 0;
 
     for (;;) {
         unsigned g = seen;
@@ -61,7 +63,10 @@ static void *worker_main(void *arg)
             g = atomic_load_explicit(&tp->gen, memory_order_acquire);
             if (g != seen || atomic_load_explicit(&tp->stop, memory_order_relaxed))
                 break;
-            cpu_relax();
+            if (i % YIELD_EVERY == YIELD_EVERY - 1)
+                sched_yield();
+            else
+                cpu_relax();
         }
         if (g == seen) {
             pthread_mutex_lock(&tp->mu);
@@ -139,7 +144,7 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx)
     fn(ctx, 0, tp->n);
 
     for (unsigned i = 1; atomic_load_explicit(&tp->n_done, memory_order_acquire) < tp->n - 1; i++) {
-        if (i % WAIT_YIELD_EVERY == 0)
+        if (i % YIELD_EVERY == 0)
             sched_yield();
         else
             cpu_relax();

@@ -1,0 +1,294 @@
+/* test_sampler - greedy, truncations, masks, penalties, seeded draws. */
+#include <math.h>
+#include <string.h>
+
+#include "engine/sampler.h"
+#include "common/status.h"
+#include "test_util.h"
+
+#define NV 100
+
+static uint64_t lcg_state = 12345;
+
+static float frand(void)
+{
+    lcg_state = lcg_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((lcg_state >> 40) & 0xffffff) / 16777216.0f;
+}
+
+static void random_logits(float *l, int n)
+{
+    for (int i = 0; i < n; i++)
+        l[i] = 8.0f * frand() - 4.0f;
+}
+
+static int argmax(const float *l, int n)
+{
+    int b = 0;
+    for (int i = 1; i < n; i++)
+        if (l[i] > l[b])
+            b = i;
+    return b;
+}
+
+static int32_t sample1(const struct sampler_params *p, const float *logits, const uint32_t *mask, int *rc)
+{
+    sampler *s = NULL;
+    float l[NV];
+    memcpy(l, logits, sizeof l);
+    int32_t tok = -1;
+    *rc = sampler_create(p, NV, &s);
+    if (*rc == PS_OK)
+        *rc = sampler_sample(s, l, mask, &tok);
+    sampler_free(s);
+    return tok;
+}
+
+static void test_validate(void)
+{
+    struct sampler_params p = sampler_params_default();
+    CHECK(sampler_params_validate(&p) == PS_OK);
+    p.temperature = -1.0f;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "temperature") != NULL);
+    p = sampler_params_default();
+    p.top_p = 0.0f;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "top_p") != NULL);
+    p.top_p = 1.5f;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    p = sampler_params_default();
+    p.min_p = 2.0f;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "min_p") != NULL);
+    p = sampler_params_default();
+    p.repeat_penalty = 0.0f;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "repeat_penalty") != NULL);
+    p = sampler_params_default();
+    p.penalty_last_n = -3;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "penalty_last_n") != NULL);
+    p = sampler_params_default();
+    p.presence_penalty = NAN;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "presence_penalty") != NULL);
+    p = sampler_params_default();
+    p.temperature = NAN;
+    CHECK(sampler_params_validate(&p) == PS_EINVAL);
+    sampler *s = NULL;
+    CHECK(sampler_create(&p, NV, &s) == PS_EINVAL && s == NULL);
+}
+
+static void test_greedy(void)
+{
+    float l[NV];
+    int rc;
+    for (int r = 0; r < 20; r++) {
+        random_logits(l, NV);
+        struct sampler_params p = sampler_params_default();
+        CHECK(sample1(&p, l, NULL, &rc) == argmax(l, NV) && rc == PS_OK);
+        p.temperature = 1.5f;
+        p.top_k = 1;
+        p.seed = (uint64_t)r;
+        CHECK(sample1(&p, l, NULL, &rc) == argmax(l, NV) && rc == PS_OK);
+    }
+}
+
+static void test_seeds(void)
+{
+    float l[NV];
+    for (int i = 0; i < NV; i++)
+        l[i] = 0.0f; /* uniform: maximal entropy */
+    struct sampler_params p = sampler_params_default();
+    p.temperature = 1.0f;
+    int32_t a[64], b[64], c[64];
+    for (int run = 0; run < 3; run++) {
+        p.seed = run == 2 ? 43 : 42;
+        sampler *s = NULL;
+        CHECK(sampler_create(&p, NV, &s) == PS_OK);
+        for (int i = 0; i < 64; i++) {
+            float t[NV];
+            memcpy(t, l, sizeof t);
+            int32_t *dst = run == 0 ? a : run == 1 ? b : c;
+            CHECK(sampler_sample(s, t, NULL, &dst[i]) == PS_OK);
+        }
+        sampler_free(s);
+    }
+    CHECK(memcmp(a, b, sizeof a) == 0);
+    CHECK(memcmp(a, c, sizeof a) != 0);
+}
+
+static void test_truncation(void)
+{
+    /* probabilities at T=1: 0.5, 0.25, 0.125, 0.0625, ... (logits log p) */
+    float l[NV];
+    for (int i = 0; i < NV; i++)
+        l[i] = -1e9f;
+    const float pr[5] = { 0.5f, 0.25f, 0.125f, 0.0625f, 0.0625f };
+    const int ids[5] = { 7, 30, 2, 99, 50 };
+    for (int i = 0; i < 5; i++)
+        l[ids[i]] = logf(pr[i]);
+    int rc;
+    struct sampler_params p = sampler_params_default();
+    p.temperature = 1.0f;
+
+    /* top_p 0.7: keeps {7, 30} (0.5 < 0.7 <= 0.75) */
+    p.top_p = 0.7f;
+    int hit[NV] = { 0 };
+    for (uint64_t seed = 0; seed < 400; seed++) {
+        p.seed = seed;
+        int32_t t = sample1(&p, l, NULL, &rc);
+        CHECK(rc == PS_OK && t >= 0 && t < NV);
+        hit[t]++;
+    }
+    CHECK(hit[7] > 0 && hit[30] > 0);
+    CHECK(hit[7] + hit[30] == 400);
+
+    /* min_p 0.2: keeps tokens with p >= 0.2 * 0.5 = 0.1 -> {7, 30, 2} */
+    p.top_p = 1.0f;
+    p.min_p = 0.2f;
+    memset(hit, 0, sizeof hit);
+    for (uint64_t seed = 0; seed < 600; seed++) {
+        p.seed = seed;
+        hit[sample1(&p, l, NULL, &rc)]++;
+    }
+    CHECK(hit[7] > 0 && hit[30] > 0 && hit[2] > 0);
+    CHECK(hit[7] + hit[30] + hit[2] == 600);
+
+    /* top_k 2 */
+    p.min_p = 0.0f;
+    p.top_k = 2;
+    memset(hit, 0, sizeof hit);
+    for (uint64_t seed = 0; seed < 400; seed++) {
+        p.seed = seed;
+        hit[sample1(&p, l, NULL, &rc)]++;
+    }
+    CHECK(hit[7] + hit[30] == 400 && hit[30] > 0);
+}
+
+static void test_mask(void)
+{
+    float l[NV];
+    random_logits(l, NV);
+    uint32_t mask[(NV + 31) / 32];
+    memset(mask, 0, sizeof mask);
+    int rc;
+    struct sampler_params p = sampler_params_default();
+    CHECK(sample1(&p, l, mask, &rc) == -1 && rc == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "mask") != NULL);
+    /* a bit past n_vocab does not count */
+    mask[3] = 1u << 10; /* id 106 >= NV */
+    sample1(&p, l, mask, &rc);
+    CHECK(rc == PS_EINVAL);
+
+    memset(mask, 0, sizeof mask);
+    const int allowed[3] = { 5, 41, 77 };
+    for (int i = 0; i < 3; i++)
+        mask[allowed[i] / 32] |= 1u << (allowed[i] % 32);
+    int best = 5;
+    for (int i = 0; i < 3; i++)
+        if (l[allowed[i]] > l[best])
+            best = allowed[i];
+    CHECK(sample1(&p, l, mask, &rc) == best && rc == PS_OK);
+    p.temperature = 2.0f;
+    for (uint64_t seed = 0; seed < 100; seed++) {
+        p.seed = seed;
+        int32_t t = sample1(&p, l, mask, &rc);
+        CHECK(rc == PS_OK && (t == 5 || t == 41 || t == 77));
+    }
+}
+
+static void test_penalties(void)
+{
+    float base[NV];
+    for (int i = 0; i < NV; i++)
+        base[i] = (float)(i % 7) - 3.0f; /* positive and negative logits */
+    struct sampler_params p = sampler_params_default();
+    p.repeat_penalty = 2.0f;
+    p.presence_penalty = 0.5f;
+    p.frequency_penalty = 0.25f;
+    p.penalty_last_n = 4;
+    sampler *s = NULL;
+    CHECK(sampler_create(&p, NV, &s) == PS_OK);
+    /* history window 4: token 10 falls out; 4 (logit 1) twice, 5 (logit 2), 14 (logit -3) */
+    const int32_t hist[5] = { 10, 4, 5, 4, 14 };
+    for (int i = 0; i < 5; i++)
+        sampler_accept(s, hist[i]);
+    sampler_accept(s, -1); /* ignored */
+    sampler_accept(s, NV);
+    float l[NV];
+    memcpy(l, base, sizeof l);
+    int32_t tok;
+    CHECK(sampler_sample(s, l, NULL, &tok) == PS_OK);
+    for (int i = 0; i < NV; i++) {
+        float want = base[i];
+        if (i == 4)
+            want = 1.0f / 2.0f - 2 * 0.25f - 0.5f;
+        else if (i == 5)
+            want = 2.0f / 2.0f - 0.25f - 0.5f;
+        else if (i == 14)
+            want = -3.0f * 2.0f - 0.25f - 0.5f;
+        CHECK_MSG(fabsf(l[i] - want) < 1e-6f, "logit %d = %g, want %g", i, (double)l[i], (double)want);
+    }
+    /* negative logit is multiplied */
+    sampler_accept(s, 0); /* logit -3 */
+    memcpy(l, base, sizeof l);
+    CHECK(sampler_sample(s, l, NULL, &tok) == PS_OK);
+    CHECK(fabsf(l[0] - (-6.0f - 0.25f - 0.5f)) < 1e-6f);
+    sampler_free(s);
+}
+
+/* Draws at T=1 follow softmax: chi-square over 8 tokens, loose bound. */
+static void test_distribution(void)
+{
+    enum { K = 8, N = 20000 };
+    float l[NV];
+    for (int i = 0; i < NV; i++)
+        l[i] = -INFINITY;
+    double pr[K], z = 0.0;
+    for (int i = 0; i < K; i++) {
+        l[i * 11] = 0.3f * (float)i;
+        z += exp(0.3 * i);
+    }
+    for (int i = 0; i < K; i++)
+        pr[i] = exp(0.3 * i) / z;
+    struct sampler_params p = sampler_params_default();
+    p.temperature = 1.0f;
+    p.seed = 7;
+    sampler *s = NULL;
+    CHECK(sampler_create(&p, NV, &s) == PS_OK);
+    int cnt[K] = { 0 };
+    int bad = 0;
+    for (int n = 0; n < N; n++) {
+        float t[NV];
+        memcpy(t, l, sizeof t);
+        int32_t tok;
+        sampler_sample(s, t, NULL, &tok);
+        if (tok % 11 == 0 && tok / 11 < K)
+            cnt[tok / 11]++;
+        else
+            bad++;
+    }
+    sampler_free(s);
+    CHECK(bad == 0);
+    double chi2 = 0.0;
+    for (int i = 0; i < K; i++) {
+        double e = N * pr[i];
+        chi2 += (cnt[i] - e) * (cnt[i] - e) / e;
+    }
+    printf("chi-square (7 dof) = %.2f\n", chi2);
+    CHECK(chi2 < 40.0); /* p ~ 1e-6 for 7 dof */
+}
+
+int main(void)
+{
+    test_validate();
+    test_greedy();
+    test_seeds();
+    test_truncation();
+    test_mask();
+    test_penalties();
+    test_distribution();
+    TEST_DONE();
+}
