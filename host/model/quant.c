@@ -516,33 +516,46 @@ static void quantize_q6_k(const float *x, uint8_t *b, int64_t nb)
 
 /* ---- scalar dot products -------------------------------------------------------- */
 
-static float dot_f32_scalar(const void *w, const void *a, int64_t n)
-{
-    const uint8_t *wb = w, *ab = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++)
-        s += ld_f32(wb + 4 * i) * ld_f32(ab + 4 * i);
-    return s;
-}
-
-static float dot_f16_scalar(const void *w, const void *a, int64_t n)
-{
-    const uint8_t *wb = w, *ab = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++)
-        s += ld_f16(wb + 2 * i) * ld_f32(ab + 4 * i);
-    return s;
-}
-
-static float dot_bf16_scalar(const void *w, const void *a, int64_t n)
-{
-    const uint8_t *wb = w, *ab = a;
-    float s = 0.0f;
-    for (int64_t i = 0; i < n; i++) {
-        uint16_t h;
-        memcpy(&h, wb + 2 * i, sizeof h);
-        s += bf16_to_f32(h) * ld_f32(ab + 4 * i);
+/* float weights: 8 partial sums break the add latency chain; W(i) loads
+ * weight i of the row */
+#define SCALAR_FLOAT_DOT(NAME, W)                                            \
+    static float NAME(const void *w, const void *a, int64_t n)               \
+    {                                                                        \
+        const uint8_t *wb = w, *ab = a;                                      \
+        float p[8] = {0};                                                    \
+        int64_t i = 0;                                                       \
+        for (; i + 8 <= n; i += 8)                                           \
+            for (int k = 0; k < 8; k++)                                      \
+                p[k] += W(i + k) * ld_f32(ab + 4 * (i + k));                 \
+        float s = ((p[0] + p[1]) + (p[2] + p[3])) + ((p[4] + p[5]) + (p[6] + p[7])); \
+        for (; i < n; i++)                                                   \
+            s += W(i) * ld_f32(ab + 4 * i);                                  \
+        return s;                                                            \
     }
+
+static inline float ld_bf16(const uint8_t *p)
+{
+    uint16_t h;
+    memcpy(&h, p, sizeof h);
+    return bf16_to_f32(h);
+}
+
+#define W_F32(i)  ld_f32(wb + 4 * (i))
+#define W_F16(i)  ld_f16(wb + 2 * (i))
+#define W_BF16(i) ld_bf16(wb + 2 * (i))
+SCALAR_FLOAT_DOT(dot_f32_scalar, W_F32)
+SCALAR_FLOAT_DOT(dot_f16_scalar, W_F16)
+SCALAR_FLOAT_DOT(dot_bf16_scalar, W_BF16)
+#undef W_F32
+#undef W_F16
+#undef W_BF16
+
+/* sum of 32 int8 products: a loop shape compilers vectorize */
+static inline int dot_i8_32(const int8_t *a, const int8_t *b)
+{
+    int s = 0;
+    for (int j = 0; j < 32; j++)
+        s += a[j] * b[j];
     return s;
 }
 
@@ -551,11 +564,12 @@ static float dot_q4_0_scalar(const void *w, const void *a, int64_t n)
     const uint8_t *x = w, *y = a;
     float s = 0.0f;
     for (int64_t i = 0; i < n / 32; i++, x += 18, y += 34) {
-        const int8_t *q8 = (const int8_t *)(y + 2);
-        int sumi = 0;
-        for (int j = 0; j < 16; j++)
-            sumi += ((x[2 + j] & 0xf) - 8) * q8[j] + ((x[2 + j] >> 4) - 8) * q8[j + 16];
-        s += (float)sumi * (ld_f16(x) * ld_f16(y));
+        int8_t q[32];
+        for (int j = 0; j < 16; j++) {
+            q[j]      = (int8_t)((x[2 + j] & 0xf) - 8);
+            q[j + 16] = (int8_t)((x[2 + j] >> 4) - 8);
+        }
+        s += (float)dot_i8_32(q, (const int8_t *)(y + 2)) * (ld_f16(x) * ld_f16(y));
     }
     return s;
 }
@@ -565,11 +579,13 @@ static float dot_q4_1_scalar(const void *w, const void *a, int64_t n)
     const uint8_t *x = w, *y = a;
     float s = 0.0f;
     for (int64_t i = 0; i < n / 32; i++, x += 20, y += 36) {
-        const int8_t *q8 = (const int8_t *)(y + 4);
-        int sumi = 0;
-        for (int j = 0; j < 16; j++)
-            sumi += (x[4 + j] & 0xf) * q8[j] + (x[4 + j] >> 4) * q8[j + 16];
-        s += (float)sumi * (ld_f16(x) * ld_f16(y)) + ld_f16(x + 2) * ld_f16(y + 2);
+        int8_t q[32];
+        for (int j = 0; j < 16; j++) {
+            q[j]      = (int8_t)(x[4 + j] & 0xf);
+            q[j + 16] = (int8_t)(x[4 + j] >> 4);
+        }
+        s += (float)dot_i8_32(q, (const int8_t *)(y + 4)) * (ld_f16(x) * ld_f16(y)) +
+             ld_f16(x + 2) * ld_f16(y + 2);
     }
     return s;
 }
@@ -579,11 +595,8 @@ static float dot_q8_0_scalar(const void *w, const void *a, int64_t n)
     const uint8_t *x = w, *y = a;
     float s = 0.0f;
     for (int64_t i = 0; i < n / 32; i++, x += 34, y += 34) {
-        const int8_t *qx = (const int8_t *)(x + 2), *qy = (const int8_t *)(y + 2);
-        int sumi = 0;
-        for (int j = 0; j < 32; j++)
-            sumi += qx[j] * qy[j];
-        s += (float)sumi * (ld_f16(x) * ld_f16(y));
+        s += (float)dot_i8_32((const int8_t *)(x + 2), (const int8_t *)(y + 2)) *
+             (ld_f16(x) * ld_f16(y));
     }
     return s;
 }
@@ -627,25 +640,23 @@ static float dot_q6_k_scalar(const void *w, const void *a, int64_t n)
     for (int64_t i = 0; i < n / 256; i++, x += 210, y += 292) {
         const int8_t *q8 = (const int8_t *)(y + 4);
         const int8_t *sc = (const int8_t *)(x + 192);
-        int sumi = 0;
+        int8_t q[256];
         for (int h = 0; h < 2; h++) {
             const uint8_t *ql = x + 64 * h, *qh = x + 128 + 32 * h;
-            const int8_t  *qa = q8 + 128 * h;
-            const int8_t  *sh = sc + 8 * h;
-            int sub[8] = {0};
+            int8_t        *qq = q + 128 * h;
             for (int l = 0; l < 32; l++) {
-                int q0 = ((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32;
-                int q1 = ((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32;
-                int q2 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32;
-                int q3 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32;
-                int g  = l / 16;
-                sub[0 + g] += q0 * qa[l];
-                sub[2 + g] += q1 * qa[l + 32];
-                sub[4 + g] += q2 * qa[l + 64];
-                sub[6 + g] += q3 * qa[l + 96];
+                qq[l]      = (int8_t)(((ql[l] & 0xf) | ((qh[l] & 3) << 4)) - 32);
+                qq[l + 32] = (int8_t)(((ql[l + 32] & 0xf) | (((qh[l] >> 2) & 3) << 4)) - 32);
+                qq[l + 64] = (int8_t)(((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) - 32);
+                qq[l + 96] = (int8_t)(((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) - 32);
             }
-            for (int k = 0; k < 8; k++)
-                sumi += sh[k] * sub[k];
+        }
+        int sumi = 0;
+        for (int sb = 0; sb < 16; sb++) {
+            int sub = 0;
+            for (int l = 0; l < 16; l++)
+                sub += q[16 * sb + l] * q8[16 * sb + l];
+            sumi += sc[sb] * sub;
         }
         s += ld_f32(y) * ld_f16(x + 208) * (float)sumi;
     }
