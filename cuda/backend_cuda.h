@@ -1,0 +1,97 @@
+/* backend_cuda.h - the CUDA backend of backend.h, plus the GPU-only entry
+ * points the scheduler and benchmarks use.
+ *
+ * What it runs: the same llama / qwen2 / qwen3 step as backend_cpu.c, on one
+ * GPU (PARASERVE_CUDA_DEVICE, default 0), weights uploaded once (quantized
+ * Q4_0/Q4_1/Q8_0/F16/BF16 kept as is; F32/Q4_K/Q6_K converted to F16), an
+ * f16 paged KV cache [n_layer][n_kv_blocks + 1][block_size][n_head_kv *
+ * head_dim] (the extra block is scratch for padded graph rows), pure decode
+ * steps replayed from CUDA graphs captured per batch-size bucket
+ * (1, 2, 4, ..., 512).
+ *
+ * Numerics against the CPU backend (tests/gpu states the tolerances):
+ * T <= 8 tokens per step: activations quantized to Q8_0/Q8_1 exactly as
+ * the CPU does and integer dot products, so logits agree to float
+ * summation order; larger steps use cuBLAS on f16 weights and f16
+ * activations (f32 accumulate), a few 1e-4 relative.
+ *
+ * Environment (read at create):
+ *   PARASERVE_CUDA_DEVICE=i        device ordinal
+ *   PARASERVE_CUDA_GRAPHS=0        never capture graphs
+ *   PARASERVE_CUDA_MMV_MAX=n       0..8: largest step run by the quantized GEMV (default 8)
+ *   PARASERVE_CUDA_F16_WEIGHTS=0   no f16 weight copies: every step uses the GEMV
+ *
+ * Built without the CUDA toolkit, every function here fails with
+ * PS_EUNSUPPORTED ("built without CUDA") and cuda_device_count() is 0.
+ *
+ * Usage (the scheduler's decode loop):
+ *   backend *be; if (backend_cuda_create(model, &cfg, &be)) fail(ps_error_last());
+ *   struct cuda_sample_params sp[n] = {{ .temperature = 0.7f, .top_p = 0.9f, .seed = s, .step = k }};
+ *   int32_t next[n]; backend_cuda_forward_sample(be, &plan, sp, NULL, next);
+ */
+#ifndef PS_BACKEND_CUDA_H
+#define PS_BACKEND_CUDA_H
+
+#include <stdint.h>
+
+#include "engine/backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Usable CUDA devices (0 without a driver, a device, or CUDA support). */
+int cuda_device_count(void);
+
+/* Create the backend on the device.  PS_EUNSUPPORTED when there is no
+ * device or the build has no CUDA ("no CUDA device: ..." / "built without
+ * CUDA"), or the model has a shape the kernels lack (head_dim other than
+ * 64/128).  The model is borrowed and must outlive the backend; its weights
+ * are copied to the device during the call.  Free with backend_free. */
+int backend_cuda_create(const struct model *m, const struct backend_config *cfg, backend **out);
+
+/* One sampling setup per logits row of a plan (see sampler.h for the
+ * meaning; penalties are applied by the caller on the host, or not at all). */
+struct cuda_sample_params {
+    float    temperature; /* <= 0: greedy (lowest id among equal maxima) */
+    int32_t  top_k;       /* <= 0: off                                   */
+    float    top_p;       /* >= 1: off                                   */
+    float    min_p;       /* <= 0: off                                   */
+    uint64_t seed;
+    uint64_t step;        /* a per-sequence draw counter: (seed, step) fixes the uniform */
+};
+
+/* backend_forward, then one token per logits row sampled on the device;
+ * only the ids cross to the host.  params: [rows], masks: NULL or
+ * [rows][(n_vocab + 31) / 32] (bit id%32 of word id/32 set = allowed).
+ * tokens: [rows].  PS_EINVAL for a bad plan (nothing written to the cache)
+ * or a row whose mask allows no token (that row gets -1, others are valid). */
+int backend_cuda_forward_sample(backend *be, const struct batch_plan *plan,
+                                const struct cuda_sample_params *params, const uint32_t *masks,
+                                int32_t *tokens);
+
+struct cuda_backend_info {
+    char    device[256];        /* cudaDeviceProp.name */
+    int     cc_major, cc_minor;
+    int     n_sm;
+    int64_t mem_total;          /* bytes of device memory                      */
+    int64_t weight_bytes_gemv;  /* bytes one step reads on the GEMV path (all matrices) */
+    int64_t weight_bytes_f16;   /* same on the cuBLAS path                     */
+    int64_t kv_bytes_per_token; /* K + V bytes of one position, all layers     */
+    int     mmv_max;            /* steps of <= mmv_max tokens use the GEMV      */
+    int     graphs;             /* decode graphs enabled                        */
+    double  last_host_us;       /* host time of the last forward up to its final launch */
+    int64_t graph_captures, graph_replays;
+};
+int backend_cuda_info(const backend *be, struct cuda_backend_info *out);
+
+/* Fill the whole KV cache with uniform values in [-1, 1] (benchmarks that
+ * attend to long contexts without running their prefill; never time on
+ * zeros). */
+int backend_cuda_fill_kv_random(backend *be, uint64_t seed);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* PS_BACKEND_CUDA_H */
