@@ -16,6 +16,7 @@
 #include "engine/backend.h"
 #include "engine/kv_blocks.h"
 #include "engine/sampler.h"
+#include "grammar/grammar.h"
 #include "model/chat.h"
 #include "model/model.h"
 #include "model/quant.h"
@@ -33,6 +34,8 @@ struct generate_opts {
     int32_t     n_ctx;
     int32_t     block_size;
     int32_t     ignore_eos;
+    const char *json_schema; /* file with a JSON Schema constraining the output */
+    int         json;        /* constrain the output to any JSON object */
     struct sampler_params sp;
 };
 
@@ -56,7 +59,10 @@ static void generate_usage(FILE *out)
         "  -t, --threads K         CPU threads (default: all cores)\n"
         "  -c, --ctx N             context size in tokens (default 2048)\n"
         "      --ignore-eos        keep generating past end-of-generation tokens\n"
-        "      --print-ids         after the text, print a line 'ids: <generated ids>'\n");
+        "      --print-ids         after the text, print a line 'ids: <generated ids>'\n"
+        "      --json-schema FILE  constrain the output to JSON valid under the schema in FILE\n"
+        "      --json              constrain the output to a JSON object\n"
+        "  stderr ends with '[paraserve] finish_reason=stop|length'\n");
 }
 
 static int parse_i32(const char *name, const char *s, int32_t lo, int32_t hi, int32_t *out)
@@ -102,6 +108,7 @@ static int parse_u64(const char *name, const char *s, uint64_t *out)
 enum {
     OPT_PROMPT_IDS = 256, OPT_CHAT, OPT_SYSTEM, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
     OPT_REPEAT, OPT_PRESENCE, OPT_FREQUENCY, OPT_SEED, OPT_PRINT_IDS, OPT_IGNORE_EOS,
+    OPT_JSON_SCHEMA, OPT_JSON,
 };
 
 /* Returns 0 ok, 1 help printed, -1 usage error (already reported). */
@@ -126,6 +133,8 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         { "ctx", required_argument, 0, 'c' },
         { "ignore-eos", no_argument, 0, OPT_IGNORE_EOS },
         { "print-ids", no_argument, 0, OPT_PRINT_IDS },
+        { "json-schema", required_argument, 0, OPT_JSON_SCHEMA },
+        { "json", no_argument, 0, OPT_JSON },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -161,6 +170,8 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         case 'c': rc = parse_i32("--ctx", optarg, 16, 1 << 20, &o->n_ctx); break;
         case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
         case OPT_PRINT_IDS: o->print_ids = 1; break;
+        case OPT_JSON_SCHEMA: o->json_schema = optarg; break;
+        case OPT_JSON: o->json = 1; break;
         case 'h': generate_usage(stdout); return 1;
         case ':':
             fprintf(stderr, "paraserve generate: option '%s' needs a value\n", argv[optind - 1]);
@@ -187,6 +198,10 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
     }
     if (o->chat && o->prompt_ids) {
         fprintf(stderr, "paraserve generate: --chat needs -p PROMPT, not --prompt-ids\n");
+        return -1;
+    }
+    if (o->json_schema && o->json) {
+        fprintf(stderr, "paraserve generate: give at most one of --json-schema FILE or --json\n");
         return -1;
     }
     if (sampler_params_validate(&o->sp)) {
@@ -299,6 +314,44 @@ static int build_prompt(const struct generate_opts *o, const struct model *m, co
     return PS_OK;
 }
 
+/* Read a whole file into a malloc'd NUL-terminated buffer. */
+static int read_file(const char *path, char **text, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ps_error_set(PS_EIO, "cannot open '%s': %s", path, strerror(errno));
+    size_t cap = 4096, n = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        n += fread(buf + n, 1, cap - n, f);
+        if (n < cap)
+            break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    if (!buf)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    if (n == cap) {
+        char *nb = realloc(buf, cap + 1);
+        if (!nb) {
+            free(buf);
+            return ps_error_set(PS_ENOMEM, "out of memory");
+        }
+        buf = nb;
+    }
+    buf[n] = 0;
+    *text = buf;
+    *len = n;
+    return PS_OK;
+}
+
 /* Grow the sequence's block table to cover `n_positions`. */
 static int ensure_blocks(kv_blocks *kv, int32_t *table, int32_t *n_blocks, int32_t block_size,
                          int32_t n_positions)
@@ -329,6 +382,12 @@ int cmd_generate(int argc, char **argv)
     float *logits = NULL;
     size_t n_prompt = 0;
     char *out = NULL;
+    char *schema = NULL;
+    grammar_vocab *gv = NULL;
+    grammar *gr = NULL;
+    grammar_matcher *gm = NULL;
+    uint32_t *mask = NULL;
+    const char *finish = "length";
 
     rc = model_load(o.model_path, &m);
     if (rc)
@@ -339,6 +398,20 @@ int cmd_generate(int argc, char **argv)
     rc = build_prompt(&o, m, tok, &prompt, &n_prompt);
     if (rc)
         goto fail;
+    if (o.json_schema || o.json) {
+        size_t schema_len = strlen(GRAMMAR_SCHEMA_JSON_OBJECT);
+        if (o.json_schema && (rc = read_file(o.json_schema, &schema, &schema_len)))
+            goto fail;
+        if ((rc = grammar_vocab_create(tok, &gv)) ||
+            (rc = grammar_compile(gv, schema ? schema : GRAMMAR_SCHEMA_JSON_OBJECT, schema_len, NULL, &gr)) ||
+            (rc = grammar_matcher_create(gr, &gm)))
+            goto fail;
+        mask = malloc(grammar_mask_words(gv) * sizeof *mask);
+        if (!mask) {
+            rc = ps_error_set(PS_ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
 
     const int32_t n_vocab = m->hp.n_vocab;
     const int32_t bs = o.block_size;
@@ -397,19 +470,29 @@ int cmd_generate(int argc, char **argv)
     double t1 = now_s();
     while (n_gen < o.n_predict) {
         int32_t next;
-        rc = sampler_sample(smp, logits, NULL, &next);
+        if (gm && (rc = grammar_matcher_fill_mask(gm, mask)))
+            goto fail;
+        rc = sampler_sample(smp, logits, mask, &next);
         if (rc)
+            goto fail;
+        if (gm && (rc = grammar_matcher_accept(gm, next)))
             goto fail;
         sampler_accept(smp, next);
         generated[n_gen++] = next;
-        if (!o.ignore_eos && tokenizer_is_eog(tok, next))
+        if ((!o.ignore_eos || gm) && tokenizer_is_eog(tok, next)) {
+            finish = "stop";
             break;
+        }
         size_t n_out = 0;
         rc = tokenizer_stream_push(tok, &ts, next, 0, out, 4096, &n_out);
         if (rc)
             goto fail;
         fwrite(out, 1, n_out, stdout);
         fflush(stdout);
+        if (gm && grammar_matcher_is_done(gm)) {
+            finish = "stop";
+            break;
+        }
         if (n_gen == o.n_predict || pos + 1 > o.n_ctx)
             break;
         rc = ensure_blocks(kv, table, &n_blocks, bs, pos + 1);
@@ -438,16 +521,22 @@ int cmd_generate(int argc, char **argv)
     fprintf(stderr,
             "[paraserve] model=%s backend=%s simd=%s threads=%d\n"
             "[paraserve] prompt: %zu tokens in %.3f s (%.1f tok/s)\n"
-            "[paraserve] decode: %d tokens in %.3f s (%.1f tok/s)\n",
+            "[paraserve] decode: %d tokens in %.3f s (%.1f tok/s)\n"
+            "[paraserve] finish_reason=%s\n",
             m->name, backend_name(be), quant_simd_name(), o.n_threads, n_prompt, t_prefill,
             t_prefill > 0 ? (double)n_prompt / t_prefill : 0.0, n_gen, t_decode,
-            t_decode > 0 && n_gen > 1 ? (double)(n_gen - 1) / t_decode : 0.0);
+            t_decode > 0 && n_gen > 1 ? (double)(n_gen - 1) / t_decode : 0.0, finish);
     status = 0;
     goto done;
 
 fail:
     fprintf(stderr, "paraserve generate: %s\n", ps_error_last()[0] ? ps_error_last() : ps_status_str(rc));
 done:
+    free(mask);
+    grammar_matcher_free(gm);
+    grammar_free(gr);
+    grammar_vocab_free(gv);
+    free(schema);
     free(out);
     free(generated);
     free(logits);
