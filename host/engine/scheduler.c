@@ -578,14 +578,19 @@ fail:
     return rc;
 }
 
-void sched_free(sched *s)
+void sched_cancel_all(sched *s)
 {
-    if (!s)
-        return;
     while (s->n_running > 0)
         sched_finish(s, s->running[s->n_running - 1], FINISH_CANCELLED, NULL);
     while (s->n_waiting > 0)
         sched_finish(s, s->waiting[s->n_waiting - 1], FINISH_CANCELLED, NULL);
+}
+
+void sched_free(sched *s)
+{
+    if (!s)
+        return;
+    sched_cancel_all(s);
     free(s->hash_buf);
     free(s->match_buf);
     free(s->logits);

@@ -161,6 +161,9 @@ int  sched_cancel(sched *s, uint64_t id);
  * failure finishes the batch's sequences with FINISH_ERROR and is returned. */
 int  sched_step(sched *s, int32_t *n_scheduled);
 
+/* Cancel every live request (shutdown). */
+void sched_cancel_all(sched *s);
+
 bool sched_has_work(const sched *s);
 int32_t sched_n_ctx(const sched *s);
 void sched_get_stats(const sched *s, struct sched_stats *st);

@@ -1,0 +1,25 @@
+/* cmd_serve.c - `paraserve serve`: parse options (config.h), run the
+ * server (server.h) until SIGTERM/SIGINT. */
+#include <signal.h>
+#include <stdio.h>
+
+#include "commands.h"
+#include "common/status.h"
+#include "server/config.h"
+#include "server/server.h"
+
+int cmd_serve(int argc, char **argv)
+{
+    struct server_config cfg;
+    server_config_defaults(&cfg);
+    int prc = server_config_parse_args(&cfg, argc, argv);
+    if (prc)
+        return prc > 0 ? 0 : 2;
+    signal(SIGPIPE, SIG_IGN); /* a client that left must not kill the server */
+    int rc = server_run(&cfg);
+    if (rc) {
+        fprintf(stderr, "paraserve serve: %s\n", ps_error_last()[0] ? ps_error_last() : ps_status_str(rc));
+        return 1;
+    }
+    return 0;
+}

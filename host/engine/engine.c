@@ -1,0 +1,439 @@
+/* engine.c - the engine thread (see engine.h for the protocol). */
+#include "engine.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "../common/status.h"
+
+enum cmd_kind { CMD_SUBMIT, CMD_CANCEL, CMD_CANCEL_ALL };
+
+/* One message from the event loop to the engine. */
+struct cmd {
+    struct cmd   *next;
+    enum cmd_kind kind;
+    uint64_t      id;
+    /* CMD_SUBMIT: deep copy of the request */
+    struct engine_request req;
+    char         *prompt;
+    int32_t      *prompt_ids;
+    char        **stop;
+};
+
+struct engine {
+    backend          *be;
+    const tokenizer  *tok;
+    sched            *sched;
+    struct engine_config cfg;
+    pthread_t         thread;
+    bool              thread_started;
+    int               in_fd, out_fd; /* eventfds: wake engine / wake event loop */
+
+    pthread_mutex_t   in_mu;
+    struct cmd       *in_head, *in_tail;
+    bool              stop;
+
+    pthread_mutex_t   out_mu;
+    struct engine_event *out_head, *out_tail;
+    bool              out_signalled; /* engine thread only */
+
+    pthread_mutex_t   stats_mu;
+    struct engine_stats stats;
+
+    atomic_uint_fast64_t next_id;
+};
+
+void engine_events_free(struct engine_event *ev)
+{
+    while (ev) {
+        struct engine_event *n = ev->next;
+        free(ev->text);
+        free(ev->error);
+        free(ev);
+        ev = n;
+    }
+}
+
+static void cmd_free(struct cmd *c)
+{
+    if (!c)
+        return;
+    if (c->stop)
+        for (int32_t i = 0; i < c->req.n_stop; i++)
+            free(c->stop[i]);
+    free(c->stop);
+    free(c->prompt_ids);
+    free(c->prompt);
+    free(c);
+}
+
+static void wake(int fd)
+{
+    uint64_t one = 1;
+    ssize_t r = write(fd, &one, sizeof one);
+    (void)r; /* EAGAIN: counter saturated, the reader wakes anyway */
+}
+
+static void drain(int fd)
+{
+    uint64_t v;
+    ssize_t r = read(fd, &v, sizeof v);
+    (void)r;
+}
+
+/* ---- engine thread: events out ---------------------------------------------- */
+
+/* Queue an event (engine thread).  Out of memory: the event is dropped,
+ * except DONE which is retried by the caller's design (tiny allocation). */
+static void push_event(engine *e, struct engine_event *ev)
+{
+    pthread_mutex_lock(&e->out_mu);
+    if (e->out_tail)
+        e->out_tail->next = ev;
+    else
+        e->out_head = ev;
+    e->out_tail = ev;
+    pthread_mutex_unlock(&e->out_mu);
+}
+
+static struct engine_event *event_new(enum engine_event_kind kind, uint64_t id, void *user,
+                                      const char *text, size_t len)
+{
+    struct engine_event *ev = calloc(1, sizeof *ev);
+    if (!ev)
+        return NULL;
+    ev->kind = kind;
+    ev->id = id;
+    ev->user = user;
+    ev->token = -1;
+    ev->text = malloc(len + 1);
+    if (!ev->text) {
+        free(ev);
+        return NULL;
+    }
+    if (len)
+        memcpy(ev->text, text, len);
+    ev->text[len] = '\0';
+    ev->text_len = len;
+    return ev;
+}
+
+static void on_sched_event(void *ud, const struct sched_event *sev)
+{
+    engine *e = ud;
+    struct engine_event *ev;
+    enum engine_event_kind kind = sev->kind == SCHED_EV_TOKEN ? ENGINE_EV_TOKEN : ENGINE_EV_DONE;
+    /* A DONE event must get through: retry the small allocation. */
+    while (!(ev = event_new(kind, sev->id, sev->user, sev->text, sev->text_len))) {
+        if (kind == ENGINE_EV_TOKEN)
+            return;
+        usleep(1000);
+    }
+    ev->token = sev->token;
+    if (kind == ENGINE_EV_DONE) {
+        ev->finish = sev->finish;
+        ev->n_prompt = sev->n_prompt;
+        ev->n_cached = sev->n_cached;
+        ev->n_generated = sev->n_generated;
+        if (sev->finish == FINISH_ERROR) {
+            ev->status = 500;
+            ev->error = strdup(sev->error ? sev->error : "engine error");
+        }
+    }
+    push_event(e, ev);
+}
+
+static void reject(engine *e, const struct cmd *c, int status, const char *msg)
+{
+    struct engine_event *ev;
+    while (!(ev = event_new(ENGINE_EV_DONE, c->id, c->req.user, "", 0)))
+        usleep(1000);
+    ev->finish = FINISH_ERROR;
+    ev->status = status;
+    ev->error = strdup(msg);
+    push_event(e, ev);
+}
+
+/* ---- engine thread: commands in ------------------------------------------------ */
+
+static const char *vocab_piece(void *ud, int32_t id, size_t *len)
+{
+    const char *p = tokenizer_piece(ud, id, false, len);
+    if (!p)
+        *len = 0;
+    return p ? p : "";
+}
+
+static bool vocab_is_eog(void *ud, int32_t id)
+{
+    return tokenizer_is_eog(ud, id);
+}
+
+static void handle_submit(engine *e, struct cmd *c)
+{
+    int32_t *ids = NULL;
+    size_t n = 0;
+    int rc;
+    if (c->prompt) {
+        int32_t *body = NULL;
+        size_t n_body = 0;
+        rc = tokenizer_encode(e->tok, c->prompt, strlen(c->prompt), c->req.parse_special, &body, &n_body);
+        if (rc) {
+            reject(e, c, rc == PS_ENOMEM ? 500 : 400, ps_error_last());
+            return;
+        }
+        bool bos = c->req.add_bos && tokenizer_add_bos(e->tok) && tokenizer_bos(e->tok) >= 0;
+        ids = malloc((n_body + 1) * sizeof *ids);
+        if (!ids) {
+            free(body);
+            reject(e, c, 500, "out of memory");
+            return;
+        }
+        if (bos)
+            ids[n++] = tokenizer_bos(e->tok);
+        if (n_body)
+            memcpy(ids + n, body, n_body * sizeof *body);
+        n += n_body;
+        free(body);
+    }
+    struct sched_request r = {
+        .id = c->id, .tenant = c->req.tenant, .priority = c->req.priority,
+        .prompt = ids ? ids : c->prompt_ids, .n_prompt = ids ? (int32_t)n : c->req.n_prompt_ids,
+        .max_tokens = c->req.max_tokens, .sampling = c->req.sampling,
+        .stop = (const char *const *)c->stop, .n_stop = c->req.n_stop,
+        .ignore_eos = c->req.ignore_eos, .user = c->req.user,
+    };
+    if (r.max_tokens <= 0)
+        r.max_tokens = sched_n_ctx(e->sched) - r.n_prompt;
+    if (r.max_tokens < 1)
+        r.max_tokens = 1; /* sched_submit names the real problem: the prompt length */
+    rc = sched_submit(e->sched, &r);
+    free(ids);
+    if (rc)
+        reject(e, c, rc == PS_ENOMEM ? 500 : 400, ps_error_last());
+}
+
+static void update_stats(engine *e)
+{
+    struct engine_stats st;
+    sched_get_stats(e->sched, &st.sched);
+    st.n_ctx = sched_n_ctx(e->sched);
+    pthread_mutex_lock(&e->stats_mu);
+    e->stats = st;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+static void flush_events(engine *e)
+{
+    pthread_mutex_lock(&e->out_mu);
+    bool any = e->out_head != NULL;
+    pthread_mutex_unlock(&e->out_mu);
+    if (any)
+        wake(e->out_fd);
+}
+
+static void *engine_main(void *arg)
+{
+    engine *e = arg;
+    for (;;) {
+        drain(e->in_fd);
+        pthread_mutex_lock(&e->in_mu);
+        struct cmd *cmds = e->in_head;
+        e->in_head = e->in_tail = NULL;
+        bool stop = e->stop;
+        pthread_mutex_unlock(&e->in_mu);
+
+        while (cmds) {
+            struct cmd *c = cmds;
+            cmds = c->next;
+            switch (c->kind) {
+            case CMD_SUBMIT: handle_submit(e, c); break;
+            case CMD_CANCEL: sched_cancel(e->sched, c->id); break;
+            case CMD_CANCEL_ALL: sched_cancel_all(e->sched); break;
+            }
+            cmd_free(c);
+        }
+        if (stop)
+            break;
+        if (sched_has_work(e->sched)) {
+            int32_t n;
+            sched_step(e->sched, &n); /* a failure finished the batch's requests */
+            update_stats(e);
+            flush_events(e);
+            continue;
+        }
+        update_stats(e);
+        flush_events(e);
+        struct pollfd pfd = { .fd = e->in_fd, .events = POLLIN };
+        while (poll(&pfd, 1, -1) < 0 && errno == EINTR)
+            ;
+    }
+    return NULL;
+}
+
+/* ---- caller side ------------------------------------------------------------------ */
+
+static void post(engine *e, struct cmd *c)
+{
+    pthread_mutex_lock(&e->in_mu);
+    if (e->in_tail)
+        e->in_tail->next = c;
+    else
+        e->in_head = c;
+    e->in_tail = c;
+    pthread_mutex_unlock(&e->in_mu);
+    wake(e->in_fd);
+}
+
+int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
+{
+    struct cmd *c = calloc(1, sizeof *c);
+    if (!c)
+        return ps_error_set(PS_ENOMEM, "engine: out of memory");
+    c->kind = CMD_SUBMIT;
+    c->id = atomic_fetch_add(&e->next_id, 1);
+    c->req = *req;
+    c->req.prompt = NULL;
+    c->req.prompt_ids = NULL;
+    c->req.stop = NULL;
+    if (req->prompt && !(c->prompt = strdup(req->prompt)))
+        goto oom;
+    if (!req->prompt && req->n_prompt_ids > 0) {
+        c->prompt_ids = malloc((size_t)req->n_prompt_ids * sizeof *c->prompt_ids);
+        if (!c->prompt_ids)
+            goto oom;
+        memcpy(c->prompt_ids, req->prompt_ids, (size_t)req->n_prompt_ids * sizeof *c->prompt_ids);
+    }
+    if (req->n_stop > 0) {
+        c->stop = calloc((size_t)req->n_stop, sizeof *c->stop);
+        if (!c->stop)
+            goto oom;
+        for (int32_t i = 0; i < req->n_stop; i++)
+            if (!(c->stop[i] = strdup(req->stop[i])))
+                goto oom;
+    }
+    *id = c->id;
+    post(e, c);
+    return PS_OK;
+oom:
+    cmd_free(c);
+    return ps_error_set(PS_ENOMEM, "engine: out of memory");
+}
+
+int engine_cancel(engine *e, uint64_t id)
+{
+    struct cmd *c = calloc(1, sizeof *c);
+    if (!c)
+        return ps_error_set(PS_ENOMEM, "engine: out of memory");
+    c->kind = CMD_CANCEL;
+    c->id = id;
+    post(e, c);
+    return PS_OK;
+}
+
+void engine_cancel_all(engine *e)
+{
+    struct cmd *c = calloc(1, sizeof *c);
+    if (!c)
+        return;
+    c->kind = CMD_CANCEL_ALL;
+    post(e, c);
+}
+
+int engine_events_fd(const engine *e)
+{
+    return e->out_fd;
+}
+
+struct engine_event *engine_take_events(engine *e)
+{
+    drain(e->out_fd);
+    pthread_mutex_lock(&e->out_mu);
+    struct engine_event *ev = e->out_head;
+    e->out_head = e->out_tail = NULL;
+    pthread_mutex_unlock(&e->out_mu);
+    return ev;
+}
+
+void engine_get_stats(engine *e, struct engine_stats *st)
+{
+    pthread_mutex_lock(&e->stats_mu);
+    *st = e->stats;
+    pthread_mutex_unlock(&e->stats_mu);
+}
+
+int engine_create(const struct engine_config *cfg, backend *be, const tokenizer *tok, engine **out)
+{
+    *out = NULL;
+    int rc;
+    struct engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return ps_error_set(PS_ENOMEM, "engine: out of memory");
+    e->be = be;
+    e->tok = tok;
+    e->cfg = *cfg;
+    e->in_fd = e->out_fd = -1;
+    atomic_init(&e->next_id, 1);
+    pthread_mutex_init(&e->in_mu, NULL);
+    pthread_mutex_init(&e->out_mu, NULL);
+    pthread_mutex_init(&e->stats_mu, NULL);
+    e->in_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    e->out_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (e->in_fd < 0 || e->out_fd < 0) {
+        rc = ps_error_set(PS_EIO, "engine: eventfd: %s", strerror(errno));
+        goto fail;
+    }
+    struct sched_config sc = { .max_seqs = cfg->max_seqs, .max_batch_tokens = cfg->max_batch_tokens,
+                               .n_ctx = cfg->n_ctx, .prefix_cache = cfg->prefix_cache };
+    struct sched_vocab vocab = { (void *)tok, vocab_piece, vocab_is_eog };
+    rc = sched_create(&sc, be, tok ? &vocab : NULL, on_sched_event, e, &e->sched);
+    if (rc)
+        goto fail;
+    update_stats(e);
+    if (pthread_create(&e->thread, NULL, engine_main, e)) {
+        rc = ps_error_set(PS_EINTERNAL, "engine: cannot start the engine thread");
+        goto fail;
+    }
+    e->thread_started = true;
+    *out = e;
+    return PS_OK;
+fail:
+    engine_free(e);
+    return rc;
+}
+
+void engine_free(engine *e)
+{
+    if (!e)
+        return;
+    if (e->thread_started) {
+        pthread_mutex_lock(&e->in_mu);
+        e->stop = true;
+        pthread_mutex_unlock(&e->in_mu);
+        wake(e->in_fd);
+        pthread_join(e->thread, NULL);
+    }
+    sched_free(e->sched); /* cancels the rest: DONE events land in the queue */
+    struct cmd *c = e->in_head;
+    while (c) {
+        struct cmd *n = c->next;
+        cmd_free(c);
+        c = n;
+    }
+    engine_events_free(e->out_head);
+    if (e->in_fd >= 0)
+        close(e->in_fd);
+    if (e->out_fd >= 0)
+        close(e->out_fd);
+    pthread_mutex_destroy(&e->stats_mu);
+    pthread_mutex_destroy(&e->out_mu);
+    pthread_mutex_destroy(&e->in_mu);
+    free(e);
+}

@@ -1,0 +1,107 @@
+/* engine.h - the engine thread: a scheduler over a backend, fed by a locked
+ * request queue and answering through a locked event queue.
+ *
+ *   event-loop thread                         engine thread
+ *   engine_submit / engine_cancel ──queue──►  tokenize, sched_submit / sched_cancel
+ *          (eventfd in_fd wakes it)           sched_step ... (never touches sockets)
+ *   engine_events_fd readable  ◄──queue──     struct engine_event per token / end
+ *   engine_take_events                        (eventfd out_fd, one write per step)
+ *
+ * Neither side waits for the other's kind of work: the caller's thread only
+ * takes a mutex for a list splice; the engine thread blocks in poll() only
+ * when it has nothing to compute.
+ *
+ * Request lifetime: every engine_submit is answered by zero or more
+ * ENGINE_EV_TOKEN events and exactly one ENGINE_EV_DONE event carrying the
+ * submit's `user` pointer, also when the request is rejected (prompt too
+ * long: status 400), cancelled, or the engine stops.  The caller may free
+ * its per-request state when DONE arrives, not before.
+ */
+#ifndef PS_ENGINE_H
+#define PS_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "../model/tokenizer.h"
+#include "backend.h"
+#include "scheduler.h"
+
+struct engine_config {
+    int32_t max_seqs;         /* running sequences at once                */
+    int32_t max_batch_tokens; /* token budget per step                    */
+    int32_t n_ctx;            /* per-sequence context (prompt + output)   */
+    bool    prefix_cache;
+};
+
+/* What the event-loop side hands over.  Strings and arrays are copied by
+ * engine_submit (the caller keeps ownership of its own). */
+struct engine_request {
+    uint32_t       tenant;
+    int32_t        priority;
+    const char    *prompt;        /* text to tokenize (NUL-terminated), or NULL */
+    bool           parse_special; /* recognise special-token text (chat)       */
+    bool           add_bos;       /* prepend BOS when the model wants one      */
+    const int32_t *prompt_ids;    /* [n_prompt_ids] when prompt is NULL        */
+    int32_t        n_prompt_ids;
+    int32_t        max_tokens;    /* <= 0: up to the context                   */
+    struct sampler_params sampling;
+    const char *const *stop;
+    int32_t        n_stop;
+    bool           ignore_eos;
+    void          *user;
+};
+
+enum engine_event_kind { ENGINE_EV_TOKEN, ENGINE_EV_DONE };
+
+struct engine_event {
+    struct engine_event *next;
+    enum engine_event_kind kind;
+    uint64_t id;
+    void    *user;
+    int32_t  token;
+    char    *text;        /* owned by the event; NUL-terminated, text_len bytes */
+    size_t   text_len;
+    /* DONE only */
+    enum finish_reason finish;
+    int32_t  n_prompt, n_cached, n_generated;
+    int      status;      /* 0 ok; 400 request rejected; 500 engine failure */
+    char    *error;       /* owned; message when status != 0 or FINISH_ERROR */
+};
+
+/* Frees a whole list (NULL-safe). */
+void engine_events_free(struct engine_event *ev);
+
+struct engine_stats {
+    struct sched_stats sched;
+    int32_t n_ctx;
+};
+
+typedef struct engine engine;
+
+/* Starts the engine thread.  be and tok are borrowed and must outlive the
+ * engine (engine_free joins the thread first). */
+int  engine_create(const struct engine_config *cfg, backend *be, const tokenizer *tok,
+                   engine **out);
+/* Cancels everything live (DONE events are queued but nobody reads them
+ * after this), joins the thread, frees.  NULL-safe. */
+void engine_free(engine *e);
+
+/* Queue a request; *id receives its id.  PS_ENOMEM only: every other
+ * problem arrives as a DONE event with status 400. */
+int  engine_submit(engine *e, const struct engine_request *req, uint64_t *id);
+/* Ask the engine to cancel `id` (no-op when already finished). */
+int  engine_cancel(engine *e, uint64_t id);
+/* Ask the engine to cancel every live request. */
+void engine_cancel_all(engine *e);
+
+/* Readable (an eventfd) when events are waiting; engine_take_events resets it. */
+int  engine_events_fd(const engine *e);
+/* Takes all queued events in order (caller frees with engine_events_free). */
+struct engine_event *engine_take_events(engine *e);
+
+/* Latest snapshot, refreshed by the engine thread after every step. */
+void engine_get_stats(engine *e, struct engine_stats *st);
+
+#endif /* PS_ENGINE_H */

@@ -1,0 +1,282 @@
+/* config.c - defaults, JSON config file, command line (see config.h). */
+#include "config.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "../common/status.h"
+
+enum opt_type { OPT_STR, OPT_INT, OPT_BOOL };
+
+struct opt_desc {
+    const char   *key;   /* JSON key; CLI option is the same with '-' for '_' */
+    int           short_opt;
+    enum opt_type type;
+    size_t        off;
+    size_t        size;  /* OPT_STR buffer size */
+    int64_t       lo, hi;
+    const char   *help;
+};
+
+#define OFF(f) offsetof(struct server_config, f)
+static const struct opt_desc opts[] = {
+    { "model", 'm', OPT_STR, OFF(model), sizeof(((struct server_config *)0)->model), 0, 0,
+      "GGUF model file (required)" },
+    { "model_alias", 0, OPT_STR, OFF(model_alias), sizeof(((struct server_config *)0)->model_alias), 0, 0,
+      "model name in the API (default: general.name, else the file's basename)" },
+    { "host", 0, OPT_STR, OFF(host), sizeof(((struct server_config *)0)->host), 0, 0,
+      "listen address (default 127.0.0.1)" },
+    { "port", 'p', OPT_INT, OFF(port), 0, 0, 65535, "listen port, 0 = any free one (default 8080)" },
+    { "threads", 't', OPT_INT, OFF(threads), 0, 1, 256, "CPU backend threads (default: all cores)" },
+    { "max_batch", 0, OPT_INT, OFF(max_batch), 0, 1, 4096, "sequences running at once (default 64)" },
+    { "max_batch_tokens", 0, OPT_INT, OFF(max_batch_tokens), 0, 1, 1 << 16,
+      "tokens per engine step: decodes + prefill chunks (default 256)" },
+    { "kv_blocks", 0, OPT_INT, OFF(kv_blocks), 0, 1, 1 << 22, "KV cache blocks (default 2048)" },
+    { "block_size", 0, OPT_INT, OFF(block_size), 0, 1, 1024, "tokens per KV block (default 16)" },
+    { "ctx", 'c', OPT_INT, OFF(ctx), 0, 16, 1 << 22, "context per sequence, prompt + output (default 2048)" },
+    { "max_body_bytes", 0, OPT_INT, OFF(max_body_bytes), 0, 1024, 1 << 30,
+      "request body limit; larger bodies get 413 (default 1048576)" },
+    { "shutdown_grace_ms", 0, OPT_INT, OFF(shutdown_grace_ms), 0, 0, 3600000,
+      "on SIGTERM/SIGINT, let in-flight requests finish this long, then cancel (default 5000)" },
+    { "prefix_cache", 0, OPT_BOOL, OFF(prefix_cache), 0, 0, 1, "reuse KV blocks of shared prompt prefixes (default true)" },
+};
+#define N_OPTS (sizeof opts / sizeof opts[0])
+
+void server_config_defaults(struct server_config *c)
+{
+    memset(c, 0, sizeof *c);
+    snprintf(c->host, sizeof c->host, "127.0.0.1");
+    c->port = 8080;
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    c->threads = ncpu > 0 ? (int32_t)(ncpu > 64 ? 64 : ncpu) : 1;
+    c->max_batch = 64;
+    c->max_batch_tokens = 256;
+    c->kv_blocks = 2048;
+    c->block_size = 16;
+    c->ctx = 2048;
+    c->max_body_bytes = 1 << 20;
+    c->shutdown_grace_ms = 5000;
+    c->prefix_cache = true;
+}
+
+static int set_str(struct server_config *c, const struct opt_desc *o, const char *v, const char *where)
+{
+    if (strlen(v) >= o->size)
+        return ps_error_set(PS_EINVAL, "%s%s: value longer than %zu bytes", where, o->key, o->size - 1);
+    memcpy((char *)c + o->off, v, strlen(v) + 1);
+    return PS_OK;
+}
+
+static int set_int(struct server_config *c, const struct opt_desc *o, int64_t v, const char *where)
+{
+    if (v < o->lo || v > o->hi)
+        return ps_error_set(PS_EINVAL, "%s%s must be an integer in [%lld, %lld], got %lld", where, o->key,
+                            (long long)o->lo, (long long)o->hi, (long long)v);
+    *(int32_t *)((char *)c + o->off) = (int32_t)v;
+    return PS_OK;
+}
+
+int server_config_load(struct server_config *c, const char *path)
+{
+    int rc = PS_OK;
+    char *text = NULL;
+    cJSON *root = NULL;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return ps_error_set(PS_EIO, "config %s: %s", path, strerror(errno));
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0)
+        n = ftell(f);
+    if (n < 0 || n > (1 << 20) || fseek(f, 0, SEEK_SET) != 0) {
+        rc = ps_error_set(PS_EIO, "config %s: cannot read (or larger than 1 MiB)", path);
+        goto done;
+    }
+    text = malloc((size_t)n + 1);
+    if (!text || fread(text, 1, (size_t)n, f) != (size_t)n) {
+        rc = ps_error_set(PS_EIO, "config %s: read failed", path);
+        goto done;
+    }
+    text[n] = '\0';
+    root = cJSON_Parse(text);
+    if (!root || !cJSON_IsObject(root)) {
+        rc = ps_error_set(PS_EFORMAT, "config %s: not a JSON object%s%.20s", path,
+                          root ? "" : " near: ", root ? "" : (cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : ""));
+        goto done;
+    }
+    char unknown[512] = "";
+    for (cJSON *it = root->child; it; it = it->next) {
+        const struct opt_desc *o = NULL;
+        for (size_t i = 0; i < N_OPTS; i++)
+            if (!strcmp(it->string, opts[i].key))
+                o = &opts[i];
+        if (!o) {
+            size_t ul = strlen(unknown);
+            snprintf(unknown + ul, sizeof unknown - ul, "%s'%s'", ul ? ", " : "", it->string);
+            continue;
+        }
+        char where[300];
+        snprintf(where, sizeof where, "config %.256s: ", path);
+        switch (o->type) {
+        case OPT_STR:
+            if (!cJSON_IsString(it)) {
+                rc = ps_error_set(PS_EINVAL, "%s%s must be a string", where, o->key);
+                goto done;
+            }
+            rc = set_str(c, o, it->valuestring, where);
+            break;
+        case OPT_INT:
+            if (!cJSON_IsNumber(it) || it->valuedouble != floor(it->valuedouble) ||
+                fabs(it->valuedouble) > 9e15) {
+                rc = ps_error_set(PS_EINVAL, "%s%s must be an integer", where, o->key);
+                goto done;
+            }
+            rc = set_int(c, o, (int64_t)it->valuedouble, where);
+            break;
+        case OPT_BOOL:
+            if (!cJSON_IsBool(it)) {
+                rc = ps_error_set(PS_EINVAL, "%s%s must be true or false", where, o->key);
+                goto done;
+            }
+            *(bool *)((char *)c + o->off) = cJSON_IsTrue(it);
+            break;
+        }
+        if (rc)
+            goto done;
+    }
+    if (unknown[0])
+        rc = ps_error_set(PS_EINVAL, "config %s: unknown key(s) %s", path, unknown);
+done:
+    cJSON_Delete(root);
+    free(text);
+    fclose(f);
+    return rc;
+}
+
+static void usage(FILE *out)
+{
+    fprintf(out, "usage: paraserve serve -m MODEL [options]\n");
+    for (size_t i = 0; i < N_OPTS; i++) {
+        char name[64];
+        snprintf(name, sizeof name, "%s", opts[i].key);
+        for (char *p = name; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        char lhs[96];
+        if (opts[i].short_opt)
+            snprintf(lhs, sizeof lhs, "-%c, --%s%s", opts[i].short_opt, name,
+                     opts[i].type == OPT_BOOL ? " true|false" : " V");
+        else
+            snprintf(lhs, sizeof lhs, "    --%s%s", name, opts[i].type == OPT_BOOL ? " true|false" : " V");
+        fprintf(out, "  %-28s %s\n", lhs, opts[i].help);
+    }
+    fprintf(out, "  %-28s %s\n", "    --config FILE", "JSON file with the same keys ('_' for '-'); options override it");
+    fprintf(out, "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, /health, /metrics.\n"
+                 "SIGTERM/SIGINT: stop accepting, finish (or after the grace time cancel) in-flight, exit 0.\n");
+}
+
+int server_config_parse_args(struct server_config *c, int argc, char **argv)
+{
+    struct option longopts[N_OPTS + 3];
+    char names[N_OPTS][64];
+    char shorts[64] = ":h";
+    size_t k = 0;
+    for (size_t i = 0; i < N_OPTS; i++) {
+        snprintf(names[i], sizeof names[i], "%s", opts[i].key);
+        for (char *p = names[i]; *p; p++)
+            if (*p == '_')
+                *p = '-';
+        longopts[k++] = (struct option){ names[i], required_argument, 0, 256 + (int)i };
+        if (opts[i].short_opt) {
+            size_t l = strlen(shorts);
+            shorts[l] = (char)opts[i].short_opt;
+            shorts[l + 1] = ':';
+            shorts[l + 2] = '\0';
+        }
+    }
+    longopts[k++] = (struct option){ "config", required_argument, 0, 1000 };
+    longopts[k++] = (struct option){ "help", no_argument, 0, 'h' };
+    longopts[k] = (struct option){ 0, 0, 0, 0 };
+
+    /* pass 1: --config and --help only */
+    int ch;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, shorts, longopts, NULL)) != -1) {
+        if (ch == 'h') {
+            usage(stdout);
+            return 1;
+        }
+        if (ch == 1000 && server_config_load(c, optarg)) {
+            fprintf(stderr, "paraserve serve: %s\n", ps_error_last());
+            return -1;
+        }
+    }
+    /* pass 2: everything else overrides */
+    optind = 1;
+    while ((ch = getopt_long(argc, argv, shorts, longopts, NULL)) != -1) {
+        const struct opt_desc *o = NULL;
+        if (ch == 1000 || ch == 'h')
+            continue;
+        if (ch == ':') {
+            fprintf(stderr, "paraserve serve: option '%s' needs a value\n", argv[optind - 1]);
+            return -1;
+        }
+        if (ch >= 256 && ch < 256 + (int)N_OPTS)
+            o = &opts[ch - 256];
+        for (size_t i = 0; !o && i < N_OPTS; i++)
+            if (opts[i].short_opt && opts[i].short_opt == ch)
+                o = &opts[i];
+        if (!o) {
+            fprintf(stderr, "paraserve serve: unknown option '%s'\n", argv[optind - 1]);
+            usage(stderr);
+            return -1;
+        }
+        int rc = PS_OK;
+        if (o->type == OPT_STR) {
+            rc = set_str(c, o, optarg, "--");
+        } else if (o->type == OPT_INT) {
+            char *end;
+            errno = 0;
+            long long v = strtoll(optarg, &end, 10);
+            if (errno || end == optarg || *end)
+                rc = ps_error_set(PS_EINVAL, "--%s must be an integer, got '%s'", o->key, optarg);
+            else
+                rc = set_int(c, o, v, "--");
+        } else {
+            if (!strcmp(optarg, "true") || !strcmp(optarg, "1"))
+                *(bool *)((char *)c + o->off) = true;
+            else if (!strcmp(optarg, "false") || !strcmp(optarg, "0"))
+                *(bool *)((char *)c + o->off) = false;
+            else
+                rc = ps_error_set(PS_EINVAL, "--%s must be true or false, got '%s'", o->key, optarg);
+        }
+        if (rc) {
+            fprintf(stderr, "paraserve serve: %s\n", ps_error_last());
+            return -1;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, "paraserve serve: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    if (server_config_validate(c)) {
+        fprintf(stderr, "paraserve serve: %s\n", ps_error_last());
+        return -1;
+    }
+    return 0;
+}
+
+int server_config_validate(const struct server_config *c)
+{
+    if (!c->model[0])
+        return ps_error_set(PS_EINVAL, "a model is required (-m MODEL or \"model\" in the config)");
+    if ((int64_t)c->kv_blocks * c->block_size < 2)
+        return ps_error_set(PS_EINVAL, "kv_blocks x block_size must hold at least 2 tokens");
+    return PS_OK;
+}

@@ -1,0 +1,46 @@
+/* config.h - settings of `paraserve serve`: defaults, a JSON config file,
+ * command-line overrides.
+ *
+ * Precedence: built-in defaults < --config FILE < command-line options.
+ * The file is one JSON object whose keys are the long option names with
+ * '_' for '-' (e.g. {"port": 8080, "kv_blocks": 1024}); an unknown key or
+ * a value of the wrong type is an error naming it.  configs/server.json is
+ * an example.
+ */
+#ifndef PS_SERVER_CONFIG_H
+#define PS_SERVER_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+struct server_config {
+    char    model[1024];        /* GGUF path (required)                         */
+    char    model_alias[128];   /* API model name; "" = general.name or basename */
+    char    host[256];          /* listen address, default 127.0.0.1            */
+    int32_t port;               /* default 8080                                 */
+    int32_t threads;            /* CPU backend threads, default: all cores      */
+    int32_t max_batch;          /* running sequences at once, default 64        */
+    int32_t max_batch_tokens;   /* token budget per step, default 256           */
+    int32_t kv_blocks;          /* physical KV blocks, default 2048             */
+    int32_t block_size;         /* tokens per block, default 16                 */
+    int32_t ctx;                /* per-sequence context, default 2048           */
+    int32_t max_body_bytes;     /* request body limit (413 above), default 1 MiB */
+    int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
+    bool    prefix_cache;       /* default true                                 */
+};
+
+void server_config_defaults(struct server_config *c);
+
+/* Apply a JSON config file over *c.  PS_EIO / PS_EFORMAT / PS_EINVAL with a
+ * detail naming the file, key and problem. */
+int  server_config_load(struct server_config *c, const char *path);
+
+/* Parse `serve` arguments (argv[0] = "serve"): loads --config first, then
+ * applies the other options.  Returns 0 ok, 1 when --help was printed,
+ * -1 on a usage error (message already on stderr). */
+int  server_config_parse_args(struct server_config *c, int argc, char **argv);
+
+/* Check ranges and relations; PS_EINVAL with a detail. */
+int  server_config_validate(const struct server_config *c);
+
+#endif /* PS_SERVER_CONFIG_H */

@@ -1,0 +1,161 @@
+/* metrics.c - Prometheus text exposition of server and engine metrics. */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const double ttft_bounds[] = { 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60 };
+static const double itl_bounds[] = { 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10 };
+static const double e2e_bounds[] = { 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300 };
+
+static const char *const route_names[ROUTE_COUNT] = {
+    "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "other",
+};
+
+static void hist_init(struct histogram *h, const double *b, int n)
+{
+    memset(h, 0, sizeof *h);
+    h->bounds = b;
+    h->n = n;
+}
+
+void metrics_init(struct metrics *m)
+{
+    memset(m, 0, sizeof *m);
+    hist_init(&m->ttft, ttft_bounds, (int)(sizeof ttft_bounds / sizeof *ttft_bounds));
+    hist_init(&m->itl, itl_bounds, (int)(sizeof itl_bounds / sizeof *itl_bounds));
+    hist_init(&m->e2e, e2e_bounds, (int)(sizeof e2e_bounds / sizeof *e2e_bounds));
+}
+
+void metrics_request(struct metrics *m, enum metrics_route r, int status)
+{
+    if (status < 100 || status >= 600)
+        status = 599;
+    m->requests[r][status]++;
+}
+
+void histogram_observe(struct histogram *h, double v)
+{
+    int i = 0;
+    while (i < h->n && v > h->bounds[i])
+        i++;
+    h->counts[i]++;
+    h->sum += v;
+    h->count++;
+}
+
+struct sbuf {
+    char  *p;
+    size_t len, cap;
+    int    oom;
+};
+
+static void sb_printf(struct sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void sb_printf(struct sbuf *b, const char *fmt, ...)
+{
+    if (b->oom)
+        return;
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            b->oom = 1;
+            return;
+        }
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        size_t cap = b->cap * 2 + (size_t)n;
+        char *p = realloc(b->p, cap);
+        if (!p) {
+            b->oom = 1;
+            return;
+        }
+        b->p = p;
+        b->cap = cap;
+    }
+}
+
+static void render_hist(struct sbuf *b, const char *name, const char *help, const struct histogram *h)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    uint64_t cum = 0;
+    for (int i = 0; i < h->n; i++) {
+        cum += h->counts[i];
+        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], (unsigned long long)cum);
+    }
+    cum += h->counts[h->n];
+    sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
+              (unsigned long long)cum, name, h->sum, name, (unsigned long long)h->count);
+}
+
+static void counter(struct sbuf *b, const char *name, const char *help, unsigned long long v)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s counter\n%s %llu\n", name, help, name, name, v);
+}
+
+static void gauge(struct sbuf *b, const char *name, const char *help, long long v)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
+}
+
+char *metrics_render(const struct metrics *m, const struct engine_stats *es, const char *model_name)
+{
+    struct sbuf b = { malloc(8192), 0, 8192, 0 };
+    if (!b.p)
+        return NULL;
+    const struct sched_stats *s = &es->sched;
+    sb_printf(&b, "# HELP paraserve_info Server information.\n# TYPE paraserve_info gauge\n"
+                  "paraserve_info{model=\"%s\",n_ctx=\"%d\"} 1\n", model_name, (int)es->n_ctx);
+    sb_printf(&b, "# HELP paraserve_requests_total HTTP requests answered, by route and status.\n"
+                  "# TYPE paraserve_requests_total counter\n");
+    for (int r = 0; r < ROUTE_COUNT; r++)
+        for (int st = 0; st < 600; st++)
+            if (m->requests[r][st])
+                sb_printf(&b, "paraserve_requests_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
+                          st, (unsigned long long)m->requests[r][st]);
+    counter(&b, "paraserve_prompt_tokens_total", "Prompt tokens of finished requests.", m->prompt_tokens);
+    counter(&b, "paraserve_generation_tokens_total", "Tokens generated for finished requests.",
+            m->generated_tokens);
+    counter(&b, "paraserve_cached_prompt_tokens_total",
+            "Prompt tokens of finished requests served by the prefix cache (usage cached_tokens).",
+            m->cached_prompt_tokens);
+    counter(&b, "paraserve_client_disconnects_total", "Requests whose client left before the end.",
+            m->client_disconnects);
+    counter(&b, "paraserve_engine_prompt_tokens_total", "Prompt tokens submitted to the scheduler.",
+            s->prompt_tokens);
+    counter(&b, "paraserve_prefill_tokens_total",
+            "Tokens run through the model as prefill (recompute after preemption included).",
+            s->prefill_tokens);
+    counter(&b, "paraserve_prefix_cache_hit_tokens_total",
+            "Tokens whose KV came from the prefix cache instead of being computed.", s->prefix_hit_tokens);
+    counter(&b, "paraserve_engine_generated_tokens_total", "Tokens sampled by the engine.", s->generated_tokens);
+    counter(&b, "paraserve_engine_steps_total", "Engine batches run.", s->steps);
+    counter(&b, "paraserve_preemptions_total", "Sequences preempted (KV blocks ran out; recomputed later).",
+            s->preemptions);
+    gauge(&b, "paraserve_running_sequences", "Sequences in the running batch.", s->n_running);
+    gauge(&b, "paraserve_waiting_sequences", "Sequences waiting (new or preempted).", s->n_waiting);
+    gauge(&b, "paraserve_http_in_flight", "Generation requests not yet answered completely.", m->in_flight);
+    sb_printf(&b, "# HELP paraserve_kv_blocks KV cache blocks by state: free, cached (idle, held only by "
+                  "the prefix cache), active (held by sequences).\n# TYPE paraserve_kv_blocks gauge\n"
+                  "paraserve_kv_blocks{state=\"free\"} %d\nparaserve_kv_blocks{state=\"cached\"} %d\n"
+                  "paraserve_kv_blocks{state=\"active\"} %d\n",
+              (int)s->kv_free, (int)s->kv_idle, (int)(s->kv_total - s->kv_free - s->kv_idle));
+    gauge(&b, "paraserve_kv_blocks_total", "KV cache blocks.", s->kv_total);
+    gauge(&b, "paraserve_prefix_cache_blocks", "Blocks listed in the prefix cache (in use or idle).",
+          s->kv_cached);
+    render_hist(&b, "paraserve_time_to_first_token_seconds", "Time from request to first token.", &m->ttft);
+    render_hist(&b, "paraserve_inter_token_latency_seconds", "Time between consecutive tokens of a request.",
+                &m->itl);
+    render_hist(&b, "paraserve_request_duration_seconds", "Time from request to last token.", &m->e2e);
+    if (b.oom) {
+        free(b.p);
+        return NULL;
+    }
+    return b.p;
+}

@@ -1,0 +1,664 @@
+/* server.c - evhttp front end: routes, OpenAI responses, SSE, lifecycle
+ * (see server.h). */
+#include "server.h"
+
+#include <arpa/inet.h>
+#include <cjson/cJSON.h>
+#include <event2/buffer.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include "../common/status.h"
+#include "../engine/backend.h"
+#include "../engine/engine.h"
+#include "../model/chat.h"
+#include "../model/model.h"
+#include "../model/tokenizer.h"
+#include "metrics.h"
+#include "openai.h"
+
+struct server {
+    struct server_config cfg;
+    struct event_base   *base;
+    struct evhttp       *http;
+    struct evhttp_bound_socket *sock;
+    struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_grace;
+    engine              *eng;
+    const struct model  *model;
+    const tokenizer     *tok;
+    const chat_template *tmpl;
+    char                 model_name[128];
+    char                 basename[128];
+    const char          *model_names[4];
+    struct metrics       m;
+    bool                 draining;
+    time_t               created;
+    uint64_t             next_cmpl;
+};
+
+struct gen_ctx {
+    struct server         *srv;
+    struct evhttp_request *req;   /* NULL once the client left          */
+    uint64_t               id;
+    enum metrics_route     route;
+    bool                   chat, stream, include_usage;
+    bool                   headers_sent;
+    char                   cid[48];
+    time_t                 created;
+    struct evbuffer       *text;  /* non-stream: accumulated output     */
+    double                 t0, t_last;
+    int32_t                n_seen;
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ---- plain replies ------------------------------------------------------------------ */
+
+static void reply_json(struct server *srv, struct evhttp_request *req, enum metrics_route route,
+                       int status, const char *json)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (out) {
+        evbuffer_add(out, json, strlen(json));
+        evbuffer_add(out, "\n", 1);
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    const char *reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : status == 404 ? "Not Found"
+                       : status == 405 ? "Method Not Allowed" : status == 413 ? "Payload Too Large"
+                       : status == 503 ? "Service Unavailable" : status == 500 ? "Internal Server Error" : NULL;
+    evhttp_send_reply(req, status, reason, out);
+    if (out)
+        evbuffer_free(out);
+    metrics_request(&srv->m, route, status);
+}
+
+static void reply_error(struct server *srv, struct evhttp_request *req, enum metrics_route route,
+                        const struct api_error *e)
+{
+    char *json = api_error_json(e);
+    reply_json(srv, req, route, e->status, json ? json : "{\"error\":{\"message\":\"out of memory\"}}");
+    free(json);
+}
+
+/* ---- OpenAI JSON pieces --------------------------------------------------------------- */
+
+static void add_text(cJSON *obj, const char *key, const char *s, size_t len)
+{
+    size_t n;
+    char *clean = utf8_sanitize(s, len, &n);
+    cJSON_AddStringToObject(obj, key, clean ? clean : "");
+    free(clean);
+}
+
+static cJSON *usage_json(const struct engine_event *ev)
+{
+    cJSON *u = cJSON_CreateObject();
+    cJSON_AddNumberToObject(u, "prompt_tokens", ev->n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", ev->n_generated);
+    cJSON_AddNumberToObject(u, "total_tokens", ev->n_prompt + ev->n_generated);
+    cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
+    cJSON_AddNumberToObject(d, "cached_tokens", ev->n_cached);
+    return u;
+}
+
+static cJSON *base_object(const struct gen_ctx *g, const char *object)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "id", g->cid);
+    cJSON_AddStringToObject(o, "object", object);
+    cJSON_AddNumberToObject(o, "created", (double)g->created);
+    cJSON_AddStringToObject(o, "model", g->srv->model_name);
+    return o;
+}
+
+/* One streamed chunk: text (may be NULL), finish reason (NULL = null). */
+static cJSON *chunk_json(const struct gen_ctx *g, const char *text, size_t len, const char *finish,
+                         bool role)
+{
+    cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    if (g->chat) {
+        cJSON *d = cJSON_AddObjectToObject(c, "delta");
+        if (role)
+            cJSON_AddStringToObject(d, "role", "assistant");
+        if (text)
+            add_text(d, "content", text, len);
+    } else {
+        add_text(c, "text", text ? text : "", text ? len : 0);
+        cJSON_AddNullToObject(c, "logprobs");
+    }
+    if (finish)
+        cJSON_AddStringToObject(c, "finish_reason", finish);
+    else
+        cJSON_AddNullToObject(c, "finish_reason");
+    return o;
+}
+
+static void sse_send(struct gen_ctx *g, cJSON *obj)
+{
+    char *s = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+    struct evbuffer *b = evbuffer_new();
+    if (s && b) {
+        evbuffer_add_printf(b, "data: %s\n\n", s);
+        evhttp_send_reply_chunk(g->req, b);
+    }
+    if (b)
+        evbuffer_free(b);
+    free(s);
+}
+
+static void sse_start(struct gen_ctx *g)
+{
+    if (g->headers_sent)
+        return;
+    struct evkeyvalq *h = evhttp_request_get_output_headers(g->req);
+    evhttp_add_header(h, "Content-Type", "text/event-stream");
+    evhttp_add_header(h, "Cache-Control", "no-cache");
+    evhttp_send_reply_start(g->req, 200, "OK");
+    g->headers_sent = true;
+    if (g->chat)
+        sse_send(g, chunk_json(g, "", 0, NULL, true));
+}
+
+/* ---- request context lifecycle ------------------------------------------------------- */
+
+static void on_client_close(struct evhttp_connection *conn, void *arg)
+{
+    struct gen_ctx *g = arg;
+    (void)conn;
+    if (!g->req)
+        return;
+    g->req = NULL; /* libevent frees the request after this callback */
+    g->srv->m.client_disconnects++;
+    engine_cancel(g->srv->eng, g->id);
+}
+
+static void gen_ctx_free(struct gen_ctx *g)
+{
+    if (!g)
+        return;
+    if (g->text)
+        evbuffer_free(g->text);
+    free(g);
+}
+
+static void check_drained(struct server *srv)
+{
+    if (srv->draining && srv->m.in_flight == 0)
+        event_base_loopexit(srv->base, NULL);
+}
+
+/* Detach from the connection before the request ends: the close callback
+ * must never see a freed context. */
+static void detach(struct gen_ctx *g)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(g->req);
+    if (c)
+        evhttp_connection_set_closecb(c, NULL, NULL);
+}
+
+static void finish_request(struct server *srv, struct gen_ctx *g, const struct engine_event *ev)
+{
+    double t = now_s();
+    srv->m.prompt_tokens += (uint64_t)ev->n_prompt;
+    srv->m.generated_tokens += (uint64_t)ev->n_generated;
+    srv->m.cached_prompt_tokens += (uint64_t)ev->n_cached;
+    if (ev->status == 0 && ev->finish != FINISH_CANCELLED)
+        histogram_observe(&srv->m.e2e, t - g->t0);
+    if (!g->req) /* client gone: nothing to answer */
+        return;
+    detach(g);
+
+    if (ev->status && !g->headers_sent) {
+        struct api_error e;
+        if (ev->status == 400)
+            api_error_set(&e, 400, "invalid_request_error", "context_length_exceeded",
+                          g->chat ? "messages" : "prompt", "%s", ev->error ? ev->error : "bad request");
+        else
+            api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ev->error ? ev->error : "engine failure");
+        reply_error(srv, g->req, g->route, &e);
+        return;
+    }
+    if (ev->finish == FINISH_CANCELLED && !g->headers_sent) {
+        struct api_error e;
+        api_error_set(&e, 503, "server_error", "cancelled", NULL,
+                      "The request was cancelled: the server is shutting down");
+        reply_error(srv, g->req, g->route, &e);
+        return;
+    }
+    const char *finish = ev->finish == FINISH_LENGTH ? "length" : "stop";
+    if (g->stream) {
+        sse_start(g);
+        if (ev->text_len)
+            sse_send(g, chunk_json(g, ev->text, ev->text_len, NULL, false));
+        if (ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED) {
+            struct api_error e;
+            api_error_set(&e, 500, "server_error", ev->finish == FINISH_CANCELLED ? "cancelled" : NULL, NULL,
+                          "%s", ev->error ? ev->error : "generation cancelled (server shutting down)");
+            char *ej = api_error_json(&e);
+            struct evbuffer *b = evbuffer_new();
+            if (ej && b) {
+                evbuffer_add_printf(b, "data: %s\n\n", ej);
+                evhttp_send_reply_chunk(g->req, b);
+            }
+            if (b)
+                evbuffer_free(b);
+            free(ej);
+        } else {
+            sse_send(g, chunk_json(g, NULL, 0, finish, false));
+            if (g->include_usage) {
+                cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
+                cJSON_AddArrayToObject(o, "choices");
+                cJSON_AddItemToObject(o, "usage", usage_json(ev));
+                sse_send(g, o);
+            }
+        }
+        struct evbuffer *b = evbuffer_new();
+        if (b) {
+            evbuffer_add_printf(b, "data: [DONE]\n\n");
+            evhttp_send_reply_chunk(g->req, b);
+            evbuffer_free(b);
+        }
+        evhttp_send_reply_end(g->req);
+        metrics_request(&srv->m, g->route, 200);
+        return;
+    }
+    if (ev->finish == FINISH_ERROR) {
+        struct api_error e;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ev->error ? ev->error : "engine failure");
+        reply_error(srv, g->req, g->route, &e);
+        return;
+    }
+    if (ev->text_len)
+        evbuffer_add(g->text, ev->text, ev->text_len);
+    size_t len = evbuffer_get_length(g->text);
+    const char *text = len ? (const char *)evbuffer_pullup(g->text, -1) : "";
+    cJSON *o = base_object(g, g->chat ? "chat.completion" : "text_completion");
+    cJSON *choices = cJSON_AddArrayToObject(o, "choices");
+    cJSON *c = cJSON_CreateObject();
+    cJSON_AddItemToArray(choices, c);
+    cJSON_AddNumberToObject(c, "index", 0);
+    if (g->chat) {
+        cJSON *msg = cJSON_AddObjectToObject(c, "message");
+        cJSON_AddStringToObject(msg, "role", "assistant");
+        add_text(msg, "content", text, len);
+    } else {
+        add_text(c, "text", text, len);
+        cJSON_AddNullToObject(c, "logprobs");
+    }
+    cJSON_AddStringToObject(c, "finish_reason", finish);
+    cJSON_AddItemToObject(o, "usage", usage_json(ev));
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    reply_json(srv, g->req, g->route, 200, s ? s : "{}");
+    free(s);
+}
+
+static void on_engine_events(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *srv = arg;
+    (void)fd;
+    (void)what;
+    struct engine_event *list = engine_take_events(srv->eng);
+    for (struct engine_event *ev = list; ev; ev = ev->next) {
+        struct gen_ctx *g = ev->user;
+        if (ev->kind == ENGINE_EV_TOKEN) {
+            double t = now_s();
+            if (g->n_seen++ == 0)
+                histogram_observe(&srv->m.ttft, t - g->t0);
+            else
+                histogram_observe(&srv->m.itl, t - g->t_last);
+            g->t_last = t;
+            if (!g->req)
+                continue;
+            if (g->stream) {
+                sse_start(g);
+                if (ev->text_len)
+                    sse_send(g, chunk_json(g, ev->text, ev->text_len, NULL, false));
+            } else if (ev->text_len) {
+                evbuffer_add(g->text, ev->text, ev->text_len);
+            }
+            continue;
+        }
+        finish_request(srv, g, ev);
+        gen_ctx_free(g);
+        srv->m.in_flight--;
+        check_drained(srv);
+    }
+    engine_events_free(list);
+}
+
+/* ---- routes ------------------------------------------------------------------------------ */
+
+static void handle_generate(struct server *srv, struct evhttp_request *req, bool chat)
+{
+    enum metrics_route route = chat ? ROUTE_CHAT : ROUTE_COMPLETIONS;
+    struct api_error e;
+    if (srv->draining) {
+        api_error_set(&e, 503, "server_error", "shutting_down", NULL, "The server is shutting down");
+        reply_error(srv, req, route, &e);
+        return;
+    }
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    if (len > (size_t)srv->cfg.max_body_bytes) {
+        api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
+                      "The request body has %zu bytes; the limit is %d (max_body_bytes)", len,
+                      (int)srv->cfg.max_body_bytes);
+        reply_error(srv, req, route, &e);
+        return;
+    }
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    struct gen_params p;
+    if (openai_parse(body, len, chat, srv->model_names, srv->tmpl, srv->model->hp.n_vocab, &p, &e)) {
+        reply_error(srv, req, route, &e);
+        return;
+    }
+    struct gen_ctx *g = calloc(1, sizeof *g);
+    if (!g || !(g->text = evbuffer_new())) {
+        gen_ctx_free(g);
+        gen_params_free(&p);
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        reply_error(srv, req, route, &e);
+        return;
+    }
+    g->srv = srv;
+    g->req = req;
+    g->route = route;
+    g->chat = chat;
+    g->stream = p.stream;
+    g->include_usage = p.include_usage;
+    g->created = time(NULL);
+    g->t0 = now_s();
+    snprintf(g->cid, sizeof g->cid, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)++srv->next_cmpl);
+    struct engine_request er = {
+        .tenant = 0, .priority = p.priority, .prompt = p.prompt, .parse_special = chat,
+        .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
+        .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
+        .n_stop = p.n_stop, .ignore_eos = p.ignore_eos, .user = g,
+    };
+    if (!er.prompt && !er.n_prompt_ids) {
+        gen_ctx_free(g);
+        gen_params_free(&p);
+        api_error_set(&e, 400, "invalid_request_error", "invalid_value", chat ? "messages" : "prompt",
+                      "the prompt is empty");
+        reply_error(srv, req, route, &e);
+        return;
+    }
+    int rc = engine_submit(srv->eng, &er, &g->id);
+    gen_params_free(&p);
+    if (rc) {
+        gen_ctx_free(g);
+        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
+        reply_error(srv, req, route, &e);
+        return;
+    }
+    srv->m.in_flight++;
+    evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_client_close, g);
+}
+
+static void handle_models(struct server *srv, struct evhttp_request *req)
+{
+    struct engine_stats es;
+    engine_get_stats(srv->eng, &es);
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "object", "list");
+    cJSON *data = cJSON_AddArrayToObject(o, "data");
+    cJSON *mo = cJSON_CreateObject();
+    cJSON_AddItemToArray(data, mo);
+    cJSON_AddStringToObject(mo, "id", srv->model_name);
+    cJSON_AddStringToObject(mo, "object", "model");
+    cJSON_AddNumberToObject(mo, "created", (double)srv->created);
+    cJSON_AddStringToObject(mo, "owned_by", "paraserve");
+    cJSON *meta = cJSON_AddObjectToObject(mo, "meta");
+    cJSON_AddNumberToObject(meta, "n_ctx", es.n_ctx);
+    cJSON_AddNumberToObject(meta, "n_vocab", srv->model->hp.n_vocab);
+    cJSON_AddStringToObject(meta, "arch", srv->model->hp.arch_name);
+    char *s = cJSON_PrintUnformatted(o);
+    cJSON_Delete(o);
+    reply_json(srv, req, ROUTE_MODELS, 200, s ? s : "{}");
+    free(s);
+}
+
+static void handle_metrics(struct server *srv, struct evhttp_request *req)
+{
+    struct engine_stats es;
+    engine_get_stats(srv->eng, &es);
+    metrics_request(&srv->m, ROUTE_METRICS, 200); /* count this scrape in its own output */
+    char *text = metrics_render(&srv->m, &es, srv->model_name);
+    struct evbuffer *out = evbuffer_new();
+    if (text && out)
+        evbuffer_add(out, text, strlen(text));
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
+                      "text/plain; version=0.0.4; charset=utf-8");
+    evhttp_send_reply(req, 200, "OK", out);
+    if (out)
+        evbuffer_free(out);
+    free(text);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    struct server *srv = arg;
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    struct api_error e;
+    if (!path || !*path)
+        path = "/";
+
+    static const struct { const char *path; enum metrics_route route; enum evhttp_cmd_type method; } routes[] = {
+        { "/v1/chat/completions", ROUTE_CHAT, EVHTTP_REQ_POST },
+        { "/v1/completions", ROUTE_COMPLETIONS, EVHTTP_REQ_POST },
+        { "/v1/models", ROUTE_MODELS, EVHTTP_REQ_GET },
+        { "/health", ROUTE_HEALTH, EVHTTP_REQ_GET },
+        { "/metrics", ROUTE_METRICS, EVHTTP_REQ_GET },
+    };
+    for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
+        if (strcmp(path, routes[i].path))
+            continue;
+        if (method != routes[i].method) {
+            const char *allow = routes[i].method == EVHTTP_REQ_POST ? "POST" : "GET";
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+            api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
+                          "Method not allowed: %s accepts %s only", path, allow);
+            reply_error(srv, req, routes[i].route, &e);
+            return;
+        }
+        switch (routes[i].route) {
+        case ROUTE_CHAT: handle_generate(srv, req, true); return;
+        case ROUTE_COMPLETIONS: handle_generate(srv, req, false); return;
+        case ROUTE_MODELS: handle_models(srv, req); return;
+        case ROUTE_HEALTH:
+            if (srv->draining)
+                reply_json(srv, req, ROUTE_HEALTH, 503, "{\"status\":\"shutting_down\"}");
+            else
+                reply_json(srv, req, ROUTE_HEALTH, 200, "{\"status\":\"ok\"}");
+            return;
+        case ROUTE_METRICS: handle_metrics(srv, req); return;
+        default: break;
+        }
+    }
+    char shown[128];
+    snprintf(shown, sizeof shown, "%.100s", path);
+    size_t n;
+    char *clean = utf8_sanitize(shown, strlen(shown), &n);
+    api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "Unknown path %s", clean ? clean : "");
+    free(clean);
+    reply_error(srv, req, ROUTE_OTHER, &e);
+}
+
+/* ---- lifecycle ----------------------------------------------------------------------------- */
+
+static void on_grace_over(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *srv = arg;
+    (void)fd;
+    (void)what;
+    fprintf(stderr, "paraserve: grace time over, cancelling %d in-flight request(s)\n", (int)srv->m.in_flight);
+    engine_cancel_all(srv->eng);
+}
+
+static void on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct server *srv = arg;
+    (void)what;
+    if (srv->draining) { /* second signal: stop waiting */
+        engine_cancel_all(srv->eng);
+        return;
+    }
+    fprintf(stderr, "paraserve: %s: no new connections; %d request(s) in flight\n",
+            sig == SIGTERM ? "SIGTERM" : "SIGINT", (int)srv->m.in_flight);
+    srv->draining = true;
+    if (srv->sock) {
+        evhttp_del_accept_socket(srv->http, srv->sock);
+        srv->sock = NULL;
+    }
+    if (srv->m.in_flight == 0) {
+        event_base_loopexit(srv->base, NULL);
+        return;
+    }
+    struct timeval tv = { srv->cfg.shutdown_grace_ms / 1000, (srv->cfg.shutdown_grace_ms % 1000) * 1000 };
+    srv->ev_grace = evtimer_new(srv->base, on_grace_over, srv);
+    if (srv->ev_grace)
+        evtimer_add(srv->ev_grace, &tv);
+    else
+        engine_cancel_all(srv->eng);
+}
+
+static void set_model_names(struct server *srv, const struct server_config *cfg, const struct model *m)
+{
+    const char *slash = strrchr(cfg->model, '/');
+    snprintf(srv->basename, sizeof srv->basename, "%.127s", slash ? slash + 1 : cfg->model);
+    size_t bl = strlen(srv->basename);
+    if (bl > 5 && !strcmp(srv->basename + bl - 5, ".gguf"))
+        srv->basename[bl - 5] = '\0';
+    const char *name = cfg->model_alias[0] ? cfg->model_alias : m->name[0] ? m->name : srv->basename;
+    snprintf(srv->model_name, sizeof srv->model_name, "%.127s", name);
+    /* the name goes into Prometheus labels and JSON: keep it printable and quote-free */
+    for (char *p = srv->model_name; *p; p++)
+        if (*p == '"' || *p == '\\' || (unsigned char)*p < 0x20)
+            *p = '_';
+    srv->model_names[0] = srv->model_name;
+    srv->model_names[1] = "default";
+    srv->model_names[2] = srv->basename;
+    srv->model_names[3] = NULL;
+}
+
+int server_run(const struct server_config *cfg)
+{
+    int rc;
+    struct model *m = NULL;
+    tokenizer *tok = NULL;
+    chat_template *tmpl = NULL;
+    backend *be = NULL;
+    struct server *srv = calloc(1, sizeof *srv);
+    if (!srv)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    srv->cfg = *cfg;
+    metrics_init(&srv->m);
+    srv->created = time(NULL);
+
+    if ((rc = model_load(cfg->model, &m)) || (rc = tokenizer_from_gguf(m->gguf, &tok)) ||
+        (rc = chat_template_from_gguf(m->gguf, &tmpl)))
+        goto done;
+    srv->model = m;
+    srv->tok = tok;
+    srv->tmpl = tmpl;
+    set_model_names(srv, cfg, m);
+
+    int32_t n_ctx = cfg->ctx;
+    if (m->hp.n_ctx_train > 0 && n_ctx > m->hp.n_ctx_train) {
+        fprintf(stderr, "paraserve: --ctx %d exceeds the model's training context %d; using %d\n",
+                (int)n_ctx, (int)m->hp.n_ctx_train, (int)m->hp.n_ctx_train);
+        n_ctx = m->hp.n_ctx_train;
+    }
+    struct backend_config bc = { .n_threads = cfg->threads, .n_kv_blocks = cfg->kv_blocks,
+                                 .block_size = cfg->block_size, .max_batch_tokens = cfg->max_batch_tokens };
+    if ((rc = backend_cpu_create(m, &bc, &be)))
+        goto done;
+    struct engine_config ec = { .max_seqs = cfg->max_batch, .max_batch_tokens = cfg->max_batch_tokens,
+                                .n_ctx = n_ctx, .prefix_cache = cfg->prefix_cache };
+    if ((rc = engine_create(&ec, be, tok, &srv->eng)))
+        goto done;
+
+    srv->base = event_base_new();
+    srv->http = srv->base ? evhttp_new(srv->base) : NULL;
+    if (!srv->http) {
+        rc = ps_error_set(PS_EINTERNAL, "libevent: cannot create the event base / http server");
+        goto done;
+    }
+    /* libevent cuts bodies beyond this hard cap itself (its own 413 page);
+     * bodies between max_body_bytes and the cap get our JSON 413. */
+    int64_t cap = (int64_t)cfg->max_body_bytes * 4;
+    if (cap < (int64_t)cfg->max_body_bytes + (1 << 16))
+        cap = (int64_t)cfg->max_body_bytes + (1 << 16);
+    evhttp_set_max_body_size(srv->http, (ev_ssize_t)cap);
+    evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    evhttp_set_gencb(srv->http, on_request, srv);
+    srv->sock = evhttp_bind_socket_with_handle(srv->http, cfg->host, (ev_uint16_t)cfg->port);
+    if (!srv->sock) {
+        rc = ps_error_set(PS_EIO, "cannot listen on %s:%d (address in use or not available)", cfg->host,
+                          (int)cfg->port);
+        goto done;
+    }
+    int port = cfg->port;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (!getsockname(evhttp_bound_socket_get_fd(srv->sock), (struct sockaddr *)&ss, &sl))
+        port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
+                                              : ((struct sockaddr_in *)&ss)->sin_port);
+    srv->ev_engine = event_new(srv->base, engine_events_fd(srv->eng), EV_READ | EV_PERSIST, on_engine_events, srv);
+    srv->ev_sigterm = evsignal_new(srv->base, SIGTERM, on_signal, srv);
+    srv->ev_sigint = evsignal_new(srv->base, SIGINT, on_signal, srv);
+    if (!srv->ev_engine || !srv->ev_sigterm || !srv->ev_sigint || event_add(srv->ev_engine, NULL) ||
+        event_add(srv->ev_sigterm, NULL) || event_add(srv->ev_sigint, NULL)) {
+        rc = ps_error_set(PS_EINTERNAL, "libevent: cannot register events");
+        goto done;
+    }
+    fprintf(stderr,
+            "paraserve: serving '%s' on http://%s:%d (backend %s, threads %d, max_batch %d, "
+            "kv_blocks %d x %d, ctx %d, prefix_cache %s)\n",
+            srv->model_name, cfg->host, port, backend_name(be), (int)cfg->threads, (int)cfg->max_batch,
+            (int)cfg->kv_blocks, (int)cfg->block_size, (int)n_ctx, cfg->prefix_cache ? "on" : "off");
+    event_base_dispatch(srv->base);
+    fprintf(stderr, "paraserve: shut down cleanly\n");
+    rc = PS_OK;
+done:
+    if (srv->http)
+        evhttp_free(srv->http); /* closes connections: close callbacks cancel their requests */
+    engine_free(srv->eng);
+    if (srv->ev_grace)
+        event_free(srv->ev_grace);
+    if (srv->ev_sigint)
+        event_free(srv->ev_sigint);
+    if (srv->ev_sigterm)
+        event_free(srv->ev_sigterm);
+    if (srv->ev_engine)
+        event_free(srv->ev_engine);
+    if (srv->base)
+        event_base_free(srv->base);
+    backend_free(be);
+    chat_template_free(tmpl);
+    tokenizer_free(tok);
+    model_free(m);
+    free(srv);
+    return rc;
+}

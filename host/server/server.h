@@ -1,0 +1,33 @@
+/* server.h - `paraserve serve`: the OpenAI-compatible HTTP server.
+ *
+ * Threads: the caller's thread runs the libevent loop (evhttp: parsing,
+ * validation, chat-template rendering, SSE writes, metrics) and never
+ * computes; the engine thread (engine.h) tokenizes, schedules and runs the
+ * backend.  They meet only in engine_submit / engine_cancel and the engine's
+ * event queue, whose eventfd is a persistent libevent read event here.
+ *
+ * Per request (struct gen_ctx): created when a generation request parses,
+ * freed when the engine's DONE event for it arrives - never earlier, even
+ * when the client leaves (the connection close callback only marks it gone
+ * and asks the engine to cancel).
+ *
+ * Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
+ * GET /health, GET /metrics.  Errors are OpenAI-style JSON bodies: 400 bad
+ * JSON / types / values / invalid UTF-8 / prompt longer than the context,
+ * 404 unknown model or path, 405 wrong method, 413 body over
+ * max_body_bytes, 503 while shutting down.
+ *
+ * Shutdown (SIGTERM, SIGINT): close the listening socket, answer new
+ * generation requests with 503, let in-flight ones finish for
+ * shutdown_grace_ms, then cancel the rest; exit when none is left.
+ */
+#ifndef PS_SERVER_SERVER_H
+#define PS_SERVER_SERVER_H
+
+#include "config.h"
+
+/* Load the model, start the engine, serve until a shutdown signal.
+ * Returns PS_OK after a clean shutdown, else a status with a detail. */
+int server_run(const struct server_config *cfg);
+
+#endif /* PS_SERVER_SERVER_H */
