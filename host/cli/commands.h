@@ -7,6 +7,7 @@
 int cmd_generate(int argc, char **argv);
 int cmd_mkmodel(int argc, char **argv);
 int cmd_bench(int argc, char **argv);
+int cmd_orchestrate(int argc, char **argv);
 int cmd_serve(int argc, char **argv);
 
 #endif /* PS_COMMANDS_H */

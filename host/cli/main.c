@@ -14,6 +14,7 @@ static const struct command commands[] = {
     { "generate", cmd_generate, "generate text from a prompt with a GGUF model" },
     { "mkmodel",  cmd_mkmodel,  "write a GGUF model with deterministic random weights" },
     { "bench",    cmd_bench,    "measure prefill and batched decode throughput" },
+    { "orchestrate", cmd_orchestrate, "run scripted tasks through the agent executor, print events as JSON lines" },
     { "serve",    cmd_serve,    "OpenAI-compatible HTTP server with continuous batching" },
 };
 

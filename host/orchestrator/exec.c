@@ -270,12 +270,55 @@ static void agent_pump(evutil_socket_t fd, short what, void *ud)
     }
 }
 
-/* Text of a result for substitution inside a longer string. */
-static char *result_text(const cJSON *r)
+const cJSON *exec_json_path(const cJSON *r, const char *path)
 {
+    char key[EXEC_MAX_ID + 1];
+    while (r && *path) {
+        const char *dot = strchr(path, '.');
+        size_t n = dot ? (size_t)(dot - path) : strlen(path);
+        if (n > EXEC_MAX_ID)
+            return NULL;
+        memcpy(key, path, n);
+        key[n] = 0;
+        r = cJSON_IsArray(r) ? cJSON_GetArrayItem(r, atoi(key)) : cJSON_GetObjectItemCaseSensitive(r, key);
+        path = dot ? dot + 1 : path + n;
+    }
+    return r;
+}
+
+char *exec_result_text(const cJSON *r)
+{
+    if (cJSON_IsObject(r) && r->child && !r->child->next &&
+        !cJSON_IsObject(r->child) && !cJSON_IsArray(r->child))
+        r = r->child;
     if (cJSON_IsString(r))
         return strdup(r->valuestring);
+    if (cJSON_IsNumber(r)) {
+        char b[64];
+        if (r->valuedouble == (double)(long long)r->valuedouble && fabs(r->valuedouble) < 1e15)
+            snprintf(b, sizeof b, "%lld", (long long)r->valuedouble);
+        else
+            snprintf(b, sizeof b, "%.17g", r->valuedouble);
+        return strdup(b);
+    }
     return cJSON_PrintUnformatted(r);
+}
+
+/* Split "c1.a.b" into the call and the member path. */
+static const cJSON *ref_resolve(struct exec_group *g, const char *ref, const struct exec_call **call)
+{
+    char id[EXEC_MAX_ID + 1];
+    const char *dot = strchr(ref, '.');
+    size_t n = dot ? (size_t)(dot - ref) : strlen(ref);
+    *call = NULL;
+    if (n > EXEC_MAX_ID)
+        return NULL;
+    memcpy(id, ref, n);
+    id[n] = 0;
+    *call = group_find(g, id);
+    if (!*call || (*call)->state != CS_DONE || (*call)->status != FB_OK)
+        return NULL;
+    return exec_json_path((*call)->result, dot ? dot + 1 : "");
 }
 
 /* Replace {{id}} references to finished ok calls.  Returns 0, or -1 with
@@ -310,13 +353,14 @@ static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, s
                 len += n;
                 break;
             }
-            char ref[EXEC_MAX_ID + 1];
+            char ref[2 * EXEC_MAX_ID + 1];
             size_t rn = (size_t)(close - open - 2);
             const struct exec_call *rc = NULL;
-            if (rn <= EXEC_MAX_ID) {
+            const cJSON *val = NULL;
+            if (rn <= 2 * EXEC_MAX_ID) {
                 memcpy(ref, open + 2, rn);
                 ref[rn] = 0;
-                rc = group_find(g, ref);
+                val = ref_resolve(g, ref, &rc);
             }
             if (!rc) {   /* not a call reference: keep the text */
                 size_t n = (size_t)(close + 2 - s);
@@ -328,17 +372,17 @@ static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, s
                 s = close + 2;
                 continue;
             }
-            if (rc->state != CS_DONE || rc->status != FB_OK) {
-                snprintf(err, errlen, "args reference '{{%s}}' but that call has no ok result (list it in 'after')", ref);
+            if (!val) {
+                snprintf(err, errlen, "args reference '{{%s}}' but that call has no such ok result (list it in 'after')", ref);
                 free(out);
                 return -1;
             }
             if (open == ch->valuestring && close[2] == 0) {
-                whole = cJSON_Duplicate(rc->result, 1);
+                whole = cJSON_Duplicate(val, 1);
                 break;
             }
             size_t pre = (size_t)(open - s);
-            char *txt = result_text(rc->result);
+            char *txt = exec_result_text(val);
             size_t tn = txt ? strlen(txt) : 0;
             char *nb = realloc(out, len + pre + tn + 1);
             if (!nb) { free(out); free(txt); return -1; }
@@ -352,6 +396,10 @@ static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, s
         }
         if (whole) {
             free(out);
+            if (ch->string && !(whole->string = strdup(ch->string))) {
+                cJSON_Delete(whole);
+                return -1;
+            }
             cJSON_ReplaceItemViaPointer(node, ch, whole);
             ch = whole;
             continue;
@@ -359,8 +407,10 @@ static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, s
         out[len] = 0;
         cJSON *ns = cJSON_CreateString(out);
         free(out);
-        if (!ns)
+        if (!ns || (ch->string && !(ns->string = strdup(ch->string)))) {
+            cJSON_Delete(ns);
             return -1;
+        }
         cJSON_ReplaceItemViaPointer(node, ch, ns);
         ch = ns;
     }

@@ -26,7 +26,7 @@
  *
  * Arguments may reference finished calls: a string value exactly "{{c1}}"
  * is replaced by c1's result (JSON), and "{{c1}}" inside a longer string by
- * its text.  Arguments are validated against the agent's input_schema after
+ * its text (exec_result_text); "{{c1.a.b}}" selects a member of the result.  Arguments are validated against the agent's input_schema after
  * substitution; a failure (or an unknown agent) is `rejected` without
  * calling the agent.
  */
@@ -107,6 +107,14 @@ void exec_group_cancel_all(struct exec_group *g, const char *reason);
 int exec_group_open(const struct exec_group *g);
 /* Status of a call: -1 unknown id, -2 unfinished, else an fb_status. */
 int exec_group_call_status(const struct exec_group *g, const char *id);
+
+/* Resolve "a.b" inside a result (path may be "" for the whole result);
+ * NULL when absent.  Borrowed. */
+const cJSON *exec_json_path(const cJSON *result, const char *path);
+/* Text of a result for interpolation: a string as is, a number printed, an
+ * object with a single scalar member that member's text, else compact JSON.
+ * Caller frees. */
+char *exec_result_text(const cJSON *result);
 
 struct exec_stats {
     int64_t calls_started, calls_finished, attempts, retries, breaker_rejects;

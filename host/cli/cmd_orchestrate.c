@@ -1,0 +1,330 @@
+/* cmd_orchestrate.c - `paraserve orchestrate`: run tasks through the
+ * orchestrator on a libevent loop without the HTTP server, printing each
+ * task's event stream as JSON lines:
+ *   {"id":N,"event":"call.result","data":{...}}
+ * Tasks come from --task JSON (repeatable) or --tasks-file (one request
+ * per line), each submitted --repeat times, all concurrently.  A task
+ * without a `script` needs the engine (model-driven) and fails with a
+ * clear error here.  --stats ends with one {"stats":{...}} line.
+ */
+#include <event2/event.h>
+#include <getopt.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "commands.h"
+#include "common/status.h"
+#include "orchestrator/httpc.h"
+#include "orchestrator/mock_agent.h"
+#include "orchestrator/registry.h"
+#include "orchestrator/task.h"
+
+#define ORCH_MAX_TASK_ARGS 256
+
+struct run {
+    struct event_base *base;
+    struct orch       *orch;
+    int                quiet, stats;
+    int                submitted, finished, completed, failed, cancelled;
+    double            *d2r, *r2r, *task_ms;
+    size_t             n_d2r, n_r2r, n_task, cap_d2r, cap_r2r, cap_task;
+    struct orch_task **tasks;
+    int64_t           *t_submit;
+};
+
+static void usage(FILE *out)
+{
+    fprintf(out,
+        "usage: paraserve orchestrate [--agents FILE] (--task JSON ... | --tasks-file FILE) [options]\n"
+        "  --agents FILE      agent pool (default configs/agents.default.json)\n"
+        "  --task JSON        a task request {\"input\",\"script\",\"max_rounds\",\"deadline_ms\"} (repeatable)\n"
+        "  --tasks-file FILE  task requests, one JSON object per line\n"
+        "  --repeat N         submit each task N times, all at once (default 1)\n"
+        "  --mock-agent PORT  serve the built-in mock HTTP agent on 127.0.0.1:PORT (0: any port)\n"
+        "                     for the run; {MOCK_PORT} in the agents file is replaced by its port\n"
+        "  --local-url URL    OpenAI chat endpoint serving the embedded model (kind local)\n"
+        "  --cancel-after MS  cancel every unfinished task after MS milliseconds\n"
+        "  --quiet            print only each task's terminal event\n"
+        "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n");
+}
+
+static void push(double **v, size_t *n, size_t *cap, double x)
+{
+    if (*n == *cap) {
+        size_t c = *cap ? *cap * 2 : 1024;
+        double *nv = realloc(*v, c * sizeof *nv);
+        if (!nv)
+            return;
+        *v = nv;
+        *cap = c;
+    }
+    (*v)[(*n)++] = x;
+}
+
+static int cmp_d(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double pct(double *v, size_t n, double p)
+{
+    if (!n)
+        return NAN;
+    qsort(v, n, sizeof *v, cmp_d);
+    size_t i = (size_t)(p * (double)(n - 1) + 0.5);
+    return v[i < n ? i : n - 1];
+}
+
+static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct run *r = ud;
+    int terminal = !strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error");
+    if (!r->quiet || terminal)
+        printf("{\"id\":%lld,\"event\":\"%s\",\"data\":%s}\n", (long long)ev->id, ev->type, ev->data);
+    if (r->stats && !strcmp(ev->type, "call.result")) {
+        cJSON *d = cJSON_Parse(ev->data);
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(d, "dispatch_to_recv_us");
+        const cJSON *b = cJSON_GetObjectItemCaseSensitive(d, "reply_to_record_us");
+        if (cJSON_IsNumber(a))
+            push(&r->d2r, &r->n_d2r, &r->cap_d2r, a->valuedouble);
+        if (cJSON_IsNumber(b))
+            push(&r->r2r, &r->n_r2r, &r->cap_r2r, b->valuedouble);
+        cJSON_Delete(d);
+    }
+    if (terminal && r->stats) {
+        cJSON *d = cJSON_Parse(ev->data);
+        const cJSON *tm = cJSON_GetObjectItemCaseSensitive(d, "t_ms");
+        if (cJSON_IsNumber(tm))
+            push(&r->task_ms, &r->n_task, &r->cap_task, tm->valuedouble);
+        cJSON_Delete(d);
+    }
+}
+
+static void on_done(void *ud, struct orch_task *t)
+{
+    struct run *r = ud;
+    r->finished++;
+    switch (orch_task_status(t)) {
+    case TASK_COMPLETED: r->completed++; break;
+    case TASK_CANCELLED: r->cancelled++; break;
+    default: r->failed++; break;
+    }
+    if (r->finished == r->submitted)
+        event_base_loopbreak(r->base);
+}
+
+static void on_cancel_timer(evutil_socket_t fd, short what, void *ud)
+{
+    struct run *r = ud;
+    for (int i = 0; i < r->submitted; i++)
+        if (r->tasks[i] && orch_task_status(r->tasks[i]) == TASK_RUNNING)
+            orch_task_cancel(r->tasks[i], "cancelled by --cancel-after");
+}
+
+static char *read_file(const char *path)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b);
+        b = NULL;
+    }
+    if (b)
+        b[n] = 0;
+    fclose(f);
+    return b;
+}
+
+/* Replace every {MOCK_PORT} in text (returns a new string). */
+static char *subst_port(const char *text, int port)
+{
+    const char *key = "{MOCK_PORT}";
+    size_t n = strlen(text) + 1, k = strlen(key);
+    for (const char *p = text; (p = strstr(p, key)); p += k)
+        n += 8;
+    char *out = malloc(n), *o = out;
+    if (!out)
+        return NULL;
+    for (const char *p = text; *p;) {
+        if (!strncmp(p, key, k)) {
+            o += sprintf(o, "%d", port);
+            p += k;
+        } else {
+            *o++ = *p++;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+int cmd_orchestrate(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"agents", required_argument, 0, 'a'}, {"task", required_argument, 0, 't'},
+        {"tasks-file", required_argument, 0, 'f'}, {"repeat", required_argument, 0, 'r'},
+        {"mock-agent", required_argument, 0, 'm'}, {"local-url", required_argument, 0, 'l'},
+        {"cancel-after", required_argument, 0, 'c'}, {"quiet", no_argument, 0, 'q'},
+        {"stats", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+    };
+    const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
+    const char *task_args[ORCH_MAX_TASK_ARGS];
+    int n_task_args = 0, repeat = 1, mock_port = -1, cancel_after = -1;
+    struct run r = {0};
+    int c;
+    optind = 1;
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:qsh", opts, NULL)) != -1) {
+        switch (c) {
+        case 'a': agents_path = optarg; break;
+        case 't':
+            if (n_task_args == ORCH_MAX_TASK_ARGS) {
+                fprintf(stderr, "paraserve orchestrate: at most %d --task\n", ORCH_MAX_TASK_ARGS);
+                return 2;
+            }
+            task_args[n_task_args++] = optarg;
+            break;
+        case 'f': tasks_file = optarg; break;
+        case 'r': repeat = atoi(optarg); break;
+        case 'm': mock_port = atoi(optarg); break;
+        case 'l': local_url = optarg; break;
+        case 'c': cancel_after = atoi(optarg); break;
+        case 'q': r.quiet = 1; break;
+        case 's': r.stats = 1; break;
+        case 'h': usage(stdout); return 0;
+        default: usage(stderr); return 2;
+        }
+    }
+    if ((!n_task_args && !tasks_file) || repeat < 1 || repeat > 1000000) {
+        usage(stderr);
+        return 2;
+    }
+
+    int rc = 1;
+    struct mock_agent *mock = NULL;
+    struct registry *reg = NULL;
+    cJSON *reqs = cJSON_CreateArray();
+    char *agents_text = NULL, *tasks_text = NULL;
+    struct event *cancel_ev = NULL;
+    r.base = event_base_new();
+    if (!r.base || !reqs)
+        goto done;
+    if (mock_port >= 0 && !(mock = mock_agent_start(mock_port))) {
+        fprintf(stderr, "paraserve orchestrate: cannot start the mock agent on port %d\n", mock_port);
+        goto done;
+    }
+    if (!(agents_text = read_file(agents_path))) {
+        fprintf(stderr, "paraserve orchestrate: %s: cannot read\n", agents_path);
+        goto done;
+    }
+    if (mock) {
+        char *s = subst_port(agents_text, mock_agent_port(mock));
+        free(agents_text);
+        agents_text = s;
+    }
+    if (!agents_text || registry_load_json(agents_text, agents_path, &reg)) {
+        fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
+        goto done;
+    }
+    for (int i = 0; i < n_task_args; i++) {
+        cJSON *j = cJSON_Parse(task_args[i]);
+        if (!j) {
+            fprintf(stderr, "paraserve orchestrate: --task #%d is not valid JSON\n", i + 1);
+            rc = 2;
+            goto done;
+        }
+        cJSON_AddItemToArray(reqs, j);
+    }
+    if (tasks_file) {
+        if (!(tasks_text = read_file(tasks_file))) {
+            fprintf(stderr, "paraserve orchestrate: %s: cannot read\n", tasks_file);
+            goto done;
+        }
+        int line = 0;
+        for (char *p = tasks_text, *nl; p && *p; p = nl ? nl + 1 : NULL) {
+            nl = strchr(p, '\n');
+            if (nl)
+                *nl = 0;
+            line++;
+            if (!*p)
+                continue;
+            cJSON *j = cJSON_Parse(p);
+            if (!j) {
+                fprintf(stderr, "paraserve orchestrate: %s:%d: not valid JSON\n", tasks_file, line);
+                goto done;
+            }
+            cJSON_AddItemToArray(reqs, j);
+        }
+    }
+    struct exec_config ecfg = { .local_url = local_url };
+    r.orch = orch_create(r.base, reg, &ecfg, NULL);
+    if (!r.orch) {
+        fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
+        goto done;
+    }
+    orch_set_done_cb(r.orch, on_done, &r);
+    int total = cJSON_GetArraySize(reqs) * repeat;
+    r.tasks = calloc((size_t)total + 1, sizeof *r.tasks);
+    if (!r.tasks)
+        goto done;
+    int64_t t0 = orch_now_ns();
+    for (int k = 0; k < repeat; k++) {
+        const cJSON *q;
+        int qi = 0;
+        cJSON_ArrayForEach(q, reqs) {
+            struct orch_task *t;
+            if (orch_task_submit(r.orch, q, NULL, &t)) {
+                fprintf(stderr, "paraserve orchestrate: task #%d: %s\n", qi + 1, ps_error_last());
+                rc = 2;
+                goto done;
+            }
+            r.tasks[r.submitted++] = t;
+            orch_task_subscribe(t, 0, on_event, &r);
+            qi++;
+        }
+    }
+    if (cancel_after >= 0) {
+        cancel_ev = evtimer_new(r.base, on_cancel_timer, &r);
+        struct timeval tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
+        evtimer_add(cancel_ev, &tv);
+    }
+    if (r.finished < r.submitted)
+        event_base_dispatch(r.base);
+    double wall = (double)(orch_now_ns() - t0) / 1e9;
+    if (r.stats) {
+        printf("{\"stats\":{\"tasks\":%d,\"completed\":%d,\"failed\":%d,\"cancelled\":%d,"
+               "\"wall_s\":%.4f,\"tasks_per_s\":%.1f,\"calls_measured\":%zu,"
+               "\"dispatch_to_recv_us_p50\":%.1f,\"dispatch_to_recv_us_p99\":%.1f,"
+               "\"reply_to_record_us_p50\":%.1f,\"reply_to_record_us_p99\":%.1f,"
+               "\"task_ms_p50\":%.2f,\"task_ms_p99\":%.2f,\"task_ms_max\":%.2f}}\n",
+               r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.n_d2r,
+               pct(r.d2r, r.n_d2r, 0.5), pct(r.d2r, r.n_d2r, 0.99),
+               pct(r.r2r, r.n_r2r, 0.5), pct(r.r2r, r.n_r2r, 0.99),
+               pct(r.task_ms, r.n_task, 0.5), pct(r.task_ms, r.n_task, 0.99),
+               pct(r.task_ms, r.n_task, 1.0));
+    }
+    fflush(stdout);
+    rc = r.finished == r.submitted ? 0 : 1;
+done:
+    if (cancel_ev)
+        event_free(cancel_ev);
+    orch_destroy(r.orch);
+    registry_free(reg);
+    mock_agent_stop(mock);
+    if (r.base)
+        event_base_free(r.base);
+    cJSON_Delete(reqs);
+    free(agents_text);
+    free(tasks_text);
+    free(r.tasks);
+    free(r.d2r);
+    free(r.r2r);
+    free(r.task_ms);
+    return rc;
+}

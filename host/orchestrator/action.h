@@ -1,0 +1,45 @@
+/* action.h - incremental parser for the orchestrator's action JSON
+ * (proto/action.schema.json):
+ *   {"calls":[{"id","to","args","after"?}, ...]}  {"wait":true}
+ *   {"cancel":["c3"]}   {"final":{"answer":..., "uses":["c1"]}}
+ *
+ * Text is fed as the model decodes it.  Each element of the top-level
+ * "calls" array is handed to the callback the moment its closing brace
+ * arrives, so the executor can start it while decoding continues.  The
+ * parser tracks only lexical structure (strings, escapes, nesting); the
+ * complete document is parsed with cJSON at the end.
+ */
+#ifndef PS_ORCH_ACTION_H
+#define PS_ORCH_ACTION_H
+
+#include <stddef.h>
+#include <cjson/cJSON.h>
+
+#define ACTION_MAX_BYTES (1u << 20)
+#define ACTION_MAX_DEPTH 64
+
+struct action_parser;
+
+/* `call` is borrowed for the duration of the callback. */
+typedef void (*action_call_fn)(void *ud, const cJSON *call);
+
+struct action_parser *action_parser_new(action_call_fn cb, void *ud);
+void action_parser_free(struct action_parser *p);
+
+/* Feed more text.  Returns PS_OK, or PS_EFORMAT when the text cannot be the
+ * start of an action object (ps_error_set says why).  Text after the root
+ * object closes is ignored. */
+int action_parser_feed(struct action_parser *p, const char *text, size_t n);
+
+/* 1 once the root object has closed. */
+int action_parser_complete(const struct action_parser *p);
+
+/* Parse and check the whole action.  Returns PS_OK and *action (caller
+ * frees), or PS_EFORMAT with a message. */
+int action_parser_finish(struct action_parser *p, cJSON **action);
+
+/* Check an action object's shape (keys calls/wait/cancel/final/thought).
+ * PS_OK or PS_EINVAL with the message in err. */
+int action_check(const cJSON *action, char *err, size_t errlen);
+
+#endif /* PS_ORCH_ACTION_H */

@@ -1,0 +1,119 @@
+/* task.h - the orchestrator task loop, its ledger and its event log.
+ *
+ * A task: input text, limits (max_rounds, max_calls, deadline_ms) and,
+ * optionally, a `script` (a list of actions replayed in place of the
+ * model's decisions: the k-th action at the k-th decision point).
+ *
+ * Task states:   RUNNING ──final action, every `uses` call finished──► COMPLETED
+ *                   │  ──limit hit / script exhausted / decider error──► FAILED
+ *                   └──orch_task_cancel()─────────────────────────────► CANCELLED
+ * (task_finish() makes every transition; unfinished calls are cancelled
+ * first, so their `cancelled` records precede the terminal event.)
+ *
+ * Decision points: the task's start, then whenever new feedback has arrived
+ * since the last decision, or nothing is in flight.  Each decision's text
+ * goes through the incremental action parser: call objects are submitted to
+ * the executor as they close (with a model, while it still decodes).
+ *
+ * Events (proto/events.schema.json), ids monotonic per task from 1:
+ * task.created, decision, call.dispatched, call.result, task.final,
+ * task.error.  All of a task's events are kept until the task is freed, so
+ * a subscriber can resume after any id (SSE Last-Event-ID).
+ *
+ * Everything here runs on the event-loop thread.
+ */
+#ifndef PS_ORCH_TASK_H
+#define PS_ORCH_TASK_H
+
+#include <stdint.h>
+#include <cjson/cJSON.h>
+
+#include "orchestrator/executor.h"
+
+struct event_base;
+struct registry;
+struct orch;
+struct orch_task;
+struct orch_sub;
+
+enum orch_task_status { TASK_RUNNING, TASK_COMPLETED, TASK_FAILED, TASK_CANCELLED };
+const char *orch_task_status_str(enum orch_task_status s);
+
+struct orch_config {
+    int max_rounds;      /* default per task (16) */
+    int max_calls;       /* per task (256) */
+    int deadline_ms;     /* default per task (300000) */
+    int keep_finished;   /* finished tasks kept for GET before eviction (10000) */
+};
+
+/* A model that makes decisions (the engine).  start() begins decoding one
+ * decision for `t` from `prompt` and streams text with
+ * orch_task_decision_text(), ending with orch_task_decision_end(); it
+ * returns a handle for cancel(), or NULL on failure.  Without a decider,
+ * tasks that have no script fail with "model-driven tasks need the engine:
+ * not built yet". */
+struct orch_decider {
+    void *(*start)(void *ctx, struct orch_task *t, const char *prompt);
+    void  (*cancel)(void *ctx, void *handle);
+    void   *ctx;
+};
+
+struct orch_event {
+    int64_t     id;
+    const char *type;   /* "task.created", ... */
+    const char *data;   /* JSON object text */
+};
+
+typedef void (*orch_event_fn)(void *ud, struct orch_task *t, const struct orch_event *ev);
+typedef void (*orch_done_fn)(void *ud, struct orch_task *t);
+
+/* `reg` must outlive the orch.  NULL on failure (ps_error_set). */
+struct orch *orch_create(struct event_base *base, const struct registry *reg,
+                         const struct exec_config *ecfg, const struct orch_config *ocfg);
+void orch_destroy(struct orch *o);
+struct exec *orch_executor(struct orch *o);
+void orch_set_decider(struct orch *o, const struct orch_decider *d);
+/* Called once per task when it reaches a terminal state. */
+void orch_set_done_cb(struct orch *o, orch_done_fn cb, void *ud);
+
+/* Create and start a task from a request object {"input", "max_rounds"?,
+ * "max_calls"?, "deadline_ms"?, "script"?} (borrowed).  `tenant` may be
+ * NULL ("default").  PS_EINVAL with a message naming the field for a bad
+ * request. */
+int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant,
+                     struct orch_task **out);
+
+/* NULL when unknown (or evicted). */
+struct orch_task *orch_task_find(struct orch *o, const char *id);
+const char *orch_task_id(const struct orch_task *t);
+const char *orch_task_tenant(const struct orch_task *t);
+enum orch_task_status orch_task_status(const struct orch_task *t);
+/* {"id","status","output","calls":[...],"rounds","error"?} (caller frees). */
+cJSON *orch_task_summary(const struct orch_task *t);
+/* The prompt the model reads: task + agent catalogue + ledger (caller frees). */
+char *orch_task_prompt(const struct orch_task *t);
+
+/* Cooperative cancel: in-flight calls are cancelled, late results ignored,
+ * then task.error with status "cancelled".  No-op on a finished task. */
+void orch_task_cancel(struct orch_task *t, const char *reason);
+
+/* Subscribe to events with id > after_id: stored ones are replayed from
+ * inside this call, later ones delivered as they happen.  After the
+ * terminal event the subscription stays until orch_unsubscribe().  A
+ * task is not evicted while it has subscribers. */
+struct orch_sub *orch_task_subscribe(struct orch_task *t, int64_t after_id,
+                                     orch_event_fn cb, void *ud);
+void orch_unsubscribe(struct orch_sub *s);
+
+/* Free a finished task now (CLI); NULL-safe, no-op while running. */
+void orch_task_release(struct orch_task *t);
+
+/* Decider side: text of the decision being decoded, and its end (status
+ * PS_OK, or an error that fails the task). */
+void orch_task_decision_text(struct orch_task *t, const char *text, size_t n);
+void orch_task_decision_end(struct orch_task *t, int status, const char *error);
+
+/* Tasks not yet finished. */
+int orch_running(const struct orch *o);
+
+#endif /* PS_ORCH_TASK_H */
