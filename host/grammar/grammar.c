@@ -467,11 +467,38 @@ struct walk {
     struct pool pool;
 };
 
-static int walk_position(grammar *g, struct walk *w, int32_t s0, int32_t base, struct pos_info *pi)
+/* Fast walk for a call-free document rule: one DFA state per depth, and
+ * a token is accepted iff its bytes lead to a (productive) state. */
+static void walk_plain(const grammar *g, struct walk *w, int32_t s0, int32_t *n_acc)
+{
+    const grammar_vocab *v = g->v;
+    const struct fsm *f = &g->f;
+    int32_t *ds = w->st;
+    ds[0] = s0;
+    int32_t i = 0, n = 0;
+    while (i < v->n_trie) {
+        int32_t t = fsm_next(f, ds[v->t_depth[i] - 1], v->t_byte[i]);
+        if (t < 0) {
+            i = v->t_end[i];
+            continue;
+        }
+        for (int32_t k = 0; k < v->t_ntok[i]; k++)
+            w->acc[n++] = v->sorted[v->t_tok[i] + k];
+        ds[v->t_depth[i]] = t;
+        i++;
+    }
+    *n_acc = n;
+}
+
+static int walk_position(grammar *g, struct walk *w, int32_t s0, int32_t base, int plain, struct pos_info *pi)
 {
     const grammar_vocab *v = g->v;
     const struct fsm *f = &g->f;
     int32_t n_acc = 0, n_unc = 0;
+    if (plain) {
+        walk_plain(g, w, s0, &n_acc);
+        goto store;
+    }
     pool_reset(&w->pool);
     w->st[0] = s0;
     w->par[0] = base;
@@ -509,6 +536,7 @@ static int walk_position(grammar *g, struct walk *w, int32_t s0, int32_t base, s
         }
         i = v->t_end[i];
     }
+store:
     pi->acc_n = n_acc;
     pi->unc_n = n_unc;
     int rc;
@@ -549,6 +577,11 @@ static int precompute(grammar *g, double deadline)
         rc = ps_error_set(PS_ENOMEM, "out of memory");
         goto done;
     }
+    /* the document rule is "plain" when it has no call edges and nothing calls it */
+    int plain0 = !f->rule_called[0];
+    for (int32_t s = 0; s < f->n_states && plain0; s++)
+        if (f->states[s].rule == 0 && f->states[s].n_calls)
+            plain0 = 0;
     for (int32_t s = 0; s < f->n_states; s++) {
         g->state_pos[s] = -1;
         if (!f->states[s].has_bytes)
@@ -560,7 +593,7 @@ static int precompute(grammar *g, double deadline)
         int32_t base = f->states[s].rule == 0 && !f->rule_called[0] ? EMPTY : BOTTOM;
         int32_t p = g->n_pos++;
         g->state_pos[s] = p;
-        if ((rc = walk_position(g, &w, s, base, &g->pos[p])))
+        if ((rc = walk_position(g, &w, s, base, plain0 && f->states[s].rule == 0, &g->pos[p])))
             goto done;
         g->st.n_uncertain += g->pos[p].unc_n;
     }
