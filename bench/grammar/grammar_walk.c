@@ -88,7 +88,11 @@ int main(int argc, char **argv)
             fprintf(fv, "%02x", (uint8_t)p[k]);
         fputc('\n', fv);
     }
-    fprintf(fv, "# eos %d\n", tokenizer_eos(tok));
+    fprintf(fv, "# eog");
+    for (int32_t i = 0; i < n_vocab; i++)
+        if (tokenizer_is_eog(tok, i))
+            fprintf(fv, " %d", i);
+    fprintf(fv, "\n");
     fclose(fv);
     snprintf(path, sizeof path, "%s/walks.jsonl", out);
     FILE *fw = fopen(path, "w");
