@@ -396,6 +396,10 @@ static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, s
         }
         if (whole) {
             free(out);
+            /* cJSON_Duplicate copied the source's own key: replace it. */
+            if (whole->string && !(whole->type & cJSON_StringIsConst))
+                cJSON_free(whole->string);
+            whole->string = NULL;
             if (ch->string && !(whole->string = strdup(ch->string))) {
                 cJSON_Delete(whole);
                 return -1;
