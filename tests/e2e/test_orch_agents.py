@@ -1,0 +1,191 @@
+"""End-to-end tests of the orchestrator through `paraserve orchestrate`:
+scripted tasks against a Python mock HTTP agent (latency and faults), the
+built-in loopback mock (fan-out, 200 concurrent tasks), a real MCP server
+(the `mcp` SDK) over streamable HTTP and over stdio, cancel, bad configs."""
+import json
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+AGENTS = ROOT / "tests" / "e2e" / "agents"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"port {port} never opened")
+
+
+@pytest.fixture
+def server_proc():
+    procs = []
+
+    def start(*argv, port):
+        p = subprocess.Popen([sys.executable, *map(str, argv)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+        procs.append(p)
+        wait_port(port)
+        return p
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def orchestrate(run, agents, *tasks, extra=(), timeout=60):
+    args = ["orchestrate", "--agents", agents, *extra]
+    for t in tasks:
+        args += ["--task", json.dumps(t)]
+    r = run(*args, timeout=timeout)
+    assert r.returncode == 0, r.stderr.decode()
+    return [json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()]
+
+
+def calls_by_id(events):
+    final = [e for e in events if e["event"] in ("task.final", "task.error")]
+    assert final, events
+    return {c["id"]: c for c in final[-1]["data"]["calls"]}, final[-1]["data"]
+
+
+def write_pool(tmp_path, agents):
+    p = tmp_path / "agents.json"
+    p.write_text(json.dumps({"agents": agents}))
+    return str(p)
+
+
+def test_faults_against_python_mock(run, server_proc, tmp_path):
+    port = free_port()
+    server_proc(AGENTS / "mock_agent.py", port, port=port)
+    pool = write_pool(tmp_path, [{"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/",
+                                  "timeout_ms": 800, "retries": 1, "backoff_ms": 20, "breaker_failures": 0}])
+    calls = [{"id": "ok", "to": "mock", "args": {"sleep_ms": 100}},
+             {"id": "slow", "to": "mock", "args": {"fault": "slow"}},
+             {"id": "hang", "to": "mock", "args": {"fault": "hang"}},
+             {"id": "x5", "to": "mock", "args": {"fault": "5xx"}},
+             {"id": "x4", "to": "mock", "args": {"fault": "4xx"}},
+             {"id": "nj", "to": "mock", "args": {"fault": "nonjson"}},
+             {"id": "drop", "to": "mock", "args": {"fault": "drop"}},
+             {"id": "ghost", "to": "nobody", "args": {}}]
+    t0 = time.time()
+    ev = orchestrate(run, pool, {"input": "faults", "script": [
+        {"calls": calls}, {"final": {"answer": "done", "uses": [c["id"] for c in calls]}}]})
+    by, final = calls_by_id(ev)
+    assert final["status"] == "completed"
+    want = {"ok": "ok", "slow": "ok", "hang": "timeout", "x5": "exec_error", "x4": "exec_error",
+            "nj": "parse_error", "drop": "exec_error", "ghost": "rejected"}
+    assert {k: by[k]["status"] for k in want} == want
+    assert by["x5"]["attempts"] == 2 and by["x4"]["attempts"] == 1   # retry only the retryable
+    assert time.time() - t0 < 10
+
+
+def test_parallel_fanout_and_dag(run):
+    pool = str(AGENTS / "mock_pool.json")
+    fan = {"input": "fan", "script": [
+        {"calls": [{"id": f"c{i}", "to": "mock", "args": {"sleep_ms": 400}} for i in range(8)]},
+        {"final": {"answer": "ok", "uses": [f"c{i}" for i in range(8)]}}]}
+    ev = orchestrate(run, pool, fan, extra=["--mock-agent", "0"])
+    _, final = calls_by_id(ev)
+    assert final["status"] == "completed"
+    assert 0.39 < final["t_ms"] / 1000 < 0.9, final["t_ms"]       # ~0.4 s, not 3.2 s
+    dag = {"input": "dag", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 300}},
+                   {"id": "b", "to": "mock", "args": {"sleep_ms": 300}, "after": ["a"]},
+                   {"id": "c", "to": "mock", "args": {"sleep_ms": 300}}]},
+        {"final": {"answer": "ok", "uses": ["b", "c"]}}]}
+    ev = orchestrate(run, pool, dag, extra=["--mock-agent", "0"])
+    by, final = calls_by_id(ev)
+    assert 0.59 < final["t_ms"] / 1000 < 0.85, final["t_ms"]      # critical path 0.6 s
+    results = [e for e in ev if e["event"] == "call.result"]
+    assert results[-1]["data"]["id"] == "b"
+
+
+def test_cancel_ignores_late_results(run):
+    t = {"input": "cancel", "script": [
+        {"calls": [{"id": "s1", "to": "mock", "args": {"sleep_ms": 400}},
+                   {"id": "s2", "to": "mock", "args": {"sleep_ms": 400}, "after": ["s1"]}]},
+        {"final": {"answer": "x", "uses": ["s2"]}}]}
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
+                     extra=["--mock-agent", "0", "--cancel-after", "100"])
+    by, final = calls_by_id(ev)
+    assert final["status"] == "cancelled"
+    assert by["s1"]["status"] == by["s2"]["status"] == "cancelled"
+    term = next(i for i, e in enumerate(ev) if e["event"] == "task.error")
+    assert term == len(ev) - 1                                      # nothing after the end
+
+
+def test_200_concurrent_tasks(run):
+    t = {"input": "many", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 50}},
+                   {"id": "b", "to": "mock", "args": {"sleep_ms": 50}, "after": ["a"]},
+                   {"id": "k", "to": "calculator", "args": {"expression": "6*7"}}]},
+        {"final": {"answer": "{{k}}", "uses": ["b", "k"]}}]}
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
+                     extra=["--mock-agent", "0", "--repeat", "200", "--quiet", "--stats"])
+    finals = [e for e in ev if e.get("event") == "task.final"]
+    assert len(finals) == 200 and all(f["data"]["output"] == "42" for f in finals)
+    assert len({f["data"]["id"] for f in finals}) == 200
+    assert ev[-1]["stats"]["completed"] == 200
+
+
+def test_mcp_http_and_stdio(run, server_proc, tmp_path):
+    pytest.importorskip("mcp")
+    port = free_port()
+    server_proc(AGENTS / "mcp_server.py", "http", port, port=port)
+    pool = write_pool(tmp_path, [
+        {"name": "add", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000,
+         "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                          "required": ["a", "b"]}},
+        {"name": "nap", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000},
+        {"name": "shout", "kind": "mcp-stdio", "timeout_ms": 30000,
+         "command": [sys.executable, str(AGENTS / "mcp_server.py"), "stdio"]}])
+    ev = orchestrate(run, pool, {"input": "mcp", "script": [
+        {"calls": [{"id": "a", "to": "add", "args": {"a": 2, "b": 40}},
+                   {"id": "bad", "to": "add", "args": {"a": "two", "b": 1}},
+                   {"id": "n", "to": "nap", "args": {"ms": 5000}},
+                   {"id": "s", "to": "shout", "args": {"text": "answer {{a}}"}, "after": ["a"]}]},
+        {"cancel": ["n"]},
+        {"final": {"answer": "{{s}}", "uses": ["s"]}}]}, timeout=90)
+    by, final = calls_by_id(ev)
+    assert by["a"]["status"] == "ok" and "42" in json.dumps(by["a"]["result"])
+    assert by["bad"]["status"] == "rejected"
+    assert by["n"]["status"] == "cancelled"
+    assert by["s"]["status"] == "ok", by["s"]
+    assert final["status"] == "completed" and final["output"] == "ANSWER 42"
+
+
+@pytest.mark.parametrize("agent,field", [
+    ({"name": "x", "kind": "teleport"}, "agents[0].kind"),
+    ({"name": "x", "kind": "http-json"}, "agents[0].url"),
+    ({"name": "x", "kind": "builtin", "tool": "calculator", "max_concurrency": 0}, "agents[0].max_concurrency"),
+    ({"name": "x", "kind": "http-json", "url": "ftp://h"}, "agents[0].url"),
+    ({"name": "x y", "kind": "builtin", "tool": "calculator"}, "agents[0].name"),
+])
+def test_bad_agent_config_names_the_field(run, tmp_path, agent, field):
+    pool = write_pool(tmp_path, [agent])
+    r = run("orchestrate", "--agents", pool, "--task", '{"input":"x","script":[{"wait":true}]}')
+    assert r.returncode == 1
+    assert field in r.stderr.decode()
+
+
+def test_model_driven_needs_engine(run):
+    ev = orchestrate(run, str(ROOT / "configs" / "agents.default.json"), {"input": "plan a trip"})
+    _, final = calls_by_id(ev)
+    assert final["status"] == "failed" and "need the engine" in final["error"]
