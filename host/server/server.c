@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
@@ -13,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <errno.h>
 #include <time.h>
 
 #include "../common/status.h"
@@ -38,14 +40,17 @@ struct server {
     char                 basename[128];
     const char          *model_names[4];
     struct metrics       m;
-    bool                 draining;
+    int32_t              flushing; /* final replies handed to libevent, not yet written */
+    bool                 draining, hard_stop;
     time_t               created;
     uint64_t             next_cmpl;
 };
 
 struct gen_ctx {
     struct server         *srv;
-    struct evhttp_request *req;   /* NULL once the client left          */
+    struct evhttp_request *req;   /* NULL once libevent freed it (closecb) */
+    struct event          *watch; /* EOF watch on the client socket     */
+    bool                   gone;  /* the client left; engine asked to cancel */
     uint64_t               id;
     enum metrics_route     route;
     bool                   chat, stream, include_usage;
@@ -178,21 +183,53 @@ static void sse_start(struct gen_ctx *g)
 
 /* ---- request context lifecycle ------------------------------------------------------- */
 
+static void client_left(struct gen_ctx *g)
+{
+    if (g->gone)
+        return;
+    g->gone = true;
+    g->srv->m.client_disconnects++;
+    engine_cancel(g->srv->eng, g->id);
+}
+
+static void unwatch(struct gen_ctx *g)
+{
+    if (g->watch) {
+        event_free(g->watch);
+        g->watch = NULL;
+    }
+}
+
 static void on_client_close(struct evhttp_connection *conn, void *arg)
 {
     struct gen_ctx *g = arg;
     (void)conn;
-    if (!g->req)
-        return;
     g->req = NULL; /* libevent frees the request after this callback */
-    g->srv->m.client_disconnects++;
-    engine_cancel(g->srv->eng, g->id);
+    unwatch(g);
+    client_left(g);
+}
+
+/* evhttp reads nothing while a reply is pending, so a client that closes
+ * while we compute goes unnoticed until we write.  Peek at the socket: EOF
+ * (or an error) means it left; bytes (a pipelined request) end the watch. */
+static void on_client_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct gen_ctx *g = arg;
+    char c;
+    (void)what;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    unwatch(g);
+    if (n <= 0)
+        client_left(g);
 }
 
 static void gen_ctx_free(struct gen_ctx *g)
 {
     if (!g)
         return;
+    unwatch(g);
     if (g->text)
         evbuffer_free(g->text);
     free(g);
@@ -200,17 +237,29 @@ static void gen_ctx_free(struct gen_ctx *g)
 
 static void check_drained(struct server *srv)
 {
-    if (srv->draining && srv->m.in_flight == 0)
+    if (srv->draining && srv->m.in_flight == 0 && srv->flushing == 0)
         event_base_loopexit(srv->base, NULL);
 }
 
-/* Detach from the connection before the request ends: the close callback
- * must never see a freed context. */
+static void on_reply_written(struct evhttp_request *req, void *arg)
+{
+    struct server *srv = arg;
+    (void)req;
+    srv->flushing--;
+    check_drained(srv);
+}
+
+/* Detach from the connection before the final reply: the close callback
+ * must never see a freed context; count the reply until it is written so
+ * shutdown does not cut it off. */
 static void detach(struct gen_ctx *g)
 {
     struct evhttp_connection *c = evhttp_request_get_connection(g->req);
     if (c)
         evhttp_connection_set_closecb(c, NULL, NULL);
+    unwatch(g);
+    evhttp_request_set_on_complete_cb(g->req, on_reply_written, g->srv);
+    g->srv->flushing++;
 }
 
 static void finish_request(struct server *srv, struct gen_ctx *g, const struct engine_event *ev)
@@ -221,9 +270,18 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
     srv->m.cached_prompt_tokens += (uint64_t)ev->n_cached;
     if (ev->status == 0 && ev->finish != FINISH_CANCELLED)
         histogram_observe(&srv->m.e2e, t - g->t0);
-    if (!g->req) /* client gone: nothing to answer */
+    if (!g->req) /* libevent already dropped the connection */
         return;
     detach(g);
+    if (g->gone) { /* the peer closed: end the exchange so libevent frees it */
+        if (g->headers_sent) {
+            evhttp_send_reply_end(g->req);
+        } else {
+            evhttp_send_reply(g->req, 499, "Client Closed Request", NULL);
+        }
+        metrics_request(&srv->m, g->route, 499);
+        return;
+    }
 
     if (ev->status && !g->headers_sent) {
         struct api_error e;
@@ -325,7 +383,7 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
             else
                 histogram_observe(&srv->m.itl, t - g->t_last);
             g->t_last = t;
-            if (!g->req)
+            if (!g->req || g->gone)
                 continue;
             if (g->stream) {
                 sse_start(g);
@@ -410,7 +468,12 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         return;
     }
     srv->m.in_flight++;
-    evhttp_connection_set_closecb(evhttp_request_get_connection(req), on_client_close, g);
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    evhttp_connection_set_closecb(conn, on_client_close, g);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0 && (g->watch = event_new(srv->base, fd, EV_READ | EV_PERSIST, on_client_readable, g)))
+        event_add(g->watch, NULL);
 }
 
 static void handle_models(struct server *srv, struct evhttp_request *req)
@@ -511,8 +574,15 @@ static void on_grace_over(evutil_socket_t fd, short what, void *arg)
     struct server *srv = arg;
     (void)fd;
     (void)what;
+    if (srv->hard_stop) { /* replies that never finished writing: stop waiting */
+        event_base_loopexit(srv->base, NULL);
+        return;
+    }
     fprintf(stderr, "paraserve: grace time over, cancelling %d in-flight request(s)\n", (int)srv->m.in_flight);
     engine_cancel_all(srv->eng);
+    srv->hard_stop = true;
+    struct timeval tv = { 5, 0 };
+    evtimer_add(srv->ev_grace, &tv);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -530,7 +600,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
         evhttp_del_accept_socket(srv->http, srv->sock);
         srv->sock = NULL;
     }
-    if (srv->m.in_flight == 0) {
+    if (srv->m.in_flight == 0 && srv->flushing == 0) {
         event_base_loopexit(srv->base, NULL);
         return;
     }

@@ -1,0 +1,194 @@
+"""The serving engine seen from outside: batching invariance, prefix cache,
+client disconnect, preemption under a tiny KV cache, graceful shutdown,
+config errors."""
+import concurrent.futures as cf
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+
+import httpx
+import pytest
+
+from server_fixtures import *  # noqa: F401,F403  (fixtures: start_server, server)
+from server_fixtures import wait_for
+
+TOPICS = ["apples", "the sea", "mountains", "rain", "a robot", "music", "chess", "coffee", "winter",
+          "a library", "trains", "the moon", "bees", "a city", "bread", "rivers", "clocks", "birds",
+          "glass", "a desert", "snow", "paper", "bridges", "the wind", "a garden", "stars", "salt",
+          "horses", "a lighthouse", "tea", "volcanoes", "ink"]
+
+
+def complete(url, prompt, max_tokens, **extra):
+    body = {"model": "default", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, **extra}
+    r = httpx.post(url + "/v1/completions", json=body, timeout=300)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def test_batching_invariance_32_concurrent(server):
+    prompts = [f"Write one sentence about {t}:" for t in TOPICS]
+    assert len(prompts) == 32
+    solo = [complete(server.url, p, 10)["choices"][0]["text"] for p in prompts]
+    assert len(set(solo)) > 16  # the prompts really differ
+    with cf.ThreadPoolExecutor(32) as ex:
+        batched = list(ex.map(lambda p: complete(server.url, p, 10)["choices"][0]["text"], prompts))
+    for p, a, b in zip(prompts, solo, batched):
+        assert a == b, f"{p!r}: solo {a!r} != batched {b!r}"
+
+
+def test_prefix_cache_second_request_prefills_only_new_tokens(server):
+    shared = "You are a careful assistant. " + " ".join(
+        f"Rule {i}: answer with facts about item number {i} only." for i in range(40))
+    m0 = server.metrics()
+    a = complete(server.url, shared + " Question: what is item 3?", 4)
+    assert a["usage"]["prompt_tokens"] >= 400
+    m1 = server.metrics()
+    b = complete(server.url, shared + " Question: what is item 7 and item 9?", 4)
+    m2 = server.metrics()
+    n_b = b["usage"]["prompt_tokens"]
+    cached = b["usage"]["prompt_tokens_details"]["cached_tokens"]
+    assert cached >= 400, b["usage"]
+    assert n_b - cached < 32  # only the tail (plus the partial block) was computed
+    prefilled = m2["paraserve_prefill_tokens_total"] - m1["paraserve_prefill_tokens_total"]
+    hits = m2["paraserve_prefix_cache_hit_tokens_total"] - m1["paraserve_prefix_cache_hit_tokens_total"]
+    # the prefill counter also counts the 3 decode forwards of the 4 generated tokens? no: those are decodes
+    assert prefilled == n_b - cached, (prefilled, n_b, cached)
+    assert hits == cached
+    assert m1["paraserve_prefill_tokens_total"] - m0["paraserve_prefill_tokens_total"] == \
+        a["usage"]["prompt_tokens"] - a["usage"]["prompt_tokens_details"]["cached_tokens"]
+
+
+def _blocks(m):
+    return (m['paraserve_kv_blocks{state="active"}'], m["paraserve_running_sequences"],
+            m["paraserve_waiting_sequences"])
+
+
+def test_disconnect_mid_stream_frees_sequence(server):
+    base = server.metrics()
+    assert _blocks(base) == (0, 0, 0)
+    body = json.dumps({"model": "default", "prompt": "Tell me a very long story about a dragon.",
+                       "max_tokens": 400, "temperature": 0, "stream": True, "ignore_eos": True}).encode()
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    got = b""
+    while got.count(b"data: ") < 3:
+        chunk = s.recv(4096)
+        assert chunk, "server closed early"
+        got += chunk
+    assert b"200 OK" in got
+    mid = server.metrics()
+    assert mid["paraserve_running_sequences"] == 1 and mid['paraserve_kv_blocks{state="active"}'] > 0
+    s.close()
+    after = wait_for(lambda: (lambda m: m if _blocks(m) == (0, 0, 0) else None)(server.metrics()), timeout=30)
+    assert after, f"sequence not cancelled: {_blocks(server.metrics())}"
+    assert after["paraserve_client_disconnects_total"] >= base["paraserve_client_disconnects_total"] + 1
+    # far fewer than 400 tokens were generated for it
+    assert after["paraserve_engine_generated_tokens_total"] - mid["paraserve_engine_generated_tokens_total"] < 300
+    # and the server still serves
+    assert complete(server.url, "Hi", 2)["usage"]["completion_tokens"] >= 1
+
+
+def test_disconnect_non_streaming_client(server):
+    body = json.dumps({"model": "default", "prompt": "Write a long essay.", "max_tokens": 400,
+                       "temperature": 0, "ignore_eos": True}).encode()
+    s = socket.create_connection(("127.0.0.1", server.port))
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: " + str(len(body)).encode()
+              + b"\r\n\r\n" + body)
+    assert wait_for(lambda: server.metrics()["paraserve_running_sequences"] == 1, timeout=30)
+    s.close()
+    assert wait_for(lambda: _blocks(server.metrics()) == (0, 0, 0), timeout=60), _blocks(server.metrics())
+
+
+def test_preemption_tiny_kv_cache(server, start_server):
+    # 12 blocks x 16 = 192 token slots for 8 sequences of ~40 tokens (3 blocks) each
+    srv = start_server("--kv-blocks", 12, "--max-batch", 16, "--ctx", 128)
+    prompts = [f"Describe {t}:" for t in TOPICS[:8]]
+    # solo answers from the roomy server: greedy output does not depend on the batch
+    solo = [complete(server.url, p, 32, ignore_eos=True)["choices"][0]["text"] for p in prompts]
+    m0 = srv.metrics()
+    with cf.ThreadPoolExecutor(8) as ex:
+        outs = list(ex.map(lambda p: complete(srv.url, p, 32, ignore_eos=True), prompts))
+    m1 = srv.metrics()
+    assert m1["paraserve_preemptions_total"] > m0["paraserve_preemptions_total"], "no preemption happened"
+    for p, s, o in zip(prompts, solo, outs):
+        assert o["usage"]["completion_tokens"] == 32
+        assert o["choices"][0]["text"] == s, f"{p!r} differs after preemption"
+    assert _blocks(m1) == (0, 0, 0)
+
+
+def test_graceful_shutdown_finishes_in_flight(paraserve_bin, model_path):
+    from server_fixtures import ServerProcess
+    srv = ServerProcess(paraserve_bin, model_path, "--kv-blocks", 256)
+    body = {"model": "default", "prompt": "Count to fifty:", "max_tokens": 24, "temperature": 0,
+            "stream": True, "ignore_eos": True}
+    with httpx.Client(timeout=120) as h, h.stream("POST", srv.url + "/v1/completions", json=body) as r:
+        assert r.status_code == 200
+        lines = r.iter_lines()
+        first = next(l for l in lines if l.startswith("data: "))
+        assert first
+        srv.proc.send_signal(signal.SIGTERM)
+        rest = [l for l in lines if l.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    chunks = [json.loads(l[6:]) for l in [first] + rest[:-1]]
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+    srv.proc.wait(timeout=30)
+    assert srv.proc.returncode == 0, srv.output()
+    assert "shut down cleanly" in srv.output()
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(srv.url + "/health", timeout=5)
+    srv.log.close()
+
+
+def test_graceful_shutdown_cancels_after_grace(paraserve_bin, model_path):
+    from server_fixtures import ServerProcess
+    srv = ServerProcess(paraserve_bin, model_path, "--kv-blocks", 256, "--shutdown-grace-ms", 300)
+    body = {"model": "default", "prompt": "Count to a thousand:", "max_tokens": 1500, "temperature": 0,
+            "stream": True, "ignore_eos": True}
+    t0 = time.time()
+    with httpx.Client(timeout=120) as h, h.stream("POST", srv.url + "/v1/completions", json=body) as r:
+        lines = r.iter_lines()
+        next(l for l in lines if l.startswith("data: "))
+        srv.proc.send_signal(signal.SIGTERM)
+        rest = [l for l in lines if l.startswith("data: ")]
+    assert rest[-1] == "data: [DONE]"
+    assert '"error"' in rest[-2]  # the stream says it was cancelled
+    srv.proc.wait(timeout=30)
+    assert srv.proc.returncode == 0
+    assert time.time() - t0 < 60
+    srv.log.close()
+
+
+def test_config_file_and_errors(paraserve_bin, model_path, tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"port": 1, "kv_blocks": 8, "colour": "blue", "speed": 3}))
+    r = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--config", str(bad)],
+                       capture_output=True, timeout=30)
+    assert r.returncode == 2
+    err = r.stderr.decode()
+    assert "'colour'" in err and "'speed'" in err
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"kv_blocks": "many"}))
+    r = subprocess.run([paraserve_bin, "serve", "--config", str(wrong)], capture_output=True, timeout=30)
+    assert r.returncode == 2 and "kv_blocks" in r.stderr.decode()
+    r = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--bogus"], capture_output=True, timeout=30)
+    assert r.returncode == 2
+    r = subprocess.run([paraserve_bin, "serve", "--help"], capture_output=True, timeout=30)
+    assert r.returncode == 0 and b"--kv-blocks" in r.stdout
+
+    # a config file sets values; the command line overrides them
+    from server_fixtures import ServerProcess, free_port
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"kv_blocks": 64, "max_batch": 4, "model_alias": "from-config",
+                                "block_size": 16, "prefix_cache": True}))
+    srv = ServerProcess(paraserve_bin, model_path, "--config", str(good), "--kv-blocks", 96)
+    try:
+        m = srv.metrics()
+        assert m["paraserve_kv_blocks_total"] == 96
+        models = httpx.get(srv.url + "/v1/models").json()
+        assert models["data"][0]["id"] == "from-config"
+    finally:
+        assert srv.stop() == 0
