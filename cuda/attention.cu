@@ -262,10 +262,14 @@ __global__ void attn_combine_kernel(const float *part_o, const float *part_ml, i
 
 #define ATT_DISPATCH(D_, CALL)                                                           \
     switch (D_) {                                                                        \
+    case 16:  CALL(16);  break;                                                          \
+    case 32:  CALL(32);  break;                                                          \
     case 64:  CALL(64);  break;                                                          \
+    case 80:  CALL(80);  break;                                                          \
+    case 96:  CALL(96);  break;                                                          \
     case 128: CALL(128); break;                                                          \
     default:                                                                             \
-        return ps_error_set(PS_EUNSUPPORTED, "cuda attention: head_dim %d (have 64, 128)", (int)(D_)); \
+        return ps_error_set(PS_EUNSUPPORTED, "cuda attention: head_dim %d (have 16, 32, 64, 80, 96, 128)", (int)(D_)); \
     }
 
 int op_attn_prefill(cudaStream_t st, const struct attn_kv *kv, const float *q, float *out,

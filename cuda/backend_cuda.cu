@@ -592,9 +592,11 @@ extern "C" int backend_cuda_create(const struct model *m, const struct backend_c
         return ps_error_set(PS_EINVAL, "backend_cuda: bad config (n_kv_blocks %d, block_size %d, max_batch_tokens %d)",
                             (int)cfg->n_kv_blocks, (int)cfg->block_size, (int)cfg->max_batch_tokens);
     if (hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->rope_dim % 2 ||
-        hp->rope_dim > hp->head_dim || (hp->head_dim != 64 && hp->head_dim != 128))
+        hp->rope_dim > hp->head_dim ||
+        (hp->head_dim != 16 && hp->head_dim != 32 && hp->head_dim != 64 && hp->head_dim != 80 &&
+         hp->head_dim != 96 && hp->head_dim != 128))
         return ps_error_set(PS_EUNSUPPORTED, "backend_cuda: heads n_head %d n_head_kv %d head_dim %d rope_dim %d "
-                            "(kernels have head_dim 64 and 128)", (int)hp->n_head, (int)hp->n_head_kv,
+                            "(kernels have head_dim 16, 32, 64, 80, 96, 128)", (int)hp->n_head, (int)hp->n_head_kv,
                             (int)hp->head_dim, (int)hp->rope_dim);
     if (hp->n_embd % 32 || hp->n_ff % 32)
         return ps_error_set(PS_EUNSUPPORTED, "backend_cuda: n_embd %d / n_ff %d not multiples of 32",

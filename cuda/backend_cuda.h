@@ -46,7 +46,7 @@ int cuda_device_count(void);
 /* Create the backend on the device.  PS_EUNSUPPORTED when there is no
  * device or the build has no CUDA ("no CUDA device: ..." / "built without
  * CUDA"), or the model has a shape the kernels lack (head_dim other than
- * 64/128).  The model is borrowed and must outlive the backend; its weights
+ * 16, 32, 64, 80, 96, 128).  The model is borrowed and must outlive the backend; its weights
  * are copied to the device during the call.  Free with backend_free. */
 int backend_cuda_create(const struct model *m, const struct backend_config *cfg, backend **out);
 

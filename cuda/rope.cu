@@ -7,7 +7,8 @@
  * multiplication, then cosf/sinf (device cosf/sinf are within 2 ulp). */
 #include "ops.cuh"
 
-/* grid (T, n_head + n_head_kv), block = head_dim threads (one element each).
+/* grid (T, n_head + n_head_kv), block = head_dim rounded up to a warp
+ * multiple; thread d < head_dim owns element d, the rest only join barriers.
  * Blocks with y < n_head rotate a query head into q_out; the others rotate
  * a key head into kc and copy the matching value head into vc. */
 __global__ void qkv_rope_store_kernel(const float *qkv, int64_t ld, const int32_t *pos, const int32_t *slot,
@@ -24,14 +25,18 @@ __global__ void qkv_rope_store_kernel(const float *qkv, int64_t ld, const int32_
     const float *src = qkv + t * ld + (is_q ? (int64_t)h * D : q_dim + (int64_t)hk * D);
     const float *nw = is_q ? q_norm : k_norm;
 
-    float v = src[d];
+    const int active = d < D;
+    float v = active ? src[d] : 0.0f;
     if (nw) { /* block-uniform branch: every thread reaches the barriers */
         const double ss = block_sum_d((double)v * v, red);
         const float scale = (float)(1.0 / sqrt(ss / (double)D + (double)ra.eps));
-        v = v * scale * nw[d];
+        v = active ? v * scale * nw[d] : 0.0f;
     }
-    sh[d] = v;
+    if (active)
+        sh[d] = v;
     __syncthreads();
+    if (!active)
+        return;
     if (d < ra.rope_dim) {
         const int half = ra.rope_dim / 2;
         const int i = ra.neox ? (d % half) : (d / 2);
@@ -59,12 +64,13 @@ int op_qkv_rope_store(cudaStream_t st, const float *qkv, int64_t ld, int64_t T, 
                       const struct rope_args *ra, float *q_out, __half *kc, __half *vc)
 {
     OP_REQUIRE(T >= 1 && T <= INT32_MAX, "qkv_rope_store");
-    OP_REQUIRE(ra->head_dim >= 1 && ra->head_dim <= 1024 && ra->head_dim % 32 == 0, "qkv_rope_store");
+    OP_REQUIRE(ra->head_dim >= 1 && ra->head_dim <= 1024, "qkv_rope_store");
     OP_REQUIRE(ra->rope_dim >= 0 && ra->rope_dim % 2 == 0 && ra->rope_dim <= ra->head_dim, "qkv_rope_store");
     OP_REQUIRE(ra->n_head >= 1 && ra->n_head_kv >= 1 && ra->n_head + ra->n_head_kv <= 65535, "qkv_rope_store");
     OP_REQUIRE(ld >= (int64_t)(ra->n_head + 2 * ra->n_head_kv) * ra->head_dim, "qkv_rope_store");
     dim3 grid((unsigned)T, (unsigned)(ra->n_head + ra->n_head_kv));
-    qkv_rope_store_kernel<<<grid, ra->head_dim, ra->head_dim * sizeof(float), st>>>(
+    const int threads = (ra->head_dim + 31) / 32 * 32;
+    qkv_rope_store_kernel<<<grid, threads, ra->head_dim * sizeof(float), st>>>(
         qkv, ld, pos, slot, q_norm, k_norm, *ra, q_out, kc, vc);
     CUDA_LAUNCH_CHECK();
     return PS_OK;
