@@ -72,7 +72,7 @@ static int cmp_d(const void *a, const void *b)
 static double pct(double *v, size_t n, double p)
 {
     if (!n)
-        return NAN;
+        return -1;   /* no samples (printed as -1: JSON has no NaN) */
     qsort(v, n, sizeof *v, cmp_d);
     size_t i = (size_t)(p * (double)(n - 1) + 0.5);
     return v[i < n ? i : n - 1];
