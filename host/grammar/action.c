@@ -1,0 +1,188 @@
+/* action.c - the orchestrator action schema with every agent's input_schema
+ * inlined as the "args" of a call addressed to it (see grammar.h).
+ *
+ * Each agent's schema is moved to $defs/a<i>__root and its own $defs /
+ * definitions to $defs/a<i>_<name>; every "$ref" inside is rewritten to the
+ * new location, so local references keep resolving.  Non-recursive refs are
+ * inlined by the compiler, so the indirection costs nothing at match time.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/status.h"
+#include "grammar.h"
+
+#define ID_PATTERN "^c[0-9]{1,4}$"
+
+/* Rewrite every "$ref" under node for agent index i. */
+static int rewrite_refs(cJSON *node, int i)
+{
+    if (!node)
+        return PS_OK;
+    if (cJSON_IsObject(node)) {
+        cJSON *ref = cJSON_GetObjectItemCaseSensitive(node, "$ref");
+        if (ref && cJSON_IsString(ref)) {
+            const char *r = ref->valuestring;
+            char buf[1024];
+            if (!strcmp(r, "#"))
+                snprintf(buf, sizeof buf, "#/$defs/a%d__root", i);
+            else if (!strncmp(r, "#/$defs/", 8))
+                snprintf(buf, sizeof buf, "#/$defs/a%d_%s", i, r + 8);
+            else if (!strncmp(r, "#/definitions/", 14))
+                snprintf(buf, sizeof buf, "#/$defs/a%d_%s", i, r + 14);
+            else if (!strncmp(r, "#/", 2))
+                snprintf(buf, sizeof buf, "#/$defs/a%d__root/%s", i, r + 2);
+            else
+                return ps_error_set(PS_EUNSUPPORTED, "action schema: agent %d: $ref '%s' is not local", i, r);
+            if (!cJSON_SetValuestring(ref, buf))
+                return ps_error_set(PS_ENOMEM, "out of memory");
+        }
+    }
+    for (cJSON *c = node->child; c; c = c->next) {
+        int rc = rewrite_refs(c, i);
+        if (rc)
+            return rc;
+    }
+    return PS_OK;
+}
+
+static cJSON *id_schema(void)
+{
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "type", "string");
+    cJSON_AddStringToObject(s, "pattern", ID_PATTERN);
+    return s;
+}
+
+static cJSON *id_list(int min)
+{
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "type", "array");
+    cJSON_AddItemToObject(s, "items", id_schema());
+    if (min)
+        cJSON_AddNumberToObject(s, "minItems", min);
+    return s;
+}
+
+/* {"type":"object","properties":{key: value},"required":[key],"additionalProperties":false} */
+static cJSON *single_key(const char *key, cJSON *value)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "type", "object");
+    cJSON *p = cJSON_AddObjectToObject(o, "properties");
+    cJSON_AddItemToObject(p, key, value);
+    cJSON *r = cJSON_AddArrayToObject(o, "required");
+    cJSON_AddItemToArray(r, cJSON_CreateString(key));
+    cJSON_AddFalseToObject(o, "additionalProperties");
+    return o;
+}
+
+int grammar_action_schema(const char *registry_json, size_t len, char **schema_out)
+{
+    *schema_out = NULL;
+    int rc = PS_OK;
+    cJSON *reg = cJSON_ParseWithLength(registry_json, len);
+    cJSON *root = cJSON_CreateObject();
+    if (!reg) {
+        rc = ps_error_set(PS_EFORMAT, "action schema: registry is not valid JSON");
+        goto done;
+    }
+    if (!cJSON_IsArray(reg) || !cJSON_GetArraySize(reg)) {
+        rc = ps_error_set(PS_EINVAL, "action schema: registry must be a non-empty array of {name, input_schema}");
+        goto done;
+    }
+    cJSON *defs = cJSON_AddObjectToObject(root, "$defs");
+    cJSON *any = cJSON_AddArrayToObject(root, "anyOf");
+    cJSON *branches = cJSON_CreateArray();
+    int i = 0;
+    for (cJSON *a = reg->child; a; a = a->next, i++) {
+        cJSON *name = cJSON_GetObjectItemCaseSensitive(a, "name");
+        cJSON *in = cJSON_GetObjectItemCaseSensitive(a, "input_schema");
+        if (!cJSON_IsString(name) || !name->valuestring[0]) {
+            cJSON_Delete(branches);
+            rc = ps_error_set(PS_EINVAL, "action schema: registry entry %d has no \"name\"", i);
+            goto done;
+        }
+        cJSON *s = in ? cJSON_Duplicate(in, 1) : cJSON_CreateObject();
+        if (!s || (!cJSON_IsObject(s) && !cJSON_IsBool(s))) {
+            cJSON_Delete(s);
+            cJSON_Delete(branches);
+            rc = ps_error_set(PS_EINVAL, "action schema: agent '%s': input_schema must be a schema object",
+                              name->valuestring);
+            goto done;
+        }
+        static const char *const def_keys[] = { "$defs", "definitions" };
+        for (int k = 0; k < 2 && cJSON_IsObject(s); k++) {
+            cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(s, def_keys[k]);
+            while (d && d->child) {
+                cJSON *item = cJSON_DetachItemViaPointer(d, d->child);
+                char key[512];
+                snprintf(key, sizeof key, "a%d_%s", i, item->string ? item->string : "");
+                if ((rc = rewrite_refs(item, i))) {
+                    cJSON_Delete(item);
+                    cJSON_Delete(d);
+                    cJSON_Delete(s);
+                    cJSON_Delete(branches);
+                    goto done;
+                }
+                cJSON_AddItemToObject(defs, key, item);
+            }
+            cJSON_Delete(d);
+        }
+        if ((rc = rewrite_refs(s, i))) {
+            cJSON_Delete(s);
+            cJSON_Delete(branches);
+            goto done;
+        }
+        char key[64], ref[96];
+        snprintf(key, sizeof key, "a%d__root", i);
+        snprintf(ref, sizeof ref, "#/$defs/%s", key);
+        cJSON_AddItemToObject(defs, key, s);
+
+        cJSON *call = cJSON_CreateObject();
+        cJSON_AddStringToObject(call, "type", "object");
+        cJSON *p = cJSON_AddObjectToObject(call, "properties");
+        cJSON_AddItemToObject(p, "id", id_schema());
+        cJSON *to = cJSON_AddObjectToObject(p, "to");
+        cJSON_AddStringToObject(to, "const", name->valuestring);
+        cJSON *args = cJSON_AddObjectToObject(p, "args");
+        cJSON_AddStringToObject(args, "$ref", ref);
+        cJSON_AddItemToObject(p, "after", id_list(0));
+        cJSON *req = cJSON_AddArrayToObject(call, "required");
+        cJSON_AddItemToArray(req, cJSON_CreateString("id"));
+        cJSON_AddItemToArray(req, cJSON_CreateString("to"));
+        cJSON_AddItemToArray(req, cJSON_CreateString("args"));
+        cJSON_AddFalseToObject(call, "additionalProperties");
+        cJSON_AddItemToArray(branches, call);
+    }
+    cJSON *calls = cJSON_CreateObject();
+    cJSON_AddStringToObject(calls, "type", "array");
+    cJSON_AddNumberToObject(calls, "minItems", 1);
+    cJSON *items = cJSON_AddObjectToObject(calls, "items");
+    cJSON_AddItemToObject(items, "anyOf", branches);
+    cJSON_AddItemToArray(any, single_key("calls", calls));
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddTrueToObject(t, "const");
+    cJSON_AddItemToArray(any, single_key("wait", t));
+    cJSON_AddItemToArray(any, single_key("cancel", id_list(1)));
+    cJSON *fin = cJSON_CreateObject();
+    cJSON_AddStringToObject(fin, "type", "object");
+    cJSON *fp = cJSON_AddObjectToObject(fin, "properties");
+    cJSON *ans = cJSON_AddObjectToObject(fp, "answer");
+    cJSON_AddStringToObject(ans, "type", "string");
+    cJSON_AddItemToObject(fp, "uses", id_list(0));
+    cJSON *freq = cJSON_AddArrayToObject(fin, "required");
+    cJSON_AddItemToArray(freq, cJSON_CreateString("answer"));
+    cJSON_AddFalseToObject(fin, "additionalProperties");
+    cJSON_AddItemToArray(any, single_key("final", fin));
+    *schema_out = cJSON_PrintUnformatted(root);
+    if (!*schema_out)
+        rc = ps_error_set(PS_ENOMEM, "out of memory");
+done:
+    cJSON_Delete(reg);
+    cJSON_Delete(root);
+    return rc;
+}
