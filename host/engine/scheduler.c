@@ -154,6 +154,8 @@ static int text_append(struct seq *q, const char *p, size_t n)
 
 static void text_consume(struct seq *q, size_t n)
 {
+    if (!n)
+        return; /* q->text may still be NULL */
     memmove(q->text, q->text + n, q->text_len - n);
     q->text_len -= n;
 }

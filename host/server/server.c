@@ -48,9 +48,11 @@ struct server {
 
 struct gen_ctx {
     struct server         *srv;
-    struct evhttp_request *req;   /* NULL once libevent freed it (closecb) */
-    struct event          *watch; /* EOF watch on the client socket     */
+    struct evhttp_request *req;   /* ours until we end the reply          */
+    struct event          *watch; /* EOF watch on the client socket       */
     bool                   gone;  /* the client left; engine asked to cancel */
+    bool                   conn_closed; /* libevent dropped the connection and
+                                           detached req: ending req frees it */
     uint64_t               id;
     enum metrics_route     route;
     bool                   chat, stream, include_usage;
@@ -200,11 +202,14 @@ static void unwatch(struct gen_ctx *g)
     }
 }
 
+/* libevent 2.1 drops a failed server connection and detaches the pending
+ * request from it without freeing it (the request is not "userdone"); it is
+ * freed when we end the reply, which then writes nothing. */
 static void on_client_close(struct evhttp_connection *conn, void *arg)
 {
     struct gen_ctx *g = arg;
     (void)conn;
-    g->req = NULL; /* libevent frees the request after this callback */
+    g->conn_closed = true;
     unwatch(g);
     client_left(g);
 }
@@ -252,14 +257,16 @@ static void on_reply_written(struct evhttp_request *req, void *arg)
 /* Detach from the connection before the final reply: the close callback
  * must never see a freed context; count the reply until it is written so
  * shutdown does not cut it off. */
-static void detach(struct gen_ctx *g)
+static void detach(struct gen_ctx *g, bool track)
 {
     struct evhttp_connection *c = evhttp_request_get_connection(g->req);
     if (c)
         evhttp_connection_set_closecb(c, NULL, NULL);
     unwatch(g);
-    evhttp_request_set_on_complete_cb(g->req, on_reply_written, g->srv);
-    g->srv->flushing++;
+    if (track) {
+        evhttp_request_set_on_complete_cb(g->req, on_reply_written, g->srv);
+        g->srv->flushing++;
+    }
 }
 
 static void finish_request(struct server *srv, struct gen_ctx *g, const struct engine_event *ev)
@@ -270,10 +277,11 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
     srv->m.cached_prompt_tokens += (uint64_t)ev->n_cached;
     if (ev->status == 0 && ev->finish != FINISH_CANCELLED)
         histogram_observe(&srv->m.e2e, t - g->t0);
-    if (!g->req) /* libevent already dropped the connection */
-        return;
-    detach(g);
-    if (g->gone) { /* the peer closed: end the exchange so libevent frees it */
+    if (g->conn_closed || g->gone) {
+        /* the peer left: end the exchange so that libevent frees the request
+         * (at once when the connection is already gone) */
+        if (!g->conn_closed)
+            detach(g, false);
         if (g->headers_sent) {
             evhttp_send_reply_end(g->req);
         } else {
@@ -282,6 +290,7 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         metrics_request(&srv->m, g->route, 499);
         return;
     }
+    detach(g, true);
 
     if (ev->status && !g->headers_sent) {
         struct api_error e;
@@ -383,7 +392,7 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
             else
                 histogram_observe(&srv->m.itl, t - g->t_last);
             g->t_last = t;
-            if (!g->req || g->gone)
+            if (g->gone)
                 continue;
             if (g->stream) {
                 sse_start(g);

@@ -52,7 +52,8 @@ class ServerProcess:
             time.sleep(0.1)
 
     def output(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path, "rb") as f:
             return f.read().decode(errors="replace")
 
