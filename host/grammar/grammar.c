@@ -430,7 +430,8 @@ static int push_ids(grammar *g, const int32_t *ids, int32_t n, int32_t *off)
         g->ids = x;
         g->cap_ids = cap;
     }
-    memcpy(g->ids + g->n_ids, ids, (size_t)n * sizeof *ids);
+    if (n)
+        memcpy(g->ids + g->n_ids, ids, (size_t)n * sizeof *ids);
     *off = (int32_t)g->n_ids;
     g->n_ids += (size_t)n;
     return PS_OK;
