@@ -460,6 +460,19 @@ static void test_cancel_priority_errors(void)
     CHECK(g_res[8].done && g_res[8].finish == FINISH_ERROR);
     check_no_leak(s);
 
+    /* sched_cancel_all: running and waiting requests end cancelled */
+    reset_results();
+    r = req_of(10, p, 10, 50);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = req_of(11, p, 10, 50);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(sched_step(s, &n) == PS_OK);
+    sched_cancel_all(s);
+    CHECK(g_res[10].done && g_res[10].finish == FINISH_CANCELLED && g_res[10].n_tokens == 1);
+    CHECK(g_res[11].done && g_res[11].finish == FINISH_CANCELLED);
+    CHECK(!sched_has_work(s));
+    check_no_leak(s);
+
     /* sched_free cancels what is left */
     r = req_of(9, p, 10, 5);
     CHECK(sched_submit(s, &r) == PS_OK);
