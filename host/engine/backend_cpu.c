@@ -71,6 +71,7 @@ struct cpu_backend {
     int32_t *tok_pos;              /* [max_T] */
     int32_t *tok_seq;              /* [max_T] */
     int32_t *logit_tok;            /* [max_T] token index of each logits row */
+    int64_t *seq_t0;               /* [max_T] first token row of each sequence */
 };
 
 /* ---- small helpers --------------------------------------------------------- */
@@ -446,10 +447,7 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
     const int64_t E = hp->n_embd, D = hp->head_dim, F = hp->n_ff;
     const int64_t bs = be->cfg.block_size;
     const int half = hp->rope_dim / 2;
-    int64_t seq_t0_local[64];
-    int64_t *seq_t0 = plan->n_seqs <= 64 ? seq_t0_local : malloc((size_t)plan->n_seqs * sizeof *seq_t0);
-    if (!seq_t0)
-        return ps_error_set(PS_ENOMEM, "backend_cpu: out of memory for %d sequences", (int)plan->n_seqs);
+    int64_t *seq_t0 = cb->seq_t0; /* n_seqs <= T <= max_T after validation */
 
     /* token rows, positions, logits rows */
     int64_t T = 0, n_rows = 0;
@@ -473,11 +471,8 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             for (int32_t i = 0; i < plan->seqs[is].n_tokens; i++, t++) {
                 const uint8_t *row = (const uint8_t *)m->tok_embd.data + (size_t)plan->seqs[is].tokens[i] * rb;
                 int rc = quant_row_dequantize(m->tok_embd.type, row, cb->x + t * E, E);
-                if (rc) {
-                    if (seq_t0 != seq_t0_local)
-                        free(seq_t0);
+                if (rc)
                     return rc;
-                }
             }
     }
     rope_tables(cb, T);
@@ -548,8 +543,6 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
         struct mm_part out = { .w = &m->output, .out = logits, .out_stride = hp->n_vocab };
         matmul_run(cb, &out, 1, 0, cb->xn, n_rows);
     }
-    if (seq_t0 != seq_t0_local)
-        free(seq_t0);
     return PS_OK;
 }
 
@@ -604,6 +597,7 @@ static void cpu_free(backend *be)
     free(cb->tok_pos);
     free(cb->tok_seq);
     free(cb->logit_tok);
+    free(cb->seq_t0);
     free(cb);
 }
 
@@ -747,6 +741,7 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     ALLOC(cb->tok_pos, T);
     ALLOC(cb->tok_seq, T);
     ALLOC(cb->logit_tok, T);
+    ALLOC(cb->seq_t0, T);
     TRY(threadpool_create(cfg->n_threads, &cb->tp));
 
     *out = &cb->base;
