@@ -32,6 +32,8 @@ static const struct opt_desc opts[] = {
       "model name in the API (default: general.name, else the file's basename)" },
     { "host", 0, OPT_STR, OFF(host), sizeof(((struct server_config *)0)->host), 0, 0,
       "listen address (default 127.0.0.1)" },
+    { "backend", 0, OPT_STR, OFF(backend), sizeof(((struct server_config *)0)->backend), 0, 0,
+      "auto (CUDA when a GPU is present, else CPU), cpu or cuda (default auto)" },
     { "port", 'p', OPT_INT, OFF(port), 0, 0, 65535, "listen port, 0 = any free one (default 8080)" },
     { "threads", 't', OPT_INT, OFF(threads), 0, 1, 256, "CPU backend threads (default: all cores)" },
     { "max_batch", 0, OPT_INT, OFF(max_batch), 0, 1, 4096, "sequences running at once (default 64)" },
@@ -52,6 +54,7 @@ void server_config_defaults(struct server_config *c)
 {
     memset(c, 0, sizeof *c);
     snprintf(c->host, sizeof c->host, "127.0.0.1");
+    snprintf(c->backend, sizeof c->backend, "auto");
     c->port = 8080;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     c->threads = ncpu > 0 ? (int32_t)(ncpu > 64 ? 64 : ncpu) : 1;
@@ -276,6 +279,8 @@ int server_config_validate(const struct server_config *c)
 {
     if (!c->model[0])
         return ps_error_set(PS_EINVAL, "a model is required (-m MODEL or \"model\" in the config)");
+    if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda"))
+        return ps_error_set(PS_EINVAL, "backend must be auto, cpu or cuda, got '%s'", c->backend);
     if ((int64_t)c->kv_blocks * c->block_size < 2)
         return ps_error_set(PS_EINVAL, "kv_blocks x block_size must hold at least 2 tokens");
     return PS_OK;

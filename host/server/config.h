@@ -17,6 +17,7 @@ struct server_config {
     char    model[1024];        /* GGUF path (required)                         */
     char    model_alias[128];   /* API model name; "" = general.name or basename */
     char    host[256];          /* listen address, default 127.0.0.1            */
+    char    backend[16];        /* "auto" (CUDA when a device is there), "cpu", "cuda" */
     int32_t port;               /* default 8080                                 */
     int32_t threads;            /* CPU backend threads, default: all cores      */
     int32_t max_batch;          /* running sequences at once, default 64        */

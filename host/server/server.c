@@ -19,6 +19,7 @@
 
 #include "../common/status.h"
 #include "../engine/backend.h"
+#include "backend_cuda.h"
 #include "../engine/engine.h"
 #include "../model/chat.h"
 #include "../model/model.h"
@@ -670,7 +671,9 @@ int server_run(const struct server_config *cfg)
     }
     struct backend_config bc = { .n_threads = cfg->threads, .n_kv_blocks = cfg->kv_blocks,
                                  .block_size = cfg->block_size, .max_batch_tokens = cfg->max_batch_tokens };
-    if ((rc = backend_cpu_create(m, &bc, &be)))
+    bool cuda = !strcmp(cfg->backend, "cuda") || (!strcmp(cfg->backend, "auto") && cuda_device_count() > 0);
+    rc = cuda ? backend_cuda_create(m, &bc, &be) : backend_cpu_create(m, &bc, &be);
+    if (rc)
         goto done;
     struct engine_config ec = { .max_seqs = cfg->max_batch, .max_batch_tokens = cfg->max_batch_tokens,
                                 .n_ctx = n_ctx, .prefix_cache = cfg->prefix_cache };
