@@ -16,13 +16,23 @@ def ids_of(stdout: bytes):
     return [int(x) for x in m.group(1).split()]
 
 
-@pytest.mark.parametrize("case", REF["cases"][:3], ids=lambda c: c["text"][:24])
+NEAR_TIE = 0.3  # see tests/unit/test_model_ref.c for why texts may part at a near tie
+
+
+def assert_greedy_like_reference(got, case):
+    """Identical to llama.cpp's greedy tokens up to its first near-tie step."""
+    margins = case["greedy_top2_margin"]
+    first_tie = next((i for i, m in enumerate(margins) if m < NEAR_TIE), len(margins))
+    assert got[:first_tie] == case["greedy"][:first_tie], (first_tie, got, case["greedy"])
+
+
+@pytest.mark.parametrize("case", REF["cases"], ids=lambda c: c["text"][:24])
 def test_greedy_matches_llama_cpp(run, model_path, case):
     # The reference decodes 64 tokens regardless of EOS.
     r = run("generate", "-m", model_path, "--prompt-ids", " ".join(map(str, case["prompt_ids"])),
             "-n", 64, "--ignore-eos", "--print-ids", "-t", 2)
     assert r.returncode == 0, r.stderr.decode()
-    assert ids_of(r.stdout) == case["greedy"]
+    assert_greedy_like_reference(ids_of(r.stdout), case)
 
 
 def test_chat_prompt_is_tokenized_like_llama_cpp(run, model_path):
@@ -31,7 +41,7 @@ def test_chat_prompt_is_tokenized_like_llama_cpp(run, model_path):
     r = run("generate", "-m", model_path, "--chat", "-p", question, "-n", 64, "--ignore-eos",
             "--print-ids", "-t", 2)
     assert r.returncode == 0, r.stderr.decode()
-    assert ids_of(r.stdout) == case["greedy"]
+    assert ids_of(r.stdout) == case["greedy"]  # this case has no divergence (see test_model_ref)
     text = r.stdout.decode()
     assert case["greedy_text"][:20] in text
 
