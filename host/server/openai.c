@@ -387,6 +387,15 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp) && !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
         return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "logprobs",
                              "'logprobs' is not supported yet");
+    /* Constrained output (issue 7's grammar engine) is not wired into the
+     * HTTP API yet: refuse rather than silently return unconstrained text. */
+    static const char *const unwired[] = { "response_format", "tools", "tool_choice", "functions" };
+    for (size_t i = 0; i < sizeof unwired / sizeof unwired[0]; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, unwired[i]);
+        if (v && !cJSON_IsNull(v))
+            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", unwired[i],
+                                 "'%s' is not supported yet by this server", unwired[i]);
+    }
     const char *mt_key = "max_tokens";
     if ((rc = get_int(root, "max_tokens", 1, 1 << 24, &max_tokens, &has_max, err)))
         return rc;
