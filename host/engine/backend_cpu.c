@@ -682,8 +682,9 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     cb->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     cb->ctx_max = (int64_t)cfg->n_kv_blocks * cfg->block_size;
 #ifdef CPU_X86
-    cb->simd = strcmp(quant_simd_name(), "scalar") != 0 && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+    /* quant picks its AVX2 path only on CPUs with AVX2, FMA and F16C (it
+     * checks F16C by cpuid: clang's builtin does not know "f16c"). */
+    cb->simd = strcmp(quant_simd_name(), "avx2") == 0;
 #endif
 
     const int64_t E = hp->n_embd, F = hp->n_ff, T = cb->max_T;
