@@ -1,0 +1,76 @@
+"""The protocol schemas in proto/ are the contract: the examples, the default
+agent pool and every event `paraserve orchestrate` emits must validate."""
+import json
+import subprocess
+
+import jsonschema
+import pytest
+from jsonschema.validators import Draft202012Validator
+from referencing import Registry, Resource
+
+from conftest import ROOT
+
+PROTO = ROOT / "proto"
+SCHEMAS = {p.name: json.loads(p.read_text()) for p in PROTO.glob("*.schema.json")}
+REGISTRY = Registry().with_resources(
+    [(name, Resource.from_contents(s)) for name, s in SCHEMAS.items()] +
+    [(s["$id"], Resource.from_contents(s)) for s in SCHEMAS.values()])
+
+
+def validator(name):
+    s = SCHEMAS[name]
+    Draft202012Validator.check_schema(s)
+    return Draft202012Validator(s, registry=REGISTRY)
+
+
+def test_schemas_are_valid():
+    assert set(SCHEMAS) == {"action.schema.json", "feedback.schema.json", "agent.schema.json",
+                            "event.schema.json"}
+    for name in SCHEMAS:
+        validator(name)
+
+
+def test_examples_validate():
+    va, vf = validator("action.schema.json"), validator("feedback.schema.json")
+    for a in json.loads((PROTO / "examples" / "actions.json").read_text()):
+        va.validate(a)
+    for f in json.loads((PROTO / "examples" / "feedback.json").read_text()):
+        vf.validate(f)
+
+
+@pytest.mark.parametrize("bad", [
+    {},
+    {"calls": []},
+    {"wait": True, "final": {"answer": "x"}},
+    {"calls": [{"id": "c1", "to": "x"}]},
+    {"final": {"answer": 3}},
+    {"cancel": "c1"},
+    {"calls": [{"id": "c1", "to": "x", "args": {}, "extra": 1}]},
+])
+def test_bad_actions_rejected(bad):
+    with pytest.raises(jsonschema.ValidationError):
+        validator("action.schema.json").validate(bad)
+
+
+def test_default_agent_pool_validates():
+    validator("agent.schema.json").validate(json.loads((ROOT / "configs" / "agents.default.json").read_text()))
+
+
+def test_orchestrate_events_follow_the_schema(paraserve_bin):
+    task = {"input": "arithmetic", "script": [
+        {"calls": [{"id": "c1", "to": "calculator", "args": {"expression": "6*7"}},
+                   {"id": "c2", "to": "no_such_agent", "args": {}},
+                   {"id": "c3", "to": "calculator", "args": {"expression": "{{c1.value}}+1"}, "after": ["c1"]}]},
+        {"wait": True},
+        {"final": {"answer": "{{c3.value}}", "uses": ["c1", "c3"]}}]}
+    r = subprocess.run([paraserve_bin, "orchestrate", "--agents", str(ROOT / "configs" / "agents.default.json"),
+                        "--task", json.dumps(task)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    v = validator("event.schema.json")
+    for e in events:
+        v.validate(e)
+    assert [e["id"] for e in events] == list(range(1, len(events) + 1))
+    statuses = {e["data"]["id"]: e["data"]["status"] for e in events if e["event"] == "call.result"}
+    assert statuses == {"c1": "ok", "c2": "rejected", "c3": "ok"}
+    assert events[-1]["event"] == "task.final" and events[-1]["data"]["output"] == "43"
