@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "common/status.h"
 #include "engine/backend.h"
@@ -49,13 +50,6 @@ static void bench_usage(FILE *out)
         "      --repeat N       runs per figure, median reported (default 3)\n");
 }
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static int cmp_double(const void *a, const void *b)
 {
     double x = *(const double *)a, y = *(const double *)b;
@@ -68,19 +62,6 @@ static double median(double *v, int n)
     return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
-static int parse_int_arg(const char *name, const char *s, int32_t lo, int32_t hi, int32_t *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "paraserve bench: %s must be an integer in [%d, %d], got '%s'\n", name, lo, hi, s);
-        return -1;
-    }
-    *out = (int32_t)v;
-    return 0;
-}
-
 static int parse_batches(const char *s, struct bench_opts *o)
 {
     char buf[256];
@@ -91,7 +72,7 @@ static int parse_batches(const char *s, struct bench_opts *o)
             fprintf(stderr, "paraserve bench: at most %d batch sizes\n", BENCH_MAX_BATCHES);
             return -1;
         }
-        if (parse_int_arg("--batch", tok, 1, 4096, &o->batches[o->n_batches++]))
+        if (cli_parse_i32("bench", "--batch", tok, 1, 4096, &o->batches[o->n_batches++]))
             return -1;
     }
     return o->n_batches ? 0 : -1;
@@ -126,12 +107,12 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o)
         int rc = 0;
         switch (c) {
         case 'm': o->model_path = optarg; break;
-        case 't': rc = parse_int_arg("--threads", optarg, 1, 256, &o->n_threads); break;
-        case OPT_PLEN: rc = parse_int_arg("--prompt-len", optarg, 1, 1 << 16, &o->prompt_len); break;
-        case OPT_GEN: rc = parse_int_arg("--gen", optarg, 1, 1 << 16, &o->n_gen); break;
-        case OPT_CHUNK: rc = parse_int_arg("--chunk", optarg, 1, 1 << 16, &o->chunk); break;
+        case 't': rc = cli_parse_i32("bench", "--threads", optarg, 1, 256, &o->n_threads); break;
+        case OPT_PLEN: rc = cli_parse_i32("bench", "--prompt-len", optarg, 1, 1 << 16, &o->prompt_len); break;
+        case OPT_GEN: rc = cli_parse_i32("bench", "--gen", optarg, 1, 1 << 16, &o->n_gen); break;
+        case OPT_CHUNK: rc = cli_parse_i32("bench", "--chunk", optarg, 1, 1 << 16, &o->chunk); break;
         case OPT_BATCH: rc = parse_batches(optarg, o); break;
-        case OPT_REPEAT: rc = parse_int_arg("--repeat", optarg, 1, 1000, &o->repeat); break;
+        case OPT_REPEAT: rc = cli_parse_i32("bench", "--repeat", optarg, 1, 1000, &o->repeat); break;
         case 'h': bench_usage(stdout); return 1;
         default:
             fprintf(stderr, "paraserve bench: bad option '%s'\n", argv[optind - 1]);
@@ -165,6 +146,23 @@ static int32_t argmax(const float *x, int32_t n)
         if (x[i] > x[best])
             best = i;
     return best;
+}
+
+/* Prefill one sequence's n prompt tokens in chunks; the last chunk writes
+ * its last-position logits to logits[n_vocab]. */
+static int bench_prefill(backend *be, const int32_t *ids, int32_t n, int32_t chunk, const int32_t *table,
+                         int32_t n_blocks, float *logits)
+{
+    for (int32_t off = 0; off < n; off += chunk) {
+        int32_t len = n - off < chunk ? n - off : chunk;
+        struct batch_seq s = { .tokens = ids + off, .n_tokens = len, .pos0 = off, .block_table = table,
+                               .n_blocks = n_blocks, .logits = off + len == n ? LOGITS_LAST : LOGITS_NONE };
+        struct batch_plan plan = { &s, 1 };
+        int rc = backend_forward(be, &plan, logits);
+        if (rc)
+            return rc;
+    }
+    return PS_OK;
 }
 
 int cmd_bench(int argc, char **argv)
@@ -221,18 +219,11 @@ int cmd_bench(int argc, char **argv)
     int nrep = o.repeat > 64 ? 64 : o.repeat;
     /* Prefill of one sequence. */
     for (int r = 0; r < nrep; r++) {
-        double t0 = now_s();
-        for (int32_t off = 0; off < o.prompt_len; off += o.chunk) {
-            int32_t n = o.prompt_len - off < o.chunk ? o.prompt_len - off : o.chunk;
-            struct batch_seq s = { .tokens = ids + off, .n_tokens = n, .pos0 = off,
-                                   .block_table = tables, .n_blocks = blocks_per_seq,
-                                   .logits = off + n == o.prompt_len ? LOGITS_LAST : LOGITS_NONE };
-            struct batch_plan plan = { &s, 1 };
-            rc = backend_forward(be, &plan, logits);
-            if (rc)
-                goto fail;
-        }
-        runs[r] = now_s() - t0;
+        double t0 = cli_now_s();
+        rc = bench_prefill(be, ids, o.prompt_len, o.chunk, tables, blocks_per_seq, logits);
+        if (rc)
+            goto fail;
+        runs[r] = cli_now_s() - t0;
     }
     double tp = median(runs, nrep);
     printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f\n", o.n_threads, quant_simd_name(), o.prompt_len,
@@ -244,20 +235,14 @@ int cmd_bench(int argc, char **argv)
         for (int r = 0; r < nrep; r++) {
             /* Prefill every sequence (not timed), then decode B at a time. */
             for (int32_t b = 0; b < B; b++) {
-                for (int32_t off = 0; off < o.prompt_len; off += o.chunk) {
-                    int32_t n = o.prompt_len - off < o.chunk ? o.prompt_len - off : o.chunk;
-                    struct batch_seq s = { .tokens = ids + (size_t)b * o.prompt_len + off, .n_tokens = n,
-                                           .pos0 = off, .block_table = tables + (size_t)b * blocks_per_seq,
-                                           .n_blocks = blocks_per_seq,
-                                           .logits = off + n == o.prompt_len ? LOGITS_LAST : LOGITS_NONE };
-                    struct batch_plan plan = { &s, 1 };
-                    rc = backend_forward(be, &plan, logits + (size_t)b * n_vocab);
-                    if (rc)
-                        goto fail;
-                }
+                rc = bench_prefill(be, ids + (size_t)b * o.prompt_len, o.prompt_len, o.chunk,
+                                   tables + (size_t)b * blocks_per_seq, blocks_per_seq,
+                                   logits + (size_t)b * n_vocab);
+                if (rc)
+                    goto fail;
                 next[b] = argmax(logits + (size_t)b * n_vocab, n_vocab);
             }
-            double t0 = now_s();
+            double t0 = cli_now_s();
             for (int32_t g = 0; g < o.n_gen; g++) {
                 for (int32_t b = 0; b < B; b++)
                     seqs[b] = (struct batch_seq){ .tokens = &next[b], .n_tokens = 1,
@@ -271,7 +256,7 @@ int cmd_bench(int argc, char **argv)
                 for (int32_t b = 0; b < B; b++)
                     next[b] = argmax(logits + (size_t)b * n_vocab, n_vocab);
             }
-            runs[r] = now_s() - t0;
+            runs[r] = cli_now_s() - t0;
         }
         double td = median(runs, nrep);
         printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f\n", o.n_threads, quant_simd_name(), B,

@@ -11,6 +11,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "common/status.h"
 #include "engine/backend.h"
@@ -63,20 +64,6 @@ static void generate_usage(FILE *out)
         "      --json-schema FILE  constrain the output to JSON valid under the schema in FILE\n"
         "      --json              constrain the output to a JSON object\n"
         "  stderr ends with '[paraserve] finish_reason=stop|length'\n");
-}
-
-static int parse_i32(const char *name, const char *s, int32_t lo, int32_t hi, int32_t *out)
-{
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || *end || v < lo || v > hi) {
-        fprintf(stderr, "paraserve generate: %s must be an integer in [%d, %d], got '%s'\n",
-                name, lo, hi, s);
-        return -1;
-    }
-    *out = (int32_t)v;
-    return 0;
 }
 
 static int parse_f32(const char *name, const char *s, float *out)
@@ -157,17 +144,17 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         case OPT_PROMPT_IDS: o->prompt_ids = optarg; break;
         case OPT_CHAT: o->chat = 1; break;
         case OPT_SYSTEM: o->system = optarg; break;
-        case 'n': rc = parse_i32("--n-predict", optarg, 0, 1 << 20, &o->n_predict); break;
+        case 'n': rc = cli_parse_i32("generate", "--n-predict", optarg, 0, 1 << 20, &o->n_predict); break;
         case OPT_TEMP: rc = parse_f32("--temp", optarg, &o->sp.temperature); break;
-        case OPT_TOP_K: rc = parse_i32("--top-k", optarg, 0, 1 << 24, &o->sp.top_k); break;
+        case OPT_TOP_K: rc = cli_parse_i32("generate", "--top-k", optarg, 0, 1 << 24, &o->sp.top_k); break;
         case OPT_TOP_P: rc = parse_f32("--top-p", optarg, &o->sp.top_p); break;
         case OPT_MIN_P: rc = parse_f32("--min-p", optarg, &o->sp.min_p); break;
         case OPT_REPEAT: rc = parse_f32("--repeat-penalty", optarg, &o->sp.repeat_penalty); break;
         case OPT_PRESENCE: rc = parse_f32("--presence-penalty", optarg, &o->sp.presence_penalty); break;
         case OPT_FREQUENCY: rc = parse_f32("--frequency-penalty", optarg, &o->sp.frequency_penalty); break;
         case OPT_SEED: rc = parse_u64("--seed", optarg, &o->sp.seed); break;
-        case 't': rc = parse_i32("--threads", optarg, 1, 256, &o->n_threads); break;
-        case 'c': rc = parse_i32("--ctx", optarg, 16, 1 << 20, &o->n_ctx); break;
+        case 't': rc = cli_parse_i32("generate", "--threads", optarg, 1, 256, &o->n_threads); break;
+        case 'c': rc = cli_parse_i32("generate", "--ctx", optarg, 16, 1 << 20, &o->n_ctx); break;
         case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
         case OPT_PRINT_IDS: o->print_ids = 1; break;
         case OPT_JSON_SCHEMA: o->json_schema = optarg; break;
@@ -209,13 +196,6 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         return -1;
     }
     return 0;
-}
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* Parse "1 2 3" into a malloc'd array. */
@@ -447,7 +427,7 @@ int cmd_generate(int argc, char **argv)
     }
 
     int32_t n_blocks = 0;
-    double t0 = now_s();
+    double t0 = cli_now_s();
     for (size_t off = 0; off < n_prompt; off += chunk) {
         int32_t n = (int32_t)(n_prompt - off < (size_t)chunk ? n_prompt - off : (size_t)chunk);
         rc = ensure_blocks(kv, table, &n_blocks, bs, (int32_t)off + n);
@@ -463,11 +443,11 @@ int cmd_generate(int argc, char **argv)
     }
     for (size_t i = 0; i < n_prompt; i++)
         sampler_accept(smp, prompt[i]);
-    double t_prefill = now_s() - t0;
+    double t_prefill = cli_now_s() - t0;
 
     struct token_stream ts = { 0 };
     int32_t n_gen = 0, pos = (int32_t)n_prompt;
-    double t1 = now_s();
+    double t1 = cli_now_s();
     while (n_gen < o.n_predict) {
         int32_t next;
         if (gm && (rc = grammar_matcher_fill_mask(gm, mask)))
@@ -506,7 +486,7 @@ int cmd_generate(int argc, char **argv)
             goto fail;
         pos++;
     }
-    double t_decode = now_s() - t1;
+    double t_decode = cli_now_s() - t1;
     size_t n_out = 0;
     tokenizer_stream_flush(&ts, out, 4096, &n_out);
     fwrite(out, 1, n_out, stdout);
