@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Write small seed files for tests/fuzz/fuzz_gguf.c into tests/fuzz/corpus_gguf/.
+"""Write small seed files for tests/fuzz/fuzz_gguf.c into DIR (default
+tests/fuzz/corpus_gguf/, git-ignored); scripts/test generates them per run.
 
 Hand-built GGUF images (format facts only): an empty v3 file, a file with one
 key of every value type (nested array included), and small models of each

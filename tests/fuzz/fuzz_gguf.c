@@ -1,6 +1,6 @@
 /* fuzz_gguf.c - libFuzzer target for the GGUF reader and the model loader.
  * Build: CC=clang cmake -S . -B build-fuzz -DPARASERVE_FUZZ=ON
- * Run:   build-fuzz/fuzz_gguf tests/fuzz/corpus_gguf -max_total_time=60
+ * Run:   scripts/gen-gguf-corpus.py && build-fuzz/fuzz_gguf tests/fuzz/corpus_gguf -max_total_time=60
  * Every accepted file is walked through all getters; the loader runs on a
  * second open (model_from_gguf takes ownership of its file). */
 #include <stddef.h>
