@@ -30,15 +30,15 @@ def table(rows):
     key = lambda r: (r["model"], r["kind"], int(r["ctx"]), int(r["batch"]))
     ps = {key(r): r for r in rows if r["engine"] == "paraserve"}
     hf = {key(r): r for r in rows if r["engine"] == "hf-transformers"}
-    lines = ["| model | kind | ctx | batch | paraserve ms/step | tok/s | host us | GB/s | % roofline | HF tok/s | x HF |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | kind | ctx | batch | paraserve ms/step | tok/s | host us | graph nodes | GB/s | % roofline | HF tok/s | x HF |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for k in sorted(set(ps) | set(hf)):
         p, h = ps.get(k, {}), hf.get(k, {})
         pt, ht = num(p.get("tok_s")), num(h.get("tok_s"))
         ratio = f"{pt / ht:.2f}" if pt and ht else ""
-        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
+        lines.append("| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |".format(
             k[0], k[1], k[2], k[3], p.get("step_ms", "") or p.get("path", ""), p.get("tok_s", ""), p.get("host_us", ""),
-            p.get("gbs", ""), p.get("roofline_pct", ""), h.get("tok_s", "") or h.get("path", ""), ratio))
+            p.get("graph_nodes", "") or "", p.get("gbs", ""), p.get("roofline_pct", ""), h.get("tok_s", "") or h.get("path", ""), ratio))
     return "\n".join(lines)
 
 
@@ -88,7 +88,10 @@ def main():
         print("gpu_plot: no rows", file=sys.stderr)
         return 1
     with open(a.out + ".csv", "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0].keys()))
+        fields = []  # union of the columns, in first-seen order (the HF peer writes fewer)
+        for r in rows:
+            fields += [k for k in r if k not in fields]
+        w = csv.DictWriter(f, fieldnames=fields, restval="")
         w.writeheader()
         w.writerows(rows)
     md = table(rows)

@@ -22,6 +22,7 @@
 #include "backend_cuda.h"
 #include "common/status.h"
 #include "engine/backend.h"
+#include "model/mkmodel.h"
 #include "model/model.h"
 
 #ifdef PARASERVE_HAVE_CUDA
@@ -128,9 +129,20 @@ int main(int argc, char **argv)
         else if (!strcmp(a, "--steps") && v) steps = atoi(argv[++i]);
         else if (!strcmp(a, "--prefill") && v) prefill_len = atoi(argv[++i]);
         else if (!strcmp(a, "--mem-frac") && v) mem_frac = atof(argv[++i]);
+        else if (!strcmp(a, "--mkmodel") && v && i + 2 < argc) {
+            /* gpu_sweep --mkmodel PRESET OUT.gguf: write a synthetic model and exit
+             * (a device build without the server has no `paraserve mkmodel`). */
+            struct mkmodel_spec spec;
+            if (mkmodel_preset(argv[i + 1], &spec) || mkmodel_write(argv[i + 2], &spec)) {
+                fprintf(stderr, "gpu_sweep: %s\n", ps_error_last());
+                return 1;
+            }
+            return 0;
+        }
         else {
             fprintf(stderr, "usage: gpu_sweep -m MODEL.gguf [--label NAME] [--csv OUT] [--batches 1,8,..] "
-                            "[--ctx 512,..] [--steps N] [--prefill P] [--mem-frac F]\n");
+                            "[--ctx 512,..] [--steps N] [--prefill P] [--mem-frac F]\n"
+                            "       gpu_sweep --mkmodel PRESET OUT.gguf\n");
             return 2;
         }
     }
@@ -166,12 +178,12 @@ int main(int argc, char **argv)
     double budget = mem_frac * (double)info.mem_total - weights - 3.0e9; /* scratch, logits, workspace */
     const int64_t want = (int64_t)max_b * ((max_c + steps + 8 + BS - 1) / BS) + 1;
     int64_t nb = (int64_t)(budget / block_bytes);
-    if (nb > want) nb = want;
-    if (nb > INT32_MAX - 1) nb = INT32_MAX - 1;
-    if (nb < 64) {
-        fprintf(stderr, "gpu_sweep: not enough device memory for a KV cache\n");
+    if (nb < 64 && nb < want) {
+        fprintf(stderr, "gpu_sweep: not enough device memory for a KV cache (%lld blocks fit)\n", (long long)nb);
         return 1;
     }
+    if (nb > want) nb = want; /* a (batch, ctx) that does not fit is skipped below */
+    if (nb > INT32_MAX - 1) nb = INT32_MAX - 1;
     cfg.n_kv_blocks = (int32_t)nb;
     if (backend_cuda_create(m, &cfg, &be) || backend_cuda_fill_kv_random(be, 7)) {
         fprintf(stderr, "gpu_sweep: %s\n", ps_error_last());
@@ -189,7 +201,7 @@ int main(int argc, char **argv)
         return 1;
     }
     fprintf(csv, "engine,card,model,kind,batch,ctx,step_ms,tok_s,host_us,bytes_per_step,gbs,roofline_pct,"
-                 "peak_gbs,peak_measured_gbs,path\n");
+                 "peak_gbs,peak_measured_gbs,path,graph_nodes\n");
 
     int32_t *bt = malloc((size_t)nb * sizeof *bt);
     int32_t *tok = malloc((size_t)max_b * sizeof *tok);
@@ -205,7 +217,7 @@ int main(int argc, char **argv)
             if ((int64_t)B * per > nb || B > cfg.max_batch_tokens) {
                 fprintf(stderr, "  decode B=%d C=%d: KV does not fit (%lld blocks), skipped\n", B, C,
                         (long long)((int64_t)B * per));
-                fprintf(csv, "paraserve,%s,%s,decode,%d,%d,,,,,,,%.0f,%.0f,skipped-kv-does-not-fit\n", info.device, label,
+                fprintf(csv, "paraserve,%s,%s,decode,%d,%d,,,,,,,%.0f,%.0f,skipped-kv-does-not-fit,\n", info.device, label,
                         B, C, peak, peak_meas);
                 continue;
             }
@@ -236,17 +248,18 @@ int main(int argc, char **argv)
             const double bytes = (double)(gemv ? info.weight_bytes_gemv : info.weight_bytes_f16) +
                                  (double)B * (C + 3 + steps / 2 + 1) * info.kv_bytes_per_token;
             const double gbs = bytes / t / 1e9;
-            fprintf(csv, "paraserve,%s,%s,decode,%d,%d,%.4f,%.1f,%.1f,%.0f,%.1f,%.1f,%.0f,%.0f,%s\n", info.device, label,
-                    B, C, t * 1e3, B / t, host, bytes, gbs, peak > 0 ? 100.0 * gbs / peak : 0.0, peak, peak_meas,
-                    gemv ? "gemv" : "cublas");
-            fprintf(stderr, "  decode B=%4d C=%5d: %8.3f ms/step %9.1f tok/s host %6.1f us  %6.1f GB/s (%4.1f%%)\n", B, C,
-                    t * 1e3, B / t, host, gbs, peak > 0 ? 100.0 * gbs / peak : 0.0);
+            const long long nodes = info.graphs ? (long long)info.graph_nodes_last : -1;
+            fprintf(csv, "paraserve,%s,%s,decode,%d,%d,%.4f,%.1f,%.1f,%.0f,%.1f,%.1f,%.0f,%.0f,%s,%lld\n", info.device,
+                    label, B, C, t * 1e3, B / t, host, bytes, gbs, peak > 0 ? 100.0 * gbs / peak : 0.0, peak, peak_meas,
+                    gemv ? "gemv" : "cublas", nodes);
+            fprintf(stderr, "  decode B=%4d C=%5d: %8.3f ms/step %9.1f tok/s host %6.1f us  %6.1f GB/s (%4.1f%%) %lld graph nodes\n",
+                    B, C, t * 1e3, B / t, host, gbs, peak > 0 ? 100.0 * gbs / peak : 0.0, nodes);
             fflush(csv);
         }
 
     /* prefill: B x P tokens from position 0 */
     const int pre_b[] = { 1, 4 };
-    for (int ib = 0; ib < 2; ib++) {
+    for (int ib = 0; ib < 2 && prefill_len > 0; ib++) { /* --prefill 0: decode only */
         const int B = pre_b[ib], P = prefill_len;
         const int64_t per = (P + BS - 1) / BS;
         if ((int64_t)B * P > cfg.max_batch_tokens || (int64_t)B * per > nb)
@@ -270,7 +283,7 @@ int main(int argc, char **argv)
             return 1;
         }
         const double t = median(times, n);
-        fprintf(csv, "paraserve,%s,%s,prefill,%d,%d,%.4f,%.1f,,,,,%.0f,%.0f,cublas\n", info.device, label, B, P,
+        fprintf(csv, "paraserve,%s,%s,prefill,%d,%d,%.4f,%.1f,,,,,%.0f,%.0f,cublas,\n", info.device, label, B, P,
                 t * 1e3, (double)B * P / t, peak, peak_meas);
         fprintf(stderr, "  prefill %d x %d: %.2f ms, %.0f tok/s\n", B, P, t * 1e3, (double)B * P / t);
     }

@@ -94,6 +94,7 @@ struct cuda_backend {
     uint64_t        graph_made_gen[GRAPH_BUCKETS];
     uint64_t        graph_gen;
     int64_t         graph_captures, graph_replays;
+    int64_t         graph_nodes_last; /* nodes (kernels, memsets, copies) of the last captured step */
     double          last_host_us;
 };
 
@@ -393,6 +394,9 @@ static int graph_run(struct cuda_backend *cb, const struct step *s, int bi)
         if (e != cudaSuccess)
             return ps_error_set(PS_EINTERNAL, "backend_cuda: graph capture (bucket %lld): %s", (long long)s->S,
                                 cudaGetErrorString(e));
+        size_t n_nodes = 0;
+        if (cudaGraphGetNodes(g, NULL, &n_nodes) == cudaSuccess)
+            cb->graph_nodes_last = (int64_t)n_nodes;
         e = cudaGraphInstantiate(&cb->graph[bi], g, 0);
         cudaGraphDestroy(g);
         if (e != cudaSuccess) {
@@ -881,6 +885,7 @@ extern "C" int backend_cuda_info(const backend *be, struct cuda_backend_info *ou
     out->last_host_us = cb->last_host_us;
     out->graph_captures = cb->graph_captures;
     out->graph_replays = cb->graph_replays;
+    out->graph_nodes_last = cb->graph_nodes_last;
     return PS_OK;
 }
 

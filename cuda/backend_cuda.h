@@ -82,6 +82,7 @@ struct cuda_backend_info {
     int     graphs;             /* decode graphs enabled                        */
     double  last_host_us;       /* host time of the last forward up to its final launch */
     int64_t graph_captures, graph_replays;
+    int64_t graph_nodes_last;   /* nodes of the last captured decode graph: the launches of one step */
 };
 int backend_cuda_info(const backend *be, struct cuda_backend_info *out);
 

@@ -83,7 +83,7 @@ int op_swiglu(cudaStream_t st, const float *gu, float *h, int64_t T, int64_t F)
 
 /* One warp per 32-element block; lane j owns element j.  Same arithmetic as
  * quant.c quantize_q8_common: d = amax / 127, id = 1/d, q = roundf(x * id),
- * d and d*sum(q) stored through f16. */
+ * d and d*sum(q) (with the f32 d) stored through f16. */
 __global__ void quantize_q8_kernel(const float *x, int64_t ldx, int64_t T, int64_t K, int8_t *qs, float *d,
                                    float *s)
 {
@@ -106,7 +106,7 @@ __global__ void quantize_q8_kernel(const float *x, int64_t ldx, int64_t T, int64
     if (lane == 0) {
         const float dh = __half2float(__float2half_rn(dd));
         d[blk] = dh;
-        s[blk] = __half2float(__float2half_rn((float)sum * dh));
+        s[blk] = __half2float(__float2half_rn((float)sum * dd)); /* f32 d, as quant.c */
     }
 }
 

@@ -32,6 +32,7 @@ struct generate_opts {
     int         print_ids;
     int32_t     n_predict;
     int32_t     n_threads;
+    const char *device;      /* auto | cpu | cuda */
     int32_t     n_ctx;
     int32_t     block_size;
     int32_t     ignore_eos;
@@ -58,6 +59,7 @@ static void generate_usage(FILE *out)
         "      --presence-penalty F, --frequency-penalty F\n"
         "      --seed S            sampler seed (default 0)\n"
         "  -t, --threads K         CPU threads (default: all cores)\n"
+        "      --device D          auto (CUDA when a GPU is present), cpu or cuda (default auto)\n"
         "  -c, --ctx N             context size in tokens (default 2048)\n"
         "      --ignore-eos        keep generating past end-of-generation tokens\n"
         "      --print-ids         after the text, print a line 'ids: <generated ids>'\n"
@@ -95,7 +97,7 @@ static int parse_u64(const char *name, const char *s, uint64_t *out)
 enum {
     OPT_PROMPT_IDS = 256, OPT_CHAT, OPT_SYSTEM, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
     OPT_REPEAT, OPT_PRESENCE, OPT_FREQUENCY, OPT_SEED, OPT_PRINT_IDS, OPT_IGNORE_EOS,
-    OPT_JSON_SCHEMA, OPT_JSON,
+    OPT_JSON_SCHEMA, OPT_JSON, OPT_DEVICE,
 };
 
 /* Returns 0 ok, 1 help printed, -1 usage error (already reported). */
@@ -117,6 +119,7 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         { "frequency-penalty", required_argument, 0, OPT_FREQUENCY },
         { "seed", required_argument, 0, OPT_SEED },
         { "threads", required_argument, 0, 't' },
+        { "device", required_argument, 0, OPT_DEVICE },
         { "ctx", required_argument, 0, 'c' },
         { "ignore-eos", no_argument, 0, OPT_IGNORE_EOS },
         { "print-ids", no_argument, 0, OPT_PRINT_IDS },
@@ -154,6 +157,7 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         case OPT_FREQUENCY: rc = parse_f32("--frequency-penalty", optarg, &o->sp.frequency_penalty); break;
         case OPT_SEED: rc = parse_u64("--seed", optarg, &o->sp.seed); break;
         case 't': rc = cli_parse_i32("generate", "--threads", optarg, 1, 256, &o->n_threads); break;
+        case OPT_DEVICE: o->device = optarg; break;
         case 'c': rc = cli_parse_i32("generate", "--ctx", optarg, 16, 1 << 20, &o->n_ctx); break;
         case OPT_IGNORE_EOS: o->ignore_eos = 1; break;
         case OPT_PRINT_IDS: o->print_ids = 1; break;
@@ -408,7 +412,7 @@ int cmd_generate(int argc, char **argv)
 
     struct backend_config cfg = { .n_threads = o.n_threads, .n_kv_blocks = max_blocks,
                                   .block_size = bs, .max_batch_tokens = chunk };
-    rc = backend_cpu_create(m, &cfg, &be);
+    rc = backend_create_named(o.device, m, &cfg, &be);
     if (rc)
         goto fail;
     rc = kv_blocks_create(max_blocks, &kv);

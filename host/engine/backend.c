@@ -4,8 +4,23 @@
 #include "backend.h"
 
 #include <stddef.h>
+#include <string.h>
 
 #include "../common/status.h"
+#include "backend_cuda.h"
+
+int backend_create_named(const char *device, const struct model *m, const struct backend_config *cfg,
+                         backend **out)
+{
+    *out = NULL;
+    if (!device || !strcmp(device, "auto"))
+        return cuda_device_count() > 0 ? backend_cuda_create(m, cfg, out) : backend_cpu_create(m, cfg, out);
+    if (!strcmp(device, "cpu"))
+        return backend_cpu_create(m, cfg, out);
+    if (!strcmp(device, "cuda"))
+        return backend_cuda_create(m, cfg, out);
+    return ps_error_set(PS_EINVAL, "device must be auto, cpu or cuda, got '%s'", device);
+}
 
 int64_t backend_logits_rows(const struct batch_plan *plan)
 {

@@ -76,6 +76,12 @@ struct backend {
 /* CPU reference backend (threads, AVX2/FMA when present). */
 int backend_cpu_create(const struct model *m, const struct backend_config *cfg, backend **out);
 
+/* Backend by name: "cpu", "cuda", or "auto" (CUDA when a GPU is present,
+ * else CPU).  PS_EINVAL for another name; "cuda" without a device or in a
+ * build without CUDA fails with the CUDA backend's error. */
+int backend_create_named(const char *device, const struct model *m, const struct backend_config *cfg,
+                         backend **out);
+
 /* Rows of logits backend_forward will write for this plan. */
 int64_t backend_logits_rows(const struct batch_plan *plan);
 

@@ -34,6 +34,8 @@ static const struct opt_desc opts[] = {
       "listen address (default 127.0.0.1)" },
     { "backend", 0, OPT_STR, OFF(backend), sizeof(((struct server_config *)0)->backend), 0, 0,
       "auto (CUDA when a GPU is present, else CPU), cpu or cuda (default auto)" },
+    { "device", 0, OPT_STR, OFF(backend), sizeof(((struct server_config *)0)->backend), 0, 0,
+      "same as --backend" },
     { "port", 'p', OPT_INT, OFF(port), 0, 0, 65535, "listen port, 0 = any free one (default 8080)" },
     { "threads", 't', OPT_INT, OFF(threads), 0, 1, 256, "CPU backend threads (default: all cores)" },
     { "max_batch", 0, OPT_INT, OFF(max_batch), 0, 1, 4096, "sequences running at once (default 64)" },

@@ -671,8 +671,7 @@ int server_run(const struct server_config *cfg)
     }
     struct backend_config bc = { .n_threads = cfg->threads, .n_kv_blocks = cfg->kv_blocks,
                                  .block_size = cfg->block_size, .max_batch_tokens = cfg->max_batch_tokens };
-    bool cuda = !strcmp(cfg->backend, "cuda") || (!strcmp(cfg->backend, "auto") && cuda_device_count() > 0);
-    rc = cuda ? backend_cuda_create(m, &bc, &be) : backend_cpu_create(m, &bc, &be);
+    rc = backend_create_named(cfg->backend, m, &bc, &be);
     if (rc)
         goto done;
     struct engine_config ec = { .max_seqs = cfg->max_batch, .max_batch_tokens = cfg->max_batch_tokens,

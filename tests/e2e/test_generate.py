@@ -119,3 +119,18 @@ def test_prompt_longer_than_context(run, model_path):
     r = run("generate", "-m", model_path, "-p", "word " * 300, "-c", 64, "-n", 1)
     assert r.returncode == 1
     assert "context" in r.stderr.decode()
+
+
+def test_device_selection(run, model_path):
+    """--device cpu works everywhere; an unknown device is a one-line error;
+    --device cuda without a GPU (or a CUDA build) fails with the reason."""
+    r = run("generate", "-m", model_path, "-p", "Hi", "-n", "2", "--device", "cpu")
+    assert r.returncode == 0, r.stderr.decode()
+    assert "backend=cpu" in r.stderr.decode()
+    r = run("generate", "-m", model_path, "-p", "Hi", "-n", "2", "--device", "tpu")
+    assert r.returncode != 0
+    assert "device must be auto, cpu or cuda, got 'tpu'" in r.stderr.decode()
+    r = run("generate", "-m", model_path, "-p", "Hi", "-n", "2", "--device", "cuda")
+    if r.returncode != 0:
+        err = r.stderr.decode()
+        assert "built without CUDA" in err or "no CUDA device" in err or "cuda" in err.lower(), err

@@ -7,13 +7,23 @@
  *      4 decode steps of the 3 sequences (graph bucket 4, one padded row):
  *      logits NMSE vs CPU.  Tolerances: GEMV-only backend
  *      (PARASERVE_CUDA_F16_WEIGHTS=0: the same Q8 activations and integer
- *      dots as the CPU) 1e-4; default backend (steps > 8 tokens on cuBLAS f16,
+ *      dots as the CPU) 5e-4.  Steps agree to ~1e-14 until a Q8 rounding of
+ *      an activation lands on the other side of .5 in one backend (inputs
+ *      differ in the last bit: summation order, expf/rsqrt); one such flip
+ *      measured 5e-5 on a 1-layer model and up to 1.2e-4 on 2 layers (H200,
+ *      2026-11-26), and a flip in a prefill stays in the KV cache.  Default backend (steps > 8 tokens on cuBLAS f16,
  *      against the CPU's Q8 activations) 5e-3; K-quant models (F16 on the
  *      GPU vs Q8_K activations on the CPU) 5e-3.
  *   2. copy_block: fork a sequence's last block, decode on the fork: NMSE as above.
  *   3. 32-step greedy continuation: token ids identical (GPU samples on the
- *      device via backend_cuda_forward_sample; CPU takes argmax of its logits).
+ *      device via backend_cuda_forward_sample; CPU takes argmax of its logits)
+ *      up to the first step where the CPU's top-2 logit margin is below
+ *      GREEDY_TIE x rms(logits): random-weight models have flat
+ *      distributions, and a margin inside the measured logit error (decode
+ *      NMSE <= 6e-4 on an H200, i.e. rms error <= 0.025 x rms) can flip
+ *      either way.  A difference at a clear margin fails.
  */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -46,6 +56,26 @@ static int argmax(const float *l, int32_t V)
         if (l[i] > l[a])
             a = i;
     return a;
+}
+
+#define GREEDY_TIE 0.1
+
+/* top-1 minus top-2 logit, over rms(logits) */
+static double top2_margin_rel(const float *l, int32_t V)
+{
+    float a = -INFINITY, b = -INFINITY;
+    double ss = 0.0;
+    for (int32_t i = 0; i < V; i++) {
+        ss += (double)l[i] * l[i];
+        if (l[i] > a) {
+            b = a;
+            a = l[i];
+        } else if (l[i] > b) {
+            b = l[i];
+        }
+    }
+    const double rms = sqrt(ss / V);
+    return rms > 0 ? (a - b) / rms : 0.0;
 }
 
 static int run(backend *be, const struct batch_plan *plan, float *logits, const char *what)
@@ -133,6 +163,7 @@ static void greedy_32(backend *cpu, backend *gpu, const struct model *m, const c
     struct batch_plan plan = { &s, 1 };
     struct cuda_sample_params sp = { 0.0f, 0, 1.0f, 0.0f, 1, 0 };
     int32_t tc, tg, ids_c[32], ids_g[32];
+    double margin[32];
     if (run(cpu, &plan, lc, "greedy prefill"))
         goto out;
     if (backend_cuda_forward_sample(gpu, &plan, &sp, NULL, &tg)) {
@@ -141,6 +172,7 @@ static void greedy_32(backend *cpu, backend *gpu, const struct model *m, const c
         goto out;
     }
     tc = argmax(lc, V);
+    margin[0] = top2_margin_rel(lc, V);
     int first_diff = -1;
     for (int i = 0; i < 32; i++) {
         ids_c[i] = tc;
@@ -153,6 +185,8 @@ static void greedy_32(backend *cpu, backend *gpu, const struct model *m, const c
         if (run(cpu, &pcp, lc, "greedy decode"))
             goto out;
         tc = argmax(lc, V);
+        if (i + 1 < 32)
+            margin[i + 1] = top2_margin_rel(lc, V);
         struct batch_seq sg = { &pg, 1, 6 + i, bt, 4, LOGITS_LAST };
         struct batch_plan pgp = { &sg, 1 };
         sp.step = (uint64_t)i + 1;
@@ -163,10 +197,18 @@ static void greedy_32(backend *cpu, backend *gpu, const struct model *m, const c
         }
     }
     gt_checks++;
-    printf("%-58s %s\n", label, first_diff < 0 ? "OK" : "NOT OK");
-    if (first_diff >= 0) {
+    int near_tie = -1; /* first step whose CPU margin is inside the error */
+    for (int i = 0; i < 32 && near_tie < 0; i++)
+        if (margin[i] < GREEDY_TIE)
+            near_tie = i;
+    const int ok = first_diff < 0 || (near_tie >= 0 && first_diff >= near_tie);
+    printf("%-58s %s\n", label, ok ? "OK" : "NOT OK");
+    if (first_diff >= 0)
+        printf("    first difference at step %d (cpu top-2 margin there %.4f x rms; first near tie at step %d)\n",
+               first_diff, margin[first_diff], near_tie);
+    if (!ok) {
         gt_failures++;
-        printf("    first difference at step %d: cpu", first_diff);
+        printf("    cpu");
         for (int i = 0; i < 32; i++)
             printf(" %d", ids_c[i]);
         printf("\n    gpu");
@@ -191,16 +233,24 @@ int main(void)
         GT_SKIP("no CUDA device: cuda_device_count() = 0 (no driver, no GPU, or built without CUDA)");
     quant_init();
     struct case_def cases[] = {
-        { "tiny llama Q4_1 (D=16)", "tiny", { 0 }, 1e-4, 5e-3 },
+        { "tiny llama Q4_1 (D=16)", "tiny", { 0 }, 5e-4, 5e-3 },
         { "qwen2 Q4_0 bias neox", NULL,
           { ARCH_QWEN2, 1000, 256, 2, 8, 2, 64, 512, 4096, 1e6f, 1e-6f, true, DT_Q4_0, DT_Q8_0, 11, "t-qwen2" },
-          1e-4, 5e-3 },
+          5e-4, 5e-3 },
         { "qwen3 Q8_0 qk-norm D=128 untied F16 out", NULL,
           { ARCH_QWEN3, 800, 256, 2, 4, 2, 128, 320, 4096, 1e6f, 1e-6f, false, DT_Q8_0, DT_F16, 12, "t-qwen3" },
-          1e-4, 5e-3 },
+          5e-4, 5e-3 },
         { "llama F16 weights, BF16 embeddings", NULL,
           { ARCH_LLAMA, 600, 192, 3, 3, 1, 64, 384, 4096, 1e5f, 1e-5f, false, DT_F16, DT_BF16, 13, "t-llama-f16" },
-          1e-4, 5e-3 },
+          1e-5, 1e-5 }, /* no activation quantization: measured 5.9e-7 */
+        /* isolate where quantized models part from the CPU: one Q8_0 layer
+         * with a tied Q8_0 head, and Q8_0 layers with an F16 head */
+        { "llama Q8_0 1 layer, tied Q8_0 head", NULL,
+          { ARCH_LLAMA, 600, 256, 1, 4, 2, 64, 512, 4096, 1e4f, 1e-5f, true, DT_Q8_0, DT_Q8_0, 15, "t-llama-q8-1l" },
+          5e-4, 5e-3 },
+        { "llama Q8_0 3 layers, F16 head", NULL,
+          { ARCH_LLAMA, 600, 256, 3, 4, 2, 64, 512, 4096, 1e4f, 1e-5f, false, DT_Q8_0, DT_F16, 16, "t-llama-q8-f16" },
+          5e-4, 5e-3 },
         { "llama Q4_K (F16 on the GPU)", NULL,
           { ARCH_LLAMA, 512, 256, 2, 4, 4, 64, 512, 4096, 1e4f, 1e-5f, true, DT_Q4_K, DT_Q8_0, 14, "t-llama-q4k" },
           5e-3, 5e-3 },
@@ -250,7 +300,7 @@ int main(void)
             if (backend_cpu_create(m, &cfg, &cpu) == 0) { /* fresh cache */
                 snprintf(label, sizeof label, "%s [default]", c->name);
                 compare_steps(cpu, gpu, m, c->tol_default, c->tol_default, label);
-                snprintf(label, sizeof label, "%s: 32-step greedy ids identical", c->name);
+                snprintf(label, sizeof label, "%s: 32-step greedy ids identical (to a near tie)", c->name);
                 greedy_32(cpu, gpu, m, label);
             }
             struct cuda_backend_info info;
