@@ -77,6 +77,7 @@ struct cuda_backend {
 
     float  *x, *xn, *qkv, *q, *att, *gu, *hb; /* scratch, max_T rows */
     float  *part_o, *part_ml;
+    int     fuse_q8;               /* rmsnorm/swiglu write the next GEMV's Q8 input (PARASERVE_CUDA_FUSE_Q8) */
     int64_t part_cap;              /* rows x heads x splits capacity */
     float  *logits;                /* [logits_cap][V] */
     int64_t logits_cap;
@@ -339,6 +340,36 @@ static int stage_plan(struct cuda_backend *cb, const struct batch_plan *plan, in
             return rc_;    \
     } while (0)
 
+/* The Q8 activation buffer as the input rows of W when the producer of
+ * W's input may write them itself (W on the GEMV path, one chunk, K % 32 ==
+ * 0), else NULL.  *tmp holds the returned descriptor. */
+static const struct dq8 *fused_q8(const struct cuda_backend *cb, const struct dmat *W, int64_t T, int64_t K,
+                                  struct dq8 *tmp)
+{
+    const int quantized = W->type == DT_Q4_0 || W->type == DT_Q4_1 || W->type == DT_Q8_0;
+    if (!cb->fuse_q8 || !quantized || T > MMV_MAX_T || (T > cb->mm.mmv_max && W->f16) || K % 32 != 0)
+        return NULL;
+    *tmp = cb->mm.act;
+    tmp->K = K;
+    return tmp;
+}
+
+/* op_rmsnorm, writing W's Q8 input rows as well when fused_q8 allows. */
+static int norm_for(struct cuda_backend *cb, const struct dmat *W, float *out, float *x, const float *w,
+                    const int32_t *row_idx, int64_t rows, int64_t n)
+{
+    struct dq8 q;
+    const struct dq8 *fq = fused_q8(cb, W, rows, n, &q);
+    const float eps = cb->base.model->hp.rms_eps;
+    if (!fq) {
+        cb->mm.act_of = NULL;
+        return op_rmsnorm(cb->st, out, x, NULL, w, row_idx, rows, n, eps);
+    }
+    int rc = op_rmsnorm_q8(cb->st, out, x, NULL, w, row_idx, rows, n, eps, fq);
+    cb->mm.act_of = rc ? NULL : out;
+    return rc;
+}
+
 static int run_step(struct cuda_backend *cb, const struct step *s)
 {
     const struct model_hparams *hp = &cb->base.model->hp;
@@ -352,7 +383,7 @@ static int run_step(struct cuda_backend *cb, const struct step *s)
         const struct layer_dev *ld = &cb->layers[il];
         __half *kc = cb->kc + (size_t)il * cb->slots_per_layer * cb->kv_dim;
         __half *vc = cb->vc + (size_t)il * cb->slots_per_layer * cb->kv_dim;
-        TRY(op_rmsnorm(st, cb->xn, cb->x, NULL, ld->attn_norm, NULL, T, E, hp->rms_eps));
+        TRY(norm_for(cb, &ld->qkv, cb->xn, cb->x, ld->attn_norm, NULL, T, E));
         TRY(op_matmul(st, &cb->mm, &ld->qkv, cb->xn, E, T, cb->qkv, cb->qkv_dim, ld->bqkv, 0));
         TRY(op_qkv_rope_store(st, cb->qkv, cb->qkv_dim, T, in + L->pos, in + L->slot, ld->q_norm, ld->k_norm,
                               &cb->ra, cb->q, kc, vc));
@@ -363,13 +394,16 @@ static int run_step(struct cuda_backend *cb, const struct step *s)
         else
             TRY(op_attn_prefill(st, &kv, cb->q, cb->att, in + L->q0, in + L->nq, in + L->pos0, in + L->work, s->W));
         TRY(op_matmul(st, &cb->mm, &ld->wo, cb->att, cb->q_dim, T, cb->x, E, NULL, 1));
-        TRY(op_rmsnorm(st, cb->xn, cb->x, NULL, ld->ffn_norm, NULL, T, E, hp->rms_eps));
+        TRY(norm_for(cb, &ld->gu, cb->xn, cb->x, ld->ffn_norm, NULL, T, E));
         TRY(op_matmul(st, &cb->mm, &ld->gu, cb->xn, E, T, cb->gu, 2 * F, NULL, 0));
-        TRY(op_swiglu(st, cb->gu, cb->hb, T, F));
+        struct dq8 hq;
+        const struct dq8 *fq = fused_q8(cb, &ld->down, T, F, &hq);
+        TRY(op_swiglu(st, cb->gu, cb->hb, T, F, fq));
+        cb->mm.act_of = fq ? cb->hb : NULL;
         TRY(op_matmul(st, &cb->mm, &ld->down, cb->hb, F, T, cb->x, E, NULL, 1));
     }
     if (s->R > 0) {
-        TRY(op_rmsnorm(st, cb->xn, cb->x, NULL, cb->out_norm, in + L->lrows, s->R, E, hp->rms_eps));
+        TRY(norm_for(cb, cb->tied ? &cb->embd : &cb->out_w, cb->xn, cb->x, cb->out_norm, in + L->lrows, s->R, E));
         TRY(op_matmul(st, &cb->mm, cb->tied ? &cb->embd : &cb->out_w, cb->xn, E, s->R, cb->logits, cb->V, NULL, 0));
     }
     return PS_OK;
@@ -655,6 +689,7 @@ extern "C" int backend_cuda_create(const struct model *m, const struct backend_c
         cb->use_decode_kernel = (hp->n_head / hp->n_head_kv) * hp->head_dim <= 2048 &&
                                 (hp->n_head / hp->n_head_kv) <= 16;
         cb->graphs_on = env_int("PARASERVE_CUDA_GRAPHS", 1) != 0;
+        cb->fuse_q8 = env_int("PARASERVE_CUDA_FUSE_Q8", 1) != 0;
         int mmv = env_int("PARASERVE_CUDA_MMV_MAX", MMV_MAX_T);
         cb->mm.mmv_max = mmv < 0 ? 0 : (mmv > MMV_MAX_T ? MMV_MAX_T : mmv);
         const int make_f16 = env_int("PARASERVE_CUDA_F16_WEIGHTS", 1) != 0;

@@ -18,6 +18,8 @@
  * Environment (read at create):
  *   PARASERVE_CUDA_DEVICE=i        device ordinal
  *   PARASERVE_CUDA_GRAPHS=0        never capture graphs
+ *   PARASERVE_CUDA_FUSE_Q8=0       quantize GEMV inputs in their own kernel
+ *                                  instead of in rmsnorm/swiglu (A/B timing)
  *   PARASERVE_CUDA_MMV_MAX=n       0..8: largest step run by the quantized GEMV (default 8)
  *   PARASERVE_CUDA_F16_WEIGHTS=0   no f16 weight copies: every step uses the GEMV
  *

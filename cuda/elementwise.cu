@@ -26,9 +26,30 @@ int op_embed(cudaStream_t st, const struct dmat *emb, const int32_t *tokens, int
 
 /* ---- rmsnorm ------------------------------------------------------------ */
 
-/* grid (rows), block 256.  src row = x + (row_idx ? row_idx[r] : r) * n. */
+/* Q8 of one 32-element block held one element per lane (same arithmetic as
+ * quant.c quantize_q8_common): d = amax / 127, id = 1/d, q = roundf(v * id),
+ * d and d*sum(q) (with the f32 d) stored through f16. */
+__device__ __forceinline__ void q8_block_store(float v, int lane, int8_t *qs, float *d, float *s)
+{
+    const float amax = warp_max(fabsf(v));
+    const float dd = amax / 127;
+    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
+    const int q = (int)roundf(v * id);
+    qs[lane] = (int8_t)q;
+    int sum = q;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        sum += __shfl_xor_sync(0xffffffffu, sum, o);
+    if (lane == 0) {
+        *d = __half2float(__float2half_rn(dd));
+        *s = __half2float(__float2half_rn((float)sum * dd)); /* f32 d, as quant.c */
+    }
+}
+
+/* grid (rows), block 256.  src row = x + (row_idx ? row_idx[r] : r) * n.
+ * qs != NULL: n % 32 == 0, each warp also quantizes its 32-element blocks. */
 __global__ void rmsnorm_kernel(float *out, float *x, const float *res, const float *w, const int32_t *row_idx,
-                               int64_t n, float eps)
+                               int64_t n, float eps, int8_t *qs, float *qd, float *qsum)
 {
     __shared__ double red[32];
     const int64_t r = blockIdx.x;
@@ -44,8 +65,18 @@ __global__ void rmsnorm_kernel(float *out, float *x, const float *res, const flo
     }
     ss = block_sum_d(ss, red);
     const float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
-    for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
-        out[r * n + i] = src[i] * scale * w[i];
+    if (!qs) {
+        for (int64_t i = threadIdx.x; i < n; i += blockDim.x)
+            out[r * n + i] = src[i] * scale * w[i];
+        return;
+    }
+    const int lane = threadIdx.x & 31, nw = blockDim.x / 32;
+    for (int64_t b = threadIdx.x / 32; b < n / 32; b += nw) {
+        const int64_t i = b * 32 + lane;
+        const float v = src[i] * scale * w[i];
+        out[r * n + i] = v;
+        q8_block_store(v, lane, qs + r * n + b * 32, qd + r * (n / 32) + b, qsum + r * (n / 32) + b);
+    }
 }
 
 int op_rmsnorm(cudaStream_t st, float *out, float *x, const float *res, const float *w, const int32_t *row_idx,
@@ -54,7 +85,19 @@ int op_rmsnorm(cudaStream_t st, float *out, float *x, const float *res, const fl
     OP_REQUIRE(rows >= 1 && rows <= INT32_MAX && n >= 1, "rmsnorm");
     OP_REQUIRE(!(row_idx && out == x), "rmsnorm");
     OP_REQUIRE(!(row_idx && res), "rmsnorm");
-    rmsnorm_kernel<<<(unsigned)rows, 256, 0, st>>>(out, x, res, w, row_idx, n, eps);
+    rmsnorm_kernel<<<(unsigned)rows, 256, 0, st>>>(out, x, res, w, row_idx, n, eps, NULL, NULL, NULL);
+    CUDA_LAUNCH_CHECK();
+    return PS_OK;
+}
+
+int op_rmsnorm_q8(cudaStream_t st, float *out, float *x, const float *res, const float *w,
+                  const int32_t *row_idx, int64_t rows, int64_t n, float eps, const struct dq8 *q)
+{
+    OP_REQUIRE(rows >= 1 && rows <= INT32_MAX && n >= 32 && n % 32 == 0, "rmsnorm_q8");
+    OP_REQUIRE(q && q->K == n, "rmsnorm_q8");
+    OP_REQUIRE(!(row_idx && out == x), "rmsnorm_q8");
+    OP_REQUIRE(!(row_idx && res), "rmsnorm_q8");
+    rmsnorm_kernel<<<(unsigned)rows, 256, 0, st>>>(out, x, res, w, row_idx, n, eps, q->qs, q->d, q->s);
     CUDA_LAUNCH_CHECK();
     return PS_OK;
 }
@@ -71,19 +114,38 @@ __global__ void swiglu_kernel(const float *gu, float *h, int64_t T, int64_t F)
     h[i] = g / (1.0f + expf(-g)) * u;
 }
 
-int op_swiglu(cudaStream_t st, const float *gu, float *h, int64_t T, int64_t F)
+/* One warp per 32-element block of h (F % 32 == 0): the value and its Q8. */
+__global__ void swiglu_q8_kernel(const float *gu, float *h, int64_t T, int64_t F, int8_t *qs, float *qd,
+                                 float *qsum)
+{
+    const int64_t nb = F / 32;
+    const int64_t blk = (int64_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x & 31;
+    if (blk >= T * nb)
+        return;
+    const int64_t t = blk / nb, f = (blk % nb) * 32 + lane;
+    const float g = gu[t * 2 * F + f], u = gu[t * 2 * F + F + f];
+    const float v = g / (1.0f + expf(-g)) * u;
+    h[t * F + f] = v;
+    q8_block_store(v, lane, qs + t * F + (f - lane), qd + blk, qsum + blk);
+}
+
+int op_swiglu(cudaStream_t st, const float *gu, float *h, int64_t T, int64_t F, const struct dq8 *q)
 {
     OP_REQUIRE(T >= 1 && F >= 1, "swiglu");
-    swiglu_kernel<<<(unsigned)ceil_div64(T * F, 256), 256, 0, st>>>(gu, h, T, F);
+    if (q) {
+        OP_REQUIRE(F % 32 == 0 && q->K == F, "swiglu");
+        swiglu_q8_kernel<<<(unsigned)ceil_div64(T * (F / 32), 8), 256, 0, st>>>(gu, h, T, F, q->qs, q->d, q->s);
+    } else {
+        swiglu_kernel<<<(unsigned)ceil_div64(T * F, 256), 256, 0, st>>>(gu, h, T, F);
+    }
     CUDA_LAUNCH_CHECK();
     return PS_OK;
 }
 
 /* ---- activation quantization -------------------------------------------- */
 
-/* One warp per 32-element block; lane j owns element j.  Same arithmetic as
- * quant.c quantize_q8_common: d = amax / 127, id = 1/d, q = roundf(x * id),
- * d and d*sum(q) (with the f32 d) stored through f16. */
+/* One warp per 32-element block; lane j owns element j (q8_block_store). */
 __global__ void quantize_q8_kernel(const float *x, int64_t ldx, int64_t T, int64_t K, int8_t *qs, float *d,
                                    float *s)
 {
@@ -93,21 +155,7 @@ __global__ void quantize_q8_kernel(const float *x, int64_t ldx, int64_t T, int64
     if (blk >= T * nb)
         return;
     const int64_t t = blk / nb, b = blk % nb;
-    const float v = x[t * ldx + b * 32 + lane];
-    const float amax = warp_max(fabsf(v));
-    const float dd = amax / 127;
-    const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    const int q = (int)roundf(v * id);
-    qs[t * K + b * 32 + lane] = (int8_t)q;
-    int sum = q;
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-        sum += __shfl_xor_sync(0xffffffffu, sum, o);
-    if (lane == 0) {
-        const float dh = __half2float(__float2half_rn(dd));
-        d[blk] = dh;
-        s[blk] = __half2float(__float2half_rn((float)sum * dd)); /* f32 d, as quant.c */
-    }
+    q8_block_store(x[t * ldx + b * 32 + lane], lane, qs + t * K + b * 32, d + blk, s + blk);
 }
 
 int op_quantize_q8(cudaStream_t st, const float *x, int64_t ldx, int64_t T, int64_t K, struct dq8 *out)

@@ -227,14 +227,20 @@ int op_matmul(cudaStream_t st, struct mm_ctx *mc, const struct dmat *W, const fl
               int64_t T, float *out, int64_t ld_out, const float *bias, int accumulate)
 {
     const int quantized = W->type == DT_Q4_0 || W->type == DT_Q4_1 || W->type == DT_Q8_0;
-    if (T > mc->mmv_max && W->f16)
+    if (T > mc->mmv_max && W->f16) {
+        mc->act_of = NULL;
         return op_gemm_cublas(st, mc, W, x, ldx, T, out, ld_out, bias, accumulate);
+    }
     /* GEMV, in chunks of MMV_MAX_T tokens (chunks only when there is no F16 copy) */
     for (int64_t t0 = 0; t0 < T; t0 += MMV_MAX_T) {
         const int64_t n = T - t0 < MMV_MAX_T ? T - t0 : MMV_MAX_T;
         struct dq8 xq = mc->act;
         xq.K = W->K;
-        if (quantized) {
+        /* the producer of x (rmsnorm, swiglu) may have written its Q8 rows
+         * already; that claim is good for this one matmul */
+        const int have_q8 = mc->act_of == x && T <= MMV_MAX_T && ldx == W->K;
+        mc->act_of = NULL;
+        if (quantized && !have_q8) {
             int rc = op_quantize_q8(st, x + t0 * ldx, ldx, n, W->K, &xq);
             if (rc)
                 return rc;

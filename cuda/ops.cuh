@@ -40,9 +40,15 @@ int op_embed(cudaStream_t st, const struct dmat *emb, const int32_t *tokens, int
  * CPU does.  out may equal x only without row_idx. */
 int op_rmsnorm(cudaStream_t st, float *out, float *x, const float *res, const float *w,
                const int32_t *row_idx, int64_t rows, int64_t n, float eps);
+/* op_rmsnorm that also writes out's rows as Q8 activation rows into *q
+ * (q->K == n, n % 32 == 0), bit for bit what op_quantize_q8 would write:
+ * one launch instead of two before a GEMV on quantized weights. */
+int op_rmsnorm_q8(cudaStream_t st, float *out, float *x, const float *res, const float *w,
+                  const int32_t *row_idx, int64_t rows, int64_t n, float eps, const struct dq8 *q);
 
-/* h [T][F] = silu(gu[t][0:F]) * gu[t][F:2F]  (gu = [gate | up] rows). */
-int op_swiglu(cudaStream_t st, const float *gu, float *h, int64_t T, int64_t F);
+/* h [T][F] = silu(gu[t][0:F]) * gu[t][F:2F]  (gu = [gate | up] rows).
+ * q != NULL (q->K == F, F % 32 == 0): h's rows also as Q8 activation rows. */
+int op_swiglu(cudaStream_t st, const float *gu, float *h, int64_t T, int64_t F, const struct dq8 *q);
 
 /* Quantize x [T][K] (row stride ldx) to Q8 activation rows (K % 32 == 0). */
 int op_quantize_q8(cudaStream_t st, const float *x, int64_t ldx, int64_t T, int64_t K, struct dq8 *out);
@@ -83,6 +89,7 @@ struct mm_ctx {
     struct dq8     act;      /* scratch: [max_T][max_K] */
     __half        *act16;    /* scratch: [max_T * max_K] */
     int            mmv_max;  /* T <= mmv_max: GEMV on quantized weights, else cuBLAS on F16 */
+    const float   *act_of;   /* act holds the Q8 rows of this [T][K] input (one GEMV chunk), or NULL */
 };
 
 /* out [T][ld_out] (columns 0..N-1) = x [T][K] (row stride ldx) . W^T

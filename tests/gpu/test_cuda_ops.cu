@@ -223,6 +223,17 @@ static void test_embed(enum dtype t, int64_t E, int64_t V)
 
 /* ---- rmsnorm / swiglu ------------------------------------------------------ */
 
+template <typename T> static bool same_dev(const T *a, const T *b, int64_t n)
+{
+    auto ha = hcopy(a, n), hb = hcopy(b, n);
+    return memcmp(ha.data(), hb.data(), (size_t)n * sizeof(T)) == 0;
+}
+
+static bool same_dq8(const struct dq8 &a, const struct dq8 &b, int64_t rows, int64_t K)
+{
+    return same_dev(a.qs, b.qs, rows * K) && same_dev(a.d, b.d, rows * K / 32) && same_dev(a.s, b.s, rows * K / 32);
+}
+
 static void cpu_rmsnorm(float *out, const float *x, const float *w, int64_t n, float eps)
 {
     double ss = 0.0;
@@ -261,6 +272,18 @@ static void test_rmsnorm(int64_t rows, int64_t n, int with_res, int with_idx)
             xr[i] = x[i] + res[i];
         gt_nmse_check("  residual written back", xs.data(), xr.data(), rows * n, 0.0);
     }
+    if (n % 32 == 0 && !with_res) {
+        /* fused Q8 rows: bit for bit op_rmsnorm + op_quantize_q8 */
+        struct dq8 a = { dnew<int8_t>(rows * n), dnew<float>(rows * n / 32), dnew<float>(rows * n / 32), n };
+        struct dq8 b = { dnew<int8_t>(rows * n), dnew<float>(rows * n / 32), dnew<float>(rows * n / 32), n };
+        float *dout2 = dnew<float>(rows * n);
+        OK(op_rmsnorm_q8(0, dout2, dx, NULL, dw, with_idx ? didx : NULL, rows, n, 1e-5f, &a));
+        OK(op_quantize_q8(0, dout, n, rows, n, &b));
+        const bool ok = same_dq8(a, b, rows, n) && same_dev(dout, dout2, rows * n);
+        GT_CHECK(ok, "rmsnorm_q8 rows=%lld n=%lld: differs from rmsnorm + quantize_q8", (long long)rows, (long long)n);
+        printf("%-58s %s\n", "  fused Q8 rows == rmsnorm + quantize_q8 (bit-exact)", ok ? "OK" : "NOT OK");
+        cudaFree(a.qs); cudaFree(a.d); cudaFree(a.s); cudaFree(b.qs); cudaFree(b.d); cudaFree(b.s); cudaFree(dout2);
+    }
     cudaFree(dx); cudaFree(dw); cudaFree(dres); cudaFree(dout); cudaFree(didx);
 }
 
@@ -268,8 +291,19 @@ static void test_swiglu(int64_t T, int64_t F)
 {
     std::vector<float> gu = rand_vec(T * 2 * F, 6.0f);
     float *dgu = dcopy(gu), *dh = dnew<float>(T * F);
-    OK(op_swiglu(0, dgu, dh, T, F));
+    OK(op_swiglu(0, dgu, dh, T, F, NULL));
     auto got = hcopy(dh, T * F);
+    if (F % 32 == 0) {
+        struct dq8 a = { dnew<int8_t>(T * F), dnew<float>(T * F / 32), dnew<float>(T * F / 32), F };
+        struct dq8 b = { dnew<int8_t>(T * F), dnew<float>(T * F / 32), dnew<float>(T * F / 32), F };
+        float *dh2 = dnew<float>(T * F);
+        OK(op_swiglu(0, dgu, dh2, T, F, &a));
+        OK(op_quantize_q8(0, dh, F, T, F, &b));
+        const bool ok = same_dq8(a, b, T, F) && same_dev(dh, dh2, T * F);
+        GT_CHECK(ok, "swiglu q8 T=%lld F=%lld: differs from swiglu + quantize_q8", (long long)T, (long long)F);
+        printf("%-58s %s\n", "  fused Q8 rows == swiglu + quantize_q8 (bit-exact)", ok ? "OK" : "NOT OK");
+        cudaFree(a.qs); cudaFree(a.d); cudaFree(a.s); cudaFree(b.qs); cudaFree(b.d); cudaFree(b.s); cudaFree(dh2);
+    }
     std::vector<float> ref(T * F);
     for (int64_t t = 0; t < T; t++)
         for (int64_t f = 0; f < F; f++) {
@@ -573,7 +607,9 @@ int main(void)
     test_rmsnorm(1, 576, 0, 0);
     test_rmsnorm(3, 577, 1, 0);
     test_rmsnorm(17, 2048, 0, 1);
+    test_rmsnorm(4, 896, 0, 0);
     test_swiglu(1, 1536);
+    test_swiglu(3, 4864);
     test_swiglu(5, 1001);
 
     test_rope(64, 64, 0, 0);
