@@ -65,6 +65,8 @@ static void cmd_free(struct cmd *c)
 {
     if (!c)
         return;
+    if (c->req.constraint.ops && c->req.constraint.ops->release)
+        c->req.constraint.ops->release(c->req.constraint.ctx);
     if (c->stop)
         for (int32_t i = 0; i < c->req.n_stop; i++)
             free(c->stop[i]);
@@ -208,7 +210,7 @@ static void handle_submit(engine *e, struct cmd *c)
         .prompt = ids ? ids : c->prompt_ids, .n_prompt = ids ? (int32_t)n : c->req.n_prompt_ids,
         .max_tokens = c->req.max_tokens, .sampling = c->req.sampling,
         .stop = (const char *const *)c->stop, .n_stop = c->req.n_stop,
-        .ignore_eos = c->req.ignore_eos, .user = c->req.user,
+        .ignore_eos = c->req.ignore_eos, .constraint = c->req.constraint, .user = c->req.user,
     };
     if (r.max_tokens <= 0)
         r.max_tokens = sched_n_ctx(e->sched) - r.n_prompt;
@@ -303,6 +305,7 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
     c->req.prompt = NULL;
     c->req.prompt_ids = NULL;
     c->req.stop = NULL;
+    c->req.constraint = (struct token_constraint){ 0 };
     if (req->prompt && !(c->prompt = strdup(req->prompt)))
         goto oom;
     if (!req->prompt && req->n_prompt_ids > 0) {
@@ -318,6 +321,11 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
         for (int32_t i = 0; i < req->n_stop; i++)
             if (!(c->stop[i] = strdup(req->stop[i])))
                 goto oom;
+    }
+    if (req->constraint.ops) {
+        if (req->constraint.ops->retain)
+            req->constraint.ops->retain(req->constraint.ctx);
+        c->req.constraint = req->constraint;
     }
     *id = c->id;
     post(e, c);

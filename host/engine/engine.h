@@ -50,6 +50,22 @@ struct engine_request {
     const char *const *stop;
     int32_t        n_stop;
     bool           ignore_eos;
+    /* Constrained decoding (optional; ops == NULL: none).  engine_submit
+     * takes its own reference (constraint.ops->retain), so the caller may
+     * drop its reference right after submitting.  From a compiled JSON
+     * Schema (host/grammar/grammar.h):
+     *
+     *   grammar *g;                      // grammar_compile(vocab, schema, len, NULL, &g)
+     *   req.constraint = grammar_constraint(g);
+     *   engine_submit(e, &req, &id);
+     *   grammar_free(g);                 // the engine holds its own reference
+     *
+     * Every sampled token is masked to what the grammar allows; the request
+     * finishes FINISH_STOP when the document is complete (nothing may
+     * follow, or EOG once it may end) and FINISH_LENGTH when max_tokens cuts
+     * it (the partial text is delivered as is).  Stop strings still apply.
+     * For orchestrator actions: grammar_action_schema() -> grammar_compile. */
+    struct token_constraint constraint;
     void          *user;
 };
 

@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/status.h"
 #include "kv_blocks.h"
@@ -37,6 +38,10 @@ struct seq {
     int32_t        n_preempted;
 
     sampler       *smp;
+    const struct token_constraint_ops *cops; /* NULL: unconstrained      */
+    void          *cm;          /* constraint matcher                      */
+    uint32_t      *mask;        /* [mask_words] for the next sample        */
+    int            mask_rc;     /* fill_mask status of this step           */
     char         **stop;
     int32_t        n_stop;
     char          *text;        /* held-back text                          */
@@ -54,6 +59,7 @@ struct sched {
     sched_event_fn      on_event;
     void               *ud;
     int32_t             bs, n_vocab;
+    size_t              mask_words;
     kv_blocks          *kv;
     prefix_cache       *pc;
 
@@ -202,6 +208,9 @@ static void seq_destroy(struct seq *q)
     free(q->blocks);
     free(q->tokens);
     sampler_free(q->smp);
+    if (q->cm)
+        q->cops->matcher_free(q->cm);
+    free(q->mask);
     free(q);
 }
 
@@ -418,7 +427,13 @@ static void seq_publish_blocks(sched *s, struct seq *q)
 static void seq_sample(sched *s, struct seq *q, float *row)
 {
     int32_t tok;
-    int rc = sampler_sample(q->smp, row, NULL, &tok);
+    if (q->cm && q->mask_rc) {
+        sched_finish(s, q, FINISH_ERROR, ps_error_last());
+        return;
+    }
+    int rc = sampler_sample(q->smp, row, q->cm ? q->mask : NULL, &tok);
+    if (!rc && q->cm)
+        rc = q->cops->accept(q->cm, tok);
     if (rc) {
         sched_finish(s, q, FINISH_ERROR, ps_error_last());
         return;
@@ -428,7 +443,9 @@ static void seq_sample(sched *s, struct seq *q, float *row)
     q->n_generated++;
     s->st.generated_tokens++;
 
-    bool eog = !q->ignore_eos && s->vocab.is_eog && s->vocab.is_eog(s->vocab.ud, tok);
+    /* Under a constraint EOG is only allowed once the output is complete,
+     * so it ends the sequence even with ignore_eos. */
+    bool eog = (!q->ignore_eos || q->cm) && s->vocab.is_eog && s->vocab.is_eog(s->vocab.ud, tok);
     if (eog) {
         struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
                                   .token = tok, .text = "", .text_len = 0 };
@@ -454,8 +471,39 @@ static void seq_sample(sched *s, struct seq *q, float *row)
     if (stopped) {
         q->text_len = 0; /* drop the stop string and whatever followed */
         sched_finish(s, q, FINISH_STOP, NULL);
+    } else if (q->cm && q->cops->is_done(q->cm)) {
+        sched_finish(s, q, FINISH_STOP, NULL);
     } else if (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.n_ctx) {
         sched_finish(s, q, FINISH_LENGTH, NULL);
+    }
+}
+
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* Token masks of the constrained sequences that sample in this step.  The
+ * matcher state is final once the previous token was accepted, so this runs
+ * before the backend step (an asynchronous backend overlaps it).  A failure
+ * is kept in q->mask_rc and finishes the sequence at sampling time. */
+static void fill_masks(sched *s, int32_t n_plan)
+{
+    uint64_t t0 = 0;
+    int32_t n = 0;
+    for (int32_t i = 0; i < n_plan; i++) {
+        struct seq *q = s->plan_of[i];
+        if (!q->cm || s->plan_seqs[i].logits != LOGITS_LAST)
+            continue;
+        if (!n++)
+            t0 = now_ns();
+        q->mask_rc = q->cops->fill_mask(q->cm, q->mask, s->mask_words);
+    }
+    if (n) {
+        s->st.masks += (uint64_t)n;
+        s->st.mask_ns += now_ns() - t0;
     }
 }
 
@@ -502,6 +550,7 @@ int sched_step(sched *s, int32_t *n_scheduled)
         /* everything but the forward of a just-sampled token is prefill */
         s->st.prefill_tokens += (uint64_t)(q->take - (last && q->n_generated > 0 ? 1 : 0));
     }
+    fill_masks(s, n_plan);
     struct batch_plan plan = { .seqs = s->plan_seqs, .n_seqs = n_plan };
     s->st.steps++;
     *n_scheduled = n_plan;
@@ -552,6 +601,7 @@ int sched_create(const struct sched_config *cfg, backend *be, const struct sched
     s->ud = ud;
     s->bs = be->cfg.block_size;
     s->n_vocab = be->model->hp.n_vocab;
+    s->mask_words = ((size_t)s->n_vocab + 31) / 32;
     int64_t cache_tokens = (int64_t)be->cfg.n_kv_blocks * s->bs;
     if (s->cfg.n_ctx > cache_tokens)
         s->cfg.n_ctx = (int32_t)cache_tokens;
@@ -670,6 +720,22 @@ int sched_submit(sched *s, const struct sched_request *req)
     if (rc) {
         seq_destroy(q);
         return rc;
+    }
+    if (req->constraint.ops) {
+        const struct token_constraint_ops *ops = req->constraint.ops;
+        if (!ops->matcher_new || !ops->matcher_free || !ops->fill_mask || !ops->accept || !ops->is_done) {
+            seq_destroy(q);
+            return ps_error_set(PS_EINVAL, "scheduler: incomplete token constraint");
+        }
+        q->mask = malloc(s->mask_words * sizeof *q->mask);
+        if (!q->mask)
+            goto oom;
+        rc = ops->matcher_new(req->constraint.ctx, &q->cm);
+        if (rc) {
+            seq_destroy(q);
+            return rc;
+        }
+        q->cops = ops;
     }
     for (int32_t i = 0; i < req->n_prompt; i++)
         sampler_accept(q->smp, req->prompt[i]);

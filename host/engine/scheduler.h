@@ -33,6 +33,16 @@
  *                  priority) and is re-prefilled (recompute) when admitted.
  *   sched_finish   EOG token, stop string, max_tokens, context full, cancel,
  *                  or backend error: releases blocks, emits SCHED_EV_DONE.
+ *                  A constrained sequence (sched_request.constraint) also
+ *                  finishes "stop" when its matcher is done, and "length"
+ *                  when max_tokens cuts it (the text is not repaired).
+ *
+ * Constrained decoding: before each backend step the scheduler fills the
+ * token mask of every constrained sequence that will sample in it (the
+ * matcher state is known then: it only changes when a token is sampled), so
+ * a backend that runs asynchronously can overlap it; the sampler applies the
+ * mask, and the matcher accepts the sampled token.  Unconstrained sequences
+ * never touch a mask.
  *
  * Invariants
  *   1. Every request gets exactly one SCHED_EV_DONE (after zero or more
@@ -87,6 +97,37 @@ struct sched_vocab {
     bool        (*is_eog)(void *ud, int32_t id);
 };
 
+/* A token constraint (constrained decoding, e.g. a compiled JSON Schema
+ * grammar: grammar.h's grammar_constraint()).  `ctx` is a shared, immutable,
+ * reference-counted factory; each sequence gets its own matcher from it.
+ * The engine layer knows only this table, so it does not link the grammar
+ * module.  ops == NULL: unconstrained.
+ *
+ *   retain/release   take / drop a reference to ctx (any thread)
+ *   matcher_new      a matcher at the start of the output (it keeps what it
+ *                    needs of ctx alive by itself)
+ *   fill_mask        write the allowed-token bitset into mask[n_words]
+ *                    (bit id % 32 of word id / 32; words past the
+ *                    constraint's vocabulary are zeroed); never all zero
+ *                    while !is_done
+ *   accept           advance by a sampled token; an error when not allowed
+ *   is_done          nothing may follow: the sequence finishes ("stop")
+ * Matchers are used by the engine thread only. */
+struct token_constraint_ops {
+    void (*retain)(void *ctx);
+    void (*release)(void *ctx);
+    int  (*matcher_new)(void *ctx, void **matcher);
+    void (*matcher_free)(void *matcher);
+    int  (*fill_mask)(void *matcher, uint32_t *mask, size_t n_words);
+    int  (*accept)(void *matcher, int32_t token);
+    bool (*is_done)(const void *matcher);
+};
+
+struct token_constraint {
+    const struct token_constraint_ops *ops; /* NULL: none */
+    void *ctx;
+};
+
 struct sched_request {
     uint64_t       id;        /* caller's, unique among live requests     */
     uint32_t       tenant;    /* seeds the prefix-cache chain (isolation) */
@@ -98,6 +139,8 @@ struct sched_request {
     const char *const *stop;  /* [n_stop] NUL-terminated, copied          */
     int32_t        n_stop;
     bool           ignore_eos;
+    struct token_constraint constraint; /* borrowed: sched_submit creates
+                                  the sequence's matcher from it          */
     void          *user;      /* handed back in every event               */
 };
 
@@ -136,6 +179,8 @@ struct sched_stats {
     uint64_t generated_tokens;
     uint64_t preemptions;
     uint64_t cow_copies;
+    uint64_t masks;                 /* token masks filled (constrained steps) */
+    uint64_t mask_ns;               /* time spent filling them              */
 };
 
 typedef struct sched sched;

@@ -36,7 +36,8 @@ static int rewrite_refs(cJSON *node, int i)
             else if (!strncmp(r, "#/", 2))
                 snprintf(buf, sizeof buf, "#/$defs/a%d__root/%s", i, r + 2);
             else
-                return ps_error_set(PS_EUNSUPPORTED, "action schema: agent %d: $ref '%s' is not local", i, r);
+                return ps_error_set(PS_EUNSUPPORTED, "schema %d: $ref '%s' is not local (only local "
+                                    "references are supported)", i, r);
             if (!cJSON_SetValuestring(ref, buf))
                 return ps_error_set(PS_ENOMEM, "out of memory");
         }
@@ -80,6 +81,101 @@ static cJSON *single_key(const char *key, cJSON *value)
     return o;
 }
 
+/* Move schema s (owned; consumed) of member i under defs as a<i>__root and
+ * its own $defs/definitions as a<i>_<name>, rewriting its $refs; ref
+ * receives "#/$defs/a<i>__root". */
+static int relocate(cJSON *s, int i, cJSON *defs, char *ref, size_t ref_size)
+{
+    int rc;
+    static const char *const def_keys[] = { "$defs", "definitions" };
+    for (int k = 0; k < 2 && cJSON_IsObject(s); k++) {
+        cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(s, def_keys[k]);
+        while (d && d->child) {
+            cJSON *item = cJSON_DetachItemViaPointer(d, d->child);
+            char key[512];
+            snprintf(key, sizeof key, "a%d_%s", i, item->string ? item->string : "");
+            if ((rc = rewrite_refs(item, i))) {
+                cJSON_Delete(item);
+                cJSON_Delete(d);
+                cJSON_Delete(s);
+                return rc;
+            }
+            cJSON_AddItemToObject(defs, key, item);
+        }
+        cJSON_Delete(d);
+    }
+    if ((rc = rewrite_refs(s, i))) {
+        cJSON_Delete(s);
+        return rc;
+    }
+    char key[64];
+    snprintf(key, sizeof key, "a%d__root", i);
+    snprintf(ref, ref_size, "#/$defs/%s", key);
+    cJSON_AddItemToObject(defs, key, s);
+    return PS_OK;
+}
+
+int grammar_tools_schema(const char *tools_json, size_t len, char **schema_out)
+{
+    *schema_out = NULL;
+    int rc = PS_OK;
+    cJSON *tools = cJSON_ParseWithLength(tools_json, len);
+    cJSON *root = cJSON_CreateObject();
+    if (!tools || !root) {
+        rc = tools ? ps_error_set(PS_ENOMEM, "out of memory")
+                   : ps_error_set(PS_EFORMAT, "tools schema: not valid JSON");
+        goto done;
+    }
+    if (!cJSON_IsArray(tools) || !cJSON_GetArraySize(tools)) {
+        rc = ps_error_set(PS_EINVAL, "tools schema: expected a non-empty array of {name, parameters}");
+        goto done;
+    }
+    cJSON *defs = cJSON_AddObjectToObject(root, "$defs");
+    cJSON *any = cJSON_AddArrayToObject(root, "anyOf");
+    int i = 0;
+    for (cJSON *t = tools->child; t; t = t->next, i++) {
+        cJSON *name = cJSON_GetObjectItemCaseSensitive(t, "name");
+        cJSON *params = cJSON_GetObjectItemCaseSensitive(t, "parameters");
+        if (!cJSON_IsString(name) || !name->valuestring[0]) {
+            rc = ps_error_set(PS_EINVAL, "tools schema: tool %d has no \"name\"", i);
+            goto done;
+        }
+        cJSON *s = params ? cJSON_Duplicate(params, 1) : cJSON_CreateObject();
+        if (!s || !cJSON_IsObject(s)) {
+            cJSON_Delete(s);
+            rc = ps_error_set(PS_EINVAL, "tools schema: tool '%s': parameters must be a schema object",
+                              name->valuestring);
+            goto done;
+        }
+        if (!params) {
+            cJSON_AddStringToObject(s, "type", "object");
+            cJSON_AddObjectToObject(s, "properties");
+        }
+        char ref[96];
+        if ((rc = relocate(s, i, defs, ref, sizeof ref)))
+            goto done;
+        cJSON *call = cJSON_CreateObject();
+        cJSON_AddStringToObject(call, "type", "object");
+        cJSON *p = cJSON_AddObjectToObject(call, "properties");
+        cJSON *nm = cJSON_AddObjectToObject(p, "name");
+        cJSON_AddStringToObject(nm, "const", name->valuestring);
+        cJSON *args = cJSON_AddObjectToObject(p, "arguments");
+        cJSON_AddStringToObject(args, "$ref", ref);
+        cJSON *req = cJSON_AddArrayToObject(call, "required");
+        cJSON_AddItemToArray(req, cJSON_CreateString("name"));
+        cJSON_AddItemToArray(req, cJSON_CreateString("arguments"));
+        cJSON_AddFalseToObject(call, "additionalProperties");
+        cJSON_AddItemToArray(any, call);
+    }
+    *schema_out = cJSON_PrintUnformatted(root);
+    if (!*schema_out)
+        rc = ps_error_set(PS_ENOMEM, "out of memory");
+done:
+    cJSON_Delete(tools);
+    cJSON_Delete(root);
+    return rc;
+}
+
 int grammar_action_schema(const char *registry_json, size_t len, char **schema_out)
 {
     *schema_out = NULL;
@@ -114,33 +210,11 @@ int grammar_action_schema(const char *registry_json, size_t len, char **schema_o
                               name->valuestring);
             goto done;
         }
-        static const char *const def_keys[] = { "$defs", "definitions" };
-        for (int k = 0; k < 2 && cJSON_IsObject(s); k++) {
-            cJSON *d = cJSON_DetachItemFromObjectCaseSensitive(s, def_keys[k]);
-            while (d && d->child) {
-                cJSON *item = cJSON_DetachItemViaPointer(d, d->child);
-                char key[512];
-                snprintf(key, sizeof key, "a%d_%s", i, item->string ? item->string : "");
-                if ((rc = rewrite_refs(item, i))) {
-                    cJSON_Delete(item);
-                    cJSON_Delete(d);
-                    cJSON_Delete(s);
-                    cJSON_Delete(branches);
-                    goto done;
-                }
-                cJSON_AddItemToObject(defs, key, item);
-            }
-            cJSON_Delete(d);
-        }
-        if ((rc = rewrite_refs(s, i))) {
-            cJSON_Delete(s);
+        char ref[96];
+        if ((rc = relocate(s, i, defs, ref, sizeof ref))) {
             cJSON_Delete(branches);
             goto done;
         }
-        char key[64], ref[96];
-        snprintf(key, sizeof key, "a%d__root", i);
-        snprintf(ref, sizeof ref, "#/$defs/%s", key);
-        cJSON_AddItemToObject(defs, key, s);
 
         cJSON *call = cJSON_CreateObject();
         cJSON_AddStringToObject(call, "type", "object");

@@ -629,6 +629,15 @@ void grammar_free(grammar *g)
         grammar_destroy(g);
 }
 
+grammar *grammar_ref(grammar *g)
+{
+    if (g)
+        atomic_fetch_add(&g->refs, 1);
+    return g;
+}
+
+const grammar_vocab *grammar_vocab_of(const grammar *g) { return g->v; }
+
 void grammar_get_stats(const grammar *g, struct grammar_stats *st) { *st = g->st; }
 
 static uint64_t fnv64(const char *s, size_t n, uint32_t flags)

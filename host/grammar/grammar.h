@@ -58,6 +58,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "engine/scheduler.h"
 #include "model/tokenizer.h"
 
 typedef struct grammar_vocab   grammar_vocab;
@@ -111,6 +112,19 @@ int  grammar_compile(grammar_vocab *v, const char *schema_json, size_t len,
 #define GRAMMAR_SCHEMA_JSON_OBJECT "{\"type\":\"object\",\"additionalProperties\":true}"
 /* Drop a reference.  NULL-safe. */
 void grammar_free(grammar *g);
+/* Take another reference (release it with grammar_free).  Returns g. */
+grammar *grammar_ref(grammar *g);
+
+/* The engine's view of a compiled grammar (scheduler.h token_constraint):
+ * put it in engine_request.constraint / sched_request.constraint.  It does
+ * not take a reference by itself: the engine retains on submit and releases
+ * when done, so g must stay alive until the submit call returns.  Each
+ * sequence gets its own matcher; masks are sized for the model's vocabulary
+ * (words past the tokenizer's are zero). */
+struct token_constraint grammar_constraint(grammar *g);
+
+/* The vocabulary g was compiled for. */
+const grammar_vocab *grammar_vocab_of(const grammar *g);
 
 /* Compile statistics (for tests and benchmarks). */
 struct grammar_stats {
@@ -156,5 +170,14 @@ bool grammar_matcher_is_done(const grammar_matcher *m);
  * with call = {"id": "c<digits>", "to": name, "args": ..., "after": [id...]}.
  * *schema_out is malloc'd JSON text (caller frees). */
 int  grammar_action_schema(const char *registry_json, size_t len, char **schema_out);
+
+/* Schema of one tool call (OpenAI tools): from a JSON array of
+ * {"name": str, "parameters": schema} builds
+ *   anyOf [ {"name": const name_i, "arguments": parameters_i}, ... ]
+ * (both required, no other keys; each tool's $defs relocated as in
+ * grammar_action_schema; absent parameters = an empty object).  The
+ * generated text is then {"name": "<name>", "arguments": {...}}.
+ * *schema_out is malloc'd JSON text (caller frees). */
+int  grammar_tools_schema(const char *tools_json, size_t len, char **schema_out);
 
 #endif /* PS_GRAMMAR_H */

@@ -98,6 +98,8 @@ void gen_params_free(struct gen_params *p)
 {
     if (!p)
         return;
+    grammar_free(p->grammar);
+    openai_output_free(p->output);
     for (int32_t i = 0; i < p->n_stop; i++)
         free(p->stop[i]);
     free(p->stop);
@@ -191,6 +193,54 @@ static int parse_stop(const cJSON *root, struct gen_params *p, struct api_error 
     return 0;
 }
 
+/* An assistant message's tool_calls (history of a tool conversation):
+ * appended to its content as the JSON the model emits for a call,
+ * {"name": ..., "arguments": ...}, one per line. */
+static int append_tool_calls(const cJSON *tc, int idx, char **content, struct api_error *err)
+{
+    char param[64];
+    snprintf(param, sizeof param, "messages[%d].tool_calls", idx);
+    if (!tc || cJSON_IsNull(tc))
+        return 0;
+    if (!cJSON_IsArray(tc))
+        return BADTYPE(param, "an array");
+    const cJSON *call;
+    cJSON_ArrayForEach(call, tc) {
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+        if (!cJSON_IsObject(call) || !cJSON_IsObject(fn) || !cJSON_IsString(name) ||
+            (args && !cJSON_IsString(args)))
+            return api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
+                                 "'%s' items must be {\"type\": \"function\", \"function\": "
+                                 "{\"name\": string, \"arguments\": string}}", param);
+        cJSON *o = cJSON_CreateObject();
+        char *js = NULL;
+        if (o) {
+            cJSON_AddStringToObject(o, "name", name->valuestring);
+            cJSON *a = cJSON_Parse(args ? args->valuestring : "{}");
+            if (a)
+                cJSON_AddItemToObject(o, "arguments", a);
+            else
+                cJSON_AddStringToObject(o, "arguments", args->valuestring);
+            js = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+        }
+        size_t a = strlen(*content), b = js ? strlen(js) : 0;
+        char *t = js ? realloc(*content, a + b + 2) : NULL;
+        if (!t) {
+            free(js);
+            return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        }
+        if (a)
+            t[a++] = '\n';
+        memcpy(t + a, js, b + 1);
+        *content = t;
+        free(js);
+    }
+    return 0;
+}
+
 /* Content of a message: a string, null, or an array of text parts. */
 static int message_content(const cJSON *c, int idx, char **out, struct api_error *err)
 {
@@ -233,8 +283,8 @@ static int message_content(const cJSON *c, int idx, char **out, struct api_error
     return 0;
 }
 
-static int parse_messages(const cJSON *root, const chat_template *tmpl, struct gen_params *p,
-                          struct api_error *err)
+static int parse_messages(const cJSON *root, const chat_template *tmpl, const char *system_extra,
+                          struct gen_params *p, struct api_error *err)
 {
     const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
     if (!msgs)
@@ -245,8 +295,9 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, struct g
     int n = cJSON_GetArraySize(msgs);
     if (n < 1)
         return BAD("messages", "'messages' must hold at least one message");
-    struct chat_message *cm = calloc((size_t)n, sizeof *cm);
-    char **contents = calloc((size_t)n, sizeof *contents);
+    /* one more slot for a system message describing the tools */
+    struct chat_message *cm = calloc((size_t)n + 1, sizeof *cm);
+    char **contents = calloc((size_t)n + 1, sizeof *contents);
     int rc = 0;
     if (!cm || !contents) {
         rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
@@ -275,9 +326,35 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, struct g
         }
         if ((rc = message_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i, &contents[i], err)))
             goto done;
+        if (cm[i].role == CHAT_ASSISTANT &&
+            (rc = append_tool_calls(cJSON_GetObjectItemCaseSensitive(m, "tool_calls"), i, &contents[i], err)))
+            goto done;
         cm[i].content = contents[i];
     }
-    if (chat_template_apply(tmpl, cm, (size_t)n, 1, &p->prompt)) {
+    size_t n_msgs = (size_t)n;
+    if (system_extra) {
+        /* appended to a leading system message, or a new one in front */
+        if (cm[0].role == CHAT_SYSTEM) {
+            size_t a = strlen(contents[0]), b = strlen(system_extra);
+            char *t = malloc(a + b + 3);
+            if (!t) {
+                rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+                goto done;
+            }
+            memcpy(t, contents[0], a);
+            memcpy(t + a, a ? "\n\n" : "", a ? 2 : 0);
+            memcpy(t + a + (a ? 2 : 0), system_extra, b + 1);
+            free(contents[0]);
+            contents[0] = t;
+            cm[0].content = t;
+        } else {
+            memmove(cm + 1, cm, (size_t)n * sizeof *cm);
+            cm[0].role = CHAT_SYSTEM;
+            cm[0].content = system_extra;
+            n_msgs++;
+        }
+    }
+    if (chat_template_apply(tmpl, cm, n_msgs, 1, &p->prompt)) {
         rc = BAD("messages", "cannot render the chat template: %s", ps_error_last());
         goto done;
     }
@@ -334,9 +411,520 @@ static int parse_prompt(const cJSON *root, int32_t n_vocab, struct gen_params *p
     return 0;
 }
 
+/* ---- constrained output: response_format, tools ------------------------------- */
+
+#define TOOL_CALL_PREFIX  "{\"name\": \""
+#define TOOL_ARGS_PREFIX  ", \"arguments\": "
+
+struct openai_output {
+    char     id[32];          /* "call_" + 24 characters                     */
+    char    *buf;             /* every output byte so far                    */
+    size_t   len, cap;
+    size_t   pos;             /* bytes scanned                               */
+    int      phase;           /* OUT_NAME .. OUT_AFTER, OUT_BAD              */
+    char     name[72];
+    bool     announced;       /* the first delta (id, type, name) went out   */
+    size_t   args_start, args_end, emitted;
+    int      depth;
+    bool     in_str, esc;
+};
+
+enum { OUT_NAME, OUT_ARGS_PREFIX, OUT_ARGS, OUT_AFTER, OUT_BAD };
+
+static int compile_schema(const struct openai_options *opt, const char *schema, const char *param,
+                          const char *what, grammar **out, struct api_error *err)
+{
+    struct grammar_options go = { .max_compile_ms = opt->max_compile_ms > 0 ? opt->max_compile_ms : 5000 };
+    int rc = grammar_compile(opt->vocab, schema, strlen(schema), &go, out);
+    if (rc == PS_ENOMEM)
+        return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory compiling %s", what);
+    if (rc)
+        return api_error_set(err, 400, "invalid_request_error",
+                             rc == PS_EUNSUPPORTED ? "unsupported_schema" : "invalid_schema", param,
+                             "%s: %s", what, ps_error_last());
+    return 0;
+}
+
+static int tool_name_ok(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > 64)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (!((s[i] >= 'a' && s[i] <= 'z') || (s[i] >= 'A' && s[i] <= 'Z') || (s[i] >= '0' && s[i] <= '9') ||
+              s[i] == '_' || s[i] == '-'))
+            return 0;
+    return 1;
+}
+
+static int parse_response_format(const cJSON *rf, const struct openai_options *opt, struct gen_params *p,
+                                 struct api_error *err)
+{
+    if (!cJSON_IsObject(rf))
+        return BADTYPE("response_format", "an object");
+    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+    if (!cJSON_IsString(type))
+        return api_error_set(err, 400, "invalid_request_error", "invalid_type", "response_format.type",
+                             "'response_format.type' must be one of text, json_object, json_schema");
+    if (!strcmp(type->valuestring, "text"))
+        return 0;
+    if (!strcmp(type->valuestring, "json_object"))
+        return compile_schema(opt, GRAMMAR_SCHEMA_JSON_OBJECT, "response_format", "response_format", &p->grammar,
+                              err);
+    if (strcmp(type->valuestring, "json_schema"))
+        return api_error_set(err, 400, "invalid_request_error", "invalid_value", "response_format.type",
+                             "'response_format.type' must be one of text, json_object, json_schema; got '%.40s'",
+                             type->valuestring);
+    const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+    if (!cJSON_IsObject(js))
+        return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter",
+                             "response_format.json_schema",
+                             "'response_format.json_schema' (an object with 'name' and 'schema') is required "
+                             "for type json_schema");
+    const cJSON *name = cJSON_GetObjectItemCaseSensitive(js, "name");
+    if (name && !cJSON_IsString(name))
+        return BADTYPE("response_format.json_schema.name", "a string");
+    const cJSON *strict = cJSON_GetObjectItemCaseSensitive(js, "strict");
+    if (strict && !cJSON_IsNull(strict) && !cJSON_IsBool(strict))
+        return BADTYPE("response_format.json_schema.strict", "a boolean");
+    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
+    if (!schema || cJSON_IsNull(schema))
+        return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter",
+                             "response_format.json_schema.schema",
+                             "'response_format.json_schema.schema' is required");
+    if (!cJSON_IsObject(schema) && !cJSON_IsBool(schema))
+        return BADTYPE("response_format.json_schema.schema", "a JSON Schema object");
+    char *text = cJSON_PrintUnformatted(schema);
+    if (!text)
+        return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    int rc = compile_schema(opt, text, "response_format", "response_format.json_schema.schema", &p->grammar,
+                            err);
+    free(text);
+    return rc;
+}
+
+/* The system text that shows the model its tools and the reply format. */
+static char *tools_prompt(const cJSON *list, const char *forced)
+{
+    cJSON *arr = cJSON_CreateArray();
+    if (!arr)
+        return NULL;
+    const cJSON *t;
+    cJSON_ArrayForEach(t, list) {
+        cJSON *d = cJSON_Duplicate(t, 1);
+        if (d)
+            cJSON_AddItemToArray(arr, d);
+    }
+    char *tools = cJSON_PrintUnformatted(arr);
+    cJSON_Delete(arr);
+    if (!tools)
+        return NULL;
+    const char *fmt = forced
+        ? "You can call functions. Available functions:\n%s\nCall the function \"%s\": reply with only a JSON "
+          "object {\"name\": \"%s\", \"arguments\": {...}} whose arguments match its parameters."
+        : "You can call functions. Available functions:\n%s\nCall one of them: reply with only a JSON object "
+          "{\"name\": <function name>, \"arguments\": {...}} whose arguments match its parameters.%s%s";
+    size_t n = strlen(fmt) + strlen(tools) + (forced ? 2 * strlen(forced) : 0) + 1;
+    char *out = malloc(n);
+    if (out)
+        snprintf(out, n, fmt, tools, forced ? forced : "", forced ? forced : "");
+    free(tools);
+    return out;
+}
+
+static int parse_tools(const cJSON *root, const cJSON *tools, const struct openai_options *opt, struct gen_params *p,
+                       char **system_extra, struct api_error *err)
+{
+    if (!cJSON_IsArray(tools) || cJSON_GetArraySize(tools) < 1)
+        return BADTYPE("tools", "a non-empty array of {\"type\": \"function\", \"function\": {...}}");
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    const char *forced = NULL;
+    if (!tc || cJSON_IsNull(tc) || (cJSON_IsString(tc) && !strcmp(tc->valuestring, "auto")))
+        return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "tool_choice",
+                             "tool_choice 'auto' (the default when tools are given) is not supported yet: pass "
+                             "tool_choice 'required', 'none' or {\"type\": \"function\", \"function\": "
+                             "{\"name\": ...}}");
+    if (cJSON_IsString(tc)) {
+        if (!strcmp(tc->valuestring, "none"))
+            return 0; /* tools are ignored: a plain answer */
+        if (strcmp(tc->valuestring, "required"))
+            return BAD("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or a named function; "
+                       "got '%.40s'", tc->valuestring);
+    } else if (cJSON_IsObject(tc)) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(tc, "type");
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name))
+            return BADTYPE("tool_choice", "'none', 'auto', 'required' or {\"type\": \"function\", "
+                           "\"function\": {\"name\": string}}");
+        forced = name->valuestring;
+    } else {
+        return BADTYPE("tool_choice", "a string or an object");
+    }
+    const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
+    if (ptc && !cJSON_IsNull(ptc) && !cJSON_IsBool(ptc))
+        return BADTYPE("parallel_tool_calls", "a boolean");
+
+    /* [{name, parameters}] of the callable tools (only the forced one) */
+    cJSON *list = cJSON_CreateArray(), *shown = cJSON_CreateArray();
+    char *schema = NULL;
+    int rc = 0, i = 0;
+    bool found = false;
+    if (!list || !shown) {
+        rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        goto done;
+    }
+    const cJSON *t;
+    cJSON_ArrayForEach(t, tools) {
+        char param[64];
+        snprintf(param, sizeof param, "tools[%d]", i);
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(t, "type");
+        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+        if (!cJSON_IsObject(t) || !cJSON_IsString(type) || strcmp(type->valuestring, "function") ||
+            !cJSON_IsObject(fn)) {
+            rc = api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
+                               "'%s' must be {\"type\": \"function\", \"function\": {\"name\", \"description\", "
+                               "\"parameters\"}}", param);
+            goto done;
+        }
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        const cJSON *desc = cJSON_GetObjectItemCaseSensitive(fn, "description");
+        const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+        snprintf(param, sizeof param, "tools[%d].function.name", i);
+        if (!cJSON_IsString(name) || !tool_name_ok(name->valuestring)) {
+            rc = BAD(param, "'%s' must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -", param);
+            goto done;
+        }
+        snprintf(param, sizeof param, "tools[%d].function.parameters", i);
+        if (params && !cJSON_IsNull(params)) {
+            const cJSON *pt = cJSON_GetObjectItemCaseSensitive(params, "type");
+            if (!cJSON_IsObject(params) || (pt && !(cJSON_IsString(pt) && !strcmp(pt->valuestring, "object")))) {
+                rc = BAD(param, "'%s' must be a JSON Schema of type object", param);
+                goto done;
+            }
+        } else {
+            params = NULL;
+        }
+        if (forced && strcmp(forced, name->valuestring)) {
+            i++;
+            continue;
+        }
+        found = true;
+        cJSON *e = cJSON_CreateObject(), *sh = cJSON_CreateObject();
+        if (!e || !sh) {
+            cJSON_Delete(e);
+            cJSON_Delete(sh);
+            rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+            goto done;
+        }
+        cJSON_AddItemToArray(list, e);
+        cJSON_AddItemToArray(shown, sh);
+        cJSON_AddStringToObject(e, "name", name->valuestring);
+        cJSON_AddStringToObject(sh, "name", name->valuestring);
+        if (cJSON_IsString(desc))
+            cJSON_AddStringToObject(sh, "description", desc->valuestring);
+        if (params) {
+            cJSON *pc = cJSON_Duplicate(params, 1);
+            if (pc && !cJSON_GetObjectItemCaseSensitive(pc, "type"))
+                cJSON_AddStringToObject(pc, "type", "object");
+            cJSON_AddItemToObject(e, "parameters", pc);
+            cJSON_AddItemToObject(sh, "parameters", cJSON_Duplicate(params, 1));
+        }
+        i++;
+    }
+    if (!found) {
+        rc = BAD("tool_choice", "tool_choice names function '%.64s', which is not in 'tools'", forced);
+        goto done;
+    }
+    char *lj = cJSON_PrintUnformatted(list);
+    if (!lj) {
+        rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        goto done;
+    }
+    rc = grammar_tools_schema(lj, strlen(lj), &schema);
+    free(lj);
+    if (rc) {
+        rc = rc == PS_ENOMEM ? api_error_set(err, 500, "server_error", NULL, NULL, "out of memory")
+                             : api_error_set(err, 400, "invalid_request_error", "invalid_schema", "tools",
+                                             "tools: %s", ps_error_last());
+        goto done;
+    }
+    if ((rc = compile_schema(opt, schema, "tools", "tools (function parameters)", &p->grammar, err)))
+        goto done;
+    p->output = calloc(1, sizeof *p->output);
+    *system_extra = tools_prompt(shown, forced);
+    if (!p->output || !*system_extra) {
+        rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        goto done;
+    }
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    static uint64_t counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (++counter * 0x9e3779b97f4a7c15ull);
+    memcpy(p->output->id, "call_", 5);
+    for (int k = 0; k < 24; k++) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        p->output->id[5 + k] = alnum[(x * 0x2545F4914F6CDD1Dull >> 40) % 62];
+    }
+    p->output->id[29] = '\0';
+done:
+    free(schema);
+    cJSON_Delete(list);
+    cJSON_Delete(shown);
+    return rc;
+}
+
+/* response_format, tools, tool_choice, functions: fills p->grammar (and
+ * p->output, *system_extra for tools). */
+static int parse_constraints(const cJSON *root, bool chat, const struct openai_options *opt,
+                             struct gen_params *p, char **system_extra, struct api_error *err)
+{
+    static const char *const legacy[] = { "functions", "function_call" };
+    for (size_t i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, legacy[i]);
+        if (v && !cJSON_IsNull(v))
+            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", legacy[i],
+                                 "'%s' (the legacy function-calling API) is not supported; use 'tools' "
+                                 "with 'tool_choice'", legacy[i]);
+    }
+    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
+    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
+    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    bool has_rf = rf && !cJSON_IsNull(rf), has_tools = tools && !cJSON_IsNull(tools);
+    bool has_tc = tc && !cJSON_IsNull(tc);
+    if (!has_rf && !has_tools && !has_tc)
+        return 0;
+    const char *first = has_rf ? "response_format" : has_tools ? "tools" : "tool_choice";
+    if (!opt || !opt->vocab)
+        return api_error_set(err, 400, "invalid_request_error", "unsupported_value", first,
+                             "'%s' is not supported by this server (constrained decoding is not enabled)",
+                             first);
+    if (!chat && (has_tools || has_tc))
+        return api_error_set(err, 400, "invalid_request_error", "unsupported_value", has_tools ? "tools" : "tool_choice",
+                             "'%s' is only supported on /v1/chat/completions", has_tools ? "tools" : "tool_choice");
+    if (has_tc && !has_tools)
+        return BAD("tool_choice", "'tool_choice' is only allowed when 'tools' are given");
+    int rc;
+    if (has_rf && (rc = parse_response_format(rf, opt, p, err)))
+        return rc;
+    if (has_tools) {
+        bool none = cJSON_IsString(tc) && !strcmp(tc->valuestring, "none");
+        if (p->grammar && !none)
+            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "response_format",
+                                 "'response_format' together with a tool call is not supported: the call's "
+                                 "arguments already follow the tool's parameters schema");
+        if ((rc = parse_tools(root, tools, opt, p, system_extra, err)))
+            return rc;
+    }
+    return 0;
+}
+
+/* ---- reply shaping ---------------------------------------------------------------- */
+
+static int out_append(struct openai_output *o, const char *t, size_t n)
+{
+    if (o->len + n + 1 > o->cap) {
+        size_t cap = o->cap ? o->cap : 256;
+        while (cap < o->len + n + 1)
+            cap *= 2;
+        char *b = realloc(o->buf, cap);
+        if (!b)
+            return PS_ENOMEM;
+        o->buf = b;
+        o->cap = cap;
+    }
+    memcpy(o->buf + o->len, t, n);
+    o->len += n;
+    o->buf[o->len] = '\0';
+    return 0;
+}
+
+/* Advance the scanner over the bytes received: the name, then the
+ * arguments value (string/escape aware bracket depth). */
+static void out_scan(struct openai_output *o)
+{
+    for (;;) {
+        if (o->phase == OUT_NAME) {
+            size_t pl = strlen(TOOL_CALL_PREFIX);
+            size_t k = o->len < pl ? o->len : pl;
+            if (memcmp(o->buf, TOOL_CALL_PREFIX, k)) {
+                o->phase = OUT_BAD;
+                return;
+            }
+            if (o->len <= pl)
+                return;
+            const char *q = memchr(o->buf + pl, '"', o->len - pl);
+            if (!q)
+                return;
+            size_t n = (size_t)(q - o->buf) - pl;
+            if (n >= sizeof o->name) {
+                o->phase = OUT_BAD;
+                return;
+            }
+            memcpy(o->name, o->buf + pl, n);
+            o->name[n] = '\0';
+            o->pos = (size_t)(q - o->buf) + 1;
+            o->phase = OUT_ARGS_PREFIX;
+        } else if (o->phase == OUT_ARGS_PREFIX) {
+            size_t pl = strlen(TOOL_ARGS_PREFIX), have = o->len - o->pos;
+            size_t k = have < pl ? have : pl;
+            if (memcmp(o->buf + o->pos, TOOL_ARGS_PREFIX, k)) {
+                o->phase = OUT_BAD;
+                return;
+            }
+            if (have < pl)
+                return;
+            o->pos += pl;
+            o->args_start = o->emitted = o->pos;
+            o->phase = OUT_ARGS;
+        } else if (o->phase == OUT_ARGS) {
+            for (; o->pos < o->len; o->pos++) {
+                char c = o->buf[o->pos];
+                if (o->in_str) {
+                    if (o->esc)
+                        o->esc = false;
+                    else if (c == '\\')
+                        o->esc = true;
+                    else if (c == '"')
+                        o->in_str = false;
+                    else
+                        continue;
+                    if (!o->in_str && o->depth == 0)
+                        break; /* a top-level string ended */
+                    continue;
+                }
+                if (c == '"')
+                    o->in_str = true;
+                else if (c == '{' || c == '[')
+                    o->depth++;
+                else if ((c == '}' || c == ']') && --o->depth <= 0)
+                    break;
+            }
+            if (o->pos < o->len) {
+                o->args_end = ++o->pos;
+                o->phase = OUT_AFTER;
+            }
+            return;
+        } else {
+            return;
+        }
+    }
+}
+
+/* Arguments bytes not handed out yet (up to what has been scanned). */
+static void out_take_args(struct openai_output *o, const char **p, size_t *n)
+{
+    size_t end = o->phase == OUT_AFTER ? o->args_end : o->pos;
+    *p = o->buf + o->emitted;
+    *n = end > o->emitted ? end - o->emitted : 0;
+    o->emitted += *n;
+}
+
+/* One tool call: a stream delta (index; id, type and name only in the
+ * first) or a message's whole call (id, type, name, no index). */
+static cJSON *tool_call_json(const struct openai_output *o, bool first, bool delta, const char *args, size_t n)
+{
+    cJSON *c = cJSON_CreateObject();
+    if (!c)
+        return NULL;
+    if (delta)
+        cJSON_AddNumberToObject(c, "index", 0);
+    if (first) {
+        cJSON_AddStringToObject(c, "id", o->id);
+        cJSON_AddStringToObject(c, "type", "function");
+    }
+    cJSON *fn = cJSON_AddObjectToObject(c, "function");
+    if (first)
+        cJSON_AddStringToObject(fn, "name", o->name);
+    char *a = utf8_sanitize(args, n, NULL);
+    cJSON_AddStringToObject(fn, "arguments", a ? a : "");
+    free(a);
+    return c;
+}
+
+static void add_content(cJSON *obj, const char *text, size_t len)
+{
+    char *clean = utf8_sanitize(text, len, NULL);
+    cJSON_AddStringToObject(obj, "content", clean ? clean : "");
+    free(clean);
+}
+
+bool openai_output_delta(struct openai_output *o, const char *text, size_t len, cJSON *delta)
+{
+    if (!o) {
+        if (!len)
+            return false;
+        add_content(delta, text, len);
+        return true;
+    }
+    if (out_append(o, text, len))
+        return false;
+    out_scan(o);
+    if (o->phase == OUT_BAD || o->phase < OUT_ARGS)
+        return false;
+    const char *a;
+    size_t n;
+    out_take_args(o, &a, &n);
+    if (o->announced && !n)
+        return false;
+    cJSON *arr = cJSON_AddArrayToObject(delta, "tool_calls");
+    cJSON *c = tool_call_json(o, !o->announced, true, a, n);
+    if (!arr || !c) {
+        cJSON_Delete(c);
+        return false;
+    }
+    cJSON_AddItemToArray(arr, c);
+    o->announced = true;
+    return true;
+}
+
+const char *openai_output_finish(struct openai_output *o, const char *finish, cJSON *delta)
+{
+    if (!o)
+        return finish;
+    if (!o->announced && o->len && delta)
+        add_content(delta, o->buf, o->len); /* not a call (cut early): the raw text */
+    return o->phase == OUT_AFTER && !strcmp(finish, "stop") ? "tool_calls" : finish;
+}
+
+const char *openai_output_message(struct openai_output *o, const char *text, size_t len, const char *finish,
+                                  cJSON *message)
+{
+    if (!o) {
+        add_content(message, text, len);
+        return finish;
+    }
+    if (!out_append(o, text, len))
+        out_scan(o);
+    if (o->phase < OUT_ARGS || o->phase == OUT_BAD) {
+        add_content(message, o->buf ? o->buf : "", o->len);
+        return finish;
+    }
+    const char *a;
+    size_t n;
+    out_take_args(o, &a, &n);
+    cJSON_AddNullToObject(message, "content");
+    cJSON *arr = cJSON_AddArrayToObject(message, "tool_calls");
+    cJSON *c = tool_call_json(o, true, false, o->buf + o->args_start, (size_t)(a + n - (o->buf + o->args_start)));
+    if (c)
+        cJSON_AddItemToArray(arr, c);
+    return o->phase == OUT_AFTER && !strcmp(finish, "stop") ? "tool_calls" : finish;
+}
+
+void openai_output_free(struct openai_output *o)
+{
+    if (!o)
+        return;
+    free(o->buf);
+    free(o);
+}
+
 static int parse_body(const cJSON *root, bool chat, const char *const *model_names,
-                      const chat_template *tmpl, int32_t n_vocab, struct gen_params *p,
-                      struct api_error *err)
+                      const chat_template *tmpl, int32_t n_vocab, const struct openai_options *opt,
+                      struct gen_params *p, struct api_error *err)
 {
     int rc;
     const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
@@ -387,15 +975,9 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp) && !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
         return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "logprobs",
                              "'logprobs' is not supported yet");
-    /* Constrained output (issue 7's grammar engine) is not wired into the
-     * HTTP API yet: refuse rather than silently return unconstrained text. */
-    static const char *const unwired[] = { "response_format", "tools", "tool_choice", "functions" };
-    for (size_t i = 0; i < sizeof unwired / sizeof unwired[0]; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, unwired[i]);
-        if (v && !cJSON_IsNull(v))
-            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", unwired[i],
-                                 "'%s' is not supported yet by this server", unwired[i]);
-    }
+    char *system_extra = NULL;
+    if ((rc = parse_constraints(root, chat, opt, p, &system_extra, err)))
+        return rc;
     const char *mt_key = "max_tokens";
     if ((rc = get_int(root, "max_tokens", 1, 1 << 24, &max_tokens, &has_max, err)))
         return rc;
@@ -435,15 +1017,25 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
         p->sp.seed = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 20) ^ (++counter * 0x9e3779b97f4a7c15ull);
     }
     if (sampler_params_validate(&p->sp))
-        return BAD("", "%s", ps_error_last());
-    if ((rc = parse_stop(root, p, err)))
-        return rc;
-    return chat ? parse_messages(root, tmpl, p, err) : parse_prompt(root, n_vocab, p, err);
+        rc = BAD("", "%s", ps_error_last());
+    if (!rc)
+        rc = parse_stop(root, p, err);
+    if (!rc)
+        rc = chat ? parse_messages(root, tmpl, system_extra, p, err) : parse_prompt(root, n_vocab, p, err);
+    free(system_extra);
+    return rc;
 }
 
 int openai_parse(const char *body, size_t len, bool chat, const char *const *model_names,
                  const chat_template *tmpl, int32_t n_vocab, struct gen_params *out,
                  struct api_error *err)
+{
+    return openai_parse_ex(body, len, chat, model_names, tmpl, n_vocab, NULL, out, err);
+}
+
+int openai_parse_ex(const char *body, size_t len, bool chat, const char *const *model_names,
+                    const chat_template *tmpl, int32_t n_vocab, const struct openai_options *opt,
+                    struct gen_params *out, struct api_error *err)
 {
     memset(out, 0, sizeof *out);
     if (!utf8_valid(body, len))
@@ -462,7 +1054,7 @@ int openai_parse(const char *body, size_t len, bool chat, const char *const *mod
         rc = api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
                            "The JSON body must be an object");
     else
-        rc = parse_body(root, chat, model_names, tmpl, n_vocab, out, err);
+        rc = parse_body(root, chat, model_names, tmpl, n_vocab, opt, out, err);
     cJSON_Delete(root);
     if (rc)
         gen_params_free(out);

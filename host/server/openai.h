@@ -14,7 +14,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <cjson/cJSON.h>
+
 #include "../engine/sampler.h"
+#include "../grammar/grammar.h"
 #include "../model/chat.h"
 
 struct api_error {
@@ -45,6 +48,21 @@ struct gen_params {
     int32_t  n_stop;
     int32_t  priority;        /* extension: larger runs first (default 0)    */
     bool     ignore_eos;      /* extension                                   */
+    /* Constrained output (response_format json_schema / json_object, tools
+     * with tool_choice "required" or a named function): */
+    grammar *grammar;         /* a reference, or NULL; engine_request gets
+                                 grammar_constraint(grammar) (the engine
+                                 takes its own reference on submit)        */
+    struct openai_output *output; /* tool calls: shapes the reply; NULL for
+                                 plain content.  Take it (set the member to
+                                 NULL) to keep it past gen_params_free.   */
+};
+
+/* What constrained output needs from the server (openai_parse_ex). */
+struct openai_options {
+    grammar_vocab *vocab;      /* the model's, built once at start; NULL: the
+                                  constrained-output fields answer 400      */
+    int32_t max_compile_ms;    /* per schema; 0 = 5000 (PS_ERANGE -> 400)  */
 };
 
 /* Check that body[0..len) is valid UTF-8 (strict). */
@@ -60,6 +78,42 @@ char *utf8_sanitize(const char *s, size_t len, size_t *out_len);
 int openai_parse(const char *body, size_t len, bool chat, const char *const *model_names,
                  const chat_template *tmpl, int32_t n_vocab, struct gen_params *out,
                  struct api_error *err);
+/* The same with constrained output: `response_format` {"type": "text" |
+ * "json_object" | "json_schema", "json_schema": {"name", "schema",
+ * "strict", "description"}} (chat and completions) and, on chat, `tools`
+ * (type "function"; name, description, parameters) with `tool_choice`
+ * "required", {"type": "function", "function": {"name"}} or "none" (tools
+ * ignored); a reply carries exactly one call (`parallel_tool_calls` is
+ * accepted).  tool_choice "auto" (OpenAI's default when tools are given)
+ * and the legacy `functions` / `function_call` are 400 "not supported".
+ * A schema the grammar compiler
+ * refuses is a 400 whose message is the compiler's (naming the keyword),
+ * param "response_format" or "tools".  Schemas are compiled here (cached by
+ * text in opt->vocab).  For tools a system message describing them is added
+ * to the prompt, and the output is {"name": ..., "arguments": {...}}. */
+int openai_parse_ex(const char *body, size_t len, bool chat, const char *const *model_names,
+                    const chat_template *tmpl, int32_t n_vocab, const struct openai_options *opt,
+                    struct gen_params *out, struct api_error *err);
+
+/* ---- reply shaping: message content or tool_calls ----------------------------
+ *
+ * One openai_output per tool-call request (gen_params.output); every
+ * function also takes NULL, meaning plain content.  Streaming:
+ *   for each piece of text:  if (openai_output_delta(o, text, len, delta)) send it
+ *   at the end:              finish = openai_output_finish(o, finish, delta)
+ * The first tool-call delta carries index 0, id, type "function" and
+ * function.name; later ones function.arguments fragments, which concatenate
+ * to the arguments JSON text.  Non-streaming, once with the whole text:
+ *   finish = openai_output_message(o, text, len, finish, message)
+ * which adds "content" (null for a call) and "tool_calls".  finish_reason
+ * becomes "tool_calls" when the call is complete and the engine said
+ * "stop"; "length" stays "length" (partial arguments, not repaired). */
+struct openai_output;
+bool        openai_output_delta(struct openai_output *o, const char *text, size_t len, cJSON *delta);
+const char *openai_output_finish(struct openai_output *o, const char *finish, cJSON *delta);
+const char *openai_output_message(struct openai_output *o, const char *text, size_t len,
+                                  const char *finish, cJSON *message);
+void        openai_output_free(struct openai_output *o); /* NULL-safe */
 
 void gen_params_free(struct gen_params *p); /* NULL-safe; frees the members */
 
