@@ -1,0 +1,536 @@
+/* test_grammar_engine - constrained decoding inside the scheduler and the
+ * engine (a compiled grammar as sched_request/engine_request.constraint).
+ *
+ * A fake backend gives every token a pseudo-random logit that depends on the
+ * whole context read back from its KV cache (as in test_scheduler), so
+ * sampling at temperature 1 wanders over everything the mask allows.
+ * Checked: every finished constrained output is a complete document of its
+ * schema and finishes "stop"; a max_tokens cut finishes "length" with an
+ * unrepaired valid prefix; constrained and unconstrained sequences batched
+ * together (and preempted under a tiny cache) give the same tokens as each
+ * run alone; the model vocabulary may be larger than the grammar's; the
+ * engine keeps the grammar alive after the caller drops its reference.
+ *
+ * With the real model present it also measures the per-step cost of the
+ * mask (printed, not asserted): a greedy constrained and an unconstrained
+ * request on the CPU backend, step time and mask-fill time per step. */
+#include <poll.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/status.h"
+#include "engine/backend.h"
+#include "engine/engine.h"
+#include "engine/scheduler.h"
+#include "grammar/grammar.h"
+#include "model/model.h"
+#include "model/tokenizer.h"
+#include "test_util.h"
+
+/* ---- vocabulary: all bytes, some multi-byte tokens, EOS ------------------ */
+
+static const char *multi[] = {
+    "{\"", "\": ", "\", \"", "\"}", "true", "false", "null", ", \"", "12", "7", "\"x\"",
+    "\"yy\"", "id", "tag", "ok", "abc", "\\n", "\xc3\xa9", "}",
+};
+#define N_MULTI  ((int32_t)(sizeof multi / sizeof multi[0]))
+#define EOS_ID   (256 + N_MULTI)
+#define G_VOCAB  (EOS_ID + 1)      /* the grammar's vocabulary            */
+#define M_VOCAB  (G_VOCAB + 40)    /* the model's: larger (padded rows)    */
+
+static const char *piece_of(int32_t id, size_t *len)
+{
+    static char bytes[256];
+    if (id >= 0 && id < 256) {
+        bytes[id] = (char)id;
+        *len = 1;
+        return &bytes[id];
+    }
+    if (id >= 256 && id < EOS_ID) {
+        *len = strlen(multi[id - 256]);
+        return multi[id - 256];
+    }
+    *len = 0;
+    return "";
+}
+
+static const char *fake_piece(void *ud, int32_t id, size_t *len)
+{
+    (void)ud;
+    return piece_of(id, len);
+}
+
+static bool fake_is_eog(void *ud, int32_t id)
+{
+    (void)ud;
+    return id == EOS_ID;
+}
+
+static grammar_vocab *make_vocab(void)
+{
+    const char *p[G_VOCAB];
+    size_t l[G_VOCAB];
+    for (int32_t i = 0; i < G_VOCAB; i++)
+        p[i] = piece_of(i, &l[i]);
+    p[EOS_ID] = NULL;
+    l[EOS_ID] = 0;
+    int32_t eos = EOS_ID;
+    grammar_vocab *v = NULL;
+    CHECK(grammar_vocab_create_from_pieces(G_VOCAB, p, l, &eos, 1, &v) == PS_OK);
+    return v;
+}
+
+/* ---- fake backend: logits from the context read back from the cache ----- */
+
+struct fake_backend {
+    struct backend base;
+    int32_t       *cache;
+};
+
+static uint32_t mix(uint32_t h, uint32_t x)
+{
+    h ^= x + 0x9e3779b9u + (h << 6) + (h >> 2);
+    h *= 0x85ebca6bu;
+    return h ^ (h >> 13);
+}
+
+static int fake_forward(backend *be, const struct batch_plan *plan, float *logits)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    const int32_t bs = be->cfg.block_size;
+    int64_t row = 0;
+    for (int32_t i = 0; i < plan->n_seqs; i++) {
+        const struct batch_seq *s = &plan->seqs[i];
+        for (int32_t t = 0; t < s->n_tokens; t++) {
+            int32_t p = s->pos0 + t;
+            fb->cache[s->block_table[p / bs] * bs + p % bs] = s->tokens[t];
+        }
+        if (s->logits == LOGITS_NONE)
+            continue;
+        uint32_t h = 2166136261u;
+        for (int32_t p = 0; p < s->pos0 + s->n_tokens; p++)
+            h = mix(h, (uint32_t)fb->cache[s->block_table[p / bs] * bs + p % bs] * 31u + (uint32_t)p);
+        float *out = logits + row * M_VOCAB;
+        for (int32_t v = 0; v < M_VOCAB; v++)
+            out[v] = (float)(mix(h, (uint32_t)v) % 1000u) / 250.0f;
+        row++;
+    }
+    return PS_OK;
+}
+
+static int fake_copy_block(backend *be, int32_t src, int32_t dst)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    const int32_t bs = be->cfg.block_size;
+    memcpy(fb->cache + dst * bs, fb->cache + src * bs, (size_t)bs * sizeof *fb->cache);
+    return PS_OK;
+}
+
+static void fake_free(backend *be)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    free(fb->cache);
+    free(fb);
+}
+
+static const struct backend_ops fake_ops = { "fake", fake_forward, fake_copy_block, fake_free };
+static struct model g_model;
+
+static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs)
+{
+    g_model.hp.n_vocab = M_VOCAB;
+    struct fake_backend *fb = calloc(1, sizeof *fb);
+    fb->base.ops = &fake_ops;
+    fb->base.model = &g_model;
+    fb->base.cfg = (struct backend_config){ .n_threads = 1, .n_kv_blocks = n_blocks, .block_size = bs,
+                                            .max_batch_tokens = 64 };
+    fb->cache = malloc((size_t)n_blocks * bs * sizeof *fb->cache);
+    for (int32_t i = 0; i < n_blocks * bs; i++)
+        fb->cache[i] = -1;
+    return fb;
+}
+
+/* ---- results ------------------------------------------------------------- */
+
+#define MAX_REQ 32
+
+struct result {
+    int32_t tokens[512];
+    int32_t n_tokens;
+    char    text[4096];
+    size_t  text_len;
+    int     done;
+    enum finish_reason finish;
+};
+
+static struct result g_res[MAX_REQ];
+
+static void on_event(void *ud, const struct sched_event *ev)
+{
+    (void)ud;
+    struct result *r = &g_res[ev->id];
+    CHECK(!r->done);
+    if (r->text_len + ev->text_len < sizeof r->text) {
+        memcpy(r->text + r->text_len, ev->text, ev->text_len);
+        r->text_len += ev->text_len;
+    }
+    if (ev->kind == SCHED_EV_TOKEN) {
+        if (r->n_tokens < 512)
+            r->tokens[r->n_tokens++] = ev->token;
+        return;
+    }
+    r->done = 1;
+    r->finish = ev->finish;
+}
+
+static sched *make_sched(struct fake_backend *fb, int32_t max_seqs)
+{
+    struct sched_config cfg = { .max_seqs = max_seqs, .max_batch_tokens = 64, .n_ctx = 512,
+                                .prefix_cache = true };
+    struct sched_vocab vocab = { NULL, fake_piece, fake_is_eog };
+    sched *s = NULL;
+    CHECK(sched_create(&cfg, &fb->base, &vocab, on_event, NULL, &s) == PS_OK);
+    return s;
+}
+
+static void run_to_end(sched *s)
+{
+    for (int i = 0; i < 100000 && sched_has_work(s); i++) {
+        int32_t n;
+        CHECK(sched_step(s, &n) == PS_OK);
+    }
+    CHECK(!sched_has_work(s));
+}
+
+static const char *SCHEMA =
+    "{\"type\":\"object\",\"properties\":{"
+    "\"id\":{\"type\":\"integer\",\"minimum\":0,\"maximum\":999},"
+    "\"tag\":{\"enum\":[\"x\",\"yy\"]},"
+    "\"ok\":{\"type\":\"boolean\"},"
+    "\"s\":{\"type\":\"string\",\"maxLength\":4}},"
+    "\"required\":[\"id\",\"tag\",\"ok\"]}";
+
+/* The document holds what SCHEMA requires (the automaton itself is tested
+ * in test_grammar; this checks the scheduler kept the matcher in step). */
+static bool valid_doc(const char *text, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    if (!j)
+        return false;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+    const cJSON *tag = cJSON_GetObjectItemCaseSensitive(j, "tag");
+    const cJSON *ok = cJSON_GetObjectItemCaseSensitive(j, "ok");
+    const cJSON *s = cJSON_GetObjectItemCaseSensitive(j, "s");
+    bool good = cJSON_IsObject(j) && cJSON_IsNumber(id) && id->valuedouble >= 0 && id->valuedouble <= 999 &&
+                cJSON_IsString(tag) && (!strcmp(tag->valuestring, "x") || !strcmp(tag->valuestring, "yy")) &&
+                cJSON_IsBool(ok) && (!s || cJSON_IsString(s));
+    cJSON_Delete(j);
+    return good;
+}
+
+static struct sched_request req_of(uint64_t id, const int32_t *prompt, int32_t n, int32_t max_tokens,
+                                   uint64_t seed, grammar *g)
+{
+    struct sched_request r = { .id = id, .prompt = prompt, .n_prompt = n, .max_tokens = max_tokens,
+                               .sampling = sampler_params_default() };
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = seed;
+    if (g)
+        r.constraint = grammar_constraint(g);
+    return r;
+}
+
+#define N_REQ 12
+
+/* Requests 0..7 constrained (seeds differ), 8..11 free; all batched, then
+ * each alone: same tokens. */
+static void test_batched_vs_alone(grammar *g, int32_t n_blocks)
+{
+    static int32_t prompts[N_REQ][8];
+    for (int i = 0; i < N_REQ; i++)
+        for (int k = 0; k < 8; k++)
+            prompts[i][k] = 'a' + (i * 7 + k * 3) % 26;
+    static struct result together[N_REQ];
+
+    struct fake_backend *fb = fake_create(n_blocks, 4);
+    memset(g_res, 0, sizeof g_res);
+    sched *s = make_sched(fb, 16);
+    for (int i = 0; i < N_REQ; i++) {
+        struct sched_request r = req_of((uint64_t)i, prompts[i], 8, i < 8 ? 120 : 40, 100 + (uint64_t)i,
+                                        i < 8 ? g : NULL);
+        CHECK(sched_submit(s, &r) == PS_OK);
+    }
+    run_to_end(s);
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    CHECK(st.masks > 0);
+    if (n_blocks < 64)
+        CHECK_MSG(st.preemptions > 0, "a tiny cache should preempt (blocks %d)", (int)n_blocks);
+    memcpy(together, g_res, sizeof together);
+    sched_free(s);
+    fake_free(&fb->base);
+
+    int n_valid = 0;
+    for (int i = 0; i < N_REQ; i++) {
+        CHECK(together[i].done && together[i].finish != FINISH_ERROR);
+        if (i < 8) {
+            CHECK_MSG(together[i].finish == FINISH_STOP, "req %d finish %s", i,
+                      finish_reason_str(together[i].finish));
+            bool ok = valid_doc(together[i].text, together[i].text_len);
+            CHECK_MSG(ok, "req %d: '%.*s'", i, (int)together[i].text_len, together[i].text);
+            n_valid += ok;
+        }
+        fb = fake_create(64, 4);
+        memset(g_res, 0, sizeof g_res);
+        s = make_sched(fb, 16);
+        struct sched_request r = req_of((uint64_t)i, prompts[i], 8, i < 8 ? 120 : 40, 100 + (uint64_t)i,
+                                        i < 8 ? g : NULL);
+        CHECK(sched_submit(s, &r) == PS_OK);
+        run_to_end(s);
+        CHECK_MSG(g_res[i].n_tokens == together[i].n_tokens &&
+                      !memcmp(g_res[i].tokens, together[i].tokens, (size_t)g_res[i].n_tokens * 4),
+                  "req %d differs batched vs alone (blocks %d)", i, (int)n_blocks);
+        CHECK(g_res[i].finish == together[i].finish);
+        sched_free(s);
+        fake_free(&fb->base);
+    }
+    printf("batched (kv blocks %d): %d/8 constrained outputs valid, e.g. %.*s\n", (int)n_blocks, n_valid,
+           (int)together[0].text_len, together[0].text);
+}
+
+static void test_length_cut(grammar *g)
+{
+    struct fake_backend *fb = fake_create(64, 4);
+    memset(g_res, 0, sizeof g_res);
+    sched *s = make_sched(fb, 4);
+    int32_t prompt[3] = { 'h', 'i', '!' };
+    struct sched_request r = req_of(0, prompt, 3, 3, 7, g);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    run_to_end(s);
+    CHECK(g_res[0].done && g_res[0].finish == FINISH_LENGTH && g_res[0].n_tokens == 3);
+    /* the partial text is a valid prefix, not a repaired document */
+    grammar_matcher *m = NULL;
+    CHECK(grammar_matcher_create(g, &m) == PS_OK);
+    CHECK(grammar_matcher_accept_bytes(m, g_res[0].text, g_res[0].text_len) == PS_OK);
+    CHECK(!grammar_matcher_can_end(m));
+    grammar_matcher_free(m);
+    sched_free(s);
+    fake_free(&fb->base);
+}
+
+/* A grammar whose document is one of two literals: it must end on its own
+ * ("stop") well before max_tokens, with ignore_eos too. */
+static void test_done_stops(grammar_vocab *v)
+{
+    grammar *g = NULL;
+    const char *sch = "{\"enum\":[\"x\",\"yy\"]}";
+    CHECK(grammar_compile(v, sch, strlen(sch), NULL, &g) == PS_OK);
+    struct fake_backend *fb = fake_create(64, 4);
+    memset(g_res, 0, sizeof g_res);
+    sched *s = make_sched(fb, 4);
+    int32_t prompt[2] = { 'q', '?' };
+    for (int i = 0; i < 4; i++) {
+        struct sched_request r = req_of((uint64_t)i, prompt, 2, 50, (uint64_t)i, g);
+        r.ignore_eos = i % 2;
+        CHECK(sched_submit(s, &r) == PS_OK);
+    }
+    run_to_end(s);
+    for (int i = 0; i < 4; i++) {
+        CHECK(g_res[i].finish == FINISH_STOP);
+        CHECK_MSG((g_res[i].text_len == 3 && !memcmp(g_res[i].text, "\"x\"", 3)) ||
+                      (g_res[i].text_len == 4 && !memcmp(g_res[i].text, "\"yy\"", 4)),
+                  "req %d: '%.*s'", i, (int)g_res[i].text_len, g_res[i].text);
+    }
+    sched_free(s);
+    fake_free(&fb->base);
+    grammar_free(g);
+}
+
+/* Through the engine thread: the caller drops its grammar reference right
+ * after engine_submit; the engine's own keeps it alive. */
+static void test_engine(grammar_vocab *v)
+{
+    grammar *g = NULL;
+    CHECK(grammar_compile(v, SCHEMA, strlen(SCHEMA), &(struct grammar_options){ .flags = GRAMMAR_OPT_NO_CACHE },
+                          &g) == PS_OK);
+    struct fake_backend *fb = fake_create(64, 4);
+    struct engine_config ec = { .max_seqs = 4, .max_batch_tokens = 64, .n_ctx = 512 };
+    engine *e = NULL;
+    CHECK(engine_create(&ec, &fb->base, NULL, &e) == PS_OK);
+    int32_t prompt[4] = { 'a', 'b', 'c', 'd' };
+    struct engine_request r = { .prompt_ids = prompt, .n_prompt_ids = 4, .max_tokens = 200,
+                                .sampling = sampler_params_default() };
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = 5;
+    r.constraint = grammar_constraint(g);
+    uint64_t id;
+    CHECK(engine_submit(e, &r, &id) == PS_OK);
+    grammar_free(g); /* the only reference left is the engine's */
+    char text[4096];
+    size_t len = 0;
+    bool done = false;
+    enum finish_reason fin = FINISH_NONE;
+    for (int spin = 0; spin < 2000 && !done; spin++) {
+        struct pollfd pfd = { .fd = engine_events_fd(e), .events = POLLIN };
+        poll(&pfd, 1, 10);
+        struct engine_event *evs = engine_take_events(e);
+        for (struct engine_event *ev = evs; ev; ev = ev->next) {
+            if (ev->kind == ENGINE_EV_TOKEN) {
+                size_t pl;
+                const char *p = piece_of(ev->token, &pl);
+                if (len + pl < sizeof text) {
+                    memcpy(text + len, p, pl);
+                    len += pl;
+                }
+            } else {
+                done = true;
+                fin = ev->finish;
+                CHECK(ev->status == 0);
+            }
+        }
+        engine_events_free(evs);
+    }
+    CHECK(done && fin == FINISH_STOP);
+    CHECK_MSG(valid_doc(text, len), "engine output '%.*s'", (int)len, text);
+    struct engine_stats st;
+    engine_get_stats(e, &st);
+    CHECK(st.sched.masks > 0);
+    engine_free(e);
+    fake_free(&fb->base);
+}
+
+/* ---- real model: mask overhead per step ----------------------------------- */
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+static const char *tok_piece(void *ud, int32_t id, size_t *len)
+{
+    const char *p = tokenizer_piece(ud, id, false, len);
+    if (!p)
+        *len = 0;
+    return p ? p : "";
+}
+
+static bool tok_is_eog(void *ud, int32_t id)
+{
+    return tokenizer_is_eog(ud, id);
+}
+
+struct timing {
+    double   step_ms;   /* mean decode step (wall) */
+    double   mask_us;   /* mean mask fill per constrained step */
+    int32_t  n;
+};
+
+static struct timing time_one(backend *be, tokenizer *tok, const int32_t *prompt, int32_t n_prompt, grammar *g,
+                              int32_t n_gen)
+{
+    struct timing t = { 0 };
+    struct sched_config cfg = { .max_seqs = 2, .max_batch_tokens = 256, .n_ctx = 1024 };
+    struct sched_vocab vocab = { tok, tok_piece, tok_is_eog };
+    sched *s = NULL;
+    memset(g_res, 0, sizeof g_res);
+    if (sched_create(&cfg, be, &vocab, on_event, NULL, &s))
+        return t;
+    struct sched_request r = { .id = 0, .prompt = prompt, .n_prompt = n_prompt, .max_tokens = n_gen,
+                               .sampling = sampler_params_default(), .ignore_eos = true };
+    if (g)
+        r.constraint = grammar_constraint(g);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    int32_t n;
+    CHECK(sched_step(s, &n) == PS_OK); /* prefill */
+    double t0 = now_s();
+    int32_t steps = 0;
+    while (sched_has_work(s)) {
+        CHECK(sched_step(s, &n) == PS_OK);
+        steps++;
+    }
+    double dt = now_s() - t0;
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    t.n = steps;
+    t.step_ms = steps ? dt * 1e3 / steps : 0;
+    t.mask_us = st.masks ? (double)st.mask_ns / 1e3 / (double)st.masks : 0;
+    sched_free(s);
+    return t;
+}
+
+static void bench_real_model(void)
+{
+    struct model *m = NULL;
+    tokenizer *tok = NULL;
+    backend *be = NULL;
+    grammar_vocab *gv = NULL;
+    grammar *gs = NULL, *go = NULL;
+    int32_t *ids = NULL;
+    if (model_load(test_model_path(), &m)) {
+        printf("real-model timing skipped: %s\n", ps_error_last());
+        return;
+    }
+    struct backend_config bc = { .n_threads = 2, .n_kv_blocks = 128, .block_size = 16, .max_batch_tokens = 256 };
+    const char *schema = "{\"type\":\"object\",\"properties\":{\"name\":{\"type\":\"string\",\"maxLength\":40},"
+                         "\"age\":{\"type\":\"integer\"},\"tags\":{\"type\":\"array\",\"items\":{\"type\":"
+                         "\"string\"},\"maxItems\":4}},\"required\":[\"name\",\"age\",\"tags\"]}";
+    const char *text = "<|im_start|>user\nDescribe a person as JSON.<|im_end|>\n<|im_start|>assistant\n";
+    size_t n_ids = 0;
+    double t0 = now_s();
+    if (tokenizer_from_gguf(m->gguf, &tok) || grammar_vocab_create(tok, &gv))
+        goto done;
+    double t_vocab = now_s() - t0;
+    t0 = now_s();
+    if (grammar_compile(gv, schema, strlen(schema), NULL, &gs) ||
+        grammar_compile(gv, GRAMMAR_SCHEMA_JSON_OBJECT, strlen(GRAMMAR_SCHEMA_JSON_OBJECT), NULL, &go))
+        goto done;
+    double t_compile = now_s() - t0;
+    if (backend_cpu_create(m, &bc, &be) || tokenizer_encode(tok, text, strlen(text), true, &ids, &n_ids))
+        goto done;
+    const int32_t n_gen = 48;
+    struct timing free_ = time_one(be, tok, ids, (int32_t)n_ids, NULL, n_gen);
+    struct timing sch = time_one(be, tok, ids, (int32_t)n_ids, gs, n_gen);
+    struct timing obj = time_one(be, tok, ids, (int32_t)n_ids, go, n_gen);
+    free_ = time_one(be, tok, ids, (int32_t)n_ids, NULL, n_gen); /* warm rerun of the baseline */
+    printf("real model (CPU, 2 threads): grammar vocab %.1f ms, compile 2 schemas %.1f ms\n", t_vocab * 1e3,
+           t_compile * 1e3);
+    printf("  unconstrained : %.2f ms/step (%d steps)\n", free_.step_ms, (int)free_.n);
+    printf("  json_schema   : %.2f ms/step (%d steps), mask fill %.1f us/step\n", sch.step_ms, (int)sch.n,
+           sch.mask_us);
+    printf("  json_object   : %.2f ms/step (%d steps), mask fill %.1f us/step\n", obj.step_ms, (int)obj.n,
+           obj.mask_us);
+done:
+    if (!be)
+        printf("real-model timing skipped: %s\n", ps_error_last());
+    free(ids);
+    backend_free(be);
+    grammar_free(gs);
+    grammar_free(go);
+    grammar_vocab_free(gv);
+    tokenizer_free(tok);
+    model_free(m);
+}
+
+int main(void)
+{
+    grammar_vocab *v = make_vocab();
+    grammar *g = NULL;
+    CHECK(grammar_compile(v, SCHEMA, strlen(SCHEMA), NULL, &g) == PS_OK);
+    test_batched_vs_alone(g, 256);
+    test_batched_vs_alone(g, 32); /* preemption keeps the matcher */
+    test_length_cut(g);
+    test_done_stops(v);
+    test_engine(v);
+    grammar_free(g);
+    grammar_vocab_free(v);
+    if (!getenv("PARASERVE_SKIP_MODEL_TIMING"))
+        bench_real_model();
+    TEST_DONE();
+}
