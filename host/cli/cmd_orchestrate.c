@@ -46,6 +46,8 @@ static void usage(FILE *out)
         "                     for the run; {MOCK_PORT} in the agents file is replaced by its port\n"
         "  --local-url URL    OpenAI chat endpoint serving the embedded model (kind local)\n"
         "  --cancel-after MS  cancel every unfinished task after MS milliseconds\n"
+        "  --max-events N     events kept per task (default 100000); a task that\n"
+        "                     reaches it fails with a typed error\n"
         "  --quiet            print only each task's terminal event\n"
         "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n");
 }
@@ -172,15 +174,16 @@ int cmd_orchestrate(int argc, char **argv)
         {"tasks-file", required_argument, 0, 'f'}, {"repeat", required_argument, 0, 'r'},
         {"mock-agent", required_argument, 0, 'm'}, {"local-url", required_argument, 0, 'l'},
         {"cancel-after", required_argument, 0, 'c'}, {"quiet", no_argument, 0, 'q'},
-        {"stats", no_argument, 0, 's'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"stats", no_argument, 0, 's'}, {"max-events", required_argument, 0, 'e'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
-    int n_task_args = 0, repeat = 1, mock_port = -1, cancel_after = -1;
+    int n_task_args = 0, repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0;
     struct run r = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:qsh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:qsh", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -195,13 +198,14 @@ int cmd_orchestrate(int argc, char **argv)
         case 'm': mock_port = atoi(optarg); break;
         case 'l': local_url = optarg; break;
         case 'c': cancel_after = atoi(optarg); break;
+        case 'e': max_events = atoi(optarg); break;
         case 'q': r.quiet = 1; break;
         case 's': r.stats = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if ((!n_task_args && !tasks_file) || repeat < 1 || repeat > 1000000) {
+    if ((!n_task_args && !tasks_file) || repeat < 1 || repeat > 1000000 || (max_events && max_events < 4)) {
         usage(stderr);
         return 2;
     }
@@ -263,7 +267,8 @@ int cmd_orchestrate(int argc, char **argv)
         }
     }
     struct exec_config ecfg = { .local_url = local_url };
-    r.orch = orch_create(r.base, reg, &ecfg, NULL);
+    struct orch_config ocfg = { .max_events = max_events };
+    r.orch = orch_create(r.base, reg, &ecfg, &ocfg);
     if (!r.orch) {
         fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
         goto done;

@@ -12,10 +12,13 @@
 #include "orchestrator/registry.h"
 
 struct ev_rec {
-    int64_t id;
-    char   *type;
-    char   *data;
+    int64_t     id;
+    const char *type;   /* a string literal */
+    char       *data;
 };
+
+#define TASK_FALLBACK_BYTES 320   /* terminal event text when printing fails */
+#define TRANSCRIPT_RESULT_MAX 600 /* bytes of one result shown to the model */
 
 struct orch_sub {
     struct orch_task *t;
@@ -39,7 +42,12 @@ struct orch_task {
     cJSON                *ledger;      /* [{id,to,args,after,status,result,error,ms,attempts}] */
     struct exec_group    *g;
     struct ev_rec        *events;
-    int                   n_events, cap_events;
+    int                   n_events, cap_events;  /* cap_events > n_events while running */
+    int                   log_error;   /* a non-terminal event could not be stored */
+    char                 *fallback;    /* preallocated terminal event text */
+    char                 *transcript;  /* append-only decision/feedback history */
+    size_t                tr_len, tr_cap;
+    cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
     struct orch_sub      *subs;
     struct event         *kick, *deadline;
     int                   new_feedback;
@@ -74,33 +82,133 @@ const char *orch_task_status_str(enum orch_task_status s)
 
 /* ---- events ------------------------------------------------------------------ */
 
-static void emit(struct orch_task *t, const char *type, cJSON *data /* taken */)
+/* Append an event to the log and deliver it to subscribers.
+ *
+ * Invariant: while a task runs its log has a free slot (cap_events >
+ * n_events), so the terminal event can always be stored; it falls back to
+ * the preallocated `fallback` text when printing it runs out of memory.
+ * A non-terminal event that cannot be stored (out of memory, or the log
+ * reached max_events) is not delivered: emit() returns PS_ENOMEM / PS_EFULL,
+ * records it in log_error and kicks the task, whose next on_kick fails it
+ * with that typed error (deferred: emit() runs inside executor callbacks,
+ * which must not cancel or destroy the group).  Once log_error is set no
+ * further non-terminal event is stored, so the log never has a hole. */
+static void log_fail(struct orch_task *t, int st)
 {
-    cJSON_AddStringToObject(data, "task", t->id);
-    cJSON_AddNumberToObject(data, "t_ms", (double)((orch_now_ns() - t->t_start) / 1000) / 1000.0);
-    char *text = cJSON_PrintUnformatted(data);
-    cJSON_Delete(data);
-    if (!text)
+    if (t->log_error)
         return;
-    if (t->n_events == t->cap_events) {
-        int cap = t->cap_events ? t->cap_events * 2 : 16;
-        struct ev_rec *ne = realloc(t->events, (size_t)cap * sizeof *ne);
-        if (!ne) {
-            free(text);
-            return;
+    t->log_error = st;
+    if (t->kick)
+        event_active(t->kick, 0, 0);
+}
+
+static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, int terminal)
+{
+    char *text = NULL;
+    if (data && !(terminal ? 0 : t->log_error)) {
+        cJSON_AddStringToObject(data, "task", t->id);
+        cJSON_AddNumberToObject(data, "t_ms", (double)((orch_now_ns() - t->t_start) / 1000) / 1000.0);
+        text = cJSON_PrintUnformatted(data);
+    }
+    cJSON_Delete(data);
+    if (!terminal) {
+        int st = t->log_error;
+        if (!st && !text)
+            st = PS_ENOMEM;
+        if (!st && t->n_events + 2 > t->o->cfg.max_events)
+            st = PS_EFULL;
+        if (!st && t->n_events + 2 > t->cap_events) {
+            int cap = t->cap_events * 2;
+            struct ev_rec *ne = realloc(t->events, (size_t)cap * sizeof *ne);
+            if (ne) {
+                t->events = ne;
+                t->cap_events = cap;
+            } else {
+                st = PS_ENOMEM;
+            }
         }
-        t->events = ne;
-        t->cap_events = cap;
+        if (st) {
+            free(text);
+            log_fail(t, st);
+            return st;
+        }
+    } else if (!text) {
+        text = t->fallback;
+        t->fallback = NULL;
+        if (!text)
+            return PS_ENOMEM;   /* unreachable: one terminal event per task */
+        snprintf(text, TASK_FALLBACK_BYTES,
+                 "{\"id\":\"%s\",\"status\":\"%s\",\"output\":null,\"calls\":[],\"rounds\":%d,"
+                 "\"error\":\"out of memory while reporting the task's end\",\"task\":\"%s\",\"t_ms\":0}",
+                 t->id, orch_task_status_str(t->status), t->rounds, t->id);
     }
     struct ev_rec *e = &t->events[t->n_events++];
     e->id = t->n_events;
-    e->type = strdup(type);
+    e->type = type;
     e->data = text;
     struct orch_event ev = { e->id, e->type, e->data };
     for (struct orch_sub *s = t->subs, *nx; s; s = nx) {
         nx = s->next;
         s->cb(s->ud, t, &ev);
     }
+    return PS_OK;
+}
+
+/* Append text to the transcript the model reads (append-only, so each
+ * round's prompt extends the previous one and the prefix cache serves it).
+ * Out of memory fails the task like a lost event. */
+static void transcript_add(struct orch_task *t, const char *a, const char *b, const char *c)
+{
+    const char *parts[3] = { a, b, c };
+    size_t n = 0;
+    for (int i = 0; i < 3; i++)
+        n += parts[i] ? strlen(parts[i]) : 0;
+    if (t->tr_len + n + 1 > t->tr_cap) {
+        size_t cap = t->tr_cap ? t->tr_cap : 1024;
+        while (cap < t->tr_len + n + 1)
+            cap *= 2;
+        char *nb = realloc(t->transcript, cap);
+        if (!nb) {
+            log_fail(t, PS_ENOMEM);
+            return;
+        }
+        t->transcript = nb;
+        t->tr_cap = cap;
+    }
+    for (int i = 0; i < 3; i++) {
+        size_t l = parts[i] ? strlen(parts[i]) : 0;
+        memcpy(t->transcript + t->tr_len, parts[i], l);
+        t->tr_len += l;
+    }
+    t->transcript[t->tr_len] = 0;
+}
+
+/* One feedback line for the model: {"id","to","status","result"|"error"},
+ * the result cut to TRANSCRIPT_RESULT_MAX bytes of text. */
+static void transcript_feedback(struct orch_task *t, const cJSON *rec)
+{
+    cJSON *o = cJSON_CreateObject();
+    static const char *const keys[] = { "id", "to", "status" };
+    for (size_t i = 0; o && i < 3; i++)
+        cJSON_AddItemToObject(o, keys[i], cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(rec, keys[i]), 1));
+    const cJSON *err = cJSON_GetObjectItemCaseSensitive(rec, "error");
+    const cJSON *res = cJSON_GetObjectItemCaseSensitive(rec, "result");
+    if (o && cJSON_IsString(err)) {
+        cJSON_AddStringToObject(o, "error", err->valuestring);
+    } else if (o && res && !cJSON_IsNull(res)) {
+        char *txt = exec_result_text(res);
+        if (txt && strlen(txt) > TRANSCRIPT_RESULT_MAX)
+            strcpy(txt + TRANSCRIPT_RESULT_MAX - 3, "...");
+        cJSON_AddStringToObject(o, "result", txt ? txt : "");
+        free(txt);
+    }
+    char *line = o ? cJSON_PrintUnformatted(o) : NULL;
+    cJSON_Delete(o);
+    if (line)
+        transcript_add(t, "Result: ", line, "\n");
+    else
+        log_fail(t, PS_ENOMEM);
+    free(line);
 }
 
 /* ---- helpers ------------------------------------------------------------------ */
@@ -190,6 +298,17 @@ cJSON *orch_task_summary(const struct orch_task *t)
         cJSON_AddItemToArray(calls, c);
     }
     cJSON_AddNumberToObject(o, "rounds", t->rounds);
+    if (t->usage && cJSON_GetArraySize(t->usage)) {
+        int sum[3] = { 0, 0, 0 };
+        static const char *const uk[] = { "prompt_tokens", "cached_tokens", "completion_tokens" };
+        cJSON_ArrayForEach(e, t->usage)
+            for (int i = 0; i < 3; i++)
+                sum[i] += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, uk[i]));
+        cJSON *u = cJSON_AddObjectToObject(o, "usage");
+        for (int i = 0; i < 3; i++)
+            cJSON_AddNumberToObject(u, uk[i], sum[i]);
+        cJSON_AddItemToObject(u, "decisions", cJSON_Duplicate(t->usage, 1));
+    }
     if (t->error)
         cJSON_AddStringToObject(o, "error", t->error);
     return o;
@@ -222,7 +341,7 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
         t->error = strdup(error);
     if (t->deadline)
         event_del(t->deadline);
-    emit(t, st == TASK_COMPLETED ? "task.final" : "task.error", orch_task_summary(t));
+    emit(t, st == TASK_COMPLETED ? "task.final" : "task.error", orch_task_summary(t), 1);
     exec_group_destroy(t->g);
     t->g = NULL;
     o->n_running--;
@@ -257,7 +376,9 @@ static void on_feedback(void *ud, const struct exec_feedback *fb)
         cJSON_AddNumberToObject(rec, "dispatch_to_recv_us", (double)fb->dispatch_to_recv_ns / 1000.0);
     if (fb->reply_to_record_ns >= 0)
         cJSON_AddNumberToObject(rec, "reply_to_record_us", (double)fb->reply_to_record_ns / 1000.0);
-    emit(t, "call.result", rec);
+    if (t->status == TASK_RUNNING)
+        transcript_feedback(t, rec);
+    emit(t, "call.result", rec, 0);
     t->new_feedback++;
     if (t->status == TASK_RUNNING)
         event_active(t->kick, 0, 0);
@@ -292,7 +413,8 @@ static void on_call_closed(void *ud, const cJSON *call)
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "args");
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "after");
         cJSON_AddItemToArray(t->ledger, e);
-        emit(t, "call.result", rec);
+        transcript_feedback(t, rec);
+        emit(t, "call.result", rec, 0);
         t->new_feedback++;
         event_active(t->kick, 0, 0);
         return;
@@ -303,17 +425,38 @@ static void on_call_closed(void *ud, const cJSON *call)
     static const char *const keys[] = { "id", "to", "args", "after" };
     for (size_t i = 0; i < 4; i++)
         cJSON_AddItemToObject(d, keys[i], cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, keys[i]), 1));
-    emit(t, "call.dispatched", d);
+    /* Submitted even when the event could not be stored: the task is
+     * failing then, and its end cancels the call, keeping the ledger whole. */
+    emit(t, "call.dispatched", d, 0);
     exec_group_submit(t->g, call);
 }
 
-void orch_task_decision_text(struct orch_task *t, const char *text, size_t n)
+int orch_task_decision_text(struct orch_task *t, const char *text, size_t n)
 {
     if (t->status != TASK_RUNNING || !t->deciding || !t->parser)
-        return;
-    if (action_parser_feed(t->parser, text, n)) {
-        /* Kept: finish() reports the error when the decision ends. */
-    }
+        return 1;
+    /* A lexical error is kept: action_parser_finish() reports it when the
+     * decision ends, which the decider may do at once. */
+    if (action_parser_feed(t->parser, text, n))
+        return 1;
+    return action_parser_complete(t->parser);
+}
+
+int orch_task_rounds(const struct orch_task *t) { return t->rounds; }
+
+void orch_task_decision_usage(struct orch_task *t, int round, int n_prompt, int n_cached, int n_generated)
+{
+    cJSON *u = cJSON_CreateObject();
+    if (!u || !t->usage)
+        goto fail;
+    if (!cJSON_AddNumberToObject(u, "round", round) || !cJSON_AddNumberToObject(u, "prompt_tokens", n_prompt) ||
+        !cJSON_AddNumberToObject(u, "cached_tokens", n_cached) ||
+        !cJSON_AddNumberToObject(u, "completion_tokens", n_generated))
+        goto fail;
+    cJSON_AddItemToArray(t->usage, u);
+    return;
+fail:
+    cJSON_Delete(u);   /* usage is informational: losing a record fails nothing */
 }
 
 void orch_task_decision_end(struct orch_task *t, int status, const char *error)
@@ -328,6 +471,8 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         task_finish(t, TASK_FAILED, why);
         return;
     }
+    char round[32];
+    snprintf(round, sizeof round, "Decision %d: ", t->rounds);
     cJSON *action = NULL;
     int st = action_parser_finish(t->parser, &action);
     action_parser_free(t->parser);
@@ -338,13 +483,21 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         /* A malformed action is reported and the model decides again
          * (bounded by max_rounds). */
         cJSON_AddStringToObject(d, "error", ps_error_last());
-        emit(t, "decision", d);
+        transcript_add(t, round, "(not a valid action: ", ps_error_last());
+        transcript_add(t, ")\n", NULL, NULL);
+        emit(t, "decision", d, 0);
         t->new_feedback++;
         event_active(t->kick, 0, 0);
         return;
     }
     cJSON_AddItemToObject(d, "action", cJSON_Duplicate(action, 1));
-    emit(t, "decision", d);
+    char *atext = cJSON_PrintUnformatted(action);
+    if (atext)
+        transcript_add(t, round, atext, "\n");
+    else
+        log_fail(t, PS_ENOMEM);
+    free(atext);
+    emit(t, "decision", d, 0);
     const cJSON *cancel = cJSON_GetObjectItemCaseSensitive(action, "cancel"), *c;
     cJSON_ArrayForEach(c, cancel)
         exec_group_cancel(t->g, c->valuestring, "cancelled by the orchestrator");
@@ -385,10 +538,11 @@ static void decide(struct orch_task *t)
         /* The scripted action takes the model's path: text through the
          * incremental parser, calls submitted as their objects close. */
         char *text = cJSON_PrintUnformatted(cJSON_GetArrayItem(t->script, t->script_pos++));
+        int st = text ? PS_OK : PS_ENOMEM;
         if (text)
             orch_task_decision_text(t, text, strlen(text));
         free(text);
-        orch_task_decision_end(t, text ? PS_OK : PS_ENOMEM, NULL);
+        orch_task_decision_end(t, st, NULL);
         return;
     }
     char *prompt = orch_task_prompt(t);
@@ -401,7 +555,18 @@ static void decide(struct orch_task *t)
 static void on_kick(evutil_socket_t fd, short what, void *ud)
 {
     struct orch_task *t = ud;
-    if (t->status != TASK_RUNNING || t->deciding)
+    if (t->status != TASK_RUNNING)
+        return;
+    if (t->log_error) {
+        char why[128];
+        if (t->log_error == PS_EFULL)
+            snprintf(why, sizeof why, "event log full: the task reached max_events (%d)", t->o->cfg.max_events);
+        else
+            snprintf(why, sizeof why, "out of memory: an event could not be recorded");
+        task_finish(t, TASK_FAILED, why);
+        return;
+    }
+    if (t->deciding)
         return;
     if (t->final_pending) {
         const cJSON *uses = cJSON_GetObjectItemCaseSensitive(t->final_pending, "uses"), *u;
@@ -442,6 +607,7 @@ struct orch *orch_create(struct event_base *base, const struct registry *reg,
     o->cfg.max_calls = ocfg && ocfg->max_calls ? ocfg->max_calls : 256;
     o->cfg.deadline_ms = ocfg && ocfg->deadline_ms ? ocfg->deadline_ms : 300000;
     o->cfg.keep_finished = ocfg && ocfg->keep_finished ? ocfg->keep_finished : 10000;
+    o->cfg.max_events = ocfg && ocfg->max_events >= 4 ? ocfg->max_events : 100000;
     o->next_id = ((uint64_t)orch_now_ns() * 2654435761u) & 0xffffffffu;
     if (!(o->ex = exec_create(base, reg, ecfg))) {
         free(o);
@@ -477,11 +643,12 @@ static void task_free(struct orch_task *t)
     if (t->kick) event_free(t->kick);
     if (t->deadline) event_free(t->deadline);
     action_parser_free(t->parser);
-    for (int i = 0; i < t->n_events; i++) {
-        free(t->events[i].type);
+    for (int i = 0; i < t->n_events; i++)
         free(t->events[i].data);
-    }
     free(t->events);
+    free(t->fallback);
+    free(t->transcript);
+    cJSON_Delete(t->usage);
     cJSON_Delete(t->script);
     cJSON_Delete(t->ledger);
     cJSON_Delete(t->output);
@@ -573,6 +740,10 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     t->max_calls = max_calls;
     t->deadline_ms = deadline_ms;
     t->ledger = cJSON_CreateArray();
+    t->usage = cJSON_CreateArray();
+    t->cap_events = 16;
+    t->events = malloc((size_t)t->cap_events * sizeof *t->events);
+    t->fallback = malloc(TASK_FALLBACK_BYTES);
     t->g = exec_group_create(o->ex, on_feedback, t);
     t->kick = event_new(o->base, -1, 0, on_kick, t);
     t->deadline = evtimer_new(o->base, on_deadline, t);
@@ -581,7 +752,8 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     if (o->tail) o->tail->next = t; else o->head = t;
     o->tail = t;
     o->n_running++;
-    if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->g || !t->kick || !t->deadline) {
+    if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->usage || !t->events ||
+        !t->fallback || !t->g || !t->kick || !t->deadline) {
         t->status = TASK_FAILED;
         o->n_running--;
         task_free(t);
@@ -596,7 +768,13 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     cJSON_AddNumberToObject(d, "max_rounds", max_rounds);
     cJSON_AddNumberToObject(d, "max_calls", max_calls);
     cJSON_AddNumberToObject(d, "deadline_ms", deadline_ms);
-    emit(t, "task.created", d);
+    if (emit(t, "task.created", d, 0)) {
+        evtimer_del(t->deadline);
+        t->status = TASK_FAILED;
+        o->n_running--;
+        task_free(t);
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    }
     event_active(t->kick, 0, 0);
     *out = t;
     return PS_OK;
@@ -618,6 +796,22 @@ int orch_running(const struct orch *o) { return o->n_running; }
 void orch_task_cancel(struct orch_task *t, const char *reason)
 {
     task_finish(t, TASK_CANCELLED, reason ? reason : "cancelled by the client");
+}
+
+void orch_cancel_all(struct orch *o, const char *reason)
+{
+    /* Ending a task may evict finished ones (t itself included), never a
+     * running one: step to the next running task before cancelling. */
+    struct orch_task *t = o->head;
+    while (t && t->status != TASK_RUNNING)
+        t = t->next;
+    while (t) {
+        struct orch_task *nx = t->next;
+        while (nx && nx->status != TASK_RUNNING)
+            nx = nx->next;
+        orch_task_cancel(t, reason);
+        t = nx;
+    }
 }
 
 struct orch_sub *orch_task_subscribe(struct orch_task *t, int64_t after_id, orch_event_fn cb, void *ud)
@@ -658,30 +852,103 @@ void orch_task_release(struct orch_task *t)
     task_free(t);
 }
 
+/* A JSON Schema type in a few words for the catalogue ("string", "integer",
+ * "string|number", "object"). */
+static const char *schema_type(const cJSON *sch, char *buf, size_t n)
+{
+    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(sch, "type");
+    if (cJSON_IsString(ty))
+        return ty->valuestring;
+    buf[0] = '\0';
+    const cJSON *x;
+    cJSON_ArrayForEach(x, ty) if (cJSON_IsString(x)) {
+        size_t l = strlen(buf);
+        snprintf(buf + l, n - l, "%s%s", l ? "|" : "", x->valuestring);
+    }
+    return buf[0] ? buf : "any";
+}
+
+/* One catalogue line per agent: "- name: description Args: {"k": type, "k2"?: type}". */
+static int catalogue_text(const struct registry *reg, char **out, const char **example_to,
+                          const char **example_key)
+{
+    size_t cap = 1024, len = 0;
+    char *b = malloc(cap);
+    *example_to = *example_key = NULL;
+    if (!b)
+        return PS_ENOMEM;
+    b[0] = '\0';
+    for (int i = 0; i < registry_count(reg); i++) {
+        const struct agent_spec *a = registry_at(reg, i);
+        char args[1024] = "{", tb[64];
+        const cJSON *props = cJSON_GetObjectItemCaseSensitive(a->input_schema, "properties");
+        const cJSON *req = cJSON_GetObjectItemCaseSensitive(a->input_schema, "required"), *p, *r;
+        int k = 0;
+        cJSON_ArrayForEach(p, props) {
+            int required = 0;
+            cJSON_ArrayForEach(r, req) required |= cJSON_IsString(r) && !strcmp(r->valuestring, p->string);
+            size_t l = strlen(args);
+            snprintf(args + l, sizeof args - l, "%s\"%s\"%s: %s", k++ ? ", " : "", p->string, required ? "" : "?",
+                     schema_type(p, tb, sizeof tb));
+            if (!*example_to && required && !strcmp(schema_type(p, tb, sizeof tb), "string")) {
+                *example_to = a->name;
+                *example_key = p->string;
+            }
+        }
+        size_t l = strlen(args);
+        snprintf(args + l, sizeof args - l, "}");
+        size_t need = len + strlen(a->name) + strlen(a->description) + strlen(args) + 32;
+        if (need > cap) {
+            while (cap < need)
+                cap *= 2;
+            char *nb = realloc(b, cap);
+            if (!nb) {
+                free(b);
+                return PS_ENOMEM;
+            }
+            b = nb;
+        }
+        /* Descriptions that already spell out their args keep their own words. */
+        int own = strstr(a->description, "Args:") != NULL;
+        len += (size_t)snprintf(b + len, cap - len, "- %s: %s%s%s\n", a->name, a->description,
+                                own ? "" : " Args: ", own ? "" : args);
+    }
+    *out = b;
+    return PS_OK;
+}
+
+/* Instructions, agent catalogue and task first, then the transcript: each
+ * round's prompt extends the previous round's text, so the engine's prefix
+ * cache serves everything but the new feedback. */
 char *orch_task_prompt(const struct orch_task *t)
 {
-    cJSON *cat = registry_catalogue(t->o->reg);
-    char *cats = cJSON_PrintUnformatted(cat);
-    cJSON_Delete(cat);
-    cJSON *led = cJSON_CreateArray();
-    const cJSON *e;
-    cJSON_ArrayForEach(e, t->ledger) {
-        cJSON *c = cJSON_Duplicate(e, 1);
-        cJSON_DeleteItemFromObjectCaseSensitive(c, "args");
-        cJSON_AddItemToArray(led, c);
+    char *cats = NULL;
+    const char *ex_to, *ex_key;
+    if (catalogue_text(t->o->reg, &cats, &ex_to, &ex_key)) {
+        ps_error_set(PS_ENOMEM, "out of memory");
+        return NULL;
     }
-    char *leds = cJSON_PrintUnformatted(led);
-    cJSON_Delete(led);
-    const char *head =
-        "You are the orchestrator. Decide which agents to call. Reply with one JSON action: "
-        "{\"calls\":[{\"id\":\"c1\",\"to\":AGENT,\"args\":{...},\"after\":[ids]}]} or {\"wait\":true} "
-        "or {\"cancel\":[ids]} or {\"final\":{\"answer\":TEXT,\"uses\":[ids]}}.\n";
-    size_t n = strlen(head) + strlen(t->input) + (cats ? strlen(cats) : 0) + (leds ? strlen(leds) : 0) + 64;
+    char example[256];
+    if (ex_to)
+        snprintf(example, sizeof example, "{\"calls\":[{\"id\":\"c1\",\"to\":\"%s\",\"args\":{\"%s\":\"...\"}}]}",
+                 ex_to, ex_key);
+    else
+        snprintf(example, sizeof example, "{\"calls\":[{\"id\":\"c1\",\"to\":\"AGENT\",\"args\":{}}]}");
+    static const char *const fmt =
+        "Agents:\n%s"
+        "Reply with exactly one JSON action:\n"
+        "%s  calls agents; independent calls run in parallel, \"after\":[\"c1\"] makes a call wait for c1\n"
+        "{\"final\":{\"answer\":\"The answer is {{c1}}\",\"uses\":[\"c1\"]}}  gives the final answer; {{c1}} is c1's result\n"
+        "{\"wait\":true}  waits for running calls\n"
+        "{\"cancel\":[\"c1\"]}  cancels running calls\n"
+        "Task: %s\n%s";
+    const char *tr = t->transcript ? t->transcript : "";
+    size_t n = strlen(fmt) + strlen(cats) + strlen(example) + strlen(t->input) + strlen(tr) + 1;
     char *p = malloc(n);
     if (p)
-        snprintf(p, n, "%sAgents: %s\nTask: %s\nLedger: %s\n", head, cats ? cats : "[]", t->input,
-                 leds ? leds : "[]");
+        snprintf(p, n, fmt, cats, example, t->input, tr);
+    else
+        ps_error_set(PS_ENOMEM, "out of memory");
     free(cats);
-    free(leds);
     return p;
 }

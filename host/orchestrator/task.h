@@ -44,14 +44,22 @@ struct orch_config {
     int max_calls;       /* per task (256) */
     int deadline_ms;     /* default per task (300000) */
     int keep_finished;   /* finished tasks kept for GET before eviction (10000) */
+    int max_events;      /* events per task, terminal one included (100000; >= 4).
+                            A task whose log is full, or whose event could not be
+                            stored for lack of memory, fails with a typed error
+                            ("event log full ..." / "out of memory ...") and
+                            still ends with its terminal event. */
 };
 
 /* A model that makes decisions (the engine).  start() begins decoding one
- * decision for `t` from `prompt` and streams text with
+ * decision for `t` from `prompt` (borrowed: copy it) and streams text with
  * orch_task_decision_text(), ending with orch_task_decision_end(); it
- * returns a handle for cancel(), or NULL on failure.  Without a decider,
- * tasks that have no script fail with "model-driven tasks need the engine:
- * not built yet". */
+ * returns a handle for cancel(), or NULL on failure.  start() must not call
+ * orch_task_decision_end() itself (it may feed text).  cancel() is called
+ * when the task ends while the decision runs: no orch_task_* call for that
+ * decision may follow (orch_task_decision_usage by task id lookup excepted).
+ * Without a decider, tasks that have no script fail with "model-driven
+ * tasks need the engine: not built yet". */
 struct orch_decider {
     void *(*start)(void *ctx, struct orch_task *t, const char *prompt);
     void  (*cancel)(void *ctx, void *handle);
@@ -90,7 +98,12 @@ const char *orch_task_tenant(const struct orch_task *t);
 enum orch_task_status orch_task_status(const struct orch_task *t);
 /* {"id","status","output","calls":[...],"rounds","error"?} (caller frees). */
 cJSON *orch_task_summary(const struct orch_task *t);
-/* The prompt the model reads: task + agent catalogue + ledger (caller frees). */
+/* The prompt the model reads (caller frees; NULL when out of memory):
+ * instructions, agent catalogue, task, then the transcript of every
+ * decision ("Decision k: {action}") and result ("Result: {id,to,status,
+ * result|error}") in the order they happened.  Append-only: each round's
+ * prompt starts with the previous round's, so the prefix cache serves all
+ * but the new lines. */
 char *orch_task_prompt(const struct orch_task *t);
 
 /* Cooperative cancel: in-flight calls are cancelled, late results ignored,
@@ -109,9 +122,22 @@ void orch_unsubscribe(struct orch_sub *s);
 void orch_task_release(struct orch_task *t);
 
 /* Decider side: text of the decision being decoded, and its end (status
- * PS_OK, or an error that fails the task). */
-void orch_task_decision_text(struct orch_task *t, const char *text, size_t n);
+ * PS_OK, or an error that fails the task).  decision_text returns 1 when
+ * decoding may stop (the action's root object has closed, the text can no
+ * longer be an action, or the task no longer waits for this decision):
+ * the decider then cancels its generation and calls decision_end(PS_OK). */
+int  orch_task_decision_text(struct orch_task *t, const char *text, size_t n);
 void orch_task_decision_end(struct orch_task *t, int status, const char *error);
+/* Rounds decided so far (the decision being decoded included). */
+int  orch_task_rounds(const struct orch_task *t);
+/* Token usage of one decision (may arrive after the decision ended); shown
+ * in the summary as "usage": {prompt_tokens, cached_tokens,
+ * completion_tokens, decisions:[{round, ...}]}. */
+void orch_task_decision_usage(struct orch_task *t, int round, int n_prompt, int n_cached,
+                              int n_generated);
+
+/* Cancel every running task (server shutdown). */
+void orch_cancel_all(struct orch *o, const char *reason);
 
 /* Tasks not yet finished. */
 int orch_running(const struct orch *o);

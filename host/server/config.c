@@ -49,6 +49,8 @@ static const struct opt_desc opts[] = {
     { "shutdown_grace_ms", 0, OPT_INT, OFF(shutdown_grace_ms), 0, 0, 3600000,
       "on SIGTERM/SIGINT, let in-flight requests finish this long, then cancel (default 5000)" },
     { "prefix_cache", 0, OPT_BOOL, OFF(prefix_cache), 0, 0, 1, "reuse KV blocks of shared prompt prefixes (default true)" },
+    { "agents", 0, OPT_STR, OFF(agents), sizeof(((struct server_config *)0)->agents), 0, 0,
+      "agent pool of /v1/tasks (default configs/agents.default.json when present)" },
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
 
@@ -181,7 +183,8 @@ static void usage(FILE *out)
         fprintf(out, "  %-28s %s\n", lhs, opts[i].help);
     }
     fprintf(out, "  %-28s %s\n", "    --config FILE", "JSON file with the same keys ('_' for '-'); options override it");
-    fprintf(out, "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, /health, /metrics.\n"
+    fprintf(out, "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, /health, /metrics,\n"
+                 "POST /v1/tasks, GET /v1/tasks/{id}, GET /v1/tasks/{id}/events (SSE), DELETE /v1/tasks/{id}.\n"
                  "SIGTERM/SIGINT: stop accepting, finish (or after the grace time cancel) in-flight, exit 0.\n");
 }
 

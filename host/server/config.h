@@ -28,6 +28,8 @@ struct server_config {
     int32_t max_body_bytes;     /* request body limit (413 above), default 1 MiB */
     int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
     bool    prefix_cache;       /* default true                                 */
+    char    agents[1024];       /* agent pool for /v1/tasks; "" = configs/agents.default.json
+                                   when that file exists, else no agents    */
 };
 
 void server_config_defaults(struct server_config *c);

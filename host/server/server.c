@@ -26,6 +26,7 @@
 #include "../model/tokenizer.h"
 #include "metrics.h"
 #include "openai.h"
+#include "tasks_api.h"
 
 struct server {
     struct server_config cfg;
@@ -34,6 +35,7 @@ struct server {
     struct evhttp_bound_socket *sock;
     struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_grace;
     engine              *eng;
+    struct tasks_api    *tasks;   /* /v1/tasks and the model's decisions */
     const struct model  *model;
     const tokenizer     *tok;
     const chat_template *tmpl;
@@ -385,6 +387,10 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
     (void)what;
     struct engine_event *list = engine_take_events(srv->eng);
     for (struct engine_event *ev = list; ev; ev = ev->next) {
+        if (tasks_api_owns_event(ev)) {
+            tasks_api_engine_event(srv->tasks, ev);
+            continue;
+        }
         struct gen_ctx *g = ev->user;
         if (ev->kind == ENGINE_EV_TOKEN) {
             double t = now_s();
@@ -535,6 +541,10 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct api_error e;
     if (!path || !*path)
         path = "/";
+    if (tasks_api_route(path)) {
+        tasks_api_handle(srv->tasks, req, path);
+        return;
+    }
 
     static const struct { const char *path; enum metrics_route route; enum evhttp_cmd_type method; } routes[] = {
         { "/v1/chat/completions", ROUTE_CHAT, EVHTTP_REQ_POST },
@@ -606,6 +616,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     fprintf(stderr, "paraserve: %s: no new connections; %d request(s) in flight\n",
             sig == SIGTERM ? "SIGTERM" : "SIGINT", (int)srv->m.in_flight);
     srv->draining = true;
+    tasks_api_drain(srv->tasks);
     if (srv->sock) {
         evhttp_del_accept_socket(srv->http, srv->sock);
         srv->sock = NULL;
@@ -714,6 +725,18 @@ int server_run(const struct server_config *cfg)
         rc = ps_error_set(PS_EINTERNAL, "libevent: cannot register events");
         goto done;
     }
+    char local_url[320];
+    snprintf(local_url, sizeof local_url, "http://%s%s%s:%d/v1/chat/completions",
+             strchr(cfg->host, ':') ? "[" : "",
+             !strcmp(cfg->host, "0.0.0.0") ? "127.0.0.1" : !strcmp(cfg->host, "::") ? "::1" : cfg->host,
+             strchr(cfg->host, ':') ? "]" : "", port);
+    struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .m = &srv->m,
+                                   .agents_path = cfg->agents, .local_url = local_url,
+                                   .max_body_bytes = cfg->max_body_bytes };
+    if ((rc = tasks_api_create(&tc, &srv->tasks)))
+        goto done;
+    fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s\n", tasks_api_n_agents(srv->tasks),
+            tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)");
     fprintf(stderr,
             "paraserve: serving '%s' on http://%s:%d (backend %s, threads %d, max_batch %d, "
             "kv_blocks %d x %d, ctx %d, prefix_cache %s)\n",
@@ -725,6 +748,7 @@ int server_run(const struct server_config *cfg)
 done:
     if (srv->http)
         evhttp_free(srv->http); /* closes connections: close callbacks cancel their requests */
+    tasks_api_free(srv->tasks); /* after the connections, before the engine */
     engine_free(srv->eng);
     if (srv->ev_grace)
         event_free(srv->ev_grace);

@@ -1,0 +1,645 @@
+/* tasks_api.c - /v1/tasks on evhttp and the engine-backed decider (see
+ * tasks_api.h). */
+#include "tasks_api.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/event.h>
+#include <event2/http.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "common/status.h"
+#include "grammar/grammar.h"
+#include "metrics.h"
+#include "openai.h"
+#include "orchestrator/registry.h"
+#include "orchestrator/task.h"
+
+#define DEFAULT_AGENTS       "configs/agents.default.json"
+#define DECISION_MAX_TOKENS  160
+/* Text the assistant turn starts with (in the prompt, and fed to the action
+ * parser): the small model then continues a JSON object instead of prose.
+ * With a grammar-constrained decision (see GRAMMAR PLUG-IN below) this must
+ * become "", the grammar then producing the whole document. */
+#define DECISION_PREFIX      "{\""
+#define DECISION_SYSTEM      "You are the orchestrator. You never solve tasks yourself: you call agents " \
+                             "and tools, then give the final answer. You reply with one JSON action only."
+#define DECISION_TAG         ((uintptr_t)1)   /* low bit of engine_request.user */
+
+struct decision {
+    struct tasks_api *api;
+    struct orch_task *t;          /* NULL once the decision ended on our side */
+    char              task_id[48];
+    int               round;
+    uint64_t          eng_id;
+    struct decision  *prev, *next;
+};
+
+struct waiter {
+    struct tasks_api      *api;
+    struct evhttp_request *req;
+    struct orch_task      *t;
+    struct orch_sub       *sub;
+    struct event          *watch;   /* EOF watch on the client socket */
+    struct event          *finish;  /* deferred end after the terminal event */
+    bool                   stream, headers_sent, terminal;
+    struct waiter         *prev, *next;
+};
+
+struct tasks_api {
+    struct tasks_api_config cfg;
+    struct registry        *reg;
+    struct orch            *orch;
+    char                    agents_path[1024];
+    char                   *action_schema;   /* grammar_action_schema over the pool; NULL if none */
+    struct decision        *decisions;
+    struct waiter          *waiters;
+    bool                    draining;
+};
+
+/* ---- replies ------------------------------------------------------------------ */
+
+static const char *reason_of(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 503: return "Service Unavailable";
+    default:  return "Internal Server Error";
+    }
+}
+
+static void reply_json(struct tasks_api *api, struct evhttp_request *req, int status, const char *json)
+{
+    struct evbuffer *out = evbuffer_new();
+    if (out) {
+        evbuffer_add(out, json, strlen(json));
+        evbuffer_add(out, "\n", 1);
+    }
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evhttp_send_reply(req, status, reason_of(status), out);
+    if (out)
+        evbuffer_free(out);
+    metrics_request(api->cfg.m, ROUTE_OTHER, status);
+}
+
+static void reply_error(struct tasks_api *api, struct evhttp_request *req, const struct api_error *e)
+{
+    char *json = api_error_json(e);
+    reply_json(api, req, e->status, json ? json : "{\"error\":{\"message\":\"out of memory\"}}");
+    free(json);
+}
+
+static void reply_summary(struct tasks_api *api, struct evhttp_request *req, const struct orch_task *t)
+{
+    cJSON *s = orch_task_summary(t);
+    char *text = s ? cJSON_PrintUnformatted(s) : NULL;
+    cJSON_Delete(s);
+    if (!text) {
+        struct api_error e;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        reply_error(api, req, &e);
+        return;
+    }
+    reply_json(api, req, 200, text);
+    free(text);
+}
+
+/* ---- waiters ------------------------------------------------------------------- */
+
+static void unwatch(struct waiter *w)
+{
+    if (w->watch) {
+        event_free(w->watch);
+        w->watch = NULL;
+    }
+}
+
+static void waiter_free(struct waiter *w)
+{
+    struct tasks_api *api = w->api;
+    orch_unsubscribe(w->sub);
+    unwatch(w);
+    if (w->finish)
+        event_free(w->finish);
+    if (w->prev) w->prev->next = w->next; else if (api->waiters == w) api->waiters = w->next;
+    if (w->next) w->next->prev = w->prev;
+    free(w);
+}
+
+/* Stop hearing about the connection before the reply ends: its close
+ * callback must never see a freed waiter. */
+static void waiter_detach(struct waiter *w)
+{
+    struct evhttp_connection *c = evhttp_request_get_connection(w->req);
+    if (c)
+        evhttp_connection_set_closecb(c, NULL, NULL);
+    unwatch(w);
+}
+
+/* The client left.  A request libevent has detached from its dead
+ * connection is freed by ending it (nothing is written); one still attached
+ * (evhttp_free at shutdown) is freed by libevent after this callback. */
+static void waiter_client_left(struct waiter *w, bool from_closecb)
+{
+    if (!from_closecb)
+        waiter_detach(w);
+    if (!from_closecb || !evhttp_request_get_connection(w->req)) {
+        if (w->headers_sent)
+            evhttp_send_reply_end(w->req);
+        else
+            evhttp_send_reply(w->req, 499, "Client Closed Request", NULL);
+    }
+    metrics_request(w->api->cfg.m, ROUTE_OTHER, 499);
+    w->api->cfg.m->client_disconnects++;
+    waiter_free(w);
+}
+
+static void on_client_close(struct evhttp_connection *conn, void *arg)
+{
+    (void)conn;
+    waiter_client_left(arg, true);
+}
+
+/* evhttp reads nothing while a reply is pending: peek at the socket so a
+ * client that leaves a quiet stream is noticed (EOF or error).  Bytes (a
+ * pipelined request) just end the watch. */
+static void on_client_readable(evutil_socket_t fd, short what, void *arg)
+{
+    struct waiter *w = arg;
+    char c;
+    (void)what;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    unwatch(w);
+    if (n <= 0)
+        waiter_client_left(w, false);
+}
+
+static void on_finish(evutil_socket_t fd, short what, void *arg)
+{
+    struct waiter *w = arg;
+    (void)fd;
+    (void)what;
+    waiter_detach(w);
+    if (w->stream) {
+        evhttp_send_reply_end(w->req);
+        metrics_request(w->api->cfg.m, ROUTE_OTHER, 200);
+    } else {
+        reply_summary(w->api, w->req, w->t);
+    }
+    waiter_free(w);
+}
+
+static void on_task_event(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct waiter *w = ud;
+    (void)t;
+    if (w->terminal)
+        return;
+    if (w->stream) {
+        struct evbuffer *b = evbuffer_new();
+        if (b && evbuffer_add_printf(b, "id: %lld\nevent: %s\ndata: %s\n\n", (long long)ev->id, ev->type,
+                                     ev->data) >= 0)
+            evhttp_send_reply_chunk(w->req, b);
+        if (b)
+            evbuffer_free(b);
+    }
+    if (!strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error")) {
+        w->terminal = true;
+        event_active(w->finish, 0, 0);   /* never end the reply inside emit() */
+    }
+}
+
+/* Start waiting on `t` for `req`: SSE from after_id when stream, else one
+ * JSON reply at the end.  Replies with 500 itself when it cannot. */
+static void waiter_start(struct tasks_api *api, struct evhttp_request *req, struct orch_task *t,
+                         bool stream, int64_t after_id)
+{
+    struct api_error e;
+    struct waiter *w = calloc(1, sizeof *w);
+    if (!w || !(w->finish = event_new(api->cfg.base, -1, 0, on_finish, w))) {
+        free(w);
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        reply_error(api, req, &e);
+        return;
+    }
+    w->api = api;
+    w->req = req;
+    w->t = t;
+    w->stream = stream;
+    w->next = api->waiters;
+    if (api->waiters)
+        api->waiters->prev = w;
+    api->waiters = w;
+    if (stream) {
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        evhttp_add_header(h, "Content-Type", "text/event-stream");
+        evhttp_add_header(h, "Cache-Control", "no-cache");
+        evhttp_add_header(h, "X-Task-Id", orch_task_id(t));
+        evhttp_send_reply_start(req, 200, "OK");
+        w->headers_sent = true;
+    }
+    /* Stored events are replayed from inside subscribe; a terminal one only
+     * schedules on_finish, which runs once this handler has returned. */
+    if (!(w->sub = orch_task_subscribe(t, after_id, on_task_event, w))) {
+        if (stream) {
+            evhttp_send_reply_end(req);
+        } else {
+            api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+            reply_error(api, req, &e);
+        }
+        waiter_free(w);
+        return;
+    }
+    if (w->terminal)
+        return;
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    evhttp_connection_set_closecb(conn, on_client_close, w);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0 && (w->watch = event_new(api->cfg.base, fd, EV_READ | EV_PERSIST, on_client_readable, w)))
+        event_add(w->watch, NULL);
+}
+
+/* ---- routes -------------------------------------------------------------------- */
+
+/* orch_task_submit's messages start with the field ("script[1]: ...",
+ * "input: required ..."): that is the OpenAI `param`. */
+static void submit_error(struct api_error *e, const char *msg, const cJSON *root)
+{
+    char param[96] = "";
+    const char *colon = strstr(msg, ": ");
+    if (colon && (size_t)(colon - msg) < sizeof param && !memchr(msg, ' ', (size_t)(colon - msg)))
+        snprintf(param, sizeof param, "%.*s", (int)(colon - msg), msg);
+    bool present = param[0] && cJSON_GetObjectItemCaseSensitive(root, param);
+    const char *code = strstr(msg, "unknown field") ? "unknown_parameter"
+                     : !present && strstr(msg, "required") ? "missing_required_parameter"
+                     : strstr(msg, "must be a") ? "invalid_type" : "invalid_value";
+    api_error_set(e, 400, "invalid_request_error", code, param[0] ? param : NULL, "%s", msg);
+}
+
+static void handle_create(struct tasks_api *api, struct evhttp_request *req)
+{
+    struct api_error e;
+    if (api->draining) {
+        api_error_set(&e, 503, "server_error", "shutting_down", NULL, "The server is shutting down");
+        reply_error(api, req, &e);
+        return;
+    }
+    struct evbuffer *in = evhttp_request_get_input_buffer(req);
+    size_t len = evbuffer_get_length(in);
+    if (len > (size_t)api->cfg.max_body_bytes) {
+        api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
+                      "The request body has %zu bytes; the limit is %d (max_body_bytes)", len,
+                      api->cfg.max_body_bytes);
+        reply_error(api, req, &e);
+        return;
+    }
+    const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
+    if (!utf8_valid(body, len)) {
+        api_error_set(&e, 400, "invalid_request_error", "invalid_utf8", NULL, "The request body is not valid UTF-8");
+        reply_error(api, req, &e);
+        return;
+    }
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root || !cJSON_IsObject(root)) {
+        size_t at = end && end >= body ? (size_t)(end - body) : 0;
+        if (root)
+            api_error_set(&e, 400, "invalid_request_error", "invalid_json", NULL, "The JSON body must be an object");
+        else
+            api_error_set(&e, 400, "invalid_request_error", "invalid_json", NULL,
+                          "We could not parse the JSON body of your request (error near byte %zu). "
+                          "The body must be a JSON object.", at);
+        cJSON_Delete(root);
+        reply_error(api, req, &e);
+        return;
+    }
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
+    if (stream && !cJSON_IsNull(stream) && !cJSON_IsBool(stream)) {
+        cJSON_Delete(root);
+        api_error_set(&e, 400, "invalid_request_error", "invalid_type", "stream", "'stream' must be a boolean");
+        reply_error(api, req, &e);
+        return;
+    }
+    bool want_stream = stream && cJSON_IsTrue(stream);
+    struct orch_task *t;
+    int rc = orch_task_submit(api->orch, root, NULL, &t);
+    if (rc) {
+        if (rc == PS_EINVAL)
+            submit_error(&e, ps_error_last(), root);
+        else
+            api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
+        cJSON_Delete(root);
+        reply_error(api, req, &e);
+        return;
+    }
+    cJSON_Delete(root);
+    waiter_start(api, req, t, want_stream, 0);
+}
+
+static void handle_events(struct tasks_api *api, struct evhttp_request *req, struct orch_task *t)
+{
+    struct api_error e;
+    int64_t after = 0;
+    const char *last = evhttp_find_header(evhttp_request_get_input_headers(req), "Last-Event-ID");
+    if (last && *last) {
+        char *endp;
+        errno = 0;
+        long long v = strtoll(last, &endp, 10);
+        if (errno || endp == last || *endp || v < 0) {
+            api_error_set(&e, 400, "invalid_request_error", "invalid_value", "Last-Event-ID",
+                          "Last-Event-ID must be a non-negative integer event id");
+            reply_error(api, req, &e);
+            return;
+        }
+        after = v;
+    }
+    waiter_start(api, req, t, true, after);
+}
+
+static void method_not_allowed(struct tasks_api *api, struct evhttp_request *req, const char *path,
+                               const char *allow)
+{
+    struct api_error e;
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
+                  "Method not allowed: %.100s accepts %s only", path, allow);
+    reply_error(api, req, &e);
+}
+
+bool tasks_api_route(const char *path)
+{
+    return !strncmp(path, "/v1/tasks", 9) && (path[9] == '\0' || path[9] == '/');
+}
+
+void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const char *path)
+{
+    struct api_error e;
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    const char *rest = path + 9;
+    if (!*rest || !strcmp(rest, "/")) {
+        if (method != EVHTTP_REQ_POST)
+            method_not_allowed(api, req, "/v1/tasks", "POST");
+        else
+            handle_create(api, req);
+        return;
+    }
+    const char *id = rest + 1;
+    const char *slash = strchr(id, '/');
+    size_t id_len = slash ? (size_t)(slash - id) : strlen(id);
+    const char *sub = slash ? slash : "";
+    bool events = !strcmp(sub, "/events");
+    char idbuf[64];
+    if ((*sub && !events) || id_len == 0 || id_len >= sizeof idbuf) {
+        api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "Unknown path %.100s", path);
+        reply_error(api, req, &e);
+        return;
+    }
+    if (events ? method != EVHTTP_REQ_GET : method != EVHTTP_REQ_GET && method != EVHTTP_REQ_DELETE) {
+        method_not_allowed(api, req, path, events ? "GET" : "GET, DELETE");
+        return;
+    }
+    memcpy(idbuf, id, id_len);
+    idbuf[id_len] = '\0';
+    struct orch_task *t = orch_task_find(api->orch, idbuf);
+    if (!t) {
+        api_error_set(&e, 404, "invalid_request_error", "task_not_found", NULL,
+                      "No task with id '%.64s' (unknown, or evicted after it finished)", idbuf);
+        reply_error(api, req, &e);
+        return;
+    }
+    if (events)
+        handle_events(api, req, t);
+    else if (method == EVHTTP_REQ_DELETE) {
+        orch_task_cancel(t, "cancelled by the client (DELETE)");
+        reply_summary(api, req, t);
+    } else {
+        reply_summary(api, req, t);
+    }
+}
+
+/* ---- decider: the served model makes the decisions --------------------------- */
+
+static void decision_free(struct decision *d)
+{
+    struct tasks_api *api = d->api;
+    if (d->prev) d->prev->next = d->next; else if (api->decisions == d) api->decisions = d->next;
+    if (d->next) d->next->prev = d->prev;
+    free(d);
+}
+
+static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
+{
+    struct tasks_api *api = ctx;
+    char *text = NULL;
+    struct decision *d = calloc(1, sizeof *d);
+    if (!d) {
+        ps_error_set(PS_ENOMEM, "out of memory");
+        return NULL;
+    }
+    struct chat_message msgs[2] = { { CHAT_SYSTEM, DECISION_SYSTEM }, { CHAT_USER, prompt } };
+    if (chat_template_apply(api->cfg.tmpl, msgs, 2, 1, &text))
+        goto fail;
+    size_t n = strlen(text), np = strlen(DECISION_PREFIX);
+    char *full = realloc(text, n + np + 1);
+    if (!full) {
+        ps_error_set(PS_ENOMEM, "out of memory");
+        goto fail;
+    }
+    text = full;
+    memcpy(text + n, DECISION_PREFIX, np + 1);
+    struct engine_request er = {
+        .tenant = 0, .priority = 0, .prompt = text, .parse_special = true, .add_bos = true,
+        .max_tokens = DECISION_MAX_TOKENS, .sampling = sampler_params_default(), /* greedy */
+        .user = (void *)((uintptr_t)d | DECISION_TAG),
+    };
+    /* GRAMMAR PLUG-IN: when struct engine_request gains its per-request JSON
+     * schema (the grammar work in host/engine), constrain every decision to
+     * a valid action whose args match the agents' input_schemas:
+     *     er.<schema field> = api->action_schema;   (NULL: no agents)
+     * and set DECISION_PREFIX to "".  api->action_schema is
+     * grammar_action_schema() over the pool, built in tasks_api_create. */
+    if (engine_submit(api->cfg.eng, &er, &d->eng_id))
+        goto fail;
+    free(text);
+    d->api = api;
+    d->t = t;
+    d->round = orch_task_rounds(t);
+    snprintf(d->task_id, sizeof d->task_id, "%s", orch_task_id(t));
+    d->next = api->decisions;
+    if (api->decisions)
+        api->decisions->prev = d;
+    api->decisions = d;
+    orch_task_decision_text(t, DECISION_PREFIX, np);
+    return d;
+fail:
+    free(text);
+    free(d);
+    return NULL;
+}
+
+static void decider_cancel(void *ctx, void *handle)
+{
+    struct tasks_api *api = ctx;
+    struct decision *d = handle;
+    d->t = NULL;
+    engine_cancel(api->cfg.eng, d->eng_id);
+}
+
+bool tasks_api_owns_event(const struct engine_event *ev)
+{
+    return ((uintptr_t)ev->user & DECISION_TAG) != 0;
+}
+
+void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev)
+{
+    struct decision *d = (struct decision *)((uintptr_t)ev->user & ~DECISION_TAG);
+    if (ev->kind == ENGINE_EV_TOKEN) {
+        /* The action closed (or cannot be one): stop decoding, decide now. */
+        if (d->t && ev->text_len && orch_task_decision_text(d->t, ev->text, ev->text_len)) {
+            struct orch_task *t = d->t;
+            d->t = NULL;
+            engine_cancel(api->cfg.eng, d->eng_id);
+            orch_task_decision_end(t, PS_OK, NULL);
+        }
+        return;
+    }
+    api->cfg.m->prompt_tokens += (uint64_t)ev->n_prompt;
+    api->cfg.m->cached_prompt_tokens += (uint64_t)ev->n_cached;
+    api->cfg.m->generated_tokens += (uint64_t)ev->n_generated;
+    struct orch_task *owner = orch_task_find(api->orch, d->task_id);
+    if (owner)
+        orch_task_decision_usage(owner, d->round, ev->n_prompt, ev->n_cached, ev->n_generated);
+    if (d->t) {
+        struct orch_task *t = d->t;
+        d->t = NULL;
+        if (ev->status)
+            orch_task_decision_end(t, PS_EINVAL, ev->error ? ev->error : "the engine rejected the decision prompt");
+        else if (ev->finish == FINISH_ERROR)
+            orch_task_decision_end(t, PS_EINTERNAL, ev->error ? ev->error : "engine failure");
+        else if (ev->finish == FINISH_CANCELLED)
+            orch_task_decision_end(t, PS_ECANCELLED, "the engine cancelled the decision (shutting down)");
+        else
+            orch_task_decision_end(t, PS_OK, NULL);
+    }
+    decision_free(d);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------ */
+
+static int file_readable(const char *path)
+{
+    return access(path, R_OK) == 0;
+}
+
+/* configs/agents.default.json from the working directory, else from the
+ * source tree the binary sits in (build/paraserve -> configs/). */
+static void default_agents(char *out, size_t n)
+{
+    out[0] = '\0';
+    if (file_readable(DEFAULT_AGENTS)) {
+        snprintf(out, n, "%s", DEFAULT_AGENTS);
+        return;
+    }
+    char exe[1024];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0)
+        return;
+    exe[len] = '\0';
+    char *slash = strrchr(exe, '/');
+    if (!slash)
+        return;
+    *slash = '\0';
+    char cand[1200];
+    int len2 = snprintf(cand, sizeof cand, "%s/../%s", exe, DEFAULT_AGENTS);
+    if (len2 > 0 && (size_t)len2 < n && file_readable(cand))
+        memcpy(out, cand, (size_t)len2 + 1);
+}
+
+int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
+{
+    int rc;
+    *out = NULL;
+    struct tasks_api *api = calloc(1, sizeof *api);
+    if (!api)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    api->cfg = *cfg;
+    api->cfg.agents_path = NULL;
+    api->cfg.local_url = NULL;
+    if (cfg->agents_path && cfg->agents_path[0])
+        snprintf(api->agents_path, sizeof api->agents_path, "%s", cfg->agents_path);
+    else
+        default_agents(api->agents_path, sizeof api->agents_path);
+    rc = api->agents_path[0] ? registry_load_file(api->agents_path, &api->reg)
+                             : registry_load_json("{\"agents\":[]}", "(no agent pool)", &api->reg);
+    if (rc)
+        goto fail;
+    if (registry_count(api->reg)) {
+        cJSON *cat = registry_catalogue(api->reg);
+        char *cats = cat ? cJSON_PrintUnformatted(cat) : NULL;
+        cJSON_Delete(cat);
+        if (!cats) {
+            rc = ps_error_set(PS_ENOMEM, "out of memory");
+            goto fail;
+        }
+        if (grammar_action_schema(cats, strlen(cats), &api->action_schema)) {
+            fprintf(stderr, "paraserve: %s: no action grammar for this pool (%s)\n", api->agents_path,
+                    ps_error_last());
+            api->action_schema = NULL;
+        }
+        free(cats);
+    }
+    struct exec_config ecfg = { .local_url = cfg->local_url, .local_model = "default" };
+    if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, NULL))) {
+        rc = PS_ENOMEM;
+        goto fail;
+    }
+    struct orch_decider dec = { decider_start, decider_cancel, api };
+    orch_set_decider(api->orch, &dec);
+    *out = api;
+    return PS_OK;
+fail:
+    tasks_api_free(api);
+    return rc;
+}
+
+void tasks_api_free(struct tasks_api *api)
+{
+    if (!api)
+        return;
+    while (api->waiters) {        /* normally none: evhttp_free closed them */
+        struct waiter *w = api->waiters;
+        w->req = NULL;
+        waiter_free(w);
+    }
+    orch_destroy(api->orch);      /* cancels running decisions in the engine */
+    while (api->decisions)
+        decision_free(api->decisions);
+    registry_free(api->reg);
+    free(api->action_schema);
+    free(api);
+}
+
+const char *tasks_api_agents_path(const struct tasks_api *api) { return api->agents_path; }
+int tasks_api_n_agents(const struct tasks_api *api) { return registry_count(api->reg); }
+
+void tasks_api_drain(struct tasks_api *api)
+{
+    if (!api)
+        return;
+    api->draining = true;
+    orch_cancel_all(api->orch, "cancelled: the server is shutting down");
+}

@@ -1,0 +1,84 @@
+/* tasks_api.h - the orchestrator's tasks API inside `paraserve serve`, and
+ * the engine-backed decider that lets the served model make a task's
+ * decisions.
+ *
+ * Routes (server.c hands every path under /v1/tasks to tasks_api_handle):
+ *   POST   /v1/tasks              {"input","stream"?,"max_rounds"?,"max_calls"?,
+ *                                  "deadline_ms"?,"script"?,"metadata"?}
+ *          stream false: 200 with the summary when the task ends
+ *            {"id","status":"completed|failed|cancelled","output","calls":[...],
+ *             "rounds","error"?,"usage"?}
+ *          stream true: SSE, one event per task event:
+ *            "id: N\nevent: TYPE\ndata: JSON\n\n", ending after task.final /
+ *            task.error.
+ *   GET    /v1/tasks/{id}         200 summary (status "running" while it runs)
+ *   GET    /v1/tasks/{id}/events  SSE replay of events with id > Last-Event-ID
+ *                                 (request header; 0 when absent), then live ones
+ *   DELETE /v1/tasks/{id}         cooperative cancel; 200 summary
+ * Errors are OpenAI-shaped: 400 (malformed JSON, invalid UTF-8, a bad field:
+ * `param` names it), 404 unknown task, 405 wrong method (Allow header), 413
+ * body over max_body_bytes, 503 POST while shutting down, 500 out of memory.
+ *
+ * Threads: everything runs on the server's event-loop thread; the tasks'
+ * executor shares that loop (libcurl multi on libevent).  Decisions go to
+ * the engine thread as ordinary engine requests (tenant 0, greedy,
+ * DECISION_MAX_TOKENS) whose `user` pointer carries a tag bit so that
+ * server.c can route their events here (tasks_api_owns_event).
+ *
+ * HTTP waiter life (one per POST / GET events request):
+ *   created ──terminal event──► finish (deferred to the loop) ──► reply ends, freed
+ *      └──client closed (close callback / EOF watch)──► unsubscribed, request
+ *         ended, freed; the task keeps running (GET and /events still work).
+ * A waiter holds a subscription, so its task is never evicted under it.
+ */
+#ifndef PS_SERVER_TASKS_API_H
+#define PS_SERVER_TASKS_API_H
+
+#include <stdbool.h>
+
+#include "../engine/engine.h"
+#include "../model/chat.h"
+
+struct event_base;
+struct evhttp_request;
+struct metrics;
+struct tasks_api;
+
+struct tasks_api_config {
+    struct event_base   *base;        /* the server's loop (borrowed) */
+    engine              *eng;         /* borrowed; must outlive the API */
+    const chat_template *tmpl;        /* renders the decision prompt (borrowed) */
+    struct metrics      *m;           /* request and token counters (borrowed) */
+    const char          *agents_path; /* NULL / "": configs/agents.default.json
+                                         (cwd, else beside the binary's ../configs)
+                                         when present, else an empty pool */
+    const char          *local_url;   /* chat-completions URL of this server (kind local) */
+    int                  max_body_bytes;
+};
+
+/* Load the agent pool and start the orchestrator on cfg->base.  PS_OK and
+ * *out, or a status with a detail naming the file / field. */
+int  tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out);
+/* Cancels running tasks' decisions, frees tasks, executor and pool.  Call
+ * after evhttp_free (which closes the waiters' connections) and before
+ * engine_free.  NULL-safe. */
+void tasks_api_free(struct tasks_api *api);
+
+/* The pool file actually loaded ("" when none) and its agent count. */
+const char *tasks_api_agents_path(const struct tasks_api *api);
+int         tasks_api_n_agents(const struct tasks_api *api);
+
+/* True for "/v1/tasks" and every path below it. */
+bool tasks_api_route(const char *path);
+/* Answer one request under /v1/tasks (takes over `req`). */
+void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const char *path);
+
+/* True when an engine event belongs to a decision of this API. */
+bool tasks_api_owns_event(const struct engine_event *ev);
+/* Consume such an event (borrowed; the caller frees the list). */
+void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev);
+
+/* Shutdown: refuse new tasks (503) and cancel the running ones. */
+void tasks_api_drain(struct tasks_api *api);
+
+#endif /* PS_SERVER_TASKS_API_H */
