@@ -11,12 +11,15 @@
  *   kcache, vcache [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim] f16
  *
  * Matmuls: each activation row is quantized once to the weight's
- * vec_dot_type, then one quant_vec_dot per (output row, token).  Threads
- * claim chunks of MM_CHUNK output rows and run all T tokens over a chunk, so
- * the weights are read once per step whatever the batch size.
+ * vec_dot_type, then quant_mat_dot computes tiles of MM_SUB output rows x
+ * MM_TOK tokens (each weight block unpacked once per 4 tokens).  Threads
+ * claim chunks of output rows (guided: large first, MM_SUB at the end) and
+ * run all T tokens over a chunk, so the weights are read once per step
+ * whatever the batch size.
  *
  * Determinism (batching and thread-count invariance): every output element
- * is one quant_vec_dot of the same two rows, every norm / softmax / attention
+ * is bitwise one quant_vec_dot of the same two rows (quant_mat_dot's
+ * contract, whatever the tile shape), every norm / softmax / attention
  * row is reduced in a fixed order inside one thread, and activation rows are
  * quantized independently - so a sequence's numbers do not depend on what
  * else is in the batch, nor on which thread computes them.
@@ -36,7 +39,10 @@
 #define CPU_X86 1
 #endif
 
-#define MM_CHUNK            16   /* output rows per claimed work unit        */
+#define MM_SUB              32   /* weight rows per tile (stay in L1)         */
+#define MM_TOK              8    /* tokens per tile                           */
+#define MM_GUIDE            2    /* chunk = rows left / (MM_GUIDE * threads)  */
+#define MM_MAX_CHUNKS       1024 /* work units per matmul region              */
 #define QUANT_PARALLEL_MIN  8    /* quantize activations in parallel from T  */
 #define MAX_BATCH_DEFAULT   2048
 
@@ -124,52 +130,107 @@ struct mm_part {
     int                  accumulate;/* out += w.x (residual) */
 };
 
+/* A claimed work unit: rows [r0, r1) of part `part`, all T tokens. */
+struct mm_span {
+    int32_t part;
+    int64_t r0, r1;
+};
+
 struct mm_task {
     struct mm_part part[3];
     int            n_part;
     int            swiglu;          /* part[0] gate, part[1] up -> part[0].out = silu(g) * u */
     int64_t        T;
     int64_t        n_chunks;
-    int64_t        part_chunk0[4];  /* first chunk index of each part (concatenated) */
+    struct mm_span chunk[MM_MAX_CHUNKS];
     atomic_llong   next;
 };
 
-static void mm_chunk(const struct mm_part *p, int64_t r0, int64_t r1, int64_t T)
+/* Split the parts' rows into chunks that shrink as the work runs out
+ * ("guided" scheduling): each is 1/(MM_GUIDE * n_threads) of the rows not yet
+ * handed out, at least MM_SUB rows.  Few atomic claims per region, and the
+ * last, small chunks even out the threads.  Which thread computes a row
+ * never changes its value (one quant_mat_dot element per output). */
+static void mm_plan(struct mm_task *mt, int nth)
+{
+    int64_t total = 0;
+    for (int i = 0; i < mt->n_part; i++)
+        total += mt->part[i].w->ne[1];
+    int64_t done = 0, n = 0;
+    for (int i = 0; i < mt->n_part; i++) {
+        const int64_t rows = mt->part[i].w->ne[1];
+        for (int64_t r = 0; r < rows;) {
+            int64_t size = (total - done) / ((int64_t)MM_GUIDE * nth) / MM_SUB * MM_SUB;
+            if (size < MM_SUB)
+                size = MM_SUB;
+            if (size > rows - r || n == MM_MAX_CHUNKS - 1 - (mt->n_part - 1 - i))
+                size = rows - r;   /* the part's end, or out of chunk slots */
+            mt->chunk[n++] = (struct mm_span){ i, r, r + size };
+            r += size;
+            done += size;
+        }
+    }
+    mt->n_chunks = n;
+}
+
+/* rows [r0, r1) x T tokens of one part: tiles of MM_SUB rows x MM_TOK tokens,
+ * the weight tile staying in L1 while the token groups pass over it */
+static void mm_rows(const struct mm_part *p, int64_t r0, int64_t r1, int64_t T)
 {
     const struct weight *w = p->w;
     const int64_t K = w->ne[0];
     const size_t rb = dtype_row_bytes(w->type, K);
     const uint8_t *wd = w->data;
-    for (int64_t t = 0; t < T; t++) {
-        const uint8_t *a = p->act + (size_t)t * p->act_stride;
-        float *o = p->out + t * p->out_stride;
-        for (int64_t r = r0; r < r1; r++) {
-            float d = quant_vec_dot(w->type, wd + (size_t)r * rb, a, K);
-            if (p->bias)
-                d += p->bias[r];
-            if (p->accumulate)
-                o[r] += d;
-            else
-                o[r] = d;
+    float tile[MM_TOK * MM_SUB];
+    for (int64_t rs = r0; rs < r1; rs += MM_SUB) {
+        const int64_t nr = r1 - rs < MM_SUB ? r1 - rs : MM_SUB;
+        for (int64_t t0 = 0; t0 < T; t0 += MM_TOK) {
+            const int64_t nt = T - t0 < MM_TOK ? T - t0 : MM_TOK;
+            if (!p->bias && !p->accumulate) {
+                quant_mat_dot(w->type, wd + (size_t)rs * rb, rb, nr, p->act + (size_t)t0 * p->act_stride,
+                              p->act_stride, nt, K, p->out + t0 * p->out_stride + rs, p->out_stride);
+                continue;
+            }
+            quant_mat_dot(w->type, wd + (size_t)rs * rb, rb, nr, p->act + (size_t)t0 * p->act_stride,
+                          p->act_stride, nt, K, tile, MM_SUB);
+            for (int64_t j = 0; j < nt; j++) {
+                float *o = p->out + (t0 + j) * p->out_stride + rs;
+                const float *d = tile + j * MM_SUB;
+                for (int64_t r = 0; r < nr; r++) {
+                    float v = d[r];
+                    if (p->bias)
+                        v += p->bias[rs + r];
+                    if (p->accumulate)
+                        o[r] += v;
+                    else
+                        o[r] = v;
+                }
+            }
         }
     }
 }
 
-static void mm_chunk_swiglu(const struct mm_part *g, const struct mm_part *u, int64_t r0, int64_t r1,
-                            int64_t T)
+static void mm_rows_swiglu(const struct mm_part *g, const struct mm_part *u, int64_t r0, int64_t r1,
+                           int64_t T)
 {
     const int64_t K = g->w->ne[0];
     const size_t rbg = dtype_row_bytes(g->w->type, K);
     const size_t rbu = dtype_row_bytes(u->w->type, K);
     const uint8_t *gd = g->w->data, *ud = u->w->data;
-    for (int64_t t = 0; t < T; t++) {
-        const uint8_t *ag = g->act + (size_t)t * g->act_stride;
-        const uint8_t *au = u->act + (size_t)t * u->act_stride;
-        float *o = g->out + t * g->out_stride;
-        for (int64_t r = r0; r < r1; r++) {
-            float gv = quant_vec_dot(g->w->type, gd + (size_t)r * rbg, ag, K);
-            float uv = quant_vec_dot(u->w->type, ud + (size_t)r * rbu, au, K);
-            o[r] = silu(gv) * uv;
+    float tg[MM_TOK * MM_SUB], tu[MM_TOK * MM_SUB];
+    for (int64_t rs = r0; rs < r1; rs += MM_SUB) {
+        const int64_t nr = r1 - rs < MM_SUB ? r1 - rs : MM_SUB;
+        for (int64_t t0 = 0; t0 < T; t0 += MM_TOK) {
+            const int64_t nt = T - t0 < MM_TOK ? T - t0 : MM_TOK;
+            quant_mat_dot(g->w->type, gd + (size_t)rs * rbg, rbg, nr, g->act + (size_t)t0 * g->act_stride,
+                          g->act_stride, nt, K, tg, MM_SUB);
+            quant_mat_dot(u->w->type, ud + (size_t)rs * rbu, rbu, nr, u->act + (size_t)t0 * u->act_stride,
+                          u->act_stride, nt, K, tu, MM_SUB);
+            for (int64_t j = 0; j < nt; j++) {
+                float *o = g->out + (t0 + j) * g->out_stride + rs;
+                for (int64_t r = 0; r < nr; r++)
+                    o[r] = silu(tg[j * MM_SUB + r]) * tu[j * MM_SUB + r];
+            }
         }
     }
 }
@@ -181,17 +242,11 @@ static void mm_worker(void *ctx, int ith, int nth)
         int64_t c = atomic_fetch_add_explicit(&mt->next, 1, memory_order_relaxed);
         if (c >= mt->n_chunks)
             break;
-        int ip = 0;
-        while (ip + 1 < mt->n_part && c >= mt->part_chunk0[ip + 1])
-            ip++;
-        const struct mm_part *p = &mt->part[ip];
-        const int64_t rows = p->w->ne[1];
-        const int64_t r0 = (c - mt->part_chunk0[ip]) * MM_CHUNK;
-        const int64_t r1 = r0 + MM_CHUNK < rows ? r0 + MM_CHUNK : rows;
+        const struct mm_span *sp = &mt->chunk[c];
         if (mt->swiglu)
-            mm_chunk_swiglu(&mt->part[0], &mt->part[1], r0, r1, mt->T);
+            mm_rows_swiglu(&mt->part[0], &mt->part[1], sp->r0, sp->r1, mt->T);
         else
-            mm_chunk(p, r0, r1, mt->T);
+            mm_rows(&mt->part[sp->part], sp->r0, sp->r1, mt->T);
     }
 }
 
@@ -251,12 +306,7 @@ static void matmul_run(struct cpu_backend *cb, struct mm_part *parts, int n_part
         mt.part[1] = parts[1];
     mt.swiglu = swiglu;
     mt.T = T;
-    int64_t chunks = 0;
-    for (int i = 0; i < mt.n_part; i++) {
-        mt.part_chunk0[i] = chunks;
-        chunks += (mt.part[i].w->ne[1] + MM_CHUNK - 1) / MM_CHUNK;
-    }
-    mt.n_chunks = chunks;
+    mm_plan(&mt, cb->n_threads);
     atomic_init(&mt.next, 0);
     threadpool_run(cb->tp, mm_worker, &mt);
 }

@@ -663,6 +663,86 @@ static float dot_q6_k_scalar(const void *w, const void *a, int64_t n)
     return s;
 }
 
+/* Tiles of the three block dots above: each weight block is unpacked once
+ * for a group of up to MDOT_TOK activation rows; every element is the same
+ * expression, evaluated in the same order, as the single-row kernel. */
+#define MDOT_TOK 4
+
+static void mdot_q4_0_scalar(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
+                             int64_t n, float *out, int64_t os)
+{
+    for (int64_t t0 = 0; t0 < nt; t0 += MDOT_TOK) {
+        const int g = nt - t0 < MDOT_TOK ? (int)(nt - t0) : MDOT_TOK;
+        for (int64_t r = 0; r < nr; r++) {
+            const uint8_t *x = (const uint8_t *)w + (size_t)r * ws;
+            float s[MDOT_TOK] = {0};
+            for (int64_t i = 0; i < n / 32; i++, x += 18) {
+                int8_t q[32];
+                for (int j = 0; j < 16; j++) {
+                    q[j]      = (int8_t)((x[2 + j] & 0xf) - 8);
+                    q[j + 16] = (int8_t)((x[2 + j] >> 4) - 8);
+                }
+                const float dx = ld_f16(x);
+                for (int k = 0; k < g; k++) {
+                    const uint8_t *y = (const uint8_t *)a + (size_t)(t0 + k) * as + 34 * i;
+                    s[k] += (float)dot_i8_32(q, (const int8_t *)(y + 2)) * (dx * ld_f16(y));
+                }
+            }
+            for (int k = 0; k < g; k++)
+                out[(t0 + k) * os + r] = s[k];
+        }
+    }
+}
+
+static void mdot_q4_1_scalar(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
+                             int64_t n, float *out, int64_t os)
+{
+    for (int64_t t0 = 0; t0 < nt; t0 += MDOT_TOK) {
+        const int g = nt - t0 < MDOT_TOK ? (int)(nt - t0) : MDOT_TOK;
+        for (int64_t r = 0; r < nr; r++) {
+            const uint8_t *x = (const uint8_t *)w + (size_t)r * ws;
+            float s[MDOT_TOK] = {0};
+            for (int64_t i = 0; i < n / 32; i++, x += 20) {
+                int8_t q[32];
+                for (int j = 0; j < 16; j++) {
+                    q[j]      = (int8_t)(x[4 + j] & 0xf);
+                    q[j + 16] = (int8_t)(x[4 + j] >> 4);
+                }
+                const float dx = ld_f16(x), mx = ld_f16(x + 2);
+                for (int k = 0; k < g; k++) {
+                    const uint8_t *y = (const uint8_t *)a + (size_t)(t0 + k) * as + 36 * i;
+                    s[k] += (float)dot_i8_32(q, (const int8_t *)(y + 4)) * (dx * ld_f16(y)) +
+                            mx * ld_f16(y + 2);
+                }
+            }
+            for (int k = 0; k < g; k++)
+                out[(t0 + k) * os + r] = s[k];
+        }
+    }
+}
+
+static void mdot_q8_0_scalar(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
+                             int64_t n, float *out, int64_t os)
+{
+    for (int64_t t0 = 0; t0 < nt; t0 += MDOT_TOK) {
+        const int g = nt - t0 < MDOT_TOK ? (int)(nt - t0) : MDOT_TOK;
+        for (int64_t r = 0; r < nr; r++) {
+            const uint8_t *x = (const uint8_t *)w + (size_t)r * ws;
+            float s[MDOT_TOK] = {0};
+            for (int64_t i = 0; i < n / 32; i++, x += 34) {
+                const float dx = ld_f16(x);
+                for (int k = 0; k < g; k++) {
+                    const uint8_t *y = (const uint8_t *)a + (size_t)(t0 + k) * as + 34 * i;
+                    s[k] += (float)dot_i8_32((const int8_t *)(x + 2), (const int8_t *)(y + 2)) *
+                            (dx * ld_f16(y));
+                }
+            }
+            for (int k = 0; k < g; k++)
+                out[(t0 + k) * os + r] = s[k];
+        }
+    }
+}
+
 const struct quant_kernels quant_kernels_scalar = {
     .name          = "scalar",
     .dot_f32       = dot_f32_scalar,
@@ -673,6 +753,9 @@ const struct quant_kernels quant_kernels_scalar = {
     .dot_q8_0      = dot_q8_0_scalar,
     .dot_q4_k      = dot_q4_k_scalar,
     .dot_q6_k      = dot_q6_k_scalar,
+    .mdot_q4_0     = mdot_q4_0_scalar,
+    .mdot_q4_1     = mdot_q4_1_scalar,
+    .mdot_q8_0     = mdot_q8_0_scalar,
     .quantize_q8_0 = quantize_q8_0_scalar,
     .quantize_q8_1 = quantize_q8_1_scalar,
     .quantize_q8_k = quant_quantize_q8_k_scalar,
@@ -769,4 +852,25 @@ float quant_vec_dot(enum dtype w_type, const void *w_row, const void *act, int64
         break;
     }
     return NAN;
+}
+
+void quant_mat_dot(enum dtype w_type, const void *w, size_t w_stride, int64_t n_rows, const void *act,
+                   size_t act_stride, int64_t n_act, int64_t n, float *out, int64_t out_stride)
+{
+    const struct quant_kernels *k = kernels();
+    quant_mdot_fn f = NULL;
+    switch (w_type) {
+    case DT_Q4_0: f = k->mdot_q4_0; break;
+    case DT_Q4_1: f = k->mdot_q4_1; break;
+    case DT_Q8_0: f = k->mdot_q8_0; break;
+    default: break;
+    }
+    if (f) {
+        f(w, w_stride, n_rows, act, act_stride, n_act, n, out, out_stride);
+        return;
+    }
+    for (int64_t t = 0; t < n_act; t++)
+        for (int64_t r = 0; r < n_rows; r++)
+            out[t * out_stride + r] = quant_vec_dot(w_type, (const uint8_t *)w + (size_t)r * w_stride,
+                                                    (const uint8_t *)act + (size_t)t * act_stride, n);
 }

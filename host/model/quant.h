@@ -73,6 +73,17 @@ int quant_row_quantize(enum dtype type, const float *src, void *dst, int64_t n);
  * row already quantized to dtype_info_get(w_type)->vec_dot_type. */
 float quant_vec_dot(enum dtype w_type, const void *w_row, const void *act, int64_t n);
 
+/* Tile of dot products of n_rows weight rows (w_type, row r at
+ * w + r * w_stride bytes) with n_act activation rows (vec_dot_type, row t at
+ * act + t * act_stride bytes), n elements each:
+ *   out[t * out_stride + r] = quant_vec_dot(w_type, row r, act row t, n)
+ * Every element is bitwise equal to that quant_vec_dot call (same SIMD
+ * path), so how rows and tokens are grouped never changes a result.  Q4_0,
+ * Q4_1 and Q8_0 unpack each weight block once per group of up to 4
+ * activation rows; other types loop over quant_vec_dot. */
+void quant_mat_dot(enum dtype w_type, const void *w, size_t w_stride, int64_t n_rows, const void *act,
+                   size_t act_stride, int64_t n_act, int64_t n, float *out, int64_t out_stride);
+
 /* IEEE half / bfloat16 conversions (scalar, exact round-to-nearest-even). */
 float    fp16_to_f32(uint16_t h);
 uint16_t f32_to_fp16(float f);

@@ -178,6 +178,222 @@ static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
     return hsum_ps(_mm256_add_ps(acc0, acc1));
 }
 
+/* ---- tiles: several activation rows per weight block ------------------------
+ *
+ * mdot_*: out[t * os + r] = dot_*(w + r * ws, a + t * as, n), bitwise: per
+ * activation row the same maddubs/madd integer sums, the same scale products
+ * (a lane-wise product of the same two f32 values), the same FMA into the
+ * same even/odd-block accumulator and the same final reduction as the
+ * single-row kernels above.  What is shared across the (up to) 4 activation
+ * rows of a group is the work that does not depend on them: loading and
+ * unpacking the weight block, converting its f16 scales, |w| for the sign
+ * trick; the activation scales of a group are converted to f32 once per call
+ * instead of once per weight row. */
+
+#define MDOT_TOK  4    /* activation rows per group                     */
+#define MDOT_MAXB 512  /* blocks per row held in the scale table (n <= 16384); longer rows loop over dot_* */
+
+#define AVX2_INLINE static inline __attribute__((target("avx2,fma,f16c"), always_inline))
+
+/* lane k of v in all 8 lanes */
+AVX2_INLINE __m256 lane_bcast(__m256 v, int k)
+{
+    if (k == 0)
+        return _mm256_broadcastss_ps(_mm256_castps256_ps128(v));
+    return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(k));
+}
+
+static inline uint32_t ld_u32(const uint8_t *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+static inline uint32_t ld_u16(const uint8_t *p)
+{
+    uint16_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* the 32 bits at p as two f16 -> (lo, hi) repeated in the 8 lanes */
+AVX2_INLINE __m256 ld_h2x4(uint32_t v)
+{
+    return _mm256_cvtph_ps(_mm_set1_epi32((int)v));
+}
+
+/* four 32-bit words, each two f16 -> 8 lanes (w0.lo, w0.hi, w1.lo, ...) */
+AVX2_INLINE __m256 h2x4(uint32_t a, uint32_t b, uint32_t c, uint32_t d)
+{
+    return _mm256_cvtph_ps(_mm_setr_epi32((int)a, (int)b, (int)c, (int)d));
+}
+
+/* One group of NT activation rows y[0..NT-1] against nr weight rows.
+ * asc[i]: lanes (d, s) of block i of each activation row. */
+AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const uint8_t *const *y,
+                                 const __m256 *asc, int64_t nb, float *out, int64_t os, const int NT)
+{
+    for (int64_t r = 0; r < nr; r++) {
+        const uint8_t *x = w + (size_t)r * ws;
+        __m256 acc0[MDOT_TOK], acc1[MDOT_TOK];
+        for (int j = 0; j < NT; j++)
+            acc0[j] = acc1[j] = _mm256_setzero_ps();
+        __m256 accm = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 1 < nb; i += 2, x += 40) {
+            const __m256  s0 = _mm256_mul_ps(ld_h2x4(ld_u32(x)), asc[i]);
+            const __m256  s1 = _mm256_mul_ps(ld_h2x4(ld_u32(x + 20)), asc[i + 1]);
+            const __m256i q0 = unpack_nibbles16(x + 4), q1 = unpack_nibbles16(x + 24);
+            float sv[16];
+            if (NT > 1) {
+                _mm256_storeu_ps(sv, s0);
+                _mm256_storeu_ps(sv + 8, s1);
+            }
+            for (int j = 0; j < NT; j++) {
+                const uint8_t *yb = y[j] + 36 * i;
+                __m256i p0 = dot_u8i8(q0, ld256(yb + 4));
+                __m256i p1 = dot_u8i8(q1, ld256(yb + 40));
+                const __m256 b0 = NT > 1 ? _mm256_broadcast_ss(sv + 2 * j) : lane_bcast(s0, 0);
+                const __m256 b1 = NT > 1 ? _mm256_broadcast_ss(sv + 8 + 2 * j) : lane_bcast(s1, 0);
+                acc0[j] = _mm256_fmadd_ps(b0, _mm256_cvtepi32_ps(p0), acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(b1, _mm256_cvtepi32_ps(p1), acc1[j]);
+            }
+            accm = _mm256_add_ps(accm, _mm256_add_ps(s0, s1));
+        }
+        for (; i < nb; i++, x += 20) {
+            const __m256  s0 = _mm256_mul_ps(ld_h2x4(ld_u32(x)), asc[i]);
+            const __m256i q0 = unpack_nibbles16(x + 4);
+            for (int j = 0; j < NT; j++) {
+                __m256i p0 = dot_u8i8(q0, ld256(y[j] + 36 * i + 4));
+                acc0[j] = _mm256_fmadd_ps(lane_bcast(s0, 2 * j), _mm256_cvtepi32_ps(p0), acc0[j]);
+            }
+            accm = _mm256_add_ps(accm, s0);
+        }
+        float m[8];
+        _mm256_storeu_ps(m, accm);
+        for (int j = 0; j < NT; j++)
+            out[j * os + r] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j])) + m[2 * j + 1];
+    }
+}
+
+static AVX2 void mdot_q4_1(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
+                           int64_t n, float *out, int64_t os)
+{
+    const int64_t nb = n / 32;
+    if (nb > MDOT_MAXB) {
+        for (int64_t t = 0; t < nt; t++)
+            for (int64_t r = 0; r < nr; r++)
+                out[t * os + r] = dot_q4_1((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)a + (size_t)t * as, n);
+        return;
+    }
+    __m256 asc[MDOT_MAXB];
+    for (int64_t t0 = 0; t0 < nt; t0 += MDOT_TOK) {
+        const int g = nt - t0 < MDOT_TOK ? (int)(nt - t0) : MDOT_TOK;
+        const uint8_t *y[MDOT_TOK];
+        for (int j = 0; j < MDOT_TOK; j++)
+            y[j] = (const uint8_t *)a + (size_t)(t0 + (j < g ? j : 0)) * as;
+        for (int64_t i = 0; i < nb; i++)
+            asc[i] = h2x4(ld_u32(y[0] + 36 * i), ld_u32(y[1] + 36 * i), ld_u32(y[2] + 36 * i),
+                          ld_u32(y[3] + 36 * i));
+        float *o = out + t0 * os;
+        switch (g) {
+        case 1: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 1); break;
+        case 2: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 2); break;
+        case 3: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 3); break;
+        default: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 4); break;
+        }
+    }
+}
+
+/* Q4_0 and Q8_0 weights against Q8_0 activations: block pairs as in
+ * dot_q4_0 / dot_q8_0; asc[i / 2] holds (d of block i, d of block i+1) of
+ * each activation row.  Q4 selects the nibble weights. */
+AVX2_INLINE void mdot_x8_0_group(const uint8_t *w, size_t ws, int64_t nr, const uint8_t *const *y,
+                                 const __m256 *asc, int64_t nb, float *out, int64_t os, const int NT,
+                                 const int Q4)
+{
+    const int     bw    = Q4 ? 18 : 34;   /* weight block bytes */
+    const __m256i eight = _mm256_set1_epi8(8);
+    for (int64_t r = 0; r < nr; r++) {
+        const uint8_t *x = w + (size_t)r * ws;
+        __m256 acc0[MDOT_TOK], acc1[MDOT_TOK];
+        for (int j = 0; j < NT; j++)
+            acc0[j] = acc1[j] = _mm256_setzero_ps();
+        int64_t i = 0;
+        for (; i + 1 < nb; i += 2, x += 2 * bw) {
+            const __m256  sc = _mm256_mul_ps(ld_h2x4(ld_u16(x) | ld_u16(x + bw) << 16), asc[i / 2]);
+            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16(x + 2), eight) : ld256(x + 2);
+            const __m256i q1 = Q4 ? _mm256_sub_epi8(unpack_nibbles16(x + bw + 2), eight) : ld256(x + bw + 2);
+            const __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);
+            for (int j = 0; j < NT; j++) {
+                const uint8_t *yb = y[j] + 34 * i;
+                __m256i p0 = dot_u8i8(u0, _mm256_sign_epi8(ld256(yb + 2), q0));
+                __m256i p1 = dot_u8i8(u1, _mm256_sign_epi8(ld256(yb + 36), q1));
+                acc0[j] = _mm256_fmadd_ps(lane_bcast(sc, 2 * j), _mm256_cvtepi32_ps(p0), acc0[j]);
+                acc1[j] = _mm256_fmadd_ps(lane_bcast(sc, 2 * j + 1), _mm256_cvtepi32_ps(p1), acc1[j]);
+            }
+        }
+        for (; i < nb; i++, x += bw) {
+            const __m256  sc = _mm256_mul_ps(ld_h2x4(ld_u16(x)), asc[i / 2]);
+            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16(x + 2), eight) : ld256(x + 2);
+            const __m256i u0 = _mm256_sign_epi8(q0, q0);
+            for (int j = 0; j < NT; j++) {
+                __m256i p0 = dot_u8i8(u0, _mm256_sign_epi8(ld256(y[j] + 34 * i + 2), q0));
+                acc0[j] = _mm256_fmadd_ps(lane_bcast(sc, 2 * j), _mm256_cvtepi32_ps(p0), acc0[j]);
+            }
+        }
+        for (int j = 0; j < NT; j++)
+            out[j * os + r] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j]));
+    }
+}
+
+AVX2_INLINE void mdot_x8_0(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
+                           int64_t n, float *out, int64_t os, const int Q4)
+{
+    const int64_t nb = n / 32;
+    if (nb > MDOT_MAXB) {
+        for (int64_t t = 0; t < nt; t++)
+            for (int64_t r = 0; r < nr; r++) {
+                const uint8_t *wr = (const uint8_t *)w + (size_t)r * ws, *ar = (const uint8_t *)a + (size_t)t * as;
+                out[t * os + r] = Q4 ? dot_q4_0(wr, ar, n) : dot_q8_0(wr, ar, n);
+            }
+        return;
+    }
+    __m256 asc[MDOT_MAXB / 2 + 1];
+    for (int64_t t0 = 0; t0 < nt; t0 += MDOT_TOK) {
+        const int g = nt - t0 < MDOT_TOK ? (int)(nt - t0) : MDOT_TOK;
+        const uint8_t *y[MDOT_TOK];
+        for (int j = 0; j < MDOT_TOK; j++)
+            y[j] = (const uint8_t *)a + (size_t)(t0 + (j < g ? j : 0)) * as;
+        for (int64_t i = 0; i < nb; i += 2) {
+            uint32_t v[MDOT_TOK];
+            for (int j = 0; j < MDOT_TOK; j++)
+                v[j] = ld_u16(y[j] + 34 * i) | (i + 1 < nb ? ld_u16(y[j] + 34 * (i + 1)) << 16 : 0);
+            asc[i / 2] = h2x4(v[0], v[1], v[2], v[3]);
+        }
+        float *o = out + t0 * os;
+        switch (g) {
+        case 1: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 1, Q4); break;
+        case 2: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 2, Q4); break;
+        case 3: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 3, Q4); break;
+        default: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 4, Q4); break;
+        }
+    }
+}
+
+static AVX2 void mdot_q4_0(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
+                           int64_t n, float *out, int64_t os)
+{
+    mdot_x8_0(w, ws, nr, a, as, nt, n, out, os, 1);
+}
+
+static AVX2 void mdot_q8_0(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
+                           int64_t n, float *out, int64_t os)
+{
+    mdot_x8_0(w, ws, nr, a, as, nt, n, out, os, 0);
+}
+
 /* ---- Q4_K x Q8_K ----------------------------------------------------------- */
 
 /* shuffle control broadcasting 16-bit word k (of each 128-bit lane) */
@@ -408,6 +624,9 @@ const struct quant_kernels quant_kernels_avx2 = {
     .dot_q8_0      = dot_q8_0,
     .dot_q4_k      = dot_q4_k,
     .dot_q6_k      = dot_q6_k,
+    .mdot_q4_0     = mdot_q4_0,
+    .mdot_q4_1     = mdot_q4_1,
+    .mdot_q8_0     = mdot_q8_0,
     .quantize_q8_0 = quantize_q8_0,
     .quantize_q8_1 = quantize_q8_1,
     .quantize_q8_k = quant_quantize_q8_k_scalar,

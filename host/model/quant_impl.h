@@ -11,6 +11,7 @@
 #define PS_QUANT_IMPL_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* dot of one weight row w (its dtype) and one activation row a (the weight
@@ -18,6 +19,12 @@
 typedef float (*quant_dot_fn)(const void *w, const void *a, int64_t n);
 /* src[n] -> dst (dtype_row_bytes(type, n) bytes) */
 typedef void (*quant_quantize_fn)(const float *src, void *dst, int64_t n);
+/* Tile of dots: out[t * os + r] = dot(w + r * ws, a + t * as, n) for
+ * r < nr, t < nt; every element bitwise equal to the same table's dot_fn
+ * (same per-block integer sums, same float operations in the same order).
+ * Each weight block is unpacked once for up to 4 activation rows. */
+typedef void (*quant_mdot_fn)(const void *w, size_t ws, int64_t nr, const void *a, size_t as,
+                              int64_t nt, int64_t n, float *out, int64_t os);
 
 struct quant_kernels {
     const char       *name;       /* "scalar" / "avx2" */
@@ -29,6 +36,9 @@ struct quant_kernels {
     quant_dot_fn      dot_q8_0;   /* Q8_0 x Q8_0 */
     quant_dot_fn      dot_q4_k;   /* Q4_K x Q8_K */
     quant_dot_fn      dot_q6_k;   /* Q6_K x Q8_K */
+    quant_mdot_fn     mdot_q4_0;  /* tile versions of dot_q4_0 / dot_q4_1 / dot_q8_0 */
+    quant_mdot_fn     mdot_q4_1;
+    quant_mdot_fn     mdot_q8_0;
     quant_quantize_fn quantize_q8_0;
     quant_quantize_fn quantize_q8_1;
     quant_quantize_fn quantize_q8_k;

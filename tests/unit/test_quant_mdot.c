@@ -1,0 +1,278 @@
+/* test_quant_mdot.c - tile dots (quant_mat_dot, quant_kernels.mdot_*) are
+ * bitwise equal to the single-row dots, on every SIMD path.
+ *
+ * The CPU backend relies on this for batching and thread-count invariance:
+ * how output rows and tokens are grouped into tiles must never change a
+ * number.  Random weights and activations (including extreme scales, zero
+ * blocks and all-max nibbles), odd and even block counts, row and token
+ * counts that leave every remainder of the 4-token groups, padded strides.
+ * Prints the speed of both forms on a model-shaped matrix.
+ */
+#include "model/quant.h"
+#include "model/quant_impl.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/status.h"
+#include "test_util.h"
+
+static uint64_t rng_state = 0x243f6a8885a308d3ull;
+
+static uint32_t rng_u32(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (uint32_t)(rng_state >> 16);
+}
+
+static float rng_f(void)
+{
+    return (float)rng_u32() / 4294967296.0f * 2.0f - 1.0f;
+}
+
+static uint32_t f2u(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, sizeof u);
+    return u;
+}
+
+static const struct quant_kernels *simd_kernels(void)
+{
+#ifdef PS_QUANT_HAVE_AVX2
+    if (quant_avx2_supported())
+        return &quant_kernels_avx2;
+#endif
+    return NULL;
+}
+
+/* x[n]: mostly uniform with a per-block scale spread over 2^-12..2^6, some
+ * all-zero blocks, some blocks with one outlier. */
+static void fill_row(float *x, int64_t n)
+{
+    for (int64_t b = 0; b < n / 32; b++) {
+        const uint32_t kind = rng_u32() % 8;
+        const float    sc   = ldexpf(1.0f, (int)(rng_u32() % 19) - 12);
+        for (int j = 0; j < 32; j++)
+            x[32 * b + j] = kind == 0 ? 0.0f : sc * rng_f();
+        if (kind == 1)
+            x[32 * b + rng_u32() % 32] = sc * 50.0f;
+    }
+}
+
+static quant_dot_fn dot_of(const struct quant_kernels *k, enum dtype t)
+{
+    switch (t) {
+    case DT_Q4_0: return k->dot_q4_0;
+    case DT_Q4_1: return k->dot_q4_1;
+    case DT_Q8_0: return k->dot_q8_0;
+    default: return NULL;
+    }
+}
+
+static quant_mdot_fn mdot_of(const struct quant_kernels *k, enum dtype t)
+{
+    switch (t) {
+    case DT_Q4_0: return k->mdot_q4_0;
+    case DT_Q4_1: return k->mdot_q4_1;
+    case DT_Q8_0: return k->mdot_q8_0;
+    default: return NULL;
+    }
+}
+
+#define MAX_R 19
+#define MAX_T 11
+#define PAD   40   /* extra bytes per row: strides are not the row size */
+
+/* One random case: nr weight rows x nt activation rows of n elements. */
+static void check_case(const struct quant_kernels *k, enum dtype wt, int64_t n, int64_t nr, int64_t nt)
+{
+    const enum dtype at  = dtype_info_get(wt)->vec_dot_type;
+    const size_t     wrb = dtype_row_bytes(wt, n), arb = dtype_row_bytes(at, n);
+    const size_t     ws = wrb + PAD, as = arb + PAD;
+    uint8_t *w = calloc((size_t)nr, ws), *a = calloc((size_t)nt, as);
+    float   *x = malloc((size_t)n * sizeof *x);
+    float    out[MAX_T * (MAX_R + 3)];
+    const int64_t os = nr + 3;
+    CHECK(w && a && x);
+    if (!w || !a || !x)
+        goto done;
+    for (int64_t r = 0; r < nr; r++) {
+        fill_row(x, n);
+        if (wt == DT_Q4_1 && r % 5 == 4)  /* all-max nibbles: largest maddubs pairs */
+            for (int64_t i = 0; i < n; i++)
+                x[i] = (i % 32 == 0) ? 0.0f : 1.0f;
+        CHECK(quant_row_quantize(wt, x, w + (size_t)r * ws, n) == PS_OK);
+    }
+    for (int64_t t = 0; t < nt; t++) {
+        fill_row(x, n);
+        /* the table's own activation quantizer, as the backend uses it */
+        if (at == DT_Q8_1)
+            k->quantize_q8_1(x, a + (size_t)t * as, n);
+        else
+            k->quantize_q8_0(x, a + (size_t)t * as, n);
+    }
+    for (size_t i = 0; i < sizeof out / sizeof out[0]; i++)
+        out[i] = -12345.0f;
+    mdot_of(k, wt)(w, ws, nr, a, as, nt, n, out, os);
+    int bad = 0;
+    for (int64_t t = 0; t < nt; t++) {
+        for (int64_t r = 0; r < nr; r++) {
+            const float ref = dot_of(k, wt)(w + (size_t)r * ws, a + (size_t)t * as, n);
+            const float got = out[t * os + r];
+            if (f2u(ref) != f2u(got) && bad++ < 3)
+                CHECK_MSG(0, "%s %s n=%lld nr=%lld nt=%lld: [t %lld, r %lld] tile %.9g != dot %.9g",
+                          k->name, dtype_info_get(wt)->name, (long long)n, (long long)nr, (long long)nt,
+                          (long long)t, (long long)r, (double)got, (double)ref);
+        }
+        for (int64_t r = nr; r < os; r++)
+            CHECK_MSG(out[t * os + r] == -12345.0f, "%s: wrote outside the tile", k->name);
+    }
+done:
+    free(w);
+    free(a);
+    free(x);
+}
+
+static void test_tiles_bitwise(void)
+{
+    static const enum dtype types[] = {DT_Q4_0, DT_Q4_1, DT_Q8_0};
+    static const int64_t    ns[]    = {32, 64, 96, 576, 1536, 32 * 17};
+    static const int64_t    nrs[]   = {1, 2, 3, 5, 16, 19};
+    const struct quant_kernels *paths[2] = {&quant_kernels_scalar, simd_kernels()};
+    int cases = 0;
+    for (int p = 0; p < 2; p++) {
+        if (!paths[p])
+            continue;
+        for (size_t it = 0; it < sizeof types / sizeof types[0]; it++)
+            for (size_t in = 0; in < sizeof ns / sizeof ns[0]; in++)
+                for (size_t ir = 0; ir < sizeof nrs / sizeof nrs[0]; ir++)
+                    for (int64_t nt = 1; nt <= MAX_T; nt += (nt < 9 ? 1 : 2)) {
+                        check_case(paths[p], types[it], ns[in], nrs[ir], nt);
+                        cases++;
+                    }
+    }
+    printf("tiles: %d cases bitwise equal to the single-row dots\n", cases);
+}
+
+/* Public entry point: quant_mat_dot == quant_vec_dot for every type with a
+ * dot (the types without a tile kernel take the loop). */
+static void test_public(void)
+{
+    static const enum dtype types[] = {DT_F32, DT_F16, DT_BF16, DT_Q4_0, DT_Q4_1,
+                                       DT_Q8_0, DT_Q4_K, DT_Q6_K};
+    const int64_t n = 512, nr = 7, nt = 6;
+    for (size_t it = 0; it < sizeof types / sizeof types[0]; it++) {
+        const enum dtype wt = types[it], at = dtype_info_get(wt)->vec_dot_type;
+        const size_t ws = dtype_row_bytes(wt, n), as = dtype_row_bytes(at, n);
+        uint8_t *w = malloc((size_t)nr * ws), *a = malloc((size_t)nt * as);
+        float   *x = malloc((size_t)n * sizeof *x), out[7 * 6];
+        CHECK(w && a && x);
+        if (w && a && x) {
+            for (int64_t r = 0; r < nr; r++) {
+                fill_row(x, n);
+                CHECK(quant_row_quantize(wt, x, w + (size_t)r * ws, n) == PS_OK);
+            }
+            for (int64_t t = 0; t < nt; t++) {
+                fill_row(x, n);
+                CHECK(quant_row_quantize(at, x, a + (size_t)t * as, n) == PS_OK);
+            }
+            quant_mat_dot(wt, w, ws, nr, a, as, nt, n, out, nr);
+            for (int64_t t = 0; t < nt; t++)
+                for (int64_t r = 0; r < nr; r++)
+                    CHECK_MSG(f2u(out[t * nr + r]) ==
+                                  f2u(quant_vec_dot(wt, w + (size_t)r * ws, a + (size_t)t * as, n)),
+                              "quant_mat_dot %s [t %lld, r %lld]", dtype_info_get(wt)->name,
+                              (long long)t, (long long)r);
+        }
+        free(w);
+        free(a);
+        free(x);
+    }
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* ns per weight block and activation row: single-row loop vs tiles, 256 rows of 576 (L2-resident) */
+static void bench(void)
+{
+    static const enum dtype types[] = {DT_Q4_0, DT_Q4_1, DT_Q8_0};
+    const int64_t n = 576, nr = 256, nt = 8;
+    const struct quant_kernels *paths[2] = {&quant_kernels_scalar, simd_kernels()};
+    for (int p = 0; p < 2; p++) {
+        if (!paths[p])
+            continue;
+        for (size_t it = 0; it < sizeof types / sizeof types[0]; it++) {
+            const enum dtype wt = types[it], at = dtype_info_get(wt)->vec_dot_type;
+            const size_t ws = dtype_row_bytes(wt, n), as = dtype_row_bytes(at, n);
+            uint8_t *w = malloc((size_t)nr * ws), *a = malloc((size_t)nt * as);
+            float   *x = malloc((size_t)n * sizeof *x), *out = malloc((size_t)nr * nt * sizeof *out);
+            if (!w || !a || !x || !out)
+                goto next;
+            for (int64_t r = 0; r < nr; r++) {
+                fill_row(x, n);
+                quant_row_quantize(wt, x, w + (size_t)r * ws, n);
+            }
+            for (int64_t t = 0; t < nt; t++) {
+                fill_row(x, n);
+                quant_row_quantize(at, x, a + (size_t)t * as, n);
+            }
+            /* best of 7 trials: the machine may be shared */
+            const int    reps   = p == 0 ? 1 : 6;
+            const double blocks = (double)reps * nr * nt * (n / 32);
+            double best[3] = {1e30, 1e30, 1e30};
+            volatile float sink = 0.0f;
+            for (int trial = 0; trial < 7; trial++) {
+                double t0 = now_s();
+                for (int rep = 0; rep < reps; rep++)
+                    for (int64_t t = 0; t < nt; t++)
+                        for (int64_t r = 0; r < nr; r++)
+                            sink += dot_of(paths[p], wt)(w + (size_t)r * ws, a + (size_t)t * as, n);
+                double t1 = now_s();
+                for (int rep = 0; rep < reps; rep++)
+                    mdot_of(paths[p], wt)(w, ws, nr, a, as, nt, n, out, nr);
+                double t2 = now_s();
+                for (int rep = 0; rep < reps; rep++)
+                    for (int64_t t = 0; t < nt; t++)
+                        mdot_of(paths[p], wt)(w, ws, nr, a + (size_t)t * as, as, 1, n, out, nr);
+                double t3 = now_s();
+                best[0] = fmin(best[0], t1 - t0);
+                best[1] = fmin(best[1], t2 - t1);
+                best[2] = fmin(best[2], t3 - t2);
+            }
+            (void)sink;
+            printf("bench %-6s %-4s: dot %.2f ns/block, tile x%lld %.2f ns/block, tile x1 %.2f ns/block\n",
+                   paths[p]->name, dtype_info_get(wt)->name, 1e9 * best[0] / blocks, (long long)nt,
+                   1e9 * best[1] / blocks, 1e9 * best[2] / blocks);
+        next:
+            free(w);
+            free(a);
+            free(x);
+            free(out);
+        }
+    }
+}
+
+int main(void)
+{
+    quant_init();
+    printf("simd path: %s\n", quant_simd_name());
+    if (!simd_kernels())
+        printf("NOTE: CPU lacks AVX2/FMA/F16C: only the scalar path was tested\n");
+    test_tiles_bitwise();
+    test_public();
+    if (!getenv("PARASERVE_QUANT_NO_BENCH"))
+        bench();
+    TEST_DONE();
+}
