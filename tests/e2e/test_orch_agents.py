@@ -189,3 +189,18 @@ def test_model_driven_needs_engine(run):
     ev = orchestrate(run, str(ROOT / "configs" / "agents.default.json"), {"input": "plan a trip"})
     _, final = calls_by_id(ev)
     assert final["status"] == "failed" and "need the engine" in final["error"]
+
+
+def test_event_log_full_is_a_typed_task_failure(run):
+    """An event that cannot be stored (log full, or out of memory: the same
+    path) fails the task with a typed error instead of being dropped
+    silently; the terminal event is still delivered and ids have no hole."""
+    calls = [{"id": f"c{i}", "to": "calculator", "args": {"expression": f"{i}+1"}} for i in range(8)]
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), {"input": "log", "script": [
+        {"calls": calls}, {"final": {"answer": "x", "uses": [c["id"] for c in calls]}}]},
+        extra=["--max-events", "6"])
+    assert [e["id"] for e in ev] == list(range(1, len(ev) + 1)) and len(ev) <= 6
+    by, final = calls_by_id(ev)
+    assert ev[-1]["event"] == "task.error" and final["status"] == "failed"
+    assert "event log full" in final["error"] and "max_events (6)" in final["error"]
+    assert all(c["status"] is not None for c in by.values())   # every call ended (cancelled or ok)

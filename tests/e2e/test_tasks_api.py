@@ -1,0 +1,341 @@
+"""End-to-end tests of the tasks API of `paraserve serve` (POST/GET/DELETE
+/v1/tasks, SSE events with Last-Event-ID resume) on loopback: scripted tasks
+against the Python mock agent (latency and faults), an `openai-chat` agent
+pointing at the same server, a model-driven task on the embedded model,
+bad requests, and clients that leave in the middle of a stream."""
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+import server_fixtures
+from server_fixtures import free_port, start_server  # noqa: F401  (fixture)
+
+AGENTS = Path(__file__).resolve().parent / "agents"
+
+
+def wait_port(port, timeout=30):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+@pytest.fixture(scope="module")
+def mock_port():
+    port = free_port()
+    p = subprocess.Popen([sys.executable, str(AGENTS / "mock_agent.py"), str(port)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port)
+    yield port
+    p.kill()
+    p.wait()
+
+
+@pytest.fixture(scope="module")
+def srv(start_server, mock_port, tmp_path_factory):  # noqa: F811
+    """A server whose pool has the mock agent, a builtin tool and an
+    openai-chat agent pointing back at the server itself."""
+    port = free_port()
+    pool = tmp_path_factory.mktemp("pool") / "agents.json"
+    pool.write_text(json.dumps({"agents": [
+        {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{mock_port}/",
+         "description": "Mock agent: replies after sleep_ms.",
+         "input_schema": {"type": "object", "properties": {"sleep_ms": {"type": "integer"},
+                                                           "fault": {"type": "string"}}},
+         "timeout_ms": 800, "max_concurrency": 64, "retries": 1, "backoff_ms": 20, "breaker_failures": 0},
+        {"name": "calculator", "kind": "builtin", "description": "Arithmetic. Args: {\"expression\": text}.",
+         "timeout_ms": 1000},
+        {"name": "self", "kind": "openai-chat", "url": f"http://127.0.0.1:{port}/v1/chat/completions",
+         "description": "The served model. Args: {\"input\": text}.", "max_tokens": 8, "timeout_ms": 30000,
+         "retries": 0},
+    ]}))
+    orig = server_fixtures.free_port
+    server_fixtures.free_port = lambda: port
+    try:
+        s = start_server("--agents", str(pool), "--kv-blocks", 1024)
+    finally:
+        server_fixtures.free_port = orig
+    return s
+
+
+def post(srv, body, timeout=30):
+    return httpx.post(srv.url + "/v1/tasks", json=body, timeout=timeout)
+
+
+def sse_events(lines):
+    """Parse SSE lines into [{"id","event","data"}]."""
+    out, cur = [], {}
+    for line in lines:
+        if line == "":
+            if cur:
+                out.append(cur)
+            cur = {}
+        elif line.startswith("id: "):
+            cur["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            cur["event"] = line[7:]
+        elif line.startswith("data: "):
+            cur["data"] = json.loads(line[6:])
+    if cur:
+        out.append(cur)
+    return out
+
+
+def stream_task(srv, body, timeout=30):
+    with httpx.stream("POST", srv.url + "/v1/tasks", json={**body, "stream": True}, timeout=timeout) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return sse_events(list(r.iter_lines()))
+
+
+def by_id(summary):
+    return {c["id"]: c for c in summary["calls"]}
+
+
+def test_fanout_8x400ms_over_http(srv):
+    calls = [{"id": f"c{i}", "to": "mock", "args": {"sleep_ms": 400}} for i in range(8)]
+    warm = post(srv, {"input": "warm", "script": [{"calls": [{"id": "w", "to": "mock", "args": {}}]},
+                                                  {"final": {"answer": "ok", "uses": ["w"]}}]})
+    assert warm.json()["status"] == "completed"        # first connections made outside the timing
+    t0 = time.time()
+    r = post(srv, {"input": "fan", "script": [{"calls": calls},
+                                              {"final": {"answer": "ok", "uses": [c["id"] for c in calls]}}]})
+    wall = time.time() - t0
+    assert r.status_code == 200, r.text
+    s = r.json()
+    assert s["status"] == "completed" and s["output"] == "ok" and s["rounds"] == 2
+    assert all(c["status"] == "ok" for c in s["calls"]) and len(s["calls"]) == 8
+    print(f"\n8 x 400 ms calls over HTTP: {wall:.3f} s wall")
+    assert 0.39 < wall < 1.2, wall                      # ~0.4 s, not 3.2 s
+
+
+def test_dag_on_critical_path(srv):
+    ev = stream_task(srv, {"input": "dag", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 300}},
+                   {"id": "b", "to": "mock", "args": {"sleep_ms": 300}, "after": ["a"]},
+                   {"id": "c", "to": "mock", "args": {"sleep_ms": 300}}]},
+        {"final": {"answer": "ok", "uses": ["b", "c"]}}]})
+    assert [e["id"] for e in ev] == list(range(1, len(ev) + 1))          # monotonic ids
+    assert ev[0]["event"] == "task.created" and ev[-1]["event"] == "task.final"
+    kinds = {e["event"] for e in ev}
+    assert {"decision", "call.dispatched", "call.result"} <= kinds
+    results = [e["data"]["id"] for e in ev if e["event"] == "call.result"]
+    assert results[-1] == "b"
+    assert 0.59 < ev[-1]["data"]["t_ms"] / 1000 < 1.0, ev[-1]["data"]["t_ms"]   # critical path 0.6 s
+
+
+def test_faults_yield_statuses_and_the_task_ends(srv):
+    calls = [{"id": "ok", "to": "mock", "args": {"sleep_ms": 50}},
+             {"id": "slow", "to": "mock", "args": {"fault": "slow"}},
+             {"id": "hang", "to": "mock", "args": {"fault": "hang"}},
+             {"id": "x5", "to": "mock", "args": {"fault": "5xx"}},
+             {"id": "nj", "to": "mock", "args": {"fault": "nonjson"}},
+             {"id": "drop", "to": "mock", "args": {"fault": "drop"}},
+             {"id": "ghost", "to": "nobody", "args": {}}]
+    t0 = time.time()
+    r = post(srv, {"input": "faults", "script": [
+        {"calls": calls}, {"final": {"answer": "done", "uses": [c["id"] for c in calls]}}]})
+    s = r.json()
+    assert s["status"] == "completed", s
+    want = {"ok": "ok", "slow": "ok", "hang": "timeout", "x5": "exec_error", "nj": "parse_error",
+            "drop": "exec_error", "ghost": "rejected"}
+    assert {k: by_id(s)[k]["status"] for k in want} == want
+    assert by_id(s)["x5"]["attempts"] == 2
+    assert time.time() - t0 < 10
+
+
+def test_delete_cancels_in_flight_and_late_results_never_appear(srv):
+    body = {"input": "cancel", "stream": True, "script": [
+        {"calls": [{"id": "s1", "to": "mock", "args": {"sleep_ms": 600}},
+                   {"id": "s2", "to": "mock", "args": {"sleep_ms": 600}},
+                   {"id": "s3", "to": "mock", "args": {"sleep_ms": 100}, "after": ["s1"]}]},
+        {"final": {"answer": "x", "uses": ["s3"]}}]}
+    with httpx.stream("POST", srv.url + "/v1/tasks", json=body, timeout=30) as r:
+        tid = r.headers["x-task-id"]
+        lines = r.iter_lines()
+        got = []
+        for line in lines:
+            got.append(line)
+            if line.startswith("event: call.dispatched"):
+                break
+        time.sleep(0.15)
+        d = httpx.delete(f"{srv.url}/v1/tasks/{tid}", timeout=10)
+        assert d.status_code == 200 and d.json()["status"] == "cancelled"
+        got += list(lines)
+    ev = sse_events(got)
+    assert ev[-1]["event"] == "task.error" and ev[-1]["data"]["status"] == "cancelled"
+    time.sleep(0.8)                                     # the mock's replies would be back by now
+    s = httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()
+    assert s["status"] == "cancelled"
+    assert {c["id"]: c["status"] for c in s["calls"]} == {"s1": "cancelled", "s2": "cancelled", "s3": "cancelled"}
+    with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events", timeout=10) as r:
+        replay = sse_events(list(r.iter_lines()))
+    assert [e["id"] for e in replay] == [e["id"] for e in ev]     # nothing after the end
+    assert not [e for e in replay if e["event"] == "call.result" and e["data"]["status"] == "ok"]
+    # DELETE of a finished task changes nothing
+    again = httpx.delete(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()
+    assert again["status"] == "cancelled"
+
+
+def test_sse_resume_with_last_event_id(srv):
+    s = post(srv, {"input": "resume", "script": [
+        {"calls": [{"id": "k", "to": "calculator", "args": {"expression": "6*7"}}]},
+        {"final": {"answer": "{{k}}", "uses": ["k"]}}]}).json()
+    assert s["status"] == "completed" and s["output"] == "42"
+    url = f"{srv.url}/v1/tasks/{s['id']}/events"
+    with httpx.stream("GET", url, timeout=10) as r:
+        full = sse_events(list(r.iter_lines()))
+    assert [e["id"] for e in full] == list(range(1, len(full) + 1)) and full[-1]["event"] == "task.final"
+    with httpx.stream("GET", url, headers={"Last-Event-ID": "3"}, timeout=10) as r:
+        tail = sse_events(list(r.iter_lines()))
+    assert [e["id"] for e in tail] == [e["id"] for e in full if e["id"] > 3]
+    assert tail == full[3:]
+    r = httpx.get(url, headers={"Last-Event-ID": "x"}, timeout=10)
+    assert r.status_code == 400 and r.json()["error"]["param"] == "Last-Event-ID"
+
+
+def test_resume_a_running_task_gets_live_events(srv):
+    r = httpx.post(srv.url + "/v1/tasks", timeout=30, json={"input": "live", "stream": True, "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 300}}]},
+        {"final": {"answer": "{{a.ok}}", "uses": ["a"]}}]}, headers={"Connection": "close"})
+    # The full stream was read: resume from its second event on a new connection.
+    ev = sse_events(r.text.splitlines())
+    tid = ev[0]["data"]["id"]
+    with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events", headers={"Last-Event-ID": "2"}, timeout=10) as s:
+        tail = sse_events(list(s.iter_lines()))
+    assert [e["id"] for e in tail] == [e["id"] for e in ev[2:]]
+
+
+def err_shape(r, status, param=None):
+    assert r.status_code == status, r.text
+    e = r.json()["error"]
+    assert set(e) == {"message", "type", "param", "code"} and e["message"]
+    if param is not None:
+        assert e["param"] == param, e
+    return e
+
+
+@pytest.mark.parametrize("body,param", [
+    (b"{not json", None),
+    (b"[1,2]", None),
+    (b"\xff\xfe{}", None),
+    (json.dumps({"stream": True}).encode(), "input"),
+    (json.dumps({"input": 5}).encode(), "input"),
+    (json.dumps({"input": "x", "bogus": 1}).encode(), "bogus"),
+    (json.dumps({"input": "x", "stream": "yes"}).encode(), "stream"),
+    (json.dumps({"input": "x", "max_rounds": 0}).encode(), "max_rounds"),
+    (json.dumps({"input": "x", "deadline_ms": "soon"}).encode(), "deadline_ms"),
+    (json.dumps({"input": "x", "script": {"calls": []}}).encode(), "script"),
+    (json.dumps({"input": "x", "script": [{"teleport": 1}]}).encode(), "script[0]"),
+])
+def test_bad_bodies_get_400_openai_errors(srv, body, param):
+    r = httpx.post(srv.url + "/v1/tasks", content=body, timeout=10)
+    err_shape(r, 400, param)
+
+
+def test_unknown_tasks_and_methods(srv):
+    err_shape(httpx.get(srv.url + "/v1/tasks/task_nope", timeout=10), 404)
+    err_shape(httpx.delete(srv.url + "/v1/tasks/task_nope", timeout=10), 404)
+    err_shape(httpx.get(srv.url + "/v1/tasks/task_nope/events", timeout=10), 404)
+    err_shape(httpx.get(srv.url + "/v1/tasks/a/b", timeout=10), 404)
+    r = httpx.get(srv.url + "/v1/tasks", timeout=10)
+    err_shape(r, 405)
+    assert r.headers["allow"] == "POST"
+    err_shape(httpx.post(srv.url + "/v1/tasks/task_x", timeout=10), 405)
+    err_shape(httpx.delete(srv.url + "/v1/tasks/task_x/events", timeout=10), 405)
+
+
+def test_openai_chat_agent_pointing_at_paraserve_itself(srv):
+    s = post(srv, {"input": "self", "script": [
+        {"calls": [{"id": "m", "to": "self", "args": {"input": "Say hi."}}]},
+        {"final": {"answer": "{{m}}", "uses": ["m"]}}]}, timeout=60).json()
+    assert s["status"] == "completed", s
+    m = by_id(s)["m"]
+    assert m["status"] == "ok", m
+    assert isinstance(s["output"], str) and s["output"]
+
+
+def test_stream_client_disconnect_leaks_nothing(srv):
+    before = srv.metrics().get("paraserve_client_disconnects_total", 0)
+    for _ in range(3):
+        body = {"input": "leave", "stream": True, "script": [
+            {"calls": [{"id": "h", "to": "mock", "args": {"sleep_ms": 700}}]},
+            {"final": {"answer": "x", "uses": ["h"]}}]}
+        with httpx.stream("POST", srv.url + "/v1/tasks", json=body, timeout=10) as r:
+            tid = r.headers["x-task-id"]
+            for line in r.iter_lines():
+                if line.startswith("event: call.dispatched"):
+                    break
+        # closed mid-stream; the task runs on and can still be read
+    assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        s = httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()
+        if s["status"] != "running":
+            break
+        time.sleep(0.05)
+    assert s["status"] == "completed"
+    after = srv.metrics().get("paraserve_client_disconnects_total", 0)
+    assert after >= before + 3
+
+
+def test_concurrent_http_tasks(srv):
+    body = {"input": "many", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 100}},
+                   {"id": "k", "to": "calculator", "args": {"expression": "6*7"}, "after": ["a"]}]},
+        {"final": {"answer": "{{k}}", "uses": ["k"]}}]}
+    out = []
+
+    def one():
+        out.append(post(srv, body).json())
+    ths = [threading.Thread(target=one) for _ in range(40)]
+    t0 = time.time()
+    for t in ths:
+        t.start()
+    for t in ths:
+        t.join()
+    assert len(out) == 40 and all(s["status"] == "completed" and s["output"] == "42" for s in out)
+    assert len({s["id"] for s in out}) == 40
+    assert time.time() - t0 < 5
+
+
+def test_model_driven_task_ends_within_its_deadline(srv):
+    cached_before = srv.metrics().get("paraserve_cached_prompt_tokens_total", 0)
+    t0 = time.time()
+    ev = stream_task(srv, {"input": "What is 17*23? Use the calculator.", "deadline_ms": 20000,
+                           "max_rounds": 2}, timeout=60)
+    wall = time.time() - t0
+    assert wall < 23, wall
+    assert ev[0]["event"] == "task.created" and ev[0]["data"]["mode"] == "model"
+    term = ev[-1]
+    assert term["event"] in ("task.final", "task.error"), term
+    assert [e for e in ev if e["event"] in ("task.final", "task.error")] == [term]
+    if term["event"] == "task.error":
+        assert term["data"]["status"] == "failed" and term["data"]["error"]      # a typed failure
+    for e in ev:
+        if e["event"] == "decision":
+            assert ("action" in e["data"]) != ("error" in e["data"])
+    # Token usage of each decision reaches the summary (the last may land just after the end).
+    time.sleep(0.5)
+    s = httpx.get(f"{srv.url}/v1/tasks/{term['data']['id']}", timeout=10).json()
+    usage = s.get("usage")
+    assert usage and usage["decisions"], s
+    print(f"\nmodel-driven task: {term['event']} in {wall:.1f} s, rounds {s['rounds']}, "
+          f"per-decision usage {usage['decisions']}")
+    if len(usage["decisions"]) >= 2:
+        d1, d2 = usage["decisions"][0], usage["decisions"][1]
+        # Round 2's prompt extends round 1's: the prefix cache serves round 1's prompt.
+        assert d2["cached_tokens"] >= d1["prompt_tokens"] - 32, usage
+        cached_after = srv.metrics().get("paraserve_cached_prompt_tokens_total", 0)
+        assert cached_after - cached_before >= d2["cached_tokens"]
