@@ -203,6 +203,12 @@ int action_check(const cJSON *a, char *err, size_t errlen)
     return PS_OK;
 }
 
+const char *action_parser_text(const struct action_parser *p, size_t *len)
+{
+    *len = p->len;
+    return p->buf ? p->buf : "";
+}
+
 int action_parser_finish(struct action_parser *p, cJSON **action)
 {
     *action = NULL;

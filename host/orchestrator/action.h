@@ -31,6 +31,10 @@ void action_parser_free(struct action_parser *p);
  * object closes is ignored. */
 int action_parser_feed(struct action_parser *p, const char *text, size_t n);
 
+/* The text fed so far (borrowed, NUL-terminated; valid until the next feed
+ * or free). */
+const char *action_parser_text(const struct action_parser *p, size_t *len);
+
 /* 1 once the root object has closed. */
 int action_parser_complete(const struct action_parser *p);
 

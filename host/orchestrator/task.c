@@ -211,6 +211,24 @@ static void transcript_feedback(struct orch_task *t, const cJSON *rec)
     free(line);
 }
 
+/* Replace every byte that is not part of a well-formed UTF-8 sequence with
+ * '?', in place (model text cut anywhere must stay valid JSON text). */
+static void utf8_scrub(char *s)
+{
+    unsigned char *p = (unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p >> 5) == 6 ? 2 : (*p >> 4) == 14 ? 3 : (*p >> 3) == 30 ? 4 : 0;
+        int ok = n > 0 && !(n == 2 && *p < 0xC2) && !(n == 4 && *p > 0xF4);
+        for (int i = 1; ok && i < n; i++)
+            ok = (p[i] & 0xC0) == 0x80;
+        if (!ok) {
+            *p++ = '?';
+            continue;
+        }
+        p += n;
+    }
+}
+
 /* ---- helpers ------------------------------------------------------------------ */
 
 static cJSON *ledger_find(struct orch_task *t, const char *id)
@@ -475,13 +493,22 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     snprintf(round, sizeof round, "Decision %d: ", t->rounds);
     cJSON *action = NULL;
     int st = action_parser_finish(t->parser, &action);
-    action_parser_free(t->parser);
-    t->parser = NULL;
     cJSON *d = cJSON_CreateObject();
     cJSON_AddNumberToObject(d, "round", t->rounds);
     if (st) {
-        /* A malformed action is reported and the model decides again
-         * (bounded by max_rounds). */
+        /* A malformed action is reported, with the text the model wrote (cut
+         * to 1000 bytes), and the model decides again (bounded by max_rounds). */
+        size_t tl;
+        const char *txt = action_parser_text(t->parser, &tl);
+        char *cut = strndup(txt, tl > 1000 ? 1000 : tl);
+        if (cut)
+            utf8_scrub(cut);
+        cJSON_AddStringToObject(d, "text", cut ? cut : "");
+        free(cut);
+    }
+    action_parser_free(t->parser);
+    t->parser = NULL;
+    if (st) {
         cJSON_AddStringToObject(d, "error", ps_error_last());
         transcript_add(t, round, "(not a valid action: ", ps_error_last());
         transcript_add(t, ")\n", NULL, NULL);
@@ -546,10 +573,15 @@ static void decide(struct orch_task *t)
         return;
     }
     char *prompt = orch_task_prompt(t);
+    int have_prompt = prompt != NULL;
     t->decider_handle = prompt ? o->decider.start(o->decider.ctx, t, prompt) : NULL;
     free(prompt);
-    if (!t->decider_handle && t->deciding)
-        orch_task_decision_end(t, PS_EINTERNAL, "the decider could not start");
+    if (!t->decider_handle && t->deciding) {
+        char why[256];
+        snprintf(why, sizeof why, "the decider could not start: %s",
+                 have_prompt ? ps_error_last() : "out of memory");
+        orch_task_decision_end(t, PS_EINTERNAL, why);
+    }
 }
 
 static void on_kick(evutil_socket_t fd, short what, void *ud)

@@ -251,9 +251,18 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
         evhttp_send_reply_start(req, 200, "OK");
         w->headers_sent = true;
     }
+    /* Watch the client from now on, even when the task has ended: the reply
+     * is only written by on_finish, on a later turn of the loop. */
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    evhttp_connection_set_closecb(conn, on_client_close, w);
+    struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
+    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
+    if (fd >= 0 && (w->watch = event_new(api->cfg.base, fd, EV_READ | EV_PERSIST, on_client_readable, w)))
+        event_add(w->watch, NULL);
     /* Stored events are replayed from inside subscribe; a terminal one only
      * schedules on_finish, which runs once this handler has returned. */
     if (!(w->sub = orch_task_subscribe(t, after_id, on_task_event, w))) {
+        waiter_detach(w);
         if (stream) {
             evhttp_send_reply_end(req);
         } else {
@@ -261,16 +270,7 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
             reply_error(api, req, &e);
         }
         waiter_free(w);
-        return;
     }
-    if (w->terminal)
-        return;
-    struct evhttp_connection *conn = evhttp_request_get_connection(req);
-    evhttp_connection_set_closecb(conn, on_client_close, w);
-    struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
-    evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
-    if (fd >= 0 && (w->watch = event_new(api->cfg.base, fd, EV_READ | EV_PERSIST, on_client_readable, w)))
-        event_add(w->watch, NULL);
 }
 
 /* ---- routes -------------------------------------------------------------------- */
