@@ -352,6 +352,31 @@ static void axpy_f16_avx2(float *out, float w, const uint16_t *b, int64_t n)
     for (; i < n; i++)
         out[i] += w * fp16_to_f32(b[i]);
 }
+
+/* out[0..63] = sum_j w[j] * v_j[0..63] over the n_ctx cached V rows of one
+ * head (paged: block_table), accumulated in registers: the same FMA per
+ * element, in the same j order, as axpy_f16_avx2 called once per row on a
+ * zeroed out, without the store/reload of out between rows. */
+__attribute__((target("avx2,fma,f16c")))
+static void attn_av64_avx2(float *out, const float *w, const int32_t *block_table, const uint16_t *vbase,
+                           int64_t n_ctx, int64_t bs, int64_t kv_dim)
+{
+    __m256 acc[8];
+    for (int k = 0; k < 8; k++)
+        acc[k] = _mm256_setzero_ps();
+    for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
+        const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+        const uint16_t *vb = vbase + (size_t)block_table[j0 / bs] * bs * kv_dim;
+        for (int64_t j = 0; j < jn; j++) {
+            const __m256 vw = _mm256_set1_ps(w[j0 + j]);
+            const uint16_t *row = vb + (size_t)j * kv_dim;
+            for (int k = 0; k < 8; k++)
+                acc[k] = _mm256_fmadd_ps(vw, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 8 * k))), acc[k]);
+        }
+    }
+    for (int k = 0; k < 8; k++)
+        _mm256_storeu_ps(out + 8 * k, acc[k]);
+}
 #endif
 
 static float dot_f32_f16(int simd, const float *a, const uint16_t *b, int64_t n)
@@ -433,13 +458,21 @@ static void attn_worker(void *ctx, int ith, int nth)
                 sc[j] = e;
                 sum += e;
             }
-            memset(out, 0, (size_t)D * sizeof *out);
-            for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
-                const int64_t blk = s->block_table[j0 / bs];
-                const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-                const uint16_t *vb = vbase + (size_t)blk * bs * cb->kv_dim;
-                for (int64_t j = 0; j < jn; j++)
-                    axpy_f16(cb->simd, out, sc[j0 + j], vb + (size_t)j * cb->kv_dim, D);
+#ifdef CPU_X86
+            if (cb->simd && D % 64 == 0) {
+                for (int64_t d0 = 0; d0 < D; d0 += 64)
+                    attn_av64_avx2(out + d0, sc, s->block_table, vbase + d0, n_ctx, bs, cb->kv_dim);
+            } else
+#endif
+            {
+                memset(out, 0, (size_t)D * sizeof *out);
+                for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
+                    const int64_t blk = s->block_table[j0 / bs];
+                    const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+                    const uint16_t *vb = vbase + (size_t)blk * bs * cb->kv_dim;
+                    for (int64_t j = 0; j < jn; j++)
+                        axpy_f16(cb->simd, out, sc[j0 + j], vb + (size_t)j * cb->kv_dim, D);
+                }
             }
             const float inv = 1.0f / sum;
             for (int64_t d = 0; d < D; d++)

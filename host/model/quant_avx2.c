@@ -277,6 +277,59 @@ AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const 
     }
 }
 
+/* 16 bytes of packed nibbles -> 32 bytes as unpack_nibbles16, from one
+ * broadcast load, a per-lane shift (0 / 4 bits) and a mask */
+AVX2_INLINE __m256i unpack_nibbles16_b(const uint8_t *p, __m256i shift, __m256i m4)
+{
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, shift), m4);
+}
+
+/* One activation row y against weight rows r and r+1 at once: the scale
+ * products of both rows come from one f16 conversion and one 4-lane
+ * multiply, (d_w0*d_a, m_w0*s_a, d_w1*d_a, m_w1*s_a), lane-wise the same
+ * products as dot_q4_1's; the offset sums of both rows share one add. */
+AVX2_INLINE void mdot_q4_1_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const float *ys,
+                                int64_t nb, float *o0, float *o1)
+{
+    const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i two = _mm256_set1_epi32(2);
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();   /* row 0: even / odd blocks */
+    __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();   /* row 1 */
+    __m128 accm = _mm_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2, x0 += 40, x1 += 40, y += 72) {
+        const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i)));  /* (d, s, d, s) */
+        const __m128 yb = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i + 2)));
+        const __m128 s0 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0)), ya);
+        const __m128 s1 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0 + 20), (int)ld_u32(x1 + 20), 0, 0)), yb);
+        const __m256i y0 = ld256(y + 4), y1 = ld256(y + 40);
+        const __m256 c00 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 4, shift, m4), y0));
+        const __m256 c01 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 24, shift, m4), y1));
+        const __m256 c10 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x1 + 4, shift, m4), y0));
+        const __m256 c11 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x1 + 24, shift, m4), y1));
+        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), c00, a00);
+        a01 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), c01, a01);
+        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(s0), two), c10, a10);
+        a11 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(s1), two), c11, a11);
+        accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
+    }
+    for (; i < nb; i++, x0 += 20, x1 += 20, y += 36) {
+        const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i)));
+        const __m128 s0 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0)), ya);
+        const __m256i y0 = ld256(y + 4);
+        const __m256 c00 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 4, shift, m4), y0));
+        const __m256 c10 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x1 + 4, shift, m4), y0));
+        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), c00, a00);
+        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(s0), two), c10, a10);
+        accm = _mm_add_ps(accm, s0);
+    }
+    float m[4];
+    _mm_storeu_ps(m, accm);
+    *o0 = hsum_ps(_mm256_add_ps(a00, a01)) + m[1];
+    *o1 = hsum_ps(_mm256_add_ps(a10, a11)) + m[3];
+}
+
 static AVX2 void mdot_q4_1(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
                            int64_t n, float *out, int64_t os)
 {
@@ -285,6 +338,20 @@ static AVX2 void mdot_q4_1(const void *w, size_t ws, int64_t nr, const void *a, 
         for (int64_t t = 0; t < nt; t++)
             for (int64_t r = 0; r < nr; r++)
                 out[t * os + r] = dot_q4_1((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)a + (size_t)t * as, n);
+        return;
+    }
+    if (nt == 1) {
+        /* one activation row: weight rows in pairs; its (d, s) as f32 */
+        float ys[2 * MDOT_MAXB];
+        for (int64_t i = 0; i < nb; i++)
+            _mm_storel_pi((__m64 *)(void *)(ys + 2 * i),
+                          _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld_u32((const uint8_t *)a + 36 * i))));
+        int64_t r = 0;
+        for (; r + 1 < nr; r += 2)
+            mdot_q4_1_row2((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)w + (size_t)(r + 1) * ws, a,
+                           ys, nb, out + r, out + r + 1);
+        if (r < nr)
+            out[r] = dot_q4_1((const uint8_t *)w + (size_t)r * ws, a, n);
         return;
     }
     __m256 asc[MDOT_MAXB];
