@@ -415,6 +415,49 @@ AVX2_INLINE void mdot_x8_0_group(const uint8_t *w, size_t ws, int64_t nr, const 
     }
 }
 
+/* One Q8_0 activation row y against weight rows x0 and x1: the four scale
+ * products of a block pair, (d_x0[i]*d_y[i], d_x0[i+1]*d_y[i+1], d_x1[i]*...,
+ * ...), from one conversion and one multiply; ys[i] = d of y's block i as
+ * f32.  Per row, the same products, sums and FMAs as dot_q4_0 / dot_q8_0. */
+AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const float *ys,
+                                int64_t nb, float *o0, float *o1, const int Q4)
+{
+    const int     bw    = Q4 ? 18 : 34;
+    const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
+    const __m256i eight = _mm256_set1_epi8(8);
+    const __m256i l1 = _mm256_set1_epi32(1), l2 = _mm256_set1_epi32(2), l3 = _mm256_set1_epi32(3);
+    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
+    __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 1 < nb; i += 2, x0 += 2 * bw, x1 += 2 * bw, y += 68) {
+        const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + i)));
+        const __m128i wh = _mm_setr_epi32((int)(ld_u16(x0) | ld_u16(x0 + bw) << 16),
+                                          (int)(ld_u16(x1) | ld_u16(x1 + bw) << 16), 0, 0);
+        const __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(wh), ya));
+        const __m256i q00 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + 2, shift, m4), eight) : ld256(x0 + 2);
+        const __m256i q01 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + bw + 2, shift, m4), eight) : ld256(x0 + bw + 2);
+        const __m256i q10 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x1 + 2, shift, m4), eight) : ld256(x1 + 2);
+        const __m256i q11 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x1 + bw + 2, shift, m4), eight) : ld256(x1 + bw + 2);
+        const __m256i y0 = ld256(y + 2), y1 = ld256(y + 36);
+        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm256_castps256_ps128(sc)), _mm256_cvtepi32_ps(dot_i8i8(q00, y0)), a00);
+        a01 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l1), _mm256_cvtepi32_ps(dot_i8i8(q01, y1)), a01);
+        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l2), _mm256_cvtepi32_ps(dot_i8i8(q10, y0)), a10);
+        a11 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l3), _mm256_cvtepi32_ps(dot_i8i8(q11, y1)), a11);
+    }
+    if (i < nb) {
+        const __m128 ya = _mm_set1_ps(ys[i]);
+        const __m128i wh = _mm_setr_epi32((int)ld_u16(x0), (int)ld_u16(x1), 0, 0);
+        const __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(wh), ya));
+        const __m256i q00 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + 2, shift, m4), eight) : ld256(x0 + 2);
+        const __m256i q10 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x1 + 2, shift, m4), eight) : ld256(x1 + 2);
+        const __m256i y0 = ld256(y + 2);
+        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm256_castps256_ps128(sc)), _mm256_cvtepi32_ps(dot_i8i8(q00, y0)), a00);
+        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l2), _mm256_cvtepi32_ps(dot_i8i8(q10, y0)), a10);
+    }
+    *o0 = hsum_ps(_mm256_add_ps(a00, a01));
+    *o1 = hsum_ps(_mm256_add_ps(a10, a11));
+}
+
 AVX2_INLINE void mdot_x8_0(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
                            int64_t n, float *out, int64_t os, const int Q4)
 {
@@ -425,6 +468,21 @@ AVX2_INLINE void mdot_x8_0(const void *w, size_t ws, int64_t nr, const void *a, 
                 const uint8_t *wr = (const uint8_t *)w + (size_t)r * ws, *ar = (const uint8_t *)a + (size_t)t * as;
                 out[t * os + r] = Q4 ? dot_q4_0(wr, ar, n) : dot_q8_0(wr, ar, n);
             }
+        return;
+    }
+    if (nt == 1) {
+        /* one activation row: weight rows in pairs; its block scales as f32 */
+        float ys[MDOT_MAXB];
+        for (int64_t i = 0; i < nb; i++)
+            ys[i] = ld_h((const uint8_t *)a + 34 * i);
+        int64_t r = 0;
+        for (; r + 1 < nr; r += 2)
+            mdot_x8_0_row2((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)w + (size_t)(r + 1) * ws, a,
+                           ys, nb, out + r, out + r + 1, Q4);
+        if (r < nr) {
+            const uint8_t *wr = (const uint8_t *)w + (size_t)r * ws;
+            out[r] = Q4 ? dot_q4_0(wr, a, n) : dot_q8_0(wr, a, n);
+        }
         return;
     }
     __m256 asc[MDOT_MAXB / 2 + 1];
