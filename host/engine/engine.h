@@ -33,6 +33,9 @@ struct engine_config {
     int32_t max_batch_tokens; /* token budget per step                    */
     int32_t n_ctx;            /* per-sequence context (prompt + output)   */
     bool    prefix_cache;
+    int32_t mask_thread;      /* token masks beside the backend step:
+                                 0 auto (on unless the backend is "cpu"),
+                                 1 on, -1 off (scheduler.h)              */
 };
 
 /* What the event-loop side hands over.  Strings and arrays are copied by

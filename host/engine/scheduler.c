@@ -3,6 +3,7 @@
  * scheduler.h. */
 #include "scheduler.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +77,19 @@ struct sched {
     uint64_t           *hash_buf;
 
     struct sched_stats  st;
+
+    /* Mask helper thread (cfg.mask_thread): the engine thread posts a step
+     * (posted++), runs backend_forward, then waits for finished == posted.
+     * The helper touches only the planned sequences' matchers and masks,
+     * which nothing else uses meanwhile, and the mask counters in st. */
+    bool                mask_overlap;
+    bool                mw_started, mw_stop;
+    pthread_t           mw_thread;
+    pthread_mutex_t     mw_mu;
+    pthread_cond_t      mw_cv;
+    uint64_t            mw_posted, mw_finished;
+    int32_t             mw_n_plan;
+    char                mask_err[256]; /* first fill failure of the step */
 };
 
 const char *finish_reason_str(enum finish_reason r)
@@ -428,7 +442,7 @@ static void seq_sample(sched *s, struct seq *q, float *row)
 {
     int32_t tok;
     if (q->cm && q->mask_rc) {
-        sched_finish(s, q, FINISH_ERROR, ps_error_last());
+        sched_finish(s, q, FINISH_ERROR, s->mask_err);
         return;
     }
     int rc = sampler_sample(q->smp, row, q->cm ? q->mask : NULL, &tok);
@@ -500,11 +514,74 @@ static void fill_masks(sched *s, int32_t n_plan)
         if (!n++)
             t0 = now_ns();
         q->mask_rc = q->cops->fill_mask(q->cm, q->mask, s->mask_words);
+        if (q->mask_rc) /* the error detail is thread-local: keep a copy */
+            snprintf(s->mask_err, sizeof s->mask_err, "token mask: %s", ps_error_last());
     }
     if (n) {
         s->st.masks += (uint64_t)n;
         s->st.mask_ns += now_ns() - t0;
     }
+}
+
+static void *mask_worker_main(void *arg)
+{
+    sched *s = arg;
+    pthread_mutex_lock(&s->mw_mu);
+    for (;;) {
+        while (!s->mw_stop && s->mw_finished == s->mw_posted)
+            pthread_cond_wait(&s->mw_cv, &s->mw_mu);
+        if (s->mw_stop)
+            break;
+        uint64_t job = s->mw_posted;
+        int32_t n_plan = s->mw_n_plan;
+        pthread_mutex_unlock(&s->mw_mu);
+        fill_masks(s, n_plan);
+        pthread_mutex_lock(&s->mw_mu);
+        s->mw_finished = job;
+        pthread_cond_broadcast(&s->mw_cv);
+    }
+    pthread_mutex_unlock(&s->mw_mu);
+    return NULL;
+}
+
+static bool plan_has_constraint(const sched *s, int32_t n_plan)
+{
+    for (int32_t i = 0; i < n_plan; i++)
+        if (s->plan_of[i]->cm && s->plan_seqs[i].logits == LOGITS_LAST)
+            return true;
+    return false;
+}
+
+/* Start filling this step's masks: on the helper thread when overlap is on
+ * (started on first use; false if it cannot start: then inline), else now. */
+static bool masks_begin(sched *s, int32_t n_plan)
+{
+    if (!plan_has_constraint(s, n_plan))
+        return false;
+    if (s->mask_overlap && !s->mw_started) {
+        if (pthread_create(&s->mw_thread, NULL, mask_worker_main, s))
+            s->mask_overlap = false;
+        else
+            s->mw_started = true;
+    }
+    if (!s->mask_overlap) {
+        fill_masks(s, n_plan);
+        return false;
+    }
+    pthread_mutex_lock(&s->mw_mu);
+    s->mw_n_plan = n_plan;
+    s->mw_posted++;
+    pthread_cond_broadcast(&s->mw_cv);
+    pthread_mutex_unlock(&s->mw_mu);
+    return true;
+}
+
+static void masks_wait(sched *s)
+{
+    pthread_mutex_lock(&s->mw_mu);
+    while (s->mw_finished != s->mw_posted)
+        pthread_cond_wait(&s->mw_cv, &s->mw_mu);
+    pthread_mutex_unlock(&s->mw_mu);
 }
 
 int sched_step(sched *s, int32_t *n_scheduled)
@@ -550,11 +627,13 @@ int sched_step(sched *s, int32_t *n_scheduled)
         /* everything but the forward of a just-sampled token is prefill */
         s->st.prefill_tokens += (uint64_t)(q->take - (last && q->n_generated > 0 ? 1 : 0));
     }
-    fill_masks(s, n_plan);
     struct batch_plan plan = { .seqs = s->plan_seqs, .n_seqs = n_plan };
     s->st.steps++;
     *n_scheduled = n_plan;
+    bool posted = masks_begin(s, n_plan);
     int rc = backend_forward(s->be, &plan, s->logits);
+    if (posted)
+        masks_wait(s);
     if (rc) {
         char msg[256];
         snprintf(msg, sizeof msg, "backend: %s", ps_error_last());
@@ -602,6 +681,9 @@ int sched_create(const struct sched_config *cfg, backend *be, const struct sched
     s->bs = be->cfg.block_size;
     s->n_vocab = be->model->hp.n_vocab;
     s->mask_words = ((size_t)s->n_vocab + 31) / 32;
+    s->mask_overlap = cfg->mask_thread > 0 || (cfg->mask_thread == 0 && strcmp(backend_name(be), "cpu"));
+    pthread_mutex_init(&s->mw_mu, NULL);
+    pthread_cond_init(&s->mw_cv, NULL);
     int64_t cache_tokens = (int64_t)be->cfg.n_kv_blocks * s->bs;
     if (s->cfg.n_ctx > cache_tokens)
         s->cfg.n_ctx = (int32_t)cache_tokens;
@@ -643,6 +725,15 @@ void sched_free(sched *s)
     if (!s)
         return;
     sched_cancel_all(s);
+    if (s->mw_started) {
+        pthread_mutex_lock(&s->mw_mu);
+        s->mw_stop = true;
+        pthread_cond_broadcast(&s->mw_cv);
+        pthread_mutex_unlock(&s->mw_mu);
+        pthread_join(s->mw_thread, NULL);
+    }
+    pthread_mutex_destroy(&s->mw_mu);
+    pthread_cond_destroy(&s->mw_cv);
     free(s->hash_buf);
     free(s->match_buf);
     free(s->logits);

@@ -37,12 +37,14 @@
  *                  finishes "stop" when its matcher is done, and "length"
  *                  when max_tokens cuts it (the text is not repaired).
  *
- * Constrained decoding: before each backend step the scheduler fills the
- * token mask of every constrained sequence that will sample in it (the
- * matcher state is known then: it only changes when a token is sampled), so
- * a backend that runs asynchronously can overlap it; the sampler applies the
- * mask, and the matcher accepts the sampled token.  Unconstrained sequences
- * never touch a mask.
+ * Constrained decoding: each step fills the token mask of every constrained
+ * sequence that samples in it (the matcher state is known before the
+ * backend step: it only changes when a token is sampled).  With mask_thread
+ * on, a helper thread fills them while backend_forward runs (the GPU case:
+ * the engine thread only waits there), so the masks cost nothing on the
+ * step's critical path; otherwise the engine thread fills them just before
+ * the step.  The sampler applies the mask and the matcher accepts the
+ * sampled token.  Unconstrained sequences never touch a mask.
  *
  * Invariants
  *   1. Every request gets exactly one SCHED_EV_DONE (after zero or more
@@ -87,6 +89,10 @@ struct sched_config {
     int32_t max_batch_tokens; /* token budget per step, <= backend's          */
     int32_t n_ctx;            /* max prompt + generated tokens per sequence   */
     bool    prefix_cache;     /* share full prompt blocks across requests     */
+    int32_t mask_thread;      /* fill token masks on a helper thread while
+                                 backend_forward runs: 0 auto (on unless the
+                                 backend is "cpu", whose forward already
+                                 uses every core), 1 on, -1 off             */
 };
 
 /* Text side, all optional (NULL piece: events carry no text and stop strings

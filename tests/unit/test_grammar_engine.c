@@ -11,11 +11,15 @@
  * run alone; the model vocabulary may be larger than the grammar's; the
  * engine keeps the grammar alive after the caller drops its reference.
  *
+ * Both mask modes: inline before the backend step, and on the helper
+ * thread beside it (must give the same tokens).
+ *
  * With the real model present it also measures the per-step cost of the
  * mask (printed, not asserted): a greedy constrained and an unconstrained
  * request on the CPU backend, step time and mask-fill time per step. */
 #include <poll.h>
 #include <stdbool.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -90,7 +94,10 @@ static grammar_vocab *make_vocab(void)
 struct fake_backend {
     struct backend base;
     int32_t       *cache;
+    int            sleep_us; /* per forward: a device the host waits for */
 };
+
+static struct model g_model; /* hp.n_vocab: the fake model's vocabulary */
 
 static uint32_t mix(uint32_t h, uint32_t x)
 {
@@ -104,6 +111,8 @@ static int fake_forward(backend *be, const struct batch_plan *plan, float *logit
     struct fake_backend *fb = (struct fake_backend *)be;
     const int32_t bs = be->cfg.block_size;
     int64_t row = 0;
+    if (fb->sleep_us)
+        usleep((useconds_t)fb->sleep_us);
     for (int32_t i = 0; i < plan->n_seqs; i++) {
         const struct batch_seq *s = &plan->seqs[i];
         for (int32_t t = 0; t < s->n_tokens; t++) {
@@ -115,8 +124,8 @@ static int fake_forward(backend *be, const struct batch_plan *plan, float *logit
         uint32_t h = 2166136261u;
         for (int32_t p = 0; p < s->pos0 + s->n_tokens; p++)
             h = mix(h, (uint32_t)fb->cache[s->block_table[p / bs] * bs + p % bs] * 31u + (uint32_t)p);
-        float *out = logits + row * M_VOCAB;
-        for (int32_t v = 0; v < M_VOCAB; v++)
+        float *out = logits + row * g_model.hp.n_vocab;
+        for (int32_t v = 0; v < g_model.hp.n_vocab; v++)
             out[v] = (float)(mix(h, (uint32_t)v) % 1000u) / 250.0f;
         row++;
     }
@@ -139,11 +148,11 @@ static void fake_free(backend *be)
 }
 
 static const struct backend_ops fake_ops = { "fake", fake_forward, fake_copy_block, fake_free };
-static struct model g_model;
 
 static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs)
 {
-    g_model.hp.n_vocab = M_VOCAB;
+    if (!g_model.hp.n_vocab)
+        g_model.hp.n_vocab = M_VOCAB;
     struct fake_backend *fb = calloc(1, sizeof *fb);
     fb->base.ops = &fake_ops;
     fb->base.model = &g_model;
@@ -153,6 +162,13 @@ static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs)
     for (int32_t i = 0; i < n_blocks * bs; i++)
         fb->cache[i] = -1;
     return fb;
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
 /* ---- results ------------------------------------------------------------- */
@@ -188,10 +204,12 @@ static void on_event(void *ud, const struct sched_event *ev)
     r->finish = ev->finish;
 }
 
+static int32_t g_mask_thread; /* sched_config.mask_thread of make_sched */
+
 static sched *make_sched(struct fake_backend *fb, int32_t max_seqs)
 {
     struct sched_config cfg = { .max_seqs = max_seqs, .max_batch_tokens = 64, .n_ctx = 512,
-                                .prefix_cache = true };
+                                .prefix_cache = true, .mask_thread = g_mask_thread };
     struct sched_vocab vocab = { NULL, fake_piece, fake_is_eog };
     sched *s = NULL;
     CHECK(sched_create(&cfg, &fb->base, &vocab, on_event, NULL, &s) == PS_OK);
@@ -299,8 +317,63 @@ static void test_batched_vs_alone(grammar *g, int32_t n_blocks)
         sched_free(s);
         fake_free(&fb->base);
     }
-    printf("batched (kv blocks %d): %d/8 constrained outputs valid, e.g. %.*s\n", (int)n_blocks, n_valid,
-           (int)together[0].text_len, together[0].text);
+    printf("batched (kv blocks %d, mask thread %d): %d/8 constrained outputs valid, e.g. %.*s\n",
+           (int)n_blocks, (int)g_mask_thread, n_valid, (int)together[0].text_len, together[0].text);
+}
+
+/* The helper thread fills the masks while the backend "runs" (a forward
+ * that sleeps like a host waiting for a GPU): same tokens as inline, and
+ * the mask time leaves the step.  Timings printed, not asserted. */
+static void test_mask_thread_overlap(grammar_vocab *v, const struct sched_vocab *sv, int sleep_us)
+{
+    /* a grammar with a large context-dependent part: json_object */
+    grammar *g = NULL;
+    CHECK(grammar_compile(v, GRAMMAR_SCHEMA_JSON_OBJECT, strlen(GRAMMAR_SCHEMA_JSON_OBJECT), NULL, &g) == PS_OK);
+    static struct result runs[2][16];
+    double ms[2], mask_us[2];
+    int32_t prompt[4] = { 'a', 'b', 'c', 'd' };
+    for (int mode = 0; mode < 2; mode++) {
+        g_mask_thread = mode ? 1 : -1;
+        struct fake_backend *fb = fake_create(512, 4);
+        fb->sleep_us = sleep_us;
+        memset(g_res, 0, sizeof g_res);
+        sched *s = make_sched(fb, 16);
+        if (sv) { /* the real tokenizer's text */
+            sched_free(s);
+            struct sched_config cfg = { .max_seqs = 16, .max_batch_tokens = 64, .n_ctx = 512,
+                                        .mask_thread = g_mask_thread };
+            s = NULL;
+            CHECK(sched_create(&cfg, &fb->base, sv, on_event, NULL, &s) == PS_OK);
+        }
+        for (int i = 0; i < 16; i++) {
+            struct sched_request r = req_of((uint64_t)i, prompt, 4, 24, 1000 + (uint64_t)i, g);
+            CHECK(sched_submit(s, &r) == PS_OK);
+        }
+        int32_t n;
+        CHECK(sched_step(s, &n) == PS_OK); /* prefill of all 16 */
+        double t0 = now_s();
+        int steps = 0;
+        while (sched_has_work(s)) {
+            CHECK(sched_step(s, &n) == PS_OK);
+            steps++;
+        }
+        ms[mode] = (now_s() - t0) * 1e3 / (steps ? steps : 1);
+        struct sched_stats st;
+        sched_get_stats(s, &st);
+        mask_us[mode] = st.masks ? (double)st.mask_ns / 1e3 / (double)steps : 0;
+        memcpy(runs[mode], g_res, sizeof runs[mode]);
+        sched_free(s);
+        fake_free(&fb->base);
+    }
+    for (int i = 0; i < 16; i++)
+        CHECK_MSG(runs[0][i].n_tokens == runs[1][i].n_tokens &&
+                      !memcmp(runs[0][i].tokens, runs[1][i].tokens, (size_t)runs[0][i].n_tokens * 4),
+                  "req %d: mask thread changed the tokens", i);
+    printf("16 json_object seqs, %d-token vocab, backend step %.2f ms: inline %.3f ms/step (masks %.1f us/step), "
+           "mask thread %.3f ms/step (masks %.1f us/step, overlapped)\n", (int)g_model.hp.n_vocab,
+           sleep_us / 1000.0, ms[0], mask_us[0], ms[1], mask_us[1]);
+    g_mask_thread = 0;
+    grammar_free(g);
 }
 
 static void test_length_cut(grammar *g)
@@ -406,13 +479,6 @@ static void test_engine(grammar_vocab *v)
 
 /* ---- real model: mask overhead per step ----------------------------------- */
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
-}
-
 static const char *tok_piece(void *ud, int32_t id, size_t *len)
 {
     const char *p = tokenizer_piece(ud, id, false, len);
@@ -436,7 +502,7 @@ static struct timing time_one(backend *be, tokenizer *tok, const int32_t *prompt
                               int32_t n_gen)
 {
     struct timing t = { 0 };
-    struct sched_config cfg = { .max_seqs = 2, .max_batch_tokens = 256, .n_ctx = 1024 };
+    struct sched_config cfg = { .max_seqs = 2, .max_batch_tokens = 256, .n_ctx = 1024 }; /* CPU: inline masks */
     struct sched_vocab vocab = { tok, tok_piece, tok_is_eog };
     sched *s = NULL;
     memset(g_res, 0, sizeof g_res);
@@ -506,6 +572,11 @@ static void bench_real_model(void)
            sch.mask_us);
     printf("  json_object   : %.2f ms/step (%d steps), mask fill %.1f us/step\n", obj.step_ms, (int)obj.n,
            obj.mask_us);
+    /* the real vocabulary's masks beside a 1 ms "device" step */
+    g_model.hp.n_vocab = m->hp.n_vocab;
+    struct sched_vocab sv = { tok, tok_piece, tok_is_eog };
+    test_mask_thread_overlap(gv, &sv, 1000);
+    g_model.hp.n_vocab = M_VOCAB;
 done:
     if (!be)
         printf("real-model timing skipped: %s\n", ps_error_last());
@@ -523,8 +594,12 @@ int main(void)
     grammar_vocab *v = make_vocab();
     grammar *g = NULL;
     CHECK(grammar_compile(v, SCHEMA, strlen(SCHEMA), NULL, &g) == PS_OK);
-    test_batched_vs_alone(g, 256);
-    test_batched_vs_alone(g, 32); /* preemption keeps the matcher */
+    for (g_mask_thread = -1; g_mask_thread <= 1; g_mask_thread += 2) {
+        test_batched_vs_alone(g, 256);
+        test_batched_vs_alone(g, 32); /* preemption keeps the matcher */
+    }
+    g_mask_thread = 0;
+    test_mask_thread_overlap(v, NULL, 300);
     test_length_cut(g);
     test_done_stops(v);
     test_engine(v);
