@@ -45,6 +45,8 @@
 #define MM_MAX_CHUNKS       1024 /* work units per matmul region              */
 #define QUANT_PARALLEL_MIN  8    /* quantize activations in parallel from T  */
 #define MAX_BATCH_DEFAULT   2048
+#define ATTN_ROWS           16   /* query rows of one sequence per attention item */
+#define ATTN_ITEMS_PER_THREAD 8  /* grouped heads only with this many items per thread */
 
 /* f32 working copies of the small vector weights (any stored type). */
 struct layer_vecs {
@@ -73,7 +75,9 @@ struct cpu_backend {
     float   *x, *xn, *q, *k, *v, *att, *hb;
     uint8_t *qact[3];              /* [max_T][act_bytes] quantized activations */
     float   *rope_cos, *rope_sin;  /* [max_T][rope_dim / 2] */
-    float   *scores;               /* [n_threads][ctx_max] */
+    float   *scores;               /* [n_threads][score_group][ctx_max] */
+    int      score_group;          /* query heads per attention item at most (GQA group, or 1) */
+    struct attn_item *attn_items;  /* [max_T * n_head] */
     int32_t *tok_pos;              /* [max_T] */
     int32_t *tok_seq;              /* [max_T] */
     int32_t *logit_tok;            /* [max_T] token index of each logits row */
@@ -403,13 +407,133 @@ static void axpy_f16(int simd, float *out, float w, const uint16_t *b, int64_t n
         out[i] += w * fp16_to_f32(b[i]);
 }
 
+#ifdef CPU_X86
+/* Scores of G query heads q_g = q + g * D against one cached K row k[D]:
+ * out[g] = dot_f32_f16_avx2(q_g, k, D), bitwise (same two accumulators over
+ * 16-element steps, same reduction), with the K row converted once for
+ * the G heads.  D % 16 == 0. */
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void qk_group_avx2(const float *q, const uint16_t *k, int64_t D, float *out, const int G)
+{
+    __m256 acc0[8], acc1[8];
+    for (int g = 0; g < G; g++)
+        acc0[g] = acc1[g] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < D; i += 16) {
+        const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i)));
+        const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i + 8)));
+        for (int g = 0; g < G; g++) {
+            acc0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + i), b0, acc0[g]);
+            acc1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + i + 8), b1, acc1[g]);
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        const __m256 v = _mm256_add_ps(acc0[g], acc1[g]);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        out[g] = _mm_cvtss_f32(s);
+    }
+}
+
+/* out_g[d0 .. d0+15] = sum_j w_g[j] * v_j[d0 ..] for G heads (out_g = out +
+ * g * D, w_g = w + g * ws): per element the FMA sequence of axpy_f16_avx2
+ * over a zeroed out, each V row converted once for the G heads. */
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void av_group_avx2(float *out, int64_t D, const float *w, int64_t ws, const int32_t *block_table,
+                                 const uint16_t *vbase, int64_t n_ctx, int64_t bs, int64_t kv_dim, const int G)
+{
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        __m256 acc0[8], acc1[8];
+        for (int g = 0; g < G; g++)
+            acc0[g] = acc1[g] = _mm256_setzero_ps();
+        for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
+            const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+            const uint16_t *vb = vbase + (size_t)block_table[j0 / bs] * bs * kv_dim + d0;
+            for (int64_t j = 0; j < jn; j++) {
+                const uint16_t *row = vb + (size_t)j * kv_dim;
+                const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)row));
+                const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 8)));
+                for (int g = 0; g < G; g++) {
+                    const __m256 vw = _mm256_broadcast_ss(w + g * ws + j0 + j);
+                    acc0[g] = _mm256_fmadd_ps(vw, b0, acc0[g]);
+                    acc1[g] = _mm256_fmadd_ps(vw, b1, acc1[g]);
+                }
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            _mm256_storeu_ps(out + g * D + d0, acc0[g]);
+            _mm256_storeu_ps(out + g * D + d0 + 8, acc1[g]);
+        }
+    }
+}
+
+/* One token's attention for G consecutive query heads sharing a KV head:
+ * scores, softmax and P.V per head exactly as the one-head path. */
+__attribute__((target("avx2,fma,f16c"), always_inline))
+static inline void attn_heads_avx2(const float *q, float *out, float *sc, int64_t ctx_stride,
+                                   const int32_t *block_table, const uint16_t *kbase, const uint16_t *vbase,
+                                   int64_t n_ctx, int64_t bs, int64_t kv_dim, int64_t D, float scale, const int G)
+{
+    float mx[8], sum[8], d[8];
+    for (int g = 0; g < G; g++)
+        mx[g] = -INFINITY;
+    for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
+        const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+        const uint16_t *kb = kbase + (size_t)block_table[j0 / bs] * bs * kv_dim;
+        for (int64_t j = 0; j < jn; j++) {
+            qk_group_avx2(q, kb + (size_t)j * kv_dim, D, d, G);
+            for (int g = 0; g < G; g++) {
+                const float v = d[g] * scale;
+                sc[g * ctx_stride + j0 + j] = v;
+                mx[g] = v > mx[g] ? v : mx[g];
+            }
+        }
+    }
+    for (int g = 0; g < G; g++) {
+        float *sg = sc + g * ctx_stride;
+        sum[g] = 0.0f;
+        for (int64_t j = 0; j < n_ctx; j++) {
+            float e = expf(sg[j] - mx[g]);
+            sg[j] = e;
+            sum[g] += e;
+        }
+    }
+    av_group_avx2(out, D, sc, ctx_stride, block_table, vbase, n_ctx, bs, kv_dim, G);
+    for (int g = 0; g < G; g++) {
+        const float inv = 1.0f / sum[g];
+        for (int64_t e = 0; e < D; e++)
+            out[g * D + e] *= inv;
+    }
+}
+
+__attribute__((target("avx2,fma,f16c")))
+static void attn_heads_grouped(const float *q, float *out, float *sc, int64_t ctx_stride,
+                               const int32_t *block_table, const uint16_t *kbase, const uint16_t *vbase,
+                               int64_t n_ctx, int64_t bs, int64_t kv_dim, int64_t D, float scale, int G)
+{
+    switch (G) {
+#define ATTN_G(n) case n: attn_heads_avx2(q, out, sc, ctx_stride, block_table, kbase, vbase, n_ctx, bs, kv_dim, D, scale, n); break;
+    ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
+#undef ATTN_G
+    default: break;
+    }
+}
+#endif
+
+/* Work items: rows [i0, i1) of sequence `seq`, query heads [h0, h0 + G). */
+struct attn_item {
+    int32_t seq, i0, i1, h0;
+};
+
 struct attn_task {
-    struct cpu_backend     *cb;
+    struct cpu_backend      *cb;
     const struct batch_plan *plan;
-    const int64_t          *seq_t0;   /* [n_seqs] first token row of each sequence */
-    int                     layer;
-    int64_t                 n_items;  /* n_seqs * n_head */
-    atomic_llong            next;
+    const int64_t           *seq_t0;   /* [n_seqs] first token row of each sequence */
+    int                      layer;
+    int                      G;        /* query heads per item: 1, or a whole GQA group */
+    const struct attn_item  *items;
+    int64_t                  n_items;
+    atomic_llong             next;
 };
 
 static void attn_worker(void *ctx, int ith, int nth)
@@ -422,25 +546,32 @@ static void attn_worker(void *ctx, int ith, int nth)
     const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * bs * cb->kv_dim;
-    float *sc = cb->scores + (size_t)ith * cb->ctx_max;
+    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_max;
 
     for (;;) {
         int64_t item = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
         if (item >= at->n_items)
             break;
-        const int32_t is = (int32_t)(item / hp->n_head);
-        const int h = (int)(item % hp->n_head);
+        const struct attn_item *it = &at->items[item];
+        const int32_t is = it->seq;
+        const int h = it->h0;
         const int hkv = h / group;
         const struct batch_seq *s = &at->plan->seqs[is];
         const uint16_t *kbase = cb->kcache + layer_off + (size_t)hkv * D;
         const uint16_t *vbase = cb->vcache + layer_off + (size_t)hkv * D;
 
-        for (int32_t i = 0; i < s->n_tokens; i++) {
+        for (int32_t i = it->i0; i < it->i1; i++) {
             const int64_t t = at->seq_t0[is] + i;
             const int64_t n_ctx = (int64_t)s->pos0 + i + 1; /* causal: positions 0..pos */
             const float *qh = cb->q + t * cb->q_dim + (int64_t)h * D;
             float *out = cb->att + t * cb->q_dim + (int64_t)h * D;
-
+#ifdef CPU_X86
+            if (at->G > 1) {
+                attn_heads_grouped(qh, out, sc, cb->ctx_max, s->block_table, kbase, vbase, n_ctx, bs,
+                                   cb->kv_dim, D, scale, at->G);
+                continue;
+            }
+#endif
             float mx = -INFINITY;
             for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
                 const int64_t blk = s->block_table[j0 / bs];
@@ -479,6 +610,34 @@ static void attn_worker(void *ctx, int ith, int nth)
                 out[d] *= inv;
         }
     }
+}
+
+/* Items of one layer's attention: a sequence's rows in runs of ATTN_ROWS,
+ * times the query heads taken G at a time.  G is the GQA group (each K/V
+ * row converted once for the group) when there are enough items to keep
+ * every thread busy, else 1.  Either way every (row, head) is computed by
+ * one thread with the same operations, so the split never changes a
+ * number. */
+static int64_t attn_plan(struct cpu_backend *cb, const struct batch_plan *plan, int *G_out)
+{
+    const struct model_hparams *hp = &cb->base.model->hp;
+    const int group = hp->n_head / hp->n_head_kv;
+    int64_t runs = 0;
+    for (int32_t is = 0; is < plan->n_seqs; is++)
+        runs += (plan->seqs[is].n_tokens + ATTN_ROWS - 1) / ATTN_ROWS;
+    int G = 1;
+    if (cb->simd && cb->score_group == group && hp->head_dim % 16 == 0 &&
+        runs * hp->n_head_kv >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads)
+        G = group;
+    int64_t n = 0;
+    for (int32_t is = 0; is < plan->n_seqs; is++)
+        for (int32_t i0 = 0; i0 < plan->seqs[is].n_tokens; i0 += ATTN_ROWS) {
+            const int32_t i1 = i0 + ATTN_ROWS < plan->seqs[is].n_tokens ? i0 + ATTN_ROWS : plan->seqs[is].n_tokens;
+            for (int h = 0; h < hp->n_head; h += G)
+                cb->attn_items[n++] = (struct attn_item){ is, i0, i1, h };
+        }
+    *G_out = G;
+    return n;
 }
 
 /* ---- rope ---------------------------------------------------------------- */
@@ -600,7 +759,8 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
         }
 
         struct attn_task at = { .cb = cb, .plan = plan, .seq_t0 = seq_t0, .layer = il,
-                                .n_items = (int64_t)plan->n_seqs * hp->n_head };
+                                .items = cb->attn_items };
+        at.n_items = attn_plan(cb, plan, &at.G);
         atomic_init(&at.next, 0);
         threadpool_run(cb->tp, attn_worker, &at);
 
@@ -677,6 +837,7 @@ static void cpu_free(backend *be)
     free(cb->rope_cos);
     free(cb->rope_sin);
     free(cb->scores);
+    free(cb->attn_items);
     free(cb->tok_pos);
     free(cb->tok_seq);
     free(cb->logit_tok);
@@ -821,7 +982,9 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
         ALLOC(cb->qact[i], T * (int64_t)cb->act_bytes);
     ALLOC(cb->rope_cos, T * (hp->rope_dim / 2 + 1));
     ALLOC(cb->rope_sin, T * (hp->rope_dim / 2 + 1));
-    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->ctx_max);
+    cb->score_group = hp->n_head / hp->n_head_kv <= 8 ? hp->n_head / hp->n_head_kv : 1;
+    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->score_group * cb->ctx_max);
+    ALLOC(cb->attn_items, T * hp->n_head);
     ALLOC(cb->tok_pos, T);
     ALLOC(cb->tok_seq, T);
     ALLOC(cb->logit_tok, T);

@@ -229,11 +229,20 @@ AVX2_INLINE __m256 h2x4(uint32_t a, uint32_t b, uint32_t c, uint32_t d)
     return _mm256_cvtph_ps(_mm_setr_epi32((int)a, (int)b, (int)c, (int)d));
 }
 
+/* 16 bytes of packed nibbles -> 32 bytes as unpack_nibbles16, from one
+ * broadcast load, a per-lane shift (0 / 4 bits) and a mask */
+AVX2_INLINE __m256i unpack_nibbles16_b(const uint8_t *p, __m256i shift, __m256i m4)
+{
+    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
+    return _mm256_and_si256(_mm256_srlv_epi64(v, shift), m4);
+}
+
 /* One group of NT activation rows y[0..NT-1] against nr weight rows.
  * asc[i]: lanes (d, s) of block i of each activation row. */
 AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const uint8_t *const *y,
                                  const __m256 *asc, int64_t nb, float *out, int64_t os, const int NT)
 {
+    const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
     for (int64_t r = 0; r < nr; r++) {
         const uint8_t *x = w + (size_t)r * ws;
         __m256 acc0[MDOT_TOK], acc1[MDOT_TOK];
@@ -244,7 +253,7 @@ AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const 
         for (; i + 1 < nb; i += 2, x += 40) {
             const __m256  s0 = _mm256_mul_ps(ld_h2x4(ld_u32(x)), asc[i]);
             const __m256  s1 = _mm256_mul_ps(ld_h2x4(ld_u32(x + 20)), asc[i + 1]);
-            const __m256i q0 = unpack_nibbles16(x + 4), q1 = unpack_nibbles16(x + 24);
+            const __m256i q0 = unpack_nibbles16_b(x + 4, shift, m4), q1 = unpack_nibbles16_b(x + 24, shift, m4);
             float sv[16];
             if (NT > 1) {
                 _mm256_storeu_ps(sv, s0);
@@ -263,7 +272,7 @@ AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const 
         }
         for (; i < nb; i++, x += 20) {
             const __m256  s0 = _mm256_mul_ps(ld_h2x4(ld_u32(x)), asc[i]);
-            const __m256i q0 = unpack_nibbles16(x + 4);
+            const __m256i q0 = unpack_nibbles16_b(x + 4, shift, m4);
             for (int j = 0; j < NT; j++) {
                 __m256i p0 = dot_u8i8(q0, ld256(y[j] + 36 * i + 4));
                 acc0[j] = _mm256_fmadd_ps(lane_bcast(s0, 2 * j), _mm256_cvtepi32_ps(p0), acc0[j]);
@@ -275,14 +284,6 @@ AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const 
         for (int j = 0; j < NT; j++)
             out[j * os + r] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j])) + m[2 * j + 1];
     }
-}
-
-/* 16 bytes of packed nibbles -> 32 bytes as unpack_nibbles16, from one
- * broadcast load, a per-lane shift (0 / 4 bits) and a mask */
-AVX2_INLINE __m256i unpack_nibbles16_b(const uint8_t *p, __m256i shift, __m256i m4)
-{
-    const __m256i v = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)p));
-    return _mm256_and_si256(_mm256_srlv_epi64(v, shift), m4);
 }
 
 /* One activation row y against weight rows r and r+1 at once: the scale
@@ -382,6 +383,7 @@ AVX2_INLINE void mdot_x8_0_group(const uint8_t *w, size_t ws, int64_t nr, const 
 {
     const int     bw    = Q4 ? 18 : 34;   /* weight block bytes */
     const __m256i eight = _mm256_set1_epi8(8);
+    const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
     for (int64_t r = 0; r < nr; r++) {
         const uint8_t *x = w + (size_t)r * ws;
         __m256 acc0[MDOT_TOK], acc1[MDOT_TOK];
@@ -390,8 +392,8 @@ AVX2_INLINE void mdot_x8_0_group(const uint8_t *w, size_t ws, int64_t nr, const 
         int64_t i = 0;
         for (; i + 1 < nb; i += 2, x += 2 * bw) {
             const __m256  sc = _mm256_mul_ps(ld_h2x4(ld_u16(x) | ld_u16(x + bw) << 16), asc[i / 2]);
-            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16(x + 2), eight) : ld256(x + 2);
-            const __m256i q1 = Q4 ? _mm256_sub_epi8(unpack_nibbles16(x + bw + 2), eight) : ld256(x + bw + 2);
+            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x + 2, shift, m4), eight) : ld256(x + 2);
+            const __m256i q1 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x + bw + 2, shift, m4), eight) : ld256(x + bw + 2);
             const __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);
             for (int j = 0; j < NT; j++) {
                 const uint8_t *yb = y[j] + 34 * i;
@@ -403,7 +405,7 @@ AVX2_INLINE void mdot_x8_0_group(const uint8_t *w, size_t ws, int64_t nr, const 
         }
         for (; i < nb; i++, x += bw) {
             const __m256  sc = _mm256_mul_ps(ld_h2x4(ld_u16(x)), asc[i / 2]);
-            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16(x + 2), eight) : ld256(x + 2);
+            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x + 2, shift, m4), eight) : ld256(x + 2);
             const __m256i u0 = _mm256_sign_epi8(q0, q0);
             for (int j = 0; j < NT; j++) {
                 __m256i p0 = dot_u8i8(u0, _mm256_sign_epi8(ld256(y[j] + 34 * i + 2), q0));
