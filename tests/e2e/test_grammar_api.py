@@ -7,6 +7,8 @@ which the server keeps serving.  Every finished output is validated with
 `jsonschema`."""
 import concurrent.futures
 import json
+import os
+from pathlib import Path
 
 import httpx
 import jsonschema
@@ -292,3 +294,48 @@ def test_bad_schemas(server, client):
         client.chat.completions.create(model="default", messages=PERSON_MSG, max_tokens=4,
                                        response_format=_fmt({"type": "object", "dependentSchemas": {}}))
     _still_serving(client)
+
+
+SCHEMAS = sorted((Path(__file__).resolve().parents[2] / "tests/data/schemas").glob("[0-9]*.json"))
+
+
+@pytest.mark.skipif(not os.environ.get("PARASERVE_GRAMMAR_API_ALL"),
+                    reason="opt-in (PARASERVE_GRAMMAR_API_ALL=1): every schema of tests/data/schemas "
+                           "through the chat API, a few minutes on two cores")
+def test_all_schemas_through_the_api(client):
+    """Every schema as response_format (stream for every other one) and, when
+    it describes an object, as a tool's parameters; temperature 1.0."""
+    def one(i, f):
+        schema = json.loads(f.read_text())
+        out = []
+        kw = dict(model="default", max_tokens=64, temperature=1.0, seed=1 + i % 3)
+        msgs = [{"role": "user", "content": "Reply with a short JSON value."}]
+        if i % 2:
+            out.append(("rf", schema, *_stream_text(client.chat.completions.create(
+                messages=msgs, response_format=_fmt(schema, "s"), stream=True, **kw))))
+        else:
+            r = client.chat.completions.create(messages=msgs, response_format=_fmt(schema, "s"), **kw)
+            out.append(("rf", schema, r.choices[0].message.content, r.choices[0].finish_reason))
+        if isinstance(schema, dict) and schema.get("type") == "object":
+            tool = {"type": "function", "function": {"name": "f", "parameters": schema}}
+            r = client.chat.completions.create(messages=msgs, tools=[tool], tool_choice="required", **kw)
+            c = r.choices[0]
+            args = c.message.tool_calls[0].function.arguments if c.message.tool_calls else c.message.content
+            out.append(("tool", schema, args, "stop" if c.finish_reason == "tool_calls" else c.finish_reason))
+        return out
+
+    with concurrent.futures.ThreadPoolExecutor(16) as ex:
+        results = [x for r in ex.map(lambda a: one(*a), enumerate(SCHEMAS)) for x in r]
+    counts = {}
+    for kind, schema, text, finish in results:
+        c = counts.setdefault(kind, {"n": 0, "valid": 0, "cut": 0})
+        c["n"] += 1
+        if finish == "length":
+            c["cut"] += 1
+            continue
+        assert finish == "stop", (kind, finish, text)
+        jsonschema.validate(json.loads(text), schema)
+        c["valid"] += 1
+    print(f"\n{len(SCHEMAS)} schemas through the API at temperature 1.0: {counts}")
+    for c in counts.values():
+        assert c["valid"] >= c["n"] // 2
