@@ -326,11 +326,17 @@ def test_model_driven_task_ends_within_its_deadline(srv):
     for e in ev:
         if e["event"] == "decision":
             assert ("action" in e["data"]) != ("error" in e["data"])
-    # Token usage of each decision reaches the summary (the last may land just after the end).
-    time.sleep(0.5)
-    s = httpx.get(f"{srv.url}/v1/tasks/{term['data']['id']}", timeout=10).json()
-    usage = s.get("usage")
-    assert usage and usage["decisions"], s
+    # Token usage of each decided round reaches the summary (the last one may
+    # land just after the end, when the engine answers the cancel).
+    n_decisions = len([e for e in ev if e["event"] == "decision"])
+    end = time.time() + 10
+    while True:
+        s = httpx.get(f"{srv.url}/v1/tasks/{term['data']['id']}", timeout=10).json()
+        usage = s.get("usage") or {"decisions": []}
+        if len(usage["decisions"]) >= n_decisions or time.time() > end:
+            break
+        time.sleep(0.1)
+    assert len(usage["decisions"]) >= n_decisions, s
     print(f"\nmodel-driven task: {term['event']} in {wall:.1f} s, rounds {s['rounds']}, "
           f"per-decision usage {usage['decisions']}")
     if len(usage["decisions"]) >= 2:
@@ -339,3 +345,12 @@ def test_model_driven_task_ends_within_its_deadline(srv):
         assert d2["cached_tokens"] >= d1["prompt_tokens"] - 32, usage
         cached_after = srv.metrics().get("paraserve_cached_prompt_tokens_total", 0)
         assert cached_after - cached_before >= d2["cached_tokens"]
+
+
+def test_bad_agents_file_stops_the_server_naming_the_field(paraserve_bin, model_path, tmp_path):
+    pool = tmp_path / "bad.json"
+    pool.write_text(json.dumps({"agents": [{"name": "x", "kind": "teleport"}]}))
+    r = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--port", "0", "--threads", "1",
+                        "--agents", str(pool)], capture_output=True, timeout=60)
+    assert r.returncode == 1
+    assert "agents[0].kind" in r.stderr.decode()
