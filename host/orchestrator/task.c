@@ -960,12 +960,19 @@ char *orch_task_prompt(const struct orch_task *t)
         ps_error_set(PS_ENOMEM, "out of memory");
         return NULL;
     }
-    char example[256];
+    char example[256], shot[640];
     if (ex_to)
         snprintf(example, sizeof example, "{\"calls\":[{\"id\":\"c1\",\"to\":\"%s\",\"args\":{\"%s\":\"...\"}}]}",
                  ex_to, ex_key);
     else
         snprintf(example, sizeof example, "{\"calls\":[{\"id\":\"c1\",\"to\":\"AGENT\",\"args\":{}}]}");
+    /* A worked example in the transcript's own format: small models copy
+     * its shape (call, result, final) far better than they follow rules. */
+    snprintf(shot, sizeof shot,
+             "Example:\nTask: (a question)\nDecision 1: %s\n"
+             "Result: {\"id\":\"c1\",\"to\":\"%s\",\"status\":\"ok\",\"result\":\"(its answer)\"}\n"
+             "Decision 2: {\"final\":{\"answer\":\"{{c1}}\",\"uses\":[\"c1\"]}}\nEnd of example.\n",
+             example, ex_to ? ex_to : "AGENT");
     static const char *const fmt =
         "Agents:\n%s"
         "Reply with exactly one JSON action:\n"
@@ -973,12 +980,13 @@ char *orch_task_prompt(const struct orch_task *t)
         "{\"final\":{\"answer\":\"The answer is {{c1}}\",\"uses\":[\"c1\"]}}  gives the final answer; {{c1}} is c1's result\n"
         "{\"wait\":true}  waits for running calls\n"
         "{\"cancel\":[\"c1\"]}  cancels running calls\n"
+        "%s"
         "Task: %s\n%s";
     const char *tr = t->transcript ? t->transcript : "";
-    size_t n = strlen(fmt) + strlen(cats) + strlen(example) + strlen(t->input) + strlen(tr) + 1;
+    size_t n = strlen(fmt) + strlen(cats) + strlen(example) + strlen(shot) + strlen(t->input) + strlen(tr) + 1;
     char *p = malloc(n);
     if (p)
-        snprintf(p, n, fmt, cats, example, t->input, tr);
+        snprintf(p, n, fmt, cats, example, shot, t->input, tr);
     else
         ps_error_set(PS_ENOMEM, "out of memory");
     free(cats);
