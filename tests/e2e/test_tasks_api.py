@@ -354,3 +354,25 @@ def test_bad_agents_file_stops_the_server_naming_the_field(paraserve_bin, model_
                         "--agents", str(pool)], capture_output=True, timeout=60)
     assert r.returncode == 1
     assert "agents[0].kind" in r.stderr.decode()
+
+
+def test_delete_while_the_model_decides(srv):
+    t0 = time.time()
+    with httpx.stream("POST", srv.url + "/v1/tasks", timeout=30,
+                      json={"input": "Plan a trip.", "stream": True, "deadline_ms": 30000}) as r:
+        tid = r.headers["x-task-id"]
+        time.sleep(0.5)                                  # the first decision is prefilling / decoding
+        d = httpx.delete(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()
+        ev = sse_events(list(r.iter_lines()))
+    assert d["status"] == "cancelled"
+    assert ev[-1]["event"] == "task.error" and ev[-1]["data"]["status"] == "cancelled"
+    assert time.time() - t0 < 5
+    # The engine answers the cancel: the decision's usage arrives, and the
+    # task's events stay as they were.
+    end = time.time() + 10
+    while time.time() < end and not httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json().get("usage"):
+        time.sleep(0.1)
+    s = httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()
+    assert s["usage"]["decisions"][0]["completion_tokens"] < 160
+    with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events", timeout=10) as r:
+        assert [e["id"] for e in sse_events(list(r.iter_lines()))] == [e["id"] for e in ev]
