@@ -67,7 +67,9 @@ struct engine_request {
      * finishes FINISH_STOP when the document is complete (nothing may
      * follow, or EOG once it may end) and FINISH_LENGTH when max_tokens cuts
      * it (the partial text is delivered as is).  Stop strings still apply.
-     * For orchestrator actions: grammar_action_schema() -> grammar_compile. */
+     * For orchestrator actions: grammar_action_schema() -> grammar_compile.
+     * grammar_constraint_lazy(g) instead lets the first token choose
+     * between a document of g and unconstrained text. */
     struct token_constraint constraint;
     void          *user;
 };

@@ -95,6 +95,16 @@ struct grammar {
 };
 
 size_t grammar_mask_words(const grammar_vocab *v) { return v->words; }
+
+const char *grammar_vocab_piece(const grammar_vocab *v, int32_t id, size_t *len)
+{
+    if (id < 0 || id >= v->n_vocab) {
+        *len = 0;
+        return NULL;
+    }
+    *len = (size_t)(v->off[id + 1] - v->off[id]);
+    return v->bytes + v->off[id];
+}
 int32_t grammar_vocab_n_vocab(const grammar_vocab *v) { return v->n_vocab; }
 
 static const grammar_vocab *sort_vocab;

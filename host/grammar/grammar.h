@@ -84,6 +84,9 @@ void grammar_vocab_free(grammar_vocab *v);
 int32_t grammar_vocab_n_vocab(const grammar_vocab *v);
 /* Number of uint32 words in a mask: (n_vocab + 31) / 32. */
 size_t  grammar_mask_words(const grammar_vocab *v);
+/* Bytes of token id as the vocabulary holds them (*len 0 for control /
+ * unusable tokens; NULL outside the vocabulary).  Owned by v. */
+const char *grammar_vocab_piece(const grammar_vocab *v, int32_t id, size_t *len);
 
 /* ---- compiling ----------------------------------------------------------- */
 
@@ -122,6 +125,14 @@ grammar *grammar_ref(grammar *g);
  * sequence gets its own matcher; masks are sized for the model's vocabulary
  * (words past the tokenizer's are zero). */
 struct token_constraint grammar_constraint(grammar *g);
+
+/* A lazy variant (OpenAI tool_choice "auto": answer in text or call a
+ * tool): the first token decides.  It may be any token the grammar allows
+ * (then the whole output is a document of g, finishing when it is done) or
+ * any token whose first byte no allowed token starts with (then the output
+ * is free text, unmasked).  Tokens that start like a document but leave
+ * the grammar are masked out at that first step only. */
+struct token_constraint grammar_constraint_lazy(grammar *g);
 
 /* The vocabulary g was compiled for. */
 const grammar_vocab *grammar_vocab_of(const grammar *g);

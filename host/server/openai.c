@@ -427,6 +427,8 @@ struct openai_output {
     size_t   args_start, args_end, emitted;
     int      depth;
     bool     in_str, esc;
+    bool     auto_mode;       /* tool_choice "auto": not a call -> content    */
+    size_t   content_sent;    /* auto text answer: bytes streamed as content */
 };
 
 enum { OUT_NAME, OUT_ARGS_PREFIX, OUT_ARGS, OUT_AFTER, OUT_BAD };
@@ -504,7 +506,7 @@ static int parse_response_format(const cJSON *rf, const struct openai_options *o
 }
 
 /* The system text that shows the model its tools and the reply format. */
-static char *tools_prompt(const cJSON *list, const char *forced)
+static char *tools_prompt(const cJSON *list, const char *forced, bool lazy)
 {
     cJSON *arr = cJSON_CreateArray();
     if (!arr)
@@ -522,6 +524,9 @@ static char *tools_prompt(const cJSON *list, const char *forced)
     const char *fmt = forced
         ? "You can call functions. Available functions:\n%s\nCall the function \"%s\": reply with only a JSON "
           "object {\"name\": \"%s\", \"arguments\": {...}} whose arguments match its parameters."
+        : lazy ? "You can call functions. Available functions:\n%s\nTo call one, reply with only a JSON object "
+                 "{\"name\": <function name>, \"arguments\": {...}} whose arguments match its parameters; "
+                 "otherwise answer in plain text.%s%s"
         : "You can call functions. Available functions:\n%s\nCall one of them: reply with only a JSON object "
           "{\"name\": <function name>, \"arguments\": {...}} whose arguments match its parameters.%s%s";
     size_t n = strlen(fmt) + strlen(tools) + (forced ? 2 * strlen(forced) : 0) + 1;
@@ -539,12 +544,10 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
         return BADTYPE("tools", "a non-empty array of {\"type\": \"function\", \"function\": {...}}");
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
     const char *forced = NULL;
-    if (!tc || cJSON_IsNull(tc) || (cJSON_IsString(tc) && !strcmp(tc->valuestring, "auto")))
-        return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "tool_choice",
-                             "tool_choice 'auto' (the default when tools are given) is not supported yet: pass "
-                             "tool_choice 'required', 'none' or {\"type\": \"function\", \"function\": "
-                             "{\"name\": ...}}");
-    if (cJSON_IsString(tc)) {
+    bool lazy = !tc || cJSON_IsNull(tc) || (cJSON_IsString(tc) && !strcmp(tc->valuestring, "auto"));
+    if (lazy) {
+        /* the model answers in text or calls a tool: decided by its first token */
+    } else if (cJSON_IsString(tc)) {
         if (!strcmp(tc->valuestring, "none"))
             return 0; /* tools are ignored: a plain answer */
         if (strcmp(tc->valuestring, "required"))
@@ -652,7 +655,8 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
     if ((rc = compile_schema(opt, schema, "tools", "tools (function parameters)", &p->grammar, err)))
         goto done;
     p->output = calloc(1, sizeof *p->output);
-    *system_extra = tools_prompt(shown, forced);
+    p->grammar_lazy = lazy;
+    *system_extra = tools_prompt(shown, forced, lazy);
     if (!p->output || !*system_extra) {
         rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         goto done;
@@ -670,6 +674,7 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
         p->output->id[5 + k] = alnum[(x * 0x2545F4914F6CDD1Dull >> 40) % 62];
     }
     p->output->id[29] = '\0';
+    p->output->auto_mode = lazy;
 done:
     free(schema);
     cJSON_Delete(list);
@@ -720,6 +725,11 @@ static int parse_constraints(const cJSON *root, bool chat, const struct openai_o
             return rc;
     }
     return 0;
+}
+
+struct token_constraint gen_params_constraint(const struct gen_params *p)
+{
+    return p->grammar_lazy ? grammar_constraint_lazy(p->grammar) : grammar_constraint(p->grammar);
 }
 
 /* ---- reply shaping ---------------------------------------------------------------- */
@@ -863,6 +873,13 @@ bool openai_output_delta(struct openai_output *o, const char *text, size_t len, 
     if (out_append(o, text, len))
         return false;
     out_scan(o);
+    if (o->phase == OUT_BAD && o->auto_mode) { /* a text answer */
+        if (o->content_sent == o->len)
+            return false;
+        add_content(delta, o->buf + o->content_sent, o->len - o->content_sent);
+        o->content_sent = o->len;
+        return true;
+    }
     if (o->phase == OUT_BAD || o->phase < OUT_ARGS)
         return false;
     const char *a;
@@ -885,8 +902,8 @@ const char *openai_output_finish(struct openai_output *o, const char *finish, cJ
 {
     if (!o)
         return finish;
-    if (!o->announced && o->len && delta)
-        add_content(delta, o->buf, o->len); /* not a call (cut early): the raw text */
+    if (!o->announced && o->len > o->content_sent && delta) /* not a call: the raw text */
+        add_content(delta, o->buf + o->content_sent, o->len - o->content_sent);
     return o->phase == OUT_AFTER && !strcmp(finish, "stop") ? "tool_calls" : finish;
 }
 

@@ -51,12 +51,17 @@ struct gen_params {
     /* Constrained output (response_format json_schema / json_object, tools
      * with tool_choice "required" or a named function): */
     grammar *grammar;         /* a reference, or NULL; engine_request gets
-                                 grammar_constraint(grammar) (the engine
-                                 takes its own reference on submit)        */
+                                 gen_params_constraint(p) (the engine takes
+                                 its own reference on submit)              */
+    bool     grammar_lazy;    /* tool_choice "auto": text or a tool call    */
     struct openai_output *output; /* tool calls: shapes the reply; NULL for
                                  plain content.  Take it (set the member to
                                  NULL) to keep it past gen_params_free.   */
 };
+
+/* The engine_request.constraint of p: none, the grammar, or its lazy form
+ * (grammar_constraint_lazy) for tool_choice "auto". */
+struct token_constraint gen_params_constraint(const struct gen_params *p);
 
 /* What constrained output needs from the server (openai_parse_ex). */
 struct openai_options {
@@ -82,10 +87,11 @@ int openai_parse(const char *body, size_t len, bool chat, const char *const *mod
  * "json_object" | "json_schema", "json_schema": {"name", "schema",
  * "strict", "description"}} (chat and completions) and, on chat, `tools`
  * (type "function"; name, description, parameters) with `tool_choice`
- * "required", {"type": "function", "function": {"name"}} or "none" (tools
- * ignored); a reply carries exactly one call (`parallel_tool_calls` is
- * accepted).  tool_choice "auto" (OpenAI's default when tools are given)
- * and the legacy `functions` / `function_call` are 400 "not supported".
+ * "auto" (the default: the first token decides between a text answer and a
+ * call, grammar_constraint_lazy), "required", {"type": "function",
+ * "function": {"name"}} or "none" (tools ignored); a reply carries at most
+ * one call (`parallel_tool_calls` is accepted).  The legacy `functions` /
+ * `function_call` are 400 "not supported".
  * A schema the grammar compiler
  * refuses is a 400 whose message is the compiler's (naming the keyword),
  * param "response_format" or "tools".  Schemas are compiled here (cached by

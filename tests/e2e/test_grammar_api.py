@@ -1,7 +1,7 @@
 """Constrained output through the chat API with the real `openai` SDK:
 response_format json_schema / json_object (stream and not), tools with
-tool_choice "required" / a named function / "none" (tool_calls, streamed
-deltas), max_tokens cuts (finish_reason "length", text not repaired), and
+tool_choice "required" / a named function / "auto" / "none" (tool_calls,
+streamed deltas), max_tokens cuts (finish_reason "length", text not repaired), and
 schemas the grammar compiler refuses (400 naming the keyword), after each of
 which the server keeps serving.  Every finished output is validated with
 `jsonschema`."""
@@ -198,6 +198,60 @@ def test_tool_call_stream_deltas(client):
     jsonschema.validate(json.loads(args), WEATHER["function"]["parameters"])
 
 
+def test_tool_choice_auto(client):
+    """The first token decides: a text answer (content, no tool_calls) or a
+    complete, valid call.  Stream and non-stream agree."""
+    def one(seed, msgs, choice):
+        kw = {} if choice is None else {"tool_choice": choice}
+        return client.chat.completions.create(model="default", messages=msgs, tools=TOOLS, max_tokens=48,
+                                              temperature=1.0, seed=seed, **kw)
+
+    jobs = [(s, TOOL_MSG, None if s % 2 else "auto") for s in range(1, 5)]
+    jobs += [(5, [{"role": "user", "content": "Hi! How are you today?"}], "auto")]
+    with concurrent.futures.ThreadPoolExecutor(5) as ex:
+        replies = list(ex.map(lambda a: one(*a), jobs))
+    kinds = []
+    for r in replies:
+        c = r.choices[0]
+        if c.message.tool_calls:
+            assert c.message.content is None and c.finish_reason in ("tool_calls", "length")
+            if c.finish_reason == "tool_calls":
+                _check_call(c.message.tool_calls[0])
+            kinds.append("call")
+        else:
+            assert c.message.content and c.finish_reason in ("stop", "length")
+            assert not c.message.content.startswith("{") or c.finish_reason == "length"
+            kinds.append("text")
+    print(f"tool_choice auto: {kinds}")
+
+    kw = dict(model="default", messages=jobs[-1][1], tools=TOOLS, max_tokens=16, temperature=0)
+    full = client.chat.completions.create(**kw)
+    text, finish = _stream_text(client.chat.completions.create(stream=True, **kw))
+    c = full.choices[0]
+    if c.message.tool_calls is None:
+        assert text == c.message.content and finish == c.finish_reason
+
+    # a conversation that already called the tool once: the model calls it again
+    primed = [
+        {"role": "user", "content": "Weather in London?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "get_weather", "arguments": '{"city": "London", "unit": "celsius"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": '{"temp": 12}'},
+        {"role": "assistant", "content": "It is 12 degrees in London."},
+        {"role": "user", "content": "Weather in Paris?"},
+    ]
+    with concurrent.futures.ThreadPoolExecutor(3) as ex:
+        replies = list(ex.map(lambda s: client.chat.completions.create(
+            model="default", messages=primed, tools=[WEATHER], max_tokens=48, temperature=0.7 if s else 0,
+            seed=s), range(3)))
+    calls = [r.choices[0] for r in replies if r.choices[0].message.tool_calls]
+    assert calls, [r.choices[0].message.content for r in replies]
+    for c in calls:
+        assert c.finish_reason == "tool_calls"
+        _check_call(c.message.tool_calls[0], "get_weather")
+
+
 def test_tool_choice_none_and_history(client):
     r = client.chat.completions.create(model="default", messages=TOOL_MSG, tools=TOOLS, tool_choice="none",
                                        max_tokens=8, temperature=0)
@@ -270,9 +324,10 @@ def test_bad_schemas(server, client):
         _err(h.post(chat, json={**base, "response_format": {"type": "xml"}}), 400, param="response_format.type")
         e = _err(h.post(chat, json={**base, "tools": [bad_tool], "tool_choice": "required"}), 400, param="tools")
         assert "patternProperties" in e["message"]
-        e = _err(h.post(chat, json={**base, "tools": TOOLS}), 400, param="tool_choice")
-        assert "auto" in e["message"] and "not supported" in e["message"]
-        _err(h.post(chat, json={**base, "tools": TOOLS, "tool_choice": "auto"}), 400, param="tool_choice")
+        _err(h.post(chat, json={**base, "tools": TOOLS, "tool_choice": "sometimes"}), 400, param="tool_choice")
+        _err(h.post(chat, json={**base, "tool_choice": "required"}), 400, param="tool_choice")
+        _err(h.post(chat, json={**base, "tools": TOOLS, "response_format": {"type": "json_object"}}), 400,
+             param="response_format")
         _err(h.post(chat, json={**base, "tools": TOOLS, "tool_choice": {"type": "function",
                                                                       "function": {"name": "nope"}}}),
              400, param="tool_choice")

@@ -40,8 +40,10 @@
 
 static const char *multi[] = {
     "{\"", "\": ", "\", \"", "\"}", "true", "false", "null", ", \"", "12", "7", "\"x\"",
-    "\"yy\"", "id", "tag", "ok", "abc", "\\n", "\xc3\xa9", "}",
+    "\"yy\"", "id", "tag", "ok", "abc", "\\n", "\xc3\xa9", "}", "{}",
 };
+#define TOK_BRACE_QUOTE 256 /* "{\"" */
+#define TOK_EMPTY_OBJ   (256 + N_MULTI - 1) /* "{}" */
 #define N_MULTI  ((int32_t)(sizeof multi / sizeof multi[0]))
 #define EOS_ID   (256 + N_MULTI)
 #define G_VOCAB  (EOS_ID + 1)      /* the grammar's vocabulary            */
@@ -424,6 +426,49 @@ static void test_done_stops(grammar_vocab *v)
     grammar_free(g);
 }
 
+static bool bit(const uint32_t *m, int32_t id)
+{
+    return (m[id / 32] >> (id % 32)) & 1u;
+}
+
+/* grammar_constraint_lazy (tool_choice "auto"): the first token decides
+ * between the grammar and free text. */
+static void test_lazy(grammar *g)
+{
+    struct token_constraint c = grammar_constraint_lazy(g);
+    const size_t words = (M_VOCAB + 31) / 32;
+    uint32_t mask[(M_VOCAB + 31) / 32];
+    void *m = NULL;
+    /* free text: a first token no document starts with */
+    CHECK(c.ops->matcher_new(c.ctx, &m) == PS_OK);
+    CHECK(c.ops->fill_mask(m, mask, words) == PS_OK);
+    CHECK(bit(mask, '{') && bit(mask, TOK_BRACE_QUOTE)); /* a document may start so */
+    CHECK(!bit(mask, TOK_EMPTY_OBJ));                     /* starts like one, then leaves the grammar */
+    CHECK(bit(mask, 'a') && bit(mask, ' ') && bit(mask, EOS_ID) && bit(mask, M_VOCAB - 1));
+    CHECK(c.ops->accept(m, 'a') == PS_OK);
+    CHECK(c.ops->fill_mask(m, mask, words) == PS_OK);
+    bool all = true;
+    for (int32_t id = 0; id < M_VOCAB; id++)
+        all = all && bit(mask, id);
+    CHECK(all && !c.ops->is_done(m));
+    CHECK(c.ops->accept(m, TOK_EMPTY_OBJ) == PS_OK); /* anything goes now */
+    c.ops->matcher_free(m);
+    /* a document: masked like the plain grammar from the first token on */
+    CHECK(c.ops->matcher_new(c.ctx, &m) == PS_OK);
+    CHECK(c.ops->fill_mask(m, mask, words) == PS_OK);
+    CHECK(c.ops->accept(m, TOK_BRACE_QUOTE) == PS_OK);
+    const char *rest = "id\": 7, \"tag\": \"x\", \"ok\": true}";
+    for (const char *p = rest; *p; p++) {
+        CHECK(c.ops->fill_mask(m, mask, words) == PS_OK);
+        CHECK_MSG(bit(mask, (uint8_t)*p) && !bit(mask, 'Z'), "byte '%c'", *p);
+        CHECK(!c.ops->is_done(m));
+        CHECK(c.ops->accept(m, (uint8_t)*p) == PS_OK);
+    }
+    CHECK(c.ops->is_done(m));
+    CHECK(c.ops->accept(m, 'Z') != PS_OK);
+    c.ops->matcher_free(m);
+}
+
 /* Through the engine thread: the caller drops its grammar reference right
  * after engine_submit; the engine's own keeps it alive. */
 static void test_engine(grammar_vocab *v)
@@ -601,6 +646,7 @@ int main(void)
     g_mask_thread = 0;
     test_mask_thread_overlap(v, NULL, 300);
     test_length_cut(g);
+    test_lazy(g);
     test_done_stops(v);
     test_engine(v);
     grammar_free(g);
