@@ -249,6 +249,11 @@ static void check_drained(struct server *srv)
         event_base_loopexit(srv->base, NULL);
 }
 
+static void on_tasks_drained(void *arg)
+{
+    check_drained(arg);
+}
+
 static void on_reply_written(struct evhttp_request *req, void *arg)
 {
     struct server *srv = arg;
@@ -732,7 +737,8 @@ int server_run(const struct server_config *cfg)
              strchr(cfg->host, ':') ? "]" : "", port);
     struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .m = &srv->m,
                                    .agents_path = cfg->agents, .local_url = local_url,
-                                   .max_body_bytes = cfg->max_body_bytes };
+                                   .max_body_bytes = cfg->max_body_bytes, .flushing = &srv->flushing,
+                                   .drained = on_tasks_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))
         goto done;
     fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s\n", tasks_api_n_agents(srv->tasks),

@@ -125,9 +125,34 @@ static void unwatch(struct waiter *w)
     }
 }
 
+static void notify_drained(struct tasks_api *api)
+{
+    if (api->cfg.drained)
+        api->cfg.drained(api->cfg.drained_ud);
+}
+
+static void on_reply_written(struct evhttp_request *req, void *arg)
+{
+    struct tasks_api *api = arg;
+    (void)req;
+    if (api->cfg.flushing)
+        (*api->cfg.flushing)--;
+    notify_drained(api);
+}
+
+/* Count the final reply until libevent has written it (shutdown waits). */
+static void track_reply(struct waiter *w)
+{
+    if (!w->api->cfg.flushing)
+        return;
+    evhttp_request_set_on_complete_cb(w->req, on_reply_written, w->api);
+    (*w->api->cfg.flushing)++;
+}
+
 static void waiter_free(struct waiter *w)
 {
     struct tasks_api *api = w->api;
+    api->cfg.m->in_flight--;
     orch_unsubscribe(w->sub);
     unwatch(w);
     if (w->finish)
@@ -162,7 +187,9 @@ static void waiter_client_left(struct waiter *w, bool from_closecb)
     }
     metrics_request(w->api->cfg.m, ROUTE_OTHER, 499);
     w->api->cfg.m->client_disconnects++;
+    struct tasks_api *api = w->api;
     waiter_free(w);
+    notify_drained(api);
 }
 
 static void on_client_close(struct evhttp_connection *conn, void *arg)
@@ -192,14 +219,17 @@ static void on_finish(evutil_socket_t fd, short what, void *arg)
     struct waiter *w = arg;
     (void)fd;
     (void)what;
+    struct tasks_api *api = w->api;
     waiter_detach(w);
+    track_reply(w);
     if (w->stream) {
         evhttp_send_reply_end(w->req);
-        metrics_request(w->api->cfg.m, ROUTE_OTHER, 200);
+        metrics_request(api->cfg.m, ROUTE_OTHER, 200);
     } else {
-        reply_summary(w->api, w->req, w->t);
+        reply_summary(api, w->req, w->t);
     }
     waiter_free(w);
+    notify_drained(api);
 }
 
 static void on_task_event(void *ud, struct orch_task *t, const struct orch_event *ev)
@@ -239,6 +269,7 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
     w->req = req;
     w->t = t;
     w->stream = stream;
+    api->cfg.m->in_flight++;   /* waiter_free takes it back */
     w->next = api->waiters;
     if (api->waiters)
         api->waiters->prev = w;

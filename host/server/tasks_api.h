@@ -35,6 +35,7 @@
 #define PS_SERVER_TASKS_API_H
 
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "../engine/engine.h"
 #include "../model/chat.h"
@@ -54,6 +55,13 @@ struct tasks_api_config {
                                          when present, else an empty pool */
     const char          *local_url;   /* chat-completions URL of this server (kind local) */
     int                  max_body_bytes;
+    /* Shutdown accounting shared with the server: every waiting request
+     * counts in m->in_flight until its reply ends, and its final reply in
+     * *flushing until libevent has written it; drained(drained_ud) is called
+     * after each such decrement so the server can exit once all are done. */
+    int32_t             *flushing;
+    void               (*drained)(void *ud);
+    void                *drained_ud;
 };
 
 /* Load the agent pool and start the orchestrator on cfg->base.  PS_OK and

@@ -376,3 +376,28 @@ def test_delete_while_the_model_decides(srv):
     assert s["usage"]["decisions"][0]["completion_tokens"] < 160
     with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events", timeout=10) as r:
         assert [e["id"] for e in sse_events(list(r.iter_lines()))] == [e["id"] for e in ev]
+
+
+def test_sigterm_ends_open_task_streams_then_exits_0(start_server):  # noqa: F811
+    s = start_server("--kv-blocks", 256)
+    got = {}
+
+    def stream():
+        with httpx.stream("POST", s.url + "/v1/tasks", timeout=30,
+                          json={"input": "Plan a trip.", "stream": True}) as r:
+            got["events"] = sse_events(list(r.iter_lines()))
+
+    def plain():
+        got["plain"] = post(s, {"input": "Plan a trip."}).json()
+    ths = [threading.Thread(target=stream), threading.Thread(target=plain)]
+    for t in ths:
+        t.start()
+    time.sleep(1.0)
+    t0 = time.time()
+    assert s.stop() == 0, s.output()[-2000:]
+    for t in ths:
+        t.join(10)
+    assert time.time() - t0 < 10
+    assert got["events"][-1]["event"] == "task.error"
+    assert got["events"][-1]["data"]["status"] == "cancelled"
+    assert got["plain"]["status"] == "cancelled" and "shutting down" in got["plain"]["error"]
