@@ -566,7 +566,7 @@ static void attn_worker(void *ctx, int ith, int nth)
             const float *qh = cb->q + t * cb->q_dim + (int64_t)h * D;
             float *out = cb->att + t * cb->q_dim + (int64_t)h * D;
 #ifdef CPU_X86
-            if (at->G > 1) {
+            if (cb->simd && D % 16 == 0) {
                 attn_heads_grouped(qh, out, sc, cb->ctx_max, s->block_table, kbase, vbase, n_ctx, bs,
                                    cb->kv_dim, D, scale, at->G);
                 continue;

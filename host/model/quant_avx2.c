@@ -191,6 +191,13 @@ static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
  * instead of once per weight row. */
 
 #define MDOT_TOK  4    /* activation rows per group                     */
+/* Prefetch distance (bytes ahead in each of the two weight rows) of the
+ * one-token row-pair kernels: two interleaved streams defeat the hardware
+ * prefetcher (measured: the Q8_0 pair kernel at half the bandwidth of the
+ * single-row dot from DRAM without it, 10-20% above it with it). */
+#ifndef MDOT_PF
+#define MDOT_PF 1024
+#endif
 #define MDOT_MAXB 512  /* blocks per row held in the scale table (n <= 16384); longer rows loop over dot_* */
 
 #define AVX2_INLINE static inline __attribute__((target("avx2,fma,f16c"), always_inline))
@@ -300,6 +307,8 @@ AVX2_INLINE void mdot_q4_1_row2(const uint8_t *x0, const uint8_t *x1, const uint
     __m128 accm = _mm_setzero_ps();
     int64_t i = 0;
     for (; i + 1 < nb; i += 2, x0 += 40, x1 += 40, y += 72) {
+        _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
         const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i)));  /* (d, s, d, s) */
         const __m128 yb = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i + 2)));
         const __m128 s0 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0)), ya);
@@ -432,6 +441,8 @@ AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint
     __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 1 < nb; i += 2, x0 += 2 * bw, x1 += 2 * bw, y += 68) {
+        _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
         const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + i)));
         const __m128i wh = _mm_setr_epi32((int)(ld_u16(x0) | ld_u16(x0 + bw) << 16),
                                           (int)(ld_u16(x1) | ld_u16(x1 + bw) << 16), 0, 0);
