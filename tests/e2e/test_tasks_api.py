@@ -135,6 +135,23 @@ def test_dag_on_critical_path(srv):
     assert 0.59 < ev[-1]["data"]["t_ms"] / 1000 < 1.0, ev[-1]["data"]["t_ms"]   # critical path 0.6 s
 
 
+def test_streamed_events_follow_the_event_schema(srv):
+    from test_proto import validator
+    v = validator("event.schema.json")
+    ev = stream_task(srv, {"input": "schema", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 10}},
+                   {"id": "h", "to": "mock", "args": {"fault": "hang"}},
+                   {"id": "k", "to": "calculator", "args": {"expression": "2+{{a.args.sleep_ms}}"}, "after": ["a"]},
+                   {"id": "g", "to": "nobody", "args": {}}]},
+        {"cancel": ["h"]},
+        {"final": {"answer": "{{k}}", "uses": ["k"]}}]})
+    for e in ev:
+        v.validate(e)
+    assert ev[-1]["event"] == "task.final" and ev[-1]["data"]["output"] == "12"
+    assert {c["id"]: c["status"] for c in ev[-1]["data"]["calls"]} == {
+        "a": "ok", "h": "cancelled", "k": "ok", "g": "rejected"}
+
+
 def test_faults_yield_statuses_and_the_task_ends(srv):
     calls = [{"id": "ok", "to": "mock", "args": {"sleep_ms": 50}},
              {"id": "slow", "to": "mock", "args": {"fault": "slow"}},
