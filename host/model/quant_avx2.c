@@ -297,7 +297,7 @@ AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const 
  * products of both rows come from one f16 conversion and one 4-lane
  * multiply, (d_w0*d_a, m_w0*s_a, d_w1*d_a, m_w1*s_a), lane-wise the same
  * products as dot_q4_1's; the offset sums of both rows share one add. */
-AVX2_INLINE void mdot_q4_1_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const float *ys,
+AVX2_INLINE void mdot_q4_1_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const __m128 *yv,
                                 int64_t nb, float *o0, float *o1)
 {
     const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
@@ -309,8 +309,7 @@ AVX2_INLINE void mdot_q4_1_row2(const uint8_t *x0, const uint8_t *x1, const uint
     for (; i + 1 < nb; i += 2, x0 += 40, x1 += 40, y += 72) {
         _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
         _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
-        const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i)));  /* (d, s, d, s) */
-        const __m128 yb = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i + 2)));
+        const __m128 ya = yv[i], yb = yv[i + 1];  /* (d, s, d, s) of y's blocks i, i+1 */
         const __m128 s0 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0)), ya);
         const __m128 s1 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0 + 20), (int)ld_u32(x1 + 20), 0, 0)), yb);
         const __m256i y0 = ld256(y + 4), y1 = ld256(y + 40);
@@ -325,7 +324,7 @@ AVX2_INLINE void mdot_q4_1_row2(const uint8_t *x0, const uint8_t *x1, const uint
         accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
     }
     for (; i < nb; i++, x0 += 20, x1 += 20, y += 36) {
-        const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + 2 * i)));
+        const __m128 ya = yv[i];
         const __m128 s0 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0)), ya);
         const __m256i y0 = ld256(y + 4);
         const __m256 c00 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 4, shift, m4), y0));
@@ -351,15 +350,14 @@ static AVX2 void mdot_q4_1(const void *w, size_t ws, int64_t nr, const void *a, 
         return;
     }
     if (nt == 1) {
-        /* one activation row: weight rows in pairs; its (d, s) as f32 */
-        float ys[2 * MDOT_MAXB];
+        /* one activation row: weight rows in pairs; its (d, s, d, s) as f32 */
+        __m128 yv[MDOT_MAXB];
         for (int64_t i = 0; i < nb; i++)
-            _mm_storel_pi((__m64 *)(void *)(ys + 2 * i),
-                          _mm_cvtph_ps(_mm_cvtsi32_si128((int)ld_u32((const uint8_t *)a + 36 * i))));
+            yv[i] = _mm_cvtph_ps(_mm_set1_epi32((int)ld_u32((const uint8_t *)a + 36 * i)));
         int64_t r = 0;
         for (; r + 1 < nr; r += 2)
             mdot_q4_1_row2((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)w + (size_t)(r + 1) * ws, a,
-                           ys, nb, out + r, out + r + 1);
+                           yv, nb, out + r, out + r + 1);
         if (r < nr)
             out[r] = dot_q4_1((const uint8_t *)w + (size_t)r * ws, a, n);
         return;
@@ -428,9 +426,9 @@ AVX2_INLINE void mdot_x8_0_group(const uint8_t *w, size_t ws, int64_t nr, const 
 
 /* One Q8_0 activation row y against weight rows x0 and x1: the four scale
  * products of a block pair, (d_x0[i]*d_y[i], d_x0[i+1]*d_y[i+1], d_x1[i]*...,
- * ...), from one conversion and one multiply; ys[i] = d of y's block i as
- * f32.  Per row, the same products, sums and FMAs as dot_q4_0 / dot_q8_0. */
-AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const float *ys,
+ * ...), from one conversion and one multiply; yv[i / 2] = the scales of
+ * y's blocks i, i+1 as f32 (d[i], d[i+1], d[i], d[i+1]).  Per row, the same products, sums and FMAs as dot_q4_0 / dot_q8_0. */
+AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const __m128 *yv,
                                 int64_t nb, float *o0, float *o1, const int Q4)
 {
     const int     bw    = Q4 ? 18 : 34;
@@ -443,7 +441,7 @@ AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint
     for (; i + 1 < nb; i += 2, x0 += 2 * bw, x1 += 2 * bw, y += 68) {
         _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
         _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
-        const __m128 ya = _mm_castpd_ps(_mm_loaddup_pd((const double *)(const void *)(ys + i)));
+        const __m128 ya = yv[i / 2];
         const __m128i wh = _mm_setr_epi32((int)(ld_u16(x0) | ld_u16(x0 + bw) << 16),
                                           (int)(ld_u16(x1) | ld_u16(x1 + bw) << 16), 0, 0);
         const __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(wh), ya));
@@ -458,7 +456,7 @@ AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint
         a11 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l3), _mm256_cvtepi32_ps(dot_i8i8(q11, y1)), a11);
     }
     if (i < nb) {
-        const __m128 ya = _mm_set1_ps(ys[i]);
+        const __m128 ya = yv[i / 2];
         const __m128i wh = _mm_setr_epi32((int)ld_u16(x0), (int)ld_u16(x1), 0, 0);
         const __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(wh), ya));
         const __m256i q00 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + 2, shift, m4), eight) : ld256(x0 + 2);
@@ -484,14 +482,17 @@ AVX2_INLINE void mdot_x8_0(const void *w, size_t ws, int64_t nr, const void *a, 
         return;
     }
     if (nt == 1) {
-        /* one activation row: weight rows in pairs; its block scales as f32 */
-        float ys[MDOT_MAXB];
-        for (int64_t i = 0; i < nb; i++)
-            ys[i] = ld_h((const uint8_t *)a + 34 * i);
+        /* one activation row: weight rows in pairs; the scales of its block
+         * pairs as f32, (d[i], d[i+1], d[i], d[i+1]) (d[i+1] = 0 past the end) */
+        __m128 yv[MDOT_MAXB / 2 + 1];
+        for (int64_t i = 0; i < nb; i += 2)
+            yv[i / 2] = _mm_cvtph_ps(_mm_set1_epi32(
+                (int)(ld_u16((const uint8_t *)a + 34 * i) |
+                      (i + 1 < nb ? ld_u16((const uint8_t *)a + 34 * (i + 1)) << 16 : 0))));
         int64_t r = 0;
         for (; r + 1 < nr; r += 2)
             mdot_x8_0_row2((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)w + (size_t)(r + 1) * ws, a,
-                           ys, nb, out + r, out + r + 1, Q4);
+                           yv, nb, out + r, out + r + 1, Q4);
         if (r < nr) {
             const uint8_t *wr = (const uint8_t *)w + (size_t)r * ws;
             out[r] = Q4 ? dot_q4_0(wr, a, n) : dot_q8_0(wr, a, n);
