@@ -572,6 +572,13 @@ static void decide(struct orch_task *t)
         orch_task_decision_end(t, st, NULL);
         return;
     }
+    if (t->n_calls > 0) {
+        /* Small models reuse "c1"; a fresh id in the (append-only)
+         * transcript right before the decision helps them. */
+        char hint[48];
+        snprintf(hint, sizeof hint, "Next call id: c%d\n", cJSON_GetArraySize(t->ledger) + 1);
+        transcript_add(t, hint, NULL, NULL);
+    }
     char *prompt = orch_task_prompt(t);
     int have_prompt = prompt != NULL;
     t->decider_handle = prompt ? o->decider.start(o->decider.ctx, t, prompt) : NULL;
@@ -907,6 +914,7 @@ static int catalogue_text(const struct registry *reg, char **out, const char **e
     size_t cap = 1024, len = 0;
     char *b = malloc(cap);
     *example_to = *example_key = NULL;
+    int example_builtin = 0;
     if (!b)
         return PS_ENOMEM;
     b[0] = '\0';
@@ -922,9 +930,13 @@ static int catalogue_text(const struct registry *reg, char **out, const char **e
             size_t l = strlen(args);
             snprintf(args + l, sizeof args - l, "%s\"%s\"%s: %s", k++ ? ", " : "", p->string, required ? "" : "?",
                      schema_type(p, tb, sizeof tb));
-            if (!*example_to && required && !strcmp(schema_type(p, tb, sizeof tb), "string")) {
+            /* The example call: the first tool (builtin) taking a required
+             * string, else the first agent that does. */
+            if (required && !strcmp(schema_type(p, tb, sizeof tb), "string") &&
+                (!*example_to || (a->kind == AGENT_BUILTIN && !example_builtin))) {
                 *example_to = a->name;
                 *example_key = p->string;
+                example_builtin = a->kind == AGENT_BUILTIN;
             }
         }
         size_t l = strlen(args);

@@ -735,7 +735,7 @@ int server_run(const struct server_config *cfg)
              strchr(cfg->host, ':') ? "[" : "",
              !strcmp(cfg->host, "0.0.0.0") ? "127.0.0.1" : !strcmp(cfg->host, "::") ? "::1" : cfg->host,
              strchr(cfg->host, ':') ? "]" : "", port);
-    struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .m = &srv->m,
+    struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .tok = tok, .m = &srv->m,
                                    .agents_path = cfg->agents, .local_url = local_url,
                                    .max_body_bytes = cfg->max_body_bytes, .flushing = &srv->flushing,
                                    .drained = on_tasks_drained, .drained_ud = srv };
@@ -754,8 +754,9 @@ int server_run(const struct server_config *cfg)
 done:
     if (srv->http)
         evhttp_free(srv->http); /* closes connections: close callbacks cancel their requests */
-    tasks_api_free(srv->tasks); /* after the connections, before the engine */
+    tasks_api_stop(srv->tasks); /* after the connections, before the engine */
     engine_free(srv->eng);
+    tasks_api_free(srv->tasks); /* the action grammar outlives the engine's references */
     if (srv->ev_grace)
         event_free(srv->ev_grace);
     if (srv->ev_sigint)

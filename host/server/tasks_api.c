@@ -19,15 +19,16 @@
 #include "grammar/grammar.h"
 #include "metrics.h"
 #include "openai.h"
+#include "orchestrator/httpc.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
 
 #define DEFAULT_AGENTS       "configs/agents.default.json"
 #define DECISION_MAX_TOKENS  160
-/* Text the assistant turn starts with (in the prompt, and fed to the action
- * parser): the small model then continues a JSON object instead of prose.
- * With a grammar-constrained decision (see GRAMMAR PLUG-IN below) this must
- * become "", the grammar then producing the whole document. */
+/* Text the assistant turn starts with when decisions are not constrained
+ * (in the prompt, and fed to the action parser): the small model then
+ * continues a JSON object instead of prose.  With the action grammar the
+ * grammar produces the whole document and nothing is forced. */
 #define DECISION_PREFIX      "{\""
 #define DECISION_SYSTEM      "You are the orchestrator. You never solve tasks yourself: you call agents " \
                              "and tools, then give the final answer. You reply with one JSON action only."
@@ -59,6 +60,9 @@ struct tasks_api {
     struct orch            *orch;
     char                    agents_path[1024];
     char                   *action_schema;   /* grammar_action_schema over the pool; NULL if none */
+    grammar_vocab          *vocab;           /* NULL without an action grammar */
+    grammar                *action_grammar;  /* compiled action_schema; NULL: unconstrained */
+    bool                    stopped;
     struct decision        *decisions;
     struct waiter          *waiters;
     bool                    draining;
@@ -484,25 +488,25 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     struct chat_message msgs[2] = { { CHAT_SYSTEM, DECISION_SYSTEM }, { CHAT_USER, prompt } };
     if (chat_template_apply(api->cfg.tmpl, msgs, 2, 1, &text))
         goto fail;
-    size_t n = strlen(text), np = strlen(DECISION_PREFIX);
+    const char *prefix = api->action_grammar ? "" : DECISION_PREFIX;
+    size_t n = strlen(text), np = strlen(prefix);
     char *full = realloc(text, n + np + 1);
     if (!full) {
         ps_error_set(PS_ENOMEM, "out of memory");
         goto fail;
     }
     text = full;
-    memcpy(text + n, DECISION_PREFIX, np + 1);
+    memcpy(text + n, prefix, np + 1);
     struct engine_request er = {
         .tenant = 0, .priority = 0, .prompt = text, .parse_special = true, .add_bos = true,
         .max_tokens = DECISION_MAX_TOKENS, .sampling = sampler_params_default(), /* greedy */
         .user = (void *)((uintptr_t)d | DECISION_TAG),
     };
-    /* GRAMMAR PLUG-IN: when struct engine_request gains its per-request JSON
-     * schema (the grammar work in host/engine), constrain every decision to
-     * a valid action whose args match the agents' input_schemas:
-     *     er.<schema field> = api->action_schema;   (NULL: no agents)
-     * and set DECISION_PREFIX to "".  api->action_schema is
-     * grammar_action_schema() over the pool, built in tasks_api_create. */
+    /* Every token masked to the action grammar: the decision is a valid
+     * action whose calls name known agents with schema-valid args.  The
+     * engine retains the grammar for the request's life. */
+    if (api->action_grammar)
+        er.constraint = grammar_constraint(api->action_grammar);
     if (engine_submit(api->cfg.eng, &er, &d->eng_id))
         goto fail;
     free(text);
@@ -514,7 +518,8 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     if (api->decisions)
         api->decisions->prev = d;
     api->decisions = d;
-    orch_task_decision_text(t, DECISION_PREFIX, np);
+    if (np)
+        orch_task_decision_text(t, prefix, np);
     return d;
 fail:
     free(text);
@@ -600,6 +605,23 @@ static void default_agents(char *out, size_t n)
         memcpy(out, cand, (size_t)len2 + 1);
 }
 
+/* The grammar unrolls string length bounds; long ones (a calculator's
+ * maxLength 4096) would exceed its compile limits.  Drop bounds above
+ * GRAMMAR_MAX_LENGTH from the copy the grammar sees: the executor still
+ * checks args against the agent's real input_schema. */
+#define GRAMMAR_MAX_LENGTH 256
+static void loosen_lengths(cJSON *node)
+{
+    for (cJSON *c = node ? node->child : NULL, *nx; c; c = nx) {
+        nx = c->next;
+        if (c->string && !strcmp(c->string, "maxLength") && cJSON_IsNumber(c) &&
+            c->valuedouble > GRAMMAR_MAX_LENGTH)
+            cJSON_Delete(cJSON_DetachItemViaPointer(node, c));
+        else
+            loosen_lengths(c);
+    }
+}
+
 int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
 {
     int rc;
@@ -620,16 +642,27 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
         goto fail;
     if (registry_count(api->reg)) {
         cJSON *cat = registry_catalogue(api->reg);
+        loosen_lengths(cat);
         char *cats = cat ? cJSON_PrintUnformatted(cat) : NULL;
         cJSON_Delete(cat);
         if (!cats) {
             rc = ps_error_set(PS_ENOMEM, "out of memory");
             goto fail;
         }
-        if (grammar_action_schema(cats, strlen(cats), &api->action_schema)) {
-            fprintf(stderr, "paraserve: %s: no action grammar for this pool (%s)\n", api->agents_path,
-                    ps_error_last());
-            api->action_schema = NULL;
+        int64_t t0 = orch_now_ns();
+        if (grammar_action_schema(cats, strlen(cats), &api->action_schema) ||
+            (!cfg->tok ? ps_error_set(PS_EINVAL, "no tokenizer") : grammar_vocab_create(cfg->tok, &api->vocab)) ||
+            grammar_compile(api->vocab, api->action_schema, strlen(api->action_schema), NULL,
+                            &api->action_grammar)) {
+            fprintf(stderr, "paraserve: %s: no action grammar for this pool, decisions are unconstrained (%s)\n",
+                    api->agents_path, ps_error_last());
+            grammar_free(api->action_grammar);
+            api->action_grammar = NULL;
+            grammar_vocab_free(api->vocab);
+            api->vocab = NULL;
+        } else {
+            fprintf(stderr, "paraserve: action grammar for %d agent(s) compiled in %.0f ms\n",
+                    registry_count(api->reg), (double)(orch_now_ns() - t0) / 1e6);
         }
         free(cats);
     }
@@ -647,19 +680,31 @@ fail:
     return rc;
 }
 
-void tasks_api_free(struct tasks_api *api)
+void tasks_api_stop(struct tasks_api *api)
 {
-    if (!api)
+    if (!api || api->stopped)
         return;
+    api->stopped = true;
     while (api->waiters) {        /* normally none: evhttp_free closed them */
         struct waiter *w = api->waiters;
         w->req = NULL;
         waiter_free(w);
     }
     orch_destroy(api->orch);      /* cancels running decisions in the engine */
+    api->orch = NULL;
     while (api->decisions)
         decision_free(api->decisions);
     registry_free(api->reg);
+    api->reg = NULL;
+}
+
+void tasks_api_free(struct tasks_api *api)
+{
+    if (!api)
+        return;
+    tasks_api_stop(api);
+    grammar_free(api->action_grammar);   /* the vocab goes after its grammars */
+    grammar_vocab_free(api->vocab);
     free(api->action_schema);
     free(api);
 }

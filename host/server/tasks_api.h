@@ -23,7 +23,11 @@
  * executor shares that loop (libcurl multi on libevent).  Decisions go to
  * the engine thread as ordinary engine requests (tenant 0, greedy,
  * DECISION_MAX_TOKENS) whose `user` pointer carries a tag bit so that
- * server.c can route their events here (tasks_api_owns_event).
+ * server.c can route their events here (tasks_api_owns_event).  Each is
+ * constrained by the action grammar (grammar_action_schema over the pool:
+ * every decision parses, every call names a known agent with args valid
+ * under its input_schema); without one (empty pool, or a schema the
+ * grammar compiler does not support) decisions decode unconstrained.
  *
  * HTTP waiter life (one per POST / GET events request):
  *   created ──terminal event──► finish (deferred to the loop) ──► reply ends, freed
@@ -49,6 +53,8 @@ struct tasks_api_config {
     struct event_base   *base;        /* the server's loop (borrowed) */
     engine              *eng;         /* borrowed; must outlive the API */
     const chat_template *tmpl;        /* renders the decision prompt (borrowed) */
+    const tokenizer     *tok;         /* for the action grammar's vocabulary (borrowed,
+                                         only during tasks_api_create) */
     struct metrics      *m;           /* request and token counters (borrowed) */
     const char          *agents_path; /* NULL / "": configs/agents.default.json
                                          (cwd, else beside the binary's ../configs)
@@ -67,9 +73,15 @@ struct tasks_api_config {
 /* Load the agent pool and start the orchestrator on cfg->base.  PS_OK and
  * *out, or a status with a detail naming the file / field. */
 int  tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out);
-/* Cancels running tasks' decisions, frees tasks, executor and pool.  Call
- * after evhttp_free (which closes the waiters' connections) and before
- * engine_free.  NULL-safe. */
+/* Shutdown in two steps around engine_free:
+ *   evhttp_free(http);     closes the waiters' connections
+ *   tasks_api_stop(api);   cancels running decisions in the engine, frees
+ *                          tasks, executor and pool
+ *   engine_free(eng);      releases the engine's references to the grammar
+ *   tasks_api_free(api);   frees the action grammar, its vocabulary, the rest
+ * tasks_api_free also stops when tasks_api_stop was not called (then only
+ * before engine_free).  Both NULL-safe. */
+void tasks_api_stop(struct tasks_api *api);
 void tasks_api_free(struct tasks_api *api);
 
 /* The pool file actually loaded ("" when none) and its agent count. */

@@ -335,6 +335,7 @@ def test_model_driven_task_ends_within_its_deadline(srv):
     wall = time.time() - t0
     assert wall < 23, wall
     assert ev[0]["event"] == "task.created" and ev[0]["data"]["mode"] == "model"
+    assert "action grammar for 3 agent(s) compiled" in srv.output()   # decisions are constrained
     term = ev[-1]
     assert term["event"] in ("task.final", "task.error"), term
     assert [e for e in ev if e["event"] in ("task.final", "task.error")] == [term]
