@@ -413,12 +413,17 @@ static void test_paged_and_chunked(const struct model *m)
     CHECK_MSG(memcmp(c, a + (size_t)32 * nv, (size_t)(NTOK - 32) * nv * sizeof(float)) == 0,
               "logits after copy_block differ");
 
-    /* thread-count invariance */
-    backend *be1 = make_backend(m, 1, 8, 16);
-    if (be1) {
-        run_all(be1, toks, NTOK, 0, bt_scr, 3, LOGITS_ALL, c);
-        CHECK_MSG(memcmp(a, c, sz) == 0, "1 vs 2 threads changed logits");
-        backend_free(be1);
+    /* thread-count invariance; the thread count also changes how the work
+     * is split (matmul row chunks; attention items of one head or a whole
+     * GQA group: grouped with 1 thread, one head each with 8) */
+    static const int thread_counts[] = { 1, 3, 8 };
+    for (size_t i = 0; i < sizeof thread_counts / sizeof thread_counts[0]; i++) {
+        backend *bt = make_backend(m, thread_counts[i], 8, 16);
+        if (!bt)
+            continue;
+        run_all(bt, toks, NTOK, 0, bt_scr, 3, LOGITS_ALL, c);
+        CHECK_MSG(memcmp(a, c, sz) == 0, "%d vs 2 threads changed logits", thread_counts[i]);
+        backend_free(bt);
     }
 done:
     backend_free(be16);
