@@ -39,6 +39,7 @@ struct server {
     const struct model  *model;
     const tokenizer     *tok;
     const chat_template *tmpl;
+    grammar_vocab       *gvocab;   /* token trie for constrained decoding */
     char                 model_name[128];
     char                 basename[128];
     const char          *model_names[4];
@@ -63,6 +64,7 @@ struct gen_ctx {
     char                   cid[48];
     time_t                 created;
     struct evbuffer       *text;  /* non-stream: accumulated output     */
+    struct openai_output  *out;   /* tool calls (NULL: plain content)   */
     double                 t0, t_last;
     int32_t                n_seen;
 };
@@ -146,8 +148,12 @@ static cJSON *chunk_json(const struct gen_ctx *g, const char *text, size_t len, 
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (role)
             cJSON_AddStringToObject(d, "role", "assistant");
-        if (text)
-            add_text(d, "content", text, len);
+        if (text && !openai_output_delta(g->out, text, len, d) && !role && !finish) {
+            cJSON_Delete(o); /* nothing to show yet (a tool call's name) */
+            return NULL;
+        }
+        if (finish)
+            finish = openai_output_finish(g->out, finish, d);
     } else {
         add_text(c, "text", text ? text : "", text ? len : 0);
         cJSON_AddNullToObject(c, "logprobs");
@@ -240,6 +246,7 @@ static void gen_ctx_free(struct gen_ctx *g)
     unwatch(g);
     if (g->text)
         evbuffer_free(g->text);
+    openai_output_free(g->out);
     free(g);
 }
 
@@ -372,7 +379,7 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
     if (g->chat) {
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
-        add_text(msg, "content", text, len);
+        finish = openai_output_message(g->out, text, len, finish, msg);
     } else {
         add_text(c, "text", text, len);
         cJSON_AddNullToObject(c, "logprobs");
@@ -445,7 +452,8 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     }
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
     struct gen_params p;
-    if (openai_parse(body, len, chat, srv->model_names, srv->tmpl, srv->model->hp.n_vocab, &p, &e)) {
+    struct openai_options oo = { .vocab = srv->gvocab };
+    if (openai_parse_ex(body, len, chat, srv->model_names, srv->tmpl, srv->model->hp.n_vocab, &oo, &p, &e)) {
         reply_error(srv, req, route, &e);
         return;
     }
@@ -463,6 +471,8 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     g->chat = chat;
     g->stream = p.stream;
     g->include_usage = p.include_usage;
+    g->out = p.output;
+    p.output = NULL;
     g->created = time(NULL);
     g->t0 = now_s();
     snprintf(g->cid, sizeof g->cid, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)++srv->next_cmpl);
@@ -470,7 +480,8 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         .tenant = 0, .priority = p.priority, .prompt = p.prompt, .parse_special = chat,
         .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
         .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
-        .n_stop = p.n_stop, .ignore_eos = p.ignore_eos, .user = g,
+        .n_stop = p.n_stop, .ignore_eos = p.ignore_eos,
+        .constraint = gen_params_constraint(&p), .user = g,
     };
     if (!er.prompt && !er.n_prompt_ids) {
         gen_ctx_free(g);
@@ -694,6 +705,8 @@ int server_run(const struct server_config *cfg)
                                 .n_ctx = n_ctx, .prefix_cache = cfg->prefix_cache };
     if ((rc = engine_create(&ec, be, tok, &srv->eng)))
         goto done;
+    if ((rc = grammar_vocab_create(tok, &srv->gvocab)))
+        goto done;
 
     srv->base = event_base_new();
     srv->http = srv->base ? evhttp_new(srv->base) : NULL;
@@ -767,6 +780,7 @@ done:
         event_free(srv->ev_engine);
     if (srv->base)
         event_base_free(srv->base);
+    grammar_vocab_free(srv->gvocab); /* last: engine matchers and requests held grammars */
     backend_free(be);
     chat_template_free(tmpl);
     tokenizer_free(tok);
