@@ -177,7 +177,8 @@ static void transcript_add(struct orch_task *t, const char *a, const char *b, co
     }
     for (int i = 0; i < 3; i++) {
         size_t l = parts[i] ? strlen(parts[i]) : 0;
-        memcpy(t->transcript + t->tr_len, parts[i], l);
+        if (l)
+            memcpy(t->transcript + t->tr_len, parts[i], l);
         t->tr_len += l;
     }
     t->transcript[t->tr_len] = 0;
