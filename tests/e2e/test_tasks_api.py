@@ -421,3 +421,18 @@ def test_sigterm_ends_open_task_streams_then_exits_0(start_server):  # noqa: F81
     assert got["events"][-1]["event"] == "task.error"
     assert got["events"][-1]["data"]["status"] == "cancelled"
     assert got["plain"]["status"] == "cancelled" and "shutting down" in got["plain"]["error"]
+
+
+def test_plain_request_client_leaves_task_runs_on(srv):
+    before = srv.metrics().get("paraserve_client_disconnects_total", 0)
+    body = json.dumps({"input": "leave", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 300}}]},
+        {"final": {"answer": "{{a.args.sleep_ms}}", "uses": ["a"]}}]}).encode()
+    sock = socket.create_connection(("127.0.0.1", srv.port))
+    sock.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(0.1)
+    sock.close()                                         # gone before the task ends
+    assert server_fixtures.wait_for(
+        lambda: srv.metrics().get("paraserve_client_disconnects_total", 0) >= before + 1, timeout=5)
+    assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
