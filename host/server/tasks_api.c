@@ -60,7 +60,8 @@ struct tasks_api {
     struct orch            *orch;
     char                    agents_path[1024];
     char                   *action_schema;   /* grammar_action_schema over the pool; NULL if none */
-    grammar_vocab          *vocab;           /* NULL without an action grammar */
+    grammar_vocab          *vocab;           /* the action grammar's vocabulary */
+    bool                    own_vocab;       /* built here (else the server's) */
     grammar                *action_grammar;  /* compiled action_schema; NULL: unconstrained */
     bool                    stopped;
     struct decision        *decisions;
@@ -622,6 +623,27 @@ static void loosen_lengths(cJSON *node)
     }
 }
 
+/* Action schema over the catalogue text `cats`, the vocabulary (the
+ * server's, else our own) and the compiled grammar.  On failure the caller
+ * releases what was made. */
+static int action_grammar_build(struct tasks_api *api, const struct tasks_api_config *cfg, const char *cats)
+{
+    int rc = grammar_action_schema(cats, strlen(cats), &api->action_schema);
+    if (rc)
+        return rc;
+    if (cfg->vocab) {
+        api->vocab = cfg->vocab;
+    } else {
+        if (!cfg->tok)
+            return ps_error_set(PS_EINVAL, "no tokenizer for the grammar vocabulary");
+        if ((rc = grammar_vocab_create(cfg->tok, &api->vocab)))
+            return rc;
+        api->own_vocab = true;
+    }
+    return grammar_compile(api->vocab, api->action_schema, strlen(api->action_schema), NULL,
+                           &api->action_grammar);
+}
+
 int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
 {
     int rc;
@@ -650,16 +672,15 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
             goto fail;
         }
         int64_t t0 = orch_now_ns();
-        if (grammar_action_schema(cats, strlen(cats), &api->action_schema) ||
-            (!cfg->tok ? ps_error_set(PS_EINVAL, "no tokenizer") : grammar_vocab_create(cfg->tok, &api->vocab)) ||
-            grammar_compile(api->vocab, api->action_schema, strlen(api->action_schema), NULL,
-                            &api->action_grammar)) {
+        if (action_grammar_build(api, cfg, cats)) {
             fprintf(stderr, "paraserve: %s: no action grammar for this pool, decisions are unconstrained (%s)\n",
                     api->agents_path, ps_error_last());
             grammar_free(api->action_grammar);
             api->action_grammar = NULL;
-            grammar_vocab_free(api->vocab);
+            if (api->own_vocab)
+                grammar_vocab_free(api->vocab);
             api->vocab = NULL;
+            api->own_vocab = false;
         } else {
             fprintf(stderr, "paraserve: action grammar for %d agent(s) compiled in %.0f ms\n",
                     registry_count(api->reg), (double)(orch_now_ns() - t0) / 1e6);
@@ -704,7 +725,8 @@ void tasks_api_free(struct tasks_api *api)
         return;
     tasks_api_stop(api);
     grammar_free(api->action_grammar);   /* the vocab goes after its grammars */
-    grammar_vocab_free(api->vocab);
+    if (api->own_vocab)
+        grammar_vocab_free(api->vocab);
     free(api->action_schema);
     free(api);
 }

@@ -42,6 +42,7 @@
 #include <stdint.h>
 
 #include "../engine/engine.h"
+#include "../grammar/grammar.h"
 #include "../model/chat.h"
 
 struct event_base;
@@ -53,8 +54,10 @@ struct tasks_api_config {
     struct event_base   *base;        /* the server's loop (borrowed) */
     engine              *eng;         /* borrowed; must outlive the API */
     const chat_template *tmpl;        /* renders the decision prompt (borrowed) */
-    const tokenizer     *tok;         /* for the action grammar's vocabulary (borrowed,
-                                         only during tasks_api_create) */
+    grammar_vocab       *vocab;       /* the server's grammar vocabulary (borrowed; must
+                                         outlive the API); NULL: built from tok */
+    const tokenizer     *tok;         /* for a vocabulary of our own when vocab is NULL
+                                         (borrowed, only during tasks_api_create) */
     struct metrics      *m;           /* request and token counters (borrowed) */
     const char          *agents_path; /* NULL / "": configs/agents.default.json
                                          (cwd, else beside the binary's ../configs)
