@@ -78,6 +78,14 @@ struct sched {
 
     struct sched_stats  st;
 
+    /* per-step scratch (sched_step) */
+    int32_t             budget;      /* tokens left in this step's batch  */
+    int32_t             admit_floor; /* admit only priorities above this:
+                                        raised by every preemption so a
+                                        victim is not re-admitted (and
+                                        recomputed) in the step that
+                                        preempted it                      */
+
     /* Mask helper thread (cfg.mask_thread): the engine thread posts a step
      * (posted++), runs backend_forward, then waits for finished == posted.
      * The helper touches only the planned sequences' matchers and masks,
@@ -311,16 +319,41 @@ static int seq_make_writable(sched *s, struct seq *q)
     return PS_OK;
 }
 
-/* The running sequence to preempt for `q`: the last in priority order that
- * is neither q nor already in this step's batch. */
+/* The running sequence to preempt so that q can go on: the last one in
+ * priority order (lowest priority, latest arrival) among those ordered after
+ * q, in this step's batch or not.  Never one ordered before q: an
+ * equal-priority earlier arrival or a higher priority is not preempted for
+ * q (q waits instead), so a preempted sequence is only ever displaced by
+ * sequences ahead of it, which finish (no preemption loops). */
 static struct seq *pick_victim(sched *s, const struct seq *q)
 {
-    for (int32_t i = s->n_running - 1; i >= 0; i--) {
-        struct seq *v = s->running[i];
-        if (v != q && !v->in_plan)
-            return v;
-    }
-    return NULL;
+    struct seq *v = s->n_running > 0 ? s->running[s->n_running - 1] : NULL;
+    return v && v != q && seq_cmp(v, q) > 0 ? v : NULL;
+}
+
+/* Take v out of this step's batch (its tokens go back to the budget). */
+static void plan_remove(sched *s, struct seq *v, int32_t *n_plan)
+{
+    for (int32_t i = 0; i < *n_plan; i++)
+        if (s->plan_of[i] == v) {
+            memmove(s->plan_of + i, s->plan_of + i + 1, (size_t)(*n_plan - i - 1) * sizeof *s->plan_of);
+            (*n_plan)--;
+            s->budget += v->take;
+            break;
+        }
+    v->in_plan = false;
+    v->take = 0;
+}
+
+/* Preempt v, first taking it out of this step's batch when it is in it.
+ * Sequences of v's priority or lower are not admitted again in this step. */
+static void preempt_victim(sched *s, struct seq *v, int32_t *n_plan)
+{
+    if (v->in_plan)
+        plan_remove(s, v, n_plan);
+    if (v->priority > s->admit_floor)
+        s->admit_floor = v->priority;
+    sched_preempt(s, v);
 }
 
 static void plan_add(sched *s, struct seq *q, int32_t take, int32_t *n_plan)
@@ -351,10 +384,14 @@ static int32_t schedule_running(sched *s, struct seq *q, int32_t budget, int32_t
         }
         struct seq *v = rc == PS_EFULL ? pick_victim(s, q) : NULL;
         if (v) {
-            sched_preempt(s, v);
+            preempt_victim(s, v, n_plan);
             continue;
         }
-        if (rc == PS_EFULL && *n_plan > 0) { /* others hold the blocks: wait for them */
+        if (rc == PS_EFULL && s->n_running > 1) { /* sequences ahead of q hold the blocks */
+            if (q->in_plan)
+                plan_remove(s, q, n_plan);
+            if (q->priority > s->admit_floor)
+                s->admit_floor = q->priority;
             sched_preempt(s, q);
             return 0;
         }
@@ -586,7 +623,9 @@ static void masks_wait(sched *s)
 
 int sched_step(sched *s, int32_t *n_scheduled)
 {
-    int32_t n_plan = 0, budget = s->cfg.max_batch_tokens;
+    int32_t n_plan = 0;
+    s->budget = s->cfg.max_batch_tokens;
+    s->admit_floor = INT32_MIN;
     *n_scheduled = 0;
     for (int32_t i = 0; i < s->n_running; i++)
         s->running[i]->in_plan = false;
@@ -597,21 +636,38 @@ int sched_step(sched *s, int32_t *n_scheduled)
     int32_t n_snap = s->n_running;
     memcpy(snap, s->running, (size_t)n_snap * sizeof *snap);
     for (int pass = 0; pass < 2; pass++)
-        for (int32_t i = 0; i < n_snap && budget > 0; i++) {
+        for (int32_t i = 0; i < n_snap && s->budget > 0; i++) {
             struct seq *q = snap[i];
             if (q->state != SEQ_RUNNING || q->in_plan)
                 continue;
             bool decode = q->n_tokens - q->n_computed == 1;
             if (decode != (pass == 0))
                 continue;
-            budget -= schedule_running(s, q, budget, &n_plan);
+            int32_t took = schedule_running(s, q, s->budget, &n_plan); /* may refund */
+            s->budget -= took;
         }
-    /* Pass 3: admissions in priority order. */
-    while (budget > 0 && s->n_waiting > 0 && s->n_running < s->cfg.max_seqs) {
-        int32_t took = sched_admit(s, s->waiting[0], budget, &n_plan);
-        if (!took)
+    /* Pass 3: admissions in priority order.  A waiting sequence that does
+     * not fit (no batch slot, no blocks, no budget left) preempts the
+     * lowest-priority, latest-arrived running sequence when that one's
+     * priority is strictly lower (it is taken out of this step's batch when
+     * it was in it); an equal priority never preempts.  Each round admits
+     * or preempts one running sequence, so the loop ends. */
+    while (s->n_waiting > 0) {
+        struct seq *w = s->waiting[0];
+        if (w->priority <= s->admit_floor)
             break;
-        budget -= took;
+        if (s->budget > 0 && s->n_running < s->cfg.max_seqs) {
+            int32_t took = sched_admit(s, w, s->budget, &n_plan);
+            if (took) {
+                s->budget -= took;
+                continue;
+            }
+        }
+        struct seq *v = s->n_running > 0 ? s->running[s->n_running - 1] : NULL;
+        if (!v || v->priority >= w->priority)
+            break;
+        preempt_victim(s, v, &n_plan);
+        s->st.priority_preemptions++;
     }
     if (!n_plan)
         return PS_OK;
@@ -776,7 +832,7 @@ int sched_submit(sched *s, const struct sched_request *req)
         return ps_error_set(PS_ENOMEM, "scheduler: out of memory");
     q->id = req->id;
     q->tenant = req->tenant;
-    q->priority = req->priority;
+    q->priority = req->priority > INT32_MIN ? req->priority : INT32_MIN + 1; /* above any admit floor */
     q->arrival = s->next_arrival++;
     q->user = req->user;
     q->n_prompt = req->n_prompt;

@@ -25,12 +25,23 @@
  *                  (prefix_cache_match: those blocks are shared, not
  *                  recomputed), allocates blocks for the first chunk, moves
  *                  the sequence to the running set.
- *   sched_preempt  (inside sched_step, when a running sequence needs a block
- *                  and none is free or evictable) releases every block of the
- *                  lowest-priority, latest-arrived running sequence not yet in
- *                  this step's batch.  Its prompt and generated tokens and its
+ *   sched_preempt  (inside sched_step) releases every block of a running
+ *                  sequence, taking it out of this step's batch if it was in:
+ *                  (a) KV pressure: a running sequence needs a block and none
+ *                  is free or evictable: the victim is the lowest-priority,
+ *                  latest-arrived running sequence ordered after it (else
+ *                  it preempts itself while sequences ahead hold blocks);
+ *                  (b) priority: the first waiting request cannot be admitted
+ *                  (no batch slot, blocks or budget) and the lowest-priority,
+ *                  latest-arrived running sequence has a strictly lower
+ *                  priority.  Its prompt and generated tokens and its
  *                  sampler are kept; it waits (ahead of later arrivals of its
- *                  priority) and is re-prefilled (recompute) when admitted.
+ *                  priority) and is re-prefilled (recompute) when admitted,
+ *                  never in the step that preempted it.  Equal priorities
+ *                  never preempt each other out of arrival order, so a
+ *                  preempted sequence is displaced only by sequences ahead
+ *                  of it, which finish: no preemption loops.  Strict
+ *                  priorities can starve lower ones under sustained load.
  *   sched_finish   EOG token, stop string, max_tokens, context full, cancel,
  *                  or backend error: releases blocks, emits SCHED_EV_DONE.
  *                  A constrained sequence (sched_request.constraint) also
@@ -183,7 +194,8 @@ struct sched_stats {
                                        prompt (recompute included)          */
     uint64_t prefix_hit_tokens;     /* tokens served by the prefix cache    */
     uint64_t generated_tokens;
-    uint64_t preemptions;
+    uint64_t preemptions;           /* all, priority_preemptions included */
+    uint64_t priority_preemptions;  /* for a waiting higher-priority request */
     uint64_t cow_copies;
     uint64_t masks;                 /* token masks filled (constrained steps) */
     uint64_t mask_ns;               /* time spent filling them              */

@@ -7,7 +7,7 @@
  *
  * Covered: one request, chunked prefill, batching invariance (many requests
  * at once == each alone), preemption under a tiny cache, prefix sharing
- * (hit tokens, prefill savings, tenant isolation), cancel, priorities, EOG,
+ * (hit tokens, prefill savings, tenant isolation), cancel, priorities and priority preemption, EOG,
  * stop strings across token boundaries, UTF-8 hold-back, max_tokens,
  * context limit, bad requests, backend failure. */
 #include <stdbool.h>
@@ -551,6 +551,98 @@ static void test_text_eog_stop(void)
     backend_free(&fb->base);
 }
 
+/* Priority preemption: a strictly higher-priority request that cannot be
+ * admitted (no batch slot, or no KV blocks) preempts the lowest-priority,
+ * latest-arrived running sequence at once; the victim resumes later
+ * (recompute) with exactly its solo output.  An equal priority never
+ * preempts. */
+static void test_priority_preemption(void)
+{
+    int32_t lo1[12], lo2[12], hi[9], want[64];
+    make_prompt(lo1, 12, 301);
+    make_prompt(lo2, 12, 302);
+    make_prompt(hi, 9, 303);
+    for (int kv_case = 0; kv_case < 2; kv_case++) {
+        /* slots: 2 sequences, plenty of blocks; kv: 8 slots, 12 blocks of 4
+         * (48 tokens) for two 12 + 30 token sequences */
+        struct fake_backend *fb = fake_create(kv_case ? 12 : 64, 4, 64);
+        sched *s = make_sched(fb, kv_case ? 8 : 2, 64, 256, true);
+        reset_results();
+        struct sched_request r = req_of(1, lo1, 12, 30);
+        CHECK(sched_submit(s, &r) == PS_OK);
+        r = req_of(2, lo2, 12, 30);
+        CHECK(sched_submit(s, &r) == PS_OK);
+        int32_t n;
+        for (int i = 0; i < (kv_case ? 6 : 4); i++)
+            CHECK(sched_step(s, &n) == PS_OK);
+        CHECK(g_res[1].n_tokens > 0 && g_res[2].n_tokens > 0);
+        /* an equal-priority arrival waits: nobody is preempted for it */
+        r = req_of(3, hi, 9, 4);
+        CHECK(sched_submit(s, &r) == PS_OK);
+        CHECK(sched_step(s, &n) == PS_OK);
+        struct sched_stats st;
+        sched_get_stats(s, &st);
+        CHECK_MSG(st.preemptions == 0 && st.n_waiting == 1,
+                  "case %d: preemptions %llu waiting %d", kv_case, (unsigned long long)st.preemptions,
+                  (int)st.n_waiting);
+        CHECK(sched_cancel(s, 3) == PS_OK);
+        /* a higher one runs in the very next step, preempting request 2 */
+        int32_t before1 = g_res[1].n_tokens;
+        r = req_of(4, hi, 9, 6);
+        r.priority = 5;
+        CHECK(sched_submit(s, &r) == PS_OK);
+        CHECK(sched_step(s, &n) == PS_OK);
+        sched_get_stats(s, &st);
+        CHECK_MSG(st.priority_preemptions >= 1, "case %d: no priority preemption", kv_case);
+        CHECK(g_res[4].n_tokens == 1); /* prefilled and sampled in that step */
+        CHECK(g_res[1].n_tokens == before1 + 1); /* ahead of the victim: kept decoding */
+        CHECK(run_to_end(s, 2000) > 0);
+        CHECK(g_res[4].done && g_res[4].done_order == 1); /* 3 (cancelled) was first */
+        CHECK(g_res[2].n_preempted >= 1);
+        int32_t nw = reference(lo1, 12, 30, want);
+        CHECK(g_res[1].done && g_res[1].n_tokens == nw && !memcmp(g_res[1].tokens, want, (size_t)nw * 4));
+        nw = reference(lo2, 12, 30, want);
+        CHECK(g_res[2].done && g_res[2].finish == FINISH_LENGTH);
+        CHECK_MSG(g_res[2].n_tokens == nw && !memcmp(g_res[2].tokens, want, (size_t)nw * 4),
+                  "case %d: preempted request's output differs", kv_case);
+        nw = reference(hi, 9, 6, want);
+        CHECK(g_res[4].n_tokens == nw && !memcmp(g_res[4].tokens, want, (size_t)nw * 4));
+        check_no_leak(s);
+        sched_free(s);
+        backend_free(&fb->base);
+    }
+
+    /* No loops: many priorities over a tiny cache and few slots; every
+     * request completes with its solo output in a bounded number of steps,
+     * higher priorities (mostly) finishing first. */
+    struct fake_backend *fb = fake_create(14, 4, 64);
+    sched *s = make_sched(fb, 3, 16, 256, true);
+    reset_results();
+    enum { N = 12 };
+    static int32_t ps[N][16];
+    for (int i = 0; i < N; i++) {
+        make_prompt(ps[i], 5 + i % 7, (uint32_t)(400 + i));
+        struct sched_request r = req_of((uint64_t)(i + 1), ps[i], 5 + i % 7, 10 + i % 5);
+        r.priority = i % 4;
+        CHECK(sched_submit(s, &r) == PS_OK);
+        int32_t n;
+        CHECK(sched_step(s, &n) == PS_OK); /* arrivals spread over running steps */
+    }
+    CHECK(run_to_end(s, 5000) > 0);
+    for (int i = 0; i < N; i++) {
+        int32_t want2[64];
+        int32_t nw = reference(ps[i], 5 + i % 7, 10 + i % 5, want2);
+        CHECK_MSG(g_res[i + 1].done && g_res[i + 1].n_tokens == nw &&
+                  !memcmp(g_res[i + 1].tokens, want2, (size_t)nw * 4), "request %d", i);
+    }
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    CHECK(st.priority_preemptions > 0);
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
 static void test_config_errors(void)
 {
     struct fake_backend *fb = fake_create(8, 4, 16);
@@ -578,6 +670,7 @@ int main(void)
     test_batch_invariance_and_preemption(16, 5, true);    /* both           */
     test_prefix_sharing();
     test_cancel_priority_errors();
+    test_priority_preemption();
     test_text_eog_stop();
     test_config_errors();
     TEST_DONE();
