@@ -188,7 +188,10 @@ static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
  * rows of a group is the work that does not depend on them: loading and
  * unpacking the weight block, converting its f16 scales, |w| for the sign
  * trick; the activation scales of a group are converted to f32 once per call
- * instead of once per weight row. */
+ * instead of once per weight row.  With a single activation row (decode)
+ * there is nothing to share across tokens; the weight rows then go in pairs
+ * (*_row2) so that one f16 conversion and one multiply give the scale
+ * products of both rows. */
 
 #define MDOT_TOK  4    /* activation rows per group                     */
 /* Prefetch distance (bytes ahead in each of the two weight rows) of the
@@ -224,7 +227,7 @@ static inline uint32_t ld_u16(const uint8_t *p)
     return v;
 }
 
-/* the 32 bits at p as two f16 -> (lo, hi) repeated in the 8 lanes */
+/* v as two f16 -> (lo, hi) repeated in the 8 lanes */
 AVX2_INLINE __m256 ld_h2x4(uint32_t v)
 {
     return _mm256_cvtph_ps(_mm_set1_epi32((int)v));
