@@ -410,8 +410,10 @@ static int32_t blocks_available(const sched *s)
 }
 
 /* WAITING/PREEMPTED -> RUNNING with the first chunk scheduled.  Returns
- * tokens taken; 0 when it does not fit now (q stays waiting, untouched). */
-static int32_t sched_admit(sched *s, struct seq *q, int32_t budget, int32_t *n_plan)
+ * tokens taken; 0 when it does not fit now (q stays waiting, untouched).
+ * whole: no shorter chunk for lack of blocks (the caller would rather
+ * preempt lower priorities than prefill q piecemeal). */
+static int32_t sched_admit(sched *s, struct seq *q, int32_t budget, bool whole, int32_t *n_plan)
 {
     int32_t matched = 0;
     if (s->cfg.prefix_cache) {
@@ -428,7 +430,7 @@ static int32_t sched_admit(sched *s, struct seq *q, int32_t budget, int32_t *n_p
     int32_t avail = blocks_available(s) - s->n_running;
     if (need_blocks > avail) {
         int32_t fit = avail > 0 ? (matched + avail) * s->bs - n_comp : 0;
-        if (fit < 1) {
+        if (fit < 1 || whole) {
             for (int32_t i = 0; i < matched; i++)
                 kv_blocks_unref(s->kv, s->match_buf[i]);
             return 0;
@@ -650,21 +652,24 @@ int sched_step(sched *s, int32_t *n_scheduled)
      * not fit (no batch slot, no blocks, no budget left) preempts the
      * lowest-priority, latest-arrived running sequence when that one's
      * priority is strictly lower (it is taken out of this step's batch when
-     * it was in it); an equal priority never preempts.  Each round admits
+     * it was in it); an equal priority never preempts.  While it outranks a
+     * running sequence it is admitted with its whole first chunk or not at
+     * all (no piecemeal prefill beside lower priorities).  Each round admits
      * or preempts one running sequence, so the loop ends. */
     while (s->n_waiting > 0) {
         struct seq *w = s->waiting[0];
         if (w->priority <= s->admit_floor)
             break;
+        struct seq *v = s->n_running > 0 ? s->running[s->n_running - 1] : NULL;
+        bool outranks = v && v->priority < w->priority;
         if (s->budget > 0 && s->n_running < s->cfg.max_seqs) {
-            int32_t took = sched_admit(s, w, s->budget, &n_plan);
+            int32_t took = sched_admit(s, w, s->budget, outranks, &n_plan);
             if (took) {
                 s->budget -= took;
                 continue;
             }
         }
-        struct seq *v = s->n_running > 0 ? s->running[s->n_running - 1] : NULL;
-        if (!v || v->priority >= w->priority)
+        if (!outranks)
             break;
         preempt_victim(s, v, &n_plan);
         s->st.priority_preemptions++;

@@ -89,6 +89,8 @@ static int set_int(struct server_config *c, const struct opt_desc *o, int64_t v,
     return PS_OK;
 }
 
+static int load_api_keys(struct server_config *c, const cJSON *arr, const char *path);
+
 int server_config_load(struct server_config *c, const char *path)
 {
     int rc = PS_OK;
@@ -122,6 +124,11 @@ int server_config_load(struct server_config *c, const char *path)
         for (size_t i = 0; i < N_OPTS; i++)
             if (!strcmp(it->string, opts[i].key))
                 o = &opts[i];
+        if (!strcmp(it->string, "api_keys")) {
+            if ((rc = load_api_keys(c, it, path)))
+                goto done;
+            continue;
+        }
         if (!o) {
             size_t ul = strlen(unknown);
             snprintf(unknown + ul, sizeof unknown - ul, "%s'%s'", ul ? ", " : "", it->string);
@@ -165,6 +172,86 @@ done:
     return rc;
 }
 
+static bool tenant_name_ok(const char *t)
+{
+    if (!*t)
+        return false;
+    for (; *t; t++)
+        if (!((*t >= 'a' && *t <= 'z') || (*t >= 'A' && *t <= 'Z') || (*t >= '0' && *t <= '9') ||
+              *t == '_' || *t == '.' || *t == ':' || *t == '-'))
+            return false;
+    return true;
+}
+
+int server_config_add_key(struct server_config *c, const char *key, const char *tenant,
+                          int32_t priority, int32_t max_priority)
+{
+    if (!tenant)
+        tenant = "default";
+    if (!key[0] || strlen(key) >= sizeof c->api_keys[0].key)
+        return ps_error_set(PS_EINVAL, "an API key must have 1 to %zu bytes", sizeof c->api_keys[0].key - 1);
+    for (const char *k = key; *k; k++)
+        if ((unsigned char)*k <= 0x20 || (unsigned char)*k >= 0x7f)
+            return ps_error_set(PS_EINVAL, "an API key must be printable ASCII without spaces");
+    if (strlen(tenant) >= sizeof c->api_keys[0].tenant || !tenant_name_ok(tenant))
+        return ps_error_set(PS_EINVAL, "tenant '%.80s': 1 to %zu characters of [A-Za-z0-9_.:-]", tenant,
+                            sizeof c->api_keys[0].tenant - 1);
+    if (priority < -1000000 || priority > 1000000 || max_priority < -1000000 || max_priority > 1000000 ||
+        priority > max_priority)
+        return ps_error_set(PS_EINVAL, "tenant '%s': priority %d / max_priority %d must lie in "
+                            "[-1000000, 1000000] with priority <= max_priority", tenant, (int)priority,
+                            (int)max_priority);
+    for (int32_t i = 0; i < c->n_api_keys; i++)
+        if (!strcmp(c->api_keys[i].key, key))
+            return ps_error_set(PS_EINVAL, "tenant '%s': duplicate API key (also tenant '%s')", tenant,
+                                c->api_keys[i].tenant);
+    if (c->n_api_keys >= SERVER_MAX_API_KEYS)
+        return ps_error_set(PS_EINVAL, "at most %d API keys", SERVER_MAX_API_KEYS);
+    struct server_api_key *k = &c->api_keys[c->n_api_keys++];
+    snprintf(k->key, sizeof k->key, "%s", key);
+    snprintf(k->tenant, sizeof k->tenant, "%s", tenant);
+    k->priority = priority;
+    k->max_priority = max_priority;
+    return PS_OK;
+}
+
+/* "api_keys": [{"key": "...", "tenant": "...", "priority": 0, "max_priority": 10}, ...] */
+static int load_api_keys(struct server_config *c, const cJSON *arr, const char *path)
+{
+    if (!cJSON_IsArray(arr))
+        return ps_error_set(PS_EINVAL, "config %s: api_keys must be an array of objects", path);
+    int idx = 0;
+    for (const cJSON *o = arr->child; o; o = o->next, idx++) {
+        if (!cJSON_IsObject(o))
+            return ps_error_set(PS_EINVAL, "config %s: api_keys[%d] must be an object", path, idx);
+        const char *key = NULL, *tenant = NULL;
+        double prio = 0, maxp = 1000000;
+        for (const cJSON *f = o->child; f; f = f->next) {
+            bool is_int = cJSON_IsNumber(f) && f->valuedouble == floor(f->valuedouble);
+            if (!strcmp(f->string, "key") && cJSON_IsString(f))
+                key = f->valuestring;
+            else if (!strcmp(f->string, "tenant") && cJSON_IsString(f))
+                tenant = f->valuestring;
+            else if (!strcmp(f->string, "priority") && is_int)
+                prio = f->valuedouble;
+            else if (!strcmp(f->string, "max_priority") && is_int)
+                maxp = f->valuedouble;
+            else
+                return ps_error_set(PS_EINVAL, "config %s: api_keys[%d].%s: unknown member or wrong type "
+                                    "(key and tenant are strings, priority and max_priority integers)",
+                                    path, idx, f->string);
+        }
+        if (!key)
+            return ps_error_set(PS_EINVAL, "config %s: api_keys[%d] needs a \"key\"", path, idx);
+        if (fabs(prio) > 1e6 || fabs(maxp) > 1e6)
+            return ps_error_set(PS_EINVAL, "config %s: api_keys[%d]: priorities lie in [-1000000, 1000000]",
+                                path, idx);
+        if (server_config_add_key(c, key, tenant, (int32_t)prio, (int32_t)maxp))
+            return ps_error_set(PS_EINVAL, "config %s: api_keys[%d]: %s", path, idx, ps_error_last());
+    }
+    return PS_OK;
+}
+
 static void usage(FILE *out)
 {
     fprintf(out, "usage: paraserve serve -m MODEL [options]\n");
@@ -182,6 +269,9 @@ static void usage(FILE *out)
             snprintf(lhs, sizeof lhs, "    --%s%s", name, opts[i].type == OPT_BOOL ? " true|false" : " V");
         fprintf(out, "  %-28s %s\n", lhs, opts[i].help);
     }
+    fprintf(out, "  %-28s %s\n", "    --api-key KEY",
+            "require \"Authorization: Bearer KEY\" on /v1/* (repeatable; tenant \"default\"; also "
+            "$PARASERVE_API_KEY; per-tenant keys: \"api_keys\" in the config)");
     fprintf(out, "  %-28s %s\n", "    --config FILE", "JSON file with the same keys ('_' for '-'); options override it");
     fprintf(out, "Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models, /health, /metrics,\n"
                  "POST /v1/tasks, GET /v1/tasks/{id}, GET /v1/tasks/{id}/events (SSE), DELETE /v1/tasks/{id}.\n"
@@ -190,7 +280,7 @@ static void usage(FILE *out)
 
 int server_config_parse_args(struct server_config *c, int argc, char **argv)
 {
-    struct option longopts[N_OPTS + 3];
+    struct option longopts[N_OPTS + 4];
     char names[N_OPTS][64];
     char shorts[64] = ":h";
     size_t k = 0;
@@ -208,6 +298,7 @@ int server_config_parse_args(struct server_config *c, int argc, char **argv)
         }
     }
     longopts[k++] = (struct option){ "config", required_argument, 0, 1000 };
+    longopts[k++] = (struct option){ "api-key", required_argument, 0, 1001 };
     longopts[k++] = (struct option){ "help", no_argument, 0, 'h' };
     longopts[k] = (struct option){ 0, 0, 0, 0 };
 
@@ -231,6 +322,13 @@ int server_config_parse_args(struct server_config *c, int argc, char **argv)
         const struct opt_desc *o = NULL;
         if (ch == 1000 || ch == 'h')
             continue;
+        if (ch == 1001) {
+            if (server_config_add_key(c, optarg, NULL, 0, 1000000)) {
+                fprintf(stderr, "paraserve serve: --api-key: %s\n", ps_error_last());
+                return -1;
+            }
+            continue;
+        }
         if (ch == ':') {
             fprintf(stderr, "paraserve serve: option '%s' needs a value\n", argv[optind - 1]);
             return -1;
@@ -271,6 +369,11 @@ int server_config_parse_args(struct server_config *c, int argc, char **argv)
     }
     if (optind < argc) {
         fprintf(stderr, "paraserve serve: unexpected argument '%s'\n", argv[optind]);
+        return -1;
+    }
+    const char *env_key = getenv("PARASERVE_API_KEY");
+    if (env_key && *env_key && server_config_add_key(c, env_key, NULL, 0, 1000000)) {
+        fprintf(stderr, "paraserve serve: PARASERVE_API_KEY: %s\n", ps_error_last());
         return -1;
     }
     if (server_config_validate(c)) {

@@ -5,13 +5,29 @@
  * The file is one JSON object whose keys are the long option names with
  * '_' for '-' (e.g. {"port": 8080, "kv_blocks": 1024}); an unknown key or
  * a value of the wrong type is an error naming it.  configs/server.json is
- * an example.
+ * an example.  "api_keys" (an array of objects, see struct server_api_key)
+ * is the one non-scalar key; --api-key KEY (repeatable) and the
+ * PARASERVE_API_KEY environment variable add keys of tenant "default".
  */
 #ifndef PS_SERVER_CONFIG_H
 #define PS_SERVER_CONFIG_H
 
 #include <stdbool.h>
 #include <stdint.h>
+
+#define SERVER_MAX_API_KEYS 64
+
+/* One API key (config "api_keys": [{"key", "tenant", "priority",
+ * "max_priority"}], or --api-key KEY / $PARASERVE_API_KEY for tenant
+ * "default").  Requests authenticated by it run as `tenant` (prefix cache
+ * and per-tenant metrics are per tenant); a request without a "priority"
+ * gets `priority`, and no request gets more than `max_priority`. */
+struct server_api_key {
+    char    key[256];
+    char    tenant[64];         /* [A-Za-z0-9_.:-]+                             */
+    int32_t priority;           /* default 0                                    */
+    int32_t max_priority;       /* default 1000000 (the API's maximum)          */
+};
 
 struct server_config {
     char    model[1024];        /* GGUF path (required)                         */
@@ -30,6 +46,10 @@ struct server_config {
     bool    prefix_cache;       /* default true                                 */
     char    agents[1024];       /* agent pool for /v1/tasks; "" = configs/agents.default.json
                                    when that file exists, else no agents    */
+    /* Authentication: none configured = open server (everything tenant 0);
+     * else the /v1/ routes need "Authorization: Bearer KEY" (401 otherwise). */
+    struct server_api_key api_keys[SERVER_MAX_API_KEYS];
+    int32_t n_api_keys;
 };
 
 void server_config_defaults(struct server_config *c);
@@ -42,6 +62,11 @@ int  server_config_load(struct server_config *c, const char *path);
  * applies the other options.  Returns 0 ok, 1 when --help was printed,
  * -1 on a usage error (message already on stderr). */
 int  server_config_parse_args(struct server_config *c, int argc, char **argv);
+
+/* Append a key (tenant NULL: "default"); PS_EINVAL naming the problem
+ * (empty or too long key, bad tenant name, duplicate key, too many). */
+int  server_config_add_key(struct server_config *c, const char *key, const char *tenant,
+                           int32_t priority, int32_t max_priority);
 
 /* Check ranges and relations; PS_EINVAL with a detail. */
 int  server_config_validate(const struct server_config *c);

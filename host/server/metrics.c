@@ -36,6 +36,18 @@ void metrics_request(struct metrics *m, enum metrics_route r, int status)
     m->requests[r][status]++;
 }
 
+void metrics_tenant_done(struct metrics *m, uint32_t t, int32_t n_prompt, int32_t n_generated,
+                         int32_t n_cached)
+{
+    if (t >= (uint32_t)m->n_tenants)
+        return;
+    struct metrics_tenant *mt = &m->tenants[t];
+    mt->requests++;
+    mt->prompt_tokens += (uint64_t)n_prompt;
+    mt->generated_tokens += (uint64_t)n_generated;
+    mt->cached_prompt_tokens += (uint64_t)n_cached;
+}
+
 void histogram_observe(struct histogram *h, double v)
 {
     int i = 0;
@@ -136,8 +148,30 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
             "Tokens whose KV came from the prefix cache instead of being computed.", s->prefix_hit_tokens);
     counter(&b, "paraserve_engine_generated_tokens_total", "Tokens sampled by the engine.", s->generated_tokens);
     counter(&b, "paraserve_engine_steps_total", "Engine batches run.", s->steps);
-    counter(&b, "paraserve_preemptions_total", "Sequences preempted (KV blocks ran out; recomputed later).",
+    counter(&b, "paraserve_preemptions_total",
+            "Sequences preempted (KV blocks or batch slots ran out, or a higher priority waited; recomputed later).",
             s->preemptions);
+    counter(&b, "paraserve_priority_preemptions_total",
+            "Preemptions made for a waiting request of strictly higher priority.", s->priority_preemptions);
+    counter(&b, "paraserve_auth_failures_total", "Requests answered 401 (missing or wrong API key).",
+            m->auth_failures);
+    static const char *const tnames[4] = { "requests", "prompt_tokens", "generation_tokens",
+                                           "cached_prompt_tokens" };
+    static const char *const thelp[4] = {
+        "Generation requests answered, by tenant.", "Prompt tokens of finished requests, by tenant.",
+        "Tokens generated for finished requests, by tenant.",
+        "Prompt tokens served by the tenant's own prefix cache, by tenant." };
+    for (int k = 0; k < 4 && m->n_tenants > 0; k++) {
+        sb_printf(&b, "# HELP paraserve_tenant_%s_total %s\n# TYPE paraserve_tenant_%s_total counter\n",
+                  tnames[k], thelp[k], tnames[k]);
+        for (int32_t t = 0; t < m->n_tenants; t++) {
+            const struct metrics_tenant *mt = &m->tenants[t];
+            uint64_t v = k == 0 ? mt->requests : k == 1 ? mt->prompt_tokens : k == 2 ? mt->generated_tokens
+                                                                                : mt->cached_prompt_tokens;
+            sb_printf(&b, "paraserve_tenant_%s_total{tenant=\"%s\"} %llu\n", tnames[k], mt->name,
+                      (unsigned long long)v);
+        }
+    }
     gauge(&b, "paraserve_running_sequences", "Sequences in the running batch.", s->n_running);
     gauge(&b, "paraserve_waiting_sequences", "Sequences waiting (new or preempted).", s->n_waiting);
     gauge(&b, "paraserve_http_in_flight", "Generation requests not yet answered completely.", m->in_flight);

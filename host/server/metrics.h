@@ -27,6 +27,15 @@ struct histogram {
     uint64_t      count;
 };
 
+#define METRICS_MAX_TENANTS 65 /* tenant 0 (no API keys) + one per key */
+
+/* Per-tenant counters (tenant id = index; names set at startup). */
+struct metrics_tenant {
+    char     name[64];
+    uint64_t requests;            /* generation requests answered          */
+    uint64_t prompt_tokens, generated_tokens, cached_prompt_tokens;
+};
+
 struct metrics {
     /* requests_total{route, status}: status classes tracked individually */
     uint64_t requests[ROUTE_COUNT][600];
@@ -34,10 +43,16 @@ struct metrics {
     uint64_t client_disconnects;
     struct histogram ttft, itl, e2e;
     int32_t  in_flight;
+    uint64_t auth_failures;       /* 401 answers                            */
+    struct metrics_tenant tenants[METRICS_MAX_TENANTS];
+    int32_t  n_tenants;           /* rendered: tenants[0 .. n_tenants)      */
 };
 
 void metrics_init(struct metrics *m);
 void metrics_request(struct metrics *m, enum metrics_route r, int status);
+/* Count a finished generation request of tenant `t` (ignored when out of range). */
+void metrics_tenant_done(struct metrics *m, uint32_t t, int32_t n_prompt, int32_t n_generated,
+                         int32_t n_cached);
 void histogram_observe(struct histogram *h, double v);
 
 /* Render everything into a malloc'd NUL-terminated string (caller frees);

@@ -1020,7 +1020,7 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
         return BAD("top_p", "'top_p' must be in (0, 1], got 0");
     if ((rc = get_int(root, "top_k", 0, 1 << 24, &top_k, NULL, err)) ||
         (rc = get_int(root, "seed", -9.0e15, 9.0e15, &seed, &has_seed, err)) ||
-        (rc = get_int(root, "priority", -1000000, 1000000, &priority, NULL, err)) ||
+        (rc = get_int(root, "priority", -1000000, 1000000, &priority, &p->has_priority, err)) ||
         (rc = get_bool(root, "ignore_eos", &p->ignore_eos, err)))
         return rc;
     p->sp.top_k = (int32_t)top_k;

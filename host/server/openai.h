@@ -46,7 +46,11 @@ struct gen_params {
     struct sampler_params sp;
     char   **stop;            /* malloc'd [n_stop] strings                   */
     int32_t  n_stop;
-    int32_t  priority;        /* extension: larger runs first (default 0)    */
+    int32_t  priority;        /* extension "priority": integer in
+                                 [-1000000, 1000000], larger runs first and
+                                 may preempt lower running requests
+                                 (default 0, or the API key's tenant's)  */
+    bool     has_priority;    /* the body set "priority"                     */
     bool     ignore_eos;      /* extension                                   */
     /* Constrained output (response_format json_schema / json_object, tools
      * with tool_choice "required" or a named function): */

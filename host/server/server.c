@@ -48,6 +48,16 @@ struct server {
     bool                 draining, hard_stop;
     time_t               created;
     uint64_t             next_cmpl;
+    /* Authentication (cfg.api_keys): key i runs as tenant key_tenant[i]
+     * (1-based index into m.tenants; 0 = no key configured). */
+    uint32_t             key_tenant[SERVER_MAX_API_KEYS];
+};
+
+/* Who is calling: the engine tenant (prefix-cache isolation, per-tenant
+ * metrics) and the priority bounds of its key. */
+struct caller {
+    uint32_t tenant;
+    int32_t  priority, max_priority;
 };
 
 struct gen_ctx {
@@ -58,6 +68,7 @@ struct gen_ctx {
     bool                   conn_closed; /* libevent dropped the connection and
                                            detached req: ending req frees it */
     uint64_t               id;
+    uint32_t               tenant;
     enum metrics_route     route;
     bool                   chat, stream, include_usage;
     bool                   headers_sent;
@@ -87,7 +98,8 @@ static void reply_json(struct server *srv, struct evhttp_request *req, enum metr
         evbuffer_add(out, "\n", 1);
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    const char *reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : status == 404 ? "Not Found"
+    const char *reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : status == 401 ? "Unauthorized"
+                       : status == 404 ? "Not Found"
                        : status == 405 ? "Method Not Allowed" : status == 413 ? "Payload Too Large"
                        : status == 503 ? "Service Unavailable" : status == 500 ? "Internal Server Error" : NULL;
     evhttp_send_reply(req, status, reason, out);
@@ -290,6 +302,7 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
     srv->m.prompt_tokens += (uint64_t)ev->n_prompt;
     srv->m.generated_tokens += (uint64_t)ev->n_generated;
     srv->m.cached_prompt_tokens += (uint64_t)ev->n_cached;
+    metrics_tenant_done(&srv->m, g->tenant, ev->n_prompt, ev->n_generated, ev->n_cached);
     if (ev->status == 0 && ev->finish != FINISH_CANCELLED)
         histogram_observe(&srv->m.e2e, t - g->t0);
     if (g->conn_closed || g->gone) {
@@ -432,7 +445,8 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
 
 /* ---- routes ------------------------------------------------------------------------------ */
 
-static void handle_generate(struct server *srv, struct evhttp_request *req, bool chat)
+static void handle_generate(struct server *srv, struct evhttp_request *req, bool chat,
+                            const struct caller *who)
 {
     enum metrics_route route = chat ? ROUTE_CHAT : ROUTE_COMPLETIONS;
     struct api_error e;
@@ -467,6 +481,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     }
     g->srv = srv;
     g->req = req;
+    g->tenant = who->tenant;
     g->route = route;
     g->chat = chat;
     g->stream = p.stream;
@@ -476,8 +491,11 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     g->created = time(NULL);
     g->t0 = now_s();
     snprintf(g->cid, sizeof g->cid, "%s-%llu", chat ? "chatcmpl" : "cmpl", (unsigned long long)++srv->next_cmpl);
+    int32_t priority = p.has_priority ? p.priority : who->priority;
+    if (priority > who->max_priority)
+        priority = who->max_priority;
     struct engine_request er = {
-        .tenant = 0, .priority = p.priority, .prompt = p.prompt, .parse_special = chat,
+        .tenant = who->tenant, .priority = priority, .prompt = p.prompt, .parse_special = chat,
         .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
         .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
         .n_stop = p.n_stop, .ignore_eos = p.ignore_eos,
@@ -548,6 +566,57 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
     free(text);
 }
 
+/* Constant-time comparison of a presented key with a configured one. */
+static bool key_equal(const char *given, size_t glen, const char *key)
+{
+    size_t klen = strlen(key);
+    unsigned char diff = (unsigned char)(glen != klen);
+    for (size_t i = 0; i < klen; i++)
+        diff |= (unsigned char)(key[i] ^ (i < glen ? given[i] : 0));
+    return diff == 0;
+}
+
+/* Authenticate a request to a /v1/ route.  No keys configured: everyone is tenant 0
+ * with the API's priority range.  Else "Authorization: Bearer KEY" must
+ * name a configured key; false after answering 401 (OpenAI error body). */
+static bool authenticate(struct server *srv, struct evhttp_request *req, enum metrics_route route,
+                         struct caller *who)
+{
+    *who = (struct caller){ .tenant = 0, .priority = 0, .max_priority = 1000000 };
+    if (srv->cfg.n_api_keys == 0)
+        return true;
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(req), "Authorization");
+    struct api_error e;
+    if (h && !evutil_ascii_strncasecmp(h, "Bearer ", 7)) {
+        const char *k = h + 7;
+        while (*k == ' ')
+            k++;
+        size_t kl = strlen(k);
+        while (kl > 0 && k[kl - 1] == ' ')
+            kl--;
+        int found = -1;
+        for (int32_t i = 0; i < srv->cfg.n_api_keys; i++)
+            if (key_equal(k, kl, srv->cfg.api_keys[i].key) && found < 0)
+                found = i;
+        if (found >= 0) {
+            const struct server_api_key *ak = &srv->cfg.api_keys[found];
+            *who = (struct caller){ .tenant = srv->key_tenant[found], .priority = ak->priority,
+                                    .max_priority = ak->max_priority };
+            return true;
+        }
+        api_error_set(&e, 401, "invalid_request_error", "invalid_api_key", NULL,
+                      "Incorrect API key provided. Send a configured key as \"Authorization: Bearer KEY\".");
+    } else {
+        api_error_set(&e, 401, "invalid_request_error", "missing_api_key", NULL,
+                      "You didn't provide an API key. This server requires \"Authorization: Bearer KEY\" "
+                      "on /v1/ routes.");
+    }
+    srv->m.auth_failures++;
+    evhttp_add_header(evhttp_request_get_output_headers(req), "WWW-Authenticate", "Bearer");
+    reply_error(srv, req, route, &e);
+    return false;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct server *srv = arg;
@@ -557,6 +626,12 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct api_error e;
     if (!path || !*path)
         path = "/";
+    struct caller who;
+    if ((!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) &&
+        !authenticate(srv, req, tasks_api_route(path) ? ROUTE_OTHER : !strcmp(path, "/v1/chat/completions")
+                                ? ROUTE_CHAT : !strcmp(path, "/v1/completions") ? ROUTE_COMPLETIONS
+                                : !strcmp(path, "/v1/models") ? ROUTE_MODELS : ROUTE_OTHER, &who))
+        return;
     if (tasks_api_route(path)) {
         tasks_api_handle(srv->tasks, req, path);
         return;
@@ -581,8 +656,8 @@ static void on_request(struct evhttp_request *req, void *arg)
             return;
         }
         switch (routes[i].route) {
-        case ROUTE_CHAT: handle_generate(srv, req, true); return;
-        case ROUTE_COMPLETIONS: handle_generate(srv, req, false); return;
+        case ROUTE_CHAT: handle_generate(srv, req, true, &who); return;
+        case ROUTE_COMPLETIONS: handle_generate(srv, req, false, &who); return;
         case ROUTE_MODELS: handle_models(srv, req); return;
         case ROUTE_HEALTH:
             if (srv->draining)
@@ -680,6 +755,20 @@ int server_run(const struct server_config *cfg)
         return ps_error_set(PS_ENOMEM, "out of memory");
     srv->cfg = *cfg;
     metrics_init(&srv->m);
+    /* tenant 0: requests without a key (open server); then one id per
+     * distinct tenant name of the configured keys */
+    snprintf(srv->m.tenants[0].name, sizeof srv->m.tenants[0].name, "%s", cfg->n_api_keys ? "none" : "anonymous");
+    srv->m.n_tenants = 1;
+    for (int32_t i = 0; i < cfg->n_api_keys && i < SERVER_MAX_API_KEYS; i++) {
+        int32_t t = 1;
+        while (t < srv->m.n_tenants && strcmp(srv->m.tenants[t].name, cfg->api_keys[i].tenant))
+            t++;
+        if (t == srv->m.n_tenants && t < METRICS_MAX_TENANTS) {
+            snprintf(srv->m.tenants[t].name, sizeof srv->m.tenants[t].name, "%s", cfg->api_keys[i].tenant);
+            srv->m.n_tenants++;
+        }
+        srv->key_tenant[i] = (uint32_t)t;
+    }
     srv->created = time(NULL);
 
     if ((rc = model_load(cfg->model, &m)) || (rc = tokenizer_from_gguf(m->gguf, &tok)) ||
@@ -757,6 +846,9 @@ int server_run(const struct server_config *cfg)
         goto done;
     fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s\n", tasks_api_n_agents(srv->tasks),
             tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)");
+    if (cfg->n_api_keys)
+        fprintf(stderr, "paraserve: /v1/* requires an API key: %d key(s), %d tenant(s)\n", (int)cfg->n_api_keys,
+                (int)srv->m.n_tenants - 1);
     fprintf(stderr,
             "paraserve: serving '%s' on http://%s:%d (backend %s, threads %d, max_batch %d, "
             "kv_blocks %d x %d, ctx %d, prefix_cache %s)\n",
