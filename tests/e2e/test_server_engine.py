@@ -192,3 +192,50 @@ def test_config_file_and_errors(paraserve_bin, model_path, tmp_path):
         assert models["data"][0]["id"] == "from-config"
     finally:
         assert srv.stop() == 0
+
+
+def test_priority_preempts_lower_and_both_complete(server, start_server):
+    # 12 blocks x 16 = 192 token slots: the low stream (~160 tokens at the
+    # end) and the high request (~140) cannot both hold their blocks, so the
+    # high one preempts the low one (recompute) and is served first; the low
+    # one resumes and still returns exactly its solo greedy output.
+    import threading
+    srv = start_server("--kv-blocks", 12, "--max-batch", 4, "--ctx", 192)
+    low_prompt = "Tell me a long story about a dragon and a knight:"
+    high_prompt = "Summarize these notes. " + " ".join(f"Note {i}: the box {i} is blue." for i in range(14))
+    solo_low = complete(server.url, low_prompt, 150, ignore_eos=True)["choices"][0]["text"]
+    solo_high = complete(server.url, high_prompt, 16, ignore_eos=True)
+    assert solo_high["usage"]["prompt_tokens"] > 112  # more blocks than are left beside the low stream
+    m0 = srv.metrics()
+    state = {"n": 0, "text": [], "done_at": None, "finish": None}
+
+    def run_low():
+        body = {"model": "default", "prompt": low_prompt, "max_tokens": 150, "temperature": 0,
+                "stream": True, "ignore_eos": True, "priority": 0}
+        with httpx.Client(timeout=300) as h, h.stream("POST", srv.url + "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            for line in r.iter_lines():
+                if not line.startswith("data: ") or line == "data: [DONE]":
+                    continue
+                c = json.loads(line[6:])["choices"][0]
+                state["text"].append(c["text"])
+                state["n"] += 1
+                if c["finish_reason"]:
+                    state["finish"] = c["finish_reason"]
+        state["done_at"] = time.time()
+
+    t = threading.Thread(target=run_low)
+    t.start()
+    assert wait_for(lambda: state["n"] >= 80, timeout=120), state["n"]
+    high = complete(srv.url, high_prompt, 16, ignore_eos=True, priority=10)
+    high_done = time.time()
+    low_n_at_high_done = state["n"]
+    t.join(timeout=300)
+    assert state["done_at"] is not None
+    assert high["choices"][0]["text"] == solo_high["choices"][0]["text"]
+    assert state["done_at"] > high_done and low_n_at_high_done < 150  # high served first
+    assert "".join(state["text"]) == solo_low, "the preempted low-priority stream differs from its solo output"
+    assert state["finish"] == "length"
+    m1 = srv.metrics()
+    assert m1["paraserve_priority_preemptions_total"] >= m0["paraserve_priority_preemptions_total"] + 1
+    assert wait_for(lambda: _blocks(srv.metrics()) == (0, 0, 0), timeout=30)
