@@ -19,6 +19,10 @@ struct ev_rec {
 
 #define TASK_FALLBACK_BYTES 320   /* terminal event text when printing fails */
 #define TRANSCRIPT_RESULT_MAX 600 /* bytes of one result shown to the model */
+/* Model-driven tasks keep time before their deadline for a final decision:
+ * initially min(deadline / 4, TASK_RESERVE_INIT_MS), then see reserve_update. */
+#define TASK_RESERVE_INIT_MS  3000
+#define TASK_RESERVE_SLACK_MS 250
 
 struct orch_sub {
     struct orch_task *t;
@@ -55,6 +59,12 @@ struct orch_task {
     void                 *decider_handle;
     struct action_parser *parser;
     cJSON                *final_pending;
+    cJSON                *made;        /* this decision's calls as dispatched (ids filled in) */
+    int                   final_only;  /* the decision being made must be a final */
+    int                   finalize;    /* deadline near: decide a final now */
+    struct event         *finalize_ev; /* fires at deadline - reserve (model-driven) */
+    int64_t               reserve_ms;  /* time kept for the last decision(s) */
+    int64_t               t_decide;    /* start of the decision being made */
     int64_t               t_start;
     struct orch_task     *prev, *next;
 };
@@ -360,6 +370,8 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
         t->error = strdup(error);
     if (t->deadline)
         event_del(t->deadline);
+    if (t->finalize_ev)
+        event_del(t->finalize_ev);
     emit(t, st == TASK_COMPLETED ? "task.final" : "task.error", orch_task_summary(t), 1);
     exec_group_destroy(t->g);
     t->g = NULL;
@@ -403,11 +415,64 @@ static void on_feedback(void *ud, const struct exec_feedback *fb)
         event_active(t->kick, 0, 0);
 }
 
-static void on_call_closed(void *ud, const cJSON *call)
+/* A fresh id for a call that came without one: "c<k>", k the call's
+ * 1-based position among the task's calls, or the next number not taken
+ * (a script may use c-ids itself).  Unique within the task by construction. */
+static void fresh_id(struct orch_task *t, char *buf, size_t n)
+{
+    int k = cJSON_GetArraySize(t->ledger) + 1;
+    for (;; k++) {
+        snprintf(buf, n, "c%d", k);
+        if (!ledger_find(t, buf))
+            return;
+    }
+}
+
+/* A copy of `call` with "id" first (caller frees); NULL when out of memory. */
+static cJSON *call_with_id(const cJSON *call, const char *id)
+{
+    cJSON *c = cJSON_CreateObject();
+    if (!c || !cJSON_AddStringToObject(c, "id", id))
+        goto fail;
+    for (const cJSON *k = call->child; k; k = k->next) {
+        if (!strcmp(k->string, "id"))
+            continue;
+        cJSON *v = cJSON_Duplicate(k, 1);
+        if (!v)
+            goto fail;
+        cJSON_AddItemToObject(c, k->string, v);
+    }
+    return c;
+fail:
+    cJSON_Delete(c);
+    return NULL;
+}
+
+static void reserve_update(struct orch_task *t, int64_t ms);
+
+static void on_call_closed(void *ud, const cJSON *call_in)
 {
     struct orch_task *t = ud;
     if (t->status != TASK_RUNNING)
         return;
+    cJSON *own = NULL;
+    const cJSON *call = call_in;
+    if (cJSON_IsObject(call_in) && !cJSON_GetObjectItemCaseSensitive(call_in, "id")) {
+        char idb[32];
+        fresh_id(t, idb, sizeof idb);
+        if (!(own = call_with_id(call_in, idb))) {
+            log_fail(t, PS_ENOMEM);
+            return;
+        }
+        call = own;
+    }
+    if (t->made) {
+        cJSON *copy = cJSON_Duplicate(call, 1);
+        if (copy)
+            cJSON_AddItemToArray(t->made, copy);
+        else
+            log_fail(t, PS_ENOMEM);
+    }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
     const cJSON *to = cJSON_GetObjectItemCaseSensitive(call, "to");
     cJSON *e = cJSON_CreateObject();
@@ -436,6 +501,7 @@ static void on_call_closed(void *ud, const cJSON *call)
         emit(t, "call.result", rec, 0);
         t->new_feedback++;
         event_active(t->kick, 0, 0);
+        cJSON_Delete(own);
         return;
     }
     t->n_calls++;
@@ -448,6 +514,47 @@ static void on_call_closed(void *ud, const cJSON *call)
      * failing then, and its end cancels the call, keeping the ledger whole. */
     emit(t, "call.dispatched", d, 0);
     exec_group_submit(t->g, call);
+    cJSON_Delete(own);
+}
+
+/* The decision's calls as dispatched (ids filled in) replace the parsed
+ * ones, so the decision event and the transcript show the ids. */
+static void action_fill_ids(struct orch_task *t, cJSON *action)
+{
+    cJSON *calls = cJSON_GetObjectItemCaseSensitive(action, "calls");
+    if (!cJSON_IsArray(calls) || !t->made || cJSON_GetArraySize(calls) != cJSON_GetArraySize(t->made))
+        return;
+    cJSON *nc = cJSON_Duplicate(t->made, 1);
+    if (nc)
+        cJSON_ReplaceItemInObjectCaseSensitive(action, "calls", nc);
+}
+
+int orch_task_final_only(const struct orch_task *t) { return t->final_only; }
+
+int orch_task_finished_ids(const struct orch_task *t, const char **ids, int max)
+{
+    int n = 0, total = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, t->ledger) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "status");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        if (cJSON_IsString(st) && cJSON_IsString(id))
+            total++;
+    }
+    int skip = total > max ? total - max : 0;
+    cJSON_ArrayForEach(e, t->ledger) {
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "status");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        if (!cJSON_IsString(st) || !cJSON_IsString(id))
+            continue;
+        if (skip > 0) {
+            skip--;
+            continue;
+        }
+        if (n < max)
+            ids[n++] = id->valuestring;
+    }
+    return n;
 }
 
 int orch_task_decision_text(struct orch_task *t, const char *text, size_t n)
@@ -484,6 +591,8 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         return;
     t->deciding = 0;
     t->decider_handle = NULL;
+    if (!t->script)
+        reserve_update(t, (orch_now_ns() - t->t_decide) / 1000000);
     if (status) {
         char why[512];
         snprintf(why, sizeof why, "decision failed: %s", error ? error : ps_status_str(status));
@@ -509,7 +618,26 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     }
     action_parser_free(t->parser);
     t->parser = NULL;
+    if (st && cJSON_GetArraySize(t->made) > 0) {
+        /* Decoding stopped (token budget) or went wrong after some calls had
+         * closed: those calls were dispatched, they are the decision. */
+        action = cJSON_CreateObject();
+        cJSON *calls = cJSON_Duplicate(t->made, 1);
+        if (!action || !calls) {
+            cJSON_Delete(action);
+            cJSON_Delete(calls);
+            cJSON_Delete(d);
+            task_finish(t, TASK_FAILED, "out of memory");
+            return;
+        }
+        cJSON_AddItemToObject(action, "calls", calls);
+        cJSON_DeleteItemFromObjectCaseSensitive(d, "text");
+        cJSON_AddStringToObject(d, "incomplete", ps_error_last());
+        st = PS_OK;
+    }
     if (st) {
+        cJSON_Delete(t->made);
+        t->made = NULL;
         cJSON_AddStringToObject(d, "error", ps_error_last());
         transcript_add(t, round, "(not a valid action: ", ps_error_last());
         transcript_add(t, ")\n", NULL, NULL);
@@ -518,6 +646,9 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         event_active(t->kick, 0, 0);
         return;
     }
+    action_fill_ids(t, action);
+    cJSON_Delete(t->made);
+    t->made = NULL;
     cJSON_AddItemToObject(d, "action", cJSON_Duplicate(action, 1));
     char *atext = cJSON_PrintUnformatted(action);
     if (atext)
@@ -556,7 +687,11 @@ static void decide(struct orch_task *t)
         return;
     }
     t->rounds++;
-    t->parser = action_parser_new(on_call_closed, t);
+    t->final_only = !t->script && (t->rounds >= t->max_rounds || t->n_calls >= t->max_calls || t->finalize);
+    t->t_decide = orch_now_ns();
+    cJSON_Delete(t->made);
+    t->made = cJSON_CreateArray();
+    t->parser = t->made ? action_parser_new(on_call_closed, t) : NULL;
     if (!t->parser) {
         task_finish(t, TASK_FAILED, "out of memory");
         return;
@@ -573,13 +708,8 @@ static void decide(struct orch_task *t)
         orch_task_decision_end(t, st, NULL);
         return;
     }
-    if (t->n_calls > 0) {
-        /* Small models reuse "c1"; a fresh id in the (append-only)
-         * transcript right before the decision helps them. */
-        char hint[48];
-        snprintf(hint, sizeof hint, "Next call id: c%d\n", cJSON_GetArraySize(t->ledger) + 1);
-        transcript_add(t, hint, NULL, NULL);
-    }
+    if (t->final_only)
+        transcript_add(t, "Last decision: give the final answer now.\n", NULL, NULL);
     char *prompt = orch_task_prompt(t);
     int have_prompt = prompt != NULL;
     t->decider_handle = prompt ? o->decider.start(o->decider.ctx, t, prompt) : NULL;
@@ -617,10 +747,63 @@ static void on_kick(evutil_socket_t fd, short what, void *ud)
         task_finish(t, TASK_COMPLETED, NULL);
         return;
     }
-    if (t->rounds > 0 && t->new_feedback == 0 && exec_group_open(t->g) > 0)
-        return;
+    int open = exec_group_open(t->g);
+    if (!t->finalize && open > 0) {
+        if (t->rounds > 0 && t->new_feedback == 0)
+            return;
+        /* The last decision (a final) waits for every running call, so it
+         * can use them all, unless the deadline is near. */
+        if (!t->script && t->rounds > 0 && (t->rounds + 1 >= t->max_rounds || t->n_calls >= t->max_calls))
+            return;
+    }
     t->new_feedback = 0;
     decide(t);
+}
+
+static void on_finalize(evutil_socket_t fd, short what, void *ud)
+{
+    struct orch_task *t = ud;
+    if (t->status != TASK_RUNNING || t->finalize)
+        return;
+    t->finalize = 1;
+    if (t->deciding && !t->final_only && t->decider_handle) {
+        /* Stop the decision being decoded: the calls that closed stand as
+         * its action, and a final is decided at once. */
+        struct orch *o = t->o;
+        void *h = t->decider_handle;
+        t->decider_handle = NULL;
+        o->decider.cancel(o->decider.ctx, h);
+        orch_task_decision_end(t, PS_OK, NULL);
+    }
+    event_active(t->kick, 0, 0);
+}
+
+/* (Re)arm the finalize timer at deadline - reserve. */
+static void finalize_arm(struct orch_task *t)
+{
+    if (!t->finalize_ev || t->finalize || t->status != TASK_RUNNING)
+        return;
+    int64_t at_ms = (int64_t)t->deadline_ms - t->reserve_ms;
+    int64_t left = at_ms - (orch_now_ns() - t->t_start) / 1000000;
+    if (left <= 0) {
+        on_finalize(-1, 0, t);
+        return;
+    }
+    struct timeval tv = { (time_t)(left / 1000), (suseconds_t)((left % 1000) * 1000) };
+    evtimer_add(t->finalize_ev, &tv);
+}
+
+/* After a decision of `ms`: keep room for a final decision (1.5 times the
+ * slowest decision so far, plus slack), at most half the deadline. */
+static void reserve_update(struct orch_task *t, int64_t ms)
+{
+    int64_t want = ms + ms / 2 + TASK_RESERVE_SLACK_MS;
+    if (want > t->deadline_ms / 2)
+        want = t->deadline_ms / 2;
+    if (want > t->reserve_ms) {
+        t->reserve_ms = want;
+        finalize_arm(t);
+    }
 }
 
 static void on_deadline(evutil_socket_t fd, short what, void *ud)
@@ -682,6 +865,8 @@ static void task_free(struct orch_task *t)
     exec_group_destroy(t->g);
     if (t->kick) event_free(t->kick);
     if (t->deadline) event_free(t->deadline);
+    if (t->finalize_ev) event_free(t->finalize_ev);
+    cJSON_Delete(t->made);
     action_parser_free(t->parser);
     for (int i = 0; i < t->n_events; i++)
         free(t->events[i].data);
@@ -787,13 +972,15 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     t->g = exec_group_create(o->ex, on_feedback, t);
     t->kick = event_new(o->base, -1, 0, on_kick, t);
     t->deadline = evtimer_new(o->base, on_deadline, t);
+    if (!script)
+        t->finalize_ev = evtimer_new(o->base, on_finalize, t);
     t->t_start = orch_now_ns();
     t->prev = o->tail;
     if (o->tail) o->tail->next = t; else o->head = t;
     o->tail = t;
     o->n_running++;
     if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->usage || !t->events ||
-        !t->fallback || !t->g || !t->kick || !t->deadline) {
+        !t->fallback || !t->g || !t->kick || !t->deadline || (!script && !t->finalize_ev)) {
         t->status = TASK_FAILED;
         o->n_running--;
         task_free(t);
@@ -801,6 +988,8 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     }
     struct timeval tv = { deadline_ms / 1000, (deadline_ms % 1000) * 1000 };
     evtimer_add(t->deadline, &tv);
+    t->reserve_ms = deadline_ms / 4 < TASK_RESERVE_INIT_MS ? deadline_ms / 4 : TASK_RESERVE_INIT_MS;
+    finalize_arm(t);
     cJSON *d = cJSON_CreateObject();
     cJSON_AddStringToObject(d, "id", t->id);
     cJSON_AddStringToObject(d, "input", t->input);
@@ -975,10 +1164,10 @@ char *orch_task_prompt(const struct orch_task *t)
     }
     char example[256], shot[640];
     if (ex_to)
-        snprintf(example, sizeof example, "{\"calls\":[{\"id\":\"c1\",\"to\":\"%s\",\"args\":{\"%s\":\"...\"}}]}",
+        snprintf(example, sizeof example, "{\"calls\":[{\"to\":\"%s\",\"args\":{\"%s\":\"...\"}}]}",
                  ex_to, ex_key);
     else
-        snprintf(example, sizeof example, "{\"calls\":[{\"id\":\"c1\",\"to\":\"AGENT\",\"args\":{}}]}");
+        snprintf(example, sizeof example, "{\"calls\":[{\"to\":\"AGENT\",\"args\":{}}]}");
     /* A worked example in the transcript's own format: small models copy
      * its shape (call, result, final) far better than they follow rules. */
     snprintf(shot, sizeof shot,
@@ -989,7 +1178,7 @@ char *orch_task_prompt(const struct orch_task *t)
     static const char *const fmt =
         "Agents:\n%s"
         "Reply with exactly one JSON action:\n"
-        "%s  calls agents; independent calls run in parallel, \"after\":[\"c1\"] makes a call wait for c1\n"
+        "%s  calls agents; calls are numbered c1, c2, ... in the order they are made; independent calls run in parallel, \"after\":[\"c1\"] makes a call wait for c1\n"
         "{\"final\":{\"answer\":\"The answer is {{c1}}\",\"uses\":[\"c1\"]}}  gives the final answer; {{c1}} is c1's result\n"
         "{\"wait\":true}  waits for running calls\n"
         "{\"cancel\":[\"c1\"]}  cancels running calls\n"

@@ -14,6 +14,10 @@
  * since the last decision, or nothing is in flight.  Each decision's text
  * goes through the incremental action parser: call objects are submitted to
  * the executor as they close (with a model, while it still decodes).
+ * A call without an "id" gets a fresh one, "c<k>" (k: its position among
+ * the task's calls, or the next number not taken): the model's grammar
+ * omits ids, so a model can never reuse one.  Decision events and the
+ * transcript show the assigned ids.
  *
  * Events (proto/events.schema.json), ids monotonic per task from 1:
  * task.created, decision, call.dispatched, call.result, task.final,
@@ -128,6 +132,20 @@ void orch_task_release(struct orch_task *t);
  * the decider then cancels its generation and calls decision_end(PS_OK). */
 int  orch_task_decision_text(struct orch_task *t, const char *text, size_t n);
 void orch_task_decision_end(struct orch_task *t, int status, const char *error);
+/* What the decision being made may be, for a decider that constrains
+ * decoding.  final_only is 1 when it must be {"final":...}: the task's last
+ * round (max_rounds), its call limit reached, or its deadline near (model-
+ * driven tasks keep a reserve before deadline_ms: min(deadline/4, 3 s),
+ * growing to 1.5 times their slowest decision plus 250 ms, at most half
+ * the deadline; when the reserve starts, a decision being decoded is
+ * stopped (the calls that closed stand as its action) and a final is
+ * decided at once, running calls or not).  The last round's decision waits for running calls unless
+ * the deadline is near.  A final whose `uses` name only finished calls
+ * completes the task as soon as it is parsed. */
+int  orch_task_final_only(const struct orch_task *t);
+/* Ids of the task's finished calls (the newest `max`, oldest first) into
+ * ids[] (borrowed: valid until the task's next event); returns the count. */
+int  orch_task_finished_ids(const struct orch_task *t, const char **ids, int max);
 /* Rounds decided so far (the decision being decoded included). */
 int  orch_task_rounds(const struct orch_task *t);
 /* Token usage of one decision (may arrive after the decision ended); shown

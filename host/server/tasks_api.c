@@ -33,6 +33,21 @@
 #define DECISION_SYSTEM      "You are the orchestrator. You never solve tasks yourself: you call agents " \
                              "and tools, then give the final answer. You reply with one JSON action only."
 #define DECISION_TAG         ((uintptr_t)1)   /* low bit of engine_request.user */
+/* Final-only decisions (orch_task_final_only): {"final":{"answer","uses"?}}
+ * with answer at most FINAL_ANSWER_CHARS characters and uses naming up to
+ * FINAL_USES of the task's finished calls.  The token budget covers the
+ * longest such document even at one byte per token and six bytes per
+ * character (\uXXXX), so a final decision always completes. */
+#define FINAL_ANSWER_CHARS   64
+#define FINAL_USES           8
+#define FINAL_MAX_TOKENS     (6 * FINAL_ANSWER_CHARS + 12 * FINAL_USES + 48)
+#define FINAL_CACHE          32   /* compiled final grammars kept (LRU) */
+
+struct final_grammar {
+    char    *key;       /* the uses set, "c1,c3" ("" for none) */
+    grammar *g;
+    uint64_t used;
+};
 
 struct decision {
     struct tasks_api *api;
@@ -63,6 +78,8 @@ struct tasks_api {
     grammar_vocab          *vocab;           /* the action grammar's vocabulary */
     bool                    own_vocab;       /* built here (else the server's) */
     grammar                *action_grammar;  /* compiled action_schema; NULL: unconstrained */
+    struct final_grammar    finals[FINAL_CACHE];
+    uint64_t                final_tick;
     bool                    stopped;
     struct decision        *decisions;
     struct waiter          *waiters;
@@ -477,6 +494,77 @@ static void decision_free(struct decision *d)
     free(d);
 }
 
+/* The final-only grammar whose uses may name `ids` (borrowed from the
+ * cache: valid until the next call).  NULL on failure (ps_error_set). */
+static grammar *final_grammar_get(struct tasks_api *api, const char *const *ids, int n)
+{
+    char key[FINAL_USES * 72 + 1] = "";
+    size_t kl = 0;
+    for (int i = 0; i < n; i++)
+        kl += (size_t)snprintf(key + kl, sizeof key - kl, "%s%s", i ? "," : "", ids[i]);
+    int victim = 0;
+    for (int i = 0; i < FINAL_CACHE; i++) {
+        struct final_grammar *f = &api->finals[i];
+        if (f->g && !strcmp(f->key, key)) {
+            f->used = ++api->final_tick;
+            return f->g;
+        }
+        if (!f->g || (api->finals[victim].g && f->used < api->finals[victim].used))
+            victim = i;
+    }
+    cJSON *root = cJSON_CreateObject(), *fin = NULL, *props, *ans, *req;
+    char *schema = NULL, *kcopy = strdup(key);
+    grammar *g = NULL;
+    if (!root || !kcopy || !cJSON_AddStringToObject(root, "type", "object"))
+        goto oom;
+    props = cJSON_AddObjectToObject(root, "properties");
+    fin = props ? cJSON_AddObjectToObject(props, "final") : NULL;
+    if (!fin || !cJSON_AddStringToObject(fin, "type", "object") || !(props = cJSON_AddObjectToObject(fin, "properties")) ||
+        !(ans = cJSON_AddObjectToObject(props, "answer")) || !cJSON_AddStringToObject(ans, "type", "string") ||
+        !cJSON_AddNumberToObject(ans, "maxLength", FINAL_ANSWER_CHARS))
+        goto oom;
+    if (n > 0) {
+        cJSON *uses = cJSON_AddObjectToObject(props, "uses"), *items, *en;
+        if (!uses || !cJSON_AddStringToObject(uses, "type", "array") || !cJSON_AddNumberToObject(uses, "maxItems", n) ||
+            !(items = cJSON_AddObjectToObject(uses, "items")) || !(en = cJSON_AddArrayToObject(items, "enum")))
+            goto oom;
+        for (int i = 0; i < n; i++) {
+            cJSON *v = cJSON_CreateString(ids[i]);
+            if (!v)
+                goto oom;
+            cJSON_AddItemToArray(en, v);
+        }
+    }
+    if (!(req = cJSON_AddArrayToObject(fin, "required")) || !cJSON_AddFalseToObject(fin, "additionalProperties"))
+        goto oom;
+    cJSON_AddItemToArray(req, cJSON_CreateString("answer"));
+    if (!(req = cJSON_AddArrayToObject(root, "required")) || !cJSON_AddFalseToObject(root, "additionalProperties"))
+        goto oom;
+    cJSON_AddItemToArray(req, cJSON_CreateString("final"));
+    if (!(schema = cJSON_PrintUnformatted(root)))
+        goto oom;
+    /* Not in the vocabulary's shared cache: these sets would churn it. */
+    struct grammar_options opt = { .flags = GRAMMAR_OPT_NO_CACHE };
+    if (grammar_compile(api->vocab, schema, strlen(schema), &opt, &g))
+        goto fail;
+    struct final_grammar *f = &api->finals[victim];
+    grammar_free(f->g);
+    free(f->key);
+    f->key = kcopy;
+    f->g = g;
+    f->used = ++api->final_tick;
+    cJSON_Delete(root);
+    free(schema);
+    return g;
+oom:
+    ps_error_set(PS_ENOMEM, "out of memory");
+fail:
+    cJSON_Delete(root);
+    free(schema);
+    free(kcopy);
+    return NULL;
+}
+
 static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
 {
     struct tasks_api *api = ctx;
@@ -506,8 +594,17 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     /* Every token masked to the action grammar: the decision is a valid
      * action whose calls name known agents with schema-valid args.  The
      * engine retains the grammar for the request's life. */
-    if (api->action_grammar)
+    if (api->action_grammar && orch_task_final_only(t)) {
+        const char *ids[FINAL_USES];
+        int n = orch_task_finished_ids(t, ids, FINAL_USES);
+        grammar *g = final_grammar_get(api, ids, n);
+        if (!g)
+            goto fail;
+        er.constraint = grammar_constraint(g);
+        er.max_tokens = FINAL_MAX_TOKENS;
+    } else if (api->action_grammar) {
         er.constraint = grammar_constraint(api->action_grammar);
+    }
     if (engine_submit(api->cfg.eng, &er, &d->eng_id))
         goto fail;
     free(text);
@@ -626,9 +723,41 @@ static void loosen_lengths(cJSON *node)
 /* Action schema over the catalogue text `cats`, the vocabulary (the
  * server's, else our own) and the compiled grammar.  On failure the caller
  * releases what was made. */
+/* The model never writes call ids: the task assigns fresh ones (task.h),
+ * so no decision can reuse one.  Drop "id" from every call branch of the
+ * action schema (calls.items.anyOf[*]). */
+static int strip_call_ids(char **schema)
+{
+    cJSON *root = cJSON_Parse(*schema), *br;
+    if (!root)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    cJSON_ArrayForEach(br, cJSON_GetObjectItemCaseSensitive(root, "anyOf")) {
+        cJSON *calls = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(br, "properties"), "calls");
+        cJSON *items = cJSON_GetObjectItemCaseSensitive(calls, "items"), *call;
+        cJSON_ArrayForEach(call, cJSON_GetObjectItemCaseSensitive(items, "anyOf")) {
+            cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(call, "properties"), "id");
+            cJSON *req = cJSON_GetObjectItemCaseSensitive(call, "required"), *r, *nx;
+            for (r = req ? req->child : NULL; r; r = nx) {
+                nx = r->next;
+                if (cJSON_IsString(r) && !strcmp(r->valuestring, "id"))
+                    cJSON_Delete(cJSON_DetachItemViaPointer(req, r));
+            }
+        }
+    }
+    char *out = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    if (!out)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    free(*schema);
+    *schema = out;
+    return PS_OK;
+}
+
 static int action_grammar_build(struct tasks_api *api, const struct tasks_api_config *cfg, const char *cats)
 {
     int rc = grammar_action_schema(cats, strlen(cats), &api->action_schema);
+    if (!rc)
+        rc = strip_call_ids(&api->action_schema);
     if (rc)
         return rc;
     if (cfg->vocab) {
@@ -725,6 +854,10 @@ void tasks_api_free(struct tasks_api *api)
         return;
     tasks_api_stop(api);
     grammar_free(api->action_grammar);   /* the vocab goes after its grammars */
+    for (int i = 0; i < FINAL_CACHE; i++) {
+        grammar_free(api->finals[i].g);
+        free(api->finals[i].key);
+    }
     if (api->own_vocab)
         grammar_vocab_free(api->vocab);
     free(api->action_schema);

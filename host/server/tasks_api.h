@@ -28,6 +28,14 @@
  * every decision parses, every call names a known agent with args valid
  * under its input_schema); without one (empty pool, or a schema the
  * grammar compiler does not support) decisions decode unconstrained.
+ * The grammar leaves call ids out (the task assigns fresh ones, so none is
+ * ever reused).  A decision the task marks final-only (its last round, its
+ * call limit, its deadline near: orch_task_final_only) is decoded under a
+ * final grammar instead, {"final":{"answer" (<= 64 chars), "uses"?: finished
+ * call ids}}, with a token budget that fits the longest such document: it
+ * always parses and completes the task.  Final grammars are compiled per
+ * set of finished ids (a few ms) and kept in an LRU of 32, outside the
+ * vocabulary's shared cache.
  *
  * HTTP waiter life (one per POST / GET events request):
  *   created ──terminal event──► finish (deferred to the loop) ──► reply ends, freed

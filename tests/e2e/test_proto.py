@@ -74,3 +74,27 @@ def test_orchestrate_events_follow_the_schema(paraserve_bin):
     statuses = {e["data"]["id"]: e["data"]["status"] for e in events if e["event"] == "call.result"}
     assert statuses == {"c1": "ok", "c2": "rejected", "c3": "ok"}
     assert events[-1]["event"] == "task.final" and events[-1]["data"]["output"] == "43"
+
+
+def test_calls_without_ids_get_fresh_ones(paraserve_bin):
+    """A call without an id gets c<k> (its position among the task's calls,
+    or the next number not taken); the decision event shows the ids."""
+    task = {"input": "ids", "script": [
+        {"calls": [{"to": "calculator", "args": {"expression": "6*7"}},
+                   {"id": "c3", "to": "calculator", "args": {"expression": "1"}},
+                   {"to": "calculator", "args": {"expression": "{{c1}}+1"}, "after": ["c1"]}]},
+        {"calls": [{"to": "calculator", "args": {"expression": "{{c4}}*2"}}]},
+        {"final": {"answer": "{{c5}}", "uses": ["c5"]}}]}
+    r = subprocess.run([paraserve_bin, "orchestrate", "--agents", str(ROOT / "configs" / "agents.default.json"),
+                        "--task", json.dumps(task)], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    v = validator("event.schema.json")
+    for e in events:
+        v.validate(e)
+    decisions = [e["data"]["action"] for e in events if e["event"] == "decision"]
+    assert [c["id"] for c in decisions[0]["calls"]] == ["c1", "c3", "c4"]
+    assert [c["id"] for c in decisions[1]["calls"]] == ["c5"]
+    statuses = {e["data"]["id"]: e["data"]["status"] for e in events if e["event"] == "call.result"}
+    assert statuses == {"c1": "ok", "c3": "ok", "c4": "ok", "c5": "ok"}
+    assert events[-1]["event"] == "task.final" and events[-1]["data"]["output"] == "86"
