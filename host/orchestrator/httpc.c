@@ -18,6 +18,10 @@
 
 #include "common/status.h"
 
+/* Easy handles kept for reuse: curl_easy_init/cleanup per request costs
+ * allocations (buffers, state) that reuse after curl_easy_reset avoids. */
+#define HTTPC_IDLE_EASY 1024
+
 struct httpc {
     struct event_base *base;
     CURLM             *multi;
@@ -27,6 +31,8 @@ struct httpc {
     struct httpc_req  *done_tail;
     int                n_active;
     int                dispatching;
+    CURL              *idle[HTTPC_IDLE_EASY];  /* finished easy handles, reset, for reuse */
+    int                n_idle;
 };
 
 struct httpc_req {
@@ -50,8 +56,11 @@ struct httpc_req {
     char               errbuf[CURL_ERROR_SIZE];
 };
 
+/* One per socket curl watches; its event is re-assigned in place when
+ * curl changes what it waits for (no free/new per change). */
 struct sockinfo {
     struct event *ev;
+    short         kind;
 };
 
 int64_t orch_now_ns(void)
@@ -84,7 +93,12 @@ static void req_free(struct httpc_req *r)
     if (r->prev) r->prev->next = r->next; else h->all = r->next;
     if (r->next) r->next->prev = r->prev;
     h->n_active--;
-    curl_easy_cleanup(r->easy);
+    if (r->easy && h->n_idle < HTTPC_IDLE_EASY) {
+        curl_easy_reset(r->easy);
+        h->idle[h->n_idle++] = r->easy;
+    } else {
+        curl_easy_cleanup(r->easy);
+    }
     curl_slist_free_all(r->hdrs);
     free(r->body);
     free(r->content_type);
@@ -185,15 +199,21 @@ static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socket
         si = calloc(1, sizeof *si);
         if (!si)
             return -1;
+        if (!(si->ev = event_new(h->base, s, kind, on_socket_event, h))) {
+            free(si);
+            return -1;
+        }
+        si->kind = kind;
         curl_multi_assign(h->multi, s, si);
-    } else {
-        event_free(si->ev);
+        return event_add(si->ev, NULL) ? -1 : 0;
     }
-    si->ev = event_new(h->base, s, kind, on_socket_event, h);
-    if (!si->ev)
+    if (si->kind == kind)
+        return 0;
+    event_del(si->ev);
+    if (event_assign(si->ev, h->base, s, kind, on_socket_event, h))
         return -1;
-    event_add(si->ev, NULL);
-    return 0;
+    si->kind = kind;
+    return event_add(si->ev, NULL) ? -1 : 0;
 }
 
 static int timer_cb(CURLM *m, long timeout_ms, void *userp)
@@ -235,6 +255,8 @@ void httpc_destroy(struct httpc *h)
         return;
     while (h->all)
         req_free(h->all);
+    while (h->n_idle > 0)
+        curl_easy_cleanup(h->idle[--h->n_idle]);
     if (h->multi)
         curl_multi_cleanup(h->multi);
     if (h->timer)
@@ -318,7 +340,7 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
     r->h = h;
     r->done = done;
     r->ud = ud;
-    r->easy = curl_easy_init();
+    r->easy = h->n_idle > 0 ? h->idle[--h->n_idle] : curl_easy_init();
     r->next = h->all;
     if (h->all) h->all->prev = r;
     h->all = r;

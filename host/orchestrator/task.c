@@ -169,6 +169,8 @@ static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, 
  * Out of memory fails the task like a lost event. */
 static void transcript_add(struct orch_task *t, const char *a, const char *b, const char *c)
 {
+    if (t->script)
+        return;   /* only a model reads it */
     const char *parts[3] = { a, b, c };
     size_t n = 0;
     for (int i = 0; i < 3; i++)
@@ -198,6 +200,8 @@ static void transcript_add(struct orch_task *t, const char *a, const char *b, co
  * the result cut to TRANSCRIPT_RESULT_MAX bytes of text. */
 static void transcript_feedback(struct orch_task *t, const cJSON *rec)
 {
+    if (t->script)
+        return;
     cJSON *o = cJSON_CreateObject();
     static const char *const keys[] = { "id", "to", "status" };
     for (size_t i = 0; o && i < 3; i++)
@@ -650,12 +654,14 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     cJSON_Delete(t->made);
     t->made = NULL;
     cJSON_AddItemToObject(d, "action", cJSON_Duplicate(action, 1));
-    char *atext = cJSON_PrintUnformatted(action);
-    if (atext)
-        transcript_add(t, round, atext, "\n");
-    else
-        log_fail(t, PS_ENOMEM);
-    free(atext);
+    if (!t->script) {
+        char *atext = cJSON_PrintUnformatted(action);
+        if (atext)
+            transcript_add(t, round, atext, "\n");
+        else
+            log_fail(t, PS_ENOMEM);
+        free(atext);
+    }
     emit(t, "decision", d, 0);
     const cJSON *cancel = cJSON_GetObjectItemCaseSensitive(action, "cancel"), *c;
     cJSON_ArrayForEach(c, cancel)

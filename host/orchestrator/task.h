@@ -107,7 +107,7 @@ cJSON *orch_task_summary(const struct orch_task *t);
  * decision ("Decision k: {action}") and result ("Result: {id,to,status,
  * result|error}") in the order they happened.  Append-only: each round's
  * prompt starts with the previous round's, so the prefix cache serves all
- * but the new lines. */
+ * but the new lines.  Scripted tasks keep no transcript (no model reads it). */
 char *orch_task_prompt(const struct orch_task *t);
 
 /* Cooperative cancel: in-flight calls are cancelled, late results ignored,
