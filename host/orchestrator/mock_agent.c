@@ -20,6 +20,8 @@
 
 #include "orchestrator/httpc.h"
 
+#define MOCK_BACKLOG 4096
+
 struct pending {
     struct mock_agent        *m;
     struct evhttp_request    *req;
@@ -222,9 +224,20 @@ struct mock_agent *mock_agent_start(int port)
         goto fail;
     evhttp_set_gencb(m->http, on_request, m);
     evhttp_set_allowed_methods(m->http, EVHTTP_REQ_POST | EVHTTP_REQ_GET);
-    struct evhttp_bound_socket *bs = evhttp_bind_socket_with_handle(m->http, "127.0.0.1", (uint16_t)port);
-    if (!bs)
+    /* A burst of thousands of new connections (bench/orchestrate) must not
+     * overflow the accept queue (libevent's default backlog is 128): a
+     * dropped SYN costs the client a 1 s retransmit. */
+    struct sockaddr_in bind_sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    bind_sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    struct evconnlistener *lst = evconnlistener_new_bind(m->base, NULL, NULL,
+                                                         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
+                                                         MOCK_BACKLOG, (struct sockaddr *)&bind_sa, sizeof bind_sa);
+    struct evhttp_bound_socket *bs = lst ? evhttp_bind_listener(m->http, lst) : NULL;
+    if (!bs) {
+        if (lst)
+            evconnlistener_free(lst);
         goto fail;
+    }
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
     if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl))
