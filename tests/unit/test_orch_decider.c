@@ -1,0 +1,262 @@
+/* test_orch_decider.c - model-driven tasks with a scripted fake decider:
+ * the task assigns fresh call ids (a model repeating the same calls never
+ * collides), the last allowed decision is marked final-only with the
+ * finished call ids (max_rounds, max_calls), and a near deadline stops a
+ * decision being decoded, keeps the calls that closed and decides a final
+ * before the deadline. */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "orchestrator/httpc.h"
+#include "orchestrator/registry.h"
+#include "orchestrator/task.h"
+#include "test_util.h"
+
+#define MAX_ROUNDS 16
+
+enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST };
+
+struct fake {
+    struct event_base *base;
+    enum fake_mode     mode;
+    int                n_start, n_cancel;
+    int                final_only[MAX_ROUNDS + 1];
+    int                n_finished[MAX_ROUNDS + 1];
+};
+
+struct fake_dec {
+    struct fake      *f;
+    struct orch_task *t;
+    struct event     *ev;
+    const char       *text;
+    int               hang;    /* feed the text, never end */
+};
+
+static const char *const CALLS2 =
+    "{\"calls\":[{\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
+    "{\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}}]}";
+static const char *const HALF =
+    "{\"calls\":[{\"to\":\"calculator\",\"args\":{\"expression\":\"3+3\"}},{\"to\":\"calc";
+
+static void fake_free(struct fake_dec *d)
+{
+    if (d->ev)
+        event_free(d->ev);
+    free(d);
+}
+
+static void fake_fire(evutil_socket_t fd, short what, void *ud)
+{
+    struct fake_dec *d = ud;
+    (void)fd;
+    (void)what;
+    orch_task_decision_text(d->t, d->text, strlen(d->text));
+    if (d->hang)
+        return;   /* freed by fake_cancel */
+    struct orch_task *t = d->t;
+    fake_free(d);
+    orch_task_decision_end(t, PS_OK, NULL);
+}
+
+static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
+{
+    struct fake *f = ctx;
+    int round = orch_task_rounds(t);
+    const char *ids[32];
+    (void)prompt;
+    f->n_start++;
+    if (round <= MAX_ROUNDS) {
+        f->final_only[round] = orch_task_final_only(t);
+        f->n_finished[round] = orch_task_finished_ids(t, ids, 32);
+    }
+    struct fake_dec *d = calloc(1, sizeof *d);
+    if (!d)
+        return NULL;
+    d->f = f;
+    d->t = t;
+    if (orch_task_final_only(t)) {
+        /* What the final grammar allows: uses name finished calls only. */
+        int n = orch_task_finished_ids(t, ids, 32);
+        static char buf[256];
+        snprintf(buf, sizeof buf, "{\"final\":{\"answer\":\"{{%s}}\",\"uses\":[\"%s\"]}}",
+                 n ? ids[n - 1] : "none", n ? ids[n - 1] : "");
+        d->text = n ? buf : "{\"final\":{\"answer\":\"nothing\"}}";
+    } else if (f->mode == FAKE_HANG_FIRST && round == 1) {
+        d->text = HALF;
+        d->hang = 1;
+    } else {
+        d->text = CALLS2;   /* the same calls every round, as a small model does */
+    }
+    if (!(d->ev = event_new(f->base, -1, 0, fake_fire, d))) {
+        free(d);
+        return NULL;
+    }
+    event_active(d->ev, 0, 0);
+    return d;
+}
+
+static void fake_cancel(void *ctx, void *handle)
+{
+    struct fake *f = ctx;
+    f->n_cancel++;
+    fake_free(handle);
+}
+
+struct run {
+    struct event_base *base;
+    int                done;
+};
+
+static void on_done(void *ud, struct orch_task *t)
+{
+    struct run *r = ud;
+    (void)t;
+    r->done = 1;
+    event_base_loopbreak(r->base);
+}
+
+struct ctx {
+    struct registry   *reg;
+    struct event_base *base;
+    struct orch       *orch;
+    struct fake        fake;
+    struct run         run;
+};
+
+static int ctx_open(struct ctx *c, enum fake_mode mode)
+{
+    memset(c, 0, sizeof *c);
+    if (registry_load_json("{\"agents\":[{\"name\":\"calculator\",\"kind\":\"builtin\"}]}", "pool", &c->reg))
+        return -1;
+    c->base = event_base_new();
+    if (!c->base || !(c->orch = orch_create(c->base, c->reg, NULL, NULL)))
+        return -1;
+    c->fake.base = c->base;
+    c->fake.mode = mode;
+    struct orch_decider dec = { fake_start, fake_cancel, &c->fake };
+    orch_set_decider(c->orch, &dec);
+    c->run.base = c->base;
+    orch_set_done_cb(c->orch, on_done, &c->run);
+    return 0;
+}
+
+static void ctx_close(struct ctx *c)
+{
+    orch_destroy(c->orch);
+    if (c->base)
+        event_base_free(c->base);
+    registry_free(c->reg);
+}
+
+static struct orch_task *run_task(struct ctx *c, const char *json, double *wall)
+{
+    cJSON *req = cJSON_Parse(json);
+    struct orch_task *t = NULL;
+    CHECK_MSG(orch_task_submit(c->orch, req, NULL, &t) == PS_OK, "submit: %s", ps_error_last());
+    cJSON_Delete(req);
+    int64_t t0 = orch_now_ns();
+    struct timeval guard = { 10, 0 };
+    event_base_loopexit(c->base, &guard);
+    if (t && !c->run.done)
+        event_base_dispatch(c->base);
+    *wall = (double)(orch_now_ns() - t0) / 1e9;
+    return t;
+}
+
+/* Ids of the summary's calls, "c1,c2,..." and their statuses. */
+static void summary_calls(struct orch_task *t, char *ids, size_t n, int *n_ok, int *n_rejected)
+{
+    cJSON *s = orch_task_summary(t);
+    const cJSON *e;
+    size_t len = 0;
+    ids[0] = 0;
+    *n_ok = *n_rejected = 0;
+    cJSON_ArrayForEach(e, cJSON_GetObjectItemCaseSensitive(s, "calls")) {
+        const char *id = cJSON_GetObjectItemCaseSensitive(e, "id")->valuestring;
+        const char *st = cJSON_GetObjectItemCaseSensitive(e, "status")->valuestring;
+        len += (size_t)snprintf(ids + len, n - len, "%s%s", len ? "," : "", id);
+        *n_ok += !strcmp(st, "ok");
+        *n_rejected += !strcmp(st, "rejected");
+    }
+    cJSON_Delete(s);
+}
+
+static const char *output_of(struct orch_task *t)
+{
+    static char buf[64];
+    cJSON *s = orch_task_summary(t);
+    const cJSON *o = cJSON_GetObjectItemCaseSensitive(s, "output");
+    snprintf(buf, sizeof buf, "%s", cJSON_IsString(o) ? o->valuestring : "(none)");
+    cJSON_Delete(s);
+    return buf;
+}
+
+static void test_fresh_ids_and_last_round(void)
+{
+    struct ctx c;
+    double wall;
+    char ids[256];
+    int ok, rej;
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":3}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    summary_calls(t, ids, sizeof ids, &ok, &rej);
+    CHECK_MSG(!strcmp(ids, "c1,c2,c3,c4") && ok == 4 && rej == 0, "calls %s ok %d rejected %d", ids, ok, rej);
+    CHECK(c.fake.n_start == 3);
+    CHECK(!c.fake.final_only[1] && !c.fake.final_only[2] && c.fake.final_only[3]);
+    CHECK_MSG(c.fake.n_finished[3] == 4, "finished before the last round: %d", c.fake.n_finished[3]);
+    CHECK_MSG(!strcmp(output_of(t), "4"), "output %s", output_of(t));   /* c4 = 2+2 */
+    ctx_close(&c);
+
+    /* max_rounds 1: the first decision is already final-only. */
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":1}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED && c.fake.final_only[1] && c.fake.n_finished[1] == 0);
+    ctx_close(&c);
+}
+
+static void test_call_limit(void)
+{
+    struct ctx c;
+    double wall;
+    char ids[256];
+    int ok, rej;
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":6,\"max_calls\":1}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    summary_calls(t, ids, sizeof ids, &ok, &rej);
+    CHECK_MSG(!strcmp(ids, "c1,c2") && ok == 1 && rej == 1, "calls %s ok %d rejected %d", ids, ok, rej);
+    CHECK(c.fake.n_start == 2 && !c.fake.final_only[1] && c.fake.final_only[2]);
+    ctx_close(&c);
+}
+
+static void test_near_deadline(void)
+{
+    struct ctx c;
+    double wall;
+    char ids[256];
+    int ok, rej;
+    CHECK(ctx_open(&c, FAKE_HANG_FIRST) == 0);
+    /* deadline 400 ms: reserve min(400/4, 3000) = 100 ms, so at 300 ms the
+     * hanging first decision is stopped; its closed call (c1) stands. */
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"deadline_ms\":400,\"max_rounds\":10}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(wall > 0.25 && wall < 0.4, "ended after %.3f s", wall);
+    CHECK(c.fake.n_cancel == 1 && c.fake.n_start == 2 && c.fake.final_only[2]);
+    summary_calls(t, ids, sizeof ids, &ok, &rej);
+    CHECK_MSG(!strcmp(ids, "c1") && ok == 1, "calls %s", ids);
+    CHECK_MSG(!strcmp(output_of(t), "6"), "output %s", output_of(t));
+    printf("near deadline: final after %.3f s (deadline 0.4 s)\n", wall);
+    ctx_close(&c);
+}
+
+int main(void)
+{
+    test_fresh_ids_and_last_round();
+    test_call_limit();
+    test_near_deadline();
+    TEST_DONE();
+}
