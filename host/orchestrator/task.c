@@ -547,6 +547,51 @@ static void action_fill_ids(struct orch_task *t, cJSON *action)
 
 int orch_task_final_only(const struct orch_task *t) { return t->final_only; }
 
+/* {"final":{"answer": the answer text decoded so far}} from a final-only
+ * decision that stopped before its document closed, or NULL.  The text is
+ * a prefix of {"final": {"answer": "...", "uses": [...]}}; an escape or a
+ * UTF-8 sequence cut at the end is dropped. */
+static cJSON *final_salvage(struct orch_task *t)
+{
+    size_t n;
+    const char *txt = action_parser_text(t->parser, &n);
+    const char *a = strstr(txt, "\"answer\"");
+    if (!a || !(a = strchr(a + 8, '"')))
+        return NULL;
+    a++;
+    size_t i = 0, len = strlen(a);
+    while (i < len && a[i] != '"')
+        i += a[i] == '\\' ? 2 : 1;
+    if (i > len)               /* cut right after a backslash */
+        i = len - 1;
+    if (i == len) {            /* cut inside the string: drop a partial \uXXXX */
+        const char *bs = NULL;
+        for (size_t k = i > 6 ? i - 6 : 0; k < i; k++)
+            if (a[k] == '\\' && a[k + 1] == 'u' && i - k < 6)
+                bs = a + k;
+        if (bs)
+            i = (size_t)(bs - a);
+    }
+    char *q = malloc(i + 3);
+    if (!q)
+        return NULL;
+    q[0] = '"';
+    memcpy(q + 1, a, i);
+    q[i + 1] = '"';
+    q[i + 2] = 0;
+    utf8_scrub(q);
+    cJSON *ans = cJSON_Parse(q);
+    free(q);
+    cJSON *act = cJSON_CreateObject(), *fin = act ? cJSON_AddObjectToObject(act, "final") : NULL;
+    if (!cJSON_IsString(ans) || !fin) {
+        cJSON_Delete(ans);
+        cJSON_Delete(act);
+        return NULL;
+    }
+    cJSON_AddItemToObject(fin, "answer", ans);
+    return act;
+}
+
 int orch_task_finished_ids(const struct orch_task *t, const char **ids, int max)
 {
     int n = 0, total = 0;
@@ -619,6 +664,9 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     snprintf(round, sizeof round, "Decision %d: ", t->rounds);
     cJSON *action = NULL;
     int st = action_parser_finish(t->parser, &action);
+    char perr[256];
+    snprintf(perr, sizeof perr, "%s", st ? ps_error_last() : "");
+    cJSON *salvaged = st && t->final_only ? final_salvage(t) : NULL;
     cJSON *d = cJSON_CreateObject();
     cJSON_AddNumberToObject(d, "round", t->rounds);
     if (st) {
@@ -634,7 +682,14 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     }
     action_parser_free(t->parser);
     t->parser = NULL;
-    if (st && cJSON_GetArraySize(t->made) > 0) {
+    if (st && salvaged) {
+        /* A final-only decision cut by its token budget: the answer decoded
+         * so far is the final (the grammar guarantees the prefix). */
+        action = salvaged;
+        cJSON_DeleteItemFromObjectCaseSensitive(d, "text");
+        cJSON_AddStringToObject(d, "incomplete", perr);
+        st = PS_OK;
+    } else if (st && cJSON_GetArraySize(t->made) > 0) {
         /* Decoding stopped (token budget) or went wrong after some calls had
          * closed: those calls were dispatched, they are the decision. */
         action = cJSON_CreateObject();
@@ -648,14 +703,14 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         }
         cJSON_AddItemToObject(action, "calls", calls);
         cJSON_DeleteItemFromObjectCaseSensitive(d, "text");
-        cJSON_AddStringToObject(d, "incomplete", ps_error_last());
+        cJSON_AddStringToObject(d, "incomplete", perr);
         st = PS_OK;
     }
     if (st) {
         cJSON_Delete(t->made);
         t->made = NULL;
-        cJSON_AddStringToObject(d, "error", ps_error_last());
-        transcript_add(t, round, "(not a valid action: ", ps_error_last());
+        cJSON_AddStringToObject(d, "error", perr);
+        transcript_add(t, round, "(not a valid action: ", perr);
         transcript_add(t, ")\n", NULL, NULL);
         emit(t, "decision", d, 0);
         t->new_feedback++;

@@ -141,7 +141,9 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error);
  * stopped (the calls that closed stand as its action) and a final is
  * decided at once, running calls or not).  The last round's decision waits for running calls unless
  * the deadline is near.  A final whose `uses` name only finished calls
- * completes the task as soon as it is parsed. */
+ * completes the task as soon as it is parsed; a final-only decision that
+ * stops before its JSON closes (token budget) completes the task with the
+ * answer text decoded so far (the `decision` event carries "incomplete"). */
 int  orch_task_final_only(const struct orch_task *t);
 /* Ids of the task's finished calls (the newest `max`, oldest first) into
  * ids[] (borrowed: valid until the task's next event); returns the count. */

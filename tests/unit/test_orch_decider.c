@@ -3,7 +3,8 @@
  * collides), the last allowed decision is marked final-only with the
  * finished call ids (max_rounds, max_calls), and a near deadline stops a
  * decision being decoded, keeps the calls that closed and decides a final
- * before the deadline. */
+ * before the deadline; a final cut by its token budget still completes the
+ * task with the answer decoded so far. */
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,7 +18,7 @@
 
 #define MAX_ROUNDS 16
 
-enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST };
+enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE };
 
 struct fake {
     struct event_base *base;
@@ -77,7 +78,11 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
         return NULL;
     d->f = f;
     d->t = t;
-    if (orch_task_final_only(t)) {
+    if (orch_task_final_only(t) && f->mode == FAKE_CUT_FINAL) {
+        d->text = "{\"final\": {\"answer\": \"forty tw";          /* cut by the token budget */
+    } else if (orch_task_final_only(t) && f->mode == FAKE_CUT_ESCAPE) {
+        d->text = "{\"final\": {\"answer\": \"x\\\"y\\u00";       /* cut inside an escape */
+    } else if (orch_task_final_only(t)) {
         /* What the final grammar allows: uses name finished calls only. */
         int n = orch_task_finished_ids(t, ids, 32);
         static char buf[256];
@@ -253,8 +258,25 @@ static void test_near_deadline(void)
     ctx_close(&c);
 }
 
+static void test_cut_final(void)
+{
+    struct ctx c;
+    double wall;
+    CHECK(ctx_open(&c, FAKE_CUT_FINAL) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":1}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(!strcmp(output_of(t), "forty tw"), "output %s", output_of(t));
+    ctx_close(&c);
+    CHECK(ctx_open(&c, FAKE_CUT_ESCAPE) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":1}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(!strcmp(output_of(t), "x\"y"), "output %s", output_of(t));
+    ctx_close(&c);
+}
+
 int main(void)
 {
+    test_cut_final();
     test_fresh_ids_and_last_round();
     test_call_limit();
     test_near_deadline();
