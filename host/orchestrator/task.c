@@ -21,8 +21,8 @@ struct ev_rec {
 #define TRANSCRIPT_RESULT_MAX 600 /* bytes of one result shown to the model */
 /* Model-driven tasks keep time before their deadline for a final decision:
  * initially min(deadline / 4, TASK_RESERVE_INIT_MS), then see reserve_update. */
-#define TASK_RESERVE_INIT_MS  3000
-#define TASK_RESERVE_SLACK_MS 250
+#define TASK_RESERVE_INIT_MS  4000
+#define TASK_RESERVE_SLACK_MS 500
 
 struct orch_sub {
     struct orch_task *t;
@@ -813,12 +813,21 @@ static void on_kick(evutil_socket_t fd, short what, void *ud)
         return;
     if (t->final_pending) {
         const cJSON *uses = cJSON_GetObjectItemCaseSensitive(t->final_pending, "uses"), *u;
+        int running = 0;
         cJSON_ArrayForEach(u, uses)
-            if (exec_group_call_status(t->g, u->valuestring) == -2)
-                return;   /* a used call is still running */
-        t->output = render_answer(t, cJSON_GetObjectItemCaseSensitive(t->final_pending, "answer"));
-        task_finish(t, TASK_COMPLETED, NULL);
-        return;
+            running |= exec_group_call_status(t->g, u->valuestring) == -2;
+        if (running && !(t->finalize && !t->script && t->rounds < t->max_rounds))
+            return;   /* a used call is still running */
+        if (!running) {
+            t->output = render_answer(t, cJSON_GetObjectItemCaseSensitive(t->final_pending, "answer"));
+            task_finish(t, TASK_COMPLETED, NULL);
+            return;
+        }
+        /* The deadline is near and the final waits on running calls: drop
+         * it and decide a final-only one over the finished calls. */
+        cJSON_Delete(t->final_pending);
+        t->final_pending = NULL;
+        transcript_add(t, "(The deadline is near: the calls that final used are still running.)\n", NULL, NULL);
     }
     int open = exec_group_open(t->g);
     if (!t->finalize && open > 0) {
@@ -866,11 +875,12 @@ static void finalize_arm(struct orch_task *t)
     evtimer_add(t->finalize_ev, &tv);
 }
 
-/* After a decision of `ms`: keep room for a final decision (1.5 times the
- * slowest decision so far, plus slack), at most half the deadline. */
+/* After a decision of `ms`: keep room for a final decision (twice the
+ * slowest decision so far, plus slack: its prompt is longer and the
+ * machine may be busier), at most half the deadline. */
 static void reserve_update(struct orch_task *t, int64_t ms)
 {
-    int64_t want = ms + ms / 2 + TASK_RESERVE_SLACK_MS;
+    int64_t want = 2 * ms + TASK_RESERVE_SLACK_MS;
     if (want > t->deadline_ms / 2)
         want = t->deadline_ms / 2;
     if (want > t->reserve_ms) {

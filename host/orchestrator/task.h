@@ -135,8 +135,8 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error);
 /* What the decision being made may be, for a decider that constrains
  * decoding.  final_only is 1 when it must be {"final":...}: the task's last
  * round (max_rounds), its call limit reached, or its deadline near (model-
- * driven tasks keep a reserve before deadline_ms: min(deadline/4, 3 s),
- * growing to 1.5 times their slowest decision plus 250 ms, at most half
+ * driven tasks keep a reserve before deadline_ms: min(deadline/4, 4 s),
+ * growing to twice their slowest decision plus 500 ms, at most half
  * the deadline; when the reserve starts, a decision being decoded is
  * stopped (the calls that closed stand as its action) and a final is
  * decided at once, running calls or not).  The last round's decision waits for running calls unless

@@ -12,13 +12,14 @@
 
 #include "common/status.h"
 #include "orchestrator/httpc.h"
+#include "orchestrator/mock_agent.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
 #include "test_util.h"
 
 #define MAX_ROUNDS 16
 
-enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE };
+enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS };
 
 struct fake {
     struct event_base *base;
@@ -82,6 +83,11 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
         d->text = "{\"final\": {\"answer\": \"forty tw";          /* cut by the token budget */
     } else if (orch_task_final_only(t) && f->mode == FAKE_CUT_ESCAPE) {
         d->text = "{\"final\": {\"answer\": \"x\\\"y\\u00";       /* cut inside an escape */
+    } else if (f->mode == FAKE_FINAL_WAITS && round == 1) {
+        d->text = "{\"calls\":[{\"to\":\"calculator\",\"args\":{\"expression\":\"5*5\"}},"
+                  "{\"to\":\"mock\",\"args\":{\"sleep_ms\":5000}}]}";
+    } else if (f->mode == FAKE_FINAL_WAITS && round == 2) {
+        d->text = "{\"final\":{\"answer\":\"{{c2}}\",\"uses\":[\"c2\"]}}";   /* waits on the slow call */
     } else if (orch_task_final_only(t)) {
         /* What the final grammar allows: uses name finished calls only. */
         int n = orch_task_finished_ids(t, ids, 32);
@@ -124,6 +130,7 @@ static void on_done(void *ud, struct orch_task *t)
 }
 
 struct ctx {
+    struct mock_agent *mock;
     struct registry   *reg;
     struct event_base *base;
     struct orch       *orch;
@@ -134,7 +141,13 @@ struct ctx {
 static int ctx_open(struct ctx *c, enum fake_mode mode)
 {
     memset(c, 0, sizeof *c);
-    if (registry_load_json("{\"agents\":[{\"name\":\"calculator\",\"kind\":\"builtin\"}]}", "pool", &c->reg))
+    char pool[512];
+    if (!(c->mock = mock_agent_start(0)))
+        return -1;
+    snprintf(pool, sizeof pool, "{\"agents\":[{\"name\":\"calculator\",\"kind\":\"builtin\"},"
+             "{\"name\":\"mock\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/a\",\"timeout_ms\":10000}]}",
+             mock_agent_port(c->mock));
+    if (registry_load_json(pool, "pool", &c->reg))
         return -1;
     c->base = event_base_new();
     if (!c->base || !(c->orch = orch_create(c->base, c->reg, NULL, NULL)))
@@ -154,6 +167,7 @@ static void ctx_close(struct ctx *c)
     if (c->base)
         event_base_free(c->base);
     registry_free(c->reg);
+    mock_agent_stop(c->mock);
 }
 
 static struct orch_task *run_task(struct ctx *c, const char *json, double *wall)
@@ -245,7 +259,7 @@ static void test_near_deadline(void)
     char ids[256];
     int ok, rej;
     CHECK(ctx_open(&c, FAKE_HANG_FIRST) == 0);
-    /* deadline 400 ms: reserve min(400/4, 3000) = 100 ms, so at 300 ms the
+    /* deadline 400 ms: reserve min(400/4, 4000) = 100 ms, so at 300 ms the
      * hanging first decision is stopped; its closed call (c1) stands. */
     struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"deadline_ms\":400,\"max_rounds\":10}", &wall);
     CHECK(t && orch_task_status(t) == TASK_COMPLETED);
@@ -274,8 +288,24 @@ static void test_cut_final(void)
     ctx_close(&c);
 }
 
+static void test_final_waiting_near_deadline(void)
+{
+    struct ctx c;
+    double wall;
+    CHECK(ctx_open(&c, FAKE_FINAL_WAITS) == 0);
+    /* Round 2's final waits on a 5 s call; deadline 1 s, reserve 250 ms (or more after slow decisions): at
+     * 750 ms that final is dropped and a final-only one answers (c1). */
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"deadline_ms\":1000,\"max_rounds\":10}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(wall > 0.4 && wall < 1.0, "ended after %.3f s", wall);   /* before the deadline */
+    CHECK(c.fake.n_start == 3 && !c.fake.final_only[2] && c.fake.final_only[3]);
+    CHECK_MSG(!strcmp(output_of(t), "25"), "output %s", output_of(t));
+    ctx_close(&c);
+}
+
 int main(void)
 {
+    test_final_waiting_near_deadline();
     test_cut_final();
     test_fresh_ids_and_last_round();
     test_call_limit();
