@@ -678,6 +678,79 @@ static void on_request(struct evhttp_request *req, void *arg)
     reply_error(srv, req, ROUTE_OTHER, &e);
 }
 
+/* ---- oversized bodies: libevent's own 413 made OpenAI-shaped -------------------------
+ *
+ * libevent 2.1 has no hook between a request's headers and its body: a body
+ * beyond evhttp's max_body_size (by Content-Length, or chunked as it
+ * arrives) is refused by libevent itself with an HTML 413 page and
+ * "Connection: close" before any callback of ours runs.  Each connection's
+ * socket bufferevent (evhttp_set_bevcb; the same kind evhttp makes itself)
+ * carries a callback on its output buffer that replaces exactly that page
+ * with the OpenAI error body.  The page is recognised at the front of the
+ * output (evhttp writes the next response only once the previous one has
+ * gone out) by its status line "HTTP/1.x 413 Request Entity Too Large" and
+ * Content-Type text/html, and rewritten as soon as it is complete: evhttp
+ * adds it in one go, before the socket can write any of it.  Bodies between
+ * max_body_bytes and the cap reach the handlers, which answer the same JSON. */
+static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
+{
+    struct server *srv = arg;
+    static const char pat[] = " 413 Request Entity Too Large\r\n";
+    char head[8 + sizeof pat];
+    if (!info->n_added)
+        return;
+    size_t n = evbuffer_get_length(buf);
+    if (n < sizeof head - 1 || evbuffer_copyout(buf, head, sizeof head - 1) != (ev_ssize_t)(sizeof head - 1) ||
+        memcmp(head, "HTTP/1.", 7) || memcmp(head + 8, pat, sizeof pat - 1))
+        return;
+    struct evbuffer_ptr end = evbuffer_search(buf, "\r\n\r\n", 4, NULL);
+    char hdr[4096];
+    if (end.pos < 0 || (size_t)end.pos + 4 >= sizeof hdr)
+        return;
+    size_t hlen = (size_t)end.pos + 4;
+    if (evbuffer_copyout(buf, hdr, hlen) != (ev_ssize_t)hlen)
+        return;
+    hdr[hlen] = '\0';
+    for (char *p = hdr; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+    const char *cl = strstr(hdr, "\r\ncontent-length:");
+    if (!cl || !strstr(hdr, "\r\ncontent-type: text/html"))
+        return;
+    size_t body = (size_t)strtoull(cl + 17, NULL, 10);
+    if (n != hlen + body)
+        return;
+    struct api_error e;
+    api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
+                  "The request body is larger than the limit of %d bytes (max_body_bytes)",
+                  (int)srv->cfg.max_body_bytes);
+    char *json = api_error_json(&e);
+    char reply[1024];
+    int len = snprintf(reply, sizeof reply,
+                       "HTTP/1.%c 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+                       "Connection: close\r\nContent-Length: %zu\r\n\r\n%s\n",
+                       head[7], (json ? strlen(json) : 2) + 1, json ? json : "{}");
+    free(json);
+    if (len <= 0 || (size_t)len >= sizeof reply)
+        return;
+    /* the socket bufferevent freezes the front of its output: only it drains */
+    evbuffer_unfreeze(buf, 1);
+    if (!evbuffer_drain(buf, n))
+        evbuffer_prepend(buf, reply, (size_t)len);
+    evbuffer_freeze(buf, 1);
+    metrics_request(&srv->m, ROUTE_OTHER, 413);
+}
+
+static struct bufferevent *guard_new(struct event_base *base, void *arg)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), guard_output, arg)) {
+        bufferevent_free(bev);
+        bev = NULL;
+    }
+    return bev; /* NULL: evhttp makes its own (the HTML 413 then goes out as is) */
+}
+
 /* ---- lifecycle ----------------------------------------------------------------------------- */
 
 static void on_grace_over(evutil_socket_t fd, short what, void *arg)
@@ -803,8 +876,9 @@ int server_run(const struct server_config *cfg)
         rc = ps_error_set(PS_EINTERNAL, "libevent: cannot create the event base / http server");
         goto done;
     }
-    /* libevent cuts bodies beyond this hard cap itself (its own 413 page);
-     * bodies between max_body_bytes and the cap get our JSON 413. */
+    /* libevent refuses bodies beyond this hard cap itself (its 413 page,
+     * rewritten to JSON by guard_output); bodies between max_body_bytes and
+     * the cap get our JSON 413 from the handlers. */
     int64_t cap = (int64_t)cfg->max_body_bytes * 4;
     if (cap < (int64_t)cfg->max_body_bytes + (1 << 16))
         cap = (int64_t)cfg->max_body_bytes + (1 << 16);
@@ -812,6 +886,7 @@ int server_run(const struct server_config *cfg)
     evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     evhttp_set_gencb(srv->http, on_request, srv);
+    evhttp_set_bevcb(srv->http, guard_new, srv);
     srv->sock = evhttp_bind_socket_with_handle(srv->http, cfg->host, (ev_uint16_t)cfg->port);
     if (!srv->sock) {
         rc = ps_error_set(PS_EIO, "cannot listen on %s:%d (address in use or not available)", cfg->host,

@@ -215,3 +215,53 @@ def test_metrics_shape(server, client):
     assert m["paraserve_kv_blocks_total"] == 1024
     assert (m['paraserve_kv_blocks{state="free"}'] + m['paraserve_kv_blocks{state="cached"}']
             + m['paraserve_kv_blocks{state="active"}']) == 1024
+
+
+def test_oversized_bodies_of_any_size_get_json_413(start_server, tmp_path):
+    # max_body_bytes 1024: bodies up to ~65 KiB reach our handlers, larger ones
+    # are refused by libevent while reading; both answer the OpenAI JSON 413.
+    import socket
+    srv = start_server("--max-body-bytes", 1024, "--kv-blocks", 64)
+    url = srv.url + "/v1/completions"
+    big = tmp_path / "big.json"
+    big.write_text(json.dumps({"prompt": "x" * 300000, "max_tokens": 1}))
+    mid = tmp_path / "mid.json"
+    mid.write_text(json.dumps({"prompt": "x" * 3000, "max_tokens": 1}))
+
+    def curl(*args):
+        p = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args], capture_output=True,
+                           timeout=60, check=True)
+        body, code = p.stdout.decode().rsplit("\n", 1)
+        return int(code), body
+
+    for extra, path in ([[], mid], [[], big], [["-H", "Expect:"], big],
+                        [["-H", "Transfer-Encoding: chunked"], big], [["-H", "Transfer-Encoding: chunked"], mid]):
+        code, body = curl("-H", "Content-Type: application/json", *extra, "--data-binary", f"@{path}", url)
+        assert code == 413, (extra, path.name, code, body)
+        e = json.loads(body)["error"]
+        assert e["code"] == "request_too_large" and e["type"] == "invalid_request_error" and "1024" in e["message"]
+        assert set(e) >= {"message", "type", "param", "code"}
+    # a raw client announcing a huge Content-Length is answered at once
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: 999999999999\r\n\r\n{\"messages\": [")
+    got = b""
+    while b"\r\n\r\n" not in got or not got.rstrip().endswith(b"}"):
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        got += chunk
+    s.close()
+    head, body = got.split(b"\r\n\r\n", 1)
+    assert head.startswith(b"HTTP/1.1 413 "), got
+    assert b"application/json" in head.lower()
+    assert json.loads(body)["error"]["code"] == "request_too_large"
+    # the tasks API gets the same answer for a body libevent refuses
+    code, body = curl("--data-binary", f"@{big}", srv.url + "/v1/tasks")
+    assert code == 413 and json.loads(body)["error"]["code"] == "request_too_large"
+    # and the server keeps serving
+    r = httpx.post(url, json={"prompt": "Hi", "max_tokens": 2, "temperature": 0}, timeout=60)
+    assert r.status_code == 200, r.text
+    m = srv.metrics()
+    assert m['paraserve_requests_total{route="other",status="413"}'] >= 4
+    assert m['paraserve_requests_total{route="/v1/completions",status="413"}'] >= 1
