@@ -633,7 +633,7 @@ static void on_request(struct evhttp_request *req, void *arg)
                                 : !strcmp(path, "/v1/models") ? ROUTE_MODELS : ROUTE_OTHER, &who))
         return;
     if (tasks_api_route(path)) {
-        tasks_api_handle(srv->tasks, req, path);
+        tasks_api_handle(srv->tasks, req, path, who.tenant);
         return;
     }
 

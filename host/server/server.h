@@ -12,10 +12,13 @@
  * and asks the engine to cancel).
  *
  * Routes: POST /v1/chat/completions, POST /v1/completions, GET /v1/models,
- * GET /health, GET /metrics.  Errors are OpenAI-style JSON bodies: 400 bad
- * JSON / types / values / invalid UTF-8 / prompt longer than the context,
- * 404 unknown model or path, 405 wrong method, 413 body over
- * max_body_bytes, 503 while shutting down.
+ * /v1/tasks (tasks_api.h), GET /health, GET /metrics.  With api_keys
+ * configured every /v1/ route needs "Authorization: Bearer KEY" (the key's
+ * tenant isolates prefix cache and tasks).  Errors are OpenAI-style JSON
+ * bodies: 400 bad JSON / types / values / invalid UTF-8 / prompt longer
+ * than the context, 401 missing or wrong key, 404 unknown model or path,
+ * 405 wrong method, 413 body over max_body_bytes (any size), 503 while
+ * shutting down.
  *
  * Shutdown (SIGTERM, SIGINT): close the listening socket, answer new
  * generation requests with 503, let in-flight ones finish for

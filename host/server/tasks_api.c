@@ -343,7 +343,7 @@ static void submit_error(struct api_error *e, const char *msg, const cJSON *root
     api_error_set(e, 400, "invalid_request_error", code, param[0] ? param : NULL, "%s", msg);
 }
 
-static void handle_create(struct tasks_api *api, struct evhttp_request *req)
+static void handle_create(struct tasks_api *api, struct evhttp_request *req, const char *tenant)
 {
     struct api_error e;
     if (api->draining) {
@@ -389,7 +389,7 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req)
     }
     bool want_stream = stream && cJSON_IsTrue(stream);
     struct orch_task *t;
-    int rc = orch_task_submit(api->orch, root, NULL, &t);
+    int rc = orch_task_submit(api->orch, root, tenant, &t);
     if (rc) {
         if (rc == PS_EINVAL)
             submit_error(&e, ps_error_last(), root);
@@ -438,16 +438,18 @@ bool tasks_api_route(const char *path)
     return !strncmp(path, "/v1/tasks", 9) && (path[9] == '\0' || path[9] == '/');
 }
 
-void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const char *path)
+void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const char *path, uint32_t tenant)
 {
     struct api_error e;
+    char tenant_key[16]; /* the task's tenant: the engine tenant id in decimal */
+    snprintf(tenant_key, sizeof tenant_key, "%u", (unsigned)tenant);
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
     const char *rest = path + 9;
     if (!*rest || !strcmp(rest, "/")) {
         if (method != EVHTTP_REQ_POST)
             method_not_allowed(api, req, "/v1/tasks", "POST");
         else
-            handle_create(api, req);
+            handle_create(api, req, tenant_key);
         return;
     }
     const char *id = rest + 1;
@@ -468,6 +470,8 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
     memcpy(idbuf, id, id_len);
     idbuf[id_len] = '\0';
     struct orch_task *t = orch_task_find(api->orch, idbuf);
+    if (t && strcmp(orch_task_tenant(t), tenant_key))
+        t = NULL; /* another tenant's task: as if it did not exist */
     if (!t) {
         api_error_set(&e, 404, "invalid_request_error", "task_not_found", NULL,
                       "No task with id '%.64s' (unknown, or evicted after it finished)", idbuf);
@@ -586,7 +590,8 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     text = full;
     memcpy(text + n, prefix, np + 1);
     struct engine_request er = {
-        .tenant = 0, .priority = 0, .prompt = text, .parse_special = true, .add_bos = true,
+        .tenant = (uint32_t)strtoul(orch_task_tenant(t), NULL, 10), /* decimal engine tenant id */
+        .priority = 0, .prompt = text, .parse_special = true, .add_bos = true,
         .max_tokens = DECISION_MAX_TOKENS, .sampling = sampler_params_default(), /* greedy */
         .user = (void *)((uintptr_t)d | DECISION_TAG),
     };

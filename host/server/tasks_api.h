@@ -102,8 +102,10 @@ int         tasks_api_n_agents(const struct tasks_api *api);
 
 /* True for "/v1/tasks" and every path below it. */
 bool tasks_api_route(const char *path);
-/* Answer one request under /v1/tasks (takes over `req`). */
-void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const char *path);
+/* Answer one request under /v1/tasks (takes over `req`) for the caller's
+ * engine tenant: its tasks' decisions run as that tenant (prefix cache),
+ * and another tenant's task ids answer 404. */
+void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const char *path, uint32_t tenant);
 
 /* True when an engine event belongs to a decision of this API. */
 bool tasks_api_owns_event(const struct engine_event *ev);

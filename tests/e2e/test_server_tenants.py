@@ -141,3 +141,22 @@ def test_api_key_option_and_config_errors(start_server, paraserve_bin, model_pat
         p = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--config", str(f)],
                            capture_output=True, timeout=30)
         assert p.returncode == 2 and b"api_keys" in p.stderr, (bad, p.stderr)
+
+
+def test_tasks_are_per_tenant(tsrv):
+    """A task belongs to the tenant whose key created it: the same tenant
+    (any of its keys) reads it, another tenant gets 404 as for an unknown id."""
+    r = httpx.post(tsrv.url + "/v1/tasks", headers=_auth("alpha"), timeout=60,
+                   json={"input": "say done", "script": [{"final": {"answer": "done"}}]})
+    assert r.status_code == 200, r.text
+    task = r.json()
+    assert task["status"] == "completed" and task["output"] == "done", task
+    url = f"{tsrv.url}/v1/tasks/{task['id']}"
+    assert httpx.get(url, headers=_auth("alpha2"), timeout=30).json()["id"] == task["id"]
+    for method in ("GET", "DELETE"):
+        r = httpx.request(method, url, headers=_auth("beta"), timeout=30)
+        assert r.status_code == 404, (method, r.text)
+        assert r.json()["error"]["code"] == "task_not_found"
+    r = httpx.get(url + "/events", headers=_auth("beta"), timeout=30)
+    assert r.status_code == 404
+    assert httpx.get(url, headers=_auth("alpha"), timeout=30).json()["status"] == "completed"
