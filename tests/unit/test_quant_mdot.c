@@ -23,13 +23,7 @@
 
 static uint64_t rng_state = 0x243f6a8885a308d3ull;
 
-static uint32_t rng_u32(void)
-{
-    rng_state ^= rng_state << 13;
-    rng_state ^= rng_state >> 7;
-    rng_state ^= rng_state << 17;
-    return (uint32_t)(rng_state >> 16);
-}
+static uint32_t rng_u32(void) { return test_rng_u32(&rng_state); }
 
 static float rng_f(void)
 {

@@ -4,6 +4,7 @@
 #ifndef PS_TEST_UTIL_H
 #define PS_TEST_UTIL_H
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 
@@ -46,6 +47,15 @@ static int test_failures;
         printf("OK\n");                                                      \
         return 0;                                                            \
     } while (0)
+
+/* xorshift64: deterministic test data from a per-test seed in *state. */
+static inline uint32_t test_rng_u32(uint64_t *state)
+{
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    return (uint32_t)(*state >> 16);
+}
 
 /* Path of the embedded default model (ctest sets PARASERVE_MODEL). */
 static inline const char *test_model_path(void)
