@@ -629,6 +629,9 @@ extern "C" int backend_cuda_create(const struct model *m, const struct backend_c
     if (cfg->n_kv_blocks < 1 || cfg->block_size < 1 || cfg->max_batch_tokens < 0)
         return ps_error_set(PS_EINVAL, "backend_cuda: bad config (n_kv_blocks %d, block_size %d, max_batch_tokens %d)",
                             (int)cfg->n_kv_blocks, (int)cfg->block_size, (int)cfg->max_batch_tokens);
+    if (cfg->kv_type != KV_F16)
+        return ps_error_set(PS_EUNSUPPORTED, "backend_cuda: only an f16 KV cache is supported (kv_type %d)",
+                            (int)cfg->kv_type);
     if (hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->rope_dim % 2 ||
         hp->rope_dim > hp->head_dim ||
         (hp->head_dim != 16 && hp->head_dim != 32 && hp->head_dim != 64 && hp->head_dim != 80 &&

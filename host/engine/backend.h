@@ -50,11 +50,20 @@ struct batch_plan {
     int32_t                 n_seqs;
 };
 
+/* Element type of the K/V cache.  F16 halves the memory and is what both
+ * backends are tuned for; F32 keeps attention exact in f32 (reference runs,
+ * tests against an f32 peer).  The CUDA backend supports KV_F16 only. */
+enum kv_type {
+    KV_F16 = 0,
+    KV_F32 = 1,
+};
+
 struct backend_config {
     int32_t n_threads;   /* CPU worker threads (CPU backend), >= 1        */
     int32_t n_kv_blocks; /* physical KV blocks                            */
     int32_t block_size;  /* token slots per block, e.g. 16                */
     int32_t max_batch_tokens; /* upper bound of sum(n_tokens) per forward; 0 = 2048 */
+    enum kv_type kv_type;     /* KV_F16 unless set                        */
 };
 
 typedef struct backend backend;
