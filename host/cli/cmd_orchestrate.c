@@ -3,16 +3,21 @@
  * task's event stream as JSON lines:
  *   {"id":N,"event":"call.result","data":{...}}
  * Tasks come from --task JSON (repeatable) or --tasks-file (one request
- * per line), each submitted --repeat times, all concurrently.  A task
+ * per line), each submitted --repeat times: all at once (a burst), or
+ * spread uniformly over --stagger-ms (task k of N at k*W/N ms).  A task
  * without a `script` needs the engine (model-driven) and fails with a
- * clear error here.  --stats ends with one {"stats":{...}} line.
+ * clear error here.  --stats ends with one {"stats":{...}} line; its CPU
+ * figures (this loop's thread, the mock agent's thread) tell whether a run
+ * was bound by the executor, by the mock, or by neither.
  */
 #include <event2/event.h>
 #include <getopt.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "commands.h"
 #include "common/status.h"
@@ -27,11 +32,17 @@ struct run {
     struct event_base *base;
     struct orch       *orch;
     int                quiet, stats;
+    int                total;          /* tasks to submit */
     int                submitted, finished, completed, failed, cancelled;
+    int                peak_running;   /* most tasks running at once */
+    int                submit_error;   /* a submission failed: stop */
     double            *d2r, *r2r, *task_ms;
     size_t             n_d2r, n_r2r, n_task, cap_d2r, cap_r2r, cap_task;
     struct orch_task **tasks;
-    int64_t           *t_submit;
+    cJSON             *reqs;           /* task requests, submitted round-robin */
+    int                stagger_ms;     /* 0: all at once */
+    int64_t            t0;
+    struct event      *stagger_ev;
 };
 
 static void usage(FILE *out)
@@ -41,7 +52,8 @@ static void usage(FILE *out)
         "  --agents FILE      agent pool (default configs/agents.default.json)\n"
         "  --task JSON        a task request {\"input\",\"script\",\"max_rounds\",\"deadline_ms\"} (repeatable)\n"
         "  --tasks-file FILE  task requests, one JSON object per line\n"
-        "  --repeat N         submit each task N times, all at once (default 1)\n"
+        "  --repeat N         submit each task N times (default 1)\n"
+        "  --stagger-ms W     spread the submissions uniformly over W ms (default 0: all at once)\n"
         "  --mock-agent PORT  serve the built-in mock HTTP agent on 127.0.0.1:PORT (0: any port)\n"
         "                     for the run; {MOCK_PORT} in the agents file is replaced by its port\n"
         "  --local-url URL    OpenAI chat endpoint serving the embedded model (kind local)\n"
@@ -80,29 +92,41 @@ static double pct(double *v, size_t n, double p)
     return v[i < n ? i : n - 1];
 }
 
+/* The number after the top-level member "key": in an event's data (the
+ * executor prints these members as plain numbers).  Returns 0 if absent.
+ * A scan instead of a JSON parse: it runs on the measured loop. */
+static int event_number(const char *data, const char *key, double *out)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = strstr(data, pat);
+    if (!p)
+        return 0;
+    char *end;
+    *out = strtod(p + strlen(pat), &end);
+    return end != p + strlen(pat);
+}
+
 static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
 {
     struct run *r = ud;
     int terminal = !strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error");
     if (!r->quiet || terminal)
         printf("{\"id\":%lld,\"event\":\"%s\",\"data\":%s}\n", (long long)ev->id, ev->type, ev->data);
+    double x;
     if (r->stats && !strcmp(ev->type, "call.result")) {
-        cJSON *d = cJSON_Parse(ev->data);
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(d, "dispatch_to_recv_us");
-        const cJSON *b = cJSON_GetObjectItemCaseSensitive(d, "reply_to_record_us");
-        if (cJSON_IsNumber(a))
-            push(&r->d2r, &r->n_d2r, &r->cap_d2r, a->valuedouble);
-        if (cJSON_IsNumber(b))
-            push(&r->r2r, &r->n_r2r, &r->cap_r2r, b->valuedouble);
-        cJSON_Delete(d);
+        if (event_number(ev->data, "dispatch_to_recv_us", &x))
+            push(&r->d2r, &r->n_d2r, &r->cap_d2r, x);
+        if (event_number(ev->data, "reply_to_record_us", &x))
+            push(&r->r2r, &r->n_r2r, &r->cap_r2r, x);
     }
-    if (terminal && r->stats) {
-        cJSON *d = cJSON_Parse(ev->data);
-        const cJSON *tm = cJSON_GetObjectItemCaseSensitive(d, "t_ms");
-        if (cJSON_IsNumber(tm))
-            push(&r->task_ms, &r->n_task, &r->cap_task, tm->valuedouble);
-        cJSON_Delete(d);
-    }
+    /* t_ms is the last member of every event (task.c appends it), so a
+     * "t_ms" inside a call result cannot be taken for it. */
+    const char *tm = terminal && r->stats ? strstr(ev->data, ",\"t_ms\":") : NULL;
+    while (tm && strstr(tm + 1, ",\"t_ms\":"))
+        tm = strstr(tm + 1, ",\"t_ms\":");
+    if (tm && event_number(tm, "t_ms", &x))
+        push(&r->task_ms, &r->n_task, &r->cap_task, x);
 }
 
 static void on_done(void *ud, struct orch_task *t)
@@ -114,8 +138,53 @@ static void on_done(void *ud, struct orch_task *t)
     case TASK_CANCELLED: r->cancelled++; break;
     default: r->failed++; break;
     }
-    if (r->finished == r->submitted)
+    if (r->finished == r->total || (r->submit_error && r->finished == r->submitted))
         event_base_loopbreak(r->base);
+}
+
+/* Submit task number r->submitted (requests round-robin).  0 or -1. */
+static int submit_next(struct run *r)
+{
+    int n_reqs = cJSON_GetArraySize(r->reqs);
+    int qi = r->submitted % n_reqs;
+    struct orch_task *t;
+    if (orch_task_submit(r->orch, cJSON_GetArrayItem(r->reqs, qi), NULL, &t)) {
+        fprintf(stderr, "paraserve orchestrate: task #%d: %s\n", qi + 1, ps_error_last());
+        r->submit_error = 1;
+        return -1;
+    }
+    r->tasks[r->submitted++] = t;
+    orch_task_subscribe(t, 0, on_event, r);
+    int running = r->submitted - r->finished;
+    if (running > r->peak_running)
+        r->peak_running = running;
+    return 0;
+}
+
+/* --stagger-ms: submit every task that is due, then sleep until the next. */
+static void on_stagger(evutil_socket_t fd, short what, void *ud)
+{
+    struct run *r = ud;
+    int64_t el_us = (orch_now_ns() - r->t0) / 1000;
+    while (r->submitted < r->total &&
+           (int64_t)r->submitted * r->stagger_ms * 1000 / r->total <= el_us) {
+        if (submit_next(r)) {
+            if (r->finished == r->submitted)
+                event_base_loopbreak(r->base);
+            return;
+        }
+    }
+    if (r->submitted == r->total)
+        return;
+    int64_t due_us = (int64_t)r->submitted * r->stagger_ms * 1000 / r->total - el_us;
+    struct timeval tv = { (time_t)(due_us / 1000000), (suseconds_t)(due_us % 1000000) };
+    evtimer_add(r->stagger_ev, &tv);
+}
+
+static double thread_cpu_s(void)
+{
+    struct timespec ts;
+    return clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) ? -1 : (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 static void on_cancel_timer(evutil_socket_t fd, short what, void *ud)
@@ -175,7 +244,7 @@ int cmd_orchestrate(int argc, char **argv)
         {"mock-agent", required_argument, 0, 'm'}, {"local-url", required_argument, 0, 'l'},
         {"cancel-after", required_argument, 0, 'c'}, {"quiet", no_argument, 0, 'q'},
         {"stats", no_argument, 0, 's'}, {"max-events", required_argument, 0, 'e'},
-        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"stagger-ms", required_argument, 0, 'w'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
@@ -183,7 +252,7 @@ int cmd_orchestrate(int argc, char **argv)
     struct run r = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:qsh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:qsh", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -199,13 +268,15 @@ int cmd_orchestrate(int argc, char **argv)
         case 'l': local_url = optarg; break;
         case 'c': cancel_after = atoi(optarg); break;
         case 'e': max_events = atoi(optarg); break;
+        case 'w': r.stagger_ms = atoi(optarg); break;
         case 'q': r.quiet = 1; break;
         case 's': r.stats = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if ((!n_task_args && !tasks_file) || repeat < 1 || repeat > 1000000 || (max_events && max_events < 4)) {
+    if ((!n_task_args && !tasks_file) || repeat < 1 || repeat > 1000000 || (max_events && max_events < 4) ||
+        r.stagger_ms < 0 || r.stagger_ms > 3600000) {
         usage(stderr);
         return 2;
     }
@@ -274,49 +345,63 @@ int cmd_orchestrate(int argc, char **argv)
         goto done;
     }
     orch_set_done_cb(r.orch, on_done, &r);
-    int total = cJSON_GetArraySize(reqs) * repeat;
-    r.tasks = calloc((size_t)total + 1, sizeof *r.tasks);
-    if (!r.tasks)
+    if (!cJSON_GetArraySize(reqs)) {
+        fprintf(stderr, "paraserve orchestrate: no tasks\n");
+        rc = 2;
         goto done;
-    int64_t t0 = orch_now_ns();
-    for (int k = 0; k < repeat; k++) {
-        const cJSON *q;
-        int qi = 0;
-        cJSON_ArrayForEach(q, reqs) {
-            struct orch_task *t;
-            if (orch_task_submit(r.orch, q, NULL, &t)) {
-                fprintf(stderr, "paraserve orchestrate: task #%d: %s\n", qi + 1, ps_error_last());
-                rc = 2;
-                goto done;
-            }
-            r.tasks[r.submitted++] = t;
-            orch_task_subscribe(t, 0, on_event, &r);
-            qi++;
-        }
+    }
+    r.reqs = reqs;
+    r.total = cJSON_GetArraySize(reqs) * repeat;
+    r.tasks = calloc((size_t)r.total + 1, sizeof *r.tasks);
+    if (!r.tasks || !(r.stagger_ev = evtimer_new(r.base, on_stagger, &r)))
+        goto done;
+    double cpu0 = thread_cpu_s();
+    int64_t mock_cpu0 = mock ? mock_agent_cpu_ns(mock) : -1;
+    r.t0 = orch_now_ns();
+    if (r.stagger_ms > 0) {
+        on_stagger(-1, 0, &r);
+    } else {
+        while (r.submitted < r.total && !submit_next(&r))
+            ;
+    }
+    if (r.submit_error && (!r.stagger_ms || !r.submitted)) {
+        rc = 2;                 /* a task request was refused before the run */
+        goto done;
     }
     if (cancel_after >= 0) {
         cancel_ev = evtimer_new(r.base, on_cancel_timer, &r);
         struct timeval tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
         evtimer_add(cancel_ev, &tv);
     }
-    if (r.finished < r.submitted)
+    if (r.finished < r.total && !(r.submit_error && r.finished == r.submitted))
         event_base_dispatch(r.base);
-    double wall = (double)(orch_now_ns() - t0) / 1e9;
+    double wall = (double)(orch_now_ns() - r.t0) / 1e9;
+    double loop_cpu = thread_cpu_s() - cpu0;
+    int64_t mock_cpu1 = mock ? mock_agent_cpu_ns(mock) : -1;
+    double mock_cpu = mock_cpu0 >= 0 && mock_cpu1 >= 0 ? (double)(mock_cpu1 - mock_cpu0) / 1e9 : -1;
     if (r.stats) {
+        /* last_submit_s: when the last task went in (0 for a burst); the
+         * ideal wall time is last_submit_s + a task's critical path. */
         printf("{\"stats\":{\"tasks\":%d,\"completed\":%d,\"failed\":%d,\"cancelled\":%d,"
-               "\"wall_s\":%.4f,\"tasks_per_s\":%.1f,\"calls_measured\":%zu,"
+               "\"wall_s\":%.4f,\"tasks_per_s\":%.1f,\"stagger_ms\":%d,\"last_submit_s\":%.4f,"
+               "\"peak_running\":%d,\"calls_measured\":%zu,"
                "\"dispatch_to_recv_us_p50\":%.1f,\"dispatch_to_recv_us_p99\":%.1f,"
                "\"reply_to_record_us_p50\":%.1f,\"reply_to_record_us_p99\":%.1f,"
-               "\"task_ms_p50\":%.2f,\"task_ms_p99\":%.2f,\"task_ms_max\":%.2f}}\n",
-               r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.n_d2r,
+               "\"task_ms_p50\":%.2f,\"task_ms_p99\":%.2f,\"task_ms_max\":%.2f,"
+               "\"loop_cpu_s\":%.4f,\"mock_cpu_s\":%.4f}}\n",
+               r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.stagger_ms,
+               r.total > 1 ? (double)(r.total - 1) * r.stagger_ms / r.total / 1000.0 : 0.0,
+               r.peak_running, r.n_d2r,
                pct(r.d2r, r.n_d2r, 0.5), pct(r.d2r, r.n_d2r, 0.99),
                pct(r.r2r, r.n_r2r, 0.5), pct(r.r2r, r.n_r2r, 0.99),
                pct(r.task_ms, r.n_task, 0.5), pct(r.task_ms, r.n_task, 0.99),
-               pct(r.task_ms, r.n_task, 1.0));
+               pct(r.task_ms, r.n_task, 1.0), loop_cpu, mock_cpu);
     }
     fflush(stdout);
-    rc = r.finished == r.submitted ? 0 : 1;
+    rc = r.submit_error ? 2 : r.finished == r.total ? 0 : 1;
 done:
+    if (r.stagger_ev)
+        event_free(r.stagger_ev);
     if (cancel_ev)
         event_free(cancel_ev);
     orch_destroy(r.orch);

@@ -1,37 +1,44 @@
-/* mock_agent.c - loopback HTTP mock agent on its own thread (see mock_agent.h). */
+/* mock_agent.c - loopback HTTP/1.1 mock agent on its own thread (see mock_agent.h).
+ *
+ * Test infrastructure that must not be what a benchmark measures, so it is
+ * lean: raw non-blocking sockets on a private libevent loop (no evhttp, whose
+ * deferred bufferevent writes cost an extra loop turn per reply, and whose
+ * Date header reads the time zone), keep-alive connections, replies written
+ * with one send() from the timer callback, and a loop with
+ * EVENT_BASE_FLAG_PRECISE_TIMER (timerfd) so `sleep_ms` is honoured to
+ * microseconds instead of being rounded up to the next millisecond.
+ * Delays are per-connection timers: requests never wait for each other.
+ *
+ * Connection states (one request at a time per connection; bytes of a
+ * pipelined next request wait in `in` until the reply is sent):
+ *   IDLE  --conn_parse(): request complete-->  BUSY (timer, or hang)
+ *   BUSY  --on_delay() / immediate reply-->   WRITING (out pending) or IDLE
+ *   WRITING --on_write(): all sent-->          IDLE, or closed for Connection: close
+ *   any   --EOF / error / drop fault-->        conn_free() (a pending reply is dropped)
+ */
 #include "orchestrator/mock_agent.h"
 
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
+#include <errno.h>
 #include <event2/event.h>
-#include <event2/http.h>
-#include <event2/keyvalq_struct.h>
-#include <event2/listener.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "orchestrator/httpc.h"
 
-#define MOCK_BACKLOG 4096
-
-struct pending {
-    struct mock_agent        *m;
-    struct evhttp_request    *req;
-    struct evhttp_connection *conn;
-    struct event             *timer;
-    int64_t                   recv_ns;
-    char                     *body;     /* reply body, NULL for a drop */
-    int                       code;
-    struct pending           *prev, *next;
-};
+#define MOCK_BACKLOG   4096          /* a burst of connects must not drop SYNs */
+#define MOCK_MAX_REQ   (1u << 20)    /* request head + body limit */
+#define MOCK_READ_CHUNK 16384
 
 struct flaky {
     char         *key;
@@ -39,163 +46,384 @@ struct flaky {
     struct flaky *next;
 };
 
+struct conn {
+    struct mock_agent *m;
+    int                fd;
+    struct event      *rd, *wr, *delay;
+    char              *in;
+    size_t             in_len, in_cap;
+    char              *out;          /* unsent reply bytes (WRITING) */
+    size_t             out_len, out_off;
+    int                busy;         /* a request is being handled */
+    int                close_after;  /* Connection: close / HTTP/1.0 */
+    int64_t            recv_ns;
+    int                code;         /* pending reply (BUSY with a timer) */
+    char              *body;         /* NULL: drop the connection instead */
+    struct conn       *prev, *next;
+};
+
 struct mock_agent {
     struct event_base *base;
-    struct evhttp     *http;
-    struct event      *stop_ev;
+    struct event      *accept_ev, *stop_ev;
+    int                listen_fd;
     int                stop_fd[2];
     int                port;
     pthread_t          thread;
-    struct pending    *pending;
+    int                started;
+    struct conn       *conns;
     struct flaky      *flaky;
     atomic_llong       n_requests, n_replies;
 };
 
-static void pending_free(struct pending *p)
+static void conn_free(struct conn *c)
 {
-    struct mock_agent *m = p->m;
-    if (p->prev) p->prev->next = p->next; else m->pending = p->next;
-    if (p->next) p->next->prev = p->prev;
-    if (p->timer)
-        event_free(p->timer);
-    free(p->body);
-    free(p);
+    struct mock_agent *m = c->m;
+    if (c->prev) c->prev->next = c->next; else m->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    if (c->rd) event_free(c->rd);
+    if (c->wr) event_free(c->wr);
+    if (c->delay) event_free(c->delay);
+    if (c->fd >= 0) close(c->fd);
+    free(c->in);
+    free(c->out);
+    free(c->body);
+    free(c);
 }
 
-static void send_now(struct mock_agent *m, struct evhttp_request *req, int64_t recv_ns,
-                     int code, const char *body)
+static void conn_parse(struct conn *c);
+
+/* Send c->out from out_off; returns 0 when all is sent or EV_WRITE is armed,
+ * -1 when the connection failed (the caller frees it). */
+static int conn_flush(struct conn *c)
 {
-    struct evkeyvalq *h = evhttp_request_get_output_headers(req);
-    char v[32];
-    snprintf(v, sizeof v, "%lld", (long long)recv_ns);
-    evhttp_add_header(h, "X-Agent-Recv-Ns", v);
-    evhttp_add_header(h, "Content-Type", "application/json");
-    snprintf(v, sizeof v, "%lld", (long long)orch_now_ns());
-    evhttp_add_header(h, "X-Agent-Send-Ns", v);
-    struct evbuffer *b = evbuffer_new();
-    evbuffer_add(b, body, strlen(body));
-    evhttp_send_reply(req, code, code == 200 ? "OK" : "Error", b);
-    evbuffer_free(b);
-    atomic_fetch_add(&m->n_replies, 1);
+    while (c->out_off < c->out_len) {
+        ssize_t n = send(c->fd, c->out + c->out_off, c->out_len - c->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            c->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return event_add(c->wr, NULL) ? -1 : 0;
+        if (n < 0 && errno == EINTR)
+            continue;
+        return -1;
+    }
+    free(c->out);
+    c->out = NULL;
+    c->out_len = c->out_off = 0;
+    return 0;
 }
 
-static void drop_now(struct evhttp_request *req)
+/* Reply finished (sent or queued in the kernel): next request, or close. */
+static void conn_reply_done(struct conn *c)
 {
-    struct evhttp_connection *c = evhttp_request_get_connection(req);
-    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
-    if (bev)
-        shutdown(bufferevent_getfd(bev), SHUT_RDWR);
-}
-
-static void on_client_close(struct evhttp_connection *c, void *ud)
-{
-    struct pending *p = ud;
-    pending_free(p);
-}
-
-static void on_pending_timer(evutil_socket_t fd, short what, void *ud)
-{
-    struct pending *p = ud;
-    struct mock_agent *m = p->m;
-    evhttp_connection_set_closecb(p->conn, NULL, NULL);
-    if (p->body)
-        send_now(m, p->req, p->recv_ns, p->code, p->body);
-    else
-        drop_now(p->req);
-    pending_free(p);
-}
-
-static void on_request(struct evhttp_request *req, void *ud)
-{
-    struct mock_agent *m = ud;
-    int64_t recv_ns = orch_now_ns();
-    atomic_fetch_add(&m->n_requests, 1);
-    struct evbuffer *in = evhttp_request_get_input_buffer(req);
-    size_t n = evbuffer_get_length(in);
-    char *text = malloc(n + 1);
-    if (!text) {
-        evhttp_send_error(req, 500, "oom");
+    c->busy = 0;
+    if (c->close_after) {
+        shutdown(c->fd, SHUT_WR);
+        conn_free(c);
         return;
     }
-    evbuffer_copyout(in, text, n);
-    text[n] = 0;
-    cJSON *args = cJSON_Parse(text);
-    free(text);
+    conn_parse(c);
+}
+
+static void conn_send_reply(struct conn *c, int code, const char *body)
+{
+    struct mock_agent *m = c->m;
+    size_t bl = strlen(body);
+    size_t cap = bl + 256;
+    char *out = malloc(cap);
+    if (!out) {
+        conn_free(c);
+        return;
+    }
+    int n = snprintf(out, cap,
+                     "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
+                     "X-Agent-Recv-Ns: %lld\r\nX-Agent-Send-Ns: %lld\r\n%s\r\n",
+                     code, code == 200 ? "OK" : "Error", bl, (long long)c->recv_ns,
+                     (long long)orch_now_ns(), c->close_after ? "Connection: close\r\n" : "");
+    if (n < 0 || (size_t)n + bl > cap) {
+        free(out);
+        conn_free(c);
+        return;
+    }
+    memcpy(out + n, body, bl);
+    c->out = out;
+    c->out_len = (size_t)n + bl;
+    c->out_off = 0;
+    atomic_fetch_add(&m->n_replies, 1);
+    if (conn_flush(c)) {
+        conn_free(c);
+        return;
+    }
+    if (!c->out)
+        conn_reply_done(c);
+}
+
+static void conn_drop(struct conn *c)
+{
+    shutdown(c->fd, SHUT_RDWR);
+    conn_free(c);
+}
+
+static void on_delay(evutil_socket_t fd, short what, void *ud)
+{
+    struct conn *c = ud;
+    char *body = c->body;
+    c->body = NULL;
+    if (!body) {
+        conn_drop(c);
+        return;
+    }
+    conn_send_reply(c, c->code, body);
+    free(body);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *ud)
+{
+    struct conn *c = ud;
+    if (conn_flush(c)) {
+        conn_free(c);
+        return;
+    }
+    if (!c->out)
+        conn_reply_done(c);
+}
+
+/* Decide the reply to one request body (see mock_agent.h for the protocol).
+ * Sets *code and *body (malloc'd; NULL: drop the connection), *sleep_ms and
+ * *hang.  Returns -1 when out of memory. */
+static int mock_decide(struct mock_agent *m, const char *text, size_t len,
+                       int *code, char **body, int *sleep_ms, int *hang)
+{
+    cJSON *args = len ? cJSON_ParseWithLength(text, len) : NULL;
     const cJSON *sl = cJSON_GetObjectItemCaseSensitive(args, "sleep_ms");
     const cJSON *fa = cJSON_GetObjectItemCaseSensitive(args, "fault");
-    int sleep_ms = cJSON_IsNumber(sl) ? sl->valueint : 0;
     const char *fault = cJSON_IsString(fa) ? fa->valuestring : "";
-    int code = 200;
-    char *body = NULL;
-    int hang = 0;
+    *sleep_ms = cJSON_IsNumber(sl) ? sl->valueint : 0;
+    *code = 200;
+    *body = NULL;
+    *hang = 0;
+    const char *fixed = NULL;
     if (!strcmp(fault, "hang")) {
-        hang = 1;
+        *hang = 1;
+        fixed = "";
     } else if (!strcmp(fault, "5xx")) {
-        code = 503;
-        body = strdup("{\"error\":\"unavailable\"}");
+        *code = 503;
+        fixed = "{\"error\":\"unavailable\"}";
     } else if (!strcmp(fault, "4xx")) {
-        code = 400;
-        body = strdup("{\"error\":\"bad request\"}");
+        *code = 400;
+        fixed = "{\"error\":\"bad request\"}";
     } else if (!strcmp(fault, "nonjson")) {
-        body = strdup("<html>this is not json</html>");
+        fixed = "<html>this is not json</html>";
     } else if (!strcmp(fault, "drop")) {
-        body = NULL;
-    } else {
-        if (!strcmp(fault, "flaky")) {
-            const cJSON *k = cJSON_GetObjectItemCaseSensitive(args, "key");
-            const cJSON *ft = cJSON_GetObjectItemCaseSensitive(args, "fail_times");
-            const char *key = cJSON_IsString(k) ? k->valuestring : "";
-            struct flaky *f = m->flaky;
-            while (f && strcmp(f->key, key))
-                f = f->next;
-            if (!f && (f = calloc(1, sizeof *f))) {
-                f->key = strdup(key);
-                f->next = m->flaky;
-                m->flaky = f;
+        cJSON_Delete(args);
+        return 0;
+    } else if (!strcmp(fault, "flaky")) {
+        const cJSON *k = cJSON_GetObjectItemCaseSensitive(args, "key");
+        const cJSON *ft = cJSON_GetObjectItemCaseSensitive(args, "fail_times");
+        const char *key = cJSON_IsString(k) ? k->valuestring : "";
+        struct flaky *f = m->flaky;
+        while (f && strcmp(f->key, key))
+            f = f->next;
+        if (!f) {
+            if (!(f = calloc(1, sizeof *f)) || !(f->key = strdup(key))) {
+                free(f);
+                cJSON_Delete(args);
+                return -1;
             }
-            if (f && f->seen++ < (cJSON_IsNumber(ft) ? ft->valueint : 1)) {
-                code = 503;
-                body = strdup("{\"error\":\"flaky\"}");
-            }
+            f->next = m->flaky;
+            m->flaky = f;
         }
-        if (!body) {
-            cJSON *r = cJSON_CreateObject();
-            cJSON_AddBoolToObject(r, "ok", 1);
-            cJSON_AddItemToObject(r, "args", args ? cJSON_Duplicate(args, 1) : cJSON_CreateNull());
-            body = cJSON_PrintUnformatted(r);
-            cJSON_Delete(r);
+        if (f->seen++ < (cJSON_IsNumber(ft) ? ft->valueint : 1)) {
+            *code = 503;
+            fixed = "{\"error\":\"flaky\"}";
         }
+    }
+    if (fixed) {
+        *body = strdup(fixed);
+    } else if ((*body = malloc(len + 32))) {
+        /* {"ok":true,"args":<the request, verbatim when it is JSON>} */
+        if (cJSON_IsObject(args))
+            snprintf(*body, len + 32, "{\"ok\":true,\"args\":%.*s}", (int)len, text);
+        else
+            snprintf(*body, len + 32, "{\"ok\":true,\"args\":null}");
     }
     cJSON_Delete(args);
-    if (!hang && sleep_ms <= 0) {
-        if (body)
-            send_now(m, req, recv_ns, code, body);
-        else
-            drop_now(req);
-        free(body);
+    return *body ? 0 : -1;
+}
+
+static const char *find_header(const char *head, const char *end, const char *name, size_t *vlen)
+{
+    size_t k = strlen(name);
+    for (const char *p = head; p < end;) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (!eol)
+            eol = end;
+        if ((size_t)(eol - p) > k && !strncasecmp(p, name, k) && p[k] == ':') {
+            const char *v = p + k + 1, *ve = eol;
+            while (v < ve && (*v == ' ' || *v == '\t')) v++;
+            while (ve > v && (ve[-1] == '\r' || ve[-1] == ' ')) ve--;
+            *vlen = (size_t)(ve - v);
+            return v;
+        }
+        p = eol + 1;
+    }
+    return NULL;
+}
+
+static void reply_status_only(struct conn *c, int code, const char *body)
+{
+    c->busy = 1;
+    c->close_after = 1;
+    conn_send_reply(c, code, body);
+}
+
+/* Handle the request at the front of `in` if it is complete (IDLE only). */
+static void conn_parse(struct conn *c)
+{
+    if (c->busy || !c->in_len)
+        return;
+    char *hend = memmem(c->in, c->in_len, "\r\n\r\n", 4);
+    if (!hend) {
+        if (c->in_len > MOCK_MAX_REQ)
+            conn_free(c);
         return;
     }
-    struct pending *p = calloc(1, sizeof *p);
-    if (!p) {
-        free(body);
-        evhttp_send_error(req, 500, "oom");
+    const char *head_end = hend + 2;
+    size_t head_len = (size_t)(hend + 4 - c->in);
+    const char *sp = memchr(c->in, ' ', (size_t)(hend - c->in));
+    const char *line_end = memchr(c->in, '\n', (size_t)(hend - c->in) + 1);
+    if (!sp || !line_end) {
+        reply_status_only(c, 400, "{\"error\":\"bad request line\"}");
         return;
     }
-    p->m = m;
-    p->req = req;
-    p->conn = evhttp_request_get_connection(req);
-    p->recv_ns = recv_ns;
-    p->code = code;
-    p->body = body;
-    p->next = m->pending;
-    if (m->pending)
-        m->pending->prev = p;
-    m->pending = p;
-    evhttp_connection_set_closecb(p->conn, on_client_close, p);
-    if (!hang) {
-        p->timer = evtimer_new(m->base, on_pending_timer, p);
+    int is_post = (size_t)(sp - c->in) == 4 && !memcmp(c->in, "POST", 4);
+    int is_get = (size_t)(sp - c->in) == 3 && !memcmp(c->in, "GET", 3);
+    size_t vlen = 0;
+    const char *v;
+    size_t clen = 0;
+    if ((v = find_header(line_end + 1, head_end, "Transfer-Encoding", &vlen))) {
+        reply_status_only(c, 411, "{\"error\":\"chunked requests are not supported\"}");
+        return;
+    }
+    if ((v = find_header(line_end + 1, head_end, "Content-Length", &vlen))) {
+        char num[24];
+        if (vlen == 0 || vlen >= sizeof num) {
+            reply_status_only(c, 400, "{\"error\":\"bad Content-Length\"}");
+            return;
+        }
+        memcpy(num, v, vlen);
+        num[vlen] = 0;
+        char *e;
+        unsigned long long x = strtoull(num, &e, 10);
+        if (*e || x > MOCK_MAX_REQ) {
+            reply_status_only(c, 413, "{\"error\":\"body too large\"}");
+            return;
+        }
+        clen = (size_t)x;
+    }
+    if (c->in_len < head_len + clen)
+        return;                                  /* body still arriving */
+    c->close_after = line_end - c->in >= 9 && !memcmp(line_end - 9, "HTTP/1.0", 8);
+    if ((v = find_header(line_end + 1, head_end, "Connection", &vlen)))
+        c->close_after = vlen == 5 && !strncasecmp(v, "close", 5);
+    c->recv_ns = orch_now_ns();
+    atomic_fetch_add(&c->m->n_requests, 1);
+    c->busy = 1;
+    int code, sleep_ms, hang;
+    char *body = NULL;
+    int rc = 0;
+    if (is_post)
+        rc = mock_decide(c->m, c->in + head_len, clen, &code, &body, &sleep_ms, &hang);
+    else if (is_get)
+        rc = mock_decide(c->m, "", 0, &code, &body, &sleep_ms, &hang);
+    else {
+        code = 405;
+        sleep_ms = hang = 0;
+        rc = (body = strdup("{\"error\":\"method not allowed\"}")) ? 0 : -1;
+    }
+    c->in_len -= head_len + clen;
+    memmove(c->in, c->in + head_len + clen, c->in_len);
+    if (rc) {
+        conn_free(c);
+        return;
+    }
+    if (hang) {
+        free(body);                              /* never answered; freed on close */
+        return;
+    }
+    if (sleep_ms > 0) {
+        c->code = code;
+        c->body = body;                          /* NULL: drop when the timer fires */
         struct timeval tv = { sleep_ms / 1000, (sleep_ms % 1000) * 1000 };
-        evtimer_add(p->timer, &tv);
+        if (event_add(c->delay, &tv))
+            conn_free(c);
+        return;
+    }
+    if (!body) {
+        conn_drop(c);
+        return;
+    }
+    conn_send_reply(c, code, body);
+    free(body);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *ud)
+{
+    struct conn *c = ud;
+    for (;;) {
+        if (c->in_cap - c->in_len < MOCK_READ_CHUNK) {
+            size_t cap = c->in_cap ? c->in_cap * 2 : MOCK_READ_CHUNK * 2;
+            char *nb = cap <= 2 * MOCK_MAX_REQ + 2 * MOCK_READ_CHUNK ? realloc(c->in, cap) : NULL;
+            if (!nb) {
+                conn_free(c);
+                return;
+            }
+            c->in = nb;
+            c->in_cap = cap;
+        }
+        ssize_t n = recv(fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            if ((size_t)n < MOCK_READ_CHUNK)
+                break;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            break;
+        conn_free(c);       /* EOF or reset: the client left; a pending reply is dropped */
+        return;
+    }
+    conn_parse(c);
+}
+
+static void on_accept(evutil_socket_t lfd, short what, void *ud)
+{
+    struct mock_agent *m = ud;
+    for (;;) {
+        int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0)
+            return;                              /* EAGAIN, or a transient error */
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+        struct conn *c = calloc(1, sizeof *c);
+        if (!c) {
+            close(fd);
+            continue;
+        }
+        c->m = m;
+        c->fd = fd;
+        c->next = m->conns;
+        if (m->conns)
+            m->conns->prev = c;
+        m->conns = c;
+        c->rd = event_new(m->base, fd, EV_READ | EV_PERSIST, on_read, c);
+        c->wr = event_new(m->base, fd, EV_WRITE, on_write, c);
+        c->delay = evtimer_new(m->base, on_delay, c);
+        if (!c->rd || !c->wr || !c->delay || event_add(c->rd, NULL))
+            conn_free(c);
     }
 }
 
@@ -212,55 +440,75 @@ static void *mock_thread(void *ud)
     return NULL;
 }
 
+static void mock_free(struct mock_agent *m)
+{
+    while (m->conns)
+        conn_free(m->conns);
+    if (m->accept_ev) event_free(m->accept_ev);
+    if (m->stop_ev) event_free(m->stop_ev);
+    if (m->base) event_base_free(m->base);
+    if (m->listen_fd >= 0) close(m->listen_fd);
+    if (m->stop_fd[0] >= 0) { close(m->stop_fd[0]); close(m->stop_fd[1]); }
+    while (m->flaky) {
+        struct flaky *f = m->flaky;
+        m->flaky = f->next;
+        free(f->key);
+        free(f);
+    }
+    free(m);
+}
+
 struct mock_agent *mock_agent_start(int port)
 {
     struct mock_agent *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
-    m->stop_fd[0] = m->stop_fd[1] = -1;
-    m->base = event_base_new();
-    m->http = m->base ? evhttp_new(m->base) : NULL;
-    if (!m->http || pipe(m->stop_fd))
+    m->listen_fd = m->stop_fd[0] = m->stop_fd[1] = -1;
+    struct event_config *cfg = event_config_new();
+    if (!cfg)
         goto fail;
-    evhttp_set_gencb(m->http, on_request, m);
-    evhttp_set_allowed_methods(m->http, EVHTTP_REQ_POST | EVHTTP_REQ_GET);
-    /* A burst of thousands of new connections (bench/orchestrate) must not
-     * overflow the accept queue (libevent's default backlog is 128): a
-     * dropped SYN costs the client a 1 s retransmit. */
-    struct sockaddr_in bind_sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    bind_sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    struct evconnlistener *lst = evconnlistener_new_bind(m->base, NULL, NULL,
-                                                         LEV_OPT_CLOSE_ON_FREE | LEV_OPT_REUSEABLE,
-                                                         MOCK_BACKLOG, (struct sockaddr *)&bind_sa, sizeof bind_sa);
-    struct evhttp_bound_socket *bs = lst ? evhttp_bind_listener(m->http, lst) : NULL;
-    if (!bs) {
-        if (lst)
-            evconnlistener_free(lst);
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    m->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    if (!m->base || pipe(m->stop_fd))
         goto fail;
-    }
-    struct sockaddr_in sa;
+    m->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (m->listen_fd < 0)
+        goto fail;
+    int one = 1;
+    setsockopt(m->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     socklen_t sl = sizeof sa;
-    if (getsockname(evhttp_bound_socket_get_fd(bs), (struct sockaddr *)&sa, &sl))
+    if (bind(m->listen_fd, (struct sockaddr *)&sa, sizeof sa) || listen(m->listen_fd, MOCK_BACKLOG) ||
+        getsockname(m->listen_fd, (struct sockaddr *)&sa, &sl))
         goto fail;
     m->port = ntohs(sa.sin_port);
+    m->accept_ev = event_new(m->base, m->listen_fd, EV_READ | EV_PERSIST, on_accept, m);
     m->stop_ev = event_new(m->base, m->stop_fd[0], EV_READ, on_stop, m);
-    if (!m->stop_ev || event_add(m->stop_ev, NULL))
+    if (!m->accept_ev || !m->stop_ev || event_add(m->accept_ev, NULL) || event_add(m->stop_ev, NULL))
         goto fail;
     if (pthread_create(&m->thread, NULL, mock_thread, m))
         goto fail;
+    m->started = 1;
     return m;
 fail:
-    if (m->stop_ev) event_free(m->stop_ev);
-    if (m->http) evhttp_free(m->http);
-    if (m->base) event_base_free(m->base);
-    if (m->stop_fd[0] >= 0) { close(m->stop_fd[0]); close(m->stop_fd[1]); }
-    free(m);
+    mock_free(m);
     return NULL;
 }
 
 int mock_agent_port(const struct mock_agent *m) { return m->port; }
 int64_t mock_agent_requests(const struct mock_agent *m) { return atomic_load(&((struct mock_agent *)m)->n_requests); }
 int64_t mock_agent_replies(const struct mock_agent *m) { return atomic_load(&((struct mock_agent *)m)->n_replies); }
+
+int64_t mock_agent_cpu_ns(const struct mock_agent *m)
+{
+    clockid_t cid;
+    struct timespec ts;
+    if (!m || pthread_getcpuclockid(m->thread, &cid) || clock_gettime(cid, &ts))
+        return -1;
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
 
 void mock_agent_stop(struct mock_agent *m)
 {
@@ -271,20 +519,5 @@ void mock_agent_stop(struct mock_agent *m)
         return;
     }
     pthread_join(m->thread, NULL);
-    while (m->pending) {
-        evhttp_connection_set_closecb(m->pending->conn, NULL, NULL);
-        pending_free(m->pending);
-    }
-    evhttp_free(m->http);
-    event_free(m->stop_ev);
-    event_base_free(m->base);
-    close(m->stop_fd[0]);
-    close(m->stop_fd[1]);
-    while (m->flaky) {
-        struct flaky *f = m->flaky;
-        m->flaky = f->next;
-        free(f->key);
-        free(f);
-    }
-    free(m);
+    mock_free(m);
 }

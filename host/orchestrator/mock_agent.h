@@ -1,5 +1,6 @@
-/* mock_agent.h - an HTTP agent for tests and benchmarks, served by libevent
- * on its own thread (loopback).  It answers POST with JSON args:
+/* mock_agent.h - an HTTP/1.1 agent for tests and benchmarks on its own thread
+ * (loopback, keep-alive, precise reply timers; see mock_agent.c).  It answers
+ * POST with JSON args (GET: as if with no args):
  *   sleep_ms  reply after this many milliseconds (default 0)
  *   fault     "hang" (never reply), "5xx" (503), "4xx" (400), "nonjson"
  *             (200 with a non-JSON body), "drop" (close the connection
@@ -22,6 +23,10 @@ int mock_agent_port(const struct mock_agent *m);
 int64_t mock_agent_requests(const struct mock_agent *m);
 /* Replies actually sent (not counting hangs, drops, cancelled sleeps). */
 int64_t mock_agent_replies(const struct mock_agent *m);
+/* CPU time the agent's thread has used so far (ns), -1 if unknown: shows
+ * whether the mock, rather than the code under test, is the bottleneck. */
+int64_t mock_agent_cpu_ns(const struct mock_agent *m);
+/* Stop the thread, drop unanswered requests, free.  NULL-safe. */
 void mock_agent_stop(struct mock_agent *m);
 
 #endif /* PS_ORCH_MOCK_AGENT_H */
