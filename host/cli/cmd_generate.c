@@ -38,6 +38,7 @@ struct generate_opts {
     int32_t     ignore_eos;
     const char *json_schema; /* file with a JSON Schema constraining the output */
     int         json;        /* constrain the output to any JSON object */
+    int         exact;       /* f32 matrices and f32 KV cache (CPU) */
     struct sampler_params sp;
 };
 
@@ -65,6 +66,8 @@ static void generate_usage(FILE *out)
         "      --print-ids         after the text, print a line 'ids: <generated ids>'\n"
         "      --json-schema FILE  constrain the output to JSON valid under the schema in FILE\n"
         "      --json              constrain the output to a JSON object\n"
+        "      --exact             exact arithmetic: matrices dequantized to f32 at load, f32 KV\n"
+        "                          cache, activations never quantized (CPU; 4 bytes per weight)\n"
         "  stderr ends with '[paraserve] finish_reason=stop|length'\n");
 }
 
@@ -97,7 +100,7 @@ static int parse_u64(const char *name, const char *s, uint64_t *out)
 enum {
     OPT_PROMPT_IDS = 256, OPT_CHAT, OPT_SYSTEM, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
     OPT_REPEAT, OPT_PRESENCE, OPT_FREQUENCY, OPT_SEED, OPT_PRINT_IDS, OPT_IGNORE_EOS,
-    OPT_JSON_SCHEMA, OPT_JSON, OPT_DEVICE,
+    OPT_JSON_SCHEMA, OPT_JSON, OPT_DEVICE, OPT_EXACT,
 };
 
 /* Returns 0 ok, 1 help printed, -1 usage error (already reported). */
@@ -125,6 +128,7 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         { "print-ids", no_argument, 0, OPT_PRINT_IDS },
         { "json-schema", required_argument, 0, OPT_JSON_SCHEMA },
         { "json", no_argument, 0, OPT_JSON },
+        { "exact", no_argument, 0, OPT_EXACT },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -163,6 +167,7 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         case OPT_PRINT_IDS: o->print_ids = 1; break;
         case OPT_JSON_SCHEMA: o->json_schema = optarg; break;
         case OPT_JSON: o->json = 1; break;
+        case OPT_EXACT: o->exact = 1; break;
         case 'h': generate_usage(stdout); return 1;
         case ':':
             fprintf(stderr, "paraserve generate: option '%s' needs a value\n", argv[optind - 1]);
@@ -376,6 +381,8 @@ int cmd_generate(int argc, char **argv)
     rc = model_load(o.model_path, &m);
     if (rc)
         goto fail;
+    if (o.exact && (rc = model_matrices_to_f32(m)))
+        goto fail;
     rc = tokenizer_from_gguf(m->gguf, &tok);
     if (rc)
         goto fail;
@@ -411,8 +418,11 @@ int cmd_generate(int argc, char **argv)
     const int32_t chunk = 512;
 
     struct backend_config cfg = { .n_threads = o.n_threads, .n_kv_blocks = max_blocks,
-                                  .block_size = bs, .max_batch_tokens = chunk };
-    rc = backend_create_named(o.device, m, &cfg, &be);
+                                  .block_size = bs, .max_batch_tokens = chunk,
+                                  .kv_type = o.exact ? KV_F32 : KV_F16 };
+    /* --exact is a CPU mode: "auto" picks the CPU, "cuda" fails with the CUDA backend's error */
+    const char *device = o.exact && (!o.device || !strcmp(o.device, "auto")) ? "cpu" : o.device;
+    rc = backend_create_named(device, m, &cfg, &be);
     if (rc)
         goto fail;
     rc = kv_blocks_create(max_blocks, &kv);

@@ -8,7 +8,9 @@
  *   q   [T, n_head  * head_dim]   k, v [T, n_head_kv * head_dim]
  *   att [T, n_head  * head_dim]   attention output
  *   hb  [T, n_ff]     silu(gate) * up
- *   kcache, vcache [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim] f16
+ *   kcache, vcache [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim]
+ *                  f16 (KV_F16), or f32 (KV_F32: exact attention, for
+ *                  reference runs; one head per work item, no SIMD grouping)
  *
  * Matmuls: each activation row is quantized once to the weight's
  * vec_dot_type, then quant_mat_dot computes tiles of MM_SUB output rows x
@@ -68,8 +70,10 @@ struct cpu_backend {
     struct layer_vecs *lv;         /* [n_layer] */
     float             *out_norm;   /* [n_embd] */
 
-    uint16_t          *kcache;     /* [n_layer][n_kv_blocks][block_size][kv_dim] */
+    uint16_t          *kcache;     /* KV_F16: [n_layer][n_kv_blocks][block_size][kv_dim] */
     uint16_t          *vcache;
+    float             *kcache32;   /* KV_F32: same layout in f32 (kcache/vcache NULL) */
+    float             *vcache32;
 
     /* scratch, sized for max_T tokens */
     float   *x, *xn, *q, *k, *v, *att, *hb;
@@ -536,6 +540,45 @@ struct attn_task {
     atomic_llong             next;
 };
 
+/* Attention of one work item (rows i0..i1 of sequence s, query head h0)
+ * over an f32 cache: scores by quant_vec_dot(DT_F32) (the same f32 dot as
+ * F32 matmuls), softmax in f32, P.V accumulated in f32 in position order. */
+static void attn_rows_f32(const struct cpu_backend *cb, const struct batch_seq *s, const struct attn_item *it,
+                          int64_t t0, const float *kbase, const float *vbase, float *sc)
+{
+    const int64_t D = cb->base.model->hp.head_dim;
+    const int64_t bs = cb->base.cfg.block_size;
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int32_t i = it->i0; i < it->i1; i++) {
+        const int64_t t = t0 + i;
+        const int64_t n_ctx = (int64_t)s->pos0 + i + 1;
+        const float *qh = cb->q + t * cb->q_dim + (int64_t)it->h0 * D;
+        float *out = cb->att + t * cb->q_dim + (int64_t)it->h0 * D;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n_ctx; j++) {
+            const float *kr = kbase + ((size_t)s->block_table[j / bs] * bs + (size_t)(j % bs)) * cb->kv_dim;
+            const float v = quant_vec_dot(DT_F32, kr, qh, D) * scale;
+            sc[j] = v;
+            mx = v > mx ? v : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n_ctx; j++) {
+            sc[j] = expf(sc[j] - mx);
+            sum += sc[j];
+        }
+        memset(out, 0, (size_t)D * sizeof *out);
+        for (int64_t j = 0; j < n_ctx; j++) {
+            const float *vr = vbase + ((size_t)s->block_table[j / bs] * bs + (size_t)(j % bs)) * cb->kv_dim;
+            const float w = sc[j];
+            for (int64_t d = 0; d < D; d++)
+                out[d] += w * vr[d];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t d = 0; d < D; d++)
+            out[d] *= inv;
+    }
+}
+
 static void attn_worker(void *ctx, int ith, int nth)
 {
     struct attn_task *at = ctx;
@@ -557,6 +600,11 @@ static void attn_worker(void *ctx, int ith, int nth)
         const int h = it->h0;
         const int hkv = h / group;
         const struct batch_seq *s = &at->plan->seqs[is];
+        if (cb->kcache32) {
+            attn_rows_f32(cb, s, it, at->seq_t0[is], cb->kcache32 + layer_off + (size_t)hkv * D,
+                          cb->vcache32 + layer_off + (size_t)hkv * D, sc);
+            continue;
+        }
         const uint16_t *kbase = cb->kcache + layer_off + (size_t)hkv * D;
         const uint16_t *vbase = cb->vcache + layer_off + (size_t)hkv * D;
 
@@ -626,7 +674,7 @@ static int64_t attn_plan(struct cpu_backend *cb, const struct batch_plan *plan, 
     for (int32_t is = 0; is < plan->n_seqs; is++)
         runs += (plan->seqs[is].n_tokens + ATTN_ROWS - 1) / ATTN_ROWS;
     int G = 1;
-    if (cb->simd && cb->score_group == group && hp->head_dim % 16 == 0 &&
+    if (cb->simd && !cb->kcache32 && cb->score_group == group && hp->head_dim % 16 == 0 &&
         runs * hp->n_head_kv >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads)
         G = group;
     int64_t n = 0;
@@ -752,9 +800,14 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             const struct batch_seq *s = &plan->seqs[cb->tok_seq[t]];
             const int64_t p = cb->tok_pos[t];
             const size_t off = layer_off + ((size_t)s->block_table[p / bs] * bs + (size_t)(p % bs)) * cb->kv_dim;
-            for (int64_t d = 0; d < cb->kv_dim; d++) {
-                cb->kcache[off + d] = f32_to_fp16(cb->k[t * cb->kv_dim + d]);
-                cb->vcache[off + d] = f32_to_fp16(cb->v[t * cb->kv_dim + d]);
+            if (cb->kcache32) {
+                memcpy(cb->kcache32 + off, cb->k + t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
+                memcpy(cb->vcache32 + off, cb->v + t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
+            } else {
+                for (int64_t d = 0; d < cb->kv_dim; d++) {
+                    cb->kcache[off + d] = f32_to_fp16(cb->k[t * cb->kv_dim + d]);
+                    cb->vcache[off + d] = f32_to_fp16(cb->v[t * cb->kv_dim + d]);
+                }
             }
         }
 
@@ -795,6 +848,13 @@ static int cpu_copy_block(backend *be, int32_t src, int32_t dst)
     const size_t blk = (size_t)be->cfg.block_size * cb->kv_dim;
     for (int il = 0; il < be->model->hp.n_layer; il++) {
         const size_t base = (size_t)il * be->cfg.n_kv_blocks * blk;
+        if (cb->kcache32) {
+            memcpy(cb->kcache32 + base + (size_t)dst * blk, cb->kcache32 + base + (size_t)src * blk,
+                   blk * sizeof *cb->kcache32);
+            memcpy(cb->vcache32 + base + (size_t)dst * blk, cb->vcache32 + base + (size_t)src * blk,
+                   blk * sizeof *cb->vcache32);
+            continue;
+        }
         memcpy(cb->kcache + base + (size_t)dst * blk, cb->kcache + base + (size_t)src * blk,
                blk * sizeof *cb->kcache);
         memcpy(cb->vcache + base + (size_t)dst * blk, cb->vcache + base + (size_t)src * blk,
@@ -825,6 +885,8 @@ static void cpu_free(backend *be)
     free(cb->out_norm);
     free(cb->kcache);
     free(cb->vcache);
+    free(cb->kcache32);
+    free(cb->vcache32);
     free(cb->x);
     free(cb->xn);
     free(cb->q);
@@ -905,6 +967,8 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
         return ps_error_set(PS_EINVAL, "backend_cpu: block_size %d < 1", (int)cfg->block_size);
     if (cfg->max_batch_tokens < 0)
         return ps_error_set(PS_EINVAL, "backend_cpu: max_batch_tokens %d < 0", (int)cfg->max_batch_tokens);
+    if (cfg->kv_type != KV_F16 && cfg->kv_type != KV_F32)
+        return ps_error_set(PS_EINVAL, "backend_cpu: unknown kv_type %d", (int)cfg->kv_type);
     if (hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->head_dim < 1 ||
         hp->rope_dim < 0 || hp->rope_dim % 2 || hp->rope_dim > hp->head_dim)
         return ps_error_set(PS_EFORMAT, "backend_cpu: bad heads: n_head %d n_head_kv %d head_dim %d rope_dim %d",
@@ -969,8 +1033,13 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     }
 
     const int64_t cache_elems = (int64_t)hp->n_layer * cfg->n_kv_blocks * cfg->block_size * cb->kv_dim;
-    ALLOC(cb->kcache, cache_elems);
-    ALLOC(cb->vcache, cache_elems);
+    if (cfg->kv_type == KV_F32) {
+        ALLOC(cb->kcache32, cache_elems);
+        ALLOC(cb->vcache32, cache_elems);
+    } else {
+        ALLOC(cb->kcache, cache_elems);
+        ALLOC(cb->vcache, cache_elems);
+    }
     ALLOC(cb->x, T * E);
     ALLOC(cb->xn, T * E);
     ALLOC(cb->q, T * cb->q_dim);

@@ -335,10 +335,69 @@ int model_load(const char *path, struct model **out)
     return model_from_gguf(f, out);
 }
 
+/* The matrices model_matrices_to_f32 converts, in a fixed order. */
+static int64_t model_matrices(struct model *m, struct weight **out)
+{
+    int64_t n = 0;
+    for (int32_t il = 0; il < m->hp.n_layer; il++) {
+        struct layer_weights *lw = &m->layers[il];
+        struct weight *mats[] = { &lw->wq, &lw->wk, &lw->wv, &lw->wo, &lw->w_gate, &lw->w_up, &lw->w_down };
+        for (size_t i = 0; i < sizeof mats / sizeof *mats; i++)
+            out[n++] = mats[i];
+    }
+    out[n++] = &m->output;
+    return n;
+}
+
+int model_matrices_to_f32(struct model *m)
+{
+    if (m->f32_arena)
+        return PS_OK;
+    struct weight **mats = malloc(((size_t)m->hp.n_layer * 7 + 1) * sizeof *mats);
+    if (!mats)
+        return ps_error_set(PS_ENOMEM, "model: out of memory");
+    const int64_t n = model_matrices(m, mats);
+    int64_t total = 0;
+    for (int64_t i = 0; i < n; i++)
+        total += mats[i]->ne[0] * mats[i]->ne[1];
+    float *arena = malloc((size_t)total * sizeof *arena);
+    if (!arena) {
+        free(mats);
+        return ps_error_set(PS_ENOMEM, "model: no memory for %lld f32 weights (%.1f MiB)", (long long)total,
+                            (double)total * 4 / (1 << 20));
+    }
+    float *dst = arena;
+    for (int64_t i = 0; i < n; i++) {
+        struct weight *w = mats[i];
+        const size_t rb = dtype_row_bytes(w->type, w->ne[0]);
+        for (int64_t r = 0; r < w->ne[1]; r++) {
+            int rc = quant_row_dequantize(w->type, (const uint8_t *)w->data + (size_t)r * rb, dst + r * w->ne[0],
+                                          w->ne[0]);
+            if (rc) {
+                free(arena);
+                free(mats);
+                return rc;
+            }
+        }
+        dst += w->ne[0] * w->ne[1];
+    }
+    /* repoint only once every conversion succeeded */
+    dst = arena;
+    for (int64_t i = 0; i < n; i++) {
+        mats[i]->type = DT_F32;
+        mats[i]->data = dst;
+        dst += mats[i]->ne[0] * mats[i]->ne[1];
+    }
+    m->f32_arena = arena;
+    free(mats);
+    return PS_OK;
+}
+
 void model_free(struct model *m)
 {
     if (!m)
         return;
+    free(m->f32_arena);
     free(m->layers);
     gguf_close(m->gguf);
     free(m);

@@ -64,6 +64,7 @@ struct model {
     struct weight        output_norm; /* [n_embd]                */
     struct weight        output;      /* == tok_embd when tied   */
     struct layer_weights *layers;     /* [n_layer], owned        */
+    float               *f32_arena;   /* owned: matrices converted by model_matrices_to_f32, else NULL */
 };
 
 /* Load a model from a GGUF file.  Checks the architecture, every required
@@ -73,6 +74,14 @@ int  model_load(const char *path, struct model **out);
 
 /* Same, from an opened file; takes ownership of `f` on success and failure. */
 int  model_from_gguf(gguf_file *f, struct model **out);
+
+/* Dequantize every matrix (attention, FFN and output projections; the
+ * token embedding stays as stored, its rows are dequantized on lookup) to
+ * F32 copies owned by the model, so matmuls run in f32 without quantizing
+ * activations: an exact-arithmetic reference of the same weights, at 4
+ * bytes per weight.  Call before creating a backend.  PS_ENOMEM, or
+ * PS_EUNSUPPORTED for a type without a dequantizer; idempotent. */
+int  model_matrices_to_f32(struct model *m);
 
 void model_free(struct model *m); /* NULL-safe */
 

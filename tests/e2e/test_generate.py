@@ -35,6 +35,19 @@ def test_greedy_matches_llama_cpp(run, model_path, case):
     assert_greedy_like_reference(ids_of(r.stdout), case)
 
 
+REF_F32 = json.loads((ROOT / "tests" / "data" / "model_ref_f32.json").read_text())
+
+
+@pytest.mark.parametrize("case", REF_F32["cases"][:3], ids=lambda c: c["text"][:24])
+def test_exact_greedy_identical_to_llama_cpp_f32(run, model_path, case):
+    # --exact (f32 matrices, f32 KV) against llama.cpp on the same weights
+    # dequantized to F32 with an F32 KV cache: all 64 tokens, no tie rule.
+    r = run("generate", "-m", model_path, "--prompt-ids", " ".join(map(str, case["prompt_ids"])),
+            "-n", 64, "--ignore-eos", "--print-ids", "-t", 2, "--exact")
+    assert r.returncode == 0, r.stderr.decode()
+    assert ids_of(r.stdout) == case["greedy"]
+
+
 def test_chat_prompt_is_tokenized_like_llama_cpp(run, model_path):
     case = REF["cases"][3]  # a chat case; the text has the full ChatML prompt
     question = case["text"].split("<|im_start|>user\n")[1].split("<|im_end|>")[0]

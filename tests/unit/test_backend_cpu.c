@@ -9,6 +9,10 @@
  * differ slightly: max |diff| / (max - min of the reference row) must stay
  * under REF_REL_TOL, and the argmax must agree unless the reference's top-2
  * margin is below REF_MARGIN.
+ *
+ * Exact mode (model_matrices_to_f32 + KV_F32): nothing is rounded on either
+ * side, so the backend must match the naive reference to REF_REL_TOL_EXACT,
+ * and the invariance checks are repeated on the f32 cache.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -22,6 +26,7 @@
 #include "test_util.h"
 
 #define REF_REL_TOL 0.03
+#define REF_REL_TOL_EXACT 1e-5
 #define REF_MARGIN  0.05f
 /* SmolLM2 has massive activations (hundreds) in a few channels; Q8 blocks
  * holding them lose the small values beside them.  Measured: 4.4% of range
@@ -218,9 +223,12 @@ static float top2_margin(const float *l, int n)
     return l[b] - s;
 }
 
+static enum kv_type g_kv_type = KV_F16; /* the cache make_backend creates */
+
 static backend *make_backend(const struct model *m, int threads, int n_blocks, int bs)
 {
-    struct backend_config cfg = { .n_threads = threads, .n_kv_blocks = n_blocks, .block_size = bs };
+    struct backend_config cfg = { .n_threads = threads, .n_kv_blocks = n_blocks, .block_size = bs,
+                                  .kv_type = g_kv_type };
     backend *be = NULL;
     int rc = backend_cpu_create(m, &cfg, &be);
     CHECK_MSG(rc == PS_OK, "backend_cpu_create: %s", ps_error_last());
@@ -280,7 +288,7 @@ static void compare_ref(const char *what, const struct model *m, const int32_t *
                           argmax(g, nv), argmax(r, nv), (double)top2_margin(r, nv));
             }
         }
-        printf("%-28s %3d positions: max |diff| / range = %.5f, argmax agrees %d/%d\n", what, n, worst,
+        printf("%-28s %3d positions: max |diff| / range = %.2e, argmax agrees %d/%d\n", what, n, worst,
                agree, n);
         CHECK_MSG(worst < tol, "%s: relative error %.5f >= %.3f", what, worst, tol);
     }
@@ -608,6 +616,23 @@ int main(void)
     test_paged_and_chunked(m);
     test_batching(m);
     test_bad_plans(m);
+    model_free(m);
+
+    /* exact mode: f32 matrices, f32 KV */
+    struct backend_config bad = { .n_threads = 1, .n_kv_blocks = 4, .block_size = 16, .kv_type = (enum kv_type)7 };
+    backend *nb = NULL;
+    m = NULL;
+    if (model_load(test_model_path(), &m) == PS_OK) {
+        CHECK(backend_cpu_create(m, &bad, &nb) == PS_EINVAL && nb == NULL);
+        CHECK_MSG(model_matrices_to_f32(m) == PS_OK, "model_matrices_to_f32: %s", ps_error_last());
+        CHECK(model_matrices_to_f32(m) == PS_OK); /* idempotent */
+        CHECK(m->layers[0].wq.type == DT_F32 && m->output.type == DT_F32);
+        g_kv_type = KV_F32;
+        compare_ref("real model, f32 + f32 KV", m, toks, 24, REF_REL_TOL_EXACT, 0.0f);
+        test_paged_and_chunked(m);
+        test_batching(m);
+        g_kv_type = KV_F16;
+    }
     model_free(m);
 
     test_synthetic();

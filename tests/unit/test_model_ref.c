@@ -2,18 +2,31 @@
  *
  * Reference data (tests/data/model_ref.tsv + model_ref_logits.f32) comes from
  * scripts/gen-model-ref.py (llama-cpp-python).  For each prompt:
- *   1. last-position logits: NMSE <= 1e-2, max |diff| <= 1.5, same argmax.
+ *   1. last-position logits: NMSE <= 2e-2, max |diff| <= 1.5, same argmax.
  *      Why so loose: this model is numerically touchy.  Against an exact
  *      float64 forward of the same dequantized weights (numpy), llama.cpp's
  *      own logits are off by NMSE up to 1.4e-2 at positions >= 1, ours by up
  *      to 6.2e-3; at position 0 the two engines agree to 3.4e-6 (identical
  *      Q8 activation quantization), and they part in attention precision
  *      (llama.cpp rounds Q and the softmax weights to F16).  Measured here:
- *      NMSE <= 6.8e-3, max |diff| <= 1.07.
+ *      NMSE <= 6.8e-3, max |diff| <= 1.07 (AVX2 kernels); the scalar
+ *      kernels, which differ from the AVX2 ones only in summation order,
+ *      reach NMSE 1.18e-2 on case 6: that is how far a reordering moves
+ *      this model, hence 2e-2.  Checks 3-4 below are the tight ones.
  *   2. greedy continuation identical to llama.cpp's up to the first step
  *      where llama.cpp's top-2 logit margin is below NEAR_TIE (0.3): past a
  *      near tie either choice is right and the texts legitimately part.
  *      Cases with no near tie must match all 64 tokens.
+ *
+ * Exact arithmetic (tests/data/model_ref_f32.*, scripts/gen-model-ref.py
+ * --f32): the same weights dequantized to F32 in both engines
+ * (model_matrices_to_f32) and an F32 KV cache (KV_F32), so neither rounds an
+ * activation and only the float summation order differs:
+ *   3. last-position logits: NMSE <= 1e-9, max |diff| <= 1e-3 (measured:
+ *      NMSE <= 4e-11, max |diff| <= 6.1e-5);
+ *   4. all 64 greedy tokens identical to llama.cpp's for every case (the
+ *      smallest top-2 margin on llama.cpp's path is 0.0066, 100x the largest
+ *      logit difference), decoded as one batch of all cases.
  */
 #include <math.h>
 #include <stdio.h>
@@ -85,6 +98,109 @@ static int32_t argmax(const float *x, int32_t n)
     return best;
 }
 
+static void logits_diff(const float *a, const float *r, int32_t n, double *nmse, double *maxd)
+{
+    double se = 0, sr = 0, md = 0;
+    for (int32_t i = 0; i < n; i++) {
+        double d = (double)a[i] - r[i];
+        se += d * d;
+        sr += (double)r[i] * r[i];
+        if (fabs(d) > md)
+            md = fabs(d);
+    }
+    *nmse = se / sr;
+    *maxd = md;
+}
+
+#define EXACT_BLOCKS_PER_CASE 9
+
+/* Checks 3 and 4 of the header on the model at mpath. */
+static void check_exact(const char *mpath)
+{
+    static struct ref_case cases[MAX_CASES];
+    int n_cases = 0;
+    if (load_cases("tests/data/model_ref_f32.tsv", cases, &n_cases) || n_cases < 5) {
+        CHECK_MSG(0, "cannot read >= 5 cases from tests/data/model_ref_f32.tsv");
+        return;
+    }
+    struct model *m = NULL;
+    if (model_load(mpath, &m) || model_matrices_to_f32(m)) {
+        CHECK_MSG(0, "f32 model: %s", ps_error_last());
+        model_free(m);
+        return;
+    }
+    const int32_t n_vocab = m->hp.n_vocab, bs = 16;
+    float *ref = malloc((size_t)n_cases * n_vocab * sizeof *ref);
+    float *logits = malloc((size_t)n_cases * n_vocab * sizeof *logits);
+    CHECK(ref && logits);
+    FILE *lf = fopen("tests/data/model_ref_f32_logits.f32", "rb");
+    CHECK(lf && fread(ref, sizeof *ref, (size_t)n_cases * n_vocab, lf) == (size_t)n_cases * n_vocab);
+    if (lf)
+        fclose(lf);
+
+    struct backend_config cfg = { .n_threads = 2, .n_kv_blocks = n_cases * EXACT_BLOCKS_PER_CASE, .block_size = bs,
+                                  .max_batch_tokens = 512, .kv_type = KV_F32 };
+    backend *be = NULL;
+    CHECK_MSG(backend_cpu_create(m, &cfg, &be) == PS_OK, "backend_cpu_create: %s", ps_error_last());
+    static int32_t tables[MAX_CASES][EXACT_BLOCKS_PER_CASE];
+    for (int c = 0; c < n_cases; c++)
+        for (int b = 0; b < EXACT_BLOCKS_PER_CASE; b++)
+            tables[c][b] = c * EXACT_BLOCKS_PER_CASE + b;
+
+    /* prompts one by one: the logits check */
+    int32_t next[MAX_CASES], pos[MAX_CASES], first_diff[MAX_CASES];
+    for (int c = 0; be && c < n_cases; c++) {
+        struct ref_case *rc = &cases[c];
+        CHECK(rc->n_prompt + rc->n_greedy <= EXACT_BLOCKS_PER_CASE * bs);
+        struct batch_seq s = { .tokens = rc->prompt, .n_tokens = rc->n_prompt, .pos0 = 0,
+                               .block_table = tables[c], .n_blocks = EXACT_BLOCKS_PER_CASE,
+                               .logits = LOGITS_LAST };
+        struct batch_plan plan = { &s, 1 };
+        CHECK_MSG(backend_forward(be, &plan, logits) == PS_OK, "%s", ps_error_last());
+        double nmse, maxd;
+        logits_diff(logits, ref + (size_t)c * n_vocab, n_vocab, &nmse, &maxd);
+        printf("exact case %d: %3d prompt tokens  NMSE %.2e  max|diff| %.2e\n", c, rc->n_prompt, nmse, maxd);
+        CHECK(nmse <= 1e-9);
+        CHECK(maxd <= 1e-3);
+        next[c] = argmax(logits, n_vocab);
+        pos[c] = rc->n_prompt;
+        first_diff[c] = -1;
+    }
+
+    /* greedy continuations: all cases in one batch per step */
+    int32_t n_greedy = cases[0].n_greedy;
+    for (int c = 1; c < n_cases; c++)
+        n_greedy = cases[c].n_greedy < n_greedy ? cases[c].n_greedy : n_greedy;
+    struct batch_seq seqs[MAX_CASES];
+    int32_t feed[MAX_CASES];
+    for (int32_t g = 0; be && g < n_greedy; g++) {
+        for (int c = 0; c < n_cases; c++) {
+            if (first_diff[c] < 0 && next[c] != cases[c].greedy[g])
+                first_diff[c] = g;
+            feed[c] = cases[c].greedy[g]; /* llama.cpp's token: identical unless the case already failed */
+            seqs[c] = (struct batch_seq){ .tokens = &feed[c], .n_tokens = 1, .pos0 = pos[c]++,
+                                          .block_table = tables[c], .n_blocks = EXACT_BLOCKS_PER_CASE,
+                                          .logits = LOGITS_LAST };
+        }
+        if (g + 1 == n_greedy)
+            break;
+        struct batch_plan plan = { seqs, n_cases };
+        CHECK_MSG(backend_forward(be, &plan, logits) == PS_OK, "%s", ps_error_last());
+        for (int c = 0; c < n_cases; c++)
+            next[c] = argmax(logits + (size_t)c * n_vocab, n_vocab);
+    }
+    for (int c = 0; c < n_cases; c++) {
+        CHECK_MSG(first_diff[c] < 0, "exact case %d: greedy token %d differs from llama.cpp (its margin %.5f)", c,
+                  first_diff[c], first_diff[c] >= 0 ? cases[c].margin[first_diff[c]] : 0.0f);
+        if (first_diff[c] < 0)
+            printf("exact case %d: %d greedy tokens identical to llama.cpp\n", c, n_greedy);
+    }
+    backend_free(be);
+    model_free(m);
+    free(ref);
+    free(logits);
+}
+
 int main(void)
 {
     const char *mpath = test_model_path();
@@ -92,6 +208,8 @@ int main(void)
     if (!probe)
         TEST_SKIP("model %s not found: run scripts/fetch-model", mpath);
     fclose(probe);
+
+    check_exact(mpath);
 
     static struct ref_case cases[MAX_CASES];
     int n_cases = 0;
@@ -146,7 +264,7 @@ int main(void)
         double nmse = se / sr;
         printf("case %d: %3d prompt tokens  NMSE %.2e  max|diff| %.4f  argmax %d/%d\n", c,
                rc->n_prompt, nmse, maxd, argmax(logits, n_vocab), argmax(r, n_vocab));
-        CHECK(nmse <= 1e-2);
+        CHECK(nmse <= 2e-2);
         CHECK(maxd <= 1.5);
         CHECK(argmax(logits, n_vocab) == argmax(r, n_vocab));
 
