@@ -30,6 +30,14 @@ extern "C" {
 #include "backend_cuda.h"
 }
 
+/* sample.cu: op_sample with compact masks, masks [n_masked][mask_words] and
+ * mask_row [rows] (index into masks, -1 = unmasked row).  NOTE: declared
+ * here until ops.cuh (shared with the kernel work) lists it beside
+ * op_sample; a signature mismatch fails at link time (C++ mangling). */
+int op_sample_rows(cudaStream_t st, const float *logits, int64_t rows, int32_t n_vocab,
+                   const struct sample_param_dev *params, const uint32_t *masks, int32_t mask_words,
+                   const int32_t *mask_row, int32_t *tokens);
+
 #define GRAPH_BUCKETS   10    /* 1, 2, 4, ..., 512 */
 #define GRAPH_MAX_BATCH 512
 #define MAX_BATCH_DEFAULT 2048
@@ -86,8 +94,10 @@ struct cuda_backend {
     int64_t  in_cap;
 
     struct sample_param_dev *h_sp, *d_sp; /* [max_T] */
-    uint32_t *d_masks;
-    int64_t   masks_cap;           /* words */
+    const uint32_t **mask_ptrs;    /* [max_T] the mask callback's answer    */
+    int32_t  *h_mrow, *d_mrow;     /* [max_T] row -> compact mask index or -1 */
+    uint32_t *h_masks, *d_masks;   /* [masks_cap] compact masks, pinned / device */
+    int64_t   masks_cap;           /* words, both buffers */
     int32_t  *h_tok, *d_tok;       /* [max_T] */
 
     int             graphs_on;
@@ -226,42 +236,6 @@ static int ensure_logits(struct cuda_backend *cb, int64_t rows)
 }
 
 /* ---- plan -> staging ---------------------------------------------------- */
-
-static int plan_check(const struct cuda_backend *cb, const struct batch_plan *plan)
-{
-    /* the checks of backend.c's plan_validate, for the entry points that do
-     * not pass through backend_forward */
-    const backend *be = &cb->base;
-    const int64_t bs = be->cfg.block_size;
-    int64_t total = 0;
-    if (!plan || plan->n_seqs < 1 || !plan->seqs)
-        return ps_error_set(PS_EINVAL, "backend: plan has no sequences");
-    for (int32_t i = 0; i < plan->n_seqs; i++) {
-        const struct batch_seq *s = &plan->seqs[i];
-        if (s->n_tokens < 1 || !s->tokens)
-            return ps_error_set(PS_EINVAL, "backend: seq %d: n_tokens %d < 1", (int)i, (int)s->n_tokens);
-        if (s->logits != LOGITS_NONE && s->logits != LOGITS_LAST && s->logits != LOGITS_ALL)
-            return ps_error_set(PS_EINVAL, "backend: seq %d: logits mode %d unknown", (int)i, (int)s->logits);
-        for (int32_t t = 0; t < s->n_tokens; t++)
-            if (s->tokens[t] < 0 || s->tokens[t] >= cb->V)
-                return ps_error_set(PS_EINVAL, "backend: seq %d: tokens[%d] = %d outside [0, %d)", (int)i, (int)t,
-                                    (int)s->tokens[t], (int)cb->V);
-        const int64_t end = (int64_t)s->pos0 + s->n_tokens;
-        if (s->pos0 < 0 || end > (int64_t)be->cfg.n_kv_blocks * bs || s->n_blocks < 0 || !s->block_table ||
-            end > (int64_t)s->n_blocks * bs)
-            return ps_error_set(PS_EINVAL, "backend: seq %d: positions %d..%lld do not fit its block table / the cache",
-                                (int)i, (int)s->pos0, (long long)end - 1);
-        for (int64_t b = 0; b < (end + bs - 1) / bs; b++)
-            if (s->block_table[b] < 0 || s->block_table[b] >= be->cfg.n_kv_blocks)
-                return ps_error_set(PS_EINVAL, "backend: seq %d: block_table[%lld] = %d outside [0, %d)", (int)i,
-                                    (long long)b, (int)s->block_table[b], (int)be->cfg.n_kv_blocks);
-        total += s->n_tokens;
-    }
-    if (total > be->cfg.max_batch_tokens)
-        return ps_error_set(PS_EINVAL, "backend: plan has %lld tokens, max_batch_tokens is %d", (long long)total,
-                            (int)be->cfg.max_batch_tokens);
-    return PS_OK;
-}
 
 /* Fill the staging buffer for `plan`; pad_to > n_seqs pads a decode step
  * to its graph bucket.  Sets *s (sizes, layout).  Returns the int32 count to
@@ -567,6 +541,10 @@ static void cuda_free(backend *be)
     cudaFree(cb->d_in);
     cudaFreeHost(cb->h_sp);
     cudaFree(cb->d_sp);
+    free(cb->mask_ptrs);
+    cudaFreeHost(cb->h_mrow);
+    cudaFree(cb->d_mrow);
+    cudaFreeHost(cb->h_masks);
     cudaFree(cb->d_masks);
     cudaFreeHost(cb->h_tok);
     cudaFree(cb->d_tok);
@@ -578,11 +556,109 @@ static void cuda_free(backend *be)
     free(cb);
 }
 
+/* Room for `words` words of compact masks, pinned and on the device.  Only
+ * between steps' copies: the caller has no copy from either buffer in
+ * flight (every forward_sample ends synchronized); the stream is
+ * synchronized here anyway before the old buffers go. */
+static int ensure_masks(struct cuda_backend *cb, int64_t words)
+{
+    if (words <= cb->masks_cap)
+        return PS_OK;
+    int64_t cap = cb->masks_cap * 2 > words ? cb->masks_cap * 2 : words;
+    CUDA_TRY(cudaStreamSynchronize(cb->st));
+    cudaFreeHost(cb->h_masks);
+    cudaFree(cb->d_masks);
+    cb->h_masks = NULL;
+    cb->d_masks = NULL;
+    cb->masks_cap = 0;
+    CUDA_TRY(cudaMallocHost((void **)&cb->h_masks, (size_t)cap * sizeof(uint32_t)));
+    int rc = dev_alloc((void **)&cb->d_masks, (size_t)cap * sizeof(uint32_t), "token masks");
+    if (rc)
+        return rc;
+    cb->masks_cap = cap;
+    return PS_OK;
+}
+
+/* ops->forward_sample (backend.h has the contract; backend_forward_sample
+ * validated the plan and params).  Stream order: inputs, forward (graph or
+ * kernels), params; then, while the device runs those, the host asks
+ * mask_fn for the masks and packs the constrained rows' bitsets into pinned
+ * memory; then mask upload, sample_kernel, ids back, one synchronize. */
+static int cuda_forward_sample(backend *be, const struct batch_plan *plan, const struct backend_sample_params *params,
+                               backend_mask_fn mask_fn, void *mask_ud, int32_t *tokens)
+{
+    struct cuda_backend *cb = (struct cuda_backend *)be;
+    int64_t rows;
+    int rc = launch_plan(cb, plan, &rows);
+    if (rc)
+        goto sync;
+    if (rows == 0)
+        goto sync;
+    if (rows > cb->max_T) { /* rows <= tokens <= max_batch_tokens = max_T */
+        rc = ps_error_set(PS_EINTERNAL, "backend_cuda: %lld sampling rows exceed %lld", (long long)rows,
+                          (long long)cb->max_T);
+        goto sync;
+    }
+    for (int64_t r = 0; r < rows; r++) {
+        struct sample_param_dev *d = &cb->h_sp[r];
+        d->temperature = params[r].temperature;
+        d->top_k = params[r].top_k;
+        d->top_p = params[r].top_p;
+        d->min_p = params[r].min_p;
+        d->seed = params[r].seed;
+        d->step = params[r].step;
+    }
+    CUDA_TRY(cudaMemcpyAsync(cb->d_sp, cb->h_sp, (size_t)rows * sizeof *cb->h_sp, cudaMemcpyHostToDevice, cb->st));
+    {
+        const int64_t words = (cb->V + 31) / 32;
+        int32_t n_masked = 0;
+        if (mask_fn) {
+            for (int64_t r = 0; r < rows; r++)
+                cb->mask_ptrs[r] = NULL;
+            if ((rc = mask_fn(mask_ud, cb->mask_ptrs, rows)))
+                goto sync;
+            for (int64_t r = 0; r < rows; r++)
+                n_masked += cb->mask_ptrs[r] != NULL;
+        }
+        if (n_masked) {
+            if ((rc = ensure_masks(cb, (int64_t)n_masked * words)))
+                goto sync;
+            int32_t k = 0;
+            for (int64_t r = 0; r < rows; r++) {
+                if (!cb->mask_ptrs[r]) {
+                    cb->h_mrow[r] = -1;
+                    continue;
+                }
+                memcpy(cb->h_masks + (size_t)k * words, cb->mask_ptrs[r], (size_t)words * sizeof(uint32_t));
+                cb->h_mrow[r] = k++;
+            }
+            CUDA_TRY(cudaMemcpyAsync(cb->d_mrow, cb->h_mrow, (size_t)rows * sizeof(int32_t), cudaMemcpyHostToDevice,
+                                     cb->st));
+            CUDA_TRY(cudaMemcpyAsync(cb->d_masks, cb->h_masks, (size_t)k * words * sizeof(uint32_t),
+                                     cudaMemcpyHostToDevice, cb->st));
+        }
+        if ((rc = op_sample_rows(cb->st, cb->logits, rows, (int32_t)cb->V, cb->d_sp, n_masked ? cb->d_masks : NULL,
+                                 (int32_t)words, n_masked ? cb->d_mrow : NULL, cb->d_tok)))
+            goto sync;
+    }
+    CUDA_TRY(cudaMemcpyAsync(cb->h_tok, cb->d_tok, (size_t)rows * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->st));
+    CUDA_TRY(cudaStreamSynchronize(cb->st));
+    for (int64_t r = 0; r < rows; r++)
+        tokens[r] = cb->h_tok[r];
+    return PS_OK;
+sync:
+    /* leave the backend idle: nothing of this call still runs on return */
+    if (cudaStreamSynchronize(cb->st) != cudaSuccess && !rc)
+        rc = ps_error_set(PS_EINTERNAL, "backend_cuda: %s", cudaGetErrorString(cudaGetLastError()));
+    return rc;
+}
+
 static const struct backend_ops cuda_ops = {
     /* .name = */ "cuda",
     /* .forward = */ cuda_forward,
     /* .copy_block = */ cuda_copy_block,
     /* .free = */ cuda_free,
+    /* .forward_sample = */ cuda_forward_sample,
 };
 
 /* ---- public entry points ------------------------------------------------- */
@@ -811,6 +887,13 @@ extern "C" int backend_cuda_create(const struct model *m, const struct backend_c
         DALLOC(cb->d_sp, T, "sampling parameters");
         CUDA_GO(cudaMallocHost((void **)&cb->h_tok, (size_t)T * sizeof *cb->h_tok));
         DALLOC(cb->d_tok, T, "sampled tokens");
+        CUDA_GO(cudaMallocHost((void **)&cb->h_mrow, (size_t)T * sizeof *cb->h_mrow));
+        DALLOC(cb->d_mrow, T, "mask rows");
+        cb->mask_ptrs = (const uint32_t **)calloc((size_t)T, sizeof *cb->mask_ptrs);
+        if (!cb->mask_ptrs) {
+            rc = ps_error_set(PS_ENOMEM, "backend_cuda: out of memory for %lld mask pointers", (long long)T);
+            goto fail;
+        }
 
         if (cublasCreate(&cb->mm.cublas) != CUBLAS_STATUS_SUCCESS) {
             cb->mm.cublas = NULL;
@@ -832,6 +915,19 @@ fail:
     return rc;
 }
 
+struct dense_masks {
+    const uint32_t *masks; /* [rows][words] */
+    int64_t         words;
+};
+
+static int dense_mask_rows(void *ud, const uint32_t **masks, int64_t rows)
+{
+    const struct dense_masks *d = (const struct dense_masks *)ud;
+    for (int64_t r = 0; r < rows; r++)
+        masks[r] = d->masks + r * d->words;
+    return PS_OK;
+}
+
 extern "C" int backend_cuda_forward_sample(backend *be, const struct batch_plan *plan,
                                            const struct cuda_sample_params *params, const uint32_t *masks,
                                            int32_t *tokens)
@@ -839,56 +935,15 @@ extern "C" int backend_cuda_forward_sample(backend *be, const struct batch_plan 
     if (!be || be->ops != &cuda_ops)
         return ps_error_set(PS_EINVAL, "backend_cuda_forward_sample: not a CUDA backend");
     struct cuda_backend *cb = (struct cuda_backend *)be;
-    int rc = plan_check(cb, plan);
+    struct dense_masks dm = { masks, (cb->V + 31) / 32 };
+    int rc = backend_forward_sample(be, plan, params, masks ? dense_mask_rows : NULL, &dm, tokens);
     if (rc)
         return rc;
-    int64_t rows;
-    if ((rc = launch_plan(cb, plan, &rows)))
-        return rc;
-    if (rows == 0) {
-        CUDA_TRY(cudaStreamSynchronize(cb->st));
-        return PS_OK;
-    }
-    if (!params || !tokens)
-        return ps_error_set(PS_EINVAL, "backend_cuda_forward_sample: params and tokens are required");
-    const int32_t words = (int32_t)((cb->V + 31) / 32);
-    for (int64_t r = 0; r < rows; r++) {
-        struct sample_param_dev *d = &cb->h_sp[r];
-        d->temperature = params[r].temperature;
-        d->top_k = params[r].top_k;
-        d->top_p = params[r].top_p;
-        d->min_p = params[r].min_p;
-        d->seed = params[r].seed;
-        d->step = params[r].step;
-    }
-    /* the step wrote logits rows in plan order from row 0 */
-    CUDA_TRY(cudaMemcpyAsync(cb->d_sp, cb->h_sp, (size_t)rows * sizeof *cb->h_sp, cudaMemcpyHostToDevice, cb->st));
-    if (masks) {
-        if (rows * words > cb->masks_cap) {
-            CUDA_TRY(cudaStreamSynchronize(cb->st));
-            cudaFree(cb->d_masks);
-            cb->d_masks = NULL;
-            cb->masks_cap = 0;
-            if ((rc = dev_alloc((void **)&cb->d_masks, (size_t)rows * words * sizeof(uint32_t), "token masks")))
-                return rc;
-            cb->masks_cap = rows * words;
-        }
-        CUDA_TRY(cudaMemcpyAsync(cb->d_masks, masks, (size_t)rows * words * sizeof(uint32_t),
-                                 cudaMemcpyHostToDevice, cb->st));
-    }
-    if ((rc = op_sample(cb->st, cb->logits, rows, (int32_t)cb->V, cb->d_sp, masks ? cb->d_masks : NULL, words,
-                        cb->d_tok)))
-        return rc;
-    CUDA_TRY(cudaMemcpyAsync(cb->h_tok, cb->d_tok, (size_t)rows * sizeof(int32_t), cudaMemcpyDeviceToHost, cb->st));
-    CUDA_TRY(cudaStreamSynchronize(cb->st));
-    int bad = -1;
-    for (int64_t r = 0; r < rows; r++) {
-        tokens[r] = cb->h_tok[r];
-        if (tokens[r] < 0 && bad < 0)
-            bad = (int)r;
-    }
-    if (bad >= 0)
-        return ps_error_set(PS_EINVAL, "backend_cuda_forward_sample: row %d: the token mask allows no token", bad);
+    const int64_t rows = backend_logits_rows(plan);
+    for (int64_t r = 0; r < rows; r++)
+        if (tokens[r] < 0)
+            return ps_error_set(PS_EINVAL, "backend_cuda_forward_sample: row %lld: the token mask allows no token",
+                                (long long)r);
     return PS_OK;
 }
 

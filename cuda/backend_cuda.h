@@ -26,10 +26,16 @@
  * Built without the CUDA toolkit, every function here fails with
  * PS_EUNSUPPORTED ("built without CUDA") and cuda_device_count() is 0.
  *
- * Usage (the scheduler's decode loop):
+ * Sampling: the backend implements backend.h's ops->forward_sample, so
+ * backend_forward_sample (what the scheduler calls) runs the step, calls
+ * the mask callback while the GPU computes, uploads the constrained rows'
+ * bitsets (only those) and samples on the device (cuda/sample.cu); only the
+ * ids cross to the host.  Rows whose mask allows nothing come back -1.
+ *
+ * Usage (a decode loop without the scheduler, e.g. bench/gpu_sweep.c):
  *   backend *be; if (backend_cuda_create(model, &cfg, &be)) fail(ps_error_last());
- *   struct cuda_sample_params sp[n] = {{ .temperature = 0.7f, .top_p = 0.9f, .seed = s, .step = k }};
- *   int32_t next[n]; backend_cuda_forward_sample(be, &plan, sp, NULL, next);
+ *   struct backend_sample_params sp[n] = {{ .temperature = 0.7f, .top_p = 0.9f, .seed = s, .step = k }};
+ *   int32_t next[n]; backend_forward_sample(be, &plan, sp, NULL, NULL, next);
  */
 #ifndef PS_BACKEND_CUDA_H
 #define PS_BACKEND_CUDA_H
@@ -52,22 +58,15 @@ int cuda_device_count(void);
  * are copied to the device during the call.  Free with backend_free. */
 int backend_cuda_create(const struct model *m, const struct backend_config *cfg, backend **out);
 
-/* One sampling setup per logits row of a plan (see sampler.h for the
- * meaning; penalties are applied by the caller on the host, or not at all). */
-struct cuda_sample_params {
-    float    temperature; /* <= 0: greedy (lowest id among equal maxima) */
-    int32_t  top_k;       /* <= 0: off                                   */
-    float    top_p;       /* >= 1: off                                   */
-    float    min_p;       /* <= 0: off                                   */
-    uint64_t seed;
-    uint64_t step;        /* a per-sequence draw counter: (seed, step) fixes the uniform */
-};
+/* The former name of backend.h's struct backend_sample_params (same
+ * fields, same order), kept for the callers written before it. */
+#define cuda_sample_params backend_sample_params
 
-/* backend_forward, then one token per logits row sampled on the device;
- * only the ids cross to the host.  params: [rows], masks: NULL or
- * [rows][(n_vocab + 31) / 32] (bit id%32 of word id/32 set = allowed).
- * tokens: [rows].  PS_EINVAL for a bad plan (nothing written to the cache)
- * or a row whose mask allows no token (that row gets -1, others are valid). */
+/* backend_forward_sample with dense masks: NULL or [rows][(n_vocab + 31) /
+ * 32] (bit id%32 of word id/32 set = allowed).  params, tokens: [rows].
+ * PS_EINVAL for a backend that is not CUDA, a bad plan (nothing written to
+ * the cache) or a row whose mask allows no token (that row gets -1, the
+ * others are valid). */
 int backend_cuda_forward_sample(backend *be, const struct batch_plan *plan,
                                 const struct cuda_sample_params *params, const uint32_t *masks,
                                 int32_t *tokens);

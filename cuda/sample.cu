@@ -9,7 +9,15 @@
  *   min-p: tau = l_max + T * ln(min_p)   (p / p_max >= min_p).
  * The draw: u = U(seed, step) * kept mass, found by an exclusive scan of
  * per-thread chunk sums in token order, so a (seed, step, logits) triple
- * always yields the same token.  Greedy ties go to the lowest id. */
+ * always yields the same token; the uniform is host/engine/sampler.c's
+ * draw_uniform (keep the two in step).  Greedy ties go to the lowest id.
+ * A row whose allowed logits are all -inf / NaN gives its lowest allowed
+ * id (as the host sampler); a row whose mask allows nothing gives -1.
+ *
+ * Masks: op_sample takes dense [rows][mask_words] masks (or NULL);
+ * op_sample_rows takes a compact [n_masked][mask_words] set and
+ * mask_row[rows] (index into it, -1 = unmasked row), so a step uploads only
+ * its constrained rows' bitsets. */
 #include <cub/block/block_scan.cuh>
 
 #include "ops.cuh"
@@ -34,52 +42,63 @@ __device__ __forceinline__ float smp_logit(const float *lg, const uint32_t *mask
 
 __global__ void __launch_bounds__(SMP_THREADS)
 sample_kernel(const float *__restrict__ logits, int V, const struct sample_param_dev *params,
-              const uint32_t *__restrict__ masks, int words, int32_t *tokens)
+              const uint32_t *__restrict__ masks, int words, const int32_t *__restrict__ mask_row,
+              int32_t *tokens)
 {
     typedef cub::BlockScan<float, SMP_THREADS> Scan;
     __shared__ typename Scan::TempStorage scan_tmp;
     __shared__ float red[32];
     __shared__ float red_v[32];
     __shared__ int red_i[32];
+    __shared__ int red_f[32];
     __shared__ int picked, last_kept;
 
     const int64_t r = blockIdx.x;
     const float *lg = logits + r * V;
-    const uint32_t *mask = masks ? masks + r * words : NULL;
+    const uint32_t *mask = NULL;
+    if (masks) {
+        const int64_t mr = mask_row ? (int64_t)mask_row[r] : r;
+        if (mr >= 0) mask = masks + mr * words;
+    }
     const struct sample_param_dev p = params[r];
     const int tid = threadIdx.x, lane = tid & 31, wid = tid >> 5;
 
-    /* 1. max, argmax (lowest id), min over allowed ids */
+    /* 1. max, argmax (lowest id), min over allowed ids; lowest allowed id */
     float bv = -INFINITY, mn = INFINITY;
-    int bi = INT32_MAX;
+    int bi = INT32_MAX, fa = INT32_MAX;
     for (int i = tid; i < V; i += SMP_THREADS) {
         const float l = smp_logit(lg, mask, i);
         if (l > bv) { bv = l; bi = i; }  /* strided ascending: first max of this thread */
         if (l != -INFINITY) mn = fminf(mn, l);
+        if (fa == INT32_MAX && (!mask || ((mask[i >> 5] >> (i & 31)) & 1u))) fa = i;
     }
     for (int o = 16; o > 0; o >>= 1) {
         const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
         const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
         if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+        fa = min(fa, __shfl_xor_sync(0xffffffffu, fa, o));
     }
-    if (lane == 0) { red_v[wid] = bv; red_i[wid] = bi; }
+    if (lane == 0) { red_v[wid] = bv; red_i[wid] = bi; red_f[wid] = fa; }
     __syncthreads();
     if (wid == 0) {
         bv = red_v[lane];
         bi = red_i[lane];
+        fa = red_f[lane];
         for (int o = 16; o > 0; o >>= 1) {
             const float ov = __shfl_xor_sync(0xffffffffu, bv, o);
             const int oi = __shfl_xor_sync(0xffffffffu, bi, o);
             if (ov > bv || (ov == bv && oi < bi)) { bv = ov; bi = oi; }
+            fa = min(fa, __shfl_xor_sync(0xffffffffu, fa, o));
         }
-        if (lane == 0) { red_v[0] = bv; red_i[0] = bi; }
+        if (lane == 0) { red_v[0] = bv; red_i[0] = bi; red_f[0] = fa; }
     }
     __syncthreads();
     const float lmax = red_v[0];
     const int argmax = red_i[0];
+    const int first_allowed = red_f[0];
     __syncthreads();
-    if (lmax == -INFINITY) { /* the mask allows nothing */
-        if (tid == 0) tokens[r] = -1;
+    if (lmax == -INFINITY) { /* nothing allowed (-1), or only -inf / NaN logits */
+        if (tid == 0) tokens[r] = first_allowed == INT32_MAX ? -1 : first_allowed;
         return;
     }
     if (!(p.temperature > 0.0f)) {
@@ -174,12 +193,22 @@ sample_kernel(const float *__restrict__ logits, int V, const struct sample_param
     if (tid == 0) tokens[r] = picked >= 0 ? picked : last_kept;
 }
 
-int op_sample(cudaStream_t st, const float *logits, int64_t rows, int32_t n_vocab,
-              const struct sample_param_dev *params, const uint32_t *masks, int32_t mask_words, int32_t *tokens)
+/* logits [rows][n_vocab], params [rows], masks: see op_sample /
+ * op_sample_rows, tokens [rows] (all device pointers). */
+int op_sample_rows(cudaStream_t st, const float *logits, int64_t rows, int32_t n_vocab,
+                   const struct sample_param_dev *params, const uint32_t *masks, int32_t mask_words,
+                   const int32_t *mask_row, int32_t *tokens)
 {
     OP_REQUIRE(rows >= 1 && rows <= INT32_MAX && n_vocab >= 1, "sample");
     OP_REQUIRE(!masks || mask_words >= (n_vocab + 31) / 32, "sample");
-    sample_kernel<<<(unsigned)rows, SMP_THREADS, 0, st>>>(logits, n_vocab, params, masks, mask_words, tokens);
+    sample_kernel<<<(unsigned)rows, SMP_THREADS, 0, st>>>(logits, n_vocab, params, masks, mask_words, mask_row,
+                                                          tokens);
     CUDA_LAUNCH_CHECK();
     return PS_OK;
+}
+
+int op_sample(cudaStream_t st, const float *logits, int64_t rows, int32_t n_vocab,
+              const struct sample_param_dev *params, const uint32_t *masks, int32_t mask_words, int32_t *tokens)
+{
+    return op_sample_rows(st, logits, rows, n_vocab, params, masks, mask_words, NULL, tokens);
 }

@@ -4,10 +4,13 @@
 #include "backend.h"
 
 #include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "../common/status.h"
 #include "backend_cuda.h"
+#include "sampler.h"
 
 int backend_create_named(const char *device, const struct model *m, const struct backend_config *cfg,
                          backend **out)
@@ -35,7 +38,9 @@ int64_t backend_logits_rows(const struct batch_plan *plan)
     return rows;
 }
 
-static int plan_validate(const backend *be, const struct batch_plan *plan, const float *logits)
+/* need_logits: the caller passes a logits buffer (backend_forward). */
+static int plan_validate(const backend *be, const struct batch_plan *plan, const float *logits,
+                         bool need_logits)
 {
     const int32_t n_vocab = be->model->hp.n_vocab;
     const int64_t bs = be->cfg.block_size;
@@ -78,17 +83,91 @@ static int plan_validate(const backend *be, const struct batch_plan *plan, const
     if (total > be->cfg.max_batch_tokens)
         return ps_error_set(PS_EINVAL, "backend: plan has %lld tokens, max_batch_tokens is %d",
                             (long long)total, (int)be->cfg.max_batch_tokens);
-    if (!logits && backend_logits_rows(plan) > 0)
+    if (need_logits && !logits && backend_logits_rows(plan) > 0)
         return ps_error_set(PS_EINVAL, "backend: plan asks for logits but the logits buffer is NULL");
     return PS_OK;
 }
 
 int backend_forward(backend *be, const struct batch_plan *plan, float *logits)
 {
-    int rc = plan_validate(be, plan, logits);
+    int rc = plan_validate(be, plan, logits, true);
     if (rc)
         return rc;
     return be->ops->forward(be, plan, logits);
+}
+
+bool backend_can_sample(const backend *be)
+{
+    return be && be->ops->forward_sample != NULL;
+}
+
+static struct sampler_params row_params(const struct backend_sample_params *bp)
+{
+    struct sampler_params p = sampler_params_default();
+    p.temperature = bp->temperature;
+    p.top_k = bp->top_k;
+    p.top_p = bp->top_p;
+    p.min_p = bp->min_p;
+    p.seed = bp->seed;
+    return p;
+}
+
+/* Backends without a sampler: logits to the host, sampler_sample_draw. */
+static int forward_sample_host(backend *be, const struct batch_plan *plan,
+                               const struct backend_sample_params *params, backend_mask_fn mask_fn,
+                               void *mask_ud, int32_t *tokens, int64_t rows)
+{
+    const int32_t nv = be->model->hp.n_vocab;
+    if (rows == 0)
+        return be->ops->forward(be, plan, NULL);
+    float *logits = malloc((size_t)rows * (size_t)nv * sizeof *logits);
+    const uint32_t **masks = calloc((size_t)rows, sizeof *masks);
+    int rc = PS_OK;
+    if (!logits || !masks) {
+        rc = ps_error_set(PS_ENOMEM, "backend: out of memory for %lld logits rows", (long long)rows);
+        goto done;
+    }
+    if ((rc = be->ops->forward(be, plan, logits)))
+        goto done;
+    if (mask_fn && (rc = mask_fn(mask_ud, masks, rows)))
+        goto done;
+    for (int64_t r = 0; r < rows; r++) {
+        if (masks[r] && sampler_mask_empty(masks[r], nv)) {
+            tokens[r] = -1;
+            continue;
+        }
+        const struct sampler_params p = row_params(&params[r]);
+        if ((rc = sampler_sample_draw(&p, params[r].step, nv, logits + (size_t)r * nv, masks[r], &tokens[r])))
+            goto done;
+    }
+done:
+    free(masks);
+    free(logits);
+    return rc;
+}
+
+int backend_forward_sample(backend *be, const struct batch_plan *plan,
+                           const struct backend_sample_params *params, backend_mask_fn mask_fn,
+                           void *mask_ud, int32_t *tokens)
+{
+    int rc = plan_validate(be, plan, NULL, false);
+    if (rc)
+        return rc;
+    const int64_t rows = backend_logits_rows(plan);
+    if (rows > 0 && (!params || !tokens))
+        return ps_error_set(PS_EINVAL, "backend: forward_sample needs params and tokens for %lld rows",
+                            (long long)rows);
+    for (int64_t r = 0; r < rows; r++) {
+        const struct sampler_params p = row_params(&params[r]);
+        if ((rc = sampler_params_validate(&p))) {
+            char why[200]; /* the detail lives in the buffer ps_error_set writes */
+            snprintf(why, sizeof why, "%s", ps_error_last());
+            return ps_error_set(rc, "backend: sampling row %lld: %s", (long long)r, why);
+        }
+    }
+    if (be->ops->forward_sample)
+        return be->ops->forward_sample(be, plan, params, mask_fn, mask_ud, tokens);
+    return forward_sample_host(be, plan, params, mask_fn, mask_ud, tokens, rows);
 }
 
 int backend_copy_block(backend *be, int32_t src, int32_t dst)

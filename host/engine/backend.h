@@ -21,11 +21,15 @@
  *   struct batch_plan plan = { .seqs = &s, .n_seqs = 1 };
  *   float *logits = malloc(backend_logits_rows(&plan) * n_vocab * sizeof *logits);
  *   backend_forward(be, &plan, logits);
+ *   // or, ids only (sampled on the device when backend_can_sample(be)):
+ *   struct backend_sample_params sp = { .temperature = 0.7f, .top_p = 0.9f, .seed = 1, .step = k };
+ *   int32_t next; backend_forward_sample(be, &plan, &sp, NULL, NULL, &next);
  *   backend_free(be);
  */
 #ifndef PS_BACKEND_H
 #define PS_BACKEND_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "../model/model.h"
@@ -68,12 +72,41 @@ struct backend_config {
 
 typedef struct backend backend;
 
+/* Sampling setup of one logits row for backend_forward_sample.  The fields
+ * mean what sampler.h's do; there are no penalties (they need the token
+ * history: the scheduler samples such sequences on the host).  Greedy ties
+ * go to the lowest id; the draw is U(seed, step) of sampler.h, so a row
+ * sampled by a backend gives the token sampler_sample would give at draw
+ * index `step` (up to float summation order in the truncations). */
+struct backend_sample_params {
+    float    temperature; /* <= 0: greedy                                  */
+    int32_t  top_k;       /* <= 0: off                                     */
+    float    top_p;       /* >= 1: off                                     */
+    float    min_p;       /* <= 0: off                                     */
+    uint64_t seed;
+    uint64_t step;        /* the sequence's draw index (tokens sampled so far) */
+};
+
+/* Token masks of a backend_forward_sample step, asked for once the forward
+ * is under way (so the host computes them while the device runs).  masks:
+ * [rows] entries, all NULL on entry; set masks[r] to a bitset of
+ * (n_vocab + 31) / 32 words (bit id % 32 of word id / 32 set = id allowed)
+ * for each constrained row, leave NULL for a free row.  The bitsets stay
+ * owned by the callee and must not change until backend_forward_sample
+ * returns.  A non-zero return aborts the step with that status. */
+typedef int (*backend_mask_fn)(void *ud, const uint32_t **masks, int64_t rows);
+
 /* Implementation table; a backend struct starts with a pointer to one. */
 struct backend_ops {
     const char *name;
     int  (*forward)(backend *be, const struct batch_plan *plan, float *logits);
     int  (*copy_block)(backend *be, int32_t src, int32_t dst);
     void (*free)(backend *be);
+    /* Optional (NULL: the backend returns logits only; the CPU backend):
+     * backend_forward_sample's contract, called with a validated plan. */
+    int  (*forward_sample)(backend *be, const struct batch_plan *plan,
+                           const struct backend_sample_params *params, backend_mask_fn mask_fn,
+                           void *mask_ud, int32_t *tokens);
 };
 
 struct backend {
@@ -99,6 +132,30 @@ int64_t backend_logits_rows(const struct batch_plan *plan);
  * rows in plan order.  PS_EINVAL with a detail for a bad plan; nothing is
  * written to the cache then. */
 int backend_forward(backend *be, const struct batch_plan *plan, float *logits);
+
+/* True when the backend samples on its own device (ops->forward_sample):
+ * backend_forward_sample then returns ids without copying logits back. */
+bool backend_can_sample(const backend *be);
+
+/* One step that ends in sampled token ids instead of logits.  Validates the
+ * plan and params[rows] (rows = backend_logits_rows(plan)) as
+ * backend_forward does (PS_EINVAL, nothing written to the cache), starts
+ * the forward, calls mask_fn(mask_ud, masks, rows) once (when rows > 0 and
+ * mask_fn is non-NULL; on this thread, while the forward runs on a device),
+ * then samples row r with params[r] under masks[r].  tokens: [rows].
+ *
+ * PS_OK: tokens[r] is an id in [0, n_vocab) that masks[r] allows, or -1
+ * when masks[r] allows no id (only that row is affected: the caller fails
+ * that sequence alone).  Any other status is a failure of the whole step
+ * (the backend's error, or mask_fn's status); the KV of the plan's tokens
+ * may have been written then.
+ *
+ * A backend without ops->forward_sample runs backend_forward into a host
+ * buffer (allocated per call) and sampler_sample_draw per row: the same
+ * contract, with the logits crossing to the host. */
+int backend_forward_sample(backend *be, const struct batch_plan *plan,
+                           const struct backend_sample_params *params, backend_mask_fn mask_fn,
+                           void *mask_ud, int32_t *tokens);
 
 /* Copy one physical KV block to another (copy-on-write of shared prefixes). */
 int backend_copy_block(backend *be, int32_t src, int32_t dst);

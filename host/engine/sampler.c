@@ -1,9 +1,11 @@
 /* sampler.c - penalties, greedy / top-k / temperature / top-p / min-p, draw.
  *
  * Determinism: candidate order is a total order (logit descending, id
- * ascending on ties), sums run in a fixed order in double, and the RNG is
- * xoshiro256** seeded through splitmix64 - so the same seed, logits and
- * history give the same token on every machine.
+ * ascending on ties), sums run in a fixed order in double, and draw k uses
+ * the counter-based uniform U(seed, k) of sampler.h (shared with
+ * cuda/sample.cu: keep draw_uniform and smp_mix/the kernel's draw in step)
+ * - so the same seed, logits and history give the same token on every
+ * machine, whichever side sampled the sequence's earlier tokens.
  *
  * Cost: without top-p nothing is sorted.  Top-p selects the best 64
  * candidates (quickselect), widening x4 until they hold top_p of the mass,
@@ -35,7 +37,7 @@ struct sampler {
     int32_t     *hist;      /* [last_n] ring */
     int32_t     *counts;    /* [n_vocab] scratch, all zero between calls */
     struct cand *cands;     /* [n_vocab] scratch */
-    uint64_t     rng[4];
+    uint64_t     draw;      /* index of the next draw */
 };
 
 struct sampler_params sampler_params_default(void)
@@ -77,37 +79,20 @@ int sampler_params_validate(const struct sampler_params *p)
     return PS_OK;
 }
 
-static uint64_t splitmix64(uint64_t *x)
+/* splitmix64's finalizer of x + golden gamma (cuda/sample.cu: smp_mix). */
+static uint64_t mix64(uint64_t x)
 {
-    uint64_t z = (*x += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
 }
 
-static inline uint64_t rotl64(uint64_t x, int k)
+/* U(seed, draw) in [0, 1): 24 random bits, exactly the GPU sampler's. */
+static double draw_uniform(uint64_t seed, uint64_t draw)
 {
-    return (x << k) | (x >> (64 - k));
-}
-
-/* xoshiro256** */
-static uint64_t rng_next(uint64_t s[4])
-{
-    uint64_t r = rotl64(s[1] * 5, 7) * 9;
-    uint64_t t = s[1] << 17;
-    s[2] ^= s[0];
-    s[3] ^= s[1];
-    s[1] ^= s[2];
-    s[0] ^= s[3];
-    s[2] ^= t;
-    s[3] = rotl64(s[3], 45);
-    return r;
-}
-
-/* Uniform in [0, 1) with 53 random bits. */
-static double rng_uniform(uint64_t s[4])
-{
-    return (double)(rng_next(s) >> 11) * (1.0 / 9007199254740992.0);
+    const uint64_t h = mix64(seed ^ mix64(draw + 0x632be59bd9b4e019ull));
+    return (double)(h >> 40) * (1.0 / 16777216.0);
 }
 
 int sampler_create(const struct sampler_params *p, int32_t n_vocab, sampler **out)
@@ -130,9 +115,6 @@ int sampler_create(const struct sampler_params *p, int32_t n_vocab, sampler **ou
     s->cands = malloc((size_t)n_vocab * sizeof *s->cands);
     if (!s->hist || !s->counts || !s->cands)
         goto nomem;
-    uint64_t x = p->seed;
-    for (int i = 0; i < 4; i++)
-        s->rng[i] = splitmix64(&x);
     *out = s;
     return PS_OK;
 nomem:
@@ -252,27 +234,39 @@ static void cand_top(struct cand *c, int32_t n, int32_t k)
     qsort(c, (size_t)k, sizeof *c, cand_cmp);
 }
 
-int sampler_sample(sampler *s, float *logits, const uint32_t *mask, int32_t *token)
+bool sampler_params_need_history(const struct sampler_params *p)
 {
-    const struct sampler_params *p = &s->p;
-    const int32_t nv = s->n_vocab;
+    return p->repeat_penalty != 1.0f || p->presence_penalty != 0.0f || p->frequency_penalty != 0.0f;
+}
 
-    if (mask) {
-        int any = 0;
-        for (int32_t w = 0; w < (nv + 31) / 32 && !any; w++) {
-            uint32_t bits = mask[w];
-            if (w == nv / 32)
-                bits &= (nv % 32) ? ((1u << (nv % 32)) - 1u) : 0u;
-            any = bits != 0;
-        }
-        if (!any)
-            return ps_error_set(PS_EINVAL, "sampler: token mask allows no token of %d", (int)nv);
+bool sampler_mask_empty(const uint32_t *mask, int32_t n_vocab)
+{
+    for (int32_t w = 0; w < (n_vocab + 31) / 32; w++) {
+        uint32_t bits = mask[w];
+        if (w == n_vocab / 32)
+            bits &= (n_vocab % 32) ? ((1u << (n_vocab % 32)) - 1u) : 0u;
+        if (bits)
+            return false;
     }
+    return true;
+}
 
-    apply_penalties(s, logits);
+uint64_t sampler_next_draw(const sampler *s)
+{
+    return s->draw;
+}
 
-    /* Candidates: allowed ids, NaN logits treated as -inf. */
-    struct cand *c = s->cands;
+void sampler_skip_draw(sampler *s)
+{
+    s->draw++;
+}
+
+/* Everything after the penalties: candidates (allowed ids, NaN logits as
+ * -inf), greedy / top-k / temperature / top-p / min-p, draw `draw`.  c:
+ * [nv] scratch.  The mask allows at least one id (checked by the callers). */
+static void sample_core(const struct sampler_params *p, struct cand *c, int32_t nv, const float *logits,
+                        const uint32_t *mask, uint64_t draw, int32_t *token)
+{
     int32_t n = 0;
     for (int32_t id = 0; id < nv; id++) {
         if (!mask_allows(mask, id))
@@ -289,7 +283,7 @@ int sampler_sample(sampler *s, float *logits, const uint32_t *mask, int32_t *tok
             best = i;
     if (p->temperature <= 0.0f || c[best].logit == -INFINITY) {
         *token = c[best].id;
-        return PS_OK;
+        return;
     }
 
     const float maxl = c[best].logit; /* the best candidate survives top-k */
@@ -338,15 +332,42 @@ int sampler_sample(sampler *s, float *logits, const uint32_t *mask, int32_t *tok
     sum = 0.0;
     for (int32_t i = 0; i < n; i++)
         sum += c[i].p;
-    double r = rng_uniform(s->rng) * sum;
+    double r = draw_uniform(p->seed, draw) * sum;
     double cum = 0.0;
     for (int32_t i = 0; i < n; i++) {
         cum += c[i].p;
         if (r < cum) {
             *token = c[i].id;
-            return PS_OK;
+            return;
         }
     }
     *token = c[n - 1].id; /* r rounded up to sum */
+}
+
+int sampler_sample(sampler *s, float *logits, const uint32_t *mask, int32_t *token)
+{
+    if (mask && sampler_mask_empty(mask, s->n_vocab))
+        return ps_error_set(PS_EINVAL, "sampler: token mask allows no token of %d", (int)s->n_vocab);
+    apply_penalties(s, logits);
+    sample_core(&s->p, s->cands, s->n_vocab, logits, mask, s->draw, token);
+    s->draw++;
+    return PS_OK;
+}
+
+int sampler_sample_draw(const struct sampler_params *p, uint64_t draw, int32_t n_vocab, float *logits,
+                        const uint32_t *mask, int32_t *token)
+{
+    int rc = sampler_params_validate(p);
+    if (rc)
+        return rc;
+    if (n_vocab < 1)
+        return ps_error_set(PS_EINVAL, "sampler: n_vocab %d < 1", (int)n_vocab);
+    if (mask && sampler_mask_empty(mask, n_vocab))
+        return ps_error_set(PS_EINVAL, "sampler: token mask allows no token of %d", (int)n_vocab);
+    struct cand *c = malloc((size_t)n_vocab * sizeof *c);
+    if (!c)
+        return ps_error_set(PS_ENOMEM, "sampler: out of memory (n_vocab %d)", (int)n_vocab);
+    sample_core(p, c, n_vocab, logits, mask, draw, token);
+    free(c);
     return PS_OK;
 }

@@ -3,12 +3,20 @@
  * Order of operations (as in common servers): penalties (repetition,
  * presence, frequency over the last penalty_last_n tokens) -> greedy if
  * temperature <= 0 -> top-k -> temperature -> softmax -> top-p -> min-p ->
- * draw with the sampler's own seeded RNG.  Same seed and inputs => same
- * tokens, on every machine.
+ * draw.  Same seed and inputs => same tokens, on every machine.
+ *
+ * The draw is counter-based: draw k of a sequence (k = 0, 1, ...: the
+ * sampler_sample calls so far) uses the uniform
+ *   U(seed, k) = (mix(seed ^ mix(k + 0x632be59bd9b4e019)) >> 40) / 2^24
+ * (mix: the splitmix64 finalizer, 24 random bits), exactly the uniform of
+ * the GPU sampler (cuda/sample.cu).  So a sequence whose steps are sampled
+ * sometimes here and sometimes by a backend (backend_forward_sample) draws
+ * the same numbers as one sampled on a single side.
  */
 #ifndef PS_SAMPLER_H
 #define PS_SAMPLER_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -36,12 +44,38 @@ typedef struct sampler sampler;
 int  sampler_create(const struct sampler_params *p, int32_t n_vocab, sampler **out);
 void sampler_free(sampler *s); /* NULL-safe */
 
-/* Pick a token from logits[n_vocab] (modified in place).  Optional mask:
- * when non-NULL, only ids with bit set (mask[id/32] >> (id%32) & 1) may be
- * chosen; all-zero mask is PS_EINVAL. */
+/* Pick a token from logits[n_vocab] (modified in place) with draw index
+ * sampler_next_draw(s), then advance the index.  Optional mask: when
+ * non-NULL, only ids with bit set (mask[id/32] >> (id%32) & 1) may be
+ * chosen; a mask allowing no id below n_vocab is PS_EINVAL ("token mask
+ * allows no token") and the index does not advance. */
 int  sampler_sample(sampler *s, float *logits, const uint32_t *mask, int32_t *token);
 
 /* Record a token in the penalty history (prompt tokens and sampled ones). */
 void sampler_accept(sampler *s, int32_t token);
+
+/* Draw index of the next sampler_sample: the tokens sampled so far. */
+uint64_t sampler_next_draw(const sampler *s);
+
+/* A token was chosen for draw sampler_next_draw(s) elsewhere (a backend
+ * sampling on its device with the same (seed, draw)): advance the index as
+ * sampler_sample would have.  The token still goes to sampler_accept. */
+void sampler_skip_draw(sampler *s);
+
+/* True when p sets a penalty: those need the token history, which only
+ * sampler_sample has, so such a sequence is always sampled here. */
+bool sampler_params_need_history(const struct sampler_params *p);
+
+/* True when mask[(n_vocab + 31) / 32] allows no id in [0, n_vocab). */
+bool sampler_mask_empty(const uint32_t *mask, int32_t n_vocab);
+
+/* Stateless sampler_sample without penalties (they are ignored): one token
+ * from logits[n_vocab] (modified in place) with draw index `draw`; the same
+ * token sampler_sample gives for these params at that index.  For backends
+ * without a device sampler (backend_forward_sample's host fallback) and
+ * tests.  PS_EINVAL for bad params or a mask allowing nothing; PS_ENOMEM
+ * (it allocates n_vocab candidates per call). */
+int  sampler_sample_draw(const struct sampler_params *p, uint64_t draw, int32_t n_vocab, float *logits,
+                         const uint32_t *mask, int32_t *token);
 
 #endif /* PS_SAMPLER_H */

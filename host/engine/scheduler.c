@@ -39,6 +39,9 @@ struct seq {
     int32_t        n_preempted;
 
     sampler       *smp;
+    struct backend_sample_params bsp; /* the request's sampling for a backend
+                                   that samples itself (step set per step) */
+    bool           host_only;   /* penalties: sampled on the host always   */
     const struct token_constraint_ops *cops; /* NULL: unconstrained      */
     void          *cm;          /* constraint matcher                      */
     uint32_t      *mask;        /* [mask_words] for the next sample        */
@@ -73,6 +76,9 @@ struct sched {
     struct batch_seq   *plan_seqs; /* [max_seqs] */
     struct seq        **plan_of;   /* [max_seqs] */
     float              *logits;    /* [max_seqs][n_vocab] */
+    bool                dev_sample; /* the backend samples itself and cfg allows it */
+    struct backend_sample_params *dev_params; /* [max_seqs] rows of a device-sampled step */
+    int32_t            *dev_tokens; /* [max_seqs] its sampled ids             */
     int32_t            *match_buf; /* [max blocks per seq] */
     uint64_t           *hash_buf;
 
@@ -476,18 +482,14 @@ static void seq_publish_blocks(sched *s, struct seq *q)
     }
 }
 
-/* Sample q's next token from its logits row and apply the stop rules. */
-static void seq_sample(sched *s, struct seq *q, float *row)
+/* Take token `tok`, chosen for q by the host sampler or by the backend:
+ * the matcher accepts it (an error finishes q: a token the mask did not
+ * allow), it joins the penalty history and the sequence, then the stop
+ * rules run (EOG, stop strings, matcher done, max_tokens, context) and the
+ * TOKEN event goes out.  q may be finished (and freed) on return. */
+static void seq_accept_token(sched *s, struct seq *q, int32_t tok)
 {
-    int32_t tok;
-    if (q->cm && q->mask_rc) {
-        sched_finish(s, q, FINISH_ERROR, s->mask_err);
-        return;
-    }
-    int rc = sampler_sample(q->smp, row, q->cm ? q->mask : NULL, &tok);
-    if (!rc && q->cm)
-        rc = q->cops->accept(q->cm, tok);
-    if (rc) {
+    if (q->cm && q->cops->accept(q->cm, tok)) {
         sched_finish(s, q, FINISH_ERROR, ps_error_last());
         return;
     }
@@ -529,6 +531,44 @@ static void seq_sample(sched *s, struct seq *q, float *row)
     } else if (q->n_generated >= q->max_tokens || q->n_tokens >= s->cfg.n_ctx) {
         sched_finish(s, q, FINISH_LENGTH, NULL);
     }
+}
+
+/* Host path: choose q's next token from its logits row (penalties, mask,
+ * draw sampler_next_draw), then seq_accept_token. */
+static void seq_sample_host(sched *s, struct seq *q, float *row)
+{
+    int32_t tok;
+    if (q->cm && q->mask_rc) {
+        sched_finish(s, q, FINISH_ERROR, s->mask_err);
+        return;
+    }
+    if (sampler_sample(q->smp, row, q->cm ? q->mask : NULL, &tok)) {
+        sched_finish(s, q, FINISH_ERROR, ps_error_last());
+        return;
+    }
+    seq_accept_token(s, q, tok);
+}
+
+/* Device path: the backend drew `tok` (-1: q's mask allowed nothing) with
+ * draw index sampler_next_draw(q->smp); advance it as sampler_sample
+ * would, then seq_accept_token.  The errors read as the host path's. */
+static void seq_sample_device(sched *s, struct seq *q, int32_t tok)
+{
+    if (q->cm && q->mask_rc) {
+        sched_finish(s, q, FINISH_ERROR, s->mask_err);
+        return;
+    }
+    if (tok < 0 || tok >= s->n_vocab) {
+        char msg[96];
+        if (tok == -1)
+            snprintf(msg, sizeof msg, "sampler: token mask allows no token of %d", (int)s->n_vocab);
+        else
+            snprintf(msg, sizeof msg, "backend: sampled token %d outside [0, %d)", (int)tok, (int)s->n_vocab);
+        sched_finish(s, q, FINISH_ERROR, msg);
+        return;
+    }
+    sampler_skip_draw(q->smp);
+    seq_accept_token(s, q, tok);
 }
 
 static uint64_t now_ns(void)
@@ -592,8 +632,10 @@ static bool plan_has_constraint(const sched *s, int32_t n_plan)
 }
 
 /* Start filling this step's masks: on the helper thread when overlap is on
- * (started on first use; false if it cannot start: then inline), else now. */
-static bool masks_begin(sched *s, int32_t n_plan)
+ * (started on first use; false if it cannot start: then inline), else now,
+ * or, with `defer`, not at all (the device path's mask callback fills them
+ * while the backend runs).  True: posted, masks_wait before reading them. */
+static bool masks_begin(sched *s, int32_t n_plan, bool defer)
 {
     if (!plan_has_constraint(s, n_plan))
         return false;
@@ -604,7 +646,8 @@ static bool masks_begin(sched *s, int32_t n_plan)
             s->mw_started = true;
     }
     if (!s->mask_overlap) {
-        fill_masks(s, n_plan);
+        if (!defer)
+            fill_masks(s, n_plan);
         return false;
     }
     pthread_mutex_lock(&s->mw_mu);
@@ -621,6 +664,101 @@ static void masks_wait(sched *s)
     while (s->mw_finished != s->mw_posted)
         pthread_cond_wait(&s->mw_cv, &s->mw_mu);
     pthread_mutex_unlock(&s->mw_mu);
+}
+
+/* The device path (backend_forward_sample) for this step: the backend
+ * samples itself, the config allows it, and no sampling row needs the host
+ * (penalties need the token history). */
+static bool plan_device_ok(const sched *s, int32_t n_plan)
+{
+    if (!s->dev_sample)
+        return false;
+    for (int32_t i = 0; i < n_plan; i++)
+        if (s->plan_seqs[i].logits == LOGITS_LAST && s->plan_of[i]->host_only)
+            return false;
+    return true;
+}
+
+struct mask_job {
+    sched  *s;
+    int32_t n_plan;
+    bool    posted; /* on the helper thread, not waited for yet */
+};
+
+/* backend_mask_fn of the device path: runs while the backend computes the
+ * step; the masks are ready on return (waited for, or filled now). */
+static int step_masks(void *ud, const uint32_t **masks, int64_t rows)
+{
+    struct mask_job *j = ud;
+    sched *s = j->s;
+    if (j->posted) {
+        masks_wait(s);
+        j->posted = false;
+    } else {
+        fill_masks(s, j->n_plan);
+    }
+    int64_t row = 0;
+    for (int32_t i = 0; i < j->n_plan; i++) {
+        if (s->plan_seqs[i].logits != LOGITS_LAST)
+            continue;
+        if (row == rows)
+            break;
+        const struct seq *q = s->plan_of[i];
+        masks[row++] = q->cm && !q->mask_rc ? q->mask : NULL; /* a failed fill finishes q afterwards */
+    }
+    if (row != rows)
+        return ps_error_set(PS_EINTERNAL, "scheduler: the backend asked for %lld mask rows, the plan has %lld",
+                            (long long)rows, (long long)row);
+    return PS_OK;
+}
+
+/* Run the planned step and sample it: on the device when plan_device_ok
+ * (only ids come back), else logits to the host and sampler_sample per
+ * row.  A failure finishes every planned sequence with FINISH_ERROR. */
+static int step_run(sched *s, int32_t n_plan)
+{
+    struct batch_plan plan = { .seqs = s->plan_seqs, .n_seqs = n_plan };
+    const bool dev = plan_device_ok(s, n_plan);
+    int64_t rows = 0;
+    if (dev)
+        for (int32_t i = 0; i < n_plan; i++) {
+            if (s->plan_seqs[i].logits != LOGITS_LAST)
+                continue;
+            struct seq *q = s->plan_of[i];
+            s->dev_params[rows] = q->bsp;
+            s->dev_params[rows].step = sampler_next_draw(q->smp);
+            rows++;
+        }
+    struct mask_job job = { .s = s, .n_plan = n_plan, .posted = masks_begin(s, n_plan, dev) };
+    int rc = dev ? backend_forward_sample(s->be, &plan, s->dev_params, step_masks, &job, s->dev_tokens)
+                 : backend_forward(s->be, &plan, s->logits);
+    if (job.posted) /* the host path, or a backend that failed before asking */
+        masks_wait(s);
+    if (rc) {
+        char msg[256];
+        snprintf(msg, sizeof msg, "backend: %s", ps_error_last());
+        for (int32_t i = 0; i < n_plan; i++)
+            sched_finish(s, s->plan_of[i], FINISH_ERROR, msg);
+        return rc;
+    }
+    if (dev)
+        s->st.device_sampled_steps++;
+    /* plan_of[] entries may be freed during sampling: read rows first. */
+    int32_t row = 0;
+    for (int32_t i = 0; i < n_plan; i++) {
+        struct seq *q = s->plan_of[i];
+        bool last = s->plan_seqs[i].logits == LOGITS_LAST;
+        q->n_computed += q->take;
+        q->in_plan = false;
+        seq_publish_blocks(s, q);
+        if (!last)
+            continue;
+        if (dev)
+            seq_sample_device(s, q, s->dev_tokens[row++]);
+        else
+            seq_sample_host(s, q, s->logits + (size_t)row++ * s->n_vocab);
+    }
+    return PS_OK;
 }
 
 int sched_step(sched *s, int32_t *n_scheduled)
@@ -688,32 +826,9 @@ int sched_step(sched *s, int32_t *n_scheduled)
         /* everything but the forward of a just-sampled token is prefill */
         s->st.prefill_tokens += (uint64_t)(q->take - (last && q->n_generated > 0 ? 1 : 0));
     }
-    struct batch_plan plan = { .seqs = s->plan_seqs, .n_seqs = n_plan };
     s->st.steps++;
     *n_scheduled = n_plan;
-    bool posted = masks_begin(s, n_plan);
-    int rc = backend_forward(s->be, &plan, s->logits);
-    if (posted)
-        masks_wait(s);
-    if (rc) {
-        char msg[256];
-        snprintf(msg, sizeof msg, "backend: %s", ps_error_last());
-        for (int32_t i = 0; i < n_plan; i++)
-            sched_finish(s, s->plan_of[i], FINISH_ERROR, msg);
-        return rc;
-    }
-    /* plan_of[] entries may be freed during sampling: read rows first. */
-    int32_t row = 0;
-    for (int32_t i = 0; i < n_plan; i++) {
-        struct seq *q = s->plan_of[i];
-        bool last = s->plan_seqs[i].logits == LOGITS_LAST;
-        q->n_computed += q->take;
-        q->in_plan = false;
-        seq_publish_blocks(s, q);
-        if (last)
-            seq_sample(s, q, s->logits + (size_t)row++ * s->n_vocab);
-    }
-    return PS_OK;
+    return step_run(s, n_plan);
 }
 
 /* ---- public API -------------------------------------------------------------- */
@@ -743,6 +858,7 @@ int sched_create(const struct sched_config *cfg, backend *be, const struct sched
     s->n_vocab = be->model->hp.n_vocab;
     s->mask_words = ((size_t)s->n_vocab + 31) / 32;
     s->mask_overlap = cfg->mask_thread > 0 || (cfg->mask_thread == 0 && strcmp(backend_name(be), "cpu"));
+    s->dev_sample = cfg->device_sample >= 0 && backend_can_sample(be);
     pthread_mutex_init(&s->mw_mu, NULL);
     pthread_cond_init(&s->mw_cv, NULL);
     int64_t cache_tokens = (int64_t)be->cfg.n_kv_blocks * s->bs;
@@ -760,9 +876,12 @@ int sched_create(const struct sched_config *cfg, backend *be, const struct sched
     s->plan_seqs = calloc(ms, sizeof *s->plan_seqs);
     s->plan_of = calloc(2 * ms, sizeof *s->plan_of);
     s->logits = malloc(ms * (size_t)s->n_vocab * sizeof *s->logits);
+    s->dev_params = calloc(ms, sizeof *s->dev_params);
+    s->dev_tokens = calloc(ms, sizeof *s->dev_tokens);
     s->match_buf = malloc(max_blocks * sizeof *s->match_buf);
     s->hash_buf = malloc(max_blocks * sizeof *s->hash_buf);
-    if (!s->running || !s->plan_seqs || !s->plan_of || !s->logits || !s->match_buf || !s->hash_buf) {
+    if (!s->running || !s->plan_seqs || !s->plan_of || !s->logits || !s->dev_params || !s->dev_tokens ||
+        !s->match_buf || !s->hash_buf) {
         rc = ps_error_set(PS_ENOMEM, "scheduler: out of memory for %d sequences", (int)cfg->max_seqs);
         goto fail;
     }
@@ -797,6 +916,8 @@ void sched_free(sched *s)
     pthread_cond_destroy(&s->mw_cv);
     free(s->hash_buf);
     free(s->match_buf);
+    free(s->dev_tokens);
+    free(s->dev_params);
     free(s->logits);
     free(s->plan_of);
     free(s->plan_seqs);
@@ -873,6 +994,11 @@ int sched_submit(sched *s, const struct sched_request *req)
         seq_destroy(q);
         return rc;
     }
+    q->host_only = sampler_params_need_history(&req->sampling);
+    q->bsp = (struct backend_sample_params){
+        .temperature = req->sampling.temperature, .top_k = req->sampling.top_k,
+        .top_p = req->sampling.top_p, .min_p = req->sampling.min_p, .seed = req->sampling.seed,
+    };
     if (req->constraint.ops) {
         const struct token_constraint_ops *ops = req->constraint.ops;
         if (!ops->matcher_new || !ops->matcher_free || !ops->fill_mask || !ops->accept || !ops->is_done) {

@@ -57,6 +57,25 @@
  * the step.  The sampler applies the mask and the matcher accepts the
  * sampled token.  Unconstrained sequences never touch a mask.
  *
+ * Where a step is sampled (sched_step):
+ *   device path  the backend samples itself (backend_can_sample: the CUDA
+ *                backend), sched_config.device_sample is not -1, and no
+ *                sampling row of the step has a penalty (penalties need the
+ *                token history, kept on the host).  backend_forward_sample
+ *                starts the forward, asks for the masks through its mask
+ *                callback (they are filled then, or waited for from the
+ *                helper thread, while the device computes), uploads them and
+ *                samples on the device; only ids come back.
+ *   host path    otherwise: backend_forward copies every logits row back and
+ *                sampler_sample picks each token.
+ * Both paths draw U(seed, k) for a sequence's k-th token (sampler.h), so a
+ * seeded sequence does not depend on which path each of its steps took
+ * (up to float summation order in top-p/top-k/min-p on the GPU; greedy is
+ * exact).  Both end in the same accept step: matcher accept, penalty
+ * history, EOG / stop strings / matcher done / max_tokens / context.  A row
+ * whose mask allows no token finishes that sequence alone (FINISH_ERROR,
+ * "token mask allows no token"), on either path.
+ *
  * Invariants
  *   1. Every request gets exactly one SCHED_EV_DONE (after zero or more
  *      SCHED_EV_TOKEN), then the scheduler forgets it.
@@ -104,6 +123,9 @@ struct sched_config {
                                  backend_forward runs: 0 auto (on unless the
                                  backend is "cpu", whose forward already
                                  uses every core), 1 on, -1 off             */
+    int32_t device_sample;    /* 0 auto: sample in the backend when it can
+                                 (backend_can_sample) and the step has no
+                                 penalized row; -1 never (logits to the host) */
 };
 
 /* Text side, all optional (NULL piece: events carry no text and stop strings
@@ -199,6 +221,9 @@ struct sched_stats {
     uint64_t cow_copies;
     uint64_t masks;                 /* token masks filled (constrained steps) */
     uint64_t mask_ns;               /* time spent filling them              */
+    uint64_t device_sampled_steps;  /* steps sampled by the backend (device
+                                       path); the rest of `steps` copied
+                                       logits to the host                   */
 };
 
 typedef struct sched sched;
@@ -219,7 +244,8 @@ int  sched_submit(sched *s, const struct sched_request *req);
  * its DONE event now.  PS_ENOTFOUND when it is not live. */
 int  sched_cancel(sched *s, uint64_t id);
 
-/* One batch: schedule, backend_forward, sample, emit events.  Sets
+/* One batch: schedule, run the backend and sample (device or host path,
+ * see above), emit events.  Sets
  * *n_scheduled to the sequences in the batch (0: nothing to do).  A backend
  * failure finishes the batch's sequences with FINISH_ERROR and is returned. */
 int  sched_step(sched *s, int32_t *n_scheduled);

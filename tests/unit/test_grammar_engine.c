@@ -150,7 +150,8 @@ static void fake_free(backend *be)
     free(fb);
 }
 
-static const struct backend_ops fake_ops = { "fake", fake_forward, fake_copy_block, fake_free };
+static const struct backend_ops fake_ops = { .name = "fake", .forward = fake_forward,
+                                             .copy_block = fake_copy_block, .free = fake_free };
 
 static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs)
 {
