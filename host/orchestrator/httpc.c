@@ -1,43 +1,81 @@
-/* httpc.c - libcurl multi on libevent (see httpc.h).
+/* httpc.c - outbound HTTP on libevent (see httpc.h): libcurl multi, and a
+ * keep-alive HTTP/1.1 fast path for plain http:// to numeric hosts.
  *
- * Request lifecycle:  httpc_request() -> IN_MULTI (easy handle added)
- *   -> curl reports done -> removed from multi, pushed on the done list
+ * Request lifecycle (both paths):
+ *   httpc_request() -> IN FLIGHT (curl: easy handle in the multi; fast: on a
+ *   pooled connection, request bytes written or pending)
+ *   -> reply complete or failed -> pushed on the done list
  *   -> callback invoked from the done list -> freed.
- * Callbacks run only from the done list, after curl_multi_socket_action()
- * returned, so a callback may start or cancel any request (including ones
- * still queued on the done list: httpc_cancel unlinks and frees them).
+ * Callbacks run only from the done list, after the event handler that
+ * finished the request has done its own work, so a callback may start or
+ * cancel any request (including ones still queued on the done list:
+ * httpc_cancel unlinks and frees them).  A fast-path request that fails
+ * inside httpc_request() (connection refused at once) is delivered through
+ * the `kick` event on the next loop turn: never before httpc_request returns.
+ *
+ * Fast-path connection states (struct hconn):
+ *   CONNECTING --writable, SO_ERROR 0--> BUSY (request being written/answered)
+ *   BUSY --reply complete, reusable--> IDLE (in its pool's idle list)
+ *   IDLE --httpc_request() takes it--> BUSY
+ *   any --EOF, error, Connection: close, cancel, timeout--> closed (hconn_close)
+ * An IDLE connection keeps its read event: a server that closes it is noticed
+ * and the connection freed, so the pool holds no dead sockets for long.
  */
 #include "orchestrator/httpc.h"
 
+#include <arpa/inet.h>
 #include <curl/curl.h>
+#include <errno.h>
 #include <event2/event.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/status.h"
 
 /* Easy handles kept for reuse: curl_easy_init/cleanup per request costs
  * allocations (buffers, state) that reuse after curl_easy_reset avoids. */
 #define HTTPC_IDLE_EASY 1024
+/* Fast path limits. */
+#define HC_MAX_IDLE_PER_POOL 4096        /* idle keep-alive connections per host:port */
+#define HC_MAX_HEAD          (64u << 10) /* reply status line + headers */
+#define HC_CONNECT_MS        10000       /* as CURLOPT_CONNECTTIMEOUT_MS on the curl path */
+#define HC_READ_MIN          2048        /* free space kept for one recv() */
+#define HC_IN_INIT           4096        /* first reply buffer of a connection */
+
+struct hpool;
+struct hconn;
 
 struct httpc {
     struct event_base *base;
     CURLM             *multi;
     struct event      *timer;
+    struct event      *kick;       /* fast path: deliver done-list entries on the loop */
     struct httpc_req  *all;        /* doubly linked: every live request */
     struct httpc_req  *done_head;  /* finished, callback pending */
     struct httpc_req  *done_tail;
     int                n_active;
     int                dispatching;
+    int                fast_ok;    /* the fast path may be used (no proxy env, not disabled) */
+    struct hpool      *pools;      /* fast path: one per host:port */
     CURL              *idle[HTTPC_IDLE_EASY];  /* finished easy handles, reset, for reuse */
     int                n_idle;
 };
 
+/* Fast-path reply parsing state. */
+enum hc_body { HB_NONE, HB_LENGTH, HB_CHUNKED, HB_EOF };
+enum hc_chunk { HCH_SIZE, HCH_DATA, HCH_DATA_END, HCH_TRAILER, HCH_DONE };
+
 struct httpc_req {
     struct httpc      *h;
-    CURL              *easy;
+    CURL              *easy;       /* curl path; NULL on the fast path */
     struct curl_slist *hdrs;
     httpc_done_fn      done;
     void              *ud;
@@ -47,6 +85,7 @@ struct httpc_req {
     int                in_multi;
     int                in_callback;
     CURLcode           result;
+    long               status;
     char              *body;
     size_t             len, cap;
     int                too_big;
@@ -54,6 +93,44 @@ struct httpc_req {
     char              *session_id;
     int64_t            recv_ns, send_ns;
     char               errbuf[CURL_ERROR_SIZE];
+    /* fast path */
+    struct hpool      *pool;
+    struct hconn      *conn;       /* while in flight */
+    char              *out;        /* request bytes */
+    size_t             out_len, out_off;
+    int                retried;    /* resent once after a stale keep-alive connection */
+    long               timeout_ms;
+    int64_t            deadline_ns;/* 0: none */
+    struct event      *tmo;        /* lazily made: connect / request timeout */
+    int                head_done;  /* status line and headers parsed */
+    int                got_bytes;  /* any reply byte arrived */
+    int                keep_alive; /* the connection may be reused afterwards */
+    enum hc_body       framing;
+    size_t             remaining;  /* HB_LENGTH: body bytes left; chunked: chunk bytes left */
+    enum hc_chunk      chunk;
+};
+
+struct hpool {
+    struct httpc         *h;
+    struct sockaddr_storage sa;
+    socklen_t             salen;
+    char                 *key;     /* "host:port" as in the URL (the Host header) */
+    struct hconn         *idle;    /* doubly linked, most recently used first */
+    int                   n_idle;
+    struct hpool         *next;
+};
+
+struct hconn {
+    struct hpool     *pool;
+    int               fd;
+    struct event     *rd;          /* EV_READ | EV_PERSIST, for the connection's life */
+    struct event     *wr;          /* EV_WRITE: connecting, or request not fully written */
+    int               connecting;
+    int               reused;      /* has carried a complete reply before */
+    struct httpc_req *req;         /* BUSY: the request; NULL when IDLE */
+    char             *in;          /* reply bytes not consumed yet */
+    size_t            in_len, in_cap;
+    struct hconn     *prev, *next; /* pool's idle list */
 };
 
 /* One per socket curl watches; its event is re-assigned in place when
@@ -73,6 +150,9 @@ int64_t orch_now_ns(void)
 static pthread_once_t curl_once = PTHREAD_ONCE_INIT;
 static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
+static void hconn_close(struct hconn *c);
+static void hc_release(struct httpc_req *r, int reusable);
+
 static void req_free(struct httpc_req *r)
 {
     struct httpc *h = r->h;
@@ -80,6 +160,8 @@ static void req_free(struct httpc_req *r)
         curl_multi_remove_handle(h->multi, r->easy);
         r->in_multi = 0;
     }
+    if (r->conn)
+        hc_release(r, 0);      /* cancelled in flight: the connection cannot be reused */
     if (r->on_done_list) {
         struct httpc_req **pp = &h->done_head, *prev = NULL;
         while (*pp && *pp != r) { prev = *pp; pp = &(*pp)->done_next; }
@@ -96,10 +178,13 @@ static void req_free(struct httpc_req *r)
     if (r->easy && h->n_idle < HTTPC_IDLE_EASY) {
         curl_easy_reset(r->easy);
         h->idle[h->n_idle++] = r->easy;
-    } else {
+    } else if (r->easy) {
         curl_easy_cleanup(r->easy);
     }
+    if (r->tmo)
+        event_free(r->tmo);
     curl_slist_free_all(r->hdrs);
+    free(r->out);
     free(r->body);
     free(r->content_type);
     free(r->session_id);
@@ -126,7 +211,7 @@ static void dispatch_done(struct httpc *h)
             resp.error = r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result);
         } else {
             resp.error = "";
-            curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &resp.status);
+            resp.status = r->status;
         }
         resp.body = r->body ? r->body : "";
         resp.body_len = r->len;
@@ -145,6 +230,15 @@ static void dispatch_done(struct httpc *h)
     h->dispatching = 0;
 }
 
+static void push_done(struct httpc_req *r)
+{
+    struct httpc *h = r->h;
+    r->on_done_list = 1;
+    r->done_next = NULL;
+    if (h->done_tail) h->done_tail->done_next = r; else h->done_head = r;
+    h->done_tail = r;
+}
+
 static void check_multi_info(struct httpc *h)
 {
     CURLMsg *msg;
@@ -155,12 +249,11 @@ static void check_multi_info(struct httpc *h)
         struct httpc_req *r = NULL;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
         r->result = msg->data.result;
+        if (r->result == CURLE_OK)
+            curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
         curl_multi_remove_handle(h->multi, r->easy);
         r->in_multi = 0;
-        r->on_done_list = 1;
-        r->done_next = NULL;
-        if (h->done_tail) h->done_tail->done_next = r; else h->done_head = r;
-        h->done_tail = r;
+        push_done(r);
     }
     dispatch_done(h);
 }
@@ -180,6 +273,11 @@ static void on_timer(evutil_socket_t fd, short what, void *arg)
     int running;
     curl_multi_socket_action(h->multi, CURL_SOCKET_TIMEOUT, 0, &running);
     check_multi_info(h);
+}
+
+static void on_kick(evutil_socket_t fd, short what, void *arg)
+{
+    dispatch_done(arg);
 }
 
 static int sock_cb(CURL *e, curl_socket_t s, int what, void *userp, void *socketp)
@@ -228,6 +326,19 @@ static int timer_cb(CURLM *m, long timeout_ms, void *userp)
     return 0;
 }
 
+/* curl honours these for http:// URLs; the fast path does not speak to
+ * proxies, so their presence sends every request through curl. */
+static int proxy_in_env(void)
+{
+    static const char *const names[] = { "http_proxy", "all_proxy", "ALL_PROXY" };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        const char *v = getenv(names[i]);
+        if (v && *v)
+            return 1;
+    }
+    return 0;
+}
+
 struct httpc *httpc_create(struct event_base *base)
 {
     pthread_once(&curl_once, curl_init_once);
@@ -237,10 +348,13 @@ struct httpc *httpc_create(struct event_base *base)
     h->base = base;
     h->multi = curl_multi_init();
     h->timer = evtimer_new(base, on_timer, h);
-    if (!h->multi || !h->timer) {
+    h->kick = event_new(base, -1, 0, on_kick, h);
+    if (!h->multi || !h->timer || !h->kick) {
         httpc_destroy(h);
         return NULL;
     }
+    const char *mode = getenv("PARASERVE_HTTPC");
+    h->fast_ok = !proxy_in_env() && !(mode && !strcmp(mode, "curl"));
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
     curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -255,12 +369,22 @@ void httpc_destroy(struct httpc *h)
         return;
     while (h->all)
         req_free(h->all);
+    while (h->pools) {
+        struct hpool *p = h->pools;
+        while (p->idle)
+            hconn_close(p->idle);
+        h->pools = p->next;
+        free(p->key);
+        free(p);
+    }
     while (h->n_idle > 0)
         curl_easy_cleanup(h->idle[--h->n_idle]);
     if (h->multi)
         curl_multi_cleanup(h->multi);
     if (h->timer)
         event_free(h->timer);
+    if (h->kick)
+        event_free(h->kick);
     free(h);
 }
 
@@ -269,13 +393,13 @@ int httpc_active(const struct httpc *h)
     return h ? h->n_active : 0;
 }
 
-static size_t on_body(char *p, size_t sz, size_t n, void *ud)
+/* Append reply body bytes; 0, or -1 when over HTTPC_MAX_BODY (too_big set)
+ * or out of memory. */
+static int body_append(struct httpc_req *r, const char *p, size_t len)
 {
-    struct httpc_req *r = ud;
-    size_t len = sz * n;
     if (r->len + len > HTTPC_MAX_BODY) {
         r->too_big = 1;
-        return 0;
+        return -1;
     }
     if (r->len + len + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 1024;
@@ -283,14 +407,20 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
             cap *= 2;
         char *nb = realloc(r->body, cap);
         if (!nb)
-            return 0;
+            return -1;
         r->body = nb;
         r->cap = cap;
     }
     memcpy(r->body + r->len, p, len);
     r->len += len;
     r->body[r->len] = 0;
-    return len;
+    return 0;
+}
+
+static size_t on_body(char *p, size_t sz, size_t n, void *ud)
+{
+    size_t len = sz * n;
+    return body_append(ud, p, len) ? 0 : len;
 }
 
 /* Copy a header's value (trimmed) if `line` is that header. */
@@ -306,10 +436,9 @@ static char *header_value(const char *line, size_t n, const char *name)
     return strndup(v, (size_t)(end - v));
 }
 
-static size_t on_header(char *p, size_t sz, size_t n, void *ud)
+/* Record the reply headers callers see (both paths). */
+static void note_header(struct httpc_req *r, const char *p, size_t len)
 {
-    struct httpc_req *r = ud;
-    size_t len = sz * n;
     char *v;
     if ((v = header_value(p, len, "Content-Type"))) {
         free(r->content_type);
@@ -324,30 +453,693 @@ static size_t on_header(char *p, size_t sz, size_t n, void *ud)
         r->send_ns = strtoll(v, NULL, 10);
         free(v);
     }
-    return len;
 }
 
-struct httpc_req *httpc_request(struct httpc *h, const char *method, const char *url,
-                                char *const *headers, char *const *headers2,
-                                const char *body, size_t body_len, long timeout_ms,
-                                httpc_done_fn done, void *ud)
+static size_t on_header(char *p, size_t sz, size_t n, void *ud)
 {
-    struct httpc_req *r = calloc(1, sizeof *r);
-    if (!r) {
-        ps_error_set(PS_ENOMEM, "http: out of memory");
+    note_header(ud, p, sz * n);
+    return sz * n;
+}
+
+/* ---- fast path: HTTP/1.1 over pooled keep-alive connections ---------------- */
+
+static void hc_fail(struct httpc_req *r, CURLcode code, const char *msg);
+static int  hc_start(struct httpc_req *r);
+static void hc_on_read(evutil_socket_t fd, short what, void *ud);
+static void hc_on_write(evutil_socket_t fd, short what, void *ud);
+
+static void pool_unlink_idle(struct hconn *c)
+{
+    struct hpool *p = c->pool;
+    if (c->prev) c->prev->next = c->next; else p->idle = c->next;
+    if (c->next) c->next->prev = c->prev;
+    c->prev = c->next = NULL;
+    p->n_idle--;
+}
+
+/* Free a connection (IDLE or detached from its request). */
+static void hconn_close(struct hconn *c)
+{
+    if (!c->req && (c->prev || c->pool->idle == c))
+        pool_unlink_idle(c);
+    if (c->rd) event_free(c->rd);
+    if (c->wr) event_free(c->wr);
+    if (c->fd >= 0) close(c->fd);
+    free(c->in);
+    free(c);
+}
+
+/* Detach r from its connection: back to the pool when `reusable`, else closed. */
+static void hc_release(struct httpc_req *r, int reusable)
+{
+    struct hconn *c = r->conn;
+    r->conn = NULL;
+    if (r->tmo)
+        event_del(r->tmo);
+    if (!c)
+        return;
+    c->req = NULL;
+    struct hpool *p = c->pool;
+    if (!reusable || c->in_len || p->n_idle >= HC_MAX_IDLE_PER_POOL) {
+        hconn_close(c);
+        return;
+    }
+    if (c->wr)
+        event_del(c->wr);
+    c->reused = 1;
+    c->prev = NULL;
+    c->next = p->idle;
+    if (p->idle)
+        p->idle->prev = c;
+    p->idle = c;
+    p->n_idle++;
+}
+
+static void hc_complete(struct httpc_req *r)
+{
+    /* A reply that came before the whole request was written (an early
+     * error) leaves the connection mid-request: not reusable. */
+    hc_release(r, r->keep_alive && r->out_off == r->out_len);
+    r->result = CURLE_OK;
+    push_done(r);
+}
+
+static void hc_fail(struct httpc_req *r, CURLcode code, const char *msg)
+{
+    hc_release(r, 0);
+    r->result = code;
+    snprintf(r->errbuf, sizeof r->errbuf, "%s", msg);
+    push_done(r);
+}
+
+/* A reused connection died before any reply byte: the server closed it
+ * while idle (keep-alive timeout) as we sent.  Resend once on a fresh one.
+ * Returns 0 when that does not apply; 1 when it took the request over (it
+ * is then in flight again, or failed and queued on the done list). */
+static int hc_retry_stale(struct httpc_req *r)
+{
+    struct hconn *c = r->conn;
+    if (!c || !c->reused || r->got_bytes || r->retried)
+        return 0;
+    r->retried = 1;
+    hc_release(r, 0);
+    r->out_off = 0;
+    hc_start(r);
+    return 1;
+}
+
+static void hc_timeout(evutil_socket_t fd, short what, void *ud)
+{
+    struct httpc_req *r = ud;
+    struct httpc *h = r->h;
+    char msg[128];
+    if (r->conn && r->conn->connecting)
+        snprintf(msg, sizeof msg, "Failed to connect: no connection within %d ms", HC_CONNECT_MS);
+    else
+        snprintf(msg, sizeof msg, "Operation timed out after %ld milliseconds", r->timeout_ms);
+    hc_fail(r, CURLE_OPERATION_TIMEDOUT, msg);
+    dispatch_done(h);
+}
+
+/* Arm the request's timer for its next deadline (connect, then the whole
+ * request).  0 or -1. */
+static int hc_arm_timer(struct httpc_req *r, int connecting)
+{
+    int64_t now = orch_now_ns();
+    int64_t due = r->deadline_ns;
+    if (connecting && (!due || due > now + (int64_t)HC_CONNECT_MS * 1000000))
+        due = now + (int64_t)HC_CONNECT_MS * 1000000;
+    if (!due) {
+        if (r->tmo)
+            event_del(r->tmo);
+        return 0;
+    }
+    if (!r->tmo && !(r->tmo = evtimer_new(r->h->base, hc_timeout, r)))
+        return -1;
+    int64_t us = due > now ? (due - now) / 1000 : 0;
+    struct timeval tv = { (time_t)(us / 1000000), (suseconds_t)(us % 1000000) };
+    return evtimer_add(r->tmo, &tv);
+}
+
+/* Write what is left of the request.  0: all written or EV_WRITE armed;
+ * -1: the connection failed (errno set). */
+static int hc_flush(struct httpc_req *r)
+{
+    struct hconn *c = r->conn;
+    while (r->out_off < r->out_len) {
+        ssize_t n = send(c->fd, r->out + r->out_off, r->out_len - r->out_off, MSG_NOSIGNAL);
+        if (n > 0) {
+            r->out_off += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return event_add(c->wr, NULL) ? -1 : 0;
+        if (n == 0)
+            errno = EPIPE;
+        return -1;
+    }
+    return 0;
+}
+
+static struct hconn *hconn_new(struct hpool *p)
+{
+    struct httpc *h = p->h;
+    struct hconn *c = calloc(1, sizeof *c);
+    if (!c)
+        return NULL;
+    c->pool = p;
+    c->fd = socket(p->sa.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        free(c);
         return NULL;
     }
-    r->h = h;
-    r->done = done;
-    r->ud = ud;
+    int one = 1;
+    setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    c->rd = event_new(h->base, c->fd, EV_READ | EV_PERSIST, hc_on_read, c);
+    c->wr = event_new(h->base, c->fd, EV_WRITE, hc_on_write, c);
+    if (!c->rd || !c->wr) {
+        hconn_close(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* Put r on a connection (idle one first) and start writing.  0, or -1
+ * with r already failed and on the done list (kick armed). */
+static int hc_start(struct httpc_req *r)
+{
+    struct hpool *p = r->pool;
+    struct hconn *c = p->idle;
+    char msg[160];
+    if (c) {
+        pool_unlink_idle(c);
+    } else if (!(c = hconn_new(p))) {
+        snprintf(msg, sizeof msg, "Failed to create a socket: %s", strerror(errno));
+        goto fail;
+    } else if (connect(c->fd, (struct sockaddr *)&p->sa, p->salen) == 0) {
+        if (event_add(c->rd, NULL)) {
+            hconn_close(c);
+            snprintf(msg, sizeof msg, "event_add failed");
+            goto fail;
+        }
+    } else if (errno == EINPROGRESS) {
+        c->connecting = 1;
+        if (event_add(c->rd, NULL) || event_add(c->wr, NULL)) {
+            hconn_close(c);
+            snprintf(msg, sizeof msg, "event_add failed");
+            goto fail;
+        }
+    } else {
+        snprintf(msg, sizeof msg, "Failed to connect to %s: %s", p->key, strerror(errno));
+        hconn_close(c);
+        r->result = CURLE_COULDNT_CONNECT;
+        goto fail_code;
+    }
+    c->req = r;
+    r->conn = c;
+    r->head_done = r->got_bytes = 0;
+    if (hc_arm_timer(r, c->connecting)) {
+        snprintf(msg, sizeof msg, "event_add failed");
+        goto fail_conn;
+    }
+    /* Write at once, even while connecting: on loopback the handshake has
+     * usually completed inside connect(), and a request that leaves now is
+     * not held behind the rest of a burst.  Not yet connected: EAGAIN, and
+     * hc_on_write() takes over when the socket is writable. */
+    if (!hc_flush(r)) {
+        if (c->connecting && r->out_off > 0) {
+            c->connecting = 0;
+            if (hc_arm_timer(r, 0)) {
+                snprintf(msg, sizeof msg, "event_add failed");
+                goto fail_conn;
+            }
+        }
+        return 0;
+    }
+    if (c->connecting) {
+        snprintf(msg, sizeof msg, "Failed to connect to %s: %s", p->key, strerror(errno));
+        goto fail_conn;
+    }
+    if (hc_retry_stale(r))
+        return r->on_done_list ? -1 : 0;
+    snprintf(msg, sizeof msg, "Send failure: %s", strerror(errno));
+    r->result = CURLE_SEND_ERROR;
+    goto fail_conn_code;
+fail:
+    r->result = CURLE_COULDNT_CONNECT;
+    goto fail_code;
+fail_conn:
+    r->result = CURLE_COULDNT_CONNECT;
+fail_conn_code:
+    hc_release(r, 0);
+fail_code:
+    snprintf(r->errbuf, sizeof r->errbuf, "%s", msg);
+    push_done(r);
+    event_active(r->h->kick, 0, 0);
+    return -1;
+}
+
+static void hc_on_write(evutil_socket_t fd, short what, void *ud)
+{
+    struct hconn *c = ud;
+    struct httpc_req *r = c->req;
+    if (!r)
+        return;
+    struct httpc *h = r->h;
+    if (c->connecting) {
+        int err = 0;
+        socklen_t el = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) || err) {
+            char msg[160];
+            snprintf(msg, sizeof msg, "Failed to connect to %s: %s", c->pool->key, strerror(err ? err : errno));
+            hc_fail(r, CURLE_COULDNT_CONNECT, msg);
+            dispatch_done(h);
+            return;
+        }
+        c->connecting = 0;
+        if (hc_arm_timer(r, 0)) {
+            hc_fail(r, CURLE_OUT_OF_MEMORY, "event_add failed");
+            dispatch_done(h);
+            return;
+        }
+    }
+    if (hc_flush(r) && !hc_retry_stale(r)) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "Send failure: %s", strerror(errno));
+        hc_fail(r, CURLE_SEND_ERROR, msg);
+    }
+    dispatch_done(h);
+}
+
+/* Parse the status line and headers at the front of c->in.  1: done (bytes
+ * consumed), 0: need more, -1: malformed (message in msg). */
+static int hc_parse_head(struct httpc_req *r, struct hconn *c, char *msg, size_t msglen)
+{
+    for (;;) {
+        char *end = c->in_len >= 4 ? memmem(c->in, c->in_len, "\r\n\r\n", 4) : NULL;
+        if (!end) {
+            if (c->in_len > HC_MAX_HEAD) {
+                snprintf(msg, msglen, "reply headers over %u bytes", HC_MAX_HEAD);
+                return -1;
+            }
+            return 0;
+        }
+        size_t head_len = (size_t)(end + 4 - c->in);
+        int major, minor, code;
+        if (c->in_len < 12 || sscanf(c->in, "HTTP/%d.%d %d", &major, &minor, &code) != 3 ||
+            code < 100 || code > 999) {
+            snprintf(msg, msglen, "Unsupported HTTP reply (not HTTP/1.x)");
+            return -1;
+        }
+        if (code >= 100 && code < 200) {          /* interim (100 Continue): skip */
+            c->in_len -= head_len;
+            memmove(c->in, c->in + head_len, c->in_len);
+            continue;
+        }
+        r->status = code;
+        r->keep_alive = major == 1 && minor >= 1;
+        r->framing = HB_EOF;
+        const char *line = memchr(c->in, '\n', head_len);
+        for (line = line ? line + 1 : end; line < end + 2;) {
+            const char *eol = memchr(line, '\n', (size_t)(end + 2 - line));
+            if (!eol)
+                break;
+            size_t n = (size_t)(eol + 1 - line);
+            char *v;
+            if ((v = header_value(line, n, "Content-Length"))) {
+                char *e;
+                unsigned long long x = strtoull(v, &e, 10);
+                int bad = !*v || *e || x > HTTPC_MAX_BODY;
+                if (x > HTTPC_MAX_BODY)
+                    r->too_big = 1;
+                free(v);
+                if (bad) {
+                    snprintf(msg, msglen, r->too_big ? "response too large" : "bad Content-Length");
+                    return -1;
+                }
+                if (r->framing != HB_CHUNKED) {
+                    r->framing = HB_LENGTH;
+                    r->remaining = (size_t)x;
+                }
+            } else if ((v = header_value(line, n, "Transfer-Encoding"))) {
+                if (strcasestr(v, "chunked")) {
+                    r->framing = HB_CHUNKED;
+                    r->chunk = HCH_SIZE;
+                }
+                free(v);
+            } else if ((v = header_value(line, n, "Connection"))) {
+                if (strcasestr(v, "close"))
+                    r->keep_alive = 0;
+                else if (strcasestr(v, "keep-alive"))
+                    r->keep_alive = 1;
+                free(v);
+            } else {
+                note_header(r, line, n);
+            }
+            line = eol + 1;
+        }
+        if (code == 204 || code == 304)
+            r->framing = HB_NONE;
+        if (r->framing == HB_EOF)
+            r->keep_alive = 0;
+        c->in_len -= head_len;
+        memmove(c->in, c->in + head_len, c->in_len);
+        r->head_done = 1;
+        return 1;
+    }
+}
+
+/* Move body bytes from c->in into r->body.  1: reply complete, 0: need
+ * more, -1: malformed or too large (message in msg). */
+static int hc_parse_body(struct httpc_req *r, struct hconn *c, char *msg, size_t msglen)
+{
+    size_t pos = 0;
+    int rc = 0;
+    switch (r->framing) {
+    case HB_NONE:
+        rc = 1;
+        break;
+    case HB_EOF:
+        if (c->in_len && body_append(r, c->in, c->in_len))
+            rc = -1;
+        pos = c->in_len;
+        break;
+    case HB_LENGTH: {
+        size_t n = c->in_len < r->remaining ? c->in_len : r->remaining;
+        if (n && body_append(r, c->in, n))
+            rc = -1;
+        pos = n;
+        r->remaining -= n;
+        if (!rc && !r->remaining)
+            rc = 1;
+        break;
+    }
+    case HB_CHUNKED:
+        while (!rc && pos < c->in_len) {
+            char *p = c->in + pos, *eol;
+            size_t left = c->in_len - pos;
+            if (r->chunk == HCH_DATA) {
+                size_t n = left < r->remaining ? left : r->remaining;
+                if (body_append(r, p, n)) {
+                    rc = -1;
+                    break;
+                }
+                pos += n;
+                if (!(r->remaining -= n))
+                    r->chunk = HCH_DATA_END;
+                continue;
+            }
+            if (!(eol = memchr(p, '\n', left))) {
+                if (left > 4096) {
+                    snprintf(msg, msglen, "bad chunked encoding");
+                    rc = -1;
+                }
+                break;
+            }
+            pos += (size_t)(eol + 1 - p);
+            if (r->chunk == HCH_SIZE) {
+                char *e;
+                unsigned long long x = strtoull(p, &e, 16);
+                if (e == p || (*e != ';' && *e != '\r' && *e != '\n' && *e != ' ') || x > HTTPC_MAX_BODY) {
+                    snprintf(msg, msglen, "bad chunked encoding");
+                    rc = -1;
+                    break;
+                }
+                r->remaining = (size_t)x;
+                r->chunk = x ? HCH_DATA : HCH_TRAILER;
+            } else if (r->chunk == HCH_DATA_END) {
+                if (eol != p && !(eol == p + 1 && *p == '\r')) {
+                    snprintf(msg, msglen, "bad chunked encoding");
+                    rc = -1;
+                    break;
+                }
+                r->chunk = HCH_SIZE;
+            } else if (r->chunk == HCH_TRAILER) {
+                if (eol == p || (eol == p + 1 && *p == '\r')) {
+                    r->chunk = HCH_DONE;
+                    rc = 1;
+                }
+            }
+        }
+        break;
+    }
+    if (rc < 0 && r->too_big)
+        snprintf(msg, msglen, "response too large");
+    else if (rc < 0 && !msg[0])
+        snprintf(msg, msglen, "out of memory");
+    c->in_len -= pos;
+    memmove(c->in, c->in + pos, c->in_len);
+    return rc;
+}
+
+static void hc_on_read(evutil_socket_t fd, short what, void *ud)
+{
+    struct hconn *c = ud;
+    struct httpc_req *r = c->req;
+    char msg[160] = "";
+    int eof = 0, err = 0;
+    /* c->in stays under 2 * HC_MAX_HEAD: body bytes are moved out to the
+     * request after each parse, and an over-long head fails it. */
+    for (;;) {
+        if (c->in_len > HC_MAX_HEAD)
+            break;
+        if (c->in_cap - c->in_len < HC_READ_MIN) {
+            size_t cap = c->in_cap ? c->in_cap * 2 : HC_IN_INIT;
+            char *nb = realloc(c->in, cap);
+            if (!nb) {
+                err = ENOMEM;
+                break;
+            }
+            c->in = nb;
+            c->in_cap = cap;
+        }
+        size_t room = c->in_cap - c->in_len;
+        ssize_t n = recv(c->fd, c->in + c->in_len, room, 0);
+        if (n > 0) {
+            c->in_len += (size_t)n;
+            if ((size_t)n < room)
+                break;
+            if (r && r->head_done)
+                break;                     /* move body bytes out before reading on */
+            continue;
+        }
+        if (n == 0) {
+            eof = 1;
+            break;
+        }
+        if (errno == EINTR)
+            continue;
+        if (errno != EAGAIN && errno != EWOULDBLOCK)
+            err = errno;
+        break;
+    }
+    if (!r) {                              /* IDLE: the server closed it, or sent junk */
+        if (eof || err || c->in_len)
+            hconn_close(c);
+        return;
+    }
+    struct httpc *h = r->h;
+    if (c->in_len)
+        r->got_bytes = 1;
+    int rc = 0;
+    if (!r->head_done)
+        rc = hc_parse_head(r, c, msg, sizeof msg);
+    if (r->head_done)
+        rc = hc_parse_body(r, c, msg, sizeof msg);
+    if (rc > 0) {
+        if (eof || err)
+            r->keep_alive = 0;
+        hc_complete(r);
+    } else if (rc < 0) {
+        hc_fail(r, r->too_big ? CURLE_FILESIZE_EXCEEDED : CURLE_RECV_ERROR, msg);
+    } else if (eof && r->head_done && r->framing == HB_EOF) {
+        hc_complete(r);                    /* close-delimited body */
+    } else if (eof || err) {
+        if (hc_retry_stale(r))
+            ;                              /* resent on a fresh connection (or failed) */
+        else if (!r->got_bytes)
+            hc_fail(r, CURLE_GOT_NOTHING, "Empty reply from server");
+        else {
+            snprintf(msg, sizeof msg, "Connection closed before the reply ended%s%s",
+                     err ? ": " : "", err ? strerror(err) : "");
+            hc_fail(r, CURLE_PARTIAL_FILE, msg);
+        }
+    }
+    dispatch_done(h);
+}
+
+static struct hpool *pool_get(struct httpc *h, const char *key, const struct sockaddr_storage *sa,
+                              socklen_t salen)
+{
+    for (struct hpool *p = h->pools; p; p = p->next)
+        if (!strcmp(p->key, key))
+            return p;
+    struct hpool *p = calloc(1, sizeof *p);
+    if (!p || !(p->key = strdup(key))) {
+        free(p);
+        return NULL;
+    }
+    p->h = h;
+    p->sa = *sa;
+    p->salen = salen;
+    p->next = h->pools;
+    h->pools = p;
+    return p;
+}
+
+/* Split an http:// URL whose host is a numeric IP into address, Host value
+ * and request target.  0, or -1 when the fast path does not apply (curl
+ * takes the request). */
+static int fast_url(const char *url, struct sockaddr_storage *sa, socklen_t *salen,
+                    char *authority, size_t alen, const char **target)
+{
+    if (strncmp(url, "http://", 7))
+        return -1;
+    const char *a = url + 7;
+    for (const char *p = a; *p; p++)
+        if ((unsigned char)*p <= ' ' || (unsigned char)*p >= 0x7f || *p == '#')
+            return -1;
+    size_t n = strcspn(a, "/?");
+    if (!n || n >= alen || memchr(a, '@', n))
+        return -1;
+    memcpy(authority, a, n);
+    authority[n] = 0;
+    *target = a[n] == '/' ? a + n : NULL;   /* "?q" or "" : see httpc_request */
+    char host[64];
+    const char *port_s = NULL;
+    if (authority[0] == '[') {
+        char *rb = strchr(authority, ']');
+        if (!rb || (size_t)(rb - authority - 1) >= sizeof host)
+            return -1;
+        memcpy(host, authority + 1, (size_t)(rb - authority - 1));
+        host[rb - authority - 1] = 0;
+        if (rb[1] == ':')
+            port_s = rb + 2;
+        else if (rb[1])
+            return -1;
+    } else {
+        char *colon = strchr(authority, ':');
+        size_t hl = colon ? (size_t)(colon - authority) : n;
+        if (hl >= sizeof host)
+            return -1;
+        memcpy(host, authority, hl);
+        host[hl] = 0;
+        port_s = colon ? colon + 1 : NULL;
+    }
+    long port = 80;
+    if (port_s) {
+        char *e;
+        port = strtol(port_s, &e, 10);
+        if (!*port_s || *e || port < 1 || port > 65535)
+            return -1;
+    }
+    memset(sa, 0, sizeof *sa);
+    struct sockaddr_in *s4 = (struct sockaddr_in *)sa;
+    struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)sa;
+    if (inet_pton(AF_INET, host, &s4->sin_addr) == 1) {
+        s4->sin_family = AF_INET;
+        s4->sin_port = htons((uint16_t)port);
+        *salen = sizeof *s4;
+    } else if (inet_pton(AF_INET6, host, &s6->sin6_addr) == 1) {
+        s6->sin6_family = AF_INET6;
+        s6->sin6_port = htons((uint16_t)port);
+        *salen = sizeof *s6;
+    } else {
+        return -1;                         /* a name: curl resolves it */
+    }
+    return 0;
+}
+
+static int out_add(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
+{
+    if (*len + n + 1 > *cap) {
+        size_t c = *cap ? *cap : 512;
+        while (c < *len + n + 1)
+            c *= 2;
+        char *nb = realloc(*buf, c);
+        if (!nb)
+            return -1;
+        *buf = nb;
+        *cap = c;
+    }
+    memcpy(*buf + *len, s, n);
+    *len += n;
+    return 0;
+}
+
+/* Headers as curl would send them: "Name: value" lines; "Name:" with no
+ * value removes a header (curl's convention; "Expect:") and is skipped. */
+static int out_headers(char **buf, size_t *len, size_t *cap, char *const *hs)
+{
+    for (char *const *p = hs; p && *p; p++) {
+        const char *colon = strchr(*p, ':');
+        if (!colon || colon == *p || strpbrk(*p, "\r\n"))
+            continue;
+        const char *v = colon + 1;
+        while (*v == ' ' || *v == '\t')
+            v++;
+        if (!*v)
+            continue;
+        if (out_add(buf, len, cap, *p, strlen(*p)) || out_add(buf, len, cap, "\r\n", 2))
+            return -1;
+    }
+    return 0;
+}
+
+static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, const char *method,
+                                      const char *url, char *const *headers, char *const *headers2,
+                                      const char *body, size_t body_len, long timeout_ms)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char authority[300];
+    const char *target;
+    if (fast_url(url, &sa, &salen, authority, sizeof authority, &target))
+        return NULL;
+    struct hpool *p = pool_get(h, authority, &sa, salen);
+    if (!p)
+        return NULL;
+    const char *after = url + 7 + strlen(authority);   /* "", "/..." or "?..." */
+    size_t cap = 0, len = 0;
+    char *out = NULL;
+    char line[128];
+    int is_post = !strcmp(method, "POST");
+    int bad = out_add(&out, &len, &cap, method, strlen(method)) || out_add(&out, &len, &cap, " ", 1) ||
+              (!target && out_add(&out, &len, &cap, "/", 1)) ||
+              out_add(&out, &len, &cap, after, strlen(after)) ||
+              out_add(&out, &len, &cap, " HTTP/1.1\r\nHost: ", 17) ||
+              out_add(&out, &len, &cap, authority, strlen(authority)) || out_add(&out, &len, &cap, "\r\n", 2) ||
+              out_headers(&out, &len, &cap, headers) || out_headers(&out, &len, &cap, headers2);
+    if (!bad && is_post) {
+        int k = snprintf(line, sizeof line, "Content-Length: %zu\r\n", body_len);
+        bad = out_add(&out, &len, &cap, line, (size_t)k);
+    }
+    bad = bad || out_add(&out, &len, &cap, "\r\n", 2) ||
+          (is_post && body_len && out_add(&out, &len, &cap, body, body_len));
+    if (bad) {
+        free(out);
+        return NULL;
+    }
+    r->out = out;
+    r->out_len = len;
+    r->pool = p;
+    r->timeout_ms = timeout_ms;
+    r->deadline_ns = timeout_ms > 0 ? orch_now_ns() + (int64_t)timeout_ms * 1000000 : 0;
+    hc_start(r);              /* a failure is delivered through the kick event */
+    return r;
+}
+
+/* ---- requests -------------------------------------------------------------- */
+
+static struct httpc_req *curl_request(struct httpc *h, struct httpc_req *r, const char *method,
+                                      const char *url, char *const *headers, char *const *headers2,
+                                      const char *body, size_t body_len, long timeout_ms)
+{
     r->easy = h->n_idle > 0 ? h->idle[--h->n_idle] : curl_easy_init();
-    r->next = h->all;
-    if (h->all) h->all->prev = r;
-    h->all = r;
-    h->n_active++;
     if (!r->easy) {
         ps_error_set(PS_ENOMEM, "http: curl_easy_init failed");
-        req_free(r);
         return NULL;
     }
     CURL *e = r->easy;
@@ -371,7 +1163,7 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
      * consolidate its fast bins, on every request. */
     curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 10000L);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)HC_CONNECT_MS);
     if (timeout_ms > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
     if (!strcmp(method, "POST")) {
@@ -382,10 +1174,35 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
     }
     if (curl_multi_add_handle(h->multi, e) != CURLM_OK) {
         ps_error_set(PS_EINTERNAL, "http: curl_multi_add_handle failed");
-        req_free(r);
         return NULL;
     }
     r->in_multi = 1;
+    return r;
+}
+
+struct httpc_req *httpc_request(struct httpc *h, const char *method, const char *url,
+                                char *const *headers, char *const *headers2,
+                                const char *body, size_t body_len, long timeout_ms,
+                                httpc_done_fn done, void *ud)
+{
+    struct httpc_req *r = calloc(1, sizeof *r);
+    if (!r) {
+        ps_error_set(PS_ENOMEM, "http: out of memory");
+        return NULL;
+    }
+    r->h = h;
+    r->done = done;
+    r->ud = ud;
+    r->next = h->all;
+    if (h->all) h->all->prev = r;
+    h->all = r;
+    h->n_active++;
+    if (h->fast_ok && fast_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms))
+        return r;
+    if (!curl_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms)) {
+        req_free(r);
+        return NULL;
+    }
     return r;
 }
 

@@ -1,7 +1,17 @@
-/* httpc.h - outbound HTTP(S) on a libevent loop: libcurl multi driven by its
- * socket API (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION mapped to
- * libevent events), so thousands of agent calls share the event-loop thread
- * and never block it.  TLS is libcurl's (OpenSSL build).
+/* httpc.h - outbound HTTP(S) on a libevent loop, so thousands of agent calls
+ * share the event-loop thread and never block it.  Two paths, one contract:
+ *   - plain http:// to a numeric IPv4/IPv6 host (loopback and LAN agents,
+ *     the mock agents): httpc's own HTTP/1.1 client with a keep-alive pool
+ *     per host:port.  The request is written from httpc_request() itself (no
+ *     loop turn before it leaves), one persistent read event per connection
+ *     (no epoll changes per request), Content-Length, chunked and
+ *     close-delimited replies; a reused connection that the server closed
+ *     before replying is retried once on a fresh one (as curl does).
+ *   - everything else (https, host names, user:pass@, a proxy set in the
+ *     environment): libcurl multi driven by its socket API
+ *     (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION mapped to libevent
+ *     events); TLS is libcurl's (OpenSSL build).
+ * PARASERVE_HTTPC=curl in the environment sends everything through curl.
  *
  * Every function must be called on the loop's thread.  A request ends in
  * exactly one of: its done callback (once), or httpc_cancel() (no callback
@@ -20,7 +30,7 @@ struct httpc;
 struct httpc_req;
 
 struct httpc_response {
-    int         transport_error; /* 0, or a CURLcode: no HTTP reply was read */
+    int         transport_error; /* 0, or a CURLcode (both paths): no complete HTTP reply */
     const char *error;           /* transport error message ("" when none) */
     long        status;          /* HTTP status when transport_error == 0 */
     const char *body;            /* NUL-terminated; valid during the callback */

@@ -38,7 +38,8 @@
 
 #define MOCK_BACKLOG   4096          /* a burst of connects must not drop SYNs */
 #define MOCK_MAX_REQ   (1u << 20)    /* request head + body limit */
-#define MOCK_READ_CHUNK 16384
+#define MOCK_READ_MIN  2048          /* free space kept for one recv() */
+#define MOCK_IN_INIT   4096          /* first request buffer of a connection */
 
 struct flaky {
     char         *key;
@@ -372,9 +373,13 @@ static void on_read(evutil_socket_t fd, short what, void *ud)
 {
     struct conn *c = ud;
     for (;;) {
-        if (c->in_cap - c->in_len < MOCK_READ_CHUNK) {
-            size_t cap = c->in_cap ? c->in_cap * 2 : MOCK_READ_CHUNK * 2;
-            char *nb = cap <= 2 * MOCK_MAX_REQ + 2 * MOCK_READ_CHUNK ? realloc(c->in, cap) : NULL;
+        if (c->in_len > MOCK_MAX_REQ + MOCK_IN_INIT) {
+            conn_free(c);                        /* over the request limit */
+            return;
+        }
+        if (c->in_cap - c->in_len < MOCK_READ_MIN) {
+            size_t cap = c->in_cap ? c->in_cap * 2 : MOCK_IN_INIT;
+            char *nb = realloc(c->in, cap);
             if (!nb) {
                 conn_free(c);
                 return;
@@ -382,10 +387,11 @@ static void on_read(evutil_socket_t fd, short what, void *ud)
             c->in = nb;
             c->in_cap = cap;
         }
-        ssize_t n = recv(fd, c->in + c->in_len, c->in_cap - c->in_len, 0);
+        size_t room = c->in_cap - c->in_len;
+        ssize_t n = recv(fd, c->in + c->in_len, room, 0);
         if (n > 0) {
             c->in_len += (size_t)n;
-            if ((size_t)n < MOCK_READ_CHUNK)
+            if ((size_t)n < room)
                 break;
             continue;
         }
