@@ -112,6 +112,23 @@ static void logits_diff(const float *a, const float *r, int32_t n, double *nmse,
     *maxd = md;
 }
 
+/* n_cases rows of n_vocab little-endian f32 logits, or NULL (reported). */
+static float *load_logits(const char *path, int n_cases, int32_t n_vocab)
+{
+    const size_t n = (size_t)n_cases * n_vocab;
+    float *ref = malloc(n * sizeof *ref);
+    FILE *f = fopen(path, "rb");
+    int ok = ref && f && fread(ref, sizeof *ref, n, f) == n;
+    if (f)
+        fclose(f);
+    CHECK_MSG(ok, "cannot read %zu logits from %s", n, path);
+    if (!ok) {
+        free(ref);
+        return NULL;
+    }
+    return ref;
+}
+
 #define EXACT_BLOCKS_PER_CASE 9
 
 /* Checks 3 and 4 of the header on the model at mpath. */
@@ -130,13 +147,15 @@ static void check_exact(const char *mpath)
         return;
     }
     const int32_t n_vocab = m->hp.n_vocab, bs = 16;
-    float *ref = malloc((size_t)n_cases * n_vocab * sizeof *ref);
+    float *ref = load_logits("tests/data/model_ref_f32_logits.f32", n_cases, n_vocab);
     float *logits = malloc((size_t)n_cases * n_vocab * sizeof *logits);
     CHECK(ref && logits);
-    FILE *lf = fopen("tests/data/model_ref_f32_logits.f32", "rb");
-    CHECK(lf && fread(ref, sizeof *ref, (size_t)n_cases * n_vocab, lf) == (size_t)n_cases * n_vocab);
-    if (lf)
-        fclose(lf);
+    if (!ref || !logits) {
+        free(ref);
+        free(logits);
+        model_free(m);
+        return;
+    }
 
     struct backend_config cfg = { .n_threads = 2, .n_kv_blocks = n_cases * EXACT_BLOCKS_PER_CASE, .block_size = bs,
                                   .max_batch_tokens = 512, .kv_type = KV_F32 };
@@ -224,13 +243,11 @@ int main(void)
         return 1;
     }
     const int32_t n_vocab = m->hp.n_vocab;
-    float *ref = malloc((size_t)n_cases * n_vocab * sizeof *ref);
+    float *ref = load_logits("tests/data/model_ref_logits.f32", n_cases, n_vocab);
     float *logits = malloc((size_t)n_vocab * sizeof *logits);
     CHECK(ref && logits);
-    FILE *lf = fopen("tests/data/model_ref_logits.f32", "rb");
-    CHECK(lf && fread(ref, sizeof *ref, (size_t)n_cases * n_vocab, lf) == (size_t)n_cases * n_vocab);
-    if (lf)
-        fclose(lf);
+    if (!ref || !logits)
+        return 1;
 
     const int32_t bs = 16, n_blocks = 64;
     struct backend_config cfg = { .n_threads = 2, .n_kv_blocks = n_blocks, .block_size = bs,
@@ -253,15 +270,8 @@ int main(void)
         CHECK_MSG(st == PS_OK, "%s", ps_error_last());
 
         const float *r = ref + (size_t)c * n_vocab;
-        double se = 0, sr = 0, maxd = 0;
-        for (int32_t i = 0; i < n_vocab; i++) {
-            double d = (double)logits[i] - r[i];
-            se += d * d;
-            sr += (double)r[i] * r[i];
-            if (fabs(d) > maxd)
-                maxd = fabs(d);
-        }
-        double nmse = se / sr;
+        double nmse, maxd;
+        logits_diff(logits, r, n_vocab, &nmse, &maxd);
         printf("case %d: %3d prompt tokens  NMSE %.2e  max|diff| %.4f  argmax %d/%d\n", c,
                rc->n_prompt, nmse, maxd, argmax(logits, n_vocab), argmax(r, n_vocab));
         CHECK(nmse <= 2e-2);
