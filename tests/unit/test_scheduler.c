@@ -9,13 +9,22 @@
  * at once == each alone), preemption under a tiny cache, prefix sharing
  * (hit tokens, prefill savings, tenant isolation), cancel, priorities and priority preemption, EOG,
  * stop strings across token boundaries, UTF-8 hold-back, max_tokens,
- * context limit, bad requests, backend failure. */
+ * context limit, bad requests, backend failure.
+ *
+ * The whole suite runs twice: with a backend that returns logits (the host
+ * path: sampler_sample in the scheduler) and with one that samples itself
+ * (ops->forward_sample, the device path the CUDA backend takes; here the
+ * fake samples with sampler_sample_draw, asking for masks after its
+ * forward).  Same expectations on both.  Also: backend_forward_sample's
+ * host fallback and argument checks, which path each step took, and
+ * penalized requests forcing the host path in a device-sampling run. */
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/status.h"
 #include "engine/backend.h"
+#include "engine/sampler.h"
 #include "engine/scheduler.h"
 #include "test_util.h"
 
@@ -29,6 +38,7 @@ struct fake_backend {
     int32_t       *cache; /* [n_kv_blocks * block_size] token ids, -1 = never written */
     int            fail_next;
     int64_t        forwards, tokens_run;
+    int64_t        sample_calls;   /* forward_sample calls (device path) */
     int32_t        max_seqs_seen;
 };
 
@@ -100,15 +110,52 @@ static void fake_free(backend *be)
     free(fb);
 }
 
+/* ops->forward_sample of the "device" fake: the forward, then the mask
+ * callback (a real device would still be computing), then the host
+ * sampler's stateless draw per row: the reference the CUDA op follows. */
+static int fake_forward_sample(backend *be, const struct batch_plan *plan,
+                               const struct backend_sample_params *params, backend_mask_fn mask_fn,
+                               void *mask_ud, int32_t *tokens)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    const int64_t rows = backend_logits_rows(plan);
+    float *logits = malloc((size_t)(rows + 1) * N_VOCAB * sizeof *logits);
+    const uint32_t **masks = calloc((size_t)rows + 1, sizeof *masks);
+    int rc = !logits || !masks ? ps_error_set(PS_ENOMEM, "fake: out of memory") : fake_forward(be, plan, logits);
+    fb->sample_calls++;
+    if (!rc && rows > 0 && mask_fn)
+        rc = mask_fn(mask_ud, masks, rows);
+    for (int64_t r = 0; r < rows && !rc; r++) {
+        if (masks[r] && sampler_mask_empty(masks[r], N_VOCAB)) {
+            tokens[r] = -1;
+            continue;
+        }
+        struct sampler_params p = sampler_params_default();
+        p.temperature = params[r].temperature;
+        p.top_k = params[r].top_k;
+        p.top_p = params[r].top_p;
+        p.min_p = params[r].min_p;
+        p.seed = params[r].seed;
+        rc = sampler_sample_draw(&p, params[r].step, N_VOCAB, logits + r * N_VOCAB, masks[r], &tokens[r]);
+    }
+    free(masks);
+    free(logits);
+    return rc;
+}
+
 static const struct backend_ops fake_ops = { .name = "fake", .forward = fake_forward,
                                              .copy_block = fake_copy_block, .free = fake_free };
+static const struct backend_ops fake_sampling_ops = { .name = "fake-sampling", .forward = fake_forward,
+                                                      .copy_block = fake_copy_block, .free = fake_free,
+                                                      .forward_sample = fake_forward_sample };
 static struct model g_model;
+static bool g_device; /* fake_create makes backends that sample themselves */
 
 static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs, int32_t max_batch_tokens)
 {
     g_model.hp.n_vocab = N_VOCAB;
     struct fake_backend *fb = calloc(1, sizeof *fb);
-    fb->base.ops = &fake_ops;
+    fb->base.ops = g_device ? &fake_sampling_ops : &fake_ops;
     fb->base.model = &g_model;
     fb->base.cfg = (struct backend_config){ .n_threads = 1, .n_kv_blocks = n_blocks,
                                             .block_size = bs, .max_batch_tokens = max_batch_tokens };
@@ -156,6 +203,7 @@ struct result {
     enum finish_reason finish;
     int32_t  n_prompt, n_cached, n_generated, n_preempted;
     int      done_order;
+    char     error[160];
 };
 
 static struct result g_res[MAX_REQ];
@@ -179,6 +227,7 @@ static void on_event(void *ud, const struct sched_event *ev)
     r->n_generated = ev->n_generated;
     r->n_preempted = ev->n_preempted;
     r->done_order = g_done_counter++;
+    snprintf(r->error, sizeof r->error, "%s", ev->error ? ev->error : "");
 }
 
 static void reset_results(void)
@@ -661,18 +710,203 @@ static void test_config_errors(void)
     CHECK(!strcmp(finish_reason_str(FINISH_LENGTH), "length"));
 }
 
+/* ---- sampling paths ------------------------------------------------------------ */
+
+/* A toy token constraint: only even ids; the mask of a matcher whose
+ * poison_at equals its accepted-token count allows nothing (a broken
+ * constraint: the scheduler must finish that sequence alone). */
+struct even_matcher {
+    int32_t n, poison_at;
+};
+
+static void even_retain(void *ctx) { (void)ctx; }
+static void even_release(void *ctx) { (void)ctx; }
+
+static int even_matcher_new(void *ctx, void **out)
+{
+    struct even_matcher *m = calloc(1, sizeof *m);
+    if (!m)
+        return ps_error_set(PS_ENOMEM, "even: out of memory");
+    m->poison_at = *(const int32_t *)ctx;
+    *out = m;
+    return PS_OK;
+}
+
+static void even_matcher_free(void *m) { free(m); }
+
+static int even_fill_mask(void *mp, uint32_t *mask, size_t n_words)
+{
+    const struct even_matcher *m = mp;
+    for (size_t w = 0; w < n_words; w++)
+        mask[w] = m->n == m->poison_at ? 0u : 0x55555555u;
+    return PS_OK;
+}
+
+static int even_accept(void *mp, int32_t token)
+{
+    struct even_matcher *m = mp;
+    if (token < 0 || token % 2)
+        return ps_error_set(PS_EINVAL, "even: token %d is not allowed", (int)token);
+    m->n++;
+    return PS_OK;
+}
+
+static bool even_is_done(const void *m) { (void)m; return false; }
+
+static const struct token_constraint_ops even_ops = {
+    .retain = even_retain, .release = even_release, .matcher_new = even_matcher_new,
+    .matcher_free = even_matcher_free, .fill_mask = even_fill_mask, .accept = even_accept,
+    .is_done = even_is_done,
+};
+
+/* Which path each step takes; masks honoured on it; an all-zero mask row
+ * finishes only its sequence; penalties keep a step on the host. */
+static void test_sampling_paths(void)
+{
+    int32_t p[12], want[16];
+    make_prompt(p, 12, 77);
+    for (int variant = 0; variant < 3; variant++) {
+        /* 0: auto; 1: device_sample -1; 2: auto with a penalized request */
+        struct fake_backend *fb = fake_create(64, 4, 64);
+        struct sched_config cfg = { .max_seqs = 8, .max_batch_tokens = 64, .n_ctx = 128, .prefix_cache = true,
+                                    .device_sample = variant == 1 ? -1 : 0 };
+        struct sched_vocab vocab = { NULL, fake_piece, fake_is_eog };
+        sched *s = NULL;
+        CHECK(sched_create(&cfg, &fb->base, &vocab, on_event, NULL, &s) == PS_OK);
+        reset_results();
+        static const int32_t poison_at = 2, never = -1;
+        struct sched_request r = req_of(1, p, 12, 6); /* free */
+        CHECK(sched_submit(s, &r) == PS_OK);
+        r = req_of(2, p, 12, 6); /* even ids only */
+        r.constraint = (struct token_constraint){ &even_ops, (void *)&never };
+        CHECK(sched_submit(s, &r) == PS_OK);
+        r = req_of(3, p, 12, 6); /* its third mask allows nothing */
+        r.constraint = (struct token_constraint){ &even_ops, (void *)&poison_at };
+        CHECK(sched_submit(s, &r) == PS_OK);
+        if (variant == 2) {
+            r = req_of(4, p, 12, 3);
+            r.sampling.repeat_penalty = 1.5f; /* does not move the fake's one-hot argmax */
+            CHECK(sched_submit(s, &r) == PS_OK);
+        }
+        CHECK(run_to_end(s, 100) > 0);
+        struct sched_stats st;
+        sched_get_stats(s, &st);
+
+        int32_t nw = reference(p, 12, 6, want);
+        CHECK(g_res[1].finish == FINISH_LENGTH && g_res[1].n_tokens == nw &&
+              !memcmp(g_res[1].tokens, want, (size_t)nw * 4));
+        CHECK(g_res[2].finish == FINISH_LENGTH && g_res[2].n_tokens == 6);
+        for (int i = 0; i < g_res[2].n_tokens; i++)
+            CHECK_MSG(g_res[2].tokens[i] % 2 == 0, "masked token %d", g_res[2].tokens[i]);
+        CHECK_MSG(g_res[3].finish == FINISH_ERROR && g_res[3].n_tokens == 2 &&
+                      strstr(g_res[3].error, "allows no token"),
+                  "poisoned mask: finish %s after %d tokens, error '%s'", finish_reason_str(g_res[3].finish),
+                  g_res[3].n_tokens, g_res[3].error);
+        if (variant == 2) {
+            nw = reference(p, 12, 3, want);
+            CHECK(g_res[4].finish == FINISH_LENGTH && !memcmp(g_res[4].tokens, want, (size_t)nw * 4));
+        }
+        /* steps: 1 prefill + 6 decodes; the penalized request samples in 3 */
+        uint64_t want_dev = !g_device || variant == 1 ? 0 : variant == 2 ? st.steps - 3 : st.steps;
+        CHECK_MSG(st.device_sampled_steps == want_dev && (uint64_t)fb->sample_calls == want_dev,
+                  "variant %d device %d: %llu of %llu steps sampled by the backend (%lld calls), want %llu",
+                  variant, (int)g_device, (unsigned long long)st.device_sampled_steps,
+                  (unsigned long long)st.steps, (long long)fb->sample_calls, (unsigned long long)want_dev);
+        CHECK(st.masks > 0);
+        check_no_leak(s);
+        sched_free(s);
+        backend_free(&fb->base);
+    }
+}
+
+struct rows_masks {
+    const uint32_t *m[2];
+    int calls;
+    int fail;
+};
+
+static int rows_mask_fn(void *ud, const uint32_t **masks, int64_t rows)
+{
+    struct rows_masks *rm = ud;
+    rm->calls++;
+    if (rm->fail)
+        return ps_error_set(PS_EINTERNAL, "mask callback failed");
+    for (int64_t r = 0; r < rows && r < 2; r++)
+        masks[r] = rm->m[r];
+    return PS_OK;
+}
+
+/* backend_forward_sample directly: the host fallback (no op) and the op
+ * agree; masks; a row allowing nothing is -1 alone; argument checks. */
+static void test_forward_sample_api(void)
+{
+    int32_t p0[5], p1[7];
+    make_prompt(p0, 5, 3);
+    make_prompt(p1, 7, 4);
+    int32_t got[2][2];
+    for (int mode = 0; mode < 2; mode++) {
+        bool saved = g_device;
+        g_device = mode == 1;
+        struct fake_backend *fb = fake_create(16, 4, 64);
+        g_device = saved;
+        CHECK(backend_can_sample(&fb->base) == (mode == 1));
+        int32_t bt0[2] = { 0, 1 }, bt1[2] = { 2, 3 };
+        struct batch_seq seqs[2] = { { p0, 5, 0, bt0, 2, LOGITS_LAST }, { p1, 7, 0, bt1, 2, LOGITS_LAST } };
+        struct batch_plan plan = { seqs, 2 };
+        struct backend_sample_params sp[2] = { { .temperature = 0.0f, .top_p = 1.0f },
+                                               { .temperature = 0.8f, .top_p = 0.9f, .seed = 9, .step = 3 } };
+        int32_t tok[2] = { -5, -5 };
+        CHECK(backend_forward_sample(&fb->base, &plan, sp, NULL, NULL, tok) == PS_OK);
+        CHECK(tok[0] == ref_next(p0, 5, false) && tok[1] >= 0 && tok[1] < N_VOCAB);
+        got[mode][0] = tok[0];
+        got[mode][1] = tok[1];
+
+        /* row 0 may only be 7 or 9; row 1's mask allows nothing */
+        uint32_t m79[2] = { (1u << 7) | (1u << 9), 0 }, none[2] = { 0, 0 };
+        struct rows_masks rm = { { m79, none }, 0, 0 };
+        CHECK(backend_forward_sample(&fb->base, &plan, sp, rows_mask_fn, &rm, tok) == PS_OK);
+        CHECK(rm.calls == 1 && (tok[0] == 7 || tok[0] == 9) && tok[1] == -1);
+
+        rm.fail = 1;
+        CHECK(backend_forward_sample(&fb->base, &plan, sp, rows_mask_fn, &rm, tok) == PS_EINTERNAL);
+
+        /* bad params or plan: PS_EINVAL before anything runs */
+        int64_t runs = fb->forwards;
+        sp[1].top_p = 0.0f;
+        CHECK(backend_forward_sample(&fb->base, &plan, sp, NULL, NULL, tok) == PS_EINVAL);
+        CHECK(strstr(ps_error_last(), "row 1") && strstr(ps_error_last(), "top_p"));
+        sp[1].top_p = 0.9f;
+        CHECK(backend_forward_sample(&fb->base, &plan, NULL, NULL, NULL, tok) == PS_EINVAL);
+        int32_t badtok[1] = { N_VOCAB };
+        struct batch_seq bs = { badtok, 1, 0, bt0, 2, LOGITS_LAST };
+        struct batch_plan bp = { &bs, 1 };
+        CHECK(backend_forward_sample(&fb->base, &bp, sp, NULL, NULL, tok) == PS_EINVAL);
+        CHECK(fb->forwards == runs);
+        backend_free(&fb->base);
+    }
+    CHECK_MSG(got[0][0] == got[1][0] && got[0][1] == got[1][1], "fallback %d %d vs op %d %d", got[0][0],
+              got[0][1], got[1][0], got[1][1]);
+}
+
 int main(void)
 {
-    test_text_scan();
-    test_single_and_chunked();
-    test_batch_invariance_and_preemption(512, 64, false); /* room for all   */
-    test_batch_invariance_and_preemption(512, 7, false);  /* tiny budget    */
-    test_batch_invariance_and_preemption(24, 64, true);   /* tiny cache     */
-    test_batch_invariance_and_preemption(16, 5, true);    /* both           */
-    test_prefix_sharing();
-    test_cancel_priority_errors();
-    test_priority_preemption();
-    test_text_eog_stop();
-    test_config_errors();
+    for (int mode = 0; mode < 2; mode++) {
+        g_device = mode == 1;
+        printf("== %s path\n", g_device ? "device-sampling (ops->forward_sample)" : "host-sampling");
+        test_text_scan();
+        test_single_and_chunked();
+        test_batch_invariance_and_preemption(512, 64, false); /* room for all   */
+        test_batch_invariance_and_preemption(512, 7, false);  /* tiny budget    */
+        test_batch_invariance_and_preemption(24, 64, true);   /* tiny cache     */
+        test_batch_invariance_and_preemption(16, 5, true);    /* both           */
+        test_prefix_sharing();
+        test_cancel_priority_errors();
+        test_priority_preemption();
+        test_text_eog_stop();
+        test_config_errors();
+        test_sampling_paths();
+    }
+    g_device = false;
+    test_forward_sample_api();
     TEST_DONE();
 }
