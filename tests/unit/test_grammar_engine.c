@@ -14,6 +14,13 @@
  * Both mask modes: inline before the backend step, and on the helper
  * thread beside it (must give the same tokens).
  *
+ * Both sampling paths: the host path (logits to the scheduler's sampler)
+ * and the device path (a fake backend with ops->forward_sample that asks
+ * for the masks after its forward and samples with sampler_sample_draw, as
+ * the CUDA backend does on the GPU): seeded temperature-1 outputs,
+ * constrained and free, identical token for token, penalized requests
+ * keeping their steps on the host in between.
+ *
  * With the real model present it also measures the per-step cost of the
  * mask (printed, not asserted): a greedy constrained and an unconstrained
  * request on the CPU backend, step time and mask-fill time per step. */
@@ -98,6 +105,7 @@ struct fake_backend {
     struct backend base;
     int32_t       *cache;
     int            sleep_us; /* per forward: a device the host waits for */
+    int64_t        sample_calls, mask_violations; /* forward_sample (device path) */
 };
 
 static struct model g_model; /* hp.n_vocab: the fake model's vocabulary */
@@ -150,15 +158,55 @@ static void fake_free(backend *be)
     free(fb);
 }
 
+/* ops->forward_sample: forward, then the masks (asked for after the
+ * forward, as a device backend does while it computes), then
+ * sampler_sample_draw per row; counts tokens outside their mask. */
+static int fake_forward_sample(backend *be, const struct batch_plan *plan,
+                               const struct backend_sample_params *params, backend_mask_fn mask_fn,
+                               void *mask_ud, int32_t *tokens)
+{
+    struct fake_backend *fb = (struct fake_backend *)be;
+    const int32_t nv = g_model.hp.n_vocab;
+    const int64_t rows = backend_logits_rows(plan);
+    float *logits = malloc((size_t)(rows + 1) * (size_t)nv * sizeof *logits);
+    const uint32_t **masks = calloc((size_t)rows + 1, sizeof *masks);
+    int rc = !logits || !masks ? ps_error_set(PS_ENOMEM, "fake: out of memory") : fake_forward(be, plan, logits);
+    fb->sample_calls++;
+    if (!rc && rows > 0 && mask_fn)
+        rc = mask_fn(mask_ud, masks, rows);
+    for (int64_t r = 0; r < rows && !rc; r++) {
+        if (masks[r] && sampler_mask_empty(masks[r], nv)) {
+            tokens[r] = -1;
+            continue;
+        }
+        struct sampler_params p = sampler_params_default();
+        p.temperature = params[r].temperature;
+        p.top_k = params[r].top_k;
+        p.top_p = params[r].top_p;
+        p.min_p = params[r].min_p;
+        p.seed = params[r].seed;
+        rc = sampler_sample_draw(&p, params[r].step, nv, logits + r * nv, masks[r], &tokens[r]);
+        if (!rc && masks[r] && !((masks[r][tokens[r] / 32] >> (tokens[r] % 32)) & 1u))
+            fb->mask_violations++;
+    }
+    free(masks);
+    free(logits);
+    return rc;
+}
+
 static const struct backend_ops fake_ops = { .name = "fake", .forward = fake_forward,
                                              .copy_block = fake_copy_block, .free = fake_free };
+static const struct backend_ops fake_sampling_ops = { .name = "fake-sampling", .forward = fake_forward,
+                                                      .copy_block = fake_copy_block, .free = fake_free,
+                                                      .forward_sample = fake_forward_sample };
+static bool g_device; /* fake_create makes backends that sample themselves */
 
 static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs)
 {
     if (!g_model.hp.n_vocab)
         g_model.hp.n_vocab = M_VOCAB;
     struct fake_backend *fb = calloc(1, sizeof *fb);
-    fb->base.ops = &fake_ops;
+    fb->base.ops = g_device ? &fake_sampling_ops : &fake_ops;
     fb->base.model = &g_model;
     fb->base.cfg = (struct backend_config){ .n_threads = 1, .n_kv_blocks = n_blocks, .block_size = bs,
                                             .max_batch_tokens = 64 };
@@ -378,6 +426,76 @@ static void test_mask_thread_overlap(grammar_vocab *v, const struct sched_vocab 
            sleep_us / 1000.0, ms[0], mask_us[0], ms[1], mask_us[1]);
     g_mask_thread = 0;
     grammar_free(g);
+}
+
+/* The same requests on the host path and on the device path give the same
+ * tokens: 8 constrained and 2 free at temperature 1 (seeds differ), plus
+ * (with_penalties) a constrained and a free request with penalties, which
+ * keep every step they sample in on the host (so the others' sequences
+ * switch paths mid-way: the draws U(seed, k) make that invisible). */
+static void test_paths_agree(grammar *g, bool with_penalties)
+{
+    enum { N = 12 };
+    static int32_t prompts[N][6];
+    static struct result runs[2][N];
+    const int n_req = with_penalties ? N : N - 2;
+    struct sched_stats st[2];
+    for (int dev = 0; dev < 2; dev++) {
+        for (int i = 0; i < N; i++)
+            for (int k = 0; k < 6; k++)
+                prompts[i][k] = 'a' + (i * 5 + k * 11) % 26;
+        g_device = dev == 1;
+        struct fake_backend *fb = fake_create(256, 4);
+        g_device = false;
+        memset(g_res, 0, sizeof g_res);
+        sched *s = make_sched(fb, 16);
+        for (int i = 0; i < n_req; i++) {
+            bool constrained = i < 8 || i == 10;
+            struct sched_request r = req_of((uint64_t)i, prompts[i], 6, i >= 10 ? 12 : 90, 300 + (uint64_t)i,
+                                            constrained ? g : NULL);
+            if (i == 10) {
+                r.sampling.repeat_penalty = 1.3f;
+                r.sampling.presence_penalty = 0.4f;
+            } else if (i == 11) {
+                r.sampling.frequency_penalty = 0.5f;
+                r.sampling.top_k = 20;
+            } else if (i == 9) {
+                r.sampling.top_p = 0.8f;
+                r.sampling.min_p = 0.05f;
+            }
+            CHECK(sched_submit(s, &r) == PS_OK);
+        }
+        run_to_end(s);
+        sched_get_stats(s, &st[dev]);
+        memcpy(runs[dev], g_res, sizeof runs[dev]);
+        CHECK(fb->mask_violations == 0);
+        CHECK((uint64_t)fb->sample_calls == st[dev].device_sampled_steps);
+        sched_free(s);
+        fake_free(&fb->base);
+    }
+    int n_valid = 0;
+    for (int i = 0; i < n_req; i++) {
+        CHECK_MSG(runs[0][i].done && runs[1][i].done && runs[0][i].finish == runs[1][i].finish &&
+                      runs[0][i].n_tokens == runs[1][i].n_tokens &&
+                      !memcmp(runs[0][i].tokens, runs[1][i].tokens, (size_t)runs[0][i].n_tokens * 4),
+                  "req %d: host path %d tokens (%s), device path %d tokens (%s)", i, runs[0][i].n_tokens,
+                  finish_reason_str(runs[0][i].finish), runs[1][i].n_tokens, finish_reason_str(runs[1][i].finish));
+        if (i < 8) {
+            CHECK(runs[1][i].finish == FINISH_STOP);
+            n_valid += valid_doc(runs[1][i].text, runs[1][i].text_len);
+        }
+    }
+    CHECK(n_valid == 8);
+    CHECK(st[0].device_sampled_steps == 0 && st[1].steps == st[0].steps);
+    if (with_penalties)
+        CHECK_MSG(st[1].device_sampled_steps > 0 && st[1].device_sampled_steps < st[1].steps,
+                  "%llu of %llu steps on the device", (unsigned long long)st[1].device_sampled_steps,
+                  (unsigned long long)st[1].steps);
+    else
+        CHECK(st[1].device_sampled_steps == st[1].steps);
+    printf("host vs device sampling path (mask thread %d, penalties %d): %d requests identical, "
+           "%llu of %llu steps sampled by the backend\n", (int)g_mask_thread, (int)with_penalties, n_req,
+           (unsigned long long)st[1].device_sampled_steps, (unsigned long long)st[1].steps);
 }
 
 static void test_length_cut(grammar *g)
@@ -679,6 +797,12 @@ int main(void)
     for (g_mask_thread = -1; g_mask_thread <= 1; g_mask_thread += 2) {
         test_batched_vs_alone(g, 256);
         test_batched_vs_alone(g, 32); /* preemption keeps the matcher */
+        g_device = true;              /* the same on the device path */
+        test_batched_vs_alone(g, 256);
+        test_batched_vs_alone(g, 32);
+        g_device = false;
+        test_paths_agree(g, false);
+        test_paths_agree(g, true);
     }
     g_mask_thread = 0;
     test_mask_thread_overlap(v, NULL, 300);
