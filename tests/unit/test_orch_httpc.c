@@ -1,0 +1,341 @@
+/* test_orch_httpc.c - the outbound HTTP client's keep-alive fast path
+ * (httpc.c) against a scripted raw TCP server: Content-Length, chunked
+ * (split across writes, with extensions and trailers), close-delimited and
+ * 100-Continue replies; connection reuse; a keep-alive connection the server
+ * closed while idle is retried once on a fresh one; empty, partial and
+ * oversized replies, connection refused, request timeout and cancel give
+ * transport errors (never a callback before httpc_request returns). */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <event2/event.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <curl/curl.h>
+
+#include "orchestrator/httpc.h"
+#include "test_util.h"
+
+/* ---- scripted server: one thread per connection, replies chosen by path ---- */
+
+static int srv_fd = -1;
+static int srv_port;
+static atomic_int srv_accepts;
+static atomic_int srv_requests;
+static atomic_int srv_conns_open;
+
+static void send_all(int fd, const char *s, size_t n)
+{
+    while (n) {
+        ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+        if (k <= 0)
+            return;
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+static void send_str(int fd, const char *s) { send_all(fd, s, strlen(s)); }
+
+static void *conn_thread(void *ud)
+{
+    int fd = (int)(intptr_t)ud;
+    char buf[8192];
+    size_t len = 0;
+    for (;;) {
+        char *end;
+        while (!(end = len >= 4 ? memmem(buf, len, "\r\n\r\n", 4) : NULL)) {
+            if (len == sizeof buf)
+                goto out;
+            ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
+            if (n <= 0)
+                goto out;
+            len += (size_t)n;
+        }
+        size_t head = (size_t)(end + 4 - buf), clen = 0;
+        char *cl = strcasestr(buf, "Content-Length:");
+        if (cl && cl < end)
+            clen = strtoul(cl + 15, NULL, 10);
+        while (len < head + clen) {
+            ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
+            if (n <= 0)
+                goto out;
+            len += (size_t)n;
+        }
+        char path[64] = "";
+        sscanf(buf, "%*s %63s", path);
+        int has_host = strstr(buf, "\r\nHost: 127.0.0.1:") != NULL;
+        int has_expect = strcasestr(buf, "\r\nExpect:") != NULL;
+        char body[256];
+        snprintf(body, sizeof body, "%.*s", (int)clen, buf + head);
+        memmove(buf, buf + head + clen, len - head - clen);
+        len -= head + clen;
+        atomic_fetch_add(&srv_requests, 1);
+        if (!strcmp(path, "/len")) {
+            char r[512];
+            /* echoes the body; says whether Host was sent and Expect was not */
+            snprintf(r, sizeof r, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     "X-Agent-Recv-Ns: 7\r\nX-Agent-Send-Ns: 9\r\nMcp-Session-Id: s1\r\n"
+                     "Content-Length: %zu\r\n\r\n%s%s", strlen(body) + 2, body,
+                     has_host && !has_expect ? "ok" : "no");
+            send_str(fd, r);
+        } else if (!strcmp(path, "/chunked")) {
+            static const char *const parts[] = {
+                "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n", "\r\n3\r", "\nabc\r\n4;ext=1\r\nde",
+                "fg\r\n", "0\r\nX-Trailer: 1\r\n", "\r\n",
+            };
+            for (size_t i = 0; i < sizeof parts / sizeof parts[0]; i++) {
+                send_str(fd, parts[i]);
+                usleep(5000);
+            }
+        } else if (!strcmp(path, "/close")) {
+            send_str(fd, "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nclose-");
+            usleep(5000);
+            send_str(fd, "delimited");
+            goto out;
+        } else if (!strcmp(path, "/continue")) {
+            send_str(fd, "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\nok");
+        } else if (!strcmp(path, "/drop")) {
+            goto out;
+        } else if (!strcmp(path, "/partial")) {
+            send_str(fd, "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc");
+            goto out;
+        } else if (!strcmp(path, "/big")) {
+            char r[128];
+            snprintf(r, sizeof r, "HTTP/1.1 200 OK\r\nContent-Length: %u\r\n\r\nxx", HTTPC_MAX_BODY + 1);
+            send_str(fd, r);
+        } else if (!strcmp(path, "/idle-close")) {
+            /* reply with keep-alive, then close as an idle timeout would */
+            send_str(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+            usleep(20000);
+            goto out;
+        } else if (!strcmp(path, "/hang")) {
+            /* never reply; wait for the client to leave */
+        } else {
+            send_str(fd, "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+        }
+    }
+out:
+    close(fd);
+    atomic_fetch_sub(&srv_conns_open, 1);
+    return NULL;
+}
+
+static void *accept_thread(void *ud)
+{
+    for (;;) {
+        int fd = accept(srv_fd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        atomic_fetch_add(&srv_accepts, 1);
+        atomic_fetch_add(&srv_conns_open, 1);
+        pthread_t t;
+        if (pthread_create(&t, NULL, conn_thread, (void *)(intptr_t)fd)) {
+            close(fd);
+            atomic_fetch_sub(&srv_conns_open, 1);
+            continue;
+        }
+        pthread_detach(t);
+    }
+}
+
+static int srv_start(pthread_t *th)
+{
+    srv_fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    if (srv_fd < 0 || bind(srv_fd, (struct sockaddr *)&sa, sizeof sa) || listen(srv_fd, 64) ||
+        getsockname(srv_fd, (struct sockaddr *)&sa, &sl))
+        return -1;
+    srv_port = ntohs(sa.sin_port);
+    return pthread_create(th, NULL, accept_thread, NULL);
+}
+
+/* ---- client side ------------------------------------------------------------ */
+
+struct result {
+    int    calls;
+    int    transport_error;
+    long   status;
+    char   body[256];
+    char   ctype[64];
+    char   sid[16];
+    int64_t recv_ns, send_ns;
+};
+
+static struct event_base *base;
+static struct httpc *http;
+static int pending;
+static int in_request;           /* set while httpc_request() runs */
+static int early_callbacks;      /* callbacks that came from inside httpc_request() */
+
+static void on_done(void *ud, const struct httpc_response *resp)
+{
+    struct result *r = ud;
+    if (in_request)
+        early_callbacks++;
+    r->calls++;
+    r->transport_error = resp->transport_error;
+    r->status = resp->status;
+    snprintf(r->body, sizeof r->body, "%.*s", (int)(resp->body_len < 200 ? resp->body_len : 200), resp->body);
+    snprintf(r->ctype, sizeof r->ctype, "%s", resp->content_type ? resp->content_type : "");
+    snprintf(r->sid, sizeof r->sid, "%s", resp->session_id ? resp->session_id : "");
+    r->recv_ns = resp->agent_recv_ns;
+    r->send_ns = resp->agent_send_ns;
+    if (--pending == 0)
+        event_base_loopbreak(base);
+}
+
+static struct httpc_req *start(const char *path, int port, const char *body, long timeout_ms, struct result *r)
+{
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d%s", port, path);
+    static char *const hs[] = { "Content-Type: application/json", "Expect:", NULL };
+    memset(r, 0, sizeof *r);
+    pending++;
+    in_request = 1;
+    struct httpc_req *q = httpc_request(http, "POST", url, hs, NULL, body, strlen(body), timeout_ms, on_done, r);
+    in_request = 0;
+    CHECK_MSG(q != NULL, "httpc_request %s failed", path);
+    if (!q)
+        pending--;
+    return q;
+}
+
+static void run_loop(void)
+{
+    struct timeval tv = { 5, 0 };
+    if (pending)
+        event_base_loopexit(base, &tv);     /* a hung test fails instead of hanging ctest */
+    if (pending)
+        event_base_dispatch(base);
+    CHECK_MSG(pending == 0, "%d request(s) never called back", pending);
+}
+
+/* /idle-close: request 2 is started from request 1's callback after the
+ * server has closed the connection, before the loop could notice. */
+static struct result idle2;
+static void on_idle1(void *ud, const struct httpc_response *resp)
+{
+    usleep(60000);
+    start("/len", srv_port, "again", 0, &idle2);
+    on_done(ud, resp);
+}
+
+int main(void)
+{
+    pthread_t th;
+    if (srv_start(&th))
+        TEST_SKIP("cannot listen on loopback: %s", strerror(errno));
+    base = event_base_new();
+    http = httpc_create(base);
+    CHECK(base && http);
+    if (!base || !http)
+        TEST_DONE();
+    struct result a, b, c;
+
+    /* Content-Length reply, headers callers see, and reuse of one connection. */
+    int acc0 = atomic_load(&srv_accepts);
+    for (int i = 0; i < 5; i++) {
+        start("/len", srv_port, "{\"x\":1}", 0, &a);
+        run_loop();
+        CHECK(a.calls == 1 && a.transport_error == 0 && a.status == 200);
+        CHECK_MSG(!strcmp(a.body, "{\"x\":1}ok"), "body '%s'", a.body);
+    }
+    CHECK(!strcmp(a.ctype, "application/json") && !strcmp(a.sid, "s1"));
+    CHECK(a.recv_ns == 7 && a.send_ns == 9);
+    CHECK_MSG(atomic_load(&srv_accepts) - acc0 == 1, "5 sequential requests used %d connections",
+              atomic_load(&srv_accepts) - acc0);
+
+    /* Two at once need a second connection; both come back to the pool. */
+    acc0 = atomic_load(&srv_accepts);
+    start("/len", srv_port, "1", 0, &a);
+    start("/len", srv_port, "2", 0, &b);
+    run_loop();
+    CHECK(!strcmp(a.body, "1ok") && !strcmp(b.body, "2ok"));
+    start("/len", srv_port, "3", 0, &a);
+    start("/len", srv_port, "4", 0, &b);
+    run_loop();
+    CHECK(!strcmp(a.body, "3ok") && !strcmp(b.body, "4ok"));
+    CHECK_MSG(atomic_load(&srv_accepts) - acc0 == 1, "opened %d connections", atomic_load(&srv_accepts) - acc0);
+
+    /* Chunked, split across writes; close-delimited HTTP/1.0; 100 Continue. */
+    start("/chunked", srv_port, "", 0, &a);
+    start("/close", srv_port, "", 0, &b);
+    start("/continue", srv_port, "", 0, &c);
+    run_loop();
+    CHECK_MSG(a.transport_error == 0 && a.status == 200 && !strcmp(a.body, "abcdefg"),
+              "chunked: err %d status %ld body '%s'", a.transport_error, a.status, a.body);
+    CHECK_MSG(b.transport_error == 0 && !strcmp(b.body, "close-delimited"), "close: err %d body '%s'",
+              b.transport_error, b.body);
+    CHECK_MSG(c.transport_error == 0 && c.status == 201 && !strcmp(c.body, "ok"), "continue: %ld '%s'",
+              c.status, c.body);
+
+    /* Failures: no reply, a cut reply, one over the size limit. */
+    start("/drop", srv_port, "", 0, &a);
+    start("/partial", srv_port, "", 0, &b);
+    start("/big", srv_port, "", 0, &c);
+    run_loop();
+    CHECK_MSG(a.transport_error == CURLE_GOT_NOTHING, "drop: %d", a.transport_error);
+    CHECK_MSG(b.transport_error == CURLE_PARTIAL_FILE, "partial: %d", b.transport_error);
+    CHECK_MSG(c.transport_error == CURLE_FILESIZE_EXCEEDED, "big: %d", c.transport_error);
+
+    /* A pooled connection the server closed while idle: resent on a fresh one. */
+    acc0 = atomic_load(&srv_accepts);
+    struct result i1;
+    memset(&i1, 0, sizeof i1);
+    char url[128];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/idle-close", srv_port);
+    pending++;
+    CHECK(httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, on_idle1, &i1) != NULL);
+    run_loop();
+    CHECK(i1.calls == 1 && i1.status == 200);
+    CHECK_MSG(idle2.calls == 1 && idle2.transport_error == 0 && !strcmp(idle2.body, "againok"),
+              "after idle close: err %d body '%s'", idle2.transport_error, idle2.body);
+    CHECK_MSG(atomic_load(&srv_accepts) - acc0 == 2, "idle close: %d connections", atomic_load(&srv_accepts) - acc0);
+
+    /* Timeout, then cancel: the server sees both connections go. */
+    start("/hang", srv_port, "", 150, &a);
+    run_loop();
+    CHECK_MSG(a.transport_error == CURLE_OPERATION_TIMEDOUT, "hang: %d", a.transport_error);
+    memset(&b, 0, sizeof b);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/hang", srv_port);
+    struct httpc_req *q = httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, on_done, &b);
+    CHECK(q != NULL);
+    struct timeval tv = { 0, 50000 };
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+    httpc_cancel(q);
+    CHECK(b.calls == 0);
+
+    /* Connection refused: delivered on the loop, never from httpc_request. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = { .sin_family = AF_INET };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    CHECK(fd >= 0 && !bind(fd, (struct sockaddr *)&sa, sizeof sa) && !getsockname(fd, (struct sockaddr *)&sa, &sl));
+    start("/len", ntohs(sa.sin_port), "", 0, &a);    /* bound, not listening: refused */
+    run_loop();
+    close(fd);
+    CHECK_MSG(a.transport_error == CURLE_COULDNT_CONNECT, "refused: %d", a.transport_error);
+    CHECK(early_callbacks == 0);
+    CHECK(httpc_active(http) == 0);
+
+    httpc_destroy(http);
+    event_base_free(base);
+    /* Every server-side connection ends once the client has closed its own. */
+    for (int i = 0; i < 200 && atomic_load(&srv_conns_open) > 0; i++)
+        usleep(10000);
+    CHECK_MSG(atomic_load(&srv_conns_open) == 0, "%d server connections still open", atomic_load(&srv_conns_open));
+    shutdown(srv_fd, SHUT_RDWR);
+    close(srv_fd);
+    pthread_join(th, NULL);
+    TEST_DONE();
+}
