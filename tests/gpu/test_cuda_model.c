@@ -22,6 +22,20 @@
  *      distributions, and a margin inside the measured logit error (decode
  *      NMSE <= 6e-4 on an H200, i.e. rms error <= 0.025 x rms) can flip
  *      either way.  A difference at a clear margin fails.
+ *   4. (first two models) the scheduler on the CUDA backend, sampling on
+ *      the device (backend_forward_sample: masks from the helper thread,
+ *      compact mask upload, sample_kernel) against the same scheduler and
+ *      backend with device_sample = -1 (logits to the host, sampler.c):
+ *      5 sequences batched, greedy and seeded (temperature, top-p, top-k),
+ *      3 of them under a toy constraint whose allowed set changes every
+ *      token ((id + k) % 3 == 0 for the k-th token), one of those given an
+ *      all-zero mask at its 4th token.  Checked: every step sampled on the
+ *      device, no token outside its mask (the constraint's accept and a
+ *      recount here), the all-zero row finishes that sequence alone with
+ *      "allows no token" after 3 tokens, and every sequence's tokens equal
+ *      the host path's (same logits, same draws U(seed, k); a seeded
+ *      difference needs a uniform within float rounding, ~1e-6 of the
+ *      mass, of a token boundary: not expected in 5 x 16 draws).
  */
 #include <math.h>
 #include <stdio.h>
@@ -32,6 +46,8 @@
 #include "backend_cuda.h"
 #include "common/status.h"
 #include "engine/backend.h"
+#include "engine/sampler.h"
+#include "engine/scheduler.h"
 #include "gpu_test.h"
 #include "model/mkmodel.h"
 #include "model/model.h"
@@ -220,6 +236,175 @@ out:
     free(lc);
 }
 
+/* ---- 4. the scheduler's device sampling path ------------------------------ */
+
+/* Toy constraint: the k-th token of a sequence must satisfy
+ * (id + k) % 3 == 0; ctx points at the index k whose mask is all zero (-1:
+ * none). */
+struct mod3 {
+    int32_t k, zero_at;
+};
+static void mod3_ref(void *ctx) { (void)ctx; }
+static int mod3_new(void *ctx, void **out)
+{
+    struct mod3 *m = calloc(1, sizeof *m);
+    if (!m)
+        return ps_error_set(PS_ENOMEM, "mod3: out of memory");
+    m->zero_at = *(const int32_t *)ctx;
+    *out = m;
+    return PS_OK;
+}
+static void mod3_free(void *m) { free(m); }
+static int mod3_fill(void *mp, uint32_t *mask, size_t n_words)
+{
+    const struct mod3 *m = mp;
+    for (size_t w = 0; w < n_words; w++) {
+        uint32_t bits = 0;
+        for (int b = 0; b < 32 && m->k != m->zero_at; b++)
+            bits |= (uint32_t)(((int64_t)w * 32 + b + m->k) % 3 == 0) << b;
+        mask[w] = bits;
+    }
+    return PS_OK;
+}
+static int mod3_accept(void *mp, int32_t tok)
+{
+    struct mod3 *m = mp;
+    if ((tok + m->k) % 3 != 0)
+        return ps_error_set(PS_EINVAL, "mod3: token %d not allowed at %d", (int)tok, (int)m->k);
+    m->k++;
+    return PS_OK;
+}
+static bool mod3_done(const void *m) { (void)m; return false; }
+static const struct token_constraint_ops mod3_ops = { mod3_ref, mod3_ref, mod3_new, mod3_free,
+                                                      mod3_fill, mod3_accept, mod3_done };
+
+#define ES_N   5
+#define ES_MAX 16
+
+struct es_result {
+    int32_t tok[ES_MAX];
+    int32_t n;
+    int     done;
+    enum finish_reason finish;
+    char    error[160];
+};
+
+static void es_event(void *ud, const struct sched_event *ev)
+{
+    struct es_result *r = (struct es_result *)ud + ev->id;
+    if (ev->kind == SCHED_EV_TOKEN) {
+        if (r->n < ES_MAX)
+            r->tok[r->n++] = ev->token;
+        return;
+    }
+    r->done = 1;
+    r->finish = ev->finish;
+    snprintf(r->error, sizeof r->error, "%s", ev->error ? ev->error : "");
+}
+
+/* One scheduler run of the ES_N requests; device_sample 0 (auto) or -1. */
+static int es_run(backend *gpu, int32_t device_sample, const int32_t (*prompts)[8], struct es_result *res,
+                  struct sched_stats *st)
+{
+    static const int32_t never = -1, zero_at_3 = 3;
+    struct sched_config cfg = { .max_seqs = 8, .max_batch_tokens = 128, .n_ctx = 256,
+                                .prefix_cache = true, .device_sample = device_sample };
+    sched *s = NULL;
+    memset(res, 0, ES_N * sizeof *res);
+    if (sched_create(&cfg, gpu, NULL, es_event, res, &s)) {
+        printf("sched_create: %s\n", ps_error_last());
+        return -1;
+    }
+    for (int i = 0; i < ES_N; i++) {
+        struct sched_request r = { .id = (uint64_t)i, .prompt = prompts[i], .n_prompt = 8, .max_tokens = ES_MAX,
+                                   .sampling = sampler_params_default() };
+        if (i == 2) { /* seeded, top-p, constrained */
+            r.sampling.temperature = 0.9f;
+            r.sampling.top_p = 0.95f;
+            r.sampling.seed = 1234;
+        } else if (i == 3) { /* seeded, top-k, min-p, free */
+            r.sampling.temperature = 1.0f;
+            r.sampling.top_k = 40;
+            r.sampling.min_p = 0.02f;
+            r.sampling.seed = 99;
+        }
+        if (i == 1 || i == 2)
+            r.constraint = (struct token_constraint){ &mod3_ops, (void *)&never };
+        if (i == 4) /* greedy, constrained, its 4th mask allows nothing */
+            r.constraint = (struct token_constraint){ &mod3_ops, (void *)&zero_at_3 };
+        if (sched_submit(s, &r)) {
+            printf("sched_submit: %s\n", ps_error_last());
+            sched_free(s);
+            return -1;
+        }
+    }
+    int rc = 0;
+    for (int i = 0; i < 1000 && sched_has_work(s) && !rc; i++) {
+        int32_t n;
+        rc = sched_step(s, &n);
+    }
+    if (rc)
+        printf("sched_step: %s\n", ps_error_last());
+    sched_get_stats(s, st);
+    sched_free(s);
+    return rc;
+}
+
+static void engine_sampling(backend *gpu, const struct model *m, const char *label)
+{
+    const int32_t V = m->hp.n_vocab;
+    int32_t prompts[ES_N][8];
+    for (int i = 0; i < ES_N; i++)
+        for (int k = 0; k < 8; k++)
+            prompts[i][k] = gt_randint(V);
+    struct es_result dev[ES_N], host[ES_N];
+    struct sched_stats sd, sh;
+    if (es_run(gpu, 0, (const int32_t (*)[8])prompts, dev, &sd) ||
+        es_run(gpu, -1, (const int32_t (*)[8])prompts, host, &sh)) {
+        gt_failures++;
+        return;
+    }
+    char what[200];
+    snprintf(what, sizeof what, "%s: scheduler steps sampled on the device", label);
+    GT_CHECK(sd.device_sampled_steps == sd.steps && sd.steps > 0 && sh.device_sampled_steps == 0,
+             "%s: %llu of %llu steps (host run %llu)", what, (unsigned long long)sd.device_sampled_steps,
+             (unsigned long long)sd.steps, (unsigned long long)sh.device_sampled_steps);
+    int bad_mask = 0, diff = -1;
+    for (int i = 0; i < ES_N; i++) {
+        if (i == 1 || i == 2 || i == 4)
+            for (int k = 0; k < dev[i].n; k++)
+                bad_mask += (dev[i].tok[k] + k) % 3 != 0;
+        if (diff < 0 && (dev[i].n != host[i].n || memcmp(dev[i].tok, host[i].tok, (size_t)dev[i].n * 4) ||
+                         dev[i].finish != host[i].finish))
+            diff = i;
+    }
+    const int ok_fin = dev[0].finish == FINISH_LENGTH && dev[1].finish == FINISH_LENGTH &&
+                       dev[2].finish == FINISH_LENGTH && dev[3].finish == FINISH_LENGTH && dev[0].n == ES_MAX &&
+                       dev[2].n == ES_MAX;
+    const int ok_zero = dev[4].finish == FINISH_ERROR && dev[4].n == 3 && strstr(dev[4].error, "allows no token");
+    snprintf(what, sizeof what, "%s: device sampling, masks honoured", label);
+    GT_CHECK(bad_mask == 0 && ok_fin, "%s: %d masked tokens produced, finishes %s/%s/%s/%s", what, bad_mask,
+             finish_reason_str(dev[0].finish), finish_reason_str(dev[1].finish), finish_reason_str(dev[2].finish),
+             finish_reason_str(dev[3].finish));
+    printf("%-58s %s\n", what, bad_mask == 0 && ok_fin ? "OK" : "NOT OK");
+    snprintf(what, sizeof what, "%s: all-zero mask row ends that sequence only", label);
+    GT_CHECK(ok_zero, "%s: finish %s after %d tokens, error '%s'", what, finish_reason_str(dev[4].finish),
+             (int)dev[4].n, dev[4].error);
+    printf("%-58s %s\n", what, ok_zero ? "OK" : "NOT OK");
+    snprintf(what, sizeof what, "%s: device path == host path (greedy, seeded)", label);
+    GT_CHECK(diff < 0, "%s: sequence %d differs", what, diff);
+    printf("%-58s %s\n", what, diff < 0 ? "OK" : "NOT OK");
+    if (diff >= 0) {
+        printf("    device");
+        for (int k = 0; k < dev[diff].n; k++)
+            printf(" %d", dev[diff].tok[k]);
+        printf(" (%s)\n    host  ", finish_reason_str(dev[diff].finish));
+        for (int k = 0; k < host[diff].n; k++)
+            printf(" %d", host[diff].tok[k]);
+        printf(" (%s)\n", finish_reason_str(host[diff].finish));
+    }
+}
+
 struct case_def {
     const char *name;
     const char *preset; /* or NULL: spec below */
@@ -302,6 +487,8 @@ int main(void)
                 compare_steps(cpu, gpu, m, c->tol_default, c->tol_default, label);
                 snprintf(label, sizeof label, "%s: 32-step greedy ids identical (to a near tie)", c->name);
                 greedy_32(cpu, gpu, m, label);
+                if (ic < 2)
+                    engine_sampling(gpu, m, c->name);
             }
             struct cuda_backend_info info;
             if (backend_cuda_info(gpu, &info) == 0) {
