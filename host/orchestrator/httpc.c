@@ -402,7 +402,7 @@ static int body_append(struct httpc_req *r, const char *p, size_t len)
         return -1;
     }
     if (r->len + len + 1 > r->cap) {
-        size_t cap = r->cap ? r->cap : 1024;
+        size_t cap = r->cap ? r->cap : 256;   /* agent replies are mostly small */
         while (cap < r->len + len + 1)
             cap *= 2;
         char *nb = realloc(r->body, cap);

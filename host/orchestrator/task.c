@@ -119,7 +119,11 @@ static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, 
         /* "task" and "t_ms" are spliced in as text: cJSON prints a
          * fractional number with sprintf, sscanf back and maybe sprintf
          * again, a large share of an event's cost on the loop. */
-        char *body = cJSON_PrintUnformatted(data);
+        /* Printed into a stack buffer first (most events are small): one
+         * malloc for the event instead of cJSON's doubling reallocs. */
+        char stack[4096];
+        char *body = cJSON_PrintPreallocated(data, stack, (int)sizeof stack, 0) ? stack
+                                                                               : cJSON_PrintUnformatted(data);
         size_t bl = body ? strlen(body) : 0;
         if (bl >= 2 && body[bl - 1] == '}') {
             size_t cap = bl + strlen(t->id) + 64;
@@ -129,7 +133,8 @@ static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, 
                          bl > 2 ? "," : "", t->id, (long long)(us / 1000), (long long)(us % 1000));
             }
         }
-        free(body);
+        if (body != stack)
+            free(body);
     }
     cJSON_Delete(data);
     if (!terminal) {
@@ -418,11 +423,18 @@ static void on_feedback(void *ud, const struct exec_feedback *fb)
             cJSON_ReplaceItemInObjectCaseSensitive(e, keys[i],
                 cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(rec, keys[i]), 1));
     }
-    /* Whole microseconds: integers print on cJSON's fast path. */
-    if (fb->dispatch_to_recv_ns >= 0)
-        cJSON_AddNumberToObject(rec, "dispatch_to_recv_us", (double)(fb->dispatch_to_recv_ns / 1000));
-    if (fb->reply_to_record_ns >= 0)
-        cJSON_AddNumberToObject(rec, "reply_to_record_us", (double)(fb->reply_to_record_ns / 1000));
+    /* Whole microseconds, added as raw JSON text: cJSON 1.7.15 prints every
+     * number with sprintf("%1.15g") and checks it with sscanf, a visible
+     * cost per event on the loop.  These two appear in events only. */
+    char num[24];
+    if (fb->dispatch_to_recv_ns >= 0) {
+        snprintf(num, sizeof num, "%lld", (long long)(fb->dispatch_to_recv_ns / 1000));
+        cJSON_AddRawToObject(rec, "dispatch_to_recv_us", num);
+    }
+    if (fb->reply_to_record_ns >= 0) {
+        snprintf(num, sizeof num, "%lld", (long long)(fb->reply_to_record_ns / 1000));
+        cJSON_AddRawToObject(rec, "reply_to_record_us", num);
+    }
     if (t->status == TASK_RUNNING)
         transcript_feedback(t, rec);
     emit(t, "call.result", rec, 0);
