@@ -112,6 +112,42 @@ static void log_fail(struct orch_task *t, int st)
         event_active(t->kick, 0, 0);
 }
 
+/* Turn integral numbers of `node` (|x| < 1e15, depth <= 64) into raw JSON
+ * text with the digits cJSON would print.  cJSON 1.7.15 prints each number
+ * with sprintf("%1.15g") and re-reads it with sscanf to check the round
+ * trip: measured at three quarters of printing an event, the largest single
+ * cost per call on the loop.  A number whose copy cannot be allocated stays
+ * a number (printed the slow way, same text). */
+static void json_ints_to_raw(cJSON *node, int depth)
+{
+    for (cJSON *c = node; c; c = c->next) {
+        if (cJSON_IsNumber(c)) {
+            double d = c->valuedouble;
+            if (!(d > -1e15 && d < 1e15) || d != (double)(long long)d)
+                continue;
+            char digits[24], *p = digits + sizeof digits;
+            long long v = (long long)d;
+            unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+            *--p = 0;
+            do {
+                *--p = (char)('0' + u % 10);
+                u /= 10;
+            } while (u);
+            if (v < 0)
+                *--p = '-';
+            size_t n = (size_t)(digits + sizeof digits - p);
+            char *text = malloc(n);
+            if (!text)
+                continue;
+            memcpy(text, p, n);
+            c->type = cJSON_Raw | (c->type & cJSON_StringIsConst);
+            c->valuestring = text;
+        } else if (c->child && depth < 64) {
+            json_ints_to_raw(c->child, depth + 1);
+        }
+    }
+}
+
 static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, int terminal)
 {
     char *text = NULL;
@@ -122,6 +158,7 @@ static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, 
         /* Printed into a stack buffer first (most events are small): one
          * malloc for the event instead of cJSON's doubling reallocs. */
         char stack[4096];
+        json_ints_to_raw(data, 0);
         char *body = cJSON_PrintPreallocated(data, stack, (int)sizeof stack, 0) ? stack
                                                                                : cJSON_PrintUnformatted(data);
         size_t bl = body ? strlen(body) : 0;
