@@ -8,10 +8,11 @@
  * The draw is counter-based: draw k of a sequence (k = 0, 1, ...: the
  * sampler_sample calls so far) uses the uniform
  *   U(seed, k) = (mix(seed ^ mix(k + 0x632be59bd9b4e019)) >> 40) / 2^24
- * (mix: the splitmix64 finalizer, 24 random bits), exactly the uniform of
- * the GPU sampler (cuda/sample.cu).  So a sequence whose steps are sampled
- * sometimes here and sometimes by a backend (backend_forward_sample) draws
- * the same numbers as one sampled on a single side.
+ * (mix(x): splitmix64's output function of x + 0x9e3779b97f4a7c15; 24
+ * random bits), exactly the uniform of the GPU sampler (cuda/sample.cu).
+ * So a sequence whose steps are sampled sometimes here and sometimes by a
+ * backend (backend_forward_sample) draws the same numbers as one sampled
+ * on a single side.
  */
 #ifndef PS_SAMPLER_H
 #define PS_SAMPLER_H
