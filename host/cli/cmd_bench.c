@@ -4,7 +4,7 @@
  *   prefill  - one sequence, a --prompt-len token prompt in one forward
  *              (chunks of --chunk tokens), tokens per second;
  *   decode   - for each batch size B in --batch: B sequences, each prefilled
- *              with --prompt-len tokens, then --gen decode steps with all B
+ *              (once, untimed) with --prompt-len tokens, then --gen decode steps with all B
  *              sequences in every forward; aggregate tokens/s = B*gen/time and
  *              milliseconds per step.
  * Each figure is the median of --repeat runs.  Output: one CSV line per
@@ -36,6 +36,7 @@ struct bench_opts {
     int32_t     repeat;
     int32_t     batches[BENCH_MAX_BATCHES];
     int32_t     n_batches;
+    int         clone_prompt;
 };
 
 static void bench_usage(FILE *out)
@@ -47,7 +48,10 @@ static void bench_usage(FILE *out)
         "      --gen N          decode steps per sequence (default 64)\n"
         "      --chunk N        prefill chunk (default 512)\n"
         "      --batch LIST     decode batch sizes, comma separated (default 1,8,32)\n"
-        "      --repeat N       runs per figure, median reported (default 3)\n");
+        "      --repeat N       runs per figure, median reported (default 3)\n"
+        "      --clone-prompt   decode sequences 1.. start from a copy of sequence 0's\n"
+        "                       prompt cache (same decode work, no per-sequence\n"
+        "                       prefill: quick profiling runs)\n");
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -80,7 +84,7 @@ static int parse_batches(const char *s, struct bench_opts *o)
 
 static int bench_parse(int argc, char **argv, struct bench_opts *o)
 {
-    enum { OPT_PLEN = 256, OPT_GEN, OPT_CHUNK, OPT_BATCH, OPT_REPEAT };
+    enum { OPT_PLEN = 256, OPT_GEN, OPT_CHUNK, OPT_BATCH, OPT_REPEAT, OPT_CLONE };
     static const struct option longopts[] = {
         { "model", required_argument, 0, 'm' },
         { "threads", required_argument, 0, 't' },
@@ -89,6 +93,7 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o)
         { "chunk", required_argument, 0, OPT_CHUNK },
         { "batch", required_argument, 0, OPT_BATCH },
         { "repeat", required_argument, 0, OPT_REPEAT },
+        { "clone-prompt", no_argument, 0, OPT_CLONE },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -113,6 +118,7 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o)
         case OPT_CHUNK: rc = cli_parse_i32("bench", "--chunk", optarg, 1, 1 << 16, &o->chunk); break;
         case OPT_BATCH: rc = parse_batches(optarg, o); break;
         case OPT_REPEAT: rc = cli_parse_i32("bench", "--repeat", optarg, 1, 1000, &o->repeat); break;
+        case OPT_CLONE: o->clone_prompt = 1; break;
         case 'h': bench_usage(stdout); return 1;
         default:
             fprintf(stderr, "paraserve bench: bad option '%s'\n", argv[optind - 1]);
@@ -175,7 +181,7 @@ int cmd_bench(int argc, char **argv)
     int status = 1, rc;
     struct model *m = NULL;
     backend *be = NULL;
-    int32_t *ids = NULL, *tables = NULL, *next = NULL;
+    int32_t *ids = NULL, *tables = NULL, *next = NULL, *first = NULL;
     float *logits = NULL;
     struct batch_seq *seqs = NULL;
 
@@ -200,9 +206,10 @@ int cmd_bench(int argc, char **argv)
     ids = malloc((size_t)o.prompt_len * max_b * sizeof *ids);
     tables = malloc((size_t)blocks_per_seq * max_b * sizeof *tables);
     next = malloc((size_t)max_b * sizeof *next);
+    first = malloc((size_t)max_b * sizeof *first);
     logits = malloc((size_t)max_b * n_vocab * sizeof *logits);
     seqs = calloc((size_t)max_b, sizeof *seqs);
-    if (!ids || !tables || !next || !logits || !seqs) {
+    if (!ids || !tables || !next || !first || !logits || !seqs) {
         rc = ps_error_set(PS_ENOMEM, "out of memory");
         goto fail;
     }
@@ -230,18 +237,30 @@ int cmd_bench(int argc, char **argv)
            o.prompt_len / tp, 1e3 * tp);
     fprintf(stderr, "[bench] prefill %d tokens: %.1f tok/s\n", o.prompt_len, o.prompt_len / tp);
 
+    /* Prefill every sequence once (not timed): its prompt's K/V stay in its
+     * own blocks, and a decode run only writes positions prompt_len.. of
+     * them, which the next run overwrites with the same tokens - so every
+     * decode run starts from the same cache and the same first tokens. */
+    for (int32_t b = 0; b < max_b; b++) {
+        if (o.clone_prompt && b > 0) {
+            for (int32_t k = 0; k < blocks_per_seq; k++) {
+                rc = be->ops->copy_block(be, tables[k], tables[(size_t)b * blocks_per_seq + k]);
+                if (rc)
+                    goto fail;
+            }
+            first[b] = first[0];
+            continue;
+        }
+        rc = bench_prefill(be, ids + (size_t)b * o.prompt_len, o.prompt_len, o.chunk,
+                           tables + (size_t)b * blocks_per_seq, blocks_per_seq, logits + (size_t)b * n_vocab);
+        if (rc)
+            goto fail;
+        first[b] = argmax(logits + (size_t)b * n_vocab, n_vocab);
+    }
     for (int bi = 0; bi < o.n_batches; bi++) {
         int32_t B = o.batches[bi];
         for (int r = 0; r < nrep; r++) {
-            /* Prefill every sequence (not timed), then decode B at a time. */
-            for (int32_t b = 0; b < B; b++) {
-                rc = bench_prefill(be, ids + (size_t)b * o.prompt_len, o.prompt_len, o.chunk,
-                                   tables + (size_t)b * blocks_per_seq, blocks_per_seq,
-                                   logits + (size_t)b * n_vocab);
-                if (rc)
-                    goto fail;
-                next[b] = argmax(logits + (size_t)b * n_vocab, n_vocab);
-            }
+            memcpy(next, first, (size_t)B * sizeof *next);
             double t0 = cli_now_s();
             for (int32_t g = 0; g < o.n_gen; g++) {
                 for (int32_t b = 0; b < B; b++)
@@ -272,6 +291,7 @@ done:
     free(seqs);
     free(logits);
     free(next);
+    free(first);
     free(tables);
     free(ids);
     backend_free(be);

@@ -30,8 +30,10 @@
 
 #include <math.h>
 #include <stdatomic.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "../common/status.h"
 #include "threadpool.h"
@@ -49,6 +51,16 @@
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
 #define ATTN_ITEMS_PER_THREAD 8  /* grouped heads only with this many items per thread */
+
+/* Phases of a step timed when PARASERVE_CPU_PROFILE is set in the
+ * environment at backend creation: wall seconds summed over the decode
+ * steps (forwards of one token per sequence) and printed to stderr, per
+ * batch size seen, when the backend is freed. */
+enum prof_phase { PROF_QUANT, PROF_QKV, PROF_ATTN, PROF_WO, PROF_FFN_UP, PROF_FFN_DOWN, PROF_OUTPUT,
+                  PROF_OTHER, PROF_N };
+static const char *const prof_names[PROF_N] = { "quantize", "qkv", "attention", "wo", "gate+up",
+                                                "down", "output", "other" };
+#define PROF_MAX_T 64 /* decode batch sizes profiled: 1..PROF_MAX_T */
 
 /* f32 working copies of the small vector weights (any stored type). */
 struct layer_vecs {
@@ -86,7 +98,48 @@ struct cpu_backend {
     int32_t *tok_seq;              /* [max_T] */
     int32_t *logit_tok;            /* [max_T] token index of each logits row */
     int64_t *seq_t0;               /* [max_T] first token row of each sequence */
+
+    int      prof;                 /* PARASERVE_CPU_PROFILE: time the phases of decode steps */
+    int      prof_on;              /* this forward is profiled */
+    double   prof_t;               /* time of the last phase boundary */
+    double   prof_s[PROF_MAX_T + 1][PROF_N];
+    int64_t  prof_steps[PROF_MAX_T + 1];
 };
+
+static double prof_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* Charge the time since the last boundary to phase `ph` (profiled forwards
+ * only); `T` indexes the batch size. */
+static void prof_mark(struct cpu_backend *cb, int64_t T, enum prof_phase ph)
+{
+    if (!cb->prof_on)
+        return;
+    const double t = prof_now();
+    cb->prof_s[T][ph] += t - cb->prof_t;
+    cb->prof_t = t;
+}
+
+static void prof_print(const struct cpu_backend *cb)
+{
+    for (int64_t T = 1; T <= PROF_MAX_T; T++) {
+        if (!cb->prof_steps[T])
+            continue;
+        double tot = 0.0;
+        for (int ph = 0; ph < PROF_N; ph++)
+            tot += cb->prof_s[T][ph];
+        fprintf(stderr, "[cpu profile] batch %lld: %lld steps, %.3f ms/step:", (long long)T,
+                (long long)cb->prof_steps[T], 1e3 * tot / (double)cb->prof_steps[T]);
+        for (int ph = 0; ph < PROF_N; ph++)
+            fprintf(stderr, " %s %.3f (%.1f%%)", prof_names[ph], 1e3 * cb->prof_s[T][ph] / (double)cb->prof_steps[T],
+                    100.0 * cb->prof_s[T][ph] / tot);
+        fprintf(stderr, "\n");
+    }
+}
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -289,7 +342,7 @@ static void quantize_rows(struct cpu_backend *cb, enum dtype type, const float *
 /* Run up to three matmuls that read the same input rows src [T][K] as one
  * parallel region; the input is quantized once per distinct vec_dot_type. */
 static void matmul_run(struct cpu_backend *cb, struct mm_part *parts, int n_part, int swiglu,
-                       const float *src, int64_t T)
+                       const float *src, int64_t T, int64_t T_prof, enum prof_phase ph)
 {
     struct mm_task mt;
     memset(&mt, 0, sizeof mt);
@@ -314,9 +367,11 @@ static void matmul_run(struct cpu_backend *cb, struct mm_part *parts, int n_part
         mt.part[1] = parts[1];
     mt.swiglu = swiglu;
     mt.T = T;
+    prof_mark(cb, T_prof, PROF_QUANT);
     mm_plan(&mt, cb->n_threads);
     atomic_init(&mt.next, 0);
     threadpool_run(cb->tp, mm_worker, &mt);
+    prof_mark(cb, T_prof, ph);
 }
 
 /* ---- attention ------------------------------------------------------------- */
@@ -767,6 +822,11 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
     }
     rope_tables(cb, T);
 
+    cb->prof_on = cb->prof && T == plan->n_seqs && T <= PROF_MAX_T;
+    if (cb->prof_on) {
+        cb->prof_steps[T]++;
+        cb->prof_t = prof_now();
+    }
     for (int il = 0; il < hp->n_layer; il++) {
         const struct layer_weights *lw = &m->layers[il];
         const struct layer_vecs *lv = &cb->lv[il];
@@ -779,7 +839,8 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             { .w = &lw->wk, .out = cb->k, .out_stride = cb->kv_dim, .bias = lv->bk },
             { .w = &lw->wv, .out = cb->v, .out_stride = cb->kv_dim, .bias = lv->bv },
         };
-        matmul_run(cb, qkv, 3, 0, cb->xn, T);
+        prof_mark(cb, T, PROF_OTHER);
+        matmul_run(cb, qkv, 3, 0, cb->xn, T, T, PROF_QKV);
 
         /* qk-norm (qwen3), rope, then K/V into the paged cache */
         const size_t layer_off = (size_t)il * be->cfg.n_kv_blocks * bs * cb->kv_dim;
@@ -815,10 +876,12 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
                                 .items = cb->attn_items };
         at.n_items = attn_plan(cb, plan, &at.G);
         atomic_init(&at.next, 0);
+        prof_mark(cb, T, PROF_OTHER);
         threadpool_run(cb->tp, attn_worker, &at);
+        prof_mark(cb, T, PROF_ATTN);
 
         struct mm_part wo = { .w = &lw->wo, .out = cb->x, .out_stride = E, .accumulate = 1 };
-        matmul_run(cb, &wo, 1, 0, cb->att, T);
+        matmul_run(cb, &wo, 1, 0, cb->att, T, T, PROF_WO);
 
         for (int64_t t = 0; t < T; t++)
             rmsnorm(cb->xn + t * E, cb->x + t * E, lv->ffn_norm, E, hp->rms_eps);
@@ -827,17 +890,19 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             { .w = &lw->w_gate, .out = cb->hb, .out_stride = F },
             { .w = &lw->w_up,   .out = cb->hb, .out_stride = F },
         };
-        matmul_run(cb, gu, 2, 1, cb->xn, T);
+        prof_mark(cb, T, PROF_OTHER);
+        matmul_run(cb, gu, 2, 1, cb->xn, T, T, PROF_FFN_UP);
 
         struct mm_part down = { .w = &lw->w_down, .out = cb->x, .out_stride = E, .accumulate = 1 };
-        matmul_run(cb, &down, 1, 0, cb->hb, T);
+        matmul_run(cb, &down, 1, 0, cb->hb, T, T, PROF_FFN_DOWN);
     }
 
     if (n_rows > 0) {
         for (int64_t r = 0; r < n_rows; r++)
             rmsnorm(cb->xn + r * E, cb->x + (int64_t)cb->logit_tok[r] * E, cb->out_norm, E, hp->rms_eps);
         struct mm_part out = { .w = &m->output, .out = logits, .out_stride = hp->n_vocab };
-        matmul_run(cb, &out, 1, 0, cb->xn, n_rows);
+        prof_mark(cb, T, PROF_OTHER);
+        matmul_run(cb, &out, 1, 0, cb->xn, n_rows, T, PROF_OUTPUT);
     }
     return PS_OK;
 }
@@ -868,6 +933,8 @@ static void cpu_free(backend *be)
     struct cpu_backend *cb = (struct cpu_backend *)be;
     if (!cb)
         return;
+    if (cb->prof)
+        prof_print(cb);
     threadpool_free(cb->tp);
     if (cb->lv) {
         for (int il = 0; il < be->model->hp.n_layer; il++) {
@@ -989,6 +1056,7 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     cb->q_dim = (int64_t)hp->n_head * hp->head_dim;
     cb->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     cb->ctx_max = (int64_t)cfg->n_kv_blocks * cfg->block_size;
+    cb->prof = getenv("PARASERVE_CPU_PROFILE") != NULL;
 #ifdef CPU_X86
     /* quant picks its AVX2 path only on CPUs with AVX2, FMA and F16C (it
      * checks F16C by cpuid: clang's builtin does not know "f16c"). */

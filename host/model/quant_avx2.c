@@ -84,8 +84,6 @@ static inline AVX2 __m256i ld256(const uint8_t *p)
     return _mm256_loadu_si256((const __m256i *)p);
 }
 
-/* ---- Q4_1 x Q8_1 ------------------------------------------------------------ */
-
 /* the two f16 at p -> lanes 0 and 1 */
 static inline AVX2 __m128 ld_h2(const uint8_t *p)
 {
@@ -94,106 +92,95 @@ static inline AVX2 __m128 ld_h2(const uint8_t *p)
     return _mm_cvtph_ps(_mm_cvtsi32_si128(v));
 }
 
-/* f16 at p and at p + stride -> lanes 0 and 1 (one conversion for two blocks) */
-static inline AVX2 __m128 ld_h_pair(const uint8_t *p, int stride)
+/* ---- Q4_1 / Q4_0 / Q8_0 block dots: one shared arithmetic ---------------------
+ *
+ * The single-row dots below define the numbers; the tile kernels further
+ * down reproduce them bit for bit.  Per 32-element block i of a row pair:
+ *   p_i  = 8 x i32 integer partial sums (maddubs + madd, exact)
+ *   sd_i = d_w[i] * d_a[i]                    (one f32 product)
+ *   acc  = fma(sd_i, (f32) p_i, acc)          (8 lanes, blocks in order)
+ *   Q4_1 only: accm = fma(m_w[i], s_a[i], accm)  (scalar, blocks in order)
+ * result = tree(acc) [+ accm], tree(v) = ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)).
+ * One accumulator (not several interleaved ones) so that a tile can keep one
+ * register per activation row, and the tree order so that a tile reduces 8
+ * rows' accumulators at once with a transposing hadd network. */
+
+/* ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)) */
+static inline AVX2 float hsum_tree(__m256 v)
 {
-    uint16_t h0, h1;
-    memcpy(&h0, p, sizeof h0);
-    memcpy(&h1, p + stride, sizeof h1);
-    return _mm_cvtph_ps(_mm_cvtsi32_si128((int)((uint32_t)h0 | (uint32_t)h1 << 16)));
+    __m256 h = _mm256_hadd_ps(v, v);
+    h = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
-/* Both blocks start with two f16: (d, m) for Q4_1, (d, s) for Q8_1, so one
- * product gives (d_w*d_a, m_w*s_a); lane 1 accumulates the offset term. */
+/* lane j = hsum_tree(v[j]), bitwise, for 8 vectors at once */
+static inline AVX2 __m256 hsum_tree8(const __m256 *v)
+{
+    const __m256 t0 = _mm256_hadd_ps(v[0], v[1]), t1 = _mm256_hadd_ps(v[2], v[3]);
+    const __m256 t2 = _mm256_hadd_ps(v[4], v[5]), t3 = _mm256_hadd_ps(v[6], v[7]);
+    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
+    /* u0: lanes 0-3 the low-half trees of v0..v3, lanes 4-7 their high-half trees */
+    return _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20), _mm256_permute2f128_ps(u0, u1, 0x31));
+}
+
 static AVX2 float dot_q4_1(const void *w, const void *a, int64_t n)
 {
     const uint8_t *x = w, *y = a;
-    const int64_t  nb = n / 32;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+    __m256 acc  = _mm256_setzero_ps();
     __m128 accm = _mm_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2, x += 40, y += 72) {
-        __m128  s0 = _mm_mul_ps(ld_h2(x), ld_h2(y));
-        __m128  s1 = _mm_mul_ps(ld_h2(x + 20), ld_h2(y + 36));
-        __m256i p0 = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
-        __m256i p1 = dot_u8i8(unpack_nibbles16(x + 24), ld256(y + 40));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), _mm256_cvtepi32_ps(p1), acc1);
-        accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
+    for (int64_t i = 0; i < n / 32; i++, x += 20, y += 36) {
+        const __m128 wdm = ld_h2(x), ads = ld_h2(y);   /* (d_w, m_w), (d_a, s_a) */
+        const __m128 sd  = _mm_mul_ss(wdm, ads);
+        accm = _mm_fmadd_ss(_mm_movehdup_ps(wdm), _mm_movehdup_ps(ads), accm);
+        const __m256i p = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
+        acc = _mm256_fmadd_ps(_mm256_broadcastss_ps(sd), _mm256_cvtepi32_ps(p), acc);
     }
-    for (; i < nb; i++, x += 20, y += 36) {
-        __m128  s0 = _mm_mul_ps(ld_h2(x), ld_h2(y));
-        __m256i p0 = dot_u8i8(unpack_nibbles16(x + 4), ld256(y + 4));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), _mm256_cvtepi32_ps(p0), acc0);
-        accm = _mm_add_ps(accm, s0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(_mm_movehdup_ps(accm));
+    return hsum_tree(acc) + _mm_cvtss_f32(accm);
 }
 
-/* ---- Q8_0 x Q8_0 ----------------------------------------------------------- */
-
-static AVX2 float dot_q8_0(const void *w, const void *a, int64_t n)
+/* Q4 selects Q4_0 weights (18-byte blocks), else Q8_0 (34-byte blocks) */
+static inline __attribute__((target("avx2,fma,f16c"), always_inline)) float dot_x8_0(const void *w,
+                                                                                    const void *a,
+                                                                                    int64_t n, const int Q4)
 {
     const uint8_t *x = w, *y = a;
-    const int64_t  nb = n / 32;
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2, x += 68, y += 68) {
-        __m128  sc = _mm_mul_ps(ld_h_pair(x, 34), ld_h_pair(y, 34));
-        __m256i p0 = dot_i8i8(ld256(x + 2), ld256(y + 2));
-        __m256i p1 = dot_i8i8(ld256(x + 36), ld256(y + 36));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(sc)), _mm256_cvtepi32_ps(p1), acc1);
+    const int      bw = Q4 ? 18 : 34;
+    __m256 acc = _mm256_setzero_ps();
+    for (int64_t i = 0; i < n / 32; i++, x += bw, y += 34) {
+        const __m256i q = Q4 ? _mm256_sub_epi8(unpack_nibbles16(x + 2), _mm256_set1_epi8(8)) : ld256(x + 2);
+        const __m256i p = dot_i8i8(q, ld256(y + 2));
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p), acc);
     }
-    for (; i < nb; i++, x += 34, y += 34) {
-        __m256i p = dot_i8i8(ld256(x + 2), ld256(y + 2));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p), acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    return hsum_tree(acc);
 }
-
-/* ---- Q4_0 x Q8_0 ----------------------------------------------------------- */
 
 static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
 {
-    const uint8_t *x = w, *y = a;
-    const int64_t  nb = n / 32;
-    const __m256i  eight = _mm256_set1_epi8(8);
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2, x += 36, y += 68) {
-        __m256i q0 = _mm256_sub_epi8(unpack_nibbles16(x + 2), eight);
-        __m256i q1 = _mm256_sub_epi8(unpack_nibbles16(x + 20), eight);
-        __m128  sc = _mm_mul_ps(ld_h_pair(x, 18), ld_h_pair(y, 34));
-        __m256i p0 = dot_i8i8(q0, ld256(y + 2));
-        __m256i p1 = dot_i8i8(q1, ld256(y + 36));
-        acc0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(sc), _mm256_cvtepi32_ps(p0), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm_movehdup_ps(sc)), _mm256_cvtepi32_ps(p1), acc1);
-    }
-    for (; i < nb; i++, x += 18, y += 34) {
-        __m256i q = _mm256_sub_epi8(unpack_nibbles16(x + 2), eight);
-        __m256i p = dot_i8i8(q, ld256(y + 2));
-        acc0 = _mm256_fmadd_ps(_mm256_set1_ps(ld_h(x) * ld_h(y)), _mm256_cvtepi32_ps(p), acc0);
-    }
-    return hsum_ps(_mm256_add_ps(acc0, acc1));
+    return dot_x8_0(w, a, n, 1);
+}
+
+static AVX2 float dot_q8_0(const void *w, const void *a, int64_t n)
+{
+    return dot_x8_0(w, a, n, 0);
 }
 
 /* ---- tiles: several activation rows per weight block ------------------------
  *
  * mdot_*: out[t * os + r] = dot_*(w + r * ws, a + t * as, n), bitwise: per
- * activation row the same maddubs/madd integer sums, the same scale products
- * (a lane-wise product of the same two f32 values), the same FMA into the
- * same even/odd-block accumulator and the same final reduction as the
- * single-row kernels above.  What is shared across the (up to) 4 activation
- * rows of a group is the work that does not depend on them: loading and
- * unpacking the weight block, converting its f16 scales, |w| for the sign
- * trick; the activation scales of a group are converted to f32 once per call
- * instead of once per weight row.  With a single activation row (decode)
- * there is nothing to share across tokens; the weight rows then go in pairs
- * (*_row2) so that one f16 conversion and one multiply give the scale
+ * activation row the same integer sums, the same scale products (lane-wise
+ * products of the same two f32 values), the same FMAs into one accumulator
+ * in block order and the same reduction tree.  Activation rows go in groups
+ * of up to 8 (one accumulator register each); what a group shares is the
+ * work that does not depend on the activation row: loading and unpacking
+ * the weight block, converting its f16 scales, |w| for the sign trick, and
+ * for Q4_1 the offset term, which runs as one 8-lane FMA (a lane per
+ * activation row) instead of 8 scalar ones.  The activation scales of a
+ * group are converted to f32 once per call.  With a single activation row
+ * (decode) there is nothing to share across rows; the weight rows then go
+ * in pairs (*_row2): one f16 conversion and one multiply give the scale
  * products of both rows. */
 
-#define MDOT_TOK  4    /* activation rows per group                     */
+#define MDOT_TOK  8    /* activation rows per group                     */
 /* Prefetch distance (bytes ahead in each of the two weight rows) of the
  * one-token row-pair kernels: two interleaved streams defeat the hardware
  * prefetcher (measured: the Q8_0 pair kernel at half the bandwidth of the
@@ -201,17 +188,9 @@ static AVX2 float dot_q4_0(const void *w, const void *a, int64_t n)
 #ifndef MDOT_PF
 #define MDOT_PF 1024
 #endif
-#define MDOT_MAXB 512  /* blocks per row held in the scale table (n <= 16384); longer rows loop over dot_* */
+#define MDOT_MAXB 512  /* blocks per row held in the scale tables (n <= 16384); longer rows loop over dot_* */
 
 #define AVX2_INLINE static inline __attribute__((target("avx2,fma,f16c"), always_inline))
-
-/* lane k of v in all 8 lanes */
-AVX2_INLINE __m256 lane_bcast(__m256 v, int k)
-{
-    if (k == 0)
-        return _mm256_broadcastss_ps(_mm256_castps256_ps128(v));
-    return _mm256_permutevar8x32_ps(v, _mm256_set1_epi32(k));
-}
 
 static inline uint32_t ld_u32(const uint8_t *p)
 {
@@ -227,18 +206,6 @@ static inline uint32_t ld_u16(const uint8_t *p)
     return v;
 }
 
-/* v as two f16 -> (lo, hi) repeated in the 8 lanes */
-AVX2_INLINE __m256 ld_h2x4(uint32_t v)
-{
-    return _mm256_cvtph_ps(_mm_set1_epi32((int)v));
-}
-
-/* four 32-bit words, each two f16 -> 8 lanes (w0.lo, w0.hi, w1.lo, ...) */
-AVX2_INLINE __m256 h2x4(uint32_t a, uint32_t b, uint32_t c, uint32_t d)
-{
-    return _mm256_cvtph_ps(_mm_setr_epi32((int)a, (int)b, (int)c, (int)d));
-}
-
 /* 16 bytes of packed nibbles -> 32 bytes as unpack_nibbles16, from one
  * broadcast load, a per-lane shift (0 / 4 bits) and a mask */
 AVX2_INLINE __m256i unpack_nibbles16_b(const uint8_t *p, __m256i shift, __m256i m4)
@@ -247,99 +214,87 @@ AVX2_INLINE __m256i unpack_nibbles16_b(const uint8_t *p, __m256i shift, __m256i 
     return _mm256_and_si256(_mm256_srlv_epi64(v, shift), m4);
 }
 
-/* One group of NT activation rows y[0..NT-1] against nr weight rows.
- * asc[i]: lanes (d, s) of block i of each activation row. */
+/* f16 values of 8 activation rows (the 16 bits at y[j] + off) -> 8 lanes */
+AVX2_INLINE __m256 ld_h8(const uint8_t *const *y, size_t off)
+{
+    return _mm256_cvtph_ps(_mm_setr_epi16((short)ld_u16(y[0] + off), (short)ld_u16(y[1] + off),
+                                          (short)ld_u16(y[2] + off), (short)ld_u16(y[3] + off),
+                                          (short)ld_u16(y[4] + off), (short)ld_u16(y[5] + off),
+                                          (short)ld_u16(y[6] + off), (short)ld_u16(y[7] + off)));
+}
+
+/* Store lanes j < NT of v to out[j * os] */
+AVX2_INLINE void st_lanes(float *out, int64_t os, __m256 v, const int NT)
+{
+    float f[8];
+    _mm256_storeu_ps(f, v);
+    for (int j = 0; j < NT; j++)
+        out[j * os] = f[j];
+}
+
+/* One group of NT (<= 8) Q8_1 activation rows y[0..NT-1] against nr Q4_1
+ * weight rows.  da[i], sa[i]: d and s of block i of the 8 rows (lanes j >=
+ * NT unused). */
 AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const uint8_t *const *y,
-                                 const __m256 *asc, int64_t nb, float *out, int64_t os, const int NT)
+                                 const __m256 *da, const __m256 *sa, int64_t nb, float *out, int64_t os,
+                                 const int NT)
 {
     const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
+    _Alignas(32) float sv[MDOT_MAXB * 8];
     for (int64_t r = 0; r < nr; r++) {
         const uint8_t *x = w + (size_t)r * ws;
-        __m256 acc0[MDOT_TOK], acc1[MDOT_TOK];
-        for (int j = 0; j < NT; j++)
-            acc0[j] = acc1[j] = _mm256_setzero_ps();
+        __m256 acc[MDOT_TOK];
+        for (int j = 0; j < MDOT_TOK; j++)
+            acc[j] = _mm256_setzero_ps();
         __m256 accm = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 1 < nb; i += 2, x += 40) {
-            const __m256  s0 = _mm256_mul_ps(ld_h2x4(ld_u32(x)), asc[i]);
-            const __m256  s1 = _mm256_mul_ps(ld_h2x4(ld_u32(x + 20)), asc[i + 1]);
-            const __m256i q0 = unpack_nibbles16_b(x + 4, shift, m4), q1 = unpack_nibbles16_b(x + 24, shift, m4);
-            float sv[16];
-            if (NT > 1) {
-                _mm256_storeu_ps(sv, s0);
-                _mm256_storeu_ps(sv + 8, s1);
-            }
-            for (int j = 0; j < NT; j++) {
-                const uint8_t *yb = y[j] + 36 * i;
-                __m256i p0 = dot_u8i8(q0, ld256(yb + 4));
-                __m256i p1 = dot_u8i8(q1, ld256(yb + 40));
-                const __m256 b0 = NT > 1 ? _mm256_broadcast_ss(sv + 2 * j) : lane_bcast(s0, 0);
-                const __m256 b1 = NT > 1 ? _mm256_broadcast_ss(sv + 8 + 2 * j) : lane_bcast(s1, 0);
-                acc0[j] = _mm256_fmadd_ps(b0, _mm256_cvtepi32_ps(p0), acc0[j]);
-                acc1[j] = _mm256_fmadd_ps(b1, _mm256_cvtepi32_ps(p1), acc1[j]);
-            }
-            accm = _mm256_add_ps(accm, _mm256_add_ps(s0, s1));
+        /* the row's scale products first (sv[i][j] = d_w[i] * d_a_j[i]): the
+         * block loop then broadcasts them from memory written long before */
+        for (int64_t i = 0; i < nb; i++) {
+            const __m256 wdm = _mm256_cvtph_ps(_mm_set1_epi32((int)ld_u32(x + 20 * i)));  /* (d_w, m_w) x 4 */
+            _mm256_store_ps(sv + 8 * i, _mm256_mul_ps(_mm256_shuffle_ps(wdm, wdm, 0x00), da[i]));
+            accm = _mm256_fmadd_ps(_mm256_shuffle_ps(wdm, wdm, 0x55), sa[i], accm);
         }
-        for (; i < nb; i++, x += 20) {
-            const __m256  s0 = _mm256_mul_ps(ld_h2x4(ld_u32(x)), asc[i]);
-            const __m256i q0 = unpack_nibbles16_b(x + 4, shift, m4);
+        for (int64_t i = 0; i < nb; i++, x += 20) {
+            const __m256i q = unpack_nibbles16_b(x + 4, shift, m4);
             for (int j = 0; j < NT; j++) {
-                __m256i p0 = dot_u8i8(q0, ld256(y[j] + 36 * i + 4));
-                acc0[j] = _mm256_fmadd_ps(lane_bcast(s0, 2 * j), _mm256_cvtepi32_ps(p0), acc0[j]);
+                const __m256i p = dot_u8i8(q, ld256(y[j] + 36 * i + 4));
+                acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(sv + 8 * i + j), _mm256_cvtepi32_ps(p), acc[j]);
             }
-            accm = _mm256_add_ps(accm, s0);
         }
-        float m[8];
-        _mm256_storeu_ps(m, accm);
-        for (int j = 0; j < NT; j++)
-            out[j * os + r] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j])) + m[2 * j + 1];
+        st_lanes(out + r, os, _mm256_add_ps(hsum_tree8(acc), accm), NT);
     }
 }
 
-/* One activation row y against weight rows r and r+1 at once: the scale
- * products of both rows come from one f16 conversion and one 4-lane
- * multiply, (d_w0*d_a, m_w0*s_a, d_w1*d_a, m_w1*s_a), lane-wise the same
- * products as dot_q4_1's; the offset sums of both rows share one add. */
+/* One activation row y against weight rows x0 and x1: the scale products
+ * of both rows from one f16 conversion and one multiply, (d_w0*d_a, m_w0*s_a,
+ * d_w1*d_a, m_w1*s_a) (lanes 1 and 3 unused), the offset terms of both
+ * rows in one FMA (lanes 1 and 3); per row the arithmetic of dot_q4_1.
+ * yv[i] = (d_a, s_a, d_a, s_a) of y's block i. */
 AVX2_INLINE void mdot_q4_1_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const __m128 *yv,
                                 int64_t nb, float *o0, float *o1)
 {
     const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
     const __m256i two = _mm256_set1_epi32(2);
-    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();   /* row 0: even / odd blocks */
-    __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();   /* row 1 */
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
     __m128 accm = _mm_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2, x0 += 40, x1 += 40, y += 72) {
-        _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
-        _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
-        const __m128 ya = yv[i], yb = yv[i + 1];  /* (d, s, d, s) of y's blocks i, i+1 */
-        const __m128 s0 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0)), ya);
-        const __m128 s1 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0 + 20), (int)ld_u32(x1 + 20), 0, 0)), yb);
-        const __m256i y0 = ld256(y + 4), y1 = ld256(y + 40);
-        const __m256 c00 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 4, shift, m4), y0));
-        const __m256 c01 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 24, shift, m4), y1));
-        const __m256 c10 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x1 + 4, shift, m4), y0));
-        const __m256 c11 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x1 + 24, shift, m4), y1));
-        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), c00, a00);
-        a01 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s1), c01, a01);
-        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(s0), two), c10, a10);
-        a11 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(s1), two), c11, a11);
-        accm = _mm_add_ps(accm, _mm_add_ps(s0, s1));
-    }
-    for (; i < nb; i++, x0 += 20, x1 += 20, y += 36) {
-        const __m128 ya = yv[i];
-        const __m128 s0 = _mm_mul_ps(_mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0)), ya);
-        const __m256i y0 = ld256(y + 4);
-        const __m256 c00 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 4, shift, m4), y0));
-        const __m256 c10 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x1 + 4, shift, m4), y0));
-        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(s0), c00, a00);
-        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(s0), two), c10, a10);
-        accm = _mm_add_ps(accm, s0);
+    for (int64_t i = 0; i < nb; i++, x0 += 20, x1 += 20, y += 36) {
+        if (!(i & 1)) {
+            _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
+        }
+        const __m128 wh = _mm_cvtph_ps(_mm_setr_epi32((int)ld_u32(x0), (int)ld_u32(x1), 0, 0));
+        const __m128 sd = _mm_mul_ps(wh, yv[i]);
+        accm = _mm_fmadd_ps(wh, yv[i], accm);
+        const __m256i yq = ld256(y + 4);
+        const __m256 c0 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x0 + 4, shift, m4), yq));
+        const __m256 c1 = _mm256_cvtepi32_ps(dot_u8i8(unpack_nibbles16_b(x1 + 4, shift, m4), yq));
+        a0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(sd), c0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(_mm256_castps128_ps256(sd), two), c1, a1);
     }
     float m[4];
     _mm_storeu_ps(m, accm);
-    *o0 = hsum_ps(_mm256_add_ps(a00, a01)) + m[1];
-    *o1 = hsum_ps(_mm256_add_ps(a10, a11)) + m[3];
+    *o0 = hsum_tree(a0) + m[1];
+    *o1 = hsum_tree(a1) + m[3];
 }
 
 static AVX2 void mdot_q4_1(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
@@ -365,111 +320,86 @@ static AVX2 void mdot_q4_1(const void *w, size_t ws, int64_t nr, const void *a, 
             out[r] = dot_q4_1((const uint8_t *)w + (size_t)r * ws, a, n);
         return;
     }
-    __m256 asc[MDOT_MAXB];
+    __m256 da[MDOT_MAXB], sa[MDOT_MAXB];
     for (int64_t t0 = 0; t0 < nt; t0 += MDOT_TOK) {
         const int g = nt - t0 < MDOT_TOK ? (int)(nt - t0) : MDOT_TOK;
         const uint8_t *y[MDOT_TOK];
         for (int j = 0; j < MDOT_TOK; j++)
             y[j] = (const uint8_t *)a + (size_t)(t0 + (j < g ? j : 0)) * as;
-        for (int64_t i = 0; i < nb; i++)
-            asc[i] = h2x4(ld_u32(y[0] + 36 * i), ld_u32(y[1] + 36 * i), ld_u32(y[2] + 36 * i),
-                          ld_u32(y[3] + 36 * i));
+        for (int64_t i = 0; i < nb; i++) {
+            da[i] = ld_h8(y, (size_t)36 * i);
+            sa[i] = ld_h8(y, (size_t)36 * i + 2);
+        }
         float *o = out + t0 * os;
         switch (g) {
-        case 1: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 1); break;
-        case 2: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 2); break;
-        case 3: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 3); break;
-        default: mdot_q4_1_group(w, ws, nr, y, asc, nb, o, os, 4); break;
+        case 1: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 1); break;
+        case 2: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 2); break;
+        case 3: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 3); break;
+        case 4: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 4); break;
+        case 5: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 5); break;
+        case 6: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 6); break;
+        case 7: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 7); break;
+        default: mdot_q4_1_group(w, ws, nr, y, da, sa, nb, o, os, 8); break;
         }
     }
 }
 
-/* Q4_0 and Q8_0 weights against Q8_0 activations: block pairs as in
- * dot_q4_0 / dot_q8_0; asc[i / 2] holds (d of block i, d of block i+1) of
- * each activation row.  Q4 selects the nibble weights. */
+/* Q4_0 and Q8_0 weights against NT (<= 8) Q8_0 activation rows; da[i] = d
+ * of block i of the 8 rows.  Q4 selects the nibble weights. */
 AVX2_INLINE void mdot_x8_0_group(const uint8_t *w, size_t ws, int64_t nr, const uint8_t *const *y,
-                                 const __m256 *asc, int64_t nb, float *out, int64_t os, const int NT,
+                                 const __m256 *da, int64_t nb, float *out, int64_t os, const int NT,
                                  const int Q4)
 {
     const int     bw    = Q4 ? 18 : 34;   /* weight block bytes */
     const __m256i eight = _mm256_set1_epi8(8);
     const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
+    _Alignas(32) float sv[MDOT_MAXB * 8];
     for (int64_t r = 0; r < nr; r++) {
         const uint8_t *x = w + (size_t)r * ws;
-        __m256 acc0[MDOT_TOK], acc1[MDOT_TOK];
-        for (int j = 0; j < NT; j++)
-            acc0[j] = acc1[j] = _mm256_setzero_ps();
-        int64_t i = 0;
-        for (; i + 1 < nb; i += 2, x += 2 * bw) {
-            const __m256  sc = _mm256_mul_ps(ld_h2x4(ld_u16(x) | ld_u16(x + bw) << 16), asc[i / 2]);
-            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x + 2, shift, m4), eight) : ld256(x + 2);
-            const __m256i q1 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x + bw + 2, shift, m4), eight) : ld256(x + bw + 2);
-            const __m256i u0 = _mm256_sign_epi8(q0, q0), u1 = _mm256_sign_epi8(q1, q1);
+        __m256 acc[MDOT_TOK];
+        for (int j = 0; j < MDOT_TOK; j++)
+            acc[j] = _mm256_setzero_ps();
+        for (int64_t i = 0; i < nb; i++)   /* scale products first, as in mdot_q4_1_group */
+            _mm256_store_ps(sv + 8 * i, _mm256_mul_ps(_mm256_set1_ps(ld_h(x + bw * i)), da[i]));
+        for (int64_t i = 0; i < nb; i++, x += bw) {
+            const __m256i q = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x + 2, shift, m4), eight) : ld256(x + 2);
+            const __m256i u = _mm256_sign_epi8(q, q);
             for (int j = 0; j < NT; j++) {
-                const uint8_t *yb = y[j] + 34 * i;
-                __m256i p0 = dot_u8i8(u0, _mm256_sign_epi8(ld256(yb + 2), q0));
-                __m256i p1 = dot_u8i8(u1, _mm256_sign_epi8(ld256(yb + 36), q1));
-                acc0[j] = _mm256_fmadd_ps(lane_bcast(sc, 2 * j), _mm256_cvtepi32_ps(p0), acc0[j]);
-                acc1[j] = _mm256_fmadd_ps(lane_bcast(sc, 2 * j + 1), _mm256_cvtepi32_ps(p1), acc1[j]);
+                const __m256i p = dot_u8i8(u, _mm256_sign_epi8(ld256(y[j] + 34 * i + 2), q));
+                acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(sv + 8 * i + j), _mm256_cvtepi32_ps(p), acc[j]);
             }
         }
-        for (; i < nb; i++, x += bw) {
-            const __m256  sc = _mm256_mul_ps(ld_h2x4(ld_u16(x)), asc[i / 2]);
-            const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x + 2, shift, m4), eight) : ld256(x + 2);
-            const __m256i u0 = _mm256_sign_epi8(q0, q0);
-            for (int j = 0; j < NT; j++) {
-                __m256i p0 = dot_u8i8(u0, _mm256_sign_epi8(ld256(y[j] + 34 * i + 2), q0));
-                acc0[j] = _mm256_fmadd_ps(lane_bcast(sc, 2 * j), _mm256_cvtepi32_ps(p0), acc0[j]);
-            }
-        }
-        for (int j = 0; j < NT; j++)
-            out[j * os + r] = hsum_ps(_mm256_add_ps(acc0[j], acc1[j]));
+        st_lanes(out + r, os, hsum_tree8(acc), NT);
     }
 }
 
-/* One Q8_0 activation row y against weight rows x0 and x1: the four scale
- * products of a block pair, (d_x0[i]*d_y[i], d_x0[i+1]*d_y[i+1], d_x1[i]*...,
- * ...), from one conversion and one multiply; yv[i / 2] = the scales of
- * y's blocks i, i+1 as f32 (d[i], d[i+1], d[i], d[i+1]).  Per row, the same products, sums and FMAs as dot_q4_0 / dot_q8_0. */
-AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const __m128 *yv,
+/* One Q8_0 activation row y against weight rows x0 and x1: the scale
+ * products of both rows (d_x0[i]*d_y[i], d_x1[i]*d_y[i]) from one
+ * conversion and one multiply; yd[i] = d of y's block i as f32.  Per row
+ * the arithmetic of dot_q4_0 / dot_q8_0. */
+AVX2_INLINE void mdot_x8_0_row2(const uint8_t *x0, const uint8_t *x1, const uint8_t *y, const float *yd,
                                 int64_t nb, float *o0, float *o1, const int Q4)
 {
     const int     bw    = Q4 ? 18 : 34;
     const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
     const __m256i eight = _mm256_set1_epi8(8);
-    const __m256i l1 = _mm256_set1_epi32(1), l2 = _mm256_set1_epi32(2), l3 = _mm256_set1_epi32(3);
-    __m256 a00 = _mm256_setzero_ps(), a01 = _mm256_setzero_ps();
-    __m256 a10 = _mm256_setzero_ps(), a11 = _mm256_setzero_ps();
-    int64_t i = 0;
-    for (; i + 1 < nb; i += 2, x0 += 2 * bw, x1 += 2 * bw, y += 68) {
-        _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
-        _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
-        const __m128 ya = yv[i / 2];
-        const __m128i wh = _mm_setr_epi32((int)(ld_u16(x0) | ld_u16(x0 + bw) << 16),
-                                          (int)(ld_u16(x1) | ld_u16(x1 + bw) << 16), 0, 0);
-        const __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(wh), ya));
-        const __m256i q00 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + 2, shift, m4), eight) : ld256(x0 + 2);
-        const __m256i q01 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + bw + 2, shift, m4), eight) : ld256(x0 + bw + 2);
-        const __m256i q10 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x1 + 2, shift, m4), eight) : ld256(x1 + 2);
-        const __m256i q11 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x1 + bw + 2, shift, m4), eight) : ld256(x1 + bw + 2);
-        const __m256i y0 = ld256(y + 2), y1 = ld256(y + 36);
-        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm256_castps256_ps128(sc)), _mm256_cvtepi32_ps(dot_i8i8(q00, y0)), a00);
-        a01 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l1), _mm256_cvtepi32_ps(dot_i8i8(q01, y1)), a01);
-        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l2), _mm256_cvtepi32_ps(dot_i8i8(q10, y0)), a10);
-        a11 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l3), _mm256_cvtepi32_ps(dot_i8i8(q11, y1)), a11);
+    const __m256i one = _mm256_set1_epi32(1);
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, x0 += bw, x1 += bw, y += 34) {
+        if (!Q4 || !(i & 1)) {
+            _mm_prefetch((const char *)(x0 + MDOT_PF), _MM_HINT_T0);
+            _mm_prefetch((const char *)(x1 + MDOT_PF), _MM_HINT_T0);
+        }
+        const __m128 wh = _mm_cvtph_ps(_mm_cvtsi32_si128((int)(ld_u16(x0) | ld_u16(x1) << 16)));
+        const __m256 sd = _mm256_castps128_ps256(_mm_mul_ps(wh, _mm_set1_ps(yd[i])));
+        const __m256i q0 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + 2, shift, m4), eight) : ld256(x0 + 2);
+        const __m256i q1 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x1 + 2, shift, m4), eight) : ld256(x1 + 2);
+        const __m256i yq = ld256(y + 2);
+        a0 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm256_castps256_ps128(sd)), _mm256_cvtepi32_ps(dot_i8i8(q0, yq)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sd, one), _mm256_cvtepi32_ps(dot_i8i8(q1, yq)), a1);
     }
-    if (i < nb) {
-        const __m128 ya = yv[i / 2];
-        const __m128i wh = _mm_setr_epi32((int)ld_u16(x0), (int)ld_u16(x1), 0, 0);
-        const __m256 sc = _mm256_castps128_ps256(_mm_mul_ps(_mm_cvtph_ps(wh), ya));
-        const __m256i q00 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x0 + 2, shift, m4), eight) : ld256(x0 + 2);
-        const __m256i q10 = Q4 ? _mm256_sub_epi8(unpack_nibbles16_b(x1 + 2, shift, m4), eight) : ld256(x1 + 2);
-        const __m256i y0 = ld256(y + 2);
-        a00 = _mm256_fmadd_ps(_mm256_broadcastss_ps(_mm256_castps256_ps128(sc)), _mm256_cvtepi32_ps(dot_i8i8(q00, y0)), a00);
-        a10 = _mm256_fmadd_ps(_mm256_permutevar8x32_ps(sc, l2), _mm256_cvtepi32_ps(dot_i8i8(q10, y0)), a10);
-    }
-    *o0 = hsum_ps(_mm256_add_ps(a00, a01));
-    *o1 = hsum_ps(_mm256_add_ps(a10, a11));
+    *o0 = hsum_tree(a0);
+    *o1 = hsum_tree(a1);
 }
 
 AVX2_INLINE void mdot_x8_0(const void *w, size_t ws, int64_t nr, const void *a, size_t as, int64_t nt,
@@ -478,48 +408,40 @@ AVX2_INLINE void mdot_x8_0(const void *w, size_t ws, int64_t nr, const void *a, 
     const int64_t nb = n / 32;
     if (nb > MDOT_MAXB) {
         for (int64_t t = 0; t < nt; t++)
-            for (int64_t r = 0; r < nr; r++) {
-                const uint8_t *wr = (const uint8_t *)w + (size_t)r * ws, *ar = (const uint8_t *)a + (size_t)t * as;
-                out[t * os + r] = Q4 ? dot_q4_0(wr, ar, n) : dot_q8_0(wr, ar, n);
-            }
+            for (int64_t r = 0; r < nr; r++)
+                out[t * os + r] = dot_x8_0((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)a + (size_t)t * as, n, Q4);
         return;
     }
     if (nt == 1) {
-        /* one activation row: weight rows in pairs; the scales of its block
-         * pairs as f32, (d[i], d[i+1], d[i], d[i+1]) (d[i+1] = 0 past the end) */
-        __m128 yv[MDOT_MAXB / 2 + 1];
-        for (int64_t i = 0; i < nb; i += 2)
-            yv[i / 2] = _mm_cvtph_ps(_mm_set1_epi32(
-                (int)(ld_u16((const uint8_t *)a + 34 * i) |
-                      (i + 1 < nb ? ld_u16((const uint8_t *)a + 34 * (i + 1)) << 16 : 0))));
+        float yd[MDOT_MAXB];
+        for (int64_t i = 0; i < nb; i++)
+            yd[i] = ld_h((const uint8_t *)a + 34 * i);
         int64_t r = 0;
         for (; r + 1 < nr; r += 2)
             mdot_x8_0_row2((const uint8_t *)w + (size_t)r * ws, (const uint8_t *)w + (size_t)(r + 1) * ws, a,
-                           yv, nb, out + r, out + r + 1, Q4);
-        if (r < nr) {
-            const uint8_t *wr = (const uint8_t *)w + (size_t)r * ws;
-            out[r] = Q4 ? dot_q4_0(wr, a, n) : dot_q8_0(wr, a, n);
-        }
+                           yd, nb, out + r, out + r + 1, Q4);
+        if (r < nr)
+            out[r] = dot_x8_0((const uint8_t *)w + (size_t)r * ws, a, n, Q4);
         return;
     }
-    __m256 asc[MDOT_MAXB / 2 + 1];
+    __m256 da[MDOT_MAXB];
     for (int64_t t0 = 0; t0 < nt; t0 += MDOT_TOK) {
         const int g = nt - t0 < MDOT_TOK ? (int)(nt - t0) : MDOT_TOK;
         const uint8_t *y[MDOT_TOK];
         for (int j = 0; j < MDOT_TOK; j++)
             y[j] = (const uint8_t *)a + (size_t)(t0 + (j < g ? j : 0)) * as;
-        for (int64_t i = 0; i < nb; i += 2) {
-            uint32_t v[MDOT_TOK];
-            for (int j = 0; j < MDOT_TOK; j++)
-                v[j] = ld_u16(y[j] + 34 * i) | (i + 1 < nb ? ld_u16(y[j] + 34 * (i + 1)) << 16 : 0);
-            asc[i / 2] = h2x4(v[0], v[1], v[2], v[3]);
-        }
+        for (int64_t i = 0; i < nb; i++)
+            da[i] = ld_h8(y, (size_t)34 * i);
         float *o = out + t0 * os;
         switch (g) {
-        case 1: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 1, Q4); break;
-        case 2: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 2, Q4); break;
-        case 3: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 3, Q4); break;
-        default: mdot_x8_0_group(w, ws, nr, y, asc, nb, o, os, 4, Q4); break;
+        case 1: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 1, Q4); break;
+        case 2: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 2, Q4); break;
+        case 3: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 3, Q4); break;
+        case 4: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 4, Q4); break;
+        case 5: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 5, Q4); break;
+        case 6: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 6, Q4); break;
+        case 7: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 7, Q4); break;
+        default: mdot_x8_0_group(w, ws, nr, y, da, nb, o, os, 8, Q4); break;
         }
     }
 }
