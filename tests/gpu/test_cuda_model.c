@@ -354,9 +354,11 @@ static void engine_sampling(backend *gpu, const struct model *m, const char *lab
 {
     const int32_t V = m->hp.n_vocab;
     int32_t prompts[ES_N][8];
+    const uint64_t rng_saved = gt_rng_state; /* later cases keep the random inputs they were measured with */
     for (int i = 0; i < ES_N; i++)
         for (int k = 0; k < 8; k++)
             prompts[i][k] = gt_randint(V);
+    gt_rng_state = rng_saved;
     struct es_result dev[ES_N], host[ES_N];
     struct sched_stats sd, sh;
     if (es_run(gpu, 0, (const int32_t (*)[8])prompts, dev, &sd) ||
