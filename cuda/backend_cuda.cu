@@ -30,14 +30,6 @@ extern "C" {
 #include "backend_cuda.h"
 }
 
-/* sample.cu: op_sample with compact masks, masks [n_masked][mask_words] and
- * mask_row [rows] (index into masks, -1 = unmasked row).  NOTE: declared
- * here until ops.cuh (shared with the kernel work) lists it beside
- * op_sample; a signature mismatch fails at link time (C++ mangling). */
-int op_sample_rows(cudaStream_t st, const float *logits, int64_t rows, int32_t n_vocab,
-                   const struct sample_param_dev *params, const uint32_t *masks, int32_t mask_words,
-                   const int32_t *mask_row, int32_t *tokens);
-
 #define GRAPH_BUCKETS   10    /* 1, 2, 4, ..., 512 */
 #define GRAPH_MAX_BATCH 512
 #define MAX_BATCH_DEFAULT 2048

@@ -155,4 +155,10 @@ int op_sample(cudaStream_t st, const float *logits, int64_t rows, int32_t n_voca
               const struct sample_param_dev *params, const uint32_t *masks, int32_t mask_words,
               int32_t *tokens);
 
+/* op_sample with compact masks: masks [n_masked][mask_words], mask_row
+ * [rows] (index into masks, -1 = unmasked row). */
+int op_sample_rows(cudaStream_t st, const float *logits, int64_t rows, int32_t n_vocab,
+                   const struct sample_param_dev *params, const uint32_t *masks, int32_t mask_words,
+                   const int32_t *mask_row, int32_t *tokens);
+
 #endif /* PS_CUDA_OPS_CUH */

@@ -400,7 +400,8 @@ int engine_create(const struct engine_config *cfg, backend *be, const tokenizer 
     }
     struct sched_config sc = { .max_seqs = cfg->max_seqs, .max_batch_tokens = cfg->max_batch_tokens,
                                .n_ctx = cfg->n_ctx, .prefix_cache = cfg->prefix_cache,
-                               .mask_thread = cfg->mask_thread };
+                               .mask_thread = cfg->mask_thread,
+                               .device_sample = cfg->device_sample };
     struct sched_vocab vocab = { (void *)tok, vocab_piece, vocab_is_eog };
     rc = sched_create(&sc, be, tok ? &vocab : NULL, on_sched_event, e, &e->sched);
     if (rc)

@@ -36,6 +36,9 @@ struct engine_config {
     int32_t mask_thread;      /* token masks beside the backend step:
                                  0 auto (on unless the backend is "cpu"),
                                  1 on, -1 off (scheduler.h)              */
+    int32_t device_sample;    /* 0 auto: the backend samples when it can
+                                 (CUDA, masks uploaded); -1 never: logits
+                                 to the host sampler (scheduler.h)        */
 };
 
 /* What the event-loop side hands over.  Strings and arrays are copied by

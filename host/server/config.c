@@ -49,6 +49,8 @@ static const struct opt_desc opts[] = {
     { "shutdown_grace_ms", 0, OPT_INT, OFF(shutdown_grace_ms), 0, 0, 3600000,
       "on SIGTERM/SIGINT, let in-flight requests finish this long, then cancel (default 5000)" },
     { "prefix_cache", 0, OPT_BOOL, OFF(prefix_cache), 0, 0, 1, "reuse KV blocks of shared prompt prefixes (default true)" },
+    { "device_sampling", 0, OPT_BOOL, OFF(device_sampling), 0, 0, 1,
+      "sample (and apply grammar masks) on the GPU when the backend can; false: logits to the host sampler (default true)" },
     { "agents", 0, OPT_STR, OFF(agents), sizeof(((struct server_config *)0)->agents), 0, 0,
       "agent pool of /v1/tasks (default configs/agents.default.json when present)" },
 };
@@ -70,6 +72,7 @@ void server_config_defaults(struct server_config *c)
     c->max_body_bytes = 1 << 20;
     c->shutdown_grace_ms = 5000;
     c->prefix_cache = true;
+    c->device_sampling = true;
 }
 
 static int set_str(struct server_config *c, const struct opt_desc *o, const char *v, const char *where)

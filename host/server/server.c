@@ -864,7 +864,8 @@ int server_run(const struct server_config *cfg)
     if (rc)
         goto done;
     struct engine_config ec = { .max_seqs = cfg->max_batch, .max_batch_tokens = cfg->max_batch_tokens,
-                                .n_ctx = n_ctx, .prefix_cache = cfg->prefix_cache };
+                                .n_ctx = n_ctx, .prefix_cache = cfg->prefix_cache,
+                                .device_sample = cfg->device_sampling ? 0 : -1 };
     if ((rc = engine_create(&ec, be, tok, &srv->eng)))
         goto done;
     if ((rc = grammar_vocab_create(tok, &srv->gvocab)))
@@ -926,9 +927,10 @@ int server_run(const struct server_config *cfg)
                 (int)srv->m.n_tenants - 1);
     fprintf(stderr,
             "paraserve: serving '%s' on http://%s:%d (backend %s, threads %d, max_batch %d, "
-            "kv_blocks %d x %d, ctx %d, prefix_cache %s)\n",
+            "kv_blocks %d x %d, ctx %d, prefix_cache %s, sampling on the %s)\n",
             srv->model_name, cfg->host, port, backend_name(be), (int)cfg->threads, (int)cfg->max_batch,
-            (int)cfg->kv_blocks, (int)cfg->block_size, (int)n_ctx, cfg->prefix_cache ? "on" : "off");
+            (int)cfg->kv_blocks, (int)cfg->block_size, (int)n_ctx, cfg->prefix_cache ? "on" : "off",
+            cfg->device_sampling && backend_can_sample(be) ? "device" : "host");
     event_base_dispatch(srv->base);
     fprintf(stderr, "paraserve: shut down cleanly\n");
     rc = PS_OK;
