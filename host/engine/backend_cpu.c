@@ -86,12 +86,15 @@ struct cpu_backend {
     uint16_t          *vcache;
     float             *kcache32;   /* KV_F32: same layout in f32 (kcache/vcache NULL) */
     float             *vcache32;
+    void              *cache_raw[4]; /* allocations behind kcache32, vcache32, kcache, vcache */
 
     /* scratch, sized for max_T tokens */
     float   *x, *xn, *q, *k, *v, *att, *hb;
     uint8_t *qact[3];              /* [max_T][act_bytes] quantized activations */
     float   *rope_cos, *rope_sin;  /* [max_T][rope_dim / 2] */
-    float   *scores;               /* [n_threads][score_group][ctx_max] */
+    int64_t  ctx_stride;           /* ctx_max rounded up to 8 */
+    float   *scores;               /* [n_threads][score_group][ctx_stride] */
+    int64_t *attn_offs;            /* [n_threads][ctx_max] cache offsets of an item's positions */
     int      score_group;          /* query heads per attention item at most (GQA group, or 1) */
     struct attn_item *attn_items;  /* [max_T * n_head] */
     int32_t *tok_pos;              /* [max_T] */
@@ -416,30 +419,6 @@ static void axpy_f16_avx2(float *out, float w, const uint16_t *b, int64_t n)
         out[i] += w * fp16_to_f32(b[i]);
 }
 
-/* out[0..63] = sum_j w[j] * v_j[0..63] over the n_ctx cached V rows of one
- * head (paged: block_table), accumulated in registers: the same FMA per
- * element, in the same j order, as axpy_f16_avx2 called once per row on a
- * zeroed out, without the store/reload of out between rows. */
-__attribute__((target("avx2,fma,f16c")))
-static void attn_av64_avx2(float *out, const float *w, const int32_t *block_table, const uint16_t *vbase,
-                           int64_t n_ctx, int64_t bs, int64_t kv_dim)
-{
-    __m256 acc[8];
-    for (int k = 0; k < 8; k++)
-        acc[k] = _mm256_setzero_ps();
-    for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
-        const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-        const uint16_t *vb = vbase + (size_t)block_table[j0 / bs] * bs * kv_dim;
-        for (int64_t j = 0; j < jn; j++) {
-            const __m256 vw = _mm256_set1_ps(w[j0 + j]);
-            const uint16_t *row = vb + (size_t)j * kv_dim;
-            for (int k = 0; k < 8; k++)
-                acc[k] = _mm256_fmadd_ps(vw, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 8 * k))), acc[k]);
-        }
-    }
-    for (int k = 0; k < 8; k++)
-        _mm256_storeu_ps(out + 8 * k, acc[k]);
-}
 #endif
 
 static float dot_f32_f16(int simd, const float *a, const uint16_t *b, int64_t n)
@@ -467,117 +446,174 @@ static void axpy_f16(int simd, float *out, float w, const uint16_t *b, int64_t n
 }
 
 #ifdef CPU_X86
-/* Scores of G query heads q_g = q + g * D against one cached K row k[D]:
- * out[g] = dot_f32_f16_avx2(q_g, k, D), bitwise (same two accumulators over
- * 16-element steps, same reduction), with the K row converted once for
- * the G heads.  D % 16 == 0. */
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void qk_group_avx2(const float *q, const uint16_t *k, int64_t D, float *out, const int G)
+/* ---- SIMD attention: one query row, G heads sharing one KV head ----------
+ *
+ * Per (row, head), whatever G, the thread or the batch:
+ *   s_j  = dot_f32_f16_avx2(q, k_j, D) * scale  (bitwise: two 8-lane
+ *          accumulators over even / odd chunks, the same final reduction)
+ *   m    = max_j s_j;  e_j = exp_avx2(s_j - m);  sum = tree(8-lane sum of
+ *          e_j over positions in chunks of 8, in order)
+ *   out  = (sum_j e_j * v_j, FMAs in position order) * (1 / sum)
+ * Positions go 8 at a time: 8 K rows converted to f32 once for the G heads,
+ * their 8 scores reduced together (hsum_halves8), so no horizontal sum per
+ * score; exp 8 lanes at a time.  Lanes past n_ctx score -inf, whose exp is
+ * exactly 0.  D % 16 == 0, D <= ATTN_DMAX. */
+#define ATTN_DMAX 256
+
+#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
+#define AVX2_INL static inline __attribute__((target("avx2,fma,f16c"), always_inline))
+
+/* ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)) */
+AVX2_INL float hsum_tree(__m256 v)
 {
-    __m256 acc0[8], acc1[8];
-    for (int g = 0; g < G; g++)
-        acc0[g] = acc1[g] = _mm256_setzero_ps();
-    for (int64_t i = 0; i < D; i += 16) {
-        const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i)));
-        const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k + i + 8)));
-        for (int g = 0; g < G; g++) {
-            acc0[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + i), b0, acc0[g]);
-            acc1[g] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + i + 8), b1, acc1[g]);
-        }
-    }
-    for (int g = 0; g < G; g++) {
-        const __m256 v = _mm256_add_ps(acc0[g], acc1[g]);
-        __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        out[g] = _mm_cvtss_f32(s);
-    }
+    __m256 h = _mm256_hadd_ps(v, v);
+    h = _mm256_hadd_ps(h, h);
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
 }
 
-/* out_g[d0 .. d0+15] = sum_j w_g[j] * v_j[d0 ..] for G heads (out_g = out +
- * g * D, w_g = w + g * ws): per element the FMA sequence of axpy_f16_avx2
- * over a zeroed out, each V row converted once for the G heads. */
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void av_group_avx2(float *out, int64_t D, const float *w, int64_t ws, const int32_t *block_table,
-                                 const uint16_t *vbase, int64_t n_ctx, int64_t bs, int64_t kv_dim, const int G)
+/* lane r = ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)) of v[r] (the order of
+ * dot_f32_f16_avx2's final reduction), bitwise, for 8 vectors at once */
+AVX2_INL __m256 hsum_halves8(const __m256 *v)
 {
-    for (int64_t d0 = 0; d0 < D; d0 += 16) {
-        __m256 acc0[8], acc1[8];
-        for (int g = 0; g < G; g++)
-            acc0[g] = acc1[g] = _mm256_setzero_ps();
-        for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
-            const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-            const uint16_t *vb = vbase + (size_t)block_table[j0 / bs] * bs * kv_dim + d0;
-            for (int64_t j = 0; j < jn; j++) {
-                const uint16_t *row = vb + (size_t)j * kv_dim;
-                const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)row));
-                const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(row + 8)));
-                for (int g = 0; g < G; g++) {
-                    const __m256 vw = _mm256_broadcast_ss(w + g * ws + j0 + j);
-                    acc0[g] = _mm256_fmadd_ps(vw, b0, acc0[g]);
-                    acc1[g] = _mm256_fmadd_ps(vw, b1, acc1[g]);
+    __m256 x[4];   /* x[k] = [v[2k].lo + v[2k].hi | v[2k+1].lo + v[2k+1].hi] */
+    for (int k = 0; k < 4; k++)
+        x[k] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * k], v[2 * k + 1], 0x20),
+                             _mm256_permute2f128_ps(v[2 * k], v[2 * k + 1], 0x31));
+    /* (s0+s2, s1+s3) of rows (0, 2 | 1, 3) and (4, 6 | 5, 7) */
+    const __m256 r0 = _mm256_add_ps(_mm256_shuffle_ps(x[0], x[1], 0x44), _mm256_shuffle_ps(x[0], x[1], 0xee));
+    const __m256 r1 = _mm256_add_ps(_mm256_shuffle_ps(x[2], x[3], 0x44), _mm256_shuffle_ps(x[2], x[3], 0xee));
+    /* lanes: rows 0, 2, 4, 6, 1, 3, 5, 7 */
+    return _mm256_permutevar8x32_ps(_mm256_hadd_ps(r0, r1), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
+
+AVX2_INL float hmax(__m256 v)
+{
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+/* e^x for x <= 0, x = -inf included (-> 0): 2^n * p(r), n = floor(x log2(e)
+ * + 1/2), r = x - n ln2 in two parts, p the Cephes expf polynomial; within
+ * 2 ulp of expf on [-87, 0], exactly 0 below -88.37. */
+AVX2_INL __m256 exp_avx2(__m256 x)
+{
+    x = _mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f));
+    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
+    const __m256 z = _mm256_mul_ps(x, x);
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, z, x), _mm256_set1_ps(1.0f));
+    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
+}
+
+/* q: [G][D] query heads; out: [G][D]; sc: [G][ctx_stride] scratch,
+ * ctx_stride >= n_ctx rounded up to 8; offs[j]: offset (elements) of
+ * position j's row from kbase / vbase, which point at this KV head. */
+AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
+                            const uint16_t *kbase, const uint16_t *vbase, int64_t n_ctx, int64_t D, float scale,
+                            const int G)
+{
+    _Alignas(32) float kf[8 * ATTN_DMAX];
+    __m256 vmx[8];
+    const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int g = 0; g < G; g++)
+        vmx[g] = ninf;
+    for (int64_t j0 = 0; j0 < n_ctx; j0 += 8) {
+        for (int r = 0; r < 8; r++) {
+            const uint16_t *kr = kbase + offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
+            for (int64_t c = 0; c < D; c += 8)
+                _mm256_store_ps(kf + r * D + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c))));
+        }
+        /* lanes at positions >= n_ctx */
+        const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n_ctx - j0)), _CMP_GE_OQ);
+        for (int g = 0; g < G; g++) {
+            __m256 acc[8];
+            for (int r0 = 0; r0 < 8; r0 += 4) {
+                __m256 a0[4], a1[4];   /* even / odd 8-element chunks, as dot_f32_f16_avx2 */
+                for (int r = 0; r < 4; r++)
+                    a0[r] = a1[r] = _mm256_setzero_ps();
+                for (int64_t c = 0; c < D; c += 16) {
+                    const __m256 q0 = _mm256_loadu_ps(q + g * D + c), q1 = _mm256_loadu_ps(q + g * D + c + 8);
+                    for (int r = 0; r < 4; r++) {
+                        a0[r] = _mm256_fmadd_ps(q0, _mm256_load_ps(kf + (r0 + r) * D + c), a0[r]);
+                        a1[r] = _mm256_fmadd_ps(q1, _mm256_load_ps(kf + (r0 + r) * D + c + 8), a1[r]);
+                    }
                 }
+                for (int r = 0; r < 4; r++)
+                    acc[r0 + r] = _mm256_add_ps(a0[r], a1[r]);
+            }
+            const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(hsum_halves8(acc), vscale), ninf, past);
+            _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
+            vmx[g] = _mm256_max_ps(vmx[g], s);
+        }
+    }
+    float sum[8];
+    for (int g = 0; g < G; g++) {
+        const __m256 m = _mm256_set1_ps(hmax(vmx[g]));
+        float *sg = sc + g * ctx_stride;
+        __m256 vs = _mm256_setzero_ps();
+        for (int64_t j0 = 0; j0 < n_ctx; j0 += 8) {
+            const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sg + j0), m));
+            _mm256_storeu_ps(sg + j0, e);
+            vs = _mm256_add_ps(vs, e);
+        }
+        sum[g] = hsum_tree(vs);
+    }
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        __m256 a0[8], a1[8];
+        for (int g = 0; g < G; g++)
+            a0[g] = a1[g] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n_ctx; j++) {
+            const uint16_t *vr = vbase + offs[j] + d0;
+            const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)vr));
+            const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8)));
+            for (int g = 0; g < G; g++) {
+                const __m256 w = _mm256_broadcast_ss(sc + g * ctx_stride + j);
+                a0[g] = _mm256_fmadd_ps(w, b0, a0[g]);
+                a1[g] = _mm256_fmadd_ps(w, b1, a1[g]);
             }
         }
         for (int g = 0; g < G; g++) {
-            _mm256_storeu_ps(out + g * D + d0, acc0[g]);
-            _mm256_storeu_ps(out + g * D + d0 + 8, acc1[g]);
+            const __m256 inv = _mm256_set1_ps(1.0f / sum[g]);
+            _mm256_storeu_ps(out + g * D + d0, _mm256_mul_ps(a0[g], inv));
+            _mm256_storeu_ps(out + g * D + d0 + 8, _mm256_mul_ps(a1[g], inv));
         }
     }
 }
 
-/* One token's attention for G consecutive query heads sharing a KV head:
- * scores, softmax and P.V per head exactly as the one-head path. */
-__attribute__((target("avx2,fma,f16c"), always_inline))
-static inline void attn_heads_avx2(const float *q, float *out, float *sc, int64_t ctx_stride,
-                                   const int32_t *block_table, const uint16_t *kbase, const uint16_t *vbase,
-                                   int64_t n_ctx, int64_t bs, int64_t kv_dim, int64_t D, float scale, const int G)
-{
-    float mx[8], sum[8], d[8];
-    for (int g = 0; g < G; g++)
-        mx[g] = -INFINITY;
-    for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
-        const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-        const uint16_t *kb = kbase + (size_t)block_table[j0 / bs] * bs * kv_dim;
-        for (int64_t j = 0; j < jn; j++) {
-            qk_group_avx2(q, kb + (size_t)j * kv_dim, D, d, G);
-            for (int g = 0; g < G; g++) {
-                const float v = d[g] * scale;
-                sc[g * ctx_stride + j0 + j] = v;
-                mx[g] = v > mx[g] ? v : mx[g];
-            }
-        }
-    }
-    for (int g = 0; g < G; g++) {
-        float *sg = sc + g * ctx_stride;
-        sum[g] = 0.0f;
-        for (int64_t j = 0; j < n_ctx; j++) {
-            float e = expf(sg[j] - mx[g]);
-            sg[j] = e;
-            sum[g] += e;
-        }
-    }
-    av_group_avx2(out, D, sc, ctx_stride, block_table, vbase, n_ctx, bs, kv_dim, G);
-    for (int g = 0; g < G; g++) {
-        const float inv = 1.0f / sum[g];
-        for (int64_t e = 0; e < D; e++)
-            out[g * D + e] *= inv;
-    }
-}
-
-__attribute__((target("avx2,fma,f16c")))
-static void attn_heads_grouped(const float *q, float *out, float *sc, int64_t ctx_stride,
-                               const int32_t *block_table, const uint16_t *kbase, const uint16_t *vbase,
-                               int64_t n_ctx, int64_t bs, int64_t kv_dim, int64_t D, float scale, int G)
+AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
+                                     const uint16_t *kbase, const uint16_t *vbase, int64_t n_ctx, int64_t D,
+                                     float scale, int G)
 {
     switch (G) {
-#define ATTN_G(n) case n: attn_heads_avx2(q, out, sc, ctx_stride, block_table, kbase, vbase, n_ctx, bs, kv_dim, D, scale, n); break;
+#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, n_ctx, D, scale, n); break;
     ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
 #undef ATTN_G
     default: break;
     }
 }
 #endif
+
+/* The f16 cache's attention runs attn_row_avx2 (for any G). */
+static int attn_simd(const struct cpu_backend *cb)
+{
+#ifdef CPU_X86
+    const int64_t D = cb->base.model->hp.head_dim;
+    return cb->simd && !cb->kcache32 && D % 16 == 0 && D <= ATTN_DMAX;
+#else
+    (void)cb;
+    return 0;
+#endif
+}
 
 /* Work items: rows [i0, i1) of sequence `seq`, query heads [h0, h0 + G). */
 struct attn_item {
@@ -644,7 +680,8 @@ static void attn_worker(void *ctx, int ith, int nth)
     const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * bs * cb->kv_dim;
-    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_max;
+    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
+    int64_t *offs = cb->attn_offs + (size_t)ith * cb->ctx_max;
 
     for (;;) {
         int64_t item = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
@@ -662,19 +699,29 @@ static void attn_worker(void *ctx, int ith, int nth)
         }
         const uint16_t *kbase = cb->kcache + layer_off + (size_t)hkv * D;
         const uint16_t *vbase = cb->vcache + layer_off + (size_t)hkv * D;
-
+#ifdef CPU_X86
+        if (attn_simd(cb)) {
+            /* offsets of the positions the item's last row sees, block by block */
+            const int64_t n_max = (int64_t)s->pos0 + it->i1;
+            for (int64_t j0 = 0, b = 0; j0 < n_max; j0 += bs, b++) {
+                const int64_t jn = n_max - j0 < bs ? n_max - j0 : bs;
+                const int64_t base = (int64_t)s->block_table[b] * bs * cb->kv_dim;
+                for (int64_t j = 0; j < jn; j++)
+                    offs[j0 + j] = base + j * cb->kv_dim;
+            }
+            for (int32_t i = it->i0; i < it->i1; i++) {
+                const int64_t t = at->seq_t0[is] + i;
+                attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
+                                 sc, cb->ctx_stride, offs, kbase, vbase, (int64_t)s->pos0 + i + 1, D, scale, at->G);
+            }
+            continue;
+        }
+#endif
         for (int32_t i = it->i0; i < it->i1; i++) {
             const int64_t t = at->seq_t0[is] + i;
             const int64_t n_ctx = (int64_t)s->pos0 + i + 1; /* causal: positions 0..pos */
             const float *qh = cb->q + t * cb->q_dim + (int64_t)h * D;
             float *out = cb->att + t * cb->q_dim + (int64_t)h * D;
-#ifdef CPU_X86
-            if (cb->simd && D % 16 == 0) {
-                attn_heads_grouped(qh, out, sc, cb->ctx_max, s->block_table, kbase, vbase, n_ctx, bs,
-                                   cb->kv_dim, D, scale, at->G);
-                continue;
-            }
-#endif
             float mx = -INFINITY;
             for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
                 const int64_t blk = s->block_table[j0 / bs];
@@ -692,21 +739,13 @@ static void attn_worker(void *ctx, int ith, int nth)
                 sc[j] = e;
                 sum += e;
             }
-#ifdef CPU_X86
-            if (cb->simd && D % 64 == 0) {
-                for (int64_t d0 = 0; d0 < D; d0 += 64)
-                    attn_av64_avx2(out + d0, sc, s->block_table, vbase + d0, n_ctx, bs, cb->kv_dim);
-            } else
-#endif
-            {
-                memset(out, 0, (size_t)D * sizeof *out);
-                for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
-                    const int64_t blk = s->block_table[j0 / bs];
-                    const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
-                    const uint16_t *vb = vbase + (size_t)blk * bs * cb->kv_dim;
-                    for (int64_t j = 0; j < jn; j++)
-                        axpy_f16(cb->simd, out, sc[j0 + j], vb + (size_t)j * cb->kv_dim, D);
-                }
+            memset(out, 0, (size_t)D * sizeof *out);
+            for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
+                const int64_t blk = s->block_table[j0 / bs];
+                const int64_t jn = n_ctx - j0 < bs ? n_ctx - j0 : bs;
+                const uint16_t *vb = vbase + (size_t)blk * bs * cb->kv_dim;
+                for (int64_t j = 0; j < jn; j++)
+                    axpy_f16(cb->simd, out, sc[j0 + j], vb + (size_t)j * cb->kv_dim, D);
             }
             const float inv = 1.0f / sum;
             for (int64_t d = 0; d < D; d++)
@@ -729,7 +768,7 @@ static int64_t attn_plan(struct cpu_backend *cb, const struct batch_plan *plan, 
     for (int32_t is = 0; is < plan->n_seqs; is++)
         runs += (plan->seqs[is].n_tokens + ATTN_ROWS - 1) / ATTN_ROWS;
     int G = 1;
-    if (cb->simd && !cb->kcache32 && cb->score_group == group && hp->head_dim % 16 == 0 &&
+    if (attn_simd(cb) && cb->score_group == group &&
         runs * hp->n_head_kv >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads)
         G = group;
     int64_t n = 0;
@@ -950,10 +989,8 @@ static void cpu_free(backend *be)
         free(cb->lv);
     }
     free(cb->out_norm);
-    free(cb->kcache);
-    free(cb->vcache);
-    free(cb->kcache32);
-    free(cb->vcache32);
+    for (int i = 0; i < 4; i++)
+        free(cb->cache_raw[i]);
     free(cb->x);
     free(cb->xn);
     free(cb->q);
@@ -966,6 +1003,7 @@ static void cpu_free(backend *be)
     free(cb->rope_cos);
     free(cb->rope_sin);
     free(cb->scores);
+    free(cb->attn_offs);
     free(cb->attn_items);
     free(cb->tok_pos);
     free(cb->tok_seq);
@@ -1002,6 +1040,18 @@ static int check_matrix(const struct weight *w, int64_t in, int64_t out, const c
                             il, what, (long long)in, ti->name);
     if (rb > *act_bytes)
         *act_bytes = rb;
+    return PS_OK;
+}
+
+/* Zeroed cache of `bytes` at a 64-byte boundary (a head's K/V slice of a
+ * row then covers whole cache lines), lazily zeroed pages as calloc's;
+ * cb->cache_raw[slot] keeps the allocation for free(). */
+static int cache_alloc(struct cpu_backend *cb, int slot, int64_t bytes, void **out)
+{
+    cb->cache_raw[slot] = calloc((size_t)bytes + 64, 1);
+    if (!cb->cache_raw[slot])
+        return ps_error_set(PS_ENOMEM, "backend_cpu: out of memory for the KV cache (%lld bytes)", (long long)bytes);
+    *out = (void *)(((uintptr_t)cb->cache_raw[slot] + 63) & ~(uintptr_t)63);
     return PS_OK;
 }
 
@@ -1102,11 +1152,11 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
 
     const int64_t cache_elems = (int64_t)hp->n_layer * cfg->n_kv_blocks * cfg->block_size * cb->kv_dim;
     if (cfg->kv_type == KV_F32) {
-        ALLOC(cb->kcache32, cache_elems);
-        ALLOC(cb->vcache32, cache_elems);
+        TRY(cache_alloc(cb, 0, cache_elems * (int64_t)sizeof(float), (void **)&cb->kcache32));
+        TRY(cache_alloc(cb, 1, cache_elems * (int64_t)sizeof(float), (void **)&cb->vcache32));
     } else {
-        ALLOC(cb->kcache, cache_elems);
-        ALLOC(cb->vcache, cache_elems);
+        TRY(cache_alloc(cb, 2, cache_elems * (int64_t)sizeof(uint16_t), (void **)&cb->kcache));
+        TRY(cache_alloc(cb, 3, cache_elems * (int64_t)sizeof(uint16_t), (void **)&cb->vcache));
     }
     ALLOC(cb->x, T * E);
     ALLOC(cb->xn, T * E);
@@ -1120,7 +1170,9 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     ALLOC(cb->rope_cos, T * (hp->rope_dim / 2 + 1));
     ALLOC(cb->rope_sin, T * (hp->rope_dim / 2 + 1));
     cb->score_group = hp->n_head / hp->n_head_kv <= 8 ? hp->n_head / hp->n_head_kv : 1;
-    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->score_group * cb->ctx_max);
+    cb->ctx_stride = (cb->ctx_max + 7) / 8 * 8;
+    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->score_group * cb->ctx_stride);
+    ALLOC(cb->attn_offs, (int64_t)cfg->n_threads * cb->ctx_max);
     ALLOC(cb->attn_items, T * hp->n_head);
     ALLOC(cb->tok_pos, T);
     ALLOC(cb->tok_seq, T);
