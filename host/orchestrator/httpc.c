@@ -957,11 +957,15 @@ static void hc_on_read(evutil_socket_t fd, short what, void *ud)
     } else if (eof && r->head_done && r->framing == HB_EOF) {
         hc_complete(r);                    /* close-delimited body */
     } else if (eof || err) {
-        if (hc_retry_stale(r))
-            ;                              /* resent on a fresh connection (or failed) */
-        else if (!r->got_bytes)
+        if (c->connecting) {               /* refused or reset during the handshake */
+            snprintf(msg, sizeof msg, "Failed to connect to %s: %s", c->pool->key,
+                     strerror(err ? err : ECONNREFUSED));
+            hc_fail(r, CURLE_COULDNT_CONNECT, msg);
+        } else if (hc_retry_stale(r)) {
+            /* resent on a fresh connection (or failed and queued) */
+        } else if (!r->got_bytes) {
             hc_fail(r, CURLE_GOT_NOTHING, "Empty reply from server");
-        else {
+        } else {
             snprintf(msg, sizeof msg, "Connection closed before the reply ended%s%s",
                      err ? ": " : "", err ? strerror(err) : "");
             hc_fail(r, CURLE_PARTIAL_FILE, msg);
