@@ -287,7 +287,15 @@ int cmd_orchestrate(int argc, char **argv)
     cJSON *reqs = cJSON_CreateArray();
     char *agents_text = NULL, *tasks_text = NULL;
     struct event *cancel_ev = NULL;
-    r.base = event_base_new();
+    /* Precise timers (CLOCK_MONOTONIC, timerfd): --stagger-ms submits each
+     * task at its own time instead of batching arrivals per clock tick of
+     * the default coarse clock, and call timeouts fire when due. */
+    struct event_config *bcfg = event_config_new();
+    if (bcfg) {
+        event_config_set_flag(bcfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+        r.base = event_base_new_with_config(bcfg);
+        event_config_free(bcfg);
+    }
     if (!r.base || !reqs)
         goto done;
     if (mock_port >= 0 && !(mock = mock_agent_start(mock_port))) {
