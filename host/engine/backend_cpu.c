@@ -47,7 +47,9 @@
 #define MM_TOK              8    /* tokens per tile                           */
 #define MM_GUIDE            2    /* chunk = rows left / (MM_GUIDE * threads)  */
 #define MM_MAX_CHUNKS       1024 /* work units per matmul region              */
-#define QUANT_PARALLEL_MIN  8    /* quantize activations in parallel from T  */
+#define QUANT_PARALLEL_MIN  64   /* quantize activations in parallel from T (below: ~10 us
+                                    * of work, less than a threadpool hand-off costs on a
+                                    * busy machine) */
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
 #define ATTN_ITEMS_PER_THREAD 8  /* grouped heads only with this many items per thread */
@@ -557,9 +559,12 @@ AVX2_FN static void swiglu_avx2(float *o, const float *g, const float *u, int64_
 
 /* q: [G][D] query heads; out: [G][D]; sc: [G][ctx_stride] scratch,
  * ctx_stride >= n_ctx rounded up to 8; offs[j]: offset (elements) of
- * position j's row from kbase / vbase, which point at this KV head. */
+ * position j's row from kbase / vbase, which point at this KV head.
+ * Prefetch: pf_bytes of each row from kpf / vpf + offs[j] (this head's
+ * slice, the whole row for the first head of a whole-row item, 0 for none). */
 AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
-                            const uint16_t *kbase, const uint16_t *vbase, int64_t n_ctx, int64_t D, float scale,
+                            const uint16_t *kbase, const uint16_t *vbase, const uint16_t *kpf,
+                            const uint16_t *vpf, int64_t pf_bytes, int64_t n_ctx, int64_t D, float scale,
                             const int G)
 {
     _Alignas(32) float kf[8 * ATTN_DMAX];
@@ -573,8 +578,8 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
          * positions ahead into L1, V rows into L2 for the P.V loop below
          * (measured: ~20% off the attention time of a batch-32 step). */
         for (int64_t p = j0 + ATTN_PF; p < j0 + ATTN_PF + 8 && p < n_ctx; p++) {
-            const char *kp = (const char *)(kbase + offs[p]), *vp = (const char *)(vbase + offs[p]);
-            for (int64_t b = 0; b < 2 * D; b += 64) {
+            const char *kp = (const char *)(kpf + offs[p]), *vp = (const char *)(vpf + offs[p]);
+            for (int64_t b = 0; b < pf_bytes; b += 64) {
                 _mm_prefetch(kp + b, _MM_HINT_T0);
                 _mm_prefetch(vp + b, _MM_HINT_T1);
             }
@@ -619,34 +624,41 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
         }
         sum[g] = hsum_tree(vs);
     }
-    for (int64_t d0 = 0; d0 < D; d0 += 16) {
-        __m256 a0[8], a1[8];
+    /* P.V in column slices of NV * 8 (NV accumulators per head; 4 for up
+     * to 3 heads, where the 4 * G accumulators still fit the registers, so
+     * that each V row is visited half as often) */
+    const int NV = G <= 3 && D % 32 == 0 ? 4 : 2;
+    for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
+        __m256 a[8][4];
         for (int g = 0; g < G; g++)
-            a0[g] = a1[g] = _mm256_setzero_ps();
+            for (int k = 0; k < NV; k++)
+                a[g][k] = _mm256_setzero_ps();
         for (int64_t j = 0; j < n_ctx; j++) {
             const uint16_t *vr = vbase + offs[j] + d0;
-            const __m256 b0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)vr));
-            const __m256 b1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8)));
+            __m256 b[4];
+            for (int k = 0; k < NV; k++)
+                b[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
             for (int g = 0; g < G; g++) {
                 const __m256 w = _mm256_broadcast_ss(sc + g * ctx_stride + j);
-                a0[g] = _mm256_fmadd_ps(w, b0, a0[g]);
-                a1[g] = _mm256_fmadd_ps(w, b1, a1[g]);
+                for (int k = 0; k < NV; k++)
+                    a[g][k] = _mm256_fmadd_ps(w, b[k], a[g][k]);
             }
         }
         for (int g = 0; g < G; g++) {
             const __m256 inv = _mm256_set1_ps(1.0f / sum[g]);
-            _mm256_storeu_ps(out + g * D + d0, _mm256_mul_ps(a0[g], inv));
-            _mm256_storeu_ps(out + g * D + d0 + 8, _mm256_mul_ps(a1[g], inv));
+            for (int k = 0; k < NV; k++)
+                _mm256_storeu_ps(out + g * D + d0 + 8 * k, _mm256_mul_ps(a[g][k], inv));
         }
     }
 }
 
 AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
-                                     const uint16_t *kbase, const uint16_t *vbase, int64_t n_ctx, int64_t D,
+                                     const uint16_t *kbase, const uint16_t *vbase, const uint16_t *kpf,
+                                     const uint16_t *vpf, int64_t pf_bytes, int64_t n_ctx, int64_t D,
                                      float scale, int G)
 {
     switch (G) {
-#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, n_ctx, D, scale, n); break;
+#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, kpf, vpf, pf_bytes, n_ctx, D, scale, n); break;
     ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
 #undef ATTN_G
     default: break;
@@ -669,6 +681,7 @@ static int attn_simd(const struct cpu_backend *cb)
 /* Work items: rows [i0, i1) of sequence `seq`, query heads [h0, h0 + G). */
 struct attn_item {
     int32_t seq, i0, i1, h0;
+    int32_t nh;   /* query heads h0 .. h0 + nh - 1, G at a time */
 };
 
 struct attn_task {
@@ -740,9 +753,8 @@ static void attn_worker(void *ctx, int ith, int nth)
             break;
         const struct attn_item *it = &at->items[item];
         const int32_t is = it->seq;
-        const int h = it->h0;
-        const int hkv = h / group;
         const struct batch_seq *s = &at->plan->seqs[is];
+        int h = it->h0, hkv = h / group;
         if (cb->kcache32) {
             attn_rows_f32(cb, s, it, at->seq_t0[is], cb->kcache32 + layer_off + (size_t)hkv * D,
                           cb->vcache32 + layer_off + (size_t)hkv * D, sc);
@@ -760,10 +772,22 @@ static void attn_worker(void *ctx, int ith, int nth)
                 for (int64_t j = 0; j < jn; j++)
                     offs[j0 + j] = base + j * cb->kv_dim;
             }
+            /* a whole-row item (every head of the rows) prefetches the whole
+             * K/V rows with its first head group; the next groups find
+             * their slices in cache */
+            const uint16_t *krow = cb->kcache + layer_off, *vrow = cb->vcache + layer_off;
+            const int64_t row_bytes = it->nh > at->G ? 2 * cb->kv_dim : 2 * D;
             for (int32_t i = it->i0; i < it->i1; i++) {
                 const int64_t t = at->seq_t0[is] + i;
-                attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
-                                 sc, cb->ctx_stride, offs, kbase, vbase, (int64_t)s->pos0 + i + 1, D, scale, at->G);
+                for (h = it->h0; h < it->h0 + it->nh; h += at->G) {
+                    hkv = h / group;
+                    const int first = h == it->h0;
+                    attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
+                                     sc, cb->ctx_stride, offs, krow + (size_t)hkv * D, vrow + (size_t)hkv * D,
+                                     first && it->nh > at->G ? krow : krow + (size_t)hkv * D,
+                                     first && it->nh > at->G ? vrow : vrow + (size_t)hkv * D,
+                                     first ? row_bytes : 0, (int64_t)s->pos0 + i + 1, D, scale, at->G);
+                }
             }
             continue;
         }
@@ -808,7 +832,8 @@ static void attn_worker(void *ctx, int ith, int nth)
 /* Items of one layer's attention: a sequence's rows in runs of ATTN_ROWS,
  * times the query heads taken G at a time.  G is the GQA group (each K/V
  * row converted once for the group) when there are enough items to keep
- * every thread busy, else 1.  Either way every (row, head) is computed by
+ * every thread busy, else 1; with enough runs alone, an item takes every
+ * head of its rows (G at a time), so the cache rows stream whole.  Either way every (row, head) is computed by
  * one thread with the same operations, so the split never changes a
  * number. */
 static int64_t attn_plan(struct cpu_backend *cb, const struct batch_plan *plan, int *G_out)
@@ -818,16 +843,19 @@ static int64_t attn_plan(struct cpu_backend *cb, const struct batch_plan *plan, 
     int64_t runs = 0;
     for (int32_t is = 0; is < plan->n_seqs; is++)
         runs += (plan->seqs[is].n_tokens + ATTN_ROWS - 1) / ATTN_ROWS;
-    int G = 1;
+    int G = 1, nh = 1;
     if (attn_simd(cb) && cb->score_group == group &&
-        runs * hp->n_head_kv >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads)
-        G = group;
+        runs * hp->n_head_kv >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads) {
+        G = nh = group;
+        if (runs >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads)
+            nh = hp->n_head;   /* whole rows: each K/V row read once, contiguously */
+    }
     int64_t n = 0;
     for (int32_t is = 0; is < plan->n_seqs; is++)
         for (int32_t i0 = 0; i0 < plan->seqs[is].n_tokens; i0 += ATTN_ROWS) {
             const int32_t i1 = i0 + ATTN_ROWS < plan->seqs[is].n_tokens ? i0 + ATTN_ROWS : plan->seqs[is].n_tokens;
-            for (int h = 0; h < hp->n_head; h += G)
-                cb->attn_items[n++] = (struct attn_item){ is, i0, i1, h };
+            for (int h = 0; h < hp->n_head; h += nh)
+                cb->attn_items[n++] = (struct attn_item){ is, i0, i1, h, nh };
         }
     *G_out = G;
     return n;
