@@ -52,7 +52,8 @@
                                     * busy machine) */
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
-#define ATTN_ITEMS_PER_THREAD 8  /* grouped heads only with this many items per thread */
+#define ATTN_ITEMS_PER_THREAD 1  /* grouped heads / whole rows from this many items per thread
+                                  * (the cache reads dominate: fewer, larger items win) */
 
 /* Phases of a step timed when PARASERVE_CPU_PROFILE is set in the
  * environment at backend creation: wall seconds summed over the decode
@@ -557,6 +558,38 @@ AVX2_FN static void swiglu_avx2(float *o, const float *g, const float *u, int64_
     }
 }
 
+/* out_g = (sum_j p_g[j] * v_j) * (1 / sum[g]) for G heads (p_g = sc + g *
+ * ctx_stride): per element one FMA per position in position order, in
+ * column slices of NV * 8 (NV a constant: the accumulators stay in
+ * registers). */
+AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, const int64_t *offs,
+                           const uint16_t *vbase, int64_t n_ctx, int64_t D, const float *sum, const int G,
+                           const int NV)
+{
+    for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
+        __m256 a[8][4];
+        for (int g = 0; g < G; g++)
+            for (int k = 0; k < NV; k++)
+                a[g][k] = _mm256_setzero_ps();
+        for (int64_t j = 0; j < n_ctx; j++) {
+            const uint16_t *vr = vbase + offs[j] + d0;
+            __m256 b[4];
+            for (int k = 0; k < NV; k++)
+                b[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
+            for (int g = 0; g < G; g++) {
+                const __m256 w = _mm256_broadcast_ss(sc + g * ctx_stride + j);
+                for (int k = 0; k < NV; k++)
+                    a[g][k] = _mm256_fmadd_ps(w, b[k], a[g][k]);
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            const __m256 inv = _mm256_set1_ps(1.0f / sum[g]);
+            for (int k = 0; k < NV; k++)
+                _mm256_storeu_ps(out + g * D + d0 + 8 * k, _mm256_mul_ps(a[g][k], inv));
+        }
+    }
+}
+
 /* q: [G][D] query heads; out: [G][D]; sc: [G][ctx_stride] scratch,
  * ctx_stride >= n_ctx rounded up to 8; offs[j]: offset (elements) of
  * position j's row from kbase / vbase, which point at this KV head.
@@ -627,29 +660,10 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
     /* P.V in column slices of NV * 8 (NV accumulators per head; 4 for up
      * to 3 heads, where the 4 * G accumulators still fit the registers, so
      * that each V row is visited half as often) */
-    const int NV = G <= 3 && D % 32 == 0 ? 4 : 2;
-    for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
-        __m256 a[8][4];
-        for (int g = 0; g < G; g++)
-            for (int k = 0; k < NV; k++)
-                a[g][k] = _mm256_setzero_ps();
-        for (int64_t j = 0; j < n_ctx; j++) {
-            const uint16_t *vr = vbase + offs[j] + d0;
-            __m256 b[4];
-            for (int k = 0; k < NV; k++)
-                b[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
-            for (int g = 0; g < G; g++) {
-                const __m256 w = _mm256_broadcast_ss(sc + g * ctx_stride + j);
-                for (int k = 0; k < NV; k++)
-                    a[g][k] = _mm256_fmadd_ps(w, b[k], a[g][k]);
-            }
-        }
-        for (int g = 0; g < G; g++) {
-            const __m256 inv = _mm256_set1_ps(1.0f / sum[g]);
-            for (int k = 0; k < NV; k++)
-                _mm256_storeu_ps(out + g * D + d0 + 8 * k, _mm256_mul_ps(a[g][k], inv));
-        }
-    }
+    if (G <= 3 && D % 32 == 0)
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, G, 4);
+    else
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, G, 2);
 }
 
 AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,

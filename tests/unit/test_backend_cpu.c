@@ -422,9 +422,9 @@ static void test_paged_and_chunked(const struct model *m)
               "logits after copy_block differ");
 
     /* thread-count invariance; the thread count also changes how the work
-     * is split (matmul row chunks; attention items of one head or a whole
-     * GQA group: grouped with 1 thread, one head each with 8) */
-    static const int thread_counts[] = { 1, 3, 8 };
+     * is split (matmul row chunks; attention items of every head of their
+     * rows with 1 and 3 threads, one GQA group with 8, one head with 12) */
+    static const int thread_counts[] = { 1, 3, 8, 12 };
     for (size_t i = 0; i < sizeof thread_counts / sizeof thread_counts[0]; i++) {
         backend *bt = make_backend(m, thread_counts[i], 8, 16);
         if (!bt)
