@@ -47,9 +47,7 @@
 #define MM_TOK              8    /* tokens per tile                           */
 #define MM_GUIDE            2    /* chunk = rows left / (MM_GUIDE * threads)  */
 #define MM_MAX_CHUNKS       1024 /* work units per matmul region              */
-#define QUANT_PARALLEL_MIN  64   /* quantize activations in parallel from T (below: ~10 us
-                                    * of work, less than a threadpool hand-off costs on a
-                                    * busy machine) */
+#define QUANT_PARALLEL_MIN  16   /* norm + quantize activations in parallel from T rows */
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
 #define ATTN_ITEMS_PER_THREAD 1  /* grouped heads / whole rows from this many items per thread
@@ -178,6 +176,33 @@ static void rmsnorm(float *out, const float *x, const float *w, int64_t n, float
     const float scale = (float)(1.0 / sqrt(ss / (double)n + (double)eps));
     for (int64_t i = 0; i < n; i++)
         out[i] = x[i] * scale * w[i];
+}
+
+#ifdef CPU_X86
+__attribute__((target("avx2,fma,f16c")))
+static void store_f16_avx2(uint16_t *dst, const float *src, int64_t n)
+{
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        _mm_storeu_si128((__m128i *)(dst + i), _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT));
+    for (; i < n; i++)
+        dst[i] = f32_to_fp16(src[i]);
+}
+#endif
+
+/* dst[n] = src[n] as f16, round to nearest even: f32_to_fp16, or F16C
+ * with simd (the same values; NaNs stay NaNs) */
+static void store_f16(int simd, uint16_t *dst, const float *src, int64_t n)
+{
+#ifdef CPU_X86
+    if (simd) {
+        store_f16_avx2(dst, src, n);
+        return;
+    }
+#endif
+    (void)simd;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = f32_to_fp16(src[i]);
 }
 
 static inline float silu(float x)
@@ -340,22 +365,35 @@ struct quant_task {
     uint8_t     *dst;     /* [T][dst_stride] */
     int64_t      K, T;
     size_t       dst_stride;
+    const float *norm;    /* [K] or NULL: src rows are first rmsnorm'ed into xn */
+    float       *xn;      /* [T][K] */
+    float        eps;
 };
 
+/* Rows split evenly by thread index; each row (normed, then) quantized on
+ * its own, so the split never changes a value. */
 static void quant_worker(void *ctx, int ith, int nth)
 {
     const struct quant_task *qt = ctx;
     const int64_t per = (qt->T + nth - 1) / nth;
     const int64_t t0 = ith * per;
     const int64_t t1 = t0 + per < qt->T ? t0 + per : qt->T;
-    for (int64_t t = t0; t < t1; t++)
-        quant_row_quantize(qt->type, qt->src + t * qt->K, qt->dst + (size_t)t * qt->dst_stride, qt->K);
+    for (int64_t t = t0; t < t1; t++) {
+        const float *row = qt->src + t * qt->K;
+        if (qt->norm) {
+            rmsnorm(qt->xn + t * qt->K, row, qt->norm, qt->K, qt->eps);
+            row = qt->xn + t * qt->K;
+        }
+        quant_row_quantize(qt->type, row, qt->dst + (size_t)t * qt->dst_stride, qt->K);
+    }
 }
 
+/* dst rows = src rows [T][K] quantized to type; with norm, src rows are
+ * rmsnorm'ed with it into cb->xn first (and quantized from there). */
 static void quantize_rows(struct cpu_backend *cb, enum dtype type, const float *src, int64_t K,
-                          int64_t T, uint8_t *dst)
+                          int64_t T, uint8_t *dst, const float *norm)
 {
-    struct quant_task qt = { type, src, dst, K, T, cb->act_bytes };
+    struct quant_task qt = { type, src, dst, K, T, cb->act_bytes, norm, cb->xn, cb->base.model->hp.rms_eps };
     if (T >= QUANT_PARALLEL_MIN && cb->n_threads > 1)
         threadpool_run(cb->tp, quant_worker, &qt);
     else
@@ -363,9 +401,11 @@ static void quantize_rows(struct cpu_backend *cb, enum dtype type, const float *
 }
 
 /* Run up to three matmuls that read the same input rows src [T][K] as one
- * parallel region; the input is quantized once per distinct vec_dot_type. */
+ * parallel region; the input is quantized once per distinct vec_dot_type.
+ * norm non-NULL: the input is rmsnorm(src, norm), written to cb->xn on the
+ * way (by the first quantization, in parallel with it). */
 static void matmul_run(struct cpu_backend *cb, struct mm_part *parts, int n_part, int swiglu,
-                       const float *src, int64_t T, int64_t T_prof, enum prof_phase ph)
+                       const float *src, int64_t T, int64_t T_prof, enum prof_phase ph, const float *norm)
 {
     struct mm_task mt;
     memset(&mt, 0, sizeof mt);
@@ -378,7 +418,10 @@ static void matmul_run(struct cpu_backend *cb, struct mm_part *parts, int n_part
         while (j < n_done && done_type[j] != vt)
             j++;
         if (j == n_done) {
-            quantize_rows(cb, vt, src, K, T, cb->qact[j]);
+            quantize_rows(cb, vt, src, K, T, cb->qact[j], norm);
+            if (norm)
+                src = cb->xn;
+            norm = NULL;
             done_type[n_done++] = vt;
         }
         parts[i].act = cb->qact[j];
@@ -963,8 +1006,6 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
         const struct layer_weights *lw = &m->layers[il];
         const struct layer_vecs *lv = &cb->lv[il];
 
-        for (int64_t t = 0; t < T; t++)
-            rmsnorm(cb->xn + t * E, cb->x + t * E, lv->attn_norm, E, hp->rms_eps);
 
         struct mm_part qkv[3] = {
             { .w = &lw->wq, .out = cb->q, .out_stride = cb->q_dim,  .bias = lv->bq },
@@ -972,7 +1013,7 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             { .w = &lw->wv, .out = cb->v, .out_stride = cb->kv_dim, .bias = lv->bv },
         };
         prof_mark(cb, T, PROF_OTHER);
-        matmul_run(cb, qkv, 3, 0, cb->xn, T, T, PROF_QKV);
+        matmul_run(cb, qkv, 3, 0, cb->x, T, T, PROF_QKV, lv->attn_norm);
 
         /* qk-norm (qwen3), rope, then K/V into the paged cache */
         const size_t layer_off = (size_t)il * be->cfg.n_kv_blocks * bs * cb->kv_dim;
@@ -997,10 +1038,8 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
                 memcpy(cb->kcache32 + off, cb->k + t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
                 memcpy(cb->vcache32 + off, cb->v + t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
             } else {
-                for (int64_t d = 0; d < cb->kv_dim; d++) {
-                    cb->kcache[off + d] = f32_to_fp16(cb->k[t * cb->kv_dim + d]);
-                    cb->vcache[off + d] = f32_to_fp16(cb->v[t * cb->kv_dim + d]);
-                }
+                store_f16(cb->simd, cb->kcache + off, cb->k + t * cb->kv_dim, cb->kv_dim);
+                store_f16(cb->simd, cb->vcache + off, cb->v + t * cb->kv_dim, cb->kv_dim);
             }
         }
 
@@ -1013,20 +1052,18 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
         prof_mark(cb, T, PROF_ATTN);
 
         struct mm_part wo = { .w = &lw->wo, .out = cb->x, .out_stride = E, .accumulate = 1 };
-        matmul_run(cb, &wo, 1, 0, cb->att, T, T, PROF_WO);
+        matmul_run(cb, &wo, 1, 0, cb->att, T, T, PROF_WO, NULL);
 
-        for (int64_t t = 0; t < T; t++)
-            rmsnorm(cb->xn + t * E, cb->x + t * E, lv->ffn_norm, E, hp->rms_eps);
 
         struct mm_part gu[2] = {
             { .w = &lw->w_gate, .out = cb->hb, .out_stride = F },
             { .w = &lw->w_up,   .out = cb->hb, .out_stride = F },
         };
         prof_mark(cb, T, PROF_OTHER);
-        matmul_run(cb, gu, 2, 1, cb->xn, T, T, PROF_FFN_UP);
+        matmul_run(cb, gu, 2, 1, cb->x, T, T, PROF_FFN_UP, lv->ffn_norm);
 
         struct mm_part down = { .w = &lw->w_down, .out = cb->x, .out_stride = E, .accumulate = 1 };
-        matmul_run(cb, &down, 1, 0, cb->hb, T, T, PROF_FFN_DOWN);
+        matmul_run(cb, &down, 1, 0, cb->hb, T, T, PROF_FFN_DOWN, NULL);
     }
 
     if (n_rows > 0) {
@@ -1034,7 +1071,7 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             rmsnorm(cb->xn + r * E, cb->x + (int64_t)cb->logit_tok[r] * E, cb->out_norm, E, hp->rms_eps);
         struct mm_part out = { .w = &m->output, .out = logits, .out_stride = hp->n_vocab };
         prof_mark(cb, T, PROF_OTHER);
-        matmul_run(cb, &out, 1, 0, cb->xn, n_rows, T, PROF_OUTPUT);
+        matmul_run(cb, &out, 1, 0, cb->xn, n_rows, T, PROF_OUTPUT, NULL);
     }
     return PS_OK;
 }
