@@ -95,7 +95,7 @@ struct cpu_backend {
     float   *rope_cos, *rope_sin;  /* [max_T][rope_dim / 2] */
     int64_t  ctx_stride;           /* ctx_max rounded up to 8 */
     float   *scores;               /* [n_threads][score_group][ctx_stride] */
-    int64_t *attn_offs;            /* [n_threads][ctx_max] cache offsets of an item's positions */
+    int64_t *attn_offs;            /* [n_threads][2][ctx_max] cache offsets of an item's positions (this item's, the next's) */
     int      score_group;          /* query heads per attention item at most (GQA group, or 1) */
     struct attn_item *attn_items;  /* [max_T * n_head] */
     int32_t *tok_pos;              /* [max_T] */
@@ -601,13 +601,37 @@ AVX2_FN static void swiglu_avx2(float *o, const float *g, const float *u, int64_
     }
 }
 
+/* Prefetch cursor over the cache rows of the item a thread runs next:
+ * bytes [0, bytes) of K and V at k / v + 2 * offs[j] (bytes), for j < n.
+ * The item being computed advances it a few positions per loop step, so
+ * the next item's rows arrive while this one computes. */
+struct attn_pf {
+    const int64_t *offs;
+    int64_t        n, next;
+    const char    *k, *v;
+    int64_t        bytes;
+};
+
+AVX2_INL void attn_pf_step(struct attn_pf *pf, int npos)
+{
+    if (!pf)
+        return;
+    for (; npos > 0 && pf->next < pf->n; npos--, pf->next++) {
+        const char *kp = pf->k + 2 * pf->offs[pf->next], *vp = pf->v + 2 * pf->offs[pf->next];
+        for (int64_t b = 0; b < pf->bytes; b += 64) {
+            _mm_prefetch(kp + b, _MM_HINT_T1);
+            _mm_prefetch(vp + b, _MM_HINT_T1);
+        }
+    }
+}
+
 /* out_g = (sum_j p_g[j] * v_j) * (1 / sum[g]) for G heads (p_g = sc + g *
  * ctx_stride): per element one FMA per position in position order, in
  * column slices of NV * 8 (NV a constant: the accumulators stay in
  * registers). */
 AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, const int64_t *offs,
-                           const uint16_t *vbase, int64_t n_ctx, int64_t D, const float *sum, const int G,
-                           const int NV)
+                           const uint16_t *vbase, int64_t n_ctx, int64_t D, const float *sum, struct attn_pf *pf,
+                           const int G, const int NV)
 {
     for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
         __m256 a[8][4];
@@ -615,6 +639,8 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
             for (int k = 0; k < NV; k++)
                 a[g][k] = _mm256_setzero_ps();
         for (int64_t j = 0; j < n_ctx; j++) {
+            if (!(j & 3))
+                attn_pf_step(pf, 1);
             const uint16_t *vr = vbase + offs[j] + d0;
             __m256 b[4];
             for (int k = 0; k < NV; k++)
@@ -636,12 +662,13 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
 /* q: [G][D] query heads; out: [G][D]; sc: [G][ctx_stride] scratch,
  * ctx_stride >= n_ctx rounded up to 8; offs[j]: offset (elements) of
  * position j's row from kbase / vbase, which point at this KV head.
- * Prefetch: pf_bytes of each row from kpf / vpf + offs[j] (this head's
- * slice, the whole row for the first head of a whole-row item, 0 for none). */
+ * Prefetch: pf_bytes of each row from kpf / vpf + offs[j] ATTN_PF positions
+ * ahead (0: none, the rows were fetched while the previous item ran), and
+ * the next item's rows through pf (NULL: none). */
 AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
                             const uint16_t *kbase, const uint16_t *vbase, const uint16_t *kpf,
-                            const uint16_t *vpf, int64_t pf_bytes, int64_t n_ctx, int64_t D, float scale,
-                            const int G)
+                            const uint16_t *vpf, int64_t pf_bytes, struct attn_pf *pf, int64_t n_ctx, int64_t D,
+                            float scale, const int G)
 {
     _Alignas(32) float kf[8 * ATTN_DMAX];
     __m256 vmx[8];
@@ -660,6 +687,7 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
                 _mm_prefetch(vp + b, _MM_HINT_T1);
             }
         }
+        attn_pf_step(pf, 1);
         for (int r = 0; r < 8; r++) {
             const uint16_t *kr = kbase + offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
             for (int64_t c = 0; c < D; c += 8)
@@ -704,18 +732,18 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
      * to 3 heads, where the 4 * G accumulators still fit the registers, so
      * that each V row is visited half as often) */
     if (G <= 3 && D % 32 == 0)
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, G, 4);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, pf, G, 4);
     else
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, G, 2);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, pf, G, 2);
 }
 
 AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
                                      const uint16_t *kbase, const uint16_t *vbase, const uint16_t *kpf,
-                                     const uint16_t *vpf, int64_t pf_bytes, int64_t n_ctx, int64_t D,
-                                     float scale, int G)
+                                     const uint16_t *vpf, int64_t pf_bytes, struct attn_pf *pf, int64_t n_ctx,
+                                     int64_t D, float scale, int G)
 {
     switch (G) {
-#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, kpf, vpf, pf_bytes, n_ctx, D, scale, n); break;
+#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, kpf, vpf, pf_bytes, pf, n_ctx, D, scale, n); break;
     ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
 #undef ATTN_G
     default: break;
@@ -791,6 +819,82 @@ static void attn_rows_f32(const struct cpu_backend *cb, const struct batch_seq *
     }
 }
 
+#ifdef CPU_X86
+/* Cache offsets (elements from the layer's base) of the positions the
+ * item's last row sees, block by block; returns their count. */
+static int64_t attn_item_offs(const struct cpu_backend *cb, const struct attn_task *at, const struct attn_item *it,
+                              int64_t *offs)
+{
+    const struct batch_seq *s = &at->plan->seqs[it->seq];
+    const int64_t bs = cb->base.cfg.block_size;
+    const int64_t n_max = (int64_t)s->pos0 + it->i1;
+    for (int64_t j0 = 0, b = 0; j0 < n_max; j0 += bs, b++) {
+        const int64_t jn = n_max - j0 < bs ? n_max - j0 : bs;
+        const int64_t base = (int64_t)s->block_table[b] * bs * cb->kv_dim;
+        for (int64_t j = 0; j < jn; j++)
+            offs[j0 + j] = base + j * cb->kv_dim;
+    }
+    return n_max;
+}
+
+/* The f16 cache's items on the AVX2 kernel.  A thread claims its next item
+ * before it computes the current one, and the current one prefetches the
+ * next one's cache rows (the rows of its KV head, or whole rows for a
+ * whole-row item) while it computes; the first item prefetches its own
+ * rows ATTN_PF positions ahead.  Prefetching changes no value. */
+static void attn_worker_simd(struct attn_task *at, int ith)
+{
+    struct cpu_backend *cb = at->cb;
+    const struct model_hparams *hp = &cb->base.model->hp;
+    const int64_t D = hp->head_dim;
+    const int group = hp->n_head / hp->n_head_kv;
+    const float scale = 1.0f / sqrtf((float)D);
+    const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * cb->base.cfg.block_size * cb->kv_dim;
+    const uint16_t *krow = cb->kcache + layer_off, *vrow = cb->vcache + layer_off;
+    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
+    int64_t *offs[2] = { cb->attn_offs + (size_t)ith * 2 * cb->ctx_max,
+                         cb->attn_offs + ((size_t)ith * 2 + 1) * cb->ctx_max };
+
+    int64_t cur = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
+    if (cur >= at->n_items)
+        return;
+    attn_item_offs(cb, at, &at->items[cur], offs[0]);
+    int prefetched = 0;   /* cur's rows were prefetched by the previous item */
+    for (int buf = 0; cur < at->n_items; buf ^= 1) {
+        const struct attn_item *it = &at->items[cur];
+        const int64_t nxt = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
+        struct attn_pf pf, *pfp = NULL;
+        if (nxt < at->n_items) {
+            const struct attn_item *in = &at->items[nxt];
+            const int whole = in->nh > at->G;
+            const size_t hoff = whole ? 0 : (size_t)(in->h0 / group) * D;
+            pf = (struct attn_pf){ offs[buf ^ 1], attn_item_offs(cb, at, in, offs[buf ^ 1]), 0,
+                                   (const char *)(krow + hoff), (const char *)(vrow + hoff),
+                                   whole ? 2 * cb->kv_dim : 2 * D };
+            pfp = &pf;
+        }
+        const struct batch_seq *s = &at->plan->seqs[it->seq];
+        const int whole = it->nh > at->G;
+        for (int32_t i = it->i0; i < it->i1; i++) {
+            const int64_t t = at->seq_t0[it->seq] + i;
+            for (int h = it->h0; h < it->h0 + it->nh; h += at->G) {
+                const size_t hoff = (size_t)(h / group) * D;
+                /* without a prefetch by the previous item: the first head
+                 * group fetches its rows (whole rows for a whole-row item) */
+                const int own = !prefetched && h == it->h0;
+                attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
+                                 sc, cb->ctx_stride, offs[buf], krow + hoff, vrow + hoff,
+                                 whole ? krow : krow + hoff, whole ? vrow : vrow + hoff,
+                                 own ? (whole ? 2 * cb->kv_dim : 2 * D) : 0, pfp, (int64_t)s->pos0 + i + 1, D,
+                                 scale, at->G);
+            }
+        }
+        prefetched = pfp != NULL;
+        cur = nxt;
+    }
+}
+#endif
+
 static void attn_worker(void *ctx, int ith, int nth)
 {
     struct attn_task *at = ctx;
@@ -802,8 +906,13 @@ static void attn_worker(void *ctx, int ith, int nth)
     const float scale = 1.0f / sqrtf((float)D);
     const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * bs * cb->kv_dim;
     float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
-    int64_t *offs = cb->attn_offs + (size_t)ith * cb->ctx_max;
 
+#ifdef CPU_X86
+    if (attn_simd(cb)) {
+        attn_worker_simd(at, ith);
+        return;
+    }
+#endif
     for (;;) {
         int64_t item = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
         if (item >= at->n_items)
@@ -819,36 +928,6 @@ static void attn_worker(void *ctx, int ith, int nth)
         }
         const uint16_t *kbase = cb->kcache + layer_off + (size_t)hkv * D;
         const uint16_t *vbase = cb->vcache + layer_off + (size_t)hkv * D;
-#ifdef CPU_X86
-        if (attn_simd(cb)) {
-            /* offsets of the positions the item's last row sees, block by block */
-            const int64_t n_max = (int64_t)s->pos0 + it->i1;
-            for (int64_t j0 = 0, b = 0; j0 < n_max; j0 += bs, b++) {
-                const int64_t jn = n_max - j0 < bs ? n_max - j0 : bs;
-                const int64_t base = (int64_t)s->block_table[b] * bs * cb->kv_dim;
-                for (int64_t j = 0; j < jn; j++)
-                    offs[j0 + j] = base + j * cb->kv_dim;
-            }
-            /* a whole-row item (every head of the rows) prefetches the whole
-             * K/V rows with its first head group; the next groups find
-             * their slices in cache */
-            const uint16_t *krow = cb->kcache + layer_off, *vrow = cb->vcache + layer_off;
-            const int64_t row_bytes = it->nh > at->G ? 2 * cb->kv_dim : 2 * D;
-            for (int32_t i = it->i0; i < it->i1; i++) {
-                const int64_t t = at->seq_t0[is] + i;
-                for (h = it->h0; h < it->h0 + it->nh; h += at->G) {
-                    hkv = h / group;
-                    const int first = h == it->h0;
-                    attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
-                                     sc, cb->ctx_stride, offs, krow + (size_t)hkv * D, vrow + (size_t)hkv * D,
-                                     first && it->nh > at->G ? krow : krow + (size_t)hkv * D,
-                                     first && it->nh > at->G ? vrow : vrow + (size_t)hkv * D,
-                                     first ? row_bytes : 0, (int64_t)s->pos0 + i + 1, D, scale, at->G);
-                }
-            }
-            continue;
-        }
-#endif
         for (int32_t i = it->i0; i < it->i1; i++) {
             const int64_t t = at->seq_t0[is] + i;
             const int64_t n_ctx = (int64_t)s->pos0 + i + 1; /* causal: positions 0..pos */
@@ -1302,7 +1381,7 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     cb->score_group = hp->n_head / hp->n_head_kv <= 8 ? hp->n_head / hp->n_head_kv : 1;
     cb->ctx_stride = (cb->ctx_max + 7) / 8 * 8;
     ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->score_group * cb->ctx_stride);
-    ALLOC(cb->attn_offs, (int64_t)cfg->n_threads * cb->ctx_max);
+    ALLOC(cb->attn_offs, (int64_t)cfg->n_threads * 2 * cb->ctx_max);
     ALLOC(cb->attn_items, T * hp->n_head);
     ALLOC(cb->tok_pos, T);
     ALLOC(cb->tok_seq, T);
