@@ -362,6 +362,52 @@ static void test_cancel(void)
     ctx_close(&c);
 }
 
+/* Events print integral numbers through a fast path (task.c: raw digits
+ * instead of cJSON's sprintf + sscanf): the text must be what cJSON prints,
+ * and the ledger the next calls read must keep real numbers. */
+struct captured {
+    char result[1024];
+    char dispatched[1024];
+};
+
+static void on_capture(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct captured *cap = ud;
+    if (!strcmp(ev->type, "call.result") && !cap->result[0])
+        snprintf(cap->result, sizeof cap->result, "%s", ev->data);
+    if (!strcmp(ev->type, "call.dispatched") && !cap->dispatched[0])
+        snprintf(cap->dispatched, sizeof cap->dispatched, "%s", ev->data);
+}
+
+static void test_event_numbers(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    struct captured cap = {{0}, {0}};
+    struct orch_task *t = submit(&c, "{\"input\":\"numbers\",\"script\":[{\"calls\":["
+        "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":1,\"neg\":-12,\"f\":1.5,\"big\":1e20,"
+        "\"z\":0,\"m\":123456789012,\"e\":-0.25}},"
+        "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"{{a.args.neg}} * 2\"},\"after\":[\"a\"]}]},"
+        "{\"final\":{\"answer\":\"{{a.args.m}} {{b}}\",\"uses\":[\"a\",\"b\"]}}]}");
+    if (t)
+        orch_task_subscribe(t, 0, on_capture, &cap);
+    run_loop(&c);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    const char *args = "{\"sleep_ms\":1,\"neg\":-12,\"f\":1.5,\"big\":1e+20,\"z\":0,\"m\":123456789012,\"e\":-0.25}";
+    CHECK_MSG(strstr(cap.result, args) != NULL, "call.result: %s", cap.result);
+    CHECK_MSG(strstr(cap.dispatched, args) != NULL, "call.dispatched: %s", cap.dispatched);
+    CHECK_MSG(strstr(cap.result, "\"ms\":") && strstr(cap.result, "\"attempts\":1,"), "call.result: %s", cap.result);
+    cJSON *s = t ? orch_task_summary(t) : NULL;
+    const cJSON *out = cJSON_GetObjectItemCaseSensitive(s, "output");
+    CHECK_MSG(cJSON_IsString(out) && !strcmp(out->valuestring, "123456789012 -24"), "output %s",
+              cJSON_IsString(out) ? out->valuestring : "?");
+    const cJSON *call0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(s, "calls"), 0);
+    const cJSON *neg = exec_json_path(cJSON_GetObjectItemCaseSensitive(call0, "result"), "args.neg");
+    CHECK(cJSON_IsNumber(neg) && neg->valuedouble == -12);
+    cJSON_Delete(s);
+    ctx_close(&c);
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -397,6 +443,7 @@ int main(void)
     test_parallel_and_dag();
     test_faults();
     test_cancel();
+    test_event_numbers();
     test_many_tasks();
     TEST_DONE();
 }
