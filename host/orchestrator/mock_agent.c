@@ -25,6 +25,7 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -449,11 +450,16 @@ static void *mock_thread(void *ud)
      * sleep_ms says, not up to 50 us later (best effort; ignored if refused). */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     /* On a small machine the scheduler may queue the woken mock behind the
-     * thread that woke it (the code under test) for milliseconds, which
+     * thread that woke it (the code under test) or other processes for
+     * milliseconds (EEVDF lets the running task finish its slice), which
      * would be charged to the executor's overhead; a remote agent has its
-     * own CPU.  A higher priority (nice -10, Linux per-thread) lets it
-     * preempt on wake-up.  Best effort: without the privilege it stays. */
+     * own CPU.  SCHED_FIFO 1 makes it run as soon as it has work (it never
+     * spins: every wait is in epoll, and the kernel's RT throttling bounds
+     * it anyway); nice -10 is the fallback.  Best effort: without the
+     * privilege the thread keeps its normal priority. */
     setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), -10);
+    struct sched_param sp = { .sched_priority = 1 };
+    pthread_setschedparam(pthread_self(), SCHED_FIFO, &sp);
     event_base_dispatch(m->base);
     return NULL;
 }
