@@ -526,6 +526,15 @@ static void axpy_f16(int simd, float *out, float w, const uint16_t *b, int64_t n
 #ifndef ATTN_PF
 #define ATTN_PF 16   /* positions of K/V prefetched ahead */
 #endif
+/* lines of the next item's rows prefetched per 8-position score chunk and
+ * per P.V position step: a whole-row item of 544 positions has 204 chunks
+ * and 3264 steps for 6528 lines */
+#ifndef ATTN_PF_QK
+#define ATTN_PF_QK 8
+#endif
+#ifndef ATTN_PF_PV
+#define ATTN_PF_PV 2
+#endif
 
 #define AVX2_FN __attribute__((target("avx2,fma,f16c")))
 #define AVX2_INL static inline __attribute__((target("avx2,fma,f16c"), always_inline))
@@ -602,25 +611,29 @@ AVX2_FN static void swiglu_avx2(float *o, const float *g, const float *u, int64_
 }
 
 /* Prefetch cursor over the cache rows of the item a thread runs next:
- * bytes [0, bytes) of K and V at k / v + 2 * offs[j] (bytes), for j < n.
- * The item being computed advances it a few positions per loop step, so
- * the next item's rows arrive while this one computes. */
+ * `lines` 64-byte lines of K and V at k / v + 2 * offs[j] (bytes), j < n,
+ * one 64-byte line at a time (K's lines of a position, then V's).  The item
+ * being computed advances it a few lines per loop step, so the next item's
+ * rows stream in evenly while this one computes (bursts of whole rows
+ * overrun the outstanding-miss queue). */
 struct attn_pf {
     const int64_t *offs;
-    int64_t        n, next;
+    int64_t        n, pos;    /* positions; current one */
     const char    *k, *v;
-    int64_t        bytes;
+    int64_t        lines;     /* 64-byte lines per row: (bytes of a row + 63) / 64 */
+    int64_t        line;      /* next line of position pos: [0, 2 * lines) */
 };
 
-AVX2_INL void attn_pf_step(struct attn_pf *pf, int npos)
+AVX2_INL void attn_pf_step(struct attn_pf *pf, int nlines)
 {
     if (!pf)
         return;
-    for (; npos > 0 && pf->next < pf->n; npos--, pf->next++) {
-        const char *kp = pf->k + 2 * pf->offs[pf->next], *vp = pf->v + 2 * pf->offs[pf->next];
-        for (int64_t b = 0; b < pf->bytes; b += 64) {
-            _mm_prefetch(kp + b, _MM_HINT_T1);
-            _mm_prefetch(vp + b, _MM_HINT_T1);
+    for (; nlines > 0 && pf->pos < pf->n; nlines--) {
+        const char *base = pf->line < pf->lines ? pf->k + 64 * pf->line : pf->v + 64 * (pf->line - pf->lines);
+        _mm_prefetch(base + 2 * pf->offs[pf->pos], _MM_HINT_T1);
+        if (++pf->line == 2 * pf->lines) {
+            pf->line = 0;
+            pf->pos++;
         }
     }
 }
@@ -639,8 +652,7 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
             for (int k = 0; k < NV; k++)
                 a[g][k] = _mm256_setzero_ps();
         for (int64_t j = 0; j < n_ctx; j++) {
-            if (!(j & 3))
-                attn_pf_step(pf, 1);
+            attn_pf_step(pf, ATTN_PF_PV);
             const uint16_t *vr = vbase + offs[j] + d0;
             __m256 b[4];
             for (int k = 0; k < NV; k++)
@@ -687,7 +699,7 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
                 _mm_prefetch(vp + b, _MM_HINT_T1);
             }
         }
-        attn_pf_step(pf, 1);
+        attn_pf_step(pf, ATTN_PF_QK);
         for (int r = 0; r < 8; r++) {
             const uint16_t *kr = kbase + offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
             for (int64_t c = 0; c < D; c += 8)
@@ -870,7 +882,7 @@ static void attn_worker_simd(struct attn_task *at, int ith)
             const size_t hoff = whole ? 0 : (size_t)(in->h0 / group) * D;
             pf = (struct attn_pf){ offs[buf ^ 1], attn_item_offs(cb, at, in, offs[buf ^ 1]), 0,
                                    (const char *)(krow + hoff), (const char *)(vrow + hoff),
-                                   whole ? 2 * cb->kv_dim : 2 * D };
+                                   ((whole ? 2 * cb->kv_dim : 2 * D) + 63) / 64, 0 };
             pfp = &pf;
         }
         const struct batch_seq *s = &at->plan->seqs[it->seq];
