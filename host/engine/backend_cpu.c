@@ -654,13 +654,15 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
         for (int64_t j = 0; j < n_ctx; j++) {
             attn_pf_step(pf, ATTN_PF_PV);
             const uint16_t *vr = vbase + offs[j] + d0;
-            __m256 b[4];
-            for (int k = 0; k < NV; k++)
-                b[k] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
-            for (int g = 0; g < G; g++) {
-                const __m256 w = _mm256_broadcast_ss(sc + g * ctx_stride + j);
-                for (int k = 0; k < NV; k++)
-                    a[g][k] = _mm256_fmadd_ps(w, b[k], a[g][k]);
+            /* G weights, then one converted V slice at a time: G + NV * G + 1
+             * registers (16 for G = 3, NV = 4), no accumulator on the stack */
+            __m256 w[8];
+            for (int g = 0; g < G; g++)
+                w[g] = _mm256_broadcast_ss(sc + g * ctx_stride + j);
+            for (int k = 0; k < NV; k++) {
+                const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
+                for (int g = 0; g < G; g++)
+                    a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
             }
         }
         for (int g = 0; g < G; g++) {
@@ -891,14 +893,14 @@ static void attn_worker_simd(struct attn_task *at, int ith)
             const int64_t t = at->seq_t0[it->seq] + i;
             for (int h = it->h0; h < it->h0 + it->nh; h += at->G) {
                 const size_t hoff = (size_t)(h / group) * D;
-                /* without a prefetch by the previous item: the first head
-                 * group fetches its rows (whole rows for a whole-row item) */
-                const int own = !prefetched && h == it->h0;
+                /* without a prefetch by the previous item, the first head
+                 * group fetches its rows (whole rows for a whole-row item);
+                 * else each group pulls its slice ahead from L2 into L1 */
+                const int own = !prefetched && h == it->h0 && whole;
                 attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
                                  sc, cb->ctx_stride, offs[buf], krow + hoff, vrow + hoff,
-                                 whole ? krow : krow + hoff, whole ? vrow : vrow + hoff,
-                                 own ? (whole ? 2 * cb->kv_dim : 2 * D) : 0, pfp, (int64_t)s->pos0 + i + 1, D,
-                                 scale, at->G);
+                                 own ? krow : krow + hoff, own ? vrow : vrow + hoff,
+                                 own ? 2 * cb->kv_dim : 2 * D, pfp, (int64_t)s->pos0 + i + 1, D, scale, at->G);
             }
         }
         prefetched = pfp != NULL;
