@@ -14,10 +14,19 @@
  *
  * Matmuls: each activation row is quantized once to the weight's
  * vec_dot_type, then quant_mat_dot computes tiles of MM_SUB output rows x
- * MM_TOK tokens (each weight block unpacked once per 4 tokens).  Threads
+ * MM_TOK tokens (each weight block unpacked once per 8 tokens).  Threads
  * claim chunks of output rows (guided: large first, MM_SUB at the end) and
  * run all T tokens over a chunk, so the weights are read once per step
- * whatever the batch size.
+ * whatever the batch size.  Activation rows are rmsnorm'ed and quantized in
+ * parallel from QUANT_PARALLEL_MIN rows.
+ *
+ * Attention (f16 cache, AVX2: attn_row_avx2): work items are runs of a
+ * sequence's rows times one head, one GQA group, or - with at least one
+ * run per thread - every head (whole K/V rows); the kernel is the same for
+ * each, so the split never changes a value.  At large batches the step
+ * reads the whole cache of every sequence (~400 MB at batch 32 x 576
+ * positions for SmolLM2): a thread claims its next item early and streams
+ * that item's rows into L2 while it computes the current one.
  *
  * Determinism (batching and thread-count invariance): every output element
  * is bitwise one quant_vec_dot of the same two rows (quant_mat_dot's
@@ -59,7 +68,7 @@
  * batch size seen, when the backend is freed. */
 enum prof_phase { PROF_QUANT, PROF_QKV, PROF_ATTN, PROF_WO, PROF_FFN_UP, PROF_FFN_DOWN, PROF_OUTPUT,
                   PROF_OTHER, PROF_N };
-static const char *const prof_names[PROF_N] = { "quantize", "qkv", "attention", "wo", "gate+up",
+static const char *const prof_names[PROF_N] = { "norm+quantize", "qkv", "attention", "wo", "gate+up",
                                                 "down", "output", "other" };
 #define PROF_MAX_T 64 /* decode batch sizes profiled: 1..PROF_MAX_T */
 

@@ -79,8 +79,9 @@ float quant_vec_dot(enum dtype w_type, const void *w_row, const void *act, int64
  *   out[t * out_stride + r] = quant_vec_dot(w_type, row r, act row t, n)
  * Every element is bitwise equal to that quant_vec_dot call (same SIMD
  * path), so how rows and tokens are grouped never changes a result.  Q4_0,
- * Q4_1 and Q8_0 unpack each weight block once per group of up to 4
- * activation rows; other types loop over quant_vec_dot. */
+ * Q4_1 and Q8_0 unpack each weight block once per group of activation
+ * rows (up to 8 on AVX2, 4 on the scalar path); other types loop over
+ * quant_vec_dot. */
 void quant_mat_dot(enum dtype w_type, const void *w, size_t w_stride, int64_t n_rows, const void *act,
                    size_t act_stride, int64_t n_act, int64_t n, float *out, int64_t out_stride);
 

@@ -22,7 +22,8 @@ typedef void (*quant_quantize_fn)(const float *src, void *dst, int64_t n);
 /* Tile of dots: out[t * os + r] = dot(w + r * ws, a + t * as, n) for
  * r < nr, t < nt; every element bitwise equal to the same table's dot_fn
  * (same per-block integer sums, same float operations in the same order).
- * Each weight block is unpacked once for up to 4 activation rows. */
+ * Each weight block is unpacked once for a group of activation rows (up
+ * to 4 on the scalar path, 8 on AVX2). */
 typedef void (*quant_mdot_fn)(const void *w, size_t ws, int64_t nr, const void *a, size_t as,
                               int64_t nt, int64_t n, float *out, int64_t os);
 
