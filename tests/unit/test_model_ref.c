@@ -9,7 +9,7 @@
  *      to 6.2e-3; at position 0 the two engines agree to 3.4e-6 (identical
  *      Q8 activation quantization), and they part in attention precision
  *      (llama.cpp rounds Q and the softmax weights to F16).  Measured here:
- *      NMSE <= 6.8e-3, max |diff| <= 1.07 (AVX2 kernels); the scalar
+ *      NMSE <= 9.9e-3, max |diff| <= 1.16 (AVX2 kernels); the scalar
  *      kernels, which differ from the AVX2 ones only in summation order,
  *      reach NMSE 1.18e-2 on case 6: that is how far a reordering moves
  *      this model, hence 2e-2.  Checks 3-4 below are the tight ones.
