@@ -42,6 +42,7 @@
 #include "grammar/grammar.h"
 #include "model/model.h"
 #include "model/tokenizer.h"
+#include "fake_backend.h"
 #include "test_util.h"
 
 /* ---- vocabulary: all bytes, some multi-byte tokens, EOS ------------------ */
@@ -99,121 +100,15 @@ static grammar_vocab *make_vocab(void)
     return v;
 }
 
-/* ---- fake backend: logits from the context read back from the cache ----- */
+/* ---- fake backend (fake_backend.h): logits hashed from the context ------- */
 
-struct fake_backend {
-    struct backend base;
-    int32_t       *cache;
-    int            sleep_us; /* per forward: a device the host waits for */
-    int64_t        sample_calls, mask_violations; /* forward_sample (device path) */
-};
-
-static struct model g_model; /* hp.n_vocab: the fake model's vocabulary */
-
-static uint32_t mix(uint32_t h, uint32_t x)
+static void hashed_logits(const int32_t *ctx, int32_t n, float *out, int32_t n_vocab)
 {
-    h ^= x + 0x9e3779b9u + (h << 6) + (h >> 2);
-    h *= 0x85ebca6bu;
-    return h ^ (h >> 13);
-}
-
-static int fake_forward(backend *be, const struct batch_plan *plan, float *logits)
-{
-    struct fake_backend *fb = (struct fake_backend *)be;
-    const int32_t bs = be->cfg.block_size;
-    int64_t row = 0;
-    if (fb->sleep_us)
-        usleep((useconds_t)fb->sleep_us);
-    for (int32_t i = 0; i < plan->n_seqs; i++) {
-        const struct batch_seq *s = &plan->seqs[i];
-        for (int32_t t = 0; t < s->n_tokens; t++) {
-            int32_t p = s->pos0 + t;
-            fb->cache[s->block_table[p / bs] * bs + p % bs] = s->tokens[t];
-        }
-        if (s->logits == LOGITS_NONE)
-            continue;
-        uint32_t h = 2166136261u;
-        for (int32_t p = 0; p < s->pos0 + s->n_tokens; p++)
-            h = mix(h, (uint32_t)fb->cache[s->block_table[p / bs] * bs + p % bs] * 31u + (uint32_t)p);
-        float *out = logits + row * g_model.hp.n_vocab;
-        for (int32_t v = 0; v < g_model.hp.n_vocab; v++)
-            out[v] = (float)(mix(h, (uint32_t)v) % 1000u) / 250.0f;
-        row++;
-    }
-    return PS_OK;
-}
-
-static int fake_copy_block(backend *be, int32_t src, int32_t dst)
-{
-    struct fake_backend *fb = (struct fake_backend *)be;
-    const int32_t bs = be->cfg.block_size;
-    memcpy(fb->cache + dst * bs, fb->cache + src * bs, (size_t)bs * sizeof *fb->cache);
-    return PS_OK;
-}
-
-static void fake_free(backend *be)
-{
-    struct fake_backend *fb = (struct fake_backend *)be;
-    free(fb->cache);
-    free(fb);
-}
-
-/* ops->forward_sample: forward, then the masks (asked for after the
- * forward, as a device backend does while it computes), then
- * sampler_sample_draw per row; counts tokens outside their mask. */
-static int fake_forward_sample(backend *be, const struct batch_plan *plan,
-                               const struct backend_sample_params *params, backend_mask_fn mask_fn,
-                               void *mask_ud, int32_t *tokens)
-{
-    struct fake_backend *fb = (struct fake_backend *)be;
-    const int32_t nv = g_model.hp.n_vocab;
-    const int64_t rows = backend_logits_rows(plan);
-    float *logits = malloc((size_t)(rows + 1) * (size_t)nv * sizeof *logits);
-    const uint32_t **masks = calloc((size_t)rows + 1, sizeof *masks);
-    int rc = !logits || !masks ? ps_error_set(PS_ENOMEM, "fake: out of memory") : fake_forward(be, plan, logits);
-    fb->sample_calls++;
-    if (!rc && rows > 0 && mask_fn)
-        rc = mask_fn(mask_ud, masks, rows);
-    for (int64_t r = 0; r < rows && !rc; r++) {
-        if (masks[r] && sampler_mask_empty(masks[r], nv)) {
-            tokens[r] = -1;
-            continue;
-        }
-        struct sampler_params p = sampler_params_default();
-        p.temperature = params[r].temperature;
-        p.top_k = params[r].top_k;
-        p.top_p = params[r].top_p;
-        p.min_p = params[r].min_p;
-        p.seed = params[r].seed;
-        rc = sampler_sample_draw(&p, params[r].step, nv, logits + r * nv, masks[r], &tokens[r]);
-        if (!rc && masks[r] && !((masks[r][tokens[r] / 32] >> (tokens[r] % 32)) & 1u))
-            fb->mask_violations++;
-    }
-    free(masks);
-    free(logits);
-    return rc;
-}
-
-static const struct backend_ops fake_ops = { .name = "fake", .forward = fake_forward,
-                                             .copy_block = fake_copy_block, .free = fake_free };
-static const struct backend_ops fake_sampling_ops = { .name = "fake-sampling", .forward = fake_forward,
-                                                      .copy_block = fake_copy_block, .free = fake_free,
-                                                      .forward_sample = fake_forward_sample };
-static bool g_device; /* fake_create makes backends that sample themselves */
-
-static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs)
-{
-    if (!g_model.hp.n_vocab)
-        g_model.hp.n_vocab = M_VOCAB;
-    struct fake_backend *fb = calloc(1, sizeof *fb);
-    fb->base.ops = g_device ? &fake_sampling_ops : &fake_ops;
-    fb->base.model = &g_model;
-    fb->base.cfg = (struct backend_config){ .n_threads = 1, .n_kv_blocks = n_blocks, .block_size = bs,
-                                            .max_batch_tokens = 64 };
-    fb->cache = malloc((size_t)n_blocks * bs * sizeof *fb->cache);
-    for (int32_t i = 0; i < n_blocks * bs; i++)
-        fb->cache[i] = -1;
-    return fb;
+    uint32_t h = 2166136261u;
+    for (int32_t p = 0; p < n; p++)
+        h = fake_mix(h, (uint32_t)ctx[p] * 31u + (uint32_t)p);
+    for (int32_t v = 0; v < n_vocab; v++)
+        out[v] = (float)(fake_mix(h, (uint32_t)v) % 1000u) / 250.0f;
 }
 
 static double now_s(void)
@@ -327,7 +222,7 @@ static void test_batched_vs_alone(grammar *g, int32_t n_blocks)
             prompts[i][k] = 'a' + (i * 7 + k * 3) % 26;
     static struct result together[N_REQ];
 
-    struct fake_backend *fb = fake_create(n_blocks, 4);
+    struct fake_backend *fb = fake_create(n_blocks, 4, 64, hashed_logits);
     memset(g_res, 0, sizeof g_res);
     sched *s = make_sched(fb, 16);
     for (int i = 0; i < N_REQ; i++) {
@@ -355,7 +250,7 @@ static void test_batched_vs_alone(grammar *g, int32_t n_blocks)
             CHECK_MSG(ok, "req %d: '%.*s'", i, (int)together[i].text_len, together[i].text);
             n_valid += ok;
         }
-        fb = fake_create(64, 4);
+        fb = fake_create(64, 4, 64, hashed_logits);
         memset(g_res, 0, sizeof g_res);
         s = make_sched(fb, 16);
         struct sched_request r = req_of((uint64_t)i, prompts[i], 8, i < 8 ? 120 : 40, 100 + (uint64_t)i,
@@ -386,7 +281,7 @@ static void test_mask_thread_overlap(grammar_vocab *v, const struct sched_vocab 
     int32_t prompt[4] = { 'a', 'b', 'c', 'd' };
     for (int mode = 0; mode < 2; mode++) {
         g_mask_thread = mode ? 1 : -1;
-        struct fake_backend *fb = fake_create(512, 4);
+        struct fake_backend *fb = fake_create(512, 4, 64, hashed_logits);
         fb->sleep_us = sleep_us;
         memset(g_res, 0, sizeof g_res);
         sched *s = make_sched(fb, 16);
@@ -422,7 +317,7 @@ static void test_mask_thread_overlap(grammar_vocab *v, const struct sched_vocab 
                       !memcmp(runs[0][i].tokens, runs[1][i].tokens, (size_t)runs[0][i].n_tokens * 4),
                   "req %d: mask thread changed the tokens", i);
     printf("16 json_object seqs, %d-token vocab, backend step %.2f ms: inline %.3f ms/step (masks %.1f us/step), "
-           "mask thread %.3f ms/step (masks %.1f us/step, overlapped)\n", (int)g_model.hp.n_vocab,
+           "mask thread %.3f ms/step (masks %.1f us/step, overlapped)\n", (int)g_fake_model.hp.n_vocab,
            sleep_us / 1000.0, ms[0], mask_us[0], ms[1], mask_us[1]);
     g_mask_thread = 0;
     grammar_free(g);
@@ -444,9 +339,9 @@ static void test_paths_agree(grammar *g, bool with_penalties)
         for (int i = 0; i < N; i++)
             for (int k = 0; k < 6; k++)
                 prompts[i][k] = 'a' + (i * 5 + k * 11) % 26;
-        g_device = dev == 1;
-        struct fake_backend *fb = fake_create(256, 4);
-        g_device = false;
+        g_fake_device = dev == 1;
+        struct fake_backend *fb = fake_create(256, 4, 64, hashed_logits);
+        g_fake_device = false;
         memset(g_res, 0, sizeof g_res);
         sched *s = make_sched(fb, 16);
         for (int i = 0; i < n_req; i++) {
@@ -500,7 +395,7 @@ static void test_paths_agree(grammar *g, bool with_penalties)
 
 static void test_length_cut(grammar *g)
 {
-    struct fake_backend *fb = fake_create(64, 4);
+    struct fake_backend *fb = fake_create(64, 4, 64, hashed_logits);
     memset(g_res, 0, sizeof g_res);
     sched *s = make_sched(fb, 4);
     int32_t prompt[3] = { 'h', 'i', '!' };
@@ -525,7 +420,7 @@ static void test_done_stops(grammar_vocab *v)
     grammar *g = NULL;
     const char *sch = "{\"enum\":[\"x\",\"yy\"]}";
     CHECK(grammar_compile(v, sch, strlen(sch), NULL, &g) == PS_OK);
-    struct fake_backend *fb = fake_create(64, 4);
+    struct fake_backend *fb = fake_create(64, 4, 64, hashed_logits);
     memset(g_res, 0, sizeof g_res);
     sched *s = make_sched(fb, 4);
     int32_t prompt[2] = { 'q', '?' };
@@ -596,7 +491,7 @@ static void test_engine(grammar_vocab *v)
     grammar *g = NULL;
     CHECK(grammar_compile(v, SCHEMA, strlen(SCHEMA), &(struct grammar_options){ .flags = GRAMMAR_OPT_NO_CACHE },
                           &g) == PS_OK);
-    struct fake_backend *fb = fake_create(64, 4);
+    struct fake_backend *fb = fake_create(64, 4, 64, hashed_logits);
     struct engine_config ec = { .max_seqs = 4, .max_batch_tokens = 64, .n_ctx = 512 };
     engine *e = NULL;
     CHECK(engine_create(&ec, &fb->base, NULL, &e) == PS_OK);
@@ -773,10 +668,10 @@ static void bench_real_model(void)
         free(lg);
     }
     /* the real vocabulary's masks beside a 1 ms "device" step */
-    g_model.hp.n_vocab = m->hp.n_vocab;
+    g_fake_model.hp.n_vocab = m->hp.n_vocab;
     struct sched_vocab sv = { tok, tok_piece, tok_is_eog };
     test_mask_thread_overlap(gv, &sv, 1000);
-    g_model.hp.n_vocab = M_VOCAB;
+    g_fake_model.hp.n_vocab = M_VOCAB;
 done:
     if (!be)
         printf("real-model timing skipped: %s\n", ps_error_last());
@@ -791,16 +686,17 @@ done:
 
 int main(void)
 {
+    g_fake_model.hp.n_vocab = M_VOCAB;
     grammar_vocab *v = make_vocab();
     grammar *g = NULL;
     CHECK(grammar_compile(v, SCHEMA, strlen(SCHEMA), NULL, &g) == PS_OK);
     for (g_mask_thread = -1; g_mask_thread <= 1; g_mask_thread += 2) {
         test_batched_vs_alone(g, 256);
         test_batched_vs_alone(g, 32); /* preemption keeps the matcher */
-        g_device = true;              /* the same on the device path */
+        g_fake_device = true;              /* the same on the device path */
         test_batched_vs_alone(g, 256);
         test_batched_vs_alone(g, 32);
-        g_device = false;
+        g_fake_device = false;
         test_paths_agree(g, false);
         test_paths_agree(g, true);
     }

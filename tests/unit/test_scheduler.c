@@ -26,143 +26,31 @@
 #include "engine/backend.h"
 #include "engine/sampler.h"
 #include "engine/scheduler.h"
+#include "fake_backend.h"
 #include "test_util.h"
 
 #define N_VOCAB 64
 #define EOG_ID  63
 
-/* ---- fake backend ---------------------------------------------------------- */
+/* ---- fake backend (fake_backend.h): one-hot logits ------------------------ */
 
-struct fake_backend {
-    struct backend base;
-    int32_t       *cache; /* [n_kv_blocks * block_size] token ids, -1 = never written */
-    int            fail_next;
-    int64_t        forwards, tokens_run;
-    int64_t        sample_calls;   /* forward_sample calls (device path) */
-    int32_t        max_seqs_seen;
-};
-
-static uint32_t mix(uint32_t h, uint32_t x)
-{
-    h ^= x + 0x9e3779b9u + (h << 6) + (h >> 2);
-    h *= 0x85ebca6bu;
-    return h ^ (h >> 13);
-}
-
-/* Next token after ctx[0..n): never the EOG id unless eog_every divides. */
+/* Next token after ctx[0..n): never the EOG id unless g_allow_eog. */
 static int32_t ref_next(const int32_t *ctx, int32_t n, bool allow_eog)
 {
     uint32_t h = 2166136261u;
     for (int32_t i = 0; i < n; i++)
-        h = mix(h, (uint32_t)ctx[i] * 31u + (uint32_t)i);
+        h = fake_mix(h, (uint32_t)ctx[i] * 31u + (uint32_t)i);
     int32_t t = (int32_t)(h % (allow_eog ? N_VOCAB : N_VOCAB - 1));
     return t;
 }
 
 static bool g_allow_eog;
 
-static int fake_forward(backend *be, const struct batch_plan *plan, float *logits)
+static void one_hot_logits(const int32_t *ctx, int32_t n, float *out, int32_t n_vocab)
 {
-    struct fake_backend *fb = (struct fake_backend *)be;
-    if (fb->fail_next) {
-        fb->fail_next = 0;
-        return ps_error_set(PS_EINTERNAL, "fake: injected failure");
-    }
-    const int32_t bs = be->cfg.block_size;
-    fb->forwards++;
-    if (plan->n_seqs > fb->max_seqs_seen)
-        fb->max_seqs_seen = plan->n_seqs;
-    int64_t row = 0;
-    int32_t ctx[4096];
-    for (int32_t i = 0; i < plan->n_seqs; i++) {
-        const struct batch_seq *s = &plan->seqs[i];
-        fb->tokens_run += s->n_tokens;
-        for (int32_t t = 0; t < s->n_tokens; t++) {
-            int32_t p = s->pos0 + t;
-            fb->cache[s->block_table[p / bs] * bs + p % bs] = s->tokens[t];
-        }
-        if (s->logits == LOGITS_NONE)
-            continue;
-        int32_t end = s->pos0 + s->n_tokens;
-        for (int32_t p = 0; p < end; p++)
-            ctx[p] = fb->cache[s->block_table[p / bs] * bs + p % bs];
-        float *out = logits + row * N_VOCAB;
-        for (int32_t v = 0; v < N_VOCAB; v++)
-            out[v] = 0.0f;
-        out[ref_next(ctx, end, g_allow_eog)] = 10.0f;
-        row++;
-    }
-    return PS_OK;
-}
-
-static int fake_copy_block(backend *be, int32_t src, int32_t dst)
-{
-    struct fake_backend *fb = (struct fake_backend *)be;
-    const int32_t bs = be->cfg.block_size;
-    memcpy(fb->cache + dst * bs, fb->cache + src * bs, (size_t)bs * sizeof *fb->cache);
-    return PS_OK;
-}
-
-static void fake_free(backend *be)
-{
-    struct fake_backend *fb = (struct fake_backend *)be;
-    free(fb->cache);
-    free(fb);
-}
-
-/* ops->forward_sample of the "device" fake: the forward, then the mask
- * callback (a real device would still be computing), then the host
- * sampler's stateless draw per row: the reference the CUDA op follows. */
-static int fake_forward_sample(backend *be, const struct batch_plan *plan,
-                               const struct backend_sample_params *params, backend_mask_fn mask_fn,
-                               void *mask_ud, int32_t *tokens)
-{
-    struct fake_backend *fb = (struct fake_backend *)be;
-    const int64_t rows = backend_logits_rows(plan);
-    float *logits = malloc((size_t)(rows + 1) * N_VOCAB * sizeof *logits);
-    const uint32_t **masks = calloc((size_t)rows + 1, sizeof *masks);
-    int rc = !logits || !masks ? ps_error_set(PS_ENOMEM, "fake: out of memory") : fake_forward(be, plan, logits);
-    fb->sample_calls++;
-    if (!rc && rows > 0 && mask_fn)
-        rc = mask_fn(mask_ud, masks, rows);
-    for (int64_t r = 0; r < rows && !rc; r++) {
-        if (masks[r] && sampler_mask_empty(masks[r], N_VOCAB)) {
-            tokens[r] = -1;
-            continue;
-        }
-        struct sampler_params p = sampler_params_default();
-        p.temperature = params[r].temperature;
-        p.top_k = params[r].top_k;
-        p.top_p = params[r].top_p;
-        p.min_p = params[r].min_p;
-        p.seed = params[r].seed;
-        rc = sampler_sample_draw(&p, params[r].step, N_VOCAB, logits + r * N_VOCAB, masks[r], &tokens[r]);
-    }
-    free(masks);
-    free(logits);
-    return rc;
-}
-
-static const struct backend_ops fake_ops = { .name = "fake", .forward = fake_forward,
-                                             .copy_block = fake_copy_block, .free = fake_free };
-static const struct backend_ops fake_sampling_ops = { .name = "fake-sampling", .forward = fake_forward,
-                                                      .copy_block = fake_copy_block, .free = fake_free,
-                                                      .forward_sample = fake_forward_sample };
-static struct model g_model;
-static bool g_device; /* fake_create makes backends that sample themselves */
-
-static struct fake_backend *fake_create(int32_t n_blocks, int32_t bs, int32_t max_batch_tokens)
-{
-    g_model.hp.n_vocab = N_VOCAB;
-    struct fake_backend *fb = calloc(1, sizeof *fb);
-    fb->base.ops = g_device ? &fake_sampling_ops : &fake_ops;
-    fb->base.model = &g_model;
-    fb->base.cfg = (struct backend_config){ .n_threads = 1, .n_kv_blocks = n_blocks,
-                                            .block_size = bs, .max_batch_tokens = max_batch_tokens };
-    fb->cache = malloc((size_t)n_blocks * bs * sizeof *fb->cache);
-    for (int32_t i = 0; i < n_blocks * bs; i++)
-        fb->cache[i] = -1;
-    return fb;
+    for (int32_t v = 0; v < n_vocab; v++)
+        out[v] = 0.0f;
+    out[ref_next(ctx, n, g_allow_eog)] = 10.0f;
 }
 
 /* ---- fake vocabulary: token id -> text ---------------------------------------- */
@@ -320,7 +208,7 @@ static void test_text_scan(void)
 static void test_single_and_chunked(void)
 {
     for (int budget = 3; budget <= 64; budget += 61) {
-        struct fake_backend *fb = fake_create(64, 4, 64);
+        struct fake_backend *fb = fake_create(64, 4, 64, one_hot_logits);
         sched *s = make_sched(fb, 8, budget, 256, true);
         reset_results();
         int32_t p[23], want[40];
@@ -343,7 +231,7 @@ static void test_single_and_chunked(void)
 
 static void test_batch_invariance_and_preemption(int32_t n_blocks, int32_t budget, bool expect_preempt)
 {
-    struct fake_backend *fb = fake_create(n_blocks, 4, 64);
+    struct fake_backend *fb = fake_create(n_blocks, 4, 64, one_hot_logits);
     sched *s = make_sched(fb, 32, budget, 512, true);
     reset_results();
     enum { N = 24 };
@@ -382,7 +270,7 @@ static void test_batch_invariance_and_preemption(int32_t n_blocks, int32_t budge
 
 static void test_prefix_sharing(void)
 {
-    struct fake_backend *fb = fake_create(128, 4, 64);
+    struct fake_backend *fb = fake_create(128, 4, 64, one_hot_logits);
     sched *s = make_sched(fb, 8, 64, 512, true);
     reset_results();
     int32_t a[50], b[50], want[16];
@@ -425,7 +313,7 @@ static void test_prefix_sharing(void)
     backend_free(&fb->base);
 
     /* disabled cache */
-    fb = fake_create(128, 4, 64);
+    fb = fake_create(128, 4, 64, one_hot_logits);
     s = make_sched(fb, 8, 64, 512, false);
     reset_results();
     r = req_of(1, a, 50, 3);
@@ -443,7 +331,7 @@ static void test_prefix_sharing(void)
 
 static void test_cancel_priority_errors(void)
 {
-    struct fake_backend *fb = fake_create(32, 4, 64);
+    struct fake_backend *fb = fake_create(32, 4, 64, one_hot_logits);
     sched *s = make_sched(fb, 1, 64, 64, true);
     reset_results();
     int32_t p[10];
@@ -534,7 +422,7 @@ static void test_cancel_priority_errors(void)
 /* Find a prompt whose greedy continuation satisfies pred, for text tests. */
 static void test_text_eog_stop(void)
 {
-    struct fake_backend *fb = fake_create(64, 4, 64);
+    struct fake_backend *fb = fake_create(64, 4, 64, one_hot_logits);
     sched *s = make_sched(fb, 4, 64, 256, true);
 
     /* EOG: find a prompt whose continuation hits EOG within 40 tokens */
@@ -615,7 +503,7 @@ static void test_priority_preemption(void)
     for (int kv_case = 0; kv_case < 2; kv_case++) {
         /* slots: 2 sequences, plenty of blocks; kv: 8 slots, 12 blocks of 4
          * (48 tokens) for two 12 + 30 token sequences */
-        struct fake_backend *fb = fake_create(kv_case ? 12 : 64, 4, 64);
+        struct fake_backend *fb = fake_create(kv_case ? 12 : 64, 4, 64, one_hot_logits);
         sched *s = make_sched(fb, kv_case ? 8 : 2, 64, 256, true);
         reset_results();
         struct sched_request r = req_of(1, lo1, 12, 30);
@@ -665,7 +553,7 @@ static void test_priority_preemption(void)
     /* No loops: many priorities over a tiny cache and few slots; every
      * request completes with its solo output in a bounded number of steps,
      * higher priorities (mostly) finishing first. */
-    struct fake_backend *fb = fake_create(14, 4, 64);
+    struct fake_backend *fb = fake_create(14, 4, 64, one_hot_logits);
     sched *s = make_sched(fb, 3, 16, 256, true);
     reset_results();
     enum { N = 12 };
@@ -695,7 +583,7 @@ static void test_priority_preemption(void)
 
 static void test_config_errors(void)
 {
-    struct fake_backend *fb = fake_create(8, 4, 16);
+    struct fake_backend *fb = fake_create(8, 4, 16, one_hot_logits);
     struct sched_config cfg = { .max_seqs = 4, .max_batch_tokens = 32, .n_ctx = 64 };
     sched *s = NULL;
     CHECK(sched_create(&cfg, &fb->base, NULL, NULL, NULL, &s) == PS_EINVAL); /* budget > backend */
@@ -767,7 +655,7 @@ static void test_sampling_paths(void)
     make_prompt(p, 12, 77);
     for (int variant = 0; variant < 3; variant++) {
         /* 0: auto; 1: device_sample -1; 2: auto with a penalized request */
-        struct fake_backend *fb = fake_create(64, 4, 64);
+        struct fake_backend *fb = fake_create(64, 4, 64, one_hot_logits);
         struct sched_config cfg = { .max_seqs = 8, .max_batch_tokens = 64, .n_ctx = 128, .prefix_cache = true,
                                     .device_sample = variant == 1 ? -1 : 0 };
         struct sched_vocab vocab = { NULL, fake_piece, fake_is_eog };
@@ -807,10 +695,10 @@ static void test_sampling_paths(void)
             CHECK(g_res[4].finish == FINISH_LENGTH && !memcmp(g_res[4].tokens, want, (size_t)nw * 4));
         }
         /* steps: 1 prefill + 6 decodes; the penalized request samples in 3 */
-        uint64_t want_dev = !g_device || variant == 1 ? 0 : variant == 2 ? st.steps - 3 : st.steps;
+        uint64_t want_dev = !g_fake_device || variant == 1 ? 0 : variant == 2 ? st.steps - 3 : st.steps;
         CHECK_MSG(st.device_sampled_steps == want_dev && (uint64_t)fb->sample_calls == want_dev,
                   "variant %d device %d: %llu of %llu steps sampled by the backend (%lld calls), want %llu",
-                  variant, (int)g_device, (unsigned long long)st.device_sampled_steps,
+                  variant, (int)g_fake_device, (unsigned long long)st.device_sampled_steps,
                   (unsigned long long)st.steps, (long long)fb->sample_calls, (unsigned long long)want_dev);
         CHECK(st.masks > 0);
         check_no_leak(s);
@@ -845,10 +733,10 @@ static void test_forward_sample_api(void)
     make_prompt(p1, 7, 4);
     int32_t got[2][2];
     for (int mode = 0; mode < 2; mode++) {
-        bool saved = g_device;
-        g_device = mode == 1;
-        struct fake_backend *fb = fake_create(16, 4, 64);
-        g_device = saved;
+        bool saved = g_fake_device;
+        g_fake_device = mode == 1;
+        struct fake_backend *fb = fake_create(16, 4, 64, one_hot_logits);
+        g_fake_device = saved;
         CHECK(backend_can_sample(&fb->base) == (mode == 1));
         int32_t bt0[2] = { 0, 1 }, bt1[2] = { 2, 3 };
         struct batch_seq seqs[2] = { { p0, 5, 0, bt0, 2, LOGITS_LAST }, { p1, 7, 0, bt1, 2, LOGITS_LAST } };
@@ -890,9 +778,10 @@ static void test_forward_sample_api(void)
 
 int main(void)
 {
+    g_fake_model.hp.n_vocab = N_VOCAB;
     for (int mode = 0; mode < 2; mode++) {
-        g_device = mode == 1;
-        printf("== %s path\n", g_device ? "device-sampling (ops->forward_sample)" : "host-sampling");
+        g_fake_device = mode == 1;
+        printf("== %s path\n", g_fake_device ? "device-sampling (ops->forward_sample)" : "host-sampling");
         test_text_scan();
         test_single_and_chunked();
         test_batch_invariance_and_preemption(512, 64, false); /* room for all   */
@@ -906,7 +795,7 @@ int main(void)
         test_config_errors();
         test_sampling_paths();
     }
-    g_device = false;
+    g_fake_device = false;
     test_forward_sample_api();
     TEST_DONE();
 }
