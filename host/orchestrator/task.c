@@ -249,6 +249,60 @@ static void transcript_add(struct orch_task *t, const char *a, const char *b, co
     t->transcript[t->tr_len] = 0;
 }
 
+static void task_finish(struct orch_task *t, enum orch_task_status st, const char *error);
+
+#define TRANSCRIPT_DROPPED "(Earlier decisions and results were dropped: the context is full.)\n"
+#define TRANSCRIPT_LAST    "Last decision: give the final answer now.\n"
+
+/* The prompt is over the model's context: make this decision the final and
+ * drop the oldest half of the transcript (at a line boundary) until it
+ * fits; the cut breaks prefix-cache reuse once.  Returns 1 when the task
+ * ended (nothing more to drop), else 0 with the transcript fitting. */
+static int transcript_fit(struct orch_task *t)
+{
+    struct orch *o = t->o;
+    t->final_only = 1;
+    for (;;) {
+        const size_t skip = strncmp(t->transcript ? t->transcript : "", TRANSCRIPT_DROPPED,
+                                    strlen(TRANSCRIPT_DROPPED)) ? 0 : strlen(TRANSCRIPT_DROPPED);
+        const size_t body = t->tr_len - skip;
+        const size_t tail = strlen(TRANSCRIPT_LAST);
+        if (body <= tail) {
+            task_finish(t, TASK_FAILED, "the task's instructions, agent catalogue and input alone do not fit "
+                                        "the model's context");
+            return 1;
+        }
+        /* keep the newer half (from a line start), then the closing line */
+        size_t cut = skip + body / 2;
+        while (cut < t->tr_len && t->transcript[cut - 1] != '\n')
+            cut++;
+        size_t keep = t->tr_len - cut;
+        if (keep >= tail && !strcmp(t->transcript + t->tr_len - tail, TRANSCRIPT_LAST))
+            keep -= tail;
+        char *nt = malloc(strlen(TRANSCRIPT_DROPPED) + keep + tail + 1);
+        if (!nt) {
+            task_finish(t, TASK_FAILED, "out of memory");
+            return 1;
+        }
+        int n = sprintf(nt, "%s", TRANSCRIPT_DROPPED);
+        memcpy(nt + n, t->transcript + cut, keep);
+        memcpy(nt + n + keep, TRANSCRIPT_LAST, tail + 1);
+        free(t->transcript);
+        t->transcript = nt;
+        t->tr_len = (size_t)n + keep + tail;
+        t->tr_cap = t->tr_len + 1;
+        char *prompt = orch_task_prompt(t);
+        if (!prompt) {
+            task_finish(t, TASK_FAILED, "out of memory");
+            return 1;
+        }
+        int32_t over = o->decider.over_context(o->decider.ctx, t, prompt);
+        free(prompt);
+        if (over <= 0)
+            return 0;
+    }
+}
+
 /* One feedback line for the model: {"id","to","status","result"|"error"},
  * the result cut to TRANSCRIPT_RESULT_MAX bytes of text. */
 static void transcript_feedback(struct orch_task *t, const cJSON *rec)
@@ -831,8 +885,15 @@ static void decide(struct orch_task *t)
         return;
     }
     if (t->final_only)
-        transcript_add(t, "Last decision: give the final answer now.\n", NULL, NULL);
+        transcript_add(t, TRANSCRIPT_LAST, NULL, NULL);
     char *prompt = orch_task_prompt(t);
+    if (prompt && o->decider.over_context && o->decider.over_context(o->decider.ctx, t, prompt) > 0) {
+        free(prompt);
+        prompt = NULL;
+        if (transcript_fit(t))
+            return; /* the task ended */
+        prompt = orch_task_prompt(t);
+    }
     int have_prompt = prompt != NULL;
     t->decider_handle = prompt ? o->decider.start(o->decider.ctx, t, prompt) : NULL;
     free(prompt);

@@ -68,6 +68,13 @@ struct orch_decider {
     void *(*start)(void *ctx, struct orch_task *t, const char *prompt);
     void  (*cancel)(void *ctx, void *handle);
     void   *ctx;
+    /* Optional: how many tokens `prompt` (as start() would submit it, with
+     * room for the decision's output; orch_task_final_only(t) tells which
+     * limit applies) is over the model's context; <= 0 when it fits, < 0 on
+     * error is never returned (errors count as fitting: start() reports
+     * them).  When a prompt is over, the task drops the oldest part of its
+     * transcript and makes this decision a final. */
+    int32_t (*over_context)(void *ctx, struct orch_task *t, const char *prompt);
 };
 
 struct orch_event {

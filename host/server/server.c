@@ -914,7 +914,7 @@ int server_run(const struct server_config *cfg)
              !strcmp(cfg->host, "0.0.0.0") ? "127.0.0.1" : !strcmp(cfg->host, "::") ? "::1" : cfg->host,
              strchr(cfg->host, ':') ? "]" : "", port);
     struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .vocab = srv->gvocab,
-                                   .tok = tok, .m = &srv->m,
+                                   .tok = tok, .n_ctx = n_ctx, .m = &srv->m,
                                    .agents_path = cfg->agents, .local_url = local_url,
                                    .max_body_bytes = cfg->max_body_bytes, .flushing = &srv->flushing,
                                    .drained = on_tasks_drained, .drained_ud = srv };

@@ -568,6 +568,55 @@ fail:
     return NULL;
 }
 
+/* The text the engine decodes a decision from: the chat template over the
+ * decision system prompt and `prompt`, then the prefix the model continues
+ * (caller frees *out). */
+static int decision_text(const struct tasks_api *api, const char *prompt, char **out)
+{
+    char *text = NULL;
+    struct chat_message msgs[2] = { { CHAT_SYSTEM, DECISION_SYSTEM }, { CHAT_USER, prompt } };
+    int rc = chat_template_apply(api->cfg.tmpl, msgs, 2, 1, &text);
+    if (rc)
+        return rc;
+    const char *prefix = api->action_grammar ? "" : DECISION_PREFIX;
+    size_t n = strlen(text), np = strlen(prefix);
+    char *full = realloc(text, n + np + 1);
+    if (!full) {
+        free(text);
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    }
+    memcpy(full + n, prefix, np + 1);
+    *out = full;
+    return PS_OK;
+}
+
+static int32_t decision_max_tokens(const struct tasks_api *api, const struct orch_task *t)
+{
+    return api->action_grammar && orch_task_final_only(t) ? FINAL_MAX_TOKENS : DECISION_MAX_TOKENS;
+}
+
+/* orch_decider.over_context: prompt tokens (BOS included) + the decision's
+ * max_tokens - n_ctx.  0 (fits) when the context or tokenizer is unknown or
+ * the prompt cannot be rendered: start() then reports the problem. */
+static int32_t decider_over_context(void *ctx, struct orch_task *t, const char *prompt)
+{
+    struct tasks_api *api = ctx;
+    if (!api->cfg.tok || api->cfg.n_ctx <= 0)
+        return 0;
+    char *text = NULL;
+    int32_t *ids = NULL;
+    size_t n_ids = 0;
+    if (decision_text(api, prompt, &text) ||
+        tokenizer_encode(api->cfg.tok, text, strlen(text), true, &ids, &n_ids)) {
+        free(text);
+        return 0;
+    }
+    free(text);
+    free(ids);
+    const int64_t need = (int64_t)n_ids + 1 + decision_max_tokens(api, t);
+    return need > api->cfg.n_ctx ? (int32_t)(need - api->cfg.n_ctx) : 0;
+}
+
 static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
 {
     struct tasks_api *api = ctx;
@@ -577,22 +626,14 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
         ps_error_set(PS_ENOMEM, "out of memory");
         return NULL;
     }
-    struct chat_message msgs[2] = { { CHAT_SYSTEM, DECISION_SYSTEM }, { CHAT_USER, prompt } };
-    if (chat_template_apply(api->cfg.tmpl, msgs, 2, 1, &text))
+    if (decision_text(api, prompt, &text))
         goto fail;
     const char *prefix = api->action_grammar ? "" : DECISION_PREFIX;
-    size_t n = strlen(text), np = strlen(prefix);
-    char *full = realloc(text, n + np + 1);
-    if (!full) {
-        ps_error_set(PS_ENOMEM, "out of memory");
-        goto fail;
-    }
-    text = full;
-    memcpy(text + n, prefix, np + 1);
+    const size_t np = strlen(prefix);
     struct engine_request er = {
         .tenant = (uint32_t)strtoul(orch_task_tenant(t), NULL, 10), /* decimal engine tenant id */
         .priority = 0, .prompt = text, .parse_special = true, .add_bos = true,
-        .max_tokens = DECISION_MAX_TOKENS, .sampling = sampler_params_default(), /* greedy */
+        .max_tokens = decision_max_tokens(api, t), .sampling = sampler_params_default(), /* greedy */
         .user = (void *)((uintptr_t)d | DECISION_TAG),
     };
     /* Every token masked to the action grammar: the decision is a valid
@@ -605,7 +646,6 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
         if (!g)
             goto fail;
         er.constraint = grammar_constraint(g);
-        er.max_tokens = FINAL_MAX_TOKENS;
     } else if (api->action_grammar) {
         er.constraint = grammar_constraint(api->action_grammar);
     }
@@ -825,7 +865,7 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
         rc = PS_ENOMEM;
         goto fail;
     }
-    struct orch_decider dec = { decider_start, decider_cancel, api };
+    struct orch_decider dec = { decider_start, decider_cancel, api, decider_over_context };
     orch_set_decider(api->orch, &dec);
     *out = api;
     return PS_OK;

@@ -65,8 +65,12 @@ struct tasks_api_config {
     const chat_template *tmpl;        /* renders the decision prompt (borrowed) */
     grammar_vocab       *vocab;       /* the server's grammar vocabulary (borrowed; must
                                          outlive the API); NULL: built from tok */
-    const tokenizer     *tok;         /* for a vocabulary of our own when vocab is NULL
-                                         (borrowed, only during tasks_api_create) */
+    const tokenizer     *tok;         /* counts decision prompt tokens; also builds a
+                                         vocabulary of our own when vocab is NULL
+                                         (borrowed; must outlive the API) */
+    int32_t              n_ctx;       /* the engine's context per sequence: a decision
+                                         prompt that would not fit with its output drops
+                                         the task's oldest transcript (0: unchecked) */
     struct metrics      *m;           /* request and token counters (borrowed) */
     const char          *agents_path; /* NULL / "": configs/agents.default.json
                                          (cwd, else beside the binary's ../configs)

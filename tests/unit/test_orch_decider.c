@@ -4,7 +4,9 @@
  * finished call ids (max_rounds, max_calls), and a near deadline stops a
  * decision being decoded, keeps the calls that closed and decides a final
  * before the deadline; a final cut by its token budget still completes the
- * task with the answer decoded so far. */
+ * task with the answer decoded so far; a transcript that outgrows the
+ * model's context (over_context) is cut to its newer part and the decision
+ * becomes the final. */
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -25,6 +27,9 @@ struct fake {
     struct event_base *base;
     enum fake_mode     mode;
     int                n_start, n_cancel;
+    size_t             budget;       /* over_context: prompt bytes that fit (0: all) */
+    size_t             first_len, max_len; /* prompt bytes: round 1, largest */
+    int                saw_dropped;  /* a prompt said older entries were dropped */
     int                final_only[MAX_ROUNDS + 1];
     int                n_finished[MAX_ROUNDS + 1];
 };
@@ -68,8 +73,11 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
     struct fake *f = ctx;
     int round = orch_task_rounds(t);
     const char *ids[32];
-    (void)prompt;
     f->n_start++;
+    if (round == 1)
+        f->first_len = strlen(prompt);
+    f->max_len = strlen(prompt) > f->max_len ? strlen(prompt) : f->max_len;
+    f->saw_dropped |= strstr(prompt, "were dropped: the context is full") != NULL;
     if (round <= MAX_ROUNDS) {
         f->final_only[round] = orch_task_final_only(t);
         f->n_finished[round] = orch_task_finished_ids(t, ids, 32);
@@ -107,6 +115,13 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
     }
     event_active(d->ev, 0, 0);
     return d;
+}
+
+static int32_t fake_over_context(void *ctx, struct orch_task *t, const char *prompt)
+{
+    struct fake *f = ctx;
+    (void)t;
+    return f->budget && strlen(prompt) > f->budget ? (int32_t)(strlen(prompt) - f->budget) : 0;
 }
 
 static void fake_cancel(void *ctx, void *handle)
@@ -154,7 +169,7 @@ static int ctx_open(struct ctx *c, enum fake_mode mode)
         return -1;
     c->fake.base = c->base;
     c->fake.mode = mode;
-    struct orch_decider dec = { fake_start, fake_cancel, &c->fake };
+    struct orch_decider dec = { fake_start, fake_cancel, &c->fake, fake_over_context };
     orch_set_decider(c->orch, &dec);
     c->run.base = c->base;
     orch_set_done_cb(c->orch, on_done, &c->run);
@@ -237,6 +252,42 @@ static void test_fresh_ids_and_last_round(void)
     ctx_close(&c);
 }
 
+/* A context that holds the first prompt plus ~3 rounds: the task cuts its
+ * transcript, decides a final and completes; no prompt is ever over.  A
+ * context smaller than the first prompt fails the task, saying so. */
+static void test_context_full(void)
+{
+    struct ctx c;
+    double wall;
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":2}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED && !c.fake.saw_dropped);
+    const size_t first = c.fake.first_len;
+    ctx_close(&c);
+
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    c.fake.budget = first + 700;
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":16}", &wall);
+    CHECK_MSG(t && orch_task_status(t) == TASK_COMPLETED, "status %d", t ? (int)orch_task_status(t) : -1);
+    CHECK(c.fake.saw_dropped && c.fake.max_len <= c.fake.budget);
+    CHECK_MSG(c.fake.n_start > 2 && c.fake.n_start < 16, "%d decisions", c.fake.n_start);
+    CHECK(c.fake.final_only[c.fake.n_start] && !c.fake.final_only[1]);
+    printf("context of %zu bytes: %d decisions, largest prompt %zu bytes, final after the cut\n",
+           c.fake.budget, c.fake.n_start, c.fake.max_len);
+    ctx_close(&c);
+
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    c.fake.budget = first / 2;
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":4}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_FAILED && c.fake.n_start == 0);
+    cJSON *s = t ? orch_task_summary(t) : NULL;
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(s, "error");
+    CHECK_MSG(cJSON_IsString(e) && strstr(e->valuestring, "do not fit the model's context"), "error %s",
+              cJSON_IsString(e) ? e->valuestring : "(none)");
+    cJSON_Delete(s);
+    ctx_close(&c);
+}
+
 static void test_call_limit(void)
 {
     struct ctx c;
@@ -309,6 +360,7 @@ int main(void)
     test_cut_final();
     test_fresh_ids_and_last_round();
     test_call_limit();
+    test_context_full();
     test_near_deadline();
     TEST_DONE();
 }
