@@ -1181,20 +1181,14 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
 static int cpu_copy_block(backend *be, int32_t src, int32_t dst)
 {
     struct cpu_backend *cb = (struct cpu_backend *)be;
-    const size_t blk = (size_t)be->cfg.block_size * cb->kv_dim;
+    /* the same bytes move whatever the element type */
+    const size_t blk = (size_t)be->cfg.block_size * cb->kv_dim * (cb->kcache32 ? sizeof(float) : sizeof(uint16_t));
+    char *k = cb->kcache32 ? (char *)cb->kcache32 : (char *)cb->kcache;
+    char *v = cb->kcache32 ? (char *)cb->vcache32 : (char *)cb->vcache;
     for (int il = 0; il < be->model->hp.n_layer; il++) {
         const size_t base = (size_t)il * be->cfg.n_kv_blocks * blk;
-        if (cb->kcache32) {
-            memcpy(cb->kcache32 + base + (size_t)dst * blk, cb->kcache32 + base + (size_t)src * blk,
-                   blk * sizeof *cb->kcache32);
-            memcpy(cb->vcache32 + base + (size_t)dst * blk, cb->vcache32 + base + (size_t)src * blk,
-                   blk * sizeof *cb->vcache32);
-            continue;
-        }
-        memcpy(cb->kcache + base + (size_t)dst * blk, cb->kcache + base + (size_t)src * blk,
-               blk * sizeof *cb->kcache);
-        memcpy(cb->vcache + base + (size_t)dst * blk, cb->vcache + base + (size_t)src * blk,
-               blk * sizeof *cb->vcache);
+        memcpy(k + base + (size_t)dst * blk, k + base + (size_t)src * blk, blk);
+        memcpy(v + base + (size_t)dst * blk, v + base + (size_t)src * blk, blk);
     }
     return PS_OK;
 }

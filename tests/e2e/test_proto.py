@@ -56,13 +56,9 @@ def test_default_agent_pool_validates():
     validator("agent.schema.json").validate(json.loads((ROOT / "configs" / "agents.default.json").read_text()))
 
 
-def test_orchestrate_events_follow_the_schema(paraserve_bin):
-    task = {"input": "arithmetic", "script": [
-        {"calls": [{"id": "c1", "to": "calculator", "args": {"expression": "6*7"}},
-                   {"id": "c2", "to": "no_such_agent", "args": {}},
-                   {"id": "c3", "to": "calculator", "args": {"expression": "{{c1.value}}+1"}, "after": ["c1"]}]},
-        {"wait": True},
-        {"final": {"answer": "{{c3.value}}", "uses": ["c1", "c3"]}}]}
+def orchestrate_events(paraserve_bin, task):
+    """`paraserve orchestrate` of `task` on the default pool: its events,
+    each validated against proto/event.schema.json."""
     r = subprocess.run([paraserve_bin, "orchestrate", "--agents", str(ROOT / "configs" / "agents.default.json"),
                         "--task", json.dumps(task)], capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -70,6 +66,17 @@ def test_orchestrate_events_follow_the_schema(paraserve_bin):
     v = validator("event.schema.json")
     for e in events:
         v.validate(e)
+    return events
+
+
+def test_orchestrate_events_follow_the_schema(paraserve_bin):
+    task = {"input": "arithmetic", "script": [
+        {"calls": [{"id": "c1", "to": "calculator", "args": {"expression": "6*7"}},
+                   {"id": "c2", "to": "no_such_agent", "args": {}},
+                   {"id": "c3", "to": "calculator", "args": {"expression": "{{c1.value}}+1"}, "after": ["c1"]}]},
+        {"wait": True},
+        {"final": {"answer": "{{c3.value}}", "uses": ["c1", "c3"]}}]}
+    events = orchestrate_events(paraserve_bin, task)
     assert [e["id"] for e in events] == list(range(1, len(events) + 1))
     statuses = {e["data"]["id"]: e["data"]["status"] for e in events if e["event"] == "call.result"}
     assert statuses == {"c1": "ok", "c2": "rejected", "c3": "ok"}
@@ -85,13 +92,7 @@ def test_calls_without_ids_get_fresh_ones(paraserve_bin):
                    {"to": "calculator", "args": {"expression": "{{c1}}+1"}, "after": ["c1"]}]},
         {"calls": [{"to": "calculator", "args": {"expression": "{{c4}}*2"}}]},
         {"final": {"answer": "{{c5}}", "uses": ["c5"]}}]}
-    r = subprocess.run([paraserve_bin, "orchestrate", "--agents", str(ROOT / "configs" / "agents.default.json"),
-                        "--task", json.dumps(task)], capture_output=True, text=True, timeout=60, cwd=ROOT)
-    assert r.returncode == 0, r.stderr
-    events = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
-    v = validator("event.schema.json")
-    for e in events:
-        v.validate(e)
+    events = orchestrate_events(paraserve_bin, task)
     decisions = [e["data"]["action"] for e in events if e["event"] == "decision"]
     assert [c["id"] for c in decisions[0]["calls"]] == ["c1", "c3", "c4"]
     assert [c["id"] for c in decisions[1]["calls"]] == ["c5"]
