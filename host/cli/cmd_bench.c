@@ -7,8 +7,9 @@
  *              (once, untimed) with --prompt-len tokens, then --gen decode steps with all B
  *              sequences in every forward; aggregate tokens/s = B*gen/time and
  *              milliseconds per step.
- * Each figure is the median of --repeat runs.  Output: one CSV line per
- * measurement on stdout (header first), progress on stderr.
+ * Each figure is the median of --repeat runs, with the KV cache of
+ * --kv-type (f16 default).  Output: one CSV line per measurement on stdout
+ * (header first), progress on stderr.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -37,6 +38,7 @@ struct bench_opts {
     int32_t     batches[BENCH_MAX_BATCHES];
     int32_t     n_batches;
     int         clone_prompt;
+    enum kv_type kv_type;
 };
 
 static void bench_usage(FILE *out)
@@ -49,6 +51,7 @@ static void bench_usage(FILE *out)
         "      --chunk N        prefill chunk (default 512)\n"
         "      --batch LIST     decode batch sizes, comma separated (default 1,8,32)\n"
         "      --repeat N       runs per figure, median reported (default 3)\n"
+        "      --kv-type T      KV cache: f16 (default), q8 or f32\n"
         "      --clone-prompt   decode sequences 1.. start from a copy of sequence 0's\n"
         "                       prompt cache (same decode work, no per-sequence\n"
         "                       prefill: quick profiling runs)\n");
@@ -84,7 +87,7 @@ static int parse_batches(const char *s, struct bench_opts *o)
 
 static int bench_parse(int argc, char **argv, struct bench_opts *o)
 {
-    enum { OPT_PLEN = 256, OPT_GEN, OPT_CHUNK, OPT_BATCH, OPT_REPEAT, OPT_CLONE };
+    enum { OPT_PLEN = 256, OPT_GEN, OPT_CHUNK, OPT_BATCH, OPT_REPEAT, OPT_CLONE, OPT_KV };
     static const struct option longopts[] = {
         { "model", required_argument, 0, 'm' },
         { "threads", required_argument, 0, 't' },
@@ -94,6 +97,7 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o)
         { "batch", required_argument, 0, OPT_BATCH },
         { "repeat", required_argument, 0, OPT_REPEAT },
         { "clone-prompt", no_argument, 0, OPT_CLONE },
+        { "kv-type", required_argument, 0, OPT_KV },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -119,6 +123,12 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o)
         case OPT_BATCH: rc = parse_batches(optarg, o); break;
         case OPT_REPEAT: rc = cli_parse_i32("bench", "--repeat", optarg, 1, 1000, &o->repeat); break;
         case OPT_CLONE: o->clone_prompt = 1; break;
+        case OPT_KV:
+            if (kv_type_parse(optarg, &o->kv_type)) {
+                fprintf(stderr, "paraserve bench: --kv-type must be f16, q8 or f32, got '%s'\n", optarg);
+                rc = -1;
+            }
+            break;
         case 'h': bench_usage(stdout); return 1;
         default:
             fprintf(stderr, "paraserve bench: bad option '%s'\n", argv[optind - 1]);
@@ -198,7 +208,7 @@ int cmd_bench(int argc, char **argv)
     if (rc)
         goto fail;
     struct backend_config cfg = { .n_threads = o.n_threads, .n_kv_blocks = blocks_per_seq * max_b,
-                                  .block_size = bs, .max_batch_tokens = max_tokens };
+                                  .block_size = bs, .max_batch_tokens = max_tokens, .kv_type = o.kv_type };
     rc = backend_cpu_create(m, &cfg, &be);
     if (rc)
         goto fail;
@@ -218,9 +228,10 @@ int cmd_bench(int argc, char **argv)
     for (int32_t b = 0; b < max_b; b++)
         bench_prompt(ids + (size_t)b * o.prompt_len, o.prompt_len, n_vocab, (uint32_t)b);
 
-    printf("engine,threads,simd,phase,batch,prompt_len,gen,tokens_per_s,ms_per_step\n");
-    fprintf(stderr, "[bench] model=%s backend=%s simd=%s threads=%d\n", m->name, backend_name(be),
-            quant_simd_name(), o.n_threads);
+    const char *kvn = kv_type_name(o.kv_type);
+    printf("engine,threads,simd,phase,batch,prompt_len,gen,tokens_per_s,ms_per_step,kv_type\n");
+    fprintf(stderr, "[bench] model=%s backend=%s simd=%s threads=%d kv=%s\n", m->name, backend_name(be),
+            quant_simd_name(), o.n_threads, kvn);
 
     double runs[64];
     int nrep = o.repeat > 64 ? 64 : o.repeat;
@@ -233,8 +244,8 @@ int cmd_bench(int argc, char **argv)
         runs[r] = cli_now_s() - t0;
     }
     double tp = median(runs, nrep);
-    printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f\n", o.n_threads, quant_simd_name(), o.prompt_len,
-           o.prompt_len / tp, 1e3 * tp);
+    printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f,%s\n", o.n_threads, quant_simd_name(), o.prompt_len,
+           o.prompt_len / tp, 1e3 * tp, kvn);
     fprintf(stderr, "[bench] prefill %d tokens: %.1f tok/s\n", o.prompt_len, o.prompt_len / tp);
 
     /* Prefill every sequence once (not timed): its prompt's K/V stay in its
@@ -278,8 +289,8 @@ int cmd_bench(int argc, char **argv)
             runs[r] = cli_now_s() - t0;
         }
         double td = median(runs, nrep);
-        printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f\n", o.n_threads, quant_simd_name(), B,
-               o.prompt_len, o.n_gen, (double)B * o.n_gen / td, 1e3 * td / o.n_gen);
+        printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f,%s\n", o.n_threads, quant_simd_name(), B,
+               o.prompt_len, o.n_gen, (double)B * o.n_gen / td, 1e3 * td / o.n_gen, kvn);
         fprintf(stderr, "[bench] decode batch %d: %.1f tok/s, %.2f ms/step\n", B,
                 (double)B * o.n_gen / td, 1e3 * td / o.n_gen);
     }

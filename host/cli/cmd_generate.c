@@ -39,6 +39,8 @@ struct generate_opts {
     const char *json_schema; /* file with a JSON Schema constraining the output */
     int         json;        /* constrain the output to any JSON object */
     int         exact;       /* f32 matrices and f32 KV cache (CPU) */
+    int         kv_set;      /* --kv-type given */
+    enum kv_type kv_type;    /* KV_F16 unless --kv-type / --exact */
     struct sampler_params sp;
 };
 
@@ -68,6 +70,8 @@ static void generate_usage(FILE *out)
         "      --json              constrain the output to a JSON object\n"
         "      --exact             exact arithmetic: matrices dequantized to f32 at load, f32 KV\n"
         "                          cache, activations never quantized (CPU; 4 bytes per weight)\n"
+        "      --kv-type T         KV cache element type: f16 (default), q8 (int8 blocks of 32\n"
+        "                          with an f32 scale, CPU only) or f32 (CPU only; --exact uses it)\n"
         "  stderr ends with '[paraserve] finish_reason=stop|length'\n");
 }
 
@@ -100,7 +104,7 @@ static int parse_u64(const char *name, const char *s, uint64_t *out)
 enum {
     OPT_PROMPT_IDS = 256, OPT_CHAT, OPT_SYSTEM, OPT_TEMP, OPT_TOP_K, OPT_TOP_P, OPT_MIN_P,
     OPT_REPEAT, OPT_PRESENCE, OPT_FREQUENCY, OPT_SEED, OPT_PRINT_IDS, OPT_IGNORE_EOS,
-    OPT_JSON_SCHEMA, OPT_JSON, OPT_DEVICE, OPT_EXACT,
+    OPT_JSON_SCHEMA, OPT_JSON, OPT_DEVICE, OPT_EXACT, OPT_KV_TYPE,
 };
 
 /* Returns 0 ok, 1 help printed, -1 usage error (already reported). */
@@ -129,6 +133,7 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         { "json-schema", required_argument, 0, OPT_JSON_SCHEMA },
         { "json", no_argument, 0, OPT_JSON },
         { "exact", no_argument, 0, OPT_EXACT },
+        { "kv-type", required_argument, 0, OPT_KV_TYPE },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
     };
@@ -168,6 +173,13 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         case OPT_JSON_SCHEMA: o->json_schema = optarg; break;
         case OPT_JSON: o->json = 1; break;
         case OPT_EXACT: o->exact = 1; break;
+        case OPT_KV_TYPE:
+            if (kv_type_parse(optarg, &o->kv_type)) {
+                fprintf(stderr, "paraserve generate: --kv-type must be f16, q8 or f32, got '%s'\n", optarg);
+                return -1;
+            }
+            o->kv_set = 1;
+            break;
         case 'h': generate_usage(stdout); return 1;
         case ':':
             fprintf(stderr, "paraserve generate: option '%s' needs a value\n", argv[optind - 1]);
@@ -188,6 +200,13 @@ static int generate_parse(int argc, char **argv, struct generate_opts *o)
         fprintf(stderr, "paraserve generate: -m MODEL is required\n");
         return -1;
     }
+    if (o->exact && o->kv_set && o->kv_type != KV_F32) {
+        fprintf(stderr, "paraserve generate: --exact uses an f32 KV cache, not --kv-type %s\n",
+                kv_type_name(o->kv_type));
+        return -1;
+    }
+    if (o->exact)
+        o->kv_type = KV_F32;
     if (!o->prompt == !o->prompt_ids) {
         fprintf(stderr, "paraserve generate: give exactly one of -p PROMPT or --prompt-ids IDS\n");
         return -1;
@@ -419,9 +438,10 @@ int cmd_generate(int argc, char **argv)
 
     struct backend_config cfg = { .n_threads = o.n_threads, .n_kv_blocks = max_blocks,
                                   .block_size = bs, .max_batch_tokens = chunk,
-                                  .kv_type = o.exact ? KV_F32 : KV_F16 };
-    /* --exact is a CPU mode: "auto" picks the CPU, "cuda" fails with the CUDA backend's error */
-    const char *device = o.exact && (!o.device || !strcmp(o.device, "auto")) ? "cpu" : o.device;
+                                  .kv_type = o.kv_type };
+    /* --exact and the f32 / q8 caches are CPU modes: "auto" picks the CPU,
+     * "cuda" fails with the CUDA backend's error */
+    const char *device = o.kv_type != KV_F16 && (!o.device || !strcmp(o.device, "auto")) ? "cpu" : o.device;
     rc = backend_create_named(device, m, &cfg, &be);
     if (rc)
         goto fail;

@@ -12,6 +12,29 @@
 #include "backend_cuda.h"
 #include "sampler.h"
 
+int kv_type_parse(const char *name, enum kv_type *out)
+{
+    if (name && !strcmp(name, "f16"))
+        *out = KV_F16;
+    else if (name && !strcmp(name, "f32"))
+        *out = KV_F32;
+    else if (name && !strcmp(name, "q8"))
+        *out = KV_Q8;
+    else
+        return ps_error_set(PS_EINVAL, "kv type must be f16, q8 or f32, got '%s'", name ? name : "(null)");
+    return PS_OK;
+}
+
+const char *kv_type_name(enum kv_type t)
+{
+    switch (t) {
+    case KV_F16: return "f16";
+    case KV_F32: return "f32";
+    case KV_Q8:  return "q8";
+    }
+    return "?";
+}
+
 int backend_create_named(const char *device, const struct model *m, const struct backend_config *cfg,
                          backend **out)
 {

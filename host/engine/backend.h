@@ -56,11 +56,26 @@ struct batch_plan {
 
 /* Element type of the K/V cache.  F16 halves the memory and is what both
  * backends are tuned for; F32 keeps attention exact in f32 (reference runs,
- * tests against an f32 peer).  The CUDA backend supports KV_F16 only. */
+ * tests against an f32 peer).  Q8 (CPU backend only) stores each cache row
+ * (one token's K or V, n_head_kv * head_dim values) as blocks of 32 int8
+ * with one f32 scale per block: q = round-half-away(x / d), d = max|x| / 127
+ * (q = 0 when d = 0), x ~ q * d; 1.125 bytes a value instead of 2, so
+ * attention reads ~0.56x the bytes of f16.  Layout: the int8 values exactly
+ * where the f16 cache keeps its elements ([n_layer][n_kv_blocks][block_size]
+ * [n_head_kv * head_dim]) and the scales beside them in
+ * [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim / 32]; needs
+ * head_dim % 32 == 0 (a block never spans two heads).  The CUDA backend
+ * supports KV_F16 only. */
 enum kv_type {
     KV_F16 = 0,
     KV_F32 = 1,
+    KV_Q8  = 2,
 };
+
+/* "f16" / "f32" / "q8" -> *out; PS_EINVAL (with a detail naming the value)
+ * for any other name. */
+int kv_type_parse(const char *name, enum kv_type *out);
+const char *kv_type_name(enum kv_type t); /* "f16", "f32", "q8", "?" */
 
 struct backend_config {
     int32_t n_threads;   /* CPU worker threads (CPU backend), >= 1        */

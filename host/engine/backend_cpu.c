@@ -10,7 +10,15 @@
  *   hb  [T, n_ff]     silu(gate) * up
  *   kcache, vcache [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim]
  *                  f16 (KV_F16), or f32 (KV_F32: exact attention, for
- *                  reference runs; one head per work item, no SIMD grouping)
+ *                  reference runs; one head per work item, no SIMD grouping),
+ *                  or int8 (KV_Q8, kq8 / vq8) with f32 scales ks8 / vs8
+ *                  [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim / 32]
+ *                  (backend.h): element offsets are the f16 cache's, the
+ *                  scale of element offset o is at o / 32.  q8 rows are
+ *                  quantized by kv_q8_store (one scalar function for both
+ *                  paths); attention dequantizes on the fly (K: q * d into
+ *                  the f32 scratch the f16 kernel converts into; V: the
+ *                  softmax weight times d, then one FMA per element).
  *
  * Matmuls: each activation row is quantized once to the weight's
  * vec_dot_type, then quant_mat_dot computes tiles of MM_SUB output rows x
@@ -20,7 +28,7 @@
  * whatever the batch size.  Activation rows are rmsnorm'ed and quantized in
  * parallel from QUANT_PARALLEL_MIN rows.
  *
- * Attention (f16 cache, AVX2: attn_row_avx2): work items are runs of a
+ * Attention (f16 or q8 cache, AVX2: attn_row_avx2): work items are runs of a
  * sequence's rows times one head, one GQA group, or - with at least one
  * run per thread - every head (whole K/V rows); the kernel is the same for
  * each, so the split never changes a value.  At large batches the step
@@ -96,7 +104,9 @@ struct cpu_backend {
     uint16_t          *vcache;
     float             *kcache32;   /* KV_F32: same layout in f32 (kcache/vcache NULL) */
     float             *vcache32;
-    void              *cache_raw[4]; /* allocations behind kcache32, vcache32, kcache, vcache */
+    int8_t            *kq8, *vq8;  /* KV_Q8: same layout in int8 (the others NULL) */
+    float             *ks8, *vs8;  /* KV_Q8: [n_layer][n_kv_blocks][block_size][kv_dim / 32] scales */
+    void              *cache_raw[8]; /* allocations behind kcache32, vcache32, kcache, vcache, kq8, vq8, ks8, vs8 */
 
     /* scratch, sized for max_T tokens */
     float   *x, *xn, *q, *k, *v, *att, *hb;
@@ -212,6 +222,24 @@ static void store_f16(int simd, uint16_t *dst, const float *src, int64_t n)
     (void)simd;
     for (int64_t i = 0; i < n; i++)
         dst[i] = f32_to_fp16(src[i]);
+}
+
+/* One q8 cache row: n (% 32 == 0) values as n / 32 blocks of int8 q and
+ * an f32 scale d = max|x| / 127, q = round-half-away(x * (1 / d)), q = 0
+ * when d == 0 (backend.h).  Scalar on both paths: the cache holds the same
+ * bytes whatever the SIMD level. */
+static void kv_q8_store(int8_t *q, float *d, const float *x, int64_t n)
+{
+    for (int64_t b = 0; b < n / 32; b++) {
+        const float *xb = x + 32 * b;
+        float amax = 0.0f;
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(xb[i]));
+        const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
+        d[b] = db;
+        for (int i = 0; i < 32; i++)
+            q[32 * b + i] = (int8_t)roundf(xb[i] * id);
+    }
 }
 
 static inline float silu(float x)
@@ -620,8 +648,10 @@ AVX2_FN static void swiglu_avx2(float *o, const float *g, const float *u, int64_
 }
 
 /* Prefetch cursor over the cache rows of the item a thread runs next:
- * `lines` 64-byte lines of K and V at k / v + 2 * offs[j] (bytes), j < n,
- * one 64-byte line at a time (K's lines of a position, then V's).  The item
+ * `lines` 64-byte lines of K and V at k / v + esz * offs[j] (bytes), j < n,
+ * one 64-byte line at a time (K's lines of a position, then V's; with q8,
+ * the line of the position's K and V scales at ks / vs + 4 * (offs[j] / 32)
+ * first).  The item
  * being computed advances it a few lines per loop step, so the next item's
  * rows stream in evenly while this one computes (bursts of whole rows
  * overrun the outstanding-miss queue). */
@@ -631,6 +661,8 @@ struct attn_pf {
     const char    *k, *v;
     int64_t        lines;     /* 64-byte lines per row: (bytes of a row + 63) / 64 */
     int64_t        line;      /* next line of position pos: [0, 2 * lines) */
+    int64_t        esz;       /* bytes per cache element: 2 (f16), 1 (q8) */
+    const char    *ks, *vs;   /* q8 scales (NULL: f16) */
 };
 
 AVX2_INL void attn_pf_step(struct attn_pf *pf, int nlines)
@@ -639,7 +671,11 @@ AVX2_INL void attn_pf_step(struct attn_pf *pf, int nlines)
         return;
     for (; nlines > 0 && pf->pos < pf->n; nlines--) {
         const char *base = pf->line < pf->lines ? pf->k + 64 * pf->line : pf->v + 64 * (pf->line - pf->lines);
-        _mm_prefetch(base + 2 * pf->offs[pf->pos], _MM_HINT_T1);
+        if (pf->ks && pf->line == 0) {
+            _mm_prefetch(pf->ks + 4 * (pf->offs[pf->pos] >> 5), _MM_HINT_T1);
+            _mm_prefetch(pf->vs + 4 * (pf->offs[pf->pos] >> 5), _MM_HINT_T1);
+        }
+        _mm_prefetch(base + pf->esz * pf->offs[pf->pos], _MM_HINT_T1);
         if (++pf->line == 2 * pf->lines) {
             pf->line = 0;
             pf->pos++;
@@ -650,10 +686,12 @@ AVX2_INL void attn_pf_step(struct attn_pf *pf, int nlines)
 /* out_g = (sum_j p_g[j] * v_j) * (1 / sum[g]) for G heads (p_g = sc + g *
  * ctx_stride): per element one FMA per position in position order, in
  * column slices of NV * 8 (NV a constant: the accumulators stay in
- * registers). */
+ * registers).  Q8: v_j's element is (f32) q, its weight (p_g[j] * d) with d
+ * the scale of the element's block (vsb[offs[j] / 32 + d0 / 32]; a slice
+ * of 16 or 32 never crosses a block). */
 AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, const int64_t *offs,
-                           const uint16_t *vbase, int64_t n_ctx, int64_t D, const float *sum, struct attn_pf *pf,
-                           const int G, const int NV)
+                           const char *vbase, const float *vsb, int64_t n_ctx, int64_t D, const float *sum,
+                           struct attn_pf *pf, const int G, const int NV, const int Q8)
 {
     for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
         __m256 a[8][4];
@@ -662,10 +700,23 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
                 a[g][k] = _mm256_setzero_ps();
         for (int64_t j = 0; j < n_ctx; j++) {
             attn_pf_step(pf, ATTN_PF_PV);
-            const uint16_t *vr = vbase + offs[j] + d0;
             /* G weights, then one converted V slice at a time: G + NV * G + 1
              * registers (16 for G = 3, NV = 4), no accumulator on the stack */
             __m256 w[8];
+            if (Q8) {
+                const int8_t *vr = (const int8_t *)vbase + offs[j] + d0;
+                const float dv = vsb[(offs[j] >> 5) + (d0 >> 5)];
+                for (int g = 0; g < G; g++)
+                    w[g] = _mm256_set1_ps(sc[g * ctx_stride + j] * dv);
+                for (int k = 0; k < NV; k++) {
+                    const __m256 b = _mm256_cvtepi32_ps(
+                        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(vr + 8 * k))));
+                    for (int g = 0; g < G; g++)
+                        a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
+                }
+                continue;
+            }
+            const uint16_t *vr = (const uint16_t *)vbase + offs[j] + d0;
             for (int g = 0; g < G; g++)
                 w[g] = _mm256_broadcast_ss(sc + g * ctx_stride + j);
             for (int k = 0; k < NV; k++) {
@@ -684,15 +735,18 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
 
 /* q: [G][D] query heads; out: [G][D]; sc: [G][ctx_stride] scratch,
  * ctx_stride >= n_ctx rounded up to 8; offs[j]: offset (elements) of
- * position j's row from kbase / vbase, which point at this KV head.
- * Prefetch: pf_bytes of each row from kpf / vpf + offs[j] ATTN_PF positions
- * ahead (0: none, the rows were fetched while the previous item ran), and
- * the next item's rows through pf (NULL: none). */
+ * position j's row from kbase / vbase (bytes: f16, or int8 with Q8), which
+ * point at this KV head; Q8: ksb / vsb point at the head's scales (scale of
+ * element c of position j at ksb[offs[j] / 32 + c / 32]).
+ * Prefetch: pf_bytes of each row from kpf / vpf + offs[j] elements ATTN_PF
+ * positions ahead (0: none, the rows were fetched while the previous item
+ * ran), and the next item's rows through pf (NULL: none). */
 AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
-                            const uint16_t *kbase, const uint16_t *vbase, const uint16_t *kpf,
-                            const uint16_t *vpf, int64_t pf_bytes, struct attn_pf *pf, int64_t n_ctx, int64_t D,
-                            float scale, const int G)
+                            const char *kbase, const char *vbase, const float *ksb, const float *vsb,
+                            const char *kpf, const char *vpf, int64_t pf_bytes, struct attn_pf *pf, int64_t n_ctx,
+                            int64_t D, float scale, const int G, const int Q8)
 {
+    const int64_t esz = Q8 ? 1 : 2;
     _Alignas(32) float kf[8 * ATTN_DMAX];
     __m256 vmx[8];
     const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
@@ -704,7 +758,7 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
          * positions ahead into L1, V rows into L2 for the P.V loop below
          * (measured: ~20% off the attention time of a batch-32 step). */
         for (int64_t p = j0 + ATTN_PF; p < j0 + ATTN_PF + 8 && p < n_ctx; p++) {
-            const char *kp = (const char *)(kpf + offs[p]), *vp = (const char *)(vpf + offs[p]);
+            const char *kp = kpf + esz * offs[p], *vp = vpf + esz * offs[p];
             for (int64_t b = 0; b < pf_bytes; b += 64) {
                 _mm_prefetch(kp + b, _MM_HINT_T0);
                 _mm_prefetch(vp + b, _MM_HINT_T1);
@@ -712,7 +766,18 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
         }
         attn_pf_step(pf, ATTN_PF_QK);
         for (int r = 0; r < 8; r++) {
-            const uint16_t *kr = kbase + offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
+            const int64_t o = offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
+            if (Q8) {
+                const int8_t *kr = (const int8_t *)kbase + o;
+                const float *ks = ksb + (o >> 5);
+                for (int64_t c = 0; c < D; c += 8)
+                    _mm256_store_ps(kf + r * D + c,
+                                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
+                                                      _mm_loadl_epi64((const __m128i *)(kr + c)))),
+                                                  _mm256_set1_ps(ks[c >> 5])));
+                continue;
+            }
+            const uint16_t *kr = (const uint16_t *)kbase + o;
             for (int64_t c = 0; c < D; c += 8)
                 _mm256_store_ps(kf + r * D + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c))));
         }
@@ -755,18 +820,27 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
      * to 3 heads, where the 4 * G accumulators still fit the registers, so
      * that each V row is visited half as often) */
     if (G <= 3 && D % 32 == 0)
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, pf, G, 4);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, n_ctx, D, sum, pf, G, 4, Q8);
     else
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, n_ctx, D, sum, pf, G, 2);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, n_ctx, D, sum, pf, G, 2, Q8);
 }
 
 AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
-                                     const uint16_t *kbase, const uint16_t *vbase, const uint16_t *kpf,
-                                     const uint16_t *vpf, int64_t pf_bytes, struct attn_pf *pf, int64_t n_ctx,
-                                     int64_t D, float scale, int G)
+                                     const char *kbase, const char *vbase, const float *ksb, const float *vsb,
+                                     const char *kpf, const char *vpf, int64_t pf_bytes, struct attn_pf *pf,
+                                     int64_t n_ctx, int64_t D, float scale, int G, int q8)
 {
+    if (q8) {
+        switch (G) {
+#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, ksb, vsb, kpf, vpf, pf_bytes, pf, n_ctx, D, scale, n, 1); break;
+        ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
+#undef ATTN_G
+        default: break;
+        }
+        return;
+    }
     switch (G) {
-#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, kpf, vpf, pf_bytes, pf, n_ctx, D, scale, n); break;
+#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, ksb, vsb, kpf, vpf, pf_bytes, pf, n_ctx, D, scale, n, 0); break;
     ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
 #undef ATTN_G
     default: break;
@@ -774,7 +848,7 @@ AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int6
 }
 #endif
 
-/* The f16 cache's attention runs attn_row_avx2 (for any G). */
+/* The f16 and q8 caches' attention runs attn_row_avx2 (for any G). */
 static int attn_simd(const struct cpu_backend *cb)
 {
 #ifdef CPU_X86
@@ -842,6 +916,54 @@ static void attn_rows_f32(const struct cpu_backend *cb, const struct batch_seq *
     }
 }
 
+/* Attention of one work item (rows i0..i1 of sequence s, query head h0)
+ * over a q8 cache, scalar: each K element dequantized as (f32) q * d and
+ * dotted in element order; V accumulated as (p_j * d) * (f32) q in position
+ * order - the products attn_row_avx2 forms, summed in a different order.
+ * kq / vq / ks / vs point at the layer's values and scales plus the KV
+ * head's offset (scales: offset / 32). */
+static void attn_rows_q8(const struct cpu_backend *cb, const struct batch_seq *s, const struct attn_item *it,
+                         int64_t t0, const int8_t *kq, const int8_t *vq, const float *ks, const float *vs, float *sc)
+{
+    const int64_t D = cb->base.model->hp.head_dim;
+    const int64_t bs = cb->base.cfg.block_size;
+    const float scale = 1.0f / sqrtf((float)D);
+    for (int32_t i = it->i0; i < it->i1; i++) {
+        const int64_t t = t0 + i;
+        const int64_t n_ctx = (int64_t)s->pos0 + i + 1;
+        const float *qh = cb->q + t * cb->q_dim + (int64_t)it->h0 * D;
+        float *out = cb->att + t * cb->q_dim + (int64_t)it->h0 * D;
+        float mx = -INFINITY;
+        for (int64_t j = 0; j < n_ctx; j++) {
+            const int64_t o = ((int64_t)s->block_table[j / bs] * bs + j % bs) * cb->kv_dim;
+            const int8_t *kr = kq + o;
+            const float *kd = ks + o / 32;
+            float r = 0.0f;
+            for (int64_t d = 0; d < D; d++)
+                r += qh[d] * ((float)kr[d] * kd[d / 32]);
+            const float v = r * scale;
+            sc[j] = v;
+            mx = v > mx ? v : mx;
+        }
+        float sum = 0.0f;
+        for (int64_t j = 0; j < n_ctx; j++) {
+            sc[j] = expf(sc[j] - mx);
+            sum += sc[j];
+        }
+        memset(out, 0, (size_t)D * sizeof *out);
+        for (int64_t j = 0; j < n_ctx; j++) {
+            const int64_t o = ((int64_t)s->block_table[j / bs] * bs + j % bs) * cb->kv_dim;
+            const int8_t *vr = vq + o;
+            const float *vd = vs + o / 32;
+            for (int64_t d = 0; d < D; d++)
+                out[d] += (sc[j] * vd[d / 32]) * (float)vr[d];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t d = 0; d < D; d++)
+            out[d] *= inv;
+    }
+}
+
 #ifdef CPU_X86
 /* Cache offsets (elements from the layer's base) of the positions the
  * item's last row sees, block by block; returns their count. */
@@ -860,7 +982,7 @@ static int64_t attn_item_offs(const struct cpu_backend *cb, const struct attn_ta
     return n_max;
 }
 
-/* The f16 cache's items on the AVX2 kernel.  A thread claims its next item
+/* The f16 / q8 cache's items on the AVX2 kernel.  A thread claims its next item
  * before it computes the current one, and the current one prefetches the
  * next one's cache rows (the rows of its KV head, or whole rows for a
  * whole-row item) while it computes; the first item prefetches its own
@@ -873,7 +995,12 @@ static void attn_worker_simd(struct attn_task *at, int ith)
     const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * cb->base.cfg.block_size * cb->kv_dim;
-    const uint16_t *krow = cb->kcache + layer_off, *vrow = cb->vcache + layer_off;
+    const int q8 = cb->kq8 != NULL;
+    const int64_t esz = q8 ? 1 : 2;
+    /* byte pointers at the layer's K / V rows; q8: the layer's scales */
+    const char *krow = q8 ? (const char *)(cb->kq8 + layer_off) : (const char *)(cb->kcache + layer_off);
+    const char *vrow = q8 ? (const char *)(cb->vq8 + layer_off) : (const char *)(cb->vcache + layer_off);
+    const float *ksrow = q8 ? cb->ks8 + layer_off / 32 : NULL, *vsrow = q8 ? cb->vs8 + layer_off / 32 : NULL;
     float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
     int64_t *offs[2] = { cb->attn_offs + (size_t)ith * 2 * cb->ctx_max,
                          cb->attn_offs + ((size_t)ith * 2 + 1) * cb->ctx_max };
@@ -892,8 +1019,10 @@ static void attn_worker_simd(struct attn_task *at, int ith)
             const int whole = in->nh > at->G;
             const size_t hoff = whole ? 0 : (size_t)(in->h0 / group) * D;
             pf = (struct attn_pf){ offs[buf ^ 1], attn_item_offs(cb, at, in, offs[buf ^ 1]), 0,
-                                   (const char *)(krow + hoff), (const char *)(vrow + hoff),
-                                   ((whole ? 2 * cb->kv_dim : 2 * D) + 63) / 64, 0 };
+                                   krow + esz * hoff, vrow + esz * hoff,
+                                   ((whole ? esz * cb->kv_dim : esz * D) + 63) / 64, 0, esz,
+                                   q8 ? (const char *)(ksrow + hoff / 32) : NULL,
+                                   q8 ? (const char *)(vsrow + hoff / 32) : NULL };
             pfp = &pf;
         }
         const struct batch_seq *s = &at->plan->seqs[it->seq];
@@ -907,9 +1036,11 @@ static void attn_worker_simd(struct attn_task *at, int ith)
                  * else each group pulls its slice ahead from L2 into L1 */
                 const int own = !prefetched && h == it->h0 && whole;
                 attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
-                                 sc, cb->ctx_stride, offs[buf], krow + hoff, vrow + hoff,
-                                 own ? krow : krow + hoff, own ? vrow : vrow + hoff,
-                                 own ? 2 * cb->kv_dim : 2 * D, pfp, (int64_t)s->pos0 + i + 1, D, scale, at->G);
+                                 sc, cb->ctx_stride, offs[buf], krow + esz * hoff, vrow + esz * hoff,
+                                 q8 ? ksrow + hoff / 32 : NULL, q8 ? vsrow + hoff / 32 : NULL,
+                                 own ? krow : krow + esz * hoff, own ? vrow : vrow + esz * hoff,
+                                 own ? esz * cb->kv_dim : esz * D, pfp, (int64_t)s->pos0 + i + 1, D, scale, at->G,
+                                 q8);
             }
         }
         prefetched = pfp != NULL;
@@ -947,6 +1078,11 @@ static void attn_worker(void *ctx, int ith, int nth)
         if (cb->kcache32) {
             attn_rows_f32(cb, s, it, at->seq_t0[is], cb->kcache32 + layer_off + (size_t)hkv * D,
                           cb->vcache32 + layer_off + (size_t)hkv * D, sc);
+            continue;
+        }
+        if (cb->kq8) {
+            const size_t o = layer_off + (size_t)hkv * D;
+            attn_rows_q8(cb, s, it, at->seq_t0[is], cb->kq8 + o, cb->vq8 + o, cb->ks8 + o / 32, cb->vs8 + o / 32, sc);
             continue;
         }
         const uint16_t *kbase = cb->kcache + layer_off + (size_t)hkv * D;
@@ -1139,6 +1275,9 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             if (cb->kcache32) {
                 memcpy(cb->kcache32 + off, cb->k + t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
                 memcpy(cb->vcache32 + off, cb->v + t * cb->kv_dim, (size_t)cb->kv_dim * sizeof(float));
+            } else if (cb->kq8) {
+                kv_q8_store(cb->kq8 + off, cb->ks8 + off / 32, cb->k + t * cb->kv_dim, cb->kv_dim);
+                kv_q8_store(cb->vq8 + off, cb->vs8 + off / 32, cb->v + t * cb->kv_dim, cb->kv_dim);
             } else {
                 store_f16(cb->simd, cb->kcache + off, cb->k + t * cb->kv_dim, cb->kv_dim);
                 store_f16(cb->simd, cb->vcache + off, cb->v + t * cb->kv_dim, cb->kv_dim);
@@ -1178,17 +1317,32 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
     return PS_OK;
 }
 
+/* Copy block src to dst of every layer in arrays a and b laid out
+ * [n_layer][n_kv_blocks][blk bytes]. */
+static void copy_block_bytes(char *a, char *b, size_t blk, int n_layer, int64_t n_blocks, int32_t src, int32_t dst)
+{
+    for (int il = 0; il < n_layer; il++) {
+        const size_t base = (size_t)il * (size_t)n_blocks * blk;
+        memcpy(a + base + (size_t)dst * blk, a + base + (size_t)src * blk, blk);
+        memcpy(b + base + (size_t)dst * blk, b + base + (size_t)src * blk, blk);
+    }
+}
+
 static int cpu_copy_block(backend *be, int32_t src, int32_t dst)
 {
     struct cpu_backend *cb = (struct cpu_backend *)be;
-    /* the same bytes move whatever the element type */
-    const size_t blk = (size_t)be->cfg.block_size * cb->kv_dim * (cb->kcache32 ? sizeof(float) : sizeof(uint16_t));
-    char *k = cb->kcache32 ? (char *)cb->kcache32 : (char *)cb->kcache;
-    char *v = cb->kcache32 ? (char *)cb->vcache32 : (char *)cb->vcache;
-    for (int il = 0; il < be->model->hp.n_layer; il++) {
-        const size_t base = (size_t)il * be->cfg.n_kv_blocks * blk;
-        memcpy(k + base + (size_t)dst * blk, k + base + (size_t)src * blk, blk);
-        memcpy(v + base + (size_t)dst * blk, v + base + (size_t)src * blk, blk);
+    const int nl = be->model->hp.n_layer;
+    const size_t elems = (size_t)be->cfg.block_size * cb->kv_dim; /* per layer and block */
+    if (cb->kq8) { /* int8 values, then their scales */
+        copy_block_bytes((char *)cb->kq8, (char *)cb->vq8, elems, nl, be->cfg.n_kv_blocks, src, dst);
+        copy_block_bytes((char *)cb->ks8, (char *)cb->vs8, elems / 32 * sizeof(float), nl, be->cfg.n_kv_blocks, src,
+                         dst);
+    } else if (cb->kcache32) {
+        copy_block_bytes((char *)cb->kcache32, (char *)cb->vcache32, elems * sizeof(float), nl,
+                         be->cfg.n_kv_blocks, src, dst);
+    } else {
+        copy_block_bytes((char *)cb->kcache, (char *)cb->vcache, elems * sizeof(uint16_t), nl, be->cfg.n_kv_blocks,
+                         src, dst);
     }
     return PS_OK;
 }
@@ -1215,7 +1369,7 @@ static void cpu_free(backend *be)
         free(cb->lv);
     }
     free(cb->out_norm);
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 8; i++)
         free(cb->cache_raw[i]);
     free(cb->x);
     free(cb->xn);
@@ -1310,8 +1464,11 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
         return ps_error_set(PS_EINVAL, "backend_cpu: block_size %d < 1", (int)cfg->block_size);
     if (cfg->max_batch_tokens < 0)
         return ps_error_set(PS_EINVAL, "backend_cpu: max_batch_tokens %d < 0", (int)cfg->max_batch_tokens);
-    if (cfg->kv_type != KV_F16 && cfg->kv_type != KV_F32)
+    if (cfg->kv_type != KV_F16 && cfg->kv_type != KV_F32 && cfg->kv_type != KV_Q8)
         return ps_error_set(PS_EINVAL, "backend_cpu: unknown kv_type %d", (int)cfg->kv_type);
+    if (cfg->kv_type == KV_Q8 && hp->head_dim % 32)
+        return ps_error_set(PS_EUNSUPPORTED, "backend_cpu: a q8 KV cache needs head_dim %% 32 == 0 (head_dim %d)",
+                            (int)hp->head_dim);
     if (hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->head_dim < 1 ||
         hp->rope_dim < 0 || hp->rope_dim % 2 || hp->rope_dim > hp->head_dim)
         return ps_error_set(PS_EFORMAT, "backend_cpu: bad heads: n_head %d n_head_kv %d head_dim %d rope_dim %d",
@@ -1380,6 +1537,11 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     if (cfg->kv_type == KV_F32) {
         TRY(cache_alloc(cb, 0, cache_elems * (int64_t)sizeof(float), (void **)&cb->kcache32));
         TRY(cache_alloc(cb, 1, cache_elems * (int64_t)sizeof(float), (void **)&cb->vcache32));
+    } else if (cfg->kv_type == KV_Q8) {
+        TRY(cache_alloc(cb, 4, cache_elems, (void **)&cb->kq8));
+        TRY(cache_alloc(cb, 5, cache_elems, (void **)&cb->vq8));
+        TRY(cache_alloc(cb, 6, cache_elems / 32 * (int64_t)sizeof(float), (void **)&cb->ks8));
+        TRY(cache_alloc(cb, 7, cache_elems / 32 * (int64_t)sizeof(float), (void **)&cb->vs8));
     } else {
         TRY(cache_alloc(cb, 2, cache_elems * (int64_t)sizeof(uint16_t), (void **)&cb->kcache));
         TRY(cache_alloc(cb, 3, cache_elems * (int64_t)sizeof(uint16_t), (void **)&cb->vcache));

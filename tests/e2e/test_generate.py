@@ -147,3 +147,31 @@ def test_device_selection(run, model_path):
     if r.returncode != 0:
         err = r.stderr.decode()
         assert "built without CUDA" in err or "no CUDA device" in err or "cuda" in err.lower(), err
+
+
+@pytest.mark.parametrize("cmd,value", [
+    ("generate", "q4"), ("generate", ""), ("generate", "F16"), ("bench", "int8"),
+])
+def test_bad_kv_type_is_a_one_line_error(run, model_path, cmd, value):
+    args = ("-m", model_path, "-p", "Hi", "-n", "2") if cmd == "generate" else ("-m", model_path)
+    r = run(cmd, *args, "--kv-type", value)
+    assert r.returncode == 2
+    err = r.stderr.decode().strip().splitlines()
+    assert err == [f"paraserve {cmd}: --kv-type must be f16, q8 or f32, got '{value}'"], err
+
+
+def test_kv_type_exact_conflict(run, model_path):
+    r = run("generate", "-m", model_path, "-p", "Hi", "-n", "2", "--exact", "--kv-type", "q8")
+    assert r.returncode == 2
+    assert "--exact uses an f32 KV cache" in r.stderr.decode()
+
+
+@pytest.mark.parametrize("kv", ["f16", "q8", "f32"])
+def test_kv_types_generate(run, model_path, kv):
+    # the q8 cache stays within test_model_ref's llama.cpp bounds (greedy
+    # identical up to the first near tie), like the f16 one
+    case = REF["cases"][3]
+    r = run("generate", "-m", model_path, "--prompt-ids", " ".join(map(str, case["prompt_ids"])),
+            "-n", 64, "--ignore-eos", "--print-ids", "-t", 2, "--kv-type", kv)
+    assert r.returncode == 0, r.stderr.decode()
+    assert_greedy_like_reference(ids_of(r.stdout), case)

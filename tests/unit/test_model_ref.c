@@ -220,43 +220,21 @@ static void check_exact(const char *mpath)
     free(logits);
 }
 
-int main(void)
+/* Checks 1 and 2 of the header with a KV cache of type kt (f16: the
+ * default; q8: the same bounds hold, measured numbers in the README). */
+static void check_stored(const struct model *m, struct ref_case *cases, int n_cases, const float *ref,
+                         float *logits, enum kv_type kt)
 {
-    const char *mpath = test_model_path();
-    FILE *probe = fopen(mpath, "rb");
-    if (!probe)
-        TEST_SKIP("model %s not found: run scripts/fetch-model", mpath);
-    fclose(probe);
-
-    check_exact(mpath);
-
-    static struct ref_case cases[MAX_CASES];
-    int n_cases = 0;
-    if (load_cases("tests/data/model_ref.tsv", cases, &n_cases) || n_cases < 5) {
-        fprintf(stderr, "cannot read >= 5 cases from tests/data/model_ref.tsv\n");
-        return 1;
-    }
-
-    struct model *m = NULL;
-    if (model_load(mpath, &m)) {
-        fprintf(stderr, "model_load: %s\n", ps_error_last());
-        return 1;
-    }
     const int32_t n_vocab = m->hp.n_vocab;
-    float *ref = load_logits("tests/data/model_ref_logits.f32", n_cases, n_vocab);
-    float *logits = malloc((size_t)n_vocab * sizeof *logits);
-    CHECK(ref && logits);
-    if (!ref || !logits)
-        return 1;
-
     const int32_t bs = 16, n_blocks = 64;
     struct backend_config cfg = { .n_threads = 2, .n_kv_blocks = n_blocks, .block_size = bs,
-                                  .max_batch_tokens = 512 };
+                                  .max_batch_tokens = 512, .kv_type = kt };
     backend *be = NULL;
     if (backend_cpu_create(m, &cfg, &be)) {
-        fprintf(stderr, "backend_cpu_create: %s\n", ps_error_last());
-        return 1;
+        CHECK_MSG(0, "backend_cpu_create: %s", ps_error_last());
+        return;
     }
+    printf("-- as stored, %s KV cache\n", kv_type_name(kt));
     int32_t table[64];
     for (int32_t i = 0; i < n_blocks; i++)
         table[i] = n_blocks - 1 - i; /* any permutation works */
@@ -272,7 +250,7 @@ int main(void)
         const float *r = ref + (size_t)c * n_vocab;
         double nmse, maxd;
         logits_diff(logits, r, n_vocab, &nmse, &maxd);
-        printf("case %d: %3d prompt tokens  NMSE %.2e  max|diff| %.4f  argmax %d/%d\n", c,
+        printf("%s case %d: %3d prompt tokens  NMSE %.2e  max|diff| %.4f  argmax %d/%d\n", kv_type_name(kt), c,
                rc->n_prompt, nmse, maxd, argmax(logits, n_vocab), argmax(r, n_vocab));
         CHECK(nmse <= 2e-2);
         CHECK(maxd <= 1.5);
@@ -301,17 +279,50 @@ int main(void)
                 break;
             }
         CHECK_MSG(first_diff < 0 || first_diff >= first_tie,
-                  "case %d: greedy token %d differs from llama.cpp before its first near tie "
-                  "(step %d); margin there %.5f", c, first_diff, first_tie,
+                  "%s case %d: greedy token %d differs from llama.cpp before its first near tie "
+                  "(step %d); margin there %.5f", kv_type_name(kt), c, first_diff, first_tie,
                   first_diff >= 0 ? rc->margin[first_diff] : 0.0f);
         if (first_diff < 0)
-            printf("case %d: %d greedy tokens identical to llama.cpp\n", c, rc->n_greedy);
+            printf("%s case %d: %d greedy tokens identical to llama.cpp\n", kv_type_name(kt), c, rc->n_greedy);
         else
-            printf("case %d: identical for %d tokens, parts at a near tie (llama.cpp margin %.3f, first tie at step %d)\n",
-                   c, first_diff, rc->margin[first_diff], first_tie);
+            printf("%s case %d: identical for %d tokens, parts at a near tie (llama.cpp margin %.3f, first tie at step %d)\n",
+                   kv_type_name(kt), c, first_diff, rc->margin[first_diff], first_tie);
     }
 
     backend_free(be);
+}
+
+int main(void)
+{
+    const char *mpath = test_model_path();
+    FILE *probe = fopen(mpath, "rb");
+    if (!probe)
+        TEST_SKIP("model %s not found: run scripts/fetch-model", mpath);
+    fclose(probe);
+
+    check_exact(mpath);
+
+    static struct ref_case cases[MAX_CASES];
+    int n_cases = 0;
+    if (load_cases("tests/data/model_ref.tsv", cases, &n_cases) || n_cases < 5) {
+        fprintf(stderr, "cannot read >= 5 cases from tests/data/model_ref.tsv\n");
+        return 1;
+    }
+
+    struct model *m = NULL;
+    if (model_load(mpath, &m)) {
+        fprintf(stderr, "model_load: %s\n", ps_error_last());
+        return 1;
+    }
+    const int32_t n_vocab = m->hp.n_vocab;
+    float *ref = load_logits("tests/data/model_ref_logits.f32", n_cases, n_vocab);
+    float *logits = malloc((size_t)n_vocab * sizeof *logits);
+    CHECK(ref && logits);
+    if (!ref || !logits)
+        return 1;
+    check_stored(m, cases, n_cases, ref, logits, KV_F16);
+    check_stored(m, cases, n_cases, ref, logits, KV_Q8);
+
     model_free(m);
     free(ref);
     free(logits);
