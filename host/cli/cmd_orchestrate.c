@@ -8,7 +8,10 @@
  * without a `script` needs the engine (model-driven) and fails with a
  * clear error here.  --stats ends with one {"stats":{...}} line; its CPU
  * figures (this loop's thread, the mock agent's thread) tell whether a run
- * was bound by the executor, by the mock, or by neither.
+ * was bound by the executor, by the mock, or by neither.  --floor N then
+ * measures, in the same process against the same mock, the CPU floor of
+ * one keep-alive round trip (http_floor.h: a minimal client, N requests)
+ * for comparison with the executor's cost per call.
  */
 #include <event2/event.h>
 #include <getopt.h>
@@ -21,6 +24,7 @@
 
 #include "commands.h"
 #include "common/status.h"
+#include "orchestrator/http_floor.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/mock_agent.h"
 #include "orchestrator/registry.h"
@@ -61,7 +65,10 @@ static void usage(FILE *out)
         "  --max-events N     events kept per task (default 100000); a task that\n"
         "                     reaches it fails with a typed error\n"
         "  --quiet            print only each task's terminal event\n"
-        "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n");
+        "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n"
+        "  --floor N          with --stats and --mock-agent: after the run, N keep-alive round\n"
+        "                     trips of a minimal client to the mock ({\"sleep_ms\":1}, 64\n"
+        "                     connections); adds floor_client_us / floor_mock_us per request\n");
 }
 
 static void push(double **v, size_t *n, size_t *cap, double x)
@@ -187,6 +194,8 @@ static double thread_cpu_s(void)
     return clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) ? -1 : (double)ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
+static int64_t mock_cpu_fn(void *ud) { return mock_agent_cpu_ns(ud); }
+
 static void on_cancel_timer(evutil_socket_t fd, short what, void *ud)
 {
     struct run *r = ud;
@@ -244,15 +253,16 @@ int cmd_orchestrate(int argc, char **argv)
         {"mock-agent", required_argument, 0, 'm'}, {"local-url", required_argument, 0, 'l'},
         {"cancel-after", required_argument, 0, 'c'}, {"quiet", no_argument, 0, 'q'},
         {"stats", no_argument, 0, 's'}, {"max-events", required_argument, 0, 'e'},
-        {"stagger-ms", required_argument, 0, 'w'}, {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
+        {"stagger-ms", required_argument, 0, 'w'}, {"floor", required_argument, 0, 'F'},
+        {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
-    int n_task_args = 0, repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0;
+    int n_task_args = 0, repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0, floor_n = 0;
     struct run r = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:qsh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:qsh", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -269,6 +279,7 @@ int cmd_orchestrate(int argc, char **argv)
         case 'c': cancel_after = atoi(optarg); break;
         case 'e': max_events = atoi(optarg); break;
         case 'w': r.stagger_ms = atoi(optarg); break;
+        case 'F': floor_n = atoi(optarg); break;
         case 'q': r.quiet = 1; break;
         case 's': r.stats = 1; break;
         case 'h': usage(stdout); return 0;
@@ -276,7 +287,8 @@ int cmd_orchestrate(int argc, char **argv)
         }
     }
     if ((!n_task_args && !tasks_file) || repeat < 1 || repeat > 1000000 || (max_events && max_events < 4) ||
-        r.stagger_ms < 0 || r.stagger_ms > 3600000) {
+        r.stagger_ms < 0 || r.stagger_ms > 3600000 || floor_n < 0 || floor_n > 10000000 ||
+        (floor_n && (mock_port < 0 || !r.stats))) {
         usage(stderr);
         return 2;
     }
@@ -365,6 +377,7 @@ int cmd_orchestrate(int argc, char **argv)
         goto done;
     double cpu0 = thread_cpu_s();
     int64_t mock_cpu0 = mock ? mock_agent_cpu_ns(mock) : -1;
+    int64_t mock_req0 = mock ? mock_agent_requests(mock) : 0;
     r.t0 = orch_now_ns();
     if (r.stagger_ms > 0) {
         on_stagger(-1, 0, &r);
@@ -386,7 +399,23 @@ int cmd_orchestrate(int argc, char **argv)
     double wall = (double)(orch_now_ns() - r.t0) / 1e9;
     double loop_cpu = thread_cpu_s() - cpu0;
     int64_t mock_cpu1 = mock ? mock_agent_cpu_ns(mock) : -1;
+    int64_t mock_requests = mock ? mock_agent_requests(mock) - mock_req0 : 0;
     double mock_cpu = mock_cpu0 >= 0 && mock_cpu1 >= 0 ? (double)(mock_cpu1 - mock_cpu0) / 1e9 : -1;
+    /* The physical peer of loop_cpu_s: what a minimal client and this mock
+     * spend on one keep-alive round trip here (-1: not measured). */
+    double floor_client_us = -1, floor_mock_us = -1;
+    if (floor_n > 0) {
+        enum { FLOOR_CONNS = 64 };
+        struct http_floor_stats fs;
+        if (http_floor_run(mock_agent_port(mock), "/agent", "{\"sleep_ms\":1}",
+                           floor_n < FLOOR_CONNS ? floor_n : FLOOR_CONNS, floor_n, mock_cpu_fn, mock, &fs)) {
+            fprintf(stderr, "paraserve orchestrate: --floor: %s\n", ps_error_last());
+            goto done;
+        }
+        floor_client_us = fs.client_cpu_s * 1e6 / (double)fs.requests;
+        if (fs.peer_cpu_s >= 0)
+            floor_mock_us = fs.peer_cpu_s * 1e6 / (double)fs.requests;
+    }
     if (r.stats) {
         /* last_submit_s: when the last task went in (0 for a burst); the
          * ideal wall time is last_submit_s + a task's critical path. */
@@ -396,14 +425,16 @@ int cmd_orchestrate(int argc, char **argv)
                "\"dispatch_to_recv_us_p50\":%.1f,\"dispatch_to_recv_us_p99\":%.1f,"
                "\"reply_to_record_us_p50\":%.1f,\"reply_to_record_us_p99\":%.1f,"
                "\"task_ms_p50\":%.2f,\"task_ms_p99\":%.2f,\"task_ms_max\":%.2f,"
-               "\"loop_cpu_s\":%.4f,\"mock_cpu_s\":%.4f}}\n",
+               "\"loop_cpu_s\":%.4f,\"mock_cpu_s\":%.4f,\"mock_requests\":%lld,"
+               "\"floor_requests\":%d,\"floor_client_us\":%.1f,\"floor_mock_us\":%.1f}}\n",
                r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.stagger_ms,
                r.total > 1 ? (double)(r.total - 1) * r.stagger_ms / r.total / 1000.0 : 0.0,
                r.peak_running, r.n_d2r,
                pct(r.d2r, r.n_d2r, 0.5), pct(r.d2r, r.n_d2r, 0.99),
                pct(r.r2r, r.n_r2r, 0.5), pct(r.r2r, r.n_r2r, 0.99),
                pct(r.task_ms, r.n_task, 0.5), pct(r.task_ms, r.n_task, 0.99),
-               pct(r.task_ms, r.n_task, 1.0), loop_cpu, mock_cpu);
+               pct(r.task_ms, r.n_task, 1.0), loop_cpu, mock_cpu, (long long)mock_requests,
+               floor_n, floor_client_us, floor_mock_us);
     }
     fflush(stdout);
     rc = r.submit_error ? 2 : r.finished == r.total ? 0 : 1;
