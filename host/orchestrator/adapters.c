@@ -23,6 +23,7 @@
 #include "orchestrator/builtin.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
+#include "orchestrator/jbuf.h"
 
 static char *const json_headers[] = {
     "Content-Type: application/json",
@@ -38,7 +39,6 @@ void adapter_op_free(struct adapter_op *op)
         httpc_cancel(op->req);
     if (op->ev)
         event_free(op->ev);
-    cJSON_Delete(op->args);
     cJSON_Delete(op->b_result);
     free(op->call_id);
     free(op);
@@ -106,12 +106,20 @@ static void http_json_done(void *ud, const struct httpc_response *resp)
 static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
                      void (*cb)(void *, const struct httpc_response *))
 {
-    char *text = cJSON_PrintUnformatted(body);
-    if (!text)
+    /* Printed by jbuf into a stack buffer when it fits (httpc copies it
+     * into the request): no malloc/realloc chain, no sprintf + sscanf per
+     * number, per call. */
+    char stack[2048];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    jbuf_json(&b, body);
+    if (b.oom) {
+        jbuf_free(&b);
         return ps_error_set(PS_ENOMEM, "out of memory");
+    }
     op->req = httpc_request(op->ex->http, "POST", url, json_headers, op->rt->spec->headers,
-                            text, strlen(text), 0, cb, op);
-    free(text);
+                            b.p, b.len, 0, cb, op);
+    jbuf_free(&b);
     return op->req ? PS_OK : PS_EIO;
 }
 
@@ -317,9 +325,9 @@ struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const cha
     op->rt = rt;
     op->done = done;
     op->ud = ud;
-    op->args = cJSON_Duplicate(args, 1);
+    op->args = args;
     op->call_id = strdup(call_id);
-    if (!op->args || !op->call_id) {
+    if (!op->call_id) {
         adapter_op_free(op);
         ps_error_set(PS_ENOMEM, "out of memory");
         return NULL;

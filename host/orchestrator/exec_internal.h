@@ -56,7 +56,8 @@ struct adapter_result {
 typedef void (*adapter_done_fn)(void *ud, struct adapter_result *r);
 
 /* Start one attempt.  Never calls `done` before returning; calls it exactly
- * once later unless adapter_cancel() comes first.  NULL when it could not
+ * once later unless adapter_cancel() comes first.  `args` is borrowed until
+ * then (not copied: a copy per attempt was a visible cost per call).  NULL when it could not
  * start (ps_error_last() says why). */
 struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const char *call_id,
                                  const cJSON *args, adapter_done_fn done, void *ud);
@@ -77,7 +78,9 @@ struct adapter_op {
     void              *ud;
     struct httpc_req  *req;
     struct event      *ev;            /* builtin: deferred completion */
-    cJSON             *args;          /* own copy */
+    const cJSON       *args;          /* borrowed: the call's final args, which the
+                                         executor keeps until the op has ended
+                                         (finished or cancelled) */
     char              *call_id;
     long               rpc_id;        /* MCP or A2A JSON-RPC id */
     int                mcp_sent;      /* request written to the agent */

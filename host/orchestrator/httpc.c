@@ -47,8 +47,13 @@
 #define HC_MAX_IDLE_PER_POOL 4096        /* idle keep-alive connections per host:port */
 #define HC_MAX_HEAD          (64u << 10) /* reply status line + headers */
 #define HC_CONNECT_MS        10000       /* as CURLOPT_CONNECTTIMEOUT_MS on the curl path */
-#define HC_READ_MIN          2048        /* free space kept for one recv() */
-#define HC_IN_INIT           4096        /* first reply buffer of a connection */
+/* First reply buffer of a connection, and the free space kept for one
+ * recv(): agent replies are mostly small, and a first buffer under glibc's
+ * large-request size (1 KiB chunks, which consolidate the fast bins on every
+ * such malloc) and touching one page instead of two keeps a burst of new
+ * connections cheap.  Longer replies grow it by doubling. */
+#define HC_READ_MIN          512
+#define HC_IN_INIT           1000
 
 struct hpool;
 struct hconn;
@@ -423,35 +428,62 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
     return body_append(ud, p, len) ? 0 : len;
 }
 
-/* Copy a header's value (trimmed) if `line` is that header. */
-static char *header_value(const char *line, size_t n, const char *name)
+/* The value (trimmed) if `line` is header `name`: a pointer into line and
+ * its length in *vlen; NULL otherwise.  No allocation: this runs for every
+ * header of every reply on the loop. */
+static const char *header_span(const char *line, size_t n, const char *name, size_t *vlen)
 {
     size_t k = strlen(name);
-    if (n <= k || strncasecmp(line, name, k) || line[k] != ':')
+    if (n <= k || line[k] != ':' || strncasecmp(line, name, k))
         return NULL;
     const char *v = line + k + 1;
     const char *end = line + n;
     while (v < end && (*v == ' ' || *v == '\t')) v++;
     while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
-    return strndup(v, (size_t)(end - v));
+    *vlen = (size_t)(end - v);
+    return v;
+}
+
+/* A decimal header value: 0 when it is not one (the X-Agent-* timings are
+ * informational). */
+static int64_t span_int(const char *v, size_t n)
+{
+    int64_t x = 0;
+    if (!n || n > 18)
+        return 0;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] < '0' || v[i] > '9')
+            return 0;
+        x = x * 10 + (v[i] - '0');
+    }
+    return x;
+}
+
+/* 1 when `word` occurs in v[0..n) ignoring case (strcasestr on a span). */
+static int strncasecmp_any(const char *v, size_t n, const char *word)
+{
+    size_t k = strlen(word);
+    for (size_t i = 0; i + k <= n; i++)
+        if (!strncasecmp(v + i, word, k))
+            return 1;
+    return 0;
 }
 
 /* Record the reply headers callers see (both paths). */
 static void note_header(struct httpc_req *r, const char *p, size_t len)
 {
-    char *v;
-    if ((v = header_value(p, len, "Content-Type"))) {
+    const char *v;
+    size_t n;
+    if ((v = header_span(p, len, "Content-Type", &n))) {
         free(r->content_type);
-        r->content_type = v;
-    } else if ((v = header_value(p, len, "Mcp-Session-Id"))) {
+        r->content_type = strndup(v, n);
+    } else if ((v = header_span(p, len, "Mcp-Session-Id", &n))) {
         free(r->session_id);
-        r->session_id = v;
-    } else if ((v = header_value(p, len, "X-Agent-Recv-Ns"))) {
-        r->recv_ns = strtoll(v, NULL, 10);
-        free(v);
-    } else if ((v = header_value(p, len, "X-Agent-Send-Ns"))) {
-        r->send_ns = strtoll(v, NULL, 10);
-        free(v);
+        r->session_id = strndup(v, n);
+    } else if ((v = header_span(p, len, "X-Agent-Recv-Ns", &n))) {
+        r->recv_ns = span_int(v, n);
+    } else if ((v = header_span(p, len, "X-Agent-Send-Ns", &n))) {
+        r->send_ns = span_int(v, n);
     }
 }
 
@@ -645,8 +677,12 @@ static int hc_start(struct httpc_req *r)
             goto fail;
         }
     } else if (errno == EINPROGRESS) {
+        /* EV_WRITE is armed only if the request cannot be written at once
+         * (hc_flush on EAGAIN): on loopback the handshake is done inside
+         * connect(), and a write event armed here would cost two epoll
+         * changes and a wakeup per connection for nothing. */
         c->connecting = 1;
-        if (event_add(c->rd, NULL) || event_add(c->wr, NULL)) {
+        if (event_add(c->rd, NULL)) {
             hconn_close(c);
             snprintf(msg, sizeof msg, "event_add failed");
             goto fail;
@@ -747,12 +783,18 @@ static int hc_parse_head(struct httpc_req *r, struct hconn *c, char *msg, size_t
             return 0;
         }
         size_t head_len = (size_t)(end + 4 - c->in);
-        int major, minor, code;
-        if (c->in_len < 12 || sscanf(c->in, "HTTP/%d.%d %d", &major, &minor, &code) != 3 ||
-            code < 100 || code > 999) {
+        /* "HTTP/1.x NNN": parsed by hand, sscanf costs a visible share of a
+         * reply's handling on the loop */
+        const char *s = c->in;
+        if (c->in_len < 12 || memcmp(s, "HTTP/", 5) || s[5] < '0' || s[5] > '9' || s[6] != '.' ||
+            s[7] < '0' || s[7] > '9' || s[8] != ' ' || s[9] < '1' || s[9] > '9' ||
+            s[10] < '0' || s[10] > '9' || s[11] < '0' || s[11] > '9' ||
+            (c->in_len > 12 && s[12] != ' ' && s[12] != '\r')) {
             snprintf(msg, msglen, "Unsupported HTTP reply (not HTTP/1.x)");
             return -1;
         }
+        int major = s[5] - '0', minor = s[7] - '0';
+        int code = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
         if (code >= 100 && code < 200) {          /* interim (100 Continue): skip */
             c->in_len -= head_len;
             memmove(c->in, c->in + head_len, c->in_len);
@@ -766,16 +808,18 @@ static int hc_parse_head(struct httpc_req *r, struct hconn *c, char *msg, size_t
             const char *eol = memchr(line, '\n', (size_t)(end + 2 - line));
             if (!eol)
                 break;
-            size_t n = (size_t)(eol + 1 - line);
-            char *v;
-            if ((v = header_value(line, n, "Content-Length"))) {
-                char *e;
-                unsigned long long x = strtoull(v, &e, 10);
-                int bad = !*v || *e || x > HTTPC_MAX_BODY;
-                if (x > HTTPC_MAX_BODY)
+            size_t n = (size_t)(eol + 1 - line), vl;
+            const char *v;
+            if ((v = header_span(line, n, "Content-Length", &vl))) {
+                unsigned long long x = 0;
+                int bad = vl == 0 || vl > 20;
+                for (size_t i = 0; !bad && i < vl; i++) {
+                    bad = v[i] < '0' || v[i] > '9';
+                    x = bad || x > HTTPC_MAX_BODY ? x : x * 10 + (unsigned)(v[i] - '0');
+                }
+                if (!bad && x > HTTPC_MAX_BODY)
                     r->too_big = 1;
-                free(v);
-                if (bad) {
+                if (bad || r->too_big) {
                     snprintf(msg, msglen, r->too_big ? "response too large" : "bad Content-Length");
                     return -1;
                 }
@@ -783,18 +827,16 @@ static int hc_parse_head(struct httpc_req *r, struct hconn *c, char *msg, size_t
                     r->framing = HB_LENGTH;
                     r->remaining = (size_t)x;
                 }
-            } else if ((v = header_value(line, n, "Transfer-Encoding"))) {
-                if (strcasestr(v, "chunked")) {
+            } else if ((v = header_span(line, n, "Transfer-Encoding", &vl))) {
+                if (strncasecmp_any(v, vl, "chunked")) {
                     r->framing = HB_CHUNKED;
                     r->chunk = HCH_SIZE;
                 }
-                free(v);
-            } else if ((v = header_value(line, n, "Connection"))) {
-                if (strcasestr(v, "close"))
+            } else if ((v = header_span(line, n, "Connection", &vl))) {
+                if (strncasecmp_any(v, vl, "close"))
                     r->keep_alive = 0;
-                else if (strcasestr(v, "keep-alive"))
+                else if (strncasecmp_any(v, vl, "keep-alive"))
                     r->keep_alive = 1;
-                free(v);
             } else {
                 note_header(r, line, n);
             }

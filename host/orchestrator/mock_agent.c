@@ -42,8 +42,9 @@
 
 #define MOCK_BACKLOG   4096          /* a burst of connects must not drop SYNs */
 #define MOCK_MAX_REQ   (1u << 20)    /* request head + body limit */
-#define MOCK_READ_MIN  2048          /* free space kept for one recv() */
-#define MOCK_IN_INIT   4096          /* first request buffer of a connection */
+#define MOCK_READ_MIN  512           /* free space kept for one recv() */
+#define MOCK_IN_INIT   1000          /* first request buffer of a connection: small
+                                        requests; under glibc's 1 KiB large-chunk size */
 
 struct flaky {
     char         *key;
@@ -135,8 +136,11 @@ static void conn_send_reply(struct conn *c, int code, const char *body)
 {
     struct mock_agent *m = c->m;
     size_t bl = strlen(body);
+    /* Head and body go out with one send() from a stack buffer; the heap
+     * holds a reply only while the kernel cannot take all of it. */
+    char stack[2048];
     size_t cap = bl + 256;
-    char *out = malloc(cap);
+    char *out = cap <= sizeof stack ? stack : malloc(cap);
     if (!out) {
         conn_free(c);
         return;
@@ -147,15 +151,48 @@ static void conn_send_reply(struct conn *c, int code, const char *body)
                      code, code == 200 ? "OK" : "Error", bl, (long long)c->recv_ns,
                      (long long)orch_now_ns(), c->close_after ? "Connection: close\r\n" : "");
     if (n < 0 || (size_t)n + bl > cap) {
-        free(out);
+        if (out != stack)
+            free(out);
         conn_free(c);
         return;
     }
     memcpy(out + n, body, bl);
-    c->out = out;
-    c->out_len = (size_t)n + bl;
-    c->out_off = 0;
+    size_t len = (size_t)n + bl, off = 0;
     atomic_fetch_add(&m->n_replies, 1);
+    while (off < len) {
+        ssize_t k = send(c->fd, out + off, len - off, MSG_NOSIGNAL);
+        if (k > 0)
+            off += (size_t)k;
+        else if (k < 0 && errno == EINTR)
+            continue;
+        else
+            break;
+    }
+    if (off < len && !(errno == EAGAIN || errno == EWOULDBLOCK)) {
+        if (out != stack)
+            free(out);
+        conn_free(c);
+        return;
+    }
+    if (off == len) {
+        if (out != stack)
+            free(out);
+        conn_reply_done(c);
+        return;
+    }
+    /* the rest waits for EV_WRITE (WRITING) */
+    if (out == stack) {
+        char *h = malloc(len);
+        if (!h) {
+            conn_free(c);
+            return;
+        }
+        memcpy(h, stack, len);
+        out = h;
+    }
+    c->out = out;
+    c->out_len = len;
+    c->out_off = off;
     if (conn_flush(c)) {
         conn_free(c);
         return;

@@ -9,6 +9,7 @@
 #include "common/status.h"
 #include "orchestrator/action.h"
 #include "orchestrator/httpc.h"
+#include "orchestrator/jbuf.h"
 #include "orchestrator/registry.h"
 
 struct ev_rec {
@@ -112,68 +113,23 @@ static void log_fail(struct orch_task *t, int st)
         event_active(t->kick, 0, 0);
 }
 
-/* Turn integral numbers of `node` (|x| < 1e15, depth <= 64) into raw JSON
- * text with the digits cJSON would print.  cJSON 1.7.15 prints each number
- * with sprintf("%1.15g") and re-reads it with sscanf to check the round
- * trip: measured at three quarters of printing an event, the largest single
- * cost per call on the loop.  A number whose copy cannot be allocated stays
- * a number (printed the slow way, same text). */
-static void json_ints_to_raw(cJSON *node, int depth)
-{
-    for (cJSON *c = node; c; c = c->next) {
-        if (cJSON_IsNumber(c)) {
-            double d = c->valuedouble;
-            if (!(d > -1e15 && d < 1e15) || d != (double)(long long)d)
-                continue;
-            char digits[24], *p = digits + sizeof digits;
-            long long v = (long long)d;
-            unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-            *--p = 0;
-            do {
-                *--p = (char)('0' + u % 10);
-                u /= 10;
-            } while (u);
-            if (v < 0)
-                *--p = '-';
-            size_t n = (size_t)(digits + sizeof digits - p);
-            char *text = malloc(n);
-            if (!text)
-                continue;
-            memcpy(text, p, n);
-            c->type = cJSON_Raw | (c->type & cJSON_StringIsConst);
-            c->valuestring = text;
-        } else if (c->child && depth < 64) {
-            json_ints_to_raw(c->child, depth + 1);
-        }
-    }
-}
-
-static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, int terminal)
+/* Store and deliver an event whose data object is the text in b (consumed;
+ * b->oom or NULL b: the event could not be printed). */
+static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int terminal)
 {
     char *text = NULL;
-    if (data && !(terminal ? 0 : t->log_error)) {
-        /* "task" and "t_ms" are spliced in as text: cJSON prints a
-         * fractional number with sprintf, sscanf back and maybe sprintf
-         * again, a large share of an event's cost on the loop. */
-        /* Printed into a stack buffer first (most events are small): one
-         * malloc for the event instead of cJSON's doubling reallocs. */
-        char stack[4096];
-        json_ints_to_raw(data, 0);
-        char *body = cJSON_PrintPreallocated(data, stack, (int)sizeof stack, 0) ? stack
-                                                                               : cJSON_PrintUnformatted(data);
-        size_t bl = body ? strlen(body) : 0;
-        if (bl >= 2 && body[bl - 1] == '}') {
-            size_t cap = bl + strlen(t->id) + 64;
-            if ((text = malloc(cap))) {
-                int64_t us = (orch_now_ns() - t->t_start) / 1000;
-                snprintf(text, cap, "%.*s%s\"task\":\"%s\",\"t_ms\":%lld.%03lld}", (int)(bl - 1), body,
-                         bl > 2 ? "," : "", t->id, (long long)(us / 1000), (long long)(us % 1000));
-            }
-        }
-        if (body != stack)
-            free(body);
+    if (b && !b->oom && !(terminal ? 0 : t->log_error) && b->len >= 2 && b->p[b->len - 1] == '}') {
+        /* "task" and "t_ms" appended as text: one malloc for the event */
+        char tail[128];
+        int64_t us = (orch_now_ns() - t->t_start) / 1000;
+        int n = snprintf(tail, sizeof tail, "%s\"task\":\"%s\",\"t_ms\":%lld.%03lld}", b->len > 2 ? "," : "",
+                         t->id, (long long)(us / 1000), (long long)(us % 1000));
+        b->len--;                                   /* the closing brace */
+        jbuf_add(b, tail, (size_t)n);
+        text = jbuf_take(b);
+    } else if (b) {
+        jbuf_free(b);
     }
-    cJSON_Delete(data);
     if (!terminal) {
         int st = t->log_error;
         if (!st && !text)
@@ -215,6 +171,33 @@ static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, 
         s->cb(s->ud, t, &ev);
     }
     return PS_OK;
+}
+
+/* emit_text for a cJSON object (taken), printed by jbuf: integers without
+ * cJSON's sprintf + sscanf round trip, into a stack buffer. */
+static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, int terminal)
+{
+    char stack[4096];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    if (data && !(terminal ? 0 : t->log_error))
+        jbuf_json(&b, data);
+    else
+        b.oom = 1;
+    cJSON_Delete(data);
+    return emit_text(t, type, &b, terminal);
+}
+
+/* ,"key":<item> (or {"key":<item> when first) into b; a NULL item as null. */
+static void jb_member(struct jbuf *b, int first, const char *key, const cJSON *item)
+{
+    jbuf_add(b, first ? "{\"" : ",\"", 2);
+    jbuf_add(b, key, strlen(key));
+    jbuf_add(b, "\":", 2);
+    if (item)
+        jbuf_json(b, item);
+    else
+        jbuf_add(b, "null", 4);
 }
 
 /* Append text to the transcript the model reads (append-only, so each
@@ -454,6 +437,35 @@ cJSON *orch_task_summary(const struct orch_task *t)
     return o;
 }
 
+/* orch_task_summary(t) printed, without building it: the same text for a
+ * task without usage records (scripted tasks; test_orch_exec compares the
+ * two). */
+static void summary_print(const struct orch_task *t, struct jbuf *b)
+{
+    cJSON str = { .type = cJSON_String };
+    str.valuestring = (char *)t->id;
+    jb_member(b, 1, "id", &str);
+    str.valuestring = (char *)orch_task_status_str(t->status);
+    jb_member(b, 0, "status", &str);
+    jb_member(b, 0, "output", t->output);
+    jbuf_add(b, ",\"calls\":[", 10);
+    const cJSON *e;
+    cJSON_ArrayForEach(e, t->ledger) {
+        static const char *const keys[] = { "id", "to", "status", "result", "error", "ms", "attempts" };
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+            jb_member(b, i == 0, keys[i], cJSON_GetObjectItemCaseSensitive(e, keys[i]));
+        jbuf_add(b, e->next ? "}," : "}", e->next ? 2 : 1);
+    }
+    char num[48];
+    int n = snprintf(num, sizeof num, "],\"rounds\":%d", t->rounds);
+    jbuf_add(b, num, (size_t)n);
+    if (t->error) {
+        str.valuestring = t->error;
+        jb_member(b, 0, "error", &str);
+    }
+    jbuf_add(b, "}", 1);
+}
+
 /* ---- lifecycle -------------------------------------------------------------------- */
 
 static void evict_finished(struct orch *o)
@@ -483,7 +495,16 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
         event_del(t->deadline);
     if (t->finalize_ev)
         event_del(t->finalize_ev);
-    emit(t, st == TASK_COMPLETED ? "task.final" : "task.error", orch_task_summary(t), 1);
+    const char *type = st == TASK_COMPLETED ? "task.final" : "task.error";
+    if (cJSON_GetArraySize(t->usage) > 0) {
+        emit(t, type, orch_task_summary(t), 1);
+    } else {
+        char stack[4096];
+        struct jbuf b;
+        jbuf_init(&b, stack, sizeof stack);
+        summary_print(t, &b);
+        emit_text(t, type, &b, 1);
+    }
     exec_group_destroy(t->g);
     t->g = NULL;
     o->n_running--;
@@ -493,42 +514,113 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     evict_finished(o);
 }
 
+/* Set a ledger field in place (the entry's placeholders are replaced by
+ * value, no node or key allocated).  0, or -1 when out of memory. */
+static int json_set_string(cJSON *node, const char *s)
+{
+    char *copy = strdup(s);
+    if (!copy)
+        return -1;
+    if ((cJSON_IsString(node) || cJSON_IsRaw(node)) && !(node->type & cJSON_IsReference))
+        free(node->valuestring);
+    node->valuestring = copy;
+    node->type = cJSON_String | (node->type & cJSON_StringIsConst);
+    return 0;
+}
+
+static void json_set_null(cJSON *node)
+{
+    if ((cJSON_IsString(node) || cJSON_IsRaw(node)) && !(node->type & cJSON_IsReference))
+        free(node->valuestring);
+    node->valuestring = NULL;
+    node->type = cJSON_NULL | (node->type & cJSON_StringIsConst);
+}
+
+/* Ledger entry `key`: the existing node, or a fresh null member. */
+static cJSON *ledger_field(cJSON *e, const char *key)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(e, key);
+    if (!v && (v = cJSON_CreateNull()) && !cJSON_AddItemToObject(e, key, v)) {
+        cJSON_Delete(v);
+        v = NULL;
+    }
+    return v;
+}
+
+/* One finished call: its ledger entry is filled in place and the
+ * call.result event printed from it, {"id","to","status","result","error",
+ * "ms","attempts"} plus the two overheads in whole microseconds.  (Built as
+ * a separate record and copied into the ledger field by field, this was
+ * the largest share of the loop's allocations per call.) */
 static void on_feedback(void *ud, const struct exec_feedback *fb)
 {
     struct orch_task *t = ud;
-    cJSON *e = ledger_find(t, fb->id);
-    cJSON *rec = cJSON_CreateObject();
-    cJSON_AddStringToObject(rec, "id", fb->id);
-    cJSON_AddStringToObject(rec, "to", fb->to);
-    cJSON_AddStringToObject(rec, "status", fb_status_str(fb->status));
-    cJSON_AddItemToObject(rec, "result", fb->result ? cJSON_Duplicate(fb->result, 1) : cJSON_CreateNull());
-    if (fb->error)
-        cJSON_AddStringToObject(rec, "error", fb->error);
-    else
-        cJSON_AddNullToObject(rec, "error");
-    cJSON_AddNumberToObject(rec, "ms", (double)fb->ms);
-    cJSON_AddNumberToObject(rec, "attempts", fb->attempts);
-    if (e) {
-        static const char *const keys[] = { "status", "result", "error", "ms", "attempts" };
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-            cJSON_ReplaceItemInObjectCaseSensitive(e, keys[i],
-                cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(rec, keys[i]), 1));
+    cJSON *e = ledger_find(t, fb->id), *own = NULL;
+    if (!e) {
+        /* not in the ledger (cannot happen: every call is entered before it
+         * is submitted): report it all the same */
+        if (!(e = own = cJSON_CreateObject()) || !cJSON_AddStringToObject(e, "id", fb->id) ||
+            !cJSON_AddStringToObject(e, "to", fb->to)) {
+            cJSON_Delete(own);
+            log_fail(t, PS_ENOMEM);
+            return;
+        }
     }
-    /* Whole microseconds, added as raw JSON text: cJSON 1.7.15 prints every
-     * number with sprintf("%1.15g") and checks it with sscanf, a visible
-     * cost per event on the loop.  These two appear in events only. */
-    char num[24];
-    if (fb->dispatch_to_recv_ns >= 0) {
-        snprintf(num, sizeof num, "%lld", (long long)(fb->dispatch_to_recv_ns / 1000));
-        cJSON_AddRawToObject(rec, "dispatch_to_recv_us", num);
+    /* the entry's members in one pass (a lookup per key, twice, showed as
+     * strcmp in the loop's profile); missing ones are added as null */
+    static const char *const keys[] = { "id", "to", "status", "result", "error", "ms", "attempts" };
+    enum { K_ID, K_TO, K_STATUS, K_RESULT, K_ERROR, K_MS, K_ATTEMPTS, K_N };
+    cJSON *f[K_N] = { 0 };
+    for (cJSON *ch = e->child; ch; ch = ch->next)
+        for (int k = 0; k < K_N; k++)
+            if (!f[k] && ch->string && !strcmp(ch->string, keys[k])) {
+                f[k] = ch;
+                break;
+            }
+    for (int k = K_STATUS; k < K_N; k++)
+        if (!f[k])
+            f[k] = ledger_field(e, keys[k]);
+    cJSON *st = f[K_STATUS], *res = f[K_RESULT], *err = f[K_ERROR], *ms = f[K_MS], *att = f[K_ATTEMPTS];
+    cJSON *rcopy = fb->result ? cJSON_Duplicate(fb->result, 1) : NULL;
+    int oom = !st || !res || !err || !ms || !att || (fb->result && !rcopy) ||
+              json_set_string(st, fb_status_str(fb->status)) ||
+              (fb->error ? json_set_string(err, fb->error) : (json_set_null(err), 0));
+    if (!oom && rcopy && !cJSON_ReplaceItemInObjectCaseSensitive(e, "result", rcopy))
+        oom = 1;
+    else if (!oom && rcopy)
+        f[K_RESULT] = rcopy, rcopy = NULL;      /* the ledger owns it */
+    else if (!oom)
+        json_set_null(res);
+    cJSON_Delete(rcopy);
+    if (ms && att) {
+        cJSON_SetNumberValue(ms, (double)fb->ms);
+        cJSON_SetNumberValue(att, fb->attempts);
+        ms->type = cJSON_Number;
+        att->type = cJSON_Number;
     }
-    if (fb->reply_to_record_ns >= 0) {
-        snprintf(num, sizeof num, "%lld", (long long)(fb->reply_to_record_ns / 1000));
-        cJSON_AddRawToObject(rec, "reply_to_record_us", num);
+    if (oom) {
+        cJSON_Delete(own);
+        log_fail(t, PS_ENOMEM);
+        return;
     }
     if (t->status == TASK_RUNNING)
-        transcript_feedback(t, rec);
-    emit(t, "call.result", rec, 0);
+        transcript_feedback(t, e);
+    char stack[4096], num[64];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    for (int k = 0; k < K_N; k++)
+        jb_member(&b, k == 0, keys[k], f[k]);
+    if (fb->dispatch_to_recv_ns >= 0) {
+        int n = snprintf(num, sizeof num, ",\"dispatch_to_recv_us\":%lld", (long long)(fb->dispatch_to_recv_ns / 1000));
+        jbuf_add(&b, num, (size_t)n);
+    }
+    if (fb->reply_to_record_ns >= 0) {
+        int n = snprintf(num, sizeof num, ",\"reply_to_record_us\":%lld", (long long)(fb->reply_to_record_ns / 1000));
+        jbuf_add(&b, num, (size_t)n);
+    }
+    jbuf_add(&b, "}", 1);
+    cJSON_Delete(own);
+    emit_text(t, "call.result", &b, 0);
     t->new_feedback++;
     if (t->status == TASK_RUNNING)
         event_active(t->kick, 0, 0);
@@ -625,13 +717,18 @@ static void on_call_closed(void *ud, const cJSON *call_in)
     }
     t->n_calls++;
     cJSON_AddItemToArray(t->ledger, e);
-    cJSON *d = cJSON_CreateObject();
+    /* The event, {"id","to","args","after"}, printed from the ledger entry
+     * (no copy of it). */
+    char stack[4096];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
     static const char *const keys[] = { "id", "to", "args", "after" };
     for (size_t i = 0; i < 4; i++)
-        cJSON_AddItemToObject(d, keys[i], cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(e, keys[i]), 1));
+        jb_member(&b, i == 0, keys[i], cJSON_GetObjectItemCaseSensitive(e, keys[i]));
+    jbuf_add(&b, "}", 1);
     /* Submitted even when the event could not be stored: the task is
      * failing then, and its end cancels the call, keeping the ledger whole. */
-    emit(t, "call.dispatched", d, 0);
+    emit_text(t, "call.dispatched", &b, 0);
     exec_group_submit(t->g, call);
     cJSON_Delete(own);
 }
@@ -823,7 +920,8 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     action_fill_ids(t, action);
     cJSON_Delete(t->made);
     t->made = NULL;
-    cJSON_AddItemToObject(d, "action", cJSON_Duplicate(action, 1));
+    /* a reference, printed with d before the action is freed below */
+    cJSON_AddItemReferenceToObject(d, "action", action);
     if (!t->script) {
         char *atext = cJSON_PrintUnformatted(action);
         if (atext)
@@ -866,8 +964,17 @@ static void decide(struct orch_task *t)
     t->final_only = !t->script && (t->rounds >= t->max_rounds || t->n_calls >= t->max_calls || t->finalize);
     t->t_decide = orch_now_ns();
     cJSON_Delete(t->made);
-    t->made = cJSON_CreateArray();
-    t->parser = t->made ? action_parser_new(on_call_closed, t) : NULL;
+    t->made = NULL;
+    /* `made` (the calls as dispatched, ids filled in) matters when a call
+     * gets a fresh id, or when a model's decision stops early; a scripted
+     * action whose calls all carry ids does without the copies. */
+    const cJSON *act = t->script ? cJSON_GetArrayItem(t->script, t->script_pos) : NULL;
+    int need_made = !t->script;
+    const cJSON *cl;
+    cJSON_ArrayForEach(cl, cJSON_GetObjectItemCaseSensitive(act, "calls"))
+        need_made |= cJSON_IsObject(cl) && !cJSON_GetObjectItemCaseSensitive(cl, "id");
+    int oom = need_made && !(t->made = cJSON_CreateArray());
+    t->parser = oom ? NULL : action_parser_new(on_call_closed, t);
     if (!t->parser) {
         task_finish(t, TASK_FAILED, "out of memory");
         return;
@@ -876,11 +983,14 @@ static void decide(struct orch_task *t)
     if (t->script) {
         /* The scripted action takes the model's path: text through the
          * incremental parser, calls submitted as their objects close. */
-        char *text = cJSON_PrintUnformatted(cJSON_GetArrayItem(t->script, t->script_pos++));
-        int st = text ? PS_OK : PS_ENOMEM;
-        if (text)
-            orch_task_decision_text(t, text, strlen(text));
-        free(text);
+        char stack[4096];
+        struct jbuf b;
+        jbuf_init(&b, stack, sizeof stack);
+        jbuf_json(&b, cJSON_GetArrayItem(t->script, t->script_pos++));
+        int st = b.oom ? PS_ENOMEM : PS_OK;
+        if (!b.oom)
+            orch_task_decision_text(t, b.p, b.len);
+        jbuf_free(&b);
         orch_task_decision_end(t, st, NULL);
         return;
     }

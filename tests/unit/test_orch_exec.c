@@ -368,6 +368,7 @@ static void test_cancel(void)
 struct captured {
     char result[1024];
     char dispatched[1024];
+    char final[4096];
 };
 
 static void on_capture(void *ud, struct orch_task *t, const struct orch_event *ev)
@@ -377,13 +378,15 @@ static void on_capture(void *ud, struct orch_task *t, const struct orch_event *e
         snprintf(cap->result, sizeof cap->result, "%s", ev->data);
     if (!strcmp(ev->type, "call.dispatched") && !cap->dispatched[0])
         snprintf(cap->dispatched, sizeof cap->dispatched, "%s", ev->data);
+    if (!strcmp(ev->type, "task.final"))
+        snprintf(cap->final, sizeof cap->final, "%s", ev->data);
 }
 
 static void test_event_numbers(void)
 {
     struct ctx c;
     CHECK(ctx_open(&c) == 0);
-    struct captured cap = {{0}, {0}};
+    struct captured cap = {{0}, {0}, {0}};
     struct orch_task *t = submit(&c, "{\"input\":\"numbers\",\"script\":[{\"calls\":["
         "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":1,\"neg\":-12,\"f\":1.5,\"big\":1e20,"
         "\"z\":0,\"m\":123456789012,\"e\":-0.25}},"
@@ -404,6 +407,16 @@ static void test_event_numbers(void)
     const cJSON *call0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(s, "calls"), 0);
     const cJSON *neg = exec_json_path(cJSON_GetObjectItemCaseSensitive(call0, "result"), "args.neg");
     CHECK(cJSON_IsNumber(neg) && neg->valuedouble == -12);
+    /* task.final is printed straight from the ledger (task.c summary_print):
+     * the summary's own text, then "task" and "t_ms" */
+    char *st = s ? cJSON_PrintUnformatted(s) : NULL;
+    CHECK(st && strlen(st) > 2);
+    if (st && strlen(st) > 2) {
+        st[strlen(st) - 1] = 0;
+        CHECK_MSG(!strncmp(cap.final, st, strlen(st)) && !strncmp(cap.final + strlen(st), ",\"task\":\"", 9),
+                  "\n summary %s}\n event   %s", st, cap.final);
+    }
+    free(st);
     cJSON_Delete(s);
     ctx_close(&c);
 }

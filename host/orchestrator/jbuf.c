@@ -1,0 +1,209 @@
+/* jbuf.c - growable buffer and compact JSON printing (see jbuf.h). */
+#include "orchestrator/jbuf.h"
+
+#include <float.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void jbuf_init(struct jbuf *b, char *stack, size_t cap)
+{
+    b->p = stack;
+    b->cap = cap;
+    b->len = 0;
+    b->heap = 0;
+    b->oom = 0;
+    b->p[0] = 0;
+}
+
+static int jbuf_reserve(struct jbuf *b, size_t n)
+{
+    if (b->oom)
+        return -1;
+    if (b->len + n + 1 <= b->cap)
+        return 0;
+    size_t cap = b->cap * 2;
+    while (cap < b->len + n + 1)
+        cap *= 2;
+    char *np = b->heap ? realloc(b->p, cap) : malloc(cap);
+    if (!np) {
+        b->oom = 1;
+        return -1;
+    }
+    if (!b->heap)
+        memcpy(np, b->p, b->len + 1);
+    b->p = np;
+    b->cap = cap;
+    b->heap = 1;
+    return 0;
+}
+
+void jbuf_add(struct jbuf *b, const char *s, size_t n)
+{
+    if (jbuf_reserve(b, n))
+        return;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    b->p[b->len] = 0;
+}
+
+/* A JSON string as cJSON's print_string_ptr writes it. */
+static void add_string(struct jbuf *b, const char *s)
+{
+    if (!s) {
+        jbuf_add(b, "\"\"", 2);
+        return;
+    }
+    size_t extra = 0, n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++, n++) {
+        if (*p == '"' || *p == '\\' || *p == '\b' || *p == '\f' || *p == '\n' || *p == '\r' || *p == '\t')
+            extra += 1;
+        else if (*p < 32)
+            extra += 5;
+    }
+    if (jbuf_reserve(b, n + extra + 2))
+        return;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    if (!extra) {
+        memcpy(o, s, n);
+        o += n;
+    } else {
+        for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+            if (*p >= 32 && *p != '"' && *p != '\\') {
+                *o++ = (char)*p;
+                continue;
+            }
+            *o++ = '\\';
+            switch (*p) {
+            case '"':  *o++ = '"'; break;
+            case '\\': *o++ = '\\'; break;
+            case '\b': *o++ = 'b'; break;
+            case '\f': *o++ = 'f'; break;
+            case '\n': *o++ = 'n'; break;
+            case '\r': *o++ = 'r'; break;
+            case '\t': *o++ = 't'; break;
+            default:
+                snprintf(o, 6, "u%04x", *p);
+                o += 5;
+            }
+        }
+    }
+    *o++ = '"';
+    *o = 0;
+    b->len = (size_t)(o - b->p);
+}
+
+/* As cJSON 1.7.15's print_number: "null" for NaN/inf; %1.15g unless that
+ * does not read back exactly, then %1.17g.  Integers below 2^53 print the
+ * same digits without the printf/scanf round trip. */
+static void add_number(struct jbuf *b, double d)
+{
+    char num[32];
+    int n;
+    if (isnan(d) || isinf(d)) {
+        jbuf_add(b, "null", 4);
+        return;
+    }
+    if (d == floor(d) && fabs(d) < 9007199254740992.0 && !(d == 0 && signbit(d))) {
+        char *p = num + sizeof num;
+        long long v = (long long)d;
+        unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+        /* %1.15g switches to exponent notation at 1e15 */
+        if (u < 1000000000000000ull) {
+            do {
+                *--p = (char)('0' + u % 10);
+                u /= 10;
+            } while (u);
+            if (v < 0)
+                *--p = '-';
+            jbuf_add(b, p, (size_t)(num + sizeof num - p));
+            return;
+        }
+    }
+    n = snprintf(num, sizeof num, "%1.15g", d);
+    double test = 0;
+    /* cJSON's compare_double: equal within DBL_EPSILON of the larger */
+    if (sscanf(num, "%lg", &test) != 1 ||
+        fabs(test - d) > (fabs(test) > fabs(d) ? fabs(test) : fabs(d)) * DBL_EPSILON)
+        n = snprintf(num, sizeof num, "%1.17g", d);
+    if (n > 0)
+        jbuf_add(b, num, (size_t)n);
+}
+
+static void add_value(struct jbuf *b, const cJSON *it, int depth)
+{
+    if (depth > CJSON_NESTING_LIMIT) {
+        jbuf_add(b, "null", 4);
+        return;
+    }
+    switch (it->type & 0xFF) {
+    case cJSON_NULL:   jbuf_add(b, "null", 4); break;
+    case cJSON_False:  jbuf_add(b, "false", 5); break;
+    case cJSON_True:   jbuf_add(b, "true", 4); break;
+    case cJSON_Number: add_number(b, it->valuedouble); break;
+    case cJSON_String: add_string(b, it->valuestring); break;
+    case cJSON_Raw:
+        if (it->valuestring)
+            jbuf_add(b, it->valuestring, strlen(it->valuestring));
+        else
+            b->oom = 1;            /* cJSON fails to print a raw item without text */
+        break;
+    case cJSON_Array:
+        jbuf_add(b, "[", 1);
+        for (const cJSON *c = it->child; c; c = c->next) {
+            add_value(b, c, depth + 1);
+            if (c->next)
+                jbuf_add(b, ",", 1);
+        }
+        jbuf_add(b, "]", 1);
+        break;
+    case cJSON_Object:
+        jbuf_add(b, "{", 1);
+        for (const cJSON *c = it->child; c; c = c->next) {
+            add_string(b, c->string);
+            jbuf_add(b, ":", 1);
+            add_value(b, c, depth + 1);
+            if (c->next)
+                jbuf_add(b, ",", 1);
+        }
+        jbuf_add(b, "}", 1);
+        break;
+    default:
+        b->oom = 1;                /* invalid item: cJSON prints nothing */
+    }
+}
+
+void jbuf_json(struct jbuf *b, const cJSON *item)
+{
+    if (!item) {
+        b->oom = 1;
+        return;
+    }
+    add_value(b, item, 0);
+}
+
+char *jbuf_take(struct jbuf *b)
+{
+    char *r = NULL;
+    if (!b->oom) {
+        if (b->heap) {
+            r = b->p;
+            b->heap = 0;
+        } else if ((r = malloc(b->len + 1))) {
+            memcpy(r, b->p, b->len + 1);
+        }
+    }
+    jbuf_free(b);
+    return r;
+}
+
+void jbuf_free(struct jbuf *b)
+{
+    if (b->heap)
+        free(b->p);
+    b->heap = 0;
+    b->p = NULL;
+    b->len = b->cap = 0;
+}

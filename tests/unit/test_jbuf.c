@@ -1,0 +1,106 @@
+/* test_jbuf.c - jbuf_json prints exactly what cJSON_PrintUnformatted
+ * prints (strings with every escape, integers and fractions, the switch to
+ * exponents, -0, NaN, nesting, raw items), the buffer moves from the stack
+ * to the heap when it grows, and jbuf_take hands over an owned copy. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "orchestrator/jbuf.h"
+#include "test_util.h"
+
+static void same_as_cjson(const cJSON *j, size_t stack_cap)
+{
+    char stack[8192];
+    struct jbuf b;
+    jbuf_init(&b, stack, stack_cap);
+    jbuf_json(&b, j);
+    char *ref = cJSON_PrintUnformatted(j);
+    CHECK(!b.oom && ref);
+    if (ref && !b.oom)
+        CHECK_MSG(!strcmp(ref, b.p), "\n cJSON %s\n jbuf  %s", ref, b.p);
+    CHECK(b.len == strlen(b.p));
+    free(ref);
+    jbuf_free(&b);
+}
+
+static void doc(const char *text)
+{
+    cJSON *j = cJSON_Parse(text);
+    CHECK_MSG(j != NULL, "%s", text);
+    if (!j)
+        return;
+    same_as_cjson(j, 8192);
+    same_as_cjson(j, 1);          /* grows from a one-byte buffer */
+    cJSON_Delete(j);
+}
+
+int main(void)
+{
+    doc("{}");
+    doc("[]");
+    doc("{\"a\":[1,2,{\"b\":null,\"c\":true,\"d\":false}],\"e\":\"x\"}");
+    doc("{\"s\":\"quote\\\" back\\\\ slash\\/ \\b\\f\\n\\r\\t \\u0001\\u001f \\u007f \\u00e9 \\ud83d\\ude00\"}");
+    doc("{\"k\\n\\\"ey\":1}");
+    doc("[0,-0,1,-1,42,123456789012345,999999999999999,1000000000000000,-1000000000000000,"
+        "9007199254740992,9007199254740993,1e300,-1e-300,0.1,0.2,0.30000000000000004,3.14159,"
+        "1.5e-7,2.5,-2.5,1e15,1e16,123456789.123456789,4294967296,-2147483649]");
+    doc("[[[[[[[[[[[[[[[[[[[[\"deep\"]]]]]]]]]]]]]]]]]]]]");
+
+    /* numbers cJSON holds but no JSON text can (NaN, inf) print as null */
+    cJSON *a = cJSON_CreateArray();
+    cJSON_AddItemToArray(a, cJSON_CreateNumber(NAN));
+    cJSON_AddItemToArray(a, cJSON_CreateNumber(INFINITY));
+    cJSON_AddItemToArray(a, cJSON_CreateNumber(-0.0));
+    cJSON_AddItemToArray(a, cJSON_CreateRaw("{\"raw\":1}"));
+    cJSON_AddItemToArray(a, cJSON_CreateString(""));
+    same_as_cjson(a, 8192);
+
+    /* random doubles and integers against cJSON */
+    uint64_t rng = 12345;
+    cJSON *r = cJSON_CreateArray();
+    for (int i = 0; i < 2000; i++) {
+        uint64_t x = ((uint64_t)test_rng_u32(&rng) << 32) | test_rng_u32(&rng);
+        double d;
+        switch (i % 4) {
+        case 0: d = (double)(int64_t)(x >> (x % 60)); break;                 /* integers of all sizes */
+        case 1: d = (double)(x % 1000000) / 1000.0; break;                   /* decimals */
+        case 2: memcpy(&d, &x, sizeof d); if (isnan(d) || isinf(d)) d = 1; break;  /* any bits */
+        default: d = -(double)(x % 100000) * 1e-9; break;
+        }
+        cJSON_AddItemToArray(r, cJSON_CreateNumber(d));
+    }
+    same_as_cjson(r, 8192);
+    cJSON_Delete(r);
+
+    /* a raw item without text cannot be printed (cJSON fails it too) */
+    cJSON *bad = cJSON_CreateRaw("x");
+    free(bad->valuestring);
+    bad->valuestring = NULL;
+    char st[64];
+    struct jbuf b;
+    jbuf_init(&b, st, sizeof st);
+    jbuf_json(&b, bad);
+    CHECK(b.oom);
+    CHECK(jbuf_take(&b) == NULL);
+    cJSON_Delete(bad);
+
+    /* take: stack text copied out; heap text handed over */
+    jbuf_init(&b, st, sizeof st);
+    jbuf_add(&b, "abc", 3);
+    CHECK(!b.heap);
+    char *t = jbuf_take(&b);
+    CHECK(t && !strcmp(t, "abc"));
+    free(t);
+    jbuf_init(&b, st, sizeof st);
+    for (int i = 0; i < 100; i++)
+        jbuf_add(&b, "0123456789", 10);
+    CHECK(b.heap && b.len == 1000 && strlen(b.p) == 1000);
+    jbuf_json(&b, a);
+    t = jbuf_take(&b);
+    CHECK(t && strlen(t) > 1000);
+    free(t);
+    cJSON_Delete(a);
+    TEST_DONE();
+}
