@@ -84,7 +84,23 @@ struct tasks_api {
     struct decision        *decisions;
     struct waiter          *waiters;
     bool                    draining;
+    /* The decision text decider_over_context last tokenized, with its ids
+     * (no BOS): decider_start, which follows it on the same loop turn,
+     * submits these ids when its text is the same, so the engine thread
+     * does not tokenize the prompt a second time.  NULL: none. */
+    char                   *tok_text;
+    int32_t                *tok_ids;
+    size_t                  tok_n;
 };
+
+static void tok_cache_clear(struct tasks_api *api)
+{
+    free(api->tok_text);
+    free(api->tok_ids);
+    api->tok_text = NULL;
+    api->tok_ids = NULL;
+    api->tok_n = 0;
+}
 
 /* ---- replies ------------------------------------------------------------------ */
 
@@ -611,8 +627,10 @@ static int32_t decider_over_context(void *ctx, struct orch_task *t, const char *
         free(text);
         return 0;
     }
-    free(text);
-    free(ids);
+    tok_cache_clear(api);          /* kept for decider_start */
+    api->tok_text = text;
+    api->tok_ids = ids;
+    api->tok_n = n_ids;
     const int64_t need = (int64_t)n_ids + 1 + decision_max_tokens(api, t);
     return need > api->cfg.n_ctx ? (int32_t)(need - api->cfg.n_ctx) : 0;
 }
@@ -649,7 +667,27 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     } else if (api->action_grammar) {
         er.constraint = grammar_constraint(api->action_grammar);
     }
-    if (engine_submit(api->cfg.eng, &er, &d->eng_id))
+    /* The ids decider_over_context counted for this very text, BOS first
+     * as the engine would add it: submitted instead of the text. */
+    int32_t *pids = NULL;
+    if (api->tok_text && api->cfg.tok && !strcmp(api->tok_text, text) && api->tok_n < INT32_MAX - 1) {
+        const bool bos = tokenizer_add_bos(api->cfg.tok) && tokenizer_bos(api->cfg.tok) >= 0;
+        if ((pids = malloc((api->tok_n + 1) * sizeof *pids))) {
+            size_t n = 0;
+            if (bos)
+                pids[n++] = tokenizer_bos(api->cfg.tok);
+            if (api->tok_n)
+                memcpy(pids + n, api->tok_ids, api->tok_n * sizeof *pids);
+            n += api->tok_n;
+            er.prompt = NULL;
+            er.prompt_ids = pids;
+            er.n_prompt_ids = (int32_t)n;
+        }
+    }
+    tok_cache_clear(api);
+    int src = engine_submit(api->cfg.eng, &er, &d->eng_id);   /* copies the ids */
+    free(pids);
+    if (src)
         goto fail;
     free(text);
     d->api = api;
@@ -897,6 +935,7 @@ void tasks_api_free(struct tasks_api *api)
     if (!api)
         return;
     tasks_api_stop(api);
+    tok_cache_clear(api);
     grammar_free(api->action_grammar);   /* the vocab goes after its grammars */
     for (int i = 0; i < FINAL_CACHE; i++) {
         grammar_free(api->finals[i].g);
