@@ -17,6 +17,7 @@
 #include <getopt.h>
 #include <math.h>
 #include <pthread.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -68,7 +69,9 @@ static void usage(FILE *out)
         "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n"
         "  --floor N          with --stats and --mock-agent: after the run, N keep-alive round\n"
         "                     trips of a minimal client to the mock ({\"sleep_ms\":1}, 64\n"
-        "                     connections); adds floor_client_us / floor_mock_us per request\n");
+        "                     connections); adds floor_client_us / floor_mock_us per request,\n"
+        "                     and floor_open_client_us / floor_open_mock_us per new connection\n"
+        "                     (connect + its first round trip)\n");
 }
 
 static void push(double **v, size_t *n, size_t *cap, double x)
@@ -186,6 +189,19 @@ static void on_stagger(evutil_socket_t fd, short what, void *ud)
     int64_t due_us = (int64_t)r->submitted * r->stagger_ms * 1000 / r->total - el_us;
     struct timeval tv = { (time_t)(due_us / 1000000), (suseconds_t)(due_us % 1000000) };
     evtimer_add(r->stagger_ev, &tv);
+}
+
+/* This thread's user and kernel CPU seconds (tick-sampled by the kernel:
+ * a split, not a precise measure). */
+static void thread_user_sys_s(double *user, double *sys)
+{
+    struct rusage ru;
+    if (getrusage(RUSAGE_THREAD, &ru)) {
+        *user = *sys = -1;
+        return;
+    }
+    *user = (double)ru.ru_utime.tv_sec + ru.ru_utime.tv_usec / 1e6;
+    *sys = (double)ru.ru_stime.tv_sec + ru.ru_stime.tv_usec / 1e6;
 }
 
 static double thread_cpu_s(void)
@@ -375,7 +391,10 @@ int cmd_orchestrate(int argc, char **argv)
     r.tasks = calloc((size_t)r.total + 1, sizeof *r.tasks);
     if (!r.tasks || !(r.stagger_ev = evtimer_new(r.base, on_stagger, &r)))
         goto done;
-    double cpu0 = thread_cpu_s();
+    struct exec_stats xs0, xs1;
+    exec_get_stats(orch_executor(r.orch), &xs0);
+    double cpu0 = thread_cpu_s(), user0, sys0;
+    thread_user_sys_s(&user0, &sys0);
     int64_t mock_cpu0 = mock ? mock_agent_cpu_ns(mock) : -1;
     int64_t mock_req0 = mock ? mock_agent_requests(mock) : 0;
     r.t0 = orch_now_ns();
@@ -397,13 +416,16 @@ int cmd_orchestrate(int argc, char **argv)
     if (r.finished < r.total && !(r.submit_error && r.finished == r.submitted))
         event_base_dispatch(r.base);
     double wall = (double)(orch_now_ns() - r.t0) / 1e9;
-    double loop_cpu = thread_cpu_s() - cpu0;
+    double loop_cpu = thread_cpu_s() - cpu0, user1, sys1;
+    exec_get_stats(orch_executor(r.orch), &xs1);
+    int64_t connects = xs1.http_connects - xs0.http_connects;
+    thread_user_sys_s(&user1, &sys1);
     int64_t mock_cpu1 = mock ? mock_agent_cpu_ns(mock) : -1;
     int64_t mock_requests = mock ? mock_agent_requests(mock) - mock_req0 : 0;
     double mock_cpu = mock_cpu0 >= 0 && mock_cpu1 >= 0 ? (double)(mock_cpu1 - mock_cpu0) / 1e9 : -1;
     /* The physical peer of loop_cpu_s: what a minimal client and this mock
      * spend on one keep-alive round trip here (-1: not measured). */
-    double floor_client_us = -1, floor_mock_us = -1;
+    double floor_client_us = -1, floor_mock_us = -1, open_client_us = -1, open_mock_us = -1;
     if (floor_n > 0) {
         enum { FLOOR_CONNS = 64 };
         struct http_floor_stats fs;
@@ -415,6 +437,9 @@ int cmd_orchestrate(int argc, char **argv)
         floor_client_us = fs.client_cpu_s * 1e6 / (double)fs.requests;
         if (fs.peer_cpu_s >= 0)
             floor_mock_us = fs.peer_cpu_s * 1e6 / (double)fs.requests;
+        open_client_us = fs.open_client_cpu_s * 1e6 / (double)fs.opened;
+        if (fs.open_peer_cpu_s >= 0)
+            open_mock_us = fs.open_peer_cpu_s * 1e6 / (double)fs.opened;
     }
     if (r.stats) {
         /* last_submit_s: when the last task went in (0 for a burst); the
@@ -425,16 +450,19 @@ int cmd_orchestrate(int argc, char **argv)
                "\"dispatch_to_recv_us_p50\":%.1f,\"dispatch_to_recv_us_p99\":%.1f,"
                "\"reply_to_record_us_p50\":%.1f,\"reply_to_record_us_p99\":%.1f,"
                "\"task_ms_p50\":%.2f,\"task_ms_p99\":%.2f,\"task_ms_max\":%.2f,"
-               "\"loop_cpu_s\":%.4f,\"mock_cpu_s\":%.4f,\"mock_requests\":%lld,"
-               "\"floor_requests\":%d,\"floor_client_us\":%.1f,\"floor_mock_us\":%.1f}}\n",
+               "\"loop_cpu_s\":%.4f,\"loop_user_s\":%.3f,\"loop_sys_s\":%.3f,"
+               "\"mock_cpu_s\":%.4f,\"mock_requests\":%lld,"
+               "\"connections\":%lld,\"floor_requests\":%d,\"floor_client_us\":%.1f,\"floor_mock_us\":%.1f,"
+               "\"floor_open_client_us\":%.1f,\"floor_open_mock_us\":%.1f}}\n",
                r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.stagger_ms,
                r.total > 1 ? (double)(r.total - 1) * r.stagger_ms / r.total / 1000.0 : 0.0,
                r.peak_running, r.n_d2r,
                pct(r.d2r, r.n_d2r, 0.5), pct(r.d2r, r.n_d2r, 0.99),
                pct(r.r2r, r.n_r2r, 0.5), pct(r.r2r, r.n_r2r, 0.99),
                pct(r.task_ms, r.n_task, 0.5), pct(r.task_ms, r.n_task, 0.99),
-               pct(r.task_ms, r.n_task, 1.0), loop_cpu, mock_cpu, (long long)mock_requests,
-               floor_n, floor_client_us, floor_mock_us);
+               pct(r.task_ms, r.n_task, 1.0), loop_cpu, user1 - user0, sys1 - sys0, mock_cpu,
+               (long long)mock_requests,
+               (long long)connects, floor_n, floor_client_us, floor_mock_us, open_client_us, open_mock_us);
     }
     fflush(stdout);
     rc = r.submit_error ? 2 : r.finished == r.total ? 0 : 1;

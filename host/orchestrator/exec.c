@@ -783,4 +783,5 @@ void exec_get_stats(const struct exec *ex, struct exec_stats *st)
     for (int i = 0; i < ex->n_agents; i++)
         st->queued += ex->agents[i].queued;
     st->http_active = httpc_active(ex->http);
+    st->http_connects = httpc_connects(ex->http);
 }

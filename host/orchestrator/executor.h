@@ -119,6 +119,7 @@ char *exec_result_text(const cJSON *result);
 struct exec_stats {
     int64_t calls_started, calls_finished, attempts, retries, breaker_rejects;
     int     running, queued, http_active;
+    int64_t http_connects;   /* connections opened by httpc's fast path */
 };
 void exec_get_stats(const struct exec *ex, struct exec_stats *st);
 

@@ -70,6 +70,7 @@ static long reply_len(const char *buf, size_t len)
 
 static int send_all(int fd, const char *s, size_t n)
 {
+    int waits = 0;
     while (n) {
         ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
         if (k > 0) {
@@ -77,9 +78,11 @@ static int send_all(int fd, const char *s, size_t n)
             n -= (size_t)k;
         } else if (k < 0 && errno == EINTR) {
             continue;
-        } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            /* a small request into an idle connection's empty send buffer:
-             * only under memory pressure; wait for room rather than spin */
+        } else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOTCONN) &&
+                   waits++ < 100000) {
+            /* still connecting, or (a small request into an idle
+             * connection's empty send buffer) memory pressure: wait, at
+             * most 10 s, rather than spin */
             struct timespec ts = { 0, 100000 };
             nanosleep(&ts, NULL);
         } else {
@@ -145,36 +148,23 @@ int http_floor_run(int port, const char *path, const char *body, int conns, int6
     }
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    /* Open phase (timed on its own): every connection opened as the
+     * executor opens one in a burst (non-blocking connect, the request
+     * written at once) and its first reply read. */
+    int64_t open_peer0 = peer_cpu_ns ? peer_cpu_ns(peer_ud) : -1;
+    double open_cpu0 = thread_cpu_s();
     for (int i = 0; i < conns; i++) {
         struct floor_conn *c = &cs[i];
         int one = 1;
-        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        c->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (c->fd < 0) {
             st = ps_error_set(PS_EIO, "http_floor: socket: %s", strerror(errno));
             goto done;
         }
         opened = i + 1;
         setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa)) {
+        if (connect(c->fd, (struct sockaddr *)&sa, sizeof sa) && errno != EINPROGRESS) {
             st = ps_error_set(PS_EIO, "http_floor: connect to 127.0.0.1:%d: %s", port, strerror(errno));
-            goto done;
-        }
-        /* warm-up round trip, blocking: the connection is established and
-         * has carried a reply before it is timed */
-        if (send_all(c->fd, req, (size_t)rl)) {
-            st = ps_error_set(PS_EIO, "http_floor: send: %s", strerror(errno));
-            goto done;
-        }
-        int got;
-        while ((got = conn_read(c)) == 0)
-            ;
-        if (got < 0) {
-            st = ps_error_set(PS_EIO, "http_floor: warm-up reply failed");
-            goto done;
-        }
-        int fl = fcntl(c->fd, F_GETFL);
-        if (fl < 0 || fcntl(c->fd, F_SETFL, fl | O_NONBLOCK)) {
-            st = ps_error_set(PS_EIO, "http_floor: non-blocking: %s", strerror(errno));
             goto done;
         }
         struct epoll_event ev = { .events = EPOLLIN, .data.u32 = (uint32_t)i };
@@ -182,7 +172,34 @@ int http_floor_run(int port, const char *path, const char *body, int conns, int6
             st = ps_error_set(PS_EIO, "http_floor: epoll_ctl: %s", strerror(errno));
             goto done;
         }
+        /* on loopback the handshake is done inside connect(); otherwise
+         * send_all waits for the connection */
+        if (send_all(c->fd, req, (size_t)rl)) {
+            st = ps_error_set(PS_EIO, "http_floor: connect to 127.0.0.1:%d: %s", port, strerror(errno));
+            goto done;
+        }
     }
+    for (int got_n = 0; got_n < conns;) {
+        int n = epoll_wait(ep, evs, conns, 10000);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            st = ps_error_set(PS_EIO, "http_floor: %s", n ? strerror(errno) : "no reply within 10 s");
+            goto done;
+        }
+        for (int k = 0; k < n; k++) {
+            int got = conn_read(&cs[evs[k].data.u32]);
+            if (got < 0) {
+                st = ps_error_set(PS_EIO, "http_floor: a connection failed or sent an unframed reply");
+                goto done;
+            }
+            got_n += got;
+        }
+    }
+    out->open_client_cpu_s = thread_cpu_s() - open_cpu0;
+    int64_t open_peer1 = peer_cpu_ns ? peer_cpu_ns(peer_ud) : -1;
+    out->open_peer_cpu_s = open_peer0 >= 0 && open_peer1 >= 0 ? (double)(open_peer1 - open_peer0) / 1e9 : -1;
+    out->opened = conns;
     int64_t peer0 = peer_cpu_ns ? peer_cpu_ns(peer_ud) : -1;
     double cpu0 = thread_cpu_s(), t0 = mono_s();
     int64_t sent = 0, done_n = 0;

@@ -7,9 +7,11 @@
  * would pay on this machine, so an efficiency can be compared with the
  * bound the hardware allows.
  *
- * Connections are opened and each used once before timing starts (a
- * keep-alive round trip, not connection setup).  Runs on the calling
- * thread and blocks until done; not for the event-loop thread of a server.
+ * The keep-alive round trips are timed after the connections are open and
+ * have each carried one reply; opening them (connect + first round trip)
+ * is timed apart, so the cost of a fresh connection is known too.  Runs on
+ * the calling thread and blocks until done; not for the event-loop thread
+ * of a server.
  */
 #ifndef PS_ORCH_HTTP_FLOOR_H
 #define PS_ORCH_HTTP_FLOOR_H
@@ -21,6 +23,12 @@ struct http_floor_stats {
     double  client_cpu_s;  /* this thread's CPU over the timed part */
     double  wall_s;        /* wall time of the timed part */
     double  peer_cpu_s;    /* peer_cpu_ns() delta over the timed part; -1 without it */
+    /* The open phase before it, timed apart: `opened` connections opened at
+     * once (non-blocking connect, request written at once, as the executor
+     * does in a burst), each carrying its first round trip. */
+    int64_t opened;
+    double  open_client_cpu_s;
+    double  open_peer_cpu_s;  /* -1 without peer_cpu_ns */
 };
 
 /* CPU time of the agent (ns, or -1 when unknown), sampled when timing

@@ -72,6 +72,7 @@ struct httpc {
     struct hpool      *pools;      /* fast path: one per host:port */
     CURL              *idle[HTTPC_IDLE_EASY];  /* finished easy handles, reset, for reuse */
     int                n_idle;
+    int64_t            n_connects; /* fast path: connections opened so far */
 };
 
 /* Fast-path reply parsing state. */
@@ -398,6 +399,11 @@ int httpc_active(const struct httpc *h)
     return h ? h->n_active : 0;
 }
 
+int64_t httpc_connects(const struct httpc *h)
+{
+    return h ? h->n_connects : 0;
+}
+
 /* Append reply body bytes; 0, or -1 when over HTTPC_MAX_BODY (too_big set)
  * or out of memory. */
 static int body_append(struct httpc_req *r, const char *p, size_t len)
@@ -647,6 +653,7 @@ static struct hconn *hconn_new(struct hpool *p)
         free(c);
         return NULL;
     }
+    h->n_connects++;          /* hc_start connects it next */
     int one = 1;
     setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     c->rd = event_new(h->base, c->fd, EV_READ | EV_PERSIST, hc_on_read, c);

@@ -62,6 +62,9 @@ void httpc_cancel(struct httpc_req *r);
 
 /* Requests in flight (for leak checks and metrics). */
 int httpc_active(const struct httpc *h);
+/* Connections the fast path has opened so far (each costs a handshake:
+ * benchmarks set it beside the round trips). */
+int64_t httpc_connects(const struct httpc *h);
 
 /* CLOCK_MONOTONIC in nanoseconds: the clock of every timing in the
  * orchestrator and of the mock agents' X-Agent-* headers. */

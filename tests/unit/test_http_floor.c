@@ -1,7 +1,8 @@
 /* test_http_floor.c - the keep-alive round-trip floor client
  * (http_floor.c) against the in-process mock agent: every timed request is
- * answered (warm-up round trips are not counted), CPU figures are filled
- * in, bad arguments and a refused connection fail cleanly. */
+ * answered (the open phase's first round trips are counted apart), CPU
+ * figures are filled in, bad arguments and a refused connection fail
+ * cleanly. */
 #include <stdio.h>
 #include <string.h>
 
@@ -27,10 +28,11 @@ int main(void)
     CHECK(st.requests == 200);
     CHECK_MSG(mock_agent_requests(m) - before == 204, "%lld", (long long)(mock_agent_requests(m) - before));
     CHECK(st.client_cpu_s >= 0 && st.wall_s > 0 && st.peer_cpu_s >= 0);
+    CHECK(st.opened == 4 && st.open_client_cpu_s >= 0 && st.open_peer_cpu_s >= 0);
 
     /* with the mock's reply timer, no CPU callback */
     CHECK(http_floor_run(port, "/agent", "{\"sleep_ms\":1}", 8, 40, NULL, NULL, &st) == PS_OK);
-    CHECK(st.requests == 40 && st.peer_cpu_s == -1);
+    CHECK(st.requests == 40 && st.peer_cpu_s == -1 && st.opened == 8 && st.open_peer_cpu_s == -1);
 
     /* bad arguments */
     CHECK(http_floor_run(port, "/agent", "{}", 0, 10, NULL, NULL, &st) == PS_EINVAL);
