@@ -58,13 +58,14 @@ struct batch_plan {
  * backends are tuned for; F32 keeps attention exact in f32 (reference runs,
  * tests against an f32 peer).  Q8 (CPU backend only) stores each cache row
  * (one token's K or V, n_head_kv * head_dim values) as blocks of 32 int8
- * with one f32 scale per block: q = round-half-away(x / d), d = max|x| / 127
+ * with one f32 scale per block: q = round-half-away(x * (1 / d)), d = max|x| / 127
  * (q = 0 when d = 0), x ~ q * d; 1.125 bytes a value instead of 2, so
  * attention reads ~0.56x the bytes of f16.  Layout: the int8 values exactly
  * where the f16 cache keeps its elements ([n_layer][n_kv_blocks][block_size]
  * [n_head_kv * head_dim]) and the scales beside them in
  * [n_layer][n_kv_blocks][block_size][n_head_kv * head_dim / 32]; needs
- * head_dim % 32 == 0 (a block never spans two heads).  The CUDA backend
+ * head_dim % 32 == 0 (a block never spans two heads).  Attention on a q8
+ * cache quantizes the query heads the same way for the scores.  The CUDA backend
  * supports KV_F16 only. */
 enum kv_type {
     KV_F16 = 0,

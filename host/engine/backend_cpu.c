@@ -16,9 +16,11 @@
  *                  (backend.h): element offsets are the f16 cache's, the
  *                  scale of element offset o is at o / 32.  q8 rows are
  *                  quantized by kv_q8_store (one scalar function for both
- *                  paths); attention dequantizes on the fly (K: q * d into
- *                  the f32 scratch the f16 kernel converts into; V: the
- *                  softmax weight times d, then one FMA per element).
+ *                  paths).  Scores: the query head quantized the same way,
+ *                  exact int8 dots per 32-block (maddubs), scaled by
+ *                  d_k * d_q and summed over the blocks in f32 (as
+ *                  llama.cpp scores a q8_0 cache); P.V: the softmax weight
+ *                  times d_v, then one FMA per element.
  *
  * Matmuls: each activation row is quantized once to the weight's
  * vec_dot_type, then quant_mat_dot computes tiles of MM_SUB output rows x
@@ -60,20 +62,28 @@
 #define CPU_X86 1
 #endif
 
+#ifndef MM_SUB
 #define MM_SUB              32   /* weight rows per tile (stay in L1)         */
+#endif
+#ifndef MM_TOK
 #define MM_TOK              8    /* tokens per tile                           */
+#endif
 #define MM_GUIDE            2    /* chunk = rows left / (MM_GUIDE * threads)  */
 #define MM_MAX_CHUNKS       1024 /* work units per matmul region              */
 #define QUANT_PARALLEL_MIN  16   /* norm + quantize activations in parallel from T rows */
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
+#define KV_Q8_DMAX          512  /* head_dim of a q8 cache at most (stack buffers) */
 #define ATTN_ITEMS_PER_THREAD 1  /* grouped heads / whole rows from this many items per thread
                                   * (the cache reads dominate: fewer, larger items win) */
 
 /* Phases of a step timed when PARASERVE_CPU_PROFILE is set in the
  * environment at backend creation: wall seconds summed over the decode
  * steps (forwards of one token per sequence) and printed to stderr, per
- * batch size seen, when the backend is freed. */
+ * batch size seen, when the backend is freed.  PARASERVE_CPU_PROFILE=cpu
+ * times the calling thread's CPU time instead: with one thread (which runs
+ * every job on the caller) a phase's cost without the time other processes
+ * took the core - for A/B runs on a shared machine. */
 enum prof_phase { PROF_QUANT, PROF_QKV, PROF_ATTN, PROF_WO, PROF_FFN_UP, PROF_FFN_DOWN, PROF_OUTPUT,
                   PROF_OTHER, PROF_N };
 static const char *const prof_names[PROF_N] = { "norm+quantize", "qkv", "attention", "wo", "gate+up",
@@ -123,16 +133,17 @@ struct cpu_backend {
     int64_t *seq_t0;               /* [max_T] first token row of each sequence */
 
     int      prof;                 /* PARASERVE_CPU_PROFILE: time the phases of decode steps */
+    int      prof_cpu;             /* ... by this thread's CPU time (=cpu) */
     int      prof_on;              /* this forward is profiled */
     double   prof_t;               /* time of the last phase boundary */
     double   prof_s[PROF_MAX_T + 1][PROF_N];
     int64_t  prof_steps[PROF_MAX_T + 1];
 };
 
-static double prof_now(void)
+static double prof_now(int cpu)
 {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(cpu ? CLOCK_THREAD_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -142,7 +153,7 @@ static void prof_mark(struct cpu_backend *cb, int64_t T, enum prof_phase ph)
 {
     if (!cb->prof_on)
         return;
-    const double t = prof_now();
+    const double t = prof_now(cb->prof_cpu);
     cb->prof_s[T][ph] += t - cb->prof_t;
     cb->prof_t = t;
 }
@@ -233,12 +244,23 @@ static void kv_q8_store(int8_t *q, float *d, const float *x, int64_t n)
     for (int64_t b = 0; b < n / 32; b++) {
         const float *xb = x + 32 * b;
         float amax = 0.0f;
-        for (int i = 0; i < 32; i++)
-            amax = fmaxf(amax, fabsf(xb[i]));
+        for (int i = 0; i < 32; i++) {
+            const float a = fabsf(xb[i]);
+            amax = a > amax ? a : amax;
+        }
         const float db = amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
         d[b] = db;
-        for (int i = 0; i < 32; i++)
-            q[32 * b + i] = (int8_t)roundf(xb[i] * id);
+        for (int i = 0; i < 32; i++) {
+            /* roundf without the libm call: |v| <= 127 (+ rounding), so
+             * t = trunc(v) is exact in an int and v - t is exact */
+            float v = xb[i] * id;
+            if (!(v >= -127.5f && v <= 127.5f))
+                v = 0.0f; /* NaN / inf input: a finite cache (no UB in the cast) */
+            int t = (int)v;
+            const float f = v - (float)t;
+            t += (f >= 0.5f) - (f <= -0.5f);
+            q[32 * b + i] = (int8_t)t;
+        }
     }
 }
 
@@ -747,6 +769,12 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
                             int64_t D, float scale, const int G, const int Q8)
 {
     const int64_t esz = Q8 ? 1 : 2;
+    /* Q8: the G query heads quantized as the cache rows are (kv_q8_store) */
+    _Alignas(32) int8_t qi[8 * ATTN_DMAX];
+    float dq[8 * ATTN_DMAX / 32];
+    if (Q8)
+        for (int g = 0; g < G; g++)
+            kv_q8_store(qi + g * D, dq + g * (D / 32), q + g * D, D);
     _Alignas(32) float kf[8 * ATTN_DMAX];
     __m256 vmx[8];
     const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
@@ -765,24 +793,51 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
             }
         }
         attn_pf_step(pf, ATTN_PF_QK);
+        /* lanes at positions >= n_ctx */
+        const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n_ctx - j0)), _CMP_GE_OQ);
+        if (Q8) {
+            /* 8 positions' K rows (last valid one repeated past n_ctx) and,
+             * per block, their 8 K scales */
+            const int8_t *kr[8];
+            __m256 dk[ATTN_DMAX / 32];
+            for (int r = 0; r < 8; r++)
+                kr[r] = (const int8_t *)kbase + offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
+            for (int64_t b = 0; b < D / 32; b++)
+                dk[b] = _mm256_setr_ps(ksb[((kr[0] - (const int8_t *)kbase) >> 5) + b],
+                                       ksb[((kr[1] - (const int8_t *)kbase) >> 5) + b],
+                                       ksb[((kr[2] - (const int8_t *)kbase) >> 5) + b],
+                                       ksb[((kr[3] - (const int8_t *)kbase) >> 5) + b],
+                                       ksb[((kr[4] - (const int8_t *)kbase) >> 5) + b],
+                                       ksb[((kr[5] - (const int8_t *)kbase) >> 5) + b],
+                                       ksb[((kr[6] - (const int8_t *)kbase) >> 5) + b],
+                                       ksb[((kr[7] - (const int8_t *)kbase) >> 5) + b]);
+            const __m256i ones = _mm256_set1_epi16(1);
+            for (int g = 0; g < G; g++) {
+                __m256 acc = _mm256_setzero_ps();
+                for (int64_t b = 0; b < D / 32; b++) {
+                    const __m256i qv = _mm256_load_si256((const __m256i *)(qi + g * D + 32 * b));
+                    __m256 v[8];
+                    for (int r = 0; r < 8; r++) {
+                        const __m256i k = _mm256_loadu_si256((const __m256i *)(kr[r] + 32 * b));
+                        v[r] = _mm256_cvtepi32_ps(_mm256_madd_epi16(
+                            _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(qv, k)), ones));
+                    }
+                    /* integer sums (exact in f32), one lane per position */
+                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dk[b], _mm256_set1_ps(dq[g * (D / 32) + b])),
+                                          hsum_halves8(v), acc);
+                }
+                const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(acc, vscale), ninf, past);
+                _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
+                vmx[g] = _mm256_max_ps(vmx[g], s);
+            }
+            continue;
+        }
         for (int r = 0; r < 8; r++) {
             const int64_t o = offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
-            if (Q8) {
-                const int8_t *kr = (const int8_t *)kbase + o;
-                const float *ks = ksb + (o >> 5);
-                for (int64_t c = 0; c < D; c += 8)
-                    _mm256_store_ps(kf + r * D + c,
-                                    _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(
-                                                      _mm_loadl_epi64((const __m128i *)(kr + c)))),
-                                                  _mm256_set1_ps(ks[c >> 5])));
-                continue;
-            }
             const uint16_t *kr = (const uint16_t *)kbase + o;
             for (int64_t c = 0; c < D; c += 8)
                 _mm256_store_ps(kf + r * D + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c))));
         }
-        /* lanes at positions >= n_ctx */
-        const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n_ctx - j0)), _CMP_GE_OQ);
         for (int g = 0; g < G; g++) {
             __m256 acc[8];
             for (int r0 = 0; r0 < 8; r0 += 4) {
@@ -917,9 +972,12 @@ static void attn_rows_f32(const struct cpu_backend *cb, const struct batch_seq *
 }
 
 /* Attention of one work item (rows i0..i1 of sequence s, query head h0)
- * over a q8 cache, scalar: each K element dequantized as (f32) q * d and
- * dotted in element order; V accumulated as (p_j * d) * (f32) q in position
- * order - the products attn_row_avx2 forms, summed in a different order.
+ * over a q8 cache, scalar.  Scores as attn_row_avx2 forms them, bitwise:
+ * the query head quantized like a cache row (kv_q8_store), per 32-block b
+ * the exact integer dot i_b of query and key, s = fma(dk_b * dq_b, i_b, s)
+ * over the blocks in order, times 1/sqrt(D).  V accumulated as
+ * (p_j * d) * (f32) q in position order - the products attn_row_avx2
+ * forms, summed in another order.
  * kq / vq / ks / vs point at the layer's values and scales plus the KV
  * head's offset (scales: offset / 32). */
 static void attn_rows_q8(const struct cpu_backend *cb, const struct batch_seq *s, const struct attn_item *it,
@@ -933,14 +991,21 @@ static void attn_rows_q8(const struct cpu_backend *cb, const struct batch_seq *s
         const int64_t n_ctx = (int64_t)s->pos0 + i + 1;
         const float *qh = cb->q + t * cb->q_dim + (int64_t)it->h0 * D;
         float *out = cb->att + t * cb->q_dim + (int64_t)it->h0 * D;
+        int8_t qi[KV_Q8_DMAX];
+        float dq[KV_Q8_DMAX / 32];
+        kv_q8_store(qi, dq, qh, D);
         float mx = -INFINITY;
         for (int64_t j = 0; j < n_ctx; j++) {
             const int64_t o = ((int64_t)s->block_table[j / bs] * bs + j % bs) * cb->kv_dim;
             const int8_t *kr = kq + o;
             const float *kd = ks + o / 32;
             float r = 0.0f;
-            for (int64_t d = 0; d < D; d++)
-                r += qh[d] * ((float)kr[d] * kd[d / 32]);
+            for (int64_t b = 0; b < D / 32; b++) {
+                int32_t isum = 0;
+                for (int i = 0; i < 32; i++)
+                    isum += (int32_t)qi[32 * b + i] * kr[32 * b + i];
+                r = fmaf(kd[b] * dq[b], (float)isum, r);
+            }
             const float v = r * scale;
             sc[j] = v;
             mx = v > mx ? v : mx;
@@ -1238,7 +1303,7 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
     cb->prof_on = cb->prof && T == plan->n_seqs && T <= PROF_MAX_T;
     if (cb->prof_on) {
         cb->prof_steps[T]++;
-        cb->prof_t = prof_now();
+        cb->prof_t = prof_now(cb->prof_cpu);
     }
     for (int il = 0; il < hp->n_layer; il++) {
         const struct layer_weights *lw = &m->layers[il];
@@ -1466,9 +1531,10 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
         return ps_error_set(PS_EINVAL, "backend_cpu: max_batch_tokens %d < 0", (int)cfg->max_batch_tokens);
     if (cfg->kv_type != KV_F16 && cfg->kv_type != KV_F32 && cfg->kv_type != KV_Q8)
         return ps_error_set(PS_EINVAL, "backend_cpu: unknown kv_type %d", (int)cfg->kv_type);
-    if (cfg->kv_type == KV_Q8 && hp->head_dim % 32)
-        return ps_error_set(PS_EUNSUPPORTED, "backend_cpu: a q8 KV cache needs head_dim %% 32 == 0 (head_dim %d)",
-                            (int)hp->head_dim);
+    if (cfg->kv_type == KV_Q8 && (hp->head_dim % 32 || hp->head_dim > KV_Q8_DMAX))
+        return ps_error_set(PS_EUNSUPPORTED,
+                            "backend_cpu: a q8 KV cache needs head_dim %% 32 == 0 and <= %d (head_dim %d)",
+                            KV_Q8_DMAX, (int)hp->head_dim);
     if (hp->n_head < 1 || hp->n_head_kv < 1 || hp->n_head % hp->n_head_kv || hp->head_dim < 1 ||
         hp->rope_dim < 0 || hp->rope_dim % 2 || hp->rope_dim > hp->head_dim)
         return ps_error_set(PS_EFORMAT, "backend_cpu: bad heads: n_head %d n_head_kv %d head_dim %d rope_dim %d",
@@ -1490,6 +1556,7 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     cb->kv_dim = (int64_t)hp->n_head_kv * hp->head_dim;
     cb->ctx_max = (int64_t)cfg->n_kv_blocks * cfg->block_size;
     cb->prof = getenv("PARASERVE_CPU_PROFILE") != NULL;
+    cb->prof_cpu = cb->prof && !strcmp(getenv("PARASERVE_CPU_PROFILE"), "cpu");
 #ifdef CPU_X86
     /* quant picks its AVX2 path only on CPUs with AVX2, FMA and F16C (it
      * checks F16C by cpuid: clang's builtin does not know "f16c"). */

@@ -241,20 +241,25 @@ AVX2_INLINE void mdot_q4_1_group(const uint8_t *w, size_t ws, int64_t nr, const 
 {
     const __m256i shift = _mm256_setr_epi64x(0, 0, 4, 4), m4 = _mm256_set1_epi8(0x0f);
     _Alignas(32) float sv[MDOT_MAXB * 8];
+    float mv[MDOT_MAXB];
     for (int64_t r = 0; r < nr; r++) {
         const uint8_t *x = w + (size_t)r * ws;
         __m256 acc[MDOT_TOK];
         for (int j = 0; j < MDOT_TOK; j++)
             acc[j] = _mm256_setzero_ps();
         __m256 accm = _mm256_setzero_ps();
-        /* the row's scale products first (sv[i][j] = d_w[i] * d_a_j[i]): the
-         * block loop then broadcasts them from memory written long before */
+        /* the row's scale products first (sv[i][j] = d_w[i] * d_a_j[i]) and
+         * its m_w[i] as f32: the block loop then broadcasts them from memory
+         * written long before.  The offset term's FMA chain runs in the
+         * block loop, where the token work hides its latency (alone here,
+         * one dependent FMA per block, it cost ~15% of the kernel). */
         for (int64_t i = 0; i < nb; i++) {
             const __m256 wdm = _mm256_cvtph_ps(_mm_set1_epi32((int)ld_u32(x + 20 * i)));  /* (d_w, m_w) x 4 */
             _mm256_store_ps(sv + 8 * i, _mm256_mul_ps(_mm256_shuffle_ps(wdm, wdm, 0x00), da[i]));
-            accm = _mm256_fmadd_ps(_mm256_shuffle_ps(wdm, wdm, 0x55), sa[i], accm);
+            mv[i] = _mm_cvtss_f32(_mm_movehdup_ps(_mm256_castps256_ps128(wdm)));
         }
         for (int64_t i = 0; i < nb; i++, x += 20) {
+            accm = _mm256_fmadd_ps(_mm256_broadcast_ss(mv + i), sa[i], accm);
             const __m256i q = unpack_nibbles16_b(x + 4, shift, m4);
             for (int j = 0; j < NT; j++) {
                 const __m256i p = dot_u8i8(q, ld256(y[j] + 36 * i + 4));

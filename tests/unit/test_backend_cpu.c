@@ -44,19 +44,22 @@
 #define REF_REL_TOL_REAL 0.07
 #define REF_MARGIN_REAL  0.5f
 
-/* q8 cache vs f16 cache, same kernels otherwise.  Measured (AVX2, this
- * VM): SmolLM2 NMSE 8.8e-4, max |diff| / range 0.069 (argmax 21/24);
- * synthetic hd32 NMSE 4.8e-4, 0.023 (38/40).  The q8 cache against the
- * naive f32 reference on SmolLM2: 0.081 of range (the f16 cache: 0.051),
- * hence its own bound REF_REL_TOL_REAL_Q8.  (Against llama.cpp on real
- * prompts the q8 cache stays inside test_model_ref's f16 bounds.) */
-#define Q8_NMSE_REAL    3e-3
-#define Q8_REL_REAL     0.15
+/* q8 cache vs f16 cache, same kernels otherwise (the q8 scores also
+ * quantize the query to int8, as llama.cpp does for a q8_0 cache).
+ * Measured (AVX2, this VM): SmolLM2 NMSE 1.8e-3, max |diff| / range 0.143
+ * (argmax 21/24); synthetic hd32 NMSE 5.0e-4, 0.022 (38/40).  The q8 cache
+ * against the naive f32 reference on SmolLM2: 0.131 of range (the f16
+ * cache: 0.051), hence its own bound REF_REL_TOL_REAL_Q8.  (Against
+ * llama.cpp on real prompts the q8 cache stays inside test_model_ref's f16
+ * bounds.) */
+#define Q8_NMSE_REAL    5e-3
+#define Q8_REL_REAL     0.25
 #define Q8_NMSE_SYNTH   1.5e-3
 #define Q8_REL_SYNTH    0.06
-#define REF_REL_TOL_REAL_Q8 0.12
-/* scalar vs AVX2, q8 cache.  Synthetic: the attention sums in another
- * order only (measured 6e-8 of range).  Real model: every kernel differs
+#define REF_REL_TOL_REAL_Q8 0.2
+/* scalar vs AVX2, q8 cache.  Synthetic: the attention's P.V sums in
+ * another order only (the scores are bitwise equal; measured 8e-8 of
+ * range).  Real model: every kernel differs
  * in order and SmolLM2 amplifies it (measured: 0.043 for q8; the f16
  * cache's own scalar vs AVX2 gap is printed beside it). */
 #define Q8_SIMD_REL_SYNTH 1e-5
