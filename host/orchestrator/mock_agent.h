@@ -7,7 +7,10 @@
  *             without replying), "flaky" (503 on the first `fail_times`
  *             requests carrying the same `key`, then ok)
  * Replies {"ok":true,"args":<args>} with X-Agent-Recv-Ns / X-Agent-Send-Ns
- * headers (CLOCK_MONOTONIC) so callers can measure their own overhead.
+ * headers (CLOCK_MONOTONIC) so callers can measure their own overhead:
+ * Recv is when the kernel delivered the request's last bytes to the socket
+ * (SO_TIMESTAMPNS), Send when the reply was written; sleep_ms counts from
+ * Recv.
  */
 #ifndef PS_ORCH_MOCK_AGENT_H
 #define PS_ORCH_MOCK_AGENT_H
