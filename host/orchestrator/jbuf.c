@@ -48,6 +48,19 @@ void jbuf_add(struct jbuf *b, const char *s, size_t n)
     b->p[b->len] = 0;
 }
 
+void jbuf_add_int(struct jbuf *b, long long v)
+{
+    char num[24], *p = num + sizeof num;
+    unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    jbuf_add(b, p, (size_t)(num + sizeof num - p));
+}
+
 /* A JSON string as cJSON's print_string_ptr writes it. */
 static void add_string(struct jbuf *b, const char *s)
 {
@@ -107,18 +120,11 @@ static void add_number(struct jbuf *b, double d)
         return;
     }
     if (d == floor(d) && fabs(d) < 9007199254740992.0 && !(d == 0 && signbit(d))) {
-        char *p = num + sizeof num;
         long long v = (long long)d;
         unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
         /* %1.15g switches to exponent notation at 1e15 */
         if (u < 1000000000000000ull) {
-            do {
-                *--p = (char)('0' + u % 10);
-                u /= 10;
-            } while (u);
-            if (v < 0)
-                *--p = '-';
-            jbuf_add(b, p, (size_t)(num + sizeof num - p));
+            jbuf_add_int(b, v);
             return;
         }
     }

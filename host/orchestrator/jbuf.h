@@ -32,6 +32,9 @@ struct jbuf {
 /* Start empty in stack[0..cap) (cap >= 1; not owned). */
 void  jbuf_init(struct jbuf *b, char *stack, size_t cap);
 void  jbuf_add(struct jbuf *b, const char *s, size_t n);
+/* Append the decimal digits of v (no printf: it runs several times per
+ * agent call on the loop). */
+void  jbuf_add_int(struct jbuf *b, long long v);
 /* Append `item` as compact JSON (its key, if any, is not printed).  Depth is
  * limited to CJSON_NESTING_LIMIT; deeper values print as null. */
 void  jbuf_json(struct jbuf *b, const cJSON *item);

@@ -119,13 +119,20 @@ static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int 
 {
     char *text = NULL;
     if (b && !b->oom && !(terminal ? 0 : t->log_error) && b->len >= 2 && b->p[b->len - 1] == '}') {
-        /* "task" and "t_ms" appended as text: one malloc for the event */
-        char tail[128];
+        /* "task" and "t_ms" appended as text (no printf): one malloc for
+         * the event */
         int64_t us = (orch_now_ns() - t->t_start) / 1000;
-        int n = snprintf(tail, sizeof tail, "%s\"task\":\"%s\",\"t_ms\":%lld.%03lld}", b->len > 2 ? "," : "",
-                         t->id, (long long)(us / 1000), (long long)(us % 1000));
+        char frac[4] = { (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10), (char)('0' + us % 10), '}' };
+        int more = b->len > 2;                      /* members before ours */
         b->len--;                                   /* the closing brace */
-        jbuf_add(b, tail, (size_t)n);
+        if (more)
+            jbuf_add(b, ",", 1);
+        jbuf_add(b, "\"task\":\"", 8);
+        jbuf_add(b, t->id, strlen(t->id));
+        jbuf_add(b, "\",\"t_ms\":", 9);
+        jbuf_add_int(b, (long long)(us / 1000));
+        jbuf_add(b, ".", 1);
+        jbuf_add(b, frac, 4);
         text = jbuf_take(b);
     } else if (b) {
         jbuf_free(b);
@@ -605,18 +612,18 @@ static void on_feedback(void *ud, const struct exec_feedback *fb)
     }
     if (t->status == TASK_RUNNING)
         transcript_feedback(t, e);
-    char stack[4096], num[64];
+    char stack[4096];
     struct jbuf b;
     jbuf_init(&b, stack, sizeof stack);
     for (int k = 0; k < K_N; k++)
         jb_member(&b, k == 0, keys[k], f[k]);
     if (fb->dispatch_to_recv_ns >= 0) {
-        int n = snprintf(num, sizeof num, ",\"dispatch_to_recv_us\":%lld", (long long)(fb->dispatch_to_recv_ns / 1000));
-        jbuf_add(&b, num, (size_t)n);
+        jbuf_add(&b, ",\"dispatch_to_recv_us\":", 23);
+        jbuf_add_int(&b, (long long)(fb->dispatch_to_recv_ns / 1000));
     }
     if (fb->reply_to_record_ns >= 0) {
-        int n = snprintf(num, sizeof num, ",\"reply_to_record_us\":%lld", (long long)(fb->reply_to_record_ns / 1000));
-        jbuf_add(&b, num, (size_t)n);
+        jbuf_add(&b, ",\"reply_to_record_us\":", 22);
+        jbuf_add_int(&b, (long long)(fb->reply_to_record_ns / 1000));
     }
     jbuf_add(&b, "}", 1);
     cJSON_Delete(own);

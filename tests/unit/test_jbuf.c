@@ -1,7 +1,8 @@
 /* test_jbuf.c - jbuf_json prints exactly what cJSON_PrintUnformatted
  * prints (strings with every escape, integers and fractions, the switch to
  * exponents, -0, NaN, nesting, raw items), the buffer moves from the stack
- * to the heap when it grows, and jbuf_take hands over an owned copy. */
+ * to the heap when it grows, jbuf_add_int prints any long long, and
+ * jbuf_take hands over an owned copy. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -85,6 +86,18 @@ int main(void)
     CHECK(b.oom);
     CHECK(jbuf_take(&b) == NULL);
     cJSON_Delete(bad);
+
+    /* integers by hand */
+    jbuf_init(&b, st, sizeof st);
+    jbuf_add_int(&b, 0);
+    jbuf_add(&b, " ", 1);
+    jbuf_add_int(&b, -42);
+    jbuf_add(&b, " ", 1);
+    jbuf_add_int(&b, 9223372036854775807LL);
+    jbuf_add(&b, " ", 1);
+    jbuf_add_int(&b, -9223372036854775807LL - 1);
+    CHECK_MSG(!strcmp(b.p, "0 -42 9223372036854775807 -9223372036854775808"), "%s", b.p);
+    jbuf_free(&b);
 
     /* take: stack text copied out; heap text handed over */
     jbuf_init(&b, st, sizeof st);
