@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "../common/status.h"
+#include "../engine/backend.h"
 
 enum opt_type { OPT_STR, OPT_INT, OPT_BOOL };
 
@@ -51,6 +52,8 @@ static const struct opt_desc opts[] = {
     { "prefix_cache", 0, OPT_BOOL, OFF(prefix_cache), 0, 0, 1, "reuse KV blocks of shared prompt prefixes (default true)" },
     { "device_sampling", 0, OPT_BOOL, OFF(device_sampling), 0, 0, 1,
       "sample (and apply grammar masks) on the GPU when the backend can; false: logits to the host sampler (default true)" },
+    { "kv_type", 0, OPT_STR, OFF(kv_type), sizeof(((struct server_config *)0)->kv_type), 0, 0,
+      "KV cache element type: f16, q8 (int8 blocks of 32 + scale) or f32; q8 / f32 need the CPU backend (default f16)" },
     { "agents", 0, OPT_STR, OFF(agents), sizeof(((struct server_config *)0)->agents), 0, 0,
       "agent pool of /v1/tasks (default configs/agents.default.json when present)" },
 };
@@ -61,6 +64,7 @@ void server_config_defaults(struct server_config *c)
     memset(c, 0, sizeof *c);
     snprintf(c->host, sizeof c->host, "127.0.0.1");
     snprintf(c->backend, sizeof c->backend, "auto");
+    snprintf(c->kv_type, sizeof c->kv_type, "f16");
     c->port = 8080;
     long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
     c->threads = ncpu > 0 ? (int32_t)(ncpu > 64 ? 64 : ncpu) : 1;
@@ -392,6 +396,12 @@ int server_config_validate(const struct server_config *c)
         return ps_error_set(PS_EINVAL, "a model is required (-m MODEL or \"model\" in the config)");
     if (strcmp(c->backend, "auto") && strcmp(c->backend, "cpu") && strcmp(c->backend, "cuda"))
         return ps_error_set(PS_EINVAL, "backend must be auto, cpu or cuda, got '%s'", c->backend);
+    enum kv_type kv;
+    if (kv_type_parse(c->kv_type, &kv))
+        return ps_error_set(PS_EINVAL, "kv_type must be f16, q8 or f32, got '%s'", c->kv_type);
+    if (kv != KV_F16 && !strcmp(c->backend, "cuda"))
+        return ps_error_set(PS_EINVAL, "kv_type %s needs the CPU backend (the CUDA backend has an f16 cache only)",
+                            c->kv_type);
     if ((int64_t)c->kv_blocks * c->block_size < 2)
         return ps_error_set(PS_EINVAL, "kv_blocks x block_size must hold at least 2 tokens");
     return PS_OK;

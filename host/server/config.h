@@ -45,6 +45,7 @@ struct server_config {
     int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
     bool    prefix_cache;       /* default true                                 */
     bool    device_sampling;    /* sample on the device when the backend can, default true */
+    char    kv_type[8];         /* KV cache element type: "f16" (default), "q8", "f32" (CPU backend only) */
     char    agents[1024];       /* agent pool for /v1/tasks; "" = configs/agents.default.json
                                    when that file exists, else no agents    */
     /* Authentication: none configured = open server (everything tenant 0);

@@ -239,3 +239,22 @@ def test_priority_preempts_lower_and_both_complete(server, start_server):
     m1 = srv.metrics()
     assert m1["paraserve_priority_preemptions_total"] >= m0["paraserve_priority_preemptions_total"] + 1
     assert wait_for(lambda: _blocks(srv.metrics()) == (0, 0, 0), timeout=30)
+
+
+def test_kv_type_q8_serves_batched_like_solo_and_bad_values_exit_2(start_server, paraserve_bin, model_path):
+    # the q8 cache through the whole server: 8 concurrent greedy requests give
+    # what each gives alone on the same server (batching invariance on q8)
+    srv = start_server("--kv-type", "q8", "--max-batch", 8)
+    prompts = [f"Write one sentence about {t}:" for t in TOPICS[:8]]
+    solo = [complete(srv.url, p, 12)["choices"][0]["text"] for p in prompts]
+    assert len(set(solo)) > 4
+    with cf.ThreadPoolExecutor(8) as ex:
+        batched = list(ex.map(lambda p: complete(srv.url, p, 12)["choices"][0]["text"], prompts))
+    assert batched == solo
+    for args, needle in ((["--kv-type", "q9"], "kv_type must be f16, q8 or f32"),
+                         (["--kv-type", "q8", "--backend", "cuda"], "needs the CPU backend")):
+        r = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--port", "0", *args],
+                           capture_output=True, timeout=30)
+        assert r.returncode == 2, r.stderr
+        err = r.stderr.decode().strip()
+        assert needle in err and len(err.splitlines()) == 1, err
