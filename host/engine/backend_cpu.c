@@ -932,6 +932,27 @@ struct attn_task {
     atomic_llong             next;
 };
 
+/* Softmax numerator in place: sc[j] = exp(sc[j] - mx) for j < n (mx = the
+ * row's max score); returns their sum (the denominator). */
+static float softmax_exp_sum(float *sc, int64_t n, float mx)
+{
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; j++) {
+        const float e = expf(sc[j] - mx);
+        sc[j] = e;
+        sum += e;
+    }
+    return sum;
+}
+
+/* out[0..D) /= sum: the softmax denominator applied to P.V. */
+static void scale_by_inverse(float *out, int64_t D, float sum)
+{
+    const float inv = 1.0f / sum;
+    for (int64_t d = 0; d < D; d++)
+        out[d] *= inv;
+}
+
 /* Attention of one work item (rows i0..i1 of sequence s, query head h0)
  * over an f32 cache: scores by quant_vec_dot(DT_F32) (the same f32 dot as
  * F32 matmuls), softmax in f32, P.V accumulated in f32 in position order. */
@@ -953,11 +974,7 @@ static void attn_rows_f32(const struct cpu_backend *cb, const struct batch_seq *
             sc[j] = v;
             mx = v > mx ? v : mx;
         }
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n_ctx; j++) {
-            sc[j] = expf(sc[j] - mx);
-            sum += sc[j];
-        }
+        const float sum = softmax_exp_sum(sc, n_ctx, mx);
         memset(out, 0, (size_t)D * sizeof *out);
         for (int64_t j = 0; j < n_ctx; j++) {
             const float *vr = vbase + ((size_t)s->block_table[j / bs] * bs + (size_t)(j % bs)) * cb->kv_dim;
@@ -965,9 +982,7 @@ static void attn_rows_f32(const struct cpu_backend *cb, const struct batch_seq *
             for (int64_t d = 0; d < D; d++)
                 out[d] += w * vr[d];
         }
-        const float inv = 1.0f / sum;
-        for (int64_t d = 0; d < D; d++)
-            out[d] *= inv;
+        scale_by_inverse(out, D, sum);
     }
 }
 
@@ -1010,11 +1025,7 @@ static void attn_rows_q8(const struct cpu_backend *cb, const struct batch_seq *s
             sc[j] = v;
             mx = v > mx ? v : mx;
         }
-        float sum = 0.0f;
-        for (int64_t j = 0; j < n_ctx; j++) {
-            sc[j] = expf(sc[j] - mx);
-            sum += sc[j];
-        }
+        const float sum = softmax_exp_sum(sc, n_ctx, mx);
         memset(out, 0, (size_t)D * sizeof *out);
         for (int64_t j = 0; j < n_ctx; j++) {
             const int64_t o = ((int64_t)s->block_table[j / bs] * bs + j % bs) * cb->kv_dim;
@@ -1023,9 +1034,7 @@ static void attn_rows_q8(const struct cpu_backend *cb, const struct batch_seq *s
             for (int64_t d = 0; d < D; d++)
                 out[d] += (sc[j] * vd[d / 32]) * (float)vr[d];
         }
-        const float inv = 1.0f / sum;
-        for (int64_t d = 0; d < D; d++)
-            out[d] *= inv;
+        scale_by_inverse(out, D, sum);
     }
 }
 
@@ -1168,12 +1177,7 @@ static void attn_worker(void *ctx, int ith, int nth)
                     mx = v > mx ? v : mx;
                 }
             }
-            float sum = 0.0f;
-            for (int64_t j = 0; j < n_ctx; j++) {
-                float e = expf(sc[j] - mx);
-                sc[j] = e;
-                sum += e;
-            }
+            const float sum = softmax_exp_sum(sc, n_ctx, mx);
             memset(out, 0, (size_t)D * sizeof *out);
             for (int64_t j0 = 0; j0 < n_ctx; j0 += bs) {
                 const int64_t blk = s->block_table[j0 / bs];
@@ -1182,9 +1186,7 @@ static void attn_worker(void *ctx, int ith, int nth)
                 for (int64_t j = 0; j < jn; j++)
                     axpy_f16(cb->simd, out, sc[j0 + j], vb + (size_t)j * cb->kv_dim, D);
             }
-            const float inv = 1.0f / sum;
-            for (int64_t d = 0; d < D; d++)
-                out[d] *= inv;
+            scale_by_inverse(out, D, sum);
         }
     }
 }
