@@ -24,6 +24,7 @@
 #include <time.h>
 
 #include "commands.h"
+#include "common/grow.h"
 #include "common/status.h"
 #include "orchestrator/http_floor.h"
 #include "orchestrator/httpc.h"
@@ -41,6 +42,7 @@ struct run {
     int                submitted, finished, completed, failed, cancelled;
     int                peak_running;   /* most tasks running at once */
     int                submit_error;   /* a submission failed: stop */
+    int                stats_oom;      /* a stats sample was lost to out of memory */
     double            *d2r, *r2r, *task_ms;
     size_t             n_d2r, n_r2r, n_task, cap_d2r, cap_r2r, cap_task;
     struct orch_task **tasks;
@@ -74,15 +76,17 @@ static void usage(FILE *out)
         "                     (connect + its first round trip)\n");
 }
 
-static void push(double **v, size_t *n, size_t *cap, double x)
+/* Append a sample; out of memory sets r->stats_oom (the stats are then
+ * refused, never printed from a partial sample). */
+static void push(struct run *r, double **v, size_t *n, size_t *cap, double x)
 {
     if (*n == *cap) {
-        size_t c = *cap ? *cap * 2 : 1024;
-        double *nv = realloc(*v, c * sizeof *nv);
-        if (!nv)
+        double *nv = ps_grow(*v, cap, *n + 1, sizeof *nv, 1024);
+        if (!nv) {
+            r->stats_oom = 1;
             return;
+        }
         *v = nv;
-        *cap = c;
     }
     (*v)[(*n)++] = x;
 }
@@ -126,9 +130,9 @@ static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
     double x;
     if (r->stats && !strcmp(ev->type, "call.result")) {
         if (event_number(ev->data, "dispatch_to_recv_us", &x))
-            push(&r->d2r, &r->n_d2r, &r->cap_d2r, x);
+            push(r, &r->d2r, &r->n_d2r, &r->cap_d2r, x);
         if (event_number(ev->data, "reply_to_record_us", &x))
-            push(&r->r2r, &r->n_r2r, &r->cap_r2r, x);
+            push(r, &r->r2r, &r->n_r2r, &r->cap_r2r, x);
     }
     /* t_ms is the last member of every event (task.c appends it), so a
      * "t_ms" inside a call result cannot be taken for it. */
@@ -136,7 +140,7 @@ static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
     while (tm && strstr(tm + 1, ",\"t_ms\":"))
         tm = strstr(tm + 1, ",\"t_ms\":");
     if (tm && event_number(tm, "t_ms", &x))
-        push(&r->task_ms, &r->n_task, &r->cap_task, x);
+        push(r, &r->task_ms, &r->n_task, &r->cap_task, x);
 }
 
 static void on_done(void *ud, struct orch_task *t)
@@ -441,7 +445,9 @@ int cmd_orchestrate(int argc, char **argv)
         if (fs.open_peer_cpu_s >= 0)
             open_mock_us = fs.open_peer_cpu_s * 1e6 / (double)fs.opened;
     }
-    if (r.stats) {
+    if (r.stats && r.stats_oom) {
+        fprintf(stderr, "paraserve orchestrate: out of memory for the --stats samples; no stats printed\n");
+    } else if (r.stats) {
         /* last_submit_s: when the last task went in (0 for a burst); the
          * ideal wall time is last_submit_s + a task's critical path. */
         printf("{\"stats\":{\"tasks\":%d,\"completed\":%d,\"failed\":%d,\"cancelled\":%d,"
@@ -465,7 +471,7 @@ int cmd_orchestrate(int argc, char **argv)
                (long long)connects, floor_n, floor_client_us, floor_mock_us, open_client_us, open_mock_us);
     }
     fflush(stdout);
-    rc = r.submit_error ? 2 : r.finished == r.total ? 0 : 1;
+    rc = r.submit_error ? 2 : r.finished == r.total && !r.stats_oom ? 0 : 1;
 done:
     if (r.stagger_ev)
         event_free(r.stagger_ev);

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/grow.h"
 #include "../common/status.h"
 #include "kv_blocks.h"
 #include "prefix_cache.h"
@@ -171,14 +172,10 @@ bool sched_text_scan(const char *t, size_t len, const char *const *stop, int32_t
 static int text_append(struct seq *q, const char *p, size_t n)
 {
     if (q->text_len + n + 1 > q->text_cap) {
-        size_t cap = q->text_cap ? q->text_cap : 64;
-        while (cap < q->text_len + n + 1)
-            cap *= 2;
-        char *t = realloc(q->text, cap);
+        char *t = ps_grow(q->text, &q->text_cap, q->text_len + n + 1, 1, 64);
         if (!t)
             return ps_error_set(PS_ENOMEM, "scheduler: out of memory for text");
         q->text = t;
-        q->text_cap = cap;
     }
     memcpy(q->text + q->text_len, p, n);
     q->text_len += n;

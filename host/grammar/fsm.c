@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/grow.h"
 #include "common/status.h"
 #include "grammar_internal.h"
 
@@ -156,14 +157,10 @@ static int intern(struct builder *b, int32_t rule, int32_t *out)
         b->cap_states = cap;
     }
     if (b->pool_len + (size_t)b->n_tmp > b->pool_cap) {
-        size_t cap = b->pool_cap ? 2 * b->pool_cap : 4096;
-        while (cap < b->pool_len + (size_t)b->n_tmp)
-            cap *= 2;
-        int32_t *p = realloc(b->pool, cap * sizeof *p);
+        int32_t *p = ps_grow(b->pool, &b->pool_cap, b->pool_len + (size_t)b->n_tmp, sizeof *p, 4096);
         if (!p)
             return ps_error_set(PS_ENOMEM, "out of memory");
         b->pool = p;
-        b->pool_cap = cap;
     }
     int32_t s = f->n_states++;
     memcpy(b->pool + b->pool_len, b->tmp, (size_t)b->n_tmp * sizeof *b->tmp);

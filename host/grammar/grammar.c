@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/status.h"
 #include "grammar_internal.h"
 
@@ -431,14 +432,10 @@ static inline void step(const struct fsm *f, struct pool *pool, const int32_t *i
 static int push_ids(grammar *g, const int32_t *ids, int32_t n, int32_t *off)
 {
     if (g->n_ids + (size_t)n > g->cap_ids) {
-        size_t cap = g->cap_ids ? 2 * g->cap_ids : 4096;
-        while (cap < g->n_ids + (size_t)n)
-            cap *= 2;
-        int32_t *x = realloc(g->ids, cap * sizeof *x);
+        int32_t *x = ps_grow(g->ids, &g->cap_ids, g->n_ids + (size_t)n, sizeof *x, 4096);
         if (!x)
             return ps_error_set(PS_ENOMEM, "out of memory");
         g->ids = x;
-        g->cap_ids = cap;
     }
     if (n)
         memcpy(g->ids + g->n_ids, ids, (size_t)n * sizeof *ids);

@@ -24,6 +24,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/grow.h"
 #include "common/status.h"
 
 #define GGUF_MAGIC             0x46554747u /* "GGUF" little endian */
@@ -906,14 +907,10 @@ struct buf {
 static int buf_put(struct buf *b, const void *src, size_t n)
 {
     if (n > b->cap - b->len) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap - b->len < n)
-            cap *= 2;
-        uint8_t *p = realloc(b->p, cap);
+        uint8_t *p = n > SIZE_MAX - b->len ? NULL : ps_grow(b->p, &b->cap, b->len + n, 1, 256);
         if (!p)
             return ps_error_set(PS_ENOMEM, "gguf: writer out of memory");
-        b->p   = p;
-        b->cap = cap;
+        b->p = p;
     }
     memcpy(b->p + b->len, src, n);
     b->len += n;

@@ -32,6 +32,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/status.h"
 #include "unicode.h"
 
@@ -692,12 +693,10 @@ struct id_vec {
 static int vec_push(struct id_vec *v, int32_t id)
 {
     if (v->n == v->cap) {
-        size_t cap = v->cap ? v->cap * 2 : 64;
-        int32_t *p = realloc(v->v, cap * sizeof *p);
+        int32_t *p = ps_grow(v->v, &v->cap, v->n + 1, sizeof *p, 64);
         if (!p)
             return PS_ENOMEM;
         v->v = p;
-        v->cap = cap;
     }
     v->v[v->n++] = id;
     return PS_OK;
@@ -748,12 +747,10 @@ static bool cand_less(const struct bpe_cand *a, const struct bpe_cand *b)
 static int heap_push(struct encoder *e, struct bpe_cand c)
 {
     if (e->heap_n == e->heap_cap) {
-        size_t cap = e->heap_cap ? e->heap_cap * 2 : 64;
-        struct bpe_cand *p = realloc(e->heap, cap * sizeof *p);
+        struct bpe_cand *p = ps_grow(e->heap, &e->heap_cap, e->heap_n + 1, sizeof *p, 64);
         if (!p)
             return PS_ENOMEM;
         e->heap = p;
-        e->heap_cap = cap;
     }
     size_t i = e->heap_n++;
     while (i > 0) {

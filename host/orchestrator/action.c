@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/status.h"
 
 struct action_parser {
@@ -133,14 +134,10 @@ int action_parser_feed(struct action_parser *p, const char *text, size_t n)
     if (p->len + n > ACTION_MAX_BYTES)
         return ps_error_set(PS_EFORMAT, "action: longer than %u bytes", ACTION_MAX_BYTES);
     if (p->len + n + 1 > p->cap) {
-        size_t cap = p->cap ? p->cap : 256;
-        while (cap < p->len + n + 1)
-            cap *= 2;
-        char *nb = realloc(p->buf, cap);
+        char *nb = ps_grow(p->buf, &p->cap, p->len + n + 1, 1, 256);
         if (!nb)
             return ps_error_set(PS_ENOMEM, "action: out of memory");
         p->buf = nb;
-        p->cap = cap;
     }
     memcpy(p->buf + p->len, text, n);
     p->len += n;

@@ -38,6 +38,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/grow.h"
 #include "common/status.h"
 
 /* Easy handles kept for reuse: curl_easy_init/cleanup per request costs
@@ -413,14 +414,10 @@ static int body_append(struct httpc_req *r, const char *p, size_t len)
         return -1;
     }
     if (r->len + len + 1 > r->cap) {
-        size_t cap = r->cap ? r->cap : 256;   /* agent replies are mostly small */
-        while (cap < r->len + len + 1)
-            cap *= 2;
-        char *nb = realloc(r->body, cap);
+        char *nb = ps_grow(r->body, &r->cap, r->len + len + 1, 1, 256);   /* agent replies are mostly small */
         if (!nb)
             return -1;
         r->body = nb;
-        r->cap = cap;
     }
     memcpy(r->body + r->len, p, len);
     r->len += len;
@@ -1108,14 +1105,10 @@ static int fast_url(const char *url, struct sockaddr_storage *sa, socklen_t *sal
 static int out_add(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
 {
     if (*len + n + 1 > *cap) {
-        size_t c = *cap ? *cap : 512;
-        while (c < *len + n + 1)
-            c *= 2;
-        char *nb = realloc(*buf, c);
+        char *nb = ps_grow(*buf, cap, *len + n + 1, 1, 512);
         if (!nb)
             return -1;
         *buf = nb;
-        *cap = c;
     }
     memcpy(*buf + *len, s, n);
     *len += n;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/grow.h"
 #include "common/status.h"
 #include "orchestrator/action.h"
 #include "orchestrator/httpc.h"
@@ -219,16 +220,12 @@ static void transcript_add(struct orch_task *t, const char *a, const char *b, co
     for (int i = 0; i < 3; i++)
         n += parts[i] ? strlen(parts[i]) : 0;
     if (t->tr_len + n + 1 > t->tr_cap) {
-        size_t cap = t->tr_cap ? t->tr_cap : 1024;
-        while (cap < t->tr_len + n + 1)
-            cap *= 2;
-        char *nb = realloc(t->transcript, cap);
+        char *nb = ps_grow(t->transcript, &t->tr_cap, t->tr_len + n + 1, 1, 1024);
         if (!nb) {
             log_fail(t, PS_ENOMEM);
             return;
         }
         t->transcript = nb;
-        t->tr_cap = cap;
     }
     for (int i = 0; i < 3; i++) {
         size_t l = parts[i] ? strlen(parts[i]) : 0;

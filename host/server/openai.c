@@ -9,6 +9,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "../common/grow.h"
 #include "../common/status.h"
 #include "../model/unicode.h"
 
@@ -737,14 +738,10 @@ struct token_constraint gen_params_constraint(const struct gen_params *p)
 static int out_append(struct openai_output *o, const char *t, size_t n)
 {
     if (o->len + n + 1 > o->cap) {
-        size_t cap = o->cap ? o->cap : 256;
-        while (cap < o->len + n + 1)
-            cap *= 2;
-        char *b = realloc(o->buf, cap);
+        char *b = ps_grow(o->buf, &o->cap, o->len + n + 1, 1, 256);
         if (!b)
             return PS_ENOMEM;
         o->buf = b;
-        o->cap = cap;
     }
     memcpy(o->buf + o->len, t, n);
     o->len += n;
