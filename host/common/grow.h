@@ -9,7 +9,7 @@
  * that holds p's first *cap elements: p itself when it is large enough,
  * else p reallocated to the smallest max(*cap, min_cap) * 2^k >= need
  * elements (so n appends cost O(n)), with *cap updated.  NULL when out of
- * memory or when the size does not fit size_t: then p and *cap are
+ * memory or when the size is past PTRDIFF_MAX bytes: then p and *cap are
  * unchanged and p is still the caller's.  It records no error detail; the
  * caller reports its own. */
 #ifndef PS_GROW_H
@@ -29,7 +29,7 @@ static inline void *ps_grow(void *p, size_t *cap, size_t need, size_t elem, size
         c = 1;
     while (c < need)
         c = c > SIZE_MAX / 2 ? need : c * 2;
-    if (elem == 0 || c > SIZE_MAX / elem)
+    if (elem == 0 || c > (size_t)PTRDIFF_MAX / elem)   /* no object is larger */
         return NULL;
     void *np = realloc(p, c * elem);
     if (!np)
