@@ -58,9 +58,18 @@ static long reply_len(const char *buf, size_t len)
             break;
         p = eol + 1;
         if ((size_t)(end - p) > 15 && !strncasecmp(p, "Content-Length:", 15)) {
-            char *e;
-            unsigned long n = strtoul(p + 15, &e, 10);
-            if (e == p + 15 || head + n > FLOOR_BUF)
+            /* digits only (no sign, no overflow): at most FLOOR_BUF */
+            const char *d = p + 15;
+            while (d < end && (*d == ' ' || *d == '\t'))
+                d++;
+            size_t n = 0;
+            const char *d0 = d;
+            for (; d < end && *d >= '0' && *d <= '9'; d++) {
+                n = n * 10 + (size_t)(*d - '0');
+                if (n > FLOOR_BUF)
+                    return -1;
+            }
+            if (d == d0 || n > FLOOR_BUF - head)
                 return -1;
             return len >= head + n ? (long)(head + n) : 0;
         }

@@ -140,8 +140,8 @@ static void add_number(struct jbuf *b, double d)
 
 static void add_value(struct jbuf *b, const cJSON *it, int depth)
 {
-    if (depth > CJSON_NESTING_LIMIT) {
-        jbuf_add(b, "null", 4);
+    if (depth > JBUF_MAX_DEPTH) {
+        b->oom = 1;   /* never print something other than the value */
         return;
     }
     switch (it->type & 0xFF) {

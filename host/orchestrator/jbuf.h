@@ -35,8 +35,11 @@ void  jbuf_add(struct jbuf *b, const char *s, size_t n);
 /* Append the decimal digits of v (no printf: it runs several times per
  * agent call on the loop). */
 void  jbuf_add_int(struct jbuf *b, long long v);
-/* Append `item` as compact JSON (its key, if any, is not printed).  Depth is
- * limited to CJSON_NESTING_LIMIT; deeper values print as null. */
+/* Append `item` as compact JSON (its key, if any, is not printed).  Values
+ * nest up to JBUF_MAX_DEPTH levels: parsed values reach CJSON_NESTING_LIMIT,
+ * and a {{ref}} to a call's result puts one under a few more (args, an
+ * event); deeper ones set b->oom (the text is refused, never altered). */
+#define JBUF_MAX_DEPTH (CJSON_NESTING_LIMIT + 64)
 void  jbuf_json(struct jbuf *b, const cJSON *item);
 /* The text as a malloc'd string the caller frees (the buffer is reset);
  * NULL when out of memory (now or earlier: b->oom). */

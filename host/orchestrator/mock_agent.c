@@ -143,9 +143,13 @@ static void conn_send_reply(struct conn *c, int code, const char *body)
 {
     struct mock_agent *m = c->m;
     size_t bl = strlen(body);
-    /* Head and body go out with one send() from a stack buffer; the heap
-     * holds a reply only while the kernel cannot take all of it. */
-    char stack[2048];
+    /* Head and body go out with one send() from a per-thread buffer; the
+     * heap holds a reply only while the kernel cannot take all of it.  Not
+     * a stack array: a reply sent at once calls conn_reply_done, which
+     * parses the next pipelined request and may reply again (one frame per
+     * pipelined request); the buffer is dead by then, so the nested reply
+     * may reuse it. */
+    static _Thread_local char stack[2048];
     size_t cap = bl + 256;
     char *out = cap <= sizeof stack ? stack : malloc(cap);
     if (!out) {
@@ -172,8 +176,11 @@ static void conn_send_reply(struct conn *c, int code, const char *body)
             off += (size_t)k;
         else if (k < 0 && errno == EINTR)
             continue;
-        else
+        else {
+            if (k == 0)
+                errno = EPIPE;   /* no progress and no error: treat as a dead peer */
             break;
+        }
     }
     if (off < len && !(errno == EAGAIN || errno == EWOULDBLOCK)) {
         if (out != stack)

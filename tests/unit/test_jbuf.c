@@ -1,6 +1,7 @@
 /* test_jbuf.c - jbuf_json prints exactly what cJSON_PrintUnformatted
  * prints (strings with every escape, integers and fractions, the switch to
- * exponents, -0, NaN, nesting, raw items), the buffer moves from the stack
+ * exponents, -0, NaN, nesting deeper than a parse gives, raw items; past
+ * JBUF_MAX_DEPTH a refusal, never other text), the buffer moves from the stack
  * to the heap when it grows, jbuf_add_int prints any long long, and
  * jbuf_take hands over an owned copy. */
 #include <math.h>
@@ -24,6 +25,22 @@ static void same_as_cjson(const cJSON *j, size_t stack_cap)
     CHECK(b.len == strlen(b.p));
     free(ref);
     jbuf_free(&b);
+}
+
+/* [[[...1...]]] nested `depth` arrays deep, built without cJSON's parse limit */
+static cJSON *nested(int depth)
+{
+    cJSON *inner = cJSON_CreateNumber(1);
+    for (int i = 0; i < depth && inner; i++) {
+        cJSON *a = cJSON_CreateArray();
+        if (!a || !cJSON_AddItemToArray(a, inner)) {
+            cJSON_Delete(a);
+            cJSON_Delete(inner);
+            return NULL;
+        }
+        inner = a;
+    }
+    return inner;
 }
 
 static void doc(const char *text)
@@ -115,5 +132,22 @@ int main(void)
     CHECK(t && strlen(t) > 1000);
     free(t);
     cJSON_Delete(a);
+
+    /* deeper than a parse gives, as a {{ref}} can nest a result: printed as
+     * cJSON prints it; past JBUF_MAX_DEPTH refused (oom), never altered */
+    cJSON *deep = nested(CJSON_NESTING_LIMIT + 6);
+    CHECK(deep != NULL);
+    if (deep)
+        same_as_cjson(deep, 8192);
+    cJSON_Delete(deep);
+    deep = nested(JBUF_MAX_DEPTH + 2);
+    CHECK(deep != NULL);
+    if (deep) {
+        jbuf_init(&b, st, sizeof st);
+        jbuf_json(&b, deep);
+        CHECK(b.oom);
+        jbuf_free(&b);
+    }
+    cJSON_Delete(deep);
     TEST_DONE();
 }
