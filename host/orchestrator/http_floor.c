@@ -125,6 +125,35 @@ static int conn_read(struct floor_conn *c)
     return 1;
 }
 
+/* Wait for `want` replies on the connections; after each, send the request
+ * again on that connection while *sent < limit (limit 0: no resends). */
+static int floor_replies(int ep, struct epoll_event *evs, struct floor_conn *cs, int conns, int64_t want,
+                         const char *req, size_t rl, int64_t *sent, int64_t limit)
+{
+    for (int64_t got_n = 0; got_n < want;) {
+        int n = epoll_wait(ep, evs, conns, 10000);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return ps_error_set(PS_EIO, "http_floor: %s", n ? strerror(errno) : "no reply within 10 s");
+        for (int k = 0; k < n; k++) {
+            struct floor_conn *c = &cs[evs[k].data.u32];
+            int got = conn_read(c);
+            if (got < 0)
+                return ps_error_set(PS_EIO, "http_floor: a connection failed or sent an unframed reply");
+            if (!got)
+                continue;
+            got_n++;
+            if (*sent < limit) {
+                if (send_all(c->fd, req, rl))
+                    return ps_error_set(PS_EIO, "http_floor: send: %s", strerror(errno));
+                (*sent)++;
+            }
+        }
+    }
+    return PS_OK;
+}
+
 int http_floor_run(int port, const char *path, const char *body, int conns, int64_t requests,
                    http_floor_cpu_fn peer_cpu_ns, void *peer_ud, struct http_floor_stats *out)
 {
@@ -188,67 +217,28 @@ int http_floor_run(int port, const char *path, const char *body, int conns, int6
             goto done;
         }
     }
-    for (int got_n = 0; got_n < conns;) {
-        int n = epoll_wait(ep, evs, conns, 10000);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            st = ps_error_set(PS_EIO, "http_floor: %s", n ? strerror(errno) : "no reply within 10 s");
-            goto done;
-        }
-        for (int k = 0; k < n; k++) {
-            int got = conn_read(&cs[evs[k].data.u32]);
-            if (got < 0) {
-                st = ps_error_set(PS_EIO, "http_floor: a connection failed or sent an unframed reply");
-                goto done;
-            }
-            got_n += got;
-        }
-    }
+    int64_t no_resend = 0;
+    if ((st = floor_replies(ep, evs, cs, conns, conns, req, (size_t)rl, &no_resend, 0)))
+        goto done;
     out->open_client_cpu_s = thread_cpu_s() - open_cpu0;
     int64_t open_peer1 = peer_cpu_ns ? peer_cpu_ns(peer_ud) : -1;
     out->open_peer_cpu_s = open_peer0 >= 0 && open_peer1 >= 0 ? (double)(open_peer1 - open_peer0) / 1e9 : -1;
     out->opened = conns;
     int64_t peer0 = peer_cpu_ns ? peer_cpu_ns(peer_ud) : -1;
     double cpu0 = thread_cpu_s(), t0 = mono_s();
-    int64_t sent = 0, done_n = 0;
+    int64_t sent = 0;
     for (int i = 0; i < conns; i++, sent++)
         if (send_all(cs[i].fd, req, (size_t)rl)) {
             st = ps_error_set(PS_EIO, "http_floor: send: %s", strerror(errno));
             goto done;
         }
-    while (done_n < requests) {
-        int n = epoll_wait(ep, evs, conns, 10000);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0) {
-            st = ps_error_set(PS_EIO, "http_floor: %s", n ? strerror(errno) : "no reply within 10 s");
-            goto done;
-        }
-        for (int k = 0; k < n; k++) {
-            struct floor_conn *c = &cs[evs[k].data.u32];
-            int got = conn_read(c);
-            if (got < 0) {
-                st = ps_error_set(PS_EIO, "http_floor: a connection failed or sent an unframed reply");
-                goto done;
-            }
-            if (!got)
-                continue;
-            done_n++;
-            if (sent < requests) {
-                if (send_all(c->fd, req, (size_t)rl)) {
-                    st = ps_error_set(PS_EIO, "http_floor: send: %s", strerror(errno));
-                    goto done;
-                }
-                sent++;
-            }
-        }
-    }
+    if ((st = floor_replies(ep, evs, cs, conns, requests, req, (size_t)rl, &sent, requests)))
+        goto done;
     out->client_cpu_s = thread_cpu_s() - cpu0;
     out->wall_s = mono_s() - t0;
     int64_t peer1 = peer_cpu_ns ? peer_cpu_ns(peer_ud) : -1;
     out->peer_cpu_s = peer0 >= 0 && peer1 >= 0 ? (double)(peer1 - peer0) / 1e9 : -1;
-    out->requests = done_n;
+    out->requests = requests;
 done:
     for (int i = 0; i < opened; i++)
         close(cs[i].fd);
