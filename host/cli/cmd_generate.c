@@ -440,9 +440,8 @@ int cmd_generate(int argc, char **argv)
                                   .block_size = bs, .max_batch_tokens = chunk,
                                   .kv_type = o.kv_type };
     /* --exact and the f32 / q8 caches are CPU modes: "auto" picks the CPU,
-     * "cuda" fails with the CUDA backend's error */
-    const char *device = o.kv_type != KV_F16 && (!o.device || !strcmp(o.device, "auto")) ? "cpu" : o.device;
-    rc = backend_create_named(device, m, &cfg, &be);
+     * "cuda" fails with the CUDA backend's error (backend_create_named) */
+    rc = backend_create_named(o.device, m, &cfg, &be);
     if (rc)
         goto fail;
     rc = kv_blocks_create(max_blocks, &kv);

@@ -40,7 +40,8 @@ int backend_create_named(const char *device, const struct model *m, const struct
 {
     *out = NULL;
     if (!device || !strcmp(device, "auto"))
-        return cuda_device_count() > 0 ? backend_cuda_create(m, cfg, out) : backend_cpu_create(m, cfg, out);
+        return cfg->kv_type == KV_F16 && cuda_device_count() > 0 ? backend_cuda_create(m, cfg, out)
+                                                                  : backend_cpu_create(m, cfg, out);
     if (!strcmp(device, "cpu"))
         return backend_cpu_create(m, cfg, out);
     if (!strcmp(device, "cuda"))

@@ -134,9 +134,10 @@ struct backend {
 /* CPU reference backend (threads, AVX2/FMA when present). */
 int backend_cpu_create(const struct model *m, const struct backend_config *cfg, backend **out);
 
-/* Backend by name: "cpu", "cuda", or "auto" (CUDA when a GPU is present,
- * else CPU).  PS_EINVAL for another name; "cuda" without a device or in a
- * build without CUDA fails with the CUDA backend's error. */
+/* Backend by name: "cpu", "cuda", or "auto" (CUDA when a GPU is present
+ * and the KV cache type is one it has (f16), else CPU).  PS_EINVAL for
+ * another name; "cuda" without a device, in a build without CUDA or with a
+ * q8 / f32 cache fails with the CUDA backend's error. */
 int backend_create_named(const char *device, const struct model *m, const struct backend_config *cfg,
                          backend **out);
 

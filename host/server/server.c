@@ -862,9 +862,7 @@ int server_run(const struct server_config *cfg)
                                  .block_size = cfg->block_size, .max_batch_tokens = cfg->max_batch_tokens };
     if ((rc = kv_type_parse(cfg->kv_type, &bc.kv_type)))
         goto done;
-    /* auto picks the CPU for the caches only the CPU backend has */
-    const char *device = bc.kv_type != KV_F16 && !strcmp(cfg->backend, "auto") ? "cpu" : cfg->backend;
-    rc = backend_create_named(device, m, &bc, &be);
+    rc = backend_create_named(cfg->backend, m, &bc, &be);   /* auto: the CPU for q8 / f32 caches */
     if (rc)
         goto done;
     struct engine_config ec = { .max_seqs = cfg->max_batch, .max_batch_tokens = cfg->max_batch_tokens,
