@@ -38,6 +38,7 @@ struct run {
     struct event_base *base;
     struct orch       *orch;
     int                quiet, stats;
+    int                warming;        /* --warmup pass: no output, no samples */
     int                total;          /* tasks to submit */
     int                submitted, finished, completed, failed, cancelled;
     int                peak_running;   /* most tasks running at once */
@@ -67,6 +68,9 @@ static void usage(FILE *out)
         "  --cancel-after MS  cancel every unfinished task after MS milliseconds\n"
         "  --max-events N     events kept per task (default 100000); a task that\n"
         "                     reaches it fails with a typed error\n"
+        "  --warmup           first run the same tasks once, unmeasured and unprinted, so the\n"
+        "                     executor's keep-alive pools hold the connections the run needs\n"
+        "                     (a server in steady state); without it the run starts cold\n"
         "  --quiet            print only each task's terminal event\n"
         "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n"
         "  --floor N          with --stats and --mock-agent: after the run, N keep-alive round\n"
@@ -124,6 +128,8 @@ static int event_number(const char *data, const char *key, double *out)
 static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
 {
     struct run *r = ud;
+    if (r->warming)
+        return;
     int terminal = !strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error");
     if (!r->quiet || terminal)
         printf("{\"id\":%lld,\"event\":\"%s\",\"data\":%s}\n", (long long)ev->id, ev->type, ev->data);
@@ -274,15 +280,17 @@ int cmd_orchestrate(int argc, char **argv)
         {"cancel-after", required_argument, 0, 'c'}, {"quiet", no_argument, 0, 'q'},
         {"stats", no_argument, 0, 's'}, {"max-events", required_argument, 0, 'e'},
         {"stagger-ms", required_argument, 0, 'w'}, {"floor", required_argument, 0, 'F'},
+        {"warmup", no_argument, 0, 'W'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
     int n_task_args = 0, repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0, floor_n = 0;
+    int warmup = 0;
     struct run r = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:qsh", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:qshW", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -301,6 +309,7 @@ int cmd_orchestrate(int argc, char **argv)
         case 'w': r.stagger_ms = atoi(optarg); break;
         case 'F': floor_n = atoi(optarg); break;
         case 'q': r.quiet = 1; break;
+        case 'W': warmup = 1; break;
         case 's': r.stats = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -395,6 +404,30 @@ int cmd_orchestrate(int argc, char **argv)
     r.tasks = calloc((size_t)r.total + 1, sizeof *r.tasks);
     if (!r.tasks || !(r.stagger_ev = evtimer_new(r.base, on_stagger, &r)))
         goto done;
+    if (warmup) {
+        /* Unmeasured pass: the same tasks, all at once, to completion; its
+         * tasks are freed and every counter starts again from zero. */
+        r.warming = 1;
+        while (r.submitted < r.total && !submit_next(&r))
+            ;
+        if (r.submit_error) {
+            rc = 2;
+            goto done;
+        }
+        if (r.finished < r.total)
+            event_base_dispatch(r.base);
+        if (r.finished < r.total) {
+            fprintf(stderr, "paraserve orchestrate: --warmup: %d of %d tasks did not end\n",
+                    r.total - r.finished, r.total);
+            goto done;
+        }
+        for (int i = 0; i < r.submitted; i++) {
+            orch_task_release(r.tasks[i]);
+            r.tasks[i] = NULL;
+        }
+        r.submitted = r.finished = r.completed = r.failed = r.cancelled = r.peak_running = 0;
+        r.warming = 0;
+    }
     struct exec_stats xs0, xs1;
     exec_get_stats(orch_executor(r.orch), &xs0);
     double cpu0 = thread_cpu_s(), user0, sys0;
