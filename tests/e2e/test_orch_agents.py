@@ -145,6 +145,26 @@ def test_200_concurrent_tasks(run):
     assert ev[-1]["stats"]["completed"] == 200
 
 
+def test_warmup_pass_is_unmeasured_and_leaves_the_pool_warm(run):
+    t = {"input": "warm", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 20}},
+                   {"id": "b", "to": "mock", "args": {"sleep_ms": 20}}]},
+        {"final": {"answer": "{{a}}", "uses": ["a", "b"]}}]}
+    cold = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
+                       extra=["--mock-agent", "0", "--repeat", "20", "--stats"])
+    warm = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
+                       extra=["--mock-agent", "0", "--repeat", "20", "--stats", "--warmup"])
+    for ev in (cold, warm):
+        st = ev[-1]["stats"]
+        assert st["tasks"] == st["completed"] == 20 and st["calls_measured"] == 40
+        # only the timed pass prints: one task.created and one task.final per task
+        assert sum(e.get("event") == "task.created" for e in ev) == 20
+        assert sum(e.get("event") == "task.final" for e in ev) == 20
+        assert st["mock_requests"] == 40
+    assert cold[-1]["stats"]["connections"] == 40       # two calls at once per task, all new
+    assert warm[-1]["stats"]["connections"] == 0        # every one taken from the keep-alive pool
+
+
 def test_mcp_http_and_stdio(run, server_proc, tmp_path):
     pytest.importorskip("mcp")
     port = free_port()
