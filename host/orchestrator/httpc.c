@@ -22,6 +22,7 @@
  * and the connection freed, so the pool holds no dead sockets for long.
  */
 #include "orchestrator/httpc.h"
+#include "orchestrator/httpc_parse.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -46,7 +47,6 @@
 #define HTTPC_IDLE_EASY 1024
 /* Fast path limits. */
 #define HC_MAX_IDLE_PER_POOL 4096        /* idle keep-alive connections per host:port */
-#define HC_MAX_HEAD          (64u << 10) /* reply status line + headers */
 #define HC_CONNECT_MS        10000       /* as CURLOPT_CONNECTTIMEOUT_MS on the curl path */
 /* First reply buffer of a connection, and the free space kept for one
  * recv(): agent replies are mostly small, and a first buffer under glibc's
@@ -76,10 +76,6 @@ struct httpc {
     int64_t            n_connects; /* fast path: connections opened so far */
 };
 
-/* Fast-path reply parsing state. */
-enum hc_body { HB_NONE, HB_LENGTH, HB_CHUNKED, HB_EOF };
-enum hc_chunk { HCH_SIZE, HCH_DATA, HCH_DATA_END, HCH_TRAILER, HCH_DONE };
-
 struct httpc_req {
     struct httpc      *h;
     CURL              *easy;       /* curl path; NULL on the fast path */
@@ -92,13 +88,7 @@ struct httpc_req {
     int                in_multi;
     int                in_callback;
     CURLcode           result;
-    long               status;
-    char              *body;
-    size_t             len, cap;
-    int                too_big;
-    char              *content_type;
-    char              *session_id;
-    int64_t            recv_ns, send_ns;
+    struct httpc_reply rep;        /* status, body, headers (both paths); parse state (fast path) */
     char               errbuf[CURL_ERROR_SIZE];
     /* fast path */
     struct hpool      *pool;
@@ -109,12 +99,7 @@ struct httpc_req {
     long               timeout_ms;
     int64_t            deadline_ns;/* 0: none */
     struct event      *tmo;        /* lazily made: connect / request timeout */
-    int                head_done;  /* status line and headers parsed */
     int                got_bytes;  /* any reply byte arrived */
-    int                keep_alive; /* the connection may be reused afterwards */
-    enum hc_body       framing;
-    size_t             remaining;  /* HB_LENGTH: body bytes left; chunked: chunk bytes left */
-    enum hc_chunk      chunk;
 };
 
 struct hpool {
@@ -192,9 +177,7 @@ static void req_free(struct httpc_req *r)
         event_free(r->tmo);
     curl_slist_free_all(r->hdrs);
     free(r->out);
-    free(r->body);
-    free(r->content_type);
-    free(r->session_id);
+    httpc_reply_clear(&r->rep);
     free(r);
 }
 
@@ -210,7 +193,7 @@ static void dispatch_done(struct httpc *h)
             h->done_tail = NULL;
         r->on_done_list = 0;
         struct httpc_response resp = {0};
-        if (r->too_big) {
+        if (r->rep.too_big) {
             resp.transport_error = CURLE_FILESIZE_EXCEEDED;
             resp.error = "response too large";
         } else if (r->result != CURLE_OK) {
@@ -218,14 +201,14 @@ static void dispatch_done(struct httpc *h)
             resp.error = r->errbuf[0] ? r->errbuf : curl_easy_strerror(r->result);
         } else {
             resp.error = "";
-            resp.status = r->status;
+            resp.status = r->rep.status;
         }
-        resp.body = r->body ? r->body : "";
-        resp.body_len = r->len;
-        resp.content_type = r->content_type;
-        resp.session_id = r->session_id;
-        resp.agent_recv_ns = r->recv_ns;
-        resp.agent_send_ns = r->send_ns;
+        resp.body = r->rep.body ? r->rep.body : "";
+        resp.body_len = r->rep.len;
+        resp.content_type = r->rep.content_type;
+        resp.session_id = r->rep.session_id;
+        resp.agent_recv_ns = r->rep.recv_ns;
+        resp.agent_send_ns = r->rep.send_ns;
         httpc_done_fn cb = r->done;
         void *ud = r->ud;
         /* resp points into r: free only after the callback returns; a
@@ -257,7 +240,7 @@ static void check_multi_info(struct httpc *h)
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
         r->result = msg->data.result;
         if (r->result == CURLE_OK)
-            curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->status);
+            curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->rep.status);
         curl_multi_remove_handle(h->multi, r->easy);
         r->in_multi = 0;
         push_done(r);
@@ -405,94 +388,17 @@ int64_t httpc_connects(const struct httpc *h)
     return h ? h->n_connects : 0;
 }
 
-/* Append reply body bytes; 0, or -1 when over HTTPC_MAX_BODY (too_big set)
- * or out of memory. */
-static int body_append(struct httpc_req *r, const char *p, size_t len)
-{
-    if (r->len + len > HTTPC_MAX_BODY) {
-        r->too_big = 1;
-        return -1;
-    }
-    if (r->len + len + 1 > r->cap) {
-        char *nb = ps_grow(r->body, &r->cap, r->len + len + 1, 1, 256);   /* agent replies are mostly small */
-        if (!nb)
-            return -1;
-        r->body = nb;
-    }
-    memcpy(r->body + r->len, p, len);
-    r->len += len;
-    r->body[r->len] = 0;
-    return 0;
-}
-
 static size_t on_body(char *p, size_t sz, size_t n, void *ud)
 {
     size_t len = sz * n;
-    return body_append(ud, p, len) ? 0 : len;
-}
-
-/* The value (trimmed) if `line` is header `name`: a pointer into line and
- * its length in *vlen; NULL otherwise.  No allocation: this runs for every
- * header of every reply on the loop. */
-static const char *header_span(const char *line, size_t n, const char *name, size_t *vlen)
-{
-    size_t k = strlen(name);
-    if (n <= k || line[k] != ':' || strncasecmp(line, name, k))
-        return NULL;
-    const char *v = line + k + 1;
-    const char *end = line + n;
-    while (v < end && (*v == ' ' || *v == '\t')) v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
-    *vlen = (size_t)(end - v);
-    return v;
-}
-
-/* A decimal header value: 0 when it is not one (the X-Agent-* timings are
- * informational). */
-static int64_t span_int(const char *v, size_t n)
-{
-    int64_t x = 0;
-    if (!n || n > 18)
-        return 0;
-    for (size_t i = 0; i < n; i++) {
-        if (v[i] < '0' || v[i] > '9')
-            return 0;
-        x = x * 10 + (v[i] - '0');
-    }
-    return x;
-}
-
-/* 1 when `word` occurs in v[0..n) ignoring case (strcasestr on a span). */
-static int strncasecmp_any(const char *v, size_t n, const char *word)
-{
-    size_t k = strlen(word);
-    for (size_t i = 0; i + k <= n; i++)
-        if (!strncasecmp(v + i, word, k))
-            return 1;
-    return 0;
-}
-
-/* Record the reply headers callers see (both paths). */
-static void note_header(struct httpc_req *r, const char *p, size_t len)
-{
-    const char *v;
-    size_t n;
-    if ((v = header_span(p, len, "Content-Type", &n))) {
-        free(r->content_type);
-        r->content_type = strndup(v, n);
-    } else if ((v = header_span(p, len, "Mcp-Session-Id", &n))) {
-        free(r->session_id);
-        r->session_id = strndup(v, n);
-    } else if ((v = header_span(p, len, "X-Agent-Recv-Ns", &n))) {
-        r->recv_ns = span_int(v, n);
-    } else if ((v = header_span(p, len, "X-Agent-Send-Ns", &n))) {
-        r->send_ns = span_int(v, n);
-    }
+    struct httpc_req *r = ud;
+    return httpc_reply_append_body(&r->rep, p, len) ? 0 : len;
 }
 
 static size_t on_header(char *p, size_t sz, size_t n, void *ud)
 {
-    note_header(ud, p, sz * n);
+    struct httpc_req *r = ud;
+    httpc_reply_note_header(&r->rep, p, sz * n);
     return sz * n;
 }
 
@@ -554,7 +460,7 @@ static void hc_complete(struct httpc_req *r)
 {
     /* A reply that came before the whole request was written (an early
      * error) leaves the connection mid-request: not reusable. */
-    hc_release(r, r->keep_alive && r->out_off == r->out_len);
+    hc_release(r, r->rep.keep_alive && r->out_off == r->out_len);
     r->result = CURLE_OK;
     push_done(r);
 }
@@ -699,7 +605,7 @@ static int hc_start(struct httpc_req *r)
     }
     c->req = r;
     r->conn = c;
-    r->head_done = r->got_bytes = 0;
+    r->rep.head_done = r->got_bytes = 0;
     if (hc_arm_timer(r, c->connecting)) {
         snprintf(msg, sizeof msg, "event_add failed");
         goto fail_conn;
@@ -773,183 +679,16 @@ static void hc_on_write(evutil_socket_t fd, short what, void *ud)
     dispatch_done(h);
 }
 
-/* Parse the status line and headers at the front of c->in.  1: done (bytes
- * consumed), 0: need more, -1: malformed (message in msg). */
-static int hc_parse_head(struct httpc_req *r, struct hconn *c, char *msg, size_t msglen)
-{
-    for (;;) {
-        char *end = c->in_len >= 4 ? memmem(c->in, c->in_len, "\r\n\r\n", 4) : NULL;
-        if (!end) {
-            if (c->in_len > HC_MAX_HEAD) {
-                snprintf(msg, msglen, "reply headers over %u bytes", HC_MAX_HEAD);
-                return -1;
-            }
-            return 0;
-        }
-        size_t head_len = (size_t)(end + 4 - c->in);
-        /* "HTTP/1.x NNN": parsed by hand, sscanf costs a visible share of a
-         * reply's handling on the loop */
-        const char *s = c->in;
-        if (c->in_len < 12 || memcmp(s, "HTTP/", 5) || s[5] < '0' || s[5] > '9' || s[6] != '.' ||
-            s[7] < '0' || s[7] > '9' || s[8] != ' ' || s[9] < '1' || s[9] > '9' ||
-            s[10] < '0' || s[10] > '9' || s[11] < '0' || s[11] > '9' ||
-            (c->in_len > 12 && s[12] != ' ' && s[12] != '\r')) {
-            snprintf(msg, msglen, "Unsupported HTTP reply (not HTTP/1.x)");
-            return -1;
-        }
-        int major = s[5] - '0', minor = s[7] - '0';
-        int code = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
-        if (code >= 100 && code < 200) {          /* interim (100 Continue): skip */
-            c->in_len -= head_len;
-            memmove(c->in, c->in + head_len, c->in_len);
-            continue;
-        }
-        r->status = code;
-        r->keep_alive = major == 1 && minor >= 1;
-        r->framing = HB_EOF;
-        const char *line = memchr(c->in, '\n', head_len);
-        for (line = line ? line + 1 : end; line < end + 2;) {
-            const char *eol = memchr(line, '\n', (size_t)(end + 2 - line));
-            if (!eol)
-                break;
-            size_t n = (size_t)(eol + 1 - line), vl;
-            const char *v;
-            if ((v = header_span(line, n, "Content-Length", &vl))) {
-                unsigned long long x = 0;
-                int bad = vl == 0 || vl > 20;
-                for (size_t i = 0; !bad && i < vl; i++) {
-                    bad = v[i] < '0' || v[i] > '9';
-                    x = bad || x > HTTPC_MAX_BODY ? x : x * 10 + (unsigned)(v[i] - '0');
-                }
-                if (!bad && x > HTTPC_MAX_BODY)
-                    r->too_big = 1;
-                if (bad || r->too_big) {
-                    snprintf(msg, msglen, r->too_big ? "response too large" : "bad Content-Length");
-                    return -1;
-                }
-                if (r->framing != HB_CHUNKED) {
-                    r->framing = HB_LENGTH;
-                    r->remaining = (size_t)x;
-                }
-            } else if ((v = header_span(line, n, "Transfer-Encoding", &vl))) {
-                if (strncasecmp_any(v, vl, "chunked")) {
-                    r->framing = HB_CHUNKED;
-                    r->chunk = HCH_SIZE;
-                }
-            } else if ((v = header_span(line, n, "Connection", &vl))) {
-                if (strncasecmp_any(v, vl, "close"))
-                    r->keep_alive = 0;
-                else if (strncasecmp_any(v, vl, "keep-alive"))
-                    r->keep_alive = 1;
-            } else {
-                note_header(r, line, n);
-            }
-            line = eol + 1;
-        }
-        if (code == 204 || code == 304)
-            r->framing = HB_NONE;
-        if (r->framing == HB_EOF)
-            r->keep_alive = 0;
-        c->in_len -= head_len;
-        memmove(c->in, c->in + head_len, c->in_len);
-        r->head_done = 1;
-        return 1;
-    }
-}
-
-/* Move body bytes from c->in into r->body.  1: reply complete, 0: need
- * more, -1: malformed or too large (message in msg). */
-static int hc_parse_body(struct httpc_req *r, struct hconn *c, char *msg, size_t msglen)
-{
-    size_t pos = 0;
-    int rc = 0;
-    switch (r->framing) {
-    case HB_NONE:
-        rc = 1;
-        break;
-    case HB_EOF:
-        if (c->in_len && body_append(r, c->in, c->in_len))
-            rc = -1;
-        pos = c->in_len;
-        break;
-    case HB_LENGTH: {
-        size_t n = c->in_len < r->remaining ? c->in_len : r->remaining;
-        if (n && body_append(r, c->in, n))
-            rc = -1;
-        pos = n;
-        r->remaining -= n;
-        if (!rc && !r->remaining)
-            rc = 1;
-        break;
-    }
-    case HB_CHUNKED:
-        while (!rc && pos < c->in_len) {
-            char *p = c->in + pos, *eol;
-            size_t left = c->in_len - pos;
-            if (r->chunk == HCH_DATA) {
-                size_t n = left < r->remaining ? left : r->remaining;
-                if (body_append(r, p, n)) {
-                    rc = -1;
-                    break;
-                }
-                pos += n;
-                if (!(r->remaining -= n))
-                    r->chunk = HCH_DATA_END;
-                continue;
-            }
-            if (!(eol = memchr(p, '\n', left))) {
-                if (left > 4096) {
-                    snprintf(msg, msglen, "bad chunked encoding");
-                    rc = -1;
-                }
-                break;
-            }
-            pos += (size_t)(eol + 1 - p);
-            if (r->chunk == HCH_SIZE) {
-                char *e;
-                unsigned long long x = strtoull(p, &e, 16);
-                if (e == p || (*e != ';' && *e != '\r' && *e != '\n' && *e != ' ') || x > HTTPC_MAX_BODY) {
-                    snprintf(msg, msglen, "bad chunked encoding");
-                    rc = -1;
-                    break;
-                }
-                r->remaining = (size_t)x;
-                r->chunk = x ? HCH_DATA : HCH_TRAILER;
-            } else if (r->chunk == HCH_DATA_END) {
-                if (eol != p && !(eol == p + 1 && *p == '\r')) {
-                    snprintf(msg, msglen, "bad chunked encoding");
-                    rc = -1;
-                    break;
-                }
-                r->chunk = HCH_SIZE;
-            } else if (r->chunk == HCH_TRAILER) {
-                if (eol == p || (eol == p + 1 && *p == '\r')) {
-                    r->chunk = HCH_DONE;
-                    rc = 1;
-                }
-            }
-        }
-        break;
-    }
-    if (rc < 0 && r->too_big)
-        snprintf(msg, msglen, "response too large");
-    else if (rc < 0 && !msg[0])
-        snprintf(msg, msglen, "out of memory");
-    c->in_len -= pos;
-    memmove(c->in, c->in + pos, c->in_len);
-    return rc;
-}
-
 static void hc_on_read(evutil_socket_t fd, short what, void *ud)
 {
     struct hconn *c = ud;
     struct httpc_req *r = c->req;
     char msg[160] = "";
     int eof = 0, err = 0;
-    /* c->in stays under 2 * HC_MAX_HEAD: body bytes are moved out to the
+    /* c->in stays under 2 * HTTPC_HEAD_MAX: body bytes are moved out to the
      * request after each parse, and an over-long head fails it. */
     for (;;) {
-        if (c->in_len > HC_MAX_HEAD)
+        if (c->in_len > HTTPC_HEAD_MAX)
             break;
         if (c->in_cap - c->in_len < HC_READ_MIN) {
             size_t cap = c->in_cap ? c->in_cap * 2 : HC_IN_INIT;
@@ -967,7 +706,7 @@ static void hc_on_read(evutil_socket_t fd, short what, void *ud)
             c->in_len += (size_t)n;
             if ((size_t)n < room)
                 break;
-            if (r && r->head_done)
+            if (r && r->rep.head_done)
                 break;                     /* move body bytes out before reading on */
             continue;
         }
@@ -990,17 +729,17 @@ static void hc_on_read(evutil_socket_t fd, short what, void *ud)
     if (c->in_len)
         r->got_bytes = 1;
     int rc = 0;
-    if (!r->head_done)
-        rc = hc_parse_head(r, c, msg, sizeof msg);
-    if (r->head_done)
-        rc = hc_parse_body(r, c, msg, sizeof msg);
+    if (!r->rep.head_done)
+        rc = httpc_reply_parse_head(&r->rep, c->in, &c->in_len, msg, sizeof msg);
+    if (r->rep.head_done)
+        rc = httpc_reply_parse_body(&r->rep, c->in, &c->in_len, msg, sizeof msg);
     if (rc > 0) {
         if (eof || err)
-            r->keep_alive = 0;
+            r->rep.keep_alive = 0;
         hc_complete(r);
     } else if (rc < 0) {
-        hc_fail(r, r->too_big ? CURLE_FILESIZE_EXCEEDED : CURLE_RECV_ERROR, msg);
-    } else if (eof && r->head_done && r->framing == HB_EOF) {
+        hc_fail(r, r->rep.too_big ? CURLE_FILESIZE_EXCEEDED : CURLE_RECV_ERROR, msg);
+    } else if (eof && r->rep.head_done && r->rep.framing == HB_EOF) {
         hc_complete(r);                    /* close-delimited body */
     } else if (eof || err) {
         if (c->connecting) {               /* refused or reset during the handshake */
