@@ -63,6 +63,7 @@ struct orch_task {
     cJSON                *final_pending;
     cJSON                *made;        /* this decision's calls as dispatched (ids filled in) */
     int                   final_only;  /* the decision being made must be a final */
+    size_t                answer_keep; /* > 0: the final answer being decoded looped; bytes of it kept */
     int                   finalize;    /* deadline near: decide a final now */
     struct event         *finalize_ev; /* fires at deadline - reserve (model-driven) */
     int64_t               reserve_ms;  /* time kept for the last decision(s) */
@@ -764,6 +765,12 @@ static cJSON *final_salvage(struct orch_task *t)
         return NULL;
     a++;
     size_t i = 0, len = strlen(a);
+    if (t->answer_keep && t->answer_keep < len) {
+        /* a loop was cut: keep its first time, without trailing separators */
+        len = t->answer_keep;
+        while (len > 1 && strchr(" ,;", a[len - 1]))
+            len--;
+    }
     while (i < len && a[i] != '"')
         i += a[i] == '\\' ? 2 : 1;
     if (i > len)               /* cut right after a backslash */
@@ -822,6 +829,35 @@ int orch_task_finished_ids(const struct orch_task *t, const char **ids, int max)
     return n;
 }
 
+/* Where the answer's string text starts in a final action's raw text, or
+ * NULL (not a final, or its answer has not begun). */
+static const char *final_answer_text(const char *txt)
+{
+    const char *f = strstr(txt, "\"final\"");
+    const char *a = f ? strstr(f, "\"answer\"") : NULL;
+    if (!a || strstr(txt, "\"calls\""))
+        return NULL;
+    a = strchr(a + 8, '"');
+    return a ? a + 1 : NULL;
+}
+
+/* Bytes of the answer text a[0..n) to keep: n, or fewer when it ends in a
+ * loop, a unit of ANSWER_LOOP_MIN_UNIT bytes or more repeated three times
+ * in a row (greedy decoding of a small model does this until its token
+ * budget runs out): the text is then cut after the unit's first time. */
+#define ANSWER_LOOP_MIN_UNIT 8
+static size_t answer_loop_keep(const char *a, size_t n)
+{
+    for (size_t p = ANSWER_LOOP_MIN_UNIT; 3 * p <= n; p++) {
+        size_t r = 0;
+        while (r < n - p && a[n - 1 - r] == a[n - 1 - r - p])
+            r++;
+        if (r >= 2 * p)
+            return n - r;
+    }
+    return n;
+}
+
 int orch_task_decision_text(struct orch_task *t, const char *text, size_t n)
 {
     if (t->status != TASK_RUNNING || !t->deciding || !t->parser)
@@ -830,7 +866,21 @@ int orch_task_decision_text(struct orch_task *t, const char *text, size_t n)
      * decision ends, which the decider may do at once. */
     if (action_parser_feed(t->parser, text, n))
         return 1;
-    return action_parser_complete(t->parser);
+    if (action_parser_complete(t->parser))
+        return 1;
+    if (!t->script) {
+        size_t len;
+        const char *txt = action_parser_text(t->parser, &len);
+        const char *a = final_answer_text(txt);
+        if (a) {
+            size_t an = len - (size_t)(a - txt), keep = answer_loop_keep(a, an);
+            if (keep < an) {
+                t->answer_keep = keep ? keep : 1;
+                return 1;     /* decision_end salvages the answer up to the loop */
+            }
+        }
+    }
+    return 0;
 }
 
 int orch_task_rounds(const struct orch_task *t) { return t->rounds; }
@@ -870,7 +920,9 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     int st = action_parser_finish(t->parser, &action);
     char perr[256];
     snprintf(perr, sizeof perr, "%s", st ? ps_error_last() : "");
-    cJSON *salvaged = st && t->final_only ? final_salvage(t) : NULL;
+    cJSON *salvaged = st && (t->final_only || t->answer_keep) ? final_salvage(t) : NULL;
+    if (salvaged && t->answer_keep)
+        snprintf(perr, sizeof perr, "the answer repeated itself: cut after its first time");
     cJSON *d = cJSON_CreateObject();
     cJSON_AddNumberToObject(d, "round", t->rounds);
     if (st) {
@@ -979,6 +1031,7 @@ static void decide(struct orch_task *t)
         need_made |= cJSON_IsObject(cl) && !cJSON_GetObjectItemCaseSensitive(cl, "id");
     int oom = need_made && !(t->made = cJSON_CreateArray());
     t->parser = oom ? NULL : action_parser_new(on_call_closed, t);
+    t->answer_keep = 0;
     if (!t->parser) {
         task_finish(t, TASK_FAILED, "out of memory");
         return;

@@ -136,7 +136,10 @@ void orch_task_release(struct orch_task *t);
  * PS_OK, or an error that fails the task).  decision_text returns 1 when
  * decoding may stop (the action's root object has closed, the text can no
  * longer be an action, or the task no longer waits for this decision):
- * the decider then cancels its generation and calls decision_end(PS_OK). */
+ * the decider then cancels its generation and calls decision_end(PS_OK).
+ * It also returns 1 when a final's answer text starts to loop (a unit of 8
+ * bytes or more three times in a row): the answer is then cut after the
+ * unit's first time, and the `decision` event carries "incomplete". */
 int  orch_task_decision_text(struct orch_task *t, const char *text, size_t n);
 void orch_task_decision_end(struct orch_task *t, int status, const char *error);
 /* What the decision being made may be, for a decider that constrains

@@ -4,7 +4,8 @@
  * finished call ids (max_rounds, max_calls), and a near deadline stops a
  * decision being decoded, keeps the calls that closed and decides a final
  * before the deadline; a final cut by its token budget still completes the
- * task with the answer decoded so far; a transcript that outgrows the
+ * task with the answer decoded so far, and one that loops is cut after its
+ * first time; a transcript that outgrows the
  * model's context (over_context) is cut to its newer part and the decision
  * becomes the final. */
 #include <event2/event.h>
@@ -21,7 +22,8 @@
 
 #define MAX_ROUNDS 16
 
-enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS };
+enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS, FAKE_LOOP_FINAL,
+                 FAKE_REPEATS_ONCE };
 
 struct fake {
     struct event_base *base;
@@ -30,6 +32,7 @@ struct fake {
     size_t             budget;       /* over_context: prompt bytes that fit (0: all) */
     size_t             first_len, max_len; /* prompt bytes: round 1, largest */
     int                saw_dropped;  /* a prompt said older entries were dropped */
+    size_t             fed, text_len; /* chunked modes: bytes fed before the task said stop, of */
     int                final_only[MAX_ROUNDS + 1];
     int                n_finished[MAX_ROUNDS + 1];
 };
@@ -40,6 +43,7 @@ struct fake_dec {
     struct event     *ev;
     const char       *text;
     int               hang;    /* feed the text, never end */
+    int               chunked; /* feed 3 bytes at a time, as tokens, until told to stop */
 };
 
 static const char *const CALLS2 =
@@ -60,7 +64,19 @@ static void fake_fire(evutil_socket_t fd, short what, void *ud)
     struct fake_dec *d = ud;
     (void)fd;
     (void)what;
-    orch_task_decision_text(d->t, d->text, strlen(d->text));
+    if (d->chunked) {
+        size_t n = strlen(d->text), i = 0;
+        while (i < n) {
+            size_t k = n - i < 3 ? n - i : 3;
+            i += k;
+            if (orch_task_decision_text(d->t, d->text + i - k, k))
+                break;
+        }
+        d->f->fed = i;
+        d->f->text_len = n;
+    } else {
+        orch_task_decision_text(d->t, d->text, strlen(d->text));
+    }
     if (d->hang)
         return;   /* freed by fake_cancel */
     struct orch_task *t = d->t;
@@ -89,6 +105,15 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
     d->t = t;
     if (orch_task_final_only(t) && f->mode == FAKE_CUT_FINAL) {
         d->text = "{\"final\": {\"answer\": \"forty tw";          /* cut by the token budget */
+    } else if (f->mode == FAKE_LOOP_FINAL) {
+        /* greedy decoding stuck in a loop until the token budget ends */
+        d->text = "{\"final\":{\"answer\":\"The answer is 17*23, the answer is 391, the answer is 391, "
+                  "the answer is 391, the answer is 391, the answer is 391, the answer is 391, the ans";
+        d->chunked = 1;
+    } else if (f->mode == FAKE_REPEATS_ONCE) {
+        /* a unit said twice is not a loop: the answer stands as written */
+        d->text = "{\"final\":{\"answer\":\"Paris is the capital. Paris is the capital.\"}}";
+        d->chunked = 1;
     } else if (orch_task_final_only(t) && f->mode == FAKE_CUT_ESCAPE) {
         d->text = "{\"final\": {\"answer\": \"x\\\"y\\u00";       /* cut inside an escape */
     } else if (f->mode == FAKE_FINAL_WAITS && round == 1) {
@@ -339,6 +364,27 @@ static void test_cut_final(void)
     ctx_close(&c);
 }
 
+static void test_looping_final(void)
+{
+    struct ctx c;
+    double wall;
+    /* Not final-only (max_rounds 4): a final the model chose loops; it is cut
+     * where the loop starts, decoding stops there, and the task completes. */
+    CHECK(ctx_open(&c, FAKE_LOOP_FINAL) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":4}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(!strcmp(output_of(t), "The answer is 17*23, the answer is 391"), "output %s", output_of(t));
+    CHECK_MSG(c.fake.fed < c.fake.text_len, "fed %zu of %zu bytes", c.fake.fed, c.fake.text_len);
+    CHECK(c.fake.n_start == 1);
+    ctx_close(&c);
+    CHECK(ctx_open(&c, FAKE_REPEATS_ONCE) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":4}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(!strcmp(output_of(t), "Paris is the capital. Paris is the capital."), "output %s", output_of(t));
+    CHECK(c.fake.fed == c.fake.text_len);
+    ctx_close(&c);
+}
+
 static void test_final_waiting_near_deadline(void)
 {
     struct ctx c;
@@ -358,6 +404,7 @@ int main(void)
 {
     test_final_waiting_near_deadline();
     test_cut_final();
+    test_looping_final();
     test_fresh_ids_and_last_round();
     test_call_limit();
     test_context_full();
