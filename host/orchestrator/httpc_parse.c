@@ -3,6 +3,7 @@
  * keep-alive decision, over a caller-owned byte buffer. */
 #include "orchestrator/httpc_parse.h"
 
+#include <ctype.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -231,10 +232,24 @@ int httpc_reply_parse_body(struct httpc_reply *r, char *in, size_t *in_len, char
                 }
                 break;
             }
+            /* A line over the limit fails whether or not its end has
+             * arrived yet: the outcome must not depend on how the bytes
+             * were split across reads. */
+            if ((size_t)(eol - p) > HTTPC_CHUNK_LINE_MAX) {
+                snprintf(msg, msglen, "bad chunked encoding");
+                rc = -1;
+                break;
+            }
             pos += (size_t)(eol + 1 - p);
             if (r->chunk == HCH_SIZE) {
-                char *e;
-                unsigned long long x = strtoull(p, &e, 16);
+                /* Hex digits, then the line end, a space or a chunk
+                 * extension; parsed by hand within the line (strtoull would
+                 * skip leading whitespace, across the line end and past
+                 * the received bytes, and take a sign or "0x"). */
+                const char *e = p;
+                unsigned long long x = 0;
+                for (; e < eol && isxdigit((unsigned char)*e) && x <= HTTPC_MAX_BODY; e++)
+                    x = x * 16 + (unsigned)(*e <= '9' ? *e - '0' : (*e | 0x20) - 'a' + 10);
                 if (e == p || (*e != ';' && *e != '\r' && *e != '\n' && *e != ' ') || x > HTTPC_MAX_BODY) {
                     snprintf(msg, msglen, "bad chunked encoding");
                     rc = -1;
