@@ -214,6 +214,11 @@ int builtin_exists(const char *tool)
     return 0;
 }
 
+int builtin_deterministic(const char *tool)
+{
+    return !strcmp(tool, "calculator") || !strcmp(tool, "text_stats") || !strcmp(tool, "echo");
+}
+
 cJSON *builtin_schema(const char *tool)
 {
     const char *s = NULL;

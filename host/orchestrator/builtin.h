@@ -18,6 +18,9 @@
 /* 1 when `tool` names a builtin. */
 int builtin_exists(const char *tool);
 
+/* 1 when the same args always give the same result (all but time). */
+int builtin_deterministic(const char *tool);
+
 /* The input schema of a builtin as a new cJSON (caller frees), NULL if
  * unknown. */
 cJSON *builtin_schema(const char *tool);

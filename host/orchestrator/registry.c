@@ -51,6 +51,7 @@ static void spec_free(struct agent_spec *a)
     free(a->tool);
     free(a->model);
     free(a->system_prompt);
+    cJSON_Delete(a->example);
 }
 
 void registry_free(struct registry *reg)
@@ -93,7 +94,7 @@ static int get_int(const cJSON *o, const char *key, int lo, int hi, int def, int
 static const char *const spec_fields[] = {
     "name", "kind", "description", "input_schema", "url", "command", "headers", "tool",
     "model", "system_prompt", "max_tokens", "timeout_ms", "max_concurrency", "retries",
-    "backoff_ms", "breaker_failures", "breaker_open_ms", "comment",
+    "backoff_ms", "breaker_failures", "breaker_open_ms", "deterministic", "example", "comment",
 };
 
 static int name_ok(const char *s)
@@ -105,6 +106,44 @@ static int name_ok(const char *s)
         if (!isalnum((unsigned char)*s) && *s != '_' && *s != '-' && *s != '.')
             return 0;
     return 1;
+}
+
+/* "example": {"task": text, "args": object valid for the input schema,
+ * "result": any JSON} -- a worked call the orchestrator's prompt shows.  The
+ * sizes are bounded: the example is part of every decision's prompt. */
+#define EXAMPLE_MAX_BYTES 1024
+static int parse_example(const cJSON *o, const char *where, struct agent_spec *a)
+{
+    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(o, "example");
+    if (!ex)
+        return PS_OK;
+    if (!cJSON_IsObject(ex))
+        return ps_error_set(PS_EINVAL, "%s.example: must be an object {\"task\", \"args\", \"result\"}", where);
+    for (const cJSON *k = ex->child; k; k = k->next)
+        if (strcmp(k->string, "task") && strcmp(k->string, "args") && strcmp(k->string, "result"))
+            return ps_error_set(PS_EINVAL, "%s.example.%s: unknown field (task, args, result)", where, k->string);
+    const cJSON *task = cJSON_GetObjectItemCaseSensitive(ex, "task");
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(ex, "args");
+    const cJSON *result = cJSON_GetObjectItemCaseSensitive(ex, "result");
+    if (!cJSON_IsString(task) || !task->valuestring[0] || strpbrk(task->valuestring, "\r\n"))
+        return ps_error_set(PS_EINVAL, "%s.example.task: must be a non-empty single-line string", where);
+    if (!cJSON_IsObject(args))
+        return ps_error_set(PS_EINVAL, "%s.example.args: must be an object", where);
+    if (!result)
+        return ps_error_set(PS_EINVAL, "%s.example.result: required (what the call returns)", where);
+    char sw[300], err[512];
+    snprintf(sw, sizeof sw, "%s.example.args", where);
+    if (jschema_validate(a->input_schema, args, sw, err, sizeof err))
+        return ps_error_set(PS_EINVAL, "%s (the example must be a valid call)", err);
+    char *text = cJSON_PrintUnformatted(ex);
+    if (!text)
+        return PS_ENOMEM;
+    size_t n = strlen(text);
+    free(text);
+    if (n > EXAMPLE_MAX_BYTES)
+        return ps_error_set(PS_EINVAL, "%s.example: %zu bytes, at most %d (it is in every prompt)", where, n,
+                            EXAMPLE_MAX_BYTES);
+    return (a->example = cJSON_Duplicate(ex, 1)) ? PS_OK : PS_ENOMEM;
 }
 
 static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
@@ -224,7 +263,14 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
     } else {
         a->input_schema = cJSON_Parse("{\"type\":\"object\"}");
     }
-    return a->input_schema ? PS_OK : PS_ENOMEM;
+    if (!a->input_schema)
+        return PS_ENOMEM;
+    const cJSON *det = cJSON_GetObjectItemCaseSensitive(o, "deterministic");
+    if (det && !cJSON_IsBool(det))
+        return ps_error_set(PS_EINVAL, "%s.deterministic: must be true or false", where);
+    a->deterministic = det ? cJSON_IsTrue(det)
+                           : a->kind == AGENT_BUILTIN && builtin_deterministic(a->tool ? a->tool : a->name);
+    return parse_example(o, where, a);
 }
 
 int registry_load_json(const char *text, const char *origin, struct registry **out)

@@ -51,6 +51,10 @@ struct agent_spec {
     int             backoff_ms;      /* base of exponential backoff (default 100) */
     int             breaker_failures;/* consecutive failures that open the breaker (5) */
     int             breaker_open_ms; /* how long it stays open (5000) */
+    int             deterministic;   /* same args, same result: a repeated call teaches the model
+                                        nothing (default: builtins but time) */
+    cJSON          *example;         /* {"task","args","result"} shown to the model, or NULL;
+                                        args valid for input_schema */
 };
 
 struct registry;

@@ -1,6 +1,7 @@
 /* task.c - orchestrator task loop, ledger and event log (see task.h). */
 #include "orchestrator/task.h"
 
+#include <ctype.h>
 #include <event2/event.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -65,6 +66,7 @@ struct orch_task {
     int                   final_only;  /* the decision being made must be a final */
     size_t                answer_keep; /* > 0: the final answer being decoded looped; bytes of it kept */
     int                   finalize;    /* deadline near: decide a final now */
+    int                   repeated;    /* a decision only repeated answered calls: the next is final-only */
     struct event         *finalize_ev; /* fires at deadline - reserve (model-driven) */
     int64_t               reserve_ms;  /* time kept for the last decision(s) */
     int64_t               t_decide;    /* start of the decision being made */
@@ -766,8 +768,14 @@ static cJSON *final_salvage(struct orch_task *t)
     a++;
     size_t i = 0, len = strlen(a);
     if (t->answer_keep && t->answer_keep < len) {
-        /* a loop was cut: keep its first time, without trailing separators */
+        /* a loop was cut: keep its first time, without a word cut in two
+         * or trailing separators */
         len = t->answer_keep;
+        size_t w = len;
+        while (w > 0 && isalnum((unsigned char)a[w - 1]))
+            w--;
+        if (w > 0 && w < len && isalnum((unsigned char)a[len]))
+            len = w;
         while (len > 1 && strchr(" ,;", a[len - 1]))
             len--;
     }
@@ -900,6 +908,41 @@ fail:
     cJSON_Delete(u);   /* usage is informational: losing a record fails nothing */
 }
 
+/* 1 when `action` makes calls and every one repeats (same agent, same
+ * args) a call that finished ok before, to a deterministic agent: the
+ * model has nothing new to ask. */
+static int repeats_only(struct orch_task *t, const cJSON *action)
+{
+    const cJSON *calls = cJSON_GetObjectItemCaseSensitive(action, "calls"), *c;
+    if (!cJSON_GetArraySize(calls))
+        return 0;
+    cJSON_ArrayForEach(c, calls) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
+        const cJSON *to = cJSON_GetObjectItemCaseSensitive(c, "to");
+        const cJSON *args = cJSON_GetObjectItemCaseSensitive(c, "args"), *e;
+        const struct agent_spec *a = cJSON_IsString(to) ? registry_find(t->o->reg, to->valuestring) : NULL;
+        if (!a || !a->deterministic)
+            return 0;
+        int seen = 0;
+        cJSON_ArrayForEach(e, t->ledger) {
+            const cJSON *eid = cJSON_GetObjectItemCaseSensitive(e, "id");
+            const cJSON *ea = cJSON_GetObjectItemCaseSensitive(e, "args");
+            const cJSON *est = cJSON_GetObjectItemCaseSensitive(e, "status");
+            if (cJSON_IsString(eid) && cJSON_IsString(id) && !strcmp(eid->valuestring, id->valuestring))
+                break;                       /* only calls made before this one */
+            if (cJSON_IsString(est) && !strcmp(est->valuestring, "ok") &&
+                cJSON_Compare(cJSON_GetObjectItemCaseSensitive(e, "to"), to, 1) &&
+                (args ? cJSON_Compare(ea, args, 1) : !cJSON_GetArraySize(ea))) {
+                seen = 1;
+                break;
+            }
+        }
+        if (!seen)
+            return 0;
+    }
+    return 1;
+}
+
 void orch_task_decision_end(struct orch_task *t, int status, const char *error)
 {
     if (t->status != TASK_RUNNING || !t->deciding)
@@ -987,6 +1030,10 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         free(atext);
     }
     emit(t, "decision", d, 0);
+    if (!t->script && repeats_only(t, action)) {
+        t->repeated = 1;
+        transcript_add(t, "(Those calls repeat calls already answered: their results are above.)\n", NULL, NULL);
+    }
     const cJSON *cancel = cJSON_GetObjectItemCaseSensitive(action, "cancel"), *c;
     cJSON_ArrayForEach(c, cancel)
         exec_group_cancel(t->g, c->valuestring, "cancelled by the orchestrator");
@@ -1017,7 +1064,8 @@ static void decide(struct orch_task *t)
         return;
     }
     t->rounds++;
-    t->final_only = !t->script && (t->rounds >= t->max_rounds || t->n_calls >= t->max_calls || t->finalize);
+    t->final_only = !t->script && (t->rounds >= t->max_rounds || t->n_calls >= t->max_calls || t->finalize ||
+                                   t->repeated);
     t->t_decide = orch_now_ns();
     cJSON_Delete(t->made);
     t->made = NULL;
@@ -1522,19 +1570,42 @@ char *orch_task_prompt(const struct orch_task *t)
         ps_error_set(PS_ENOMEM, "out of memory");
         return NULL;
     }
-    char example[256], shot[640];
-    if (ex_to)
+    /* A worked example in the transcript's own format: small models copy
+     * its shape (call, result, final) far better than they follow rules.
+     * The first agent with an `example` gives a concrete one; otherwise a
+     * placeholder call to the first tool taking a required string. */
+    const struct agent_spec *exa = NULL;
+    for (int i = 0; i < registry_count(t->o->reg) && !exa; i++)
+        if (registry_at(t->o->reg, i)->example)
+            exa = registry_at(t->o->reg, i);
+    char *ex_args = NULL, *ex_result = NULL;
+    if (exa) {
+        ex_args = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(exa->example, "args"));
+        ex_result = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(exa->example, "result"));
+        if (!ex_args || !ex_result) {
+            free(ex_args);
+            free(ex_result);
+            free(cats);
+            ps_error_set(PS_ENOMEM, "out of memory");
+            return NULL;
+        }
+    }
+    char example[2048], shot[4096];
+    if (exa)
+        snprintf(example, sizeof example, "{\"calls\":[{\"to\":\"%s\",\"args\":%s}]}", exa->name, ex_args);
+    else if (ex_to)
         snprintf(example, sizeof example, "{\"calls\":[{\"to\":\"%s\",\"args\":{\"%s\":\"...\"}}]}",
                  ex_to, ex_key);
     else
         snprintf(example, sizeof example, "{\"calls\":[{\"to\":\"AGENT\",\"args\":{}}]}");
-    /* A worked example in the transcript's own format: small models copy
-     * its shape (call, result, final) far better than they follow rules. */
     snprintf(shot, sizeof shot,
-             "Example:\nTask: (a question)\nDecision 1: %s\n"
-             "Result: {\"id\":\"c1\",\"to\":\"%s\",\"status\":\"ok\",\"result\":\"(its answer)\"}\n"
+             "Example:\nTask: %s\nDecision 1: %s\n"
+             "Result: {\"id\":\"c1\",\"to\":\"%s\",\"status\":\"ok\",\"result\":%s}\n"
              "Decision 2: {\"final\":{\"answer\":\"{{c1}}\",\"uses\":[\"c1\"]}}\nEnd of example.\n",
-             example, ex_to ? ex_to : "AGENT");
+             exa ? cJSON_GetObjectItemCaseSensitive(exa->example, "task")->valuestring : "(a question)",
+             example, exa ? exa->name : ex_to ? ex_to : "AGENT", exa ? ex_result : "\"(its answer)\"");
+    free(ex_args);
+    free(ex_result);
     static const char *const fmt =
         "Agents:\n%s"
         "Reply with exactly one JSON action:\n"

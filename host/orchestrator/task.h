@@ -11,7 +11,11 @@
  * first, so their `cancelled` records precede the terminal event.)
  *
  * Decision points: the task's start, then whenever new feedback has arrived
- * since the last decision, or nothing is in flight.  Each decision's text
+ * since the last decision, or nothing is in flight.  A model decision whose
+ * calls all repeat calls that finished ok, to deterministic agents
+ * (agent_spec.deterministic), makes the next decision final-only: the model
+ * has nothing new to ask (small models otherwise repeat until max_rounds).
+ * The prompt's worked example is the first agent's `example`, if any.  Each decision's text
  * goes through the incremental action parser: call objects are submitted to
  * the executor as they close (with a model, while it still decodes).
  * A call without an "id" gets a fresh one, "c<k>" (k: its position among

@@ -197,6 +197,16 @@ def test_mcp_http_and_stdio(run, server_proc, tmp_path):
     ({"name": "x", "kind": "builtin", "tool": "calculator", "max_concurrency": 0}, "agents[0].max_concurrency"),
     ({"name": "x", "kind": "http-json", "url": "ftp://h"}, "agents[0].url"),
     ({"name": "x y", "kind": "builtin", "tool": "calculator"}, "agents[0].name"),
+    ({"name": "x", "kind": "builtin", "tool": "calculator", "deterministic": "yes"}, "agents[0].deterministic"),
+    ({"name": "x", "kind": "builtin", "tool": "calculator", "example": "6*7"}, "agents[0].example"),
+    ({"name": "x", "kind": "builtin", "tool": "calculator",
+      "example": {"task": "t", "args": {"expression": 6}, "result": 42}}, "agents[0].example.args.expression"),
+    ({"name": "x", "kind": "builtin", "tool": "calculator",
+      "example": {"task": "t", "args": {"expression": "6*7"}}}, "agents[0].example.result"),
+    ({"name": "x", "kind": "builtin", "tool": "calculator",
+      "example": {"task": "t", "args": {"expression": "6*7"}, "result": "x" * 2000}}, "agents[0].example"),
+    ({"name": "x", "kind": "builtin", "tool": "calculator",
+      "example": {"task": "t", "args": {}, "result": 1, "why": 1}}, "agents[0].example.why"),
 ])
 def test_bad_agent_config_names_the_field(run, tmp_path, agent, field):
     pool = write_pool(tmp_path, [agent])

@@ -22,7 +22,7 @@
 
 #define MAX_ROUNDS 16
 
-enum fake_mode { FAKE_REPEAT, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS, FAKE_LOOP_FINAL,
+enum fake_mode { FAKE_REPEAT, FAKE_NEW_CALLS, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS, FAKE_LOOP_FINAL,
                  FAKE_REPEATS_ONCE };
 
 struct fake {
@@ -32,6 +32,7 @@ struct fake {
     size_t             budget;       /* over_context: prompt bytes that fit (0: all) */
     size_t             first_len, max_len; /* prompt bytes: round 1, largest */
     int                saw_dropped;  /* a prompt said older entries were dropped */
+    int                saw_example;  /* the prompt's example came from the calculator's `example` */
     size_t             fed, text_len; /* chunked modes: bytes fed before the task said stop, of */
     int                final_only[MAX_ROUNDS + 1];
     int                n_finished[MAX_ROUNDS + 1];
@@ -94,6 +95,9 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
         f->first_len = strlen(prompt);
     f->max_len = strlen(prompt) > f->max_len ? strlen(prompt) : f->max_len;
     f->saw_dropped |= strstr(prompt, "were dropped: the context is full") != NULL;
+    f->saw_example |= strstr(prompt, "Task: What is 6*7?\nDecision 1: {\"calls\":[{\"to\":\"calculator\","
+                                     "\"args\":{\"expression\":\"6*7\"}}]}\nResult: {\"id\":\"c1\",\"to\":"
+                                     "\"calculator\",\"status\":\"ok\",\"result\":{\"value\":42}}") != NULL;
     if (round <= MAX_ROUNDS) {
         f->final_only[round] = orch_task_final_only(t);
         f->n_finished[round] = orch_task_finished_ids(t, ids, 32);
@@ -128,6 +132,12 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
         snprintf(buf, sizeof buf, "{\"final\":{\"answer\":\"{{%s}}\",\"uses\":[\"%s\"]}}",
                  n ? ids[n - 1] : "none", n ? ids[n - 1] : "");
         d->text = n ? buf : "{\"final\":{\"answer\":\"nothing\"}}";
+    } else if (f->mode == FAKE_NEW_CALLS) {
+        /* new questions every round */
+        static char buf[256];
+        snprintf(buf, sizeof buf, "{\"calls\":[{\"to\":\"calculator\",\"args\":{\"expression\":\"%d+1\"}},"
+                 "{\"to\":\"calculator\",\"args\":{\"expression\":\"%d+2\"}}]}", round, round);
+        d->text = buf;
     } else if (f->mode == FAKE_HANG_FIRST && round == 1) {
         d->text = HALF;
         d->hang = 1;
@@ -181,10 +191,11 @@ struct ctx {
 static int ctx_open(struct ctx *c, enum fake_mode mode)
 {
     memset(c, 0, sizeof *c);
-    char pool[512];
+    char pool[1024];
     if (!(c->mock = mock_agent_start(0)))
         return -1;
-    snprintf(pool, sizeof pool, "{\"agents\":[{\"name\":\"calculator\",\"kind\":\"builtin\"},"
+    snprintf(pool, sizeof pool, "{\"agents\":[{\"name\":\"calculator\",\"kind\":\"builtin\",\"example\":"
+             "{\"task\":\"What is 6*7?\",\"args\":{\"expression\":\"6*7\"},\"result\":{\"value\":42}}},"
              "{\"name\":\"mock\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/a\",\"timeout_ms\":10000}]}",
              mock_agent_port(c->mock));
     if (registry_load_json(pool, "pool", &c->reg))
@@ -268,6 +279,23 @@ static void test_fresh_ids_and_last_round(void)
     CHECK(!c.fake.final_only[1] && !c.fake.final_only[2] && c.fake.final_only[3]);
     CHECK_MSG(c.fake.n_finished[3] == 4, "finished before the last round: %d", c.fake.n_finished[3]);
     CHECK_MSG(!strcmp(output_of(t), "4"), "output %s", output_of(t));   /* c4 = 2+2 */
+    CHECK(c.fake.saw_example);
+    ctx_close(&c);
+
+    /* Repeating answered calls of a deterministic tool (calculator) makes
+     * the next decision the final, long before max_rounds. */
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":16}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(c.fake.n_start == 3 && !c.fake.final_only[2] && c.fake.final_only[3], "%d decisions",
+              c.fake.n_start);
+    ctx_close(&c);
+    /* New questions every round do not. */
+    CHECK(ctx_open(&c, FAKE_NEW_CALLS) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":5}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(c.fake.n_start == 5 && !c.fake.final_only[4] && c.fake.final_only[5], "%d decisions",
+              c.fake.n_start);
     ctx_close(&c);
 
     /* max_rounds 1: the first decision is already final-only. */
@@ -290,7 +318,7 @@ static void test_context_full(void)
     const size_t first = c.fake.first_len;
     ctx_close(&c);
 
-    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    CHECK(ctx_open(&c, FAKE_NEW_CALLS) == 0);
     c.fake.budget = first + 700;
     t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":16}", &wall);
     CHECK_MSG(t && orch_task_status(t) == TASK_COMPLETED, "status %d", t ? (int)orch_task_status(t) : -1);
