@@ -69,6 +69,17 @@ void adapter_cancel(struct adapter_op *op);
 int  mcp_op_start(struct adapter_op *op);
 void mcp_op_cancel(struct adapter_op *op);
 void mcp_session_free(struct exec *ex, struct agent_rt *rt);
+/* MCP reply handling as pure functions (mcp.c; tests/fuzz/fuzz_mcp_reply.c
+ * feeds them untrusted server replies).
+ * mcp_reply_parse: the JSON-RPC message in an HTTP reply body of `len`
+ * bytes (need not be NUL-terminated): the body itself when it is JSON,
+ * else the first text/event-stream event whose data lines hold a response
+ * (result or error) with id `id`; NULL when there is none.  Caller frees.
+ * mcp_reply_result: map a tools/call response to an outcome: FB_OK with
+ * *res (caller frees; NULL only when out of memory), or an error status
+ * with the message in err (always NUL-terminated). */
+cJSON         *mcp_reply_parse(const char *body, size_t len, long id);
+enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t errlen);
 
 /* Shared adapter op: one per attempt. */
 struct adapter_op {

@@ -117,8 +117,15 @@ static cJSON *tools_call_msg(struct adapter_op *op)
     return m;
 }
 
-/* Find the JSON-RPC response with `id` in a JSON or SSE body. */
-static cJSON *parse_reply(const char *body, size_t len, long id)
+/* JSON-RPC ids are integers we chose; a reply's id is a double that may be
+ * anything (1e300, -0.5): compared as a double, never cast to long (out of
+ * range, that cast is undefined behaviour). */
+static int rpc_id_is(const cJSON *v, long id)
+{
+    return cJSON_IsNumber(v) && v->valuedouble == (double)id;
+}
+
+cJSON *mcp_reply_parse(const char *body, size_t len, long id)
 {
     cJSON *j = cJSON_ParseWithLength(body, len);
     if (j)
@@ -151,7 +158,7 @@ static cJSON *parse_reply(const char *body, size_t len, long id)
             if (acc && alen) {
                 cJSON *m = cJSON_ParseWithLength(acc, alen);
                 const cJSON *mid = cJSON_GetObjectItemCaseSensitive(m, "id");
-                if (cJSON_IsNumber(mid) && (long)mid->valuedouble == id &&
+                if (rpc_id_is(mid, id) &&
                     (cJSON_GetObjectItemCaseSensitive(m, "result") || cJSON_GetObjectItemCaseSensitive(m, "error")))
                     found = m;
                 else
@@ -165,23 +172,22 @@ static cJSON *parse_reply(const char *body, size_t len, long id)
     return found;
 }
 
-/* Map a tools/call JSON-RPC response to an outcome and deliver it. */
-static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t recv_ns, int64_t send_ns)
+enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t errlen)
 {
-    char err[512];
+    *res = NULL;
+    err[0] = 0;
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(msg, "error");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(msg, "result");
     if (e) {
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "code");
-        snprintf(err, sizeof err, "mcp error %d: %s", cJSON_IsNumber(c) ? c->valueint : 0,
+        snprintf(err, errlen, "mcp error %d: %s", cJSON_IsNumber(c) ? c->valueint : 0,
                  cJSON_IsString(m) ? m->valuestring : "(no message)");
-        adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, recv_ns, send_ns);
-        return;
+        return FB_EXEC_ERROR;
     }
     if (!cJSON_IsObject(r)) {
-        adapter_finish(op, FB_PARSE_ERROR, NULL, "mcp reply has no result object", 0, recv_ns, send_ns);
-        return;
+        snprintf(err, errlen, "mcp reply has no result object");
+        return FB_PARSE_ERROR;
     }
     const cJSON *content = cJSON_GetObjectItemCaseSensitive(r, "content");
     const cJSON *structured = cJSON_GetObjectItemCaseSensitive(r, "structuredContent");
@@ -194,23 +200,29 @@ static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t r
             first_text = t;
     }
     if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "isError"))) {
-        snprintf(err, sizeof err, "tool error: %s", first_text ? first_text->valuestring : "(no text)");
-        adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, recv_ns, send_ns);
-        return;
+        snprintf(err, errlen, "tool error: %s", first_text ? first_text->valuestring : "(no text)");
+        return FB_EXEC_ERROR;
     }
-    cJSON *res;
     if (structured)
-        res = cJSON_Duplicate(structured, 1);
+        *res = cJSON_Duplicate(structured, 1);
     else if (n_items == 1 && first_text)
-        res = cJSON_CreateString(first_text->valuestring);
+        *res = cJSON_CreateString(first_text->valuestring);
     else if (content)
-        res = cJSON_Duplicate(content, 1);
+        *res = cJSON_Duplicate(content, 1);
     else {
-        adapter_finish(op, FB_PARSE_ERROR, NULL, "mcp result has neither content nor structuredContent",
-                       0, recv_ns, send_ns);
-        return;
+        snprintf(err, errlen, "mcp result has neither content nor structuredContent");
+        return FB_PARSE_ERROR;
     }
-    adapter_finish(op, FB_OK, res, NULL, 0, recv_ns, send_ns);
+    return FB_OK;
+}
+
+/* Map a tools/call JSON-RPC response to an outcome and deliver it. */
+static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t recv_ns, int64_t send_ns)
+{
+    char err[512];
+    cJSON *res;
+    enum fb_status st = mcp_reply_result(msg, &res, err, sizeof err);
+    adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, recv_ns, send_ns);
 }
 
 /* Fail every op waiting on / in flight in the session (after it is reset). */
@@ -266,7 +278,7 @@ static void http_call_done(void *ud, const struct httpc_response *resp)
         adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
-    cJSON *m = parse_reply(resp->body, resp->body_len, op->rpc_id);
+    cJSON *m = mcp_reply_parse(resp->body, resp->body_len, op->rpc_id);
     if (!m) {
         adapter_finish(op, FB_PARSE_ERROR, NULL, "mcp reply carries no JSON-RPC response for the call",
                        0, resp->agent_recv_ns, resp->agent_send_ns);
@@ -327,7 +339,7 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
         fail_all(s, why);
         return;
     }
-    cJSON *m = parse_reply(resp->body, resp->body_len, s->init_id);
+    cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id);
     if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
         cJSON_Delete(m);
         s->state = MCP_NONE;
@@ -430,8 +442,7 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
     }
     if (!cJSON_IsNumber(id))
         return;
-    long rid = (long)id->valuedouble;
-    if (s->state == MCP_INIT && rid == s->init_id) {
+    if (s->state == MCP_INIT && rpc_id_is(id, s->init_id)) {
         if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
             stdio_close(s);
             fail_all(s, "mcp initialize failed");
@@ -449,7 +460,7 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
         return;
     }
     for (struct adapter_op *op = s->inflight; op; op = op->mcp_next)
-        if (op->rpc_id == rid) {
+        if (rpc_id_is(id, op->rpc_id)) {
             list_unlink(&s->inflight, op);
             finish_with_reply(op, m, 0, 0);
             return;

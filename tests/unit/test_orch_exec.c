@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "orchestrator/action.h"
 #include "orchestrator/builtin.h"
+#include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jschema.h"
 #include "orchestrator/mock_agent.h"
@@ -448,9 +449,36 @@ static void test_many_tasks(void)
     ctx_close(&c);
 }
 
+/* MCP replies (mcp_reply_parse / mcp_reply_result), JSON and SSE. */
+static void test_mcp_reply(void)
+{
+    const char *sse = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\r\n\r\n"
+                      "data: {\"jsonrpc\":\"2.0\",\"id\":1,\r\ndata: \"result\":{\"content\":"
+                      "[{\"type\":\"text\",\"text\":\"3\"}]}}\r\n\r\n";
+    cJSON *m = mcp_reply_parse(sse, strlen(sse), 1), *res = NULL;
+    char err[512];
+    CHECK(m && cJSON_GetObjectItem(m, "id")->valuedouble == 1);
+    CHECK(mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) &&
+          !strcmp(res->valuestring, "3") && !err[0]);
+    cJSON_Delete(res);
+    cJSON_Delete(m);
+    const char *tool_err = "{\"id\":1,\"result\":{\"isError\":true,\"content\":[{\"text\":\"boom\"}]}}";
+    m = mcp_reply_parse(tool_err, strlen(tool_err), 1);
+    CHECK(mcp_reply_result(m, &res, err, sizeof err) == FB_EXEC_ERROR && !res && !strcmp(err, "tool error: boom"));
+    cJSON_Delete(m);
+    /* Ids that are not the integer waited for: 1.5 was cast to 1 and taken
+     * as the reply to call 1; 1e300 cast to long is undefined behaviour
+     * (UBSan aborted the ASan build). */
+    const char *frac = "data: {\"id\":1.5,\"result\":{}}\n\n";
+    CHECK(!mcp_reply_parse(frac, strlen(frac), 1));
+    const char *huge = "data: {\"id\":1e300,\"result\":{}}\n\ndata: {\"id\":-1e300,\"error\":{}}\n\n";
+    CHECK(!mcp_reply_parse(huge, strlen(huge), 1));
+}
+
 int main(void)
 {
     test_registry_errors();
+    test_mcp_reply();
     test_schema_and_calc();
     test_action_parser();
     test_parallel_and_dag();
