@@ -102,7 +102,6 @@ int server_config_load(struct server_config *c, const char *path)
 {
     int rc = PS_OK;
     char *text = NULL;
-    cJSON *root = NULL;
     FILE *f = fopen(path, "rb");
     if (!f)
         return ps_error_set(PS_EIO, "config %s: %s", path, strerror(errno));
@@ -119,7 +118,17 @@ int server_config_load(struct server_config *c, const char *path)
         goto done;
     }
     text[n] = '\0';
-    root = cJSON_Parse(text);
+    rc = server_config_load_text(c, text, path);
+done:
+    free(text);
+    fclose(f);
+    return rc;
+}
+
+int server_config_load_text(struct server_config *c, const char *text, const char *path)
+{
+    int rc = PS_OK;
+    cJSON *root = cJSON_Parse(text);
     if (!root || !cJSON_IsObject(root)) {
         rc = ps_error_set(PS_EFORMAT, "config %s: not a JSON object%s%.20s", path,
                           root ? "" : " near: ", root ? "" : (cJSON_GetErrorPtr() ? cJSON_GetErrorPtr() : ""));
@@ -174,8 +183,6 @@ int server_config_load(struct server_config *c, const char *path)
         rc = ps_error_set(PS_EINVAL, "config %s: unknown key(s) %s", path, unknown);
 done:
     cJSON_Delete(root);
-    free(text);
-    fclose(f);
     return rc;
 }
 
@@ -253,8 +260,11 @@ static int load_api_keys(struct server_config *c, const cJSON *arr, const char *
         if (fabs(prio) > 1e6 || fabs(maxp) > 1e6)
             return ps_error_set(PS_EINVAL, "config %s: api_keys[%d]: priorities lie in [-1000000, 1000000]",
                                 path, idx);
-        if (server_config_add_key(c, key, tenant, (int32_t)prio, (int32_t)maxp))
-            return ps_error_set(PS_EINVAL, "config %s: api_keys[%d]: %s", path, idx, ps_error_last());
+        if (server_config_add_key(c, key, tenant, (int32_t)prio, (int32_t)maxp)) {
+            char why[256]; /* the detail lives in the buffer ps_error_set writes */
+            snprintf(why, sizeof why, "%s", ps_error_last());
+            return ps_error_set(PS_EINVAL, "config %s: api_keys[%d]: %s", path, idx, why);
+        }
     }
     return PS_OK;
 }

@@ -59,6 +59,9 @@ void server_config_defaults(struct server_config *c);
 /* Apply a JSON config file over *c.  PS_EIO / PS_EFORMAT / PS_EINVAL with a
  * detail naming the file, key and problem. */
 int  server_config_load(struct server_config *c, const char *path);
+/* The same from NUL-terminated JSON text; `origin` names it in messages.
+ * On failure *c may hold some of the text's settings. */
+int  server_config_load_text(struct server_config *c, const char *text, const char *origin);
 
 /* Parse `serve` arguments (argv[0] = "serve"): loads --config first, then
  * applies the other options.  Returns 0 ok, 1 when --help was printed,
