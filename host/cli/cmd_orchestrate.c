@@ -11,7 +11,11 @@
  * was bound by the executor, by the mock, or by neither.  --floor N then
  * measures, in the same process against the same mock, the CPU floor of
  * one keep-alive round trip (http_floor.h: a minimal client, N requests)
- * for comparison with the executor's cost per call.
+ * for comparison with the executor's cost per call.  With the mock, --stats
+ * also replays the run's reply times (the mock's send stamps) through a
+ * first-come-first-served queue at the floor's cost per reply (one thread;
+ * one per core) and at this loop's CPU per call: reply_queue_*_p99_us, the
+ * reply->record p99 that queueing alone implies.
  */
 #include <event2/event.h>
 #include <getopt.h>
@@ -22,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "commands.h"
 #include "common/grow.h"
@@ -221,6 +226,35 @@ static double thread_cpu_s(void)
 }
 
 static int64_t mock_cpu_fn(void *ud) { return mock_agent_cpu_ns(ud); }
+
+/* p99 (µs) of the time from each reply's arrival (arr_ns, ascending) to the
+ * end of its handling, when `servers` threads each take service_us per
+ * reply, first come first served: a lower bound on reply->record p99 for
+ * any client that spends service_us per reply on that many threads.  -1 on
+ * bad input or no memory. */
+static double queue_p99_us(const int64_t *arr_ns, size_t n, double service_us, int servers)
+{
+    if (!n || service_us < 0 || servers < 1 || servers > 1024)
+        return -1;
+    double *free_at = calloc((size_t)servers, sizeof *free_at), *lat = malloc(n * sizeof *lat);
+    double p = -1;
+    if (free_at && lat) {
+        for (size_t i = 0; i < n; i++) {
+            double a = (double)(arr_ns[i] - arr_ns[0]) / 1e3;
+            int k = 0;
+            for (int j = 1; j < servers; j++)
+                if (free_at[j] < free_at[k])
+                    k = j;
+            double start = free_at[k] > a ? free_at[k] : a;
+            free_at[k] = start + service_us;
+            lat[i] = free_at[k] - a;
+        }
+        p = pct(lat, n, 0.99);
+    }
+    free(free_at);
+    free(lat);
+    return p;
+}
 
 static void on_cancel_timer(evutil_socket_t fd, short what, void *ud)
 {
@@ -452,7 +486,8 @@ int cmd_orchestrate(int argc, char **argv)
     }
     if (r.finished < r.total && !(r.submit_error && r.finished == r.submitted))
         event_base_dispatch(r.base);
-    double wall = (double)(orch_now_ns() - r.t0) / 1e9;
+    int64_t t_end = orch_now_ns();
+    double wall = (double)(t_end - r.t0) / 1e9;
     double loop_cpu = thread_cpu_s() - cpu0, user1, sys1;
     exec_get_stats(orch_executor(r.orch), &xs1);
     int64_t connects = xs1.http_connects - xs0.http_connects;
@@ -478,6 +513,26 @@ int cmd_orchestrate(int argc, char **argv)
         if (fs.open_peer_cpu_s >= 0)
             open_mock_us = fs.open_peer_cpu_s * 1e6 / (double)fs.opened;
     }
+    /* Queueing bounds for reply->record: the replies as the mock sent them
+     * in this run, handled at the floor's cost per round trip (one thread,
+     * and one per core), and at this loop's measured CPU per call. */
+    double q_floor1 = -1, q_floor_cores = -1, q_loop = -1;
+    if (mock && r.stats) {
+        int64_t *sent = NULL;
+        size_t n_sent = 0;
+        if (mock_agent_send_times(mock, r.t0, t_end, &sent, &n_sent)) {
+            fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
+            goto done;
+        }
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        if (floor_client_us >= 0) {
+            q_floor1 = queue_p99_us(sent, n_sent, floor_client_us, 1);
+            q_floor_cores = queue_p99_us(sent, n_sent, floor_client_us, cores > 0 ? (int)cores : 1);
+        }
+        if (r.n_r2r)
+            q_loop = queue_p99_us(sent, n_sent, loop_cpu * 1e6 / (double)r.n_r2r, 1);
+        free(sent);
+    }
     if (r.stats && r.stats_oom) {
         fprintf(stderr, "paraserve orchestrate: out of memory for the --stats samples; no stats printed\n");
     } else if (r.stats) {
@@ -492,7 +547,9 @@ int cmd_orchestrate(int argc, char **argv)
                "\"loop_cpu_s\":%.4f,\"loop_user_s\":%.3f,\"loop_sys_s\":%.3f,"
                "\"mock_cpu_s\":%.4f,\"mock_requests\":%lld,"
                "\"connections\":%lld,\"floor_requests\":%d,\"floor_client_us\":%.1f,\"floor_mock_us\":%.1f,"
-               "\"floor_open_client_us\":%.1f,\"floor_open_mock_us\":%.1f}}\n",
+               "\"floor_open_client_us\":%.1f,\"floor_open_mock_us\":%.1f,"
+               "\"reply_queue_floor_p99_us\":%.1f,\"reply_queue_floor_cores_p99_us\":%.1f,"
+               "\"reply_queue_loop_p99_us\":%.1f}}\n",
                r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.stagger_ms,
                r.total > 1 ? (double)(r.total - 1) * r.stagger_ms / r.total / 1000.0 : 0.0,
                r.peak_running, r.n_d2r,
@@ -501,7 +558,8 @@ int cmd_orchestrate(int argc, char **argv)
                pct(r.task_ms, r.n_task, 0.5), pct(r.task_ms, r.n_task, 0.99),
                pct(r.task_ms, r.n_task, 1.0), loop_cpu, user1 - user0, sys1 - sys0, mock_cpu,
                (long long)mock_requests,
-               (long long)connects, floor_n, floor_client_us, floor_mock_us, open_client_us, open_mock_us);
+               (long long)connects, floor_n, floor_client_us, floor_mock_us, open_client_us, open_mock_us,
+               q_floor1, q_floor_cores, q_loop);
     }
     fflush(stdout);
     rc = r.submit_error ? 2 : r.finished == r.total && !r.stats_oom ? 0 : 1;

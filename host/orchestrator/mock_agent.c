@@ -44,6 +44,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/grow.h"
+#include "common/status.h"
 #include "orchestrator/httpc.h"
 
 #define MOCK_BACKLOG   4096          /* a burst of connects must not drop SYNs */
@@ -86,6 +88,10 @@ struct mock_agent {
     struct conn       *conns;
     struct flaky      *flaky;
     atomic_llong       n_requests, n_replies;
+    pthread_mutex_t    sent_mu;      /* guards the send stamps */
+    int64_t           *sent_ns;      /* X-Agent-Send-Ns of every reply, in send order */
+    size_t             n_sent, cap_sent;
+    int                sent_lost;    /* a stamp could not be stored (out of memory) */
 };
 
 static void conn_free(struct conn *c)
@@ -156,11 +162,12 @@ static void conn_send_reply(struct conn *c, int code, const char *body)
         conn_free(c);
         return;
     }
+    int64_t sent_ns = orch_now_ns();
     int n = snprintf(out, cap,
                      "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nContent-Length: %zu\r\n"
                      "X-Agent-Recv-Ns: %lld\r\nX-Agent-Send-Ns: %lld\r\n%s\r\n",
                      code, code == 200 ? "OK" : "Error", bl, (long long)c->recv_ns,
-                     (long long)orch_now_ns(), c->close_after ? "Connection: close\r\n" : "");
+                     (long long)sent_ns, c->close_after ? "Connection: close\r\n" : "");
     if (n < 0 || (size_t)n + bl > cap) {
         if (out != stack)
             free(out);
@@ -170,6 +177,17 @@ static void conn_send_reply(struct conn *c, int code, const char *body)
     memcpy(out + n, body, bl);
     size_t len = (size_t)n + bl, off = 0;
     atomic_fetch_add(&m->n_replies, 1);
+    pthread_mutex_lock(&m->sent_mu);
+    if (m->n_sent == m->cap_sent) {
+        int64_t *g = ps_grow(m->sent_ns, &m->cap_sent, m->n_sent + 1, sizeof *g, 4096);
+        if (g)
+            m->sent_ns = g;
+    }
+    if (m->n_sent < m->cap_sent)
+        m->sent_ns[m->n_sent++] = sent_ns;
+    else
+        m->sent_lost = 1;
+    pthread_mutex_unlock(&m->sent_mu);
     while (off < len) {
         ssize_t k = send(c->fd, out + off, len - off, MSG_NOSIGNAL);
         if (k > 0)
@@ -554,6 +572,8 @@ static void mock_free(struct mock_agent *m)
         free(f->key);
         free(f);
     }
+    pthread_mutex_destroy(&m->sent_mu);
+    free(m->sent_ns);
     free(m);
 }
 
@@ -563,6 +583,7 @@ struct mock_agent *mock_agent_start(int port)
     if (!m)
         return NULL;
     m->listen_fd = m->stop_fd[0] = m->stop_fd[1] = -1;
+    pthread_mutex_init(&m->sent_mu, NULL);
     struct event_config *cfg = event_config_new();
     if (!cfg)
         goto fail;
@@ -607,6 +628,24 @@ int64_t mock_agent_cpu_ns(const struct mock_agent *m)
     if (!m || pthread_getcpuclockid(m->thread, &cid) || clock_gettime(cid, &ts))
         return -1;
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+int mock_agent_send_times(struct mock_agent *m, int64_t from_ns, int64_t to_ns, int64_t **out, size_t *n)
+{
+    *out = NULL;
+    *n = 0;
+    pthread_mutex_lock(&m->sent_mu);
+    int st = m->sent_lost ? ps_error_set(PS_ENOMEM, "mock agent: send stamps lost to out of memory") : PS_OK;
+    size_t k = 0;
+    for (size_t i = 0; !st && i < m->n_sent; i++)
+        k += m->sent_ns[i] >= from_ns && m->sent_ns[i] < to_ns;
+    if (!st && k && !(*out = malloc(k * sizeof **out)))
+        st = ps_error_set(PS_ENOMEM, "out of memory");
+    for (size_t i = 0; !st && i < m->n_sent; i++)
+        if (m->sent_ns[i] >= from_ns && m->sent_ns[i] < to_ns)
+            (*out)[(*n)++] = m->sent_ns[i];
+    pthread_mutex_unlock(&m->sent_mu);
+    return st;
 }
 
 void mock_agent_stop(struct mock_agent *m)

@@ -15,6 +15,7 @@
 #ifndef PS_ORCH_MOCK_AGENT_H
 #define PS_ORCH_MOCK_AGENT_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct mock_agent;
@@ -29,6 +30,11 @@ int64_t mock_agent_replies(const struct mock_agent *m);
 /* CPU time the agent's thread has used so far (ns), -1 if unknown: shows
  * whether the mock, rather than the code under test, is the bottleneck. */
 int64_t mock_agent_cpu_ns(const struct mock_agent *m);
+/* The X-Agent-Send-Ns stamps of the replies sent in [from_ns, to_ns), in
+ * send order, into *out (caller frees; NULL when none): when the replies a
+ * client must read arrived, for queueing bounds.  PS_ENOMEM when a stamp
+ * was lost or no memory is left. */
+int mock_agent_send_times(struct mock_agent *m, int64_t from_ns, int64_t to_ns, int64_t **out, size_t *n);
 /* Stop the thread, drop unanswered requests, free.  NULL-safe. */
 void mock_agent_stop(struct mock_agent *m);
 

@@ -163,6 +163,21 @@ def test_warmup_pass_is_unmeasured_and_leaves_the_pool_warm(run):
         assert st["mock_requests"] == 40
     assert cold[-1]["stats"]["connections"] == 40       # two calls at once per task, all new
     assert warm[-1]["stats"]["connections"] == 0        # every one taken from the keep-alive pool
+    # queueing bounds need the floor's cost; without --floor only the loop's own is replayed
+    st = warm[-1]["stats"]
+    assert st["reply_queue_floor_p99_us"] == -1 and st["reply_queue_loop_p99_us"] > 0
+
+
+def test_reply_queue_bounds(run):
+    t = {"input": "q", "script": [{"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 10}}]},
+                                  {"final": {"answer": "{{a}}", "uses": ["a"]}}]}
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
+                     extra=["--mock-agent", "0", "--repeat", "50", "--quiet", "--stats", "--floor", "200"])
+    st = ev[-1]["stats"]
+    # every reply waits at least one service time; more threads never wait longer
+    assert st["reply_queue_floor_p99_us"] >= st["floor_client_us"] * 0.99 > 0
+    assert 0 < st["reply_queue_floor_cores_p99_us"] <= st["reply_queue_floor_p99_us"]
+    assert st["reply_queue_loop_p99_us"] > 0
 
 
 def test_mcp_http_and_stdio(run, server_proc, tmp_path):
