@@ -36,7 +36,8 @@ put(json.dumps({"agents": [
      "input_schema": {"type": "object", "properties": {"q": {"type": ["string", "null"], "maxLength": 10},
                       "n": {"type": "integer", "minimum": 0, "exclusiveMaximum": 5}},
                       "required": ["q"], "additionalProperties": False}},
-    {"name": "calc", "kind": "builtin", "tool": "calculator"}]}))
+    {"name": "calc", "kind": "builtin", "tool": "calculator", "deterministic": False,
+     "example": {"task": "what is 2+2", "args": {"expression": "2+2"}, "result": {"value": 4}}}]}))
 # near-valid agent files
 for bad in [
     {"agents": [{"name": "x", "kind": "local", "bogus": 1}]},
@@ -50,6 +51,11 @@ for bad in [
     {"agents": [{"name": "x", "kind": "local", "timeout_ms": 1.5}]},
     {"agents": [{"name": "x", "kind": "local", "input_schema": {"type": "objekt"}}]},
     {"agents": [{"name": "x", "kind": "local", "input_schema": {"pattern": "a*"}}]},
+    {"agents": [{"name": "x", "kind": "local", "deterministic": 1}]},
+    {"agents": [{"name": "x", "kind": "local", "example": {"task": "t", "args": {"input": 5}, "result": 1}}]},
+    {"agents": [{"name": "x", "kind": "local", "example": {"task": "a\nb", "args": {"input": "i"}, "result": 1}}]},
+    {"agents": [{"name": "x", "kind": "local", "example": {"task": "t", "args": {"input": "i"}}}]},
+    {"agents": [{"name": "x", "kind": "local", "example": {"task": "t", "args": {"input": "i" * 1100}, "result": 1}}]},
     {"agents": {}}, {"agents": []}, {"extra": 1, "agents": []}, [],
 ]:
     put(json.dumps(bad))

@@ -12,7 +12,8 @@
  *
  * Aborts when a call fails without a message, returns a status outside
  * its contract, leaves *out set on failure, or when a lookup by name does
- * not find the agent loaded under that name.
+ * not find the agent loaded under that name, or when an accepted agent's
+ * example args fail its input schema.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -56,6 +57,13 @@ static void load_agents(const char *text)
             if (strpbrk(*h, "\r\n"))
                 abort();
         validate(a->input_schema, doc);
+        if (a->example) {
+            /* an accepted example's args are a valid call */
+            char err[256];
+            if (jschema_validate(a->input_schema, cJSON_GetObjectItemCaseSensitive(a->example, "args"), "args",
+                                 err, sizeof err) != PS_OK)
+                abort();
+        }
     }
     if (registry_at(reg, registry_count(reg)) || registry_at(reg, -1))
         abort();
