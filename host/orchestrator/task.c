@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <event2/event.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -779,18 +780,28 @@ static cJSON *final_salvage(struct orch_task *t)
         while (len > 1 && strchr(" ,;", a[len - 1]))
             len--;
     }
-    while (i < len && a[i] != '"')
-        i += a[i] == '\\' ? 2 : 1;
-    if (i > len)               /* cut right after a backslash */
-        i = len - 1;
-    if (i == len) {            /* cut inside the string: drop a partial \uXXXX */
-        const char *bs = NULL;
-        for (size_t k = i > 6 ? i - 6 : 0; k < i; k++)
-            if (a[k] == '\\' && a[k + 1] == 'u' && i - k < 6)
-                bs = a + k;
-        if (bs)
-            i = (size_t)(bs - a);
+    size_t last_esc = SIZE_MAX, prev_esc = SIZE_MAX;   /* where the last two escapes start */
+    while (i < len && a[i] != '"') {
+        if (a[i] == '\\') {
+            prev_esc = last_esc;
+            last_esc = i;
+            i += 2;
+        } else {
+            i++;
+        }
     }
+    size_t before = last_esc;  /* the escape that may now end the text */
+    if (i > len) {             /* cut right after a backslash */
+        i = last_esc;
+        before = prev_esc;
+    } else if (i == len && last_esc != SIZE_MAX && a[last_esc + 1] == 'u' && len - last_esc < 6) {
+        i = last_esc;          /* cut inside a \uXXXX */
+        before = prev_esc;
+    }
+    /* a high surrogate whose low half was cut off cannot stand alone */
+    if (before != SIZE_MAX && before + 6 == i && a[before + 1] == 'u' && (a[before + 2] | 0x20) == 'd' &&
+        strchr("89abAB", a[before + 3]))
+        i = before;
     char *q = malloc(i + 3);
     if (!q)
         return NULL;
@@ -808,6 +819,23 @@ static cJSON *final_salvage(struct orch_task *t)
         return NULL;
     }
     cJSON_AddItemToObject(fin, "answer", ans);
+    /* The cut text never reached "uses": the calls the answer references
+     * ({{id}} / {{id.path}}) are its uses, so it waits for them. */
+    cJSON *uses = cJSON_AddArrayToObject(fin, "uses");
+    for (const char *r = ans->valuestring; uses && (r = strstr(r, "{{"));) {
+        r += 2;
+        size_t idn = strcspn(r, ".}");
+        char id[64];
+        if (idn == 0 || idn >= sizeof id || r[idn] == '\0')
+            continue;
+        memcpy(id, r, idn);
+        id[idn] = '\0';
+        int seen = 0;
+        const cJSON *u;
+        cJSON_ArrayForEach(u, uses) seen |= !strcmp(u->valuestring, id);
+        if (!seen && exec_group_call_status(t->g, id) != -1)
+            cJSON_AddItemToArray(uses, cJSON_CreateString(id));
+    }
     return act;
 }
 
@@ -860,7 +888,17 @@ static size_t answer_loop_keep(const char *a, size_t n)
         size_t r = 0;
         while (r < n - p && a[n - 1 - r] == a[n - 1 - r - p])
             r++;
-        if (r >= 2 * p)
+        if (r < 2 * p)
+            continue;
+        /* Only a phrase (a letter and a space in the unit) is a loop: long
+         * numbers, rules like "-----" and other runs of one pattern are
+         * answers. */
+        int letter = 0, space = 0;
+        for (size_t i = n - p; i < n; i++) {
+            letter |= isalpha((unsigned char)a[i]);
+            space |= a[i] == ' ';
+        }
+        if (letter && space)
             return n - r;
     }
     return n;
@@ -1160,7 +1198,8 @@ static void on_kick(evutil_socket_t fd, short what, void *ud)
             return;
         /* The last decision (a final) waits for every running call, so it
          * can use them all, unless the deadline is near. */
-        if (!t->script && t->rounds > 0 && (t->rounds + 1 >= t->max_rounds || t->n_calls >= t->max_calls))
+        if (!t->script && t->rounds > 0 &&
+            (t->rounds + 1 >= t->max_rounds || t->n_calls >= t->max_calls || t->repeated))
             return;
     }
     t->new_feedback = 0;
@@ -1581,7 +1620,12 @@ char *orch_task_prompt(const struct orch_task *t)
     char *ex_args = NULL, *ex_result = NULL;
     if (exa) {
         ex_args = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(exa->example, "args"));
-        ex_result = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(exa->example, "result"));
+        /* the result as transcript_feedback shows results: its text, as a JSON string */
+        char *rt = exec_result_text(cJSON_GetObjectItemCaseSensitive(exa->example, "result"));
+        cJSON *rs = rt ? cJSON_CreateString(rt) : NULL;
+        ex_result = rs ? cJSON_PrintUnformatted(rs) : NULL;
+        cJSON_Delete(rs);
+        free(rt);
         if (!ex_args || !ex_result) {
             free(ex_args);
             free(ex_result);

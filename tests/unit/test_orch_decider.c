@@ -23,7 +23,8 @@
 #define MAX_ROUNDS 16
 
 enum fake_mode { FAKE_REPEAT, FAKE_NEW_CALLS, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS, FAKE_LOOP_FINAL,
-                 FAKE_REPEATS_ONCE };
+                 FAKE_REPEATS_ONCE, FAKE_REPEAT_SLOW, FAKE_CUT_BSU, FAKE_CUT_SURROGATE, FAKE_LOOP_NUM,
+                 FAKE_LOOP_USES };
 
 struct fake {
     struct event_base *base;
@@ -97,7 +98,7 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
     f->saw_dropped |= strstr(prompt, "were dropped: the context is full") != NULL;
     f->saw_example |= strstr(prompt, "Task: What is 6*7?\nDecision 1: {\"calls\":[{\"to\":\"calculator\","
                                      "\"args\":{\"expression\":\"6*7\"}}]}\nResult: {\"id\":\"c1\",\"to\":"
-                                     "\"calculator\",\"status\":\"ok\",\"result\":{\"value\":42}}") != NULL;
+                                     "\"calculator\",\"status\":\"ok\",\"result\":\"42\"}") != NULL;
     if (round <= MAX_ROUNDS) {
         f->final_only[round] = orch_task_final_only(t);
         f->n_finished[round] = orch_task_finished_ids(t, ids, 32);
@@ -125,6 +126,24 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
                   "{\"to\":\"mock\",\"args\":{\"sleep_ms\":5000}}]}";
     } else if (f->mode == FAKE_FINAL_WAITS && round == 2) {
         d->text = "{\"final\":{\"answer\":\"{{c2}}\",\"uses\":[\"c2\"]}}";   /* waits on the slow call */
+    } else if (f->mode == FAKE_REPEAT_SLOW && round == 1) {
+        d->text = "{\"calls\":[{\"to\":\"mock\",\"args\":{\"sleep_ms\":800}},"
+                  "{\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}}]}";
+    } else if (f->mode == FAKE_REPEAT_SLOW && round == 2) {
+        d->text = "{\"calls\":[{\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}}]}";
+    } else if (f->mode == FAKE_CUT_BSU && orch_task_final_only(t)) {
+        d->text = "{\"final\": {\"answer\": \"C:\\\\u";   /* raw C:\\u -- an escaped backslash, then u */
+    } else if (f->mode == FAKE_CUT_SURROGATE && orch_task_final_only(t)) {
+        d->text = "{\"final\": {\"answer\": \"smile \\ud83d\\ude";   /* cut inside a surrogate pair */
+    } else if (f->mode == FAKE_LOOP_NUM) {
+        d->text = "{\"final\":{\"answer\":\"10^30 = 1000000000000000000000000000000 exactly\"}}";
+        d->chunked = 1;
+    } else if (f->mode == FAKE_LOOP_USES && round == 1) {
+        d->text = "{\"calls\":[{\"to\":\"mock\",\"args\":{\"sleep_ms\":800}},"
+                  "{\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}}]}";
+    } else if (f->mode == FAKE_LOOP_USES && round == 2) {
+        d->text = "{\"final\":{\"answer\":\"It is {{c1}}. It is {{c1}}. It is {{c1}}. It is {{c1}}. It is";
+        d->chunked = 1;
     } else if (orch_task_final_only(t)) {
         /* What the final grammar allows: uses name finished calls only. */
         int n = orch_task_finished_ids(t, ids, 32);
@@ -428,8 +447,52 @@ static void test_final_waiting_near_deadline(void)
     ctx_close(&c);
 }
 
+/* Edges found in review: after a repeat the final-only decision still waits
+ * for calls running from earlier rounds; a budget cut after an escaped
+ * backslash + "u", or inside a surrogate pair, still completes; a long
+ * number is not a loop; a final cut from a loop keeps the calls its answer
+ * references as its uses, so it waits for them and renders them. */
+static void test_repeat_and_cut_edges(void)
+{
+    struct ctx c;
+    double wall;
+    int ok, rej;
+    char ids[256];
+    CHECK(ctx_open(&c, FAKE_REPEAT_SLOW) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":8}", &wall);
+    summary_calls(t, ids, sizeof ids, &ok, &rej);
+    CHECK_MSG(wall > 0.75, "ended after %.3f s, before its 800 ms call c1 finished", wall);
+    CHECK_MSG(c.fake.n_start == 3 && c.fake.final_only[3] && ok == 3, "%d decisions, %d ok (%s)",
+              c.fake.n_start, ok, ids);
+    ctx_close(&c);
+
+    CHECK(ctx_open(&c, FAKE_CUT_BSU) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":1}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(!strcmp(output_of(t), "C:\\u"), "output '%s'", output_of(t));
+    ctx_close(&c);
+    CHECK(ctx_open(&c, FAKE_CUT_SURROGATE) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":1}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(!strcmp(output_of(t), "smile "), "output '%s'", output_of(t));
+    ctx_close(&c);
+
+    CHECK(ctx_open(&c, FAKE_LOOP_NUM) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":4}", &wall);
+    CHECK_MSG(!strcmp(output_of(t), "10^30 = 1000000000000000000000000000000 exactly"), "output '%s'", output_of(t));
+    ctx_close(&c);
+
+    CHECK(ctx_open(&c, FAKE_LOOP_USES) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":8}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(wall > 0.75 && strstr(output_of(t), "It is {\"ok\":true") && !strstr(output_of(t), "{{c1}}"),
+              "after %.3f s: output '%s'", wall, output_of(t));
+    ctx_close(&c);
+}
+
 int main(void)
 {
+    test_repeat_and_cut_edges();
     test_final_waiting_near_deadline();
     test_cut_final();
     test_looping_final();
