@@ -836,6 +836,8 @@ static cJSON *final_salvage(struct orch_task *t)
         if (!seen && exec_group_call_status(t->g, id) != -1)
             cJSON_AddItemToArray(uses, cJSON_CreateString(id));
     }
+    if (!cJSON_GetArraySize(uses))
+        cJSON_DeleteItemFromObjectCaseSensitive(fin, "uses");
     return act;
 }
 
