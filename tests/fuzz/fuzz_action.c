@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_util.h"
 #include "common/status.h"
 #include "orchestrator/action.h"
 
@@ -94,14 +95,11 @@ static void run(const char *text, size_t n, const uint8_t *sizes, size_t nsizes,
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1)
+    const uint8_t *sizes, *payload;
+    size_t nsizes, n;
+    if (!fuzz_split_framing(data, size, &sizes, &nsizes, &payload, &n))
         return 0;
-    size_t nsizes = (size_t)(data[0] % 8) + 1;
-    if (size < 1 + nsizes)
-        return 0;
-    const uint8_t *sizes = data + 1;
-    const char *text = (const char *)data + 1 + nsizes;
-    size_t n = size - 1 - nsizes;
+    const char *text = (const char *)payload;
     struct outcome split, whole;
     run(text, n, sizes, nsizes, &split);
     run(text, n, NULL, 0, &whole);

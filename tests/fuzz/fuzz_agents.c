@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_util.h"
 #include "common/status.h"
 #include "orchestrator/jschema.h"
 #include "orchestrator/registry.h"
@@ -101,11 +102,9 @@ static void schema_pair(const char *schema_text, const char *value_text, size_t 
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    char *text = malloc(size + 1);
+    char *text = fuzz_cstr(data, size);
     if (!text)
         return 0;
-    memcpy(text, data, size);
-    text[size] = 0;
     load_agents(text);
     size_t cut = strlen(text);
     if (cut < size)

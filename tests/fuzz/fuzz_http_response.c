@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_util.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/httpc_parse.h"
 
@@ -148,13 +149,10 @@ static void run(const uint8_t *stream, size_t n, const uint8_t *sizes, size_t ns
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-    if (size < 1)
+    const uint8_t *sizes, *stream;
+    size_t nsizes, n;
+    if (!fuzz_split_framing(data, size, &sizes, &nsizes, &stream, &n))
         return 0;
-    size_t nsizes = (size_t)(data[0] % 8) + 1;
-    if (size < 1 + nsizes)
-        return 0;
-    const uint8_t *sizes = data + 1, *stream = data + 1 + nsizes;
-    size_t n = size - 1 - nsizes;
     static struct outcome split, whole;
     run(stream, n, sizes, nsizes, &split);
     run(stream, n, NULL, 0, &whole);
