@@ -73,9 +73,11 @@ static void usage(FILE *out)
         "  --cancel-after MS  cancel every unfinished task after MS milliseconds\n"
         "  --max-events N     events kept per task (default 100000); a task that\n"
         "                     reaches it fails with a typed error\n"
-        "  --warmup           first run the same tasks once, unmeasured and unprinted, so the\n"
-        "                     executor's keep-alive pools hold the connections the run needs\n"
-        "                     (a server in steady state); without it the run starts cold\n"
+        "  --warmup           first run the same tasks once, all at once, unmeasured and unprinted\n"
+        "                     (--cancel-after applies to it too), so the executor's keep-alive\n"
+        "                     pools hold the connections the run needs (a server in steady\n"
+        "                     state); without it the run starts cold.  Agent state carries over\n"
+        "                     (the mock's flaky counters, open circuit breakers)\n"
         "  --quiet            print only each task's terminal event\n"
         "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n"
         "  --floor N          with --stats and --mock-agent: after the run, N keep-alive round\n"
@@ -444,6 +446,13 @@ int cmd_orchestrate(int argc, char **argv)
         r.warming = 1;
         while (r.submitted < r.total && !submit_next(&r))
             ;
+        /* --cancel-after applies to the warm-up pass too, or its tasks
+         * would run to their deadline */
+        if (cancel_after >= 0) {
+            struct timeval tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
+            if (!(cancel_ev = evtimer_new(r.base, on_cancel_timer, &r)) || evtimer_add(cancel_ev, &tv))
+                goto done;
+        }
         if (r.submit_error) {
             rc = 2;
             goto done;
@@ -461,6 +470,8 @@ int cmd_orchestrate(int argc, char **argv)
         }
         r.submitted = r.finished = r.completed = r.failed = r.cancelled = r.peak_running = 0;
         r.warming = 0;
+        if (cancel_ev)
+            evtimer_del(cancel_ev);
     }
     struct exec_stats xs0, xs1;
     exec_get_stats(orch_executor(r.orch), &xs0);
@@ -479,8 +490,9 @@ int cmd_orchestrate(int argc, char **argv)
         rc = 2;                 /* a task request was refused before the run */
         goto done;
     }
-    if (cancel_after >= 0) {
-        cancel_ev = evtimer_new(r.base, on_cancel_timer, &r);
+    if (cancel_after >= 0 && !cancel_ev && !(cancel_ev = evtimer_new(r.base, on_cancel_timer, &r)))
+        goto done;
+    if (cancel_ev) {
         struct timeval tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
         evtimer_add(cancel_ev, &tv);
     }

@@ -168,6 +168,19 @@ def test_warmup_pass_is_unmeasured_and_leaves_the_pool_warm(run):
     assert st["reply_queue_floor_p99_us"] == -1 and st["reply_queue_loop_p99_us"] > 0
 
 
+def test_warmup_honours_cancel_after(run):
+    """The warm-up pass is cancelled by --cancel-after too: neither pass waits for a 5 s call."""
+    t = {"input": "c", "script": [{"calls": [{"id": "s", "to": "mock", "args": {"sleep_ms": 5000}}]},
+                                  {"final": {"answer": "x", "uses": ["s"]}}]}
+    t0 = time.time()
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
+                     extra=["--mock-agent", "0", "--repeat", "3", "--warmup", "--cancel-after", "200",
+                            "--quiet", "--stats"])
+    assert time.time() - t0 < 4
+    assert ev[-1]["stats"]["cancelled"] == 3
+    assert sum(e.get("event") == "task.error" for e in ev) == 3     # the timed pass's only
+
+
 def test_reply_queue_bounds(run):
     t = {"input": "q", "script": [{"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 10}}]},
                                   {"final": {"answer": "{{a}}", "uses": ["a"]}}]}
