@@ -358,6 +358,31 @@ static cJSON *ledger_find(struct orch_task *t, const char *id)
     return found;
 }
 
+/* The next reference "{{id}}" or "{{id.path}}" in s: returns where its "{{"
+ * starts and sets *end past its "}}"; ref gets the call id and *path the
+ * path after the first '.' ("" when none), or ref is "" when the reference
+ * does not fit in refn bytes.  NULL when no closed reference follows. */
+static const char *answer_ref_next(const char *s, const char **end, char *ref, size_t refn, const char **path)
+{
+    const char *open = strstr(s, "{{"), *close = open ? strstr(open + 2, "}}") : NULL;
+    if (!close)
+        return NULL;
+    size_t n = (size_t)(close - open - 2);
+    ref[0] = '\0';
+    *path = "";
+    if (n < refn) {
+        memcpy(ref, open + 2, n);
+        ref[n] = '\0';
+        char *dot = strchr(ref, '.');
+        if (dot) {
+            *dot = '\0';
+            *path = dot + 1;
+        }
+    }
+    *end = close + 2;
+    return open;
+}
+
 /* "{{c1}}" in a final answer string -> c1's result text. */
 static cJSON *render_answer(struct orch_task *t, const cJSON *answer)
 {
@@ -369,26 +394,21 @@ static cJSON *render_answer(struct orch_task *t, const cJSON *answer)
     if (!out)
         return NULL;
     while (*s) {
-        const char *open = strstr(s, "{{"), *close = open ? strstr(open + 2, "}}") : NULL;
-        size_t pre = open && close ? (size_t)(open - s) : strlen(s);
+        char ref[80];
+        const char *end, *path;
+        const char *open = answer_ref_next(s, &end, ref, sizeof ref, &path);
+        size_t pre = open ? (size_t)(open - s) : strlen(s);
         char *txt = NULL;
-        if (open && close) {
-            char ref[80];
-            size_t n = (size_t)(close - open - 2);
-            if (n < sizeof ref) {
-                memcpy(ref, open + 2, n);
-                ref[n] = 0;
-                char *dot = strchr(ref, '.');
-                if (dot)
-                    *dot = 0;
+        if (open) {
+            if (ref[0]) {
                 cJSON *e = ledger_find(t, ref);
                 const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "status");
-                const cJSON *r = exec_json_path(cJSON_GetObjectItemCaseSensitive(e, "result"), dot ? dot + 1 : "");
+                const cJSON *r = exec_json_path(cJSON_GetObjectItemCaseSensitive(e, "result"), path);
                 if (cJSON_IsString(st) && !strcmp(st->valuestring, "ok") && r)
                     txt = exec_result_text(r);
             }
             if (!txt)
-                txt = strndup(open, (size_t)(close + 2 - open));
+                txt = strndup(open, (size_t)(end - open));
         }
         size_t tn = txt ? strlen(txt) : 0;
         if (len + pre + tn + 1 > cap) {
@@ -403,7 +423,7 @@ static cJSON *render_answer(struct orch_task *t, const cJSON *answer)
             memcpy(out + len, txt, tn);
         len += tn;
         free(txt);
-        s = open && close ? close + 2 : s + pre;
+        s = open ? end : s + pre;
     }
     out[len] = 0;
     cJSON *r = cJSON_CreateString(out);
@@ -822,14 +842,11 @@ static cJSON *final_salvage(struct orch_task *t)
     /* The cut text never reached "uses": the calls the answer references
      * ({{id}} / {{id.path}}) are its uses, so it waits for them. */
     cJSON *uses = cJSON_AddArrayToObject(fin, "uses");
-    for (const char *r = ans->valuestring; uses && (r = strstr(r, "{{"));) {
-        r += 2;
-        size_t idn = strcspn(r, ".}");
-        char id[64];
-        if (idn == 0 || idn >= sizeof id || r[idn] == '\0')
+    char id[80];
+    const char *end, *path;
+    for (const char *r = ans->valuestring; uses && answer_ref_next(r, &end, id, sizeof id, &path); r = end) {
+        if (!id[0])
             continue;
-        memcpy(id, r, idn);
-        id[idn] = '\0';
         int seen = 0;
         const cJSON *u;
         cJSON_ArrayForEach(u, uses) seen |= !strcmp(u->valuestring, id);
