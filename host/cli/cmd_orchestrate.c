@@ -440,19 +440,19 @@ int cmd_orchestrate(int argc, char **argv)
     r.tasks = calloc((size_t)r.total + 1, sizeof *r.tasks);
     if (!r.tasks || !(r.stagger_ev = evtimer_new(r.base, on_stagger, &r)))
         goto done;
+    /* --cancel-after, armed for the warm-up pass (or its tasks would run
+     * to their deadline) and again for the timed one */
+    const struct timeval cancel_tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
+    if (cancel_after >= 0 && !(cancel_ev = evtimer_new(r.base, on_cancel_timer, &r)))
+        goto done;
     if (warmup) {
         /* Unmeasured pass: the same tasks, all at once, to completion; its
          * tasks are freed and every counter starts again from zero. */
         r.warming = 1;
         while (r.submitted < r.total && !submit_next(&r))
             ;
-        /* --cancel-after applies to the warm-up pass too, or its tasks
-         * would run to their deadline */
-        if (cancel_after >= 0) {
-            struct timeval tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
-            if (!(cancel_ev = evtimer_new(r.base, on_cancel_timer, &r)) || evtimer_add(cancel_ev, &tv))
-                goto done;
-        }
+        if (cancel_ev)
+            evtimer_add(cancel_ev, &cancel_tv);
         if (r.submit_error) {
             rc = 2;
             goto done;
@@ -490,12 +490,8 @@ int cmd_orchestrate(int argc, char **argv)
         rc = 2;                 /* a task request was refused before the run */
         goto done;
     }
-    if (cancel_after >= 0 && !cancel_ev && !(cancel_ev = evtimer_new(r.base, on_cancel_timer, &r)))
-        goto done;
-    if (cancel_ev) {
-        struct timeval tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
-        evtimer_add(cancel_ev, &tv);
-    }
+    if (cancel_ev)
+        evtimer_add(cancel_ev, &cancel_tv);
     if (r.finished < r.total && !(r.submit_error && r.finished == r.submitted))
         event_base_dispatch(r.base);
     int64_t t_end = orch_now_ns();
