@@ -224,7 +224,7 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result");
-    if (e) {
+    if (e && !cJSON_IsNull(e)) {   /* some servers send "error":null beside a result */
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
         snprintf(err, sizeof err, "a2a error: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
         cJSON_Delete(j);
@@ -239,12 +239,27 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     }
     char *text = NULL;
     size_t len = 0;
+    /* A task is a result only once completed: message/send may return one
+     * that failed, was rejected or cancelled, still runs (a non-blocking
+     * server) or waits for input or auth, none of which has an answer. */
+    const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
+    const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
+    if (cJSON_IsString(state) && strcmp(state->valuestring, "completed")) {
+        append_text_parts(cJSON_GetObjectItemCaseSensitive(
+                              cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                          &text, &len);
+        snprintf(err, sizeof err, "a2a task %.64s%s%.400s", state->valuestring, text ? ": " : "",
+                 text ? text : "");
+        free(text);
+        cJSON_Delete(j);
+        adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
     append_text_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &text, &len);
     const cJSON *arts = cJSON_GetObjectItemCaseSensitive(r, "artifacts"), *a;
     cJSON_ArrayForEach(a, arts)
         append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &len);
     if (!text) {
-        const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
         append_text_parts(cJSON_GetObjectItemCaseSensitive(
                               cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
                           &text, &len);

@@ -15,6 +15,7 @@
  * request.  A cancelled call is announced with notifications/cancelled and
  * its late reply is dropped (no op carries its id any more).
  */
+#include <curl/curl.h>
 #include <errno.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
@@ -178,7 +179,7 @@ enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t
     err[0] = 0;
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(msg, "error");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(msg, "result");
-    if (e) {
+    if (e && !cJSON_IsNull(e)) {   /* some servers send "error":null beside a result */
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
         const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "code");
         snprintf(err, errlen, "mcp error %d: %s", cJSON_IsNumber(c) ? c->valueint : 0,
@@ -225,8 +226,10 @@ static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t r
     adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, recv_ns, send_ns);
 }
 
-/* Fail every op waiting on / in flight in the session (after it is reset). */
-static void fail_all(struct mcp_session *s, const char *why)
+/* Fail every op waiting on / in flight in the session (after it is reset).
+ * `retryable`: whether a new attempt (a new session) may succeed: not after
+ * the server refused the session (HTTP 4xx, a JSON-RPC error). */
+static void fail_all_status(struct mcp_session *s, enum fb_status st, const char *why, int retryable)
 {
     struct adapter_op *lists[2] = { s->waiting, s->inflight };
     s->waiting = s->inflight = NULL;
@@ -234,15 +237,24 @@ static void fail_all(struct mcp_session *s, const char *why)
         while (lists[k]) {
             struct adapter_op *op = lists[k];
             list_unlink(&lists[k], op);
-            adapter_finish(op, FB_EXEC_ERROR, NULL, why, 1, 0, 0);
+            adapter_finish(op, st, NULL, why, retryable, 0, 0);
         }
     }
+}
+
+static void fail_all(struct mcp_session *s, const char *why, int retryable)
+{
+    fail_all_status(s, FB_EXEC_ERROR, why, retryable);
 }
 
 /* ---- streamable HTTP ------------------------------------------------------ */
 
 static void noop_done(void *ud, const struct httpc_response *r) { (void)ud; (void)r; }
 
+/* POST a message that is not a tools/call.  Bounded by the agent's
+ * timeout_ms like a call: a server that never answers initialize must not
+ * leave the session in INIT for ever (every later call would wait on it),
+ * nor one that never answers a notification keep a request and its socket. */
 static void http_notify(struct mcp_session *s, cJSON *msg,
                         void (*cb)(void *, const struct httpc_response *), void *ud)
 {
@@ -252,8 +264,8 @@ static void http_notify(struct mcp_session *s, cJSON *msg,
         return;
     build_headers(s);
     struct httpc_req *r = httpc_request(s->ex->http, "POST", s->rt->spec->url, s->hdrs,
-                                        s->rt->spec->headers, text, strlen(text), 0,
-                                        cb ? cb : noop_done, ud);
+                                        s->rt->spec->headers, text, strlen(text),
+                                        s->rt->spec->timeout_ms, cb ? cb : noop_done, ud);
     free(text);
     if (cb)
         s->init_req = r;
@@ -336,14 +348,24 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
     if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
         s->state = MCP_NONE;
         snprintf(why, sizeof why, "mcp initialize failed: %s", err);
-        fail_all(s, why);
+        /* No answer to initialize within timeout_ms: the calls waiting on it
+         * timed out (as the executor's own timer would say), not retried. */
+        if (resp->transport_error == CURLE_OPERATION_TIMEDOUT)
+            fail_all_status(s, FB_TIMEOUT, why, 0);
+        else
+            fail_all(s, why, retry);
         return;
     }
     cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id);
     if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
+        cJSON *res = NULL;
+        enum fb_status rst = m ? mcp_reply_result(m, &res, err, sizeof err) : FB_PARSE_ERROR;
+        cJSON_Delete(res);
+        snprintf(why, sizeof why, "mcp initialize failed: %s",
+                 rst == FB_EXEC_ERROR ? err : "no result in the reply");
         cJSON_Delete(m);
         s->state = MCP_NONE;
-        fail_all(s, "mcp initialize failed: no result in the reply");
+        fail_all(s, why, 0);
         return;
     }
     cJSON_Delete(m);
@@ -358,7 +380,7 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
     http_notify(s, rpc_new(-1, "notifications/initialized"), http_initialized_done, s);
     if (!s->init_req) {
         s->state = MCP_NONE;
-        fail_all(s, "mcp: could not send notifications/initialized");
+        fail_all(s, "mcp: could not send notifications/initialized", 1);
     }
 }
 
@@ -444,8 +466,14 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
         return;
     if (s->state == MCP_INIT && rpc_id_is(id, s->init_id)) {
         if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
+            char err[512], why[600];
+            cJSON *res = NULL;
+            enum fb_status rst = mcp_reply_result(m, &res, err, sizeof err);
+            cJSON_Delete(res);
+            snprintf(why, sizeof why, "mcp initialize failed: %s",
+                     rst == FB_EXEC_ERROR ? err : "no result in the reply");
             stdio_close(s);
-            fail_all(s, "mcp initialize failed");
+            fail_all(s, why, 0);
             return;
         }
         stdio_write(s, rpc_new(-1, "notifications/initialized"));
@@ -486,7 +514,7 @@ static void stdio_on_read(struct bufferevent *bev, void *ud)
     }
     if (s->from_child && s->gen == gen && evbuffer_get_length(in) > MCP_MAX_LINE) {
         stdio_close(s);
-        fail_all(s, "mcp-stdio: line longer than 16 MiB");
+        fail_all(s, "mcp-stdio: line longer than 16 MiB", 0);
     }
 }
 
@@ -495,7 +523,7 @@ static void stdio_on_event(struct bufferevent *bev, short what, void *ud)
     struct mcp_session *s = ud;
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
         stdio_close(s);
-        fail_all(s, "mcp-stdio: agent process exited or closed its pipes");
+        fail_all(s, "mcp-stdio: agent process exited or closed its pipes", 1);
     }
 }
 

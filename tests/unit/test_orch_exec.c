@@ -473,6 +473,343 @@ static void test_mcp_reply(void)
     CHECK(!mcp_reply_parse(frac, strlen(frac), 1));
     const char *huge = "data: {\"id\":1e300,\"result\":{}}\n\ndata: {\"id\":-1e300,\"error\":{}}\n\n";
     CHECK(!mcp_reply_parse(huge, strlen(huge), 1));
+    /* "error":null beside a result is a result (was "mcp error 0") */
+    const char *nullerr = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"text\":\"x\"}]},\"error\":null}";
+    m = mcp_reply_parse(nullerr, strlen(nullerr), 1);
+    CHECK(mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) && !strcmp(res->valuestring, "x"));
+    cJSON_Delete(res);
+    cJSON_Delete(m);
+}
+
+
+/* ---- hostile agents: a scripted raw TCP server (one thread per connection)
+ * whose behaviour is chosen by the request path, driven through the
+ * executor directly so its bookkeeping (requests in flight) can be checked. */
+
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static int hs_fd = -1;
+static int hs_port;
+static atomic_int hs_inits;       /* initialize requests seen */
+
+static void hs_send(int fd, const char *s)
+{
+    size_t n = strlen(s);
+    while (n) {
+        ssize_t k = send(fd, s, n, MSG_NOSIGNAL);
+        if (k <= 0)
+            return;
+        s += k;
+        n -= (size_t)k;
+    }
+}
+
+static void hs_reply(int fd, int code, const char *extra_headers, const char *body)
+{
+    char head[512];
+    snprintf(head, sizeof head, "HTTP/1.1 %d X\r\nContent-Type: application/json\r\n%sContent-Length: %zu\r\n\r\n",
+             code, extra_headers, strlen(body));
+    hs_send(fd, head);
+    hs_send(fd, body);
+}
+
+/* Never answer: wait for the client to leave. */
+static void hs_hang(int fd)
+{
+    char b[256];
+    while (recv(fd, b, sizeof b, 0) > 0) {
+    }
+}
+
+/* One request; returns 0 to keep the connection, -1 to close it. */
+static int hs_handle(int fd, const char *path, const char *body)
+{
+    cJSON *m = cJSON_Parse(body);
+    const cJSON *method = cJSON_GetObjectItemCaseSensitive(m, "method");
+    const char *meth = cJSON_IsString(method) ? method->valuestring : "";
+    const cJSON *idj = cJSON_GetObjectItemCaseSensitive(m, "id");
+    long id = cJSON_IsNumber(idj) ? (long)idj->valuedouble : 0;
+    char out[1024];
+    int rc = 0;
+    if (!strncmp(path, "/mcp", 4)) {
+        int hang_notify = strstr(path, "notify-hang") != NULL;
+        if (!strcmp(meth, "initialize")) {
+            int n = atomic_fetch_add(&hs_inits, 1);
+            if (strstr(path, "init-hang-once") && n == 0) {
+                hs_hang(fd);
+                rc = -1;
+            } else if (strstr(path, "init-400")) {
+                hs_reply(fd, 400, "", "{\"error\":\"unsupported\"}");
+            } else if (strstr(path, "init-rpc-error")) {
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":{\"code\":-32602,"
+                         "\"message\":\"unsupported protocol version\"}}", id);
+                hs_reply(fd, 200, "", out);
+            } else {
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"protocolVersion\":"
+                         "\"2025-06-18\",\"capabilities\":{},\"serverInfo\":{\"name\":\"h\",\"version\":\"1\"}}}", id);
+                hs_reply(fd, 200, "Mcp-Session-Id: abc\r\n", out);
+            }
+        } else if (!strncmp(meth, "notifications/", 14)) {
+            if (hang_notify && !strcmp(meth, "notifications/cancelled")) {
+                hs_hang(fd);
+                rc = -1;
+            } else {
+                hs_send(fd, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+            }
+        } else if (!strcmp(meth, "tools/call")) {
+            const cJSON *args = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "arguments");
+            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(args, "hang"))) {
+                hs_hang(fd);
+                rc = -1;
+            } else {
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"content\":"
+                         "[{\"type\":\"text\",\"text\":\"hi\"}]}}", id);
+                hs_reply(fd, 200, "", out);
+            }
+        } else {
+            hs_reply(fd, 400, "", "{}");
+        }
+    } else if (!strncmp(path, "/a2a-", 5)) {
+        const char *state = path + 5;
+        snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":null,\"result\":{\"kind\":\"task\",\"id\":\"t1\","
+                 "\"status\":{\"state\":\"%s\",\"message\":{\"role\":\"agent\",\"parts\":[{\"kind\":\"text\","
+                 "\"text\":\"note from %s\"}]}}%s}}", id, state, state,
+                 !strcmp(state, "completed") ? ",\"artifacts\":[{\"parts\":[{\"kind\":\"text\",\"text\":\"done\"}]}]" : "");
+        hs_reply(fd, 200, "", out);
+    } else {
+        hs_reply(fd, 404, "", "{}");
+    }
+    cJSON_Delete(m);
+    return rc;
+}
+
+static void *hs_conn(void *ud)
+{
+    int fd = (int)(intptr_t)ud;
+    char buf[65536];
+    size_t len = 0;
+    for (;;) {
+        char *end;
+        while (!(end = len >= 4 ? memmem(buf, len, "\r\n\r\n", 4) : NULL)) {
+            ssize_t n = len < sizeof buf - 1 ? recv(fd, buf + len, sizeof buf - 1 - len, 0) : -1;
+            if (n <= 0)
+                goto out;
+            len += (size_t)n;
+        }
+        size_t head = (size_t)(end + 4 - buf), clen = 0;
+        char *cl = strcasestr(buf, "Content-Length:");
+        if (cl && cl < end)
+            clen = strtoul(cl + 15, NULL, 10);
+        while (len < head + clen) {
+            ssize_t n = len < sizeof buf - 1 ? recv(fd, buf + len, sizeof buf - 1 - len, 0) : -1;
+            if (n <= 0)
+                goto out;
+            len += (size_t)n;
+        }
+        char path[128] = "";
+        sscanf(buf, "%*s %127s", path);
+        char *body = strndup(buf + head, clen);
+        memmove(buf, buf + head + clen, len - head - clen);
+        len -= head + clen;
+        int rc = hs_handle(fd, path, body ? body : "");
+        free(body);
+        if (rc)
+            break;
+    }
+out:
+    close(fd);
+    return NULL;
+}
+
+static void *hs_accept(void *ud)
+{
+    for (;;) {
+        int fd = accept(hs_fd, NULL, NULL);
+        if (fd < 0)
+            return NULL;
+        pthread_t t;
+        if (pthread_create(&t, NULL, hs_conn, (void *)(intptr_t)fd))
+            close(fd);
+        else
+            pthread_detach(t);
+    }
+}
+
+static int hs_start(void)
+{
+    if (hs_fd >= 0)
+        return 0;
+    struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+    socklen_t al = sizeof a;
+    hs_fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (hs_fd < 0 || bind(hs_fd, (struct sockaddr *)&a, sizeof a) || listen(hs_fd, 64) ||
+        getsockname(hs_fd, (struct sockaddr *)&a, &al))
+        return -1;
+    hs_port = ntohs(a.sin_port);
+    pthread_t t;
+    if (pthread_create(&t, NULL, hs_accept, NULL))
+        return -1;
+    pthread_detach(t);
+    return 0;
+}
+
+/* Feedback of the calls of one executor group, by id. */
+#define FB_MAX 16
+struct fbs {
+    struct event_base *base;
+    int  n, expect;
+    struct { char id[16]; enum fb_status st; int attempts; int64_t ms; char err[256]; char res[256]; } f[FB_MAX];
+};
+
+static void fbs_cb(void *ud, const struct exec_feedback *fb)
+{
+    struct fbs *s = ud;
+    if (s->n < FB_MAX) {
+        snprintf(s->f[s->n].id, sizeof s->f[0].id, "%s", fb->id);
+        s->f[s->n].st = fb->status;
+        s->f[s->n].attempts = fb->attempts;
+        s->f[s->n].ms = fb->ms;
+        snprintf(s->f[s->n].err, sizeof s->f[0].err, "%s", fb->error ? fb->error : "");
+        char *r = fb->result ? cJSON_PrintUnformatted(fb->result) : NULL;
+        snprintf(s->f[s->n].res, sizeof s->f[0].res, "%s", r ? r : "");
+        free(r);
+    }
+    if (++s->n >= s->expect)
+        event_base_loopbreak(s->base);
+}
+
+static int fbs_find(const struct fbs *s, const char *id)
+{
+    for (int i = 0; i < s->n && i < FB_MAX; i++)
+        if (!strcmp(s->f[i].id, id))
+            return i;
+    return -1;
+}
+
+/* Submit one call {"id","to","args"} and run the loop until `expect` feedback
+ * records in total arrived (or 10 s passed). */
+static void hs_call(struct exec_group *g, struct fbs *s, const char *id, const char *to, const char *args)
+{
+    char buf[512];
+    snprintf(buf, sizeof buf, "{\"id\":\"%s\",\"to\":\"%s\",\"args\":%s}", id, to, args);
+    cJSON *c = cJSON_Parse(buf);
+    CHECK(c && exec_group_submit(g, c) == PS_OK);
+    cJSON_Delete(c);
+    s->expect++;
+}
+
+static void hs_run(struct fbs *s)
+{
+    struct timeval guard = { 10, 0 };
+    event_base_loopexit(s->base, &guard);
+    if (s->n < s->expect)
+        event_base_dispatch(s->base);
+}
+
+static void loop_for_ms(struct event_base *base, int ms)
+{
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);
+}
+
+static const char *hs_pool =
+    "{\"agents\":["
+    "{\"name\":\"initonce\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-init-hang-once\","
+    "\"timeout_ms\":300,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"notify\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-notify-hang\","
+    "\"timeout_ms\":300,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"init400\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-init-400\","
+    "\"timeout_ms\":1000,\"retries\":2,\"backoff_ms\":1,\"breaker_failures\":0},"
+    "{\"name\":\"initrpc\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-init-rpc-error\","
+    "\"timeout_ms\":1000,\"retries\":2,\"backoff_ms\":1,\"breaker_failures\":0},"
+    "{\"name\":\"a2afail\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-failed\",\"retries\":0},"
+    "{\"name\":\"a2awork\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-working\",\"retries\":0},"
+    "{\"name\":\"a2ainput\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-input-required\",\"retries\":0},"
+    "{\"name\":\"a2aok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-completed\",\"retries\":0}]}";
+
+static void test_hostile_mcp_http_a2a(void)
+{
+    if (hs_start()) {
+        CHECK(!"hostile server");
+        return;
+    }
+    char buf[4096];
+    int p = hs_port;
+    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p);
+    struct registry *reg = NULL;
+    CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    int i;
+
+    /* An initialize that never answers times the call out; the session must
+     * not stay stuck on it: the next call makes a new one and succeeds. */
+    hs_call(g, &s, "i1", "initonce", "{}");
+    hs_run(&s);
+    hs_call(g, &s, "i2", "initonce", "{}");
+    hs_run(&s);
+    i = fbs_find(&s, "i1");
+    CHECK(i >= 0 && s.f[i].st == FB_TIMEOUT);
+    i = fbs_find(&s, "i2");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"hi\""), "i2: %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+
+    /* A timed-out call is announced with notifications/cancelled; a server
+     * that never answers that must not keep a request (and its socket) forever. */
+    hs_call(g, &s, "n1", "notify", "{\"hang\":true}");
+    hs_run(&s);
+    i = fbs_find(&s, "n1");
+    CHECK(i >= 0 && s.f[i].st == FB_TIMEOUT);
+    loop_for_ms(base, 700);
+    struct exec_stats st;
+    exec_get_stats(ex, &st);
+    CHECK_MSG(st.http_active == 0, "%d requests still in flight after the call ended", st.http_active);
+
+    /* A refused initialize (HTTP 4xx, or a JSON-RPC error) is not retried. */
+    hs_call(g, &s, "r4", "init400", "{}");
+    hs_call(g, &s, "rr", "initrpc", "{}");
+    hs_run(&s);
+    i = fbs_find(&s, "r4");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 1, "r4: %s attempts %d",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].attempts : 0);
+    i = fbs_find(&s, "rr");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 1 &&
+              strstr(s.f[i].err, "unsupported protocol version"), "rr: %s attempts %d: %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].attempts : 0, i >= 0 ? s.f[i].err : "");
+
+    /* A2A tasks: only a completed one is a result; failed, still working or
+     * waiting for input are errors (with the agent's message).  The server
+     * sends "error":null beside each result: not an error. */
+    hs_call(g, &s, "af", "a2afail", "{\"input\":\"x\"}");
+    hs_call(g, &s, "aw", "a2awork", "{\"input\":\"x\"}");
+    hs_call(g, &s, "ai", "a2ainput", "{\"input\":\"x\"}");
+    hs_call(g, &s, "ao", "a2aok", "{\"input\":\"x\"}");
+    hs_run(&s);
+    static const struct { const char *id; enum fb_status st; const char *has; } a2a[] = {
+        {"af", FB_EXEC_ERROR, "note from failed"}, {"aw", FB_EXEC_ERROR, "working"},
+        {"ai", FB_EXEC_ERROR, "note from input-required"}, {"ao", FB_OK, "done"},
+    };
+    for (size_t k = 0; k < sizeof a2a / sizeof a2a[0]; k++) {
+        i = fbs_find(&s, a2a[k].id);
+        const char *text = i < 0 ? "" : a2a[k].st == FB_OK ? s.f[i].res : s.f[i].err;
+        CHECK_MSG(i >= 0 && s.f[i].st == a2a[k].st && strstr(text, a2a[k].has), "%s: %s %s", a2a[k].id,
+                  i >= 0 ? fb_status_str(s.f[i].st) : "-", text);
+    }
+
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
 }
 
 int main(void)
@@ -486,5 +823,6 @@ int main(void)
     test_cancel();
     test_event_numbers();
     test_many_tasks();
+    test_hostile_mcp_http_a2a();
     TEST_DONE();
 }
