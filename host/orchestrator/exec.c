@@ -581,6 +581,7 @@ void exec_destroy(struct exec *ex)
         if (ex->agents[i].pump)
             event_free(ex->agents[i].pump);
     }
+    mcp_reap_all(ex);
     httpc_destroy(ex->http);
     free(ex->agents);
     free(ex->local_url);

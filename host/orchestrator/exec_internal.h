@@ -15,6 +15,7 @@ struct httpc;
 struct exec_call;
 struct adapter_op;
 struct mcp_session;
+struct mcp_reap;
 
 struct agent_rt {
     const struct agent_spec *spec;
@@ -39,6 +40,7 @@ struct exec {
     char                  *local_model;
     uint64_t               rng;
     struct exec_group     *groups;         /* every live group */
+    struct mcp_reap       *reaping;        /* stopped mcp-stdio processes not reaped yet */
     struct exec_stats      stats;
 };
 
@@ -69,6 +71,9 @@ void adapter_cancel(struct adapter_op *op);
 int  mcp_op_start(struct adapter_op *op);
 void mcp_op_cancel(struct adapter_op *op);
 void mcp_session_free(struct exec *ex, struct agent_rt *rt);
+/* Reap every stopped agent process (SIGKILL after a grace period); blocks:
+ * exec_destroy() only. */
+void mcp_reap_all(struct exec *ex);
 /* MCP reply handling as pure functions (mcp.c; tests/fuzz/fuzz_mcp_reply.c
  * feeds them untrusted server replies).
  * mcp_reply_parse: the JSON-RPC message in an HTTP reply body of `len`

@@ -411,6 +411,97 @@ static void stdio_write(struct mcp_session *s, cJSON *msg)
     free(text);
 }
 
+/* Stopped agent processes not reaped yet.  The loop never waits for one:
+ * a process that ignores SIGTERM (or takes its time) used to stall every
+ * task on the loop for up to a second.  Polled every MCP_REAP_TICK_MS;
+ * SIGKILL after MCP_REAP_GRACE_MS; exec_destroy() finishes them
+ * (mcp_reap_all). */
+#define MCP_REAP_TICK_MS  50
+#define MCP_REAP_GRACE_MS 1000
+
+struct mcp_reap {
+    struct exec     *ex;
+    pid_t            pid;
+    int              ticks;
+    struct event    *ev;
+    struct mcp_reap *prev, *next;
+};
+
+static void reap_free(struct mcp_reap *r)
+{
+    if (r->prev) r->prev->next = r->next; else r->ex->reaping = r->next;
+    if (r->next) r->next->prev = r->prev;
+    if (r->ev)
+        event_free(r->ev);
+    free(r);
+}
+
+static void reap_tick(evutil_socket_t fd, short what, void *ud)
+{
+    struct mcp_reap *r = ud;
+    int status;
+    pid_t w = waitpid(r->pid, &status, WNOHANG);
+    if (w == r->pid || (w < 0 && errno != EINTR)) {
+        reap_free(r);
+        return;
+    }
+    if (++r->ticks == MCP_REAP_GRACE_MS / MCP_REAP_TICK_MS)
+        kill(r->pid, SIGKILL);
+    struct timeval tv = { 0, MCP_REAP_TICK_MS * 1000 };
+    evtimer_add(r->ev, &tv);
+}
+
+/* Reap `pid` (already sent SIGTERM) without blocking the loop. */
+static void reap_later(struct exec *ex, pid_t pid)
+{
+    int status;
+    if (waitpid(pid, &status, WNOHANG) != 0)
+        return;                               /* gone already (or not ours) */
+    struct mcp_reap *r = calloc(1, sizeof *r);
+    if (r && !(r->ev = evtimer_new(ex->base, reap_tick, r))) {
+        free(r);
+        r = NULL;
+    }
+    if (!r) {                                 /* no memory: the old blocking way */
+        kill(pid, SIGKILL);
+        while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        return;
+    }
+    r->ex = ex;
+    r->pid = pid;
+    r->next = ex->reaping;
+    if (ex->reaping)
+        ex->reaping->prev = r;
+    ex->reaping = r;
+    struct timeval tv = { 0, MCP_REAP_TICK_MS * 1000 };
+    evtimer_add(r->ev, &tv);
+}
+
+void mcp_reap_all(struct exec *ex)
+{
+    /* The grace period once for all of them, then SIGKILL. */
+    for (int i = 0; ex->reaping && i < MCP_REAP_GRACE_MS / 10; i++) {
+        for (struct mcp_reap *r = ex->reaping, *n; r; r = n) {
+            int status;
+            n = r->next;
+            pid_t w = waitpid(r->pid, &status, WNOHANG);
+            if (w == r->pid || (w < 0 && errno != EINTR))
+                reap_free(r);
+        }
+        if (ex->reaping)
+            usleep(10000);
+    }
+    while (ex->reaping) {
+        struct mcp_reap *r = ex->reaping;
+        int status;
+        kill(r->pid, SIGKILL);
+        while (waitpid(r->pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        reap_free(r);
+    }
+}
+
 static void stdio_close(struct mcp_session *s)
 {
     if (s->to_child) {
@@ -423,13 +514,7 @@ static void stdio_close(struct mcp_session *s)
     }
     if (s->pid > 0) {
         kill(s->pid, SIGTERM);
-        int status;
-        for (int i = 0; i < 100 && waitpid(s->pid, &status, WNOHANG) == 0; i++)
-            usleep(10000);
-        if (waitpid(s->pid, &status, WNOHANG) == 0) {
-            kill(s->pid, SIGKILL);
-            waitpid(s->pid, &status, 0);
-        }
+        reap_later(s->ex, s->pid);
         s->pid = -1;
     }
     s->state = MCP_NONE;

@@ -812,6 +812,83 @@ static void test_hostile_mcp_http_a2a(void)
     registry_free(reg);
 }
 
+/* Child processes of this one (any state, zombies included). */
+static int count_children(void)
+{
+    char want[32], path[300], buf[512];
+    snprintf(want, sizeof want, "%d", (int)getpid());
+    int n = 0;
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    while (d && (e = readdir(d))) {
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/status", e->d_name);
+        FILE *f = fopen(path, "r");
+        if (!f)
+            continue;
+        while (fgets(buf, sizeof buf, f))
+            if (!strncmp(buf, "PPid:", 5)) {
+                char *v = buf + 5;
+                while (*v == ' ' || *v == '\t') v++;
+                v[strcspn(v, "\n")] = 0;
+                n += !strcmp(v, want);
+                break;
+            }
+        fclose(f);
+    }
+    if (d)
+        closedir(d);
+    return n;
+}
+
+static const char *stdio_pool =
+    "{\"agents\":["
+    /* answers initialize with a non-object result, ignores SIGTERM and keeps running */
+    "{\"name\":\"stubborn\",\"kind\":\"mcp-stdio\",\"timeout_ms\":3000,\"retries\":2,\"backoff_ms\":1,"
+    "\"breaker_failures\":0,\"command\":[\"sh\",\"-c\",\"trap '' TERM; read x; "
+    "echo '{\\\"jsonrpc\\\":\\\"2.0\\\",\\\"id\\\":2,\\\"result\\\":5}'; exec sleep 30\"]},"
+    /* garbage lines and an unrelated id before the real replies */
+    "{\"name\":\"noisy\",\"kind\":\"mcp-stdio\",\"timeout_ms\":3000,\"retries\":0,"
+    "\"command\":[\"sh\",\"-c\",\"read x; echo 'not json'; echo '[1,'; echo 7; "
+    "echo '{\\\"jsonrpc\\\":\\\"2.0\\\",\\\"id\\\":2,\\\"result\\\":{}}'; read y; read z; "
+    "echo '{\\\"jsonrpc\\\":\\\"2.0\\\",\\\"id\\\":99,\\\"result\\\":{}}'; "
+    "echo '{\\\"jsonrpc\\\":\\\"2.0\\\",\\\"method\\\":\\\"notifications/message\\\"}'; "
+    "echo '{\\\"jsonrpc\\\":\\\"2.0\\\",\\\"id\\\":1,\\\"result\\\":{\\\"content\\\":[{\\\"type\\\":\\\"text\\\",\\\"text\\\":\\\"fine\\\"}]}}'; "
+    "exec sleep 30\"]}]}";
+
+static void test_hostile_mcp_stdio(void)
+{
+    struct registry *reg = NULL;
+    CHECK_MSG(registry_load_json(stdio_pool, "pool", &reg) == PS_OK, "%s", ps_error_last());
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+
+    /* A refused initialize is not retried, and stopping a process that
+     * ignores SIGTERM must not stall the loop (it waited up to 1 s). */
+    hs_call(g, &s, "st", "stubborn", "{}");
+    hs_call(g, &s, "no", "noisy", "{}");
+    hs_run(&s);
+    int i = fbs_find(&s, "st");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 1 && s.f[i].ms < 500,
+              "st: %s attempts %d in %lld ms: %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
+              i >= 0 ? s.f[i].attempts : 0, i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].err : "");
+    i = fbs_find(&s, "no");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"fine\""), "no: %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+    /* The stubborn process is killed and reaped by the loop, no zombie left. */
+    loop_for_ms(base, 1300);
+    CHECK_MSG(count_children() == 1, "%d child processes (want: the noisy agent only)", count_children());
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    CHECK_MSG(count_children() == 0, "%d child processes left after exec_destroy", count_children());
+    event_base_free(base);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_registry_errors();
@@ -824,5 +901,6 @@ int main(void)
     test_event_numbers();
     test_many_tasks();
     test_hostile_mcp_http_a2a();
+    test_hostile_mcp_stdio();
     TEST_DONE();
 }
