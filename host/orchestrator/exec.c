@@ -473,7 +473,11 @@ static void on_adapter_done(void *ud, struct adapter_result *r)
     ex->stats.running--;
     agent_slot_freed(ex, rt);
     c->d2r_ns = r->agent_recv_ns > 0 ? r->agent_recv_ns - c->t_dispatch : -1;
-    int failed = r->status == FB_EXEC_ERROR || r->status == FB_TIMEOUT;
+    /* The breaker counts what says the agent is unavailable (transport
+     * errors, 429, 5xx: the retryable failures; timeouts), not replies
+     * that blame the call (4xx, a tool or JSON-RPC error, a failed A2A
+     * task): those would open it against a healthy agent. */
+    int failed = (r->status == FB_EXEC_ERROR && r->retryable) || r->status == FB_TIMEOUT;
     breaker_result(rt, !failed, c->is_probe);
     c->is_probe = 0;
     if (r->status == FB_OK) {

@@ -151,6 +151,8 @@ static const char *pool =
     "\"max_concurrency\":1,\"retries\":0},"
     "{\"name\":\"brk\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/c\",\"timeout_ms\":2000,"
     "\"max_concurrency\":8,\"retries\":0,\"breaker_failures\":2,\"breaker_open_ms\":60000},"
+    "{\"name\":\"brk4\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/d\",\"timeout_ms\":2000,"
+    "\"max_concurrency\":8,\"retries\":0,\"breaker_failures\":2,\"breaker_open_ms\":60000},"
     "{\"name\":\"calculator\",\"kind\":\"builtin\"}]}";
 
 struct ctx {
@@ -169,7 +171,7 @@ static int ctx_open(struct ctx *c)
         return -1;
     char buf[2048];
     int port = mock_agent_port(c->mock);
-    snprintf(buf, sizeof buf, pool, port, port, port);
+    snprintf(buf, sizeof buf, pool, port, port, port, port);
     if (registry_load_json(buf, "pool", &c->reg))
         return -1;
     c->base = event_base_new();
@@ -304,6 +306,19 @@ static void test_faults(void)
     run_loop(&c);
     CHECK(!strcmp(call_status(t, "b3"), "exec_error"));
     CHECK(mock_agent_requests(c.mock) - before == 2);
+
+    /* Replies that show the agent is up (4xx: the call's fault) do not count
+     * toward the breaker: after two of them a third call still goes out. */
+    c.run.done = c.run.expect = 0;
+    struct orch_task *t4 = submit(&c, "{\"input\":\"breaker 4xx\",\"script\":[{\"calls\":["
+                   "{\"id\":\"b1\",\"to\":\"brk4\",\"args\":{\"fault\":\"4xx\"}}]},"
+                   "{\"calls\":[{\"id\":\"b2\",\"to\":\"brk4\",\"args\":{\"fault\":\"4xx\"}}]},"
+                   "{\"calls\":[{\"id\":\"b3\",\"to\":\"brk4\",\"args\":{}}]},"
+                   "{\"final\":{\"answer\":\"x\",\"uses\":[\"b3\"]}}]}");
+    before = mock_agent_requests(c.mock);
+    run_loop(&c);
+    CHECK_MSG(!strcmp(call_status(t4, "b3"), "ok"), "b3 after two 4xx: %s", call_status(t4, "b3"));
+    CHECK(mock_agent_requests(c.mock) - before == 3);
 
     /* max_concurrency 1: three 100 ms calls on "one" serialize (>= 300 ms). */
     c.run.done = c.run.expect = 0;
