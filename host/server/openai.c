@@ -991,14 +991,14 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
                              "'logprobs' is not supported yet");
     char *system_extra = NULL;
     if ((rc = parse_constraints(root, chat, opt, p, &system_extra, err)))
-        return rc;
+        goto done;
     const char *mt_key = "max_tokens";
     if ((rc = get_int(root, "max_tokens", 1, 1 << 24, &max_tokens, &has_max, err)))
-        return rc;
+        goto done;
     if (!has_max && chat) {
         mt_key = "max_completion_tokens";
         if ((rc = get_int(root, mt_key, 1, 1 << 24, &max_tokens, &has_max, err)))
-            return rc;
+            goto done;
     }
     (void)mt_key;
     p->max_tokens = has_max ? (int32_t)max_tokens : chat ? 0 : 16;
@@ -1012,14 +1012,16 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
         (rc = get_num(root, "frequency_penalty", -2, 2, &p->sp.frequency_penalty, err)) ||
         (rc = get_num(root, "repetition_penalty", 0.01, 10, &p->sp.repeat_penalty, err)) ||
         (rc = get_num(root, "repeat_penalty", 0.01, 10, &p->sp.repeat_penalty, err)))
-        return rc;
-    if (p->sp.top_p <= 0)
-        return BAD("top_p", "'top_p' must be in (0, 1], got 0");
+        goto done;
+    if (p->sp.top_p <= 0) {
+        rc = BAD("top_p", "'top_p' must be in (0, 1], got 0");
+        goto done;
+    }
     if ((rc = get_int(root, "top_k", 0, 1 << 24, &top_k, NULL, err)) ||
         (rc = get_int(root, "seed", -9.0e15, 9.0e15, &seed, &has_seed, err)) ||
         (rc = get_int(root, "priority", -1000000, 1000000, &priority, &p->has_priority, err)) ||
         (rc = get_bool(root, "ignore_eos", &p->ignore_eos, err)))
-        return rc;
+        goto done;
     p->sp.top_k = (int32_t)top_k;
     p->priority = (int32_t)priority;
     if (has_seed) {
@@ -1036,6 +1038,7 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
         rc = parse_stop(root, p, err);
     if (!rc)
         rc = chat ? parse_messages(root, tmpl, system_extra, p, err) : parse_prompt(root, n_vocab, p, err);
+done:
     free(system_extra);
     return rc;
 }

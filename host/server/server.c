@@ -89,10 +89,18 @@ static double now_s(void)
 
 /* ---- plain replies ------------------------------------------------------------------ */
 
+/* libevent 2.1 writes whatever body it is given, HEAD or not (it only
+ * leaves Content-Length out): a body after a HEAD reply would be read as
+ * the next response on a keep-alive connection.  HEAD replies get none. */
+static bool is_head(struct evhttp_request *req)
+{
+    return evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+}
+
 static void reply_json(struct server *srv, struct evhttp_request *req, enum metrics_route route,
                        int status, const char *json)
 {
-    struct evbuffer *out = evbuffer_new();
+    struct evbuffer *out = is_head(req) ? NULL : evbuffer_new();
     if (out) {
         evbuffer_add(out, json, strlen(json));
         evbuffer_add(out, "\n", 1);
@@ -555,7 +563,7 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
     engine_get_stats(srv->eng, &es);
     metrics_request(&srv->m, ROUTE_METRICS, 200); /* count this scrape in its own output */
     char *text = metrics_render(&srv->m, &es, srv->model_name);
-    struct evbuffer *out = evbuffer_new();
+    struct evbuffer *out = is_head(req) ? NULL : evbuffer_new();
     if (text && out)
         evbuffer_add(out, text, strlen(text));
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
@@ -647,7 +655,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     for (size_t i = 0; i < sizeof routes / sizeof routes[0]; i++) {
         if (strcmp(path, routes[i].path))
             continue;
-        if (method != routes[i].method) {
+        if (method != routes[i].method && !(method == EVHTTP_REQ_HEAD && routes[i].method == EVHTTP_REQ_GET)) {
             const char *allow = routes[i].method == EVHTTP_REQ_POST ? "POST" : "GET";
             evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
             api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
@@ -678,30 +686,38 @@ static void on_request(struct evhttp_request *req, void *arg)
     reply_error(srv, req, ROUTE_OTHER, &e);
 }
 
-/* ---- oversized bodies: libevent's own 413 made OpenAI-shaped -------------------------
+/* ---- libevent's own error pages made OpenAI-shaped ----------------------------------
  *
- * libevent 2.1 has no hook between a request's headers and its body: a body
- * beyond evhttp's max_body_size (by Content-Length, or chunked as it
- * arrives) is refused by libevent itself with an HTML 413 page and
- * "Connection: close" before any callback of ours runs.  Each connection's
- * socket bufferevent (evhttp_set_bevcb; the same kind evhttp makes itself)
- * carries a callback on its output buffer that replaces exactly that page
- * with the OpenAI error body.  The page is recognised at the front of the
- * output (evhttp writes the next response only once the previous one has
- * gone out) by its status line "HTTP/1.x 413 Request Entity Too Large" and
- * Content-Type text/html, and rewritten as soon as it is complete: evhttp
- * adds it in one go, before the socket can write any of it.  Bodies between
- * max_body_bytes and the cap reach the handlers, which answer the same JSON. */
+ * libevent 2.1 answers some requests itself, before any callback of ours
+ * runs, with an HTML page and "Connection: close": a body beyond evhttp's
+ * max_body_size (by Content-Length, or chunked as it arrives) or headers
+ * beyond max_headers_size (413), a malformed request line, header,
+ * Content-Length or chunk framing (400, some framing errors also 413), and
+ * a method it does not know or allow (501).  libevent 2.1 has no hook for
+ * these, so each connection's socket bufferevent (evhttp_set_bevcb; the
+ * same kind evhttp makes itself) carries a callback on its output buffer
+ * that replaces such a page with the OpenAI error body.  The page is
+ * recognised at the front of the output (evhttp writes the next response
+ * only once the previous one has gone out) by its status line and
+ * Content-Type text/html (no reply of ours is HTML), and rewritten as soon
+ * as it is complete: evhttp adds it in one go, before the socket can write
+ * any of it.  Bodies between max_body_bytes and the cap reach the handlers,
+ * which answer the same JSON as the 413 here. */
+#define SERVER_MAX_HEADERS_BYTES (64 * 1024)   /* request line + headers */
+
 static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *info, void *arg)
 {
     struct server *srv = arg;
-    static const char pat[] = " 413 Request Entity Too Large\r\n";
-    char head[8 + sizeof pat];
+    char head[13];   /* "HTTP/1.x NNN " */
     if (!info->n_added)
         return;
     size_t n = evbuffer_get_length(buf);
-    if (n < sizeof head - 1 || evbuffer_copyout(buf, head, sizeof head - 1) != (ev_ssize_t)(sizeof head - 1) ||
-        memcmp(head, "HTTP/1.", 7) || memcmp(head + 8, pat, sizeof pat - 1))
+    if (n < sizeof head || evbuffer_copyout(buf, head, sizeof head) != (ev_ssize_t)sizeof head ||
+        memcmp(head, "HTTP/1.", 7) || head[8] != ' ' || head[12] != ' ' || head[9] < '1' || head[9] > '5' ||
+        head[10] < '0' || head[10] > '9' || head[11] < '0' || head[11] > '9')
+        return;
+    int status = (head[9] - '0') * 100 + (head[10] - '0') * 10 + (head[11] - '0');
+    if (status < 400)
         return;
     struct evbuffer_ptr end = evbuffer_search(buf, "\r\n\r\n", 4, NULL);
     char hdr[4096];
@@ -721,15 +737,37 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     if (n != hlen + body)
         return;
     struct api_error e;
-    api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
-                  "The request body is larger than the limit of %d bytes (max_body_bytes)",
-                  (int)srv->cfg.max_body_bytes);
+    const char *reason;
+    switch (status) {
+    case 413:
+        reason = "Payload Too Large";
+        api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
+                      "The request is too large: the body is limited to %d bytes (max_body_bytes), the request "
+                      "line and headers to %d bytes",
+                      (int)srv->cfg.max_body_bytes, SERVER_MAX_HEADERS_BYTES);
+        break;
+    case 501:
+        reason = "Not Implemented";
+        api_error_set(&e, 501, "invalid_request_error", "unsupported_method", NULL,
+                      "The HTTP method is not supported: use GET, POST or DELETE");
+        break;
+    case 400:
+        reason = "Bad Request";
+        api_error_set(&e, 400, "invalid_request_error", "malformed_request", NULL,
+                      "Malformed HTTP request: bad request line, header, Content-Length or chunked framing");
+        break;
+    default:
+        reason = "Error";
+        api_error_set(&e, status, status >= 500 ? "server_error" : "invalid_request_error", NULL, NULL,
+                      "The HTTP request failed with status %d", status);
+        break;
+    }
     char *json = api_error_json(&e);
     char reply[1024];
     int len = snprintf(reply, sizeof reply,
-                       "HTTP/1.%c 413 Payload Too Large\r\nContent-Type: application/json\r\n"
+                       "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\n"
                        "Connection: close\r\nContent-Length: %zu\r\n\r\n%s\n",
-                       head[7], (json ? strlen(json) : 2) + 1, json ? json : "{}");
+                       head[7], status, reason, (json ? strlen(json) : 2) + 1, json ? json : "{}");
     free(json);
     if (len <= 0 || (size_t)len >= sizeof reply)
         return;
@@ -738,7 +776,7 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     if (!evbuffer_drain(buf, n))
         evbuffer_prepend(buf, reply, (size_t)len);
     evbuffer_freeze(buf, 1);
-    metrics_request(&srv->m, ROUTE_OTHER, 413);
+    metrics_request(&srv->m, ROUTE_OTHER, status);
 }
 
 static struct bufferevent *guard_new(struct event_base *base, void *arg)
@@ -886,6 +924,7 @@ int server_run(const struct server_config *cfg)
     if (cap < (int64_t)cfg->max_body_bytes + (1 << 16))
         cap = (int64_t)cfg->max_body_bytes + (1 << 16);
     evhttp_set_max_body_size(srv->http, (ev_ssize_t)cap);
+    evhttp_set_max_headers_size(srv->http, SERVER_MAX_HEADERS_BYTES);   /* libevent's default: unbounded */
     evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     evhttp_set_gencb(srv->http, on_request, srv);

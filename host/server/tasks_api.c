@@ -119,7 +119,8 @@ static const char *reason_of(int status)
 
 static void reply_json(struct tasks_api *api, struct evhttp_request *req, int status, const char *json)
 {
-    struct evbuffer *out = evbuffer_new();
+    /* no body after a HEAD reply (libevent would write it: server.c is_head) */
+    struct evbuffer *out = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD ? NULL : evbuffer_new();
     if (out) {
         evbuffer_add(out, json, strlen(json));
         evbuffer_add(out, "\n", 1);
@@ -339,6 +340,15 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
             reply_error(api, req, &e);
         }
         waiter_free(w);
+        return;
+    }
+    /* A finished task whose terminal event lies at or before after_id (a
+     * client resuming after the end) has nothing more to send: end now
+     * rather than wait for an event that never comes (and keep the task
+     * from eviction while waiting). */
+    if (!w->terminal && orch_task_status(t) != TASK_RUNNING) {
+        w->terminal = true;
+        event_active(w->finish, 0, 0);
     }
 }
 
@@ -479,7 +489,8 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
         reply_error(api, req, &e);
         return;
     }
-    if (events ? method != EVHTTP_REQ_GET : method != EVHTTP_REQ_GET && method != EVHTTP_REQ_DELETE) {
+    if (events ? method != EVHTTP_REQ_GET
+               : method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD && method != EVHTTP_REQ_DELETE) {
         method_not_allowed(api, req, path, events ? "GET" : "GET, DELETE");
         return;
     }

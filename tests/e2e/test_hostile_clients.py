@@ -1,0 +1,209 @@
+"""End-to-end tests of `paraserve serve` against hostile or sloppy HTTP
+clients: raw sockets that send what libevent itself refuses (malformed
+request lines, unknown methods, endless headers), HEAD on keep-alive
+connections, bad requests that must not leak, and SSE resumes past a
+finished task's last event."""
+import http.client
+import json
+import socket
+import time
+
+import httpx
+import pytest
+
+from server_fixtures import start_server  # noqa: F401  (fixture)
+
+
+@pytest.fixture(scope="module")
+def srv(start_server):  # noqa: F811
+    return start_server("--kv-blocks", 128, "--max-body-bytes", 1 << 20)
+
+
+def sanitized(binary):
+    """ASan keeps freed memory in quarantine, so RSS says nothing about
+    leaks there; its leak check at exit (the fixture wants exit 0) does."""
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def raw(srv, data, timeout=10):
+    """Send raw bytes, read until the server closes (or times out)."""
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=timeout)
+    try:
+        s.sendall(data)
+        out = b""
+        while True:
+            try:
+                c = s.recv(65536)
+            except (socket.timeout, ConnectionResetError):
+                break
+            if not c:
+                break
+            out += c
+        return out
+    finally:
+        s.close()
+
+
+def split_reply(got):
+    head, _, body = got.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    headers = {}
+    for line in head.split(b"\r\n")[1:]:
+        k, _, v = line.partition(b":")
+        headers[k.strip().lower().decode()] = v.strip().decode()
+    return status, headers, body
+
+
+def openai_error(headers, body, status):
+    assert headers.get("content-type", "").startswith("application/json"), (headers, body)
+    e = json.loads(body)["error"]
+    assert set(e) >= {"message", "type", "param", "code"}, e
+    assert e["type"] == "invalid_request_error", e
+    return e
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    (b"FOO / HTTP/1.1\r\nHost: x\r\n\r\n", 501),                       # unknown method
+    (b"TRACE /health HTTP/1.1\r\nHost: x\r\n\r\n", 501),                # a method evhttp refuses
+    (b"GARBAGE\r\n\r\n", 400),                                          # no request line
+    (b"GET /health HTTP/9.9\r\nHost: x\r\n\r\n", 400),                  # unknown version
+    (b"GET /health HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n", 400),  # broken header
+    (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n", 400),
+])
+def test_requests_libevent_refuses_get_openai_json_errors(srv, request_bytes, status):
+    got = raw(srv, request_bytes)
+    st, headers, body = split_reply(got)
+    assert st == status, got
+    e = openai_error(headers, body, status)
+    assert e["message"], e
+    assert int(headers["content-length"]) == len(body), got
+
+
+def test_endless_headers_are_refused_with_bounded_memory(srv):
+    pid = srv.proc.pid
+
+    def rss_kb():
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+
+    before = rss_kb()
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
+    sent = 0
+    try:
+        while sent < 64 << 20:       # 64 MiB of headers, unless refused first
+            s.sendall(line)
+            sent += len(line)
+    except (BrokenPipeError, ConnectionResetError, socket.timeout):
+        pass
+    got = b""
+    try:
+        while True:
+            c = s.recv(65536)
+            if not c:
+                break
+            got += c
+    except (ConnectionResetError, socket.timeout):
+        pass
+    s.close()
+    grown = rss_kb() - before
+    assert grown < 16 << 10, f"RSS grew {grown} KiB after {sent} bytes of headers"
+    assert sent < 64 << 20, "the server read 64 MiB of headers without refusing them"
+    if got:   # the refusal may be lost to the reset of a connection still being written to
+        st, headers, body = split_reply(got)
+        assert st in (400, 413), got
+        openai_error(headers, body, st)
+    # and it keeps serving
+    assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize("path", ["/health", "/v1/models", "/metrics"])
+def test_head_on_keepalive_connection_sends_no_body(srv, path):
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request("HEAD", path)
+    r = c.getresponse()
+    assert r.status == 200, r.status
+    assert r.read() == b""
+    # the next response on the same connection must parse (no stray body bytes)
+    c.request("GET", "/health")
+    r = c.getresponse()
+    assert r.status == 200
+    assert json.loads(r.read())["status"] == "ok"
+    c.close()
+
+
+def test_head_on_post_route_is_405_without_body(srv):
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request("HEAD", "/v1/chat/completions")
+    r = c.getresponse()
+    assert r.status == 405 and r.getheader("Allow") == "POST"
+    r.read()
+    c.request("GET", "/health")
+    r = c.getresponse()
+    assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    c.request("HEAD", "/v1/tasks/task_nope")
+    r = c.getresponse()
+    assert r.status == 404
+    r.read()
+    c.request("GET", "/health")
+    r = c.getresponse()
+    assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    c.close()
+
+
+def test_rejected_tools_requests_do_not_leak(srv, paraserve_bin):
+    # a request whose tools were prepared (grammar, system prompt) and that
+    # then fails validation must free the tools' system prompt
+    pid = srv.proc.pid
+
+    def rss_kb():
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+
+    body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1,
+                       "tools": [{"type": "function", "function": {
+                           "name": "f", "description": "d" * 400000,
+                           "parameters": {"type": "object", "properties": {}}}}]})
+    with httpx.Client(timeout=30) as h:
+        def once():
+            r = h.post(srv.url + "/v1/chat/completions", content=body,
+                       headers={"content-type": "application/json"})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
+        for _ in range(3):
+            once()
+        before = rss_kb()
+        for _ in range(30):
+            once()
+        grown = rss_kb() - before
+    if not sanitized(paraserve_bin):
+        assert grown < 4 << 10, f"RSS grew {grown} KiB over 30 rejected 400 KB tools requests"
+
+
+def test_resume_after_the_last_event_of_a_finished_task_ends(srv):
+    r = httpx.post(srv.url + "/v1/tasks", json={"input": "x", "script": [{"final": {"answer": "hi"}}]},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    tid = r.json()["id"]
+    with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events", timeout=10) as s:
+        lines = list(s.iter_lines())
+    ids = [int(x[4:]) for x in lines if x.startswith("id: ")]
+    last = max(ids)
+    # a client that saw everything reconnects (or names any later id): the
+    # stream must end at once, not wait forever for events that never come
+    for after in (last, last + 1, 2 ** 62):
+        t0 = time.time()
+        with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events",
+                          headers={"Last-Event-ID": str(after)}, timeout=5) as s:
+            assert s.status_code == 200
+            assert s.headers["content-type"].startswith("text/event-stream")
+            rest = [x for x in s.iter_lines() if x.startswith("id: ")]
+        assert rest == [], rest
+        assert time.time() - t0 < 3
+    # the task is still readable afterwards
+    assert httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()["status"] == "completed"
