@@ -100,6 +100,8 @@ struct httpc_req {
     int64_t            deadline_ns;/* 0: none */
     struct event      *tmo;        /* lazily made: connect / request timeout */
     int                got_bytes;  /* any reply byte arrived */
+    httpc_peek_fn      peek;       /* NULL: none (httpc_set_peek) */
+    int                peeked;     /* peek ended it (curl path: the write abort is not an error) */
 };
 
 struct hpool {
@@ -238,7 +240,7 @@ static void check_multi_info(struct httpc *h)
             continue;
         struct httpc_req *r = NULL;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&r);
-        r->result = msg->data.result;
+        r->result = r->peeked ? CURLE_OK : msg->data.result;
         if (r->result == CURLE_OK)
             curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &r->rep.status);
         curl_multi_remove_handle(h->multi, r->easy);
@@ -392,7 +394,17 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
 {
     size_t len = sz * n;
     struct httpc_req *r = ud;
-    return httpc_reply_append_body(&r->rep, p, len) ? 0 : len;
+    if (httpc_reply_append_body(&r->rep, p, len))
+        return 0;
+    if (r->peek && len && p[len - 1] == '\n') {
+        long code = 0;
+        curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
+        if (code >= 200 && code < 300 && r->peek(r->ud, r->rep.body, r->rep.len)) {
+            r->peeked = 1;
+            return 0;              /* ends the transfer; check_multi_info: not an error */
+        }
+    }
+    return len;
 }
 
 static size_t on_header(char *p, size_t sz, size_t n, void *ud)
@@ -739,6 +751,11 @@ static void hc_on_read(evutil_socket_t fd, short what, void *ud)
         hc_complete(r);
     } else if (rc < 0) {
         hc_fail(r, r->rep.too_big ? CURLE_FILESIZE_EXCEEDED : CURLE_RECV_ERROR, msg);
+    } else if (r->peek && r->rep.head_done && r->rep.status >= 200 && r->rep.status < 300 &&
+               r->rep.len && r->rep.body[r->rep.len - 1] == '\n' &&
+               r->peek(r->ud, r->rep.body, r->rep.len)) {
+        r->rep.keep_alive = 0;             /* the rest of the stream is not read */
+        hc_complete(r);
     } else if (eof && r->rep.head_done && r->rep.framing == HB_EOF) {
         hc_complete(r);                    /* close-delimited body */
     } else if (eof || err) {
@@ -989,6 +1006,12 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
         return NULL;
     }
     return r;
+}
+
+void httpc_set_peek(struct httpc_req *r, httpc_peek_fn peek)
+{
+    if (r)
+        r->peek = peek;
 }
 
 void httpc_cancel(struct httpc_req *r)

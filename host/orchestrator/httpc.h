@@ -57,6 +57,15 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
                                 const char *body, size_t body_len, long timeout_ms,
                                 httpc_done_fn done, void *ud);
 
+/* Optional, set right after httpc_request(): called on the loop after body
+ * bytes of a 2xx reply arrive (the body so far, NUL-terminated); returning
+ * 1 ends the request at once, the body so far delivered as a complete reply
+ * (its connection is not reused).  For replies whose end the caller can
+ * tell from their content while the server keeps them open (an MCP SSE
+ * stream that already carries the awaited response). */
+typedef int (*httpc_peek_fn)(void *ud, const char *body, size_t len);
+void httpc_set_peek(struct httpc_req *r, httpc_peek_fn peek);
+
 /* Abort a request that has not called back yet; frees it.  NULL-safe. */
 void httpc_cancel(struct httpc_req *r);
 

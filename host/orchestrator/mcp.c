@@ -300,6 +300,23 @@ static void http_call_done(void *ud, const struct httpc_response *resp)
     cJSON_Delete(m);
 }
 
+/* An SSE reply that already holds the call's response ends the request:
+ * a server may keep the stream open after it (pings, notifications), and
+ * the call would otherwise run into its timeout with the answer in hand.
+ * JSON bodies are left to their framing (a prefix of one may parse). */
+static int http_call_peek(void *ud, const char *body, size_t len)
+{
+    struct adapter_op *op = ud;
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
+        i++;
+    if (i == len || body[i] == '{' || body[i] == '[')
+        return 0;
+    cJSON *m = mcp_reply_parse(body, len, op->rpc_id);
+    cJSON_Delete(m);
+    return m != NULL;
+}
+
 static int http_send_call(struct mcp_session *s, struct adapter_op *op)
 {
     cJSON *m = tools_call_msg(op);
@@ -313,6 +330,7 @@ static int http_send_call(struct mcp_session *s, struct adapter_op *op)
     free(text);
     if (!op->req)
         return PS_EIO;
+    httpc_set_peek(op->req, http_call_peek);
     op->mcp_sent = 1;
     list_push(&s->inflight, op);
     return PS_OK;

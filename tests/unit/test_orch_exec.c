@@ -579,7 +579,17 @@ static int hs_handle(int fd, const char *path, const char *body)
             }
         } else if (!strcmp(meth, "tools/call")) {
             const cJSON *args = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "arguments");
-            if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(args, "hang"))) {
+            if (strstr(path, "sse-open")) {
+                /* the response inside an SSE stream that stays open */
+                hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
+                            ": keepalive\n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n");
+                usleep(20000);
+                snprintf(out, sizeof out, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":"
+                         "{\"content\":[{\"type\":\"text\",\"text\":\"streamed\"}]}}\n\n", id);
+                hs_send(fd, out);
+                hs_hang(fd);
+                rc = -1;
+            } else if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(args, "hang"))) {
                 hs_hang(fd);
                 rc = -1;
             } else {
@@ -747,7 +757,9 @@ static const char *hs_pool =
     "{\"name\":\"a2afail\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-failed\",\"retries\":0},"
     "{\"name\":\"a2awork\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-working\",\"retries\":0},"
     "{\"name\":\"a2ainput\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-input-required\",\"retries\":0},"
-    "{\"name\":\"a2aok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-completed\",\"retries\":0}]}";
+    "{\"name\":\"a2aok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-completed\",\"retries\":0},"
+    "{\"name\":\"sse\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-open\","
+    "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0}]}";
 
 static void test_hostile_mcp_http_a2a(void)
 {
@@ -757,7 +769,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[4096];
     int p = hs_port;
-    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p);
+    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
@@ -820,6 +832,29 @@ static void test_hostile_mcp_http_a2a(void)
         CHECK_MSG(i >= 0 && s.f[i].st == a2a[k].st && strstr(text, a2a[k].has), "%s: %s %s", a2a[k].id,
                   i >= 0 ? fb_status_str(s.f[i].st) : "-", text);
     }
+
+    /* An SSE stream that carries the response and stays open: the call ends
+     * with the response, not at its timeout; on both HTTP paths. */
+    for (int curl = 0; curl < 2; curl++) {
+        if (curl) {
+            exec_group_destroy(g);
+            exec_destroy(ex);
+            setenv("PARASERVE_HTTPC", "curl", 1);
+            ex = exec_create(base, reg, &ec);
+            unsetenv("PARASERVE_HTTPC");
+            g = exec_group_create(ex, fbs_cb, &s);
+        }
+        const char *id = curl ? "sse_curl" : "sse_fast";
+        hs_call(g, &s, id, "sse", "{}");
+        hs_run(&s);
+        i = fbs_find(&s, id);
+        CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"streamed\"") && s.f[i].ms < 1000,
+                  "%s: %s in %lld ms: %s %s", id, i >= 0 ? fb_status_str(s.f[i].st) : "-",
+                  i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
+    }
+    struct exec_stats st2;
+    exec_get_stats(ex, &st2);
+    CHECK(st2.http_active == 0);
 
     exec_group_destroy(g);
     exec_destroy(ex);
