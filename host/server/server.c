@@ -9,6 +9,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/util.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -625,6 +626,26 @@ static bool authenticate(struct server *srv, struct evhttp_request *req, enum me
     return false;
 }
 
+/* Ambiguous body framing (RFC 9112 6.3): Content-Length repeated with
+ * different values.  libevent reads the body by the first one and ignores
+ * the rest; a proxy in front may have used another, so such a request is
+ * refused and its connection closed rather than guessed at (request
+ * smuggling).  Content-Length beside Transfer-Encoding libevent refuses
+ * itself (guard_output makes that reply OpenAI-shaped). */
+static bool conflicting_content_length(struct evhttp_request *req)
+{
+    const struct evkeyvalq *in = evhttp_request_get_input_headers(req);
+    const char *cl = NULL;
+    for (const struct evkeyval *h = in->tqh_first; h; h = h->next.tqe_next) {
+        if (evutil_ascii_strcasecmp(h->key, "Content-Length"))
+            continue;
+        if (cl && strcmp(cl, h->value))
+            return true;
+        cl = h->value;
+    }
+    return false;
+}
+
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct server *srv = arg;
@@ -634,6 +655,13 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct api_error e;
     if (!path || !*path)
         path = "/";
+    if (conflicting_content_length(req)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        api_error_set(&e, 400, "invalid_request_error", "malformed_request", NULL,
+                      "Ambiguous request framing: Content-Length given twice with different values");
+        reply_error(srv, req, ROUTE_OTHER, &e);
+        return;
+    }
     struct caller who;
     if ((!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) &&
         !authenticate(srv, req, tasks_api_route(path) ? ROUTE_OTHER : !strcmp(path, "/v1/chat/completions")

@@ -207,3 +207,29 @@ def test_resume_after_the_last_event_of_a_finished_task_ends(srv):
         assert time.time() - t0 < 3
     # the task is still readable afterwards
     assert httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()["status"] == "completed"
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}",                   # conflicting lengths
+    b"Content-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",  # length beside chunks
+])
+def test_ambiguous_body_framing_is_refused_and_the_connection_closed(srv, framing):
+    # The bytes after one framing's body would be a smuggled second request
+    # if the server picked a framing; it must refuse and close instead
+    # (conflicting lengths: our check; length beside chunks: libevent's own).
+    smuggled = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    got = raw(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n" + framing + smuggled)
+    st, headers, body = split_reply(got)
+    assert st == 400, got
+    assert headers.get("connection", "").lower() == "close", headers
+    e = openai_error(headers, body.split(b"\r\n\r\n")[0].split(b"HTTP/1.1")[0], 400)
+    assert "framing" in e["message"], e
+    assert got.count(b"HTTP/1.1 ") == 1, got   # the smuggled request was never answered
+
+
+def test_repeated_equal_content_length_is_accepted(srv):
+    got = raw(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: 2\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+    st, headers, body = split_reply(got)
+    assert st == 400, got                      # the body is invalid for completions, not the framing
+    assert "framing" not in openai_error(headers, body, 400)["message"]
