@@ -74,8 +74,10 @@
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
 #define KV_Q8_DMAX          512  /* head_dim of a q8 cache at most (stack buffers) */
+#ifndef ATTN_ITEMS_PER_THREAD
 #define ATTN_ITEMS_PER_THREAD 1  /* grouped heads / whole rows from this many items per thread
                                   * (the cache reads dominate: fewer, larger items win) */
+#endif
 
 /* Phases of a step timed when PARASERVE_CPU_PROFILE is set in the
  * environment at backend creation: wall seconds summed over the decode
