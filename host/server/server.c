@@ -9,8 +9,10 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/keyvalq_struct.h>
+#include <event2/listener.h>
 #include <event2/util.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +37,9 @@ struct server {
     struct evhttp       *http;
     struct evhttp_bound_socket *sock;
     struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_grace;
+    struct event        *ev_accept_resume;   /* re-enables the listener after EMFILE */
+    uint64_t             accept_errors;      /* accept() failures since the last report */
+    time_t               accept_reported;    /* when the last one was reported */
     engine              *eng;
     struct tasks_api    *tasks;   /* /v1/tasks and the model's decisions */
     const struct model  *model;
@@ -819,6 +824,60 @@ static struct bufferevent *guard_new(struct event_base *base, void *arg)
 
 /* ---- lifecycle ----------------------------------------------------------------------------- */
 
+/* accept() failing for want of descriptors (EMFILE / ENFILE) or memory
+ * leaves the pending connection in the backlog, so the listener would be
+ * readable again at once: libevent 2.1 retries in a busy loop, logging each
+ * failure.  Instead the listener pauses for ACCEPT_PAUSE_MS (connections
+ * keep queueing in the kernel backlog and are accepted once descriptors
+ * free up), and failures are reported at most once a second with a count. */
+#define ACCEPT_PAUSE_MS 100
+
+static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
+{
+    struct server *srv = arg;
+    (void)fd;
+    (void)what;
+    if (srv->sock)
+        evconnlistener_enable(evhttp_bound_socket_get_listener(srv->sock));
+}
+
+/* The listener's error callback gets evhttp's pointer, not ours: the one
+ * server of the process registers itself here (serve runs one). */
+static struct server *accept_owner;
+
+static void on_accept_error(struct evconnlistener *lev, void *arg)
+{
+    struct server *srv = accept_owner;
+    const int err = EVUTIL_SOCKET_ERROR();
+    if (!srv || arg != srv->http)
+        return;
+    srv->accept_errors++;
+    const time_t now = time(NULL);
+    if (now != srv->accept_reported) {
+        fprintf(stderr, "paraserve: accept() failed %llu time(s): %s; pausing new connections for %d ms\n",
+                (unsigned long long)srv->accept_errors, evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS);
+        srv->accept_errors = 0;
+        srv->accept_reported = now;
+    }
+    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
+        const struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
+        if (!evtimer_add(srv->ev_accept_resume, &tv))
+            evconnlistener_disable(lev);
+    }
+}
+
+/* Descriptors: every connection, agent socket and mcp-stdio pipe takes one,
+ * so the soft limit is raised to the hard one (often 1024 -> 524288). */
+static void raise_fd_limit(void)
+{
+    struct rlimit rl;
+    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
+        rl.rlim_cur = rl.rlim_max;
+        setrlimit(RLIMIT_NOFILE, &rl);
+    }
+}
+
+
 static void on_grace_over(evutil_socket_t fd, short what, void *arg)
 {
     struct server *srv = arg;
@@ -939,6 +998,7 @@ int server_run(const struct server_config *cfg)
     if ((rc = grammar_vocab_create(tok, &srv->gvocab)))
         goto done;
 
+    raise_fd_limit();
     srv->base = event_base_new();
     srv->http = srv->base ? evhttp_new(srv->base) : NULL;
     if (!srv->http) {
@@ -963,6 +1023,13 @@ int server_run(const struct server_config *cfg)
                           (int)cfg->port);
         goto done;
     }
+    srv->ev_accept_resume = evtimer_new(srv->base, on_accept_resume, srv);
+    if (!srv->ev_accept_resume) {
+        rc = ps_error_set(PS_EINTERNAL, "libevent: cannot register events");
+        goto done;
+    }
+    accept_owner = srv;
+    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(srv->sock), on_accept_error);
     int port = cfg->port;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
@@ -1011,6 +1078,10 @@ done:
     tasks_api_free(srv->tasks); /* the action grammar outlives the engine's references */
     if (srv->ev_grace)
         event_free(srv->ev_grace);
+    if (srv->ev_accept_resume)
+        event_free(srv->ev_accept_resume);
+    if (accept_owner == srv)
+        accept_owner = NULL;
     if (srv->ev_sigint)
         event_free(srv->ev_sigint);
     if (srv->ev_sigterm)

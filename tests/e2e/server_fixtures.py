@@ -8,6 +8,7 @@ their own with `start_server(...)`.
 """
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -27,7 +28,7 @@ def free_port():
 
 
 class ServerProcess:
-    def __init__(self, binary, model, *args):
+    def __init__(self, binary, model, *args, fd_limit=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = f"/tmp/paraserve-test-{self.port}.log"
@@ -35,7 +36,9 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [binary, "serve", "-m", model, "--host", "127.0.0.1", "--port", str(self.port),
              "--threads", str(THREADS), *map(str, args)],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            stdout=self.log, stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit)))
+            if fd_limit else None)
         deadline = time.time() + 120
         while True:
             if self.proc.poll() is not None:
@@ -86,12 +89,13 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def start_server(paraserve_bin, model_path):
-    """start_server(*args) -> ServerProcess; all are stopped (and must exit 0)
+    """start_server(*args, fd_limit=None) -> ServerProcess (fd_limit: the
+    server's RLIMIT_NOFILE, soft and hard); all are stopped (and must exit 0)
     at the end of the module."""
     started = []
 
-    def _start(*args):
-        s = ServerProcess(paraserve_bin, model_path, *args)
+    def _start(*args, **kw):
+        s = ServerProcess(paraserve_bin, model_path, *args, **kw)
         started.append(s)
         return s
 

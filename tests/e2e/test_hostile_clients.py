@@ -5,6 +5,7 @@ connections, bad requests that must not leak, and SSE resumes past a
 finished task's last event."""
 import http.client
 import json
+import os
 import socket
 import time
 
@@ -233,3 +234,39 @@ def test_repeated_equal_content_length_is_accepted(srv):
     st, headers, body = split_reply(got)
     assert st == 400, got                      # the body is invalid for completions, not the framing
     assert "framing" not in openai_error(headers, body, 400)["message"]
+
+
+def process_cpu_s(pid):
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_connections_beyond_the_fd_limit_wait_without_spinning(start_server):  # noqa: F811
+    # More connections than descriptors: accept() fails with EMFILE.  The
+    # server must not spin on the listener (libevent 2.1 retries at once and
+    # logs each failure), and the connections left waiting in the backlog
+    # must be served once descriptors free up.
+    srv = start_server("--kv-blocks", 64, fd_limit=96)
+    held = []
+    for _ in range(150):
+        held.append(socket.create_connection(("127.0.0.1", srv.port), timeout=5))
+    try:
+        time.sleep(0.5)
+        c0 = process_cpu_s(srv.proc.pid)
+        time.sleep(2.0)
+        spent = process_cpu_s(srv.proc.pid) - c0
+        assert spent < 0.5, f"server used {spent:.2f} s of CPU in 2 s while out of descriptors"
+        for s in held[:100]:
+            s.close()
+        served = 0
+        for s in held[100:]:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            if s.recv(64).startswith(b"HTTP/1.1 200"):
+                served += 1
+        assert served == len(held) - 100
+    finally:
+        for s in held:
+            s.close()
+    log = srv.output()
+    assert "Too many open files" in log
+    assert log.count("accept() failed") <= 10, log[-2000:]
