@@ -224,7 +224,26 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result");
-    if (e && !cJSON_IsNull(e)) {   /* some servers send "error":null beside a result */
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+    int has_error = e && !cJSON_IsNull(e);
+    /* The reply must be this request's: the same id, or (JSON-RPC, for an
+     * error the server could not tie to a request) a null or missing id
+     * beside an error.  Compared as a double, never cast (see mcp.c). */
+    if (j && (id && !cJSON_IsNull(id) ? !(cJSON_IsNumber(id) && id->valuedouble == (double)op->rpc_id)
+                                      : !has_error)) {
+        char got[64];
+        if (cJSON_IsNumber(id))
+            snprintf(got, sizeof got, "%.17g", id->valuedouble);
+        else if (cJSON_IsString(id))
+            snprintf(got, sizeof got, "\"%.40s\"", id->valuestring);
+        else
+            snprintf(got, sizeof got, "%s", id ? "not a number" : "missing");
+        snprintf(err, sizeof err, "a2a reply id %s does not match the request id %ld", got, op->rpc_id);
+        cJSON_Delete(j);
+        adapter_finish(op, FB_PARSE_ERROR, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
+    if (has_error) {   /* some servers send "error":null beside a result */
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
         snprintf(err, sizeof err, "a2a error: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
         cJSON_Delete(j);
@@ -310,7 +329,18 @@ static void builtin_deliver(evutil_socket_t fd, short what, void *ud)
     op->b_result = NULL;
     char err[512];
     snprintf(err, sizeof err, "%s", op->b_err);
-    adapter_finish(op, op->b_status, res, op->b_status == FB_OK ? NULL : err, 0, 0, 0);
+    adapter_finish(op, op->b_status, res, op->b_status == FB_OK ? NULL : err, op->b_retryable, 0, 0);
+}
+
+int adapter_fail_later(struct adapter_op *op, enum fb_status st, const char *err, int retryable)
+{
+    op->b_status = st;
+    op->b_retryable = retryable;
+    snprintf(op->b_err, sizeof op->b_err, "%s", err);
+    if (!op->ev && !(op->ev = event_new(op->ex->base, -1, 0, builtin_deliver, op)))
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    event_active(op->ev, 0, 0);
+    return PS_OK;
 }
 
 static int builtin_start(struct adapter_op *op)

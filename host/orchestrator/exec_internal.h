@@ -101,10 +101,20 @@ struct adapter_op {
     long               rpc_id;        /* MCP or A2A JSON-RPC id */
     int                mcp_sent;      /* request written to the agent */
     struct adapter_op *mcp_prev, *mcp_next;  /* session's waiting/in-flight list */
-    enum fb_status     b_status;      /* builtin outcome */
+    unsigned           mcp_gen;       /* mcp-http: session generation it was sent on */
+    int                mcp_sid;       /* mcp-http: sent with an Mcp-Session-Id */
+    int                mcp_resent;    /* mcp-http: already sent again after a 404 */
+    enum fb_status     b_status;      /* builtin / adapter_fail_later outcome */
+    int                b_retryable;
     cJSON             *b_result;
     char               b_err[512];
 };
+
+/* End an attempt that is being started with an outcome delivered from the
+ * loop (adapter_start's contract: `done` never runs before it returns), so
+ * that a failure found at start can still be retryable.  Returns PS_OK, or
+ * PS_ENOMEM (then the caller fails the start). */
+int adapter_fail_later(struct adapter_op *op, enum fb_status st, const char *err, int retryable);
 
 /* Deliver an outcome built from pieces, then free the op. */
 void adapter_finish(struct adapter_op *op, enum fb_status st, cJSON *result,

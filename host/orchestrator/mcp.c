@@ -12,8 +12,31 @@
  * Streamable HTTP replies may be application/json or a text/event-stream
  * whose data lines carry the JSON-RPC response; both are accepted.  The
  * Mcp-Session-Id header of the initialize reply is sent on every later
- * request.  A cancelled call is announced with notifications/cancelled and
- * its late reply is dropped (no op carries its id any more).
+ * request.  A 404 to a request that carried it means the server ended the
+ * session: the session goes back to NONE (once per session: `sess_gen`) and
+ * every call that got that 404 is sent again, once, on the next session,
+ * within its own attempt (and timeout).  A cancelled call is announced with
+ * notifications/cancelled and its late reply is dropped (no op carries its
+ * id any more).
+ *
+ * stdio processes, with the function for each transition:
+ *   - started by mcp_op_start (NONE): not sooner than restart_delay_ms()
+ *     after the previous start (1 s, doubled for each process in a row that
+ *     never got READY, at most 30 s); a call while a start is held back
+ *     fails at once, retryably (adapter_fail_later), naming the reason;
+ *   - stopped by stdio_close: initialize unanswered within timeout_ms
+ *     (stdio_init_timeout; waiting calls end `timeout`), refused, EOF or an
+ *     error on its pipes, a line over MCP_MAX_LINE; SIGTERM, then SIGKILL
+ *     after 1 s, reaped on the loop (reap_later);
+ *   - at most MCP_MAX_PENDING bytes wait to be written to it: a call that
+ *     would go beyond fails (exec_error, retryable), notifications are
+ *     dropped;
+ *   - its stderr is read on the loop (struct mcp_errpipe, until EOF, even
+ *     after the process was stopped) and forwarded to ours line by line,
+ *     "[agent NAME] ", cut at MCP_ERR_LINE_MAX, control bytes replaced,
+ *     at most MCP_ERR_LINES_PER_S lines a second per agent (the rest
+ *     counted in a "suppressed" note); what is not forwarded is read and
+ *     dropped, so the process never blocks on a full stderr pipe.
  */
 #include <curl/curl.h>
 #include <errno.h>
@@ -37,6 +60,15 @@ extern char **environ;
 
 #define MCP_PROTOCOL_VERSION "2025-06-18"
 #define MCP_MAX_LINE (16u << 20)
+/* Bytes waiting to be written to a stdio agent's stdin.  The same bound as
+ * a line we accept from it: a call of any size we could get an answer to
+ * fits, and a process that stopped reading costs at most this much. */
+#define MCP_MAX_PENDING (16u << 20)
+#define MCP_RESTART_MIN_MS 1000
+#define MCP_RESTART_MAX_MS 30000
+#define MCP_ERR_LINE_MAX    1024            /* bytes of one forwarded stderr line */
+#define MCP_ERR_LINES_PER_S 50              /* forwarded stderr lines per agent per second */
+#define MCP_ERR_READ_MAX    (64u << 10)     /* stderr bytes read per loop turn */
 
 enum { MCP_NONE, MCP_INIT, MCP_READY };
 
@@ -51,10 +83,20 @@ struct mcp_session {
     struct httpc_req  *init_req;
     struct adapter_op *waiting;          /* not yet sent */
     struct adapter_op *inflight;         /* sent (stdio) */
+    unsigned           sess_gen;         /* http: bumped when the server ends the session */
     pid_t              pid;
     unsigned           gen;              /* bumped per spawned process */
     struct bufferevent *to_child;        /* child's stdin */
     struct bufferevent *from_child;      /* child's stdout */
+    struct event      *init_timer;       /* stdio: initialize's timeout */
+    int64_t            last_start_ns;    /* stdio: last process started (0: none yet) */
+    int                failed_starts;    /* stdio: processes in a row that never got READY */
+    const char        *last_end;         /* stdio: why the last process was stopped */
+    struct mcp_errpipe *errpipes;        /* stdio: stderr readers (outlive their process) */
+    struct event      *err_timer;        /* prints the "suppressed" note at the window's end */
+    int64_t            err_window_ns;    /* start of the stderr rate window */
+    int                err_lines;        /* lines forwarded in it */
+    long               err_suppressed;   /* lines dropped in it */
 };
 
 static void list_push(struct adapter_op **head, struct adapter_op *op)
@@ -231,14 +273,15 @@ static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t r
  * the server refused the session (HTTP 4xx, a JSON-RPC error). */
 static void fail_all_status(struct mcp_session *s, enum fb_status st, const char *why, int retryable)
 {
-    struct adapter_op *lists[2] = { s->waiting, s->inflight };
-    s->waiting = s->inflight = NULL;
-    for (int k = 0; k < 2; k++) {
-        while (lists[k]) {
-            struct adapter_op *op = lists[k];
-            list_unlink(&lists[k], op);
-            adapter_finish(op, st, NULL, why, retryable, 0, 0);
-        }
+    /* Taken from the session's own lists one at a time: a feedback callback
+     * may cancel another of these ops (mcp_op_cancel unlinks it from them).
+     * HTTP calls in flight are not the session's to end: each has its own
+     * request (and reply, or timeout); only stdio ones die with the process. */
+    int stdio = s->rt->spec->kind == AGENT_MCP_STDIO;
+    struct adapter_op *op;
+    while ((op = s->waiting) || (stdio && (op = s->inflight))) {
+        list_unlink(op == s->waiting ? &s->waiting : &s->inflight, op);
+        adapter_finish(op, st, NULL, why, retryable, 0, 0);
     }
 }
 
@@ -271,6 +314,8 @@ static void http_notify(struct mcp_session *s, cJSON *msg,
         s->init_req = r;
 }
 
+static int http_start(struct mcp_session *s, struct adapter_op *op);
+
 static void http_call_done(void *ud, const struct httpc_response *resp)
 {
     struct adapter_op *op = ud;
@@ -280,12 +325,26 @@ static void http_call_done(void *ud, const struct httpc_response *resp)
     char err[512];
     list_unlink(&s->inflight, op);
     if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
-        if (resp->status == 404 && s->state == MCP_READY) {
-            /* The server forgot the session: make a new one next time. */
-            s->state = MCP_NONE;
-            free(s->sid_header);
-            s->sid_header = NULL;
+        if (resp->status == 404 && op->mcp_sid && !resp->transport_error) {
+            /* The server ended the session the call was sent on: the first
+             * such 404 resets it; each call that got one goes again on the
+             * next session, once (the server did not run it). */
+            if (op->mcp_gen == s->sess_gen && s->state == MCP_READY) {
+                s->state = MCP_NONE;
+                s->sess_gen++;
+                free(s->sid_header);
+                s->sid_header = NULL;
+            }
             retry = 1;
+            if (!op->mcp_resent) {
+                op->mcp_resent = 1;
+                op->mcp_sent = 0;
+                op->req = NULL;          /* finished: httpc frees it */
+                if (http_start(s, op) == PS_OK)
+                    return;
+                snprintf(err, sizeof err, "mcp: the session ended (HTTP 404) and the call could not be sent again: %s",
+                         ps_error_last());
+            }
         }
         adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
         return;
@@ -332,17 +391,18 @@ static int http_send_call(struct mcp_session *s, struct adapter_op *op)
         return PS_EIO;
     httpc_set_peek(op->req, http_call_peek);
     op->mcp_sent = 1;
+    op->mcp_gen = s->sess_gen;
+    op->mcp_sid = s->sid_header != NULL;
     list_push(&s->inflight, op);
     return PS_OK;
 }
 
 static void http_flush_waiting(struct mcp_session *s)
 {
-    struct adapter_op *w = s->waiting;
-    s->waiting = NULL;
-    while (w) {
-        struct adapter_op *op = w;
-        list_unlink(&w, op);
+    /* One at a time from the session's list (see fail_all_status). */
+    struct adapter_op *op;
+    while ((op = s->waiting)) {
+        list_unlink(&s->waiting, op);
         if (http_send_call(s, op))
             adapter_finish(op, FB_EXEC_ERROR, NULL, "mcp: could not send the call", 1, 0, 0);
     }
@@ -416,17 +476,25 @@ static cJSON *initialize_msg(long id)
 
 /* ---- stdio ---------------------------------------------------------------- */
 
-static void stdio_write(struct mcp_session *s, cJSON *msg)
+enum { STDIO_WRITTEN, STDIO_FULL, STDIO_FAILED };
+
+/* Queue one message (and its newline) for the child, unless that would put
+ * more than MCP_MAX_PENDING bytes in wait for it. */
+static int stdio_write(struct mcp_session *s, cJSON *msg)
 {
-    char *text = cJSON_PrintUnformatted(msg);
+    char *text = msg ? cJSON_PrintUnformatted(msg) : NULL;
     cJSON_Delete(msg);
-    if (!text || !s->to_child) {
-        free(text);
-        return;
+    int rc = STDIO_FAILED;
+    if (text && s->to_child) {
+        size_t n = strlen(text);
+        size_t pending = evbuffer_get_length(bufferevent_get_output(s->to_child));
+        if (n + 1 > MCP_MAX_PENDING || pending > MCP_MAX_PENDING - n - 1)
+            rc = STDIO_FULL;
+        else if (!bufferevent_write(s->to_child, text, n) && !bufferevent_write(s->to_child, "\n", 1))
+            rc = STDIO_WRITTEN;
     }
-    bufferevent_write(s->to_child, text, strlen(text));
-    bufferevent_write(s->to_child, "\n", 1);
     free(text);
+    return rc;
 }
 
 /* Stopped agent processes not reaped yet.  The loop never waits for one:
@@ -520,7 +588,149 @@ void mcp_reap_all(struct exec *ex)
     }
 }
 
-static void stdio_close(struct mcp_session *s)
+/* ---- stdio: the child's stderr ---------------------------------------------- */
+
+struct mcp_errpipe {
+    struct mcp_session *s;
+    struct mcp_errpipe *prev, *next;
+    struct event       *ev;
+    int                 fd;
+    int                 cut;                     /* line over MCP_ERR_LINE_MAX: rest dropped */
+    size_t              len;
+    char                line[MCP_ERR_LINE_MAX];
+};
+
+/* One write(2) per line: lines of several agents never interleave.  Our
+ * stderr may block (a slow reader): the rate limit bounds what one agent
+ * can make the loop write to ~55 KiB/s. */
+static void err_write(const char *buf, size_t n)
+{
+    while (n) {
+        ssize_t k = write(STDERR_FILENO, buf, n);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return;
+        buf += k;
+        n -= (size_t)k;
+    }
+}
+
+static void err_note(struct mcp_session *s)
+{
+    if (!s->err_suppressed)
+        return;
+    char b[200];
+    int n = snprintf(b, sizeof b, "[agent %s] (suppressed %ld stderr lines: more than %d a second)\n",
+                     s->rt->spec->name, s->err_suppressed, MCP_ERR_LINES_PER_S);
+    err_write(b, (size_t)n < sizeof b ? (size_t)n : sizeof b - 1);
+    s->err_suppressed = 0;
+}
+
+static void err_timer_cb(evutil_socket_t fd, short what, void *ud)
+{
+    err_note(ud);
+}
+
+static void err_emit(struct mcp_session *s, const char *text, size_t n, int cut)
+{
+    int64_t now = orch_now_ns();
+    if (now - s->err_window_ns >= 1000000000LL) {
+        err_note(s);
+        s->err_window_ns = now;
+        s->err_lines = 0;
+    }
+    if (s->err_lines >= MCP_ERR_LINES_PER_S) {
+        if (!s->err_suppressed++ && s->err_timer) {
+            int64_t left_us = (s->err_window_ns + 1000000000LL - now) / 1000;
+            struct timeval tv = { (time_t)(left_us / 1000000), (suseconds_t)(left_us % 1000000) };
+            evtimer_add(s->err_timer, &tv);
+        }
+        return;
+    }
+    s->err_lines++;
+    if (n && text[n - 1] == '\r')
+        n--;
+    char b[MCP_ERR_LINE_MAX + 128];
+    int k = snprintf(b, sizeof b, "[agent %s] ", s->rt->spec->name);
+    size_t o = (size_t)k;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        b[o++] = (c < 32 && c != '\t') || c == 127 ? '?' : (char)c;   /* no terminal escapes */
+    }
+    if (cut) {
+        memcpy(b + o, " ...(truncated)", 15);
+        o += 15;
+    }
+    b[o++] = '\n';
+    err_write(b, o);
+}
+
+static void errpipe_free(struct mcp_errpipe *p)
+{
+    struct mcp_session *s = p->s;
+    if (p->prev) p->prev->next = p->next; else s->errpipes = p->next;
+    if (p->next) p->next->prev = p->prev;
+    if (p->ev)
+        event_free(p->ev);
+    if (p->fd >= 0)
+        close(p->fd);
+    free(p);
+}
+
+static void errpipe_bytes(struct mcp_errpipe *p, const char *b, size_t n)
+{
+    while (n) {
+        const char *nl = memchr(b, '\n', n);
+        size_t seg = nl ? (size_t)(nl - b) : n;
+        size_t room = MCP_ERR_LINE_MAX - p->len;
+        size_t take = seg < room ? seg : room;
+        memcpy(p->line + p->len, b, take);
+        p->len += take;
+        if (seg > take)
+            p->cut = 1;
+        if (!nl)
+            return;
+        err_emit(p->s, p->line, p->len, p->cut);
+        p->len = 0;
+        p->cut = 0;
+        b = nl + 1;
+        n -= seg + 1;
+    }
+}
+
+/* Drain what is there (at most MCP_ERR_READ_MAX a turn: a flood must not
+ * starve the loop; the event stays active); at EOF the last partial line
+ * and the pending note are written and the reader freed. */
+static void errpipe_read(evutil_socket_t fd, short what, void *ud)
+{
+    struct mcp_errpipe *p = ud;
+    char buf[8192];
+    size_t total = 0;
+    while (total < MCP_ERR_READ_MAX) {
+        ssize_t n = read(p->fd, buf, sizeof buf);
+        if (n > 0) {
+            errpipe_bytes(p, buf, (size_t)n);
+            total += (size_t)n;
+            continue;
+        }
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK))
+            return;
+        if (p->len || p->cut)
+            err_emit(p->s, p->line, p->len, p->cut);
+        err_note(p->s);
+        errpipe_free(p);
+        return;
+    }
+}
+
+/* ---- stdio: the process ------------------------------------------------------ */
+
+/* Stop the process (if any): the session goes back to NONE.  `why`: the
+ * reason named to calls held back from restarting it. */
+static void stdio_close(struct mcp_session *s, const char *why)
 {
     if (s->to_child) {
         bufferevent_free(s->to_child);
@@ -530,19 +740,47 @@ static void stdio_close(struct mcp_session *s)
         bufferevent_free(s->from_child);
         s->from_child = NULL;
     }
+    if (s->init_timer)
+        evtimer_del(s->init_timer);
     if (s->pid > 0) {
         kill(s->pid, SIGTERM);
         reap_later(s->ex, s->pid);
         s->pid = -1;
+        if (s->state != MCP_READY)
+            s->failed_starts++;
+        s->last_end = why;
     }
     s->state = MCP_NONE;
 }
 
-static void stdio_send_call(struct mcp_session *s, struct adapter_op *op)
+/* Minimum time from the last start to the next: 1 s, doubled for each
+ * process in a row that never got READY, at most MCP_RESTART_MAX_MS. */
+static int64_t restart_delay_ms(const struct mcp_session *s)
 {
-    stdio_write(s, tools_call_msg(op));
+    int64_t d = MCP_RESTART_MIN_MS;
+    for (int i = 1; i < s->failed_starts && d < MCP_RESTART_MAX_MS; i++)
+        d *= 2;
+    return d < MCP_RESTART_MAX_MS ? d : MCP_RESTART_MAX_MS;
+}
+
+static const char *pending_msg(struct mcp_session *s, char *buf, size_t n)
+{
+    snprintf(buf, n, "mcp-stdio: agent '%s' is not reading its input (%zu bytes wait to be written to it; "
+             "at most %u)", s->rt->spec->name,
+             s->to_child ? evbuffer_get_length(bufferevent_get_output(s->to_child)) : (size_t)0,
+             MCP_MAX_PENDING);
+    return buf;
+}
+
+/* STDIO_WRITTEN: sent and in flight; otherwise the op is the caller's. */
+static int stdio_send_call(struct mcp_session *s, struct adapter_op *op)
+{
+    int rc = stdio_write(s, tools_call_msg(op));
+    if (rc != STDIO_WRITTEN)
+        return rc;
     op->mcp_sent = 1;
     list_push(&s->inflight, op);
+    return rc;
 }
 
 static void stdio_handle(struct mcp_session *s, cJSON *m)
@@ -561,7 +799,7 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
                 cJSON_AddNumberToObject(e, "code", -32601);
                 cJSON_AddStringToObject(e, "message", "method not supported by paraserve");
             }
-            stdio_write(s, r);
+            stdio_write(s, r);   /* dropped when it is not reading */
         }
         return;
     }
@@ -575,18 +813,23 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
             cJSON_Delete(res);
             snprintf(why, sizeof why, "mcp initialize failed: %s",
                      rst == FB_EXEC_ERROR ? err : "no result in the reply");
-            stdio_close(s);
+            stdio_close(s, "refused initialize");
             fail_all(s, why, 0);
             return;
         }
         stdio_write(s, rpc_new(-1, "notifications/initialized"));
         s->state = MCP_READY;
-        struct adapter_op *w = s->waiting;
-        s->waiting = NULL;
-        while (w) {
-            struct adapter_op *op = w;
-            list_unlink(&w, op);
-            stdio_send_call(s, op);
+        s->failed_starts = 0;
+        evtimer_del(s->init_timer);
+        struct adapter_op *op;
+        char why[300];
+        while ((op = s->waiting)) {   /* one at a time from the list: see fail_all_status */
+            list_unlink(&s->waiting, op);
+            int rc = stdio_send_call(s, op);
+            if (rc == STDIO_FULL)
+                adapter_finish(op, FB_EXEC_ERROR, NULL, pending_msg(s, why, sizeof why), 1, 0, 0);
+            else if (rc != STDIO_WRITTEN)
+                adapter_finish(op, FB_EXEC_ERROR, NULL, "mcp-stdio: could not write the call", 1, 0, 0);
         }
         return;
     }
@@ -616,7 +859,7 @@ static void stdio_on_read(struct bufferevent *bev, void *ud)
         cJSON_Delete(m);
     }
     if (s->from_child && s->gen == gen && evbuffer_get_length(in) > MCP_MAX_LINE) {
-        stdio_close(s);
+        stdio_close(s, "wrote a line longer than 16 MiB");
         fail_all(s, "mcp-stdio: line longer than 16 MiB", 0);
     }
 }
@@ -625,43 +868,79 @@ static void stdio_on_event(struct bufferevent *bev, short what, void *ud)
 {
     struct mcp_session *s = ud;
     if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
-        stdio_close(s);
+        stdio_close(s, "exited or closed its pipes");
         fail_all(s, "mcp-stdio: agent process exited or closed its pipes", 1);
     }
 }
 
+static void stdio_init_timeout(evutil_socket_t fd, short what, void *ud)
+{
+    struct mcp_session *s = ud;
+    char why[200];
+    if (s->state != MCP_INIT)
+        return;
+    snprintf(why, sizeof why, "mcp initialize: no reply within %d ms", s->rt->spec->timeout_ms);
+    stdio_close(s, "did not answer initialize in time");
+    fail_all_status(s, FB_TIMEOUT, why, 0);
+}
+
 static int stdio_spawn(struct mcp_session *s)
 {
-    int in[2] = { -1, -1 }, out[2] = { -1, -1 };
+    int in[2] = { -1, -1 }, out[2] = { -1, -1 }, err[2] = { -1, -1 };
+    struct mcp_errpipe *ep = NULL;
     posix_spawn_file_actions_t fa;
-    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC)) {
+    if (!s->init_timer && !(s->init_timer = evtimer_new(s->ex->base, stdio_init_timeout, s)))
+        return ps_error_set(PS_ENOMEM, "mcp-stdio: out of memory");
+    if (!s->err_timer)   /* without it the note waits for the next line */
+        s->err_timer = evtimer_new(s->ex->base, err_timer_cb, s);
+    if (!(ep = calloc(1, sizeof *ep)))
+        return ps_error_set(PS_ENOMEM, "mcp-stdio: out of memory");
+    if (pipe2(in, O_CLOEXEC) || pipe2(out, O_CLOEXEC) || pipe2(err, O_CLOEXEC)) {
         int e = errno;
-        if (in[0] >= 0) { close(in[0]); close(in[1]); }
+        for (int i = 0; i < 2; i++) {
+            if (in[i] >= 0) close(in[i]);
+            if (out[i] >= 0) close(out[i]);
+        }
+        free(ep);
         return ps_error_set(PS_EIO, "mcp-stdio: pipe: %s", strerror(e));
     }
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
+    posix_spawn_file_actions_adddup2(&fa, err[1], 2);
     pid_t pid;
     int rc = posix_spawnp(&pid, s->rt->spec->command[0], &fa, NULL, s->rt->spec->command, environ);
     posix_spawn_file_actions_destroy(&fa);
     close(in[0]);
     close(out[1]);
+    close(err[1]);
     if (rc) {
         close(in[1]);
         close(out[0]);
+        close(err[0]);
+        free(ep);
         return ps_error_set(PS_EIO, "mcp-stdio: cannot run '%s': %s", s->rt->spec->command[0], strerror(rc));
     }
     s->pid = pid;
     s->gen++;
+    s->last_start_ns = orch_now_ns();
     evutil_make_socket_nonblocking(in[1]);
     evutil_make_socket_nonblocking(out[0]);
+    evutil_make_socket_nonblocking(err[0]);
+    ep->s = s;
+    ep->fd = err[0];
+    ep->next = s->errpipes;
+    if (s->errpipes)
+        s->errpipes->prev = ep;
+    s->errpipes = ep;
+    ep->ev = event_new(s->ex->base, err[0], EV_READ | EV_PERSIST, errpipe_read, ep);
     s->to_child = bufferevent_socket_new(s->ex->base, in[1], BEV_OPT_CLOSE_ON_FREE);
     s->from_child = bufferevent_socket_new(s->ex->base, out[0], BEV_OPT_CLOSE_ON_FREE);
-    if (!s->to_child || !s->from_child) {
+    if (!s->to_child || !s->from_child || !ep->ev || event_add(ep->ev, NULL)) {
         if (!s->to_child) close(in[1]);
         if (!s->from_child) close(out[0]);
-        stdio_close(s);
+        stdio_close(s, "could not be set up");
+        errpipe_free(ep);
         return ps_error_set(PS_ENOMEM, "mcp-stdio: out of memory");
     }
     bufferevent_setcb(s->from_child, stdio_on_read, NULL, stdio_on_event, s);
@@ -671,37 +950,64 @@ static int stdio_spawn(struct mcp_session *s)
     return PS_OK;
 }
 
+static int stdio_start(struct mcp_session *s, struct adapter_op *op)
+{
+    char why[300];
+    if (s->state == MCP_READY) {
+        int rc = stdio_send_call(s, op);
+        if (rc == STDIO_WRITTEN)
+            return PS_OK;
+        return adapter_fail_later(op, FB_EXEC_ERROR, rc == STDIO_FULL ? pending_msg(s, why, sizeof why)
+                                  : "mcp-stdio: could not write the call", 1);
+    }
+    if (s->state == MCP_NONE) {
+        int64_t since_ms = (orch_now_ns() - s->last_start_ns) / 1000000, delay = restart_delay_ms(s);
+        if (s->last_start_ns && since_ms < delay) {
+            snprintf(why, sizeof why, "mcp-stdio: agent '%s' not restarted for another %lld ms: its last "
+                     "process %s (restarts at most every %lld ms)", s->rt->spec->name,
+                     (long long)(delay - since_ms), s->last_end ? s->last_end : "ended", (long long)delay);
+            return adapter_fail_later(op, FB_EXEC_ERROR, why, 1);
+        }
+        s->init_id = s->next_id++;
+        int st = stdio_spawn(s);
+        if (st)
+            return st;
+        if (stdio_write(s, initialize_msg(s->init_id)) != STDIO_WRITTEN) {
+            stdio_close(s, "could not be set up");
+            return ps_error_set(PS_ENOMEM, "mcp-stdio: could not write initialize");
+        }
+        struct timeval tv = { s->rt->spec->timeout_ms / 1000, (s->rt->spec->timeout_ms % 1000) * 1000 };
+        evtimer_add(s->init_timer, &tv);
+        s->state = MCP_INIT;
+    }
+    list_push(&s->waiting, op);
+    return PS_OK;
+}
+
 /* ---- entry points ----------------------------------------------------------- */
+
+static int http_start(struct mcp_session *s, struct adapter_op *op)
+{
+    if (s->state == MCP_READY)
+        return http_send_call(s, op);
+    if (s->state == MCP_NONE) {
+        s->init_id = s->next_id++;
+        http_notify(s, initialize_msg(s->init_id), http_init_done, s);
+        if (!s->init_req)
+            return ps_error_set(PS_EIO, "mcp: could not send initialize");
+        s->state = MCP_INIT;
+    }
+    list_push(&s->waiting, op);
+    return PS_OK;
+}
 
 int mcp_op_start(struct adapter_op *op)
 {
     struct mcp_session *s = session_get(op->ex, op->rt);
     if (!s)
         return ps_error_set(PS_ENOMEM, "out of memory");
-    int http = op->rt->spec->kind == AGENT_MCP_HTTP;
     op->rpc_id = s->next_id++;
-    if (s->state == MCP_READY) {
-        if (http)
-            return http_send_call(s, op);
-        stdio_send_call(s, op);
-        return PS_OK;
-    }
-    if (s->state == MCP_NONE) {
-        s->init_id = s->next_id++;
-        if (http) {
-            http_notify(s, initialize_msg(s->init_id), http_init_done, s);
-            if (!s->init_req)
-                return ps_error_set(PS_EIO, "mcp: could not send initialize");
-        } else {
-            int st = stdio_spawn(s);
-            if (st)
-                return st;
-            stdio_write(s, initialize_msg(s->init_id));
-        }
-        s->state = MCP_INIT;
-    }
-    list_push(&s->waiting, op);
-    return PS_OK;
+    return op->rt->spec->kind == AGENT_MCP_HTTP ? http_start(s, op) : stdio_start(s, op);
 }
 
 void mcp_op_cancel(struct adapter_op *op)
@@ -721,7 +1027,7 @@ void mcp_op_cancel(struct adapter_op *op)
     if (op->rt->spec->kind == AGENT_MCP_HTTP)
         http_notify(s, m, NULL, NULL);
     else
-        stdio_write(s, m);
+        stdio_write(s, m);   /* dropped when it is not reading */
 }
 
 void mcp_session_free(struct exec *ex, struct agent_rt *rt)
@@ -731,7 +1037,23 @@ void mcp_session_free(struct exec *ex, struct agent_rt *rt)
         return;
     if (s->init_req)
         httpc_cancel(s->init_req);
-    stdio_close(s);
+    stdio_close(s, NULL);
+    /* What the processes wrote to stderr and we have not read yet, then
+     * the last partial lines and the note. */
+    while (s->errpipes) {
+        struct mcp_errpipe *p = s->errpipes;
+        errpipe_read(p->fd, EV_READ, p);
+        if (s->errpipes == p) {
+            if (p->len || p->cut)
+                err_emit(s, p->line, p->len, p->cut);
+            errpipe_free(p);
+        }
+    }
+    err_note(s);
+    if (s->init_timer)
+        event_free(s->init_timer);
+    if (s->err_timer)
+        event_free(s->err_timer);
     free(s->sid_header);
     free(s);
     rt->mcp = NULL;

@@ -219,6 +219,28 @@ def test_mcp_http_and_stdio(run, server_proc, tmp_path):
     assert final["status"] == "completed" and final["output"] == "ANSWER 42"
 
 
+def test_mcp_stdio_crash_loop_and_stderr(run, tmp_path):
+    """A stdio tool that writes to stderr and exits at once: its stderr reaches
+    ours prefixed with the agent's name, and the executor's retries do not
+    start a process each (restarts are rate-limited; the held-back attempts
+    fail at once, naming why)."""
+    pool = write_pool(tmp_path, [
+        {"name": "crashy", "kind": "mcp-stdio", "timeout_ms": 2000, "retries": 3, "backoff_ms": 10,
+         "breaker_failures": 0,
+         "command": ["sh", "-c", f"echo started >> {tmp_path}/starts; printf 'boom\\033[2J\\n' >&2; exit 3"]}])
+    t0 = time.time()
+    r = run("orchestrate", "--agents", pool, "--task", json.dumps({"input": "crash", "script": [
+        {"calls": [{"id": "c", "to": "crashy", "args": {}}]}, {"final": {"answer": "x", "uses": ["c"]}}]}),
+        timeout=30)
+    assert r.returncode == 0, r.stderr.decode()
+    by, _ = calls_by_id([json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()])
+    assert by["c"]["status"] == "exec_error" and by["c"]["attempts"] == 4, by["c"]
+    assert "not restarted" in by["c"]["error"] and "exited" in by["c"]["error"], by["c"]
+    assert (tmp_path / "starts").read_text().count("started") == 1
+    err = r.stderr.decode()
+    assert "[agent crashy] boom?[2J" in err and "\x1b" not in err, err
+    assert time.time() - t0 < 10
+
 @pytest.mark.parametrize("agent,field", [
     ({"name": "x", "kind": "teleport"}, "agents[0].kind"),
     ({"name": "x", "kind": "http-json"}, "agents[0].url"),

@@ -512,6 +512,8 @@ static void test_mcp_reply(void)
 static int hs_fd = -1;
 static int hs_port;
 static atomic_int hs_inits;       /* initialize requests seen */
+static atomic_int hs_404_inits;   /* initialize requests on /mcp-404 */
+static atomic_int hs_404_calls;   /* tools/call requests on /mcp-404 */
 
 static void hs_send(int fd, const char *s)
 {
@@ -542,8 +544,9 @@ static void hs_hang(int fd)
     }
 }
 
-/* One request; returns 0 to keep the connection, -1 to close it. */
-static int hs_handle(int fd, const char *path, const char *body)
+/* One request (`head`: its request line and headers); returns 0 to keep
+ * the connection, -1 to close it. */
+static int hs_handle(int fd, const char *path, const char *head, const char *body)
 {
     cJSON *m = cJSON_Parse(body);
     const cJSON *method = cJSON_GetObjectItemCaseSensitive(m, "method");
@@ -552,7 +555,31 @@ static int hs_handle(int fd, const char *path, const char *body)
     long id = cJSON_IsNumber(idj) ? (long)idj->valuedouble : 0;
     char out[1024];
     int rc = 0;
-    if (!strncmp(path, "/mcp", 4)) {
+    if (!strcmp(path, "/mcp-404")) {
+        /* Session g0 dies while calls are in flight: each of them gets a
+         * 404 after 150 ms (all sent before the first 404 comes back);
+         * later sessions serve. */
+        if (!strcmp(meth, "initialize")) {
+            int n = atomic_fetch_add(&hs_404_inits, 1);
+            char hdr[64];
+            snprintf(hdr, sizeof hdr, "Mcp-Session-Id: g%d\r\n", n);
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"protocolVersion\":"
+                     "\"2025-06-18\",\"capabilities\":{}}}", id);
+            hs_reply(fd, 200, hdr, out);
+        } else if (!strcmp(meth, "tools/call")) {
+            atomic_fetch_add(&hs_404_calls, 1);
+            if (strcasestr(head, "Mcp-Session-Id: g0\r\n")) {
+                usleep(150000);
+                hs_reply(fd, 404, "", "{\"error\":\"session not found\"}");
+            } else {
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"content\":"
+                         "[{\"type\":\"text\",\"text\":\"again\"}]}}", id);
+                hs_reply(fd, 200, "", out);
+            }
+        } else {
+            hs_send(fd, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+        }
+    } else if (!strncmp(path, "/mcp", 4)) {
         int hang_notify = strstr(path, "notify-hang") != NULL;
         if (!strcmp(meth, "initialize")) {
             int n = atomic_fetch_add(&hs_inits, 1);
@@ -600,6 +627,15 @@ static int hs_handle(int fd, const char *path, const char *body)
         } else {
             hs_reply(fd, 400, "", "{}");
         }
+    } else if (!strcmp(path, "/a2a-badid") || !strcmp(path, "/a2a-noid")) {
+        /* a completed task, but under another id (or none) */
+        char idf[64] = "";
+        if (!strcmp(path, "/a2a-badid"))
+            snprintf(idf, sizeof idf, "\"id\":%ld,", id + 1000);
+        snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",%s\"result\":{\"kind\":\"task\",\"id\":\"t1\","
+                 "\"status\":{\"state\":\"completed\"},\"artifacts\":[{\"parts\":[{\"kind\":\"text\","
+                 "\"text\":\"someone else's\"}]}]}}", idf);
+        hs_reply(fd, 200, "", out);
     } else if (!strncmp(path, "/a2a-", 5)) {
         const char *state = path + 5;
         snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":null,\"result\":{\"kind\":\"task\",\"id\":\"t1\","
@@ -640,10 +676,12 @@ static void *hs_conn(void *ud)
         char path[128] = "";
         sscanf(buf, "%*s %127s", path);
         char *body = strndup(buf + head, clen);
+        char *hdrs = strndup(buf, head);
         memmove(buf, buf + head + clen, len - head - clen);
         len -= head + clen;
-        int rc = hs_handle(fd, path, body ? body : "");
+        int rc = hs_handle(fd, path, hdrs ? hdrs : "", body ? body : "");
         free(body);
+        free(hdrs);
         if (rc)
             break;
     }
@@ -685,11 +723,13 @@ static int hs_start(void)
 }
 
 /* Feedback of the calls of one executor group, by id. */
-#define FB_MAX 16
+#define FB_MAX 64
 struct fbs {
     struct event_base *base;
     int  n, expect;
     struct { char id[16]; enum fb_status st; int attempts; int64_t ms; char err[256]; char res[256]; } f[FB_MAX];
+    struct exec_group *cancel_g;     /* on the first feedback of one of `pair`, cancel the other */
+    const char        *pair[2];
 };
 
 static void fbs_cb(void *ud, const struct exec_feedback *fb)
@@ -707,6 +747,13 @@ static void fbs_cb(void *ud, const struct exec_feedback *fb)
     }
     if (++s->n >= s->expect)
         event_base_loopbreak(s->base);
+    for (int k = 0; s->cancel_g && k < 2; k++) {
+        if (!strcmp(fb->id, s->pair[k])) {
+            struct exec_group *g = s->cancel_g;
+            s->cancel_g = NULL;
+            exec_group_cancel(g, s->pair[1 - k], "cancelled from a feedback callback");
+        }
+    }
 }
 
 static int fbs_find(const struct fbs *s, const char *id)
@@ -759,7 +806,11 @@ static const char *hs_pool =
     "{\"name\":\"a2ainput\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-input-required\",\"retries\":0},"
     "{\"name\":\"a2aok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-completed\",\"retries\":0},"
     "{\"name\":\"sse\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-open\","
-    "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0}]}";
+    "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"a2abadid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-badid\",\"retries\":0},"
+    "{\"name\":\"a2anoid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-noid\",\"retries\":0},"
+    "{\"name\":\"mcp404\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-404\","
+    "\"timeout_ms\":2000,\"retries\":0,\"breaker_failures\":0}]}";
 
 static void test_hostile_mcp_http_a2a(void)
 {
@@ -769,7 +820,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[4096];
     int p = hs_port;
-    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p);
+    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
@@ -832,6 +883,36 @@ static void test_hostile_mcp_http_a2a(void)
         CHECK_MSG(i >= 0 && s.f[i].st == a2a[k].st && strstr(text, a2a[k].has), "%s: %s %s", a2a[k].id,
                   i >= 0 ? fb_status_str(s.f[i].st) : "-", text);
     }
+    /* A JSON-RPC reply is the call's only under the call's id: another id,
+     * or none on a result, is a parse_error (was taken as the result). */
+    hs_call(g, &s, "abad", "a2abadid", "{\"input\":\"x\"}");
+    hs_call(g, &s, "anoid", "a2anoid", "{\"input\":\"x\"}");
+    hs_run(&s);
+    i = fbs_find(&s, "abad");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_PARSE_ERROR && strstr(s.f[i].err, "id"), "abad: %s %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "", i >= 0 ? s.f[i].res : "");
+    i = fbs_find(&s, "anoid");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_PARSE_ERROR && strstr(s.f[i].err, "id"), "anoid: %s %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "", i >= 0 ? s.f[i].res : "");
+
+    /* The server drops session g0 while three calls are in flight on it:
+     * each gets a 404, and each is sent once more on the new session (with
+     * retries 0: the adapter's own resend, within the call's timeout). */
+    hs_call(g, &s, "g1", "mcp404", "{}");
+    hs_call(g, &s, "g2", "mcp404", "{}");
+    hs_call(g, &s, "g3", "mcp404", "{}");
+    hs_run(&s);
+    for (int k = 1; k <= 3; k++) {
+        char gid[8];
+        snprintf(gid, sizeof gid, "g%d", k);
+        i = fbs_find(&s, gid);
+        CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"again\"") && s.f[i].attempts == 1,
+                  "%s: %s attempts %d: %s", gid, i >= 0 ? fb_status_str(s.f[i].st) : "-",
+                  i >= 0 ? s.f[i].attempts : 0, i >= 0 ? s.f[i].err : "");
+    }
+    CHECK_MSG(atomic_load(&hs_404_inits) == 2 && atomic_load(&hs_404_calls) == 6,
+              "%d sessions, %d tools/call requests (want 2 and 6)", atomic_load(&hs_404_inits),
+              atomic_load(&hs_404_calls));
 
     /* An SSE stream that carries the response and stays open: the call ends
      * with the response, not at its timeout; on both HTTP paths. */
@@ -939,6 +1020,298 @@ static void test_hostile_mcp_stdio(void)
     registry_free(reg);
 }
 
+/* ---- mcp-stdio processes that misbehave: scripted in sh ------------------- */
+
+/* sh functions for the scripts below: `rid` prints the JSON-RPC id of the
+ * line in $l; `serve` answers initialize, then every tools/call with
+ * {"text": $1}. */
+#define SH_PRELUDE                                                                   \
+    "rid() { printf %s \"$l\" | sed 's/^[^,]*,\"id\":\\([0-9]*\\),.*/\\1/'; }\n"      \
+    "serve() { read -r l; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":{\"protocolVersion\":"   \
+    "\"2025-06-18\",\"capabilities\":{}}}\\n' \"$(rid)\";\n"                           \
+    "  while read -r l; do case \"$l\" in *'\"tools/call\"'*) printf '{\"jsonrpc\":\"2.0\",\"id\":%s,"  \
+    "\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}}\\n' \"$(rid)\" \"$1\";; esac; done; }\n"
+
+/* A one-agent mcp-stdio pool running `script` (after SH_PRELUDE) in sh. */
+static struct registry *stdio_reg(const char *name, const char *script, int timeout_ms, int retries)
+{
+    cJSON *root = cJSON_CreateObject();
+    cJSON *a = cJSON_CreateObject();
+    cJSON_AddItemToArray(cJSON_AddArrayToObject(root, "agents"), a);
+    cJSON_AddStringToObject(a, "name", name);
+    cJSON_AddStringToObject(a, "kind", "mcp-stdio");
+    cJSON_AddNumberToObject(a, "timeout_ms", timeout_ms);
+    cJSON_AddNumberToObject(a, "retries", retries);
+    cJSON_AddNumberToObject(a, "backoff_ms", 1);
+    cJSON_AddNumberToObject(a, "breaker_failures", 0);
+    cJSON_AddNumberToObject(a, "max_concurrency", 64);
+    char *full = malloc(strlen(SH_PRELUDE) + strlen(script) + 1);
+    cJSON *cmd = cJSON_AddArrayToObject(a, "command");
+    if (full) {
+        strcpy(full, SH_PRELUDE);
+        strcat(full, script);
+        cJSON_AddItemToArray(cmd, cJSON_CreateString("sh"));
+        cJSON_AddItemToArray(cmd, cJSON_CreateString("-c"));
+        cJSON_AddItemToArray(cmd, cJSON_CreateString(full));
+    }
+    free(full);
+    char *text = cJSON_PrintUnformatted(root);
+    cJSON_Delete(root);
+    struct registry *reg = NULL;
+    CHECK_MSG(text && registry_load_json(text, "pool", &reg) == PS_OK, "%s", ps_error_last());
+    free(text);
+    return reg;
+}
+
+static int count_lines(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    int n = 0, ch;
+    while (f && (ch = fgetc(f)) != EOF)
+        n += ch == '\n';
+    if (f)
+        fclose(f);
+    return n;
+}
+
+/* 1: a process that never answers initialize is stopped when initialize
+ * times out, and the next call starts a fresh one; starts are rate-limited
+ * (a call while a start is held back fails fast, retryably); a tool that
+ * exits at once is not restarted for every call. */
+static void test_mcp_stdio_restart(void)
+{
+    char dir[] = "/tmp/ps-orch-XXXXXX";
+    CHECK(mkdtemp(dir) != NULL);
+    char script[512];
+    snprintf(script, sizeof script,
+             "if [ -e %s/started ]; then serve fresh; else : > %s/started; exec sleep 30; fi", dir, dir);
+    struct registry *reg = stdio_reg("stuck", script, 300, 2);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    int64_t t0 = orch_now_ns();
+
+    hs_call(g, &s, "r1", "stuck", "{}");
+    hs_run(&s);
+    int i = fbs_find(&s, "r1");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_TIMEOUT, "r1: %s %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
+              i >= 0 ? s.f[i].err : "");
+    /* Within a second of the last start: held back, every attempt at once. */
+    hs_call(g, &s, "r2", "stuck", "{}");
+    hs_run(&s);
+    i = fbs_find(&s, "r2");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 3 && s.f[i].ms < 200 &&
+              strstr(s.f[i].err, "restart"), "r2: %s attempts %d in %lld ms: %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].attempts : 0,
+              i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].err : "");
+    int waited = (int)((orch_now_ns() - t0) / 1000000);
+    if (waited < 1100)
+        loop_for_ms(base, 1100 - waited);
+    hs_call(g, &s, "r3", "stuck", "{}");
+    hs_run(&s);
+    i = fbs_find(&s, "r3");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"fresh\""), "r3: %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+    loop_for_ms(base, 150);   /* the stuck process: SIGTERM, reaped by the loop */
+    CHECK_MSG(count_children() == 1, "%d child processes (want: the fresh one)", count_children());
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    registry_free(reg);
+
+    /* A tool that exits at once, called back to back for 1.5 s: started at
+     * 0 s, then not before 1 s (then 3 s); was one process per call. */
+    snprintf(script, sizeof script, "echo x >> %s/crashes; exit 1", dir);
+    reg = stdio_reg("crash", script, 1000, 0);
+    ex = exec_create(base, reg, &ec);
+    struct fbs s2 = { .base = base };
+    g = exec_group_create(ex, fbs_cb, &s2);
+    t0 = orch_now_ns();
+    int calls = 0, held = 0;
+    while (orch_now_ns() - t0 < 1500000000LL) {
+        char id[16];
+        snprintf(id, sizeof id, "k%d", calls++);
+        hs_call(g, &s2, id, "crash", "{}");
+        hs_run(&s2);
+        i = fbs_find(&s2, id);
+        held += i >= 0 && s2.f[i].st == FB_EXEC_ERROR && strstr(s2.f[i].err, "restart");
+        loop_for_ms(base, 10);
+    }
+    char path[300];
+    snprintf(path, sizeof path, "%s/crashes", dir);
+    int starts = count_lines(path);
+    CHECK_MSG(starts == 2, "%d processes started for %d calls in 1.5 s (want 2)", starts, calls);
+    CHECK_MSG(s2.n == calls && s2.f[0].st == FB_EXEC_ERROR && held > 0, "%d feedback for %d calls, %d held back",
+              s2.n, calls, held);
+    printf("mcp-stdio crash loop: %d starts for %d calls in 1.5 s (%d held back)\n", starts, calls, held);
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    CHECK_MSG(count_children() == 0, "%d child processes left after exec_destroy", count_children());
+    registry_free(reg);
+    event_base_free(base);
+    unlink(path);
+    snprintf(path, sizeof path, "%s/started", dir);
+    unlink(path);
+    rmdir(dir);
+}
+
+/* Calls failed together (a refused initialize) whose feedback callback
+ * cancels another of them: the session's lists must stay sound (the
+ * cancelled op was freed while still on a private copy of the list). */
+static void test_mcp_stdio_cancel_in_callback(void)
+{
+    struct registry *reg = stdio_reg("refuse", "read -r l; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":"
+                                     "{\"code\":-1,\"message\":\"no\"}}\\n' \"$(rid)\"; exec sleep 30", 2000, 0);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base, .pair = { "x1", "x2" } };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    s.cancel_g = g;
+    hs_call(g, &s, "x1", "refuse", "{}");
+    hs_call(g, &s, "x2", "refuse", "{}");
+    hs_call(g, &s, "x3", "refuse", "{}");
+    hs_run(&s);
+    int cancelled = 0, refused = 0;
+    for (int k = 0; k < s.n; k++) {
+        cancelled += s.f[k].st == FB_CANCELLED;
+        refused += s.f[k].st == FB_EXEC_ERROR && strstr(s.f[k].err, "mcp initialize failed") != NULL;
+    }
+    CHECK_MSG(s.n == 3 && cancelled == 1 && refused == 2, "%d feedback: %d cancelled, %d refused", s.n, cancelled, refused);
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
+/* 2: a process that answers initialize and then never reads its stdin:
+ * what is queued to it stays bounded; calls beyond the bound fail at once
+ * (exec_error naming the reason), the ones written time out. */
+static void test_mcp_stdio_backpressure(void)
+{
+    struct registry *reg = stdio_reg("deaf", "read -r l; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
+                                     "{\"capabilities\":{}}}\\n' \"$(rid)\"; exec sleep 30", 1000, 0);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    size_t big = 1u << 20;
+    char *pad = malloc(big + 1);
+    CHECK(pad != NULL);
+    if (!pad)
+        return;
+    memset(pad, 'x', big);
+    pad[big] = 0;
+    int n = 0;
+    for (int round = 0; round < 2; round++) {
+        /* round 0: 24 calls waiting on initialize, then written at once
+         * (15 fit); round 1: three more on the ready session, whose buffer
+         * is still full (bar the 64 KiB the pipe took). */
+        for (int k = 0; k < (round ? 3 : 24); k++, n++) {
+            cJSON *c = cJSON_CreateObject();
+            char id[16];
+            snprintf(id, sizeof id, "d%d", n);
+            cJSON_AddStringToObject(c, "id", id);
+            cJSON_AddStringToObject(c, "to", "deaf");
+            cJSON_AddStringToObject(cJSON_AddObjectToObject(c, "args"), "pad", pad);
+            CHECK(exec_group_submit(g, c) == PS_OK);
+            cJSON_Delete(c);
+            s.expect++;
+        }
+        hs_run(&s);
+    }
+    free(pad);
+    int refused = 0, timed_out = 0, slow_refusal = 0;
+    for (int k = 0; k < s.n; k++) {
+        if (s.f[k].st == FB_EXEC_ERROR && strstr(s.f[k].err, "not reading its input")) {
+            refused++;
+            slow_refusal += s.f[k].ms > 300;
+        }
+        timed_out += s.f[k].st == FB_TIMEOUT;
+    }
+    CHECK_MSG(s.n == 27 && refused >= 8 && timed_out >= 8 && refused + timed_out == 27 && !slow_refusal,
+              "%d feedback: %d refused (%d slowly), %d timed out", s.n, refused, slow_refusal, timed_out);
+    printf("mcp-stdio deaf agent: 27 x 1 MiB calls: %d written (timed out), %d refused\n", timed_out, refused);
+    int late_refused = 0;
+    for (int k = 24; k < 27; k++) {
+        char id[16];
+        snprintf(id, sizeof id, "d%d", k);
+        int i = fbs_find(&s, id);
+        late_refused += i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].ms < 100;
+    }
+    CHECK_MSG(late_refused >= 1, "none of 3 calls on the full ready session refused at once");
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
+/* 3: a process that floods its stderr: paraserve's stderr gets its lines
+ * prefixed with the agent's name, cut at 1 KiB, control bytes replaced,
+ * rate-limited with a "suppressed" note; the process is never blocked on a
+ * full pipe (its call still answers at once). */
+static void test_mcp_stdio_stderr(void)
+{
+    struct registry *reg = stdio_reg("flood",
+        "head -c 5000 /dev/zero | tr '\\0' L >&2; echo >&2; printf 'esc \\033[31m red\\n' >&2; "
+        "yes 'flood line' | head -n 200000 >&2; serve quiet", 5000, 0);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    char path[] = "/tmp/ps-orch-stderr-XXXXXX";
+    int fd = mkstemp(path);
+    CHECK(fd >= 0);
+    if (fd < 0)
+        return;
+    fflush(stderr);
+    int saved = dup(2);
+    dup2(fd, 2);
+    close(fd);
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    hs_call(g, &s, "f1", "flood", "{}");
+    hs_run(&s);
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    fflush(stderr);
+    dup2(saved, 2);
+    close(saved);
+
+    int i = fbs_find(&s, "f1");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"quiet\""), "f1: %s in %lld ms: %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].err : "");
+    FILE *f = fopen(path, "r");
+    char line[4096];
+    int lines = 0, unprefixed = 0, floods = 0, notes = 0, cut = 0, ctl = 0;
+    size_t total = 0, longest = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        size_t n = strlen(line);
+        total += n;
+        lines++;
+        longest = n > longest ? n : longest;
+        if (strncmp(line, "[agent flood] ", 14)) {
+            unprefixed++;
+            continue;
+        }
+        floods += !strcmp(line + 14, "flood line\n");
+        notes += strstr(line, "suppressed") != NULL;
+        cut += !strncmp(line + 14, "LLLL", 4) && strstr(line, "truncated") != NULL;
+        ctl += strchr(line, '\033') != NULL;
+    }
+    if (f)
+        fclose(f);
+    unlink(path);
+    CHECK_MSG(unprefixed == 0 && floods >= 1 && notes >= 1 && cut == 1 && !ctl && longest <= 1024 + 64 &&
+              lines <= 120, "stderr: %d lines (%d unprefixed, %d floods, %d notes, %d cut, %d with ESC), "
+              "%zu bytes, longest %zu", lines, unprefixed, floods, notes, cut, ctl, total, longest);
+    printf("mcp-stdio stderr flood: 200,002 lines -> %d lines forwarded (%zu bytes); call in %lld ms\n",
+           lines, total, i >= 0 ? (long long)s.f[i].ms : -1LL);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_registry_errors();
@@ -952,5 +1325,9 @@ int main(void)
     test_many_tasks();
     test_hostile_mcp_http_a2a();
     test_hostile_mcp_stdio();
+    test_mcp_stdio_restart();
+    test_mcp_stdio_cancel_in_callback();
+    test_mcp_stdio_backpressure();
+    test_mcp_stdio_stderr();
     TEST_DONE();
 }
