@@ -86,6 +86,19 @@ void mcp_reap_all(struct exec *ex);
 cJSON         *mcp_reply_parse(const char *body, size_t len, long id);
 enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t errlen);
 
+/* Incremental search of a growing text/event-stream body for the response
+ * with id `id`: call mcp_sse_scan with the whole body so far (the same
+ * bytes as before, plus more) after each read; it returns 1 once a complete
+ * event holds the response.  Each event is searched once and each byte
+ * scanned for blank lines about once, so a stream of any length costs
+ * linear time.  `searched` counts the bytes handed to mcp_reply_parse. */
+struct mcp_sse_scan {
+    size_t peeked;     /* bytes in complete events already searched */
+    size_t scanned;    /* bytes already scanned for a blank line */
+    size_t searched;   /* total bytes searched (tests) */
+};
+int mcp_sse_scan(struct mcp_sse_scan *st, const char *body, size_t len, long id);
+
 /* Shared adapter op: one per attempt. */
 struct adapter_op {
     struct exec       *ex;
@@ -104,6 +117,7 @@ struct adapter_op {
     unsigned           mcp_gen;       /* mcp-http: session generation it was sent on */
     int                mcp_sid;       /* mcp-http: sent with an Mcp-Session-Id */
     int                mcp_resent;    /* mcp-http: already sent again after a 404 */
+    struct mcp_sse_scan mcp_sse;      /* mcp-http: the reply's SSE search so far */
     enum fb_status     b_status;      /* builtin / adapter_fail_later outcome */
     int                b_retryable;
     cJSON             *b_result;

@@ -359,6 +359,28 @@ static void http_call_done(void *ud, const struct httpc_response *resp)
     cJSON_Delete(m);
 }
 
+int mcp_sse_scan(struct mcp_sse_scan *st, const char *body, size_t len, long id)
+{
+    /* just past the last blank line among the bytes not scanned before
+     * (a blank line's 3 bytes may straddle the previous scan's end) */
+    size_t from = st->scanned > st->peeked + 3 ? st->scanned - 3 : st->peeked, end = 0;
+    for (size_t k = len; k > from + 1 && k >= 2; k--) {
+        if (body[k - 1] == '\n' && (body[k - 2] == '\n' || (k >= 3 && body[k - 2] == '\r' && body[k - 3] == '\n'))) {
+            end = k;
+            break;
+        }
+    }
+    if (len > st->scanned)
+        st->scanned = len;
+    if (end <= st->peeked)
+        return 0;
+    cJSON *m = mcp_reply_parse(body + st->peeked, end - st->peeked, id);
+    st->searched += end - st->peeked;
+    st->peeked = end;
+    cJSON_Delete(m);
+    return m != NULL;
+}
+
 /* An SSE reply that already holds the call's response ends the request:
  * a server may keep the stream open after it (pings, notifications), and
  * the call would otherwise run into its timeout with the answer in hand.
@@ -371,9 +393,7 @@ static int http_call_peek(void *ud, const char *body, size_t len)
         i++;
     if (i == len || body[i] == '{' || body[i] == '[')
         return 0;
-    cJSON *m = mcp_reply_parse(body, len, op->rpc_id);
-    cJSON_Delete(m);
-    return m != NULL;
+    return mcp_sse_scan(&op->mcp_sse, body, len, op->rpc_id);
 }
 
 static int http_send_call(struct mcp_session *s, struct adapter_op *op)
@@ -389,6 +409,7 @@ static int http_send_call(struct mcp_session *s, struct adapter_op *op)
     free(text);
     if (!op->req)
         return PS_EIO;
+    op->mcp_sse = (struct mcp_sse_scan){ 0 };   /* a new request (a resend after a 404 too) */
     httpc_set_peek(op->req, http_call_peek);
     op->mcp_sent = 1;
     op->mcp_gen = s->sess_gen;

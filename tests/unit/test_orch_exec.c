@@ -464,6 +464,43 @@ static void test_many_tasks(void)
     ctx_close(&c);
 }
 
+/* mcp_sse_scan over a body that grows one read at a time: every event is
+ * searched once (linear, whatever the stream's length), a response split
+ * across reads or behind CRLF blank lines is found once complete. */
+static void test_mcp_sse_scan(void)
+{
+    enum { N = 20000 };
+    const char *note = "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n";
+    const char *resp = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":7,\"result\":{}}\r\n\r\n";
+    size_t nl = strlen(note), rl = strlen(resp), cap = N * nl + rl + 1;
+    char *body = malloc(cap);
+    CHECK(body != NULL);
+    if (!body)
+        return;
+    struct mcp_sse_scan st = { 0 };
+    size_t len = 0;
+    int found = 0;
+    for (int k = 0; k < N; k++) {
+        memcpy(body + len, note, nl);
+        len += nl;
+        found |= mcp_sse_scan(&st, body, len, 7);
+    }
+    CHECK(!found);
+    CHECK_MSG(st.searched == len, "searched %zu bytes of a %zu-byte stream read %d times", st.searched, len, N);
+    /* the response in two reads, cut inside its CRLF blank line */
+    memcpy(body + len, resp, rl - 2);
+    len += rl - 2;
+    CHECK(!mcp_sse_scan(&st, body, len, 7));
+    memcpy(body + len, resp + rl - 2, 2);
+    len += 2;
+    CHECK(mcp_sse_scan(&st, body, len, 7));
+    CHECK_MSG(st.searched <= len, "searched %zu of %zu bytes", st.searched, len);
+    /* another id's response is not ours */
+    struct mcp_sse_scan st2 = { 0 };
+    CHECK(!mcp_sse_scan(&st2, resp, rl, 8));
+    free(body);
+}
+
 /* MCP replies (mcp_reply_parse / mcp_reply_result), JSON and SSE. */
 static void test_mcp_reply(void)
 {
@@ -606,7 +643,27 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
             }
         } else if (!strcmp(meth, "tools/call")) {
             const cJSON *args = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "arguments");
-            if (strstr(path, "sse-open")) {
+            if (strstr(path, "sse-flood")) {
+                /* 12 MB of progress events in paced writes, then the
+                 * response, on a stream that stays open: the call must end
+                 * with it (mcp_sse_scan's cost is checked in test_mcp_reply) */
+                hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
+                char ev[1100];
+                int n = snprintf(ev, sizeof ev, "data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\","
+                                 "\"params\":{\"message\":\"");
+                memset(ev + n, 'x', 1000);
+                snprintf(ev + n + 1000, sizeof ev - (size_t)n - 1000, "\"}}\n\n");
+                for (int k = 0; k < 12000; k++) {
+                    hs_send(fd, ev);
+                    if (k % 20 == 19)
+                        usleep(200);   /* paced: the client reads (and searches) ~600 times */
+                }
+                snprintf(out, sizeof out, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":"
+                         "{\"content\":[{\"type\":\"text\",\"text\":\"after the flood\"}]}}\n\n", id);
+                hs_send(fd, out);
+                hs_hang(fd);
+                rc = -1;
+            } else if (strstr(path, "sse-open")) {
                 /* the response inside an SSE stream that stays open */
                 hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n"
                             ": keepalive\n\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}\n\n");
@@ -807,6 +864,8 @@ static const char *hs_pool =
     "{\"name\":\"a2aok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-completed\",\"retries\":0},"
     "{\"name\":\"sse\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-open\","
     "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"sseflood\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-flood\","
+    "\"timeout_ms\":20000,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"a2abadid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-badid\",\"retries\":0},"
     "{\"name\":\"a2anoid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-noid\",\"retries\":0},"
     "{\"name\":\"mcp404\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-404\","
@@ -820,7 +879,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[4096];
     int p = hs_port;
-    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p);
+    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
@@ -932,6 +991,14 @@ static void test_hostile_mcp_http_a2a(void)
         CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"streamed\"") && s.f[i].ms < 1000,
                   "%s: %s in %lld ms: %s %s", id, i >= 0 ? fb_status_str(s.f[i].st) : "-",
                   i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
+        const char *fid = curl ? "flood_curl" : "flood_fast";
+        hs_call(g, &s, fid, "sseflood", "{}");
+        hs_run(&s);
+        i = fbs_find(&s, fid);
+        CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"after the flood\"") && s.f[i].ms < 4000,
+                  "%s: %s in %lld ms: %s %s", fid, i >= 0 ? fb_status_str(s.f[i].st) : "-",
+                  i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
+        printf("  %s: 12 MB of SSE events before the response: %lld ms\n", fid, i >= 0 ? (long long)s.f[i].ms : -1LL);
     }
     struct exec_stats st2;
     exec_get_stats(ex, &st2);
@@ -1323,6 +1390,7 @@ int main(void)
     test_cancel();
     test_event_numbers();
     test_many_tasks();
+    test_mcp_sse_scan();
     test_hostile_mcp_http_a2a();
     test_hostile_mcp_stdio();
     test_mcp_stdio_restart();
