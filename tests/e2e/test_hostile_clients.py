@@ -46,6 +46,13 @@ def raw(srv, data, timeout=10):
         s.close()
 
 
+def rss_kb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+
+
 def split_reply(got):
     head, _, body = got.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
@@ -82,15 +89,8 @@ def test_requests_libevent_refuses_get_openai_json_errors(srv, request_bytes, st
 
 
 def test_endless_headers_are_refused_with_bounded_memory(srv):
-    pid = srv.proc.pid
 
-    def rss_kb():
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
-
-    before = rss_kb()
+    before = rss_kb(srv.proc.pid)
     s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
     s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
     line = b"X-Pad: " + b"a" * 8000 + b"\r\n"
@@ -111,7 +111,7 @@ def test_endless_headers_are_refused_with_bounded_memory(srv):
     except (ConnectionResetError, socket.timeout):
         pass
     s.close()
-    grown = rss_kb() - before
+    grown = rss_kb(srv.proc.pid) - before
     assert grown < 16 << 10, f"RSS grew {grown} KiB after {sent} bytes of headers"
     assert sent < 64 << 20, "the server read 64 MiB of headers without refusing them"
     if got:   # the refusal may be lost to the reset of a connection still being written to
@@ -159,13 +159,6 @@ def test_head_on_post_route_is_405_without_body(srv):
 def test_rejected_tools_requests_do_not_leak(srv, paraserve_bin):
     # a request whose tools were prepared (grammar, system prompt) and that
     # then fails validation must free the tools' system prompt
-    pid = srv.proc.pid
-
-    def rss_kb():
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1])
 
     body = json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": -1,
                        "tools": [{"type": "function", "function": {
@@ -178,10 +171,10 @@ def test_rejected_tools_requests_do_not_leak(srv, paraserve_bin):
             assert r.status_code == 400 and r.json()["error"]["param"] == "max_tokens", r.text
         for _ in range(3):
             once()
-        before = rss_kb()
+        before = rss_kb(srv.proc.pid)
         for _ in range(30):
             once()
-        grown = rss_kb() - before
+        grown = rss_kb(srv.proc.pid) - before
     if not sanitized(paraserve_bin):
         assert grown < 4 << 10, f"RSS grew {grown} KiB over 30 rejected 400 KB tools requests"
 
