@@ -49,6 +49,9 @@ static const struct opt_desc opts[] = {
       "request body limit; larger bodies get 413 (default 1048576)" },
     { "shutdown_grace_ms", 0, OPT_INT, OFF(shutdown_grace_ms), 0, 0, 3600000,
       "on SIGTERM/SIGINT, let in-flight requests finish this long, then cancel (default 5000)" },
+    { "sse_heartbeat_ms", 0, OPT_INT, OFF(sse_heartbeat_ms), 0, 0, 3600000,
+      "task event streams (SSE) get a ': keep-alive' comment this often, so proxies do not cut a stream "
+      "that waits on slow agents; 0 = off (default 15000)" },
     { "prefix_cache", 0, OPT_BOOL, OFF(prefix_cache), 0, 0, 1, "reuse KV blocks of shared prompt prefixes (default true)" },
     { "device_sampling", 0, OPT_BOOL, OFF(device_sampling), 0, 0, 1,
       "sample (and apply grammar masks) on the GPU when the backend can; false: logits to the host sampler (default true)" },
@@ -75,6 +78,7 @@ void server_config_defaults(struct server_config *c)
     c->ctx = 2048;
     c->max_body_bytes = 1 << 20;
     c->shutdown_grace_ms = 5000;
+    c->sse_heartbeat_ms = 15000;
     c->prefix_cache = true;
     c->device_sampling = true;
 }

@@ -43,6 +43,7 @@ struct server_config {
     int32_t ctx;                /* per-sequence context, default 2048           */
     int32_t max_body_bytes;     /* request body limit (413 above), default 1 MiB */
     int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
+    int32_t sse_heartbeat_ms;   /* task event streams: a comment line this often (0: off) */
     bool    prefix_cache;       /* default true                                 */
     bool    device_sampling;    /* sample on the device when the backend can, default true */
     char    kv_type[8];         /* KV cache element type: "f16" (default), "q8", "f32" (CPU backend only) */

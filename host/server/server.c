@@ -1052,7 +1052,8 @@ int server_run(const struct server_config *cfg)
     struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .vocab = srv->gvocab,
                                    .tok = tok, .n_ctx = n_ctx, .m = &srv->m,
                                    .agents_path = cfg->agents, .local_url = local_url,
-                                   .max_body_bytes = cfg->max_body_bytes, .flushing = &srv->flushing,
+                                   .max_body_bytes = cfg->max_body_bytes, .sse_heartbeat_ms = cfg->sse_heartbeat_ms,
+                                   .flushing = &srv->flushing,
                                    .drained = on_tasks_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))
         goto done;

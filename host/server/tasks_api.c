@@ -83,6 +83,7 @@ struct tasks_api {
     bool                    stopped;
     struct decision        *decisions;
     struct waiter          *waiters;
+    struct event           *heartbeat;       /* sse_heartbeat_ms timer (NULL: off) */
     bool                    draining;
     /* The decision text decider_over_context last tokenized, with its ids
      * (no BOS): decider_start, which follows it on the same loop turn,
@@ -288,6 +289,25 @@ static void on_task_event(void *ud, struct orch_task *t, const struct orch_event
     if (!strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error")) {
         w->terminal = true;
         event_active(w->finish, 0, 0);   /* never end the reply inside emit() */
+    }
+}
+
+/* Every sse_heartbeat_ms: a comment line (ignored by SSE clients) on each
+ * open event stream, so that a proxy's idle timeout (often 60 s) does not
+ * cut a stream whose task waits on slow agents or decisions. */
+static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
+{
+    struct tasks_api *api = arg;
+    (void)fd;
+    (void)what;
+    for (struct waiter *w = api->waiters; w; w = w->next) {
+        if (!w->stream || w->terminal || !w->headers_sent || !w->req)
+            continue;
+        struct evbuffer *b = evbuffer_new();
+        if (b && !evbuffer_add(b, ": keep-alive\n\n", 14))
+            evhttp_send_reply_chunk(w->req, b);
+        if (b)
+            evbuffer_free(b);
     }
 }
 
@@ -916,6 +936,14 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     }
     struct orch_decider dec = { decider_start, decider_cancel, api, decider_over_context };
     orch_set_decider(api->orch, &dec);
+    if (cfg->sse_heartbeat_ms > 0) {
+        const struct timeval tv = { cfg->sse_heartbeat_ms / 1000, (cfg->sse_heartbeat_ms % 1000) * 1000 };
+        if (!(api->heartbeat = event_new(cfg->base, -1, EV_PERSIST, on_heartbeat, api)) ||
+            event_add(api->heartbeat, &tv)) {
+            rc = ps_error_set(PS_ENOMEM, "out of memory");
+            goto fail;
+        }
+    }
     *out = api;
     return PS_OK;
 fail:
@@ -928,6 +956,9 @@ void tasks_api_stop(struct tasks_api *api)
     if (!api || api->stopped)
         return;
     api->stopped = true;
+    if (api->heartbeat)
+        event_free(api->heartbeat);
+    api->heartbeat = NULL;
     while (api->waiters) {        /* normally none: evhttp_free closed them */
         struct waiter *w = api->waiters;
         w->req = NULL;

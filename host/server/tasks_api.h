@@ -77,6 +77,7 @@ struct tasks_api_config {
                                          when present, else an empty pool */
     const char          *local_url;   /* chat-completions URL of this server (kind local) */
     int                  max_body_bytes;
+    int                  sse_heartbeat_ms; /* event streams: ': keep-alive' this often (0: off) */
     /* Shutdown accounting shared with the server: every waiting request
      * counts in m->in_flight until its reply ends, and its final reply in
      * *flushing until libevent has written it; drained(drained_ud) is called

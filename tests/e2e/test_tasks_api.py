@@ -488,3 +488,25 @@ def test_plain_request_client_leaves_task_runs_on(srv):
     assert server_fixtures.wait_for(
         lambda: srv.metrics().get("paraserve_client_disconnects_total", 0) >= before + 1, timeout=5)
     assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
+
+
+def test_event_streams_carry_keepalive_comments_while_a_task_waits(start_server, mock_port, tmp_path):  # noqa: F811
+    # A proxy in front cuts a stream that stays silent past its idle timeout;
+    # with sse_heartbeat_ms the server writes comment lines (which SSE
+    # clients ignore) while the task waits on a slow call.
+    pool = tmp_path / "agents.json"
+    pool.write_text(json.dumps({"agents": [
+        {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{mock_port}/",
+         "description": "Mock agent.", "input_schema": {"type": "object"}, "timeout_ms": 10000}]}))
+    s = start_server("--agents", str(pool), "--kv-blocks", 64, "--sse-heartbeat-ms", 100)
+    body = {"input": "wait", "stream": True, "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 1000}}]},
+        {"final": {"answer": "{{a.ok}}", "uses": ["a"]}}]}
+    with httpx.stream("POST", s.url + "/v1/tasks", json=body, timeout=30) as r:
+        lines = list(r.iter_lines())
+    pings = [i for i, line in enumerate(lines) if line == ": keep-alive"]
+    assert len(pings) >= 5, lines
+    assert all(lines[i + 1] == "" for i in pings), lines   # each comment is its own SSE block
+    ev = sse_events(lines)
+    assert [e["event"] for e in ev][-1] == "task.final" and ev[-1]["data"]["output"] == "true", ev
+    assert [e["id"] for e in ev] == list(range(1, len(ev) + 1))
