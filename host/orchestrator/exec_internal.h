@@ -113,6 +113,7 @@ struct adapter_op {
     char              *call_id;
     long               rpc_id;        /* MCP or A2A JSON-RPC id */
     int                mcp_sent;      /* request written to the agent */
+    int64_t            mcp_t0;        /* mcp: when the attempt started (orch_now_ns) */
     struct adapter_op *mcp_prev, *mcp_next;  /* session's waiting/in-flight list */
     unsigned           mcp_gen;       /* mcp-http: session generation it was sent on */
     int                mcp_sid;       /* mcp-http: sent with an Mcp-Session-Id */

@@ -15,7 +15,9 @@
  * request.  A 404 to a request that carried it means the server ended the
  * session: the session goes back to NONE (once per session: `sess_gen`) and
  * every call that got that 404 is sent again, once, on the next session,
- * within its own attempt (and timeout).  A cancelled call is announced with
+ * within its own attempt (and timeout).  An initialize unanswered within
+ * timeout_ms ends the calls that have waited that long `timeout`; calls that
+ * came later wait on a new session (fail_timed_out).  A cancelled call is announced with
  * notifications/cancelled and its late reply is dropped (no op carries its
  * id any more).
  *
@@ -25,7 +27,9 @@
  *     never got READY, at most 30 s); a call while a start is held back
  *     fails at once, retryably (adapter_fail_later), naming the reason;
  *   - stopped by stdio_close: initialize unanswered within timeout_ms
- *     (stdio_init_timeout; waiting calls end `timeout`), refused, EOF or an
+ *     (stdio_init_timeout: waiting calls that have waited that long end
+ *     `timeout`, later ones wait on a new process: fail_timed_out,
+ *     stdio_launch), refused, EOF or an
  *     error on its pipes, a line over MCP_MAX_LINE; SIGTERM, then SIGKILL
  *     after 1 s, reaped on the loop (reap_later);
  *   - at most MCP_MAX_PENDING bytes wait to be written to it: a call that
@@ -69,6 +73,9 @@ extern char **environ;
 #define MCP_ERR_LINE_MAX    1024            /* bytes of one forwarded stderr line */
 #define MCP_ERR_LINES_PER_S 50              /* forwarded stderr lines per agent per second */
 #define MCP_ERR_READ_MAX    (64u << 10)     /* stderr bytes read per loop turn */
+/* A call waiting on an initialize that timed out ends `timeout` when its own
+ * timeout_ms is up within this much (its timer is due in the same turn). */
+#define MCP_INIT_SLACK_MS   50
 
 enum { MCP_NONE, MCP_INIT, MCP_READY };
 
@@ -290,6 +297,24 @@ static void fail_all(struct mcp_session *s, const char *why, int retryable)
     fail_all_status(s, FB_EXEC_ERROR, why, retryable);
 }
 
+/* initialize got no reply within timeout_ms.  A waiting call that has itself
+ * waited about that long ends `timeout` (what its own timer would say); one
+ * that came later has not, and stays on `waiting` for the next session (the
+ * caller starts one).  One at a time from the list (see fail_all_status). */
+static void fail_timed_out(struct mcp_session *s, const char *why)
+{
+    const int64_t due = orch_now_ns() - ((int64_t)s->rt->spec->timeout_ms - MCP_INIT_SLACK_MS) * 1000000;
+    for (;;) {
+        struct adapter_op *op = s->waiting;
+        while (op && op->mcp_t0 > due)
+            op = op->mcp_next;
+        if (!op)
+            return;
+        list_unlink(&s->waiting, op);
+        adapter_finish(op, FB_TIMEOUT, NULL, why, 0, 0, 0);
+    }
+}
+
 /* ---- streamable HTTP ------------------------------------------------------ */
 
 static void noop_done(void *ud, const struct httpc_response *r) { (void)ud; (void)r; }
@@ -315,6 +340,7 @@ static void http_notify(struct mcp_session *s, cJSON *msg,
 }
 
 static int http_start(struct mcp_session *s, struct adapter_op *op);
+static int http_init_send(struct mcp_session *s);
 
 static void http_call_done(void *ud, const struct httpc_response *resp)
 {
@@ -447,12 +473,18 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
     if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
         s->state = MCP_NONE;
         snprintf(why, sizeof why, "mcp initialize failed: %s", err);
-        /* No answer to initialize within timeout_ms: the calls waiting on it
-         * timed out (as the executor's own timer would say), not retried. */
-        if (resp->transport_error == CURLE_OPERATION_TIMEDOUT)
-            fail_all_status(s, FB_TIMEOUT, why, 0);
-        else
+        /* No answer to initialize within timeout_ms: the calls that waited
+         * that long on it timed out (as the executor's own timer would say),
+         * not retried; calls that came later go on to a new session. */
+        if (resp->transport_error != CURLE_OPERATION_TIMEDOUT) {
             fail_all(s, why, retry);
+            return;
+        }
+        fail_timed_out(s, why);
+        if (s->waiting && s->state == MCP_NONE && http_init_send(s)) {
+            snprintf(why, sizeof why, "%s", ps_error_last());
+            fail_all(s, why, 1);
+        }
         return;
     }
     cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id);
@@ -894,6 +926,8 @@ static void stdio_on_event(struct bufferevent *bev, short what, void *ud)
     }
 }
 
+static int stdio_launch(struct mcp_session *s, int *held, char *why, size_t whylen);
+
 static void stdio_init_timeout(evutil_socket_t fd, short what, void *ud)
 {
     struct mcp_session *s = ud;
@@ -902,7 +936,16 @@ static void stdio_init_timeout(evutil_socket_t fd, short what, void *ud)
         return;
     snprintf(why, sizeof why, "mcp initialize: no reply within %d ms", s->rt->spec->timeout_ms);
     stdio_close(s, "did not answer initialize in time");
-    fail_all_status(s, FB_TIMEOUT, why, 0);
+    fail_timed_out(s, why);
+    /* calls that came later wait on a new process, restart_delay_ms permitting */
+    char no[300];
+    int held = 0;
+    if (s->waiting && s->state == MCP_NONE && stdio_launch(s, &held, no, sizeof no)) {
+        snprintf(no, sizeof no, "%s", ps_error_last());
+        held = 1;
+    }
+    if (held)   /* held back, or the start failed: `no` says why */
+        fail_all(s, no, 1);
 }
 
 static int stdio_spawn(struct mcp_session *s)
@@ -971,6 +1014,33 @@ static int stdio_spawn(struct mcp_session *s)
     return PS_OK;
 }
 
+/* NONE -> INIT: start a process and send it initialize, unless a start
+ * is held back (restart_delay_ms): then *held is set and `why` names the
+ * reason.  PS_OK (started or held back), or an error (ps_error_set). */
+static int stdio_launch(struct mcp_session *s, int *held, char *why, size_t whylen)
+{
+    int64_t since_ms = (orch_now_ns() - s->last_start_ns) / 1000000, delay = restart_delay_ms(s);
+    *held = s->last_start_ns && since_ms < delay;
+    if (*held) {
+        snprintf(why, whylen, "mcp-stdio: agent '%s' not restarted for another %lld ms: its last "
+                 "process %s (restarts at most every %lld ms)", s->rt->spec->name,
+                 (long long)(delay - since_ms), s->last_end ? s->last_end : "ended", (long long)delay);
+        return PS_OK;
+    }
+    s->init_id = s->next_id++;
+    int st = stdio_spawn(s);
+    if (st)
+        return st;
+    if (stdio_write(s, initialize_msg(s->init_id)) != STDIO_WRITTEN) {
+        stdio_close(s, "could not be set up");
+        return ps_error_set(PS_ENOMEM, "mcp-stdio: could not write initialize");
+    }
+    struct timeval tv = { s->rt->spec->timeout_ms / 1000, (s->rt->spec->timeout_ms % 1000) * 1000 };
+    evtimer_add(s->init_timer, &tv);
+    s->state = MCP_INIT;
+    return PS_OK;
+}
+
 static int stdio_start(struct mcp_session *s, struct adapter_op *op)
 {
     char why[300];
@@ -982,24 +1052,11 @@ static int stdio_start(struct mcp_session *s, struct adapter_op *op)
                                   : "mcp-stdio: could not write the call", 1);
     }
     if (s->state == MCP_NONE) {
-        int64_t since_ms = (orch_now_ns() - s->last_start_ns) / 1000000, delay = restart_delay_ms(s);
-        if (s->last_start_ns && since_ms < delay) {
-            snprintf(why, sizeof why, "mcp-stdio: agent '%s' not restarted for another %lld ms: its last "
-                     "process %s (restarts at most every %lld ms)", s->rt->spec->name,
-                     (long long)(delay - since_ms), s->last_end ? s->last_end : "ended", (long long)delay);
-            return adapter_fail_later(op, FB_EXEC_ERROR, why, 1);
-        }
-        s->init_id = s->next_id++;
-        int st = stdio_spawn(s);
+        int held, st = stdio_launch(s, &held, why, sizeof why);
         if (st)
             return st;
-        if (stdio_write(s, initialize_msg(s->init_id)) != STDIO_WRITTEN) {
-            stdio_close(s, "could not be set up");
-            return ps_error_set(PS_ENOMEM, "mcp-stdio: could not write initialize");
-        }
-        struct timeval tv = { s->rt->spec->timeout_ms / 1000, (s->rt->spec->timeout_ms % 1000) * 1000 };
-        evtimer_add(s->init_timer, &tv);
-        s->state = MCP_INIT;
+        if (held)
+            return adapter_fail_later(op, FB_EXEC_ERROR, why, 1);
     }
     list_push(&s->waiting, op);
     return PS_OK;
@@ -1007,17 +1064,24 @@ static int stdio_start(struct mcp_session *s, struct adapter_op *op)
 
 /* ---- entry points ----------------------------------------------------------- */
 
+/* NONE -> INIT: send initialize. */
+static int http_init_send(struct mcp_session *s)
+{
+    s->init_id = s->next_id++;
+    http_notify(s, initialize_msg(s->init_id), http_init_done, s);
+    if (!s->init_req)
+        return ps_error_set(PS_EIO, "mcp: could not send initialize");
+    s->state = MCP_INIT;
+    return PS_OK;
+}
+
 static int http_start(struct mcp_session *s, struct adapter_op *op)
 {
+    int st;
     if (s->state == MCP_READY)
         return http_send_call(s, op);
-    if (s->state == MCP_NONE) {
-        s->init_id = s->next_id++;
-        http_notify(s, initialize_msg(s->init_id), http_init_done, s);
-        if (!s->init_req)
-            return ps_error_set(PS_EIO, "mcp: could not send initialize");
-        s->state = MCP_INIT;
-    }
+    if (s->state == MCP_NONE && (st = http_init_send(s)))
+        return st;
     list_push(&s->waiting, op);
     return PS_OK;
 }
@@ -1028,6 +1092,7 @@ int mcp_op_start(struct adapter_op *op)
     if (!s)
         return ps_error_set(PS_ENOMEM, "out of memory");
     op->rpc_id = s->next_id++;
+    op->mcp_t0 = orch_now_ns();
     return op->rt->spec->kind == AGENT_MCP_HTTP ? http_start(s, op) : stdio_start(s, op);
 }
 
