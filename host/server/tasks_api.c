@@ -466,6 +466,16 @@ static void handle_events(struct tasks_api *api, struct evhttp_request *req, str
         }
         after = v;
     }
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+        /* the stream's headers, no body (nothing after a HEAD reply) */
+        struct evkeyvalq *h = evhttp_request_get_output_headers(req);
+        evhttp_add_header(h, "Content-Type", "text/event-stream");
+        evhttp_add_header(h, "Cache-Control", "no-cache");
+        evhttp_add_header(h, "X-Task-Id", orch_task_id(t));
+        evhttp_send_reply(req, 200, "OK", NULL);
+        metrics_request(api->cfg.m, ROUTE_OTHER, 200);
+        return;
+    }
     waiter_start(api, req, t, true, after);
 }
 
@@ -509,8 +519,7 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
         reply_error(api, req, &e);
         return;
     }
-    if (events ? method != EVHTTP_REQ_GET
-               : method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD && method != EVHTTP_REQ_DELETE) {
+    if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD && (events || method != EVHTTP_REQ_DELETE)) {
         method_not_allowed(api, req, path, events ? "GET" : "GET, DELETE");
         return;
     }

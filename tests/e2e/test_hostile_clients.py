@@ -156,6 +156,24 @@ def test_head_on_post_route_is_405_without_body(srv):
     c.close()
 
 
+def test_head_on_task_events_sends_the_stream_headers_only(srv):
+    # README: HEAD works on the GET routes; the SSE route was refused (405)
+    r = httpx.post(srv.url + "/v1/tasks", json={"input": "x", "script": [{"final": {"answer": "hi"}}]},
+                   timeout=30)
+    assert r.status_code == 200, r.text
+    tid = r.json()["id"]
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    c.request("HEAD", f"/v1/tasks/{tid}/events")
+    r = c.getresponse()
+    assert r.status == 200, r.status
+    assert r.getheader("Content-Type", "").startswith("text/event-stream"), r.getheaders()
+    assert r.read() == b""
+    c.request("GET", "/health")
+    r = c.getresponse()
+    assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    c.close()
+
+
 def test_rejected_tools_requests_do_not_leak(srv, paraserve_bin):
     # a request whose tools were prepared (grammar, system prompt) and that
     # then fails validation must free the tools' system prompt
