@@ -964,16 +964,32 @@ static int stdio_spawn(struct mcp_session *s)
         for (int i = 0; i < 2; i++) {
             if (in[i] >= 0) close(in[i]);
             if (out[i] >= 0) close(out[i]);
+            if (err[i] >= 0) close(err[i]);
         }
         free(ep);
         return ps_error_set(PS_EIO, "mcp-stdio: pipe: %s", strerror(e));
     }
+    /* The child gets its three pipes and nothing else of ours: descriptors
+     * some library opened without close-on-exec (libevent's and curl's
+     * socketpairs) are closed, and SIGPIPE, which the executor ignores, is
+     * back to its default. */
     posix_spawn_file_actions_init(&fa);
     posix_spawn_file_actions_adddup2(&fa, in[0], 0);
     posix_spawn_file_actions_adddup2(&fa, out[1], 1);
     posix_spawn_file_actions_adddup2(&fa, err[1], 2);
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+    posix_spawn_file_actions_addclosefrom_np(&fa, 3);
+#endif
+    posix_spawnattr_t attr;
+    sigset_t dfl;
+    posix_spawnattr_init(&attr);
+    sigemptyset(&dfl);
+    sigaddset(&dfl, SIGPIPE);
+    posix_spawnattr_setsigdefault(&attr, &dfl);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF);
     pid_t pid;
-    int rc = posix_spawnp(&pid, s->rt->spec->command[0], &fa, NULL, s->rt->spec->command, environ);
+    int rc = posix_spawnp(&pid, s->rt->spec->command[0], &fa, &attr, s->rt->spec->command, environ);
+    posix_spawnattr_destroy(&attr);
     posix_spawn_file_actions_destroy(&fa);
     close(in[0]);
     close(out[1]);

@@ -543,6 +543,7 @@ static void test_mcp_reply(void)
 #include <netinet/in.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -1103,7 +1104,7 @@ static void test_hostile_mcp_stdio(void)
     hs_call(g, &s, "no", "noisy", "{}");
     hs_run(&s);
     int i = fbs_find(&s, "st");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 1 && s.f[i].ms < 500,
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 1 && s.f[i].ms < 800,
               "st: %s attempts %d in %lld ms: %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
               i >= 0 ? s.f[i].attempts : 0, i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].err : "");
     i = fbs_find(&s, "no");
@@ -1173,6 +1174,45 @@ static int count_lines(const char *path)
     return n;
 }
 
+/* A stdio agent inherits its three pipes and nothing else of ours (a
+ * socketpair opened without close-on-exec, as libevent and curl open them,
+ * must not reach it), with SIGPIPE at its default (the executor ignores it). */
+static void test_mcp_stdio_child_environment(void)
+{
+    int leak[2];
+    CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, leak) == 0);   /* deliberately without CLOEXEC */
+    struct registry *reg = stdio_reg("env",
+        "serve \"fds:$(ls -l /proc/$$/fd | tail -n +2 | awk '{print $9 $11}' | tr '\\n' ' ')sigign:$(sed -n 's/^SigIgn:\\t//p' /proc/$$/status)\"", 5000, 0);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    hs_call(g, &s, "e1", "env", "{}");
+    hs_run(&s);
+    int i = fbs_find(&s, "e1");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK, "e1: %s %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
+              i >= 0 ? s.f[i].err : "");
+    if (i >= 0) {
+        /* fds 0-2: our pipes; 3: the pipe of the shell's own $(...)
+         * (closing the rest needs glibc's posix_spawn closefrom, 2.34+) */
+#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 34))
+        CHECK_MSG(strstr(s.f[i].res, "fds:0pipe:") && strstr(s.f[i].res, " 3pipe:") &&
+                  !strstr(s.f[i].res, "socket:") && !strstr(s.f[i].res, " 4"),
+                  "child descriptors: %s", s.f[i].res);
+#endif
+        const char *ign = strstr(s.f[i].res, "sigign:");
+        unsigned long long mask = ign ? strtoull(ign + 7, NULL, 16) : ~0ULL;
+        CHECK_MSG(!(mask & (1ULL << (SIGPIPE - 1))), "SIGPIPE ignored in the child: %s", s.f[i].res);
+    }
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+    close(leak[0]);
+    close(leak[1]);
+}
+
 /* 1: a process that never answers initialize is stopped when initialize
  * times out, and the next call starts a fresh one; starts are rate-limited
  * (a call while a start is held back fails fast, retryably); a tool that
@@ -1201,7 +1241,7 @@ static void test_mcp_stdio_restart(void)
     hs_call(g, &s, "r2", "stuck", "{}");
     hs_run(&s);
     i = fbs_find(&s, "r2");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 3 && s.f[i].ms < 200 &&
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 3 && s.f[i].ms < 290 &&
               strstr(s.f[i].err, "restart"), "r2: %s attempts %d in %lld ms: %s",
               i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].attempts : 0,
               i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].err : "");
@@ -1464,6 +1504,7 @@ int main(void)
     test_mcp_sse_scan();
     test_hostile_mcp_http_a2a();
     test_hostile_mcp_stdio();
+    test_mcp_stdio_child_environment();
     test_mcp_stdio_restart();
     test_mcp_stdio_late_joiner();
     test_mcp_stdio_cancel_in_callback();
