@@ -18,6 +18,7 @@
 #include "orchestrator/mock_agent.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
+#include "test_http_server.h"
 #include "test_util.h"
 
 static void test_registry_errors(void)
@@ -715,37 +716,19 @@ static void *hs_conn(void *ud)
     int fd = (int)(intptr_t)ud;
     char buf[65536];
     size_t len = 0;
-    for (;;) {
-        char *end;
-        while (!(end = len >= 4 ? memmem(buf, len, "\r\n\r\n", 4) : NULL)) {
-            ssize_t n = len < sizeof buf - 1 ? recv(fd, buf + len, sizeof buf - 1 - len, 0) : -1;
-            if (n <= 0)
-                goto out;
-            len += (size_t)n;
-        }
-        size_t head = (size_t)(end + 4 - buf), clen = 0;
-        char *cl = strcasestr(buf, "Content-Length:");
-        if (cl && cl < end)
-            clen = strtoul(cl + 15, NULL, 10);
-        while (len < head + clen) {
-            ssize_t n = len < sizeof buf - 1 ? recv(fd, buf + len, sizeof buf - 1 - len, 0) : -1;
-            if (n <= 0)
-                goto out;
-            len += (size_t)n;
-        }
+    size_t head, clen;
+    while (test_http_read_request(fd, buf, sizeof buf, &len, &head, &clen)) {
         char path[128] = "";
         sscanf(buf, "%*s %127s", path);
         char *body = strndup(buf + head, clen);
         char *hdrs = strndup(buf, head);
-        memmove(buf, buf + head + clen, len - head - clen);
-        len -= head + clen;
+        test_http_consume(buf, &len, head, clen);
         int rc = hs_handle(fd, path, hdrs ? hdrs : "", body ? body : "");
         free(body);
         free(hdrs);
         if (rc)
             break;
     }
-out:
     close(fd);
     return NULL;
 }

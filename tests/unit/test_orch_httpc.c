@@ -21,6 +21,7 @@
 
 #include "orchestrator/httpc.h"
 #include "orchestrator/httpc_parse.h"
+#include "test_http_server.h"
 #include "test_util.h"
 
 /* ---- scripted server: one thread per connection, replies chosen by path ---- */
@@ -49,34 +50,15 @@ static void *conn_thread(void *ud)
     int fd = (int)(intptr_t)ud;
     char buf[8192];
     size_t len = 0;
-    for (;;) {
-        char *end;
-        while (!(end = len >= 4 ? memmem(buf, len, "\r\n\r\n", 4) : NULL)) {
-            if (len == sizeof buf)
-                goto out;
-            ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
-            if (n <= 0)
-                goto out;
-            len += (size_t)n;
-        }
-        size_t head = (size_t)(end + 4 - buf), clen = 0;
-        char *cl = strcasestr(buf, "Content-Length:");
-        if (cl && cl < end)
-            clen = strtoul(cl + 15, NULL, 10);
-        while (len < head + clen) {
-            ssize_t n = recv(fd, buf + len, sizeof buf - len, 0);
-            if (n <= 0)
-                goto out;
-            len += (size_t)n;
-        }
+    size_t head, clen;
+    while (test_http_read_request(fd, buf, sizeof buf, &len, &head, &clen)) {
         char path[64] = "";
         sscanf(buf, "%*s %63s", path);
         int has_host = strstr(buf, "\r\nHost: 127.0.0.1:") != NULL;
         int has_expect = strcasestr(buf, "\r\nExpect:") != NULL;
         char body[256];
         snprintf(body, sizeof body, "%.*s", (int)clen, buf + head);
-        memmove(buf, buf + head + clen, len - head - clen);
-        len -= head + clen;
+        test_http_consume(buf, &len, head, clen);
         atomic_fetch_add(&srv_requests, 1);
         if (!strcmp(path, "/len")) {
             char r[512];
