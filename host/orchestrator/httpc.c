@@ -396,7 +396,7 @@ static size_t on_body(char *p, size_t sz, size_t n, void *ud)
     struct httpc_req *r = ud;
     if (httpc_reply_append_body(&r->rep, p, len))
         return 0;
-    if (r->peek && len && p[len - 1] == '\n') {
+    if (r->peek && len) {
         long code = 0;
         curl_easy_getinfo(r->easy, CURLINFO_RESPONSE_CODE, &code);
         if (code >= 200 && code < 300 && r->peek(r->ud, r->rep.body, r->rep.len)) {
@@ -752,7 +752,7 @@ static void hc_on_read(evutil_socket_t fd, short what, void *ud)
     } else if (rc < 0) {
         hc_fail(r, r->rep.too_big ? CURLE_FILESIZE_EXCEEDED : CURLE_RECV_ERROR, msg);
     } else if (r->peek && r->rep.head_done && r->rep.status >= 200 && r->rep.status < 300 &&
-               r->rep.len && r->rep.body[r->rep.len - 1] == '\n' &&
+               r->rep.len &&
                r->peek(r->ud, r->rep.body, r->rep.len)) {
         r->rep.keep_alive = 0;             /* the rest of the stream is not read */
         hc_complete(r);

@@ -57,8 +57,10 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
                                 const char *body, size_t body_len, long timeout_ms,
                                 httpc_done_fn done, void *ud);
 
-/* Optional, set right after httpc_request(): called on the loop after body
- * bytes of a 2xx reply arrive (the body so far, NUL-terminated); returning
+/* Optional, set right after httpc_request(): called on the loop after each
+ * read of body bytes of a 2xx reply (the body so far, NUL-terminated; it
+ * may end inside a line, so the callback should look at complete units of
+ * its own and remember how far it looked); returning
  * 1 ends the request at once, the body so far delivered as a complete reply
  * (its connection is not reused).  For replies whose end the caller can
  * tell from their content while the server keeps them open (an MCP SSE

@@ -647,7 +647,16 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
             }
         } else if (!strcmp(meth, "tools/call")) {
             const cJSON *args = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "arguments");
-            if (strstr(path, "sse-flood")) {
+            if (strstr(path, "sse-partial")) {
+                /* the response, then half of the next event in the same
+                 * write, then silence: the response alone ends the call */
+                hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
+                snprintf(out, sizeof out, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":"
+                         "{\"content\":[{\"type\":\"text\",\"text\":\"partial\"}]}}\n\ndata: {\"jsonrpc\"", id);
+                hs_send(fd, out);
+                hs_hang(fd);
+                rc = -1;
+            } else if (strstr(path, "sse-flood")) {
                 /* 12 MB of progress events in paced writes, then the
                  * response, on a stream that stays open: the call must end
                  * with it (mcp_sse_scan's cost is checked in test_mcp_reply) */
@@ -863,6 +872,8 @@ static const char *hs_pool =
     "{\"name\":\"a2aok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-completed\",\"retries\":0},"
     "{\"name\":\"sse\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-open\","
     "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"ssepart\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-partial\","
+    "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"sseflood\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-flood\","
     "\"timeout_ms\":20000,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"a2abadid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-badid\",\"retries\":0},"
@@ -880,7 +891,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[4096];
     int p = hs_port;
-    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
@@ -1006,6 +1017,13 @@ static void test_hostile_mcp_http_a2a(void)
         i = fbs_find(&s, id);
         CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"streamed\"") && s.f[i].ms < 1000,
                   "%s: %s in %lld ms: %s %s", id, i >= 0 ? fb_status_str(s.f[i].st) : "-",
+                  i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
+        const char *pid = curl ? "partial_curl" : "partial_fast";
+        hs_call(g, &s, pid, "ssepart", "{}");
+        hs_run(&s);
+        i = fbs_find(&s, pid);
+        CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"partial\"") && s.f[i].ms < 1000,
+                  "%s: %s in %lld ms: %s %s", pid, i >= 0 ? fb_status_str(s.f[i].st) : "-",
                   i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
         const char *fid = curl ? "flood_curl" : "flood_fast";
         hs_call(g, &s, fid, "sseflood", "{}");
