@@ -816,6 +816,18 @@ static int fbs_find(const struct fbs *s, const char *id)
     return -1;
 }
 
+/* Check that call `id` ended ok with result `want` (its JSON text) in under
+ * max_ms (0: any time); returns its index, or -1 when it has no feedback. */
+static int fbs_expect_ok(const struct fbs *s, const char *id, const char *want, int64_t max_ms)
+{
+    int i = fbs_find(s, id);
+    CHECK_MSG(i >= 0 && s->f[i].st == FB_OK && !strcmp(s->f[i].res, want) && (!max_ms || s->f[i].ms < max_ms),
+              "%s: %s in %lld ms (want ok %s under %lld ms): %s %s", id, i >= 0 ? fb_status_str(s->f[i].st) : "-",
+              i >= 0 ? (long long)s->f[i].ms : 0LL, want, (long long)max_ms, i >= 0 ? s->f[i].res : "",
+              i >= 0 ? s->f[i].err : "");
+    return i;
+}
+
 /* Submit one call {"id","to","args"} and run the loop until `expect` feedback
  * records in total arrived (or 10 s passed). */
 static void hs_call(struct exec_group *g, struct fbs *s, const char *id, const char *to, const char *args)
@@ -909,9 +921,7 @@ static void test_hostile_mcp_http_a2a(void)
     hs_run(&s);
     i = fbs_find(&s, "i1");
     CHECK(i >= 0 && s.f[i].st == FB_TIMEOUT);
-    i = fbs_find(&s, "i2");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"hi\""), "i2: %s %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+    i = fbs_expect_ok(&s, "i2", "\"hi\"", 0);
 
     /* A call that joined a session whose initialize then timed out had not
      * waited timeout_ms itself: it goes on to a new session (it ended
@@ -923,10 +933,7 @@ static void test_hostile_mcp_http_a2a(void)
     i = fbs_find(&s, "l1");
     CHECK_MSG(i >= 0 && s.f[i].st == FB_TIMEOUT, "l1: %s %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
               i >= 0 ? s.f[i].err : "");
-    i = fbs_find(&s, "l2");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"hi\""), "l2: %s in %lld ms: %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (long long)s.f[i].ms : 0LL,
-              i >= 0 ? s.f[i].err : "");
+    i = fbs_expect_ok(&s, "l2", "\"hi\"", 0);
 
     /* A timed-out call is announced with notifications/cancelled; a server
      * that never answers that must not keep a request (and its socket) forever. */
@@ -1014,24 +1021,15 @@ static void test_hostile_mcp_http_a2a(void)
         const char *id = curl ? "sse_curl" : "sse_fast";
         hs_call(g, &s, id, "sse", "{}");
         hs_run(&s);
-        i = fbs_find(&s, id);
-        CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"streamed\"") && s.f[i].ms < 1000,
-                  "%s: %s in %lld ms: %s %s", id, i >= 0 ? fb_status_str(s.f[i].st) : "-",
-                  i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
+        fbs_expect_ok(&s, id, "\"streamed\"", 1000);
         const char *pid = curl ? "partial_curl" : "partial_fast";
         hs_call(g, &s, pid, "ssepart", "{}");
         hs_run(&s);
-        i = fbs_find(&s, pid);
-        CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"partial\"") && s.f[i].ms < 1000,
-                  "%s: %s in %lld ms: %s %s", pid, i >= 0 ? fb_status_str(s.f[i].st) : "-",
-                  i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
+        fbs_expect_ok(&s, pid, "\"partial\"", 1000);
         const char *fid = curl ? "flood_curl" : "flood_fast";
         hs_call(g, &s, fid, "sseflood", "{}");
         hs_run(&s);
-        i = fbs_find(&s, fid);
-        CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"after the flood\"") && s.f[i].ms < 4000,
-                  "%s: %s in %lld ms: %s %s", fid, i >= 0 ? fb_status_str(s.f[i].st) : "-",
-                  i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].res : "", i >= 0 ? s.f[i].err : "");
+        i = fbs_expect_ok(&s, fid, "\"after the flood\"", 4000);
         printf("  %s: 12 MB of SSE events before the response: %lld ms\n", fid, i >= 0 ? (long long)s.f[i].ms : -1LL);
     }
     struct exec_stats st2;
@@ -1108,9 +1106,7 @@ static void test_hostile_mcp_stdio(void)
     CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 1 && s.f[i].ms < 800,
               "st: %s attempts %d in %lld ms: %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
               i >= 0 ? s.f[i].attempts : 0, i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].err : "");
-    i = fbs_find(&s, "no");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"fine\""), "no: %s %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+    i = fbs_expect_ok(&s, "no", "\"fine\"", 0);
     /* The stubborn process is killed and reaped by the loop, no zombie left. */
     loop_for_ms(base, 1300);
     CHECK_MSG(count_children() == 1, "%d child processes (want: the noisy agent only)", count_children());
@@ -1251,9 +1247,7 @@ static void test_mcp_stdio_restart(void)
         loop_for_ms(base, 1100 - waited);
     hs_call(g, &s, "r3", "stuck", "{}");
     hs_run(&s);
-    i = fbs_find(&s, "r3");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"fresh\""), "r3: %s %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+    i = fbs_expect_ok(&s, "r3", "\"fresh\"", 0);
     loop_for_ms(base, 150);   /* the stuck process: SIGTERM, reaped by the loop */
     CHECK_MSG(count_children() == 1, "%d child processes (want: the fresh one)", count_children());
     exec_group_destroy(g);
@@ -1319,10 +1313,7 @@ static void test_mcp_stdio_late_joiner(void)
     int i = fbs_find(&s, "j1");
     CHECK_MSG(i >= 0 && s.f[i].st == FB_TIMEOUT, "j1: %s %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
               i >= 0 ? s.f[i].err : "");
-    i = fbs_find(&s, "j2");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"fresh\""), "j2: %s in %lld ms: %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (long long)s.f[i].ms : 0LL,
-              i >= 0 ? s.f[i].err : "");
+    i = fbs_expect_ok(&s, "j2", "\"fresh\"", 0);
     exec_group_destroy(g);
     exec_destroy(ex);
     CHECK_MSG(count_children() == 0, "%d child processes left after exec_destroy", count_children());
@@ -1458,9 +1449,7 @@ static void test_mcp_stdio_stderr(void)
     dup2(saved, 2);
     close(saved);
 
-    int i = fbs_find(&s, "f1");
-    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && !strcmp(s.f[i].res, "\"quiet\""), "f1: %s in %lld ms: %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (long long)s.f[i].ms : 0LL, i >= 0 ? s.f[i].err : "");
+    int i = fbs_expect_ok(&s, "f1", "\"quiet\"", 0);
     FILE *f = fopen(path, "r");
     char line[4096];
     int lines = 0, unprefixed = 0, floods = 0, notes = 0, cut = 0, ctl = 0;
