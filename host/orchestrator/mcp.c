@@ -278,7 +278,7 @@ static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t r
 /* Fail every op waiting on / in flight in the session (after it is reset).
  * `retryable`: whether a new attempt (a new session) may succeed: not after
  * the server refused the session (HTTP 4xx, a JSON-RPC error). */
-static void fail_all_status(struct mcp_session *s, enum fb_status st, const char *why, int retryable)
+static void fail_all(struct mcp_session *s, const char *why, int retryable)
 {
     /* Taken from the session's own lists one at a time: a feedback callback
      * may cancel another of these ops (mcp_op_cancel unlinks it from them).
@@ -288,19 +288,25 @@ static void fail_all_status(struct mcp_session *s, enum fb_status st, const char
     struct adapter_op *op;
     while ((op = s->waiting) || (stdio && (op = s->inflight))) {
         list_unlink(op == s->waiting ? &s->waiting : &s->inflight, op);
-        adapter_finish(op, st, NULL, why, retryable, 0, 0);
+        adapter_finish(op, FB_EXEC_ERROR, NULL, why, retryable, 0, 0);
     }
 }
 
-static void fail_all(struct mcp_session *s, const char *why, int retryable)
+/* why: "mcp initialize failed: " and the JSON-RPC error of the reply m to
+ * initialize (NULL: none could be parsed) that carries no result. */
+static void init_refused(const cJSON *m, char *why, size_t n)
 {
-    fail_all_status(s, FB_EXEC_ERROR, why, retryable);
+    char err[512];
+    cJSON *res = NULL;
+    enum fb_status rst = m ? mcp_reply_result(m, &res, err, sizeof err) : FB_PARSE_ERROR;
+    cJSON_Delete(res);
+    snprintf(why, n, "mcp initialize failed: %s", rst == FB_EXEC_ERROR ? err : "no result in the reply");
 }
 
 /* initialize got no reply within timeout_ms.  A waiting call that has itself
  * waited about that long ends `timeout` (what its own timer would say); one
  * that came later has not, and stays on `waiting` for the next session (the
- * caller starts one).  One at a time from the list (see fail_all_status). */
+ * caller starts one).  One at a time from the list (see fail_all). */
 static void fail_timed_out(struct mcp_session *s, const char *why)
 {
     const int64_t due = orch_now_ns() - ((int64_t)s->rt->spec->timeout_ms - MCP_INIT_SLACK_MS) * 1000000;
@@ -446,7 +452,7 @@ static int http_send_call(struct mcp_session *s, struct adapter_op *op)
 
 static void http_flush_waiting(struct mcp_session *s)
 {
-    /* One at a time from the session's list (see fail_all_status). */
+    /* One at a time from the session's list (see fail_all). */
     struct adapter_op *op;
     while ((op = s->waiting)) {
         list_unlink(&s->waiting, op);
@@ -489,11 +495,7 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
     }
     cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id);
     if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
-        cJSON *res = NULL;
-        enum fb_status rst = m ? mcp_reply_result(m, &res, err, sizeof err) : FB_PARSE_ERROR;
-        cJSON_Delete(res);
-        snprintf(why, sizeof why, "mcp initialize failed: %s",
-                 rst == FB_EXEC_ERROR ? err : "no result in the reply");
+        init_refused(m, why, sizeof why);
         cJSON_Delete(m);
         s->state = MCP_NONE;
         fail_all(s, why, 0);
@@ -575,15 +577,24 @@ static void reap_free(struct mcp_reap *r)
     free(r);
 }
 
-static void reap_tick(evutil_socket_t fd, short what, void *ud)
+/* 1 (and r freed) when its process has exited and is reaped (or is not
+ * ours to wait for), else 0. */
+static int reap_try(struct mcp_reap *r)
 {
-    struct mcp_reap *r = ud;
     int status;
     pid_t w = waitpid(r->pid, &status, WNOHANG);
     if (w == r->pid || (w < 0 && errno != EINTR)) {
         reap_free(r);
-        return;
+        return 1;
     }
+    return 0;
+}
+
+static void reap_tick(evutil_socket_t fd, short what, void *ud)
+{
+    struct mcp_reap *r = ud;
+    if (reap_try(r))
+        return;
     if (++r->ticks == MCP_REAP_GRACE_MS / MCP_REAP_TICK_MS)
         kill(r->pid, SIGKILL);
     struct timeval tv = { 0, MCP_REAP_TICK_MS * 1000 };
@@ -622,11 +633,8 @@ void mcp_reap_all(struct exec *ex)
     /* The grace period once for all of them, then SIGKILL. */
     for (int i = 0; ex->reaping && i < MCP_REAP_GRACE_MS / 10; i++) {
         for (struct mcp_reap *r = ex->reaping, *n; r; r = n) {
-            int status;
             n = r->next;
-            pid_t w = waitpid(r->pid, &status, WNOHANG);
-            if (w == r->pid || (w < 0 && errno != EINTR))
-                reap_free(r);
+            reap_try(r);
         }
         if (ex->reaping)
             usleep(10000);
@@ -860,12 +868,8 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
         return;
     if (s->state == MCP_INIT && rpc_id_is(id, s->init_id)) {
         if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
-            char err[512], why[600];
-            cJSON *res = NULL;
-            enum fb_status rst = mcp_reply_result(m, &res, err, sizeof err);
-            cJSON_Delete(res);
-            snprintf(why, sizeof why, "mcp initialize failed: %s",
-                     rst == FB_EXEC_ERROR ? err : "no result in the reply");
+            char why[600];
+            init_refused(m, why, sizeof why);
             stdio_close(s, "refused initialize");
             fail_all(s, why, 0);
             return;
@@ -876,7 +880,7 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
         evtimer_del(s->init_timer);
         struct adapter_op *op;
         char why[300];
-        while ((op = s->waiting)) {   /* one at a time from the list: see fail_all_status */
+        while ((op = s->waiting)) {   /* one at a time from the list: see fail_all */
             list_unlink(&s->waiting, op);
             int rc = stdio_send_call(s, op);
             if (rc == STDIO_FULL)
