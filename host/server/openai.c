@@ -27,6 +27,22 @@ int api_error_set(struct api_error *e, int status, const char *type, const char 
     return status;
 }
 
+const char *api_http_reason(int status)
+{
+    switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 413: return "Payload Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 503: return "Service Unavailable";
+    default: return NULL;
+    }
+}
+
 char *api_error_json(const struct api_error *e)
 {
     cJSON *root = cJSON_CreateObject();

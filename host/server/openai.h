@@ -35,6 +35,9 @@ int api_error_set(struct api_error *e, int status, const char *type, const char 
 /* {"error":{"message","type","param","code"}}; malloc'd, caller frees. */
 char *api_error_json(const struct api_error *e);
 
+/* The HTTP reason phrase of a status the server sends; NULL for others. */
+const char *api_http_reason(int status);
+
 struct gen_params {
     bool     chat;
     bool     stream;

@@ -112,11 +112,7 @@ static void reply_json(struct server *srv, struct evhttp_request *req, enum metr
         evbuffer_add(out, "\n", 1);
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    const char *reason = status == 200 ? "OK" : status == 400 ? "Bad Request" : status == 401 ? "Unauthorized"
-                       : status == 404 ? "Not Found"
-                       : status == 405 ? "Method Not Allowed" : status == 413 ? "Payload Too Large"
-                       : status == 503 ? "Service Unavailable" : status == 500 ? "Internal Server Error" : NULL;
-    evhttp_send_reply(req, status, reason, out);
+    evhttp_send_reply(req, status, api_http_reason(status), out);
     if (out)
         evbuffer_free(out);
     metrics_request(&srv->m, route, status);
@@ -770,27 +766,23 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     if (n != hlen + body)
         return;
     struct api_error e;
-    const char *reason;
+    const char *reason = api_http_reason(status);
     switch (status) {
     case 413:
-        reason = "Payload Too Large";
         api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
                       "The request is too large: the body is limited to %d bytes (max_body_bytes), the request "
                       "line and headers to %d bytes",
                       (int)srv->cfg.max_body_bytes, SERVER_MAX_HEADERS_BYTES);
         break;
     case 501:
-        reason = "Not Implemented";
         api_error_set(&e, 501, "invalid_request_error", "unsupported_method", NULL,
                       "The HTTP method is not supported: use GET, POST or DELETE");
         break;
     case 400:
-        reason = "Bad Request";
         api_error_set(&e, 400, "invalid_request_error", "malformed_request", NULL,
                       "Malformed HTTP request: bad request line, header, Content-Length or chunked framing");
         break;
     default:
-        reason = "Error";
         api_error_set(&e, status, status >= 500 ? "server_error" : "invalid_request_error", NULL, NULL,
                       "The HTTP request failed with status %d", status);
         break;
@@ -800,7 +792,7 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     int len = snprintf(reply, sizeof reply,
                        "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\n"
                        "Connection: close\r\nContent-Length: %zu\r\n\r\n%s\n",
-                       head[7], status, reason, (json ? strlen(json) : 2) + 1, json ? json : "{}");
+                       head[7], status, reason ? reason : "Error", (json ? strlen(json) : 2) + 1, json ? json : "{}");
     free(json);
     if (len <= 0 || (size_t)len >= sizeof reply)
         return;

@@ -105,19 +105,6 @@ static void tok_cache_clear(struct tasks_api *api)
 
 /* ---- replies ------------------------------------------------------------------ */
 
-static const char *reason_of(int status)
-{
-    switch (status) {
-    case 200: return "OK";
-    case 400: return "Bad Request";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 413: return "Payload Too Large";
-    case 503: return "Service Unavailable";
-    default:  return "Internal Server Error";
-    }
-}
-
 static void reply_json(struct tasks_api *api, struct evhttp_request *req, int status, const char *json)
 {
     /* no body after a HEAD reply (libevent would write it: server.c is_head) */
@@ -127,7 +114,7 @@ static void reply_json(struct tasks_api *api, struct evhttp_request *req, int st
         evbuffer_add(out, "\n", 1);
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, status, reason_of(status), out);
+    evhttp_send_reply(req, status, api_http_reason(status), out);
     if (out)
         evbuffer_free(out);
     metrics_request(api->cfg.m, ROUTE_OTHER, status);
