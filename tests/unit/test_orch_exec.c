@@ -1393,18 +1393,27 @@ static void test_mcp_stdio_backpressure(void)
         hs_run(&s);
     }
     free(pad);
-    int refused = 0, timed_out = 0, slow_refusal = 0;
+    /* Round 0's refusals come when the session is ready and flushes: their
+     * time includes the spawn, the initialize and the serialization of
+     * 24 MiB of calls (over 1 s under ASan on two busy CI cores), so the
+     * only bound on them is logical: before the 2000 ms timeout. Round 1
+     * (below) checks "at once" where nothing else is in the way. */
+    int refused = 0, timed_out = 0, refused_late = 0;
+    int64_t refused_max_ms = 0;
     for (int k = 0; k < s.n; k++) {
         if (s.f[k].st == FB_EXEC_ERROR && strstr(s.f[k].err, "not reading its input")) {
             refused++;
-            slow_refusal += s.f[k].ms > 1000;   /* half the timeout: the flush of 24 MiB of calls
-                                                   * took ~470 ms under ASan on two busy cores */
+            refused_late += s.f[k].ms >= 2000;
+            if (s.f[k].ms > refused_max_ms)
+                refused_max_ms = s.f[k].ms;
         }
         timed_out += s.f[k].st == FB_TIMEOUT;
     }
-    CHECK_MSG(s.n == 27 && refused >= 8 && timed_out >= 8 && refused + timed_out == 27 && !slow_refusal,
-              "%d feedback: %d refused (%d slowly), %d timed out", s.n, refused, slow_refusal, timed_out);
-    printf("mcp-stdio deaf agent: 27 x 1 MiB calls: %d written (timed out), %d refused\n", timed_out, refused);
+    CHECK_MSG(s.n == 27 && refused >= 8 && timed_out >= 8 && refused + timed_out == 27 && !refused_late,
+              "%d feedback: %d refused (%d at or after the timeout), %d timed out", s.n, refused, refused_late,
+              timed_out);
+    printf("mcp-stdio deaf agent: 27 x 1 MiB calls: %d written (timed out), %d refused (slowest after %lld ms)\n",
+           timed_out, refused, (long long)refused_max_ms);
     int late_refused = 0;
     for (int k = 24; k < 27; k++) {
         char id[16];
