@@ -1000,6 +1000,8 @@ static int repeats_only(struct orch_task *t, const cJSON *action)
     return 1;
 }
 
+static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const char *round);
+
 void orch_task_decision_end(struct orch_task *t, int status, const char *error)
 {
     if (t->status != TASK_RUNNING || !t->deciding)
@@ -1076,7 +1078,15 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     action_fill_ids(t, action);
     cJSON_Delete(t->made);
     t->made = NULL;
-    /* a reference, printed with d before the action is freed below */
+    decision_apply(t, d, action, round);
+    cJSON_Delete(action);
+}
+
+/* The tail of a valid decision: its event (d, taken, gets a reference to
+ * the action, which stays the caller's and is not modified), transcript,
+ * cancels and final. */
+static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const char *round)
+{
     cJSON_AddItemReferenceToObject(d, "action", action);
     if (!t->script) {
         char *atext = cJSON_PrintUnformatted(action);
@@ -1097,9 +1107,52 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     const cJSON *fin = cJSON_GetObjectItemCaseSensitive(action, "final");
     if (fin && t->status == TASK_RUNNING)
         t->final_pending = cJSON_Duplicate(fin, 1);
-    cJSON_Delete(action);
     if (t->status == TASK_RUNNING)
         event_active(t->kick, 0, 0);
+}
+
+/* A scripted action that is valid and whose calls all carry ids can go
+ * the way its text would through the incremental parser without printing
+ * and parsing it again (decide_script_direct).  0 when it needs the text
+ * path: an invalid action is reported from the text the parser saw, and
+ * calls without ids get fresh ones recorded in `made`. */
+static int script_direct_ok(const cJSON *act)
+{
+    char err[256];
+    if (action_check(act, err, sizeof err))
+        return 0;
+    for (const cJSON *k = act->child; k; k = k->next) {
+        const cJSON *c;
+        if (!strcmp(k->string, "calls"))
+            cJSON_ArrayForEach(c, k) if (cJSON_IsObject(c) && !cJSON_GetObjectItemCaseSensitive(c, "id"))
+                return 0;
+    }
+    return 1;
+}
+
+/* Each object element of a top-level "calls" list to on_call_closed, in
+ * order, then the decision, as the parser would hand them over; the calls
+ * are the script's own objects (borrowed: the script lives as long as the
+ * task). */
+static void decide_script_direct(struct orch_task *t, cJSON *act)
+{
+    t->deciding = 1;
+    for (const cJSON *k = act->child; k; k = k->next) {
+        const cJSON *c;
+        if (!strcmp(k->string, "calls"))
+            cJSON_ArrayForEach(c, k) if (cJSON_IsObject(c))
+                on_call_closed(t, c);
+    }
+    if (t->status != TASK_RUNNING || !t->deciding)
+        return;
+    t->deciding = 0;
+    cJSON *d = cJSON_CreateObject();
+    if (!d) {
+        task_finish(t, TASK_FAILED, "out of memory");
+        return;
+    }
+    cJSON_AddNumberToObject(d, "round", t->rounds);
+    decision_apply(t, d, act, NULL);
 }
 
 static void decide(struct orch_task *t)
@@ -1130,6 +1183,10 @@ static void decide(struct orch_task *t)
      * gets a fresh id, or when a model's decision stops early; a scripted
      * action whose calls all carry ids does without the copies. */
     const cJSON *act = t->script ? cJSON_GetArrayItem(t->script, t->script_pos) : NULL;
+    if (act && script_direct_ok(act)) {
+        decide_script_direct(t, cJSON_GetArrayItem(t->script, t->script_pos++));
+        return;
+    }
     int need_made = !t->script;
     const cJSON *cl;
     cJSON_ArrayForEach(cl, cJSON_GetObjectItemCaseSensitive(act, "calls"))

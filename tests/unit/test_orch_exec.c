@@ -438,6 +438,81 @@ static void test_event_numbers(void)
     ctx_close(&c);
 }
 
+/* The events of a task up to its first decision, one line each:
+ * "call.dispatched <id> <args>" or "decision <action>". */
+struct seq { char text[4096]; int decisions; };
+
+static void on_seq(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct seq *q = ud;
+    size_t n = strlen(q->text);
+    if (q->decisions || n + 600 > sizeof q->text)
+        return;
+    cJSON *d = cJSON_Parse(ev->data);
+    if (!strcmp(ev->type, "call.dispatched")) {
+        char *a = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(d, "args"));
+        snprintf(q->text + n, sizeof q->text - n, "call.dispatched %s %s\n",
+                 cJSON_GetObjectItemCaseSensitive(d, "id")->valuestring, a ? a : "?");
+        free(a);
+    } else if (!strcmp(ev->type, "decision")) {
+        char *a = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(d, "action"));
+        snprintf(q->text + n, sizeof q->text - n, "decision %s\n", a ? a : "-");
+        free(a);
+        q->decisions++;
+    }
+    cJSON_Delete(d);
+}
+
+/* A scripted action whose calls carry ids skips the print-and-parse round
+ * trip (task.c decide_script_direct): it must hand over exactly what the
+ * incremental parser would - every object element of every top-level
+ * "calls" list, in order, other elements skipped - then the decision with
+ * the action as written.  Calls without ids take the text path and get
+ * fresh ids. */
+static void test_script_actions_as_the_parser_sees_them(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    struct seq q1 = {{0}, 0}, q2 = {{0}, 0};
+    struct orch_task *t1 = submit(&c, "{\"input\":\"x\",\"script\":[{\"thought\":\"t\",\"calls\":["
+        "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},7,\"s\","
+        "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}}],"
+        "\"calls\":[{\"id\":\"d\",\"to\":\"calculator\",\"args\":{\"expression\":\"3\"}}]},"
+        "{\"final\":{\"answer\":\"{{a}} {{b}} {{d}}\",\"uses\":[\"a\",\"b\",\"d\"]}}]}");
+    struct orch_task *t2 = submit(&c, "{\"input\":\"y\",\"script\":[{\"calls\":["
+        "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
+        "{\"to\":\"calculator\",\"args\":{\"expression\":\"5\"}}]},"
+        "{\"final\":{\"answer\":\"{{a}} {{c2}}\",\"uses\":[\"a\",\"c2\"]}}]}");
+    if (t1)
+        orch_task_subscribe(t1, 0, on_seq, &q1);
+    if (t2)
+        orch_task_subscribe(t2, 0, on_seq, &q2);
+    run_loop(&c);
+    const char *want1 =
+        "call.dispatched a {\"expression\":\"1+1\"}\n"
+        "call.dispatched b {\"expression\":\"2+2\"}\n"
+        "call.dispatched d {\"expression\":\"3\"}\n"
+        "decision {\"thought\":\"t\",\"calls\":[{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
+        "7,\"s\",{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}}],"
+        "\"calls\":[{\"id\":\"d\",\"to\":\"calculator\",\"args\":{\"expression\":\"3\"}}]}\n";
+    CHECK_MSG(!strcmp(q1.text, want1), "direct path:\n%s", q1.text);
+    const char *want2 =
+        "call.dispatched a {\"expression\":\"1+1\"}\n"
+        "call.dispatched c2 {\"expression\":\"5\"}\n"
+        "decision {\"calls\":[{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
+        "{\"id\":\"c2\",\"to\":\"calculator\",\"args\":{\"expression\":\"5\"}}]}\n";
+    CHECK_MSG(!strcmp(q2.text, want2), "text path:\n%s", q2.text);
+    const cJSON *o1 = NULL, *o2 = NULL;
+    cJSON *s1 = t1 ? orch_task_summary(t1) : NULL, *s2 = t2 ? orch_task_summary(t2) : NULL;
+    o1 = cJSON_GetObjectItemCaseSensitive(s1, "output");
+    o2 = cJSON_GetObjectItemCaseSensitive(s2, "output");
+    CHECK_MSG(cJSON_IsString(o1) && !strcmp(o1->valuestring, "2 4 3"), "output 1");
+    CHECK_MSG(cJSON_IsString(o2) && !strcmp(o2->valuestring, "2 5"), "output 2");
+    cJSON_Delete(s1);
+    cJSON_Delete(s2);
+    ctx_close(&c);
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -1500,6 +1575,7 @@ int main(void)
     test_faults();
     test_cancel();
     test_event_numbers();
+    test_script_actions_as_the_parser_sees_them();
     test_many_tasks();
     test_mcp_sse_scan();
     test_hostile_mcp_http_a2a();
