@@ -4,6 +4,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <time.h>
+#ifdef PS_HAVE_MIMALLOC
+#include <mimalloc.h>
+#endif
 
 int cli_parse_i32(const char *cmd, const char *opt, const char *s, int32_t lo, int32_t hi, int32_t *out)
 {
@@ -23,4 +26,20 @@ double cli_now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+const char *cli_allocator(void)
+{
+#ifdef PS_HAVE_MIMALLOC
+    static char name[32];
+    void *probe = calloc(1, 64);
+    int ours = probe && mi_is_in_heap_region(probe);
+    free(probe);
+    if (ours) {
+        const int v = mi_version();
+        snprintf(name, sizeof name, "mimalloc %d.%d.%d", v / 100, v / 10 % 10, v % 10);
+        return name;
+    }
+#endif
+    return "libc malloc";
 }

@@ -12,4 +12,8 @@ int cli_parse_i32(const char *cmd, const char *opt, const char *s, int32_t lo, i
 /* Monotonic clock in seconds. */
 double cli_now_s(void);
 
+/* The allocator behind malloc in this process, e.g. "mimalloc 2.0.9" or
+ * "libc malloc" (checked: a malloc'd block must lie in mimalloc's heap). */
+const char *cli_allocator(void);
+
 #endif /* PS_CLI_UTIL_H */

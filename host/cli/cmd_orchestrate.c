@@ -27,7 +27,18 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef PS_CALLGRIND
+/* A profiling build (-DPS_CALLGRIND, valgrind's headers): callgrind counts
+ * only the measured pass (run with --collect-atstart=no). */
+#include <valgrind/callgrind.h>
+#define MEASURED_BEGIN() CALLGRIND_TOGGLE_COLLECT
+#define MEASURED_END()   CALLGRIND_TOGGLE_COLLECT
+#else
+#define MEASURED_BEGIN() ((void)0)
+#define MEASURED_END()   ((void)0)
+#endif
 
+#include "cli_util.h"
 #include "commands.h"
 #include "common/grow.h"
 #include "common/status.h"
@@ -480,6 +491,7 @@ int cmd_orchestrate(int argc, char **argv)
     int64_t mock_cpu0 = mock ? mock_agent_cpu_ns(mock) : -1;
     int64_t mock_req0 = mock ? mock_agent_requests(mock) : 0;
     r.t0 = orch_now_ns();
+    MEASURED_BEGIN();
     if (r.stagger_ms > 0) {
         on_stagger(-1, 0, &r);
     } else {
@@ -495,6 +507,7 @@ int cmd_orchestrate(int argc, char **argv)
     if (r.finished < r.total && !(r.submit_error && r.finished == r.submitted))
         event_base_dispatch(r.base);
     int64_t t_end = orch_now_ns();
+    MEASURED_END();
     double wall = (double)(t_end - r.t0) / 1e9;
     double loop_cpu = thread_cpu_s() - cpu0, user1, sys1;
     exec_get_stats(orch_executor(r.orch), &xs1);
@@ -557,7 +570,7 @@ int cmd_orchestrate(int argc, char **argv)
                "\"connections\":%lld,\"floor_requests\":%d,\"floor_client_us\":%.1f,\"floor_mock_us\":%.1f,"
                "\"floor_open_client_us\":%.1f,\"floor_open_mock_us\":%.1f,"
                "\"reply_queue_floor_p99_us\":%.1f,\"reply_queue_floor_cores_p99_us\":%.1f,"
-               "\"reply_queue_loop_p99_us\":%.1f}}\n",
+               "\"reply_queue_loop_p99_us\":%.1f,\"allocator\":\"%s\"}}\n",
                r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.stagger_ms,
                r.total > 1 ? (double)(r.total - 1) * r.stagger_ms / r.total / 1000.0 : 0.0,
                r.peak_running, r.n_d2r,
@@ -567,7 +580,7 @@ int cmd_orchestrate(int argc, char **argv)
                pct(r.task_ms, r.n_task, 1.0), loop_cpu, user1 - user0, sys1 - sys0, mock_cpu,
                (long long)mock_requests,
                (long long)connects, floor_n, floor_client_us, floor_mock_us, open_client_us, open_mock_us,
-               q_floor1, q_floor_cores, q_loop);
+               q_floor1, q_floor_cores, q_loop, cli_allocator());
     }
     fflush(stdout);
     rc = r.submit_error ? 2 : r.finished == r.total && !r.stats_oom ? 0 : 1;

@@ -3,6 +3,7 @@
 #include <signal.h>
 #include <stdio.h>
 
+#include "cli_util.h"
 #include "commands.h"
 #include "common/status.h"
 #include "server/config.h"
@@ -16,6 +17,7 @@ int cmd_serve(int argc, char **argv)
     if (prc)
         return prc > 0 ? 0 : 2;
     signal(SIGPIPE, SIG_IGN); /* a client that left must not kill the server */
+    fprintf(stderr, "paraserve: allocator: %s\n", cli_allocator());
     int rc = server_run(&cfg);
     if (rc) {
         fprintf(stderr, "paraserve serve: %s\n", ps_error_last()[0] ? ps_error_last() : ps_status_str(rc));

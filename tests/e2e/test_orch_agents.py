@@ -145,6 +145,15 @@ def test_200_concurrent_tasks(run):
     assert ev[-1]["stats"]["completed"] == 200
 
 
+def test_stats_name_the_allocator_the_binary_links(run, paraserve_bin):
+    """--stats says which malloc served the run: mimalloc exactly when the binary links it."""
+    t = {"input": "a", "script": [{"final": {"answer": "x"}}]}
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t, extra=["--quiet", "--stats"])
+    alloc = ev[-1]["stats"]["allocator"]
+    linked = "libmimalloc" in subprocess.run(["ldd", str(paraserve_bin)], capture_output=True, text=True).stdout
+    assert alloc.startswith("mimalloc ") if linked else alloc == "libc malloc", (alloc, linked)
+
+
 def test_warmup_pass_is_unmeasured_and_leaves_the_pool_warm(run):
     t = {"input": "warm", "script": [
         {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 20}},
