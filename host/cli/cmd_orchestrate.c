@@ -375,12 +375,15 @@ int cmd_orchestrate(int argc, char **argv)
     cJSON *reqs = cJSON_CreateArray();
     char *agents_text = NULL, *tasks_text = NULL;
     struct event *cancel_ev = NULL;
-    /* Precise timers (CLOCK_MONOTONIC, timerfd): --stagger-ms submits each
-     * task at its own time instead of batching arrivals per clock tick of
-     * the default coarse clock, and call timeouts fire when due. */
+    /* Precise timers (CLOCK_MONOTONIC, timerfd) with --stagger-ms: each
+     * task is submitted at its own time instead of batching arrivals per
+     * clock tick of the default coarse clock.  Without it the loop is the
+     * server's kind (server.c): no timerfd to re-arm as the earliest call
+     * timeout changes. */
     struct event_config *bcfg = event_config_new();
     if (bcfg) {
-        event_config_set_flag(bcfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+        if (r.stagger_ms > 0)
+            event_config_set_flag(bcfg, EVENT_BASE_FLAG_PRECISE_TIMER);
         r.base = event_base_new_with_config(bcfg);
         event_config_free(bcfg);
     }

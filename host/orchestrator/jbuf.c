@@ -39,7 +39,7 @@ static int jbuf_reserve(struct jbuf *b, size_t n)
     return 0;
 }
 
-void jbuf_add(struct jbuf *b, const char *s, size_t n)
+void jbuf_add_grow(struct jbuf *b, const char *s, size_t n)
 {
     if (jbuf_reserve(b, n))
         return;

@@ -18,6 +18,7 @@
 #define PS_ORCH_JBUF_H
 
 #include <stddef.h>
+#include <string.h>
 #include <cjson/cJSON.h>
 
 struct jbuf {
@@ -31,7 +32,20 @@ struct jbuf {
 
 /* Start empty in stack[0..cap) (cap >= 1; not owned). */
 void  jbuf_init(struct jbuf *b, char *stack, size_t cap);
-void  jbuf_add(struct jbuf *b, const char *s, size_t n);
+/* Append n bytes.  Inline: the loop appends ~1,500 short pieces per task
+ * (keys, punctuation), most of them constants the compiler copies in a
+ * store or two; jbuf_add_grow takes the rest. */
+void  jbuf_add_grow(struct jbuf *b, const char *s, size_t n);
+static inline void jbuf_add(struct jbuf *b, const char *s, size_t n)
+{
+    if (!b->oom && b->len + n + 1 <= b->cap) {
+        memcpy(b->p + b->len, s, n);
+        b->len += n;
+        b->p[b->len] = 0;
+        return;
+    }
+    jbuf_add_grow(b, s, n);
+}
 /* Append the decimal digits of v (no printf: it runs several times per
  * agent call on the loop). */
 void  jbuf_add_int(struct jbuf *b, long long v);
