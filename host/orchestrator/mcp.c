@@ -88,7 +88,8 @@ struct mcp_session {
     char              *sid_header;       /* "Mcp-Session-Id: ..." */
     char              *hdrs[5];          /* NULL-terminated */
     struct httpc_req  *init_req;
-    struct adapter_op *waiting;          /* not yet sent */
+    struct adapter_op *waiting;          /* not yet sent, oldest first (sent in that order) */
+    struct adapter_op *waiting_tail;
     struct adapter_op *inflight;         /* sent (stdio) */
     unsigned           sess_gen;         /* http: bumped when the server ends the session */
     pid_t              pid;
@@ -120,6 +121,26 @@ static void list_unlink(struct adapter_op **head, struct adapter_op *op)
     if (op->mcp_prev) op->mcp_prev->mcp_next = op->mcp_next; else if (*head == op) *head = op->mcp_next;
     if (op->mcp_next) op->mcp_next->mcp_prev = op->mcp_prev;
     op->mcp_prev = op->mcp_next = NULL;
+}
+
+/* The waiting list is FIFO: calls made while a session initializes go out
+ * in the order they were made. */
+static void waiting_add(struct mcp_session *s, struct adapter_op *op)
+{
+    op->mcp_next = NULL;
+    op->mcp_prev = s->waiting_tail;
+    if (s->waiting_tail)
+        s->waiting_tail->mcp_next = op;
+    else
+        s->waiting = op;
+    s->waiting_tail = op;
+}
+
+static void waiting_unlink(struct mcp_session *s, struct adapter_op *op)
+{
+    if (s->waiting_tail == op)
+        s->waiting_tail = op->mcp_prev;
+    list_unlink(&s->waiting, op);
 }
 
 static struct mcp_session *session_get(struct exec *ex, struct agent_rt *rt)
@@ -287,7 +308,10 @@ static void fail_all(struct mcp_session *s, const char *why, int retryable)
     int stdio = s->rt->spec->kind == AGENT_MCP_STDIO;
     struct adapter_op *op;
     while ((op = s->waiting) || (stdio && (op = s->inflight))) {
-        list_unlink(op == s->waiting ? &s->waiting : &s->inflight, op);
+        if (op == s->waiting)
+            waiting_unlink(s, op);
+        else
+            list_unlink(&s->inflight, op);
         adapter_finish(op, FB_EXEC_ERROR, NULL, why, retryable, 0, 0);
     }
 }
@@ -316,7 +340,7 @@ static void fail_timed_out(struct mcp_session *s, const char *why)
             op = op->mcp_next;
         if (!op)
             return;
-        list_unlink(&s->waiting, op);
+        waiting_unlink(s, op);
         adapter_finish(op, FB_TIMEOUT, NULL, why, 0, 0, 0);
     }
 }
@@ -455,7 +479,7 @@ static void http_flush_waiting(struct mcp_session *s)
     /* One at a time from the session's list (see fail_all). */
     struct adapter_op *op;
     while ((op = s->waiting)) {
-        list_unlink(&s->waiting, op);
+        waiting_unlink(s, op);
         if (http_send_call(s, op))
             adapter_finish(op, FB_EXEC_ERROR, NULL, "mcp: could not send the call", 1, 0, 0);
     }
@@ -881,7 +905,7 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
         struct adapter_op *op;
         char why[300];
         while ((op = s->waiting)) {   /* one at a time from the list: see fail_all */
-            list_unlink(&s->waiting, op);
+            waiting_unlink(s, op);
             int rc = stdio_send_call(s, op);
             if (rc == STDIO_FULL)
                 adapter_finish(op, FB_EXEC_ERROR, NULL, pending_msg(s, why, sizeof why), 1, 0, 0);
@@ -1078,7 +1102,7 @@ static int stdio_start(struct mcp_session *s, struct adapter_op *op)
         if (held)
             return adapter_fail_later(op, FB_EXEC_ERROR, why, 1);
     }
-    list_push(&s->waiting, op);
+    waiting_add(s, op);
     return PS_OK;
 }
 
@@ -1102,7 +1126,7 @@ static int http_start(struct mcp_session *s, struct adapter_op *op)
         return http_send_call(s, op);
     if (s->state == MCP_NONE && (st = http_init_send(s)))
         return st;
-    list_push(&s->waiting, op);
+    waiting_add(s, op);
     return PS_OK;
 }
 
@@ -1122,7 +1146,7 @@ void mcp_op_cancel(struct adapter_op *op)
     if (!s)
         return;
     if (!op->mcp_sent) {
-        list_unlink(&s->waiting, op);
+        waiting_unlink(s, op);
         return;
     }
     list_unlink(&s->inflight, op);

@@ -513,6 +513,88 @@ static void test_script_actions_as_the_parser_sees_them(void)
     ctx_close(&c);
 }
 
+/* The direct path must also refuse what the text path cannot carry
+ * unchanged: the incremental parser's limits (ACTION_MAX_DEPTH nesting,
+ * ACTION_MAX_BYTES of text: the action is reported as a bad decision and
+ * the script goes on, no call made) and numbers whose printed text reads
+ * back as another value (jbuf prints as cJSON: %1.15g within DBL_EPSILON,
+ * "null" for infinities), which the agents then get. */
+static const cJSON *first_call(const cJSON *summary)
+{
+    return cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(summary, "calls"), 0);
+}
+
+static void test_script_direct_path_keeps_the_text_paths_limits_and_values(void)
+{
+    struct ctx c;
+    memset(&c, 0, sizeof c);
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\"},"
+                             "{\"name\":\"time\",\"kind\":\"builtin\"}]}", "pool", &c.reg) == 0);
+    c.base = event_base_new();
+    struct exec_config ec = { .seed = 42 };
+    c.orch = orch_create(c.base, c.reg, &ec, NULL);
+    CHECK(c.orch != NULL);
+    if (!c.orch)
+        return;
+    c.run.base = c.base;
+    orch_set_done_cb(c.orch, on_done, &c.run);
+    const char *fin = "{\"final\":{\"answer\":\"done\"}}]}";
+    /* 1: a container 65 deep (the root object is 1, calls 2, the call 3,
+     * args 4, then 61 arrays) */
+    char deep[1024], *p = deep;
+    p += sprintf(p, "{\"input\":\"x\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"x\":");
+    for (int i = 0; i < 61; i++)
+        *p++ = '[';
+    for (int i = 0; i < 61; i++)
+        *p++ = ']';
+    sprintf(p, "}}]},%s", fin);
+    struct orch_task *t1 = submit(&c, deep);
+    /* 2: more than ACTION_MAX_BYTES of text */
+    size_t big_n = ACTION_MAX_BYTES + 64;
+    char *big = malloc(big_n + 256);
+    CHECK(big != NULL);
+    struct orch_task *t2 = NULL;
+    if (big) {
+        p = big + sprintf(big, "{\"input\":\"x\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"s\":\"");
+        memset(p, 'z', ACTION_MAX_BYTES);
+        p += ACTION_MAX_BYTES;
+        sprintf(p, "\"}}]},%s", fin);
+        t2 = submit(&c, big);
+        free(big);
+    }
+    /* 3: 60.00000000000001 prints as 60 (an integer for the schema) */
+    struct orch_task *t3 = submit(&c, "{\"input\":\"x\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"time\","
+                                      "\"args\":{\"utc_offset_minutes\":60.00000000000001}}]},"
+                                      "{\"final\":{\"answer\":\"done\",\"uses\":[\"a\"]}}]}");
+    /* 4: 1e999 (infinity) prints as null */
+    struct orch_task *t4 = submit(&c, "{\"input\":\"x\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"echo\","
+                                      "\"args\":{\"x\":1e999}}]},"
+                                      "{\"final\":{\"answer\":\"done\",\"uses\":[\"a\"]}}]}");
+    run_loop(&c);
+    struct orch_task *ts[4] = { t1, t2, t3, t4 };
+    cJSON *s[4];
+    for (int i = 0; i < 4; i++) {
+        s[i] = ts[i] ? orch_task_summary(ts[i]) : NULL;
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(s[i], "status");
+        CHECK_MSG(cJSON_IsString(st) && !strcmp(st->valuestring, "completed"), "task %d: not completed", i + 1);
+    }
+    CHECK_MSG(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s[0], "calls")) == 0,
+              "65 deep: the parser refuses the action, no call is made");
+    CHECK_MSG(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s[1], "calls")) == 0,
+              "over ACTION_MAX_BYTES: the parser refuses the action, no call is made");
+    const cJSON *st3 = cJSON_GetObjectItemCaseSensitive(first_call(s[2]), "status");
+    CHECK_MSG(cJSON_IsString(st3) && !strcmp(st3->valuestring, "ok"), "time got 60 as the text path gives it: %s",
+              cJSON_IsString(st3) ? st3->valuestring : "?");
+    const cJSON *x4 = cJSON_GetObjectItemCaseSensitive(
+        cJSON_GetObjectItemCaseSensitive(first_call(s[3]), "result"), "x");
+    CHECK_MSG(cJSON_IsNull(x4), "echo got null for 1e999, as the text path gives it");
+    for (int i = 0; i < 4; i++)
+        cJSON_Delete(s[i]);
+    orch_destroy(c.orch);
+    event_base_free(c.base);
+    registry_free(c.reg);
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -1401,6 +1483,35 @@ static void test_mcp_stdio_late_joiner(void)
     rmdir(dir);
 }
 
+/* Calls made while the session initializes reach the server in the order
+ * they were made (the k-th tools/call it reads is answered "k"). */
+static void test_mcp_stdio_calls_keep_their_order(void)
+{
+    struct registry *reg = stdio_reg("count", "read -r l; sleep 0.2; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
+                                     "{\"capabilities\":{}}}\\n' \"$(rid)\"; k=0; while read -r l; do case \"$l\" in "
+                                     "*'\"tools/call\"'*) k=$((k+1)); printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
+                                     "{\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}}\\n' \"$(rid)\" \"$k\";; esac; done",
+                                     3000, 0);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    const char *ids[] = { "o1", "o2", "o3", "o4", "o5" };
+    for (int k = 0; k < 5; k++)
+        hs_call(g, &s, ids[k], "count", "{}");
+    hs_run(&s);
+    for (int k = 0; k < 5; k++) {
+        char want[8];
+        snprintf(want, sizeof want, "\"%d\"", k + 1);
+        fbs_expect_ok(&s, ids[k], want, 0);
+    }
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 /* Calls failed together (a refused initialize) whose feedback callback
  * cancels another of them: the session's lists must stay sound (the
  * cancelled op was freed while still on a private copy of the list). */
@@ -1576,6 +1687,7 @@ int main(void)
     test_cancel();
     test_event_numbers();
     test_script_actions_as_the_parser_sees_them();
+    test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_mcp_sse_scan();
     test_hostile_mcp_http_a2a();
@@ -1583,6 +1695,7 @@ int main(void)
     test_mcp_stdio_child_environment();
     test_mcp_stdio_restart();
     test_mcp_stdio_late_joiner();
+    test_mcp_stdio_calls_keep_their_order();
     test_mcp_stdio_cancel_in_callback();
     test_mcp_stdio_backpressure();
     test_mcp_stdio_stderr();
