@@ -3,6 +3,7 @@
 
 #include <ctype.h>
 #include <event2/event.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1111,15 +1112,64 @@ static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const c
         event_active(t->kick, 0, 0);
 }
 
+/* 1 when `it` (at nesting level `level`, the root object being 1) goes
+ * through the text path unchanged: no container deeper than the parser
+ * takes (ACTION_MAX_DEPTH), only the JSON types jbuf prints, and every
+ * number reads back as itself from the text jbuf prints for it (cJSON's
+ * %1.15g is kept when it reads back within DBL_EPSILON, and infinities
+ * print as null: the parsed calls would carry those values).  *bytes
+ * grows by at least the item's printed length (strings counted as if all
+ * escaped, numbers at 32), for the parser's ACTION_MAX_BYTES. */
+static int script_text_same(const cJSON *it, int level, size_t *bytes)
+{
+    switch (it->type & 0xFF) {
+    case cJSON_NULL: case cJSON_False: case cJSON_True:
+        *bytes += 5;
+        return 1;
+    case cJSON_String:
+        *bytes += 6 * strlen(it->valuestring ? it->valuestring : "") + 2;
+        return 1;
+    case cJSON_Number: {
+        double d = it->valuedouble;
+        *bytes += 32;
+        if (!isfinite(d))
+            return 0;
+        if (d == floor(d) && fabs(d) < 1e15)
+            return 1;   /* printed digit for digit */
+        char num[64];
+        struct jbuf b;
+        jbuf_init(&b, num, sizeof num);
+        jbuf_json(&b, it);
+        int same = !b.oom && strtod(b.p, NULL) == d;
+        jbuf_free(&b);
+        return same;
+    }
+    case cJSON_Array: case cJSON_Object:
+        if (level > ACTION_MAX_DEPTH)
+            return 0;
+        *bytes += 2;
+        for (const cJSON *c = it->child; c; c = c->next) {
+            *bytes += 1 + (c->string ? 6 * strlen(c->string) + 3 : 0);
+            if (!script_text_same(c, level + 1, bytes) || *bytes > ACTION_MAX_BYTES)
+                return 0;
+        }
+        return 1;
+    default:
+        return 0;       /* jbuf refuses to print it */
+    }
+}
+
 /* A scripted action that is valid and whose calls all carry ids can go
  * the way its text would through the incremental parser without printing
  * and parsing it again (decide_script_direct).  0 when it needs the text
- * path: an invalid action is reported from the text the parser saw, and
- * calls without ids get fresh ones recorded in `made`. */
+ * path: an invalid action is reported from the text the parser saw, calls
+ * without ids get fresh ones recorded in `made`, and an action the text
+ * would change or the parser refuse (script_text_same) goes that way. */
 static int script_direct_ok(const cJSON *act)
 {
     char err[256];
-    if (action_check(act, err, sizeof err))
+    size_t bytes = 0;
+    if (action_check(act, err, sizeof err) || !script_text_same(act, 1, &bytes) || bytes > ACTION_MAX_BYTES)
         return 0;
     for (const cJSON *k = act->child; k; k = k->next) {
         const cJSON *c;
