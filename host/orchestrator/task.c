@@ -755,10 +755,13 @@ static void on_call_closed(void *ud, const cJSON *call_in)
     for (size_t i = 0; i < 4; i++)
         jb_member(&b, i == 0, keys[i], cJSON_GetObjectItemCaseSensitive(e, keys[i]));
     jbuf_add(&b, "}", 1);
-    /* Submitted even when the event could not be stored: the task is
-     * failing then, and its end cancels the call, keeping the ledger whole. */
-    emit_text(t, "call.dispatched", &b, 0);
+    /* Submitted before the event goes out (feedback never comes back
+     * inside submit): a subscriber may end the task from its callback, and
+     * the ending then cancels this call like the others.  Submitted even
+     * when the event cannot be stored: the task is failing then, and its
+     * end cancels the call, keeping the ledger whole. */
     exec_group_submit(t->g, call);
+    emit_text(t, "call.dispatched", &b, 0);
     cJSON_Delete(own);
 }
 

@@ -595,6 +595,42 @@ static void test_script_direct_path_keeps_the_text_paths_limits_and_values(void)
     registry_free(c.reg);
 }
 
+/* A subscriber that cancels the task from its call.dispatched callback:
+ * the call is cancelled like any other unfinished one (its `cancelled`
+ * record before the terminal event), never submitted to the ended task. */
+struct cancel_on_dispatch { struct orch_task *t; int dispatched, results, terminal; char order[64]; };
+
+static void on_cancel_on_dispatch(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct cancel_on_dispatch *c = ud;
+    size_t n = strlen(c->order);
+    if (n + 2 < sizeof c->order)
+        c->order[n] = !strcmp(ev->type, "call.dispatched") ? 'D' : !strcmp(ev->type, "call.result") ? 'R' :
+                      !strcmp(ev->type, "task.error") ? 'E' : !strcmp(ev->type, "task.created") ? 'C' : '?';
+    if (!strcmp(ev->type, "call.dispatched") && !c->dispatched++)
+        orch_task_cancel(t, "cancelled by a subscriber");
+    c->results += !strcmp(ev->type, "call.result") && strstr(ev->data, "\"status\":\"cancelled\"");
+    c->terminal += !strcmp(ev->type, "task.error");
+}
+
+static void test_cancel_from_a_dispatch_event(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    struct cancel_on_dispatch cd = { 0 };
+    struct orch_task *t = submit(&c, "{\"input\":\"x\",\"script\":[{\"calls\":["
+        "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":50}},"
+        "{\"id\":\"b\",\"to\":\"mock\",\"args\":{\"sleep_ms\":50}}]},"
+        "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\",\"b\"]}}]}");
+    if (t)
+        orch_task_subscribe(t, 0, on_cancel_on_dispatch, &cd);
+    run_loop(&c);
+    CHECK(t && orch_task_status(t) == TASK_CANCELLED);
+    CHECK_MSG(!strcmp(cd.order, "CDRE") && cd.results == 1 && cd.terminal == 1, "events %s", cd.order);
+    CHECK_MSG(!strcmp(call_status(t, "a"), "cancelled"), "a: %s", call_status(t, "a"));
+    ctx_close(&c);
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -1687,6 +1723,7 @@ int main(void)
     test_cancel();
     test_event_numbers();
     test_script_actions_as_the_parser_sees_them();
+    test_cancel_from_a_dispatch_event();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_mcp_sse_scan();
