@@ -1548,6 +1548,49 @@ static void test_mcp_stdio_calls_keep_their_order(void)
     registry_free(reg);
 }
 
+/* Waiting calls cancelled at both ends of the list (the oldest and the
+ * newest), then more calls while the session still initializes: the list's
+ * head and tail stay sound, and what is left goes out in the order made
+ * (a stale tail would lose the later calls to their timeout). */
+static void test_mcp_stdio_waiting_cancel_keeps_the_order(void)
+{
+    struct registry *reg = stdio_reg("count", "read -r l; sleep 0.5; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
+                                     "{\"capabilities\":{}}}\\n' \"$(rid)\"; k=0; while read -r l; do case \"$l\" in "
+                                     "*'\"tools/call\"'*) k=$((k+1)); printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
+                                     "{\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}}\\n' \"$(rid)\" \"$k\";; esac; done",
+                                     3000, 0);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    hs_call(g, &s, "w1", "count", "{}");
+    hs_call(g, &s, "w2", "count", "{}");
+    hs_call(g, &s, "w3", "count", "{}");
+    hs_call(g, &s, "w4", "count", "{}");
+    loop_for_ms(base, 50);                   /* all four started: waiting on initialize */
+    CHECK(exec_group_cancel(g, "w4", "tail") == PS_OK);
+    CHECK(exec_group_cancel(g, "w1", "head") == PS_OK);
+    hs_call(g, &s, "w5", "count", "{}");
+    hs_call(g, &s, "w6", "count", "{}");
+    hs_run(&s);
+    const char *ids[] = { "w2", "w3", "w5", "w6" };
+    for (int k = 0; k < 4; k++) {
+        char want[8];
+        snprintf(want, sizeof want, "\"%d\"", k + 1);
+        fbs_expect_ok(&s, ids[k], want, 0);
+    }
+    for (int k = 0; k < 2; k++) {
+        int i = fbs_find(&s, k ? "w4" : "w1");
+        CHECK_MSG(i >= 0 && s.f[i].st == FB_CANCELLED, "%s: %s", k ? "w4" : "w1",
+                  i >= 0 ? fb_status_str(s.f[i].st) : "-");
+    }
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 /* Calls failed together (a refused initialize) whose feedback callback
  * cancels another of them: the session's lists must stay sound (the
  * cancelled op was freed while still on a private copy of the list). */
@@ -1733,6 +1776,7 @@ int main(void)
     test_mcp_stdio_restart();
     test_mcp_stdio_late_joiner();
     test_mcp_stdio_calls_keep_their_order();
+    test_mcp_stdio_waiting_cancel_keeps_the_order();
     test_mcp_stdio_cancel_in_callback();
     test_mcp_stdio_backpressure();
     test_mcp_stdio_stderr();
