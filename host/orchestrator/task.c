@@ -33,6 +33,8 @@ struct orch_sub {
     struct orch_task *t;
     orch_event_fn     cb;
     void             *ud;
+    int64_t           seen;     /* id of the last event delivered to it */
+    int               dead;     /* unsubscribed during a delivery: freed after it */
     struct orch_sub  *prev, *next;
 };
 
@@ -58,6 +60,7 @@ struct orch_task {
     size_t                tr_len, tr_cap;
     cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
     struct orch_sub      *subs;
+    int                   delivering;  /* deliver() is on the stack */
     struct event         *kick, *deadline;
     int                   new_feedback;
     int                   deciding;
@@ -119,6 +122,55 @@ static void log_fail(struct orch_task *t, int st)
         event_active(t->kick, 0, 0);
 }
 
+static void sub_unlink_free(struct orch_sub *s)
+{
+    struct orch_task *t = s->t;
+    if (s->prev) s->prev->next = s->next; else t->subs = s->next;
+    if (s->next) s->next->prev = s->prev;
+    free(s);
+}
+
+/* Bring every subscriber up to the end of the log, each in event order.
+ * Callbacks may emit (a cancel ends the task), subscribe or unsubscribe:
+ * an event emitted inside a callback is appended to the log and delivered
+ * by the outermost deliver(), after the event being delivered has reached
+ * every subscriber that had not seen it, so no subscriber sees ids out of
+ * order or twice; a subscription ended inside a callback gets nothing
+ * more and is freed when the outermost deliver() returns. */
+static void deliver(struct orch_task *t)
+{
+    if (t->delivering)
+        return;
+    t->delivering = 1;
+    for (;;) {
+        int64_t lo = t->n_events;
+        for (const struct orch_sub *s = t->subs; s; s = s->next)
+            if (!s->dead && s->seen < lo)
+                lo = s->seen;
+        if (lo >= t->n_events)
+            break;
+        /* One pass in id order; a subscriber takes an event only when it is
+         * the next one for it (one added during the pass, further back,
+         * catches up on the next pass). */
+        for (int64_t id = lo + 1; id <= t->n_events; id++) {
+            for (struct orch_sub *s = t->subs; s; s = s->next) {
+                if (s->dead || s->seen != id - 1)
+                    continue;
+                s->seen = id;
+                const struct ev_rec *e = &t->events[id - 1];
+                struct orch_event ev = { e->id, e->type, e->data };
+                s->cb(s->ud, t, &ev);
+            }
+        }
+    }
+    t->delivering = 0;
+    for (struct orch_sub *s = t->subs, *nx; s; s = nx) {
+        nx = s->next;
+        if (s->dead)
+            sub_unlink_free(s);
+    }
+}
+
 /* Store and deliver an event whose data object is the text in b (consumed;
  * b->oom or NULL b: the event could not be printed). */
 static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int terminal)
@@ -178,11 +230,7 @@ static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int 
     e->id = t->n_events;
     e->type = type;
     e->data = text;
-    struct orch_event ev = { e->id, e->type, e->data };
-    for (struct orch_sub *s = t->subs, *nx; s; s = nx) {
-        nx = s->next;
-        s->cb(s->ud, t, &ev);
-    }
+    deliver(t);
     return PS_OK;
 }
 
@@ -1627,15 +1675,12 @@ struct orch_sub *orch_task_subscribe(struct orch_task *t, int64_t after_id, orch
     s->t = t;
     s->cb = cb;
     s->ud = ud;
-    for (int i = 0; i < t->n_events; i++)
-        if (t->events[i].id > after_id) {
-            struct orch_event ev = { t->events[i].id, t->events[i].type, t->events[i].data };
-            cb(ud, t, &ev);
-        }
+    s->seen = after_id < 0 ? 0 : after_id;
     s->next = t->subs;
     if (t->subs)
         t->subs->prev = s;
     t->subs = s;
+    deliver(t);   /* the replay; inside a callback, the running deliver() does it */
     return s;
 }
 
@@ -1643,10 +1688,11 @@ void orch_unsubscribe(struct orch_sub *s)
 {
     if (!s)
         return;
-    struct orch_task *t = s->t;
-    if (s->prev) s->prev->next = s->next; else t->subs = s->next;
-    if (s->next) s->next->prev = s->prev;
-    free(s);
+    if (s->t->delivering) {
+        s->dead = 1;
+        return;
+    }
+    sub_unlink_free(s);
 }
 
 void orch_task_release(struct orch_task *t)

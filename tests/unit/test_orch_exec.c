@@ -631,6 +631,110 @@ static void test_cancel_from_a_dispatch_event(void)
     ctx_close(&c);
 }
 
+/* Subscribers that act from their callbacks: the first one subscribed
+ * (second in the list) must still see every event once, in id order, when
+ * the other cancels the task inside the delivery of an event (the cancel's
+ * events are emitted before that event has reached it); a subscription
+ * ended by another subscriber's callback gets nothing more (and is not
+ * touched after it is freed); one made inside a callback gets the replay,
+ * then the rest, once each and in order. */
+struct order_sub {
+    int64_t ids[64];
+    int n, bad;
+    int cancel_on_dispatch, unsub_on_dispatch, sub_on_dispatch;
+    struct orch_sub *victim;
+    struct order_sub *late;
+    struct orch_sub *late_sub;
+    int64_t unsub_at;
+};
+
+static void on_count(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    (void)t;
+    (void)ev;
+    ++*(int64_t *)ud;
+}
+
+/* Events in t's log: a subscription's replay, counted. */
+static int64_t log_events(struct orch_task *t)
+{
+    int64_t n = 0;
+    orch_unsubscribe(orch_task_subscribe(t, 0, on_count, &n));
+    return n;
+}
+
+static void on_order(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct order_sub *o = ud;
+    if (o->n < 64)
+        o->ids[o->n] = ev->id;
+    o->bad += o->n > 0 && o->n < 64 && ev->id != o->ids[o->n - 1] + 1;
+    o->n++;
+    if (strcmp(ev->type, "call.dispatched"))
+        return;
+    if (o->unsub_on_dispatch && o->victim) {
+        orch_unsubscribe(o->victim);
+        o->victim = NULL;
+        o->unsub_at = ev->id;
+    }
+    if (o->sub_on_dispatch && o->late && !o->late_sub)
+        o->late_sub = orch_task_subscribe(t, 0, on_order, o->late);
+    if (o->cancel_on_dispatch && o->cancel_on_dispatch-- == 1)
+        orch_task_cancel(t, "cancelled by a subscriber");
+}
+
+static void test_subscribers_acting_in_callbacks(void)
+{
+    const char *task = "{\"input\":\"x\",\"script\":[{\"calls\":["
+        "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":30}},"
+        "{\"id\":\"b\",\"to\":\"mock\",\"args\":{\"sleep_ms\":30}}]},"
+        "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\",\"b\"]}}]}";
+    /* 1: the head subscriber cancels inside the first call.dispatched */
+    {
+        struct ctx c;
+        CHECK(ctx_open(&c) == 0);
+        struct order_sub first = { .n = 0 }, canceller = { .cancel_on_dispatch = 1 };
+        struct orch_task *t = submit(&c, task);
+        CHECK(t != NULL);
+        if (t) {
+            orch_task_subscribe(t, 0, on_order, &first);
+            orch_task_subscribe(t, 0, on_order, &canceller);   /* head of the list */
+        }
+        run_loop(&c);
+        CHECK(t && orch_task_status(t) == TASK_CANCELLED);
+        int64_t last = t ? log_events(t) : -1;
+        CHECK_MSG(!first.bad && first.n == last && first.ids[0] == 1,
+                  "first subscriber: %d events, out of order %d, log %lld", first.n, first.bad, (long long)last);
+        CHECK_MSG(!canceller.bad && canceller.n == last, "canceller: %d events, out of order %d",
+                  canceller.n, canceller.bad);
+        ctx_close(&c);
+    }
+    /* 2: a subscriber ends the next one's subscription, and subscribes a new one */
+    {
+        struct ctx c;
+        CHECK(ctx_open(&c) == 0);
+        struct order_sub victim = { .n = 0 }, late = { .n = 0 }, actor = { .unsub_on_dispatch = 1, .sub_on_dispatch = 1 };
+        actor.late = &late;
+        struct orch_task *t = submit(&c, task);
+        CHECK(t != NULL);
+        if (t) {
+            actor.victim = orch_task_subscribe(t, 0, on_order, &victim);
+            orch_task_subscribe(t, 0, on_order, &actor);
+        }
+        run_loop(&c);
+        CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+        int64_t last = t ? log_events(t) : -1;
+        /* the victim saw nothing from the call.dispatched that ended it on */
+        CHECK_MSG(actor.unsub_at > 1 && !victim.bad && victim.n == actor.unsub_at - 1 &&
+                  victim.ids[victim.n - 1] == actor.unsub_at - 1,
+                  "victim: %d events, unsubscribed at %lld", victim.n, (long long)actor.unsub_at);
+        CHECK_MSG(!late.bad && late.n == last && late.ids[0] == 1, "late subscriber: %d of %lld events, out of order %d",
+                  late.n, (long long)last, late.bad);
+        CHECK_MSG(!actor.bad && actor.n == last, "actor: %d events", actor.n);
+        ctx_close(&c);
+    }
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -1767,6 +1871,7 @@ int main(void)
     test_event_numbers();
     test_script_actions_as_the_parser_sees_them();
     test_cancel_from_a_dispatch_event();
+    test_subscribers_acting_in_callbacks();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_mcp_sse_scan();
