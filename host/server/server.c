@@ -721,7 +721,8 @@ static void on_request(struct evhttp_request *req, void *arg)
  * runs, with an HTML page and "Connection: close": a body beyond evhttp's
  * max_body_size (by Content-Length, or chunked as it arrives) or headers
  * beyond max_headers_size (413), a malformed request line, header,
- * Content-Length or chunk framing (400, some framing errors also 413), and
+ * Content-Length or chunk framing (400; a malformed chunk size gets 413,
+ * which the rewritten body names as a possible cause), and
  * a method it does not know or allow (501).  libevent 2.1 has no hook for
  * these, so each connection's socket bufferevent (evhttp_set_bevcb; the
  * same kind evhttp makes itself) carries a callback on its output buffer
@@ -771,7 +772,8 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     case 413:
         api_error_set(&e, 413, "invalid_request_error", "request_too_large", NULL,
                       "The request is too large: the body is limited to %d bytes (max_body_bytes), the request "
-                      "line and headers to %d bytes",
+                      "line and headers to %d bytes; or its chunked framing is malformed (a chunk size that is "
+                      "not hex digits, or out of range: libevent answers both with 413)",
                       (int)srv->cfg.max_body_bytes, SERVER_MAX_HEADERS_BYTES);
         break;
     case 501:

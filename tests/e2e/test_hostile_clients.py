@@ -221,6 +221,25 @@ def test_resume_after_the_last_event_of_a_finished_task_ends(srv):
     assert httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()["status"] == "completed"
 
 
+@pytest.mark.parametrize("chunks", [
+    b"zz\r\n{}\r\n0\r\n\r\n",                          # not hex
+    b"-2\r\n{}\r\n0\r\n\r\n",                          # negative
+    b"fffffffffffffffffff\r\n{}\r\n0\r\n\r\n",         # past 64 bits
+])
+def test_malformed_chunk_sizes_get_an_error_naming_the_framing(srv, chunks):
+    # libevent 2.1 answers a bad chunk size itself, with 413 (it cannot be
+    # told apart from an oversized chunked body there); the reply must be
+    # the OpenAI error body naming the framing, the connection closed, and
+    # the server serving on.
+    got = raw(srv, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n" + chunks)
+    st, headers, body = split_reply(got)
+    assert st in (400, 413), got
+    assert headers.get("connection", "").lower() == "close", headers
+    e = openai_error(headers, body, st)
+    assert "chunked framing" in e["message"], e
+    assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
+
+
 @pytest.mark.parametrize("framing", [
     b"Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}",                   # conflicting lengths
     b"Content-Length: 40\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n0\r\n\r\n",  # length beside chunks
