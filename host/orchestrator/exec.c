@@ -180,13 +180,14 @@ static void call_finish(struct exec_call *c, enum fb_status st, cJSON *result,
     for (struct exec_call *d = c->next; d; d = d->next) {
         if (d->state != CS_WAITING)
             continue;
+        /* An id listed twice counted twice in `pending` (submit). */
         int depends = 0;
-        for (int i = 0; i < d->n_after && !depends; i++)
-            depends = !strcmp(d->after[i], c->id);
+        for (int i = 0; i < d->n_after; i++)
+            depends += !strcmp(d->after[i], c->id);
         if (!depends)
             continue;
         if (st == FB_OK) {
-            if (--d->pending == 0)
+            if ((d->pending -= depends) == 0)
                 call_make_ready(d);
         } else {
             char why[256];

@@ -1,0 +1,119 @@
+/* test_orch_exec_core.c - the executor's own bookkeeping through its API
+ * (exec_group_submit / cancel, no task layer), against builtin tools and the
+ * loopback mock agent.  Runs under ASan in scripts/test. */
+#include <event2/event.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "orchestrator/executor.h"
+#include "orchestrator/registry.h"
+#include "test_util.h"
+
+#define FB_MAX 32
+struct fbs {
+    struct event_base *base;
+    int                n;
+    struct { char id[16]; enum fb_status st; char err[256]; } f[FB_MAX];
+};
+
+static void fbs_cb(void *ud, const struct exec_feedback *fb)
+{
+    struct fbs *s = ud;
+    if (s->n < FB_MAX) {
+        snprintf(s->f[s->n].id, sizeof s->f[0].id, "%s", fb->id);
+        s->f[s->n].st = fb->status;
+        snprintf(s->f[s->n].err, sizeof s->f[0].err, "%s", fb->error ? fb->error : "");
+    }
+    s->n++;
+}
+
+/* Status of the first feedback for `id`, or -1 when none came. */
+static int fbs_status(const struct fbs *s, const char *id, const char **err)
+{
+    for (int i = 0; i < s->n && i < FB_MAX; i++)
+        if (!strcmp(s->f[i].id, id)) {
+            if (err)
+                *err = s->f[i].err;
+            return (int)s->f[i].st;
+        }
+    if (err)
+        *err = "";
+    return -1;
+}
+
+static int fbs_count(const struct fbs *s, const char *id)
+{
+    int k = 0;
+    for (int i = 0; i < s->n && i < FB_MAX; i++)
+        k += !strcmp(s->f[i].id, id);
+    return k;
+}
+
+static void submit(struct exec_group *g, const char *json)
+{
+    cJSON *c = cJSON_Parse(json);
+    CHECK_MSG(c && exec_group_submit(g, c) == PS_OK, "%s", json);
+    cJSON_Delete(c);
+}
+
+static void on_guard(evutil_socket_t fd, short what, void *ud)
+{
+    *(int *)ud = 1;
+}
+
+/* Run the loop until `n` feedback records arrived in s, or ms passed. */
+static void run_until(struct event_base *base, const struct fbs *s, int n, int ms)
+{
+    int fired = 0;
+    struct event *guard = evtimer_new(base, on_guard, &fired);
+    struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(guard, &tv);
+    while (!fired && s->n < n)
+        event_base_loop(base, EVLOOP_ONCE);
+    event_free(guard);
+}
+
+/* An `after` list that names the same call twice waits for that call once:
+ * the dependent must run when it ends ok (it used to count two pending
+ * dependencies and resolve one, and waited for ever). */
+static void test_after_names_a_call_twice(void)
+{
+    struct registry *reg;
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
+                             "x.json", &reg) == PS_OK);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 1 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"x\":1}}");
+    submit(g, "{\"id\":\"b\",\"to\":\"echo\",\"args\":{\"y\":\"{{a.x}}\"},\"after\":[\"a\",\"a\"]}");
+    run_until(base, &s, 2, 2000);
+    const char *err;
+    CHECK_MSG(fbs_status(&s, "a", &err) == FB_OK, "a: %d %s", fbs_status(&s, "a", NULL), err);
+    CHECK_MSG(fbs_status(&s, "b", &err) == FB_OK, "b after [a, a]: %d %s", fbs_status(&s, "b", NULL), err);
+    CHECK(exec_group_open(g) == 0);
+
+    /* ... and a dependency named twice that fails cancels it once. */
+    s.n = 0;
+    submit(g, "{\"id\":\"c\",\"to\":\"nobody\",\"args\":{}}");
+    submit(g, "{\"id\":\"d\",\"to\":\"echo\",\"args\":{},\"after\":[\"a\",\"c\",\"c\"]}");
+    run_until(base, &s, 2, 2000);
+    CHECK(fbs_status(&s, "c", NULL) == FB_REJECTED);
+    CHECK_MSG(fbs_status(&s, "d", &err) == FB_CANCELLED, "d: %d %s", fbs_status(&s, "d", NULL), err);
+    CHECK(fbs_count(&s, "d") == 1);
+    CHECK(exec_group_open(g) == 0);
+
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
+int main(void)
+{
+    test_after_names_a_call_twice();
+    TEST_DONE();
+}
