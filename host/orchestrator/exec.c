@@ -42,6 +42,8 @@ struct exec_call {
     enum call_state    state;
     int                attempts;
     int                is_probe;
+    int                is_dup;     /* its id was taken: rejected, and no `after`
+                                      names it (group_find finds the first) */
     struct event      *timer;      /* kick / timeout / backoff / reject delivery */
     struct adapter_op *op;
     int64_t            t_submit;
@@ -177,7 +179,7 @@ static void call_finish(struct exec_call *c, enum fb_status st, cJSON *result,
     g->cb(g->ud, &fb);
 
     /* Resolve dependents (they come after c in the list). */
-    for (struct exec_call *d = c->next; d; d = d->next) {
+    for (struct exec_call *d = c->is_dup ? NULL : c->next; d; d = d->next) {
         if (d->state != CS_WAITING)
             continue;
         /* An id listed twice counted twice in `pending` (submit). */
@@ -684,7 +686,9 @@ int exec_group_submit(struct exec_group *g, const cJSON *call)
         call_free(c);
         return ps_error_set(PS_ENOMEM, "executor: out of memory");
     }
-    int dup = !why[0] && group_find(g, c->id) != NULL;
+    /* A generated "#N" may be taken too: either way nothing depends on it. */
+    c->is_dup = group_find(g, c->id) != NULL;
+    int dup = !why[0] && c->is_dup;
     /* Link first: the call exists (and yields feedback) whatever is wrong with it. */
     if (g->tail) g->tail->next = c; else g->head = c;
     g->tail = c;

@@ -112,8 +112,40 @@ static void test_after_names_a_call_twice(void)
     registry_free(reg);
 }
 
+/* A call submitted again under an id already taken is rejected; that
+ * rejection is the duplicate's, not the first call's: calls that listed the
+ * id in `after` wait for the first call (they used to be cancelled, "dependency
+ * 'a' ended rejected", while 'a' went on to end ok). */
+static void test_duplicate_id_leaves_dependents_alone(void)
+{
+    struct registry *reg;
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
+                             "x.json", &reg) == PS_OK);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 1 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"x\":1}}");
+    submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"x\":2}}");
+    submit(g, "{\"id\":\"b\",\"to\":\"echo\",\"args\":{\"y\":\"{{a.x}}\"},\"after\":[\"a\"]}");
+    run_until(base, &s, 3, 2000);
+    CHECK(s.n == 3);
+    CHECK(fbs_count(&s, "a") == 2);
+    const char *err;
+    int st = fbs_status(&s, "b", &err);
+    CHECK_MSG(st == FB_OK, "b after the first 'a': %s (%s)", st >= 0 ? fb_status_str(st) : "none", err);
+    CHECK(exec_group_call_status(g, "a") == FB_OK);
+    CHECK(exec_group_open(g) == 0);
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_after_names_a_call_twice();
+    test_duplicate_id_leaves_dependents_alone();
     TEST_DONE();
 }
