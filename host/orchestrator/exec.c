@@ -130,7 +130,9 @@ static void breaker_result(struct agent_rt *rt, int ok, int is_probe)
 
 static void call_make_ready(struct exec_call *c);
 
-/* Abort whatever the call is doing, without feedback. */
+/* Abort whatever the call is doing, without feedback.  A half-open
+ * breaker's probe gives the role back whether it ran or waited in the
+ * queue: the next call probes (else the breaker never closes). */
 static void call_abort(struct exec_call *c)
 {
     struct exec *ex = c->g->ex;
@@ -143,9 +145,11 @@ static void call_abort(struct exec_call *c)
         c->op = NULL;
         c->rt->running--;
         ex->stats.running--;
-        if (c->is_probe)
-            c->rt->probe_in_flight = 0;
         agent_slot_freed(ex, c->rt);
+    }
+    if (c->is_probe) {
+        c->rt->probe_in_flight = 0;
+        c->is_probe = 0;
     }
 }
 

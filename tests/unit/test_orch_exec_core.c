@@ -8,6 +8,7 @@
 
 #include "common/status.h"
 #include "orchestrator/executor.h"
+#include "orchestrator/mock_agent.h"
 #include "orchestrator/registry.h"
 #include "test_util.h"
 
@@ -73,6 +74,12 @@ static void run_until(struct event_base *base, const struct fbs *s, int n, int m
     while (!fired && s->n < n)
         event_base_loop(base, EVLOOP_ONCE);
     event_free(guard);
+}
+
+static void run_for(struct event_base *base, int ms)
+{
+    struct fbs none = { 0 };
+    run_until(base, &none, 1, ms);
 }
 
 /* An `after` list that names the same call twice waits for that call once:
@@ -143,9 +150,64 @@ static void test_duplicate_id_leaves_dependents_alone(void)
     registry_free(reg);
 }
 
+/* A half-open breaker's probe that waited in the agent's queue and was
+ * cancelled there must let the next call probe: it used to leave the probe
+ * marked in flight, and every later call failed "circuit open" for good. */
+static void test_breaker_probe_cancelled_in_queue(void)
+{
+    struct mock_agent *m = mock_agent_start(0);
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    char pool[512];
+    snprintf(pool, sizeof pool,
+             "{\"agents\":[{\"name\":\"brk\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/\","
+             "\"max_concurrency\":2,\"retries\":0,\"timeout_ms\":5000,"
+             "\"breaker_failures\":1,\"breaker_open_ms\":50}]}", mock_agent_port(m));
+    struct registry *reg;
+    CHECK(registry_load_json(pool, "x.json", &reg) == PS_OK);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 1 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+
+    /* a and b take both slots, q waits; b's 503 opens the breaker and q
+     * takes b's slot. */
+    submit(g, "{\"id\":\"a\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
+    submit(g, "{\"id\":\"b\",\"to\":\"brk\",\"args\":{\"fault\":\"5xx\"}}");
+    submit(g, "{\"id\":\"q\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
+    run_until(base, &s, 1, 2000);
+    CHECK(fbs_status(&s, "b", NULL) == FB_EXEC_ERROR);
+    run_for(base, 120);   /* the breaker is half-open now */
+
+    /* p probes, but both slots are taken: it waits in the queue, and is
+     * cancelled there with the rest. */
+    submit(g, "{\"id\":\"p\",\"to\":\"brk\",\"args\":{}}");
+    run_for(base, 20);
+    CHECK(exec_group_call_status(g, "p") == -2);
+    exec_group_cancel_all(g, "task ended");
+    CHECK(fbs_status(&s, "p", NULL) == FB_CANCELLED);
+
+    /* The agent is up: the next call probes it and ends ok. */
+    s.n = 0;
+    submit(g, "{\"id\":\"n\",\"to\":\"brk\",\"args\":{}}");
+    run_until(base, &s, 1, 2000);
+    const char *err;
+    int st = fbs_status(&s, "n", &err);
+    CHECK_MSG(st == FB_OK, "call after the cancelled probe: %s (%s)", st >= 0 ? fb_status_str(st) : "none", err);
+
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+    mock_agent_stop(m);
+}
+
 int main(void)
 {
     test_after_names_a_call_twice();
     test_duplicate_id_leaves_dependents_alone();
+    test_breaker_probe_cancelled_in_queue();
     TEST_DONE();
 }
