@@ -168,7 +168,11 @@ static void call_finish(struct exec_call *c, enum fb_status st, cJSON *result,
     c->result = st == FB_OK ? result : NULL;
     if (st != FB_OK)
         cJSON_Delete(result);
-    c->error = error ? strdup(error) : NULL;
+    /* A rejection waiting for its turn (reject_later) holds its message
+     * in c->error: cancelled first, that message is replaced. */
+    char *e = error ? strdup(error) : NULL;
+    free(c->error);
+    c->error = e;
     g->n_open--;
     ex->stats.calls_finished++;
     int64_t now = orch_now_ns();

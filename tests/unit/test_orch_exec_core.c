@@ -204,10 +204,37 @@ static void test_breaker_probe_cancelled_in_queue(void)
     mock_agent_stop(m);
 }
 
+/* A call found bad at submit is rejected on the next loop turn; cancelled
+ * before that turn (the task ended), it ends cancelled, once, and its
+ * rejection message is not leaked (LeakSanitizer). */
+static void test_cancel_before_rejection_is_delivered(void)
+{
+    struct registry *reg;
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
+                             "x.json", &reg) == PS_OK);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 1 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    submit(g, "{\"id\":\"u\",\"to\":\"nobody\",\"args\":{}}");
+    submit(g, "{\"id\":\"v\",\"to\":\"echo\",\"args\":{},\"after\":[\"missing\"]}");
+    exec_group_cancel_all(g, "task ended");
+    run_for(base, 50);
+    CHECK(s.n == 2 && fbs_count(&s, "u") == 1 && fbs_count(&s, "v") == 1);
+    CHECK(fbs_status(&s, "u", NULL) == FB_CANCELLED && fbs_status(&s, "v", NULL) == FB_CANCELLED);
+    CHECK(exec_group_open(g) == 0);
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_after_names_a_call_twice();
     test_duplicate_id_leaves_dependents_alone();
     test_breaker_probe_cancelled_in_queue();
+    test_cancel_before_rejection_is_delivered();
     TEST_DONE();
 }
