@@ -61,6 +61,7 @@ struct orch_task {
     cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
     struct orch_sub      *subs;
     int                   delivering;  /* deliver() is on the stack */
+    int                   in_feedback; /* on_feedback() is on the stack: the executor works on g */
     struct event         *kick, *deadline;
     int                   new_feedback;
     int                   deciding;
@@ -563,11 +564,13 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
         o->decider.cancel(o->decider.ctx, t->decider_handle);
     t->decider_handle = NULL;
     t->deciding = 0;
-    exec_group_cancel_all(t->g, st == TASK_COMPLETED ? "not used by the final answer" :
-                                st == TASK_CANCELLED ? "task cancelled" : "task failed");
+    /* Ended before its calls are cancelled: a subscriber that ends the
+     * task again from one of their `cancelled` records finds it ended. */
     t->status = st;
     if (error)
         t->error = strdup(error);
+    exec_group_cancel_all(t->g, st == TASK_COMPLETED ? "not used by the final answer" :
+                                st == TASK_CANCELLED ? "task cancelled" : "task failed");
     if (t->deadline)
         event_del(t->deadline);
     if (t->finalize_ev)
@@ -582,8 +585,15 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
         summary_print(t, &b);
         emit_text(t, type, &b, 1);
     }
-    exec_group_destroy(t->g);
-    t->g = NULL;
+    if (t->in_feedback) {
+        /* Ended from a subscriber's callback inside the executor's feedback
+         * callback: the executor goes on with the group when that returns,
+         * so it is destroyed on the next turn of the loop (on_kick). */
+        event_active(t->kick, 0, 0);
+    } else {
+        exec_group_destroy(t->g);
+        t->g = NULL;
+    }
     o->n_running--;
     o->n_finished++;
     if (o->done_cb)
@@ -629,9 +639,8 @@ static cJSON *ledger_field(cJSON *e, const char *key)
  * "ms","attempts"} plus the two overheads in whole microseconds.  (Built as
  * a separate record and copied into the ledger field by field, this was
  * the largest share of the loop's allocations per call.) */
-static void on_feedback(void *ud, const struct exec_feedback *fb)
+static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
 {
-    struct orch_task *t = ud;
     cJSON *e = ledger_find(t, fb->id), *own = NULL;
     if (!e) {
         /* not in the ledger (cannot happen: every call is entered before it
@@ -701,6 +710,16 @@ static void on_feedback(void *ud, const struct exec_feedback *fb)
     t->new_feedback++;
     if (t->status == TASK_RUNNING)
         event_active(t->kick, 0, 0);
+}
+
+/* The executor's feedback callback (the group's calls must outlive it:
+ * see task_finish). */
+static void on_feedback(void *ud, const struct exec_feedback *fb)
+{
+    struct orch_task *t = ud;
+    t->in_feedback++;
+    feedback_record(t, fb);
+    t->in_feedback--;
 }
 
 /* A fresh id for a call that came without one: "c<k>", k the call's
@@ -1153,9 +1172,12 @@ static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const c
         t->repeated = 1;
         transcript_add(t, "(Those calls repeat calls already answered: their results are above.)\n", NULL, NULL);
     }
+    /* a subscriber may end the task from the decision event, or from a
+     * cancelled call's record: its group is gone then */
     const cJSON *cancel = cJSON_GetObjectItemCaseSensitive(action, "cancel"), *c;
     cJSON_ArrayForEach(c, cancel)
-        exec_group_cancel(t->g, c->valuestring, "cancelled by the orchestrator");
+        if (t->status == TASK_RUNNING)
+            exec_group_cancel(t->g, c->valuestring, "cancelled by the orchestrator");
     const cJSON *fin = cJSON_GetObjectItemCaseSensitive(action, "final");
     if (fin && t->status == TASK_RUNNING)
         t->final_pending = cJSON_Duplicate(fin, 1);
@@ -1338,8 +1360,11 @@ static void decide(struct orch_task *t)
 static void on_kick(evutil_socket_t fd, short what, void *ud)
 {
     struct orch_task *t = ud;
-    if (t->status != TASK_RUNNING)
+    if (t->status != TASK_RUNNING) {
+        exec_group_destroy(t->g);   /* kept while the executor was on the stack (task_finish) */
+        t->g = NULL;
         return;
+    }
     if (t->log_error) {
         char why[128];
         if (t->log_error == PS_EFULL)

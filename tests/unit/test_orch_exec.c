@@ -735,6 +735,70 @@ static void test_subscribers_acting_in_callbacks(void)
     }
 }
 
+/* A subscriber that cancels the task from inside the delivery of an event
+ * the executor or the task is still acting on: a call.result (the
+ * executor's feedback callback is on the stack, its group must outlive it),
+ * the `cancelled` record of a task already ending (the end must not start
+ * again), a decision whose action cancels calls (the ended task has no
+ * group to cancel them in).  Each time: one terminal event, every event
+ * once and in id order, the task counted as ended once. */
+struct cancel_on { const char *type, *needle; int fired, terminals, n, bad; int64_t last; };
+
+static void on_cancel_on(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct cancel_on *c = ud;
+    c->bad += ev->id != c->last + 1;
+    c->last = ev->id;
+    c->n++;
+    c->terminals += !strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error");
+    if (!c->fired && !strcmp(ev->type, c->type) && (!c->needle || strstr(ev->data, c->needle))) {
+        c->fired = 1;
+        orch_task_cancel(t, "cancelled by a subscriber");
+    }
+}
+
+static void test_cancel_from_result_and_decision_events(void)
+{
+    static const struct { const char *task, *type, *needle; enum orch_task_status want; } cases[] = {
+        /* 1: a's error result; b waits for a, c runs: call_finish(a) goes on after its callback */
+        { "{\"input\":\"x\",\"script\":[{\"calls\":["
+          "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1/0\"}},"
+          "{\"id\":\"b\",\"to\":\"mock\",\"args\":{\"sleep_ms\":300},\"after\":[\"a\"]},"
+          "{\"id\":\"c\",\"to\":\"mock\",\"args\":{\"sleep_ms\":300}}]},"
+          "{\"final\":{\"answer\":\"x\",\"uses\":[\"b\",\"c\"]}}]}",
+          "call.result", NULL, TASK_CANCELLED },
+        /* 2: the deadline ends the task; its `cancelled` records reach the subscriber */
+        { "{\"input\":\"x\",\"deadline_ms\":100,\"script\":[{\"calls\":["
+          "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":500}},"
+          "{\"id\":\"b\",\"to\":\"mock\",\"args\":{\"sleep_ms\":500}}]},"
+          "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\",\"b\"]}}]}",
+          "call.result", "\"cancelled\"", TASK_FAILED },
+        /* 3: the second decision cancels b */
+        { "{\"input\":\"x\",\"script\":[{\"calls\":["
+          "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
+          "{\"id\":\"b\",\"to\":\"one\",\"args\":{\"sleep_ms\":1000}}]},"
+          "{\"cancel\":[\"b\"]},{\"final\":{\"answer\":\"x\"}}]}",
+          "decision", "\"round\":2", TASK_CANCELLED },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        struct ctx c;
+        CHECK(ctx_open(&c) == 0);
+        struct cancel_on co = { .type = cases[i].type, .needle = cases[i].needle };
+        struct orch_task *t = submit(&c, cases[i].task);
+        if (t)
+            orch_task_subscribe(t, 0, on_cancel_on, &co);
+        run_loop(&c);
+        CHECK_MSG(t && orch_task_status(t) == cases[i].want, "case %zu: status %s", i + 1,
+                  t ? orch_task_status_str(orch_task_status(t)) : "?");
+        CHECK_MSG(co.fired && co.terminals == 1 && !co.bad && co.n == (t ? log_events(t) : -1),
+                  "case %zu: fired %d, %d terminal events, %d events, out of order %d", i + 1, co.fired,
+                  co.terminals, co.n, co.bad);
+        CHECK_MSG(c.run.done == 1 && orch_running(c.orch) == 0, "case %zu: ended %d times, %d running", i + 1,
+                  c.run.done, orch_running(c.orch));
+        ctx_close(&c);
+    }
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -1872,6 +1936,7 @@ int main(void)
     test_script_actions_as_the_parser_sees_them();
     test_cancel_from_a_dispatch_event();
     test_subscribers_acting_in_callbacks();
+    test_cancel_from_result_and_decision_events();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_mcp_sse_scan();
