@@ -4,6 +4,7 @@
  *   NEW/WAITING call_make_ready()     substitute + validate -> call_dispatch()
  *   READY       call_dispatch()       breaker check; slot ? call_start() : agent queue
  *   queue       agent_pump()          (event) starts queued calls as slots free
+ *                                     (breaker asked again: open -> DONE)
  *   RUNNING     on_adapter_done() / on_timer() (timeout)
  *   BACKOFF     on_timer()            -> call_dispatch()
  *   any         call_finish()         -> DONE, one feedback, dependents resolved
@@ -24,7 +25,7 @@
 #define EXEC_MAX_AFTER   64
 #define EXEC_BACKOFF_CAP 5000
 
-enum call_state { CS_NEW, CS_WAITING, CS_QUEUED, CS_RUNNING, CS_BACKOFF, CS_REJECT, CS_DONE };
+enum call_state { CS_NEW, CS_WAITING, CS_QUEUED, CS_READY, CS_RUNNING, CS_BACKOFF, CS_REJECT, CS_DONE };
 
 struct exec_call {
     struct exec_group *g;
@@ -239,24 +240,35 @@ static void call_start(struct exec_call *c)
     evtimer_add(c->timer, &tv);
 }
 
-static void call_dispatch(struct exec_call *c)
+/* The breaker's word on a call about to be started or queued: 0 when it
+ * may go (the half-open breaker's probe, when it is one), else 1 and the
+ * call has ended `exec_error`.  Asked at dispatch and again when a queued
+ * call gets its slot: none reaches an agent while its breaker is open. */
+static int breaker_refuses(struct exec_call *c)
 {
     struct exec *ex = c->g->ex;
     struct agent_rt *rt = c->rt;
-    c->is_probe = 0;
-    if (rt->open_until_ns) {
-        int64_t now = orch_now_ns();
-        if (now < rt->open_until_ns || rt->probe_in_flight) {
-            char err[256];
-            snprintf(err, sizeof err, "circuit open for agent '%s' after %d consecutive failures",
-                     rt->spec->name, rt->consecutive_failures);
-            ex->stats.breaker_rejects++;
-            call_finish(c, FB_EXEC_ERROR, NULL, err, 0);
-            return;
-        }
-        c->is_probe = 1;          /* half-open: this call probes the agent */
-        rt->probe_in_flight = 1;
+    if (c->is_probe || !rt->open_until_ns)
+        return 0;
+    if (orch_now_ns() < rt->open_until_ns || rt->probe_in_flight) {
+        char err[256];
+        snprintf(err, sizeof err, "circuit open for agent '%s' after %d consecutive failures",
+                 rt->spec->name, rt->consecutive_failures);
+        ex->stats.breaker_rejects++;
+        call_finish(c, FB_EXEC_ERROR, NULL, err, 0);
+        return 1;
     }
+    c->is_probe = 1;              /* half-open: this call probes the agent */
+    rt->probe_in_flight = 1;
+    return 0;
+}
+
+static void call_dispatch(struct exec_call *c)
+{
+    struct agent_rt *rt = c->rt;
+    c->is_probe = 0;
+    if (breaker_refuses(c))
+        return;
     if (rt->running < rt->spec->max_concurrency && !rt->q_head) {
         call_start(c);
         return;
@@ -278,7 +290,9 @@ static void agent_pump(evutil_socket_t fd, short what, void *ud)
             rt->q_tail = NULL;
         c->q_next = NULL;
         rt->queued--;
-        call_start(c);
+        c->state = CS_READY;
+        if (!breaker_refuses(c))
+            call_start(c);
     }
 }
 

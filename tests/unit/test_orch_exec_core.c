@@ -150,10 +150,13 @@ static void test_duplicate_id_leaves_dependents_alone(void)
     registry_free(reg);
 }
 
-/* A half-open breaker's probe that waited in the agent's queue and was
- * cancelled there must let the next call probe: it used to leave the probe
- * marked in flight, and every later call failed "circuit open" for good. */
-static void test_breaker_probe_cancelled_in_queue(void)
+/* A half-open breaker's probe that is cancelled lets the next call probe.
+ * A probe that waited in the agent's queue and was cancelled there used to
+ * stay marked in flight, and every later call failed "circuit open" for
+ * good (call_abort); since queued calls are refused once the breaker opens
+ * (agent_pump), a probe finds a free slot and runs, and this checks the
+ * same outcome for one cancelled while it runs. */
+static void test_breaker_probe_cancelled(void)
 {
     struct mock_agent *m = mock_agent_start(0);
     CHECK(m != NULL);
@@ -172,8 +175,7 @@ static void test_breaker_probe_cancelled_in_queue(void)
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
 
-    /* a and b take both slots, q waits; b's 503 opens the breaker and q
-     * takes b's slot. */
+    /* a and b take both slots, q waits; b's 503 opens the breaker. */
     submit(g, "{\"id\":\"a\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
     submit(g, "{\"id\":\"b\",\"to\":\"brk\",\"args\":{\"fault\":\"5xx\"}}");
     submit(g, "{\"id\":\"q\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
@@ -181,9 +183,8 @@ static void test_breaker_probe_cancelled_in_queue(void)
     CHECK(fbs_status(&s, "b", NULL) == FB_EXEC_ERROR);
     run_for(base, 120);   /* the breaker is half-open now */
 
-    /* p probes, but both slots are taken: it waits in the queue, and is
-     * cancelled there with the rest. */
-    submit(g, "{\"id\":\"p\",\"to\":\"brk\",\"args\":{}}");
+    /* p probes, and is cancelled with the rest before it ends. */
+    submit(g, "{\"id\":\"p\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
     run_for(base, 20);
     CHECK(exec_group_call_status(g, "p") == -2);
     exec_group_cancel_all(g, "task ended");
@@ -230,11 +231,54 @@ static void test_cancel_before_rejection_is_delivered(void)
     registry_free(reg);
 }
 
+/* Calls that wait in an agent's queue when its breaker opens fail fast like
+ * calls made after it opened: none reaches the agent while it is open (they
+ * used to be sent one by one as slots freed, each waiting out its timeout
+ * on an agent already known to be down). */
+static void test_breaker_open_fails_queued_calls(void)
+{
+    struct mock_agent *m = mock_agent_start(0);
+    CHECK(m != NULL);
+    if (!m)
+        return;
+    char pool[512];
+    snprintf(pool, sizeof pool,
+             "{\"agents\":[{\"name\":\"one\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/\","
+             "\"max_concurrency\":1,\"retries\":0,\"timeout_ms\":200,"
+             "\"breaker_failures\":1,\"breaker_open_ms\":60000}]}", mock_agent_port(m));
+    struct registry *reg;
+    CHECK(registry_load_json(pool, "x.json", &reg) == PS_OK);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 1 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    submit(g, "{\"id\":\"h\",\"to\":\"one\",\"args\":{\"fault\":\"hang\"}}");
+    submit(g, "{\"id\":\"q1\",\"to\":\"one\",\"args\":{\"fault\":\"hang\"}}");
+    submit(g, "{\"id\":\"q2\",\"to\":\"one\",\"args\":{}}");
+    run_until(base, &s, 3, 3000);
+    CHECK(fbs_status(&s, "h", NULL) == FB_TIMEOUT);
+    const char *err;
+    for (int i = 0; i < 2; i++) {
+        const char *id = i ? "q2" : "q1";
+        int st = fbs_status(&s, id, &err);
+        CHECK_MSG(st == FB_EXEC_ERROR && strstr(err, "circuit open"), "%s queued when the breaker opened: %s (%s)",
+                  id, st >= 0 ? fb_status_str(st) : "none", err);
+    }
+    CHECK_MSG(mock_agent_requests(m) == 1, "%lld requests reached the agent", (long long)mock_agent_requests(m));
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+    mock_agent_stop(m);
+}
+
 int main(void)
 {
     test_after_names_a_call_twice();
     test_duplicate_id_leaves_dependents_alone();
-    test_breaker_probe_cancelled_in_queue();
+    test_breaker_probe_cancelled();
     test_cancel_before_rejection_is_delivered();
+    test_breaker_open_fails_queued_calls();
     TEST_DONE();
 }
