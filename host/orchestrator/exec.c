@@ -306,7 +306,13 @@ const cJSON *exec_json_path(const cJSON *r, const char *path)
             return NULL;
         memcpy(key, path, n);
         key[n] = 0;
-        r = cJSON_IsArray(r) ? cJSON_GetArrayItem(r, atoi(key)) : cJSON_GetObjectItemCaseSensitive(r, key);
+        if (cJSON_IsArray(r)) {
+            /* an element by its decimal index; any other key names nothing */
+            size_t digits = strspn(key, "0123456789");
+            r = n && n <= 9 && digits == n ? cJSON_GetArrayItem(r, (int)strtol(key, NULL, 10)) : NULL;
+        } else {
+            r = cJSON_GetObjectItemCaseSensitive(r, key);
+        }
         path = dot ? dot + 1 : path + n;
     }
     return r;

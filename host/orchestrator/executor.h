@@ -108,8 +108,9 @@ int exec_group_open(const struct exec_group *g);
 /* Status of a call: -1 unknown id, -2 unfinished, else an fb_status. */
 int exec_group_call_status(const struct exec_group *g, const char *id);
 
-/* Resolve "a.b" inside a result (path may be "" for the whole result);
- * NULL when absent.  Borrowed. */
+/* Resolve "a.b" inside a result (path may be "" for the whole result; in an
+ * array a key must be a decimal index, "items.0.name"); NULL when absent.
+ * Borrowed. */
 const cJSON *exec_json_path(const cJSON *result, const char *path);
 /* Text of a result for interpolation: a string as is, a number printed, an
  * object with a single scalar member that member's text, else compact JSON.

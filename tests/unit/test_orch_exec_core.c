@@ -273,6 +273,40 @@ static void test_breaker_open_fails_queued_calls(void)
     mock_agent_stop(m);
 }
 
+/* "{{a.list.k}}" on an array member selects element k, where k is a
+ * decimal index; any other key names no member and the reference is
+ * rejected (a key such as "x" or "1x" used to be read by atoi(), so
+ * "{{a.list.x}}" silently became the first element). */
+static void test_ref_into_an_array_needs_an_index(void)
+{
+    struct registry *reg;
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
+                             "x.json", &reg) == PS_OK);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 1 };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"list\":[7,8]}}");
+    submit(g, "{\"id\":\"ok1\",\"to\":\"echo\",\"args\":{\"v\":\"{{a.list.1}}\"},\"after\":[\"a\"]}");
+    submit(g, "{\"id\":\"x\",\"to\":\"echo\",\"args\":{\"v\":\"{{a.list.x}}\"},\"after\":[\"a\"]}");
+    submit(g, "{\"id\":\"x1\",\"to\":\"echo\",\"args\":{\"v\":\"{{a.list.1x}}\"},\"after\":[\"a\"]}");
+    submit(g, "{\"id\":\"neg\",\"to\":\"echo\",\"args\":{\"v\":\"{{a.list.-1}}\"},\"after\":[\"a\"]}");
+    submit(g, "{\"id\":\"big\",\"to\":\"echo\",\"args\":{\"v\":\"{{a.list.4294967297}}\"},\"after\":[\"a\"]}");
+    run_until(base, &s, 6, 2000);
+    CHECK(fbs_status(&s, "ok1", NULL) == FB_OK);
+    const char *ids[] = { "x", "x1", "neg", "big" };
+    for (size_t i = 0; i < sizeof ids / sizeof ids[0]; i++) {
+        const char *err;
+        int st = fbs_status(&s, ids[i], &err);
+        CHECK_MSG(st == FB_REJECTED, "%s: %s (%s)", ids[i], st >= 0 ? fb_status_str(st) : "none", err);
+    }
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_after_names_a_call_twice();
@@ -280,5 +314,6 @@ int main(void)
     test_breaker_probe_cancelled();
     test_cancel_before_rejection_is_delivered();
     test_breaker_open_fails_queued_calls();
+    test_ref_into_an_array_needs_an_index();
     TEST_DONE();
 }
