@@ -546,11 +546,15 @@ static void summary_print(const struct orch_task *t, struct jbuf *b)
 
 /* ---- lifecycle -------------------------------------------------------------------- */
 
-static void evict_finished(struct orch *o)
+/* Release the oldest finished tasks without subscribers beyond
+ * keep_finished, never `ending`: the task whose end triggers this stays
+ * valid for its caller (DELETE replies with its summary); a later end
+ * evicts it. */
+static void evict_finished(struct orch *o, const struct orch_task *ending)
 {
     for (struct orch_task *t = o->head, *nx; t && o->n_finished > o->cfg.keep_finished; t = nx) {
         nx = t->next;
-        if (t->status != TASK_RUNNING && !t->subs)
+        if (t != ending && t->status != TASK_RUNNING && !t->subs)
             orch_task_release(t);
     }
 }
@@ -598,7 +602,7 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     o->n_finished++;
     if (o->done_cb)
         o->done_cb(o->done_ud, t);
-    evict_finished(o);
+    evict_finished(o, t);
 }
 
 /* Set a ledger field in place (the entry's placeholders are replaced by
@@ -1678,7 +1682,7 @@ void orch_task_cancel(struct orch_task *t, const char *reason)
 
 void orch_cancel_all(struct orch *o, const char *reason)
 {
-    /* Ending a task may evict finished ones (t itself included), never a
+    /* Ending a task may evict finished ones (not t itself), never a
      * running one: step to the next running task before cancelling. */
     struct orch_task *t = o->head;
     while (t && t->status != TASK_RUNNING)

@@ -122,7 +122,9 @@ cJSON *orch_task_summary(const struct orch_task *t);
 char *orch_task_prompt(const struct orch_task *t);
 
 /* Cooperative cancel: in-flight calls are cancelled, late results ignored,
- * then task.error with status "cancelled".  No-op on a finished task. */
+ * then task.error with status "cancelled".  No-op on a finished task.  A
+ * task's own end never evicts it: t stays valid after this call (until
+ * another task ends). */
 void orch_task_cancel(struct orch_task *t, const char *reason);
 
 /* Subscribe to events with id > after_id: stored ones are replayed from

@@ -799,6 +799,49 @@ static void test_cancel_from_result_and_decision_events(void)
     }
 }
 
+/* The task a caller ends is not evicted by its own end: tasks_api's DELETE
+ * cancels a task, then replies with its summary.  With keep_finished 1, a
+ * long task whose client left (no subscriber), created before two quick
+ * ones that finished, is the oldest finished task when it is cancelled. */
+static void test_cancelled_task_outlives_its_end(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    orch_destroy(c.orch);
+    struct exec_config ec = { .seed = 42 };
+    struct orch_config oc = { .keep_finished = 1 };
+    CHECK((c.orch = orch_create(c.base, c.reg, &ec, &oc)) != NULL);
+    if (!c.orch) {
+        ctx_close(&c);
+        return;
+    }
+    orch_set_done_cb(c.orch, on_done, &c.run);
+    const char *tasks[3] = {
+        "{\"input\":\"long\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"one\",\"args\":{\"sleep_ms\":1000}}]},"
+        "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\"]}}]}",
+        "{\"input\":\"quick\",\"script\":[{\"final\":{\"answer\":\"x\"}}]}",
+        "{\"input\":\"quick\",\"script\":[{\"final\":{\"answer\":\"x\"}}]}",
+    };
+    struct orch_task *ts[3] = { NULL, NULL, NULL };
+    for (int i = 0; i < 3; i++) {
+        cJSON *req = cJSON_Parse(tasks[i]);
+        CHECK_MSG(orch_task_submit(c.orch, req, NULL, &ts[i]) == PS_OK, "submit: %s", ps_error_last());
+        cJSON_Delete(req);
+    }
+    c.run.expect = 2;      /* the quick ones */
+    run_loop(&c);
+    CHECK_MSG(c.run.done == 2 && ts[0] && orch_task_status(ts[0]) == TASK_RUNNING, "%d done", c.run.done);
+    if (ts[0]) {
+        orch_task_cancel(ts[0], "cancelled by the client (DELETE)");
+        CHECK(orch_task_status(ts[0]) == TASK_CANCELLED);
+        cJSON *s = orch_task_summary(ts[0]);
+        const cJSON *st = cJSON_GetObjectItemCaseSensitive(s, "status");
+        CHECK(cJSON_IsString(st) && !strcmp(st->valuestring, "cancelled"));
+        cJSON_Delete(s);
+    }
+    ctx_close(&c);
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -1937,6 +1980,7 @@ int main(void)
     test_cancel_from_a_dispatch_event();
     test_subscribers_acting_in_callbacks();
     test_cancel_from_result_and_decision_events();
+    test_cancelled_task_outlives_its_end();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_mcp_sse_scan();
