@@ -30,6 +30,15 @@ static double calc_fail(struct calc *c, const char *msg)
     return NAN;
 }
 
+/* Every value the parser builds passes here: an undefined one (NaN:
+ * sqrt(-1), log(-1), inf - inf, 0 * inf) fails at once, since min, max and
+ * pow would otherwise turn it into a number (fmax(NaN, 1) = 1, pow(NaN, 0)
+ * = 1). */
+static double calc_val(struct calc *c, double v)
+{
+    return isnan(v) && !c->failed ? calc_fail(c, "undefined result (domain error)") : v;
+}
+
 static void calc_ws(struct calc *c)
 {
     while (c->s[c->pos] == ' ' || c->s[c->pos] == '\t' || c->s[c->pos] == '\n')
@@ -103,14 +112,14 @@ static double calc_primary(struct calc *c)
             if (!strcmp(name, f1[i].n)) {
                 if (na != 1)
                     return calc_fail(c, "function takes one argument");
-                return f1[i].f(a[0]);
+                return calc_val(c, f1[i].f(a[0]));
             }
         if (!strcmp(name, "min") || !strcmp(name, "max") || !strcmp(name, "pow")) {
             if (na != 2)
                 return calc_fail(c, "function takes two arguments");
-            if (name[1] == 'i') return fmin(a[0], a[1]);
-            if (name[1] == 'a') return fmax(a[0], a[1]);
-            return pow(a[0], a[1]);
+            if (name[1] == 'i') return calc_val(c, fmin(a[0], a[1]));
+            if (name[1] == 'a') return calc_val(c, fmax(a[0], a[1]));
+            return calc_val(c, pow(a[0], a[1]));
         }
         return calc_fail(c, "unknown function");
     }
@@ -127,7 +136,7 @@ static double calc_power(struct calc *c)
     if (c->s[c->pos] == '^' || (c->s[c->pos] == '*' && c->s[c->pos + 1] == '*')) {
         c->pos += c->s[c->pos] == '^' ? 1 : 2;
         double e = calc_unary(c);
-        return pow(b, e);
+        return calc_val(c, pow(b, e));
     }
     return b;
 }
@@ -161,7 +170,7 @@ static double calc_term(struct calc *c)
             return NAN;
         if ((op == '/' || op == '%') && r == 0)
             return calc_fail(c, "division by zero");
-        v = op == '*' ? v * r : op == '/' ? v / r : fmod(v, r);
+        v = calc_val(c, op == '*' ? v * r : op == '/' ? v / r : fmod(v, r));
     }
 }
 
@@ -177,7 +186,7 @@ static double calc_expr(struct calc *c)
             break;
         c->pos++;
         double r = calc_term(c);
-        v = op == '+' ? v + r : v - r;
+        v = calc_val(c, op == '+' ? v + r : v - r);
     }
     c->depth--;
     return v;

@@ -1,0 +1,44 @@
+/* test_orch_tools.c - the builtin tools (builtin.c) on hostile input: the
+ * calculator's answers must be right or an error, never a number made up
+ * from an undefined intermediate. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "common/status.h"
+#include "orchestrator/builtin.h"
+#include "test_util.h"
+
+/* An undefined intermediate (sqrt(-1), log(-1), inf - inf, 0 * inf, ...) is
+ * an error wherever it appears: min, max and pow used to swallow the NaN,
+ * so "max(sqrt(-1), 1)" answered 1 and "sqrt(-1)^0" answered 1. */
+static void test_calc_undefined_intermediates(void)
+{
+    static const char *const bad[] = {
+        "max(sqrt(-1), 1)", "min(log(-1), 2)", "pow(sqrt(-1), 0)", "sqrt(-1)^0", "1^log(-1)",
+        "1 ** acos(2)", "max(1e308*10 - 1e308*10, 3)", "min(0 * (1e308*10), 5)", "pow(asin(3), 0) + 1",
+        "sqrt(-4)", "(-8)^(1/3)",
+    };
+    char err[256];
+    double x;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        x = 12345;
+        int st = builtin_calc(bad[i], &x, err, sizeof err);
+        CHECK_MSG(st == PS_EINVAL, "'%s' gave %g", bad[i], x);
+    }
+    /* defined ones still work */
+    static const struct { const char *e; double v; } good[] = {
+        { "max(2, 7) / 2", 3.5 }, { "pow(2, 10)", 1024 }, { "2^3^2", 512 }, { "-2^2", -4 },
+        { "min(-1, sqrt(4))", -1 }, { "(-8)^3", -512 }, { "5 % 3", 2 }, { "1/(1e308*10)", 0 },
+    };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        int st = builtin_calc(good[i].e, &x, err, sizeof err);
+        CHECK_MSG(st == PS_OK && x == good[i].v, "'%s': %d %g (%s)", good[i].e, st, x, st ? err : "");
+    }
+}
+
+int main(void)
+{
+    test_calc_undefined_intermediates();
+    TEST_DONE();
+}
