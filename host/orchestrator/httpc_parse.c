@@ -53,7 +53,7 @@ static const char *header_span(const char *line, size_t n, const char *name, siz
     const char *v = line + k + 1;
     const char *end = line + n;
     while (v < end && (*v == ' ' || *v == '\t')) v++;
-    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ')) end--;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t')) end--;
     *vlen = (size_t)(end - v);
     return v;
 }
@@ -242,15 +242,15 @@ int httpc_reply_parse_body(struct httpc_reply *r, char *in, size_t *in_len, char
             }
             pos += (size_t)(eol + 1 - p);
             if (r->chunk == HCH_SIZE) {
-                /* Hex digits, then the line end, a space or a chunk
-                 * extension; parsed by hand within the line (strtoull would
+                /* Hex digits, then the line end, a space or tab (BWS) or a
+                 * chunk extension; parsed by hand within the line (strtoull would
                  * skip leading whitespace, across the line end and past
                  * the received bytes, and take a sign or "0x"). */
                 const char *e = p;
                 unsigned long long x = 0;
                 for (; e < eol && isxdigit((unsigned char)*e) && x <= HTTPC_MAX_BODY; e++)
                     x = x * 16 + (unsigned)(*e <= '9' ? *e - '0' : (*e | 0x20) - 'a' + 10);
-                if (e == p || (*e != ';' && *e != '\r' && *e != '\n' && *e != ' ') || x > HTTPC_MAX_BODY) {
+                if (e == p || (*e != ';' && *e != '\r' && *e != '\n' && *e != ' ' && *e != '\t') || x > HTTPC_MAX_BODY) {
                     snprintf(msg, msglen, "bad chunked encoding");
                     rc = -1;
                     break;

@@ -286,10 +286,38 @@ static void parser_cases(void)
     }
 }
 
+/* Optional whitespace is SP or HTAB (RFC 9110 5.6.3, RFC 9112 7.1.1): a
+ * field value with a tab after it, or a tab before a chunk extension, is a
+ * legal reply (both failed: "bad Content-Length", "bad chunked encoding"). */
+static void parser_tabs_are_whitespace(void)
+{
+    static const char *const ok[] = {
+        "HTTP/1.1 200 OK\r\nContent-Length: 2\t\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nContent-Length:\t2 \t\r\n\r\nok",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\t;x=1\r\nok\r\n0\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\t\r\nok\r\n0\r\n\r\n",
+    };
+    struct httpc_reply r;
+    char msg[160];
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++)
+        for (size_t step = 0; step <= 3; step++) {
+            int rc = parse_reply(ok[i], strlen(ok[i]), step, &r, msg, sizeof msg);
+            CHECK_MSG(rc == 1 && r.len == 2 && !memcmp(r.body, "ok", 2), "reply %zu step %zu: %d %s", i, step, rc,
+                      msg);
+            httpc_reply_clear(&r);
+        }
+    /* the value itself is trimmed of tabs too */
+    const char *ct = "HTTP/1.1 200 OK\r\nContent-Type: application/json\t\r\nContent-Length: 0\r\n\r\n";
+    CHECK(parse_reply(ct, strlen(ct), 0, &r, msg, sizeof msg) == 1 && r.content_type &&
+          !strcmp(r.content_type, "application/json"));
+    httpc_reply_clear(&r);
+}
+
 int main(void)
 {
     pthread_t th;
     parser_cases();
+    parser_tabs_are_whitespace();
     if (srv_start(&th))
         TEST_SKIP("cannot listen on loopback: %s", strerror(errno));
     base = event_base_new();
