@@ -1704,7 +1704,9 @@ struct orch_sub *orch_task_subscribe(struct orch_task *t, int64_t after_id, orch
     s->t = t;
     s->cb = cb;
     s->ud = ud;
-    s->seen = after_id < 0 ? 0 : after_id;
+    /* past the log: from its end (an id no event of this task had yet;
+     * the events to come, terminal one included, still reach it) */
+    s->seen = after_id < 0 ? 0 : after_id > t->n_events ? t->n_events : after_id;
     s->next = t->subs;
     if (t->subs)
         t->subs->prev = s;

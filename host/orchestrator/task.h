@@ -128,7 +128,9 @@ char *orch_task_prompt(const struct orch_task *t);
 void orch_task_cancel(struct orch_task *t, const char *reason);
 
 /* Subscribe to events with id > after_id: stored ones are replayed from
- * inside this call, later ones delivered as they happen.  After the
+ * inside this call, later ones delivered as they happen.  An after_id past
+ * the log counts as its end, so a running task's later events, its
+ * terminal one included, still arrive.  After the
  * terminal event the subscription stays until orch_unsubscribe().  A
  * task is not evicted while it has subscribers. */
 struct orch_sub *orch_task_subscribe(struct orch_task *t, int64_t after_id,

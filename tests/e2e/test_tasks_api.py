@@ -234,6 +234,30 @@ def test_resume_a_running_task_gets_live_events(srv):
     assert [e["id"] for e in tail] == [e["id"] for e in ev[2:]]
 
 
+def test_resume_past_a_running_tasks_log_ends_with_the_task(srv):
+    # A Last-Event-ID beyond a running task's log (a client that names an id
+    # of another stream): the stream must still end when the task ends, with
+    # its terminal event, not stay open forever past it.
+    body = {"input": "ahead", "stream": True, "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 500}}]},
+        {"final": {"answer": "done", "uses": ["a"]}}]}
+    with httpx.stream("POST", srv.url + "/v1/tasks", json=body, timeout=30) as r:
+        tid = r.headers["x-task-id"]
+        t0 = time.time()
+        with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events", headers={"Last-Event-ID": "1000"},
+                          timeout=httpx.Timeout(30, read=6)) as s:
+            assert s.status_code == 200
+            try:
+                got = sse_events(list(s.iter_lines()))
+            except httpx.ReadTimeout:
+                pytest.fail("the stream stayed open after the task ended")
+        assert time.time() - t0 < 5
+        own = sse_events(list(r.iter_lines()))
+    assert own[-1]["event"] == "task.final"
+    assert got and got[-1]["event"] == "task.final" and got[-1]["id"] == own[-1]["id"], got
+    assert [e["id"] for e in got] == [e["id"] for e in own[-len(got):]]
+
+
 def err_shape(r, status, param=None):
     assert r.status_code == status, r.text
     e = r.json()["error"]
