@@ -327,7 +327,8 @@ char *exec_result_text(const cJSON *r)
         return strdup(r->valuestring);
     if (cJSON_IsNumber(r)) {
         char b[64];
-        if (r->valuedouble == (double)(long long)r->valuedouble && fabs(r->valuedouble) < 1e15)
+        /* in range first: casting a double past long long's is undefined */
+        if (fabs(r->valuedouble) < 1e15 && r->valuedouble == (double)(long long)r->valuedouble)
             snprintf(b, sizeof b, "%lld", (long long)r->valuedouble);
         else
             snprintf(b, sizeof b, "%.17g", r->valuedouble);

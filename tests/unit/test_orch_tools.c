@@ -3,10 +3,12 @@
  * from an undefined intermediate. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "common/status.h"
 #include "orchestrator/builtin.h"
+#include "orchestrator/executor.h"
 #include "test_util.h"
 
 /* An undefined intermediate (sqrt(-1), log(-1), inf - inf, 0 * inf, ...) is
@@ -37,8 +39,29 @@ static void test_calc_undefined_intermediates(void)
     }
 }
 
+/* A result's text (what "{{c1}}" inside a longer string and the final
+ * answer show): integral values print as integers, others as %.17g.  A
+ * value out of long long's range was cast to long long before its size was
+ * checked, which is undefined behaviour (UBSan float-cast-overflow). */
+static void test_result_text_of_large_numbers(void)
+{
+    static const struct { double v; const char *want; } cases[] = {
+        { 42, "42" }, { -7, "-7" }, { 0.5, "0.5" }, { 1e20, "1e+20" }, { -1e300, "-1.0000000000000001e+300" },
+        { 9.2233720368547758e18, "9.2233720368547758e+18" }, { 1e15, "1000000000000000" },
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cJSON *n = cJSON_CreateNumber(cases[i].v);
+        char *t = exec_result_text(n);
+        CHECK_MSG(t && !strcmp(t, cases[i].want), "%.17g: '%s' (want '%s')", cases[i].v, t ? t : "(null)",
+                  cases[i].want);
+        free(t);
+        cJSON_Delete(n);
+    }
+}
+
 int main(void)
 {
     test_calc_undefined_intermediates();
+    test_result_text_of_large_numbers();
     TEST_DONE();
 }
