@@ -21,8 +21,11 @@
  *  2. DONE is final: a cancelled or timed-out call's adapter operation is
  *     aborted first, so a late reply can never produce a second record.
  *  3. The group callback is never called from inside exec_group_submit()
- *     or exec_group_cancel(); it must not call those (or destroy the
- *     group) itself: defer to the loop instead.
+ *     (a rejection at submit is delivered on a later loop turn);
+ *     exec_group_cancel() and exec_group_cancel_all() deliver the cancelled
+ *     calls' records, and those of the dependents they end, before they
+ *     return.  The callback must not submit, cancel or destroy the group
+ *     itself: defer to the loop instead.
  *
  * Arguments may reference finished calls: a string value exactly "{{c1}}"
  * is replaced by c1's result (JSON), and "{{c1}}" inside a longer string by
