@@ -77,9 +77,11 @@ void mcp_reap_all(struct exec *ex);
 /* MCP reply handling as pure functions (mcp.c; tests/fuzz/fuzz_mcp_reply.c
  * feeds them untrusted server replies).
  * mcp_reply_parse: the JSON-RPC message in an HTTP reply body of `len`
- * bytes (need not be NUL-terminated): the body itself when it is JSON,
- * else the first text/event-stream event whose data lines hold a response
- * (result or error) with id `id`; NULL when there is none.  Caller frees.
+ * bytes (need not be NUL-terminated).  A JSON body: the response object
+ * with id `id` (in a batch array, that element), or an error response
+ * whose id is null or absent; else the first text/event-stream event
+ * whose data lines hold a response (result or error) with id `id`; NULL
+ * when there is none.  Caller frees.
  * mcp_reply_result: map a tools/call response to an outcome: FB_OK with
  * *res (caller frees; NULL only when out of memory), or an error status
  * with the message in err (always NUL-terminated). */

@@ -196,11 +196,35 @@ static int rpc_id_is(const cJSON *v, long id)
     return cJSON_IsNumber(v) && v->valuedouble == (double)id;
 }
 
+/* The response to request `id` in a JSON body (takes j; NULL when there
+ * is none): the object itself when its id is `id`, or when it has no id
+ * (null or absent: a server that could not read the request) and carries
+ * an error; in a batch (array), the element with id `id`.  A response to
+ * another request is not this call's answer. */
+static cJSON *rpc_response_for(cJSON *j, long id)
+{
+    if (cJSON_IsArray(j)) {
+        int i = 0;
+        for (const cJSON *e = j->child; e; e = e->next, i++)
+            if (cJSON_IsObject(e) && rpc_id_is(cJSON_GetObjectItemCaseSensitive(e, "id"), id)) {
+                cJSON *m = cJSON_DetachItemFromArray(j, i);
+                cJSON_Delete(j);
+                return m;
+            }
+    } else if (cJSON_IsObject(j)) {
+        const cJSON *mid = cJSON_GetObjectItemCaseSensitive(j, "id");
+        if (rpc_id_is(mid, id) || ((!mid || cJSON_IsNull(mid)) && cJSON_GetObjectItemCaseSensitive(j, "error")))
+            return j;
+    }
+    cJSON_Delete(j);
+    return NULL;
+}
+
 cJSON *mcp_reply_parse(const char *body, size_t len, long id)
 {
     cJSON *j = cJSON_ParseWithLength(body, len);
     if (j)
-        return j;
+        return rpc_response_for(j, id);
     /* text/event-stream: events separated by blank lines, data: lines. */
     const char *p = body, *end = body + len;
     char *acc = NULL;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "common/status.h"
+#include "orchestrator/exec_internal.h"
 #include "orchestrator/executor.h"
 #include "orchestrator/mock_agent.h"
 #include "orchestrator/registry.h"
@@ -307,6 +308,52 @@ static void test_ref_into_an_array_needs_an_index(void)
     registry_free(reg);
 }
 
+/* A plain JSON reply to an MCP request is this call's answer only when it
+ * is the response with the call's id (was: any JSON body, so a response to
+ * another request was taken as this one's); an error response whose id is
+ * null (the server could not read the request) is still reported; in a
+ * batch, the element with the id. */
+static void test_mcp_json_reply_must_carry_the_call_id(void)
+{
+    char err[512];
+    cJSON *res = NULL;
+    const char *other = "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"not yours\"}]}}";
+    cJSON *m = mcp_reply_parse(other, strlen(other), 1);
+    CHECK_MSG(!m, "a response to request 2 was taken as request 1's");
+    cJSON_Delete(m);
+    const char *mine = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"7\"}]}}";
+    m = mcp_reply_parse(mine, strlen(mine), 1);
+    CHECK(m && mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) &&
+          !strcmp(res->valuestring, "7"));
+    cJSON_Delete(res);
+    cJSON_Delete(m);
+    const char *batch = "[{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}},"
+                        "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"b\"}]}}]";
+    m = mcp_reply_parse(batch, strlen(batch), 1);
+    res = NULL;
+    CHECK(m && mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) &&
+          !strcmp(res->valuestring, "b"));
+    cJSON_Delete(res);
+    cJSON_Delete(m);
+    const char *unread = "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"Parse error\"}}";
+    m = mcp_reply_parse(unread, strlen(unread), 1);
+    res = NULL;
+    CHECK(m && mcp_reply_result(m, &res, err, sizeof err) == FB_EXEC_ERROR && !res &&
+          !strcmp(err, "mcp error -32700: Parse error"));
+    cJSON_Delete(m);
+    const char *const none[] = {
+        "{\"jsonrpc\":\"2.0\",\"result\":{}}",                        /* a result with no id */
+        "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}", /* a notification */
+        "[{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}]",              /* a batch without ours */
+        "[]", "7", "\"text\"",
+    };
+    for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
+        m = mcp_reply_parse(none[i], strlen(none[i]), 1);
+        CHECK_MSG(!m, "taken as the answer: %s", none[i]);
+        cJSON_Delete(m);
+    }
+}
+
 int main(void)
 {
     test_after_names_a_call_twice();
@@ -315,5 +362,6 @@ int main(void)
     test_cancel_before_rejection_is_delivered();
     test_breaker_open_fails_queued_calls();
     test_ref_into_an_array_needs_an_index();
+    test_mcp_json_reply_must_carry_the_call_id();
     TEST_DONE();
 }
