@@ -67,6 +67,8 @@ static double calc_primary(struct calc *c)
         double v = strtod(c->s + c->pos, &end);
         if (end == c->s + c->pos)
             return calc_fail(c, "bad number");
+        if (isinf(v))   /* 1e400: past the double range (atan or pow(x, 0) would hide it) */
+            return calc_fail(c, "number out of range");
         c->pos = (size_t)(end - c->s);
         return v;
     }

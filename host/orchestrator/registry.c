@@ -381,11 +381,20 @@ cJSON *registry_catalogue(const struct registry *reg)
     for (int i = 0; arr && i < registry_count(reg); i++) {
         const struct agent_spec *a = &reg->agents[i];
         cJSON *o = cJSON_CreateObject();
-        cJSON_AddStringToObject(o, "name", a->name);
-        cJSON_AddStringToObject(o, "kind", agent_kind_str(a->kind));
-        cJSON_AddStringToObject(o, "description", a->description);
-        cJSON_AddItemToObject(o, "input_schema", cJSON_Duplicate(a->input_schema, 1));
-        cJSON_AddItemToArray(arr, o);
+        int ok = o && cJSON_AddStringToObject(o, "name", a->name) &&
+                 cJSON_AddStringToObject(o, "kind", agent_kind_str(a->kind)) &&
+                 cJSON_AddStringToObject(o, "description", a->description);
+        if (ok) {
+            cJSON *sch = cJSON_Duplicate(a->input_schema, 1);
+            ok = sch && cJSON_AddItemToObject(o, "input_schema", sch);
+            if (!ok)
+                cJSON_Delete(sch);
+        }
+        if (!ok || !cJSON_AddItemToArray(arr, o)) {
+            cJSON_Delete(o);
+            cJSON_Delete(arr);
+            return NULL;
+        }
     }
     return arr;
 }

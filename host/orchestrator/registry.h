@@ -71,7 +71,8 @@ const struct agent_spec *registry_at(const struct registry *reg, int i);
 const struct agent_spec *registry_find(const struct registry *reg, const char *name);
 
 /* The catalogue the orchestrator model reads: a new JSON array (caller
- * frees) of {"name","kind","description","input_schema"}. */
+ * frees) of {"name","kind","description","input_schema"}; NULL when out of
+ * memory (never a partial catalogue). */
 cJSON *registry_catalogue(const struct registry *reg);
 
 #endif /* PS_ORCH_REGISTRY_H */

@@ -9,6 +9,7 @@
 #include "common/status.h"
 #include "orchestrator/builtin.h"
 #include "orchestrator/executor.h"
+#include "orchestrator/registry.h"
 #include "test_util.h"
 
 /* An undefined intermediate (sqrt(-1), log(-1), inf - inf, 0 * inf, ...) is
@@ -59,9 +60,69 @@ static void test_result_text_of_large_numbers(void)
     }
 }
 
+/* A literal past the double range is an error, not infinity that a
+ * function then hides (atan(1e400) answered 1.5708, pow(1e400, 0) 1). */
+static void test_calc_literal_out_of_range(void)
+{
+    static const char *const bad[] = { "atan(1e400)", "pow(1e400, 0)", "1e400 - 1e400", "min(1e999, 2)" };
+    char err[256];
+    double x;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        err[0] = 0;
+        int st = builtin_calc(bad[i], &x, err, sizeof err);
+        CHECK_MSG(st == PS_EINVAL && strstr(err, "out of range"), "%s: status %d, %g, '%s'", bad[i], st, x, err);
+    }
+    CHECK(builtin_calc("1e308 / 1e300", &x, err, sizeof err) == PS_OK && x == 1e8);
+    CHECK(builtin_calc("1e-400 + 2", &x, err, sizeof err) == PS_OK && x == 2);
+}
+
+/* registry_catalogue when an allocation fails part-way: NULL, never a
+ * catalogue with members missing, and nothing leaked (ASan). */
+static long fail_at, n_allocs;
+static void *failing_malloc(size_t n)
+{
+    return n_allocs++ == fail_at ? NULL : malloc(n);
+}
+
+static void test_catalogue_out_of_memory(void)
+{
+    struct registry *reg = NULL;
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"calculator\",\"kind\":\"builtin\"},"
+                             "{\"name\":\"w\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:9/\","
+                             "\"description\":\"d\",\"input_schema\":{\"type\":\"object\",\"properties\":"
+                             "{\"q\":{\"type\":\"string\"}}}}]}", "test", &reg) == PS_OK);
+    if (!reg)
+        return;
+    int nulls = 0, whole = 0;
+    for (fail_at = 0; fail_at < 200; fail_at++) {
+        n_allocs = 0;
+        cJSON_Hooks hooks = { failing_malloc, free };
+        cJSON_InitHooks(&hooks);
+        cJSON *cat = registry_catalogue(reg);
+        cJSON_InitHooks(NULL);
+        if (!cat) {
+            nulls++;
+            continue;
+        }
+        int complete = cJSON_GetArraySize(cat) == 2;
+        const cJSON *o;
+        cJSON_ArrayForEach(o, cat)
+            complete &= cJSON_GetArraySize(o) == 4 && cJSON_IsObject(cJSON_GetObjectItem(o, "input_schema"));
+        CHECK_MSG(complete, "allocation %ld failed: a partial catalogue came back", fail_at);
+        whole++;
+        cJSON_Delete(cat);
+        if (n_allocs <= fail_at)
+            break;   /* no allocation failed: every failure point was tried */
+    }
+    CHECK_MSG(nulls > 10 && whole == 1, "%d failures answered NULL, %d complete", nulls, whole);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_calc_undefined_intermediates();
     test_result_text_of_large_numbers();
+    test_calc_literal_out_of_range();
+    test_catalogue_out_of_memory();
     TEST_DONE();
 }
