@@ -798,11 +798,17 @@ static void on_call_closed(void *ud, const cJSON *call_in)
     cJSON_AddNullToObject(e, "error");
     cJSON_AddNumberToObject(e, "ms", 0);
     cJSON_AddNumberToObject(e, "attempts", 0);
-    if (t->n_calls >= t->max_calls) {
-        /* Over the limit: recorded as rejected without reaching the executor. */
-        cJSON_ReplaceItemInObjectCaseSensitive(e, "status", cJSON_CreateString("rejected"));
-        char err[96];
+    /* An id the task already used, or a call over the limit: recorded as
+     * rejected without reaching the executor.  (A duplicate that reached it
+     * would be rejected there too, but its feedback, matched by id, could
+     * land on the first call's ledger entry.) */
+    char err[96] = "";
+    if (cJSON_IsString(id) && ledger_find(t, id->valuestring))
+        snprintf(err, sizeof err, "duplicate call id '%.64s'", id->valuestring);
+    else if (t->n_calls >= t->max_calls)
         snprintf(err, sizeof err, "task call limit (%d) reached", t->max_calls);
+    if (err[0]) {
+        cJSON_ReplaceItemInObjectCaseSensitive(e, "status", cJSON_CreateString("rejected"));
         cJSON_ReplaceItemInObjectCaseSensitive(e, "error", cJSON_CreateString(err));
         cJSON *rec = cJSON_Duplicate(e, 1);
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "args");

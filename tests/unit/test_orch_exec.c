@@ -842,6 +842,39 @@ static void test_cancelled_task_outlives_its_end(void)
     ctx_close(&c);
 }
 
+/* A script that reuses a call id while the first call runs: the second
+ * call is rejected ("duplicate call id"); the task's record of the first
+ * call (ledger, summary) must stay the first call's own, and the rejection
+ * go to the second (the executor's rejection, matched by id, landed on the
+ * first call's entry and the first call's result on the second's). */
+static void test_duplicate_id_feedback_goes_to_its_own_call(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    struct orch_task *t = submit(&c, "{\"input\":\"x\",\"script\":["
+        "{\"calls\":[{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":200}},"
+        "{\"id\":\"k\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}}]},"
+        "{\"calls\":[{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}}]},"
+        "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\"]}}]}");
+    run_loop(&c);
+    cJSON *s = t ? orch_task_summary(t) : NULL;
+    const cJSON *calls = cJSON_GetObjectItemCaseSensitive(s, "calls");
+    const cJSON *first = cJSON_GetArrayItem(calls, 0), *dup = cJSON_GetArrayItem(calls, 2);
+    const cJSON *st1 = cJSON_GetObjectItemCaseSensitive(first, "status");
+    const cJSON *st2 = cJSON_GetObjectItemCaseSensitive(dup, "status");
+    const cJSON *to1 = cJSON_GetObjectItemCaseSensitive(first, "to");
+    const cJSON *err2 = cJSON_GetObjectItemCaseSensitive(dup, "error");
+    CHECK_MSG(t && orch_task_status(t) == TASK_COMPLETED, "status %s", t ? orch_task_status_str(orch_task_status(t)) : "?");
+    CHECK_MSG(cJSON_GetArraySize(calls) == 3 && cJSON_IsString(to1) && !strcmp(to1->valuestring, "mock") &&
+              cJSON_IsString(st1) && !strcmp(st1->valuestring, "ok") && cJSON_IsString(st2) &&
+              !strcmp(st2->valuestring, "rejected") && cJSON_IsString(err2) &&
+              strstr(err2->valuestring, "duplicate call id"),
+              "first a (mock): %s, second a (calculator): %s", cJSON_IsString(st1) ? st1->valuestring : "null",
+              cJSON_IsString(st2) ? st2->valuestring : "null");
+    cJSON_Delete(s);
+    ctx_close(&c);
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -1981,6 +2014,7 @@ int main(void)
     test_subscribers_acting_in_callbacks();
     test_cancel_from_result_and_decision_events();
     test_cancelled_task_outlives_its_end();
+    test_duplicate_id_feedback_goes_to_its_own_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_mcp_sse_scan();
