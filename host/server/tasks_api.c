@@ -752,8 +752,10 @@ void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev
     struct decision *d = (struct decision *)((uintptr_t)ev->user & ~DECISION_TAG);
     if (ev->kind == ENGINE_EV_TOKEN) {
         /* The action closed (or cannot be one): stop decoding, decide now. */
-        if (d->t && ev->text_len && orch_task_decision_text(d->t, ev->text, ev->text_len)) {
-            struct orch_task *t = d->t;
+        /* decision_text may end the task (a subscriber cancels it from an
+         * event), which cancels this decision: d->t is NULL then. */
+        struct orch_task *t = d->t;
+        if (t && ev->text_len && orch_task_decision_text(t, ev->text, ev->text_len) && d->t) {
             d->t = NULL;
             engine_cancel(api->cfg.eng, d->eng_id);
             orch_task_decision_end(t, PS_OK, NULL);
