@@ -836,8 +836,11 @@ static void on_call_closed(void *ud, const cJSON *call_in)
      * inside submit): a subscriber may end the task from its callback, and
      * the ending then cancels this call like the others.  Submitted even
      * when the event cannot be stored: the task is failing then, and its
-     * end cancels the call, keeping the ledger whole. */
-    exec_group_submit(t->g, call);
+     * end cancels the call, keeping the ledger whole.  A call the executor
+     * could not take (out of memory) would never get a record: the task
+     * fails with that typed error (log_fail) rather than wait for it. */
+    if (exec_group_submit(t->g, call) != PS_OK)
+        log_fail(t, PS_ENOMEM);
     emit_text(t, "call.dispatched", &b, 0);
     cJSON_Delete(own);
 }
