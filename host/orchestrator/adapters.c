@@ -149,6 +149,10 @@ static void chat_done(void *ud, const struct httpc_response *resp)
     }
     cJSON *res = cJSON_CreateString(content->valuestring);
     cJSON_Delete(j);
+    if (!res) {   /* never an ok record without its result */
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "out of memory", 0, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
     adapter_finish(op, FB_OK, res, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
 }
 
@@ -192,7 +196,10 @@ done:
 
 /* ---- a2a ----------------------------------------------------------------- */
 
-static void append_text_parts(const cJSON *parts, char **acc, size_t *len)
+/* Append the "text" of each part to *acc (newline-separated).  Returns 0,
+ * or -1 when out of memory (*acc then holds what fitted; the caller must
+ * not report it as the whole answer). */
+static int append_text_parts(const cJSON *parts, char **acc, size_t *len)
 {
     const cJSON *p;
     cJSON_ArrayForEach(p, parts) {
@@ -202,13 +209,14 @@ static void append_text_parts(const cJSON *parts, char **acc, size_t *len)
         size_t n = strlen(t->valuestring);
         char *nb = realloc(*acc, *len + n + 2);
         if (!nb)
-            return;
+            return -1;
         *acc = nb;
         if (*len)
             (*acc)[(*len)++] = '\n';
         memcpy(*acc + *len, t->valuestring, n + 1);
         *len += n;
     }
+    return 0;
 }
 
 static void a2a_done(void *ud, const struct httpc_response *resp)
@@ -263,10 +271,11 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
      * server) or waits for input or auth, none of which has an answer. */
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
     const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
+    int oom = 0;
     if (cJSON_IsString(state) && strcmp(state->valuestring, "completed")) {
         append_text_parts(cJSON_GetObjectItemCaseSensitive(
                               cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
-                          &text, &len);
+                          &text, &len);   /* the reason, as far as it fits */
         snprintf(err, sizeof err, "a2a task %.64s%s%.400s", state->valuestring, text ? ": " : "",
                  text ? text : "");
         free(text);
@@ -274,18 +283,22 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
         adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
-    append_text_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &text, &len);
+    oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &text, &len);
     const cJSON *arts = cJSON_GetObjectItemCaseSensitive(r, "artifacts"), *a;
     cJSON_ArrayForEach(a, arts)
-        append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &len);
-    if (!text) {
-        append_text_parts(cJSON_GetObjectItemCaseSensitive(
-                              cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
-                          &text, &len);
+        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &len);
+    if (!text && !oom) {
+        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(
+                                     cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                                 &text, &len);
     }
-    cJSON *res = text ? cJSON_CreateString(text) : cJSON_Duplicate(r, 1);
+    cJSON *res = oom ? NULL : text ? cJSON_CreateString(text) : cJSON_Duplicate(r, 1);
     free(text);
     cJSON_Delete(j);
+    if (!res) {   /* never an ok record with a truncated or missing result */
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "out of memory", 0, resp->agent_recv_ns, resp->agent_send_ns);
+        return;
+    }
     adapter_finish(op, FB_OK, res, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
 }
 
