@@ -924,7 +924,10 @@ static cJSON *final_salvage(struct orch_task *t)
     }
     cJSON_AddItemToObject(fin, "answer", ans);
     /* The cut text never reached "uses": the calls the answer references
-     * ({{id}} / {{id.path}}) are its uses, so it waits for them. */
+     * ({{id}} / {{id.path}}) are its uses, so it waits for them - unless
+     * the deadline is near (finalize): then a call still running is left
+     * out, its reference stays text, and the task ends before the deadline
+     * instead of waiting into it. */
     cJSON *uses = cJSON_AddArrayToObject(fin, "uses");
     char id[80];
     const char *end, *path;
@@ -934,7 +937,8 @@ static cJSON *final_salvage(struct orch_task *t)
         int seen = 0;
         const cJSON *u;
         cJSON_ArrayForEach(u, uses) seen |= !strcmp(u->valuestring, id);
-        if (!seen && exec_group_call_status(t->g, id) != -1)
+        int cs = exec_group_call_status(t->g, id);
+        if (!seen && cs != -1 && !(t->finalize && cs == -2))
             cJSON_AddItemToArray(uses, cJSON_CreateString(id));
     }
     if (!cJSON_GetArraySize(uses))

@@ -24,7 +24,7 @@
 
 enum fake_mode { FAKE_REPEAT, FAKE_NEW_CALLS, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS, FAKE_LOOP_FINAL,
                  FAKE_REPEATS_ONCE, FAKE_REPEAT_SLOW, FAKE_CUT_BSU, FAKE_CUT_SURROGATE, FAKE_LOOP_NUM,
-                 FAKE_LOOP_USES };
+                 FAKE_LOOP_USES, FAKE_CUT_REFS_RUNNING };
 
 struct fake {
     struct event_base *base;
@@ -138,6 +138,12 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
     } else if (f->mode == FAKE_LOOP_NUM) {
         d->text = "{\"final\":{\"answer\":\"10^30 = 1000000000000000000000000000000 exactly\"}}";
         d->chunked = 1;
+    } else if (f->mode == FAKE_CUT_REFS_RUNNING && round == 1) {
+        d->text = "{\"calls\":[{\"to\":\"mock\",\"args\":{\"sleep_ms\":5000}},"
+                  "{\"to\":\"calculator\",\"args\":{\"expression\":\"5*5\"}}]}";
+    } else if (f->mode == FAKE_CUT_REFS_RUNNING && orch_task_final_only(t)) {
+        /* cut by the token budget, naming a call still running */
+        d->text = "{\"final\": {\"answer\": \"It is {{c2}}, and {{c1}} is pendi";
     } else if (f->mode == FAKE_LOOP_USES && round == 1) {
         d->text = "{\"calls\":[{\"to\":\"mock\",\"args\":{\"sleep_ms\":800}},"
                   "{\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}}]}";
@@ -490,8 +496,27 @@ static void test_repeat_and_cut_edges(void)
     ctx_close(&c);
 }
 
+/* The last round's final, decided when the deadline is near while a call
+ * still runs, is cut by its token budget with a reference to that call:
+ * the call does not become one of its uses (the task waited for it until
+ * the deadline and ended with task.error); the answer renders the finished
+ * call and keeps the running one's reference as text. */
+static void test_cut_final_near_deadline_naming_a_running_call(void)
+{
+    struct ctx c;
+    double wall;
+    CHECK(ctx_open(&c, FAKE_CUT_REFS_RUNNING) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"deadline_ms\":1000,\"max_rounds\":2}", &wall);
+    CHECK_MSG(t && orch_task_status(t) == TASK_COMPLETED, "status %s after %.3f s",
+              t ? orch_task_status_str(orch_task_status(t)) : "-", wall);
+    CHECK_MSG(wall < 1.0, "ended after %.3f s (deadline 1 s)", wall);
+    CHECK_MSG(!strcmp(output_of(t), "It is 25, and {{c1}} is pendi"), "output '%s'", output_of(t));
+    ctx_close(&c);
+}
+
 int main(void)
 {
+    test_cut_final_near_deadline_naming_a_running_call();
     test_repeat_and_cut_edges();
     test_final_waiting_near_deadline();
     test_cut_final();
