@@ -507,7 +507,7 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
         return;
     }
     if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD && (events || method != EVHTTP_REQ_DELETE)) {
-        method_not_allowed(api, req, path, events ? "GET" : "GET, DELETE");
+        method_not_allowed(api, req, path, events ? "GET, HEAD" : "GET, HEAD, DELETE");
         return;
     }
     memcpy(idbuf, id, id_len);

@@ -293,8 +293,12 @@ def test_unknown_tasks_and_methods(srv):
     r = httpx.get(srv.url + "/v1/tasks", timeout=10)
     err_shape(r, 405)
     assert r.headers["allow"] == "POST"
-    err_shape(httpx.post(srv.url + "/v1/tasks/task_x", timeout=10), 405)
-    err_shape(httpx.delete(srv.url + "/v1/tasks/task_x/events", timeout=10), 405)
+    r = httpx.post(srv.url + "/v1/tasks/task_x", timeout=10)
+    err_shape(r, 405)
+    assert r.headers["allow"] == "GET, HEAD, DELETE"   # HEAD is served too
+    r = httpx.delete(srv.url + "/v1/tasks/task_x/events", timeout=10)
+    err_shape(r, 405)
+    assert r.headers["allow"] == "GET, HEAD"
 
 
 def test_openai_chat_agent_pointing_at_paraserve_itself(srv):
