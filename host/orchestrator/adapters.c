@@ -118,7 +118,7 @@ static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
         return ps_error_set(PS_ENOMEM, "out of memory");
     }
     op->req = httpc_request(op->ex->http, "POST", url, json_headers, op->rt->spec->headers,
-                            b.p, b.len, 0, cb, op);
+                            b.p, b.len, 0, op->rt->spec->ca_file, cb, op);
     jbuf_free(&b);
     return op->req ? PS_OK : PS_EIO;
 }

@@ -937,7 +937,7 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
 
 static struct httpc_req *curl_request(struct httpc *h, struct httpc_req *r, const char *method,
                                       const char *url, char *const *headers, char *const *headers2,
-                                      const char *body, size_t body_len, long timeout_ms)
+                                      const char *body, size_t body_len, long timeout_ms, const char *ca_file)
 {
     r->easy = h->n_idle > 0 ? h->idle[--h->n_idle] : curl_easy_init();
     if (!r->easy) {
@@ -966,6 +966,11 @@ static struct httpc_req *curl_request(struct httpc *h, struct httpc_req *r, cons
     curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)HC_CONNECT_MS);
+    /* a reused handle was reset (curl_easy_reset): the system CAs unless set */
+    if (ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, ca_file) != CURLE_OK) {
+        ps_error_set(PS_EINTERNAL, "http: this libcurl cannot take a CA file (CURLOPT_CAINFO)");
+        return NULL;
+    }
     if (timeout_ms > 0)
         curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, timeout_ms);
     if (!strcmp(method, "POST")) {
@@ -985,7 +990,7 @@ static struct httpc_req *curl_request(struct httpc *h, struct httpc_req *r, cons
 struct httpc_req *httpc_request(struct httpc *h, const char *method, const char *url,
                                 char *const *headers, char *const *headers2,
                                 const char *body, size_t body_len, long timeout_ms,
-                                httpc_done_fn done, void *ud)
+                                const char *ca_file, httpc_done_fn done, void *ud)
 {
     struct httpc_req *r = calloc(1, sizeof *r);
     if (!r) {
@@ -1001,7 +1006,7 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
     h->n_active++;
     if (h->fast_ok && fast_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms))
         return r;
-    if (!curl_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms)) {
+    if (!curl_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms, ca_file)) {
         req_free(r);
         return NULL;
     }

@@ -50,12 +50,14 @@ void httpc_destroy(struct httpc *h);
 /* Start a request.  `method` is "POST" (body sent) or "DELETE"; `headers`
  * are "Name: value" lines (two NULL-terminated lists, either may be NULL),
  * copied.  `body` is copied.  timeout_ms 0 = none (the executor enforces
- * call timeouts itself).  Returns NULL (with ps_error_set) on failure to
- * start; the callback is then never called. */
+ * call timeouts itself).  `ca_file`: a PEM bundle that verifies an https
+ * server instead of the system's CAs (NULL: the system's; the peer and
+ * host name are always verified).  Returns NULL (with ps_error_set) on
+ * failure to start; the callback is then never called. */
 struct httpc_req *httpc_request(struct httpc *h, const char *method, const char *url,
                                 char *const *headers, char *const *headers2,
                                 const char *body, size_t body_len, long timeout_ms,
-                                httpc_done_fn done, void *ud);
+                                const char *ca_file, httpc_done_fn done, void *ud);
 
 /* Optional, set right after httpc_request(): called on the loop after each
  * read of body bytes of a 2xx reply (the body so far, NUL-terminated; it

@@ -387,7 +387,7 @@ static void http_notify(struct mcp_session *s, cJSON *msg,
     build_headers(s);
     struct httpc_req *r = httpc_request(s->ex->http, "POST", s->rt->spec->url, s->hdrs,
                                         s->rt->spec->headers, text, strlen(text),
-                                        s->rt->spec->timeout_ms, cb ? cb : noop_done, ud);
+                                        s->rt->spec->timeout_ms, s->rt->spec->ca_file, cb ? cb : noop_done, ud);
     free(text);
     if (cb)
         s->init_req = r;
@@ -485,7 +485,7 @@ static int http_send_call(struct mcp_session *s, struct adapter_op *op)
         return ps_error_set(PS_ENOMEM, "out of memory");
     build_headers(s);
     op->req = httpc_request(s->ex->http, "POST", s->rt->spec->url, s->hdrs, s->rt->spec->headers,
-                            text, strlen(text), 0, http_call_done, op);
+                            text, strlen(text), 0, s->rt->spec->ca_file, http_call_done, op);
     free(text);
     if (!op->req)
         return PS_EIO;

@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "common/status.h"
 #include "orchestrator/builtin.h"
@@ -48,6 +49,7 @@ static void spec_free(struct agent_spec *a)
     free(a->url);
     strv_free(a->command);
     strv_free(a->headers);
+    free(a->ca_file);
     free(a->tool);
     free(a->model);
     free(a->system_prompt);
@@ -94,7 +96,7 @@ static int get_int(const cJSON *o, const char *key, int lo, int hi, int def, int
 static const char *const spec_fields[] = {
     "name", "kind", "description", "input_schema", "url", "command", "headers", "tool",
     "model", "system_prompt", "max_tokens", "timeout_ms", "max_concurrency", "retries",
-    "backoff_ms", "breaker_failures", "breaker_open_ms", "deterministic", "example", "comment",
+    "backoff_ms", "breaker_failures", "breaker_open_ms", "deterministic", "example", "comment", "ca_file",
 };
 
 static int name_ok(const char *s)
@@ -181,7 +183,8 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
         (st = get_str(o, "url", 0, &a->url, where)) ||
         (st = get_str(o, "tool", 0, &a->tool, where)) ||
         (st = get_str(o, "model", 0, &a->model, where)) ||
-        (st = get_str(o, "system_prompt", 0, &a->system_prompt, where)))
+        (st = get_str(o, "system_prompt", 0, &a->system_prompt, where)) ||
+        (st = get_str(o, "ca_file", 0, &a->ca_file, where)))
         return st;
     if ((st = get_int(o, "max_tokens", 1, 1 << 20, 256, &a->max_tokens, where)) ||
         (st = get_int(o, "timeout_ms", 1, 3600000, 30000, &a->timeout_ms, where)) ||
@@ -202,6 +205,23 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
         return ps_error_set(PS_EINVAL, "%s.url: must start with http:// or https://", where);
     if (a->url && !needs_url)
         return ps_error_set(PS_EINVAL, "%s.url: not used by kind %s", where, agent_kind_str(a->kind));
+    if (a->ca_file) {
+        if (!a->url || strncmp(a->url, "https://", 8))
+            return ps_error_set(PS_EINVAL, "%s.ca_file: only an https:// url is verified with a CA file", where);
+        struct stat sb;
+        const char *why = NULL;
+        FILE *f = NULL;
+        if (stat(a->ca_file, &sb))
+            why = strerror(errno);
+        else if (!S_ISREG(sb.st_mode))
+            why = "not a regular file";
+        else if (!(f = fopen(a->ca_file, "rb")))
+            why = strerror(errno);
+        if (f)
+            fclose(f);
+        if (why)
+            return ps_error_set(PS_EINVAL, "%s.ca_file: cannot read '%s': %s", where, a->ca_file, why);
+    }
 
     const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(o, "command");
     if (a->kind == AGENT_MCP_STDIO) {

@@ -41,6 +41,8 @@ struct agent_spec {
     char           *url;             /* http(s) kinds */
     char          **command;         /* mcp-stdio argv, NULL-terminated */
     char          **headers;         /* "Name: value" lines, NULL-terminated */
+    char           *ca_file;         /* https kinds: PEM CA bundle that verifies the agent
+                                        (private CAs); NULL: the system's */
     char           *tool;            /* builtin / MCP tool name (default: name) */
     char           *model;           /* openai-chat model ("default") */
     char           *system_prompt;   /* local / openai-chat role prompt */

@@ -96,6 +96,52 @@ def test_faults_against_python_mock(run, server_proc, tmp_path):
     assert time.time() - t0 < 10
 
 
+def make_ca_and_cert(tmp_path):
+    """A private CA and a server certificate it signed for 127.0.0.1
+    (openssl, installed by scripts/install-deps)."""
+    ca_key, ca, key, csr, cert = (tmp_path / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem"))
+    ext = tmp_path / "ext.cnf"
+    ext.write_text("subjectAltName=IP:127.0.0.1\n")
+    def ossl(*a):
+        subprocess.run(["openssl", *map(str, a)], check=True, capture_output=True)
+    ossl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca, "-days", "2",
+         "-subj", "/CN=paraserve test CA")
+    ossl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", "/CN=127.0.0.1")
+    ossl("x509", "-req", "-in", csr, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial", "-out", cert,
+         "-days", "2", "-extfile", ext)
+    return ca, cert, key
+
+
+def test_https_agent_verified_with_its_ca_file(run, server_proc, tmp_path):
+    """An http-json agent over TLS (libcurl on the loop): with the private CA
+    that signed its certificate (`ca_file`) the call succeeds; without it
+    the certificate is refused (verification is never off), an exec_error
+    that names the certificate; a ca_file that cannot be read stops the
+    pool from loading, naming the field."""
+    ca, cert, key = make_ca_and_cert(tmp_path)
+    port = free_port()
+    server_proc(AGENTS / "mock_agent.py", port, cert, key, port=port)
+    url = f"https://127.0.0.1:{port}/"
+    pool = write_pool(tmp_path, [
+        {"name": "tls", "kind": "http-json", "url": url, "ca_file": str(ca), "retries": 0, "timeout_ms": 5000},
+        {"name": "untrusted", "kind": "http-json", "url": url, "retries": 0, "timeout_ms": 5000}])
+    calls = [{"id": f"t{i}", "to": "tls", "args": {"sleep_ms": 50, "i": i}} for i in range(4)]
+    calls.append({"id": "u", "to": "untrusted", "args": {}})
+    ev = orchestrate(run, pool, {"input": "tls", "script": [
+        {"calls": calls}, {"final": {"answer": "{{t3.args.i}}", "uses": [c["id"] for c in calls]}}]})
+    by, final = calls_by_id(ev)
+    assert final["status"] == "completed" and final["output"] == "3", final
+    assert all(by[f"t{i}"]["status"] == "ok" and by[f"t{i}"]["result"]["args"]["i"] == i for i in range(4)), by
+    assert by["u"]["status"] == "exec_error" and "certificate" in by["u"]["error"].lower(), by["u"]
+    for bad, why in (({"ca_file": str(tmp_path / "missing.pem")}, "cannot read"),
+                     ({"ca_file": str(tmp_path)}, "not a regular file"),
+                     ({"ca_file": str(ca), "url": f"http://127.0.0.1:{port}/"}, "https")):
+        p = write_pool(tmp_path, [{"name": "x", "kind": "http-json", "url": url, **bad}])
+        r = run("orchestrate", "--agents", p, "--task", '{"input":"x","script":[{"wait":true}]}')
+        assert r.returncode == 1 and "agents[0].ca_file" in r.stderr.decode() and why in r.stderr.decode(), \
+            r.stderr.decode()
+
+
 def test_parallel_fanout_and_dag(run):
     pool = str(AGENTS / "mock_pool.json")
     fan = {"input": "fan", "script": [

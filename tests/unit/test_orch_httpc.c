@@ -184,7 +184,7 @@ static struct httpc_req *start(const char *path, int port, const char *body, lon
     memset(r, 0, sizeof *r);
     pending++;
     in_request = 1;
-    struct httpc_req *q = httpc_request(http, "POST", url, hs, NULL, body, strlen(body), timeout_ms, on_done, r);
+    struct httpc_req *q = httpc_request(http, "POST", url, hs, NULL, body, strlen(body), timeout_ms, NULL, on_done, r);
     in_request = 0;
     CHECK_MSG(q != NULL, "httpc_request %s failed", path);
     if (!q)
@@ -380,7 +380,7 @@ int main(void)
     char url[128];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/idle-close", srv_port);
     pending++;
-    CHECK(httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, on_idle1, &i1) != NULL);
+    CHECK(httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, NULL, on_idle1, &i1) != NULL);
     run_loop();
     CHECK(i1.calls == 1 && i1.status == 200);
     CHECK_MSG(idle2.calls == 1 && idle2.transport_error == 0 && !strcmp(idle2.body, "againok"),
@@ -393,7 +393,7 @@ int main(void)
     CHECK_MSG(a.transport_error == CURLE_OPERATION_TIMEDOUT, "hang: %d", a.transport_error);
     memset(&b, 0, sizeof b);
     snprintf(url, sizeof url, "http://127.0.0.1:%d/hang", srv_port);
-    struct httpc_req *q = httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, on_done, &b);
+    struct httpc_req *q = httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, NULL, on_done, &b);
     CHECK(q != NULL);
     struct timeval tv = { 0, 50000 };
     event_base_loopexit(base, &tv);

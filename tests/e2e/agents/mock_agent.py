@@ -1,6 +1,6 @@
 """Mock HTTP agent for the orchestrator's end-to-end tests.
 
-    python3 mock_agent.py PORT
+    python3 mock_agent.py PORT [CERT KEY]     (with CERT and KEY: HTTPS)
 POST a JSON object; the reply depends on its fields (the same protocol as the
 built-in C mock, host/orchestrator/mock_agent.h):
   sleep_ms  reply after this long            fault "slow"    = sleep_ms default 300
@@ -10,6 +10,7 @@ Reply: {"ok": true, "args": <the request>} with X-Agent-Recv-Ns/X-Agent-Send-Ns.
 """
 import json
 import socket
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -63,4 +64,9 @@ class Server(ThreadingHTTPServer):
 
 
 if __name__ == "__main__":
-    Server(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
+    srv = Server(("127.0.0.1", int(sys.argv[1])), Handler)
+    if len(sys.argv) == 4:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(sys.argv[2], sys.argv[3])
+        srv.socket = ctx.wrap_socket(srv.socket, server_side=True)
+    srv.serve_forever()
