@@ -214,6 +214,11 @@ int server_config_add_key(struct server_config *c, const char *key, const char *
     if (strlen(tenant) >= sizeof c->api_keys[0].tenant || !tenant_name_ok(tenant))
         return ps_error_set(PS_EINVAL, "tenant '%.80s': 1 to %zu characters of [A-Za-z0-9_.:-]", tenant,
                             sizeof c->api_keys[0].tenant - 1);
+    /* /metrics labels the requests without a key (tenant 0) "none" once keys
+     * exist: a configured tenant of that name would repeat its series */
+    if (!strcmp(tenant, SERVER_TENANT_NO_KEY))
+        return ps_error_set(PS_EINVAL, "tenant '%s' is reserved (it names the requests without a key in /metrics)",
+                            tenant);
     if (priority < -1000000 || priority > 1000000 || max_priority < -1000000 || max_priority > 1000000 ||
         priority > max_priority)
         return ps_error_set(PS_EINVAL, "tenant '%s': priority %d / max_priority %d must lie in "

@@ -17,6 +17,10 @@
 
 #define SERVER_MAX_API_KEYS 64
 
+/* The tenant name of requests without a key when keys are configured
+ * (/metrics labels); reserved: no key may name it. */
+#define SERVER_TENANT_NO_KEY "none"
+
 /* One API key (config "api_keys": [{"key", "tenant", "priority",
  * "max_priority"}], or --api-key KEY / $PARASERVE_API_KEY for tenant
  * "default").  Requests authenticated by it run as `tenant` (prefix cache
@@ -24,7 +28,7 @@
  * gets `priority`, and no request gets more than `max_priority`. */
 struct server_api_key {
     char    key[256];
-    char    tenant[64];         /* [A-Za-z0-9_.:-]+                             */
+    char    tenant[64];         /* [A-Za-z0-9_.:-]+, not SERVER_TENANT_NO_KEY   */
     int32_t priority;           /* default 0                                    */
     int32_t max_priority;       /* default 1000000 (the API's maximum)          */
 };
@@ -70,7 +74,7 @@ int  server_config_load_text(struct server_config *c, const char *text, const ch
 int  server_config_parse_args(struct server_config *c, int argc, char **argv);
 
 /* Append a key (tenant NULL: "default"); PS_EINVAL naming the problem
- * (empty or too long key, bad tenant name, duplicate key, too many). */
+ * (empty or too long key, bad or reserved tenant name, duplicate key, too many). */
 int  server_config_add_key(struct server_config *c, const char *key, const char *tenant,
                            int32_t priority, int32_t max_priority);
 

@@ -949,7 +949,7 @@ int server_run(const struct server_config *cfg)
     metrics_init(&srv->m);
     /* tenant 0: requests without a key (open server); then one id per
      * distinct tenant name of the configured keys */
-    snprintf(srv->m.tenants[0].name, sizeof srv->m.tenants[0].name, "%s", cfg->n_api_keys ? "none" : "anonymous");
+    snprintf(srv->m.tenants[0].name, sizeof srv->m.tenants[0].name, "%s", cfg->n_api_keys ? SERVER_TENANT_NO_KEY : "anonymous");
     srv->m.n_tenants = 1;
     for (int32_t i = 0; i < cfg->n_api_keys && i < SERVER_MAX_API_KEYS; i++) {
         int32_t t = 1;

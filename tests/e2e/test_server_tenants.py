@@ -160,3 +160,37 @@ def test_tasks_are_per_tenant(tsrv):
     r = httpx.get(url + "/events", headers=_auth("beta"), timeout=30)
     assert r.status_code == 404
     assert httpx.get(url, headers=_auth("alpha"), timeout=30).json()["status"] == "completed"
+
+
+def test_tenant_name_of_the_keyless_requests_is_refused(paraserve_bin, model_path, tmp_path):
+    """With keys configured, /metrics names the requests without a key
+    tenant "none": a configured tenant "none" would be a second series with
+    the same labels, which Prometheus rejects (the whole scrape fails).
+    Such a config is refused at startup."""
+    import subprocess
+    import urllib.request
+    from server_fixtures import ServerProcess
+    f = tmp_path / "none.json"
+    f.write_text(json.dumps({"api_keys": [{"key": "sk-reserved-1", "tenant": "none"}]}))
+    try:
+        p = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--config", str(f), "--port", "0"],
+                           capture_output=True, timeout=20)
+    except subprocess.TimeoutExpired:
+        # it started: show what its /metrics says
+        srv = ServerProcess(paraserve_bin, model_path, "--config", str(f), "--kv-blocks", 64)
+        try:
+            with urllib.request.urlopen(srv.url + "/metrics", timeout=10) as r:
+                series = [ln.rsplit(" ", 1)[0] for ln in r.read().decode().splitlines()
+                          if ln and not ln.startswith("#")]
+        finally:
+            srv.stop()
+        dups = sorted({s for s in series if series.count(s) > 1})
+        pytest.fail(f"tenant 'none' was accepted; duplicate series in /metrics: {dups}")
+    assert p.returncode == 2, (p.returncode, p.stderr)
+    assert b"api_keys[0]" in p.stderr and b"'none'" in p.stderr, p.stderr
+    # only that name: a tenant that merely starts like it passes the key
+    # check (the config then fails on its bad port instead)
+    f.write_text(json.dumps({"api_keys": [{"key": "sk-reserved-2", "tenant": "nonesuch"}]}))
+    p = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--config", str(f), "--port", "-1"],
+                       capture_output=True, timeout=20)
+    assert p.returncode == 2 and b"port" in p.stderr and b"api_keys" not in p.stderr, p.stderr

@@ -36,6 +36,12 @@ int main(void)
                                        "of [A-Za-z0-9_.:-]"), "%s", ps_error_last());
     CHECK(server_config_load_text(&c, "{\"api_keys\": [{\"key\": \"k\"}, {\"key\": \"k\"}]}", "t.json") == PS_EINVAL);
     CHECK_MSG(strstr(ps_error_last(), "api_keys[1]: tenant 'default': duplicate API key"), "%s", ps_error_last());
+    /* "none" labels the requests without a key in /metrics */
+    server_config_defaults(&c);
+    CHECK(server_config_load_text(&c, "{\"api_keys\": [{\"key\": \"k\", \"tenant\": \"none\"}]}",
+                                  "t.json") == PS_EINVAL);
+    CHECK_MSG(strstr(ps_error_last(), "api_keys[0]: tenant 'none' is reserved"), "%s", ps_error_last());
+    CHECK(server_config_add_key(&c, "k", "nonesuch", 0, 10) == PS_OK);
 
     server_config_defaults(&c);
     CHECK(server_config_load(&c, "/nonexistent/paraserve.json") == PS_EIO);
