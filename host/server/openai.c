@@ -384,13 +384,17 @@ done:
     return rc;
 }
 
-/* prompt: string | [string] | [int, ...] | [[int, ...]] (one prompt only). */
+/* prompt: string | [string] | [int, ...] | [[int, ...]] (one prompt only),
+ * never empty: "" and [""] are refused like [] (400 invalid_value; the
+ * engine would refuse an empty token list, reported as a context error). */
 static int parse_prompt(const cJSON *root, int32_t n_vocab, struct gen_params *p, struct api_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "prompt");
     if (!v)
         return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter", "prompt",
                              "'prompt' is required");
+    if (cJSON_IsString(v) && !v->valuestring[0])
+        return BAD("prompt", "'prompt' must not be empty");
     if (cJSON_IsString(v)) {
         p->prompt = strdup(v->valuestring);
         return p->prompt ? 0 : api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
@@ -405,6 +409,8 @@ static int parse_prompt(const cJSON *root, int32_t n_vocab, struct gen_params *p
         if (n > 1)
             return BAD("prompt", "only one prompt per request is supported (got %d); send them separately", n);
         if (cJSON_IsString(first)) {
+            if (!first->valuestring[0])
+                return BAD("prompt", "'prompt' must not be empty");
             p->prompt = strdup(first->valuestring);
             return p->prompt ? 0 : api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         }

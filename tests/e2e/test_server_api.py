@@ -265,3 +265,17 @@ def test_oversized_bodies_of_any_size_get_json_413(start_server, tmp_path):
     m = srv.metrics()
     assert m['paraserve_requests_total{route="other",status="413"}'] >= 4
     assert m['paraserve_requests_total{route="/v1/completions",status="413"}'] >= 1
+
+
+def test_empty_prompt_is_a_bad_value_not_a_context_overflow(server):
+    # "" and [""] are refused like [] and [[]]: an empty prompt, not one
+    # too long for the context (code context_length_exceeded misled clients
+    # that retry with a shorter prompt or a larger-context model)
+    url = server.url + "/v1/completions"
+    with httpx.Client(timeout=60) as h:
+        for prompt in ("", [""], [], [[]]):
+            e = _err(h.post(url, json={"prompt": prompt, "max_tokens": 2}), 400, param="prompt")
+            assert e["code"] != "context_length_exceeded", (prompt, e)
+            assert "empty" in e["message"], (prompt, e)
+        r = h.post(url, json={"prompt": " ", "max_tokens": 1})  # one space is a prompt
+        assert r.status_code == 200, r.text
