@@ -168,6 +168,26 @@ static int get_int(const cJSON *root, const char *key, double lo, double hi, int
     return 0;
 }
 
+/* "seed": any 64-bit integer, as OpenAI takes it (signed or not; JSON
+ * numbers arrive as doubles, so values past 2^53 keep the precision the
+ * double has, and a seed is the same each time it is sent).  Absent or
+ * null: *present false. */
+static int get_seed(const cJSON *root, uint64_t *out, bool *present, struct api_error *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "seed");
+    *present = false;
+    if (!v || cJSON_IsNull(v))
+        return 0;
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return BADTYPE("seed", "an integer");
+    /* [-2^63, 2^64): both bounds are exact doubles */
+    if (!(v->valuedouble >= -9223372036854775808.0 && v->valuedouble < 18446744073709551616.0))
+        return BAD("seed", "'seed' must be a 64-bit integer, got %g", v->valuedouble);
+    *out = v->valuedouble < 0 ? (uint64_t)(int64_t)v->valuedouble : (uint64_t)v->valuedouble;
+    *present = true;
+    return 0;
+}
+
 static int get_bool(const cJSON *root, const char *key, bool *out, struct api_error *err)
 {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
@@ -988,7 +1008,8 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
             return BADTYPE("stream_options.include_usage", "a boolean");
         p->include_usage = iu && cJSON_IsTrue(iu);
     }
-    int64_t n = 1, max_tokens = 0, seed = 0, top_k = 0, priority = 0;
+    int64_t n = 1, max_tokens = 0, top_k = 0, priority = 0;
+    uint64_t seed = 0;
     bool has_max = false, has_seed = false;
     if ((rc = get_int(root, "n", 1, 128, &n, NULL, err)))
         return rc;
@@ -1040,14 +1061,14 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
         goto done;
     }
     if ((rc = get_int(root, "top_k", 0, 1 << 24, &top_k, NULL, err)) ||
-        (rc = get_int(root, "seed", -9.0e15, 9.0e15, &seed, &has_seed, err)) ||
+        (rc = get_seed(root, &seed, &has_seed, err)) ||
         (rc = get_int(root, "priority", -1000000, 1000000, &priority, &p->has_priority, err)) ||
         (rc = get_bool(root, "ignore_eos", &p->ignore_eos, err)))
         goto done;
     p->sp.top_k = (int32_t)top_k;
     p->priority = (int32_t)priority;
     if (has_seed) {
-        p->sp.seed = (uint64_t)seed;
+        p->sp.seed = seed;
     } else {
         static uint64_t counter;
         struct timespec ts;

@@ -279,3 +279,17 @@ def test_empty_prompt_is_a_bad_value_not_a_context_overflow(server):
             assert "empty" in e["message"], (prompt, e)
         r = h.post(url, json={"prompt": " ", "max_tokens": 1})  # one space is a prompt
         assert r.status_code == 200, r.text
+
+
+def test_seed_takes_the_whole_int64_range(client, server):
+    # OpenAI's seed is any 64-bit integer; beyond 9e15 it was refused as
+    # "'seed' must be an integer"
+    kw = dict(model="default", prompt="Once upon a time", max_tokens=8, temperature=1.0)
+    for seed in (2**63 - 1, -2**63, 2**53 + 1, 10**16):
+        a = client.completions.create(seed=seed, **kw).choices[0].text
+        b = client.completions.create(seed=seed, **kw).choices[0].text
+        assert a == b, seed
+    with httpx.Client(timeout=60) as h:
+        url = server.url + "/v1/completions"
+        for bad in (2**64, -2**63 * 2, 1.5, "7"):
+            _err(h.post(url, json={"prompt": "x", "max_tokens": 1, "seed": bad}), 400, param="seed")
