@@ -1326,7 +1326,14 @@ done:
 
 static const char *format_pattern(const char *f)
 {
-#define DATE "[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|1[0-9]|2[0-8])"
+/* RFC 3339 full-date as a calendar date: years 0001..9999 (there is no year
+ * 0 in the proleptic Gregorian calendar), the days of each month, and
+ * February 29 only in leap years (divisible by 4, centuries only when
+ * divisible by 400). */
+#define YEAR "([1-9][0-9]{3}|0[1-9][0-9]{2}|00[1-9][0-9]|000[1-9])"
+#define LEAP "([0-9]{2}(0[48]|[2468][048]|[13579][26])|(0[48]|[2468][048]|[13579][26])00)"
+#define DATE "(" YEAR "-((0[13578]|1[02])-(0[1-9]|[12][0-9]|3[01])|(0[469]|11)-(0[1-9]|[12][0-9]|30)|" \
+             "02-(0[1-9]|1[0-9]|2[0-8]))|" LEAP "-02-29)"
 #define TIME "([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]Z"
 #define OCT  "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
     if (!strcmp(f, "date")) return "^" DATE "$";
@@ -1336,6 +1343,8 @@ static const char *format_pattern(const char *f)
     if (!strcmp(f, "email")) return "^[a-z0-9]+(\\.[a-z0-9]+)*@[a-z0-9]+(\\.[a-z0-9]+)*\\.[a-z]{2,6}$";
     if (!strcmp(f, "ipv4")) return "^" OCT "\\." OCT "\\." OCT "\\." OCT "$";
     return NULL;
+#undef YEAR
+#undef LEAP
 #undef DATE
 #undef TIME
 #undef OCT
