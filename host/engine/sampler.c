@@ -281,7 +281,11 @@ static void sample_core(const struct sampler_params *p, struct cand *c, int32_t 
     for (int32_t i = 1; i < n; i++)
         if (cand_before(&c[i], &c[best]))
             best = i;
-    if (p->temperature <= 0.0f || c[best].logit == -INFINITY) {
+    /* A positive temperature whose inverse overflows (a denormal) is the
+     * limit T -> 0, greedy; computing with inv_t = inf would weigh the best
+     * candidate 0 * inf = NaN. */
+    const float inv_t = p->temperature > 0.0f ? 1.0f / p->temperature : 0.0f;
+    if (p->temperature <= 0.0f || isinf(inv_t) || c[best].logit == -INFINITY) {
         *token = c[best].id;
         return;
     }
@@ -294,7 +298,6 @@ static void sample_core(const struct sampler_params *p, struct cand *c, int32_t 
         sorted = 1;
     }
 
-    const float inv_t = 1.0f / p->temperature;
     double sum = 0.0;
     for (int32_t i = 0; i < n; i++) {
         c[i].p = expf((c[i].logit - maxl) * inv_t);

@@ -22,7 +22,8 @@
 #include <stdint.h>
 
 struct sampler_params {
-    float    temperature;       /* <= 0: greedy (argmax)                 */
+    float    temperature;       /* <= 0, or so small that 1/T overflows
+                                   float (a denormal): greedy (argmax)    */
     int32_t  top_k;             /* <= 0: off                              */
     float    top_p;             /* >= 1: off                              */
     float    min_p;             /* <= 0: off                              */

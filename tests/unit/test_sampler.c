@@ -281,6 +281,41 @@ static void test_distribution(void)
     CHECK(chi2 < 40.0); /* p ~ 1e-6 for 7 dof */
 }
 
+/* A temperature so small that 1 / T overflows float (any positive
+ * denormal, e.g. 1e-39 from a request's JSON) is greedy: it used to make
+ * the best candidate's weight 0 * inf = NaN, so the draw fell through to
+ * the last candidate (the highest id, whatever its logit) and with min_p
+ * the filter kept nothing and c[-1] was read. */
+static void test_tiny_temperature(void)
+{
+    float l[NV];
+    int rc;
+    const float temps[3] = { 1e-39f, 1e-44f, 2.8e-39f };
+    for (int r = 0; r < 10; r++) {
+        random_logits(l, NV);
+        for (int k = 0; k < 3; k++) {
+            struct sampler_params p = sampler_params_default();
+            p.temperature = temps[k];
+            p.seed = (uint64_t)r;
+            CHECK(sampler_params_validate(&p) == PS_OK);
+            int32_t t = sample1(&p, l, NULL, &rc);
+            CHECK_MSG(rc == PS_OK && t == argmax(l, NV), "T %g: token %d, argmax %d", (double)temps[k], t,
+                      argmax(l, NV));
+            p.min_p = 0.5f;
+            t = sample1(&p, l, NULL, &rc);
+            CHECK_MSG(rc == PS_OK && t == argmax(l, NV), "T %g min_p: token %d", (double)temps[k], t);
+            p.min_p = 0.0f;
+            p.top_p = 0.5f;
+            p.top_k = 5;
+            t = sample1(&p, l, NULL, &rc);
+            CHECK_MSG(rc == PS_OK && t == argmax(l, NV), "T %g top_p/top_k: token %d", (double)temps[k], t);
+            float c[NV];
+            memcpy(c, l, sizeof c);
+            CHECK(sampler_sample_draw(&p, 3, NV, c, NULL, &t) == PS_OK && t == argmax(l, NV));
+        }
+    }
+}
+
 int main(void)
 {
     test_validate();
@@ -290,5 +325,6 @@ int main(void)
     test_mask();
     test_penalties();
     test_distribution();
+    test_tiny_temperature();
     TEST_DONE();
 }
