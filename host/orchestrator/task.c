@@ -394,18 +394,19 @@ static void utf8_scrub(char *s)
 
 /* ---- helpers ------------------------------------------------------------------ */
 
+/* The ledger entry of the call that ran under `id`: the first with it.  A
+ * later entry with the same id is a call the task rejected for reusing it
+ * (on_call_closed); it never reached the executor, so feedback, {{refs}}
+ * and answers mean the first. */
 static cJSON *ledger_find(struct orch_task *t, const char *id)
 {
-    cJSON *e, *found = NULL;
+    cJSON *e;
     cJSON_ArrayForEach(e, t->ledger) {
         const cJSON *i = cJSON_GetObjectItemCaseSensitive(e, "id");
-        if (cJSON_IsString(i) && !strcmp(i->valuestring, id)) {
-            found = e;
-            if (cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(e, "status")))
-                return e;
-        }
+        if (cJSON_IsString(i) && !strcmp(i->valuestring, id))
+            return e;
     }
-    return found;
+    return NULL;
 }
 
 /* The next reference "{{id}}" or "{{id.path}}" in s: returns where its "{{"

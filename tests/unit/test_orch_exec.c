@@ -875,6 +875,27 @@ static void test_duplicate_id_feedback_goes_to_its_own_call(void)
     ctx_close(&c);
 }
 
+/* An answer's {{a}} names the call that ran under id a, not a later call
+ * rejected for reusing the id (ledger_find took the last match: "{{a}}"
+ * stayed unrendered, the rejected record has no result). */
+static void test_duplicate_id_answer_renders_the_first_call(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    struct orch_task *t = submit(&c, "{\"input\":\"x\",\"script\":["
+        "{\"calls\":[{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
+        "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"5+5\"}},"
+        "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"{{a.value}} * 10\"},\"after\":[\"a\"]}]},"
+        "{\"final\":{\"answer\":\"{{a}} {{b}}\",\"uses\":[\"a\",\"b\"]}}]}");
+    run_loop(&c);
+    cJSON *s = t ? orch_task_summary(t) : NULL;
+    const cJSON *out = cJSON_GetObjectItemCaseSensitive(s, "output");
+    CHECK_MSG(t && orch_task_status(t) == TASK_COMPLETED && cJSON_IsString(out) && !strcmp(out->valuestring, "2 20"),
+              "output %s", cJSON_IsString(out) ? out->valuestring : "(none)");
+    cJSON_Delete(s);
+    ctx_close(&c);
+}
+
 static void test_many_tasks(void)
 {
     struct ctx c;
@@ -2015,6 +2036,7 @@ int main(void)
     test_cancel_from_result_and_decision_events();
     test_cancelled_task_outlives_its_end();
     test_duplicate_id_feedback_goes_to_its_own_call();
+    test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_mcp_sse_scan();
