@@ -13,6 +13,7 @@
  */
 #include "sampler.h"
 
+#include <float.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -262,7 +263,7 @@ void sampler_skip_draw(sampler *s)
 }
 
 /* Everything after the penalties: candidates (allowed ids, NaN logits as
- * -inf), greedy / top-k / temperature / top-p / min-p, draw `draw`.  c:
+ * -inf, +inf as FLT_MAX), greedy / top-k / temperature / top-p / min-p, draw `draw`.  c:
  * [nv] scratch.  The mask allows at least one id (checked by the callers). */
 static void sample_core(const struct sampler_params *p, struct cand *c, int32_t nv, const float *logits,
                         const uint32_t *mask, uint64_t draw, int32_t *token)
@@ -272,7 +273,9 @@ static void sample_core(const struct sampler_params *p, struct cand *c, int32_t 
         if (!mask_allows(mask, id))
             continue;
         float l = logits[id];
-        c[n].logit = isnan(l) ? -INFINITY : l;
+        /* +inf as the largest float: such ids share all the mass (with
+         * max = +inf every weight would be exp(inf - inf) = NaN) */
+        c[n].logit = isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l;
         c[n].id = id;
         n++;
     }

@@ -316,6 +316,44 @@ static void test_tiny_temperature(void)
     }
 }
 
+/* A +inf logit (an overflowed backend row) takes all the mass: it used to
+ * make max - max = inf - inf = NaN weights, so the draw fell through to the
+ * last candidate and min_p kept nothing (c[-1] read). */
+static void test_infinite_logit(void)
+{
+    float l[NV];
+    int rc;
+    for (int r = 0; r < 10; r++) {
+        random_logits(l, NV);
+        l[37] = INFINITY;
+        struct sampler_params p = sampler_params_default();
+        p.temperature = 0.7f;
+        p.seed = (uint64_t)r;
+        int32_t t = sample1(&p, l, NULL, &rc);
+        CHECK_MSG(rc == PS_OK && t == 37, "+inf logit: token %d", t);
+        p.min_p = 0.1f;
+        t = sample1(&p, l, NULL, &rc);
+        CHECK_MSG(rc == PS_OK && t == 37, "+inf logit, min_p: token %d", t);
+        p.min_p = 0.0f;
+        p.top_p = 0.9f;
+        p.top_k = 10;
+        t = sample1(&p, l, NULL, &rc);
+        CHECK_MSG(rc == PS_OK && t == 37, "+inf logit, top_p/top_k: token %d", t);
+        /* two +inf logits share the mass */
+        l[80] = INFINITY;
+        p = sampler_params_default();
+        p.temperature = 1.0f;
+        int hit37 = 0, hit80 = 0;
+        for (uint64_t seed = 0; seed < 64; seed++) {
+            p.seed = seed;
+            t = sample1(&p, l, NULL, &rc);
+            hit37 += t == 37;
+            hit80 += t == 80;
+        }
+        CHECK_MSG(hit37 + hit80 == 64 && hit37 > 0 && hit80 > 0, "two +inf logits: %d / %d of 64", hit37, hit80);
+    }
+}
+
 int main(void)
 {
     test_validate();
@@ -326,5 +364,6 @@ int main(void)
     test_penalties();
     test_distribution();
     test_tiny_temperature();
+    test_infinite_logit();
     TEST_DONE();
 }
