@@ -383,7 +383,7 @@ static int32_t re_class(struct re *r)
         neg = 1;
         r->p++;
     }
-    int first = 1;
+    int first = 1, has_short = 0;
     while (r->p < r->end && (*r->p != ']' || first)) {
         first = 0;
         int lo;
@@ -392,8 +392,10 @@ static int32_t re_class(struct re *r)
                 return fail(r->c, PS_EUNSUPPORTED, "%s", "pattern ends inside a class");
             char e = r->p[1];
             r->p += 2;
-            if (re_shorthand(e, s))
+            if (re_shorthand(e, s)) {
+                has_short = 1;
                 continue;
+            }
             lo = re_escape_char(r, e);
             if (lo < 0)
                 return -1;
@@ -428,7 +430,11 @@ static int32_t re_class(struct re *r)
             s[i] = (uint8_t)~s[i];
     }
     memcpy(r->nodes[id].set, s, 16);
-    r->nodes[id].nonascii = 0; /* negated classes stay ASCII: Unicode \d etc. */
+    /* Non-ASCII characters: a negated class of literal characters matches
+     * them all (ECMA-262 and Python agree).  A class with a shorthand (\d \w
+     * \s \D ...) matches none: those are ASCII in ECMA-262 but Unicode in
+     * Python's re, and only the non-ASCII-free reading is right under both. */
+    r->nodes[id].nonascii = (uint8_t)(neg && !has_short);
     return id;
 }
 
@@ -481,7 +487,7 @@ static int32_t re_atom(struct re *r)
         char e = r->p[1];
         r->p += 2;
         if (re_shorthand(e, nd->set))
-            return id;
+            return id; /* ASCII only, \D \W \S too (see re_class) */
         int x = re_escape_char(r, e);
         if (x < 0)
             return -1;
@@ -697,9 +703,9 @@ static int32_t g_re_branch(struct sc *c, int32_t from, struct re *r, int32_t id)
     /* items are reversed */
     int bol = r->nodes[items[n - 1]].kind == RE_BOL;
     int eol = r->nodes[items[0]].kind == RE_EOL;
+    /* an unanchored end is a search: any text at all, newlines included */
     struct re_node any = { .kind = RE_SET, .nonascii = 1 };
     set_add(any.set, 0, 127);
-    any.set['\n' >> 3] &= (uint8_t)~(1u << ('\n' & 7));
     int32_t anyid = re_new(r, RE_SET);
     if (anyid < 0)
         return -1;

@@ -182,6 +182,12 @@ static const struct case_ cases[] = {
     { "{\"type\":\"string\",\"pattern\":\"^a\\\"b\\\\\\\\c$\"}", "\"a\\\"b\\\\c\"", 1 },
     { "{\"type\":\"string\",\"pattern\":\"^\\\\d+(\\\\.\\\\d+)?$\"}", "\"3.14\"", 1 },
     { "{\"type\":\"string\",\"pattern\":\"^[^,]+$\"}", "\"a,b\"", 0 },
+    /* non-ASCII in negated classes; newlines around an unanchored match (found by the differential test) */
+    { "{\"type\":\"string\",\"pattern\":\"^[^,]+$\"}", "\"caf\xc3\xa9 \xf0\x9f\x98\x80\"", 1 },
+    { "{\"type\":\"string\",\"pattern\":\"^[^\\\\d]$\"}", "\"\xc3\xa9\"", 0 }, /* Unicode \\d in Python */
+    { "{\"type\":\"string\",\"pattern\":\"^\\\\D$\"}", "\"a\"", 1 },
+    { "{\"type\":\"string\",\"pattern\":\"ab\"}", "\"x\\nab\\n\"", 1 },
+    { "{\"type\":\"string\",\"pattern\":\"^a.b$\"}", "\"a\\nb\"", 0 },
     { "{\"type\":\"string\",\"pattern\":\"^caf\xc3\xa9.$\"}", "\"caf\xc3\xa9\xe2\x82\xac\"", 1 },
     { "{\"type\":\"string\",\"format\":\"date\"}", "\"2024-02-28\"", 1 },
     { "{\"type\":\"string\",\"format\":\"date\"}", "\"2024-13-01\"", 0 },
