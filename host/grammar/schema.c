@@ -1067,8 +1067,30 @@ static int32_t g_ref(struct sc *c, int32_t from, const char *ref)
     return e;
 }
 
+/* The JSON value v (an enum / const member) written in the grammar's one
+ * layout, the one every other value uses: ", " between members, ": " after
+ * keys, no other whitespace, object keys in the order the schema gives. */
 static int32_t g_json_literal(struct sc *c, int32_t from, const cJSON *v)
 {
+    if (cJSON_IsArray(v) || cJSON_IsObject(v)) {
+        int obj = cJSON_IsObject(v);
+        from = g_str(c, from, obj ? "{" : "[");
+        for (const cJSON *m = v->child; m && !c->err; m = m->next) {
+            if (m != v->child)
+                from = g_str(c, from, ", ");
+            if (obj) {
+                cJSON *key = cJSON_CreateString(m->string);
+                char *k = key ? cJSON_PrintUnformatted(key) : NULL;
+                cJSON_Delete(key);
+                if (!k)
+                    return fail(c, PS_ENOMEM, "%s", "out of memory");
+                from = g_str(c, g_str(c, from, k), ": ");
+                free(k);
+            }
+            from = g_json_literal(c, from, m);
+        }
+        return g_str(c, from, obj ? "}" : "]");
+    }
     char *txt = cJSON_PrintUnformatted(v);
     if (!txt)
         return fail(c, PS_ENOMEM, "%s", "out of memory");

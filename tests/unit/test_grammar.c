@@ -119,7 +119,10 @@ static const struct case_ cases[] = {
     { "{\"type\":[\"string\",\"null\"]}", "\"x\"", 1 },
     { "{\"type\":[\"string\",\"null\"]}", "1", 0 },
     { "{\"enum\":[\"red\",\"green\",1,null,{\"a\":[1]}]}", "\"green\"", 1 },
-    { "{\"enum\":[\"red\",\"green\",1,null,{\"a\":[1]}]}", "{\"a\":[1]}", 1 },
+    /* enum / const objects and arrays use the one layout of every value (was compact) */
+    { "{\"enum\":[\"red\",\"green\",1,null,{\"a\":[1]}]}", "{\"a\": [1]}", 1 },
+    { "{\"enum\":[\"red\",\"green\",1,null,{\"a\":[1]}]}", "{\"a\":[1]}", 0 },
+    { "{\"const\":{\"k\":[1,{\"x\":\"\\u00e9\"},[]],\"e\":{}}}", "{\"k\": [1, {\"x\": \"\xc3\xa9\"}, []], \"e\": {}}", 1 },
     { "{\"enum\":[\"red\",\"green\",1,null,{\"a\":[1]}]}", "\"blue\"", 0 },
     { "{\"const\":\"caf\xc3\xa9 \\\"q\\\"\"}", "\"caf\xc3\xa9 \\\"q\\\"\"", 1 },
     { "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"type\":\"string\"}},\"required\":[\"a\"]}",
