@@ -101,12 +101,15 @@ sample_kernel(const float *__restrict__ logits, int V, const struct sample_param
         if (tid == 0) tokens[r] = first_allowed == INT32_MAX ? -1 : first_allowed;
         return;
     }
-    if (!(p.temperature > 0.0f)) {
+    /* A positive temperature whose inverse overflows (a denormal) is the
+     * limit T -> 0, greedy, as on the host (sampler.c): invT = inf would
+     * weigh the best candidate 0 * inf = NaN. */
+    const float invT = p.temperature > 0.0f ? 1.0f / p.temperature : 0.0f;
+    if (!(p.temperature > 0.0f) || isinf(invT)) {
         if (tid == 0) tokens[r] = argmax;
         return;
     }
     const float lmin = -block_max(-mn, red);
-    const float invT = 1.0f / p.temperature;
 
     /* 2. thresholds */
     float tau = -INFINITY;

@@ -189,6 +189,19 @@ static void greedy_32(backend *cpu, backend *gpu, const struct model *m, const c
     }
     tc = argmax(lc, V);
     margin[0] = top2_margin_rel(lc, V);
+    {
+        /* A denormal temperature (1/T overflows float) is greedy, as on the
+         * host (sampler.c): invT = inf once gave 0 * inf = NaN weights.  The
+         * same prefill again rewrites the same cache entries, so its greedy
+         * token is the one just sampled at temperature 0 (tg). */
+        struct cuda_sample_params tiny = sp;
+        tiny.temperature = 1e-39f;
+        tiny.top_p = 0.9f;
+        tiny.min_p = 0.05f;
+        int32_t tt = -2;
+        GT_CHECK(!backend_cuda_forward_sample(gpu, &plan, &tiny, NULL, &tt) && tt == tg,
+                 "%s: temperature 1e-39 sampled %d, the device's greedy %d (%s)", label, tt, tg, ps_error_last());
+    }
     int first_diff = -1;
     for (int i = 0; i < 32; i++) {
         ids_c[i] = tc;
