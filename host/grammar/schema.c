@@ -1429,6 +1429,37 @@ static int32_t g_typed(struct sc *c, int32_t from, const cJSON *s, int t)
     return fail(c, PS_EINTERNAL, "%s", "bad type");
 }
 
+/* 1 when the enum / const member v meets the keywords of s that apply to
+ * its type: minLength / maxLength (code points) for a string, the bounds b
+ * for a number, minItems / maxItems for an array.  Other types pass. */
+static int literal_fits(const cJSON *s, const struct bounds *b, const cJSON *v)
+{
+    const cJSON *lo = NULL, *hi = NULL;
+    double n = 0;
+    if (cJSON_IsString(v)) {
+        lo = cJSON_GetObjectItemCaseSensitive(s, "minLength");
+        hi = cJSON_GetObjectItemCaseSensitive(s, "maxLength");
+        for (const unsigned char *p = (const unsigned char *)v->valuestring; *p; p++)
+            n += (*p & 0xC0) != 0x80; /* cJSON holds strings as UTF-8 */
+    } else if (cJSON_IsArray(v)) {
+        lo = cJSON_GetObjectItemCaseSensitive(s, "minItems");
+        hi = cJSON_GetObjectItemCaseSensitive(s, "maxItems");
+        n = cJSON_GetArraySize(v);
+    } else if (cJSON_IsNumber(v)) {
+        double d = v->valuedouble;
+        if (b->has_lo && (d < b->lo || (b->lo_excl && d == b->lo)))
+            return 0;
+        if (b->has_hi && (d > b->hi || (b->hi_excl && d == b->hi)))
+            return 0;
+        return 1;
+    }
+    if (lo && cJSON_IsNumber(lo) && n < lo->valuedouble)
+        return 0;
+    if (hi && cJSON_IsNumber(hi) && n > hi->valuedouble)
+        return 0;
+    return 1;
+}
+
 static int has_any(const cJSON *s, const char *const *keys)
 {
     for (; *keys; keys++)
@@ -1539,10 +1570,24 @@ static int32_t g_schema(struct sc *c, int32_t from, const cJSON *s)
     const cJSON *cst = cJSON_GetObjectItemCaseSensitive(s, "const");
     const cJSON *en = cJSON_GetObjectItemCaseSensitive(s, "enum");
     if (cst || en) {
+        /* The members are the whole language: sibling keywords filter them
+         * (literal_fits) or, where that check is not implemented, refuse. */
+        static const char *const unchecked[] = {
+            "pattern", "format", "properties", "required", "additionalProperties", "items",
+            "prefixItems", NULL,
+        };
+        for (const char *const *k = unchecked; *k; k++)
+            if (cJSON_GetObjectItemCaseSensitive(s, *k)) {
+                fail(c, PS_EUNSUPPORTED, "'enum'/'const' together with '%s'", *k);
+                goto out;
+            }
+        struct bounds bnd;
+        if (get_bounds(c, s, &bnd))
+            goto out;
         end = node(c);
         int n_ok = 0;
         if (cst) {
-            if (!types || value_matches_types(cst, types)) {
+            if ((!types || value_matches_types(cst, types)) && literal_fits(s, &bnd, cst)) {
                 eps(c, g_json_literal(c, from, cst), end);
                 n_ok++;
             }
@@ -1556,13 +1601,13 @@ static int32_t g_schema(struct sc *c, int32_t from, const cJSON *s)
                 goto out;
             }
             for (const cJSON *v = en->child; v; v = v->next)
-                if (!types || value_matches_types(v, types)) {
+                if ((!types || value_matches_types(v, types)) && literal_fits(s, &bnd, v)) {
                     eps(c, g_json_literal(c, from, v), end);
                     n_ok++;
                 }
         }
         if (!n_ok)
-            fail(c, PS_EINVAL, "%s", "no 'enum'/'const' value matches 'type'");
+            fail(c, PS_EINVAL, "%s", "no 'enum'/'const' value matches 'type' and the other keywords");
         goto out;
     }
     if (!types) {

@@ -124,6 +124,15 @@ static const struct case_ cases[] = {
     { "{\"enum\":[\"red\",\"green\",1,null,{\"a\":[1]}]}", "{\"a\":[1]}", 0 },
     { "{\"const\":{\"k\":[1,{\"x\":\"\\u00e9\"},[]],\"e\":{}}}", "{\"k\": [1, {\"x\": \"\xc3\xa9\"}, []], \"e\": {}}", 1 },
     { "{\"enum\":[\"red\",\"green\",1,null,{\"a\":[1]}]}", "\"blue\"", 0 },
+    /* keywords beside enum / const filter the members (found by the differential test) */
+    { "{\"type\":\"integer\",\"enum\":[-46,3,7],\"minimum\":0,\"exclusiveMaximum\":7}", "-46", 0 },
+    { "{\"type\":\"integer\",\"enum\":[-46,3,7],\"minimum\":0,\"exclusiveMaximum\":7}", "7", 0 },
+    { "{\"type\":\"integer\",\"enum\":[-46,3,7],\"minimum\":0,\"exclusiveMaximum\":7}", "3", 1 },
+    { "{\"enum\":[\"b|\",\"\xc3\xa9\xc3\xa9\",15,[1,2,3]],\"maxLength\":2,\"maxItems\":2}", "\"b|\"", 1 },
+    { "{\"enum\":[\"b|/\",\"\xc3\xa9\xc3\xa9\",15,[1,2,3]],\"maxLength\":2,\"maxItems\":2}", "\"b|/\"", 0 },
+    { "{\"enum\":[\"b|/\",\"\xc3\xa9\xc3\xa9\",15,[1,2,3]],\"maxLength\":2,\"maxItems\":2}", "\"\xc3\xa9\xc3\xa9\"", 1 },
+    { "{\"enum\":[\"b|/\",\"\xc3\xa9\xc3\xa9\",15,[1,2,3]],\"maxLength\":2,\"maxItems\":2}", "15", 1 },
+    { "{\"enum\":[\"b|/\",\"\xc3\xa9\xc3\xa9\",15,[1,2,3]],\"maxLength\":2,\"maxItems\":2}", "[1, 2, 3]", 0 },
     { "{\"const\":\"caf\xc3\xa9 \\\"q\\\"\"}", "\"caf\xc3\xa9 \\\"q\\\"\"", 1 },
     { "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"},\"b\":{\"type\":\"string\"}},\"required\":[\"a\"]}",
       "{\"a\": 1, \"b\": \"x\"}", 1 },
@@ -222,6 +231,7 @@ static const char *const unsupported[][2] = {
     { "{\"type\":\"string\",\"pattern\":\"(a)\\\\1\"}", "\\1" },
     { "{\"$ref\":\"http://example.com/s.json\"}", "local" },
     { "{\"allOf\":[{\"type\":\"string\"},{\"maxLength\":3}]}", "allOf" },
+    { "{\"type\":\"string\",\"enum\":[\"a\",\"b\"],\"pattern\":\"^a\"}", "pattern" },
     { "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"object\",\"minProperties\":1}}}", "minProperties" },
 };
 
