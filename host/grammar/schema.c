@@ -916,9 +916,12 @@ static int32_t g_number(struct sc *c, int32_t from, const cJSON *s)
     int32_t end = node(c);
     if (!b.has_lo && !b.has_hi) {
         int32_t x = g_int_range(c, from, -INT_CAP, INT_CAP);
-        int32_t f = node(c);
+        int32_t f = node(c), ip = node(c);
         eps(c, x, f);
-        eps(c, g_str(c, g_digits(c, g_str(c, x, "."), 1, 15), ""), f);
+        /* integer part before a fraction: any integer, or "-0" (-0.5) */
+        eps(c, x, ip);
+        eps(c, g_str(c, from, "-0"), ip);
+        eps(c, g_digits(c, g_str(c, ip, "."), 1, 15), f);
         eps(c, f, end);
         int32_t e = node(c);
         edge(c, f, e, 'e', 'e', -1);

@@ -105,6 +105,12 @@ static const struct case_ cases[] = {
     { "{\"type\":\"number\"}", "-12.5e+3", 1 },
     { "{\"type\":\"number\"}", "0.25", 1 },
     { "{\"type\":\"number\"}", ".5", 0 },
+    /* a negative fraction of magnitude below 1 (found by the differential test) */
+    { "{\"type\":\"number\"}", "-0.5", 1 },
+    { "{\"type\":\"number\"}", "-0.05e-3", 1 },
+    { "{\"type\":\"number\"}", "-0", 0 },
+    { "{\"type\":\"number\"}", "-00.5", 0 },
+    { "{}", "[-0.25]", 1 },
     { "{\"type\":\"number\"}", "1.", 0 },
     { "{\"type\":\"number\",\"minimum\":0,\"maximum\":1}", "0.5", 1 },
     { "{\"type\":\"number\",\"minimum\":0,\"maximum\":1}", "1", 1 },
