@@ -47,7 +47,9 @@
  *   \d \w \s, groups, |, * + ? {n,m}; no backreferences / lookaround),
  *   format (date, time, date-time, uuid, email, ipv4);
  *   integer / number: minimum, maximum, exclusiveMinimum, exclusiveMaximum
- *   (integer bounds for numbers); unbounded integers are capped at 15 digits.
+ *   (compared as decimals; a bounded number with a fraction has at most 15
+ *   significant digits and no exponent); unbounded integers are capped at
+ *   15 digits.
  *   Annotations (title, description, default, examples, $schema, $id,
  *   $comment, deprecated, readOnly, writeOnly) are ignored.
  */

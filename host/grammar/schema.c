@@ -900,12 +900,147 @@ static int32_t g_integer(struct sc *c, int32_t from, const cJSON *s)
     return g_int_range(c, from, lo, hi);
 }
 
-/* "." digits, the last one non-zero: a fraction strictly inside (0, 1). */
-static int32_t g_frac(struct sc *c, int32_t from)
+/* ---- bounded numbers: fractions against decimal bounds ----
+ *
+ * A bounded number with a fraction is written k.f (or -k.f): k without
+ * leading zeros, f of 1.. digits ending in a non-zero one.  It is compared
+ * with a bound as decimals, the bound taken as the shortest decimal that
+ * reads back as the same double.  At most 15 significant digits are written
+ * (15 - digits(k) fraction digits; 15 when k is 0): decimals that short are
+ * distinct doubles, so the decimal order is the order a validator working in
+ * doubles (Python, JavaScript) sees, exclusive bounds included. */
+
+/* x >= 0 as its shortest round-trip decimal: integer part and fraction
+ * digits without trailing zeros ("" when x is whole).  x <= 1e18. */
+struct dec { int64_t ip; char frac[48]; };
+
+static void dec_of(double x, struct dec *d)
 {
-    from = g_str(c, from, ".");
-    from = g_digits(c, from, 0, 14);
-    return g_range(c, from, '1', '9');
+    char buf[48], m[24];
+    int p = 1;
+    for (; p < 17; p++) {
+        snprintf(buf, sizeof buf, "%.*e", p - 1, x);
+        if (strtod(buf, NULL) == x)
+            break;
+    }
+    snprintf(buf, sizeof buf, "%.*e", p - 1, x);
+    int nm = 0;
+    const char *q = buf;
+    for (; *q && *q != 'e'; q++)
+        if (*q >= '0' && *q <= '9' && nm < (int)sizeof m)
+            m[nm++] = *q;
+    int e = *q ? atoi(q + 1) : 0; /* value = m[0].m[1..] * 10^e */
+    d->ip = 0;
+    int nf = 0;
+    for (int i = 0; i <= e; i++)
+        d->ip = d->ip * 10 + (i < nm ? m[i] - '0' : 0);
+    for (int i = e + 1; i < nm; i++) {
+        if (i < 0) {
+            for (int z = i; z < 0 && nf < 40; z++)
+                d->frac[nf++] = '0';
+            i = 0;
+        }
+        if (nf < 40)
+            d->frac[nf++] = m[i];
+    }
+    while (nf > 0 && d->frac[nf - 1] == '0')
+        nf--;
+    d->frac[nf] = 0;
+}
+
+struct fracb {
+    const char *lo, *hi; /* fraction digits of the bounds, NULL = none */
+    int lo_n, hi_n, lo_ex, hi_ex;
+    int max;             /* fraction digits allowed */
+    int32_t end;
+};
+
+static int fdig(const char *s, int n, int i) { return i < n ? s[i] : '0'; }
+
+/* Fraction digits from position pos on (pos written), the digits so far equal
+ * to the first pos digits of the lower bound's fraction (tlo) / the upper
+ * one's (thi), zero-padded.  Ends at b->end after a non-zero digit. */
+static void g_frac_rest(struct sc *c, const struct fracb *b, int32_t from, int pos, int tlo, int thi)
+{
+    if (c->err || pos >= b->max)
+        return;
+    int dl = tlo ? fdig(b->lo, b->lo_n, pos) : '0';
+    int dh = thi ? fdig(b->hi, b->hi_n, pos) : '9';
+    if (dl > dh)
+        return;
+    /* digits strictly between the tight ones: the rest is free */
+    int fl = dl + (tlo ? 1 : 0), fh = dh - (thi ? 1 : 0);
+    if (fl <= fh) {
+        int32_t t = node(c);
+        edge(c, from, t, fl, fh, -1);
+        if (fh >= '1')
+            edge(c, from, b->end, fl > '1' ? fl : '1', fh, -1);
+        if (pos + 1 < b->max)
+            edge(c, g_digits(c, t, 0, b->max - pos - 2), b->end, '1', '9', -1);
+    }
+    for (int d = dl; d <= dh && !c->err; d = d == dl && dh != dl ? dh : dh + 1) {
+        int ntlo = tlo && d == dl, nthi = thi && d == dh;
+        if (!ntlo && !nthi)
+            continue;
+        int32_t t = g_range(c, from, d, d);
+        /* stopping here: the rest of a tight bound is zero (equal) or not */
+        int lo_ok = !ntlo || (b->lo_n <= pos + 1 && !b->lo_ex);
+        int hi_ok = !nthi || b->hi_n > pos + 1 || !b->hi_ex;
+        if (d != '0' && lo_ok && hi_ok)
+            edge(c, from, b->end, d, d, -1);
+        g_frac_rest(c, b, t, pos + 1, ntlo, nthi);
+    }
+}
+
+/* k "." fraction for every k in [x, y] (x >= 0), the fraction bounded as in
+ * *fb, its length capped by the significant digits of k. */
+static void g_kfrac(struct sc *c, int32_t from, int64_t x, int64_t y, struct fracb fb)
+{
+    if (x > y)
+        return;
+    if (x == 0) {
+        fb.max = 15;
+        g_frac_rest(c, &fb, g_str(c, g_str(c, from, "0"), "."), 0, fb.lo != NULL, fb.hi != NULL);
+        x = 1;
+    }
+    int64_t p = 1;
+    for (int len = 1; len < 15 && !c->err; len++, p *= 10) {
+        int64_t a = x > p ? x : p, z = y < p * 10 - 1 ? y : p * 10 - 1;
+        if (a > z)
+            continue;
+        fb.max = 15 - len;
+        g_frac_rest(c, &fb, g_str(c, g_uint_range(c, from, a, z), "."), 0, fb.lo != NULL, fb.hi != NULL);
+    }
+}
+
+/* Non-integers k.f (k >= 0) in [A, B] (exclusive ends as flagged; A >= 0,
+ * B > 0), into end. */
+static void g_pos_frac(struct sc *c, int32_t from, int32_t end, double A, int a_ex, double B, int b_ex)
+{
+    struct dec a, b;
+    dec_of(A, &a);
+    dec_of(B, &b);
+    int a_int = !a.frac[0], b_int = !b.frac[0];
+    struct fracb none = { .end = end };
+    struct fracb lo = none, hi = none, both = none;
+    lo.lo = both.lo = a.frac;
+    lo.lo_n = both.lo_n = (int)strlen(a.frac);
+    lo.lo_ex = both.lo_ex = a_ex;
+    hi.hi = both.hi = b.frac;
+    hi.hi_n = both.hi_n = (int)strlen(b.frac);
+    hi.hi_ex = both.hi_ex = b_ex;
+    if (a.ip == b.ip) {
+        if (!a_int && !b_int)
+            g_kfrac(c, from, a.ip, a.ip, both);
+        else if (a_int && !b_int)
+            g_kfrac(c, from, a.ip, a.ip, hi);
+        return;
+    }
+    if (!a_int)
+        g_kfrac(c, from, a.ip, a.ip, lo);
+    g_kfrac(c, from, a_int ? a.ip : a.ip + 1, b.ip - 1, none);
+    if (!b_int)
+        g_kfrac(c, from, b.ip, b.ip, hi);
 }
 
 static int32_t g_number(struct sc *c, int32_t from, const cJSON *s)
@@ -941,16 +1076,15 @@ static int32_t g_number(struct sc *c, int32_t from, const cJSON *s)
         eps(c, g_int_range(c, from, li, hi_i), end);
         any = 1;
     }
-    /* k.f in (k, k+1): k >= lo, k + 1 <= hi */
-    int64_t kpl = (int64_t)fmax(0, ceil(lo)), kph = (int64_t)floor(hi) - 1;
-    if (kpl <= kph) {
-        eps(c, g_frac(c, g_uint_range(c, from, kpl, kph)), end);
+    /* positive non-integers: magnitude in [max(lo, 0), hi] */
+    if (!(b.has_hi && hi <= 0) && !(b.has_lo && lo >= (double)INT_CAP)) {
+        g_pos_frac(c, from, end, lo > 0 ? lo : 0, lo > 0 && b.lo_excl, hi, b.hi_excl);
         any = 1;
     }
-    /* -k.f in (-(k+1), -k): k + 1 <= -lo, -k <= hi */
-    int64_t knl = (int64_t)fmax(0, ceil(-hi)), knh = (int64_t)floor(-lo) - 1;
-    if (knl <= knh) {
-        eps(c, g_frac(c, g_uint_range(c, g_str(c, from, "-"), knl, knh)), end);
+    /* negative non-integers -m: m in [max(-hi, 0), -lo] */
+    if (!(b.has_lo && lo >= 0) && !(b.has_hi && -hi >= (double)INT_CAP)) {
+        int32_t neg = g_str(c, from, "-");
+        g_pos_frac(c, neg, end, hi < 0 ? -hi : 0, hi < 0 && b.hi_excl, -lo, b.lo_excl);
         any = 1;
     }
     if (!any)
