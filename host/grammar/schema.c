@@ -229,22 +229,57 @@ static int32_t g_string(struct sc *c, int32_t from, int64_t min, int64_t max)
     return g_str(c, from, "\"");
 }
 
-/* A JSON string made of printable ASCII (no escapes) that is none of the
- * names in excl (JSON-escaped bodies): keys of additionalProperties.  Built
- * as a trie of the names; leaving the trie goes to a free state. */
+/* Bytes pos.. of a UTF-8 character with lead byte `lead` (need bytes in
+ * all), from `from` into `to`; at pos, bytes with child[b] >= 0 (the trie's
+ * own) are left out when child is given. */
+static void g_utf8_rest(struct sc *c, int32_t from, uint8_t lead, int pos, int32_t to, const int32_t *child)
+{
+    int need = lead >= 0xF0 ? 4 : lead >= 0xE0 ? 3 : 2;
+    int lo = 0x80, hi = 0xBF;
+    if (pos == 1) {
+        if (lead == 0xE0) lo = 0xA0;
+        else if (lead == 0xED) hi = 0x9F;
+        else if (lead == 0xF0) lo = 0x90;
+        else if (lead == 0xF4) hi = 0x8F;
+    }
+    int32_t t = to;
+    if (pos + 1 < need) {
+        t = node(c);
+        int32_t u = t;
+        for (int k = pos + 1; k < need; k++) {
+            int32_t v = k + 1 < need ? node(c) : to;
+            edge(c, u, v, 0x80, 0xBF, -1);
+            u = v;
+        }
+    }
+    for (int b = lo; b <= hi; b++)
+        if (!child || child[b] < 0)
+            edge(c, from, t, b, b, -1);
+}
+
+/* A JSON string whose text (once unescaped) is none of the names in excl
+ * (their JSON-escaped bodies, as cJSON writes them): the keys of
+ * additionalProperties.  Built as a byte trie of the escaped names; a key
+ * leaves the trie into a free state (any JSON string characters) as soon as
+ * its text can no longer spell a name:
+ *   - a byte no name continues with that starts or ends a well-formed
+ *     character (ASCII, a UTF-8 lead byte, or a continuation byte inside a
+ *     name's multi-byte character), the rest of that character following;
+ *   - an escape \" \\ \/ \b \f \n \r \t no name continues with, unless it
+ *     is \/ and a name continues with a plain '/'.  \u escapes are taken
+ *     only once outside the trie (one could spell any character).
+ * So every key outside the trie decodes to a string that is not a name. */
 static int32_t g_key_excluding(struct sc *c, int32_t from, char **excl, int32_t n_excl)
 {
     from = g_str(c, from, "\"");
     int32_t end = node(c), free_s = node(c);
     if (c->err)
         return -1;
-    edge(c, free_s, free_s, 0x20, 0x21, -1);
-    edge(c, free_s, free_s, 0x23, 0x5B, -1);
-    edge(c, free_s, free_s, 0x5D, 0x7E, -1);
+    eps(c, g_json_char(c, free_s, NULL, 0), free_s);
     edge(c, free_s, end, '"', '"', -1);
     /* trie: node ids and their prefix strings, built level by level */
     struct tn { int32_t id; const char *pfx; int32_t len; };
-    int32_t cap = 1 + 256, nt = 0;
+    int32_t cap = 1, nt = 0;
     for (int32_t i = 0; i < n_excl; i++)
         cap += (int32_t)strlen(excl[i]);
     struct tn *t = malloc((size_t)cap * sizeof *t);
@@ -253,8 +288,10 @@ static int32_t g_key_excluding(struct sc *c, int32_t from, char **excl, int32_t 
     t[nt++] = (struct tn){ from, "", 0 };
     for (int32_t k = 0; k < nt && !c->err; k++) {
         struct tn cur = t[k];
-        int terminal = 0;
-        uint8_t child[128] = { 0 };
+        int terminal = 0, slash = 0;
+        int32_t child[256];
+        for (int b = 0; b < 256; b++)
+            child[b] = -1;
         for (int32_t i = 0; i < n_excl; i++) {
             const char *e = excl[i];
             if ((int32_t)strlen(e) < cur.len || memcmp(e, cur.pfx, (size_t)cur.len))
@@ -264,16 +301,58 @@ static int32_t g_key_excluding(struct sc *c, int32_t from, char **excl, int32_t 
                 continue;
             }
             uint8_t b = (uint8_t)e[cur.len];
-            if (b >= 0x20 && b < 0x7F && b != '"' && b != '\\' && !child[b]) {
-                child[b] = 1;
-                int32_t id = node(c);
-                t[nt++] = (struct tn){ id, e, cur.len + 1 };
-                edge(c, cur.id, id, b, b, -1);
+            slash |= b == '/';
+            if (child[b] < 0 && cap > nt) {
+                child[b] = node(c);
+                t[nt++] = (struct tn){ child[b], e, cur.len + 1 };
+                edge(c, cur.id, child[b], b, b, -1);
             }
         }
-        for (int b = 0x20; b < 0x7F; b++)
-            if (b != '"' && b != '\\' && !child[b])
+        /* where does this prefix stand: inside a name's multi-byte
+         * character, right after a '\' of a name's escape, or between
+         * characters */
+        int32_t lead = cur.len - 1;
+        while (lead >= 0 && ((uint8_t)cur.pfx[lead] & 0xC0) == 0x80)
+            lead--;
+        int mid_utf8 = 0;
+        if (lead >= 0 && (uint8_t)cur.pfx[lead] >= 0xC0) {
+            uint8_t l = (uint8_t)cur.pfx[lead];
+            int need = l >= 0xF0 ? 4 : l >= 0xE0 ? 3 : 2;
+            mid_utf8 = cur.len - lead < need;
+            if (mid_utf8) /* another continuation byte: another character */
+                g_utf8_rest(c, cur.id, l, cur.len - lead, free_s, child);
+        }
+        int esc = 0; /* 0 between characters, 1 after '\', 2.. inside \uXXXX */
+        for (int32_t j = 0; j < cur.len; j++) {
+            char ch = cur.pfx[j];
+            esc = esc == 0 ? (ch == '\\') : esc == 1 ? (ch == 'u' ? 2 : 0) : esc == 5 ? 0 : esc + 1;
+        }
+        if (mid_utf8 || esc >= 2)
+            continue; /* only the names' own bytes */
+        if (esc == 1) { /* after a name's '\': other simple escapes diverge */
+            int pslash = 0; /* a name continues with a plain '/' where '\' began */
+            for (int32_t i = 0; i < n_excl; i++)
+                pslash |= (int32_t)strlen(excl[i]) >= cur.len && !memcmp(excl[i], cur.pfx, (size_t)cur.len - 1) &&
+                          excl[i][cur.len - 1] == '/';
+            static const char simple[] = "\"\\/bfnrt";
+            for (const char *q = simple; *q; q++)
+                if (child[(uint8_t)*q] < 0 && (*q != '/' || !pslash))
+                    edge(c, cur.id, free_s, (uint8_t)*q, (uint8_t)*q, -1);
+            continue;
+        }
+        for (int b = 0x20; b < 0x80; b++)
+            if (b != '"' && b != '\\' && child[b] < 0)
                 edge(c, cur.id, free_s, b, b, -1);
+        for (int l = 0xC2; l <= 0xF4; l++)
+            if (child[l] < 0)
+                g_utf8_rest(c, g_range(c, cur.id, l, l), (uint8_t)l, 1, free_s, NULL);
+        if (child['\\'] < 0) { /* no name escapes here: a '\' of our own */
+            int32_t e1 = g_range(c, cur.id, '\\', '\\');
+            static const char simple[] = "\"\\/bfnrt";
+            for (const char *q = simple; *q; q++)
+                if (*q != '/' || !slash)
+                    edge(c, e1, free_s, (uint8_t)*q, (uint8_t)*q, -1);
+        }
         if (!terminal)
             edge(c, cur.id, end, '"', '"', -1);
     }

@@ -176,6 +176,21 @@ static const struct case_ cases[] = {
       "{\"ab\": true, \"b\": false}", 1 },
     { "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},\"additionalProperties\":{\"type\":\"boolean\"}}",
       "{\"b\": 1}", 0 },
+    /* extra keys may be any JSON string that is not a declared name (found by the differential
+     * test: non-ASCII and escaped keys were refused) */
+#define MAP "{\"type\":\"object\",\"properties\":{\"caf\xc3\xa9\":{\"type\":\"integer\"},\"k/s\":{\"type\":\"integer\"}," \
+            "\"q\\\"u\":{\"type\":\"integer\"}},\"additionalProperties\":{\"type\":\"boolean\"}}"
+    { MAP, "{\"\xc3\xbc" "ber\": true, \"\xe6\x97\xa5\": false}", 1 },
+    { MAP, "{\"caf\xc3\xa8\": true}", 1 },       /* diverges inside a name's character */
+    { MAP, "{\"caf\xc3\xa9\": true}", 0 },       /* a declared name with the extra schema */
+    { MAP, "{\"caf\\u00e9\": true}", 0 },        /* the same name escaped */
+    { MAP, "{\"x\\\"y\\n\": true, \"p\\\\q\": true}", 1 },
+    { MAP, "{\"q\\\"\": true}", 1 },
+    { MAP, "{\"q\\\"u\": true}", 0 },
+    { MAP, "{\"k\\/s\": true}", 0 },             /* '/' escaped still spells k/s */
+    { MAP, "{\"k\\/t\": true}", 0 },             /* refused: \/ where a name has '/' */
+    { MAP, "{\"\xc3\": true}", 0 },
+#undef MAP
     { "{\"type\":\"array\",\"items\":{\"type\":\"integer\"},\"minItems\":1,\"maxItems\":3}", "[1, 2, 3]", 1 },
     { "{\"type\":\"array\",\"items\":{\"type\":\"integer\"},\"minItems\":1,\"maxItems\":3}", "[]", 0 },
     { "{\"type\":\"array\",\"items\":{\"type\":\"integer\"},\"minItems\":1,\"maxItems\":3}", "[1, 2, 3, 4]", 0 },
