@@ -409,7 +409,9 @@ static void set_add(uint8_t *s, int lo, int hi)
 
 static int set_has(const uint8_t *s, int x) { return x < 128 && (s[x >> 3] >> (x & 7)) & 1; }
 
-/* Shorthand class \d \w \s (upper case = complement); returns 0 if not one. */
+/* Shorthand class \d \w \s (upper case = complement) over ASCII; returns 0
+ * if not one.  U+001C..U+001F are whitespace to Python's re (\s) but not to
+ * ECMA-262: neither \s nor \S has them, so either reading agrees. */
 static int re_shorthand(char ch, uint8_t *s)
 {
     uint8_t t[16] = { 0 };
@@ -422,6 +424,8 @@ static int re_shorthand(char ch, uint8_t *s)
     if (ch >= 'A' && ch <= 'Z') {
         for (int i = 0; i < 16; i++)
             t[i] = (uint8_t)~t[i];
+        if (ch == 'S')
+            t[0x1C >> 3] &= (uint8_t)~0xF0u; /* 0x1C..0x1F */
     }
     for (int i = 0; i < 16; i++)
         s[i] |= t[i];
@@ -462,7 +466,7 @@ static int32_t re_class(struct re *r)
         neg = 1;
         r->p++;
     }
-    int first = 1, has_short = 0;
+    int first = 1, has_short = 0, amb_space = 0;
     while (r->p < r->end && (*r->p != ']' || first)) {
         first = 0;
         int lo;
@@ -473,6 +477,7 @@ static int32_t re_class(struct re *r)
             r->p += 2;
             if (re_shorthand(e, s)) {
                 has_short = 1;
+                amb_space |= (e | 0x20) == 's';
                 continue;
             }
             lo = re_escape_char(r, e);
@@ -507,6 +512,8 @@ static int32_t re_class(struct re *r)
     if (neg) {
         for (int i = 0; i < 16; i++)
             s[i] = (uint8_t)~s[i];
+        if (amb_space) /* [^\s] / [^\S]: leave U+001C..U+001F out (re_shorthand) */
+            s[0x1C >> 3] &= (uint8_t)~0xF0u;
     }
     memcpy(r->nodes[id].set, s, 16);
     /* Non-ASCII characters: a negated class of literal characters matches
