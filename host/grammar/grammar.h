@@ -36,22 +36,37 @@
  *
  * Supported JSON Schema subset (anything else is PS_EUNSUPPORTED with a
  * detail naming the keyword, never silently ignored):
- *   type (string or list), const, enum, anyOf, oneOf (treated as anyOf:
- *   exclusivity is not enforced), allOf with one member, $ref to local JSON
+ *   type (string or list), const, enum (members written in the one layout
+ *   below; minLength/maxLength, numeric bounds and minItems/maxItems beside
+ *   them filter the members, other sibling keywords are refused), anyOf,
+ *   oneOf (treated as anyOf: exclusivity is not enforced), allOf with one
+ *   member, $ref to local JSON
  *   pointers ("#", "#/$defs/x", "#/definitions/x", ...), $defs/definitions;
  *   object: properties (emitted in schema order, optional ones skippable),
  *   required, additionalProperties (false / true / schema; absent = false
- *   unless GRAMMAR_OPT_LAX_OBJECTS);
+ *   unless GRAMMAR_OPT_LAX_OBJECTS; extra keys come after the declared ones
+ *   and are any string but a declared name; where an extra key still spells
+ *   the start of a declared name it takes no \u escape there);
  *   array: items, prefixItems, minItems, maxItems;
  *   string: minLength, maxLength, pattern (regex subset: literals, ., classes,
- *   \d \w \s, groups, |, * + ? {n,m}; no backreferences / lookaround),
- *   format (date, time, date-time, uuid, email, ipv4);
+ *   \d \w \s, groups, |, * + ? {n,m}; no backreferences / lookaround;
+ *   '^' / '$' only at the ends of a top-level branch, '$' the very end;
+ *   '.' is any character but \n; \d \w \s are ASCII, and \D \W \S and
+ *   negated classes holding a shorthand match no non-ASCII character and
+ *   \s \S neither of U+001C..U+001F, so a match holds under both ECMA-262
+ *   and Python's re), format (date: a calendar date, years 0001..9999;
+ *   time, date-time: UTC 'Z' only; uuid: lower-case 8-4-4-4-12; email: a
+ *   conservative subset; ipv4);
  *   integer / number: minimum, maximum, exclusiveMinimum, exclusiveMaximum
  *   (compared as decimals; a bounded number with a fraction has at most 15
  *   significant digits and no exponent); unbounded integers are capped at
  *   15 digits.
  *   Annotations (title, description, default, examples, $schema, $id,
- *   $comment, deprecated, readOnly, writeOnly) are ignored.
+ *   $comment, deprecated, readOnly, writeOnly) are ignored.  Without "type",
+ *   a schema takes the types its keywords imply ({"minimum": 1} is a number;
+ *   JSON Schema would let a string through).
+ *   tests/e2e/test_grammar_differential.py checks all of this against the
+ *   jsonschema package on random schemas.
  */
 #ifndef PS_GRAMMAR_H
 #define PS_GRAMMAR_H
