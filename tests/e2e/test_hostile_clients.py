@@ -300,3 +300,26 @@ def test_connections_beyond_the_fd_limit_wait_without_spinning(start_server):  #
     log = srv.output()
     assert "Too many open files" in log
     assert log.count("accept() failed") <= 10, log[-2000:]
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/completions", {"prompt": "Hi", "max_tokens": 3, "stream": True}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "stream": True}),
+])
+def test_stream_to_http10_keepalive_client_is_close_delimited(srv, path, body):
+    # HTTP/1.0 has no chunked encoding, so a stream's end can only be the
+    # connection's close.  For a 1.0 client asking for keep-alive, libevent
+    # 2.1 answered "Connection: keep-alive" and "Content-Length: 0", sent
+    # the events anyway (read by the client as the next response) and left
+    # the connection open, so the client never saw the stream end.
+    data = json.dumps(body).encode()
+    got = raw(srv, b"POST %s HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % (path.encode(), len(data)) + data, timeout=30)
+    status, headers, payload = split_reply(got)
+    assert status == 200, got[:300]
+    assert headers["content-type"] == "text/event-stream", headers
+    assert "content-length" not in headers and "transfer-encoding" not in headers, headers
+    assert headers.get("connection", "close").lower() == "close", headers
+    events = [e for e in payload.decode().split("\n\n") if e]
+    assert events and events[-1] == "data: [DONE]", payload[-300:]
+    assert all(e.startswith("data: ") for e in events), payload[:300]
