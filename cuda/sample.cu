@@ -12,12 +12,15 @@
  * always yields the same token; the uniform is host/engine/sampler.c's
  * draw_uniform (keep the two in step).  Greedy ties go to the lowest id.
  * A row whose allowed logits are all -inf / NaN gives its lowest allowed
- * id (as the host sampler); a row whose mask allows nothing gives -1.
+ * id (as the host sampler); a row whose mask allows nothing gives -1; +inf
+ * logits share all the mass (read as FLT_MAX, as on the host).
  *
  * Masks: op_sample takes dense [rows][mask_words] masks (or NULL);
  * op_sample_rows takes a compact [n_masked][mask_words] set and
  * mask_row[rows] (index into it, -1 = unmasked row), so a step uploads only
  * its constrained rows' bitsets. */
+#include <cfloat>
+
 #include <cub/block/block_scan.cuh>
 
 #include "ops.cuh"
@@ -37,7 +40,10 @@ __device__ __forceinline__ float smp_logit(const float *lg, const uint32_t *mask
 {
     if (mask && !((mask[i >> 5] >> (i & 31)) & 1u))
         return -INFINITY;
-    return lg[i];
+    /* as host/engine/sampler.c reads logits: NaN as -inf, +inf as the
+     * largest float (with l_max = +inf every weight would be inf - inf = NaN) */
+    const float l = lg[i];
+    return l != l ? -INFINITY : l == INFINITY ? FLT_MAX : l;
 }
 
 __global__ void __launch_bounds__(SMP_THREADS)
