@@ -29,6 +29,7 @@
 #include "../model/tokenizer.h"
 #include "metrics.h"
 #include "openai.h"
+#include "sse.h"
 #include "tasks_api.h"
 
 struct server {
@@ -201,27 +202,11 @@ static void sse_send(struct gen_ctx *g, cJSON *obj)
     free(s);
 }
 
-/* An SSE reply has no length: HTTP/1.1 frames it with chunked encoding,
- * HTTP/1.0 has none, so there the stream must end with the connection.
- * libevent 2.1 keeps a 1.0 connection whose request said "Connection:
- * keep-alive" (answering "Connection: keep-alive" and "Content-Length: 0"
- * before the events, and never closing), so that request header is dropped
- * before the reply starts: the 1.0 reply is then close-delimited.  On 1.1
- * it changes nothing (persistence is the default there).  libevent reads
- * the header the same way (a value starting "keep-alive", any case). */
-static void stream_needs_no_keepalive(struct evhttp_request *req)
-{
-    struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    const char *c = evhttp_find_header(in, "Connection");
-    if (c && !evutil_ascii_strncasecmp(c, "keep-alive", 10))
-        evhttp_remove_header(in, "Connection");
-}
-
 static void sse_start(struct gen_ctx *g)
 {
     if (g->headers_sent)
         return;
-    stream_needs_no_keepalive(g->req);
+    sse_prepare_request(g->req);   /* HTTP/1.0: close-delimited */
     struct evkeyvalq *h = evhttp_request_get_output_headers(g->req);
     evhttp_add_header(h, "Content-Type", "text/event-stream");
     evhttp_add_header(h, "Cache-Control", "no-cache");

@@ -19,6 +19,7 @@
 #include "grammar/grammar.h"
 #include "metrics.h"
 #include "openai.h"
+#include "sse.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
@@ -325,6 +326,7 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
         evhttp_add_header(h, "Content-Type", "text/event-stream");
         evhttp_add_header(h, "Cache-Control", "no-cache");
         evhttp_add_header(h, "X-Task-Id", orch_task_id(t));
+        sse_prepare_request(req);   /* HTTP/1.0: close-delimited */
         evhttp_send_reply_start(req, 200, "OK");
         w->headers_sent = true;
     }

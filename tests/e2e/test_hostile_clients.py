@@ -323,3 +323,20 @@ def test_stream_to_http10_keepalive_client_is_close_delimited(srv, path, body):
     events = [e for e in payload.decode().split("\n\n") if e]
     assert events and events[-1] == "data: [DONE]", payload[-300:]
     assert all(e.startswith("data: ") for e in events), payload[:300]
+
+
+def test_task_stream_to_http10_keepalive_client_is_close_delimited(srv):
+    # The same for a task's event stream (POST /v1/tasks with stream): it
+    # answered Content-Length: 0 and never closed.
+    data = json.dumps({"input": "x", "stream": True, "script": [
+        {"calls": [{"id": "c1", "to": "calculator", "args": {"expression": "6*7"}}]},
+        {"final": {"answer": "{{c1.value}}", "uses": ["c1"]}}]}).encode()
+    got = raw(srv, b"POST /v1/tasks HTTP/1.0\r\nConnection: keep-alive\r\nContent-Type: application/json\r\n"
+                   b"Content-Length: %d\r\n\r\n" % len(data) + data, timeout=30)
+    status, headers, payload = split_reply(got)
+    assert status == 200, got[:300]
+    assert headers["content-type"] == "text/event-stream", headers
+    assert "content-length" not in headers and "transfer-encoding" not in headers, headers
+    assert headers.get("connection", "close").lower() == "close", headers
+    events = [e for e in payload.decode().split("\n\n") if e]
+    assert events and "event: task.final" in events[-1] and '"output":"42"' in events[-1], payload[-300:]
