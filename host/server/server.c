@@ -538,27 +538,78 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         event_add(g->watch, NULL);
 }
 
-static void handle_models(struct server *srv, struct evhttp_request *req)
+/* The served model as an OpenAI model object (NULL when out of memory). */
+static cJSON *model_object(struct server *srv)
 {
     struct engine_stats es;
     engine_get_stats(srv->eng, &es);
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "object", "list");
-    cJSON *data = cJSON_AddArrayToObject(o, "data");
-    cJSON *mo = cJSON_CreateObject();
-    cJSON_AddItemToArray(data, mo);
-    cJSON_AddStringToObject(mo, "id", srv->model_name);
-    cJSON_AddStringToObject(mo, "object", "model");
-    cJSON_AddNumberToObject(mo, "created", (double)srv->created);
-    cJSON_AddStringToObject(mo, "owned_by", "paraserve");
-    cJSON *meta = cJSON_AddObjectToObject(mo, "meta");
-    cJSON_AddNumberToObject(meta, "n_ctx", es.n_ctx);
-    cJSON_AddNumberToObject(meta, "n_vocab", srv->model->hp.n_vocab);
-    cJSON_AddStringToObject(meta, "arch", srv->model->hp.arch_name);
-    char *s = cJSON_PrintUnformatted(o);
+    cJSON *mo = cJSON_CreateObject(), *meta = NULL;
+    if (!mo || !cJSON_AddStringToObject(mo, "id", srv->model_name) ||
+        !cJSON_AddStringToObject(mo, "object", "model") ||
+        !cJSON_AddNumberToObject(mo, "created", (double)srv->created) ||
+        !cJSON_AddStringToObject(mo, "owned_by", "paraserve") || !(meta = cJSON_AddObjectToObject(mo, "meta")) ||
+        !cJSON_AddNumberToObject(meta, "n_ctx", es.n_ctx) ||
+        !cJSON_AddNumberToObject(meta, "n_vocab", srv->model->hp.n_vocab) ||
+        !cJSON_AddStringToObject(meta, "arch", srv->model->hp.arch_name)) {
+        cJSON_Delete(mo);
+        return NULL;
+    }
+    return mo;
+}
+
+static void reply_object(struct server *srv, struct evhttp_request *req, cJSON *o /* taken */)
+{
+    char *s = o ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
-    reply_json(srv, req, ROUTE_MODELS, 200, s ? s : "{}");
+    if (!s) {
+        struct api_error e;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        reply_error(srv, req, ROUTE_MODELS, &e);
+        return;
+    }
+    reply_json(srv, req, ROUTE_MODELS, 200, s);
     free(s);
+}
+
+/* GET /v1/models: the list, of one. */
+static void handle_models(struct server *srv, struct evhttp_request *req)
+{
+    cJSON *o = cJSON_CreateObject(), *data = NULL, *mo = model_object(srv);
+    if (!o || !mo || !cJSON_AddStringToObject(o, "object", "list") || !(data = cJSON_AddArrayToObject(o, "data")) ||
+        !cJSON_AddItemToArray(data, mo)) {
+        if (!data || !cJSON_GetArraySize(data))
+            cJSON_Delete(mo);
+        cJSON_Delete(o);
+        o = NULL;
+    }
+    reply_object(srv, req, o);
+}
+
+/* GET /v1/models/{model} (the SDK's models.retrieve): the model object for
+ * any name a request may give it (the model's name, its alias, "default",
+ * the file's basename), else 404 model_not_found. */
+static void handle_model(struct server *srv, struct evhttp_request *req, const char *name_enc)
+{
+    char *name = evhttp_uridecode(name_enc, 0, NULL);
+    int known = 0;
+    for (int i = 0; name && srv->model_names[i]; i++)
+        known |= !strcmp(name, srv->model_names[i]);
+    if (!known) {
+        struct api_error e;
+        char shown[128];
+        snprintf(shown, sizeof shown, "%.100s", name ? name : name_enc);
+        size_t n;
+        char *clean = utf8_sanitize(shown, strlen(shown), &n);
+        api_error_set(&e, 404, "invalid_request_error", "model_not_found", "model",
+                      "The model '%s' does not exist; this server serves '%s'", clean ? clean : "",
+                      srv->model_name);
+        free(clean);
+        free(name);
+        reply_error(srv, req, ROUTE_MODELS, &e);
+        return;
+    }
+    free(name);
+    reply_object(srv, req, model_object(srv));
 }
 
 static void handle_metrics(struct server *srv, struct evhttp_request *req)
@@ -687,7 +738,7 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (strcmp(path, routes[i].path))
             continue;
         if (method != routes[i].method && !(method == EVHTTP_REQ_HEAD && routes[i].method == EVHTTP_REQ_GET)) {
-            const char *allow = routes[i].method == EVHTTP_REQ_POST ? "POST" : "GET";
+            const char *allow = routes[i].method == EVHTTP_REQ_POST ? "POST" : "GET, HEAD";
             evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
             api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
                           "Method not allowed: %s accepts %s only", path, allow);
@@ -707,6 +758,17 @@ static void on_request(struct evhttp_request *req, void *arg)
         case ROUTE_METRICS: handle_metrics(srv, req); return;
         default: break;
         }
+    }
+    if (!strncmp(path, "/v1/models/", 11) && path[11] && !strchr(path + 11, '/')) {
+        if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
+            api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
+                          "Method not allowed: /v1/models/{model} accepts GET, HEAD only");
+            reply_error(srv, req, ROUTE_MODELS, &e);
+            return;
+        }
+        handle_model(srv, req, path + 11);
+        return;
     }
     char shown[128];
     snprintf(shown, sizeof shown, "%.100s", path);

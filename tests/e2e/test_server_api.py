@@ -24,6 +24,17 @@ def test_models_and_health(server, client):
     models = client.models.list()
     ids = [m.id for m in models.data]
     assert len(ids) == 1 and ids[0]
+    # models.retrieve (GET /v1/models/{model}) by the name, and by "default"
+    for name in (ids[0], "default"):
+        m = client.models.retrieve(name)
+        assert m.id == ids[0] and m.object == "model" and m.owned_by == "paraserve"
+    with pytest.raises(openai.NotFoundError) as ei:
+        client.models.retrieve("no-such-model")
+    assert ei.value.body["code"] == "model_not_found" and ei.value.body["param"] == "model", ei.value.body
+    r = httpx.delete(server.url + "/v1/models/default")
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    r = httpx.head(server.url + "/v1/models/default")
+    assert r.status_code == 200 and r.content == b""
     r = httpx.get(server.url + "/health")
     assert r.status_code == 200 and r.json()["status"] == "ok"
 
@@ -184,7 +195,9 @@ def test_bad_inputs_then_good_request(server):
         r = h.get(chat)
         _err(r, 405)
         assert r.headers["allow"] == "POST"
-        _err(h.delete(u + "/v1/models"), 405)
+        r = h.delete(u + "/v1/models")
+        _err(r, 405)
+        assert r.headers["allow"] == "GET, HEAD"   # HEAD is served too
         _err(h.post(u + "/v1/completions", json={"prompt": []}), 400, param="prompt")
         _err(h.post(u + "/v1/completions", json={"prompt": ["a", "b"]}), 400, param="prompt")
         _err(h.post(u + "/v1/completions", json={"prompt": [1, 99999999]}), 400, param="prompt")
