@@ -1053,6 +1053,17 @@ int server_run(const struct server_config *cfg)
                                 .device_sample = cfg->device_sampling ? 0 : -1 };
     if ((rc = engine_create(&ec, be, tok, &srv->eng)))
         goto done;
+    {
+        /* The scheduler caps the context at what the KV cache holds; the
+         * tasks API sizes decisions with it and the log reports it. */
+        struct engine_stats es;
+        engine_get_stats(srv->eng, &es);
+        if (es.n_ctx < n_ctx) {
+            fprintf(stderr, "paraserve: --ctx %d exceeds the KV cache (kv_blocks %d x block_size %d); using %d\n",
+                    (int)n_ctx, (int)cfg->kv_blocks, (int)cfg->block_size, (int)es.n_ctx);
+            n_ctx = es.n_ctx;
+        }
+    }
     if ((rc = grammar_vocab_create(tok, &srv->gvocab)))
         goto done;
 

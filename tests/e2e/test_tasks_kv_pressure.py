@@ -17,6 +17,9 @@ QUESTIONS = ["What is 17*23?", "What is 125+678?", "What is 1000/8?", "How many 
 
 def test_model_driven_tasks_under_kv_pressure_all_end_with_final(start_server):  # noqa: F811
     srv = start_server("--kv-blocks", 40, "--block-size", 16)
+    # the context is capped at what the cache holds, and said so (the tasks
+    # API sizes its decisions with the capped value)
+    assert "exceeds the KV cache (kv_blocks 40 x block_size 16); using 640" in srv.output(), srv.output()
     results = [None] * len(QUESTIONS)
 
     def run(i):
