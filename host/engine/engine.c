@@ -318,8 +318,8 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
         c->stop = calloc((size_t)req->n_stop, sizeof *c->stop);
         if (!c->stop)
             goto oom;
-        for (int32_t i = 0; i < req->n_stop; i++)
-            if (!(c->stop[i] = strdup(req->stop[i])))
+        for (int32_t i = 0; i < req->n_stop; i++)   /* a NULL entry stays NULL: no stop (the scheduler skips it) */
+            if (req->stop[i] && !(c->stop[i] = strdup(req->stop[i])))
                 goto oom;
     }
     if (req->constraint.ops) {

@@ -53,7 +53,7 @@ struct engine_request {
     int32_t        n_prompt_ids;
     int32_t        max_tokens;    /* <= 0: up to the context                   */
     struct sampler_params sampling;
-    const char *const *stop;
+    const char *const *stop;      /* [n_stop]; NULL entries are ignored        */
     int32_t        n_stop;
     bool           ignore_eos;
     /* Constrained decoding (optional; ops == NULL: none).  engine_submit

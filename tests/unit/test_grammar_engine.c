@@ -501,6 +501,10 @@ static void test_engine(grammar_vocab *v)
     r.sampling.temperature = 1.0f;
     r.sampling.seed = 5;
     r.constraint = grammar_constraint(g);
+    /* a NULL stop string is no stop (engine_submit copied it with strdup) */
+    static const char *const stops[] = { NULL, "\x01never\x01" };
+    r.stop = stops;
+    r.n_stop = 2;
     uint64_t id;
     CHECK(engine_submit(e, &r, &id) == PS_OK);
     grammar_free(g); /* the only reference left is the engine's */
