@@ -817,8 +817,8 @@ static void test_cancelled_task_outlives_its_end(void)
     }
     orch_set_done_cb(c.orch, on_done, &c.run);
     const char *tasks[3] = {
-        "{\"input\":\"long\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"one\",\"args\":{\"sleep_ms\":1000}}]},"
-        "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\"]}}]}",
+        ("{\"input\":\"long\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"one\",\"args\":{\"sleep_ms\":1000}}]},"
+         "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\"]}}]}"),
         "{\"input\":\"quick\",\"script\":[{\"final\":{\"answer\":\"x\"}}]}",
         "{\"input\":\"quick\",\"script\":[{\"final\":{\"answer\":\"x\"}}]}",
     };

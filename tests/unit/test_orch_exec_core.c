@@ -53,6 +53,52 @@ static int fbs_count(const struct fbs *s, const char *id)
     return k;
 }
 
+#define ECHO_POOL "{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}"
+
+/* One executor on its own loop, with one group whose feedback goes to *s
+ * (set r->s before the loop runs). */
+struct rig {
+    struct registry   *reg;
+    struct event_base *base;
+    struct exec       *ex;
+    struct exec_group *g;
+    struct fbs        *s;
+};
+
+static void rig_cb(void *ud, const struct exec_feedback *fb)
+{
+    struct rig *r = ud;
+    if (r->s)
+        fbs_cb(r->s, fb);
+}
+
+/* 0, or -1 (with a failed CHECK) when the pool or the executor cannot be
+ * made; nothing to close then. */
+static int rig_open(struct rig *r, const char *pool)
+{
+    memset(r, 0, sizeof *r);
+    struct exec_config ec = { .seed = 1 };
+    CHECK(registry_load_json(pool, "x.json", &r->reg) == PS_OK);
+    if (r->reg && (r->base = event_base_new()) && (r->ex = exec_create(r->base, r->reg, &ec)) &&
+        (r->g = exec_group_create(r->ex, rig_cb, r)))
+        return 0;
+    CHECK_MSG(0, "rig: cannot make the executor");
+    if (r->ex)
+        exec_destroy(r->ex);
+    if (r->base)
+        event_base_free(r->base);
+    registry_free(r->reg);
+    return -1;
+}
+
+static void rig_close(struct rig *r)
+{
+    exec_group_destroy(r->g);
+    exec_destroy(r->ex);
+    event_base_free(r->base);
+    registry_free(r->reg);
+}
+
 static void submit(struct exec_group *g, const char *json)
 {
     cJSON *c = cJSON_Parse(json);
@@ -88,14 +134,13 @@ static void run_for(struct event_base *base, int ms)
  * dependencies and resolve one, and waited for ever). */
 static void test_after_names_a_call_twice(void)
 {
-    struct registry *reg;
-    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
-                             "x.json", &reg) == PS_OK);
-    struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 1 };
-    struct exec *ex = exec_create(base, reg, &ec);
+    struct rig r;
+    if (rig_open(&r, ECHO_POOL))
+        return;
+    struct event_base *base = r.base;
+    struct exec_group *g = r.g;
     struct fbs s = { .base = base };
-    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    r.s = &s;
     submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"x\":1}}");
     submit(g, "{\"id\":\"b\",\"to\":\"echo\",\"args\":{\"y\":\"{{a.x}}\"},\"after\":[\"a\",\"a\"]}");
     run_until(base, &s, 2, 2000);
@@ -114,10 +159,7 @@ static void test_after_names_a_call_twice(void)
     CHECK(fbs_count(&s, "d") == 1);
     CHECK(exec_group_open(g) == 0);
 
-    exec_group_destroy(g);
-    exec_destroy(ex);
-    event_base_free(base);
-    registry_free(reg);
+    rig_close(&r);
 }
 
 /* A call submitted again under an id already taken is rejected; that
@@ -126,14 +168,13 @@ static void test_after_names_a_call_twice(void)
  * 'a' ended rejected", while 'a' went on to end ok). */
 static void test_duplicate_id_leaves_dependents_alone(void)
 {
-    struct registry *reg;
-    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
-                             "x.json", &reg) == PS_OK);
-    struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 1 };
-    struct exec *ex = exec_create(base, reg, &ec);
+    struct rig r;
+    if (rig_open(&r, ECHO_POOL))
+        return;
+    struct event_base *base = r.base;
+    struct exec_group *g = r.g;
     struct fbs s = { .base = base };
-    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    r.s = &s;
     submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"x\":1}}");
     submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"x\":2}}");
     submit(g, "{\"id\":\"b\",\"to\":\"echo\",\"args\":{\"y\":\"{{a.x}}\"},\"after\":[\"a\"]}");
@@ -145,10 +186,7 @@ static void test_duplicate_id_leaves_dependents_alone(void)
     CHECK_MSG(st == FB_OK, "b after the first 'a': %s (%s)", st >= 0 ? fb_status_str(st) : "none", err);
     CHECK(exec_group_call_status(g, "a") == FB_OK);
     CHECK(exec_group_open(g) == 0);
-    exec_group_destroy(g);
-    exec_destroy(ex);
-    event_base_free(base);
-    registry_free(reg);
+    rig_close(&r);
 }
 
 /* A half-open breaker's probe that is cancelled lets the next call probe.
@@ -168,13 +206,15 @@ static void test_breaker_probe_cancelled(void)
              "{\"agents\":[{\"name\":\"brk\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/\","
              "\"max_concurrency\":2,\"retries\":0,\"timeout_ms\":5000,"
              "\"breaker_failures\":1,\"breaker_open_ms\":50}]}", mock_agent_port(m));
-    struct registry *reg;
-    CHECK(registry_load_json(pool, "x.json", &reg) == PS_OK);
-    struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 1 };
-    struct exec *ex = exec_create(base, reg, &ec);
+    struct rig r;
+    if (rig_open(&r, pool)) {
+        mock_agent_stop(m);
+        return;
+    }
+    struct event_base *base = r.base;
+    struct exec_group *g = r.g;
     struct fbs s = { .base = base };
-    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    r.s = &s;
 
     /* a and b take both slots, q waits; b's 503 opens the breaker. */
     submit(g, "{\"id\":\"a\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
@@ -199,10 +239,7 @@ static void test_breaker_probe_cancelled(void)
     int st = fbs_status(&s, "n", &err);
     CHECK_MSG(st == FB_OK, "call after the cancelled probe: %s (%s)", st >= 0 ? fb_status_str(st) : "none", err);
 
-    exec_group_destroy(g);
-    exec_destroy(ex);
-    event_base_free(base);
-    registry_free(reg);
+    rig_close(&r);
     mock_agent_stop(m);
 }
 
@@ -211,14 +248,13 @@ static void test_breaker_probe_cancelled(void)
  * rejection message is not leaked (LeakSanitizer). */
 static void test_cancel_before_rejection_is_delivered(void)
 {
-    struct registry *reg;
-    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
-                             "x.json", &reg) == PS_OK);
-    struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 1 };
-    struct exec *ex = exec_create(base, reg, &ec);
+    struct rig r;
+    if (rig_open(&r, ECHO_POOL))
+        return;
+    struct event_base *base = r.base;
+    struct exec_group *g = r.g;
     struct fbs s = { .base = base };
-    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    r.s = &s;
     submit(g, "{\"id\":\"u\",\"to\":\"nobody\",\"args\":{}}");
     submit(g, "{\"id\":\"v\",\"to\":\"echo\",\"args\":{},\"after\":[\"missing\"]}");
     exec_group_cancel_all(g, "task ended");
@@ -226,10 +262,7 @@ static void test_cancel_before_rejection_is_delivered(void)
     CHECK(s.n == 2 && fbs_count(&s, "u") == 1 && fbs_count(&s, "v") == 1);
     CHECK(fbs_status(&s, "u", NULL) == FB_CANCELLED && fbs_status(&s, "v", NULL) == FB_CANCELLED);
     CHECK(exec_group_open(g) == 0);
-    exec_group_destroy(g);
-    exec_destroy(ex);
-    event_base_free(base);
-    registry_free(reg);
+    rig_close(&r);
 }
 
 /* Calls that wait in an agent's queue when its breaker opens fail fast like
@@ -247,13 +280,15 @@ static void test_breaker_open_fails_queued_calls(void)
              "{\"agents\":[{\"name\":\"one\",\"kind\":\"http-json\",\"url\":\"http://127.0.0.1:%d/\","
              "\"max_concurrency\":1,\"retries\":0,\"timeout_ms\":200,"
              "\"breaker_failures\":1,\"breaker_open_ms\":60000}]}", mock_agent_port(m));
-    struct registry *reg;
-    CHECK(registry_load_json(pool, "x.json", &reg) == PS_OK);
-    struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 1 };
-    struct exec *ex = exec_create(base, reg, &ec);
+    struct rig r;
+    if (rig_open(&r, pool)) {
+        mock_agent_stop(m);
+        return;
+    }
+    struct event_base *base = r.base;
+    struct exec_group *g = r.g;
     struct fbs s = { .base = base };
-    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    r.s = &s;
     submit(g, "{\"id\":\"h\",\"to\":\"one\",\"args\":{\"fault\":\"hang\"}}");
     submit(g, "{\"id\":\"q1\",\"to\":\"one\",\"args\":{\"fault\":\"hang\"}}");
     submit(g, "{\"id\":\"q2\",\"to\":\"one\",\"args\":{}}");
@@ -267,10 +302,7 @@ static void test_breaker_open_fails_queued_calls(void)
                   id, st >= 0 ? fb_status_str(st) : "none", err);
     }
     CHECK_MSG(mock_agent_requests(m) == 1, "%lld requests reached the agent", (long long)mock_agent_requests(m));
-    exec_group_destroy(g);
-    exec_destroy(ex);
-    event_base_free(base);
-    registry_free(reg);
+    rig_close(&r);
     mock_agent_stop(m);
 }
 
@@ -280,14 +312,13 @@ static void test_breaker_open_fails_queued_calls(void)
  * "{{a.list.x}}" silently became the first element). */
 static void test_ref_into_an_array_needs_an_index(void)
 {
-    struct registry *reg;
-    CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"}]}",
-                             "x.json", &reg) == PS_OK);
-    struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 1 };
-    struct exec *ex = exec_create(base, reg, &ec);
+    struct rig r;
+    if (rig_open(&r, ECHO_POOL))
+        return;
+    struct event_base *base = r.base;
+    struct exec_group *g = r.g;
     struct fbs s = { .base = base };
-    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    r.s = &s;
     submit(g, "{\"id\":\"a\",\"to\":\"echo\",\"args\":{\"list\":[7,8]}}");
     submit(g, "{\"id\":\"ok1\",\"to\":\"echo\",\"args\":{\"v\":\"{{a.list.1}}\"},\"after\":[\"a\"]}");
     submit(g, "{\"id\":\"x\",\"to\":\"echo\",\"args\":{\"v\":\"{{a.list.x}}\"},\"after\":[\"a\"]}");
@@ -302,10 +333,7 @@ static void test_ref_into_an_array_needs_an_index(void)
         int st = fbs_status(&s, ids[i], &err);
         CHECK_MSG(st == FB_REJECTED, "%s: %s (%s)", ids[i], st >= 0 ? fb_status_str(st) : "none", err);
     }
-    exec_group_destroy(g);
-    exec_destroy(ex);
-    event_base_free(base);
-    registry_free(reg);
+    rig_close(&r);
 }
 
 /* A plain JSON reply to an MCP request is this call's answer only when it
