@@ -197,9 +197,10 @@ static int rpc_id_is(const cJSON *v, long id)
 }
 
 /* The response to request `id` in a JSON body (takes j; NULL when there
- * is none): the object itself when its id is `id`, or when it has no id
- * (null or absent: a server that could not read the request) and carries
- * an error; in a batch (array), the element with id `id`.  A response to
+ * is none): the object itself when its id is `id` and it has a result or
+ * an error, or when it has no id (null or absent: a server that could not
+ * read the request) and carries a non-null error; in a batch (array), the
+ * element with id `id`.  A response to
  * another request is not this call's answer. */
 static cJSON *rpc_response_for(cJSON *j, long id)
 {
@@ -213,7 +214,10 @@ static cJSON *rpc_response_for(cJSON *j, long id)
             }
     } else if (cJSON_IsObject(j)) {
         const cJSON *mid = cJSON_GetObjectItemCaseSensitive(j, "id");
-        if (rpc_id_is(mid, id) || ((!mid || cJSON_IsNull(mid)) && cJSON_GetObjectItemCaseSensitive(j, "error")))
+        const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
+        int has_error = err && !cJSON_IsNull(err);   /* "error": null beside a result is none */
+        if ((rpc_id_is(mid, id) && (has_error || cJSON_GetObjectItemCaseSensitive(j, "result"))) ||
+            ((!mid || cJSON_IsNull(mid)) && has_error))
             return j;
     }
     cJSON_Delete(j);

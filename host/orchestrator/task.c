@@ -840,8 +840,16 @@ static void on_call_closed(void *ud, const cJSON *call_in)
      * end cancels the call, keeping the ledger whole.  A call the executor
      * could not take (out of memory) would never get a record: the task
      * fails with that typed error (log_fail) rather than wait for it. */
-    if (exec_group_submit(t->g, call) != PS_OK)
+    if (exec_group_submit(t->g, call) != PS_OK) {
+        /* its record, which no feedback will fill: the task's end (task
+         * summaries need a status for every call) */
+        cJSON *st = cJSON_CreateString("exec_error"), *er = cJSON_CreateString("out of memory");
+        if (st)
+            cJSON_ReplaceItemInObjectCaseSensitive(e, "status", st);
+        if (er)
+            cJSON_ReplaceItemInObjectCaseSensitive(e, "error", er);
         log_fail(t, PS_ENOMEM);
+    }
     emit_text(t, "call.dispatched", &b, 0);
     cJSON_Delete(own);
 }

@@ -128,7 +128,9 @@ char *orch_task_prompt(const struct orch_task *t);
 void orch_task_cancel(struct orch_task *t, const char *reason);
 
 /* Subscribe to events with id > after_id: stored ones are replayed from
- * inside this call, later ones delivered as they happen.  An after_id past
+ * inside this call (from inside one of the same task's event callbacks,
+ * by the delivery already running, after this call returns), later ones
+ * delivered as they happen, each subscriber in id order.  An after_id past
  * the log counts as its end, so a running task's later events, its
  * terminal one included, still arrive.  After the
  * terminal event the subscription stays until orch_unsubscribe().  A

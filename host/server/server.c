@@ -720,7 +720,8 @@ static void on_request(struct evhttp_request *req, void *arg)
     if ((!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) &&
         !authenticate(srv, req, tasks_api_route(path) ? ROUTE_OTHER : !strcmp(path, "/v1/chat/completions")
                                 ? ROUTE_CHAT : !strcmp(path, "/v1/completions") ? ROUTE_COMPLETIONS
-                                : !strcmp(path, "/v1/models") ? ROUTE_MODELS : ROUTE_OTHER, &who))
+                                : !strncmp(path, "/v1/models", 10) && (!path[10] || path[10] == '/') ? ROUTE_MODELS
+                                : ROUTE_OTHER, &who))
         return;
     if (tasks_api_route(path)) {
         tasks_api_handle(srv->tasks, req, path, who.tenant);

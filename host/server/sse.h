@@ -19,8 +19,9 @@
 static inline void sse_prepare_request(struct evhttp_request *req)
 {
     struct evkeyvalq *in = evhttp_request_get_input_headers(req);
-    const char *c = evhttp_find_header(in, "Connection");
-    if (c && !evutil_ascii_strncasecmp(c, "keep-alive", 10))
+    const char *c;
+    /* every such header: libevent reads the first one left */
+    while ((c = evhttp_find_header(in, "Connection")) && !evutil_ascii_strncasecmp(c, "keep-alive", 10))
         evhttp_remove_header(in, "Connection");
 }
 

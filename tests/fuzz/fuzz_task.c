@@ -57,6 +57,14 @@ static void on_done(void *ud, struct orch_task *t)
     event_base_loopbreak(base);
 }
 
+static void on_guard(evutil_socket_t fd, short what, void *ud)
+{
+    (void)fd;
+    (void)what;
+    (void)ud;
+    event_base_loopbreak(base);
+}
+
 static int setup(void)
 {
     static int done;
@@ -107,9 +115,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     struct seen s = { 0 };
     struct orch_sub *sub = orch_task_subscribe(t, 0, on_event, &s);
     if (orch_task_status(t) == TASK_RUNNING) {
-        struct timeval guard = { 0, 40000 };
-        event_base_loopexit(base, &guard);
-        event_base_dispatch(base);
+        /* this input's own time limit, removed after it: a pending
+         * loopexit would cut a later input short */
+        struct event *guard = evtimer_new(base, on_guard, NULL);
+        struct timeval tv = { 0, 40000 };
+        if (guard && !evtimer_add(guard, &tv))
+            event_base_dispatch(base);
+        if (guard)
+            event_free(guard);
     }
     if (orch_task_status(t) == TASK_RUNNING)
         orch_task_cancel(t, "fuzz: out of time");

@@ -374,6 +374,10 @@ static void test_mcp_json_reply_must_carry_the_call_id(void)
         "{\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\"}", /* a notification */
         "[{\"jsonrpc\":\"2.0\",\"id\":3,\"result\":{}}]",              /* a batch without ours */
         "[]", "7", "\"text\"",
+        /* "error": null is no error: a result without id is still not ours */
+        "{\"jsonrpc\":\"2.0\",\"error\":null,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"x\"}]}}",
+        /* our id on a message that is no response (a server's request) */
+        "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"sampling/createMessage\",\"params\":{}}",
     };
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
         m = mcp_reply_parse(none[i], strlen(none[i]), 1);
