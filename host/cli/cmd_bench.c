@@ -6,7 +6,10 @@
  *   decode   - for each batch size B in --batch: B sequences, each prefilled
  *              (once, untimed) with --prompt-len tokens, then --gen decode steps with all B
  *              sequences in every forward; aggregate tokens/s = B*gen/time and
- *              milliseconds per step.
+ *              milliseconds per step.  Prompts are distinct per sequence, or
+ *              (--clone-prompt) copies of sequence 0's cache, or
+ *              (--shared-prefix) sequence 0's cache blocks themselves, as the
+ *              engine's prefix cache shares a common prompt (column prompts).
  * Each figure is the median of --repeat runs, with the KV cache of
  * --kv-type (f16 default).  Output: one CSV line per measurement on stdout
  * (header first), progress on stderr.
@@ -38,6 +41,7 @@ struct bench_opts {
     int32_t     batches[BENCH_MAX_BATCHES];
     int32_t     n_batches;
     int         clone_prompt;
+    int         shared_prefix;
     enum kv_type kv_type;
 };
 
@@ -54,7 +58,11 @@ static void bench_usage(FILE *out)
         "      --kv-type T      KV cache: f16 (default), q8 or f32\n"
         "      --clone-prompt   decode sequences 1.. start from a copy of sequence 0's\n"
         "                       prompt cache (same decode work, no per-sequence\n"
-        "                       prefill: quick profiling runs)\n");
+        "                       prefill: quick profiling runs)\n"
+        "      --shared-prefix  decode sequences 1.. share sequence 0's prompt: the\n"
+        "                       full blocks of its cache are in every block table\n"
+        "                       (as the engine's prefix cache shares a common\n"
+        "                       prompt), the last partial block is copied\n");
 }
 
 static int cmp_double(const void *a, const void *b)
@@ -87,7 +95,7 @@ static int parse_batches(const char *s, struct bench_opts *o)
 
 static int bench_parse(int argc, char **argv, struct bench_opts *o)
 {
-    enum { OPT_PLEN = 256, OPT_GEN, OPT_CHUNK, OPT_BATCH, OPT_REPEAT, OPT_CLONE, OPT_KV };
+    enum { OPT_PLEN = 256, OPT_GEN, OPT_CHUNK, OPT_BATCH, OPT_REPEAT, OPT_CLONE, OPT_SHARED, OPT_KV };
     static const struct option longopts[] = {
         { "model", required_argument, 0, 'm' },
         { "threads", required_argument, 0, 't' },
@@ -97,6 +105,7 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o)
         { "batch", required_argument, 0, OPT_BATCH },
         { "repeat", required_argument, 0, OPT_REPEAT },
         { "clone-prompt", no_argument, 0, OPT_CLONE },
+        { "shared-prefix", no_argument, 0, OPT_SHARED },
         { "kv-type", required_argument, 0, OPT_KV },
         { "help", no_argument, 0, 'h' },
         { 0, 0, 0, 0 },
@@ -123,6 +132,7 @@ static int bench_parse(int argc, char **argv, struct bench_opts *o)
         case OPT_BATCH: rc = parse_batches(optarg, o); break;
         case OPT_REPEAT: rc = cli_parse_i32("bench", "--repeat", optarg, 1, 1000, &o->repeat); break;
         case OPT_CLONE: o->clone_prompt = 1; break;
+        case OPT_SHARED: o->shared_prefix = 1; break;
         case OPT_KV:
             if (kv_type_parse(optarg, &o->kv_type)) {
                 fprintf(stderr, "paraserve bench: --kv-type must be f16, q8 or f32, got '%s'\n", optarg);
@@ -229,7 +239,8 @@ int cmd_bench(int argc, char **argv)
         bench_prompt(ids + (size_t)b * o.prompt_len, o.prompt_len, n_vocab, (uint32_t)b);
 
     const char *kvn = kv_type_name(o.kv_type);
-    printf("engine,threads,simd,phase,batch,prompt_len,gen,tokens_per_s,ms_per_step,kv_type\n");
+    const char *prompts = o.shared_prefix ? "shared" : o.clone_prompt ? "clone" : "distinct";
+    printf("engine,threads,simd,phase,batch,prompt_len,gen,tokens_per_s,ms_per_step,kv_type,prompts\n");
     fprintf(stderr, "[bench] model=%s backend=%s simd=%s threads=%d kv=%s\n", m->name, backend_name(be),
             quant_simd_name(), o.n_threads, kvn);
 
@@ -244,8 +255,8 @@ int cmd_bench(int argc, char **argv)
         runs[r] = cli_now_s() - t0;
     }
     double tp = median(runs, nrep);
-    printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f,%s\n", o.n_threads, quant_simd_name(), o.prompt_len,
-           o.prompt_len / tp, 1e3 * tp, kvn);
+    printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f,%s,%s\n", o.n_threads, quant_simd_name(), o.prompt_len,
+           o.prompt_len / tp, 1e3 * tp, kvn, prompts);
     fprintf(stderr, "[bench] prefill %d tokens: %.1f tok/s\n", o.prompt_len, o.prompt_len / tp);
 
     /* Prefill every sequence once (not timed): its prompt's K/V stay in its
@@ -253,6 +264,18 @@ int cmd_bench(int argc, char **argv)
      * them, which the next run overwrites with the same tokens - so every
      * decode run starts from the same cache and the same first tokens. */
     for (int32_t b = 0; b < max_b; b++) {
+        if (o.shared_prefix && b > 0) {
+            for (int32_t k = 0; k < o.prompt_len / bs; k++)
+                tables[(size_t)b * blocks_per_seq + k] = tables[k];
+            if (o.prompt_len % bs) {
+                const int32_t k = o.prompt_len / bs;
+                rc = be->ops->copy_block(be, tables[k], tables[(size_t)b * blocks_per_seq + k]);
+                if (rc)
+                    goto fail;
+            }
+            first[b] = first[0];
+            continue;
+        }
         if (o.clone_prompt && b > 0) {
             for (int32_t k = 0; k < blocks_per_seq; k++) {
                 rc = be->ops->copy_block(be, tables[k], tables[(size_t)b * blocks_per_seq + k]);
@@ -289,8 +312,8 @@ int cmd_bench(int argc, char **argv)
             runs[r] = cli_now_s() - t0;
         }
         double td = median(runs, nrep);
-        printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f,%s\n", o.n_threads, quant_simd_name(), B,
-               o.prompt_len, o.n_gen, (double)B * o.n_gen / td, 1e3 * td / o.n_gen, kvn);
+        printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f,%s,%s\n", o.n_threads, quant_simd_name(), B,
+               o.prompt_len, o.n_gen, (double)B * o.n_gen / td, 1e3 * td / o.n_gen, kvn, prompts);
         fprintf(stderr, "[bench] decode batch %d: %.1f tok/s, %.2f ms/step\n", B,
                 (double)B * o.n_gen / td, 1e3 * td / o.n_gen);
     }

@@ -74,6 +74,8 @@
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
 #define KV_Q8_DMAX          512  /* head_dim of a q8 cache at most (stack buffers) */
+#define GRP_ROWS            8    /* decode rows per shared-prefix attention item at most */
+#define GRP_MIN_PREFIX      64   /* shared positions that make a shared-prefix item */
 #ifndef ATTN_ITEMS_PER_THREAD
 #define ATTN_ITEMS_PER_THREAD 1  /* grouped heads / whole rows from this many items per thread
                                   * (the cache reads dominate: fewer, larger items win) */
@@ -125,10 +127,15 @@ struct cpu_backend {
     uint8_t *qact[3];              /* [max_T][act_bytes] quantized activations */
     float   *rope_cos, *rope_sin;  /* [max_T][rope_dim / 2] */
     int64_t  ctx_stride;           /* ctx_max rounded up to 8 */
-    float   *scores;               /* [n_threads][score_group][ctx_stride] */
+    float   *scores;               /* [n_threads][grp_rows][score_group][ctx_stride] */
     int64_t *attn_offs;            /* [n_threads][2][ctx_max] cache offsets of an item's positions (this item's, the next's) */
     int      score_group;          /* query heads per attention item at most (GQA group, or 1) */
     struct attn_item *attn_items;  /* [max_T * n_head] */
+    int      grp_rows;             /* rows per shared-prefix item at most (1: none) */
+    int32_t *grp_seqs;             /* [max_T] sequences of the shared-prefix items, item by item */
+    uint8_t *grp_member;           /* [max_T] sequence is in a shared-prefix item this step */
+    int64_t *grp_keys;             /* [max_T] (first block, sequence) of the decode rows */
+    float   *grp_acc;              /* [n_threads][grp_rows][score_group][head_dim] P.V accumulators */
     int32_t *tok_pos;              /* [max_T] */
     int32_t *tok_seq;              /* [max_T] */
     int32_t *logit_tok;            /* [max_T] token index of each logits row */
@@ -140,6 +147,7 @@ struct cpu_backend {
     double   prof_t;               /* time of the last phase boundary */
     double   prof_s[PROF_MAX_T + 1][PROF_N];
     int64_t  prof_steps[PROF_MAX_T + 1];
+    int64_t  grp_rows_total;       /* decode rows attended through shared-prefix items, all steps */
 };
 
 static double prof_now(int cpu)
@@ -175,6 +183,14 @@ static void prof_print(const struct cpu_backend *cb)
                     100.0 * cb->prof_s[T][ph] / tot);
         fprintf(stderr, "\n");
     }
+    if (cb->grp_rows_total)
+        fprintf(stderr, "[cpu profile] %lld decode rows attended through shared-prefix items\n",
+                (long long)cb->grp_rows_total);
+}
+
+int64_t backend_cpu_shared_prefix_rows(const backend *be)
+{
+    return ((const struct cpu_backend *)be)->grp_rows_total;
 }
 
 /* ---- small helpers --------------------------------------------------------- */
@@ -757,6 +773,59 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
     }
 }
 
+/* kf[r][0..D) = f32 of the f16 K row of position j0 + r (the last
+ * position, n_ctx - 1, for lanes past it), r < 8 */
+AVX2_INL void attn_k8_f16(float *kf, const char *kbase, const int64_t *offs, int64_t j0, int64_t n_ctx, int64_t D)
+{
+    for (int r = 0; r < 8; r++) {
+        const int64_t o = offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
+        const uint16_t *kr = (const uint16_t *)kbase + o;
+        for (int64_t c = 0; c < D; c += 8)
+            _mm256_store_ps(kf + r * D + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c))));
+    }
+}
+
+/* Lane r = dot(q[0..D), kf[r][0..D)), unscaled, in dot_f32_f16_avx2's
+ * order (even / odd 8-element chunks, then hsum_halves8) */
+AVX2_INL __m256 attn_qk8_f16(const float *q, const float *kf, int64_t D)
+{
+    __m256 acc[8];
+    for (int r0 = 0; r0 < 8; r0 += 4) {
+        __m256 a0[4], a1[4];
+        for (int r = 0; r < 4; r++)
+            a0[r] = a1[r] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < D; c += 16) {
+            const __m256 q0 = _mm256_loadu_ps(q + c), q1 = _mm256_loadu_ps(q + c + 8);
+            for (int r = 0; r < 4; r++) {
+                a0[r] = _mm256_fmadd_ps(q0, _mm256_load_ps(kf + (r0 + r) * D + c), a0[r]);
+                a1[r] = _mm256_fmadd_ps(q1, _mm256_load_ps(kf + (r0 + r) * D + c + 8), a1[r]);
+            }
+        }
+        for (int r = 0; r < 4; r++)
+            acc[r0 + r] = _mm256_add_ps(a0[r], a1[r]);
+    }
+    return hsum_halves8(acc);
+}
+
+/* Softmax numerators of G heads in place (sc + g * ctx_stride, chunks of 8
+ * up to n_ctx; lanes past n_ctx hold -inf) from their running maxima
+ * vmx[g]; sum[g] = the denominators, a tree over 8-lane partial sums. */
+AVX2_INL void attn_softmax_avx2(float *sc, int64_t ctx_stride, int64_t n_ctx, const __m256 *vmx, float *sum,
+                                const int G)
+{
+    for (int g = 0; g < G; g++) {
+        const __m256 m = _mm256_set1_ps(hmax(vmx[g]));
+        float *sg = sc + g * ctx_stride;
+        __m256 vs = _mm256_setzero_ps();
+        for (int64_t j0 = 0; j0 < n_ctx; j0 += 8) {
+            const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sg + j0), m));
+            _mm256_storeu_ps(sg + j0, e);
+            vs = _mm256_add_ps(vs, e);
+        }
+        sum[g] = hsum_tree(vs);
+    }
+}
+
 /* q: [G][D] query heads; out: [G][D]; sc: [G][ctx_stride] scratch,
  * ctx_stride >= n_ctx rounded up to 8; offs[j]: offset (elements) of
  * position j's row from kbase / vbase (bytes: f16, or int8 with Q8), which
@@ -834,45 +903,15 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
             }
             continue;
         }
-        for (int r = 0; r < 8; r++) {
-            const int64_t o = offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
-            const uint16_t *kr = (const uint16_t *)kbase + o;
-            for (int64_t c = 0; c < D; c += 8)
-                _mm256_store_ps(kf + r * D + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c))));
-        }
+        attn_k8_f16(kf, kbase, offs, j0, n_ctx, D);
         for (int g = 0; g < G; g++) {
-            __m256 acc[8];
-            for (int r0 = 0; r0 < 8; r0 += 4) {
-                __m256 a0[4], a1[4];   /* even / odd 8-element chunks, as dot_f32_f16_avx2 */
-                for (int r = 0; r < 4; r++)
-                    a0[r] = a1[r] = _mm256_setzero_ps();
-                for (int64_t c = 0; c < D; c += 16) {
-                    const __m256 q0 = _mm256_loadu_ps(q + g * D + c), q1 = _mm256_loadu_ps(q + g * D + c + 8);
-                    for (int r = 0; r < 4; r++) {
-                        a0[r] = _mm256_fmadd_ps(q0, _mm256_load_ps(kf + (r0 + r) * D + c), a0[r]);
-                        a1[r] = _mm256_fmadd_ps(q1, _mm256_load_ps(kf + (r0 + r) * D + c + 8), a1[r]);
-                    }
-                }
-                for (int r = 0; r < 4; r++)
-                    acc[r0 + r] = _mm256_add_ps(a0[r], a1[r]);
-            }
-            const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(hsum_halves8(acc), vscale), ninf, past);
+            const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(attn_qk8_f16(q + g * D, kf, D), vscale), ninf, past);
             _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
             vmx[g] = _mm256_max_ps(vmx[g], s);
         }
     }
     float sum[8];
-    for (int g = 0; g < G; g++) {
-        const __m256 m = _mm256_set1_ps(hmax(vmx[g]));
-        float *sg = sc + g * ctx_stride;
-        __m256 vs = _mm256_setzero_ps();
-        for (int64_t j0 = 0; j0 < n_ctx; j0 += 8) {
-            const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sg + j0), m));
-            _mm256_storeu_ps(sg + j0, e);
-            vs = _mm256_add_ps(vs, e);
-        }
-        sum[g] = hsum_tree(vs);
-    }
+    attn_softmax_avx2(sc, ctx_stride, n_ctx, vmx, sum, G);
     /* P.V in column slices of NV * 8 (NV accumulators per head; 4 for up
      * to 3 heads, where the 4 * G accumulators still fit the registers, so
      * that each V row is visited half as often) */
@@ -903,6 +942,167 @@ AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int6
     default: break;
     }
 }
+/* ---- SIMD attention over a shared prefix (f16 cache) ----------------------
+ *
+ * R decode rows (one per sequence) whose first P positions (P % 8 == 0)
+ * are the same cache blocks, G query heads of one KV head each.  Every
+ * (row, head) gets bitwise what attn_row_avx2 gives it alone: the same
+ * score per position, the same softmax, and per output element the same
+ * FMAs in position order.  Only the loop order changes: each 8-position
+ * chunk of the prefix is read and converted once for all R rows (scores),
+ * and each V chunk of it once for all R rows (P.V, the rows' accumulators
+ * kept in acc between chunks); each row's own positions P.. follow as in
+ * attn_row_avx2.  So the prefix's K/V cross the memory bus once per item,
+ * not once per row. */
+struct attn_group_job {
+    int                      R;
+    const float *const      *q;        /* [R] -> [G][D] */
+    float *const            *out;      /* [R] -> [G][D] */
+    const int64_t           *n_ctx;    /* [R] positions each row sees (>= P) */
+    const struct batch_seq *const *seq;/* [R] for the offsets of positions P.. */
+    int64_t                  P;
+    const int64_t           *poffs;    /* [P] offsets of the prefix positions */
+    int64_t                 *roffs;    /* [ctx_max] scratch */
+    float                   *sc;       /* [R][G][ctx_stride] */
+    float                   *acc;      /* [R][G][D] */
+    int64_t                  ctx_stride, D, bs, kv_dim;
+    const char              *kbase, *vbase;   /* this KV head's rows */
+    float                    scale;
+};
+
+/* offs[j] for positions j in [j0, n) of a sequence (elements from the layer's base) */
+static void seq_cache_offs(const struct batch_seq *s, int64_t j0, int64_t n, int64_t bs, int64_t kv_dim,
+                           int64_t *offs)
+{
+    for (int64_t j = j0; j < n; j++)
+        offs[j] = (int64_t)s->block_table[j / bs] * bs * kv_dim + (j % bs) * kv_dim;
+}
+
+/* K rows (L1) and V rows (L2) of positions [p0, p1) clipped to n, this head's slice */
+AVX2_INL void attn_pf_rows(const struct attn_group_job *jb, const int64_t *offs, int64_t p0, int64_t p1, int64_t n)
+{
+    for (int64_t p = p0; p < p1 && p < n; p++) {
+        const char *kp = jb->kbase + 2 * offs[p], *vp = jb->vbase + 2 * offs[p];
+        for (int64_t b = 0; b < 2 * jb->D; b += 64) {
+            _mm_prefetch(kp + b, _MM_HINT_T0);
+            _mm_prefetch(vp + b, _MM_HINT_T1);
+        }
+    }
+}
+
+AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const int NV)
+{
+    const int64_t D = jb->D, P = jb->P, cs = jb->ctx_stride;
+    _Alignas(32) float kf[8 * ATTN_DMAX];
+    __m256 vmx[GRP_ROWS][8];
+    float sum[GRP_ROWS][8];
+    const __m256 vscale = _mm256_set1_ps(jb->scale), ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int r = 0; r < jb->R; r++)
+        for (int g = 0; g < G; g++)
+            vmx[r][g] = ninf;
+
+    /* scores: the prefix, a chunk for all rows at a time (no lane past any
+     * row's n_ctx: attn_row_avx2's -inf blend keeps every lane) */
+    for (int64_t j0 = 0; j0 < P; j0 += 8) {
+        attn_pf_rows(jb, jb->poffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, P);
+        attn_k8_f16(kf, jb->kbase, jb->poffs, j0, P, D);
+        for (int r = 0; r < jb->R; r++)
+            for (int g = 0; g < G; g++) {
+                const __m256 s = _mm256_mul_ps(attn_qk8_f16(jb->q[r] + g * D, kf, D), vscale);
+                _mm256_storeu_ps(jb->sc + ((int64_t)r * G + g) * cs + j0, s);
+                vmx[r][g] = _mm256_max_ps(vmx[r][g], s);
+            }
+    }
+    /* scores: each row's own positions, then its softmax */
+    for (int r = 0; r < jb->R; r++) {
+        const int64_t n = jb->n_ctx[r];
+        seq_cache_offs(jb->seq[r], P, n, jb->bs, jb->kv_dim, jb->roffs);
+        attn_pf_rows(jb, jb->roffs, P, P + ATTN_PF, n);
+        for (int64_t j0 = P; j0 < n; j0 += 8) {
+            attn_pf_rows(jb, jb->roffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n);
+            const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n - j0)), _CMP_GE_OQ);
+            attn_k8_f16(kf, jb->kbase, jb->roffs, j0, n, D);
+            for (int g = 0; g < G; g++) {
+                const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(attn_qk8_f16(jb->q[r] + g * D, kf, D), vscale),
+                                                  ninf, past);
+                _mm256_storeu_ps(jb->sc + ((int64_t)r * G + g) * cs + j0, s);
+                vmx[r][g] = _mm256_max_ps(vmx[r][g], s);
+            }
+        }
+        attn_softmax_avx2(jb->sc + (int64_t)r * G * cs, cs, n, vmx[r], sum[r], G);
+    }
+
+    /* P.V: the prefix, a chunk of V rows converted once for all rows */
+    memset(jb->acc, 0, (size_t)jb->R * G * D * sizeof *jb->acc);
+    float *vf = kf;
+    for (int64_t j0 = 0; j0 < P; j0 += 8) {
+        attn_k8_f16(vf, jb->vbase, jb->poffs, j0, P, D);
+        for (int r = 0; r < jb->R; r++) {
+            const float *sr = jb->sc + (int64_t)r * G * cs + j0;
+            float *ar = jb->acc + (int64_t)r * G * D;
+            for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
+                __m256 a[8][4];
+                for (int g = 0; g < G; g++)
+                    for (int k = 0; k < NV; k++)
+                        a[g][k] = _mm256_loadu_ps(ar + g * D + d0 + 8 * k);
+                for (int j = 0; j < 8; j++) {
+                    __m256 w[8];
+                    for (int g = 0; g < G; g++)
+                        w[g] = _mm256_broadcast_ss(sr + g * cs + j);
+                    for (int k = 0; k < NV; k++) {
+                        const __m256 b = _mm256_load_ps(vf + j * D + d0 + 8 * k);
+                        for (int g = 0; g < G; g++)
+                            a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
+                    }
+                }
+                for (int g = 0; g < G; g++)
+                    for (int k = 0; k < NV; k++)
+                        _mm256_storeu_ps(ar + g * D + d0 + 8 * k, a[g][k]);
+            }
+        }
+    }
+    /* P.V: each row's own positions, then 1 / sum */
+    for (int r = 0; r < jb->R; r++) {
+        const int64_t n = jb->n_ctx[r];
+        const float *sr = jb->sc + (int64_t)r * G * cs;
+        const float *ar = jb->acc + (int64_t)r * G * D;
+        seq_cache_offs(jb->seq[r], P, n, jb->bs, jb->kv_dim, jb->roffs);
+        for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
+            __m256 a[8][4];
+            for (int g = 0; g < G; g++)
+                for (int k = 0; k < NV; k++)
+                    a[g][k] = _mm256_loadu_ps(ar + g * D + d0 + 8 * k);
+            for (int64_t j = P; j < n; j++) {
+                const uint16_t *vr = (const uint16_t *)jb->vbase + jb->roffs[j] + d0;
+                __m256 w[8];
+                for (int g = 0; g < G; g++)
+                    w[g] = _mm256_broadcast_ss(sr + g * cs + j);
+                for (int k = 0; k < NV; k++) {
+                    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
+                    for (int g = 0; g < G; g++)
+                        a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
+                }
+            }
+            for (int g = 0; g < G; g++) {
+                const __m256 inv = _mm256_set1_ps(1.0f / sum[r][g]);
+                for (int k = 0; k < NV; k++)
+                    _mm256_storeu_ps(jb->out[r] + g * D + d0 + 8 * k, _mm256_mul_ps(a[g][k], inv));
+            }
+        }
+    }
+}
+
+AVX2_FN static void attn_group_run(const struct attn_group_job *jb, int G)
+{
+    const int nv4 = G <= 3 && jb->D % 32 == 0;   /* attn_row_avx2's slices; values do not depend on them */
+    switch (G) {
+#define ATTN_G(n) case n: if (nv4) attn_group_f16(jb, n, 4); else attn_group_f16(jb, n, 2); break;
+    ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
+#undef ATTN_G
+    default: break;
+    }
+}
 #endif
 
 /* The f16 and q8 caches' attention runs attn_row_avx2 (for any G). */
@@ -917,10 +1117,15 @@ static int attn_simd(const struct cpu_backend *cb)
 #endif
 }
 
-/* Work items: rows [i0, i1) of sequence `seq`, query heads [h0, h0 + G). */
+/* Work items: rows [i0, i1) of sequence `seq`, query heads [h0, h0 + G);
+ * or, with n_rows > 0, a shared-prefix item: the one row of each sequence
+ * grp_seqs[seq .. seq + n_rows), whose first `prefix` positions are the
+ * same cache blocks, query heads [h0, h0 + nh) (one GQA group). */
 struct attn_item {
     int32_t seq, i0, i1, h0;
-    int32_t nh;   /* query heads h0 .. h0 + nh - 1, G at a time */
+    int32_t nh;       /* query heads h0 .. h0 + nh - 1, G at a time */
+    int32_t n_rows;   /* > 0: a shared-prefix item */
+    int64_t prefix;
 };
 
 struct attn_task {
@@ -1058,6 +1263,41 @@ static int64_t attn_item_offs(const struct cpu_backend *cb, const struct attn_ta
     return n_max;
 }
 
+/* One shared-prefix item: the rows of its sequences, head group by head group. */
+static void attn_group_item(const struct attn_task *at, const struct attn_item *it, int64_t *poffs, int64_t *roffs,
+                            float *sc, float *acc)
+{
+    const struct cpu_backend *cb = at->cb;
+    const struct model_hparams *hp = &cb->base.model->hp;
+    const int64_t D = hp->head_dim, bs = cb->base.cfg.block_size;
+    const int group = hp->n_head / hp->n_head_kv;
+    const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * bs * cb->kv_dim;
+    const float *q[GRP_ROWS];
+    float *out[GRP_ROWS];
+    int64_t n_ctx[GRP_ROWS];
+    const struct batch_seq *seq[GRP_ROWS];
+    const int32_t *members = cb->grp_seqs + it->seq;
+    for (int r = 0; r < it->n_rows; r++) {
+        seq[r] = &at->plan->seqs[members[r]];
+        n_ctx[r] = (int64_t)seq[r]->pos0 + 1;
+    }
+    seq_cache_offs(seq[0], 0, it->prefix, bs, cb->kv_dim, poffs);
+    for (int h = it->h0; h < it->h0 + it->nh; h += group) {
+        const size_t hoff = (size_t)(h / group) * D;
+        for (int r = 0; r < it->n_rows; r++) {
+            const int64_t t = at->seq_t0[members[r]];
+            q[r] = cb->q + t * cb->q_dim + (int64_t)h * D;
+            out[r] = cb->att + t * cb->q_dim + (int64_t)h * D;
+        }
+        const struct attn_group_job jb = {
+            .R = it->n_rows, .q = q, .out = out, .n_ctx = n_ctx, .seq = seq, .P = it->prefix, .poffs = poffs,
+            .roffs = roffs, .sc = sc, .acc = acc, .ctx_stride = cb->ctx_stride, .D = D, .bs = bs,
+            .kv_dim = cb->kv_dim, .kbase = (const char *)(cb->kcache + layer_off + hoff),
+            .vbase = (const char *)(cb->vcache + layer_off + hoff), .scale = 1.0f / sqrtf((float)D) };
+        attn_group_run(&jb, group);
+    }
+}
+
 /* The f16 / q8 cache's items on the AVX2 kernel.  A thread claims its next item
  * before it computes the current one, and the current one prefetches the
  * next one's cache rows (the rows of its KV head, or whole rows for a
@@ -1077,20 +1317,32 @@ static void attn_worker_simd(struct attn_task *at, int ith)
     const char *krow = q8 ? (const char *)(cb->kq8 + layer_off) : (const char *)(cb->kcache + layer_off);
     const char *vrow = q8 ? (const char *)(cb->vq8 + layer_off) : (const char *)(cb->vcache + layer_off);
     const float *ksrow = q8 ? cb->ks8 + layer_off / 32 : NULL, *vsrow = q8 ? cb->vs8 + layer_off / 32 : NULL;
-    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
+    float *sc = cb->scores + (size_t)ith * cb->grp_rows * cb->score_group * cb->ctx_stride;
     int64_t *offs[2] = { cb->attn_offs + (size_t)ith * 2 * cb->ctx_max,
                          cb->attn_offs + ((size_t)ith * 2 + 1) * cb->ctx_max };
 
     int64_t cur = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
     if (cur >= at->n_items)
         return;
-    attn_item_offs(cb, at, &at->items[cur], offs[0]);
+    if (!at->items[cur].n_rows)
+        attn_item_offs(cb, at, &at->items[cur], offs[0]);
     int prefetched = 0;   /* cur's rows were prefetched by the previous item */
     for (int buf = 0; cur < at->n_items; buf ^= 1) {
         const struct attn_item *it = &at->items[cur];
         const int64_t nxt = atomic_fetch_add_explicit(&at->next, 1, memory_order_relaxed);
+        if (it->n_rows) {
+            /* a shared-prefix item: offsets in both buffers are its scratch;
+             * the next item (if any) computes its own and fetches its rows */
+            attn_group_item(at, it, offs[0], offs[1], sc, cb->grp_acc + (size_t)ith * cb->grp_rows *
+                                                                      cb->score_group * D);
+            if (nxt < at->n_items && !at->items[nxt].n_rows)
+                attn_item_offs(cb, at, &at->items[nxt], offs[buf ^ 1]);
+            prefetched = 0;
+            cur = nxt;
+            continue;
+        }
         struct attn_pf pf, *pfp = NULL;
-        if (nxt < at->n_items) {
+        if (nxt < at->n_items && !at->items[nxt].n_rows) {
             const struct attn_item *in = &at->items[nxt];
             const int whole = in->nh > at->G;
             const size_t hoff = whole ? 0 : (size_t)(in->h0 / group) * D;
@@ -1135,7 +1387,7 @@ static void attn_worker(void *ctx, int ith, int nth)
     const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * bs * cb->kv_dim;
-    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
+    float *sc = cb->scores + (size_t)ith * cb->grp_rows * cb->score_group * cb->ctx_stride;
 
 #ifdef CPU_X86
     if (attn_simd(cb)) {
@@ -1193,20 +1445,99 @@ static void attn_worker(void *ctx, int ith, int nth)
     }
 }
 
-/* Items of one layer's attention: a sequence's rows in runs of ATTN_ROWS,
- * times the query heads taken G at a time.  G is the GQA group (each K/V
- * row converted once for the group) when there are enough items to keep
- * every thread busy, else 1; with enough runs alone, an item takes every
- * head of its rows (G at a time), so the cache rows stream whole.  Either way every (row, head) is computed by
- * one thread with the same operations, so the split never changes a
- * number. */
+static int cmp_i64(const void *a, const void *b)
+{
+    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Shared-prefix items (appended at items[n]; returns the new count): decode
+ * rows (one token) of sequences whose block tables start with the same
+ * cache blocks, GRP_MIN_PREFIX positions or more, grouped by their first
+ * block; each group's prefix P is what all its members share (a multiple
+ * of 8, at most any member's n_ctx), split into items of at most grp_rows
+ * rows times one KV head.  Members are marked in grp_member. */
+static int64_t attn_plan_groups(struct cpu_backend *cb, const struct batch_plan *plan, int64_t n)
+{
+    const struct model_hparams *hp = &cb->base.model->hp;
+    const int group = hp->n_head / hp->n_head_kv;
+    const int64_t bs = cb->base.cfg.block_size;
+    memset(cb->grp_member, 0, (size_t)plan->n_seqs);
+    if (cb->grp_rows <= 1)
+        return n;
+    int64_t nc = 0;
+    for (int32_t is = 0; is < plan->n_seqs; is++) {
+        const struct batch_seq *s = &plan->seqs[is];
+        if (s->n_tokens == 1 && (int64_t)s->pos0 + 1 >= GRP_MIN_PREFIX)
+            cb->grp_keys[nc++] = (int64_t)s->block_table[0] << 32 | is;
+    }
+    if (nc < 2)
+        return n;
+    qsort(cb->grp_keys, (size_t)nc, sizeof *cb->grp_keys, cmp_i64);
+    int64_t ng = 0;
+    for (int64_t a = 0, b; a < nc; a = b) {
+        for (b = a + 1; b < nc && cb->grp_keys[b] >> 32 == cb->grp_keys[a] >> 32; b++)
+            ;
+        if (b - a < 2)
+            continue;
+        const struct batch_seq *lead = &plan->seqs[(int32_t)cb->grp_keys[a]];
+        const int64_t start = ng;
+        int64_t P = (int64_t)lead->pos0 + 1;
+        for (int64_t k = a; k < b; k++) {
+            const int32_t is = (int32_t)cb->grp_keys[k];
+            const struct batch_seq *m = &plan->seqs[is];
+            const int64_t n_ctx = (int64_t)m->pos0 + 1 < (int64_t)lead->pos0 + 1 ? (int64_t)m->pos0 + 1
+                                                                                 : (int64_t)lead->pos0 + 1;
+            int64_t c = 0;
+            while (c * bs < n_ctx && m->block_table[c] == lead->block_table[c])
+                c++;
+            const int64_t shared = c * bs < n_ctx ? c * bs : n_ctx;
+            if (shared < GRP_MIN_PREFIX)
+                continue;
+            cb->grp_seqs[ng++] = is;
+            if (shared < P)
+                P = shared;
+        }
+        P &= ~(int64_t)7;
+        const int64_t rows = ng - start;
+        if (rows < 2 || P < GRP_MIN_PREFIX) {
+            ng = start;
+            continue;
+        }
+        /* enough items for the threads, two rows per item at least */
+        int64_t chunks = (rows + cb->grp_rows - 1) / cb->grp_rows;
+        const int64_t want = (2 * (int64_t)cb->n_threads + hp->n_head_kv - 1) / hp->n_head_kv;
+        if (chunks < want)
+            chunks = want < rows / 2 ? want : rows / 2;
+        for (int64_t c = 0; c < chunks; c++) {
+            const int64_t r0 = start + rows * c / chunks, r1 = start + rows * (c + 1) / chunks;
+            for (int h = 0; h < hp->n_head; h += group)
+                cb->attn_items[n++] = (struct attn_item){ .seq = (int32_t)r0, .i0 = 0, .i1 = 1, .h0 = h, .nh = group,
+                                                          .n_rows = (int32_t)(r1 - r0), .prefix = P };
+        }
+        for (int64_t r = start; r < ng; r++)
+            cb->grp_member[cb->grp_seqs[r]] = 1;
+    }
+    return n;
+}
+
+/* Items of one layer's attention (the same for every layer): shared-prefix
+ * items first (attn_plan_groups), then the other sequences' rows in runs
+ * of ATTN_ROWS, times the query heads taken G at a time.  G is the GQA
+ * group (each K/V row converted once for the group) when there are enough
+ * items to keep every thread busy, else 1; with enough runs alone, an item
+ * takes every head of its rows (G at a time), so the cache rows stream
+ * whole.  Either way every (row, head) is computed by one thread with the
+ * same operations, so the split never changes a number. */
 static int64_t attn_plan(struct cpu_backend *cb, const struct batch_plan *plan, int *G_out)
 {
     const struct model_hparams *hp = &cb->base.model->hp;
     const int group = hp->n_head / hp->n_head_kv;
+    int64_t n = attn_plan_groups(cb, plan, 0);
     int64_t runs = 0;
     for (int32_t is = 0; is < plan->n_seqs; is++)
-        runs += (plan->seqs[is].n_tokens + ATTN_ROWS - 1) / ATTN_ROWS;
+        if (!cb->grp_member[is])
+            runs += (plan->seqs[is].n_tokens + ATTN_ROWS - 1) / ATTN_ROWS;
     int G = 1, nh = 1;
     if (attn_simd(cb) && cb->score_group == group &&
         runs * hp->n_head_kv >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads) {
@@ -1214,13 +1545,15 @@ static int64_t attn_plan(struct cpu_backend *cb, const struct batch_plan *plan, 
         if (runs >= (int64_t)ATTN_ITEMS_PER_THREAD * cb->n_threads)
             nh = hp->n_head;   /* whole rows: each K/V row read once, contiguously */
     }
-    int64_t n = 0;
-    for (int32_t is = 0; is < plan->n_seqs; is++)
+    for (int32_t is = 0; is < plan->n_seqs; is++) {
+        if (cb->grp_member[is])
+            continue;
         for (int32_t i0 = 0; i0 < plan->seqs[is].n_tokens; i0 += ATTN_ROWS) {
             const int32_t i1 = i0 + ATTN_ROWS < plan->seqs[is].n_tokens ? i0 + ATTN_ROWS : plan->seqs[is].n_tokens;
             for (int h = 0; h < hp->n_head; h += nh)
-                cb->attn_items[n++] = (struct attn_item){ is, i0, i1, h, nh };
+                cb->attn_items[n++] = (struct attn_item){ .seq = is, .i0 = i0, .i1 = i1, .h0 = h, .nh = nh };
         }
+    }
     *G_out = G;
     return n;
 }
@@ -1304,6 +1637,10 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
     }
     rope_tables(cb, T);
 
+    int attn_G;
+    const int64_t n_attn_items = attn_plan(cb, plan, &attn_G);
+    for (int32_t is = 0; is < plan->n_seqs; is++)
+        cb->grp_rows_total += cb->grp_member[is];
     cb->prof_on = cb->prof && T == plan->n_seqs && T <= PROF_MAX_T;
     if (cb->prof_on) {
         cb->prof_steps[T]++;
@@ -1354,8 +1691,7 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
         }
 
         struct attn_task at = { .cb = cb, .plan = plan, .seq_t0 = seq_t0, .layer = il,
-                                .items = cb->attn_items };
-        at.n_items = attn_plan(cb, plan, &at.G);
+                                .items = cb->attn_items, .G = attn_G, .n_items = n_attn_items };
         atomic_init(&at.next, 0);
         prof_mark(cb, T, PROF_OTHER);
         threadpool_run(cb->tp, attn_worker, &at);
@@ -1454,6 +1790,10 @@ static void cpu_free(backend *be)
     free(cb->scores);
     free(cb->attn_offs);
     free(cb->attn_items);
+    free(cb->grp_seqs);
+    free(cb->grp_member);
+    free(cb->grp_keys);
+    free(cb->grp_acc);
     free(cb->tok_pos);
     free(cb->tok_seq);
     free(cb->logit_tok);
@@ -1630,7 +1970,20 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     ALLOC(cb->rope_sin, T * (hp->rope_dim / 2 + 1));
     cb->score_group = hp->n_head / hp->n_head_kv <= 8 ? hp->n_head / hp->n_head_kv : 1;
     cb->ctx_stride = (cb->ctx_max + 7) / 8 * 8;
-    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->score_group * cb->ctx_stride);
+    /* shared-prefix items: the f16 cache on the AVX2 kernel with whole GQA
+     * groups; PARASERVE_CPU_SHARED_PREFIX=0 turns them off (A/B runs) */
+    {
+        const char *sp = getenv("PARASERVE_CPU_SHARED_PREFIX");
+        cb->grp_rows = attn_simd(cb) && cb->kcache && cb->score_group == hp->n_head / hp->n_head_kv &&
+                               !(sp && !strcmp(sp, "0"))
+                           ? GRP_ROWS
+                           : 1;
+    }
+    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->grp_rows * cb->score_group * cb->ctx_stride);
+    ALLOC(cb->grp_seqs, T);
+    ALLOC(cb->grp_member, T);
+    ALLOC(cb->grp_keys, T);
+    ALLOC(cb->grp_acc, (int64_t)cfg->n_threads * cb->grp_rows * cb->score_group * hp->head_dim);
     ALLOC(cb->attn_offs, (int64_t)cfg->n_threads * 2 * cb->ctx_max);
     ALLOC(cb->attn_items, T * hp->n_head);
     ALLOC(cb->tok_pos, T);

@@ -789,6 +789,71 @@ static void test_bad_plans(const struct model *m)
     free(lg);
 }
 
+/* Decode rows whose block tables share prefix blocks: attended together
+ * (shared-prefix items on the f16 AVX2 path) their logits are bitwise
+ * those of each row alone.  11 sequences over an 80-token prefix in
+ * blocks 0..4: seqs 0..8 share all 5 blocks, seq 9 only the first 4 (its
+ * block 4 holds the same tokens, so the group's prefix drops to 64), seq 10
+ * none (its own copy: attended alone); suffixes of 1..11 tokens, then 3
+ * decode steps.  `expect_grouped`: the path must have run. */
+#define SP_NS 11
+static void test_shared_prefix(const struct model *m, int threads, int expect_grouped)
+{
+    const int nv = m->hp.n_vocab, bs = 16, plen = 80, nbt = 8;
+    int32_t prefix[80], suffix[SP_NS][12], bt[SP_NS][8], step_tok[SP_NS];
+    float *lg = malloc((size_t)(SP_NS + 1) * nv * sizeof *lg), *one = malloc((size_t)nv * sizeof *one);
+    backend *be = make_backend(m, threads, 64, bs);
+    if (!be || !lg || !one)
+        goto done;
+    test_tokens(prefix, plen, nv, 501);
+    for (int s = 0; s < SP_NS; s++) {
+        test_tokens(suffix[s], s + 1, nv, 600 + (uint64_t)s);
+        for (int b = 0; b < nbt; b++)
+            bt[s][b] = b < 5 ? b : 5 + s * 3 + (b - 5);
+    }
+    bt[9][4] = 40;
+    for (int b = 0; b < 5; b++)
+        bt[10][b] = 41 + b;
+    run_all(be, prefix, plen, 0, bt[0], nbt, LOGITS_LAST, lg);
+    run_all(be, prefix + 64, 16, 64, bt[9], nbt, LOGITS_LAST, lg);
+    run_all(be, prefix, plen, 0, bt[10], nbt, LOGITS_LAST, lg);
+    for (int s = 0; s < SP_NS; s++) {
+        run_all(be, suffix[s], s + 1, plen, bt[s], nbt, LOGITS_LAST, lg);
+        step_tok[s] = argmax(lg, nv);
+    }
+    const int64_t grouped0 = backend_cpu_shared_prefix_rows(be);
+    for (int step = 0; step < 3; step++) {
+        struct batch_seq seqs[SP_NS];
+        for (int s = 0; s < SP_NS; s++)
+            seqs[s] = (struct batch_seq){ .tokens = &step_tok[s], .n_tokens = 1, .pos0 = plen + s + 1 + step,
+                                          .block_table = bt[s], .n_blocks = nbt, .logits = LOGITS_LAST };
+        struct batch_plan plan = { .seqs = seqs, .n_seqs = SP_NS };
+        int rc = backend_forward(be, &plan, lg);
+        CHECK_MSG(rc == PS_OK, "shared-prefix batch: %s", ps_error_last());
+        if (rc)
+            break;
+        for (int s = 0; s < SP_NS; s++) {
+            /* alone: the same token at the same position rewrites the same K/V */
+            run_all(be, &step_tok[s], 1, plen + s + 1 + step, bt[s], nbt, LOGITS_LAST, one);
+            CHECK_MSG(memcmp(one, lg + (size_t)s * nv, (size_t)nv * sizeof *one) == 0,
+                      "%d threads, step %d, seq %d: logits attended in a shared-prefix batch differ from alone",
+                      threads, step, s);
+        }
+        for (int s = 0; s < SP_NS; s++)
+            step_tok[s] = argmax(lg + (size_t)s * nv, nv);
+    }
+    const int64_t grouped = backend_cpu_shared_prefix_rows(be) - grouped0;
+    if (expect_grouped)
+        CHECK_MSG(grouped == 3 * (SP_NS - 1), "%d threads: %lld rows went through shared-prefix items, want %d",
+                  threads, (long long)grouped, 3 * (SP_NS - 1));
+    else
+        CHECK_MSG(grouped == 0, "shared-prefix items ran where they cannot (%lld rows)", (long long)grouped);
+done:
+    backend_free(be);
+    free(lg);
+    free(one);
+}
+
 int main(void)
 {
     const char *ra = getenv("PS_REF_ACT");
@@ -805,12 +870,20 @@ int main(void)
     test_paged_and_chunked(m);
     test_batching(m);
     test_bad_plans(m);
+    {
+        /* the path runs on the f16 cache with AVX2 (PARASERVE_SIMD=scalar runs this binary scalar) */
+        const int simd = strcmp(quant_simd_name(), "avx2") == 0;
+        test_shared_prefix(m, 1, simd);
+        test_shared_prefix(m, 2, simd);
+        test_shared_prefix(m, 3, simd);
+    }
 
     /* the q8 cache: the same checks, and against the f16 cache */
     g_kv_type = KV_Q8;
     compare_ref("real model, q8 KV", m, toks, 24, REF_REL_TOL_REAL_Q8, REF_MARGIN_REAL);
     test_paged_and_chunked(m);
     test_batching(m);
+    test_shared_prefix(m, 2, 0);
     g_kv_type = KV_F16;
     compare_q8_f16("real model (SmolLM2 Q4_1)", m, toks, 24, Q8_NMSE_REAL, Q8_REL_REAL);
     model_free(m);
