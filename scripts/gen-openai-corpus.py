@@ -49,6 +49,10 @@ completions = [
     {"prompt": "x", "stop": "\n", "stream": True, "logprobs": 1}, {"prompt": "x", "max_tokens": -3},
     {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": person}}},
     {"prompt": "x", "priority": 5, "ignore_eos": True}, {"prompt": "x", "priority": 1e300},
+    {"prompt": "x", "logprobs": 0, "stream": True}, {"prompt": "a\x00b"}, {"prompt": "a\\u0000b"},
+    {"prompt": "x", "stop": ["y", "\\", "\x00"], "top_p": 0},
+    {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {
+        "type": "object", "properties": {"k\x00": {"enum": [[{"a": ["\x00"]}]]}}}}}},
 ]
 outputs = [b"", b"\x03Hello", b'\x03{"name":"get_weather","arguments":{"city":"Oslo"}}',
            b'\x02{"name":"get_weather","arguments":{"ci', b'\x01not json at all',
@@ -72,7 +76,8 @@ for endpoint, bodies in ((1, chat), (0, completions)):
             with open(os.path.join(out, "openai_%03d" % n), "wb") as f:
                 f.write(bytes([endpoint | 2 | (63 << 2)]) + text)
             n += 1
-for raw in (b"", b"{", b"[]", b"null", b'{"messages":"x"}', b'\xff\xfe{}', b'{"prompt":"\\ud800"}'):
+for raw in (b"", b"{", b"[]", b"null", b'{"messages":"x"}', b'\xff\xfe{}', b'{"prompt":"\\ud800"}',
+            b'{"prompt":"a\x00b"}', b'{"prompt":"a\\\\\\u0000"}', b'{"prompt":"\\u0000'):
     with open(os.path.join(out, "openai_%03d" % n), "wb") as f:
         f.write(bytes([3 | (63 << 2)]) + raw)
     n += 1

@@ -55,6 +55,7 @@ void engine_events_free(struct engine_event *ev)
     while (ev) {
         struct engine_event *n = ev->next;
         free(ev->text);
+        free(ev->piece);
         free(ev->error);
         free(ev);
         ev = n;
@@ -139,6 +140,17 @@ static void on_sched_event(void *ud, const struct sched_event *sev)
         usleep(1000);
     }
     ev->token = sev->token;
+    if (kind == ENGINE_EV_TOKEN && sev->has_logprob) {
+        if (!(ev->piece = malloc(sev->piece_len + 1))) {
+            engine_events_free(ev); /* as a TOKEN event that could not be made */
+            return;
+        }
+        memcpy(ev->piece, sev->piece, sev->piece_len);
+        ev->piece[sev->piece_len] = '\0';
+        ev->piece_len = sev->piece_len;
+        ev->has_logprob = true;
+        ev->logprob = sev->logprob;
+    }
     if (kind == ENGINE_EV_DONE) {
         ev->finish = sev->finish;
         ev->n_prompt = sev->n_prompt;
@@ -210,7 +222,8 @@ static void handle_submit(engine *e, struct cmd *c)
         .prompt = ids ? ids : c->prompt_ids, .n_prompt = ids ? (int32_t)n : c->req.n_prompt_ids,
         .max_tokens = c->req.max_tokens, .sampling = c->req.sampling,
         .stop = (const char *const *)c->stop, .n_stop = c->req.n_stop,
-        .ignore_eos = c->req.ignore_eos, .constraint = c->req.constraint, .user = c->req.user,
+        .ignore_eos = c->req.ignore_eos, .logprobs = c->req.logprobs, .constraint = c->req.constraint,
+        .user = c->req.user,
     };
     if (r.max_tokens <= 0)
         r.max_tokens = sched_n_ctx(e->sched) - r.n_prompt;

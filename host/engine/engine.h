@@ -56,6 +56,9 @@ struct engine_request {
     const char *const *stop;      /* [n_stop]; NULL entries are ignored        */
     int32_t        n_stop;
     bool           ignore_eos;
+    bool           logprobs;      /* TOKEN events carry the sampled token's
+                                     log-probability and text (sampled on
+                                     the host: scheduler.h)               */
     /* Constrained decoding (optional; ops == NULL: none).  engine_submit
      * takes its own reference (constraint.ops->retain), so the caller may
      * drop its reference right after submitting.  From a compiled JSON
@@ -87,6 +90,12 @@ struct engine_event {
     int32_t  token;
     char    *text;        /* owned by the event; NUL-terminated, text_len bytes */
     size_t   text_len;
+    /* TOKEN of a logprobs request only (has_logprob; else piece is NULL): */
+    bool     has_logprob;
+    float    logprob;     /* log-probability under the raw logits, <= 0 */
+    char    *piece;       /* owned; NUL-terminated, piece_len bytes: what the
+                             token added to the output text (sched_event) */
+    size_t   piece_len;
     /* DONE only */
     enum finish_reason finish;
     int32_t  n_prompt, n_cached, n_generated;

@@ -252,6 +252,35 @@ bool sampler_mask_empty(const uint32_t *mask, int32_t n_vocab)
     return true;
 }
 
+/* A logit as the sampler reads it: NaN as -inf, +inf as the largest float. */
+static inline float logit_read(float l)
+{
+    return isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l;
+}
+
+double sampler_log_norm(const float *logits, int32_t n_vocab)
+{
+    float maxl = -INFINITY;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        const float l = logit_read(logits[i]);
+        if (l > maxl)
+            maxl = l;
+    }
+    if (maxl == -INFINITY)
+        return -INFINITY;
+    double sum = 0.0;
+    for (int32_t i = 0; i < n_vocab; i++)
+        sum += exp((double)logit_read(logits[i]) - (double)maxl);
+    return (double)maxl + log(sum);
+}
+
+float sampler_logprob(const float *logits, double norm, int32_t id)
+{
+    const double lp = (double)logit_read(logits[id]) - norm;
+    /* -inf - -inf (every logit -inf) is NaN: such a token has no mass */
+    return isnan(lp) ? -INFINITY : lp > 0.0 ? 0.0f : (float)lp;
+}
+
 uint64_t sampler_next_draw(const sampler *s)
 {
     return s->draw;

@@ -68,6 +68,16 @@ void sampler_skip_draw(sampler *s);
  * sampler_sample has, so such a sequence is always sampled here. */
 bool sampler_params_need_history(const struct sampler_params *p);
 
+/* log(sum_i exp(logits[i])) over logits[n_vocab], summed in double and
+ * read as the sampler reads logits (NaN as -inf, +inf as the largest
+ * float); -inf when every logit is -inf.  With it, sampler_logprob gives a
+ * token's log-probability under the softmax of those logits (the model's
+ * distribution: no penalty, temperature, truncation or mask). */
+double sampler_log_norm(const float *logits, int32_t n_vocab);
+/* logits[id] - norm (norm: sampler_log_norm of the same row); <= 0, -inf
+ * for a -inf or NaN logit. */
+float  sampler_logprob(const float *logits, double norm, int32_t id);
+
 /* True when mask[(n_vocab + 31) / 32] allows no id in [0, n_vocab). */
 bool sampler_mask_empty(const uint32_t *mask, int32_t n_vocab);
 

@@ -42,7 +42,10 @@ struct seq {
     sampler       *smp;
     struct backend_sample_params bsp; /* the request's sampling for a backend
                                    that samples itself (step set per step) */
-    bool           host_only;   /* penalties: sampled on the host always   */
+    bool           host_only;   /* penalties or logprobs: sampled on the
+                                   host always                             */
+    bool           penalized;   /* sampler_params_need_history             */
+    bool           logprobs;    /* TOKEN events carry the logprob          */
     const struct token_constraint_ops *cops; /* NULL: unconstrained      */
     void          *cm;          /* constraint matcher                      */
     uint32_t      *mask;        /* [mask_words] for the next sample        */
@@ -77,6 +80,8 @@ struct sched {
     struct batch_seq   *plan_seqs; /* [max_seqs] */
     struct seq        **plan_of;   /* [max_seqs] */
     float              *logits;    /* [max_seqs][n_vocab] */
+    float              *lp_row;    /* [n_vocab] a logprobs row before the
+                                      penalties change it */
     bool                dev_sample; /* the backend samples itself and cfg allows it */
     struct backend_sample_params *dev_params; /* [max_seqs] rows of a device-sampled step */
     int32_t            *dev_tokens; /* [max_seqs] its sampled ids             */
@@ -479,12 +484,13 @@ static void seq_publish_blocks(sched *s, struct seq *q)
     }
 }
 
-/* Take token `tok`, chosen for q by the host sampler or by the backend:
- * the matcher accepts it (an error finishes q: a token the mask did not
- * allow), it joins the penalty history and the sequence, then the stop
- * rules run (EOG, stop strings, matcher done, max_tokens, context) and the
- * TOKEN event goes out.  q may be finished (and freed) on return. */
-static void seq_accept_token(sched *s, struct seq *q, int32_t tok)
+/* Take token `tok`, chosen for q by the host sampler or by the backend
+ * (logprob: its log-probability when q->logprobs): the matcher accepts it
+ * (an error finishes q: a token the mask did not allow), it joins the
+ * penalty history and the sequence, then the stop rules run (EOG, stop
+ * strings, matcher done, max_tokens, context) and the TOKEN event goes
+ * out.  q may be finished (and freed) on return. */
+static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob)
 {
     if (q->cm && q->cops->accept(q->cm, tok)) {
         sched_finish(s, q, FINISH_ERROR, ps_error_last());
@@ -500,13 +506,16 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok)
     bool eog = (!q->ignore_eos || q->cm) && s->vocab.is_eog && s->vocab.is_eog(s->vocab.ud, tok);
     if (eog) {
         struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
-                                  .token = tok, .text = "", .text_len = 0 };
+                                  .token = tok, .text = "", .text_len = 0, .piece = "", .piece_len = 0,
+                                  .has_logprob = q->logprobs, .logprob = logprob };
         emit(s, &ev);
         sched_finish(s, q, FINISH_STOP, NULL);
         return;
     }
     size_t plen = 0;
     const char *piece = s->vocab.piece ? s->vocab.piece(s->vocab.ud, tok, &plen) : NULL;
+    if (!piece)
+        plen = 0;
     if (piece && plen && text_append(q, piece, plen)) {
         sched_finish(s, q, FINISH_ERROR, ps_error_last());
         return;
@@ -517,7 +526,9 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok)
     if (!q->text_len)
         safe = 0;
     struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
-                              .token = tok, .text = q->text ? q->text : "", .text_len = safe };
+                              .token = tok, .text = q->text ? q->text : "", .text_len = safe,
+                              .piece = plen ? piece : "", .piece_len = plen,
+                              .has_logprob = q->logprobs, .logprob = logprob };
     emit(s, &ev);
     text_consume(q, safe);
     if (stopped) {
@@ -531,7 +542,9 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok)
 }
 
 /* Host path: choose q's next token from its logits row (penalties, mask,
- * draw sampler_next_draw), then seq_accept_token. */
+ * draw sampler_next_draw), then seq_accept_token.  A logprobs sequence's
+ * logprob is read from the row as the backend gave it: the penalties
+ * rewrite the row in place, so a penalized one is copied first. */
 static void seq_sample_host(sched *s, struct seq *q, float *row)
 {
     int32_t tok;
@@ -539,11 +552,20 @@ static void seq_sample_host(sched *s, struct seq *q, float *row)
         sched_finish(s, q, FINISH_ERROR, s->mask_err);
         return;
     }
+    const float *raw = row;
+    double norm = 0.0;
+    if (q->logprobs) {
+        norm = sampler_log_norm(row, s->n_vocab);
+        if (q->penalized) {
+            memcpy(s->lp_row, row, (size_t)s->n_vocab * sizeof *row);
+            raw = s->lp_row;
+        }
+    }
     if (sampler_sample(q->smp, row, q->cm ? q->mask : NULL, &tok)) {
         sched_finish(s, q, FINISH_ERROR, ps_error_last());
         return;
     }
-    seq_accept_token(s, q, tok);
+    seq_accept_token(s, q, tok, q->logprobs ? sampler_logprob(raw, norm, tok) : 0.0f);
 }
 
 /* Device path: the backend drew `tok` (-1: q's mask allowed nothing) with
@@ -565,7 +587,7 @@ static void seq_sample_device(sched *s, struct seq *q, int32_t tok)
         return;
     }
     sampler_skip_draw(q->smp);
-    seq_accept_token(s, q, tok);
+    seq_accept_token(s, q, tok, 0.0f); /* host_only: never a logprobs sequence */
 }
 
 static uint64_t now_ns(void)
@@ -873,12 +895,13 @@ int sched_create(const struct sched_config *cfg, backend *be, const struct sched
     s->plan_seqs = calloc(ms, sizeof *s->plan_seqs);
     s->plan_of = calloc(2 * ms, sizeof *s->plan_of);
     s->logits = malloc(ms * (size_t)s->n_vocab * sizeof *s->logits);
+    s->lp_row = malloc((size_t)s->n_vocab * sizeof *s->lp_row);
     s->dev_params = calloc(ms, sizeof *s->dev_params);
     s->dev_tokens = calloc(ms, sizeof *s->dev_tokens);
     s->match_buf = malloc(max_blocks * sizeof *s->match_buf);
     s->hash_buf = malloc(max_blocks * sizeof *s->hash_buf);
-    if (!s->running || !s->plan_seqs || !s->plan_of || !s->logits || !s->dev_params || !s->dev_tokens ||
-        !s->match_buf || !s->hash_buf) {
+    if (!s->running || !s->plan_seqs || !s->plan_of || !s->logits || !s->lp_row || !s->dev_params ||
+        !s->dev_tokens || !s->match_buf || !s->hash_buf) {
         rc = ps_error_set(PS_ENOMEM, "scheduler: out of memory for %d sequences", (int)cfg->max_seqs);
         goto fail;
     }
@@ -915,6 +938,7 @@ void sched_free(sched *s)
     free(s->match_buf);
     free(s->dev_tokens);
     free(s->dev_params);
+    free(s->lp_row);
     free(s->logits);
     free(s->plan_of);
     free(s->plan_seqs);
@@ -991,7 +1015,9 @@ int sched_submit(sched *s, const struct sched_request *req)
         seq_destroy(q);
         return rc;
     }
-    q->host_only = sampler_params_need_history(&req->sampling);
+    q->penalized = sampler_params_need_history(&req->sampling);
+    q->logprobs = req->logprobs;
+    q->host_only = q->penalized || q->logprobs;
     q->bsp = (struct backend_sample_params){
         .temperature = req->sampling.temperature, .top_k = req->sampling.top_k,
         .top_p = req->sampling.top_p, .min_p = req->sampling.min_p, .seed = req->sampling.seed,

@@ -61,7 +61,8 @@
  *   device path  the backend samples itself (backend_can_sample: the CUDA
  *                backend), sched_config.device_sample is not -1, and no
  *                sampling row of the step has a penalty (penalties need the
- *                token history, kept on the host).  backend_forward_sample
+ *                token history, kept on the host) or wants logprobs (they
+ *                need the logits row).  backend_forward_sample
  *                starts the forward, asks for the masks through its mask
  *                callback (they are filled then, or waited for from the
  *                helper thread, while the device computes), uploads them and
@@ -178,6 +179,9 @@ struct sched_request {
     const char *const *stop;  /* [n_stop] NUL-terminated, copied          */
     int32_t        n_stop;
     bool           ignore_eos;
+    bool           logprobs;  /* TOKEN events carry the sampled token's
+                                 log-probability (the logits row is read
+                                 on the host: always the host path)      */
     struct token_constraint constraint; /* borrowed: sched_submit creates
                                   the sequence's matcher from it          */
     void          *user;      /* handed back in every event               */
@@ -194,6 +198,16 @@ struct sched_event {
     const char *text;        /* bytes now safe to show (TOKEN: may be empty;
                                 DONE: the held-back rest)                    */
     size_t      text_len;
+    /* TOKEN only: */
+    const char *piece;       /* the bytes this token added to the output
+                                text (before hold-back and stop strings cut
+                                it; empty for EOG): the output so far is a
+                                prefix of all tokens' pieces, in order       */
+    size_t      piece_len;
+    bool        has_logprob; /* the request asked for logprobs               */
+    float       logprob;     /* then: the token's log-probability under the
+                                raw logits (sampler_logprob: before
+                                penalties, temperature, truncation, mask)    */
     /* DONE only: */
     enum finish_reason finish;
     int32_t     n_prompt;    /* prompt tokens                                */

@@ -31,6 +31,7 @@ const char *api_http_reason(int status)
 {
     switch (status) {
     case 200: return "OK";
+    case 204: return "No Content";
     case 400: return "Bad Request";
     case 401: return "Unauthorized";
     case 404: return "Not Found";
@@ -80,6 +81,128 @@ bool utf8_valid(const char *s, size_t len)
         i += n;
     }
     return true;
+}
+
+/* ---- NUL characters in JSON strings ---------------------------------------------- */
+
+/* Offset of the first NUL of a string in JSON text s[0..len): a raw 0 byte,
+ * or a \u0000 escape (its backslash).  Each backslash takes the next byte
+ * with it, so an escaped backslash never starts an escape. */
+static bool json_nul_find(const char *s, size_t len, size_t *at)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '\0') {
+            *at = i;
+            return true;
+        }
+        if (s[i] != '\\' || i + 1 >= len)
+            continue;
+        if (s[i + 1] == 'u' && len - i >= 6 && !memcmp(s + i + 2, "0000", 4)) {
+            *at = i;
+            return true;
+        }
+        i++; /* the escaped byte */
+    }
+    return false;
+}
+
+/* Append p[0..n) to out[0..cap) at *len; what does not fit is cut at a
+ * UTF-8 character boundary and later appends add nothing (*len = cap - 1). */
+static void path_append(char *out, size_t cap, size_t *len, const char *p, size_t n)
+{
+    if (*len + n >= cap) {
+        n = cap - 1 - *len;
+        while (n > 0 && ((unsigned char)p[n] & 0xC0) == 0x80)
+            n--;
+        memcpy(out + *len, p, n);
+        *len = cap - 1;
+        out[*len] = '\0';
+        return;
+    }
+    memcpy(out + *len, p, n);
+    *len += n;
+    out[*len] = '\0';
+}
+
+#define JSON_PATH_DEPTH 32
+
+struct path_frame {          /* one open object or array of json_path_at      */
+    bool      arr;
+    bool      want_key;      /* object: the next string is a key              */
+    long long idx;           /* array: index of the current element           */
+    size_t    key, key_len;  /* object: the current member's key, s[key..+len) */
+};
+
+/* The parameter path ("messages[0].content", "stop[1]") of the string of
+ * JSON text s[0..len) that holds byte `at`, into out[0..cap) ("" at the top
+ * level, or for a string not found).  Keys are shown as they are written,
+ * escapes included; levels past JSON_PATH_DEPTH are left out.  Any bytes are
+ * safe to scan (the text need not be valid JSON). */
+static void json_path_at(const char *s, size_t len, size_t at, char *out, size_t cap)
+{
+    struct path_frame st[JSON_PATH_DEPTH];
+    size_t depth = 0, n = 0; /* depth may pass JSON_PATH_DEPTH: deeper levels are not tracked */
+    out[0] = '\0';
+    for (size_t i = 0; i < len; i++) {
+        const char c = s[i];
+        if (c == '"') {
+            size_t j = i + 1;
+            while (j < len && s[j] != '"')
+                j += s[j] == '\\' ? 2 : 1;
+            const size_t end = j < len ? j : len; /* an unterminated string runs to the end */
+            const size_t d = depth < JSON_PATH_DEPTH ? depth : JSON_PATH_DEPTH;
+            const bool is_key = depth >= 1 && depth <= JSON_PATH_DEPTH && !st[depth - 1].arr &&
+                                st[depth - 1].want_key;
+            if (is_key) {
+                st[depth - 1].key = i + 1;
+                st[depth - 1].key_len = end - (i + 1);
+                st[depth - 1].want_key = false;
+            }
+            if (at > i && at < end) {
+                for (size_t k = 0; k < d; k++) {
+                    if (st[k].arr) {
+                        char ix[32];
+                        int m = snprintf(ix, sizeof ix, "[%lld]", st[k].idx);
+                        path_append(out, cap, &n, ix, (size_t)m);
+                    } else {
+                        if (k > 0)
+                            path_append(out, cap, &n, ".", 1);
+                        path_append(out, cap, &n, s + st[k].key, st[k].key_len);
+                    }
+                }
+                return;
+            }
+            i = end;
+            continue;
+        }
+        if (c == '{' || c == '[') {
+            if (depth < JSON_PATH_DEPTH)
+                st[depth] = (struct path_frame){ .arr = c == '[', .want_key = c == '{' };
+            depth++;
+        } else if ((c == '}' || c == ']') && depth > 0) {
+            depth--;
+        } else if (c == ',' && depth >= 1 && depth <= JSON_PATH_DEPTH) {
+            if (st[depth - 1].arr)
+                st[depth - 1].idx++;
+            else
+                st[depth - 1].want_key = true;
+        }
+    }
+}
+
+int api_json_nul_check(const char *body, size_t len, struct api_error *err)
+{
+    size_t at;
+    if (!json_nul_find(body, len, &at))
+        return 0;
+    char path[sizeof err->param];
+    json_path_at(body, len, at, path, sizeof path);
+    if (path[0])
+        return api_error_set(err, 400, "invalid_request_error", "unsupported_value", path,
+                             "NUL characters (\\u0000) are not supported in strings: '%s' holds one", path);
+    return api_error_set(err, 400, "invalid_request_error", "unsupported_value", NULL,
+                         "NUL characters (\\u0000) are not supported in strings: one is at byte %zu of the body",
+                         at);
 }
 
 char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
@@ -1028,10 +1151,25 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     if (flag)
         return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "echo",
                              "'echo' is not supported");
+    /* chat: a boolean, only false is served; completions: an integer in
+     * [0, 5] (alternatives per token), only 0 is served (the sampled
+     * tokens' logprobs).  false stays accepted on both, as before. */
     const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
-    if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp) && !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
-        return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "logprobs",
-                             "'logprobs' is not supported yet");
+    if (chat) {
+        if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp) && !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
+            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "logprobs",
+                                 "'logprobs' is not supported yet on /v1/chat/completions");
+    } else if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp)) {
+        if (!is_int(lp))
+            return BADTYPE("logprobs", "an integer in [0, 5] or null");
+        if (lp->valuedouble < 0 || lp->valuedouble > 5)
+            return BAD("logprobs", "'logprobs' must be in [0, 5], got %.0f", lp->valuedouble);
+        if (lp->valuedouble > 0)
+            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "logprobs",
+                                 "'logprobs' %.0f is not supported: only 0 (the sampled tokens' logprobs, "
+                                 "without alternatives)", lp->valuedouble);
+        p->logprobs = true;
+    }
     char *system_extra = NULL;
     if ((rc = parse_constraints(root, chat, opt, p, &system_extra, err)))
         goto done;
@@ -1056,9 +1194,13 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
         (rc = get_num(root, "repetition_penalty", 0.01, 10, &p->sp.repeat_penalty, err)) ||
         (rc = get_num(root, "repeat_penalty", 0.01, 10, &p->sp.repeat_penalty, err)))
         goto done;
+    /* top_p 0 keeps only the most likely token: greedy, exactly what
+     * temperature 0 does (the sampler's top-p with a target of 0 would keep
+     * the first candidate too, but the sampler takes top_p in (0, 1] and a
+     * device sampler would keep every token tied for the maximum). */
     if (p->sp.top_p <= 0) {
-        rc = BAD("top_p", "'top_p' must be in (0, 1], got 0");
-        goto done;
+        p->sp.temperature = 0.0f;
+        p->sp.top_p = 1.0f;
     }
     if ((rc = get_int(root, "top_k", 0, 1 << 24, &top_k, NULL, err)) ||
         (rc = get_seed(root, &seed, &has_seed, err)) ||
@@ -1113,7 +1255,7 @@ int openai_parse_ex(const char *body, size_t len, bool chat, const char *const *
     if (!cJSON_IsObject(root))
         rc = api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
                            "The JSON body must be an object");
-    else
+    else if (!(rc = api_json_nul_check(body, end && end >= body ? (size_t)(end - body) : len, err)))
         rc = parse_body(root, chat, model_names, tmpl, n_vocab, opt, out, err);
     cJSON_Delete(root);
     if (rc)

@@ -55,6 +55,10 @@ struct gen_params {
                                  (default 0, or the API key's tenant's)  */
     bool     has_priority;    /* the body set "priority"                     */
     bool     ignore_eos;      /* extension                                   */
+    bool     logprobs;        /* completions "logprobs": 0: the sampled
+                                 tokens' logprobs, no alternatives (1..5:
+                                 400 unsupported; chat's boolean logprobs
+                                 true: 400 unsupported)                  */
     /* Constrained output (response_format json_schema / json_object, tools
      * with tool_choice "required" or a named function): */
     grammar *grammar;         /* a reference, or NULL; engine_request gets
@@ -79,6 +83,18 @@ struct openai_options {
 
 /* Check that body[0..len) is valid UTF-8 (strict). */
 bool utf8_valid(const char *s, size_t len);
+
+/* The NUL check of every route that parses a JSON request body (chat,
+ * completions, POST /v1/tasks), run on the bytes cJSON parsed,
+ * body[0..len).  cJSON ends a string at a NUL, so a string holding one
+ * (escaped \u0000, or a raw 0 byte) would reach the handlers cut short:
+ * such a body is refused instead.  An escape starts at a backslash that is
+ * not itself escaped ("\\u0000" is a backslash and the text u0000, not a
+ * NUL).  Returns 0, or 400 with *err filled: code "unsupported_value",
+ * `param` the path of the string holding the first NUL ("messages[0].content",
+ * "stop[1]"; a key is named as sent; "" = null when it cannot be named), a
+ * message saying NUL characters (\u0000) are not supported in strings. */
+int api_json_nul_check(const char *body, size_t len, struct api_error *err);
 
 /* Copy of s[0..len) with every invalid UTF-8 byte replaced by U+FFFD;
  * malloc'd, NUL-terminated; NULL when out of memory. */

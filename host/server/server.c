@@ -20,6 +20,7 @@
 #include <errno.h>
 #include <time.h>
 
+#include "../common/grow.h"
 #include "../common/status.h"
 #include "../engine/backend.h"
 #include "backend_cuda.h"
@@ -27,6 +28,7 @@
 #include "../model/chat.h"
 #include "../model/model.h"
 #include "../model/tokenizer.h"
+#include "../model/unicode.h"
 #include "metrics.h"
 #include "openai.h"
 #include "sse.h"
@@ -67,6 +69,28 @@ struct caller {
     int32_t  priority, max_priority;
 };
 
+/* logprobs 0 of /v1/completions: every sampled token with its logprob
+ * and the byte offset of its text in the output (the sum of the earlier
+ * tokens' pieces).  A token is listed with the output text that reaches
+ * past its offset (lp_take), so tokens whose text lies wholly in a stop
+ * string or after it, and EOG, are never listed. */
+struct lp_token {
+    char   *text;     /* the piece as OpenAI shows it: the UTF-8 text, or
+                         "bytes:\\xNN..." when it is not valid UTF-8   */
+    float   logprob;
+    size_t  off;      /* byte offset in the output                      */
+};
+
+struct lp_list {
+    struct lp_token *t;
+    size_t n, cap;
+    size_t listed;    /* t[0..listed) went out                          */
+    size_t raw;       /* bytes of every token's piece: the next offset  */
+    size_t shown;     /* output bytes walked by lp_take                 */
+    size_t chars;     /* characters in them                             */
+    bool   failed;    /* out of memory: the list is incomplete          */
+};
+
 struct gen_ctx {
     struct server         *srv;
     struct evhttp_request *req;   /* ours until we end the reply          */
@@ -83,6 +107,8 @@ struct gen_ctx {
     time_t                 created;
     struct evbuffer       *text;  /* non-stream: accumulated output     */
     struct openai_output  *out;   /* tool calls (NULL: plain content)   */
+    bool                   logprobs; /* completions logprobs 0          */
+    struct lp_list         lp;
     double                 t0, t_last;
     int32_t                n_seen;
 };
@@ -127,6 +153,24 @@ static void reply_error(struct server *srv, struct evhttp_request *req, enum met
     free(json);
 }
 
+/* A method `path` does not serve: OPTIONS is answered 204 No Content, any
+ * other method 405 with the OpenAI error body; both carry "Allow: allow"
+ * (the route's methods, OPTIONS included). */
+static void reply_method(struct server *srv, struct evhttp_request *req, enum metrics_route route,
+                         const char *path, const char *allow)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_OPTIONS) {
+        evhttp_send_reply(req, 204, api_http_reason(204), NULL);
+        metrics_request(&srv->m, route, 204);
+        return;
+    }
+    struct api_error e;
+    api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
+                  "Method not allowed: %s accepts %s only", path, allow);
+    reply_error(srv, req, route, &e);
+}
+
 /* ---- OpenAI JSON pieces --------------------------------------------------------------- */
 
 static void add_text(cJSON *obj, const char *key, const char *s, size_t len)
@@ -148,6 +192,99 @@ static cJSON *usage_json(const struct engine_event *ev)
     return u;
 }
 
+/* ---- logprobs ---------------------------------------------------------------------- */
+
+/* Record a TOKEN event's token (ev->has_logprob); on failure l->failed. */
+static void lp_add(struct lp_list *l, const struct engine_event *ev)
+{
+    if (l->failed)
+        return;
+    struct lp_token *t = ps_grow(l->t, &l->cap, l->n + 1, sizeof *l->t, 64);
+    char *text = NULL;
+    if (t) {
+        l->t = t;
+        if (utf8_valid(ev->piece, ev->piece_len)) {
+            text = strdup(ev->piece);
+        } else if ((text = malloc(6 + 4 * ev->piece_len + 1))) { /* OpenAI's form of a partial character */
+            size_t n = (size_t)sprintf(text, "bytes:");
+            for (size_t i = 0; i < ev->piece_len; i++)
+                n += (size_t)sprintf(text + n, "\\x%02x", (unsigned char)ev->piece[i]);
+        }
+    }
+    if (!t || !text) {
+        l->failed = true;
+        return;
+    }
+    l->t[l->n++] = (struct lp_token){ .text = text, .logprob = ev->logprob, .off = l->raw };
+    l->raw += ev->piece_len;
+}
+
+static void lp_free(struct lp_list *l)
+{
+    for (size_t i = 0; i < l->n; i++)
+        free(l->t[i].text);
+    free(l->t);
+}
+
+/* Bytes of the character at s[0..n) as utf8_sanitize reads it: a valid
+ * UTF-8 sequence, else one byte (shown as U+FFFD). */
+static size_t char_bytes(const char *s, size_t n)
+{
+    if ((unsigned char)s[0] < 0x80)
+        return 1;
+    uint32_t cp;
+    size_t k = unicode_utf8_decode((const uint8_t *)s, n, &cp);
+    return cp == UNICODE_INVALID || k == 0 ? 1 : k;
+}
+
+/* The logprobs object of the next len output bytes, text[0..len) (the
+ * whole output at once, or stream chunk after chunk): the tokens whose
+ * offset falls in them, each with text_offset the index of the character
+ * holding its first byte (characters as the client sees the text: a
+ * partial or invalid sequence is one U+FFFD per byte).  NULL (JSON null)
+ * when the list is incomplete or out of memory (then l->failed). */
+static cJSON *lp_take(struct lp_list *l, const char *text, size_t len)
+{
+    if (l->failed)
+        return NULL;
+    cJSON *o = cJSON_CreateObject();
+    cJSON *toks = cJSON_AddArrayToObject(o, "tokens"), *lps = cJSON_AddArrayToObject(o, "token_logprobs");
+    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs"), *offs = cJSON_AddArrayToObject(o, "text_offset");
+    if (!toks || !lps || !tops || !offs) {
+        cJSON_Delete(o);
+        l->failed = true;
+        return NULL;
+    }
+    const size_t end = l->shown + len;
+    size_t pos = 0; /* text[0..pos) walked: l->chars counts its characters */
+    bool ok = true;
+    while (l->listed < l->n && l->t[l->listed].off < end) {
+        const struct lp_token *t = &l->t[l->listed++];
+        for (;;) { /* to the character holding byte t->off (shown + pos <= t->off < end) */
+            size_t k = char_bytes(text + pos, len - pos);
+            if (l->shown + pos + k > t->off)
+                break;
+            pos += k;
+            l->chars++;
+        }
+        ok &= cJSON_AddItemToArray(toks, cJSON_CreateString(t->text));
+        ok &= cJSON_AddItemToArray(lps, cJSON_CreateNumber((double)t->logprob));
+        ok &= cJSON_AddItemToArray(tops, cJSON_CreateObject());
+        ok &= cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)l->chars));
+    }
+    while (pos < len) {
+        pos += char_bytes(text + pos, len - pos);
+        l->chars++;
+    }
+    l->shown = end;
+    if (!ok) {
+        cJSON_Delete(o);
+        l->failed = true;
+        return NULL;
+    }
+    return o;
+}
+
 static cJSON *base_object(const struct gen_ctx *g, const char *object)
 {
     cJSON *o = cJSON_CreateObject();
@@ -158,8 +295,9 @@ static cJSON *base_object(const struct gen_ctx *g, const char *object)
     return o;
 }
 
-/* One streamed chunk: text (may be NULL), finish reason (NULL = null). */
-static cJSON *chunk_json(const struct gen_ctx *g, const char *text, size_t len, const char *finish,
+/* One streamed chunk: text (may be NULL), finish reason (NULL = null).
+ * A completions chunk with text lists its tokens (g->logprobs). */
+static cJSON *chunk_json(struct gen_ctx *g, const char *text, size_t len, const char *finish,
                          bool role)
 {
     cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
@@ -179,7 +317,11 @@ static cJSON *chunk_json(const struct gen_ctx *g, const char *text, size_t len, 
             finish = openai_output_finish(g->out, finish, d);
     } else {
         add_text(c, "text", text ? text : "", text ? len : 0);
-        cJSON_AddNullToObject(c, "logprobs");
+        cJSON *lp = g->logprobs && text ? lp_take(&g->lp, text, len) : NULL;
+        if (lp)
+            cJSON_AddItemToObject(c, "logprobs", lp);
+        else
+            cJSON_AddNullToObject(c, "logprobs");
     }
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
@@ -271,6 +413,7 @@ static void gen_ctx_free(struct gen_ctx *g)
     if (g->text)
         evbuffer_free(g->text);
     openai_output_free(g->out);
+    lp_free(&g->lp);
     free(g);
 }
 
@@ -350,14 +493,17 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         return;
     }
     const char *finish = ev->finish == FINISH_LENGTH ? "length" : "stop";
+    /* logprobs that could not be recorded: the reply would lack some */
+    const char *lp_error = g->logprobs && g->lp.failed ? "out of memory recording the logprobs" : NULL;
     if (g->stream) {
         sse_start(g);
         if (ev->text_len)
             sse_send(g, chunk_json(g, ev->text, ev->text_len, NULL, false));
-        if (ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED) {
+        if (ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED || lp_error) {
             struct api_error e;
             api_error_set(&e, 500, "server_error", ev->finish == FINISH_CANCELLED ? "cancelled" : NULL, NULL,
-                          "%s", ev->error ? ev->error : "generation cancelled (server shutting down)");
+                          "%s", ev->error ? ev->error : lp_error ? lp_error
+                                                                 : "generation cancelled (server shutting down)");
             char *ej = api_error_json(&e);
             struct evbuffer *b = evbuffer_new();
             if (ej && b) {
@@ -386,9 +532,10 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         metrics_request(&srv->m, g->route, 200);
         return;
     }
-    if (ev->finish == FINISH_ERROR) {
+    if (ev->finish == FINISH_ERROR || lp_error) {
         struct api_error e;
-        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ev->error ? ev->error : "engine failure");
+        api_error_set(&e, 500, "server_error", NULL, NULL, "%s",
+                      ev->error ? ev->error : lp_error ? lp_error : "engine failure");
         reply_error(srv, g->req, g->route, &e);
         return;
     }
@@ -407,7 +554,11 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         finish = openai_output_message(g->out, text, len, finish, msg);
     } else {
         add_text(c, "text", text, len);
-        cJSON_AddNullToObject(c, "logprobs");
+        cJSON *lp = g->logprobs ? lp_take(&g->lp, text, len) : NULL;
+        if (lp)
+            cJSON_AddItemToObject(c, "logprobs", lp);
+        else
+            cJSON_AddNullToObject(c, "logprobs");
     }
     cJSON_AddStringToObject(c, "finish_reason", finish);
     cJSON_AddItemToObject(o, "usage", usage_json(ev));
@@ -438,6 +589,8 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
             g->t_last = t;
             if (g->gone)
                 continue;
+            if (g->logprobs && ev->has_logprob)
+                lp_add(&g->lp, ev);
             if (g->stream) {
                 sse_start(g);
                 if (ev->text_len)
@@ -498,6 +651,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     g->chat = chat;
     g->stream = p.stream;
     g->include_usage = p.include_usage;
+    g->logprobs = p.logprobs;
     g->out = p.output;
     p.output = NULL;
     g->created = time(NULL);
@@ -510,7 +664,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         .tenant = who->tenant, .priority = priority, .prompt = p.prompt, .parse_special = chat,
         .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
         .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
-        .n_stop = p.n_stop, .ignore_eos = p.ignore_eos,
+        .n_stop = p.n_stop, .ignore_eos = p.ignore_eos, .logprobs = p.logprobs,
         .constraint = gen_params_constraint(&p), .user = g,
     };
     if (!er.prompt && !er.n_prompt_ids) {
@@ -739,11 +893,8 @@ static void on_request(struct evhttp_request *req, void *arg)
         if (strcmp(path, routes[i].path))
             continue;
         if (method != routes[i].method && !(method == EVHTTP_REQ_HEAD && routes[i].method == EVHTTP_REQ_GET)) {
-            const char *allow = routes[i].method == EVHTTP_REQ_POST ? "POST" : "GET, HEAD";
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
-            api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
-                          "Method not allowed: %s accepts %s only", path, allow);
-            reply_error(srv, req, routes[i].route, &e);
+            reply_method(srv, req, routes[i].route, path,
+                         routes[i].method == EVHTTP_REQ_POST ? "POST, OPTIONS" : "GET, HEAD, OPTIONS");
             return;
         }
         switch (routes[i].route) {
@@ -762,10 +913,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     }
     if (!strncmp(path, "/v1/models/", 11) && path[11] && !strchr(path + 11, '/')) {
         if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD) {
-            evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", "GET, HEAD");
-            api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
-                          "Method not allowed: /v1/models/{model} accepts GET, HEAD only");
-            reply_error(srv, req, ROUTE_MODELS, &e);
+            reply_method(srv, req, ROUTE_MODELS, "/v1/models/{model}", "GET, HEAD, OPTIONS");
             return;
         }
         handle_model(srv, req, path + 11);

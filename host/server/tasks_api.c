@@ -415,6 +415,11 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req, con
         reply_error(api, req, &e);
         return;
     }
+    if (api_json_nul_check(body, end && end >= body ? (size_t)(end - body) : len, &e)) {
+        cJSON_Delete(root);
+        reply_error(api, req, &e);
+        return;
+    }
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
     if (stream && !cJSON_IsNull(stream) && !cJSON_IsBool(stream)) {
         cJSON_Delete(root);
@@ -468,11 +473,18 @@ static void handle_events(struct tasks_api *api, struct evhttp_request *req, str
     waiter_start(api, req, t, true, after);
 }
 
-static void method_not_allowed(struct tasks_api *api, struct evhttp_request *req, const char *path,
-                               const char *allow)
+/* A method `path` does not serve: OPTIONS is answered 204 No Content, any
+ * other method 405 with the OpenAI error body; both carry "Allow: allow"
+ * (the route's methods, OPTIONS included), as server.c's reply_method. */
+static void reply_method(struct tasks_api *api, struct evhttp_request *req, const char *path, const char *allow)
 {
-    struct api_error e;
     evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    if (evhttp_request_get_command(req) == EVHTTP_REQ_OPTIONS) {
+        evhttp_send_reply(req, 204, api_http_reason(204), NULL);
+        metrics_request(api->cfg.m, ROUTE_OTHER, 204);
+        return;
+    }
+    struct api_error e;
     api_error_set(&e, 405, "invalid_request_error", "method_not_allowed", NULL,
                   "Method not allowed: %.100s accepts %s only", path, allow);
     reply_error(api, req, &e);
@@ -492,7 +504,7 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
     const char *rest = path + 9;
     if (!*rest || !strcmp(rest, "/")) {
         if (method != EVHTTP_REQ_POST)
-            method_not_allowed(api, req, "/v1/tasks", "POST");
+            reply_method(api, req, "/v1/tasks", "POST, OPTIONS");
         else
             handle_create(api, req, tenant_key);
         return;
@@ -509,7 +521,7 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
         return;
     }
     if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD && (events || method != EVHTTP_REQ_DELETE)) {
-        method_not_allowed(api, req, path, events ? "GET, HEAD" : "GET, HEAD, DELETE");
+        reply_method(api, req, path, events ? "GET, HEAD, OPTIONS" : "GET, HEAD, DELETE, OPTIONS");
         return;
     }
     memcpy(idbuf, id, id_len);

@@ -141,7 +141,7 @@ def test_head_on_post_route_is_405_without_body(srv):
     c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     c.request("HEAD", "/v1/chat/completions")
     r = c.getresponse()
-    assert r.status == 405 and r.getheader("Allow") == "POST"
+    assert r.status == 405 and r.getheader("Allow") == "POST, OPTIONS"
     r.read()
     c.request("GET", "/health")
     r = c.getresponse()

@@ -32,7 +32,7 @@ def test_models_and_health(server, client):
         client.models.retrieve("no-such-model")
     assert ei.value.body["code"] == "model_not_found" and ei.value.body["param"] == "model", ei.value.body
     r = httpx.delete(server.url + "/v1/models/default")
-    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD"
+    assert r.status_code == 405 and r.headers["allow"] == "GET, HEAD, OPTIONS"
     r = httpx.head(server.url + "/v1/models/default")
     assert r.status_code == 200 and r.content == b""
     r = httpx.get(server.url + "/health")
@@ -194,10 +194,10 @@ def test_bad_inputs_then_good_request(server):
         _err(h.get(u + "/"), 404)
         r = h.get(chat)
         _err(r, 405)
-        assert r.headers["allow"] == "POST"
+        assert r.headers["allow"] == "POST, OPTIONS"
         r = h.delete(u + "/v1/models")
         _err(r, 405)
-        assert r.headers["allow"] == "GET, HEAD"   # HEAD is served too
+        assert r.headers["allow"] == "GET, HEAD, OPTIONS"   # HEAD is served too
         _err(h.post(u + "/v1/completions", json={"prompt": []}), 400, param="prompt")
         _err(h.post(u + "/v1/completions", json={"prompt": ["a", "b"]}), 400, param="prompt")
         _err(h.post(u + "/v1/completions", json={"prompt": [1, 99999999]}), 400, param="prompt")

@@ -292,13 +292,13 @@ def test_unknown_tasks_and_methods(srv):
     err_shape(httpx.get(srv.url + "/v1/tasks/a/b", timeout=10), 404)
     r = httpx.get(srv.url + "/v1/tasks", timeout=10)
     err_shape(r, 405)
-    assert r.headers["allow"] == "POST"
+    assert r.headers["allow"] == "POST, OPTIONS"
     r = httpx.post(srv.url + "/v1/tasks/task_x", timeout=10)
     err_shape(r, 405)
-    assert r.headers["allow"] == "GET, HEAD, DELETE"   # HEAD is served too
+    assert r.headers["allow"] == "GET, HEAD, DELETE, OPTIONS"   # HEAD is served too
     r = httpx.delete(srv.url + "/v1/tasks/task_x/events", timeout=10)
     err_shape(r, 405)
-    assert r.headers["allow"] == "GET, HEAD"
+    assert r.headers["allow"] == "GET, HEAD, OPTIONS"
 
 
 def test_openai_chat_agent_pointing_at_paraserve_itself(srv):

@@ -9,7 +9,7 @@
  * at once == each alone), preemption under a tiny cache, prefix sharing
  * (hit tokens, prefill savings, tenant isolation), cancel, priorities and priority preemption, EOG,
  * stop strings across token boundaries, UTF-8 hold-back, max_tokens,
- * context limit, bad requests, backend failure.
+ * context limit, bad requests, backend failure, logprobs (with penalties).
  *
  * The whole suite runs twice: with a backend that returns logits (the host
  * path: sampler_sample in the scheduler) and with one that samples itself
@@ -18,6 +18,8 @@
  * forward).  Same expectations on both.  Also: backend_forward_sample's
  * host fallback and argument checks, which path each step took, and
  * penalized requests forcing the host path in a device-sampling run. */
+#include <float.h>
+#include <math.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +87,9 @@ static bool fake_is_eog(void *ud, int32_t id)
 struct result {
     int32_t  tokens[512];
     int32_t  n_tokens;
+    float    logprobs[512];   /* TOKEN events' logprob (has_logprob)      */
+    int32_t  n_logprobs;      /* TOKEN events with has_logprob            */
+    int32_t  bad_pieces;      /* TOKEN events whose piece is not the token's */
     char     text[4096];
     size_t   text_len;
     int      done;
@@ -105,6 +110,12 @@ static void on_event(void *ud, const struct sched_event *ev)
     memcpy(r->text + r->text_len, ev->text, ev->text_len);
     r->text_len += ev->text_len;
     if (ev->kind == SCHED_EV_TOKEN) {
+        size_t plen = 0;
+        const char *piece = fake_is_eog(NULL, ev->token) ? "" : fake_piece(NULL, ev->token, &plen);
+        if (ev->piece_len != plen || memcmp(ev->piece, piece, plen))
+            r->bad_pieces++;
+        if (ev->has_logprob)
+            r->logprobs[r->n_logprobs++] = ev->logprob;
         r->tokens[r->n_tokens++] = ev->token;
         return;
     }
@@ -707,6 +718,62 @@ static void test_sampling_paths(void)
     }
 }
 
+/* logprobs: every TOKEN event of a logprobs request carries the token's
+ * log-probability under the raw logits, also when penalties rewrite the
+ * row before sampling (here they halve the chosen token's logit: it is in
+ * the history), and the request is sampled on the host; other requests
+ * carry none. */
+static void test_logprobs(void)
+{
+    int32_t p[60], want[8];
+    for (int32_t i = 0; i < 60; i++)
+        p[i] = i; /* every id the fake picks but 60..62 is in the penalty history */
+    /* one-hot logits: 10 for the next token, 0 for the other 63 */
+    const double norm = 10.0 + log(1.0 + 63.0 * exp(-10.0));
+    for (int variant = 0; variant < 2; variant++) {
+        struct fake_backend *fb = fake_create(64, 4, 128, one_hot_logits);
+        sched *s = make_sched(fb, 8, 128, 128, false);
+        reset_results();
+        struct sched_request r = req_of(1, p, 60, 6);
+        r.logprobs = true;
+        r.sampling.repeat_penalty = variant ? 2.0f : 1.0f;
+        CHECK(sched_submit(s, &r) == PS_OK);
+        r = req_of(2, p, 60, 6);
+        CHECK(sched_submit(s, &r) == PS_OK);
+        CHECK(run_to_end(s, 100) > 0);
+        int32_t nw = reference(p, 60, 6, want);
+        for (int id = 1; id <= 2; id++) {
+            CHECK(g_res[id].finish == FINISH_LENGTH && g_res[id].n_tokens == nw &&
+                  !memcmp(g_res[id].tokens, want, (size_t)nw * 4));
+            CHECK_MSG(g_res[id].bad_pieces == 0, "request %d: %d events with a wrong piece", id,
+                      g_res[id].bad_pieces);
+        }
+        CHECK(g_res[1].n_logprobs == nw && g_res[2].n_logprobs == 0);
+        for (int32_t i = 0; i < g_res[1].n_logprobs; i++)
+            CHECK_MSG(fabs(g_res[1].logprobs[i] - (10.0 - norm)) < 1e-5, "variant %d token %d: logprob %g, want %g",
+                      variant, (int)i, (double)g_res[1].logprobs[i], 10.0 - norm);
+        /* request 1 keeps every step on the host */
+        struct sched_stats st;
+        sched_get_stats(s, &st);
+        CHECK(st.device_sampled_steps == 0);
+        check_no_leak(s);
+        sched_free(s);
+        backend_free(&fb->base);
+    }
+    /* sampler_logprob reads logits as the sampler does */
+    float l[4] = { 0.0f, NAN, -INFINITY, 0.0f };
+    double n = sampler_log_norm(l, 4);
+    CHECK(fabs(n - log(2.0)) < 1e-9);
+    CHECK(fabsf(sampler_logprob(l, n, 0) - (float)-log(2.0)) < 1e-6f);
+    CHECK(sampler_logprob(l, n, 1) == -INFINITY && sampler_logprob(l, n, 2) == -INFINITY);
+    float inf2[2] = { INFINITY, 0.0f };
+    n = sampler_log_norm(inf2, 2);
+    CHECK(sampler_logprob(inf2, n, 0) == 0.0f && sampler_logprob(inf2, n, 1) <= -FLT_MAX); /* +inf: FLT_MAX */
+    float none[2] = { -INFINITY, NAN };
+    n = sampler_log_norm(none, 2);
+    CHECK(n == -INFINITY && sampler_logprob(none, n, 0) == -INFINITY);
+}
+
 struct rows_masks {
     const uint32_t *m[2];
     int calls;
@@ -794,6 +861,7 @@ int main(void)
         test_text_eog_stop();
         test_config_errors();
         test_sampling_paths();
+        test_logprobs();
     }
     g_fake_device = false;
     test_forward_sample_api();

@@ -1,0 +1,283 @@
+"""OpenAI-compatibility gaps of `paraserve serve`, each through a real
+client (the openai SDK, httpx or http.client):
+
+- a JSON string holding \\u0000 (message content, prompt, stop string, tool
+  description, a key, a task's input) is refused with a 400 naming the NUL,
+  on every route that parses a JSON body, instead of being cut at the NUL;
+  an escaped backslash followed by u0000 is plain text and is served;
+- top_p 0 is accepted and keeps only the most likely token: the output is
+  the greedy one whatever the temperature and seed; top_p outside [0, 1]
+  stays a 400;
+- the legacy completions endpoint with logprobs 0 returns the sampled
+  tokens' logprobs (tokens, token_logprobs, empty top_logprobs dicts,
+  text_offset), streamed and not, the same both ways;
+- OPTIONS on a known route answers 204 with the route's Allow list (which
+  now names OPTIONS everywhere, 405 replies included); unknown routes stay
+  404.
+"""
+import http.client
+import json
+import math
+
+import httpx
+import openai
+import pytest
+
+from server_fixtures import *  # noqa: F401,F403  (fixtures: start_server, server)
+
+CHAT = [{"role": "user", "content": "List three primary colors."}]
+TOOLS = [{"type": "function", "function": {
+    "name": "add", "description": "Add two integers.",
+    "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                   "required": ["a", "b"]}}}]
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=120)
+
+
+def _err(r, status, param=None, code=None):
+    assert r.status_code == status, (r.status_code, r.text)
+    body = r.json()
+    e = body["error"]
+    assert set(e) == {"message", "type", "param", "code"}, body
+    assert e["type"] == "invalid_request_error", body
+    if param is not None:
+        assert e["param"] == param, e
+    if code is not None:
+        assert e["code"] == code, e
+    return e
+
+
+# ---- 1. NUL characters in JSON strings ------------------------------------------------------------
+
+def _chat(**kw):
+    return {"model": "default", "messages": CHAT, "max_tokens": 2, "temperature": 0, **kw}
+
+
+def _cmpl(**kw):
+    return {"model": "default", "prompt": "Once upon a time", "max_tokens": 2, "temperature": 0, **kw}
+
+
+# (route, body with a real NUL in one string, the param the error names)
+NUL_CASES = [
+    ("/v1/chat/completions", _chat(messages=[{"role": "user", "content": "List\x00 three colors."}]),
+     "messages[0].content"),
+    ("/v1/chat/completions", _chat(messages=[{"role": "user", "content": [{"type": "text", "text": "a\x00b"}]}]),
+     "messages[0].content[0].text"),
+    ("/v1/chat/completions", _chat(stop=["ok", "\x00"]), "stop[1]"),
+    ("/v1/chat/completions", _chat(tools=[{**TOOLS[0], "function": {**TOOLS[0]["function"],
+                                                                     "description": "Add\x00 two."}}]),
+     "tools[0].function.description"),
+    ("/v1/chat/completions", _chat(**{"user\x00": "x"}), "user\\u0000"),  # a key: named as sent
+    ("/v1/completions", _cmpl(prompt="Once upon\x00 a time"), "prompt"),
+    ("/v1/completions", _cmpl(prompt=["Once upon a time\x00"]), "prompt[0]"),
+    ("/v1/completions", _cmpl(stop="\x00"), "stop"),
+    ("/v1/tasks", {"input": "hi\x00 there", "script": [{"final": {"answer": "x"}}]}, "input"),
+]
+
+
+@pytest.mark.parametrize("path,body,param", NUL_CASES, ids=[c[2] for c in NUL_CASES])
+def test_nul_in_a_json_string_is_a_400_not_a_truncation(server, path, body, param):
+    raw = json.dumps(body).encode()
+    assert b"\\u0000" in raw
+    r = httpx.post(server.url + path, content=raw, headers={"content-type": "application/json"}, timeout=60)
+    e = _err(r, 400, param=param, code="unsupported_value")
+    assert "\\u0000" in e["message"] and "not supported" in e["message"], e
+
+
+def test_nul_detection_counts_backslashes(server):
+    u = server.url + "/v1/completions"
+    # '\\u0000' in JSON is a backslash followed by the text u0000: served as is
+    for text in ("a\\u0000b", "a\\\\u0000b"):
+        raw = json.dumps(_cmpl(prompt=text)).encode()
+        assert b"\\\\u0000" in raw
+        r = httpx.post(u, content=raw, timeout=120)
+        assert r.status_code == 200, r.text
+    # an escaped backslash, then a real \u0000: refused
+    for raw in (rb'{"prompt": "a\\\u0000b", "max_tokens": 2}', rb'{"prompt": "\u0000", "max_tokens": 2}',
+                rb'{"prompt": "x", "stop": "\\\\\\\u0000", "max_tokens": 2}'):
+        assert json.loads(raw).get("stop", json.loads(raw)["prompt"]).count("\x00") == 1
+        _err(httpx.post(u, content=raw, timeout=60), 400, code="unsupported_value")
+    # a raw NUL byte inside a string (invalid JSON, which cJSON would read and cut) is refused too
+    _err(httpx.post(u, content=b'{"prompt": "a\x00b", "max_tokens": 2}', timeout=60), 400)
+    # a NUL escape outside a string is just malformed JSON
+    _err(httpx.post(u, content=b'{"prompt": "a"\\u0000}', timeout=60), 400)
+
+
+def test_nul_through_the_openai_sdk(client):
+    with pytest.raises(openai.BadRequestError) as ei:
+        client.chat.completions.create(model="default", max_tokens=2,
+                                       messages=[{"role": "user", "content": "hello\x00world"}])
+    assert ei.value.status_code == 400
+    assert "\\u0000" in ei.value.body["message"] and ei.value.body["param"] == "messages[0].content"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="default", prompt="hello\x00world", max_tokens=2)
+    # the server still serves
+    r = client.completions.create(model="default", prompt="hello world", max_tokens=2, temperature=0)
+    assert r.choices[0].text is not None
+
+
+# ---- 2. top_p 0 -------------------------------------------------------------------------------------
+
+def test_top_p_zero_is_greedy(client, server):
+    prompt = "The three primary colors are"
+    greedy = client.completions.create(model="default", prompt=prompt, max_tokens=24, temperature=0)
+    assert greedy.choices[0].text
+    for seed, temp in ((1, 1.0), (2, 2.0), (3, 0.7)):
+        r = client.completions.create(model="default", prompt=prompt, max_tokens=24, temperature=temp,
+                                      top_p=0, seed=seed)
+        assert r.choices[0].text == greedy.choices[0].text, (seed, temp, r.choices[0].text)
+    msgs = [{"role": "user", "content": "Name a color."}]
+    g = client.chat.completions.create(model="default", messages=msgs, max_tokens=16, temperature=0)
+    c = client.chat.completions.create(model="default", messages=msgs, max_tokens=16, temperature=1.5,
+                                       top_p=0.0, seed=7)
+    assert c.choices[0].message.content == g.choices[0].message.content
+    # the range is still [0, 1]
+    for bad in (-0.01, 1.01):
+        r = httpx.post(server.url + "/v1/chat/completions",
+                       json={"messages": msgs, "max_tokens": 2, "top_p": bad}, timeout=60)
+        e = _err(r, 400, param="top_p")
+        assert "[0, 1]" in e["message"], e
+
+
+# ---- 3. logprobs 0 on /v1/completions -----------------------------------------------------------
+
+def _check_logprobs(lp, text):
+    assert set(lp) >= {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, lp
+    n = len(lp["tokens"])
+    assert n >= 1
+    assert len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == len(lp["text_offset"]) == n
+    assert all(t == {} for t in lp["top_logprobs"]), lp["top_logprobs"]
+    assert all(isinstance(x, float) and math.isfinite(x) and x <= 0.0 for x in lp["token_logprobs"]), lp
+    # the tokens spell the text (ASCII-range output: no partial UTF-8 tokens), offsets in characters
+    joined = "".join(lp["tokens"])
+    assert joined.startswith(text) or text.startswith(joined), (joined, text)
+    off = 0
+    for tok, o in zip(lp["tokens"], lp["text_offset"]):
+        assert o == off, (lp["tokens"], lp["text_offset"])
+        off += len(tok)
+
+
+def test_completions_logprobs_zero(client, server):
+    kw = dict(model="default", prompt="The capital of France is", max_tokens=12, temperature=0)
+    r = client.completions.create(logprobs=0, **kw)
+    c = r.choices[0]
+    assert c.logprobs is not None, r
+    lp = c.logprobs.model_dump()
+    _check_logprobs(lp, c.text)
+    n = len(lp["tokens"])
+    assert "".join(lp["tokens"]) == c.text
+    assert len(lp["tokens"]) == r.usage.completion_tokens or c.finish_reason == "stop"
+    # greedy: the same text as without logprobs
+    plain = client.completions.create(**kw)
+    assert plain.choices[0].text == c.text and plain.choices[0].logprobs is None
+
+    # streamed: the chunks' logprobs concatenate to the same lists
+    toks, lps, offs, text = [], [], [], ""
+    for ch in client.completions.create(logprobs=0, stream=True, **kw):
+        if not ch.choices:
+            continue
+        cc = ch.choices[0]
+        text += cc.text or ""
+        if cc.logprobs is not None:
+            toks += cc.logprobs.tokens
+            lps += cc.logprobs.token_logprobs
+            offs += cc.logprobs.text_offset
+            assert all(t == {} for t in cc.logprobs.top_logprobs)
+    assert text == c.text
+    assert toks == lp["tokens"] and offs == lp["text_offset"]
+    assert lps == pytest.approx(lp["token_logprobs"], abs=1e-4)
+
+    # a stop string (from a later token, cut inside it): tokens whose text lies in the stop
+    # string or after it are not listed, the one the text ends in is
+    def first_hit_inside(i):
+        stop = lp["tokens"][i].strip()[1:]
+        o = lp["text_offset"][i]
+        return len(stop) >= 1 and o < c.text.find(stop) < o + len(lp["tokens"][i])
+    k = next(i for i in range(2, n) if first_hit_inside(i))
+    stop = lp["tokens"][k].strip()[1:]
+    cut = c.text.find(stop)
+    r2 = client.completions.create(logprobs=0, stop=[stop], **kw)
+    t2 = r2.choices[0].text
+    lp2 = r2.choices[0].logprobs.model_dump()
+    assert t2 == c.text[:cut] and r2.choices[0].finish_reason == "stop"
+    n2 = sum(1 for o in lp["text_offset"] if o < cut)
+    assert n2 == k + 1
+    assert lp2["tokens"] == lp["tokens"][:n2] and lp2["text_offset"] == lp["text_offset"][:n2], (lp2, t2)
+    assert lp2["token_logprobs"] == pytest.approx(lp["token_logprobs"][:n2], abs=1e-4)
+
+    # with a penalty (sampled on the host with the token history) the logprobs are still the
+    # model's: where the penalised run chose the same tokens, the same numbers
+    r3 = client.completions.create(logprobs=0, presence_penalty=2.0, frequency_penalty=2.0, **kw)
+    lp3 = r3.choices[0].logprobs
+    same = 0
+    while same < min(len(lp3.tokens), n) and lp3.tokens[same] == lp["tokens"][same]:
+        same += 1
+    assert same >= 1
+    assert lp3.token_logprobs[:same] == pytest.approx(lp["token_logprobs"][:same], abs=1e-4)
+
+    # more than the sampled token's logprob is not supported; chat keeps its own shape
+    e = _err(httpx.post(server.url + "/v1/completions", json={**kw, "logprobs": 2}, timeout=60), 400,
+             param="logprobs")
+    assert "logprobs" in e["message"]
+    for bad in (-1, "x", True):
+        _err(httpx.post(server.url + "/v1/completions", json={**kw, "logprobs": bad}, timeout=60), 400,
+             param="logprobs")
+
+
+def test_completions_logprobs_zero_with_token_prompt_and_unicode(client):
+    r = client.completions.create(model="default", prompt="Translate to French: coffee ->", max_tokens=10,
+                                  temperature=0, logprobs=0)
+    c = r.choices[0]
+    lp = c.logprobs
+    # offsets are character offsets into text; a token holding part of a UTF-8
+    # character is shown as "bytes:\\xNN..." (OpenAI's form)
+    assert len(lp.tokens) == len(lp.text_offset) and lp.text_offset == sorted(lp.text_offset)
+    assert all(0 <= o <= len(c.text) for o in lp.text_offset)
+    for t, o in zip(lp.tokens, lp.text_offset):
+        if not t.startswith("bytes:"):
+            assert c.text[o:o + len(t)] == t, (t, o, c.text)
+
+
+# ---- 4. OPTIONS ---------------------------------------------------------------------------------
+
+ROUTES = [
+    ("/v1/chat/completions", "POST, OPTIONS"),
+    ("/v1/completions", "POST, OPTIONS"),
+    ("/v1/models", "GET, HEAD, OPTIONS"),
+    ("/v1/models/default", "GET, HEAD, OPTIONS"),
+    ("/health", "GET, HEAD, OPTIONS"),
+    ("/metrics", "GET, HEAD, OPTIONS"),
+    ("/v1/tasks", "POST, OPTIONS"),
+    ("/v1/tasks/task_x", "GET, HEAD, DELETE, OPTIONS"),
+    ("/v1/tasks/task_x/events", "GET, HEAD, OPTIONS"),
+]
+
+
+def test_options_on_known_routes_is_204_with_allow(server):
+    c = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    for path, allow in ROUTES:
+        c.request("OPTIONS", path)
+        r = c.getresponse()
+        body = r.read()
+        assert r.status == 204, (path, r.status, body)
+        assert r.getheader("Allow") == allow, (path, r.getheaders())
+        assert body == b"", (path, body)
+        assert r.getheader("Access-Control-Allow-Origin") is None
+    # the connection stays usable (no stray body bytes)
+    c.request("GET", "/health")
+    r = c.getresponse()
+    assert r.status == 200 and json.loads(r.read())["status"] == "ok"
+    # unknown routes stay 404
+    for path in ("/v1/nothing-here", "/", "/v1/tasks/a/b"):
+        c.request("OPTIONS", path)
+        r = c.getresponse()
+        assert r.status == 404, (path, r.status)
+        assert json.loads(r.read())["error"]["type"] == "invalid_request_error"
+    c.close()
+    # a wrong method's 405 lists OPTIONS too
+    for path, allow in ROUTES:
+        r = httpx.request("PATCH", server.url + path, timeout=10)
+        assert r.status_code == 405 and r.headers["allow"] == allow, (path, r.status_code, r.headers)
