@@ -36,7 +36,11 @@
  * each, so the split never changes a value.  At large batches the step
  * reads the whole cache of every sequence (~400 MB at batch 32 x 576
  * positions for SmolLM2): a thread claims its next item early and streams
- * that item's rows into L2 while it computes the current one.
+ * that item's rows into L2 while it computes the current one.  Decode rows
+ * whose block tables start with the same blocks (the prefix cache's shared
+ * prompt) go in shared-prefix items instead (attn_plan_groups,
+ * attn_group_f16; f16 cache): each prefix chunk is read and converted once
+ * for up to GRP_ROWS rows, with the same per-row operations.
  *
  * Determinism (batching and thread-count invariance): every output element
  * is bitwise one quant_vec_dot of the same two rows (quant_mat_dot's
