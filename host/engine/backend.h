@@ -135,10 +135,11 @@ struct backend {
 int backend_cpu_create(const struct model *m, const struct backend_config *cfg, backend **out);
 
 /* Decode rows the CPU backend `be` has attended through shared-prefix
- * items so far (rows of sequences whose block tables start with the same
- * cache blocks, GRP_MIN_PREFIX = 64 positions or more: those blocks are
- * read once per item of up to 8 rows instead of once per row; the values
- * are bitwise those of attending each row alone).  f16 cache, AVX2 only;
+ * items so far; 0 for any other backend.  Such rows belong to sequences
+ * whose block tables start with the same cache blocks (GRP_MIN_PREFIX
+ * positions or more, backend_cpu.c): those blocks are read once per item
+ * of up to GRP_ROWS rows instead of once per row, and the values are
+ * bitwise those of attending each row alone.  f16 cache, AVX2 only;
  * PARASERVE_CPU_SHARED_PREFIX=0 turns it off. */
 int64_t backend_cpu_shared_prefix_rows(const backend *be);
 

@@ -131,15 +131,18 @@ struct cpu_backend {
     uint8_t *qact[3];              /* [max_T][act_bytes] quantized activations */
     float   *rope_cos, *rope_sin;  /* [max_T][rope_dim / 2] */
     int64_t  ctx_stride;           /* ctx_max rounded up to 8 */
-    float   *scores;               /* [n_threads][grp_rows][score_group][ctx_stride] */
+    float   *scores;               /* [n_threads][score_group][ctx_stride] */
     int64_t *attn_offs;            /* [n_threads][2][ctx_max] cache offsets of an item's positions (this item's, the next's) */
     int      score_group;          /* query heads per attention item at most (GQA group, or 1) */
     struct attn_item *attn_items;  /* [max_T * n_head] */
     int      grp_rows;             /* rows per shared-prefix item at most (1: none) */
     int32_t *grp_seqs;             /* [max_T] sequences of the shared-prefix items, item by item */
     uint8_t *grp_member;           /* [max_T] sequence is in a shared-prefix item this step */
-    int64_t *grp_keys;             /* [max_T] (first block, sequence) of the decode rows */
+    struct grp_key *grp_keys;      /* [max_T] the decode rows' block tables, to sort */
     float   *grp_acc;              /* [n_threads][grp_rows][score_group][head_dim] P.V accumulators */
+    float   *grp_sc;               /* [n_threads][grp_rows][score_group][grp_stride] scores, grown on use */
+    int64_t  grp_sc_cap;           /* elements of grp_sc */
+    int64_t  grp_stride;           /* this step's: the longest grouped row's positions rounded up to 8 */
     int32_t *tok_pos;              /* [max_T] */
     int32_t *tok_seq;              /* [max_T] */
     int32_t *logit_tok;            /* [max_T] token index of each logits row */
@@ -192,10 +195,7 @@ static void prof_print(const struct cpu_backend *cb)
                 (long long)cb->grp_rows_total);
 }
 
-int64_t backend_cpu_shared_prefix_rows(const backend *be)
-{
-    return ((const struct cpu_backend *)be)->grp_rows_total;
-}
+
 
 /* ---- small helpers --------------------------------------------------------- */
 
@@ -777,9 +777,9 @@ AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, cons
     }
 }
 
-/* kf[r][0..D) = f32 of the f16 K row of position j0 + r (the last
- * position, n_ctx - 1, for lanes past it), r < 8 */
-AVX2_INL void attn_k8_f16(float *kf, const char *kbase, const int64_t *offs, int64_t j0, int64_t n_ctx, int64_t D)
+/* kf[r][0..D) = f32 of the f16 cache row (K or V) of position j0 + r (the
+ * last position, n_ctx - 1, for lanes past it), r < 8 */
+AVX2_INL void attn_rows8_f16(float *kf, const char *kbase, const int64_t *offs, int64_t j0, int64_t n_ctx, int64_t D)
 {
     for (int r = 0; r < 8; r++) {
         const int64_t o = offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
@@ -907,7 +907,7 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
             }
             continue;
         }
-        attn_k8_f16(kf, kbase, offs, j0, n_ctx, D);
+        attn_rows8_f16(kf, kbase, offs, j0, n_ctx, D);
         for (int g = 0; g < G; g++) {
             const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(attn_qk8_f16(q + g * D, kf, D), vscale), ninf, past);
             _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
@@ -967,7 +967,7 @@ struct attn_group_job {
     int64_t                  P;
     const int64_t           *poffs;    /* [P] offsets of the prefix positions */
     int64_t                 *roffs;    /* [ctx_max] scratch */
-    float                   *sc;       /* [R][G][ctx_stride] */
+    float                   *sc;       /* [R][G][ctx_stride], ctx_stride >= every n_ctx rounded up to 8 */
     float                   *acc;      /* [R][G][D] */
     int64_t                  ctx_stride, D, bs, kv_dim;
     const char              *kbase, *vbase;   /* this KV head's rows */
@@ -1010,7 +1010,7 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
      * row's n_ctx: attn_row_avx2's -inf blend keeps every lane) */
     for (int64_t j0 = 0; j0 < P; j0 += 8) {
         attn_pf_rows(jb, jb->poffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, P);
-        attn_k8_f16(kf, jb->kbase, jb->poffs, j0, P, D);
+        attn_rows8_f16(kf, jb->kbase, jb->poffs, j0, P, D);
         for (int r = 0; r < jb->R; r++)
             for (int g = 0; g < G; g++) {
                 const __m256 s = _mm256_mul_ps(attn_qk8_f16(jb->q[r] + g * D, kf, D), vscale);
@@ -1026,7 +1026,7 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
         for (int64_t j0 = P; j0 < n; j0 += 8) {
             attn_pf_rows(jb, jb->roffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n);
             const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n - j0)), _CMP_GE_OQ);
-            attn_k8_f16(kf, jb->kbase, jb->roffs, j0, n, D);
+            attn_rows8_f16(kf, jb->kbase, jb->roffs, j0, n, D);
             for (int g = 0; g < G; g++) {
                 const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(attn_qk8_f16(jb->q[r] + g * D, kf, D), vscale),
                                                   ninf, past);
@@ -1041,7 +1041,7 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
     memset(jb->acc, 0, (size_t)jb->R * G * D * sizeof *jb->acc);
     float *vf = kf;
     for (int64_t j0 = 0; j0 < P; j0 += 8) {
-        attn_k8_f16(vf, jb->vbase, jb->poffs, j0, P, D);
+        attn_rows8_f16(vf, jb->vbase, jb->poffs, j0, P, D);
         for (int r = 0; r < jb->R; r++) {
             const float *sr = jb->sc + (int64_t)r * G * cs + j0;
             float *ar = jb->acc + (int64_t)r * G * D;
@@ -1123,12 +1123,13 @@ static int attn_simd(const struct cpu_backend *cb)
 
 /* Work items: rows [i0, i1) of sequence `seq`, query heads [h0, h0 + G);
  * or, with n_rows > 0, a shared-prefix item: the one row of each sequence
- * grp_seqs[seq .. seq + n_rows), whose first `prefix` positions are the
+ * grp_seqs[grp0 .. grp0 + n_rows), whose first `prefix` positions are the
  * same cache blocks, query heads [h0, h0 + nh) (one GQA group). */
 struct attn_item {
-    int32_t seq, i0, i1, h0;
+    int32_t seq, i0, i1, h0;   /* seq -1 in a shared-prefix item */
     int32_t nh;       /* query heads h0 .. h0 + nh - 1, G at a time */
-    int32_t n_rows;   /* > 0: a shared-prefix item */
+    int32_t n_rows;   /* > 0: a shared-prefix item of the sequences grp_seqs[grp0 ..] */
+    int32_t grp0;
     int64_t prefix;
 };
 
@@ -1280,7 +1281,7 @@ static void attn_group_item(const struct attn_task *at, const struct attn_item *
     float *out[GRP_ROWS];
     int64_t n_ctx[GRP_ROWS];
     const struct batch_seq *seq[GRP_ROWS];
-    const int32_t *members = cb->grp_seqs + it->seq;
+    const int32_t *members = cb->grp_seqs + it->grp0;
     for (int r = 0; r < it->n_rows; r++) {
         seq[r] = &at->plan->seqs[members[r]];
         n_ctx[r] = (int64_t)seq[r]->pos0 + 1;
@@ -1295,7 +1296,7 @@ static void attn_group_item(const struct attn_task *at, const struct attn_item *
         }
         const struct attn_group_job jb = {
             .R = it->n_rows, .q = q, .out = out, .n_ctx = n_ctx, .seq = seq, .P = it->prefix, .poffs = poffs,
-            .roffs = roffs, .sc = sc, .acc = acc, .ctx_stride = cb->ctx_stride, .D = D, .bs = bs,
+            .roffs = roffs, .sc = sc, .acc = acc, .ctx_stride = cb->grp_stride, .D = D, .bs = bs,
             .kv_dim = cb->kv_dim, .kbase = (const char *)(cb->kcache + layer_off + hoff),
             .vbase = (const char *)(cb->vcache + layer_off + hoff), .scale = 1.0f / sqrtf((float)D) };
         attn_group_run(&jb, group);
@@ -1321,7 +1322,7 @@ static void attn_worker_simd(struct attn_task *at, int ith)
     const char *krow = q8 ? (const char *)(cb->kq8 + layer_off) : (const char *)(cb->kcache + layer_off);
     const char *vrow = q8 ? (const char *)(cb->vq8 + layer_off) : (const char *)(cb->vcache + layer_off);
     const float *ksrow = q8 ? cb->ks8 + layer_off / 32 : NULL, *vsrow = q8 ? cb->vs8 + layer_off / 32 : NULL;
-    float *sc = cb->scores + (size_t)ith * cb->grp_rows * cb->score_group * cb->ctx_stride;
+    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
     int64_t *offs[2] = { cb->attn_offs + (size_t)ith * 2 * cb->ctx_max,
                          cb->attn_offs + ((size_t)ith * 2 + 1) * cb->ctx_max };
 
@@ -1337,8 +1338,9 @@ static void attn_worker_simd(struct attn_task *at, int ith)
         if (it->n_rows) {
             /* a shared-prefix item: offsets in both buffers are its scratch;
              * the next item (if any) computes its own and fetches its rows */
-            attn_group_item(at, it, offs[0], offs[1], sc, cb->grp_acc + (size_t)ith * cb->grp_rows *
-                                                                      cb->score_group * D);
+            attn_group_item(at, it, offs[0], offs[1],
+                            cb->grp_sc + (size_t)ith * cb->grp_rows * cb->score_group * cb->grp_stride,
+                            cb->grp_acc + (size_t)ith * cb->grp_rows * cb->score_group * D);
             if (nxt < at->n_items && !at->items[nxt].n_rows)
                 attn_item_offs(cb, at, &at->items[nxt], offs[buf ^ 1]);
             prefetched = 0;
@@ -1391,7 +1393,7 @@ static void attn_worker(void *ctx, int ith, int nth)
     const int group = hp->n_head / hp->n_head_kv;
     const float scale = 1.0f / sqrtf((float)D);
     const size_t layer_off = (size_t)at->layer * cb->base.cfg.n_kv_blocks * bs * cb->kv_dim;
-    float *sc = cb->scores + (size_t)ith * cb->grp_rows * cb->score_group * cb->ctx_stride;
+    float *sc = cb->scores + (size_t)ith * cb->score_group * cb->ctx_stride;
 
 #ifdef CPU_X86
     if (attn_simd(cb)) {
@@ -1449,18 +1451,47 @@ static void attn_worker(void *ctx, int ith, int nth)
     }
 }
 
-static int cmp_i64(const void *a, const void *b)
+/* A decode row's block table, for sorting (nb: blocks covering its n_ctx). */
+struct grp_key {
+    const int32_t *bt;
+    int32_t        nb, seq;
+    int64_t        n_ctx;
+};
+
+/* Lexicographic on the block tables, then shorter first, then by sequence:
+ * sorted, the positions two rows share are the minimum over the adjacent
+ * pairs between them. */
+static int cmp_grp_key(const void *a, const void *b)
 {
-    const int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
-    return (x > y) - (x < y);
+    const struct grp_key *x = a, *y = b;
+    const int32_t n = x->nb < y->nb ? x->nb : y->nb;
+    for (int32_t i = 0; i < n; i++)
+        if (x->bt[i] != y->bt[i])
+            return x->bt[i] < y->bt[i] ? -1 : 1;
+    if (x->nb != y->nb)
+        return x->nb < y->nb ? -1 : 1;
+    return (x->seq > y->seq) - (x->seq < y->seq);
 }
 
-/* Shared-prefix items (appended at items[n]; returns the new count): decode
- * rows (one token) of sequences whose block tables start with the same
- * cache blocks, GRP_MIN_PREFIX positions or more, grouped by their first
- * block; each group's prefix P is what all its members share (a multiple
- * of 8, at most any member's n_ctx), split into items of at most grp_rows
- * rows times one KV head.  Members are marked in grp_member. */
+/* Positions rows x and y read from the same cache blocks (at most either's n_ctx). */
+static int64_t grp_common(const struct grp_key *x, const struct grp_key *y, int64_t bs)
+{
+    const int64_t n = x->n_ctx < y->n_ctx ? x->n_ctx : y->n_ctx;
+    int64_t c = 0;
+    while (c * bs < n && x->bt[c] == y->bt[c])
+        c++;
+    return c * bs < n ? c * bs : n;
+}
+
+/* Shared-prefix items (appended at items[n]; returns the new count): the
+ * decode rows (one token) sorted by block table; a run of neighbours that
+ * share GRP_MIN_PREFIX positions or more is split evenly into items of at
+ * most grp_rows rows (fewer when there would be too few items for the
+ * threads, two rows at least), times one KV head; an item's prefix P is
+ * what all its rows share, rounded down to a multiple of 8 (so at most any
+ * row's n_ctx).  Members are marked in grp_member.  Grows grp_sc to this
+ * step's longest grouped row; without the memory, no items (the rows go
+ * the ordinary way, with the same values). */
 static int64_t attn_plan_groups(struct cpu_backend *cb, const struct batch_plan *plan, int64_t n)
 {
     const struct model_hparams *hp = &cb->base.model->hp;
@@ -1472,56 +1503,58 @@ static int64_t attn_plan_groups(struct cpu_backend *cb, const struct batch_plan 
     int64_t nc = 0;
     for (int32_t is = 0; is < plan->n_seqs; is++) {
         const struct batch_seq *s = &plan->seqs[is];
-        if (s->n_tokens == 1 && (int64_t)s->pos0 + 1 >= GRP_MIN_PREFIX)
-            cb->grp_keys[nc++] = (int64_t)s->block_table[0] << 32 | is;
+        const int64_t n_ctx = (int64_t)s->pos0 + 1;
+        if (s->n_tokens == 1 && n_ctx >= GRP_MIN_PREFIX)
+            cb->grp_keys[nc++] = (struct grp_key){ s->block_table, (int32_t)((n_ctx + bs - 1) / bs), is, n_ctx };
     }
     if (nc < 2)
         return n;
-    qsort(cb->grp_keys, (size_t)nc, sizeof *cb->grp_keys, cmp_i64);
-    int64_t ng = 0;
+    qsort(cb->grp_keys, (size_t)nc, sizeof *cb->grp_keys, cmp_grp_key);
+    const int64_t n0 = n;
+    int64_t ng = 0, longest = 0;
+    const int64_t want = (2 * (int64_t)cb->n_threads + hp->n_head_kv - 1) / hp->n_head_kv;
     for (int64_t a = 0, b; a < nc; a = b) {
-        for (b = a + 1; b < nc && cb->grp_keys[b] >> 32 == cb->grp_keys[a] >> 32; b++)
+        for (b = a + 1; b < nc && grp_common(&cb->grp_keys[b - 1], &cb->grp_keys[b], bs) >= GRP_MIN_PREFIX; b++)
             ;
-        if (b - a < 2)
+        const int64_t rows = b - a;
+        if (rows < 2)
             continue;
-        const struct batch_seq *lead = &plan->seqs[(int32_t)cb->grp_keys[a]];
-        const int64_t start = ng;
-        int64_t P = (int64_t)lead->pos0 + 1;
-        for (int64_t k = a; k < b; k++) {
-            const int32_t is = (int32_t)cb->grp_keys[k];
-            const struct batch_seq *m = &plan->seqs[is];
-            const int64_t n_ctx = (int64_t)m->pos0 + 1 < (int64_t)lead->pos0 + 1 ? (int64_t)m->pos0 + 1
-                                                                                 : (int64_t)lead->pos0 + 1;
-            int64_t c = 0;
-            while (c * bs < n_ctx && m->block_table[c] == lead->block_table[c])
-                c++;
-            const int64_t shared = c * bs < n_ctx ? c * bs : n_ctx;
-            if (shared < GRP_MIN_PREFIX)
-                continue;
-            cb->grp_seqs[ng++] = is;
-            if (shared < P)
-                P = shared;
-        }
-        P &= ~(int64_t)7;
-        const int64_t rows = ng - start;
-        if (rows < 2 || P < GRP_MIN_PREFIX) {
-            ng = start;
-            continue;
-        }
-        /* enough items for the threads, two rows per item at least */
         int64_t chunks = (rows + cb->grp_rows - 1) / cb->grp_rows;
-        const int64_t want = (2 * (int64_t)cb->n_threads + hp->n_head_kv - 1) / hp->n_head_kv;
         if (chunks < want)
             chunks = want < rows / 2 ? want : rows / 2;
         for (int64_t c = 0; c < chunks; c++) {
-            const int64_t r0 = start + rows * c / chunks, r1 = start + rows * (c + 1) / chunks;
+            const int64_t r0 = a + rows * c / chunks, r1 = a + rows * (c + 1) / chunks;
+            int64_t P = INT64_MAX;
+            for (int64_t r = r0; r < r1; r++) {
+                if (r + 1 < r1) {
+                    const int64_t shared = grp_common(&cb->grp_keys[r], &cb->grp_keys[r + 1], bs);
+                    P = shared < P ? shared : P;
+                }
+                longest = cb->grp_keys[r].n_ctx > longest ? cb->grp_keys[r].n_ctx : longest;
+                cb->grp_seqs[ng + r - r0] = cb->grp_keys[r].seq;
+            }
+            P &= ~(int64_t)7;
             for (int h = 0; h < hp->n_head; h += group)
-                cb->attn_items[n++] = (struct attn_item){ .seq = (int32_t)r0, .i0 = 0, .i1 = 1, .h0 = h, .nh = group,
-                                                          .n_rows = (int32_t)(r1 - r0), .prefix = P };
+                cb->attn_items[n++] = (struct attn_item){ .seq = -1, .i0 = 0, .i1 = 1, .h0 = h, .nh = group,
+                                                          .n_rows = (int32_t)(r1 - r0), .grp0 = (int32_t)ng,
+                                                          .prefix = P };
+            ng += r1 - r0;
         }
-        for (int64_t r = start; r < ng; r++)
-            cb->grp_member[cb->grp_seqs[r]] = 1;
     }
+    if (n == n0)
+        return n;
+    const int64_t stride = (longest + 7) / 8 * 8;
+    const int64_t need = (int64_t)cb->n_threads * cb->grp_rows * cb->score_group * stride;
+    if (need > cb->grp_sc_cap) {
+        float *sc = realloc(cb->grp_sc, (size_t)need * sizeof *sc);
+        if (!sc)
+            return n0;
+        cb->grp_sc = sc;
+        cb->grp_sc_cap = need;
+    }
+    cb->grp_stride = stride;
+    for (int64_t r = 0; r < ng; r++)
+        cb->grp_member[cb->grp_seqs[r]] = 1;
     return n;
 }
 
@@ -1798,6 +1831,7 @@ static void cpu_free(backend *be)
     free(cb->grp_member);
     free(cb->grp_keys);
     free(cb->grp_acc);
+    free(cb->grp_sc);
     free(cb->tok_pos);
     free(cb->tok_seq);
     free(cb->logit_tok);
@@ -1811,6 +1845,11 @@ static const struct backend_ops cpu_ops = {
     .copy_block = cpu_copy_block,
     .free = cpu_free,
 };
+
+int64_t backend_cpu_shared_prefix_rows(const backend *be)
+{
+    return be && be->ops == &cpu_ops ? ((const struct cpu_backend *)be)->grp_rows_total : 0;
+}
 
 /* Check a matrix weight: present, shape [in -> out], a type with a
  * vec_dot, and track the largest quantized activation row it needs. */
@@ -1983,7 +2022,7 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
                            ? GRP_ROWS
                            : 1;
     }
-    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->grp_rows * cb->score_group * cb->ctx_stride);
+    ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->score_group * cb->ctx_stride);
     ALLOC(cb->grp_seqs, T);
     ALLOC(cb->grp_member, T);
     ALLOC(cb->grp_keys, T);
