@@ -141,15 +141,16 @@ static void on_sched_event(void *ud, const struct sched_event *sev)
     }
     ev->token = sev->token;
     if (kind == ENGINE_EV_TOKEN && sev->has_logprob) {
-        if (!(ev->piece = malloc(sev->piece_len + 1))) {
-            engine_events_free(ev); /* as a TOKEN event that could not be made */
-            return;
-        }
-        memcpy(ev->piece, sev->piece, sev->piece_len);
-        ev->piece[sev->piece_len] = '\0';
-        ev->piece_len = sev->piece_len;
         ev->has_logprob = true;
         ev->logprob = sev->logprob;
+        /* Out of memory for the piece: the event still goes out with its
+         * text (the output must not lose it), piece NULL telling the
+         * consumer that this token's logprobs entry is lost. */
+        if ((ev->piece = malloc(sev->piece_len + 1))) {
+            memcpy(ev->piece, sev->piece, sev->piece_len);
+            ev->piece[sev->piece_len] = '\0';
+            ev->piece_len = sev->piece_len;
+        }
     }
     if (kind == ENGINE_EV_DONE) {
         ev->finish = sev->finish;

@@ -94,7 +94,10 @@ struct engine_event {
     bool     has_logprob;
     float    logprob;     /* log-probability under the raw logits, <= 0 */
     char    *piece;       /* owned; NUL-terminated, piece_len bytes: what the
-                             token added to the output text (sched_event) */
+                             token added to the output text (sched_event).
+                             NULL with has_logprob: out of memory copying
+                             it (text is still whole): the consumer cannot
+                             list this token and must fail its logprobs */
     size_t   piece_len;
     /* DONE only */
     enum finish_reason finish;

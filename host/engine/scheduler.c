@@ -687,7 +687,9 @@ static void masks_wait(sched *s)
 
 /* The device path (backend_forward_sample) for this step: the backend
  * samples itself, the config allows it, and no sampling row needs the host
- * (penalties need the token history). */
+ * (q->host_only: penalties need the token history, logprobs the logits
+ * row).  One such row sends the whole step to the host path: every row's
+ * logits are downloaded and sampled there. */
 static bool plan_device_ok(const sched *s, int32_t n_plan)
 {
     if (!s->dev_sample)

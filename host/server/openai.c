@@ -85,25 +85,47 @@ bool utf8_valid(const char *s, size_t len)
 
 /* ---- NUL characters in JSON strings ---------------------------------------------- */
 
-/* Offset of the first NUL of a string in JSON text s[0..len): a raw 0 byte,
- * or a \u0000 escape (its backslash).  Each backslash takes the next byte
- * with it, so an escaped backslash never starts an escape. */
-static bool json_nul_find(const char *s, size_t len, size_t *at)
+/* A NUL in JSON text s[0..len) (text cJSON parsed, or a string's value
+ * that is itself JSON): *at its offset and *in_string whether a string
+ * holds it.  In a string, a NUL is a raw 0 byte or a \u0000 escape (*at:
+ * its backslash); outside every string only a raw 0 byte (which cJSON
+ * skips as whitespace: JSON allows none there).  The first raw 0 byte
+ * outside the strings is reported if there is one (the text is not JSON),
+ * else the first NUL in a string.  In a string each backslash takes the
+ * next byte with it (a 0 byte excepted), so an escaped backslash never
+ * starts an escape; \u0000 outside a string is not JSON either, and is not
+ * reported (cJSON refuses it). */
+static bool json_nul_find(const char *s, size_t len, size_t *at, bool *in_string)
 {
+    bool in = false, found = false;
     for (size_t i = 0; i < len; i++) {
-        if (s[i] == '\0') {
-            *at = i;
-            return true;
-        }
-        if (s[i] != '\\' || i + 1 >= len)
+        const char c = s[i];
+        if (c == '\0') {
+            if (!in) {
+                *at = i;
+                *in_string = false;
+                return true;
+            }
+            if (!found) {
+                *at = i;
+                *in_string = found = true;
+            }
             continue;
-        if (s[i + 1] == 'u' && len - i >= 6 && !memcmp(s + i + 2, "0000", 4)) {
-            *at = i;
-            return true;
         }
-        i++; /* the escaped byte */
+        if (c == '"') {
+            in = !in;
+            continue;
+        }
+        if (!in || c != '\\' || i + 1 >= len)
+            continue;
+        if (s[i + 1] == 'u' && len - i >= 6 && !memcmp(s + i + 2, "0000", 4) && !found) {
+            *at = i;
+            *in_string = found = true;
+        }
+        if (s[i + 1] != '\0')
+            i++; /* the escaped byte */
     }
-    return false;
+    return found;
 }
 
 /* Append p[0..n) to out[0..cap) at *len; what does not fit is cut at a
@@ -192,9 +214,14 @@ static void json_path_at(const char *s, size_t len, size_t at, char *out, size_t
 
 int api_json_nul_check(const char *body, size_t len, struct api_error *err)
 {
-    size_t at;
-    if (!json_nul_find(body, len, &at))
+    size_t at = 0;
+    bool in_string = false;
+    if (!json_nul_find(body, len, &at, &in_string))
         return 0;
+    if (!in_string)
+        return api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
+                             "We could not parse the JSON body of your request (error near byte %zu: a NUL "
+                             "byte outside a string). The body must be a JSON object.", at);
     char path[sizeof err->param];
     json_path_at(body, len, at, path, sizeof path);
     if (path[0])
@@ -355,7 +382,14 @@ static int parse_stop(const cJSON *root, struct gen_params *p, struct api_error 
 
 /* An assistant message's tool_calls (history of a tool conversation):
  * appended to its content as the JSON the model emits for a call,
- * {"name": ..., "arguments": ...}, one per line. */
+ * {"name": ..., "arguments": ...}, one per line.  arguments (a string) is
+ * parsed as JSON and embedded as such when it is JSON, else kept as a
+ * string.  Its JSON is parsed a second time here, so the body's NUL check
+ * never saw it: a NUL in one of its strings (the outer text
+ * "{\"x\":\"\\u0000\"}", legitimately a backslash and the text u0000) is
+ * refused the same way (400 unsupported_value, param
+ * messages[i].tool_calls[j].function.arguments) instead of cutting the
+ * arguments there. */
 static int append_tool_calls(const cJSON *tc, int idx, char **content, struct api_error *err)
 {
     char param[64];
@@ -365,7 +399,9 @@ static int append_tool_calls(const cJSON *tc, int idx, char **content, struct ap
     if (!cJSON_IsArray(tc))
         return BADTYPE(param, "an array");
     const cJSON *call;
+    int j = -1;
     cJSON_ArrayForEach(call, tc) {
+        j++;
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
         const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
@@ -374,18 +410,33 @@ static int append_tool_calls(const cJSON *tc, int idx, char **content, struct ap
             return api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
                                  "'%s' items must be {\"type\": \"function\", \"function\": "
                                  "{\"name\": string, \"arguments\": string}}", param);
+        const char *atext = args ? args->valuestring : "{}", *aend = NULL;
+        cJSON *aj = cJSON_ParseWithOpts(atext, &aend, 0);
+        size_t at = 0;
+        bool in_string = false;
+        if (aj && aend && aend >= atext && json_nul_find(atext, (size_t)(aend - atext), &at, &in_string) &&
+            in_string) {
+            cJSON_Delete(aj);
+            char ap[sizeof err->param];
+            snprintf(ap, sizeof ap, "messages[%d].tool_calls[%d].function.arguments", idx, j);
+            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", ap,
+                                 "NUL characters (\\u0000) are not supported in strings: the JSON in '%s' "
+                                 "holds one", ap);
+        }
         cJSON *o = cJSON_CreateObject();
         char *js = NULL;
-        if (o) {
-            cJSON_AddStringToObject(o, "name", name->valuestring);
-            cJSON *a = cJSON_Parse(args ? args->valuestring : "{}");
-            if (a)
-                cJSON_AddItemToObject(o, "arguments", a);
+        bool added = false; /* the arguments are in o (then o owns aj) */
+        if (o && cJSON_AddStringToObject(o, "name", name->valuestring)) {
+            if (aj)
+                added = cJSON_AddItemToObject(o, "arguments", aj);
             else
-                cJSON_AddStringToObject(o, "arguments", args->valuestring);
-            js = cJSON_PrintUnformatted(o);
-            cJSON_Delete(o);
+                added = cJSON_AddStringToObject(o, "arguments", atext) != NULL;
+            if (added)
+                js = cJSON_PrintUnformatted(o);
         }
+        if (aj && !added)
+            cJSON_Delete(aj);
+        cJSON_Delete(o);
         size_t a = strlen(*content), b = js ? strlen(js) : 0;
         char *t = js ? realloc(*content, a + b + 2) : NULL;
         if (!t) {

@@ -93,7 +93,12 @@ bool utf8_valid(const char *s, size_t len);
  * NUL).  Returns 0, or 400 with *err filled: code "unsupported_value",
  * `param` the path of the string holding the first NUL ("messages[0].content",
  * "stop[1]"; a key is named as sent; "" = null when it cannot be named), a
- * message saying NUL characters (\u0000) are not supported in strings. */
+ * message saying NUL characters (\u0000) are not supported in strings.
+ * A raw 0 byte outside every string (cJSON skips it as whitespace) makes
+ * the body malformed JSON instead: 400 "invalid_json", param null, whatever
+ * the strings hold.  A string whose value is JSON parsed again (an
+ * assistant message's tool_calls[j].function.arguments) gets the same
+ * check on that value where it is parsed (openai.c append_tool_calls). */
 int api_json_nul_check(const char *body, size_t len, struct api_error *err);
 
 /* Copy of s[0..len) with every invalid UTF-8 byte replaced by U+FFFD;

@@ -73,7 +73,9 @@ struct caller {
  * and the byte offset of its text in the output (the sum of the earlier
  * tokens' pieces).  A token is listed with the output text that reaches
  * past its offset (lp_take), so tokens whose text lies wholly in a stop
- * string or after it, and EOG, are never listed. */
+ * string or after it, and EOG, are never listed.  text_offset counts
+ * characters from the start of the prompt text, as OpenAI's legacy
+ * completions do without echo: the first token's is the prompt's length. */
 struct lp_token {
     char   *text;     /* the piece as OpenAI shows it: the UTF-8 text, or
                          "bytes:\\xNN..." when it is not valid UTF-8   */
@@ -87,8 +89,11 @@ struct lp_list {
     size_t listed;    /* t[0..listed) went out                          */
     size_t raw;       /* bytes of every token's piece: the next offset  */
     size_t shown;     /* output bytes walked by lp_take                 */
-    size_t chars;     /* characters in them                             */
-    bool   failed;    /* out of memory: the list is incomplete          */
+    size_t chars;     /* characters in the prompt (handle_generate) and
+                         in the output bytes walked                     */
+    bool   failed;    /* out of memory: the list is incomplete, and the
+                         request must end in an error (never a 200 reply,
+                         nor a text chunk, without its logprobs)        */
 };
 
 struct gen_ctx {
@@ -194,11 +199,17 @@ static cJSON *usage_json(const struct engine_event *ev)
 
 /* ---- logprobs ---------------------------------------------------------------------- */
 
-/* Record a TOKEN event's token (ev->has_logprob); on failure l->failed. */
+/* Record a TOKEN event's token (ev->has_logprob); on failure l->failed:
+ * out of memory here, or in the engine (ev->piece NULL: the piece was not
+ * copied, so the token cannot be listed). */
 static void lp_add(struct lp_list *l, const struct engine_event *ev)
 {
     if (l->failed)
         return;
+    if (!ev->piece) {
+        l->failed = true;
+        return;
+    }
     struct lp_token *t = ps_grow(l->t, &l->cap, l->n + 1, sizeof *l->t, 64);
     char *text = NULL;
     if (t) {
@@ -237,12 +248,51 @@ static size_t char_bytes(const char *s, size_t n)
     return cp == UNICODE_INVALID || k == 0 ? 1 : k;
 }
 
+/* Characters in s[0..n) as the client sees them (char_bytes). */
+static size_t char_count(const char *s, size_t n)
+{
+    size_t chars = 0;
+    for (size_t pos = 0; pos < n; chars++)
+        pos += char_bytes(s + pos, n - pos);
+    return chars;
+}
+
+/* The length in characters of a prompt: text (valid UTF-8: code points,
+ * as Python's len), else ids[n_ids] as their pieces spell it (the
+ * detokenized prompt, control tokens as nothing: the pieces output text is
+ * made of), counted as char_count.  -1 when out of memory. */
+static long long prompt_chars(const tokenizer *tok, const char *text, const int32_t *ids, int32_t n_ids)
+{
+    if (text)
+        return (long long)char_count(text, strlen(text));
+    size_t total = 0, plen;
+    for (int32_t i = 0; i < n_ids; i++)
+        if (tokenizer_piece(tok, ids[i], false, &plen))
+            total += plen;
+    char *buf = malloc(total + 1);
+    if (!buf)
+        return -1;
+    size_t n = 0;
+    for (int32_t i = 0; i < n_ids; i++) {
+        const char *pc = tokenizer_piece(tok, ids[i], false, &plen);
+        if (pc) {
+            memcpy(buf + n, pc, plen);
+            n += plen;
+        }
+    }
+    const size_t chars = char_count(buf, n);
+    free(buf);
+    return (long long)chars;
+}
+
 /* The logprobs object of the next len output bytes, text[0..len) (the
  * whole output at once, or stream chunk after chunk): the tokens whose
  * offset falls in them, each with text_offset the index of the character
- * holding its first byte (characters as the client sees the text: a
- * partial or invalid sequence is one U+FFFD per byte).  NULL (JSON null)
- * when the list is incomplete or out of memory (then l->failed). */
+ * holding its first byte, counted from the start of the prompt (l->chars
+ * starts at the prompt's length; characters as the client sees the text:
+ * a partial or invalid sequence is one U+FFFD per byte).  NULL when the
+ * list is incomplete or out of memory (then l->failed): the caller ends
+ * the request with an error, never a logprobs null. */
 static cJSON *lp_take(struct lp_list *l, const char *text, size_t len)
 {
     if (l->failed)
@@ -296,7 +346,8 @@ static cJSON *base_object(const struct gen_ctx *g, const char *object)
 }
 
 /* One streamed chunk: text (may be NULL), finish reason (NULL = null).
- * A completions chunk with text lists its tokens (g->logprobs). */
+ * A completions chunk with text lists its tokens (g->logprobs); NULL (no
+ * chunk) when they cannot be: then g->lp.failed. */
 static cJSON *chunk_json(struct gen_ctx *g, const char *text, size_t len, const char *finish,
                          bool role)
 {
@@ -317,11 +368,19 @@ static cJSON *chunk_json(struct gen_ctx *g, const char *text, size_t len, const 
             finish = openai_output_finish(g->out, finish, d);
     } else {
         add_text(c, "text", text ? text : "", text ? len : 0);
-        cJSON *lp = g->logprobs && text ? lp_take(&g->lp, text, len) : NULL;
-        if (lp)
-            cJSON_AddItemToObject(c, "logprobs", lp);
-        else
+        if (g->logprobs && text) {
+            /* The logprobs lost (g->lp.failed): no chunk at all; the
+             * request ends with the error event (finish_request). */
+            cJSON *lp = lp_take(&g->lp, text, len);
+            if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) {
+                cJSON_Delete(lp);
+                g->lp.failed = true;
+                cJSON_Delete(o);
+                return NULL;
+            }
+        } else {
             cJSON_AddNullToObject(c, "logprobs");
+        }
     }
     if (finish)
         cJSON_AddStringToObject(c, "finish_reason", finish);
@@ -493,12 +552,16 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         return;
     }
     const char *finish = ev->finish == FINISH_LENGTH ? "length" : "stop";
-    /* logprobs that could not be recorded: the reply would lack some */
-    const char *lp_error = g->logprobs && g->lp.failed ? "out of memory recording the logprobs" : NULL;
+    /* logprobs that could not be recorded: the reply would lack some (read
+     * again after the last chunk, which may fail them too) */
+    static const char lp_oom[] = "out of memory recording the logprobs";
+    const char *lp_error = g->logprobs && g->lp.failed ? lp_oom : NULL;
     if (g->stream) {
         sse_start(g);
         if (ev->text_len)
             sse_send(g, chunk_json(g, ev->text, ev->text_len, NULL, false));
+        if (g->logprobs && g->lp.failed)
+            lp_error = lp_oom;
         if (ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED || lp_error) {
             struct api_error e;
             api_error_set(&e, 500, "server_error", ev->finish == FINISH_CANCELLED ? "cancelled" : NULL, NULL,
@@ -554,11 +617,19 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         finish = openai_output_message(g->out, text, len, finish, msg);
     } else {
         add_text(c, "text", text, len);
-        cJSON *lp = g->logprobs ? lp_take(&g->lp, text, len) : NULL;
-        if (lp)
-            cJSON_AddItemToObject(c, "logprobs", lp);
-        else
+        if (g->logprobs) {
+            cJSON *lp = lp_take(&g->lp, text, len);
+            if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) {
+                cJSON_Delete(lp);
+                cJSON_Delete(o);
+                struct api_error e;
+                api_error_set(&e, 500, "server_error", NULL, NULL, "%s", lp_oom);
+                reply_error(srv, g->req, g->route, &e);
+                return;
+            }
+        } else {
             cJSON_AddNullToObject(c, "logprobs");
+        }
     }
     cJSON_AddStringToObject(c, "finish_reason", finish);
     cJSON_AddItemToObject(o, "usage", usage_json(ev));
@@ -652,6 +723,18 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     g->stream = p.stream;
     g->include_usage = p.include_usage;
     g->logprobs = p.logprobs;
+    if (p.logprobs) {
+        /* text_offset counts from the start of the prompt text */
+        long long pc = prompt_chars(srv->tok, p.prompt, p.prompt_ids, p.n_prompt_ids);
+        if (pc < 0) {
+            gen_ctx_free(g);
+            gen_params_free(&p);
+            api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+            reply_error(srv, req, route, &e);
+            return;
+        }
+        g->lp.chars = (size_t)pc;
+    }
     g->out = p.output;
     p.output = NULL;
     g->created = time(NULL);

@@ -4,13 +4,18 @@ client (the openai SDK, httpx or http.client):
 - a JSON string holding \\u0000 (message content, prompt, stop string, tool
   description, a key, a task's input) is refused with a 400 naming the NUL,
   on every route that parses a JSON body, instead of being cut at the NUL;
-  an escaped backslash followed by u0000 is plain text and is served;
+  an escaped backslash followed by u0000 is plain text and is served; the
+  JSON held by an assistant message's tool_calls[].function.arguments (a
+  string parsed a second time) gets the same check; a raw 0 byte outside
+  every string is malformed JSON (invalid_json), not a NUL in a string;
 - top_p 0 is accepted and keeps only the most likely token: the output is
   the greedy one whatever the temperature and seed; top_p outside [0, 1]
   stays a 400;
 - the legacy completions endpoint with logprobs 0 returns the sampled
   tokens' logprobs (tokens, token_logprobs, empty top_logprobs dicts,
-  text_offset), streamed and not, the same both ways;
+  text_offset counted, as OpenAI does, from the start of the prompt text:
+  the first offset is len(prompt), the detokenized prompt's for token ids),
+  streamed and not, the same both ways;
 - OPTIONS on a known route answers 204 with the route's Allow list (which
   now names OPTIONS everywhere, 405 replies included); unknown routes stay
   404.
@@ -106,6 +111,53 @@ def test_nul_detection_counts_backslashes(server):
     _err(httpx.post(u, content=b'{"prompt": "a"\\u0000}', timeout=60), 400)
 
 
+def _assistant_call(args):
+    return {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1, "b": 2}'}},
+        {"id": "call_2", "type": "function", "function": {"name": "add", "arguments": args}}]}
+
+
+def test_nul_in_tool_call_arguments_json(server):
+    # arguments is a string holding JSON: '{"a": "x\u0000y"}' passes the body's check (a backslash
+    # and the text u0000 there), but the server parses that JSON again, where it is a real NUL
+    u = server.url + "/v1/chat/completions"
+    msgs = [{"role": "user", "content": "Add 1 and 2, then 3 and 4."}, _assistant_call(r'{"a": "x\u0000y", "b": 4}'),
+            {"role": "user", "content": "Thanks."}]
+    raw = json.dumps(_chat(messages=msgs)).encode()
+    assert rb'x\\u0000y' in raw
+    e = _err(httpx.post(u, content=raw, timeout=60), 400, param="messages[1].tool_calls[1].function.arguments",
+             code="unsupported_value")
+    assert "\\u0000" in e["message"] and "not supported" in e["message"], e
+    # in a key of that JSON too
+    msgs[1] = _assistant_call(r'{"a\u0000": 3, "b": 4}')
+    _err(httpx.post(u, json=_chat(messages=msgs), timeout=60), 400,
+         param="messages[1].tool_calls[1].function.arguments", code="unsupported_value")
+    # served: an escaped backslash then u0000 in that JSON (text), and arguments that are not JSON
+    # (kept as a string, so nothing is cut)
+    for args in (r'{"a": "x\\u0000y", "b": 4}', r'not JSON: "\u0000"', '{"a": 3, "b": 4}'):
+        msgs[1] = _assistant_call(args)
+        r = httpx.post(u, json=_chat(messages=msgs), timeout=120)
+        assert r.status_code == 200, (args, r.text)
+
+
+def test_raw_nul_byte_outside_strings_is_malformed_json(server):
+    # cJSON skips a 0 byte as whitespace; JSON allows none outside a string: invalid_json, not a
+    # "NUL in a string" (unsupported_value), on each route that parses a JSON body
+    for path, body in (("/v1/completions", b'{"prompt": "a",\x00 "max_tokens": 2}'),
+                       ("/v1/completions", b'\x00{"prompt": "a", "max_tokens": 2}'),
+                       ("/v1/completions", b'{"prompt": "a", "max_tokens": 2\x00}'),
+                       ("/v1/chat/completions", b'{"messages": [\x00{"role": "user", "content": "hi"}]}'),
+                       ("/v1/tasks", b'{"input": "hi",\x00 "script": [{"final": {"answer": "x"}}]}')):
+        e = _err(httpx.post(server.url + path, content=body, timeout=60), 400, code="invalid_json")
+        assert e["param"] is None, e
+    # malformed wins over a NUL in a string before it
+    _err(httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a\\u0000",\x00 "max_tokens": 2}',
+                    timeout=60), 400, code="invalid_json")
+    # a raw 0 byte inside a string is still the NUL error, naming the string
+    _err(httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a\x00", "max_tokens": 2}', timeout=60),
+         400, param="prompt", code="unsupported_value")
+
+
 def test_nul_through_the_openai_sdk(client):
     with pytest.raises(openai.BadRequestError) as ei:
         client.chat.completions.create(model="default", max_tokens=2,
@@ -144,7 +196,8 @@ def test_top_p_zero_is_greedy(client, server):
 
 # ---- 3. logprobs 0 on /v1/completions -----------------------------------------------------------
 
-def _check_logprobs(lp, text):
+def _check_logprobs(lp, text, base):
+    """base: the prompt's length in characters, where OpenAI's text_offset starts (without echo)."""
     assert set(lp) >= {"tokens", "token_logprobs", "top_logprobs", "text_offset"}, lp
     n = len(lp["tokens"])
     assert n >= 1
@@ -154,7 +207,7 @@ def _check_logprobs(lp, text):
     # the tokens spell the text (ASCII-range output: no partial UTF-8 tokens), offsets in characters
     joined = "".join(lp["tokens"])
     assert joined.startswith(text) or text.startswith(joined), (joined, text)
-    off = 0
+    off = base
     for tok, o in zip(lp["tokens"], lp["text_offset"]):
         assert o == off, (lp["tokens"], lp["text_offset"])
         off += len(tok)
@@ -166,7 +219,10 @@ def test_completions_logprobs_zero(client, server):
     c = r.choices[0]
     assert c.logprobs is not None, r
     lp = c.logprobs.model_dump()
-    _check_logprobs(lp, c.text)
+    base = len(kw["prompt"])
+    assert lp["text_offset"][0] == base == 24, lp["text_offset"]  # from the prompt's start, as OpenAI
+    _check_logprobs(lp, c.text, base)
+    rel = [o - base for o in lp["text_offset"]]  # offsets into c.text
     n = len(lp["tokens"])
     assert "".join(lp["tokens"]) == c.text
     assert len(lp["tokens"]) == r.usage.completion_tokens or c.finish_reason == "stop"
@@ -190,20 +246,30 @@ def test_completions_logprobs_zero(client, server):
     assert toks == lp["tokens"] and offs == lp["text_offset"]
     assert lps == pytest.approx(lp["token_logprobs"], abs=1e-4)
 
-    # a stop string (from a later token, cut inside it): tokens whose text lies in the stop
-    # string or after it are not listed, the one the text ends in is
-    def first_hit_inside(i):
-        stop = lp["tokens"][i].strip()[1:]
-        o = lp["text_offset"][i]
-        return len(stop) >= 1 and o < c.text.find(stop) < o + len(lp["tokens"][i])
-    k = next(i for i in range(2, n) if first_hit_inside(i))
-    stop = lp["tokens"][k].strip()[1:]
-    cut = c.text.find(stop)
+    # a stop string whose first hit starts inside a token (not at a token boundary): the tokens
+    # whose text lies in the stop string or after it are not listed, the one the text ends in is.
+    # The stop string is the text from the second character of some token on, so its first hit
+    # is at or before that point; a candidate whose first hit lands on a boundary is skipped.
+    def stop_case():
+        for i in range(1, n):
+            tok = lp["tokens"][i]
+            if len(tok) < 2 or tok.startswith("bytes:"):
+                continue
+            stop = c.text[rel[i] + 1:rel[i] + 1 + 16]
+            cut = c.text.find(stop)
+            if cut > 0 and cut not in rel:
+                return stop, cut
+        return None
+    case = stop_case()
+    assert case is not None, f"no token of {lp['tokens']!r} has a stop string cutting inside a token: " \
+                             "the test needs another prompt for this model"
+    stop, cut = case
+    k = max(i for i in range(n) if rel[i] < cut)  # the token the cut text ends in
     r2 = client.completions.create(logprobs=0, stop=[stop], **kw)
     t2 = r2.choices[0].text
     lp2 = r2.choices[0].logprobs.model_dump()
-    assert t2 == c.text[:cut] and r2.choices[0].finish_reason == "stop"
-    n2 = sum(1 for o in lp["text_offset"] if o < cut)
+    assert t2 == c.text[:cut] and r2.choices[0].finish_reason == "stop", (stop, t2)
+    n2 = sum(1 for o in rel if o < cut)
     assert n2 == k + 1
     assert lp2["tokens"] == lp["tokens"][:n2] and lp2["text_offset"] == lp["text_offset"][:n2], (lp2, t2)
     assert lp2["token_logprobs"] == pytest.approx(lp["token_logprobs"][:n2], abs=1e-4)
@@ -227,18 +293,40 @@ def test_completions_logprobs_zero(client, server):
              param="logprobs")
 
 
-def test_completions_logprobs_zero_with_token_prompt_and_unicode(client):
-    r = client.completions.create(model="default", prompt="Translate to French: coffee ->", max_tokens=10,
-                                  temperature=0, logprobs=0)
-    c = r.choices[0]
+def _check_offsets(c, base):
     lp = c.logprobs
-    # offsets are character offsets into text; a token holding part of a UTF-8
-    # character is shown as "bytes:\\xNN..." (OpenAI's form)
-    assert len(lp.tokens) == len(lp.text_offset) and lp.text_offset == sorted(lp.text_offset)
-    assert all(0 <= o <= len(c.text) for o in lp.text_offset)
+    # offsets are character offsets from the start of the prompt text (base = its length); a
+    # token holding part of a UTF-8 character is shown as "bytes:\\xNN..." (OpenAI's form)
+    assert len(lp.tokens) == len(lp.text_offset) >= 1 and lp.text_offset == sorted(lp.text_offset)
+    assert lp.text_offset[0] == base, (base, lp.text_offset)
+    assert all(base <= o <= base + len(c.text) for o in lp.text_offset), (base, lp.text_offset, c.text)
     for t, o in zip(lp.tokens, lp.text_offset):
         if not t.startswith("bytes:"):
-            assert c.text[o:o + len(t)] == t, (t, o, c.text)
+            assert c.text[o - base:o - base + len(t)] == t, (t, o, c.text)
+
+
+def test_completions_logprobs_zero_with_token_prompt_and_unicode(client):
+    kw = dict(model="default", max_tokens=10, temperature=0, logprobs=0)
+    for prompt in ("Translate to French: coffee ->", "Café ☕, 😀 naïve Ωμέγα ->"):
+        r = client.completions.create(prompt=prompt, **kw)
+        _check_offsets(r.choices[0], len(prompt))  # code points, as Python's len
+        # streamed: the same offsets
+        offs = [o for ch in client.completions.create(prompt=prompt, stream=True, **kw)
+                if ch.choices and ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
+        assert offs == r.choices[0].logprobs.text_offset
+    # a token-id prompt: offsets start at the length of its detokenized text (ids from
+    # tests/data: "The capital of France is", and emoji split across byte tokens, where counting
+    # token by token instead of the whole text would overcount)
+    for ids, text in (([504, 3575, 282, 4649, 314], "The capital of France is"),
+                      ([10813, 242, 218, 10813, 242, 221, 10813, 242, 222, 15107, 235, 231, 10813, 233, 138, 4636,
+                        247, 114, 31752, 15107, 225, 124, 10813, 225, 130, 15107, 225, 135, 10813, 225, 133],
+                       "😀😃😄 👍🏽 ❤️ 🇯🇵 🇺🇸")):
+        r = client.completions.create(prompt=ids, **kw)
+        assert r.usage.prompt_tokens == len(ids)
+        _check_offsets(r.choices[0], len(text))
+        offs = [o for ch in client.completions.create(prompt=ids, stream=True, **kw)
+                if ch.choices and ch.choices[0].logprobs for o in ch.choices[0].logprobs.text_offset]
+        assert offs == r.choices[0].logprobs.text_offset
 
 
 # ---- 4. OPTIONS ---------------------------------------------------------------------------------
