@@ -128,15 +128,17 @@ static struct engine_event *event_new(enum engine_event_kind kind, uint64_t id, 
     return ev;
 }
 
-static void on_sched_event(void *ud, const struct sched_event *sev)
+static int on_sched_event(void *ud, const struct sched_event *sev)
 {
     engine *e = ud;
     struct engine_event *ev;
     enum engine_event_kind kind = sev->kind == SCHED_EV_TOKEN ? ENGINE_EV_TOKEN : ENGINE_EV_DONE;
-    /* A DONE event must get through: retry the small allocation. */
+    /* A DONE event must get through: retry the small allocation.  A TOKEN
+     * event that cannot be made is refused: the scheduler keeps its text
+     * for the next event (sched_event_fn). */
     while (!(ev = event_new(kind, sev->id, sev->user, sev->text, sev->text_len))) {
         if (kind == ENGINE_EV_TOKEN)
-            return;
+            return -1;
         usleep(1000);
     }
     ev->token = sev->token;
@@ -163,6 +165,7 @@ static void on_sched_event(void *ud, const struct sched_event *sev)
         }
     }
     push_event(e, ev);
+    return 0;
 }
 
 static void reject(engine *e, const struct cmd *c, int status, const char *msg)

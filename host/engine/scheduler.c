@@ -254,10 +254,9 @@ static void seq_release_blocks(sched *s, struct seq *q)
     q->last_hash = prefix_cache_seed(q->tenant);
 }
 
-static void emit(sched *s, const struct sched_event *ev)
+static int emit(sched *s, const struct sched_event *ev)
 {
-    if (s->on_event)
-        s->on_event(s->ud, ev);
+    return s->on_event ? s->on_event(s->ud, ev) : 0;
 }
 
 /* Any state -> FINISHED: emit DONE with the held-back text (not when a stop
@@ -276,7 +275,7 @@ static void sched_finish(sched *s, struct seq *q, enum finish_reason why, const 
         .finish = why, .n_prompt = q->n_prompt, .n_cached = q->n_cached,
         .n_generated = q->n_generated, .n_preempted = q->n_preempted, .error = error,
     };
-    emit(s, &ev);
+    (void)emit(s, &ev); /* a DONE event is always taken */
     seq_destroy(q);
 }
 
@@ -508,7 +507,7 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob
         struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
                                   .token = tok, .text = "", .text_len = 0, .piece = "", .piece_len = 0,
                                   .has_logprob = q->logprobs, .logprob = logprob };
-        emit(s, &ev);
+        (void)emit(s, &ev);   /* no text; a logprobs record is not kept for EOG */
         sched_finish(s, q, FINISH_STOP, NULL);
         return;
     }
@@ -529,10 +528,21 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob
                               .token = tok, .text = q->text ? q->text : "", .text_len = safe,
                               .piece = plen ? piece : "", .piece_len = plen,
                               .has_logprob = q->logprobs, .logprob = logprob };
-    emit(s, &ev);
+    const bool lost = emit(s, &ev) != 0;
+    if (lost) {
+        /* not delivered: its text stays held back for the next event */
+        if (q->logprobs) {
+            sched_finish(s, q, FINISH_ERROR, "out of memory for a token event (its logprobs are lost)");
+            return;
+        }
+        if (stopped)
+            q->text_len = safe; /* DONE carries what precedes the stop string */
+        safe = 0;
+    }
     text_consume(q, safe);
     if (stopped) {
-        q->text_len = 0; /* drop the stop string and whatever followed */
+        if (!lost)
+            q->text_len = 0; /* drop the stop string and whatever followed */
         sched_finish(s, q, FINISH_STOP, NULL);
     } else if (q->cm && q->cops->is_done(q->cm)) {
         sched_finish(s, q, FINISH_STOP, NULL);

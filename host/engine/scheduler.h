@@ -217,7 +217,12 @@ struct sched_event {
     int32_t     n_preempted; /* times this sequence was preempted            */
     const char *error;       /* FINISH_ERROR: message                        */
 };
-typedef void (*sched_event_fn)(void *ud, const struct sched_event *ev);
+/* Event sink.  Returns 0 when it took the event; non-zero when it could not
+ * (out of memory) - for a TOKEN event only, a DONE event must be taken:
+ * the scheduler then keeps the event's text held back, so that the next
+ * event (at the latest DONE) carries it and no text is lost; a request
+ * with logprobs, whose per-token record is lost, ends FINISH_ERROR. */
+typedef int (*sched_event_fn)(void *ud, const struct sched_event *ev);
 
 struct sched_stats {
     int32_t  n_running, n_waiting;

@@ -302,17 +302,18 @@ struct es_result {
     char    error[160];
 };
 
-static void es_event(void *ud, const struct sched_event *ev)
+static int es_event(void *ud, const struct sched_event *ev)
 {
     struct es_result *r = (struct es_result *)ud + ev->id;
     if (ev->kind == SCHED_EV_TOKEN) {
         if (r->n < ES_MAX)
             r->tok[r->n++] = ev->token;
-        return;
+        return 0;
     }
     r->done = 1;
     r->finish = ev->finish;
     snprintf(r->error, sizeof r->error, "%s", ev->error ? ev->error : "");
+    return 0;
 }
 
 /* One scheduler run of the ES_N requests; device_sample 0 (auto) or -1. */

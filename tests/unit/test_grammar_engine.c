@@ -133,7 +133,7 @@ struct result {
 
 static struct result g_res[MAX_REQ];
 
-static void on_event(void *ud, const struct sched_event *ev)
+static int on_event(void *ud, const struct sched_event *ev)
 {
     (void)ud;
     struct result *r = &g_res[ev->id];
@@ -145,10 +145,11 @@ static void on_event(void *ud, const struct sched_event *ev)
     if (ev->kind == SCHED_EV_TOKEN) {
         if (r->n_tokens < 512)
             r->tokens[r->n_tokens++] = ev->token;
-        return;
+        return 0;
     }
     r->done = 1;
     r->finish = ev->finish;
+    return 0;
 }
 
 static int32_t g_mask_thread; /* sched_config.mask_thread of make_sched */

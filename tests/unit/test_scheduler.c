@@ -101,12 +101,16 @@ struct result {
 
 static struct result g_res[MAX_REQ];
 static int g_done_counter;
+static int g_refuse_tokens;   /* refuse TOKEN events: every k-th (k > 0), none (0) */
+static int g_token_events;
 
-static void on_event(void *ud, const struct sched_event *ev)
+static int on_event(void *ud, const struct sched_event *ev)
 {
     (void)ud;
     struct result *r = &g_res[ev->id];
     CHECK(!r->done);
+    if (ev->kind == SCHED_EV_TOKEN && g_refuse_tokens && ++g_token_events % g_refuse_tokens == 0)
+        return -1; /* as the engine does when it cannot allocate the event */
     memcpy(r->text + r->text_len, ev->text, ev->text_len);
     r->text_len += ev->text_len;
     if (ev->kind == SCHED_EV_TOKEN) {
@@ -117,7 +121,7 @@ static void on_event(void *ud, const struct sched_event *ev)
         if (ev->has_logprob)
             r->logprobs[r->n_logprobs++] = ev->logprob;
         r->tokens[r->n_tokens++] = ev->token;
-        return;
+        return 0;
     }
     r->done = 1;
     r->finish = ev->finish;
@@ -127,6 +131,7 @@ static void on_event(void *ud, const struct sched_event *ev)
     r->n_preempted = ev->n_preempted;
     r->done_order = g_done_counter++;
     snprintf(r->error, sizeof r->error, "%s", ev->error ? ev->error : "");
+    return 0;
 }
 
 static void reset_results(void)
@@ -500,6 +505,64 @@ static void test_text_eog_stop(void)
     backend_free(&fb->base);
 }
 
+/* TOKEN events the sink refuses (out of memory in the engine) lose no
+ * text: it stays held back and arrives with a later event or DONE, stop
+ * strings included; a logprobs request ends FINISH_ERROR instead. */
+static void test_refused_token_events(void)
+{
+    struct fake_backend *fb = fake_create(64, 4, 64, one_hot_logits);
+    sched *s = make_sched(fb, 4, 64, 256, false);
+    int32_t p[8], want[64];
+    make_prompt(p, 8, 77);
+    const int32_t nw = reference(p, 8, 30, want);
+    char full[256] = "";
+    size_t off[64], fl = 0;
+    for (int32_t i = 0; i < nw; i++) {
+        size_t len;
+        const char *pc = fake_piece(NULL, want[i], &len);
+        off[i] = fl;
+        memcpy(full + fl, pc, len);
+        fl += len;
+    }
+    char stop[4] = { full[off[12] - 1], full[off[12]], full[off[12] + 1], 0 };
+    const char *stops[] = { stop };
+    const size_t first = (size_t)(strstr(full, stop) - full);
+    static const int refuse[] = { 1, 2, 3 }; /* all, every 2nd, every 3rd */
+    for (size_t k = 0; k < sizeof refuse / sizeof refuse[0]; k++) {
+        for (int with_stop = 0; with_stop < 2; with_stop++) {
+            reset_results();
+            g_refuse_tokens = refuse[k];
+            g_token_events = 0;
+            struct sched_request r = req_of(1, p, 8, 30);
+            if (with_stop) {
+                r.stop = stops;
+                r.n_stop = 1;
+            }
+            CHECK(sched_submit(s, &r) == PS_OK);
+            CHECK(run_to_end(s, 200) > 0);
+            const size_t n = with_stop ? first : fl;
+            CHECK_MSG(g_res[1].done && g_res[1].finish == (with_stop ? FINISH_STOP : FINISH_LENGTH) &&
+                          g_res[1].text_len == n && !memcmp(g_res[1].text, full, n),
+                      "refusing every %d token events (stop %d): text '%.*s' want '%.*s'", refuse[k], with_stop,
+                      (int)g_res[1].text_len, g_res[1].text, (int)n, full);
+            CHECK(g_res[1].n_tokens < nw);
+        }
+        reset_results();
+        g_token_events = 0;
+        struct sched_request r = req_of(2, p, 8, 30);
+        r.logprobs = true;
+        CHECK(sched_submit(s, &r) == PS_OK);
+        CHECK(run_to_end(s, 200) > 0);
+        CHECK_MSG(g_res[2].done && g_res[2].finish == FINISH_ERROR && strstr(g_res[2].error, "out of memory"),
+                  "logprobs request with refused events: finish %d error '%s'", (int)g_res[2].finish,
+                  g_res[2].error);
+    }
+    g_refuse_tokens = 0;
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
 /* Priority preemption: a strictly higher-priority request that cannot be
  * admitted (no batch slot, or no KV blocks) preempts the lowest-priority,
  * latest-arrived running sequence at once; the victim resumes later
@@ -859,6 +922,7 @@ int main(void)
         test_cancel_priority_errors();
         test_priority_preemption();
         test_text_eog_stop();
+    test_refused_token_events();
         test_config_errors();
         test_sampling_paths();
         test_logprobs();
