@@ -195,8 +195,6 @@ static void prof_print(const struct cpu_backend *cb)
                 (long long)cb->grp_rows_total);
 }
 
-
-
 /* ---- small helpers --------------------------------------------------------- */
 
 static int vec_to_f32(const struct weight *w, int64_t n, float **out, const char *what, int il)
@@ -591,6 +589,19 @@ static void axpy_f16(int simd, float *out, float w, const uint16_t *b, int64_t n
 }
 
 #ifdef CPU_X86
+/* offs[j] = cache offset (elements from the layer's base) of position j of
+ * sequence s, for j in [j0, n): block by block from its block table. */
+static void seq_cache_offs(const struct batch_seq *s, int64_t j0, int64_t n, int64_t bs, int64_t kv_dim,
+                           int64_t *offs)
+{
+    for (int64_t j = j0; j < n;) {
+        const int64_t base = (int64_t)s->block_table[j / bs] * bs * kv_dim;
+        const int64_t end = (j / bs + 1) * bs < n ? (j / bs + 1) * bs : n;
+        for (int64_t i = j % bs; j < end; j++, i++)
+            offs[j] = base + i * kv_dim;
+    }
+}
+
 /* ---- SIMD attention: one query row, G heads sharing one KV head ----------
  *
  * Per (row, head), whatever G, the thread or the batch:
@@ -727,22 +738,39 @@ AVX2_INL void attn_pf_step(struct attn_pf *pf, int nlines)
     }
 }
 
-/* out_g = (sum_j p_g[j] * v_j) * (1 / sum[g]) for G heads (p_g = sc + g *
- * ctx_stride): per element one FMA per position in position order, in
- * column slices of NV * 8 (NV a constant: the accumulators stay in
- * registers).  Q8: v_j's element is (f32) q, its weight (p_g[j] * d) with d
- * the scale of the element's block (vsb[offs[j] / 32 + d0 / 32]; a slice
- * of 16 or 32 never crosses a block). */
+/* Prefetch `bytes` of the K rows (into L1) and the V rows (into L2) of
+ * positions [p0, min(p1, n)) at k / v + esz * offs[p]. */
+AVX2_INL void attn_pf_positions(const char *k, const char *v, int64_t esz, const int64_t *offs, int64_t p0,
+                                int64_t p1, int64_t n, int64_t bytes)
+{
+    for (int64_t p = p0; p < p1 && p < n; p++) {
+        const char *kp = k + esz * offs[p], *vp = v + esz * offs[p];
+        for (int64_t b = 0; b < bytes; b += 64) {
+            _mm_prefetch(kp + b, _MM_HINT_T0);
+            _mm_prefetch(vp + b, _MM_HINT_T1);
+        }
+    }
+}
+
+/* out_g = (init_g + sum_j p_g[j] * v_j) * (1 / sum[g]) for G heads (p_g =
+ * sc + g * ctx_stride, j in [j_first, n_ctx); init: [G][D] partial sums of
+ * the positions before j_first, NULL for zeros): per element one FMA per
+ * position in position order, in column slices of NV * 8 (NV a constant:
+ * the accumulators stay in registers).  Q8: v_j's element is (f32) q, its
+ * weight (p_g[j] * d) with d the scale of the element's block
+ * (vsb[offs[j] / 32 + d0 / 32]; a slice of 16 or 32 never crosses a
+ * block). */
 AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, const int64_t *offs,
-                           const char *vbase, const float *vsb, int64_t n_ctx, int64_t D, const float *sum,
-                           struct attn_pf *pf, const int G, const int NV, const int Q8)
+                           const char *vbase, const float *vsb, int64_t j_first, int64_t n_ctx, int64_t D,
+                           const float *init, const float *sum, struct attn_pf *pf, const int G, const int NV,
+                           const int Q8)
 {
     for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
         __m256 a[8][4];
         for (int g = 0; g < G; g++)
             for (int k = 0; k < NV; k++)
-                a[g][k] = _mm256_setzero_ps();
-        for (int64_t j = 0; j < n_ctx; j++) {
+                a[g][k] = init ? _mm256_loadu_ps(init + g * D + d0 + 8 * k) : _mm256_setzero_ps();
+        for (int64_t j = j_first; j < n_ctx; j++) {
             attn_pf_step(pf, ATTN_PF_PV);
             /* G weights, then one converted V slice at a time: G + NV * G + 1
              * registers (16 for G = 3, NV = 4), no accumulator on the stack */
@@ -860,13 +888,7 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
         /* At large batches the cache rows come from DRAM: K rows ATTN_PF
          * positions ahead into L1, V rows into L2 for the P.V loop below
          * (measured: ~20% off the attention time of a batch-32 step). */
-        for (int64_t p = j0 + ATTN_PF; p < j0 + ATTN_PF + 8 && p < n_ctx; p++) {
-            const char *kp = kpf + esz * offs[p], *vp = vpf + esz * offs[p];
-            for (int64_t b = 0; b < pf_bytes; b += 64) {
-                _mm_prefetch(kp + b, _MM_HINT_T0);
-                _mm_prefetch(vp + b, _MM_HINT_T1);
-            }
-        }
+        attn_pf_positions(kpf, vpf, esz, offs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n_ctx, pf_bytes);
         attn_pf_step(pf, ATTN_PF_QK);
         /* lanes at positions >= n_ctx */
         const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n_ctx - j0)), _CMP_GE_OQ);
@@ -920,9 +942,9 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
      * to 3 heads, where the 4 * G accumulators still fit the registers, so
      * that each V row is visited half as often) */
     if (G <= 3 && D % 32 == 0)
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, n_ctx, D, sum, pf, G, 4, Q8);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, NULL, sum, pf, G, 4, Q8);
     else
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, n_ctx, D, sum, pf, G, 2, Q8);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, NULL, sum, pf, G, 2, Q8);
 }
 
 AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
@@ -974,25 +996,6 @@ struct attn_group_job {
     float                    scale;
 };
 
-/* offs[j] for positions j in [j0, n) of a sequence (elements from the layer's base) */
-static void seq_cache_offs(const struct batch_seq *s, int64_t j0, int64_t n, int64_t bs, int64_t kv_dim,
-                           int64_t *offs)
-{
-    for (int64_t j = j0; j < n; j++)
-        offs[j] = (int64_t)s->block_table[j / bs] * bs * kv_dim + (j % bs) * kv_dim;
-}
-
-/* K rows (L1) and V rows (L2) of positions [p0, p1) clipped to n, this head's slice */
-AVX2_INL void attn_pf_rows(const struct attn_group_job *jb, const int64_t *offs, int64_t p0, int64_t p1, int64_t n)
-{
-    for (int64_t p = p0; p < p1 && p < n; p++) {
-        const char *kp = jb->kbase + 2 * offs[p], *vp = jb->vbase + 2 * offs[p];
-        for (int64_t b = 0; b < 2 * jb->D; b += 64) {
-            _mm_prefetch(kp + b, _MM_HINT_T0);
-            _mm_prefetch(vp + b, _MM_HINT_T1);
-        }
-    }
-}
 
 AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const int NV)
 {
@@ -1009,7 +1012,7 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
     /* scores: the prefix, a chunk for all rows at a time (no lane past any
      * row's n_ctx: attn_row_avx2's -inf blend keeps every lane) */
     for (int64_t j0 = 0; j0 < P; j0 += 8) {
-        attn_pf_rows(jb, jb->poffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, P);
+        attn_pf_positions(jb->kbase, jb->vbase, 2, jb->poffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, P, 2 * D);
         attn_rows8_f16(kf, jb->kbase, jb->poffs, j0, P, D);
         for (int r = 0; r < jb->R; r++)
             for (int g = 0; g < G; g++) {
@@ -1022,9 +1025,9 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
     for (int r = 0; r < jb->R; r++) {
         const int64_t n = jb->n_ctx[r];
         seq_cache_offs(jb->seq[r], P, n, jb->bs, jb->kv_dim, jb->roffs);
-        attn_pf_rows(jb, jb->roffs, P, P + ATTN_PF, n);
+        attn_pf_positions(jb->kbase, jb->vbase, 2, jb->roffs, P, P + ATTN_PF, n, 2 * D);
         for (int64_t j0 = P; j0 < n; j0 += 8) {
-            attn_pf_rows(jb, jb->roffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n);
+            attn_pf_positions(jb->kbase, jb->vbase, 2, jb->roffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n, 2 * D);
             const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n - j0)), _CMP_GE_OQ);
             attn_rows8_f16(kf, jb->kbase, jb->roffs, j0, n, D);
             for (int g = 0; g < G; g++) {
@@ -1066,34 +1069,11 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
             }
         }
     }
-    /* P.V: each row's own positions, then 1 / sum */
+    /* P.V: each row's own positions from its prefix sums, then 1 / sum */
     for (int r = 0; r < jb->R; r++) {
-        const int64_t n = jb->n_ctx[r];
-        const float *sr = jb->sc + (int64_t)r * G * cs;
-        const float *ar = jb->acc + (int64_t)r * G * D;
-        seq_cache_offs(jb->seq[r], P, n, jb->bs, jb->kv_dim, jb->roffs);
-        for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
-            __m256 a[8][4];
-            for (int g = 0; g < G; g++)
-                for (int k = 0; k < NV; k++)
-                    a[g][k] = _mm256_loadu_ps(ar + g * D + d0 + 8 * k);
-            for (int64_t j = P; j < n; j++) {
-                const uint16_t *vr = (const uint16_t *)jb->vbase + jb->roffs[j] + d0;
-                __m256 w[8];
-                for (int g = 0; g < G; g++)
-                    w[g] = _mm256_broadcast_ss(sr + g * cs + j);
-                for (int k = 0; k < NV; k++) {
-                    const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
-                    for (int g = 0; g < G; g++)
-                        a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
-                }
-            }
-            for (int g = 0; g < G; g++) {
-                const __m256 inv = _mm256_set1_ps(1.0f / sum[r][g]);
-                for (int k = 0; k < NV; k++)
-                    _mm256_storeu_ps(jb->out[r] + g * D + d0 + 8 * k, _mm256_mul_ps(a[g][k], inv));
-            }
-        }
+        seq_cache_offs(jb->seq[r], P, jb->n_ctx[r], jb->bs, jb->kv_dim, jb->roffs);
+        attn_pv_avx2(jb->out[r], jb->sc + (int64_t)r * G * cs, cs, jb->roffs, jb->vbase, NULL, P, jb->n_ctx[r], D,
+                     jb->acc + (int64_t)r * G * D, sum[r], NULL, G, NV, 0);
     }
 }
 
@@ -1257,14 +1237,8 @@ static int64_t attn_item_offs(const struct cpu_backend *cb, const struct attn_ta
                               int64_t *offs)
 {
     const struct batch_seq *s = &at->plan->seqs[it->seq];
-    const int64_t bs = cb->base.cfg.block_size;
     const int64_t n_max = (int64_t)s->pos0 + it->i1;
-    for (int64_t j0 = 0, b = 0; j0 < n_max; j0 += bs, b++) {
-        const int64_t jn = n_max - j0 < bs ? n_max - j0 : bs;
-        const int64_t base = (int64_t)s->block_table[b] * bs * cb->kv_dim;
-        for (int64_t j = 0; j < jn; j++)
-            offs[j0 + j] = base + j * cb->kv_dim;
-    }
+    seq_cache_offs(s, 0, n_max, cb->base.cfg.block_size, cb->kv_dim, offs);
     return n_max;
 }
 

@@ -156,6 +156,22 @@ static int32_t reference(const int32_t *prompt, int32_t n_prompt, int32_t n, int
     return k;
 }
 
+/* The text of tokens toks[n] (fake_piece; EOG adds nothing), NUL-terminated
+ * in full; off[i] = where token i starts.  Returns its length. */
+static size_t reference_text(const int32_t *toks, int32_t n, char *full, size_t *off)
+{
+    size_t fl = 0;
+    for (int32_t i = 0; i < n; i++) {
+        size_t len;
+        const char *pc = fake_piece(NULL, toks[i], &len);
+        off[i] = fl;
+        memcpy(full + fl, pc, len);
+        fl += len;
+    }
+    full[fl] = '\0';
+    return fl;
+}
+
 static void make_prompt(int32_t *p, int32_t n, uint32_t seed)
 {
     for (int32_t i = 0; i < n; i++) {
@@ -470,16 +486,9 @@ static void test_text_eog_stop(void)
      * reference text that straddles two tokens */
     make_prompt(p, 8, 77);
     nw = reference(p, 8, 30, want);
-    char full[256] = "";
-    size_t off[64], fl = 0;
-    for (int32_t i = 0; i < nw; i++) {
-        size_t len;
-        const char *pc = fake_piece(NULL, want[i], &len);
-        off[i] = fl;
-        memcpy(full + fl, pc, len);
-        fl += len;
-    }
-    full[fl] = '\0';
+    char full[256];
+    size_t off[64];
+    const size_t fl = reference_text(want, nw, full, off);
     size_t start = off[10] - 1; /* last char of token 9 + first two of token 10.. */
     char stop[4] = { full[start], full[start + 1], full[start + 2], 0 };
     const char *stops[] = { "never-there", stop };
@@ -515,15 +524,9 @@ static void test_refused_token_events(void)
     int32_t p[8], want[64];
     make_prompt(p, 8, 77);
     const int32_t nw = reference(p, 8, 30, want);
-    char full[256] = "";
-    size_t off[64], fl = 0;
-    for (int32_t i = 0; i < nw; i++) {
-        size_t len;
-        const char *pc = fake_piece(NULL, want[i], &len);
-        off[i] = fl;
-        memcpy(full + fl, pc, len);
-        fl += len;
-    }
+    char full[256];
+    size_t off[64];
+    const size_t fl = reference_text(want, nw, full, off);
     char stop[4] = { full[off[12] - 1], full[off[12]], full[off[12] + 1], 0 };
     const char *stops[] = { stop };
     const size_t first = (size_t)(strstr(full, stop) - full);
