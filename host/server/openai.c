@@ -232,6 +232,42 @@ int api_json_nul_check(const char *body, size_t len, struct api_error *err)
                          at);
 }
 
+int api_json_body_parse(const char *body, size_t len, cJSON **out, struct api_error *err)
+{
+    *out = NULL;
+    if (!utf8_valid(body, len))
+        return api_error_set(err, 400, "invalid_request_error", "invalid_utf8", NULL,
+                             "The request body is not valid UTF-8");
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    size_t at = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
+    if (!root)
+        return api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
+                             "We could not parse the JSON body of your request (error near byte %zu). "
+                             "The body must be a JSON object.", at);
+    int rc = 0;
+    if (!end || end < body || end > body + len)
+        at = len;
+    size_t rest = at;
+    while (rest < len && (body[rest] == ' ' || body[rest] == '\t' || body[rest] == '\n' || body[rest] == '\r'))
+        rest++;
+    if (!cJSON_IsObject(root))
+        rc = api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
+                           "The JSON body must be an object");
+    else if ((rc = api_json_nul_check(body, at, err)))
+        ;
+    else if (rest < len)
+        rc = api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
+                           "We could not parse the JSON body of your request (unexpected data at byte %zu, "
+                           "after the JSON value). The body must be one JSON object.", rest);
+    if (rc) {
+        cJSON_Delete(root);
+        return rc;
+    }
+    *out = root;
+    return 0;
+}
+
 char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
 {
     char *out = malloc(len * 3 + 1);
@@ -1291,22 +1327,9 @@ int openai_parse_ex(const char *body, size_t len, bool chat, const char *const *
                     struct gen_params *out, struct api_error *err)
 {
     memset(out, 0, sizeof *out);
-    if (!utf8_valid(body, len))
-        return api_error_set(err, 400, "invalid_request_error", "invalid_utf8", NULL,
-                             "The request body is not valid UTF-8");
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (!root) {
-        size_t at = end && end >= body ? (size_t)(end - body) : 0;
-        return api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
-                             "We could not parse the JSON body of your request (error near byte %zu). "
-                             "The body must be a JSON object.", at);
-    }
-    int rc;
-    if (!cJSON_IsObject(root))
-        rc = api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
-                           "The JSON body must be an object");
-    else if (!(rc = api_json_nul_check(body, end && end >= body ? (size_t)(end - body) : len, err)))
+    cJSON *root;
+    int rc = api_json_body_parse(body, len, &root, err);
+    if (!rc)
         rc = parse_body(root, chat, model_names, tmpl, n_vocab, opt, out, err);
     cJSON_Delete(root);
     if (rc)

@@ -101,6 +101,15 @@ bool utf8_valid(const char *s, size_t len);
  * check on that value where it is parsed (openai.c append_tool_calls). */
 int api_json_nul_check(const char *body, size_t len, struct api_error *err);
 
+/* The JSON body of chat, completions and POST /v1/tasks, body[0..len):
+ * strict UTF-8, one JSON value and nothing after it but JSON whitespace,
+ * an object, no NUL in any string (api_json_nul_check).  Returns 0 with
+ * *out the parsed object (cJSON_Delete it), or 400 with *err filled and
+ * *out NULL: "invalid_utf8", or "invalid_json" naming the byte where the
+ * parse failed or where unexpected data follows the value (`{"a":1} x`
+ * is malformed JSON, not the object before it), or the NUL check's error. */
+int api_json_body_parse(const char *body, size_t len, struct cJSON **out, struct api_error *err);
+
 /* Copy of s[0..len) with every invalid UTF-8 byte replaced by U+FFFD;
  * malloc'd, NUL-terminated; NULL when out of memory. */
 char *utf8_sanitize(const char *s, size_t len, size_t *out_len);

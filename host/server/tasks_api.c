@@ -396,27 +396,8 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req, con
         return;
     }
     const char *body = len ? (const char *)evbuffer_pullup(in, -1) : "";
-    if (!utf8_valid(body, len)) {
-        api_error_set(&e, 400, "invalid_request_error", "invalid_utf8", NULL, "The request body is not valid UTF-8");
-        reply_error(api, req, &e);
-        return;
-    }
-    const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
-    if (!root || !cJSON_IsObject(root)) {
-        size_t at = end && end >= body ? (size_t)(end - body) : 0;
-        if (root)
-            api_error_set(&e, 400, "invalid_request_error", "invalid_json", NULL, "The JSON body must be an object");
-        else
-            api_error_set(&e, 400, "invalid_request_error", "invalid_json", NULL,
-                          "We could not parse the JSON body of your request (error near byte %zu). "
-                          "The body must be a JSON object.", at);
-        cJSON_Delete(root);
-        reply_error(api, req, &e);
-        return;
-    }
-    if (api_json_nul_check(body, end && end >= body ? (size_t)(end - body) : len, &e)) {
-        cJSON_Delete(root);
+    cJSON *root;
+    if (api_json_body_parse(body, len, &root, &e)) {
         reply_error(api, req, &e);
         return;
     }

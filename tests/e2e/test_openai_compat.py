@@ -8,6 +8,8 @@ client (the openai SDK, httpx or http.client):
   JSON held by an assistant message's tool_calls[].function.arguments (a
   string parsed a second time) gets the same check; a raw 0 byte outside
   every string is malformed JSON (invalid_json), not a NUL in a string;
+- anything but JSON whitespace after the body's JSON value is malformed JSON
+  (invalid_json), on every route that parses a JSON body;
 - top_p 0 is accepted and keeps only the most likely token: the output is
   the greedy one whatever the temperature and seed; top_p outside [0, 1]
   stays a 400;
@@ -156,6 +158,21 @@ def test_raw_nul_byte_outside_strings_is_malformed_json(server):
     # a raw 0 byte inside a string is still the NUL error, naming the string
     _err(httpx.post(server.url + "/v1/completions", content=b'{"prompt": "a\x00", "max_tokens": 2}', timeout=60),
          400, param="prompt", code="unsupported_value")
+
+
+def test_data_after_the_json_value_is_malformed_json(server):
+    # cJSON stops at the end of the first value; the bytes after it made no error, so
+    # '{"prompt": "a"} {"prompt": "b"}' was served as its first object
+    for path, good in (("/v1/completions", b'{"prompt": "a", "max_tokens": 2}'),
+                       ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}'),
+                       ("/v1/tasks", b'{"input": "hi", "script": [{"final": {"answer": "x"}}]}')):
+        for tail in (b' {"max_tokens": 1}', b"x", b"]", b" \n,", b"\x00"):
+            e = _err(httpx.post(server.url + path, content=good + tail, timeout=60), 400, code="invalid_json")
+            assert e["param"] is None, e
+            assert "after the JSON value" in e["message"], e
+        # JSON whitespace after the value is fine
+        r = httpx.post(server.url + path, content=good + b" \r\n\t ", timeout=60)
+        assert r.status_code == 200, r.text
 
 
 def test_nul_through_the_openai_sdk(client):
