@@ -7,6 +7,15 @@
  * preferring blocks with no listed child so that chains shrink from the
  * tail and the shared head stays matchable.  A scan is O(n_blocks), run only
  * when the allocator is dry; n_blocks is a few thousand.
+ *
+ * Children are counted by hash, not kept as a per-block counter: a second
+ * chained table (pbuckets -> pnext[]) lists the blocks by parent hash, so a
+ * block's listed children are exactly the listed blocks whose parent is its
+ * hash.  (A counter per block drifted: a block listed after its parent was
+ * evicted - the parent still held by another sequence under the same hash,
+ * or evicted as a non-leaf when no idle leaf was left - was counted by
+ * nobody, and a parent listed again under the same hash started at 0
+ * children and was evicted as a leaf before them.)
  */
 #include "prefix_cache.h"
 
@@ -28,7 +37,8 @@ struct prefix_cache {
     uint64_t  *hash;     /* [n_blocks]                     */
     uint64_t  *parent;   /* [n_blocks]                     */
     uint64_t  *last_use; /* [n_blocks] tick                */
-    int32_t   *children; /* [n_blocks] listed children (eviction hint) */
+    int32_t   *pbuckets; /* [n_buckets] first block by parent hash or -1 */
+    int32_t   *pnext;    /* [n_blocks] parent-hash chain or -1 */
     int32_t   *tokens;   /* [n_blocks][bs]                 */
     uint64_t   tick;
 };
@@ -77,17 +87,18 @@ int prefix_cache_create(kv_blocks *kv, int32_t block_size, prefix_cache **out)
     pc->hash = calloc(nb, sizeof *pc->hash);
     pc->parent = calloc(nb, sizeof *pc->parent);
     pc->last_use = calloc(nb, sizeof *pc->last_use);
-    pc->children = calloc(nb, sizeof *pc->children);
+    pc->pbuckets = malloc(pc->n_buckets * sizeof *pc->pbuckets);
+    pc->pnext = malloc(nb * sizeof *pc->pnext);
     pc->tokens = malloc(nb * (size_t)block_size * sizeof *pc->tokens);
     if (!pc->buckets || !pc->next || !pc->listed || !pc->hash || !pc->parent || !pc->last_use ||
-        !pc->children || !pc->tokens) {
+        !pc->pbuckets || !pc->pnext || !pc->tokens) {
         prefix_cache_free(pc);
         return ps_error_set(PS_ENOMEM, "prefix_cache: out of memory for %d blocks", (int)pc->n_blocks);
     }
     for (uint32_t i = 0; i < pc->n_buckets; i++)
-        pc->buckets[i] = -1;
+        pc->buckets[i] = pc->pbuckets[i] = -1;
     for (size_t i = 0; i < nb; i++)
-        pc->next[i] = -1;
+        pc->next[i] = pc->pnext[i] = -1;
     *out = pc;
     return PS_OK;
 }
@@ -101,7 +112,8 @@ void prefix_cache_free(prefix_cache *pc)
             if (pc->listed[b])
                 kv_blocks_unref(pc->kv, b);
     free(pc->tokens);
-    free(pc->children);
+    free(pc->pnext);
+    free(pc->pbuckets);
     free(pc->last_use);
     free(pc->parent);
     free(pc->hash);
@@ -119,19 +131,33 @@ static int32_t lookup(const prefix_cache *pc, uint64_t hash)
     return -1;
 }
 
+/* Listed blocks whose parent hash is `hash` (the children of the block
+ * listed under it, listed or not itself). */
+static int32_t n_children(const prefix_cache *pc, uint64_t hash)
+{
+    int32_t n = 0;
+    for (int32_t b = pc->pbuckets[hash & (pc->n_buckets - 1)]; b >= 0; b = pc->pnext[b])
+        n += pc->parent[b] == hash;
+    return n;
+}
+
+/* Remove `block` from the chain starting at *head linked through link[]. */
+static void chain_remove(int32_t *head, int32_t *link, int32_t block)
+{
+    int32_t *pp = head;
+    while (*pp >= 0 && *pp != block)
+        pp = &link[*pp];
+    if (*pp == block)
+        *pp = link[block];
+    link[block] = -1;
+}
+
 static void unlink_block(prefix_cache *pc, int32_t block)
 {
-    int32_t *pp = &pc->buckets[pc->hash[block] & (pc->n_buckets - 1)];
-    while (*pp >= 0 && *pp != block)
-        pp = &pc->next[*pp];
-    if (*pp == block)
-        *pp = pc->next[block];
-    pc->next[block] = -1;
+    chain_remove(&pc->buckets[pc->hash[block] & (pc->n_buckets - 1)], pc->next, block);
+    chain_remove(&pc->pbuckets[pc->parent[block] & (pc->n_buckets - 1)], pc->pnext, block);
     pc->listed[block] = false;
     pc->n_listed--;
-    int32_t par = lookup(pc, pc->parent[block]);
-    if (par >= 0 && pc->children[par] > 0)
-        pc->children[par]--;
 }
 
 int32_t prefix_cache_match(prefix_cache *pc, uint32_t tenant, const int32_t *tokens,
@@ -176,15 +202,14 @@ int prefix_cache_insert(prefix_cache *pc, uint64_t parent, uint64_t hash,
     pc->n_listed++;
     pc->hash[block] = hash;
     pc->parent[block] = parent;
-    pc->children[block] = 0;
     pc->last_use[block] = ++pc->tick;
     memcpy(pc->tokens + (size_t)block * pc->bs, tokens, (size_t)pc->bs * sizeof *tokens);
     uint32_t slot = (uint32_t)(hash & (pc->n_buckets - 1));
     pc->next[block] = pc->buckets[slot];
     pc->buckets[slot] = block;
-    int32_t par = lookup(pc, parent);
-    if (par >= 0)
-        pc->children[par]++;
+    uint32_t pslot = (uint32_t)(parent & (pc->n_buckets - 1));
+    pc->pnext[block] = pc->pbuckets[pslot];
+    pc->pbuckets[pslot] = block;
     return 1;
 }
 
@@ -197,7 +222,7 @@ static int32_t evict_candidate(const prefix_cache *pc)
             continue;
         if (best < 0 || pc->last_use[b] < pc->last_use[best])
             best = b;
-        if (pc->children[b] == 0 && (best_leaf < 0 || pc->last_use[b] < pc->last_use[best_leaf]))
+        if ((best_leaf < 0 || pc->last_use[b] < pc->last_use[best_leaf]) && n_children(pc, pc->hash[b]) == 0)
             best_leaf = b;
     }
     return best_leaf >= 0 ? best_leaf : best;

@@ -1,5 +1,6 @@
 /* test_prefix_cache - hash chains, matching, tenant isolation, references,
- * LRU eviction of idle blocks only, allocation that evicts. */
+ * LRU eviction of idle blocks only, allocation that evicts, a chain's tail
+ * evicted before its head also when the head was evicted and listed again. */
 #include <string.h>
 
 #include "common/status.h"
@@ -29,6 +30,49 @@ static void release(kv_blocks *kv, const int32_t *blocks, int32_t n)
 {
     for (int32_t i = 0; i < n; i++)
         kv_blocks_unref(kv, blocks[i]);
+}
+
+/* Children are counted by hash: a block listed after its parent was
+ * evicted is the child of the block listed under that hash later, and
+ * evicting one child does not make a parent with another child a leaf. */
+static void test_children_after_relisting(void)
+{
+    kv_blocks *kv = NULL;
+    prefix_cache *pc = NULL;
+    CHECK(kv_blocks_create(8, &kv) == PS_OK);
+    CHECK(prefix_cache_create(kv, BS, &pc) == PS_OK);
+    const int32_t p0[BS] = { 1, 2, 3, 4 }, p1[BS] = { 5, 6, 7, 8 }, p2[BS] = { 9, 10, 11, 12 };
+    const uint64_t s = prefix_cache_seed(7), h0 = prefix_cache_hash(s, p0, BS);
+    const uint64_t h1 = prefix_cache_hash(h0, p1, BS), h2 = prefix_cache_hash(h0, p2, BS);
+    /* sequence 1 lists p0 as a1; sequence 2 computed p0 too (a2, not listed:
+     * the hash is taken) and lists its p1 as b2, a child of a1 by hash */
+    int32_t a1, a2, b2, a3, c3;
+    CHECK(prefix_cache_alloc(pc, &a1) == PS_OK && prefix_cache_insert(pc, s, h0, p0, a1) == 1);
+    CHECK(prefix_cache_alloc(pc, &a2) == PS_OK && prefix_cache_insert(pc, s, h0, p0, a2) == 0);
+    CHECK(prefix_cache_alloc(pc, &b2) == PS_OK && prefix_cache_insert(pc, h0, h1, p1, b2) == 1);
+    /* sequence 1 ends; a1, the only idle block, is evicted though b2 is its child */
+    kv_blocks_unref(kv, a1);
+    CHECK(prefix_cache_evict(pc, 1) == 1);
+    CHECK(prefix_cache_n_cached(pc) == 1);
+    kv_blocks_unref(kv, a2);
+    kv_blocks_unref(kv, b2);
+    /* sequence 3 lists p0 again (a3) and p2 after it (c3): a3 has two
+     * listed children, b2 (listed before a3) and c3 */
+    CHECK(prefix_cache_alloc(pc, &a3) == PS_OK && prefix_cache_insert(pc, s, h0, p0, a3) == 1);
+    CHECK(prefix_cache_alloc(pc, &c3) == PS_OK && prefix_cache_insert(pc, h0, h2, p2, c3) == 1);
+    kv_blocks_unref(kv, a3);
+    kv_blocks_unref(kv, c3);
+    CHECK(prefix_cache_n_idle(pc) == 3);
+    /* LRU leaf first: b2; then c3, the leaf, not a3 (older, but c3's parent) */
+    CHECK(prefix_cache_evict(pc, 1) == 1);
+    CHECK(prefix_cache_evict(pc, 1) == 1);
+    CHECK(prefix_cache_n_cached(pc) == 1);
+    int32_t m[1];
+    CHECK(prefix_cache_match(pc, 7, p0, BS, 1, m, NULL) == 1 && m[0] == a3); /* the head stayed */
+    kv_blocks_unref(kv, m[0]);
+    prefix_cache_free(pc);
+    CHECK(kv_blocks_n_free(kv) == 8);
+    kv_blocks_free(kv);
 }
 
 int main(void)
@@ -138,5 +182,6 @@ int main(void)
     CHECK(kv_blocks_n_free(kv) == 8);
     prefix_cache_free(NULL);
     kv_blocks_free(kv);
+    test_children_after_relisting();
     TEST_DONE();
 }
