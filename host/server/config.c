@@ -1,5 +1,6 @@
 /* config.c - defaults, JSON config file, command line (see config.h). */
 #include "config.h"
+#include "cors.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
@@ -57,6 +58,9 @@ static const struct opt_desc opts[] = {
       "sample (and apply grammar masks) on the GPU when the backend can; false: logits to the host sampler (default true)" },
     { "kv_type", 0, OPT_STR, OFF(kv_type), sizeof(((struct server_config *)0)->kv_type), 0, 0,
       "KV cache element type: f16, q8 (int8 blocks of 32 + scale) or f32; q8 / f32 need the CPU backend (default f16)" },
+    { "cors_origins", 0, OPT_STR, OFF(cors_origins), sizeof(((struct server_config *)0)->cors_origins), 0, 0,
+      "origins whose browser pages may call the API (CORS): '*' (any), or a comma-separated list such as "
+      "'https://app.example.com,http://localhost:3000'; preflights need no API key (default: none, no CORS headers)" },
     { "agents", 0, OPT_STR, OFF(agents), sizeof(((struct server_config *)0)->agents), 0, 0,
       "agent pool of /v1/tasks (default configs/agents.default.json when present)" },
 };
@@ -421,6 +425,8 @@ int server_config_validate(const struct server_config *c)
     if (kv != KV_F16 && !strcmp(c->backend, "cuda"))
         return ps_error_set(PS_EINVAL, "kv_type %s needs the CPU backend (the CUDA backend has an f16 cache only)",
                             c->kv_type);
+    if (cors_list_validate(c->cors_origins))
+        return PS_EINVAL;
     if ((int64_t)c->kv_blocks * c->block_size < 2)
         return ps_error_set(PS_EINVAL, "kv_blocks x block_size must hold at least 2 tokens");
     return PS_OK;

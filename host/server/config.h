@@ -51,6 +51,9 @@ struct server_config {
     bool    prefix_cache;       /* default true                                 */
     bool    device_sampling;    /* sample on the device when the backend can, default true */
     char    kv_type[8];         /* KV cache element type: "f16" (default), "q8", "f32" (CPU backend only) */
+    char    cors_origins[1024]; /* browser origins allowed by CORS: "" off (default), "*"
+                                   any, or "https://a.example, http://localhost:3000"
+                                   (cors.h) */
     char    agents[1024];       /* agent pool for /v1/tasks; "" = configs/agents.default.json
                                    when that file exists, else no agents    */
     /* Authentication: none configured = open server (everything tenant 0);

@@ -33,6 +33,7 @@
 #include "openai.h"
 #include "sse.h"
 #include "tasks_api.h"
+#include "cors.h"
 
 struct server {
     struct server_config cfg;
@@ -160,11 +161,12 @@ static void reply_error(struct server *srv, struct evhttp_request *req, enum met
 
 /* A method `path` does not serve: OPTIONS is answered 204 No Content, any
  * other method 405 with the OpenAI error body; both carry "Allow: allow"
- * (the route's methods, OPTIONS included). */
+ * (the route's methods, OPTIONS included) and a CORS preflight's headers
+ * (cors_allow_headers). */
 static void reply_method(struct server *srv, struct evhttp_request *req, enum metrics_route route,
                          const char *path, const char *allow)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    cors_allow_headers(req, allow);
     if (evhttp_request_get_command(req) == EVHTTP_REQ_OPTIONS) {
         evhttp_send_reply(req, 204, api_http_reason(204), NULL);
         metrics_request(&srv->m, route, 204);
@@ -946,6 +948,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     struct api_error e;
     if (!path || !*path)
         path = "/";
+    cors_on_request(req, srv->cfg.cors_origins);
     if (conflicting_content_length(req)) {
         evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
         api_error_set(&e, 400, "invalid_request_error", "malformed_request", NULL,
@@ -953,8 +956,10 @@ static void on_request(struct evhttp_request *req, void *arg)
         reply_error(srv, req, ROUTE_OTHER, &e);
         return;
     }
-    struct caller who;
-    if ((!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) &&
+    /* OPTIONS needs no key: it lists a route's methods, and a browser's CORS
+     * preflight carries no credentials */
+    struct caller who = { .tenant = 0, .priority = 0, .max_priority = 1000000 };
+    if ((!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) && method != EVHTTP_REQ_OPTIONS &&
         !authenticate(srv, req, tasks_api_route(path) ? ROUTE_OTHER : !strcmp(path, "/v1/chat/completions")
                                 ? ROUTE_CHAT : !strcmp(path, "/v1/completions") ? ROUTE_COMPLETIONS
                                 : !strncmp(path, "/v1/models", 10) && (!path[10] || path[10] == '/') ? ROUTE_MODELS

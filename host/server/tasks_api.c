@@ -17,6 +17,7 @@
 
 #include "common/status.h"
 #include "grammar/grammar.h"
+#include "cors.h"
 #include "metrics.h"
 #include "openai.h"
 #include "sse.h"
@@ -459,7 +460,7 @@ static void handle_events(struct tasks_api *api, struct evhttp_request *req, str
  * (the route's methods, OPTIONS included), as server.c's reply_method. */
 static void reply_method(struct tasks_api *api, struct evhttp_request *req, const char *path, const char *allow)
 {
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Allow", allow);
+    cors_allow_headers(req, allow);
     if (evhttp_request_get_command(req) == EVHTTP_REQ_OPTIONS) {
         evhttp_send_reply(req, 204, api_http_reason(204), NULL);
         metrics_request(api->cfg.m, ROUTE_OTHER, 204);

@@ -1,12 +1,54 @@
 /* test_server_config.c - the `paraserve serve` config loader
  * (server_config_load_text / server_config_load): settings applied over the
- * defaults, errors naming the origin and key, API keys. */
+ * defaults, errors naming the origin and key, API keys; the CORS origin
+ * list (cors.h). */
 #include <stdio.h>
 #include <string.h>
 
 #include "common/status.h"
 #include "server/config.h"
+#include "server/cors.h"
 #include "test_util.h"
+
+static void test_cors(void)
+{
+    /* lists */
+    CHECK(cors_list_validate("") == PS_OK);
+    CHECK(cors_list_validate("*") == PS_OK);
+    CHECK(cors_list_validate("https://app.example.com") == PS_OK);
+    CHECK(cors_list_validate(" https://a.example.com:8443 ,http://localhost:3000,http://[::1]:8080") == PS_OK);
+    static const char *const bad[] = { "app.example.com", "https://a.example.com/", "https://a.example.com/x",
+                                       "ftp://a.example.com", "https://", "https://a b.com", "https://a.com:",
+                                       "https://a.com:123456", "https://a.com,*", "https://a.com,,https://b.com",
+                                       "http://[::1", "http://[]", "https://a.com\r\nX-Evil: 1" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++)
+        CHECK_MSG(cors_list_validate(bad[i]) == PS_EINVAL, "accepted '%s'", bad[i]);
+    CHECK(cors_list_validate("https://ok.com, https://a.com/x") == PS_EINVAL);
+    CHECK_MSG(strstr(ps_error_last(), "'https://a.com/x' is not an origin"), "%s", ps_error_last());
+    /* matching: exact entries, case-insensitive, "*" any, "" none */
+    const char *list = "https://app.example.com, http://localhost:3000";
+    CHECK(cors_origin_allowed(list, "https://app.example.com"));
+    CHECK(cors_origin_allowed(list, "HTTPS://APP.example.com"));
+    CHECK(cors_origin_allowed(list, "http://localhost:3000"));
+    CHECK(!cors_origin_allowed(list, "http://localhost:3001"));
+    CHECK(!cors_origin_allowed(list, "http://localhost"));
+    CHECK(!cors_origin_allowed(list, "https://app.example.com.evil.com"));
+    CHECK(!cors_origin_allowed(list, "https://app.example.co"));
+    CHECK(!cors_origin_allowed(list, ""));
+    CHECK(!cors_origin_allowed(list, NULL));
+    CHECK(cors_origin_allowed("*", "null"));
+    CHECK(!cors_origin_allowed("", "https://app.example.com"));
+    /* the config key, validated with the rest */
+    struct server_config c;
+    server_config_defaults(&c);
+    CHECK(!c.cors_origins[0]);
+    snprintf(c.model, sizeof c.model, "m.gguf");
+    CHECK(server_config_load_text(&c, "{\"cors_origins\": \"https://a.com/\"}", "t.json") == PS_OK);
+    CHECK(server_config_validate(&c) == PS_EINVAL);
+    CHECK_MSG(strstr(ps_error_last(), "cors_origins: 'https://a.com/'"), "%s", ps_error_last());
+    CHECK(server_config_load_text(&c, "{\"cors_origins\": \"*\"}", "t.json") == PS_OK);
+    CHECK(server_config_validate(&c) == PS_OK);
+}
 
 int main(void)
 {
@@ -47,5 +89,6 @@ int main(void)
     CHECK(server_config_load(&c, "/nonexistent/paraserve.json") == PS_EIO);
     CHECK(server_config_load(&c, "configs/server.json") == PS_OK);
     CHECK(c.threads == 2 && !strcmp(c.model, "models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    test_cors();
     TEST_DONE();
 }
