@@ -34,6 +34,7 @@
 #include "sse.h"
 #include "tasks_api.h"
 #include "cors.h"
+#include "flush_track.h"
 
 struct server {
     struct server_config cfg;
@@ -484,32 +485,22 @@ static void check_drained(struct server *srv)
         event_base_loopexit(srv->base, NULL);
 }
 
-static void on_tasks_drained(void *arg)
+static void on_drained(void *arg)
 {
     check_drained(arg);
 }
 
-static void on_reply_written(struct evhttp_request *req, void *arg)
-{
-    struct server *srv = arg;
-    (void)req;
-    srv->flushing--;
-    check_drained(srv);
-}
-
 /* Detach from the connection before the final reply: the close callback
- * must never see a freed context; count the reply until it is written so
- * shutdown does not cut it off. */
+ * must never see a freed context; count the reply until it is written (or
+ * its connection closes: flush_track.h) so shutdown does not cut it off. */
 static void detach(struct gen_ctx *g, bool track)
 {
     struct evhttp_connection *c = evhttp_request_get_connection(g->req);
     if (c)
         evhttp_connection_set_closecb(c, NULL, NULL);
     unwatch(g);
-    if (track) {
-        evhttp_request_set_on_complete_cb(g->req, on_reply_written, g->srv);
-        g->srv->flushing++;
-    }
+    if (track)
+        (void)flush_track(g->req, &g->srv->flushing, on_drained, g->srv); /* ENOMEM: not waited for */
 }
 
 static void finish_request(struct server *srv, struct gen_ctx *g, const struct engine_event *ev)
@@ -1360,7 +1351,7 @@ int server_run(const struct server_config *cfg)
                                    .agents_path = cfg->agents, .local_url = local_url,
                                    .max_body_bytes = cfg->max_body_bytes, .sse_heartbeat_ms = cfg->sse_heartbeat_ms,
                                    .flushing = &srv->flushing,
-                                   .drained = on_tasks_drained, .drained_ud = srv };
+                                   .drained = on_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))
         goto done;
     fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s\n", tasks_api_n_agents(srv->tasks),

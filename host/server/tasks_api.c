@@ -18,6 +18,7 @@
 #include "common/status.h"
 #include "grammar/grammar.h"
 #include "cors.h"
+#include "flush_track.h"
 #include "metrics.h"
 #include "openai.h"
 #include "sse.h"
@@ -160,22 +161,12 @@ static void notify_drained(struct tasks_api *api)
         api->cfg.drained(api->cfg.drained_ud);
 }
 
-static void on_reply_written(struct evhttp_request *req, void *arg)
-{
-    struct tasks_api *api = arg;
-    (void)req;
-    if (api->cfg.flushing)
-        (*api->cfg.flushing)--;
-    notify_drained(api);
-}
-
-/* Count the final reply until libevent has written it (shutdown waits). */
+/* Count the final reply until libevent has written it or its connection
+ * closed (shutdown waits; flush_track.h).  Out of memory: not counted. */
 static void track_reply(struct waiter *w)
 {
-    if (!w->api->cfg.flushing)
-        return;
-    evhttp_request_set_on_complete_cb(w->req, on_reply_written, w->api);
-    (*w->api->cfg.flushing)++;
+    if (w->api->cfg.flushing)
+        (void)flush_track(w->req, w->api->cfg.flushing, w->api->cfg.drained, w->api->cfg.drained_ud);
 }
 
 static void waiter_free(struct waiter *w)

@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import struct
 import subprocess
 import time
 
@@ -160,6 +161,42 @@ def test_graceful_shutdown_cancels_after_grace(paraserve_bin, model_path):
     assert srv.proc.returncode == 0
     assert time.time() - t0 < 60
     srv.log.close()
+
+
+def test_shutdown_does_not_wait_for_a_reply_whose_client_dropped(paraserve_bin, model_path):
+    """A final reply larger than the socket buffers stays in libevent while the
+    client does not read; when that client then drops (RST), libevent frees the
+    connection without calling the reply's completion callback.  Shutdown
+    counted such a reply as still being written and waited out its whole grace
+    time (30 s here) with nothing in flight."""
+    from server_fixtures import ServerProcess
+    srv = ServerProcess(paraserve_bin, model_path, "--kv-blocks", 64, "--shutdown-grace-ms", 30000,
+                        "--max-body-bytes", 64 << 20)
+    try:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 2048)
+        s.connect(("127.0.0.1", srv.port))
+        # task.created echoes the input: a 16 MiB stream, over the kernel's 4 MiB send buffer
+        body = json.dumps({"input": "x" * (16 << 20), "stream": True,
+                           "script": [{"final": {"answer": "done"}}]}).encode()
+        s.sendall(b"POST /v1/tasks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                  b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        assert s.recv(64).startswith(b"HTTP/1.1 200")
+        # the task ends at once; its stream is then all queued and not read
+        wait_for(lambda: srv.metrics()["paraserve_http_in_flight"] == 0, timeout=30)
+        time.sleep(1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        s.close()  # RST: the rest of the reply can never be written
+        time.sleep(0.5)
+        t0 = time.time()
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.proc.wait(timeout=60)
+        took = time.time() - t0
+        assert srv.proc.returncode == 0, srv.output()
+        assert took < 10, f"shutdown took {took:.1f} s with nothing in flight:\n{srv.output()[-1500:]}"
+        assert "grace time over" not in srv.output()
+    finally:
+        srv.stop()
 
 
 def test_config_file_and_errors(paraserve_bin, model_path, tmp_path):
