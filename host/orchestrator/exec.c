@@ -354,15 +354,40 @@ static const cJSON *ref_resolve(struct exec_group *g, const char *ref, const str
     return exec_json_path((*call)->result, dot ? dot + 1 : "");
 }
 
-/* Replace {{id}} references to finished ok calls.  Returns 0, or -1 with
- * err set when a reference names a call that has no ok result. */
-static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, size_t errlen)
+/* What a string that is exactly one reference becomes, `val` being what it
+ * names and path[0..n-1] the string's position in the args: val's text
+ * (exec_result_text, the text the reference gives inside a longer string)
+ * where `schema` (the agent's input_schema) admits a string there but not
+ * val's JSON type (jschema_wants_text), so "{{c1.value}}" with a number
+ * result is the calculator's `expression` "42", not a rejected 42; else a
+ * copy of val (the key cJSON_Duplicate copies is the caller's to replace).
+ * NULL when memory ran out. */
+static cJSON *ref_whole_value(const cJSON *val, const cJSON *schema, const char *const *path, int n)
+{
+    if (!jschema_wants_text(schema, path, n, val))
+        return cJSON_Duplicate(val, 1);
+    char *txt = exec_result_text(val);
+    cJSON *s = txt ? cJSON_CreateString(txt) : NULL;
+    free(txt);
+    return s;
+}
+
+/* Replace {{id}} references to finished ok calls in the members of `node`,
+ * which sits at path[0..depth-1] in the args (object keys; NULL for an
+ * array element; path has room for JSCHEMA_MAX_DEPTH + 1 steps); `schema`
+ * is the agent's input_schema.  A string that is exactly one reference
+ * becomes ref_whole_value(); references inside a longer string become their
+ * text.  Returns 0, or -1 with err set when a reference names a call that
+ * has no ok result (err left empty when memory ran out). */
+static int substitute(struct exec_group *g, const cJSON *schema, const char **path, cJSON *node,
+                      int depth, char *err, size_t errlen)
 {
     if (depth > JSCHEMA_MAX_DEPTH)
         return 0;
     for (cJSON *ch = node->child; ch; ch = ch->next) {
+        path[depth] = cJSON_IsArray(node) ? NULL : ch->string;
         if (cJSON_IsArray(ch) || cJSON_IsObject(ch)) {
-            if (substitute(g, ch, depth + 1, err, errlen))
+            if (substitute(g, schema, path, ch, depth + 1, err, errlen))
                 return -1;
             continue;
         }
@@ -411,12 +436,15 @@ static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, s
                 return -1;
             }
             if (open == ch->valuestring && close[2] == 0) {
-                whole = cJSON_Duplicate(val, 1);
+                free(out);
+                if (!(whole = ref_whole_value(val, schema, path, depth + 1)))
+                    return -1;
                 break;
             }
             size_t pre = (size_t)(open - s);
             char *txt = exec_result_text(val);
-            size_t tn = txt ? strlen(txt) : 0;
+            if (!txt) { free(out); return -1; }
+            size_t tn = strlen(txt);
             char *nb = realloc(out, len + pre + tn + 1);
             if (!nb) { free(out); free(txt); return -1; }
             out = nb;
@@ -428,8 +456,7 @@ static int substitute(struct exec_group *g, cJSON *node, int depth, char *err, s
             s = close + 2;
         }
         if (whole) {
-            free(out);
-            /* cJSON_Duplicate copied the source's own key: replace it. */
+            /* a copy of the result carries its own key there: replace it */
             if (whole->string && !(whole->type & cJSON_StringIsConst))
                 cJSON_free(whole->string);
             whole->string = NULL;
@@ -481,7 +508,9 @@ static void call_make_ready(struct exec_call *c)
         cJSON_Delete(c->final_args);
         c->final_args = cJSON_Duplicate(c->args, 1);
     }
-    if (!c->final_args || substitute(c->g, c->final_args, 0, err, sizeof err)) {
+    const char *path[JSCHEMA_MAX_DEPTH + 1];
+    if (!c->final_args ||
+        substitute(c->g, c->rt->spec->input_schema, path, c->final_args, 0, err, sizeof err)) {
         call_finish(c, FB_REJECTED, NULL, err[0] ? err : "out of memory", 0);
         return;
     }

@@ -27,9 +27,13 @@
  *     return.  The callback must not submit, cancel or destroy the group
  *     itself: defer to the loop instead.
  *
- * Arguments may reference finished calls: a string value exactly "{{c1}}"
- * is replaced by c1's result (JSON), and "{{c1}}" inside a longer string by
- * its text (exec_result_text); "{{c1.a.b}}" selects a member of the result.  Arguments are validated against the agent's input_schema after
+ * Arguments may reference finished calls: "{{c1}}" inside a longer string
+ * is replaced by c1's result text (exec_result_text), and a string value
+ * exactly "{{c1}}" by c1's result as a JSON value - or by that same text
+ * where the agent's input_schema at that argument admits a string but not
+ * the value's JSON type (jschema_wants_text), so a number result fills a
+ * string-typed argument as "42".  "{{c1.a.b}}" selects a member of the
+ * result.  Arguments are validated against the agent's input_schema after
  * substitution; a failure (or an unknown agent) is `rejected` without
  * calling the agent.
  */

@@ -298,3 +298,93 @@ int jschema_validate(const cJSON *schema, const cJSON *value, const char *where,
         return PS_OK;
     return validate_rec(schema, value, where, 0, err, errlen);
 }
+
+/* JSON types as bits; an integral number has both NUMBER and INTEGER, so
+ * `mask & value_types(v)` says whether a mask admits v's type. */
+enum {
+    JT_OBJECT = 1, JT_ARRAY = 2, JT_STRING = 4, JT_NUMBER = 8, JT_INTEGER = 16,
+    JT_BOOLEAN = 32, JT_NULL = 64, JT_ALL = 127,
+};
+
+static unsigned value_types(const cJSON *v)
+{
+    if (cJSON_IsNumber(v))
+        return isfinite(v->valuedouble) && v->valuedouble == floor(v->valuedouble)
+                   ? JT_NUMBER | JT_INTEGER : JT_NUMBER;
+    if (cJSON_IsObject(v)) return JT_OBJECT;
+    if (cJSON_IsArray(v)) return JT_ARRAY;
+    if (cJSON_IsString(v)) return JT_STRING;
+    if (cJSON_IsBool(v)) return JT_BOOLEAN;
+    if (cJSON_IsNull(v)) return JT_NULL;
+    return 0;
+}
+
+static unsigned type_name_bit(const char *t)
+{
+    static const unsigned bits[] = { JT_OBJECT, JT_ARRAY, JT_STRING, JT_NUMBER, JT_INTEGER, JT_BOOLEAN, JT_NULL };
+    for (size_t i = 0; i < sizeof known_types / sizeof known_types[0]; i++)
+        if (!strcmp(t, known_types[i]))
+            return bits[i];
+    return 0;
+}
+
+/* The JT_* types schema s admits at path[0..n-1] (see jschema_wants_text). */
+static unsigned types_at(const cJSON *s, const char *const *path, int n, int depth)
+{
+    if (cJSON_IsFalse(s))
+        return 0;
+    if (!cJSON_IsObject(s) || depth > JSCHEMA_MAX_DEPTH)
+        return JT_ALL;
+    unsigned m = JT_ALL;
+    if (n == 0) {
+        const cJSON *type = cJSON_GetObjectItemCaseSensitive(s, "type");
+        if (cJSON_IsString(type)) {
+            m = type_name_bit(type->valuestring);
+        } else if (cJSON_IsArray(type)) {
+            m = 0;
+            for (const cJSON *t = type->child; t; t = t->next)
+                m |= cJSON_IsString(t) ? type_name_bit(t->valuestring) : 0;
+        }
+        const cJSON *en = cJSON_GetObjectItemCaseSensitive(s, "enum");
+        if (cJSON_IsArray(en)) {
+            unsigned e = 0;
+            for (const cJSON *v = en->child; v; v = v->next)
+                e |= value_types(v);
+            m &= e;
+        }
+        const cJSON *cst = cJSON_GetObjectItemCaseSensitive(s, "const");
+        if (cst)
+            m &= value_types(cst);
+    } else {
+        const cJSON *sub;
+        if (path[0]) {
+            const cJSON *props = cJSON_GetObjectItemCaseSensitive(s, "properties");
+            sub = props ? cJSON_GetObjectItemCaseSensitive(props, path[0]) : NULL;
+            if (!sub)
+                sub = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+        } else {
+            sub = cJSON_GetObjectItemCaseSensitive(s, "items");
+        }
+        if (sub)
+            m = types_at(sub, path + 1, n - 1, depth + 1);
+    }
+    static const char *const alts[] = { "anyOf", "oneOf" };
+    for (size_t i = 0; i < 2; i++) {
+        const cJSON *a = cJSON_GetObjectItemCaseSensitive(s, alts[i]);
+        if (!cJSON_IsArray(a))
+            continue;
+        unsigned u = 0;
+        for (const cJSON *b = a->child; b; b = b->next)
+            u |= types_at(b, path, n, depth + 1);
+        m &= u;
+    }
+    return m;
+}
+
+int jschema_wants_text(const cJSON *schema, const char *const *path, int n, const cJSON *value)
+{
+    if (!schema || cJSON_IsString(value) || n < 0 || n > JSCHEMA_MAX_DEPTH)
+        return 0;
+    unsigned m = types_at(schema, path, n, 0);
+    return (m & JT_STRING) && !(m & value_types(value));
+}

@@ -34,4 +34,21 @@ int jschema_check(const cJSON *schema, const char *where, char *err, size_t errl
 int jschema_validate(const cJSON *schema, const cJSON *value, const char *where,
                      char *err, size_t errlen);
 
+/* 1 when `schema` (assumed checked), at the position `path` names inside
+ * the value it validates, admits a string but not the JSON type of `value`;
+ * else 0 (also when `value` is a string, or nothing constrains that
+ * position's type).  The executor renders a whole-string {{ref}} argument as
+ * text exactly then.
+ *
+ * path[0..n-1] are the steps from the root: an object member's key, or NULL
+ * for an array element.  A step follows the member's `properties` schema,
+ * else `additionalProperties`, and `items` for an element (as
+ * jschema_validate does).  The types a schema admits are those of `type`
+ * intersected with those of `enum` / `const` values; `anyOf` and `oneOf`
+ * admit what any branch admits at that position (a branch that does not
+ * constrain it admits every type), intersected with the rest of the schema.
+ * "integer" admits integral numbers only; false admits nothing.  Paths
+ * longer than JSCHEMA_MAX_DEPTH steps are not followed (0). */
+int jschema_wants_text(const cJSON *schema, const char *const *path, int n, const cJSON *value);
+
 #endif /* PS_ORCH_JSCHEMA_H */

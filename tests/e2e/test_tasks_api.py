@@ -205,6 +205,19 @@ def test_delete_cancels_in_flight_and_late_results_never_appear(srv):
     assert again["status"] == "cancelled"
 
 
+def test_whole_ref_to_a_number_fills_a_string_argument(srv):
+    """An argument that is exactly "{{c1.value}}" (or "{{c1}}"), where the
+    calculator's input_schema wants a string and c1 gave a number, runs on
+    the number's text; it used to be rejected ("expected string, got number")."""
+    s = post(srv, {"input": "chain", "script": [
+        {"calls": [{"id": "c1", "to": "calculator", "args": {"expression": "6*7"}},
+                   {"id": "c2", "to": "calculator", "args": {"expression": "{{c1.value}}"}, "after": ["c1"]},
+                   {"id": "c3", "to": "calculator", "args": {"expression": "{{c1}}"}, "after": ["c1"]}]},
+        {"final": {"answer": "{{c2}} {{c3.value}}", "uses": ["c2", "c3"]}}]}).json()
+    assert {c["id"]: c["status"] for c in s["calls"]} == {"c1": "ok", "c2": "ok", "c3": "ok"}, s
+    assert s["status"] == "completed" and s["output"] == "42 42"
+
+
 def test_sse_resume_with_last_event_id(srv):
     s = post(srv, {"input": "resume", "script": [
         {"calls": [{"id": "k", "to": "calculator", "args": {"expression": "6*7"}}]},

@@ -78,6 +78,69 @@ static void test_schema_and_calc(void)
     CHECK(builtin_calc(deep, &x, err, sizeof err) == PS_EINVAL);
 }
 
+/* jschema_wants_text: a string admitted where the value's type is not,
+ * followed through properties / items / additionalProperties / anyOf; the
+ * executor's whole-string {{ref}} rendering rests on it (test_orch_exec_core
+ * checks it end to end). */
+static void test_schema_wants_text(void)
+{
+    char err[256];
+    cJSON *s = cJSON_Parse("{\"type\":\"object\",\"properties\":{"
+                           "\"i\":{\"type\":[\"integer\",\"string\"]},\"c\":{\"const\":\"7\"},\"f\":false,"
+                           "\"l\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},\"x\":{\"type\":\"string\"},"
+                           "\"e\":{\"type\":\"string\",\"enum\":[1,2]}},"
+                           "\"additionalProperties\":{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"null\"}]}}");
+    cJSON *two = cJSON_CreateNumber(2), *half = cJSON_CreateNumber(2.5), *str = cJSON_CreateString("s");
+    cJSON *arr = cJSON_Parse("[7]"), *nul = cJSON_CreateNull();
+    CHECK(s && two && half && str && arr && nul);
+    if (!s || !two || !half || !str || !arr || !nul)
+        goto done;
+    CHECK(jschema_check(s, "schema", err, sizeof err) == PS_OK);
+    const char *i[] = { "i" }, *c[] = { "c" }, *f[] = { "f" }, *l[] = { "l", NULL }, *lw[] = { "l" };
+    const char *x[] = { "x" }, *e[] = { "e" }, *other[] = { "other" };
+    CHECK(jschema_wants_text(s, i, 1, two) == 0);       /* an integer is admitted */
+    CHECK(jschema_wants_text(s, i, 1, half) == 1);      /* 2.5 is no integer */
+    CHECK(jschema_wants_text(s, c, 1, two) == 1);       /* const "7": strings only */
+    CHECK(jschema_wants_text(s, f, 1, two) == 0);       /* false admits nothing, no string either */
+    CHECK(jschema_wants_text(s, l, 2, two) == 1);       /* an element of a list of strings */
+    CHECK(jschema_wants_text(s, lw, 1, arr) == 0);      /* the list itself */
+    CHECK(jschema_wants_text(s, x, 1, str) == 0);       /* already a string */
+    CHECK(jschema_wants_text(s, x, 1, arr) == 1);
+    CHECK(jschema_wants_text(s, e, 1, two) == 0);       /* type string, enum numbers: nothing admitted */
+    CHECK(jschema_wants_text(s, other, 1, two) == 1);   /* additionalProperties' anyOf */
+    CHECK(jschema_wants_text(s, other, 1, nul) == 0);
+    CHECK(jschema_wants_text(NULL, x, 1, two) == 0);    /* no schema says nothing */
+    CHECK(jschema_wants_text(s, x, 0, two) == 0);       /* the root is an object */
+
+    /* JSCHEMA_MAX_DEPTH steps are followed, one more is not */
+    cJSON *deep = cJSON_Parse("{\"type\":\"string\"}");
+    const char *steps[JSCHEMA_MAX_DEPTH + 1] = { NULL };
+    for (int k = 0; deep && k < JSCHEMA_MAX_DEPTH + 1; k++) {
+        cJSON *up = cJSON_CreateObject();
+        if (!up || !cJSON_AddItemToObject(up, "items", deep)) {
+            cJSON_Delete(up);
+            cJSON_Delete(deep);
+            deep = NULL;
+            break;
+        }
+        deep = up;
+    }
+    CHECK(deep != NULL);
+    if (deep) {
+        const cJSON *in = cJSON_GetObjectItemCaseSensitive(deep, "items");
+        CHECK(jschema_wants_text(in, steps, JSCHEMA_MAX_DEPTH, two) == 1);
+        CHECK(jschema_wants_text(deep, steps, JSCHEMA_MAX_DEPTH + 1, two) == 0);
+    }
+    cJSON_Delete(deep);
+done:
+    cJSON_Delete(s);
+    cJSON_Delete(two);
+    cJSON_Delete(half);
+    cJSON_Delete(str);
+    cJSON_Delete(arr);
+    cJSON_Delete(nul);
+}
+
 static int n_closed;
 static char closed_ids[8][16];
 static void on_closed(void *ud, const cJSON *call)
@@ -2025,6 +2088,7 @@ int main(void)
     test_registry_errors();
     test_mcp_reply();
     test_schema_and_calc();
+    test_schema_wants_text();
     test_action_parser();
     test_parallel_and_dag();
     test_faults();

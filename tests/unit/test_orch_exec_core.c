@@ -13,11 +13,11 @@
 #include "orchestrator/registry.h"
 #include "test_util.h"
 
-#define FB_MAX 32
+#define FB_MAX 48
 struct fbs {
     struct event_base *base;
     int                n;
-    struct { char id[16]; enum fb_status st; char err[256]; } f[FB_MAX];
+    struct { char id[16]; enum fb_status st; char err[256]; char res[256]; } f[FB_MAX];
 };
 
 static void fbs_cb(void *ud, const struct exec_feedback *fb)
@@ -27,6 +27,9 @@ static void fbs_cb(void *ud, const struct exec_feedback *fb)
         snprintf(s->f[s->n].id, sizeof s->f[0].id, "%s", fb->id);
         s->f[s->n].st = fb->status;
         snprintf(s->f[s->n].err, sizeof s->f[0].err, "%s", fb->error ? fb->error : "");
+        char *res = fb->result ? cJSON_PrintUnformatted(fb->result) : NULL;
+        snprintf(s->f[s->n].res, sizeof s->f[0].res, "%s", res ? res : "");
+        free(res);
     }
     s->n++;
 }
@@ -43,6 +46,15 @@ static int fbs_status(const struct fbs *s, const char *id, const char **err)
     if (err)
         *err = "";
     return -1;
+}
+
+/* Compact JSON of the first ok result for `id`, "" when none. */
+static const char *fbs_result(const struct fbs *s, const char *id)
+{
+    for (int i = 0; i < s->n && i < FB_MAX; i++)
+        if (!strcmp(s->f[i].id, id))
+            return s->f[i].res;
+    return "";
 }
 
 static int fbs_count(const struct fbs *s, const char *id)
@@ -386,6 +398,105 @@ static void test_mcp_json_reply_must_carry_the_call_id(void)
     }
 }
 
+/* A whole-string reference ("{{a.value}}", nothing around it) becomes the
+ * referenced JSON value, except where the agent's input_schema at that
+ * argument admits a string but not the value's type: there it becomes the
+ * value's text, as "{{a.value}} " would (exec_result_text).  The calculator's
+ * `expression` given "{{a.value}}" with a number result was `rejected`
+ * ("expected string, got number") before. */
+#define REF_POOL                                                                              \
+    "{\"agents\":[{\"name\":\"calculator\",\"kind\":\"builtin\"},"                            \
+    "{\"name\":\"echo\",\"kind\":\"builtin\",\"tool\":\"echo\"},"                             \
+    "{\"name\":\"typed\",\"kind\":\"builtin\",\"tool\":\"echo\",\"input_schema\":{"           \
+    "\"type\":\"object\",\"properties\":{"                                                    \
+    "\"s\":{\"type\":\"string\"},\"n\":{\"type\":\"number\"},\"free\":{},"                    \
+    "\"i\":{\"type\":\"integer\"},"                                                           \
+    "\"sn\":{\"type\":[\"string\",\"null\"]},"                                                \
+    "\"tags\":{\"type\":\"array\",\"items\":{\"type\":\"string\"}},"                          \
+    "\"deep\":{\"type\":\"object\",\"properties\":{\"inner\":{\"type\":\"object\","           \
+    "\"properties\":{\"q\":{\"type\":\"string\"}}}}},"                                        \
+    "\"pick\":{\"enum\":[\"42\",\"x\"]},"                                                     \
+    "\"alt\":{\"anyOf\":[{\"type\":\"string\"},{\"type\":\"boolean\"}]},"                     \
+    "\"open\":{\"anyOf\":[{\"type\":\"string\"},{}]},"                                        \
+    "\"u\":{\"oneOf\":[{\"type\":\"object\",\"properties\":{\"q\":{\"type\":\"string\"}},"    \
+    "\"required\":[\"q\"],\"additionalProperties\":false},"                                   \
+    "{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"number\"}},"                      \
+    "\"required\":[\"n\"],\"additionalProperties\":false}]}},"                                \
+    "\"additionalProperties\":{\"type\":\"string\"}}}]}"
+
+static void test_whole_ref_follows_the_input_schema(void)
+{
+    struct rig r;
+    if (rig_open(&r, REF_POOL))
+        return;
+    struct event_base *base = r.base;
+    struct exec_group *g = r.g;
+    struct fbs s = { .base = base };
+    r.s = &s;
+    submit(g, "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"6*7\"}}");
+    submit(g, "{\"id\":\"o\",\"to\":\"echo\",\"args\":{\"k\":\"v\",\"n\":2}}");
+    submit(g, "{\"id\":\"b\",\"to\":\"echo\",\"args\":{\"t\":true,\"nul\":null,\"half\":2.5,\"list\":[1,2]}}");
+    static const struct { const char *id, *to, *args, *want; } cases[] = {
+        /* the defect: a number result into the calculator's string `expression` */
+        { "calc",     "calculator", "{\"expression\":\"{{a.value}}\"}",       "{\"value\":42}" },
+        { "calc_obj", "calculator", "{\"expression\":\"{{a}}\"}",             "{\"value\":42}" },
+        { "calc_txt", "calculator", "{\"expression\":\"{{a.value}}+1\"}",     "{\"value\":43}" },
+        /* a string position gets exec_result_text's text */
+        { "s",        "typed", "{\"s\":\"{{a.value}}\"}",                     "{\"s\":\"42\"}" },
+        { "s_space",  "typed", "{\"s\":\"{{a.value}} \"}",                    "{\"s\":\"42 \"}" },
+        { "s_obj",    "typed", "{\"s\":\"{{o}}\"}",                           "{\"s\":\"{\\\"k\\\":\\\"v\\\",\\\"n\\\":2}\"}" },
+        { "s_list",   "typed", "{\"s\":\"{{b.list}}\"}",                      "{\"s\":\"[1,2]\"}" },
+        { "s_elem",   "typed", "{\"s\":\"{{b.list.1}}\"}",                    "{\"s\":\"2\"}" },
+        { "s_bool",   "typed", "{\"s\":\"{{b.t}}\"}",                         "{\"s\":\"true\"}" },
+        { "s_str",    "typed", "{\"s\":\"{{o.k}}\"}",                         "{\"s\":\"v\"}" },
+        /* a position that admits the value's type, or says nothing, keeps the JSON value */
+        { "n",        "typed", "{\"n\":\"{{a.value}}\"}",                     "{\"n\":42}" },
+        { "free",     "typed", "{\"free\":\"{{a.value}}\"}",                  "{\"free\":42}" },
+        { "plain",    "echo",  "{\"v\":\"{{a.value}}\",\"w\":\"{{o}}\"}",     "{\"v\":42,\"w\":{\"k\":\"v\",\"n\":2}}" },
+        { "open",     "typed", "{\"open\":\"{{a.value}}\"}",                  "{\"open\":42}" },
+        /* a list of types */
+        { "sn",       "typed", "{\"sn\":\"{{a.value}}\"}",                    "{\"sn\":\"42\"}" },
+        { "sn_null",  "typed", "{\"sn\":\"{{b.nul}}\"}",                      "{\"sn\":null}" },
+        /* arrays of strings, nested objects, additionalProperties */
+        { "tags",     "typed", "{\"tags\":[\"{{a.value}}\",\"x\",\"{{b.t}}\",\"{{b.half}}\"]}",
+                                                                              "{\"tags\":[\"42\",\"x\",\"true\",\"2.5\"]}" },
+        { "deep",     "typed", "{\"deep\":{\"inner\":{\"q\":\"{{b.half}}\"}}}", "{\"deep\":{\"inner\":{\"q\":\"2.5\"}}}" },
+        { "extra",    "typed", "{\"extra\":\"{{a.value}}\"}",                 "{\"extra\":\"42\"}" },
+        /* enum of strings; anyOf / oneOf */
+        { "pick",     "typed", "{\"pick\":\"{{a.value}}\"}",                  "{\"pick\":\"42\"}" },
+        { "alt",      "typed", "{\"alt\":\"{{a.value}}\"}",                   "{\"alt\":\"42\"}" },
+        { "alt_bool", "typed", "{\"alt\":\"{{b.t}}\"}",                       "{\"alt\":true}" },
+        { "u",        "typed", "{\"u\":{\"q\":\"{{a.value}}\"}}",             "{\"u\":{\"q\":\"42\"}}" },
+        { "u_n",      "typed", "{\"u\":{\"n\":\"{{a.value}}\"}}",             "{\"u\":{\"n\":42}}" },
+    };
+    size_t nc = sizeof cases / sizeof cases[0];
+    for (size_t i = 0; i < nc; i++) {
+        char call[512];
+        snprintf(call, sizeof call, "{\"id\":\"%s\",\"to\":\"%s\",\"args\":%s,\"after\":[\"a\",\"o\",\"b\"]}",
+                 cases[i].id, cases[i].to, cases[i].args);
+        submit(g, call);
+    }
+    /* a string into a number position stays a string: rejected as before */
+    submit(g, "{\"id\":\"n_str\",\"to\":\"typed\",\"args\":{\"n\":\"{{o.k}}\"},\"after\":[\"o\"]}");
+    /* 2.5 into an integer position that admits no string: kept, rejected */
+    submit(g, "{\"id\":\"i_half\",\"to\":\"typed\",\"args\":{\"i\":\"{{b.half}}\"},\"after\":[\"b\"]}");
+    run_until(base, &s, 3 + (int)nc + 2, 3000);
+    CHECK(s.n == 3 + (int)nc + 2);
+    for (size_t i = 0; i < nc; i++) {
+        const char *err;
+        int st = fbs_status(&s, cases[i].id, &err);
+        CHECK_MSG(st == FB_OK && !strcmp(fbs_result(&s, cases[i].id), cases[i].want),
+                  "%s %s: %s (%s) result %s, want %s", cases[i].to, cases[i].args,
+                  st >= 0 ? fb_status_str(st) : "none", err, fbs_result(&s, cases[i].id), cases[i].want);
+    }
+    const char *err;
+    CHECK_MSG(fbs_status(&s, "n_str", &err) == FB_REJECTED && strstr(err, "args.n: expected number, got string"),
+              "n_str: %s", err);
+    CHECK_MSG(fbs_status(&s, "i_half", &err) == FB_REJECTED && strstr(err, "args.i: expected integer, got number"),
+              "i_half: %s", err);
+    rig_close(&r);
+}
+
 int main(void)
 {
     test_after_names_a_call_twice();
@@ -394,6 +505,7 @@ int main(void)
     test_cancel_before_rejection_is_delivered();
     test_breaker_open_fails_queued_calls();
     test_ref_into_an_array_needs_an_index();
+    test_whole_ref_follows_the_input_schema();
     test_mcp_json_reply_must_carry_the_call_id();
     TEST_DONE();
 }
