@@ -30,7 +30,10 @@
  * whatever the batch size.  Activation rows are rmsnorm'ed and quantized in
  * parallel from QUANT_PARALLEL_MIN rows.
  *
- * Attention (f16 or q8 cache, AVX2: attn_row_avx2): work items are runs of a
+ * Attention (f16 or q8 cache, AVX2: attn_row_avx2; f16 scores for up to 3
+ * heads per KV head converted straight into the FMAs, attn_qk8_direct,
+ * else staged in f32 rows, attn_qk8_f16: the same sums either way): work
+ * items are runs of a
  * sequence's rows times one head, one GQA group, or - with at least one
  * run per thread - every head (whole K/V rows); the kernel is the same for
  * each, so the split never changes a value.  At large batches the step
@@ -839,6 +842,46 @@ AVX2_INL __m256 attn_qk8_f16(const float *q, const float *kf, int64_t D)
     return hsum_halves8(acc);
 }
 
+/* s[g] = attn_qk8_f16(q + g * D, kf, D) for G (<= 3) heads, kf being the
+ * rows attn_rows8_f16 would convert (positions j0.., the last one repeated
+ * past n_ctx), bitwise: the same FMAs per (head, row, even / odd chunk) in
+ * the same order, the same sums.  Without staging kf: rows in pairs, each
+ * 8-element chunk converted once and fed straight to the G heads' FMAs
+ * (12 accumulators; the query chunks are memory operands), so a position
+ * costs 8 conversions and 8 * G FMAs with no store and reload. */
+AVX2_INL void attn_qk8_direct(const float *q, const char *kbase, const int64_t *offs, int64_t j0, int64_t n_ctx,
+                              int64_t D, __m256 *s, const int G)
+{
+    __m256 acc[3][8];
+    for (int r0 = 0; r0 < 8; r0 += 2) {
+        const uint16_t *k0 = (const uint16_t *)kbase + offs[j0 + r0 < n_ctx ? j0 + r0 : n_ctx - 1];
+        const uint16_t *k1 = (const uint16_t *)kbase + offs[j0 + r0 + 1 < n_ctx ? j0 + r0 + 1 : n_ctx - 1];
+        __m256 a[3][2][2];   /* [head][row of the pair][even / odd chunk] */
+        for (int g = 0; g < G; g++)
+            a[g][0][0] = a[g][0][1] = a[g][1][0] = a[g][1][1] = _mm256_setzero_ps();
+        for (int64_t c = 0; c < D; c += 16) {
+            const __m256 x00 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k0 + c)));
+            const __m256 x01 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k0 + c + 8)));
+            for (int g = 0; g < G; g++) {
+                a[g][0][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c), x00, a[g][0][0]);
+                a[g][0][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c + 8), x01, a[g][0][1]);
+            }
+            const __m256 x10 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k1 + c)));
+            const __m256 x11 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k1 + c + 8)));
+            for (int g = 0; g < G; g++) {
+                a[g][1][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c), x10, a[g][1][0]);
+                a[g][1][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c + 8), x11, a[g][1][1]);
+            }
+        }
+        for (int g = 0; g < G; g++) {
+            acc[g][r0] = _mm256_add_ps(a[g][0][0], a[g][0][1]);
+            acc[g][r0 + 1] = _mm256_add_ps(a[g][1][0], a[g][1][1]);
+        }
+    }
+    for (int g = 0; g < G; g++)
+        s[g] = hsum_halves8(acc[g]);
+}
+
 /* Softmax numerators of G heads in place (sc + g * ctx_stride, chunks of 8
  * up to n_ctx; lanes past n_ctx hold -inf) from their running maxima
  * vmx[g]; sum[g] = the denominators, a tree over 8-lane partial sums. */
@@ -929,9 +972,16 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
             }
             continue;
         }
-        attn_rows8_f16(kf, kbase, offs, j0, n_ctx, D);
+        __m256 sg[8];
+        if (G <= 3) {
+            attn_qk8_direct(q, kbase, offs, j0, n_ctx, D, sg, G);
+        } else {
+            attn_rows8_f16(kf, kbase, offs, j0, n_ctx, D);
+            for (int g = 0; g < G; g++)
+                sg[g] = attn_qk8_f16(q + g * D, kf, D);
+        }
         for (int g = 0; g < G; g++) {
-            const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(attn_qk8_f16(q + g * D, kf, D), vscale), ninf, past);
+            const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
             _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
             vmx[g] = _mm256_max_ps(vmx[g], s);
         }
@@ -1029,10 +1079,16 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
         for (int64_t j0 = P; j0 < n; j0 += 8) {
             attn_pf_positions(jb->kbase, jb->vbase, 2, jb->roffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n, 2 * D);
             const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n - j0)), _CMP_GE_OQ);
-            attn_rows8_f16(kf, jb->kbase, jb->roffs, j0, n, D);
+            __m256 sg[8];
+            if (G <= 3) {
+                attn_qk8_direct(jb->q[r], jb->kbase, jb->roffs, j0, n, D, sg, G);
+            } else {
+                attn_rows8_f16(kf, jb->kbase, jb->roffs, j0, n, D);
+                for (int g = 0; g < G; g++)
+                    sg[g] = attn_qk8_f16(jb->q[r] + g * D, kf, D);
+            }
             for (int g = 0; g < G; g++) {
-                const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(attn_qk8_f16(jb->q[r] + g * D, kf, D), vscale),
-                                                  ninf, past);
+                const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
                 _mm256_storeu_ps(jb->sc + ((int64_t)r * G + g) * cs + j0, s);
                 vmx[r][g] = _mm256_max_ps(vmx[r][g], s);
             }
