@@ -41,6 +41,8 @@ chat = [
     {"messages": []}, {"messages": [{"role": "wizard", "content": "x"}]}, {"model": "nope", "messages": msgs},
     {"messages": msgs, "n": 2}, {"messages": msgs, "temperature": -1}, {"messages": msgs, "top_p": 0},
     {"messages": msgs, "functions": [{"name": "f"}]},
+    {"messages": msgs, "logprobs": True, "top_logprobs": 5, "stream": True}, {"messages": msgs, "top_logprobs": 2},
+    {"messages": msgs, "logprobs": True, "top_logprobs": 21}, {"messages": msgs, "logprobs": "yes"},
     {"messages": msgs, "response_format": {"type": "json_schema", "json_schema": {"schema": {"$ref": "#/x"}}}},
 ]
 completions = [
@@ -49,7 +51,8 @@ completions = [
     {"prompt": "x", "stop": "\n", "stream": True, "logprobs": 1}, {"prompt": "x", "max_tokens": -3},
     {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": person}}},
     {"prompt": "x", "priority": 5, "ignore_eos": True}, {"prompt": "x", "priority": 1e300},
-    {"prompt": "x", "logprobs": 0, "stream": True}, {"prompt": "a\x00b"}, {"prompt": "a\\u0000b"},
+    {"prompt": "x", "logprobs": 0, "stream": True}, {"prompt": "x", "logprobs": 6},
+    {"prompt": "a\x00b"}, {"prompt": "a\\u0000b"},
     {"prompt": "x", "stop": ["y", "\\", "\x00"], "top_p": 0},
     {"prompt": "x", "response_format": {"type": "json_schema", "json_schema": {"name": "p", "schema": {
         "type": "object", "properties": {"k\x00": {"enum": [[{"a": ["\x00"]}]]}}}}}},

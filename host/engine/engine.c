@@ -145,6 +145,11 @@ static int on_sched_event(void *ud, const struct sched_event *sev)
     if (kind == ENGINE_EV_TOKEN && sev->has_logprob) {
         ev->has_logprob = true;
         ev->logprob = sev->logprob;
+        ev->n_top = sev->n_top > SCHED_MAX_TOP_LOGPROBS ? SCHED_MAX_TOP_LOGPROBS : sev->n_top;
+        if (ev->n_top > 0) {
+            memcpy(ev->top_ids, sev->top_ids, (size_t)ev->n_top * sizeof *ev->top_ids);
+            memcpy(ev->top_lps, sev->top_lps, (size_t)ev->n_top * sizeof *ev->top_lps);
+        }
         /* Out of memory for the piece: the event still goes out with its
          * text (the output must not lose it), piece NULL telling the
          * consumer that this token's logprobs entry is lost. */
@@ -226,7 +231,8 @@ static void handle_submit(engine *e, struct cmd *c)
         .prompt = ids ? ids : c->prompt_ids, .n_prompt = ids ? (int32_t)n : c->req.n_prompt_ids,
         .max_tokens = c->req.max_tokens, .sampling = c->req.sampling,
         .stop = (const char *const *)c->stop, .n_stop = c->req.n_stop,
-        .ignore_eos = c->req.ignore_eos, .logprobs = c->req.logprobs, .constraint = c->req.constraint,
+        .ignore_eos = c->req.ignore_eos, .logprobs = c->req.logprobs,
+        .top_logprobs = c->req.top_logprobs, .constraint = c->req.constraint,
         .user = c->req.user,
     };
     if (r.max_tokens <= 0)

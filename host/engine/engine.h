@@ -59,6 +59,11 @@ struct engine_request {
     bool           logprobs;      /* TOKEN events carry the sampled token's
                                      log-probability and text (sampled on
                                      the host: scheduler.h)               */
+    int32_t        top_logprobs;  /* with logprobs: and the step's this-many
+                                     most likely ids with their logprobs,
+                                     0..SCHED_MAX_TOP_LOGPROBS (outside, or
+                                     non-zero without logprobs: a DONE with
+                                     status 400)                          */
     /* Constrained decoding (optional; ops == NULL: none).  engine_submit
      * takes its own reference (constraint.ops->retain), so the caller may
      * drop its reference right after submitting.  From a compiled JSON
@@ -99,6 +104,12 @@ struct engine_event {
                              it (text is still whole): the consumer cannot
                              list this token and must fail its logprobs */
     size_t   piece_len;
+    /* the alternatives (sched_event.top_ids/top_lps: logprob descending,
+     * ties by lower id, no -inf), n_top <= the request's top_logprobs; held
+     * in the event, so they cost no allocation that could fail */
+    int32_t  n_top;
+    int32_t  top_ids[SCHED_MAX_TOP_LOGPROBS];
+    float    top_lps[SCHED_MAX_TOP_LOGPROBS];
     /* DONE only */
     enum finish_reason finish;
     int32_t  n_prompt, n_cached, n_generated;

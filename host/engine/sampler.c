@@ -281,6 +281,35 @@ float sampler_logprob(const float *logits, double norm, int32_t id)
     return isnan(lp) ? -INFINITY : lp > 0.0 ? 0.0f : (float)lp;
 }
 
+int32_t sampler_top_logprobs(const float *logits, int32_t n_vocab, double norm, int32_t n, int32_t *ids,
+                             float *lps)
+{
+    int32_t k = 0; /* ids[0..k) by logit descending; lps holds the logits until the end */
+    if (n <= 0)
+        return 0;
+    for (int32_t id = 0; id < n_vocab; id++) {
+        const float l = logit_read(logits[id]);
+        if (l == -INFINITY)
+            continue;
+        /* ids ascend, so an id tied with the last kept one comes after it */
+        if (k == n && !(l > lps[k - 1]))
+            continue;
+        int32_t j = k < n ? k++ : n - 1;
+        for (; j > 0 && l > lps[j - 1]; j--) {
+            lps[j] = lps[j - 1];
+            ids[j] = ids[j - 1];
+        }
+        lps[j] = l;
+        ids[j] = id;
+    }
+    for (int32_t j = 0; j < k; j++) {
+        lps[j] = sampler_logprob(logits, norm, ids[j]);
+        if (lps[j] == -INFINITY)
+            return j; /* an underflow to -inf: this one and all after it have no mass */
+    }
+    return k;
+}
+
 uint64_t sampler_next_draw(const sampler *s)
 {
     return s->draw;

@@ -78,6 +78,21 @@ double sampler_log_norm(const float *logits, int32_t n_vocab);
  * for a -inf or NaN logit. */
 float  sampler_logprob(const float *logits, double norm, int32_t id);
 
+/* The n most likely ids of logits[n_vocab] under the same softmax
+ * (norm: sampler_log_norm of the same row), for logprobs alternatives:
+ * ids[k] with lps[k] = sampler_logprob(logits, norm, ids[k]), k < the
+ * returned count, ordered by logit descending (so logprob non-increasing),
+ * ties broken by the lower id - the greedy sampler's order, so ids[0] is
+ * the greedy token whenever it has mass.  Logits are read as the sampler
+ * reads them (NaN as -inf, +inf as the largest float).  An id whose
+ * logprob is -inf (no mass; JSON cannot carry -inf) is never listed, so
+ * the count is min(n, ids with a finite logprob) and 0 for n <= 0 or a row
+ * of -inf.  ids[n] and lps[n] are the caller's.  A partial insertion
+ * selection: O(n_vocab) compares plus O(n) moves per admitted id
+ * (O(n_vocab * n) worst case, no sort of the row); no allocation. */
+int32_t sampler_top_logprobs(const float *logits, int32_t n_vocab, double norm, int32_t n, int32_t *ids,
+                             float *lps);
+
 /* True when mask[(n_vocab + 31) / 32] allows no id in [0, n_vocab). */
 bool sampler_mask_empty(const uint32_t *mask, int32_t n_vocab);
 

@@ -46,6 +46,7 @@ struct seq {
                                    host always                             */
     bool           penalized;   /* sampler_params_need_history             */
     bool           logprobs;    /* TOKEN events carry the logprob          */
+    int32_t        n_top;       /* and this many alternatives (top_logprobs) */
     const struct token_constraint_ops *cops; /* NULL: unconstrained      */
     void          *cm;          /* constraint matcher                      */
     uint32_t      *mask;        /* [mask_words] for the next sample        */
@@ -82,6 +83,10 @@ struct sched {
     float              *logits;    /* [max_seqs][n_vocab] */
     float              *lp_row;    /* [n_vocab] a logprobs row before the
                                       penalties change it */
+    int32_t             top_ids[SCHED_MAX_TOP_LOGPROBS]; /* the alternatives of */
+    float               top_lps[SCHED_MAX_TOP_LOGPROBS]; /* the token being
+                                      accepted (seq_sample_host -> the TOKEN
+                                      event of seq_accept_token)          */
     bool                dev_sample; /* the backend samples itself and cfg allows it */
     struct backend_sample_params *dev_params; /* [max_seqs] rows of a device-sampled step */
     int32_t            *dev_tokens; /* [max_seqs] its sampled ids             */
@@ -484,12 +489,13 @@ static void seq_publish_blocks(sched *s, struct seq *q)
 }
 
 /* Take token `tok`, chosen for q by the host sampler or by the backend
- * (logprob: its log-probability when q->logprobs): the matcher accepts it
- * (an error finishes q: a token the mask did not allow), it joins the
- * penalty history and the sequence, then the stop rules run (EOG, stop
- * strings, matcher done, max_tokens, context) and the TOKEN event goes
- * out.  q may be finished (and freed) on return. */
-static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob)
+ * (logprob: its log-probability when q->logprobs; n_top: the alternatives
+ * in s->top_ids / s->top_lps, 0 without): the matcher accepts it (an error
+ * finishes q: a token the mask did not allow), it joins the penalty
+ * history and the sequence, then the stop rules run (EOG, stop strings,
+ * matcher done, max_tokens, context) and the TOKEN event goes out.  q may
+ * be finished (and freed) on return. */
+static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob, int32_t n_top)
 {
     if (q->cm && q->cops->accept(q->cm, tok)) {
         sched_finish(s, q, FINISH_ERROR, ps_error_last());
@@ -506,7 +512,8 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob
     if (eog) {
         struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
                                   .token = tok, .text = "", .text_len = 0, .piece = "", .piece_len = 0,
-                                  .has_logprob = q->logprobs, .logprob = logprob };
+                                  .has_logprob = q->logprobs, .logprob = logprob,
+                                  .top_ids = s->top_ids, .top_lps = s->top_lps, .n_top = n_top };
         (void)emit(s, &ev);   /* no text; a logprobs record is not kept for EOG */
         sched_finish(s, q, FINISH_STOP, NULL);
         return;
@@ -527,7 +534,8 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob
     struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
                               .token = tok, .text = q->text ? q->text : "", .text_len = safe,
                               .piece = plen ? piece : "", .piece_len = plen,
-                              .has_logprob = q->logprobs, .logprob = logprob };
+                              .has_logprob = q->logprobs, .logprob = logprob,
+                              .top_ids = s->top_ids, .top_lps = s->top_lps, .n_top = n_top };
     const bool lost = emit(s, &ev) != 0;
     if (lost) {
         /* not delivered: its text stays held back for the next event */
@@ -553,8 +561,9 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob
 
 /* Host path: choose q's next token from its logits row (penalties, mask,
  * draw sampler_next_draw), then seq_accept_token.  A logprobs sequence's
- * logprob is read from the row as the backend gave it: the penalties
- * rewrite the row in place, so a penalized one is copied first. */
+ * logprob and alternatives are read from the row as the backend gave it
+ * (the alternatives before sampling): the penalties rewrite the row in
+ * place, so a penalized one is copied first. */
 static void seq_sample_host(sched *s, struct seq *q, float *row)
 {
     int32_t tok;
@@ -564,18 +573,20 @@ static void seq_sample_host(sched *s, struct seq *q, float *row)
     }
     const float *raw = row;
     double norm = 0.0;
+    int32_t n_top = 0;
     if (q->logprobs) {
         norm = sampler_log_norm(row, s->n_vocab);
         if (q->penalized) {
             memcpy(s->lp_row, row, (size_t)s->n_vocab * sizeof *row);
             raw = s->lp_row;
         }
+        n_top = sampler_top_logprobs(raw, s->n_vocab, norm, q->n_top, s->top_ids, s->top_lps);
     }
     if (sampler_sample(q->smp, row, q->cm ? q->mask : NULL, &tok)) {
         sched_finish(s, q, FINISH_ERROR, ps_error_last());
         return;
     }
-    seq_accept_token(s, q, tok, q->logprobs ? sampler_logprob(raw, norm, tok) : 0.0f);
+    seq_accept_token(s, q, tok, q->logprobs ? sampler_logprob(raw, norm, tok) : 0.0f, n_top);
 }
 
 /* Device path: the backend drew `tok` (-1: q's mask allowed nothing) with
@@ -597,7 +608,7 @@ static void seq_sample_device(sched *s, struct seq *q, int32_t tok)
         return;
     }
     sampler_skip_draw(q->smp);
-    seq_accept_token(s, q, tok, 0.0f); /* host_only: never a logprobs sequence */
+    seq_accept_token(s, q, tok, 0.0f, 0); /* host_only: never a logprobs sequence */
 }
 
 static uint64_t now_ns(void)
@@ -975,6 +986,10 @@ int sched_submit(sched *s, const struct sched_request *req)
         if (req->prompt[i] < 0 || req->prompt[i] >= s->n_vocab)
             return ps_error_set(PS_EINVAL, "prompt token %d is outside the vocabulary [0, %d)",
                                 (int)req->prompt[i], (int)s->n_vocab);
+    if (req->top_logprobs < 0 || req->top_logprobs > SCHED_MAX_TOP_LOGPROBS ||
+        (req->top_logprobs && !req->logprobs))
+        return ps_error_set(PS_EINVAL, "top_logprobs %d: must be in [0, %d], and 0 without logprobs",
+                            (int)req->top_logprobs, SCHED_MAX_TOP_LOGPROBS);
     int rc = sampler_params_validate(&req->sampling);
     if (rc)
         return rc;
@@ -1029,6 +1044,7 @@ int sched_submit(sched *s, const struct sched_request *req)
     }
     q->penalized = sampler_params_need_history(&req->sampling);
     q->logprobs = req->logprobs;
+    q->n_top = req->top_logprobs;
     q->host_only = q->penalized || q->logprobs;
     q->bsp = (struct backend_sample_params){
         .temperature = req->sampling.temperature, .top_k = req->sampling.top_k,

@@ -106,6 +106,10 @@
 
 enum seq_state { SEQ_WAITING, SEQ_RUNNING, SEQ_PREEMPTED, SEQ_FINISHED };
 
+/* Most alternatives a TOKEN event carries (sched_request.top_logprobs):
+ * OpenAI chat's top_logprobs maximum. */
+#define SCHED_MAX_TOP_LOGPROBS 20
+
 enum finish_reason {
     FINISH_NONE = 0,
     FINISH_STOP,      /* EOG token or stop string                    */
@@ -182,6 +186,10 @@ struct sched_request {
     bool           logprobs;  /* TOKEN events carry the sampled token's
                                  log-probability (the logits row is read
                                  on the host: always the host path)      */
+    int32_t        top_logprobs; /* with logprobs: TOKEN events also carry
+                                 the this-many most likely ids of the
+                                 step (sampler_top_logprobs), 0 to
+                                 SCHED_MAX_TOP_LOGPROBS; else 0          */
     struct token_constraint constraint; /* borrowed: sched_submit creates
                                   the sequence's matcher from it          */
     void          *user;      /* handed back in every event               */
@@ -208,6 +216,14 @@ struct sched_event {
     float       logprob;     /* then: the token's log-probability under the
                                 raw logits (sampler_logprob: before
                                 penalties, temperature, truncation, mask)    */
+    const int32_t *top_ids;  /* [n_top] with has_logprob: the step's most  */
+    const float   *top_lps;  /* likely ids and their logprobs under the same
+                                raw logits (sampler_top_logprobs: logprob
+                                descending, ties by lower id, no -inf
+                                entry), n_top <= the request's top_logprobs;
+                                the sampled token may or may not be among
+                                them                                        */
+    int32_t     n_top;
     /* DONE only: */
     enum finish_reason finish;
     int32_t     n_prompt;    /* prompt tokens                                */
@@ -256,7 +272,9 @@ int  sched_create(const struct sched_config *cfg, backend *be, const struct sche
 void sched_free(sched *s);
 
 /* WAITING.  PS_EINVAL naming the problem (empty prompt, prompt not shorter
- * than the context, max_tokens < 1, bad sampling parameter); no event then. */
+ * than the context, max_tokens < 1, bad sampling parameter, top_logprobs
+ * outside [0, SCHED_MAX_TOP_LOGPROBS] or non-zero without logprobs); no
+ * event then. */
 int  sched_submit(sched *s, const struct sched_request *req);
 
 /* Finish request `id` with FINISH_CANCELLED (releasing its blocks) and emit

@@ -11,6 +11,7 @@
 
 #include "../common/grow.h"
 #include "../common/status.h"
+#include "../engine/scheduler.h"
 #include "../model/unicode.h"
 
 int api_error_set(struct api_error *e, int status, const char *type, const char *code,
@@ -1238,24 +1239,33 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     if (flag)
         return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "echo",
                              "'echo' is not supported");
-    /* chat: a boolean, only false is served; completions: an integer in
-     * [0, 5] (alternatives per token), only 0 is served (the sampled
-     * tokens' logprobs).  false stays accepted on both, as before. */
+    /* logprobs.  Chat: a boolean (false, null and 0 read as off), with
+     * optional top_logprobs in [0, 20] (alternatives per token), which
+     * needs logprobs true, as OpenAI's API has it.  Completions: an
+     * integer in [0, 5] (alternatives per token) or null/false (off). */
     const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
     if (chat) {
-        if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp) && !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
-            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "logprobs",
-                                 "'logprobs' is not supported yet on /v1/chat/completions");
+        if (lp && !cJSON_IsNull(lp) && !cJSON_IsBool(lp) && !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
+            return BADTYPE("logprobs", "a boolean");
+        p->logprobs = lp && cJSON_IsTrue(lp);
+        const cJSON *top = cJSON_GetObjectItemCaseSensitive(root, "top_logprobs");
+        if (top && !cJSON_IsNull(top)) {
+            if (!is_int(top))
+                return BADTYPE("top_logprobs", "an integer in [0, 20] or null");
+            if (top->valuedouble < 0 || top->valuedouble > SCHED_MAX_TOP_LOGPROBS)
+                return BAD("top_logprobs", "'top_logprobs' must be in [0, %d], got %.0f", SCHED_MAX_TOP_LOGPROBS,
+                           top->valuedouble);
+            if (!p->logprobs)
+                return BAD("top_logprobs", "'top_logprobs' requires 'logprobs' to be true");
+            p->top_logprobs = (int32_t)top->valuedouble;
+        }
     } else if (lp && !cJSON_IsNull(lp) && !cJSON_IsFalse(lp)) {
         if (!is_int(lp))
             return BADTYPE("logprobs", "an integer in [0, 5] or null");
         if (lp->valuedouble < 0 || lp->valuedouble > 5)
             return BAD("logprobs", "'logprobs' must be in [0, 5], got %.0f", lp->valuedouble);
-        if (lp->valuedouble > 0)
-            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "logprobs",
-                                 "'logprobs' %.0f is not supported: only 0 (the sampled tokens' logprobs, "
-                                 "without alternatives)", lp->valuedouble);
         p->logprobs = true;
+        p->top_logprobs = (int32_t)lp->valuedouble;
     }
     char *system_extra = NULL;
     if ((rc = parse_constraints(root, chat, opt, p, &system_extra, err)))

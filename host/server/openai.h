@@ -55,10 +55,13 @@ struct gen_params {
                                  (default 0, or the API key's tenant's)  */
     bool     has_priority;    /* the body set "priority"                     */
     bool     ignore_eos;      /* extension                                   */
-    bool     logprobs;        /* completions "logprobs": 0: the sampled
-                                 tokens' logprobs, no alternatives (1..5:
-                                 400 unsupported; chat's boolean logprobs
-                                 true: 400 unsupported)                  */
+    bool     logprobs;        /* completions "logprobs" 0..5, or chat's
+                                 "logprobs": true: the sampled tokens'
+                                 logprobs                                */
+    int32_t  top_logprobs;    /* with logprobs: alternatives per token,
+                                 completions' "logprobs" N (0..5) or chat's
+                                 "top_logprobs" (0..20, only with
+                                 "logprobs": true); else 0               */
     /* Constrained output (response_format json_schema / json_object, tools
      * with tool_choice "required" or a named function): */
     grammar *grammar;         /* a reference, or NULL; engine_request gets

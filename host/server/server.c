@@ -71,23 +71,35 @@ struct caller {
     int32_t  priority, max_priority;
 };
 
-/* logprobs 0 of /v1/completions: every sampled token with its logprob
- * and the byte offset of its text in the output (the sum of the earlier
- * tokens' pieces).  A token is listed with the output text that reaches
- * past its offset (lp_take), so tokens whose text lies wholly in a stop
- * string or after it, and EOG, are never listed.  text_offset counts
+/* logprobs of /v1/completions (logprobs N, 0..5) and of chat (logprobs
+ * true, top_logprobs N, 0..20): every sampled token with its logprob, its
+ * raw piece, the byte offset of its text in the output (the sum of the
+ * earlier tokens' pieces) and the step's N most likely alternatives (ids
+ * and logprobs from the engine, their text from the tokenizer when
+ * rendered).  A token is listed with the output text that reaches past its
+ * offset (lp_take), so tokens whose text lies wholly in a stop string or
+ * after it, and EOG, are never listed.  text_offset (completions) counts
  * characters from the start of the prompt text, as OpenAI's legacy
  * completions do without echo: the first token's is the prompt's length. */
 struct lp_token {
-    char   *text;     /* the piece as OpenAI shows it: the UTF-8 text, or
-                         "bytes:\\xNN..." when it is not valid UTF-8   */
+    char   *piece;    /* owned: the token's raw bytes (NUL-terminated)     */
+    size_t  piece_len;
     float   logprob;
     size_t  off;      /* byte offset in the output                      */
+    size_t  top;      /* its alternatives: lp_list.alt[top..top+n_top)  */
+    int32_t n_top;
+};
+
+struct lp_alt {
+    int32_t id;
+    float   logprob;
 };
 
 struct lp_list {
     struct lp_token *t;
     size_t n, cap;
+    struct lp_alt *alt; /* [n_alt] every recorded token's alternatives, in order */
+    size_t n_alt, cap_alt;
     size_t listed;    /* t[0..listed) went out                          */
     size_t raw;       /* bytes of every token's piece: the next offset  */
     size_t shown;     /* output bytes walked by lp_take                 */
@@ -114,8 +126,13 @@ struct gen_ctx {
     time_t                 created;
     struct evbuffer       *text;  /* non-stream: accumulated output     */
     struct openai_output  *out;   /* tool calls (NULL: plain content)   */
-    bool                   logprobs; /* completions logprobs 0          */
+    bool                   logprobs; /* completions logprobs N / chat logprobs true */
     struct lp_list         lp;
+    cJSON                 *lp_pending; /* chat stream: logprobs.content entries
+                                         of text not shown yet (a tool call's
+                                         name is buffered): they go out with
+                                         the next chunk that does, at the
+                                         latest the finish chunk        */
     double                 t0, t_last;
     int32_t                n_seen;
 };
@@ -202,10 +219,24 @@ static cJSON *usage_json(const struct engine_event *ev)
 
 /* ---- logprobs ---------------------------------------------------------------------- */
 
-/* Record a TOKEN event's token (ev->has_logprob); on failure l->failed:
- * out of memory here, or in the engine (ev->piece NULL: the piece was not
- * copied, so the token cannot be listed). */
-static void lp_add(struct lp_list *l, const struct engine_event *ev)
+/* Add item (taken: freed when it cannot be added) to an object under key,
+ * or to an array (key NULL).  False when item is NULL (a failed create)
+ * or out of memory. */
+static bool json_add(cJSON *to, const char *key, cJSON *item)
+{
+    if (!item)
+        return false;
+    if (key ? cJSON_AddItemToObject(to, key, item) : cJSON_AddItemToArray(to, item))
+        return true;
+    cJSON_Delete(item);
+    return false;
+}
+
+/* Record a TOKEN event's token (ev->has_logprob), taking its piece (ev->piece
+ * becomes NULL); on failure l->failed: out of memory here, or in the engine
+ * (ev->piece NULL: the piece was not copied, so the token cannot be
+ * listed). */
+static void lp_add(struct lp_list *l, struct engine_event *ev)
 {
     if (l->failed)
         return;
@@ -214,30 +245,150 @@ static void lp_add(struct lp_list *l, const struct engine_event *ev)
         return;
     }
     struct lp_token *t = ps_grow(l->t, &l->cap, l->n + 1, sizeof *l->t, 64);
-    char *text = NULL;
-    if (t) {
-        l->t = t;
-        if (utf8_valid(ev->piece, ev->piece_len)) {
-            text = strdup(ev->piece);
-        } else if ((text = malloc(6 + 4 * ev->piece_len + 1))) { /* OpenAI's form of a partial character */
-            size_t n = (size_t)sprintf(text, "bytes:");
-            for (size_t i = 0; i < ev->piece_len; i++)
-                n += (size_t)sprintf(text + n, "\\x%02x", (unsigned char)ev->piece[i]);
-        }
-    }
-    if (!t || !text) {
+    if (!t) {
         l->failed = true;
         return;
     }
-    l->t[l->n++] = (struct lp_token){ .text = text, .logprob = ev->logprob, .off = l->raw };
-    l->raw += ev->piece_len;
+    l->t = t;
+    const size_t nt = ev->n_top > 0 ? (size_t)ev->n_top : 0;
+    if (nt) {
+        struct lp_alt *a = ps_grow(l->alt, &l->cap_alt, l->n_alt + nt, sizeof *a, 256);
+        if (!a) {
+            l->failed = true;
+            return;
+        }
+        l->alt = a;
+        for (size_t k = 0; k < nt; k++)
+            a[l->n_alt + k] = (struct lp_alt){ .id = ev->top_ids[k], .logprob = ev->top_lps[k] };
+    }
+    l->t[l->n++] = (struct lp_token){ .piece = ev->piece, .piece_len = ev->piece_len, .logprob = ev->logprob,
+                                      .off = l->raw, .top = l->n_alt, .n_top = (int32_t)nt };
+    ev->piece = NULL;
+    l->n_alt += nt;
+    l->raw += l->t[l->n - 1].piece_len;
 }
 
 static void lp_free(struct lp_list *l)
 {
     for (size_t i = 0; i < l->n; i++)
-        free(l->t[i].text);
+        free(l->t[i].piece);
     free(l->t);
+    free(l->alt);
+}
+
+/* A token's bytes p[0..n) as the logprobs show its text (both routes, the
+ * sampled token and its alternatives alike): the text itself when it is
+ * valid UTF-8; else OpenAI's legacy form of a partial character:
+ * "bytes:" then "\\xNN" for each byte, "bytes:\\xe2\\x80" (a token holding
+ * part of a multi-byte character; chat's "bytes" array carries the raw
+ * bytes to join).  NULL when out of memory. */
+static cJSON *lp_token_string(const char *p, size_t n)
+{
+    char *text = malloc(n ? 6 + 4 * n + 1 : 1);
+    if (!text)
+        return NULL;
+    if (utf8_valid(p, n)) {
+        if (n)
+            memcpy(text, p, n);
+        text[n] = '\0';
+    } else {
+        size_t k = (size_t)sprintf(text, "bytes:");
+        for (size_t i = 0; i < n; i++)
+            k += (size_t)sprintf(text + k, "\\x%02x", (unsigned char)p[i]);
+    }
+    cJSON *s = cJSON_CreateString(text);
+    free(text);
+    return s;
+}
+
+/* Chat's {"token", "logprob", "bytes"} of p[0..n) (NULL: out of memory). */
+static cJSON *lp_chat_entry(const char *p, size_t n, float logprob)
+{
+    cJSON *e = cJSON_CreateObject(), *b = NULL;
+    bool ok = e && json_add(e, "token", lp_token_string(p, n)) &&
+              cJSON_AddNumberToObject(e, "logprob", (double)logprob) && (b = cJSON_AddArrayToObject(e, "bytes"));
+    for (size_t i = 0; ok && i < n; i++)
+        ok = json_add(b, NULL, cJSON_CreateNumber((double)(unsigned char)p[i]));
+    if (!ok) {
+        cJSON_Delete(e);
+        return NULL;
+    }
+    return e;
+}
+
+/* The text of alternative `id`: its piece, a control token (end of turn...)
+ * as its text form ("<|im_end|>", though as the sampled token it adds
+ * nothing to the output), an id without a piece as "". */
+static const char *lp_alt_piece(const tokenizer *tok, int32_t id, size_t *len)
+{
+    const char *p = tokenizer_piece(tok, id, true, len);
+    if (!p)
+        *len = 0;
+    return p ? p : "";
+}
+
+/* Completions' top_logprobs entry of token t: {text: logprob} for its
+ * alternatives, then (when it asked for any) the sampled token itself when
+ * missing - as llama-cpp-python does and OpenAI documents ("up to
+ * logprobs+1 elements"), so the dict has N or N+1 keys.  Two tokens whose
+ * text is the same share a key, which keeps the higher logprob (the first
+ * met: alternatives come most likely first).  logprobs 0: {}. */
+static cJSON *lp_top_dict(const struct lp_list *l, const struct lp_token *t, const tokenizer *tok)
+{
+    cJSON *d = cJSON_CreateObject();
+    bool ok = d != NULL;
+    for (int32_t k = 0; ok && k <= t->n_top; k++) {
+        const char *p;
+        size_t n;
+        float lp;
+        if (k < t->n_top) {
+            p = lp_alt_piece(tok, l->alt[t->top + (size_t)k].id, &n);
+            lp = l->alt[t->top + (size_t)k].logprob;
+        } else if (t->n_top > 0) {
+            p = t->piece;
+            n = t->piece_len;
+            lp = t->logprob;
+        } else {
+            break;
+        }
+        cJSON *key = lp_token_string(p, n);
+        ok = key != NULL;
+        if (!ok)
+            break;
+        cJSON *have = cJSON_GetObjectItemCaseSensitive(d, key->valuestring);
+        if (!have)
+            ok = cJSON_AddNumberToObject(d, key->valuestring, (double)lp) != NULL;
+        else if ((double)lp > have->valuedouble)
+            cJSON_SetNumberValue(have, (double)lp);
+        cJSON_Delete(key);
+    }
+    if (!ok) {
+        cJSON_Delete(d);
+        return NULL;
+    }
+    return d;
+}
+
+/* Chat's logprobs.content entry of token t: its token/logprob/bytes and
+ * "top_logprobs", its alternatives as the engine gave them (most likely
+ * first, ties by lower id; N entries or fewer, never the sampled token
+ * added; two tokens with the same text are two entries, told apart by
+ * nothing but their logprobs: bytes are the same). */
+static cJSON *lp_chat_token(const struct lp_list *l, const struct lp_token *t, const tokenizer *tok)
+{
+    cJSON *e = lp_chat_entry(t->piece, t->piece_len, t->logprob), *tops = NULL;
+    bool ok = e && (tops = cJSON_AddArrayToObject(e, "top_logprobs"));
+    for (int32_t k = 0; ok && k < t->n_top; k++) {
+        size_t n;
+        const struct lp_alt *a = &l->alt[t->top + (size_t)k];
+        const char *p = lp_alt_piece(tok, a->id, &n);
+        ok = json_add(tops, NULL, lp_chat_entry(p, n, a->logprob));
+    }
+    if (!ok) {
+        cJSON_Delete(e);
+        return NULL;
+    }
+    return e;
 }
 
 /* Bytes of the character at s[0..n) as utf8_sanitize reads it: a valid
@@ -288,22 +439,26 @@ static long long prompt_chars(const tokenizer *tok, const char *text, const int3
     return (long long)chars;
 }
 
-/* The logprobs object of the next len output bytes, text[0..len) (the
- * whole output at once, or stream chunk after chunk): the tokens whose
- * offset falls in them, each with text_offset the index of the character
- * holding its first byte, counted from the start of the prompt (l->chars
- * starts at the prompt's length; characters as the client sees the text:
- * a partial or invalid sequence is one U+FFFD per byte).  NULL when the
- * list is incomplete or out of memory (then l->failed): the caller ends
- * the request with an error, never a logprobs null. */
-static cJSON *lp_take(struct lp_list *l, const char *text, size_t len)
+/* The logprobs of the next len output bytes, text[0..len) (the whole
+ * output at once, or stream chunk after chunk): the tokens whose offset
+ * falls in them.  Completions (!chat): the object {tokens, token_logprobs,
+ * top_logprobs (lp_top_dict), text_offset}, text_offset the index of the
+ * character holding the token's first byte, counted from the start of the
+ * prompt (l->chars starts at the prompt's length; characters as the client
+ * sees the text: a partial or invalid sequence is one U+FFFD per byte).
+ * Chat: the array of logprobs.content entries (lp_chat_token).  NULL when
+ * the list is incomplete or out of memory (then l->failed): the caller
+ * ends the request with an error, never a logprobs null. */
+static cJSON *lp_take(struct lp_list *l, const char *text, size_t len, bool chat, const tokenizer *tok)
 {
     if (l->failed)
         return NULL;
-    cJSON *o = cJSON_CreateObject();
-    cJSON *toks = cJSON_AddArrayToObject(o, "tokens"), *lps = cJSON_AddArrayToObject(o, "token_logprobs");
-    cJSON *tops = cJSON_AddArrayToObject(o, "top_logprobs"), *offs = cJSON_AddArrayToObject(o, "text_offset");
-    if (!toks || !lps || !tops || !offs) {
+    cJSON *o = chat ? cJSON_CreateArray() : cJSON_CreateObject();
+    cJSON *toks = NULL, *lps = NULL, *tops = NULL, *offs = NULL;
+    if (!o || (!chat && (!(toks = cJSON_AddArrayToObject(o, "tokens")) ||
+                         !(lps = cJSON_AddArrayToObject(o, "token_logprobs")) ||
+                         !(tops = cJSON_AddArrayToObject(o, "top_logprobs")) ||
+                         !(offs = cJSON_AddArrayToObject(o, "text_offset"))))) {
         cJSON_Delete(o);
         l->failed = true;
         return NULL;
@@ -311,7 +466,7 @@ static cJSON *lp_take(struct lp_list *l, const char *text, size_t len)
     const size_t end = l->shown + len;
     size_t pos = 0; /* text[0..pos) walked: l->chars counts its characters */
     bool ok = true;
-    while (l->listed < l->n && l->t[l->listed].off < end) {
+    while (ok && l->listed < l->n && l->t[l->listed].off < end) {
         const struct lp_token *t = &l->t[l->listed++];
         for (;;) { /* to the character holding byte t->off (shown + pos <= t->off < end) */
             size_t k = char_bytes(text + pos, len - pos);
@@ -320,10 +475,14 @@ static cJSON *lp_take(struct lp_list *l, const char *text, size_t len)
             pos += k;
             l->chars++;
         }
-        ok &= cJSON_AddItemToArray(toks, cJSON_CreateString(t->text));
-        ok &= cJSON_AddItemToArray(lps, cJSON_CreateNumber((double)t->logprob));
-        ok &= cJSON_AddItemToArray(tops, cJSON_CreateObject());
-        ok &= cJSON_AddItemToArray(offs, cJSON_CreateNumber((double)l->chars));
+        if (chat) {
+            ok = json_add(o, NULL, lp_chat_token(l, t, tok));
+            continue;
+        }
+        ok = json_add(toks, NULL, lp_token_string(t->piece, t->piece_len)) &&
+             json_add(lps, NULL, cJSON_CreateNumber((double)t->logprob)) &&
+             json_add(tops, NULL, lp_top_dict(l, t, tok)) &&
+             json_add(offs, NULL, cJSON_CreateNumber((double)l->chars));
     }
     while (pos < len) {
         pos += char_bytes(text + pos, len - pos);
@@ -348,9 +507,30 @@ static cJSON *base_object(const struct gen_ctx *g, const char *object)
     return o;
 }
 
+/* Chat's logprobs of a choice: {"content": entries} (taken), or null
+ * without logprobs (entries NULL).  False when out of memory. */
+static bool chat_logprobs_add(cJSON *choice, cJSON *entries)
+{
+    if (!entries)
+        return cJSON_AddNullToObject(choice, "logprobs") != NULL;
+    cJSON *lp = cJSON_CreateObject();
+    if (!lp || !json_add(lp, "content", entries)) {
+        if (lp)
+            cJSON_Delete(lp);
+        else
+            cJSON_Delete(entries);
+        return false;
+    }
+    return json_add(choice, "logprobs", lp);
+}
+
 /* One streamed chunk: text (may be NULL), finish reason (NULL = null).
- * A completions chunk with text lists its tokens (g->logprobs); NULL (no
- * chunk) when they cannot be: then g->lp.failed. */
+ * With g->logprobs a chunk lists the tokens of its text: a completions
+ * chunk with text gets its logprobs object; a chat chunk's entries join
+ * g->lp_pending, and the chunk that goes out carries every pending entry
+ * as logprobs.content (null when there are none).  NULL (no chunk) when
+ * there is nothing to send yet (chat: a tool call's name not complete)
+ * or the logprobs cannot be listed: then g->lp.failed. */
 static cJSON *chunk_json(struct gen_ctx *g, const char *text, size_t len, const char *finish,
                          bool role)
 {
@@ -360,23 +540,44 @@ static cJSON *chunk_json(struct gen_ctx *g, const char *text, size_t len, const 
     cJSON_AddItemToArray(choices, c);
     cJSON_AddNumberToObject(c, "index", 0);
     if (g->chat) {
+        if (g->logprobs && text) {
+            cJSON *e = lp_take(&g->lp, text, len, true, g->srv->tok), *it;
+            if (!e) {
+                cJSON_Delete(o);
+                return NULL; /* g->lp.failed: finish_request ends with the error */
+            }
+            if (!g->lp_pending) {
+                g->lp_pending = e;
+            } else {
+                while ((it = cJSON_DetachItemFromArray(e, 0)))
+                    cJSON_AddItemToArray(g->lp_pending, it); /* a move: cannot fail */
+                cJSON_Delete(e);
+            }
+        }
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (role)
             cJSON_AddStringToObject(d, "role", "assistant");
         if (text && !openai_output_delta(g->out, text, len, d) && !role && !finish) {
-            cJSON_Delete(o); /* nothing to show yet (a tool call's name) */
+            cJSON_Delete(o); /* nothing to show yet (a tool call's name); entries stay pending */
             return NULL;
         }
         if (finish)
             finish = openai_output_finish(g->out, finish, d);
+        cJSON *pending = g->lp_pending && cJSON_GetArraySize(g->lp_pending) ? g->lp_pending : NULL;
+        if (pending)
+            g->lp_pending = NULL;
+        if (!chat_logprobs_add(c, pending) && g->logprobs) {
+            g->lp.failed = true;
+            cJSON_Delete(o);
+            return NULL;
+        }
     } else {
         add_text(c, "text", text ? text : "", text ? len : 0);
         if (g->logprobs && text) {
             /* The logprobs lost (g->lp.failed): no chunk at all; the
              * request ends with the error event (finish_request). */
-            cJSON *lp = lp_take(&g->lp, text, len);
-            if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) {
-                cJSON_Delete(lp);
+            cJSON *lp = lp_take(&g->lp, text, len, false, g->srv->tok);
+            if (!json_add(c, "logprobs", lp)) {
                 g->lp.failed = true;
                 cJSON_Delete(o);
                 return NULL;
@@ -476,6 +677,7 @@ static void gen_ctx_free(struct gen_ctx *g)
         evbuffer_free(g->text);
     openai_output_free(g->out);
     lp_free(&g->lp);
+    cJSON_Delete(g->lp_pending);
     free(g);
 }
 
@@ -553,9 +755,14 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         sse_start(g);
         if (ev->text_len)
             sse_send(g, chunk_json(g, ev->text, ev->text_len, NULL, false));
+        /* the finish chunk carries chat's pending logprobs: made before
+         * the choice between it and the error event */
+        cJSON *last = ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED || g->lp.failed
+                          ? NULL : chunk_json(g, NULL, 0, finish, false);
         if (g->logprobs && g->lp.failed)
             lp_error = lp_oom;
         if (ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED || lp_error) {
+            cJSON_Delete(last);
             struct api_error e;
             api_error_set(&e, 500, "server_error", ev->finish == FINISH_CANCELLED ? "cancelled" : NULL, NULL,
                           "%s", ev->error ? ev->error : lp_error ? lp_error
@@ -570,7 +777,7 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
                 evbuffer_free(b);
             free(ej);
         } else {
-            sse_send(g, chunk_json(g, NULL, 0, finish, false));
+            sse_send(g, last);
             if (g->include_usage) {
                 cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
                 cJSON_AddArrayToObject(o, "choices");
@@ -608,12 +815,25 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
         finish = openai_output_message(g->out, text, len, finish, msg);
+        if (g->logprobs) {
+            /* every listed token, a tool call's included (its message
+             * content is null, its tokens are still generated text) */
+            cJSON *e = lp_take(&g->lp, text, len, true, srv->tok);
+            if (!e || !chat_logprobs_add(c, e)) {
+                cJSON_Delete(o);
+                struct api_error e2;
+                api_error_set(&e2, 500, "server_error", NULL, NULL, "%s", lp_oom);
+                reply_error(srv, g->req, g->route, &e2);
+                return;
+            }
+        } else {
+            cJSON_AddNullToObject(c, "logprobs");
+        }
     } else {
         add_text(c, "text", text, len);
         if (g->logprobs) {
-            cJSON *lp = lp_take(&g->lp, text, len);
-            if (!lp || !cJSON_AddItemToObject(c, "logprobs", lp)) {
-                cJSON_Delete(lp);
+            cJSON *lp = lp_take(&g->lp, text, len, false, srv->tok);
+            if (!json_add(c, "logprobs", lp)) {
                 cJSON_Delete(o);
                 struct api_error e;
                 api_error_set(&e, 500, "server_error", NULL, NULL, "%s", lp_oom);
@@ -654,7 +874,7 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
             if (g->gone)
                 continue;
             if (g->logprobs && ev->has_logprob)
-                lp_add(&g->lp, ev);
+                lp_add(&g->lp, ev); /* takes ev->piece */
             if (g->stream) {
                 sse_start(g);
                 if (ev->text_len)
@@ -716,7 +936,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     g->stream = p.stream;
     g->include_usage = p.include_usage;
     g->logprobs = p.logprobs;
-    if (p.logprobs) {
+    if (p.logprobs && !chat) {
         /* text_offset counts from the start of the prompt text */
         long long pc = prompt_chars(srv->tok, p.prompt, p.prompt_ids, p.n_prompt_ids);
         if (pc < 0) {
@@ -741,6 +961,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
         .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
         .n_stop = p.n_stop, .ignore_eos = p.ignore_eos, .logprobs = p.logprobs,
+        .top_logprobs = p.top_logprobs,
         .constraint = gen_params_constraint(&p), .user = g,
     };
     if (!er.prompt && !er.n_prompt_ids) {

@@ -1,5 +1,9 @@
-/* test_sampler - greedy, truncations, masks, penalties, seeded draws. */
+/* test_sampler - greedy, truncations, masks, penalties, seeded draws, the
+ * top-N logprobs selection. */
+#include <float.h>
 #include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/sampler.h"
@@ -354,6 +358,116 @@ static void test_infinite_logit(void)
     }
 }
 
+/* The reference of sampler_top_logprobs: every id with mass, fully sorted
+ * (logit as the sampler reads it descending, lower id first on ties). */
+static const float *g_sort_row;
+
+static float read_logit(float l)
+{
+    return isnan(l) ? -INFINITY : l == INFINITY ? FLT_MAX : l;
+}
+
+static int by_logit_then_id(const void *pa, const void *pb)
+{
+    const int32_t a = *(const int32_t *)pa, b = *(const int32_t *)pb;
+    const float la = read_logit(g_sort_row[a]), lb = read_logit(g_sort_row[b]);
+    if (la != lb)
+        return la > lb ? -1 : 1;
+    return a < b ? -1 : a > b;
+}
+
+/* Check sampler_top_logprobs(l[nv], n) against the full sort; also that
+ * the first id is the greedy token.  Returns the count it gave. */
+static int32_t check_top(const float *l, int32_t nv, int32_t n, const char *what)
+{
+    int32_t ids[64], ref[1024];
+    float lps[64];
+    const double norm = sampler_log_norm(l, nv);
+    const int32_t k = sampler_top_logprobs(l, nv, norm, n, ids, lps);
+    int32_t m = 0;
+    for (int32_t id = 0; id < nv; id++)
+        if (sampler_logprob(l, norm, id) != -INFINITY)
+            ref[m++] = id;
+    g_sort_row = l;
+    qsort(ref, (size_t)m, sizeof *ref, by_logit_then_id);
+    const int32_t want = n < 0 ? 0 : n < m ? n : m;
+    CHECK_MSG(k == want, "%s: n %d over %d ids with mass: %d entries, want %d", what, (int)n, (int)m, (int)k,
+              (int)want);
+    for (int32_t j = 0; j < k && j < want; j++) {
+        CHECK_MSG(ids[j] == ref[j], "%s: entry %d is id %d, want %d", what, (int)j, (int)ids[j], (int)ref[j]);
+        /* exactly the logprob the sampled token gets */
+        CHECK_MSG(lps[j] == sampler_logprob(l, norm, ids[j]) && lps[j] <= 0.0f, "%s: entry %d logprob %g", what,
+                  (int)j, (double)lps[j]);
+        if (j)
+            CHECK(lps[j] <= lps[j - 1]);
+    }
+    if (k > 0) {
+        float row[1024];
+        memcpy(row, l, (size_t)nv * sizeof *row);
+        struct sampler_params p = sampler_params_default(); /* greedy */
+        int32_t g = -1;
+        CHECK(sampler_sample_draw(&p, 0, nv, row, NULL, &g) == PS_OK && g == ids[0]);
+    }
+    return k;
+}
+
+/* sampler_top_logprobs: the N most likely ids by a partial selection, in
+ * the order of a full sort (logit descending, ties by lower id), with the
+ * logprobs sampler_logprob gives; NaN and -inf logits have no mass and are
+ * never listed, +inf reads as the largest float; N past the vocabulary or
+ * past the ids with mass gives them all. */
+static void test_top_logprobs(void)
+{
+    int32_t ids[8];
+    float lps[8];
+    /* ordering and ties */
+    const float a[7] = { 1.0f, 3.0f, 2.0f, 3.0f, -INFINITY, NAN, 0.0f };
+    double norm = sampler_log_norm(a, 7);
+    CHECK(sampler_top_logprobs(a, 7, norm, 4, ids, lps) == 4);
+    CHECK(ids[0] == 1 && ids[1] == 3 && ids[2] == 2 && ids[3] == 0);
+    CHECK(lps[0] == lps[1] && lps[1] > lps[2] && lps[2] > lps[3]);
+    CHECK(fabs((double)lps[0] - (3.0 - norm)) < 1e-6);
+    /* a tie at the cut keeps the lower id */
+    CHECK(sampler_top_logprobs(a, 7, norm, 1, ids, lps) == 1 && ids[0] == 1);
+    /* more than the vocabulary, more than the ids with mass: the 5 finite ones */
+    CHECK(sampler_top_logprobs(a, 7, norm, 8, ids, lps) == 5);
+    CHECK(ids[0] == 1 && ids[1] == 3 && ids[2] == 2 && ids[3] == 0 && ids[4] == 6);
+    CHECK(sampler_top_logprobs(a, 7, norm, 0, ids, lps) == 0);
+    CHECK(sampler_top_logprobs(a, 7, norm, -1, ids, lps) == 0);
+    const float none[3] = { -INFINITY, NAN, -INFINITY };
+    norm = sampler_log_norm(none, 3);
+    CHECK(sampler_top_logprobs(none, 3, norm, 3, ids, lps) == 0);
+    /* +inf as the largest float: two of them share the mass, lower id first */
+    const float inf[4] = { 0.0f, INFINITY, 5.0f, INFINITY };
+    norm = sampler_log_norm(inf, 4);
+    CHECK(sampler_top_logprobs(inf, 4, norm, 3, ids, lps) == 3);
+    CHECK(ids[0] == 1 && ids[1] == 3 && ids[2] == 2);
+    /* (FLT_MAX + log 2 rounds to FLT_MAX in double: logprob 0, as sampler_logprob gives) */
+    CHECK(lps[0] == sampler_logprob(inf, norm, 1) && lps[1] == lps[0] && lps[2] <= -FLT_MAX);
+    /* a row whose smallest logits underflow to a -inf logprob: not listed */
+    const float far[3] = { FLT_MAX, -FLT_MAX, 0.0f };
+    norm = sampler_log_norm(far, 3);
+    CHECK(check_top(far, 3, 3, "far") == 2);
+    /* random rows with many ties (values on a coarse grid), against the full sort */
+    float l[1024];
+    char what[64];
+    static const int32_t sizes[] = { 1, 2, 7, 100, 1024 };
+    static const int32_t ns[] = { 1, 2, 3, 5, 20, 64 };
+    for (int r = 0; r < 40; r++) {
+        for (size_t si = 0; si < sizeof sizes / sizeof sizes[0]; si++) {
+            const int32_t nv = sizes[si];
+            for (int32_t i = 0; i < nv; i++) {
+                const float u = frand();
+                l[i] = u < 0.1f ? -INFINITY : u < 0.12f ? NAN : (float)(int)(16.0f * frand()) * 0.5f - 4.0f;
+            }
+            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                snprintf(what, sizeof what, "row %d, %d ids, n %d", r, (int)nv, (int)ns[ni]);
+                check_top(l, nv, ns[ni], what);
+            }
+        }
+    }
+}
+
 int main(void)
 {
     test_validate();
@@ -365,5 +479,6 @@ int main(void)
     test_distribution();
     test_tiny_temperature();
     test_infinite_logit();
+    test_top_logprobs();
     TEST_DONE();
 }

@@ -89,6 +89,9 @@ struct result {
     int32_t  n_tokens;
     float    logprobs[512];   /* TOKEN events' logprob (has_logprob)      */
     int32_t  n_logprobs;      /* TOKEN events with has_logprob            */
+    int32_t  n_top[512];      /* TOKEN events' alternatives: how many,    */
+    int32_t  top_ids[512][4]; /* the first 4 of them                      */
+    float    top_lps[512][4];
     int32_t  bad_pieces;      /* TOKEN events whose piece is not the token's */
     char     text[4096];
     size_t   text_len;
@@ -118,8 +121,16 @@ static int on_event(void *ud, const struct sched_event *ev)
         const char *piece = fake_is_eog(NULL, ev->token) ? "" : fake_piece(NULL, ev->token, &plen);
         if (ev->piece_len != plen || memcmp(ev->piece, piece, plen))
             r->bad_pieces++;
-        if (ev->has_logprob)
+        if (ev->has_logprob) {
+            r->n_top[r->n_logprobs] = ev->n_top;
+            for (int32_t k = 0; k < ev->n_top && k < 4; k++) {
+                r->top_ids[r->n_logprobs][k] = ev->top_ids[k];
+                r->top_lps[r->n_logprobs][k] = ev->top_lps[k];
+            }
             r->logprobs[r->n_logprobs++] = ev->logprob;
+        } else {
+            CHECK(ev->n_top == 0);
+        }
         r->tokens[r->n_tokens++] = ev->token;
         return 0;
     }
@@ -788,7 +799,10 @@ static void test_sampling_paths(void)
  * log-probability under the raw logits, also when penalties rewrite the
  * row before sampling (here they halve the chosen token's logit: it is in
  * the history), and the request is sampled on the host; other requests
- * carry none. */
+ * carry none.  With top_logprobs 3 the event also carries the three most
+ * likely ids under the same raw logits: the chosen token (10), then the
+ * lowest two other ids (0: tied, lower id first), whatever the penalties
+ * did to the row. */
 static void test_logprobs(void)
 {
     int32_t p[60], want[8];
@@ -802,22 +816,49 @@ static void test_logprobs(void)
         reset_results();
         struct sched_request r = req_of(1, p, 60, 6);
         r.logprobs = true;
+        r.top_logprobs = 3;
         r.sampling.repeat_penalty = variant ? 2.0f : 1.0f;
         CHECK(sched_submit(s, &r) == PS_OK);
         r = req_of(2, p, 60, 6);
         CHECK(sched_submit(s, &r) == PS_OK);
+        r = req_of(3, p, 60, 6); /* logprobs without alternatives */
+        r.logprobs = true;
+        CHECK(sched_submit(s, &r) == PS_OK);
+        /* alternatives need logprobs, and at most SCHED_MAX_TOP_LOGPROBS */
+        r = req_of(4, p, 60, 6);
+        r.top_logprobs = 1;
+        CHECK(sched_submit(s, &r) == PS_EINVAL);
+        r.logprobs = true;
+        r.top_logprobs = SCHED_MAX_TOP_LOGPROBS + 1;
+        CHECK(sched_submit(s, &r) == PS_EINVAL);
+        r.top_logprobs = -1;
+        CHECK(sched_submit(s, &r) == PS_EINVAL);
         CHECK(run_to_end(s, 100) > 0);
         int32_t nw = reference(p, 60, 6, want);
-        for (int id = 1; id <= 2; id++) {
+        for (int id = 1; id <= 3; id++) {
             CHECK(g_res[id].finish == FINISH_LENGTH && g_res[id].n_tokens == nw &&
                   !memcmp(g_res[id].tokens, want, (size_t)nw * 4));
             CHECK_MSG(g_res[id].bad_pieces == 0, "request %d: %d events with a wrong piece", id,
                       g_res[id].bad_pieces);
         }
-        CHECK(g_res[1].n_logprobs == nw && g_res[2].n_logprobs == 0);
-        for (int32_t i = 0; i < g_res[1].n_logprobs; i++)
+        CHECK(g_res[1].n_logprobs == nw && g_res[2].n_logprobs == 0 && g_res[3].n_logprobs == nw);
+        for (int32_t i = 0; i < g_res[1].n_logprobs; i++) {
             CHECK_MSG(fabs(g_res[1].logprobs[i] - (10.0 - norm)) < 1e-5, "variant %d token %d: logprob %g, want %g",
                       variant, (int)i, (double)g_res[1].logprobs[i], 10.0 - norm);
+            CHECK(g_res[3].n_top[i] == 0);
+            CHECK_MSG(g_res[1].n_top[i] == 3, "variant %d token %d: %d alternatives", variant, (int)i,
+                      (int)g_res[1].n_top[i]);
+            const int32_t tok = g_res[1].tokens[i];
+            const int32_t other0 = tok == 0 ? 1 : 0, other1 = tok <= 1 ? 2 : 1;
+            CHECK_MSG(g_res[1].top_ids[i][0] == tok && g_res[1].top_ids[i][1] == other0 &&
+                          g_res[1].top_ids[i][2] == other1,
+                      "variant %d token %d (%d): alternatives %d %d %d", variant, (int)i, (int)tok,
+                      (int)g_res[1].top_ids[i][0], (int)g_res[1].top_ids[i][1], (int)g_res[1].top_ids[i][2]);
+            /* the sampled token's entry is its logprob, bit for bit */
+            CHECK(g_res[1].top_lps[i][0] == g_res[1].logprobs[i]);
+            CHECK(fabs(g_res[1].top_lps[i][1] - (0.0 - norm)) < 1e-5 &&
+                  g_res[1].top_lps[i][2] == g_res[1].top_lps[i][1]);
+        }
         /* request 1 keeps every step on the host */
         struct sched_stats st;
         sched_get_stats(s, &st);
