@@ -25,6 +25,7 @@ struct cmd {
     char         *prompt;
     int32_t      *prompt_ids;
     char        **stop;
+    struct sampler_bias *bias;
 };
 
 struct engine {
@@ -72,6 +73,7 @@ static void cmd_free(struct cmd *c)
         for (int32_t i = 0; i < c->req.n_stop; i++)
             free(c->stop[i]);
     free(c->stop);
+    free(c->bias);
     free(c->prompt_ids);
     free(c->prompt);
     free(c);
@@ -233,6 +235,7 @@ static void handle_submit(engine *e, struct cmd *c)
         .stop = (const char *const *)c->stop, .n_stop = c->req.n_stop,
         .ignore_eos = c->req.ignore_eos, .logprobs = c->req.logprobs,
         .top_logprobs = c->req.top_logprobs, .constraint = c->req.constraint,
+        .logit_bias = c->bias, .n_logit_bias = c->req.n_logit_bias,
         .user = c->req.user,
     };
     if (r.max_tokens <= 0)
@@ -328,6 +331,7 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
     c->req.prompt = NULL;
     c->req.prompt_ids = NULL;
     c->req.stop = NULL;
+    c->req.logit_bias = NULL;
     c->req.constraint = (struct token_constraint){ 0 };
     if (req->prompt && !(c->prompt = strdup(req->prompt)))
         goto oom;
@@ -344,6 +348,16 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
         for (int32_t i = 0; i < req->n_stop; i++)   /* a NULL entry stays NULL: no stop (the scheduler skips it) */
             if (req->stop[i] && !(c->stop[i] = strdup(req->stop[i])))
                 goto oom;
+    }
+    if (req->n_logit_bias > 0) {
+        if (req->n_logit_bias > SAMPLER_MAX_BIAS) {
+            cmd_free(c);
+            return ps_error_set(PS_EINVAL, "engine: %d logit biases (at most %d)", (int)req->n_logit_bias,
+                                SAMPLER_MAX_BIAS);
+        }
+        if (!(c->bias = malloc((size_t)req->n_logit_bias * sizeof *c->bias)))
+            goto oom;
+        memcpy(c->bias, req->logit_bias, (size_t)req->n_logit_bias * sizeof *c->bias);
     }
     if (req->constraint.ops) {
         if (req->constraint.ops->retain)

@@ -56,6 +56,9 @@ struct engine_request {
     const char *const *stop;      /* [n_stop]; NULL entries are ignored        */
     int32_t        n_stop;
     bool           ignore_eos;
+    const struct sampler_bias *logit_bias; /* [n_logit_bias], copied (sampler.h;
+                                     sampled on the host)                  */
+    int32_t        n_logit_bias;
     bool           logprobs;      /* TOKEN events carry the sampled token's
                                      log-probability and text (sampled on
                                      the host: scheduler.h)               */

@@ -39,6 +39,8 @@ struct sampler {
     int32_t     *counts;    /* [n_vocab] scratch, all zero between calls */
     struct cand *cands;     /* [n_vocab] scratch */
     uint64_t     draw;      /* index of the next draw */
+    struct sampler_bias *bias; /* [n_bias] logit biases, or NULL */
+    int32_t      n_bias;
 };
 
 struct sampler_params sampler_params_default(void)
@@ -130,6 +132,7 @@ void sampler_free(sampler *s)
     free(s->cands);
     free(s->counts);
     free(s->hist);
+    free(s->bias);
     free(s);
 }
 
@@ -408,10 +411,37 @@ static void sample_core(const struct sampler_params *p, struct cand *c, int32_t 
     *token = c[n - 1].id; /* r rounded up to sum */
 }
 
+int sampler_set_bias(sampler *s, const struct sampler_bias *b, int32_t n)
+{
+    if (n < 0 || n > SAMPLER_MAX_BIAS)
+        return ps_error_set(PS_EINVAL, "sampler: %d logit biases (at most %d)", (int)n, SAMPLER_MAX_BIAS);
+    for (int32_t i = 0; i < n; i++) {
+        if (b[i].token < 0 || b[i].token >= s->n_vocab)
+            return ps_error_set(PS_EINVAL, "sampler: logit bias for token %d outside the vocabulary [0, %d)",
+                                (int)b[i].token, (int)s->n_vocab);
+        if (!isfinite(b[i].bias))
+            return ps_error_set(PS_EINVAL, "sampler: logit bias for token %d is not a finite number",
+                                (int)b[i].token);
+    }
+    struct sampler_bias *copy = NULL;
+    if (n > 0) {
+        copy = malloc((size_t)n * sizeof *copy);
+        if (!copy)
+            return ps_error_set(PS_ENOMEM, "sampler: out of memory for %d logit biases", (int)n);
+        memcpy(copy, b, (size_t)n * sizeof *copy);
+    }
+    free(s->bias);
+    s->bias = copy;
+    s->n_bias = n;
+    return PS_OK;
+}
+
 int sampler_sample(sampler *s, float *logits, const uint32_t *mask, int32_t *token)
 {
     if (mask && sampler_mask_empty(mask, s->n_vocab))
         return ps_error_set(PS_EINVAL, "sampler: token mask allows no token of %d", (int)s->n_vocab);
+    for (int32_t i = 0; i < s->n_bias; i++)
+        logits[s->bias[i].token] += s->bias[i].bias;
     apply_penalties(s, logits);
     sample_core(&s->p, s->cands, s->n_vocab, logits, mask, s->draw, token);
     s->draw++;

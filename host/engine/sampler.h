@@ -43,8 +43,23 @@ int sampler_params_validate(const struct sampler_params *p);
 
 typedef struct sampler sampler;
 
+/* A logit bias (OpenAI's logit_bias): `bias` is added to token's logit
+ * before the penalties, the token mask and sampling, on every step.  -100
+ * in practice bans a token, +100 all but forces it. */
+struct sampler_bias {
+    int32_t token;
+    float   bias;
+};
+#define SAMPLER_MAX_BIAS 1024   /* entries per request (OpenAI allows 300) */
+
 int  sampler_create(const struct sampler_params *p, int32_t n_vocab, sampler **out);
 void sampler_free(sampler *s); /* NULL-safe */
+
+/* Copy n (<= SAMPLER_MAX_BIAS) logit biases into s (replacing any; n 0:
+ * none).  A token listed twice takes the sum.  PS_EINVAL naming the
+ * entry for a token outside [0, n_vocab) or a bias that is not finite,
+ * PS_ENOMEM; on error s keeps its previous biases. */
+int  sampler_set_bias(sampler *s, const struct sampler_bias *b, int32_t n);
 
 /* Pick a token from logits[n_vocab] (modified in place) with draw index
  * sampler_next_draw(s), then advance the index.  Optional mask: when

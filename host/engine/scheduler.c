@@ -42,9 +42,10 @@ struct seq {
     sampler       *smp;
     struct backend_sample_params bsp; /* the request's sampling for a backend
                                    that samples itself (step set per step) */
-    bool           host_only;   /* penalties or logprobs: sampled on the
-                                   host always                             */
-    bool           penalized;   /* sampler_params_need_history             */
+    bool           host_only;   /* penalties, logit biases or logprobs:
+                                   sampled on the host always              */
+    bool           penalized;   /* penalties or logit biases: sampling
+                                   rewrites the logits row                 */
     bool           logprobs;    /* TOKEN events carry the logprob          */
     int32_t        n_top;       /* and this many alternatives (top_logprobs) */
     const struct token_constraint_ops *cops; /* NULL: unconstrained      */
@@ -1038,11 +1039,14 @@ int sched_submit(sched *s, const struct sched_request *req)
         }
     }
     rc = sampler_create(&req->sampling, s->n_vocab, &q->smp);
+    if (!rc && req->n_logit_bias > 0)
+        rc = sampler_set_bias(q->smp, req->logit_bias, req->n_logit_bias);
     if (rc) {
         seq_destroy(q);
         return rc;
     }
-    q->penalized = sampler_params_need_history(&req->sampling);
+    /* "penalized": sampler_sample rewrites the row (penalties, biases) */
+    q->penalized = sampler_params_need_history(&req->sampling) || req->n_logit_bias > 0;
     q->logprobs = req->logprobs;
     q->n_top = req->top_logprobs;
     q->host_only = q->penalized || q->logprobs;

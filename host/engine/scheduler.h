@@ -186,6 +186,10 @@ struct sched_request {
     bool           logprobs;  /* TOKEN events carry the sampled token's
                                  log-probability (the logits row is read
                                  on the host: always the host path)      */
+    const struct sampler_bias *logit_bias; /* [n_logit_bias], copied: added
+                                 to the logits before sampling (forces
+                                 the host path)                          */
+    int32_t        n_logit_bias;
     int32_t        top_logprobs; /* with logprobs: TOKEN events also carry
                                  the this-many most likely ids of the
                                  step (sampler_top_logprobs), 0 to

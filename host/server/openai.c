@@ -2,6 +2,7 @@
 #include "openai.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -309,6 +310,7 @@ void gen_params_free(struct gen_params *p)
     free(p->stop);
     free(p->prompt_ids);
     free(p->prompt);
+    free(p->logit_bias);
     memset(p, 0, sizeof *p);
 }
 
@@ -936,6 +938,46 @@ done:
     return rc;
 }
 
+/* "logit_bias": null, or an object mapping token ids (decimal strings, as
+ * OpenAI's API takes them) to biases in [-100, 100], at most
+ * SAMPLER_MAX_BIAS entries. */
+static int parse_logit_bias(const cJSON *root, int32_t n_vocab, struct gen_params *p, struct api_error *err)
+{
+    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    if (!lb || cJSON_IsNull(lb))
+        return 0;
+    if (!cJSON_IsObject(lb))
+        return BADTYPE("logit_bias", "an object mapping token ids to biases");
+    int n = cJSON_GetArraySize(lb);
+    if (n == 0)
+        return 0;
+    if (n > SAMPLER_MAX_BIAS)
+        return BAD("logit_bias", "'logit_bias' has %d entries; at most %d are supported", n, SAMPLER_MAX_BIAS);
+    if (!(p->logit_bias = malloc((size_t)n * sizeof *p->logit_bias)))
+        return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    const cJSON *it;
+    cJSON_ArrayForEach(it, lb) {
+        const char *k = it->string;
+        char *end = NULL;
+        errno = 0;
+        long id = k && *k >= '0' && *k <= '9' ? strtol(k, &end, 10) : -1;
+        if (id < 0 || errno || !end || *end)
+            return BAD("logit_bias", "'logit_bias' keys must be token ids (decimal integers), got '%.40s'",
+                       k ? k : "");
+        if (id >= n_vocab)
+            return BAD("logit_bias", "'logit_bias' token id %ld is outside the vocabulary [0, %d)", id,
+                       (int)n_vocab);
+        if (!cJSON_IsNumber(it))
+            return BADTYPE("logit_bias", "an object whose values are numbers");
+        if (!(it->valuedouble >= -100 && it->valuedouble <= 100))
+            return BAD("logit_bias", "'logit_bias' values must be in [-100, 100], got %g for token %ld",
+                       it->valuedouble, id);
+        p->logit_bias[p->n_logit_bias++] = (struct sampler_bias){ .token = (int32_t)id,
+                                                                  .bias = (float)it->valuedouble };
+    }
+    return 0;
+}
+
 /* response_format, tools, tool_choice, functions: fills p->grammar (and
  * p->output, *system_extra for tools). */
 static int parse_constraints(const cJSON *root, bool chat, const struct openai_options *opt,
@@ -1318,6 +1360,8 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
         rc = BAD("", "%s", ps_error_last());
     if (!rc)
         rc = parse_stop(root, p, err);
+    if (!rc)
+        rc = parse_logit_bias(root, n_vocab, p, err);
     if (!rc)
         rc = chat ? parse_messages(root, tmpl, system_extra, p, err) : parse_prompt(root, n_vocab, p, err);
 done:

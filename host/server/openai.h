@@ -58,6 +58,9 @@ struct gen_params {
     bool     logprobs;        /* completions "logprobs" 0..5, or chat's
                                  "logprobs": true: the sampled tokens'
                                  logprobs                                */
+    struct sampler_bias *logit_bias; /* malloc'd [n_logit_bias]: "logit_bias"
+                                 {"token id": bias in [-100, 100]}    */
+    int32_t  n_logit_bias;
     int32_t  top_logprobs;    /* with logprobs: alternatives per token,
                                  completions' "logprobs" N (0..5) or chat's
                                  "top_logprobs" (0..20, only with

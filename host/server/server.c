@@ -961,7 +961,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
         .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
         .n_stop = p.n_stop, .ignore_eos = p.ignore_eos, .logprobs = p.logprobs,
-        .top_logprobs = p.top_logprobs,
+        .top_logprobs = p.top_logprobs, .logit_bias = p.logit_bias, .n_logit_bias = p.n_logit_bias,
         .constraint = gen_params_constraint(&p), .user = g,
     };
     if (!er.prompt && !er.n_prompt_ids) {

@@ -673,3 +673,50 @@ def test_options_on_known_routes_is_204_with_allow(server):
     for path, allow in ROUTES:
         r = httpx.request("PATCH", server.url + path, timeout=10)
         assert r.status_code == 405 and r.headers["allow"] == allow, (path, r.status_code, r.headers)
+
+
+# ---- 5. logit_bias ------------------------------------------------------------------------------
+# It was accepted and silently ignored.  Token ids 1000 and 2000 of the 49152-token vocabulary are
+# ordinary text tokens; +100 all but forces one, -100 bans it.
+
+def _forced(client, chat, bias, n=3, stream=False):
+    kw = dict(model="default", max_tokens=n, temperature=0, logit_bias=bias)
+    if chat:
+        r = client.chat.completions.create(messages=[{"role": "user", "content": "Say hello."}], stream=stream, **kw)
+        if stream:
+            return "".join(c.choices[0].delta.content or "" for c in r if c.choices)
+        return r.choices[0].message.content
+    r = client.completions.create(prompt="The capital of France is", stream=stream, **kw)
+    if stream:
+        return "".join(c.choices[0].text for c in r if c.choices)
+    return r.choices[0].text
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_logit_bias_forces_and_bans_tokens(client, chat):
+    free = _forced(client, chat, None)
+    a = _forced(client, chat, {"1000": 100}, n=1)
+    b = _forced(client, chat, {"2000": 100}, n=1)
+    assert a and b and a != b, (a, b)
+    # +100 on A (and +99 on B): A every step
+    assert _forced(client, chat, {"1000": 100, "2000": 99}) == a * 3
+    # A banned: B every step, streamed the same
+    assert _forced(client, chat, {"1000": -100, "2000": 99}) == b * 3
+    assert _forced(client, chat, {"1000": -100, "2000": 99}, stream=True) == b * 3
+    # an empty object or null changes nothing
+    assert _forced(client, chat, {}) == free
+    assert _forced(client, chat, None) == free != a * 3
+
+
+def test_logit_bias_bad_values_are_400(server):
+    for bias in ({"abc": 1}, {"-1": 1}, {"1.5": 1}, {" 7": 1}, {"49152": 1}, {"99999999999999999999": 1},
+                 {"5": 101}, {"5": -100.5}, {"5": "x"}, {"5": None}, [1], "x", 3):
+        for path, body in (("/v1/completions", {"prompt": "a", "max_tokens": 1}),
+                           ("/v1/chat/completions", {"messages": [{"role": "user", "content": "a"}],
+                                                     "max_tokens": 1})):
+            r = httpx.post(server.url + path, json=dict(body, logit_bias=bias), timeout=60)
+            _err(r, 400, param="logit_bias")
+    too_many = {str(i): 1 for i in range(1025)}
+    e = _err(httpx.post(server.url + "/v1/completions", timeout=60,
+                        json={"prompt": "a", "max_tokens": 1, "logit_bias": too_many}), 400, param="logit_bias")
+    assert "at most 1024" in e["message"]

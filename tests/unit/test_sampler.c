@@ -243,6 +243,55 @@ static void test_penalties(void)
     sampler_free(s);
 }
 
+/* Logit biases: added before the penalties and the mask, every step; a
+ * token listed twice takes the sum; bad entries refused, keeping the old. */
+static void test_logit_bias(void)
+{
+    float base[NV], l[NV];
+    for (int i = 0; i < NV; i++)
+        base[i] = (float)(i % 7) - 3.0f; /* max 3 at 6, 13, ... */
+    struct sampler_params p = sampler_params_default();
+    p.repeat_penalty = 2.0f;
+    sampler *s = NULL;
+    CHECK(sampler_create(&p, NV, &s) == PS_OK);
+    int32_t tok;
+    const struct sampler_bias ban_top[2] = { { 6, -100.0f }, { 13, -100.0f } };
+    const struct sampler_bias force[3] = { { 3, 50.0f }, { 3, 50.0f }, { 20, -1.5f } };
+    CHECK(sampler_set_bias(s, ban_top, 2) == PS_OK);
+    memcpy(l, base, sizeof l);
+    CHECK(sampler_sample(s, l, NULL, &tok) == PS_OK);
+    CHECK_MSG(tok == 20, "greedy with 6 and 13 banned picked %d, want 20 (the next logit-3 token)", (int)tok);
+    CHECK(l[6] == 3.0f - 100.0f && l[13] == 3.0f - 100.0f && l[20] == 3.0f);
+    /* replaced, not added; duplicates sum; before the penalty (20 is in the
+     * history now: (3 - 1.5) / 2) */
+    sampler_accept(s, 20);
+    CHECK(sampler_set_bias(s, force, 3) == PS_OK);
+    memcpy(l, base, sizeof l);
+    CHECK(sampler_sample(s, l, NULL, &tok) == PS_OK);
+    CHECK(tok == 3 && l[3] == 0.0f + 100.0f && l[6] == 3.0f);
+    CHECK_MSG(fabsf(l[20] - (3.0f - 1.5f) / 2.0f) < 1e-6f, "logit 20 = %g", (double)l[20]);
+    /* the mask still rules: a forced token it forbids is not chosen */
+    uint32_t mask[(NV + 31) / 32] = { 0 };
+    mask[0] = 1u << 5;
+    memcpy(l, base, sizeof l);
+    CHECK(sampler_sample(s, l, mask, &tok) == PS_OK && tok == 5);
+    /* bad entries: nothing changes */
+    const struct sampler_bias bad_tok[1] = { { NV, 1.0f } }, neg_tok[1] = { { -1, 1.0f } };
+    const struct sampler_bias nan_bias[1] = { { 1, NAN } }, inf_bias[1] = { { 1, INFINITY } };
+    CHECK(sampler_set_bias(s, bad_tok, 1) == PS_EINVAL && strstr(ps_error_last(), "outside the vocabulary"));
+    CHECK(sampler_set_bias(s, neg_tok, 1) == PS_EINVAL);
+    CHECK(sampler_set_bias(s, nan_bias, 1) == PS_EINVAL && strstr(ps_error_last(), "not a finite"));
+    CHECK(sampler_set_bias(s, inf_bias, 1) == PS_EINVAL);
+    CHECK(sampler_set_bias(s, force, SAMPLER_MAX_BIAS + 1) == PS_EINVAL);
+    memcpy(l, base, sizeof l);
+    CHECK(sampler_sample(s, l, NULL, &tok) == PS_OK && tok == 3);
+    /* cleared */
+    CHECK(sampler_set_bias(s, NULL, 0) == PS_OK);
+    memcpy(l, base, sizeof l);
+    CHECK(sampler_sample(s, l, NULL, &tok) == PS_OK && tok == 6);
+    sampler_free(s);
+}
+
 /* Draws at T=1 follow softmax: chi-square over 8 tokens, loose bound. */
 static void test_distribution(void)
 {
@@ -476,6 +525,7 @@ int main(void)
     test_truncation();
     test_mask();
     test_penalties();
+    test_logit_bias();
     test_distribution();
     test_tiny_temperature();
     test_infinite_logit();
