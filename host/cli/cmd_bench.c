@@ -241,8 +241,8 @@ int cmd_bench(int argc, char **argv)
     const char *kvn = kv_type_name(o.kv_type);
     const char *prompts = o.shared_prefix ? "shared" : o.clone_prompt ? "clone" : "distinct";
     printf("engine,threads,simd,phase,batch,prompt_len,gen,tokens_per_s,ms_per_step,kv_type,prompts\n");
-    fprintf(stderr, "[bench] model=%s backend=%s simd=%s threads=%d kv=%s\n", m->name, backend_name(be),
-            quant_simd_name(), o.n_threads, kvn);
+    fprintf(stderr, "[bench] model=%s backend=%s simd=%s threads=%d kv=%s x8=%d\n", m->name, backend_name(be),
+            quant_simd_name(), o.n_threads, kvn, backend_cpu_x8_matrices(be));
 
     double runs[64];
     int nrep = o.repeat > 64 ? 64 : o.repeat;

@@ -143,6 +143,11 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
  * PARASERVE_CPU_SHARED_PREFIX=0 turns it off. */
 int64_t backend_cpu_shared_prefix_rows(const backend *be);
 
+/* Matrices a CPU backend runs on Q4_1 copies repacked for 8-row tiles
+ * (quant.h "x8": Q4_1 with a multiple of 8 rows, on the AVX2 path; 0 for
+ * a non-CPU backend).  PARASERVE_CPU_X8=0 at creation turns them off. */
+int backend_cpu_x8_matrices(const backend *be);
+
 /* Backend by name: "cpu", "cuda", or "auto" (CUDA when a GPU is present
  * and the KV cache type is one it has (f16), else CPU).  PS_EINVAL for
  * another name; "cuda" without a device, in a build without CUDA or with a

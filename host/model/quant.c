@@ -761,6 +761,42 @@ const struct quant_kernels quant_kernels_scalar = {
     .quantize_q8_k = quant_quantize_q8_k_scalar,
 };
 
+/* ---- Q4_1 x8 (quant.h) ------------------------------------------------------- */
+
+int quant_q4_1x8_repack(const void *w, size_t w_stride, int64_t nrows, int64_t n, void *dst)
+{
+    if (nrows < 8 || nrows % 8 || n < 32 || n % 32 || n / 32 > QUANT_X8_MAXB)
+        return ps_error_set(PS_EINVAL, "quant: cannot repack %lld x %lld Q4_1 for 8-row tiles", (long long)nrows,
+                            (long long)n);
+    const int64_t nb = n / 32;
+    uint8_t *o = dst;
+    for (int64_t g = 0; g < nrows / 8; g++)
+        for (int64_t i = 0; i < nb; i++, o += QUANT_X8_BLOCK)
+            for (int r = 0; r < 8; r++) {
+                const uint8_t *x = (const uint8_t *)w + (size_t)(8 * g + r) * w_stride + 20 * i;
+                memcpy(o + 2 * r, x, 2);           /* d */
+                memcpy(o + 16 + 2 * r, x + 2, 2);  /* m */
+                for (int k = 0; k < 4; k++)        /* bytes 4k.. of row r: vector k, dword r */
+                    memcpy(o + 32 + 32 * k + 4 * r, x + 4 + 4 * k, 4);
+            }
+    return PS_OK;
+}
+
+float quant_dot_q4_1x8_ref(const void *w, const void *a, int64_t n)
+{
+    const uint8_t *x = w, *y = a;
+    float acc = 0.0f;
+    for (int64_t i = 0; i < n / 32; i++, x += 20, y += 36) {
+        int32_t P = 0;
+        for (int j = 0; j < 16; j++)
+            P += (x[4 + j] & 0xf) * (int8_t)y[4 + j] + (x[4 + j] >> 4) * (int8_t)y[4 + 16 + j];
+        const float sd = ld_f16(x) * ld_f16(y);
+        acc = fmaf(sd, (float)P, acc);
+        acc = fmaf(ld_f16(x + 2), ld_f16(y + 2), acc);
+    }
+    return acc;
+}
+
 /* ---- dispatch ----------------------------------------------------------------- */
 
 static pthread_once_t                     quant_once = PTHREAD_ONCE_INIT;
@@ -797,6 +833,19 @@ static inline const struct quant_kernels *kernels(void)
 const char *quant_simd_name(void)
 {
     return kernels()->name;
+}
+
+bool quant_q4_1x8_available(void)
+{
+    return kernels()->mdot_q4_1x8 != NULL;
+}
+
+void quant_mat_dot_q4_1x8(const void *x8, int64_t row0, int64_t n_rows, int64_t n, const void *act,
+                          size_t act_stride, int64_t n_act, float *out, int64_t out_stride)
+{
+    const int64_t nb = n / 32;
+    kernels()->mdot_q4_1x8((const uint8_t *)x8 + (size_t)(row0 / 8) * (size_t)nb * QUANT_X8_BLOCK, nb, n_rows / 8,
+                           act, act_stride, n_act, out, out_stride);
 }
 
 int quant_row_quantize(enum dtype type, const float *src, void *dst, int64_t n)

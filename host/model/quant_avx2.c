@@ -463,6 +463,85 @@ static AVX2 void mdot_q8_0(const void *w, size_t ws, int64_t nr, const void *a, 
     mdot_x8_0(w, ws, nr, a, as, nt, n, out, os, 0);
 }
 
+/* ---- Q4_1 repacked for 8-row tiles (quant.h "x8") ---------------------------
+ *
+ * One weight row per lane.  Per block: the 8 rows' d and m (two f16
+ * conversions), their nibbles (4 aligned loads; low and high nibbles apart:
+ * 8 registers of 4-element groups), then per activation row 8 maddubs
+ * against its 4-byte groups broadcast, summed in i16 (at most 8 x 2 x 15 x
+ * 127 = 30480: no overflow), one madd to i32 (exact), and the two FMAs of
+ * the x8 arithmetic with a lane per row.  Activation rows in passes of up
+ * to 4 (4 accumulators and the 8 nibble registers stay in registers). */
+AVX2_INLINE void q41x8_pass(const uint8_t *x8, int64_t nb, const uint8_t *const *y, const float *const *da,
+                            const float *const *sa, __m256 *acc, const int NT)
+{
+    const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
+    __m256 a[4];
+    for (int j = 0; j < NT; j++)
+        a[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, x8 += QUANT_X8_BLOCK) {
+        _mm_prefetch((const char *)(x8 + MDOT_PF), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x8 + MDOT_PF + 64), _MM_HINT_T0);
+        _mm_prefetch((const char *)(x8 + MDOT_PF + 128), _MM_HINT_T0);
+        const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)x8));
+        const __m256 mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(x8 + 16)));
+        __m256i w[8];
+        for (int k = 0; k < 4; k++) {
+            const __m256i t = _mm256_load_si256((const __m256i *)(x8 + 32 + 32 * k));
+            w[k] = _mm256_and_si256(t, m4);                           /* elements 4k.. */
+            w[4 + k] = _mm256_and_si256(_mm256_srli_epi16(t, 4), m4); /* elements 16 + 4k.. */
+        }
+        __m256i s[4];
+        for (int j = 0; j < NT; j++)
+            s[j] = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32((int)ld_u32(y[j] + 36 * i + 4)));
+        for (int g = 1; g < 8; g++)
+            for (int j = 0; j < NT; j++)
+                s[j] = _mm256_add_epi16(
+                    s[j], _mm256_maddubs_epi16(w[g], _mm256_set1_epi32((int)ld_u32(y[j] + 36 * i + 4 + 4 * g))));
+        for (int j = 0; j < NT; j++) {
+            const __m256 P = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[j], ones));
+            a[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(da[j] + i)), P, a[j]);
+            a[j] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(sa[j] + i), a[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++)
+        acc[j] = a[j];
+}
+
+static AVX2 void mdot_q4_1x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
+                             float *out, int64_t os)
+{
+    float daf[4 * QUANT_X8_MAXB], saf[4 * QUANT_X8_MAXB];
+    for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+        const int n4 = nt - t0 < 4 ? (int)(nt - t0) : 4;
+        const uint8_t *y[4];
+        const float *da[4], *sa[4];
+        for (int j = 0; j < 4; j++) {
+            const int jj = j < n4 ? j : 0;
+            y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
+            da[j] = daf + (size_t)jj * nb;
+            sa[j] = saf + (size_t)jj * nb;
+        }
+        for (int j = 0; j < n4; j++)
+            for (int64_t i = 0; i < nb; i++) {
+                daf[(size_t)j * nb + i] = ld_h(y[j] + 36 * i);
+                saf[(size_t)j * nb + i] = ld_h(y[j] + 36 * i + 2);
+            }
+        for (int64_t g = 0; g < ng; g++) {
+            const uint8_t *xg = (const uint8_t *)x8 + (size_t)g * (size_t)nb * QUANT_X8_BLOCK;
+            __m256 acc[4];
+            switch (n4) {
+            case 1: q41x8_pass(xg, nb, y, da, sa, acc, 1); break;
+            case 2: q41x8_pass(xg, nb, y, da, sa, acc, 2); break;
+            case 3: q41x8_pass(xg, nb, y, da, sa, acc, 3); break;
+            default: q41x8_pass(xg, nb, y, da, sa, acc, 4); break;
+            }
+            for (int j = 0; j < n4; j++)
+                _mm256_storeu_ps(out + (t0 + j) * os + 8 * g, acc[j]);
+        }
+    }
+}
+
 /* ---- Q4_K x Q8_K ----------------------------------------------------------- */
 
 /* shuffle control broadcasting 16-bit word k (of each 128-bit lane) */
@@ -696,6 +775,7 @@ const struct quant_kernels quant_kernels_avx2 = {
     .mdot_q4_0     = mdot_q4_0,
     .mdot_q4_1     = mdot_q4_1,
     .mdot_q8_0     = mdot_q8_0,
+    .mdot_q4_1x8   = mdot_q4_1x8,
     .quantize_q8_0 = quantize_q8_0,
     .quantize_q8_1 = quantize_q8_1,
     .quantize_q8_k = quant_quantize_q8_k_scalar,

@@ -27,6 +27,12 @@ typedef void (*quant_quantize_fn)(const float *src, void *dst, int64_t n);
 typedef void (*quant_mdot_fn)(const void *w, size_t ws, int64_t nr, const void *a, size_t as,
                               int64_t nt, int64_t n, float *out, int64_t os);
 
+/* Tiles of a Q4_1 matrix repacked by quant_q4_1x8_repack: ng groups of 8
+ * rows of nb blocks at x8 (group g at x8 + g * nb * QUANT_X8_BLOCK) against
+ * nt Q8_1 activation rows: out[t * os + 8 g + k] for row k of group g. */
+typedef void (*quant_mdot_x8_fn)(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
+                                 float *out, int64_t os);
+
 struct quant_kernels {
     const char       *name;       /* "scalar" / "avx2" */
     quant_dot_fn      dot_f32;    /* F32  x F32  */
@@ -40,6 +46,7 @@ struct quant_kernels {
     quant_mdot_fn     mdot_q4_0;  /* tile versions of dot_q4_0 / dot_q4_1 / dot_q8_0 */
     quant_mdot_fn     mdot_q4_1;
     quant_mdot_fn     mdot_q8_0;
+    quant_mdot_x8_fn  mdot_q4_1x8; /* NULL: no x8 kernel on this path */
     quant_quantize_fn quantize_q8_0;
     quant_quantize_fn quantize_q8_1;
     quant_quantize_fn quantize_q8_k;
