@@ -108,17 +108,20 @@ bool cors_origin_allowed(const char *list, const char *origin)
 
 void cors_on_request(struct evhttp_request *req, const char *list)
 {
+    if (!list[0])
+        return;
     const char *origin = evhttp_find_header(evhttp_request_get_input_headers(req), "Origin");
+    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
+    const bool any = !strcmp(list, "*");
+    /* the reply depends on Origin: caches must keep one per origin (also
+     * the one without the header, for a disallowed or absent Origin) */
+    if (!any)
+        evhttp_add_header(out, "Vary", "Origin");
     if (!cors_origin_allowed(list, origin))
         return;
-    struct evkeyvalq *out = evhttp_request_get_output_headers(req);
-    if (!strcmp(list, "*")) {
-        evhttp_add_header(out, "Access-Control-Allow-Origin", "*");
-        return;
-    }
     /* an Origin allowed by the list is a valid origin: no CR / LF to inject */
-    evhttp_add_header(out, "Access-Control-Allow-Origin", origin);
-    evhttp_add_header(out, "Vary", "Origin");
+    evhttp_add_header(out, "Access-Control-Allow-Origin", any ? "*" : origin);
+    evhttp_add_header(out, "Access-Control-Expose-Headers", "X-Task-Id");
 }
 
 /* Whether s is a comma-separated list of HTTP header names (RFC 9110 tokens). */

@@ -6,9 +6,13 @@
  * scheme://host[:port] with scheme http or https and nothing after the
  * authority ("https://app.example.com, http://localhost:3000").
  *
- * A request whose Origin header is allowed gets, on whatever reply it
- * receives (errors, 401s and event streams included):
- *     Access-Control-Allow-Origin: * | the origin (then also Vary: Origin)
+ * A request whose Origin header is allowed gets, on whatever reply a
+ * handler gives it (errors, 401s and event streams included):
+ *     Access-Control-Allow-Origin: * | the origin
+ *     Access-Control-Expose-Headers: X-Task-Id
+ * and with a list (not "*") every reply carries Vary: Origin.  Requests
+ * libevent refuses itself before any handler runs (oversized or malformed
+ * framing, unknown methods: server.c's guard_output) get no CORS header.
  * A preflight (OPTIONS from an allowed origin with
  * Access-Control-Request-Method) is answered 204 without authentication,
  * as browsers send it without credentials, and additionally gets

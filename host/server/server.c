@@ -84,6 +84,7 @@ struct caller {
 struct lp_token {
     char   *piece;    /* owned: the token's raw bytes (NUL-terminated)     */
     size_t  piece_len;
+    int32_t id;
     float   logprob;
     size_t  off;      /* byte offset in the output                      */
     size_t  top;      /* its alternatives: lp_list.alt[top..top+n_top)  */
@@ -261,7 +262,8 @@ static void lp_add(struct lp_list *l, struct engine_event *ev)
         for (size_t k = 0; k < nt; k++)
             a[l->n_alt + k] = (struct lp_alt){ .id = ev->top_ids[k], .logprob = ev->top_lps[k] };
     }
-    l->t[l->n++] = (struct lp_token){ .piece = ev->piece, .piece_len = ev->piece_len, .logprob = ev->logprob,
+    l->t[l->n++] = (struct lp_token){ .piece = ev->piece, .piece_len = ev->piece_len, .id = ev->token,
+                                      .logprob = ev->logprob,
                                       .off = l->raw, .top = l->n_alt, .n_top = (int32_t)nt };
     ev->piece = NULL;
     l->n_alt += nt;
@@ -327,6 +329,18 @@ static const char *lp_alt_piece(const tokenizer *tok, int32_t id, size_t *len)
     return p ? p : "";
 }
 
+/* The text sampled token t is shown with: its piece; a control token,
+ * which adds nothing to the output, as its text form, as lp_alt_piece
+ * shows it among the alternatives (so the two read the same). */
+static const char *lp_sampled_piece(const tokenizer *tok, const struct lp_token *t, size_t *len)
+{
+    if (t->piece_len) {
+        *len = t->piece_len;
+        return t->piece;
+    }
+    return lp_alt_piece(tok, t->id, len);
+}
+
 /* Completions' top_logprobs entry of token t: {text: logprob} for its
  * alternatives, then (when it asked for any) the sampled token itself when
  * missing - as llama-cpp-python does and OpenAI documents ("up to
@@ -345,8 +359,12 @@ static cJSON *lp_top_dict(const struct lp_list *l, const struct lp_token *t, con
             p = lp_alt_piece(tok, l->alt[t->top + (size_t)k].id, &n);
             lp = l->alt[t->top + (size_t)k].logprob;
         } else if (t->n_top > 0) {
-            p = t->piece;
-            n = t->piece_len;
+            bool listed = false;   /* by id: two tokens may share a text */
+            for (int32_t j = 0; j < t->n_top; j++)
+                listed |= l->alt[t->top + (size_t)j].id == t->id;
+            if (listed)
+                break;
+            p = lp_sampled_piece(tok, t, &n);
             lp = t->logprob;
         } else {
             break;
@@ -376,7 +394,9 @@ static cJSON *lp_top_dict(const struct lp_list *l, const struct lp_token *t, con
  * nothing but their logprobs: bytes are the same). */
 static cJSON *lp_chat_token(const struct lp_list *l, const struct lp_token *t, const tokenizer *tok)
 {
-    cJSON *e = lp_chat_entry(t->piece, t->piece_len, t->logprob), *tops = NULL;
+    size_t sn;
+    const char *sp = lp_sampled_piece(tok, t, &sn);
+    cJSON *e = lp_chat_entry(sp, sn, t->logprob), *tops = NULL;
     bool ok = e && (tops = cJSON_AddArrayToObject(e, "top_logprobs"));
     for (int32_t k = 0; ok && k < t->n_top; k++) {
         size_t n;
@@ -479,7 +499,9 @@ static cJSON *lp_take(struct lp_list *l, const char *text, size_t len, bool chat
             ok = json_add(o, NULL, lp_chat_token(l, t, tok));
             continue;
         }
-        ok = json_add(toks, NULL, lp_token_string(t->piece, t->piece_len)) &&
+        size_t sn;
+        const char *sp = lp_sampled_piece(tok, t, &sn);
+        ok = json_add(toks, NULL, lp_token_string(sp, sn)) &&
              json_add(lps, NULL, cJSON_CreateNumber((double)t->logprob)) &&
              json_add(tops, NULL, lp_top_dict(l, t, tok)) &&
              json_add(offs, NULL, cJSON_CreateNumber((double)l->chars));

@@ -1,9 +1,10 @@
 """CORS for browser clients (`serve --cors-origins`, host/server/cors.h).
 
 - off by default: no Access-Control-* header whatever the Origin;
-- with a list: an allowed Origin gets Access-Control-Allow-Origin (and
-  Vary: Origin) on every reply, errors, 401s and task event streams
-  included; any other origin gets none;
+- with a list: an allowed Origin gets Access-Control-Allow-Origin and
+  Access-Control-Expose-Headers (X-Task-Id) on every reply, errors, 401s
+  and task event streams included; any other origin gets none; every reply
+  says Vary: Origin;
 - a preflight (OPTIONS with Access-Control-Request-Method) needs no API key
   and lists the route's methods and the allowed request headers;
 - "*" answers any origin with "*";
@@ -70,6 +71,10 @@ def test_other_origins_get_no_cors_headers(cors_server):
         rr = httpx.get(cors_server.url + "/v1/models", headers={"Origin": origin,
                                                                "Authorization": f"Bearer {KEY}"}, timeout=10)
         assert rr.status_code == 200 and "access-control-allow-origin" not in rr.headers
+        # the reply still depends on Origin: a shared cache must not hand it to an allowed one
+        assert "Origin" in rr.headers.get("vary", ""), rr.headers
+    rr = httpx.get(cors_server.url + "/v1/models", headers={"Authorization": f"Bearer {KEY}"}, timeout=10)
+    assert "Origin" in rr.headers.get("vary", "") and "access-control-allow-origin" not in rr.headers
     # header names that are not tokens are not echoed into Access-Control-Allow-Headers
     r, _ = _preflight(cors_server.port, "/v1/chat/completions", ORIGIN, headers="x-ok, bad header")
     assert r.getheader("Access-Control-Allow-Headers") == "Authorization, Content-Type, Last-Event-ID"
@@ -99,6 +104,8 @@ def test_replies_to_an_allowed_origin_carry_the_header(cors_server):
     with httpx.stream("POST", cors_server.url + "/v1/tasks", headers=h, timeout=60,
                       json={"input": "x", "stream": True, "script": [{"final": {"answer": "done"}}]}) as s:
         assert s.status_code == 200 and s.headers["access-control-allow-origin"] == ORIGIN
+        # a page may read the task id header
+        assert s.headers["access-control-expose-headers"] == "X-Task-Id" and s.headers["x-task-id"]
         assert "task.final" in "".join(s.iter_text())
     # the SDK still works (it sends no Origin)
     client = openai.OpenAI(base_url=cors_server.url + "/v1", api_key=KEY)
@@ -120,7 +127,7 @@ def test_any_origin_and_off_by_default(start_server, server):
     r = httpx.get(any_srv.url + "/v1/models", timeout=10)  # no Origin: no header
     assert "access-control-allow-origin" not in r.headers
     r = httpx.get(any_srv.url + "/v1/models", headers={"Origin": ORIGIN}, timeout=10)
-    assert r.headers["access-control-allow-origin"] == "*"
+    assert r.headers["access-control-allow-origin"] == "*" and "vary" not in r.headers
 
 
 @pytest.mark.parametrize("bad", ["app.example.com", "https://app.example.com/", "https://a.com,*", "ftp://x.com"])

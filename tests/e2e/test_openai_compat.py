@@ -720,3 +720,21 @@ def test_logit_bias_bad_values_are_400(server):
     e = _err(httpx.post(server.url + "/v1/completions", timeout=60,
                         json={"prompt": "a", "max_tokens": 1, "logit_bias": too_many}), 400, param="logit_bias")
     assert "at most 1024" in e["message"]
+
+
+def test_a_sampled_control_token_reads_as_among_its_alternatives(server):
+    # a control token that is not end of turn (<|im_start|> after a turn's end) adds nothing to the
+    # output; it was listed as "" while the same id among the alternatives read "<|im_start|>", so
+    # the dict got it twice (N + 1 keys with the sampled token already in the top N)
+    r = httpx.post(server.url + "/v1/completions", timeout=60,
+                   json={"prompt": [1, 2, 198, 1, 2, 198], "max_tokens": 3, "logprobs": 3, "temperature": 0})
+    lp = r.json()["choices"][0]["logprobs"]
+    assert lp["tokens"][0] == "<|im_start|>", lp
+    for tok, top in zip(lp["tokens"], lp["top_logprobs"]):
+        assert len(top) == 3 and next(iter(top)) == tok, (tok, top)   # greedy: the first alternative
+    assert lp["text_offset"][0] == lp["text_offset"][1]              # it adds no text
+    r = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                   json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4, "logprobs": True,
+                         "top_logprobs": 2, "temperature": 0})
+    for e in r.json()["choices"][0]["logprobs"]["content"]:
+        assert e["top_logprobs"][0]["token"] == e["token"] and e["top_logprobs"][0]["bytes"] == e["bytes"]
