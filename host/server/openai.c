@@ -1281,6 +1281,17 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     if (flag)
         return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "echo",
                              "'echo' is not supported");
+    /* suffix (completions' insert mode): text after the completion, which
+     * this server cannot condition on; ignoring it would answer another
+     * question.  null and "" are the default (none). */
+    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    if (suffix && !cJSON_IsNull(suffix)) {
+        if (!cJSON_IsString(suffix))
+            return BADTYPE("suffix", "a string or null");
+        if (suffix->valuestring[0])
+            return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "suffix",
+                                 "'suffix' (insert mode) is not supported");
+    }
     /* logprobs.  Chat: a boolean (false, null and 0 read as off), with
      * optional top_logprobs in [0, 20] (alternatives per token), which
      * needs logprobs true, as OpenAI's API has it.  Completions: an

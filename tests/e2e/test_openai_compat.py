@@ -738,3 +738,14 @@ def test_a_sampled_control_token_reads_as_among_its_alternatives(server):
                          "top_logprobs": 2, "temperature": 0})
     for e in r.json()["choices"][0]["logprobs"]["content"]:
         assert e["top_logprobs"][0]["token"] == e["token"] and e["top_logprobs"][0]["bytes"] == e["bytes"]
+
+
+def test_suffix_is_refused_not_ignored(server):
+    # completions' insert mode: the text after the completion; it was silently ignored
+    body = {"prompt": "def f(", "max_tokens": 2}
+    e = _err(httpx.post(server.url + "/v1/completions", json=dict(body, suffix="    return x\n"), timeout=60),
+             400, param="suffix", code="unsupported_value")
+    assert "insert mode" in e["message"]
+    _err(httpx.post(server.url + "/v1/completions", json=dict(body, suffix=3), timeout=60), 400, param="suffix")
+    for ok in (None, ""):
+        assert httpx.post(server.url + "/v1/completions", json=dict(body, suffix=ok), timeout=60).status_code == 200
