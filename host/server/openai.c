@@ -277,8 +277,14 @@ char *utf8_sanitize(const char *s, size_t len, size_t *out_len)
         return NULL;
     size_t i = 0, o = 0;
     while (i < len) {
-        if ((unsigned char)s[i] < 0x80) {
+        if ((unsigned char)s[i] < 0x80 && s[i]) {
             out[o++] = s[i++];
+            continue;
+        }
+        if (!s[i]) {   /* a C string ends at NUL: the rest of the text would be lost */
+            memcpy(out + o, "\xEF\xBF\xBD", 3);
+            o += 3;
+            i += 1;
             continue;
         }
         uint32_t cp;

@@ -116,8 +116,9 @@ int api_json_nul_check(const char *body, size_t len, struct api_error *err);
  * is malformed JSON, not the object before it), or the NUL check's error. */
 int api_json_body_parse(const char *body, size_t len, struct cJSON **out, struct api_error *err);
 
-/* Copy of s[0..len) with every invalid UTF-8 byte replaced by U+FFFD;
- * malloc'd, NUL-terminated; NULL when out of memory. */
+/* Copy of s[0..len) with every invalid UTF-8 byte, and every NUL byte (a
+ * C string, and so a cJSON string, would end there and drop the rest),
+ * replaced by U+FFFD; malloc'd, NUL-terminated; NULL when out of memory. */
 char *utf8_sanitize(const char *s, size_t len, size_t *out_len);
 
 /* Parse a request body.  `model_names` lists the accepted model names

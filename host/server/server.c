@@ -289,7 +289,7 @@ static cJSON *lp_token_string(const char *p, size_t n)
     char *text = malloc(n ? 6 + 4 * n + 1 : 1);
     if (!text)
         return NULL;
-    if (utf8_valid(p, n)) {
+    if (utf8_valid(p, n) && !memchr(p, 0, n)) {   /* NUL: the JSON string would end there */
         if (n)
             memcpy(text, p, n);
         text[n] = '\0';

@@ -749,3 +749,21 @@ def test_suffix_is_refused_not_ignored(server):
     _err(httpx.post(server.url + "/v1/completions", json=dict(body, suffix=3), timeout=60), 400, param="suffix")
     for ok in (None, ""):
         assert httpx.post(server.url + "/v1/completions", json=dict(body, suffix=ok), timeout=60).status_code == 200
+
+
+def test_a_generated_nul_byte_does_not_cut_the_reply(server):
+    # token 190 is the byte-level token of byte 0x00; forced, then free text.  A JSON string built
+    # through cJSON ends at a NUL, so the reply's text (and a logprobs token) was cut there: the
+    # text after it was lost.  The NUL is now U+FFFD in the text and bytes:\x00 in logprobs.
+    body = {"prompt": "Hello", "max_tokens": 1, "temperature": 0, "logprobs": 1}
+    r = httpx.post(server.url + "/v1/completions", json=dict(body, logit_bias={"190": 100}), timeout=60).json()
+    c = r["choices"][0]
+    assert c["text"] == "\ufffd", c
+    assert c["logprobs"]["tokens"] == ["bytes:\\x00"], c["logprobs"]
+    # every NUL is kept, not only the text before the first one (it was "" here)
+    both = httpx.post(server.url + "/v1/chat/completions", timeout=60,
+                      json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 3, "temperature": 0,
+                            "logprobs": True, "logit_bias": {"190": 100}}).json()["choices"][0]
+    assert both["message"]["content"] == "\ufffd" * 3, both
+    assert [e["bytes"] for e in both["logprobs"]["content"]] == [[0], [0], [0]]
+    assert [e["token"] for e in both["logprobs"]["content"]] == ["bytes:\\x00"] * 3
