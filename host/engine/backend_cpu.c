@@ -900,6 +900,22 @@ AVX2_INL void attn_qk8_direct(const float *q, const char *kbase, const int64_t *
         s[g] = hsum_halves8(acc[g]);
 }
 
+/* sg[g] = the unscaled scores of positions j0..j0+7 (the last one repeated
+ * past n_ctx) for G query heads q + g * D: attn_qk8_direct for up to 3
+ * heads, else the rows staged in kf (8 * D floats) for attn_qk8_f16; the
+ * same sums either way. */
+AVX2_INL void attn_scores8(const float *q, float *kf, const char *kbase, const int64_t *offs, int64_t j0,
+                           int64_t n_ctx, int64_t D, __m256 *sg, const int G)
+{
+    if (G <= 3) {
+        attn_qk8_direct(q, kbase, offs, j0, n_ctx, D, sg, G);
+        return;
+    }
+    attn_rows8_f16(kf, kbase, offs, j0, n_ctx, D);
+    for (int g = 0; g < G; g++)
+        sg[g] = attn_qk8_f16(q + g * D, kf, D);
+}
+
 /* Softmax numerators of G heads in place (sc + g * ctx_stride, chunks of 8
  * up to n_ctx; lanes past n_ctx hold -inf) from their running maxima
  * vmx[g]; sum[g] = the denominators, a tree over 8-lane partial sums. */
@@ -991,13 +1007,7 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
             continue;
         }
         __m256 sg[8];
-        if (G <= 3) {
-            attn_qk8_direct(q, kbase, offs, j0, n_ctx, D, sg, G);
-        } else {
-            attn_rows8_f16(kf, kbase, offs, j0, n_ctx, D);
-            for (int g = 0; g < G; g++)
-                sg[g] = attn_qk8_f16(q + g * D, kf, D);
-        }
+        attn_scores8(q, kf, kbase, offs, j0, n_ctx, D, sg, G);
         for (int g = 0; g < G; g++) {
             const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
             _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
@@ -1098,13 +1108,7 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
             attn_pf_positions(jb->kbase, jb->vbase, 2, jb->roffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n, 2 * D);
             const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n - j0)), _CMP_GE_OQ);
             __m256 sg[8];
-            if (G <= 3) {
-                attn_qk8_direct(jb->q[r], jb->kbase, jb->roffs, j0, n, D, sg, G);
-            } else {
-                attn_rows8_f16(kf, jb->kbase, jb->roffs, j0, n, D);
-                for (int g = 0; g < G; g++)
-                    sg[g] = attn_qk8_f16(jb->q[r] + g * D, kf, D);
-            }
+            attn_scores8(jb->q[r], kf, jb->kbase, jb->roffs, j0, n, D, sg, G);
             for (int g = 0; g < G; g++) {
                 const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
                 _mm256_storeu_ps(jb->sc + ((int64_t)r * G + g) * cs + j0, s);

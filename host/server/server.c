@@ -837,34 +837,22 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         cJSON *msg = cJSON_AddObjectToObject(c, "message");
         cJSON_AddStringToObject(msg, "role", "assistant");
         finish = openai_output_message(g->out, text, len, finish, msg);
-        if (g->logprobs) {
-            /* every listed token, a tool call's included (its message
-             * content is null, its tokens are still generated text) */
-            cJSON *e = lp_take(&g->lp, text, len, true, srv->tok);
-            if (!e || !chat_logprobs_add(c, e)) {
-                cJSON_Delete(o);
-                struct api_error e2;
-                api_error_set(&e2, 500, "server_error", NULL, NULL, "%s", lp_oom);
-                reply_error(srv, g->req, g->route, &e2);
-                return;
-            }
-        } else {
-            cJSON_AddNullToObject(c, "logprobs");
-        }
     } else {
         add_text(c, "text", text, len);
-        if (g->logprobs) {
-            cJSON *lp = lp_take(&g->lp, text, len, false, srv->tok);
-            if (!json_add(c, "logprobs", lp)) {
-                cJSON_Delete(o);
-                struct api_error e;
-                api_error_set(&e, 500, "server_error", NULL, NULL, "%s", lp_oom);
-                reply_error(srv, g->req, g->route, &e);
-                return;
-            }
-        } else {
-            cJSON_AddNullToObject(c, "logprobs");
+    }
+    if (g->logprobs) {
+        /* chat: every listed token, a tool call's included (its message
+         * content is null, its tokens are still generated text) */
+        cJSON *lp = lp_take(&g->lp, text, len, g->chat, srv->tok);
+        if (g->chat ? !lp || !chat_logprobs_add(c, lp) : !json_add(c, "logprobs", lp)) {
+            cJSON_Delete(o);
+            struct api_error e;
+            api_error_set(&e, 500, "server_error", NULL, NULL, "%s", lp_oom);
+            reply_error(srv, g->req, g->route, &e);
+            return;
         }
+    } else {
+        cJSON_AddNullToObject(c, "logprobs");
     }
     cJSON_AddStringToObject(c, "finish_reason", finish);
     cJSON_AddItemToObject(o, "usage", usage_json(ev));
