@@ -483,21 +483,22 @@ AVX2_INLINE void q41x8_pass(const uint8_t *x8, int64_t nb, const uint8_t *const 
         _mm_prefetch((const char *)(x8 + MDOT_PF), _MM_HINT_T0);
         _mm_prefetch((const char *)(x8 + MDOT_PF + 64), _MM_HINT_T0);
         _mm_prefetch((const char *)(x8 + MDOT_PF + 128), _MM_HINT_T0);
+        /* one nibble register at a time, used by every row before the
+         * next (the i16 sums are exact in any order): NT sums, NT
+         * accumulators, the nibbles, a broadcast and two constants stay
+         * in the 16 registers */
+        __m256i s[4];
+        for (int g = 0; g < 8; g++) {
+            const __m256i t = _mm256_load_si256((const __m256i *)(x8 + 32 + 32 * (g & 3)));
+            const __m256i w = _mm256_and_si256(g < 4 ? t : _mm256_srli_epi16(t, 4), m4);  /* elements 4g.. */
+            for (int j = 0; j < NT; j++) {
+                const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32((int)ld_u32(y[j] + 36 * i + 4 + 4 * g)));
+                s[j] = g ? _mm256_add_epi16(s[j], p) : p;
+                __asm__("" : "+x"(s[j]));   /* keep the chain: reassociated into a tree, the products spill */
+            }
+        }
         const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)x8));
         const __m256 mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(x8 + 16)));
-        __m256i w[8];
-        for (int k = 0; k < 4; k++) {
-            const __m256i t = _mm256_load_si256((const __m256i *)(x8 + 32 + 32 * k));
-            w[k] = _mm256_and_si256(t, m4);                           /* elements 4k.. */
-            w[4 + k] = _mm256_and_si256(_mm256_srli_epi16(t, 4), m4); /* elements 16 + 4k.. */
-        }
-        __m256i s[4];
-        for (int j = 0; j < NT; j++)
-            s[j] = _mm256_maddubs_epi16(w[0], _mm256_set1_epi32((int)ld_u32(y[j] + 36 * i + 4)));
-        for (int g = 1; g < 8; g++)
-            for (int j = 0; j < NT; j++)
-                s[j] = _mm256_add_epi16(
-                    s[j], _mm256_maddubs_epi16(w[g], _mm256_set1_epi32((int)ld_u32(y[j] + 36 * i + 4 + 4 * g))));
         for (int j = 0; j < NT; j++) {
             const __m256 P = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[j], ones));
             a[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(da[j] + i)), P, a[j]);
