@@ -236,7 +236,7 @@ static void handle_submit(engine *e, struct cmd *c)
         .ignore_eos = c->req.ignore_eos, .logprobs = c->req.logprobs,
         .top_logprobs = c->req.top_logprobs, .constraint = c->req.constraint,
         .logit_bias = c->bias, .n_logit_bias = c->req.n_logit_bias,
-        .user = c->req.user,
+        .prompt_group = c->req.prompt_group, .user = c->req.user,
     };
     if (r.max_tokens <= 0)
         r.max_tokens = sched_n_ctx(e->sched) - r.n_prompt;

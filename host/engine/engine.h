@@ -85,6 +85,13 @@ struct engine_request {
      * grammar_constraint_lazy(g) instead lets the first token choose
      * between a document of g and unconstrained text. */
     struct token_constraint constraint;
+    uint64_t       prompt_group;  /* 0: none; else the requests of one tenant
+                                     with this value (the caller picks it,
+                                     unique among its live groups) have the
+                                     same prompt, which the scheduler
+                                     computes once and shares (scheduler.h,
+                                     prompt groups): the n choices of one
+                                     API request                          */
     void          *user;
 };
 

@@ -19,6 +19,7 @@ struct seq {
     uint32_t       tenant;
     int32_t        priority;
     uint64_t       arrival;     /* submit order, kept across preemption    */
+    uint64_t       group;       /* prompt group (scheduler.h), 0: none     */
     enum seq_state state;
     void          *user;
 
@@ -77,6 +78,10 @@ struct sched {
     int32_t             n_running;
     struct seq        **waiting; /* sorted the same way */
     int32_t             n_waiting, cap_waiting;
+    struct seq        **parked;  /* [max_seqs] finished prompt-group members
+                                    still holding their blocks for waiting
+                                    members of their group (park_finished) */
+    int32_t             n_parked;
     uint64_t            next_arrival;
 
     struct batch_seq   *plan_seqs; /* [max_seqs] */
@@ -260,6 +265,55 @@ static void seq_release_blocks(sched *s, struct seq *q)
     q->last_hash = prefix_cache_seed(q->tenant);
 }
 
+/* ---- parked group members (scheduler.h, prompt groups) ------------------------ */
+
+static bool same_group(const struct seq *a, const struct seq *b)
+{
+    return a != b && a->group && a->group == b->group && a->tenant == b->tenant;
+}
+
+/* A member of a prompt group that finishes normally while others of its
+ * group wait keeps its blocks (parked: its DONE goes out as usual), so
+ * that they share its prompt even when it ends in the step that computed
+ * it (max_tokens 1, an immediate end of text).  One per group.  Parked
+ * sequences are released at the end of the next admission pass
+ * (sched_step), or as soon as a block allocation would fail. */
+static bool park_finished(sched *s, struct seq *q, enum finish_reason why)
+{
+    if (!q->group || (why != FINISH_STOP && why != FINISH_LENGTH) || !q->n_blocks ||
+        q->n_computed < q->n_prompt - 1 || s->n_parked >= s->cfg.max_seqs)
+        return false;
+    for (int32_t i = 0; i < s->n_parked; i++)
+        if (same_group(s->parked[i], q))
+            return false;
+    for (int32_t i = 0; i < s->n_waiting; i++)
+        if (same_group(s->waiting[i], q)) {
+            s->parked[s->n_parked++] = q;
+            return true;
+        }
+    return false;
+}
+
+static void parked_release(sched *s)
+{
+    while (s->n_parked > 0) {
+        struct seq *q = s->parked[--s->n_parked];
+        seq_release_blocks(s, q);
+        seq_destroy(q);
+    }
+}
+
+/* prefix_cache_alloc, releasing parked sequences first when nothing is free. */
+static int block_alloc(sched *s, int32_t *b)
+{
+    int rc = prefix_cache_alloc(s->pc, b);
+    if (rc == PS_EFULL && s->n_parked > 0) {
+        parked_release(s);
+        rc = prefix_cache_alloc(s->pc, b);
+    }
+    return rc;
+}
+
 static int emit(sched *s, const struct sched_event *ev)
 {
     return s->on_event ? s->on_event(s->ud, ev) : 0;
@@ -274,7 +328,9 @@ static void sched_finish(sched *s, struct seq *q, enum finish_reason why, const 
     else if (q->state == SEQ_WAITING || q->state == SEQ_PREEMPTED)
         list_remove(s->waiting, &s->n_waiting, q);
     q->state = SEQ_FINISHED;
-    seq_release_blocks(s, q);
+    const bool parked = park_finished(s, q, why);
+    if (!parked)
+        seq_release_blocks(s, q);
     struct sched_event ev = {
         .kind = SCHED_EV_DONE, .id = q->id, .user = q->user, .token = -1,
         .text = q->text ? q->text : "", .text_len = why == FINISH_CANCELLED ? 0 : q->text_len,
@@ -282,7 +338,8 @@ static void sched_finish(sched *s, struct seq *q, enum finish_reason why, const 
         .n_generated = q->n_generated, .n_preempted = q->n_preempted, .error = error,
     };
     (void)emit(s, &ev); /* a DONE event is always taken */
-    seq_destroy(q);
+    if (!parked)
+        seq_destroy(q);
 }
 
 /* RUNNING -> PREEMPTED: give back every block; keep tokens and sampler. */
@@ -302,7 +359,7 @@ static int seq_grow(sched *s, struct seq *q, int32_t n_pos)
 {
     while ((int64_t)q->n_blocks * s->bs < n_pos) {
         int32_t b;
-        int rc = prefix_cache_alloc(s->pc, &b);
+        int rc = block_alloc(s, &b);
         if (rc)
             return rc;
         q->blocks[q->n_blocks++] = b;
@@ -318,7 +375,7 @@ static int seq_make_writable(sched *s, struct seq *q)
     if (bi >= q->n_blocks || kv_blocks_refcount(s->kv, q->blocks[bi]) <= 1)
         return PS_OK;
     int32_t nb;
-    int rc = prefix_cache_alloc(s->pc, &nb);
+    int rc = block_alloc(s, &nb);
     if (rc)
         return rc;
     rc = backend_copy_block(s->be, q->blocks[bi], nb);
@@ -422,10 +479,62 @@ static int32_t blocks_available(const sched *s)
     return kv_blocks_n_free(s->kv) + prefix_cache_n_idle(s->pc);
 }
 
+/* ---- prompt groups (scheduler.h) ---------------------------------------------- */
+
+/* The running or parked member of q's prompt group whose computed tokens
+ * share the longest prefix with q's tokens; *n_share: that prefix, capped
+ * at q->n_tokens - 1 (one token must run to give logits).  NULL when no
+ * such member shares a token. */
+static struct seq *group_donor(const sched *s, const struct seq *q, int32_t *n_share)
+{
+    struct seq *best = NULL;
+    int32_t best_n = 0;
+    const int32_t cap = q->n_tokens - 1;
+    for (int32_t i = 0; i < s->n_running + s->n_parked; i++) {
+        struct seq *d = i < s->n_running ? s->running[i] : s->parked[i - s->n_running];
+        if (!same_group(d, q))
+            continue;
+        int32_t lim = d->n_computed < cap ? d->n_computed : cap, n = 0;
+        while (n < lim && d->tokens[n] == q->tokens[n])
+            n++;
+        if (n > best_n) {
+            best = d;
+            best_n = n;
+        }
+    }
+    *n_share = best_n;
+    return best;
+}
+
+/* q waits for its group: a member is running but has not computed q's
+ * prompt (less its last token) yet, so admitting q now would compute the
+ * prompt a second time. */
+static bool group_waits(const sched *s, const struct seq *q)
+{
+    if (!q->group)
+        return false;
+    bool prefilling = false;
+    for (int32_t i = 0; i < s->n_parked; i++)
+        if (same_group(s->parked[i], q))
+            return false; /* parked members have computed their prompt */
+    for (int32_t i = 0; i < s->n_running; i++) {
+        const struct seq *d = s->running[i];
+        if (!same_group(d, q))
+            continue;
+        if (d->n_computed >= q->n_prompt - 1)
+            return false;
+        prefilling = true;
+    }
+    return prefilling;
+}
+
 /* WAITING/PREEMPTED -> RUNNING with the first chunk scheduled.  Returns
  * tokens taken; 0 when it does not fit now (q stays waiting, untouched).
  * whole: no shorter chunk for lack of blocks (the caller would rather
- * preempt lower priorities than prefill q piecemeal). */
+ * preempt lower priorities than prefill q piecemeal).  The computed prefix
+ * comes from the prefix cache (whole blocks) or from a running member of
+ * q's prompt group (any length: a partial last block is copied before q
+ * writes into it), whichever is longer. */
 static int32_t sched_admit(sched *s, struct seq *q, int32_t budget, bool whole, int32_t *n_plan)
 {
     int32_t matched = 0;
@@ -435,14 +544,27 @@ static int32_t sched_admit(sched *s, struct seq *q, int32_t budget, bool whole, 
         matched = prefix_cache_match(s->pc, q->tenant, q->tokens, q->n_tokens, max_blocks,
                                      s->match_buf, s->hash_buf);
     }
-    int32_t n_comp = matched * s->bs;
+    int32_t n_comp = matched * s->bs, n_share = 0;
+    struct seq *donor = q->group ? group_donor(s, q, &n_share) : NULL;
+    const bool shared = donor && n_share >= n_comp;
+    if (shared) {
+        for (int32_t i = 0; i < matched; i++)
+            kv_blocks_unref(s->kv, s->match_buf[i]);
+        matched = (n_share + s->bs - 1) / s->bs;
+        for (int32_t i = 0; i < matched; i++) {
+            s->match_buf[i] = donor->blocks[i];
+            kv_blocks_ref(s->kv, s->match_buf[i]);
+        }
+        n_comp = n_share;
+    }
+    const int32_t cow = n_comp % s->bs ? 1 : 0; /* the partial last block, copied */
     int32_t take = q->n_tokens - n_comp < budget ? q->n_tokens - n_comp : budget;
-    int32_t need_blocks = (n_comp + take + s->bs - 1) / s->bs - matched;
+    int32_t need_blocks = (n_comp + take + s->bs - 1) / s->bs - matched + cow;
     /* Keep a block of head-room per running sequence so admissions do not
      * immediately force preemptions of the decodes already running. */
     int32_t avail = blocks_available(s) - s->n_running;
     if (need_blocks > avail) {
-        int32_t fit = avail > 0 ? (matched + avail) * s->bs - n_comp : 0;
+        int32_t fit = avail - cow > 0 ? (matched + avail - cow) * s->bs - n_comp : 0;
         if (fit < 1 || whole) {
             for (int32_t i = 0; i < matched; i++)
                 kv_blocks_unref(s->kv, s->match_buf[i]);
@@ -454,17 +576,23 @@ static int32_t sched_admit(sched *s, struct seq *q, int32_t budget, bool whole, 
     memcpy(q->blocks, s->match_buf, (size_t)matched * sizeof *q->blocks);
     q->n_blocks = matched;
     q->n_computed = n_comp;
-    q->n_hashed = matched;
-    q->last_hash = matched ? s->hash_buf[matched - 1] : prefix_cache_seed(q->tenant);
+    /* shared blocks are hashed again from the tokens when published (the
+     * cache keeps the entries it has) */
+    q->n_hashed = shared ? 0 : matched;
+    q->last_hash = matched && !shared ? s->hash_buf[matched - 1] : prefix_cache_seed(q->tenant);
     if (!q->admitted_once) {
-        q->n_cached = n_comp < q->n_prompt ? n_comp : q->n_prompt;
+        q->n_cached = shared ? 0 : n_comp < q->n_prompt ? n_comp : q->n_prompt;
         q->admitted_once = true;
     }
-    s->st.prefix_hit_tokens += (uint64_t)n_comp;
+    if (shared)
+        s->st.group_shared_tokens += (uint64_t)n_comp;
+    else
+        s->st.prefix_hit_tokens += (uint64_t)n_comp;
     q->state = SEQ_RUNNING;
     list_insert(s->running, &s->n_running, q);
-    if (seq_grow(s, q, n_comp + take)) {
-        /* cannot happen after the availability check; undo cleanly */
+    if (seq_make_writable(s, q) || seq_grow(s, q, n_comp + take)) {
+        /* cannot happen after the availability check (but a failed block
+         * copy); undo cleanly */
         sched_preempt(s, q);
         q->n_preempted--;
         s->st.preemptions--;
@@ -839,7 +967,7 @@ int sched_step(sched *s, int32_t *n_scheduled)
      * or preempts one running sequence, so the loop ends. */
     while (s->n_waiting > 0) {
         struct seq *w = s->waiting[0];
-        if (w->priority <= s->admit_floor)
+        if (w->priority <= s->admit_floor || group_waits(s, w))
             break;
         struct seq *v = s->n_running > 0 ? s->running[s->n_running - 1] : NULL;
         bool outranks = v && v->priority < w->priority;
@@ -855,6 +983,7 @@ int sched_step(sched *s, int32_t *n_scheduled)
         preempt_victim(s, v, &n_plan);
         s->st.priority_preemptions++;
     }
+    parked_release(s); /* the members that could share their blocks have */
     if (!n_plan)
         return PS_OK;
 
@@ -916,6 +1045,7 @@ int sched_create(const struct sched_config *cfg, backend *be, const struct sched
     size_t ms = (size_t)cfg->max_seqs;
     size_t max_blocks = (size_t)(s->cfg.n_ctx + s->bs - 1) / (size_t)s->bs + 1;
     s->running = calloc(ms, sizeof *s->running);
+    s->parked = calloc(ms, sizeof *s->parked);
     s->plan_seqs = calloc(ms, sizeof *s->plan_seqs);
     s->plan_of = calloc(2 * ms, sizeof *s->plan_of);
     s->logits = malloc(ms * (size_t)s->n_vocab * sizeof *s->logits);
@@ -924,7 +1054,7 @@ int sched_create(const struct sched_config *cfg, backend *be, const struct sched
     s->dev_tokens = calloc(ms, sizeof *s->dev_tokens);
     s->match_buf = malloc(max_blocks * sizeof *s->match_buf);
     s->hash_buf = malloc(max_blocks * sizeof *s->hash_buf);
-    if (!s->running || !s->plan_seqs || !s->plan_of || !s->logits || !s->lp_row || !s->dev_params ||
+    if (!s->running || !s->parked || !s->plan_seqs || !s->plan_of || !s->logits || !s->lp_row || !s->dev_params ||
         !s->dev_tokens || !s->match_buf || !s->hash_buf) {
         rc = ps_error_set(PS_ENOMEM, "scheduler: out of memory for %d sequences", (int)cfg->max_seqs);
         goto fail;
@@ -942,6 +1072,7 @@ void sched_cancel_all(sched *s)
         sched_finish(s, s->running[s->n_running - 1], FINISH_CANCELLED, NULL);
     while (s->n_waiting > 0)
         sched_finish(s, s->waiting[s->n_waiting - 1], FINISH_CANCELLED, NULL);
+    parked_release(s);
 }
 
 void sched_free(sched *s)
@@ -966,6 +1097,7 @@ void sched_free(sched *s)
     free(s->logits);
     free(s->plan_of);
     free(s->plan_seqs);
+    free(s->parked);
     free(s->waiting);
     free(s->running);
     prefix_cache_free(s->pc);
@@ -1009,6 +1141,7 @@ int sched_submit(sched *s, const struct sched_request *req)
     q->tenant = req->tenant;
     q->priority = req->priority > INT32_MIN ? req->priority : INT32_MIN + 1; /* above any admit floor */
     q->arrival = s->next_arrival++;
+    q->group = req->prompt_group;
     q->user = req->user;
     q->n_prompt = req->n_prompt;
     q->max_tokens = req->max_tokens;
@@ -1098,7 +1231,7 @@ int sched_cancel(sched *s, uint64_t id)
 
 bool sched_has_work(const sched *s)
 {
-    return s->n_running > 0 || s->n_waiting > 0;
+    return s->n_running > 0 || s->n_waiting > 0 || s->n_parked > 0; /* a step releases parked blocks */
 }
 
 int32_t sched_n_ctx(const sched *s)

@@ -23,8 +23,10 @@
  *                  enter the penalty history), queues it WAITING.
  *   sched_admit    (inside sched_step) matches the longest cached prefix
  *                  (prefix_cache_match: those blocks are shared, not
- *                  recomputed), allocates blocks for the first chunk, moves
- *                  the sequence to the running set.
+ *                  recomputed), or the longer prefix a running sequence of
+ *                  its prompt group has computed (below), allocates blocks
+ *                  for the first chunk, moves the sequence to the running
+ *                  set.
  *   sched_preempt  (inside sched_step) releases every block of a running
  *                  sequence, taking it out of this step's batch if it was in:
  *                  (a) KV pressure: a running sequence needs a block and none
@@ -76,6 +78,25 @@
  * history, EOG / stop strings / matcher done / max_tokens / context.  A row
  * whose mask allows no token finishes that sequence alone (FINISH_ERROR,
  * "token mask allows no token"), on either path.
+ *
+ * Prompt groups (sched_request.prompt_group: the n choices of one API
+ * request, same tenant, same prompt): the prompt is computed once.  A
+ * waiting member is not admitted while another member is RUNNING with its
+ * prompt not yet computed (it holds the queue, as any first-in-line
+ * request that cannot start: arrival order is kept); once one is, the
+ * member takes references on that donor's blocks covering their common
+ * token prefix (at most its own tokens less the last, which must run for
+ * logits; at most what the donor has computed) and copies the partial last
+ * block before writing into it (seq_make_writable), so it recomputes one
+ * token instead of the prompt.  With no running member (the first one, or
+ * all others finished or preempted) a member is admitted as any request.
+ * A member that finishes normally (stop, length) while others of its group
+ * wait is parked: its DONE goes out, but it keeps its blocks as a donor
+ * until the end of the next step's admissions (or until a block
+ * allocation would fail), so a prompt computed in the step that also
+ * ended the member (max_tokens 1) is still shared.
+ * Shared tokens are counted in sched_stats.group_shared_tokens, not as
+ * prefix-cache hits nor as n_cached.
  *
  * Invariants
  *   1. Every request gets exactly one SCHED_EV_DONE (after zero or more
@@ -196,6 +217,12 @@ struct sched_request {
                                  SCHED_MAX_TOP_LOGPROBS; else 0          */
     struct token_constraint constraint; /* borrowed: sched_submit creates
                                   the sequence's matcher from it          */
+    uint64_t       prompt_group; /* 0: none; else requests of this tenant
+                                 with the same value share the prompt's
+                                 KV blocks (prompt groups, above); only
+                                 their common token prefix is shared, so
+                                 a member whose prompt differs is merely
+                                 admitted later                          */
     void          *user;      /* handed back in every event               */
 };
 
@@ -254,6 +281,9 @@ struct sched_stats {
     uint64_t prefill_tokens;        /* tokens run through the backend as
                                        prompt (recompute included)          */
     uint64_t prefix_hit_tokens;     /* tokens served by the prefix cache    */
+    uint64_t group_shared_tokens;   /* tokens whose KV blocks a sequence took
+                                       from a running member of its prompt
+                                       group instead of computing them     */
     uint64_t generated_tokens;
     uint64_t preemptions;           /* all, priority_preemptions included */
     uint64_t priority_preemptions;  /* for a waiting higher-priority request */

@@ -146,6 +146,9 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
             s->prefill_tokens);
     counter(&b, "paraserve_prefix_cache_hit_tokens_total",
             "Tokens whose KV came from the prefix cache instead of being computed.", s->prefix_hit_tokens);
+    counter(&b, "paraserve_prompt_shared_tokens_total",
+            "Prompt tokens whose KV a choice of an n > 1 request took from another of its choices instead of "
+            "computing them.", s->group_shared_tokens);
     counter(&b, "paraserve_engine_generated_tokens_total", "Tokens sampled by the engine.", s->generated_tokens);
     counter(&b, "paraserve_engine_steps_total", "Engine batches run.", s->steps);
     counter(&b, "paraserve_preemptions_total",
@@ -184,7 +187,8 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
     gauge(&b, "paraserve_prefix_cache_blocks", "Blocks listed in the prefix cache (in use or idle).",
           s->kv_cached);
     render_hist(&b, "paraserve_time_to_first_token_seconds", "Time from request to first token.", &m->ttft);
-    render_hist(&b, "paraserve_inter_token_latency_seconds", "Time between consecutive tokens of a request.",
+    render_hist(&b, "paraserve_inter_token_latency_seconds",
+                "Time between consecutive tokens of a request (of one choice when n > 1).",
                 &m->itl);
     render_hist(&b, "paraserve_request_duration_seconds", "Time from request to last token.", &m->e2e);
     if (b.oom) {

@@ -695,6 +695,35 @@ struct openai_output {
 
 enum { OUT_NAME, OUT_ARGS_PREFIX, OUT_ARGS, OUT_AFTER, OUT_BAD };
 
+/* A reply shaper for a tool-call request (tool_choice "auto": auto_mode)
+ * with a fresh call id; NULL when out of memory. */
+static struct openai_output *output_new(bool auto_mode)
+{
+    struct openai_output *o = calloc(1, sizeof *o);
+    if (!o)
+        return NULL;
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    static uint64_t counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (++counter * 0x9e3779b97f4a7c15ull);
+    memcpy(o->id, "call_", 5);
+    for (int k = 0; k < 24; k++) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        o->id[5 + k] = alnum[(x * 0x2545F4914F6CDD1Dull >> 40) % 62];
+    }
+    o->id[29] = '\0';
+    o->auto_mode = auto_mode;
+    return o;
+}
+
+struct openai_output *openai_output_another(const struct openai_output *o)
+{
+    return o ? output_new(o->auto_mode) : NULL;
+}
+
 static int compile_schema(const struct openai_options *opt, const char *schema, const char *param,
                           const char *what, grammar **out, struct api_error *err)
 {
@@ -916,27 +945,13 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
     }
     if ((rc = compile_schema(opt, schema, "tools", "tools (function parameters)", &p->grammar, err)))
         goto done;
-    p->output = calloc(1, sizeof *p->output);
+    p->output = output_new(lazy);
     p->grammar_lazy = lazy;
     *system_extra = tools_prompt(shown, forced, lazy);
     if (!p->output || !*system_extra) {
         rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         goto done;
     }
-    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    static uint64_t counter;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (++counter * 0x9e3779b97f4a7c15ull);
-    memcpy(p->output->id, "call_", 5);
-    for (int k = 0; k < 24; k++) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        p->output->id[5 + k] = alnum[(x * 0x2545F4914F6CDD1Dull >> 40) % 62];
-    }
-    p->output->id[29] = '\0';
-    p->output->auto_mode = lazy;
 done:
     free(schema);
     cJSON_Delete(list);
@@ -1270,11 +1285,9 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     int64_t n = 1, max_tokens = 0, top_k = 0, priority = 0;
     uint64_t seed = 0;
     bool has_max = false, has_seed = false;
-    if ((rc = get_int(root, "n", 1, 128, &n, NULL, err)))
+    if ((rc = get_int(root, "n", 1, OPENAI_MAX_N, &n, NULL, err)))
         return rc;
-    if (n != 1)
-        return api_error_set(err, 400, "invalid_request_error", "unsupported_value", "n",
-                             "'n' must be 1: one choice per request is supported (got %lld)", (long long)n);
+    p->n = (int32_t)n;
     int64_t best_of = 1;
     if ((rc = get_int(root, "best_of", 1, 128, &best_of, NULL, err)))
         return rc;

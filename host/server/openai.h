@@ -38,8 +38,12 @@ char *api_error_json(const struct api_error *e);
 /* The HTTP reason phrase of a status the server sends; NULL for others. */
 const char *api_http_reason(int status);
 
+/* Most choices one request may ask for ("n"). */
+#define OPENAI_MAX_N 128
+
 struct gen_params {
     bool     chat;
+    int32_t  n;               /* "n": choices, 1..OPENAI_MAX_N (default 1) */
     bool     stream;
     bool     include_usage;   /* stream_options.include_usage                */
     char    *prompt;          /* malloc'd: rendered chat or completion text  */
@@ -164,6 +168,10 @@ const char *openai_output_finish(struct openai_output *o, const char *finish, cJ
 const char *openai_output_message(struct openai_output *o, const char *text, size_t len,
                                   const char *finish, cJSON *message);
 void        openai_output_free(struct openai_output *o); /* NULL-safe */
+/* A fresh shaper of o's kind (tool_choice auto or not) with its own call
+ * id, for another choice of the same request ("n" > 1); the caller frees
+ * it.  NULL when o is NULL (plain content) or out of memory. */
+struct openai_output *openai_output_another(const struct openai_output *o);
 
 void gen_params_free(struct gen_params *p); /* NULL-safe; frees the members */
 

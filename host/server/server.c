@@ -111,6 +111,34 @@ struct lp_list {
                          nor a text chunk, without its logprobs)        */
 };
 
+/* One choice of a generation request: its own engine sequence (n > 1:
+ * the request's choices share the prompt's KV blocks, scheduler.h's
+ * prompt groups), output, tool-call shaper and logprobs. */
+struct gen_choice {
+    struct gen_ctx        *g;
+    int32_t                index;   /* choices[].index                      */
+    uint64_t               id;      /* engine request                       */
+    bool                   live;    /* submitted, its DONE not taken yet    */
+    struct evbuffer       *text;    /* non-stream: accumulated output       */
+    struct openai_output  *out;     /* tool calls (NULL: plain content)     */
+    struct lp_list         lp;
+    cJSON                 *lp_pending; /* chat stream: logprobs.content entries
+                                         of text not shown yet (a tool call's
+                                         name is buffered): they go out with
+                                         the next chunk that does, at the
+                                         latest the finish chunk        */
+    double                 t_last;  /* its latest token (inter-token latency) */
+    int32_t                n_seen;  /* its tokens so far                    */
+    /* from its DONE event */
+    const char            *finish;  /* "stop" / "length"                    */
+    int32_t                n_prompt, n_cached, n_generated;
+};
+
+/* A generation request: n choices (gen_params.n), answered once every
+ * submitted choice's DONE has arrived.  The first failure of any choice
+ * (rejection, engine error, shutdown, logprobs out of memory) ends the
+ * request with that error and cancels the other choices; a client that
+ * leaves cancels them all. */
 struct gen_ctx {
     struct server         *srv;
     struct evhttp_request *req;   /* ours until we end the reply          */
@@ -118,24 +146,21 @@ struct gen_ctx {
     bool                   gone;  /* the client left; engine asked to cancel */
     bool                   conn_closed; /* libevent dropped the connection and
                                            detached req: ending req frees it */
-    uint64_t               id;
     uint32_t               tenant;
     enum metrics_route     route;
     bool                   chat, stream, include_usage;
     bool                   headers_sent;
     char                   cid[48];
     time_t                 created;
-    struct evbuffer       *text;  /* non-stream: accumulated output     */
-    struct openai_output  *out;   /* tool calls (NULL: plain content)   */
     bool                   logprobs; /* completions logprobs N / chat logprobs true */
-    struct lp_list         lp;
-    cJSON                 *lp_pending; /* chat stream: logprobs.content entries
-                                         of text not shown yet (a tool call's
-                                         name is buffered): they go out with
-                                         the next chunk that does, at the
-                                         latest the finish chunk        */
-    double                 t0, t_last;
-    int32_t                n_seen;
+    double                 t0;
+    bool                   first_token; /* time to first token observed  */
+    int32_t                n_choices, n_live;
+    struct gen_choice     *ch;    /* [n_choices]                           */
+    bool                   failed;  /* fail: the error the request ends with
+                                       (a reply when no header went out, else
+                                       an error event already sent)     */
+    struct api_error       fail;
 };
 
 static double now_s(void)
@@ -207,14 +232,29 @@ static void add_text(cJSON *obj, const char *key, const char *s, size_t len)
     free(clean);
 }
 
-static cJSON *usage_json(const struct engine_event *ev)
+/* A request's usage, as OpenAI counts n > 1: the prompt once (choice 0's
+ * numbers: every choice has the same prompt, and its cached tokens are
+ * those the prefix cache served it), completion tokens summed over the
+ * choices. */
+static void usage_totals(const struct gen_ctx *g, int32_t *n_prompt, int32_t *n_generated, int32_t *n_cached)
 {
+    *n_prompt = g->ch[0].n_prompt;
+    *n_cached = g->ch[0].n_cached;
+    *n_generated = 0;
+    for (int32_t i = 0; i < g->n_choices; i++)
+        *n_generated += g->ch[i].n_generated;
+}
+
+static cJSON *usage_json(const struct gen_ctx *g)
+{
+    int32_t n_prompt, n_generated, n_cached;
+    usage_totals(g, &n_prompt, &n_generated, &n_cached);
     cJSON *u = cJSON_CreateObject();
-    cJSON_AddNumberToObject(u, "prompt_tokens", ev->n_prompt);
-    cJSON_AddNumberToObject(u, "completion_tokens", ev->n_generated);
-    cJSON_AddNumberToObject(u, "total_tokens", ev->n_prompt + ev->n_generated);
+    cJSON_AddNumberToObject(u, "prompt_tokens", n_prompt);
+    cJSON_AddNumberToObject(u, "completion_tokens", n_generated);
+    cJSON_AddNumberToObject(u, "total_tokens", n_prompt + n_generated);
     cJSON *d = cJSON_AddObjectToObject(u, "prompt_tokens_details");
-    cJSON_AddNumberToObject(d, "cached_tokens", ev->n_cached);
+    cJSON_AddNumberToObject(d, "cached_tokens", n_cached);
     return u;
 }
 
@@ -546,61 +586,61 @@ static bool chat_logprobs_add(cJSON *choice, cJSON *entries)
     return json_add(choice, "logprobs", lp);
 }
 
-/* One streamed chunk: text (may be NULL), finish reason (NULL = null).
- * With g->logprobs a chunk lists the tokens of its text: a completions
- * chunk with text gets its logprobs object; a chat chunk's entries join
- * g->lp_pending, and the chunk that goes out carries every pending entry
- * as logprobs.content (null when there are none).  NULL (no chunk) when
- * there is nothing to send yet (chat: a tool call's name not complete)
- * or the logprobs cannot be listed: then g->lp.failed. */
-static cJSON *chunk_json(struct gen_ctx *g, const char *text, size_t len, const char *finish,
-                         bool role)
+/* One streamed chunk of choice c: text (may be NULL), finish reason (NULL
+ * = null).  With g->logprobs a chunk lists the tokens of its text: a
+ * completions chunk with text gets its logprobs object; a chat chunk's
+ * entries join c->lp_pending, and the chunk that goes out carries every
+ * pending entry as logprobs.content (null when there are none).  NULL (no
+ * chunk) when there is nothing to send yet (chat: a tool call's name not
+ * complete) or the logprobs cannot be listed: then c->lp.failed. */
+static cJSON *chunk_json(struct gen_ctx *g, struct gen_choice *ch, const char *text, size_t len,
+                         const char *finish, bool role)
 {
     cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *c = cJSON_CreateObject();
     cJSON_AddItemToArray(choices, c);
-    cJSON_AddNumberToObject(c, "index", 0);
+    cJSON_AddNumberToObject(c, "index", ch->index);
     if (g->chat) {
         if (g->logprobs && text) {
-            cJSON *e = lp_take(&g->lp, text, len, true, g->srv->tok), *it;
+            cJSON *e = lp_take(&ch->lp, text, len, true, g->srv->tok), *it;
             if (!e) {
                 cJSON_Delete(o);
-                return NULL; /* g->lp.failed: finish_request ends with the error */
+                return NULL; /* ch->lp.failed: choice_done ends with the error */
             }
-            if (!g->lp_pending) {
-                g->lp_pending = e;
+            if (!ch->lp_pending) {
+                ch->lp_pending = e;
             } else {
                 while ((it = cJSON_DetachItemFromArray(e, 0)))
-                    cJSON_AddItemToArray(g->lp_pending, it); /* a move: cannot fail */
+                    cJSON_AddItemToArray(ch->lp_pending, it); /* a move: cannot fail */
                 cJSON_Delete(e);
             }
         }
         cJSON *d = cJSON_AddObjectToObject(c, "delta");
         if (role)
             cJSON_AddStringToObject(d, "role", "assistant");
-        if (text && !openai_output_delta(g->out, text, len, d) && !role && !finish) {
+        if (text && !openai_output_delta(ch->out, text, len, d) && !role && !finish) {
             cJSON_Delete(o); /* nothing to show yet (a tool call's name); entries stay pending */
             return NULL;
         }
         if (finish)
-            finish = openai_output_finish(g->out, finish, d);
-        cJSON *pending = g->lp_pending && cJSON_GetArraySize(g->lp_pending) ? g->lp_pending : NULL;
+            finish = openai_output_finish(ch->out, finish, d);
+        cJSON *pending = ch->lp_pending && cJSON_GetArraySize(ch->lp_pending) ? ch->lp_pending : NULL;
         if (pending)
-            g->lp_pending = NULL;
+            ch->lp_pending = NULL;
         if (!chat_logprobs_add(c, pending) && g->logprobs) {
-            g->lp.failed = true;
+            ch->lp.failed = true;
             cJSON_Delete(o);
             return NULL;
         }
     } else {
         add_text(c, "text", text ? text : "", text ? len : 0);
         if (g->logprobs && text) {
-            /* The logprobs lost (g->lp.failed): no chunk at all; the
-             * request ends with the error event (finish_request). */
-            cJSON *lp = lp_take(&g->lp, text, len, false, g->srv->tok);
+            /* The logprobs lost (ch->lp.failed): no chunk at all; the
+             * request ends with the error event (choice_done). */
+            cJSON *lp = lp_take(&ch->lp, text, len, false, g->srv->tok);
             if (!json_add(c, "logprobs", lp)) {
-                g->lp.failed = true;
+                ch->lp.failed = true;
                 cJSON_Delete(o);
                 return NULL;
             }
@@ -639,11 +679,35 @@ static void sse_start(struct gen_ctx *g)
     evhttp_add_header(h, "Cache-Control", "no-cache");
     evhttp_send_reply_start(g->req, 200, "OK");
     g->headers_sent = true;
-    if (g->chat)
-        sse_send(g, chunk_json(g, "", 0, NULL, true));
+    if (g->chat) /* each choice's first delta names the role */
+        for (int32_t i = 0; i < g->n_choices; i++)
+            sse_send(g, chunk_json(g, &g->ch[i], "", 0, NULL, true));
+}
+
+/* A data: line holding an OpenAI error object (the stream's end). */
+static void sse_send_error(struct gen_ctx *g, const struct api_error *e)
+{
+    char *ej = api_error_json(e);
+    struct evbuffer *b = evbuffer_new();
+    if (ej && b) {
+        evbuffer_add_printf(b, "data: %s\n\n", ej);
+        evhttp_send_reply_chunk(g->req, b);
+    }
+    if (b)
+        evbuffer_free(b);
+    free(ej);
 }
 
 /* ---- request context lifecycle ------------------------------------------------------- */
+
+/* Ask the engine to cancel every live choice (engine_cancel of one that
+ * has just finished is a no-op there). */
+static void cancel_choices(struct gen_ctx *g)
+{
+    for (int32_t i = 0; i < g->n_choices; i++)
+        if (g->ch[i].live)
+            engine_cancel(g->srv->eng, g->ch[i].id);
+}
 
 static void client_left(struct gen_ctx *g)
 {
@@ -651,7 +715,7 @@ static void client_left(struct gen_ctx *g)
         return;
     g->gone = true;
     g->srv->m.client_disconnects++;
-    engine_cancel(g->srv->eng, g->id);
+    cancel_choices(g);
 }
 
 static void unwatch(struct gen_ctx *g)
@@ -695,11 +759,15 @@ static void gen_ctx_free(struct gen_ctx *g)
     if (!g)
         return;
     unwatch(g);
-    if (g->text)
-        evbuffer_free(g->text);
-    openai_output_free(g->out);
-    lp_free(&g->lp);
-    cJSON_Delete(g->lp_pending);
+    for (int32_t i = 0; g->ch && i < g->n_choices; i++) {
+        struct gen_choice *c = &g->ch[i];
+        if (c->text)
+            evbuffer_free(c->text);
+        openai_output_free(c->out);
+        lp_free(&c->lp);
+        cJSON_Delete(c->lp_pending);
+    }
+    free(g->ch);
     free(g);
 }
 
@@ -727,14 +795,87 @@ static void detach(struct gen_ctx *g, bool track)
         (void)flush_track(g->req, &g->srv->flushing, on_drained, g->srv); /* ENOMEM: not waited for */
 }
 
-static void finish_request(struct server *srv, struct gen_ctx *g, const struct engine_event *ev)
+static const char lp_oom[] = "out of memory recording the logprobs";
+
+/* The request fails with *e (the first failure wins): in a stream whose
+ * headers went out the error event goes now (request_done ends the stream
+ * after it), else request_done replies with it.  The other choices are
+ * cancelled; their events are ignored from now on. */
+static void request_fail(struct gen_ctx *g, const struct api_error *e)
+{
+    if (g->failed)
+        return;
+    g->failed = true;
+    g->fail = *e;
+    if (g->stream && g->headers_sent)
+        sse_send_error(g, e);
+    cancel_choices(g);
+}
+
+/* Choice c's DONE event (the client still there): record its numbers; in
+ * a stream send the rest of its text and its own finish chunk, or fail the
+ * request with its error. */
+static void choice_done(struct gen_ctx *g, struct gen_choice *c, const struct engine_event *ev)
+{
+    struct api_error e;
+    const bool bad = ev->status || ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED;
+    if (g->failed)
+        return;
+    if (ev->status && !g->headers_sent) { /* rejected (400) or failed before any output */
+        if (ev->status == 400)
+            api_error_set(&e, 400, "invalid_request_error", "context_length_exceeded",
+                          g->chat ? "messages" : "prompt", "%s", ev->error ? ev->error : "bad request");
+        else
+            api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ev->error ? ev->error : "engine failure");
+        request_fail(g, &e);
+        return;
+    }
+    if (ev->finish == FINISH_CANCELLED && !g->headers_sent) {
+        api_error_set(&e, 503, "server_error", "cancelled", NULL,
+                      "The request was cancelled: the server is shutting down");
+        request_fail(g, &e);
+        return;
+    }
+    if (!g->stream) {
+        if (bad || (g->logprobs && c->lp.failed)) {
+            api_error_set(&e, 500, "server_error", NULL, NULL, "%s",
+                          ev->error ? ev->error : bad ? "engine failure" : lp_oom);
+            request_fail(g, &e);
+            return;
+        }
+        if (ev->text_len)
+            evbuffer_add(c->text, ev->text, ev->text_len);
+        return;
+    }
+    sse_start(g);
+    if (ev->text_len)
+        sse_send(g, chunk_json(g, c, ev->text, ev->text_len, NULL, false));
+    /* the finish chunk carries chat's pending logprobs: made before the
+     * choice between it and the error event */
+    cJSON *last = bad || c->lp.failed ? NULL : chunk_json(g, c, NULL, 0, c->finish, false);
+    if (bad || (g->logprobs && c->lp.failed)) {
+        cJSON_Delete(last);
+        api_error_set(&e, 500, "server_error", ev->finish == FINISH_CANCELLED ? "cancelled" : NULL, NULL, "%s",
+                      ev->error ? ev->error : !bad ? lp_oom : "generation cancelled (server shutting down)");
+        request_fail(g, &e);
+        return;
+    }
+    sse_send(g, last);
+}
+
+/* Every submitted choice is DONE: count the request, then answer it - the
+ * end of the stream (the usage chunk, [DONE]), the failure, or the whole
+ * reply with every choice in index order. */
+static void request_done(struct server *srv, struct gen_ctx *g)
 {
     double t = now_s();
-    srv->m.prompt_tokens += (uint64_t)ev->n_prompt;
-    srv->m.generated_tokens += (uint64_t)ev->n_generated;
-    srv->m.cached_prompt_tokens += (uint64_t)ev->n_cached;
-    metrics_tenant_done(&srv->m, g->tenant, ev->n_prompt, ev->n_generated, ev->n_cached);
-    if (ev->status == 0 && ev->finish != FINISH_CANCELLED)
+    int32_t n_prompt, n_generated, n_cached;
+    usage_totals(g, &n_prompt, &n_generated, &n_cached);
+    srv->m.prompt_tokens += (uint64_t)n_prompt;
+    srv->m.generated_tokens += (uint64_t)n_generated;
+    srv->m.cached_prompt_tokens += (uint64_t)n_cached;
+    metrics_tenant_done(&srv->m, g->tenant, n_prompt, n_generated, n_cached);
+    if (!g->failed && !g->gone && !g->conn_closed)
         histogram_observe(&srv->m.e2e, t - g->t0);
     if (g->conn_closed || g->gone) {
         /* the peer left: end the exchange so that libevent frees the request
@@ -750,62 +891,16 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         return;
     }
     detach(g, true);
-
-    if (ev->status && !g->headers_sent) {
-        struct api_error e;
-        if (ev->status == 400)
-            api_error_set(&e, 400, "invalid_request_error", "context_length_exceeded",
-                          g->chat ? "messages" : "prompt", "%s", ev->error ? ev->error : "bad request");
-        else
-            api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ev->error ? ev->error : "engine failure");
-        reply_error(srv, g->req, g->route, &e);
+    if (g->failed && !g->headers_sent) {
+        reply_error(srv, g->req, g->route, &g->fail);
         return;
     }
-    if (ev->finish == FINISH_CANCELLED && !g->headers_sent) {
-        struct api_error e;
-        api_error_set(&e, 503, "server_error", "cancelled", NULL,
-                      "The request was cancelled: the server is shutting down");
-        reply_error(srv, g->req, g->route, &e);
-        return;
-    }
-    const char *finish = ev->finish == FINISH_LENGTH ? "length" : "stop";
-    /* logprobs that could not be recorded: the reply would lack some (read
-     * again after the last chunk, which may fail them too) */
-    static const char lp_oom[] = "out of memory recording the logprobs";
-    const char *lp_error = g->logprobs && g->lp.failed ? lp_oom : NULL;
     if (g->stream) {
-        sse_start(g);
-        if (ev->text_len)
-            sse_send(g, chunk_json(g, ev->text, ev->text_len, NULL, false));
-        /* the finish chunk carries chat's pending logprobs: made before
-         * the choice between it and the error event */
-        cJSON *last = ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED || g->lp.failed
-                          ? NULL : chunk_json(g, NULL, 0, finish, false);
-        if (g->logprobs && g->lp.failed)
-            lp_error = lp_oom;
-        if (ev->finish == FINISH_ERROR || ev->finish == FINISH_CANCELLED || lp_error) {
-            cJSON_Delete(last);
-            struct api_error e;
-            api_error_set(&e, 500, "server_error", ev->finish == FINISH_CANCELLED ? "cancelled" : NULL, NULL,
-                          "%s", ev->error ? ev->error : lp_error ? lp_error
-                                                                 : "generation cancelled (server shutting down)");
-            char *ej = api_error_json(&e);
-            struct evbuffer *b = evbuffer_new();
-            if (ej && b) {
-                evbuffer_add_printf(b, "data: %s\n\n", ej);
-                evhttp_send_reply_chunk(g->req, b);
-            }
-            if (b)
-                evbuffer_free(b);
-            free(ej);
-        } else {
-            sse_send(g, last);
-            if (g->include_usage) {
-                cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
-                cJSON_AddArrayToObject(o, "choices");
-                cJSON_AddItemToObject(o, "usage", usage_json(ev));
-                sse_send(g, o);
-            }
+        if (!g->failed && g->include_usage) {
+            cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
+            cJSON_AddArrayToObject(o, "choices");
+            cJSON_AddItemToObject(o, "usage", usage_json(g));
+            sse_send(g, o);
         }
         struct evbuffer *b = evbuffer_new();
         if (b) {
@@ -817,45 +912,40 @@ static void finish_request(struct server *srv, struct gen_ctx *g, const struct e
         metrics_request(&srv->m, g->route, 200);
         return;
     }
-    if (ev->finish == FINISH_ERROR || lp_error) {
-        struct api_error e;
-        api_error_set(&e, 500, "server_error", NULL, NULL, "%s",
-                      ev->error ? ev->error : lp_error ? lp_error : "engine failure");
-        reply_error(srv, g->req, g->route, &e);
-        return;
-    }
-    if (ev->text_len)
-        evbuffer_add(g->text, ev->text, ev->text_len);
-    size_t len = evbuffer_get_length(g->text);
-    const char *text = len ? (const char *)evbuffer_pullup(g->text, -1) : "";
     cJSON *o = base_object(g, g->chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
-    cJSON *c = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, c);
-    cJSON_AddNumberToObject(c, "index", 0);
-    if (g->chat) {
-        cJSON *msg = cJSON_AddObjectToObject(c, "message");
-        cJSON_AddStringToObject(msg, "role", "assistant");
-        finish = openai_output_message(g->out, text, len, finish, msg);
-    } else {
-        add_text(c, "text", text, len);
-    }
-    if (g->logprobs) {
-        /* chat: every listed token, a tool call's included (its message
-         * content is null, its tokens are still generated text) */
-        cJSON *lp = lp_take(&g->lp, text, len, g->chat, srv->tok);
-        if (g->chat ? !lp || !chat_logprobs_add(c, lp) : !json_add(c, "logprobs", lp)) {
-            cJSON_Delete(o);
-            struct api_error e;
-            api_error_set(&e, 500, "server_error", NULL, NULL, "%s", lp_oom);
-            reply_error(srv, g->req, g->route, &e);
-            return;
+    for (int32_t i = 0; i < g->n_choices; i++) {
+        struct gen_choice *ch = &g->ch[i];
+        size_t len = evbuffer_get_length(ch->text);
+        const char *text = len ? (const char *)evbuffer_pullup(ch->text, -1) : "";
+        const char *finish = ch->finish;
+        cJSON *c = cJSON_CreateObject();
+        cJSON_AddItemToArray(choices, c);
+        cJSON_AddNumberToObject(c, "index", ch->index);
+        if (g->chat) {
+            cJSON *msg = cJSON_AddObjectToObject(c, "message");
+            cJSON_AddStringToObject(msg, "role", "assistant");
+            finish = openai_output_message(ch->out, text, len, finish, msg);
+        } else {
+            add_text(c, "text", text, len);
         }
-    } else {
-        cJSON_AddNullToObject(c, "logprobs");
+        if (g->logprobs) {
+            /* chat: every listed token, a tool call's included (its message
+             * content is null, its tokens are still generated text) */
+            cJSON *lp = lp_take(&ch->lp, text, len, g->chat, srv->tok);
+            if (g->chat ? !lp || !chat_logprobs_add(c, lp) : !json_add(c, "logprobs", lp)) {
+                cJSON_Delete(o);
+                struct api_error e;
+                api_error_set(&e, 500, "server_error", NULL, NULL, "%s", lp_oom);
+                reply_error(srv, g->req, g->route, &e);
+                return;
+            }
+        } else {
+            cJSON_AddNullToObject(c, "logprobs");
+        }
+        cJSON_AddStringToObject(c, "finish_reason", finish);
     }
-    cJSON_AddStringToObject(c, "finish_reason", finish);
-    cJSON_AddItemToObject(o, "usage", usage_json(ev));
+    cJSON_AddItemToObject(o, "usage", usage_json(g));
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     reply_json(srv, g->req, g->route, 200, s ? s : "{}");
@@ -873,28 +963,41 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
             tasks_api_engine_event(srv->tasks, ev);
             continue;
         }
-        struct gen_ctx *g = ev->user;
+        struct gen_choice *c = ev->user;
+        struct gen_ctx *g = c->g;
         if (ev->kind == ENGINE_EV_TOKEN) {
             double t = now_s();
-            if (g->n_seen++ == 0)
+            if (!g->first_token)
                 histogram_observe(&srv->m.ttft, t - g->t0);
-            else
-                histogram_observe(&srv->m.itl, t - g->t_last);
-            g->t_last = t;
-            if (g->gone)
+            else if (c->n_seen)
+                histogram_observe(&srv->m.itl, t - c->t_last);
+            g->first_token = true;
+            c->n_seen++;
+            c->t_last = t;
+            if (g->gone || g->failed)
                 continue;
             if (g->logprobs && ev->has_logprob)
-                lp_add(&g->lp, ev); /* takes ev->piece */
+                lp_add(&c->lp, ev); /* takes ev->piece */
             if (g->stream) {
                 sse_start(g);
                 if (ev->text_len)
-                    sse_send(g, chunk_json(g, ev->text, ev->text_len, NULL, false));
+                    sse_send(g, chunk_json(g, c, ev->text, ev->text_len, NULL, false));
             } else if (ev->text_len) {
-                evbuffer_add(g->text, ev->text, ev->text_len);
+                evbuffer_add(c->text, ev->text, ev->text_len);
             }
             continue;
         }
-        finish_request(srv, g, ev);
+        c->live = false;
+        g->n_live--;
+        c->finish = ev->finish == FINISH_LENGTH ? "length" : "stop";
+        c->n_prompt = ev->n_prompt;
+        c->n_cached = ev->n_cached;
+        c->n_generated = ev->n_generated;
+        if (!g->gone && !g->conn_closed)
+            choice_done(g, c, ev);
+        if (g->n_live > 0)
+            continue;
+        request_done(srv, g);
         gen_ctx_free(g);
         srv->m.in_flight--;
         check_drained(srv);
@@ -930,8 +1033,28 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         reply_error(srv, req, route, &e);
         return;
     }
+    const int32_t n = p.n > 0 ? p.n : 1;
     struct gen_ctx *g = calloc(1, sizeof *g);
-    if (!g || !(g->text = evbuffer_new())) {
+    bool ok = g && (g->ch = calloc((size_t)n, sizeof *g->ch));
+    if (ok)
+        g->n_choices = n;
+    long long pc = 0;
+    if (ok && p.logprobs && !chat) {
+        /* text_offset counts from the start of the prompt text */
+        pc = prompt_chars(srv->tok, p.prompt, p.prompt_ids, p.n_prompt_ids);
+        ok = pc >= 0;
+    }
+    for (int32_t i = 0; ok && i < n; i++) {
+        struct gen_choice *c = &g->ch[i];
+        c->g = g;
+        c->index = i;
+        c->lp.chars = (size_t)pc;
+        if (!p.stream && !(c->text = evbuffer_new()))
+            ok = false;
+        if (i > 0 && p.output && !(c->out = openai_output_another(p.output)))
+            ok = false;   /* every choice shapes its own tool call (own call id) */
+    }
+    if (!ok) {
         gen_ctx_free(g);
         gen_params_free(&p);
         api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
@@ -946,19 +1069,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     g->stream = p.stream;
     g->include_usage = p.include_usage;
     g->logprobs = p.logprobs;
-    if (p.logprobs && !chat) {
-        /* text_offset counts from the start of the prompt text */
-        long long pc = prompt_chars(srv->tok, p.prompt, p.prompt_ids, p.n_prompt_ids);
-        if (pc < 0) {
-            gen_ctx_free(g);
-            gen_params_free(&p);
-            api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
-            reply_error(srv, req, route, &e);
-            return;
-        }
-        g->lp.chars = (size_t)pc;
-    }
-    g->out = p.output;
+    g->ch[0].out = p.output;
     p.output = NULL;
     g->created = time(NULL);
     g->t0 = now_s();
@@ -966,13 +1077,16 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     int32_t priority = p.has_priority ? p.priority : who->priority;
     if (priority > who->max_priority)
         priority = who->max_priority;
+    /* n > 1: one engine sequence per choice, in one prompt group (the
+     * prompt computed once, its KV blocks shared: scheduler.h), choice i
+     * seeded with seed + i (choice 0 is the n = 1 answer) */
     struct engine_request er = {
         .tenant = who->tenant, .priority = priority, .prompt = p.prompt, .parse_special = chat,
         .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
         .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
         .n_stop = p.n_stop, .ignore_eos = p.ignore_eos, .logprobs = p.logprobs,
         .top_logprobs = p.top_logprobs, .logit_bias = p.logit_bias, .n_logit_bias = p.n_logit_bias,
-        .constraint = gen_params_constraint(&p), .user = g,
+        .constraint = gen_params_constraint(&p), .prompt_group = n > 1 ? srv->next_cmpl : 0,
     };
     if (!er.prompt && !er.n_prompt_ids) {
         gen_ctx_free(g);
@@ -982,13 +1096,25 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         reply_error(srv, req, route, &e);
         return;
     }
-    int rc = engine_submit(srv->eng, &er, &g->id);
+    int rc = 0;
+    for (int32_t i = 0; i < n && !rc; i++) {
+        er.sampling.seed = p.sp.seed + (uint64_t)i;
+        er.user = &g->ch[i];
+        if (!(rc = engine_submit(srv->eng, &er, &g->ch[i].id))) {
+            g->ch[i].live = true;
+            g->n_live++;
+        }
+    }
     gen_params_free(&p);
-    if (rc) {
+    if (rc && !g->n_live) {
         gen_ctx_free(g);
         api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
         reply_error(srv, req, route, &e);
         return;
+    }
+    if (rc) { /* some choices are in: the request fails once their DONEs (cancelled) are in */
+        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
+        request_fail(g, &e);
     }
     srv->m.in_flight++;
     struct evhttp_connection *conn = evhttp_request_get_connection(req);

@@ -9,7 +9,8 @@
  * at once == each alone), preemption under a tiny cache, prefix sharing
  * (hit tokens, prefill savings, tenant isolation), cancel, priorities and priority preemption, EOG,
  * stop strings across token boundaries, UTF-8 hold-back, max_tokens,
- * context limit, bad requests, backend failure, logprobs (with penalties).
+ * context limit, bad requests, backend failure, logprobs (with penalties),
+ * prompt groups (the n choices of a request: the prompt computed once).
  *
  * The whole suite runs twice: with a backend that returns logits (the host
  * path: sampler_sample in the scheduler) and with one that samples itself
@@ -950,6 +951,151 @@ static void test_forward_sample_api(void)
               got[0][1], got[1][0], got[1][1]);
 }
 
+/* ---- prompt groups ------------------------------------------------------------ */
+
+/* Logits that leave room for chance: every id gets a value from a hash of
+ * the whole context (EOG never wins), so temperature sampling picks
+ * different tokens for different seeds, and a wrong cache slot still
+ * changes every later pick. */
+static void soft_logits(const int32_t *ctx, int32_t n, float *out, int32_t n_vocab)
+{
+    uint32_t h = 2166136261u;
+    for (int32_t i = 0; i < n; i++)
+        h = fake_mix(h, (uint32_t)ctx[i] * 31u + (uint32_t)i);
+    for (int32_t v = 0; v < n_vocab; v++)
+        out[v] = v == EOG_ID ? -100.0f : (float)(fake_mix(h, (uint32_t)v) % 1000u) / 250.0f;
+}
+
+enum { GK = 5, G_MAXT = 12 };
+
+/* Member k of a group (seed 1000 + k, temperature 1). */
+static struct sched_request group_req(uint64_t id, const int32_t *p, int32_t n, int32_t max_tokens, int k,
+                                      uint64_t group)
+{
+    struct sched_request r = req_of(id, p, n, max_tokens);
+    r.sampling.temperature = 1.0f;
+    r.sampling.seed = 1000 + (uint64_t)k;
+    r.prompt_group = group;
+    return r;
+}
+
+/* What member k gives alone, on a scheduler of its own. */
+static int32_t group_solo(const int32_t *p, int32_t n, int32_t max_tokens, int k, int32_t *out)
+{
+    struct fake_backend *fb = fake_create(128, 4, 64, soft_logits);
+    sched *s = make_sched(fb, 8, 64, 256, false);
+    reset_results();
+    struct sched_request r = group_req(1, p, n, max_tokens, k, 0);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 1000) > 0);
+    int32_t nt = g_res[1].n_tokens;
+    memcpy(out, g_res[1].tokens, (size_t)nt * sizeof *out);
+    sched_free(s);
+    backend_free(&fb->base);
+    return nt;
+}
+
+/* The n choices of one API request: GK requests of one prompt group, each
+ * with its own seed.  Each must continue exactly as it does alone (the
+ * fake reads every context token back from its cache: a wrong shared
+ * block, a missed copy-on-write of the partial last block or a donor
+ * overwritten shows), while the prompt is computed once: prefill = the
+ * prompt + one token for each other member.  With and without the prefix
+ * cache; a prompt whose shared part ends inside a block (23: 22 shared,
+ * block 5 copied by each member) and one ending on a block boundary (25);
+ * a member that finishes in its prefill step (max_tokens 1) still hands
+ * its prompt over (parked); fewer batch slots than members; a cache so
+ * small that members are preempted and re-admitted. */
+static void test_prompt_groups(void)
+{
+    int32_t p[25], solo[GK][64], n_solo[GK], one[GK][4];
+    make_prompt(p, 25, 31);
+    for (int pcache = 0; pcache < 2; pcache++)
+        for (int32_t np = 23; np <= 25; np += 2) {
+            for (int k = 0; k < GK; k++) {
+                n_solo[k] = group_solo(p, np, G_MAXT, k, solo[k]);
+                CHECK(group_solo(p, np, 1, k, one[k]) == 1);
+            }
+            bool differ = false;
+            for (int k = 1; k < GK; k++)
+                differ |= memcmp(solo[k], solo[0], (size_t)G_MAXT * sizeof **solo) != 0;
+            CHECK_MSG(differ, "the seeds must give different outputs");
+            /* variant 0: room for all; 1: max_tokens 1; 2: 2 batch slots; 3: a tiny cache */
+            for (int variant = 0; variant < 4; variant++) {
+                const int32_t maxt = variant == 1 ? 1 : G_MAXT;
+                struct fake_backend *fb = fake_create(variant == 3 ? 16 : 128, 4, 64, soft_logits);
+                sched *s = make_sched(fb, variant == 2 ? 2 : 8, 64, 256, pcache);
+                reset_results();
+                for (int k = 0; k < GK; k++) {
+                    struct sched_request r = group_req((uint64_t)k + 1, p, np, maxt, k, 9);
+                    CHECK(sched_submit(s, &r) == PS_OK);
+                }
+                CHECK(run_to_end(s, 2000) > 0);
+                struct sched_stats st;
+                sched_get_stats(s, &st);
+                for (int k = 0; k < GK; k++) {
+                    const struct result *r = &g_res[k + 1];
+                    const int32_t *want = variant == 1 ? one[k] : solo[k];
+                    const int32_t nw = variant == 1 ? 1 : n_solo[k];
+                    CHECK_MSG(r->done && r->n_tokens == nw && !memcmp(r->tokens, want, (size_t)nw * sizeof *want),
+                              "cache %d prompt %d variant %d member %d: %d tokens, first %d want %d", pcache,
+                              (int)np, variant, k, (int)r->n_tokens, r->n_tokens ? (int)r->tokens[0] : -1,
+                              (int)want[0]);
+                    CHECK(r->n_prompt == np && r->n_cached == 0);
+                }
+                if (variant < 3) {
+                    CHECK_MSG(st.prefill_tokens == (uint64_t)(np + GK - 1) &&
+                                  st.group_shared_tokens == (uint64_t)((GK - 1) * (np - 1)),
+                              "cache %d prompt %d variant %d: prefill %llu shared %llu, want %d and %d", pcache,
+                              (int)np, variant, (unsigned long long)st.prefill_tokens,
+                              (unsigned long long)st.group_shared_tokens, (int)(np + GK - 1),
+                              (int)((GK - 1) * (np - 1)));
+                    CHECK(st.prefix_hit_tokens == 0);
+                }
+                if (variant == 0)
+                    CHECK_MSG(st.cow_copies == (uint64_t)((np - 1) % 4 ? GK - 1 : 0), "prompt %d: %llu copies",
+                              (int)np, (unsigned long long)st.cow_copies);
+                if (variant == 3)
+                    CHECK_MSG(st.preemptions > 0, "cache %d prompt %d: no preemption in 16 blocks", pcache, (int)np);
+                check_no_leak(s);
+                sched_free(s);
+                backend_free(&fb->base);
+            }
+        }
+
+    /* Not shared: another tenant's request with the same group value
+     * (prefilled in full), and past the common prefix of a prompt that
+     * differs (here from token 10 on). */
+    int32_t q[23], want_q[64];
+    memcpy(q, p, sizeof q);
+    make_prompt(q + 10, 13, 77);
+    int32_t nq = group_solo(q, 23, G_MAXT, 3, want_q);
+    for (int k = 0; k < GK; k++)
+        n_solo[k] = group_solo(p, 23, G_MAXT, k, solo[k]);
+    struct fake_backend *fb = fake_create(128, 4, 64, soft_logits);
+    sched *s = make_sched(fb, 8, 64, 256, false);
+    reset_results();
+    struct sched_request r = group_req(1, p, 23, G_MAXT, 0, 9);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = group_req(2, p, 23, G_MAXT, 1, 9);
+    r.tenant = 5;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = group_req(3, q, 23, G_MAXT, 3, 9);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 1000) > 0);
+    CHECK(g_res[1].n_tokens == n_solo[0] && !memcmp(g_res[1].tokens, solo[0], (size_t)n_solo[0] * 4));
+    CHECK(g_res[2].n_tokens == n_solo[1] && !memcmp(g_res[2].tokens, solo[1], (size_t)n_solo[1] * 4));
+    CHECK(g_res[3].n_tokens == nq && !memcmp(g_res[3].tokens, want_q, (size_t)nq * 4));
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    CHECK_MSG(st.prefill_tokens == 23 + 23 + 13 && st.group_shared_tokens == 10,
+              "prefill %llu shared %llu, want 59 and 10", (unsigned long long)st.prefill_tokens,
+              (unsigned long long)st.group_shared_tokens);
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
 int main(void)
 {
     g_fake_model.hp.n_vocab = N_VOCAB;
@@ -970,6 +1116,7 @@ int main(void)
         test_config_errors();
         test_sampling_paths();
         test_logprobs();
+        test_prompt_groups();
     }
     g_fake_device = false;
     test_forward_sample_api();
