@@ -963,8 +963,10 @@ int sched_step(sched *s, int32_t *n_scheduled)
      * priority is strictly lower (it is taken out of this step's batch when
      * it was in it); an equal priority never preempts.  While it outranks a
      * running sequence it is admitted with its whole first chunk or not at
-     * all (no piecemeal prefill beside lower priorities).  Each round admits
-     * or preempts one running sequence, so the loop ends. */
+     * all (no piecemeal prefill beside lower priorities); parked group
+     * members give their blocks back before anyone is preempted.  Each round
+     * admits, releases the parked or preempts one running sequence, so the
+     * loop ends. */
     while (s->n_waiting > 0) {
         struct seq *w = s->waiting[0];
         if (w->priority <= s->admit_floor || group_waits(s, w))
@@ -980,6 +982,12 @@ int sched_step(sched *s, int32_t *n_scheduled)
         }
         if (!outranks)
             break;
+        if (s->n_parked > 0 && s->budget > 0 && s->n_running < s->cfg.max_seqs) {
+            /* w lacks blocks: finished members' blocks go before a live
+             * request's progress (then w is tried again) */
+            parked_release(s);
+            continue;
+        }
         preempt_victim(s, v, &n_plan);
         s->st.priority_preemptions++;
     }

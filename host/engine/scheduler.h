@@ -93,7 +93,8 @@
  * A member that finishes normally (stop, length) while others of its group
  * wait is parked: its DONE goes out, but it keeps its blocks as a donor
  * until the end of the next step's admissions (or until a block
- * allocation would fail), so a prompt computed in the step that also
+ * allocation would fail, or a higher priority would preempt a running
+ * sequence for lack of blocks), so a prompt computed in the step that also
  * ended the member (max_tokens 1) is still shared.
  * Shared tokens are counted in sched_stats.group_shared_tokens, not as
  * prefix-cache hits nor as n_cached.

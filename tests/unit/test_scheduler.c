@@ -1096,6 +1096,56 @@ static void test_prompt_groups(void)
     backend_free(&fb->base);
 }
 
+/* A parked member (finished, its blocks kept for its waiting group) gives
+ * its blocks back before a higher-priority arrival would preempt a running
+ * request for lack of them: parking only ever delays a release, it never
+ * costs a live request its progress.  16 blocks of 4: L (prio 0) runs;
+ * group member A computes a 30-token prompt and ends (max_tokens 1),
+ * parked with 8 blocks for member B; then H (prio 5, 6 blocks) arrives:
+ * the free blocks less the head-room do not hold it, the parked ones do. */
+static void test_prompt_group_parked_yields_to_priority(void)
+{
+    int32_t lp[8], gp[30], hp[24], want[64];
+    make_prompt(lp, 8, 601);
+    make_prompt(gp, 30, 602);
+    make_prompt(hp, 24, 603);
+    struct fake_backend *fb = fake_create(16, 4, 64, one_hot_logits);
+    sched *s = make_sched(fb, 4, 64, 256, false);
+    reset_results();
+    struct sched_request r = req_of(1, lp, 8, 20);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    int32_t n;
+    CHECK(sched_step(s, &n) == PS_OK);
+    r = req_of(2, gp, 30, 1);
+    r.prompt_group = 7;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = req_of(3, gp, 30, 1);
+    r.prompt_group = 7;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(sched_step(s, &n) == PS_OK);
+    CHECK(g_res[2].done && !g_res[3].done); /* A ended in its prefill step, B waits */
+    r = req_of(4, hp, 24, 2);
+    r.priority = 5;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(sched_step(s, &n) == PS_OK);
+    CHECK(g_res[4].n_tokens == 1); /* admitted at once */
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    CHECK_MSG(st.priority_preemptions == 0 && g_res[1].n_preempted == 0,
+              "a running request was preempted while a finished one held %d blocks (preemptions %llu)", 8,
+              (unsigned long long)st.priority_preemptions);
+    CHECK(run_to_end(s, 1000) > 0);
+    int32_t nw = reference(lp, 8, 20, want);
+    CHECK(g_res[1].done && g_res[1].n_tokens == nw && !memcmp(g_res[1].tokens, want, (size_t)nw * 4));
+    nw = reference(gp, 30, 1, want);
+    CHECK(g_res[3].done && g_res[3].n_tokens == nw && !memcmp(g_res[3].tokens, want, (size_t)nw * 4));
+    nw = reference(hp, 24, 2, want);
+    CHECK(g_res[4].done && g_res[4].n_tokens == nw && !memcmp(g_res[4].tokens, want, (size_t)nw * 4));
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
 int main(void)
 {
     g_fake_model.hp.n_vocab = N_VOCAB;
@@ -1117,6 +1167,7 @@ int main(void)
         test_sampling_paths();
         test_logprobs();
         test_prompt_groups();
+        test_prompt_group_parked_yields_to_priority();
     }
     g_fake_device = false;
     test_forward_sample_api();
