@@ -1,13 +1,27 @@
-/* threadpool.c - persistent workers, spin-then-sleep job hand-off.
+/* threadpool.c - persistent workers, spin-then-sleep job hand-off, and
+ * shares the caller runs itself when a worker has not taken them.
  *
- * Protocol (one job at a time, serialised by the caller of threadpool_run):
- *   caller: store fn/ctx, n_done = 0, then gen++ (under mu, broadcast cv);
- *           run its own share (ith 0); spin until n_done == n-1.
+ * Protocol (one job at a time, serialised by the caller of threadpool_run;
+ * job g is the g-th call, gen = g while it runs):
+ *   caller: store fn/ctx, then gen = g (under mu, broadcast cv); run its own
+ *           share (ith 0); then for each worker i claim share i itself if
+ *           the worker has not (claim[i]: g-1 -> g by CAS) and run it, and
+ *           wait for the shares workers claimed (done[i] == g).
  *   worker: wait until gen != seen (spin SPIN_ITERS, then sleep on cv with
- *           the check done under mu, so a wakeup cannot be lost); run its
- *           share; n_done++ (release, publishing its writes to the caller).
- * A decode step runs a few hundred short jobs back to back, so workers spin
- * between them and only sleep when the engine is idle.
+ *           the check done under mu, so a wakeup cannot be lost); claim its
+ *           share of the current job (CAS claim[ith] gen-1 -> gen; a stale
+ *           or lost claim fails and the worker waits for the next job); run
+ *           it; done[ith] = gen (release, publishing its writes).
+ * Every share of job g is claimed once, by its worker or by the caller, so
+ * claim[i] == g-1 whenever job g starts and fn(ctx, i, n) runs exactly once
+ * per i on one thread (what fn keeps per ith, scratch buffers, stays
+ * private).  A worker that is not running when a job comes - more busy
+ * threads than cores: the server's event loop, other processes - no longer
+ * stalls every job until the OS schedules it: the caller does its share
+ * (with work claimed dynamically, as the engine's jobs do, the worker's
+ * share is then empty anyway).  A decode step runs a few hundred short jobs
+ * back to back, so workers spin between them and only sleep when the engine
+ * is idle.
  */
 #include "threadpool.h"
 
@@ -15,6 +29,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "../common/status.h"
 
@@ -32,6 +47,8 @@
 #define YIELD_EVERY 1024
 
 struct worker {
+    _Alignas(64) atomic_uint claim;   /* last job whose share ith was claimed (by anyone) */
+    atomic_uint        done;          /* last job this worker ran its share of */
     struct threadpool *tp;
     int                ith;
 };
@@ -45,9 +62,9 @@ struct threadpool {
     pthread_cond_t   cv;
     threadpool_fn    fn;
     void            *ctx;
-    atomic_uint      gen;      /* job generation */
-    atomic_int       n_done;   /* workers done with the current generation */
+    atomic_uint      gen;      /* current job */
     atomic_int       stop;
+    unsigned long long taken;  /* worker shares the caller ran (threadpool_shares_taken) */
 };
 
 static void *worker_main(void *arg)
@@ -56,7 +73,6 @@ static void *worker_main(void *arg)
     struct threadpool *tp = w->tp;
     /* gen is 0 at creation; a worker that starts late must still see job 1 */
     unsigned seen = 0;
-
     for (;;) {
         unsigned g = seen;
         for (int i = 0; i < SPIN_ITERS; i++) {
@@ -77,8 +93,14 @@ static void *worker_main(void *arg)
         if (atomic_load(&tp->stop))
             break;
         seen = g;
+        unsigned expect = g - 1;
+        /* acquire: fn / ctx of job g were stored before gen = g, which the
+         * claim of job g-1's end (by the caller or us) precedes */
+        if (!atomic_compare_exchange_strong_explicit(&w->claim, &expect, g, memory_order_acq_rel,
+                                                     memory_order_relaxed))
+            continue;   /* the caller took this share, or g is already over */
         tp->fn(tp->ctx, w->ith, tp->n);
-        atomic_fetch_add_explicit(&tp->n_done, 1, memory_order_release);
+        atomic_store_explicit(&w->done, g, memory_order_release);
     }
     return NULL;
 }
@@ -94,7 +116,6 @@ int threadpool_create(int n_threads, threadpool **out)
         return ps_error_set(PS_ENOMEM, "threadpool: out of memory");
     tp->n = n_threads;
     atomic_init(&tp->gen, 0);
-    atomic_init(&tp->n_done, 0);
     atomic_init(&tp->stop, 0);
     if (pthread_mutex_init(&tp->mu, NULL)) {
         free(tp);
@@ -107,12 +128,17 @@ int threadpool_create(int n_threads, threadpool **out)
     }
     if (n_threads > 1) {
         tp->threads = calloc((size_t)n_threads - 1, sizeof *tp->threads);
-        tp->workers = calloc((size_t)n_threads - 1, sizeof *tp->workers);
+        const size_t wbytes = ((size_t)n_threads - 1) * sizeof *tp->workers;   /* a multiple of 64 */
+        tp->workers = aligned_alloc(64, wbytes);
+        if (tp->workers)
+            memset(tp->workers, 0, wbytes);
         if (!tp->threads || !tp->workers) {
             threadpool_free(tp);
             return ps_error_set(PS_ENOMEM, "threadpool: out of memory");
         }
         for (int i = 0; i < n_threads - 1; i++) {
+            atomic_init(&tp->workers[i].claim, 0);
+            atomic_init(&tp->workers[i].done, 0);
             tp->workers[i].tp = tp;
             tp->workers[i].ith = i + 1;
             if (pthread_create(&tp->threads[i], NULL, worker_main, &tp->workers[i])) {
@@ -135,20 +161,32 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx)
     }
     tp->fn = fn;
     tp->ctx = ctx;
-    atomic_store_explicit(&tp->n_done, 0, memory_order_relaxed);
     pthread_mutex_lock(&tp->mu);
-    atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release);
+    const unsigned g = atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release) + 1;
     pthread_cond_broadcast(&tp->cv);
     pthread_mutex_unlock(&tp->mu);
-
     fn(ctx, 0, tp->n);
-
-    for (unsigned i = 1; atomic_load_explicit(&tp->n_done, memory_order_acquire) < tp->n - 1; i++) {
-        if (i % YIELD_EVERY == 0)
-            sched_yield();
-        else
-            cpu_relax();
+    for (int i = 0; i < tp->n - 1; i++) {
+        struct worker *w = &tp->workers[i];
+        unsigned expect = g - 1;
+        if (atomic_compare_exchange_strong_explicit(&w->claim, &expect, g, memory_order_acq_rel,
+                                                    memory_order_relaxed)) {
+            fn(ctx, w->ith, tp->n);
+            tp->taken++;
+            continue;
+        }
+        for (unsigned k = 1; atomic_load_explicit(&w->done, memory_order_acquire) != g; k++) {
+            if (k % YIELD_EVERY == 0)
+                sched_yield();
+            else
+                cpu_relax();
+        }
     }
+}
+
+unsigned long long threadpool_shares_taken(const threadpool *tp)
+{
+    return tp->taken;
 }
 
 int threadpool_size(const threadpool *tp)
