@@ -133,6 +133,8 @@ void engine_events_free(struct engine_event *ev);
 struct engine_stats {
     struct sched_stats sched;
     int32_t n_ctx;
+    uint64_t prompts_tokenized;   /* prompt texts tokenized (the n choices of a
+                                     request: once, prompt_group) */
 };
 
 typedef struct engine engine;

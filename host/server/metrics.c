@@ -149,6 +149,8 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
     counter(&b, "paraserve_prompt_shared_tokens_total",
             "Prompt tokens whose KV a choice of an n > 1 request took from another of its choices instead of "
             "computing them.", s->group_shared_tokens);
+    counter(&b, "paraserve_prompt_tokenizations_total",
+            "Prompt texts the engine tokenized (the n choices of one request: once).", es->prompts_tokenized);
     counter(&b, "paraserve_engine_generated_tokens_total", "Tokens sampled by the engine.", s->generated_tokens);
     counter(&b, "paraserve_engine_steps_total", "Engine batches run.", s->steps);
     counter(&b, "paraserve_preemptions_total",

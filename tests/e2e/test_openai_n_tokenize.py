@@ -1,0 +1,65 @@
+"""The n choices of one request tokenize its prompt once.
+
+The server submits each choice as its own engine request; the engine keeps
+the token ids of the last prompt text tokenized for a prompt group and the
+other choices reuse them (engine.c, last_prompt).  Tokenizing runs on the
+engine thread: a 1 MB prompt takes ~0.1 s there, so with n = 128 it stalled
+every stream for seconds.  paraserve_prompt_tokenizations_total counts the
+texts tokenized.  Checked: n = 8 on completions and on chat -> 1; the same
+prompt sent again as a new request -> 1 more (the cache is per request, not
+a prompt cache); two requests with different prompts -> 2; the choices'
+answers are what n = 1 gives with the same seed (the reused ids are the
+prompt's ids).
+"""
+import uuid
+
+import openai
+import pytest
+
+from server_fixtures import *  # noqa: F401,F403  (fixtures: start_server, server)
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0, timeout=300)
+
+
+def _tokenizations(server):
+    return server.metrics()["paraserve_prompt_tokenizations_total"]
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+def test_n_choices_tokenize_the_prompt_once(client, server, chat):
+    prompt = f"Request {uuid.uuid4()}: name three rivers and one fact about each."
+    kw = dict(model="default", n=8, max_tokens=3, temperature=0.9, seed=11)
+    t0 = _tokenizations(server)
+    if chat:
+        r = client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **kw)
+    else:
+        r = client.completions.create(prompt=prompt, **kw)
+    assert len(r.choices) == 8
+    assert _tokenizations(server) - t0 == 1
+    # a new request with the same text tokenizes it again (one request's choices share, nothing more)
+    if chat:
+        client.chat.completions.create(messages=[{"role": "user", "content": prompt}], **kw)
+    else:
+        client.completions.create(prompt=prompt, **kw)
+    assert _tokenizations(server) - t0 == 2
+
+
+def test_reused_ids_are_the_prompts_ids(client, server):
+    prompt = f"Note {uuid.uuid4()}: the quick brown fox"
+    t0 = _tokenizations(server)
+    many = client.completions.create(model="default", prompt=prompt, n=3, max_tokens=8, temperature=0.8, seed=21)
+    assert _tokenizations(server) - t0 == 1
+    for i, c in enumerate(many.choices):
+        one = client.completions.create(model="default", prompt=prompt, max_tokens=8, temperature=0.8, seed=21 + i)
+        assert c.text == one.choices[0].text, i
+        assert many.usage.prompt_tokens == one.usage.prompt_tokens
+
+
+def test_single_requests_count_one_each(client, server):
+    t0 = _tokenizations(server)
+    for _ in range(2):
+        client.completions.create(model="default", prompt=f"Hello {uuid.uuid4()}", max_tokens=1)
+    assert _tokenizations(server) - t0 == 2
