@@ -10,6 +10,10 @@ prompt sent again as a new request -> 1 more (the cache is per request, not
 a prompt cache); two requests with different prompts -> 2; the choices'
 answers are what n = 1 gives with the same seed (the reused ids are the
 prompt's ids).
+
+A prompt whose bytes alone prove it longer than the context (more than
+n_ctx times the longest token's bytes: decode(encode(s)) == s) is refused
+before it is tokenized: 400 context_length_exceeded, nothing tokenized.
 """
 import uuid
 
@@ -63,3 +67,22 @@ def test_single_requests_count_one_each(client, server):
     for _ in range(2):
         client.completions.create(model="default", prompt=f"Hello {uuid.uuid4()}", max_tokens=1)
     assert _tokenizations(server) - t0 == 2
+
+
+@pytest.mark.parametrize("chat", [False, True], ids=["completions", "chat"])
+def test_a_prompt_longer_than_any_context_is_refused_untokenized(client, server, chat):
+    big = "word " * 180000   # 900 KB
+    t0 = _tokenizations(server)
+    with pytest.raises(openai.BadRequestError) as ei:
+        if chat:
+            client.chat.completions.create(model="default", messages=[{"role": "user", "content": big}], n=4,
+                                           max_tokens=1)
+        else:
+            client.completions.create(model="default", prompt=big, n=4, max_tokens=1)
+    err = ei.value.body
+    assert err["code"] == "context_length_exceeded" and err["param"] == ("messages" if chat else "prompt"), err
+    assert "longer than the context" in err["message"], err
+    assert _tokenizations(server) == t0
+    # the server still serves
+    r = client.completions.create(model="default", prompt="Hi", max_tokens=1)
+    assert r.choices[0].finish_reason in ("length", "stop")
