@@ -47,6 +47,7 @@
 struct cache_entry {
     uint64_t hash;
     uint32_t flags;
+    int32_t  max_docs;
     char    *text;
     size_t   len;
     grammar *g;
@@ -68,6 +69,10 @@ struct grammar_vocab {
     uint8_t *t_byte;
     int32_t *t_depth, *t_end, *t_tok, *t_ntok;
     int32_t *sorted;
+    /* tokens holding '\n' (document separators, grammar.h max_docs) and
+     * how many each holds */
+    int32_t *nl_ids, *nl_cnt;
+    int32_t  n_nl;
     pthread_mutex_t lock;
     struct cache_entry cache[CACHE_CAP];
     uint64_t tick;
@@ -93,6 +98,7 @@ struct grammar {
     int32_t        n_bits, cap_bits;
     struct grammar_stats st;
     int            cached;      /* lives in the vocab cache */
+    int32_t        max_docs;    /* >= 1 (grammar_options.max_docs) */
 };
 
 size_t grammar_mask_words(const grammar_vocab *v) { return v->words; }
@@ -231,6 +237,25 @@ int grammar_vocab_create_from_pieces(int32_t n_vocab, const char *const *pieces,
             memcpy(v->bytes + v->off[i], pieces[i], lens[i]);
     if ((rc = build_trie(v)))
         goto fail;
+    for (int pass = 0; pass < 2; pass++) {
+        int32_t k = 0;
+        for (int32_t i = 0; i < n_vocab; i++) {
+            int32_t c = 0;
+            for (int64_t b = v->off[i]; v->usable[i] && b < v->off[i + 1]; b++)
+                c += v->bytes[b] == '\n';
+            if (c && pass) {
+                v->nl_ids[k] = i;
+                v->nl_cnt[k] = c;
+            }
+            k += c > 0;
+        }
+        if (!pass && k && (!(v->nl_ids = malloc((size_t)k * sizeof *v->nl_ids)) ||
+                           !(v->nl_cnt = malloc((size_t)k * sizeof *v->nl_cnt)))) {
+            rc = ps_error_set(PS_ENOMEM, "out of memory");
+            goto fail;
+        }
+        v->n_nl = k;
+    }
     *out = v;
     return PS_OK;
 fail:
@@ -291,6 +316,8 @@ void grammar_vocab_free(grammar_vocab *v)
     free(v->t_end);
     free(v->t_tok);
     free(v->t_ntok);
+    free(v->nl_ids);
+    free(v->nl_cnt);
     free(v);
 }
 
@@ -663,7 +690,7 @@ static int compile_uncached(grammar_vocab *v, const char *text, size_t len, cons
     double t0 = grammar_now_s();
     double deadline = t0 + (o->max_compile_ms > 0 ? o->max_compile_ms : 10000) / 1000.0;
     struct schema_limits lim = { o->max_nfa_nodes > 0 ? o->max_nfa_nodes : 200000,
-                                 (o->flags & GRAMMAR_OPT_LAX_OBJECTS) != 0 };
+                                 (o->flags & GRAMMAR_OPT_LAX_OBJECTS) != 0, o->max_docs };
     struct nfa n;
     int rc = schema_to_nfa(text, len, &lim, &n);
     if (rc)
@@ -675,6 +702,7 @@ static int compile_uncached(grammar_vocab *v, const char *text, size_t len, cons
     }
     atomic_init(&g->refs, 1);
     g->v = v;
+    g->max_docs = o->max_docs > 1 ? o->max_docs : 1;
     rc = fsm_from_nfa(&n, o->max_states > 0 ? o->max_states : 20000, deadline, &g->f);
     nfa_free(&n);
     if (rc) {
@@ -703,6 +731,10 @@ int grammar_compile(grammar_vocab *v, const char *text, size_t len, const struct
     struct grammar_options o = { 0 };
     if (opt)
         o = *opt;
+    if (o.max_docs < 0 || o.max_docs > GRAMMAR_MAX_DOCS)
+        return ps_error_set(PS_EINVAL, "grammar: max_docs %d is outside [0, %d]", o.max_docs, GRAMMAR_MAX_DOCS);
+    if (o.max_docs < 1)
+        o.max_docs = 1;
     if (o.flags & GRAMMAR_OPT_NO_CACHE)
         return compile_uncached(v, text, len, &o, out);
     uint32_t key_flags = o.flags ^ (uint32_t)o.max_states * 31u ^ (uint32_t)o.max_nfa_nodes * 7u;
@@ -710,7 +742,8 @@ int grammar_compile(grammar_vocab *v, const char *text, size_t len, const struct
     pthread_mutex_lock(&v->lock);
     for (int i = 0; i < CACHE_CAP; i++) {
         struct cache_entry *e = &v->cache[i];
-        if (e->g && e->hash == h && e->flags == key_flags && e->len == len && !memcmp(e->text, text, len)) {
+        if (e->g && e->hash == h && e->flags == key_flags && e->max_docs == o.max_docs && e->len == len &&
+            !memcmp(e->text, text, len)) {
             atomic_fetch_add(&e->g->refs, 1);
             e->used = ++v->tick;
             *out = e->g;
@@ -743,7 +776,7 @@ int grammar_compile(grammar_vocab *v, const char *text, size_t len, const struct
     grammar *old = e->g;
     free(e->text);
     atomic_fetch_add(&g->refs, 1); /* the cache's reference */
-    *e = (struct cache_entry){ h, key_flags, copy, len, g, ++v->tick };
+    *e = (struct cache_entry){ h, key_flags, o.max_docs, copy, len, g, ++v->tick };
     pthread_mutex_unlock(&v->lock);
     grammar_free(old);
     *out = g;
@@ -758,6 +791,9 @@ struct grammar_matcher {
     int32_t    *st, *par;     /* current stacks */
     int32_t     n, cap;
     uint8_t     complete, done;
+    uint8_t     last_done;    /* the last allowed document is complete and
+                               * only a separator could follow            */
+    int32_t     n_sep;        /* separators ('\n') accepted: documents - 1 */
     struct sset a, b;         /* scratch sets */
 };
 
@@ -788,6 +824,8 @@ void grammar_matcher_reset(grammar_matcher *m)
     m->n = m->a.n;
     m->complete = m->a.complete;
     m->done = 0;
+    m->last_done = 0;
+    m->n_sep = 0;
 }
 
 int grammar_matcher_create(grammar *g, grammar_matcher **out)
@@ -826,7 +864,19 @@ void grammar_matcher_free(grammar_matcher *m)
 }
 
 bool grammar_matcher_can_end(const grammar_matcher *m) { return m->complete; }
-bool grammar_matcher_is_done(const grammar_matcher *m) { return m->done || (m->complete && m->n == 0); }
+bool grammar_matcher_is_done(const grammar_matcher *m)
+{
+    return m->done || (m->complete && (m->n == 0 || m->last_done));
+}
+
+/* '\n' bytes in b[0..len) (document separators). */
+static int32_t count_sep(const uint8_t *b, size_t len)
+{
+    int32_t c = 0;
+    for (size_t i = 0; i < len; i++)
+        c += b[i] == '\n';
+    return c;
+}
 
 /* Run bytes from the stacks (st, par)[0..n).  Result in m->a or m->b
  * (returned).  The result set is empty and not complete on rejection. */
@@ -859,14 +909,31 @@ static struct sset *run_bytes(grammar_matcher *m, const int32_t *st, const int32
     return cur;
 }
 
-static int commit(grammar_matcher *m, struct sset *r)
+/* The set r reached by bytes[0..len) becomes the state; n_sep of them are
+ * document separators (refused past max_docs). */
+static int commit(grammar_matcher *m, struct sset *r, int32_t n_sep)
 {
     if (!r->n && !r->complete)
         return ps_error_set(PS_EINVAL, "grammar: token rejected");
+    if (n_sep && m->n_sep + n_sep >= m->g->max_docs)
+        return ps_error_set(PS_EINVAL, "grammar: more than %d documents", m->g->max_docs);
     memcpy(m->st, r->st, (size_t)r->n * sizeof *m->st);
     memcpy(m->par, r->par, (size_t)r->n * sizeof *m->par);
     m->n = r->n;
     m->complete = r->complete;
+    m->n_sep += n_sep;
+    m->last_done = 0;
+    if (m->g->max_docs > 1 && m->complete && m->n_sep + 1 == m->g->max_docs) {
+        /* the last document: done when no byte but the separator goes on */
+        const struct fsm *f = &m->g->f;
+        m->last_done = 1;
+        for (int32_t k = 0; k < m->n && m->last_done; k++)
+            for (int b = 0; b < 256; b++)
+                if (b != '\n' && fsm_next(f, m->st[k], (uint8_t)b) >= 0) {
+                    m->last_done = 0;
+                    break;
+                }
+    }
     return PS_OK;
 }
 
@@ -874,7 +941,8 @@ int grammar_matcher_accept_bytes(grammar_matcher *m, const char *bytes, size_t n
 {
     if (m->done)
         return ps_error_set(PS_EINVAL, "grammar: document already finished");
-    return commit(m, run_bytes(m, m->st, m->par, m->n, (const uint8_t *)bytes, n));
+    const uint8_t *b = (const uint8_t *)bytes;
+    return commit(m, run_bytes(m, m->st, m->par, m->n, b, n), count_sep(b, n));
 }
 
 int grammar_matcher_accept(grammar_matcher *m, int32_t token)
@@ -893,8 +961,9 @@ int grammar_matcher_accept(grammar_matcher *m, int32_t token)
         }
     if (!v->usable[token])
         return ps_error_set(PS_EINVAL, "grammar: token %d is never allowed", token);
-    return commit(m, run_bytes(m, m->st, m->par, m->n, (const uint8_t *)v->bytes + v->off[token],
-                               (size_t)(v->off[token + 1] - v->off[token])));
+    const uint8_t *b = (const uint8_t *)v->bytes + v->off[token];
+    size_t len = (size_t)(v->off[token + 1] - v->off[token]);
+    return commit(m, run_bytes(m, m->st, m->par, m->n, b, len), count_sep(b, len));
 }
 
 int grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask)
@@ -940,6 +1009,10 @@ int grammar_matcher_fill_mask(grammar_matcher *m, uint32_t *mask)
                 mask[t >> 5] |= 1u << (t & 31);
         }
     }
+    if (g->max_docs > 1) /* no separator past the last document */
+        for (int32_t i = 0; i < v->n_nl; i++)
+            if (m->n_sep + v->nl_cnt[i] >= g->max_docs)
+                mask[v->nl_ids[i] >> 5] &= ~(1u << (v->nl_ids[i] & 31));
     if (m->complete)
         for (int32_t i = 0; i < v->n_eog; i++)
             mask[v->eog[i] >> 5] |= 1u << (v->eog[i] & 31);

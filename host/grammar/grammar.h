@@ -117,7 +117,19 @@ struct grammar_options {
     int32_t  max_states;     /* DFA states over all rules; 0 = 20000     */
     int32_t  max_nfa_nodes;  /* 0 = 200000                                */
     int32_t  max_compile_ms; /* wall-clock budget; 0 = 10000              */
+    int32_t  max_docs;       /* documents in a row; 0 or 1 = one (below)  */
 };
+
+/* A sequence of documents (max_docs > 1; OpenAI parallel tool calls): the
+ * output is 1 to max_docs documents of the schema, each one after the
+ * first preceded by a single '\n' byte.  A document never holds a raw
+ * '\n' (no whitespace but ", " and ": "; strings escape it), so every '\n'
+ * is a separator: the matcher counts them, and once max_docs documents
+ * have started no token holding one is allowed (the last document may only
+ * end).  can_end holds after each complete document; is_done when the last
+ * allowed document is complete and only a separator could follow.  At most
+ * GRAMMAR_MAX_DOCS. */
+#define GRAMMAR_MAX_DOCS 1024
 
 /* Compile a JSON Schema (text of `len` bytes) for vocab `v`.  Results are
  * cached in `v` by (schema hash, options): compiling the same schema twice

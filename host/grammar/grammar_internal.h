@@ -42,6 +42,7 @@ void nfa_free(struct nfa *n);
 struct schema_limits {
     int32_t max_nfa_nodes;
     int     lax_objects;
+    int32_t max_docs;      /* > 1: rule 0 is doc ('\n' doc)* (grammar.h) */
 };
 
 /* Compile schema text into n (rule 0 = the document).  Status + detail. */

@@ -1871,7 +1871,21 @@ int schema_to_nfa(const char *text, size_t len, const struct schema_limits *lim,
     int32_t r0 = new_rule(&c);
     if (r0 >= 0) {
         c.expanding[c.n_expanding++] = c.root;
-        eps(&c, g_schema(&c, n->rules[r0].start, c.root), n->rules[r0].end);
+        if (lim->max_docs > 1) {
+            /* doc ('\n' doc)*: a fresh head entered only here and from the
+             * separator; the count is the matcher's (grammar.h) */
+            int32_t head = node(&c);
+            eps(&c, n->rules[r0].start, head);
+            int32_t e = g_schema(&c, head, c.root);
+            if (e >= 0) {
+                int32_t tail = node(&c);
+                eps(&c, e, tail);
+                eps(&c, tail, n->rules[r0].end);
+                edge(&c, tail, head, '\n', '\n', -1);
+            }
+        } else {
+            eps(&c, g_schema(&c, n->rules[r0].start, c.root), n->rules[r0].end);
+        }
         c.n_expanding = 0;
         /* bodies of recursive targets; building one may discover more */
         while (!c.err && c.n_built < c.n_refs) {

@@ -678,43 +678,61 @@ static int parse_prompt(const cJSON *root, int32_t n_vocab, struct gen_params *p
 #define TOOL_CALL_PREFIX  "{\"name\": \""
 #define TOOL_ARGS_PREFIX  ", \"arguments\": "
 
-struct openai_output {
+struct out_call {
     char     id[32];          /* "call_" + 24 characters                     */
+    char     name[72];
+    size_t   args_start, args_end; /* into buf; args_end once done          */
+    bool     done;            /* the arguments value is complete             */
+};
+
+/* Scans the output: calls[0..n_calls) have begun their arguments; the
+ * one being named (OUT_NAME, OUT_ARGS_PREFIX) starts at base.  Calls are
+ * separated by '\n' (grammar_options.max_docs). */
+struct openai_output {
     char    *buf;             /* every output byte so far                    */
     size_t   len, cap;
     size_t   pos;             /* bytes scanned                               */
-    int      phase;           /* OUT_NAME .. OUT_AFTER, OUT_BAD              */
-    char     name[72];
-    bool     announced;       /* the first delta (id, type, name) went out   */
-    size_t   args_start, args_end, emitted;
+    size_t   base;            /* start of the call being scanned             */
+    int      phase;           /* OUT_NAME .. OUT_END, OUT_BAD                */
+    struct out_call calls[OPENAI_MAX_TOOL_CALLS];
+    int      n_calls;
+    int      announced;       /* calls whose first delta went out            */
+    int      emit_call;       /* streaming: the call whose bytes go out next */
+    size_t   emitted;         /* streaming: buf offset handed out so far     */
     int      depth;
     bool     in_str, esc;
     bool     auto_mode;       /* tool_choice "auto": not a call -> content    */
     size_t   content_sent;    /* auto text answer: bytes streamed as content */
 };
 
-enum { OUT_NAME, OUT_ARGS_PREFIX, OUT_ARGS, OUT_AFTER, OUT_BAD };
+/* OUT_AFTER: a call is complete (a '\n' may start the next); OUT_END:
+ * trailing bytes ignored (none under the grammar); OUT_BAD: not a call. */
+enum { OUT_NAME, OUT_ARGS_PREFIX, OUT_ARGS, OUT_AFTER, OUT_END, OUT_BAD };
 
-/* A reply shaper for a tool-call request (tool_choice "auto": auto_mode)
- * with a fresh call id; NULL when out of memory. */
+static void call_id_new(char id[32])
+{
+    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    static _Atomic uint64_t counter;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (++counter * 0x9e3779b97f4a7c15ull);
+    memcpy(id, "call_", 5);
+    for (int k = 0; k < 24; k++) {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        id[5 + k] = alnum[(x * 0x2545F4914F6CDD1Dull >> 40) % 62];
+    }
+    id[29] = '\0';
+}
+
+/* A reply shaper for a tool-call request (tool_choice "auto": auto_mode);
+ * each call gets a fresh id when it begins.  NULL when out of memory. */
 static struct openai_output *output_new(bool auto_mode)
 {
     struct openai_output *o = calloc(1, sizeof *o);
     if (!o)
         return NULL;
-    static const char alnum[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    static uint64_t counter;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    uint64_t x = (uint64_t)ts.tv_nsec ^ ((uint64_t)ts.tv_sec << 30) ^ (++counter * 0x9e3779b97f4a7c15ull);
-    memcpy(o->id, "call_", 5);
-    for (int k = 0; k < 24; k++) {
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        o->id[5 + k] = alnum[(x * 0x2545F4914F6CDD1Dull >> 40) % 62];
-    }
-    o->id[29] = '\0';
     o->auto_mode = auto_mode;
     return o;
 }
@@ -724,10 +742,11 @@ struct openai_output *openai_output_another(const struct openai_output *o)
     return o ? output_new(o->auto_mode) : NULL;
 }
 
-static int compile_schema(const struct openai_options *opt, const char *schema, const char *param,
-                          const char *what, grammar **out, struct api_error *err)
+static int compile_schema(const struct openai_options *opt, const char *schema, int32_t max_docs,
+                          const char *param, const char *what, grammar **out, struct api_error *err)
 {
-    struct grammar_options go = { .max_compile_ms = opt->max_compile_ms > 0 ? opt->max_compile_ms : 5000 };
+    struct grammar_options go = { .max_compile_ms = opt->max_compile_ms > 0 ? opt->max_compile_ms : 5000,
+                                  .max_docs = max_docs };
     int rc = grammar_compile(opt->vocab, schema, strlen(schema), &go, out);
     if (rc == PS_ENOMEM)
         return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory compiling %s", what);
@@ -762,8 +781,8 @@ static int parse_response_format(const cJSON *rf, const struct openai_options *o
     if (!strcmp(type->valuestring, "text"))
         return 0;
     if (!strcmp(type->valuestring, "json_object"))
-        return compile_schema(opt, GRAMMAR_SCHEMA_JSON_OBJECT, "response_format", "response_format", &p->grammar,
-                              err);
+        return compile_schema(opt, GRAMMAR_SCHEMA_JSON_OBJECT, 1, "response_format", "response_format",
+                              &p->grammar, err);
     if (strcmp(type->valuestring, "json_schema"))
         return api_error_set(err, 400, "invalid_request_error", "invalid_value", "response_format.type",
                              "'response_format.type' must be one of text, json_object, json_schema; got '%.40s'",
@@ -790,14 +809,14 @@ static int parse_response_format(const cJSON *rf, const struct openai_options *o
     char *text = cJSON_PrintUnformatted(schema);
     if (!text)
         return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
-    int rc = compile_schema(opt, text, "response_format", "response_format.json_schema.schema", &p->grammar,
-                            err);
+    int rc = compile_schema(opt, text, 1, "response_format", "response_format.json_schema.schema",
+                            &p->grammar, err);
     free(text);
     return rc;
 }
 
 /* The system text that shows the model its tools and the reply format. */
-static char *tools_prompt(const cJSON *list, const char *forced, bool lazy)
+static char *tools_prompt(const cJSON *list, const char *forced, bool lazy, bool parallel)
 {
     cJSON *arr = cJSON_CreateArray();
     if (!arr)
@@ -820,10 +839,14 @@ static char *tools_prompt(const cJSON *list, const char *forced, bool lazy)
                  "otherwise answer in plain text.%s%s"
         : "You can call functions. Available functions:\n%s\nCall one of them: reply with only a JSON object "
           "{\"name\": <function name>, \"arguments\": {...}} whose arguments match its parameters.%s%s";
-    size_t n = strlen(fmt) + strlen(tools) + (forced ? 2 * strlen(forced) : 0) + 1;
+    static const char several[] = " To make several calls, write one such object per line.";
+    size_t n = strlen(fmt) + strlen(tools) + (forced ? 2 * strlen(forced) : 0) + sizeof several;
     char *out = malloc(n);
-    if (out)
+    if (out) {
         snprintf(out, n, fmt, tools, forced ? forced : "", forced ? forced : "");
+        if (parallel)
+            strcat(out, several);
+    }
     free(tools);
     return out;
 }
@@ -858,6 +881,7 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
     const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
     if (ptc && !cJSON_IsNull(ptc) && !cJSON_IsBool(ptc))
         return BADTYPE("parallel_tool_calls", "a boolean");
+    bool parallel = !ptc || !cJSON_IsFalse(ptc);
 
     /* [{name, parameters}] of the callable tools (only the forced one) */
     cJSON *list = cJSON_CreateArray(), *shown = cJSON_CreateArray();
@@ -943,11 +967,12 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
                                              "tools: %s", ps_error_last());
         goto done;
     }
-    if ((rc = compile_schema(opt, schema, "tools", "tools (function parameters)", &p->grammar, err)))
+    if ((rc = compile_schema(opt, schema, parallel ? OPENAI_MAX_TOOL_CALLS : 1, "tools",
+                             "tools (function parameters)", &p->grammar, err)))
         goto done;
     p->output = output_new(lazy);
     p->grammar_lazy = lazy;
-    *system_extra = tools_prompt(shown, forced, lazy);
+    *system_extra = tools_prompt(shown, forced, lazy, parallel);
     if (!p->output || !*system_extra) {
         rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         goto done;
@@ -1065,43 +1090,49 @@ static int out_append(struct openai_output *o, const char *t, size_t n)
     return 0;
 }
 
-/* Advance the scanner over the bytes received: the name, then the
- * arguments value (string/escape aware bracket depth). */
+/* Advance the scanner over the bytes received: each call's name, then
+ * its arguments value (string/escape aware bracket depth), then a '\n'
+ * before the next call. */
 static void out_scan(struct openai_output *o)
 {
     for (;;) {
         if (o->phase == OUT_NAME) {
-            size_t pl = strlen(TOOL_CALL_PREFIX);
-            size_t k = o->len < pl ? o->len : pl;
-            if (memcmp(o->buf, TOOL_CALL_PREFIX, k)) {
-                o->phase = OUT_BAD;
+            size_t pl = strlen(TOOL_CALL_PREFIX), have = o->len - o->base;
+            size_t k = have < pl ? have : pl;
+            if (memcmp(o->buf + o->base, TOOL_CALL_PREFIX, k)) {
+                o->phase = o->n_calls ? OUT_END : OUT_BAD;
                 return;
             }
-            if (o->len <= pl)
+            if (have <= pl)
                 return;
-            const char *q = memchr(o->buf + pl, '"', o->len - pl);
+            const char *q = memchr(o->buf + o->base + pl, '"', have - pl);
             if (!q)
                 return;
-            size_t n = (size_t)(q - o->buf) - pl;
-            if (n >= sizeof o->name) {
-                o->phase = OUT_BAD;
+            size_t n = (size_t)(q - o->buf) - o->base - pl;
+            if (n >= sizeof o->calls[0].name || o->n_calls == OPENAI_MAX_TOOL_CALLS) {
+                o->phase = o->n_calls ? OUT_END : OUT_BAD;
                 return;
             }
-            memcpy(o->name, o->buf + pl, n);
-            o->name[n] = '\0';
+            struct out_call *c = &o->calls[o->n_calls];
+            memcpy(c->name, o->buf + o->base + pl, n);
+            c->name[n] = '\0';
             o->pos = (size_t)(q - o->buf) + 1;
             o->phase = OUT_ARGS_PREFIX;
         } else if (o->phase == OUT_ARGS_PREFIX) {
             size_t pl = strlen(TOOL_ARGS_PREFIX), have = o->len - o->pos;
             size_t k = have < pl ? have : pl;
             if (memcmp(o->buf + o->pos, TOOL_ARGS_PREFIX, k)) {
-                o->phase = OUT_BAD;
+                o->phase = o->n_calls ? OUT_END : OUT_BAD;
                 return;
             }
             if (have < pl)
                 return;
             o->pos += pl;
-            o->args_start = o->emitted = o->pos;
+            struct out_call *c = &o->calls[o->n_calls++];
+            c->args_start = o->pos;
+            call_id_new(c->id);
+            o->depth = 0;
+            o->in_str = o->esc = false;
             o->phase = OUT_ARGS;
         } else if (o->phase == OUT_ARGS) {
             for (; o->pos < o->len; o->pos++) {
@@ -1126,42 +1157,60 @@ static void out_scan(struct openai_output *o)
                 else if ((c == '}' || c == ']') && --o->depth <= 0)
                     break;
             }
-            if (o->pos < o->len) {
-                o->args_end = ++o->pos;
-                o->phase = OUT_AFTER;
+            if (o->pos == o->len)
+                return;
+            struct out_call *c = &o->calls[o->n_calls - 1];
+            c->args_end = ++o->pos;
+            c->done = true;
+            o->phase = OUT_AFTER;
+        } else if (o->phase == OUT_AFTER) {
+            /* the call's closing '}', then '\n' and the next call */
+            if (o->len - o->pos < 2)
+                return;
+            if (memcmp(o->buf + o->pos, "}\n", 2)) {
+                o->phase = OUT_END;
+                return;
             }
-            return;
+            o->pos += 2;
+            o->base = o->pos;
+            o->phase = OUT_NAME;
         } else {
             return;
         }
     }
 }
 
-/* Arguments bytes not handed out yet (up to what has been scanned). */
-static void out_take_args(struct openai_output *o, const char **p, size_t *n)
+/* The bytes of call k's arguments scanned so far: [args_start, end). */
+static size_t out_args_end(const struct openai_output *o, int k)
 {
-    size_t end = o->phase == OUT_AFTER ? o->args_end : o->pos;
-    *p = o->buf + o->emitted;
-    *n = end > o->emitted ? end - o->emitted : 0;
-    o->emitted += *n;
+    return o->calls[k].done ? o->calls[k].args_end : o->pos;
 }
 
-/* One tool call: a stream delta (index; id, type and name only in the
- * first) or a message's whole call (id, type, name, no index). */
-static cJSON *tool_call_json(const struct openai_output *o, bool first, bool delta, const char *args, size_t n)
+/* Every call is complete (the reply's finish_reason is "tool_calls" when
+ * the engine stopped by itself). */
+static bool out_complete(const struct openai_output *o)
+{
+    return o->n_calls && o->calls[o->n_calls - 1].done && o->phase != OUT_ARGS_PREFIX &&
+           !(o->phase == OUT_NAME && o->len > o->base);
+}
+
+/* Call k: a stream delta (index k; id, type and name only in the first)
+ * or a message's whole call (id, type, name, no index). */
+static cJSON *tool_call_json(const struct openai_output *o, int k, bool first, bool delta, const char *args,
+                             size_t n)
 {
     cJSON *c = cJSON_CreateObject();
     if (!c)
         return NULL;
     if (delta)
-        cJSON_AddNumberToObject(c, "index", 0);
+        cJSON_AddNumberToObject(c, "index", k);
     if (first) {
-        cJSON_AddStringToObject(c, "id", o->id);
+        cJSON_AddStringToObject(c, "id", o->calls[k].id);
         cJSON_AddStringToObject(c, "type", "function");
     }
     cJSON *fn = cJSON_AddObjectToObject(c, "function");
     if (first)
-        cJSON_AddStringToObject(fn, "name", o->name);
+        cJSON_AddStringToObject(fn, "name", o->calls[k].name);
     char *a = utf8_sanitize(args, n, NULL);
     cJSON_AddStringToObject(fn, "arguments", a ? a : "");
     free(a);
@@ -1193,22 +1242,26 @@ bool openai_output_delta(struct openai_output *o, const char *text, size_t len, 
         o->content_sent = o->len;
         return true;
     }
-    if (o->phase == OUT_BAD || o->phase < OUT_ARGS)
-        return false;
-    const char *a;
-    size_t n;
-    out_take_args(o, &a, &n);
-    if (o->announced && !n)
-        return false;
-    cJSON *arr = cJSON_AddArrayToObject(delta, "tool_calls");
-    cJSON *c = tool_call_json(o, !o->announced, true, a, n);
-    if (!arr || !c) {
-        cJSON_Delete(c);
-        return false;
+    cJSON *arr = NULL;
+    for (; o->emit_call < o->n_calls; o->emit_call++) {
+        int k = o->emit_call;
+        size_t from = o->emitted > o->calls[k].args_start ? o->emitted : o->calls[k].args_start;
+        size_t end = out_args_end(o, k);
+        bool first = k >= o->announced;
+        if (first || end > from) {
+            if (!arr && !(arr = cJSON_AddArrayToObject(delta, "tool_calls")))
+                return false;
+            cJSON *c = tool_call_json(o, k, first, true, o->buf + from, end - from);
+            if (!c)
+                return cJSON_GetArraySize(arr) > 0;
+            cJSON_AddItemToArray(arr, c);
+            o->announced = k + 1;
+            o->emitted = end;
+        }
+        if (!o->calls[k].done)
+            break;
     }
-    cJSON_AddItemToArray(arr, c);
-    o->announced = true;
-    return true;
+    return arr != NULL;
 }
 
 const char *openai_output_finish(struct openai_output *o, const char *finish, cJSON *delta)
@@ -1217,7 +1270,7 @@ const char *openai_output_finish(struct openai_output *o, const char *finish, cJ
         return finish;
     if (!o->announced && o->len > o->content_sent && delta) /* not a call: the raw text */
         add_content(delta, o->buf + o->content_sent, o->len - o->content_sent);
-    return o->phase == OUT_AFTER && !strcmp(finish, "stop") ? "tool_calls" : finish;
+    return out_complete(o) && !strcmp(finish, "stop") ? "tool_calls" : finish;
 }
 
 const char *openai_output_message(struct openai_output *o, const char *text, size_t len, const char *finish,
@@ -1229,19 +1282,19 @@ const char *openai_output_message(struct openai_output *o, const char *text, siz
     }
     if (!out_append(o, text, len))
         out_scan(o);
-    if (o->phase < OUT_ARGS || o->phase == OUT_BAD) {
+    if (!o->n_calls) {
         add_content(message, o->buf ? o->buf : "", o->len);
         return finish;
     }
-    const char *a;
-    size_t n;
-    out_take_args(o, &a, &n);
     cJSON_AddNullToObject(message, "content");
     cJSON *arr = cJSON_AddArrayToObject(message, "tool_calls");
-    cJSON *c = tool_call_json(o, true, false, o->buf + o->args_start, (size_t)(a + n - (o->buf + o->args_start)));
-    if (c)
-        cJSON_AddItemToArray(arr, c);
-    return o->phase == OUT_AFTER && !strcmp(finish, "stop") ? "tool_calls" : finish;
+    for (int k = 0; arr && k < o->n_calls; k++) {
+        size_t a = o->calls[k].args_start;
+        cJSON *c = tool_call_json(o, k, true, false, o->buf + a, out_args_end(o, k) - a);
+        if (c)
+            cJSON_AddItemToArray(arr, c);
+    }
+    return out_complete(o) && !strcmp(finish, "stop") ? "tool_calls" : finish;
 }
 
 void openai_output_free(struct openai_output *o)

@@ -40,6 +40,8 @@ const char *api_http_reason(int status);
 
 /* Most choices one request may ask for ("n"). */
 #define OPENAI_MAX_N 128
+/* Tool calls in one reply with parallel_tool_calls (true by default). */
+#define OPENAI_MAX_TOOL_CALLS 16
 
 struct gen_params {
     bool     chat;
@@ -137,14 +139,19 @@ int openai_parse(const char *body, size_t len, bool chat, const char *const *mod
  * (type "function"; name, description, parameters) with `tool_choice`
  * "auto" (the default: the first token decides between a text answer and a
  * call, grammar_constraint_lazy), "required", {"type": "function",
- * "function": {"name"}} or "none" (tools ignored); a reply carries at most
- * one call (`parallel_tool_calls` is accepted).  The legacy `functions` /
+ * "function": {"name"}} or "none" (tools ignored).  With
+ * `parallel_tool_calls` true (the default) a reply carries 1 to
+ * OPENAI_MAX_TOOL_CALLS calls, one compact JSON object per line (the
+ * grammar's document sequence, grammar_options.max_docs); false: exactly
+ * one.  Every call is one of the allowed tools (only the named one when
+ * tool_choice names it) with its own parameters.  The legacy `functions` /
  * `function_call` are 400 "not supported".
  * A schema the grammar compiler
  * refuses is a 400 whose message is the compiler's (naming the keyword),
  * param "response_format" or "tools".  Schemas are compiled here (cached by
  * text in opt->vocab).  For tools a system message describing them is added
- * to the prompt, and the output is {"name": ..., "arguments": {...}}. */
+ * to the prompt, and the output is {"name": ..., "arguments": {...}}, calls
+ * separated by '\n'. */
 int openai_parse_ex(const char *body, size_t len, bool chat, const char *const *model_names,
                     const chat_template *tmpl, int32_t n_vocab, const struct openai_options *opt,
                     struct gen_params *out, struct api_error *err);
@@ -155,13 +162,19 @@ int openai_parse_ex(const char *body, size_t len, bool chat, const char *const *
  * function also takes NULL, meaning plain content.  Streaming:
  *   for each piece of text:  if (openai_output_delta(o, text, len, delta)) send it
  *   at the end:              finish = openai_output_finish(o, finish, delta)
- * The first tool-call delta carries index 0, id, type "function" and
- * function.name; later ones function.arguments fragments, which concatenate
- * to the arguments JSON text.  Non-streaming, once with the whole text:
+ * Each call's deltas carry its position as index (0, 1, ...): the first
+ * one id, type "function" and function.name, later ones
+ * function.arguments fragments, which concatenate to the arguments JSON
+ * text.  A delta normally holds one call; a piece of text spanning the end
+ * of one call and the named start of the next holds one entry for each, in
+ * order.  A call appears once its arguments begin.  Non-streaming, once
+ * with the whole text:
  *   finish = openai_output_message(o, text, len, finish, message)
- * which adds "content" (null for a call) and "tool_calls".  finish_reason
- * becomes "tool_calls" when the call is complete and the engine said
- * "stop"; "length" stays "length" (partial arguments, not repaired). */
+ * which adds "content" (null for calls) and "tool_calls", every call with
+ * its own id.  finish_reason becomes "tool_calls" when the last call is
+ * complete and the engine said "stop"; "length" stays "length" (the last
+ * call's partial arguments as they are; a next call cut before its
+ * arguments began is left out). */
 struct openai_output;
 bool        openai_output_delta(struct openai_output *o, const char *text, size_t len, cJSON *delta);
 const char *openai_output_finish(struct openai_output *o, const char *finish, cJSON *delta);

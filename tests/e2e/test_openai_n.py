@@ -278,7 +278,7 @@ def test_response_format_and_tools_apply_to_every_choice(client):
             assert c.message.content.startswith("{")
     r = client.chat.completions.create(
         model="default", messages=[{"role": "user", "content": "Add 2 and 3."}], n=2, max_tokens=48,
-        temperature=0.8, seed=2, tools=TOOLS, tool_choice="required")
+        temperature=0.8, seed=2, tools=TOOLS, tool_choice="required", parallel_tool_calls=False)
     ids = []
     for c in r.choices:
         assert c.message.content is None and c.finish_reason == "tool_calls", c
@@ -291,7 +291,8 @@ def test_response_format_and_tools_apply_to_every_choice(client):
     first = {}
     for ch in client.chat.completions.create(
             model="default", messages=[{"role": "user", "content": "Add 2 and 3."}], n=2, max_tokens=48,
-            temperature=0.8, seed=2, tools=TOOLS, tool_choice="required", stream=True):
+            temperature=0.8, seed=2, tools=TOOLS, tool_choice="required", parallel_tool_calls=False,
+            stream=True):
         c = ch.choices[0]
         for tc in c.delta.tool_calls or []:
             if tc.id:

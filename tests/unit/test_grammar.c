@@ -1,5 +1,6 @@
 /* test_grammar.c - the JSON Schema automaton on hand-written documents, the
- * token masks against a brute-force check, the compile cache, and clear
+ * token masks against a brute-force check, the compile cache, document
+ * sequences (max_docs: parallel tool calls), and clear
  * errors for unsupported schemas.  Uses a synthetic vocabulary (all 256
  * single bytes plus multi-byte tokens) so it runs without a model. */
 #include <stdio.h>
@@ -15,6 +16,7 @@ static const char *multi[] = {
     "\"name", "name", "12", "123", "0.", ".5", "\\\"", "\\u", "\\n", " \"", ", ", "\xc3\xa9",
     "\xe2\x82\xac", "\xf0\x9f\x98\x80", "\xe2", "\x82\xac", "\"a\"", "[1", ", 2", "-1", "1e", "e+",
     "abc", "\"\"", "{}", "[]", "\"}\n", "},{\"", "\": [", "], \"",
+    "}\n", "}\n{\"", "\n{", "}}\n{\"name\": \"", "\n\n",
 };
 #define N_MULTI (sizeof multi / sizeof multi[0])
 #define EOS_ID (256 + (int32_t)N_MULTI)
@@ -314,6 +316,126 @@ static void check_masks(grammar_vocab *v, grammar *g, const char *doc)
     free(mask);
 }
 
+/* Sequences of documents (grammar_options.max_docs, OpenAI parallel tool
+ * calls): two tools, each call checked against its own tool's parameters. */
+static const char TOOLS[] =
+    "[{\"name\": \"add\", \"parameters\": {\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}, "
+    "\"b\": {\"type\": \"integer\"}}, \"required\": [\"a\", \"b\"]}}, "
+    "{\"name\": \"echo\", \"parameters\": {\"type\": \"object\", \"properties\": {\"text\": {\"type\": \"string\", "
+    "\"maxLength\": 8}}, \"required\": [\"text\"]}}]";
+#define CALL_ADD  "{\"name\": \"add\", \"arguments\": {\"a\": 1, \"b\": 22}}"
+#define CALL_ECHO "{\"name\": \"echo\", \"arguments\": {\"text\": \"hi\\n\"}}"
+
+static grammar *compile_docs(grammar_vocab *v, const char *schema, int32_t max_docs)
+{
+    struct grammar_options o = { .max_docs = max_docs };
+    grammar *g = NULL;
+    int rc = grammar_compile(v, schema, strlen(schema), &o, &g);
+    CHECK_MSG(rc == PS_OK, "compile (max_docs %d): %s", max_docs, ps_error_last());
+    return g;
+}
+
+static void test_doc_sequences(grammar_vocab *v)
+{
+    char *schema = NULL;
+    CHECK(grammar_tools_schema(TOOLS, strlen(TOOLS), &schema) == PS_OK);
+    grammar *one = compile_docs(v, schema, 0), *three = compile_docs(v, schema, 3);
+    grammar *sixteen = compile_docs(v, schema, 16);
+    if (!one || !three || !sixteen)
+        goto done;
+    CHECK(one != three && three != sixteen); /* the cache tells max_docs apart */
+    grammar *again = compile_docs(v, schema, 3);
+    CHECK(again == three);
+    grammar_free(again);
+
+    /* one call: same language either way */
+    CHECK(accepts(one, CALL_ADD) == 1 && accepts(three, CALL_ADD) == 1);
+    /* parallel off (one document): a second call is refused */
+    CHECK(accepts(one, CALL_ADD "\n" CALL_ECHO) == 0);
+    CHECK(accepts(one, CALL_ADD "\n") == 0);
+    /* two and three calls, any tools in any order */
+    CHECK(accepts(three, CALL_ADD "\n" CALL_ECHO) == 1);
+    CHECK(accepts(three, CALL_ECHO "\n" CALL_ADD "\n" CALL_ECHO) == 1);
+    CHECK(accepts(three, CALL_ADD "\n" CALL_ADD "\n" CALL_ADD) == 1);
+    /* past the cap */
+    CHECK(accepts(three, CALL_ADD "\n" CALL_ADD "\n" CALL_ADD "\n" CALL_ADD) == 0);
+    /* a separator must start another call: not the end, not twice */
+    CHECK(accepts(three, CALL_ADD "\n") == 0);
+    CHECK(accepts(three, CALL_ADD "\n\n" CALL_ADD) == 0);
+    CHECK(accepts(three, CALL_ADD " " CALL_ADD) == 0);
+    /* each call's arguments follow its own tool's parameters */
+    CHECK(accepts(three, CALL_ADD "\n{\"name\": \"echo\", \"arguments\": {\"a\": 1, \"b\": 2}}") == 0);
+    CHECK(accepts(three, CALL_ECHO "\n{\"name\": \"add\", \"arguments\": {\"text\": \"x\"}}") == 0);
+    CHECK(accepts(three, CALL_ECHO "\n{\"name\": \"add\", \"arguments\": {\"a\": 1}}") == 0);
+    CHECK(accepts(three, CALL_ADD "\n{\"name\": \"echo\", \"arguments\": {\"text\": \"123456789\"}}") == 0);
+    CHECK(accepts(three, CALL_ADD "\n{\"name\": \"nope\", \"arguments\": {}}") == 0);
+    CHECK(accepts(sixteen, CALL_ADD "\n" CALL_ECHO "\n" CALL_ADD "\n" CALL_ECHO) == 1);
+
+    /* masks against brute force, tokens across the separator included */
+    check_masks(v, three, CALL_ADD "\n" CALL_ECHO);
+    check_masks(v, three, CALL_ECHO "\n" CALL_ADD "\n" CALL_ECHO);
+    check_masks(v, one, CALL_ADD);
+
+    /* the matcher's view: can_end after each call; done at the cap */
+    grammar_matcher *m;
+    CHECK(grammar_matcher_create(three, &m) == PS_OK);
+    size_t words = grammar_mask_words(v);
+    uint32_t *mask = calloc(words, sizeof *mask);
+    const char *sep_tok[] = { "}\n", "}\n{\"", "\n{", "}}\n{\"name\": \"", "\n" };
+    int32_t sep_id[5] = { 256 + (int32_t)N_MULTI - 5, 256 + (int32_t)N_MULTI - 4, 256 + (int32_t)N_MULTI - 3,
+                          256 + (int32_t)N_MULTI - 2, '\n' };
+    for (int i = 0; i < 4; i++) {
+        size_t len;
+        const char *p = grammar_vocab_piece(v, sep_id[i], &len);
+        CHECK(p && len == strlen(sep_tok[i]) && !memcmp(p, sep_tok[i], len));
+    }
+    for (int doc = 0; doc < 3; doc++) {
+        const char *c = doc == 1 ? CALL_ECHO : CALL_ADD;
+        CHECK(grammar_matcher_accept_bytes(m, c, strlen(c) - 2) == PS_OK); /* up to the last "}}" */
+        CHECK(!grammar_matcher_can_end(m));
+        CHECK(grammar_matcher_fill_mask(m, mask) == PS_OK);
+        int want_sep = doc < 2;
+        CHECK_MSG((int)(mask[sep_id[3] >> 5] >> (sep_id[3] & 31) & 1) == want_sep, "doc %d: }}\\n{ token", doc);
+        CHECK(grammar_matcher_accept_bytes(m, "}}", 2) == PS_OK);
+        CHECK(grammar_matcher_can_end(m));
+        CHECK(grammar_matcher_fill_mask(m, mask) == PS_OK);
+        CHECK((mask[EOS_ID >> 5] >> (EOS_ID & 31) & 1) == 1);
+        for (int i = 2; i < 5; i += 2)
+            CHECK_MSG((int)(mask[sep_id[i] >> 5] >> (sep_id[i] & 31) & 1) == want_sep, "doc %d token %d", doc, i);
+        CHECK_MSG(grammar_matcher_is_done(m) == !want_sep, "doc %d: is_done", doc);
+        if (want_sep)
+            CHECK(grammar_matcher_accept(m, '\n') == PS_OK);
+        else
+            CHECK(grammar_matcher_accept(m, '\n') == PS_EINVAL);
+    }
+    grammar_matcher_free(m);
+    /* a token holding the separator and the next call's start */
+    CHECK(grammar_matcher_create(three, &m) == PS_OK);
+    CHECK(grammar_matcher_accept_bytes(m, CALL_ADD, strlen(CALL_ADD) - 2) == PS_OK);
+    CHECK(grammar_matcher_accept(m, sep_id[3]) == PS_OK);
+    const char *rest = "echo\", \"arguments\": {\"text\": \"\"}}";
+    CHECK(grammar_matcher_accept_bytes(m, rest, strlen(rest)) == PS_OK);
+    CHECK(grammar_matcher_can_end(m) && !grammar_matcher_is_done(m));
+    CHECK(grammar_matcher_accept(m, EOS_ID) == PS_OK && grammar_matcher_is_done(m));
+    grammar_matcher_free(m);
+    /* one document: nothing follows a complete call */
+    CHECK(grammar_matcher_create(one, &m) == PS_OK);
+    CHECK(grammar_matcher_accept_bytes(m, CALL_ADD, strlen(CALL_ADD)) == PS_OK);
+    CHECK(grammar_matcher_is_done(m));
+    CHECK(grammar_matcher_accept(m, '\n') == PS_EINVAL);
+    grammar_matcher_free(m);
+    free(mask);
+
+    struct grammar_options bad = { .max_docs = GRAMMAR_MAX_DOCS + 1 };
+    grammar *g = NULL;
+    CHECK(grammar_compile(v, schema, strlen(schema), &bad, &g) == PS_EINVAL && !g);
+done:
+    grammar_free(one);
+    grammar_free(three);
+    grammar_free(sixteen);
+    free(schema);
+}
+
 int main(void)
 {
     grammar_vocab *v = make_vocab();
@@ -372,6 +494,8 @@ int main(void)
     CHECK(grammar_matcher_is_done(m));
     grammar_matcher_free(m);
     grammar_free(g);
+
+    test_doc_sequences(v);
 
     grammar_vocab_free(v);
     TEST_DONE();
