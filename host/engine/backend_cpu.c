@@ -204,6 +204,9 @@ static void prof_print(const struct cpu_backend *cb)
     if (cb->grp_rows_total)
         fprintf(stderr, "[cpu profile] %lld decode rows attended through shared-prefix items\n",
                 (long long)cb->grp_rows_total);
+    if (cb->tp && threadpool_shares_offered(cb->tp))
+        fprintf(stderr, "[cpu profile] the calling thread ran %llu of %llu worker shares itself (workers not running)\n",
+                threadpool_shares_taken(cb->tp), threadpool_shares_offered(cb->tp));
 }
 
 /* ---- small helpers --------------------------------------------------------- */

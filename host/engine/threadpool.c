@@ -65,6 +65,7 @@ struct threadpool {
     atomic_uint      gen;      /* current job */
     atomic_int       stop;
     unsigned long long taken;  /* worker shares the caller ran (threadpool_shares_taken) */
+    unsigned long long jobs;   /* threadpool_run calls on more than one thread */
 };
 
 static void *worker_main(void *arg)
@@ -161,6 +162,7 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx)
     }
     tp->fn = fn;
     tp->ctx = ctx;
+    tp->jobs++;
     pthread_mutex_lock(&tp->mu);
     const unsigned g = atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release) + 1;
     pthread_cond_broadcast(&tp->cv);
@@ -187,6 +189,11 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx)
 unsigned long long threadpool_shares_taken(const threadpool *tp)
 {
     return tp->taken;
+}
+
+unsigned long long threadpool_shares_offered(const threadpool *tp)
+{
+    return tp->jobs * (unsigned long long)(tp->n - 1);
 }
 
 int threadpool_size(const threadpool *tp)

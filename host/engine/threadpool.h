@@ -17,8 +17,10 @@ typedef void (*threadpool_fn)(void *ctx, int ith, int nth);
 int  threadpool_create(int n_threads, threadpool **out); /* n_threads >= 1 */
 void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx);
 int  threadpool_size(const threadpool *tp);
-/* Worker shares the caller has run itself so far (see above). */
+/* Worker shares the caller has run itself so far (see above), of all the
+ * worker shares of the calls so far (calls x (n - 1)). */
 unsigned long long threadpool_shares_taken(const threadpool *tp);
+unsigned long long threadpool_shares_offered(const threadpool *tp);
 void threadpool_free(threadpool *tp); /* NULL-safe; joins the workers */
 
 #endif /* PS_THREADPOOL_H */
