@@ -269,12 +269,15 @@ static void handle_submit(engine *e, struct cmd *c)
     size_t n = 0;
     int rc;
     if (c->prompt && e->max_piece_bytes) {
-        /* decode(encode(text)) == text, so a text of len bytes has at least
-         * len / max_piece_bytes tokens: past the context, refuse it before
-         * tokenizing (~0.1 s per MB on this thread, every stream waiting) */
+        /* every byte with a token of its own is covered by some token, of
+         * at most max_piece_bytes bytes: past the context, refuse the text
+         * before tokenizing it (~0.1 s per MB on this thread, every stream
+         * waiting).  A byte without a token (a few control characters in
+         * SmolLM2's vocabulary) may be dropped, so it does not count. */
         const size_t len = strlen(c->prompt);
+        const size_t covered = tokenizer_bytes_with_tokens(e->tok, c->prompt, len);
         const int32_t n_ctx = sched_n_ctx(e->sched);
-        if (n_ctx > 0 && len / e->max_piece_bytes > (size_t)n_ctx) {
+        if (n_ctx > 0 && covered / e->max_piece_bytes > (size_t)n_ctx) {
             char msg[256];
             snprintf(msg, sizeof msg,
                      "prompt of %zu bytes is longer than the context of %d tokens (a token of this vocabulary "

@@ -46,9 +46,11 @@
  * than free cores) still lets the thread being waited for run. */
 #define YIELD_EVERY 1024
 
+/* Job numbers are 64-bit: a 32-bit one could wrap while a worker lost
+ * every claim, and its stale `done` would then read as the current job's. */
 struct worker {
-    _Alignas(64) atomic_uint claim;   /* last job whose share ith was claimed (by anyone) */
-    atomic_uint        done;          /* last job this worker ran its share of */
+    _Alignas(64) atomic_ullong claim; /* last job whose share ith was claimed (by anyone) */
+    atomic_ullong      done;          /* last job this worker ran its share of */
     struct threadpool *tp;
     int                ith;
 };
@@ -62,9 +64,9 @@ struct threadpool {
     pthread_cond_t   cv;
     threadpool_fn    fn;
     void            *ctx;
-    atomic_uint      gen;      /* current job */
+    _Alignas(64) atomic_ullong gen;   /* current job (its own line: workers spin on it) */
     atomic_int       stop;
-    unsigned long long taken;  /* worker shares the caller ran (threadpool_shares_taken) */
+    _Alignas(64) unsigned long long taken;  /* worker shares the caller ran (threadpool_shares_taken) */
     unsigned long long jobs;   /* threadpool_run calls on more than one thread */
 };
 
@@ -73,9 +75,9 @@ static void *worker_main(void *arg)
     struct worker *w = arg;
     struct threadpool *tp = w->tp;
     /* gen is 0 at creation; a worker that starts late must still see job 1 */
-    unsigned seen = 0;
+    unsigned long long seen = 0;
     for (;;) {
-        unsigned g = seen;
+        unsigned long long g = seen;
         for (int i = 0; i < SPIN_ITERS; i++) {
             g = atomic_load_explicit(&tp->gen, memory_order_acquire);
             if (g != seen || atomic_load_explicit(&tp->stop, memory_order_relaxed))
@@ -94,7 +96,7 @@ static void *worker_main(void *arg)
         if (atomic_load(&tp->stop))
             break;
         seen = g;
-        unsigned expect = g - 1;
+        unsigned long long expect = g - 1;
         /* acquire: fn / ctx of job g were stored before gen = g, which the
          * claim of job g-1's end (by the caller or us) precedes */
         if (!atomic_compare_exchange_strong_explicit(&w->claim, &expect, g, memory_order_acq_rel,
@@ -112,9 +114,11 @@ int threadpool_create(int n_threads, threadpool **out)
     if (n_threads < 1)
         return ps_error_set(PS_EINVAL, "threadpool: n_threads %d < 1", n_threads);
 
-    struct threadpool *tp = calloc(1, sizeof *tp);
+    const size_t tp_bytes = (sizeof(struct threadpool) + 63) / 64 * 64;   /* its lines are 64-byte aligned */
+    struct threadpool *tp = aligned_alloc(64, tp_bytes);
     if (!tp)
         return ps_error_set(PS_ENOMEM, "threadpool: out of memory");
+    memset(tp, 0, tp_bytes);
     tp->n = n_threads;
     atomic_init(&tp->gen, 0);
     atomic_init(&tp->stop, 0);
@@ -164,19 +168,25 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx)
     tp->ctx = ctx;
     tp->jobs++;
     pthread_mutex_lock(&tp->mu);
-    const unsigned g = atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release) + 1;
+    const unsigned long long g = atomic_fetch_add_explicit(&tp->gen, 1, memory_order_release) + 1;
     pthread_cond_broadcast(&tp->cv);
     pthread_mutex_unlock(&tp->mu);
     fn(ctx, 0, tp->n);
+    /* first every share no worker has started, then wait for the ones
+     * workers have (a preempted worker holding one does not delay the
+     * others' unclaimed shares) */
     for (int i = 0; i < tp->n - 1; i++) {
         struct worker *w = &tp->workers[i];
-        unsigned expect = g - 1;
+        unsigned long long expect = g - 1;
         if (atomic_compare_exchange_strong_explicit(&w->claim, &expect, g, memory_order_acq_rel,
                                                     memory_order_relaxed)) {
             fn(ctx, w->ith, tp->n);
+            atomic_store_explicit(&w->done, g, memory_order_relaxed);
             tp->taken++;
-            continue;
         }
+    }
+    for (int i = 0; i < tp->n - 1; i++) {
+        struct worker *w = &tp->workers[i];
         for (unsigned k = 1; atomic_load_explicit(&w->done, memory_order_acquire) != g; k++) {
             if (k % YIELD_EVERY == 0)
                 sched_yield();

@@ -668,6 +668,14 @@ int32_t tokenizer_find(const tokenizer *t, const char *text)
     return text_find(t, text, strlen(text));
 }
 
+size_t tokenizer_bytes_with_tokens(const tokenizer *t, const char *text, size_t len)
+{
+    size_t n = 0;
+    for (size_t i = 0; i < len; i++)
+        n += t->byte_token[(uint8_t)text[i]] >= 0;
+    return n;
+}
+
 const char *tokenizer_piece(const tokenizer *t, int32_t id, bool special, size_t *len)
 {
     if (id < 0 || id >= t->n_vocab) {

@@ -54,6 +54,12 @@ int32_t tokenizer_find(const tokenizer *t, const char *text);
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
                      bool parse_special, int32_t **ids, size_t *n_ids);
 
+/* How many bytes of text[0..len) have a token of their own: every one of
+ * them is covered by the encoding (a byte without one may be dropped, see
+ * tokenizer_encode), so at least this many bytes / the longest token's
+ * bytes tokens come out - a bound callers can check before encoding. */
+size_t tokenizer_bytes_with_tokens(const tokenizer *t, const char *text, size_t len);
+
 /* Raw bytes of token `id` after byte-level decoding (may be a partial UTF-8
  * sequence).  Control tokens decode to their text only when `special`.
  * Returns a pointer owned by the tokenizer and sets *len; NULL for a bad id. */

@@ -878,9 +878,7 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
     } else {
         return BADTYPE("tool_choice", "a string or an object");
     }
-    const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
-    if (ptc && !cJSON_IsNull(ptc) && !cJSON_IsBool(ptc))
-        return BADTYPE("parallel_tool_calls", "a boolean");
+    const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");   /* a boolean or null */
     bool parallel = !ptc || !cJSON_IsFalse(ptc);
 
     /* [{name, parameters}] of the callable tools (only the forced one) */
@@ -1040,6 +1038,9 @@ static int parse_constraints(const cJSON *root, bool chat, const struct openai_o
     const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
     const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
     const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
+    if (ptc && !cJSON_IsNull(ptc) && !cJSON_IsBool(ptc))   /* checked with or without tools, as OpenAI does */
+        return BADTYPE("parallel_tool_calls", "a boolean");
     bool has_rf = rf && !cJSON_IsNull(rf), has_tools = tools && !cJSON_IsNull(tools);
     bool has_tc = tc && !cJSON_IsNull(tc);
     if (!has_rf && !has_tools && !has_tc)

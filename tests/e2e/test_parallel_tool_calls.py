@@ -231,3 +231,17 @@ def test_history_with_several_calls(client):
     c = r.choices[0]
     assert c.finish_reason == "tool_calls" and len(c.message.tool_calls) == MAX_CALLS
     _check_calls(c.message.tool_calls)
+
+
+@pytest.mark.parametrize("extra", [{}, {"tools": TOOLS, "tool_choice": "none"}], ids=["no-tools", "choice-none"])
+@pytest.mark.parametrize("bad", ["yes", 1, [True]], ids=["string", "number", "array"])
+def test_parallel_tool_calls_must_be_a_boolean_with_or_without_tools(server, extra, bad):
+    body = {"model": "default", "messages": MSG, "max_tokens": 4, "parallel_tool_calls": bad, **extra}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60)
+    assert r.status_code == 400, r.text
+    err = r.json()["error"]
+    assert err["param"] == "parallel_tool_calls" and err["type"] == "invalid_request_error", err
+    # null and booleans stay accepted without tools
+    for ok in (None, True, False):
+        body["parallel_tool_calls"] = ok
+        assert httpx.post(server.url + "/v1/chat/completions", json=body, timeout=60).status_code == 200
