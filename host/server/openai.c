@@ -1200,21 +1200,23 @@ static bool out_complete(const struct openai_output *o)
 static cJSON *tool_call_json(const struct openai_output *o, int k, bool first, bool delta, const char *args,
                              size_t n)
 {
+    /* NULL (nothing sent, the caller's state not advanced) when any part
+     * cannot be added: never a call entry without its id, name or arguments */
     cJSON *c = cJSON_CreateObject();
     if (!c)
         return NULL;
-    if (delta)
-        cJSON_AddNumberToObject(c, "index", k);
-    if (first) {
-        cJSON_AddStringToObject(c, "id", o->calls[k].id);
-        cJSON_AddStringToObject(c, "type", "function");
-    }
-    cJSON *fn = cJSON_AddObjectToObject(c, "function");
-    if (first)
-        cJSON_AddStringToObject(fn, "name", o->calls[k].name);
-    char *a = utf8_sanitize(args, n, NULL);
-    cJSON_AddStringToObject(fn, "arguments", a ? a : "");
+    bool ok = !delta || cJSON_AddNumberToObject(c, "index", k);
+    if (ok && first)
+        ok = cJSON_AddStringToObject(c, "id", o->calls[k].id) && cJSON_AddStringToObject(c, "type", "function");
+    cJSON *fn = ok ? cJSON_AddObjectToObject(c, "function") : NULL;
+    ok = fn && (!first || cJSON_AddStringToObject(fn, "name", o->calls[k].name));
+    char *a = ok ? utf8_sanitize(args, n, NULL) : NULL;
+    ok = a && cJSON_AddStringToObject(fn, "arguments", a);
     free(a);
+    if (!ok) {
+        cJSON_Delete(c);
+        return NULL;
+    }
     return c;
 }
 
