@@ -655,18 +655,24 @@ static cJSON *chunk_json(struct gen_ctx *g, struct gen_choice *ch, const char *t
     return o;
 }
 
-static void sse_send(struct gen_ctx *g, cJSON *obj)
+/* One "data: <json>" event on g's stream; takes json (NULL: nothing sent). */
+static void sse_send_data(struct gen_ctx *g, char *json)
 {
-    char *s = cJSON_PrintUnformatted(obj);
-    cJSON_Delete(obj);
     struct evbuffer *b = evbuffer_new();
-    if (s && b) {
-        evbuffer_add_printf(b, "data: %s\n\n", s);
+    if (json && b) {
+        evbuffer_add_printf(b, "data: %s\n\n", json);
         evhttp_send_reply_chunk(g->req, b);
     }
     if (b)
         evbuffer_free(b);
-    free(s);
+    free(json);
+}
+
+static void sse_send(struct gen_ctx *g, cJSON *obj)
+{
+    char *s = cJSON_PrintUnformatted(obj);
+    cJSON_Delete(obj);
+    sse_send_data(g, s);
 }
 
 static void sse_start(struct gen_ctx *g)
@@ -687,15 +693,7 @@ static void sse_start(struct gen_ctx *g)
 /* A data: line holding an OpenAI error object (the stream's end). */
 static void sse_send_error(struct gen_ctx *g, const struct api_error *e)
 {
-    char *ej = api_error_json(e);
-    struct evbuffer *b = evbuffer_new();
-    if (ej && b) {
-        evbuffer_add_printf(b, "data: %s\n\n", ej);
-        evhttp_send_reply_chunk(g->req, b);
-    }
-    if (b)
-        evbuffer_free(b);
-    free(ej);
+    sse_send_data(g, api_error_json(e));
 }
 
 /* ---- request context lifecycle ------------------------------------------------------- */
