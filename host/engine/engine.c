@@ -61,7 +61,6 @@ struct engine {
         size_t   n;
     } last_prompt;
     uint64_t          prompts_tokenized;   /* engine thread only; copied to stats */
-    size_t            max_piece_bytes;     /* longest token's bytes (0: no tokenizer) */
 
     atomic_uint_fast64_t next_id;
 };
@@ -268,20 +267,21 @@ static void handle_submit(engine *e, struct cmd *c)
     int32_t *ids = NULL;
     size_t n = 0;
     int rc;
-    if (c->prompt && e->max_piece_bytes) {
+    const size_t len = c->prompt ? strlen(c->prompt) : 0;
+    const size_t max_token = c->prompt && e->tok ? tokenizer_max_token_bytes(e->tok) : 0;
+    if (max_token) {
         /* every byte with a token of its own is covered by some token, of
-         * at most max_piece_bytes bytes: past the context, refuse the text
-         * before tokenizing it (~0.1 s per MB on this thread, every stream
+         * at most max_token bytes: past the context, refuse the text before
+         * tokenizing it (~0.1 s per MB on this thread, every stream
          * waiting).  A byte without a token (a few control characters in
          * SmolLM2's vocabulary) may be dropped, so it does not count. */
-        const size_t len = strlen(c->prompt);
         const size_t covered = tokenizer_bytes_with_tokens(e->tok, c->prompt, len);
         const int32_t n_ctx = sched_n_ctx(e->sched);
-        if (n_ctx > 0 && covered / e->max_piece_bytes > (size_t)n_ctx) {
+        if (n_ctx > 0 && covered / max_token > (size_t)n_ctx) {
             char msg[256];
             snprintf(msg, sizeof msg,
                      "prompt of %zu bytes is longer than the context of %d tokens (a token of this vocabulary "
-                     "covers at most %zu bytes)", len, (int)n_ctx, e->max_piece_bytes);
+                     "covers at most %zu bytes)", len, (int)n_ctx, max_token);
             reject(e, c, 400, msg);
             return;
         }
@@ -289,7 +289,7 @@ static void handle_submit(engine *e, struct cmd *c)
     if (c->prompt && !last_prompt_reuse(e, c, &ids, &n)) {
         int32_t *body = NULL;
         size_t n_body = 0;
-        rc = tokenizer_encode(e->tok, c->prompt, strlen(c->prompt), c->req.parse_special, &body, &n_body);
+        rc = tokenizer_encode(e->tok, c->prompt, len, c->req.parse_special, &body, &n_body);
         if (rc) {
             reject(e, c, rc == PS_ENOMEM ? 500 : 400, ps_error_last());
             return;
@@ -506,11 +506,6 @@ int engine_create(const struct engine_config *cfg, backend *be, const tokenizer 
         return ps_error_set(PS_ENOMEM, "engine: out of memory");
     e->be = be;
     e->tok = tok;
-    for (int32_t id = 0; tok && id < tokenizer_n_vocab(tok); id++) {
-        size_t len = 0;
-        tokenizer_piece(tok, id, true, &len);
-        e->max_piece_bytes = len > e->max_piece_bytes ? len : e->max_piece_bytes;
-    }
     e->cfg = *cfg;
     e->in_fd = e->out_fd = -1;
     atomic_init(&e->next_id, 1);

@@ -28,6 +28,7 @@
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -70,6 +71,17 @@ struct threadpool {
     unsigned long long jobs;   /* threadpool_run calls on more than one thread */
 };
 
+/* Claim share ith of job g for the calling thread: true for exactly one
+ * caller per (share, job).  acq_rel: a worker's win follows its acquire
+ * load of gen = g, after which fn / ctx are job g's and stay so until it
+ * stores done = g. */
+static bool share_claim(struct worker *w, unsigned long long g)
+{
+    unsigned long long expect = g - 1;
+    return atomic_compare_exchange_strong_explicit(&w->claim, &expect, g, memory_order_acq_rel,
+                                                   memory_order_relaxed);
+}
+
 static void *worker_main(void *arg)
 {
     struct worker *w = arg;
@@ -96,11 +108,7 @@ static void *worker_main(void *arg)
         if (atomic_load(&tp->stop))
             break;
         seen = g;
-        unsigned long long expect = g - 1;
-        /* acquire: fn / ctx of job g were stored before gen = g, which the
-         * claim of job g-1's end (by the caller or us) precedes */
-        if (!atomic_compare_exchange_strong_explicit(&w->claim, &expect, g, memory_order_acq_rel,
-                                                     memory_order_relaxed))
+        if (!share_claim(w, g))
             continue;   /* the caller took this share, or g is already over */
         tp->fn(tp->ctx, w->ith, tp->n);
         atomic_store_explicit(&w->done, g, memory_order_release);
@@ -177,9 +185,7 @@ void threadpool_run(threadpool *tp, threadpool_fn fn, void *ctx)
      * others' unclaimed shares) */
     for (int i = 0; i < tp->n - 1; i++) {
         struct worker *w = &tp->workers[i];
-        unsigned long long expect = g - 1;
-        if (atomic_compare_exchange_strong_explicit(&w->claim, &expect, g, memory_order_acq_rel,
-                                                    memory_order_relaxed)) {
+        if (share_claim(w, g)) {
             fn(ctx, w->ith, tp->n);
             atomic_store_explicit(&w->done, g, memory_order_relaxed);
             tp->taken++;

@@ -676,6 +676,11 @@ size_t tokenizer_bytes_with_tokens(const tokenizer *t, const char *text, size_t 
     return n;
 }
 
+size_t tokenizer_max_token_bytes(const tokenizer *t)
+{
+    return t->max_token_bytes;
+}
+
 const char *tokenizer_piece(const tokenizer *t, int32_t id, bool special, size_t *len)
 {
     if (id < 0 || id >= t->n_vocab) {

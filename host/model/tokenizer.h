@@ -59,6 +59,8 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
  * tokenizer_encode), so at least this many bytes / the longest token's
  * bytes tokens come out - a bound callers can check before encoding. */
 size_t tokenizer_bytes_with_tokens(const tokenizer *t, const char *text, size_t len);
+/* The longest token's bytes (control tokens' text included). */
+size_t tokenizer_max_token_bytes(const tokenizer *t);
 
 /* Raw bytes of token `id` after byte-level decoding (may be a partial UTF-8
  * sequence).  Control tokens decode to their text only when `special`.
