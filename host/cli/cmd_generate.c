@@ -274,8 +274,8 @@ static int build_prompt(const struct generate_opts *o, const struct model *m, co
     if (o->prompt_ids)
         return parse_id_list(o->prompt_ids, m->hp.n_vocab, ids, n);
 
-    char *text = NULL;
-    int parse_special = 0;
+    int32_t *body = NULL;
+    size_t n_body = 0;
     int rc;
     if (o->chat) {
         chat_template *tmpl = NULL;
@@ -287,17 +287,17 @@ static int build_prompt(const struct generate_opts *o, const struct model *m, co
         if (o->system)
             msgs[n_msgs++] = (struct chat_message){ CHAT_SYSTEM, o->system };
         msgs[n_msgs++] = (struct chat_message){ CHAT_USER, o->prompt };
-        rc = chat_template_apply(tmpl, msgs, n_msgs, 1, &text);
+        struct chat_prompt cp;
+        rc = chat_template_render(tmpl, msgs, n_msgs, 1, &cp);
         chat_template_free(tmpl);
         if (rc)
             return rc;
-        parse_special = 1;
+        /* the template's markers are control tokens, the user's text is text */
+        rc = tokenizer_encode_spans(tok, cp.text, cp.len, cp.markup, cp.n_markup, &body, &n_body);
+        chat_prompt_free(&cp);
+    } else {
+        rc = tokenizer_encode(tok, o->prompt, strlen(o->prompt), false, &body, &n_body);
     }
-    const char *src = text ? text : o->prompt;
-    int32_t *body = NULL;
-    size_t n_body = 0;
-    rc = tokenizer_encode(tok, src, strlen(src), parse_special, &body, &n_body);
-    free(text);
     if (rc)
         return rc;
     int add_bos = tokenizer_add_bos(tok) && tokenizer_bos(tok) >= 0;

@@ -23,6 +23,7 @@ struct cmd {
     /* CMD_SUBMIT: deep copy of the request */
     struct engine_request req;
     char         *prompt;
+    struct text_span *spans;   /* [req.n_special_spans] when req.special_spans */
     int32_t      *prompt_ids;
     char        **stop;
     struct sampler_bias *bias;
@@ -55,7 +56,9 @@ struct engine {
     struct {
         uint64_t group;       /* 0: empty */
         uint32_t tenant;
-        bool     parse_special, add_bos;
+        bool     parse_special, add_bos, has_spans;
+        struct text_span *spans;
+        size_t   n_spans;
         char    *text;
         int32_t *ids;
         size_t   n;
@@ -90,6 +93,7 @@ static void cmd_free(struct cmd *c)
     free(c->bias);
     free(c->prompt_ids);
     free(c->prompt);
+    free(c->spans);
     free(c);
 }
 
@@ -218,6 +222,7 @@ static bool vocab_is_eog(void *ud, int32_t id)
 static void last_prompt_clear(engine *e)
 {
     free(e->last_prompt.text);
+    free(e->last_prompt.spans);
     free(e->last_prompt.ids);
     memset(&e->last_prompt, 0, sizeof e->last_prompt);
 }
@@ -228,7 +233,10 @@ static bool last_prompt_reuse(engine *e, const struct cmd *c, int32_t **ids, siz
 {
     if (!c->req.prompt_group || c->req.prompt_group != e->last_prompt.group ||
         c->req.tenant != e->last_prompt.tenant || c->req.parse_special != e->last_prompt.parse_special ||
-        c->req.add_bos != e->last_prompt.add_bos || strcmp(c->prompt, e->last_prompt.text))
+        c->req.add_bos != e->last_prompt.add_bos || strcmp(c->prompt, e->last_prompt.text) ||
+        (c->req.special_spans != NULL) != e->last_prompt.has_spans ||
+        (size_t)c->req.n_special_spans != e->last_prompt.n_spans ||
+        (e->last_prompt.n_spans && memcmp(c->spans, e->last_prompt.spans, e->last_prompt.n_spans * sizeof *c->spans)))
         return false;
     *ids = malloc((e->last_prompt.n + 1) * sizeof **ids);
     if (!*ids)
@@ -245,18 +253,26 @@ static void last_prompt_keep(engine *e, const struct cmd *c, const int32_t *ids,
     last_prompt_clear(e);
     if (!c->req.prompt_group)
         return;
+    const size_t n_spans = (size_t)c->req.n_special_spans;
     char *text = strdup(c->prompt);
     int32_t *copy = malloc((n + 1) * sizeof *copy);
-    if (!text || !copy) {
+    struct text_span *spans = malloc((n_spans + 1) * sizeof *spans);
+    if (!text || !copy || !spans) {
         free(text);
         free(copy);
+        free(spans);
         return;
     }
+    if (n_spans)
+        memcpy(spans, c->spans, n_spans * sizeof *spans);
     memcpy(copy, ids, n * sizeof *copy);
     e->last_prompt.group = c->req.prompt_group;
     e->last_prompt.tenant = c->req.tenant;
     e->last_prompt.parse_special = c->req.parse_special;
     e->last_prompt.add_bos = c->req.add_bos;
+    e->last_prompt.has_spans = c->req.special_spans != NULL;
+    e->last_prompt.spans = spans;
+    e->last_prompt.n_spans = n_spans;
     e->last_prompt.text = text;
     e->last_prompt.ids = copy;
     e->last_prompt.n = n;
@@ -289,7 +305,10 @@ static void handle_submit(engine *e, struct cmd *c)
     if (c->prompt && !last_prompt_reuse(e, c, &ids, &n)) {
         int32_t *body = NULL;
         size_t n_body = 0;
-        rc = tokenizer_encode(e->tok, c->prompt, len, c->req.parse_special, &body, &n_body);
+        rc = c->req.special_spans
+                 ? tokenizer_encode_spans(e->tok, c->prompt, len, c->spans, (size_t)c->req.n_special_spans,
+                                          &body, &n_body)
+                 : tokenizer_encode(e->tok, c->prompt, len, c->req.parse_special, &body, &n_body);
         if (rc) {
             reject(e, c, rc == PS_ENOMEM ? 500 : 400, ps_error_last());
             return;
@@ -416,8 +435,21 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
     c->req.stop = NULL;
     c->req.logit_bias = NULL;
     c->req.constraint = (struct token_constraint){ 0 };
+    if (req->special_spans && (req->parse_special || req->n_special_spans < 0 || !req->prompt)) {
+        cmd_free(c);
+        return ps_error_set(PS_EINVAL, "engine: special_spans need a text prompt, a count >= 0 and no "
+                            "parse_special");
+    }
     if (req->prompt && !(c->prompt = strdup(req->prompt)))
         goto oom;
+    if (req->special_spans) {
+        const size_t n_spans = (size_t)req->n_special_spans;
+        if (!(c->spans = malloc((n_spans + 1) * sizeof *c->spans)))
+            goto oom;
+        if (n_spans)
+            memcpy(c->spans, req->special_spans, n_spans * sizeof *c->spans);
+        c->req.special_spans = c->spans;
+    }
     if (!req->prompt && req->n_prompt_ids > 0) {
         c->prompt_ids = malloc((size_t)req->n_prompt_ids * sizeof *c->prompt_ids);
         if (!c->prompt_ids)

@@ -47,7 +47,15 @@ struct engine_request {
     uint32_t       tenant;
     int32_t        priority;
     const char    *prompt;        /* text to tokenize (NUL-terminated), or NULL */
-    bool           parse_special; /* recognise special-token text (chat)       */
+    bool           parse_special; /* recognise special-token text anywhere in
+                                     prompt (a raw completion prompt)         */
+    const struct text_span *special_spans; /* non-NULL: recognise it only
+                                     inside these [n_special_spans] byte
+                                     ranges of prompt - a rendered chat's
+                                     markup (chat.h), so message text stays
+                                     text.  Copied; with parse_special:
+                                     PS_EINVAL                             */
+    int32_t        n_special_spans;
     bool           add_bos;       /* prepend BOS when the model wants one      */
     const int32_t *prompt_ids;    /* [n_prompt_ids] when prompt is NULL        */
     int32_t        n_prompt_ids;

@@ -14,6 +14,7 @@
 #include "chat.h"
 
 #include <stdbool.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -122,13 +123,17 @@ const char *chat_template_name(const chat_template *t)
 }
 
 struct sbuf {
-    char  *p;
-    size_t n, cap;
+    char             *p;
+    size_t            n, cap;
+    struct text_span *spans;
+    size_t            n_spans, cap_spans;
 };
 
 static int sb_put(struct sbuf *b, const char *s)
 {
     size_t len = strlen(s);
+    if (len > UINT32_MAX - 1 - b->n)
+        return PS_ERANGE;
     if (b->n + len + 1 > b->cap) {
         size_t cap = (b->n + len + 1) * 2;
         char *p = realloc(b->p, cap);
@@ -142,21 +147,54 @@ static int sb_put(struct sbuf *b, const char *s)
     return PS_OK;
 }
 
+/* Template markup: appended and recorded as a span (merged with the
+ * previous span when they touch). */
+static int sb_mark(struct sbuf *b, const char *s)
+{
+    const size_t begin = b->n;
+    int rc = sb_put(b, s);
+    if (rc || b->n == begin)
+        return rc;
+    if (b->n_spans && b->spans[b->n_spans - 1].end == begin) {
+        b->spans[b->n_spans - 1].end = (uint32_t)b->n;
+        return PS_OK;
+    }
+    if (b->n_spans == b->cap_spans) {
+        size_t cap = b->cap_spans ? b->cap_spans * 2 : 16;
+        struct text_span *p = realloc(b->spans, cap * sizeof *p);
+        if (!p)
+            return PS_ENOMEM;
+        b->spans = p;
+        b->cap_spans = cap;
+    }
+    b->spans[b->n_spans++] = (struct text_span){ (uint32_t)begin, (uint32_t)b->n };
+    return PS_OK;
+}
+
 static int sb_turn(struct sbuf *b, const char *role, const char *content)
 {
     int rc;
-    if ((rc = sb_put(b, "<|im_start|>")) || (rc = sb_put(b, role)) || (rc = sb_put(b, "\n")) ||
-        (rc = sb_put(b, content)) || (rc = sb_put(b, "<|im_end|>\n")))
+    if ((rc = sb_mark(b, "<|im_start|>")) || (rc = sb_mark(b, role)) || (rc = sb_mark(b, "\n")) ||
+        (rc = sb_put(b, content)) || (rc = sb_mark(b, "<|im_end|>\n")))
         return rc;
     return PS_OK;
 }
 
-int chat_template_apply(const chat_template *t, const struct chat_message *msgs,
-                        size_t n_msgs, int add_generation_prompt, char **out)
+void chat_prompt_free(struct chat_prompt *p)
+{
+    if (!p)
+        return;
+    free(p->text);
+    free(p->markup);
+    *p = (struct chat_prompt){ 0 };
+}
+
+int chat_template_render(const chat_template *t, const struct chat_message *msgs,
+                         size_t n_msgs, int add_generation_prompt, struct chat_prompt *out)
 {
     struct sbuf b = { 0 };
     int rc = sb_put(&b, "");
-    *out = NULL;
+    *out = (struct chat_prompt){ 0 };
     if (rc)
         goto fail;
     for (size_t i = 0; i < n_msgs; i++) {
@@ -176,20 +214,36 @@ int chat_template_apply(const chat_template *t, const struct chat_message *msgs,
         if (m->role == CHAT_TOOL && t->tool_response) {
             bool first = i == 0 || msgs[i - 1].role != CHAT_TOOL;
             bool last = i + 1 == n_msgs || msgs[i + 1].role != CHAT_TOOL;
-            if ((first && (rc = sb_put(&b, "<|im_start|>user"))) ||
-                (rc = sb_put(&b, "\n<tool_response>\n")) || (rc = sb_put(&b, m->content)) ||
-                (rc = sb_put(&b, "\n</tool_response>")) || (last && (rc = sb_put(&b, "<|im_end|>\n"))))
+            if ((first && (rc = sb_mark(&b, "<|im_start|>user"))) ||
+                (rc = sb_mark(&b, "\n<tool_response>\n")) || (rc = sb_put(&b, m->content)) ||
+                (rc = sb_mark(&b, "\n</tool_response>")) || (last && (rc = sb_mark(&b, "<|im_end|>\n"))))
                 goto fail;
             continue;
         }
         if ((rc = sb_turn(&b, role_names[m->role], m->content)))
             goto fail;
     }
-    if (add_generation_prompt && (rc = sb_put(&b, "<|im_start|>assistant\n")))
+    if (add_generation_prompt && (rc = sb_mark(&b, "<|im_start|>assistant\n")))
         goto fail;
-    *out = b.p;
+    *out = (struct chat_prompt){ .text = b.p, .len = b.n, .markup = b.spans, .n_markup = b.n_spans };
     return PS_OK;
 fail:
     free(b.p);
-    return ps_error_set(rc, "chat: out of memory");
+    free(b.spans);
+    return rc == PS_ERANGE ? ps_error_set(rc, "chat: rendered prompt over 4 GiB")
+                           : ps_error_set(rc, "chat: out of memory");
+}
+
+int chat_prompt_append_text(struct chat_prompt *p, const char *text)
+{
+    size_t n = strlen(text);
+    if (n > UINT32_MAX - 1 - p->len)
+        return ps_error_set(PS_ERANGE, "chat: rendered prompt over 4 GiB");
+    char *q = realloc(p->text, p->len + n + 1);
+    if (!q)
+        return ps_error_set(PS_ENOMEM, "chat: out of memory");
+    memcpy(q + p->len, text, n + 1);
+    p->text = q;
+    p->len += n;
+    return PS_OK;
 }

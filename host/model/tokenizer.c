@@ -1189,8 +1189,9 @@ static int32_t match_special(const tokenizer *t, const char *text, size_t len, s
     return -1;
 }
 
-int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
-                     bool parse_special, int32_t **ids, size_t *n_ids)
+static int encode_spans(const tokenizer *t, const char *text, size_t len,
+                        const struct text_span *spans, size_t n_spans,
+                        int32_t **ids, size_t *n_ids)
 {
     *ids = NULL;
     *n_ids = 0;
@@ -1198,15 +1199,21 @@ int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
         return ps_error_set(PS_EINVAL, "tokenizer: NULL text");
     if (len > UINT32_MAX - 1)
         return ps_error_set(PS_ERANGE, "tokenizer: input of %zu bytes is too long", len);
+    for (size_t k = 0; k < n_spans; k++) {
+        if (spans[k].begin > spans[k].end || spans[k].end > len || (k > 0 && spans[k].begin < spans[k - 1].end))
+            return ps_error_set(PS_EINVAL, "tokenizer: special span %zu [%u, %u) is not sorted, disjoint "
+                                "and within %zu bytes", k, spans[k].begin, spans[k].end, len);
+    }
     struct id_vec out = { 0 };
     struct encoder e = { .t = t, .text = text, .out = &out };
     int rc = PS_OK;
     if (len >= 4096 && (rc = cache_init(&e.cache, len)))
         goto fail;
     size_t frag_start = 0;
-    if (parse_special && t->n_special) {
-        for (size_t i = 0; i < len; i++) {
-            int32_t id = match_special(t, text, len, i);
+    for (size_t k = 0; t->n_special && k < n_spans; k++) {
+        const size_t end = spans[k].end;
+        for (size_t i = spans[k].begin; i < end; i++) {
+            int32_t id = match_special(t, text, end, i);
             if (id < 0)
                 continue;
             if ((rc = encode_fragment(&e, frag_start, i)) || (rc = vec_push(&out, id)))
@@ -1234,6 +1241,25 @@ fail:
     free(e.syms);
     free(out.v);
     return rc;
+}
+
+int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
+                     bool parse_special, int32_t **ids, size_t *n_ids)
+{
+    const struct text_span all = { 0, len > UINT32_MAX - 1 ? 0 : (uint32_t)len };
+    return encode_spans(t, text, len, &all, parse_special ? 1 : 0, ids, n_ids);
+}
+
+int tokenizer_encode_spans(const tokenizer *t, const char *text, size_t len,
+                           const struct text_span *spans, size_t n_spans,
+                           int32_t **ids, size_t *n_ids)
+{
+    if (n_spans && !spans) {
+        *ids = NULL;
+        *n_ids = 0;
+        return ps_error_set(PS_EINVAL, "tokenizer: NULL spans");
+    }
+    return encode_spans(t, text, len, spans, n_spans, ids, n_ids);
 }
 
 /* ---- streaming decode ------------------------------------------------------- */

@@ -54,6 +54,22 @@ int32_t tokenizer_find(const tokenizer *t, const char *text);
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
                      bool parse_special, int32_t **ids, size_t *n_ids);
 
+/* Byte range [begin, end) of a text. */
+struct text_span {
+    uint32_t begin, end;
+};
+
+/* As tokenizer_encode, but special-token text is recognised only where it
+ * lies wholly inside one of spans[0..n_spans) - the markup a chat template
+ * wrote (chat_template_render) - and is plain text everywhere else, so a
+ * message that spells "<|im_start|>" cannot open a turn.  Spans must be
+ * sorted, disjoint and within len (PS_EINVAL otherwise).  Outside the
+ * special tokens the fragments are the same as tokenizer_encode's, so text
+ * without special-token text encodes identically either way. */
+int tokenizer_encode_spans(const tokenizer *t, const char *text, size_t len,
+                           const struct text_span *spans, size_t n_spans,
+                           int32_t **ids, size_t *n_ids);
+
 /* How many bytes of text[0..len) have a token of their own: every one of
  * them is covered by the encoding (a byte without one may be dropped, see
  * tokenizer_encode), so at least this many bytes / the longest token's

@@ -316,6 +316,7 @@ void gen_params_free(struct gen_params *p)
     free(p->stop);
     free(p->prompt_ids);
     free(p->prompt);
+    free(p->prompt_markup);
     free(p->logit_bias);
     memset(p, 0, sizeof *p);
 }
@@ -450,11 +451,16 @@ static int append_tool_calls(const cJSON *tc, int idx, char **content, struct ap
         const cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
         const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
         const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
         if (!cJSON_IsObject(call) || !cJSON_IsObject(fn) || !cJSON_IsString(name) ||
-            (args && !cJSON_IsString(args)))
+            (args && !cJSON_IsString(args)) || !cJSON_IsString(id) || !id->valuestring[0])
             return api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
-                                 "'%s' items must be {\"type\": \"function\", \"function\": "
-                                 "{\"name\": string, \"arguments\": string}}", param);
+                                 "'%s' items must be {\"id\": non-empty string, \"type\": \"function\", "
+                                 "\"function\": {\"name\": string, \"arguments\": string}}", param);
+        for (const cJSON *prev = tc->child; prev != call; prev = prev->next) {
+            if (!strcmp(cJSON_GetObjectItemCaseSensitive(prev, "id")->valuestring, id->valuestring))
+                return BAD(param, "'%s' has two calls with the id '%.64s'", param, id->valuestring);
+        }
         const char *atext = args ? args->valuestring : "{}", *aend = NULL;
         cJSON *aj = cJSON_ParseWithOpts(atext, &aend, 0);
         size_t at = 0;
@@ -539,6 +545,80 @@ static int message_content(const cJSON *c, int idx, char **out, struct api_error
     return 0;
 }
 
+/* The tool calls of the last assistant message that made some, and which
+ * of them a tool message has answered. */
+struct open_calls {
+    const cJSON *calls; /* that message's tool_calls array; NULL: none open */
+    int          msg;   /* its index */
+    int          n;
+    bool        *answered; /* [n] */
+};
+
+/* OpenAI's pairing rules: a tool message answers, by tool_call_id, a call
+ * of the assistant message before it (tool messages in between), each call
+ * once; an assistant message's calls are all answered before the next
+ * non-tool message or the end.  400 otherwise. */
+static int tool_pairing(struct open_calls *oc, const cJSON *m, enum chat_role role, int i, struct api_error *err)
+{
+    char param[64];
+    if (role == CHAT_TOOL) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
+        snprintf(param, sizeof param, "messages[%d].tool_call_id", i);
+        if (!id)
+            return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter", param,
+                                 "messages with role 'tool' must have a 'tool_call_id'");
+        if (!cJSON_IsString(id))
+            return BADTYPE(param, "a string");
+        if (!oc->calls) {
+            snprintf(param, sizeof param, "messages[%d].role", i);
+            return BAD(param, "messages with role 'tool' must be a response to a preceding message with "
+                       "'tool_calls'");
+        }
+        int k = 0;
+        const cJSON *call;
+        cJSON_ArrayForEach(call, oc->calls) {
+            if (!strcmp(cJSON_GetObjectItemCaseSensitive(call, "id")->valuestring, id->valuestring))
+                break;
+            k++;
+        }
+        if (!call)
+            return BAD(param, "'%.64s' is not the id of a tool call of messages[%d]", id->valuestring, oc->msg);
+        if (oc->answered[k])
+            return BAD(param, "tool call '%.64s' of messages[%d] already has a response", id->valuestring, oc->msg);
+        oc->answered[k] = true;
+        return 0;
+    }
+    if (oc->calls) {
+        char missing[160] = ""; /* the first three ids, truncated */
+        int k = 0, n_missing = 0;
+        const cJSON *call;
+        cJSON_ArrayForEach(call, oc->calls) {
+            if (oc->answered[k++])
+                continue;
+            if (n_missing++ < 3) {
+                size_t used = strlen(missing);
+                snprintf(missing + used, sizeof missing - used, "%s%.40s", used ? ", " : "",
+                         cJSON_GetObjectItemCaseSensitive(call, "id")->valuestring);
+            }
+        }
+        if (n_missing)
+            return BAD("messages", "an assistant message with 'tool_calls' must be followed by tool messages "
+                       "responding to each 'tool_call_id'; messages[%d] has %d without one: %s", oc->msg,
+                       n_missing, missing);
+        free(oc->answered);
+        *oc = (struct open_calls){ 0 };
+    }
+    const cJSON *tc = m ? cJSON_GetObjectItemCaseSensitive(m, "tool_calls") : NULL;
+    if (role == CHAT_ASSISTANT && cJSON_IsArray(tc) && cJSON_GetArraySize(tc) > 0) {
+        oc->n = cJSON_GetArraySize(tc);
+        if (!(oc->answered = calloc((size_t)oc->n, sizeof *oc->answered)))
+            return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+        oc->calls = tc;
+        oc->msg = i;
+    }
+    return 0;
+}
+
 static int parse_messages(const cJSON *root, const chat_template *tmpl, const char *system_extra,
                           struct gen_params *p, struct api_error *err)
 {
@@ -554,6 +634,7 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, const ch
     /* one more slot for a system message describing the tools */
     struct chat_message *cm = calloc((size_t)n + 1, sizeof *cm);
     char **contents = calloc((size_t)n + 1, sizeof *contents);
+    struct open_calls open = { 0 };
     int rc = 0;
     if (!cm || !contents) {
         rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
@@ -585,8 +666,12 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, const ch
         if (cm[i].role == CHAT_ASSISTANT &&
             (rc = append_tool_calls(cJSON_GetObjectItemCaseSensitive(m, "tool_calls"), i, &contents[i], err)))
             goto done;
+        if ((rc = tool_pairing(&open, m, cm[i].role, i, err)))
+            goto done;
         cm[i].content = contents[i];
     }
+    if ((rc = tool_pairing(&open, NULL, CHAT_USER, n, err))) /* the end: every call answered */
+        goto done;
     size_t n_msgs = (size_t)n;
     if (system_extra) {
         /* appended to a leading system message, or a new one in front */
@@ -610,11 +695,16 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, const ch
             n_msgs++;
         }
     }
-    if (chat_template_apply(tmpl, cm, n_msgs, 1, &p->prompt)) {
+    struct chat_prompt cp;
+    if (chat_template_render(tmpl, cm, n_msgs, 1, &cp)) {
         rc = BAD("messages", "cannot render the chat template: %s", ps_error_last());
         goto done;
     }
+    p->prompt = cp.text;
+    p->prompt_markup = cp.markup;
+    p->n_prompt_markup = cp.n_markup;
 done:
+    free(open.answered);
     if (contents)
         for (int i = 0; i < n; i++)
             free(contents[i]);

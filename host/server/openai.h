@@ -49,6 +49,10 @@ struct gen_params {
     bool     stream;
     bool     include_usage;   /* stream_options.include_usage                */
     char    *prompt;          /* malloc'd: rendered chat or completion text  */
+    struct text_span *prompt_markup; /* malloc'd, chat only: the template's
+                                 markup in prompt, where special-token text
+                                 is recognised (chat.h)                  */
+    size_t   n_prompt_markup;
     int32_t *prompt_ids;      /* malloc'd: completion prompt given as ids    */
     int32_t  n_prompt_ids;
     int32_t  max_tokens;      /* 0: until the context is full                */

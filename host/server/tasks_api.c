@@ -17,6 +17,7 @@
 
 #include "common/status.h"
 #include "grammar/grammar.h"
+#include "conn_limit.h"
 #include "cors.h"
 #include "flush_track.h"
 #include "metrics.h"
@@ -188,7 +189,7 @@ static void waiter_detach(struct waiter *w)
 {
     struct evhttp_connection *c = evhttp_request_get_connection(w->req);
     if (c)
-        evhttp_connection_set_closecb(c, NULL, NULL);
+        conn_closecb_set(c, NULL, NULL);
     unwatch(w);
 }
 
@@ -325,7 +326,7 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
     /* Watch the client from now on, even when the task has ended: the reply
      * is only written by on_finish, on a later turn of the loop. */
     struct evhttp_connection *conn = evhttp_request_get_connection(req);
-    evhttp_connection_set_closecb(conn, on_client_close, w);
+    conn_closecb_set(conn, on_client_close, w);
     struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd >= 0 && (w->watch = event_new(api->cfg.base, fd, EV_READ | EV_PERSIST, on_client_readable, w)))
@@ -601,23 +602,18 @@ fail:
 /* The text the engine decodes a decision from: the chat template over the
  * decision system prompt and `prompt`, then the prefix the model continues
  * (caller frees *out). */
-static int decision_text(const struct tasks_api *api, const char *prompt, char **out)
+/* The decision prompt: the task's prompt (task input, catalogue, ledger
+ * with agents' results) is the user message, so special-token text in it
+ * stays text (chat.h); the action prefix the model continues is text too. */
+static int decision_text(const struct tasks_api *api, const char *prompt, struct chat_prompt *out)
 {
-    char *text = NULL;
     struct chat_message msgs[2] = { { CHAT_SYSTEM, DECISION_SYSTEM }, { CHAT_USER, prompt } };
-    int rc = chat_template_apply(api->cfg.tmpl, msgs, 2, 1, &text);
+    int rc = chat_template_render(api->cfg.tmpl, msgs, 2, 1, out);
     if (rc)
         return rc;
-    const char *prefix = api->action_grammar ? "" : DECISION_PREFIX;
-    size_t n = strlen(text), np = strlen(prefix);
-    char *full = realloc(text, n + np + 1);
-    if (!full) {
-        free(text);
-        return ps_error_set(PS_ENOMEM, "out of memory");
-    }
-    memcpy(full + n, prefix, np + 1);
-    *out = full;
-    return PS_OK;
+    if ((rc = chat_prompt_append_text(out, api->action_grammar ? "" : DECISION_PREFIX)))
+        chat_prompt_free(out);
+    return rc;
 }
 
 static int32_t decision_max_tokens(const struct tasks_api *api, const struct orch_task *t)
@@ -633,16 +629,21 @@ static int32_t decider_over_context(void *ctx, struct orch_task *t, const char *
     struct tasks_api *api = ctx;
     if (!api->cfg.tok || api->cfg.n_ctx <= 0)
         return 0;
-    char *text = NULL;
+    struct chat_prompt cp;
     int32_t *ids = NULL;
     size_t n_ids = 0;
-    if (decision_text(api, prompt, &text) ||
-        tokenizer_encode(api->cfg.tok, text, strlen(text), true, &ids, &n_ids)) {
-        free(text);
+    if (decision_text(api, prompt, &cp))
+        return 0;
+    if (tokenizer_encode_spans(api->cfg.tok, cp.text, cp.len, cp.markup, cp.n_markup, &ids, &n_ids)) {
+        chat_prompt_free(&cp);
         return 0;
     }
-    tok_cache_clear(api);          /* kept for decider_start */
-    api->tok_text = text;
+    /* kept for decider_start: the same text is the same rendering (the
+     * system turn, user markers and suffix are fixed), so the same ids */
+    tok_cache_clear(api);
+    api->tok_text = cp.text;
+    cp.text = NULL;
+    chat_prompt_free(&cp);
     api->tok_ids = ids;
     api->tok_n = n_ids;
     const int64_t need = (int64_t)n_ids + 1 + decision_max_tokens(api, t);
@@ -652,19 +653,20 @@ static int32_t decider_over_context(void *ctx, struct orch_task *t, const char *
 static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
 {
     struct tasks_api *api = ctx;
-    char *text = NULL;
+    struct chat_prompt cp = { 0 };
     struct decision *d = calloc(1, sizeof *d);
     if (!d) {
         ps_error_set(PS_ENOMEM, "out of memory");
         return NULL;
     }
-    if (decision_text(api, prompt, &text))
+    if (decision_text(api, prompt, &cp))
         goto fail;
     const char *prefix = api->action_grammar ? "" : DECISION_PREFIX;
     const size_t np = strlen(prefix);
     struct engine_request er = {
         .tenant = (uint32_t)strtoul(orch_task_tenant(t), NULL, 10), /* decimal engine tenant id */
-        .priority = 0, .prompt = text, .parse_special = true, .add_bos = true,
+        .priority = 0, .prompt = cp.text, .special_spans = cp.markup,
+        .n_special_spans = (int32_t)cp.n_markup, .add_bos = true,
         .max_tokens = decision_max_tokens(api, t), .sampling = sampler_params_default(), /* greedy */
         .user = (void *)((uintptr_t)d | DECISION_TAG),
     };
@@ -684,7 +686,7 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     /* The ids decider_over_context counted for this very text, BOS first
      * as the engine would add it: submitted instead of the text. */
     int32_t *pids = NULL;
-    if (api->tok_text && api->cfg.tok && !strcmp(api->tok_text, text) && api->tok_n < INT32_MAX - 1) {
+    if (api->tok_text && api->cfg.tok && !strcmp(api->tok_text, cp.text) && api->tok_n < INT32_MAX - 1) {
         const bool bos = tokenizer_add_bos(api->cfg.tok) && tokenizer_bos(api->cfg.tok) >= 0;
         if ((pids = malloc((api->tok_n + 1) * sizeof *pids))) {
             size_t n = 0;
@@ -694,6 +696,8 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
                 memcpy(pids + n, api->tok_ids, api->tok_n * sizeof *pids);
             n += api->tok_n;
             er.prompt = NULL;
+            er.special_spans = NULL;
+            er.n_special_spans = 0;
             er.prompt_ids = pids;
             er.n_prompt_ids = (int32_t)n;
         }
@@ -703,7 +707,7 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     free(pids);
     if (src)
         goto fail;
-    free(text);
+    chat_prompt_free(&cp);
     d->api = api;
     d->t = t;
     d->round = orch_task_rounds(t);
@@ -716,7 +720,7 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
         orch_task_decision_text(t, prefix, np);
     return d;
 fail:
-    free(text);
+    chat_prompt_free(&cp);
     free(d);
     return NULL;
 }

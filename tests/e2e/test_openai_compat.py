@@ -135,7 +135,8 @@ def test_nul_in_tool_call_arguments_json(server):
     # and the text u0000 there), but the server parses that JSON again, where it is a real NUL
     u = server.url + "/v1/chat/completions"
     msgs = [{"role": "user", "content": "Add 1 and 2, then 3 and 4."}, _assistant_call(r'{"a": "x\u0000y", "b": 4}'),
-            {"role": "user", "content": "Thanks."}]
+            {"role": "tool", "tool_call_id": "call_1", "content": "3"},
+            {"role": "tool", "tool_call_id": "call_2", "content": "7"}, {"role": "user", "content": "Thanks."}]
     raw = json.dumps(_chat(messages=msgs)).encode()
     assert rb'x\\u0000y' in raw
     e = _err(httpx.post(u, content=raw, timeout=60), 400, param="messages[1].tool_calls[1].function.arguments",

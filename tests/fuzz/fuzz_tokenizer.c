@@ -85,9 +85,48 @@ static void check(const uint8_t *data, size_t size, bool special)
     free(ids);
 }
 
+/* Special tokens recognised only inside spans (a chat prompt's markup):
+ * every id valid, and decode(encode(s)) == s when every byte has a token.
+ * The spans alternate in and out, lengths from the input's own bytes. */
+static void check_spans(const uint8_t *data, size_t size)
+{
+    struct text_span spans[64];
+    size_t n_spans = 0, at = 0;
+    for (size_t k = 0; at < size && n_spans < 64; k++) {
+        size_t step = 1 + data[(at * 31 + k) % size] % 24;
+        size_t end = at + step > size ? size : at + step;
+        if (k % 2)
+            spans[n_spans++] = (struct text_span){ (uint32_t)at, (uint32_t)end };
+        at = end;
+    }
+    int32_t *ids;
+    size_t n;
+    if (tokenizer_encode_spans(tok, (const char *)data, size, spans, n_spans, &ids, &n) != PS_OK)
+        abort();
+    char *dec = malloc(size * 3 + 16);
+    size_t dn = 0;
+    bool all = true;
+    for (size_t i = 0; i < n; i++) {
+        size_t pl;
+        const char *p = tokenizer_piece(tok, ids[i], true, &pl);
+        if (!p || dn + pl > size * 3 + 16)
+            abort();
+        memcpy(dec + dn, p, pl);
+        dn += pl;
+    }
+    for (size_t i = 0; i < size; i++)
+        all &= byte_has_token[data[i]];
+    if (all && (dn != size || memcmp(dec, data, size) != 0))
+        abort();
+    free(dec);
+    free(ids);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     check(data, size, false);
     check(data, size, true);
+    if (size)
+        check_spans(data, size);
     return 0;
 }
