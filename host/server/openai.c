@@ -457,10 +457,6 @@ static int append_tool_calls(const cJSON *tc, int idx, char **content, struct ap
             return api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
                                  "'%s' items must be {\"id\": non-empty string, \"type\": \"function\", "
                                  "\"function\": {\"name\": string, \"arguments\": string}}", param);
-        for (const cJSON *prev = tc->child; prev != call; prev = prev->next) {
-            if (!strcmp(cJSON_GetObjectItemCaseSensitive(prev, "id")->valuestring, id->valuestring))
-                return BAD(param, "'%s' has two calls with the id '%.64s'", param, id->valuestring);
-        }
         const char *atext = args ? args->valuestring : "{}", *aend = NULL;
         cJSON *aj = cJSON_ParseWithOpts(atext, &aend, 0);
         size_t at = 0;
@@ -545,19 +541,30 @@ static int message_content(const cJSON *c, int idx, char **out, struct api_error
     return 0;
 }
 
-/* The tool calls of the last assistant message that made some, and which
- * of them a tool message has answered. */
-struct open_calls {
-    const cJSON *calls; /* that message's tool_calls array; NULL: none open */
-    int          msg;   /* its index */
-    int          n;
-    bool        *answered; /* [n] */
+/* The tool calls of the last assistant message that made some, sorted by
+ * id (lookups and the duplicate check in O(log n): a 1 MB body holds
+ * ~10^4 calls), and which of them a tool message has answered. */
+struct call_ref {
+    const char *id;
+    int         answered;
 };
+
+struct open_calls {
+    struct call_ref *calls; /* [n] sorted by id; NULL: none open */
+    int              n;
+    int              msg;   /* the assistant message's index */
+};
+
+static int cmp_call_ref(const void *a, const void *b)
+{
+    return strcmp(((const struct call_ref *)a)->id, ((const struct call_ref *)b)->id);
+}
 
 /* OpenAI's pairing rules: a tool message answers, by tool_call_id, a call
  * of the assistant message before it (tool messages in between), each call
  * once; an assistant message's calls are all answered before the next
- * non-tool message or the end.  400 otherwise. */
+ * non-tool message or the end (m NULL).  Call ids are unique within their
+ * message.  400 otherwise. */
 static int tool_pairing(struct open_calls *oc, const cJSON *m, enum chat_role role, int i, struct api_error *err)
 {
     char param[64];
@@ -574,47 +581,52 @@ static int tool_pairing(struct open_calls *oc, const cJSON *m, enum chat_role ro
             return BAD(param, "messages with role 'tool' must be a response to a preceding message with "
                        "'tool_calls'");
         }
-        int k = 0;
-        const cJSON *call;
-        cJSON_ArrayForEach(call, oc->calls) {
-            if (!strcmp(cJSON_GetObjectItemCaseSensitive(call, "id")->valuestring, id->valuestring))
-                break;
-            k++;
-        }
-        if (!call)
+        const struct call_ref key = { id->valuestring, 0 };
+        struct call_ref *c = bsearch(&key, oc->calls, (size_t)oc->n, sizeof *c, cmp_call_ref);
+        if (!c)
             return BAD(param, "'%.64s' is not the id of a tool call of messages[%d]", id->valuestring, oc->msg);
-        if (oc->answered[k])
+        if (c->answered)
             return BAD(param, "tool call '%.64s' of messages[%d] already has a response", id->valuestring, oc->msg);
-        oc->answered[k] = true;
+        c->answered = 1;
         return 0;
     }
     if (oc->calls) {
-        char missing[160] = ""; /* the first three ids, truncated */
-        int k = 0, n_missing = 0;
-        const cJSON *call;
-        cJSON_ArrayForEach(call, oc->calls) {
-            if (oc->answered[k++])
+        char missing[160] = ""; /* the first three ids (in id order), truncated */
+        int n_missing = 0;
+        for (int k = 0; k < oc->n; k++) {
+            if (oc->calls[k].answered)
                 continue;
             if (n_missing++ < 3) {
                 size_t used = strlen(missing);
-                snprintf(missing + used, sizeof missing - used, "%s%.40s", used ? ", " : "",
-                         cJSON_GetObjectItemCaseSensitive(call, "id")->valuestring);
+                snprintf(missing + used, sizeof missing - used, "%s%.40s", used ? ", " : "", oc->calls[k].id);
             }
         }
         if (n_missing)
             return BAD("messages", "an assistant message with 'tool_calls' must be followed by tool messages "
                        "responding to each 'tool_call_id'; messages[%d] has %d without one: %s", oc->msg,
                        n_missing, missing);
-        free(oc->answered);
+        free(oc->calls);
         *oc = (struct open_calls){ 0 };
     }
     const cJSON *tc = m ? cJSON_GetObjectItemCaseSensitive(m, "tool_calls") : NULL;
-    if (role == CHAT_ASSISTANT && cJSON_IsArray(tc) && cJSON_GetArraySize(tc) > 0) {
-        oc->n = cJSON_GetArraySize(tc);
-        if (!(oc->answered = calloc((size_t)oc->n, sizeof *oc->answered)))
-            return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
-        oc->calls = tc;
-        oc->msg = i;
+    if (role != CHAT_ASSISTANT || !cJSON_IsArray(tc) || cJSON_GetArraySize(tc) == 0)
+        return 0;
+    /* append_tool_calls checked every item's id is a non-empty string */
+    const int n = cJSON_GetArraySize(tc);
+    if (!(oc->calls = calloc((size_t)n, sizeof *oc->calls)))
+        return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
+    oc->n = n;
+    oc->msg = i;
+    int k = 0;
+    const cJSON *call;
+    cJSON_ArrayForEach(call, tc)
+        oc->calls[k++].id = cJSON_GetObjectItemCaseSensitive(call, "id")->valuestring;
+    qsort(oc->calls, (size_t)n, sizeof *oc->calls, cmp_call_ref);
+    for (k = 1; k < n; k++) {
+        if (!strcmp(oc->calls[k - 1].id, oc->calls[k].id)) {
+            snprintf(param, sizeof param, "messages[%d].tool_calls", i);
+            return BAD(param, "'%s' has two calls with the id '%.64s'", param, oc->calls[k].id);
+        }
     }
     return 0;
 }
@@ -704,7 +716,7 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, const ch
     p->prompt_markup = cp.markup;
     p->n_prompt_markup = cp.n_markup;
 done:
-    free(open.answered);
+    free(open.calls);
     if (contents)
         for (int i = 0; i < n; i++)
             free(contents[i]);

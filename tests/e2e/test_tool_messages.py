@@ -72,6 +72,11 @@ BAD = {
     "call-empty-id": ([USER, _asst(_call("")), _tool("")], "messages[1].tool_calls", "id"),
     "duplicate-call-ids": ([USER, _asst(_call("c1"), _call("c1")), _tool("c1")], "messages[1].tool_calls",
                            "two calls"),
+    # ids are sorted, not compared pairwise: a duplicate 2,000 calls apart, and one call of 2,000 unanswered
+    "duplicate-far-apart": ([USER, _asst(*[_call(f"c{k % 1999}") for k in range(2000)])],
+                            "messages[1].tool_calls", "'c0'"),
+    "one-of-many-unanswered": ([USER, _asst(*[_call(f"c{k}") for k in range(2000)])]
+                               + [_tool(f"c{k}", "1") for k in range(2000) if k != 1234], "messages", "c1234"),
 }
 
 
