@@ -13,6 +13,9 @@ int cmd_serve(int argc, char **argv)
 {
     struct server_config cfg;
     server_config_defaults(&cfg);
+    /* before validation: max_connections is checked against the limit serve
+     * runs with (when raising fails, the current one: validation reads it) */
+    (void)server_fd_limit_raise();
     int prc = server_config_parse_args(&cfg, argc, argv);
     if (prc)
         return prc > 0 ? 0 : 2;

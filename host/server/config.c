@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "../common/status.h"
@@ -48,6 +49,10 @@ static const struct opt_desc opts[] = {
     { "ctx", 'c', OPT_INT, OFF(ctx), 0, 16, 1 << 22, "context per sequence, prompt + output (default 2048)" },
     { "max_body_bytes", 0, OPT_INT, OFF(max_body_bytes), 0, 1024, 1 << 30,
       "request body limit; larger bodies get 413 (default 1048576)" },
+    { "max_connections", 0, OPT_INT, OFF(max_connections), 0, 1, 1 << 30,
+      "client connections open at once; at the cap new ones wait in the listen backlog until one closes "
+      "(default: 4096, or less when RLIMIT_NOFILE less a reserve for agent sockets and files, a quarter "
+      "of it, allows less)" },
     { "shutdown_grace_ms", 0, OPT_INT, OFF(shutdown_grace_ms), 0, 0, 3600000,
       "on SIGTERM/SIGINT, let in-flight requests finish this long, then cancel (default 5000)" },
     { "sse_heartbeat_ms", 0, OPT_INT, OFF(sse_heartbeat_ms), 0, 0, 3600000,
@@ -413,6 +418,46 @@ int server_config_parse_args(struct server_config *c, int argc, char **argv)
     return 0;
 }
 
+int server_fd_limit_raise(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return ps_error_set(PS_EIO, "getrlimit(RLIMIT_NOFILE): %s", strerror(errno));
+    if (rl.rlim_cur >= rl.rlim_max)
+        return PS_OK;
+    rl.rlim_cur = rl.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &rl))
+        return ps_error_set(PS_EIO, "setrlimit(RLIMIT_NOFILE, %llu): %s", (unsigned long long)rl.rlim_max,
+                            strerror(errno));
+    return PS_OK;
+}
+
+int64_t server_fd_limit(void)
+{
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl))
+        return 0;
+    if (rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur > ((rlim_t)1 << 30))
+        return (int64_t)1 << 30;
+    return (int64_t)rl.rlim_cur;
+}
+
+int64_t server_fd_reserve(int64_t nofile)
+{
+    int64_t r = nofile / 4, floor_r = nofile / 2 < 256 ? nofile / 2 : 256;
+    return r > floor_r ? r : floor_r;
+}
+
+int32_t server_config_max_connections(const struct server_config *c, int64_t nofile)
+{
+    if (c->max_connections > 0)
+        return c->max_connections;
+    int64_t allowed = nofile - server_fd_reserve(nofile);
+    if (allowed > SERVER_DEFAULT_MAX_CONNECTIONS)
+        allowed = SERVER_DEFAULT_MAX_CONNECTIONS;
+    return allowed < 1 ? 1 : (int32_t)allowed;
+}
+
 int server_config_validate(const struct server_config *c)
 {
     if (!c->model[0])
@@ -429,5 +474,15 @@ int server_config_validate(const struct server_config *c)
         return PS_EINVAL;
     if ((int64_t)c->kv_blocks * c->block_size < 2)
         return ps_error_set(PS_EINVAL, "kv_blocks x block_size must hold at least 2 tokens");
+    const int64_t nofile = server_fd_limit(), reserve = server_fd_reserve(nofile);
+    if (nofile - reserve < 1)
+        return ps_error_set(PS_EINVAL, "RLIMIT_NOFILE is %lld: too few descriptors to serve (raise ulimit -n)",
+                            (long long)nofile);
+    if (c->max_connections > nofile - reserve)
+        return ps_error_set(PS_EINVAL, "max_connections %d is more than the descriptor limit allows: "
+                            "RLIMIT_NOFILE %lld less a reserve of %lld (agent and tool sockets, pipes, files) "
+                            "leaves %lld for clients (raise ulimit -n, or lower max_connections)",
+                            (int)c->max_connections, (long long)nofile, (long long)reserve,
+                            (long long)(nofile - reserve));
     return PS_OK;
 }

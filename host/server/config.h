@@ -46,6 +46,9 @@ struct server_config {
     int32_t block_size;         /* tokens per block, default 16                 */
     int32_t ctx;                /* per-sequence context, default 2048           */
     int32_t max_body_bytes;     /* request body limit (413 above), default 1 MiB */
+    int32_t max_connections;    /* client connections open at once; 0 (the default,
+                                   not settable) = server_config_max_connections's
+                                   choice from RLIMIT_NOFILE */
     int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
     int32_t sse_heartbeat_ms;   /* task event streams: a comment line this often (0: off) */
     bool    prefix_cache;       /* default true                                 */
@@ -81,7 +84,33 @@ int  server_config_parse_args(struct server_config *c, int argc, char **argv);
 int  server_config_add_key(struct server_config *c, const char *key, const char *tenant,
                            int32_t priority, int32_t max_priority);
 
-/* Check ranges and relations; PS_EINVAL with a detail. */
+/* Check ranges and relations (max_connections against the descriptor
+ * limit, server_fd_limit); PS_EINVAL with a detail. */
 int  server_config_validate(const struct server_config *c);
+
+/* Descriptors.  Every client connection holds one; so do agent and tool
+ * sockets (httpc keeps up to 4096 idle keep-alive connections per agent
+ * host and opens one per call in flight beyond them), mcp-stdio pipes,
+ * files and the server's own (listener, eventfd, epoll, stdio).  Clients may
+ * take what RLIMIT_NOFILE allows less a reserve for the rest: a quarter of
+ * the limit, at least min(256, half of it) (1024 -> 768 for clients,
+ * 65536 -> 49152, 1048576 -> 786432).  The default cap is
+ * SERVER_DEFAULT_MAX_CONNECTIONS or that bound when lower: beyond a few
+ * thousand, idle connections cost memory (evhttp's buffers) and rarely
+ * help; operators serving more clients raise it. */
+#define SERVER_DEFAULT_MAX_CONNECTIONS 4096
+
+/* Raise RLIMIT_NOFILE's soft limit to the hard one (serve does this before
+ * it validates its options).  PS_OK, or PS_EIO when the limit is left as it
+ * was (getrlimit / setrlimit refused; the detail names why). */
+int     server_fd_limit_raise(void);
+/* RLIMIT_NOFILE's soft limit now (RLIM_INFINITY and anything above 2^30 as
+ * 2^30; 0 when it cannot be read). */
+int64_t server_fd_limit(void);
+/* Descriptors kept from clients of a process allowed `nofile`. */
+int64_t server_fd_reserve(int64_t nofile);
+/* The max_connections serve runs with: c->max_connections when set, else
+ * min(SERVER_DEFAULT_MAX_CONNECTIONS, nofile - reserve) (at least 1). */
+int32_t server_config_max_connections(const struct server_config *c, int64_t nofile);
 
 #endif /* PS_SERVER_CONFIG_H */

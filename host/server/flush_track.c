@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "../common/status.h"
+#include "conn_limit.h"
 
 struct flush_token {
     int32_t *count;
@@ -34,7 +35,7 @@ static void on_written(struct evhttp_request *req, void *arg)
      * on a kept-alive connection may install its own) */
     struct evhttp_connection *c = evhttp_request_get_connection(req);
     if (c)
-        evhttp_connection_set_closecb(c, NULL, NULL);
+        conn_closecb_set(c, NULL, NULL);
     token_end(arg);
 }
 
@@ -48,7 +49,7 @@ int flush_track(struct evhttp_request *req, int32_t *count, void (*done)(void *u
         return ps_error_set(PS_ENOMEM, "out of memory tracking a reply");
     *t = (struct flush_token){ .count = count, .done = done, .ud = ud };
     evhttp_request_set_on_complete_cb(req, on_written, t);
-    evhttp_connection_set_closecb(c, on_closed, t);
+    conn_closecb_set(c, on_closed, t);
     (*count)++;
     return PS_OK;
 }

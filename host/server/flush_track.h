@@ -12,7 +12,7 @@
  * increments *count; exactly once, when the reply is written or its
  * connection closes first, decrements it and calls done(ud) (NULL: none).
  * It installs the connection's close callback until then, so the caller
- * must have cleared its own (evhttp_connection_set_closecb(c, NULL, NULL))
+ * must have cleared its own (conn_closecb_set(c, NULL, NULL): conn_limit.h)
  * and must not set one on that connection until the reply is sent.  *count,
  * done and ud must outlive the connection (evhttp_free closes them all).
  * Returns 0, or PS_ENOMEM when nothing could be tracked (*count unchanged:

@@ -1,5 +1,6 @@
 /* metrics.c - Prometheus text exposition of server and engine metrics. */
 #include "metrics.h"
+#include "conn_limit.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -180,6 +181,19 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
     gauge(&b, "paraserve_running_sequences", "Sequences in the running batch.", s->n_running);
     gauge(&b, "paraserve_waiting_sequences", "Sequences waiting (new or preempted).", s->n_waiting);
     gauge(&b, "paraserve_http_in_flight", "Generation requests not yet answered completely.", m->in_flight);
+    gauge(&b, "paraserve_http_connections_open", "Client connections open (accepted, not yet closed).",
+          m->conns_open);
+    gauge(&b, "paraserve_http_connections_max",
+          "Client connections allowed at once (max_connections); beyond it clients wait in the listen backlog.",
+          m->conns_max);
+    counter(&b, "paraserve_http_connections_accepted_total", "Client connections accepted.", m->conns_accepted);
+    sb_printf(&b, "# HELP paraserve_http_accept_paused_total Times accepting new connections was paused: at "
+                  "max_connections (until one closes), or after accept() failed for want of descriptors or "
+                  "memory (for %d ms).\n# TYPE paraserve_http_accept_paused_total counter\n"
+                  "paraserve_http_accept_paused_total{reason=\"max_connections\"} %llu\n"
+                  "paraserve_http_accept_paused_total{reason=\"accept_error\"} %llu\n",
+              CONN_ACCEPT_PAUSE_MS, (unsigned long long)m->accept_paused_cap,
+              (unsigned long long)m->accept_paused_error);
     sb_printf(&b, "# HELP paraserve_kv_blocks KV cache blocks by state: free, cached (idle, held only by "
                   "the prefix cache), active (held by sequences).\n# TYPE paraserve_kv_blocks gauge\n"
                   "paraserve_kv_blocks{state=\"free\"} %d\nparaserve_kv_blocks{state=\"cached\"} %d\n"

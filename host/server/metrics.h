@@ -46,6 +46,11 @@ struct metrics {
     uint64_t auth_failures;       /* 401 answers                            */
     struct metrics_tenant tenants[METRICS_MAX_TENANTS];
     int32_t  n_tenants;           /* rendered: tenants[0 .. n_tenants)      */
+    /* client connections (conn_limit.h) */
+    int32_t  conns_open, conns_max;
+    uint64_t conns_accepted;
+    uint64_t accept_paused_cap;   /* listener disabled at max_connections   */
+    uint64_t accept_paused_error; /* accept() failed (EMFILE ...): paused   */
 };
 
 void metrics_init(struct metrics *m);

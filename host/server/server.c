@@ -12,7 +12,6 @@
 #include <event2/listener.h>
 #include <event2/util.h>
 #include <signal.h>
-#include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,6 +34,7 @@
 #include "tasks_api.h"
 #include "cors.h"
 #include "flush_track.h"
+#include "conn_limit.h"
 
 struct server {
     struct server_config cfg;
@@ -42,9 +42,7 @@ struct server {
     struct evhttp       *http;
     struct evhttp_bound_socket *sock;
     struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_grace;
-    struct event        *ev_accept_resume;   /* re-enables the listener after EMFILE */
-    uint64_t             accept_errors;      /* accept() failures since the last report */
-    time_t               accept_reported;    /* when the last one was reported */
+    struct conn_limit   *conns;   /* open connections counted and capped */
     engine              *eng;
     struct tasks_api    *tasks;   /* /v1/tasks and the model's decisions */
     const struct model  *model;
@@ -787,7 +785,7 @@ static void detach(struct gen_ctx *g, bool track)
 {
     struct evhttp_connection *c = evhttp_request_get_connection(g->req);
     if (c)
-        evhttp_connection_set_closecb(c, NULL, NULL);
+        conn_closecb_set(c, NULL, NULL);
     unwatch(g);
     if (track)
         (void)flush_track(g->req, &g->srv->flushing, on_drained, g->srv); /* ENOMEM: not waited for */
@@ -1117,7 +1115,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
     }
     srv->m.in_flight++;
     struct evhttp_connection *conn = evhttp_request_get_connection(req);
-    evhttp_connection_set_closecb(conn, on_client_close, g);
+    conn_closecb_set(conn, on_client_close, g);
     struct bufferevent *bev = evhttp_connection_get_bufferevent(conn);
     evutil_socket_t fd = bev ? bufferevent_getfd(bev) : -1;
     if (fd >= 0 && (g->watch = event_new(srv->base, fd, EV_READ | EV_PERSIST, on_client_readable, g)))
@@ -1454,71 +1452,24 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     metrics_request(&srv->m, ROUTE_OTHER, status);
 }
 
+/* evhttp's bevcb: once per accepted connection, so it is also where the
+ * connection is counted (conn_limit.h). */
 static struct bufferevent *guard_new(struct event_base *base, void *arg)
 {
+    struct server *srv = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
     if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), guard_output, arg)) {
         bufferevent_free(bev);
         bev = NULL;
     }
-    return bev; /* NULL: evhttp makes its own (the HTML 413 then goes out as is) */
+    /* NULL: evhttp makes its own (the HTML 413 then goes out as is); either
+     * way out of memory: the connection goes uncounted (conn_limit.h) */
+    if (bev)
+        (void)conn_limit_accepted(srv->conns, bev);
+    return bev;
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------------- */
-
-/* accept() failing for want of descriptors (EMFILE / ENFILE) or memory
- * leaves the pending connection in the backlog, so the listener would be
- * readable again at once: libevent 2.1 retries in a busy loop, logging each
- * failure.  Instead the listener pauses for ACCEPT_PAUSE_MS (connections
- * keep queueing in the kernel backlog and are accepted once descriptors
- * free up), and failures are reported at most once a second with a count. */
-#define ACCEPT_PAUSE_MS 100
-
-static void on_accept_resume(evutil_socket_t fd, short what, void *arg)
-{
-    struct server *srv = arg;
-    (void)fd;
-    (void)what;
-    if (srv->sock)
-        evconnlistener_enable(evhttp_bound_socket_get_listener(srv->sock));
-}
-
-/* The listener's error callback gets evhttp's pointer, not ours: the one
- * server of the process registers itself here (serve runs one). */
-static struct server *accept_owner;
-
-static void on_accept_error(struct evconnlistener *lev, void *arg)
-{
-    struct server *srv = accept_owner;
-    const int err = EVUTIL_SOCKET_ERROR();
-    if (!srv || arg != srv->http)
-        return;
-    srv->accept_errors++;
-    const time_t now = time(NULL);
-    if (now != srv->accept_reported) {
-        fprintf(stderr, "paraserve: accept() failed %llu time(s): %s; pausing new connections for %d ms\n",
-                (unsigned long long)srv->accept_errors, evutil_socket_error_to_string(err), ACCEPT_PAUSE_MS);
-        srv->accept_errors = 0;
-        srv->accept_reported = now;
-    }
-    if (err == EMFILE || err == ENFILE || err == ENOBUFS || err == ENOMEM) {
-        const struct timeval tv = { 0, ACCEPT_PAUSE_MS * 1000 };
-        if (!evtimer_add(srv->ev_accept_resume, &tv))
-            evconnlistener_disable(lev);
-    }
-}
-
-/* Descriptors: every connection, agent socket and mcp-stdio pipe takes one,
- * so the soft limit is raised to the hard one (often 1024 -> 524288). */
-static void raise_fd_limit(void)
-{
-    struct rlimit rl;
-    if (!getrlimit(RLIMIT_NOFILE, &rl) && rl.rlim_cur < rl.rlim_max) {
-        rl.rlim_cur = rl.rlim_max;
-        setrlimit(RLIMIT_NOFILE, &rl);
-    }
-}
-
 
 static void on_grace_over(evutil_socket_t fd, short what, void *arg)
 {
@@ -1549,6 +1500,7 @@ static void on_signal(evutil_socket_t sig, short what, void *arg)
     srv->draining = true;
     tasks_api_drain(srv->tasks);
     if (srv->sock) {
+        conn_limit_unlisten(srv->conns);
         evhttp_del_accept_socket(srv->http, srv->sock);
         srv->sock = NULL;
     }
@@ -1651,7 +1603,11 @@ int server_run(const struct server_config *cfg)
     if ((rc = grammar_vocab_create(tok, &srv->gvocab)))
         goto done;
 
-    raise_fd_limit();
+    /* descriptors: every connection, agent socket and mcp-stdio pipe takes
+     * one (cmd_serve raised the limit before validating max_connections;
+     * again here for other callers); failing, the limit stays as it is */
+    (void)server_fd_limit_raise();
+    const int32_t max_conns = server_config_max_connections(cfg, server_fd_limit());
     srv->base = event_base_new();
     srv->http = srv->base ? evhttp_new(srv->base) : NULL;
     if (!srv->http) {
@@ -1668,6 +1624,8 @@ int server_run(const struct server_config *cfg)
     evhttp_set_max_headers_size(srv->http, SERVER_MAX_HEADERS_BYTES);   /* libevent's default: unbounded */
     evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    if ((rc = conn_limit_create(srv->base, max_conns, &srv->m, &srv->conns)))
+        goto done;
     evhttp_set_gencb(srv->http, on_request, srv);
     evhttp_set_bevcb(srv->http, guard_new, srv);
     srv->sock = evhttp_bind_socket_with_handle(srv->http, cfg->host, (ev_uint16_t)cfg->port);
@@ -1676,13 +1634,8 @@ int server_run(const struct server_config *cfg)
                           (int)cfg->port);
         goto done;
     }
-    srv->ev_accept_resume = evtimer_new(srv->base, on_accept_resume, srv);
-    if (!srv->ev_accept_resume) {
-        rc = ps_error_set(PS_EINTERNAL, "libevent: cannot register events");
+    if ((rc = conn_limit_listen(srv->conns, evhttp_bound_socket_get_listener(srv->sock))))
         goto done;
-    }
-    accept_owner = srv;
-    evconnlistener_set_error_cb(evhttp_bound_socket_get_listener(srv->sock), on_accept_error);
     int port = cfg->port;
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
@@ -1717,25 +1670,25 @@ int server_run(const struct server_config *cfg)
                 (int)srv->m.n_tenants - 1);
     fprintf(stderr,
             "paraserve: serving '%s' on http://%s:%d (backend %s, threads %d, max_batch %d, "
-            "kv_blocks %d x %d, ctx %d, prefix_cache %s, sampling on the %s)\n",
+            "kv_blocks %d x %d, ctx %d, prefix_cache %s, sampling on the %s, max_connections %d of "
+            "RLIMIT_NOFILE %lld)\n",
             srv->model_name, cfg->host, port, backend_name(be), (int)cfg->threads, (int)cfg->max_batch,
             (int)cfg->kv_blocks, (int)cfg->block_size, (int)n_ctx, cfg->prefix_cache ? "on" : "off",
-            cfg->device_sampling && backend_can_sample(be) ? "device" : "host");
+            cfg->device_sampling && backend_can_sample(be) ? "device" : "host", (int)max_conns,
+            (long long)server_fd_limit());
     event_base_dispatch(srv->base);
     fprintf(stderr, "paraserve: shut down cleanly\n");
     rc = PS_OK;
 done:
+    conn_limit_unlisten(srv->conns); /* evhttp_free frees the listener first */
     if (srv->http)
         evhttp_free(srv->http); /* closes connections: close callbacks cancel their requests */
+    conn_limit_free(srv->conns);
     tasks_api_stop(srv->tasks); /* after the connections, before the engine */
     engine_free(srv->eng);
     tasks_api_free(srv->tasks); /* the action grammar outlives the engine's references */
     if (srv->ev_grace)
         event_free(srv->ev_grace);
-    if (srv->ev_accept_resume)
-        event_free(srv->ev_accept_resume);
-    if (accept_owner == srv)
-        accept_owner = NULL;
     if (srv->ev_sigint)
         event_free(srv->ev_sigint);
     if (srv->ev_sigterm)

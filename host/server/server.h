@@ -20,6 +20,15 @@
  * 405 wrong method, 413 body over max_body_bytes (any size), 503 while
  * shutting down.
  *
+ * Connections (conn_limit.h): at most max_connections client connections
+ * are open at once (config.h: default 4096, or what RLIMIT_NOFILE leaves
+ * after a reserve for agent sockets and files when that is less); at the
+ * cap the listener is disabled and new clients wait in the kernel's listen
+ * backlog until one closes.  Every close callback on a server connection
+ * goes through conn_closecb_set, never evhttp_connection_set_closecb: that
+ * slot is how closes are counted.  No idle timeout is set (evhttp's
+ * default for server connections: none).
+ *
  * Shutdown (SIGTERM, SIGINT): close the listening socket, answer new
  * generation requests with 503, let in-flight ones finish for
  * shutdown_grace_ms, then cancel the rest; exit when none is left.

@@ -272,10 +272,12 @@ def process_cpu_s(pid):
 
 
 def test_connections_beyond_the_fd_limit_wait_without_spinning(start_server):  # noqa: F811
-    # More connections than descriptors: accept() fails with EMFILE.  The
-    # server must not spin on the listener (libevent 2.1 retries at once and
-    # logs each failure), and the connections left waiting in the backlog
-    # must be served once descriptors free up.
+    # More connections than descriptors.  The server must not spin on the
+    # listener, and the connections left waiting in the backlog must be
+    # served once connections close.  The default max_connections (48 of
+    # 96 descriptors: a quarter and more stays for agents and files) stops
+    # accepting before accept() can fail with EMFILE; that path (a pause,
+    # not libevent 2.1's busy retry) is tested in tests/unit/test_conn_limit.c.
     srv = start_server("--kv-blocks", 64, fd_limit=96)
     held = []
     for _ in range(150):
@@ -298,8 +300,8 @@ def test_connections_beyond_the_fd_limit_wait_without_spinning(start_server):  #
         for s in held:
             s.close()
     log = srv.output()
-    assert "Too many open files" in log
-    assert log.count("accept() failed") <= 10, log[-2000:]
+    assert "accept() failed" not in log, log[-2000:]
+    assert srv.metrics()['paraserve_http_accept_paused_total{reason="max_connections"}'] >= 1
 
 
 TASK_STREAM = {"input": "x", "stream": True, "script": [

@@ -85,6 +85,26 @@ int main(void)
     CHECK_MSG(strstr(ps_error_last(), "api_keys[0]: tenant 'none' is reserved"), "%s", ps_error_last());
     CHECK(server_config_add_key(&c, "k", "nonesuch", 0, 10) == PS_OK);
 
+    /* max_connections: at least 1, at most what RLIMIT_NOFILE leaves after
+     * the reserve (config.h); unset (0) = the default derived from it */
+    server_config_defaults(&c);
+    snprintf(c.model, sizeof c.model, "m.gguf");
+    CHECK(server_config_validate(&c) == PS_OK);
+    CHECK(server_config_load_text(&c, "{\"max_connections\": 0}", "t.json") == PS_EINVAL);
+    CHECK_MSG(strstr(ps_error_last(), "config t.json: max_connections must be an integer in [1,"), "%s",
+              ps_error_last());
+    CHECK(server_config_load_text(&c, "{\"max_connections\": \"8\"}", "t.json") == PS_EINVAL);
+    CHECK(server_config_load_text(&c, "{\"max_connections\": 8}", "t.json") == PS_OK && c.max_connections == 8);
+    CHECK(server_config_validate(&c) == PS_OK);
+    const int64_t nofile = server_fd_limit();
+    CHECK(nofile > 0);
+    c.max_connections = (int32_t)(nofile - server_fd_reserve(nofile));
+    CHECK(server_config_validate(&c) == PS_OK);
+    c.max_connections++;
+    CHECK(server_config_validate(&c) == PS_EINVAL);
+    CHECK_MSG(strstr(ps_error_last(), "is more than the descriptor limit allows: RLIMIT_NOFILE"), "%s",
+              ps_error_last());
+
     server_config_defaults(&c);
     CHECK(server_config_load(&c, "/nonexistent/paraserve.json") == PS_EIO);
     CHECK(server_config_load(&c, "configs/server.json") == PS_OK);
