@@ -142,6 +142,11 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
  * bitwise those of attending each row alone.  f16 cache, AVX2 only;
  * PARASERVE_CPU_SHARED_PREFIX=0 turns it off. */
 int64_t backend_cpu_shared_prefix_rows(const backend *be);
+/* Decode rows (one per forward of a lone decode row, every layer) whose
+ * attention was split over the threads by position and output element
+ * (f16 cache, AVX2, 2+ threads, >= 64 positions; bitwise the same as
+ * the per-KV-head items; PARASERVE_CPU_ATTN_SPLIT=0 turns it off). */
+int64_t backend_cpu_split_rows(const backend *be);
 
 /* Matrices a CPU backend runs on Q4_1 copies repacked for 8-row tiles
  * (quant.h "x8": Q4_1 with a multiple of 8 rows, on the AVX2 path; 0 for

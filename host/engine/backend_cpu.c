@@ -85,6 +85,15 @@
 #define KV_Q8_DMAX          512  /* head_dim of a q8 cache at most (stack buffers) */
 #define GRP_ROWS            8    /* decode rows per shared-prefix attention item at most */
 #define GRP_MIN_PREFIX      64   /* shared positions that make a shared-prefix item */
+#define ATTN_SPLIT_MAX_HEADS 64 /* query heads attn_split handles (its sums on the stack) */
+#ifndef ATTN_SPLIT_PF
+#define ATTN_SPLIT_PF      48   /* attn_split: K rows (scores) and V lines (P.V) prefetched this many
+                                   positions ahead (2026-11-27, 2048 positions: 4.8-5.3 ms of
+                                   attention per step at 48, 5.0-5.3 at 16, 5.4-5.6 at 0) */
+#endif
+#ifndef ATTN_SPLIT_MIN_CTX
+#define ATTN_SPLIT_MIN_CTX  64   /* shorter rows: one item per KV head, as at any batch */
+#endif
 #ifndef ATTN_ITEMS_PER_THREAD
 #define ATTN_ITEMS_PER_THREAD 1  /* grouped heads / whole rows from this many items per thread
                                   * (the cache reads dominate: fewer, larger items win) */
@@ -143,6 +152,10 @@ struct cpu_backend {
     float   *rope_cos, *rope_sin;  /* [max_T][rope_dim / 2] */
     int64_t  ctx_stride;           /* ctx_max rounded up to 8 */
     float   *scores;               /* [n_threads][score_group][ctx_stride] */
+    bool     attn_split;           /* a lone decode row runs attn_split (PARASERVE_CPU_ATTN_SPLIT=0: off) */
+    float   *split_sc;             /* [n_head][ctx_stride] attn_split's scores */
+    float   *split_vmx;            /* [n_threads][n_head][8] its lane maxima */
+    int64_t  split_rows;           /* rows attn_split ran (all layers count once) */
     int64_t *attn_offs;            /* [n_threads][2][ctx_max] cache offsets of an item's positions (this item's, the next's) */
     int      score_group;          /* query heads per attention item at most (GQA group, or 1) */
     struct attn_item *attn_items;  /* [max_T * n_head] */
@@ -786,10 +799,12 @@ AVX2_INL void attn_pf_positions(const char *k, const char *v, int64_t esz, const
  * block). */
 AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, const int64_t *offs,
                            const char *vbase, const float *vsb, int64_t j_first, int64_t n_ctx, int64_t D,
-                           const float *init, const float *sum, struct attn_pf *pf, const int G, const int NV,
-                           const int Q8)
+                           int64_t d_begin, int64_t d_end, const float *init, const float *sum,
+                           struct attn_pf *pf, const int G, const int NV, const int Q8)
 {
-    for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
+    /* only elements [d_begin, d_end) (multiples of 8 * NV): each element's
+     * value is the same whatever the range it is computed in */
+    for (int64_t d0 = d_begin; d0 < d_end; d0 += 8 * NV) {
         __m256 a[8][4];
         for (int g = 0; g < G; g++)
             for (int k = 0; k < NV; k++)
@@ -1023,9 +1038,9 @@ AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_s
      * to 3 heads, where the 4 * G accumulators still fit the registers, so
      * that each V row is visited half as often) */
     if (G <= 3 && D % 32 == 0)
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, NULL, sum, pf, G, 4, Q8);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, 0, D, NULL, sum, pf, G, 4, Q8);
     else
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, NULL, sum, pf, G, 2, Q8);
+        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, 0, D, NULL, sum, pf, G, 2, Q8);
 }
 
 AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
@@ -1154,7 +1169,7 @@ AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const
     for (int r = 0; r < jb->R; r++) {
         seq_cache_offs(jb->seq[r], P, jb->n_ctx[r], jb->bs, jb->kv_dim, jb->roffs);
         attn_pv_avx2(jb->out[r], jb->sc + (int64_t)r * G * cs, cs, jb->roffs, jb->vbase, NULL, P, jb->n_ctx[r], D,
-                     jb->acc + (int64_t)r * G * D, sum[r], NULL, G, NV, 0);
+                     0, D, jb->acc + (int64_t)r * G * D, sum[r], NULL, G, NV, 0);
     }
 }
 
@@ -1435,6 +1450,174 @@ static void attn_worker_simd(struct attn_task *at, int ith)
         prefetched = pfp != NULL;
         cur = nxt;
     }
+}
+#endif
+
+#ifdef CPU_X86
+/* ---- one decode row split over the threads (f16 cache, AVX2) --------------
+ *
+ * At batch 1 the items are the KV heads (3 for SmolLM2): on 2 threads one
+ * idles a third of the time, and each reads a 128-byte slice of every
+ * 384-byte cache row, which streams from DRAM at a third of the rate of
+ * whole rows.  Here the row's attention runs in three calls, each split
+ * over all threads:
+ *   1. scores: thread t takes a range of 8-position chunks and scores it
+ *      for every head, reading whole K rows; lane maxima per thread;
+ *   2. exp: the lane maxima of all threads give each head's max (max is
+ *      exact, so the same as one pass); e_j in place, chunks split again;
+ *   3. sums and P.V: each thread sums every head's e_j (8-lane, chunks in
+ *      order: cheap) and computes a range of the output elements over all
+ *      positions.
+ * Every value is the same arithmetic as attn_row_avx2's (attn_scores8,
+ * exp_avx2, the in-order lane sums, per-element FMAs in position order,
+ * * (1 / sum)), so the output is bitwise what the grouped items give:
+ * only the division of the work changes.  test_backend_cpu compares the
+ * two. */
+struct attn_split {
+    const float   *q;      /* [n_head][D] the row's query */
+    float         *out;    /* [n_head][D] */
+    const int64_t *offs;   /* [n_ctx] cache offsets (elements) */
+    const char    *krow, *vrow; /* the layer's f16 K / V (bytes) */
+    float         *sc;     /* [n_head][cs] scores, then numerators */
+    float         *vmx;    /* [nth][n_head][8] lane maxima per thread */
+    int64_t        n_ctx, cs, D, kv_dim;
+    int            n_head, group;
+    float          scale;
+    int64_t        pf;     /* positions prefetched ahead */
+};
+
+static void attn_split_chunks(const struct attn_split *a, int ith, int nth, int64_t *c0, int64_t *c1)
+{
+    const int64_t n8 = (a->n_ctx + 7) / 8;
+    *c0 = n8 * ith / nth;
+    *c1 = n8 * (ith + 1) / nth;
+}
+
+AVX2_INL void attn_split_scores_g(const struct attn_split *a, int ith, int nth, const int G)
+{
+    const int64_t D = a->D, cs = a->cs, n_ctx = a->n_ctx;
+    const int n_kv = a->n_head / G;
+    _Alignas(32) float kf[8 * ATTN_DMAX];
+    float *vmx = a->vmx + (size_t)ith * a->n_head * 8;
+    const __m256 vscale = _mm256_set1_ps(a->scale), ninf = _mm256_set1_ps(-INFINITY);
+    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
+    for (int h = 0; h < a->n_head; h++)
+        _mm256_storeu_ps(vmx + 8 * h, ninf);
+    int64_t c0, c1;
+    attn_split_chunks(a, ith, nth, &c0, &c1);
+    for (int64_t c = c0; c < c1; c++) {
+        const int64_t j0 = 8 * c;
+        /* whole K rows, a->pf positions ahead */
+        for (int64_t p = j0 + a->pf; p < j0 + a->pf + 8 && p < n_ctx; p++)
+            for (int64_t b = 0; b < 2 * a->kv_dim; b += 64)
+                _mm_prefetch(a->krow + 2 * a->offs[p] + b, _MM_HINT_T0);
+        const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n_ctx - j0)), _CMP_GE_OQ);
+        for (int hk = 0; hk < n_kv; hk++) {
+            __m256 sg[8];
+            attn_scores8(a->q + (int64_t)hk * G * D, kf, a->krow + 2 * hk * D, a->offs, j0, n_ctx, D, sg, G);
+            for (int g = 0; g < G; g++) {
+                const int h = hk * G + g;
+                const __m256 sv = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
+                _mm256_storeu_ps(a->sc + h * cs + j0, sv);
+                _mm256_storeu_ps(vmx + 8 * h, _mm256_max_ps(_mm256_loadu_ps(vmx + 8 * h), sv));
+            }
+        }
+    }
+}
+
+AVX2_FN static void attn_split_scores(void *ctx, int ith, int nth)
+{
+    const struct attn_split *a = ctx;
+    switch (a->group) {
+#define ATTN_G(n) case n: attn_split_scores_g(a, ith, nth, n); break;
+    ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
+#undef ATTN_G
+    default: break;
+    }
+}
+
+AVX2_FN static void attn_split_exp(void *ctx, int ith, int nth)
+{
+    const struct attn_split *a = ctx;
+    int64_t c0, c1;
+    attn_split_chunks(a, ith, nth, &c0, &c1);
+    for (int h = 0; h < a->n_head; h++) {
+        __m256 vm = _mm256_loadu_ps(a->vmx + 8 * h);
+        for (int t = 1; t < nth; t++)
+            vm = _mm256_max_ps(vm, _mm256_loadu_ps(a->vmx + ((size_t)t * a->n_head + h) * 8));
+        const __m256 m = _mm256_set1_ps(hmax(vm));
+        float *sh = a->sc + h * a->cs;
+        for (int64_t c = c0; c < c1; c++)
+            _mm256_storeu_ps(sh + 8 * c, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sh + 8 * c), m)));
+    }
+}
+
+AVX2_FN static void attn_split_pv(void *ctx, int ith, int nth)
+{
+    const struct attn_split *a = ctx;
+    const int64_t D = a->D, n8 = (a->n_ctx + 7) / 8;
+    const int G = a->group;
+    float sum[ATTN_SPLIT_MAX_HEADS];
+    for (int h = 0; h < a->n_head; h++) {
+        const float *sh = a->sc + h * a->cs;
+        __m256 vs = _mm256_setzero_ps();
+        for (int64_t c = 0; c < n8; c++)
+            vs = _mm256_add_ps(vs, _mm256_loadu_ps(sh + 8 * c));
+        sum[h] = hsum_tree(vs);
+    }
+    /* output elements in slices of 16 */
+    const int64_t n16 = D / 16, d0 = 16 * (n16 * ith / nth), d1 = 16 * (n16 * (ith + 1) / nth);
+    if (d0 == d1)
+        return;
+    const int nv4 = G <= 3 && (d1 - d0) % 32 == 0;
+    for (int hk = 0; hk < a->n_head / G; hk++) {
+        float *out = a->out + (int64_t)hk * G * D;
+        const float *sc = a->sc + (int64_t)hk * G * a->cs;
+        const char *vb = a->vrow + 2 * hk * D;
+        /* this pass's V lines, a->pf positions ahead (attn_pf_step takes
+         * the k line, then the v line, of each position: here the same) */
+        struct attn_pf pf = { a->offs, a->n_ctx, a->pf, vb + 2 * d0, vb + 2 * d0, 1, 0, 2, NULL, NULL };
+        struct attn_pf *pfp = a->pf ? &pf : NULL;
+        switch (G * 2 + nv4) {
+#define ATTN_G(n) \
+        case 2 * n: attn_pv_avx2(out, sc, a->cs, a->offs, vb, NULL, 0, a->n_ctx, D, d0, d1, NULL, sum + hk * G, pfp, n, 2, 0); break; \
+        case 2 * n + 1: attn_pv_avx2(out, sc, a->cs, a->offs, vb, NULL, 0, a->n_ctx, D, d0, d1, NULL, sum + hk * G, pfp, n, 4, 0); break;
+        ATTN_G(1) ATTN_G(2) ATTN_G(3)
+#undef ATTN_G
+#define ATTN_G(n) case 2 * n: attn_pv_avx2(out, sc, a->cs, a->offs, vb, NULL, 0, a->n_ctx, D, d0, d1, NULL, sum + hk * G, pfp, n, 2, 0); break;
+        ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
+#undef ATTN_G
+        default: break;
+        }
+    }
+}
+#endif
+
+/* The plan is one decode row that attn_split runs (see above). */
+static bool attn_split_ok(const struct cpu_backend *cb, const struct batch_plan *plan)
+{
+    const struct model_hparams *hp = &cb->base.model->hp;
+    return cb->attn_split && plan->n_seqs == 1 && plan->seqs[0].n_tokens == 1 &&
+           (int64_t)plan->seqs[0].pos0 + 1 >= ATTN_SPLIT_MIN_CTX && attn_simd(cb) && cb->kcache &&
+           cb->score_group == hp->n_head / hp->n_head_kv && hp->n_head <= ATTN_SPLIT_MAX_HEADS;
+}
+
+#ifdef CPU_X86
+static void attn_split_run(struct cpu_backend *cb, const struct batch_plan *plan, int layer)
+{
+    const struct model_hparams *hp = &cb->base.model->hp;
+    const size_t layer_off = (size_t)layer * cb->base.cfg.n_kv_blocks * cb->base.cfg.block_size * cb->kv_dim;
+    const struct batch_seq *s = &plan->seqs[0];
+    struct attn_split a = {
+        .q = cb->q, .out = cb->att, .offs = cb->attn_offs,
+        .krow = (const char *)(cb->kcache + layer_off), .vrow = (const char *)(cb->vcache + layer_off),
+        .sc = cb->split_sc, .vmx = cb->split_vmx, .n_ctx = (int64_t)s->pos0 + 1, .cs = cb->ctx_stride,
+        .D = hp->head_dim, .kv_dim = cb->kv_dim, .n_head = hp->n_head, .group = hp->n_head / hp->n_head_kv,
+        .scale = 1.0f / sqrtf((float)hp->head_dim), .pf = ATTN_SPLIT_PF,
+    };
+    threadpool_run(cb->tp, attn_split_scores, &a);
+    threadpool_run(cb->tp, attn_split_exp, &a);
+    threadpool_run(cb->tp, attn_split_pv, &a);
 }
 #endif
 
@@ -1731,6 +1914,12 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
 
     int attn_G;
     const int64_t n_attn_items = attn_plan(cb, plan, &attn_G);
+    const bool split = attn_split_ok(cb, plan);
+    if (split) {
+        /* the row's cache offsets, the same for every layer */
+        seq_cache_offs(&plan->seqs[0], 0, (int64_t)plan->seqs[0].pos0 + 1, bs, cb->kv_dim, cb->attn_offs);
+        cb->split_rows++;
+    }
     for (int32_t is = 0; is < plan->n_seqs; is++)
         cb->grp_rows_total += cb->grp_member[is];
     cb->prof_on = cb->prof && T == plan->n_seqs && T <= PROF_MAX_T;
@@ -1782,11 +1971,18 @@ static int cpu_forward(backend *be, const struct batch_plan *plan, float *logits
             }
         }
 
-        struct attn_task at = { .cb = cb, .plan = plan, .seq_t0 = seq_t0, .layer = il,
-                                .items = cb->attn_items, .G = attn_G, .n_items = n_attn_items };
-        atomic_init(&at.next, 0);
         prof_mark(cb, T, PROF_OTHER);
-        threadpool_run(cb->tp, attn_worker, &at);
+#ifdef CPU_X86
+        if (split) {
+            attn_split_run(cb, plan, il);
+        } else
+#endif
+        {
+            struct attn_task at = { .cb = cb, .plan = plan, .seq_t0 = seq_t0, .layer = il,
+                                    .items = cb->attn_items, .G = attn_G, .n_items = n_attn_items };
+            atomic_init(&at.next, 0);
+            threadpool_run(cb->tp, attn_worker, &at);
+        }
         prof_mark(cb, T, PROF_ATTN);
 
         struct mm_part wo = { .w = &lw->wo, .out = cb->x, .out_stride = E, .accumulate = 1 };
@@ -1880,6 +2076,8 @@ static void cpu_free(backend *be)
     free(cb->rope_cos);
     free(cb->rope_sin);
     free(cb->scores);
+    free(cb->split_sc);
+    free(cb->split_vmx);
     free(cb->attn_offs);
     free(cb->attn_items);
     free(cb->grp_seqs);
@@ -1912,6 +2110,11 @@ int backend_cpu_x8_matrices(const backend *be)
 int64_t backend_cpu_shared_prefix_rows(const backend *be)
 {
     return be && be->ops == &cpu_ops ? ((const struct cpu_backend *)be)->grp_rows_total : 0;
+}
+
+int64_t backend_cpu_split_rows(const backend *be)
+{
+    return be && be->ops == &cpu_ops ? ((const struct cpu_backend *)be)->split_rows : 0;
 }
 
 /* Check a matrix weight: present, shape [in -> out], a type with a
@@ -2146,6 +2349,14 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
                            : 1;
     }
     ALLOC(cb->scores, (int64_t)cfg->n_threads * cb->score_group * cb->ctx_stride);
+    {
+        const char *sp = getenv("PARASERVE_CPU_ATTN_SPLIT");
+        cb->attn_split = cfg->n_threads > 1 && !(sp && !strcmp(sp, "0"));
+    }
+    if (cb->attn_split) {
+        ALLOC(cb->split_sc, (int64_t)hp->n_head * cb->ctx_stride);
+        ALLOC(cb->split_vmx, (int64_t)cfg->n_threads * hp->n_head * 8);
+    }
     ALLOC(cb->grp_seqs, T);
     ALLOC(cb->grp_member, T);
     ALLOC(cb->grp_keys, T);

@@ -495,6 +495,7 @@ static void test_q8_scalar_vs_simd(void)
 }
 
 static void test_shared_prefix(const struct model *m, const char *what, int threads, int expect_grouped);
+static void test_attn_split(const struct model *m, const char *what, int threads);
 
 static struct model *synth_model(const struct mkmodel_spec *spec)
 {
@@ -542,6 +543,7 @@ static void test_synthetic(void)
         test_tokens(toks, 40, m->hp.n_vocab, 2);
         compare_ref("synthetic qwen2 Q8_0 untied", m, toks, 40, REF_REL_TOL, REF_MARGIN);
         test_shared_prefix(m, "synthetic qwen2 (G 4, head_dim 16)", 2, strcmp(quant_simd_name(), "avx2") == 0);
+        test_attn_split(m, "synthetic qwen2 (G 4, head_dim 16)", 2);
         model_free(m);
     }
 
@@ -561,6 +563,7 @@ static void test_synthetic(void)
         test_tokens(toks, 40, m->hp.n_vocab, 3);
         compare_ref("synthetic qwen3 Q4_K/Q6_K", m, toks, 40, REF_REL_TOL, REF_MARGIN);
         test_shared_prefix(m, "synthetic qwen3 (G 2, head_dim 32)", 3, strcmp(quant_simd_name(), "avx2") == 0);
+        test_attn_split(m, "synthetic qwen3 (G 2, head_dim 32)", 3);
         model_free(m);
     }
 }
@@ -914,6 +917,53 @@ done:
     free(one);
 }
 
+/* A lone decode row's attention split over the threads (attn_split) gives
+ * bitwise the logits of the per-KV-head items (PARASERVE_CPU_ATTN_SPLIT=0),
+ * at context lengths across 8-position chunks; rows under 64 positions
+ * and one thread keep the items. */
+static void test_attn_split(const struct model *m, const char *what, int threads)
+{
+    enum { PLEN = 150, STEPS = 9, NB = 12, BS = 16 };
+    const int nv = m->hp.n_vocab;
+    if (strcmp(quant_simd_name(), "avx2") != 0)
+        return; /* attn_split is an AVX2 path; the scalar run has no second path to compare */
+    int32_t prompt[PLEN], bt[NB], tok;
+    float *la = malloc((size_t)nv * sizeof *la), *lb = malloc((size_t)nv * sizeof *lb);
+    backend *split = make_backend(m, threads, NB, BS);
+    setenv("PARASERVE_CPU_ATTN_SPLIT", "0", 1);
+    backend *items = make_backend(m, threads, NB, BS);
+    unsetenv("PARASERVE_CPU_ATTN_SPLIT");
+    if (!la || !lb || !split || !items)
+        goto done;
+    test_tokens(prompt, PLEN, nv, 901);
+    for (int b = 0; b < NB; b++)
+        bt[b] = (b * 7 + 3) % NB; /* scattered blocks */
+    for (int len = 40; len <= PLEN; len += PLEN - 40) {
+        /* the prompt's first len tokens, then STEPS greedy decode steps */
+        run_all(split, prompt, len, 0, bt, NB, LOGITS_LAST, la);
+        run_all(items, prompt, len, 0, bt, NB, LOGITS_LAST, lb);
+        const int64_t rows0 = backend_cpu_split_rows(split);
+        for (int step = 0; step < STEPS; step++) {
+            tok = argmax(la, nv);
+            run_all(split, &tok, 1, len + step, bt, NB, LOGITS_LAST, la);
+            run_all(items, &tok, 1, len + step, bt, NB, LOGITS_LAST, lb);
+            CHECK_MSG(memcmp(la, lb, (size_t)nv * sizeof *la) == 0,
+                      "%s, %d threads, %d positions: split attention logits differ from the items'", what, threads,
+                      len + step + 1);
+        }
+        const int64_t rows = backend_cpu_split_rows(split) - rows0;
+        const int64_t want = threads > 1 && len >= 64 ? STEPS : 0;
+        CHECK_MSG(rows == want, "%s, %d threads, prompt %d: %lld split rows, want %lld", what, threads, len,
+                  (long long)rows, (long long)want);
+    }
+    CHECK(backend_cpu_split_rows(items) == 0);
+done:
+    backend_free(split);
+    backend_free(items);
+    free(la);
+    free(lb);
+}
+
 int main(void)
 {
     const char *ra = getenv("PS_REF_ACT");
@@ -936,6 +986,8 @@ int main(void)
         static const int threads[] = { 1, 2, 3, 8 };
         for (size_t i = 0; i < sizeof threads / sizeof threads[0]; i++)
             test_shared_prefix(m, "real model (G 3, head_dim 64)", threads[i], simd);
+        for (size_t i = 0; i < sizeof threads / sizeof threads[0]; i++)
+            test_attn_split(m, "real model (G 3, head_dim 64)", threads[i]);
     }
 
     /* the q8 cache: the same checks, and against the f16 cache */
