@@ -49,7 +49,8 @@ static void generate_usage(FILE *out)
     fprintf(out,
         "usage: paraserve generate -m MODEL (-p PROMPT | --prompt-ids IDS) [options]\n"
         "  -m, --model PATH        GGUF model file\n"
-        "  -p, --prompt TEXT       prompt text\n"
+        "  -p, --prompt TEXT       prompt text (without --chat, special-token text such as\n"
+        "                          <|im_start|> in it is the control token)\n"
         "      --prompt-ids IDS    prompt as space-separated token ids (no tokenizer)\n"
         "      --chat              wrap the prompt in the model's chat template as a user turn\n"
         "      --system TEXT       system message for --chat\n"
@@ -296,7 +297,8 @@ static int build_prompt(const struct generate_opts *o, const struct model *m, co
         rc = tokenizer_encode_spans(tok, cp.text, cp.len, cp.markup, cp.n_markup, &body, &n_body);
         chat_prompt_free(&cp);
     } else {
-        rc = tokenizer_encode(tok, o->prompt, strlen(o->prompt), false, &body, &n_body);
+        /* a raw prompt is the user's own template, as a /v1/completions prompt */
+        rc = tokenizer_encode(tok, o->prompt, strlen(o->prompt), true, &body, &n_body);
     }
     if (rc)
         return rc;

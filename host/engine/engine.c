@@ -435,6 +435,8 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
     c->req.stop = NULL;
     c->req.logit_bias = NULL;
     c->req.constraint = (struct token_constraint){ 0 };
+    if (!req->special_spans)
+        c->req.n_special_spans = 0; /* a count without spans means none */
     if (req->special_spans && (req->parse_special || req->n_special_spans < 0 || !req->prompt)) {
         cmd_free(c);
         return ps_error_set(PS_EINVAL, "engine: special_spans need a text prompt, a count >= 0 and no "

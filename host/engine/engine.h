@@ -155,8 +155,11 @@ int  engine_create(const struct engine_config *cfg, backend *be, const tokenizer
  * after this), joins the thread, frees.  NULL-safe. */
 void engine_free(engine *e);
 
-/* Queue a request; *id receives its id.  PS_ENOMEM only: every other
- * problem arrives as a DONE event with status 400. */
+/* Queue a request; *id receives its id.  PS_ENOMEM, or PS_EINVAL for a
+ * request no caller should build (more logit biases than SAMPLER_MAX_BIAS,
+ * special_spans with parse_special or without a text prompt): every
+ * problem of the request's content arrives as a DONE event with status
+ * 400. */
 int  engine_submit(engine *e, const struct engine_request *req, uint64_t *id);
 /* Ask the engine to cancel `id` (no-op when already finished). */
 int  engine_cancel(engine *e, uint64_t id);

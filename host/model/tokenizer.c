@@ -1,8 +1,9 @@
 /* tokenizer.c - byte-level BPE (GPT-2 family) over a GGUF vocabulary.
  *
  * Encoding pipeline for one call:
- *   1. special-token partition (only when parse_special): the input is cut
- *      at occurrences of CONTROL / USER_DEFINED token text, longest token
+ *   1. special-token partition: the input is cut at occurrences of
+ *      USER_DEFINED token text anywhere and of CONTROL token text where
+ *      asked (parse_special, or inside the caller's spans), longest token
  *      first at each position; those become their ids directly;
  *   2. pre-tokenizer: each remaining fragment is decoded to code points
  *      (strict UTF-8; a byte that starts no valid sequence is one "other"
@@ -78,6 +79,7 @@ struct tokenizer {
     /* special tokens (CONTROL / USER_DEFINED), longest text first */
     int32_t      *special;
     int32_t       n_special;
+    int32_t       n_user_defined;   /* of them USER_DEFINED: recognised everywhere */
     uint64_t      special_first[4]; /* bitset of first bytes of special texts */
     size_t        max_token_bytes;
 };
@@ -553,6 +555,7 @@ static int build_specials(tokenizer *t)
             continue;
         keys[t->n_special].len = len;
         keys[t->n_special++].id = i;
+        t->n_user_defined += t->attr[i] == TOKEN_USER_DEFINED;
         uint8_t c = (uint8_t)t->text[t->text_off[i]];
         t->special_first[c >> 6] |= 1ull << (c & 63);
     }
@@ -1174,8 +1177,9 @@ static int encode_fragment(struct encoder *e, size_t a, size_t b)
     }
 }
 
-/* Longest special token whose text starts at text[i], -1 if none. */
-static int32_t match_special(const tokenizer *t, const char *text, size_t len, size_t i)
+/* Longest special token whose text starts at text[i] and ends by len, -1
+ * if none; a CONTROL token must also end by ctl_end (<= i: none may). */
+static int32_t match_special(const tokenizer *t, const char *text, size_t len, size_t ctl_end, size_t i)
 {
     uint8_t c = (uint8_t)text[i];
     if (!(t->special_first[c >> 6] >> (c & 63) & 1))
@@ -1183,6 +1187,8 @@ static int32_t match_special(const tokenizer *t, const char *text, size_t len, s
     for (int32_t k = 0; k < t->n_special; k++) {
         int32_t id = t->special[k];
         size_t n = t->text_off[id + 1] - t->text_off[id];
+        if (t->attr[id] == TOKEN_CONTROL && (ctl_end <= i || n > ctl_end - i))
+            continue;
         if (n <= len - i && memcmp(text + i, t->text + t->text_off[id], n) == 0)
             return id;
     }
@@ -1210,10 +1216,13 @@ static int encode_spans(const tokenizer *t, const char *text, size_t len,
     if (len >= 4096 && (rc = cache_init(&e.cache, len)))
         goto fail;
     size_t frag_start = 0;
-    for (size_t k = 0; t->n_special && k < n_spans; k++) {
-        const size_t end = spans[k].end;
-        for (size_t i = spans[k].begin; i < end; i++) {
-            int32_t id = match_special(t, text, end, i);
+    if (t->n_special && (n_spans || t->n_user_defined)) {
+        size_t k = 0; /* the first span that ends after i */
+        for (size_t i = 0; i < len; i++) {
+            while (k < n_spans && spans[k].end <= i)
+                k++;
+            const size_t ctl_end = k < n_spans && spans[k].begin <= i ? spans[k].end : 0;
+            int32_t id = match_special(t, text, len, ctl_end, i);
             if (id < 0)
                 continue;
             if ((rc = encode_fragment(&e, frag_start, i)) || (rc = vec_push(&out, id)))

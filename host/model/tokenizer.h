@@ -5,9 +5,10 @@
  * "smollm"/"gpt2"/"default" (GPT-2 rules, digits split one by one for smollm),
  * "qwen2" (Qwen rules).  An unknown model or pre type is an error naming it.
  *
- * Special tokens (token_type CONTROL or USER_DEFINED, e.g. "<|im_start|>")
- * are matched in the input only when encode is asked to parse them; else
- * their text is tokenized as ordinary bytes.  Invalid UTF-8 input bytes are
+ * Special tokens: USER_DEFINED ones (e.g. Qwen's "<tool_call>") are matched
+ * in the input always, CONTROL ones ("<|im_start|>") only where encode is
+ * asked to parse them (everywhere, or inside given spans); elsewhere their
+ * text is tokenized as ordinary bytes.  Invalid UTF-8 input bytes are
  * encoded through their byte tokens, so decode(encode(s)) == s for any s
  * whose bytes all have tokens.  A byte with no token (SmolLM2 lacks 13 that
  * never occur in UTF-8 and 6 ASCII controls) is, as in llama.cpp, dropped
@@ -49,8 +50,11 @@ enum token_attr tokenizer_token_attr(const tokenizer *t, int32_t id);
 int32_t tokenizer_find(const tokenizer *t, const char *text);
 
 /* Encode len bytes of text.  *ids is malloc'd (caller frees), *n_ids set.
- * parse_special: recognise special-token text.  No BOS is added: callers
- * prepend tokenizer_bos() when tokenizer_add_bos() says so. */
+ * parse_special: recognise CONTROL-token text ("<|im_start|>").
+ * USER_DEFINED tokens (added tokens that are not control tokens, e.g.
+ * Qwen's "<tool_call>" or "<think>") are recognised either way, as
+ * llama.cpp does.  No BOS is added: callers prepend tokenizer_bos() when
+ * tokenizer_add_bos() says so. */
 int tokenizer_encode(const tokenizer *t, const char *text, size_t len,
                      bool parse_special, int32_t **ids, size_t *n_ids);
 
@@ -59,10 +63,11 @@ struct text_span {
     uint32_t begin, end;
 };
 
-/* As tokenizer_encode, but special-token text is recognised only where it
+/* As tokenizer_encode, but CONTROL-token text is recognised only where it
  * lies wholly inside one of spans[0..n_spans) - the markup a chat template
  * wrote (chat_template_render) - and is plain text everywhere else, so a
- * message that spells "<|im_start|>" cannot open a turn.  Spans must be
+ * message that spells "<|im_start|>" cannot open a turn (USER_DEFINED
+ * tokens, which cannot, are recognised everywhere).  Spans must be
  * sorted, disjoint and within len (PS_EINVAL otherwise).  Outside the
  * special tokens the fragments are the same as tokenizer_encode's, so text
  * without special-token text encodes identically either way. */

@@ -453,10 +453,18 @@ static int append_tool_calls(const cJSON *tc, int idx, char **content, struct ap
         const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
         if (!cJSON_IsObject(call) || !cJSON_IsObject(fn) || !cJSON_IsString(name) ||
-            (args && !cJSON_IsString(args)) || !cJSON_IsString(id) || !id->valuestring[0])
+            (args && !cJSON_IsString(args)))
             return api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
-                                 "'%s' items must be {\"id\": non-empty string, \"type\": \"function\", "
+                                 "'%s' items must be {\"id\": string, \"type\": \"function\", "
                                  "\"function\": {\"name\": string, \"arguments\": string}}", param);
+        char idp[sizeof err->param];
+        snprintf(idp, sizeof idp, "messages[%d].tool_calls[%d].id", idx, j);
+        if (!id)
+            return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter", idp,
+                                 "'%s' is required", idp);
+        if (!cJSON_IsString(id) || !id->valuestring[0])
+            return api_error_set(err, 400, "invalid_request_error", "invalid_type", idp,
+                                 "'%s' must be a non-empty string", idp);
         const char *atext = args ? args->valuestring : "{}", *aend = NULL;
         cJSON *aj = cJSON_ParseWithOpts(atext, &aend, 0);
         size_t at = 0;

@@ -1078,7 +1078,7 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
      * seeded with seed + i (choice 0 is the n = 1 answer) */
     struct engine_request er = {
         .tenant = who->tenant, .priority = priority, .prompt = p.prompt, .parse_special = !chat,
-        .special_spans = chat ? p.prompt_markup : NULL, .n_special_spans = (int32_t)p.n_prompt_markup,
+        .special_spans = chat ? p.prompt_markup : NULL, .n_special_spans = chat ? (int32_t)p.n_prompt_markup : 0,
         .add_bos = true, .prompt_ids = p.prompt_ids, .n_prompt_ids = p.n_prompt_ids,
         .max_tokens = p.max_tokens, .sampling = p.sp, .stop = (const char *const *)p.stop,
         .n_stop = p.n_stop, .ignore_eos = p.ignore_eos, .logprobs = p.logprobs,

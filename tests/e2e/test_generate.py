@@ -59,6 +59,23 @@ def test_chat_prompt_is_tokenized_like_llama_cpp(run, model_path):
     assert case["greedy_text"][:20] in text
 
 
+def test_raw_prompt_recognises_special_tokens(run, model_path):
+    # a raw prompt spelling the chat template is tokenized as --chat renders it: same greedy output
+    smol_sys = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+    raw = (f"<|im_start|>system\n{smol_sys}<|im_end|>\n<|im_start|>user\nName a color.<|im_end|>\n"
+           "<|im_start|>assistant\n")
+    a = run("generate", "-m", model_path, "-p", raw, "-n", 12, "--print-ids", "-t", 2)
+    b = run("generate", "-m", model_path, "--chat", "-p", "Name a color.", "-n", 12, "--print-ids", "-t", 2)
+    assert a.returncode == 0 and b.returncode == 0, (a.stderr.decode(), b.stderr.decode())
+    assert ids_of(a.stdout) == ids_of(b.stdout)
+    # with --chat the same markers in the user's text are text: a different prompt
+    c = run("generate", "-m", model_path, "--chat", "-p", "Name a color.<|im_end|>", "-n", 1, "-t", 2)
+    d = run("generate", "-m", model_path, "--chat", "-p", "Name a color.", "-n", 1, "-t", 2)
+    n_c = int(re.search(r"prompt: (\d+) tokens", c.stderr.decode()).group(1))
+    n_d = int(re.search(r"prompt: (\d+) tokens", d.stderr.decode()).group(1))
+    assert n_c - n_d >= 3, (n_c, n_d)
+
+
 def test_stats_on_stderr(run, model_path):
     r = run("generate", "-m", model_path, "-p", "Hello", "-n", 8)
     assert r.returncode == 0

@@ -417,6 +417,8 @@ static void test_synthetic(void)
         strcpy(store[n], sp[i]);
         types[n++] = TOKEN_CONTROL;
     }
+    strcpy(store[n], "<tool>"); /* 260: an added token that is not a control token */
+    types[n++] = TOKEN_USER_DEFINED;
     while (n < N) {
         snprintf(store[n], sizeof store[n], "<filler%d>", n);
         types[n++] = TOKEN_UNUSED;
@@ -450,6 +452,23 @@ static void test_synthetic(void)
     CHECK(tokenizer_encode(t, text, strlen(text), true, &ids, &n_ids) == PS_OK);
     int32_t want[] = { 258, 'h', 'i', ' ', 0xC3, 0xA9, 0xFF, 259 };
     CHECK(n_ids == 8 && memcmp(ids, want, sizeof want) == 0);
+    free(ids);
+    /* USER_DEFINED text is recognised with or without parse_special and
+     * outside spans; CONTROL text only where asked */
+    const char *mixed = "<|im_start|>a<tool>b";
+    CHECK(tokenizer_encode(t, mixed, strlen(mixed), false, &ids, &n_ids) == PS_OK);
+    CHECK(n_ids == 15 && ids[0] == '<' && ids[12] == 'a' && ids[13] == 260 && ids[14] == 'b');
+    free(ids);
+    CHECK(tokenizer_encode(t, mixed, strlen(mixed), true, &ids, &n_ids) == PS_OK);
+    int32_t want_all[] = { 258, 'a', 260, 'b' };
+    CHECK(n_ids == 4 && memcmp(ids, want_all, sizeof want_all) == 0);
+    free(ids);
+    const struct text_span head = { 0, 12 }, tail = { 13, 19 };
+    CHECK(tokenizer_encode_spans(t, mixed, strlen(mixed), &head, 1, &ids, &n_ids) == PS_OK);
+    CHECK(n_ids == 4 && memcmp(ids, want_all, sizeof want_all) == 0);
+    free(ids);
+    CHECK(tokenizer_encode_spans(t, mixed, strlen(mixed), &tail, 1, &ids, &n_ids) == PS_OK);
+    CHECK(n_ids == 15 && ids[13] == 260);
     free(ids);
     CHECK(tokenizer_is_eog(t, 257) && tokenizer_is_eog(t, 259) && !tokenizer_is_eog(t, 258));
     CHECK(tokenizer_eos(t) == 257 && tokenizer_bos(t) == 256);
