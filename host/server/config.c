@@ -53,6 +53,10 @@ static const struct opt_desc opts[] = {
       "client connections open at once; at the cap new ones wait in the listen backlog until one closes "
       "(default: 4096, or less when RLIMIT_NOFILE less a reserve for agent sockets and files, a quarter "
       "of it, allows less)" },
+    { "idle_timeout_ms", 0, OPT_INT, OFF(idle_timeout_ms), 0, 0, 3600000,
+      "close a client connection that has no request in flight for this long: before its first request "
+      "is complete (headers or body trickled in: slowloris) or after its last reply (keep-alive); a "
+      "request being served is never cut; 0 = off (default 60000)" },
     { "shutdown_grace_ms", 0, OPT_INT, OFF(shutdown_grace_ms), 0, 0, 3600000,
       "on SIGTERM/SIGINT, let in-flight requests finish this long, then cancel (default 5000)" },
     { "sse_heartbeat_ms", 0, OPT_INT, OFF(sse_heartbeat_ms), 0, 0, 3600000,
@@ -86,6 +90,7 @@ void server_config_defaults(struct server_config *c)
     c->block_size = 16;
     c->ctx = 2048;
     c->max_body_bytes = 1 << 20;
+    c->idle_timeout_ms = 60000;
     c->shutdown_grace_ms = 5000;
     c->sse_heartbeat_ms = 15000;
     c->prefix_cache = true;

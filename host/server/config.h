@@ -49,6 +49,8 @@ struct server_config {
     int32_t max_connections;    /* client connections open at once; 0 (the default,
                                    not settable) = server_config_max_connections's
                                    choice from RLIMIT_NOFILE */
+    int32_t idle_timeout_ms;    /* a connection with no request in flight is
+                                   closed after this long (0: never), default 60 s */
     int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
     int32_t sse_heartbeat_ms;   /* task event streams: a comment line this often (0: off) */
     bool    prefix_cache;       /* default true                                 */

@@ -8,6 +8,11 @@
  *   PENDING --attach (evhttp dropped it)--> freed, uncounted
  *   ATTACHED --on_closed (evhttp_connection_free)--> freed, uncounted
  *
+ * With an idle timeout each record has a timer, armed at accept and at the
+ * end of each reply (evhttp's on-complete callback) and stopped while a
+ * request is served (conn_limit_request): when it fires the connection is
+ * freed (evhttp_connection_free), which runs on_closed.
+ *
  * Invariants: cl->open == records PENDING + ATTACHED <= cl->max; the
  * listener is enabled iff open < max and no accept-error pause runs
  * (gate_update is the only place that enables or disables it).
@@ -36,6 +41,8 @@ struct conn_rec {
     struct evhttp_connection *evcon;    /* NULL while PENDING                 */
     closecb_fn                user_cb;  /* conn_closecb_set's, called first   */
     void                     *user_arg;
+    struct event             *idle;     /* idle timer (NULL: no idle timeout) */
+    bool                      busy;     /* a request is in flight             */
     struct conn_rec          *next;     /* pending list, or hash chain        */
 };
 
@@ -50,6 +57,7 @@ struct conn_limit {
     struct conn_rec       *pending;
     struct conn_rec      **hash;        /* ATTACHED records by evcon          */
     size_t                 hash_mask;
+    struct timeval         idle_tv;     /* idle timeout; 0: none               */
     uint64_t               accept_errors;   /* since the last report          */
     time_t                 accept_reported;
 };
@@ -103,6 +111,13 @@ static void uncount(struct conn_limit *cl)
     gate_update(cl);
 }
 
+static void rec_free(struct conn_rec *rec)
+{
+    if (rec->idle)
+        event_free(rec->idle);
+    free(rec);
+}
+
 static void on_closed(struct evhttp_connection *c, void *arg)
 {
     struct conn_rec *rec = arg;
@@ -110,8 +125,28 @@ static void on_closed(struct evhttp_connection *c, void *arg)
     if (rec->user_cb)
         rec->user_cb(c, rec->user_arg);
     hash_remove(cl, rec);
-    free(rec);
+    rec_free(rec);
     uncount(cl);
+}
+
+/* No request in flight for the idle timeout: close the connection (its
+ * close callbacks run, on_closed uncounts it).  A PENDING record (evhttp
+ * has not built the connection yet, never seen) waits for attach. */
+static void on_idle(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn_rec *rec = arg;
+    (void)fd;
+    (void)what;
+    if (!rec->evcon || rec->busy)
+        return;
+    rec->cl->m->idle_closed++;
+    evhttp_connection_free(rec->evcon);
+}
+
+static void idle_arm(struct conn_rec *rec)
+{
+    if (rec->idle)
+        evtimer_add(rec->idle, &rec->cl->idle_tv);
 }
 
 /* evhttp has built (or dropped) the connection of rec's bufferevent. */
@@ -133,7 +168,7 @@ static void attach(struct conn_limit *cl, struct conn_rec *rec)
     /* evhttp_connection_free ran (bufferevent_free cleared the callbacks)
      * or evhttp never took the bufferevent: the socket is closed already */
     bufferevent_decref(rec->bev);
-    free(rec);
+    rec_free(rec);
     uncount(cl);
 }
 
@@ -243,6 +278,11 @@ int conn_limit_accepted(struct conn_limit *cl, struct bufferevent *bev)
         return ps_error_set(PS_ENOMEM, "out of memory tracking a connection");
     rec->cl = cl;
     rec->bev = bev;
+    if (cl->idle_tv.tv_sec || cl->idle_tv.tv_usec) {
+        /* without a timer the connection is served, just never timed out */
+        if ((rec->idle = evtimer_new(cl->base, on_idle, rec)))
+            idle_arm(rec);
+    }
     bufferevent_incref(bev); /* valid until attach, whatever evhttp does */
     rec->next = cl->pending;
     cl->pending = rec;
@@ -252,6 +292,54 @@ int conn_limit_accepted(struct conn_limit *cl, struct bufferevent *bev)
     cl->m->conns_accepted++;
     gate_update(cl);
     return PS_OK;
+}
+
+void conn_limit_set_idle(struct conn_limit *cl, int32_t idle_ms)
+{
+    cl->idle_tv.tv_sec = idle_ms > 0 ? idle_ms / 1000 : 0;
+    cl->idle_tv.tv_usec = idle_ms > 0 ? (idle_ms % 1000) * 1000 : 0;
+}
+
+/* The reply of a request of this connection is complete: idle again. */
+static void on_request_done(struct evhttp_request *req, void *arg)
+{
+    struct conn_limit *cl = arg;
+    struct conn_rec *rec = hash_find(cl, evhttp_request_get_connection(req));
+    if (!rec)
+        return;
+    rec->busy = false;
+    idle_arm(rec);
+}
+
+static struct conn_rec *rec_of(struct conn_limit *cl, struct evhttp_connection *c)
+{
+    struct conn_rec *rec = hash_find(cl, c);
+    if (!rec && cl->pending) {
+        /* a request handled before its connection's attach ran (not seen:
+         * attach runs before any byte is read); attach it now */
+        struct bufferevent *bev = evhttp_connection_get_bufferevent(c);
+        for (struct conn_rec **p = &cl->pending; *p; p = &(*p)->next)
+            if ((*p)->bev == bev) {
+                struct conn_rec *r = *p;
+                *p = r->next;
+                r->next = NULL;
+                attach(cl, r);
+                rec = hash_find(cl, c);
+                break;
+            }
+    }
+    return rec;
+}
+
+void conn_limit_request(struct conn_limit *cl, struct evhttp_request *req)
+{
+    struct evhttp_connection *c = cl ? evhttp_request_get_connection(req) : NULL;
+    struct conn_rec *rec = c ? rec_of(cl, c) : NULL;
+    if (!rec || !rec->idle)
+        return;
+    rec->busy = true;
+    evtimer_del(rec->idle);
+    evhttp_request_set_on_complete_cb(req, on_request_done, cl);
 }
 
 int32_t conn_limit_open(const struct conn_limit *cl)
@@ -268,7 +356,7 @@ void conn_limit_free(struct conn_limit *cl)
         struct conn_rec *rec = cl->pending;
         cl->pending = rec->next;
         bufferevent_decref(rec->bev);
-        free(rec);
+        rec_free(rec);
     }
     /* ATTACHED records are freed by their close callbacks (evhttp_free);
      * any left belong to connections evhttp still holds: detach them */
@@ -277,7 +365,7 @@ void conn_limit_free(struct conn_limit *cl)
             struct conn_rec *rec = cl->hash[s];
             cl->hash[s] = rec->next;
             evhttp_connection_set_closecb(rec->evcon, rec->user_cb, rec->user_arg);
-            free(rec);
+            rec_free(rec);
         }
     if (cl->ev_attach)
         event_free(cl->ev_attach);
@@ -292,21 +380,7 @@ void conn_limit_free(struct conn_limit *cl)
 void conn_closecb_set(struct evhttp_connection *c, closecb_fn cb, void *arg)
 {
     struct conn_limit *cl = g_cl;
-    struct conn_rec *rec = cl ? hash_find(cl, c) : NULL;
-    if (!rec && cl && cl->pending) {
-        /* a request handled before its connection's attach ran (not seen:
-         * attach runs before any byte is read); attach it now */
-        struct bufferevent *bev = evhttp_connection_get_bufferevent(c);
-        for (struct conn_rec **p = &cl->pending; *p; p = &(*p)->next)
-            if ((*p)->bev == bev) {
-                struct conn_rec *r = *p;
-                *p = r->next;
-                r->next = NULL;
-                attach(cl, r);
-                rec = hash_find(cl, c);
-                break;
-            }
-    }
+    struct conn_rec *rec = cl ? rec_of(cl, c) : NULL;
     if (!rec) {
         evhttp_connection_set_closecb(c, cb, arg);
         return;

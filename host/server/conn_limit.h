@@ -59,6 +59,7 @@ struct bufferevent;
 struct event_base;
 struct evconnlistener;
 struct evhttp_connection;
+struct evhttp_request;
 struct metrics;
 struct conn_limit;
 
@@ -81,6 +82,19 @@ void conn_limit_unlisten(struct conn_limit *cl);
  * the cap.  PS_ENOMEM: the connection is not tracked (never counted, never
  * uncounted; it is served as usual). */
 int  conn_limit_accepted(struct conn_limit *cl, struct bufferevent *bev);
+
+/* Idle timeout (0: none, the default): a tracked connection with no
+ * request in flight - from its accept until its first request is complete
+ * (slowloris), and from each reply's end until the next request is
+ * complete (keep-alive) - is closed after idle_ms.  A request being served
+ * (conn_limit_request, until its reply is sent) is never cut.
+ * paraserve_http_idle_closed_total counts the closes. */
+void conn_limit_set_idle(struct conn_limit *cl, int32_t idle_ms);
+
+/* Every request the server handles, first thing: stops its connection's
+ * idle timer until the request's reply is complete (evhttp's on-complete
+ * callback, which this sets: nobody else may set it). */
+void conn_limit_request(struct conn_limit *cl, struct evhttp_request *req);
 
 /* Open connections now (0 when cl is NULL). */
 int32_t conn_limit_open(const struct conn_limit *cl);

@@ -187,6 +187,9 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
           "Client connections allowed at once (max_connections); beyond it clients wait in the listen backlog.",
           m->conns_max);
     counter(&b, "paraserve_http_connections_accepted_total", "Client connections accepted.", m->conns_accepted);
+    counter(&b, "paraserve_http_idle_closed_total",
+            "Client connections closed after idle_timeout_ms with no request in flight (before a complete "
+            "request, or after a reply).", m->idle_closed);
     sb_printf(&b, "# HELP paraserve_http_accept_paused_total Times accepting new connections was paused: at "
                   "max_connections (until one closes), or after accept() failed for want of descriptors or "
                   "memory (for %d ms).\n# TYPE paraserve_http_accept_paused_total counter\n"

@@ -51,6 +51,7 @@ struct metrics {
     uint64_t conns_accepted;
     uint64_t accept_paused_cap;   /* listener disabled at max_connections   */
     uint64_t accept_paused_error; /* accept() failed (EMFILE ...): paused   */
+    uint64_t idle_closed;         /* connections closed by the idle timeout */
 };
 
 void metrics_init(struct metrics *m);

@@ -1291,6 +1291,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
     struct api_error e;
+    conn_limit_request(srv->conns, req); /* no idle timeout while it is served */
     if (!path || !*path)
         path = "/";
     cors_on_request(req, srv->cfg.cors_origins);
@@ -1626,6 +1627,7 @@ int server_run(const struct server_config *cfg)
                                               EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
     if ((rc = conn_limit_create(srv->base, max_conns, &srv->m, &srv->conns)))
         goto done;
+    conn_limit_set_idle(srv->conns, cfg->idle_timeout_ms);
     evhttp_set_gencb(srv->http, on_request, srv);
     evhttp_set_bevcb(srv->http, guard_new, srv);
     srv->sock = evhttp_bind_socket_with_handle(srv->http, cfg->host, (ev_uint16_t)cfg->port);

@@ -85,6 +85,15 @@ int main(void)
     CHECK_MSG(strstr(ps_error_last(), "api_keys[0]: tenant 'none' is reserved"), "%s", ps_error_last());
     CHECK(server_config_add_key(&c, "k", "nonesuch", 0, 10) == PS_OK);
 
+    /* idle_timeout_ms: 60 s by default, 0 (off) .. 1 h */
+    server_config_defaults(&c);
+    CHECK(c.idle_timeout_ms == 60000);
+    CHECK(server_config_load_text(&c, "{\"idle_timeout_ms\": 0}", "t.json") == PS_OK && c.idle_timeout_ms == 0);
+    CHECK(server_config_load_text(&c, "{\"idle_timeout_ms\": 2500}", "t.json") == PS_OK &&
+          c.idle_timeout_ms == 2500);
+    CHECK(server_config_load_text(&c, "{\"idle_timeout_ms\": -1}", "t.json") == PS_EINVAL);
+    CHECK(server_config_load_text(&c, "{\"idle_timeout_ms\": 3600001}", "t.json") == PS_EINVAL);
+
     /* max_connections: at least 1, at most what RLIMIT_NOFILE leaves after
      * the reserve (config.h); unset (0) = the default derived from it */
     server_config_defaults(&c);
