@@ -422,8 +422,10 @@ static void post(engine *e, struct cmd *c)
     wake(e->in_fd);
 }
 
-int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
+/* A submit command with its deep copy of req, numbered; not posted. */
+static int cmd_build(engine *e, const struct engine_request *req, struct cmd **out)
 {
+    *out = NULL;
     struct cmd *c = calloc(1, sizeof *c);
     if (!c)
         return ps_error_set(PS_ENOMEM, "engine: out of memory");
@@ -481,12 +483,51 @@ int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
             req->constraint.ops->retain(req->constraint.ctx);
         c->req.constraint = req->constraint;
     }
-    *id = c->id;
-    post(e, c);
+    *out = c;
     return PS_OK;
 oom:
     cmd_free(c);
     return ps_error_set(PS_ENOMEM, "engine: out of memory");
+}
+
+int engine_submit_many(engine *e, const struct engine_request *reqs, int32_t n, uint64_t *ids)
+{
+    struct cmd *head = NULL, *tail = NULL;
+    for (int32_t i = 0; i < n; i++) {
+        struct cmd *c;
+        int rc = cmd_build(e, &reqs[i], &c);
+        if (rc) {
+            while (head) {
+                struct cmd *next = head->next;
+                cmd_free(head);
+                head = next;
+            }
+            return rc;
+        }
+        ids[i] = c->id;
+        if (tail)
+            tail->next = c;
+        else
+            head = c;
+        tail = c;
+    }
+    if (!head)
+        return PS_OK;
+    /* one splice: the engine thread sees all n at once */
+    pthread_mutex_lock(&e->in_mu);
+    if (e->in_tail)
+        e->in_tail->next = head;
+    else
+        e->in_head = head;
+    e->in_tail = tail;
+    pthread_mutex_unlock(&e->in_mu);
+    wake(e->in_fd);
+    return PS_OK;
+}
+
+int engine_submit(engine *e, const struct engine_request *req, uint64_t *id)
+{
+    return engine_submit_many(e, req, 1, id);
 }
 
 int engine_cancel(engine *e, uint64_t id)

@@ -161,6 +161,11 @@ void engine_free(engine *e);
  * problem of the request's content arrives as a DONE event with status
  * 400. */
 int  engine_submit(engine *e, const struct engine_request *req, uint64_t *id);
+/* engine_submit of reqs[0..n), ids[i] for reqs[i], all or none: the engine
+ * thread takes them in one step, so the n choices of a prompt group are
+ * scheduled together (a choice submitted after its group's first had
+ * finished could not share its prompt's partial block). */
+int  engine_submit_many(engine *e, const struct engine_request *reqs, int32_t n, uint64_t *ids);
 /* Ask the engine to cancel `id` (no-op when already finished). */
 int  engine_cancel(engine *e, uint64_t id);
 /* Ask the engine to cancel every live request. */

@@ -1093,25 +1093,30 @@ static void handle_generate(struct server *srv, struct evhttp_request *req, bool
         reply_error(srv, req, route, &e);
         return;
     }
-    int rc = 0;
+    /* all choices in one submit: the engine schedules the group together */
+    struct engine_request *ers = malloc((size_t)n * sizeof *ers);
+    uint64_t *ids = malloc((size_t)n * sizeof *ids);
+    int rc = ers && ids ? PS_OK : ps_error_set(PS_ENOMEM, "out of memory");
     for (int32_t i = 0; i < n && !rc; i++) {
-        er.sampling.seed = p.sp.seed + (uint64_t)i;
-        er.user = &g->ch[i];
-        if (!(rc = engine_submit(srv->eng, &er, &g->ch[i].id))) {
-            g->ch[i].live = true;
-            g->n_live++;
-        }
+        ers[i] = er;
+        ers[i].sampling.seed = p.sp.seed + (uint64_t)i;
+        ers[i].user = &g->ch[i];
     }
+    if (!rc && !(rc = engine_submit_many(srv->eng, ers, n, ids))) {
+        for (int32_t i = 0; i < n; i++) {
+            g->ch[i].id = ids[i];
+            g->ch[i].live = true;
+        }
+        g->n_live = n;
+    }
+    free(ers);
+    free(ids);
     gen_params_free(&p);
-    if (rc && !g->n_live) {
+    if (rc) { /* nothing was submitted */
         gen_ctx_free(g);
         api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
         reply_error(srv, req, route, &e);
         return;
-    }
-    if (rc) { /* some choices are in: the request fails once their DONEs (cancelled) are in */
-        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
-        request_fail(g, &e);
     }
     srv->m.in_flight++;
     struct evhttp_connection *conn = evhttp_request_get_connection(req);
