@@ -43,6 +43,8 @@ struct conn_rec {
     void                     *user_arg;
     struct event             *idle;     /* idle timer (NULL: no idle timeout) */
     bool                      busy;     /* a request is in flight             */
+    void                    (*done_cb)(struct evhttp_request *, void *); /* conn_oncomplete_set's */
+    void                     *done_arg;
     struct conn_rec          *next;     /* pending list, or hash chain        */
 };
 
@@ -307,8 +309,14 @@ static void on_request_done(struct evhttp_request *req, void *arg)
     struct conn_rec *rec = hash_find(cl, evhttp_request_get_connection(req));
     if (!rec)
         return;
+    void (*cb)(struct evhttp_request *, void *) = rec->done_cb;
+    void *cb_arg = rec->done_arg;
+    rec->done_cb = NULL;
+    rec->done_arg = NULL;
     rec->busy = false;
     idle_arm(rec);
+    if (cb)
+        cb(req, cb_arg);
 }
 
 static struct conn_rec *rec_of(struct conn_limit *cl, struct evhttp_connection *c)
@@ -338,8 +346,24 @@ void conn_limit_request(struct conn_limit *cl, struct evhttp_request *req)
     if (!rec || !rec->idle)
         return;
     rec->busy = true;
+    rec->done_cb = NULL;
+    rec->done_arg = NULL;
     evtimer_del(rec->idle);
     evhttp_request_set_on_complete_cb(req, on_request_done, cl);
+}
+
+void conn_oncomplete_set(struct evhttp_request *req, void (*cb)(struct evhttp_request *, void *), void *arg)
+{
+    struct conn_limit *cl = g_cl;
+    struct evhttp_connection *c = evhttp_request_get_connection(req);
+    struct conn_rec *rec = cl && c ? hash_find(cl, c) : NULL;
+    if (!rec || !rec->busy) {
+        /* no idle timer on this request: the callback is free */
+        evhttp_request_set_on_complete_cb(req, cb, arg);
+        return;
+    }
+    rec->done_cb = cb;
+    rec->done_arg = arg;
 }
 
 int32_t conn_limit_open(const struct conn_limit *cl)

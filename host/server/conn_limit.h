@@ -93,8 +93,15 @@ void conn_limit_set_idle(struct conn_limit *cl, int32_t idle_ms);
 
 /* Every request the server handles, first thing: stops its connection's
  * idle timer until the request's reply is complete (evhttp's on-complete
- * callback, which this sets: nobody else may set it). */
+ * callback, which this takes: others set theirs with conn_oncomplete_set). */
 void conn_limit_request(struct conn_limit *cl, struct evhttp_request *req);
+
+/* evhttp_request_set_on_complete_cb for the server's requests: cb(req, arg)
+ * runs when the reply is written, after the idle timer is re-armed.  One
+ * per request (the last set wins).  Never call evhttp's directly on a
+ * request conn_limit_request saw: it would replace the idle timer's and
+ * the connection would never idle out. */
+void conn_oncomplete_set(struct evhttp_request *req, void (*cb)(struct evhttp_request *, void *), void *arg);
 
 /* Open connections now (0 when cl is NULL). */
 int32_t conn_limit_open(const struct conn_limit *cl);

@@ -48,7 +48,7 @@ int flush_track(struct evhttp_request *req, int32_t *count, void (*done)(void *u
     if (!t)
         return ps_error_set(PS_ENOMEM, "out of memory tracking a reply");
     *t = (struct flush_token){ .count = count, .done = done, .ud = ud };
-    evhttp_request_set_on_complete_cb(req, on_written, t);
+    conn_oncomplete_set(req, on_written, t);
     conn_closecb_set(c, on_closed, t);
     (*count)++;
     return PS_OK;

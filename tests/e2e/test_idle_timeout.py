@@ -115,6 +115,26 @@ def test_keep_alive_connection_idles_out_after_its_reply(srv):
     conn.close()
 
 
+@pytest.mark.parametrize("path,body", [
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 1}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 2, "stream": True}),
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}),
+    ("/v1/tasks", {"input": "add", "script": [{"final": {"answer": "done"}}]}),
+], ids=["completion", "stream", "chat", "task"])
+def test_keep_alive_idles_out_after_a_generation_or_task_reply(srv, path, body):
+    # these replies are tracked until written (flush_track), which once took the request's
+    # on-complete callback from the idle timer: the connection then never idled out
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    full = body if path == "/v1/tasks" else {"model": "default", **body}
+    conn.request("POST", path, json.dumps(full), {"Content-Type": "application/json"})
+    r = conn.getresponse()
+    assert r.status == 200, r.read()
+    r.read()
+    took = closed_by_server(conn.sock, 5)
+    assert took is not None and took <= 3.0, "a kept-alive connection outlived the idle timeout"
+    conn.close()
+
+
 def test_open_count_returns_after_idle_closes(srv):
     socks = [connect(srv) for _ in range(5)]
     assert wait_for(lambda: srv.metrics()[OPEN] >= 6, timeout=5)
