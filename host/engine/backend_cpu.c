@@ -1472,7 +1472,9 @@ static void attn_worker_simd(struct attn_task *at, int ith)
  * exp_avx2, the in-order lane sums, per-element FMAs in position order,
  * * (1 / sum)), so the output is bitwise what the grouped items give:
  * only the division of the work changes.  test_backend_cpu compares the
- * two. */
+ * two.  Not with NaN scores (an f16 cache value that overflowed): max_ps
+ * keeps its second operand on NaN, so lane maxima merged from threads can
+ * differ from one pass's; such rows are garbage either way. */
 struct attn_split {
     const float   *q;      /* [n_head][D] the row's query */
     float         *out;    /* [n_head][D] */
