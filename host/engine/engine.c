@@ -410,16 +410,23 @@ static void *engine_main(void *arg)
 
 /* ---- caller side ------------------------------------------------------------------ */
 
-static void post(engine *e, struct cmd *c)
+/* Append the chain head .. tail (linked by next) in one splice: the engine
+ * thread sees all of it at once. */
+static void post_chain(engine *e, struct cmd *head, struct cmd *tail)
 {
     pthread_mutex_lock(&e->in_mu);
     if (e->in_tail)
-        e->in_tail->next = c;
+        e->in_tail->next = head;
     else
-        e->in_head = c;
-    e->in_tail = c;
+        e->in_head = head;
+    e->in_tail = tail;
     pthread_mutex_unlock(&e->in_mu);
     wake(e->in_fd);
+}
+
+static void post(engine *e, struct cmd *c)
+{
+    post_chain(e, c, c);
 }
 
 /* A submit command with its deep copy of req, numbered; not posted. */
@@ -511,17 +518,8 @@ int engine_submit_many(engine *e, const struct engine_request *reqs, int32_t n, 
             head = c;
         tail = c;
     }
-    if (!head)
-        return PS_OK;
-    /* one splice: the engine thread sees all n at once */
-    pthread_mutex_lock(&e->in_mu);
-    if (e->in_tail)
-        e->in_tail->next = head;
-    else
-        e->in_head = head;
-    e->in_tail = tail;
-    pthread_mutex_unlock(&e->in_mu);
-    wake(e->in_fd);
+    if (head)
+        post_chain(e, head, tail);
     return PS_OK;
 }
 
