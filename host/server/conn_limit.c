@@ -164,6 +164,13 @@ static void attach(struct conn_limit *cl, struct conn_rec *rec)
         rec->next = cl->hash[s];
         cl->hash[s] = rec;
         evhttp_connection_set_closecb(c, on_closed, rec);
+        /* a reply the client does not read for the idle timeout: bufferevent
+         * times the write side only while output is pending, restarting at
+         * every byte written, so a slow reader that keeps reading and a
+         * stream with nothing to send are never cut; expiry is evhttp's
+         * network failure path (as a client gone: close callbacks run) */
+        if (rec->idle)
+            bufferevent_set_timeouts(rec->bev, NULL, &cl->idle_tv);
         bufferevent_decref(rec->bev);
         return;
     }

@@ -87,8 +87,12 @@ int  conn_limit_accepted(struct conn_limit *cl, struct bufferevent *bev);
  * request in flight - from its accept until its first request is complete
  * (slowloris), and from each reply's end until the next request is
  * complete (keep-alive) - is closed after idle_ms.  A request being served
- * (conn_limit_request, until its reply is sent) is never cut.
- * paraserve_http_idle_closed_total counts the closes. */
+ * (conn_limit_request, until its reply is sent) is not cut by that timer;
+ * but a reply that makes no write progress for idle_ms (a client that
+ * stopped reading, e.g. pipelining requests it never reads the answers
+ * of) closes the connection, as a client gone would.
+ * paraserve_http_idle_closed_total counts the idle closes (not the
+ * stalled writes, which libevent's own path closes). */
 void conn_limit_set_idle(struct conn_limit *cl, int32_t idle_ms);
 
 /* Every request the server handles, first thing: stops its connection's

@@ -1,7 +1,9 @@
 """`paraserve serve --idle-timeout-ms T`: a client connection with no request
 in flight for T is closed by the server - one that never sends a byte, one
 that trickles its headers or body (slowloris), a keep-alive one after its
-reply - while a request being served is never cut, however long it runs.
+reply, one whose reply stalls because the client stopped reading - while a
+request being served is never cut, however long it runs, nor a slow reader
+that keeps reading.
 The idle closes are counted in /metrics and every close is uncounted from
 the open connections."""
 import http.client
@@ -77,9 +79,10 @@ def test_trickled_request_is_closed(srv, what):
 
 
 def test_request_longer_than_the_timeout_is_served(srv):
-    # a non-streamed generation of ~2-3 x the timeout: no byte moves while it runs
+    # a non-streamed generation of ~2-4 x the timeout (~225 tok/s on the idle 2-core VM): no
+    # byte moves while it runs
     conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
-    body = {"model": "default", "prompt": "Count: 1, 2, 3,", "max_tokens": 200, "ignore_eos": True,
+    body = {"model": "default", "prompt": "Count: 1, 2, 3,", "max_tokens": 480, "ignore_eos": True,
             "temperature": 0}
     t0 = time.monotonic()
     conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -87,7 +90,7 @@ def test_request_longer_than_the_timeout_is_served(srv):
     took = time.monotonic() - t0
     assert r.status == 200
     out = json.loads(r.read())
-    assert out["usage"]["completion_tokens"] == 200
+    assert out["usage"]["completion_tokens"] == 480
     assert took > IDLE_MS / 1000, f"the request took {took:.2f} s: too short to show anything"
     # and a streamed one with a slow consumer: the reply is in flight until its end
     conn.request("POST", "/v1/completions", json.dumps({**body, "stream": True, "max_tokens": 60}),
@@ -133,6 +136,56 @@ def test_keep_alive_idles_out_after_a_generation_or_task_reply(srv, path, body):
     took = closed_by_server(conn.sock, 5)
     assert took is not None and took <= 3.0, "a kept-alive connection outlived the idle timeout"
     conn.close()
+
+
+def test_client_that_stops_reading_is_closed(srv):
+    # pipelined requests whose answers are never read: the reply being written stalls with the
+    # socket buffers full, so a request stays in flight forever and the idle timer never runs -
+    # a few such clients once held every slot.  A write making no progress for the timeout
+    # closes the connection instead.
+    assert wait_for(lambda: srv.metrics()[OPEN] == 1, timeout=5), srv.metrics()
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", srv.port))
+    s.setblocking(False)
+    req = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 3000
+    sent, t0 = 0, time.monotonic()
+    while sent < len(req) and time.monotonic() - t0 < 2:
+        try:
+            sent += s.send(req[sent:])
+        except BlockingIOError:
+            time.sleep(0.01)
+    assert srv.metrics()[OPEN] == 2, "the unread connection should be open while its writes stall"
+    # nothing read: closed within the timeout (and some slack for the loop) of the last write
+    assert wait_for(lambda: srv.metrics()[OPEN] == 1, timeout=6), \
+        f"a client that reads nothing still holds its connection: {srv.metrics()[OPEN]} open"
+    s.close()
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
+    conn.request("GET", "/health")
+    assert conn.getresponse().status == 200
+    conn.close()
+
+
+def test_slow_reader_that_keeps_reading_is_served(srv):
+    # the write timeout restarts at every byte written: a client reading a large reply slowly,
+    # but steadily, gets all of it
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(("127.0.0.1", srv.port))
+    s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 60 +
+              b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    s.settimeout(10)
+    got, t0 = b"", time.monotonic()
+    while True:
+        chunk = s.recv(2048)
+        if not chunk:
+            break
+        got += chunk
+        time.sleep(0.02)
+    took = time.monotonic() - t0
+    s.close()
+    assert got.count(b"HTTP/1.1 200") == 61, (got.count(b"HTTP/1.1 200"), took)
+    assert took > IDLE_MS / 1000, f"read in {took:.2f} s: too fast to show anything"
 
 
 def test_open_count_returns_after_idle_closes(srv):
