@@ -25,11 +25,7 @@
 #include "orchestrator/httpc.h"
 #include "orchestrator/jbuf.h"
 
-static char *const json_headers[] = {
-    "Content-Type: application/json",
-    "Accept: application/json",
-    NULL,
-};
+static char *const json_headers[] = { EXEC_JSON_HEADER_LINES, NULL };
 
 void adapter_op_free(struct adapter_op *op)
 {
@@ -117,7 +113,10 @@ static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
         jbuf_free(&b);
         return ps_error_set(PS_ENOMEM, "out of memory");
     }
-    op->req = httpc_request(op->ex->http, "POST", url, json_headers, op->rt->spec->headers,
+    /* a local agent's requests carry serve's token for its local port */
+    char *const *hdrs = op->rt->spec->kind == AGENT_LOCAL && op->ex->local_hdrs[2] ? op->ex->local_hdrs
+                                                                                   : json_headers;
+    op->req = httpc_request(op->ex->http, "POST", url, hdrs, op->rt->spec->headers,
                             b.p, b.len, 0, op->rt->spec->ca_file, cb, op);
     jbuf_free(&b);
     return op->req ? PS_OK : PS_EIO;

@@ -627,6 +627,13 @@ struct exec *exec_create(struct event_base *base, const struct registry *reg,
         goto fail;
     if (cfg && cfg->local_model && !(ex->local_model = strdup(cfg->local_model)))
         goto fail;
+    if (cfg && cfg->local_header) {
+        static char *const json[] = { EXEC_JSON_HEADER_LINES };
+        ex->local_hdrs[0] = json[0];
+        ex->local_hdrs[1] = json[1];
+        if (!(ex->local_hdrs[2] = strdup(cfg->local_header)))
+            goto fail;
+    }
     ex->rng = cfg && cfg->seed ? cfg->seed : (uint64_t)orch_now_ns() | 1;
     return ex;
 fail:
@@ -651,6 +658,7 @@ void exec_destroy(struct exec *ex)
     free(ex->agents);
     free(ex->local_url);
     free(ex->local_model);
+    free(ex->local_hdrs[2]);
     free(ex);
 }
 

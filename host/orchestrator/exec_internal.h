@@ -30,6 +30,9 @@ struct agent_rt {
     struct event      *pump;               /* starts queued calls as slots free */
 };
 
+/* the header lines of every JSON request an adapter sends */
+#define EXEC_JSON_HEADER_LINES "Content-Type: application/json", "Accept: application/json"
+
 struct exec {
     struct event_base     *base;
     const struct registry *reg;
@@ -38,6 +41,8 @@ struct exec {
     int                    n_agents;
     char                  *local_url;
     char                  *local_model;
+    char                  *local_hdrs[4];  /* json headers + exec_config.local_header, NULL-ended;
+                                              [2] NULL: none (owned: [2]) */
     uint64_t               rng;
     struct exec_group     *groups;         /* every live group */
     struct mcp_reap       *reaping;        /* stopped mcp-stdio processes not reaped yet */

@@ -85,6 +85,9 @@ struct exec_config {
     const char *local_url;   /* OpenAI chat-completions URL serving the
                                 embedded model, for kind "local"; NULL: none */
     const char *local_model; /* model name sent there ("default") */
+    const char *local_header;/* "Name: value" line sent with every local
+                                request (serve's local agents' token); NULL:
+                                none */
     uint64_t    seed;        /* jitter PRNG seed (0: from the clock) */
 };
 

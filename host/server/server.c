@@ -36,11 +36,20 @@
 #include "flush_track.h"
 #include "conn_limit.h"
 
+/* the header carrying the local agents' token (server.local_token) */
+#define SERVER_LOCAL_HEADER "X-Paraserve-Local"
+
 struct server {
     struct server_config cfg;
     struct event_base   *base;
     struct evhttp       *http;
     struct evhttp_bound_socket *sock;
+    /* The local agents' own port (127.0.0.1, ephemeral): outside the
+     * client connection cap, so tasks waiting on /v1/tasks can never starve
+     * their own agent calls; only POST /v1/chat/completions carrying
+     * SERVER_LOCAL_HEADER with local_token, which replaces the API key */
+    struct evhttp       *http_local;
+    char                 local_token[33];
     struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_grace;
     struct conn_limit   *conns;   /* open connections counted and capped */
     engine              *eng;
@@ -1289,9 +1298,10 @@ static bool conflicting_content_length(struct evhttp_request *req)
     return false;
 }
 
-static void on_request(struct evhttp_request *req, void *arg)
+/* One request; `local`: the local agents' port (authenticated by its
+ * token, runs as tenant 0 with the API's whole priority range). */
+static void serve_request(struct server *srv, struct evhttp_request *req, bool local)
 {
-    struct server *srv = arg;
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
@@ -1310,7 +1320,7 @@ static void on_request(struct evhttp_request *req, void *arg)
     /* OPTIONS needs no key: it lists a route's methods, and a browser's CORS
      * preflight carries no credentials */
     struct caller who = { .tenant = 0, .priority = 0, .max_priority = 1000000 };
-    if ((!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) && method != EVHTTP_REQ_OPTIONS &&
+    if (!local && (!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) && method != EVHTTP_REQ_OPTIONS &&
         !authenticate(srv, req, tasks_api_route(path) ? ROUTE_OTHER : !strcmp(path, "/v1/chat/completions")
                                 ? ROUTE_CHAT : !strcmp(path, "/v1/completions") ? ROUTE_COMPLETIONS
                                 : !strncmp(path, "/v1/models", 10) && (!path[10] || path[10] == '/') ? ROUTE_MODELS
@@ -1365,6 +1375,36 @@ static void on_request(struct evhttp_request *req, void *arg)
     api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "Unknown path %s", clean ? clean : "");
     free(clean);
     reply_error(srv, req, ROUTE_OTHER, &e);
+}
+
+static void on_request(struct evhttp_request *req, void *arg)
+{
+    serve_request(arg, req, false);
+}
+
+/* The local agents' port: POST /v1/chat/completions with the token only
+ * (403 without it, 404 for any other route: nothing else is served here). */
+static void on_request_local(struct evhttp_request *req, void *arg)
+{
+    struct server *srv = arg;
+    const char *tok = evhttp_find_header(evhttp_request_get_input_headers(req), SERVER_LOCAL_HEADER);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    struct api_error e;
+    if (!tok || !key_equal(tok, strlen(tok), srv->local_token)) {
+        evhttp_add_header(evhttp_request_get_output_headers(req), "Connection", "close");
+        api_error_set(&e, 403, "invalid_request_error", "forbidden", NULL,
+                      "This port serves the server's own local agents only");
+        reply_error(srv, req, ROUTE_OTHER, &e);
+        return;
+    }
+    if (!path || strcmp(path, "/v1/chat/completions") || evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        api_error_set(&e, 404, "invalid_request_error", "not_found", NULL,
+                      "The local agents' port serves POST /v1/chat/completions only");
+        reply_error(srv, req, ROUTE_OTHER, &e);
+        return;
+    }
+    serve_request(srv, req, true);
 }
 
 /* ---- libevent's own error pages made OpenAI-shaped ----------------------------------
@@ -1473,6 +1513,62 @@ static struct bufferevent *guard_new(struct event_base *base, void *arg)
     if (bev)
         (void)conn_limit_accepted(srv->conns, bev);
     return bev;
+}
+
+/* The local agents' port: the same output guard, not counted (no cap). */
+static struct bufferevent *guard_new_local(struct event_base *base, void *arg)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), guard_output, arg)) {
+        bufferevent_free(bev);
+        bev = NULL;
+    }
+    return bev;
+}
+
+/* Open the local agents' port: a second evhttp on the same loop, bound to
+ * 127.0.0.1:0, with the main server's limits but not its connection cap;
+ * idle connections close after the idle timeout (evhttp's own timeouts:
+ * reading is off while a request is served, so a generation is never cut).
+ * Writes its chat-completions URL and the "Name: token" header line local
+ * agents send. */
+static int local_listen(struct server *srv, ev_ssize_t max_body, char *url, size_t url_size, char *hdr,
+                        size_t hdr_size)
+{
+    unsigned char rnd[16];
+    size_t got = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (f) {
+        got = fread(rnd, 1, sizeof rnd, f);
+        fclose(f);
+    }
+    if (got != sizeof rnd)
+        return ps_error_set(PS_EIO, "cannot read /dev/urandom for the local agents' token");
+    for (size_t i = 0; i < sizeof rnd; i++)
+        snprintf(srv->local_token + 2 * i, 3, "%02x", rnd[i]);
+    srv->http_local = evhttp_new(srv->base);
+    if (!srv->http_local)
+        return ps_error_set(PS_EINTERNAL, "libevent: cannot create the local agents' http server");
+    evhttp_set_max_body_size(srv->http_local, max_body);
+    evhttp_set_max_headers_size(srv->http_local, SERVER_MAX_HEADERS_BYTES);
+    evhttp_set_allowed_methods(srv->http_local, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
+                                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
+                                                    EVHTTP_REQ_PATCH);
+    if (srv->cfg.idle_timeout_ms > 0) {
+        struct timeval tv = { srv->cfg.idle_timeout_ms / 1000, (srv->cfg.idle_timeout_ms % 1000) * 1000 };
+        evhttp_set_timeout_tv(srv->http_local, &tv);
+    }
+    evhttp_set_gencb(srv->http_local, on_request_local, srv);
+    evhttp_set_bevcb(srv->http_local, guard_new_local, srv);
+    struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(srv->http_local, "127.0.0.1", 0);
+    struct sockaddr_in sa;
+    socklen_t sl = sizeof sa;
+    if (!sock || getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&sa, &sl) ||
+        sa.sin_family != AF_INET)
+        return ps_error_set(PS_EIO, "cannot listen on 127.0.0.1 for the local agents");
+    snprintf(url, url_size, "http://127.0.0.1:%d/v1/chat/completions", (int)ntohs(sa.sin_port));
+    snprintf(hdr, hdr_size, "%s: %s", SERVER_LOCAL_HEADER, srv->local_token);
+    return PS_OK;
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------------- */
@@ -1657,21 +1753,21 @@ int server_run(const struct server_config *cfg)
         rc = ps_error_set(PS_EINTERNAL, "libevent: cannot register events");
         goto done;
     }
-    char local_url[320];
-    snprintf(local_url, sizeof local_url, "http://%s%s%s:%d/v1/chat/completions",
-             strchr(cfg->host, ':') ? "[" : "",
-             !strcmp(cfg->host, "0.0.0.0") ? "127.0.0.1" : !strcmp(cfg->host, "::") ? "::1" : cfg->host,
-             strchr(cfg->host, ':') ? "]" : "", port);
+    char local_url[96], local_header[96];
+    if ((rc = local_listen(srv, (ev_ssize_t)cap, local_url, sizeof local_url, local_header, sizeof local_header)))
+        goto done;
     struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .vocab = srv->gvocab,
                                    .tok = tok, .n_ctx = n_ctx, .m = &srv->m,
                                    .agents_path = cfg->agents, .local_url = local_url,
+                                   .local_header = local_header,
                                    .max_body_bytes = cfg->max_body_bytes, .sse_heartbeat_ms = cfg->sse_heartbeat_ms,
                                    .flushing = &srv->flushing,
                                    .drained = on_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))
         goto done;
-    fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s\n", tasks_api_n_agents(srv->tasks),
-            tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)");
+    fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s; local agents call %s\n",
+            tasks_api_n_agents(srv->tasks),
+            tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)", local_url);
     if (cfg->n_api_keys)
         fprintf(stderr, "paraserve: /v1/* requires an API key: %d key(s), %d tenant(s)\n", (int)cfg->n_api_keys,
                 (int)srv->m.n_tenants - 1);
@@ -1690,6 +1786,8 @@ done:
     conn_limit_unlisten(srv->conns); /* evhttp_free frees the listener first */
     if (srv->http)
         evhttp_free(srv->http); /* closes connections: close callbacks cancel their requests */
+    if (srv->http_local)
+        evhttp_free(srv->http_local);
     conn_limit_free(srv->conns);
     tasks_api_stop(srv->tasks); /* after the connections, before the engine */
     engine_free(srv->eng);

@@ -885,6 +885,7 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     api->cfg = *cfg;
     api->cfg.agents_path = NULL;
     api->cfg.local_url = NULL;
+    api->cfg.local_header = NULL;
     if (cfg->agents_path && cfg->agents_path[0])
         snprintf(api->agents_path, sizeof api->agents_path, "%s", cfg->agents_path);
     else
@@ -918,7 +919,8 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
         }
         free(cats);
     }
-    struct exec_config ecfg = { .local_url = cfg->local_url, .local_model = "default" };
+    struct exec_config ecfg = { .local_url = cfg->local_url, .local_header = cfg->local_header,
+                                .local_model = "default" };
     if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, NULL))) {
         rc = PS_ENOMEM;
         goto fail;

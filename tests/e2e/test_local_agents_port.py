@@ -1,0 +1,119 @@
+"""`local` agents (the served model with a role prompt) call this server's own
+/v1/chat/completions.  They do it on a port of their own (127.0.0.1, ephemeral,
+named in the log), outside the client connection cap and authenticated by a
+per-process token instead of an API key:
+
+- clients waiting on /v1/tasks that hold every client slot (--max-connections)
+  no longer starve their own agent calls (before: every task failed at its
+  deadline, the agent calls queued in the listen backlog behind them);
+- with API keys configured, local agents work (before: HTTP 401 on every call);
+- the port serves nothing but POST /v1/chat/completions with the token: 403
+  without it or with a wrong one, 404 for any other route.
+"""
+import http.client
+import json
+import re
+import threading
+import time
+
+import pytest
+
+from server_fixtures import start_server, wait_for  # noqa: F401  (fixture)
+
+KEY = "sk-local-port-test"
+AGENTS = {"agents": [{
+    "name": "solver", "kind": "local", "description": "Answers. Args: {\"input\": text}.",
+    "system_prompt": "Answer in one word.", "max_tokens": 4, "timeout_ms": 60000,
+    "max_concurrency": 8, "retries": 0}]}
+TASK = {"input": "q", "deadline_ms": 20000,
+        "script": [{"calls": [{"id": "c1", "to": "solver", "args": {"input": "Say hi"}}]},
+                   {"final": {"answer": "{{c1}}", "uses": ["c1"]}}]}
+
+
+@pytest.fixture(scope="module")
+def srv(start_server, tmp_path_factory):  # noqa: F811
+    path = tmp_path_factory.mktemp("agents") / "agents.json"
+    path.write_text(json.dumps(AGENTS))
+    return start_server("--kv-blocks", 256, "--max-connections", 2, "--api-key", KEY, "--agents", str(path))
+
+
+def local_port(srv):
+    m = re.search(r"local agents call http://127\.0\.0\.1:(\d+)/v1/chat/completions", srv.output())
+    assert m, srv.output()[-2000:]
+    return int(m.group(1))
+
+
+def post_task(port, results, i):
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    c.request("POST", "/v1/tasks", json.dumps(TASK),
+              {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"})
+    r = c.getresponse()
+    results[i] = (r.status, json.loads(r.read()), time.monotonic() - t0)
+    c.close()
+
+
+def test_tasks_holding_every_client_slot_still_reach_their_local_agent(srv):
+    # 2 clients, cap 2: every client slot is held by a request waiting for its task's local call
+    assert wait_for(lambda: srv.metrics()["paraserve_http_connections_open"] == 1, timeout=10)
+    results = [None, None]
+    threads = [threading.Thread(target=post_task, args=(srv.port, results, i)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    for status, body, took in results:
+        assert status == 200, body
+        assert body["status"] == "completed", body
+        assert [c["status"] for c in body["calls"]] == ["ok"], body["calls"]
+        assert took < 15, f"{took:.1f} s: the agent call waited behind the client cap"
+
+
+def test_local_agent_works_with_api_keys(srv):
+    results = [None]
+    post_task(srv.port, results, 0)
+    status, body, _ = results[0]
+    assert status == 200 and body["calls"][0]["status"] == "ok", body
+    assert "401" not in json.dumps(body)
+    assert body["output"] == body["calls"][0]["result"], body
+
+
+def request(port, method, path, headers, body=None):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    c.request(method, path, json.dumps(body) if body is not None else None, headers)
+    r = c.getresponse()
+    out = (r.status, json.loads(r.read() or b"{}"))
+    c.close()
+    return out
+
+
+CHAT = {"model": "default", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+
+
+@pytest.mark.parametrize("headers", [
+    {},
+    {"X-Paraserve-Local": "0" * 32},
+    {"X-Paraserve-Local": ""},
+    {"Authorization": f"Bearer {KEY}"},   # the API key is not the local token
+], ids=["none", "wrong", "empty", "api-key"])
+def test_local_port_refuses_requests_without_the_token(srv, headers):
+    status, body = request(local_port(srv), "POST", "/v1/chat/completions",
+                           {"Content-Type": "application/json", **headers}, CHAT)
+    assert status == 403, body
+    assert body["error"]["code"] == "forbidden"
+
+
+def test_local_port_serves_nothing_else(srv):
+    # the token is not observable from outside the process; only the refusal paths are
+    port = local_port(srv)
+    for method, path in [("GET", "/metrics"), ("GET", "/health"), ("POST", "/v1/tasks"), ("GET", "/v1/models")]:
+        status, body = request(port, method, path, {"Content-Type": "application/json"},
+                               TASK if method == "POST" else None)
+        assert status == 403, (method, path, body)
+
+
+def test_client_port_still_enforces_the_cap_and_keys(srv):
+    status, body = request(srv.port, "POST", "/v1/chat/completions", {"Content-Type": "application/json"}, CHAT)
+    assert status == 401, body
+    m = srv.metrics()
+    assert m["paraserve_http_connections_max"] == 2
