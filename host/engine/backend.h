@@ -148,9 +148,10 @@ int64_t backend_cpu_shared_prefix_rows(const backend *be);
  * the per-KV-head items; PARASERVE_CPU_ATTN_SPLIT=0 turns it off). */
 int64_t backend_cpu_split_rows(const backend *be);
 
-/* Matrices a CPU backend runs on Q4_1 copies repacked for 8-row tiles
- * (quant.h "x8": Q4_1 with a multiple of 8 rows, on the AVX2 path; 0 for
- * a non-CPU backend).  PARASERVE_CPU_X8=0 at creation turns them off. */
+/* Matrices a CPU backend runs on copies repacked for 8-row tiles
+ * (quant.h "x8": Q4_1 and Q8_0 with a multiple of 8 rows, on the AVX2
+ * path; 0 for a non-CPU
+ * backend).  PARASERVE_CPU_X8=0 at creation turns them off. */
 int backend_cpu_x8_matrices(const backend *be);
 
 /* Backend by name: "cpu", "cuda", or "auto" (CUDA when a GPU is present

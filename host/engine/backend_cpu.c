@@ -24,7 +24,7 @@
  *
  * Matmuls: each activation row is quantized once to the weight's
  * vec_dot_type, then quant_mat_dot computes tiles of MM_SUB output rows x
- * MM_TOK tokens (each weight block unpacked once per 8 tokens); Q4_1
+ * MM_TOK tokens (each weight block unpacked once per 8 tokens); Q4_1 and Q8_0
  * matrices with a multiple of 8 rows run on copies repacked at creation
  * for the x8 tiles instead (x8_repack_all; quant.h), a row per lane.  Threads
  * claim chunks of output rows (guided: large first, MM_SUB at the end) and
@@ -139,7 +139,7 @@ struct cpu_backend {
     int8_t            *kq8, *vq8;  /* KV_Q8: same layout in int8 (the others NULL) */
     float             *ks8, *vs8;  /* KV_Q8: [n_layer][n_kv_blocks][block_size][kv_dim / 32] scales */
     void              *cache_raw[8]; /* allocations behind kcache32, vcache32, kcache, vcache, kq8, vq8, ks8, vs8 */
-    /* Q4_1 matrices repacked for 8-row tiles (quant.h "x8"), one block of
+    /* Q4_1 / Q8_0 matrices repacked for 8-row tiles (quant.h "x8"), one block of
      * memory; x8_w[i] is the model's weight whose copy is at x8_data[i] */
     const struct weight **x8_w;
     const uint8_t      **x8_data;
@@ -320,7 +320,7 @@ static inline float silu(float x)
 
 struct mm_part {
     const struct weight *w;
-    const uint8_t       *x8;        /* w repacked for 8-row tiles (Q4_1 x8), or NULL */
+    const uint8_t       *x8;        /* w repacked for 8-row tiles (x8, quant.h), or NULL */
     const uint8_t       *act;       /* [T][act_stride] quantized input rows */
     size_t               act_stride;
     float               *out;       /* out[t * out_stride + r] */
@@ -383,7 +383,7 @@ static void mm_tile(const struct mm_part *p, int64_t rs, int64_t nr, int64_t t0,
     const int64_t K = w->ne[0];
     const uint8_t *act = p->act + (size_t)t0 * p->act_stride;
     if (p->x8) {
-        quant_mat_dot_q4_1x8(p->x8, rs, nr, K, act, p->act_stride, nt, out, os);
+        quant_mat_dot_x8(w->type, p->x8, rs, nr, K, act, p->act_stride, nt, out, os);
         return;
     }
     const size_t rb = dtype_row_bytes(w->type, K);
@@ -2172,17 +2172,18 @@ static int cache_alloc(struct cpu_backend *cb, int slot, int64_t bytes, void **o
         }                                                              \
     } while (0)
 
-/* Q4_1 matrices with a multiple of 8 rows (and at most QUANT_X8_MAXB
- * blocks per row) repacked for the x8 tiles, when the SIMD path has them:
- * about 2.4x faster one-token matmuls and 1.4x faster 8-token tiles on
- * AVX2 (test_quant_mdot's bench), at the cost of a copy of those weights
- * (the mmap'd originals are not read again).  Their dots are the x8
+/* Q4_1 and Q8_0 matrices with a multiple of 8 rows (and at most
+ * QUANT_X8_MAXB blocks per row) repacked for the x8 tiles, when the SIMD
+ * path has them: Q4_1 about 2.4x faster one-token matmuls and 1.4x faster
+ * 8-token tiles on AVX2 (test_quant_mdot's bench), at the cost of a copy
+ * of those weights (the mmap'd originals are not read again, but for the
+ * embedding rows of a tied output).  Their dots are the x8
  * arithmetic (quant.h), the same for every batch and thread split.
  * PARASERVE_CPU_X8=0 keeps every matrix on quant_mat_dot (A/B runs). */
 static int x8_repack_all(struct cpu_backend *cb, const struct model *m)
 {
     const char *env = getenv("PARASERVE_CPU_X8");
-    if (!quant_q4_1x8_available() || (env && !strcmp(env, "0")))
+    if ((!quant_x8_available(DT_Q4_1) && !quant_x8_available(DT_Q8_0)) || (env && !strcmp(env, "0")))
         return PS_OK;
     const struct weight **cand = malloc((7 * (size_t)m->hp.n_layer + 1) * sizeof *cand);
     if (!cand)
@@ -2199,7 +2200,7 @@ static int x8_repack_all(struct cpu_backend *cb, const struct model *m)
     int keep = 0;
     for (int i = 0; i < n; i++) {
         const struct weight *w = cand[i];
-        if (w->type != DT_Q4_1 || !w->data || w->ne[1] % 8 || w->ne[0] % 32 || w->ne[0] / 32 > QUANT_X8_MAXB)
+        if (!w->data || !quant_x8_available(w->type) || !quant_x8_bytes(w->type, w->ne[1], w->ne[0]))
             continue;
         int dup = 0;   /* a tied output is the embedding: listed once */
         for (int j = 0; j < keep; j++)
@@ -2207,7 +2208,7 @@ static int x8_repack_all(struct cpu_backend *cb, const struct model *m)
         if (dup)
             continue;
         cand[keep++] = w;
-        bytes += (size_t)w->ne[1] * dtype_row_bytes(DT_Q4_1, w->ne[0]);
+        bytes += quant_x8_bytes(w->type, w->ne[1], w->ne[0]);
     }
     int rc = PS_OK;
     if (keep) {
@@ -2215,16 +2216,16 @@ static int x8_repack_all(struct cpu_backend *cb, const struct model *m)
         cb->x8_data = calloc((size_t)keep, sizeof *cb->x8_data);
         cb->x8_mem = aligned_alloc(64, (bytes + 64 * (size_t)keep + 63) / 64 * 64);
         if (!cb->x8_w || !cb->x8_data || !cb->x8_mem)
-            rc = ps_error_set(PS_ENOMEM, "backend_cpu: out of memory repacking %zu bytes of Q4_1 weights", bytes);
+            rc = ps_error_set(PS_ENOMEM, "backend_cpu: out of memory repacking %zu bytes of weights", bytes);
     }
     size_t off = 0;
     for (int i = 0; i < keep && !rc; i++) {
         const struct weight *w = cand[i];
-        const size_t rb = dtype_row_bytes(DT_Q4_1, w->ne[0]);
-        rc = quant_q4_1x8_repack(w->data, rb, w->ne[1], w->ne[0], cb->x8_mem + off);
+        rc = quant_x8_repack(w->type, w->data, dtype_row_bytes(w->type, w->ne[0]), w->ne[1], w->ne[0],
+                             cb->x8_mem + off);
         cb->x8_w[i] = w;
         cb->x8_data[i] = cb->x8_mem + off;
-        off += ((size_t)w->ne[1] * rb + 63) / 64 * 64;
+        off += (quant_x8_bytes(w->type, w->ne[1], w->ne[0]) + 63) / 64 * 64;
     }
     if (!rc)
         cb->n_x8 = keep;

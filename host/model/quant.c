@@ -761,31 +761,71 @@ const struct quant_kernels quant_kernels_scalar = {
     .quantize_q8_k = quant_quantize_q8_k_scalar,
 };
 
-/* ---- Q4_1 x8 (quant.h) ------------------------------------------------------- */
+/* ---- x8 copies (quant.h) ------------------------------------------------------ */
 
-int quant_q4_1x8_repack(const void *w, size_t w_stride, int64_t nrows, int64_t n, void *dst)
+static bool x8_shape_ok(enum dtype t, int64_t nrows, int64_t n)
 {
-    if (nrows < 8 || nrows % 8 || n < 32 || n % 32 || n / 32 > QUANT_X8_MAXB)
-        return ps_error_set(PS_EINVAL, "quant: cannot repack %lld x %lld Q4_1 for 8-row tiles", (long long)nrows,
-                            (long long)n);
+    return (t == DT_Q4_1 || t == DT_Q8_0) && nrows >= 8 && nrows % 8 == 0 && n >= 32 && n % 32 == 0 &&
+           n / 32 <= QUANT_X8_MAXB;
+}
+
+size_t quant_x8_bytes(enum dtype t, int64_t nrows, int64_t n)
+{
+    if (!x8_shape_ok(t, nrows, n))
+        return 0;
+    if (t == DT_Q4_1)
+        return (size_t)nrows / 8 * (size_t)(n / 32) * QUANT_X8_BLOCK;
+    return (size_t)nrows / 8 * quant_q8_0x8_group_bytes(n / 32);
+}
+
+int quant_x8_repack(enum dtype t, const void *w, size_t w_stride, int64_t nrows, int64_t n, void *dst)
+{
+    if (!x8_shape_ok(t, nrows, n))
+        return ps_error_set(PS_EINVAL, "quant: cannot repack %lld x %lld %s for 8-row tiles", (long long)nrows,
+                            (long long)n, dtype_info_get(t) ? dtype_info_get(t)->name : "?");
     const int64_t nb = n / 32;
     uint8_t *o = dst;
-    for (int64_t g = 0; g < nrows / 8; g++)
-        for (int64_t i = 0; i < nb; i++, o += QUANT_X8_BLOCK)
-            for (int r = 0; r < 8; r++) {
-                const uint8_t *x = (const uint8_t *)w + (size_t)(8 * g + r) * w_stride + 20 * i;
-                memcpy(o + 2 * r, x, 2);           /* d */
-                memcpy(o + 16 + 2 * r, x + 2, 2);  /* m */
-                for (int k = 0; k < 4; k++)        /* bytes 4k.. of row r: vector k, dword r */
-                    memcpy(o + 32 + 32 * k + 4 * r, x + 4 + 4 * k, 4);
+    if (t == DT_Q4_1) {
+        for (int64_t g = 0; g < nrows / 8; g++)
+            for (int64_t i = 0; i < nb; i++, o += QUANT_X8_BLOCK)
+                for (int r = 0; r < 8; r++) {
+                    const uint8_t *x = (const uint8_t *)w + (size_t)(8 * g + r) * w_stride + 20 * i;
+                    memcpy(o + 2 * r, x, 2);           /* d */
+                    memcpy(o + 16 + 2 * r, x + 2, 2);  /* m */
+                    for (int k = 0; k < 4; k++)        /* bytes 4k.. of row r: vector k, dword r */
+                        memcpy(o + 32 + 32 * k + 4 * r, x + 4 + 4 * k, 4);
+                }
+        return PS_OK;
+    }
+    const size_t gb = quant_q8_0x8_group_bytes(nb), dsec = gb - (size_t)nb * 256;
+    for (int64_t g = 0; g < nrows / 8; g++, o += gb) {
+        memset(o, 0, dsec);
+        for (int r = 0; r < 8; r++) {
+            const uint8_t *x = (const uint8_t *)w + (size_t)(8 * g + r) * w_stride;
+            for (int64_t i = 0; i < nb; i++, x += 34) {
+                memcpy(o + 16 * i + 2 * r, x, 2);   /* d */
+                uint8_t *q = o + dsec + 256 * (size_t)i;
+                for (int k = 0; k < 8; k++)         /* bytes 4k.. of row r: vector k, dword r */
+                    memcpy(q + 32 * k + 4 * r, x + 2 + 4 * k, 4);
             }
+        }
+    }
     return PS_OK;
 }
 
-float quant_dot_q4_1x8_ref(const void *w, const void *a, int64_t n)
+float quant_dot_x8_ref(enum dtype t, const void *w, const void *a, int64_t n)
 {
     const uint8_t *x = w, *y = a;
     float acc = 0.0f;
+    if (t == DT_Q8_0) {
+        for (int64_t i = 0; i < n / 32; i++, x += 34, y += 34) {
+            int32_t P = 0;
+            for (int j = 0; j < 32; j++)
+                P += (int8_t)x[2 + j] * (int8_t)y[2 + j];
+            acc = fmaf(ld_f16(x) * ld_f16(y), (float)P, acc);
+        }
+        return acc;
+    }
     for (int64_t i = 0; i < n / 32; i++, x += 20, y += 36) {
         int32_t P = 0;
         for (int j = 0; j < 16; j++)
@@ -835,17 +875,23 @@ const char *quant_simd_name(void)
     return kernels()->name;
 }
 
-bool quant_q4_1x8_available(void)
+static quant_mdot_x8_fn x8_kernel(enum dtype t)
 {
-    return kernels()->mdot_q4_1x8 != NULL;
+    return t == DT_Q4_1 ? kernels()->mdot_q4_1x8 : t == DT_Q8_0 ? kernels()->mdot_q8_0x8 : NULL;
 }
 
-void quant_mat_dot_q4_1x8(const void *x8, int64_t row0, int64_t n_rows, int64_t n, const void *act,
-                          size_t act_stride, int64_t n_act, float *out, int64_t out_stride)
+bool quant_x8_available(enum dtype t)
+{
+    return x8_kernel(t) != NULL;
+}
+
+void quant_mat_dot_x8(enum dtype t, const void *x8, int64_t row0, int64_t n_rows, int64_t n, const void *act,
+                      size_t act_stride, int64_t n_act, float *out, int64_t out_stride)
 {
     const int64_t nb = n / 32;
-    kernels()->mdot_q4_1x8((const uint8_t *)x8 + (size_t)(row0 / 8) * (size_t)nb * QUANT_X8_BLOCK, nb, n_rows / 8,
-                           act, act_stride, n_act, out, out_stride);
+    const size_t gb = t == DT_Q4_1 ? (size_t)nb * QUANT_X8_BLOCK : quant_q8_0x8_group_bytes(nb);
+    x8_kernel(t)((const uint8_t *)x8 + (size_t)(row0 / 8) * gb, nb, n_rows / 8, act, act_stride, n_act, out,
+                 out_stride);
 }
 
 int quant_row_quantize(enum dtype type, const float *src, void *dst, int64_t n)

@@ -85,40 +85,53 @@ float quant_vec_dot(enum dtype w_type, const void *w_row, const void *act, int64
 void quant_mat_dot(enum dtype w_type, const void *w, size_t w_stride, int64_t n_rows, const void *act,
                    size_t act_stride, int64_t n_act, int64_t n, float *out, int64_t out_stride);
 
-/* ---- Q4_1 repacked for 8-row tiles ("x8") ----------------------------------
+/* ---- matrices repacked for 8-row tiles ("x8"): Q4_1 and Q8_0 -------------
  *
- * A Q4_1 matrix whose row count is a multiple of 8, copied into groups of
- * 8 rows: per group and 32-element block QUANT_X8_BLOCK (160) bytes - the
- * 8 rows' d (8 x f16), their m (8 x f16), then their 16 nibble bytes as
- * four 32-byte vectors (vector k: bytes 4k..4k+3 of rows 0..7, rows 0-3 in
- * the low half).  Same size as the Q4_1 rows.  A tile then holds one row
- * per SIMD lane: a block's 8 integer dots come out of one register, and a
- * one-token call reads the weights in one sequential stream.
+ * A matrix whose row count is a multiple of 8, copied into groups of 8
+ * rows so that a tile holds one row per SIMD lane: a block's 8 integer
+ * dots come out of one register, and a one-token call reads the weights
+ * in one sequential stream.  Per group of 8 rows (nb = n / 32 blocks):
+ *   Q4_1: per block QUANT_X8_BLOCK (160) bytes - the 8 rows' d (8 x f16),
+ *         their m (8 x f16), then their 16 nibble bytes as four 32-byte
+ *         vectors (vector k: bytes 4k..4k+3 of rows 0..7, rows 0-3 in the
+ *         low half).  Same size as the Q4_1 rows.
+ *   Q8_0: the d of every block first (block i: 8 x f16 at 16 i, the
+ *         section padded to 32 bytes), then per block 256 bytes: eight
+ *         32-byte vectors (vector k: bytes 4k..4k+3 of rows 0..7).  The
+ *         Q8_0 rows' size plus at most 16 bytes per group.
  *
- * Its dots are their own arithmetic (not quant_vec_dot's for Q4_1): per
- * block i, the exact integer dot P_i of the nibbles and activation bytes,
- *   acc = fma(d_w[i] * d_a[i], (float) P_i, acc);  acc = fma(m_w[i], s_a[i], acc)
- * in block order from 0; quant_dot_q4_1x8_ref computes it in plain C, bit
- * for bit.  Each (row, activation row) is computed alone in its lane, so
- * grouping never changes a value. */
+ * Their dots are their own arithmetic (not quant_vec_dot's for the type):
+ * per block i, the exact integer dot P_i of the weights and activation
+ * bytes (Q8_1 activations for Q4_1, Q8_0 for Q8_0),
+ *   acc = fma(d_w[i] * d_a[i], (float) P_i, acc)
+ *   Q4_1 only: acc = fma(m_w[i], s_a[i], acc)
+ * in block order from 0; quant_dot_x8_ref computes it in plain C, bit for
+ * bit.  Each (row, activation row) is computed alone in its lane, so
+ * grouping never changes a value.  Q8_0 weights may hold -128; activation
+ * bytes are in [-127, 127] (quantize_q8_0's range). */
 #define QUANT_X8_BLOCK 160
 #define QUANT_X8_MAXB  512   /* blocks per row at most (n <= 16384) */
 
-/* Whether the active SIMD path has the x8 kernel (AVX2: yes; scalar: no). */
-bool   quant_q4_1x8_available(void);
-/* Repack nrows (multiple of 8) Q4_1 rows of n elements (multiple of 32, at
- * most 32 * QUANT_X8_MAXB), row r at w + r * w_stride, into dst
- * (nrows * n / 32 * 20 bytes, 32-byte aligned for aligned loads).  PS_EINVAL
- * for other shapes. */
-int    quant_q4_1x8_repack(const void *w, size_t w_stride, int64_t nrows, int64_t n, void *dst);
+/* Whether the active SIMD path has the x8 kernel for weights of type t
+ * (AVX2: Q4_1 and Q8_0; scalar: none). */
+bool   quant_x8_available(enum dtype t);
+/* Bytes of an x8 copy of nrows rows of n elements of type t (0 for a
+ * shape or type quant_x8_repack refuses). */
+size_t quant_x8_bytes(enum dtype t, int64_t nrows, int64_t n);
+/* Repack nrows (multiple of 8) rows of type t (Q4_1 or Q8_0) of n elements
+ * (multiple of 32, at most 32 * QUANT_X8_MAXB), row r at w + r * w_stride,
+ * into dst (quant_x8_bytes bytes, 32-byte aligned for aligned loads).
+ * PS_EINVAL for other shapes or types. */
+int    quant_x8_repack(enum dtype t, const void *w, size_t w_stride, int64_t nrows, int64_t n, void *dst);
 /* out[t * out_stride + r] = the x8 dot of rows row0 + r (r < n_rows) of the
- * repacked matrix x8 (rows of n elements) with activation row t (Q8_1, at
- * act + t * act_stride), t < n_act.  row0 and n_rows multiples of 8;
- * requires quant_q4_1x8_available(). */
-void   quant_mat_dot_q4_1x8(const void *x8, int64_t row0, int64_t n_rows, int64_t n, const void *act,
-                            size_t act_stride, int64_t n_act, float *out, int64_t out_stride);
-/* The x8 arithmetic on one original Q4_1 row and one Q8_1 row (reference). */
-float  quant_dot_q4_1x8_ref(const void *w_row, const void *act, int64_t n);
+ * repacked matrix x8 (type t, rows of n elements) with activation row t (of
+ * the type's vec_dot_type, at act + t * act_stride), t < n_act.  row0 and
+ * n_rows multiples of 8; requires quant_x8_available(t). */
+void   quant_mat_dot_x8(enum dtype t, const void *x8, int64_t row0, int64_t n_rows, int64_t n, const void *act,
+                        size_t act_stride, int64_t n_act, float *out, int64_t out_stride);
+/* The x8 arithmetic on one original row of type t and one activation row
+ * (reference). */
+float  quant_dot_x8_ref(enum dtype t, const void *w_row, const void *act, int64_t n);
 
 /* IEEE half / bfloat16 conversions (scalar, exact round-to-nearest-even). */
 float    fp16_to_f32(uint16_t h);

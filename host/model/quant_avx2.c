@@ -543,6 +543,78 @@ static AVX2 void mdot_q4_1x8(const void *x8, int64_t nb, int64_t ng, const void 
     }
 }
 
+/* ---- Q8_0 repacked for 8-row tiles (quant.h "x8") ---------------------------
+ *
+ * One weight row per lane, as the Q4_1 x8 tiles.  Per block: the 8 rows'
+ * d (one f16 conversion from the group's d section), then per 4-element
+ * group k its 32 weight bytes (rows 0..7) and their absolute values, used
+ * by every activation row of the pass: sign the activation's 4 bytes
+ * (broadcast) by the weights, maddubs (at most 2 x 128 x 127 = 32512 per
+ * i16: exact), madd to i32 and add - the block's exact integer dot per
+ * lane - then the one FMA of the x8 arithmetic.  Activation rows in
+ * passes of up to 4 (4 i32 sums, 4 accumulators, the weights, their
+ * absolute values and a constant stay in the 16 registers). */
+AVX2_INLINE void q80x8_pass(const uint8_t *xg, int64_t nb, const uint8_t *const *y, const float *const *da,
+                            __m256 *acc, const int NT)
+{
+    const __m256i ones = _mm256_set1_epi16(1);
+    const uint8_t *dsec = xg, *q = xg + (quant_q8_0x8_group_bytes(nb) - (size_t)nb * 256);
+    __m256 a[4];
+    for (int j = 0; j < NT; j++)
+        a[j] = _mm256_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, q += 256) {
+        for (int l = 0; l < 4; l++)
+            _mm_prefetch((const char *)(q + MDOT_PF + 64 * l), _MM_HINT_T0);
+        __m256i s[4];
+        for (int k = 0; k < 8; k++) {
+            const __m256i w = _mm256_load_si256((const __m256i *)(q + 32 * k));
+            const __m256i u = _mm256_abs_epi8(w);   /* -128 -> 0x80: 128 as u8 */
+            for (int j = 0; j < NT; j++) {
+                const __m256i yb = _mm256_set1_epi32((int)ld_u32(y[j] + 34 * i + 2 + 4 * k));
+                const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(yb, w)), ones);
+                s[j] = k ? _mm256_add_epi32(s[j], p) : p;
+            }
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(dsec + 16 * i)));
+        for (int j = 0; j < NT; j++)
+            a[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(da[j] + i)), _mm256_cvtepi32_ps(s[j]), a[j]);
+    }
+    for (int j = 0; j < NT; j++)
+        acc[j] = a[j];
+}
+
+static AVX2 void mdot_q8_0x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
+                             float *out, int64_t os)
+{
+    const size_t gb = quant_q8_0x8_group_bytes(nb);
+    float daf[4 * QUANT_X8_MAXB];
+    for (int64_t t0 = 0; t0 < nt; t0 += 4) {
+        const int n4 = nt - t0 < 4 ? (int)(nt - t0) : 4;
+        const uint8_t *y[4];
+        const float *da[4];
+        for (int j = 0; j < 4; j++) {
+            const int jj = j < n4 ? j : 0;
+            y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
+            da[j] = daf + (size_t)jj * nb;
+        }
+        for (int j = 0; j < n4; j++)
+            for (int64_t i = 0; i < nb; i++)
+                daf[(size_t)j * nb + i] = ld_h(y[j] + 34 * i);
+        for (int64_t g = 0; g < ng; g++) {
+            const uint8_t *xg = (const uint8_t *)x8 + (size_t)g * gb;
+            __m256 acc[4];
+            switch (n4) {
+            case 1: q80x8_pass(xg, nb, y, da, acc, 1); break;
+            case 2: q80x8_pass(xg, nb, y, da, acc, 2); break;
+            case 3: q80x8_pass(xg, nb, y, da, acc, 3); break;
+            default: q80x8_pass(xg, nb, y, da, acc, 4); break;
+            }
+            for (int j = 0; j < n4; j++)
+                _mm256_storeu_ps(out + (t0 + j) * os + 8 * g, acc[j]);
+        }
+    }
+}
+
 /* ---- Q4_K x Q8_K ----------------------------------------------------------- */
 
 /* shuffle control broadcasting 16-bit word k (of each 128-bit lane) */
@@ -777,6 +849,7 @@ const struct quant_kernels quant_kernels_avx2 = {
     .mdot_q4_1     = mdot_q4_1,
     .mdot_q8_0     = mdot_q8_0,
     .mdot_q4_1x8   = mdot_q4_1x8,
+    .mdot_q8_0x8   = mdot_q8_0x8,
     .quantize_q8_0 = quantize_q8_0,
     .quantize_q8_1 = quantize_q8_1,
     .quantize_q8_k = quant_quantize_q8_k_scalar,

@@ -27,11 +27,20 @@ typedef void (*quant_quantize_fn)(const float *src, void *dst, int64_t n);
 typedef void (*quant_mdot_fn)(const void *w, size_t ws, int64_t nr, const void *a, size_t as,
                               int64_t nt, int64_t n, float *out, int64_t os);
 
-/* Tiles of a Q4_1 matrix repacked by quant_q4_1x8_repack: ng groups of 8
- * rows of nb blocks at x8 (group g at x8 + g * nb * QUANT_X8_BLOCK) against
- * nt Q8_1 activation rows: out[t * os + 8 g + k] for row k of group g. */
+/* Tiles of a matrix repacked by quant_x8_repack (quant.h): ng groups of 8
+ * rows of nb blocks at x8 (group g at x8 + g * the group's bytes: nb *
+ * QUANT_X8_BLOCK for Q4_1, quant_q8_0x8_group_bytes(nb) for Q8_0) against
+ * nt activation rows (Q8_1 / Q8_0): out[t * os + 8 g + k] for row k of
+ * group g. */
 typedef void (*quant_mdot_x8_fn)(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
                                  float *out, int64_t os);
+
+/* bytes of one Q8_0 x8 group of nb blocks: the d section (8 x f16 per
+ * block, padded to 32 bytes), then 256 bytes per block */
+static inline size_t quant_q8_0x8_group_bytes(int64_t nb)
+{
+    return ((size_t)nb * 16 + 31) / 32 * 32 + (size_t)nb * 256;
+}
 
 struct quant_kernels {
     const char       *name;       /* "scalar" / "avx2" */
@@ -47,6 +56,7 @@ struct quant_kernels {
     quant_mdot_fn     mdot_q4_1;
     quant_mdot_fn     mdot_q8_0;
     quant_mdot_x8_fn  mdot_q4_1x8; /* NULL: no x8 kernel on this path */
+    quant_mdot_x8_fn  mdot_q8_0x8;
     quant_quantize_fn quantize_q8_0;
     quant_quantize_fn quantize_q8_1;
     quant_quantize_fn quantize_q8_k;

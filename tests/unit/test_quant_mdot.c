@@ -191,16 +191,19 @@ static void test_public(void)
     }
 }
 
-/* Q4_1 x8 (quant.h): repacking, then every tile of rows (any group of 8
- * rows, any token count) bitwise equal to quant_dot_q4_1x8_ref on the
- * original rows; within 1e-5 relative of the Q4_1 dot (another rounding of
- * the same exact block sums); bad shapes refused.  Also the speed of x8
- * tiles against the Q4_1 tiles on the same matrix. */
-static void test_q4_1x8(void)
+/* x8 copies (quant.h), Q4_1 and Q8_0: repacking, then every tile of rows
+ * (any group of 8 rows, any token count) bitwise equal to
+ * quant_dot_x8_ref on the original rows; within 1e-5 relative of the
+ * type's own dot (another rounding of the same exact block sums); Q8_0
+ * weights of -128 and +-127 (bitwise only) against activations of +-127;
+ * bad shapes and types refused. */
+static void test_x8_type(enum dtype wt)
 {
-    CHECK(quant_q4_1x8_available() == !strcmp(quant_simd_name(), "avx2"));
-    if (!quant_q4_1x8_available()) {
-        printf("q4_1x8: no x8 kernel on the %s path, skipped\n", quant_simd_name());
+    const char *tn = dtype_info_get(wt)->name;
+    const enum dtype at = dtype_info_get(wt)->vec_dot_type;
+    CHECK(quant_x8_available(wt) == !strcmp(quant_simd_name(), "avx2"));
+    if (!quant_x8_available(wt)) {
+        printf("%s x8: no x8 kernel on the %s path, skipped\n", tn, quant_simd_name());
         return;
     }
     static const int64_t ns[] = {32, 96, 576, 1536, 32 * 17, 32 * 40};
@@ -209,8 +212,9 @@ static void test_q4_1x8(void)
     for (size_t in = 0; in < sizeof ns / sizeof ns[0]; in++)
         for (size_t ir = 0; ir < sizeof nrs / sizeof nrs[0]; ir++) {
             const int64_t n = ns[in], nr = nrs[ir], nt = 11;
-            const size_t ws = dtype_row_bytes(DT_Q4_1, n) + PAD, as = dtype_row_bytes(DT_Q8_1, n) + PAD;
-            const size_t xb = (size_t)nr * (size_t)(n / 32) * 20;
+            const size_t ws = dtype_row_bytes(wt, n) + PAD, as = dtype_row_bytes(at, n) + PAD;
+            const size_t xb = quant_x8_bytes(wt, nr, n);
+            CHECK(xb >= (size_t)nr * dtype_row_bytes(wt, n) && xb <= (size_t)nr * dtype_row_bytes(wt, n) + 2 * (size_t)nr);
             uint8_t *w = calloc((size_t)nr, ws), *a = calloc((size_t)nt, as), *x8 = aligned_alloc(32, (xb + 31) / 32 * 32);
             float *x = malloc((size_t)n * sizeof *x), *out = malloc((size_t)nt * (size_t)(nr + 3) * sizeof *out);
             CHECK(w && a && x8 && x && out);
@@ -221,13 +225,20 @@ static void test_q4_1x8(void)
                 if (r % 5 == 4)
                     for (int64_t i = 0; i < n; i++)
                         x[i] = (i % 32 == 0) ? 0.0f : 1.0f;
-                CHECK(quant_row_quantize(DT_Q4_1, x, w + (size_t)r * ws, n) == PS_OK);
+                CHECK(quant_row_quantize(wt, x, w + (size_t)r * ws, n) == PS_OK);
+                if (wt == DT_Q8_0 && r % 5 == 3)   /* extreme bytes: -128 (a file may hold it) and +-127 */
+                    for (int64_t i = 0; i < n; i++)
+                        w[(size_t)r * ws + 34 * (size_t)(i / 32) + 2 + (size_t)(i % 32)] =
+                            (uint8_t)(i % 3 == 0 ? -128 : i % 3 == 1 ? 127 : -127);
             }
             for (int64_t t = 0; t < nt; t++) {
                 fill_row(x, n);
-                simd_kernels()->quantize_q8_1(x, a + (size_t)t * as, n);
+                if (t == 5)   /* activation bytes at +-127 */
+                    for (int64_t i = 0; i < n; i++)
+                        x[i] = (i & 1) ? 1.0f : -1.0f;
+                CHECK(quant_row_quantize(at, x, a + (size_t)t * as, n) == PS_OK);
             }
-            CHECK(quant_q4_1x8_repack(w, ws, nr, n, x8) == PS_OK);
+            CHECK(quant_x8_repack(wt, w, ws, nr, n, x8) == PS_OK);
             const int64_t os = nr + 3;
             for (int64_t row0 = 0; row0 < nr; row0 += 8)
                 for (int64_t rows = 8; row0 + rows <= nr; rows += 8)
@@ -235,20 +246,23 @@ static void test_q4_1x8(void)
                         for (int64_t cnt = 1; t0 + cnt <= nt; cnt += 3) {
                             for (size_t i = 0; i < (size_t)(nt * os); i++)
                                 out[i] = -12345.0f;
-                            quant_mat_dot_q4_1x8(x8, row0, rows, n, a + (size_t)t0 * as, as, cnt, out, os);
+                            quant_mat_dot_x8(wt, x8, row0, rows, n, a + (size_t)t0 * as, as, cnt, out, os);
                             int bad = 0;
                             for (int64_t t = 0; t < cnt; t++) {
                                 for (int64_t r = 0; r < rows; r++) {
                                     const uint8_t *wr = w + (size_t)(row0 + r) * ws, *ar = a + (size_t)(t0 + t) * as;
-                                    const float ref = quant_dot_q4_1x8_ref(wr, ar, n), got = out[t * os + r];
-                                    const float q41 = quant_vec_dot(DT_Q4_1, wr, ar, n);
+                                    const float ref = quant_dot_x8_ref(wt, wr, ar, n), got = out[t * os + r];
+                                    const float own = quant_vec_dot(wt, wr, ar, n);
                                     if (f2u(ref) != f2u(got) && bad++ < 3)
-                                        CHECK_MSG(0, "x8 n=%lld rows %lld+%lld tokens %lld+%lld: [%lld, %lld] %.9g != ref %.9g",
-                                                  (long long)n, (long long)row0, (long long)rows, (long long)t0,
+                                        CHECK_MSG(0, "%s x8 n=%lld rows %lld+%lld tokens %lld+%lld: [%lld, %lld] %.9g != ref %.9g",
+                                                  tn, (long long)n, (long long)row0, (long long)rows, (long long)t0,
                                                   (long long)cnt, (long long)t, (long long)r, (double)got, (double)ref);
-                                    CHECK_MSG(fabsf(ref - q41) <= 1e-5f * (fabsf(q41) + 1.0f) * (float)(n / 32),
-                                              "x8 ref %.9g vs Q4_1 dot %.9g (n %lld)", (double)ref, (double)q41,
-                                              (long long)n);
+                                    /* (not the extreme rows: their block sums of ~5e5 cancel, so
+                                     * the two roundings differ by more than a relative bound) */
+                                    const int extreme = wt == DT_Q8_0 && (row0 + r) % 5 == 3;
+                                    CHECK_MSG(extreme || fabsf(ref - own) <= 1e-5f * (fabsf(own) + 1.0f) * (float)(n / 32),
+                                              "%s x8 ref %.9g vs the type's dot %.9g (n %lld)", tn, (double)ref,
+                                              (double)own, (long long)n);
                                 }
                                 for (int64_t r = rows; r < os; r++)
                                     CHECK_MSG(out[t * os + r] == -12345.0f, "x8 wrote outside the tile");
@@ -262,13 +276,26 @@ static void test_q4_1x8(void)
             free(x);
             free(out);
         }
-    printf("q4_1x8: %d tiles bitwise equal to the reference\n", cases);
-    uint8_t dummy[64 * 20] = {0};
-    _Alignas(32) uint8_t dst[64 * 20];
-    CHECK(quant_q4_1x8_repack(dummy, 20, 7, 32, dst) == PS_EINVAL);
-    CHECK(quant_q4_1x8_repack(dummy, 20, 0, 32, dst) == PS_EINVAL);
-    CHECK(quant_q4_1x8_repack(dummy, 20, 8, 48, dst) == PS_EINVAL);
-    CHECK(quant_q4_1x8_repack(dummy, 20, 8, 32 * (QUANT_X8_MAXB + 1), dst) == PS_EINVAL);
+    printf("%s x8: %d tiles bitwise equal to the reference\n", tn, cases);
+    uint8_t dummy[64 * 34] = {0};
+    _Alignas(32) uint8_t dst[64 * 40];
+    const size_t rb = dtype_row_bytes(wt, 32);
+    CHECK(quant_x8_repack(wt, dummy, rb, 7, 32, dst) == PS_EINVAL);
+    CHECK(quant_x8_repack(wt, dummy, rb, 0, 32, dst) == PS_EINVAL);
+    CHECK(quant_x8_repack(wt, dummy, rb, 8, 48, dst) == PS_EINVAL);
+    CHECK(quant_x8_repack(wt, dummy, rb, 8, 32 * (QUANT_X8_MAXB + 1), dst) == PS_EINVAL);
+    CHECK(quant_x8_bytes(wt, 7, 32) == 0 && quant_x8_bytes(wt, 8, 48) == 0);
+}
+
+static void test_x8(void)
+{
+    test_x8_type(DT_Q4_1);
+    test_x8_type(DT_Q8_0);
+    uint8_t dummy[64 * 34] = {0};
+    _Alignas(32) uint8_t dst[64 * 40];
+    CHECK(!quant_x8_available(DT_Q4_0) && !quant_x8_available(DT_F16));
+    CHECK(quant_x8_repack(DT_Q4_0, dummy, 18, 8, 32, dst) == PS_EINVAL);
+    CHECK(quant_x8_bytes(DT_Q6_K, 8, 256) == 0);
 }
 
 static double now_s(void)
@@ -329,24 +356,25 @@ static void bench(void)
             printf("bench %-6s %-4s: dot %.2f ns/block, tile x%lld %.2f ns/block, tile x1 %.2f ns/block\n",
                    paths[p]->name, dtype_info_get(wt)->name, 1e9 * best[0] / blocks, (long long)nt,
                    1e9 * best[1] / blocks, 1e9 * best[2] / blocks);
-            if (wt == DT_Q4_1 && p == 1 && quant_q4_1x8_available()) {
-                uint8_t *x8 = aligned_alloc(32, (size_t)nr * ws);
-                if (x8 && quant_q4_1x8_repack(w, ws, nr, n, x8) == PS_OK) {
+            if (p == 1 && quant_x8_available(wt)) {
+                uint8_t *x8 = aligned_alloc(32, (quant_x8_bytes(wt, nr, n) + 31) / 32 * 32);
+                if (x8 && quant_x8_repack(wt, w, ws, nr, n, x8) == PS_OK) {
                     double bx[2] = {1e30, 1e30};
                     for (int trial = 0; trial < 7; trial++) {
                         double t0 = now_s();
                         for (int rep = 0; rep < reps; rep++)
-                            quant_mat_dot_q4_1x8(x8, 0, nr, n, a, as, nt, out, nr);
+                            quant_mat_dot_x8(wt, x8, 0, nr, n, a, as, nt, out, nr);
                         double t1 = now_s();
                         for (int rep = 0; rep < reps; rep++)
                             for (int64_t t = 0; t < nt; t++)
-                                quant_mat_dot_q4_1x8(x8, 0, nr, n, a + (size_t)t * as, as, 1, out, nr);
+                                quant_mat_dot_x8(wt, x8, 0, nr, n, a + (size_t)t * as, as, 1, out, nr);
                         double t2 = now_s();
                         bx[0] = fmin(bx[0], t1 - t0);
                         bx[1] = fmin(bx[1], t2 - t1);
                     }
-                    printf("bench %-6s Q4_1 x8 repacked:            tile x%lld %.2f ns/block, tile x1 %.2f ns/block\n",
-                           paths[p]->name, (long long)nt, 1e9 * bx[0] / blocks, 1e9 * bx[1] / blocks);
+                    printf("bench %-6s %-4s x8 repacked:            tile x%lld %.2f ns/block, tile x1 %.2f ns/block\n",
+                           paths[p]->name, dtype_info_get(wt)->name, (long long)nt, 1e9 * bx[0] / blocks,
+                           1e9 * bx[1] / blocks);
                 }
                 free(x8);
             }
@@ -367,7 +395,7 @@ int main(void)
         printf("NOTE: CPU lacks AVX2/FMA/F16C: only the scalar path was tested\n");
     test_tiles_bitwise();
     test_public();
-    test_q4_1x8();
+    test_x8();
     if (!getenv("PARASERVE_QUANT_NO_BENCH"))
         bench();
     TEST_DONE();
