@@ -98,7 +98,17 @@ static void gate_update(struct conn_limit *cl)
     if (want == cl->enabled)
         return;
     if (want ? evconnlistener_enable(cl->lev) : evconnlistener_disable(cl->lev)) {
-        fprintf(stderr, "paraserve: cannot %s the listener (libevent)\n", want ? "enable" : "disable");
+        const time_t now = time(NULL);
+        if (now != cl->accept_reported) {
+            fprintf(stderr, "paraserve: cannot %s the listener (libevent)%s\n", want ? "enable" : "disable",
+                    want ? "; retrying every 100 ms" : "");
+            cl->accept_reported = now;
+        }
+        /* never left disabled: no close may come to re-enable it
+         * (CONN_ACCEPT_PAUSE_MS, 100, as the log says) */
+        const struct timeval tv = { 0, CONN_ACCEPT_PAUSE_MS * 1000 };
+        if (want)
+            (void)evtimer_add(cl->ev_resume, &tv);
         return;
     }
     cl->enabled = want;
