@@ -625,7 +625,6 @@ static void axpy_f16(int simd, float *out, float w, const uint16_t *b, int64_t n
         out[i] += w * fp16_to_f32(b[i]);
 }
 
-#ifdef CPU_X86
 /* offs[j] = cache offset (elements from the layer's base) of position j of
  * sequence s, for j in [j0, n): block by block from its block table. */
 static void seq_cache_offs(const struct batch_seq *s, int64_t j0, int64_t n, int64_t bs, int64_t kv_dim,
@@ -638,6 +637,8 @@ static void seq_cache_offs(const struct batch_seq *s, int64_t j0, int64_t n, int
             offs[j] = base + i * kv_dim;
     }
 }
+
+#ifdef CPU_X86
 
 /* ---- SIMD attention: one query row, G heads sharing one KV head ----------
  *

@@ -70,6 +70,7 @@ struct httpc {
     int                n_active;
     int                dispatching;
     int                fast_ok;    /* the fast path may be used (no proxy env, not disabled) */
+    int                fast_loopback; /* ... for loopback URLs (not disabled; proxies never apply) */
     struct hpool      *pools;      /* fast path: one per host:port */
     CURL              *idle[HTTPC_IDLE_EASY];  /* finished easy handles, reset, for reuse */
     int                n_idle;
@@ -346,7 +347,8 @@ struct httpc *httpc_create(struct event_base *base)
         return NULL;
     }
     const char *mode = getenv("PARASERVE_HTTPC");
-    h->fast_ok = !proxy_in_env() && !(mode && !strcmp(mode, "curl"));
+    h->fast_loopback = !(mode && !strcmp(mode, "curl"));
+    h->fast_ok = h->fast_loopback && !proxy_in_env();
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, sock_cb);
     curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
     curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
@@ -858,6 +860,23 @@ static int fast_url(const char *url, struct sockaddr_storage *sa, socklen_t *sal
     return 0;
 }
 
+/* Whether url is http:// to a loopback address (127.0.0.0/8, ::1).  Such
+ * a request never goes through a proxy from the environment: a proxy would
+ * see its headers (serve's local agents' token) and, elsewhere, could not
+ * reach it anyway. */
+static int url_is_loopback(const char *url)
+{
+    struct sockaddr_storage sa;
+    socklen_t salen;
+    char authority[256];
+    const char *target;
+    if (fast_url(url, &sa, &salen, authority, sizeof authority, &target))
+        return 0;
+    if (sa.ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)&sa)->sin_addr.s_addr) >> 24) == 127;
+    return IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)&sa)->sin6_addr);
+}
+
 static int out_add(char **buf, size_t *len, size_t *cap, const char *s, size_t n)
 {
     if (*len + n + 1 > *cap) {
@@ -966,6 +985,8 @@ static struct httpc_req *curl_request(struct httpc *h, struct httpc_req *r, cons
     curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, 16384L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)HC_CONNECT_MS);
+    if (url_is_loopback(url))
+        curl_easy_setopt(e, CURLOPT_NOPROXY, "*");
     /* a reused handle was reset (curl_easy_reset): the system CAs unless set */
     if (ca_file && curl_easy_setopt(e, CURLOPT_CAINFO, ca_file) != CURLE_OK) {
         ps_error_set(PS_EINTERNAL, "http: this libcurl cannot take a CA file (CURLOPT_CAINFO)");
@@ -1004,7 +1025,8 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
     if (h->all) h->all->prev = r;
     h->all = r;
     h->n_active++;
-    if (h->fast_ok && fast_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms))
+    if ((h->fast_ok || (h->fast_loopback && url_is_loopback(url))) &&
+        fast_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms))
         return r;
     if (!curl_request(h, r, method, url, headers, headers2, body, body_len, timeout_ms, ca_file)) {
         req_free(r);

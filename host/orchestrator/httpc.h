@@ -8,7 +8,8 @@
  *     close-delimited replies; a reused connection that the server closed
  *     before replying is retried once on a fresh one (as curl does).
  *   - everything else (https, host names, user:pass@, a proxy set in the
- *     environment): libcurl multi driven by its socket API
+ *     environment - but never for a loopback address, 127.0.0.0/8 or ::1,
+ *     which no proxy is used for): libcurl multi driven by its socket API
  *     (CURLMOPT_SOCKETFUNCTION / CURLMOPT_TIMERFUNCTION mapped to libevent
  *     events); TLS is libcurl's (OpenSSL build).
  * PARASERVE_HTTPC=curl in the environment sends everything through curl.

@@ -65,7 +65,12 @@ struct conn_limit {
 };
 
 /* The one tracker of the process (conn_limit.h). */
-static struct conn_limit *g_cl;
+/* the trackers of this process (serve: its clients' port and its local
+ * agents' port), for the calls that are not given one */
+static struct conn_limit *g_cls[CONN_LIMIT_MAX_TRACKERS];
+
+/* the record of c in whichever tracker holds it, or NULL */
+static struct conn_rec *rec_any(struct evhttp_connection *c);
 
 static size_t hash_slot(const struct conn_limit *cl, const struct evhttp_connection *c)
 {
@@ -213,10 +218,13 @@ static void on_resume(evutil_socket_t fd, short what, void *arg)
 
 static void on_accept_error(struct evconnlistener *lev, void *arg)
 {
-    struct conn_limit *cl = g_cl;
+    struct conn_limit *cl = NULL;
     const int err = EVUTIL_SOCKET_ERROR();
     (void)arg; /* the listener's user data is evhttp's, not ours */
-    if (!cl || cl->lev != lev)
+    for (int i = 0; i < CONN_LIMIT_MAX_TRACKERS && !cl; i++)
+        if (g_cls[i] && g_cls[i]->lev == lev)
+            cl = g_cls[i];
+    if (!cl)
         return;
     cl->accept_errors++;
     const time_t now = time(NULL);
@@ -240,8 +248,11 @@ int conn_limit_create(struct event_base *base, int32_t max_conns, struct metrics
     *out = NULL;
     if (max_conns < 1)
         return ps_error_set(PS_EINVAL, "max_connections must be at least 1, got %d", (int)max_conns);
-    if (g_cl)
-        return ps_error_set(PS_EINVAL, "one connection limit per process");
+    int slot = 0;
+    while (slot < CONN_LIMIT_MAX_TRACKERS && g_cls[slot])
+        slot++;
+    if (slot == CONN_LIMIT_MAX_TRACKERS)
+        return ps_error_set(PS_EINVAL, "at most %d connection limits per process", CONN_LIMIT_MAX_TRACKERS);
     struct conn_limit *cl = calloc(1, sizeof *cl);
     if (!cl)
         return ps_error_set(PS_ENOMEM, "out of memory");
@@ -265,7 +276,7 @@ int conn_limit_create(struct event_base *base, int32_t max_conns, struct metrics
     }
     m->conns_open = 0;
     m->conns_max = max_conns;
-    g_cl = cl;
+    g_cls[slot] = cl;
     *out = cl;
     return PS_OK;
 }
@@ -371,9 +382,8 @@ void conn_limit_request(struct conn_limit *cl, struct evhttp_request *req)
 
 void conn_oncomplete_set(struct evhttp_request *req, void (*cb)(struct evhttp_request *, void *), void *arg)
 {
-    struct conn_limit *cl = g_cl;
     struct evhttp_connection *c = evhttp_request_get_connection(req);
-    struct conn_rec *rec = cl && c ? hash_find(cl, c) : NULL;
+    struct conn_rec *rec = c ? rec_any(c) : NULL;
     if (!rec || !rec->busy) {
         /* no idle timer on this request: the callback is free */
         evhttp_request_set_on_complete_cb(req, cb, arg);
@@ -413,15 +423,24 @@ void conn_limit_free(struct conn_limit *cl)
     if (cl->ev_resume)
         event_free(cl->ev_resume);
     free(cl->hash);
-    if (g_cl == cl)
-        g_cl = NULL;
+    for (int i = 0; i < CONN_LIMIT_MAX_TRACKERS; i++)
+        if (g_cls[i] == cl)
+            g_cls[i] = NULL;
     free(cl);
+}
+
+static struct conn_rec *rec_any(struct evhttp_connection *c)
+{
+    struct conn_rec *rec = NULL;
+    for (int i = 0; i < CONN_LIMIT_MAX_TRACKERS && !rec; i++)
+        if (g_cls[i])
+            rec = rec_of(g_cls[i], c);
+    return rec;
 }
 
 void conn_closecb_set(struct evhttp_connection *c, closecb_fn cb, void *arg)
 {
-    struct conn_limit *cl = g_cl;
-    struct conn_rec *rec = cl ? rec_of(cl, c) : NULL;
+    struct conn_rec *rec = rec_any(c);
     if (!rec) {
         evhttp_connection_set_closecb(c, cb, arg);
         return;

@@ -44,9 +44,11 @@
  * Metrics (struct metrics, rendered by metrics.c): conns_open, conns_max,
  * conns_accepted, accept_paused_cap, accept_paused_error.
  *
- * One conn_limit per process (serve runs one server): conn_closecb_set
- * finds it without being passed it, as flush_track and the tasks API, which
- * do not know the server, call it too.  Everything runs on the loop thread.
+ * At most CONN_LIMIT_MAX_TRACKERS per process (serve: one for its clients'
+ * port, one for its local agents' port, each with its own struct metrics):
+ * conn_closecb_set and conn_oncomplete_set find a connection's tracker
+ * without being passed it, as flush_track and the tasks API, which do not
+ * know the server, call them too.  Everything runs on the loop thread.
  */
 #ifndef PS_SERVER_CONN_LIMIT_H
 #define PS_SERVER_CONN_LIMIT_H
@@ -64,11 +66,12 @@ struct metrics;
 struct conn_limit;
 
 #define CONN_ACCEPT_PAUSE_MS 100
+#define CONN_LIMIT_MAX_TRACKERS 2
 
 /* A tracker for at most max_conns (>= 1) open connections on `base`; `m`
  * (not owned, outlives it) receives the counts.  PS_EINVAL / PS_ENOMEM /
  * PS_EINTERNAL (libevent), or PS_OK with *out, which the caller frees with
- * conn_limit_free; PS_EINVAL also when another tracker exists. */
+ * conn_limit_free; PS_EINVAL also when CONN_LIMIT_MAX_TRACKERS exist. */
 int  conn_limit_create(struct event_base *base, int32_t max_conns, struct metrics *m, struct conn_limit **out);
 
 /* Gate `lev` (evhttp_bound_socket_get_listener of the bound socket; enabled)

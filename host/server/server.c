@@ -47,8 +47,14 @@ struct server {
     /* The local agents' own port (127.0.0.1, ephemeral): outside the
      * client connection cap, so tasks waiting on /v1/tasks can never starve
      * their own agent calls; only POST /v1/chat/completions carrying
-     * SERVER_LOCAL_HEADER with local_token, which replaces the API key */
+     * SERVER_LOCAL_HEADER with local_token, which replaces the API key.
+     * Its connections have their own cap (the pool's local concurrency plus
+     * slack), idle timeout and accept-error pause (conns_local, counts in
+     * m_local, not rendered). */
     struct evhttp       *http_local;
+    struct evhttp_bound_socket *sock_local;
+    struct conn_limit   *conns_local;
+    struct metrics       m_local;
     char                 local_token[33];
     struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_grace;
     struct conn_limit   *conns;   /* open connections counted and capped */
@@ -1306,7 +1312,8 @@ static void serve_request(struct server *srv, struct evhttp_request *req, bool l
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
     struct api_error e;
-    conn_limit_request(srv->conns, req); /* no idle timeout while it is served */
+    if (!local)
+        conn_limit_request(srv->conns, req); /* no idle timeout while it is served */
     if (!path || !*path)
         path = "/";
     cors_on_request(req, srv->cfg.cors_origins);
@@ -1387,6 +1394,7 @@ static void on_request(struct evhttp_request *req, void *arg)
 static void on_request_local(struct evhttp_request *req, void *arg)
 {
     struct server *srv = arg;
+    conn_limit_request(srv->conns_local, req);
     const char *tok = evhttp_find_header(evhttp_request_get_input_headers(req), SERVER_LOCAL_HEADER);
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
     const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
@@ -1515,23 +1523,27 @@ static struct bufferevent *guard_new(struct event_base *base, void *arg)
     return bev;
 }
 
-/* The local agents' port: the same output guard, not counted (no cap). */
+/* The local agents' port: the same output guard, counted by its own
+ * tracker (conns_local). */
 static struct bufferevent *guard_new_local(struct event_base *base, void *arg)
 {
+    struct server *srv = arg;
     struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
     if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), guard_output, arg)) {
         bufferevent_free(bev);
         bev = NULL;
     }
+    if (bev && srv->conns_local)
+        (void)conn_limit_accepted(srv->conns_local, bev);
     return bev;
 }
 
 /* Open the local agents' port: a second evhttp on the same loop, bound to
- * 127.0.0.1:0, with the main server's limits but not its connection cap;
- * idle connections close after the idle timeout (evhttp's own timeouts:
- * reading is off while a request is served, so a generation is never cut).
- * Writes its chat-completions URL and the "Name: token" header line local
- * agents send. */
+ * 127.0.0.1:0, with the main server's limits but not its connection cap
+ * (local_limit adds its own once the pool is known).  Writes its
+ * chat-completions URL and the "Name: token" header line local agents
+ * send.  A failure leaves no port (the caller warns and serves without:
+ * local agents then fail with "need a served model"). */
 static int local_listen(struct server *srv, ev_ssize_t max_body, char *url, size_t url_size, char *hdr,
                         size_t hdr_size)
 {
@@ -1544,6 +1556,7 @@ static int local_listen(struct server *srv, ev_ssize_t max_body, char *url, size
     }
     if (got != sizeof rnd)
         return ps_error_set(PS_EIO, "cannot read /dev/urandom for the local agents' token");
+    metrics_init(&srv->m_local);
     for (size_t i = 0; i < sizeof rnd; i++)
         snprintf(srv->local_token + 2 * i, 3, "%02x", rnd[i]);
     srv->http_local = evhttp_new(srv->base);
@@ -1554,21 +1567,39 @@ static int local_listen(struct server *srv, ev_ssize_t max_body, char *url, size
     evhttp_set_allowed_methods(srv->http_local, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
                                                     EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
                                                     EVHTTP_REQ_PATCH);
-    if (srv->cfg.idle_timeout_ms > 0) {
-        struct timeval tv = { srv->cfg.idle_timeout_ms / 1000, (srv->cfg.idle_timeout_ms % 1000) * 1000 };
-        evhttp_set_timeout_tv(srv->http_local, &tv);
-    }
     evhttp_set_gencb(srv->http_local, on_request_local, srv);
     evhttp_set_bevcb(srv->http_local, guard_new_local, srv);
     struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(srv->http_local, "127.0.0.1", 0);
     struct sockaddr_in sa;
     socklen_t sl = sizeof sa;
     if (!sock || getsockname(evhttp_bound_socket_get_fd(sock), (struct sockaddr *)&sa, &sl) ||
-        sa.sin_family != AF_INET)
+        sa.sin_family != AF_INET) {
+        evhttp_free(srv->http_local);
+        srv->http_local = NULL;
         return ps_error_set(PS_EIO, "cannot listen on 127.0.0.1 for the local agents");
+    }
+    srv->sock_local = sock;
     snprintf(url, url_size, "http://127.0.0.1:%d/v1/chat/completions", (int)ntohs(sa.sin_port));
     snprintf(hdr, hdr_size, "%s: %s", SERVER_LOCAL_HEADER, srv->local_token);
     return PS_OK;
+}
+
+/* The local agents' port's connection cap: the calls the pool's local
+ * agents may have in flight at once plus SERVER_LOCAL_SLACK (connections
+ * being closed, refused token-less clients), its idle timeout (the
+ * server's) and accept-error pause - so nobody can exhaust descriptors
+ * through it, and a local process flooding it delays local agents only. */
+#define SERVER_LOCAL_SLACK 16
+static int local_limit(struct server *srv, int64_t local_calls)
+{
+    int64_t max = local_calls + SERVER_LOCAL_SLACK;
+    if (max > 65536)
+        max = 65536;
+    int rc = conn_limit_create(srv->base, (int32_t)max, &srv->m_local, &srv->conns_local);
+    if (rc)
+        return rc;
+    conn_limit_set_idle(srv->conns_local, srv->cfg.idle_timeout_ms);
+    return conn_limit_listen(srv->conns_local, evhttp_bound_socket_get_listener(srv->sock_local));
 }
 
 /* ---- lifecycle ----------------------------------------------------------------------------- */
@@ -1753,21 +1784,26 @@ int server_run(const struct server_config *cfg)
         rc = ps_error_set(PS_EINTERNAL, "libevent: cannot register events");
         goto done;
     }
-    char local_url[96], local_header[96];
-    if ((rc = local_listen(srv, (ev_ssize_t)cap, local_url, sizeof local_url, local_header, sizeof local_header)))
-        goto done;
+    char local_url[96] = "", local_header[96] = "";
+    if (local_listen(srv, (ev_ssize_t)cap, local_url, sizeof local_url, local_header, sizeof local_header)) {
+        fprintf(stderr, "paraserve: warning: %s; local agents will fail\n", ps_error_last());
+        local_url[0] = local_header[0] = '\0';
+    }
     struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .vocab = srv->gvocab,
                                    .tok = tok, .n_ctx = n_ctx, .m = &srv->m,
-                                   .agents_path = cfg->agents, .local_url = local_url,
-                                   .local_header = local_header,
+                                   .agents_path = cfg->agents, .local_url = local_url[0] ? local_url : NULL,
+                                   .local_header = local_header[0] ? local_header : NULL,
                                    .max_body_bytes = cfg->max_body_bytes, .sse_heartbeat_ms = cfg->sse_heartbeat_ms,
                                    .flushing = &srv->flushing,
                                    .drained = on_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))
         goto done;
-    fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s; local agents call %s\n",
+    if (srv->sock_local && (rc = local_limit(srv, tasks_api_local_concurrency(srv->tasks))))
+        goto done;
+    fprintf(stderr, "paraserve: tasks API: %d agent(s) from %s; local agents call %s (at most %d connections)\n",
             tasks_api_n_agents(srv->tasks),
-            tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)", local_url);
+            tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)",
+            local_url[0] ? local_url : "nothing (no local port)", (int)srv->m_local.conns_max);
     if (cfg->n_api_keys)
         fprintf(stderr, "paraserve: /v1/* requires an API key: %d key(s), %d tenant(s)\n", (int)cfg->n_api_keys,
                 (int)srv->m.n_tenants - 1);
@@ -1786,8 +1822,10 @@ done:
     conn_limit_unlisten(srv->conns); /* evhttp_free frees the listener first */
     if (srv->http)
         evhttp_free(srv->http); /* closes connections: close callbacks cancel their requests */
+    conn_limit_unlisten(srv->conns_local);
     if (srv->http_local)
         evhttp_free(srv->http_local);
+    conn_limit_free(srv->conns_local);
     conn_limit_free(srv->conns);
     tasks_api_stop(srv->tasks); /* after the connections, before the engine */
     engine_free(srv->eng);

@@ -983,6 +983,17 @@ void tasks_api_free(struct tasks_api *api)
 const char *tasks_api_agents_path(const struct tasks_api *api) { return api->agents_path; }
 int tasks_api_n_agents(const struct tasks_api *api) { return registry_count(api->reg); }
 
+int64_t tasks_api_local_concurrency(const struct tasks_api *api)
+{
+    int64_t n = 0;
+    for (int i = 0; i < registry_count(api->reg); i++) {
+        const struct agent_spec *a = registry_at(api->reg, i);
+        if (a->kind == AGENT_LOCAL)
+            n += a->max_concurrency;
+    }
+    return n;
+}
+
 void tasks_api_drain(struct tasks_api *api)
 {
     if (!api)

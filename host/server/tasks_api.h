@@ -105,6 +105,9 @@ void tasks_api_free(struct tasks_api *api);
 /* The pool file actually loaded ("" when none) and its agent count. */
 const char *tasks_api_agents_path(const struct tasks_api *api);
 int         tasks_api_n_agents(const struct tasks_api *api);
+/* Local-agent calls the pool may have in flight at once: the sum of its
+ * kind-local agents' max_concurrency (0 without local agents). */
+int64_t     tasks_api_local_concurrency(const struct tasks_api *api);
 
 /* True for "/v1/tasks" and every path below it. */
 bool tasks_api_route(const char *path);

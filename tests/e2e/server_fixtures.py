@@ -28,7 +28,7 @@ def free_port():
 
 
 class ServerProcess:
-    def __init__(self, binary, model, *args, fd_limit=None):
+    def __init__(self, binary, model, *args, fd_limit=None, env=None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = f"/tmp/paraserve-test-{self.port}.log"
@@ -36,7 +36,7 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [binary, "serve", "-m", model, "--host", "127.0.0.1", "--port", str(self.port),
              "--threads", str(THREADS), *map(str, args)],
-            stdout=self.log, stderr=subprocess.STDOUT,
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, **env} if env else None,
             preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (fd_limit, fd_limit)))
             if fd_limit else None)
         deadline = time.time() + 120
@@ -89,8 +89,9 @@ class ServerProcess:
 
 @pytest.fixture(scope="module")
 def start_server(paraserve_bin, model_path):
-    """start_server(*args, fd_limit=None) -> ServerProcess (fd_limit: the
-    server's RLIMIT_NOFILE, soft and hard); all are stopped (and must exit 0)
+    """start_server(*args, fd_limit=None, env=None) -> ServerProcess (fd_limit:
+    the server's RLIMIT_NOFILE, soft and hard; env: variables added to the
+    server's environment); all are stopped (and must exit 0)
     at the end of the module."""
     started = []
 

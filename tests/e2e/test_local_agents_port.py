@@ -8,11 +8,17 @@ per-process token instead of an API key:
   deadline, the agent calls queued in the listen backlog behind them);
 - with API keys configured, local agents work (before: HTTP 401 on every call);
 - the port serves nothing but POST /v1/chat/completions with the token: 403
-  without it or with a wrong one, 404 for any other route.
+  without it or with a wrong one, 404 for any other route;
+- the port has a cap of its own (the pool's local concurrency + 16): a local
+  process flooding it waits in the backlog and never exhausts descriptors
+  nor stalls the client port;
+- the token never goes through a proxy set in the server's environment
+  (http_proxy): loopback requests never use one.
 """
 import http.client
 import json
 import re
+import socket
 import threading
 import time
 
@@ -117,3 +123,72 @@ def test_client_port_still_enforces_the_cap_and_keys(srv):
     assert status == 401, body
     m = srv.metrics()
     assert m["paraserve_http_connections_max"] == 2
+
+
+def test_local_port_has_its_own_cap(srv):
+    # cap = the pool's local max_concurrency (8) + 16 = 24
+    assert re.search(r"local agents call \S+ \(at most 24 connections\)", srv.output()), srv.output()[-1500:]
+    port = local_port(srv)
+    held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(24)]
+    extra = socket.create_connection(("127.0.0.1", port), timeout=5)   # completes in the kernel backlog
+    extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    extra.settimeout(1.5)
+    try:
+        got = extra.recv(64)
+    except socket.timeout:
+        got = None
+    assert got is None, f"the 25th connection was served at the cap: {got!r}"
+    # the client port is unaffected
+    t0 = time.monotonic()
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    c.request("GET", "/health")
+    assert c.getresponse().status == 200
+    c.close()
+    assert time.monotonic() - t0 < 1.0
+    # (the executor's idle keep-alive connections from earlier tests count too: free them all)
+    for h in held:
+        h.close()
+    extra.settimeout(5)
+    assert extra.recv(64).startswith(b"HTTP/1.1 403"), "not served once slots freed"
+    extra.close()
+
+
+class LoggingProxy:
+    """A TCP listener that records whatever a client sends it and answers 502."""
+
+    def __init__(self):
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.seen = b""
+        self.thread = threading.Thread(target=self.run, daemon=True)
+        self.thread.start()
+
+    def run(self):
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            c.settimeout(2)
+            try:
+                self.seen += c.recv(65536)
+                c.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            c.close()
+
+
+def test_local_token_never_goes_through_a_proxy(start_server, tmp_path):  # noqa: F811
+    proxy = LoggingProxy()
+    path = tmp_path / "agents.json"
+    path.write_text(json.dumps(AGENTS))
+    s = start_server("--kv-blocks", 128, "--agents", str(path),
+                     env={"http_proxy": f"http://127.0.0.1:{proxy.port}", "no_proxy": ""})
+    results = [None]
+    post_task(s.port, results, 0)
+    status, body, _ = results[0]
+    proxy.sock.close()
+    assert proxy.seen == b"", proxy.seen[:300]
+    assert status == 200 and body["calls"][0]["status"] == "ok", body

@@ -140,8 +140,18 @@ int main(void)
         TEST_DONE();
     CHECK(conn_limit_create(h.base, 0, &h.m, &h.cl) == PS_EINVAL && !h.cl);
     CHECK(conn_limit_create(h.base, 4, &h.m, &h.cl) == PS_OK);
-    struct conn_limit *second = NULL;
-    CHECK(conn_limit_create(h.base, 4, &h.m, &second) == PS_EINVAL && !second); /* one per process */
+    {   /* CONN_LIMIT_MAX_TRACKERS (2) per process, each with its own metrics */
+        struct metrics m2, m3;
+        metrics_init(&m2);
+        metrics_init(&m3);
+        struct conn_limit *second = NULL, *third = NULL;
+        CHECK(conn_limit_create(h.base, 3, &m2, &second) == PS_OK && second && m2.conns_max == 3);
+        CHECK(conn_limit_create(h.base, 4, &m3, &third) == PS_EINVAL && !third);
+        CHECK(h.m.conns_max == 4);
+        conn_limit_free(second);
+        CHECK(conn_limit_create(h.base, 5, &m3, &third) == PS_OK && third);
+        conn_limit_free(third);
+    }
     evhttp_set_gencb(h.http, on_request, &h);
     evhttp_set_bevcb(h.http, on_bev, &h);
     h.sock = evhttp_bind_socket_with_handle(h.http, "127.0.0.1", 0);
