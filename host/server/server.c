@@ -1586,15 +1586,22 @@ static int local_listen(struct server *srv, ev_ssize_t max_body, char *url, size
 
 /* The local agents' port's connection cap: the calls the pool's local
  * agents may have in flight at once plus SERVER_LOCAL_SLACK (connections
- * being closed, refused token-less clients), its idle timeout (the
- * server's) and accept-error pause - so nobody can exhaust descriptors
- * through it, and a local process flooding it delays local agents only. */
+ * being closed, refused token-less clients), at most half the descriptor
+ * reserve (each local call holds two: the executor's end and the port's);
+ * its idle timeout (the server's) and accept-error pause - so nobody can
+ * exhaust descriptors through it, and a local process flooding it delays
+ * local agents only (their calls wait in the backlog). */
 #define SERVER_LOCAL_SLACK 16
 static int local_limit(struct server *srv, int64_t local_calls)
 {
     int64_t max = local_calls + SERVER_LOCAL_SLACK;
+    const int64_t half_reserve = server_fd_reserve(server_fd_limit()) / 2;
+    if (max > half_reserve)
+        max = half_reserve;
     if (max > 65536)
         max = 65536;
+    if (max < 1)
+        max = 1;
     int rc = conn_limit_create(srv->base, (int32_t)max, &srv->m_local, &srv->conns_local);
     if (rc)
         return rc;
