@@ -62,9 +62,9 @@ struct conn_limit {
     struct timeval         idle_tv;     /* idle timeout; 0: none               */
     uint64_t               accept_errors;   /* since the last report          */
     time_t                 accept_reported;
+    time_t                 gate_reported;   /* last enable/disable failure logged (once a second) */
 };
 
-/* The one tracker of the process (conn_limit.h). */
 /* the trackers of this process (serve: its clients' port and its local
  * agents' port), for the calls that are not given one */
 static struct conn_limit *g_cls[CONN_LIMIT_MAX_TRACKERS];
@@ -104,10 +104,10 @@ static void gate_update(struct conn_limit *cl)
         return;
     if (want ? evconnlistener_enable(cl->lev) : evconnlistener_disable(cl->lev)) {
         const time_t now = time(NULL);
-        if (now != cl->accept_reported) {
+        if (now != cl->gate_reported) {
             fprintf(stderr, "paraserve: cannot %s the listener (libevent)%s\n", want ? "enable" : "disable",
                     want ? "; retrying every 100 ms" : "");
-            cl->accept_reported = now;
+            cl->gate_reported = now;
         }
         /* never left disabled: no close may come to re-enable it
          * (CONN_ACCEPT_PAUSE_MS, 100, as the log says) */
