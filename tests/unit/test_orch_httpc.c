@@ -414,6 +414,28 @@ int main(void)
     CHECK(early_callbacks == 0);
     CHECK(httpc_active(http) == 0);
 
+    /* A proxy in the environment (here a port that refuses) is never used
+     * for loopback addresses, on the fast path or through curl: it would
+     * see the request's headers (serve's local agents' token). */
+    httpc_destroy(http);
+    setenv("http_proxy", "http://127.0.0.1:9", 1);
+    for (int curl = 0; curl < 2; curl++) {
+        if (curl)
+            setenv("PARASERVE_HTTPC", "curl", 1);
+        http = httpc_create(base);
+        CHECK(http);
+        if (!http)
+            break;
+        start("/len", srv_port, "p", 0, &a);
+        run_loop();
+        CHECK_MSG(a.transport_error == 0 && !strcmp(a.body, "pok"), "%s with http_proxy set: err %d body '%s'",
+                  curl ? "curl" : "fast path", a.transport_error, a.body);
+        httpc_destroy(http);
+        http = NULL;
+    }
+    unsetenv("http_proxy");
+    unsetenv("PARASERVE_HTTPC");
+
     httpc_destroy(http);
     event_base_free(base);
     /* Every server-side connection ends once the client has closed its own. */
