@@ -400,8 +400,9 @@ struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const cha
         break;
     case AGENT_LOCAL:
         if (!ex->local_url)
-            st = ps_error_set(PS_EUNSUPPORTED, "local agents need a served model: run under "
-                              "'paraserve serve' (or pass --local-url)");
+            st = ps_error_set(PS_EUNSUPPORTED, "local agents need a served model, and none is reachable: "
+                              "'paraserve serve' opens a local port for them at startup (its log says "
+                              "why it could not), 'paraserve orchestrate' needs --local-url");
         else
             st = chat_start(op, ex->local_url, a->model ? a->model
                             : ex->local_model ? ex->local_model : "default");

@@ -13,7 +13,9 @@ per-process token instead of an API key:
   process flooding it waits in the backlog and never exhausts descriptors
   nor stalls the client port;
 - the token never goes through a proxy set in the server's environment
-  (http_proxy): loopback requests never use one.
+  (http_proxy): loopback requests never use one;
+- without a local port (127.0.0.1:0 cannot be bound: an LD_PRELOAD shim),
+  serve still starts and local calls fail with a clear error.
 """
 import http.client
 import json
@@ -192,3 +194,54 @@ def test_local_token_never_goes_through_a_proxy(start_server, tmp_path):  # noqa
     proxy.sock.close()
     assert proxy.seen == b"", proxy.seen[:300]
     assert status == 200 and body["calls"][0]["status"] == "ok", body
+
+
+BIND_SHIM = r"""
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+/* bind() to 127.0.0.1 port 0 fails (EADDRNOTAVAIL); every other bind is the real one */
+int bind(int fd, const struct sockaddr *sa, socklen_t len)
+{
+    static int (*real)(int, const struct sockaddr *, socklen_t);
+    if (!real)
+        real = (int (*)(int, const struct sockaddr *, socklen_t))dlsym(RTLD_NEXT, "bind");
+    const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+    if (sa->sa_family == AF_INET && in->sin_port == 0 && in->sin_addr.s_addr == htonl(INADDR_LOOPBACK)) {
+        errno = EADDRNOTAVAIL;
+        return -1;
+    }
+    return real(fd, sa, len);
+}
+"""
+
+
+def test_without_a_local_port_serve_starts_and_local_calls_fail_clearly(start_server, tmp_path):  # noqa: F811
+    import os
+    import shutil
+    import subprocess
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler to build the bind() shim")
+    if "asan" in os.environ.get("PARASERVE_BIN", ""):
+        pytest.skip("LD_PRELOAD beside the ASan runtime")
+    src, so = tmp_path / "shim.c", tmp_path / "shim.so"
+    src.write_text(BIND_SHIM)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(so), str(src), "-ldl"], check=True)
+    path = tmp_path / "agents.json"
+    path.write_text(json.dumps(AGENTS))
+    s = start_server("--kv-blocks", 128, "--agents", str(path), env={"LD_PRELOAD": str(so)})
+    out = s.output()
+    assert "cannot listen on 127.0.0.1 for the local agents; local agents will fail" in out, out[-1500:]
+    assert "local agents call nothing (no local port)" in out, out[-1500:]
+    results = [None]
+    post_task(s.port, results, 0)
+    status, body, _ = results[0]
+    assert status == 200, body
+    call = body["calls"][0]
+    assert call["status"] == "exec_error" and "none is reachable" in call["error"], call
+    # the client port serves as usual
+    status, reply = request(s.port, "POST", "/v1/chat/completions", {"Content-Type": "application/json"}, CHAT)
+    assert status == 200, reply
