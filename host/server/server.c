@@ -1223,8 +1223,24 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
     metrics_request(&srv->m, ROUTE_METRICS, 200); /* count this scrape in its own output */
     char *text = metrics_render(&srv->m, &es, srv->model_name);
     struct evbuffer *out = is_head(req) ? NULL : evbuffer_new();
-    if (text && out)
+    if (text && out) {
         evbuffer_add(out, text, strlen(text));
+        /* the local agents' port (its own tracker, m_local) */
+        const struct metrics *l = &srv->m_local;
+        evbuffer_add_printf(out,
+                            "# HELP paraserve_local_connections_open Connections open on the local agents' port.\n"
+                            "# TYPE paraserve_local_connections_open gauge\n"
+                            "paraserve_local_connections_open %d\n"
+                            "# HELP paraserve_local_connections_max Cap on the local agents' port (0: no port).\n"
+                            "# TYPE paraserve_local_connections_max gauge\n"
+                            "paraserve_local_connections_max %d\n"
+                            "# HELP paraserve_local_connections_accepted_total Connections accepted on the local "
+                            "agents' port.\n"
+                            "# TYPE paraserve_local_connections_accepted_total counter\n"
+                            "paraserve_local_connections_accepted_total %llu\n",
+                            (int)l->conns_open, srv->conns_local ? (int)l->conns_max : 0,
+                            (unsigned long long)l->conns_accepted);
+    }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");
     evhttp_send_reply(req, 200, "OK", out);

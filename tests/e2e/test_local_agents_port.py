@@ -131,6 +131,8 @@ def test_local_port_has_its_own_cap(srv):
     # cap = the pool's local max_concurrency (8) + 16 = 24
     assert re.search(r"local agents call \S+ \(at most 24 connections\)", srv.output()), srv.output()[-1500:]
     port = local_port(srv)
+    # the executor's idle keep-alive connections from earlier tests stay open (and count)
+    base = srv.metrics()["paraserve_local_connections_open"]
     held = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(24)]
     extra = socket.create_connection(("127.0.0.1", port), timeout=5)   # completes in the kernel backlog
     extra.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -140,6 +142,11 @@ def test_local_port_has_its_own_cap(srv):
     except socket.timeout:
         got = None
     assert got is None, f"the 25th connection was served at the cap: {got!r}"
+    m = srv.metrics()
+    assert m["paraserve_local_connections_max"] == 24, m
+    assert m["paraserve_local_connections_open"] == 24, m
+    assert m["paraserve_local_connections_accepted_total"] >= 24, m
+    assert m["paraserve_http_connections_open"] == 1, m   # the client port's count is its own
     # the client port is unaffected
     t0 = time.monotonic()
     c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
@@ -153,6 +160,8 @@ def test_local_port_has_its_own_cap(srv):
     extra.settimeout(5)
     assert extra.recv(64).startswith(b"HTTP/1.1 403"), "not served once slots freed"
     extra.close()
+    assert wait_for(lambda: srv.metrics()["paraserve_local_connections_open"] == base, timeout=5), \
+        (base, srv.metrics()["paraserve_local_connections_open"])
 
 
 class LoggingProxy:
@@ -236,6 +245,7 @@ def test_without_a_local_port_serve_starts_and_local_calls_fail_clearly(start_se
     out = s.output()
     assert "cannot listen on 127.0.0.1 for the local agents; local agents will fail" in out, out[-1500:]
     assert "local agents call nothing (no local port)" in out, out[-1500:]
+    assert s.metrics()["paraserve_local_connections_max"] == 0
     results = [None]
     post_task(s.port, results, 0)
     status, body, _ = results[0]
