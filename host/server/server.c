@@ -1522,21 +1522,28 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     metrics_request(&srv->m, ROUTE_OTHER, status);
 }
 
+/* A guarded socket bufferevent for a new connection, counted by `cl`
+ * (NULL: not yet tracked).  NULL: evhttp makes its own (the HTML 413 then
+ * goes out as is); either way out of memory: the connection goes uncounted
+ * (conn_limit.h). */
+static struct bufferevent *guard_bufferevent(struct event_base *base, struct server *srv, struct conn_limit *cl)
+{
+    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
+    if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), guard_output, srv)) {
+        bufferevent_free(bev);
+        bev = NULL;
+    }
+    if (bev && cl)
+        (void)conn_limit_accepted(cl, bev);
+    return bev;
+}
+
 /* evhttp's bevcb: once per accepted connection, so it is also where the
  * connection is counted (conn_limit.h). */
 static struct bufferevent *guard_new(struct event_base *base, void *arg)
 {
     struct server *srv = arg;
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
-    if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), guard_output, arg)) {
-        bufferevent_free(bev);
-        bev = NULL;
-    }
-    /* NULL: evhttp makes its own (the HTML 413 then goes out as is); either
-     * way out of memory: the connection goes uncounted (conn_limit.h) */
-    if (bev)
-        (void)conn_limit_accepted(srv->conns, bev);
-    return bev;
+    return guard_bufferevent(base, srv, srv->conns);
 }
 
 /* The local agents' port: the same output guard, counted by its own
@@ -1544,14 +1551,17 @@ static struct bufferevent *guard_new(struct event_base *base, void *arg)
 static struct bufferevent *guard_new_local(struct event_base *base, void *arg)
 {
     struct server *srv = arg;
-    struct bufferevent *bev = bufferevent_socket_new(base, -1, 0);
-    if (bev && !evbuffer_add_cb(bufferevent_get_output(bev), guard_output, arg)) {
-        bufferevent_free(bev);
-        bev = NULL;
-    }
-    if (bev && srv->conns_local)
-        (void)conn_limit_accepted(srv->conns_local, bev);
-    return bev;
+    return guard_bufferevent(base, srv, srv->conns_local);
+}
+
+/* The limits both ports share: bodies (max_body: libevent's hard cap),
+ * headers and methods. */
+static void http_limits(struct evhttp *http, ev_ssize_t max_body)
+{
+    evhttp_set_max_body_size(http, max_body);
+    evhttp_set_max_headers_size(http, SERVER_MAX_HEADERS_BYTES);   /* libevent's default: unbounded */
+    evhttp_set_allowed_methods(http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
+                                         EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
 }
 
 /* Open the local agents' port: a second evhttp on the same loop, bound to
@@ -1578,11 +1588,7 @@ static int local_listen(struct server *srv, ev_ssize_t max_body, char *url, size
     srv->http_local = evhttp_new(srv->base);
     if (!srv->http_local)
         return ps_error_set(PS_EINTERNAL, "libevent: cannot create the local agents' http server");
-    evhttp_set_max_body_size(srv->http_local, max_body);
-    evhttp_set_max_headers_size(srv->http_local, SERVER_MAX_HEADERS_BYTES);
-    evhttp_set_allowed_methods(srv->http_local, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD |
-                                                    EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS |
-                                                    EVHTTP_REQ_PATCH);
+    http_limits(srv->http_local, max_body);
     evhttp_set_gencb(srv->http_local, on_request_local, srv);
     evhttp_set_bevcb(srv->http_local, guard_new_local, srv);
     struct evhttp_bound_socket *sock = evhttp_bind_socket_with_handle(srv->http_local, "127.0.0.1", 0);
@@ -1776,10 +1782,7 @@ int server_run(const struct server_config *cfg)
     int64_t cap = (int64_t)cfg->max_body_bytes * 4;
     if (cap < (int64_t)cfg->max_body_bytes + (1 << 16))
         cap = (int64_t)cfg->max_body_bytes + (1 << 16);
-    evhttp_set_max_body_size(srv->http, (ev_ssize_t)cap);
-    evhttp_set_max_headers_size(srv->http, SERVER_MAX_HEADERS_BYTES);   /* libevent's default: unbounded */
-    evhttp_set_allowed_methods(srv->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_HEAD | EVHTTP_REQ_PUT |
-                                              EVHTTP_REQ_DELETE | EVHTTP_REQ_OPTIONS | EVHTTP_REQ_PATCH);
+    http_limits(srv->http, (ev_ssize_t)cap);
     if ((rc = conn_limit_create(srv->base, max_conns, &srv->m, &srv->conns)))
         goto done;
     conn_limit_set_idle(srv->conns, cfg->idle_timeout_ms);
