@@ -509,40 +509,6 @@ AVX2_INLINE void q41x8_pass(const uint8_t *x8, int64_t nb, const uint8_t *const 
         acc[j] = a[j];
 }
 
-static AVX2 void mdot_q4_1x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
-                             float *out, int64_t os)
-{
-    float daf[4 * QUANT_X8_MAXB], saf[4 * QUANT_X8_MAXB];
-    for (int64_t t0 = 0; t0 < nt; t0 += 4) {
-        const int n4 = nt - t0 < 4 ? (int)(nt - t0) : 4;
-        const uint8_t *y[4];
-        const float *da[4], *sa[4];
-        for (int j = 0; j < 4; j++) {
-            const int jj = j < n4 ? j : 0;
-            y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
-            da[j] = daf + (size_t)jj * nb;
-            sa[j] = saf + (size_t)jj * nb;
-        }
-        for (int j = 0; j < n4; j++)
-            for (int64_t i = 0; i < nb; i++) {
-                daf[(size_t)j * nb + i] = ld_h(y[j] + 36 * i);
-                saf[(size_t)j * nb + i] = ld_h(y[j] + 36 * i + 2);
-            }
-        for (int64_t g = 0; g < ng; g++) {
-            const uint8_t *xg = (const uint8_t *)x8 + (size_t)g * (size_t)nb * QUANT_X8_BLOCK;
-            __m256 acc[4];
-            switch (n4) {
-            case 1: q41x8_pass(xg, nb, y, da, sa, acc, 1); break;
-            case 2: q41x8_pass(xg, nb, y, da, sa, acc, 2); break;
-            case 3: q41x8_pass(xg, nb, y, da, sa, acc, 3); break;
-            default: q41x8_pass(xg, nb, y, da, sa, acc, 4); break;
-            }
-            for (int j = 0; j < n4; j++)
-                _mm256_storeu_ps(out + (t0 + j) * os + 8 * g, acc[j]);
-        }
-    }
-}
-
 /* ---- Q8_0 repacked for 8-row tiles (quant.h "x8") ---------------------------
  *
  * One weight row per lane, as the Q4_1 x8 tiles.  Per block: the 8 rows'
@@ -583,36 +549,59 @@ AVX2_INLINE void q80x8_pass(const uint8_t *xg, int64_t nb, const uint8_t *const 
         acc[j] = a[j];
 }
 
-static AVX2 void mdot_q8_0x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
-                             float *out, int64_t os)
+/* The x8 tiles of either type (Q8: Q8_0 against Q8_0 activations, else
+ * Q4_1 against Q8_1): activation rows in passes of up to 4, their block
+ * scales (and Q4_1's sums) as f32 first, then every group of 8 rows. */
+AVX2_INLINE void mdot_x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt, float *out,
+                         int64_t os, const int Q8)
 {
-    const size_t gb = quant_q8_0x8_group_bytes(nb);
-    float daf[4 * QUANT_X8_MAXB];
+    const size_t gb = Q8 ? quant_q8_0x8_group_bytes(nb) : (size_t)nb * QUANT_X8_BLOCK;
+    const size_t ab = Q8 ? 34 : 36;   /* activation block bytes */
+    float daf[4 * QUANT_X8_MAXB], saf[4 * QUANT_X8_MAXB];   /* saf: Q4_1 only */
     for (int64_t t0 = 0; t0 < nt; t0 += 4) {
         const int n4 = nt - t0 < 4 ? (int)(nt - t0) : 4;
         const uint8_t *y[4];
-        const float *da[4];
+        const float *da[4], *sa[4];
         for (int j = 0; j < 4; j++) {
             const int jj = j < n4 ? j : 0;
             y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
             da[j] = daf + (size_t)jj * nb;
+            sa[j] = Q8 ? NULL : saf + (size_t)jj * nb;
         }
         for (int j = 0; j < n4; j++)
-            for (int64_t i = 0; i < nb; i++)
-                daf[(size_t)j * nb + i] = ld_h(y[j] + 34 * i);
+            for (int64_t i = 0; i < nb; i++) {
+                daf[(size_t)j * nb + i] = ld_h(y[j] + ab * i);
+                if (!Q8)
+                    saf[(size_t)j * nb + i] = ld_h(y[j] + ab * i + 2);
+            }
         for (int64_t g = 0; g < ng; g++) {
             const uint8_t *xg = (const uint8_t *)x8 + (size_t)g * gb;
             __m256 acc[4];
-            switch (n4) {
-            case 1: q80x8_pass(xg, nb, y, da, acc, 1); break;
-            case 2: q80x8_pass(xg, nb, y, da, acc, 2); break;
-            case 3: q80x8_pass(xg, nb, y, da, acc, 3); break;
-            default: q80x8_pass(xg, nb, y, da, acc, 4); break;
+            switch (n4 * 2 + Q8) {
+#define X8_PASS(n) \
+            case 2 * n: q41x8_pass(xg, nb, y, da, sa, acc, n); break; \
+            case 2 * n + 1: q80x8_pass(xg, nb, y, da, acc, n); break;
+            X8_PASS(1) X8_PASS(2) X8_PASS(3)
+#undef X8_PASS
+            case 9: q80x8_pass(xg, nb, y, da, acc, 4); break;
+            default: q41x8_pass(xg, nb, y, da, sa, acc, 4); break;
             }
             for (int j = 0; j < n4; j++)
                 _mm256_storeu_ps(out + (t0 + j) * os + 8 * g, acc[j]);
         }
     }
+}
+
+static AVX2 void mdot_q4_1x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
+                             float *out, int64_t os)
+{
+    mdot_x8(x8, nb, ng, a, as, nt, out, os, 0);
+}
+
+static AVX2 void mdot_q8_0x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
+                             float *out, int64_t os)
+{
+    mdot_x8(x8, nb, ng, a, as, nt, out, os, 1);
 }
 
 /* ---- Q4_K x Q8_K ----------------------------------------------------------- */
