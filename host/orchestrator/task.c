@@ -77,7 +77,11 @@ struct orch_task {
     int64_t               reserve_ms;  /* time kept for the last decision(s) */
     int64_t               t_decide;    /* start of the decision being made */
     int64_t               t_start;
-    struct orch_task     *prev, *next;
+    struct orch_task     *prev, *next;          /* creation order */
+    struct orch_task     *fin_prev, *fin_next;  /* finish order (in_fin) */
+    int                   in_fin;
+    uint64_t              id_hash;
+    int                   indexed;              /* in o->index */
 };
 
 struct orch {
@@ -90,6 +94,12 @@ struct orch {
     orch_done_fn           done_cb;
     void                  *done_ud;
     struct orch_task      *head, *tail;   /* creation order */
+    struct orch_task      *fin_head, *fin_tail;   /* finished tasks, oldest end first */
+    /* Tasks by id: open addressing with linear probing on id_hash; a power
+     * of two slots (0 before the first task), at most half used; NULL is
+     * an empty slot (removal shifts the probe chain back, no tombstones). */
+    struct orch_task     **index;
+    size_t                 index_cap, index_n;
     int                    n_running, n_finished;
     uint64_t               next_id;
 };
@@ -547,15 +557,16 @@ static void summary_print(const struct orch_task *t, struct jbuf *b)
 
 /* ---- lifecycle -------------------------------------------------------------------- */
 
-/* Release the oldest finished tasks without subscribers beyond
- * keep_finished, never `ending`: the task whose end triggers this stays
- * valid for its caller (DELETE replies with its summary); a later end
- * evicts it. */
+/* Release the finished tasks without subscribers that ended first, while
+ * more than keep_finished are kept, never `ending`: the task whose end
+ * triggers this stays valid for its caller (DELETE replies with its
+ * summary); a later end evicts it.  Walks the finished tasks only, so
+ * thousands of running tasks created before them cost nothing here. */
 static void evict_finished(struct orch *o, const struct orch_task *ending)
 {
-    for (struct orch_task *t = o->head, *nx; t && o->n_finished > o->cfg.keep_finished; t = nx) {
-        nx = t->next;
-        if (t != ending && t->status != TASK_RUNNING && !t->subs)
+    for (struct orch_task *t = o->fin_head, *nx; t && o->n_finished > o->cfg.keep_finished; t = nx) {
+        nx = t->fin_next;
+        if (t != ending && !t->subs)
             orch_task_release(t);
     }
 }
@@ -601,6 +612,10 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     }
     o->n_running--;
     o->n_finished++;
+    t->fin_prev = o->fin_tail;
+    if (o->fin_tail) o->fin_tail->fin_next = t; else o->fin_head = t;
+    o->fin_tail = t;
+    t->in_fin = 1;
     if (o->done_cb)
         o->done_cb(o->done_ud, t);
     evict_finished(o, t);
@@ -1532,6 +1547,77 @@ void orch_set_done_cb(struct orch *o, orch_done_fn cb, void *ud)
     o->done_ud = ud;
 }
 
+/* ---- tasks by id ------------------------------------------------------------------ */
+
+/* FNV-1a, 64 bits */
+static uint64_t task_id_hash(const char *id)
+{
+    uint64_t h = 1469598103934665603ull;
+    for (const unsigned char *p = (const unsigned char *)id; *p; p++)
+        h = (h ^ *p) * 1099511628211ull;
+    return h;
+}
+
+static int index_grow(struct orch *o)
+{
+    const size_t cap = o->index_cap ? 2 * o->index_cap : 64;
+    struct orch_task **slots = calloc(cap, sizeof *slots);
+    if (!slots)
+        return -1;
+    for (size_t i = 0; i < o->index_cap; i++) {
+        struct orch_task *t = o->index[i];
+        if (!t)
+            continue;
+        size_t j = t->id_hash & (cap - 1);
+        while (slots[j])
+            j = (j + 1) & (cap - 1);
+        slots[j] = t;
+    }
+    free(o->index);
+    o->index = slots;
+    o->index_cap = cap;
+    return 0;
+}
+
+/* 0, or -1 when out of memory (t is then not indexed) */
+static int index_add(struct orch *o, struct orch_task *t)
+{
+    if (2 * (o->index_n + 1) > o->index_cap && index_grow(o))
+        return -1;
+    const size_t mask = o->index_cap - 1;
+    size_t j = t->id_hash & mask;
+    while (o->index[j])
+        j = (j + 1) & mask;
+    o->index[j] = t;
+    o->index_n++;
+    t->indexed = 1;
+    return 0;
+}
+
+static void index_remove(struct orch *o, struct orch_task *t)
+{
+    if (!t->indexed)
+        return;
+    const size_t mask = o->index_cap - 1;
+    size_t hole = t->id_hash & mask;
+    while (o->index[hole] != t)
+        hole = (hole + 1) & mask;
+    /* Shift back every later entry of the probe chain whose home slot is
+     * not cyclically in (hole, j]: lookups never meet an empty slot before
+     * their entry. */
+    for (size_t j = (hole + 1) & mask; o->index[j]; j = (j + 1) & mask) {
+        const size_t home = o->index[j]->id_hash & mask;
+        const int stays = hole < j ? (home > hole && home <= j) : (home > hole || home <= j);
+        if (!stays) {
+            o->index[hole] = o->index[j];
+            hole = j;
+        }
+    }
+    o->index[hole] = NULL;
+    o->index_n--;
+    t->indexed = 0;
+}
+
 static void task_free(struct orch_task *t)
 {
     struct orch *o = t->o;
@@ -1558,6 +1644,11 @@ static void task_free(struct orch_task *t)
     free(t->error);
     if (t->prev) t->prev->next = t->next; else if (o->head == t) o->head = t->next;
     if (t->next) t->next->prev = t->prev; else if (o->tail == t) o->tail = t->prev;
+    if (t->in_fin) {
+        if (t->fin_prev) t->fin_prev->fin_next = t->fin_next; else o->fin_head = t->fin_next;
+        if (t->fin_next) t->fin_next->fin_prev = t->fin_prev; else o->fin_tail = t->fin_prev;
+    }
+    index_remove(o, t);
     free(t);
 }
 
@@ -1572,6 +1663,7 @@ void orch_destroy(struct orch *o)
         task_free(t);
     }
     exec_destroy(o->ex);
+    free(o->index);
     free(o);
 }
 
@@ -1633,6 +1725,7 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     o->next_id++;
     snprintf(t->id, sizeof t->id, "task_%08llx%04x", (unsigned long long)o->next_id,
              (unsigned)(orch_now_ns() & 0xffff));
+    t->id_hash = task_id_hash(t->id);
     t->tenant = strdup(tenant ? tenant : "default");
     t->input = strdup(input->valuestring);
     t->script = script ? cJSON_Duplicate(script, 1) : NULL;
@@ -1655,7 +1748,7 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     o->tail = t;
     o->n_running++;
     if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->usage || !t->events ||
-        !t->fallback || !t->g || !t->kick || !t->deadline || (!script && !t->finalize_ev)) {
+        !t->fallback || !t->g || !t->kick || !t->deadline || (!script && !t->finalize_ev) || index_add(o, t)) {
         t->status = TASK_FAILED;
         o->n_running--;
         task_free(t);
@@ -1686,9 +1779,12 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
 
 struct orch_task *orch_task_find(struct orch *o, const char *id)
 {
-    for (struct orch_task *t = o->tail; t; t = t->prev)
-        if (!strcmp(t->id, id))
-            return t;
+    if (!o->index_cap)
+        return NULL;
+    const size_t mask = o->index_cap - 1;
+    for (size_t j = task_id_hash(id) & mask; o->index[j]; j = (j + 1) & mask)
+        if (!strcmp(o->index[j]->id, id))
+            return o->index[j];
     return NULL;
 }
 

@@ -986,6 +986,94 @@ static void test_many_tasks(void)
     ctx_close(&c);
 }
 
+/* Thousands of tasks: orch_task_find finds every task kept (running ones
+ * and the newest keep_finished finished ones) and nothing else, and the
+ * oldest finished tasks are the ones evicted, whatever runs before them.
+ * 500 tasks that wait on a call, then 3000 that finish at once, with
+ * keep_finished 1000: the first 2000 quick ones are gone, the last 1000
+ * stay.  Prints the cost of a lookup (the oldest running task's id) and of
+ * the quick tasks' ends, which once scanned every older task. */
+static void test_task_lookup_and_eviction_at_scale(void)
+{
+    enum { R = 500, Q = 3000, KEEP = 1000 };
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    orch_destroy(c.orch);
+    struct exec_config ec = { .seed = 42 };
+    struct orch_config oc = { .keep_finished = KEEP };
+    CHECK((c.orch = orch_create(c.base, c.reg, &ec, &oc)) != NULL);
+    char(*ids)[40] = calloc(R + Q, sizeof *ids);
+    struct orch_task **ts = calloc(R + Q, sizeof *ts);
+    CHECK(ids && ts);
+    if (!c.orch || !ids || !ts) {
+        free(ids);
+        free(ts);
+        ctx_close(&c);
+        return;
+    }
+    orch_set_done_cb(c.orch, on_done, &c.run);
+    cJSON *slow = cJSON_Parse("{\"input\":\"slow\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"one\","
+                              "\"args\":{\"sleep_ms\":1900}}]},{\"final\":{\"answer\":\"x\",\"uses\":[\"a\"]}}]}");
+    cJSON *quick = cJSON_Parse("{\"input\":\"quick\",\"script\":[{\"final\":{\"answer\":\"x\"}}]}");
+    int submitted = 0;
+    for (int i = 0; i < R + Q; i++) {
+        if (orch_task_submit(c.orch, i < R ? slow : quick, NULL, &ts[i]) == PS_OK && ts[i]) {
+            snprintf(ids[i], sizeof ids[i], "%s", orch_task_id(ts[i]));
+            submitted++;
+        }
+    }
+    cJSON_Delete(slow);
+    cJSON_Delete(quick);
+    CHECK_MSG(submitted == R + Q, "%d of %d submitted: %s", submitted, R + Q, ps_error_last());
+    c.run.expect = Q;
+    double wall = run_loop(&c);
+    CHECK_MSG(c.run.done >= Q, "%d of %d quick tasks ended", c.run.done, Q);
+    int found_running = 0, found_kept = 0, found_evicted = 0;
+    for (int i = 0; i < R; i++)
+        found_running += orch_task_find(c.orch, ids[i]) == ts[i];
+    for (int i = R; i < R + Q - KEEP; i++)
+        found_evicted += orch_task_find(c.orch, ids[i]) != NULL;
+    for (int i = R + Q - KEEP; i < R + Q; i++)
+        found_kept += orch_task_find(c.orch, ids[i]) == ts[i];
+    CHECK_MSG(found_running == R && found_kept == KEEP && found_evicted == 0,
+              "found %d of %d waiting tasks, %d of the %d newest finished, %d evicted ones", found_running, R,
+              found_kept, KEEP, found_evicted);
+    char other[40];
+    snprintf(other, sizeof other, "%s", ids[0]);
+    other[strlen(other) - 1] ^= 1;   /* a near miss: same serial, other suffix */
+    const char *unknown[] = { "", "task_", "task_zz", other, "TASK_00000000000000" };
+    for (size_t k = 0; k < sizeof unknown / sizeof *unknown; k++)
+        CHECK_MSG(orch_task_find(c.orch, unknown[k]) == NULL, "'%s' found", unknown[k]);
+    /* releases out of order (every third kept task): the rest stay found */
+    int released = 0, found_after = 0, found_released = 0;
+    for (int i = R + Q - KEEP; i < R + Q; i += 3) {
+        orch_task_release(ts[i]);
+        ts[i] = NULL;
+        released++;
+    }
+    for (int i = R + Q - KEEP; i < R + Q; i++) {
+        if (ts[i])
+            found_after += orch_task_find(c.orch, ids[i]) == ts[i];
+        else
+            found_released += orch_task_find(c.orch, ids[i]) != NULL;
+    }
+    CHECK_MSG(found_after == KEEP - released && found_released == 0, "after %d releases: %d of %d found, %d released found",
+              released, found_after, KEEP - released, found_released);
+    const int n_look = 100000;
+    int64_t t0 = orch_now_ns();
+    int hits = 0;
+    for (int k = 0; k < n_look; k++)
+        hits += orch_task_find(c.orch, ids[k % R]) != NULL;
+    double ns = (double)(orch_now_ns() - t0) / n_look;
+    CHECK(hits == n_look);
+    printf("%d waiting + %d finished tasks kept: %.0f ns per lookup of a waiting task; %d quick tasks ended in %.3f s\n",
+           R, KEEP, ns, Q, wall);
+    orch_cancel_all(c.orch, "test over");
+    free(ids);
+    free(ts);
+    ctx_close(&c);
+}
+
 /* mcp_sse_scan over a body that grows one read at a time: every event is
  * searched once (linear, whatever the stream's length), a response split
  * across reads or behind CRLF blank lines is found once complete. */
@@ -2103,6 +2191,7 @@ int main(void)
     test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
+    test_task_lookup_and_eviction_at_scale();
     test_mcp_sse_scan();
     test_hostile_mcp_http_a2a();
     test_hostile_mcp_stdio();
