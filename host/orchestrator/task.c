@@ -38,6 +38,19 @@ struct orch_sub {
     struct orch_sub  *prev, *next;
 };
 
+/* Incremental search of a decision's text for the start of its final
+ * answer: "final", then "answer", then the opening quote of its value,
+ * with no "calls" anywhere (a final among calls is not watched).  Each
+ * token's text is searched once (plus a pattern's length of overlap), not
+ * the whole decision again at every token. */
+struct answer_watch {
+    size_t scanned;      /* bytes of the text searched so far */
+    int    stage;        /* 0: looking for "final", 1: "answer", 2: its quote, 3: found */
+    size_t from;         /* stages 1 and 2: search from this offset on */
+    size_t answer;       /* stage 3: offset of the answer's first byte */
+    int    calls;        /* "calls" seen: never an answer */
+};
+
 struct orch_task {
     struct orch          *o;
     char                  id[40];
@@ -71,6 +84,7 @@ struct orch_task {
     cJSON                *made;        /* this decision's calls as dispatched (ids filled in) */
     int                   final_only;  /* the decision being made must be a final */
     size_t                answer_keep; /* > 0: the final answer being decoded looped; bytes of it kept */
+    struct answer_watch   watch;       /* where this decision's final answer starts (model-driven) */
     int                   finalize;    /* deadline near: decide a final now */
     int                   repeated;    /* a decision only repeated answered calls: the next is final-only */
     struct event         *finalize_ev; /* fires at deadline - reserve (model-driven) */
@@ -998,14 +1012,56 @@ int orch_task_finished_ids(const struct orch_task *t, const char **ids, int max)
 
 /* Where the answer's string text starts in a final action's raw text, or
  * NULL (not a final, or its answer has not begun). */
-static const char *final_answer_text(const char *txt)
+/* First occurrence of pat (m bytes) in txt[from, len), or len. */
+static size_t find_from(const char *txt, size_t len, size_t from, const char *pat, size_t m)
 {
-    const char *f = strstr(txt, "\"final\"");
-    const char *a = f ? strstr(f, "\"answer\"") : NULL;
-    if (!a || strstr(txt, "\"calls\""))
-        return NULL;
-    a = strchr(a + 8, '"');
-    return a ? a + 1 : NULL;
+    for (size_t i = from; i + m <= len; i++) {
+        const char *c = memchr(txt + i, pat[0], len - m + 1 - i);
+        if (!c)
+            return len;
+        i = (size_t)(c - txt);
+        if (!memcmp(c, pat, m))
+            return i;
+    }
+    return len;
+}
+
+/* Offset of the final answer's first byte in txt[0, len) (the text of one
+ * decision, which only grows), or 0 when there is none (yet): the text
+ * after a "final" key, its "answer" key and the value's opening quote, in
+ * a text without a "calls" key.  Searches only what the last call did not. */
+static size_t final_answer_offset(struct answer_watch *w, const char *txt, size_t len)
+{
+    static const char calls[] = "\"calls\"", fin[] = "\"final\"", ans[] = "\"answer\"";
+    if (!w->calls) {
+        const size_t back = sizeof calls - 2;   /* a key cut by the last token */
+        w->calls = find_from(txt, len, w->scanned > back ? w->scanned - back : 0, calls, sizeof calls - 1) < len;
+    }
+    w->scanned = len;
+    while (!w->calls && w->stage < 3) {
+        size_t at;
+        if (w->stage == 0) {
+            if ((at = find_from(txt, len, w->from, fin, sizeof fin - 1)) >= len)
+                break;
+            w->from = at;   /* where strstr(txt + at, "\"answer\"") would start */
+        } else if (w->stage == 1) {
+            if ((at = find_from(txt, len, w->from, ans, sizeof ans - 1)) >= len)
+                break;
+            w->from = at + sizeof ans - 1;
+        } else {
+            const char *q = w->from < len ? memchr(txt + w->from, '"', len - w->from) : NULL;
+            if (!q)
+                break;
+            w->answer = (size_t)(q - txt) + 1;
+        }
+        w->stage++;
+    }
+    /* stages 0 and 1 resume one pattern's length back: a key may be cut */
+    if (w->stage == 0 && len >= sizeof fin - 2 && w->from < len - (sizeof fin - 2))
+        w->from = len - (sizeof fin - 2);
+    else if (w->stage == 1 && len >= sizeof ans - 2 && w->from < len - (sizeof ans - 2))
+        w->from = len - (sizeof ans - 2);
+    return !w->calls && w->stage == 3 ? w->answer : 0;
 }
 
 /* Bytes of the answer text a[0..n) to keep: n, or fewer when it ends in a
@@ -1015,22 +1071,30 @@ static const char *final_answer_text(const char *txt)
 #define ANSWER_LOOP_MIN_UNIT 8
 static size_t answer_loop_keep(const char *a, size_t n)
 {
+    /* Only a phrase (a letter and a space in the unit, the last p bytes)
+     * is a loop: long numbers, rules like "-----" and other runs of one
+     * pattern are answers.  The unit has a space iff p > the distance from
+     * the end to the last space (likewise a letter), so units without one
+     * cost nothing, and a unit is compared for 2p bytes before the run is
+     * measured: linear in n for any text, runs of one byte included. */
+    size_t to_space = n, to_letter = n;   /* n: none */
+    for (size_t i = n; i-- > 0 && (to_space == n || to_letter == n);) {
+        if (to_space == n && a[i] == ' ')
+            to_space = n - 1 - i;
+        if (to_letter == n && isalpha((unsigned char)a[i]))
+            to_letter = n - 1 - i;
+    }
     for (size_t p = ANSWER_LOOP_MIN_UNIT; 3 * p <= n; p++) {
+        if (to_space >= p || to_letter >= p)
+            continue;
         size_t r = 0;
-        while (r < n - p && a[n - 1 - r] == a[n - 1 - r - p])
+        while (r < 2 * p && a[n - 1 - r] == a[n - 1 - r - p])
             r++;
         if (r < 2 * p)
             continue;
-        /* Only a phrase (a letter and a space in the unit) is a loop: long
-         * numbers, rules like "-----" and other runs of one pattern are
-         * answers. */
-        int letter = 0, space = 0;
-        for (size_t i = n - p; i < n; i++) {
-            letter |= isalpha((unsigned char)a[i]);
-            space |= a[i] == ' ';
-        }
-        if (letter && space)
-            return n - r;
+        while (r < n - p && a[n - 1 - r] == a[n - 1 - r - p])
+            r++;
+        return n - r;
     }
     return n;
 }
@@ -1048,9 +1112,10 @@ int orch_task_decision_text(struct orch_task *t, const char *text, size_t n)
     if (!t->script) {
         size_t len;
         const char *txt = action_parser_text(t->parser, &len);
-        const char *a = final_answer_text(txt);
-        if (a) {
-            size_t an = len - (size_t)(a - txt), keep = answer_loop_keep(a, an);
+        const size_t off = final_answer_offset(&t->watch, txt, len);
+        if (off) {
+            const char *a = txt + off;
+            size_t an = len - off, keep = answer_loop_keep(a, an);
             if (keep < an) {
                 t->answer_keep = keep ? keep : 1;
                 return 1;     /* decision_end salvages the answer up to the loop */
@@ -1358,6 +1423,7 @@ static void decide(struct orch_task *t)
     int oom = need_made && !(t->made = cJSON_CreateArray());
     t->parser = oom ? NULL : action_parser_new(on_call_closed, t);
     t->answer_keep = 0;
+    t->watch = (struct answer_watch){ 0 };
     if (!t->parser) {
         task_finish(t, TASK_FAILED, "out of memory");
         return;

@@ -24,7 +24,7 @@
 
 enum fake_mode { FAKE_REPEAT, FAKE_NEW_CALLS, FAKE_HANG_FIRST, FAKE_CUT_FINAL, FAKE_CUT_ESCAPE, FAKE_FINAL_WAITS, FAKE_LOOP_FINAL,
                  FAKE_REPEATS_ONCE, FAKE_REPEAT_SLOW, FAKE_CUT_BSU, FAKE_CUT_SURROGATE, FAKE_LOOP_NUM,
-                 FAKE_LOOP_USES, FAKE_CUT_REFS_RUNNING };
+                 FAKE_LOOP_USES, FAKE_CUT_REFS_RUNNING, FAKE_LOOP_FINAL_BYTES, FAKE_LONG_RUN };
 
 struct fake {
     struct event_base *base;
@@ -45,7 +45,7 @@ struct fake_dec {
     struct event     *ev;
     const char       *text;
     int               hang;    /* feed the text, never end */
-    int               chunked; /* feed 3 bytes at a time, as tokens, until told to stop */
+    int               chunked; /* > 0: feed this many bytes at a time, as tokens, until told to stop */
 };
 
 static const char *const CALLS2 =
@@ -69,7 +69,7 @@ static void fake_fire(evutil_socket_t fd, short what, void *ud)
     if (d->chunked) {
         size_t n = strlen(d->text), i = 0;
         while (i < n) {
-            size_t k = n - i < 3 ? n - i : 3;
+            size_t k = n - i < (size_t)d->chunked ? n - i : (size_t)d->chunked;
             i += k;
             if (orch_task_decision_text(d->t, d->text + i - k, k))
                 break;
@@ -114,11 +114,26 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
         /* greedy decoding stuck in a loop until the token budget ends */
         d->text = "{\"final\":{\"answer\":\"The answer is 17*23, the answer is 391, the answer is 391, "
                   "the answer is 391, the answer is 391, the answer is 391, the answer is 391, the ans";
+        d->chunked = 3;
+    } else if (f->mode == FAKE_LOOP_FINAL_BYTES) {
+        /* the same loop a byte per token: every key is cut between tokens */
+        d->text = "{\"final\":{\"answer\":\"The answer is 17*23, the answer is 391, the answer is 391, "
+                  "the answer is 391, the answer is 391, the answer is 391, the answer is 391, the ans";
+        d->chunked = 1;
+    } else if (f->mode == FAKE_LONG_RUN) {
+        /* a run of one letter (no space: not a loop) a byte per token */
+        static char run[12100];
+        if (!run[0]) {
+            strcpy(run, "{\"final\":{\"answer\":\"");
+            memset(run + strlen(run), 'D', 12000);
+            strcat(run, "\"}}");
+        }
+        d->text = run;
         d->chunked = 1;
     } else if (f->mode == FAKE_REPEATS_ONCE) {
         /* a unit said twice is not a loop: the answer stands as written */
         d->text = "{\"final\":{\"answer\":\"Paris is the capital. Paris is the capital.\"}}";
-        d->chunked = 1;
+        d->chunked = 3;
     } else if (orch_task_final_only(t) && f->mode == FAKE_CUT_ESCAPE) {
         d->text = "{\"final\": {\"answer\": \"x\\\"y\\u00";       /* cut inside an escape */
     } else if (f->mode == FAKE_FINAL_WAITS && round == 1) {
@@ -137,7 +152,7 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
         d->text = "{\"final\": {\"answer\": \"smile \\ud83d\\ude";   /* cut inside a surrogate pair */
     } else if (f->mode == FAKE_LOOP_NUM) {
         d->text = "{\"final\":{\"answer\":\"10^30 = 1000000000000000000000000000000 exactly\"}}";
-        d->chunked = 1;
+        d->chunked = 3;
     } else if (f->mode == FAKE_CUT_REFS_RUNNING && round == 1) {
         d->text = "{\"calls\":[{\"to\":\"mock\",\"args\":{\"sleep_ms\":5000}},"
                   "{\"to\":\"calculator\",\"args\":{\"expression\":\"5*5\"}}]}";
@@ -149,7 +164,7 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
                   "{\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}}]}";
     } else if (f->mode == FAKE_LOOP_USES && round == 2) {
         d->text = "{\"final\":{\"answer\":\"It is {{c1}}. It is {{c1}}. It is {{c1}}. It is {{c1}}. It is";
-        d->chunked = 1;
+        d->chunked = 3;
     } else if (orch_task_final_only(t)) {
         /* What the final grammar allows: uses name finished calls only. */
         int n = orch_task_finished_ids(t, ids, 32);
@@ -281,7 +296,7 @@ static void summary_calls(struct orch_task *t, char *ids, size_t n, int *n_ok, i
 
 static const char *output_of(struct orch_task *t)
 {
-    static char buf[64];
+    static char buf[16384];
     cJSON *s = orch_task_summary(t);
     const cJSON *o = cJSON_GetObjectItemCaseSensitive(s, "output");
     snprintf(buf, sizeof buf, "%s", cJSON_IsString(o) ? o->valuestring : "(none)");
@@ -435,6 +450,23 @@ static void test_looping_final(void)
     CHECK(t && orch_task_status(t) == TASK_COMPLETED);
     CHECK_MSG(!strcmp(output_of(t), "Paris is the capital. Paris is the capital."), "output %s", output_of(t));
     CHECK(c.fake.fed == c.fake.text_len);
+    ctx_close(&c);
+    CHECK(ctx_open(&c, FAKE_LOOP_FINAL_BYTES) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":4}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(!strcmp(output_of(t), "The answer is 17*23, the answer is 391"), "output %s", output_of(t));
+    CHECK_MSG(c.fake.fed < c.fake.text_len, "fed %zu of %zu bytes", c.fake.fed, c.fake.text_len);
+    ctx_close(&c);
+    /* Each token's text is searched once: a 12,000-byte answer fed a byte
+     * at a time took minutes when every token searched the whole text for
+     * the answer and for loops of every unit length (70 s on the 2-core VM). */
+    CHECK(ctx_open(&c, FAKE_LONG_RUN) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":4}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    CHECK_MSG(strlen(output_of(t)) == 12000 && strspn(output_of(t), "D") == 12000, "output of %zu bytes",
+              strlen(output_of(t)));
+    CHECK(c.fake.fed == c.fake.text_len);
+    printf("a 12,000-byte final answer fed a byte per token: task done in %.3f s\n", wall);
     ctx_close(&c);
 }
 
