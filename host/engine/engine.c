@@ -331,7 +331,7 @@ static void handle_submit(engine *e, struct cmd *c)
     }
     struct sched_request r = {
         .id = c->id, .tenant = c->req.tenant, .priority = c->req.priority,
-        .prompt = ids ? ids : c->prompt_ids, .n_prompt = ids ? (int32_t)n : c->req.n_prompt_ids,
+        .queued_since = c->req.queued_since, .prompt = ids ? ids : c->prompt_ids, .n_prompt = ids ? (int32_t)n : c->req.n_prompt_ids,
         .max_tokens = c->req.max_tokens, .sampling = c->req.sampling,
         .stop = (const char *const *)c->stop, .n_stop = c->req.n_stop,
         .ignore_eos = c->req.ignore_eos, .logprobs = c->req.logprobs,

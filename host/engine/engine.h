@@ -46,6 +46,9 @@ struct engine_config {
 struct engine_request {
     uint32_t       tenant;
     int32_t        priority;
+    int64_t        queued_since;  /* CLOCK_MONOTONIC ns to queue as of (a
+                                     task's first decision), 0: now
+                                     (sched_request.queued_since)         */
     const char    *prompt;        /* text to tokenize (NUL-terminated), or NULL */
     bool           parse_special; /* recognise special-token text anywhere in
                                      prompt (a raw completion prompt)         */

@@ -18,6 +18,7 @@ struct seq {
     uint64_t       id;
     uint32_t       tenant;
     int32_t        priority;
+    int64_t        since;       /* queued_since (ns), kept across preemption */
     uint64_t       arrival;     /* submit order, kept across preemption    */
     uint64_t       group;       /* prompt group (scheduler.h), 0: none     */
     enum seq_state state;
@@ -213,6 +214,8 @@ static int seq_cmp(const struct seq *a, const struct seq *b)
 {
     if (a->priority != b->priority)
         return a->priority > b->priority ? -1 : 1;
+    if (a->since != b->since)
+        return a->since < b->since ? -1 : 1;
     return a->arrival < b->arrival ? -1 : a->arrival > b->arrival ? 1 : 0;
 }
 
@@ -1149,6 +1152,13 @@ int sched_submit(sched *s, const struct sched_request *req)
     q->tenant = req->tenant;
     q->priority = req->priority > INT32_MIN ? req->priority : INT32_MIN + 1; /* above any admit floor */
     q->arrival = s->next_arrival++;
+    if (req->queued_since > 0) {
+        q->since = req->queued_since;
+    } else {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        q->since = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
     q->group = req->prompt_group;
     q->user = req->user;
     q->n_prompt = req->n_prompt;

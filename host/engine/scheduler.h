@@ -105,8 +105,9 @@
  *   2. A RUNNING sequence has n_computed < n_tokens: its last token (the
  *      last sampled one, or the rest of the prompt) still has to go through
  *      the backend.  WAITING and PREEMPTED sequences hold no blocks.
- *   3. Priority: larger first; FCFS (arrival order) within a priority, for
- *      admission and (reversed) for the choice of preemption victim.
+ *   3. Priority: larger first; FCFS (arrival order: queued_since, then
+ *      submit order) within a priority, for admission and (reversed) for
+ *      the choice of preemption victim.
  *   4. Full blocks of computed tokens are offered to the prefix cache; a
  *      sequence only writes past its shared prefix (copy-on-write through
  *      backend_copy_block guards the block it writes if it were shared).
@@ -198,6 +199,11 @@ struct sched_request {
     uint64_t       id;        /* caller's, unique among live requests     */
     uint32_t       tenant;    /* seeds the prefix-cache chain (isolation) */
     int32_t        priority;  /* larger runs first                        */
+    int64_t        queued_since; /* CLOCK_MONOTONIC ns; > 0: within its
+                                 priority the request queues (and is
+                                 preempted) as if it had arrived then, so
+                                 a task's later decisions keep the place
+                                 of its first; 0: when submitted          */
     const int32_t *prompt;    /* [n_prompt], copied                       */
     int32_t        n_prompt;  /* >= 1                                     */
     int32_t        max_tokens;/* >= 1                                     */

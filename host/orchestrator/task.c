@@ -1855,6 +1855,7 @@ struct orch_task *orch_task_find(struct orch *o, const char *id)
 }
 
 const char *orch_task_id(const struct orch_task *t) { return t->id; }
+int64_t orch_task_created_ns(const struct orch_task *t) { return t->t_start; }
 const char *orch_task_tenant(const struct orch_task *t) { return t->tenant; }
 enum orch_task_status orch_task_status(const struct orch_task *t) { return t->status; }
 int orch_running(const struct orch *o) { return o->n_running; }

@@ -109,6 +109,10 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant,
 /* NULL when unknown (or evicted). */
 struct orch_task *orch_task_find(struct orch *o, const char *id);
 const char *orch_task_id(const struct orch_task *t);
+/* When the task was created (CLOCK_MONOTONIC ns, orch_now_ns): its
+ * decisions queue in the engine as of then, so tasks that started first
+ * finish first instead of every task's rounds interleaving. */
+int64_t orch_task_created_ns(const struct orch_task *t);
 const char *orch_task_tenant(const struct orch_task *t);
 enum orch_task_status orch_task_status(const struct orch_task *t);
 /* {"id","status","output","calls":[...],"rounds","error"?} (caller frees). */

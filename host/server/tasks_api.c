@@ -665,7 +665,7 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     const size_t np = strlen(prefix);
     struct engine_request er = {
         .tenant = (uint32_t)strtoul(orch_task_tenant(t), NULL, 10), /* decimal engine tenant id */
-        .priority = 0, .prompt = cp.text, .special_spans = cp.markup,
+        .priority = 0, .queued_since = orch_task_created_ns(t), .prompt = cp.text, .special_spans = cp.markup,
         .n_special_spans = (int32_t)cp.n_markup, .add_bos = true,
         .max_tokens = decision_max_tokens(api, t), .sampling = sampler_params_default(), /* greedy */
         .user = (void *)((uintptr_t)d | DECISION_TAG),

@@ -24,6 +24,7 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/status.h"
 #include "engine/backend.h"
@@ -460,6 +461,54 @@ static void test_cancel_priority_errors(void)
     CHECK(sched_submit(s, &r) == PS_OK);
     sched_free(s);
     CHECK(g_res[9].done && g_res[9].finish == FINISH_CANCELLED);
+    backend_free(&fb->base);
+}
+
+/* queued_since: within a priority, a request queues as if it had arrived
+ * then (the tasks API passes a task's creation time, so its later
+ * decisions go before decisions of tasks created after it).  One slot:
+ * request 1 runs, 2 and 3 (plain) wait; 4, submitted last but queued
+ * since before 2 and 3, runs right after 1 without preempting it (equal
+ * priority); 5, of a higher priority, outranks every arrival time and
+ * preempts 1, which resumes ahead of 4. */
+static void test_queued_since(void)
+{
+    struct fake_backend *fb = fake_create(64, 4, 64, one_hot_logits);
+    sched *s = make_sched(fb, 1, 64, 64, true);
+    reset_results();
+    int32_t p[10];
+    make_prompt(p, 10, 7);
+    struct sched_request r = req_of(1, p, 10, 6);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    const int64_t after1 = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    int32_t n;
+    CHECK(sched_step(s, &n) == PS_OK);   /* 1 runs */
+    r = req_of(2, p, 10, 4);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = req_of(3, p, 10, 4);
+    CHECK(sched_submit(s, &r) == PS_OK);
+    r = req_of(4, p, 10, 4);
+    r.queued_since = after1;             /* after 1, before 2 and 3 */
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(sched_step(s, &n) == PS_OK);
+    struct sched_stats st;
+    sched_get_stats(s, &st);
+    CHECK_MSG(st.preemptions == 0 && st.priority_preemptions == 0 && g_res[4].n_tokens == 0,
+              "preemptions %llu / %llu, request 4 has %d tokens", (unsigned long long)st.preemptions,
+              (unsigned long long)st.priority_preemptions, g_res[4].n_tokens);
+    r = req_of(5, p, 10, 4);
+    r.priority = 1;                      /* a priority outranks any arrival time */
+    r.queued_since = after1 + 1000000000;
+    CHECK(sched_submit(s, &r) == PS_OK);
+    CHECK(run_to_end(s, 200) > 0);
+    CHECK_MSG(g_res[5].done_order == 0 && g_res[1].done_order == 1 && g_res[4].done_order == 2 &&
+              g_res[2].done_order == 3 && g_res[3].done_order == 4,
+              "done order: 1:%d 2:%d 3:%d 4:%d 5:%d", g_res[1].done_order, g_res[2].done_order,
+              g_res[3].done_order, g_res[4].done_order, g_res[5].done_order);
+    check_no_leak(s);
+    sched_free(s);
     backend_free(&fb->base);
 }
 
@@ -1161,6 +1210,7 @@ int main(void)
         test_prefix_sharing();
         test_cancel_priority_errors();
         test_priority_preemption();
+        test_queued_since();
         test_text_eog_stop();
     test_refused_token_events();
         test_config_errors();
