@@ -1152,13 +1152,7 @@ int sched_submit(sched *s, const struct sched_request *req)
     q->tenant = req->tenant;
     q->priority = req->priority > INT32_MIN ? req->priority : INT32_MIN + 1; /* above any admit floor */
     q->arrival = s->next_arrival++;
-    if (req->queued_since > 0) {
-        q->since = req->queued_since;
-    } else {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        q->since = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
-    }
+    q->since = req->queued_since > 0 ? req->queued_since : (int64_t)now_ns();
     q->group = req->prompt_group;
     q->user = req->user;
     q->n_prompt = req->n_prompt;
