@@ -1012,18 +1012,11 @@ int orch_task_finished_ids(const struct orch_task *t, const char **ids, int max)
 
 /* Where the answer's string text starts in a final action's raw text, or
  * NULL (not a final, or its answer has not begun). */
-/* First occurrence of pat (m bytes) in txt[from, len), or len. */
+/* Offset of the first pat (m bytes) in txt[from, len), or len. */
 static size_t find_from(const char *txt, size_t len, size_t from, const char *pat, size_t m)
 {
-    for (size_t i = from; i + m <= len; i++) {
-        const char *c = memchr(txt + i, pat[0], len - m + 1 - i);
-        if (!c)
-            return len;
-        i = (size_t)(c - txt);
-        if (!memcmp(c, pat, m))
-            return i;
-    }
-    return len;
+    const char *c = from < len ? memmem(txt + from, len - from, pat, m) : NULL;
+    return c ? (size_t)(c - txt) : len;
 }
 
 /* Offset of the final answer's first byte in txt[0, len) (the text of one
