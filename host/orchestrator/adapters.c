@@ -113,9 +113,19 @@ static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
         jbuf_free(&b);
         return ps_error_set(PS_ENOMEM, "out of memory");
     }
-    /* a local agent's requests carry serve's token for its local port */
-    char *const *hdrs = op->rt->spec->kind == AGENT_LOCAL && op->ex->local_hdrs[2] ? op->ex->local_hdrs
-                                                                                   : json_headers;
+    /* a local agent's requests carry serve's token for its local port and
+     * the tenant of the call's task (the executor has a tenant header only
+     * beside a token) */
+    char *const *hdrs = json_headers;
+    char *local[5];
+    if (op->rt->spec->kind == AGENT_LOCAL && op->ex->local_hdrs[2]) {
+        local[0] = op->ex->local_hdrs[0];
+        local[1] = op->ex->local_hdrs[1];
+        local[2] = op->ex->local_hdrs[2];
+        local[3] = (char *)op->tenant_line;
+        local[4] = NULL;
+        hdrs = local;
+    }
     op->req = httpc_request(op->ex->http, "POST", url, hdrs, op->rt->spec->headers,
                             b.p, b.len, 0, op->rt->spec->ca_file, cb, op);
     jbuf_free(&b);
@@ -371,7 +381,8 @@ static int builtin_start(struct adapter_op *op)
 /* ---- entry points -------------------------------------------------------- */
 
 struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const char *call_id,
-                                 const cJSON *args, adapter_done_fn done, void *ud)
+                                 const cJSON *args, const char *tenant_line, adapter_done_fn done,
+                                 void *ud)
 {
     struct adapter_op *op = calloc(1, sizeof *op);
     if (!op) {
@@ -383,6 +394,7 @@ struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const cha
     op->done = done;
     op->ud = ud;
     op->args = args;
+    op->tenant_line = tenant_line;
     op->call_id = strdup(call_id);
     if (!op->call_id) {
         adapter_op_free(op);

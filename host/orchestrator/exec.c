@@ -61,6 +61,7 @@ struct exec_group {
     void              *ud;
     struct exec_call  *head, *tail;
     int                n_open;
+    char              *tenant_line;  /* "<local_tenant_header>: tenant"; NULL: none (owned) */
     struct exec_group *prev, *next;
 };
 
@@ -224,7 +225,7 @@ static void call_start(struct exec_call *c)
         ex->stats.retries++;
     c->state = CS_RUNNING;
     c->t_dispatch = orch_now_ns();
-    c->op = adapter_start(ex, rt, c->id, c->final_args, on_adapter_done, c);
+    c->op = adapter_start(ex, rt, c->id, c->final_args, c->g->tenant_line, on_adapter_done, c);
     if (!c->op) {
         rt->running--;
         ex->stats.running--;
@@ -634,6 +635,9 @@ struct exec *exec_create(struct event_base *base, const struct registry *reg,
         if (!(ex->local_hdrs[2] = strdup(cfg->local_header)))
             goto fail;
     }
+    if (cfg && cfg->local_header && cfg->local_tenant_header &&
+        !(ex->local_tenant_header = strdup(cfg->local_tenant_header)))
+        goto fail;
     ex->rng = cfg && cfg->seed ? cfg->seed : (uint64_t)orch_now_ns() | 1;
     return ex;
 fail:
@@ -659,6 +663,7 @@ void exec_destroy(struct exec *ex)
     free(ex->local_url);
     free(ex->local_model);
     free(ex->local_hdrs[2]);
+    free(ex->local_tenant_header);
     free(ex);
 }
 
@@ -708,7 +713,26 @@ void exec_group_destroy(struct exec_group *g)
     }
     if (g->prev) g->prev->next = g->next; else ex->groups = g->next;
     if (g->next) g->next->prev = g->prev;
+    free(g->tenant_line);
     free(g);
+}
+
+int exec_group_set_tenant(struct exec_group *g, const char *tenant)
+{
+    size_t n = tenant ? strlen(tenant) : 0;
+    if (n < 1 || n > 63 || strspn(tenant, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.:-") != n)
+        return ps_error_set(PS_EINVAL, "tenant '%.80s': 1 to 63 characters of [A-Za-z0-9_.:-]",
+                            tenant ? tenant : "");
+    if (!g->ex->local_tenant_header)
+        return PS_OK;
+    size_t len = strlen(g->ex->local_tenant_header) + 2 + n + 1;
+    char *line = malloc(len);
+    if (!line)
+        return ps_error_set(PS_ENOMEM, "executor: out of memory");
+    snprintf(line, len, "%s: %s", g->ex->local_tenant_header, tenant);
+    free(g->tenant_line);
+    g->tenant_line = line;
+    return PS_OK;
 }
 
 static void reject_later(struct exec_call *c, const char *why)

@@ -43,6 +43,7 @@ struct exec {
     char                  *local_model;
     char                  *local_hdrs[4];  /* json headers + exec_config.local_header, NULL-ended;
                                               [2] NULL: none (owned: [2]) */
+    char                  *local_tenant_header; /* exec_config's; NULL: none (owned) */
     uint64_t               rng;
     struct exec_group     *groups;         /* every live group */
     struct mcp_reap       *reaping;        /* stopped mcp-stdio processes not reaped yet */
@@ -66,8 +67,11 @@ typedef void (*adapter_done_fn)(void *ud, struct adapter_result *r);
  * once later unless adapter_cancel() comes first.  `args` is borrowed until
  * then (not copied: a copy per attempt was a visible cost per call).  NULL when it could not
  * start (ps_error_last() says why). */
+/* `tenant_line` (borrowed until the op ends; NULL: none): a header line
+ * a local agent's request carries besides the token. */
 struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const char *call_id,
-                                 const cJSON *args, adapter_done_fn done, void *ud);
+                                 const cJSON *args, const char *tenant_line, adapter_done_fn done,
+                                 void *ud);
 /* Abort an attempt (protocols that can, are told: MCP notifications/cancelled).
  * No callback afterwards. */
 void adapter_cancel(struct adapter_op *op);
@@ -118,6 +122,9 @@ struct adapter_op {
                                          executor keeps until the op has ended
                                          (finished or cancelled) */
     char              *call_id;
+    const char        *tenant_line;   /* borrowed from the call's group (which
+                                         outlives its ops): "Name: tenant" sent
+                                         by local agents; NULL: none */
     long               rpc_id;        /* MCP or A2A JSON-RPC id */
     int                mcp_sent;      /* request written to the agent */
     int64_t            mcp_t0;        /* mcp: when the attempt started (orch_now_ns) */

@@ -88,6 +88,12 @@ struct exec_config {
     const char *local_header;/* "Name: value" line sent with every local
                                 request (serve's local agents' token); NULL:
                                 none */
+    const char *local_tenant_header; /* header name carrying a group's tenant
+                                (exec_group_set_tenant) on its local requests,
+                                so serve runs them as the task's tenant; NULL:
+                                none sent (only with local_header: a server
+                                that honours it does so on its token-
+                                authenticated port only) */
     uint64_t    seed;        /* jitter PRNG seed (0: from the clock) */
 };
 
@@ -101,6 +107,11 @@ void exec_destroy(struct exec *ex);
 struct exec_group *exec_group_create(struct exec *ex, exec_feedback_fn cb, void *ud);
 /* Aborts the group's unfinished calls without feedback, frees.  NULL-safe. */
 void exec_group_destroy(struct exec_group *g);
+/* The tenant the group's local-agent calls run as (copied): attempts
+ * started from now on send it in exec_config.local_tenant_header (nothing
+ * when the executor has none).  PS_EINVAL unless 1 to 63 characters of
+ * [A-Za-z0-9_.:-] (it goes into a header line), PS_ENOMEM. */
+int exec_group_set_tenant(struct exec_group *g, const char *tenant);
 
 /* Submit one call object {"id","to","args","after"?} (borrowed; copied).
  * Malformed objects, duplicate ids, unknown agents, unknown `after` ids

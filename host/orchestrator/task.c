@@ -1813,6 +1813,14 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
         task_free(t);
         return ps_error_set(PS_ENOMEM, "out of memory");
     }
+    /* its local agents' generations run as its tenant */
+    int rc = exec_group_set_tenant(t->g, t->tenant);
+    if (rc) {
+        t->status = TASK_FAILED;
+        o->n_running--;
+        task_free(t);
+        return rc;
+    }
     struct timeval tv = { deadline_ms / 1000, (deadline_ms % 1000) * 1000 };
     evtimer_add(t->deadline, &tv);
     t->reserve_ms = deadline_ms / 4 < TASK_RESERVE_INIT_MS ? deadline_ms / 4 : TASK_RESERVE_INIT_MS;

@@ -252,6 +252,19 @@ int server_config_add_key(struct server_config *c, const char *key, const char *
     return PS_OK;
 }
 
+int server_tenant_id_parse(const char *s, uint32_t n_tenants, uint32_t *id)
+{
+    size_t n = s ? strlen(s) : 0;
+    if (n == 0 || n > 10 || strspn(s, "0123456789") != n || (n > 1 && s[0] == '0'))
+        return ps_error_set(PS_EINVAL, "must be a tenant id (decimal digits, no sign, spaces or leading zeros)");
+    unsigned long long v = strtoull(s, NULL, 10);
+    if (v >= n_tenants)
+        return ps_error_set(PS_EINVAL, "'%s' names no tenant of this server (ids 0 to %u)", s,
+                            (unsigned)(n_tenants ? n_tenants - 1 : 0));
+    *id = (uint32_t)v;
+    return PS_OK;
+}
+
 /* "api_keys": [{"key": "...", "tenant": "...", "priority": 0, "max_priority": 10}, ...] */
 static int load_api_keys(struct server_config *c, const cJSON *arr, const char *path)
 {

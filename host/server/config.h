@@ -86,6 +86,12 @@ int  server_config_parse_args(struct server_config *c, int argc, char **argv);
 int  server_config_add_key(struct server_config *c, const char *key, const char *tenant,
                            int32_t priority, int32_t max_priority);
 
+/* The engine tenant id in `s`, a local agent's tenant header (the task's
+ * tenant, which the tasks API records as the decimal id): 1 to 10 decimal
+ * digits, no sign, space or leading zero, below n_tenants.  PS_OK with
+ * *id set; else PS_EINVAL naming the problem (*id untouched). */
+int  server_tenant_id_parse(const char *s, uint32_t n_tenants, uint32_t *id);
+
 /* Check ranges and relations (max_connections against the descriptor
  * limit, server_fd_limit); PS_EINVAL with a detail. */
 int  server_config_validate(const struct server_config *c);

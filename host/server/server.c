@@ -38,6 +38,9 @@
 
 /* the header carrying the local agents' token (server.local_token) */
 #define SERVER_LOCAL_HEADER "X-Paraserve-Local"
+/* the header carrying a local agent's task's tenant (the decimal engine
+ * id): honoured on the local agents' port only, after the token */
+#define SERVER_TENANT_HEADER "X-Paraserve-Tenant"
 
 struct server {
     struct server_config cfg;
@@ -75,6 +78,11 @@ struct server {
     /* Authentication (cfg.api_keys): key i runs as tenant key_tenant[i]
      * (1-based index into m.tenants; 0 = no key configured). */
     uint32_t             key_tenant[SERVER_MAX_API_KEYS];
+    /* Priority bounds of tenant t's local agents' requests: the least any
+     * of its keys allows (the lowest default, the lowest cap); tenant 0
+     * (no key) has the API's whole range. */
+    int32_t              tenant_priority[METRICS_MAX_TENANTS];
+    int32_t              tenant_max_priority[METRICS_MAX_TENANTS];
 };
 
 /* Who is calling: the engine tenant (prefix-cache isolation, per-tenant
@@ -1321,7 +1329,9 @@ static bool conflicting_content_length(struct evhttp_request *req)
 }
 
 /* One request; `local`: the local agents' port (authenticated by its
- * token, runs as tenant 0 with the API's whole priority range). */
+ * token; runs as the tenant SERVER_TENANT_HEADER names, with that tenant's
+ * priority bounds, else as tenant 0 with the API's whole range).  The
+ * client port never reads that header: its tenant is the API key's. */
 static void serve_request(struct server *srv, struct evhttp_request *req, bool local)
 {
     const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(req);
@@ -1343,6 +1353,19 @@ static void serve_request(struct server *srv, struct evhttp_request *req, bool l
     /* OPTIONS needs no key: it lists a route's methods, and a browser's CORS
      * preflight carries no credentials */
     struct caller who = { .tenant = 0, .priority = 0, .max_priority = 1000000 };
+    const char *tenant = local ? evhttp_find_header(evhttp_request_get_input_headers(req), SERVER_TENANT_HEADER)
+                               : NULL;
+    if (tenant) {
+        uint32_t t;
+        if (server_tenant_id_parse(tenant, (uint32_t)srv->m.n_tenants, &t)) {
+            api_error_set(&e, 400, "invalid_request_error", "invalid_tenant", NULL, "%s: %s", SERVER_TENANT_HEADER,
+                          ps_error_last());
+            reply_error(srv, req, ROUTE_OTHER, &e);
+            return;
+        }
+        who = (struct caller){ .tenant = t, .priority = srv->tenant_priority[t],
+                               .max_priority = srv->tenant_max_priority[t] };
+    }
     if (!local && (!strncmp(path, "/v1/", 4) || !strcmp(path, "/v1")) && method != EVHTTP_REQ_OPTIONS &&
         !authenticate(srv, req, tasks_api_route(path) ? ROUTE_OTHER : !strcmp(path, "/v1/chat/completions")
                                 ? ROUTE_CHAT : !strcmp(path, "/v1/completions") ? ROUTE_COMPLETIONS
@@ -1713,13 +1736,23 @@ int server_run(const struct server_config *cfg)
      * distinct tenant name of the configured keys */
     snprintf(srv->m.tenants[0].name, sizeof srv->m.tenants[0].name, "%s", cfg->n_api_keys ? SERVER_TENANT_NO_KEY : "anonymous");
     srv->m.n_tenants = 1;
+    srv->tenant_priority[0] = 0;
+    srv->tenant_max_priority[0] = 1000000;
     for (int32_t i = 0; i < cfg->n_api_keys && i < SERVER_MAX_API_KEYS; i++) {
+        const struct server_api_key *ak = &cfg->api_keys[i];
         int32_t t = 1;
-        while (t < srv->m.n_tenants && strcmp(srv->m.tenants[t].name, cfg->api_keys[i].tenant))
+        while (t < srv->m.n_tenants && strcmp(srv->m.tenants[t].name, ak->tenant))
             t++;
         if (t == srv->m.n_tenants && t < METRICS_MAX_TENANTS) {
-            snprintf(srv->m.tenants[t].name, sizeof srv->m.tenants[t].name, "%s", cfg->api_keys[i].tenant);
+            snprintf(srv->m.tenants[t].name, sizeof srv->m.tenants[t].name, "%s", ak->tenant);
             srv->m.n_tenants++;
+            srv->tenant_priority[t] = ak->priority;
+            srv->tenant_max_priority[t] = ak->max_priority;
+        } else if (t < METRICS_MAX_TENANTS) {
+            if (ak->priority < srv->tenant_priority[t])
+                srv->tenant_priority[t] = ak->priority;
+            if (ak->max_priority < srv->tenant_max_priority[t])
+                srv->tenant_max_priority[t] = ak->max_priority;
         }
         srv->key_tenant[i] = (uint32_t)t;
     }
@@ -1819,6 +1852,7 @@ int server_run(const struct server_config *cfg)
                                    .tok = tok, .n_ctx = n_ctx, .m = &srv->m,
                                    .agents_path = cfg->agents, .local_url = local_url[0] ? local_url : NULL,
                                    .local_header = local_header[0] ? local_header : NULL,
+                                   .local_tenant_header = SERVER_TENANT_HEADER,
                                    .max_body_bytes = cfg->max_body_bytes, .sse_heartbeat_ms = cfg->sse_heartbeat_ms,
                                    .flushing = &srv->flushing,
                                    .drained = on_drained, .drained_ud = srv };

@@ -886,6 +886,7 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     api->cfg.agents_path = NULL;
     api->cfg.local_url = NULL;
     api->cfg.local_header = NULL;
+    api->cfg.local_tenant_header = NULL;
     if (cfg->agents_path && cfg->agents_path[0])
         snprintf(api->agents_path, sizeof api->agents_path, "%s", cfg->agents_path);
     else
@@ -920,7 +921,7 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
         free(cats);
     }
     struct exec_config ecfg = { .local_url = cfg->local_url, .local_header = cfg->local_header,
-                                .local_model = "default" };
+                                .local_tenant_header = cfg->local_tenant_header, .local_model = "default" };
     if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, NULL))) {
         rc = PS_ENOMEM;
         goto fail;

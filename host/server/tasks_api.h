@@ -77,6 +77,9 @@ struct tasks_api_config {
                                          when present, else an empty pool */
     const char          *local_url;   /* chat-completions URL of this server (kind local) */
     const char          *local_header;/* "Name: value" line local agents send there, or NULL */
+    const char          *local_tenant_header; /* header name that carries the task's
+                                         tenant (the decimal engine id) on its local
+                                         agents' requests, or NULL */
     int                  max_body_bytes;
     int                  sse_heartbeat_ms; /* event streams: ': keep-alive' this often (0: off) */
     /* Shutdown accounting shared with the server: every waiting request

@@ -1322,6 +1322,17 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
                  "\"text\":\"note from %s\"}]}}%s}}", id, state, state,
                  !strcmp(state, "completed") ? ",\"artifacts\":[{\"parts\":[{\"kind\":\"text\",\"text\":\"done\"}]}]" : "");
         hs_reply(fd, 200, "", out);
+    } else if (!strcmp(path, "/local-echo")) {
+        /* a chat completion whose content names the token and tenant headers received */
+        char tok[64] = "-", ten[64] = "-";
+        const char *v;
+        if ((v = strcasestr(head, "\r\nX-Test-Local: ")))
+            sscanf(v + 16, "%63[^\r]", tok);
+        if ((v = strcasestr(head, "\r\nX-Test-Tenant: ")))
+            sscanf(v + 17, "%63[^\r]", ten);
+        snprintf(out, sizeof out, "{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":"
+                 "\"token=%s tenant=%s\"}}]}", tok, ten);
+        hs_reply(fd, 200, "", out);
     } else {
         hs_reply(fd, 404, "", "{}");
     }
@@ -2171,6 +2182,85 @@ static void test_mcp_stdio_stderr(void)
     registry_free(reg);
 }
 
+/* A local agent's request carries the tenant of the call's group (a
+ * task's: orch_task_submit sets it) in exec_config.local_tenant_header,
+ * beside the token; an executor without a token line sends no tenant
+ * either; a tenant that cannot go into a header line is refused. */
+static void test_local_agent_tenant_header(void)
+{
+    if (hs_start()) {
+        CHECK(!"local echo server");
+        return;
+    }
+    struct registry *reg = NULL;
+    CHECK_MSG(registry_load_json("{\"agents\":[{\"name\":\"solver\",\"kind\":\"local\",\"timeout_ms\":5000,"
+                                 "\"retries\":0}]}", "pool", &reg) == PS_OK, "%s", ps_error_last());
+    struct event_base *base = event_base_new();
+    char url[96];
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/local-echo", hs_port);
+    struct exec_config ec = { .seed = 7, .local_url = url, .local_header = "X-Test-Local: t0k",
+                              .local_tenant_header = "X-Test-Tenant" };
+
+    /* tasks: each call runs as its own task's tenant */
+    struct orch *o = orch_create(base, reg, &ec, NULL);
+    CHECK(o != NULL);
+    struct run r = { .base = base, .expect = 2 };
+    orch_set_done_cb(o, on_done, &r);
+    static const char *const tenants[2] = { "7", "12" };
+    struct orch_task *ts[2] = { NULL, NULL };
+    for (int i = 0; o && i < 2; i++) {
+        cJSON *req = cJSON_Parse("{\"input\":\"q\",\"script\":[{\"calls\":[{\"id\":\"c1\",\"to\":\"solver\","
+                                 "\"args\":{\"input\":\"hi\"}}]},{\"final\":{\"answer\":\"{{c1}}\",\"uses\":[\"c1\"]}}]}");
+        CHECK_MSG(orch_task_submit(o, req, tenants[i], &ts[i]) == PS_OK, "submit: %s", ps_error_last());
+        cJSON_Delete(req);
+    }
+    struct event *guard = evtimer_new(base, hs_guard, base);
+    struct timeval tv = { 10, 0 };
+    evtimer_add(guard, &tv);
+    event_base_dispatch(base);
+    event_free(guard);
+    CHECK_MSG(r.done == 2, "%d tasks done", r.done);
+    for (int i = 0; i < 2; i++) {
+        cJSON *sum = ts[i] ? orch_task_summary(ts[i]) : NULL;
+        const cJSON *out = cJSON_GetObjectItemCaseSensitive(sum, "output");
+        char want[64];
+        snprintf(want, sizeof want, "token=t0k tenant=%s", tenants[i]);
+        CHECK_MSG(cJSON_IsString(out) && !strcmp(out->valuestring, want), "task of tenant %s: %s", tenants[i],
+                  cJSON_IsString(out) ? out->valuestring : "(no output)");
+        cJSON_Delete(sum);
+    }
+    cJSON *bad = cJSON_Parse("{\"input\":\"q\"}");
+    struct orch_task *bt = NULL;
+    CHECK(orch_task_submit(o, bad, "1\r\nX-Test-Local: forged", &bt) == PS_EINVAL && !bt);
+    CHECK_MSG(strstr(ps_error_last(), "tenant"), "%s", ps_error_last());
+    cJSON_Delete(bad);
+    orch_destroy(o);
+
+    /* a bare group sends no tenant; without a token line, no tenant header at all */
+    for (int with_token = 1; with_token >= 0; with_token--) {
+        struct exec_config e2 = ec;
+        if (!with_token)
+            e2.local_header = NULL;
+        struct exec *ex = exec_create(base, reg, &e2);
+        struct fbs s = { .base = base };
+        struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+        hs_call(g, &s, "bare", "solver", "{\"input\":\"hi\"}");
+        hs_run(&s);
+        fbs_expect_ok(&s, "bare", with_token ? "\"token=t0k tenant=-\"" : "\"token=- tenant=-\"", 0);
+        CHECK(exec_group_set_tenant(g, "3") == PS_OK);
+        hs_call(g, &s, "t3", "solver", "{\"input\":\"hi\"}");
+        hs_run(&s);
+        fbs_expect_ok(&s, "t3", with_token ? "\"token=t0k tenant=3\"" : "\"token=- tenant=-\"", 0);
+        CHECK(exec_group_set_tenant(g, "") == PS_EINVAL);
+        CHECK(exec_group_set_tenant(g, NULL) == PS_EINVAL);
+        CHECK(exec_group_set_tenant(g, "a b") == PS_EINVAL);
+        exec_group_destroy(g);
+        exec_destroy(ex);
+    }
+    event_base_free(base);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_registry_errors();
@@ -2194,6 +2284,7 @@ int main(void)
     test_task_lookup_and_eviction_at_scale();
     test_mcp_sse_scan();
     test_hostile_mcp_http_a2a();
+    test_local_agent_tenant_header();
     test_hostile_mcp_stdio();
     test_mcp_stdio_child_environment();
     test_mcp_stdio_restart();

@@ -50,6 +50,25 @@ static void test_cors(void)
     CHECK(server_config_validate(&c) == PS_OK);
 }
 
+/* A local agent's tenant header: a decimal engine tenant id below the
+ * server's tenant count, nothing else. */
+static void test_tenant_id_parse(void)
+{
+    uint32_t id = 99;
+    CHECK(server_tenant_id_parse("0", 3, &id) == PS_OK && id == 0);
+    CHECK(server_tenant_id_parse("2", 3, &id) == PS_OK && id == 2);
+    CHECK(server_tenant_id_parse("64", 65, &id) == PS_OK && id == 64);
+    static const char *const bad[] = { "", "3", "65", "-1", "+1", " 1", "1 ", "01", "1x", "0x1", "1.0",
+                                       "alpha", "4294967296", "99999999999", "1\r\nX: y" };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        id = 99;
+        CHECK_MSG(server_tenant_id_parse(bad[i], 3, &id) == PS_EINVAL && id == 99, "accepted '%s'", bad[i]);
+    }
+    CHECK(server_tenant_id_parse(NULL, 3, &id) == PS_EINVAL);
+    CHECK(server_tenant_id_parse("7", 3, &id) == PS_EINVAL);
+    CHECK_MSG(strstr(ps_error_last(), "'7' names no tenant of this server (ids 0 to 2)"), "%s", ps_error_last());
+}
+
 int main(void)
 {
     struct server_config c;
@@ -119,5 +138,6 @@ int main(void)
     CHECK(server_config_load(&c, "configs/server.json") == PS_OK);
     CHECK(c.threads == 2 && !strcmp(c.model, "models/SmolLM2-135M-Instruct.Q4_1.gguf"));
     test_cors();
+    test_tenant_id_parse();
     TEST_DONE();
 }
