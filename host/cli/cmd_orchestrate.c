@@ -19,6 +19,7 @@
  */
 #include <event2/event.h>
 #include <getopt.h>
+#include <limits.h>
 #include <math.h>
 #include <pthread.h>
 #include <sys/resource.h>
@@ -49,6 +50,7 @@
 #include "orchestrator/task.h"
 
 #define ORCH_MAX_TASK_ARGS 256
+#define ORCH_MAX_TASKS     (INT_MAX - 1)   /* tasks in one run (r.tasks has total + 1) */
 
 struct run {
     struct event_base *base;
@@ -450,9 +452,22 @@ int cmd_orchestrate(int argc, char **argv)
         goto done;
     }
     r.reqs = reqs;
+    /* requests x --repeat is the task count, an int: refused before the
+     * product overflows (it wrapped, and the run failed on a calloc of the
+     * wrapped size, or ran fewer tasks than asked) */
+    if (cJSON_GetArraySize(reqs) > ORCH_MAX_TASKS / repeat) {
+        fprintf(stderr, "paraserve orchestrate: %d task requests x --repeat %d is over %d tasks\n",
+                cJSON_GetArraySize(reqs), repeat, ORCH_MAX_TASKS);
+        rc = 2;
+        goto done;
+    }
     r.total = cJSON_GetArraySize(reqs) * repeat;
     r.tasks = calloc((size_t)r.total + 1, sizeof *r.tasks);
-    if (!r.tasks || !(r.stagger_ev = evtimer_new(r.base, on_stagger, &r)))
+    if (!r.tasks) {
+        fprintf(stderr, "paraserve orchestrate: out of memory for %d tasks\n", r.total);
+        goto done;
+    }
+    if (!(r.stagger_ev = evtimer_new(r.base, on_stagger, &r)))
         goto done;
     /* --cancel-after, armed for the warm-up pass (or its tasks would run
      * to their deadline) and again for the timed one */

@@ -339,3 +339,17 @@ def test_event_log_full_is_a_typed_task_failure(run):
     assert ev[-1]["event"] == "task.error" and final["status"] == "failed"
     assert "event log full" in final["error"] and "max_events (6)" in final["error"]
     assert all(c["status"] is not None for c in by.values())   # every call ended (cancelled or ok)
+
+
+def test_task_count_over_int_is_refused(run, tmp_path):
+    """Requests x --repeat past INT_MAX is a usage error naming both, not a
+    signed overflow (UBSan aborted on it; a plain build failed silently on a
+    calloc of the wrapped count, or ran fewer tasks than asked)."""
+    line = json.dumps({"input": "x", "script": [{"final": {"answer": "a"}}]})
+    tasks = tmp_path / "tasks.jsonl"
+    tasks.write_text((line + "\n") * 2148)        # 2148 x 1e6 > 2^31 - 1
+    r = run("orchestrate", "--agents", str(AGENTS / "mock_pool.json"), "--tasks-file", tasks,
+            "--repeat", 1000000, "--quiet")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "2148 task requests x --repeat 1000000" in err and "runtime error" not in err, err
