@@ -27,14 +27,19 @@ int op_embed(cudaStream_t st, const struct dmat *emb, const int32_t *tokens, int
 /* ---- rmsnorm ------------------------------------------------------------ */
 
 /* Q8 of one 32-element block held one element per lane (same arithmetic as
- * quant.c quantize_q8_common): d = amax / 127, id = 1/d, q = roundf(v * id),
- * d and d*sum(q) (with the f32 d) stored through f16. */
+ * quant.c quant_q8_block_scalar): d = amax / 127, id = 1/d, q = roundf(v * id)
+ * clamped to [-127, 127], d and d*sum(q) (with the f32 d) stored through
+ * f16.  A NaN in the block: d = NaN, every q 0 (the NaN reaches the dots);
+ * a NaN product (inf input) q = 0, so the float -> int cast never sees a
+ * NaN or out-of-range value. */
 __device__ __forceinline__ void q8_block_store(float v, int lane, int8_t *qs, float *d, float *s)
 {
+    const bool has_nan = __any_sync(0xffffffffu, v != v);
     const float amax = warp_max(fabsf(v));
-    const float dd = amax / 127;
+    const float dd = has_nan ? __int_as_float(0x7fc00000) : amax / 127;
     const float id = dd != 0.0f ? 1.0f / dd : 0.0f;
-    const int q = (int)roundf(v * id);
+    const float p = v * id;
+    const int q = p != p ? 0 : p >= 127.0f ? 127 : p <= -127.0f ? -127 : (int)roundf(p);
     qs[lane] = (int8_t)q;
     int sum = q;
 #pragma unroll

@@ -341,22 +341,52 @@ static void quantize_q4_1(const float *x, uint8_t *b, int64_t nb)
     }
 }
 
+/* q = round-half-away(p) clamped to [-127, 127]; NaN -> 0.  Only a
+ * non-finite scale makes |p| > 127 (id = inf: amax so small that amax/127
+ * is a denormal; or NaN / inf input), and (int) of a NaN or out-of-range
+ * float is undefined behaviour. */
+static inline int q8_round(float p)
+{
+    if (!(p == p))
+        return 0;
+    if (p >= 127.0f)
+        return 127;
+    if (p <= -127.0f)
+        return -127;
+    return (int)roundf(p);
+}
+
+int quant_q8_block_scalar(const float *x, int8_t *qs, float *d_out)
+{
+    float amax = 0.0f;
+    bool  has_nan = false;
+    for (int j = 0; j < 32; j++) {
+        const float a = fabsf(x[j]);
+        has_nan |= a != a;
+        amax = a > amax ? a : amax;
+    }
+    /* A NaN input makes the block's scale NaN (and every q 0), so the NaN
+     * reaches every dot product that uses the block instead of being
+     * dropped; an inf input gives d = inf, q = 0, likewise non-finite. */
+    const float d  = has_nan ? NAN : amax / 127;
+    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int sum = 0;
+    for (int j = 0; j < 32; j++) {
+        const int q = q8_round(x[j] * id);
+        qs[j] = (int8_t)q;
+        sum += q;
+    }
+    *d_out = d;
+    return sum;
+}
+
 /* Q8_0 (with_sum false) and Q8_1 (true): d = amax/127, q = roundf(x/d) */
 static void quantize_q8_common(const float *x, uint8_t *b, int64_t nb, bool with_sum)
 {
     const int bytes = with_sum ? 36 : 34, off = with_sum ? 4 : 2;
     for (int64_t i = 0; i < nb; i++, x += 32, b += bytes) {
-        float amax = 0.0f;
-        for (int j = 0; j < 32; j++)
-            amax = fmaxf(amax, fabsf(x[j]));
-        const float d  = amax / 127;
-        const float id = d != 0.0f ? 1.0f / d : 0.0f;
-        int sum = 0;
-        for (int j = 0; j < 32; j++) {
-            int q = (int)roundf(x[j] * id);
-            b[off + j] = (uint8_t)(int8_t)q;
-            sum += q;
-        }
+        float d;
+        const int sum = quant_q8_block_scalar(x, (int8_t *)(b + off), &d);
         st_f16(b, d);
         if (with_sum)
             st_f16(b + 2, (float)sum * d);
@@ -378,23 +408,29 @@ void quant_quantize_q8_k_scalar(const float *x, void *dst, int64_t n)
     uint8_t *b = dst;
     for (int64_t i = 0; i < n / 256; i++, x += 256, b += 292) {
         float amax = 0.0f, max = 0.0f;
+        bool  has_nan = false;
         for (int j = 0; j < 256; j++) {
+            has_nan |= x[j] != x[j];
             if (fabsf(x[j]) > amax) {
                 amax = fabsf(x[j]);
                 max  = x[j];
             }
         }
-        float d = 0.0f;
+        /* a NaN makes d NaN (as in the Q8_0/Q8_1 blocks): it propagates */
+        float d = has_nan ? NAN : 0.0f;
         int8_t *qs = (int8_t *)(b + 4);
         if (amax == 0.0f) {
             memset(qs, 0, 256);
         } else {
             const float iscale = -127.0f / max;
             for (int j = 0; j < 256; j++) {
-                int v = nearest_int(iscale * x[j]);
-                qs[j] = (int8_t)(v < 127 ? v : 127);
+                /* |iscale * x| <= 127 but for a non-finite iscale (max a
+                 * denormal, or inf) or a NaN x: clamp, NaN -> 0, before
+                 * lrintf (unspecified out of range) */
+                const float v = iscale * x[j];
+                qs[j] = (int8_t)(!(v == v) ? 0 : v >= 127.0f ? 127 : v <= -127.0f ? -127 : nearest_int(v));
             }
-            d = 1.0f / iscale;
+            d = has_nan ? NAN : 1.0f / iscale;
         }
         memcpy(b, &d, sizeof d);
         for (int s = 0; s < 16; s++) {

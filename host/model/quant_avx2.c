@@ -7,11 +7,13 @@
  * (_mm256_maddubs_epi16) then pairwise widening (_mm256_madd_epi16); signed x
  * signed products go through the sign trick |x| * (y * sign(x)).  The
  * maddubs i16 pairs cannot saturate for our operand ranges: 15*127*2 (Q4),
- * 127*127*2 (Q8, given q != -128 in the weight operand of a Q8_0 x Q8_0
- * pair; ggml has the same limit), 63*127*2 (Q6_K).
+ * 128*127*2 (Q8: a Q8_0 weight from a file may be -128, |w| = 128 as u8;
+ * the activation never is, see below), 63*127*2 (Q6_K).
  *
  * The Q8_0/Q8_1 activation quantizers reproduce quant.c's scalar rounding
- * bit for bit (round half away from zero of x * (1/d)).
+ * bit for bit (round half away from zero of x * (1/d)), non-finite input
+ * included; their q are in [-127, 127], never -128, which the sign trick
+ * needs on the activation side: sign(-128, w < 0) = -128 (no +128 in i8).
  */
 #include "model/quant_impl.h"
 
@@ -794,6 +796,13 @@ static inline AVX2 int quantize_block_q8(const float *x, int8_t *qs, float *d_ou
                                      _mm256_packs_epi32(i32[2], i32[3]));
     p16 = _mm256_permutevar8x32_epi32(p16, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
     _mm256_storeu_si256((__m256i *)(void *)qs, p16);
+    /* |x * id| <= 127 (plus rounding) whenever d and id are finite, so a
+     * -128 byte only comes from cvttps' 0x80000000 for a NaN or inf product
+     * (NaN / inf input, or amax so small that 1/d overflows): such a block
+     * is quantized again by the scalar rule (NaN -> d NaN, q clamped to
+     * [-127, 127]), which keeps the two paths equal on every input. */
+    if (_mm256_movemask_epi8(_mm256_cmpeq_epi8(p16, _mm256_set1_epi8(-128))))
+        return quant_q8_block_scalar(x, qs, d_out);
     return hsum_epi32(sum);
 }
 

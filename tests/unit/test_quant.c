@@ -21,6 +21,7 @@
  */
 #define _POSIX_C_SOURCE 200809L
 
+#include <float.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -439,6 +440,171 @@ static void test_q8_paths_agree(void)
     CHECK_MSG(bad == 0, "%d rows: avx2 Q8 quantizer differs from scalar", bad);
 }
 
+/* Non-finite and extreme activations (a model whose weights hold NaN or
+ * inf): the Q8_0/Q8_1/Q8_K quantizers give defined bytes - every q in
+ * [-127, 127] (the AVX2 sign trick needs q != -128 on the activation side),
+ * a block holding a NaN d = NaN and q 0, one holding an inf d = inf and
+ * q 0 - the scalar and AVX2 paths byte for byte equal, and the dot products
+ * of such rows stay non-finite (the NaN is not dropped).  Before: the scalar
+ * path cast NaN / out-of-range floats to int (undefined behaviour; UBSan),
+ * the AVX2 path stored -128 for them, and a denormal amax (1/d = inf) made
+ * 0 * inf = NaN products in all-finite rows. */
+static void fill_special_row(float *x, int kind)
+{
+    for (int i = 0; i < 256; i++)
+        x[i] = rng_normal();
+    switch (kind) {
+    case 0: x[3] = NAN; x[40] = -NAN; break;                      /* NaNs in 2 blocks       */
+    case 1: x[7] = INFINITY; x[70] = -INFINITY; break;             /* infs                   */
+    case 2: x[1] = NAN; x[2] = INFINITY; x[3] = -INFINITY; break;  /* all three in one block */
+    case 3: for (int i = 0; i < 256; i++) x[i] = NAN; break;
+    case 4: for (int i = 0; i < 256; i++) x[i] *= 1e-39f; break;  /* denormal amax: 1/d = inf */
+    case 5: for (int i = 0; i < 256; i++) x[i] = (i & 1) ? 1e-45f : 0.0f; break;
+    case 6: for (int i = 0; i < 256; i++) x[i] *= 1e37f; x[9] = FLT_MAX; x[10] = -FLT_MAX; break;  /* finite */
+    default: for (int i = 0; i < 256; i++) x[i] = (i % 3) ? -INFINITY : 0.0f; break;
+    }
+}
+
+static void test_q8_nonfinite(void)
+{
+    const struct quant_kernels *paths[2] = {&quant_kernels_scalar, simd_kernels()};
+    static float   x[256];
+    static uint8_t q[2][2][512], qk[292];
+    for (int kind = 0; kind < 8; kind++) {
+        fill_special_row(x, kind);
+        for (int p = 0; p < 2; p++) {
+            if (!paths[p])
+                continue;
+            paths[p]->quantize_q8_0(x, q[p][0], 256);
+            paths[p]->quantize_q8_1(x, q[p][1], 256);
+            for (int t = 0; t < 2; t++) {
+                const int bb = t ? 36 : 34, off = t ? 4 : 2;
+                for (int b = 0; b < 8; b++) {
+                    const uint8_t *blk = q[p][t] + bb * b;
+                    const float *xb = x + 32 * b;
+                    bool has_nan = false, has_inf = false;
+                    for (int j = 0; j < 32; j++) {
+                        has_nan |= isnan(xb[j]);
+                        has_inf |= isinf(xb[j]);
+                    }
+                    const float d = fp16_to_f32((uint16_t)(blk[0] | blk[1] << 8));
+                    int bad = 0, nonzero = 0;
+                    for (int j = 0; j < 32; j++) {
+                        bad += (int8_t)blk[off + j] == -128;
+                        nonzero += blk[off + j] != 0;
+                    }
+                    CHECK_MSG(bad == 0, "kind %d %s Q8_%d block %d: %d q of -128", kind, paths[p]->name, t, b,
+                              bad);
+                    if (has_nan)
+                        CHECK_MSG(isnan(d) && nonzero == 0, "kind %d %s Q8_%d block %d: NaN -> d %g", kind,
+                                  paths[p]->name, t, b, (double)d);
+                    else if (has_inf)
+                        CHECK_MSG(isinf(d) && d > 0 && nonzero == 0, "kind %d %s Q8_%d block %d: inf -> d %g",
+                                  kind, paths[p]->name, t, b, (double)d);
+                    if (t == 1 && (has_nan || has_inf))
+                        CHECK(!isfinite(fp16_to_f32((uint16_t)(blk[2] | blk[3] << 8))));
+                }
+            }
+        }
+        if (paths[1]) {
+            CHECK_MSG(memcmp(q[0][0], q[1][0], 8 * 34) == 0, "kind %d: avx2 Q8_0 differs from scalar", kind);
+            CHECK_MSG(memcmp(q[0][1], q[1][1], 8 * 36) == 0, "kind %d: avx2 Q8_1 differs from scalar", kind);
+        }
+        quant_quantize_q8_k_scalar(x, qk, 256);
+        float dk;
+        memcpy(&dk, qk, sizeof dk);
+        int bad = 0;
+        for (int j = 0; j < 256; j++)
+            bad += (int8_t)qk[4 + j] == -128;
+        CHECK_MSG(bad == 0, "kind %d Q8_K: %d q of -128", kind, bad);
+        if (kind <= 3)
+            CHECK_MSG(!isfinite(dk), "kind %d Q8_K: d %g", kind, (double)dk);
+        if (kind == 0 || kind == 2 || kind == 3)
+            CHECK_MSG(isnan(dk), "kind %d Q8_K: NaN -> d %g", kind, (double)dk);
+
+        /* the dots of such activations with finite weights: non-finite for
+         * rows with NaN / inf, finite for the denormal ones (d is 0 as f16);
+         * huge finite rows overflow the f16 d (inf): defined, not asserted */
+        static float   w[256];
+        static uint8_t wq[1024], aq[1024];
+        static const enum dtype wts[] = {DT_Q4_0, DT_Q4_1, DT_Q8_0, DT_Q4_K, DT_Q6_K};
+        for (size_t k = 0; k < sizeof wts / sizeof wts[0]; k++) {
+            fill_row(w, 256, 0.05f);
+            CHECK(quant_row_quantize(wts[k], w, wq, 256) == PS_OK);
+            CHECK(quant_row_quantize(dtype_info_get(wts[k])->vec_dot_type, x, aq, 256) == PS_OK);
+            const float r = quant_vec_dot(wts[k], wq, aq, 256);
+            if (kind <= 3 || kind == 7)
+                CHECK_MSG(isnan(r) || isinf(r), "kind %d %s: dot %g", kind, dtype_info_get(wts[k])->name,
+                          (double)r);
+            else if (kind == 4 || kind == 5)
+                CHECK_MSG(isfinite(r), "kind %d %s: dot %g", kind, dtype_info_get(wts[k])->name, (double)r);
+        }
+    }
+}
+
+/* Weights from a file whose f16 block scales are inf or NaN (a broken
+ * model): every dot type gives a non-finite result on both paths, no
+ * crash; a Q8_0 weight of -128 (valid in a file) against activations of
+ * +-127 is exact on the AVX2 path (|w| = 128 as u8, the sign goes on the
+ * activation, which is never -128). */
+static void test_weights_nonfinite(void)
+{
+    static float   w[256], a[256];
+    static uint8_t wq[1024], aq[1024];
+    const struct quant_kernels *paths[2] = {&quant_kernels_scalar, simd_kernels()};
+    static const struct {
+        enum dtype t;
+        int        bb, doff; /* block bytes, offset of an f16 scale in block 1 */
+    } cases[] = {{DT_Q4_0, 18, 0}, {DT_Q4_1, 20, 0}, {DT_Q4_1, 20, 2}, {DT_Q8_0, 34, 0},
+                 {DT_Q4_K, 144, 0}, {DT_Q4_K, 144, 2}, {DT_Q6_K, 210, 208}};
+    static const uint16_t bad_h[3] = {0x7c00, 0xfc00, 0x7e00};
+    for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
+        const enum dtype t = cases[c].t, at = dtype_info_get(t)->vec_dot_type;
+        for (int h = 0; h < 3; h++) {
+            fill_row(w, 256, 0.05f);
+            fill_row(a, 256, 1.0f);
+            CHECK(quant_row_quantize(t, w, wq, 256) == PS_OK);
+            CHECK(quant_row_quantize(at, a, aq, 256) == PS_OK);
+            const int blk = t == DT_Q4_K || t == DT_Q6_K ? 0 : 1;  /* block 1 holds no zero block */
+            memcpy(wq + cases[c].bb * blk + cases[c].doff, &bad_h[h], 2);
+            for (int p = 0; p < 2; p++) {
+                if (!paths[p])
+                    continue;
+                quant_dot_fn fn = t == DT_Q4_0 ? paths[p]->dot_q4_0 : t == DT_Q4_1 ? paths[p]->dot_q4_1
+                                : t == DT_Q8_0 ? paths[p]->dot_q8_0 : t == DT_Q4_K ? paths[p]->dot_q4_k
+                                : paths[p]->dot_q6_k;
+                const float r = fn(wq, aq, 256);
+                CHECK_MSG(!isfinite(r), "%s scale 0x%04x at +%d (%s): dot %g", dtype_info_get(t)->name,
+                          bad_h[h], cases[c].doff, paths[p]->name, (double)r);
+            }
+        }
+    }
+    /* Q8_0 weights of -128 and -127 against activations of +-127 */
+    for (int i = 0; i < 256; i++)
+        a[i] = (i % 5 == 0) ? -127.0f : (i % 3 == 0) ? 127.0f : (float)(i % 17) - 8.0f;
+    CHECK(quant_row_quantize(DT_Q8_0, a, aq, 256) == PS_OK);
+    for (int b = 0; b < 8; b++) {
+        const uint16_t one = f32_to_fp16(1.0f);
+        memcpy(wq + 34 * b, &one, 2);
+        for (int j = 0; j < 32; j++)
+            wq[34 * b + 2 + j] = (uint8_t)(int8_t)((j % 2) ? -128 : -127 + j);
+    }
+    double ref = 0.0;
+    for (int b = 0; b < 8; b++) {
+        const float da = fp16_to_f32((uint16_t)(aq[34 * b] | aq[34 * b + 1] << 8));
+        int sum = 0;
+        for (int j = 0; j < 32; j++)
+            sum += (int8_t)wq[34 * b + 2 + j] * (int8_t)aq[34 * b + 2 + j];
+        ref += (double)da * sum;
+    }
+    for (int p = 0; p < 2; p++)
+        if (paths[p]) {
+            const float r = paths[p]->dot_q8_0(wq, aq, 256);
+            CHECK_MSG(fabs(r - ref) <= 1e-5 * fabs(ref), "Q8_0 -128 weights (%s): %g vs %g", paths[p]->name,
+                      (double)r, ref);
+        }
+}
+
 /* Q4_K/Q6_K: quantize, dequantize.  The 6/8-bit sub-block scales are
  * multiples of the super-block's d (and Q4_K mins of dmin), rounded up by the
  * quantizer, so each element's error is bounded by
@@ -668,6 +834,8 @@ int main(void)
     test_reference();
     test_activation_formats();
     test_q8_paths_agree();
+    test_q8_nonfinite();
+    test_weights_nonfinite();
     test_kquant_roundtrip();
     test_dots();
     if (!getenv("PARASERVE_QUANT_NO_BENCH"))
