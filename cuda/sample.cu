@@ -11,9 +11,12 @@
  * per-thread chunk sums in token order, so a (seed, step, logits) triple
  * always yields the same token; the uniform is host/engine/sampler.c's
  * draw_uniform (keep the two in step).  Greedy ties go to the lowest id.
- * A row whose allowed logits are all -inf / NaN gives its lowest allowed
- * id (as the host sampler); a row whose mask allows nothing gives -1; +inf
- * logits share all the mass (read as FLT_MAX, as on the host).
+ * A row whose mask allows nothing gives -1; else a row holding any
+ * non-finite logit (NaN, +inf, -inf; masked ids included) gives -2
+ * (BACKEND_TOKEN_NONFINITE: the model is broken and the request fails, as
+ * sampler_sample's PS_ERANGE on the host), in that order as on the host.
+ * smp_logit's reading of NaN / +inf (as the host's sample_core) only
+ * matters to rows that give -2 anyway.
  *
  * Masks: op_sample takes dense [rows][mask_words] masks (or NULL);
  * op_sample_rows takes a compact [n_masked][mask_words] set and
@@ -71,8 +74,9 @@ sample_kernel(const float *__restrict__ logits, int V, const struct sample_param
 
     /* 1. max, argmax (lowest id), min over allowed ids; lowest allowed id */
     float bv = -INFINITY, mn = INFINITY;
-    int bi = INT32_MAX, fa = INT32_MAX;
+    int bi = INT32_MAX, fa = INT32_MAX, bad = 0;
     for (int i = tid; i < V; i += SMP_THREADS) {
+        bad |= !isfinite(lg[i]);
         const float l = smp_logit(lg, mask, i);
         if (l > bv) { bv = l; bi = i; }  /* strided ascending: first max of this thread */
         if (l != -INFINITY) mn = fminf(mn, l);
@@ -102,9 +106,10 @@ sample_kernel(const float *__restrict__ logits, int V, const struct sample_param
     const float lmax = red_v[0];
     const int argmax = red_i[0];
     const int first_allowed = red_f[0];
-    __syncthreads();
-    if (lmax == -INFINITY) { /* nothing allowed (-1), or only -inf / NaN logits */
-        if (tid == 0) tokens[r] = first_allowed == INT32_MAX ? -1 : first_allowed;
+    /* also the barrier before red_* is reused */
+    const int nonfinite = __syncthreads_or(bad);
+    if (first_allowed == INT32_MAX || nonfinite || lmax == -INFINITY) {
+        if (tid == 0) tokens[r] = first_allowed == INT32_MAX ? -1 : -2;
         return;
     }
     /* A positive temperature whose inverse overflows (a denormal) is the

@@ -487,6 +487,8 @@ int cmd_generate(int argc, char **argv)
         int32_t next;
         if (gm && (rc = grammar_matcher_fill_mask(gm, mask)))
             goto fail;
+        if ((rc = sampler_logits_check(logits, n_vocab)))
+            goto fail;
         rc = sampler_sample(smp, logits, mask, &next);
         if (rc)
             goto fail;

@@ -160,6 +160,10 @@ static int forward_sample_host(backend *be, const struct batch_plan *plan,
             tokens[r] = -1;
             continue;
         }
+        if (sampler_logits_check(logits + (size_t)r * nv, nv)) {
+            tokens[r] = BACKEND_TOKEN_NONFINITE;
+            continue;
+        }
         const struct sampler_params p = row_params(&params[r]);
         if ((rc = sampler_sample_draw(&p, params[r].step, nv, logits + (size_t)r * nv, masks[r], &tokens[r])))
             goto done;

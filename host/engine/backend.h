@@ -182,14 +182,17 @@ bool backend_can_sample(const backend *be);
  * then samples row r with params[r] under masks[r].  tokens: [rows].
  *
  * PS_OK: tokens[r] is an id in [0, n_vocab) that masks[r] allows, or -1
- * when masks[r] allows no id (only that row is affected: the caller fails
- * that sequence alone).  Any other status is a failure of the whole step
+ * when masks[r] allows no id, or BACKEND_TOKEN_NONFINITE when row r's
+ * logits hold a NaN or an inf (the model is broken: sampler_sample's
+ * PS_ERANGE).  Those two affect only their row: the caller fails that
+ * sequence alone.  Any other status is a failure of the whole step
  * (the backend's error, or mask_fn's status); the KV of the plan's tokens
  * may have been written then.
  *
  * A backend without ops->forward_sample runs backend_forward into a host
  * buffer (allocated per call) and sampler_sample_draw per row: the same
  * contract, with the logits crossing to the host. */
+#define BACKEND_TOKEN_NONFINITE (-2)
 int backend_forward_sample(backend *be, const struct batch_plan *plan,
                            const struct backend_sample_params *params, backend_mask_fn mask_fn,
                            void *mask_ud, int32_t *tokens);

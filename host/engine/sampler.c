@@ -255,6 +255,26 @@ bool sampler_mask_empty(const uint32_t *mask, int32_t n_vocab)
     return true;
 }
 
+int sampler_logits_check(const float *logits, int32_t n_vocab)
+{
+    /* |l| as bits: >= the exponent mask exactly for inf and NaN; an
+     * unsigned max reduction the compiler vectorizes */
+    uint32_t mx = 0;
+    for (int32_t i = 0; i < n_vocab; i++) {
+        uint32_t u;
+        memcpy(&u, &logits[i], sizeof u);
+        u &= 0x7fffffffu;
+        mx = u > mx ? u : mx;
+    }
+    if (mx < 0x7f800000u)
+        return PS_OK;
+    int32_t i = 0;
+    while (isfinite(logits[i]))
+        i++;
+    return ps_error_set(PS_ERANGE, SAMPLER_NONFINITE_MSG " (token %d: %s)", (int)i,
+                        isnan(logits[i]) ? "nan" : logits[i] > 0.0f ? "inf" : "-inf");
+}
+
 /* A logit as the sampler reads it: NaN as -inf, +inf as the largest float. */
 static inline float logit_read(float l)
 {

@@ -108,6 +108,18 @@ float  sampler_logprob(const float *logits, double norm, int32_t id);
 int32_t sampler_top_logprobs(const float *logits, int32_t n_vocab, double norm, int32_t n, int32_t *ids,
                              float *lps);
 
+/* Non-finite logits.  The sampler itself gives a defined token for any
+ * row (NaN read as -inf, +inf as the largest float; a row with no finite
+ * allowed logit gives the lowest allowed id), but a NaN or inf in a model's
+ * output means the model (its weights) is broken, and tokens drawn from it
+ * are garbage.  The engine and `paraserve generate` therefore check each
+ * row before sampling and fail the request instead: PS_OK when every
+ * logits[i], i < n_vocab, is finite, else PS_ERANGE with the detail
+ * SAMPLER_NONFINITE_MSG " (token <id>: nan | inf | -inf)" naming the first
+ * one.  One vectorizable pass over the row. */
+#define SAMPLER_NONFINITE_MSG "the model produced non-finite logits"
+int  sampler_logits_check(const float *logits, int32_t n_vocab);
+
 /* True when mask[(n_vocab + 31) / 32] allows no id in [0, n_vocab). */
 bool sampler_mask_empty(const uint32_t *mask, int32_t n_vocab);
 

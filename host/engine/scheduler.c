@@ -703,6 +703,11 @@ static void seq_sample_host(sched *s, struct seq *q, float *row)
         sched_finish(s, q, FINISH_ERROR, s->mask_err);
         return;
     }
+    /* a NaN / inf logit: the model is broken, fail this request alone */
+    if (sampler_logits_check(row, s->n_vocab)) {
+        sched_finish(s, q, FINISH_ERROR, ps_error_last());
+        return;
+    }
     const float *raw = row;
     double norm = 0.0;
     int32_t n_top = 0;
@@ -734,6 +739,8 @@ static void seq_sample_device(sched *s, struct seq *q, int32_t tok)
         char msg[96];
         if (tok == -1)
             snprintf(msg, sizeof msg, "sampler: token mask allows no token of %d", (int)s->n_vocab);
+        else if (tok == BACKEND_TOKEN_NONFINITE)
+            snprintf(msg, sizeof msg, "%s (NaN or inf)", SAMPLER_NONFINITE_MSG);
         else
             snprintf(msg, sizeof msg, "backend: sampled token %d outside [0, %d)", (int)tok, (int)s->n_vocab);
         sched_finish(s, q, FINISH_ERROR, msg);

@@ -543,6 +543,38 @@ static void test_sampling(void)
     GT_CHECK(tok[R - 1] == -1, "all-masked row gave %d", tok[R - 1]);
     printf("%-58s %s\n", "sampling: greedy/mask/top-k/top-p/min-p rows", bad || tok[R - 1] != -1 ? "NOT OK" : "OK");
 
+    /* non-finite logits (host: sampler_logits_check): a NaN, +inf or -inf
+     * anywhere in the row, a masked-out id included, gives -2
+     * (BACKEND_TOKEN_NONFINITE) in every mode; a row whose mask allows
+     * nothing still gives -1 first */
+    {
+        const int RN = 8;
+        std::vector<float> ln(RN * V);
+        for (auto &x : ln) x = gt_sym(4.0f);
+        const float badv[3] = { NAN, INFINITY, -INFINITY };
+        std::vector<struct sample_param_dev> spn(RN);
+        std::vector<uint32_t> mn(RN * words, 0xffffffffu);
+        for (int r = 0; r < RN; r++) {
+            spn[r] = { r % 2 ? 0.9f : 0.0f, r % 4 == 1 ? 5 : 0, r % 4 == 3 ? 0.5f : 1.0f, 0.0f, 7u, (uint64_t)r };
+            ln[r * V + (r * 131) % V] = badv[r % 3];
+        }
+        for (int i = 0; i < V; i++) ln[5 * V + i] = NAN;             /* every logit NaN */
+        mn[6 * words + ((6 * 131) % V) / 32] &= ~(1u << (((6 * 131) % V) % 32)); /* the bad id masked out */
+        for (int i = 0; i < words; i++) mn[7 * words + i] = 0;       /* allows nothing */
+        float *dln = dcopy(ln);
+        struct sample_param_dev *dspn = dcopy(spn);
+        uint32_t *dmn = dcopy(mn);
+        int32_t *dtn = dnew<int32_t>(RN);
+        OK(op_sample(0, dln, RN, V, dspn, dmn, words, dtn));
+        auto tn = hcopy(dtn, RN);
+        int nbad = 0;
+        for (int r = 0; r < RN; r++)
+            if (tn[r] != (r == 7 ? -1 : -2)) { nbad++; printf("    non-finite row %d: token %d\n", r, tn[r]); }
+        GT_CHECK(nbad == 0, "%d non-finite rows not flagged", nbad);
+        printf("%-58s %s\n", "sampling: non-finite rows give -2", nbad ? "NOT OK" : "OK");
+        cudaFree(dln); cudaFree(dspn); cudaFree(dmn); cudaFree(dtn);
+    }
+
     /* frequencies: 8 tokens, temperature 1, 20000 draws (rows) */
     const int V2 = 8, R2 = 20000;
     const float l2[V2] = { 0.0f, 1.0f, -1.0f, 2.0f, 0.5f, -3.0f, 1.5f, 0.2f };

@@ -118,6 +118,10 @@ static int fake_forward_sample(backend *be, const struct batch_plan *plan,
             tokens[r] = -1;
             continue;
         }
+        if (sampler_logits_check(logits + r * nv, nv)) { /* as cuda/sample.cu */
+            tokens[r] = BACKEND_TOKEN_NONFINITE;
+            continue;
+        }
         struct sampler_params p = sampler_params_default();
         p.temperature = params[r].temperature;
         p.top_k = params[r].top_k;

@@ -407,6 +407,103 @@ static void test_infinite_logit(void)
     }
 }
 
+/* Non-finite logits (a model with NaN / inf weights).  sampler_logits_check
+ * - what the engine and `generate` run before sampling - names the first
+ * NaN / inf / -inf of a row (PS_ERANGE) whatever its position (the vector
+ * loop's tail included) and passes finite extremes.  The sampler itself,
+ * given such rows anyway (all NaN, all -inf, NaN / +inf / -inf mixed, a mask
+ * allowing only NaN ids, penalties rewriting them), returns PS_OK with an
+ * allowed id in range for every mode - greedy, temperature, top-k, top-p,
+ * min-p, penalties - the same one on a second call (no hang, no out of
+ * bounds: run under ASan/UBSan too). */
+static void test_nonfinite_logits(void)
+{
+    static const float bad[3] = { NAN, INFINITY, -INFINITY };
+    static const char *name[3] = { "token %d: nan", "token %d: inf", "token %d: -inf" };
+    float l[NV];
+    char want[64];
+    for (int n = 1; n <= NV; n += (n < 40 ? 1 : 7))
+        for (int b = 0; b < 3; b++)
+            for (int at = 0; at < n; at += (n < 20 ? 1 : 5)) {
+                random_logits(l, n);
+                l[at] = bad[b];
+                if (at + 3 < n)
+                    l[at + 3] = bad[(b + 1) % 3]; /* only the first is named */
+                CHECK_MSG(sampler_logits_check(l, n) == PS_ERANGE, "n %d, %g at %d", n, (double)bad[b], at);
+                snprintf(want, sizeof want, name[b], at);
+                CHECK_MSG(strstr(ps_error_last(), SAMPLER_NONFINITE_MSG) && strstr(ps_error_last(), want),
+                          "n %d at %d: '%s'", n, at, ps_error_last());
+            }
+    random_logits(l, NV);
+    l[0] = FLT_MAX;
+    l[1] = -FLT_MAX;
+    l[2] = 1e-45f;
+    l[3] = -0.0f;
+    CHECK(sampler_logits_check(l, NV) == PS_OK);
+
+    uint32_t only_nan[(NV + 31) / 32] = { 0 };
+    for (int r = 0; r < 6; r++) {
+        const uint32_t *mask = NULL;
+        for (int i = 0; i < NV; i++) {
+            switch (r) {
+            case 0: l[i] = NAN; break;
+            case 1: l[i] = -INFINITY; break;
+            case 2: l[i] = i % 3 == 0 ? NAN : i % 3 == 1 ? -INFINITY : INFINITY; break;
+            case 3: l[i] = i % 2 ? NAN : -INFINITY; break;
+            case 4: l[i] = i % 4 ? 8.0f * frand() - 4.0f : NAN; break;
+            default: l[i] = i % 5 ? 8.0f * frand() - 4.0f : NAN; break;
+            }
+        }
+        if (r == 5) { /* only NaN ids allowed */
+            for (int i = 0; i < NV; i += 5)
+                only_nan[i / 32] |= 1u << (i % 32);
+            mask = only_nan;
+        }
+        for (int mode = 0; mode < 7; mode++) {
+            struct sampler_params p = sampler_params_default();
+            p.seed = (uint64_t)(r * 7 + mode);
+            if (mode > 0)
+                p.temperature = 0.8f;
+            if (mode == 2)
+                p.top_k = 5;
+            if (mode == 3)
+                p.top_p = 0.5f;
+            if (mode == 4)
+                p.min_p = 0.2f;
+            if (mode == 5) {
+                p.top_k = 3;
+                p.top_p = 0.9f;
+                p.min_p = 0.05f;
+            }
+            if (mode == 6 || mode == 0) {
+                p.repeat_penalty = 1.3f;
+                p.presence_penalty = 0.5f;
+                p.frequency_penalty = -0.5f;
+            }
+            int32_t t[2] = { -1, -1 };
+            for (int k = 0; k < 2; k++) {
+                sampler *s = NULL;
+                CHECK(sampler_create(&p, NV, &s) == PS_OK);
+                for (int h = 0; h < 30; h++)
+                    sampler_accept(s, (h * 7) % NV);
+                float c[NV];
+                memcpy(c, l, sizeof c);
+                CHECK_MSG(sampler_sample(s, c, mask, &t[k]) == PS_OK, "row %d mode %d", r, mode);
+                sampler_free(s);
+            }
+            CHECK_MSG(t[0] >= 0 && t[0] < NV && t[0] == t[1], "row %d mode %d: tokens %d %d", r, mode, t[0], t[1]);
+            if (mask && t[0] >= 0 && t[0] < NV)
+                CHECK_MSG((mask[t[0] / 32] >> (t[0] % 32)) & 1u, "row %d mode %d: %d not allowed", r, mode, t[0]);
+            if (!sampler_params_need_history(&p)) {
+                float c[NV];
+                int32_t td = -1;
+                memcpy(c, l, sizeof c);
+                CHECK(sampler_sample_draw(&p, 0, NV, c, mask, &td) == PS_OK && td == t[0]);
+            }
+        }
+    }
+}
+
 /* The reference of sampler_top_logprobs: every id with mass, fully sorted
  * (logit as the sampler reads it descending, lower id first on ties). */
 static const float *g_sort_row;
@@ -529,6 +626,7 @@ int main(void)
     test_distribution();
     test_tiny_temperature();
     test_infinite_logit();
+    test_nonfinite_logits();
     test_top_logprobs();
     TEST_DONE();
 }

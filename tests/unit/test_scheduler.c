@@ -464,6 +464,73 @@ static void test_cancel_priority_errors(void)
     backend_free(&fb->base);
 }
 
+/* A model whose logits hold a NaN, +inf or -inf (by context length) once
+ * the prompt starts with POISON_ID: such a request ends alone with
+ * FINISH_ERROR "the model produced non-finite logits ..." and no token,
+ * whatever its sampling (greedy, temperature with truncations, penalties,
+ * logprobs); the requests batched with it generate their reference tokens.
+ * Before, the NaN row was sampled (NaN read as -inf) into garbage tokens. */
+#define POISON_ID 61
+static void poison_logits(const int32_t *ctx, int32_t n, float *out, int32_t n_vocab)
+{
+    one_hot_logits(ctx, n, out, n_vocab);
+    if (ctx[0] == POISON_ID)
+        out[(n * 7) % n_vocab] = n % 3 == 0 ? NAN : n % 3 == 1 ? INFINITY : -INFINITY;
+}
+
+static void test_nonfinite_logits(void)
+{
+    struct fake_backend *fb = fake_create(128, 4, 64, poison_logits);
+    sched *s = make_sched(fb, 8, 64, 64, false);
+    reset_results();
+    int32_t p[4][14];
+    for (int k = 0; k < 4; k++)
+        make_prompt(p[k], 14, 20u + (uint32_t)k);
+    for (uint64_t id = 1; id <= 8; id++) {
+        const int k = (int)(id - 1) / 2;
+        const bool poisoned = id % 2 == 0;
+        int32_t *pr = poisoned ? p[k] : p[k] + 1; /* healthy: never starts with POISON_ID */
+        if (poisoned)
+            pr[0] = POISON_ID;
+        struct sched_request r = req_of(id, pr, 11 + k % 3, 6);
+        if (k >= 1) {
+            r.sampling.temperature = 0.8f;
+            r.sampling.top_k = 5;
+            r.sampling.top_p = 0.9f;
+            r.sampling.min_p = 0.05f;
+            r.sampling.seed = id;
+        }
+        if (k == 2)
+            r.sampling.repeat_penalty = 1.2f; /* host-only */
+        if (k == 3) {
+            r.logprobs = true;                 /* host-only */
+            r.top_logprobs = 2;
+        }
+        CHECK(sched_submit(s, &r) == PS_OK);
+    }
+    CHECK(run_to_end(s, 100) > 0);
+    for (uint64_t id = 1; id <= 8; id++) {
+        const struct result *g = &g_res[id];
+        if (id % 2 == 0) {
+            CHECK_MSG(g->done && g->finish == FINISH_ERROR && g->n_tokens == 0 &&
+                          strstr(g->error, SAMPLER_NONFINITE_MSG),
+                      "request %d: finish %d, %d tokens, '%s'", (int)id, (int)g->finish, (int)g->n_tokens,
+                      g->error);
+        } else {
+            CHECK_MSG(g->done && g->finish == FINISH_LENGTH && g->n_tokens == 6, "request %d: finish %d, %d tokens",
+                      (int)id, (int)g->finish, (int)g->n_tokens);
+            if (id == 1) {
+                int32_t want[6];
+                reference(p[0] + 1, 11, 6, want);
+                CHECK(memcmp(g->tokens, want, sizeof want) == 0);
+            }
+        }
+    }
+    check_no_leak(s);
+    sched_free(s);
+    backend_free(&fb->base);
+}
+
 /* queued_since: within a priority, a request queues as if it had arrived
  * then (the tasks API passes a task's creation time, so its later
  * decisions go before decisions of tasks created after it).  One slot:
@@ -1211,6 +1278,7 @@ int main(void)
         test_cancel_priority_errors();
         test_priority_preemption();
         test_queued_since();
+        test_nonfinite_logits();
         test_text_eog_stop();
     test_refused_token_events();
         test_config_errors();
