@@ -266,15 +266,16 @@ static cJSON *text_stats(const char *t)
     if (bytes && t[(size_t)bytes - 1] != '\n')
         lines++;
     cJSON *r = cJSON_CreateObject();
-    cJSON_AddNumberToObject(r, "chars", chars);
-    cJSON_AddNumberToObject(r, "bytes", bytes);
-    cJSON_AddNumberToObject(r, "words", words);
-    cJSON_AddNumberToObject(r, "lines", lines);
-    cJSON_AddNumberToObject(r, "sentences", sentences);
+    if (!r || !cJSON_AddNumberToObject(r, "chars", chars) || !cJSON_AddNumberToObject(r, "bytes", bytes) ||
+        !cJSON_AddNumberToObject(r, "words", words) || !cJSON_AddNumberToObject(r, "lines", lines) ||
+        !cJSON_AddNumberToObject(r, "sentences", sentences)) {
+        cJSON_Delete(r);
+        return NULL; /* out of memory */
+    }
     return r;
 }
 
-int builtin_call(const char *tool, const cJSON *args, cJSON **result, char *err, size_t errlen)
+static int builtin_call_tool(const char *tool, const cJSON *args, cJSON **result, char *err, size_t errlen)
 {
     *result = NULL;
     if (!strcmp(tool, "calculator")) {
@@ -288,16 +289,21 @@ int builtin_call(const char *tool, const cJSON *args, cJSON **result, char *err,
         if (st)
             return st;
         *result = cJSON_CreateObject();
-        cJSON_AddNumberToObject(*result, "value", v);
+        if (!*result || !cJSON_AddNumberToObject(*result, "value", v)) {
+            cJSON_Delete(*result);
+            *result = NULL;
+            return PS_ENOMEM;
+        }
         return PS_OK;
     }
     if (!strcmp(tool, "time")) {
         const cJSON *o = cJSON_GetObjectItemCaseSensitive(args, "utc_offset_minutes");
-        long off = cJSON_IsNumber(o) ? (long)o->valuedouble : 0;
-        if (off < -1440 || off > 1440) {
+        const double offd = cJSON_IsNumber(o) ? o->valuedouble : 0;
+        if (!(offd >= -1440 && offd <= 1440)) { /* before the cast: (long)1e300 is undefined */
             snprintf(err, errlen, "time: utc_offset_minutes out of range");
             return PS_EINVAL;
         }
+        const int off = (int)offd;
         time_t now = time(NULL);
         time_t local = now + off * 60;
         struct tm tm;
@@ -306,12 +312,16 @@ int builtin_call(const char *tool, const cJSON *args, cJSON **result, char *err,
         if (off == 0)
             snprintf(tz, sizeof tz, "Z");
         else
-            snprintf(tz, sizeof tz, "%c%02ld:%02ld", off < 0 ? '-' : '+', labs(off) / 60, labs(off) % 60);
+            snprintf(tz, sizeof tz, "%c%02d:%02d", off < 0 ? '-' : '+', abs(off) / 60, abs(off) % 60);
         size_t n = strftime(iso, sizeof iso, "%Y-%m-%dT%H:%M:%S", &tm);
         snprintf(iso + n, sizeof iso - n, "%s", tz);
         *result = cJSON_CreateObject();
-        cJSON_AddNumberToObject(*result, "unix", (double)now);
-        cJSON_AddStringToObject(*result, "iso8601", iso);
+        if (!*result || !cJSON_AddNumberToObject(*result, "unix", (double)now) ||
+            !cJSON_AddStringToObject(*result, "iso8601", iso)) {
+            cJSON_Delete(*result);
+            *result = NULL;
+            return PS_ENOMEM;
+        }
         return PS_OK;
     }
     if (!strcmp(tool, "text_stats")) {
@@ -321,7 +331,7 @@ int builtin_call(const char *tool, const cJSON *args, cJSON **result, char *err,
             return PS_EINVAL;
         }
         *result = text_stats(t->valuestring);
-        return PS_OK;
+        return *result ? PS_OK : PS_ENOMEM;
     }
     if (!strcmp(tool, "echo")) {
         *result = cJSON_Duplicate(args, 1);
@@ -329,4 +339,14 @@ int builtin_call(const char *tool, const cJSON *args, cJSON **result, char *err,
     }
     snprintf(err, errlen, "unknown builtin tool '%s'", tool);
     return PS_ENOTFOUND;
+}
+
+int builtin_call(const char *tool, const cJSON *args, cJSON **result, char *err, size_t errlen)
+{
+    if (errlen)
+        err[0] = 0;
+    int st = builtin_call_tool(tool, args, result, err, errlen);
+    if (st == PS_ENOMEM && errlen && !err[0])
+        snprintf(err, errlen, "%s: out of memory", tool);
+    return st;
 }

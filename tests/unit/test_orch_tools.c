@@ -118,11 +118,51 @@ static void test_catalogue_out_of_memory(void)
     registry_free(reg);
 }
 
+/* The time tool's utc_offset_minutes arrives as a JSON double: an offset
+ * far outside a long (1e300) is refused before any conversion to an
+ * integer (the cast was undefined: float-cast-overflow), as are NaN-free
+ * out-of-range values; fractional offsets in range truncate. */
+static void test_time_offset_out_of_range(void)
+{
+    static const char *const bad[] = {
+        "{\"utc_offset_minutes\": 1e300}", "{\"utc_offset_minutes\": -1e300}",
+        "{\"utc_offset_minutes\": 1441}", "{\"utc_offset_minutes\": -1440.5}",
+        "{\"utc_offset_minutes\": 9.3e18}",
+    };
+    char err[256];
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cJSON *args = cJSON_Parse(bad[i]), *res = NULL;
+        CHECK(args != NULL);
+        err[0] = 0;
+        int st = builtin_call("time", args, &res, err, sizeof err);
+        CHECK(st == PS_EINVAL);
+        CHECK(res == NULL);
+        CHECK(strstr(err, "out of range") != NULL);
+        cJSON_Delete(args);
+        cJSON_Delete(res);
+    }
+    static const char *const good[] = { "{\"utc_offset_minutes\": 1440}", "{\"utc_offset_minutes\": -90.5}",
+                                        "{}" };
+    static const char *const tz[] = { "+24:00", "-01:30", "Z" };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        cJSON *args = cJSON_Parse(good[i]), *res = NULL;
+        CHECK(args != NULL);
+        int st = builtin_call("time", args, &res, err, sizeof err);
+        CHECK(st == PS_OK);
+        char *text = res ? cJSON_PrintUnformatted(res) : NULL;
+        CHECK(text && strstr(text, tz[i]));
+        free(text);
+        cJSON_Delete(args);
+        cJSON_Delete(res);
+    }
+}
+
 int main(void)
 {
     test_calc_undefined_intermediates();
     test_result_text_of_large_numbers();
     test_calc_literal_out_of_range();
     test_catalogue_out_of_memory();
+    test_time_offset_out_of_range();
     TEST_DONE();
 }
