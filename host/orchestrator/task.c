@@ -92,8 +92,8 @@ struct orch_task {
     int64_t               t_decide;    /* start of the decision being made */
     int64_t               t_start;
     struct orch_task     *prev, *next;          /* creation order */
-    struct orch_task     *fin_prev, *fin_next;  /* finish order (in_fin) */
-    int                   in_fin;
+    struct orch_task     *fin_prev, *fin_next;  /* finish order (in_fin == FIN_LISTED) */
+    int                   in_fin;               /* enum fin_state */
     uint64_t              id_hash;
     int                   indexed;              /* in o->index */
 };
@@ -147,12 +147,38 @@ static void log_fail(struct orch_task *t, int st)
         event_active(t->kick, 0, 0);
 }
 
+/* Where a task stands for eviction.  A finished task with subscribers is
+ * never evicted: the eviction walk takes it off the list (FIN_PINNED) so
+ * that later walks do not pass it again (with every finished task
+ * subscribed, as under `paraserve orchestrate`, each end walked them all),
+ * and its last unsubscribe puts it back at the head, oldest first. */
+enum fin_state { FIN_NONE = 0, FIN_LISTED = 1, FIN_PINNED = 2 };
+
+static void fin_link_head(struct orch *o, struct orch_task *t)
+{
+    t->fin_prev = NULL;
+    t->fin_next = o->fin_head;
+    if (o->fin_head) o->fin_head->fin_prev = t; else o->fin_tail = t;
+    o->fin_head = t;
+    t->in_fin = FIN_LISTED;
+}
+
+static void fin_unlink(struct orch *o, struct orch_task *t)
+{
+    if (t->fin_prev) t->fin_prev->fin_next = t->fin_next; else o->fin_head = t->fin_next;
+    if (t->fin_next) t->fin_next->fin_prev = t->fin_prev; else o->fin_tail = t->fin_prev;
+    t->fin_prev = t->fin_next = NULL;
+    t->in_fin = FIN_NONE;
+}
+
 static void sub_unlink_free(struct orch_sub *s)
 {
     struct orch_task *t = s->t;
     if (s->prev) s->prev->next = s->next; else t->subs = s->next;
     if (s->next) s->next->prev = s->prev;
     free(s);
+    if (!t->subs && t->in_fin == FIN_PINNED)
+        fin_link_head(t->o, t); /* evicted by the next task's end, not here: a caller may still hold t */
 }
 
 /* Bring every subscriber up to the end of the log, each in event order.
@@ -580,8 +606,14 @@ static void evict_finished(struct orch *o, const struct orch_task *ending)
 {
     for (struct orch_task *t = o->fin_head, *nx; t && o->n_finished > o->cfg.keep_finished; t = nx) {
         nx = t->fin_next;
-        if (t != ending && !t->subs)
+        if (t == ending)
+            continue;
+        if (t->subs) {
+            fin_unlink(o, t);
+            t->in_fin = FIN_PINNED;
+        } else {
             orch_task_release(t);
+        }
     }
 }
 
@@ -629,7 +661,7 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     t->fin_prev = o->fin_tail;
     if (o->fin_tail) o->fin_tail->fin_next = t; else o->fin_head = t;
     o->fin_tail = t;
-    t->in_fin = 1;
+    t->in_fin = FIN_LISTED;
     if (o->done_cb)
         o->done_cb(o->done_ud, t);
     evict_finished(o, t);
@@ -1703,10 +1735,8 @@ static void task_free(struct orch_task *t)
     free(t->error);
     if (t->prev) t->prev->next = t->next; else if (o->head == t) o->head = t->next;
     if (t->next) t->next->prev = t->prev; else if (o->tail == t) o->tail = t->prev;
-    if (t->in_fin) {
-        if (t->fin_prev) t->fin_prev->fin_next = t->fin_next; else o->fin_head = t->fin_next;
-        if (t->fin_next) t->fin_next->fin_prev = t->fin_prev; else o->fin_tail = t->fin_prev;
-    }
+    if (t->in_fin == FIN_LISTED)
+        fin_unlink(o, t);
     index_remove(o, t);
     free(t);
 }

@@ -1074,6 +1074,82 @@ static void test_task_lookup_and_eviction_at_scale(void)
     ctx_close(&c);
 }
 
+/* Finished tasks with subscribers are kept past keep_finished, and the
+ * eviction walk does not pass them again at every later end (it did: with
+ * every task subscribed, as under `paraserve orchestrate`, each end walked
+ * all finished tasks).  Once unsubscribed, they are evicted, oldest first,
+ * by the next end. */
+static void on_ignore(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    (void)ud;
+    (void)t;
+    (void)ev;
+}
+
+static void test_subscribed_finished_tasks_kept_then_evicted(void)
+{
+    enum { N = 20000, KEEP = 100, UNSUB = 15000 };
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    orch_destroy(c.orch);
+    struct exec_config ec = { .seed = 42 };
+    struct orch_config oc = { .keep_finished = KEEP };
+    CHECK((c.orch = orch_create(c.base, c.reg, &ec, &oc)) != NULL);
+    char(*ids)[40] = calloc(N + 1, sizeof *ids);
+    struct orch_task **ts = calloc(N + 1, sizeof *ts);
+    struct orch_sub **subs = calloc(N, sizeof *subs);
+    cJSON *quick = cJSON_Parse("{\"input\":\"quick\",\"script\":[{\"final\":{\"answer\":\"x\"}}]}");
+    CHECK(ids && ts && subs && quick);
+    if (!c.orch || !ids || !ts || !subs || !quick) {
+        free(ids), free(ts), free(subs), cJSON_Delete(quick);
+        ctx_close(&c);
+        return;
+    }
+    orch_set_done_cb(c.orch, on_done, &c.run);
+    int ok = 0;
+    const int64_t t0 = orch_now_ns();
+    for (int i = 0; i < N; i++) {
+        if (orch_task_submit(c.orch, quick, NULL, &ts[i]) == PS_OK && ts[i] &&
+            (subs[i] = orch_task_subscribe(ts[i], 0, on_ignore, NULL)) != NULL) {
+            snprintf(ids[i], sizeof ids[i], "%s", orch_task_id(ts[i]));
+            ok++;
+        }
+    }
+    CHECK_MSG(ok == N, "%d of %d submitted and subscribed: %s", ok, N, ps_error_last());
+    c.run.expect = N;
+    run_loop(&c);
+    const double wall = (double)(orch_now_ns() - t0) / 1e9;
+    CHECK_MSG(c.run.done == N, "%d of %d tasks ended", c.run.done, N);
+    int found = 0;
+    for (int i = 0; i < N; i++)
+        found += orch_task_find(c.orch, ids[i]) == ts[i];
+    CHECK_MSG(found == N, "%d of %d subscribed finished tasks found", found, N);
+    printf("%d subscribed tasks (keep_finished %d) submitted and ended in %.3f s\n", N, KEEP, wall);
+    /* the first UNSUB unsubscribe; one more task's end evicts them */
+    for (int i = 0; i < UNSUB; i++)
+        orch_unsubscribe(subs[i]);
+    CHECK(orch_task_submit(c.orch, quick, NULL, &ts[N]) == PS_OK && ts[N]);
+    if (ts[N])
+        snprintf(ids[N], sizeof ids[N], "%s", orch_task_id(ts[N]));
+    c.run.expect = N + 1;
+    run_loop(&c);
+    int gone = 0, kept = 0;
+    for (int i = 0; i < UNSUB; i++)
+        gone += orch_task_find(c.orch, ids[i]) == NULL;
+    for (int i = UNSUB; i < N; i++)
+        kept += orch_task_find(c.orch, ids[i]) == ts[i];
+    CHECK_MSG(gone == UNSUB && kept == N - UNSUB, "%d of %d unsubscribed evicted, %d of %d subscribed kept", gone,
+              UNSUB, kept, N - UNSUB);
+    CHECK(ts[N] && orch_task_find(c.orch, ids[N]) == ts[N]);
+    for (int i = UNSUB; i < N; i++)
+        orch_unsubscribe(subs[i]);
+    cJSON_Delete(quick);
+    free(ids);
+    free(ts);
+    free(subs);
+    ctx_close(&c);
+}
+
 /* mcp_sse_scan over a body that grows one read at a time: every event is
  * searched once (linear, whatever the stream's length), a response split
  * across reads or behind CRLF blank lines is found once complete. */
@@ -2282,6 +2358,7 @@ int main(void)
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_many_tasks();
     test_task_lookup_and_eviction_at_scale();
+    test_subscribed_finished_tasks_kept_then_evicted();
     test_mcp_sse_scan();
     test_hostile_mcp_http_a2a();
     test_local_agent_tenant_header();
