@@ -66,7 +66,7 @@ struct run {
     size_t             n_d2r, n_r2r, n_task, cap_d2r, cap_r2r, cap_task;
     struct orch_task **tasks;
     cJSON             *reqs;           /* task requests, submitted round-robin */
-    int                stagger_ms;     /* 0: all at once */
+    int32_t            stagger_ms;     /* 0: all at once */
     int64_t            t0;
     struct event      *stagger_ev;
 };
@@ -334,7 +334,8 @@ int cmd_orchestrate(int argc, char **argv)
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
-    int n_task_args = 0, repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0, floor_n = 0;
+    int n_task_args = 0;
+    int32_t repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0, floor_n = 0;
     int warmup = 0;
     struct run r = {0};
     int c;
@@ -350,13 +351,14 @@ int cmd_orchestrate(int argc, char **argv)
             task_args[n_task_args++] = optarg;
             break;
         case 'f': tasks_file = optarg; break;
-        case 'r': repeat = atoi(optarg); break;
-        case 'm': mock_port = atoi(optarg); break;
+        /* numbers: the whole argument, in range, or exit 2 naming it */
+        case 'r': if (cli_parse_i32("orchestrate", "--repeat", optarg, 1, 1000000, &repeat)) return 2; break;
+        case 'm': if (cli_parse_i32("orchestrate", "--mock-agent", optarg, 0, 65535, &mock_port)) return 2; break;
         case 'l': local_url = optarg; break;
-        case 'c': cancel_after = atoi(optarg); break;
-        case 'e': max_events = atoi(optarg); break;
-        case 'w': r.stagger_ms = atoi(optarg); break;
-        case 'F': floor_n = atoi(optarg); break;
+        case 'c': if (cli_parse_i32("orchestrate", "--cancel-after", optarg, 0, INT32_MAX, &cancel_after)) return 2; break;
+        case 'e': if (cli_parse_i32("orchestrate", "--max-events", optarg, 4, INT32_MAX, &max_events)) return 2; break;
+        case 'w': if (cli_parse_i32("orchestrate", "--stagger-ms", optarg, 0, 3600000, &r.stagger_ms)) return 2; break;
+        case 'F': if (cli_parse_i32("orchestrate", "--floor", optarg, 0, 10000000, &floor_n)) return 2; break;
         case 'q': r.quiet = 1; break;
         case 'W': warmup = 1; break;
         case 's': r.stats = 1; break;

@@ -535,8 +535,15 @@ static grammar *final_grammar_get(struct tasks_api *api, const char *const *ids,
 {
     char key[FINAL_USES * 72 + 1] = "";
     size_t kl = 0;
-    for (int i = 0; i < n; i++)
-        kl += (size_t)snprintf(key + kl, sizeof key - kl, "%s%s", i ? "," : "", ids[i]);
+    for (int i = 0; i < n; i++) {
+        const int w = snprintf(key + kl, sizeof key - kl, "%s%s", i ? "," : "", ids[i]);
+        if (w < 0 || (size_t)w >= sizeof key - kl) {
+            /* the action grammar's ids are c1..c9999: longer ones never reach here */
+            ps_error_set(PS_EINVAL, "final-only grammar: call ids longer than %zu bytes in all", sizeof key - 1);
+            return NULL;
+        }
+        kl += (size_t)w;
+    }
     int victim = 0;
     for (int i = 0; i < FINAL_CACHE; i++) {
         struct final_grammar *f = &api->finals[i];

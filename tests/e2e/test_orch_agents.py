@@ -353,3 +353,24 @@ def test_task_count_over_int_is_refused(run, tmp_path):
     err = r.stderr.decode()
     assert r.returncode == 2, err
     assert "2148 task requests x --repeat 1000000" in err and "runtime error" not in err, err
+
+
+@pytest.mark.parametrize("opt,value,rng", [
+    ("--mock-agent", "70000", "[0, 65535]"),     # was truncated to 16 bits: 65536 became "any port"
+    ("--mock-agent", "80x", "[0, 65535]"),
+    ("--repeat", "1e3", "[1, 1000000]"),          # atoi read 1
+    ("--repeat", "0", "[1, 1000000]"),
+    ("--stagger-ms", "-5", "[0, 3600000]"),
+    ("--cancel-after", "soon", "[0, 2147483647]"),  # atoi read 0: cancel at once
+    ("--max-events", "3", "[4, 2147483647]"),
+    ("--floor", "99999999999", "[0, 10000000]"),
+])
+def test_numeric_options_are_checked_whole(run, opt, value, rng):
+    """Every numeric option of `orchestrate` is a whole base-10 integer in
+    its range, else exit 2 with a line naming the option, the range and the
+    value (they were atoi'd: trailing junk ignored, out of range wrapped)."""
+    r = run("orchestrate", "--agents", str(AGENTS / "mock_pool.json"),
+            "--task", json.dumps({"input": "x", "script": [{"final": {"answer": "a"}}]}), opt, value, "--quiet")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert f"{opt} must be an integer in {rng}, got '{value}'" in err, err
