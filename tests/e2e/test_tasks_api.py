@@ -489,31 +489,54 @@ def test_delete_while_the_model_decides(srv):
         assert [e["id"] for e in sse_events(list(r.iter_lines()))] == [e["id"] for e in ev]
 
 
-def test_sigterm_ends_open_task_streams_then_exits_0(start_server):  # noqa: F811
-    s = start_server("--kv-blocks", 256)
-    got = {}
+def test_sigterm_ends_open_task_streams_then_exits_0(start_server, mock_port, tmp_path):  # noqa: F811
+    # Three tasks open at SIGTERM: a streamed and a plain scripted one each
+    # waiting on a 30 s agent call (in flight for certain, whatever the
+    # machine's speed; a model-driven task alone could end before the
+    # signal), and a model-driven one submitted just before it (its
+    # decision in the engine).  Every stream gets a terminal event, the
+    # waiting ones cancelled, and the server exits 0 within its grace.
+    pool = tmp_path / "agents.json"
+    pool.write_text(json.dumps({"agents": [
+        {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{mock_port}/",
+         "description": "Mock agent.", "input_schema": {"type": "object"}, "timeout_ms": 60000}]}))
+    s = start_server("--agents", str(pool), "--kv-blocks", 256)
+    slow = [{"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 30000}}]},
+            {"final": {"answer": "{{a.ok}}", "uses": ["a"]}}]
+    got = {"events": [], "model": []}
 
-    def stream():
-        with httpx.stream("POST", s.url + "/v1/tasks", timeout=30,
-                          json={"input": "Plan a trip.", "stream": True}) as r:
-            got["events"] = sse_events(list(r.iter_lines()))
+    def stream(key, body):
+        with httpx.stream("POST", s.url + "/v1/tasks", timeout=30, json={**body, "stream": True}) as r:
+            for line in r.iter_lines():
+                got[key].append(line)
 
     def plain():
-        got["plain"] = post(s, {"input": "Plan a trip."}).json()
-    ths = [threading.Thread(target=stream), threading.Thread(target=plain)]
+        got["plain"] = post(s, {"input": "Plan a trip.", "script": slow}).json()
+    ths = [threading.Thread(target=stream, args=("events", {"input": "Plan a trip.", "script": slow})),
+           threading.Thread(target=plain)]
     for t in ths:
         t.start()
-    time.sleep(1.0)
+    assert server_fixtures.wait_for(lambda: "event: call.dispatched" in list(got["events"]), timeout=10), got
+    time.sleep(0.3)                                       # the plain task's call, dispatched at once too
+    model = threading.Thread(target=stream, args=("model", {"input": "What is 17*23?"}))
+    model.start()
+    ths.append(model)
+    assert server_fixtures.wait_for(lambda: "event: task.created" in list(got["model"]), timeout=10), got
     t0 = time.time()
     assert s.stop() == 0, s.output()[-2000:]
     stopped = time.time() - t0
     for t in ths:
         t.join(10)
-    print(f"\nSIGTERM with 2 open task requests: exit in {stopped:.2f} s")
+    print(f"\nSIGTERM with 3 open task requests: exit in {stopped:.2f} s")
     assert time.time() - t0 < 25, (stopped, s.output()[-1500:])     # ends, never hangs
-    assert got["events"][-1]["event"] == "task.error"
-    assert got["events"][-1]["data"]["status"] == "cancelled"
+    events = sse_events(got["events"])
+    assert events[-1]["event"] == "task.error", events
+    assert events[-1]["data"]["status"] == "cancelled"
     assert got["plain"]["status"] == "cancelled" and "shutting down" in got["plain"]["error"]
+    model_events = sse_events(got["model"])
+    assert model_events[-1]["event"] in ("task.error", "task.final"), model_events   # a terminal event, either way
+    if model_events[-1]["event"] == "task.error":
+        assert model_events[-1]["data"]["status"] == "cancelled", model_events
 
 
 def test_plain_request_client_leaves_task_runs_on(srv):
