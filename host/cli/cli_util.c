@@ -1,8 +1,11 @@
 #include "cli_util.h"
 
+#include "model/quant.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #ifdef PS_HAVE_MIMALLOC
 #include <mimalloc.h>
@@ -42,4 +45,15 @@ const char *cli_allocator(void)
     }
 #endif
     return "libc malloc";
+}
+
+const char *cli_simd_label(void)
+{
+    static char label[48];
+    const char *simd = quant_simd_name(), *x8 = quant_x8_isa_name();
+    if (!strcmp(x8, "none") || !strcmp(x8, simd))
+        snprintf(label, sizeof label, "%s", simd);
+    else
+        snprintf(label, sizeof label, "%s+%s", simd, x8);
+    return label;
 }

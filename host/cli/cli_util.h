@@ -9,6 +9,10 @@
  * and returns -1; 0 on success. */
 int cli_parse_i32(const char *cmd, const char *opt, const char *s, int32_t lo, int32_t hi, int32_t *out);
 
+/* The SIMD path for logs and CSV: quant_simd_name(), plus "+" and the x8
+ * tiles' instructions where they are not plain AVX2 ("avx2+avxvnni"). */
+const char *cli_simd_label(void);
+
 /* Monotonic clock in seconds. */
 double cli_now_s(void);
 

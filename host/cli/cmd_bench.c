@@ -242,7 +242,7 @@ int cmd_bench(int argc, char **argv)
     const char *prompts = o.shared_prefix ? "shared" : o.clone_prompt ? "clone" : "distinct";
     printf("engine,threads,simd,phase,batch,prompt_len,gen,tokens_per_s,ms_per_step,kv_type,prompts\n");
     fprintf(stderr, "[bench] model=%s backend=%s simd=%s threads=%d kv=%s x8=%d\n", m->name, backend_name(be),
-            quant_simd_name(), o.n_threads, kvn, backend_cpu_x8_matrices(be));
+            cli_simd_label(), o.n_threads, kvn, backend_cpu_x8_matrices(be));
 
     double runs[64];
     int nrep = o.repeat > 64 ? 64 : o.repeat;
@@ -255,7 +255,7 @@ int cmd_bench(int argc, char **argv)
         runs[r] = cli_now_s() - t0;
     }
     double tp = median(runs, nrep);
-    printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f,%s,%s\n", o.n_threads, quant_simd_name(), o.prompt_len,
+    printf("paraserve,%d,%s,prefill,1,%d,0,%.1f,%.3f,%s,%s\n", o.n_threads, cli_simd_label(), o.prompt_len,
            o.prompt_len / tp, 1e3 * tp, kvn, prompts);
     fprintf(stderr, "[bench] prefill %d tokens: %.1f tok/s\n", o.prompt_len, o.prompt_len / tp);
 
@@ -312,7 +312,7 @@ int cmd_bench(int argc, char **argv)
             runs[r] = cli_now_s() - t0;
         }
         double td = median(runs, nrep);
-        printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f,%s,%s\n", o.n_threads, quant_simd_name(), B,
+        printf("paraserve,%d,%s,decode,%d,%d,%d,%.1f,%.3f,%s,%s\n", o.n_threads, cli_simd_label(), B,
                o.prompt_len, o.n_gen, (double)B * o.n_gen / td, 1e3 * td / o.n_gen, kvn, prompts);
         fprintf(stderr, "[bench] decode batch %d: %.1f tok/s, %.2f ms/step\n", B,
                 (double)B * o.n_gen / td, 1e3 * td / o.n_gen);

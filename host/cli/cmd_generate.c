@@ -540,7 +540,7 @@ int cmd_generate(int argc, char **argv)
             "[paraserve] prompt: %zu tokens in %.3f s (%.1f tok/s)\n"
             "[paraserve] decode: %d tokens in %.3f s (%.1f tok/s)\n"
             "[paraserve] finish_reason=%s\n",
-            m->name, backend_name(be), quant_simd_name(), o.n_threads, n_prompt, t_prefill,
+            m->name, backend_name(be), cli_simd_label(), o.n_threads, n_prompt, t_prefill,
             t_prefill > 0 ? (double)n_prompt / t_prefill : 0.0, n_gen, t_decode,
             t_decode > 0 && n_gen > 1 ? (double)(n_gen - 1) / t_decode : 0.0, finish);
     status = 0;

@@ -883,8 +883,22 @@ static void quant_init_once(void)
     const struct quant_kernels *k = &quant_kernels_scalar;
     const char *env = getenv("PARASERVE_SIMD");
 #ifdef PS_QUANT_HAVE_AVX2
-    if (!(env && strcmp(env, "scalar") == 0) && quant_avx2_supported())
+    /* PARASERVE_SIMD=scalar: the portable C kernels; =avx2: AVX2 without
+     * the VNNI tiles; =avxvnni / =avx512vnni: that encoding of the tiles
+     * if the CPU has it (A/B runs, tests); unset or other: the best this
+     * CPU has (AVX-VNNI before AVX512-VNNI: the same instruction on ymm) */
+    if (!(env && strcmp(env, "scalar") == 0) && quant_avx2_supported()) {
         k = &quant_kernels_avx2;
+        int levels = quant_vnni_levels();
+        if (env && strcmp(env, "avx2") == 0)
+            levels = 0;
+        else if (env && strcmp(env, "avx512vnni") == 0)
+            levels &= 2;
+        if (levels) {
+            quant_vnni_kernels_init();
+            k = levels & 1 ? &quant_kernels_avx_vnni : &quant_kernels_avx512_vnni;
+        }
+    }
 #else
     (void)env;
 #endif
@@ -909,6 +923,12 @@ static inline const struct quant_kernels *kernels(void)
 const char *quant_simd_name(void)
 {
     return kernels()->name;
+}
+
+const char *quant_x8_isa_name(void)
+{
+    const char *isa = kernels()->x8_isa;
+    return isa ? isa : "none";
 }
 
 static quant_mdot_x8_fn x8_kernel(enum dtype t)

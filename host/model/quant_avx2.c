@@ -194,6 +194,20 @@ static AVX2 float dot_q8_0(const void *w, const void *a, int64_t n)
 
 #define AVX2_INLINE static inline __attribute__((target("avx2,fma,f16c"), always_inline))
 
+/* acc + the 8 dword sums of four u8 x s8 products (u8 from u, s8 from s),
+ * exact: VPDPBUSD, VEX-encoded (AVX-VNNI, VNNI == 1) or EVEX-encoded on
+ * ymm (AVX512-VNNI + VL, VNNI == 2).  Inline assembly, so the kernels
+ * around it keep the AVX2 target; only run where quant_vnni_level() says
+ * the CPU (and OS) has that encoding. */
+AVX2_INLINE __m256i dpbusd(__m256i acc, __m256i u, __m256i s, const int VNNI)
+{
+    if (VNNI == 1)
+        __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    else
+        __asm__("vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+    return acc;
+}
+
 static inline uint32_t ld_u32(const uint8_t *p)
 {
     uint32_t v;
@@ -475,7 +489,7 @@ static AVX2 void mdot_q8_0(const void *w, size_t ws, int64_t nr, const void *a, 
  * the x8 arithmetic with a lane per row.  Activation rows in passes of up
  * to 4 (4 accumulators and the 8 nibble registers stay in registers). */
 AVX2_INLINE void q41x8_pass(const uint8_t *x8, int64_t nb, const uint8_t *const *y, const float *const *da,
-                            const float *const *sa, __m256 *acc, const int NT)
+                            const float *const *sa, __m256 *acc, const int NT, const int VNNI)
 {
     const __m256i m4 = _mm256_set1_epi8(0x0f), ones = _mm256_set1_epi16(1);
     __m256 a[4];
@@ -494,7 +508,12 @@ AVX2_INLINE void q41x8_pass(const uint8_t *x8, int64_t nb, const uint8_t *const 
             const __m256i t = _mm256_load_si256((const __m256i *)(x8 + 32 + 32 * (g & 3)));
             const __m256i w = _mm256_and_si256(g < 4 ? t : _mm256_srli_epi16(t, 4), m4);  /* elements 4g.. */
             for (int j = 0; j < NT; j++) {
-                const __m256i p = _mm256_maddubs_epi16(w, _mm256_set1_epi32((int)ld_u32(y[j] + 36 * i + 4 + 4 * g)));
+                const __m256i yb = _mm256_set1_epi32((int)ld_u32(y[j] + 36 * i + 4 + 4 * g));
+                if (VNNI) {   /* the i32 sums directly: the same integers as maddubs + madd */
+                    s[j] = dpbusd(g ? s[j] : _mm256_setzero_si256(), w, yb, VNNI);
+                    continue;
+                }
+                const __m256i p = _mm256_maddubs_epi16(w, yb);
                 s[j] = g ? _mm256_add_epi16(s[j], p) : p;
                 __asm__("" : "+x"(s[j]));   /* keep the chain: reassociated into a tree, the products spill */
             }
@@ -502,7 +521,7 @@ AVX2_INLINE void q41x8_pass(const uint8_t *x8, int64_t nb, const uint8_t *const 
         const __m256 dw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)x8));
         const __m256 mw = _mm256_cvtph_ps(_mm_load_si128((const __m128i *)(x8 + 16)));
         for (int j = 0; j < NT; j++) {
-            const __m256 P = _mm256_cvtepi32_ps(_mm256_madd_epi16(s[j], ones));
+            const __m256 P = _mm256_cvtepi32_ps(VNNI ? s[j] : _mm256_madd_epi16(s[j], ones));
             a[j] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_broadcast_ss(da[j] + i)), P, a[j]);
             a[j] = _mm256_fmadd_ps(mw, _mm256_broadcast_ss(sa[j] + i), a[j]);
         }
@@ -523,7 +542,7 @@ AVX2_INLINE void q41x8_pass(const uint8_t *x8, int64_t nb, const uint8_t *const 
  * passes of up to 4 (4 i32 sums, 4 accumulators, the weights, their
  * absolute values and a constant stay in the 16 registers). */
 AVX2_INLINE void q80x8_pass(const uint8_t *xg, int64_t nb, const uint8_t *const *y, const float *const *da,
-                            __m256 *acc, const int NT)
+                            __m256 *acc, const int NT, const int VNNI)
 {
     const __m256i ones = _mm256_set1_epi16(1);
     const uint8_t *dsec = xg, *q = xg + (quant_q8_0x8_group_bytes(nb) - (size_t)nb * 256);
@@ -539,6 +558,10 @@ AVX2_INLINE void q80x8_pass(const uint8_t *xg, int64_t nb, const uint8_t *const 
             const __m256i u = _mm256_abs_epi8(w);   /* -128 -> 0x80: 128 as u8 */
             for (int j = 0; j < NT; j++) {
                 const __m256i yb = _mm256_set1_epi32((int)ld_u32(y[j] + 34 * i + 2 + 4 * k));
+                if (VNNI) {
+                    s[j] = dpbusd(k ? s[j] : _mm256_setzero_si256(), u, _mm256_sign_epi8(yb, w), VNNI);
+                    continue;
+                }
                 const __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(u, _mm256_sign_epi8(yb, w)), ones);
                 s[j] = k ? _mm256_add_epi32(s[j], p) : p;
             }
@@ -555,7 +578,7 @@ AVX2_INLINE void q80x8_pass(const uint8_t *xg, int64_t nb, const uint8_t *const 
  * Q4_1 against Q8_1): activation rows in passes of up to 4, their block
  * scales (and Q4_1's sums) as f32 first, then every group of 8 rows. */
 AVX2_INLINE void mdot_x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt, float *out,
-                         int64_t os, const int Q8)
+                         int64_t os, const int Q8, const int VNNI)
 {
     const size_t gb = Q8 ? quant_q8_0x8_group_bytes(nb) : (size_t)nb * QUANT_X8_BLOCK;
     const size_t ab = Q8 ? 34 : 36;   /* activation block bytes */
@@ -581,12 +604,12 @@ AVX2_INLINE void mdot_x8(const void *x8, int64_t nb, int64_t ng, const void *a, 
             __m256 acc[4];
             switch (n4 * 2 + Q8) {
 #define X8_PASS(n) \
-            case 2 * n: q41x8_pass(xg, nb, y, da, sa, acc, n); break; \
-            case 2 * n + 1: q80x8_pass(xg, nb, y, da, acc, n); break;
+            case 2 * n: q41x8_pass(xg, nb, y, da, sa, acc, n, VNNI); break; \
+            case 2 * n + 1: q80x8_pass(xg, nb, y, da, acc, n, VNNI); break;
             X8_PASS(1) X8_PASS(2) X8_PASS(3)
 #undef X8_PASS
-            case 9: q80x8_pass(xg, nb, y, da, acc, 4); break;
-            default: q41x8_pass(xg, nb, y, da, sa, acc, 4); break;
+            case 9: q80x8_pass(xg, nb, y, da, acc, 4, VNNI); break;
+            default: q41x8_pass(xg, nb, y, da, sa, acc, 4, VNNI); break;
             }
             for (int j = 0; j < n4; j++)
                 _mm256_storeu_ps(out + (t0 + j) * os + 8 * g, acc[j]);
@@ -597,14 +620,34 @@ AVX2_INLINE void mdot_x8(const void *x8, int64_t nb, int64_t ng, const void *a, 
 static AVX2 void mdot_q4_1x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
                              float *out, int64_t os)
 {
-    mdot_x8(x8, nb, ng, a, as, nt, out, os, 0);
+    mdot_x8(x8, nb, ng, a, as, nt, out, os, 0, 0);
 }
 
 static AVX2 void mdot_q8_0x8(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
                              float *out, int64_t os)
 {
-    mdot_x8(x8, nb, ng, a, as, nt, out, os, 1);
+    mdot_x8(x8, nb, ng, a, as, nt, out, os, 1, 0);
 }
+
+/* The same tiles with VPDPBUSD (quant_vnni_level(): 1 AVX-VNNI, 2
+ * AVX512-VNNI on ymm): each 4-byte group's products summed into the i32
+ * lanes in one instruction instead of maddubs (+ i16 adds) + madd; the
+ * integer sums are the same, so the outputs equal the AVX2 tiles' bit for
+ * bit. */
+#define X8_VNNI(level)                                                                                            \
+    static AVX2 void mdot_q4_1x8_vnni##level(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as,   \
+                                             int64_t nt, float *out, int64_t os)                                  \
+    {                                                                                                             \
+        mdot_x8(x8, nb, ng, a, as, nt, out, os, 0, level);                                                       \
+    }                                                                                                             \
+    static AVX2 void mdot_q8_0x8_vnni##level(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as,   \
+                                             int64_t nt, float *out, int64_t os)                                  \
+    {                                                                                                             \
+        mdot_x8(x8, nb, ng, a, as, nt, out, os, 1, level);                                                       \
+    }
+X8_VNNI(1)
+X8_VNNI(2)
+#undef X8_VNNI
 
 /* ---- Q4_K x Q8_K ----------------------------------------------------------- */
 
@@ -835,6 +878,7 @@ static AVX2 void quantize_q8_1(const float *x, void *dst, int64_t n)
 
 const struct quant_kernels quant_kernels_avx2 = {
     .name          = "avx2",
+    .x8_isa        = "avx2",
     .dot_f32       = dot_f32,
     .dot_f16       = dot_f16,
     .dot_bf16      = dot_bf16,
@@ -853,11 +897,51 @@ const struct quant_kernels quant_kernels_avx2 = {
     .quantize_q8_k = quant_quantize_q8_k_scalar,
 };
 
+/* avx2 with the VNNI x8 tiles (set up from quant_kernels_avx2 at init) */
+struct quant_kernels quant_kernels_avx_vnni, quant_kernels_avx512_vnni;
+
+int quant_vnni_levels(void)
+{
+    unsigned a, b, c, d;
+    if (!quant_avx2_supported() || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
+        return 0;
+    const unsigned b7 = b, c7 = c;
+    int levels = 0;
+    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4)))
+        levels |= 1;   /* AVX-VNNI: VEX, the ymm state the AVX2 check already found enabled */
+    /* AVX512-VNNI (7.0:ECX 11) + AVX512VL (7.0:EBX 31), and the OS saving the
+     * opmask and zmm state (XCR0 bits 5-7) that EVEX instructions need */
+    if ((c7 & (1u << 11)) && (b7 & (1u << 31)) && __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 27))) {
+        unsigned lo, hi;
+        __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+        if ((lo & 0xe6) == 0xe6)
+            levels |= 2;
+    }
+    return levels;
+}
+
+void quant_vnni_kernels_init(void)
+{
+    quant_kernels_avx_vnni = quant_kernels_avx2;
+    quant_kernels_avx_vnni.x8_isa = "avxvnni";
+    quant_kernels_avx_vnni.mdot_q4_1x8 = mdot_q4_1x8_vnni1;
+    quant_kernels_avx_vnni.mdot_q8_0x8 = mdot_q8_0x8_vnni1;
+    quant_kernels_avx512_vnni = quant_kernels_avx2;
+    quant_kernels_avx512_vnni.x8_isa = "avx512vnni";
+    quant_kernels_avx512_vnni.mdot_q4_1x8 = mdot_q4_1x8_vnni2;
+    quant_kernels_avx512_vnni.mdot_q8_0x8 = mdot_q8_0x8_vnni2;
+}
+
 #else /* !PS_QUANT_HAVE_AVX2 */
 
 bool quant_avx2_supported(void)
 {
     return false;
+}
+
+int quant_vnni_levels(void)
+{
+    return 0;
 }
 
 #endif

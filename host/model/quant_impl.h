@@ -44,6 +44,7 @@ static inline size_t quant_q8_0x8_group_bytes(int64_t nb)
 
 struct quant_kernels {
     const char       *name;       /* "scalar" / "avx2" */
+    const char       *x8_isa;     /* the x8 tiles' instructions: "avx2", "avxvnni", "avx512vnni"; NULL: none */
     quant_dot_fn      dot_f32;    /* F32  x F32  */
     quant_dot_fn      dot_f16;    /* F16  x F32  */
     quant_dot_fn      dot_bf16;   /* BF16 x F32  */
@@ -68,6 +69,14 @@ extern const struct quant_kernels quant_kernels_scalar;
 #define PS_QUANT_HAVE_AVX2 1
 /* Valid only where quant_avx2_supported() is true. */
 extern const struct quant_kernels quant_kernels_avx2;
+/* quant_kernels_avx2 with the x8 tiles on VPDPBUSD, VEX (AVX-VNNI) or EVEX
+ * on ymm (AVX512-VNNI + VL); filled by quant_vnni_kernels_init(), valid
+ * only where quant_vnni_levels() has bit 1 or 2 respectively. */
+extern struct quant_kernels quant_kernels_avx_vnni, quant_kernels_avx512_vnni;
+void quant_vnni_kernels_init(void);
+/* The VPDPBUSD encodings usable on ymm, a bit each: 1 AVX-VNNI (VEX), 2
+ * AVX512-VNNI + AVX512VL with the OS saving zmm state (EVEX); 0: none. */
+int quant_vnni_levels(void);
 #endif
 
 /* CPU has AVX2, FMA and F16C (false off x86). */

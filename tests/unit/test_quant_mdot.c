@@ -17,6 +17,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "common/status.h"
 #include "test_util.h"
@@ -387,10 +389,51 @@ static void bench(void)
     }
 }
 
+/* On a CPU with VPDPBUSD the x8 tiles run on it; the plain AVX2 tiles
+ * (what an AVX2-only CPU runs) and the other VPDPBUSD encoding the CPU has
+ * are checked too, each in a child that sets PARASERVE_SIMD before the
+ * kernels are chosen.  An encoding the CPU lacks cannot run here: said,
+ * not faked. */
+static void test_x8_in_child(const char *simd, const char *want_isa)
+{
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+        setenv("PARASERVE_SIMD", simd, 1);
+        quant_init();
+        CHECK_MSG(!strcmp(quant_x8_isa_name(), want_isa), "PARASERVE_SIMD=%s: x8 tiles on %s", simd,
+                  quant_x8_isa_name());
+        printf("child, PARASERVE_SIMD=%s: x8 tiles on %s\n", simd, quant_x8_isa_name());
+        test_x8();
+        fflush(stdout);
+        _exit(test_failures ? 1 : 0);
+    }
+    int st = 0;
+    CHECK(pid > 0 && waitpid(pid, &st, 0) == pid);
+    CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the x8 tiles failed in the PARASERVE_SIMD=%s child", simd);
+}
+
+static void test_x8_every_isa(void)
+{
+    const int levels = quant_vnni_levels();
+    if (!levels) {
+        printf("NOTE: no AVX-VNNI / AVX512-VNNI on this CPU: the VPDPBUSD x8 tiles were not run\n");
+        return;
+    }
+    test_x8_in_child("avx2", "avx2");
+    if (levels & 2)
+        test_x8_in_child("avx512vnni", "avx512vnni");
+    else
+        printf("NOTE: no AVX512-VNNI + VL on this CPU: the EVEX x8 tiles were not run\n");
+    if (!(levels & 1))
+        printf("NOTE: no AVX-VNNI on this CPU: the VEX x8 tiles were not run\n");
+}
+
 int main(void)
 {
+    test_x8_every_isa();
     quant_init();
-    printf("simd path: %s\n", quant_simd_name());
+    printf("simd path: %s, x8 tiles on %s\n", quant_simd_name(), quant_x8_isa_name());
     if (!simd_kernels())
         printf("NOTE: CPU lacks AVX2/FMA/F16C: only the scalar path was tested\n");
     test_tiles_bitwise();
