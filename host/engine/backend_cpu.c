@@ -64,6 +64,7 @@
 #include <time.h>
 
 #include "../common/status.h"
+#include "../model/quant.h"
 #include "threadpool.h"
 
 #if defined(__x86_64__)
@@ -283,39 +284,15 @@ static void store_f16(int simd, uint16_t *dst, const float *src, int64_t n)
 }
 
 /* One q8 cache row: n (% 32 == 0) values as n / 32 blocks of int8 q and
- * an f32 scale d = max|x| / 127, q = round-half-away(x * (1 / d)), q = 0
- * when d == 0 (backend.h); q in [-127, 127] always (the sign trick of the
- * attention kernel needs q != -128); a block holding a NaN: d = NaN, q 0.  Scalar on both paths: the cache holds the same
- * bytes whatever the SIMD level. */
+ * an f32 scale each, by quant_q8_block_scalar (backend.h's rule: d =
+ * max|x| / 127, q = round-half-away(x * (1 / d)) in [-127, 127], as the
+ * attention kernel's sign trick needs; a block holding a NaN: d = NaN, q
+ * 0).  Scalar on both paths: the cache holds the same bytes whatever the
+ * SIMD level. */
 static void kv_q8_store(int8_t *q, float *d, const float *x, int64_t n)
 {
-    for (int64_t b = 0; b < n / 32; b++) {
-        const float *xb = x + 32 * b;
-        float amax = 0.0f;
-        bool  has_nan = false;
-        for (int i = 0; i < 32; i++) {
-            const float a = fabsf(xb[i]);
-            has_nan |= a != a;
-            amax = a > amax ? a : amax;
-        }
-        /* a NaN makes the block's scale NaN (its q 0): attention over the
-         * row stays NaN, as with an f16 cache, instead of reading 0 */
-        const float db = has_nan ? NAN : amax / 127.0f, id = db != 0.0f ? 1.0f / db : 0.0f;
-        d[b] = db;
-        for (int i = 0; i < 32; i++) {
-            /* roundf without the libm call: |v| <= 127 (+ rounding), so
-             * t = trunc(v) is exact in an int and v - t is exact */
-            float v = xb[i] * id;
-            if (!(v == v))
-                v = 0.0f; /* NaN, inf * 0: no UB in the cast */
-            else if (!(v >= -127.0f && v <= 127.0f))
-                v = v > 0.0f ? 127.0f : -127.0f; /* id = inf (a denormal d) */
-            int t = (int)v;
-            const float f = v - (float)t;
-            t += (f >= 0.5f) - (f <= -0.5f);
-            q[32 * b + i] = (int8_t)t;
-        }
-    }
+    for (int64_t b = 0; b < n / 32; b++)
+        (void)quant_q8_block_scalar(x + 32 * b, q + 32 * b, d + b);
 }
 
 static inline float silu(float x)

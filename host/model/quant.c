@@ -344,7 +344,8 @@ static void quantize_q4_1(const float *x, uint8_t *b, int64_t nb)
 /* q = round-half-away(p) clamped to [-127, 127]; NaN -> 0.  Only a
  * non-finite scale makes |p| > 127 (id = inf: amax so small that amax/127
  * is a denormal; or NaN / inf input), and (int) of a NaN or out-of-range
- * float is undefined behaviour. */
+ * float is undefined behaviour.  roundf without the libm call: in range,
+ * t = trunc(p) is exact in an int and p - t is exact. */
 static inline int q8_round(float p)
 {
     if (!(p == p))
@@ -353,7 +354,9 @@ static inline int q8_round(float p)
         return 127;
     if (p <= -127.0f)
         return -127;
-    return (int)roundf(p);
+    const int   t = (int)p;
+    const float f = p - (float)t;
+    return t + (f >= 0.5f) - (f <= -0.5f);
 }
 
 int quant_q8_block_scalar(const float *x, int8_t *qs, float *d_out)

@@ -53,6 +53,16 @@ const struct dtype_info *dtype_info_get(uint32_t type);
  * size or the type is unknown. */
 size_t dtype_row_bytes(enum dtype type, int64_t n);
 
+/* One Q8_0/Q8_1 block of 32: q[j] = round-half-away(x[j] * (1/d)), d =
+ * max|x|/127 (unrounded f32, to *d_out); returns sum(q).  Every q is in
+ * [-127, 127] (the x8 and sign-trick kernels rely on q != -128); a block
+ * holding a NaN gets d = NaN and every q 0, one holding an inf (no NaN)
+ * d = inf and every q 0: non-finite input stays non-finite in every dot
+ * product that uses the block.  The AVX2 quantizer hands such blocks (and
+ * those whose 1/d overflows) here, so both paths give the same bytes for
+ * every input.  The CPU backend's q8 KV cache stores its rows with it. */
+int quant_q8_block_scalar(const float *x, int8_t *qs, float *d_out);
+
 /* Pick the SIMD implementation for this CPU.  Idempotent, thread-safe; called
  * by every entry point below, so explicit calls are optional. */
 void quant_init(void);

@@ -82,15 +82,7 @@ int quant_vnni_levels(void);
 /* CPU has AVX2, FMA and F16C (false off x86). */
 bool quant_avx2_supported(void);
 
-/* One Q8_0/Q8_1 block of 32: q[j] = round-half-away(x[j] * (1/d)), d =
- * max|x|/127 (unrounded f32, to *d_out); returns sum(q).  Every q is in
- * [-127, 127] (the x8 and sign-trick kernels rely on q != -128); a block
- * holding a NaN gets d = NaN and every q 0, one holding an inf (no NaN)
- * d = inf and every q 0: non-finite input stays non-finite in every dot
- * product that uses the block.  The AVX2 quantizer hands such blocks (and
- * those whose 1/d overflows) here, so both paths give the same bytes for
- * every input. */
-int quant_q8_block_scalar(const float *x, int8_t *qs, float *d_out);
+/* quant_q8_block_scalar: quant.h */
 
 /* Scalar Q8_K activation quantizer, shared by both tables. */
 void quant_quantize_q8_k_scalar(const float *src, void *dst, int64_t n);
