@@ -227,7 +227,9 @@ struct ctx {
     struct run         run;
 };
 
-static int ctx_open(struct ctx *c)
+/* The mock agent, its pool and an orchestrator with config oc (NULL: the
+ * defaults), reporting task ends to c->run. */
+static int ctx_open_with(struct ctx *c, const struct orch_config *oc)
 {
     memset(c, 0, sizeof *c);
     c->mock = mock_agent_start(0);
@@ -240,10 +242,16 @@ static int ctx_open(struct ctx *c)
         return -1;
     c->base = event_base_new();
     struct exec_config ec = { .seed = 42 };
-    c->orch = orch_create(c->base, c->reg, &ec, NULL);
+    c->orch = orch_create(c->base, c->reg, &ec, oc);
     c->run.base = c->base;
-    orch_set_done_cb(c->orch, on_done, &c->run);
+    if (c->orch)
+        orch_set_done_cb(c->orch, on_done, &c->run);
     return c->orch ? 0 : -1;
+}
+
+static int ctx_open(struct ctx *c)
+{
+    return ctx_open_with(c, NULL);
 }
 
 static void ctx_close(struct ctx *c)
@@ -869,16 +877,12 @@ static void test_cancel_from_result_and_decision_events(void)
 static void test_cancelled_task_outlives_its_end(void)
 {
     struct ctx c;
-    CHECK(ctx_open(&c) == 0);
-    orch_destroy(c.orch);
-    struct exec_config ec = { .seed = 42 };
-    struct orch_config oc = { .keep_finished = 1 };
-    CHECK((c.orch = orch_create(c.base, c.reg, &ec, &oc)) != NULL);
+    const struct orch_config oc = { .keep_finished = 1 };
+    CHECK(ctx_open_with(&c, &oc) == 0);
     if (!c.orch) {
         ctx_close(&c);
         return;
     }
-    orch_set_done_cb(c.orch, on_done, &c.run);
     const char *tasks[3] = {
         ("{\"input\":\"long\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"one\",\"args\":{\"sleep_ms\":1000}}]},"
          "{\"final\":{\"answer\":\"x\",\"uses\":[\"a\"]}}]}"),
@@ -997,11 +1001,8 @@ static void test_task_lookup_and_eviction_at_scale(void)
 {
     enum { R = 500, Q = 3000, KEEP = 1000 };
     struct ctx c;
-    CHECK(ctx_open(&c) == 0);
-    orch_destroy(c.orch);
-    struct exec_config ec = { .seed = 42 };
-    struct orch_config oc = { .keep_finished = KEEP };
-    CHECK((c.orch = orch_create(c.base, c.reg, &ec, &oc)) != NULL);
+    const struct orch_config oc = { .keep_finished = KEEP };
+    CHECK(ctx_open_with(&c, &oc) == 0);
     char(*ids)[40] = calloc(R + Q, sizeof *ids);
     struct orch_task **ts = calloc(R + Q, sizeof *ts);
     CHECK(ids && ts);
@@ -1011,7 +1012,6 @@ static void test_task_lookup_and_eviction_at_scale(void)
         ctx_close(&c);
         return;
     }
-    orch_set_done_cb(c.orch, on_done, &c.run);
     cJSON *slow = cJSON_Parse("{\"input\":\"slow\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"one\","
                               "\"args\":{\"sleep_ms\":1900}}]},{\"final\":{\"answer\":\"x\",\"uses\":[\"a\"]}}]}");
     cJSON *quick = cJSON_Parse("{\"input\":\"quick\",\"script\":[{\"final\":{\"answer\":\"x\"}}]}");
@@ -1090,11 +1090,8 @@ static void test_subscribed_finished_tasks_kept_then_evicted(void)
 {
     enum { N = 20000, KEEP = 100, UNSUB = 15000 };
     struct ctx c;
-    CHECK(ctx_open(&c) == 0);
-    orch_destroy(c.orch);
-    struct exec_config ec = { .seed = 42 };
-    struct orch_config oc = { .keep_finished = KEEP };
-    CHECK((c.orch = orch_create(c.base, c.reg, &ec, &oc)) != NULL);
+    const struct orch_config oc = { .keep_finished = KEEP };
+    CHECK(ctx_open_with(&c, &oc) == 0);
     char(*ids)[40] = calloc(N + 1, sizeof *ids);
     struct orch_task **ts = calloc(N + 1, sizeof *ts);
     struct orch_sub **subs = calloc(N, sizeof *subs);
@@ -1105,7 +1102,6 @@ static void test_subscribed_finished_tasks_kept_then_evicted(void)
         ctx_close(&c);
         return;
     }
-    orch_set_done_cb(c.orch, on_done, &c.run);
     int ok = 0;
     const int64_t t0 = orch_now_ns();
     for (int i = 0; i < N; i++) {
