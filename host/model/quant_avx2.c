@@ -197,7 +197,7 @@ static AVX2 float dot_q8_0(const void *w, const void *a, int64_t n)
 /* acc + the 8 dword sums of four u8 x s8 products (u8 from u, s8 from s),
  * exact: VPDPBUSD, VEX-encoded (AVX-VNNI, VNNI == 1) or EVEX-encoded on
  * ymm (AVX512-VNNI + VL, VNNI == 2).  Inline assembly, so the kernels
- * around it keep the AVX2 target; only run where quant_vnni_level() says
+ * around it keep the AVX2 target; only run where quant_vnni_levels() says
  * the CPU (and OS) has that encoding. */
 AVX2_INLINE __m256i dpbusd(__m256i acc, __m256i u, __m256i s, const int VNNI)
 {
@@ -629,7 +629,7 @@ static AVX2 void mdot_q8_0x8(const void *x8, int64_t nb, int64_t ng, const void 
     mdot_x8(x8, nb, ng, a, as, nt, out, os, 1, 0);
 }
 
-/* The same tiles with VPDPBUSD (quant_vnni_level(): 1 AVX-VNNI, 2
+/* The same tiles with VPDPBUSD (quant_vnni_levels() bit 1: AVX-VNNI, bit 2:
  * AVX512-VNNI on ymm): each 4-byte group's products summed into the i32
  * lanes in one instruction instead of maddubs (+ i16 adds) + madd; the
  * integer sums are the same, so the outputs equal the AVX2 tiles' bit for
