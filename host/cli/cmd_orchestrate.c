@@ -194,7 +194,16 @@ static int submit_next(struct run *r)
         return -1;
     }
     r->tasks[r->submitted++] = t;
-    orch_task_subscribe(t, 0, on_event, r);
+    if (!orch_task_subscribe(t, 0, on_event, r)) {
+        /* unsubscribed, the task could be evicted once it ends: not ours
+         * to release; it ends cancelled and the run stops as on a submit
+         * error */
+        fprintf(stderr, "paraserve orchestrate: task #%d: out of memory subscribing to its events\n", qi + 1);
+        r->tasks[r->submitted - 1] = NULL;
+        r->submit_error = 1;
+        orch_task_cancel(t, "out of memory");
+        return -1;
+    }
     int running = r->submitted - r->finished;
     if (running > r->peak_running)
         r->peak_running = running;

@@ -887,19 +887,25 @@ static void quant_init_once(void)
     const char *env = getenv("PARASERVE_SIMD");
 #ifdef PS_QUANT_HAVE_AVX2
     /* PARASERVE_SIMD=scalar: the portable C kernels; =avx2: AVX2 without
-     * the VNNI tiles; =avxvnni / =avx512vnni: that encoding of the tiles
-     * if the CPU has it (A/B runs, tests); unset or other: the best this
-     * CPU has (AVX-VNNI before AVX512-VNNI: the same instruction on ymm) */
+     * the VNNI tiles; =avxvnni / =avx512vnni / =avx512: that encoding of
+     * the tiles if the CPU has it, else plain AVX2 (A/B runs, tests); unset
+     * or other: the best this CPU has - the zmm tiles, then AVX-VNNI, then
+     * AVX512-VNNI on ymm (the same instruction as AVX-VNNI) */
     if (!(env && strcmp(env, "scalar") == 0) && quant_avx2_supported()) {
         k = &quant_kernels_avx2;
         int levels = quant_vnni_levels();
         if (env && strcmp(env, "avx2") == 0)
             levels = 0;
+        else if (env && strcmp(env, "avxvnni") == 0)
+            levels &= 1;
         else if (env && strcmp(env, "avx512vnni") == 0)
             levels &= 2;
+        else if (env && strcmp(env, "avx512") == 0)
+            levels &= 4;
         if (levels) {
             quant_vnni_kernels_init();
-            k = levels & 1 ? &quant_kernels_avx_vnni : &quant_kernels_avx512_vnni;
+            k = levels & 4 ? &quant_kernels_avx512_zmm
+                : levels & 1 ? &quant_kernels_avx_vnni : &quant_kernels_avx512_vnni;
         }
     }
 #else

@@ -71,9 +71,11 @@ void quant_init(void);
  * PARASERVE_SIMD=scalar in the environment forces the scalar path. */
 const char *quant_simd_name(void);
 
-/* The instructions of the x8 tiles (quant_mat_dot_x8): "avxvnni" or
- * "avx512vnni" (VPDPBUSD on ymm) where the CPU has them, else "avx2";
- * "none" on the scalar path.  PARASERVE_SIMD=avx2 keeps them on AVX2. */
+/* The instructions of the x8 tiles (quant_mat_dot_x8): "avx512" (VPDPBUSD
+ * on zmm, two tiles per register), "avxvnni" or "avx512vnni" (VPDPBUSD on
+ * ymm) where the CPU has them, else "avx2"; "none" on the scalar path.
+ * PARASERVE_SIMD=avx2 keeps them on AVX2; =avx512, =avxvnni, =avx512vnni
+ * pick that one where the CPU has it. */
 const char *quant_x8_isa_name(void);
 
 /* Dequantize n elements (multiple of the block size) of `type` at src to

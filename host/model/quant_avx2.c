@@ -204,7 +204,7 @@ AVX2_INLINE __m256i dpbusd(__m256i acc, __m256i u, __m256i s, const int VNNI)
     if (VNNI == 1)
         __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
     else
-        __asm__("vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
+        __asm__("%{evex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(u), "x"(s));
     return acc;
 }
 
@@ -649,6 +649,176 @@ X8_VNNI(1)
 X8_VNNI(2)
 #undef X8_VNNI
 
+/* ---- the x8 tiles two groups at a time on zmm (AVX512-VNNI + BW) ----------
+ *
+ * Groups g and g + 1 side by side in one 512-bit register: lanes 0-7 the
+ * rows of group g, lanes 8-15 those of group g + 1, each group's 32-byte
+ * vector in its half (one insert).  The activation's 4-byte group is the
+ * same for both halves (a broadcast), so every lane does what the ymm
+ * tiles' lane does: the same exact integer dot per block (VPDPBUSD), the
+ * same FMAs in block order - the outputs are the x8 tiles' bit for bit,
+ * and out[8 g .. 8 g + 15] is one 16-float store.  Activation rows in
+ * passes of up to 8 (the 32 zmm registers hold 8 sums and 8 accumulators
+ * beside the weights), so each weight tile is read half as often as by
+ * the ymm tiles' passes of 4.  An odd last group pairs with itself and
+ * stores its low half.  Q8_0: VPDPBUSD takes |w| as u8 and the activation
+ * bytes negated where w < 0 (a mask from w's sign bits: AVX512BW has no
+ * VPSIGNB), the same products as the sign trick: w = 0 has |w| = 0. */
+#define AVX512_ZMM_INLINE \
+    static inline __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni"), always_inline))
+#define AVX512_ZMM __attribute__((target("avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define X16_NT 8   /* activation rows per pass (mdot_x16's switch has a case per count) */
+
+/* [a | b] */
+AVX512_ZMM_INLINE __m512i cat_i256(const uint8_t *a, const uint8_t *b)
+{
+    return _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_load_si256((const __m256i *)a)),
+                              _mm256_load_si256((const __m256i *)b), 1);
+}
+
+/* f32 of 8 f16 at a, then 8 at b */
+AVX512_ZMM_INLINE __m512 cat_h8(const uint8_t *a, const uint8_t *b)
+{
+    return _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(_mm_loadu_si128((const __m128i *)a)),
+                                                   _mm_loadu_si128((const __m128i *)b), 1));
+}
+
+AVX512_ZMM_INLINE void q41x16_pass(const uint8_t *xa, const uint8_t *xb, int64_t nb, const uint8_t *const *y,
+                                   const float *const *da, const float *const *sa, __m512 *acc, const int NT)
+{
+    const __m512i m4 = _mm512_set1_epi8(0x0f);
+    __m512 a[X16_NT];
+    for (int j = 0; j < NT; j++)
+        a[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, xa += QUANT_X8_BLOCK, xb += QUANT_X8_BLOCK) {
+        for (int l = 0; l < 3; l++) {
+            _mm_prefetch((const char *)(xa + MDOT_PF + 64 * l), _MM_HINT_T0);
+            _mm_prefetch((const char *)(xb + MDOT_PF + 64 * l), _MM_HINT_T0);
+        }
+        __m512i s[X16_NT];
+        for (int j = 0; j < NT; j++)
+            s[j] = _mm512_setzero_si512();
+        for (int g = 0; g < 8; g++) {
+            const __m512i t = cat_i256(xa + 32 + 32 * (g & 3), xb + 32 + 32 * (g & 3));
+            const __m512i w = _mm512_and_si512(g < 4 ? t : _mm512_srli_epi16(t, 4), m4);   /* elements 4g.. */
+            for (int j = 0; j < NT; j++) {
+                const __m512i yb = _mm512_set1_epi32((int)ld_u32(y[j] + 36 * i + 4 + 4 * g));
+                s[j] = _mm512_dpbusd_epi32(s[j], w, yb);
+            }
+        }
+        const __m512 dw = cat_h8(xa, xb), mw = cat_h8(xa + 16, xb + 16);
+        for (int j = 0; j < NT; j++) {
+            a[j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da[j][i])), _mm512_cvtepi32_ps(s[j]), a[j]);
+            a[j] = _mm512_fmadd_ps(mw, _mm512_set1_ps(sa[j][i]), a[j]);
+        }
+    }
+    for (int j = 0; j < NT; j++)
+        acc[j] = a[j];
+}
+
+AVX512_ZMM_INLINE void q80x16_pass(const uint8_t *xga, const uint8_t *xgb, int64_t nb, const uint8_t *const *y,
+                                   const float *const *da, __m512 *acc, const int NT)
+{
+    const size_t qoff = quant_q8_0x8_group_bytes(nb) - (size_t)nb * 256;
+    const uint8_t *qa = xga + qoff, *qb = xgb + qoff;
+    __m512 a[X16_NT];
+    for (int j = 0; j < NT; j++)
+        a[j] = _mm512_setzero_ps();
+    for (int64_t i = 0; i < nb; i++, qa += 256, qb += 256) {
+        for (int l = 0; l < 4; l++) {
+            _mm_prefetch((const char *)(qa + MDOT_PF + 64 * l), _MM_HINT_T0);
+            _mm_prefetch((const char *)(qb + MDOT_PF + 64 * l), _MM_HINT_T0);
+        }
+        __m512i s[X16_NT];
+        for (int j = 0; j < NT; j++)
+            s[j] = _mm512_setzero_si512();
+        for (int k = 0; k < 8; k++) {
+            const __m512i w = cat_i256(qa + 32 * k, qb + 32 * k);
+            const __m512i u = _mm512_abs_epi8(w);   /* -128 -> 0x80: 128 as u8 */
+            const __mmask64 neg = _mm512_movepi8_mask(w);
+            for (int j = 0; j < NT; j++) {
+                const __m512i yb = _mm512_set1_epi32((int)ld_u32(y[j] + 34 * i + 2 + 4 * k));
+                const __m512i sy = _mm512_mask_sub_epi8(yb, neg, _mm512_setzero_si512(), yb);
+                s[j] = _mm512_dpbusd_epi32(s[j], u, sy);
+            }
+        }
+        const __m512 dw = cat_h8(xga + 16 * i, xgb + 16 * i);
+        for (int j = 0; j < NT; j++)
+            a[j] = _mm512_fmadd_ps(_mm512_mul_ps(dw, _mm512_set1_ps(da[j][i])), _mm512_cvtepi32_ps(s[j]), a[j]);
+    }
+    for (int j = 0; j < NT; j++)
+        acc[j] = a[j];
+}
+
+/* mdot_x8's contract, the groups in pairs on zmm */
+AVX512_ZMM_INLINE void mdot_x16(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as, int64_t nt,
+                                float *out, int64_t os, const int Q8)
+{
+    const size_t gb = Q8 ? quant_q8_0x8_group_bytes(nb) : (size_t)nb * QUANT_X8_BLOCK;
+    const size_t ab = Q8 ? 34 : 36;   /* activation block bytes */
+    float daf[X16_NT * QUANT_X8_MAXB], saf[X16_NT * QUANT_X8_MAXB];   /* saf: Q4_1 only */
+    for (int64_t t0 = 0; t0 < nt; t0 += X16_NT) {
+        const int nr = nt - t0 < X16_NT ? (int)(nt - t0) : X16_NT;
+        const uint8_t *y[X16_NT];
+        const float *da[X16_NT], *sa[X16_NT];
+        for (int j = 0; j < X16_NT; j++) {
+            const int jj = j < nr ? j : 0;
+            y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
+            da[j] = daf + (size_t)jj * nb;
+            sa[j] = Q8 ? NULL : saf + (size_t)jj * nb;
+        }
+        for (int j = 0; j < nr; j++)
+            for (int64_t i = 0; i < nb; i++) {
+                daf[(size_t)j * nb + i] = ld_h(y[j] + ab * i);
+                if (!Q8)
+                    saf[(size_t)j * nb + i] = ld_h(y[j] + ab * i + 2);
+            }
+        for (int64_t g = 0; g < ng; g += 2) {
+            const uint8_t *xa = (const uint8_t *)x8 + (size_t)g * gb;
+            const uint8_t *xb = g + 1 < ng ? xa + gb : xa;
+            __m512 acc[X16_NT];
+            switch (nr * 2 + Q8) {
+#define X16_PASS(n) \
+            case 2 * n: q41x16_pass(xa, xb, nb, y, da, sa, acc, n); break; \
+            case 2 * n + 1: q80x16_pass(xa, xb, nb, y, da, acc, n); break;
+            X16_PASS(1) X16_PASS(2) X16_PASS(3) X16_PASS(4) X16_PASS(5) X16_PASS(6) X16_PASS(7)
+#undef X16_PASS
+            case 2 * X16_NT + 1: q80x16_pass(xa, xb, nb, y, da, acc, X16_NT); break;
+            default: q41x16_pass(xa, xb, nb, y, da, sa, acc, X16_NT); break;
+            }
+            for (int j = 0; j < nr; j++) {
+                float *o = out + (t0 + j) * os + 8 * g;
+                if (xb != xa)
+                    _mm512_storeu_ps(o, acc[j]);
+                else
+                    _mm256_storeu_ps(o, _mm512_castps512_ps256(acc[j]));
+            }
+        }
+    }
+}
+
+#ifndef X16_MIN_NT
+#define X16_MIN_NT 2
+#endif
+
+static AVX512_ZMM void mdot_q4_1x8_zmm(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as,
+                                       int64_t nt, float *out, int64_t os)
+{
+    if (nt < X16_MIN_NT)
+        mdot_x8(x8, nb, ng, a, as, nt, out, os, 0, 2);
+    else
+        mdot_x16(x8, nb, ng, a, as, nt, out, os, 0);
+}
+
+static AVX512_ZMM void mdot_q8_0x8_zmm(const void *x8, int64_t nb, int64_t ng, const void *a, size_t as,
+                                       int64_t nt, float *out, int64_t os)
+{
+    if (nt < X16_MIN_NT)
+        mdot_x8(x8, nb, ng, a, as, nt, out, os, 1, 2);
+    else
+        mdot_x16(x8, nb, ng, a, as, nt, out, os, 1);
+}
+
 /* ---- Q4_K x Q8_K ----------------------------------------------------------- */
 
 /* shuffle control broadcasting 16-bit word k (of each 128-bit lane) */
@@ -898,24 +1068,28 @@ const struct quant_kernels quant_kernels_avx2 = {
 };
 
 /* avx2 with the VNNI x8 tiles (set up from quant_kernels_avx2 at init) */
-struct quant_kernels quant_kernels_avx_vnni, quant_kernels_avx512_vnni;
+struct quant_kernels quant_kernels_avx_vnni, quant_kernels_avx512_vnni, quant_kernels_avx512_zmm;
 
 int quant_vnni_levels(void)
 {
     unsigned a, b, c, d;
     if (!quant_avx2_supported() || !__get_cpuid_count(7, 0, &a, &b, &c, &d))
         return 0;
-    const unsigned b7 = b, c7 = c;
+    const unsigned b7 = b, c7 = c, max_sub7 = a;
     int levels = 0;
-    if (__get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4)))
+    if (max_sub7 >= 1 && __get_cpuid_count(7, 1, &a, &b, &c, &d) && (a & (1u << 4)))
         levels |= 1;   /* AVX-VNNI: VEX, the ymm state the AVX2 check already found enabled */
     /* AVX512-VNNI (7.0:ECX 11) + AVX512VL (7.0:EBX 31), and the OS saving the
      * opmask and zmm state (XCR0 bits 5-7) that EVEX instructions need */
     if ((c7 & (1u << 11)) && (b7 & (1u << 31)) && __get_cpuid(1, &a, &b, &c, &d) && (c & (1u << 27))) {
         unsigned lo, hi;
         __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-        if ((lo & 0xe6) == 0xe6)
+        if ((lo & 0xe6) == 0xe6) {
             levels |= 2;
+            /* the zmm tiles: AVX512F (7.0:EBX 16) and AVX512BW (7.0:EBX 30) too */
+            if ((b7 & (1u << 16)) && (b7 & (1u << 30)))
+                levels |= 4;
+        }
     }
     return levels;
 }
@@ -930,6 +1104,10 @@ void quant_vnni_kernels_init(void)
     quant_kernels_avx512_vnni.x8_isa = "avx512vnni";
     quant_kernels_avx512_vnni.mdot_q4_1x8 = mdot_q4_1x8_vnni2;
     quant_kernels_avx512_vnni.mdot_q8_0x8 = mdot_q8_0x8_vnni2;
+    quant_kernels_avx512_zmm = quant_kernels_avx2;
+    quant_kernels_avx512_zmm.x8_isa = "avx512";
+    quant_kernels_avx512_zmm.mdot_q4_1x8 = mdot_q4_1x8_zmm;
+    quant_kernels_avx512_zmm.mdot_q8_0x8 = mdot_q8_0x8_zmm;
 }
 
 #else /* !PS_QUANT_HAVE_AVX2 */

@@ -69,13 +69,15 @@ extern const struct quant_kernels quant_kernels_scalar;
 #define PS_QUANT_HAVE_AVX2 1
 /* Valid only where quant_avx2_supported() is true. */
 extern const struct quant_kernels quant_kernels_avx2;
-/* quant_kernels_avx2 with the x8 tiles on VPDPBUSD, VEX (AVX-VNNI) or EVEX
- * on ymm (AVX512-VNNI + VL); filled by quant_vnni_kernels_init(), valid
- * only where quant_vnni_levels() has bit 1 or 2 respectively. */
-extern struct quant_kernels quant_kernels_avx_vnni, quant_kernels_avx512_vnni;
+/* quant_kernels_avx2 with the x8 tiles on VPDPBUSD: VEX on ymm (AVX-VNNI),
+ * EVEX on ymm (AVX512-VNNI + VL), or EVEX on zmm, two 8-row groups per
+ * register (AVX512F + BW + VL + VNNI); filled by quant_vnni_kernels_init(),
+ * valid only where quant_vnni_levels() has bit 1, 2 or 4 respectively. */
+extern struct quant_kernels quant_kernels_avx_vnni, quant_kernels_avx512_vnni, quant_kernels_avx512_zmm;
 void quant_vnni_kernels_init(void);
-/* The VPDPBUSD encodings usable on ymm, a bit each: 1 AVX-VNNI (VEX), 2
- * AVX512-VNNI + AVX512VL with the OS saving zmm state (EVEX); 0: none. */
+/* The VPDPBUSD encodings this CPU and OS can run, a bit each: 1 AVX-VNNI
+ * (VEX), 2 AVX512-VNNI + AVX512VL with the OS saving zmm state (EVEX on
+ * ymm), 4 bit 2 plus AVX512F and AVX512BW (EVEX on zmm); 0: none. */
 int quant_vnni_levels(void);
 #endif
 
