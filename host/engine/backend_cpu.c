@@ -65,6 +65,7 @@
 
 #include "../common/status.h"
 #include "../model/quant.h"
+#include "attn_x86.h"
 #include "threadpool.h"
 
 #if defined(__x86_64__)
@@ -84,9 +85,7 @@
 #define MAX_BATCH_DEFAULT   2048
 #define ATTN_ROWS           16   /* query rows of one sequence per attention item */
 #define KV_Q8_DMAX          512  /* head_dim of a q8 cache at most (stack buffers) */
-#define GRP_ROWS            8    /* decode rows per shared-prefix attention item at most */
 #define GRP_MIN_PREFIX      64   /* shared positions that make a shared-prefix item */
-#define ATTN_SPLIT_MAX_HEADS 64 /* query heads attn_split handles (its sums on the stack) */
 #ifndef ATTN_SPLIT_PF
 #define ATTN_SPLIT_PF      48   /* attn_split: K rows (scores) and V lines (P.V) prefetched this many
                                    positions ahead (2026-11-27, 2048 positions: 4.8-5.3 ms of
@@ -125,6 +124,9 @@ struct cpu_backend {
     threadpool        *tp;
     int                n_threads;
     int                simd;       /* AVX2+FMA+F16C path for attention */
+#ifdef CPU_X86
+    const struct attn_x86_ops *attn_ops;   /* with simd: the ymm or zmm build of the kernels */
+#endif
 
     int64_t            q_dim, kv_dim, ctx_max;
     int64_t            max_T;
@@ -283,18 +285,6 @@ static void store_f16(int simd, uint16_t *dst, const float *src, int64_t n)
         dst[i] = f32_to_fp16(src[i]);
 }
 
-/* One q8 cache row: n (% 32 == 0) values as n / 32 blocks of int8 q and
- * an f32 scale each, by quant_q8_block_scalar (backend.h's rule: d =
- * max|x| / 127, q = round-half-away(x * (1 / d)) in [-127, 127], as the
- * attention kernel's sign trick needs; a block holding a NaN: d = NaN, q
- * 0).  Scalar on both paths: the cache holds the same bytes whatever the
- * SIMD level. */
-static void kv_q8_store(int8_t *q, float *d, const float *x, int64_t n)
-{
-    for (int64_t b = 0; b < n / 32; b++)
-        (void)quant_q8_block_scalar(x + 32 * b, q + 32 * b, d + b);
-}
-
 static inline float silu(float x)
 {
     return x / (1.0f + expf(-x));
@@ -405,17 +395,14 @@ static void mm_rows(const struct mm_part *p, int64_t r0, int64_t r1, int64_t T)
     }
 }
 
-#ifdef CPU_X86
-static void swiglu_avx2(float *o, const float *g, const float *u, int64_t n);
-#endif
 
-/* o[n] = silu(g[n]) * u[n]: expf, or with simd swiglu_avx2 (the same
+/* o[n] = silu(g[n]) * u[n]: expf, or with simd attn_x86's swiglu (the same
  * function for every element whatever n, so tiles never change a value) */
 static void swiglu_row(int simd, float *o, const float *g, const float *u, int64_t n)
 {
 #ifdef CPU_X86
     if (simd) {
-        swiglu_avx2(o, g, u, n);
+        attn_x86_avx2.swiglu(o, g, u, n);
         return;
     }
 #endif
@@ -609,567 +596,6 @@ static void axpy_f16(int simd, float *out, float w, const uint16_t *b, int64_t n
         out[i] += w * fp16_to_f32(b[i]);
 }
 
-/* offs[j] = cache offset (elements from the layer's base) of position j of
- * sequence s, for j in [j0, n): block by block from its block table. */
-static void seq_cache_offs(const struct batch_seq *s, int64_t j0, int64_t n, int64_t bs, int64_t kv_dim,
-                           int64_t *offs)
-{
-    for (int64_t j = j0; j < n;) {
-        const int64_t base = (int64_t)s->block_table[j / bs] * bs * kv_dim;
-        const int64_t end = (j / bs + 1) * bs < n ? (j / bs + 1) * bs : n;
-        for (int64_t i = j % bs; j < end; j++, i++)
-            offs[j] = base + i * kv_dim;
-    }
-}
-
-#ifdef CPU_X86
-
-/* ---- SIMD attention: one query row, G heads sharing one KV head ----------
- *
- * Per (row, head), whatever G, the thread or the batch:
- *   s_j  = dot_f32_f16_avx2(q, k_j, D) * scale  (bitwise: two 8-lane
- *          accumulators over even / odd chunks, the same final reduction)
- *   m    = max_j s_j;  e_j = exp_avx2(s_j - m);  sum = tree(8-lane sum of
- *          e_j over positions in chunks of 8, in order)
- *   out  = (sum_j e_j * v_j, FMAs in position order) * (1 / sum)
- * Positions go 8 at a time: 8 K rows converted to f32 once for the G heads,
- * their 8 scores reduced together (hsum_halves8), so no horizontal sum per
- * score; exp 8 lanes at a time.  Lanes past n_ctx score -inf, whose exp is
- * exactly 0.  D % 16 == 0, D <= ATTN_DMAX. */
-#define ATTN_DMAX 256
-#ifndef ATTN_PF
-#define ATTN_PF 16   /* positions of K/V prefetched ahead */
-#endif
-/* lines of the next item's rows prefetched per 8-position score chunk and
- * per P.V position step: a whole-row item of 544 positions has 204 chunks
- * and 3264 steps for 6528 lines */
-#ifndef ATTN_PF_QK
-#define ATTN_PF_QK 8
-#endif
-#ifndef ATTN_PF_PV
-#define ATTN_PF_PV 2
-#endif
-
-#define AVX2_FN __attribute__((target("avx2,fma,f16c")))
-#define AVX2_INL static inline __attribute__((target("avx2,fma,f16c"), always_inline))
-
-/* ((v0+v1)+(v2+v3)) + ((v4+v5)+(v6+v7)) */
-AVX2_INL float hsum_tree(__m256 v)
-{
-    __m256 h = _mm256_hadd_ps(v, v);
-    h = _mm256_hadd_ps(h, h);
-    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1)));
-}
-
-/* lane r = ((v0+v4)+(v2+v6)) + ((v1+v5)+(v3+v7)) of v[r] (the order of
- * dot_f32_f16_avx2's final reduction), bitwise, for 8 vectors at once */
-AVX2_INL __m256 hsum_halves8(const __m256 *v)
-{
-    __m256 x[4];   /* x[k] = [v[2k].lo + v[2k].hi | v[2k+1].lo + v[2k+1].hi] */
-    for (int k = 0; k < 4; k++)
-        x[k] = _mm256_add_ps(_mm256_permute2f128_ps(v[2 * k], v[2 * k + 1], 0x20),
-                             _mm256_permute2f128_ps(v[2 * k], v[2 * k + 1], 0x31));
-    /* (s0+s2, s1+s3) of rows (0, 2 | 1, 3) and (4, 6 | 5, 7) */
-    const __m256 r0 = _mm256_add_ps(_mm256_shuffle_ps(x[0], x[1], 0x44), _mm256_shuffle_ps(x[0], x[1], 0xee));
-    const __m256 r1 = _mm256_add_ps(_mm256_shuffle_ps(x[2], x[3], 0x44), _mm256_shuffle_ps(x[2], x[3], 0xee));
-    /* lanes: rows 0, 2, 4, 6, 1, 3, 5, 7 */
-    return _mm256_permutevar8x32_ps(_mm256_hadd_ps(r0, r1), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-}
-
-AVX2_INL float hmax(__m256 v)
-{
-    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
-    return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
-}
-
-/* e^x: 2^n * p(r), n = floor(x log2(e) + 1/2), r = x - n ln2 in two parts,
- * p the Cephes expf polynomial; within 2 ulp of expf on [-87, 88], exactly
- * 0 below -88.37 (x = -inf included), e^88 above 88. */
-AVX2_INL __m256 exp_avx2(__m256 x)
-{
-    x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-88.3762626647949f)), _mm256_set1_ps(88.0f));
-    __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(x, _mm256_set1_ps(1.44269504088896341f), _mm256_set1_ps(0.5f)));
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
-    x = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), x);
-    const __m256 z = _mm256_mul_ps(x, x);
-    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, x, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_add_ps(_mm256_fmadd_ps(y, z, x), _mm256_set1_ps(1.0f));
-    const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvttps_epi32(fx), _mm256_set1_epi32(127)), 23);
-    return _mm256_mul_ps(y, _mm256_castsi256_ps(n));
-}
-
-/* o[n] = g / (1 + e^-g) * u, 8 lanes at a time; a tail shorter than 8 goes
- * through the same vector code in a padded copy. */
-AVX2_FN static void swiglu_avx2(float *o, const float *g, const float *u, int64_t n)
-{
-    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_loadu_ps(g + i);
-        const __m256 s = _mm256_div_ps(x, _mm256_add_ps(one, exp_avx2(_mm256_xor_ps(x, sign))));
-        _mm256_storeu_ps(o + i, _mm256_mul_ps(s, _mm256_loadu_ps(u + i)));
-    }
-    if (i < n) {
-        float tg[8] = {0}, tu[8] = {0}, to[8];
-        memcpy(tg, g + i, (size_t)(n - i) * sizeof *tg);
-        memcpy(tu, u + i, (size_t)(n - i) * sizeof *tu);
-        swiglu_avx2(to, tg, tu, 8);
-        memcpy(o + i, to, (size_t)(n - i) * sizeof *to);
-    }
-}
-
-/* Prefetch cursor over the cache rows of the item a thread runs next:
- * `lines` 64-byte lines of K and V at k / v + esz * offs[j] (bytes), j < n,
- * one 64-byte line at a time (K's lines of a position, then V's; with q8,
- * the line of the position's K and V scales at ks / vs + 4 * (offs[j] / 32)
- * first).  The item
- * being computed advances it a few lines per loop step, so the next item's
- * rows stream in evenly while this one computes (bursts of whole rows
- * overrun the outstanding-miss queue). */
-struct attn_pf {
-    const int64_t *offs;
-    int64_t        n, pos;    /* positions; current one */
-    const char    *k, *v;
-    int64_t        lines;     /* 64-byte lines per row: (bytes of a row + 63) / 64 */
-    int64_t        line;      /* next line of position pos: [0, 2 * lines) */
-    int64_t        esz;       /* bytes per cache element: 2 (f16), 1 (q8) */
-    const char    *ks, *vs;   /* q8 scales (NULL: f16) */
-};
-
-AVX2_INL void attn_pf_step(struct attn_pf *pf, int nlines)
-{
-    if (!pf)
-        return;
-    for (; nlines > 0 && pf->pos < pf->n; nlines--) {
-        const char *base = pf->line < pf->lines ? pf->k + 64 * pf->line : pf->v + 64 * (pf->line - pf->lines);
-        if (pf->ks && pf->line == 0) {
-            _mm_prefetch(pf->ks + 4 * (pf->offs[pf->pos] >> 5), _MM_HINT_T1);
-            _mm_prefetch(pf->vs + 4 * (pf->offs[pf->pos] >> 5), _MM_HINT_T1);
-        }
-        _mm_prefetch(base + pf->esz * pf->offs[pf->pos], _MM_HINT_T1);
-        if (++pf->line == 2 * pf->lines) {
-            pf->line = 0;
-            pf->pos++;
-        }
-    }
-}
-
-/* Prefetch `bytes` of the K rows (into L1) and the V rows (into L2) of
- * positions [p0, min(p1, n)) at k / v + esz * offs[p]. */
-AVX2_INL void attn_pf_positions(const char *k, const char *v, int64_t esz, const int64_t *offs, int64_t p0,
-                                int64_t p1, int64_t n, int64_t bytes)
-{
-    for (int64_t p = p0; p < p1 && p < n; p++) {
-        const char *kp = k + esz * offs[p], *vp = v + esz * offs[p];
-        for (int64_t b = 0; b < bytes; b += 64) {
-            _mm_prefetch(kp + b, _MM_HINT_T0);
-            _mm_prefetch(vp + b, _MM_HINT_T1);
-        }
-    }
-}
-
-/* out_g = (init_g + sum_j p_g[j] * v_j) * (1 / sum[g]) for G heads (p_g =
- * sc + g * ctx_stride, j in [j_first, n_ctx); init: [G][D] partial sums of
- * the positions before j_first, NULL for zeros): per element one FMA per
- * position in position order, in column slices of NV * 8 (NV a constant:
- * the accumulators stay in registers).  Q8: v_j's element is (f32) q, its
- * weight (p_g[j] * d) with d the scale of the element's block
- * (vsb[offs[j] / 32 + d0 / 32]; a slice of 16 or 32 never crosses a
- * block). */
-AVX2_INL void attn_pv_avx2(float *out, const float *sc, int64_t ctx_stride, const int64_t *offs,
-                           const char *vbase, const float *vsb, int64_t j_first, int64_t n_ctx, int64_t D,
-                           int64_t d_begin, int64_t d_end, const float *init, const float *sum,
-                           struct attn_pf *pf, const int G, const int NV, const int Q8)
-{
-    /* only elements [d_begin, d_end) (multiples of 8 * NV): each element's
-     * value is the same whatever the range it is computed in */
-    for (int64_t d0 = d_begin; d0 < d_end; d0 += 8 * NV) {
-        __m256 a[8][4];
-        for (int g = 0; g < G; g++)
-            for (int k = 0; k < NV; k++)
-                a[g][k] = init ? _mm256_loadu_ps(init + g * D + d0 + 8 * k) : _mm256_setzero_ps();
-        for (int64_t j = j_first; j < n_ctx; j++) {
-            attn_pf_step(pf, ATTN_PF_PV);
-            /* G weights, then one converted V slice at a time: G + NV * G + 1
-             * registers (16 for G = 3, NV = 4), no accumulator on the stack */
-            __m256 w[8];
-            if (Q8) {
-                const int8_t *vr = (const int8_t *)vbase + offs[j] + d0;
-                const float dv = vsb[(offs[j] >> 5) + (d0 >> 5)];
-                for (int g = 0; g < G; g++)
-                    w[g] = _mm256_set1_ps(sc[g * ctx_stride + j] * dv);
-                for (int k = 0; k < NV; k++) {
-                    const __m256 b = _mm256_cvtepi32_ps(
-                        _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(vr + 8 * k))));
-                    for (int g = 0; g < G; g++)
-                        a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
-                }
-                continue;
-            }
-            const uint16_t *vr = (const uint16_t *)vbase + offs[j] + d0;
-            for (int g = 0; g < G; g++)
-                w[g] = _mm256_broadcast_ss(sc + g * ctx_stride + j);
-            for (int k = 0; k < NV; k++) {
-                const __m256 b = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(vr + 8 * k)));
-                for (int g = 0; g < G; g++)
-                    a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
-            }
-        }
-        for (int g = 0; g < G; g++) {
-            const __m256 inv = _mm256_set1_ps(1.0f / sum[g]);
-            for (int k = 0; k < NV; k++)
-                _mm256_storeu_ps(out + g * D + d0 + 8 * k, _mm256_mul_ps(a[g][k], inv));
-        }
-    }
-}
-
-/* kf[r][0..D) = f32 of the f16 cache row (K or V) of position j0 + r (the
- * last position, n_ctx - 1, for lanes past it), r < 8 */
-AVX2_INL void attn_rows8_f16(float *kf, const char *kbase, const int64_t *offs, int64_t j0, int64_t n_ctx, int64_t D)
-{
-    for (int r = 0; r < 8; r++) {
-        const int64_t o = offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
-        const uint16_t *kr = (const uint16_t *)kbase + o;
-        for (int64_t c = 0; c < D; c += 8)
-            _mm256_store_ps(kf + r * D + c, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(kr + c))));
-    }
-}
-
-/* Lane r = dot(q[0..D), kf[r][0..D)), unscaled, in dot_f32_f16_avx2's
- * order (even / odd 8-element chunks, then hsum_halves8) */
-AVX2_INL __m256 attn_qk8_f16(const float *q, const float *kf, int64_t D)
-{
-    __m256 acc[8];
-    for (int r0 = 0; r0 < 8; r0 += 4) {
-        __m256 a0[4], a1[4];
-        for (int r = 0; r < 4; r++)
-            a0[r] = a1[r] = _mm256_setzero_ps();
-        for (int64_t c = 0; c < D; c += 16) {
-            const __m256 q0 = _mm256_loadu_ps(q + c), q1 = _mm256_loadu_ps(q + c + 8);
-            for (int r = 0; r < 4; r++) {
-                a0[r] = _mm256_fmadd_ps(q0, _mm256_load_ps(kf + (r0 + r) * D + c), a0[r]);
-                a1[r] = _mm256_fmadd_ps(q1, _mm256_load_ps(kf + (r0 + r) * D + c + 8), a1[r]);
-            }
-        }
-        for (int r = 0; r < 4; r++)
-            acc[r0 + r] = _mm256_add_ps(a0[r], a1[r]);
-    }
-    return hsum_halves8(acc);
-}
-
-/* s[g] = attn_qk8_f16(q + g * D, kf, D) for G (<= 3) heads, kf being the
- * rows attn_rows8_f16 would convert (positions j0.., the last one repeated
- * past n_ctx), bitwise: the same FMAs per (head, row, even / odd chunk) in
- * the same order, the same sums.  Without staging kf: rows in pairs, each
- * 8-element chunk converted once and fed straight to the G heads' FMAs
- * (12 accumulators; the query chunks are memory operands), so a position
- * costs 8 conversions and 8 * G FMAs with no store and reload. */
-AVX2_INL void attn_qk8_direct(const float *q, const char *kbase, const int64_t *offs, int64_t j0, int64_t n_ctx,
-                              int64_t D, __m256 *s, const int G)
-{
-    __m256 acc[3][8];
-    for (int r0 = 0; r0 < 8; r0 += 2) {
-        const uint16_t *k0 = (const uint16_t *)kbase + offs[j0 + r0 < n_ctx ? j0 + r0 : n_ctx - 1];
-        const uint16_t *k1 = (const uint16_t *)kbase + offs[j0 + r0 + 1 < n_ctx ? j0 + r0 + 1 : n_ctx - 1];
-        __m256 a[3][2][2];   /* [head][row of the pair][even / odd chunk] */
-        for (int g = 0; g < G; g++)
-            a[g][0][0] = a[g][0][1] = a[g][1][0] = a[g][1][1] = _mm256_setzero_ps();
-        for (int64_t c = 0; c < D; c += 16) {
-            const __m256 x00 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k0 + c)));
-            const __m256 x01 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k0 + c + 8)));
-            for (int g = 0; g < G; g++) {
-                a[g][0][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c), x00, a[g][0][0]);
-                a[g][0][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c + 8), x01, a[g][0][1]);
-            }
-            const __m256 x10 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k1 + c)));
-            const __m256 x11 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(k1 + c + 8)));
-            for (int g = 0; g < G; g++) {
-                a[g][1][0] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c), x10, a[g][1][0]);
-                a[g][1][1] = _mm256_fmadd_ps(_mm256_loadu_ps(q + g * D + c + 8), x11, a[g][1][1]);
-            }
-        }
-        for (int g = 0; g < G; g++) {
-            acc[g][r0] = _mm256_add_ps(a[g][0][0], a[g][0][1]);
-            acc[g][r0 + 1] = _mm256_add_ps(a[g][1][0], a[g][1][1]);
-        }
-    }
-    for (int g = 0; g < G; g++)
-        s[g] = hsum_halves8(acc[g]);
-}
-
-/* sg[g] = the unscaled scores of positions j0..j0+7 (the last one repeated
- * past n_ctx) for G query heads q + g * D: attn_qk8_direct for up to 3
- * heads, else the rows staged in kf (8 * D floats) for attn_qk8_f16; the
- * same sums either way. */
-AVX2_INL void attn_scores8(const float *q, float *kf, const char *kbase, const int64_t *offs, int64_t j0,
-                           int64_t n_ctx, int64_t D, __m256 *sg, const int G)
-{
-    if (G <= 3) {
-        attn_qk8_direct(q, kbase, offs, j0, n_ctx, D, sg, G);
-        return;
-    }
-    attn_rows8_f16(kf, kbase, offs, j0, n_ctx, D);
-    for (int g = 0; g < G; g++)
-        sg[g] = attn_qk8_f16(q + g * D, kf, D);
-}
-
-/* Softmax numerators of G heads in place (sc + g * ctx_stride, chunks of 8
- * up to n_ctx; lanes past n_ctx hold -inf) from their running maxima
- * vmx[g]; sum[g] = the denominators, a tree over 8-lane partial sums. */
-AVX2_INL void attn_softmax_avx2(float *sc, int64_t ctx_stride, int64_t n_ctx, const __m256 *vmx, float *sum,
-                                const int G)
-{
-    for (int g = 0; g < G; g++) {
-        const __m256 m = _mm256_set1_ps(hmax(vmx[g]));
-        float *sg = sc + g * ctx_stride;
-        __m256 vs = _mm256_setzero_ps();
-        for (int64_t j0 = 0; j0 < n_ctx; j0 += 8) {
-            const __m256 e = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sg + j0), m));
-            _mm256_storeu_ps(sg + j0, e);
-            vs = _mm256_add_ps(vs, e);
-        }
-        sum[g] = hsum_tree(vs);
-    }
-}
-
-/* q: [G][D] query heads; out: [G][D]; sc: [G][ctx_stride] scratch,
- * ctx_stride >= n_ctx rounded up to 8; offs[j]: offset (elements) of
- * position j's row from kbase / vbase (bytes: f16, or int8 with Q8), which
- * point at this KV head; Q8: ksb / vsb point at the head's scales (scale of
- * element c of position j at ksb[offs[j] / 32 + c / 32]).
- * Prefetch: pf_bytes of each row from kpf / vpf + offs[j] elements ATTN_PF
- * positions ahead (0: none, the rows were fetched while the previous item
- * ran), and the next item's rows through pf (NULL: none). */
-AVX2_INL void attn_row_avx2(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
-                            const char *kbase, const char *vbase, const float *ksb, const float *vsb,
-                            const char *kpf, const char *vpf, int64_t pf_bytes, struct attn_pf *pf, int64_t n_ctx,
-                            int64_t D, float scale, const int G, const int Q8)
-{
-    const int64_t esz = Q8 ? 1 : 2;
-    /* Q8: the G query heads quantized as the cache rows are (kv_q8_store) */
-    _Alignas(32) int8_t qi[8 * ATTN_DMAX];
-    float dq[8 * ATTN_DMAX / 32];
-    if (Q8)
-        for (int g = 0; g < G; g++)
-            kv_q8_store(qi + g * D, dq + g * (D / 32), q + g * D, D);
-    _Alignas(32) float kf[8 * ATTN_DMAX];
-    __m256 vmx[8];
-    const __m256 vscale = _mm256_set1_ps(scale), ninf = _mm256_set1_ps(-INFINITY);
-    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int g = 0; g < G; g++)
-        vmx[g] = ninf;
-    for (int64_t j0 = 0; j0 < n_ctx; j0 += 8) {
-        /* At large batches the cache rows come from DRAM: K rows ATTN_PF
-         * positions ahead into L1, V rows into L2 for the P.V loop below
-         * (measured: ~20% off the attention time of a batch-32 step). */
-        attn_pf_positions(kpf, vpf, esz, offs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n_ctx, pf_bytes);
-        attn_pf_step(pf, ATTN_PF_QK);
-        /* lanes at positions >= n_ctx */
-        const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n_ctx - j0)), _CMP_GE_OQ);
-        if (Q8) {
-            /* 8 positions' K rows (last valid one repeated past n_ctx) and,
-             * per block, their 8 K scales */
-            const int8_t *kr[8];
-            __m256 dk[ATTN_DMAX / 32];
-            for (int r = 0; r < 8; r++)
-                kr[r] = (const int8_t *)kbase + offs[j0 + r < n_ctx ? j0 + r : n_ctx - 1];
-            for (int64_t b = 0; b < D / 32; b++)
-                dk[b] = _mm256_setr_ps(ksb[((kr[0] - (const int8_t *)kbase) >> 5) + b],
-                                       ksb[((kr[1] - (const int8_t *)kbase) >> 5) + b],
-                                       ksb[((kr[2] - (const int8_t *)kbase) >> 5) + b],
-                                       ksb[((kr[3] - (const int8_t *)kbase) >> 5) + b],
-                                       ksb[((kr[4] - (const int8_t *)kbase) >> 5) + b],
-                                       ksb[((kr[5] - (const int8_t *)kbase) >> 5) + b],
-                                       ksb[((kr[6] - (const int8_t *)kbase) >> 5) + b],
-                                       ksb[((kr[7] - (const int8_t *)kbase) >> 5) + b]);
-            const __m256i ones = _mm256_set1_epi16(1);
-            for (int g = 0; g < G; g++) {
-                __m256 acc = _mm256_setzero_ps();
-                for (int64_t b = 0; b < D / 32; b++) {
-                    const __m256i qv = _mm256_load_si256((const __m256i *)(qi + g * D + 32 * b));
-                    __m256 v[8];
-                    for (int r = 0; r < 8; r++) {
-                        const __m256i k = _mm256_loadu_si256((const __m256i *)(kr[r] + 32 * b));
-                        v[r] = _mm256_cvtepi32_ps(_mm256_madd_epi16(
-                            _mm256_maddubs_epi16(_mm256_sign_epi8(k, k), _mm256_sign_epi8(qv, k)), ones));
-                    }
-                    /* integer sums (exact in f32), one lane per position */
-                    acc = _mm256_fmadd_ps(_mm256_mul_ps(dk[b], _mm256_set1_ps(dq[g * (D / 32) + b])),
-                                          hsum_halves8(v), acc);
-                }
-                const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(acc, vscale), ninf, past);
-                _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
-                vmx[g] = _mm256_max_ps(vmx[g], s);
-            }
-            continue;
-        }
-        __m256 sg[8];
-        attn_scores8(q, kf, kbase, offs, j0, n_ctx, D, sg, G);
-        for (int g = 0; g < G; g++) {
-            const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
-            _mm256_storeu_ps(sc + g * ctx_stride + j0, s);
-            vmx[g] = _mm256_max_ps(vmx[g], s);
-        }
-    }
-    float sum[8];
-    attn_softmax_avx2(sc, ctx_stride, n_ctx, vmx, sum, G);
-    /* P.V in column slices of NV * 8 (NV accumulators per head; 4 for up
-     * to 3 heads, where the 4 * G accumulators still fit the registers, so
-     * that each V row is visited half as often) */
-    if (G <= 3 && D % 32 == 0)
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, 0, D, NULL, sum, pf, G, 4, Q8);
-    else
-        attn_pv_avx2(out, sc, ctx_stride, offs, vbase, vsb, 0, n_ctx, D, 0, D, NULL, sum, pf, G, 2, Q8);
-}
-
-AVX2_FN static void attn_row_grouped(const float *q, float *out, float *sc, int64_t ctx_stride, const int64_t *offs,
-                                     const char *kbase, const char *vbase, const float *ksb, const float *vsb,
-                                     const char *kpf, const char *vpf, int64_t pf_bytes, struct attn_pf *pf,
-                                     int64_t n_ctx, int64_t D, float scale, int G, int q8)
-{
-    if (q8) {
-        switch (G) {
-#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, ksb, vsb, kpf, vpf, pf_bytes, pf, n_ctx, D, scale, n, 1); break;
-        ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
-#undef ATTN_G
-        default: break;
-        }
-        return;
-    }
-    switch (G) {
-#define ATTN_G(n) case n: attn_row_avx2(q, out, sc, ctx_stride, offs, kbase, vbase, ksb, vsb, kpf, vpf, pf_bytes, pf, n_ctx, D, scale, n, 0); break;
-    ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
-#undef ATTN_G
-    default: break;
-    }
-}
-/* ---- SIMD attention over a shared prefix (f16 cache) ----------------------
- *
- * R decode rows (one per sequence) whose first P positions (P % 8 == 0)
- * are the same cache blocks, G query heads of one KV head each.  Every
- * (row, head) gets bitwise what attn_row_avx2 gives it alone: the same
- * score per position, the same softmax, and per output element the same
- * FMAs in position order.  Only the loop order changes: each 8-position
- * chunk of the prefix is read and converted once for all R rows (scores),
- * and each V chunk of it once for all R rows (P.V, the rows' accumulators
- * kept in acc between chunks); each row's own positions P.. follow as in
- * attn_row_avx2.  So the prefix's K/V cross the memory bus once per item,
- * not once per row. */
-struct attn_group_job {
-    int                      R;
-    const float *const      *q;        /* [R] -> [G][D] */
-    float *const            *out;      /* [R] -> [G][D] */
-    const int64_t           *n_ctx;    /* [R] positions each row sees (>= P) */
-    const struct batch_seq *const *seq;/* [R] for the offsets of positions P.. */
-    int64_t                  P;
-    const int64_t           *poffs;    /* [P] offsets of the prefix positions */
-    int64_t                 *roffs;    /* [ctx_max] scratch */
-    float                   *sc;       /* [R][G][ctx_stride], ctx_stride >= every n_ctx rounded up to 8 */
-    float                   *acc;      /* [R][G][D] */
-    int64_t                  ctx_stride, D, bs, kv_dim;
-    const char              *kbase, *vbase;   /* this KV head's rows */
-    float                    scale;
-};
-
-
-AVX2_INL void attn_group_f16(const struct attn_group_job *jb, const int G, const int NV)
-{
-    const int64_t D = jb->D, P = jb->P, cs = jb->ctx_stride;
-    _Alignas(32) float kf[8 * ATTN_DMAX];
-    __m256 vmx[GRP_ROWS][8];
-    float sum[GRP_ROWS][8];
-    const __m256 vscale = _mm256_set1_ps(jb->scale), ninf = _mm256_set1_ps(-INFINITY);
-    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int r = 0; r < jb->R; r++)
-        for (int g = 0; g < G; g++)
-            vmx[r][g] = ninf;
-
-    /* scores: the prefix, a chunk for all rows at a time (no lane past any
-     * row's n_ctx: attn_row_avx2's -inf blend keeps every lane) */
-    for (int64_t j0 = 0; j0 < P; j0 += 8) {
-        attn_pf_positions(jb->kbase, jb->vbase, 2, jb->poffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, P, 2 * D);
-        attn_rows8_f16(kf, jb->kbase, jb->poffs, j0, P, D);
-        for (int r = 0; r < jb->R; r++)
-            for (int g = 0; g < G; g++) {
-                const __m256 s = _mm256_mul_ps(attn_qk8_f16(jb->q[r] + g * D, kf, D), vscale);
-                _mm256_storeu_ps(jb->sc + ((int64_t)r * G + g) * cs + j0, s);
-                vmx[r][g] = _mm256_max_ps(vmx[r][g], s);
-            }
-    }
-    /* scores: each row's own positions, then its softmax */
-    for (int r = 0; r < jb->R; r++) {
-        const int64_t n = jb->n_ctx[r];
-        seq_cache_offs(jb->seq[r], P, n, jb->bs, jb->kv_dim, jb->roffs);
-        attn_pf_positions(jb->kbase, jb->vbase, 2, jb->roffs, P, P + ATTN_PF, n, 2 * D);
-        for (int64_t j0 = P; j0 < n; j0 += 8) {
-            attn_pf_positions(jb->kbase, jb->vbase, 2, jb->roffs, j0 + ATTN_PF, j0 + ATTN_PF + 8, n, 2 * D);
-            const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n - j0)), _CMP_GE_OQ);
-            __m256 sg[8];
-            attn_scores8(jb->q[r], kf, jb->kbase, jb->roffs, j0, n, D, sg, G);
-            for (int g = 0; g < G; g++) {
-                const __m256 s = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
-                _mm256_storeu_ps(jb->sc + ((int64_t)r * G + g) * cs + j0, s);
-                vmx[r][g] = _mm256_max_ps(vmx[r][g], s);
-            }
-        }
-        attn_softmax_avx2(jb->sc + (int64_t)r * G * cs, cs, n, vmx[r], sum[r], G);
-    }
-
-    /* P.V: the prefix, a chunk of V rows converted once for all rows */
-    memset(jb->acc, 0, (size_t)jb->R * G * D * sizeof *jb->acc);
-    float *vf = kf;
-    for (int64_t j0 = 0; j0 < P; j0 += 8) {
-        attn_rows8_f16(vf, jb->vbase, jb->poffs, j0, P, D);
-        for (int r = 0; r < jb->R; r++) {
-            const float *sr = jb->sc + (int64_t)r * G * cs + j0;
-            float *ar = jb->acc + (int64_t)r * G * D;
-            for (int64_t d0 = 0; d0 < D; d0 += 8 * NV) {
-                __m256 a[8][4];
-                for (int g = 0; g < G; g++)
-                    for (int k = 0; k < NV; k++)
-                        a[g][k] = _mm256_loadu_ps(ar + g * D + d0 + 8 * k);
-                for (int j = 0; j < 8; j++) {
-                    __m256 w[8];
-                    for (int g = 0; g < G; g++)
-                        w[g] = _mm256_broadcast_ss(sr + g * cs + j);
-                    for (int k = 0; k < NV; k++) {
-                        const __m256 b = _mm256_load_ps(vf + j * D + d0 + 8 * k);
-                        for (int g = 0; g < G; g++)
-                            a[g][k] = _mm256_fmadd_ps(w[g], b, a[g][k]);
-                    }
-                }
-                for (int g = 0; g < G; g++)
-                    for (int k = 0; k < NV; k++)
-                        _mm256_storeu_ps(ar + g * D + d0 + 8 * k, a[g][k]);
-            }
-        }
-    }
-    /* P.V: each row's own positions from its prefix sums, then 1 / sum */
-    for (int r = 0; r < jb->R; r++) {
-        seq_cache_offs(jb->seq[r], P, jb->n_ctx[r], jb->bs, jb->kv_dim, jb->roffs);
-        attn_pv_avx2(jb->out[r], jb->sc + (int64_t)r * G * cs, cs, jb->roffs, jb->vbase, NULL, P, jb->n_ctx[r], D,
-                     0, D, jb->acc + (int64_t)r * G * D, sum[r], NULL, G, NV, 0);
-    }
-}
-
-AVX2_FN static void attn_group_run(const struct attn_group_job *jb, int G)
-{
-    const int nv4 = G <= 3 && jb->D % 32 == 0;   /* attn_row_avx2's slices; values do not depend on them */
-    switch (G) {
-#define ATTN_G(n) case n: if (nv4) attn_group_f16(jb, n, 4); else attn_group_f16(jb, n, 2); break;
-    ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
-#undef ATTN_G
-    default: break;
-    }
-}
-#endif
-
 /* The f16 and q8 caches' attention runs attn_row_avx2 (for any G). */
 static int attn_simd(const struct cpu_backend *cb)
 {
@@ -1354,7 +780,7 @@ static void attn_group_item(const struct attn_task *at, const struct attn_item *
             .roffs = roffs, .sc = sc, .acc = acc, .ctx_stride = cb->grp_stride, .D = D, .bs = bs,
             .kv_dim = cb->kv_dim, .kbase = (const char *)(cb->kcache + layer_off + hoff),
             .vbase = (const char *)(cb->vcache + layer_off + hoff), .scale = 1.0f / sqrtf((float)D) };
-        attn_group_run(&jb, group);
+        cb->attn_ops->group_run(&jb, group);
     }
 }
 
@@ -1424,7 +850,7 @@ static void attn_worker_simd(struct attn_task *at, int ith)
                  * group fetches its rows (whole rows for a whole-row item);
                  * else each group pulls its slice ahead from L2 into L1 */
                 const int own = !prefetched && h == it->h0 && whole;
-                attn_row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
+                cb->attn_ops->row_grouped(cb->q + t * cb->q_dim + (int64_t)h * D, cb->att + t * cb->q_dim + (int64_t)h * D,
                                  sc, cb->ctx_stride, offs[buf], krow + esz * hoff, vrow + esz * hoff,
                                  q8 ? ksrow + hoff / 32 : NULL, q8 ? vsrow + hoff / 32 : NULL,
                                  own ? krow : krow + esz * hoff, own ? vrow : vrow + esz * hoff,
@@ -1438,147 +864,6 @@ static void attn_worker_simd(struct attn_task *at, int ith)
 }
 #endif
 
-#ifdef CPU_X86
-/* ---- one decode row split over the threads (f16 cache, AVX2) --------------
- *
- * At batch 1 the items are the KV heads (3 for SmolLM2): on 2 threads one
- * idles a third of the time, and each reads a 128-byte slice of every
- * 384-byte cache row, which streams from DRAM at a third of the rate of
- * whole rows.  Here the row's attention runs in three calls, each split
- * over all threads:
- *   1. scores: thread t takes a range of 8-position chunks and scores it
- *      for every head, reading whole K rows; lane maxima per thread;
- *   2. exp: the lane maxima of all threads give each head's max (max is
- *      exact, so the same as one pass); e_j in place, chunks split again;
- *   3. sums and P.V: each thread sums every head's e_j (8-lane, chunks in
- *      order: cheap) and computes a range of the output elements over all
- *      positions.
- * Every value is the same arithmetic as attn_row_avx2's (attn_scores8,
- * exp_avx2, the in-order lane sums, per-element FMAs in position order,
- * * (1 / sum)), so the output is bitwise what the grouped items give:
- * only the division of the work changes.  test_backend_cpu compares the
- * two.  Not with NaN scores (an f16 cache value that overflowed): max_ps
- * keeps its second operand on NaN, so lane maxima merged from threads can
- * differ from one pass's; such rows are garbage either way. */
-struct attn_split {
-    const float   *q;      /* [n_head][D] the row's query */
-    float         *out;    /* [n_head][D] */
-    const int64_t *offs;   /* [n_ctx] cache offsets (elements) */
-    const char    *krow, *vrow; /* the layer's f16 K / V (bytes) */
-    float         *sc;     /* [n_head][cs] scores, then numerators */
-    float         *vmx;    /* [nth][n_head][8] lane maxima per thread */
-    int64_t        n_ctx, cs, D, kv_dim;
-    int            n_head, group;
-    float          scale;
-    int64_t        pf;     /* positions prefetched ahead */
-};
-
-static void attn_split_chunks(const struct attn_split *a, int ith, int nth, int64_t *c0, int64_t *c1)
-{
-    const int64_t n8 = (a->n_ctx + 7) / 8;
-    *c0 = n8 * ith / nth;
-    *c1 = n8 * (ith + 1) / nth;
-}
-
-AVX2_INL void attn_split_scores_g(const struct attn_split *a, int ith, int nth, const int G)
-{
-    const int64_t D = a->D, cs = a->cs, n_ctx = a->n_ctx;
-    const int n_kv = a->n_head / G;
-    _Alignas(32) float kf[8 * ATTN_DMAX];
-    float *vmx = a->vmx + (size_t)ith * a->n_head * 8;
-    const __m256 vscale = _mm256_set1_ps(a->scale), ninf = _mm256_set1_ps(-INFINITY);
-    const __m256 lane = _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7);
-    for (int h = 0; h < a->n_head; h++)
-        _mm256_storeu_ps(vmx + 8 * h, ninf);
-    int64_t c0, c1;
-    attn_split_chunks(a, ith, nth, &c0, &c1);
-    for (int64_t c = c0; c < c1; c++) {
-        const int64_t j0 = 8 * c;
-        /* whole K rows, a->pf positions ahead */
-        for (int64_t p = j0 + a->pf; p < j0 + a->pf + 8 && p < n_ctx; p++)
-            for (int64_t b = 0; b < 2 * a->kv_dim; b += 64)
-                _mm_prefetch(a->krow + 2 * a->offs[p] + b, _MM_HINT_T0);
-        const __m256 past = _mm256_cmp_ps(lane, _mm256_set1_ps((float)(n_ctx - j0)), _CMP_GE_OQ);
-        for (int hk = 0; hk < n_kv; hk++) {
-            __m256 sg[8];
-            attn_scores8(a->q + (int64_t)hk * G * D, kf, a->krow + 2 * hk * D, a->offs, j0, n_ctx, D, sg, G);
-            for (int g = 0; g < G; g++) {
-                const int h = hk * G + g;
-                const __m256 sv = _mm256_blendv_ps(_mm256_mul_ps(sg[g], vscale), ninf, past);
-                _mm256_storeu_ps(a->sc + h * cs + j0, sv);
-                _mm256_storeu_ps(vmx + 8 * h, _mm256_max_ps(_mm256_loadu_ps(vmx + 8 * h), sv));
-            }
-        }
-    }
-}
-
-AVX2_FN static void attn_split_scores(void *ctx, int ith, int nth)
-{
-    const struct attn_split *a = ctx;
-    switch (a->group) {
-#define ATTN_G(n) case n: attn_split_scores_g(a, ith, nth, n); break;
-    ATTN_G(1) ATTN_G(2) ATTN_G(3) ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
-#undef ATTN_G
-    default: break;
-    }
-}
-
-AVX2_FN static void attn_split_exp(void *ctx, int ith, int nth)
-{
-    const struct attn_split *a = ctx;
-    int64_t c0, c1;
-    attn_split_chunks(a, ith, nth, &c0, &c1);
-    for (int h = 0; h < a->n_head; h++) {
-        __m256 vm = _mm256_loadu_ps(a->vmx + 8 * h);
-        for (int t = 1; t < nth; t++)
-            vm = _mm256_max_ps(vm, _mm256_loadu_ps(a->vmx + ((size_t)t * a->n_head + h) * 8));
-        const __m256 m = _mm256_set1_ps(hmax(vm));
-        float *sh = a->sc + h * a->cs;
-        for (int64_t c = c0; c < c1; c++)
-            _mm256_storeu_ps(sh + 8 * c, exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(sh + 8 * c), m)));
-    }
-}
-
-AVX2_FN static void attn_split_pv(void *ctx, int ith, int nth)
-{
-    const struct attn_split *a = ctx;
-    const int64_t D = a->D, n8 = (a->n_ctx + 7) / 8;
-    const int G = a->group;
-    float sum[ATTN_SPLIT_MAX_HEADS];
-    for (int h = 0; h < a->n_head; h++) {
-        const float *sh = a->sc + h * a->cs;
-        __m256 vs = _mm256_setzero_ps();
-        for (int64_t c = 0; c < n8; c++)
-            vs = _mm256_add_ps(vs, _mm256_loadu_ps(sh + 8 * c));
-        sum[h] = hsum_tree(vs);
-    }
-    /* output elements in slices of 16 */
-    const int64_t n16 = D / 16, d0 = 16 * (n16 * ith / nth), d1 = 16 * (n16 * (ith + 1) / nth);
-    if (d0 == d1)
-        return;
-    const int nv4 = G <= 3 && (d1 - d0) % 32 == 0;
-    for (int hk = 0; hk < a->n_head / G; hk++) {
-        float *out = a->out + (int64_t)hk * G * D;
-        const float *sc = a->sc + (int64_t)hk * G * a->cs;
-        const char *vb = a->vrow + 2 * hk * D;
-        /* this pass's V lines, a->pf positions ahead (attn_pf_step takes
-         * the k line, then the v line, of each position: here the same) */
-        struct attn_pf pf = { a->offs, a->n_ctx, a->pf, vb + 2 * d0, vb + 2 * d0, 1, 0, 2, NULL, NULL };
-        struct attn_pf *pfp = a->pf ? &pf : NULL;
-        switch (G * 2 + nv4) {
-#define ATTN_G(n) \
-        case 2 * n: attn_pv_avx2(out, sc, a->cs, a->offs, vb, NULL, 0, a->n_ctx, D, d0, d1, NULL, sum + hk * G, pfp, n, 2, 0); break; \
-        case 2 * n + 1: attn_pv_avx2(out, sc, a->cs, a->offs, vb, NULL, 0, a->n_ctx, D, d0, d1, NULL, sum + hk * G, pfp, n, 4, 0); break;
-        ATTN_G(1) ATTN_G(2) ATTN_G(3)
-#undef ATTN_G
-#define ATTN_G(n) case 2 * n: attn_pv_avx2(out, sc, a->cs, a->offs, vb, NULL, 0, a->n_ctx, D, d0, d1, NULL, sum + hk * G, pfp, n, 2, 0); break;
-        ATTN_G(4) ATTN_G(5) ATTN_G(6) ATTN_G(7) ATTN_G(8)
-#undef ATTN_G
-        default: break;
-        }
-    }
-}
-#endif
 
 /* The plan is one decode row that attn_split runs (see above). */
 static bool attn_split_ok(const struct cpu_backend *cb, const struct batch_plan *plan)
@@ -1602,9 +887,9 @@ static void attn_split_run(struct cpu_backend *cb, const struct batch_plan *plan
         .D = hp->head_dim, .kv_dim = cb->kv_dim, .n_head = hp->n_head, .group = hp->n_head / hp->n_head_kv,
         .scale = 1.0f / sqrtf((float)hp->head_dim), .pf = ATTN_SPLIT_PF,
     };
-    threadpool_run(cb->tp, attn_split_scores, &a);
-    threadpool_run(cb->tp, attn_split_exp, &a);
-    threadpool_run(cb->tp, attn_split_pv, &a);
+    threadpool_run(cb->tp, cb->attn_ops->split_scores, &a);
+    threadpool_run(cb->tp, cb->attn_ops->split_exp, &a);
+    threadpool_run(cb->tp, cb->attn_ops->split_pv, &a);
 }
 #endif
 
@@ -2262,6 +1547,11 @@ int backend_cpu_create(const struct model *m, const struct backend_config *cfg, 
     /* quant picks its AVX2 path only on CPUs with AVX2, FMA and F16C (it
      * checks F16C by cpuid: clang's builtin does not know "f16c"). */
     cb->simd = strcmp(quant_simd_name(), "avx2") == 0;
+#ifdef CPU_X86
+    /* zmm attention where the x8 tiles run on zmm (PARASERVE_SIMD picks
+     * both; bitwise the same values either way) */
+    cb->attn_ops = strcmp(quant_x8_isa_name(), "avx512") == 0 ? &attn_x86_avx512 : &attn_x86_avx2;
+#endif
 #endif
 
     const int64_t E = hp->n_embd, F = hp->n_ff, T = cb->max_T;

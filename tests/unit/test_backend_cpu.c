@@ -495,6 +495,90 @@ static void test_q8_scalar_vs_simd(void)
     model_free(mr);
 }
 
+/* The zmm attention kernels (attn_x86_avx512, run where the x8 tiles run on
+ * zmm) against the ymm ones: a child with PARASERVE_SIMD=avx512vnni (the
+ * same integer tiles on ymm, so the same matmul values, and the ymm
+ * attention) writes its f16-cache logits of the real model (G 3, head_dim
+ * 64: 64-element P.V slices) and of the synthetic hd32 model (G 2: 32-element
+ * slices) to shared memory; this process's must be bitwise the same.  The
+ * fork must come before this process picks its kernels: zmm_fork() first in
+ * main, zmm_check() later.  Not run (said) where this process does not run
+ * the zmm kernels. */
+#define ZMM_NTOK 60
+struct zmm_child {
+    pid_t pid;
+    float *sh;
+    size_t nr, ns;
+    int32_t toks[ZMM_NTOK], ts[ZMM_NTOK];
+};
+
+static void zmm_fork(struct zmm_child *zc)
+{
+    memset(zc, 0, sizeof *zc);
+    zc->pid = -1;
+    struct model *mr = NULL;
+    if (model_load(test_model_path(), &mr) != PS_OK)
+        return;
+    zc->nr = (size_t)ZMM_NTOK * mr->hp.n_vocab;
+    zc->ns = (size_t)ZMM_NTOK * 512;
+    test_tokens(zc->toks, ZMM_NTOK, mr->hp.n_vocab, 31);
+    test_tokens(zc->ts, ZMM_NTOK, 512, 32);
+    zc->sh = mmap(NULL, (zc->nr + zc->ns) * sizeof *zc->sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    CHECK(zc->sh != MAP_FAILED);
+    if (zc->sh == MAP_FAILED) {
+        zc->sh = NULL;
+        model_free(mr);
+        return;
+    }
+    fflush(stdout);
+    zc->pid = fork();
+    if (zc->pid == 0) {
+        setenv("PARASERVE_SIMD", "avx512vnni", 1);
+        struct model *ms = synth_q8_model();
+        const int ok = ms && ms->hp.n_vocab == 512 && logits_kv(mr, KV_F16, zc->toks, ZMM_NTOK, zc->sh) == PS_OK &&
+                       logits_kv(ms, KV_F16, zc->ts, ZMM_NTOK, zc->sh + zc->nr) == PS_OK;
+        _exit(ok ? 0 : 1);
+    }
+    CHECK(zc->pid > 0);
+    model_free(mr);
+}
+
+static size_t bitwise_mismatches(const float *a, const float *b, size_t n)
+{
+    size_t bad = 0;
+    for (size_t i = 0; i < n; i++)
+        bad += memcmp(a + i, b + i, sizeof *a) != 0;
+    return bad;
+}
+
+static void zmm_check(struct zmm_child *zc)
+{
+    int st = 0;
+    if (zc->pid > 0) {
+        CHECK(waitpid(zc->pid, &st, 0) == zc->pid);
+        CHECK_MSG(WIFEXITED(st) && WEXITSTATUS(st) == 0, "PARASERVE_SIMD=avx512vnni child failed");
+    }
+    struct model *mr = NULL, *ms = NULL;
+    float *got = malloc(zc->nr * sizeof *got);
+    if (strcmp(quant_x8_isa_name(), "avx512") != 0) {
+        printf("NOTE: x8 tiles on %s here, not zmm: the zmm attention was not run\n", quant_x8_isa_name());
+    } else if (zc->sh && got && WIFEXITED(st) && WEXITSTATUS(st) == 0 && model_load(test_model_path(), &mr) == PS_OK &&
+               (ms = synth_q8_model()) != NULL) {
+        CHECK(logits_kv(mr, KV_F16, zc->toks, ZMM_NTOK, got) == PS_OK);
+        const size_t bad_r = bitwise_mismatches(zc->sh, got, zc->nr);
+        CHECK(logits_kv(ms, KV_F16, zc->ts, ZMM_NTOK, got) == PS_OK);
+        const size_t bad_s = bitwise_mismatches(zc->sh + zc->nr, got, zc->ns);
+        printf("zmm vs ymm attention, %d positions: real model %zu of %zu logits differ, synthetic hd32 %zu of %zu\n",
+               ZMM_NTOK, bad_r, zc->nr, bad_s, zc->ns);
+        CHECK_MSG(bad_r == 0 && bad_s == 0, "zmm attention not bitwise the ymm one");
+    }
+    free(got);
+    model_free(mr);
+    model_free(ms);
+    if (zc->sh)
+        munmap(zc->sh, (zc->nr + zc->ns) * sizeof *zc->sh);
+}
+
 static void test_shared_prefix(const struct model *m, const char *what, int threads, int expect_grouped);
 static void test_attn_split(const struct model *m, const char *what, int threads);
 
@@ -972,8 +1056,11 @@ int main(void)
     struct model *m = NULL;
     if (model_load(test_model_path(), &m) != PS_OK)
         TEST_SKIP("cannot load %s: %s", test_model_path(), ps_error_last());
+    struct zmm_child zc;
+    zmm_fork(&zc);            /* forks: before this process picks its kernels */
     test_q8_scalar_vs_simd(); /* forks: before this process picks its kernels */
-    printf("quant simd: %s\n", quant_simd_name());
+    printf("quant simd: %s, x8 tiles on %s\n", quant_simd_name(), quant_x8_isa_name());
+    zmm_check(&zc);
 
     int32_t toks[24];
     test_tokens(toks, 24, m->hp.n_vocab, 7);
