@@ -574,6 +574,28 @@ AVX2_INLINE void q80x8_pass(const uint8_t *xg, int64_t nb, const uint8_t *const 
         acc[j] = a[j];
 }
 
+/* One pass's activation rows t0 .. t0 + n - 1 (n <= cap) for the x8 tiles:
+ * y[j] their bytes, da[j] (and Q4_1's sa[j]) their block scales (and sums)
+ * as f32 in daf / saf (cap * nb floats each); slots n .. cap - 1 repeat row
+ * t0, so a pass may read them but stores only n. */
+AVX2_INLINE void x8_act_rows(const void *a, size_t as, int64_t nb, int64_t t0, int n, int cap, const int Q8,
+                             const uint8_t **y, const float **da, const float **sa, float *daf, float *saf)
+{
+    const size_t ab = Q8 ? 34 : 36;   /* activation block bytes */
+    for (int j = 0; j < cap; j++) {
+        const int jj = j < n ? j : 0;
+        y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
+        da[j] = daf + (size_t)jj * nb;
+        sa[j] = Q8 ? NULL : saf + (size_t)jj * nb;
+    }
+    for (int j = 0; j < n; j++)
+        for (int64_t i = 0; i < nb; i++) {
+            daf[(size_t)j * nb + i] = ld_h(y[j] + ab * i);
+            if (!Q8)
+                saf[(size_t)j * nb + i] = ld_h(y[j] + ab * i + 2);
+        }
+}
+
 /* The x8 tiles of either type (Q8: Q8_0 against Q8_0 activations, else
  * Q4_1 against Q8_1): activation rows in passes of up to 4, their block
  * scales (and Q4_1's sums) as f32 first, then every group of 8 rows. */
@@ -581,24 +603,12 @@ AVX2_INLINE void mdot_x8(const void *x8, int64_t nb, int64_t ng, const void *a, 
                          int64_t os, const int Q8, const int VNNI)
 {
     const size_t gb = Q8 ? quant_q8_0x8_group_bytes(nb) : (size_t)nb * QUANT_X8_BLOCK;
-    const size_t ab = Q8 ? 34 : 36;   /* activation block bytes */
     float daf[4 * QUANT_X8_MAXB], saf[4 * QUANT_X8_MAXB];   /* saf: Q4_1 only */
     for (int64_t t0 = 0; t0 < nt; t0 += 4) {
         const int n4 = nt - t0 < 4 ? (int)(nt - t0) : 4;
         const uint8_t *y[4];
         const float *da[4], *sa[4];
-        for (int j = 0; j < 4; j++) {
-            const int jj = j < n4 ? j : 0;
-            y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
-            da[j] = daf + (size_t)jj * nb;
-            sa[j] = Q8 ? NULL : saf + (size_t)jj * nb;
-        }
-        for (int j = 0; j < n4; j++)
-            for (int64_t i = 0; i < nb; i++) {
-                daf[(size_t)j * nb + i] = ld_h(y[j] + ab * i);
-                if (!Q8)
-                    saf[(size_t)j * nb + i] = ld_h(y[j] + ab * i + 2);
-            }
+        x8_act_rows(a, as, nb, t0, n4, 4, Q8, y, da, sa, daf, saf);
         for (int64_t g = 0; g < ng; g++) {
             const uint8_t *xg = (const uint8_t *)x8 + (size_t)g * gb;
             __m256 acc[4];
@@ -755,24 +765,12 @@ AVX512_ZMM_INLINE void mdot_x16(const void *x8, int64_t nb, int64_t ng, const vo
                                 float *out, int64_t os, const int Q8)
 {
     const size_t gb = Q8 ? quant_q8_0x8_group_bytes(nb) : (size_t)nb * QUANT_X8_BLOCK;
-    const size_t ab = Q8 ? 34 : 36;   /* activation block bytes */
     float daf[X16_NT * QUANT_X8_MAXB], saf[X16_NT * QUANT_X8_MAXB];   /* saf: Q4_1 only */
     for (int64_t t0 = 0; t0 < nt; t0 += X16_NT) {
         const int nr = nt - t0 < X16_NT ? (int)(nt - t0) : X16_NT;
         const uint8_t *y[X16_NT];
         const float *da[X16_NT], *sa[X16_NT];
-        for (int j = 0; j < X16_NT; j++) {
-            const int jj = j < nr ? j : 0;
-            y[j] = (const uint8_t *)a + (size_t)(t0 + jj) * as;
-            da[j] = daf + (size_t)jj * nb;
-            sa[j] = Q8 ? NULL : saf + (size_t)jj * nb;
-        }
-        for (int j = 0; j < nr; j++)
-            for (int64_t i = 0; i < nb; i++) {
-                daf[(size_t)j * nb + i] = ld_h(y[j] + ab * i);
-                if (!Q8)
-                    saf[(size_t)j * nb + i] = ld_h(y[j] + ab * i + 2);
-            }
+        x8_act_rows(a, as, nb, t0, nr, X16_NT, Q8, y, da, sa, daf, saf);
         for (int64_t g = 0; g < ng; g += 2) {
             const uint8_t *xa = (const uint8_t *)x8 + (size_t)g * gb;
             const uint8_t *xb = g + 1 < ng ? xa + gb : xa;
