@@ -498,9 +498,10 @@ static void test_q8_scalar_vs_simd(void)
 /* The zmm attention kernels (attn_x86_avx512, run where the x8 tiles run on
  * zmm) against the ymm ones: a child with PARASERVE_SIMD=avx512vnni (the
  * same integer tiles on ymm, so the same matmul values, and the ymm
- * attention) writes its f16-cache logits of the real model (G 3, head_dim
- * 64: 64-element P.V slices) and of the synthetic hd32 model (G 2: 32-element
- * slices) to shared memory; this process's must be bitwise the same.  The
+ * attention) writes its logits of the real model (G 3, head_dim 64:
+ * 64-element P.V slices) and of the synthetic hd32 model (G 2: 32-element
+ * slices), with an f16 and with a q8 cache, to shared memory; this
+ * process's must be bitwise the same.  The
  * fork must come before this process picks its kernels: zmm_fork() first in
  * main, zmm_check() later.  Not run (said) where this process does not run
  * the zmm kernels. */
@@ -523,7 +524,7 @@ static void zmm_fork(struct zmm_child *zc)
     zc->ns = (size_t)ZMM_NTOK * 512;
     test_tokens(zc->toks, ZMM_NTOK, mr->hp.n_vocab, 31);
     test_tokens(zc->ts, ZMM_NTOK, 512, 32);
-    zc->sh = mmap(NULL, (zc->nr + zc->ns) * sizeof *zc->sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    zc->sh = mmap(NULL, 2 * (zc->nr + zc->ns) * sizeof *zc->sh, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     CHECK(zc->sh != MAP_FAILED);
     if (zc->sh == MAP_FAILED) {
         zc->sh = NULL;
@@ -535,8 +536,11 @@ static void zmm_fork(struct zmm_child *zc)
     if (zc->pid == 0) {
         setenv("PARASERVE_SIMD", "avx512vnni", 1);
         struct model *ms = synth_q8_model();
+        float *q8 = zc->sh + zc->nr + zc->ns;
         const int ok = ms && ms->hp.n_vocab == 512 && logits_kv(mr, KV_F16, zc->toks, ZMM_NTOK, zc->sh) == PS_OK &&
-                       logits_kv(ms, KV_F16, zc->ts, ZMM_NTOK, zc->sh + zc->nr) == PS_OK;
+                       logits_kv(ms, KV_F16, zc->ts, ZMM_NTOK, zc->sh + zc->nr) == PS_OK &&
+                       logits_kv(mr, KV_Q8, zc->toks, ZMM_NTOK, q8) == PS_OK &&
+                       logits_kv(ms, KV_Q8, zc->ts, ZMM_NTOK, q8 + zc->nr) == PS_OK;
         _exit(ok ? 0 : 1);
     }
     CHECK(zc->pid > 0);
@@ -564,19 +568,23 @@ static void zmm_check(struct zmm_child *zc)
         printf("NOTE: x8 tiles on %s here, not zmm: the zmm attention was not run\n", quant_x8_isa_name());
     } else if (zc->sh && got && WIFEXITED(st) && WEXITSTATUS(st) == 0 && model_load(test_model_path(), &mr) == PS_OK &&
                (ms = synth_q8_model()) != NULL) {
-        CHECK(logits_kv(mr, KV_F16, zc->toks, ZMM_NTOK, got) == PS_OK);
-        const size_t bad_r = bitwise_mismatches(zc->sh, got, zc->nr);
-        CHECK(logits_kv(ms, KV_F16, zc->ts, ZMM_NTOK, got) == PS_OK);
-        const size_t bad_s = bitwise_mismatches(zc->sh + zc->nr, got, zc->ns);
-        printf("zmm vs ymm attention, %d positions: real model %zu of %zu logits differ, synthetic hd32 %zu of %zu\n",
-               ZMM_NTOK, bad_r, zc->nr, bad_s, zc->ns);
-        CHECK_MSG(bad_r == 0 && bad_s == 0, "zmm attention not bitwise the ymm one");
+        static const enum kv_type kts[2] = { KV_F16, KV_Q8 };
+        for (int i = 0; i < 2; i++) {
+            const float *want = zc->sh + (size_t)i * (zc->nr + zc->ns);
+            CHECK(logits_kv(mr, kts[i], zc->toks, ZMM_NTOK, got) == PS_OK);
+            const size_t bad_r = bitwise_mismatches(want, got, zc->nr);
+            CHECK(logits_kv(ms, kts[i], zc->ts, ZMM_NTOK, got) == PS_OK);
+            const size_t bad_s = bitwise_mismatches(want + zc->nr, got, zc->ns);
+            printf("zmm vs ymm attention, %s cache, %d positions: real model %zu of %zu logits differ, "
+                   "synthetic hd32 %zu of %zu\n", i ? "q8" : "f16", ZMM_NTOK, bad_r, zc->nr, bad_s, zc->ns);
+            CHECK_MSG(bad_r == 0 && bad_s == 0, "zmm attention not bitwise the ymm one (%s cache)", i ? "q8" : "f16");
+        }
     }
     free(got);
     model_free(mr);
     model_free(ms);
     if (zc->sh)
-        munmap(zc->sh, (zc->nr + zc->ns) * sizeof *zc->sh);
+        munmap(zc->sh, 2 * (zc->nr + zc->ns) * sizeof *zc->sh);
 }
 
 static void test_shared_prefix(const struct model *m, const char *what, int threads, int expect_grouped);
