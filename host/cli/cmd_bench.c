@@ -10,12 +10,18 @@
  *              (--clone-prompt) copies of sequence 0's cache, or
  *              (--shared-prefix) sequence 0's cache blocks themselves, as the
  *              engine's prefix cache shares a common prompt (column prompts).
+ *   roofline - the physical limit of a batch-1 decode step: the bytes it
+ *              must read from memory (every matrix once, the K/V of the
+ *              step's mean context) over this machine's read bandwidth
+ *              (--threads threads each summing a share of a 256 MiB buffer,
+ *              best of 3), as ms per step and tokens/s (phase "roofline").
  * Each figure is the median of --repeat runs, with the KV cache of
  * --kv-type (f16 default).  Output: one CSV line per measurement on stdout
  * (header first), progress on stderr.
  */
 #include <errno.h>
 #include <getopt.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -163,6 +169,91 @@ static void bench_prompt(int32_t *ids, int32_t n, int32_t n_vocab, uint32_t seq)
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         ids[i] = (int32_t)(x % (uint64_t)(n_vocab > 256 ? n_vocab - 256 : n_vocab)) + (n_vocab > 256 ? 256 : 0);
     }
+}
+
+/* ---- memory roofline of a batch-1 decode step ---------------------------- */
+
+#define BW_BYTES   (256u << 20)   /* 8x the largest L3 seen on the bench machines */
+#define BW_THREADS 64
+
+struct bw_share {
+    const uint64_t *p;
+    size_t          n;
+    uint64_t        sum;   /* kept, so the reads cannot be optimized away */
+};
+
+static void *bw_read(void *arg)
+{
+    struct bw_share *b = arg;
+    uint64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (size_t i = 0; i + 4 <= b->n; i += 4) {
+        s0 += b->p[i];
+        s1 += b->p[i + 1];
+        s2 += b->p[i + 2];
+        s3 += b->p[i + 3];
+    }
+    b->sum = s0 + s1 + s2 + s3;
+    return NULL;
+}
+
+/* Read bandwidth in GB/s of `threads` (at most BW_THREADS: *used) threads
+ * each summing its share of a BW_BYTES buffer, best of 3 passes; 0 with
+ * *why set when it cannot be measured. */
+static double read_bandwidth_gbs(int threads, int *used, const char **why)
+{
+    if (threads < 1)
+        threads = 1;
+    if (threads > BW_THREADS)
+        threads = BW_THREADS;
+    *used = threads;
+    *why = "out of memory for its 256 MiB buffer";
+    uint64_t *buf = malloc(BW_BYTES);
+    if (!buf)
+        return 0.0;
+    *why = "its threads could not be started";
+    memset(buf, 1, BW_BYTES);
+    const size_t words = BW_BYTES / sizeof *buf, per = words / (size_t)threads;
+    struct bw_share sh[BW_THREADS];
+    pthread_t tid[BW_THREADS];
+    double best = 0.0;
+    for (int pass = 0; pass < 3; pass++) {
+        int started = 0;
+        const double t0 = cli_now_s();
+        for (int t = 0; t < threads; t++) {
+            sh[t] = (struct bw_share){ buf + (size_t)t * per, per, 0 };
+            if (t > 0 && pthread_create(&tid[t], NULL, bw_read, &sh[t]) != 0)
+                break;
+            started = t + 1;
+        }
+        bw_read(&sh[0]);
+        for (int t = 1; t < started; t++)
+            pthread_join(tid[t], NULL);
+        const double dt = cli_now_s() - t0;
+        if (started == threads && dt > 0.0 && (double)per * threads * sizeof *buf / dt / 1e9 > best)
+            best = (double)per * threads * sizeof *buf / dt / 1e9;
+    }
+    free(buf);
+    return best;
+}
+
+static double weight_bytes(const struct weight *w)
+{
+    return w->data ? (double)dtype_row_bytes(w->type, w->ne[0]) * (double)w->ne[1] : 0.0;
+}
+
+/* Bytes a batch-1 decode step reads at `ctx` positions: every matrix once
+ * (the output projection included), *kv_out of them the K/V cache. */
+static double decode_step_bytes(const struct model *m, double ctx, enum kv_type kt, double *kv_out)
+{
+    double w = weight_bytes(&m->output);
+    for (int32_t l = 0; l < m->hp.n_layer; l++) {
+        const struct layer_weights *L = &m->layers[l];
+        w += weight_bytes(&L->wq) + weight_bytes(&L->wk) + weight_bytes(&L->wv) + weight_bytes(&L->wo) +
+             weight_bytes(&L->w_gate) + weight_bytes(&L->w_up) + weight_bytes(&L->w_down);
+    }
+    const double esz = kt == KV_F32 ? 4.0 : kt == KV_Q8 ? 1.0 + 4.0 / 32.0 : 2.0;   /* q8: a f32 scale per 32 */
+    *kv_out = (double)m->hp.n_layer * ctx * 2.0 * m->hp.n_head_kv * m->hp.head_dim * esz;
+    return w + *kv_out;
 }
 
 static int32_t argmax(const float *x, int32_t n)
@@ -316,6 +407,23 @@ int cmd_bench(int argc, char **argv)
                o.prompt_len, o.n_gen, (double)B * o.n_gen / td, 1e3 * td / o.n_gen, kvn, prompts);
         fprintf(stderr, "[bench] decode batch %d: %.1f tok/s, %.2f ms/step\n", B,
                 (double)B * o.n_gen / td, 1e3 * td / o.n_gen);
+    }
+    {
+        int bw_threads = 0;
+        const char *bw_why = NULL;
+        const double ctx = o.prompt_len + (o.n_gen + 1) / 2.0, gbs = read_bandwidth_gbs(o.n_threads, &bw_threads, &bw_why);
+        double kv = 0.0;
+        const double bytes = decode_step_bytes(m, ctx, o.kv_type, &kv);
+        if (gbs > 0.0) {
+            const double ms = bytes / (gbs * 1e9) * 1e3;
+            printf("paraserve,%d,%s,roofline,1,%d,%d,%.1f,%.3f,%s,%s\n", o.n_threads, cli_simd_label(), o.prompt_len,
+                   o.n_gen, 1e3 / ms, ms, kvn, prompts);
+            fprintf(stderr, "[bench] batch-1 roofline: %.3f MB per step (matrices %.3f, K/V %.3f at %.1f positions) "
+                    "at %.3f GB/s read (%d threads): %.4f ms/step, %.1f tok/s\n", bytes / 1e6, (bytes - kv) / 1e6,
+                    kv / 1e6, ctx, gbs, bw_threads, ms, 1e3 / ms);
+        } else {
+            fprintf(stderr, "[bench] batch-1 roofline: the read bandwidth could not be measured: %s\n", bw_why);
+        }
     }
     status = 0;
     goto done;

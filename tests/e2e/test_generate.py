@@ -1,6 +1,7 @@
 """`paraserve generate` end to end on the embedded model: greedy output equal
 to llama.cpp's, sampling determinism, chat mode, options and bad input."""
 import json
+import math
 import re
 
 import pytest
@@ -192,3 +193,37 @@ def test_kv_types_generate(run, model_path, kv):
             "-n", 64, "--ignore-eos", "--print-ids", "-t", 2, "--kv-type", kv)
     assert r.returncode == 0, r.stderr.decode()
     assert_greedy_like_reference(ids_of(r.stdout), case)
+
+
+def test_bench_rows_and_roofline(run, model_path):
+    # `paraserve bench` prints prefill, decode and the batch-1 roofline: the
+    # step's bytes (every matrix once + the K/V at its mean context) over the
+    # measured read bandwidth, checked here against the model's own sizes
+    r = run("bench", "-m", model_path, "-t", 2, "--prompt-len", 32, "--gen", 4, "--batch", "1,2",
+            "--repeat", 1)
+    assert r.returncode == 0, r.stderr.decode()
+    lines = r.stdout.decode().strip().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, x.split(","))) for x in lines[1:]]
+    assert [(x["phase"], x["batch"]) for x in rows] == [("prefill", "1"), ("decode", "1"), ("decode", "2"),
+                                                        ("roofline", "1")]
+    roof = rows[-1]
+    ms, tps = float(roof["ms_per_step"]), float(roof["tokens_per_s"])
+    # tok/s printed to 0.1, ms to 0.001: tps = 1000 / ms up to that rounding
+    assert ms > 0 and abs(tps - 1000 / ms) <= 0.05 + 1000 * 0.0005 / ms ** 2 + 1e-9, roof
+    err = r.stderr.decode()
+    m = re.search(r"batch-1 roofline: ([0-9.]+) MB per step \(matrices ([0-9.]+), K/V ([0-9.]+) at ([0-9.]+) "
+                  r"positions\) at ([0-9.]+) GB/s read \(2 threads\): ([0-9.]+) ms/step", err)
+    assert m, err
+    total, mats, kv, ctx, gbs, ms2 = (float(x) for x in m.groups())
+    # SmolLM2-135M Q4_1: 30 layers of Q4_1 matrices (20 bytes per 32) and the
+    # tied Q8_0 output (34 per 32); f16 K/V of 3 KV heads of 64 per layer
+    d, f, kvd, L, V = 576, 1536, 192, 30, 49152
+    want_mats = L * (d * (d + 2 * kvd) + d * d + 3 * d * f) * 20 / 32 + V * d * 34 / 32
+    assert abs(mats - want_mats / 1e6) < 0.1, (mats, want_mats)
+    # steps attend to 33..36 positions: 34.5 on average
+    assert ctx == 32 + (4 + 1) / 2 and abs(kv - L * ctx * 2 * kvd * 2 / 1e6) < 0.05, (kv, ctx)
+    assert abs(total - mats - kv) < 0.002 and gbs > 0.1
+    # MB and GB/s printed to 0.001, ms to 0.0001 here and 0.001 in the CSV row
+    assert math.isclose(ms2, total / gbs, rel_tol=0.0005 / gbs + 0.0005 / total, abs_tol=0.0002), (ms2, total, gbs)
+    assert abs(ms2 - ms) <= 0.00056, (ms2, ms)
