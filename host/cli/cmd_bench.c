@@ -14,7 +14,9 @@
  *              must read from memory (every matrix once, the K/V of the
  *              step's mean context) over this machine's read bandwidth
  *              (--threads threads each summing a share of a 256 MiB buffer,
- *              best of 3), as ms per step and tokens/s (phase "roofline").
+ *              best of 7 passes before the decode runs and 7 after: the
+ *              bandwidth of a VM moves with its neighbours' load), as ms
+ *              per step and tokens/s (phase "roofline").
  * Each figure is the median of --repeat runs, with the KV cache of
  * --kv-type (f16 default).  Output: one CSV line per measurement on stdout
  * (header first), progress on stderr.
@@ -197,7 +199,7 @@ static void *bw_read(void *arg)
 }
 
 /* Read bandwidth in GB/s of `threads` (at most BW_THREADS: *used) threads
- * each summing its share of a BW_BYTES buffer, best of 3 passes; 0 with
+ * each summing its share of a BW_BYTES buffer, best of 7 passes; 0 with
  * *why set when it cannot be measured. */
 static double read_bandwidth_gbs(int threads, int *used, const char **why)
 {
@@ -216,7 +218,7 @@ static double read_bandwidth_gbs(int threads, int *used, const char **why)
     struct bw_share sh[BW_THREADS];
     pthread_t tid[BW_THREADS];
     double best = 0.0;
-    for (int pass = 0; pass < 3; pass++) {
+    for (int pass = 0; pass < 7; pass++) {
         int started = 0;
         const double t0 = cli_now_s();
         for (int t = 0; t < threads; t++) {
@@ -382,6 +384,10 @@ int cmd_bench(int argc, char **argv)
             goto fail;
         first[b] = argmax(logits + (size_t)b * n_vocab, n_vocab);
     }
+    /* the read bandwidth around the decode runs (the roofline below) */
+    int bw_threads = 0;
+    const char *bw_why = NULL;
+    const double gbs_before = read_bandwidth_gbs(o.n_threads, &bw_threads, &bw_why);
     for (int bi = 0; bi < o.n_batches; bi++) {
         int32_t B = o.batches[bi];
         for (int r = 0; r < nrep; r++) {
@@ -409,9 +415,8 @@ int cmd_bench(int argc, char **argv)
                 (double)B * o.n_gen / td, 1e3 * td / o.n_gen);
     }
     {
-        int bw_threads = 0;
-        const char *bw_why = NULL;
-        const double ctx = o.prompt_len + (o.n_gen + 1) / 2.0, gbs = read_bandwidth_gbs(o.n_threads, &bw_threads, &bw_why);
+        const double gbs_after = read_bandwidth_gbs(o.n_threads, &bw_threads, &bw_why);
+        const double ctx = o.prompt_len + (o.n_gen + 1) / 2.0, gbs = gbs_after > gbs_before ? gbs_after : gbs_before;
         double kv = 0.0;
         const double bytes = decode_step_bytes(m, ctx, o.kv_type, &kv);
         if (gbs > 0.0) {
