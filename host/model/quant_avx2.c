@@ -183,12 +183,15 @@ static AVX2 float dot_q8_0(const void *w, const void *a, int64_t n)
  * products of both rows. */
 
 #define MDOT_TOK  8    /* activation rows per group                     */
-/* Prefetch distance (bytes ahead in each of the two weight rows) of the
- * one-token row-pair kernels: two interleaved streams defeat the hardware
- * prefetcher (measured: the Q8_0 pair kernel at half the bandwidth of the
- * single-row dot from DRAM without it, 10-20% above it with it). */
+/* Prefetch distance (bytes ahead in each weight stream) of the one-token
+ * row-pair kernels and the x8 tiles: two interleaved streams defeat the
+ * hardware prefetcher (measured: the Q8_0 pair kernel at half the
+ * bandwidth of the single-row dot from DRAM without it, 10-20% above it
+ * with it).  4096 rather than 1024 (2026-11-28, AVX-512 EPYC VM, paired
+ * runs): batch-1 step 3.42-3.62 -> 3.02-3.35 ms in 4 of 4 profiles, batch
+ * 32 1,097-1,126 -> 1,140-1,171 tok/s in 3 of 3; 8192 and 16384 no better. */
 #ifndef MDOT_PF
-#define MDOT_PF 1024
+#define MDOT_PF 4096
 #endif
 #define MDOT_MAXB 512  /* blocks per row held in the scale tables (n <= 16384); longer rows loop over dot_* */
 
