@@ -329,9 +329,12 @@ static int load_merges(tokenizer *t, const gguf_file *f, struct sym_builder *b)
 {
     enum gguf_type et;
     uint64_t n = 0;
+    /* A byte-level BPE vocabulary without its merge list would encode every
+     * text as single bytes: refused, as llama.cpp refuses it.  An empty list
+     * (a synthetic model's) is a valid, explicit choice. */
     int rc = gguf_get_arr_info(f, "tokenizer.ggml.merges", &et, &n);
     if (rc == PS_ENOTFOUND)
-        n = 0;
+        return ps_error_set(PS_EFORMAT, "tokenizer: required key 'tokenizer.ggml.merges' is missing (a gpt2 BPE vocabulary needs its merges)");
     else if (rc)
         return rc;
     else if (et != GGUF_TYPE_STRING)

@@ -432,6 +432,7 @@ static void test_synthetic(void)
     gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
     gguf_writer_set_str(w, "tokenizer.ggml.pre", "default");
     gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, N);
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.merges", toks, 0);   /* present, empty */
     gguf_writer_set_arr_i32(w, "tokenizer.ggml.token_type", types, N);
     gguf_writer_set_u32(w, "tokenizer.ggml.bos_token_id", 256);
     gguf_writer_set_u32(w, "tokenizer.ggml.eos_token_id", 257);
@@ -492,6 +493,20 @@ static void test_errors(void)
     unlink(path);
     CHECK(tokenizer_from_gguf(f, &t) == PS_EUNSUPPORTED && t == NULL);
     CHECK(strstr(ps_error_last(), "klingon") != NULL);
+    gguf_close(f);
+    /* a gpt2 vocabulary without the merges key: refused, naming the key
+     * (an empty merges array is accepted: test_synthetic) */
+    f = NULL;
+    gguf_writer_create(&w);
+    gguf_writer_set_str(w, "tokenizer.ggml.model", "gpt2");
+    gguf_writer_set_str(w, "tokenizer.ggml.pre", "default");
+    gguf_writer_set_arr_str(w, "tokenizer.ggml.tokens", toks, 2);
+    gguf_writer_write(w, path);
+    gguf_writer_free(w);
+    CHECK(gguf_open(path, &f) == PS_OK);
+    unlink(path);
+    CHECK(tokenizer_from_gguf(f, &t) == PS_EFORMAT && t == NULL);
+    CHECK_MSG(strstr(ps_error_last(), "'tokenizer.ggml.merges' is missing") != NULL, "%s", ps_error_last());
     gguf_close(f);
     tokenizer_free(NULL);
 }
