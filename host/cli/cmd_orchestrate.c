@@ -46,6 +46,7 @@
 #include "orchestrator/http_floor.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/mock_agent.h"
+#include "orchestrator/describe.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
 
@@ -74,8 +75,11 @@ struct run {
 static void usage(FILE *out)
 {
     fprintf(out,
-        "usage: paraserve orchestrate [--agents FILE] (--task JSON ... | --tasks-file FILE) [options]\n"
+        "usage: paraserve orchestrate [--agents FILE] (--task JSON ... | --tasks-file FILE | --catalogue) [options]\n"
         "  --agents FILE      agent pool (default configs/agents.default.json)\n"
+        "  --catalogue        print the agent catalogue the model reads (name, kind, description,\n"
+        "                     input_schema; MCP agents described by their tools/list) as one JSON\n"
+        "                     line, and exit\n"
         "  --task JSON        a task request {\"input\",\"script\",\"max_rounds\",\"deadline_ms\"} (repeatable)\n"
         "  --tasks-file FILE  task requests, one JSON object per line\n"
         "  --repeat N         submit each task N times (default 1)\n"
@@ -338,18 +342,18 @@ int cmd_orchestrate(int argc, char **argv)
         {"cancel-after", required_argument, 0, 'c'}, {"quiet", no_argument, 0, 'q'},
         {"stats", no_argument, 0, 's'}, {"max-events", required_argument, 0, 'e'},
         {"stagger-ms", required_argument, 0, 'w'}, {"floor", required_argument, 0, 'F'},
-        {"warmup", no_argument, 0, 'W'},
+        {"warmup", no_argument, 0, 'W'}, {"catalogue", no_argument, 0, 'C'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
     int n_task_args = 0;
     int32_t repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0, floor_n = 0;
-    int warmup = 0;
+    int warmup = 0, print_catalogue = 0;
     struct run r = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:qshW", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:qshWC", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -370,12 +374,13 @@ int cmd_orchestrate(int argc, char **argv)
         case 'F': if (cli_parse_i32("orchestrate", "--floor", optarg, 0, 10000000, &floor_n)) return 2; break;
         case 'q': r.quiet = 1; break;
         case 'W': warmup = 1; break;
+        case 'C': print_catalogue = 1; break;
         case 's': r.stats = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
-    if ((!n_task_args && !tasks_file) || repeat < 1 || repeat > 1000000 || (max_events && max_events < 4) ||
+    if ((!n_task_args && !tasks_file && !print_catalogue) || repeat < 1 || repeat > 1000000 || (max_events && max_events < 4) ||
         r.stagger_ms < 0 || r.stagger_ms > 3600000 || floor_n < 0 || floor_n > 10000000 ||
         (floor_n && (mock_port < 0 || !r.stats))) {
         usage(stderr);
@@ -451,6 +456,23 @@ int cmd_orchestrate(int argc, char **argv)
     }
     struct exec_config ecfg = { .local_url = local_url };
     struct orch_config ocfg = { .max_events = max_events };
+    if (agents_describe(reg, &ecfg, DESCRIBE_WAIT_MS, stderr, NULL)) {
+        fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
+        goto done;
+    }
+    if (print_catalogue) {
+        cJSON *cat = registry_catalogue(reg);
+        char *text = cat ? cJSON_PrintUnformatted(cat) : NULL;
+        cJSON_Delete(cat);
+        if (!text) {
+            fprintf(stderr, "paraserve orchestrate: out of memory\n");
+            goto done;
+        }
+        printf("%s\n", text);
+        free(text);
+        rc = 0;
+        goto done;
+    }
     r.orch = orch_create(r.base, reg, &ecfg, &ocfg);
     if (!r.orch) {
         fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());

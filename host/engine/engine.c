@@ -162,6 +162,9 @@ static int on_sched_event(void *ud, const struct sched_event *sev)
         usleep(1000);
     }
     ev->token = sev->token;
+    ev->n_prompt = sev->n_prompt;
+    ev->n_cached = sev->n_cached;
+    ev->n_generated = sev->n_generated;
     if (kind == ENGINE_EV_TOKEN && sev->has_logprob) {
         ev->has_logprob = true;
         ev->logprob = sev->logprob;
@@ -181,9 +184,6 @@ static int on_sched_event(void *ud, const struct sched_event *sev)
     }
     if (kind == ENGINE_EV_DONE) {
         ev->finish = sev->finish;
-        ev->n_prompt = sev->n_prompt;
-        ev->n_cached = sev->n_cached;
-        ev->n_generated = sev->n_generated;
         if (sev->finish == FINISH_ERROR) {
             ev->status = 500;
             ev->error = strdup(sev->error ? sev->error : "engine error");

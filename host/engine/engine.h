@@ -131,9 +131,10 @@ struct engine_event {
     int32_t  n_top;
     int32_t  top_ids[SCHED_MAX_TOP_LOGPROBS];
     float    top_lps[SCHED_MAX_TOP_LOGPROBS];
+    /* TOKEN (so far, this token included) and DONE */
+    int32_t  n_prompt, n_cached, n_generated;
     /* DONE only */
     enum finish_reason finish;
-    int32_t  n_prompt, n_cached, n_generated;
     int      status;      /* 0 ok; 400 request rejected; 500 engine failure */
     char    *error;       /* owned; message when status != 0 or FINISH_ERROR */
 };

@@ -645,7 +645,8 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob
         struct sched_event ev = { .kind = SCHED_EV_TOKEN, .id = q->id, .user = q->user,
                                   .token = tok, .text = "", .text_len = 0, .piece = "", .piece_len = 0,
                                   .has_logprob = q->logprobs, .logprob = logprob,
-                                  .top_ids = s->top_ids, .top_lps = s->top_lps, .n_top = n_top };
+                                  .top_ids = s->top_ids, .top_lps = s->top_lps, .n_top = n_top,
+                                  .n_prompt = q->n_prompt, .n_cached = q->n_cached, .n_generated = q->n_generated };
         (void)emit(s, &ev);   /* no text; a logprobs record is not kept for EOG */
         sched_finish(s, q, FINISH_STOP, NULL);
         return;
@@ -667,7 +668,8 @@ static void seq_accept_token(sched *s, struct seq *q, int32_t tok, float logprob
                               .token = tok, .text = q->text ? q->text : "", .text_len = safe,
                               .piece = plen ? piece : "", .piece_len = plen,
                               .has_logprob = q->logprobs, .logprob = logprob,
-                              .top_ids = s->top_ids, .top_lps = s->top_lps, .n_top = n_top };
+                              .top_ids = s->top_ids, .top_lps = s->top_lps, .n_top = n_top,
+                              .n_prompt = q->n_prompt, .n_cached = q->n_cached, .n_generated = q->n_generated };
     const bool lost = emit(s, &ev) != 0;
     if (lost) {
         /* not delivered: its text stays held back for the next event */

@@ -262,12 +262,13 @@ struct sched_event {
                                 the sampled token may or may not be among
                                 them                                        */
     int32_t     n_top;
-    /* DONE only: */
-    enum finish_reason finish;
+    /* TOKEN and DONE (TOKEN: so far, this token included): */
     int32_t     n_prompt;    /* prompt tokens                                */
     int32_t     n_cached;    /* prompt tokens served by the prefix cache at
                                 first admission                              */
     int32_t     n_generated; /* completion tokens                            */
+    /* DONE only: */
+    enum finish_reason finish;
     int32_t     n_preempted; /* times this sequence was preempted            */
     const char *error;       /* FINISH_ERROR: message                        */
 };

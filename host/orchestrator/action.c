@@ -165,35 +165,68 @@ int action_check(const cJSON *a, char *err, size_t errlen)
         snprintf(err, errlen, "action: must be a JSON object");
         return PS_EINVAL;
     }
-    int any = 0;
+    const char *kinds[4];
+    int n_kinds = 0;
     for (const cJSON *k = a->child; k; k = k->next) {
         if (!strcmp(k->string, "calls")) {
-            if (!cJSON_IsArray(k)) {
-                snprintf(err, errlen, "action: 'calls' must be a list");
+            if (!cJSON_IsArray(k) || !cJSON_GetArraySize(k)) {
+                snprintf(err, errlen, "action: 'calls' must be a non-empty list");
                 return PS_EINVAL;
             }
-            any = 1;
+            int i = 0;
+            for (const cJSON *c = k->child; c; c = c->next, i++)
+                if (!cJSON_IsObject(c)) {
+                    snprintf(err, errlen, "action: calls[%d] must be an object {\"to\", \"args\", ...}", i);
+                    return PS_EINVAL;
+                }
         } else if (!strcmp(k->string, "wait")) {
-            any = 1;
+            if (!cJSON_IsTrue(k)) {
+                snprintf(err, errlen, "action: 'wait' must be true");
+                return PS_EINVAL;
+            }
         } else if (!strcmp(k->string, "cancel")) {
             if (check_id_list(k, "cancel", err, errlen))
                 return PS_EINVAL;
-            any = 1;
-        } else if (!strcmp(k->string, "final")) {
-            const cJSON *uses = cJSON_GetObjectItemCaseSensitive(k, "uses");
-            if (!cJSON_IsObject(k) || !cJSON_GetObjectItemCaseSensitive(k, "answer")) {
-                snprintf(err, errlen, "action: 'final' must be an object with an 'answer'");
+            if (!cJSON_GetArraySize(k)) {
+                snprintf(err, errlen, "action: 'cancel' must list at least one call id");
                 return PS_EINVAL;
             }
+        } else if (!strcmp(k->string, "final")) {
+            if (!cJSON_IsObject(k) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(k, "answer"))) {
+                snprintf(err, errlen, "action: 'final' must be an object with an 'answer' string");
+                return PS_EINVAL;
+            }
+            for (const cJSON *f = k->child; f; f = f->next)
+                if (strcmp(f->string, "answer") && strcmp(f->string, "uses")) {
+                    snprintf(err, errlen, "action: 'final' has an unknown key '%s' (answer, uses)", f->string);
+                    return PS_EINVAL;
+                }
+            const cJSON *uses = cJSON_GetObjectItemCaseSensitive(k, "uses");
             if (uses && check_id_list(uses, "final.uses", err, errlen))
                 return PS_EINVAL;
-            any = 1;
-        } else if (strcmp(k->string, "thought")) {
+        } else if (!strcmp(k->string, "thought")) {
+            if (!cJSON_IsString(k)) {
+                snprintf(err, errlen, "action: 'thought' must be a string");
+                return PS_EINVAL;
+            }
+            continue;
+        } else {
             snprintf(err, errlen, "action: unknown key '%s' (calls, wait, cancel, final, thought)", k->string);
             return PS_EINVAL;
         }
+        for (int i = 0; i < n_kinds; i++)
+            if (!strcmp(kinds[i], k->string)) {
+                snprintf(err, errlen, "action: '%s' given twice", k->string);
+                return PS_EINVAL;
+            }
+        if (n_kinds == 1) {
+            snprintf(err, errlen, "action: exactly one of calls, wait, cancel, final (got '%s' and '%s')", kinds[0],
+                     k->string);
+            return PS_EINVAL;
+        }
+        kinds[n_kinds++] = k->string;
     }
-    if (!any) {
+    if (!n_kinds) {
         snprintf(err, errlen, "action: needs one of calls, wait, cancel, final");
         return PS_EINVAL;
     }

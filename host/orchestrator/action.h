@@ -42,8 +42,13 @@ int action_parser_complete(const struct action_parser *p);
  * frees), or PS_EFORMAT with a message. */
 int action_parser_finish(struct action_parser *p, cJSON **action);
 
-/* Check an action object's shape (keys calls/wait/cancel/final/thought).
- * PS_OK or PS_EINVAL with the message in err. */
+/* Check an action object as proto/action.schema.json does at the action's
+ * level: exactly one of calls (a non-empty list), wait (true), cancel (a
+ * non-empty list of call ids), final ({"answer": string, "uses"?: call
+ * ids}), beside an optional "thought" string; no other key.  The calls'
+ * items are checked by the executor, one by one: a malformed call becomes
+ * `rejected` feedback rather than refusing the whole action.  PS_OK or
+ * PS_EINVAL with the message in err. */
 int action_check(const cJSON *action, char *err, size_t errlen);
 
 #endif /* PS_ORCH_ACTION_H */

@@ -439,6 +439,32 @@ struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const cha
     return op;
 }
 
+struct adapter_op *adapter_start_mcp_list(struct exec *ex, struct agent_rt *rt, const char *cursor,
+                                          adapter_done_fn done, void *ud)
+{
+    if (rt->spec->kind != AGENT_MCP_HTTP && rt->spec->kind != AGENT_MCP_STDIO) {
+        ps_error_set(PS_EINVAL, "agent '%s' is not an MCP agent", rt->spec->name);
+        return NULL;
+    }
+    struct adapter_op *op = calloc(1, sizeof *op);
+    if (!op || !(op->call_id = strdup("tools/list"))) {
+        free(op);
+        ps_error_set(PS_ENOMEM, "out of memory");
+        return NULL;
+    }
+    op->ex = ex;
+    op->rt = rt;
+    op->done = done;
+    op->ud = ud;
+    op->mcp_list = 1;
+    op->mcp_cursor = cursor;
+    if (mcp_op_start(op)) {
+        adapter_op_free(op);
+        return NULL;
+    }
+    return op;
+}
+
 void adapter_cancel(struct adapter_op *op)
 {
     if (!op)

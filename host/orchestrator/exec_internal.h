@@ -72,6 +72,14 @@ typedef void (*adapter_done_fn)(void *ud, struct adapter_result *r);
 struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const char *call_id,
                                  const cJSON *args, const char *tenant_line, adapter_done_fn done,
                                  void *ud);
+/* Ask an MCP agent (mcp-http, mcp-stdio) for one page of its tools: a
+ * tools/list request on the agent's session (made as for a call), from
+ * `cursor` (borrowed until the op ends; NULL: the first page).  `done` gets
+ * FB_OK with the response's result object ({"tools":[...],
+ * "nextCursor"?}, unchecked), or an error status; otherwise as
+ * adapter_start. */
+struct adapter_op *adapter_start_mcp_list(struct exec *ex, struct agent_rt *rt, const char *cursor,
+                                          adapter_done_fn done, void *ud);
 /* Abort an attempt (protocols that can, are told: MCP notifications/cancelled).
  * No callback afterwards. */
 void adapter_cancel(struct adapter_op *op);
@@ -126,6 +134,8 @@ struct adapter_op {
                                          outlives its ops): "Name: tenant" sent
                                          by local agents; NULL: none */
     long               rpc_id;        /* MCP or A2A JSON-RPC id */
+    int                mcp_list;      /* mcp: a tools/list request (adapter_start_mcp_list) */
+    const char        *mcp_cursor;    /* its cursor (borrowed until the op ends); NULL: first page */
     int                mcp_sent;      /* request written to the agent */
     int64_t            mcp_t0;        /* mcp: when the attempt started (orch_now_ns) */
     struct adapter_op *mcp_prev, *mcp_next;  /* session's waiting/in-flight list */

@@ -178,9 +178,17 @@ static cJSON *rpc_new(long id, const char *method)
     return m;
 }
 
+/* The op's request: tools/call of the agent's tool with the call's args,
+ * or (op->mcp_list) tools/list, from op->mcp_cursor when it has one. */
 static cJSON *tools_call_msg(struct adapter_op *op)
 {
     const struct agent_spec *a = op->rt->spec;
+    if (op->mcp_list) {
+        cJSON *m = rpc_new(op->rpc_id, "tools/list");
+        if (op->mcp_cursor)
+            cJSON_AddStringToObject(cJSON_AddObjectToObject(m, "params"), "cursor", op->mcp_cursor);
+        return m;
+    }
     cJSON *m = rpc_new(op->rpc_id, "tools/call");
     cJSON *p = cJSON_AddObjectToObject(m, "params");
     cJSON_AddStringToObject(p, "name", a->tool ? a->tool : a->name);
@@ -315,12 +323,29 @@ enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t
     return FB_OK;
 }
 
-/* Map a tools/call JSON-RPC response to an outcome and deliver it. */
+/* Map a tools/call JSON-RPC response to an outcome and deliver it; a
+ * tools/list response (op->mcp_list) is delivered as its result object. */
 static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t recv_ns, int64_t send_ns)
 {
     char err[512];
     cJSON *res;
-    enum fb_status st = mcp_reply_result(msg, &res, err, sizeof err);
+    enum fb_status st;
+    if (op->mcp_list) {
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(msg, "error");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(msg, "result");
+        if (e && !cJSON_IsNull(e)) {
+            const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+            snprintf(err, sizeof err, "mcp error to tools/list: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
+            adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, recv_ns, send_ns);
+        } else if (!cJSON_IsObject(r)) {
+            adapter_finish(op, FB_PARSE_ERROR, NULL, "mcp reply to tools/list has no result object", 0, recv_ns, send_ns);
+        } else {
+            res = cJSON_Duplicate(r, 1);
+            adapter_finish(op, res ? FB_OK : FB_EXEC_ERROR, res, res ? NULL : "out of memory", 0, recv_ns, send_ns);
+        }
+        return;
+    }
+    st = mcp_reply_result(msg, &res, err, sizeof err);
     adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, recv_ns, send_ns);
 }
 

@@ -275,6 +275,7 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
         if (jschema_check(schema, sw, err, sizeof err))
             return ps_error_set(PS_EINVAL, "%s", err);
         a->input_schema = cJSON_Duplicate(schema, 1);
+        a->input_schema_given = 1;
     } else if (a->kind == AGENT_BUILTIN) {
         a->input_schema = builtin_schema(a->tool ? a->tool : a->name);
     } else if (a->kind == AGENT_LOCAL || a->kind == AGENT_OPENAI_CHAT || a->kind == AGENT_A2A) {
@@ -417,4 +418,76 @@ cJSON *registry_catalogue(const struct registry *reg)
         }
     }
     return arr;
+}
+
+/* `text` as one line of at most REGISTRY_DESCRIBED_MAX bytes: control
+ * characters become spaces, runs of spaces one, no space at either end; a
+ * cut never splits a UTF-8 sequence. */
+static char *one_line(const char *text)
+{
+    size_t n = strlen(text), k = 0;
+    char *o = malloc(n + 1);
+    if (!o)
+        return NULL;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c < 32 || c == 127)
+            c = ' ';
+        if (c == ' ' && (k == 0 || o[k - 1] == ' '))
+            continue;
+        o[k++] = (char)c;
+    }
+    if (k > REGISTRY_DESCRIBED_MAX) {
+        k = REGISTRY_DESCRIBED_MAX;
+        while (k > 0 && ((unsigned char)o[k] & 0xC0) == 0x80)   /* o[k]: a continuation byte */
+            k--;
+    }
+    while (k > 0 && o[k - 1] == ' ')
+        k--;
+    o[k] = '\0';
+    return o;
+}
+
+int registry_describe_agent(struct registry *reg, int i, const char *description,
+                            const cJSON *input_schema, int *applied)
+{
+    *applied = 0;
+    if (!reg || i < 0 || i >= reg->n)
+        return ps_error_set(PS_EINVAL, "registry: no agent %d", i);
+    struct agent_spec *a = &reg->agents[i];
+    cJSON *schema = NULL;
+    if (input_schema && !a->input_schema_given) {
+        char err[512];
+        if (!cJSON_IsObject(input_schema))
+            return ps_error_set(PS_EINVAL, "its inputSchema is not an object");
+        if (jschema_check(input_schema, "inputSchema", err, sizeof err))
+            return ps_error_set(PS_EINVAL, "%s", err);
+        const cJSON *ex_args = a->example ? cJSON_GetObjectItemCaseSensitive(a->example, "args") : NULL;
+        if (ex_args && jschema_validate(input_schema, ex_args, "example.args", err, sizeof err))
+            return ps_error_set(PS_EINVAL, "the pool's example does not fit its inputSchema: %s", err);
+        if (!(schema = cJSON_Duplicate(input_schema, 1)))
+            return PS_ENOMEM;
+    }
+    char *text = NULL;
+    if (description && !a->description[0]) {
+        if (!(text = one_line(description))) {
+            cJSON_Delete(schema);
+            return PS_ENOMEM;
+        }
+        if (!text[0]) {
+            free(text);
+            text = NULL;
+        }
+    }
+    if (schema) {
+        cJSON_Delete(a->input_schema);
+        a->input_schema = schema;
+        *applied |= REGISTRY_DESCRIBED_SCHEMA;
+    }
+    if (text) {
+        free(a->description);
+        a->description = text;
+        *applied |= REGISTRY_DESCRIBED_TEXT;
+    }
+    return PS_OK;
 }

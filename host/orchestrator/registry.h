@@ -7,8 +7,10 @@
  * message naming it ("agents.json: agents[3].timeout_ms: must be an
  * integer in 1..3600000"), recorded with ps_error_set().
  *
- * Ownership: the registry owns every spec and string in it; specs are
- * immutable after loading and live until registry_free().
+ * Ownership: the registry owns every spec and string in it; specs live
+ * until registry_free() and are immutable once an executor or a catalogue
+ * uses them.  Before that, registry_describe_agent() may fill in what an
+ * agent says of itself (agents_describe(), describe.h).
  */
 #ifndef PS_ORCH_REGISTRY_H
 #define PS_ORCH_REGISTRY_H
@@ -38,6 +40,7 @@ struct agent_spec {
     enum agent_kind kind;
     char           *description;     /* "" when absent */
     cJSON          *input_schema;    /* never NULL; {"type":"object"} default */
+    int             input_schema_given; /* input_schema came from the pool file */
     char           *url;             /* http(s) kinds */
     char          **command;         /* mcp-stdio argv, NULL-terminated */
     char          **headers;         /* "Name: value" lines, NULL-terminated */
@@ -71,6 +74,21 @@ int                      registry_count(const struct registry *reg);
 const struct agent_spec *registry_at(const struct registry *reg, int i);
 /* NULL when no agent has that name. */
 const struct agent_spec *registry_find(const struct registry *reg, const char *name);
+
+/* Fill in agent i's description and input_schema where the pool file gave
+ * none, from what the agent says of itself (MCP tools/list): `description`
+ * (NULL: none) is made one line (control characters to spaces, runs of
+ * spaces to one), at most REGISTRY_DESCRIBED_MAX bytes (cut on a UTF-8
+ * boundary); `input_schema` (NULL: none) must be an object that
+ * jschema_check() accepts and that admits the spec's example args, if
+ * any.  *applied gets REGISTRY_DESCRIBED_TEXT / _SCHEMA for what was
+ * taken.  Returns PS_OK, PS_EINVAL (the schema is not usable: nothing is
+ * changed, the message says why) or PS_ENOMEM. */
+#define REGISTRY_DESCRIBED_MAX    1024
+#define REGISTRY_DESCRIBED_TEXT   1
+#define REGISTRY_DESCRIBED_SCHEMA 2
+int registry_describe_agent(struct registry *reg, int i, const char *description,
+                            const cJSON *input_schema, int *applied);
 
 /* The catalogue the orchestrator model reads: a new JSON array (caller
  * frees) of {"name","kind","description","input_schema"}; NULL when out of

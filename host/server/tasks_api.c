@@ -24,6 +24,7 @@
 #include "openai.h"
 #include "sse.h"
 #include "orchestrator/httpc.h"
+#include "orchestrator/describe.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
 
@@ -59,6 +60,8 @@ struct decision {
     char              task_id[48];
     int               round;
     uint64_t          eng_id;
+    int               usage_recorded; /* the task has this round's usage (taken when
+                                         the action closed, before the engine's end) */
     struct decision  *prev, *next;
 };
 
@@ -756,6 +759,11 @@ void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev
         if (t && ev->text_len && orch_task_decision_text(t, ev->text, ev->text_len) && d->t) {
             d->t = NULL;
             engine_cancel(api->cfg.eng, d->eng_id);
+            /* the usage so far (this token included), before the decision
+             * ends: a final action ends the task, whose task.final lists
+             * every round's usage */
+            orch_task_decision_usage(t, d->round, ev->n_prompt, ev->n_cached, ev->n_generated);
+            d->usage_recorded = 1;
             orch_task_decision_end(t, PS_OK, NULL);
         }
         return;
@@ -764,7 +772,7 @@ void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev
     api->cfg.m->cached_prompt_tokens += (uint64_t)ev->n_cached;
     api->cfg.m->generated_tokens += (uint64_t)ev->n_generated;
     struct orch_task *owner = orch_task_find(api->orch, d->task_id);
-    if (owner)
+    if (owner && !d->usage_recorded)
         orch_task_decision_usage(owner, d->round, ev->n_prompt, ev->n_cached, ev->n_generated);
     if (d->t) {
         struct orch_task *t = d->t;
@@ -901,6 +909,9 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     rc = api->agents_path[0] ? registry_load_file(api->agents_path, &api->reg)
                              : registry_load_json("{\"agents\":[]}", "(no agent pool)", &api->reg);
     if (rc)
+        goto fail;
+    const struct exec_config dcfg = { .local_url = cfg->local_url, .local_header = cfg->local_header };
+    if ((rc = agents_describe(api->reg, &dcfg, DESCRIBE_WAIT_MS, stderr, NULL)))
         goto fail;
     if (registry_count(api->reg)) {
         cJSON *cat = registry_catalogue(api->reg);

@@ -253,9 +253,9 @@ def test_mcp_http_and_stdio(run, server_proc, tmp_path):
     port = free_port()
     server_proc(AGENTS / "mcp_server.py", "http", port, port=port)
     pool = write_pool(tmp_path, [
-        {"name": "add", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000,
-         "input_schema": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-                          "required": ["a", "b"]}},
+        # no input_schema: the describe step takes the server's (tools/list),
+        # which rejects "bad" below without calling
+        {"name": "add", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000},
         {"name": "nap", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000},
         {"name": "shout", "kind": "mcp-stdio", "timeout_ms": 30000,
          "command": [sys.executable, str(AGENTS / "mcp_server.py"), "stdio"]}])
@@ -274,6 +274,69 @@ def test_mcp_http_and_stdio(run, server_proc, tmp_path):
     assert final["status"] == "completed" and final["output"] == "ANSWER 42"
 
 
+def test_mcp_describe_step(run, tmp_path):
+    """MCP agents whose pool entry leaves out description or input_schema
+    are asked tools/list before any task runs (every page): the named tool's
+    words (one line, bounded) and schema fill the gaps, and the schema is
+    then enforced; a server that errs, hangs, lists garbage or an unusable
+    schema leaves the entry as it was, one line on stderr saying why; an
+    entry that gives both is not asked."""
+    stub = str(AGENTS / "mcp_list_stub.py")
+    logs = {m: tmp_path / f"{m}.log" for m in ("paged", "wins")}
+
+    def agent(name, mode, log=None, **kw):
+        cmd = [sys.executable, stub, mode] + ([str(log)] if log else [])
+        return {"name": name, "kind": "mcp-stdio", "tool": "lookup", "command": cmd, "timeout_ms": 5000, **kw}
+    schema = {"type": "object", "properties": {"key": {"type": "string"}}, "required": ["key"],
+              "additionalProperties": False}
+    pool = write_pool(tmp_path, [
+        agent("lookup", "paged", logs["paged"]),
+        agent("b", "badschema"), agent("n", "notools"), agent("e", "error"),
+        agent("s", "silent", timeout_ms=1500), agent("g", "garbage"),
+        agent("w", "paged", logs["wins"], description="Pool words.", input_schema={"type": "object"})])
+    t0 = time.time()
+    r = run("orchestrate", "--agents", pool, "--catalogue", timeout=60)
+    took = time.time() - t0
+    err = r.stderr.decode()
+    assert r.returncode == 0, err
+    cat = {a["name"]: a for a in json.loads(r.stdout)}
+    assert took < 8, took   # every agent at once; the silent one for its 1.5 s
+    lines = err.splitlines()
+
+    def line(name):
+        got = [l for l in lines if l.startswith(f"paraserve: agent '{name}' (mcp-stdio): ")]
+        assert len(got) <= 2, got
+        return " | ".join(got)
+    # paged: found on page 2; its words one line, bounded, cut on a character
+    assert "description and input_schema taken from its tools/list" in line("lookup"), err
+    d = cat["lookup"]["description"]
+    assert d.startswith("Looks a key up. In [2J the table. more more") and len(d.encode()) <= 1024, d
+    assert not any(c < " " for c in d)
+    assert cat["lookup"]["input_schema"] == schema
+    sent = [json.loads(l) for l in logs["paged"].read_text().splitlines()]
+    pages = [m["params"] for m in sent if m["method"] == "tools/list"]
+    assert pages == [None, {"cursor": "page-2"}], sent
+    # an unusable schema: the words are taken, the schema is not
+    assert "inputSchema is not used" in line("b") and "$ref" in line("b"), err
+    assert "description taken from its tools/list" in line("b"), err
+    assert cat["b"]["description"] == "Looks a key up." and cat["b"]["input_schema"] == {"type": "object"}
+    for name, why in (("n", 'no "tools" array'), ("e", "no listing here"),
+                      ("s", "no answer to tools/list within 1500 ms"), ("g", "it lists no tool 'lookup'")):
+        assert "not described by the server" in line(name) and why in line(name), (name, err)
+        assert cat[name]["description"] == "" and cat[name]["input_schema"] == {"type": "object"}
+    # the pool's entry gives both: no tools/list asked
+    assert line("w") == "" and cat["w"]["description"] == "Pool words."
+    assert "tools/list" not in (logs["wins"].read_text() if logs["wins"].exists() else "")
+    # the taken schema is enforced before the call; a fitting call runs
+    ev = orchestrate(run, pool, {"input": "describe", "script": [
+        {"calls": [{"id": "bad", "to": "lookup", "args": {"key": 5}},
+                   {"id": "ok", "to": "lookup", "args": {"key": "k7"}}]},
+        {"final": {"answer": "{{ok}}", "uses": ["ok"]}}]}, timeout=60)
+    by, final = calls_by_id(ev)
+    assert by["bad"]["status"] == "rejected" and "args.key" in by["bad"]["error"], by["bad"]
+    assert by["ok"]["status"] == "ok" and final["status"] == "completed", by
+
+
 def test_mcp_stdio_crash_loop_and_stderr(run, tmp_path):
     """A stdio tool that writes to stderr and exits at once: its stderr reaches
     ours prefixed with the agent's name, and the executor's retries do not
@@ -281,7 +344,7 @@ def test_mcp_stdio_crash_loop_and_stderr(run, tmp_path):
     fail at once, naming why)."""
     pool = write_pool(tmp_path, [
         {"name": "crashy", "kind": "mcp-stdio", "timeout_ms": 2000, "retries": 3, "backoff_ms": 10,
-         "breaker_failures": 0,
+         "breaker_failures": 0, "description": "Crashes.", "input_schema": {"type": "object"},
          "command": ["sh", "-c", f"echo started >> {tmp_path}/starts; printf 'boom\\033[2J\\n' >&2; exit 3"]}])
     t0 = time.time()
     r = run("orchestrate", "--agents", pool, "--task", json.dumps({"input": "crash", "script": [

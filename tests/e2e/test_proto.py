@@ -38,7 +38,7 @@ def test_examples_validate():
         vf.validate(f)
 
 
-@pytest.mark.parametrize("bad", [
+BAD_ACTIONS = [
     {},
     {"calls": []},
     {"wait": True, "final": {"answer": "x"}},
@@ -46,10 +46,46 @@ def test_examples_validate():
     {"final": {"answer": 3}},
     {"cancel": "c1"},
     {"calls": [{"id": "c1", "to": "x", "args": {}, "extra": 1}]},
-])
+    {"wait": False},
+    {"cancel": []},
+    {"final": {"answer": "x", "extra": 1}},
+    {"thought": "only a thought"},
+    {"thought": 7, "wait": True},
+    {"calls": [7]},
+    {"launch": True},
+]
+# refused by the schema; the executor takes these per call, as `rejected`
+# feedback for that call, rather than refusing the whole action
+CALL_LEVEL = ({"calls": [{"id": "c1", "to": "x"}]}, {"calls": [{"id": "c1", "to": "x", "args": {}, "extra": 1}]})
+
+
+@pytest.mark.parametrize("bad", BAD_ACTIONS)
 def test_bad_actions_rejected(bad):
     with pytest.raises(jsonschema.ValidationError):
         validator("action.schema.json").validate(bad)
+
+
+def submit_script_step(paraserve_bin, action):
+    """`paraserve orchestrate` of a task whose script is `action` then a
+    final: (exit code, stderr)."""
+    task = {"input": "parity", "script": [action, {"final": {"answer": "done"}}]}
+    r = subprocess.run([paraserve_bin, "orchestrate", "--agents", str(ROOT / "configs" / "agents.default.json"),
+                        "--quiet", "--task", json.dumps(task)], capture_output=True, timeout=60)
+    return r.returncode, r.stderr.decode()
+
+
+@pytest.mark.parametrize("bad", [b for b in BAD_ACTIONS if b not in CALL_LEVEL])
+def test_code_refuses_what_the_schema_refuses(paraserve_bin, bad):
+    """The executor's own check (action_check) agrees with the schema: a
+    scripted step the schema refuses is refused at submission, naming it."""
+    rc, err = submit_script_step(paraserve_bin, bad)
+    assert rc == 2 and "script[0]: action:" in err, (rc, err)
+
+
+@pytest.mark.parametrize("good", json.loads((PROTO / "examples" / "actions.json").read_text()))
+def test_code_accepts_what_the_schema_accepts(paraserve_bin, good):
+    rc, err = submit_script_step(paraserve_bin, good)
+    assert "script[" not in err and rc == 0, (rc, err)
 
 
 def test_default_agent_pool_validates():

@@ -408,17 +408,16 @@ def test_model_driven_task_reaches_final_within_its_limits(srv):
     assert wall < 33, wall
     assert "action grammar for 3 agent(s) compiled" in srv.output()   # decisions are constrained
     s = check_model_events(ev, max_rounds=2)
-    # Token usage of each decided round reaches the summary (the last one may
-    # land just after the end, when the engine answers the cancel).
+    # Token usage of every decided round is in task.final, the final
+    # decision's included (its action closed before the engine's end), and
+    # the same in the summary.
     n_decisions = len([e for e in ev if e["event"] == "decision"])
-    end = time.time() + 10
-    while True:
-        s = httpx.get(f"{srv.url}/v1/tasks/{s['id']}", timeout=10).json()
-        usage = s.get("usage") or {"decisions": []}
-        if len(usage["decisions"]) >= n_decisions or time.time() > end:
-            break
-        time.sleep(0.1)
-    assert len(usage["decisions"]) >= n_decisions, s
+    final = [e["data"] for e in ev if e["event"] == "task.final"][-1]
+    usage = final.get("usage") or {"decisions": []}
+    assert [d["round"] for d in usage["decisions"]] == list(range(1, n_decisions + 1)), (n_decisions, usage)
+    assert all(d["completion_tokens"] > 0 and d["prompt_tokens"] > 0 for d in usage["decisions"]), usage
+    s = httpx.get(f"{srv.url}/v1/tasks/{s['id']}", timeout=10).json()
+    assert s["usage"]["decisions"] == usage["decisions"], (s["usage"], usage)
     print(f"\nmodel-driven task: final in {wall:.1f} s, rounds {s['rounds']}, output {s['output']!r}, "
           f"calls {[(c['id'], c['to'], c['status']) for c in s['calls']]}, usage {usage['decisions']}")
     if len(usage["decisions"]) >= 2:

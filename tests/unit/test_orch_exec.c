@@ -44,6 +44,64 @@ static void test_registry_errors(void)
     registry_free(r);
 }
 
+/* registry_describe_agent: what an MCP server says fills only what the pool
+ * left out; its words become one bounded line; an unusable schema changes
+ * nothing. */
+static void test_registry_describe(void)
+{
+    struct registry *r;
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"m\",\"kind\":\"mcp-stdio\",\"command\":[\"true\"]},"
+                             "{\"name\":\"p\",\"kind\":\"mcp-stdio\",\"command\":[\"true\"],\"description\":\"Pool words.\","
+                             "\"input_schema\":{\"type\":\"object\",\"required\":[\"q\"]}},"
+                             "{\"name\":\"e\",\"kind\":\"mcp-stdio\",\"command\":[\"true\"],"
+                             "\"example\":{\"task\":\"t\",\"args\":{\"n\":\"x\"},\"result\":1}}]}", "pool", &r) == PS_OK);
+    if (!r)
+        return;
+    int applied;
+    cJSON *schema = cJSON_Parse("{\"type\":\"object\",\"properties\":{\"n\":{\"type\":\"integer\",\"title\":\"N\"}},"
+                                "\"required\":[\"n\"]}");
+    /* control characters to spaces, runs of spaces to one, ends trimmed */
+    CHECK(registry_describe_agent(r, 0, "  Adds\tnumbers.\r\n\n  Twice\x1b[2J.  ", schema, &applied) == PS_OK);
+    CHECK(applied == (REGISTRY_DESCRIBED_TEXT | REGISTRY_DESCRIBED_SCHEMA));
+    const struct agent_spec *m = registry_find(r, "m");
+    CHECK_MSG(!strcmp(m->description, "Adds numbers. Twice [2J."), "'%s'", m->description);
+    CHECK(cJSON_Compare(m->input_schema, schema, 1));
+    /* the pool's words and schema win */
+    CHECK(registry_describe_agent(r, 1, "Server words.", schema, &applied) == PS_OK && applied == 0);
+    const struct agent_spec *p = registry_find(r, "p");
+    CHECK(!strcmp(p->description, "Pool words.") &&
+          cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(p->input_schema, "required")) == 1 &&
+          !strcmp(cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(p->input_schema, "required"), 0)->valuestring, "q"));
+    /* a schema the pool's example does not fit, or outside the subset, or
+     * not an object: refused, nothing changed (the words neither) */
+    CHECK(registry_describe_agent(r, 2, "Words.", schema, &applied) == PS_EINVAL && applied == 0);
+    CHECK_MSG(strstr(ps_error_last(), "example") != NULL, "%s", ps_error_last());
+    const struct agent_spec *e = registry_find(r, "e");
+    CHECK(e->description[0] == 0 && !cJSON_GetObjectItemCaseSensitive(e->input_schema, "required"));
+    cJSON *ref = cJSON_Parse("{\"$ref\":\"#/$defs/x\"}"), *str = cJSON_CreateString("object");
+    CHECK(registry_describe_agent(r, 2, NULL, ref, &applied) == PS_EINVAL && applied == 0);
+    CHECK_MSG(strstr(ps_error_last(), "$ref") != NULL, "%s", ps_error_last());
+    CHECK(registry_describe_agent(r, 2, NULL, str, &applied) == PS_EINVAL && applied == 0);
+    /* a blank description takes nothing */
+    CHECK(registry_describe_agent(r, 2, " \t\r\n ", NULL, &applied) == PS_OK && applied == 0 && !e->description[0]);
+    /* a long description: at most REGISTRY_DESCRIBED_MAX bytes, cut before
+     * a split UTF-8 sequence ("é" is 2 bytes: the byte budget falls inside one) */
+    char longd[3000] = "x";
+    for (size_t k = 1; k + 2 < sizeof longd; k += 2)
+        memcpy(longd + k, "\xc3\xa9", 2);
+    longd[sizeof longd - 1] = 0;
+    CHECK(registry_describe_agent(r, 2, longd, NULL, &applied) == PS_OK && applied == REGISTRY_DESCRIBED_TEXT);
+    size_t n = strlen(e->description);
+    CHECK_MSG(n == REGISTRY_DESCRIBED_MAX - 1 && (unsigned char)e->description[n - 1] == 0xa9, "%zu bytes", n);
+    /* nothing offered, nothing taken */
+    CHECK(registry_describe_agent(r, 0, NULL, NULL, &applied) == PS_OK && applied == 0);
+    CHECK(registry_describe_agent(r, 9, NULL, NULL, &applied) == PS_EINVAL);
+    cJSON_Delete(schema);
+    cJSON_Delete(ref);
+    cJSON_Delete(str);
+    registry_free(r);
+}
+
 static void test_schema_and_calc(void)
 {
     char err[256];
@@ -171,13 +229,33 @@ static void test_action_parser(void)
     CHECK(action_parser_finish(p, &a) == PS_OK);
     cJSON_Delete(a);
     action_parser_free(p);
-    const char *bad[] = { "[1]", "{\"calls\":3}", "{\"final\":{}}", "{\"launch\":1}", "{\"calls\":[}" };
+    /* what proto/action.schema.json refuses (tests/e2e/test_proto.py holds
+     * the schema to the same verdicts) */
+    const char *bad[] = { "[1]", "{\"calls\":3}", "{\"final\":{}}", "{\"launch\":1}", "{\"calls\":[}",
+                          "{\"calls\":[]}", "{\"wait\":true,\"final\":{\"answer\":\"x\"}}",
+                          "{\"final\":{\"answer\":3}}", "{\"wait\":false}", "{\"cancel\":[]}",
+                          "{\"cancel\":\"c1\"}", "{\"final\":{\"answer\":\"x\",\"extra\":1}}",
+                          "{\"thought\":1,\"wait\":true}", "{\"thought\":\"t\"}",
+                          "{\"wait\":true,\"wait\":true}",
+                          "{\"calls\":[{\"to\":\"a\",\"args\":{}}],\"cancel\":[\"c1\"]}" };
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         p = action_parser_new(on_closed, NULL);
         int st = action_parser_feed(p, bad[i], strlen(bad[i]));
         if (st == PS_OK)
             st = action_parser_finish(p, &a);
         CHECK_MSG(st != PS_OK, "accepted %s", bad[i]);
+        action_parser_free(p);
+    }
+    const char *good[] = { "{\"wait\":true,\"thought\":\"t\"}", "{\"final\":{\"answer\":\"x\",\"uses\":[]}}",
+                           "{\"cancel\":[\"c1\"]}", "{\"thought\":\"why\",\"calls\":[{\"to\":\"a\",\"args\":{}}]}" };
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        p = action_parser_new(on_closed, NULL);
+        int st = action_parser_feed(p, good[i], strlen(good[i]));
+        if (st == PS_OK)
+            st = action_parser_finish(p, &a);
+        CHECK_MSG(st == PS_OK, "refused %s: %s", good[i], ps_error_last());
+        if (st == PS_OK)
+            cJSON_Delete(a);
         action_parser_free(p);
     }
 }
@@ -406,7 +484,7 @@ static void test_faults(void)
     c.run.done = c.run.expect = 0;
     struct orch_task *a = submit(&c, "{\"input\":\"x\",\"script\":[{\"wait\":true}]}");
     struct orch_task *b = submit(&c, "{\"input\":\"x\",\"max_rounds\":2,\"script\":[{\"wait\":true},{\"wait\":true},{\"wait\":true}]}");
-    struct orch_task *d = submit(&c, "{\"input\":\"x\",\"deadline_ms\":150,\"script\":[{\"calls\":[{\"id\":\"h\",\"to\":\"mock\",\"args\":{\"fault\":\"hang\"}}]},{\"final\":{\"answer\":1,\"uses\":[\"h\"]}}]}");
+    struct orch_task *d = submit(&c, "{\"input\":\"x\",\"deadline_ms\":150,\"script\":[{\"calls\":[{\"id\":\"h\",\"to\":\"mock\",\"args\":{\"fault\":\"hang\"}}]},{\"final\":{\"answer\":\"1\",\"uses\":[\"h\"]}}]}");
     struct orch_task *m = submit(&c, "{\"input\":\"x\"}");
     run_loop(&c);
     CHECK(orch_task_status(a) == TASK_FAILED && orch_task_status(b) == TASK_FAILED);
@@ -536,19 +614,34 @@ static void on_seq(void *ud, struct orch_task *t, const struct orch_event *ev)
 
 /* A scripted action whose calls carry ids skips the print-and-parse round
  * trip (task.c decide_script_direct): it must hand over exactly what the
- * incremental parser would - every object element of every top-level
- * "calls" list, in order, other elements skipped - then the decision with
- * the action as written.  Calls without ids take the text path and get
+ * incremental parser would - every call of the "calls" list, in order -
+ * then the decision with the action as written (an action the schema
+ * refuses, e.g. a list element that is not a call, never gets this far:
+ * its script is refused at submission).  Calls without ids take the text path and get
  * fresh ids. */
 static void test_script_actions_as_the_parser_sees_them(void)
 {
     struct ctx c;
     CHECK(ctx_open(&c) == 0);
     struct seq q1 = {{0}, 0}, q2 = {{0}, 0};
+    /* a list element that is not a call, or a second "calls" list: the
+     * script is refused at submission, naming it */
+    const char *refused[] = {
+        "{\"input\":\"x\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"calculator\",\"args\":{}},7]}]}",
+        "{\"input\":\"x\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"calculator\",\"args\":{}}],"
+        "\"calls\":[{\"id\":\"d\",\"to\":\"calculator\",\"args\":{}}]}]}" };
+    const char *why[] = { "script[0]: action: calls[1] must be an object", "script[0]: action: 'calls' given twice" };
+    for (int i = 0; i < 2; i++) {
+        cJSON *req = cJSON_Parse(refused[i]);
+        struct orch_task *t = NULL;
+        CHECK(orch_task_submit(c.orch, req, NULL, &t) == PS_EINVAL && !t);
+        CHECK_MSG(!strncmp(ps_error_last(), why[i], strlen(why[i])), "%s", ps_error_last());
+        cJSON_Delete(req);
+    }
     struct orch_task *t1 = submit(&c, "{\"input\":\"x\",\"script\":[{\"thought\":\"t\",\"calls\":["
-        "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},7,\"s\","
-        "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}}],"
-        "\"calls\":[{\"id\":\"d\",\"to\":\"calculator\",\"args\":{\"expression\":\"3\"}}]},"
+        "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
+        "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}},"
+        "{\"id\":\"d\",\"to\":\"calculator\",\"args\":{\"expression\":\"3\"}}]},"
         "{\"final\":{\"answer\":\"{{a}} {{b}} {{d}}\",\"uses\":[\"a\",\"b\",\"d\"]}}]}");
     struct orch_task *t2 = submit(&c, "{\"input\":\"y\",\"script\":[{\"calls\":["
         "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
@@ -564,8 +657,8 @@ static void test_script_actions_as_the_parser_sees_them(void)
         "call.dispatched b {\"expression\":\"2+2\"}\n"
         "call.dispatched d {\"expression\":\"3\"}\n"
         "decision {\"thought\":\"t\",\"calls\":[{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
-        "7,\"s\",{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}}],"
-        "\"calls\":[{\"id\":\"d\",\"to\":\"calculator\",\"args\":{\"expression\":\"3\"}}]}\n";
+        "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}},"
+        "{\"id\":\"d\",\"to\":\"calculator\",\"args\":{\"expression\":\"3\"}}]}\n";
     CHECK_MSG(!strcmp(q1.text, want1), "direct path:\n%s", q1.text);
     const char *want2 =
         "call.dispatched a {\"expression\":\"1+1\"}\n"
@@ -2336,6 +2429,7 @@ static void test_local_agent_tenant_header(void)
 int main(void)
 {
     test_registry_errors();
+    test_registry_describe();
     test_mcp_reply();
     test_schema_and_calc();
     test_schema_wants_text();

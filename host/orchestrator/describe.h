@@ -1,0 +1,38 @@
+/* describe.h - the "describe" step of the Agent-as-Tool contract: what an
+ * agent says of itself, taken before any task runs.
+ *
+ * MCP agents (mcp-http, mcp-stdio) whose pool entry leaves out
+ * `description` or `input_schema` are asked tools/list (every page, on a
+ * session of their own, all agents at once); the tool the entry names
+ * (`tool`, default its name) gives what is missing
+ * (registry_describe_agent: the pool file's words always win).  Agents of
+ * other kinds say nothing of themselves through their protocol, so their
+ * pool entry is their description.
+ *
+ * Each agent gets min(timeout_ms, max_wait_ms) for all its pages.  An agent
+ * that cannot be asked (down, refuses, times out, lists no such tool, an
+ * inputSchema outside the supported subset) keeps its pool entry as it is
+ * and the run goes on: one line on `log` says why.  So does each agent that
+ * was described, naming what was taken.
+ */
+#ifndef PS_ORCH_DESCRIBE_H
+#define PS_ORCH_DESCRIBE_H
+
+#include <stdio.h>
+
+#include "orchestrator/executor.h"
+#include "orchestrator/registry.h"
+
+#define DESCRIBE_MAX_PAGES 64      /* tools/list pages read per agent */
+#define DESCRIBE_WAIT_MS   10000   /* the callers' max_wait_ms: a server starts within it */
+
+/* Describe the registry's MCP agents, blocking (a private event loop and
+ * executor, both gone on return; stdio agents' processes are stopped).
+ * `ecfg` as for exec_create (NULL: defaults).  *n_described (NULL-safe)
+ * gets the number of agents that took something.  Returns PS_OK (also when
+ * some agents could not be asked: see `log`), or PS_ENOMEM / PS_EIO when
+ * the step itself could not run. */
+int agents_describe(struct registry *reg, const struct exec_config *ecfg, int max_wait_ms, FILE *log,
+                    int *n_described);
+
+#endif /* PS_ORCH_DESCRIBE_H */
