@@ -169,8 +169,12 @@ int action_check(const cJSON *a, char *err, size_t errlen)
     int n_kinds = 0;
     for (const cJSON *k = a->child; k; k = k->next) {
         if (!strcmp(k->string, "calls")) {
-            if (!cJSON_IsArray(k) || !cJSON_GetArraySize(k)) {
-                snprintf(err, errlen, "action: 'calls' must be a non-empty list");
+            if (!cJSON_IsArray(k)) {
+                snprintf(err, errlen, "action: 'calls' must be a list of calls");
+                return PS_EINVAL;
+            }
+            if (!cJSON_GetArraySize(k)) {
+                snprintf(err, errlen, "action: 'calls' is empty (list at least one call)");
                 return PS_EINVAL;
             }
             int i = 0;

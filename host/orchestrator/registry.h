@@ -1,5 +1,5 @@
 /* registry.h - the Agent-as-Tool registry: every agent and tool, whatever
- * its protocol, described by one spec (proto/agent_spec.schema.json) and
+ * its protocol, described by one spec (proto/agent.schema.json) and
  * looked up by name.
  *
  * File format: {"agents":[{...spec...}, ...]}.  Loading is strict: an

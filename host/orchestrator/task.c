@@ -1424,7 +1424,7 @@ static void decide(struct orch_task *t)
             return;
         }
     } else if (!o->has_decider) {
-        task_finish(t, TASK_FAILED, "model-driven tasks need the engine: not built yet");
+        task_finish(t, TASK_FAILED, "a task without a script needs the model to decide: this orchestrator has none (paraserve orchestrate runs scripted tasks; model-driven ones run in paraserve serve, POST /v1/tasks)");
         return;
     }
     t->rounds++;
@@ -1762,8 +1762,10 @@ static int get_limit(const cJSON *req, const char *key, int lo, int hi, int def,
     *out = def;
     if (!v || cJSON_IsNull(v))
         return PS_OK;
-    if (!cJSON_IsNumber(v) || v->valuedouble < lo || v->valuedouble > hi || v->valuedouble != (int)v->valuedouble)
+    if (!cJSON_IsNumber(v))
         return ps_error_set(PS_EINVAL, "%s: must be an integer in %d..%d", key, lo, hi);
+    if (v->valuedouble < lo || v->valuedouble > hi || v->valuedouble != (int)v->valuedouble)
+        return ps_error_set(PS_EINVAL, "%s: %.17g is not an integer in %d..%d", key, v->valuedouble, lo, hi);
     *out = (int)v->valuedouble;
     return PS_OK;
 }

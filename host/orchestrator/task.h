@@ -23,7 +23,7 @@
  * omits ids, so a model can never reuse one.  Decision events and the
  * transcript show the assigned ids.
  *
- * Events (proto/events.schema.json), ids monotonic per task from 1:
+ * Events (proto/event.schema.json), ids monotonic per task from 1:
  * task.created, decision, call.dispatched, call.result, task.final,
  * task.error.  All of a task's events are kept until the task is freed, so
  * a subscriber can resume after any id (SSE Last-Event-ID).
@@ -66,8 +66,8 @@ struct orch_config {
  * orch_task_decision_end() itself (it may feed text).  cancel() is called
  * when the task ends while the decision runs: no orch_task_* call for that
  * decision may follow (orch_task_decision_usage by task id lookup excepted).
- * Without a decider, tasks that have no script fail with "model-driven
- * tasks need the engine: not built yet". */
+ * Without a decider, tasks that have no script fail at once, saying
+ * that model-driven tasks run in `paraserve serve`. */
 struct orch_decider {
     void *(*start)(void *ctx, struct orch_task *t, const char *prompt);
     void  (*cancel)(void *ctx, void *handle);

@@ -337,6 +337,33 @@ def test_mcp_describe_step(run, tmp_path):
     assert by["ok"]["status"] == "ok" and final["status"] == "completed", by
 
 
+def test_mcp_cancel_is_announced_to_the_server(run, tmp_path):
+    """Cancelling an MCP call in flight sends notifications/cancelled with
+    the request's JSON-RPC id, and the call ends `cancelled`."""
+    log = tmp_path / "stub.log"
+    pool = write_pool(tmp_path, [
+        {"name": "lookup", "kind": "mcp-stdio", "command": [sys.executable, str(AGENTS / "mcp_list_stub.py"),
+                                                              "paged", str(log)],
+         "description": "Looks a key up.", "input_schema": {"type": "object"}, "timeout_ms": 20000}])
+    t0 = time.time()
+    ev = orchestrate(run, pool, {"input": "cancel", "script": [
+        {"calls": [{"id": "h", "to": "lookup", "args": {"key": "k", "hang": True}},
+                   {"id": "q", "to": "lookup", "args": {"key": "q"}}]},
+        {"cancel": ["h"]},
+        # answered after the stub has read the notification (one pipe, in order)
+        {"calls": [{"id": "q2", "to": "lookup", "args": {"key": "q2"}}]},
+        {"final": {"answer": "{{q}}", "uses": ["q", "q2"]}}]}, timeout=60)
+    by, final = calls_by_id(ev)
+    assert by["h"]["status"] == "cancelled" and by["q"]["status"] == by["q2"]["status"] == "ok", by
+    assert final["status"] == "completed" and time.time() - t0 < 10
+    sent = [json.loads(l) for l in log.read_text().splitlines()]
+    assert [m["method"] for m in sent if m["method"] == "tools/list"] == []   # the entry gives both
+    hang = [m["id"] for m in sent if m["method"] == "tools/call" and m["params"]["arguments"].get("hang")]
+    cancels = [m for m in sent if m["method"] == "notifications/cancelled"]
+    assert len(hang) == 1 and len(cancels) == 1 and cancels[0]["id"] is None, sent
+    assert cancels[0]["params"]["requestId"] == hang[0], sent
+
+
 def test_mcp_stdio_crash_loop_and_stderr(run, tmp_path):
     """A stdio tool that writes to stderr and exits at once: its stderr reaches
     ours prefixed with the agent's name, and the executor's retries do not
@@ -386,7 +413,7 @@ def test_bad_agent_config_names_the_field(run, tmp_path, agent, field):
 def test_model_driven_needs_engine(run):
     ev = orchestrate(run, str(ROOT / "configs" / "agents.default.json"), {"input": "plan a trip"})
     _, final = calls_by_id(ev)
-    assert final["status"] == "failed" and "need the engine" in final["error"]
+    assert final["status"] == "failed" and "paraserve serve" in final["error"]
 
 
 def test_event_log_full_is_a_typed_task_failure(run):

@@ -132,7 +132,26 @@ def test_dag_on_critical_path(srv):
     assert {"decision", "call.dispatched", "call.result"} <= kinds
     results = [e["data"]["id"] for e in ev if e["event"] == "call.result"]
     assert results[-1] == "b"
-    assert 0.59 < ev[-1]["data"]["t_ms"] / 1000 < 1.0, ev[-1]["data"]["t_ms"]   # critical path 0.6 s
+    # critical path 0.6 s; one after the other would take 0.9 s
+    assert 0.59 < ev[-1]["data"]["t_ms"] / 1000 < 0.85, ev[-1]["data"]["t_ms"]
+
+
+def test_final_cancels_calls_it_does_not_use(srv):
+    """`final` ends the task once the calls it uses have finished; a call in
+    flight that it does not use is cancelled, and its result never comes."""
+    ev = stream_task(srv, {"input": "final", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 100}},
+                   {"id": "slow", "to": "mock", "args": {"sleep_ms": 5000}}]},
+        {"final": {"answer": "{{a}}", "uses": ["a"]}}]})
+    final = ev[-1]
+    assert final["event"] == "task.final" and final["data"]["status"] == "completed", final
+    assert final["data"]["t_ms"] < 1000, final["data"]["t_ms"]
+    by = {c["id"]: c for c in final["data"]["calls"]}
+    assert by["a"]["status"] == "ok", by
+    assert by["slow"]["status"] == "cancelled" and "final" in by["slow"]["error"], by
+    time.sleep(0.3)
+    s = httpx.get(f"{srv.url}/v1/tasks/{final['data']['id']}", timeout=10).json()
+    assert {c["id"]: c["status"] for c in s["calls"]} == {"a": "ok", "slow": "cancelled"}, s
 
 
 def test_streamed_events_follow_the_event_schema(srv):
@@ -278,6 +297,20 @@ def err_shape(r, status, param=None):
     if param is not None:
         assert e["param"] == param, e
     return e
+
+
+@pytest.mark.parametrize("body,param,code", [
+    (json.dumps({"input": "x", "max_rounds": -1}).encode(), "max_rounds", "invalid_value"),
+    (json.dumps({"input": "x", "max_rounds": 2.5}).encode(), "max_rounds", "invalid_value"),
+    (json.dumps({"input": "x", "deadline_ms": 99999999999}).encode(), "deadline_ms", "invalid_value"),
+    (json.dumps({"input": "x", "max_calls": "9"}).encode(), "max_calls", "invalid_type"),
+    (json.dumps({"input": "x", "script": [{"calls": []}]}).encode(), "script[0]", "invalid_value"),
+    (json.dumps({"input": "x", "script": [{"wait": True, "final": {"answer": "x"}}]}).encode(), "script[0]",
+     "invalid_value"),
+])
+def test_bad_values_and_types_have_their_codes(srv, body, param, code):
+    e = err_shape(httpx.post(srv.url + "/v1/tasks", content=body, timeout=10), 400, param)
+    assert e["code"] == code, e
 
 
 @pytest.mark.parametrize("body,param", [

@@ -491,7 +491,7 @@ static void test_faults(void)
     CHECK(orch_task_status(d) == TASK_FAILED && !strcmp(call_status(d, "h"), "cancelled"));
     cJSON *ms = orch_task_summary(m);
     CHECK(orch_task_status(m) == TASK_FAILED &&
-          strstr(cJSON_GetObjectItemCaseSensitive(ms, "error")->valuestring, "need the engine"));
+          strstr(cJSON_GetObjectItemCaseSensitive(ms, "error")->valuestring, "paraserve serve"));
     cJSON_Delete(ms);
     ctx_close(&c);
 }

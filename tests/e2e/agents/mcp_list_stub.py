@@ -15,7 +15,7 @@ MODE:
   garbage    a non-JSON line, then a tools/list result whose tools are
              not objects
 Every mode answers initialize, and tools/call of "lookup" with
-{"found": <args.key>}.  LOG, when given, gets each request's method and
+{"found": <args.key>}, except a call with {"hang": true}, never answered.  LOG, when given, gets each message's id, method and
 params, one JSON line each.
 """
 import json
@@ -58,7 +58,7 @@ for line in sys.stdin:
     except ValueError:
         continue
     if log:
-        log.write(json.dumps({"method": m.get("method"), "params": m.get("params")}) + "\n")
+        log.write(json.dumps({"id": m.get("id"), "method": m.get("method"), "params": m.get("params")}) + "\n")
         log.flush()
     rid, method = m.get("id"), m.get("method")
     if rid is None:
@@ -77,6 +77,8 @@ for line in sys.stdin:
         send({"jsonrpc": "2.0", "id": rid, "result": tools_list(rid, m.get("params"))})
     elif method == "tools/call":
         args = m["params"].get("arguments") or {}
+        if args.get("hang"):
+            continue
         send({"jsonrpc": "2.0", "id": rid,
               "result": {"content": [{"type": "text", "text": json.dumps({"found": args.get("key")})}],
                          "structuredContent": {"found": args.get("key")}}})
