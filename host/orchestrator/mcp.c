@@ -636,10 +636,12 @@ static int stdio_write(struct mcp_session *s, cJSON *msg)
  * (mcp_reap_all). */
 #define MCP_REAP_TICK_MS  50
 #define MCP_REAP_GRACE_MS 1000
+#define MCP_STDIN_EOF_WAIT_MS 300   /* shutdown: time to exit on stdin EOF before SIGTERM */
 
 struct mcp_reap {
     struct exec     *ex;
     pid_t            pid;
+    int              term_sent;   /* 0: stdin closed, SIGTERM not sent yet */
     int              ticks;
     struct event    *ev;
     struct mcp_reap *prev, *next;
@@ -672,14 +674,20 @@ static void reap_tick(evutil_socket_t fd, short what, void *ud)
     struct mcp_reap *r = ud;
     if (reap_try(r))
         return;
-    if (++r->ticks == MCP_REAP_GRACE_MS / MCP_REAP_TICK_MS)
+    if (!r->term_sent && ++r->ticks >= MCP_STDIN_EOF_WAIT_MS / MCP_REAP_TICK_MS) {
+        kill(r->pid, SIGTERM);
+        r->term_sent = 1;
+        r->ticks = 0;
+    } else if (r->term_sent && ++r->ticks == MCP_REAP_GRACE_MS / MCP_REAP_TICK_MS) {
         kill(r->pid, SIGKILL);
+    }
     struct timeval tv = { 0, MCP_REAP_TICK_MS * 1000 };
     evtimer_add(r->ev, &tv);
 }
 
-/* Reap `pid` (already sent SIGTERM) without blocking the loop. */
-static void reap_later(struct exec *ex, pid_t pid)
+/* Reap `pid` without blocking the loop: sent SIGTERM already
+ * (term_sent), or to be sent one MCP_STDIN_EOF_WAIT_MS from now. */
+static void reap_later_term(struct exec *ex, pid_t pid, int term_sent)
 {
     int status;
     if (waitpid(pid, &status, WNOHANG) != 0)
@@ -697,6 +705,7 @@ static void reap_later(struct exec *ex, pid_t pid)
     }
     r->ex = ex;
     r->pid = pid;
+    r->term_sent = term_sent;
     r->next = ex->reaping;
     if (ex->reaping)
         ex->reaping->prev = r;
@@ -707,7 +716,24 @@ static void reap_later(struct exec *ex, pid_t pid)
 
 void mcp_reap_all(struct exec *ex)
 {
-    /* The grace period once for all of them, then SIGKILL. */
+    /* Processes whose stdin was closed: MCP_STDIN_EOF_WAIT_MS to exit on
+     * it, then SIGTERM; then the grace period once for all, then SIGKILL. */
+    int any_eof = 0;
+    for (struct mcp_reap *r = ex->reaping; r; r = r->next)
+        any_eof |= !r->term_sent;
+    for (int i = 0; any_eof && ex->reaping && i < MCP_STDIN_EOF_WAIT_MS / 10; i++) {
+        for (struct mcp_reap *r = ex->reaping, *n; r; r = n) {
+            n = r->next;
+            reap_try(r);
+        }
+        if (ex->reaping)
+            usleep(10000);
+    }
+    for (struct mcp_reap *r = ex->reaping; r; r = r->next)
+        if (!r->term_sent) {
+            kill(r->pid, SIGTERM);
+            r->term_sent = 1;
+        }
     for (int i = 0; ex->reaping && i < MCP_REAP_GRACE_MS / 10; i++) {
         for (struct mcp_reap *r = ex->reaping, *n; r; r = n) {
             n = r->next;
@@ -868,9 +894,36 @@ static void errpipe_read(evutil_socket_t fd, short what, void *ud)
 
 /* Stop the process (if any): the session goes back to NONE.  `why`: the
  * reason named to calls held back from restarting it. */
+static void reap_later_term(struct exec *ex, pid_t pid, int term_sent);
+
+/* Stop the session's process.  `why` NULL: the executor is going away -
+ * the MCP stdio shutdown: what waits to be written to its stdin (a
+ * notifications/cancelled, say) is written as far as the pipe takes it
+ * without blocking, stdin is closed, and the process gets
+ * MCP_STDIN_EOF_WAIT_MS to exit on that EOF before SIGTERM (mcp_reap_all).
+ * Otherwise (it misbehaved) SIGTERM at once.  Either way SIGKILL follows
+ * MCP_REAP_GRACE_MS after the SIGTERM. */
 static void stdio_close(struct mcp_session *s, const char *why)
 {
     if (s->to_child) {
+        if (!why) {
+            /* the bufferevent's output cannot be drained or copied from
+             * outside (its start is frozen): its chunks are peeked at and
+             * written in order, as far as the pipe takes them */
+            struct evbuffer *out = bufferevent_get_output(s->to_child);
+            evutil_socket_t fd = bufferevent_getfd(s->to_child);
+            struct evbuffer_iovec vec[16];
+            int nv = fd >= 0 ? evbuffer_peek(out, -1, NULL, vec, 16) : 0;
+            for (int i = 0; i < nv && i < 16; i++) {
+                ssize_t w = write(fd, vec[i].iov_base, vec[i].iov_len);
+                if (w < 0 || (size_t)w < vec[i].iov_len)
+                    break;
+            }
+            /* closed now: the bufferevent's own close waits for a loop turn
+             * (its finalizer), which an executor going away may not get */
+            if (fd >= 0 && bufferevent_setfd(s->to_child, -1) == 0)
+                close(fd);
+        }
         bufferevent_free(s->to_child);
         s->to_child = NULL;
     }
@@ -881,8 +934,9 @@ static void stdio_close(struct mcp_session *s, const char *why)
     if (s->init_timer)
         evtimer_del(s->init_timer);
     if (s->pid > 0) {
-        kill(s->pid, SIGTERM);
-        reap_later(s->ex, s->pid);
+        if (why)
+            kill(s->pid, SIGTERM);
+        reap_later_term(s->ex, s->pid, why != NULL);
         s->pid = -1;
         if (s->state != MCP_READY)
             s->failed_starts++;
