@@ -36,6 +36,7 @@ void adapter_op_free(struct adapter_op *op)
     if (op->ev)
         event_free(op->ev);
     cJSON_Delete(op->b_result);
+    free(op->a2a_task);
     free(op->call_id);
     free(op);
 }
@@ -228,6 +229,70 @@ static int append_text_parts(const cJSON *parts, char **acc, size_t *len)
     return 0;
 }
 
+#define A2A_MAX_TASK_ID   256
+#define A2A_POLL_FIRST_MS 50     /* first tasks/get after a working reply; doubled */
+#define A2A_POLL_MAX_MS   1000   /* up to this */
+
+static void a2a_done(void *ud, const struct httpc_response *resp);
+static void a2a_ignore_reply(void *ud, const struct httpc_response *resp) { (void)ud; (void)resp; }
+
+/* POST a JSON-RPC request {method, params: {"id": task}} to the agent:
+ * with `op` (its reply goes to a2a_done under a new id) or, op NULL, fire
+ * and forget (tasks/cancel). */
+static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct adapter_op *op, const char *method,
+                            const char *task)
+{
+    static long next_poll_id = 1L << 40;   /* apart from a2a_start's ids */
+    long id = next_poll_id++;
+    cJSON *body = cJSON_CreateObject();
+    int st = PS_ENOMEM;
+    if (!body || !cJSON_AddStringToObject(body, "jsonrpc", "2.0") || !cJSON_AddNumberToObject(body, "id", (double)id) ||
+        !cJSON_AddStringToObject(body, "method", method))
+        goto done;
+    cJSON *params = cJSON_AddObjectToObject(body, "params");
+    if (!params || !cJSON_AddStringToObject(params, "id", task))
+        goto done;
+    if (op) {
+        op->rpc_id = id;
+        st = post_json(op, a->url, body, a2a_done);
+    } else {
+        char *text = cJSON_PrintUnformatted(body);
+        struct httpc_req *rq = text ? httpc_request(ex->http, "POST", a->url, json_headers, a->headers, text, strlen(text),
+                                                    0, a->ca_file, a2a_ignore_reply, NULL)
+                                    : NULL;
+        free(text);
+        st = rq ? PS_OK : PS_EIO;
+    }
+done:
+    cJSON_Delete(body);
+    return st;
+}
+
+static void a2a_poll(evutil_socket_t fd, short what, void *ud)
+{
+    (void)fd;
+    (void)what;
+    struct adapter_op *op = ud;
+    if (a2a_task_request(op->ex, op->rt->spec, op, "tasks/get", op->a2a_task))
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send tasks/get", 1, 0, 0);
+}
+
+/* The next tasks/get of op's task, A2A_POLL_FIRST_MS after the first
+ * working reply, the gap doubling up to A2A_POLL_MAX_MS. */
+static int a2a_poll_later(struct adapter_op *op)
+{
+    if (!op->ev && !(op->ev = evtimer_new(op->ex->base, a2a_poll, op)))
+        return PS_ENOMEM;
+    long ms = A2A_POLL_FIRST_MS;
+    for (int i = 0; i < op->a2a_polls && ms < A2A_POLL_MAX_MS; i++)
+        ms *= 2;
+    if (ms > A2A_POLL_MAX_MS)
+        ms = A2A_POLL_MAX_MS;
+    op->a2a_polls++;
+    const struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    return evtimer_add(op->ev, &tv) ? PS_ENOMEM : PS_OK;
+}
+
 static void a2a_done(void *ud, const struct httpc_response *resp)
 {
     struct adapter_op *op = ud;
@@ -280,7 +345,24 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
      * server) or waits for input or auth, none of which has an answer. */
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
     const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
+    const cJSON *task_id = cJSON_GetObjectItemCaseSensitive(r, "id");
     int oom = 0;
+    /* A task still submitted or working (a server that did not block): its
+     * outcome is asked for with tasks/get until it ends; the executor's
+     * timeout bounds the wait (and cancels the task: adapter_cancel). */
+    if (cJSON_IsString(state) && (!strcmp(state->valuestring, "submitted") || !strcmp(state->valuestring, "working")) &&
+        cJSON_IsString(task_id) && task_id->valuestring[0] && strlen(task_id->valuestring) <= A2A_MAX_TASK_ID) {
+        if (!op->a2a_task && !(op->a2a_task = strdup(task_id->valuestring))) {
+            cJSON_Delete(j);
+            adapter_finish(op, FB_EXEC_ERROR, NULL, "out of memory", 1, resp->agent_recv_ns, resp->agent_send_ns);
+            return;
+        }
+        cJSON_Delete(j);
+        op->req = NULL;   /* finished: httpc frees it */
+        if (a2a_poll_later(op))
+            adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: cannot poll the task (out of memory)", 1, 0, 0);
+        return;
+    }
     if (cJSON_IsString(state) && strcmp(state->valuestring, "completed")) {
         append_text_parts(cJSON_GetObjectItemCaseSensitive(
                               cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
@@ -324,6 +406,9 @@ static int a2a_start(struct adapter_op *op)
     cJSON_AddNumberToObject(body, "id", (double)op->rpc_id);
     cJSON_AddStringToObject(body, "method", "message/send");
     cJSON *params = cJSON_AddObjectToObject(body, "params");
+    /* ask the server to answer once the task has ended; one that answers
+     * earlier (submitted / working) is polled (a2a_done) */
+    cJSON_AddBoolToObject(cJSON_AddObjectToObject(params, "configuration"), "blocking", 1);
     cJSON *msg = cJSON_AddObjectToObject(params, "message");
     cJSON_AddStringToObject(msg, "role", "user");
     cJSON_AddStringToObject(msg, "kind", "message");
@@ -471,5 +556,9 @@ void adapter_cancel(struct adapter_op *op)
         return;
     if (op->rt->spec->kind == AGENT_MCP_HTTP || op->rt->spec->kind == AGENT_MCP_STDIO)
         mcp_op_cancel(op);
+    /* an A2A task the agent still runs for the call: asked to stop (its
+     * answer, whatever it is, is not waited for) */
+    if (op->rt->spec->kind == AGENT_A2A && op->a2a_task)
+        (void)a2a_task_request(op->ex, op->rt->spec, NULL, "tasks/cancel", op->a2a_task);
     adapter_op_free(op);
 }

@@ -135,6 +135,10 @@ struct adapter_op {
                                          by local agents; NULL: none */
     long               rpc_id;        /* MCP or A2A JSON-RPC id */
     int                mcp_list;      /* mcp: a tools/list request (adapter_start_mcp_list) */
+    char              *a2a_task;      /* a2a: the id of the task the agent runs for this call,
+                                         polled with tasks/get while it is submitted or
+                                         working (owned; NULL: none yet) */
+    int                a2a_polls;     /* tasks/get sent so far */
     const char        *mcp_cursor;    /* its cursor (borrowed until the op ends); NULL: first page */
     int                mcp_sent;      /* request written to the agent */
     int64_t            mcp_t0;        /* mcp: when the attempt started (orch_now_ns) */

@@ -1328,6 +1328,9 @@ static atomic_int hs_inits;       /* initialize requests seen */
 static atomic_int hs_404_inits;   /* initialize requests on /mcp-404 */
 static atomic_int hs_404_calls;   /* tools/call requests on /mcp-404 */
 static atomic_int hs_late_inits;  /* initialize requests on /mcp-late-init */
+static atomic_int hs_a2a_polls;   /* tasks/get requests on /a2a-working */
+static atomic_int hs_a2a_cancels; /* tasks/cancel requests for task t-stuck on /a2a-stuck */
+static atomic_int hs_a2a_blocking;/* message/send requests with configuration.blocking true */
 
 static void hs_send(int fd, const char *s)
 {
@@ -1480,11 +1483,32 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
                  "\"status\":{\"state\":\"completed\"},\"artifacts\":[{\"parts\":[{\"kind\":\"text\","
                  "\"text\":\"someone else's\"}]}]}}", idf);
         hs_reply(fd, 200, "", out);
+    } else if (!strcmp(meth, "tasks/get") || !strcmp(meth, "tasks/cancel")) {
+        /* /a2a-working's task ends after 2 polls; /a2a-stuck's never */
+        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "id");
+        int stuck = !strcmp(path, "/a2a-stuck");
+        if (!strcmp(meth, "tasks/cancel")) {
+            if (stuck && cJSON_IsString(tid) && !strcmp(tid->valuestring, "t-stuck"))
+                atomic_fetch_add(&hs_a2a_cancels, 1);
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"kind\":\"task\",\"id\":\"t-stuck\","
+                     "\"status\":{\"state\":\"canceled\"}}}", id);
+        } else {
+            int n = stuck ? 0 : atomic_fetch_add(&hs_a2a_polls, 1) + 1;
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"kind\":\"task\",\"id\":\"%s\","
+                     "\"status\":{\"state\":\"%s\"}%s}}", id, stuck ? "t-stuck" : "t1",
+                     stuck || n < 2 ? "working" : "completed",
+                     !stuck && n >= 2 ? ",\"artifacts\":[{\"parts\":[{\"kind\":\"text\",\"text\":\"done after polls\"}]}]" : "");
+        }
+        hs_reply(fd, 200, "", out);
     } else if (!strncmp(path, "/a2a-", 5)) {
-        const char *state = path + 5;
-        snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":null,\"result\":{\"kind\":\"task\",\"id\":\"t1\","
+        const char *state = !strcmp(path, "/a2a-stuck") ? "working" : path + 5;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
+                cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "configuration"),
+                "blocking")))
+            atomic_fetch_add(&hs_a2a_blocking, 1);
+        snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":null,\"result\":{\"kind\":\"task\",\"id\":\"%s\","
                  "\"status\":{\"state\":\"%s\",\"message\":{\"role\":\"agent\",\"parts\":[{\"kind\":\"text\","
-                 "\"text\":\"note from %s\"}]}}%s}}", id, state, state,
+                 "\"text\":\"note from %s\"}]}}%s}}", id, !strcmp(path, "/a2a-stuck") ? "t-stuck" : "t1", state, state,
                  !strcmp(state, "completed") ? ",\"artifacts\":[{\"parts\":[{\"kind\":\"text\",\"text\":\"done\"}]}]" : "");
         hs_reply(fd, 200, "", out);
     } else if (!strcmp(path, "/local-echo")) {
@@ -1667,6 +1691,8 @@ static const char *hs_pool =
     "{\"name\":\"a2awork\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-working\",\"retries\":0},"
     "{\"name\":\"a2ainput\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-input-required\",\"retries\":0},"
     "{\"name\":\"a2aok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-completed\",\"retries\":0},"
+    "{\"name\":\"a2astuck\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-stuck\",\"retries\":0,"
+    "\"timeout_ms\":400,\"breaker_failures\":0},"
     "{\"name\":\"sse\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-open\","
     "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"ssepart\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-partial\","
@@ -1688,7 +1714,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[4096];
     int p = hs_port;
-    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
@@ -1743,17 +1769,24 @@ static void test_hostile_mcp_http_a2a(void)
               strstr(s.f[i].err, "unsupported protocol version"), "rr: %s attempts %d: %s",
               i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].attempts : 0, i >= 0 ? s.f[i].err : "");
 
-    /* A2A tasks: only a completed one is a result; failed, still working or
-     * waiting for input are errors (with the agent's message).  The server
-     * sends "error":null beside each result: not an error. */
+    /* A2A tasks: only a completed one is a result; failed or waiting for
+     * input are errors (with the agent's message); a working one is polled
+     * until it ends.  The server sends "error":null beside each result: not
+     * an error. */
     hs_call(g, &s, "af", "a2afail", "{\"input\":\"x\"}");
     hs_call(g, &s, "aw", "a2awork", "{\"input\":\"x\"}");
     hs_call(g, &s, "ai", "a2ainput", "{\"input\":\"x\"}");
     hs_call(g, &s, "ao", "a2aok", "{\"input\":\"x\"}");
     hs_run(&s);
+    /* a working task is polled with tasks/get until it ends (here after 2
+     * polls); one that never ends times out and is cancelled (tasks/cancel
+     * with its id); every message/send asks the server to block */
+    hs_call(g, &s, "as", "a2astuck", "{\"input\":\"x\"}");
+    hs_run(&s);
     static const struct { const char *id; enum fb_status st; const char *has; } a2a[] = {
-        {"af", FB_EXEC_ERROR, "note from failed"}, {"aw", FB_EXEC_ERROR, "working"},
+        {"af", FB_EXEC_ERROR, "note from failed"}, {"aw", FB_OK, "done after polls"},
         {"ai", FB_EXEC_ERROR, "note from input-required"}, {"ao", FB_OK, "done"},
+        {"as", FB_TIMEOUT, ""},
     };
     for (size_t k = 0; k < sizeof a2a / sizeof a2a[0]; k++) {
         i = fbs_find(&s, a2a[k].id);
@@ -1761,6 +1794,10 @@ static void test_hostile_mcp_http_a2a(void)
         CHECK_MSG(i >= 0 && s.f[i].st == a2a[k].st && strstr(text, a2a[k].has), "%s: %s %s", a2a[k].id,
                   i >= 0 ? fb_status_str(s.f[i].st) : "-", text);
     }
+    loop_for_ms(base, 300);   /* the fire-and-forget tasks/cancel */
+    CHECK_MSG(atomic_load(&hs_a2a_polls) == 2, "%d polls", atomic_load(&hs_a2a_polls));
+    CHECK_MSG(atomic_load(&hs_a2a_cancels) == 1, "%d cancels of t-stuck", atomic_load(&hs_a2a_cancels));
+    CHECK_MSG(atomic_load(&hs_a2a_blocking) == 5, "%d blocking sends", atomic_load(&hs_a2a_blocking));
     /* A JSON-RPC reply is the call's only under the call's id: another id,
      * or none on a result, is a parse_error (was taken as the result). */
     hs_call(g, &s, "abad", "a2abadid", "{\"input\":\"x\"}");
