@@ -2,7 +2,9 @@
 """gen-quant-ref.py - reference data for tests/unit/test_quant.c from the
 python `gguf` package (gguf.quants), an implementation independent of ours.
 
-Writes tests/data/quant_ref.txt, one case per line, whitespace separated:
+Writes tests/data/quant_ref.txt, one case per line, whitespace separated
+(F32 rows: `in`, `blocks` and `out` are the same bits; they check that F32
+is copied bit for bit: -0.0, infinities, NaN payloads, denormals):
 
     Q <DTYPE> <n> <in> <blocks> <out>   gguf quantized `in` to `blocks`, and
                                         dequantized `blocks` to `out`
@@ -119,6 +121,23 @@ def main():
     for nb in (1, 2, 3):
         lines.append(d_line("Q4_K", T.Q4_K, random_q4_k(nb), nb * 256))
         lines.append(d_line("Q6_K", T.Q6_K, random_q6_k(nb), nb * 256))
+    # F32 is stored as-is: every bit pattern must come back unchanged.  Drawn
+    # last, so the rows above stay what they were before F32 was added.
+    sp32 = np.array([0x00000000, 0x80000000, 0x7F800000, 0xFF800000,  # +-0, +-inf
+                     0x7FC00000, 0xFFC00000, 0x7FC00123, 0x7FFFFFFF,  # quiet NaNs, payloads
+                     0x7F800001, 0xFFA00005, 0x7FBFFFFF,              # signalling NaNs
+                     0x00000001, 0x80000001, 0x007FFFFF, 0x807FFFFF,  # denormals
+                     0x00400000, 0x00800000, 0x7F7FFFFF, 0xFF7FFFFF,  # min normal, max
+                     0x3F800000, 0x3F800001, 0xBF7FFFFF], dtype=np.uint32)
+    row = rng.standard_normal(64).astype(np.float32)
+    row.view(np.uint32)[: sp32.size] = sp32
+    lines.append(q_line("F32", T.F32, row))
+    lines.append(q_line("F32", T.F32, inputs(64)[0]))
+    raw32 = rng.integers(0, 1 << 32, 256, dtype=np.uint32)
+    raw32[: sp32.size] = sp32
+    raw32[64:96] &= 0x807FFFFF  # exponent 0: denormals of both signs
+    raw32[96:128] |= 0x7F800000  # exponent 255: NaNs of every kind (and inf)
+    lines.append(d_line("F32", T.F32, raw32.tobytes(), 256))
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
 

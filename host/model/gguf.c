@@ -448,19 +448,39 @@ static int parse_tensor_infos(struct rd *r, struct gguf_file *f)
             return ps_error_set(PS_EFORMAT, "gguf: tensor '%s' has %u dims (must be 1..%d)", name,
                                 n_dims, GGUF_MAX_DIMS);
         t->n_dims = n_dims;
-        uint64_t nelem = 1;
-        for (int d = 0; d < GGUF_MAX_DIMS; d++) {
-            uint64_t ne = 1;
-            if ((uint32_t)d < n_dims && (rc = rd_u64(r, &ne)))
+        /* All dims are read before any is judged, so that a dim out of
+         * 1..2^40 is named by its own index, and a product over 2^40 (no
+         * single dim at fault) names the whole shape. */
+        uint64_t ne[GGUF_MAX_DIMS];
+        for (uint32_t d = 0; d < GGUF_MAX_DIMS; d++) {
+            ne[d] = 1;
+            if (d < n_dims && (rc = rd_u64(r, &ne[d])))
                 return rc;
-            if (ne == 0 || ne > (uint64_t)GGUF_MAX_ELEMS || nelem > (uint64_t)GGUF_MAX_ELEMS / ne)
-                return ps_error_set(PS_EFORMAT,
-                                    "gguf: tensor '%s' has bad dimension ne[%d] = %llu "
-                                    "(each must be > 0, total <= 2^40 elements)",
-                                    name, d, (unsigned long long)ne);
-            nelem *= ne;
-            t->ne[d] = (int64_t)ne;
         }
+        for (uint32_t d = 0; d < n_dims; d++)
+            if (ne[d] == 0 || ne[d] > (uint64_t)GGUF_MAX_ELEMS)
+                return ps_error_set(PS_EFORMAT,
+                                    "gguf: tensor '%s' has bad dimension ne[%u] = %llu "
+                                    "(each must be 1..2^40)",
+                                    name, d, (unsigned long long)ne[d]);
+        uint64_t nelem = 1;
+        for (uint32_t d = 0; d < n_dims; d++) {
+            if (nelem > (uint64_t)GGUF_MAX_ELEMS / ne[d]) {
+                /* each dim is <= 2^40 here (13 digits), so the shape fits */
+                char shape[GGUF_MAX_DIMS * 16 + 1];
+                size_t at = 0;
+                for (uint32_t k = 0; k < n_dims; k++)
+                    at += (size_t)snprintf(shape + at, sizeof shape - at, "%s%llu", k ? ", " : "",
+                                           (unsigned long long)ne[k]);
+                return ps_error_set(PS_EFORMAT,
+                                    "gguf: tensor '%s' has shape [%s]: more than 2^40 elements "
+                                    "in total",
+                                    name, shape);
+            }
+            nelem *= ne[d];
+        }
+        for (int d = 0; d < GGUF_MAX_DIMS; d++)
+            t->ne[d] = (int64_t)ne[d];
         uint32_t type;
         uint64_t offset;
         if ((rc = rd_u32(r, &type)) || (rc = rd_u64(r, &offset)))

@@ -2,7 +2,10 @@
 to llama.cpp's, sampling determinism, chat mode, options and bad input."""
 import json
 import math
+import os
 import re
+import struct
+import time
 
 import pytest
 
@@ -114,30 +117,181 @@ def test_usage_errors(run, args, needle):
     assert needle in r.stderr.decode()
 
 
-def _write(tmp_path, name, data):
-    p = tmp_path / name
-    p.write_bytes(data)
-    return str(p)
+# ---- bad model files -------------------------------------------------------------
+#
+# Each case is one defect: a few raw bytes, or a copy of the real model rebuilt
+# from its parsed header with one kv dropped or one tensor-info field patched,
+# extended to its full length as a sparse file (zero data: no 98 MB copy).  The
+# unpatched rebuild must load and generate (test_rebuilt_model_generates), so
+# each case below fails for its own defect alone.
+
+_SCALAR = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}  # GGUF value sizes
 
 
-def test_bad_model_files(run, tmp_path, model_path):
-    good = open(model_path, "rb").read(1 << 20)
+def _skip_value(b, p, t):
+    """Offset just past a GGUF value of type t starting at p."""
+    if t in _SCALAR:
+        return p + _SCALAR[t]
+    if t == 8:  # string
+        return p + 8 + struct.unpack_from("<Q", b, p)[0]
+    assert t == 9, t  # array
+    et, n = struct.unpack_from("<IQ", b, p)
+    p += 12
+    if et in _SCALAR:
+        return p + n * _SCALAR[et]
+    for _ in range(n):
+        p = _skip_value(b, p, et)
+    return p
+
+
+class _Gguf:
+    """A GGUF file's header: kvs as (key, start, end) byte spans, tensor infos
+    with the file offsets of their dims and type fields, and data_start."""
+
+    def __init__(self, path):
+        with open(path, "rb") as f:
+            self.size = os.fstat(f.fileno()).st_size
+            b = self.b = f.read(16 << 20)  # the header (1.8 MB for SmolLM2), not the data
+        _, _, n_tensors, n_kv = struct.unpack_from("<IIQQ", b, 0)
+        p, self.kvs, self.tensors, self.arch = 24, [], [], None
+        for _ in range(n_kv):
+            start, n = p, struct.unpack_from("<Q", b, p)[0]
+            key = b[p + 8:p + 8 + n].decode()
+            t = struct.unpack_from("<I", b, p + 8 + n)[0]
+            if key == "general.architecture":
+                vlen = struct.unpack_from("<Q", b, p + 12 + n)[0]
+                self.arch = b[p + 20 + n:p + 20 + n + vlen].decode()
+            p = _skip_value(b, p + 12 + n, t)
+            self.kvs.append((key, start, p))
+        self.infos_start = p
+        for _ in range(n_tensors):
+            n = struct.unpack_from("<Q", b, p)[0]
+            name = b[p + 8:p + 8 + n].decode()
+            nd = struct.unpack_from("<I", b, p + 8 + n)[0]
+            dims_at = p + 12 + n
+            type_at = dims_at + 8 * nd
+            self.tensors.append(dict(name=name, dims=list(struct.unpack_from(f"<{nd}Q", b, dims_at)),
+                                     dims_at=dims_at, type_at=type_at,
+                                     offset=struct.unpack_from("<Q", b, type_at + 4)[0]))
+            p = type_at + 12
+        self.infos_end = p
+        assert "general.alignment" not in [k for k, _, _ in self.kvs]  # the default 32 then
+        self.data_start = (p + 31) // 32 * 32
+        assert self.data_start <= len(b), "header over 16 MiB"
+
+    def write(self, path, drop=(), patch=(), size=None):
+        """Write the header minus the kvs in `drop`, with the (file offset,
+        struct format, value) patches inside the tensor infos applied, then zero
+        data up to `size` bytes (default: the original data length).  -> str."""
+        kvs = [(s, e) for k, s, e in self.kvs if k not in drop]
+        assert len(kvs) == len(self.kvs) - len(drop), drop
+        infos = bytearray(self.b[self.infos_start:self.infos_end])
+        for at, fmt, v in patch:
+            struct.pack_into(fmt, infos, at - self.infos_start, v)
+        h = self.b[:16] + struct.pack("<Q", len(kvs)) + b"".join(self.b[s:e] for s, e in kvs) + infos
+        h += bytes(-len(h) % 32)
+        with open(path, "wb") as f:
+            f.write(h)
+            f.truncate(len(h) + self.size - self.data_start if size is None else size)
+        return str(path)
+
+
+@pytest.fixture(scope="module")
+def model_gguf(model_path):
+    g = _Gguf(model_path)
+    offs = [t["offset"] for t in g.tensors]
+    # truncated-data names the tensor cut: the first one past EOF in index order
+    assert offs == sorted(set(offs)), "tensor data not in index order"
+    return g
+
+
+def _raw(tmp_path, name, data):
+    (tmp_path / name).write_bytes(data)
+    return str(tmp_path / name)
+
+
+def _case(name, g, tmp_path):
+    """-> (path, needles): the file of case `name` and the texts its one error
+    line must hold (each naming the defect, not just "gguf")."""
+    t0 = g.tensors[0]
+    t2 = next(t for t in g.tensors if len(t["dims"]) == 2)
+    mid = g.tensors[len(g.tensors) // 2]
+    cut = g.data_start + mid["offset"] + 32  # inside mid's data, after all earlier tensors'
+    kv_cut = next(k for k, s, e in g.kvs if s < 1 << 20 <= e)  # the kv 1 MiB falls in
+    head = g.b[:4096]
     cases = {
-        "missing": (None, "No such file"),
-        "empty": (b"", "gguf"),
-        "wrong-magic": (b"GGML" + good[4:4096], "magic"),
-        "bad-version": (good[:4] + (99).to_bytes(4, "little") + good[8:4096], "version"),
-        "truncated-header": (good[:100], "gguf"),
-        "truncated-data": (good, "gguf"),  # 1 MiB of a 98 MB file: tensor data past EOF
+        "missing": lambda: (str(tmp_path / "missing"), ["cannot open", "No such file"]),
+        "empty": lambda: (_raw(tmp_path, name, b""), ["too small (0 bytes)"]),
+        "wrong-magic": lambda: (_raw(tmp_path, name, b"GGML" + head[4:]), ["bad magic 0x4c4d4747"]),
+        "bad-version": lambda: (_raw(tmp_path, name, head[:4] + (99).to_bytes(4, "little") + head[8:]),
+                                ["unsupported version 99"]),
+        "truncated-header": lambda: (_raw(tmp_path, name, g.b[:100]),
+                                     [f"kv count {len(g.kvs)} is impossible for the 76 bytes left"]),
+        # 1 MiB of the file ends inside the kvs (the tokenizer arrays)
+        "truncated-metadata": lambda: (_raw(tmp_path, name, g.b[:1 << 20]),
+                                       [f"'{kv_cut}'", "exceeds the", "bytes left"]),
+        "truncated-tensor-infos": lambda: (_raw(tmp_path, name, g.b[:g.infos_end - 4]),
+                                           [f"file truncated at offset {g.infos_end - 8}",
+                                            f"info of tensor '{g.tensors[-1]['name']}'"]),
+        "truncated-data": lambda: (g.write(tmp_path / name, size=cut),
+                                   [f"tensor '{mid['name']}' data [{mid['offset']}, +",
+                                    f"ends past end of file ({cut} bytes)"]),
+        "offset-past-eof": lambda: (g.write(tmp_path / name, patch=[(t0["type_at"] + 4, "<Q", 1 << 40)]),
+                                    [f"tensor '{t0['name']}' data [{1 << 40}, +",
+                                     f"ends past end of file ({g.size} bytes)"]),
+        "unknown-dtype": lambda: (g.write(tmp_path / name, patch=[(t0["type_at"], "<I", 99)]),
+                                  [f"tensor '{t0['name']}' has unsupported type 99"]),
+        "unsupported-dtype-q5_k": lambda: (g.write(tmp_path / name, patch=[(t0["type_at"], "<I", 13)]),
+                                           [f"tensor '{t0['name']}' has unsupported type 13"]),
+        "dim-zero": lambda: (g.write(tmp_path / name, patch=[(t2["dims_at"] + 8, "<Q", 0)]),
+                             [f"tensor '{t2['name']}' has bad dimension ne[1] = 0 "]),
+        "dim-over-2^40": lambda: (g.write(tmp_path / name, patch=[(t2["dims_at"] + 8, "<Q", (1 << 40) + 1)]),
+                                  [f"tensor '{t2['name']}' has bad dimension ne[1] = {(1 << 40) + 1} "]),
+        "dims-product-over-2^40": lambda: (
+            g.write(tmp_path / name, patch=[(t2["dims_at"], "<Q", 1 << 40)]),
+            [f"tensor '{t2['name']}' has shape [{1 << 40}, {t2['dims'][1]}]: more than 2^40 elements"]),
+        "missing-architecture": lambda: (g.write(tmp_path / name, drop=["general.architecture"]),
+                                         ["required key 'general.architecture' is missing"]),
+        "missing-block-count": lambda: (g.write(tmp_path / name, drop=[f"{g.arch}.block_count"]),
+                                        [f"required key '{g.arch}.block_count' is missing"]),
+        "missing-tokens": lambda: (g.write(tmp_path / name, drop=["tokenizer.ggml.tokens"]),
+                                   ["key 'tokenizer.ggml.tokens' not found"]),
+        "missing-merges": lambda: (g.write(tmp_path / name, drop=["tokenizer.ggml.merges"]),
+                                   ["required key 'tokenizer.ggml.merges' is missing"]),
     }
-    for name, (data, needle) in cases.items():
-        path = str(tmp_path / name) if data is None else _write(tmp_path, name, data)
-        r = run("generate", "-m", path, "-p", "hi", "-n", 1, timeout=30)
-        err = r.stderr.decode()
-        assert r.returncode == 1, (name, r.returncode, err)
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert len(lines) == 1, (name, err)
-        assert needle.lower() in err.lower(), (name, err)
+    return cases[name]()
+
+
+BAD_MODEL_CASES = [
+    "missing", "empty", "wrong-magic", "bad-version", "truncated-header", "truncated-metadata",
+    "truncated-tensor-infos", "truncated-data", "offset-past-eof", "unknown-dtype",
+    "unsupported-dtype-q5_k", "dim-zero", "dim-over-2^40", "dims-product-over-2^40",
+    "missing-architecture", "missing-block-count", "missing-tokens", "missing-merges",
+]
+
+
+def test_rebuilt_model_generates(run, tmp_path, model_gguf):
+    """The control of test_bad_model_files: the rebuild with no defect (zero
+    weights) loads and generates."""
+    r = run("generate", "-m", model_gguf.write(tmp_path / "intact"), "-p", "hi", "-n", 1, timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+
+
+@pytest.mark.parametrize("name", BAD_MODEL_CASES)
+def test_bad_model_files(run, tmp_path, model_gguf, name):
+    """Exit status 1 (not a signal), nothing on stdout, and exactly one stderr
+    line naming the defect, well before anything like a hang."""
+    path, needles = _case(name, model_gguf, tmp_path)
+    t = time.monotonic()
+    r = run("generate", "-m", path, "-p", "hi", "-n", 1, timeout=30)
+    elapsed = time.monotonic() - t
+    err = r.stderr.decode()
+    assert r.returncode == 1, (r.returncode, err)
+    assert r.stdout == b"", r.stdout[:200]
+    assert err.startswith("paraserve generate: ") and err.endswith("\n") and err.count("\n") == 1, err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    assert elapsed < 5, f"{elapsed:.1f} s to reject a bad model"
 
 
 def test_prompt_ids_out_of_range(run, model_path):

@@ -444,7 +444,25 @@ static void test_bad_inputs(void)
     o.n_dims = 4;
     o.ne[0] = 1 << 20; o.ne[1] = 1 << 20; o.ne[2] = 2; o.ne[3] = 1;
     b = build_one(&o);
-    expect_fail(&b, PS_EFORMAT, "ne[2]", "product over 2^40");
+    expect_fail(&b, PS_EFORMAT, "tensor 't' has shape [1048576, 1048576, 2, 1]: more than 2^40",
+                "product over 2^40");
+    free(b.p);
+
+    /* each dim is legal, the product is not: no single dim is blamed */
+    o = one_default();
+    o.n_dims = 2;
+    o.ne[0] = 1ull << 40; o.ne[1] = 49152;
+    b = build_one(&o);
+    expect_fail(&b, PS_EFORMAT, "shape [1099511627776, 49152]: more than 2^40", "2^40 x 49152");
+    CHECK_MSG(strstr(ps_error_last(), "ne[") == NULL, "blames one dim: %s", ps_error_last());
+    free(b.p);
+
+    /* a single dim over 2^40 is named by its index, even past a legal one */
+    o = one_default();
+    o.n_dims = 2;
+    o.ne[1] = (1ull << 40) + 1;
+    b = build_one(&o);
+    expect_fail(&b, PS_EFORMAT, "bad dimension ne[1] = 1099511627777", "ne[1] 2^40 + 1");
     free(b.p);
 
     o = one_default();

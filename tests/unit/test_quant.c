@@ -4,11 +4,14 @@
  * gguf package).  Checks, with their tolerances:
  *   - traits: block sizes of every supported id, NULL for others, row bytes
  *     0 for partial blocks;
- *   - dequantization of every reference row: bit-exact (NaN == NaN);
- *   - Q4_0/Q4_1/Q8_0/F16/BF16 quantization of every reference input: bytes
- *     identical to gguf's (scalar and AVX2 Q8 quantizers both); for a NaN
- *     input only "is NaN" is checked; AVX2 Q8_0/Q8_1 quantizers equal the
- *     scalar ones on 300 more rows, exact rounding ties included;
+ *   - dequantization of every reference row: bit-exact (NaN == NaN), and
+ *     for F32 bit for bit, NaN payloads included; the F32 rows must hold
+ *     -0.0, +-inf, quiet and signalling NaNs and denormals of both signs;
+ *   - F32/Q4_0/Q4_1/Q8_0/F16/BF16 quantization of every reference input:
+ *     bytes identical to gguf's (scalar and AVX2 Q8 quantizers both); for a
+ *     NaN input to F16/BF16 only "is NaN" is checked; AVX2 Q8_0/Q8_1
+ *     quantizers equal the scalar ones on 300 more rows, exact rounding
+ *     ties included;
  *   - fp16/bf16: every one of the 65536 patterns round-trips; every midpoint
  *     between neighbouring halves rounds to the even one;
  *   - Q8_1/Q8_K side fields (s, bsums); Q4_K/Q6_K/Q8_K round-trip error
@@ -87,7 +90,8 @@ static int parse_bytes(const char *s, uint8_t *out, size_t cap, size_t *len)
     return 0;
 }
 
-static int parse_f32(const char *s, float *out, int64_t n)
+/* n words of 8 hex digits each (most significant first) into out[n]. */
+static int parse_u32(const char *s, uint32_t *out, int64_t n)
 {
     if ((int64_t)strlen(s) != 8 * n)
         return -1;
@@ -99,8 +103,19 @@ static int parse_f32(const char *s, float *out, int64_t n)
                 return -1;
             u = u << 4 | (uint32_t)v;
         }
-        out[i] = u2f(u);
+        out[i] = u;
     }
+    return 0;
+}
+
+/* As parse_u32, the bits copied into floats without passing through a
+ * float value (which could quiet a signalling NaN). */
+static int parse_f32(const char *s, float *out, int64_t n)
+{
+    static uint32_t bits[4096];
+    if (n < 0 || n > 4096 || parse_u32(s, bits, n) != 0)
+        return -1;
+    memcpy(out, bits, (size_t)n * sizeof *out);
     return 0;
 }
 
@@ -229,7 +244,51 @@ static void test_half(void)
 
 static bool quantizer_in_reference(enum dtype t)
 {
-    return t == DT_Q4_0 || t == DT_Q4_1 || t == DT_Q8_0 || t == DT_F16 || t == DT_BF16;
+    return t == DT_F32 || t == DT_Q4_0 || t == DT_Q4_1 || t == DT_Q8_0 || t == DT_F16 ||
+           t == DT_BF16;
+}
+
+/* Classes of F32 bit patterns the reference's F32 rows must cover. */
+enum {
+    F32_NEG_ZERO = 1, F32_POS_INF = 2, F32_NEG_INF = 4, F32_QNAN = 8, F32_SNAN = 16,
+    F32_NAN_PAYLOAD = 32, F32_POS_DENORM = 64, F32_NEG_DENORM = 128, F32_ALL_CLASSES = 255
+};
+static unsigned f32_classes_seen;
+
+static unsigned f32_class(uint32_t u)
+{
+    uint32_t exp = u >> 23 & 0xff, man = u & 0x7fffff;
+    if (u == 0x80000000u)
+        return F32_NEG_ZERO;
+    if (exp == 0xff && man == 0)
+        return u >> 31 ? F32_NEG_INF : F32_POS_INF;
+    if (exp == 0xff)
+        return (man & 0x400000 ? F32_QNAN : F32_SNAN) |
+               ((man & 0x3fffff) != 0 ? F32_NAN_PAYLOAD : 0);
+    if (exp == 0 && man != 0)
+        return u >> 31 ? F32_NEG_DENORM : F32_POS_DENORM;
+    return 0;
+}
+
+/* F32 rows: dequantization (a copy) must return every bit of the stored
+ * words, NaN payloads and signalling bits included. */
+static void check_f32_bits(const float *got, const char *out_hex, int64_t n, int line)
+{
+    static uint32_t want[MAX_N], have[MAX_N];
+    if (parse_u32(out_hex, want, n) != 0) {
+        CHECK_MSG(0, "line %d: malformed", line);
+        return;
+    }
+    memcpy(have, got, (size_t)n * sizeof *have);
+    int64_t diff = 0, first = -1;
+    for (int64_t i = 0; i < n; i++) {
+        f32_classes_seen |= f32_class(want[i]);
+        if (have[i] != want[i] && diff++ == 0)
+            first = i;
+    }
+    CHECK_MSG(diff == 0, "line %d F32: %lld words differ, first [%lld] 0x%08x vs 0x%08x", line,
+              (long long)diff, (long long)first, first < 0 ? 0u : have[first],
+              first < 0 ? 0u : want[first]);
 }
 
 static void check_ref_line(char kind, const char *name, int64_t n, const char *in_hex,
@@ -261,6 +320,8 @@ static void check_ref_line(char kind, const char *name, int64_t n, const char *i
     CHECK_MSG(diff == 0, "line %d %s: dequant differs in %lld elems, first [%lld] %.9g vs %.9g",
               line, name, (long long)diff, (long long)first, first < 0 ? 0.0 : (double)got[first],
               first < 0 ? 0.0 : (double)out[first]);
+    if (t == DT_F32)
+        check_f32_bits(got, out_hex, n, line);
 
     if (kind != 'Q' || !quantizer_in_reference(t))
         return;
@@ -335,10 +396,19 @@ static void test_reference(void)
             counts[t]++;
     }
     free(buf);
-    printf("reference: %d rows (Q4_0 %d, Q4_1 %d, Q8_0 %d, Q4_K %d, Q6_K %d, F16 %d, BF16 %d)\n",
+    printf("reference: %d rows (Q4_0 %d, Q4_1 %d, Q8_0 %d, Q4_K %d, Q6_K %d, F16 %d, BF16 %d, "
+           "F32 %d)\n",
            lines, counts[DT_Q4_0], counts[DT_Q4_1], counts[DT_Q8_0], counts[DT_Q4_K],
-           counts[DT_Q6_K], counts[DT_F16], counts[DT_BF16]);
-    CHECK(counts[DT_Q4_K] > 0 && counts[DT_Q6_K] > 0 && counts[DT_Q4_1] > 0);
+           counts[DT_Q6_K], counts[DT_F16], counts[DT_BF16], counts[DT_F32]);
+    /* every weight dtype gguf has a reference for (Q8_1/Q8_K: none) */
+    static const enum dtype need[] = {DT_F32, DT_F16, DT_BF16, DT_Q4_0, DT_Q4_1,
+                                      DT_Q8_0, DT_Q4_K, DT_Q6_K};
+    for (size_t i = 0; i < sizeof need / sizeof need[0]; i++)
+        CHECK_MSG(counts[need[i]] > 0, "reference has no %s row",
+                  dtype_info_get(need[i])->name);
+    CHECK_MSG(f32_classes_seen == F32_ALL_CLASSES,
+              "F32 rows cover classes 0x%x of 0x%x (-0, +-inf, qNaN, sNaN, payload, +-denormal)",
+              f32_classes_seen, (unsigned)F32_ALL_CLASSES);
 }
 
 /* ---- activation formats and K-quant round trips ----------------------------------- */
