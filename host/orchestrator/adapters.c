@@ -81,6 +81,29 @@ int adapter_http_classify(const struct httpc_response *r, enum fb_status *st, ch
 
 /* ---- http-json ------------------------------------------------------- */
 
+enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen)
+{
+    *res = NULL;
+    err[0] = 0;
+    cJSON *j = cJSON_ParseWithLength(body, len);
+    if (!j) {
+        snprintf(err, errlen, "agent reply is not valid JSON");
+        return FB_PARSE_ERROR;
+    }
+    *res = j;
+    return FB_OK;
+}
+
+/* Finish op with the outcome of a 2xx reply mapped by `map`. */
+static void finish_mapped(struct adapter_op *op, const struct httpc_response *resp,
+                          enum fb_status (*map)(const char *, size_t, cJSON **, char *, size_t))
+{
+    cJSON *res;
+    char err[512];
+    enum fb_status st = map(resp->body, resp->body_len, &res, err, sizeof err);
+    adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+}
+
 static void http_json_done(void *ud, const struct httpc_response *resp)
 {
     struct adapter_op *op = ud;
@@ -91,13 +114,7 @@ static void http_json_done(void *ud, const struct httpc_response *resp)
         adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
-    cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
-    if (!j) {
-        adapter_finish(op, FB_PARSE_ERROR, NULL, "agent reply is not valid JSON", 0,
-                       resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    adapter_finish(op, FB_OK, j, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
+    finish_mapped(op, resp, http_json_reply);
 }
 
 static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
@@ -135,6 +152,29 @@ static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
 
 /* ---- openai-chat / local ------------------------------------------------ */
 
+enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen)
+{
+    *res = NULL;
+    err[0] = 0;
+    cJSON *j = cJSON_ParseWithLength(body, len);
+    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
+    const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
+    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(c0, "message");
+    const cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
+    if (!cJSON_IsString(content)) {
+        cJSON_Delete(j);
+        snprintf(err, errlen, "chat reply has no choices[0].message.content string");
+        return FB_PARSE_ERROR;
+    }
+    *res = cJSON_CreateString(content->valuestring);
+    cJSON_Delete(j);
+    if (!*res) {   /* never an ok record without its result */
+        snprintf(err, errlen, "out of memory");
+        return FB_EXEC_ERROR;
+    }
+    return FB_OK;
+}
+
 static void chat_done(void *ud, const struct httpc_response *resp)
 {
     struct adapter_op *op = ud;
@@ -145,25 +185,7 @@ static void chat_done(void *ud, const struct httpc_response *resp)
         adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
-    cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
-    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
-    const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
-    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(c0, "message");
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
-    if (!cJSON_IsString(content)) {
-        cJSON_Delete(j);
-        adapter_finish(op, FB_PARSE_ERROR, NULL,
-                       "chat reply has no choices[0].message.content string", 0,
-                       resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    cJSON *res = cJSON_CreateString(content->valuestring);
-    cJSON_Delete(j);
-    if (!res) {   /* never an ok record without its result */
-        adapter_finish(op, FB_EXEC_ERROR, NULL, "out of memory", 0, resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    adapter_finish(op, FB_OK, res, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
+    finish_mapped(op, resp, chat_reply);
 }
 
 /* The user message: args.input when it is the only thing, else the args JSON. */
@@ -229,7 +251,7 @@ static int append_text_parts(const cJSON *parts, char **acc, size_t *len)
     return 0;
 }
 
-#define A2A_MAX_TASK_ID   256
+
 #define A2A_POLL_FIRST_MS 50     /* first tasks/get after a working reply; doubled */
 #define A2A_POLL_MAX_MS   1000   /* up to this */
 
@@ -293,6 +315,91 @@ static int a2a_poll_later(struct adapter_op *op)
     return evtimer_add(op->ev, &tv) ? PS_ENOMEM : PS_OK;
 }
 
+enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **working_task,
+                         char *err, size_t errlen)
+{
+    *res = NULL;
+    *working_task = NULL;
+    err[0] = 0;
+    cJSON *j = cJSON_ParseWithLength(body, len);
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result");
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+    int has_error = e && !cJSON_IsNull(e);
+    enum fb_status st = FB_OK;
+    /* The reply must be this request's: the same id, or (JSON-RPC, for an
+     * error the server could not tie to a request) a null or missing id
+     * beside an error.  Compared as a double, never cast (see mcp.c). */
+    if (j && (id && !cJSON_IsNull(id) ? !(cJSON_IsNumber(id) && id->valuedouble == (double)rpc_id)
+                                      : !has_error)) {
+        char got[64];
+        if (cJSON_IsNumber(id))
+            snprintf(got, sizeof got, "%.17g", id->valuedouble);
+        else if (cJSON_IsString(id))
+            snprintf(got, sizeof got, "\"%.40s\"", id->valuestring);
+        else
+            snprintf(got, sizeof got, "%s", id ? "not a number" : "missing");
+        snprintf(err, errlen, "a2a reply id %s does not match the request id %ld", got, rpc_id);
+        st = FB_PARSE_ERROR;
+        goto done;
+    }
+    if (has_error) {   /* some servers send "error":null beside a result */
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+        snprintf(err, errlen, "a2a error: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
+        st = FB_EXEC_ERROR;
+        goto done;
+    }
+    if (!cJSON_IsObject(r)) {
+        snprintf(err, errlen, "a2a reply is not a JSON-RPC result object");
+        st = FB_PARSE_ERROR;
+        goto done;
+    }
+    char *text = NULL;
+    size_t tlen = 0;
+    /* A task is a result only once completed: message/send may return one
+     * that failed, was rejected or cancelled, still runs (a non-blocking
+     * server) or waits for input or auth, none of which has an answer. */
+    const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
+    const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
+    const cJSON *task_id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    if (cJSON_IsString(state) && (!strcmp(state->valuestring, "submitted") || !strcmp(state->valuestring, "working")) &&
+        cJSON_IsString(task_id) && task_id->valuestring[0] && strlen(task_id->valuestring) <= A2A_MAX_TASK_ID) {
+        if (!(*working_task = strdup(task_id->valuestring))) {
+            snprintf(err, errlen, "out of memory");
+            st = FB_EXEC_ERROR;
+        }
+        goto done;
+    }
+    if (cJSON_IsString(state) && strcmp(state->valuestring, "completed")) {
+        append_text_parts(cJSON_GetObjectItemCaseSensitive(
+                              cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                          &text, &tlen);   /* the reason, as far as it fits */
+        snprintf(err, errlen, "a2a task %.64s%s%.400s", state->valuestring, text ? ": " : "",
+                 text ? text : "");
+        free(text);
+        st = FB_EXEC_ERROR;
+        goto done;
+    }
+    int oom = append_text_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &text, &tlen);
+    const cJSON *arts = cJSON_GetObjectItemCaseSensitive(r, "artifacts"), *a;
+    cJSON_ArrayForEach(a, arts)
+        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &tlen);
+    if (!text && !oom) {
+        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(
+                                     cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                                 &text, &tlen);
+    }
+    *res = oom ? NULL : text ? cJSON_CreateString(text) : cJSON_Duplicate(r, 1);
+    free(text);
+    if (!*res) {   /* never an ok record with a truncated or missing result */
+        snprintf(err, errlen, "out of memory");
+        st = FB_EXEC_ERROR;
+    }
+done:
+    cJSON_Delete(j);
+    return st;
+}
+
 static void a2a_done(void *ud, const struct httpc_response *resp)
 {
     struct adapter_op *op = ud;
@@ -303,94 +410,24 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
         adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
-    cJSON *j = cJSON_ParseWithLength(resp->body, resp->body_len);
-    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result");
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
-    int has_error = e && !cJSON_IsNull(e);
-    /* The reply must be this request's: the same id, or (JSON-RPC, for an
-     * error the server could not tie to a request) a null or missing id
-     * beside an error.  Compared as a double, never cast (see mcp.c). */
-    if (j && (id && !cJSON_IsNull(id) ? !(cJSON_IsNumber(id) && id->valuedouble == (double)op->rpc_id)
-                                      : !has_error)) {
-        char got[64];
-        if (cJSON_IsNumber(id))
-            snprintf(got, sizeof got, "%.17g", id->valuedouble);
-        else if (cJSON_IsString(id))
-            snprintf(got, sizeof got, "\"%.40s\"", id->valuestring);
+    cJSON *res;
+    char *working;
+    st = a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &working, err, sizeof err);
+    if (st == FB_OK && working) {
+        /* A task still submitted or working (a server that did not block):
+         * its outcome is asked for with tasks/get until it ends; the
+         * executor's timeout bounds the wait (and cancels the task:
+         * adapter_cancel).  The first reply names the task for good. */
+        if (!op->a2a_task)
+            op->a2a_task = working;
         else
-            snprintf(got, sizeof got, "%s", id ? "not a number" : "missing");
-        snprintf(err, sizeof err, "a2a reply id %s does not match the request id %ld", got, op->rpc_id);
-        cJSON_Delete(j);
-        adapter_finish(op, FB_PARSE_ERROR, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    if (has_error) {   /* some servers send "error":null beside a result */
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        snprintf(err, sizeof err, "a2a error: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
-        cJSON_Delete(j);
-        adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    if (!cJSON_IsObject(r)) {
-        cJSON_Delete(j);
-        adapter_finish(op, FB_PARSE_ERROR, NULL, "a2a reply is not a JSON-RPC result object", 0,
-                       resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    char *text = NULL;
-    size_t len = 0;
-    /* A task is a result only once completed: message/send may return one
-     * that failed, was rejected or cancelled, still runs (a non-blocking
-     * server) or waits for input or auth, none of which has an answer. */
-    const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
-    const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
-    const cJSON *task_id = cJSON_GetObjectItemCaseSensitive(r, "id");
-    int oom = 0;
-    /* A task still submitted or working (a server that did not block): its
-     * outcome is asked for with tasks/get until it ends; the executor's
-     * timeout bounds the wait (and cancels the task: adapter_cancel). */
-    if (cJSON_IsString(state) && (!strcmp(state->valuestring, "submitted") || !strcmp(state->valuestring, "working")) &&
-        cJSON_IsString(task_id) && task_id->valuestring[0] && strlen(task_id->valuestring) <= A2A_MAX_TASK_ID) {
-        if (!op->a2a_task && !(op->a2a_task = strdup(task_id->valuestring))) {
-            cJSON_Delete(j);
-            adapter_finish(op, FB_EXEC_ERROR, NULL, "out of memory", 1, resp->agent_recv_ns, resp->agent_send_ns);
-            return;
-        }
-        cJSON_Delete(j);
+            free(working);
         op->req = NULL;   /* finished: httpc frees it */
         if (a2a_poll_later(op))
             adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: cannot poll the task (out of memory)", 1, 0, 0);
         return;
     }
-    if (cJSON_IsString(state) && strcmp(state->valuestring, "completed")) {
-        append_text_parts(cJSON_GetObjectItemCaseSensitive(
-                              cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
-                          &text, &len);   /* the reason, as far as it fits */
-        snprintf(err, sizeof err, "a2a task %.64s%s%.400s", state->valuestring, text ? ": " : "",
-                 text ? text : "");
-        free(text);
-        cJSON_Delete(j);
-        adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &text, &len);
-    const cJSON *arts = cJSON_GetObjectItemCaseSensitive(r, "artifacts"), *a;
-    cJSON_ArrayForEach(a, arts)
-        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &len);
-    if (!text && !oom) {
-        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(
-                                     cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
-                                 &text, &len);
-    }
-    cJSON *res = oom ? NULL : text ? cJSON_CreateString(text) : cJSON_Duplicate(r, 1);
-    free(text);
-    cJSON_Delete(j);
-    if (!res) {   /* never an ok record with a truncated or missing result */
-        adapter_finish(op, FB_EXEC_ERROR, NULL, "out of memory", 0, resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    adapter_finish(op, FB_OK, res, NULL, 0, resp->agent_recv_ns, resp->agent_send_ns);
+    adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, resp->agent_recv_ns, resp->agent_send_ns);
 }
 
 static int a2a_start(struct adapter_op *op)

@@ -105,6 +105,25 @@ void mcp_reap_all(struct exec *ex);
 cJSON         *mcp_reply_parse(const char *body, size_t len, long id);
 enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t errlen);
 
+/* Agent reply handling as pure functions (adapters.c; tests/fuzz/
+ * fuzz_agent_reply.c feeds them untrusted replies).  Each maps the body of
+ * a 2xx reply (`len` bytes, need not be NUL-terminated) to an outcome:
+ * FB_OK with *res (caller frees), or an error status with *res NULL and
+ * the message in err (always NUL-terminated; "" with FB_OK).
+ * http_json_reply: the body's JSON value is the result.
+ * chat_reply: choices[0].message.content, a string.
+ * a2a_reply: a JSON-RPC reply to request `rpc_id` (message/send or
+ * tasks/get): a completed task's or a message's text parts (else the raw
+ * result object); an error, a task in any other end state or a mismatched
+ * id is an error status.  A task still `submitted` or `working` (id of 1
+ * to A2A_MAX_TASK_ID bytes) is FB_OK with *res NULL and *working_task its
+ * id (caller frees); otherwise *working_task is NULL. */
+#define A2A_MAX_TASK_ID 256
+enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen);
+enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen);
+enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **working_task,
+                         char *err, size_t errlen);
+
 /* Incremental search of a growing text/event-stream body for the response
  * with id `id`: call mcp_sse_scan with the whole body so far (the same
  * bytes as before, plus more) after each read; it returns 1 once a complete

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""Seed corpus for fuzz_agent_reply: http-json, openai-chat and a2a agents'
+replies, valid and near-valid, and HTTP error replies for the status
+classifier, each prefixed with the selector byte and the two status bytes
+the target reads first (see tests/fuzz/fuzz_agent_reply.c).
+Usage: scripts/gen-agent_reply-corpus.py OUTDIR"""
+import json
+import os
+import sys
+
+out = sys.argv[1] if len(sys.argv) > 1 else "tests/fuzz/corpus_agent_reply"
+os.makedirs(out, exist_ok=True)
+
+HTTP_JSON, CHAT, A2A, CLASSIFY = 0, 1, 2, 3
+
+
+def seed(kind, body, status=200, rpc_id=1):
+    sel = kind | ((rpc_id - 1) << 2)
+    return bytes([sel, status >> 8, status & 255]) + body.encode()
+
+
+def rpc(id, **kw):
+    return json.dumps(dict(jsonrpc="2.0", id=id, **kw))
+
+
+def task(state, parts=None, artifacts=None, tid="t1"):
+    t = {"id": tid, "kind": "task", "status": {"state": state}}
+    if parts is not None:
+        t["status"]["message"] = {"role": "agent", "parts": parts}
+    if artifacts is not None:
+        t["artifacts"] = artifacts
+    return t
+
+
+text = [{"kind": "text", "text": "42"}]
+seeds = [
+    seed(HTTP_JSON, '{"value": 3}'),
+    seed(HTTP_JSON, '[1, 2, {"a": null}]'),
+    seed(HTTP_JSON, '"just a string"'),
+    seed(HTTP_JSON, '{"value": 3'),
+    seed(HTTP_JSON, ''),
+    seed(CHAT, json.dumps({"choices": [{"message": {"role": "assistant", "content": "hi"}}]})),
+    seed(CHAT, json.dumps({"choices": [{"message": {"role": "assistant", "content": None,
+                                                    "tool_calls": []}}]})),
+    seed(CHAT, json.dumps({"choices": []})),
+    seed(CHAT, json.dumps({"choices": {"0": {}}})),
+    seed(CHAT, json.dumps({"error": {"message": "overloaded"}})),
+    seed(A2A, rpc(1, result={"kind": "message", "role": "agent", "parts": text})),
+    seed(A2A, rpc(1, result=task("completed", artifacts=[{"parts": text}, {"parts": text}]))),
+    seed(A2A, rpc(1, result=task("completed", parts=text))),
+    seed(A2A, rpc(1, result=task("completed"))),
+    seed(A2A, rpc(1, result=task("working"))),
+    seed(A2A, rpc(1, result=task("submitted", tid=""))),
+    seed(A2A, rpc(1, result=task("working", tid="x" * 300))),
+    seed(A2A, rpc(1, result=task("failed", parts=[{"kind": "text", "text": "no"}]))),
+    seed(A2A, rpc(1, result=task("input-required"))),
+    seed(A2A, rpc(2, result=task("completed"))),
+    seed(A2A, rpc(2, result={}), rpc_id=2),
+    seed(A2A, rpc("1", result={})),
+    seed(A2A, rpc(None, error={"code": -32600, "message": "bad request"})),
+    seed(A2A, rpc(1, error=None, result={"parts": text})),
+    seed(A2A, rpc(1, error={"code": 1})),
+    seed(A2A, rpc(1, result="not an object")),
+    seed(A2A, '{"jsonrpc":"2.0","result":{}}'),
+    seed(CLASSIFY, '{"error":"busy"}', status=503),
+    seed(CLASSIFY, 'rate limited\r\n\x00\x7f', status=429),
+    seed(CLASSIFY, 'not found', status=404),
+    seed(CLASSIFY, '{}', status=204),
+    seed(CLASSIFY, 'x' * 300, status=500),
+]
+for i, b in enumerate(seeds):
+    with open(os.path.join(out, "agent_%02d" % i), "wb") as f:
+        f.write(b)
