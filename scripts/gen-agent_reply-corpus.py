@@ -14,8 +14,11 @@ os.makedirs(out, exist_ok=True)
 HTTP_JSON, CHAT, A2A, CLASSIFY = 0, 1, 2, 3
 
 
-def seed(kind, body, status=200, rpc_id=1):
-    sel = kind | ((rpc_id - 1) << 2)
+IDS = [1, 2, (1 << 40) + 1, (1 << 53) + 1]
+
+
+def seed(kind, body, status=200, rpc_id=1, transport_error=False):
+    sel = kind | (IDS.index(rpc_id) << 2) | (16 if transport_error else 0)
     return bytes([sel, status >> 8, status & 255]) + body.encode()
 
 
@@ -66,6 +69,12 @@ seeds = [
     seed(CLASSIFY, 'rate limited\r\n\x00\x7f', status=429),
     seed(CLASSIFY, 'not found', status=404),
     seed(CLASSIFY, '{}', status=204),
+    seed(CLASSIFY, '', status=200, transport_error=True),
+    seed(A2A, rpc(IDS[2], result=task("working")), rpc_id=IDS[2]),
+    seed(A2A, rpc(IDS[3], result=task("completed", parts=text)), rpc_id=IDS[3]),
+    seed(A2A, rpc(1, result=task("auth-required", parts=text))),
+    seed(A2A, rpc(1, result=task("canceled"))),
+    seed(A2A, rpc(1, result=task("unknown"))),
     seed(CLASSIFY, 'x' * 300, status=500),
 ]
 for i, b in enumerate(seeds):

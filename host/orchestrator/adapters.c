@@ -252,11 +252,92 @@ static int append_text_parts(const cJSON *parts, char **acc, size_t *len)
 }
 
 
-#define A2A_POLL_FIRST_MS 50     /* first tasks/get after a working reply; doubled */
+#define A2A_POLL_FIRST_MS 10     /* first tasks/get after a submitted / working reply; doubled */
 #define A2A_POLL_MAX_MS   1000   /* up to this */
+#define A2A_CANCEL_MAX_MS 5000   /* a tasks/cancel waits at most this (or the agent's timeout_ms) */
+#define A2A_CLOSE_WAIT_MS 300    /* exec_destroy: how long the last tasks/cancel requests may take */
 
 static void a2a_done(void *ud, const struct httpc_response *resp);
-static void a2a_ignore_reply(void *ud, const struct httpc_response *resp) { (void)ud; (void)resp; }
+
+/* a tasks/cancel not answered yet */
+struct a2a_cancel {
+    struct a2a_cancel       *next, *prev;   /* ex->a2a_cancels */
+    struct exec             *ex;
+    const struct agent_spec *spec;          /* the registry's (outlives the executor) */
+    char                    *task;
+    struct httpc_req        *req;           /* on ex->http; NULL: not sent (closing) */
+};
+
+static void a2a_cancel_free(struct a2a_cancel *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->ex->a2a_cancels = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    free(c->task);
+    free(c);
+}
+
+/* whatever the answer, the request is done */
+static void a2a_cancel_reply(void *ud, const struct httpc_response *resp)
+{
+    (void)resp;
+    a2a_cancel_free(ud);
+}
+
+struct closing_wait {
+    struct event_base *base;
+    int                pending;
+};
+
+static void closing_reply(void *ud, const struct httpc_response *resp)
+{
+    (void)resp;
+    struct closing_wait *w = ud;
+    if (--w->pending == 0)
+        event_base_loopbreak(w->base);
+}
+
+void adapter_flush_closing(struct exec *ex)
+{
+    if (!ex->a2a_cancels)
+        return;
+    struct closing_wait w = { event_base_new(), 0 };
+    struct httpc *h = w.base ? httpc_create(w.base) : NULL;
+    for (struct a2a_cancel *c = ex->a2a_cancels; c && h; c = c->next) {
+        if (c->req)   /* sent or not on the executor's loop, which will not turn again: sent anew */
+            httpc_cancel(c->req);
+        c->req = NULL;
+        static long next_id = 1L << 50;
+        cJSON *body = cJSON_CreateObject();
+        cJSON *params = body ? cJSON_AddObjectToObject(body, "params") : NULL;
+        char *text = NULL;
+        if (params && cJSON_AddStringToObject(body, "jsonrpc", "2.0") &&
+            cJSON_AddNumberToObject(body, "id", (double)next_id++) &&
+            cJSON_AddStringToObject(body, "method", "tasks/cancel") && cJSON_AddStringToObject(params, "id", c->task))
+            text = cJSON_PrintUnformatted(body);
+        cJSON_Delete(body);
+        if (text && httpc_request(h, "POST", c->spec->url, json_headers, c->spec->headers, text, strlen(text),
+                                  A2A_CLOSE_WAIT_MS, c->spec->ca_file, closing_reply, &w))
+            w.pending++;
+        free(text);
+    }
+    if (w.pending) {
+        const struct timeval tv = { 0, A2A_CLOSE_WAIT_MS * 1000 };
+        event_base_loopexit(w.base, &tv);
+        event_base_dispatch(w.base);
+    }
+    httpc_destroy(h);
+    if (w.base)
+        event_base_free(w.base);
+    while (ex->a2a_cancels) {
+        if (ex->a2a_cancels->req)
+            httpc_cancel(ex->a2a_cancels->req);
+        a2a_cancel_free(ex->a2a_cancels);
+    }
+}
 
 /* POST a JSON-RPC request {method, params: {"id": task}} to the agent:
  * with `op` (its reply goes to a2a_done under a new id) or, op NULL, fire
@@ -278,16 +359,48 @@ static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct 
         op->rpc_id = id;
         st = post_json(op, a->url, body, a2a_done);
     } else {
-        char *text = cJSON_PrintUnformatted(body);
-        struct httpc_req *rq = text ? httpc_request(ex->http, "POST", a->url, json_headers, a->headers, text, strlen(text),
-                                                    0, a->ca_file, a2a_ignore_reply, NULL)
-                                    : NULL;
-        free(text);
-        st = rq ? PS_OK : PS_EIO;
+        /* fire and forget, but never held forever by an agent that does
+         * not answer (the kind whose calls time out), and kept on a list
+         * until it is answered: exec_destroy sends what is left */
+        struct a2a_cancel *c = calloc(1, sizeof *c);
+        if (c && (c->task = strdup(task))) {
+            c->spec = a;
+            c->ex = ex;
+            c->next = ex->a2a_cancels;
+            if (c->next)
+                c->next->prev = c;
+            ex->a2a_cancels = c;
+            st = PS_OK;
+            if (!ex->closing) {
+                int ms = a->timeout_ms > 0 && a->timeout_ms < A2A_CANCEL_MAX_MS ? a->timeout_ms : A2A_CANCEL_MAX_MS;
+                char *text = cJSON_PrintUnformatted(body);
+                c->req = text ? httpc_request(ex->http, "POST", a->url, json_headers, a->headers, text, strlen(text),
+                                              ms, a->ca_file, a2a_cancel_reply, c)
+                              : NULL;
+                free(text);
+                if (!c->req) {
+                    a2a_cancel_free(c);
+                    st = PS_EIO;
+                }
+            }
+        } else {
+            free(c);
+        }
     }
 done:
     cJSON_Delete(body);
     return st;
+}
+
+/* End an a2a attempt whose task may still run at the agent: the task is
+ * asked to stop first (a retry starts a task of its own; the agent should
+ * not go on with this one). */
+static void a2a_finish(struct adapter_op *op, enum fb_status st, cJSON *result, const char *error, int retryable,
+                       int64_t recv_ns, int64_t send_ns)
+{
+    if (op->a2a_task)
+        (void)a2a_task_request(op->ex, op->rt->spec, NULL, "tasks/cancel", op->a2a_task);
+    adapter_finish(op, st, result, error, retryable, recv_ns, send_ns);
 }
 
 static void a2a_poll(evutil_socket_t fd, short what, void *ud)
@@ -296,7 +409,7 @@ static void a2a_poll(evutil_socket_t fd, short what, void *ud)
     (void)what;
     struct adapter_op *op = ud;
     if (a2a_task_request(op->ex, op->rt->spec, op, "tasks/get", op->a2a_task))
-        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send tasks/get", 1, 0, 0);
+        a2a_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send tasks/get", 1, 0, 0);
 }
 
 /* The next tasks/get of op's task, A2A_POLL_FIRST_MS after the first
@@ -315,11 +428,12 @@ static int a2a_poll_later(struct adapter_op *op)
     return evtimer_add(op->ev, &tv) ? PS_ENOMEM : PS_OK;
 }
 
-enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **working_task,
-                         char *err, size_t errlen)
+enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **task,
+                         enum a2a_task_state *task_state, char *err, size_t errlen)
 {
     *res = NULL;
-    *working_task = NULL;
+    *task = NULL;
+    *task_state = A2A_NO_TASK;
     err[0] = 0;
     cJSON *j = cJSON_ParseWithLength(body, len);
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
@@ -362,13 +476,23 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
     const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
     const cJSON *task_id = cJSON_GetObjectItemCaseSensitive(r, "id");
-    if (cJSON_IsString(state) && (!strcmp(state->valuestring, "submitted") || !strcmp(state->valuestring, "working")) &&
-        cJSON_IsString(task_id) && task_id->valuestring[0] && strlen(task_id->valuestring) <= A2A_MAX_TASK_ID) {
-        if (!(*working_task = strdup(task_id->valuestring))) {
+    if (cJSON_IsString(state)) {
+        const char *sv = state->valuestring;
+        *task_state = !strcmp(sv, "submitted") || !strcmp(sv, "working") ? A2A_TASK_RUNNING
+                    : !strcmp(sv, "completed") || !strcmp(sv, "failed") || !strcmp(sv, "canceled") ||
+                      !strcmp(sv, "cancelled") || !strcmp(sv, "rejected") ? A2A_TASK_ENDED
+                    : A2A_TASK_WAITING;
+        if (*task_state != A2A_TASK_ENDED && cJSON_IsString(task_id) && task_id->valuestring[0] &&
+            strlen(task_id->valuestring) <= A2A_MAX_TASK_ID && !(*task = strdup(task_id->valuestring))) {
             snprintf(err, errlen, "out of memory");
+            *task_state = A2A_NO_TASK;
             st = FB_EXEC_ERROR;
+            goto done;
         }
-        goto done;
+        if (*task_state == A2A_TASK_RUNNING && *task)
+            goto done;   /* FB_OK without a result: poll it */
+        if (*task_state == A2A_TASK_RUNNING)
+            *task_state = A2A_TASK_WAITING;   /* running, but under no id we can ask about */
     }
     if (cJSON_IsString(state) && strcmp(state->valuestring, "completed")) {
         append_text_parts(cJSON_GetObjectItemCaseSensitive(
@@ -407,27 +531,39 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     int retry = 0;
     char err[512];
     if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
-        adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
+        /* While the task is polled, a transport error, 429 or 5xx asks
+         * again later (a retry would start a second task; the call's
+         * timeout still bounds the whole); anything else ends the call and
+         * the task. */
+        if (op->a2a_task && retry) {
+            op->req = NULL;
+            if (!a2a_poll_later(op))
+                return;
+        }
+        a2a_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
     cJSON *res;
-    char *working;
-    st = a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &working, err, sizeof err);
-    if (st == FB_OK && working) {
-        /* A task still submitted or working (a server that did not block):
-         * its outcome is asked for with tasks/get until it ends; the
-         * executor's timeout bounds the wait (and cancels the task:
-         * adapter_cancel).  The first reply names the task for good. */
-        if (!op->a2a_task)
-            op->a2a_task = working;
-        else
-            free(working);
+    char *task;
+    enum a2a_task_state ts;
+    st = a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, err, sizeof err);
+    if (task && !op->a2a_task)
+        op->a2a_task = task;   /* the first reply names the task for good */
+    else
+        free(task);
+    if (ts == A2A_TASK_RUNNING && op->a2a_task) {
+        /* A task still submitted or working: its outcome is asked for with
+         * tasks/get until it ends; the executor's timeout bounds the wait
+         * (and cancels the task: adapter_cancel). */
         op->req = NULL;   /* finished: httpc frees it */
         if (a2a_poll_later(op))
-            adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: cannot poll the task (out of memory)", 1, 0, 0);
+            a2a_finish(op, FB_EXEC_ERROR, NULL, "a2a: cannot poll the task (out of memory)", 1, 0, 0);
         return;
     }
-    adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+    if (st == FB_OK || ts == A2A_TASK_ENDED)
+        adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+    else   /* a task waiting for input, or one we lost track of: stopped */
+        a2a_finish(op, st, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
 }
 
 static int a2a_start(struct adapter_op *op)
@@ -443,9 +579,15 @@ static int a2a_start(struct adapter_op *op)
     cJSON_AddNumberToObject(body, "id", (double)op->rpc_id);
     cJSON_AddStringToObject(body, "method", "message/send");
     cJSON *params = cJSON_AddObjectToObject(body, "params");
-    /* ask the server to answer once the task has ended; one that answers
-     * earlier (submitted / working) is polled (a2a_done) */
-    cJSON_AddBoolToObject(cJSON_AddObjectToObject(params, "configuration"), "blocking", 1);
+    /* Not blocking: the task's id comes back at once, so a call that times
+     * out or is cancelled can always stop it (tasks/cancel); a server that
+     * answers before its task ends is polled (a2a_done).  A server that
+     * blocks anyway is waited for, as before. */
+    cJSON *conf = cJSON_AddObjectToObject(params, "configuration");
+    cJSON *modes = cJSON_AddArrayToObject(conf, "acceptedOutputModes");
+    cJSON_AddItemToArray(modes, cJSON_CreateString("text/plain"));
+    cJSON_AddItemToArray(modes, cJSON_CreateString("application/json"));
+    cJSON_AddBoolToObject(conf, "blocking", 0);
     cJSON *msg = cJSON_AddObjectToObject(params, "message");
     cJSON_AddStringToObject(msg, "role", "user");
     cJSON_AddStringToObject(msg, "kind", "message");

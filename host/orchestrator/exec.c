@@ -650,8 +650,10 @@ void exec_destroy(struct exec *ex)
 {
     if (!ex)
         return;
+    ex->closing = 1;
     while (ex->groups)
         exec_group_destroy(ex->groups);
+    adapter_flush_closing(ex);
     for (int i = 0; ex->agents && i < ex->n_agents; i++) {
         mcp_session_free(ex, &ex->agents[i]);
         if (ex->agents[i].pump)

@@ -47,6 +47,8 @@ struct exec {
     uint64_t               rng;
     struct exec_group     *groups;         /* every live group */
     struct mcp_reap       *reaping;        /* stopped mcp-stdio processes not reaped yet */
+    int                    closing;        /* exec_destroy has begun */
+    struct a2a_cancel     *a2a_cancels;    /* tasks/cancel requests not answered yet (adapters.c) */
     struct exec_stats      stats;
 };
 
@@ -84,6 +86,14 @@ struct adapter_op *adapter_start_mcp_list(struct exec *ex, struct agent_rt *rt, 
  * No callback afterwards. */
 void adapter_cancel(struct adapter_op *op);
 
+/* exec_destroy, after its groups: the a2a tasks/cancel requests not
+ * answered yet (ex->a2a_cancels: made while closing, or earlier and still
+ * in flight) are sent again on a private loop, whose replies are waited
+ * for at most A2A_CLOSE_WAIT_MS in all (the executor's own loop will not
+ * turn again, and a request on it could be freed unsent).  Empties the
+ * list. */
+void adapter_flush_closing(struct exec *ex);
+
 /* MCP (mcp.c) entry points used by adapter_start/adapter_cancel. */
 int  mcp_op_start(struct adapter_op *op);
 void mcp_op_cancel(struct adapter_op *op);
@@ -114,15 +124,19 @@ enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t
  * chat_reply: choices[0].message.content, a string.
  * a2a_reply: a JSON-RPC reply to request `rpc_id` (message/send or
  * tasks/get): a completed task's or a message's text parts (else the raw
- * result object); an error, a task in any other end state or a mismatched
- * id is an error status.  A task still `submitted` or `working` (id of 1
- * to A2A_MAX_TASK_ID bytes) is FB_OK with *res NULL and *working_task its
- * id (caller frees); otherwise *working_task is NULL. */
+ * result object); an error, a task in any other state or a mismatched id
+ * is an error status.  *task_state classes the task the reply names (by
+ * its status.state): running (submitted, working), waiting (input-required,
+ * auth-required, any other state, or running under no usable id), ended
+ * (completed, failed, canceled, rejected), or no task.  *task: the id (1
+ * to A2A_MAX_TASK_ID bytes; caller frees) of a running or waiting task,
+ * else NULL.  A running task with an id is FB_OK with *res NULL: poll it. */
 #define A2A_MAX_TASK_ID 256
+enum a2a_task_state { A2A_NO_TASK, A2A_TASK_RUNNING, A2A_TASK_WAITING, A2A_TASK_ENDED };
 enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen);
 enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen);
-enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **working_task,
-                         char *err, size_t errlen);
+enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **task,
+                         enum a2a_task_state *task_state, char *err, size_t errlen);
 
 /* Incremental search of a growing text/event-stream body for the response
  * with id `id`: call mcp_sse_scan with the whole body so far (the same

@@ -4,17 +4,21 @@
  * chat_reply, a2a_reply): agents' replies are untrusted.
  *
  * Input: byte 0 picks the adapter (low 2 bits: http-json, chat, a2a, the
- * HTTP status classifier) and the JSON-RPC id an a2a call waits for (1..4,
- * from bits 2-3); bytes 1-2 are the HTTP status for the classifier; the
- * rest is the reply body, in a buffer of exactly its length (no NUL after
- * it).
+ * HTTP status classifier), the JSON-RPC id an a2a reply must carry (bits
+ * 2-3: 1, 2, a tasks/get id 2^40 + 1, or 2^53 + 1, where a double cannot
+ * hold it) and, for the classifier, a transport error (bit 4); bytes 1-2
+ * are the HTTP status for the classifier; the rest is the reply body, in a
+ * buffer of exactly its length (no NUL after it).
  *
  * Aborts when an outcome is not a feedback status, when the error message
  * is not NUL-terminated in its buffer, when FB_OK comes with an error
- * message or without a result (a2a: or a working task id), when an error
- * status comes with a result or without a message, when a working task id
- * is empty or longer than A2A_MAX_TASK_ID, or when the classifier passes a
- * status outside 2xx, fails one inside it, or writes a control byte.
+ * message or without a result (a2a: or without a running task's id to
+ * poll), when an error status comes with a result or without a message,
+ * when a task id is empty, longer than A2A_MAX_TASK_ID or given for a task
+ * that ended (or none), when a running task's id comes with an error
+ * status, or when the classifier passes a transport error or a status
+ * outside 2xx, fails one inside it, calls a transport error or a 429 / 5xx
+ * not retryable (or anything else retryable), or writes a control byte.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -25,16 +29,21 @@
 
 static volatile size_t sink;
 
-static void check(enum fb_status st, cJSON *res, char *working, const char *err, size_t errlen)
+static void check(enum fb_status st, cJSON *res, char *task, int task_state, const char *err, size_t errlen)
 {
     if ((unsigned)st >= FB_STATUS_COUNT || !memchr(err, 0, errlen))
         abort();
-    if (working) {
-        size_t n = strlen(working);
-        if (st != FB_OK || res || n == 0 || n > A2A_MAX_TASK_ID)
+    if (task) {
+        size_t n = strlen(task);
+        if (n == 0 || n > A2A_MAX_TASK_ID || (task_state != A2A_TASK_RUNNING && task_state != A2A_TASK_WAITING))
             abort();
-        free(working);
-        return;
+        if (task_state == A2A_TASK_RUNNING && (st != FB_OK || res))
+            abort();
+        free(task);
+        if (task_state == A2A_TASK_RUNNING)
+            return;   /* poll it */
+    } else if (task_state == A2A_TASK_RUNNING) {
+        abort();
     }
     if (st == FB_OK) {
         if (err[0] || !res)
@@ -48,9 +57,10 @@ static void check(enum fb_status st, cJSON *res, char *working, const char *err,
     }
 }
 
-static void classify(long status, const char *body, size_t n)
+static void classify(long status, int transport_error, const char *body, size_t n)
 {
     struct httpc_response r = { 0 };
+    r.transport_error = transport_error;
     r.status = status;
     r.body = body;
     r.body_len = n;
@@ -60,11 +70,12 @@ static void classify(long status, const char *body, size_t n)
     char err[256];
     memset(err, 'x', sizeof err);
     int pass = adapter_http_classify(&r, &st, err, sizeof err, &retryable);
-    if (pass != (status >= 200 && status < 300))
+    if (pass != (!transport_error && status >= 200 && status < 300))
         abort();
     if (pass)
         return;
-    if (st != FB_EXEC_ERROR || !memchr(err, 0, sizeof err) || retryable != (status == 429 || status >= 500))
+    if (st != FB_EXEC_ERROR || !memchr(err, 0, sizeof err) ||
+        retryable != (transport_error || status == 429 || status >= 500))
         abort();
     for (const char *p = err; *p; p++)
         if ((unsigned char)*p < 32 || *p == 127)
@@ -76,7 +87,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 3)
         return 0;
     int kind = data[0] & 3;
-    long id = 1 + ((data[0] >> 2) & 3);
+    static const long ids[4] = { 1, 2, (1L << 40) + 1, (1L << 53) + 1 };
+    long id = ids[(data[0] >> 2) & 3];
+    int transport_error = (data[0] >> 4) & 1;
     long status = (long)data[1] << 8 | data[2];
     size_t n = size - 3;
     char *body = malloc(n ? n : 1);
@@ -84,23 +97,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     memcpy(body, data + 3, n);
     cJSON *res = (cJSON *)1;
-    char *working = (char *)1;
+    char *task = (char *)1;
+    enum a2a_task_state ts = A2A_TASK_ENDED;
     char err[512];
     memset(err, 'x', sizeof err);
     switch (kind) {
     case 0:
-        check(http_json_reply(body, n, &res, err, sizeof err), res, NULL, err, sizeof err);
+        check(http_json_reply(body, n, &res, err, sizeof err), res, NULL, A2A_NO_TASK, err, sizeof err);
         break;
     case 1:
-        check(chat_reply(body, n, &res, err, sizeof err), res, NULL, err, sizeof err);
+        check(chat_reply(body, n, &res, err, sizeof err), res, NULL, A2A_NO_TASK, err, sizeof err);
         break;
     case 2: {
-        enum fb_status st = a2a_reply(body, n, id, &res, &working, err, sizeof err);
-        check(st, res, working, err, sizeof err);
+        enum fb_status st = a2a_reply(body, n, id, &res, &task, &ts, err, sizeof err);
+        check(st, res, task, ts, err, sizeof err);
         break;
     }
     default:
-        classify(status, body, n);
+        classify(status, transport_error, body, n);
         break;
     }
     free(body);

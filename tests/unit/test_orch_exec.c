@@ -1330,7 +1330,13 @@ static atomic_int hs_404_calls;   /* tools/call requests on /mcp-404 */
 static atomic_int hs_late_inits;  /* initialize requests on /mcp-late-init */
 static atomic_int hs_a2a_polls;   /* tasks/get requests on /a2a-working */
 static atomic_int hs_a2a_cancels; /* tasks/cancel requests for task t-stuck on /a2a-stuck */
-static atomic_int hs_a2a_blocking;/* message/send requests with configuration.blocking true */
+static atomic_int hs_a2a_nonblocking;/* message/send requests with configuration.blocking false and
+                                        acceptedOutputModes naming text/plain */
+/* /a2a-x-*: message/send requests and tasks/cancel requests naming the
+ * path's own task, per path (A2AX_*) */
+enum { A2AX_GET503, A2AX_GET400, A2AX_CANCELHANG, A2AX_CLOSE, A2AX_N };
+static const char *const a2ax_names[A2AX_N] = { "get503", "get400", "cancelhang", "close" };
+static atomic_int hs_a2ax_sends[A2AX_N], hs_a2ax_cancels[A2AX_N];
 
 static void hs_send(int fd, const char *s)
 {
@@ -1483,6 +1489,42 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
                  "\"status\":{\"state\":\"completed\"},\"artifacts\":[{\"parts\":[{\"kind\":\"text\","
                  "\"text\":\"someone else's\"}]}]}}", idf);
         hs_reply(fd, 200, "", out);
+    } else if (!strncmp(path, "/a2a-x-", 7)) {
+        /* a task that never ends, "t-NAME"; tasks/get answers it working
+         * except on get503 (503) and get400 (400); tasks/cancel is counted
+         * and answered, except on cancelhang (never answered) */
+        int x = 0;
+        while (x < A2AX_N && strcmp(path + 7, a2ax_names[x]))
+            x++;
+        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "id");
+        if (x == A2AX_N) {
+            hs_reply(fd, 404, "", "{}");
+        } else if (!strcmp(meth, "message/send") || !strcmp(meth, "tasks/get")) {
+            if (!strcmp(meth, "message/send"))
+                atomic_fetch_add(&hs_a2ax_sends[x], 1);
+            if (!strcmp(meth, "tasks/get") && (x == A2AX_GET503 || x == A2AX_GET400)) {
+                hs_reply(fd, x == A2AX_GET503 ? 503 : 400, "", "{\"error\":\"no\"}");
+            } else {
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"kind\":\"task\","
+                         "\"id\":\"t-%s\",\"status\":{\"state\":\"working\"}}}", id, a2ax_names[x]);
+                hs_reply(fd, 200, "", out);
+            }
+        } else if (!strcmp(meth, "tasks/cancel")) {
+            char want[32];
+            snprintf(want, sizeof want, "t-%s", a2ax_names[x]);
+            if (cJSON_IsString(tid) && !strcmp(tid->valuestring, want))
+                atomic_fetch_add(&hs_a2ax_cancels[x], 1);
+            if (x == A2AX_CANCELHANG) {
+                hs_hang(fd);
+                rc = -1;
+            } else {
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"kind\":\"task\","
+                         "\"id\":\"%s\",\"status\":{\"state\":\"canceled\"}}}", id, want);
+                hs_reply(fd, 200, "", out);
+            }
+        } else {
+            hs_reply(fd, 400, "", "{}");
+        }
     } else if (!strcmp(meth, "tasks/get") || !strcmp(meth, "tasks/cancel")) {
         /* /a2a-working's task ends after 2 polls; /a2a-stuck's never */
         const cJSON *tid = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "id");
@@ -1502,10 +1544,14 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
         hs_reply(fd, 200, "", out);
     } else if (!strncmp(path, "/a2a-", 5)) {
         const char *state = !strcmp(path, "/a2a-stuck") ? "working" : path + 5;
-        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(
-                cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "configuration"),
-                "blocking")))
-            atomic_fetch_add(&hs_a2a_blocking, 1);
+        const cJSON *conf = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"),
+                                                             "configuration");
+        const cJSON *mode, *modes = cJSON_GetObjectItemCaseSensitive(conf, "acceptedOutputModes");
+        int text_ok = 0;
+        cJSON_ArrayForEach(mode, modes)
+            text_ok |= cJSON_IsString(mode) && !strcmp(mode->valuestring, "text/plain");
+        if (cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(conf, "blocking")) && text_ok)
+            atomic_fetch_add(&hs_a2a_nonblocking, 1);
         snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":null,\"result\":{\"kind\":\"task\",\"id\":\"%s\","
                  "\"status\":{\"state\":\"%s\",\"message\":{\"role\":\"agent\",\"parts\":[{\"kind\":\"text\","
                  "\"text\":\"note from %s\"}]}}%s}}", id, !strcmp(path, "/a2a-stuck") ? "t-stuck" : "t1", state, state,
@@ -1704,7 +1750,15 @@ static const char *hs_pool =
     "{\"name\":\"mcp404\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-404\","
     "\"timeout_ms\":2000,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"lateinit\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-late-init\","
-    "\"timeout_ms\":1000,\"retries\":0,\"breaker_failures\":0}]}";
+    "\"timeout_ms\":1000,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"get503\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-x-get503\","
+    "\"timeout_ms\":400,\"retries\":2,\"backoff_ms\":1,\"breaker_failures\":0},"
+    "{\"name\":\"get400\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-x-get400\","
+    "\"timeout_ms\":2000,\"retries\":2,\"backoff_ms\":1,\"breaker_failures\":0},"
+    "{\"name\":\"cancelhang\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-x-cancelhang\","
+    "\"timeout_ms\":300,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"close\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-x-close\","
+    "\"timeout_ms\":20000,\"retries\":0,\"breaker_failures\":0}]}";
 
 static void test_hostile_mcp_http_a2a(void)
 {
@@ -1714,7 +1768,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[4096];
     int p = hs_port;
-    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
@@ -1780,7 +1834,9 @@ static void test_hostile_mcp_http_a2a(void)
     hs_run(&s);
     /* a working task is polled with tasks/get until it ends (here after 2
      * polls); one that never ends times out and is cancelled (tasks/cancel
-     * with its id); every message/send asks the server to block */
+     * with its id); no message/send asks the server to block (so the task's
+     * id comes back at once and a timed-out call can always cancel it),
+     * each names text/plain among its accepted output modes */
     hs_call(g, &s, "as", "a2astuck", "{\"input\":\"x\"}");
     hs_run(&s);
     static const struct { const char *id; enum fb_status st; const char *has; } a2a[] = {
@@ -1797,7 +1853,34 @@ static void test_hostile_mcp_http_a2a(void)
     loop_for_ms(base, 300);   /* the fire-and-forget tasks/cancel */
     CHECK_MSG(atomic_load(&hs_a2a_polls) == 2, "%d polls", atomic_load(&hs_a2a_polls));
     CHECK_MSG(atomic_load(&hs_a2a_cancels) == 1, "%d cancels of t-stuck", atomic_load(&hs_a2a_cancels));
-    CHECK_MSG(atomic_load(&hs_a2a_blocking) == 5, "%d blocking sends", atomic_load(&hs_a2a_blocking));
+    CHECK_MSG(atomic_load(&hs_a2a_nonblocking) == 5, "%d of 5 sends not blocking, with text/plain accepted",
+              atomic_load(&hs_a2a_nonblocking));
+
+    /* A task whose tasks/get fails with a 503 is polled on (a retry of the
+     * call would start a second task) until the call times out, then
+     * cancelled: one message/send, one tasks/cancel.  A 400 to tasks/get
+     * ends the call (not retried) and cancels the task.  A tasks/cancel the
+     * agent never answers holds no request past the agent's timeout. */
+    hs_call(g, &s, "x503", "get503", "{\"input\":\"x\"}");
+    hs_call(g, &s, "x400", "get400", "{\"input\":\"x\"}");
+    hs_call(g, &s, "xch", "cancelhang", "{\"input\":\"x\"}");
+    hs_run(&s);
+    i = fbs_find(&s, "x503");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_TIMEOUT, "x503: %s %s", i >= 0 ? fb_status_str(s.f[i].st) : "-",
+              i >= 0 ? s.f[i].err : "");
+    i = fbs_find(&s, "x400");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && s.f[i].attempts == 1 && strstr(s.f[i].err, "HTTP 400"),
+              "x400: %s attempts %d: %s", i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].attempts : 0,
+              i >= 0 ? s.f[i].err : "");
+    i = fbs_find(&s, "xch");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_TIMEOUT, "xch: %s", i >= 0 ? fb_status_str(s.f[i].st) : "-");
+    loop_for_ms(base, 700);
+    for (int x = A2AX_GET503; x <= A2AX_CANCELHANG; x++)
+        CHECK_MSG(atomic_load(&hs_a2ax_sends[x]) == 1 && atomic_load(&hs_a2ax_cancels[x]) == 1,
+                  "%s: %d message/send, %d tasks/cancel of its task (want 1 and 1)", a2ax_names[x],
+                  atomic_load(&hs_a2ax_sends[x]), atomic_load(&hs_a2ax_cancels[x]));
+    exec_get_stats(ex, &st);
+    CHECK_MSG(st.http_active == 0, "%d requests still in flight after the a2a calls ended", st.http_active);
     /* A JSON-RPC reply is the call's only under the call's id: another id,
      * or none on a result, is a parse_error (was taken as the result). */
     hs_call(g, &s, "abad", "a2abadid", "{\"input\":\"x\"}");
@@ -1858,8 +1941,16 @@ static void test_hostile_mcp_http_a2a(void)
     exec_get_stats(ex, &st2);
     CHECK(st2.http_active == 0);
 
+    /* An a2a task still polled when its group and then the executor go away
+     * (curl path: nothing is written before the loop turns, and it will
+     * not turn again): its tasks/cancel still reaches the agent. */
+    hs_call(g, &s, "xclose", "close", "{\"input\":\"x\"}");
+    loop_for_ms(base, 100);
+    CHECK_MSG(atomic_load(&hs_a2ax_sends[A2AX_CLOSE]) == 1, "%d message/send", atomic_load(&hs_a2ax_sends[A2AX_CLOSE]));
     exec_group_destroy(g);
     exec_destroy(ex);
+    CHECK_MSG(atomic_load(&hs_a2ax_cancels[A2AX_CLOSE]) == 1, "%d tasks/cancel of t-close after exec_destroy",
+              atomic_load(&hs_a2ax_cancels[A2AX_CLOSE]));
     event_base_free(base);
     registry_free(reg);
 }
