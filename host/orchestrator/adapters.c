@@ -300,6 +300,20 @@ static void closing_reply(void *ud, const struct httpc_response *resp)
         event_base_loopbreak(w->base);
 }
 
+/* {"jsonrpc":"2.0","id":id,"method":method,"params":{"id":task}}; NULL when
+ * out of memory. */
+static cJSON *a2a_task_rpc(long id, const char *method, const char *task)
+{
+    cJSON *body = cJSON_CreateObject(), *params = NULL;
+    if (!body || !cJSON_AddStringToObject(body, "jsonrpc", "2.0") || !cJSON_AddNumberToObject(body, "id", (double)id) ||
+        !cJSON_AddStringToObject(body, "method", method) || !(params = cJSON_AddObjectToObject(body, "params")) ||
+        !cJSON_AddStringToObject(params, "id", task)) {
+        cJSON_Delete(body);
+        return NULL;
+    }
+    return body;
+}
+
 void adapter_flush_closing(struct exec *ex)
 {
     if (!ex->a2a_cancels)
@@ -311,13 +325,8 @@ void adapter_flush_closing(struct exec *ex)
             httpc_cancel(c->req);
         c->req = NULL;
         static long next_id = 1L << 50;
-        cJSON *body = cJSON_CreateObject();
-        cJSON *params = body ? cJSON_AddObjectToObject(body, "params") : NULL;
-        char *text = NULL;
-        if (params && cJSON_AddStringToObject(body, "jsonrpc", "2.0") &&
-            cJSON_AddNumberToObject(body, "id", (double)next_id++) &&
-            cJSON_AddStringToObject(body, "method", "tasks/cancel") && cJSON_AddStringToObject(params, "id", c->task))
-            text = cJSON_PrintUnformatted(body);
+        cJSON *body = a2a_task_rpc(next_id++, "tasks/cancel", c->task);
+        char *text = body ? cJSON_PrintUnformatted(body) : NULL;
         cJSON_Delete(body);
         if (text && httpc_request(h, "POST", c->spec->url, json_headers, c->spec->headers, text, strlen(text),
                                   A2A_CLOSE_WAIT_MS, c->spec->ca_file, closing_reply, &w))
@@ -347,13 +356,9 @@ static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct 
 {
     static long next_poll_id = 1L << 40;   /* apart from a2a_start's ids */
     long id = next_poll_id++;
-    cJSON *body = cJSON_CreateObject();
+    cJSON *body = a2a_task_rpc(id, method, task);
     int st = PS_ENOMEM;
-    if (!body || !cJSON_AddStringToObject(body, "jsonrpc", "2.0") || !cJSON_AddNumberToObject(body, "id", (double)id) ||
-        !cJSON_AddStringToObject(body, "method", method))
-        goto done;
-    cJSON *params = cJSON_AddObjectToObject(body, "params");
-    if (!params || !cJSON_AddStringToObject(params, "id", task))
+    if (!body)
         goto done;
     if (op) {
         op->rpc_id = id;
