@@ -24,10 +24,13 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <event2/listener.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 #include "../common/status.h"
@@ -175,6 +178,14 @@ static void attach(struct conn_limit *cl, struct conn_rec *rec)
     struct evhttp_connection *c = arg;
     if (readcb && c && evhttp_connection_get_bufferevent(c) == rec->bev) {
         rec->evcon = c;
+        /* Replies stream in small writes (an SSE event per token): with
+         * Nagle on, each waits until the previous segment is ACKed, and a
+         * client that delays its ACKs (Linux: up to 40 ms) turned a token
+         * stream into bursts.  Best effort: not fatal if refused. */
+        const int one = 1;
+        const evutil_socket_t sfd = bufferevent_getfd(rec->bev);
+        if (sfd >= 0)
+            (void)setsockopt(sfd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
         size_t s = hash_slot(cl, c);
         rec->next = cl->hash[s];
         cl->hash[s] = rec;

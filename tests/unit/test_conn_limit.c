@@ -11,6 +11,7 @@
 #include <event2/event.h>
 #include <event2/http.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -30,6 +31,7 @@ struct harness {
     struct metrics              m;
     int                         port;
     int                         user_closes;
+    int                         nodelay;     /* TCP_NODELAY of the last request's socket (-1: unreadable) */
 };
 
 static struct bufferevent *on_bev(struct event_base *base, void *arg)
@@ -50,6 +52,10 @@ static void on_user_close(struct evhttp_connection *c, void *arg)
 static void on_request(struct evhttp_request *req, void *arg)
 {
     struct harness *h = arg;
+    int v = 0;
+    socklen_t vl = sizeof v;
+    evutil_socket_t fd = bufferevent_getfd(evhttp_connection_get_bufferevent(evhttp_request_get_connection(req)));
+    h->nodelay = fd >= 0 && !getsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &v, &vl) ? v != 0 : -1;
     if (strstr(evhttp_request_get_uri(req), "watch"))
         conn_closecb_set(evhttp_request_get_connection(req), on_user_close, h);
     struct evbuffer *b = evbuffer_new();
@@ -181,6 +187,8 @@ int main(void)
     send_str(c[0], "GET /watch HTTP/1.1\r\nHost: x\r\n\r\n");
     RUN_UNTIL(&h, (drain(c[0], buf, sizeof buf), strstr(buf, "\r\n\r\nok")), 2000);
     CHECK_MSG(!strncmp(buf, "HTTP/1.1 200", 12), "%s", buf);
+    /* streamed replies are small writes: never held back by Nagle */
+    CHECK_MSG(h.nodelay == 1, "TCP_NODELAY on the served socket: %d", h.nodelay);
     close(c[0]);
     RUN_UNTIL(&h, h.user_closes == 1 && h.m.conns_accepted == 5, 2000);
     CHECK(h.user_closes == 1);                  /* the handler's callback ran, */
