@@ -324,8 +324,7 @@ void adapter_flush_closing(struct exec *ex)
         if (c->req)   /* sent or not on the executor's loop, which will not turn again: sent anew */
             httpc_cancel(c->req);
         c->req = NULL;
-        static long next_id = 1L << 50;
-        cJSON *body = a2a_task_rpc(next_id++, "tasks/cancel", c->task);
+        cJSON *body = a2a_task_rpc(++ex->a2a_rpc_id, "tasks/cancel", c->task);
         char *text = body ? cJSON_PrintUnformatted(body) : NULL;
         cJSON_Delete(body);
         if (text && httpc_request(h, "POST", c->spec->url, json_headers, c->spec->headers, text, strlen(text),
@@ -354,8 +353,7 @@ void adapter_flush_closing(struct exec *ex)
 static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct adapter_op *op, const char *method,
                             const char *task)
 {
-    static long next_poll_id = 1L << 40;   /* apart from a2a_start's ids */
-    long id = next_poll_id++;
+    long id = ++ex->a2a_rpc_id;
     cJSON *body = a2a_task_rpc(id, method, task);
     int st = PS_ENOMEM;
     if (!body)
@@ -573,8 +571,7 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
 
 static int a2a_start(struct adapter_op *op)
 {
-    static long next_id = 1;
-    op->rpc_id = next_id++;
+    op->rpc_id = ++op->ex->a2a_rpc_id;
     char *user = chat_user_text(op->args);
     cJSON *body = cJSON_CreateObject();
     int st = PS_ENOMEM;

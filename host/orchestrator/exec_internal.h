@@ -49,6 +49,8 @@ struct exec {
     struct mcp_reap       *reaping;        /* stopped mcp-stdio processes not reaped yet */
     int                    closing;        /* exec_destroy has begun */
     struct a2a_cancel     *a2a_cancels;    /* tasks/cancel requests not answered yet (adapters.c) */
+    long                   a2a_rpc_id;     /* last JSON-RPC id of an a2a request (each executor its own:
+                                              executors on different threads share nothing) */
     struct exec_stats      stats;
 };
 

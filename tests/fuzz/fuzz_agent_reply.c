@@ -5,7 +5,7 @@
  *
  * Input: byte 0 picks the adapter (low 2 bits: http-json, chat, a2a, the
  * HTTP status classifier), the JSON-RPC id an a2a reply must carry (bits
- * 2-3: 1, 2, a tasks/get id 2^40 + 1, or 2^53 + 1, where a double cannot
+ * 2-3: 1, 2, 2^40 + 1, or 2^53 + 1, where a double cannot
  * hold it) and, for the classifier, a transport error (bit 4); bytes 1-2
  * are the HTTP status for the classifier; the rest is the reply body, in a
  * buffer of exactly its length (no NUL after it).
