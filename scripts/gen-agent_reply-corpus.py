@@ -76,6 +76,18 @@ seeds = [
     seed(A2A, rpc(1, result=task("canceled"))),
     seed(A2A, rpc(1, result=task("unknown"))),
     seed(CLASSIFY, 'x' * 300, status=500),
+    # protocol 1.0 (SendMessage's {"task"} / {"message"} wrapper, TASK_STATE_*, bare parts)
+    seed(A2A, rpc(1, result={"message": {"messageId": "m", "role": "ROLE_AGENT", "parts": [{"text": "hi"}]}})),
+    seed(A2A, rpc(1, result={"task": {"id": "t1", "status": {"state": "TASK_STATE_SUBMITTED"}}})),
+    seed(A2A, rpc(1, result={"id": "t1", "status": {"state": "TASK_STATE_COMPLETED"},
+                             "artifacts": [{"artifactId": "a", "parts": [{"data": {"x": 1}}]}]})),
+    seed(A2A, rpc(1, result={"id": "t1", "status": {"state": "TASK_STATE_COMPLETED"},
+                             "artifacts": [{"parts": [{"data": 1}, {"data": [2]}]}]})),
+    seed(A2A, rpc(1, result={"id": "t1", "status": {"state": "TASK_STATE_INPUT_REQUIRED",
+                                                    "message": {"parts": [{"text": "which one?"}]}}})),
+    seed(A2A, rpc(1, result={"task": {"id": "t1", "status": {"state": "TASK_STATE_" + "X" * 60}}})),
+    seed(A2A, rpc(1, error={"code": -32601, "message": "Method not found"})),
+    seed(A2A, rpc(1, error={"code": 1e300, "message": "odd"})),
 ]
 for i, b in enumerate(seeds):
     with open(os.path.join(out, "agent_%02d" % i), "wb") as f:

@@ -6,8 +6,11 @@
  *                the result is choices[0].message.content.
  *   local        openai-chat against the server's own endpoint serving
  *                the embedded model (exec_config.local_url).
- *   a2a          JSON-RPC 2.0 "message/send"; the result is the reply's
- *                text parts (message or task artifacts), else the raw result.
+ *   a2a          A2A over JSON-RPC 2.0, protocol 1.0 (SendMessage, GetTask,
+ *                CancelTask) or 0.3 (message/send, tasks/get, tasks/cancel;
+ *                agent_spec.a2a_version); the result is the reply's text
+ *                parts (message or task artifacts), else its data parts,
+ *                else the raw result.  A task still running is polled.
  *   builtin      builtin.c, run in-process; completion deferred to the loop.
  *   mcp-http, mcp-stdio   mcp.c.
  *
@@ -26,6 +29,7 @@
 #include "orchestrator/jbuf.h"
 
 static char *const json_headers[] = { EXEC_JSON_HEADER_LINES, NULL };
+static char *const a2a_v1_headers[] = { EXEC_JSON_HEADER_LINES, "A2A-Version: 1.0", NULL };
 
 void adapter_op_free(struct adapter_op *op)
 {
@@ -94,30 +98,28 @@ enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *
     return FB_OK;
 }
 
-/* Finish op with the outcome of a 2xx reply mapped by `map`. */
-static void finish_mapped(struct adapter_op *op, const struct httpc_response *resp,
-                          enum fb_status (*map)(const char *, size_t, cJSON **, char *, size_t))
+/* Finish op with its reply: a transport error or non-2xx status as
+ * adapter_http_classify() says, else the body mapped by `map`. */
+static void finish_reply(struct adapter_op *op, const struct httpc_response *resp,
+                         enum fb_status (*map)(const char *, size_t, cJSON **, char *, size_t))
 {
-    cJSON *res;
+    enum fb_status st;
+    int retry = 0;
+    cJSON *res = NULL;
     char err[512];
-    enum fb_status st = map(resp->body, resp->body_len, &res, err, sizeof err);
-    adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+    if (adapter_http_classify(resp, &st, err, sizeof err, &retry))
+        st = map(resp->body, resp->body_len, &res, err, sizeof err);
+    adapter_finish(op, st, res, st == FB_OK ? NULL : err, retry, resp->agent_recv_ns, resp->agent_send_ns);
 }
 
 static void http_json_done(void *ud, const struct httpc_response *resp)
 {
-    struct adapter_op *op = ud;
-    enum fb_status st;
-    int retry = 0;
-    char err[512];
-    if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
-        adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    finish_mapped(op, resp, http_json_reply);
+    finish_reply(ud, resp, http_json_reply);
 }
 
-static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
+/* POST body as JSON to url with `hdrs` (NULL: the plain JSON headers; a
+ * local agent's get its token and tenant lines too) and the agent's own. */
+static int post_json(struct adapter_op *op, const char *url, const cJSON *body, char *const *hdrs,
                      void (*cb)(void *, const struct httpc_response *))
 {
     /* Printed by jbuf into a stack buffer when it fits (httpc copies it
@@ -134,7 +136,8 @@ static int post_json(struct adapter_op *op, const char *url, const cJSON *body,
     /* a local agent's requests carry serve's token for its local port and
      * the tenant of the call's task (the executor has a tenant header only
      * beside a token) */
-    char *const *hdrs = json_headers;
+    if (!hdrs)
+        hdrs = json_headers;
     char *local[5];
     if (op->rt->spec->kind == AGENT_LOCAL && op->ex->local_hdrs[2]) {
         local[0] = op->ex->local_hdrs[0];
@@ -177,15 +180,7 @@ enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, 
 
 static void chat_done(void *ud, const struct httpc_response *resp)
 {
-    struct adapter_op *op = ud;
-    enum fb_status st;
-    int retry = 0;
-    char err[512];
-    if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
-        adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
-        return;
-    }
-    finish_mapped(op, resp, chat_reply);
+    finish_reply(ud, resp, chat_reply);
 }
 
 /* The user message: args.input when it is the only thing, else the args JSON. */
@@ -219,7 +214,7 @@ static int chat_start(struct adapter_op *op, const char *url, const char *model)
     cJSON_AddItemToArray(msgs, m);
     cJSON_AddNumberToObject(body, "max_tokens", a->max_tokens);
     cJSON_AddBoolToObject(body, "stream", 0);
-    st = post_json(op, url, body, chat_done);
+    st = post_json(op, url, body, NULL, chat_done);
 done:
     free(user);
     cJSON_Delete(body);
@@ -258,6 +253,7 @@ static int append_text_parts(const cJSON *parts, char **acc, size_t *len)
 #define A2A_CLOSE_WAIT_MS 300    /* exec_destroy: how long the last tasks/cancel requests may take */
 
 static void a2a_done(void *ud, const struct httpc_response *resp);
+static int a2a_start(struct adapter_op *op);
 
 /* a tasks/cancel not answered yet */
 struct a2a_cancel {
@@ -265,8 +261,24 @@ struct a2a_cancel {
     struct exec             *ex;
     const struct agent_spec *spec;          /* the registry's (outlives the executor) */
     char                    *task;
+    int                      v03;           /* sent in protocol 0.3 (else 1.0) */
     struct httpc_req        *req;           /* on ex->http; NULL: not sent (closing) */
 };
+
+enum a2a_rpc { A2A_SEND, A2A_GET, A2A_CANCEL };
+
+/* The JSON-RPC method of `m` in protocol 0.3 (v03) or 1.0. */
+static const char *a2a_method(int v03, enum a2a_rpc m)
+{
+    static const char *const v1[] = { "SendMessage", "GetTask", "CancelTask" };
+    static const char *const v0[] = { "message/send", "tasks/get", "tasks/cancel" };
+    return (v03 ? v0 : v1)[m];
+}
+
+static char *const *a2a_headers(int v03)
+{
+    return v03 ? json_headers : a2a_v1_headers;
+}
 
 static void a2a_cancel_free(struct a2a_cancel *c)
 {
@@ -324,10 +336,10 @@ void adapter_flush_closing(struct exec *ex)
         if (c->req)   /* sent or not on the executor's loop, which will not turn again: sent anew */
             httpc_cancel(c->req);
         c->req = NULL;
-        cJSON *body = a2a_task_rpc(++ex->a2a_rpc_id, "tasks/cancel", c->task);
+        cJSON *body = a2a_task_rpc(++ex->a2a_rpc_id, a2a_method(c->v03, A2A_CANCEL), c->task);
         char *text = body ? cJSON_PrintUnformatted(body) : NULL;
         cJSON_Delete(body);
-        if (text && httpc_request(h, "POST", c->spec->url, json_headers, c->spec->headers, text, strlen(text),
+        if (text && httpc_request(h, "POST", c->spec->url, a2a_headers(c->v03), c->spec->headers, text, strlen(text),
                                   A2A_CLOSE_WAIT_MS, c->spec->ca_file, closing_reply, &w))
             w.pending++;
         free(text);
@@ -347,20 +359,20 @@ void adapter_flush_closing(struct exec *ex)
     }
 }
 
-/* POST a JSON-RPC request {method, params: {"id": task}} to the agent:
- * with `op` (its reply goes to a2a_done under a new id) or, op NULL, fire
- * and forget (tasks/cancel). */
-static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct adapter_op *op, const char *method,
-                            const char *task)
+/* POST a JSON-RPC request {method, params: {"id": task}} (protocol 0.3
+ * when v03, else 1.0) to the agent: with `op` (its reply goes to a2a_done
+ * under a new id) or, op NULL, fire and forget (the cancel). */
+static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct adapter_op *op, int v03,
+                            enum a2a_rpc m, const char *task)
 {
     long id = ++ex->a2a_rpc_id;
-    cJSON *body = a2a_task_rpc(id, method, task);
+    cJSON *body = a2a_task_rpc(id, a2a_method(v03, m), task);
     int st = PS_ENOMEM;
     if (!body)
         goto done;
     if (op) {
         op->rpc_id = id;
-        st = post_json(op, a->url, body, a2a_done);
+        st = post_json(op, a->url, body, a2a_headers(v03), a2a_done);
     } else {
         /* fire and forget, but never held forever by an agent that does
          * not answer (the kind whose calls time out), and kept on a list
@@ -368,6 +380,7 @@ static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct 
         struct a2a_cancel *c = calloc(1, sizeof *c);
         if (c && (c->task = strdup(task))) {
             c->spec = a;
+            c->v03 = v03;
             c->ex = ex;
             c->next = ex->a2a_cancels;
             if (c->next)
@@ -377,7 +390,7 @@ static int a2a_task_request(struct exec *ex, const struct agent_spec *a, struct 
             if (!ex->closing) {
                 int ms = a->timeout_ms > 0 && a->timeout_ms < A2A_CANCEL_MAX_MS ? a->timeout_ms : A2A_CANCEL_MAX_MS;
                 char *text = cJSON_PrintUnformatted(body);
-                c->req = text ? httpc_request(ex->http, "POST", a->url, json_headers, a->headers, text, strlen(text),
+                c->req = text ? httpc_request(ex->http, "POST", a->url, a2a_headers(v03), a->headers, text, strlen(text),
                                               ms, a->ca_file, a2a_cancel_reply, c)
                               : NULL;
                 free(text);
@@ -402,7 +415,7 @@ static void a2a_finish(struct adapter_op *op, enum fb_status st, cJSON *result, 
                        int64_t recv_ns, int64_t send_ns)
 {
     if (op->a2a_task)
-        (void)a2a_task_request(op->ex, op->rt->spec, NULL, "tasks/cancel", op->a2a_task);
+        (void)a2a_task_request(op->ex, op->rt->spec, NULL, op->a2a_v03, A2A_CANCEL, op->a2a_task);
     adapter_finish(op, st, result, error, retryable, recv_ns, send_ns);
 }
 
@@ -411,7 +424,7 @@ static void a2a_poll(evutil_socket_t fd, short what, void *ud)
     (void)fd;
     (void)what;
     struct adapter_op *op = ud;
-    if (a2a_task_request(op->ex, op->rt->spec, op, "tasks/get", op->a2a_task))
+    if (a2a_task_request(op->ex, op->rt->spec, op, op->a2a_v03, A2A_GET, op->a2a_task))
         a2a_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send tasks/get", 1, 0, 0);
 }
 
@@ -431,12 +444,46 @@ static int a2a_poll_later(struct adapter_op *op)
     return evtimer_add(op->ev, &tv) ? PS_ENOMEM : PS_OK;
 }
 
+/* A task state as protocol 0.3 writes it: 1.0's "TASK_STATE_INPUT_REQUIRED"
+ * becomes "input-required"; 0.3 states are kept. */
+static void a2a_state_name(const char *sv, char *out, size_t n)
+{
+    size_t k = 0;
+    if (!strncmp(sv, "TASK_STATE_", 11)) {
+        for (sv += 11; *sv && k + 1 < n; sv++)
+            out[k++] = *sv == '_' ? '-' : (char)(*sv >= 'A' && *sv <= 'Z' ? *sv - 'A' + 'a' : *sv);
+        out[k] = 0;
+    } else {
+        snprintf(out, n, "%s", sv);
+    }
+}
+
+/* The JSON values of the data parts ({"data": value}, 0.3's with "kind":
+ * "data" too) in `parts`, appended to array `acc` (made on first use).
+ * -1 when out of memory. */
+static int append_data_parts(const cJSON *parts, cJSON **acc)
+{
+    const cJSON *p;
+    cJSON_ArrayForEach(p, parts) {
+        const cJSON *d = cJSON_GetObjectItemCaseSensitive(p, "data");
+        if (!d || cJSON_GetObjectItemCaseSensitive(p, "text"))
+            continue;
+        cJSON *copy = cJSON_Duplicate(d, 1);
+        if (!copy || (!*acc && !(*acc = cJSON_CreateArray())) || !cJSON_AddItemToArray(*acc, copy)) {
+            cJSON_Delete(copy);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **task,
-                         enum a2a_task_state *task_state, char *err, size_t errlen)
+                         enum a2a_task_state *task_state, long *rpc_error, char *err, size_t errlen)
 {
     *res = NULL;
     *task = NULL;
     *task_state = A2A_NO_TASK;
+    *rpc_error = 0;
     err[0] = 0;
     cJSON *j = cJSON_ParseWithLength(body, len);
     const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
@@ -462,7 +509,13 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     }
     if (has_error) {   /* some servers send "error":null beside a result */
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        snprintf(err, errlen, "a2a error: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+        if (cJSON_IsNumber(code) && code->valuedouble >= -2147483648.0 && code->valuedouble <= 2147483647.0 &&
+            code->valuedouble == (double)(long)code->valuedouble)
+            *rpc_error = (long)code->valuedouble;
+        if (!*rpc_error)
+            *rpc_error = -32603;   /* an error without a usable code: "internal error" */
+        snprintf(err, errlen, "a2a error %ld: %s", *rpc_error, cJSON_IsString(m) ? m->valuestring : "(no message)");
         st = FB_EXEC_ERROR;
         goto done;
     }
@@ -471,8 +524,16 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
         st = FB_PARSE_ERROR;
         goto done;
     }
+    /* 1.0's SendMessage answers {"task": Task} or {"message": Message} */
+    const cJSON *wrapped = cJSON_GetObjectItemCaseSensitive(r, "task");
+    if (!cJSON_IsObject(wrapped))
+        wrapped = cJSON_GetObjectItemCaseSensitive(r, "message");
+    if (cJSON_IsObject(wrapped) && !cJSON_GetObjectItemCaseSensitive(r, "status") &&
+        !cJSON_GetObjectItemCaseSensitive(r, "parts"))
+        r = wrapped;
     char *text = NULL;
     size_t tlen = 0;
+    char sv[40] = "";
     /* A task is a result only once completed: message/send may return one
      * that failed, was rejected or cancelled, still runs (a non-blocking
      * server) or waits for input or auth, none of which has an answer. */
@@ -480,7 +541,7 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
     const cJSON *task_id = cJSON_GetObjectItemCaseSensitive(r, "id");
     if (cJSON_IsString(state)) {
-        const char *sv = state->valuestring;
+        a2a_state_name(state->valuestring, sv, sizeof sv);
         *task_state = !strcmp(sv, "submitted") || !strcmp(sv, "working") ? A2A_TASK_RUNNING
                     : !strcmp(sv, "completed") || !strcmp(sv, "failed") || !strcmp(sv, "canceled") ||
                       !strcmp(sv, "cancelled") || !strcmp(sv, "rejected") ? A2A_TASK_ENDED
@@ -497,11 +558,11 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
         if (*task_state == A2A_TASK_RUNNING)
             *task_state = A2A_TASK_WAITING;   /* running, but under no id we can ask about */
     }
-    if (cJSON_IsString(state) && strcmp(state->valuestring, "completed")) {
+    if (cJSON_IsString(state) && strcmp(sv, "completed")) {
         append_text_parts(cJSON_GetObjectItemCaseSensitive(
                               cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
                           &text, &tlen);   /* the reason, as far as it fits */
-        snprintf(err, errlen, "a2a task %.64s%s%.400s", state->valuestring, text ? ": " : "",
+        snprintf(err, errlen, "a2a task %.39s%s%.400s", sv, text ? ": " : "",
                  text ? text : "");
         free(text);
         st = FB_EXEC_ERROR;
@@ -511,12 +572,28 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     const cJSON *arts = cJSON_GetObjectItemCaseSensitive(r, "artifacts"), *a;
     cJSON_ArrayForEach(a, arts)
         oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &tlen);
+    cJSON *data = NULL;
     if (!text && !oom) {
+        oom |= append_data_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &data);
+        cJSON_ArrayForEach(a, arts)
+            oom |= append_data_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &data);
+    }
+    if (!text && !data && !oom) {
         oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(
                                      cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
                                  &text, &tlen);
     }
-    *res = oom ? NULL : text ? cJSON_CreateString(text) : cJSON_Duplicate(r, 1);
+    if (oom)
+        *res = NULL;
+    else if (text)
+        *res = cJSON_CreateString(text);
+    else if (data && cJSON_GetArraySize(data) == 1)
+        *res = cJSON_DetachItemFromArray(data, 0);
+    else if (data)
+        *res = data, data = NULL;
+    else
+        *res = cJSON_Duplicate(r, 1);
+    cJSON_Delete(data);
     free(text);
     if (!*res) {   /* never an ok record with a truncated or missing result */
         snprintf(err, errlen, "out of memory");
@@ -549,7 +626,25 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     cJSON *res;
     char *task;
     enum a2a_task_state ts;
-    st = a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, err, sizeof err);
+    long rpc_error;
+    st = a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err, sizeof err);
+    if (op->a2a_probe && (st == FB_OK || rpc_error)) {
+        /* an agent of auto version answered its first SendMessage: it
+         * does not know the method (0.3), or it speaks 1.0 */
+        op->a2a_probe = 0;
+        if (rpc_error == -32601 && op->rt->a2a_proto == A2A_VERSION_AUTO)
+            op->rt->a2a_proto = A2A_VERSION_0_3;
+        else if (rpc_error != -32601 && op->rt->a2a_proto == A2A_VERSION_AUTO)
+            op->rt->a2a_proto = A2A_VERSION_1_0;
+        if (rpc_error == -32601 && op->rt->a2a_proto == A2A_VERSION_0_3) {
+            cJSON_Delete(res);
+            free(task);
+            op->req = NULL;   /* finished: httpc frees it */
+            if (a2a_start(op))
+                adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send message/send", 1, 0, 0);
+            return;
+        }
+    }
     if (task && !op->a2a_task)
         op->a2a_task = task;   /* the first reply names the task for good */
     else
@@ -569,39 +664,43 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
         a2a_finish(op, st, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
 }
 
+/* Send the call's message: SendMessage (1.0) or message/send (0.3), as the
+ * agent's version says (auto: 1.0, marked as the probe that settles it). */
 static int a2a_start(struct adapter_op *op)
 {
     op->rpc_id = ++op->ex->a2a_rpc_id;
+    op->a2a_v03 = op->rt->a2a_proto == A2A_VERSION_0_3;
+    op->a2a_probe = op->rt->a2a_proto == A2A_VERSION_AUTO;
+    int v03 = op->a2a_v03;
     char *user = chat_user_text(op->args);
-    cJSON *body = cJSON_CreateObject();
-    int st = PS_ENOMEM;
-    if (!user || !body)
-        goto done;
-    cJSON_AddStringToObject(body, "jsonrpc", "2.0");
-    cJSON_AddNumberToObject(body, "id", (double)op->rpc_id);
-    cJSON_AddStringToObject(body, "method", "message/send");
-    cJSON *params = cJSON_AddObjectToObject(body, "params");
-    /* Not blocking: the task's id comes back at once, so a call that times
-     * out or is cancelled can always stop it (tasks/cancel); a server that
-     * answers before its task ends is polled (a2a_done).  A server that
-     * blocks anyway is waited for, as before. */
-    cJSON *conf = cJSON_AddObjectToObject(params, "configuration");
-    cJSON *modes = cJSON_AddArrayToObject(conf, "acceptedOutputModes");
-    cJSON_AddItemToArray(modes, cJSON_CreateString("text/plain"));
-    cJSON_AddItemToArray(modes, cJSON_CreateString("application/json"));
-    cJSON_AddBoolToObject(conf, "blocking", 0);
-    cJSON *msg = cJSON_AddObjectToObject(params, "message");
-    cJSON_AddStringToObject(msg, "role", "user");
-    cJSON_AddStringToObject(msg, "kind", "message");
+    cJSON *body = cJSON_CreateObject(), *params, *conf, *modes, *msg, *parts, *p;
     char mid[160];
     snprintf(mid, sizeof mid, "paraserve-%s-%ld", op->call_id, op->rpc_id);
-    cJSON_AddStringToObject(msg, "messageId", mid);
-    cJSON *parts = cJSON_AddArrayToObject(msg, "parts");
-    cJSON *p = cJSON_CreateObject();
-    cJSON_AddStringToObject(p, "kind", "text");
-    cJSON_AddStringToObject(p, "text", user);
-    cJSON_AddItemToArray(parts, p);
-    st = post_json(op, op->rt->spec->url, body, a2a_done);
+    int st = PS_ENOMEM;
+    /* Not blocking (0.3 "blocking": false, 1.0 "returnImmediately": true):
+     * the task's id comes back at once, so a call that times out or is
+     * cancelled can always stop it (the cancel); a server that answers
+     * before its task ends is polled (a2a_done).  A server that blocks
+     * anyway is waited for. */
+    if (!user || !body || !cJSON_AddStringToObject(body, "jsonrpc", "2.0") ||
+        !cJSON_AddNumberToObject(body, "id", (double)op->rpc_id) ||
+        !cJSON_AddStringToObject(body, "method", a2a_method(v03, A2A_SEND)) ||
+        !(params = cJSON_AddObjectToObject(body, "params")) ||
+        !(conf = cJSON_AddObjectToObject(params, "configuration")) ||
+        !(modes = cJSON_AddArrayToObject(conf, "acceptedOutputModes")) ||
+        !cJSON_AddItemToArray(modes, cJSON_CreateString("text/plain")) ||
+        !cJSON_AddItemToArray(modes, cJSON_CreateString("application/json")) ||
+        !(v03 ? cJSON_AddBoolToObject(conf, "blocking", 0) : cJSON_AddBoolToObject(conf, "returnImmediately", 1)) ||
+        !(msg = cJSON_AddObjectToObject(params, "message")) ||
+        !cJSON_AddStringToObject(msg, "role", v03 ? "user" : "ROLE_USER") ||
+        (v03 && !cJSON_AddStringToObject(msg, "kind", "message")) ||
+        !cJSON_AddStringToObject(msg, "messageId", mid) ||
+        !(parts = cJSON_AddArrayToObject(msg, "parts")) ||
+        !(p = cJSON_CreateObject()) || !cJSON_AddItemToArray(parts, p) ||
+        (v03 && !cJSON_AddStringToObject(p, "kind", "text")) ||
+        !cJSON_AddStringToObject(p, "text", user))
+        goto done;
+    st = post_json(op, op->rt->spec->url, body, a2a_headers(v03), a2a_done);
 done:
     free(user);
     cJSON_Delete(body);
@@ -671,7 +770,7 @@ struct adapter_op *adapter_start(struct exec *ex, struct agent_rt *rt, const cha
     int st;
     switch (a->kind) {
     case AGENT_HTTP_JSON:
-        st = post_json(op, a->url, op->args, http_json_done);
+        st = post_json(op, a->url, op->args, NULL, http_json_done);
         break;
     case AGENT_OPENAI_CHAT:
         st = chat_start(op, a->url, a->model ? a->model : "default");
@@ -740,6 +839,6 @@ void adapter_cancel(struct adapter_op *op)
     /* an A2A task the agent still runs for the call: asked to stop (its
      * answer, whatever it is, is not waited for) */
     if (op->rt->spec->kind == AGENT_A2A && op->a2a_task)
-        (void)a2a_task_request(op->ex, op->rt->spec, NULL, "tasks/cancel", op->a2a_task);
+        (void)a2a_task_request(op->ex, op->rt->spec, NULL, op->a2a_v03, A2A_CANCEL, op->a2a_task);
     adapter_op_free(op);
 }

@@ -27,6 +27,7 @@ struct agent_rt {
     int                half_open;          /* one probe allowed after opening */
     int                probe_in_flight;
     struct mcp_session *mcp;               /* mcp-http / mcp-stdio state, lazily made */
+    enum a2a_version   a2a_proto;          /* a2a: the spec's version, until auto is settled */
     struct event      *pump;               /* starts queued calls as slots free */
 };
 
@@ -124,10 +125,13 @@ enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t
  * the message in err (always NUL-terminated; "" with FB_OK).
  * http_json_reply: the body's JSON value is the result.
  * chat_reply: choices[0].message.content, a string.
- * a2a_reply: a JSON-RPC reply to request `rpc_id` (message/send or
- * tasks/get): a completed task's or a message's text parts (else the raw
- * result object); an error, a task in any other state or a mismatched id
- * is an error status.  *task_state classes the task the reply names (by
+ * a2a_reply: a JSON-RPC reply to request `rpc_id` (SendMessage / GetTask
+ * of protocol 1.0, message/send / tasks/get of 0.3: both shapes are read,
+ * a 1.0 {"task"} / {"message"} wrapper included): a completed task's or a
+ * message's text parts, else its data parts (one: that JSON value; more:
+ * an array of them), else the raw result object; an error, a task in any
+ * other state or a mismatched id is an error status (*rpc_error: the
+ * JSON-RPC error code, 0 when the reply is not an error).  *task_state classes the task the reply names (by
  * its status.state): running (submitted, working), waiting (input-required,
  * auth-required, any other state, or running under no usable id), ended
  * (completed, failed, canceled, rejected), or no task.  *task: the id (1
@@ -138,7 +142,7 @@ enum a2a_task_state { A2A_NO_TASK, A2A_TASK_RUNNING, A2A_TASK_WAITING, A2A_TASK_
 enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen);
 enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen);
 enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **task,
-                         enum a2a_task_state *task_state, char *err, size_t errlen);
+                         enum a2a_task_state *task_state, long *rpc_error, char *err, size_t errlen);
 
 /* Incremental search of a growing text/event-stream body for the response
  * with id `id`: call mcp_sse_scan with the whole body so far (the same
@@ -174,6 +178,8 @@ struct adapter_op {
                                          polled with tasks/get while it is submitted or
                                          working (owned; NULL: none yet) */
     int                a2a_polls;     /* tasks/get sent so far */
+    int                a2a_v03;       /* a2a: this attempt speaks protocol 0.3 (else 1.0) */
+    int                a2a_probe;     /* a2a: its SendMessage asks an auto agent for 1.0 */
     const char        *mcp_cursor;    /* its cursor (borrowed until the op ends); NULL: first page */
     int                mcp_sent;      /* request written to the agent */
     int64_t            mcp_t0;        /* mcp: when the attempt started (orch_now_ns) */

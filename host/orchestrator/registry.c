@@ -97,6 +97,7 @@ static const char *const spec_fields[] = {
     "name", "kind", "description", "input_schema", "url", "command", "headers", "tool",
     "model", "system_prompt", "max_tokens", "timeout_ms", "max_concurrency", "retries",
     "backoff_ms", "breaker_failures", "breaker_open_ms", "deterministic", "example", "comment", "ca_file",
+    "a2a_version",
 };
 
 static int name_ok(const char *s)
@@ -221,6 +222,18 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
             fclose(f);
         if (why)
             return ps_error_set(PS_EINVAL, "%s.ca_file: cannot read '%s': %s", where, a->ca_file, why);
+    }
+
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(o, "a2a_version");
+    if (ver) {
+        if (a->kind != AGENT_A2A)
+            return ps_error_set(PS_EINVAL, "%s.a2a_version: only for kind a2a", where);
+        if (!cJSON_IsString(ver) || (strcmp(ver->valuestring, "1.0") && strcmp(ver->valuestring, "0.3") &&
+                                     strcmp(ver->valuestring, "auto")))
+            return ps_error_set(PS_EINVAL, "%s.a2a_version: must be \"1.0\", \"0.3\" or \"auto\"", where);
+        a->a2a_version = !strcmp(ver->valuestring, "1.0")   ? A2A_VERSION_1_0
+                       : !strcmp(ver->valuestring, "0.3") ? A2A_VERSION_0_3
+                                                          : A2A_VERSION_AUTO;
     }
 
     const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(o, "command");

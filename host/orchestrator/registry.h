@@ -35,6 +35,13 @@ enum agent_kind {
 
 const char *agent_kind_str(enum agent_kind k);
 
+/* The A2A protocol version an a2a agent is spoken to in ("a2a_version"):
+ * 1.0 (SendMessage / GetTask / CancelTask, A2A-Version: 1.0 header, the
+ * SDKs' default since 2026), 0.3 (message/send / tasks/get / tasks/cancel),
+ * or auto: 1.0 first, and 0.3 from then on for an agent that answers
+ * SendMessage with JSON-RPC -32601 (method not found). */
+enum a2a_version { A2A_VERSION_AUTO, A2A_VERSION_1_0, A2A_VERSION_0_3 };
+
 struct agent_spec {
     char           *name;            /* unique, [A-Za-z0-9_.-]{1,64} */
     enum agent_kind kind;
@@ -47,6 +54,7 @@ struct agent_spec {
     char           *ca_file;         /* https kinds: PEM CA bundle that verifies the agent
                                         (private CAs); NULL: the system's */
     char           *tool;            /* builtin / MCP tool name (default: name) */
+    enum a2a_version a2a_version;    /* a2a only (default auto) */
     char           *model;           /* openai-chat model ("default") */
     char           *system_prompt;   /* local / openai-chat role prompt */
     int             max_tokens;      /* local / openai-chat (default 256) */

@@ -459,3 +459,12 @@ void conn_closecb_set(struct evhttp_connection *c, closecb_fn cb, void *arg)
     rec->user_cb = cb;
     rec->user_arg = arg;
 }
+
+enum conn_peer conn_peer_probe(evutil_socket_t fd)
+{
+    char c;
+    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return CONN_PEER_QUIET;
+    return n > 0 ? CONN_PEER_BYTES : CONN_PEER_GONE;
+}

@@ -123,4 +123,11 @@ void conn_limit_free(struct conn_limit *cl);
  * connections no tracker knows get libevent's own. */
 void conn_closecb_set(struct evhttp_connection *c, void (*cb)(struct evhttp_connection *, void *), void *arg);
 
+/* What a client that evhttp is not reading from (a reply is pending) has
+ * done, peeked without consuming: CONN_PEER_QUIET (nothing yet),
+ * CONN_PEER_BYTES (a pipelined request: stop watching, evhttp will read
+ * it) or CONN_PEER_GONE (EOF or a socket error: the client left). */
+enum conn_peer { CONN_PEER_QUIET, CONN_PEER_BYTES, CONN_PEER_GONE };
+enum conn_peer conn_peer_probe(evutil_socket_t fd);
+
 #endif /* PS_SERVER_CONN_LIMIT_H */

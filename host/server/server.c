@@ -763,13 +763,12 @@ static void on_client_close(struct evhttp_connection *conn, void *arg)
 static void on_client_readable(evutil_socket_t fd, short what, void *arg)
 {
     struct gen_ctx *g = arg;
-    char c;
     (void)what;
-    ssize_t n = recv(fd, &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+    enum conn_peer p = conn_peer_probe(fd);
+    if (p == CONN_PEER_QUIET)
         return;
     unwatch(g);
-    if (n <= 0)
+    if (p == CONN_PEER_GONE)
         client_left(g);
 }
 

@@ -109,8 +109,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(chat_reply(body, n, &res, err, sizeof err), res, NULL, A2A_NO_TASK, err, sizeof err);
         break;
     case 2: {
-        enum fb_status st = a2a_reply(body, n, id, &res, &task, &ts, err, sizeof err);
+        long rpc_error = 1;
+        enum fb_status st = a2a_reply(body, n, id, &res, &task, &ts, &rpc_error, err, sizeof err);
         check(st, res, task, ts, err, sizeof err);
+        if (rpc_error && st == FB_OK)   /* an error code only beside an error status */
+            abort();
         break;
     }
     default:

@@ -39,6 +39,21 @@ static void test_registry_errors(void)
     CHECK(registry_load_json("not json", "x.json", &r) == PS_EFORMAT);
     CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"builtin\",\"tool\":\"calculator\"},{\"name\":\"a\",\"kind\":\"builtin\",\"tool\":\"time\"}]}", "x.json", &r) == PS_EINVAL);
     CHECK(strstr(ps_error_last(), "duplicate") != NULL);
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"a2a\",\"url\":\"http://x\",\"a2a_version\":\"2.0\"}]}", "x.json", &r) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "agents[0].a2a_version") != NULL);
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"a2a\",\"url\":\"http://x\",\"a2a_version\":1.0}]}", "x.json", &r) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "agents[0].a2a_version") != NULL);
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"http-json\",\"url\":\"http://x\",\"a2a_version\":\"1.0\"}]}", "x.json", &r) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "only for kind a2a") != NULL);
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"a2a\",\"url\":\"http://x\",\"a2a_version\":\"0.3\"},"
+                             "{\"name\":\"b\",\"kind\":\"a2a\",\"url\":\"http://x\",\"a2a_version\":\"1.0\"},"
+                             "{\"name\":\"c\",\"kind\":\"a2a\",\"url\":\"http://x\"}]}", "x.json", &r) == PS_OK);
+    if (r) {
+        CHECK(registry_find(r, "a")->a2a_version == A2A_VERSION_0_3);
+        CHECK(registry_find(r, "b")->a2a_version == A2A_VERSION_1_0);
+        CHECK(registry_find(r, "c")->a2a_version == A2A_VERSION_AUTO);
+        registry_free(r);
+    }
     CHECK(registry_load_file("configs/agents.default.json", &r) == PS_OK);
     CHECK(registry_find(r, "calculator") != NULL);
     registry_free(r);
@@ -1329,6 +1344,7 @@ static atomic_int hs_404_inits;   /* initialize requests on /mcp-404 */
 static atomic_int hs_404_calls;   /* tools/call requests on /mcp-404 */
 static atomic_int hs_late_inits;  /* initialize requests on /mcp-late-init */
 static atomic_int hs_a2a_polls;   /* tasks/get requests on /a2a-working */
+static atomic_int hs_a2a_unknown; /* /a2a-* requests of a method the 0.3 agent does not know */
 static atomic_int hs_a2a_cancels; /* tasks/cancel requests for task t-stuck on /a2a-stuck */
 static atomic_int hs_a2a_nonblocking;/* message/send requests with configuration.blocking false and
                                         acceptedOutputModes naming text/plain */
@@ -1480,6 +1496,14 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
         } else {
             hs_reply(fd, 400, "", "{}");
         }
+    } else if (!strncmp(path, "/a2a-", 5) && strcmp(meth, "message/send") && strcmp(meth, "tasks/get") &&
+               strcmp(meth, "tasks/cancel")) {
+        /* an A2A 0.3 agent: 1.0's SendMessage (what an agent of version
+         * auto is asked first) is an unknown method */
+        atomic_fetch_add(&hs_a2a_unknown, 1);
+        snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":{\"code\":-32601,"
+                 "\"message\":\"Method not found\"}}", id);
+        hs_reply(fd, 200, "", out);
     } else if (!strcmp(path, "/a2a-badid") || !strcmp(path, "/a2a-noid")) {
         /* a completed task, but under another id (or none) */
         char idf[64] = "";
@@ -1839,10 +1863,19 @@ static void test_hostile_mcp_http_a2a(void)
      * each names text/plain among its accepted output modes */
     hs_call(g, &s, "as", "a2astuck", "{\"input\":\"x\"}");
     hs_run(&s);
+    /* the agents are of version auto and speak 0.3: each is asked
+     * SendMessage once (-32601), the call is sent again as message/send,
+     * and the agent's later calls go as 0.3 at once */
+    CHECK_MSG(atomic_load(&hs_a2a_unknown) == 5, "%d SendMessage probes of 5 auto agents",
+              atomic_load(&hs_a2a_unknown));
+    hs_call(g, &s, "ao2", "a2aok", "{\"input\":\"x\"}");
+    hs_run(&s);
+    CHECK_MSG(atomic_load(&hs_a2a_unknown) == 5, "%d probes after a second call to a settled agent",
+              atomic_load(&hs_a2a_unknown));
     static const struct { const char *id; enum fb_status st; const char *has; } a2a[] = {
         {"af", FB_EXEC_ERROR, "note from failed"}, {"aw", FB_OK, "done after polls"},
         {"ai", FB_EXEC_ERROR, "note from input-required"}, {"ao", FB_OK, "done"},
-        {"as", FB_TIMEOUT, ""},
+        {"as", FB_TIMEOUT, ""}, {"ao2", FB_OK, "done"},
     };
     for (size_t k = 0; k < sizeof a2a / sizeof a2a[0]; k++) {
         i = fbs_find(&s, a2a[k].id);
@@ -1853,7 +1886,7 @@ static void test_hostile_mcp_http_a2a(void)
     loop_for_ms(base, 300);   /* the fire-and-forget tasks/cancel */
     CHECK_MSG(atomic_load(&hs_a2a_polls) == 2, "%d polls", atomic_load(&hs_a2a_polls));
     CHECK_MSG(atomic_load(&hs_a2a_cancels) == 1, "%d cancels of t-stuck", atomic_load(&hs_a2a_cancels));
-    CHECK_MSG(atomic_load(&hs_a2a_nonblocking) == 5, "%d of 5 sends not blocking, with text/plain accepted",
+    CHECK_MSG(atomic_load(&hs_a2a_nonblocking) == 6, "%d of 6 sends not blocking, with text/plain accepted",
               atomic_load(&hs_a2a_nonblocking));
 
     /* A task whose tasks/get fails with a 503 is polled on (a retry of the

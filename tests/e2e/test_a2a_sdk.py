@@ -1,0 +1,97 @@
+"""The a2a adapter against a real A2A agent built on the official A2A Python
+SDK (tests/e2e/agents/a2a_agent.py, `a2a-sdk` 1.x): protocol 1.0 as the SDK
+serves it by default, and protocol 0.3 through the SDK's compatibility
+layer, each through `paraserve orchestrate` with scripted calls."""
+import json
+import urllib.request
+
+from test_orch_agents import AGENTS, calls_by_id, free_port, orchestrate, server_proc, write_pool  # noqa: F401
+
+
+def sdk_agent(server_proc, *flags):
+    port = free_port()
+    server_proc(AGENTS / "a2a_agent.py", port, *flags, port=port)
+    return port
+
+
+def stats(port):
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=5) as r:
+        return json.load(r)
+
+
+def pool(tmp_path, port, **extra):
+    url = f"http://127.0.0.1:{port}/a2a"
+    common = {"kind": "a2a", "url": url, "retries": 0, "breaker_failures": 0, **extra}
+    return write_pool(tmp_path, [{"name": "sdk", "timeout_ms": 10000, **common},
+                                 {"name": "sdkshort", "timeout_ms": 600, **common}])
+
+
+def task(*calls):
+    return {"input": "a2a", "script": [{"calls": [{"id": i, "to": to, "args": {"input": text}}
+                                                  for i, to, text in calls]},
+                                       {"final": {"answer": "done", "uses": [c[0] for c in calls]}}]}
+
+
+CALLS = [("msg", "sdk", "echo:hello there"),          # a Message, no task
+         ("slow", "sdk", "sleep:400:slept well"),     # a task, working, then completed: polled
+         ("bad", "sdk", "fail:no way"),               # a task that fails
+         ("data", "sdk", 'data:{"x": [1, 2]}'),       # a completed task with a data part
+         ("stuck", "sdkshort", "sleep:60000:never")]  # times out: cancelled at the agent
+
+
+def check_outcomes(calls):
+    assert calls["msg"]["status"] == "ok" and calls["msg"]["result"] == "hello there", calls["msg"]
+    assert calls["slow"]["status"] == "ok" and calls["slow"]["result"] == "slept well", calls["slow"]
+    assert calls["bad"]["status"] == "exec_error" and "failed" in calls["bad"]["error"] \
+        and "no way" in calls["bad"]["error"], calls["bad"]
+    assert calls["data"]["status"] == "ok" and calls["data"]["result"] == {"x": [1, 2]}, calls["data"]
+    assert calls["stuck"]["status"] == "timeout", calls["stuck"]
+
+
+def wait_cancelled(port, n, timeout=5.0):
+    import time
+    end = time.time() + timeout
+    while time.time() < end:
+        s = stats(port)
+        if len(s["cancelled"]) >= n:
+            return s
+        time.sleep(0.05)
+    return stats(port)
+
+
+def test_a2a_protocol_1_0_against_the_sdk(run, server_proc, tmp_path):
+    """An agent of the default version (auto) that speaks 1.0 only: every
+    request is a 1.0 method with the A2A-Version: 1.0 header; messages,
+    polled tasks, failures, data parts and the cancel of a timed-out task
+    all work."""
+    port = sdk_agent(server_proc)
+    calls, summary = calls_by_id(orchestrate(run, pool(tmp_path, port), task(*CALLS)))
+    check_outcomes(calls)
+    s = wait_cancelled(port, 1)
+    assert len(s["cancelled"]) == 1, s
+    assert set(s["methods"]) == {"SendMessage", "GetTask", "CancelTask"}, s
+    assert s["methods"]["SendMessage"] == len(CALLS), s
+    assert set(s["versions"]) == {"1.0"}, s
+
+
+def test_a2a_protocol_0_3_through_the_sdk_compat_layer(run, server_proc, tmp_path):
+    """An agent pinned to 0.3 speaks message/send, tasks/get and
+    tasks/cancel (no A2A-Version header), with the same outcomes."""
+    port = sdk_agent(server_proc, "--v03")
+    calls, _ = calls_by_id(orchestrate(run, pool(tmp_path, port, a2a_version="0.3"), task(*CALLS)))
+    check_outcomes(calls)
+    s = wait_cancelled(port, 1)
+    assert len(s["cancelled"]) == 1, s
+    assert set(s["methods"]) == {"message/send", "tasks/get", "tasks/cancel"}, s
+    assert set(s["versions"]) == {"-"}, s
+
+
+def test_a2a_version_mismatch_is_a_clear_error(run, server_proc, tmp_path):
+    """An agent pinned to 0.3 whose server speaks only 1.0: the call ends
+    exec_error naming the JSON-RPC error, and is not tried as 1.0."""
+    port = sdk_agent(server_proc)
+    calls, _ = calls_by_id(orchestrate(run, pool(tmp_path, port, a2a_version="0.3"),
+                                       task(("m", "sdk", "echo:hi"))))
+    assert calls["m"]["status"] == "exec_error", calls["m"]
+    assert "-32601" in calls["m"]["error"] and "Method not found" in calls["m"]["error"], calls["m"]
+    assert stats(port)["methods"] == {"message/send": 1}
