@@ -194,6 +194,11 @@ struct adapter_op {
     char               b_err[512];
 };
 
+/* adapter_op.c: deliver op's b_status / b_result / b_err / b_retryable
+ * (set by the caller) from the loop's next turn, then free the op.  PS_OK,
+ * or PS_ENOMEM (nothing delivered). */
+int adapter_deliver_later(struct adapter_op *op);
+
 /* End an attempt that is being started with an outcome delivered from the
  * loop (adapter_start's contract: `done` never runs before it returns), so
  * that a failure found at start can still be retryable.  Returns PS_OK, or
