@@ -1,4 +1,5 @@
-/* describe.c - MCP agents describe themselves (tools/list): describe.h. */
+/* describe.c - agents describe themselves (MCP tools/list, the A2A agent
+ * card): describe.h. */
 #include "orchestrator/describe.h"
 
 #include <event2/event.h>
@@ -7,6 +8,10 @@
 
 #include "common/status.h"
 #include "orchestrator/exec_internal.h"
+#include "orchestrator/httpc.h"
+#include "orchestrator/jbuf.h"
+
+#define CARD_PATH "/.well-known/agent-card.json"
 
 struct describe;
 
@@ -15,6 +20,7 @@ struct describe_one {
     int                idx;          /* in the registry */
     struct agent_rt   *rt;
     struct adapter_op *op;           /* the page in flight; NULL: none */
+    struct httpc_req  *card;         /* a2a: the agent card request in flight; NULL: none */
     char              *cursor;       /* the next page's cursor (owned) */
     int                pages;
     int                wait_ms;
@@ -39,6 +45,9 @@ static void one_finish(struct describe_one *o, const char *why)
     o->d->pending--;
     if (o->timer)
         evtimer_del(o->timer);
+    if (o->card)
+        httpc_cancel(o->card);
+    o->card = NULL;
     const struct agent_spec *a = o->rt->spec;
     if (why && o->d->log)
         fprintf(o->d->log, "paraserve: agent '%s' (%s): not described by the server (%s); it keeps its pool entry\n",
@@ -132,8 +141,156 @@ static void on_page(void *ud, struct adapter_result *r)
     one_finish(o, why);
 }
 
+/* the protocol a card's version string names: 1.x, 0.3.x; else auto */
+static enum a2a_version card_version(const cJSON *v)
+{
+    if (!cJSON_IsString(v))
+        return A2A_VERSION_AUTO;
+    const char *s = v->valuestring;
+    if (s[0] == '1' && (s[1] == '.' || !s[1]))
+        return A2A_VERSION_1_0;
+    if (!strncmp(s, "0.3", 3) && (s[3] == '.' || !s[3]))
+        return A2A_VERSION_0_3;
+    return A2A_VERSION_AUTO;
+}
+
+int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **description,
+                  enum a2a_version *version, char *err, size_t errlen)
+{
+    *description = NULL;
+    *version = A2A_VERSION_AUTO;
+    err[0] = 0;
+    cJSON *card = cJSON_ParseWithLength(body, len);
+    if (!cJSON_IsObject(card)) {
+        cJSON_Delete(card);
+        snprintf(err, errlen, "the agent card is not a JSON object");
+        return PS_EFORMAT;
+    }
+    /* 1.0: supportedInterfaces[{url, protocolBinding, protocolVersion}] */
+    const cJSON *ifs = cJSON_GetObjectItemCaseSensitive(card, "supportedInterfaces"), *it;
+    enum a2a_version best = A2A_VERSION_AUTO, mine = A2A_VERSION_AUTO;
+    cJSON_ArrayForEach(it, ifs) {
+        const cJSON *binding = cJSON_GetObjectItemCaseSensitive(it, "protocolBinding");
+        const cJSON *url = cJSON_GetObjectItemCaseSensitive(it, "url");
+        enum a2a_version v = card_version(cJSON_GetObjectItemCaseSensitive(it, "protocolVersion"));
+        if (!cJSON_IsString(binding) || strcmp(binding->valuestring, "JSONRPC") || v == A2A_VERSION_AUTO)
+            continue;
+        if (best != A2A_VERSION_1_0)
+            best = v;
+        if (cJSON_IsString(url) && rpc_url && !strcmp(url->valuestring, rpc_url) && mine != A2A_VERSION_1_0)
+            mine = v;
+    }
+    *version = mine != A2A_VERSION_AUTO ? mine : best;
+    if (*version == A2A_VERSION_AUTO)   /* 0.3: protocolVersion beside url / preferredTransport */
+        *version = card_version(cJSON_GetObjectItemCaseSensitive(card, "protocolVersion"));
+    if (*version == A2A_VERSION_1_0 && !cJSON_IsArray(ifs))
+        *version = A2A_VERSION_AUTO;    /* "1.x" at the top level of a card of no 1.0 shape */
+
+    char stack[1024];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(card, "description");
+    if (cJSON_IsString(desc) && desc->valuestring[0])
+        jbuf_add(&b, desc->valuestring, strlen(desc->valuestring));
+    const cJSON *skills = cJSON_GetObjectItemCaseSensitive(card, "skills"), *sk;
+    int n_skills = 0;
+    cJSON_ArrayForEach(sk, skills) {
+        const cJSON *name = cJSON_GetObjectItemCaseSensitive(sk, "name");
+        const cJSON *sd = cJSON_GetObjectItemCaseSensitive(sk, "description");
+        if (!cJSON_IsString(sd) || !sd->valuestring[0] || b.len > REGISTRY_DESCRIBED_MAX)
+            continue;
+        jbuf_add(&b, n_skills ? "; " : b.len ? " Skills: " : "Skills: ", n_skills ? 2 : b.len ? 9 : 8);
+        if (cJSON_IsString(name) && name->valuestring[0]) {
+            jbuf_add(&b, name->valuestring, strlen(name->valuestring));
+            jbuf_add(&b, ": ", 2);
+        }
+        jbuf_add(&b, sd->valuestring, strlen(sd->valuestring));
+        n_skills++;
+    }
+    int rc = PS_OK;
+    if (b.oom)
+        rc = PS_ENOMEM;
+    else if (b.len && !(*description = strndup(b.p, b.len)))
+        rc = PS_ENOMEM;
+    jbuf_free(&b);
+    cJSON_Delete(card);
+    return rc;
+}
+
+static void on_card(void *ud, const struct httpc_response *resp)
+{
+    struct describe_one *o = ud;
+    o->card = NULL;   /* finished: httpc frees it */
+    if (o->done)
+        return;
+    enum fb_status st;
+    int retry = 0;
+    char err[512];
+    if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
+        char why[600];
+        snprintf(why, sizeof why, "agent card: %s", err);
+        one_finish(o, why);
+        return;
+    }
+    char *text = NULL;
+    enum a2a_version v;
+    int rc = a2a_card_read(resp->body, resp->body_len, o->rt->spec->url, &text, &v, err, sizeof err);
+    if (rc) {
+        one_finish(o, rc == PS_ENOMEM ? "out of memory" : err);
+        return;
+    }
+    int applied = 0, settled = 0;
+    rc = text ? registry_describe_agent(o->d->reg, o->idx, text, NULL, &applied) : PS_OK;
+    free(text);
+    if (!rc && v != A2A_VERSION_AUTO)
+        rc = registry_settle_a2a_version(o->d->reg, o->idx, v, &settled);
+    if (rc) {
+        one_finish(o, ps_error_last());
+        return;
+    }
+    if (applied)
+        o->d->n_described++;
+    const struct agent_spec *a = o->rt->spec;
+    if (o->d->log)
+        fprintf(o->d->log, "paraserve: agent '%s' (a2a): %s from its agent card%s%s\n", a->name,
+                applied ? "description taken" : "nothing new (the card has no description or described skill)",
+                settled ? "; protocol " : "",
+                !settled ? "" : a->a2a_version == A2A_VERSION_1_0 ? "1.0" : "0.3");
+    one_finish(o, NULL);
+}
+
+/* GET the agent card: card_url, else the url's origin + CARD_PATH. */
+static void card_start(struct describe_one *o)
+{
+    const struct agent_spec *a = o->rt->spec;
+    static char *const hdrs[] = { "Accept: application/json", NULL };
+    char url[2048];
+    if (a->card_url) {
+        snprintf(url, sizeof url, "%s", a->card_url);
+    } else {
+        const char *host = strstr(a->url, "://") + 3;   /* the registry checked the scheme */
+        size_t origin = (size_t)(host - a->url) + strcspn(host, "/?#");
+        if (origin + sizeof CARD_PATH > sizeof url) {
+            one_finish(o, "its url is too long to derive the agent card's");
+            return;
+        }
+        memcpy(url, a->url, origin);
+        memcpy(url + origin, CARD_PATH, sizeof CARD_PATH);
+    }
+    if (!(o->card = httpc_request(o->d->ex->http, "GET", url, hdrs, a->headers, NULL, 0, 0, a->ca_file, on_card,
+                                  o))) {
+        char why[600];
+        snprintf(why, sizeof why, "the agent card could not be asked for: %s", ps_error_last());
+        one_finish(o, why);
+    }
+}
+
 static void one_start(struct describe_one *o)
 {
+    if (o->rt->spec->kind == AGENT_A2A) {
+        card_start(o);
+        return;
+    }
     o->pages++;
     if (!(o->op = adapter_start_mcp_list(o->d->ex, o->rt, o->cursor, on_page, o))) {
         char why[600];
@@ -151,13 +308,16 @@ static void on_timeout(evutil_socket_t fd, short what, void *ud)
         adapter_cancel(o->op);
     o->op = NULL;
     char why[96];
-    snprintf(why, sizeof why, "no answer to tools/list within %d ms", o->wait_ms);
+    snprintf(why, sizeof why, "no answer to %s within %d ms",
+             o->rt->spec->kind == AGENT_A2A ? "the agent card request" : "tools/list", o->wait_ms);
     one_finish(o, why);
 }
 
 static int wants_describe(const struct agent_spec *a)
 {
-    return (a->kind == AGENT_MCP_HTTP || a->kind == AGENT_MCP_STDIO) && (!a->description[0] || !a->input_schema_given);
+    return ((a->kind == AGENT_MCP_HTTP || a->kind == AGENT_MCP_STDIO) &&
+            (!a->description[0] || !a->input_schema_given)) ||
+           (a->kind == AGENT_A2A && !a->description[0]);
 }
 
 int agents_describe(struct registry *reg, const struct exec_config *ecfg, int max_wait_ms, FILE *log,
@@ -207,6 +367,8 @@ int agents_describe(struct registry *reg, const struct exec_config *ecfg, int ma
     for (int i = 0; i < n; i++) {
         if (ones[i].op)
             adapter_cancel(ones[i].op);
+        if (ones[i].card)
+            httpc_cancel(ones[i].card);
         if (ones[i].timer)
             event_free(ones[i].timer);
         free(ones[i].cursor);

@@ -5,9 +5,13 @@
  * `description` or `input_schema` are asked tools/list (every page, on a
  * session of their own, all agents at once); the tool the entry names
  * (`tool`, default its name) gives what is missing
- * (registry_describe_agent: the pool file's words always win).  Agents of
- * other kinds say nothing of themselves through their protocol, so their
- * pool entry is their description.
+ * (registry_describe_agent: the pool file's words always win).  a2a agents
+ * without a description have their agent card read (GET card_url, default
+ * the url's origin + /.well-known/agent-card.json): its description and
+ * skills become theirs, and one of a2a_version auto is settled on the
+ * version the card names (registry_settle_a2a_version), so its calls need
+ * no probe.  Agents of other kinds say nothing of themselves through their
+ * protocol, so their pool entry is their description.
  *
  * Each agent gets min(timeout_ms, max_wait_ms) for all its pages.  An agent
  * that cannot be asked (down, refuses, times out, lists no such tool, an
@@ -34,5 +38,17 @@
  * the step itself could not run. */
 int agents_describe(struct registry *reg, const struct exec_config *ecfg, int max_wait_ms, FILE *log,
                     int *n_described);
+
+/* Read an A2A agent card (`len` bytes of JSON, untrusted): *description
+ * (caller frees; NULL when the card has neither a description nor a
+ * described skill) is the card's description, then "Skills: name:
+ * description; ..."; *version the protocol of its JSON-RPC interface - a
+ * 1.0 card's supportedInterfaces entry with protocolBinding "JSONRPC"
+ * (the one whose url is `rpc_url` first, else the highest version), a 0.3
+ * card's top-level protocolVersion - or A2A_VERSION_AUTO when it names
+ * none it speaks.  PS_OK, PS_EFORMAT (not a JSON object; err says why) or
+ * PS_ENOMEM. */
+int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **description,
+                  enum a2a_version *version, char *err, size_t errlen);
 
 #endif /* PS_ORCH_DESCRIBE_H */

@@ -997,6 +997,8 @@ static struct httpc_req *curl_request(struct httpc *h, struct httpc_req *r, cons
     if (!strcmp(method, "POST")) {
         curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)body_len);
         curl_easy_setopt(e, CURLOPT_COPYPOSTFIELDS, body ? body : "");
+    } else if (!strcmp(method, "GET")) {
+        curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
     } else {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, method);
     }

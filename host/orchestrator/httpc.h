@@ -48,7 +48,7 @@ struct httpc *httpc_create(struct event_base *base);
 /* Cancels every outstanding request (no callbacks) and frees. NULL-safe. */
 void httpc_destroy(struct httpc *h);
 
-/* Start a request.  `method` is "POST" (body sent) or "DELETE"; `headers`
+/* Start a request.  `method` is "POST" (body sent), "GET" or "DELETE"; `headers`
  * are "Name: value" lines (two NULL-terminated lists, either may be NULL),
  * copied.  `body` is copied.  timeout_ms 0 = none (the executor enforces
  * call timeouts itself).  `ca_file`: a PEM bundle that verifies an https

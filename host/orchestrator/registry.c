@@ -50,6 +50,7 @@ static void spec_free(struct agent_spec *a)
     strv_free(a->command);
     strv_free(a->headers);
     free(a->ca_file);
+    free(a->card_url);
     free(a->tool);
     free(a->model);
     free(a->system_prompt);
@@ -97,7 +98,7 @@ static const char *const spec_fields[] = {
     "name", "kind", "description", "input_schema", "url", "command", "headers", "tool",
     "model", "system_prompt", "max_tokens", "timeout_ms", "max_concurrency", "retries",
     "backoff_ms", "breaker_failures", "breaker_open_ms", "deterministic", "example", "comment", "ca_file",
-    "a2a_version",
+    "a2a_version", "card_url",
 };
 
 static int name_ok(const char *s)
@@ -185,7 +186,8 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
         (st = get_str(o, "tool", 0, &a->tool, where)) ||
         (st = get_str(o, "model", 0, &a->model, where)) ||
         (st = get_str(o, "system_prompt", 0, &a->system_prompt, where)) ||
-        (st = get_str(o, "ca_file", 0, &a->ca_file, where)))
+        (st = get_str(o, "ca_file", 0, &a->ca_file, where)) ||
+        (st = get_str(o, "card_url", 0, &a->card_url, where)))
         return st;
     if ((st = get_int(o, "max_tokens", 1, 1 << 20, 256, &a->max_tokens, where)) ||
         (st = get_int(o, "timeout_ms", 1, 3600000, 30000, &a->timeout_ms, where)) ||
@@ -235,6 +237,11 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
                        : !strcmp(ver->valuestring, "0.3") ? A2A_VERSION_0_3
                                                           : A2A_VERSION_AUTO;
     }
+
+    if (a->card_url && a->kind != AGENT_A2A)
+        return ps_error_set(PS_EINVAL, "%s.card_url: only for kind a2a", where);
+    if (a->card_url && strncmp(a->card_url, "http://", 7) && strncmp(a->card_url, "https://", 8))
+        return ps_error_set(PS_EINVAL, "%s.card_url: must start with http:// or https://", where);
 
     const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(o, "command");
     if (a->kind == AGENT_MCP_STDIO) {
@@ -501,6 +508,18 @@ int registry_describe_agent(struct registry *reg, int i, const char *description
         free(a->description);
         a->description = text;
         *applied |= REGISTRY_DESCRIBED_TEXT;
+    }
+    return PS_OK;
+}
+
+int registry_settle_a2a_version(struct registry *reg, int i, enum a2a_version v, int *applied)
+{
+    *applied = 0;
+    if (!reg || i < 0 || i >= reg->n || reg->agents[i].kind != AGENT_A2A || v == A2A_VERSION_AUTO)
+        return ps_error_set(PS_EINVAL, "registry: agent %d is not an a2a agent to settle", i);
+    if (reg->agents[i].a2a_version == A2A_VERSION_AUTO) {
+        reg->agents[i].a2a_version = v;
+        *applied = 1;
     }
     return PS_OK;
 }

@@ -55,6 +55,8 @@ struct agent_spec {
                                         (private CAs); NULL: the system's */
     char           *tool;            /* builtin / MCP tool name (default: name) */
     enum a2a_version a2a_version;    /* a2a only (default auto) */
+    char           *card_url;        /* a2a: its agent card (describe.h); NULL: the url's
+                                        origin + /.well-known/agent-card.json */
     char           *model;           /* openai-chat model ("default") */
     char           *system_prompt;   /* local / openai-chat role prompt */
     int             max_tokens;      /* local / openai-chat (default 256) */
@@ -97,6 +99,11 @@ const struct agent_spec *registry_find(const struct registry *reg, const char *n
 #define REGISTRY_DESCRIBED_SCHEMA 2
 int registry_describe_agent(struct registry *reg, int i, const char *description,
                             const cJSON *input_schema, int *applied);
+
+/* Settle a2a agent i, of version auto, on `v` (what its agent card says);
+ * an agent pinned in the pool file keeps its version (*applied 0).
+ * PS_OK, or PS_EINVAL for an agent that is not a2a or a `v` of auto. */
+int registry_settle_a2a_version(struct registry *reg, int i, enum a2a_version v, int *applied);
 
 /* The catalogue the orchestrator model reads: a new JSON array (caller
  * frees) of {"name","kind","description","input_schema"}; NULL when out of

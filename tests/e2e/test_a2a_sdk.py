@@ -95,3 +95,42 @@ def test_a2a_version_mismatch_is_a_clear_error(run, server_proc, tmp_path):
     assert calls["m"]["status"] == "exec_error", calls["m"]
     assert "-32601" in calls["m"]["error"] and "Method not found" in calls["m"]["error"], calls["m"]
     assert stats(port)["methods"] == {"message/send": 1}
+
+
+def test_a2a_agent_card_describes_the_agent(run, server_proc, tmp_path):
+    """An a2a entry without a description takes its agent card's
+    description and skills before any task runs, and its version (1.0)."""
+    port = sdk_agent(server_proc)
+    agents = write_pool(tmp_path, [{"name": "sdk", "kind": "a2a", "url": f"http://127.0.0.1:{port}/a2a"}])
+    r = run("orchestrate", "--agents", agents, "--catalogue", timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    cat = {a["name"]: a for a in json.loads(r.stdout)}
+    assert cat["sdk"]["description"] == "A2A SDK test agent Skills: echo: echo and sleep", cat
+    log = r.stderr.decode()
+    assert "agent 'sdk' (a2a): description taken from its agent card; protocol 1.0" in log, log
+
+
+def test_a2a_agent_card_settles_the_version(run, server_proc, tmp_path):
+    """A card in 0.3's shape settles an auto agent on 0.3: its first call is
+    message/send, with no SendMessage probe."""
+    port = sdk_agent(server_proc, "--v03", "--card03")
+    agents = write_pool(tmp_path, [{"name": "sdk", "kind": "a2a", "url": f"http://127.0.0.1:{port}/a2a",
+                                    "retries": 0}])
+    calls, _ = calls_by_id(orchestrate(run, agents, task(("m", "sdk", "echo:hi"))))
+    assert calls["m"]["status"] == "ok" and calls["m"]["result"] == "hi", calls["m"]
+    assert stats(port)["methods"] == {"message/send": 1}
+
+
+def test_a2a_agent_card_missing_keeps_the_pool_entry(run, server_proc, tmp_path):
+    """No card where card_url says: one line says why, the run goes on, and
+    the agent still answers (version auto, probed at its first call)."""
+    port = sdk_agent(server_proc)
+    agents = write_pool(tmp_path, [{"name": "sdk", "kind": "a2a", "url": f"http://127.0.0.1:{port}/a2a",
+                                    "card_url": f"http://127.0.0.1:{port}/nowhere.json", "retries": 0}])
+    r = run("orchestrate", "--agents", agents, "--task", json.dumps(task(("m", "sdk", "echo:hi"))), timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    log = r.stderr.decode()
+    assert "agent 'sdk' (a2a): not described by the server (agent card: HTTP 404" in log, log
+    events = [json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()]
+    calls, _ = calls_by_id(events)
+    assert calls["m"]["status"] == "ok" and calls["m"]["result"] == "hi", calls["m"]

@@ -12,6 +12,7 @@
 #include "common/status.h"
 #include "orchestrator/action.h"
 #include "orchestrator/builtin.h"
+#include "orchestrator/describe.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jschema.h"
@@ -57,6 +58,69 @@ static void test_registry_errors(void)
     CHECK(registry_load_file("configs/agents.default.json", &r) == PS_OK);
     CHECK(registry_find(r, "calculator") != NULL);
     registry_free(r);
+}
+
+/* a2a_card_read: an A2A agent card's words and protocol version; bad cards
+ * are errors or say nothing, never a crash. */
+static void test_a2a_card_read(void)
+{
+    static const struct {
+        const char *card, *want_text;
+        enum a2a_version want_v;
+        int rc;
+    } cases[] = {
+        {"{\"name\":\"x\",\"description\":\"Books flights.\",\"supportedInterfaces\":[{\"url\":\"http://h/a2a\","
+         "\"protocolBinding\":\"JSONRPC\",\"protocolVersion\":\"1.0\"}],\"skills\":[{\"id\":\"s\",\"name\":\"search\","
+         "\"description\":\"find fares\"},{\"name\":\"book\",\"description\":\"buy one\"},{\"name\":\"mute\"}]}",
+         "Books flights. Skills: search: find fares; book: buy one", A2A_VERSION_1_0, PS_OK},
+        /* 0.3: protocolVersion at the top level */
+        {"{\"name\":\"x\",\"url\":\"http://h/a2a\",\"protocolVersion\":\"0.3.0\",\"skills\":[{\"description\":\"d\"}]}",
+         "Skills: d", A2A_VERSION_0_3, PS_OK},
+        /* the interface at our url wins over a higher version elsewhere */
+        {"{\"supportedInterfaces\":[{\"url\":\"http://other/\",\"protocolBinding\":\"JSONRPC\",\"protocolVersion\":\"1.0\"},"
+         "{\"url\":\"http://h/a2a\",\"protocolBinding\":\"JSONRPC\",\"protocolVersion\":\"0.3\"}]}",
+         NULL, A2A_VERSION_0_3, PS_OK},
+        /* only gRPC, or versions we do not speak: auto (probe at the first call) */
+        {"{\"supportedInterfaces\":[{\"url\":\"http://h/a2a\",\"protocolBinding\":\"GRPC\",\"protocolVersion\":\"1.0\"}]}",
+         NULL, A2A_VERSION_AUTO, PS_OK},
+        {"{\"protocolVersion\":\"2.0\",\"description\":\"\"}", NULL, A2A_VERSION_AUTO, PS_OK},
+        {"{\"protocolVersion\":\"1.0\"}", NULL, A2A_VERSION_AUTO, PS_OK},
+        {"{\"description\":7,\"skills\":{\"a\":1},\"supportedInterfaces\":\"x\"}", NULL, A2A_VERSION_AUTO, PS_OK},
+        {"[]", NULL, A2A_VERSION_AUTO, PS_EFORMAT},
+        {"<html>", NULL, A2A_VERSION_AUTO, PS_EFORMAT},
+        {"", NULL, A2A_VERSION_AUTO, PS_EFORMAT},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        char *text = (char *)1, err[256];
+        enum a2a_version v = A2A_VERSION_1_0 + 7;
+        int rc = a2a_card_read(cases[k].card, strlen(cases[k].card), "http://h/a2a", &text, &v, err, sizeof err);
+        CHECK_MSG(rc == cases[k].rc, "card %zu: rc %d", k, rc);
+        CHECK_MSG(v == cases[k].want_v, "card %zu: version %d", k, (int)v);
+        CHECK_MSG(cases[k].want_text ? text && !strcmp(text, cases[k].want_text) : !text, "card %zu: '%s'", k,
+                  text ? text : "(null)");
+        CHECK_MSG(rc == PS_OK || err[0], "card %zu: no error message", k);
+        free(text);
+    }
+    /* registry_settle_a2a_version: auto agents only */
+    struct registry *r;
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"a2a\",\"url\":\"http://x\"},"
+                             "{\"name\":\"p\",\"kind\":\"a2a\",\"url\":\"http://x\",\"a2a_version\":\"1.0\"},"
+                             "{\"name\":\"h\",\"kind\":\"http-json\",\"url\":\"http://x\"}]}", "pool", &r) == PS_OK);
+    if (!r)
+        return;
+    int applied = -1;
+    CHECK(registry_settle_a2a_version(r, 0, A2A_VERSION_0_3, &applied) == PS_OK && applied == 1);
+    CHECK(registry_find(r, "a")->a2a_version == A2A_VERSION_0_3);
+    CHECK(registry_settle_a2a_version(r, 1, A2A_VERSION_0_3, &applied) == PS_OK && applied == 0);
+    CHECK(registry_find(r, "p")->a2a_version == A2A_VERSION_1_0);
+    CHECK(registry_settle_a2a_version(r, 2, A2A_VERSION_0_3, &applied) == PS_EINVAL);
+    CHECK(registry_settle_a2a_version(r, 0, A2A_VERSION_AUTO, &applied) == PS_EINVAL);
+    CHECK(registry_settle_a2a_version(r, 9, A2A_VERSION_1_0, &applied) == PS_EINVAL);
+    registry_free(r);
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"http-json\",\"url\":\"http://x\",\"card_url\":\"http://x/c\"}]}", "x.json", &r) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "agents[0].card_url") != NULL);
+    CHECK(registry_load_json("{\"agents\":[{\"name\":\"a\",\"kind\":\"a2a\",\"url\":\"http://x\",\"card_url\":\"ftp://x/c\"}]}", "x.json", &r) == PS_EINVAL);
+    CHECK(strstr(ps_error_last(), "agents[0].card_url") != NULL);
 }
 
 /* registry_describe_agent: what an MCP server says fills only what the pool
@@ -2591,6 +2655,7 @@ int main(void)
 {
     test_registry_errors();
     test_registry_describe();
+    test_a2a_card_read();
     test_mcp_reply();
     test_schema_and_calc();
     test_schema_wants_text();

@@ -2,13 +2,15 @@
 """A real A2A agent for the e2e tests, built on the official A2A Python SDK
 (`a2a-sdk`, protocol 1.0, JSON-RPC binding), served by uvicorn.
 
-    a2a_agent.py PORT [--v03]
+    a2a_agent.py PORT [--v03] [--card03]
 
 --v03 also accepts protocol 0.3 requests (message/send, tasks/get,
 tasks/cancel) on the same endpoint, as the SDK's compatibility layer does;
 without it the agent speaks 1.0 only (SendMessage, GetTask, CancelTask) and
 answers 0.3 methods with JSON-RPC -32601, as a current SDK agent does by
-default.
+default.  --card03 serves an agent card in 0.3's shape (protocolVersion
+"0.3.0" at its top level), as a 0.3 agent does, in place of the SDK's 1.0
+card.
 
 The user text picks the behaviour:
     echo:TEXT          one Message with TEXT (no task)
@@ -90,7 +92,15 @@ def main():
         skills=[AgentSkill(id="echo", name="echo", description="echo and sleep", tags=["test"])])
     handler = DefaultRequestHandler(agent_executor=Executor(), task_store=InMemoryTaskStore(), agent_card=card)
     routes = create_jsonrpc_routes(handler, "/a2a", enable_v0_3_compat=v03)
-    routes += create_agent_card_routes(card)
+    if "--card03" in sys.argv[2:]:
+        card03 = {"name": "sdk-agent", "description": "A2A 0.3 test agent", "url": url, "version": "1.0",
+                  "protocolVersion": "0.3.0", "preferredTransport": "JSONRPC",
+                  "capabilities": {"streaming": False}, "defaultInputModes": ["text/plain"],
+                  "defaultOutputModes": ["text/plain"],
+                  "skills": [{"id": "echo", "name": "echo", "description": "echo and sleep", "tags": []}]}
+        routes.append(Route("/.well-known/agent-card.json", lambda request: JSONResponse(card03), methods=["GET"]))
+    else:
+        routes += create_agent_card_routes(card)
     routes.append(Route("/stats", stats, methods=["GET"]))
     app = Starlette(routes=routes)
 
