@@ -17,8 +17,8 @@ HTTP_JSON, CHAT, A2A, CLASSIFY = 0, 1, 2, 3
 IDS = [1, 2, (1 << 40) + 1, (1 << 53) + 1]
 
 
-def seed(kind, body, status=200, rpc_id=1, transport_error=False):
-    sel = kind | (IDS.index(rpc_id) << 2) | (16 if transport_error else 0)
+def seed(kind, body, status=200, rpc_id=1, transport_error=False, card=False):
+    sel = kind | (IDS.index(rpc_id) << 2) | (16 if transport_error else 0) | (32 if card else 0)
     return bytes([sel, status >> 8, status & 255]) + body.encode()
 
 
@@ -88,6 +88,13 @@ seeds = [
     seed(A2A, rpc(1, result={"task": {"id": "t1", "status": {"state": "TASK_STATE_" + "X" * 60}}})),
     seed(A2A, rpc(1, error={"code": -32601, "message": "Method not found"})),
     seed(A2A, rpc(1, error={"code": 1e300, "message": "odd"})),
+    # agent cards (describe.c), 1.0 and 0.3 shapes
+    seed(A2A, json.dumps({"name": "x", "description": "d", "skills": [{"name": "s", "description": "t"}],
+                          "supportedInterfaces": [{"url": "http://127.0.0.1:1/a2a", "protocolBinding": "JSONRPC",
+                                                   "protocolVersion": "1.0"}]}), card=True),
+    seed(A2A, json.dumps({"name": "x", "url": "http://h/", "protocolVersion": "0.3.0",
+                          "skills": [{"description": "t" * 3000}]}), card=True),
+    seed(A2A, '{"supportedInterfaces": [{"protocolBinding": 1}], "skills": [null, 2]}', card=True),
 ]
 for i, b in enumerate(seeds):
     with open(os.path.join(out, "agent_%02d" % i), "wb") as f:

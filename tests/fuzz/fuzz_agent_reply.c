@@ -6,7 +6,8 @@
  * Input: byte 0 picks the adapter (low 2 bits: http-json, chat, a2a, the
  * HTTP status classifier), the JSON-RPC id an a2a reply must carry (bits
  * 2-3: 1, 2, 2^40 + 1, or 2^53 + 1, where a double cannot
- * hold it) and, for the classifier, a transport error (bit 4); bytes 1-2
+ * hold it), for the classifier a transport error (bit 4), and for a2a the
+ * agent card reader (bit 5: describe.c's a2a_card_read); bytes 1-2
  * are the HTTP status for the classifier; the rest is the reply body, in a
  * buffer of exactly its length (no NUL after it).
  *
@@ -18,12 +19,16 @@
  * that ended (or none), when a running task's id comes with an error
  * status, or when the classifier passes a transport error or a status
  * outside 2xx, fails one inside it, calls a transport error or a 429 / 5xx
- * not retryable (or anything else retryable), or writes a control byte.
+ * not retryable (or anything else retryable), or writes a control byte;
+ * when the card reader gives a version it does not know, a description
+ * with an error, or an error without a message.
  */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/status.h"
+#include "orchestrator/describe.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
 
@@ -109,6 +114,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(chat_reply(body, n, &res, err, sizeof err), res, NULL, A2A_NO_TASK, err, sizeof err);
         break;
     case 2: {
+        if (data[0] & 32) {
+            char *text = (char *)1;
+            enum a2a_version v = (enum a2a_version)99;
+            int rc = a2a_card_read(body, n, "http://127.0.0.1:1/a2a", &text, &v, err, sizeof err);
+            if ((rc != PS_OK && rc != PS_EFORMAT && rc != PS_ENOMEM) || text == (char *)1 ||
+                (v != A2A_VERSION_AUTO && v != A2A_VERSION_1_0 && v != A2A_VERSION_0_3) ||
+                (rc != PS_OK && (text || !memchr(err, 0, sizeof err) || (rc == PS_EFORMAT && !err[0]))))
+                abort();
+            free(text);
+            break;
+        }
         long rpc_error = 1;
         enum fb_status st = a2a_reply(body, n, id, &res, &task, &ts, &rpc_error, err, sizeof err);
         check(st, res, task, ts, err, sizeof err);
