@@ -552,6 +552,31 @@ done:
     return st;
 }
 
+/* What a reply to an auto agent's probe (SendMessage, 1.0) says of its
+ * version, and op sent again as message/send when it is 0.3: an unknown
+ * method (-32601) or version (-32009) - in a 2xx reply or, from servers
+ * that say so, a 4xx one - settles the agent on 0.3; a result or a task
+ * settles it on 1.0; anything else (a transient error, a bad reply) leaves
+ * it auto for the next call.  1 when the op was sent again (or finished:
+ * it must not be touched), 0 when the reply is op's to handle. */
+static int a2a_probe_settle(struct adapter_op *op, enum fb_status st, enum a2a_task_state ts, long rpc_error)
+{
+    if (!op->a2a_probe)
+        return 0;
+    int refused = rpc_error == -32601 || rpc_error == -32009;
+    if (!refused && st != FB_OK && ts == A2A_NO_TASK)
+        return 0;
+    op->a2a_probe = 0;
+    if (op->rt->a2a_proto == A2A_VERSION_AUTO)
+        op->rt->a2a_proto = refused ? A2A_VERSION_0_3 : A2A_VERSION_1_0;
+    if (!refused || op->rt->a2a_proto != A2A_VERSION_0_3)
+        return 0;
+    op->req = NULL;   /* finished: httpc frees it */
+    if (a2a_start(op))
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send message/send", 1, 0, 0);
+    return 1;
+}
+
 static void a2a_done(void *ud, const struct httpc_response *resp)
 {
     struct adapter_op *op = ud;
@@ -559,6 +584,19 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     int retry = 0;
     char err[512];
     if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
+        if (op->a2a_probe && !resp->transport_error && resp->status >= 400 && resp->status < 500) {
+            cJSON *res;
+            char *task, err4[256];
+            enum a2a_task_state ts;
+            long rpc_error;
+            (void)a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err4,
+                            sizeof err4);
+            cJSON_Delete(res);
+            free(task);
+            if ((rpc_error == -32601 || rpc_error == -32009) &&
+                a2a_probe_settle(op, FB_EXEC_ERROR, A2A_NO_TASK, rpc_error))
+                return;
+        }
         /* While the task is polled, a transport error, 429 or 5xx asks
          * again later (a retry would start a second task; the call's
          * timeout still bounds the whole); anything else ends the call and
@@ -576,22 +614,10 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     enum a2a_task_state ts;
     long rpc_error;
     st = a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err, sizeof err);
-    if (op->a2a_probe && (st == FB_OK || rpc_error)) {
-        /* an agent of auto version answered its first SendMessage: it
-         * does not know the method (0.3), or it speaks 1.0 */
-        op->a2a_probe = 0;
-        if (rpc_error == -32601 && op->rt->a2a_proto == A2A_VERSION_AUTO)
-            op->rt->a2a_proto = A2A_VERSION_0_3;
-        else if (rpc_error != -32601 && op->rt->a2a_proto == A2A_VERSION_AUTO)
-            op->rt->a2a_proto = A2A_VERSION_1_0;
-        if (rpc_error == -32601 && op->rt->a2a_proto == A2A_VERSION_0_3) {
-            cJSON_Delete(res);
-            free(task);
-            op->req = NULL;   /* finished: httpc frees it */
-            if (a2a_start(op))
-                adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send message/send", 1, 0, 0);
-            return;
-        }
+    if (a2a_probe_settle(op, st, ts, rpc_error)) {
+        cJSON_Delete(res);
+        free(task);
+        return;
     }
     if (task && !op->a2a_task)
         op->a2a_task = task;   /* the first reply names the task for good */

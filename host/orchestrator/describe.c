@@ -154,6 +154,17 @@ static enum a2a_version card_version(const cJSON *v)
     return A2A_VERSION_AUTO;
 }
 
+/* a and b name the same endpoint: equal but for one trailing '/' */
+static int same_url(const char *a, const char *b)
+{
+    size_t la = strlen(a), lb = strlen(b);
+    if (la && a[la - 1] == '/')
+        la--;
+    if (lb && b[lb - 1] == '/')
+        lb--;
+    return la == lb && !strncmp(a, b, la);
+}
+
 int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **description,
                   enum a2a_version *version, char *err, size_t errlen)
 {
@@ -166,25 +177,28 @@ int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **desc
         snprintf(err, errlen, "the agent card is not a JSON object");
         return PS_EFORMAT;
     }
-    /* 1.0: supportedInterfaces[{url, protocolBinding, protocolVersion}] */
+    /* Only what the card says of the endpoint the pool calls counts: a card
+     * may list other interfaces (a public url, another binding) that speak
+     * another version.  1.0: supportedInterfaces[{url, protocolBinding,
+     * protocolVersion}], the highest version at our url; 0.3: the top-level
+     * url (the preferred one, JSON-RPC unless preferredTransport says
+     * otherwise) with the top-level protocolVersion. */
     const cJSON *ifs = cJSON_GetObjectItemCaseSensitive(card, "supportedInterfaces"), *it;
-    enum a2a_version best = A2A_VERSION_AUTO, mine = A2A_VERSION_AUTO;
     cJSON_ArrayForEach(it, ifs) {
         const cJSON *binding = cJSON_GetObjectItemCaseSensitive(it, "protocolBinding");
         const cJSON *url = cJSON_GetObjectItemCaseSensitive(it, "url");
         enum a2a_version v = card_version(cJSON_GetObjectItemCaseSensitive(it, "protocolVersion"));
-        if (!cJSON_IsString(binding) || strcmp(binding->valuestring, "JSONRPC") || v == A2A_VERSION_AUTO)
-            continue;
-        if (best != A2A_VERSION_1_0)
-            best = v;
-        if (cJSON_IsString(url) && rpc_url && !strcmp(url->valuestring, rpc_url) && mine != A2A_VERSION_1_0)
-            mine = v;
+        if (cJSON_IsString(binding) && !strcmp(binding->valuestring, "JSONRPC") && v != A2A_VERSION_AUTO &&
+            cJSON_IsString(url) && rpc_url && same_url(url->valuestring, rpc_url) && *version != A2A_VERSION_1_0)
+            *version = v;
     }
-    *version = mine != A2A_VERSION_AUTO ? mine : best;
-    if (*version == A2A_VERSION_AUTO)   /* 0.3: protocolVersion beside url / preferredTransport */
-        *version = card_version(cJSON_GetObjectItemCaseSensitive(card, "protocolVersion"));
-    if (*version == A2A_VERSION_1_0 && !cJSON_IsArray(ifs))
-        *version = A2A_VERSION_AUTO;    /* "1.x" at the top level of a card of no 1.0 shape */
+    const cJSON *top_url = cJSON_GetObjectItemCaseSensitive(card, "url");
+    const cJSON *transport = cJSON_GetObjectItemCaseSensitive(card, "preferredTransport");
+    enum a2a_version top = card_version(cJSON_GetObjectItemCaseSensitive(card, "protocolVersion"));
+    if (*version == A2A_VERSION_AUTO && top == A2A_VERSION_0_3 && cJSON_IsString(top_url) && rpc_url &&
+        same_url(top_url->valuestring, rpc_url) &&
+        (!transport || (cJSON_IsString(transport) && !strcmp(transport->valuestring, "JSONRPC"))))
+        *version = A2A_VERSION_0_3;
 
     char stack[1024];
     struct jbuf b;
@@ -266,6 +280,10 @@ static void card_start(struct describe_one *o)
     static char *const hdrs[] = { "Accept: application/json", NULL };
     char url[2048];
     if (a->card_url) {
+        if (strlen(a->card_url) >= sizeof url) {
+            one_finish(o, "its card_url is too long");
+            return;
+        }
         snprintf(url, sizeof url, "%s", a->card_url);
     } else {
         const char *host = strstr(a->url, "://") + 3;   /* the registry checked the scheme */
@@ -277,8 +295,12 @@ static void card_start(struct describe_one *o)
         memcpy(url, a->url, origin);
         memcpy(url + origin, CARD_PATH, sizeof CARD_PATH);
     }
-    if (!(o->card = httpc_request(o->d->ex->http, "GET", url, hdrs, a->headers, NULL, 0, 0, a->ca_file, on_card,
-                                  o))) {
+    /* the agent's own headers (credentials, say) go only to its own origin */
+    const char *host = strstr(a->url, "://") + 3;
+    size_t origin = (size_t)(host - a->url) + strcspn(host, "/?#");
+    int same_origin = !strncmp(url, a->url, origin) && strchr("/?#", url[origin]);
+    if (!(o->card = httpc_request(o->d->ex->http, "GET", url, hdrs, same_origin ? a->headers : NULL, NULL, 0, 0,
+                                  a->ca_file, on_card, o))) {
         char why[600];
         snprintf(why, sizeof why, "the agent card could not be asked for: %s", ps_error_last());
         one_finish(o, why);

@@ -42,11 +42,11 @@ int agents_describe(struct registry *reg, const struct exec_config *ecfg, int ma
 /* Read an A2A agent card (`len` bytes of JSON, untrusted): *description
  * (caller frees; NULL when the card has neither a description nor a
  * described skill) is the card's description, then "Skills: name:
- * description; ..."; *version the protocol of its JSON-RPC interface - a
- * 1.0 card's supportedInterfaces entry with protocolBinding "JSONRPC"
- * (the one whose url is `rpc_url` first, else the highest version), a 0.3
- * card's top-level protocolVersion - or A2A_VERSION_AUTO when it names
- * none it speaks.  PS_OK, PS_EFORMAT (not a JSON object; err says why) or
+ * description; ..."; *version the protocol the card names for the JSON-RPC
+ * interface at `rpc_url` (equal but for a trailing '/') - a 1.0 card's
+ * supportedInterfaces entry with protocolBinding "JSONRPC" (the highest
+ * version there), a 0.3 card's top-level url with its protocolVersion -
+ * or A2A_VERSION_AUTO when it names none it speaks at that url.  PS_OK, PS_EFORMAT (not a JSON object; err says why) or
  * PS_ENOMEM. */
 int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **description,
                   enum a2a_version *version, char *err, size_t errlen);

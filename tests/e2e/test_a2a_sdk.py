@@ -21,7 +21,9 @@ def stats(port):
 
 def pool(tmp_path, port, **extra):
     url = f"http://127.0.0.1:{port}/a2a"
-    common = {"kind": "a2a", "url": url, "retries": 0, "breaker_failures": 0, **extra}
+    # a description: no agent card is read, so an auto agent probes (1.0 first)
+    common = {"kind": "a2a", "url": url, "description": "SDK test agent", "retries": 0, "breaker_failures": 0,
+              **extra}
     return write_pool(tmp_path, [{"name": "sdk", "timeout_ms": 10000, **common},
                                  {"name": "sdkshort", "timeout_ms": 600, **common}])
 
@@ -60,7 +62,8 @@ def wait_cancelled(port, n, timeout=5.0):
 
 
 def test_a2a_protocol_1_0_against_the_sdk(run, server_proc, tmp_path):
-    """An agent of the default version (auto) that speaks 1.0 only: every
+    """An agent of the default version (auto, its card not read: the entry
+    has a description) that speaks 1.0 only: the probe succeeds, every
     request is a 1.0 method with the A2A-Version: 1.0 header; messages,
     polled tasks, failures, data parts and the cancel of a timed-out task
     all work."""

@@ -80,6 +80,14 @@ static void test_a2a_card_read(void)
         {"{\"supportedInterfaces\":[{\"url\":\"http://other/\",\"protocolBinding\":\"JSONRPC\",\"protocolVersion\":\"1.0\"},"
          "{\"url\":\"http://h/a2a\",\"protocolBinding\":\"JSONRPC\",\"protocolVersion\":\"0.3\"}]}",
          NULL, A2A_VERSION_0_3, PS_OK},
+        /* a version named for another url only: auto (a public url may speak what ours does not) */
+        {"{\"supportedInterfaces\":[{\"url\":\"https://public/a2a\",\"protocolBinding\":\"JSONRPC\",\"protocolVersion\":\"1.0\"}]}",
+         NULL, A2A_VERSION_AUTO, PS_OK},
+        {"{\"url\":\"http://other/a2a\",\"protocolVersion\":\"0.3.0\"}", NULL, A2A_VERSION_AUTO, PS_OK},
+        {"{\"url\":\"http://h/a2a/\",\"protocolVersion\":\"0.3.0\",\"preferredTransport\":\"JSONRPC\"}", NULL,
+         A2A_VERSION_0_3, PS_OK},
+        {"{\"url\":\"http://h/a2a\",\"protocolVersion\":\"0.3.0\",\"preferredTransport\":\"GRPC\"}", NULL,
+         A2A_VERSION_AUTO, PS_OK},
         /* only gRPC, or versions we do not speak: auto (probe at the first call) */
         {"{\"supportedInterfaces\":[{\"url\":\"http://h/a2a\",\"protocolBinding\":\"GRPC\",\"protocolVersion\":\"1.0\"}]}",
          NULL, A2A_VERSION_AUTO, PS_OK},
@@ -1409,6 +1417,8 @@ static atomic_int hs_404_calls;   /* tools/call requests on /mcp-404 */
 static atomic_int hs_late_inits;  /* initialize requests on /mcp-late-init */
 static atomic_int hs_a2a_polls;   /* tasks/get requests on /a2a-working */
 static atomic_int hs_a2a_unknown; /* /a2a-* requests of a method the 0.3 agent does not know */
+static atomic_int hs_a2a1_sends;  /* /a2a1-flip: SendMessage requests (with A2A-Version: 1.0) */
+static atomic_int hs_a2a1_v03;    /* /a2a1-flip: 0.3 requests (there should be none) */
 static atomic_int hs_a2a_cancels; /* tasks/cancel requests for task t-stuck on /a2a-stuck */
 static atomic_int hs_a2a_nonblocking;/* message/send requests with configuration.blocking false and
                                         acceptedOutputModes naming text/plain */
@@ -1560,14 +1570,32 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
         } else {
             hs_reply(fd, 400, "", "{}");
         }
+    } else if (!strcmp(path, "/a2a1-flip")) {
+        /* an agent that answers its first SendMessage in 1.0 and every
+         * later one -32601: an auto agent settled on 1.0 by the first
+         * never falls back to 0.3 */
+        if (!strcmp(meth, "SendMessage") && strcasestr(head, "\r\nA2A-Version: 1.0\r\n")) {
+            if (atomic_fetch_add(&hs_a2a1_sends, 1) == 0)
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"task\":{\"id\":\"t9\","
+                         "\"status\":{\"state\":\"TASK_STATE_COMPLETED\"},\"artifacts\":[{\"artifactId\":\"a\","
+                         "\"parts\":[{\"text\":\"v1 done\"}]}]}}}", id);
+            else
+                snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":{\"code\":-32601,"
+                         "\"message\":\"Method not found\"}}", id);
+            hs_reply(fd, 200, "", out);
+        } else {
+            atomic_fetch_add(&hs_a2a1_v03, 1);
+            hs_reply(fd, 400, "", "{}");
+        }
     } else if (!strncmp(path, "/a2a-", 5) && strcmp(meth, "message/send") && strcmp(meth, "tasks/get") &&
                strcmp(meth, "tasks/cancel")) {
         /* an A2A 0.3 agent: 1.0's SendMessage (what an agent of version
-         * auto is asked first) is an unknown method */
+         * auto is asked first) is an unknown method; /a2a-rpc404 says so
+         * with HTTP 404, as some servers do */
         atomic_fetch_add(&hs_a2a_unknown, 1);
         snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":{\"code\":-32601,"
                  "\"message\":\"Method not found\"}}", id);
-        hs_reply(fd, 200, "", out);
+        hs_reply(fd, strcmp(path, "/a2a-rpc404") ? 200 : 404, "", out);
     } else if (!strcmp(path, "/a2a-badid") || !strcmp(path, "/a2a-noid")) {
         /* a completed task, but under another id (or none) */
         char idf[64] = "";
@@ -1631,7 +1659,7 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
         }
         hs_reply(fd, 200, "", out);
     } else if (!strncmp(path, "/a2a-", 5)) {
-        const char *state = !strcmp(path, "/a2a-stuck") ? "working" : path + 5;
+        const char *state = !strcmp(path, "/a2a-stuck") ? "working" : !strcmp(path, "/a2a-rpc404") ? "completed" : path + 5;
         const cJSON *conf = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"),
                                                              "configuration");
         const cJSON *mode, *modes = cJSON_GetObjectItemCaseSensitive(conf, "acceptedOutputModes");
@@ -1833,6 +1861,8 @@ static const char *hs_pool =
     "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"sseflood\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-flood\","
     "\"timeout_ms\":20000,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"a2aflip\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a1-flip\",\"retries\":0},"
+    "{\"name\":\"a2arpc404\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-rpc404\",\"retries\":0},"
     "{\"name\":\"a2abadid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-badid\",\"retries\":0},"
     "{\"name\":\"a2anoid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-noid\",\"retries\":0},"
     "{\"name\":\"mcp404\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-404\","
@@ -1854,9 +1884,10 @@ static void test_hostile_mcp_http_a2a(void)
         CHECK(!"hostile server");
         return;
     }
-    char buf[4096];
+    char buf[8192];
     int p = hs_port;
-    snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    int n = snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    CHECK(n > 0 && (size_t)n < sizeof buf);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
@@ -1952,6 +1983,27 @@ static void test_hostile_mcp_http_a2a(void)
     CHECK_MSG(atomic_load(&hs_a2a_cancels) == 1, "%d cancels of t-stuck", atomic_load(&hs_a2a_cancels));
     CHECK_MSG(atomic_load(&hs_a2a_nonblocking) == 6, "%d of 6 sends not blocking, with text/plain accepted",
               atomic_load(&hs_a2a_nonblocking));
+
+    /* An auto agent whose probe succeeds in 1.0 is settled on 1.0: its
+     * next call's -32601 is an error, never a fall back to 0.3.  One that
+     * refuses the probe with HTTP 404 and -32601 falls back like the rest. */
+    hs_call(g, &s, "v1a", "a2aflip", "{\"input\":\"x\"}");
+    hs_run(&s);
+    hs_call(g, &s, "v1b", "a2aflip", "{\"input\":\"x\"}");
+    hs_call(g, &s, "r404", "a2arpc404", "{\"input\":\"x\"}");
+    hs_run(&s);
+    i = fbs_find(&s, "v1a");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && strstr(s.f[i].res, "v1 done"), "v1a: %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (s.f[i].res ? s.f[i].res : s.f[i].err) : "");
+    i = fbs_find(&s, "v1b");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && strstr(s.f[i].err, "-32601"), "v1b: %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+    CHECK_MSG(atomic_load(&hs_a2a1_sends) == 2 && atomic_load(&hs_a2a1_v03) == 0,
+              "a2aflip: %d SendMessage, %d 0.3 requests", atomic_load(&hs_a2a1_sends), atomic_load(&hs_a2a1_v03));
+    i = fbs_find(&s, "r404");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && strstr(s.f[i].res, "done"), "r404: %s %s",
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (s.f[i].res ? s.f[i].res : s.f[i].err) : "");
+    CHECK_MSG(atomic_load(&hs_a2a_unknown) == 6, "%d probes refused", atomic_load(&hs_a2a_unknown));
 
     /* A task whose tasks/get fails with a 503 is polled on (a retry of the
      * call would start a second task) until the call times out, then
