@@ -17,8 +17,8 @@ HTTP_JSON, CHAT, A2A, CLASSIFY = 0, 1, 2, 3
 IDS = [1, 2, (1 << 40) + 1, (1 << 53) + 1]
 
 
-def seed(kind, body, status=200, rpc_id=1, transport_error=False, card=False):
-    sel = kind | (IDS.index(rpc_id) << 2) | (16 if transport_error else 0) | (32 if card else 0)
+def seed(kind, body, status=200, rpc_id=1, transport_error=False, card=False, stream=False):
+    sel = kind | (IDS.index(rpc_id) << 2) | (16 if transport_error else 0) | (32 if card else 0) | (64 if stream else 0)
     return bytes([sel, status >> 8, status & 255]) + body.encode()
 
 
@@ -95,6 +95,19 @@ seeds = [
     seed(A2A, json.dumps({"name": "x", "url": "http://h/", "protocolVersion": "0.3.0",
                           "skills": [{"description": "t" * 3000}]}), card=True),
     seed(A2A, '{"supportedInterfaces": [{"protocolBinding": 1}], "skills": [null, 2]}', card=True),
+    # streamed replies (SSE; byte 1 is also where the body is split in two)
+    seed(A2A, "".join("data: " + rpc(1, result=r) + "\r\n\r\n" for r in [
+        {"task": {"id": "t1", "status": {"state": "TASK_STATE_WORKING"}}},
+        {"artifactUpdate": {"taskId": "t1", "artifact": {"parts": [{"text": "a"}]}}},
+        {"artifactUpdate": {"taskId": "t1", "append": True, "artifact": {"parts": [{"text": "b"}, {"data": 1}]}}},
+        {"statusUpdate": {"taskId": "t1", "status": {"state": "TASK_STATE_COMPLETED"}}}]), status=0x0a00, stream=True),
+    seed(A2A, "".join("event: message\ndata: " + rpc(1, result=r) + "\n\n" for r in [
+        task("working"), {"kind": "status-update", "taskId": "t1", "status": {"state": "input-required"},
+                          "final": True}]), status=0x3000, stream=True),
+    seed(A2A, ": ping\n\ndata: {\"jsonrpc\":\"2.0\",\n" + "data: \"id\":1,\"result\":{\"message\":{\"parts\":[{\"data\":[1]}]}}}\n",
+         status=0x0500, stream=True),
+    seed(A2A, "data: " + rpc(1, error={"code": -32004, "message": "no streaming"}) + "\n\n", stream=True),
+    seed(A2A, "data: " + rpc(2, result={"task": {"id": "t"}}) + "\n\ndata: nope\n\n", stream=True),
 ]
 for i, b in enumerate(seeds):
     with open(os.path.join(out, "agent_%02d" % i), "wb") as f:

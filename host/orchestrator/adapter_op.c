@@ -20,6 +20,8 @@ void adapter_op_free(struct adapter_op *op)
         event_free(op->ev);
     cJSON_Delete(op->b_result);
     free(op->a2a_task);
+    free(op->a2a_text);
+    cJSON_Delete(op->a2a_data);
     free(op->call_id);
     free(op);
 }

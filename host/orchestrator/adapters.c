@@ -30,6 +30,9 @@
 
 static char *const json_headers[] = { EXEC_JSON_HEADER_LINES, NULL };
 static char *const a2a_v1_headers[] = { EXEC_JSON_HEADER_LINES, "A2A-Version: 1.0", NULL };
+static char *const a2a_stream_headers[] = { "Content-Type: application/json", "Accept: text/event-stream", NULL };
+static char *const a2a_v1_stream_headers[] = { "Content-Type: application/json", "Accept: text/event-stream",
+                                               "A2A-Version: 1.0", NULL };
 
 /* ---- http-json ------------------------------------------------------- */
 
@@ -201,6 +204,8 @@ static int append_text_parts(const cJSON *parts, char **acc, size_t *len)
 #define A2A_CLOSE_WAIT_MS 300    /* exec_destroy: how long the last tasks/cancel requests may take */
 
 static void a2a_done(void *ud, const struct httpc_response *resp);
+static void a2a_stream_done(void *ud, const struct httpc_response *resp);
+static int a2a_stream_peek(void *ud, const char *body, size_t len);
 static int a2a_start(struct adapter_op *op);
 
 /* a tasks/cancel not answered yet */
@@ -213,13 +218,13 @@ struct a2a_cancel {
     struct httpc_req        *req;           /* on ex->http; NULL: not sent (closing) */
 };
 
-enum a2a_rpc { A2A_SEND, A2A_GET, A2A_CANCEL };
+enum a2a_rpc { A2A_SEND, A2A_GET, A2A_CANCEL, A2A_STREAM };
 
 /* The JSON-RPC method of `m` in protocol 0.3 (v03) or 1.0. */
 static const char *a2a_method(int v03, enum a2a_rpc m)
 {
-    static const char *const v1[] = { "SendMessage", "GetTask", "CancelTask" };
-    static const char *const v0[] = { "message/send", "tasks/get", "tasks/cancel" };
+    static const char *const v1[] = { "SendMessage", "GetTask", "CancelTask", "SendStreamingMessage" };
+    static const char *const v0[] = { "message/send", "tasks/get", "tasks/cancel", "message/stream" };
     return (v03 ? v0 : v1)[m];
 }
 
@@ -406,6 +411,15 @@ static void a2a_state_name(const char *sv, char *out, size_t n)
     }
 }
 
+/* The class of a task state as a2a_state_name writes it. */
+static enum a2a_task_state a2a_state_class(const char *sv)
+{
+    return !strcmp(sv, "submitted") || !strcmp(sv, "working") ? A2A_TASK_RUNNING
+         : !strcmp(sv, "completed") || !strcmp(sv, "failed") || !strcmp(sv, "canceled") ||
+           !strcmp(sv, "cancelled") || !strcmp(sv, "rejected") ? A2A_TASK_ENDED
+                                                               : A2A_TASK_WAITING;
+}
+
 /* The JSON values of the data parts ({"data": value}, 0.3's with "kind":
  * "data" too) in `parts`, appended to array `acc` (made on first use).
  * -1 when out of memory. */
@@ -490,10 +504,7 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     const cJSON *task_id = cJSON_GetObjectItemCaseSensitive(r, "id");
     if (cJSON_IsString(state)) {
         a2a_state_name(state->valuestring, sv, sizeof sv);
-        *task_state = !strcmp(sv, "submitted") || !strcmp(sv, "working") ? A2A_TASK_RUNNING
-                    : !strcmp(sv, "completed") || !strcmp(sv, "failed") || !strcmp(sv, "canceled") ||
-                      !strcmp(sv, "cancelled") || !strcmp(sv, "rejected") ? A2A_TASK_ENDED
-                    : A2A_TASK_WAITING;
+        *task_state = a2a_state_class(sv);
         if (*task_state != A2A_TASK_ENDED && cJSON_IsString(task_id) && task_id->valuestring[0] &&
             strlen(task_id->valuestring) <= A2A_MAX_TASK_ID && !(*task = strdup(task_id->valuestring))) {
             snprintf(err, errlen, "out of memory");
@@ -638,33 +649,362 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
         a2a_finish(op, st, NULL, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
 }
 
+/* ---- a2a streaming ------------------------------------------------------- */
+
+/* Add parts' text to the stream's artifact text: a newline before each
+ * part, except before the first when it continues the last artifact (an
+ * append chunk).  -1 when out of memory. */
+static int stream_add_text(struct adapter_op *op, const cJSON *parts, int append)
+{
+    const cJSON *p;
+    int first = 1;
+    cJSON_ArrayForEach(p, parts) {
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
+        if (!cJSON_IsString(t))
+            continue;
+        size_t n = strlen(t->valuestring), sep = op->a2a_tlen && !(first && append);
+        char *nb = realloc(op->a2a_text, op->a2a_tlen + n + 2);
+        if (!nb)
+            return -1;
+        op->a2a_text = nb;
+        if (sep)
+            op->a2a_text[op->a2a_tlen++] = '\n';
+        memcpy(op->a2a_text + op->a2a_tlen, t->valuestring, n + 1);
+        op->a2a_tlen += n;
+        first = 0;
+    }
+    return 0;
+}
+
+static int stream_add_artifact(struct adapter_op *op, const cJSON *artifact, int append)
+{
+    const cJSON *parts = cJSON_GetObjectItemCaseSensitive(artifact, "parts");
+    return stream_add_text(op, parts, append) | append_data_parts(parts, &op->a2a_data);
+}
+
+/* The stream's outcome: st with result `res` (owned) or the message. */
+static void stream_end(struct adapter_op *op, enum fb_status st, cJSON *res, const char *msg)
+{
+    op->a2a_ended = 1;
+    op->b_status = st;
+    cJSON_Delete(op->b_result);
+    op->b_result = res;
+    snprintf(op->b_err, sizeof op->b_err, "%s", st == FB_OK ? "" : msg);
+}
+
+/* A status in the stream (a task's or a status update's): a running task
+ * goes on; any other state ends the stream's outcome. */
+static void stream_status(struct adapter_op *op, const cJSON *status)
+{
+    const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
+    if (!cJSON_IsString(state))
+        return;
+    char sv[40];
+    a2a_state_name(state->valuestring, sv, sizeof sv);
+    enum a2a_task_state cls = a2a_state_class(sv);
+    if (cls == A2A_TASK_RUNNING)
+        return;
+    char *text = NULL;
+    size_t tlen = 0;
+    int oom = append_text_parts(cJSON_GetObjectItemCaseSensitive(
+                                    cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                                &text, &tlen);
+    if (!oom && !strcmp(sv, "completed")) {
+        cJSON *res = NULL;
+        if (op->a2a_text)
+            res = cJSON_CreateString(op->a2a_text);
+        else if (op->a2a_data && cJSON_GetArraySize(op->a2a_data) == 1)
+            res = cJSON_DetachItemFromArray(op->a2a_data, 0);
+        else if (op->a2a_data)
+            res = op->a2a_data, op->a2a_data = NULL;
+        else
+            res = text ? cJSON_CreateString(text) : cJSON_Duplicate(status, 1);
+        if (res)
+            stream_end(op, FB_OK, res, NULL);
+        else
+            stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+    } else if (oom) {
+        stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+    } else {
+        char msg[512];
+        snprintf(msg, sizeof msg, "a2a task %.39s%s%.400s", sv, text ? ": " : "", text ? text : "");
+        stream_end(op, FB_EXEC_ERROR, NULL, msg);
+        op->a2a_waiting = cls == A2A_TASK_WAITING;
+    }
+    free(text);
+}
+
+/* The object of a 1.0 StreamResponse member `key`, or r itself when it is
+ * 0.3's event of kind `kind`; NULL when it is neither. */
+static const cJSON *stream_member(const cJSON *r, const char *key, const char *kind)
+{
+    const cJSON *x = cJSON_GetObjectItemCaseSensitive(r, key);
+    if (cJSON_IsObject(x))
+        return x;
+    const cJSON *k = cJSON_GetObjectItemCaseSensitive(r, "kind");
+    return cJSON_IsString(k) && !strcmp(k->valuestring, kind) ? r : NULL;
+}
+
+/* Apply one event's data (a JSON-RPC response to op's request) to op. */
+static void stream_apply(struct adapter_op *op, const char *json, size_t len)
+{
+    cJSON *j = cJSON_ParseWithLength(json, len);
+    if (!cJSON_IsObject(j)) {
+        cJSON_Delete(j);
+        stream_end(op, FB_PARSE_ERROR, NULL, "a2a stream event is not a JSON-RPC response");
+        return;
+    }
+    op->a2a_saw_event = 1;
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result"), *x;
+    int has_error = e && !cJSON_IsNull(e);
+    char msg[512];
+    if (id && !cJSON_IsNull(id) ? !(cJSON_IsNumber(id) && id->valuedouble == (double)op->rpc_id) : !has_error) {
+        snprintf(msg, sizeof msg, "a2a stream event for another request (id %s)", id ? "mismatch" : "missing");
+        stream_end(op, FB_PARSE_ERROR, NULL, msg);
+    } else if (has_error) {
+        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+        const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+        long c = -32603;
+        if (cJSON_IsNumber(code) && code->valuedouble >= -2147483648.0 && code->valuedouble <= 2147483647.0 &&
+            code->valuedouble == (double)(long)code->valuedouble && (long)code->valuedouble)
+            c = (long)code->valuedouble;
+        op->a2a_rpc_error = c;
+        snprintf(msg, sizeof msg, "a2a error %ld: %s", c, cJSON_IsString(m) ? m->valuestring : "(no message)");
+        stream_end(op, FB_EXEC_ERROR, NULL, msg);
+    } else if (!cJSON_IsObject(r)) {
+        stream_end(op, FB_PARSE_ERROR, NULL, "a2a stream event has no result object");
+    } else if ((x = stream_member(r, "message", "message"))) {
+        char *text = NULL;
+        size_t tlen = 0;
+        cJSON *data = NULL;
+        const cJSON *parts = cJSON_GetObjectItemCaseSensitive(x, "parts");
+        int oom = append_text_parts(parts, &text, &tlen) | (text ? 0 : append_data_parts(parts, &data));
+        cJSON *res = oom ? NULL
+                   : text ? cJSON_CreateString(text)
+                   : data && cJSON_GetArraySize(data) == 1 ? cJSON_DetachItemFromArray(data, 0)
+                   : data ? (cJSON_Duplicate(data, 1))
+                          : cJSON_Duplicate(x, 1);
+        cJSON_Delete(data);
+        free(text);
+        if (res)
+            stream_end(op, FB_OK, res, NULL);
+        else
+            stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+    } else if ((x = stream_member(r, "statusUpdate", "status-update"))) {
+        stream_status(op, cJSON_GetObjectItemCaseSensitive(x, "status"));
+    } else if ((x = stream_member(r, "artifactUpdate", "artifact-update"))) {
+        if (stream_add_artifact(op, cJSON_GetObjectItemCaseSensitive(x, "artifact"),
+                                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "append"))))
+            stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+    } else if ((x = stream_member(r, "task", "task"))) {
+        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(x, "id"), *a;
+        if (!op->a2a_task && cJSON_IsString(tid) && tid->valuestring[0] &&
+            strlen(tid->valuestring) <= A2A_MAX_TASK_ID && !(op->a2a_task = strdup(tid->valuestring))) {
+            stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+        } else {
+            /* a snapshot: its artifacts are all there are so far */
+            free(op->a2a_text);
+            op->a2a_text = NULL;
+            op->a2a_tlen = 0;
+            cJSON_Delete(op->a2a_data);
+            op->a2a_data = NULL;
+            int oom = 0;
+            cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(x, "artifacts"))
+                oom |= stream_add_artifact(op, a, 0);
+            if (oom)
+                stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+            else
+                stream_status(op, cJSON_GetObjectItemCaseSensitive(x, "status"));
+        }
+    }   /* any other event says nothing of the outcome */
+    cJSON_Delete(j);
+}
+
+/* Apply the whole SSE events of body[a2a_sse_pos, len) - at the end of the
+ * body also a last one without its blank line - until the outcome is
+ * known.  Each byte is searched for a blank line about once however the
+ * body arrives.  1 once the outcome is known. */
+static int stream_scan(struct adapter_op *op, const char *body, size_t len, int at_end)
+{
+    while (!op->a2a_ended && op->a2a_sse_pos < len) {
+        size_t from = op->a2a_sse_scanned > op->a2a_sse_pos + 2 ? op->a2a_sse_scanned - 2 : op->a2a_sse_pos;
+        size_t end = 0, next = 0;
+        for (size_t k = from; k + 1 < len; k++) {
+            if (body[k] == '\n' && (body[k + 1] == '\n' || (body[k + 1] == '\r' && k + 2 < len && body[k + 2] == '\n'))) {
+                end = k + 1;
+                next = k + (body[k + 1] == '\n' ? 2 : 3);
+                break;
+            }
+        }
+        if (!next) {
+            op->a2a_sse_scanned = len;
+            if (!at_end)
+                break;
+            end = next = len;
+        }
+        /* the event's data lines, joined by newlines */
+        char stack[2048];
+        struct jbuf b;
+        jbuf_init(&b, stack, sizeof stack);
+        int lines = 0;
+        for (size_t k = op->a2a_sse_pos; k < end;) {
+            size_t e = k;
+            while (e < end && body[e] != '\n')
+                e++;
+            size_t n = e - k;
+            if (n && body[k + n - 1] == '\r')
+                n--;
+            if (n >= 5 && !memcmp(body + k, "data:", 5)) {
+                size_t skip = n > 5 && body[k + 5] == ' ' ? 6 : 5;
+                if (lines++)
+                    jbuf_add(&b, "\n", 1);
+                jbuf_add(&b, body + k + skip, n - skip);
+            }
+            k = e + 1;
+        }
+        op->a2a_sse_pos = next;
+        op->a2a_sse_scanned = next;
+        if (b.oom)
+            stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+        else if (lines)
+            stream_apply(op, b.p, b.len);
+        jbuf_free(&b);
+    }
+    return op->a2a_ended;
+}
+
+/* A body that starts as JSON is a plain reply, left to its framing. */
+static int body_is_json(const char *body, size_t len)
+{
+    size_t i = 0;
+    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
+        i++;
+    return i < len && (body[i] == '{' || body[i] == '[');
+}
+
+int a2a_stream_feed(struct adapter_op *op, const char *body, size_t len, int at_end)
+{
+    return stream_scan(op, body, len, at_end);
+}
+
+static int a2a_stream_peek(void *ud, const char *body, size_t len)
+{
+    struct adapter_op *op = ud;
+    if (body_is_json(body, len))
+        return 0;
+    return stream_scan(op, body, len, 0);
+}
+
+/* The streamed call's reply ended (its outcome seen, or the stream closed). */
+static void a2a_stream_done(void *ud, const struct httpc_response *resp)
+{
+    struct adapter_op *op = ud;
+    if (resp->transport_error || resp->status < 200 || resp->status >= 300 ||
+        body_is_json(resp->body, resp->body_len)) {
+        /* A plain JSON-RPC reply: an agent that does not stream says so
+         * with -32004 (unsupported operation) or, for the stream method
+         * itself, -32601 - in a 2xx or a 4xx reply.  Sent again without
+         * streaming, as every later call to it.  (While probing, -32601 is
+         * first taken as 0.3's answer: a2a_done.)  Anything else is a
+         * plain reply to handle as such. */
+        if (!resp->transport_error && resp->status < 500) {
+            cJSON *res;
+            char *task, err[256];
+            enum a2a_task_state ts;
+            long rpc_error;
+            (void)a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err, sizeof err);
+            cJSON_Delete(res);
+            free(task);
+            if (rpc_error == -32004 || (rpc_error == -32601 && !op->a2a_probe)) {
+                op->rt->a2a_stream = 0;
+                op->req = NULL;   /* finished: httpc frees it */
+                if (a2a_start(op))
+                    adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
+                return;
+            }
+        }
+        a2a_done(ud, resp);
+        return;
+    }
+    stream_scan(op, resp->body, resp->body_len, 1);
+    if (op->a2a_rpc_error == -32004 || (op->a2a_rpc_error == -32601 && !op->a2a_probe)) {
+        op->rt->a2a_stream = 0;
+        op->req = NULL;
+        if (a2a_start(op))
+            adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
+        return;
+    }
+    if (a2a_probe_settle(op, op->a2a_ended ? op->b_status : FB_PARSE_ERROR,
+                         op->a2a_task ? A2A_TASK_RUNNING : A2A_NO_TASK, op->a2a_rpc_error))
+        return;
+    if (op->a2a_ended) {
+        cJSON *res = op->b_result;
+        op->b_result = NULL;
+        char err[512];
+        snprintf(err, sizeof err, "%s", op->b_err);
+        if (op->a2a_waiting)   /* the task waits for input or auth: stopped */
+            a2a_finish(op, op->b_status, res, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
+        else
+            adapter_finish(op, op->b_status, res, op->b_status == FB_OK ? NULL : err, 0, resp->agent_recv_ns,
+                           resp->agent_send_ns);
+        return;
+    }
+    if (op->a2a_task) {
+        /* the stream closed before the task ended: its outcome is asked
+         * for with GetTask / tasks/get, as for a call that is not streamed */
+        op->req = NULL;
+        if (a2a_poll_later(op))
+            a2a_finish(op, FB_EXEC_ERROR, NULL, "a2a: cannot poll the task (out of memory)", 1, 0, 0);
+        return;
+    }
+    adapter_finish(op, FB_PARSE_ERROR, NULL,
+                   op->a2a_saw_event ? "a2a stream ended without a result or a task to poll"
+                                     : "a2a stream ended without an event",
+                   0, resp->agent_recv_ns, resp->agent_send_ns);
+}
+
 /* Send the call's message: SendMessage (1.0) or message/send (0.3), as the
- * agent's version says (auto: 1.0, marked as the probe that settles it). */
+ * agent's version says (auto: 1.0, marked as the probe that settles it);
+ * for an agent that streams, SendStreamingMessage / message/stream. */
 static int a2a_start(struct adapter_op *op)
 {
     op->rpc_id = ++op->ex->a2a_rpc_id;
     op->a2a_v03 = op->rt->a2a_proto == A2A_VERSION_0_3;
     op->a2a_probe = op->rt->a2a_proto == A2A_VERSION_AUTO;
-    int v03 = op->a2a_v03;
+    int v03 = op->a2a_v03, stream = op->a2a_streamed = op->rt->a2a_stream;
+    op->a2a_sse_pos = op->a2a_sse_scanned = 0;
+    op->a2a_ended = op->a2a_waiting = op->a2a_saw_event = 0;
+    op->a2a_rpc_error = 0;
+    free(op->a2a_text);
+    op->a2a_text = NULL;
+    op->a2a_tlen = 0;
+    cJSON_Delete(op->a2a_data);
+    op->a2a_data = NULL;
+    cJSON_Delete(op->b_result);
+    op->b_result = NULL;
     char *user = chat_user_text(op->args);
     cJSON *body = cJSON_CreateObject(), *params, *conf, *modes, *msg, *parts, *p;
     char mid[160];
     snprintf(mid, sizeof mid, "paraserve-%s-%ld", op->call_id, op->rpc_id);
     int st = PS_ENOMEM;
-    /* Not blocking (0.3 "blocking": false, 1.0 "returnImmediately": true):
-     * the task's id comes back at once, so a call that times out or is
-     * cancelled can always stop it (the cancel); a server that answers
-     * before its task ends is polled (a2a_done).  A server that blocks
-     * anyway is waited for. */
+    /* Sent and polled: not blocking (0.3 "blocking": false, 1.0
+     * "returnImmediately": true), so the task's id comes back at once and a
+     * call that times out or is cancelled can always stop it (the cancel);
+     * a server that answers before its task ends is polled (a2a_done), one
+     * that blocks anyway is waited for.  Streamed: the task's id comes in
+     * the stream's first event, its outcome in the last (a2a_stream_done). */
     if (!user || !body || !cJSON_AddStringToObject(body, "jsonrpc", "2.0") ||
         !cJSON_AddNumberToObject(body, "id", (double)op->rpc_id) ||
-        !cJSON_AddStringToObject(body, "method", a2a_method(v03, A2A_SEND)) ||
+        !cJSON_AddStringToObject(body, "method", a2a_method(v03, stream ? A2A_STREAM : A2A_SEND)) ||
         !(params = cJSON_AddObjectToObject(body, "params")) ||
         !(conf = cJSON_AddObjectToObject(params, "configuration")) ||
         !(modes = cJSON_AddArrayToObject(conf, "acceptedOutputModes")) ||
         !cJSON_AddItemToArray(modes, cJSON_CreateString("text/plain")) ||
         !cJSON_AddItemToArray(modes, cJSON_CreateString("application/json")) ||
-        !(v03 ? cJSON_AddBoolToObject(conf, "blocking", 0) : cJSON_AddBoolToObject(conf, "returnImmediately", 1)) ||
+        (!stream && !(v03 ? cJSON_AddBoolToObject(conf, "blocking", 0)
+                          : cJSON_AddBoolToObject(conf, "returnImmediately", 1))) ||
         !(msg = cJSON_AddObjectToObject(params, "message")) ||
         !cJSON_AddStringToObject(msg, "role", v03 ? "user" : "ROLE_USER") ||
         (v03 && !cJSON_AddStringToObject(msg, "kind", "message")) ||
@@ -674,7 +1014,14 @@ static int a2a_start(struct adapter_op *op)
         (v03 && !cJSON_AddStringToObject(p, "kind", "text")) ||
         !cJSON_AddStringToObject(p, "text", user))
         goto done;
-    st = post_json(op, op->rt->spec->url, body, a2a_headers(v03), a2a_done);
+    if (stream) {
+        st = post_json(op, op->rt->spec->url, body, v03 ? a2a_stream_headers : a2a_v1_stream_headers,
+                       a2a_stream_done);
+        if (!st)
+            httpc_set_peek(op->req, a2a_stream_peek);
+    } else {
+        st = post_json(op, op->rt->spec->url, body, a2a_headers(v03), a2a_done);
+    }
 done:
     free(user);
     cJSON_Delete(body);

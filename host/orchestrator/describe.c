@@ -166,10 +166,11 @@ static int same_url(const char *a, const char *b)
 }
 
 int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **description,
-                  enum a2a_version *version, char *err, size_t errlen)
+                  enum a2a_version *version, int *streaming, char *err, size_t errlen)
 {
     *description = NULL;
     *version = A2A_VERSION_AUTO;
+    *streaming = -1;
     err[0] = 0;
     cJSON *card = cJSON_ParseWithLength(body, len);
     if (!cJSON_IsObject(card)) {
@@ -192,6 +193,10 @@ int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **desc
             cJSON_IsString(url) && rpc_url && same_url(url->valuestring, rpc_url) && *version != A2A_VERSION_1_0)
             *version = v;
     }
+    const cJSON *caps = cJSON_GetObjectItemCaseSensitive(card, "capabilities");
+    const cJSON *streams = cJSON_GetObjectItemCaseSensitive(caps, "streaming");
+    if (cJSON_IsBool(streams))
+        *streaming = cJSON_IsTrue(streams);
     const cJSON *top_url = cJSON_GetObjectItemCaseSensitive(card, "url");
     const cJSON *transport = cJSON_GetObjectItemCaseSensitive(card, "preferredTransport");
     enum a2a_version top = card_version(cJSON_GetObjectItemCaseSensitive(card, "protocolVersion"));
@@ -248,16 +253,19 @@ static void on_card(void *ud, const struct httpc_response *resp)
     }
     char *text = NULL;
     enum a2a_version v;
-    int rc = a2a_card_read(resp->body, resp->body_len, o->rt->spec->url, &text, &v, err, sizeof err);
+    int streaming;
+    int rc = a2a_card_read(resp->body, resp->body_len, o->rt->spec->url, &text, &v, &streaming, err, sizeof err);
     if (rc) {
         one_finish(o, rc == PS_ENOMEM ? "out of memory" : err);
         return;
     }
-    int applied = 0, settled = 0;
+    int applied = 0, settled = 0, streams = 0;
     rc = text ? registry_describe_agent(o->d->reg, o->idx, text, NULL, &applied) : PS_OK;
     free(text);
     if (!rc && v != A2A_VERSION_AUTO)
         rc = registry_settle_a2a_version(o->d->reg, o->idx, v, &settled);
+    if (!rc && streaming >= 0)
+        rc = registry_settle_a2a_streaming(o->d->reg, o->idx, streaming, &streams);
     if (rc) {
         one_finish(o, ps_error_last());
         return;
@@ -266,10 +274,11 @@ static void on_card(void *ud, const struct httpc_response *resp)
         o->d->n_described++;
     const struct agent_spec *a = o->rt->spec;
     if (o->d->log)
-        fprintf(o->d->log, "paraserve: agent '%s' (a2a): %s from its agent card%s%s\n", a->name,
+        fprintf(o->d->log, "paraserve: agent '%s' (a2a): %s from its agent card%s%s%s\n", a->name,
                 applied ? "description taken" : "nothing new (the card has no description or described skill)",
                 settled ? "; protocol " : "",
-                !settled ? "" : a->a2a_version == A2A_VERSION_1_0 ? "1.0" : "0.3");
+                !settled ? "" : a->a2a_version == A2A_VERSION_1_0 ? "1.0" : "0.3",
+                !streams ? "" : a->a2a_streaming == 1 ? "; streaming" : "; not streaming");
     one_finish(o, NULL);
 }
 

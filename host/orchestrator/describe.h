@@ -8,9 +8,10 @@
  * (registry_describe_agent: the pool file's words always win).  a2a agents
  * without a description have their agent card read (GET card_url, default
  * the url's origin + /.well-known/agent-card.json): its description and
- * skills become theirs, and one of a2a_version auto is settled on the
- * version the card names (registry_settle_a2a_version), so its calls need
- * no probe.  Agents of other kinds say nothing of themselves through their
+ * skills become theirs, one of a2a_version auto is settled on the version
+ * the card names (registry_settle_a2a_version), so its calls need no
+ * probe, and one whose a2a_streaming the pool left unset streams when the
+ * card says capabilities.streaming (registry_settle_a2a_streaming).  Agents of other kinds say nothing of themselves through their
  * protocol, so their pool entry is their description.
  *
  * Each agent gets min(timeout_ms, max_wait_ms) for all its pages.  An agent
@@ -46,9 +47,10 @@ int agents_describe(struct registry *reg, const struct exec_config *ecfg, int ma
  * interface at `rpc_url` (equal but for a trailing '/') - a 1.0 card's
  * supportedInterfaces entry with protocolBinding "JSONRPC" (the highest
  * version there), a 0.3 card's top-level url with its protocolVersion -
- * or A2A_VERSION_AUTO when it names none it speaks at that url.  PS_OK, PS_EFORMAT (not a JSON object; err says why) or
+ * or A2A_VERSION_AUTO when it names none it speaks at that url;
+ * *streaming its capabilities.streaming (1 true, 0 false, -1 absent).  PS_OK, PS_EFORMAT (not a JSON object; err says why) or
  * PS_ENOMEM. */
 int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **description,
-                  enum a2a_version *version, char *err, size_t errlen);
+                  enum a2a_version *version, int *streaming, char *err, size_t errlen);
 
 #endif /* PS_ORCH_DESCRIBE_H */

@@ -622,6 +622,7 @@ struct exec *exec_create(struct event_base *base, const struct registry *reg,
     for (int i = 0; i < ex->n_agents; i++) {
         ex->agents[i].spec = registry_at(reg, i);
         ex->agents[i].a2a_proto = ex->agents[i].spec->a2a_version;
+        ex->agents[i].a2a_stream = ex->agents[i].spec->a2a_streaming == 1;
         if (!(ex->agents[i].pump = event_new(base, -1, 0, agent_pump, &ex->agents[i])))
             goto fail;
     }

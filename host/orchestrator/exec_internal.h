@@ -28,6 +28,8 @@ struct agent_rt {
     int                probe_in_flight;
     struct mcp_session *mcp;               /* mcp-http / mcp-stdio state, lazily made */
     enum a2a_version   a2a_proto;          /* a2a: the spec's version, until auto is settled */
+    int                a2a_stream;         /* a2a: stream replies (spec's a2a_streaming == 1,
+                                              until the agent refuses) */
     struct event      *pump;               /* starts queued calls as slots free */
 };
 
@@ -180,6 +182,17 @@ struct adapter_op {
     int                a2a_polls;     /* tasks/get sent so far */
     int                a2a_v03;       /* a2a: this attempt speaks protocol 0.3 (else 1.0) */
     int                a2a_probe;     /* a2a: its SendMessage asks an auto agent for 1.0 */
+    int                a2a_streamed;  /* a2a: this attempt's reply is a stream (SSE) */
+    size_t             a2a_sse_pos;   /* stream: body bytes of whole events applied */
+    size_t             a2a_sse_scanned; /* stream: body bytes searched for an event's end */
+    int                a2a_ended;     /* stream: the outcome is known (b_status, b_result,
+                                         b_err; a2a_waiting: the task still waits) */
+    int                a2a_waiting;   /* stream: ended with the task waiting for input / auth */
+    int                a2a_saw_event; /* stream: at least one event was applied */
+    long               a2a_rpc_error; /* stream: a JSON-RPC error event's code, else 0 */
+    char              *a2a_text;      /* stream: the artifacts' text so far (owned) */
+    size_t             a2a_tlen;
+    cJSON             *a2a_data;      /* stream: the artifacts' data parts so far (owned) */
     const char        *mcp_cursor;    /* its cursor (borrowed until the op ends); NULL: first page */
     int                mcp_sent;      /* request written to the agent */
     int64_t            mcp_t0;        /* mcp: when the attempt started (orch_now_ns) */
@@ -193,6 +206,14 @@ struct adapter_op {
     cJSON             *b_result;
     char               b_err[512];
 };
+
+/* adapters.c: apply the SSE events of a streamed a2a reply's body (the
+ * whole body so far, the same bytes as before plus more; at_end: the body
+ * is complete, a last event may lack its blank line) to op, a2a_stream_*
+ * fields and a2a_task; 1 once the outcome is known (b_status, b_result -
+ * set with FB_OK -, b_err; a2a_waiting).  tests/fuzz/fuzz_agent_reply.c
+ * feeds it untrusted streams. */
+int a2a_stream_feed(struct adapter_op *op, const char *body, size_t len, int at_end);
 
 /* adapter_op.c: deliver op's b_status / b_result / b_err / b_retryable
  * (set by the caller) from the loop's next turn, then free the op.  PS_OK,

@@ -98,7 +98,7 @@ static const char *const spec_fields[] = {
     "name", "kind", "description", "input_schema", "url", "command", "headers", "tool",
     "model", "system_prompt", "max_tokens", "timeout_ms", "max_concurrency", "retries",
     "backoff_ms", "breaker_failures", "breaker_open_ms", "deterministic", "example", "comment", "ca_file",
-    "a2a_version", "card_url",
+    "a2a_version", "card_url", "a2a_streaming",
 };
 
 static int name_ok(const char *s)
@@ -238,6 +238,15 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
                                                           : A2A_VERSION_AUTO;
     }
 
+    a->a2a_streaming = -1;
+    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(o, "a2a_streaming");
+    if (stream) {
+        if (a->kind != AGENT_A2A)
+            return ps_error_set(PS_EINVAL, "%s.a2a_streaming: only for kind a2a", where);
+        if (!cJSON_IsBool(stream))
+            return ps_error_set(PS_EINVAL, "%s.a2a_streaming: must be true or false", where);
+        a->a2a_streaming = cJSON_IsTrue(stream);
+    }
     if (a->card_url && a->kind != AGENT_A2A)
         return ps_error_set(PS_EINVAL, "%s.card_url: only for kind a2a", where);
     if (a->card_url && strncmp(a->card_url, "http://", 7) && strncmp(a->card_url, "https://", 8))
@@ -519,6 +528,18 @@ int registry_settle_a2a_version(struct registry *reg, int i, enum a2a_version v,
         return ps_error_set(PS_EINVAL, "registry: agent %d is not an a2a agent to settle", i);
     if (reg->agents[i].a2a_version == A2A_VERSION_AUTO) {
         reg->agents[i].a2a_version = v;
+        *applied = 1;
+    }
+    return PS_OK;
+}
+
+int registry_settle_a2a_streaming(struct registry *reg, int i, int streaming, int *applied)
+{
+    *applied = 0;
+    if (!reg || i < 0 || i >= reg->n || reg->agents[i].kind != AGENT_A2A)
+        return ps_error_set(PS_EINVAL, "registry: agent %d is not an a2a agent", i);
+    if (reg->agents[i].a2a_streaming < 0) {
+        reg->agents[i].a2a_streaming = streaming ? 1 : 0;
         *applied = 1;
     }
     return PS_OK;

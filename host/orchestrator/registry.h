@@ -57,6 +57,9 @@ struct agent_spec {
     enum a2a_version a2a_version;    /* a2a only (default auto) */
     char           *card_url;        /* a2a: its agent card (describe.h); NULL: the url's
                                         origin + /.well-known/agent-card.json */
+    int             a2a_streaming;   /* a2a: 1 stream the reply (SendStreamingMessage /
+                                        message/stream), 0 send and poll, -1 unset (the
+                                        card's capabilities.streaming, else 0) */
     char           *model;           /* openai-chat model ("default") */
     char           *system_prompt;   /* local / openai-chat role prompt */
     int             max_tokens;      /* local / openai-chat (default 256) */
@@ -104,6 +107,10 @@ int registry_describe_agent(struct registry *reg, int i, const char *description
  * an agent pinned in the pool file keeps its version (*applied 0).
  * PS_OK, or PS_EINVAL for an agent that is not a2a or a `v` of auto. */
 int registry_settle_a2a_version(struct registry *reg, int i, enum a2a_version v, int *applied);
+
+/* Set a2a agent i's a2a_streaming when the pool file left it unset
+ * (*applied 1); PS_EINVAL for an agent that is not a2a. */
+int registry_settle_a2a_streaming(struct registry *reg, int i, int streaming, int *applied);
 
 /* The catalogue the orchestrator model reads: a new JSON array (caller
  * frees) of {"name","kind","description","input_schema"}; NULL when out of

@@ -137,3 +137,64 @@ def test_a2a_agent_card_missing_keeps_the_pool_entry(run, server_proc, tmp_path)
     events = [json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()]
     calls, _ = calls_by_id(events)
     assert calls["m"]["status"] == "ok" and calls["m"]["result"] == "hi", calls["m"]
+
+
+def test_a2a_streaming_1_0(run, server_proc, tmp_path):
+    """An agent that streams (a2a_streaming): every call is one
+    SendStreamingMessage whose SSE events carry the task, its artifacts and
+    its end - no GetTask polling; a timed-out stream's task is cancelled."""
+    port = sdk_agent(server_proc, "--stream")
+    calls, _ = calls_by_id(orchestrate(run, pool(tmp_path, port, a2a_streaming=True), task(*CALLS)))
+    check_outcomes(calls)
+    s = wait_cancelled(port, 1)
+    assert len(s["cancelled"]) == 1, s
+    # the cancel may be sent twice: once at the timeout, again at exit if
+    # the agent had not answered it yet (README, A2A)
+    assert s["methods"].pop("CancelTask", 0) in (1, 2), s
+    assert s["methods"] == {"SendStreamingMessage": len(CALLS)}, s
+    assert s["accepts"].get("text/event-stream") == len(CALLS), s
+
+
+def test_a2a_streaming_0_3(run, server_proc, tmp_path):
+    """The same in protocol 0.3 (message/stream, status-update and
+    artifact-update events), through the SDK's compatibility layer."""
+    port = sdk_agent(server_proc, "--stream", "--v03")
+    calls, _ = calls_by_id(orchestrate(run, pool(tmp_path, port, a2a_streaming=True, a2a_version="0.3"),
+                                       task(*CALLS)))
+    check_outcomes(calls)
+    s = wait_cancelled(port, 1)
+    assert len(s["cancelled"]) == 1, s
+    assert s["methods"].pop("tasks/cancel", 0) in (1, 2), s
+    assert s["methods"] == {"message/stream": len(CALLS)}, s
+
+
+def test_a2a_card_turns_streaming_on(run, server_proc, tmp_path):
+    """An entry without a description takes capabilities.streaming from the
+    agent card: its calls stream with nothing set in the pool."""
+    port = sdk_agent(server_proc, "--stream")
+    agents = write_pool(tmp_path, [{"name": "sdk", "kind": "a2a", "url": f"http://127.0.0.1:{port}/a2a",
+                                    "retries": 0}])
+    r = run("orchestrate", "--agents", agents, "--task", json.dumps(task(("s", "sdk", "sleep:200:via stream"))),
+            timeout=60)
+    assert r.returncode == 0, r.stderr.decode()
+    assert "protocol 1.0; streaming" in r.stderr.decode(), r.stderr.decode()
+    calls, _ = calls_by_id([json.loads(l) for l in r.stdout.decode().splitlines() if l.strip()])
+    assert calls["s"]["status"] == "ok" and calls["s"]["result"] == "via stream", calls["s"]
+    assert stats(port)["methods"] == {"SendStreamingMessage": 1}
+
+
+def test_a2a_streaming_refused_falls_back_to_polling(run, server_proc, tmp_path):
+    """a2a_streaming set for an agent that does not stream (-32004): each
+    call is sent again without streaming and polled; the outcomes are the
+    same, and once refused the agent is not asked to stream again."""
+    port = sdk_agent(server_proc)
+    two = {"input": "a2a", "script": [{"calls": [
+        {"id": "m", "to": "sdk", "args": {"input": "echo:hi"}},
+        {"id": "again", "to": "sdk", "args": {"input": "echo:again"}, "after": ["m"]}]},
+        {"final": {"answer": "done", "uses": ["m", "again"]}}]}
+    calls, _ = calls_by_id(orchestrate(run, pool(tmp_path, port, a2a_streaming=True), two))
+    assert calls["m"]["status"] == "ok" and calls["m"]["result"] == "hi", calls["m"]
+    assert calls["again"]["status"] == "ok" and calls["again"]["result"] == "again", calls["again"]
+    assert stats(port)["methods"] == {"SendStreamingMessage": 1, "SendMessage": 2}
+    calls, _ = calls_by_id(orchestrate(run, pool(tmp_path, port, a2a_streaming=True), task(*CALLS)))
+    check_outcomes(calls)

@@ -7,7 +7,9 @@
  * HTTP status classifier), the JSON-RPC id an a2a reply must carry (bits
  * 2-3: 1, 2, 2^40 + 1, or 2^53 + 1, where a double cannot
  * hold it), for the classifier a transport error (bit 4), and for a2a the
- * agent card reader (bit 5: describe.c's a2a_card_read); bytes 1-2
+ * agent card reader (bit 5: describe.c's a2a_card_read) or a streamed
+ * reply (bit 6: a2a_stream_feed, the body fed in two parts split at byte
+ * 1's offset, then as complete); bytes 1-2
  * are the HTTP status for the classifier; the rest is the reply body, in a
  * buffer of exactly its length (no NUL after it).
  *
@@ -21,7 +23,9 @@
  * outside 2xx, fails one inside it, calls a transport error or a 429 / 5xx
  * not retryable (or anything else retryable), or writes a control byte;
  * when the card reader gives a version it does not know, a description
- * with an error, or an error without a message.
+ * with an error, or an error without a message; when a stream's outcome is
+ * ok without a result, an error with one or without a message, or its task
+ * id is empty or longer than A2A_MAX_TASK_ID.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -114,11 +118,31 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(chat_reply(body, n, &res, err, sizeof err), res, NULL, A2A_NO_TASK, err, sizeof err);
         break;
     case 2: {
+        if (data[0] & 64) {
+            struct adapter_op *op = calloc(1, sizeof *op);
+            if (!op)
+                break;
+            op->rpc_id = id;
+            size_t split = n ? (size_t)data[1] % (n + 1) : 0;
+            int ended = a2a_stream_feed(op, body, split, 0);
+            if (!ended)
+                ended = a2a_stream_feed(op, body, n, 1);
+            if (ended != op->a2a_ended || (unsigned)op->b_status >= FB_STATUS_COUNT ||
+                (ended && op->b_status == FB_OK && (!op->b_result || op->b_err[0])) ||
+                (ended && op->b_status != FB_OK && (op->b_result || !op->b_err[0])) ||
+                !memchr(op->b_err, 0, sizeof op->b_err) ||
+                (op->a2a_task && (!op->a2a_task[0] || strlen(op->a2a_task) > A2A_MAX_TASK_ID)))
+                abort();
+            adapter_op_free(op);
+            break;
+        }
         if (data[0] & 32) {
             char *text = (char *)1;
             enum a2a_version v = (enum a2a_version)99;
-            int rc = a2a_card_read(body, n, "http://127.0.0.1:1/a2a", &text, &v, err, sizeof err);
+            int streaming = 7;
+            int rc = a2a_card_read(body, n, "http://127.0.0.1:1/a2a", &text, &v, &streaming, err, sizeof err);
             if ((rc != PS_OK && rc != PS_EFORMAT && rc != PS_ENOMEM) || text == (char *)1 ||
+                streaming < -1 || streaming > 1 ||
                 (v != A2A_VERSION_AUTO && v != A2A_VERSION_1_0 && v != A2A_VERSION_0_3) ||
                 (rc != PS_OK && (text || !memchr(err, 0, sizeof err) || (rc == PS_EFORMAT && !err[0]))))
                 abort();

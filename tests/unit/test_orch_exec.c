@@ -74,7 +74,8 @@ static void test_a2a_card_read(void)
          "\"description\":\"find fares\"},{\"name\":\"book\",\"description\":\"buy one\"},{\"name\":\"mute\"}]}",
          "Books flights. Skills: search: find fares; book: buy one", A2A_VERSION_1_0, PS_OK},
         /* 0.3: protocolVersion at the top level */
-        {"{\"name\":\"x\",\"url\":\"http://h/a2a\",\"protocolVersion\":\"0.3.0\",\"skills\":[{\"description\":\"d\"}]}",
+        {"{\"name\":\"x\",\"url\":\"http://h/a2a\",\"protocolVersion\":\"0.3.0\",\"capabilities\":{\"streaming\":true},"
+         "\"skills\":[{\"description\":\"d\"}]}",
          "Skills: d", A2A_VERSION_0_3, PS_OK},
         /* the interface at our url wins over a higher version elsewhere */
         {"{\"supportedInterfaces\":[{\"url\":\"http://other/\",\"protocolBinding\":\"JSONRPC\",\"protocolVersion\":\"1.0\"},"
@@ -91,7 +92,9 @@ static void test_a2a_card_read(void)
         /* only gRPC, or versions we do not speak: auto (probe at the first call) */
         {"{\"supportedInterfaces\":[{\"url\":\"http://h/a2a\",\"protocolBinding\":\"GRPC\",\"protocolVersion\":\"1.0\"}]}",
          NULL, A2A_VERSION_AUTO, PS_OK},
-        {"{\"protocolVersion\":\"2.0\",\"description\":\"\"}", NULL, A2A_VERSION_AUTO, PS_OK},
+        {"{\"protocolVersion\":\"2.0\",\"description\":\"\",\"capabilities\":{\"streaming\":false}}", NULL,
+         A2A_VERSION_AUTO, PS_OK},
+        {"{\"capabilities\":{\"streaming\":\"yes\"}}", NULL, A2A_VERSION_AUTO, PS_OK},
         {"{\"protocolVersion\":\"1.0\"}", NULL, A2A_VERSION_AUTO, PS_OK},
         {"{\"description\":7,\"skills\":{\"a\":1},\"supportedInterfaces\":\"x\"}", NULL, A2A_VERSION_AUTO, PS_OK},
         {"[]", NULL, A2A_VERSION_AUTO, PS_EFORMAT},
@@ -101,7 +104,12 @@ static void test_a2a_card_read(void)
     for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
         char *text = (char *)1, err[256];
         enum a2a_version v = A2A_VERSION_1_0 + 7;
-        int rc = a2a_card_read(cases[k].card, strlen(cases[k].card), "http://h/a2a", &text, &v, err, sizeof err);
+        int streaming = 7;
+        int rc = a2a_card_read(cases[k].card, strlen(cases[k].card), "http://h/a2a", &text, &v, &streaming, err,
+                               sizeof err);
+        CHECK_MSG(streaming == (strstr(cases[k].card, "\"streaming\":true") ? 1
+                                : strstr(cases[k].card, "\"streaming\":false") ? 0 : -1),
+                  "card %zu: streaming %d", k, streaming);
         CHECK_MSG(rc == cases[k].rc, "card %zu: rc %d", k, rc);
         CHECK_MSG(v == cases[k].want_v, "card %zu: version %d", k, (int)v);
         CHECK_MSG(cases[k].want_text ? text && !strcmp(text, cases[k].want_text) : !text, "card %zu: '%s'", k,
@@ -1418,6 +1426,8 @@ static atomic_int hs_late_inits;  /* initialize requests on /mcp-late-init */
 static atomic_int hs_a2a_polls;   /* tasks/get requests on /a2a-working */
 static atomic_int hs_a2a_unknown; /* /a2a-* requests of a method the 0.3 agent does not know */
 static atomic_int hs_a2a1_sends;  /* /a2a1-flip: SendMessage requests (with A2A-Version: 1.0) */
+static atomic_int hs_a2as_gets;   /* /a2as-*: GetTask requests */
+static atomic_int hs_a2as_cancels;/* /a2as-*: CancelTask requests */
 static atomic_int hs_a2a1_v03;    /* /a2a1-flip: 0.3 requests (there should be none) */
 static atomic_int hs_a2a_cancels; /* tasks/cancel requests for task t-stuck on /a2a-stuck */
 static atomic_int hs_a2a_nonblocking;/* message/send requests with configuration.blocking false and
@@ -1567,6 +1577,68 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
                          "[{\"type\":\"text\",\"text\":\"hi\"}]}}", id);
                 hs_reply(fd, 200, "", out);
             }
+        } else {
+            hs_reply(fd, 400, "", "{}");
+        }
+    } else if (!strncmp(path, "/a2as-", 6)) {
+        /* A2A 1.0 agents that stream, each in its own way (close-delimited
+         * SSE bodies):
+         *   closed  the task (working), then the stream closes: polled
+         *   chunks  2,000 one-byte artifact append chunks in small paced
+         *           writes, then completed: one result of 2,000 bytes
+         *   garbage an event that is not JSON
+         *   otherid an event for another request id
+         *   input   the task waits for input: cancelled
+         *   silent  headers, then nothing (the call times out) */
+        const char *kind = path + 6;
+        if (!strcmp(meth, "GetTask")) {
+            atomic_fetch_add(&hs_a2as_gets, 1);
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"id\":\"ts\",\"status\":"
+                     "{\"state\":\"TASK_STATE_COMPLETED\"},\"artifacts\":[{\"parts\":[{\"text\":\"after close\"}]}]}}", id);
+            hs_reply(fd, 200, "", out);
+        } else if (!strcmp(meth, "CancelTask")) {
+            atomic_fetch_add(&hs_a2as_cancels, 1);
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"id\":\"ts\",\"status\":"
+                     "{\"state\":\"TASK_STATE_CANCELED\"}}}", id);
+            hs_reply(fd, 200, "", out);
+        } else if (!strcmp(meth, "SendStreamingMessage")) {
+            hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            char ev[512];
+            long eid = !strcmp(kind, "otherid") ? id + 1 : id;
+            snprintf(ev, sizeof ev, "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"task\":{\"id\":\"ts\","
+                     "\"status\":{\"state\":\"TASK_STATE_WORKING\"}}}}\r\n\r\n", eid);
+            if (!strcmp(kind, "garbage"))
+                hs_send(fd, ": a comment\n\ndata: not json at all\n\n");
+            else if (strcmp(kind, "silent"))
+                hs_send(fd, ev);
+            if (!strcmp(kind, "chunks")) {
+                snprintf(ev, sizeof ev, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":"
+                         "{\"artifactUpdate\":{\"taskId\":\"ts\",\"append\":true,\"artifact\":{\"artifactId\":\"a\","
+                         "\"parts\":[{\"text\":\"x\"}]}}}}\n\n", id);
+                size_t n = strlen(ev);
+                for (int k = 0; k < 2000; k++) {
+                    /* each event in two writes, the split inside its data */
+                    char half[512];
+                    memcpy(half, ev, n / 2);
+                    half[n / 2] = 0;
+                    hs_send(fd, half);
+                    hs_send(fd, ev + n / 2);
+                    if (k % 50 == 49)
+                        usleep(500);
+                }
+                snprintf(ev, sizeof ev, "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"statusUpdate\":"
+                         "{\"taskId\":\"ts\",\"status\":{\"state\":\"TASK_STATE_COMPLETED\"}}}}\n\n", id);
+                hs_send(fd, ev);
+            } else if (!strcmp(kind, "input")) {
+                snprintf(ev, sizeof ev, "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"statusUpdate\":"
+                         "{\"taskId\":\"ts\",\"status\":{\"state\":\"TASK_STATE_INPUT_REQUIRED\",\"message\":"
+                         "{\"parts\":[{\"text\":\"which city?\"}]}}}}}\n\n", id);
+                hs_send(fd, ev);
+                hs_hang(fd);   /* the stream stays open: the outcome must end it */
+            } else if (!strcmp(kind, "silent")) {
+                hs_hang(fd);
+            }
+            rc = -1;
         } else {
             hs_reply(fd, 400, "", "{}");
         }
@@ -1750,7 +1822,8 @@ static int hs_start(void)
 struct fbs {
     struct event_base *base;
     int  n, expect;
-    struct { char id[16]; enum fb_status st; int attempts; int64_t ms; char err[256]; char res[256]; } f[FB_MAX];
+    struct { char id[16]; enum fb_status st; int attempts; int64_t ms; char err[256]; char res[256];
+             size_t res_len; /* the whole printed result's (res holds its start) */ } f[FB_MAX];
     struct exec_group *cancel_g;     /* on the first feedback of one of `pair`, cancel the other */
     const char        *pair[2];
 };
@@ -1766,6 +1839,7 @@ static void fbs_cb(void *ud, const struct exec_feedback *fb)
         snprintf(s->f[s->n].err, sizeof s->f[0].err, "%s", fb->error ? fb->error : "");
         char *r = fb->result ? cJSON_PrintUnformatted(fb->result) : NULL;
         snprintf(s->f[s->n].res, sizeof s->f[0].res, "%s", r ? r : "");
+        s->f[s->n].res_len = r ? strlen(r) : 0;
         free(r);
     }
     if (++s->n >= s->expect)
@@ -1861,6 +1935,18 @@ static const char *hs_pool =
     "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"sseflood\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-flood\","
     "\"timeout_ms\":20000,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"s-closed\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-closed\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0},"
+    "{\"name\":\"s-chunks\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-chunks\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0,\"timeout_ms\":20000},"
+    "{\"name\":\"s-garbage\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-garbage\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0},"
+    "{\"name\":\"s-otherid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-otherid\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0},"
+    "{\"name\":\"s-input\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-input\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0},"
+    "{\"name\":\"s-silent\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-silent\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0,\"timeout_ms\":300,\"breaker_failures\":0},"
     "{\"name\":\"a2aflip\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a1-flip\",\"retries\":0},"
     "{\"name\":\"a2arpc404\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-rpc404\",\"retries\":0},"
     "{\"name\":\"a2abadid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-badid\",\"retries\":0},"
@@ -1886,7 +1972,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[8192];
     int p = hs_port;
-    int n = snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    int n = snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
     CHECK(n > 0 && (size_t)n < sizeof buf);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
@@ -2004,6 +2090,43 @@ static void test_hostile_mcp_http_a2a(void)
     CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && strstr(s.f[i].res, "done"), "r404: %s %s",
               i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (s.f[i].res ? s.f[i].res : s.f[i].err) : "");
     CHECK_MSG(atomic_load(&hs_a2a_unknown) == 6, "%d probes refused", atomic_load(&hs_a2a_unknown));
+
+    /* Streamed replies (SSE): a stream that closes while its task works
+     * polls it; append chunks split anywhere make one result; a non-JSON
+     * event or one for another id is a parse_error; a task waiting for
+     * input ends the call at once (the stream stays open) and is
+     * cancelled; a silent stream times out (its task unknown: nothing to
+     * cancel). */
+    hs_call(g, &s, "sc", "s-closed", "{\"input\":\"x\"}");
+    hs_call(g, &s, "sk", "s-chunks", "{\"input\":\"x\"}");
+    hs_call(g, &s, "sg", "s-garbage", "{\"input\":\"x\"}");
+    hs_call(g, &s, "so", "s-otherid", "{\"input\":\"x\"}");
+    hs_call(g, &s, "si", "s-input", "{\"input\":\"x\"}");
+    hs_call(g, &s, "ss", "s-silent", "{\"input\":\"x\"}");
+    int64_t t_streams = orch_now_ns();
+    hs_run(&s);
+    double stream_ms = (double)(orch_now_ns() - t_streams) / 1e6;
+    static const struct { const char *id; enum fb_status st; const char *has; } streams[] = {
+        {"sc", FB_OK, "after close"}, {"sg", FB_PARSE_ERROR, "not a JSON-RPC response"},
+        {"so", FB_PARSE_ERROR, "another request"}, {"si", FB_EXEC_ERROR, "input-required: which city?"},
+        {"ss", FB_TIMEOUT, ""},
+    };
+    for (size_t k = 0; k < sizeof streams / sizeof streams[0]; k++) {
+        i = fbs_find(&s, streams[k].id);
+        const char *text = i < 0 ? "" : streams[k].st == FB_OK ? s.f[i].res : s.f[i].err;
+        CHECK_MSG(i >= 0 && s.f[i].st == streams[k].st && text && strstr(text, streams[k].has), "%s: %s %s",
+                  streams[k].id, i >= 0 ? fb_status_str(s.f[i].st) : "-", text ? text : "");
+    }
+    i = fbs_find(&s, "sk");   /* "xxx...x": 2,000 x between the quotes, no separator */
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && s.f[i].res_len == 2002 && s.f[i].res[0] == '"' &&
+              strspn(s.f[i].res + 1, "x") == sizeof s.f[0].res - 2,
+              "sk: %s %.60s (%zu bytes)", i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].res : "",
+              i >= 0 ? s.f[i].res_len : 0);
+    loop_for_ms(base, 200);   /* the fire-and-forget cancel */
+    CHECK_MSG(atomic_load(&hs_a2as_gets) == 1, "%d GetTask after the closed stream", atomic_load(&hs_a2as_gets));
+    CHECK_MSG(atomic_load(&hs_a2as_cancels) == 1, "%d CancelTask (the task waiting for input)",
+              atomic_load(&hs_a2as_cancels));
+    printf("a2a streams: 6 calls in %.0f ms (2,000 append chunks in 4,000 writes among them)\n", stream_ms);
 
     /* A task whose tasks/get fails with a 503 is polled on (a retry of the
      * call would start a second task) until the call times out, then

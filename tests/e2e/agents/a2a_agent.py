@@ -2,7 +2,7 @@
 """A real A2A agent for the e2e tests, built on the official A2A Python SDK
 (`a2a-sdk`, protocol 1.0, JSON-RPC binding), served by uvicorn.
 
-    a2a_agent.py PORT [--v03] [--card03]
+    a2a_agent.py PORT [--v03] [--card03] [--stream]
 
 --v03 also accepts protocol 0.3 requests (message/send, tasks/get,
 tasks/cancel) on the same endpoint, as the SDK's compatibility layer does;
@@ -10,7 +10,9 @@ without it the agent speaks 1.0 only (SendMessage, GetTask, CancelTask) and
 answers 0.3 methods with JSON-RPC -32601, as a current SDK agent does by
 default.  --card03 serves an agent card in 0.3's shape (protocolVersion
 "0.3.0" at its top level), as a 0.3 agent does, in place of the SDK's 1.0
-card.
+card.  --stream says capabilities.streaming in the card, so the SDK
+answers SendStreamingMessage / message/stream with an SSE stream (without
+it, -32004: streaming not supported).
 
 The user text picks the behaviour:
     echo:TEXT          one Message with TEXT (no task)
@@ -19,7 +21,8 @@ The user text picks the behaviour:
     fail:TEXT          a task that fails with TEXT as its status message
     data:JSON          a task completed with a data part (JSON) and no text
 GET /stats answers {"cancelled": [task ids], "methods": {method: count},
-"versions": {A2A-Version header or "-": count}} so a test can see what
+"versions": {A2A-Version header or "-": count}, "accepts": {Accept header:
+count}} so a test can see what
 paraserve sent.
 """
 import asyncio
@@ -44,6 +47,7 @@ from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill
 CANCELLED = []
 METHODS = Counter()
 VERSIONS = Counter()
+ACCEPTS = Counter()
 
 
 class Executor(AgentExecutor):
@@ -77,17 +81,19 @@ class Executor(AgentExecutor):
 
 
 async def stats(request):
-    return JSONResponse({"cancelled": CANCELLED, "methods": dict(METHODS), "versions": dict(VERSIONS)})
+    return JSONResponse({"cancelled": CANCELLED, "methods": dict(METHODS), "versions": dict(VERSIONS),
+                         "accepts": dict(ACCEPTS)})
 
 
 def main():
     port = int(sys.argv[1])
     v03 = "--v03" in sys.argv[2:]
+    stream = "--stream" in sys.argv[2:]
     url = f"http://127.0.0.1:{port}/a2a"
     card = AgentCard(
         name="sdk-agent", description="A2A SDK test agent", version="1.0",
         supported_interfaces=[AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")],
-        capabilities=AgentCapabilities(streaming=False),
+        capabilities=AgentCapabilities(streaming=stream),
         default_input_modes=["text/plain"], default_output_modes=["text/plain", "application/json"],
         skills=[AgentSkill(id="echo", name="echo", description="echo and sleep", tags=["test"])])
     handler = DefaultRequestHandler(agent_executor=Executor(), task_store=InMemoryTaskStore(), agent_card=card)
@@ -95,7 +101,7 @@ def main():
     if "--card03" in sys.argv[2:]:
         card03 = {"name": "sdk-agent", "description": "A2A 0.3 test agent", "url": url, "version": "1.0",
                   "protocolVersion": "0.3.0", "preferredTransport": "JSONRPC",
-                  "capabilities": {"streaming": False}, "defaultInputModes": ["text/plain"],
+                  "capabilities": {"streaming": stream}, "defaultInputModes": ["text/plain"],
                   "defaultOutputModes": ["text/plain"],
                   "skills": [{"id": "echo", "name": "echo", "description": "echo and sleep", "tags": []}]}
         routes.append(Route("/.well-known/agent-card.json", lambda request: JSONResponse(card03), methods=["GET"]))
@@ -118,6 +124,7 @@ def main():
                 METHODS["?"] += 1
             hdrs = dict(scope["headers"])
             VERSIONS[hdrs.get(b"a2a-version", b"-").decode()] += 1
+            ACCEPTS[hdrs.get(b"accept", b"-").decode()] += 1
             sent = False
 
             async def replay():
