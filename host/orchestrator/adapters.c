@@ -580,6 +580,11 @@ static int a2a_probe_settle(struct adapter_op *op, enum fb_status st, enum a2a_t
     op->a2a_probe = 0;
     if (op->rt->a2a_proto == A2A_VERSION_AUTO)
         op->rt->a2a_proto = refused ? A2A_VERSION_0_3 : A2A_VERSION_1_0;
+    /* a plain probe sent after the stream method was unknown: a 1.0 agent
+     * does not stream; a 0.3 one is asked to stream in 0.3 */
+    if (op->a2a_stream_refused && !refused && op->rt->a2a_proto == A2A_VERSION_1_0)
+        op->rt->a2a_stream = 0;
+    op->a2a_nostream = 0;
     if (!refused || op->rt->a2a_proto != A2A_VERSION_0_3)
         return 0;
     op->req = NULL;   /* finished: httpc frees it */
@@ -704,6 +709,7 @@ static void stream_status(struct adapter_op *op, const cJSON *status)
     enum a2a_task_state cls = a2a_state_class(sv);
     if (cls == A2A_TASK_RUNNING)
         return;
+    op->a2a_task_ended = cls == A2A_TASK_ENDED;
     char *text = NULL;
     size_t tlen = 0;
     int oom = append_text_parts(cJSON_GetObjectItemCaseSensitive(
@@ -743,6 +749,19 @@ static const cJSON *stream_member(const cJSON *r, const char *key, const char *k
         return x;
     const cJSON *k = cJSON_GetObjectItemCaseSensitive(r, "kind");
     return cJSON_IsString(k) && !strcmp(k->valuestring, kind) ? r : NULL;
+}
+
+/* The first usable task id the stream names becomes op's task (what a
+ * timeout or cancel stops, what an early close polls).  0 when out of
+ * memory (the outcome is then set). */
+static int stream_take_task_id(struct adapter_op *op, const cJSON *tid)
+{
+    if (op->a2a_task || !cJSON_IsString(tid) || !tid->valuestring[0] || strlen(tid->valuestring) > A2A_MAX_TASK_ID)
+        return 1;
+    if ((op->a2a_task = strdup(tid->valuestring)))
+        return 1;
+    stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
+    return 0;
 }
 
 /* Apply one event's data (a JSON-RPC response to op's request) to op. */
@@ -793,17 +812,16 @@ static void stream_apply(struct adapter_op *op, const char *json, size_t len)
         else
             stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
     } else if ((x = stream_member(r, "statusUpdate", "status-update"))) {
-        stream_status(op, cJSON_GetObjectItemCaseSensitive(x, "status"));
+        if (stream_take_task_id(op, cJSON_GetObjectItemCaseSensitive(x, "taskId")))
+            stream_status(op, cJSON_GetObjectItemCaseSensitive(x, "status"));
     } else if ((x = stream_member(r, "artifactUpdate", "artifact-update"))) {
-        if (stream_add_artifact(op, cJSON_GetObjectItemCaseSensitive(x, "artifact"),
+        if (stream_take_task_id(op, cJSON_GetObjectItemCaseSensitive(x, "taskId")) &&
+            stream_add_artifact(op, cJSON_GetObjectItemCaseSensitive(x, "artifact"),
                                 cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "append"))))
             stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
     } else if ((x = stream_member(r, "task", "task"))) {
-        const cJSON *tid = cJSON_GetObjectItemCaseSensitive(x, "id"), *a;
-        if (!op->a2a_task && cJSON_IsString(tid) && tid->valuestring[0] &&
-            strlen(tid->valuestring) <= A2A_MAX_TASK_ID && !(op->a2a_task = strdup(tid->valuestring))) {
-            stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
-        } else {
+        const cJSON *a;
+        if (stream_take_task_id(op, cJSON_GetObjectItemCaseSensitive(x, "id"))) {
             /* a snapshot: its artifacts are all there are so far */
             free(op->a2a_text);
             op->a2a_text = NULL;
@@ -875,13 +893,19 @@ static int stream_scan(struct adapter_op *op, const char *body, size_t len, int 
     return op->a2a_ended;
 }
 
-/* A body that starts as JSON is a plain reply, left to its framing. */
-static int body_is_json(const char *body, size_t len)
+/* What the reply's body is, decided at its first byte that is not white
+ * space (each byte looked at once however the body arrives): a plain JSON
+ * reply, left to its framing, or an SSE stream. */
+static enum a2a_body_kind stream_body_kind(struct adapter_op *op, const char *body, size_t len)
 {
-    size_t i = 0;
-    while (i < len && (body[i] == ' ' || body[i] == '\t' || body[i] == '\r' || body[i] == '\n'))
-        i++;
-    return i < len && (body[i] == '{' || body[i] == '[');
+    while (op->a2a_body_kind == A2A_BODY_UNKNOWN && op->a2a_ws < len) {
+        char c = body[op->a2a_ws];
+        if (c == ' ' || c == '\t' || c == '\r' || c == '\n')
+            op->a2a_ws++;
+        else
+            op->a2a_body_kind = c == '{' || c == '[' ? A2A_BODY_JSON : A2A_BODY_SSE;
+    }
+    return op->a2a_body_kind;
 }
 
 int a2a_stream_feed(struct adapter_op *op, const char *body, size_t len, int at_end)
@@ -892,22 +916,44 @@ int a2a_stream_feed(struct adapter_op *op, const char *body, size_t len, int at_
 static int a2a_stream_peek(void *ud, const char *body, size_t len)
 {
     struct adapter_op *op = ud;
-    if (body_is_json(body, len))
+    if (stream_body_kind(op, body, len) != A2A_BODY_SSE)
         return 0;
     return stream_scan(op, body, len, 0);
+}
+
+/* Send op again without streaming this once: the probe of an auto agent
+ * whose stream method was unknown (-32601) - a 0.3 agent, or a 1.0 one
+ * that does not stream: its plain SendMessage tells which (a2a_done,
+ * a2a_probe_settle). */
+static void a2a_reprobe_plain(struct adapter_op *op)
+{
+    op->a2a_nostream = 1;
+    op->a2a_stream_refused = 1;
+    op->req = NULL;   /* finished: httpc frees it */
+    if (a2a_start(op))
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
+}
+
+/* An agent that does not stream: op sent again without streaming, and
+ * every later call to the agent. */
+static void a2a_stream_off(struct adapter_op *op)
+{
+    op->rt->a2a_stream = 0;
+    op->req = NULL;   /* finished: httpc frees it */
+    if (a2a_start(op))
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
 }
 
 /* The streamed call's reply ended (its outcome seen, or the stream closed). */
 static void a2a_stream_done(void *ud, const struct httpc_response *resp)
 {
     struct adapter_op *op = ud;
-    if (resp->transport_error || resp->status < 200 || resp->status >= 300 ||
-        body_is_json(resp->body, resp->body_len)) {
+    int json = stream_body_kind(op, resp->body, resp->body_len) == A2A_BODY_JSON;
+    if (resp->transport_error || resp->status < 200 || resp->status >= 300 || json) {
         /* A plain JSON-RPC reply: an agent that does not stream says so
-         * with -32004 (unsupported operation) or, for the stream method
-         * itself, -32601 - in a 2xx or a 4xx reply.  Sent again without
-         * streaming, as every later call to it.  (While probing, -32601 is
-         * first taken as 0.3's answer: a2a_done.)  Anything else is a
+         * with -32004 (unsupported operation) or -32601 for the stream
+         * method (while probing an auto agent, that may be a 0.3 agent:
+         * a2a_reprobe_plain), in a 2xx or a 4xx reply.  Anything else is a
          * plain reply to handle as such. */
         if (!resp->transport_error && resp->status < 500) {
             cJSON *res;
@@ -917,11 +963,12 @@ static void a2a_stream_done(void *ud, const struct httpc_response *resp)
             (void)a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err, sizeof err);
             cJSON_Delete(res);
             free(task);
-            if (rpc_error == -32004 || (rpc_error == -32601 && !op->a2a_probe)) {
-                op->rt->a2a_stream = 0;
-                op->req = NULL;   /* finished: httpc frees it */
-                if (a2a_start(op))
-                    adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
+            if (!op->a2a_task && rpc_error == -32601 && op->a2a_probe) {
+                a2a_reprobe_plain(op);
+                return;
+            }
+            if (!op->a2a_task && (rpc_error == -32004 || rpc_error == -32601)) {
+                a2a_stream_off(op);
                 return;
             }
         }
@@ -929,26 +976,32 @@ static void a2a_stream_done(void *ud, const struct httpc_response *resp)
         return;
     }
     stream_scan(op, resp->body, resp->body_len, 1);
-    if (op->a2a_rpc_error == -32004 || (op->a2a_rpc_error == -32601 && !op->a2a_probe)) {
-        op->rt->a2a_stream = 0;
-        op->req = NULL;
-        if (a2a_start(op))
-            adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
+    /* a refusal counts only before the agent started a task for the call
+     * (after, it is this call's error, and the task is stopped below) */
+    long refusal = op->a2a_task ? 0 : op->a2a_rpc_error;
+    if (refusal == -32601 && op->a2a_probe) {
+        a2a_reprobe_plain(op);
+        return;
+    }
+    if (refusal == -32004 || refusal == -32601) {
+        a2a_stream_off(op);
         return;
     }
     if (a2a_probe_settle(op, op->a2a_ended ? op->b_status : FB_PARSE_ERROR,
-                         op->a2a_task ? A2A_TASK_RUNNING : A2A_NO_TASK, op->a2a_rpc_error))
+                         op->a2a_task ? A2A_TASK_RUNNING : A2A_NO_TASK, refusal))
         return;
     if (op->a2a_ended) {
         cJSON *res = op->b_result;
         op->b_result = NULL;
         char err[512];
         snprintf(err, sizeof err, "%s", op->b_err);
-        if (op->a2a_waiting)   /* the task waits for input or auth: stopped */
-            a2a_finish(op, op->b_status, res, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
-        else
+        /* a task that ended (completed or not) needs nothing more; one
+         * that waits for input, or whose stream failed, is stopped */
+        if (op->b_status == FB_OK || op->a2a_task_ended)
             adapter_finish(op, op->b_status, res, op->b_status == FB_OK ? NULL : err, 0, resp->agent_recv_ns,
                            resp->agent_send_ns);
+        else
+            a2a_finish(op, op->b_status, res, err, 0, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
     if (op->a2a_task) {
@@ -973,9 +1026,10 @@ static int a2a_start(struct adapter_op *op)
     op->rpc_id = ++op->ex->a2a_rpc_id;
     op->a2a_v03 = op->rt->a2a_proto == A2A_VERSION_0_3;
     op->a2a_probe = op->rt->a2a_proto == A2A_VERSION_AUTO;
-    int v03 = op->a2a_v03, stream = op->a2a_streamed = op->rt->a2a_stream;
-    op->a2a_sse_pos = op->a2a_sse_scanned = 0;
-    op->a2a_ended = op->a2a_waiting = op->a2a_saw_event = 0;
+    int v03 = op->a2a_v03, stream = op->a2a_streamed = op->rt->a2a_stream && !op->a2a_nostream;
+    op->a2a_sse_pos = op->a2a_sse_scanned = op->a2a_ws = 0;
+    op->a2a_body_kind = A2A_BODY_UNKNOWN;
+    op->a2a_ended = op->a2a_waiting = op->a2a_saw_event = op->a2a_task_ended = 0;
     op->a2a_rpc_error = 0;
     free(op->a2a_text);
     op->a2a_text = NULL;

@@ -159,6 +159,8 @@ struct mcp_sse_scan {
 };
 int mcp_sse_scan(struct mcp_sse_scan *st, const char *body, size_t len, long id);
 
+enum a2a_body_kind { A2A_BODY_UNKNOWN, A2A_BODY_JSON, A2A_BODY_SSE };
+
 /* Shared adapter op: one per attempt. */
 struct adapter_op {
     struct exec       *ex;
@@ -185,6 +187,11 @@ struct adapter_op {
     int                a2a_streamed;  /* a2a: this attempt's reply is a stream (SSE) */
     size_t             a2a_sse_pos;   /* stream: body bytes of whole events applied */
     size_t             a2a_sse_scanned; /* stream: body bytes searched for an event's end */
+    size_t             a2a_ws;        /* stream: leading white space of the body looked at */
+    enum a2a_body_kind a2a_body_kind; /* stream: what the body is, once its first byte says */
+    int                a2a_task_ended;/* stream: the task reached an end state */
+    int                a2a_nostream;  /* this attempt is sent plainly though the agent streams */
+    int                a2a_stream_refused; /* an auto agent's stream method was unknown (-32601) */
     int                a2a_ended;     /* stream: the outcome is known (b_status, b_result,
                                          b_err; a2a_waiting: the task still waits) */
     int                a2a_waiting;   /* stream: ended with the task waiting for input / auth */

@@ -147,7 +147,7 @@ def test_a2a_streaming_1_0(run, server_proc, tmp_path):
     calls, _ = calls_by_id(orchestrate(run, pool(tmp_path, port, a2a_streaming=True), task(*CALLS)))
     check_outcomes(calls)
     s = wait_cancelled(port, 1)
-    assert len(s["cancelled"]) == 1, s
+    assert len(set(s["cancelled"])) == 1, s
     # the cancel may be sent twice: once at the timeout, again at exit if
     # the agent had not answered it yet (README, A2A)
     assert s["methods"].pop("CancelTask", 0) in (1, 2), s
@@ -163,7 +163,7 @@ def test_a2a_streaming_0_3(run, server_proc, tmp_path):
                                        task(*CALLS)))
     check_outcomes(calls)
     s = wait_cancelled(port, 1)
-    assert len(s["cancelled"]) == 1, s
+    assert len(set(s["cancelled"])) == 1, s
     assert s["methods"].pop("tasks/cancel", 0) in (1, 2), s
     assert s["methods"] == {"message/stream": len(CALLS)}, s
 

@@ -1428,6 +1428,8 @@ static atomic_int hs_a2a_unknown; /* /a2a-* requests of a method the 0.3 agent d
 static atomic_int hs_a2a1_sends;  /* /a2a1-flip: SendMessage requests (with A2A-Version: 1.0) */
 static atomic_int hs_a2as_gets;   /* /a2as-*: GetTask requests */
 static atomic_int hs_a2as_cancels;/* /a2as-*: CancelTask requests */
+static atomic_int hs_a2as_refuse_sends; /* /a2as-taskthenrefuse: SendStreamingMessage requests */
+static atomic_int hs_a2as3[4];    /* /a2as3-auto: SendStreamingMessage, SendMessage, message/stream, message/send */
 static atomic_int hs_a2a1_v03;    /* /a2a1-flip: 0.3 requests (there should be none) */
 static atomic_int hs_a2a_cancels; /* tasks/cancel requests for task t-stuck on /a2a-stuck */
 static atomic_int hs_a2a_nonblocking;/* message/send requests with configuration.blocking false and
@@ -1589,7 +1591,12 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
          *   garbage an event that is not JSON
          *   otherid an event for another request id
          *   input   the task waits for input: cancelled
-         *   silent  headers, then nothing (the call times out) */
+         *   silent  headers, then nothing (the call times out)
+         *   taskthengarbage / taskthenrefuse  the task, then a non-JSON
+         *           event / a -32004 error event: the task is stopped
+         *   openok  the task, an artifact, completed, and the stream stays open
+         *   updatesonly  a status update naming the task (no task
+         *           event; "\n\r\n" between events), then the stream closes */
         const char *kind = path + 6;
         if (!strcmp(meth, "GetTask")) {
             atomic_fetch_add(&hs_a2as_gets, 1);
@@ -1607,10 +1614,31 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
             long eid = !strcmp(kind, "otherid") ? id + 1 : id;
             snprintf(ev, sizeof ev, "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"task\":{\"id\":\"ts\","
                      "\"status\":{\"state\":\"TASK_STATE_WORKING\"}}}}\r\n\r\n", eid);
+            if (!strcmp(kind, "taskthenrefuse"))
+                atomic_fetch_add(&hs_a2as_refuse_sends, 1);
             if (!strcmp(kind, "garbage"))
                 hs_send(fd, ": a comment\n\ndata: not json at all\n\n");
-            else if (strcmp(kind, "silent"))
+            else if (!strcmp(kind, "updatesonly")) {
+                snprintf(ev, sizeof ev, ": hi\n\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"statusUpdate\":"
+                         "{\"taskId\":\"ts\",\"status\":{\"state\":\"TASK_STATE_WORKING\"}}}}\n\r\n", id);
                 hs_send(fd, ev);
+            } else if (strcmp(kind, "silent"))
+                hs_send(fd, ev);
+            if (!strcmp(kind, "taskthengarbage"))
+                hs_send(fd, "data: {oops\n\n");
+            if (!strcmp(kind, "taskthenrefuse")) {
+                snprintf(ev, sizeof ev, "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":{\"code\":-32004,"
+                         "\"message\":\"no more streaming\"}}\n\n", id);
+                hs_send(fd, ev);
+            }
+            if (!strcmp(kind, "openok")) {
+                snprintf(ev, sizeof ev, "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"artifactUpdate\":"
+                         "{\"taskId\":\"ts\",\"artifact\":{\"parts\":[{\"text\":\"kept open\"}]}}}}\n\n"
+                         "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"statusUpdate\":"
+                         "{\"taskId\":\"ts\",\"status\":{\"state\":\"TASK_STATE_COMPLETED\"}}}}\n\n", id, id);
+                hs_send(fd, ev);
+                hs_hang(fd);
+            }
             if (!strcmp(kind, "chunks")) {
                 snprintf(ev, sizeof ev, "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":"
                          "{\"artifactUpdate\":{\"taskId\":\"ts\",\"append\":true,\"artifact\":{\"artifactId\":\"a\","
@@ -1641,6 +1669,27 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
             rc = -1;
         } else {
             hs_reply(fd, 400, "", "{}");
+        }
+    } else if (!strcmp(path, "/a2as3-auto")) {
+        /* an A2A 0.3 agent that streams: 1.0's methods are unknown */
+        int k = !strcmp(meth, "SendStreamingMessage") ? 0 : !strcmp(meth, "SendMessage") ? 1
+              : !strcmp(meth, "message/stream") ? 2 : !strcmp(meth, "message/send") ? 3 : -1;
+        if (k >= 0)
+            atomic_fetch_add(&hs_a2as3[k], 1);
+        if (k == 2) {
+            hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n");
+            snprintf(out, sizeof out, "data: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"kind\":\"task\",\"id\":\"t3\","
+                     "\"status\":{\"state\":\"submitted\"}}}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":"
+                     "{\"kind\":\"artifact-update\",\"taskId\":\"t3\",\"artifact\":{\"parts\":[{\"kind\":\"text\","
+                     "\"text\":\"streamed in 0.3\"}]}}}\n\ndata: {\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":"
+                     "{\"kind\":\"status-update\",\"taskId\":\"t3\",\"final\":true,\"status\":{\"state\":\"completed\"}}}\n\n",
+                     id, id, id);
+            hs_send(fd, out);
+            rc = -1;
+        } else {
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":{\"code\":-32601,"
+                     "\"message\":\"Method not found\"}}", id);
+            hs_reply(fd, 200, "", out);
         }
     } else if (!strcmp(path, "/a2a1-flip")) {
         /* an agent that answers its first SendMessage in 1.0 and every
@@ -1947,6 +1996,16 @@ static const char *hs_pool =
     "\"a2a_streaming\":true,\"retries\":0},"
     "{\"name\":\"s-silent\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-silent\",\"a2a_version\":\"1.0\","
     "\"a2a_streaming\":true,\"retries\":0,\"timeout_ms\":300,\"breaker_failures\":0},"
+    "{\"name\":\"s-tg\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-taskthengarbage\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0},"
+    "{\"name\":\"s-tr\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-taskthenrefuse\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0},"
+    "{\"name\":\"s-openok\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-openok\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0,\"timeout_ms\":5000},"
+    "{\"name\":\"s-upd\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-updatesonly\",\"a2a_version\":\"1.0\","
+    "\"a2a_streaming\":true,\"retries\":0},"
+    "{\"name\":\"s-auto03\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as3-auto\",\"a2a_streaming\":true,"
+    "\"retries\":0},"
     "{\"name\":\"a2aflip\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a1-flip\",\"retries\":0},"
     "{\"name\":\"a2arpc404\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-rpc404\",\"retries\":0},"
     "{\"name\":\"a2abadid\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2a-badid\",\"retries\":0},"
@@ -1972,7 +2031,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[8192];
     int p = hs_port;
-    int n = snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    int n = snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
     CHECK(n > 0 && (size_t)n < sizeof buf);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
@@ -2103,13 +2162,20 @@ static void test_hostile_mcp_http_a2a(void)
     hs_call(g, &s, "so", "s-otherid", "{\"input\":\"x\"}");
     hs_call(g, &s, "si", "s-input", "{\"input\":\"x\"}");
     hs_call(g, &s, "ss", "s-silent", "{\"input\":\"x\"}");
+    hs_call(g, &s, "stg", "s-tg", "{\"input\":\"x\"}");
+    hs_call(g, &s, "str", "s-tr", "{\"input\":\"x\"}");
+    hs_call(g, &s, "sok", "s-openok", "{\"input\":\"x\"}");
+    hs_call(g, &s, "supd", "s-upd", "{\"input\":\"x\"}");
+    hs_call(g, &s, "s03", "s-auto03", "{\"input\":\"x\"}");
     int64_t t_streams = orch_now_ns();
     hs_run(&s);
     double stream_ms = (double)(orch_now_ns() - t_streams) / 1e6;
     static const struct { const char *id; enum fb_status st; const char *has; } streams[] = {
         {"sc", FB_OK, "after close"}, {"sg", FB_PARSE_ERROR, "not a JSON-RPC response"},
         {"so", FB_PARSE_ERROR, "another request"}, {"si", FB_EXEC_ERROR, "input-required: which city?"},
-        {"ss", FB_TIMEOUT, ""},
+        {"ss", FB_TIMEOUT, ""}, {"stg", FB_PARSE_ERROR, "not a JSON-RPC response"},
+        {"str", FB_EXEC_ERROR, "-32004"}, {"sok", FB_OK, "kept open"}, {"supd", FB_OK, "after close"},
+        {"s03", FB_OK, "streamed in 0.3"},
     };
     for (size_t k = 0; k < sizeof streams / sizeof streams[0]; k++) {
         i = fbs_find(&s, streams[k].id);
@@ -2123,10 +2189,18 @@ static void test_hostile_mcp_http_a2a(void)
               "sk: %s %.60s (%zu bytes)", i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].res : "",
               i >= 0 ? s.f[i].res_len : 0);
     loop_for_ms(base, 200);   /* the fire-and-forget cancel */
-    CHECK_MSG(atomic_load(&hs_a2as_gets) == 1, "%d GetTask after the closed stream", atomic_load(&hs_a2as_gets));
-    CHECK_MSG(atomic_load(&hs_a2as_cancels) == 1, "%d CancelTask (the task waiting for input)",
+    CHECK_MSG(atomic_load(&hs_a2as_gets) == 2, "%d GetTask after the two closed streams", atomic_load(&hs_a2as_gets));
+    CHECK_MSG(atomic_load(&hs_a2as_cancels) == 3, "%d CancelTask (waiting for input, garbage, refusal after the task)",
               atomic_load(&hs_a2as_cancels));
-    printf("a2a streams: 6 calls in %.0f ms (2,000 append chunks in 4,000 writes among them)\n", stream_ms);
+    CHECK_MSG(atomic_load(&hs_a2as_refuse_sends) == 1, "%d sends to the agent that refused after its task",
+              atomic_load(&hs_a2as_refuse_sends));
+    /* auto + streaming against a 0.3 agent: the stream method unknown, a
+     * plain SendMessage unknown too, so 0.3 - and it streams in 0.3 */
+    CHECK_MSG(atomic_load(&hs_a2as3[0]) == 1 && atomic_load(&hs_a2as3[1]) == 1 && atomic_load(&hs_a2as3[2]) == 1 &&
+              atomic_load(&hs_a2as3[3]) == 0, "a2as3: SendStreamingMessage %d, SendMessage %d, message/stream %d, "
+              "message/send %d", atomic_load(&hs_a2as3[0]), atomic_load(&hs_a2as3[1]), atomic_load(&hs_a2as3[2]),
+              atomic_load(&hs_a2as3[3]));
+    printf("a2a streams: 11 calls in %.0f ms (2,000 append chunks in 4,000 writes among them)\n", stream_ms);
 
     /* A task whose tasks/get fails with a 503 is polled on (a retry of the
      * call would start a second task) until the call times out, then
