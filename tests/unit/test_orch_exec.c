@@ -2139,7 +2139,7 @@ static void test_hostile_mcp_http_a2a(void)
     hs_run(&s);
     i = fbs_find(&s, "v1a");
     CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && strstr(s.f[i].res, "v1 done"), "v1a: %s %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (s.f[i].res ? s.f[i].res : s.f[i].err) : "");
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (s.f[i].res[0] ? s.f[i].res : s.f[i].err) : "");
     i = fbs_find(&s, "v1b");
     CHECK_MSG(i >= 0 && s.f[i].st == FB_EXEC_ERROR && strstr(s.f[i].err, "-32601"), "v1b: %s %s",
               i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
@@ -2147,7 +2147,7 @@ static void test_hostile_mcp_http_a2a(void)
               "a2aflip: %d SendMessage, %d 0.3 requests", atomic_load(&hs_a2a1_sends), atomic_load(&hs_a2a1_v03));
     i = fbs_find(&s, "r404");
     CHECK_MSG(i >= 0 && s.f[i].st == FB_OK && strstr(s.f[i].res, "done"), "r404: %s %s",
-              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (s.f[i].res ? s.f[i].res : s.f[i].err) : "");
+              i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (s.f[i].res[0] ? s.f[i].res : s.f[i].err) : "");
     CHECK_MSG(atomic_load(&hs_a2a_unknown) == 6, "%d probes refused", atomic_load(&hs_a2a_unknown));
 
     /* Streamed replies (SSE): a stream that closes while its task works
