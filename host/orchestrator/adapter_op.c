@@ -76,6 +76,11 @@ static void deliver(evutil_socket_t fd, short what, void *ud)
     adapter_finish(op, op->b_status, res, op->b_status == FB_OK ? NULL : err, op->b_retryable, 0, 0);
 }
 
+int rpc_id_is(const cJSON *v, long id)
+{
+    return cJSON_IsNumber(v) && v->valuedouble == (double)id;
+}
+
 int adapter_deliver_later(struct adapter_op *op)
 {
     if (!op->ev && !(op->ev = event_new(op->ex->base, -1, 0, deliver, op)))

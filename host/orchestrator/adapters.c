@@ -439,6 +439,62 @@ static int append_data_parts(const cJSON *parts, cJSON **acc)
     return 0;
 }
 
+/* A JSON-RPC reply or stream event is op's when its id is the request's,
+ * or (JSON-RPC, for an error the server could not tie to a request) when a
+ * null or missing id stands beside an error. */
+static int rpc_reply_is_ours(const cJSON *id, int has_error, long rpc_id)
+{
+    return id && !cJSON_IsNull(id) ? rpc_id_is(id, rpc_id) : has_error;
+}
+
+/* A JSON-RPC error's code: an integer in the int range other than 0, else
+ * -32603 ("internal error": an error without a usable code). */
+static long rpc_error_code(const cJSON *e)
+{
+    const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+    if (cJSON_IsNumber(code) && code->valuedouble >= -2147483648.0 && code->valuedouble <= 2147483647.0 &&
+        code->valuedouble == (double)(long)code->valuedouble && (long)code->valuedouble)
+        return (long)code->valuedouble;
+    return -32603;
+}
+
+/* The result of a message or a completed task from what its parts gave:
+ * `text` (owned, freed; the text parts), else `data` (owned; the data
+ * parts' values: one is that value, more the array), else the text parts
+ * of `fallback_parts` (a status message's), else a copy of `raw`.  NULL
+ * when out of memory. */
+static cJSON *parts_result(char *text, cJSON *data, const cJSON *fallback_parts, const cJSON *raw)
+{
+    cJSON *res = NULL;
+    size_t tlen = 0;
+    if (!text && !data && append_text_parts(fallback_parts, &text, &tlen))
+        goto out;
+    if (text)
+        res = cJSON_CreateString(text);
+    else if (data && cJSON_GetArraySize(data) == 1)
+        res = cJSON_DetachItemFromArray(data, 0);
+    else if (data)
+        res = data, data = NULL;
+    else
+        res = cJSON_Duplicate(raw, 1);
+out:
+    cJSON_Delete(data);
+    free(text);
+    return res;
+}
+
+/* "a2a task STATE[: the status message's text]" for a task that is not
+ * completed (sv: its state as a2a_state_name writes it). */
+static void task_state_error(char *err, size_t errlen, const char *sv, const cJSON *status)
+{
+    char *text = NULL;
+    size_t tlen = 0;
+    append_text_parts(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                      &text, &tlen);   /* the reason, as far as it fits */
+    snprintf(err, errlen, "a2a task %.39s%s%.400s", sv, text ? ": " : "", text ? text : "");
+    free(text);
+}
+
 enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res, char **task,
                          enum a2a_task_state *task_state, long *rpc_error, char *err, size_t errlen)
 {
@@ -456,8 +512,7 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     /* The reply must be this request's: the same id, or (JSON-RPC, for an
      * error the server could not tie to a request) a null or missing id
      * beside an error.  Compared as a double, never cast (see mcp.c). */
-    if (j && (id && !cJSON_IsNull(id) ? !(cJSON_IsNumber(id) && id->valuedouble == (double)rpc_id)
-                                      : !has_error)) {
+    if (j && !rpc_reply_is_ours(id, has_error, rpc_id)) {
         char got[64];
         if (cJSON_IsNumber(id))
             snprintf(got, sizeof got, "%.17g", id->valuedouble);
@@ -471,12 +526,7 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     }
     if (has_error) {   /* some servers send "error":null beside a result */
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
-        if (cJSON_IsNumber(code) && code->valuedouble >= -2147483648.0 && code->valuedouble <= 2147483647.0 &&
-            code->valuedouble == (double)(long)code->valuedouble)
-            *rpc_error = (long)code->valuedouble;
-        if (!*rpc_error)
-            *rpc_error = -32603;   /* an error without a usable code: "internal error" */
+        *rpc_error = rpc_error_code(e);
         snprintf(err, errlen, "a2a error %ld: %s", *rpc_error, cJSON_IsString(m) ? m->valuestring : "(no message)");
         st = FB_EXEC_ERROR;
         goto done;
@@ -518,12 +568,7 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
             *task_state = A2A_TASK_WAITING;   /* running, but under no id we can ask about */
     }
     if (cJSON_IsString(state) && strcmp(sv, "completed")) {
-        append_text_parts(cJSON_GetObjectItemCaseSensitive(
-                              cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
-                          &text, &tlen);   /* the reason, as far as it fits */
-        snprintf(err, errlen, "a2a task %.39s%s%.400s", sv, text ? ": " : "",
-                 text ? text : "");
-        free(text);
+        task_state_error(err, errlen, sv, status);
         st = FB_EXEC_ERROR;
         goto done;
     }
@@ -537,23 +582,15 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
         cJSON_ArrayForEach(a, arts)
             oom |= append_data_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &data);
     }
-    if (!text && !data && !oom) {
-        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(
-                                     cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
-                                 &text, &tlen);
+    if (oom) {
+        cJSON_Delete(data);
+        free(text);
+    } else {
+        *res = parts_result(text, data,
+                            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(status, "message"),
+                                                             "parts"),
+                            r);
     }
-    if (oom)
-        *res = NULL;
-    else if (text)
-        *res = cJSON_CreateString(text);
-    else if (data && cJSON_GetArraySize(data) == 1)
-        *res = cJSON_DetachItemFromArray(data, 0);
-    else if (data)
-        *res = data, data = NULL;
-    else
-        *res = cJSON_Duplicate(r, 1);
-    cJSON_Delete(data);
-    free(text);
     if (!*res) {   /* never an ok record with a truncated or missing result */
         snprintf(err, errlen, "out of memory");
         st = FB_EXEC_ERROR;
@@ -561,6 +598,29 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
 done:
     cJSON_Delete(j);
     return st;
+}
+
+/* Send op's message again (from its reply's callback: the finished
+ * request is httpc's), as a2a_start says now; a failure to send ends op. */
+static void a2a_resend(struct adapter_op *op)
+{
+    op->req = NULL;
+    if (a2a_start(op))
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
+}
+
+/* The JSON-RPC error code of a plain reply to op's request, 0 when it is
+ * none (a result, or not a reply of op's). */
+static long reply_rpc_error(const struct adapter_op *op, const struct httpc_response *resp)
+{
+    cJSON *res;
+    char *task, err[256];
+    enum a2a_task_state ts;
+    long rpc_error;
+    (void)a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err, sizeof err);
+    cJSON_Delete(res);
+    free(task);
+    return rpc_error;
 }
 
 /* What a reply to an auto agent's probe (SendMessage, 1.0) says of its
@@ -587,9 +647,7 @@ static int a2a_probe_settle(struct adapter_op *op, enum fb_status st, enum a2a_t
     op->a2a_nostream = 0;
     if (!refused || op->rt->a2a_proto != A2A_VERSION_0_3)
         return 0;
-    op->req = NULL;   /* finished: httpc frees it */
-    if (a2a_start(op))
-        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send message/send", 1, 0, 0);
+    a2a_resend(op);
     return 1;
 }
 
@@ -601,14 +659,7 @@ static void a2a_done(void *ud, const struct httpc_response *resp)
     char err[512];
     if (!adapter_http_classify(resp, &st, err, sizeof err, &retry)) {
         if (op->a2a_probe && !resp->transport_error && resp->status >= 400 && resp->status < 500) {
-            cJSON *res;
-            char *task, err4[256];
-            enum a2a_task_state ts;
-            long rpc_error;
-            (void)a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err4,
-                            sizeof err4);
-            cJSON_Delete(res);
-            free(task);
+            long rpc_error = reply_rpc_error(op, resp);
             if ((rpc_error == -32601 || rpc_error == -32009) &&
                 a2a_probe_settle(op, FB_EXEC_ERROR, A2A_NO_TASK, rpc_error))
                 return;
@@ -710,34 +761,25 @@ static void stream_status(struct adapter_op *op, const cJSON *status)
     if (cls == A2A_TASK_RUNNING)
         return;
     op->a2a_task_ended = cls == A2A_TASK_ENDED;
-    char *text = NULL;
-    size_t tlen = 0;
-    int oom = append_text_parts(cJSON_GetObjectItemCaseSensitive(
-                                    cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
-                                &text, &tlen);
-    if (!oom && !strcmp(sv, "completed")) {
-        cJSON *res = NULL;
-        if (op->a2a_text)
-            res = cJSON_CreateString(op->a2a_text);
-        else if (op->a2a_data && cJSON_GetArraySize(op->a2a_data) == 1)
-            res = cJSON_DetachItemFromArray(op->a2a_data, 0);
-        else if (op->a2a_data)
-            res = op->a2a_data, op->a2a_data = NULL;
-        else
-            res = text ? cJSON_CreateString(text) : cJSON_Duplicate(status, 1);
+    if (!strcmp(sv, "completed")) {
+        /* the artifacts gathered so far are the result (parts_result takes them) */
+        cJSON *res = parts_result(op->a2a_text, op->a2a_data,
+                                  cJSON_GetObjectItemCaseSensitive(
+                                      cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                                  status);
+        op->a2a_text = NULL;
+        op->a2a_tlen = 0;
+        op->a2a_data = NULL;
         if (res)
             stream_end(op, FB_OK, res, NULL);
         else
             stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
-    } else if (oom) {
-        stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
     } else {
         char msg[512];
-        snprintf(msg, sizeof msg, "a2a task %.39s%s%.400s", sv, text ? ": " : "", text ? text : "");
+        task_state_error(msg, sizeof msg, sv, status);
         stream_end(op, FB_EXEC_ERROR, NULL, msg);
         op->a2a_waiting = cls == A2A_TASK_WAITING;
     }
-    free(text);
 }
 
 /* The object of a 1.0 StreamResponse member `key`, or r itself when it is
@@ -779,17 +821,12 @@ static void stream_apply(struct adapter_op *op, const char *json, size_t len)
     const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result"), *x;
     int has_error = e && !cJSON_IsNull(e);
     char msg[512];
-    if (id && !cJSON_IsNull(id) ? !(cJSON_IsNumber(id) && id->valuedouble == (double)op->rpc_id) : !has_error) {
+    if (!rpc_reply_is_ours(id, has_error, op->rpc_id)) {
         snprintf(msg, sizeof msg, "a2a stream event for another request (id %s)", id ? "mismatch" : "missing");
         stream_end(op, FB_PARSE_ERROR, NULL, msg);
     } else if (has_error) {
         const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
-        long c = -32603;
-        if (cJSON_IsNumber(code) && code->valuedouble >= -2147483648.0 && code->valuedouble <= 2147483647.0 &&
-            code->valuedouble == (double)(long)code->valuedouble && (long)code->valuedouble)
-            c = (long)code->valuedouble;
-        op->a2a_rpc_error = c;
+        long c = op->a2a_rpc_error = rpc_error_code(e);
         snprintf(msg, sizeof msg, "a2a error %ld: %s", c, cJSON_IsString(m) ? m->valuestring : "(no message)");
         stream_end(op, FB_EXEC_ERROR, NULL, msg);
     } else if (!cJSON_IsObject(r)) {
@@ -800,13 +837,13 @@ static void stream_apply(struct adapter_op *op, const char *json, size_t len)
         cJSON *data = NULL;
         const cJSON *parts = cJSON_GetObjectItemCaseSensitive(x, "parts");
         int oom = append_text_parts(parts, &text, &tlen) | (text ? 0 : append_data_parts(parts, &data));
-        cJSON *res = oom ? NULL
-                   : text ? cJSON_CreateString(text)
-                   : data && cJSON_GetArraySize(data) == 1 ? cJSON_DetachItemFromArray(data, 0)
-                   : data ? (cJSON_Duplicate(data, 1))
-                          : cJSON_Duplicate(x, 1);
-        cJSON_Delete(data);
-        free(text);
+        cJSON *res = NULL;
+        if (oom) {
+            cJSON_Delete(data);
+            free(text);
+        } else {
+            res = parts_result(text, data, NULL, x);
+        }
         if (res)
             stream_end(op, FB_OK, res, NULL);
         else
@@ -921,27 +958,25 @@ static int a2a_stream_peek(void *ud, const char *body, size_t len)
     return stream_scan(op, body, len, 0);
 }
 
-/* Send op again without streaming this once: the probe of an auto agent
- * whose stream method was unknown (-32601) - a 0.3 agent, or a 1.0 one
- * that does not stream: its plain SendMessage tells which (a2a_done,
- * a2a_probe_settle). */
-static void a2a_reprobe_plain(struct adapter_op *op)
+/* A refusal to stream, before the agent started a task for the call:
+ * -32601 to an auto agent's stream method may come from a 0.3 agent or a
+ * 1.0 one that does not stream, so op is sent once more without streaming
+ * as the probe that tells which (a2a_probe_settle); -32004 (unsupported
+ * operation), or -32601 from an agent of known version, turns streaming
+ * off for the agent and sends op plainly.  1 when op was sent again (or
+ * finished). */
+static int a2a_stream_refused(struct adapter_op *op, long rpc_error)
 {
-    op->a2a_nostream = 1;
-    op->a2a_stream_refused = 1;
-    op->req = NULL;   /* finished: httpc frees it */
-    if (a2a_start(op))
-        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
-}
-
-/* An agent that does not stream: op sent again without streaming, and
- * every later call to the agent. */
-static void a2a_stream_off(struct adapter_op *op)
-{
-    op->rt->a2a_stream = 0;
-    op->req = NULL;   /* finished: httpc frees it */
-    if (a2a_start(op))
-        adapter_finish(op, FB_EXEC_ERROR, NULL, "a2a: could not send the message", 1, 0, 0);
+    if (op->a2a_task || (rpc_error != -32004 && rpc_error != -32601))
+        return 0;
+    if (rpc_error == -32601 && op->a2a_probe) {
+        op->a2a_nostream = 1;
+        op->a2a_stream_refused = 1;
+    } else {
+        op->rt->a2a_stream = 0;
+    }
+    a2a_resend(op);
+    return 1;
 }
 
 /* The streamed call's reply ended (its outcome seen, or the stream closed). */
@@ -953,40 +988,19 @@ static void a2a_stream_done(void *ud, const struct httpc_response *resp)
         /* A plain JSON-RPC reply: an agent that does not stream says so
          * with -32004 (unsupported operation) or -32601 for the stream
          * method (while probing an auto agent, that may be a 0.3 agent:
-         * a2a_reprobe_plain), in a 2xx or a 4xx reply.  Anything else is a
+         * a2a_stream_refused), in a 2xx or a 4xx reply.  Anything else is a
          * plain reply to handle as such. */
-        if (!resp->transport_error && resp->status < 500) {
-            cJSON *res;
-            char *task, err[256];
-            enum a2a_task_state ts;
-            long rpc_error;
-            (void)a2a_reply(resp->body, resp->body_len, op->rpc_id, &res, &task, &ts, &rpc_error, err, sizeof err);
-            cJSON_Delete(res);
-            free(task);
-            if (!op->a2a_task && rpc_error == -32601 && op->a2a_probe) {
-                a2a_reprobe_plain(op);
-                return;
-            }
-            if (!op->a2a_task && (rpc_error == -32004 || rpc_error == -32601)) {
-                a2a_stream_off(op);
-                return;
-            }
-        }
+        if (!resp->transport_error && resp->status < 500 && a2a_stream_refused(op, reply_rpc_error(op, resp)))
+            return;
         a2a_done(ud, resp);
         return;
     }
     stream_scan(op, resp->body, resp->body_len, 1);
     /* a refusal counts only before the agent started a task for the call
      * (after, it is this call's error, and the task is stopped below) */
+    if (a2a_stream_refused(op, op->a2a_rpc_error))
+        return;
     long refusal = op->a2a_task ? 0 : op->a2a_rpc_error;
-    if (refusal == -32601 && op->a2a_probe) {
-        a2a_reprobe_plain(op);
-        return;
-    }
-    if (refusal == -32004 || refusal == -32601) {
-        a2a_stream_off(op);
-        return;
-    }
     if (a2a_probe_settle(op, op->a2a_ended ? op->b_status : FB_PARSE_ERROR,
                          op->a2a_task ? A2A_TASK_RUNNING : A2A_NO_TASK, refusal))
         return;

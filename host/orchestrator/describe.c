@@ -288,6 +288,8 @@ static void card_start(struct describe_one *o)
     const struct agent_spec *a = o->rt->spec;
     static char *const hdrs[] = { "Accept: application/json", NULL };
     char url[2048];
+    const char *host = strstr(a->url, "://") + 3;   /* the registry checked the scheme */
+    size_t origin = (size_t)(host - a->url) + strcspn(host, "/?#");
     if (a->card_url) {
         if (strlen(a->card_url) >= sizeof url) {
             one_finish(o, "its card_url is too long");
@@ -295,8 +297,6 @@ static void card_start(struct describe_one *o)
         }
         snprintf(url, sizeof url, "%s", a->card_url);
     } else {
-        const char *host = strstr(a->url, "://") + 3;   /* the registry checked the scheme */
-        size_t origin = (size_t)(host - a->url) + strcspn(host, "/?#");
         if (origin + sizeof CARD_PATH > sizeof url) {
             one_finish(o, "its url is too long to derive the agent card's");
             return;
@@ -305,8 +305,6 @@ static void card_start(struct describe_one *o)
         memcpy(url + origin, CARD_PATH, sizeof CARD_PATH);
     }
     /* the agent's own headers (credentials, say) go only to its own origin */
-    const char *host = strstr(a->url, "://") + 3;
-    size_t origin = (size_t)(host - a->url) + strcspn(host, "/?#");
     int same_origin = !strncmp(url, a->url, origin) && strchr("/?#", url[origin]);
     if (!(o->card = httpc_request(o->d->ex->http, "GET", url, hdrs, same_origin ? a->headers : NULL, NULL, 0, 0,
                                   a->ca_file, on_card, o))) {

@@ -222,6 +222,12 @@ struct adapter_op {
  * feeds it untrusted streams. */
 int a2a_stream_feed(struct adapter_op *op, const char *body, size_t len, int at_end);
 
+/* adapter_op.c: whether a JSON-RPC reply's id `v` is `id`.  Our ids are
+ * integers we chose; a reply's id is a double that may be anything (1e300,
+ * -0.5): compared as a double, never cast to long (out of range, that cast
+ * is undefined behaviour). */
+int rpc_id_is(const cJSON *v, long id);
+
 /* adapter_op.c: deliver op's b_status / b_result / b_err / b_retryable
  * (set by the caller) from the loop's next turn, then free the op.  PS_OK,
  * or PS_ENOMEM (nothing delivered). */

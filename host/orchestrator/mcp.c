@@ -196,14 +196,6 @@ static cJSON *tools_call_msg(struct adapter_op *op)
     return m;
 }
 
-/* JSON-RPC ids are integers we chose; a reply's id is a double that may be
- * anything (1e300, -0.5): compared as a double, never cast to long (out of
- * range, that cast is undefined behaviour). */
-static int rpc_id_is(const cJSON *v, long id)
-{
-    return cJSON_IsNumber(v) && v->valuedouble == (double)id;
-}
-
 /* The response to request `id` in a JSON body (takes j; NULL when there
  * is none): the object itself when its id is `id` and it has a result or
  * an error, or when it has no id (null or absent: a server that could not
