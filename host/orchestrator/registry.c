@@ -101,6 +101,11 @@ static const char *const spec_fields[] = {
     "a2a_version", "card_url", "a2a_streaming",
 };
 
+static int is_http_url(const char *s)
+{
+    return !strncmp(s, "http://", 7) || !strncmp(s, "https://", 8);
+}
+
 static int name_ok(const char *s)
 {
     size_t n = strlen(s);
@@ -204,7 +209,7 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
                     a->kind == AGENT_A2A || a->kind == AGENT_HTTP_JSON;
     if (needs_url && !a->url)
         return ps_error_set(PS_EINVAL, "%s.url: required for kind %s", where, agent_kind_str(a->kind));
-    if (a->url && strncmp(a->url, "http://", 7) && strncmp(a->url, "https://", 8))
+    if (a->url && !is_http_url(a->url))
         return ps_error_set(PS_EINVAL, "%s.url: must start with http:// or https://", where);
     if (a->url && !needs_url)
         return ps_error_set(PS_EINVAL, "%s.url: not used by kind %s", where, agent_kind_str(a->kind));
@@ -226,10 +231,12 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
             return ps_error_set(PS_EINVAL, "%s.ca_file: cannot read '%s': %s", where, a->ca_file, why);
     }
 
+    static const char *const a2a_only[] = { "a2a_version", "a2a_streaming", "card_url" };
+    for (size_t i = 0; i < sizeof a2a_only / sizeof a2a_only[0]; i++)
+        if (a->kind != AGENT_A2A && cJSON_GetObjectItemCaseSensitive(o, a2a_only[i]))
+            return ps_error_set(PS_EINVAL, "%s.%s: only for kind a2a", where, a2a_only[i]);
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(o, "a2a_version");
     if (ver) {
-        if (a->kind != AGENT_A2A)
-            return ps_error_set(PS_EINVAL, "%s.a2a_version: only for kind a2a", where);
         if (!cJSON_IsString(ver) || (strcmp(ver->valuestring, "1.0") && strcmp(ver->valuestring, "0.3") &&
                                      strcmp(ver->valuestring, "auto")))
             return ps_error_set(PS_EINVAL, "%s.a2a_version: must be \"1.0\", \"0.3\" or \"auto\"", where);
@@ -241,15 +248,11 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
     a->a2a_streaming = -1;
     const cJSON *stream = cJSON_GetObjectItemCaseSensitive(o, "a2a_streaming");
     if (stream) {
-        if (a->kind != AGENT_A2A)
-            return ps_error_set(PS_EINVAL, "%s.a2a_streaming: only for kind a2a", where);
         if (!cJSON_IsBool(stream))
             return ps_error_set(PS_EINVAL, "%s.a2a_streaming: must be true or false", where);
         a->a2a_streaming = cJSON_IsTrue(stream);
     }
-    if (a->card_url && a->kind != AGENT_A2A)
-        return ps_error_set(PS_EINVAL, "%s.card_url: only for kind a2a", where);
-    if (a->card_url && strncmp(a->card_url, "http://", 7) && strncmp(a->card_url, "https://", 8))
+    if (a->card_url && !is_http_url(a->card_url))
         return ps_error_set(PS_EINVAL, "%s.card_url: must start with http:// or https://", where);
 
     const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(o, "command");
