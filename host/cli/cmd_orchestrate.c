@@ -86,6 +86,10 @@ static void usage(FILE *out)
         "  --stagger-ms W     spread the submissions uniformly over W ms (default 0: all at once)\n"
         "  --mock-agent PORT  serve the built-in mock HTTP agent on 127.0.0.1:PORT (0: any port)\n"
         "                     for the run; {MOCK_PORT} in the agents file is replaced by its port\n"
+        "  --mock-threads N   the mock agent's threads, each with its own listener on the port\n"
+        "                     (SO_REUSEPORT; default 1)\n"
+        "  --http-threads N   I/O threads for plain-http agent calls (0-64, default 0: the\n"
+        "                     executor's own loop does the socket work)\n"
         "  --local-url URL    OpenAI chat endpoint serving the embedded model (kind local)\n"
         "  --cancel-after MS  cancel every unfinished task after MS milliseconds\n"
         "  --max-events N     events kept per task (default 100000); a task that\n"
@@ -343,17 +347,19 @@ int cmd_orchestrate(int argc, char **argv)
         {"stats", no_argument, 0, 's'}, {"max-events", required_argument, 0, 'e'},
         {"stagger-ms", required_argument, 0, 'w'}, {"floor", required_argument, 0, 'F'},
         {"warmup", no_argument, 0, 'W'}, {"catalogue", no_argument, 0, 'C'},
+        {"http-threads", required_argument, 0, 'H'}, {"mock-threads", required_argument, 0, 'M'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
     int n_task_args = 0;
     int32_t repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0, floor_n = 0;
+    int32_t http_threads = 0, mock_threads = 1;
     int warmup = 0, print_catalogue = 0;
     struct run r = {0};
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:qshWC", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:H:M:qshWC", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -372,6 +378,8 @@ int cmd_orchestrate(int argc, char **argv)
         case 'e': if (cli_parse_i32("orchestrate", "--max-events", optarg, 4, INT32_MAX, &max_events)) return 2; break;
         case 'w': if (cli_parse_i32("orchestrate", "--stagger-ms", optarg, 0, 3600000, &r.stagger_ms)) return 2; break;
         case 'F': if (cli_parse_i32("orchestrate", "--floor", optarg, 0, 10000000, &floor_n)) return 2; break;
+        case 'H': if (cli_parse_i32("orchestrate", "--http-threads", optarg, 0, HTTPC_MAX_IO_THREADS, &http_threads)) return 2; break;
+        case 'M': if (cli_parse_i32("orchestrate", "--mock-threads", optarg, 1, MOCK_AGENT_MAX_THREADS, &mock_threads)) return 2; break;
         case 'q': r.quiet = 1; break;
         case 'W': warmup = 1; break;
         case 'C': print_catalogue = 1; break;
@@ -407,7 +415,7 @@ int cmd_orchestrate(int argc, char **argv)
     }
     if (!r.base || !reqs)
         goto done;
-    if (mock_port >= 0 && !(mock = mock_agent_start(mock_port))) {
+    if (mock_port >= 0 && !(mock = mock_agent_start_threads(mock_port, mock_threads))) {
         fprintf(stderr, "paraserve orchestrate: cannot start the mock agent on port %d\n", mock_port);
         goto done;
     }
@@ -454,7 +462,7 @@ int cmd_orchestrate(int argc, char **argv)
             cJSON_AddItemToArray(reqs, j);
         }
     }
-    struct exec_config ecfg = { .local_url = local_url };
+    struct exec_config ecfg = { .local_url = local_url, .http_threads = http_threads };
     struct orch_config ocfg = { .max_events = max_events };
     if (agents_describe(reg, &ecfg, DESCRIBE_WAIT_MS, stderr, NULL)) {
         fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
@@ -563,6 +571,8 @@ int cmd_orchestrate(int argc, char **argv)
     double loop_cpu = thread_cpu_s() - cpu0, user1, sys1;
     exec_get_stats(orch_executor(r.orch), &xs1);
     int64_t connects = xs1.http_connects - xs0.http_connects;
+    double io_cpu = xs1.http_io_cpu_ns >= 0 && xs0.http_io_cpu_ns >= 0
+                        ? (double)(xs1.http_io_cpu_ns - xs0.http_io_cpu_ns) / 1e9 : -1.0;
     thread_user_sys_s(&user1, &sys1);
     int64_t mock_cpu1 = mock ? mock_agent_cpu_ns(mock) : -1;
     int64_t mock_requests = mock ? mock_agent_requests(mock) - mock_req0 : 0;
@@ -621,7 +631,8 @@ int cmd_orchestrate(int argc, char **argv)
                "\"connections\":%lld,\"floor_requests\":%d,\"floor_client_us\":%.1f,\"floor_mock_us\":%.1f,"
                "\"floor_open_client_us\":%.1f,\"floor_open_mock_us\":%.1f,"
                "\"reply_queue_floor_p99_us\":%.1f,\"reply_queue_floor_cores_p99_us\":%.1f,"
-               "\"reply_queue_loop_p99_us\":%.1f,\"allocator\":\"%s\"}}\n",
+               "\"reply_queue_loop_p99_us\":%.1f,\"http_threads\":%d,\"http_threads_cpu_s\":%.4f,"
+               "\"mock_threads\":%d,\"allocator\":\"%s\"}}\n",
                r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.stagger_ms,
                r.total > 1 ? (double)(r.total - 1) * r.stagger_ms / r.total / 1000.0 : 0.0,
                r.peak_running, r.n_d2r,
@@ -631,7 +642,8 @@ int cmd_orchestrate(int argc, char **argv)
                pct(r.task_ms, r.n_task, 1.0), loop_cpu, user1 - user0, sys1 - sys0, mock_cpu,
                (long long)mock_requests,
                (long long)connects, floor_n, floor_client_us, floor_mock_us, open_client_us, open_mock_us,
-               q_floor1, q_floor_cores, q_loop, cli_allocator());
+               q_floor1, q_floor_cores, q_loop, http_threads, io_cpu, mock ? mock_agent_threads(mock) : 0,
+               cli_allocator());
     }
     fflush(stdout);
     rc = r.submit_error ? 2 : r.finished == r.total && !r.stats_oom ? 0 : 1;

@@ -367,7 +367,9 @@ int agents_describe(struct registry *reg, const struct exec_config *ecfg, int ma
         rc = ps_error_set(PS_ENOMEM, "describe: out of memory");
         goto out;
     }
-    if (!(d.ex = exec_create(base, reg, ecfg))) {
+    struct exec_config one_loop = ecfg ? *ecfg : (struct exec_config){0};
+    one_loop.http_threads = 0;                 /* a handful of requests: no I/O threads */
+    if (!(d.ex = exec_create(base, reg, &one_loop))) {
         rc = PS_ENOMEM;
         goto out;
     }

@@ -619,6 +619,8 @@ struct exec *exec_create(struct event_base *base, const struct registry *reg,
     ex->agents = calloc((size_t)ex->n_agents + 1, sizeof *ex->agents);
     if (!ex->http || !ex->agents)
         goto fail;
+    if (cfg && cfg->http_threads && httpc_set_io_threads(ex->http, cfg->http_threads))
+        goto fail_status;
     for (int i = 0; i < ex->n_agents; i++) {
         ex->agents[i].spec = registry_at(reg, i);
         ex->agents[i].a2a_proto = ex->agents[i].spec->a2a_version;
@@ -645,6 +647,9 @@ struct exec *exec_create(struct event_base *base, const struct registry *reg,
 fail:
     exec_destroy(ex);
     ps_error_set(PS_ENOMEM, "executor: out of memory");
+    return NULL;
+fail_status:                   /* ps_error_set already says why */
+    exec_destroy(ex);
     return NULL;
 }
 
@@ -888,4 +893,5 @@ void exec_get_stats(const struct exec *ex, struct exec_stats *st)
         st->queued += ex->agents[i].queued;
     st->http_active = httpc_active(ex->http);
     st->http_connects = httpc_connects(ex->http);
+    st->http_io_cpu_ns = httpc_io_cpu_ns(ex->http);
 }

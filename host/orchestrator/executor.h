@@ -95,6 +95,8 @@ struct exec_config {
                                 that honours it does so on its token-
                                 authenticated port only) */
     uint64_t    seed;        /* jitter PRNG seed (0: from the clock) */
+    int         http_threads;/* I/O threads for plain-http agent calls
+                                (httpc_set_io_threads; 0: on the loop) */
 };
 
 /* Create an executor on `base` (not owned) over `reg` (not owned; must
@@ -142,6 +144,7 @@ struct exec_stats {
     int64_t calls_started, calls_finished, attempts, retries, breaker_rejects;
     int     running, queued, http_active;
     int64_t http_connects;   /* connections opened by httpc's fast path */
+    int64_t http_io_cpu_ns;  /* CPU time of httpc's I/O threads so far (0: none) */
 };
 void exec_get_stats(const struct exec *ex, struct exec_stats *st);
 

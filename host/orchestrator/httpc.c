@@ -31,10 +31,12 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +60,8 @@
 
 struct hpool;
 struct hconn;
+struct hjob;
+struct hlane;
 
 struct httpc {
     struct event_base *base;
@@ -74,7 +78,20 @@ struct httpc {
     struct hpool      *pools;      /* fast path: one per host:port */
     CURL              *idle[HTTPC_IDLE_EASY];  /* finished easy handles, reset, for reuse */
     int                n_idle;
-    int64_t            n_connects; /* fast path: connections opened so far */
+    _Atomic int64_t    n_connects; /* fast path: connections opened so far */
+    /* I/O lanes (httpc_set_io_threads): fast-path requests run on these */
+    struct hlane      *lanes;
+    int                n_lanes;
+    int                next_lane;
+    int                lanes_stopped; /* destroy joined them: jobs are freed here */
+    struct event      *flush;      /* posts the jobs made during this loop turn */
+    int                flush_armed;
+    int                ret_fd;     /* eventfd: lanes wrote finished jobs to `rets` */
+    struct event      *ret_ev;
+    pthread_mutex_t    ret_mu;
+    int                ret_mu_init;
+    struct hjob       *rets, *rets_tail;  /* ret_mu */
+    int                ret_signalled;     /* ret_mu: ret_fd written, not yet read */
 };
 
 struct httpc_req {
@@ -103,6 +120,7 @@ struct httpc_req {
     int                got_bytes;  /* any reply byte arrived */
     httpc_peek_fn      peek;       /* NULL: none (httpc_set_peek) */
     int                peeked;     /* peek ended it (curl path: the write abort is not an error) */
+    struct hjob       *job;        /* lanes: the job carrying it, until its result arrived */
 };
 
 struct hpool {
@@ -147,10 +165,17 @@ static void curl_init_once(void) { curl_global_init(CURL_GLOBAL_DEFAULT); }
 
 static void hconn_close(struct hconn *c);
 static void hc_release(struct httpc_req *r, int reusable);
+static void lane_abandon(struct httpc_req *r);
+static void lane_take_back(struct httpc_req *r);
+static void lanes_stop(struct httpc *h);
+static int  lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char *out, size_t out_len,
+                      long timeout_ms);
 
 static void req_free(struct httpc_req *r)
 {
     struct httpc *h = r->h;
+    if (r->job)
+        lane_abandon(r);
     if (r->in_multi) {
         curl_multi_remove_handle(h->multi, r->easy);
         r->in_multi = 0;
@@ -361,6 +386,8 @@ void httpc_destroy(struct httpc *h)
 {
     if (!h)
         return;
+    if (h->n_lanes)
+        lanes_stop(h);
     while (h->all)
         req_free(h->all);
     while (h->pools) {
@@ -379,6 +406,15 @@ void httpc_destroy(struct httpc *h)
         event_free(h->timer);
     if (h->kick)
         event_free(h->kick);
+    if (h->flush)
+        event_free(h->flush);
+    if (h->ret_ev)
+        event_free(h->ret_ev);
+    if (h->n_lanes && h->ret_fd >= 0)
+        close(h->ret_fd);
+    if (h->ret_mu_init)
+        pthread_mutex_destroy(&h->ret_mu);
+    free(h->lanes);
     free(h);
 }
 
@@ -387,10 +423,6 @@ int httpc_active(const struct httpc *h)
     return h ? h->n_active : 0;
 }
 
-int64_t httpc_connects(const struct httpc *h)
-{
-    return h ? h->n_connects : 0;
-}
 
 static size_t on_body(char *p, size_t sz, size_t n, void *ud)
 {
@@ -943,6 +975,13 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
         free(out);
         return NULL;
     }
+    if (h->n_lanes) {
+        if (lane_post(h, r, p, out, len, timeout_ms)) {
+            free(out);
+            return NULL;
+        }
+        return r;
+    }
     r->out = out;
     r->out_len = len;
     r->pool = p;
@@ -950,6 +989,472 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
     r->deadline_ns = timeout_ms > 0 ? orch_now_ns() + (int64_t)timeout_ms * 1000000 : 0;
     hc_start(r);              /* a failure is delivered through the kick event */
     return r;
+}
+
+/* ---- I/O lanes ------------------------------------------------------------
+ * With httpc_set_io_threads(h, n), fast-path requests are carried out on n
+ * lane threads, each an httpc of its own (own event base, own keep-alive
+ * pools) on which the request runs exactly as it would on the caller's
+ * loop.  The caller's loop keeps the requests it hands out (the proxies:
+ * what httpc_request returns, what callbacks and httpc_cancel see); the
+ * socket work - connect, send, recv, HTTP parsing - is the lanes'.
+ *
+ * A job carries one request to a lane and its reply back:
+ *   made (caller's loop, in its lane's `pend` list; posted = 0)
+ *   --flush, at the end of the loop turn: one lock and at most one eventfd
+ *     write per lane for every job made in the turn--> LIVE on the lane
+ *   --reply or failure on the lane: CAS LIVE->DONE--> back on `rets`
+ *     (one eventfd write per batch) --> its proxy gets the reply on the
+ *     caller's loop and is delivered like any other (done list, callback)
+ *   httpc_cancel of the proxy:
+ *     not posted: the job is unlinked and freed on the spot;
+ *     LIVE: CAS LIVE->CANCEL and a cancel message, sent at once; the lane
+ *       cancels the request if it still runs and frees the job (the
+ *       caller's loop never touches a job again once CANCEL is set);
+ *     DONE: the job is orphaned and freed when it arrives back.
+ * So each job is freed exactly once, by whichever side the state names.
+ * Requests with a peek function (streams read as they arrive) stay on the
+ * caller's loop: httpc_set_peek takes an unposted job back. */
+
+enum { JOB_LIVE, JOB_CANCEL, JOB_DONE };
+
+struct hjob {
+    struct httpc_req   *proxy;     /* caller's loop: the request it carries */
+    struct hlane       *lane;
+    const struct hpool *origin;    /* caller's pool: key and address (immutable) */
+    char               *out;       /* request bytes, until the lane takes them */
+    size_t              out_len;
+    long                timeout_ms;
+    int64_t             deadline_ns;
+    _Atomic int         state;
+    int                 posted;    /* caller's loop: handed to the lane */
+    int                 orphan;    /* caller's loop: cancelled while DONE */
+    struct hjob        *pprev_link;/* caller's loop: `pend` list (doubly linked) */
+    struct hjob        *pnext;
+    struct httpc_req   *inner;     /* lane: its request while in flight */
+    CURLcode            result;    /* lane -> caller: as httpc_req */
+    char                errbuf[CURL_ERROR_SIZE];
+    struct httpc_reply  rep;
+    struct hjob        *next;      /* the lane's `starts`, or `rets` */
+    struct hjob        *next_cancel; /* the lane's `cancels` */
+};
+
+struct hlane {
+    struct httpc      *owner;      /* the caller's httpc */
+    struct httpc      *h;          /* the lane's own, used on its thread only */
+    struct event_base *base;
+    struct event      *wake_ev;
+    int                fd;         /* eventfd: `starts` / `cancels` / stop */
+    pthread_t          thread;
+    int                running;
+    pthread_mutex_t    mu;
+    int                mu_init;
+    struct hjob       *starts, *starts_tail;   /* mu */
+    struct hjob       *cancels;                /* mu */
+    int                signalled;              /* mu: fd written, not yet read */
+    int                stop;                   /* mu */
+    /* caller's loop only, posted at the next flush */
+    struct hjob       *pend, *pend_tail;
+};
+
+static void job_free(struct hjob *j)
+{
+    free(j->out);
+    httpc_reply_clear(&j->rep);
+    free(j);
+}
+
+static void eventfd_signal(int fd)
+{
+    uint64_t one = 1;
+    while (write(fd, &one, sizeof one) < 0 && errno == EINTR)
+        ;
+}
+
+static void eventfd_drain(int fd)
+{
+    uint64_t v;
+    while (read(fd, &v, sizeof v) < 0 && errno == EINTR)
+        ;
+}
+
+static void pend_unlink(struct hjob *j)
+{
+    struct hlane *l = j->lane;
+    if (j->pprev_link) j->pprev_link->pnext = j->pnext; else l->pend = j->pnext;
+    if (j->pnext) j->pnext->pprev_link = j->pprev_link; else l->pend_tail = j->pprev_link;
+    j->pprev_link = j->pnext = NULL;
+}
+
+static void arm_flush(struct httpc *h)
+{
+    if (!h->flush_armed) {
+        h->flush_armed = 1;
+        event_active(h->flush, 0, 0);
+    }
+}
+
+/* Caller's loop: post every lane's jobs made this turn. */
+static void on_flush(evutil_socket_t fd, short what, void *arg)
+{
+    struct httpc *h = arg;
+    h->flush_armed = 0;
+    for (int i = 0; i < h->n_lanes; i++) {
+        struct hlane *l = &h->lanes[i];
+        if (!l->pend)
+            continue;
+        struct hjob *first = l->pend, *last = l->pend_tail;
+        l->pend = l->pend_tail = NULL;
+        for (struct hjob *j = first, *n; j; j = n) {   /* `pend` becomes the tail of `starts` */
+            n = j->pnext;
+            j->posted = 1;
+            j->next = n;
+            j->pprev_link = j->pnext = NULL;
+        }
+        pthread_mutex_lock(&l->mu);
+        if (l->starts_tail) l->starts_tail->next = first; else l->starts = first;
+        l->starts_tail = last;
+        int wake = !l->signalled;
+        l->signalled = 1;
+        pthread_mutex_unlock(&l->mu);
+        if (wake)
+            eventfd_signal(l->fd);
+    }
+}
+
+/* Lane: the job's request ended (its done callback, on the lane's loop). */
+static void lane_done(void *ud, const struct httpc_response *resp)
+{
+    (void)resp;
+    struct hjob *j = ud;
+    struct httpc_req *in = j->inner;
+    j->inner = NULL;
+    int live = JOB_LIVE;
+    if (!atomic_compare_exchange_strong(&j->state, &live, JOB_DONE))
+        return;                            /* cancelled: its cancel message frees it */
+    j->result = in->result;
+    memcpy(j->errbuf, in->errbuf, sizeof j->errbuf);
+    j->rep = in->rep;                      /* the reply moves to the job */
+    memset(&in->rep, 0, sizeof in->rep);
+    struct httpc *owner = j->lane->owner;
+    j->next = NULL;
+    pthread_mutex_lock(&owner->ret_mu);
+    if (owner->rets_tail) owner->rets_tail->next = j; else owner->rets = j;
+    owner->rets_tail = j;
+    int wake = !owner->ret_signalled;
+    owner->ret_signalled = 1;
+    pthread_mutex_unlock(&owner->ret_mu);
+    if (wake)
+        eventfd_signal(owner->ret_fd);
+}
+
+/* Lane: start one job's request on the lane's own httpc. */
+static void lane_start(struct hlane *l, struct hjob *j)
+{
+    struct httpc *h = l->h;
+    struct httpc_req *r = calloc(1, sizeof *r);
+    struct hpool *p = r ? pool_get(h, j->origin->key, &j->origin->sa, j->origin->salen) : NULL;
+    if (!r || !p) {
+        free(r);
+        int live = JOB_LIVE;
+        if (atomic_compare_exchange_strong(&j->state, &live, JOB_DONE)) {
+            j->result = CURLE_OUT_OF_MEMORY;
+            snprintf(j->errbuf, sizeof j->errbuf, "http: out of memory");
+            struct httpc *owner = l->owner;
+            j->next = NULL;
+            pthread_mutex_lock(&owner->ret_mu);
+            if (owner->rets_tail) owner->rets_tail->next = j; else owner->rets = j;
+            owner->rets_tail = j;
+            int wake = !owner->ret_signalled;
+            owner->ret_signalled = 1;
+            pthread_mutex_unlock(&owner->ret_mu);
+            if (wake)
+                eventfd_signal(owner->ret_fd);
+        }
+        return;
+    }
+    r->h = h;
+    r->done = lane_done;
+    r->ud = j;
+    r->next = h->all;
+    if (h->all) h->all->prev = r;
+    h->all = r;
+    h->n_active++;
+    r->out = j->out;
+    r->out_len = j->out_len;
+    j->out = NULL;
+    r->pool = p;
+    r->timeout_ms = j->timeout_ms;
+    r->deadline_ns = j->deadline_ns;
+    j->inner = r;
+    hc_start(r);                           /* a failure is delivered through the lane's kick */
+}
+
+static void on_lane_wake(evutil_socket_t fd, short what, void *arg)
+{
+    struct hlane *l = arg;
+    eventfd_drain(l->fd);
+    pthread_mutex_lock(&l->mu);
+    if (l->stop) {
+        pthread_mutex_unlock(&l->mu);
+        event_base_loopbreak(l->base);
+        return;
+    }
+    struct hjob *starts = l->starts, *cancels = l->cancels;
+    l->starts = l->starts_tail = NULL;
+    l->cancels = NULL;
+    l->signalled = 0;
+    pthread_mutex_unlock(&l->mu);
+    while (starts) {
+        struct hjob *j = starts;
+        starts = j->next;
+        if (atomic_load(&j->state) == JOB_LIVE)
+            lane_start(l, j);              /* else its cancel message is on its way */
+    }
+    while (cancels) {
+        struct hjob *j = cancels;
+        cancels = j->next_cancel;
+        if (j->inner)
+            httpc_cancel(j->inner);
+        job_free(j);
+    }
+    dispatch_done(l->h);
+}
+
+static void *lane_main(void *arg)
+{
+    struct hlane *l = arg;
+    event_base_dispatch(l->base);
+    return NULL;
+}
+
+/* Caller's loop: replies the lanes sent back. */
+static void on_rets(evutil_socket_t fd, short what, void *arg)
+{
+    struct httpc *h = arg;
+    eventfd_drain(h->ret_fd);
+    pthread_mutex_lock(&h->ret_mu);
+    struct hjob *j = h->rets;
+    h->rets = h->rets_tail = NULL;
+    h->ret_signalled = 0;
+    pthread_mutex_unlock(&h->ret_mu);
+    while (j) {
+        struct hjob *n = j->next;
+        if (!j->orphan) {
+            struct httpc_req *r = j->proxy;
+            r->job = NULL;
+            r->result = j->result;
+            memcpy(r->errbuf, j->errbuf, sizeof r->errbuf);
+            r->rep = j->rep;
+            memset(&j->rep, 0, sizeof j->rep);
+            push_done(r);
+        }
+        job_free(j);
+        j = n;
+    }
+    dispatch_done(h);
+}
+
+/* Caller's loop: hand r (its request bytes made, pool p) to the next lane. */
+static int lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char *out, size_t out_len,
+                     long timeout_ms)
+{
+    struct hjob *j = calloc(1, sizeof *j);
+    if (!j)
+        return -1;
+    struct hlane *l = &h->lanes[h->next_lane];
+    h->next_lane = (h->next_lane + 1) % h->n_lanes;
+    j->proxy = r;
+    j->lane = l;
+    j->origin = p;
+    j->out = out;
+    j->out_len = out_len;
+    j->timeout_ms = timeout_ms;
+    j->deadline_ns = timeout_ms > 0 ? orch_now_ns() + (int64_t)timeout_ms * 1000000 : 0;
+    atomic_init(&j->state, JOB_LIVE);
+    j->pprev_link = l->pend_tail;
+    if (l->pend_tail) l->pend_tail->pnext = j; else l->pend = j;
+    l->pend_tail = j;
+    r->job = j;
+    r->pool = p;
+    arm_flush(h);
+    return 0;
+}
+
+/* Caller's loop: r is freed or cancelled while its job is out. */
+static void lane_abandon(struct httpc_req *r)
+{
+    struct hjob *j = r->job;
+    struct httpc *h = r->h;
+    r->job = NULL;
+    if (h->lanes_stopped) {
+        job_free(j);                       /* destroy: no lane runs any more */
+        return;
+    }
+    if (!j->posted) {
+        pend_unlink(j);
+        job_free(j);
+        return;
+    }
+    int live = JOB_LIVE;
+    if (atomic_compare_exchange_strong(&j->state, &live, JOB_CANCEL)) {
+        /* at once, not at the end of the turn: the connection closes now
+         * even when the caller does not run its loop again */
+        struct hlane *l = j->lane;
+        pthread_mutex_lock(&l->mu);
+        j->next_cancel = l->cancels;
+        l->cancels = j;
+        int wake = !l->signalled;
+        l->signalled = 1;
+        pthread_mutex_unlock(&l->mu);
+        if (wake)
+            eventfd_signal(l->fd);
+    } else {
+        j->orphan = 1;                     /* DONE: on its way back */
+    }
+}
+
+/* Caller's loop: take an unposted job back and run r here (peek). */
+static void lane_take_back(struct httpc_req *r)
+{
+    struct hjob *j = r->job;
+    if (!j || j->posted)
+        return;
+    pend_unlink(j);
+    r->job = NULL;
+    r->out = j->out;
+    r->out_len = j->out_len;
+    j->out = NULL;
+    r->pool = (struct hpool *)j->origin;
+    r->timeout_ms = j->timeout_ms;
+    r->deadline_ns = j->deadline_ns;
+    job_free(j);
+    hc_start(r);                           /* a failure is delivered through the kick */
+}
+
+static void lanes_stop(struct httpc *h)
+{
+    for (int i = 0; i < h->n_lanes; i++) {
+        struct hlane *l = &h->lanes[i];
+        if (!l->running)
+            continue;
+        pthread_mutex_lock(&l->mu);
+        l->stop = 1;
+        pthread_mutex_unlock(&l->mu);
+        eventfd_signal(l->fd);
+        pthread_join(l->thread, NULL);
+        l->running = 0;
+    }
+    h->lanes_stopped = 1;
+    /* Jobs only a message still names are freed here; the others belong
+     * to their proxies, which httpc_destroy frees next. */
+    for (int i = 0; i < h->n_lanes; i++) {
+        struct hlane *l = &h->lanes[i];
+        while (l->cancels) {
+            struct hjob *j = l->cancels;
+            l->cancels = j->next_cancel;
+            job_free(j);
+        }
+        l->starts = l->starts_tail = NULL;
+        if (l->h)
+            httpc_destroy(l->h);           /* requests still in flight: no callbacks */
+        l->h = NULL;
+        if (l->wake_ev) event_free(l->wake_ev);
+        if (l->base) event_base_free(l->base);
+        if (l->fd >= 0) close(l->fd);
+        if (l->mu_init) pthread_mutex_destroy(&l->mu);
+    }
+    for (struct hjob *j = h->rets, *n; j; j = n) {
+        n = j->next;
+        if (j->orphan)
+            job_free(j);
+        else
+            j->next = NULL;                /* its proxy frees it */
+    }
+    h->rets = h->rets_tail = NULL;
+}
+
+int httpc_set_io_threads(struct httpc *h, int n)
+{
+    if (n < 0 || n > HTTPC_MAX_IO_THREADS) {
+        ps_error_set(PS_EINVAL, "http: io threads must be 0 to %d, not %d", HTTPC_MAX_IO_THREADS, n);
+        return PS_EINVAL;
+    }
+    if (h->n_lanes || h->n_active) {
+        ps_error_set(PS_EINVAL, "http: io threads are set once, before any request");
+        return PS_EINVAL;
+    }
+    if (n == 0)
+        return PS_OK;
+    h->ret_fd = -1;
+    if (!(h->lanes = calloc((size_t)n, sizeof *h->lanes)))
+        goto nomem;
+    h->n_lanes = n;
+    for (int i = 0; i < n; i++)
+        h->lanes[i].fd = -1;
+    if (pthread_mutex_init(&h->ret_mu, NULL))
+        goto nomem;
+    h->ret_mu_init = 1;
+    if ((h->ret_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
+        !(h->ret_ev = event_new(h->base, h->ret_fd, EV_READ | EV_PERSIST, on_rets, h)) ||
+        event_add(h->ret_ev, NULL) || !(h->flush = event_new(h->base, -1, 0, on_flush, h)))
+        goto fail;
+    for (int i = 0; i < n; i++) {
+        struct hlane *l = &h->lanes[i];
+        l->owner = h;
+        if (pthread_mutex_init(&l->mu, NULL))
+            goto fail;
+        l->mu_init = 1;
+        if ((l->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 || !(l->base = event_base_new()) ||
+            !(l->h = httpc_create(l->base)) ||
+            !(l->wake_ev = event_new(l->base, l->fd, EV_READ | EV_PERSIST, on_lane_wake, l)) ||
+            event_add(l->wake_ev, NULL))
+            goto fail;
+        l->h->fast_ok = h->fast_ok;
+        l->h->fast_loopback = h->fast_loopback;
+        if (pthread_create(&l->thread, NULL, lane_main, l)) {
+            errno = EAGAIN;
+            goto fail;
+        }
+        l->running = 1;
+    }
+    return PS_OK;
+nomem:
+    ps_error_set(PS_ENOMEM, "http: out of memory for io threads");
+    return PS_ENOMEM;
+fail:
+    ps_error_set(PS_EINTERNAL, "http: cannot start io threads: %s", strerror(errno ? errno : ENOMEM));
+    return PS_EINTERNAL;
+}
+
+int httpc_io_threads(const struct httpc *h)
+{
+    return h ? h->n_lanes : 0;
+}
+
+int64_t httpc_io_cpu_ns(const struct httpc *h)
+{
+    int64_t sum = 0;
+    for (int i = 0; h && i < h->n_lanes; i++) {
+        clockid_t cid;
+        struct timespec ts;
+        if (!h->lanes[i].running || pthread_getcpuclockid(h->lanes[i].thread, &cid) ||
+            clock_gettime(cid, &ts))
+            return -1;
+        sum += (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    return sum;
+}
+
+int64_t httpc_connects(const struct httpc *h)
+{
+    if (!h)
+        return 0;
+    int64_t n = atomic_load(&h->n_connects);
+    for (int i = 0; i < h->n_lanes; i++)
+        if (h->lanes[i].h)
+            n += atomic_load(&h->lanes[i].h->n_connects);
+    return n;
 }
 
 /* ---- requests -------------------------------------------------------------- */
@@ -1039,8 +1544,11 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
 
 void httpc_set_peek(struct httpc_req *r, httpc_peek_fn peek)
 {
-    if (r)
-        r->peek = peek;
+    if (!r)
+        return;
+    r->peek = peek;
+    if (peek && r->job)
+        lane_take_back(r);                 /* peeks run on this loop */
 }
 
 void httpc_cancel(struct httpc_req *r)

@@ -71,6 +71,26 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
 typedef int (*httpc_peek_fn)(void *ud, const char *body, size_t len);
 void httpc_set_peek(struct httpc_req *r, httpc_peek_fn peek);
 
+/* Run plain-http fast-path requests (see above) on n I/O threads ("lanes",
+ * 0..HTTPC_MAX_IO_THREADS; 0, the default: on the loop's own thread), each
+ * with its own event loop and keep-alive pools, requests spread over them
+ * in turn.  The contract above is unchanged: every function is still
+ * called on the loop's thread, callbacks run there, and a cancelled
+ * request never calls back.  What moves to the lanes is the socket work
+ * (connect, send, recv, HTTP parsing), so one loop can drive more calls
+ * per second than its own core could carry.  Requests made during one
+ * loop turn are handed over together at its end (one lock and at most one
+ * wakeup per lane); replies come back in batches the same way.  Requests
+ * given a peek function stay on the loop.  Call once, before any request.
+ * PS_OK, PS_EINVAL (bad n, or called twice / too late), PS_ENOMEM,
+ * PS_EINTERNAL (no thread or eventfd). */
+#define HTTPC_MAX_IO_THREADS 64
+int httpc_set_io_threads(struct httpc *h, int n);
+int httpc_io_threads(const struct httpc *h);
+/* CPU time the I/O threads have used so far (ns; 0 without them, -1 if
+ * a thread's clock cannot be read). */
+int64_t httpc_io_cpu_ns(const struct httpc *h);
+
 /* Abort a request that has not called back yet; frees it.  NULL-safe. */
 void httpc_cancel(struct httpc_req *r);
 

@@ -60,8 +60,10 @@ struct flaky {
     struct flaky *next;
 };
 
+struct mock_worker;
+
 struct conn {
-    struct mock_agent *m;
+    struct mock_worker *w;
     int                fd;
     struct event      *rd, *wr, *delay;
     char              *in;
@@ -77,15 +79,25 @@ struct conn {
     struct conn       *prev, *next;
 };
 
-struct mock_agent {
+/* One thread: its own loop, its own listener on the shared port
+ * (SO_REUSEPORT: the kernel spreads new connections over the listeners),
+ * its connections. */
+struct mock_worker {
+    struct mock_agent *m;
     struct event_base *base;
     struct event      *accept_ev, *stop_ev;
     int                listen_fd;
     int                stop_fd[2];
-    int                port;
     pthread_t          thread;
     int                started;
     struct conn       *conns;
+};
+
+struct mock_agent {
+    struct mock_worker *workers;
+    int                n_workers;
+    int                port;
+    pthread_mutex_t    flaky_mu;     /* guards `flaky` (every worker's requests count) */
     struct flaky      *flaky;
     atomic_llong       n_requests, n_replies;
     pthread_mutex_t    sent_mu;      /* guards the send stamps */
@@ -96,8 +108,8 @@ struct mock_agent {
 
 static void conn_free(struct conn *c)
 {
-    struct mock_agent *m = c->m;
-    if (c->prev) c->prev->next = c->next; else m->conns = c->next;
+    struct mock_worker *w = c->w;
+    if (c->prev) c->prev->next = c->next; else w->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     if (c->rd) event_free(c->rd);
     if (c->wr) event_free(c->wr);
@@ -147,7 +159,7 @@ static void conn_reply_done(struct conn *c)
 
 static void conn_send_reply(struct conn *c, int code, const char *body)
 {
-    struct mock_agent *m = c->m;
+    struct mock_agent *m = c->w->m;
     size_t bl = strlen(body);
     /* Head and body go out with one send() from a per-thread buffer; the
      * heap holds a reply only while the kernel cannot take all of it.  Not
@@ -296,11 +308,13 @@ static int mock_decide(struct mock_agent *m, const char *text, size_t len,
         const cJSON *k = cJSON_GetObjectItemCaseSensitive(args, "key");
         const cJSON *ft = cJSON_GetObjectItemCaseSensitive(args, "fail_times");
         const char *key = cJSON_IsString(k) ? k->valuestring : "";
+        pthread_mutex_lock(&m->flaky_mu);
         struct flaky *f = m->flaky;
         while (f && strcmp(f->key, key))
             f = f->next;
         if (!f) {
             if (!(f = calloc(1, sizeof *f)) || !(f->key = strdup(key))) {
+                pthread_mutex_unlock(&m->flaky_mu);
                 free(f);
                 cJSON_Delete(args);
                 return -1;
@@ -308,7 +322,9 @@ static int mock_decide(struct mock_agent *m, const char *text, size_t len,
             f->next = m->flaky;
             m->flaky = f;
         }
-        if (f->seen++ < (cJSON_IsNumber(ft) ? ft->valueint : 1)) {
+        int fail = f->seen++ < (cJSON_IsNumber(ft) ? ft->valueint : 1);
+        pthread_mutex_unlock(&m->flaky_mu);
+        if (fail) {
             *code = 503;
             fixed = "{\"error\":\"flaky\"}";
         }
@@ -416,15 +432,15 @@ static void conn_parse(struct conn *c)
     if ((v = find_header(line_end + 1, head_end, "Connection", &vlen)))
         c->close_after = vlen == 5 && !strncasecmp(v, "close", 5);
     c->recv_ns = mock_receipt_ns(c);
-    atomic_fetch_add(&c->m->n_requests, 1);
+    atomic_fetch_add(&c->w->m->n_requests, 1);
     c->busy = 1;
     int code, sleep_ms, hang;
     char *body = NULL;
     int rc = 0;
     if (is_post)
-        rc = mock_decide(c->m, c->in + head_len, clen, &code, &body, &sleep_ms, &hang);
+        rc = mock_decide(c->w->m, c->in + head_len, clen, &code, &body, &sleep_ms, &hang);
     else if (is_get)
-        rc = mock_decide(c->m, "", 0, &code, &body, &sleep_ms, &hang);
+        rc = mock_decide(c->w->m, "", 0, &code, &body, &sleep_ms, &hang);
     else {
         code = 405;
         sleep_ms = hang = 0;
@@ -511,7 +527,7 @@ static void on_read(evutil_socket_t fd, short what, void *ud)
 
 static void on_accept(evutil_socket_t lfd, short what, void *ud)
 {
-    struct mock_agent *m = ud;
+    struct mock_worker *w = ud;
     for (;;) {
         int fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0)
@@ -524,15 +540,15 @@ static void on_accept(evutil_socket_t lfd, short what, void *ud)
             close(fd);
             continue;
         }
-        c->m = m;
+        c->w = w;
         c->fd = fd;
-        c->next = m->conns;
-        if (m->conns)
-            m->conns->prev = c;
-        m->conns = c;
-        c->rd = event_new(m->base, fd, EV_READ | EV_PERSIST, on_read, c);
-        c->wr = event_new(m->base, fd, EV_WRITE, on_write, c);
-        c->delay = evtimer_new(m->base, on_delay, c);
+        c->next = w->conns;
+        if (w->conns)
+            w->conns->prev = c;
+        w->conns = c;
+        c->rd = event_new(w->base, fd, EV_READ | EV_PERSIST, on_read, c);
+        c->wr = event_new(w->base, fd, EV_WRITE, on_write, c);
+        c->delay = evtimer_new(w->base, on_delay, c);
         if (!c->rd || !c->wr || !c->delay || event_add(c->rd, NULL))
             conn_free(c);
     }
@@ -540,77 +556,128 @@ static void on_accept(evutil_socket_t lfd, short what, void *ud)
 
 static void on_stop(evutil_socket_t fd, short what, void *ud)
 {
-    struct mock_agent *m = ud;
-    event_base_loopbreak(m->base);
+    struct mock_worker *w = ud;
+    event_base_loopbreak(w->base);
 }
 
 static void *mock_thread(void *ud)
 {
-    struct mock_agent *m = ud;
+    struct mock_worker *w = ud;
     /* 1 ns timer slack instead of the default 50 us: replies leave when
      * sleep_ms says, not up to 50 us later (best effort; ignored if refused). */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
     /* Normal priority: receipt is the kernel's stamp and replies are due
      * from it (see the top of this file), so a late wakeup costs neither
      * measure; real-time priority made every request a preemption. */
-    event_base_dispatch(m->base);
+    event_base_dispatch(w->base);
     return NULL;
 }
 
+static void worker_free(struct mock_worker *w)
+{
+    while (w->conns)
+        conn_free(w->conns);
+    if (w->accept_ev) event_free(w->accept_ev);
+    if (w->stop_ev) event_free(w->stop_ev);
+    if (w->base) event_base_free(w->base);
+    if (w->listen_fd >= 0) close(w->listen_fd);
+    if (w->stop_fd[0] >= 0) { close(w->stop_fd[0]); close(w->stop_fd[1]); }
+}
+
+/* Stop every started thread (or leave the agent running when one cannot
+ * be woken: racing it would be worse), then free. */
 static void mock_free(struct mock_agent *m)
 {
-    while (m->conns)
-        conn_free(m->conns);
-    if (m->accept_ev) event_free(m->accept_ev);
-    if (m->stop_ev) event_free(m->stop_ev);
-    if (m->base) event_base_free(m->base);
-    if (m->listen_fd >= 0) close(m->listen_fd);
-    if (m->stop_fd[0] >= 0) { close(m->stop_fd[0]); close(m->stop_fd[1]); }
+    for (int i = 0; i < m->n_workers; i++) {
+        struct mock_worker *w = &m->workers[i];
+        if (!w->started)
+            continue;
+        if (write(w->stop_fd[1], "x", 1) != 1)
+            return;
+        pthread_join(w->thread, NULL);
+        w->started = 0;
+    }
+    for (int i = 0; i < m->n_workers; i++)
+        worker_free(&m->workers[i]);
     while (m->flaky) {
         struct flaky *f = m->flaky;
         m->flaky = f->next;
         free(f->key);
         free(f);
     }
+    pthread_mutex_destroy(&m->flaky_mu);
     pthread_mutex_destroy(&m->sent_mu);
     free(m->sent_ns);
+    free(m->workers);
     free(m);
+}
+
+/* Listener, loop and events of worker w on `port` (0: any; the first
+ * worker's choice is then everybody's).  0 or -1. */
+static int worker_open(struct mock_worker *w, int port, int reuseport)
+{
+    struct event_config *cfg = event_config_new();
+    if (!cfg)
+        return -1;
+    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+    w->base = event_base_new_with_config(cfg);
+    event_config_free(cfg);
+    if (!w->base || pipe(w->stop_fd))
+        return -1;
+    w->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (w->listen_fd < 0)
+        return -1;
+    int one = 1;
+    setsockopt(w->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    if (reuseport && setsockopt(w->listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one))
+        return -1;
+    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t sl = sizeof sa;
+    if (bind(w->listen_fd, (struct sockaddr *)&sa, sizeof sa) || listen(w->listen_fd, MOCK_BACKLOG) ||
+        getsockname(w->listen_fd, (struct sockaddr *)&sa, &sl))
+        return -1;
+    w->m->port = ntohs(sa.sin_port);
+    w->accept_ev = event_new(w->base, w->listen_fd, EV_READ | EV_PERSIST, on_accept, w);
+    w->stop_ev = event_new(w->base, w->stop_fd[0], EV_READ, on_stop, w);
+    if (!w->accept_ev || !w->stop_ev || event_add(w->accept_ev, NULL) || event_add(w->stop_ev, NULL))
+        return -1;
+    return 0;
 }
 
 struct mock_agent *mock_agent_start(int port)
 {
+    return mock_agent_start_threads(port, 1);
+}
+
+struct mock_agent *mock_agent_start_threads(int port, int threads)
+{
+    if (threads < 1 || threads > MOCK_AGENT_MAX_THREADS)
+        return NULL;
     struct mock_agent *m = calloc(1, sizeof *m);
     if (!m)
         return NULL;
-    m->listen_fd = m->stop_fd[0] = m->stop_fd[1] = -1;
     pthread_mutex_init(&m->sent_mu, NULL);
-    struct event_config *cfg = event_config_new();
-    if (!cfg)
-        goto fail;
-    event_config_set_flag(cfg, EVENT_BASE_FLAG_PRECISE_TIMER);
-    m->base = event_base_new_with_config(cfg);
-    event_config_free(cfg);
-    if (!m->base || pipe(m->stop_fd))
-        goto fail;
-    m->listen_fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (m->listen_fd < 0)
-        goto fail;
-    int one = 1;
-    setsockopt(m->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-    sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t sl = sizeof sa;
-    if (bind(m->listen_fd, (struct sockaddr *)&sa, sizeof sa) || listen(m->listen_fd, MOCK_BACKLOG) ||
-        getsockname(m->listen_fd, (struct sockaddr *)&sa, &sl))
-        goto fail;
-    m->port = ntohs(sa.sin_port);
-    m->accept_ev = event_new(m->base, m->listen_fd, EV_READ | EV_PERSIST, on_accept, m);
-    m->stop_ev = event_new(m->base, m->stop_fd[0], EV_READ, on_stop, m);
-    if (!m->accept_ev || !m->stop_ev || event_add(m->accept_ev, NULL) || event_add(m->stop_ev, NULL))
-        goto fail;
-    if (pthread_create(&m->thread, NULL, mock_thread, m))
-        goto fail;
-    m->started = 1;
+    pthread_mutex_init(&m->flaky_mu, NULL);
+    if (!(m->workers = calloc((size_t)threads, sizeof *m->workers))) {
+        mock_free(m);
+        return NULL;
+    }
+    m->n_workers = threads;
+    for (int i = 0; i < threads; i++) {
+        struct mock_worker *w = &m->workers[i];
+        w->m = m;
+        w->listen_fd = w->stop_fd[0] = w->stop_fd[1] = -1;
+    }
+    /* every listener first, so no thread accepts before all can */
+    for (int i = 0; i < threads; i++)
+        if (worker_open(&m->workers[i], i ? m->port : port, threads > 1))
+            goto fail;
+    for (int i = 0; i < threads; i++) {
+        if (pthread_create(&m->workers[i].thread, NULL, mock_thread, &m->workers[i]))
+            goto fail;
+        m->workers[i].started = 1;
+    }
     return m;
 fail:
     mock_free(m);
@@ -618,16 +685,29 @@ fail:
 }
 
 int mock_agent_port(const struct mock_agent *m) { return m->port; }
+int mock_agent_threads(const struct mock_agent *m) { return m->n_workers; }
 int64_t mock_agent_requests(const struct mock_agent *m) { return atomic_load(&((struct mock_agent *)m)->n_requests); }
 int64_t mock_agent_replies(const struct mock_agent *m) { return atomic_load(&((struct mock_agent *)m)->n_replies); }
 
 int64_t mock_agent_cpu_ns(const struct mock_agent *m)
 {
-    clockid_t cid;
-    struct timespec ts;
-    if (!m || pthread_getcpuclockid(m->thread, &cid) || clock_gettime(cid, &ts))
+    if (!m)
         return -1;
-    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    int64_t sum = 0;
+    for (int i = 0; i < m->n_workers; i++) {
+        clockid_t cid;
+        struct timespec ts;
+        if (pthread_getcpuclockid(m->workers[i].thread, &cid) || clock_gettime(cid, &ts))
+            return -1;
+        sum += (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    return sum;
+}
+
+static int cmp_i64(const void *a, const void *b)
+{
+    int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+    return x < y ? -1 : x > y;
 }
 
 int mock_agent_send_times(struct mock_agent *m, int64_t from_ns, int64_t to_ns, int64_t **out, size_t *n)
@@ -645,17 +725,13 @@ int mock_agent_send_times(struct mock_agent *m, int64_t from_ns, int64_t to_ns, 
         if (m->sent_ns[i] >= from_ns && m->sent_ns[i] < to_ns)
             (*out)[(*n)++] = m->sent_ns[i];
     pthread_mutex_unlock(&m->sent_mu);
+    if (*n > 1 && m->n_workers > 1)
+        qsort(*out, *n, sizeof **out, cmp_i64);  /* threads interleave their stamps */
     return st;
 }
 
 void mock_agent_stop(struct mock_agent *m)
 {
-    if (!m)
-        return;
-    if (write(m->stop_fd[1], "x", 1) != 1) {
-        /* the thread cannot be woken: leave it running rather than race it */
-        return;
-    }
-    pthread_join(m->thread, NULL);
-    mock_free(m);
+    if (m)
+        mock_free(m);
 }

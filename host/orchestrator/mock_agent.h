@@ -22,12 +22,19 @@ struct mock_agent;
 
 /* Start on 127.0.0.1:port (0 = any free port).  NULL on failure. */
 struct mock_agent *mock_agent_start(int port);
+/* The same with `threads` (1..MOCK_AGENT_MAX_THREADS) threads, each with its
+ * own loop and its own listener on the port (SO_REUSEPORT); the counters,
+ * flaky keys and send stamps are shared.  A connection stays on the thread
+ * that accepted it.  NULL on failure. */
+#define MOCK_AGENT_MAX_THREADS 64
+struct mock_agent *mock_agent_start_threads(int port, int threads);
 int mock_agent_port(const struct mock_agent *m);
+int mock_agent_threads(const struct mock_agent *m);
 /* Requests received so far (thread-safe read). */
 int64_t mock_agent_requests(const struct mock_agent *m);
 /* Replies actually sent (not counting hangs, drops, cancelled sleeps). */
 int64_t mock_agent_replies(const struct mock_agent *m);
-/* CPU time the agent's thread has used so far (ns), -1 if unknown: shows
+/* CPU time the agent's threads have used so far (ns), -1 if unknown: shows
  * whether the mock, rather than the code under test, is the bottleneck. */
 int64_t mock_agent_cpu_ns(const struct mock_agent *m);
 /* The X-Agent-Send-Ns stamps of the replies sent in [from_ns, to_ns), in
@@ -35,7 +42,7 @@ int64_t mock_agent_cpu_ns(const struct mock_agent *m);
  * client must read arrived, for queueing bounds.  PS_ENOMEM when a stamp
  * was lost or no memory is left. */
 int mock_agent_send_times(struct mock_agent *m, int64_t from_ns, int64_t to_ns, int64_t **out, size_t *n);
-/* Stop the thread, drop unanswered requests, free.  NULL-safe. */
+/* Stop the threads, drop unanswered requests, free.  NULL-safe. */
 void mock_agent_stop(struct mock_agent *m);
 
 #endif /* PS_ORCH_MOCK_AGENT_H */

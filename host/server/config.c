@@ -62,6 +62,10 @@ static const struct opt_desc opts[] = {
     { "sse_heartbeat_ms", 0, OPT_INT, OFF(sse_heartbeat_ms), 0, 0, 3600000,
       "task event streams (SSE) get a ': keep-alive' comment this often, so proxies do not cut a stream "
       "that waits on slow agents; 0 = off (default 15000)" },
+    { "http_threads", 0, OPT_INT, OFF(http_threads), 0, 0, 64,
+      "I/O threads that carry /v1/tasks calls to plain-http agents (connect, send, receive, HTTP parsing), "
+      "so the event loop keeps only the bookkeeping; for many concurrent calls on machines with cores to "
+      "spare (default 0: the event loop does it all)" },
     { "prefix_cache", 0, OPT_BOOL, OFF(prefix_cache), 0, 0, 1, "reuse KV blocks of shared prompt prefixes (default true)" },
     { "device_sampling", 0, OPT_BOOL, OFF(device_sampling), 0, 0, 1,
       "sample (and apply grammar masks) on the GPU when the backend can; false: logits to the host sampler (default true)" },

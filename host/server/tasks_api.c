@@ -938,7 +938,8 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
         free(cats);
     }
     struct exec_config ecfg = { .local_url = cfg->local_url, .local_header = cfg->local_header,
-                                .local_tenant_header = cfg->local_tenant_header, .local_model = "default" };
+                                .local_tenant_header = cfg->local_tenant_header, .local_model = "default",
+                                .http_threads = cfg->http_threads };
     if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, NULL))) {
         rc = PS_ENOMEM;
         goto fail;

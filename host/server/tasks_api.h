@@ -82,6 +82,7 @@ struct tasks_api_config {
                                          agents' requests, or NULL */
     int                  max_body_bytes;
     int                  sse_heartbeat_ms; /* event streams: ': keep-alive' this often (0: off) */
+    int                  http_threads;     /* exec_config.http_threads */
     /* Shutdown accounting shared with the server: every waiting request
      * counts in m->in_flight until its reply ends, and its final reply in
      * *flushing until libevent has written it; drained(drained_ud) is called

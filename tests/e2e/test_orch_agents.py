@@ -71,7 +71,8 @@ def write_pool(tmp_path, agents):
     return str(p)
 
 
-def test_faults_against_python_mock(run, server_proc, tmp_path):
+@pytest.mark.parametrize("threads", [[], ["--http-threads", "2"]], ids=["loop", "lanes"])
+def test_faults_against_python_mock(run, server_proc, tmp_path, threads):
     port = free_port()
     server_proc(AGENTS / "mock_agent.py", port, port=port)
     pool = write_pool(tmp_path, [{"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/",
@@ -86,7 +87,7 @@ def test_faults_against_python_mock(run, server_proc, tmp_path):
              {"id": "ghost", "to": "nobody", "args": {}}]
     t0 = time.time()
     ev = orchestrate(run, pool, {"input": "faults", "script": [
-        {"calls": calls}, {"final": {"answer": "done", "uses": [c["id"] for c in calls]}}]})
+        {"calls": calls}, {"final": {"answer": "done", "uses": [c["id"] for c in calls]}}]}, extra=threads)
     by, final = calls_by_id(ev)
     assert final["status"] == "completed"
     want = {"ok": "ok", "slow": "ok", "hang": "timeout", "x5": "exec_error", "x4": "exec_error",
@@ -142,12 +143,19 @@ def test_https_agent_verified_with_its_ca_file(run, server_proc, tmp_path):
             r.stderr.decode()
 
 
-def test_parallel_fanout_and_dag(run):
+# The executor's socket work on its own loop, or on I/O threads with a
+# mock agent of several threads (--http-threads / --mock-threads).
+LANES = pytest.mark.parametrize("threads", [[], ["--http-threads", "3", "--mock-threads", "2"]],
+                                ids=["loop", "lanes"])
+
+
+@LANES
+def test_parallel_fanout_and_dag(run, threads):
     pool = str(AGENTS / "mock_pool.json")
     fan = {"input": "fan", "script": [
         {"calls": [{"id": f"c{i}", "to": "mock", "args": {"sleep_ms": 400}} for i in range(8)]},
         {"final": {"answer": "ok", "uses": [f"c{i}" for i in range(8)]}}]}
-    ev = orchestrate(run, pool, fan, extra=["--mock-agent", "0"])
+    ev = orchestrate(run, pool, fan, extra=["--mock-agent", "0", *threads])
     _, final = calls_by_id(ev)
     assert final["status"] == "completed"
     assert 0.39 < final["t_ms"] / 1000 < 0.9, final["t_ms"]       # ~0.4 s, not 3.2 s
@@ -156,20 +164,21 @@ def test_parallel_fanout_and_dag(run):
                    {"id": "b", "to": "mock", "args": {"sleep_ms": 300}, "after": ["a"]},
                    {"id": "c", "to": "mock", "args": {"sleep_ms": 300}}]},
         {"final": {"answer": "ok", "uses": ["b", "c"]}}]}
-    ev = orchestrate(run, pool, dag, extra=["--mock-agent", "0"])
+    ev = orchestrate(run, pool, dag, extra=["--mock-agent", "0", *threads])
     by, final = calls_by_id(ev)
     assert 0.59 < final["t_ms"] / 1000 < 0.85, final["t_ms"]      # critical path 0.6 s
     results = [e for e in ev if e["event"] == "call.result"]
     assert results[-1]["data"]["id"] == "b"
 
 
-def test_cancel_ignores_late_results(run):
+@LANES
+def test_cancel_ignores_late_results(run, threads):
     t = {"input": "cancel", "script": [
         {"calls": [{"id": "s1", "to": "mock", "args": {"sleep_ms": 400}},
                    {"id": "s2", "to": "mock", "args": {"sleep_ms": 400}, "after": ["s1"]}]},
         {"final": {"answer": "x", "uses": ["s2"]}}]}
     ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
-                     extra=["--mock-agent", "0", "--cancel-after", "100"])
+                     extra=["--mock-agent", "0", "--cancel-after", "100", *threads])
     by, final = calls_by_id(ev)
     assert final["status"] == "cancelled"
     assert by["s1"]["status"] == by["s2"]["status"] == "cancelled"
@@ -177,18 +186,25 @@ def test_cancel_ignores_late_results(run):
     assert term == len(ev) - 1                                      # nothing after the end
 
 
-def test_200_concurrent_tasks(run):
+@LANES
+def test_200_concurrent_tasks(run, threads):
     t = {"input": "many", "script": [
         {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 50}},
                    {"id": "b", "to": "mock", "args": {"sleep_ms": 50}, "after": ["a"]},
                    {"id": "k", "to": "calculator", "args": {"expression": "6*7"}}]},
         {"final": {"answer": "{{k}}", "uses": ["b", "k"]}}]}
     ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
-                     extra=["--mock-agent", "0", "--repeat", "200", "--quiet", "--stats"])
+                     extra=["--mock-agent", "0", "--repeat", "200", "--quiet", "--stats", *threads])
     finals = [e for e in ev if e.get("event") == "task.final"]
     assert len(finals) == 200 and all(f["data"]["output"] == "42" for f in finals)
     assert len({f["data"]["id"] for f in finals}) == 200
-    assert ev[-1]["stats"]["completed"] == 200
+    st = ev[-1]["stats"]
+    assert st["completed"] == 200 and st["mock_requests"] == 400
+    if threads:
+        # the I/O threads did the socket work and say what it cost
+        assert st["http_threads"] == 3 and st["mock_threads"] == 2 and st["http_threads_cpu_s"] > 0
+    else:
+        assert st["http_threads"] == 0 and st["mock_threads"] == 1 and st["http_threads_cpu_s"] == 0
 
 
 def test_stats_name_the_allocator_the_binary_links(run, paraserve_bin):
@@ -458,6 +474,9 @@ def test_task_count_over_int_is_refused(run, tmp_path):
     ("--cancel-after", "soon", "[0, 2147483647]"),  # atoi read 0: cancel at once
     ("--max-events", "3", "[4, 2147483647]"),
     ("--floor", "99999999999", "[0, 10000000]"),
+    ("--http-threads", "65", "[0, 64]"),
+    ("--http-threads", "-1", "[0, 64]"),
+    ("--mock-threads", "0", "[1, 64]"),
 ])
 def test_numeric_options_are_checked_whole(run, opt, value, rng):
     """Every numeric option of `orchestrate` is a whole base-10 integer in

@@ -42,10 +42,7 @@ def mock_port():
     p.wait()
 
 
-@pytest.fixture(scope="module")
-def srv(start_server, mock_port, tmp_path_factory):  # noqa: F811
-    """A server whose pool has the mock agent, a builtin tool and an
-    openai-chat agent pointing back at the server itself."""
+def _start_srv(start_server, mock_port, tmp_path_factory, *extra):  # noqa: F811
     port = free_port()
     pool = tmp_path_factory.mktemp("pool") / "agents.json"
     pool.write_text(json.dumps({"agents": [
@@ -63,10 +60,29 @@ def srv(start_server, mock_port, tmp_path_factory):  # noqa: F811
     orig = server_fixtures.free_port
     server_fixtures.free_port = lambda: port
     try:
-        s = start_server("--agents", str(pool), "--kv-blocks", 1024)
+        s = start_server("--agents", str(pool), "--kv-blocks", 1024, *extra)
     finally:
         server_fixtures.free_port = orig
     return s
+
+
+@pytest.fixture(scope="module")
+def srv(start_server, mock_port, tmp_path_factory):  # noqa: F811
+    """A server whose pool has the mock agent, a builtin tool and an
+    openai-chat agent pointing back at the server itself."""
+    return _start_srv(start_server, mock_port, tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def srv_lanes(start_server, mock_port, tmp_path_factory):  # noqa: F811
+    """The same server with its agent calls on two I/O threads (--http-threads)."""
+    return _start_srv(start_server, mock_port, tmp_path_factory, "--http-threads", 2)
+
+
+@pytest.fixture(params=["loop", "lanes"])
+def hsrv(request):
+    """The tests of plain-http agent calls run on both servers."""
+    return request.getfixturevalue("srv" if request.param == "loop" else "srv_lanes")
 
 
 def post(srv, body, timeout=30):
@@ -103,13 +119,13 @@ def by_id(summary):
     return {c["id"]: c for c in summary["calls"]}
 
 
-def test_fanout_8x400ms_over_http(srv):
+def test_fanout_8x400ms_over_http(hsrv):
     calls = [{"id": f"c{i}", "to": "mock", "args": {"sleep_ms": 400}} for i in range(8)]
-    warm = post(srv, {"input": "warm", "script": [{"calls": [{"id": "w", "to": "mock", "args": {}}]},
+    warm = post(hsrv, {"input": "warm", "script": [{"calls": [{"id": "w", "to": "mock", "args": {}}]},
                                                   {"final": {"answer": "ok", "uses": ["w"]}}]})
     assert warm.json()["status"] == "completed"        # first connections made outside the timing
     t0 = time.time()
-    r = post(srv, {"input": "fan", "script": [{"calls": calls},
+    r = post(hsrv, {"input": "fan", "script": [{"calls": calls},
                                               {"final": {"answer": "ok", "uses": [c["id"] for c in calls]}}]})
     wall = time.time() - t0
     assert r.status_code == 200, r.text
@@ -120,8 +136,8 @@ def test_fanout_8x400ms_over_http(srv):
     assert 0.39 < wall < 1.2, wall                      # ~0.4 s, not 3.2 s
 
 
-def test_dag_on_critical_path(srv):
-    ev = stream_task(srv, {"input": "dag", "script": [
+def test_dag_on_critical_path(hsrv):
+    ev = stream_task(hsrv, {"input": "dag", "script": [
         {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 300}},
                    {"id": "b", "to": "mock", "args": {"sleep_ms": 300}, "after": ["a"]},
                    {"id": "c", "to": "mock", "args": {"sleep_ms": 300}}]},
@@ -136,10 +152,10 @@ def test_dag_on_critical_path(srv):
     assert 0.59 < ev[-1]["data"]["t_ms"] / 1000 < 0.85, ev[-1]["data"]["t_ms"]
 
 
-def test_final_cancels_calls_it_does_not_use(srv):
+def test_final_cancels_calls_it_does_not_use(hsrv):
     """`final` ends the task once the calls it uses have finished; a call in
     flight that it does not use is cancelled, and its result never comes."""
-    ev = stream_task(srv, {"input": "final", "script": [
+    ev = stream_task(hsrv, {"input": "final", "script": [
         {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 100}},
                    {"id": "slow", "to": "mock", "args": {"sleep_ms": 5000}}]},
         {"final": {"answer": "{{a}}", "uses": ["a"]}}]})
@@ -150,7 +166,7 @@ def test_final_cancels_calls_it_does_not_use(srv):
     assert by["a"]["status"] == "ok", by
     assert by["slow"]["status"] == "cancelled" and "final" in by["slow"]["error"], by
     time.sleep(0.3)
-    s = httpx.get(f"{srv.url}/v1/tasks/{final['data']['id']}", timeout=10).json()
+    s = httpx.get(f"{hsrv.url}/v1/tasks/{final['data']['id']}", timeout=10).json()
     assert {c["id"]: c["status"] for c in s["calls"]} == {"a": "ok", "slow": "cancelled"}, s
 
 
@@ -171,7 +187,7 @@ def test_streamed_events_follow_the_event_schema(srv):
         "a": "ok", "h": "cancelled", "k": "ok", "g": "rejected"}
 
 
-def test_faults_yield_statuses_and_the_task_ends(srv):
+def test_faults_yield_statuses_and_the_task_ends(hsrv):
     calls = [{"id": "ok", "to": "mock", "args": {"sleep_ms": 50}},
              {"id": "slow", "to": "mock", "args": {"fault": "slow"}},
              {"id": "hang", "to": "mock", "args": {"fault": "hang"}},
@@ -180,7 +196,7 @@ def test_faults_yield_statuses_and_the_task_ends(srv):
              {"id": "drop", "to": "mock", "args": {"fault": "drop"}},
              {"id": "ghost", "to": "nobody", "args": {}}]
     t0 = time.time()
-    r = post(srv, {"input": "faults", "script": [
+    r = post(hsrv, {"input": "faults", "script": [
         {"calls": calls}, {"final": {"answer": "done", "uses": [c["id"] for c in calls]}}]})
     s = r.json()
     assert s["status"] == "completed", s
@@ -191,13 +207,13 @@ def test_faults_yield_statuses_and_the_task_ends(srv):
     assert time.time() - t0 < 10
 
 
-def test_delete_cancels_in_flight_and_late_results_never_appear(srv):
+def test_delete_cancels_in_flight_and_late_results_never_appear(hsrv):
     body = {"input": "cancel", "stream": True, "script": [
         {"calls": [{"id": "s1", "to": "mock", "args": {"sleep_ms": 600}},
                    {"id": "s2", "to": "mock", "args": {"sleep_ms": 600}},
                    {"id": "s3", "to": "mock", "args": {"sleep_ms": 100}, "after": ["s1"]}]},
         {"final": {"answer": "x", "uses": ["s3"]}}]}
-    with httpx.stream("POST", srv.url + "/v1/tasks", json=body, timeout=30) as r:
+    with httpx.stream("POST", hsrv.url + "/v1/tasks", json=body, timeout=30) as r:
         tid = r.headers["x-task-id"]
         lines = r.iter_lines()
         got = []
@@ -206,21 +222,21 @@ def test_delete_cancels_in_flight_and_late_results_never_appear(srv):
             if line.startswith("event: call.dispatched"):
                 break
         time.sleep(0.15)
-        d = httpx.delete(f"{srv.url}/v1/tasks/{tid}", timeout=10)
+        d = httpx.delete(f"{hsrv.url}/v1/tasks/{tid}", timeout=10)
         assert d.status_code == 200 and d.json()["status"] == "cancelled"
         got += list(lines)
     ev = sse_events(got)
     assert ev[-1]["event"] == "task.error" and ev[-1]["data"]["status"] == "cancelled"
     time.sleep(0.8)                                     # the mock's replies would be back by now
-    s = httpx.get(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()
+    s = httpx.get(f"{hsrv.url}/v1/tasks/{tid}", timeout=10).json()
     assert s["status"] == "cancelled"
     assert {c["id"]: c["status"] for c in s["calls"]} == {"s1": "cancelled", "s2": "cancelled", "s3": "cancelled"}
-    with httpx.stream("GET", f"{srv.url}/v1/tasks/{tid}/events", timeout=10) as r:
+    with httpx.stream("GET", f"{hsrv.url}/v1/tasks/{tid}/events", timeout=10) as r:
         replay = sse_events(list(r.iter_lines()))
     assert [e["id"] for e in replay] == [e["id"] for e in ev]     # nothing after the end
     assert not [e for e in replay if e["event"] == "call.result" and e["data"]["status"] == "ok"]
     # DELETE of a finished task changes nothing
-    again = httpx.delete(f"{srv.url}/v1/tasks/{tid}", timeout=10).json()
+    again = httpx.delete(f"{hsrv.url}/v1/tasks/{tid}", timeout=10).json()
     assert again["status"] == "cancelled"
 
 
@@ -347,8 +363,8 @@ def test_unknown_tasks_and_methods(srv):
     assert r.headers["allow"] == "GET, HEAD, OPTIONS"
 
 
-def test_openai_chat_agent_pointing_at_paraserve_itself(srv):
-    s = post(srv, {"input": "self", "script": [
+def test_openai_chat_agent_pointing_at_paraserve_itself(hsrv):
+    s = post(hsrv, {"input": "self", "script": [
         {"calls": [{"id": "m", "to": "self", "args": {"input": "Say hi."}}]},
         {"final": {"answer": "{{m}}", "uses": ["m"]}}]}, timeout=60).json()
     assert s["status"] == "completed", s
@@ -381,7 +397,7 @@ def test_stream_client_disconnect_leaks_nothing(srv):
     assert after >= before + 3
 
 
-def test_concurrent_http_tasks(srv):
+def test_concurrent_http_tasks(hsrv):
     body = {"input": "many", "script": [
         {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 100}},
                    {"id": "k", "to": "calculator", "args": {"expression": "6*7"}, "after": ["a"]}]},
@@ -389,7 +405,7 @@ def test_concurrent_http_tasks(srv):
     out = []
 
     def one():
-        out.append(post(srv, body).json())
+        out.append(post(hsrv, body).json())
     ths = [threading.Thread(target=one) for _ in range(40)]
     t0 = time.time()
     for t in ths:

@@ -22,6 +22,16 @@
 #include "test_http_server.h"
 #include "test_util.h"
 
+
+/* TEST_HTTP_THREADS=N runs every executor of this test with N I/O lanes
+ * (httpc_set_io_threads) and the mock agent with two threads: ctest runs
+ * the binary once without and once with them (test_orch_exec_lanes). */
+static int test_http_threads(void)
+{
+    const char *v = getenv("TEST_HTTP_THREADS");
+    return v ? atoi(v) : 0;
+}
+
 static void test_registry_errors(void)
 {
     struct registry *r;
@@ -405,7 +415,7 @@ struct ctx {
 static int ctx_open_with(struct ctx *c, const struct orch_config *oc)
 {
     memset(c, 0, sizeof *c);
-    c->mock = mock_agent_start(0);
+    c->mock = mock_agent_start_threads(0, test_http_threads() ? 2 : 1);
     if (!c->mock)
         return -1;
     char buf[2048];
@@ -414,7 +424,7 @@ static int ctx_open_with(struct ctx *c, const struct orch_config *oc)
     if (registry_load_json(buf, "pool", &c->reg))
         return -1;
     c->base = event_base_new();
-    struct exec_config ec = { .seed = 42 };
+    struct exec_config ec = { .seed = 42, .http_threads = test_http_threads() };
     c->orch = orch_create(c->base, c->reg, &ec, oc);
     c->run.base = c->base;
     if (c->orch)
@@ -790,7 +800,7 @@ static void test_script_direct_path_keeps_the_text_paths_limits_and_values(void)
     CHECK(registry_load_json("{\"agents\":[{\"name\":\"echo\",\"kind\":\"builtin\"},"
                              "{\"name\":\"time\",\"kind\":\"builtin\"}]}", "pool", &c.reg) == 0);
     c.base = event_base_new();
-    struct exec_config ec = { .seed = 42 };
+    struct exec_config ec = { .seed = 42, .http_threads = test_http_threads() };
     c.orch = orch_create(c.base, c.reg, &ec, NULL);
     CHECK(c.orch != NULL);
     if (!c.orch)
@@ -2036,7 +2046,7 @@ static void test_hostile_mcp_http_a2a(void)
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2351,7 +2361,7 @@ static void test_hostile_mcp_stdio(void)
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(stdio_pool, "pool", &reg) == PS_OK, "%s", ps_error_last());
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2440,7 +2450,7 @@ static void test_mcp_stdio_child_environment(void)
     struct registry *reg = stdio_reg("env",
         "serve \"fds:$(ls -l /proc/$$/fd | tail -n +2 | awk '{print $9 $11}' | tr '\\n' ' ')sigign:$(sed -n 's/^SigIgn:\\t//p' /proc/$$/status)\"", 5000, 0);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2483,7 +2493,7 @@ static void test_mcp_stdio_restart(void)
              "if [ -e %s/started ]; then serve fresh; else : > %s/started; exec sleep 30; fi", dir, dir);
     struct registry *reg = stdio_reg("stuck", script, 300, 2);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2562,7 +2572,7 @@ static void test_mcp_stdio_late_joiner(void)
              "if [ -e %s/started ]; then serve fresh; else : > %s/started; exec sleep 30; fi", dir, dir);
     struct registry *reg = stdio_reg("slow", script, 1500, 0);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2595,7 +2605,7 @@ static void test_mcp_stdio_calls_keep_their_order(void)
                                      "{\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}}\\n' \"$(rid)\" \"$k\";; esac; done",
                                      3000, 0);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2626,7 +2636,7 @@ static void test_mcp_stdio_waiting_cancel_keeps_the_order(void)
                                      "{\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}}\\n' \"$(rid)\" \"$k\";; esac; done",
                                      3000, 0);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2665,7 +2675,7 @@ static void test_mcp_stdio_cancel_in_callback(void)
     struct registry *reg = stdio_reg("refuse", "read -r l; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"error\":"
                                      "{\"code\":-1,\"message\":\"no\"}}\\n' \"$(rid)\"; exec sleep 30", 2000, 0);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base, .pair = { "x1", "x2" } };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2694,7 +2704,7 @@ static void test_mcp_stdio_backpressure(void)
     struct registry *reg = stdio_reg("deaf", "read -r l; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
                                      "{\"capabilities\":{}}}\\n' \"$(rid)\"; exec sleep 30", 2000, 0);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     struct exec *ex = exec_create(base, reg, &ec);
     struct fbs s = { .base = base };
     struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
@@ -2769,7 +2779,7 @@ static void test_mcp_stdio_stderr(void)
         "head -c 5000 /dev/zero | tr '\\0' L >&2; echo >&2; printf 'esc \\033[31m red\\n' >&2; "
         "yes 'flood line' | head -n 200000 >&2; serve quiet", 5000, 0);
     struct event_base *base = event_base_new();
-    struct exec_config ec = { .seed = 7 };
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
     char path[] = "/tmp/ps-orch-stderr-XXXXXX";
     int fd = mkstemp(path);
     CHECK(fd >= 0);
@@ -2838,7 +2848,7 @@ static void test_local_agent_tenant_header(void)
     char url[96];
     snprintf(url, sizeof url, "http://127.0.0.1:%d/local-echo", hs_port);
     struct exec_config ec = { .seed = 7, .local_url = url, .local_header = "X-Test-Local: t0k",
-                              .local_tenant_header = "X-Test-Tenant" };
+                              .local_tenant_header = "X-Test-Tenant", .http_threads = test_http_threads() };
 
     /* tasks: each call runs as its own task's tenant */
     struct orch *o = orch_create(base, reg, &ec, NULL);

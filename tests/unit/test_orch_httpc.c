@@ -4,7 +4,13 @@
  * 100-Continue replies; connection reuse; a keep-alive connection the server
  * closed while idle is retried once on a fresh one; empty, partial and
  * oversized replies, connection refused, request timeout and cancel give
- * transport errors (never a callback before httpc_request returns). */
+ * transport errors (never a callback before httpc_request returns).  All of
+ * it runs twice: on the loop's own thread and on one I/O lane
+ * (httpc_set_io_threads), where the same connection counts must hold; then
+ * three lanes take hundreds of requests cancelled in every state a job can
+ * be in (not yet handed over, in flight, finished on its way back), and an
+ * httpc destroyed with requests in all of them (ASan: no leak, no use after
+ * free). */
 #include <arpa/inet.h>
 #include <errno.h>
 #include <event2/event.h>
@@ -19,6 +25,7 @@
 
 #include <curl/curl.h>
 
+#include "common/status.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/httpc_parse.h"
 #include "test_http_server.h"
@@ -158,12 +165,16 @@ static struct httpc *http;
 static int pending;
 static int in_request;           /* set while httpc_request() runs */
 static int early_callbacks;      /* callbacks that came from inside httpc_request() */
+static pthread_t loop_thread;
+static int foreign_callbacks;    /* callbacks that ran on another thread */
 
 static void on_done(void *ud, const struct httpc_response *resp)
 {
     struct result *r = ud;
     if (in_request)
         early_callbacks++;
+    if (!pthread_equal(pthread_self(), loop_thread))
+        foreign_callbacks++;
     r->calls++;
     r->transport_error = resp->transport_error;
     r->status = resp->status;
@@ -313,18 +324,14 @@ static void parser_tabs_are_whitespace(void)
     httpc_reply_clear(&r);
 }
 
-int main(void)
+/* Everything a single connection pool must do, on the loop (lanes 0) or
+ * on one I/O lane, which must behave the same, connection counts included. */
+static void client_cases(int lanes)
 {
-    pthread_t th;
-    parser_cases();
-    parser_tabs_are_whitespace();
-    if (srv_start(&th))
-        TEST_SKIP("cannot listen on loopback: %s", strerror(errno));
-    base = event_base_new();
     http = httpc_create(base);
-    CHECK(base && http);
-    if (!base || !http)
-        TEST_DONE();
+    CHECK(http && httpc_set_io_threads(http, lanes) == PS_OK && httpc_io_threads(http) == lanes);
+    if (!http)
+        return;
     struct result a, b, c;
 
     /* Content-Length reply, headers callers see, and reuse of one connection. */
@@ -418,12 +425,13 @@ int main(void)
      * for loopback addresses, on the fast path or through curl: it would
      * see the request's headers (serve's local agents' token). */
     httpc_destroy(http);
+    http = NULL;
     setenv("http_proxy", "http://127.0.0.1:9", 1);
     for (int curl = 0; curl < 2; curl++) {
         if (curl)
             setenv("PARASERVE_HTTPC", "curl", 1);
         http = httpc_create(base);
-        CHECK(http);
+        CHECK(http && httpc_set_io_threads(http, lanes) == PS_OK);
         if (!http)
             break;
         start("/len", srv_port, "p", 0, &a);
@@ -435,8 +443,171 @@ int main(void)
     }
     unsetenv("http_proxy");
     unsetenv("PARASERVE_HTTPC");
+}
 
+/* ---- three lanes: cancels in every job state, peeks, destroy ---------------- */
+
+#define STRESS_N 300
+
+static struct result stress_res[STRESS_N];
+static struct httpc_req *stress_req[STRESS_N];
+static int stress_cancelled[STRESS_N];
+static int stress_first_seen;
+
+/* The first reply to arrive waits until the lanes have finished the rest
+ * (their replies are then on their way back, or already queued behind this
+ * callback), and cancels every odd one still open: the jobs that were
+ * DONE in transit must be dropped, those on the done list unlinked. */
+static void on_stress(void *ud, const struct httpc_response *resp)
+{
+    struct result *r = ud;
+    int idx = (int)(r - stress_res);
+    stress_req[idx] = NULL;
+    if (!stress_first_seen) {
+        stress_first_seen = 1;
+        usleep(100000);
+        for (int i = 1; i < STRESS_N; i += 2)
+            if (stress_req[i]) {
+                httpc_cancel(stress_req[i]);
+                stress_req[i] = NULL;
+                stress_cancelled[i] = 1;
+                pending--;
+            }
+    }
+    on_done(ud, resp);
+}
+
+static int peek_calls, peek_foreign;
+static int on_peek(void *ud, const char *body, size_t len)
+{
+    peek_calls++;
+    if (!pthread_equal(pthread_self(), loop_thread))
+        peek_foreign++;
+    return len >= 3 && !memcmp(body, "abc", 3);
+}
+
+static void lanes_stress(void)
+{
+    http = httpc_create(base);
+    CHECK(http && httpc_set_io_threads(http, 3) == PS_OK);
+    if (!http)
+        return;
+    CHECK(httpc_set_io_threads(http, 2) == PS_EINVAL);          /* once only */
+    char url[128];
+
+    /* Cancelled before the loop turn ends (never handed to a lane), and
+     * cancelled while in flight on a lane (/hang): no callback, and the
+     * server sees each in-flight connection closed. */
+    int open0 = atomic_load(&srv_conns_open);
+    struct result hang[40];
+    struct httpc_req *hq[40];
+    for (int i = 0; i < 40; i++) {
+        hq[i] = start(i % 2 ? "/hang" : "/len", srv_port, "x", 0, &hang[i]);
+        if (i % 4 == 0) {                  /* not yet posted */
+            httpc_cancel(hq[i]);
+            hq[i] = NULL;
+            pending--;
+        }
+    }
+    struct timeval tv = { 0, 100000 };
+    event_base_loopexit(base, &tv);
+    event_base_dispatch(base);             /* the /len ones reply; the /hang ones wait */
+    for (int i = 0; i < 40; i++)
+        if (i % 2 && hq[i]) {
+            CHECK(hang[i].calls == 0);
+            httpc_cancel(hq[i]);           /* LIVE on its lane */
+            pending--;
+        }
+    CHECK_MSG(pending == 0, "%d requests open after the cancels", pending);
+    int calls = 0;
+    for (int i = 0; i < 40; i++) {
+        calls += hang[i].calls;
+        if (i % 4 == 0 || i % 2)
+            CHECK_MSG(hang[i].calls == 0, "request %d was cancelled but called back", i);
+    }
+    CHECK_MSG(calls == 10, "%d of the 10 uncancelled requests called back", calls);
+    for (int i = 0; i < 300 && atomic_load(&srv_conns_open) > open0 + 3 * 4; i++)
+        usleep(10000);
+    /* the /len connections stay pooled (at most a few per lane); every
+     * cancelled /hang connection was closed */
+    CHECK_MSG(atomic_load(&srv_conns_open) <= open0 + 3 * 4, "%d server connections open, %d before",
+              atomic_load(&srv_conns_open), open0);
+
+    /* Cancels of replies already on their way back (see on_stress). */
+    memset(stress_cancelled, 0, sizeof stress_cancelled);
+    stress_first_seen = 0;
+    for (int i = 0; i < STRESS_N; i++) {
+        char body[16];
+        snprintf(body, sizeof body, "%d", i);
+        stress_req[i] = NULL;
+        memset(&stress_res[i], 0, sizeof stress_res[i]);
+        snprintf(url, sizeof url, "http://127.0.0.1:%d/len", srv_port);
+        pending++;
+        stress_req[i] = httpc_request(http, "POST", url, NULL, NULL, body, strlen(body), 0, NULL, on_stress,
+                                      &stress_res[i]);
+        CHECK(stress_req[i] != NULL);
+    }
+    run_loop();
+    int ok = 0, cancelled = 0;
+    for (int i = 0; i < STRESS_N; i++) {
+        char want[24];
+        snprintf(want, sizeof want, "%dok", i);
+        if (stress_cancelled[i]) {
+            cancelled++;
+            CHECK_MSG(stress_res[i].calls == 0, "request %d was cancelled but called back", i);
+        } else {
+            ok += stress_res[i].calls == 1 && stress_res[i].transport_error == 0 &&
+                  !strcmp(stress_res[i].body, want);
+        }
+    }
+    CHECK_MSG(ok + cancelled == STRESS_N, "%d ok + %d cancelled of %d", ok, cancelled, STRESS_N);
+    CHECK_MSG(cancelled > 0, "no request was still open when the first replied");
+    CHECK(httpc_active(http) == 0);
+    CHECK_MSG(foreign_callbacks == 0, "%d callbacks ran off the loop's thread", foreign_callbacks);
+
+    /* A request given a peek function runs on the loop, peeks included. */
+    struct result pr;
+    memset(&pr, 0, sizeof pr);
+    snprintf(url, sizeof url, "http://127.0.0.1:%d/chunked", srv_port);
+    pending++;
+    struct httpc_req *pq = httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, NULL, on_done, &pr);
+    httpc_set_peek(pq, on_peek);
+    run_loop();
+    CHECK_MSG(pr.calls == 1 && pr.transport_error == 0 && !strncmp(pr.body, "abc", 3),
+              "peeked request: err %d body '%s'", pr.transport_error, pr.body);
+    CHECK(peek_calls >= 1 && peek_foreign == 0);
+
+    /* Destroyed with requests in every state: not posted, in flight
+     * (/hang), finished and queued back; no callback afterwards. */
+    struct result last[30];
+    for (int i = 0; i < 30; i++)
+        start(i % 3 == 0 ? "/hang" : "/len", srv_port, "z", 0, &last[i]);
+    struct timeval tv2 = { 0, 30000 };
+    event_base_loopexit(base, &tv2);
+    event_base_dispatch(base);
+    for (int i = 0; i < 30; i++)
+        start("/len", srv_port, "y", 0, &last[i]);   /* not posted yet */
     httpc_destroy(http);
+    http = NULL;
+    pending = 0;
+    CHECK(foreign_callbacks == 0);
+}
+
+int main(void)
+{
+    pthread_t th;
+    parser_cases();
+    parser_tabs_are_whitespace();
+    if (srv_start(&th))
+        TEST_SKIP("cannot listen on loopback: %s", strerror(errno));
+    loop_thread = pthread_self();
+    base = event_base_new();
+    CHECK(base);
+    if (!base)
+        TEST_DONE();
+    client_cases(0);
+    client_cases(1);
+    lanes_stress();
     event_base_free(base);
     /* Every server-side connection ends once the client has closed its own. */
     for (int i = 0; i < 200 && atomic_load(&srv_conns_open) > 0; i++)
