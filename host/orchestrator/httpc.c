@@ -57,6 +57,10 @@
  * connections cheap.  Longer replies grow it by doubling. */
 #define HC_READ_MIN          512
 #define HC_IN_INIT           1000
+/* I/O lanes: a lane gets the jobs made for it at the end of the loop turn,
+ * or as soon as this many wait (a burst's turn can make thousands; the
+ * lane should not idle until the turn ends). */
+#define HC_LANE_BATCH        16
 
 struct hpool;
 struct hconn;
@@ -1001,8 +1005,8 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
  *
  * A job carries one request to a lane and its reply back:
  *   made (caller's loop, in its lane's `pend` list; posted = 0)
- *   --flush, at the end of the loop turn: one lock and at most one eventfd
- *     write per lane for every job made in the turn--> LIVE on the lane
+ *   --flush, at the end of the loop turn or when HC_LANE_BATCH wait: one
+ *     lock and at most one eventfd write per batch--> LIVE on the lane
  *   --reply or failure on the lane: CAS LIVE->DONE--> back on `rets`
  *     (one eventfd write per batch) --> its proxy gets the reply on the
  *     caller's loop and is delivered like any other (done list, callback)
@@ -1053,8 +1057,9 @@ struct hlane {
     struct hjob       *cancels;                /* mu */
     int                signalled;              /* mu: fd written, not yet read */
     int                stop;                   /* mu */
-    /* caller's loop only, posted at the next flush */
+    /* caller's loop only, posted at the next flush (or at HC_LANE_BATCH) */
     struct hjob       *pend, *pend_tail;
+    int                n_pend;
 };
 
 static void job_free(struct hjob *j)
@@ -1081,6 +1086,7 @@ static void eventfd_drain(int fd)
 static void pend_unlink(struct hjob *j)
 {
     struct hlane *l = j->lane;
+    l->n_pend--;
     if (j->pprev_link) j->pprev_link->pnext = j->pnext; else l->pend = j->pnext;
     if (j->pnext) j->pnext->pprev_link = j->pprev_link; else l->pend_tail = j->pprev_link;
     j->pprev_link = j->pnext = NULL;
@@ -1094,32 +1100,37 @@ static void arm_flush(struct httpc *h)
     }
 }
 
+/* Caller's loop: hand lane l the jobs made for it so far. */
+static void lane_post_pending(struct hlane *l)
+{
+    struct hjob *first = l->pend, *last = l->pend_tail;
+    if (!first)
+        return;
+    l->pend = l->pend_tail = NULL;
+    l->n_pend = 0;
+    for (struct hjob *j = first, *n; j; j = n) {   /* `pend` becomes the tail of `starts` */
+        n = j->pnext;
+        j->posted = 1;
+        j->next = n;
+        j->pprev_link = j->pnext = NULL;
+    }
+    pthread_mutex_lock(&l->mu);
+    if (l->starts_tail) l->starts_tail->next = first; else l->starts = first;
+    l->starts_tail = last;
+    int wake = !l->signalled;
+    l->signalled = 1;
+    pthread_mutex_unlock(&l->mu);
+    if (wake)
+        eventfd_signal(l->fd);
+}
+
 /* Caller's loop: post every lane's jobs made this turn. */
 static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct httpc *h = arg;
     h->flush_armed = 0;
-    for (int i = 0; i < h->n_lanes; i++) {
-        struct hlane *l = &h->lanes[i];
-        if (!l->pend)
-            continue;
-        struct hjob *first = l->pend, *last = l->pend_tail;
-        l->pend = l->pend_tail = NULL;
-        for (struct hjob *j = first, *n; j; j = n) {   /* `pend` becomes the tail of `starts` */
-            n = j->pnext;
-            j->posted = 1;
-            j->next = n;
-            j->pprev_link = j->pnext = NULL;
-        }
-        pthread_mutex_lock(&l->mu);
-        if (l->starts_tail) l->starts_tail->next = first; else l->starts = first;
-        l->starts_tail = last;
-        int wake = !l->signalled;
-        l->signalled = 1;
-        pthread_mutex_unlock(&l->mu);
-        if (wake)
-            eventfd_signal(l->fd);
-    }
+    for (int i = 0; i < h->n_lanes; i++)
+        lane_post_pending(&h->lanes[i]);
 }
 
 /* Lane: the job's request ended (its done callback, on the lane's loop). */
@@ -1224,6 +1235,7 @@ static void on_lane_wake(evutil_socket_t fd, short what, void *arg)
 static void *lane_main(void *arg)
 {
     struct hlane *l = arg;
+    pthread_setname_np(pthread_self(), "ps-http-io");   /* top -H, perf --comm */
     event_base_dispatch(l->base);
     return NULL;
 }
@@ -1277,7 +1289,10 @@ static int lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char
     l->pend_tail = j;
     r->job = j;
     r->pool = p;
-    arm_flush(h);
+    if (++l->n_pend >= HC_LANE_BATCH)
+        lane_post_pending(l);              /* a long turn: the lane starts on these meanwhile */
+    else
+        arm_flush(h);
     return 0;
 }
 

@@ -563,6 +563,7 @@ static void on_stop(evutil_socket_t fd, short what, void *ud)
 static void *mock_thread(void *ud)
 {
     struct mock_worker *w = ud;
+    pthread_setname_np(pthread_self(), "ps-mock-agent");
     /* 1 ns timer slack instead of the default 50 us: replies leave when
      * sleep_ms says, not up to 50 us later (best effort; ignored if refused). */
     prctl(PR_SET_TIMERSLACK, 1UL, 0UL, 0UL, 0UL);
