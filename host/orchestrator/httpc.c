@@ -83,6 +83,7 @@ struct httpc {
     CURL              *idle[HTTPC_IDLE_EASY];  /* finished easy handles, reset, for reuse */
     int                n_idle;
     _Atomic int64_t    n_connects; /* fast path: connections opened so far */
+    int                max_idle;   /* idle keep-alive connections kept per pool */
     /* I/O lanes (httpc_set_io_threads): fast-path requests run on these */
     struct hlane      *lanes;
     int                n_lanes;
@@ -368,6 +369,7 @@ struct httpc *httpc_create(struct event_base *base)
     if (!h)
         return NULL;
     h->base = base;
+    h->max_idle = HC_MAX_IDLE_PER_POOL;
     h->multi = curl_multi_init();
     h->timer = evtimer_new(base, on_timer, h);
     h->kick = event_new(base, -1, 0, on_kick, h);
@@ -491,7 +493,7 @@ static void hc_release(struct httpc_req *r, int reusable)
         return;
     c->req = NULL;
     struct hpool *p = c->pool;
-    if (!reusable || c->in_len || p->n_idle >= HC_MAX_IDLE_PER_POOL) {
+    if (!reusable || c->in_len || p->n_idle >= p->h->max_idle) {
         hconn_close(c);
         return;
     }
@@ -1276,6 +1278,11 @@ static int lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char
         return -1;
     struct hlane *l = &h->lanes[h->next_lane];
     h->next_lane = (h->next_lane + 1) % h->n_lanes;
+    /* A long turn: the lane starts on the waiting ones meanwhile.  Posted
+     * before this job is added, so the job httpc_request returns is never
+     * posted yet - httpc_set_peek right after can still take it back. */
+    if (l->n_pend >= HC_LANE_BATCH)
+        lane_post_pending(l);
     j->proxy = r;
     j->lane = l;
     j->origin = p;
@@ -1289,10 +1296,8 @@ static int lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char
     l->pend_tail = j;
     r->job = j;
     r->pool = p;
-    if (++l->n_pend >= HC_LANE_BATCH)
-        lane_post_pending(l);              /* a long turn: the lane starts on these meanwhile */
-    else
-        arm_flush(h);
+    l->n_pend++;
+    arm_flush(h);
     return 0;
 }
 
@@ -1389,57 +1394,83 @@ static void lanes_stop(struct httpc *h)
     h->rets = h->rets_tail = NULL;
 }
 
+/* Undo a partial httpc_set_io_threads: the client is left as it was,
+ * without lanes, and usable. */
+static void lanes_unset(struct httpc *h)
+{
+    lanes_stop(h);
+    free(h->lanes);
+    h->lanes = NULL;
+    h->n_lanes = 0;
+    h->lanes_stopped = 0;
+    if (h->flush) event_free(h->flush);
+    if (h->ret_ev) event_free(h->ret_ev);
+    if (h->ret_fd >= 0) close(h->ret_fd);
+    if (h->ret_mu_init) pthread_mutex_destroy(&h->ret_mu);
+    h->flush = h->ret_ev = NULL;
+    h->ret_fd = -1;
+    h->ret_mu_init = 0;
+}
+
 int httpc_set_io_threads(struct httpc *h, int n)
 {
-    if (n < 0 || n > HTTPC_MAX_IO_THREADS) {
-        ps_error_set(PS_EINVAL, "http: io threads must be 0 to %d, not %d", HTTPC_MAX_IO_THREADS, n);
-        return PS_EINVAL;
-    }
-    if (h->n_lanes || h->n_active) {
-        ps_error_set(PS_EINVAL, "http: io threads are set once, before any request");
-        return PS_EINVAL;
-    }
+    if (n < 0 || n > HTTPC_MAX_IO_THREADS)
+        return ps_error_set(PS_EINVAL, "http: io threads must be 0 to %d, not %d", HTTPC_MAX_IO_THREADS, n);
+    if (h->n_lanes || h->n_active)
+        return ps_error_set(PS_EINVAL, "http: io threads are set once, before any request");
     if (n == 0)
         return PS_OK;
+    const char *step = "out of memory";
+    int err = ENOMEM;
     h->ret_fd = -1;
     if (!(h->lanes = calloc((size_t)n, sizeof *h->lanes)))
-        goto nomem;
+        goto fail;
     h->n_lanes = n;
     for (int i = 0; i < n; i++)
         h->lanes[i].fd = -1;
-    if (pthread_mutex_init(&h->ret_mu, NULL))
-        goto nomem;
+    if ((err = pthread_mutex_init(&h->ret_mu, NULL)))
+        goto fail;
     h->ret_mu_init = 1;
-    if ((h->ret_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 ||
-        !(h->ret_ev = event_new(h->base, h->ret_fd, EV_READ | EV_PERSIST, on_rets, h)) ||
+    step = "eventfd";
+    if ((h->ret_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+        goto fail_errno;
+    step = "event loop";
+    err = ENOMEM;
+    if (!(h->ret_ev = event_new(h->base, h->ret_fd, EV_READ | EV_PERSIST, on_rets, h)) ||
         event_add(h->ret_ev, NULL) || !(h->flush = event_new(h->base, -1, 0, on_flush, h)))
         goto fail;
     for (int i = 0; i < n; i++) {
         struct hlane *l = &h->lanes[i];
         l->owner = h;
-        if (pthread_mutex_init(&l->mu, NULL))
+        step = "mutex";
+        if ((err = pthread_mutex_init(&l->mu, NULL)))
             goto fail;
         l->mu_init = 1;
-        if ((l->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0 || !(l->base = event_base_new()) ||
-            !(l->h = httpc_create(l->base)) ||
+        step = "eventfd";
+        if ((l->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
+            goto fail_errno;
+        step = "event loop";
+        err = ENOMEM;
+        if (!(l->base = event_base_new()) || !(l->h = httpc_create(l->base)) ||
             !(l->wake_ev = event_new(l->base, l->fd, EV_READ | EV_PERSIST, on_lane_wake, l)) ||
             event_add(l->wake_ev, NULL))
             goto fail;
         l->h->fast_ok = h->fast_ok;
         l->h->fast_loopback = h->fast_loopback;
-        if (pthread_create(&l->thread, NULL, lane_main, l)) {
-            errno = EAGAIN;
+        /* the lanes share the pool's idle allowance between them */
+        l->h->max_idle = HC_MAX_IDLE_PER_POOL / n > 64 ? HC_MAX_IDLE_PER_POOL / n : 64;
+        step = "thread";
+        if ((err = pthread_create(&l->thread, NULL, lane_main, l)))
             goto fail;
-        }
         l->running = 1;
     }
     return PS_OK;
-nomem:
-    ps_error_set(PS_ENOMEM, "http: out of memory for io threads");
-    return PS_ENOMEM;
+fail_errno:
+    err = errno;
 fail:
-    ps_error_set(PS_EINTERNAL, "http: cannot start io threads: %s", strerror(errno ? errno : ENOMEM));
-    return PS_EINTERNAL;
+    lanes_unset(h);
+    return ps_error_set(err == ENOMEM ? PS_ENOMEM : PS_EINTERNAL, "http: cannot start %d io threads: %s: %s",
+                        n, step, strerror(err));
 }
 
 int httpc_io_threads(const struct httpc *h)

@@ -3,7 +3,8 @@
  *   - plain http:// to a numeric IPv4/IPv6 host (loopback and LAN agents,
  *     the mock agents): httpc's own HTTP/1.1 client with a keep-alive pool
  *     per host:port.  The request is written from httpc_request() itself (no
- *     loop turn before it leaves), one persistent read event per connection
+ *     loop turn before it leaves; with I/O threads, below, it is handed to
+ *     one at the end of the loop turn), one persistent read event per connection
  *     (no epoll changes per request), Content-Length, chunked and
  *     close-delimited replies; a reused connection that the server closed
  *     before replying is retried once on a fresh one (as curl does).
@@ -60,7 +61,9 @@ struct httpc_req *httpc_request(struct httpc *h, const char *method, const char 
                                 const char *body, size_t body_len, long timeout_ms,
                                 const char *ca_file, httpc_done_fn done, void *ud);
 
-/* Optional, set right after httpc_request(): called on the loop after each
+/* Optional, set right after httpc_request() (before the loop turns: with
+ * I/O threads that is what keeps the request on the loop; later it would
+ * have no effect there): called on the loop after each
  * read of body bytes of a 2xx reply (the body so far, NUL-terminated; it
  * may end inside a line, so the callback should look at complete units of
  * its own and remember how far it looked); returning

@@ -630,10 +630,21 @@ static int worker_open(struct mock_worker *w, int port, int reuseport)
         return -1;
     int one = 1;
     setsockopt(w->listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    if (reuseport && setsockopt(w->listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one))
-        return -1;
     struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
     sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (reuseport && port && w == &w->m->workers[0]) {
+        /* A port named by the caller must be free: with SO_REUSEPORT alone
+         * another process's listener there would share it silently. */
+        int probe = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+        int busy = probe < 0 || setsockopt(probe, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) ||
+                   bind(probe, (struct sockaddr *)&sa, sizeof sa);
+        if (probe >= 0)
+            close(probe);
+        if (busy)
+            return -1;
+    }
+    if (reuseport && setsockopt(w->listen_fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one))
+        return -1;
     socklen_t sl = sizeof sa;
     if (bind(w->listen_fd, (struct sockaddr *)&sa, sizeof sa) || listen(w->listen_fd, MOCK_BACKLOG) ||
         getsockname(w->listen_fd, (struct sockaddr *)&sa, &sl))

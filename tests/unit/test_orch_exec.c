@@ -3,7 +3,12 @@
  * scripted tasks against the loopback mock agent (parallel fan-out, DAG
  * critical path, every fault status, cancel with late results ignored,
  * 200 concurrent tasks).  Runs under ASan in scripts/test. */
+#include <arpa/inet.h>
 #include <event2/event.h>
+#include <netinet/in.h>
+#include <stdint.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1159,6 +1164,48 @@ static void test_duplicate_id_answer_renders_the_first_call(void)
               "output %s", cJSON_IsString(out) ? out->valuestring : "(none)");
     cJSON_Delete(s);
     ctx_close(&c);
+}
+
+/* The mock agent's threads share one port: each thread's listener takes
+ * its share of the connections, and a port named by the caller that
+ * another listener already holds is refused, not shared. */
+static void test_mock_threads_share_a_port(void)
+{
+    struct mock_agent *a = mock_agent_start_threads(0, 3);
+    CHECK(a && mock_agent_threads(a) == 3);
+    if (!a)
+        return;
+    int port = mock_agent_port(a);
+    CHECK(mock_agent_start_threads(port, 2) == NULL);
+    CHECK(mock_agent_start_threads(port, 1) == NULL);
+    CHECK(mock_agent_start_threads(0, 0) == NULL && mock_agent_start_threads(0, MOCK_AGENT_MAX_THREADS + 1) == NULL);
+    /* 60 connections at once, one request each: every reply comes */
+    int fds[60], ok = 0;
+    for (int i = 0; i < 60; i++) {
+        fds[i] = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        static const char req[] = "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 13\r\n\r\n{\"sleep_ms\":5}";
+        if (fds[i] < 0 || connect(fds[i], (struct sockaddr *)&sa, sizeof sa) ||
+            send(fds[i], req, sizeof req - 1, 0) != (ssize_t)(sizeof req - 1))
+            continue;
+    }
+    for (int i = 0; i < 60; i++) {
+        char buf[512];
+        ssize_t n = fds[i] >= 0 ? recv(fds[i], buf, sizeof buf - 1, 0) : -1;
+        ok += n > 12 && !memcmp(buf, "HTTP/1.1 200", 12);
+        if (fds[i] >= 0)
+            close(fds[i]);
+    }
+    CHECK_MSG(ok == 60, "%d of 60 requests answered by a 3-thread mock", ok);
+    CHECK(mock_agent_requests(a) == 60 && mock_agent_replies(a) == 60 && mock_agent_cpu_ns(a) > 0);
+    int64_t *sent = NULL;
+    size_t n_sent = 0;
+    CHECK(mock_agent_send_times(a, 0, INT64_MAX, &sent, &n_sent) == PS_OK && n_sent == 60);
+    for (size_t i = 1; i < n_sent; i++)
+        CHECK(sent[i - 1] <= sent[i]);          /* in send order across the threads */
+    free(sent);
+    mock_agent_stop(a);
 }
 
 static void test_many_tasks(void)
@@ -2931,6 +2978,7 @@ int main(void)
     test_duplicate_id_feedback_goes_to_its_own_call();
     test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
+    test_mock_threads_share_a_port();
     test_many_tasks();
     test_task_lookup_and_eviction_at_scale();
     test_subscribed_finished_tasks_kept_then_evicted();

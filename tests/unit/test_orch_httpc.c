@@ -577,6 +577,22 @@ static void lanes_stress(void)
               "peeked request: err %d body '%s'", pr.transport_error, pr.body);
     CHECK(peek_calls >= 1 && peek_foreign == 0);
 
+    /* ... at any place in a long loop turn: a lane gets its waiting jobs
+     * every HC_LANE_BATCH, never the one httpc_request just returned. */
+    for (int before = 0; before <= 3 * 17; before++) {
+        struct result fill[64];
+        for (int i = 0; i < before; i++)
+            start("/len", srv_port, "f", 0, &fill[i]);
+        memset(&pr, 0, sizeof pr);
+        peek_calls = 0;
+        pending++;
+        pq = httpc_request(http, "POST", url, NULL, NULL, "", 0, 0, NULL, on_done, &pr);
+        httpc_set_peek(pq, on_peek);
+        run_loop();
+        CHECK_MSG(pr.calls == 1 && peek_calls >= 1 && peek_foreign == 0,
+                  "peek after %d requests in the same turn: %d calls, %d peeks", before, pr.calls, peek_calls);
+    }
+
     /* Destroyed with requests in every state: not posted, in flight
      * (/hang), finished and queued back; no callback afterwards. */
     struct result last[30];
