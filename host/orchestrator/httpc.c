@@ -61,6 +61,11 @@
  * or as soon as this many wait (a burst's turn can make thousands; the
  * lane should not idle until the turn ends). */
 #define HC_LANE_BATCH        16
+/* ... and the first this many requests of a loop turn are written by the
+ * loop itself, as without lanes: a loop that is not busy sends at once
+ * (a handover costs a wakeup of the lane, and on a loaded machine its
+ * scheduling); only a turn that makes more - a burst - spreads them. */
+#define HC_LANE_INLINE       8
 
 struct hpool;
 struct hconn;
@@ -88,6 +93,9 @@ struct httpc {
     struct hlane      *lanes;
     int                n_lanes;
     int                next_lane;
+    int                lane_inline; /* requests per loop turn written here before lanes take the rest */
+    int                inline_used; /* ... this turn */
+    int64_t            lane_requests; /* requests handed to lanes so far */
     int                lanes_stopped; /* destroy joined them: jobs are freed here */
     struct event      *flush;      /* posts the jobs made during this loop turn */
     int                flush_armed;
@@ -173,6 +181,7 @@ static void hc_release(struct httpc_req *r, int reusable);
 static void lane_abandon(struct httpc_req *r);
 static void lane_take_back(struct httpc_req *r);
 static void lanes_stop(struct httpc *h);
+static void arm_flush(struct httpc *h);
 static int  lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char *out, size_t out_len,
                       long timeout_ms);
 
@@ -370,6 +379,12 @@ struct httpc *httpc_create(struct event_base *base)
         return NULL;
     h->base = base;
     h->max_idle = HC_MAX_IDLE_PER_POOL;
+    h->lane_inline = HC_LANE_INLINE;
+    const char *li = getenv("PARASERVE_HTTPC_LANE_INLINE");
+    char *end;
+    long v = li && *li ? strtol(li, &end, 10) : -1;
+    if (li && *li && !*end && v >= 0 && v <= 1000000)
+        h->lane_inline = (int)v;            /* anything else: the default */
     h->multi = curl_multi_init();
     h->timer = evtimer_new(base, on_timer, h);
     h->kick = event_new(base, -1, 0, on_kick, h);
@@ -981,11 +996,15 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
         free(out);
         return NULL;
     }
-    if (h->n_lanes) {
+    if (h->n_lanes && h->inline_used < h->lane_inline) {
+        h->inline_used++;
+        arm_flush(h);                      /* the turn's end resets the count */
+    } else if (h->n_lanes) {
         if (lane_post(h, r, p, out, len, timeout_ms)) {
             free(out);
             return NULL;
         }
+        h->lane_requests++;
         return r;
     }
     r->out = out;
@@ -1020,7 +1039,9 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
  *     DONE: the job is orphaned and freed when it arrives back.
  * So each job is freed exactly once, by whichever side the state names.
  * Requests with a peek function (streams read as they arrive) stay on the
- * caller's loop: httpc_set_peek takes an unposted job back. */
+ * caller's loop: httpc_set_peek takes an unposted job back.  So do the
+ * first HC_LANE_INLINE requests of each loop turn (httpc_set_lane_inline):
+ * they never become jobs. */
 
 enum { JOB_LIVE, JOB_CANCEL, JOB_DONE };
 
@@ -1131,6 +1152,7 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 {
     struct httpc *h = arg;
     h->flush_armed = 0;
+    h->inline_used = 0;
     for (int i = 0; i < h->n_lanes; i++)
         lane_post_pending(&h->lanes[i]);
 }
@@ -1471,6 +1493,16 @@ fail:
     lanes_unset(h);
     return ps_error_set(err == ENOMEM ? PS_ENOMEM : PS_EINTERNAL, "http: cannot start %d io threads: %s: %s",
                         n, step, strerror(err));
+}
+
+void httpc_set_lane_inline(struct httpc *h, int n)
+{
+    h->lane_inline = n < 0 ? 0 : n;
+}
+
+int64_t httpc_lane_requests(const struct httpc *h)
+{
+    return h ? h->lane_requests : 0;
 }
 
 int httpc_io_threads(const struct httpc *h)

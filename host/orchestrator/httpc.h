@@ -83,12 +83,22 @@ void httpc_set_peek(struct httpc_req *r, httpc_peek_fn peek);
  * (connect, send, recv, HTTP parsing), so one loop can drive more calls
  * per second than its own core could carry.  Requests made during one
  * loop turn are handed over together at its end (one lock and at most one
- * wakeup per lane); replies come back in batches the same way.  Requests
+ * wakeup per lane); replies come back in batches the same way; the first
+ * few of each turn stay on the loop (httpc_set_lane_inline).  Requests
  * given a peek function stay on the loop.  Call once, before any request.
  * PS_OK, PS_EINVAL (bad n, or called twice / too late), PS_ENOMEM,
  * PS_EINTERNAL (no thread or eventfd). */
 #define HTTPC_MAX_IO_THREADS 64
 int httpc_set_io_threads(struct httpc *h, int n);
+/* With I/O threads: the first n plain-http requests of each loop turn are
+ * still written by the loop itself (default 8), so a loop that is not busy
+ * sends at once instead of paying a handover and a wakeup; a turn that
+ * makes more (a burst) hands the rest to the lanes.  0: every one goes to
+ * a lane (tests of the lanes themselves).  PARASERVE_HTTPC_LANE_INLINE in
+ * the environment sets the default for every httpc created afterwards. */
+void httpc_set_lane_inline(struct httpc *h, int n);
+/* Requests handed to I/O threads so far. */
+int64_t httpc_lane_requests(const struct httpc *h);
 int httpc_io_threads(const struct httpc *h);
 /* CPU time the I/O threads have used so far (ns; 0 without them, -1 if
  * a thread's clock cannot be read). */

@@ -144,9 +144,18 @@ def test_https_agent_verified_with_its_ca_file(run, server_proc, tmp_path):
 
 
 # The executor's socket work on its own loop, or on I/O threads with a
-# mock agent of several threads (--http-threads / --mock-threads).
+# mock agent of several threads (--http-threads / --mock-threads); with
+# threads every request goes to one (PARASERVE_HTTPC_LANE_INLINE=0: by
+# default the first 8 of a loop turn stay on the loop).
 LANES = pytest.mark.parametrize("threads", [[], ["--http-threads", "3", "--mock-threads", "2"]],
                                 ids=["loop", "lanes"])
+
+
+@pytest.fixture(autouse=True)
+def _lanes_take_every_request(request, monkeypatch):
+    threads = request.node.callspec.params.get("threads") if hasattr(request.node, "callspec") else None
+    if threads:
+        monkeypatch.setenv("PARASERVE_HTTPC_LANE_INLINE", "0")
 
 
 @LANES

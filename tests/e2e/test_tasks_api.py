@@ -42,7 +42,7 @@ def mock_port():
     p.wait()
 
 
-def _start_srv(start_server, mock_port, tmp_path_factory, *extra):  # noqa: F811
+def _start_srv(start_server, mock_port, tmp_path_factory, *extra, env=None):  # noqa: F811
     port = free_port()
     pool = tmp_path_factory.mktemp("pool") / "agents.json"
     pool.write_text(json.dumps({"agents": [
@@ -60,7 +60,7 @@ def _start_srv(start_server, mock_port, tmp_path_factory, *extra):  # noqa: F811
     orig = server_fixtures.free_port
     server_fixtures.free_port = lambda: port
     try:
-        s = start_server("--agents", str(pool), "--kv-blocks", 1024, *extra)
+        s = start_server("--agents", str(pool), "--kv-blocks", 1024, *extra, env=env)
     finally:
         server_fixtures.free_port = orig
     return s
@@ -75,8 +75,10 @@ def srv(start_server, mock_port, tmp_path_factory):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def srv_lanes(start_server, mock_port, tmp_path_factory):  # noqa: F811
-    """The same server with its agent calls on two I/O threads (--http-threads)."""
-    return _start_srv(start_server, mock_port, tmp_path_factory, "--http-threads", 2)
+    """The same server with its agent calls on two I/O threads (--http-threads),
+    every one of them (by default the first 8 of a loop turn stay on the loop)."""
+    return _start_srv(start_server, mock_port, tmp_path_factory, "--http-threads", 2,
+                      env={"PARASERVE_HTTPC_LANE_INLINE": "0"})
 
 
 @pytest.fixture(params=["loop", "lanes"])

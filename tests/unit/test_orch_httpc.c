@@ -332,6 +332,7 @@ static void client_cases(int lanes)
     CHECK(http && httpc_set_io_threads(http, lanes) == PS_OK && httpc_io_threads(http) == lanes);
     if (!http)
         return;
+    httpc_set_lane_inline(http, 0);        /* every request on the lane */
     struct result a, b, c;
 
     /* Content-Length reply, headers callers see, and reuse of one connection. */
@@ -434,6 +435,7 @@ static void client_cases(int lanes)
         CHECK(http && httpc_set_io_threads(http, lanes) == PS_OK);
         if (!http)
             break;
+        httpc_set_lane_inline(http, 0);
         start("/len", srv_port, "p", 0, &a);
         run_loop();
         CHECK_MSG(a.transport_error == 0 && !strcmp(a.body, "pok"), "%s with http_proxy set: err %d body '%s'",
@@ -493,6 +495,26 @@ static void lanes_stress(void)
     if (!http)
         return;
     CHECK(httpc_set_io_threads(http, 2) == PS_EINVAL);          /* once only */
+
+    /* By default the first HC_LANE_INLINE (8) requests of a loop turn are
+     * the loop's own, the rest of a burst goes to the lanes. */
+    {
+        struct result few[20];
+        int64_t l0 = httpc_lane_requests(http);
+        for (int i = 0; i < 3; i++)
+            start("/len", srv_port, "i", 0, &few[i]);
+        run_loop();
+        CHECK_MSG(httpc_lane_requests(http) == l0, "3 requests in a turn: %lld to lanes",
+                  (long long)(httpc_lane_requests(http) - l0));
+        for (int i = 0; i < 20; i++)
+            start("/len", srv_port, "b", 0, &few[i]);
+        run_loop();
+        CHECK_MSG(httpc_lane_requests(http) == l0 + 12, "20 requests in a turn: %lld to lanes",
+                  (long long)(httpc_lane_requests(http) - l0));
+        for (int i = 0; i < 20; i++)
+            CHECK(few[i].calls == 1 && !strcmp(few[i].body, "bok"));
+    }
+    httpc_set_lane_inline(http, 0);        /* the rest: every request on a lane */
     char url[128];
 
     /* Cancelled before the loop turn ends (never handed to a lane), and
