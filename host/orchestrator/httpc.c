@@ -1123,6 +1123,22 @@ static void arm_flush(struct httpc *h)
     }
 }
 
+/* Append the chain first..last (linked by `next`) to a queue guarded by
+ * mu, and write fd (an eventfd) unless a write is already pending: the
+ * reader clears *signalled when it takes the queue. */
+static void queue_append(pthread_mutex_t *mu, struct hjob **head, struct hjob **tail, int *signalled, int fd,
+                         struct hjob *first, struct hjob *last)
+{
+    pthread_mutex_lock(mu);
+    if (*tail) (*tail)->next = first; else *head = first;
+    *tail = last;
+    int wake = !*signalled;
+    *signalled = 1;
+    pthread_mutex_unlock(mu);
+    if (wake)
+        eventfd_signal(fd);
+}
+
 /* Caller's loop: hand lane l the jobs made for it so far. */
 static void lane_post_pending(struct hlane *l)
 {
@@ -1137,14 +1153,7 @@ static void lane_post_pending(struct hlane *l)
         j->next = n;
         j->pprev_link = j->pnext = NULL;
     }
-    pthread_mutex_lock(&l->mu);
-    if (l->starts_tail) l->starts_tail->next = first; else l->starts = first;
-    l->starts_tail = last;
-    int wake = !l->signalled;
-    l->signalled = 1;
-    pthread_mutex_unlock(&l->mu);
-    if (wake)
-        eventfd_signal(l->fd);
+    queue_append(&l->mu, &l->starts, &l->starts_tail, &l->signalled, l->fd, first, last);
 }
 
 /* Caller's loop: post every lane's jobs made this turn. */
@@ -1155,6 +1164,14 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
     h->inline_used = 0;
     for (int i = 0; i < h->n_lanes; i++)
         lane_post_pending(&h->lanes[i]);
+}
+
+/* Lane: hand a DONE job back to the caller's loop. */
+static void lane_return(struct hjob *j)
+{
+    struct httpc *owner = j->lane->owner;
+    j->next = NULL;
+    queue_append(&owner->ret_mu, &owner->rets, &owner->rets_tail, &owner->ret_signalled, owner->ret_fd, j, j);
 }
 
 /* Lane: the job's request ended (its done callback, on the lane's loop). */
@@ -1171,16 +1188,7 @@ static void lane_done(void *ud, const struct httpc_response *resp)
     memcpy(j->errbuf, in->errbuf, sizeof j->errbuf);
     j->rep = in->rep;                      /* the reply moves to the job */
     memset(&in->rep, 0, sizeof in->rep);
-    struct httpc *owner = j->lane->owner;
-    j->next = NULL;
-    pthread_mutex_lock(&owner->ret_mu);
-    if (owner->rets_tail) owner->rets_tail->next = j; else owner->rets = j;
-    owner->rets_tail = j;
-    int wake = !owner->ret_signalled;
-    owner->ret_signalled = 1;
-    pthread_mutex_unlock(&owner->ret_mu);
-    if (wake)
-        eventfd_signal(owner->ret_fd);
+    lane_return(j);
 }
 
 /* Lane: start one job's request on the lane's own httpc. */
@@ -1195,16 +1203,7 @@ static void lane_start(struct hlane *l, struct hjob *j)
         if (atomic_compare_exchange_strong(&j->state, &live, JOB_DONE)) {
             j->result = CURLE_OUT_OF_MEMORY;
             snprintf(j->errbuf, sizeof j->errbuf, "http: out of memory");
-            struct httpc *owner = l->owner;
-            j->next = NULL;
-            pthread_mutex_lock(&owner->ret_mu);
-            if (owner->rets_tail) owner->rets_tail->next = j; else owner->rets = j;
-            owner->rets_tail = j;
-            int wake = !owner->ret_signalled;
-            owner->ret_signalled = 1;
-            pthread_mutex_unlock(&owner->ret_mu);
-            if (wake)
-                eventfd_signal(owner->ret_fd);
+            lane_return(j);
         }
         return;
     }
