@@ -112,6 +112,14 @@ int main(void)
           c.idle_timeout_ms == 2500);
     CHECK(server_config_load_text(&c, "{\"idle_timeout_ms\": -1}", "t.json") == PS_EINVAL);
     CHECK(server_config_load_text(&c, "{\"idle_timeout_ms\": 3600001}", "t.json") == PS_EINVAL);
+    /* http_threads: the executor's I/O threads, 0 (none, the default) .. 64 */
+    server_config_defaults(&c);
+    CHECK(c.http_threads == 0);
+    CHECK(server_config_load_text(&c, "{\"http_threads\": 4}", "t.json") == PS_OK && c.http_threads == 4);
+    CHECK(server_config_load_text(&c, "{\"http_threads\": 65}", "t.json") == PS_EINVAL);
+    CHECK(server_config_load_text(&c, "{\"http_threads\": -1}", "t.json") == PS_EINVAL);
+    char *argv_ht[] = { "serve", "-m", "m.gguf", "--http-threads", "3" };
+    CHECK(server_config_parse_args(&c, 5, argv_ht) == PS_OK && c.http_threads == 3);
 
     /* max_connections: at least 1, at most what RLIMIT_NOFILE leaves after
      * the reserve (config.h); unset (0) = the default derived from it */
