@@ -43,6 +43,7 @@
 
 #include "common/grow.h"
 #include "common/status.h"
+#include "common/thread_cpu.h"
 
 /* Easy handles kept for reuse: curl_easy_init/cleanup per request costs
  * allocations (buffers, state) that reuse after curl_easy_reset avoids. */
@@ -71,6 +72,7 @@ struct hpool;
 struct hconn;
 struct hjob;
 struct hlane;
+struct hqueue;
 
 struct httpc {
     struct event_base *base;
@@ -99,12 +101,7 @@ struct httpc {
     int                lanes_stopped; /* destroy joined them: jobs are freed here */
     struct event      *flush;      /* posts the jobs made during this loop turn */
     int                flush_armed;
-    int                ret_fd;     /* eventfd: lanes wrote finished jobs to `rets` */
-    struct event      *ret_ev;
-    pthread_mutex_t    ret_mu;
-    int                ret_mu_init;
-    struct hjob       *rets, *rets_tail;  /* ret_mu */
-    int                ret_signalled;     /* ret_mu: ret_fd written, not yet read */
+    struct hqueue     *rets;       /* finished jobs the lanes send back */
 };
 
 struct httpc_req {
@@ -181,6 +178,7 @@ static void hc_release(struct httpc_req *r, int reusable);
 static void lane_abandon(struct httpc_req *r);
 static void lane_take_back(struct httpc_req *r);
 static void lanes_stop(struct httpc *h);
+static void lanes_release(struct httpc *h);
 static void arm_flush(struct httpc *h);
 static int  lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char *out, size_t out_len,
                       long timeout_ms);
@@ -410,7 +408,8 @@ void httpc_destroy(struct httpc *h)
     if (h->n_lanes)
         lanes_stop(h);
     while (h->all)
-        req_free(h->all);
+        req_free(h->all);             /* after lanes_stop: their jobs are freed with them */
+    lanes_release(h);
     while (h->pools) {
         struct hpool *p = h->pools;
         while (p->idle)
@@ -427,15 +426,6 @@ void httpc_destroy(struct httpc *h)
         event_free(h->timer);
     if (h->kick)
         event_free(h->kick);
-    if (h->flush)
-        event_free(h->flush);
-    if (h->ret_ev)
-        event_free(h->ret_ev);
-    if (h->n_lanes && h->ret_fd >= 0)
-        close(h->ret_fd);
-    if (h->ret_mu_init)
-        pthread_mutex_destroy(&h->ret_mu);
-    free(h->lanes);
     free(h);
 }
 
@@ -1062,7 +1052,7 @@ struct hjob {
     CURLcode            result;    /* lane -> caller: as httpc_req */
     char                errbuf[CURL_ERROR_SIZE];
     struct httpc_reply  rep;
-    struct hjob        *next;      /* the lane's `starts`, or `rets` */
+    struct hjob        *next;      /* a queue: the lane's `starts`, or `rets` */
     struct hjob        *next_cancel; /* the lane's `cancels` */
 };
 
@@ -1070,16 +1060,11 @@ struct hlane {
     struct httpc      *owner;      /* the caller's httpc */
     struct httpc      *h;          /* the lane's own, used on its thread only */
     struct event_base *base;
-    struct event      *wake_ev;
-    int                fd;         /* eventfd: `starts` / `cancels` / stop */
     pthread_t          thread;
     int                running;
-    pthread_mutex_t    mu;
-    int                mu_init;
-    struct hjob       *starts, *starts_tail;   /* mu */
-    struct hjob       *cancels;                /* mu */
-    int                signalled;              /* mu: fd written, not yet read */
-    int                stop;                   /* mu */
+    struct hqueue     *starts;     /* jobs to start; its lock also guards: */
+    struct hjob       *cancels;    /* starts->mu */
+    int                stop;       /* starts->mu */
     /* caller's loop only, posted at the next flush (or at HC_LANE_BATCH) */
     struct hjob       *pend, *pend_tail;
     int                n_pend;
@@ -1123,20 +1108,87 @@ static void arm_flush(struct httpc *h)
     }
 }
 
-/* Append the chain first..last (linked by `next`) to a queue guarded by
- * mu, and write fd (an eventfd) unless a write is already pending: the
- * reader clears *signalled when it takes the queue. */
-static void queue_append(pthread_mutex_t *mu, struct hjob **head, struct hjob **tail, int *signalled, int fd,
-                         struct hjob *first, struct hjob *last)
+/* A handover queue between two threads: jobs linked by `next`, a lock, and
+ * an eventfd that wakes the reader's loop (its event calls `cb`).  The
+ * eventfd is written only when the reader has not been woken since it
+ * last took the queue, so a burst costs one write. */
+struct hqueue {
+    pthread_mutex_t mu;
+    struct hjob    *head, *tail;   /* mu */
+    int             signalled;     /* mu: fd written, not yet taken */
+    int             fd;
+    struct event   *ev;
+};
+
+/* NULL with *step / *err saying what failed. */
+static struct hqueue *hqueue_new(struct event_base *reader, event_callback_fn cb, void *arg, const char **step,
+                                 int *err)
 {
-    pthread_mutex_lock(mu);
-    if (*tail) (*tail)->next = first; else *head = first;
-    *tail = last;
-    int wake = !*signalled;
-    *signalled = 1;
-    pthread_mutex_unlock(mu);
+    struct hqueue *q = calloc(1, sizeof *q);
+    *step = "out of memory";
+    *err = ENOMEM;
+    if (!q)
+        return NULL;
+    if ((*err = pthread_mutex_init(&q->mu, NULL))) {
+        *step = "mutex";
+        free(q);
+        return NULL;
+    }
+    if ((q->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0) {
+        *step = "eventfd";
+        *err = errno;
+    } else if (!(q->ev = event_new(reader, q->fd, EV_READ | EV_PERSIST, cb, arg)) || event_add(q->ev, NULL)) {
+        *step = "event loop";
+        *err = ENOMEM;
+    } else {
+        return q;
+    }
+    if (q->ev) event_free(q->ev);
+    if (q->fd >= 0) close(q->fd);
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+    return NULL;
+}
+
+/* The reader's event must be gone with its loop's thread (or be this one). */
+static void hqueue_free(struct hqueue *q)
+{
+    if (!q)
+        return;
+    event_free(q->ev);
+    close(q->fd);
+    pthread_mutex_destroy(&q->mu);
+    free(q);
+}
+
+/* With q->mu held: note that the reader is being woken; 1 when the caller
+ * must write the eventfd after unlocking. */
+static int hqueue_mark_locked(struct hqueue *q)
+{
+    int wake = !q->signalled;
+    q->signalled = 1;
+    return wake;
+}
+
+/* Append the chain first..last and wake the reader. */
+static void hqueue_push(struct hqueue *q, struct hjob *first, struct hjob *last)
+{
+    pthread_mutex_lock(&q->mu);
+    if (q->tail) q->tail->next = first; else q->head = first;
+    q->tail = last;
+    int wake = hqueue_mark_locked(q);
+    pthread_mutex_unlock(&q->mu);
     if (wake)
-        eventfd_signal(fd);
+        eventfd_signal(q->fd);
+}
+
+/* Reader, with q->mu held (after reading the eventfd): the whole queue. */
+static struct hjob *hqueue_take_locked(struct hqueue *q)
+{
+    struct hjob *j = q->head;
+    q->head = q->tail = NULL;
+    q->signalled = 0;
+    return j;
 }
 
 /* Caller's loop: hand lane l the jobs made for it so far. */
@@ -1153,7 +1205,7 @@ static void lane_post_pending(struct hlane *l)
         j->next = n;
         j->pprev_link = j->pnext = NULL;
     }
-    queue_append(&l->mu, &l->starts, &l->starts_tail, &l->signalled, l->fd, first, last);
+    hqueue_push(l->starts, first, last);
 }
 
 /* Caller's loop: post every lane's jobs made this turn. */
@@ -1169,9 +1221,8 @@ static void on_flush(evutil_socket_t fd, short what, void *arg)
 /* Lane: hand a DONE job back to the caller's loop. */
 static void lane_return(struct hjob *j)
 {
-    struct httpc *owner = j->lane->owner;
     j->next = NULL;
-    queue_append(&owner->ret_mu, &owner->rets, &owner->rets_tail, &owner->ret_signalled, owner->ret_fd, j, j);
+    hqueue_push(j->lane->owner->rets, j, j);
 }
 
 /* Lane: the job's request ended (its done callback, on the lane's loop). */
@@ -1227,18 +1278,16 @@ static void lane_start(struct hlane *l, struct hjob *j)
 static void on_lane_wake(evutil_socket_t fd, short what, void *arg)
 {
     struct hlane *l = arg;
-    eventfd_drain(l->fd);
-    pthread_mutex_lock(&l->mu);
+    eventfd_drain(l->starts->fd);
+    pthread_mutex_lock(&l->starts->mu);
     if (l->stop) {
-        pthread_mutex_unlock(&l->mu);
+        pthread_mutex_unlock(&l->starts->mu);
         event_base_loopbreak(l->base);
         return;
     }
-    struct hjob *starts = l->starts, *cancels = l->cancels;
-    l->starts = l->starts_tail = NULL;
+    struct hjob *starts = hqueue_take_locked(l->starts), *cancels = l->cancels;
     l->cancels = NULL;
-    l->signalled = 0;
-    pthread_mutex_unlock(&l->mu);
+    pthread_mutex_unlock(&l->starts->mu);
     while (starts) {
         struct hjob *j = starts;
         starts = j->next;
@@ -1267,12 +1316,10 @@ static void *lane_main(void *arg)
 static void on_rets(evutil_socket_t fd, short what, void *arg)
 {
     struct httpc *h = arg;
-    eventfd_drain(h->ret_fd);
-    pthread_mutex_lock(&h->ret_mu);
-    struct hjob *j = h->rets;
-    h->rets = h->rets_tail = NULL;
-    h->ret_signalled = 0;
-    pthread_mutex_unlock(&h->ret_mu);
+    eventfd_drain(h->rets->fd);
+    pthread_mutex_lock(&h->rets->mu);
+    struct hjob *j = hqueue_take_locked(h->rets);
+    pthread_mutex_unlock(&h->rets->mu);
     while (j) {
         struct hjob *n = j->next;
         if (!j->orphan) {
@@ -1342,14 +1389,13 @@ static void lane_abandon(struct httpc_req *r)
         /* at once, not at the end of the turn: the connection closes now
          * even when the caller does not run its loop again */
         struct hlane *l = j->lane;
-        pthread_mutex_lock(&l->mu);
+        pthread_mutex_lock(&l->starts->mu);
         j->next_cancel = l->cancels;
         l->cancels = j;
-        int wake = !l->signalled;
-        l->signalled = 1;
-        pthread_mutex_unlock(&l->mu);
+        int wake = hqueue_mark_locked(l->starts);
+        pthread_mutex_unlock(&l->starts->mu);
         if (wake)
-            eventfd_signal(l->fd);
+            eventfd_signal(l->starts->fd);
     } else {
         j->orphan = 1;                     /* DONE: on its way back */
     }
@@ -1379,10 +1425,10 @@ static void lanes_stop(struct httpc *h)
         struct hlane *l = &h->lanes[i];
         if (!l->running)
             continue;
-        pthread_mutex_lock(&l->mu);
+        pthread_mutex_lock(&l->starts->mu);
         l->stop = 1;
-        pthread_mutex_unlock(&l->mu);
-        eventfd_signal(l->fd);
+        pthread_mutex_unlock(&l->starts->mu);
+        eventfd_signal(l->starts->fd);
         pthread_join(l->thread, NULL);
         l->running = 0;
     }
@@ -1396,41 +1442,41 @@ static void lanes_stop(struct httpc *h)
             l->cancels = j->next_cancel;
             job_free(j);
         }
-        l->starts = l->starts_tail = NULL;
         if (l->h)
             httpc_destroy(l->h);           /* requests still in flight: no callbacks */
         l->h = NULL;
-        if (l->wake_ev) event_free(l->wake_ev);
+        hqueue_free(l->starts);            /* its jobs belong to their proxies */
+        l->starts = NULL;
         if (l->base) event_base_free(l->base);
-        if (l->fd >= 0) close(l->fd);
-        if (l->mu_init) pthread_mutex_destroy(&l->mu);
+        l->base = NULL;
     }
-    for (struct hjob *j = h->rets, *n; j; j = n) {
-        n = j->next;
-        if (j->orphan)
-            job_free(j);
-        else
-            j->next = NULL;                /* its proxy frees it */
+    if (h->rets) {
+        pthread_mutex_lock(&h->rets->mu);
+        struct hjob *j = hqueue_take_locked(h->rets);
+        pthread_mutex_unlock(&h->rets->mu);
+        for (struct hjob *n; j; j = n) {
+            n = j->next;
+            if (j->orphan)
+                job_free(j);
+            else
+                j->next = NULL;            /* its proxy frees it */
+        }
     }
-    h->rets = h->rets_tail = NULL;
 }
 
-/* Undo a partial httpc_set_io_threads: the client is left as it was,
- * without lanes, and usable. */
-static void lanes_unset(struct httpc *h)
+/* After lanes_stop (and, in httpc_destroy, after the proxies are freed):
+ * free what the caller's loop kept for the lanes; the client is then as
+ * if it never had any.  NULL-safe parts, so a partial set-up works too. */
+static void lanes_release(struct httpc *h)
 {
-    lanes_stop(h);
+    if (h->flush) event_free(h->flush);
+    h->flush = NULL;
+    hqueue_free(h->rets);
+    h->rets = NULL;
     free(h->lanes);
     h->lanes = NULL;
     h->n_lanes = 0;
     h->lanes_stopped = 0;
-    if (h->flush) event_free(h->flush);
-    if (h->ret_ev) event_free(h->ret_ev);
-    if (h->ret_fd >= 0) close(h->ret_fd);
-    if (h->ret_mu_init) pthread_mutex_destroy(&h->ret_mu);
-    h->flush = h->ret_ev = NULL;
-    h->ret_fd = -1;
-    h->ret_mu_init = 0;
 }
 
 int httpc_set_io_threads(struct httpc *h, int n)
@@ -1443,38 +1489,24 @@ int httpc_set_io_threads(struct httpc *h, int n)
         return PS_OK;
     const char *step = "out of memory";
     int err = ENOMEM;
-    h->ret_fd = -1;
     if (!(h->lanes = calloc((size_t)n, sizeof *h->lanes)))
         goto fail;
     h->n_lanes = n;
-    for (int i = 0; i < n; i++)
-        h->lanes[i].fd = -1;
-    if ((err = pthread_mutex_init(&h->ret_mu, NULL)))
+    if (!(h->rets = hqueue_new(h->base, on_rets, h, &step, &err)))
         goto fail;
-    h->ret_mu_init = 1;
-    step = "eventfd";
-    if ((h->ret_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
-        goto fail_errno;
     step = "event loop";
-    err = ENOMEM;
-    if (!(h->ret_ev = event_new(h->base, h->ret_fd, EV_READ | EV_PERSIST, on_rets, h)) ||
-        event_add(h->ret_ev, NULL) || !(h->flush = event_new(h->base, -1, 0, on_flush, h)))
+    if (!(h->flush = event_new(h->base, -1, 0, on_flush, h)))
         goto fail;
     for (int i = 0; i < n; i++) {
         struct hlane *l = &h->lanes[i];
         l->owner = h;
-        step = "mutex";
-        if ((err = pthread_mutex_init(&l->mu, NULL)))
-            goto fail;
-        l->mu_init = 1;
-        step = "eventfd";
-        if ((l->fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)) < 0)
-            goto fail_errno;
         step = "event loop";
         err = ENOMEM;
-        if (!(l->base = event_base_new()) || !(l->h = httpc_create(l->base)) ||
-            !(l->wake_ev = event_new(l->base, l->fd, EV_READ | EV_PERSIST, on_lane_wake, l)) ||
-            event_add(l->wake_ev, NULL))
+        if (!(l->base = event_base_new()) || !(l->starts = hqueue_new(l->base, on_lane_wake, l, &step, &err)))
+            goto fail;
+        step = "out of memory";
+        err = ENOMEM;
+        if (!(l->h = httpc_create(l->base)))
             goto fail;
         l->h->fast_ok = h->fast_ok;
         l->h->fast_loopback = h->fast_loopback;
@@ -1486,10 +1518,9 @@ int httpc_set_io_threads(struct httpc *h, int n)
         l->running = 1;
     }
     return PS_OK;
-fail_errno:
-    err = errno;
 fail:
-    lanes_unset(h);
+    lanes_stop(h);                         /* the client is left as it was, without lanes */
+    lanes_release(h);
     return ps_error_set(err == ENOMEM ? PS_ENOMEM : PS_EINTERNAL, "http: cannot start %d io threads: %s: %s",
                         n, step, strerror(err));
 }
@@ -1513,12 +1544,10 @@ int64_t httpc_io_cpu_ns(const struct httpc *h)
 {
     int64_t sum = 0;
     for (int i = 0; h && i < h->n_lanes; i++) {
-        clockid_t cid;
-        struct timespec ts;
-        if (!h->lanes[i].running || pthread_getcpuclockid(h->lanes[i].thread, &cid) ||
-            clock_gettime(cid, &ts))
+        int64_t ns = h->lanes[i].running ? ps_thread_cpu_ns(h->lanes[i].thread) : -1;
+        if (ns < 0)
             return -1;
-        sum += (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+        sum += ns;
     }
     return sum;
 }

@@ -46,6 +46,7 @@
 
 #include "common/grow.h"
 #include "common/status.h"
+#include "common/thread_cpu.h"
 #include "orchestrator/httpc.h"
 
 #define MOCK_BACKLOG   4096          /* a burst of connects must not drop SYNs */
@@ -707,11 +708,10 @@ int64_t mock_agent_cpu_ns(const struct mock_agent *m)
         return -1;
     int64_t sum = 0;
     for (int i = 0; i < m->n_workers; i++) {
-        clockid_t cid;
-        struct timespec ts;
-        if (pthread_getcpuclockid(m->workers[i].thread, &cid) || clock_gettime(cid, &ts))
+        int64_t ns = ps_thread_cpu_ns(m->workers[i].thread);
+        if (ns < 0)
             return -1;
-        sum += (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+        sum += ns;
     }
     return sum;
 }
