@@ -141,16 +141,16 @@ static double pct(double *v, size_t n, double p)
 /* The number after the top-level member "key": in an event's data (the
  * executor prints these members as plain numbers).  Returns 0 if absent.
  * A scan instead of a JSON parse: it runs on the measured loop. */
-static int event_number(const char *data, const char *key, double *out)
+/* The number after `pattern` ("\"key\":", a literal) in an event's data. */
+static int event_number(const char *data, const char *pattern, double *out)
 {
-    char pat[64];
-    snprintf(pat, sizeof pat, "\"%s\":", key);
-    const char *p = strstr(data, pat);
+    const char *p = strstr(data, pattern);
     if (!p)
         return 0;
+    p += strlen(pattern);
     char *end;
-    *out = strtod(p + strlen(pat), &end);
-    return end != p + strlen(pat);
+    *out = strtod(p, &end);
+    return end != p;
 }
 
 static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
@@ -163,9 +163,9 @@ static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
         printf("{\"id\":%lld,\"event\":\"%s\",\"data\":%s}\n", (long long)ev->id, ev->type, ev->data);
     double x;
     if (r->stats && !strcmp(ev->type, "call.result")) {
-        if (event_number(ev->data, "dispatch_to_recv_us", &x))
+        if (event_number(ev->data, "\"dispatch_to_recv_us\":", &x))
             push(r, &r->d2r, &r->n_d2r, &r->cap_d2r, x);
-        if (event_number(ev->data, "reply_to_record_us", &x))
+        if (event_number(ev->data, "\"reply_to_record_us\":", &x))
             push(r, &r->r2r, &r->n_r2r, &r->cap_r2r, x);
     }
     /* t_ms is the last member of every event (task.c appends it), so a
@@ -173,7 +173,7 @@ static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
     const char *tm = terminal && r->stats ? strstr(ev->data, ",\"t_ms\":") : NULL;
     while (tm && strstr(tm + 1, ",\"t_ms\":"))
         tm = strstr(tm + 1, ",\"t_ms\":");
-    if (tm && event_number(tm, "t_ms", &x))
+    if (tm && event_number(tm, "\"t_ms\":", &x))
         push(r, &r->task_ms, &r->n_task, &r->cap_task, x);
 }
 

@@ -9,6 +9,7 @@ static const char *const status_messages[] = {
 };
 
 static _Thread_local char error_detail[512];
+static _Thread_local int error_status;
 
 const char *ps_status_str(int status)
 {
@@ -23,6 +24,7 @@ int ps_error_set(int status, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(error_detail, sizeof error_detail, fmt, ap);
     va_end(ap);
+    error_status = status;
     return status;
 }
 
@@ -31,7 +33,13 @@ const char *ps_error_last(void)
     return error_detail;
 }
 
+int ps_error_last_status(void)
+{
+    return error_status;
+}
+
 void ps_error_clear(void)
 {
     error_detail[0] = '\0';
+    error_status = PS_OK;
 }

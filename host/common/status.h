@@ -45,6 +45,11 @@ int ps_error_set(int status, const char *fmt, ...)
  * ps_error_set on this thread. */
 const char *ps_error_last(void);
 
+/* Status the last ps_error_set on this thread recorded with its detail
+ * (PS_OK when none since the last ps_error_clear): for a function that
+ * returns NULL on failure, the caller's status to pass on. */
+int ps_error_last_status(void);
+
 /* Forget the thread's last detail. */
 void ps_error_clear(void);
 

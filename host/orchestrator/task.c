@@ -823,6 +823,39 @@ fail:
 
 static void reserve_update(struct orch_task *t, int64_t ms);
 
+/* A new ledger entry for `call`: {"id","to","args","after","status",
+ * "result","error","ms","attempts"}, the last five still null / 0.  NULL
+ * when out of memory. */
+static cJSON *ledger_entry_new(const cJSON *call)
+{
+    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
+    const cJSON *to = cJSON_GetObjectItemCaseSensitive(call, "to");
+    const cJSON *args = cJSON_GetObjectItemCaseSensitive(call, "args");
+    const cJSON *after = cJSON_GetObjectItemCaseSensitive(call, "after");
+    cJSON *e = cJSON_CreateObject();
+    cJSON *fields[4] = {
+        cJSON_IsString(id) ? cJSON_Duplicate(id, 0) : cJSON_CreateNull(),
+        cJSON_IsString(to) ? cJSON_Duplicate(to, 0) : cJSON_CreateNull(),
+        args ? cJSON_Duplicate(args, 1) : cJSON_CreateObject(),
+        after ? cJSON_Duplicate(after, 1) : cJSON_CreateArray(),
+    };
+    static const char *const keys[4] = { "id", "to", "args", "after" };
+    int ok = e != NULL;
+    for (int i = 0; i < 4; i++) {
+        if (ok && fields[i] && cJSON_AddItemToObject(e, keys[i], fields[i]))
+            continue;
+        ok = 0;
+        cJSON_Delete(fields[i]);
+    }
+    if (!ok || !cJSON_AddNullToObject(e, "status") || !cJSON_AddNullToObject(e, "result") ||
+        !cJSON_AddNullToObject(e, "error") || !cJSON_AddNumberToObject(e, "ms", 0) ||
+        !cJSON_AddNumberToObject(e, "attempts", 0)) {
+        cJSON_Delete(e);
+        return NULL;
+    }
+    return e;
+}
+
 static void on_call_closed(void *ud, const cJSON *call_in)
 {
     struct orch_task *t = ud;
@@ -847,19 +880,14 @@ static void on_call_closed(void *ud, const cJSON *call_in)
             log_fail(t, PS_ENOMEM);
     }
     const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
-    const cJSON *to = cJSON_GetObjectItemCaseSensitive(call, "to");
-    cJSON *e = cJSON_CreateObject();
-    cJSON_AddItemToObject(e, "id", cJSON_IsString(id) ? cJSON_Duplicate(id, 0) : cJSON_CreateNull());
-    cJSON_AddItemToObject(e, "to", cJSON_IsString(to) ? cJSON_Duplicate(to, 0) : cJSON_CreateNull());
-    const cJSON *args = cJSON_GetObjectItemCaseSensitive(call, "args");
-    const cJSON *after = cJSON_GetObjectItemCaseSensitive(call, "after");
-    cJSON_AddItemToObject(e, "args", args ? cJSON_Duplicate(args, 1) : cJSON_CreateObject());
-    cJSON_AddItemToObject(e, "after", after ? cJSON_Duplicate(after, 1) : cJSON_CreateArray());
-    cJSON_AddNullToObject(e, "status");
-    cJSON_AddNullToObject(e, "result");
-    cJSON_AddNullToObject(e, "error");
-    cJSON_AddNumberToObject(e, "ms", 0);
-    cJSON_AddNumberToObject(e, "attempts", 0);
+    cJSON *e = ledger_entry_new(call);
+    if (!e) {
+        /* never submitted: a call without a ledger entry would end with no
+         * record in the task's summary */
+        cJSON_Delete(own);
+        log_fail(t, PS_ENOMEM);
+        return;
+    }
     /* An id the task already used, or a call over the limit: recorded as
      * rejected without reaching the executor.  (A duplicate that reached it
      * would be rejected there too, but its feedback, matched by id, could
@@ -870,9 +898,14 @@ static void on_call_closed(void *ud, const cJSON *call_in)
     else if (t->n_calls >= t->max_calls)
         snprintf(err, sizeof err, "task call limit (%d) reached", t->max_calls);
     if (err[0]) {
-        cJSON_ReplaceItemInObjectCaseSensitive(e, "status", cJSON_CreateString("rejected"));
-        cJSON_ReplaceItemInObjectCaseSensitive(e, "error", cJSON_CreateString(err));
-        cJSON *rec = cJSON_Duplicate(e, 1);
+        cJSON *rec = NULL;
+        if (json_set_string(cJSON_GetObjectItemCaseSensitive(e, "status"), "rejected") ||
+            json_set_string(cJSON_GetObjectItemCaseSensitive(e, "error"), err) || !(rec = cJSON_Duplicate(e, 1))) {
+            cJSON_Delete(e);
+            cJSON_Delete(own);
+            log_fail(t, PS_ENOMEM);
+            return;
+        }
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "args");
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "after");
         cJSON_AddItemToArray(t->ledger, e);

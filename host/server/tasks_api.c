@@ -940,8 +940,11 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     struct exec_config ecfg = { .local_url = cfg->local_url, .local_header = cfg->local_header,
                                 .local_tenant_header = cfg->local_tenant_header, .local_model = "default",
                                 .http_threads = cfg->http_threads };
+    ps_error_clear();
     if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, NULL))) {
-        rc = PS_ENOMEM;
+        /* orch_create states its cause (ps_error_set): an allocation, an
+         * I/O thread that could not start, ... */
+        rc = ps_error_last_status() != PS_OK ? ps_error_last_status() : PS_EINTERNAL;
         goto fail;
     }
     struct orch_decider dec = { decider_start, decider_cancel, api, decider_over_context };

@@ -2957,9 +2957,32 @@ static void test_local_agent_tenant_header(void)
     registry_free(reg);
 }
 
+/* A failed orch_create states its cause and status (ps_error_set), which
+ * tasks_api_create passes on instead of calling every failure "out of memory". */
+static void test_orch_create_failure_status(void)
+{
+    struct registry *reg = NULL;
+    CHECK_MSG(registry_load_json("{\"agents\":[{\"name\":\"calc\",\"kind\":\"builtin\",\"tool\":\"calculator\"}]}",
+                                 "pool", &reg) == PS_OK, "%s", ps_error_last());
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .http_threads = HTTPC_MAX_IO_THREADS + 1 };
+    ps_error_clear();
+    CHECK(ps_error_last_status() == PS_OK);
+    struct orch *o = orch_create(base, reg, &ec, NULL);
+    CHECK(o == NULL);
+    CHECK_MSG(ps_error_last_status() == PS_EINVAL, "status %d: %s", ps_error_last_status(), ps_error_last());
+    CHECK_MSG(strstr(ps_error_last(), "io threads") != NULL, "%s", ps_error_last());
+    ec.http_threads = 0;
+    CHECK((o = orch_create(base, reg, &ec, NULL)) != NULL);
+    orch_destroy(o);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 int main(void)
 {
     test_registry_errors();
+    test_orch_create_failure_status();
     test_registry_describe();
     test_a2a_card_read();
     test_mcp_reply();
