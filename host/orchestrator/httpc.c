@@ -131,6 +131,8 @@ struct httpc_req {
     httpc_peek_fn      peek;       /* NULL: none (httpc_set_peek) */
     int                peeked;     /* peek ended it (curl path: the write abort is not an error) */
     struct hjob       *job;        /* lanes: the job carrying it, until its result arrived */
+    int                took_idle;  /* fast path: started on a pooled idle connection */
+    int                kept_conn;  /* ... and left its connection idle in the pool */
 };
 
 struct hpool {
@@ -140,6 +142,12 @@ struct hpool {
     char                 *key;     /* "host:port" as in the URL (the Host header) */
     struct hconn         *idle;    /* doubly linked, most recently used first */
     int                   n_idle;
+    /* Caller's loop with lanes: per lane, the idle connections to this
+     * host:port the loop counts in that lane's pool (+1 for each request
+     * that left its connection there, -1 for each sent to use one; reset
+     * when a lane found none).  A hint for where to send the next
+     * request; NULL until a lane kept one. */
+    int                  *lane_idle;
     struct hpool         *next;
 };
 
@@ -181,7 +189,8 @@ static void lanes_stop(struct httpc *h);
 static void lanes_release(struct httpc *h);
 static void arm_flush(struct httpc *h);
 static int  lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char *out, size_t out_len,
-                      long timeout_ms);
+                      long timeout_ms, int lane);
+static int  lane_with_idle(struct httpc *h, const struct hpool *p);
 
 static void req_free(struct httpc_req *r)
 {
@@ -416,6 +425,7 @@ void httpc_destroy(struct httpc *h)
             hconn_close(p->idle);
         h->pools = p->next;
         free(p->key);
+        free(p->lane_idle);
         free(p);
     }
     while (h->n_idle > 0)
@@ -504,6 +514,7 @@ static void hc_release(struct httpc_req *r, int reusable)
     }
     if (c->wr)
         event_del(c->wr);
+    r->kept_conn = 1;
     c->reused = 1;
     c->prev = NULL;
     c->next = p->idle;
@@ -632,6 +643,7 @@ static int hc_start(struct httpc_req *r)
     struct hpool *p = r->pool;
     struct hconn *c = p->idle;
     char msg[160];
+    r->took_idle = c != NULL;
     if (c) {
         pool_unlink_idle(c);
     } else if (!(c = hconn_new(p))) {
@@ -986,16 +998,25 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
         free(out);
         return NULL;
     }
-    if (h->n_lanes && h->inline_used < h->lane_inline) {
-        h->inline_used++;
-        arm_flush(h);                      /* the turn's end resets the count */
-    } else if (h->n_lanes) {
-        if (lane_post(h, r, p, out, len, timeout_ms)) {
-            free(out);
-            return NULL;
+    if (h->n_lanes) {
+        /* The loop writes it while this turn's inline allowance lasts and
+         * its own pool has an idle connection; else a lane that has one
+         * (so a warm pool stays warm whichever way a load arrives); else,
+         * while the allowance lasts, the loop on a new connection; else
+         * the next lane in turn. */
+        int inline_ok = h->inline_used < h->lane_inline;
+        int lane = inline_ok && p->idle ? -1 : lane_with_idle(h, p);
+        if (lane < 0 && inline_ok) {
+            h->inline_used++;
+            arm_flush(h);                  /* the turn's end resets the count */
+        } else {
+            if (lane_post(h, r, p, out, len, timeout_ms, lane)) {
+                free(out);
+                return NULL;
+            }
+            h->lane_requests++;
+            return r;
         }
-        h->lane_requests++;
-        return r;
     }
     r->out = out;
     r->out_len = len;
@@ -1038,7 +1059,8 @@ enum { JOB_LIVE, JOB_CANCEL, JOB_DONE };
 struct hjob {
     struct httpc_req   *proxy;     /* caller's loop: the request it carries */
     struct hlane       *lane;
-    const struct hpool *origin;    /* caller's pool: key and address (immutable) */
+    struct hpool       *origin;    /* caller's pool: lanes read only its key and address
+                                      (immutable); lane_idle is the caller's */
     char               *out;       /* request bytes, until the lane takes them */
     size_t              out_len;
     long                timeout_ms;
@@ -1046,6 +1068,9 @@ struct hjob {
     _Atomic int         state;
     int                 posted;    /* caller's loop: handed to the lane */
     int                 orphan;    /* caller's loop: cancelled while DONE */
+    int                 to_idle;   /* caller's loop: sent to this lane for an idle connection */
+    int                 took_idle; /* lane -> caller: it started on an idle connection */
+    int                 kept_conn; /* lane -> caller: it left its connection idle there */
     struct hjob        *pprev_link;/* caller's loop: `pend` list (doubly linked) */
     struct hjob        *pnext;
     struct httpc_req   *inner;     /* lane: its request while in flight */
@@ -1236,6 +1261,8 @@ static void lane_done(void *ud, const struct httpc_response *resp)
     if (!atomic_compare_exchange_strong(&j->state, &live, JOB_DONE))
         return;                            /* cancelled: its cancel message frees it */
     j->result = in->result;
+    j->took_idle = in->took_idle;
+    j->kept_conn = in->kept_conn;
     memcpy(j->errbuf, in->errbuf, sizeof j->errbuf);
     j->rep = in->rep;                      /* the reply moves to the job */
     memset(&in->rep, 0, sizeof in->rep);
@@ -1312,6 +1339,34 @@ static void *lane_main(void *arg)
     return NULL;
 }
 
+/* Caller's loop: what a finished job says about its lane's idle
+ * connections to its host:port (hpool.lane_idle). */
+static void lane_count_idle(struct httpc *h, const struct hjob *j)
+{
+    struct hpool *p = j->origin;
+    int k = (int)(j->lane - h->lanes);
+    if (!p->lane_idle && j->kept_conn && !(p->lane_idle = calloc((size_t)h->n_lanes, sizeof *p->lane_idle)))
+        return;                            /* only a hint: lanes are then taken in turn */
+    if (!p->lane_idle)
+        return;
+    if (j->to_idle && !j->took_idle)
+        p->lane_idle[k] = 0;               /* the count was stale (closed while idle) */
+    if (j->kept_conn)
+        p->lane_idle[k]++;
+}
+
+/* Caller's loop: the next lane, from the one in turn, the loop counts an
+ * idle connection to p's host:port in; -1 when none. */
+static int lane_with_idle(struct httpc *h, const struct hpool *p)
+{
+    for (int i = 0; p->lane_idle && i < h->n_lanes; i++) {
+        int k = (h->next_lane + i) % h->n_lanes;
+        if (p->lane_idle[k] > 0)
+            return k;
+    }
+    return -1;
+}
+
 /* Caller's loop: replies the lanes sent back. */
 static void on_rets(evutil_socket_t fd, short what, void *arg)
 {
@@ -1322,6 +1377,7 @@ static void on_rets(evutil_socket_t fd, short what, void *arg)
     pthread_mutex_unlock(&h->rets->mu);
     while (j) {
         struct hjob *n = j->next;
+        lane_count_idle(h, j);
         if (!j->orphan) {
             struct httpc_req *r = j->proxy;
             r->job = NULL;
@@ -1337,15 +1393,23 @@ static void on_rets(evutil_socket_t fd, short what, void *arg)
     dispatch_done(h);
 }
 
-/* Caller's loop: hand r (its request bytes made, pool p) to the next lane. */
+/* Caller's loop: hand r (its request bytes made, pool p) to lane `lane`,
+ * chosen for an idle connection there (lane_with_idle), or with lane < 0
+ * to the next lane in turn. */
 static int lane_post(struct httpc *h, struct httpc_req *r, struct hpool *p, char *out, size_t out_len,
-                     long timeout_ms)
+                     long timeout_ms, int lane)
 {
     struct hjob *j = calloc(1, sizeof *j);
     if (!j)
         return -1;
-    struct hlane *l = &h->lanes[h->next_lane];
-    h->next_lane = (h->next_lane + 1) % h->n_lanes;
+    if (lane >= 0) {
+        p->lane_idle[lane]--;
+        j->to_idle = 1;
+    } else {
+        lane = h->next_lane;
+    }
+    struct hlane *l = &h->lanes[lane];
+    h->next_lane = (lane + 1) % h->n_lanes;
     /* A long turn: the lane starts on the waiting ones meanwhile.  Posted
      * before this job is added, so the job httpc_request returns is never
      * posted yet - httpc_set_peek right after can still take it back. */
@@ -1412,7 +1476,9 @@ static void lane_take_back(struct httpc_req *r)
     r->out = j->out;
     r->out_len = j->out_len;
     j->out = NULL;
-    r->pool = (struct hpool *)j->origin;
+    r->pool = j->origin;
+    if (j->to_idle)
+        r->pool->lane_idle[j->lane - r->h->lanes]++;   /* that connection was not used */
     r->timeout_ms = j->timeout_ms;
     r->deadline_ns = j->deadline_ns;
     job_free(j);

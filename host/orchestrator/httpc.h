@@ -76,8 +76,10 @@ void httpc_set_peek(struct httpc_req *r, httpc_peek_fn peek);
 
 /* Run plain-http fast-path requests (see above) on n I/O threads ("lanes",
  * 0..HTTPC_MAX_IO_THREADS; 0, the default: on the loop's own thread), each
- * with its own event loop and keep-alive pools, requests spread over them
- * in turn.  The contract above is unchanged: every function is still
+ * with its own event loop and keep-alive pools.  A request the loop does
+ * not write itself (httpc_set_lane_inline) goes to a lane the loop counts
+ * an idle connection to its host:port in, else to the next lane in turn.
+ * The contract above is unchanged: every function is still
  * called on the loop's thread, callbacks run there, and a cancelled
  * request never calls back.  What moves to the lanes is the socket work
  * (connect, send, recv, HTTP parsing), so one loop can drive more calls
@@ -93,7 +95,9 @@ int httpc_set_io_threads(struct httpc *h, int n);
 /* With I/O threads: the first n plain-http requests of each loop turn are
  * still written by the loop itself (default 8), so a loop that is not busy
  * sends at once instead of paying a handover and a wakeup; a turn that
- * makes more (a burst) hands the rest to the lanes.  0: every one goes to
+ * makes more (a burst) hands the rest to the lanes.  Within the n, a
+ * request whose agent has no idle connection in the loop's pool but has
+ * one on a lane goes to that lane rather than open a new connection.  0: every one goes to
  * a lane (tests of the lanes themselves).  PARASERVE_HTTPC_LANE_INLINE in
  * the environment sets the default for every httpc created afterwards. */
 void httpc_set_lane_inline(struct httpc *h, int n);

@@ -6,7 +6,8 @@
  * oversized replies, connection refused, request timeout and cancel give
  * transport errors (never a callback before httpc_request returns).  All of
  * it runs twice: on the loop's own thread and on one I/O lane
- * (httpc_set_io_threads), where the same connection counts must hold; then
+ * (httpc_set_io_threads), where the same connection counts must hold; a
+ * pool warmed by a burst stays warm for the same load in small turns; then
  * three lanes take hundreds of requests cancelled in every state a job can
  * be in (not yet handed over, in flight, finished on its way back), and an
  * httpc destroyed with requests in all of them (ASan: no leak, no use after
@@ -105,6 +106,9 @@ static void *conn_thread(void *ud)
             send_str(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
             usleep(20000);
             goto out;
+        } else if (!strcmp(path, "/slow")) {
+            usleep(30000);
+            send_str(fd, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
         } else if (!strcmp(path, "/hang")) {
             /* never reply; wait for the client to leave */
         } else {
@@ -631,6 +635,61 @@ static void lanes_stress(void)
     CHECK(foreign_callbacks == 0);
 }
 
+/* A pool warmed by a burst stays warm when the same load comes in small
+ * turns: the burst left most of its connections idle on the lanes, and
+ * a turn of a few requests - which the loop would write itself - goes to
+ * a lane holding idle connections before the loop opens new ones. */
+static struct result warm_res[48];
+static int warm_next;
+
+static void on_warm_turn(evutil_socket_t fd, short what, void *ud)
+{
+    (void)fd;
+    (void)what;
+    (void)ud;
+    for (int i = 0; i < 4 && warm_next < 48; i++, warm_next++)
+        start("/slow", srv_port, "t", 0, &warm_res[warm_next]);
+}
+
+static void lanes_keep_warm_pools(void)
+{
+    http = httpc_create(base);
+    CHECK(http && httpc_set_io_threads(http, 2) == PS_OK);
+    if (!http)
+        return;
+    for (int i = 0; i < 48; i++)          /* one turn: 8 on the loop, 40 on the lanes */
+        start("/slow", srv_port, "b", 0, &warm_res[i]);
+    run_loop();
+    int64_t c0 = httpc_connects(http), l0 = httpc_lane_requests(http);
+    CHECK_MSG(c0 == 48 && l0 == 40, "burst of 48: %lld connections, %lld on lanes", (long long)c0, (long long)l0);
+
+    /* the same 48, 4 per loop turn, 1 ms apart: all in flight at once */
+    struct event *turns[12];
+    warm_next = 0;
+    on_warm_turn(-1, 0, NULL);
+    for (int i = 1; i < 12; i++) {
+        struct timeval tv = { 0, i * 1000 };
+        turns[i] = evtimer_new(base, on_warm_turn, NULL);
+        CHECK(turns[i] && evtimer_add(turns[i], &tv) == 0);
+    }
+    run_loop();
+    for (int i = 1; i < 12; i++)
+        if (turns[i])
+            event_free(turns[i]);
+    int ok = 0;
+    for (int i = 0; i < 48; i++)
+        ok += warm_res[i].calls == 1 && !warm_res[i].transport_error && !strcmp(warm_res[i].body, "ok");
+    CHECK_MSG(ok == 48, "%d of 48 requests in small turns ok", ok);
+    CHECK_MSG(httpc_connects(http) == c0, "48 requests in turns of 4 after a burst opened %lld connections",
+              (long long)(httpc_connects(http) - c0));
+    /* 40 when the turns come on time (the loop's pool holds 8); fewer when
+     * a slow machine lets early replies free connections first */
+    CHECK_MSG(httpc_lane_requests(http) - l0 > 0 && httpc_lane_requests(http) - l0 <= 40,
+              "%lld of them on lanes", (long long)(httpc_lane_requests(http) - l0));
+    httpc_destroy(http);
+    http = NULL;
+}
+
 int main(void)
 {
     pthread_t th;
@@ -645,6 +704,7 @@ int main(void)
         TEST_DONE();
     client_cases(0);
     client_cases(1);
+    lanes_keep_warm_pools();
     lanes_stress();
     event_base_free(base);
     /* Every server-side connection ends once the client has closed its own. */
