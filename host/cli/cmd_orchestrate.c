@@ -138,21 +138,8 @@ static double pct(double *v, size_t n, double p)
     return v[i < n ? i : n - 1];
 }
 
-/* The number after the top-level member "key": in an event's data (the
- * executor prints these members as plain numbers).  Returns 0 if absent.
- * A scan instead of a JSON parse: it runs on the measured loop. */
-/* The number after `pattern` ("\"key\":", a literal) in an event's data. */
-static int event_number(const char *data, const char *pattern, double *out)
-{
-    const char *p = strstr(data, pattern);
-    if (!p)
-        return 0;
-    p += strlen(pattern);
-    char *end;
-    *out = strtod(p, &end);
-    return end != p;
-}
-
+/* Each event printed (--quiet: only the terminal ones); --stats takes
+ * its numbers from the event (struct orch_event), not from the text. */
 static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
 {
     struct run *r = ud;
@@ -161,20 +148,12 @@ static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
     int terminal = !strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error");
     if (!r->quiet || terminal)
         printf("{\"id\":%lld,\"event\":\"%s\",\"data\":%s}\n", (long long)ev->id, ev->type, ev->data);
-    double x;
-    if (r->stats && !strcmp(ev->type, "call.result")) {
-        if (event_number(ev->data, "\"dispatch_to_recv_us\":", &x))
-            push(r, &r->d2r, &r->n_d2r, &r->cap_d2r, x);
-        if (event_number(ev->data, "\"reply_to_record_us\":", &x))
-            push(r, &r->r2r, &r->n_r2r, &r->cap_r2r, x);
-    }
-    /* t_ms is the last member of every event (task.c appends it), so a
-     * "t_ms" inside a call result cannot be taken for it. */
-    const char *tm = terminal && r->stats ? strstr(ev->data, ",\"t_ms\":") : NULL;
-    while (tm && strstr(tm + 1, ",\"t_ms\":"))
-        tm = strstr(tm + 1, ",\"t_ms\":");
-    if (tm && event_number(tm, "\"t_ms\":", &x))
-        push(r, &r->task_ms, &r->n_task, &r->cap_task, x);
+    if (r->stats && ev->dispatch_to_recv_us >= 0)
+        push(r, &r->d2r, &r->n_d2r, &r->cap_d2r, (double)ev->dispatch_to_recv_us);
+    if (r->stats && ev->reply_to_record_us >= 0)
+        push(r, &r->r2r, &r->n_r2r, &r->cap_r2r, (double)ev->reply_to_record_us);
+    if (r->stats && terminal)
+        push(r, &r->task_ms, &r->n_task, &r->cap_task, (double)ev->t_us / 1000.0);
 }
 
 static void on_done(void *ud, struct orch_task *t)

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/grow.h"
+#include "common/json_get.h"
 #include "common/status.h"
 
 struct action_parser {
@@ -196,7 +197,7 @@ int action_check(const cJSON *a, char *err, size_t errlen)
                 return PS_EINVAL;
             }
         } else if (!strcmp(k->string, "final")) {
-            if (!cJSON_IsObject(k) || !cJSON_IsString(cJSON_GetObjectItemCaseSensitive(k, "answer"))) {
+            if (!cJSON_IsObject(k) || !cJSON_IsString(json_get(k, "answer"))) {
                 snprintf(err, errlen, "action: 'final' must be an object with an 'answer' string");
                 return PS_EINVAL;
             }
@@ -205,7 +206,7 @@ int action_check(const cJSON *a, char *err, size_t errlen)
                     snprintf(err, errlen, "action: 'final' has an unknown key '%s' (answer, uses)", f->string);
                     return PS_EINVAL;
                 }
-            const cJSON *uses = cJSON_GetObjectItemCaseSensitive(k, "uses");
+            const cJSON *uses = json_get(k, "uses");
             if (uses && check_id_list(uses, "final.uses", err, errlen))
                 return PS_EINVAL;
         } else if (!strcmp(k->string, "thought")) {

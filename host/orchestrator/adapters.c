@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 #include "orchestrator/builtin.h"
 #include "orchestrator/exec_internal.h"
@@ -111,10 +112,10 @@ enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, 
     *res = NULL;
     err[0] = 0;
     cJSON *j = cJSON_ParseWithLength(body, len);
-    const cJSON *choices = cJSON_GetObjectItemCaseSensitive(j, "choices");
+    const cJSON *choices = json_get(j, "choices");
     const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
-    const cJSON *msg = cJSON_GetObjectItemCaseSensitive(c0, "message");
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(msg, "content");
+    const cJSON *msg = json_get(c0, "message");
+    const cJSON *content = json_get(msg, "content");
     if (!cJSON_IsString(content)) {
         cJSON_Delete(j);
         snprintf(err, errlen, "chat reply has no choices[0].message.content string");
@@ -137,7 +138,7 @@ static void chat_done(void *ud, const struct httpc_response *resp)
 /* The user message: args.input when it is the only thing, else the args JSON. */
 static char *chat_user_text(const cJSON *args)
 {
-    const cJSON *in = cJSON_GetObjectItemCaseSensitive(args, "input");
+    const cJSON *in = json_get(args, "input");
     if (cJSON_IsString(in) && cJSON_GetArraySize(args) == 1)
         return strdup(in->valuestring);
     return cJSON_PrintUnformatted(args);
@@ -181,7 +182,7 @@ static int append_text_parts(const cJSON *parts, char **acc, size_t *len)
 {
     const cJSON *p;
     cJSON_ArrayForEach(p, parts) {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
+        const cJSON *t = json_get(p, "text");
         if (!cJSON_IsString(t))
             continue;
         size_t n = strlen(t->valuestring);
@@ -427,8 +428,8 @@ static int append_data_parts(const cJSON *parts, cJSON **acc)
 {
     const cJSON *p;
     cJSON_ArrayForEach(p, parts) {
-        const cJSON *d = cJSON_GetObjectItemCaseSensitive(p, "data");
-        if (!d || cJSON_GetObjectItemCaseSensitive(p, "text"))
+        const cJSON *d = json_get(p, "data");
+        if (!d || json_get(p, "text"))
             continue;
         cJSON *copy = cJSON_Duplicate(d, 1);
         if (!copy || (!*acc && !(*acc = cJSON_CreateArray())) || !cJSON_AddItemToArray(*acc, copy)) {
@@ -451,7 +452,7 @@ static int rpc_reply_is_ours(const cJSON *id, int has_error, long rpc_id)
  * -32603 ("internal error": an error without a usable code). */
 static long rpc_error_code(const cJSON *e)
 {
-    const cJSON *code = cJSON_GetObjectItemCaseSensitive(e, "code");
+    const cJSON *code = json_get(e, "code");
     if (cJSON_IsNumber(code) && code->valuedouble >= -2147483648.0 && code->valuedouble <= 2147483647.0 &&
         code->valuedouble == (double)(long)code->valuedouble && (long)code->valuedouble)
         return (long)code->valuedouble;
@@ -489,7 +490,7 @@ static void task_state_error(char *err, size_t errlen, const char *sv, const cJS
 {
     char *text = NULL;
     size_t tlen = 0;
-    append_text_parts(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+    append_text_parts(json_get(json_get(status, "message"), "parts"),
                       &text, &tlen);   /* the reason, as far as it fits */
     snprintf(err, errlen, "a2a task %.39s%s%.400s", sv, text ? ": " : "", text ? text : "");
     free(text);
@@ -504,9 +505,9 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     *rpc_error = 0;
     err[0] = 0;
     cJSON *j = cJSON_ParseWithLength(body, len);
-    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result");
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
+    const cJSON *e = json_get(j, "error");
+    const cJSON *r = json_get(j, "result");
+    const cJSON *id = json_get(j, "id");
     int has_error = e && !cJSON_IsNull(e);
     enum fb_status st = FB_OK;
     /* The reply must be this request's: the same id, or (JSON-RPC, for an
@@ -525,7 +526,7 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
         goto done;
     }
     if (has_error) {   /* some servers send "error":null beside a result */
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+        const cJSON *m = json_get(e, "message");
         *rpc_error = rpc_error_code(e);
         snprintf(err, errlen, "a2a error %ld: %s", *rpc_error, cJSON_IsString(m) ? m->valuestring : "(no message)");
         st = FB_EXEC_ERROR;
@@ -537,11 +538,11 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
         goto done;
     }
     /* 1.0's SendMessage answers {"task": Task} or {"message": Message} */
-    const cJSON *wrapped = cJSON_GetObjectItemCaseSensitive(r, "task");
+    const cJSON *wrapped = json_get(r, "task");
     if (!cJSON_IsObject(wrapped))
-        wrapped = cJSON_GetObjectItemCaseSensitive(r, "message");
-    if (cJSON_IsObject(wrapped) && !cJSON_GetObjectItemCaseSensitive(r, "status") &&
-        !cJSON_GetObjectItemCaseSensitive(r, "parts"))
+        wrapped = json_get(r, "message");
+    if (cJSON_IsObject(wrapped) && !json_get(r, "status") &&
+        !json_get(r, "parts"))
         r = wrapped;
     char *text = NULL;
     size_t tlen = 0;
@@ -549,9 +550,9 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     /* A task is a result only once completed: message/send may return one
      * that failed, was rejected or cancelled, still runs (a non-blocking
      * server) or waits for input or auth, none of which has an answer. */
-    const cJSON *status = cJSON_GetObjectItemCaseSensitive(r, "status");
-    const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
-    const cJSON *task_id = cJSON_GetObjectItemCaseSensitive(r, "id");
+    const cJSON *status = json_get(r, "status");
+    const cJSON *state = json_get(status, "state");
+    const cJSON *task_id = json_get(r, "id");
     if (cJSON_IsString(state)) {
         a2a_state_name(state->valuestring, sv, sizeof sv);
         *task_state = a2a_state_class(sv);
@@ -572,22 +573,22 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
         st = FB_EXEC_ERROR;
         goto done;
     }
-    int oom = append_text_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &text, &tlen);
-    const cJSON *arts = cJSON_GetObjectItemCaseSensitive(r, "artifacts"), *a;
+    int oom = append_text_parts(json_get(r, "parts"), &text, &tlen);
+    const cJSON *arts = json_get(r, "artifacts"), *a;
     cJSON_ArrayForEach(a, arts)
-        oom |= append_text_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &text, &tlen);
+        oom |= append_text_parts(json_get(a, "parts"), &text, &tlen);
     cJSON *data = NULL;
     if (!text && !oom) {
-        oom |= append_data_parts(cJSON_GetObjectItemCaseSensitive(r, "parts"), &data);
+        oom |= append_data_parts(json_get(r, "parts"), &data);
         cJSON_ArrayForEach(a, arts)
-            oom |= append_data_parts(cJSON_GetObjectItemCaseSensitive(a, "parts"), &data);
+            oom |= append_data_parts(json_get(a, "parts"), &data);
     }
     if (oom) {
         cJSON_Delete(data);
         free(text);
     } else {
         *res = parts_result(text, data,
-                            cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(status, "message"),
+                            json_get(json_get(status, "message"),
                                                              "parts"),
                             r);
     }
@@ -715,7 +716,7 @@ static int stream_add_text(struct adapter_op *op, const cJSON *parts, int append
     const cJSON *p;
     int first = 1;
     cJSON_ArrayForEach(p, parts) {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(p, "text");
+        const cJSON *t = json_get(p, "text");
         if (!cJSON_IsString(t))
             continue;
         size_t n = strlen(t->valuestring), sep = op->a2a_tlen && !(first && append);
@@ -734,7 +735,7 @@ static int stream_add_text(struct adapter_op *op, const cJSON *parts, int append
 
 static int stream_add_artifact(struct adapter_op *op, const cJSON *artifact, int append)
 {
-    const cJSON *parts = cJSON_GetObjectItemCaseSensitive(artifact, "parts");
+    const cJSON *parts = json_get(artifact, "parts");
     return stream_add_text(op, parts, append) | append_data_parts(parts, &op->a2a_data);
 }
 
@@ -752,7 +753,7 @@ static void stream_end(struct adapter_op *op, enum fb_status st, cJSON *res, con
  * goes on; any other state ends the stream's outcome. */
 static void stream_status(struct adapter_op *op, const cJSON *status)
 {
-    const cJSON *state = cJSON_GetObjectItemCaseSensitive(status, "state");
+    const cJSON *state = json_get(status, "state");
     if (!cJSON_IsString(state))
         return;
     char sv[40];
@@ -764,8 +765,8 @@ static void stream_status(struct adapter_op *op, const cJSON *status)
     if (!strcmp(sv, "completed")) {
         /* the artifacts gathered so far are the result (parts_result takes them) */
         cJSON *res = parts_result(op->a2a_text, op->a2a_data,
-                                  cJSON_GetObjectItemCaseSensitive(
-                                      cJSON_GetObjectItemCaseSensitive(status, "message"), "parts"),
+                                  json_get(
+                                      json_get(status, "message"), "parts"),
                                   status);
         op->a2a_text = NULL;
         op->a2a_tlen = 0;
@@ -786,10 +787,10 @@ static void stream_status(struct adapter_op *op, const cJSON *status)
  * 0.3's event of kind `kind`; NULL when it is neither. */
 static const cJSON *stream_member(const cJSON *r, const char *key, const char *kind)
 {
-    const cJSON *x = cJSON_GetObjectItemCaseSensitive(r, key);
+    const cJSON *x = json_get(r, key);
     if (cJSON_IsObject(x))
         return x;
-    const cJSON *k = cJSON_GetObjectItemCaseSensitive(r, "kind");
+    const cJSON *k = json_get(r, "kind");
     return cJSON_IsString(k) && !strcmp(k->valuestring, kind) ? r : NULL;
 }
 
@@ -816,16 +817,16 @@ static void stream_apply(struct adapter_op *op, const char *json, size_t len)
         return;
     }
     op->a2a_saw_event = 1;
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(j, "id");
-    const cJSON *e = cJSON_GetObjectItemCaseSensitive(j, "error");
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(j, "result"), *x;
+    const cJSON *id = json_get(j, "id");
+    const cJSON *e = json_get(j, "error");
+    const cJSON *r = json_get(j, "result"), *x;
     int has_error = e && !cJSON_IsNull(e);
     char msg[512];
     if (!rpc_reply_is_ours(id, has_error, op->rpc_id)) {
         snprintf(msg, sizeof msg, "a2a stream event for another request (id %s)", id ? "mismatch" : "missing");
         stream_end(op, FB_PARSE_ERROR, NULL, msg);
     } else if (has_error) {
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+        const cJSON *m = json_get(e, "message");
         long c = op->a2a_rpc_error = rpc_error_code(e);
         snprintf(msg, sizeof msg, "a2a error %ld: %s", c, cJSON_IsString(m) ? m->valuestring : "(no message)");
         stream_end(op, FB_EXEC_ERROR, NULL, msg);
@@ -835,7 +836,7 @@ static void stream_apply(struct adapter_op *op, const char *json, size_t len)
         char *text = NULL;
         size_t tlen = 0;
         cJSON *data = NULL;
-        const cJSON *parts = cJSON_GetObjectItemCaseSensitive(x, "parts");
+        const cJSON *parts = json_get(x, "parts");
         int oom = append_text_parts(parts, &text, &tlen) | (text ? 0 : append_data_parts(parts, &data));
         cJSON *res = NULL;
         if (oom) {
@@ -849,16 +850,16 @@ static void stream_apply(struct adapter_op *op, const char *json, size_t len)
         else
             stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
     } else if ((x = stream_member(r, "statusUpdate", "status-update"))) {
-        if (stream_take_task_id(op, cJSON_GetObjectItemCaseSensitive(x, "taskId")))
-            stream_status(op, cJSON_GetObjectItemCaseSensitive(x, "status"));
+        if (stream_take_task_id(op, json_get(x, "taskId")))
+            stream_status(op, json_get(x, "status"));
     } else if ((x = stream_member(r, "artifactUpdate", "artifact-update"))) {
-        if (stream_take_task_id(op, cJSON_GetObjectItemCaseSensitive(x, "taskId")) &&
-            stream_add_artifact(op, cJSON_GetObjectItemCaseSensitive(x, "artifact"),
-                                cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(x, "append"))))
+        if (stream_take_task_id(op, json_get(x, "taskId")) &&
+            stream_add_artifact(op, json_get(x, "artifact"),
+                                cJSON_IsTrue(json_get(x, "append"))))
             stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
     } else if ((x = stream_member(r, "task", "task"))) {
         const cJSON *a;
-        if (stream_take_task_id(op, cJSON_GetObjectItemCaseSensitive(x, "id"))) {
+        if (stream_take_task_id(op, json_get(x, "id"))) {
             /* a snapshot: its artifacts are all there are so far */
             free(op->a2a_text);
             op->a2a_text = NULL;
@@ -866,12 +867,12 @@ static void stream_apply(struct adapter_op *op, const char *json, size_t len)
             cJSON_Delete(op->a2a_data);
             op->a2a_data = NULL;
             int oom = 0;
-            cJSON_ArrayForEach(a, cJSON_GetObjectItemCaseSensitive(x, "artifacts"))
+            cJSON_ArrayForEach(a, json_get(x, "artifacts"))
                 oom |= stream_add_artifact(op, a, 0);
             if (oom)
                 stream_end(op, FB_EXEC_ERROR, NULL, "out of memory");
             else
-                stream_status(op, cJSON_GetObjectItemCaseSensitive(x, "status"));
+                stream_status(op, json_get(x, "status"));
         }
     }   /* any other event says nothing of the outcome */
     cJSON_Delete(j);

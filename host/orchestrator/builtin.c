@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 
 #define CALC_MAX_DEPTH 64
@@ -279,7 +280,7 @@ static int builtin_call_tool(const char *tool, const cJSON *args, cJSON **result
 {
     *result = NULL;
     if (!strcmp(tool, "calculator")) {
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(args, "expression");
+        const cJSON *e = json_get(args, "expression");
         if (!cJSON_IsString(e)) {
             snprintf(err, errlen, "calculator: 'expression' must be a string");
             return PS_EINVAL;
@@ -297,7 +298,7 @@ static int builtin_call_tool(const char *tool, const cJSON *args, cJSON **result
         return PS_OK;
     }
     if (!strcmp(tool, "time")) {
-        const cJSON *o = cJSON_GetObjectItemCaseSensitive(args, "utc_offset_minutes");
+        const cJSON *o = json_get(args, "utc_offset_minutes");
         const double offd = cJSON_IsNumber(o) ? o->valuedouble : 0;
         if (!(offd >= -1440 && offd <= 1440)) { /* before the cast: (long)1e300 is undefined */
             snprintf(err, errlen, "time: utc_offset_minutes out of range");
@@ -325,7 +326,7 @@ static int builtin_call_tool(const char *tool, const cJSON *args, cJSON **result
         return PS_OK;
     }
     if (!strcmp(tool, "text_stats")) {
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(args, "text");
+        const cJSON *t = json_get(args, "text");
         if (!cJSON_IsString(t)) {
             snprintf(err, errlen, "text_stats: 'text' must be a string");
             return PS_EINVAL;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
@@ -56,8 +57,8 @@ static void one_finish(struct describe_one *o, const char *why)
 
 static void one_apply(struct describe_one *o, const cJSON *tool)
 {
-    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(tool, "description");
-    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(tool, "inputSchema");
+    const cJSON *desc = json_get(tool, "description");
+    const cJSON *schema = json_get(tool, "inputSchema");
     int applied = 0;
     int rc = registry_describe_agent(o->d->reg, o->idx, cJSON_IsString(desc) ? desc->valuestring : NULL,
                                      schema, &applied);
@@ -101,7 +102,7 @@ static void on_page(void *ud, struct adapter_result *r)
         one_finish(o, why);
         return;
     }
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(r->result, "tools");
+    const cJSON *tools = json_get(r->result, "tools");
     if (!cJSON_IsArray(tools)) {
         one_finish(o, "its tools/list result has no \"tools\" array");
         return;
@@ -110,7 +111,7 @@ static void on_page(void *ud, struct adapter_result *r)
     const char *want = a->tool ? a->tool : a->name;
     const cJSON *t;
     cJSON_ArrayForEach(t, tools) {
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(t, "name");
+        const cJSON *name = json_get(t, "name");
         if (!cJSON_IsString(name))
             continue;
         if (!strcmp(name->valuestring, want)) {
@@ -123,7 +124,7 @@ static void on_page(void *ud, struct adapter_result *r)
         else if (l + 6 < sizeof o->seen && !strstr(o->seen, "..."))
             snprintf(o->seen + l, sizeof o->seen - l, ", ...");
     }
-    const cJSON *next = cJSON_GetObjectItemCaseSensitive(r->result, "nextCursor");
+    const cJSON *next = json_get(r->result, "nextCursor");
     if (cJSON_IsString(next) && next->valuestring[0] && o->pages < DESCRIBE_MAX_PAGES) {
         char *c = strdup(next->valuestring);
         if (!c) {
@@ -184,22 +185,22 @@ int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **desc
      * protocolVersion}], the highest version at our url; 0.3: the top-level
      * url (the preferred one, JSON-RPC unless preferredTransport says
      * otherwise) with the top-level protocolVersion. */
-    const cJSON *ifs = cJSON_GetObjectItemCaseSensitive(card, "supportedInterfaces"), *it;
+    const cJSON *ifs = json_get(card, "supportedInterfaces"), *it;
     cJSON_ArrayForEach(it, ifs) {
-        const cJSON *binding = cJSON_GetObjectItemCaseSensitive(it, "protocolBinding");
-        const cJSON *url = cJSON_GetObjectItemCaseSensitive(it, "url");
-        enum a2a_version v = card_version(cJSON_GetObjectItemCaseSensitive(it, "protocolVersion"));
+        const cJSON *binding = json_get(it, "protocolBinding");
+        const cJSON *url = json_get(it, "url");
+        enum a2a_version v = card_version(json_get(it, "protocolVersion"));
         if (cJSON_IsString(binding) && !strcmp(binding->valuestring, "JSONRPC") && v != A2A_VERSION_AUTO &&
             cJSON_IsString(url) && rpc_url && same_url(url->valuestring, rpc_url) && *version != A2A_VERSION_1_0)
             *version = v;
     }
-    const cJSON *caps = cJSON_GetObjectItemCaseSensitive(card, "capabilities");
-    const cJSON *streams = cJSON_GetObjectItemCaseSensitive(caps, "streaming");
+    const cJSON *caps = json_get(card, "capabilities");
+    const cJSON *streams = json_get(caps, "streaming");
     if (cJSON_IsBool(streams))
         *streaming = cJSON_IsTrue(streams);
-    const cJSON *top_url = cJSON_GetObjectItemCaseSensitive(card, "url");
-    const cJSON *transport = cJSON_GetObjectItemCaseSensitive(card, "preferredTransport");
-    enum a2a_version top = card_version(cJSON_GetObjectItemCaseSensitive(card, "protocolVersion"));
+    const cJSON *top_url = json_get(card, "url");
+    const cJSON *transport = json_get(card, "preferredTransport");
+    enum a2a_version top = card_version(json_get(card, "protocolVersion"));
     if (*version == A2A_VERSION_AUTO && top == A2A_VERSION_0_3 && cJSON_IsString(top_url) && rpc_url &&
         same_url(top_url->valuestring, rpc_url) &&
         (!transport || (cJSON_IsString(transport) && !strcmp(transport->valuestring, "JSONRPC"))))
@@ -208,14 +209,14 @@ int a2a_card_read(const char *body, size_t len, const char *rpc_url, char **desc
     char stack[1024];
     struct jbuf b;
     jbuf_init(&b, stack, sizeof stack);
-    const cJSON *desc = cJSON_GetObjectItemCaseSensitive(card, "description");
+    const cJSON *desc = json_get(card, "description");
     if (cJSON_IsString(desc) && desc->valuestring[0])
         jbuf_add(&b, desc->valuestring, strlen(desc->valuestring));
-    const cJSON *skills = cJSON_GetObjectItemCaseSensitive(card, "skills"), *sk;
+    const cJSON *skills = json_get(card, "skills"), *sk;
     int n_skills = 0;
     cJSON_ArrayForEach(sk, skills) {
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(sk, "name");
-        const cJSON *sd = cJSON_GetObjectItemCaseSensitive(sk, "description");
+        const cJSON *name = json_get(sk, "name");
+        const cJSON *sd = json_get(sk, "description");
         if (!cJSON_IsString(sd) || !sd->valuestring[0] || b.len > REGISTRY_DESCRIBED_MAX)
             continue;
         jbuf_add(&b, n_skills ? "; " : b.len ? " Skills: " : "Skills: ", n_skills ? 2 : b.len ? 9 : 8);

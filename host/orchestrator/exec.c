@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
@@ -312,7 +313,7 @@ const cJSON *exec_json_path(const cJSON *r, const char *path)
             size_t digits = strspn(key, "0123456789");
             r = n && n <= 9 && digits == n ? cJSON_GetArrayItem(r, (int)strtol(key, NULL, 10)) : NULL;
         } else {
-            r = cJSON_GetObjectItemCaseSensitive(r, key);
+            r = json_get(r, key);
         }
         path = dot ? dot + 1 : path + n;
     }
@@ -461,6 +462,7 @@ static int substitute(struct exec_group *g, const cJSON *schema, const char **pa
             if (whole->string && !(whole->type & cJSON_StringIsConst))
                 cJSON_free(whole->string);
             whole->string = NULL;
+            whole->type &= ~cJSON_StringIsConst;   /* the key below is its own */
             if (ch->string && !(whole->string = strdup(ch->string))) {
                 cJSON_Delete(whole);
                 return -1;
@@ -763,10 +765,10 @@ int exec_group_submit(struct exec_group *g, const cJSON *call)
     c->t_submit = orch_now_ns();
     c->d2r_ns = -1;
     c->timer = evtimer_new(ex->base, on_timer, c);
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
-    const cJSON *to = cJSON_GetObjectItemCaseSensitive(call, "to");
-    const cJSON *args = cJSON_GetObjectItemCaseSensitive(call, "args");
-    const cJSON *after = cJSON_GetObjectItemCaseSensitive(call, "after");
+    const cJSON *id = json_get(call, "id");
+    const cJSON *to = json_get(call, "to");
+    const cJSON *args = json_get(call, "args");
+    const cJSON *after = json_get(call, "after");
     char why[512] = "";
     if (cJSON_IsString(id) && id->valuestring[0] && strlen(id->valuestring) <= EXEC_MAX_ID) {
         c->id = strdup(id->valuestring);

@@ -989,8 +989,17 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
               out_add(&out, &len, &cap, authority, strlen(authority)) || out_add(&out, &len, &cap, "\r\n", 2) ||
               out_headers(&out, &len, &cap, headers) || out_headers(&out, &len, &cap, headers2);
     if (!bad && is_post) {
-        int k = snprintf(line, sizeof line, "Content-Length: %zu\r\n", body_len);
-        bad = out_add(&out, &len, &cap, line, (size_t)k);
+        /* the digits by hand: a printf per call showed in the loop's profile */
+        char *d = line + sizeof line;
+        size_t v = body_len;
+        *--d = '\n';
+        *--d = '\r';
+        do {
+            *--d = (char)('0' + v % 10);
+            v /= 10;
+        } while (v);
+        bad = out_add(&out, &len, &cap, "Content-Length: ", 16) ||
+              out_add(&out, &len, &cap, d, (size_t)(line + sizeof line - d));
     }
     bad = bad || out_add(&out, &len, &cap, "\r\n", 2) ||
           (is_post && body_len && out_add(&out, &len, &cap, body, body_len));

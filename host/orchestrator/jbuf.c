@@ -50,16 +50,37 @@ void jbuf_add_grow(struct jbuf *b, const char *s, size_t n)
 
 void jbuf_add_int(struct jbuf *b, long long v)
 {
+    static const char pairs[201] =
+        "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+        "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+        "8081828384858687888990919293949596979899";
     char num[24], *p = num + sizeof num;
     unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
-    do {
-        *--p = (char)('0' + u % 10);
-        u /= 10;
-    } while (u);
+    while (u >= 100) {                     /* two digits per division */
+        unsigned d = (unsigned)(u % 100) * 2;
+        u /= 100;
+        *--p = pairs[d + 1];
+        *--p = pairs[d];
+    }
+    if (u >= 10) {
+        *--p = pairs[u * 2 + 1];
+        *--p = pairs[u * 2];
+    } else {
+        *--p = (char)('0' + u);
+    }
     if (v < 0)
         *--p = '-';
     jbuf_add(b, p, (size_t)(num + sizeof num - p));
 }
+
+/* Extra bytes a string byte takes when escaped: 1 for \" \\ \b \f \n \r \t,
+ * 5 for the other control bytes (\u00XX), 0 for the rest. */
+static const unsigned char esc_extra[256] = {
+    [0] = 5, [1] = 5, [2] = 5, [3] = 5, [4] = 5, [5] = 5, [6] = 5, [7] = 5, [8] = 1, [9] = 1,
+    [10] = 1, [11] = 5, [12] = 1, [13] = 1, [14] = 5, [15] = 5, [16] = 5, [17] = 5, [18] = 5,
+    [19] = 5, [20] = 5, [21] = 5, [22] = 5, [23] = 5, [24] = 5, [25] = 5, [26] = 5, [27] = 5,
+    [28] = 5, [29] = 5, [30] = 5, [31] = 5, [34] = 1, [92] = 1
+};
 
 /* A JSON string as cJSON's print_string_ptr writes it. */
 static void add_string(struct jbuf *b, const char *s)
@@ -69,13 +90,9 @@ static void add_string(struct jbuf *b, const char *s)
         return;
     }
     size_t extra = 0, n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++, n++) {
-        if (*p == '"' || *p == '\\' || *p == '\b' || *p == '\f' || *p == '\n' || *p == '\r' || *p == '\t')
-            extra += 1;
-        else if (*p < 32)
-            extra += 5;
-    }
-    if (jbuf_reserve(b, n + extra + 2))
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++, n++)
+        extra += esc_extra[*p];
+    if ((b->oom || b->len + n + extra + 3 > b->cap) && jbuf_reserve(b, n + extra + 2))
         return;
     char *o = b->p + b->len;
     *o++ = '"';

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 
 static const char *const known_types[] = {
@@ -173,7 +174,7 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
     if (!cJSON_IsObject(s))
         return PS_OK;
 
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(s, "type");
+    const cJSON *type = json_get(s, "type");
     if (cJSON_IsString(type)) {
         if (!type_matches(type->valuestring, v)) {
             snprintf(err, errlen, "%s: expected %s, got %s", where, type->valuestring, type_of(v));
@@ -187,7 +188,7 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
             return fail(err, errlen, "%s: type %s not allowed", where, type_of(v));
     }
 
-    const cJSON *en = cJSON_GetObjectItemCaseSensitive(s, "enum");
+    const cJSON *en = json_get(s, "enum");
     if (cJSON_IsArray(en)) {
         int ok = 0;
         for (const cJSON *e = en->child; e && !ok; e = e->next)
@@ -195,26 +196,26 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
         if (!ok)
             return fail(err, errlen, "%s: not one of the allowed values%s", where, "");
     }
-    const cJSON *cst = cJSON_GetObjectItemCaseSensitive(s, "const");
+    const cJSON *cst = json_get(s, "const");
     if (cst && !cJSON_Compare(cst, v, 1))
         return fail(err, errlen, "%s: must equal the schema's const%s", where, "");
 
     if (cJSON_IsNumber(v)) {
         double x = v->valuedouble;
         const cJSON *b;
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "minimum")) && cJSON_IsNumber(b) && x < b->valuedouble) {
+        if ((b = json_get(s, "minimum")) && cJSON_IsNumber(b) && x < b->valuedouble) {
             snprintf(err, errlen, "%s: %g is below the minimum %g", where, x, b->valuedouble);
             return PS_EINVAL;
         }
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "maximum")) && cJSON_IsNumber(b) && x > b->valuedouble) {
+        if ((b = json_get(s, "maximum")) && cJSON_IsNumber(b) && x > b->valuedouble) {
             snprintf(err, errlen, "%s: %g is above the maximum %g", where, x, b->valuedouble);
             return PS_EINVAL;
         }
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "exclusiveMinimum")) && cJSON_IsNumber(b) && x <= b->valuedouble) {
+        if ((b = json_get(s, "exclusiveMinimum")) && cJSON_IsNumber(b) && x <= b->valuedouble) {
             snprintf(err, errlen, "%s: %g must be above %g", where, x, b->valuedouble);
             return PS_EINVAL;
         }
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "exclusiveMaximum")) && cJSON_IsNumber(b) && x >= b->valuedouble) {
+        if ((b = json_get(s, "exclusiveMaximum")) && cJSON_IsNumber(b) && x >= b->valuedouble) {
             snprintf(err, errlen, "%s: %g must be below %g", where, x, b->valuedouble);
             return PS_EINVAL;
         }
@@ -222,19 +223,19 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
     if (cJSON_IsString(v)) {
         size_t n = utf8_len(v->valuestring);
         const cJSON *b;
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "minLength")) && cJSON_IsNumber(b) && (double)n < b->valuedouble)
+        if ((b = json_get(s, "minLength")) && cJSON_IsNumber(b) && (double)n < b->valuedouble)
             return fail(err, errlen, "%s: string shorter than minLength%s", where, "");
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "maxLength")) && cJSON_IsNumber(b) && (double)n > b->valuedouble)
+        if ((b = json_get(s, "maxLength")) && cJSON_IsNumber(b) && (double)n > b->valuedouble)
             return fail(err, errlen, "%s: string longer than maxLength%s", where, "");
     }
     if (cJSON_IsArray(v)) {
         int n = cJSON_GetArraySize(v);
         const cJSON *b;
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "minItems")) && cJSON_IsNumber(b) && n < b->valuedouble)
+        if ((b = json_get(s, "minItems")) && cJSON_IsNumber(b) && n < b->valuedouble)
             return fail(err, errlen, "%s: fewer items than minItems%s", where, "");
-        if ((b = cJSON_GetObjectItemCaseSensitive(s, "maxItems")) && cJSON_IsNumber(b) && n > b->valuedouble)
+        if ((b = json_get(s, "maxItems")) && cJSON_IsNumber(b) && n > b->valuedouble)
             return fail(err, errlen, "%s: more items than maxItems%s", where, "");
-        const cJSON *items = cJSON_GetObjectItemCaseSensitive(s, "items");
+        const cJSON *items = json_get(s, "items");
         if (items) {
             int i = 0;
             for (const cJSON *e = v->child; e; e = e->next, i++) {
@@ -246,15 +247,15 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
         }
     }
     if (cJSON_IsObject(v)) {
-        const cJSON *props = cJSON_GetObjectItemCaseSensitive(s, "properties");
-        const cJSON *req = cJSON_GetObjectItemCaseSensitive(s, "required");
-        const cJSON *addl = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+        const cJSON *props = json_get(s, "properties");
+        const cJSON *req = json_get(s, "required");
+        const cJSON *addl = json_get(s, "additionalProperties");
         for (const cJSON *r = req ? req->child : NULL; r; r = r->next)
-            if (cJSON_IsString(r) && !cJSON_GetObjectItemCaseSensitive(v, r->valuestring))
+            if (cJSON_IsString(r) && !json_get(v, r->valuestring))
                 return fail(err, errlen, "%s: missing required property '%s'", where, r->valuestring);
         for (const cJSON *m = v->child; m; m = m->next) {
             path_join(sub, sizeof sub, where, m->string ? m->string : "?", 0);
-            const cJSON *ps = props ? cJSON_GetObjectItemCaseSensitive(props, m->string) : NULL;
+            const cJSON *ps = props ? json_get(props, m->string) : NULL;
             if (ps) {
                 int st = validate_rec(ps, m, sub, depth + 1, err, errlen);
                 if (st)
@@ -268,7 +269,7 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
             }
         }
     }
-    const cJSON *any = cJSON_GetObjectItemCaseSensitive(s, "anyOf");
+    const cJSON *any = json_get(s, "anyOf");
     if (cJSON_IsArray(any)) {
         int ok = 0;
         for (const cJSON *a = any->child; a && !ok; a = a->next)
@@ -276,7 +277,7 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
         if (!ok)
             return fail(err, errlen, "%s: matches none of anyOf%s", where, "");
     }
-    const cJSON *one = cJSON_GetObjectItemCaseSensitive(s, "oneOf");
+    const cJSON *one = json_get(s, "oneOf");
     if (cJSON_IsArray(one)) {
         int n = 0;
         for (const cJSON *a = one->child; a; a = a->next)
@@ -337,7 +338,7 @@ static unsigned types_at(const cJSON *s, const char *const *path, int n, int dep
         return JT_ALL;
     unsigned m = JT_ALL;
     if (n == 0) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(s, "type");
+        const cJSON *type = json_get(s, "type");
         if (cJSON_IsString(type)) {
             m = type_name_bit(type->valuestring);
         } else if (cJSON_IsArray(type)) {
@@ -345,32 +346,32 @@ static unsigned types_at(const cJSON *s, const char *const *path, int n, int dep
             for (const cJSON *t = type->child; t; t = t->next)
                 m |= cJSON_IsString(t) ? type_name_bit(t->valuestring) : 0;
         }
-        const cJSON *en = cJSON_GetObjectItemCaseSensitive(s, "enum");
+        const cJSON *en = json_get(s, "enum");
         if (cJSON_IsArray(en)) {
             unsigned e = 0;
             for (const cJSON *v = en->child; v; v = v->next)
                 e |= value_types(v);
             m &= e;
         }
-        const cJSON *cst = cJSON_GetObjectItemCaseSensitive(s, "const");
+        const cJSON *cst = json_get(s, "const");
         if (cst)
             m &= value_types(cst);
     } else {
         const cJSON *sub;
         if (path[0]) {
-            const cJSON *props = cJSON_GetObjectItemCaseSensitive(s, "properties");
-            sub = props ? cJSON_GetObjectItemCaseSensitive(props, path[0]) : NULL;
+            const cJSON *props = json_get(s, "properties");
+            sub = props ? json_get(props, path[0]) : NULL;
             if (!sub)
-                sub = cJSON_GetObjectItemCaseSensitive(s, "additionalProperties");
+                sub = json_get(s, "additionalProperties");
         } else {
-            sub = cJSON_GetObjectItemCaseSensitive(s, "items");
+            sub = json_get(s, "items");
         }
         if (sub)
             m = types_at(sub, path + 1, n - 1, depth + 1);
     }
     static const char *const alts[] = { "anyOf", "oneOf" };
     for (size_t i = 0; i < 2; i++) {
-        const cJSON *a = cJSON_GetObjectItemCaseSensitive(s, alts[i]);
+        const cJSON *a = json_get(s, alts[i]);
         if (!cJSON_IsArray(a))
             continue;
         unsigned u = 0;

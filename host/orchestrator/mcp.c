@@ -56,6 +56,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
@@ -207,16 +208,16 @@ static cJSON *rpc_response_for(cJSON *j, long id)
     if (cJSON_IsArray(j)) {
         int i = 0;
         for (const cJSON *e = j->child; e; e = e->next, i++)
-            if (cJSON_IsObject(e) && rpc_id_is(cJSON_GetObjectItemCaseSensitive(e, "id"), id)) {
+            if (cJSON_IsObject(e) && rpc_id_is(json_get(e, "id"), id)) {
                 cJSON *m = cJSON_DetachItemFromArray(j, i);
                 cJSON_Delete(j);
                 return m;
             }
     } else if (cJSON_IsObject(j)) {
-        const cJSON *mid = cJSON_GetObjectItemCaseSensitive(j, "id");
-        const cJSON *err = cJSON_GetObjectItemCaseSensitive(j, "error");
+        const cJSON *mid = json_get(j, "id");
+        const cJSON *err = json_get(j, "error");
         int has_error = err && !cJSON_IsNull(err);   /* "error": null beside a result is none */
-        if ((rpc_id_is(mid, id) && (has_error || cJSON_GetObjectItemCaseSensitive(j, "result"))) ||
+        if ((rpc_id_is(mid, id) && (has_error || json_get(j, "result"))) ||
             ((!mid || cJSON_IsNull(mid)) && has_error))
             return j;
     }
@@ -256,9 +257,9 @@ cJSON *mcp_reply_parse(const char *body, size_t len, long id)
         if (n == 0 || !nl) {
             if (acc && alen) {
                 cJSON *m = cJSON_ParseWithLength(acc, alen);
-                const cJSON *mid = cJSON_GetObjectItemCaseSensitive(m, "id");
+                const cJSON *mid = json_get(m, "id");
                 if (rpc_id_is(mid, id) &&
-                    (cJSON_GetObjectItemCaseSensitive(m, "result") || cJSON_GetObjectItemCaseSensitive(m, "error")))
+                    (json_get(m, "result") || json_get(m, "error")))
                     found = m;
                 else
                     cJSON_Delete(m);
@@ -275,11 +276,11 @@ enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t
 {
     *res = NULL;
     err[0] = 0;
-    const cJSON *e = cJSON_GetObjectItemCaseSensitive(msg, "error");
-    const cJSON *r = cJSON_GetObjectItemCaseSensitive(msg, "result");
+    const cJSON *e = json_get(msg, "error");
+    const cJSON *r = json_get(msg, "result");
     if (e && !cJSON_IsNull(e)) {   /* some servers send "error":null beside a result */
-        const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
-        const cJSON *c = cJSON_GetObjectItemCaseSensitive(e, "code");
+        const cJSON *m = json_get(e, "message");
+        const cJSON *c = json_get(e, "code");
         snprintf(err, errlen, "mcp error %d: %s", cJSON_IsNumber(c) ? c->valueint : 0,
                  cJSON_IsString(m) ? m->valuestring : "(no message)");
         return FB_EXEC_ERROR;
@@ -288,17 +289,17 @@ enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t
         snprintf(err, errlen, "mcp reply has no result object");
         return FB_PARSE_ERROR;
     }
-    const cJSON *content = cJSON_GetObjectItemCaseSensitive(r, "content");
-    const cJSON *structured = cJSON_GetObjectItemCaseSensitive(r, "structuredContent");
+    const cJSON *content = json_get(r, "content");
+    const cJSON *structured = json_get(r, "structuredContent");
     const cJSON *first_text = NULL;
     int n_items = cJSON_IsArray(content) ? cJSON_GetArraySize(content) : 0;
     if (n_items >= 1) {
         const cJSON *c0 = cJSON_GetArrayItem(content, 0);
-        const cJSON *t = cJSON_GetObjectItemCaseSensitive(c0, "text");
+        const cJSON *t = json_get(c0, "text");
         if (cJSON_IsString(t))
             first_text = t;
     }
-    if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(r, "isError"))) {
+    if (cJSON_IsTrue(json_get(r, "isError"))) {
         snprintf(err, errlen, "tool error: %s", first_text ? first_text->valuestring : "(no text)");
         return FB_EXEC_ERROR;
     }
@@ -323,10 +324,10 @@ static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t r
     cJSON *res;
     enum fb_status st;
     if (op->mcp_list) {
-        const cJSON *e = cJSON_GetObjectItemCaseSensitive(msg, "error");
-        const cJSON *r = cJSON_GetObjectItemCaseSensitive(msg, "result");
+        const cJSON *e = json_get(msg, "error");
+        const cJSON *r = json_get(msg, "result");
         if (e && !cJSON_IsNull(e)) {
-            const cJSON *m = cJSON_GetObjectItemCaseSensitive(e, "message");
+            const cJSON *m = json_get(e, "message");
             snprintf(err, sizeof err, "mcp error to tools/list: %s", cJSON_IsString(m) ? m->valuestring : "(no message)");
             adapter_finish(op, FB_EXEC_ERROR, NULL, err, 0, recv_ns, send_ns);
         } else if (!cJSON_IsObject(r)) {
@@ -563,7 +564,7 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
         return;
     }
     cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id);
-    if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
+    if (!cJSON_IsObject(json_get(m, "result"))) {
         init_refused(m, why, sizeof why);
         cJSON_Delete(m);
         s->state = MCP_NONE;
@@ -969,8 +970,8 @@ static int stdio_send_call(struct mcp_session *s, struct adapter_op *op)
 
 static void stdio_handle(struct mcp_session *s, cJSON *m)
 {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "id");
-    const cJSON *method = cJSON_GetObjectItemCaseSensitive(m, "method");
+    const cJSON *id = json_get(m, "id");
+    const cJSON *method = json_get(m, "method");
     if (cJSON_IsString(method)) {
         if (id) {   /* a request from the server: answer ping, refuse the rest */
             cJSON *r = cJSON_CreateObject();
@@ -990,7 +991,7 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
     if (!cJSON_IsNumber(id))
         return;
     if (s->state == MCP_INIT && rpc_id_is(id, s->init_id)) {
-        if (!cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(m, "result"))) {
+        if (!cJSON_IsObject(json_get(m, "result"))) {
             char why[600];
             init_refused(m, why, sizeof why);
             stdio_close(s, "refused initialize");

@@ -45,6 +45,7 @@
 #include <unistd.h>
 
 #include "common/grow.h"
+#include "common/json_get.h"
 #include "common/status.h"
 #include "common/thread_cpu.h"
 #include "orchestrator/httpc.h"
@@ -283,8 +284,8 @@ static int mock_decide(struct mock_agent *m, const char *text, size_t len,
                        int *code, char **body, int *sleep_ms, int *hang)
 {
     cJSON *args = len ? cJSON_ParseWithLength(text, len) : NULL;
-    const cJSON *sl = cJSON_GetObjectItemCaseSensitive(args, "sleep_ms");
-    const cJSON *fa = cJSON_GetObjectItemCaseSensitive(args, "fault");
+    const cJSON *sl = json_get(args, "sleep_ms");
+    const cJSON *fa = json_get(args, "fault");
     const char *fault = cJSON_IsString(fa) ? fa->valuestring : "";
     *sleep_ms = cJSON_IsNumber(sl) ? sl->valueint : 0;
     *code = 200;
@@ -306,8 +307,8 @@ static int mock_decide(struct mock_agent *m, const char *text, size_t len,
         cJSON_Delete(args);
         return 0;
     } else if (!strcmp(fault, "flaky")) {
-        const cJSON *k = cJSON_GetObjectItemCaseSensitive(args, "key");
-        const cJSON *ft = cJSON_GetObjectItemCaseSensitive(args, "fail_times");
+        const cJSON *k = json_get(args, "key");
+        const cJSON *ft = json_get(args, "fail_times");
         const char *key = cJSON_IsString(k) ? k->valuestring : "";
         pthread_mutex_lock(&m->flaky_mu);
         struct flaky *f = m->flaky;

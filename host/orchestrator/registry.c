@@ -9,6 +9,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 #include "orchestrator/builtin.h"
 #include "orchestrator/jschema.h"
@@ -69,7 +70,7 @@ void registry_free(struct registry *reg)
 
 static int get_str(const cJSON *o, const char *key, int required, char **out, const char *where)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    const cJSON *v = json_get(o, key);
     if (!v) {
         if (required)
             return ps_error_set(PS_EINVAL, "%s.%s: required field missing", where, key);
@@ -83,7 +84,7 @@ static int get_str(const cJSON *o, const char *key, int required, char **out, co
 
 static int get_int(const cJSON *o, const char *key, int lo, int hi, int def, int *out, const char *where)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    const cJSON *v = json_get(o, key);
     *out = def;
     if (!v)
         return PS_OK;
@@ -123,7 +124,7 @@ static int name_ok(const char *s)
 #define EXAMPLE_MAX_BYTES 1024
 static int parse_example(const cJSON *o, const char *where, struct agent_spec *a)
 {
-    const cJSON *ex = cJSON_GetObjectItemCaseSensitive(o, "example");
+    const cJSON *ex = json_get(o, "example");
     if (!ex)
         return PS_OK;
     if (!cJSON_IsObject(ex))
@@ -131,9 +132,9 @@ static int parse_example(const cJSON *o, const char *where, struct agent_spec *a
     for (const cJSON *k = ex->child; k; k = k->next)
         if (strcmp(k->string, "task") && strcmp(k->string, "args") && strcmp(k->string, "result"))
             return ps_error_set(PS_EINVAL, "%s.example.%s: unknown field (task, args, result)", where, k->string);
-    const cJSON *task = cJSON_GetObjectItemCaseSensitive(ex, "task");
-    const cJSON *args = cJSON_GetObjectItemCaseSensitive(ex, "args");
-    const cJSON *result = cJSON_GetObjectItemCaseSensitive(ex, "result");
+    const cJSON *task = json_get(ex, "task");
+    const cJSON *args = json_get(ex, "args");
+    const cJSON *result = json_get(ex, "result");
     if (!cJSON_IsString(task) || !task->valuestring[0] || strpbrk(task->valuestring, "\r\n"))
         return ps_error_set(PS_EINVAL, "%s.example.task: must be a non-empty single-line string", where);
     if (!cJSON_IsObject(args))
@@ -233,9 +234,9 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
 
     static const char *const a2a_only[] = { "a2a_version", "a2a_streaming", "card_url" };
     for (size_t i = 0; i < sizeof a2a_only / sizeof a2a_only[0]; i++)
-        if (a->kind != AGENT_A2A && cJSON_GetObjectItemCaseSensitive(o, a2a_only[i]))
+        if (a->kind != AGENT_A2A && json_get(o, a2a_only[i]))
             return ps_error_set(PS_EINVAL, "%s.%s: only for kind a2a", where, a2a_only[i]);
-    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(o, "a2a_version");
+    const cJSON *ver = json_get(o, "a2a_version");
     if (ver) {
         if (!cJSON_IsString(ver) || (strcmp(ver->valuestring, "1.0") && strcmp(ver->valuestring, "0.3") &&
                                      strcmp(ver->valuestring, "auto")))
@@ -246,7 +247,7 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
     }
 
     a->a2a_streaming = -1;
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(o, "a2a_streaming");
+    const cJSON *stream = json_get(o, "a2a_streaming");
     if (stream) {
         if (!cJSON_IsBool(stream))
             return ps_error_set(PS_EINVAL, "%s.a2a_streaming: must be true or false", where);
@@ -255,7 +256,7 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
     if (a->card_url && !is_http_url(a->card_url))
         return ps_error_set(PS_EINVAL, "%s.card_url: must start with http:// or https://", where);
 
-    const cJSON *cmd = cJSON_GetObjectItemCaseSensitive(o, "command");
+    const cJSON *cmd = json_get(o, "command");
     if (a->kind == AGENT_MCP_STDIO) {
         if (!cJSON_IsArray(cmd) || cJSON_GetArraySize(cmd) == 0)
             return ps_error_set(PS_EINVAL, "%s.command: kind mcp-stdio needs a non-empty list of strings (argv)", where);
@@ -274,7 +275,7 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
         return ps_error_set(PS_EINVAL, "%s.command: only kind mcp-stdio runs a command", where);
     }
 
-    const cJSON *hdr = cJSON_GetObjectItemCaseSensitive(o, "headers");
+    const cJSON *hdr = json_get(o, "headers");
     if (hdr) {
         if (!cJSON_IsObject(hdr) || !needs_url)
             return ps_error_set(PS_EINVAL, "%s.headers: must be an object of strings, for http kinds", where);
@@ -298,7 +299,7 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
             return ps_error_set(PS_EINVAL, "%s.tool: unknown builtin '%s' (calculator, time, text_stats, echo)", where, t);
     }
 
-    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(o, "input_schema");
+    const cJSON *schema = json_get(o, "input_schema");
     if (schema) {
         char sw[300];
         snprintf(sw, sizeof sw, "%s.input_schema", where);
@@ -318,7 +319,7 @@ static int parse_spec(const cJSON *o, const char *where, struct agent_spec *a)
     }
     if (!a->input_schema)
         return PS_ENOMEM;
-    const cJSON *det = cJSON_GetObjectItemCaseSensitive(o, "deterministic");
+    const cJSON *det = json_get(o, "deterministic");
     if (det && !cJSON_IsBool(det))
         return ps_error_set(PS_EINVAL, "%s.deterministic: must be true or false", where);
     a->deterministic = det ? cJSON_IsTrue(det)
@@ -337,7 +338,7 @@ int registry_load_json(const char *text, const char *origin, struct registry **o
         long off = end ? (long)(end - text) : -1;
         return ps_error_set(PS_EFORMAT, "%s: not valid JSON (near byte %ld)", origin, off);
     }
-    const cJSON *agents = cJSON_GetObjectItemCaseSensitive(root, "agents");
+    const cJSON *agents = json_get(root, "agents");
     if (!cJSON_IsObject(root) || !cJSON_IsArray(agents)) {
         st = ps_error_set(PS_EINVAL, "%s: agents: must be a list (file format {\"agents\":[...]})", origin);
         goto fail;
@@ -494,7 +495,7 @@ int registry_describe_agent(struct registry *reg, int i, const char *description
             return ps_error_set(PS_EINVAL, "its inputSchema is not an object");
         if (jschema_check(input_schema, "inputSchema", err, sizeof err))
             return ps_error_set(PS_EINVAL, "%s", err);
-        const cJSON *ex_args = a->example ? cJSON_GetObjectItemCaseSensitive(a->example, "args") : NULL;
+        const cJSON *ex_args = a->example ? json_get(a->example, "args") : NULL;
         if (ex_args && jschema_validate(input_schema, ex_args, "example.args", err, sizeof err))
             return ps_error_set(PS_EINVAL, "the pool's example does not fit its inputSchema: %s", err);
         if (!(schema = cJSON_Duplicate(input_schema, 1)))

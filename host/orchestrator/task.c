@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/grow.h"
+#include "common/json_get.h"
 #include "common/status.h"
 #include "orchestrator/action.h"
 #include "orchestrator/httpc.h"
@@ -20,6 +21,8 @@ struct ev_rec {
     int64_t     id;
     const char *type;   /* a string literal */
     char       *data;
+    int64_t     t_us;   /* the numbers struct orch_event carries */
+    int64_t     d2r_us, r2r_us;
 };
 
 #define TASK_FALLBACK_BYTES 320   /* terminal event text when printing fails */
@@ -209,7 +212,7 @@ static void deliver(struct orch_task *t)
                     continue;
                 s->seen = id;
                 const struct ev_rec *e = &t->events[id - 1];
-                struct orch_event ev = { e->id, e->type, e->data };
+                struct orch_event ev = { e->id, e->type, e->data, e->t_us, e->d2r_us, e->r2r_us };
                 s->cb(s->ud, t, &ev);
             }
         }
@@ -223,14 +226,16 @@ static void deliver(struct orch_task *t)
 }
 
 /* Store and deliver an event whose data object is the text in b (consumed;
- * b->oom or NULL b: the event could not be printed). */
-static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int terminal)
+ * b->oom or NULL b: the event could not be printed); d2r_us / r2r_us: the
+ * overheads a call.result's text carries (-1: none). */
+static int emit_text_n(struct orch_task *t, const char *type, struct jbuf *b, int terminal, int64_t d2r_us,
+                       int64_t r2r_us)
 {
     char *text = NULL;
+    int64_t us = (orch_now_ns() - t->t_start) / 1000;
     if (b && !b->oom && !(terminal ? 0 : t->log_error) && b->len >= 2 && b->p[b->len - 1] == '}') {
         /* "task" and "t_ms" appended as text (no printf): one malloc for
          * the event */
-        int64_t us = (orch_now_ns() - t->t_start) / 1000;
         char frac[4] = { (char)('0' + us % 1000 / 100), (char)('0' + us % 100 / 10), (char)('0' + us % 10), '}' };
         int more = b->len > 2;                      /* members before ours */
         b->len--;                                   /* the closing brace */
@@ -276,13 +281,22 @@ static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int 
                  "{\"id\":\"%s\",\"status\":\"%s\",\"output\":null,\"calls\":[],\"rounds\":%d,"
                  "\"error\":\"out of memory while reporting the task's end\",\"task\":\"%s\",\"t_ms\":0}",
                  t->id, orch_task_status_str(t->status), t->rounds, t->id);
+        us = 0;                 /* as the text says */
     }
     struct ev_rec *e = &t->events[t->n_events++];
     e->id = t->n_events;
     e->type = type;
     e->data = text;
+    e->t_us = us;
+    e->d2r_us = d2r_us;
+    e->r2r_us = r2r_us;
     deliver(t);
     return PS_OK;
+}
+
+static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int terminal)
+{
+    return emit_text_n(t, type, b, terminal, -1, -1);
 }
 
 /* emit_text for a cJSON object (taken), printed by jbuf: integers without
@@ -403,9 +417,9 @@ static void transcript_feedback(struct orch_task *t, const cJSON *rec)
     cJSON *o = cJSON_CreateObject();
     static const char *const keys[] = { "id", "to", "status" };
     for (size_t i = 0; o && i < 3; i++)
-        cJSON_AddItemToObject(o, keys[i], cJSON_Duplicate(cJSON_GetObjectItemCaseSensitive(rec, keys[i]), 1));
-    const cJSON *err = cJSON_GetObjectItemCaseSensitive(rec, "error");
-    const cJSON *res = cJSON_GetObjectItemCaseSensitive(rec, "result");
+        cJSON_AddItemToObject(o, keys[i], cJSON_Duplicate(json_get(rec, keys[i]), 1));
+    const cJSON *err = json_get(rec, "error");
+    const cJSON *res = json_get(rec, "result");
     if (o && cJSON_IsString(err)) {
         cJSON_AddStringToObject(o, "error", err->valuestring);
     } else if (o && res && !cJSON_IsNull(res)) {
@@ -452,7 +466,7 @@ static cJSON *ledger_find(struct orch_task *t, const char *id)
 {
     cJSON *e;
     cJSON_ArrayForEach(e, t->ledger) {
-        const cJSON *i = cJSON_GetObjectItemCaseSensitive(e, "id");
+        const cJSON *i = json_get(e, "id");
         if (cJSON_IsString(i) && !strcmp(i->valuestring, id))
             return e;
     }
@@ -503,8 +517,8 @@ static cJSON *render_answer(struct orch_task *t, const cJSON *answer)
         if (open) {
             if (ref[0]) {
                 cJSON *e = ledger_find(t, ref);
-                const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "status");
-                const cJSON *r = exec_json_path(cJSON_GetObjectItemCaseSensitive(e, "result"), path);
+                const cJSON *st = json_get(e, "status");
+                const cJSON *r = exec_json_path(json_get(e, "result"), path);
                 if (cJSON_IsString(st) && !strcmp(st->valuestring, "ok") && r)
                     txt = exec_result_text(r);
             }
@@ -544,7 +558,7 @@ cJSON *orch_task_summary(const struct orch_task *t)
         cJSON *c = cJSON_CreateObject();
         static const char *const keys[] = { "id", "to", "status", "result", "error", "ms", "attempts" };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-            const cJSON *v = cJSON_GetObjectItemCaseSensitive(e, keys[i]);
+            const cJSON *v = json_get(e, keys[i]);
             cJSON_AddItemToObject(c, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
         }
         cJSON_AddItemToArray(calls, c);
@@ -555,7 +569,7 @@ cJSON *orch_task_summary(const struct orch_task *t)
         static const char *const uk[] = { "prompt_tokens", "cached_tokens", "completion_tokens" };
         cJSON_ArrayForEach(e, t->usage)
             for (int i = 0; i < 3; i++)
-                sum[i] += (int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(e, uk[i]));
+                sum[i] += (int)cJSON_GetNumberValue(json_get(e, uk[i]));
         cJSON *u = cJSON_AddObjectToObject(o, "usage");
         for (int i = 0; i < 3; i++)
             cJSON_AddNumberToObject(u, uk[i], sum[i]);
@@ -581,8 +595,20 @@ static void summary_print(const struct orch_task *t, struct jbuf *b)
     const cJSON *e;
     cJSON_ArrayForEach(e, t->ledger) {
         static const char *const keys[] = { "id", "to", "status", "result", "error", "ms", "attempts" };
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
-            jb_member(b, i == 0, keys[i], cJSON_GetObjectItemCaseSensitive(e, keys[i]));
+        /* members found in the entry's order (ledger_entry_new), each
+         * looked up from the last one found; one out of order, anywhere */
+        const cJSON *from = e->child;
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+            const cJSON *v = NULL;
+            for (const cJSON *c = from; c && !v; c = c->next)
+                if (c->string && c->string[0] == keys[i][0] && !strcmp(c->string, keys[i]))
+                    v = c;
+            if (v)
+                from = v->next;
+            else
+                v = json_get(e, keys[i]);
+            jb_member(b, i == 0, keys[i], v);
+        }
         jbuf_add(b, e->next ? "}," : "}", e->next ? 2 : 1);
     }
     char num[48];
@@ -692,7 +718,7 @@ static void json_set_null(cJSON *node)
 /* Ledger entry `key`: the existing node, or a fresh null member. */
 static cJSON *ledger_field(cJSON *e, const char *key)
 {
-    cJSON *v = cJSON_GetObjectItemCaseSensitive(e, key);
+    cJSON *v = json_get(e, key);
     if (!v && (v = cJSON_CreateNull()) && !cJSON_AddItemToObject(e, key, v)) {
         cJSON_Delete(v);
         v = NULL;
@@ -725,7 +751,7 @@ static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
     cJSON *f[K_N] = { 0 };
     for (cJSON *ch = e->child; ch; ch = ch->next)
         for (int k = 0; k < K_N; k++)
-            if (!f[k] && ch->string && !strcmp(ch->string, keys[k])) {
+            if (!f[k] && ch->string && ch->string[0] == keys[k][0] && !strcmp(ch->string, keys[k])) {
                 f[k] = ch;
                 break;
             }
@@ -747,8 +773,8 @@ static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
     if (ms && att) {
         cJSON_SetNumberValue(ms, (double)fb->ms);
         cJSON_SetNumberValue(att, fb->attempts);
-        ms->type = cJSON_Number;
-        att->type = cJSON_Number;
+        ms->type = cJSON_Number | (ms->type & cJSON_StringIsConst);
+        att->type = cJSON_Number | (att->type & cJSON_StringIsConst);
     }
     if (oom) {
         cJSON_Delete(own);
@@ -762,17 +788,19 @@ static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
     jbuf_init(&b, stack, sizeof stack);
     for (int k = 0; k < K_N; k++)
         jb_member(&b, k == 0, keys[k], f[k]);
-    if (fb->dispatch_to_recv_ns >= 0) {
+    int64_t d2r_us = fb->dispatch_to_recv_ns >= 0 ? fb->dispatch_to_recv_ns / 1000 : -1;
+    int64_t r2r_us = fb->reply_to_record_ns >= 0 ? fb->reply_to_record_ns / 1000 : -1;
+    if (d2r_us >= 0) {
         jbuf_add(&b, ",\"dispatch_to_recv_us\":", 23);
-        jbuf_add_int(&b, (long long)(fb->dispatch_to_recv_ns / 1000));
+        jbuf_add_int(&b, (long long)d2r_us);
     }
-    if (fb->reply_to_record_ns >= 0) {
+    if (r2r_us >= 0) {
         jbuf_add(&b, ",\"reply_to_record_us\":", 22);
-        jbuf_add_int(&b, (long long)(fb->reply_to_record_ns / 1000));
+        jbuf_add_int(&b, (long long)r2r_us);
     }
     jbuf_add(&b, "}", 1);
     cJSON_Delete(own);
-    emit_text(t, "call.result", &b, 0);
+    emit_text_n(t, "call.result", &b, 0, d2r_us, r2r_us);
     t->new_feedback++;
     if (t->status == TASK_RUNNING)
         event_active(t->kick, 0, 0);
@@ -824,32 +852,33 @@ fail:
 static void reserve_update(struct orch_task *t, int64_t ms);
 
 /* A new ledger entry for `call`: {"id","to","args","after","status",
- * "result","error","ms","attempts"}, the last five still null / 0.  NULL
+ * "result","error","ms","attempts"}, the last five still null / 0, in that
+ * order (summary_print relies on it; keys are literals, not copied).  NULL
  * when out of memory. */
 static cJSON *ledger_entry_new(const cJSON *call)
 {
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
-    const cJSON *to = cJSON_GetObjectItemCaseSensitive(call, "to");
-    const cJSON *args = cJSON_GetObjectItemCaseSensitive(call, "args");
-    const cJSON *after = cJSON_GetObjectItemCaseSensitive(call, "after");
+    const cJSON *id = json_get(call, "id");
+    const cJSON *to = json_get(call, "to");
+    const cJSON *args = json_get(call, "args");
+    const cJSON *after = json_get(call, "after");
+    static const char *const keys[9] = { "id", "to", "args", "after", "status", "result", "error", "ms",
+                                         "attempts" };
     cJSON *e = cJSON_CreateObject();
-    cJSON *fields[4] = {
+    cJSON *fields[9] = {
         cJSON_IsString(id) ? cJSON_Duplicate(id, 0) : cJSON_CreateNull(),
         cJSON_IsString(to) ? cJSON_Duplicate(to, 0) : cJSON_CreateNull(),
         args ? cJSON_Duplicate(args, 1) : cJSON_CreateObject(),
         after ? cJSON_Duplicate(after, 1) : cJSON_CreateArray(),
+        cJSON_CreateNull(), cJSON_CreateNull(), cJSON_CreateNull(), cJSON_CreateNumber(0), cJSON_CreateNumber(0),
     };
-    static const char *const keys[4] = { "id", "to", "args", "after" };
     int ok = e != NULL;
-    for (int i = 0; i < 4; i++) {
-        if (ok && fields[i] && cJSON_AddItemToObject(e, keys[i], fields[i]))
+    for (int i = 0; i < 9; i++) {
+        if (ok && fields[i] && cJSON_AddItemToObjectCS(e, keys[i], fields[i]))
             continue;
         ok = 0;
         cJSON_Delete(fields[i]);
     }
-    if (!ok || !cJSON_AddNullToObject(e, "status") || !cJSON_AddNullToObject(e, "result") ||
-        !cJSON_AddNullToObject(e, "error") || !cJSON_AddNumberToObject(e, "ms", 0) ||
-        !cJSON_AddNumberToObject(e, "attempts", 0)) {
+    if (!ok) {
         cJSON_Delete(e);
         return NULL;
     }
@@ -863,7 +892,7 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         return;
     cJSON *own = NULL;
     const cJSON *call = call_in;
-    if (cJSON_IsObject(call_in) && !cJSON_GetObjectItemCaseSensitive(call_in, "id")) {
+    if (cJSON_IsObject(call_in) && !json_get(call_in, "id")) {
         char idb[32];
         fresh_id(t, idb, sizeof idb);
         if (!(own = call_with_id(call_in, idb))) {
@@ -879,7 +908,7 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         else
             log_fail(t, PS_ENOMEM);
     }
-    const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
+    const cJSON *id = json_get(call, "id");
     cJSON *e = ledger_entry_new(call);
     if (!e) {
         /* never submitted: a call without a ledger entry would end with no
@@ -899,8 +928,8 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         snprintf(err, sizeof err, "task call limit (%d) reached", t->max_calls);
     if (err[0]) {
         cJSON *rec = NULL;
-        if (json_set_string(cJSON_GetObjectItemCaseSensitive(e, "status"), "rejected") ||
-            json_set_string(cJSON_GetObjectItemCaseSensitive(e, "error"), err) || !(rec = cJSON_Duplicate(e, 1))) {
+        if (json_set_string(json_get(e, "status"), "rejected") ||
+            json_set_string(json_get(e, "error"), err) || !(rec = cJSON_Duplicate(e, 1))) {
             cJSON_Delete(e);
             cJSON_Delete(own);
             log_fail(t, PS_ENOMEM);
@@ -925,7 +954,7 @@ static void on_call_closed(void *ud, const cJSON *call_in)
     jbuf_init(&b, stack, sizeof stack);
     static const char *const keys[] = { "id", "to", "args", "after" };
     for (size_t i = 0; i < 4; i++)
-        jb_member(&b, i == 0, keys[i], cJSON_GetObjectItemCaseSensitive(e, keys[i]));
+        jb_member(&b, i == 0, keys[i], json_get(e, keys[i]));
     jbuf_add(&b, "}", 1);
     /* Submitted before the event goes out (feedback never comes back
      * inside submit): a subscriber may end the task from its callback, and
@@ -952,7 +981,7 @@ static void on_call_closed(void *ud, const cJSON *call_in)
  * ones, so the decision event and the transcript show the ids. */
 static void action_fill_ids(struct orch_task *t, cJSON *action)
 {
-    cJSON *calls = cJSON_GetObjectItemCaseSensitive(action, "calls");
+    cJSON *calls = json_get(action, "calls");
     if (!cJSON_IsArray(calls) || !t->made || cJSON_GetArraySize(calls) != cJSON_GetArraySize(t->made))
         return;
     cJSON *nc = cJSON_Duplicate(t->made, 1);
@@ -1054,15 +1083,15 @@ int orch_task_finished_ids(const struct orch_task *t, const char **ids, int max)
     int n = 0, total = 0;
     const cJSON *e;
     cJSON_ArrayForEach(e, t->ledger) {
-        const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "status");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        const cJSON *st = json_get(e, "status");
+        const cJSON *id = json_get(e, "id");
         if (cJSON_IsString(st) && cJSON_IsString(id))
             total++;
     }
     int skip = total > max ? total - max : 0;
     cJSON_ArrayForEach(e, t->ledger) {
-        const cJSON *st = cJSON_GetObjectItemCaseSensitive(e, "status");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(e, "id");
+        const cJSON *st = json_get(e, "status");
+        const cJSON *id = json_get(e, "id");
         if (!cJSON_IsString(st) || !cJSON_IsString(id))
             continue;
         if (skip > 0) {
@@ -1205,25 +1234,25 @@ fail:
  * model has nothing new to ask. */
 static int repeats_only(struct orch_task *t, const cJSON *action)
 {
-    const cJSON *calls = cJSON_GetObjectItemCaseSensitive(action, "calls"), *c;
+    const cJSON *calls = json_get(action, "calls"), *c;
     if (!cJSON_GetArraySize(calls))
         return 0;
     cJSON_ArrayForEach(c, calls) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(c, "id");
-        const cJSON *to = cJSON_GetObjectItemCaseSensitive(c, "to");
-        const cJSON *args = cJSON_GetObjectItemCaseSensitive(c, "args"), *e;
+        const cJSON *id = json_get(c, "id");
+        const cJSON *to = json_get(c, "to");
+        const cJSON *args = json_get(c, "args"), *e;
         const struct agent_spec *a = cJSON_IsString(to) ? registry_find(t->o->reg, to->valuestring) : NULL;
         if (!a || !a->deterministic)
             return 0;
         int seen = 0;
         cJSON_ArrayForEach(e, t->ledger) {
-            const cJSON *eid = cJSON_GetObjectItemCaseSensitive(e, "id");
-            const cJSON *ea = cJSON_GetObjectItemCaseSensitive(e, "args");
-            const cJSON *est = cJSON_GetObjectItemCaseSensitive(e, "status");
+            const cJSON *eid = json_get(e, "id");
+            const cJSON *ea = json_get(e, "args");
+            const cJSON *est = json_get(e, "status");
             if (cJSON_IsString(eid) && cJSON_IsString(id) && !strcmp(eid->valuestring, id->valuestring))
                 break;                       /* only calls made before this one */
             if (cJSON_IsString(est) && !strcmp(est->valuestring, "ok") &&
-                cJSON_Compare(cJSON_GetObjectItemCaseSensitive(e, "to"), to, 1) &&
+                cJSON_Compare(json_get(e, "to"), to, 1) &&
                 (args ? cJSON_Compare(ea, args, 1) : !cJSON_GetArraySize(ea))) {
                 seen = 1;
                 break;
@@ -1338,11 +1367,11 @@ static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const c
     }
     /* a subscriber may end the task from the decision event, or from a
      * cancelled call's record: its group is gone then */
-    const cJSON *cancel = cJSON_GetObjectItemCaseSensitive(action, "cancel"), *c;
+    const cJSON *cancel = json_get(action, "cancel"), *c;
     cJSON_ArrayForEach(c, cancel)
         if (t->status == TASK_RUNNING)
             exec_group_cancel(t->g, c->valuestring, "cancelled by the orchestrator");
-    const cJSON *fin = cJSON_GetObjectItemCaseSensitive(action, "final");
+    const cJSON *fin = json_get(action, "final");
     if (fin && t->status == TASK_RUNNING)
         t->final_pending = cJSON_Duplicate(fin, 1);
     if (t->status == TASK_RUNNING)
@@ -1411,7 +1440,7 @@ static int script_direct_ok(const cJSON *act)
     for (const cJSON *k = act->child; k; k = k->next) {
         const cJSON *c;
         if (!strcmp(k->string, "calls"))
-            cJSON_ArrayForEach(c, k) if (cJSON_IsObject(c) && !cJSON_GetObjectItemCaseSensitive(c, "id"))
+            cJSON_ArrayForEach(c, k) if (cJSON_IsObject(c) && !json_get(c, "id"))
                 return 0;
     }
     return 1;
@@ -1476,8 +1505,8 @@ static void decide(struct orch_task *t)
     }
     int need_made = !t->script;
     const cJSON *cl;
-    cJSON_ArrayForEach(cl, cJSON_GetObjectItemCaseSensitive(act, "calls"))
-        need_made |= cJSON_IsObject(cl) && !cJSON_GetObjectItemCaseSensitive(cl, "id");
+    cJSON_ArrayForEach(cl, json_get(act, "calls"))
+        need_made |= cJSON_IsObject(cl) && !json_get(cl, "id");
     int oom = need_made && !(t->made = cJSON_CreateArray());
     t->parser = oom ? NULL : action_parser_new(on_call_closed, t);
     t->answer_keep = 0;
@@ -1542,14 +1571,14 @@ static void on_kick(evutil_socket_t fd, short what, void *ud)
     if (t->deciding)
         return;
     if (t->final_pending) {
-        const cJSON *uses = cJSON_GetObjectItemCaseSensitive(t->final_pending, "uses"), *u;
+        const cJSON *uses = json_get(t->final_pending, "uses"), *u;
         int running = 0;
         cJSON_ArrayForEach(u, uses)
             running |= exec_group_call_status(t->g, u->valuestring) == -2;
         if (running && !(t->finalize && !t->script && t->rounds < t->max_rounds))
             return;   /* a used call is still running */
         if (!running) {
-            t->output = render_answer(t, cJSON_GetObjectItemCaseSensitive(t->final_pending, "answer"));
+            t->output = render_answer(t, json_get(t->final_pending, "answer"));
             task_finish(t, TASK_COMPLETED, NULL);
             return;
         }
@@ -1791,7 +1820,7 @@ void orch_destroy(struct orch *o)
 
 static int get_limit(const cJSON *req, const char *key, int lo, int hi, int def, int *out)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(req, key);
+    const cJSON *v = json_get(req, key);
     *out = def;
     if (!v || cJSON_IsNull(v))
         return PS_OK;
@@ -1816,10 +1845,10 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
         if (!known)
             return ps_error_set(PS_EINVAL, "%s: unknown field", k->string);
     }
-    const cJSON *input = cJSON_GetObjectItemCaseSensitive(req, "input");
+    const cJSON *input = json_get(req, "input");
     if (!cJSON_IsString(input))
         return ps_error_set(PS_EINVAL, "input: required, must be a string");
-    const cJSON *script = cJSON_GetObjectItemCaseSensitive(req, "script");
+    const cJSON *script = json_get(req, "script");
     if (script && !cJSON_IsNull(script)) {
         if (!cJSON_IsArray(script))
             return ps_error_set(PS_EINVAL, "script: must be a list of actions");
@@ -1839,7 +1868,7 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
         get_limit(req, "max_calls", 1, 100000, o->cfg.max_calls, &max_calls) ||
         get_limit(req, "deadline_ms", 1, 86400000, o->cfg.deadline_ms, &deadline_ms))
         return PS_EINVAL;
-    if (script && max_rounds < cJSON_GetArraySize(script) && !cJSON_GetObjectItemCaseSensitive(req, "max_rounds"))
+    if (script && max_rounds < cJSON_GetArraySize(script) && !json_get(req, "max_rounds"))
         max_rounds = cJSON_GetArraySize(script);
 
     struct orch_task *t = calloc(1, sizeof *t);
@@ -1989,7 +2018,7 @@ void orch_task_release(struct orch_task *t)
  * "string|number", "object"). */
 static const char *schema_type(const cJSON *sch, char *buf, size_t n)
 {
-    const cJSON *ty = cJSON_GetObjectItemCaseSensitive(sch, "type");
+    const cJSON *ty = json_get(sch, "type");
     if (cJSON_IsString(ty))
         return ty->valuestring;
     buf[0] = '\0';
@@ -2015,8 +2044,8 @@ static int catalogue_text(const struct registry *reg, char **out, const char **e
     for (int i = 0; i < registry_count(reg); i++) {
         const struct agent_spec *a = registry_at(reg, i);
         char args[1024] = "{", tb[64];
-        const cJSON *props = cJSON_GetObjectItemCaseSensitive(a->input_schema, "properties");
-        const cJSON *req = cJSON_GetObjectItemCaseSensitive(a->input_schema, "required"), *p, *r;
+        const cJSON *props = json_get(a->input_schema, "properties");
+        const cJSON *req = json_get(a->input_schema, "required"), *p, *r;
         int k = 0;
         cJSON_ArrayForEach(p, props) {
             int required = 0;
@@ -2076,9 +2105,9 @@ char *orch_task_prompt(const struct orch_task *t)
             exa = registry_at(t->o->reg, i);
     char *ex_args = NULL, *ex_result = NULL;
     if (exa) {
-        ex_args = cJSON_PrintUnformatted(cJSON_GetObjectItemCaseSensitive(exa->example, "args"));
+        ex_args = cJSON_PrintUnformatted(json_get(exa->example, "args"));
         /* the result as transcript_feedback shows results: its text, as a JSON string */
-        char *rt = exec_result_text(cJSON_GetObjectItemCaseSensitive(exa->example, "result"));
+        char *rt = exec_result_text(json_get(exa->example, "result"));
         cJSON *rs = rt ? cJSON_CreateString(rt) : NULL;
         ex_result = rs ? cJSON_PrintUnformatted(rs) : NULL;
         cJSON_Delete(rs);
@@ -2103,7 +2132,7 @@ char *orch_task_prompt(const struct orch_task *t)
              "Example:\nTask: %s\nDecision 1: %s\n"
              "Result: {\"id\":\"c1\",\"to\":\"%s\",\"status\":\"ok\",\"result\":%s}\n"
              "Decision 2: {\"final\":{\"answer\":\"{{c1}}\",\"uses\":[\"c1\"]}}\nEnd of example.\n",
-             exa ? cJSON_GetObjectItemCaseSensitive(exa->example, "task")->valuestring : "(a question)",
+             exa ? json_get(exa->example, "task")->valuestring : "(a question)",
              example, exa ? exa->name : ex_to ? ex_to : "AGENT", exa ? ex_result : "\"(its answer)\"");
     free(ex_args);
     free(ex_result);

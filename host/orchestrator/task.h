@@ -85,6 +85,12 @@ struct orch_event {
     int64_t     id;
     const char *type;   /* "task.created", ... */
     const char *data;   /* JSON object text */
+    /* Numbers the text carries, for subscribers that want them without
+     * parsing it: t_ms in microseconds, and a call.result's overheads
+     * ("dispatch_to_recv_us", "reply_to_record_us"; -1 where absent). */
+    int64_t     t_us;
+    int64_t     dispatch_to_recv_us;
+    int64_t     reply_to_record_us;
 };
 
 typedef void (*orch_event_fn)(void *ud, struct orch_task *t, const struct orch_event *ev);

@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "../common/grow.h"
+#include "../common/json_get.h"
 #include "../common/status.h"
 #include "../engine/scheduler.h"
 #include "../model/unicode.h"
@@ -335,7 +336,7 @@ static bool is_int(const cJSON *v)
 static int get_num(const cJSON *root, const char *key, double lo, double hi, float *out,
                    struct api_error *err)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    const cJSON *v = json_get(root, key);
     if (!v || cJSON_IsNull(v))
         return 0;
     if (!cJSON_IsNumber(v))
@@ -349,7 +350,7 @@ static int get_num(const cJSON *root, const char *key, double lo, double hi, flo
 static int get_int(const cJSON *root, const char *key, double lo, double hi, int64_t *out, bool *present,
                    struct api_error *err)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    const cJSON *v = json_get(root, key);
     if (present)
         *present = false;
     if (!v || cJSON_IsNull(v))
@@ -370,7 +371,7 @@ static int get_int(const cJSON *root, const char *key, double lo, double hi, int
  * null: *present false. */
 static int get_seed(const cJSON *root, uint64_t *out, bool *present, struct api_error *err)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "seed");
+    const cJSON *v = json_get(root, "seed");
     *present = false;
     if (!v || cJSON_IsNull(v))
         return 0;
@@ -386,7 +387,7 @@ static int get_seed(const cJSON *root, uint64_t *out, bool *present, struct api_
 
 static int get_bool(const cJSON *root, const char *key, bool *out, struct api_error *err)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, key);
+    const cJSON *v = json_get(root, key);
     if (!v || cJSON_IsNull(v))
         return 0;
     if (!cJSON_IsBool(v))
@@ -397,7 +398,7 @@ static int get_bool(const cJSON *root, const char *key, bool *out, struct api_er
 
 static int parse_stop(const cJSON *root, struct gen_params *p, struct api_error *err)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "stop");
+    const cJSON *v = json_get(root, "stop");
     if (!v || cJSON_IsNull(v))
         return 0;
     int n = cJSON_IsString(v) ? 1 : cJSON_IsArray(v) ? cJSON_GetArraySize(v) : -1;
@@ -448,10 +449,10 @@ static int append_tool_calls(const cJSON *tc, int idx, char **content, struct ap
     int j = -1;
     cJSON_ArrayForEach(call, tc) {
         j++;
-        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(call, "function");
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
-        const cJSON *args = cJSON_GetObjectItemCaseSensitive(fn, "arguments");
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(call, "id");
+        const cJSON *fn = json_get(call, "function");
+        const cJSON *name = json_get(fn, "name");
+        const cJSON *args = json_get(fn, "arguments");
+        const cJSON *id = json_get(call, "id");
         if (!cJSON_IsObject(call) || !cJSON_IsObject(fn) || !cJSON_IsString(name) ||
             (args && !cJSON_IsString(args)))
             return api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
@@ -525,8 +526,8 @@ static int message_content(const cJSON *c, int idx, char **out, struct api_error
     size_t total = 1;
     const cJSON *part;
     cJSON_ArrayForEach(part, c) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(part, "type");
-        const cJSON *text = cJSON_GetObjectItemCaseSensitive(part, "text");
+        const cJSON *type = json_get(part, "type");
+        const cJSON *text = json_get(part, "text");
         if (!cJSON_IsObject(part) || !cJSON_IsString(type) || strcmp(type->valuestring, "text") ||
             !cJSON_IsString(text))
             return api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
@@ -540,7 +541,7 @@ static int message_content(const cJSON *c, int idx, char **out, struct api_error
     s[0] = '\0';
     size_t len = 0;
     cJSON_ArrayForEach(part, c) {
-        const char *t = cJSON_GetObjectItemCaseSensitive(part, "text")->valuestring;
+        const char *t = json_get(part, "text")->valuestring;
         size_t l = strlen(t);
         memcpy(s + len, t, l + 1);
         len += l;
@@ -577,7 +578,7 @@ static int tool_pairing(struct open_calls *oc, const cJSON *m, enum chat_role ro
 {
     char param[64];
     if (role == CHAT_TOOL) {
-        const cJSON *id = cJSON_GetObjectItemCaseSensitive(m, "tool_call_id");
+        const cJSON *id = json_get(m, "tool_call_id");
         snprintf(param, sizeof param, "messages[%d].tool_call_id", i);
         if (!id)
             return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter", param,
@@ -616,7 +617,7 @@ static int tool_pairing(struct open_calls *oc, const cJSON *m, enum chat_role ro
         free(oc->calls);
         *oc = (struct open_calls){ 0 };
     }
-    const cJSON *tc = m ? cJSON_GetObjectItemCaseSensitive(m, "tool_calls") : NULL;
+    const cJSON *tc = m ? json_get(m, "tool_calls") : NULL;
     if (role != CHAT_ASSISTANT || !cJSON_IsArray(tc) || cJSON_GetArraySize(tc) == 0)
         return 0;
     /* append_tool_calls checked every item's id is a non-empty string */
@@ -628,7 +629,7 @@ static int tool_pairing(struct open_calls *oc, const cJSON *m, enum chat_role ro
     int k = 0;
     const cJSON *call;
     cJSON_ArrayForEach(call, tc)
-        oc->calls[k++].id = cJSON_GetObjectItemCaseSensitive(call, "id")->valuestring;
+        oc->calls[k++].id = json_get(call, "id")->valuestring;
     qsort(oc->calls, (size_t)n, sizeof *oc->calls, cmp_call_ref);
     for (k = 1; k < n; k++) {
         if (!strcmp(oc->calls[k - 1].id, oc->calls[k].id)) {
@@ -642,7 +643,7 @@ static int tool_pairing(struct open_calls *oc, const cJSON *m, enum chat_role ro
 static int parse_messages(const cJSON *root, const chat_template *tmpl, const char *system_extra,
                           struct gen_params *p, struct api_error *err)
 {
-    const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(root, "messages");
+    const cJSON *msgs = json_get(root, "messages");
     if (!msgs)
         return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter", "messages",
                              "'messages' is required");
@@ -668,7 +669,7 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, const ch
             rc = BADTYPE(param, "an object");
             goto done;
         }
-        const cJSON *role = cJSON_GetObjectItemCaseSensitive(m, "role");
+        const cJSON *role = json_get(m, "role");
         snprintf(param, sizeof param, "messages[%d].role", i);
         if (!cJSON_IsString(role)) {
             rc = BADTYPE(param, "a string");
@@ -681,10 +682,10 @@ static int parse_messages(const cJSON *root, const chat_template *tmpl, const ch
                      param, role->valuestring);
             goto done;
         }
-        if ((rc = message_content(cJSON_GetObjectItemCaseSensitive(m, "content"), i, &contents[i], err)))
+        if ((rc = message_content(json_get(m, "content"), i, &contents[i], err)))
             goto done;
         if (cm[i].role == CHAT_ASSISTANT &&
-            (rc = append_tool_calls(cJSON_GetObjectItemCaseSensitive(m, "tool_calls"), i, &contents[i], err)))
+            (rc = append_tool_calls(json_get(m, "tool_calls"), i, &contents[i], err)))
             goto done;
         if ((rc = tool_pairing(&open, m, cm[i].role, i, err)))
             goto done;
@@ -738,7 +739,7 @@ done:
  * engine would refuse an empty token list, reported as a context error). */
 static int parse_prompt(const cJSON *root, int32_t n_vocab, struct gen_params *p, struct api_error *err)
 {
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, "prompt");
+    const cJSON *v = json_get(root, "prompt");
     if (!v)
         return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter", "prompt",
                              "'prompt' is required");
@@ -884,7 +885,7 @@ static int parse_response_format(const cJSON *rf, const struct openai_options *o
 {
     if (!cJSON_IsObject(rf))
         return BADTYPE("response_format", "an object");
-    const cJSON *type = cJSON_GetObjectItemCaseSensitive(rf, "type");
+    const cJSON *type = json_get(rf, "type");
     if (!cJSON_IsString(type))
         return api_error_set(err, 400, "invalid_request_error", "invalid_type", "response_format.type",
                              "'response_format.type' must be one of text, json_object, json_schema");
@@ -897,19 +898,19 @@ static int parse_response_format(const cJSON *rf, const struct openai_options *o
         return api_error_set(err, 400, "invalid_request_error", "invalid_value", "response_format.type",
                              "'response_format.type' must be one of text, json_object, json_schema; got '%.40s'",
                              type->valuestring);
-    const cJSON *js = cJSON_GetObjectItemCaseSensitive(rf, "json_schema");
+    const cJSON *js = json_get(rf, "json_schema");
     if (!cJSON_IsObject(js))
         return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter",
                              "response_format.json_schema",
                              "'response_format.json_schema' (an object with 'name' and 'schema') is required "
                              "for type json_schema");
-    const cJSON *name = cJSON_GetObjectItemCaseSensitive(js, "name");
+    const cJSON *name = json_get(js, "name");
     if (name && !cJSON_IsString(name))
         return BADTYPE("response_format.json_schema.name", "a string");
-    const cJSON *strict = cJSON_GetObjectItemCaseSensitive(js, "strict");
+    const cJSON *strict = json_get(js, "strict");
     if (strict && !cJSON_IsNull(strict) && !cJSON_IsBool(strict))
         return BADTYPE("response_format.json_schema.strict", "a boolean");
-    const cJSON *schema = cJSON_GetObjectItemCaseSensitive(js, "schema");
+    const cJSON *schema = json_get(js, "schema");
     if (!schema || cJSON_IsNull(schema))
         return api_error_set(err, 400, "invalid_request_error", "missing_required_parameter",
                              "response_format.json_schema.schema",
@@ -966,7 +967,7 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
 {
     if (!cJSON_IsArray(tools) || cJSON_GetArraySize(tools) < 1)
         return BADTYPE("tools", "a non-empty array of {\"type\": \"function\", \"function\": {...}}");
-    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
+    const cJSON *tc = json_get(root, "tool_choice");
     const char *forced = NULL;
     bool lazy = !tc || cJSON_IsNull(tc) || (cJSON_IsString(tc) && !strcmp(tc->valuestring, "auto"));
     if (lazy) {
@@ -978,9 +979,9 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
             return BAD("tool_choice", "'tool_choice' must be 'none', 'auto', 'required' or a named function; "
                        "got '%.40s'", tc->valuestring);
     } else if (cJSON_IsObject(tc)) {
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(tc, "type");
-        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(tc, "function");
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
+        const cJSON *type = json_get(tc, "type");
+        const cJSON *fn = json_get(tc, "function");
+        const cJSON *name = json_get(fn, "name");
         if (!cJSON_IsString(type) || strcmp(type->valuestring, "function") || !cJSON_IsString(name))
             return BADTYPE("tool_choice", "'none', 'auto', 'required' or {\"type\": \"function\", "
                            "\"function\": {\"name\": string}}");
@@ -988,7 +989,7 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
     } else {
         return BADTYPE("tool_choice", "a string or an object");
     }
-    const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");   /* a boolean or null */
+    const cJSON *ptc = json_get(root, "parallel_tool_calls");   /* a boolean or null */
     bool parallel = !ptc || !cJSON_IsFalse(ptc);
 
     /* [{name, parameters}] of the callable tools (only the forced one) */
@@ -1004,8 +1005,8 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
     cJSON_ArrayForEach(t, tools) {
         char param[64];
         snprintf(param, sizeof param, "tools[%d]", i);
-        const cJSON *type = cJSON_GetObjectItemCaseSensitive(t, "type");
-        const cJSON *fn = cJSON_GetObjectItemCaseSensitive(t, "function");
+        const cJSON *type = json_get(t, "type");
+        const cJSON *fn = json_get(t, "function");
         if (!cJSON_IsObject(t) || !cJSON_IsString(type) || strcmp(type->valuestring, "function") ||
             !cJSON_IsObject(fn)) {
             rc = api_error_set(err, 400, "invalid_request_error", "invalid_type", param,
@@ -1013,9 +1014,9 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
                                "\"parameters\"}}", param);
             goto done;
         }
-        const cJSON *name = cJSON_GetObjectItemCaseSensitive(fn, "name");
-        const cJSON *desc = cJSON_GetObjectItemCaseSensitive(fn, "description");
-        const cJSON *params = cJSON_GetObjectItemCaseSensitive(fn, "parameters");
+        const cJSON *name = json_get(fn, "name");
+        const cJSON *desc = json_get(fn, "description");
+        const cJSON *params = json_get(fn, "parameters");
         snprintf(param, sizeof param, "tools[%d].function.name", i);
         if (!cJSON_IsString(name) || !tool_name_ok(name->valuestring)) {
             rc = BAD(param, "'%s' must be 1 to 64 characters of a-z, A-Z, 0-9, _ and -", param);
@@ -1023,7 +1024,7 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
         }
         snprintf(param, sizeof param, "tools[%d].function.parameters", i);
         if (params && !cJSON_IsNull(params)) {
-            const cJSON *pt = cJSON_GetObjectItemCaseSensitive(params, "type");
+            const cJSON *pt = json_get(params, "type");
             if (!cJSON_IsObject(params) || (pt && !(cJSON_IsString(pt) && !strcmp(pt->valuestring, "object")))) {
                 rc = BAD(param, "'%s' must be a JSON Schema of type object", param);
                 goto done;
@@ -1051,7 +1052,7 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
             cJSON_AddStringToObject(sh, "description", desc->valuestring);
         if (params) {
             cJSON *pc = cJSON_Duplicate(params, 1);
-            if (pc && !cJSON_GetObjectItemCaseSensitive(pc, "type"))
+            if (pc && !json_get(pc, "type"))
                 cJSON_AddStringToObject(pc, "type", "object");
             cJSON_AddItemToObject(e, "parameters", pc);
             cJSON_AddItemToObject(sh, "parameters", cJSON_Duplicate(params, 1));
@@ -1097,7 +1098,7 @@ done:
  * SAMPLER_MAX_BIAS entries. */
 static int parse_logit_bias(const cJSON *root, int32_t n_vocab, struct gen_params *p, struct api_error *err)
 {
-    const cJSON *lb = cJSON_GetObjectItemCaseSensitive(root, "logit_bias");
+    const cJSON *lb = json_get(root, "logit_bias");
     if (!lb || cJSON_IsNull(lb))
         return 0;
     if (!cJSON_IsObject(lb))
@@ -1139,16 +1140,16 @@ static int parse_constraints(const cJSON *root, bool chat, const struct openai_o
 {
     static const char *const legacy[] = { "functions", "function_call" };
     for (size_t i = 0; i < 2; i++) {
-        const cJSON *v = cJSON_GetObjectItemCaseSensitive(root, legacy[i]);
+        const cJSON *v = json_get(root, legacy[i]);
         if (v && !cJSON_IsNull(v))
             return api_error_set(err, 400, "invalid_request_error", "unsupported_value", legacy[i],
                                  "'%s' (the legacy function-calling API) is not supported; use 'tools' "
                                  "with 'tool_choice'", legacy[i]);
     }
-    const cJSON *rf = cJSON_GetObjectItemCaseSensitive(root, "response_format");
-    const cJSON *tools = cJSON_GetObjectItemCaseSensitive(root, "tools");
-    const cJSON *tc = cJSON_GetObjectItemCaseSensitive(root, "tool_choice");
-    const cJSON *ptc = cJSON_GetObjectItemCaseSensitive(root, "parallel_tool_calls");
+    const cJSON *rf = json_get(root, "response_format");
+    const cJSON *tools = json_get(root, "tools");
+    const cJSON *tc = json_get(root, "tool_choice");
+    const cJSON *ptc = json_get(root, "parallel_tool_calls");
     if (ptc && !cJSON_IsNull(ptc) && !cJSON_IsBool(ptc))   /* checked with or without tools, as OpenAI does */
         return BADTYPE("parallel_tool_calls", "a boolean");
     bool has_rf = rf && !cJSON_IsNull(rf), has_tools = tools && !cJSON_IsNull(tools);
@@ -1423,7 +1424,7 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
                       struct gen_params *p, struct api_error *err)
 {
     int rc;
-    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *model = json_get(root, "model");
     if (model && !cJSON_IsNull(model)) {
         if (!cJSON_IsString(model))
             return BADTYPE("model", "a string");
@@ -1439,11 +1440,11 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     p->chat = chat;
     if ((rc = get_bool(root, "stream", &p->stream, err)))
         return rc;
-    const cJSON *so = cJSON_GetObjectItemCaseSensitive(root, "stream_options");
+    const cJSON *so = json_get(root, "stream_options");
     if (so && !cJSON_IsNull(so)) {
         if (!cJSON_IsObject(so))
             return BADTYPE("stream_options", "an object");
-        const cJSON *iu = cJSON_GetObjectItemCaseSensitive(so, "include_usage");
+        const cJSON *iu = json_get(so, "include_usage");
         if (iu && !cJSON_IsBool(iu))
             return BADTYPE("stream_options.include_usage", "a boolean");
         p->include_usage = iu && cJSON_IsTrue(iu);
@@ -1469,7 +1470,7 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
     /* suffix (completions' insert mode): text after the completion, which
      * this server cannot condition on; ignoring it would answer another
      * question.  null and "" are the default (none). */
-    const cJSON *suffix = cJSON_GetObjectItemCaseSensitive(root, "suffix");
+    const cJSON *suffix = json_get(root, "suffix");
     if (suffix && !cJSON_IsNull(suffix)) {
         if (!cJSON_IsString(suffix))
             return BADTYPE("suffix", "a string or null");
@@ -1481,12 +1482,12 @@ static int parse_body(const cJSON *root, bool chat, const char *const *model_nam
      * optional top_logprobs in [0, 20] (alternatives per token), which
      * needs logprobs true, as OpenAI's API has it.  Completions: an
      * integer in [0, 5] (alternatives per token) or null/false (off). */
-    const cJSON *lp = cJSON_GetObjectItemCaseSensitive(root, "logprobs");
+    const cJSON *lp = json_get(root, "logprobs");
     if (chat) {
         if (lp && !cJSON_IsNull(lp) && !cJSON_IsBool(lp) && !(cJSON_IsNumber(lp) && lp->valuedouble == 0))
             return BADTYPE("logprobs", "a boolean");
         p->logprobs = lp && cJSON_IsTrue(lp);
-        const cJSON *top = cJSON_GetObjectItemCaseSensitive(root, "top_logprobs");
+        const cJSON *top = json_get(root, "top_logprobs");
         if (top && !cJSON_IsNull(top)) {
             if (!is_int(top))
                 return BADTYPE("top_logprobs", "an integer in [0, 20] or null");

@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "../common/grow.h"
+#include "../common/json_get.h"
 #include "../common/status.h"
 #include "../engine/backend.h"
 #include "backend_cuda.h"
@@ -434,7 +435,7 @@ static cJSON *lp_top_dict(const struct lp_list *l, const struct lp_token *t, con
         ok = key != NULL;
         if (!ok)
             break;
-        cJSON *have = cJSON_GetObjectItemCaseSensitive(d, key->valuestring);
+        cJSON *have = json_get(d, key->valuestring);
         if (!have)
             ok = cJSON_AddNumberToObject(d, key->valuestring, (double)lp) != NULL;
         else if ((double)lp > have->valuedouble)

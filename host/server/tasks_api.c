@@ -15,6 +15,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 #include "grammar/grammar.h"
 #include "conn_limit.h"
@@ -366,7 +367,7 @@ static void submit_error(struct api_error *e, const char *msg, const cJSON *root
     const char *colon = strstr(msg, ": ");
     if (colon && (size_t)(colon - msg) < sizeof param && !memchr(msg, ' ', (size_t)(colon - msg)))
         snprintf(param, sizeof param, "%.*s", (int)(colon - msg), msg);
-    bool present = param[0] && cJSON_GetObjectItemCaseSensitive(root, param);
+    bool present = param[0] && json_get(root, param);
     const char *code = strstr(msg, "unknown field") ? "unknown_parameter"
                      : !present && strstr(msg, "required") ? "missing_required_parameter"
                      : strstr(msg, "must be a") ? "invalid_type" : "invalid_value";
@@ -396,7 +397,7 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req, con
         reply_error(api, req, &e);
         return;
     }
-    const cJSON *stream = cJSON_GetObjectItemCaseSensitive(root, "stream");
+    const cJSON *stream = json_get(root, "stream");
     if (stream && !cJSON_IsNull(stream) && !cJSON_IsBool(stream)) {
         cJSON_Delete(root);
         api_error_set(&e, 400, "invalid_request_error", "invalid_type", "stream", "'stream' must be a boolean");
@@ -847,12 +848,12 @@ static int strip_call_ids(char **schema)
     cJSON *root = cJSON_Parse(*schema), *br;
     if (!root)
         return ps_error_set(PS_ENOMEM, "out of memory");
-    cJSON_ArrayForEach(br, cJSON_GetObjectItemCaseSensitive(root, "anyOf")) {
-        cJSON *calls = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(br, "properties"), "calls");
-        cJSON *items = cJSON_GetObjectItemCaseSensitive(calls, "items"), *call;
-        cJSON_ArrayForEach(call, cJSON_GetObjectItemCaseSensitive(items, "anyOf")) {
-            cJSON_DeleteItemFromObjectCaseSensitive(cJSON_GetObjectItemCaseSensitive(call, "properties"), "id");
-            cJSON *req = cJSON_GetObjectItemCaseSensitive(call, "required"), *r, *nx;
+    cJSON_ArrayForEach(br, json_get(root, "anyOf")) {
+        cJSON *calls = json_get(json_get(br, "properties"), "calls");
+        cJSON *items = json_get(calls, "items"), *call;
+        cJSON_ArrayForEach(call, json_get(items, "anyOf")) {
+            cJSON_DeleteItemFromObjectCaseSensitive(json_get(call, "properties"), "id");
+            cJSON *req = json_get(call, "required"), *r, *nx;
             for (r = req ? req->child : NULL; r; r = nx) {
                 nx = r->next;
                 if (cJSON_IsString(r) && !strcmp(r->valuestring, "id"))

@@ -1,5 +1,5 @@
 /* test_jbuf.c - jbuf_json prints exactly what cJSON_PrintUnformatted
- * prints (strings with every escape, integers and fractions, the switch to
+ * prints (strings with every escape and every byte value, integers and fractions, the switch to
  * exponents, -0, NaN, nesting deeper than a parse gives, raw items; past
  * JBUF_MAX_DEPTH a refusal, never other text), the buffer moves from the stack
  * to the heap when it grows, jbuf_add_int prints any long long, and
@@ -66,6 +66,24 @@ int main(void)
         "1.5e-7,2.5,-2.5,1e15,1e16,123456789.123456789,4294967296,-2147483649]");
     doc("[[[[[[[[[[[[[[[[[[[[\"deep\"]]]]]]]]]]]]]]]]]]]]");
 
+    /* every byte value (the escape table), alone and together, into
+     * buffers from 1 byte up: the text grows past the stack at each length */
+    char all[256];
+    for (int i = 1; i < 256; i++)
+        all[i - 1] = (char)i;
+    all[255] = 0;
+    for (size_t cap = 1; cap <= 16; cap++) {
+        cJSON *str = cJSON_CreateString(all);
+        same_as_cjson(str, cap);
+        cJSON_Delete(str);
+    }
+    for (int i = 1; i < 256; i++) {
+        char one[4] = { (char)i, 'x', (char)i, 0 };
+        cJSON *str = cJSON_CreateString(one);
+        same_as_cjson(str, 1 + (size_t)i % 9);
+        cJSON_Delete(str);
+    }
+
     /* numbers cJSON holds but no JSON text can (NaN, inf) print as null */
     cJSON *a = cJSON_CreateArray();
     cJSON_AddItemToArray(a, cJSON_CreateNumber(NAN));
@@ -115,6 +133,21 @@ int main(void)
     jbuf_add_int(&b, -9223372036854775807LL - 1);
     CHECK_MSG(!strcmp(b.p, "0 -42 9223372036854775807 -9223372036854775808"), "%s", b.p);
     jbuf_free(&b);
+    /* every length, both signs, the digit pairs: as printf prints them */
+    int int_bad = 0;
+    long long base = 1;
+    for (int digits = 1; digits <= 19; digits++, base = digits <= 19 ? base * 10 : base)
+        for (long long d = -101; d <= 101; d++)
+            for (int sign = -1; sign <= 1; sign += 2) {
+                long long v = sign * (base + d * (base / 100 + 1));
+                char want[32];
+                snprintf(want, sizeof want, "%lld", v);
+                jbuf_init(&b, st, sizeof st);
+                jbuf_add_int(&b, v);
+                int_bad += strcmp(b.p, want) != 0;
+                jbuf_free(&b);
+            }
+    CHECK_MSG(int_bad == 0, "%d integers printed unlike printf", int_bad);
 
     /* take: stack text copied out; heap text handed over */
     jbuf_init(&b, st, sizeof st);

@@ -645,11 +645,30 @@ struct captured {
     char result[1024];
     char dispatched[1024];
     char final[4096];
+    int  events, numbers_match, overheads;
 };
+
+/* The integer after the last `key` (as "\"key\":") in text, or -1. */
+static int64_t last_number(const char *text, const char *key, int64_t scale)
+{
+    char pat[64];
+    snprintf(pat, sizeof pat, "\"%s\":", key);
+    const char *p = NULL;
+    for (const char *q = strstr(text, pat); q; q = strstr(q + 1, pat))
+        p = q;
+    return p ? (int64_t)llround(strtod(p + strlen(pat), NULL) * (double)scale) : -1;
+}
 
 static void on_capture(void *ud, struct orch_task *t, const struct orch_event *ev)
 {
     struct captured *cap = ud;
+    /* the numbers struct orch_event carries are the text's */
+    int64_t d2r = !strcmp(ev->type, "call.result") ? last_number(ev->data, "dispatch_to_recv_us", 1) : -1;
+    int64_t r2r = !strcmp(ev->type, "call.result") ? last_number(ev->data, "reply_to_record_us", 1) : -1;
+    cap->events++;
+    cap->numbers_match += ev->t_us == last_number(ev->data, "t_ms", 1000) && ev->dispatch_to_recv_us == d2r &&
+                          ev->reply_to_record_us == r2r;
+    cap->overheads += d2r >= 0 && r2r >= 0;
     if (!strcmp(ev->type, "call.result") && !cap->result[0])
         snprintf(cap->result, sizeof cap->result, "%s", ev->data);
     if (!strcmp(ev->type, "call.dispatched") && !cap->dispatched[0])
@@ -662,7 +681,7 @@ static void test_event_numbers(void)
 {
     struct ctx c;
     CHECK(ctx_open(&c) == 0);
-    struct captured cap = {{0}, {0}, {0}};
+    struct captured cap = {{0}, {0}, {0}, 0, 0, 0};
     struct orch_task *t = submit(&c, "{\"input\":\"numbers\",\"script\":[{\"calls\":["
         "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":1,\"neg\":-12,\"f\":1.5,\"big\":1e20,"
         "\"z\":0,\"m\":123456789012,\"e\":-0.25}},"
@@ -694,6 +713,9 @@ static void test_event_numbers(void)
     }
     free(st);
     cJSON_Delete(s);
+    CHECK_MSG(cap.events >= 6 && cap.numbers_match == cap.events, "%d of %d events carry their text's numbers",
+              cap.numbers_match, cap.events);
+    CHECK_MSG(cap.overheads == 1, "%d call.result events with overheads (the http call's)", cap.overheads);
     ctx_close(&c);
 }
 
