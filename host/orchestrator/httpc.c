@@ -1453,10 +1453,16 @@ static void lane_abandon(struct httpc_req *r)
         return;
     }
     if (!j->posted) {
+        if (j->to_idle)
+            j->origin->lane_idle[j->lane - h->lanes]++;   /* its idle connection was not used */
         pend_unlink(j);
         job_free(j);
         return;
     }
+    /* Cancelled after the handover: the lane may or may not have started
+     * it on the idle connection it was sent for; that count stays spent
+     * (an undercount: the next request the lane keeps a connection for
+     * adds one back). */
     int live = JOB_LIVE;
     if (atomic_compare_exchange_strong(&j->state, &live, JOB_CANCEL)) {
         /* at once, not at the end of the turn: the connection closes now
