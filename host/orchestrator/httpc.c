@@ -87,6 +87,9 @@ struct httpc {
     int                fast_ok;    /* the fast path may be used (no proxy env, not disabled) */
     int                fast_loopback; /* ... for loopback URLs (not disabled; proxies never apply) */
     struct hpool      *pools;      /* fast path: one per host:port */
+    char              *last_url;   /* fast path: the last URL parsed (an agent's calls repeat it) */
+    struct hpool      *last_pool;  /* ... its pool */
+    size_t             last_after; /* ... where its target starts ("", "/..." or "?...") */
     CURL              *idle[HTTPC_IDLE_EASY];  /* finished easy handles, reset, for reuse */
     int                n_idle;
     _Atomic int64_t    n_connects; /* fast path: connections opened so far */
@@ -428,6 +431,7 @@ void httpc_destroy(struct httpc *h)
         free(p->lane_idle);
         free(p);
     }
+    free(h->last_url);
     while (h->n_idle > 0)
         curl_easy_cleanup(h->idle[--h->n_idle]);
     if (h->multi)
@@ -968,16 +972,28 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
                                       const char *url, char *const *headers, char *const *headers2,
                                       const char *body, size_t body_len, long timeout_ms)
 {
-    struct sockaddr_storage sa;
-    socklen_t salen;
-    char authority[300];
-    const char *target;
-    if (fast_url(url, &sa, &salen, authority, sizeof authority, &target))
-        return NULL;
-    struct hpool *p = pool_get(h, authority, &sa, salen);
-    if (!p)
-        return NULL;
-    const char *after = url + 7 + strlen(authority);   /* "", "/..." or "?..." */
+    struct hpool *p;
+    const char *after;                     /* "", "/..." or "?..." */
+    if (h->last_url && !strcmp(url, h->last_url)) {
+        p = h->last_pool;                  /* the same text parses the same */
+        after = url + h->last_after;
+    } else {
+        struct sockaddr_storage sa;
+        socklen_t salen;
+        char authority[300];
+        const char *target;
+        if (fast_url(url, &sa, &salen, authority, sizeof authority, &target))
+            return NULL;
+        if (!(p = pool_get(h, authority, &sa, salen)))
+            return NULL;
+        after = url + 7 + strlen(authority);
+        free(h->last_url);
+        if ((h->last_url = strdup(url))) { /* else no cache: parsed each time */
+            h->last_pool = p;
+            h->last_after = (size_t)(after - url);
+        }
+    }
+    const char *target = *after == '/' ? after : NULL;
     size_t cap = 0, len = 0;
     char *out = NULL;
     char line[128];
@@ -986,7 +1002,7 @@ static struct httpc_req *fast_request(struct httpc *h, struct httpc_req *r, cons
               (!target && out_add(&out, &len, &cap, "/", 1)) ||
               out_add(&out, &len, &cap, after, strlen(after)) ||
               out_add(&out, &len, &cap, " HTTP/1.1\r\nHost: ", 17) ||
-              out_add(&out, &len, &cap, authority, strlen(authority)) || out_add(&out, &len, &cap, "\r\n", 2) ||
+              out_add(&out, &len, &cap, p->key, strlen(p->key)) || out_add(&out, &len, &cap, "\r\n", 2) ||
               out_headers(&out, &len, &cap, headers) || out_headers(&out, &len, &cap, headers2);
     if (!bad && is_post) {
         /* the digits by hand: a printf per call showed in the loop's profile */
