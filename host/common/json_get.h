@@ -21,4 +21,24 @@ static inline cJSON *json_get(const cJSON *object, const char *key)
     return NULL;
 }
 
+/* Put `item` in `object` under `key`, a string literal (kept, never
+ * copied; the item's own key is freed): it replaces the first member so
+ * named, or is added.  Allocates nothing - cJSON_ReplaceItemInObject*
+ * copies the key and, in cJSON 1.7.15, installs the item keyless when that
+ * copy fails.  0; -1 when object or item is NULL (the item stays the
+ * caller's). */
+static inline int json_put_literal(cJSON *object, const char *key, cJSON *item)
+{
+    if (!object || !item)
+        return -1;
+    cJSON *old = json_get(object, key);
+    if (!old)
+        return cJSON_AddItemToObjectCS(object, key, item) ? 0 : -1;
+    if (item->string && !(item->type & cJSON_StringIsConst))
+        cJSON_free(item->string);
+    item->string = (char *)key;
+    item->type |= cJSON_StringIsConst;
+    return cJSON_ReplaceItemViaPointer(object, old, item) ? 0 : -1;
+}
+
 #endif /* PS_JSON_GET_H */

@@ -28,6 +28,7 @@
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jbuf.h"
+#include "orchestrator/json_alloc.h"
 
 static char *const json_headers[] = { EXEC_JSON_HEADER_LINES, NULL };
 static char *const a2a_v1_headers[] = { EXEC_JSON_HEADER_LINES, "A2A-Version: 1.0", NULL };
@@ -41,10 +42,11 @@ enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *
 {
     *res = NULL;
     err[0] = 0;
-    cJSON *j = cJSON_ParseWithLength(body, len);
+    int oom;
+    cJSON *j = json_parse_oom(body, len, &oom);
     if (!j) {
-        snprintf(err, errlen, "agent reply is not valid JSON");
-        return FB_PARSE_ERROR;
+        snprintf(err, errlen, oom ? "out of memory while parsing the agent's reply" : "agent reply is not valid JSON");
+        return oom ? FB_EXEC_ERROR : FB_PARSE_ERROR;
     }
     *res = j;
     return FB_OK;
@@ -111,7 +113,12 @@ enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, 
 {
     *res = NULL;
     err[0] = 0;
-    cJSON *j = cJSON_ParseWithLength(body, len);
+    int oom;
+    cJSON *j = json_parse_oom(body, len, &oom);
+    if (oom) {
+        snprintf(err, errlen, "out of memory while parsing the agent's reply");
+        return FB_EXEC_ERROR;
+    }
     const cJSON *choices = json_get(j, "choices");
     const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
     const cJSON *msg = json_get(c0, "message");
@@ -504,7 +511,12 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     *task_state = A2A_NO_TASK;
     *rpc_error = 0;
     err[0] = 0;
-    cJSON *j = cJSON_ParseWithLength(body, len);
+    int parse_oom;
+    cJSON *j = json_parse_oom(body, len, &parse_oom);
+    if (parse_oom) {
+        snprintf(err, errlen, "out of memory while parsing the agent's reply");
+        return FB_EXEC_ERROR;
+    }
     const cJSON *e = json_get(j, "error");
     const cJSON *r = json_get(j, "result");
     const cJSON *id = json_get(j, "id");
@@ -810,7 +822,12 @@ static int stream_take_task_id(struct adapter_op *op, const cJSON *tid)
 /* Apply one event's data (a JSON-RPC response to op's request) to op. */
 static void stream_apply(struct adapter_op *op, const char *json, size_t len)
 {
-    cJSON *j = cJSON_ParseWithLength(json, len);
+    int oom;
+    cJSON *j = json_parse_oom(json, len, &oom);
+    if (oom) {
+        stream_end(op, FB_EXEC_ERROR, NULL, "out of memory while parsing an a2a stream event");
+        return;
+    }
     if (!cJSON_IsObject(j)) {
         cJSON_Delete(j);
         stream_end(op, FB_PARSE_ERROR, NULL, "a2a stream event is not a JSON-RPC response");

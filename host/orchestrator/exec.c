@@ -21,6 +21,7 @@
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jschema.h"
+#include "orchestrator/json_alloc.h"
 
 #define EXEC_MAX_ID      64
 #define EXEC_MAX_AFTER   64
@@ -611,6 +612,7 @@ struct exec *exec_create(struct event_base *base, const struct registry *reg,
         return NULL;
     }
     /* A stdio agent that dies must not kill us with SIGPIPE. */
+    json_alloc_install();          /* parse failures tell bad text from no memory */
     struct sigaction sa;
     if (sigaction(SIGPIPE, NULL, &sa) == 0 && sa.sa_handler == SIG_DFL)
         signal(SIGPIPE, SIG_IGN);

@@ -150,6 +150,14 @@ static void log_fail(struct orch_task *t, int st)
         event_active(t->kick, 0, 0);
 }
 
+/* An event or record member that could not be added (out of memory): the
+ * task fails with that typed error rather than report less than happened. */
+static void need(struct orch_task *t, int added)
+{
+    if (!added)
+        log_fail(t, PS_ENOMEM);
+}
+
 /* Where a task stands for eviction.  A finished task with subscribers is
  * never evicted: the eviction walk takes it off the list (FIN_PINNED) so
  * that later walks do not pass it again (with every finished task
@@ -498,16 +506,20 @@ static const char *answer_ref_next(const char *s, const char **end, char *ref, s
     return open;
 }
 
-/* "{{c1}}" in a final answer string -> c1's result text. */
-static cJSON *render_answer(struct orch_task *t, const cJSON *answer)
+/* "{{c1}}" in a final answer string -> c1's result text, into *out (NULL
+ * when there is no answer).  0, or -1 when out of memory. */
+static int render_answer(struct orch_task *t, const cJSON *answer, cJSON **out)
 {
+    *out = NULL;
+    if (!answer)
+        return 0;
     if (!cJSON_IsString(answer) || !strstr(answer->valuestring, "{{"))
-        return cJSON_Duplicate(answer, 1);
+        return (*out = cJSON_Duplicate(answer, 1)) ? 0 : -1;
     const char *s = answer->valuestring;
     size_t cap = strlen(s) + 64, len = 0;
-    char *out = malloc(cap);
-    if (!out)
-        return NULL;
+    char *text = malloc(cap);
+    if (!text)
+        return -1;
     while (*s) {
         char ref[80];
         const char *end, *path;
@@ -515,35 +527,40 @@ static cJSON *render_answer(struct orch_task *t, const cJSON *answer)
         size_t pre = open ? (size_t)(open - s) : strlen(s);
         char *txt = NULL;
         if (open) {
+            const cJSON *r = NULL;
             if (ref[0]) {
                 cJSON *e = ledger_find(t, ref);
                 const cJSON *st = json_get(e, "status");
-                const cJSON *r = exec_json_path(json_get(e, "result"), path);
-                if (cJSON_IsString(st) && !strcmp(st->valuestring, "ok") && r)
-                    txt = exec_result_text(r);
+                r = exec_json_path(json_get(e, "result"), path);
+                if (!(cJSON_IsString(st) && !strcmp(st->valuestring, "ok")))
+                    r = NULL;
             }
-            if (!txt)
-                txt = strndup(open, (size_t)(end - open));
+            /* a reference that does not resolve stays as written */
+            txt = r ? exec_result_text(r) : strndup(open, (size_t)(end - open));
+            if (!txt) {
+                free(text);
+                return -1;
+            }
         }
         size_t tn = txt ? strlen(txt) : 0;
         if (len + pre + tn + 1 > cap) {
             cap = (len + pre + tn + 1) * 2;
-            char *nb = realloc(out, cap);
-            if (!nb) { free(out); free(txt); return NULL; }
-            out = nb;
+            char *nb = realloc(text, cap);
+            if (!nb) { free(text); free(txt); return -1; }
+            text = nb;
         }
-        memcpy(out + len, s, pre);
+        memcpy(text + len, s, pre);
         len += pre;
         if (txt)
-            memcpy(out + len, txt, tn);
+            memcpy(text + len, txt, tn);
         len += tn;
         free(txt);
         s = open ? end : s + pre;
     }
-    out[len] = 0;
-    cJSON *r = cJSON_CreateString(out);
-    free(out);
-    return r;
+    text[len] = 0;
+    *out = cJSON_CreateString(text);
+    free(text);
+    return *out ? 0 : -1;
 }
 
 cJSON *orch_task_summary(const struct orch_task *t)
@@ -697,6 +714,8 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
  * value, no node or key allocated).  0, or -1 when out of memory. */
 static int json_set_string(cJSON *node, const char *s)
 {
+    if (!node)
+        return -1;
     char *copy = strdup(s);
     if (!copy)
         return -1;
@@ -763,7 +782,7 @@ static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
     int oom = !st || !res || !err || !ms || !att || (fb->result && !rcopy) ||
               json_set_string(st, fb_status_str(fb->status)) ||
               (fb->error ? json_set_string(err, fb->error) : (json_set_null(err), 0));
-    if (!oom && rcopy && !cJSON_ReplaceItemInObjectCaseSensitive(e, "result", rcopy))
+    if (!oom && rcopy && json_put_literal(e, "result", rcopy))
         oom = 1;
     else if (!oom && rcopy)
         f[K_RESULT] = rcopy, rcopy = NULL;      /* the ledger owns it */
@@ -966,11 +985,8 @@ static void on_call_closed(void *ud, const cJSON *call_in)
     if (exec_group_submit(t->g, call) != PS_OK) {
         /* its record, which no feedback will fill: the task's end (task
          * summaries need a status for every call) */
-        cJSON *st = cJSON_CreateString("exec_error"), *er = cJSON_CreateString("out of memory");
-        if (st)
-            cJSON_ReplaceItemInObjectCaseSensitive(e, "status", st);
-        if (er)
-            cJSON_ReplaceItemInObjectCaseSensitive(e, "error", er);
+        if (json_set_string(json_get(e, "status"), "exec_error") == 0)
+            json_set_string(json_get(e, "error"), "out of memory");
         log_fail(t, PS_ENOMEM);
     }
     emit_text(t, "call.dispatched", &b, 0);
@@ -985,8 +1001,10 @@ static void action_fill_ids(struct orch_task *t, cJSON *action)
     if (!cJSON_IsArray(calls) || !t->made || cJSON_GetArraySize(calls) != cJSON_GetArraySize(t->made))
         return;
     cJSON *nc = cJSON_Duplicate(t->made, 1);
-    if (nc)
-        cJSON_ReplaceItemInObjectCaseSensitive(action, "calls", nc);
+    if (!nc || json_put_literal(action, "calls", nc)) {
+        cJSON_Delete(nc);
+        log_fail(t, PS_ENOMEM);            /* the decision event would lack the ids */
+    }
 }
 
 int orch_task_final_only(const struct orch_task *t) { return t->final_only; }
@@ -1290,7 +1308,7 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     if (salvaged && t->answer_keep)
         snprintf(perr, sizeof perr, "the answer repeated itself: cut after its first time");
     cJSON *d = cJSON_CreateObject();
-    cJSON_AddNumberToObject(d, "round", t->rounds);
+    need(t, cJSON_AddNumberToObject(d, "round", t->rounds) != NULL);
     if (st) {
         /* A malformed action is reported, with the text the model wrote (cut
          * to 1000 bytes), and the model decides again (bounded by max_rounds). */
@@ -1299,7 +1317,7 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         char *cut = strndup(txt, tl > 1000 ? 1000 : tl);
         if (cut)
             utf8_scrub(cut);
-        cJSON_AddStringToObject(d, "text", cut ? cut : "");
+        need(t, cut && cJSON_AddStringToObject(d, "text", cut) != NULL);
         free(cut);
     }
     action_parser_free(t->parser);
@@ -1309,7 +1327,7 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
          * so far is the final (the grammar guarantees the prefix). */
         action = salvaged;
         cJSON_DeleteItemFromObjectCaseSensitive(d, "text");
-        cJSON_AddStringToObject(d, "incomplete", perr);
+        need(t, cJSON_AddStringToObject(d, "incomplete", perr) != NULL);
         st = PS_OK;
     } else if (st && cJSON_GetArraySize(t->made) > 0) {
         /* Decoding stopped (token budget) or went wrong after some calls had
@@ -1323,15 +1341,18 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
             task_finish(t, TASK_FAILED, "out of memory");
             return;
         }
-        cJSON_AddItemToObject(action, "calls", calls);
+        if (!cJSON_AddItemToObject(action, "calls", calls)) {
+            cJSON_Delete(calls);
+            log_fail(t, PS_ENOMEM);
+        }
         cJSON_DeleteItemFromObjectCaseSensitive(d, "text");
-        cJSON_AddStringToObject(d, "incomplete", perr);
+        need(t, cJSON_AddStringToObject(d, "incomplete", perr) != NULL);
         st = PS_OK;
     }
     if (st) {
         cJSON_Delete(t->made);
         t->made = NULL;
-        cJSON_AddStringToObject(d, "error", perr);
+        need(t, cJSON_AddStringToObject(d, "error", perr) != NULL);
         transcript_add(t, round, "(not a valid action: ", perr);
         transcript_add(t, ")\n", NULL, NULL);
         emit(t, "decision", d, 0);
@@ -1351,7 +1372,14 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
  * cancels and final. */
 static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const char *round)
 {
-    cJSON_AddItemReferenceToObject(d, "action", action);
+    /* a reference (the action stays the caller's), made here:
+     * cJSON_AddItemReferenceToObject leaks its reference when it cannot
+     * copy the key (cJSON 1.7.15) */
+    cJSON *ref = cJSON_IsObject(action) ? cJSON_CreateObjectReference(action->child) : NULL;
+    if (!ref || !cJSON_AddItemToObjectCS(d, "action", ref)) {
+        cJSON_Delete(ref);
+        log_fail(t, PS_ENOMEM);
+    }
     if (!t->script) {
         char *atext = cJSON_PrintUnformatted(action);
         if (atext)
@@ -1373,7 +1401,7 @@ static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const c
             exec_group_cancel(t->g, c->valuestring, "cancelled by the orchestrator");
     const cJSON *fin = json_get(action, "final");
     if (fin && t->status == TASK_RUNNING)
-        t->final_pending = cJSON_Duplicate(fin, 1);
+        need(t, (t->final_pending = cJSON_Duplicate(fin, 1)) != NULL);
     if (t->status == TASK_RUNNING)
         event_active(t->kick, 0, 0);
 }
@@ -1467,7 +1495,7 @@ static void decide_script_direct(struct orch_task *t, cJSON *act)
         task_finish(t, TASK_FAILED, "out of memory");
         return;
     }
-    cJSON_AddNumberToObject(d, "round", t->rounds);
+    need(t, cJSON_AddNumberToObject(d, "round", t->rounds) != NULL);
     decision_apply(t, d, act, NULL);
 }
 
@@ -1578,8 +1606,10 @@ static void on_kick(evutil_socket_t fd, short what, void *ud)
         if (running && !(t->finalize && !t->script && t->rounds < t->max_rounds))
             return;   /* a used call is still running */
         if (!running) {
-            t->output = render_answer(t, json_get(t->final_pending, "answer"));
-            task_finish(t, TASK_COMPLETED, NULL);
+            if (render_answer(t, json_get(t->final_pending, "answer"), &t->output))
+                task_finish(t, TASK_FAILED, "out of memory while rendering the final answer");
+            else
+                task_finish(t, TASK_COMPLETED, NULL);
             return;
         }
         /* The deadline is near and the final waits on running calls: drop
@@ -1920,12 +1950,13 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     t->reserve_ms = deadline_ms / 4 < TASK_RESERVE_INIT_MS ? deadline_ms / 4 : TASK_RESERVE_INIT_MS;
     finalize_arm(t);
     cJSON *d = cJSON_CreateObject();
-    cJSON_AddStringToObject(d, "id", t->id);
-    cJSON_AddStringToObject(d, "input", t->input);
-    cJSON_AddStringToObject(d, "mode", script ? "script" : "model");
-    cJSON_AddNumberToObject(d, "max_rounds", max_rounds);
-    cJSON_AddNumberToObject(d, "max_calls", max_calls);
-    cJSON_AddNumberToObject(d, "deadline_ms", deadline_ms);
+    if (!cJSON_AddStringToObject(d, "id", t->id) || !cJSON_AddStringToObject(d, "input", t->input) ||
+        !cJSON_AddStringToObject(d, "mode", script ? "script" : "model") ||
+        !cJSON_AddNumberToObject(d, "max_rounds", max_rounds) || !cJSON_AddNumberToObject(d, "max_calls", max_calls) ||
+        !cJSON_AddNumberToObject(d, "deadline_ms", deadline_ms)) {
+        cJSON_Delete(d);
+        d = NULL;                          /* emit refuses it: out of memory */
+    }
     if (emit(t, "task.created", d, 0)) {
         evtimer_del(t->deadline);
         t->status = TASK_FAILED;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_get.h"
 #include "common/status.h"
 #include "orchestrator/action.h"
 #include "orchestrator/builtin.h"
@@ -21,6 +22,7 @@
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jschema.h"
+#include "orchestrator/json_alloc.h"
 #include "orchestrator/mock_agent.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
@@ -3001,6 +3003,146 @@ static void test_orch_create_failure_status(void)
     registry_free(reg);
 }
 
+/* Every cJSON allocation a scripted task makes on the loop's thread fails
+ * once, in turn (json_alloc_fail_after; the mock agent's thread is left
+ * alone).  Each time the submit is refused with PS_ENOMEM, or the task
+ * ends: failed with an out-of-memory error, or completed with exactly the
+ * events and answer of a run without failures, or completed with a call
+ * whose record says "out of memory" - never a crash, a hang, a dropped
+ * event or member, or (ASan) a leak. */
+/* The events of a task as "type{key,key{key,..},..}" signatures: the
+ * members each carried (values differ from run to run; members must not).
+ * Texts are copied while the task runs and read after it. */
+struct ev_sigs {
+    int  n;
+    char *text[64];
+    const char *type[64];
+};
+
+static void count_events(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    (void)t;
+    struct ev_sigs *e = ud;
+    if (e->n < 64) {
+        e->type[e->n] = ev->type;
+        e->text[e->n] = strdup(ev->data);
+    }
+    e->n++;
+}
+
+static void sig_of(const cJSON *j, char *buf, size_t cap, int depth)
+{
+    for (const cJSON *c = j ? j->child : NULL; c; c = c->next) {
+        size_t len = strlen(buf);
+        snprintf(buf + len, cap - len, "%s%s", c->string ? c->string : "", cJSON_IsObject(c) && depth < 2 ? "{" : ",");
+        if (cJSON_IsObject(c) && depth < 2) {
+            sig_of(c, buf, cap, depth + 1);
+            len = strlen(buf);
+            snprintf(buf + len, cap - len, "},");
+        }
+    }
+}
+
+/* All signatures joined, and the texts freed. */
+static void ev_sigs_take(struct ev_sigs *e, char *out, size_t cap)
+{
+    out[0] = 0;
+    for (int i = 0; i < e->n && i < 64; i++) {
+        cJSON *j = e->text[i] ? cJSON_Parse(e->text[i]) : NULL;
+        size_t len = strlen(out);
+        snprintf(out + len, cap - len, "%s{", e->type[i]);
+        sig_of(j, out, cap, 0);
+        len = strlen(out);
+        snprintf(out + len, cap - len, "}\n");
+        cJSON_Delete(j);
+        free(e->text[i]);
+    }
+    e->n = 0;
+}
+
+static int summary_says(const cJSON *sum, const char *needle)
+{
+    char *txt = cJSON_PrintUnformatted(sum);
+    int yes = txt && strstr(txt, needle) != NULL;
+    free(txt);
+    return yes;
+}
+
+static void test_cjson_out_of_memory_everywhere(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    cJSON *req = cJSON_Parse("{\"input\":\"oom\",\"script\":[{\"calls\":["
+        "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":1}},"
+        "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"{{a.args.sleep_ms}} + 1\"},\"after\":[\"a\"]},"
+        "{\"id\":\"a\",\"to\":\"mock\",\"args\":{}},"
+        "{\"id\":\"z\",\"to\":\"nobody\",\"args\":{}}]},"
+        "{\"final\":{\"answer\":\"{{b}} {{a.ok}}\",\"uses\":[\"b\"]}}]}");
+    CHECK(req != NULL);
+    struct orch_task *t = NULL;
+    struct ev_sigs ev = { 0 };
+    static char sigs0[8192], sigs[8192];
+    long a0 = json_alloc_count();
+    CHECK(orch_task_submit(c.orch, req, NULL, &t) == PS_OK);
+    if (t)
+        orch_task_subscribe(t, 0, count_events, &ev);
+    c.run.expect++;
+    run_loop(&c);
+    long total = json_alloc_count() - a0;
+    int events0 = ev.n;
+    ev_sigs_take(&ev, sigs0, sizeof sigs0);
+    cJSON *sum0 = t ? orch_task_summary(t) : NULL;
+    const cJSON *out0 = json_get(sum0, "output");
+    CHECK_MSG(t && orch_task_status(t) == TASK_COMPLETED && cJSON_IsString(out0) &&
+              !strcmp(out0->valuestring, "2 true"), "the task without a failure: %s",
+              cJSON_IsString(out0) ? out0->valuestring : "no output");
+    CHECK(total > 50 && events0 >= 8);
+    int refused = 0, same = 0, call_oom = 0, failed = 0;
+    for (long k = 1; k <= total + 8 && c.orch; k++) {
+        json_alloc_fail_after(k);
+        t = NULL;
+        int st = orch_task_submit(c.orch, req, NULL, &t);
+        if (st == PS_OK) {
+            orch_task_subscribe(t, 0, count_events, &ev);
+            c.run.expect++;
+            run_loop(&c);
+        }
+        json_alloc_fail_after(0);
+        int events = ev.n;
+        ev_sigs_take(&ev, sigs, sizeof sigs);
+        if (st != PS_OK) {
+            refused++;
+            CHECK_MSG(st == PS_ENOMEM, "allocation %ld of %ld: submit refused with %d (%s)", k, total, st,
+                      ps_error_last());
+            continue;
+        }
+        enum orch_task_status ts = orch_task_status(t);
+        cJSON *sum = orch_task_summary(t);
+        char *txt = sum ? cJSON_PrintUnformatted(sum) : NULL;
+        const cJSON *out = json_get(sum, "output");
+        if (ts == TASK_FAILED && summary_says(sum, "memory")) {
+            failed++;
+        } else if (ts == TASK_COMPLETED && summary_says(sum, "out of memory")) {
+            call_oom++;             /* a call's record says so; the answer shows that call unresolved */
+        } else if (ts == TASK_COMPLETED && events == events0 && !strcmp(sigs, sigs0) && cJSON_IsString(out) &&
+                   !strcmp(out->valuestring, "2 true")) {
+            same++;                 /* a failure with a fallback that gives the same result */
+        } else {
+            CHECK_MSG(0, "allocation %ld of %ld failed: the task ended %s with %d of %d events: %.1400s\n"
+                      " events:\n%s without the failure:\n%s", k, total, orch_task_status_str(ts), events, events0,
+                      txt ? txt : "(no summary)", sigs, sigs0);
+        }
+        free(txt);
+        cJSON_Delete(sum);
+    }
+    printf("cJSON out of memory at each of %ld allocations: %d submits refused, %d tasks failed (out of memory), "
+           "%d completed with a call's out-of-memory record, %d completed as without the failure\n",
+           total, refused, failed, call_oom, same);
+    cJSON_Delete(sum0);
+    cJSON_Delete(req);
+    ctx_close(&c);
+}
+
 int main(void)
 {
     test_registry_errors();
@@ -3024,6 +3166,7 @@ int main(void)
     test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_mock_threads_share_a_port();
+    test_cjson_out_of_memory_everywhere();
     test_many_tasks();
     test_task_lookup_and_eviction_at_scale();
     test_subscribed_finished_tasks_kept_then_evicted();

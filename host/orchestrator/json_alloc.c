@@ -1,0 +1,46 @@
+/* json_alloc.c - cJSON's allocator (see json_alloc.h). */
+#include "orchestrator/json_alloc.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+
+static _Thread_local long fail_countdown;  /* > 0: the allocation that brings it to 0 fails */
+static _Thread_local long allocs;
+static _Thread_local int  failed;          /* an allocation failed since the last json_parse_oom began */
+
+static void *json_malloc(size_t n)
+{
+    allocs++;
+    if (fail_countdown > 0 && --fail_countdown == 0) {
+        failed = 1;
+        return NULL;
+    }
+    void *p = malloc(n);
+    if (!p)
+        failed = 1;
+    return p;
+}
+
+static pthread_once_t install_once = PTHREAD_ONCE_INIT;
+
+static void install(void)
+{
+    cJSON_Hooks hooks = { json_malloc, free };
+    cJSON_InitHooks(&hooks);
+}
+
+void json_alloc_install(void)
+{
+    pthread_once(&install_once, install);
+}
+
+cJSON *json_parse_oom(const char *s, size_t n, int *oom)
+{
+    failed = 0;
+    cJSON *j = cJSON_ParseWithLength(s, n);
+    *oom = !j && failed;
+    return j;
+}
+
+void json_alloc_fail_after(long n) { fail_countdown = n > 0 ? n : 0; }
+long json_alloc_count(void) { return allocs; }

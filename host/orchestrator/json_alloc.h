@@ -1,0 +1,24 @@
+/* json_alloc.h - cJSON's allocator for the process: malloc and free, plus
+ * what cJSON 1.7.15 does not tell: whether an allocation failed.  A parse
+ * that returns NULL met either bad text or no memory; an agent's reply
+ * must be reported as parse_error only for the first.  Tests can also make
+ * the n-th cJSON allocation on their thread fail. */
+#ifndef PS_ORCH_JSON_ALLOC_H
+#define PS_ORCH_JSON_ALLOC_H
+
+#include <stddef.h>
+#include <cjson/cJSON.h>
+
+/* Install the allocator (cJSON_InitHooks), once per process; safe to call
+ * from any thread, any number of times.  Memory cJSON allocated before is
+ * freed the same way (free). */
+void   json_alloc_install(void);
+/* Parse n bytes of s; NULL with *oom set when memory ran out, NULL with
+ * *oom clear when the text is not JSON. */
+cJSON *json_parse_oom(const char *s, size_t n, int *oom);
+/* Tests: the n-th cJSON allocation from now on this thread fails (0: none
+ * fails); json_alloc_count: cJSON allocations made on this thread. */
+void   json_alloc_fail_after(long n);
+long   json_alloc_count(void);
+
+#endif /* PS_ORCH_JSON_ALLOC_H */
