@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "commands.h"
+#include "orchestrator/json_alloc.h"
 
 struct command {
     const char *name;
@@ -28,6 +29,7 @@ static void usage(FILE *out)
 
 int main(int argc, char **argv)
 {
+    json_alloc_install();      /* cJSON's allocator, before any thread could use cJSON */
     if (argc < 2) {
         usage(stderr);
         return 2;
