@@ -42,5 +42,13 @@ cJSON *json_parse_oom(const char *s, size_t n, int *oom)
     return j;
 }
 
+cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom)
+{
+    failed = 0;
+    cJSON *j = cJSON_ParseWithLengthOpts(s, n, end, 0);
+    *oom = !j && failed;
+    return j;
+}
+
 void json_alloc_fail_after(long n) { fail_countdown = n > 0 ? n : 0; }
 long json_alloc_count(void) { return allocs; }

@@ -16,6 +16,9 @@ void   json_alloc_install(void);
 /* Parse n bytes of s; NULL with *oom set when memory ran out, NULL with
  * *oom clear when the text is not JSON. */
 cJSON *json_parse_oom(const char *s, size_t n, int *oom);
+/* The same, with cJSON_ParseWithLengthOpts's end pointer (no trailing-
+ * text check). */
+cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom);
 /* Tests: the n-th cJSON allocation from now on this thread fails (0: none
  * fails); json_alloc_count: cJSON allocations made on this thread. */
 void   json_alloc_fail_after(long n);

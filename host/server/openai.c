@@ -13,6 +13,7 @@
 #include "../common/grow.h"
 #include "../common/json_get.h"
 #include "../common/status.h"
+#include "../orchestrator/json_alloc.h"
 #include "../engine/scheduler.h"
 #include "../model/unicode.h"
 
@@ -242,8 +243,11 @@ int api_json_body_parse(const char *body, size_t len, cJSON **out, struct api_er
         return api_error_set(err, 400, "invalid_request_error", "invalid_utf8", NULL,
                              "The request body is not valid UTF-8");
     const char *end = NULL;
-    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    int oom;
+    cJSON *root = json_parse_end_oom(body, len, &end, &oom);
     size_t at = end && end >= body && end <= body + len ? (size_t)(end - body) : 0;
+    if (!root && oom)
+        return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory while parsing the request body");
     if (!root)
         return api_error_set(err, 400, "invalid_request_error", "invalid_json", NULL,
                              "We could not parse the JSON body of your request (error near byte %zu). "
