@@ -6,19 +6,31 @@
 #include <string.h>
 #include <cjson/cJSON.h>
 
+/* Whether `item` is a member named `key`: its first byte compared before
+ * the whole name. */
+static inline int json_key_is(const cJSON *item, const char *key)
+{
+    return item->string && item->string[0] == key[0] && !strcmp(item->string, key);
+}
+
+/* The first member named `key` from `first` on (a member and its later
+ * siblings), or NULL. */
+static inline cJSON *json_get_from(const cJSON *first, const char *key)
+{
+    for (const cJSON *c = first; c && key; c = c->next)
+        if (json_key_is(c, key))
+            return (cJSON *)c;
+    return NULL;
+}
+
 /* What cJSON_GetObjectItemCaseSensitive returns - the first member of
- * `object` named `key`, NULL when there is none or either is NULL - inline,
- * comparing a member's first byte before its whole name.  The executor's
- * loop looks up about 200 keys per task; the library call and its strcmp
- * per member were 15% of the loop's instructions (callgrind, 2026-11-29). */
+ * `object` named `key`, NULL when there is none or either is NULL -
+ * inline.  The executor's loop looks up about 200 keys per task; the
+ * library call and its strcmp per member were 15% of the loop's
+ * instructions (callgrind, 2026-11-29). */
 static inline cJSON *json_get(const cJSON *object, const char *key)
 {
-    if (!object || !key)
-        return NULL;
-    for (cJSON *c = object->child; c; c = c->next)
-        if (c->string && c->string[0] == key[0] && !strcmp(c->string, key))
-            return c;
-    return NULL;
+    return object ? json_get_from(object->child, key) : NULL;
 }
 
 /* Put `item` in `object` under `key`, a string literal (kept, never

@@ -38,15 +38,28 @@ static char *const a2a_v1_stream_headers[] = { "Content-Type: application/json",
 
 /* ---- http-json ------------------------------------------------------- */
 
+/* An agent's reply body parsed (NULL when it is not JSON); *oom set, with
+ * the reason in err, when memory ran out instead: the reply is then an
+ * exec_error, not the agent's parse_error. */
+static cJSON *reply_parse(const char *body, size_t len, int *oom, char *err, size_t errlen)
+{
+    cJSON *j = json_parse_oom(body, len, oom);
+    if (*oom)
+        snprintf(err, errlen, "out of memory while parsing the agent's reply");
+    return j;
+}
+
 enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *err, size_t errlen)
 {
     *res = NULL;
     err[0] = 0;
     int oom;
-    cJSON *j = json_parse_oom(body, len, &oom);
+    cJSON *j = reply_parse(body, len, &oom, err, errlen);
+    if (oom)
+        return FB_EXEC_ERROR;
     if (!j) {
-        snprintf(err, errlen, oom ? "out of memory while parsing the agent's reply" : "agent reply is not valid JSON");
-        return oom ? FB_EXEC_ERROR : FB_PARSE_ERROR;
+        snprintf(err, errlen, "agent reply is not valid JSON");
+        return FB_PARSE_ERROR;
     }
     *res = j;
     return FB_OK;
@@ -114,11 +127,9 @@ enum fb_status chat_reply(const char *body, size_t len, cJSON **res, char *err, 
     *res = NULL;
     err[0] = 0;
     int oom;
-    cJSON *j = json_parse_oom(body, len, &oom);
-    if (oom) {
-        snprintf(err, errlen, "out of memory while parsing the agent's reply");
+    cJSON *j = reply_parse(body, len, &oom, err, errlen);
+    if (oom)
         return FB_EXEC_ERROR;
-    }
     const cJSON *choices = json_get(j, "choices");
     const cJSON *c0 = cJSON_IsArray(choices) ? cJSON_GetArrayItem(choices, 0) : NULL;
     const cJSON *msg = json_get(c0, "message");
@@ -512,11 +523,9 @@ enum fb_status a2a_reply(const char *body, size_t len, long rpc_id, cJSON **res,
     *rpc_error = 0;
     err[0] = 0;
     int parse_oom;
-    cJSON *j = json_parse_oom(body, len, &parse_oom);
-    if (parse_oom) {
-        snprintf(err, errlen, "out of memory while parsing the agent's reply");
+    cJSON *j = reply_parse(body, len, &parse_oom, err, errlen);
+    if (parse_oom)
         return FB_EXEC_ERROR;
-    }
     const cJSON *e = json_get(j, "error");
     const cJSON *r = json_get(j, "result");
     const cJSON *id = json_get(j, "id");

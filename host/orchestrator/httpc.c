@@ -1380,6 +1380,15 @@ static void lane_count_idle(struct httpc *h, const struct hjob *j)
         p->lane_idle[k]++;
 }
 
+/* Caller's loop: a job sent to its lane for an idle connection never
+ * reached the lane (taken back, or cancelled before the handover): that
+ * connection is still idle there. */
+static void lane_idle_unspend(const struct hjob *j)
+{
+    if (j->to_idle)
+        j->origin->lane_idle[j->lane - j->lane->owner->lanes]++;
+}
+
 /* Caller's loop: the next lane, from the one in turn, the loop counts an
  * idle connection to p's host:port in; -1 when none. */
 static int lane_with_idle(struct httpc *h, const struct hpool *p)
@@ -1469,8 +1478,7 @@ static void lane_abandon(struct httpc_req *r)
         return;
     }
     if (!j->posted) {
-        if (j->to_idle)
-            j->origin->lane_idle[j->lane - h->lanes]++;   /* its idle connection was not used */
+        lane_idle_unspend(j);
         pend_unlink(j);
         job_free(j);
         return;
@@ -1508,8 +1516,7 @@ static void lane_take_back(struct httpc_req *r)
     r->out_len = j->out_len;
     j->out = NULL;
     r->pool = j->origin;
-    if (j->to_idle)
-        r->pool->lane_idle[j->lane - r->h->lanes]++;   /* that connection was not used */
+    lane_idle_unspend(j);
     r->timeout_ms = j->timeout_ms;
     r->deadline_ns = j->deadline_ns;
     job_free(j);

@@ -36,10 +36,7 @@ void json_alloc_install(void)
 
 cJSON *json_parse_oom(const char *s, size_t n, int *oom)
 {
-    failed = 0;
-    cJSON *j = cJSON_ParseWithLength(s, n);
-    *oom = !j && failed;
-    return j;
+    return json_parse_end_oom(s, n, NULL, oom);
 }
 
 cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom)

@@ -616,10 +616,7 @@ static void summary_print(const struct orch_task *t, struct jbuf *b)
          * looked up from the last one found; one out of order, anywhere */
         const cJSON *from = e->child;
         for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
-            const cJSON *v = NULL;
-            for (const cJSON *c = from; c && !v; c = c->next)
-                if (c->string && c->string[0] == keys[i][0] && !strcmp(c->string, keys[i]))
-                    v = c;
+            const cJSON *v = json_get_from(from, keys[i]);
             if (v)
                 from = v->next;
             else
@@ -770,7 +767,7 @@ static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
     cJSON *f[K_N] = { 0 };
     for (cJSON *ch = e->child; ch; ch = ch->next)
         for (int k = 0; k < K_N; k++)
-            if (!f[k] && ch->string && ch->string[0] == keys[k][0] && !strcmp(ch->string, keys[k])) {
+            if (!f[k] && json_key_is(ch, keys[k])) {
                 f[k] = ch;
                 break;
             }

@@ -651,6 +651,24 @@ static void on_warm_turn(evutil_socket_t fd, short what, void *ud)
         start("/slow", srv_port, "t", 0, &warm_res[warm_next]);
 }
 
+/* warm_res[0..48) as /slow requests, 4 per loop turn (the first turn now,
+ * 11 more 1 ms apart: all in flight at once); returns when all ended. */
+static void run_in_turns_of_4(void)
+{
+    struct event *turns[12] = { NULL };
+    warm_next = 0;
+    on_warm_turn(-1, 0, NULL);
+    for (int i = 1; i < 12; i++) {
+        struct timeval tv = { 0, i * 1000 };
+        turns[i] = evtimer_new(base, on_warm_turn, NULL);
+        CHECK(turns[i] && evtimer_add(turns[i], &tv) == 0);
+    }
+    run_loop();
+    for (int i = 1; i < 12; i++)
+        if (turns[i])
+            event_free(turns[i]);
+}
+
 static void lanes_keep_warm_pools(void)
 {
     http = httpc_create(base);
@@ -664,18 +682,7 @@ static void lanes_keep_warm_pools(void)
     CHECK_MSG(c0 == 48 && l0 == 40, "burst of 48: %lld connections, %lld on lanes", (long long)c0, (long long)l0);
 
     /* the same 48, 4 per loop turn, 1 ms apart: all in flight at once */
-    struct event *turns[12];
-    warm_next = 0;
-    on_warm_turn(-1, 0, NULL);
-    for (int i = 1; i < 12; i++) {
-        struct timeval tv = { 0, i * 1000 };
-        turns[i] = evtimer_new(base, on_warm_turn, NULL);
-        CHECK(turns[i] && evtimer_add(turns[i], &tv) == 0);
-    }
-    run_loop();
-    for (int i = 1; i < 12; i++)
-        if (turns[i])
-            event_free(turns[i]);
+    run_in_turns_of_4();
     int ok = 0;
     for (int i = 0; i < 48; i++)
         ok += warm_res[i].calls == 1 && !warm_res[i].transport_error && !strcmp(warm_res[i].body, "ok");
@@ -701,17 +708,7 @@ static void lanes_keep_warm_pools(void)
             pending--;
         }
     int64_t c1 = httpc_connects(http);
-    warm_next = 0;
-    on_warm_turn(-1, 0, NULL);
-    for (int i = 1; i < 12; i++) {
-        struct timeval tv = { 0, i * 1000 };
-        turns[i] = evtimer_new(base, on_warm_turn, NULL);
-        CHECK(turns[i] && evtimer_add(turns[i], &tv) == 0);
-    }
-    run_loop();
-    for (int i = 1; i < 12; i++)
-        if (turns[i])
-            event_free(turns[i]);
+    run_in_turns_of_4();
     for (int i = 0; i < 40; i++)
         CHECK_MSG(gone[i].calls == 0, "cancelled request %d called back", i);
     CHECK_MSG(httpc_connects(http) - c1 <= 8, "after 40 cancels, 48 requests in turns of 4 opened %lld connections",
