@@ -16,12 +16,17 @@
  * first-come-first-served queue at the floor's cost per reply (one thread;
  * one per core) and at this loop's CPU per call: reply_queue_*_p99_us, the
  * reply->record p99 that queueing alone implies.
+ *
+ * --loops N runs the tasks on N executor loops, one thread each (task k on
+ * loop k mod N), started together once every loop is set up (and warm);
+ * the stats then sum the loops' CPU and counters and pool their samples.
  */
 #include <event2/event.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -51,25 +56,61 @@
 #include "orchestrator/task.h"
 
 #define ORCH_MAX_TASK_ARGS 256
-#define ORCH_MAX_TASKS     (INT_MAX - 1)   /* tasks in one run (r.tasks has total + 1) */
+#define ORCH_MAX_TASKS     (INT_MAX - 1)   /* tasks in one run (a loop's tasks[] has its total + 1) */
+#define ORCH_MAX_LOOPS     64
 
+/* What every executor loop of a run shares (read-only once the loops
+ * start, but for the start gate). */
+struct batch {
+    const struct registry    *reg;
+    const struct exec_config *ecfg;
+    const struct orch_config *ocfg;
+    cJSON             *reqs;           /* task requests, submitted round-robin */
+    int                quiet, stats, warmup;
+    int                n_loops;
+    int                all_tasks;      /* tasks of the run, over every loop */
+    int32_t            stagger_ms;     /* 0: all at once */
+    int32_t            cancel_after;   /* -1: never */
+    /* start gate: each loop arrives once it is set up and warm; the
+     * measured pass starts, on every loop at once, when gate_open is set */
+    pthread_mutex_t    mu;
+    pthread_cond_t     cv;
+    int                arrived, gate_open, abort;
+    int64_t            t0;
+    atomic_int         running, peak_running;   /* measured pass, over every loop */
+};
+
+/* Per-call and per-task samples of the measured pass. */
+enum sample_kind { SAMPLE_D2R, SAMPLE_R2R, SAMPLE_TASK_MS, SAMPLE_KINDS };
+struct samples {
+    double *v;
+    size_t  n, cap;
+};
+
+/* One executor loop (its own thread, event base, orch and keep-alive
+ * pools) and its share of the tasks: global task numbers loop, loop +
+ * n_loops, ... */
 struct run {
+    struct batch      *b;
+    int                loop;
+    pthread_t          thread;
+    int                started;        /* thread was created */
+    int                ready;          /* set up (and warm): may be measured */
+    int                rc;             /* 0, 1 (failed), 2 (a task request refused) */
     struct event_base *base;
     struct orch       *orch;
-    int                quiet, stats;
     int                warming;        /* --warmup pass: no output, no samples */
-    int                total;          /* tasks to submit */
+    int                total;          /* tasks of this loop */
     int                submitted, finished, completed, failed, cancelled;
-    int                peak_running;   /* most tasks running at once */
     int                submit_error;   /* a submission failed: stop */
     int                stats_oom;      /* a stats sample was lost to out of memory */
-    double            *d2r, *r2r, *task_ms;
-    size_t             n_d2r, n_r2r, n_task, cap_d2r, cap_r2r, cap_task;
+    struct samples     samples[SAMPLE_KINDS];
     struct orch_task **tasks;
-    cJSON             *reqs;           /* task requests, submitted round-robin */
-    int32_t            stagger_ms;     /* 0: all at once */
-    int64_t            t0;
-    struct event      *stagger_ev;
+    int64_t            t0, t_end;
+    struct event      *stagger_ev, *cancel_ev;
+    /* measured pass: this thread's CPU, and its executor's counters */
+    double             cpu_s, user_s, sys_s;
+    struct exec_stats  xs0, xs1;
 };
 
 static void usage(FILE *out)
@@ -90,6 +131,9 @@ static void usage(FILE *out)
         "                     (SO_REUSEPORT; default 1)\n"
         "  --http-threads N   I/O threads for plain-http agent calls (0-64, default 0: the\n"
         "                     executor's own loop does the socket work)\n"
+        "  --loops N          executor loops, each on its own thread with its own keep-alive pools\n"
+        "                     and I/O threads (1-64, default 1); task k runs on loop k mod N.  An\n"
+        "                     agent's max_concurrency and circuit breaker count per loop\n"
         "  --local-url URL    OpenAI chat endpoint serving the embedded model (kind local)\n"
         "  --cancel-after MS  cancel every unfinished task after MS milliseconds\n"
         "  --max-events N     events kept per task (default 100000); a task that\n"
@@ -110,17 +154,18 @@ static void usage(FILE *out)
 
 /* Append a sample; out of memory sets r->stats_oom (the stats are then
  * refused, never printed from a partial sample). */
-static void push(struct run *r, double **v, size_t *n, size_t *cap, double x)
+static void push(struct run *r, enum sample_kind k, double x)
 {
-    if (*n == *cap) {
-        double *nv = ps_grow(*v, cap, *n + 1, sizeof *nv, 1024);
+    struct samples *s = &r->samples[k];
+    if (s->n == s->cap) {
+        double *nv = ps_grow(s->v, &s->cap, s->n + 1, sizeof *nv, 1024);
         if (!nv) {
             r->stats_oom = 1;
             return;
         }
-        *v = nv;
+        s->v = nv;
     }
-    (*v)[(*n)++] = x;
+    s->v[s->n++] = x;
 }
 
 static int cmp_d(const void *a, const void *b)
@@ -146,20 +191,24 @@ static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
     if (r->warming)
         return;
     int terminal = !strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error");
-    if (!r->quiet || terminal)
+    if (!r->b->quiet || terminal)
         printf("{\"id\":%lld,\"event\":\"%s\",\"data\":%s}\n", (long long)ev->id, ev->type, ev->data);
-    if (r->stats && ev->dispatch_to_recv_us >= 0)
-        push(r, &r->d2r, &r->n_d2r, &r->cap_d2r, (double)ev->dispatch_to_recv_us);
-    if (r->stats && ev->reply_to_record_us >= 0)
-        push(r, &r->r2r, &r->n_r2r, &r->cap_r2r, (double)ev->reply_to_record_us);
-    if (r->stats && terminal)
-        push(r, &r->task_ms, &r->n_task, &r->cap_task, (double)ev->t_us / 1000.0);
+    if (!r->b->stats)
+        return;
+    if (ev->dispatch_to_recv_us >= 0)
+        push(r, SAMPLE_D2R, (double)ev->dispatch_to_recv_us);
+    if (ev->reply_to_record_us >= 0)
+        push(r, SAMPLE_R2R, (double)ev->reply_to_record_us);
+    if (terminal)
+        push(r, SAMPLE_TASK_MS, (double)ev->t_us / 1000.0);
 }
 
 static void on_done(void *ud, struct orch_task *t)
 {
     struct run *r = ud;
     r->finished++;
+    if (!r->warming)
+        atomic_fetch_sub(&r->b->running, 1);
     switch (orch_task_status(t)) {
     case TASK_COMPLETED: r->completed++; break;
     case TASK_CANCELLED: r->cancelled++; break;
@@ -169,13 +218,26 @@ static void on_done(void *ud, struct orch_task *t)
         event_base_loopbreak(r->base);
 }
 
-/* Submit task number r->submitted (requests round-robin).  0 or -1. */
+/* The global number of this loop's k-th task. */
+static int task_number(const struct run *r, int k)
+{
+    return r->loop + k * r->b->n_loops;
+}
+
+/* When task number g is due, in µs after t0 (--stagger-ms). */
+static int64_t due_us(const struct batch *b, int g)
+{
+    return (int64_t)g * b->stagger_ms * 1000 / b->all_tasks;
+}
+
+/* Submit this loop's next task (requests round-robin over the global
+ * task numbers).  0 or -1. */
 static int submit_next(struct run *r)
 {
-    int n_reqs = cJSON_GetArraySize(r->reqs);
-    int qi = r->submitted % n_reqs;
+    int n_reqs = cJSON_GetArraySize(r->b->reqs);
+    int qi = task_number(r, r->submitted) % n_reqs;
     struct orch_task *t;
-    if (orch_task_submit(r->orch, cJSON_GetArrayItem(r->reqs, qi), NULL, &t)) {
+    if (orch_task_submit(r->orch, cJSON_GetArrayItem(r->b->reqs, qi), NULL, &t)) {
         fprintf(stderr, "paraserve orchestrate: task #%d: %s\n", qi + 1, ps_error_last());
         r->submit_error = 1;
         return -1;
@@ -191,19 +253,22 @@ static int submit_next(struct run *r)
         orch_task_cancel(t, "out of memory");
         return -1;
     }
-    int running = r->submitted - r->finished;
-    if (running > r->peak_running)
-        r->peak_running = running;
+    if (!r->warming) {
+        int running = atomic_fetch_add(&r->b->running, 1) + 1;
+        for (int peak = atomic_load(&r->b->peak_running);
+             running > peak && !atomic_compare_exchange_weak(&r->b->peak_running, &peak, running);)
+            ;
+    }
     return 0;
 }
 
-/* --stagger-ms: submit every task that is due, then sleep until the next. */
+/* --stagger-ms: submit every task of this loop that is due, then sleep
+ * until the next. */
 static void on_stagger(evutil_socket_t fd, short what, void *ud)
 {
     struct run *r = ud;
     int64_t el_us = (orch_now_ns() - r->t0) / 1000;
-    while (r->submitted < r->total &&
-           (int64_t)r->submitted * r->stagger_ms * 1000 / r->total <= el_us) {
+    while (r->submitted < r->total && due_us(r->b, task_number(r, r->submitted)) <= el_us) {
         if (submit_next(r)) {
             if (r->finished == r->submitted)
                 event_base_loopbreak(r->base);
@@ -212,8 +277,8 @@ static void on_stagger(evutil_socket_t fd, short what, void *ud)
     }
     if (r->submitted == r->total)
         return;
-    int64_t due_us = (int64_t)r->submitted * r->stagger_ms * 1000 / r->total - el_us;
-    struct timeval tv = { (time_t)(due_us / 1000000), (suseconds_t)(due_us % 1000000) };
+    int64_t wait_us = due_us(r->b, task_number(r, r->submitted)) - el_us;
+    struct timeval tv = { (time_t)(wait_us / 1000000), (suseconds_t)(wait_us % 1000000) };
     evtimer_add(r->stagger_ev, &tv);
 }
 
@@ -316,6 +381,212 @@ static char *subst_port(const char *text, int port)
     return out;
 }
 
+
+/* Set up loop r: its event base, orch and timers.  0, or -1 said on stderr. */
+static int loop_setup(struct run *r)
+{
+    const struct batch *b = r->b;
+    /* Precise timers (CLOCK_MONOTONIC, timerfd) with --stagger-ms: each
+     * task is submitted at its own time instead of batching arrivals per
+     * clock tick of the default coarse clock.  Without it the loop is the
+     * server's kind (server.c): no timerfd to re-arm as the earliest call
+     * timeout changes. */
+    struct event_config *bcfg = event_config_new();
+    if (bcfg) {
+        if (b->stagger_ms > 0)
+            event_config_set_flag(bcfg, EVENT_BASE_FLAG_PRECISE_TIMER);
+        r->base = event_base_new_with_config(bcfg);
+        event_config_free(bcfg);
+    }
+    if (!r->base) {
+        fprintf(stderr, "paraserve orchestrate: loop %d: cannot create its event base\n", r->loop);
+        return -1;
+    }
+    if (!(r->orch = orch_create(r->base, b->reg, b->ecfg, b->ocfg))) {
+        fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
+        return -1;
+    }
+    orch_set_done_cb(r->orch, on_done, r);
+    r->total = (b->all_tasks - r->loop + b->n_loops - 1) / b->n_loops;
+    r->tasks = calloc((size_t)r->total + 1, sizeof *r->tasks);
+    r->stagger_ev = evtimer_new(r->base, on_stagger, r);
+    if (b->cancel_after >= 0)
+        r->cancel_ev = evtimer_new(r->base, on_cancel_timer, r);
+    if (!r->tasks || !r->stagger_ev || (b->cancel_after >= 0 && !r->cancel_ev)) {
+        fprintf(stderr, "paraserve orchestrate: out of memory for %d tasks\n", r->total);
+        return -1;
+    }
+    return 0;
+}
+
+/* --cancel-after, armed for the warm-up pass (or its tasks would run to
+ * their deadline) and again for the timed one. */
+static void arm_cancel(struct run *r)
+{
+    if (!r->cancel_ev)
+        return;
+    int32_t ms = r->b->cancel_after;
+    const struct timeval tv = { ms / 1000, (ms % 1000) * 1000 };
+    evtimer_add(r->cancel_ev, &tv);
+}
+
+/* --warmup: this loop's tasks, all at once, to completion, unmeasured and
+ * unprinted; its tasks are freed and every counter starts again from zero.
+ * 0, or -1 with r->rc set (said on stderr). */
+static int loop_warm(struct run *r)
+{
+    r->warming = 1;
+    while (r->submitted < r->total && !submit_next(r))
+        ;
+    arm_cancel(r);
+    if (r->submit_error) {
+        r->rc = 2;
+        return -1;
+    }
+    if (r->finished < r->total)
+        event_base_dispatch(r->base);
+    if (r->finished < r->total) {
+        fprintf(stderr, "paraserve orchestrate: --warmup: %d of %d tasks did not end\n",
+                r->total - r->finished, r->total);
+        r->rc = 1;
+        return -1;
+    }
+    for (int i = 0; i < r->submitted; i++) {
+        orch_task_release(r->tasks[i]);
+        r->tasks[i] = NULL;
+    }
+    r->submitted = r->finished = r->completed = r->failed = r->cancelled = 0;
+    r->warming = 0;
+    if (r->cancel_ev)
+        evtimer_del(r->cancel_ev);
+    return 0;
+}
+
+/* Arrive at the start gate and wait for it to open.  0: run the measured
+ * pass from b->t0; -1: the run was called off (a loop failed to start). */
+static int gate_pass(struct run *r)
+{
+    struct batch *b = r->b;
+    pthread_mutex_lock(&b->mu);
+    b->arrived++;
+    pthread_cond_broadcast(&b->cv);
+    while (!b->gate_open && !b->abort)
+        pthread_cond_wait(&b->cv, &b->mu);
+    int go = !b->abort;
+    r->t0 = b->t0;
+    pthread_mutex_unlock(&b->mu);
+    return go ? 0 : -1;
+}
+
+/* The main side of the gate: wait for every loop to arrive; then open it
+ * (after `before_open`, with t0 taken last) or, when a loop is not ready,
+ * call the run off.  1 when it opened. */
+static int gate_open(struct batch *b, struct run *loops, void (*before_open)(void *), void *ud)
+{
+    pthread_mutex_lock(&b->mu);
+    while (b->arrived < b->n_loops)
+        pthread_cond_wait(&b->cv, &b->mu);
+    int ready = 1;
+    for (int i = 0; i < b->n_loops; i++)
+        ready &= loops[i].ready;
+    if (ready) {
+        before_open(ud);
+        b->t0 = orch_now_ns();
+        b->gate_open = 1;
+    } else {
+        b->abort = 1;
+    }
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    return ready;
+}
+
+/* One executor loop's thread: set up, warm up, wait at the gate, run its
+ * tasks; the result is in r (rc, samples, CPU, executor counters). */
+static void *loop_main(void *arg)
+{
+    struct run *r = arg;
+    const struct batch *b = r->b;
+    if (!loop_setup(r) && (!b->warmup || !loop_warm(r)))
+        r->ready = 1;
+    else if (!r->rc)
+        r->rc = 1;
+    if (gate_pass(r))
+        return NULL;
+    exec_get_stats(orch_executor(r->orch), &r->xs0);
+    double cpu0 = thread_cpu_s(), user0, sys0, user1, sys1;
+    thread_user_sys_s(&user0, &sys0);
+    if (b->stagger_ms > 0) {
+        on_stagger(-1, 0, r);
+    } else {
+        while (r->submitted < r->total && !submit_next(r))
+            ;
+    }
+    if (r->submit_error && (!b->stagger_ms || !r->submitted)) {
+        r->rc = 2;             /* a task request was refused before the run */
+    } else {
+        arm_cancel(r);
+        if (r->finished < r->total && !(r->submit_error && r->finished == r->submitted))
+            event_base_dispatch(r->base);
+        r->rc = r->submit_error ? 2 : r->finished == r->total && !r->stats_oom ? 0 : 1;
+    }
+    r->t_end = orch_now_ns();
+    r->cpu_s = thread_cpu_s() - cpu0;
+    thread_user_sys_s(&user1, &sys1);
+    r->user_s = user1 - user0;
+    r->sys_s = sys1 - sys0;
+    exec_get_stats(orch_executor(r->orch), &r->xs1);
+    return NULL;
+}
+
+static void loop_free(struct run *r)
+{
+    if (r->stagger_ev)
+        event_free(r->stagger_ev);
+    if (r->cancel_ev)
+        event_free(r->cancel_ev);
+    orch_destroy(r->orch);
+    if (r->base)
+        event_base_free(r->base);
+    free(r->tasks);
+    for (int k = 0; k < SAMPLE_KINDS; k++)
+        free(r->samples[k].v);
+}
+
+/* Every loop's samples of kind k in one array (for percentiles); -1 when
+ * out of memory. */
+static int merge_samples(const struct run *loops, int n_loops, enum sample_kind k, struct samples *out)
+{
+    size_t n = 0;
+    for (int i = 0; i < n_loops; i++)
+        n += loops[i].samples[k].n;
+    *out = (struct samples){0};
+    if (!n)
+        return 0;
+    if (!(out->v = malloc(n * sizeof *out->v)))
+        return -1;
+    for (int i = 0; i < n_loops; i++) {
+        const struct samples *s = &loops[i].samples[k];
+        if (s->n)
+            memcpy(out->v + out->n, s->v, s->n * sizeof *out->v);
+        out->n += s->n;
+    }
+    out->cap = n;
+    return 0;
+}
+
+struct mock_snapshot {
+    struct mock_agent *mock;
+    int64_t            cpu_ns, requests;
+};
+
+static void snapshot_mock(void *ud)
+{
+    struct mock_snapshot *m = ud;
+    m->cpu_ns = m->mock ? mock_agent_cpu_ns(m->mock) : -1;
+    m->requests = m->mock ? mock_agent_requests(m->mock) : 0;
+}
+
 int cmd_orchestrate(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -327,18 +598,20 @@ int cmd_orchestrate(int argc, char **argv)
         {"stagger-ms", required_argument, 0, 'w'}, {"floor", required_argument, 0, 'F'},
         {"warmup", no_argument, 0, 'W'}, {"catalogue", no_argument, 0, 'C'},
         {"http-threads", required_argument, 0, 'H'}, {"mock-threads", required_argument, 0, 'M'},
+        {"loops", required_argument, 0, 'L'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
     int n_task_args = 0;
-    int32_t repeat = 1, mock_port = -1, cancel_after = -1, max_events = 0, floor_n = 0;
+    int32_t repeat = 1, mock_port = -1, max_events = 0, floor_n = 0;
     int32_t http_threads = 0, mock_threads = 1;
-    int warmup = 0, print_catalogue = 0;
-    struct run r = {0};
+    int print_catalogue = 0;
+    struct batch b = { .cancel_after = -1 };
+    int32_t loops = 1;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:H:M:qshWC", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:H:M:L:qshWC", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -353,23 +626,24 @@ int cmd_orchestrate(int argc, char **argv)
         case 'r': if (cli_parse_i32("orchestrate", "--repeat", optarg, 1, 1000000, &repeat)) return 2; break;
         case 'm': if (cli_parse_i32("orchestrate", "--mock-agent", optarg, 0, 65535, &mock_port)) return 2; break;
         case 'l': local_url = optarg; break;
-        case 'c': if (cli_parse_i32("orchestrate", "--cancel-after", optarg, 0, INT32_MAX, &cancel_after)) return 2; break;
+        case 'c': if (cli_parse_i32("orchestrate", "--cancel-after", optarg, 0, INT32_MAX, &b.cancel_after)) return 2; break;
         case 'e': if (cli_parse_i32("orchestrate", "--max-events", optarg, 4, INT32_MAX, &max_events)) return 2; break;
-        case 'w': if (cli_parse_i32("orchestrate", "--stagger-ms", optarg, 0, 3600000, &r.stagger_ms)) return 2; break;
+        case 'w': if (cli_parse_i32("orchestrate", "--stagger-ms", optarg, 0, 3600000, &b.stagger_ms)) return 2; break;
         case 'F': if (cli_parse_i32("orchestrate", "--floor", optarg, 0, 10000000, &floor_n)) return 2; break;
         case 'H': if (cli_parse_i32("orchestrate", "--http-threads", optarg, 0, HTTPC_MAX_IO_THREADS, &http_threads)) return 2; break;
         case 'M': if (cli_parse_i32("orchestrate", "--mock-threads", optarg, 1, MOCK_AGENT_MAX_THREADS, &mock_threads)) return 2; break;
-        case 'q': r.quiet = 1; break;
-        case 'W': warmup = 1; break;
+        case 'L': if (cli_parse_i32("orchestrate", "--loops", optarg, 1, ORCH_MAX_LOOPS, &loops)) return 2; break;
+        case 'q': b.quiet = 1; break;
+        case 'W': b.warmup = 1; break;
         case 'C': print_catalogue = 1; break;
-        case 's': r.stats = 1; break;
+        case 's': b.stats = 1; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
         }
     }
     if ((!n_task_args && !tasks_file && !print_catalogue) || repeat < 1 || repeat > 1000000 || (max_events && max_events < 4) ||
-        r.stagger_ms < 0 || r.stagger_ms > 3600000 || floor_n < 0 || floor_n > 10000000 ||
-        (floor_n && (mock_port < 0 || !r.stats))) {
+        b.stagger_ms < 0 || b.stagger_ms > 3600000 || floor_n < 0 || floor_n > 10000000 ||
+        (floor_n && (mock_port < 0 || !b.stats))) {
         usage(stderr);
         return 2;
     }
@@ -379,20 +653,12 @@ int cmd_orchestrate(int argc, char **argv)
     struct registry *reg = NULL;
     cJSON *reqs = cJSON_CreateArray();
     char *agents_text = NULL, *tasks_text = NULL;
-    struct event *cancel_ev = NULL;
-    /* Precise timers (CLOCK_MONOTONIC, timerfd) with --stagger-ms: each
-     * task is submitted at its own time instead of batching arrivals per
-     * clock tick of the default coarse clock.  Without it the loop is the
-     * server's kind (server.c): no timerfd to re-arm as the earliest call
-     * timeout changes. */
-    struct event_config *bcfg = event_config_new();
-    if (bcfg) {
-        if (r.stagger_ms > 0)
-            event_config_set_flag(bcfg, EVENT_BASE_FLAG_PRECISE_TIMER);
-        r.base = event_base_new_with_config(bcfg);
-        event_config_free(bcfg);
-    }
-    if (!r.base || !reqs)
+    struct run *lp = NULL;
+    struct samples merged[SAMPLE_KINDS] = {0};
+    int n_started = 0;
+    pthread_mutex_init(&b.mu, NULL);
+    pthread_cond_init(&b.cv, NULL);
+    if (!reqs)
         goto done;
     if (mock_port >= 0 && !(mock = mock_agent_start_threads(mock_port, mock_threads))) {
         fprintf(stderr, "paraserve orchestrate: cannot start the mock agent on port %d\n", mock_port);
@@ -443,6 +709,8 @@ int cmd_orchestrate(int argc, char **argv)
     }
     struct exec_config ecfg = { .local_url = local_url, .http_threads = http_threads };
     struct orch_config ocfg = { .max_events = max_events };
+    /* the registry is settled here, once, on this thread: the loops only
+     * read it */
     if (agents_describe(reg, &ecfg, DESCRIBE_WAIT_MS, stderr, NULL)) {
         fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
         goto done;
@@ -460,18 +728,11 @@ int cmd_orchestrate(int argc, char **argv)
         rc = 0;
         goto done;
     }
-    r.orch = orch_create(r.base, reg, &ecfg, &ocfg);
-    if (!r.orch) {
-        fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
-        goto done;
-    }
-    orch_set_done_cb(r.orch, on_done, &r);
     if (!cJSON_GetArraySize(reqs)) {
         fprintf(stderr, "paraserve orchestrate: no tasks\n");
         rc = 2;
         goto done;
     }
-    r.reqs = reqs;
     /* requests x --repeat is the task count, an int: refused before the
      * product overflows (it wrapped, and the run failed on a calloc of the
      * wrapped size, or ran fewer tasks than asked) */
@@ -481,81 +742,82 @@ int cmd_orchestrate(int argc, char **argv)
         rc = 2;
         goto done;
     }
-    r.total = cJSON_GetArraySize(reqs) * repeat;
-    r.tasks = calloc((size_t)r.total + 1, sizeof *r.tasks);
-    if (!r.tasks) {
-        fprintf(stderr, "paraserve orchestrate: out of memory for %d tasks\n", r.total);
+    b.reg = reg;
+    b.ecfg = &ecfg;
+    b.ocfg = &ocfg;
+    b.reqs = reqs;
+    b.all_tasks = cJSON_GetArraySize(reqs) * repeat;
+    b.n_loops = loops < b.all_tasks ? loops : b.all_tasks;   /* every loop has a task */
+    if (!(lp = calloc((size_t)b.n_loops, sizeof *lp))) {
+        fprintf(stderr, "paraserve orchestrate: out of memory\n");
         goto done;
     }
-    if (!(r.stagger_ev = evtimer_new(r.base, on_stagger, &r)))
-        goto done;
-    /* --cancel-after, armed for the warm-up pass (or its tasks would run
-     * to their deadline) and again for the timed one */
-    const struct timeval cancel_tv = { cancel_after / 1000, (cancel_after % 1000) * 1000 };
-    if (cancel_after >= 0 && !(cancel_ev = evtimer_new(r.base, on_cancel_timer, &r)))
-        goto done;
-    if (warmup) {
-        /* Unmeasured pass: the same tasks, all at once, to completion; its
-         * tasks are freed and every counter starts again from zero. */
-        r.warming = 1;
-        while (r.submitted < r.total && !submit_next(&r))
-            ;
-        if (cancel_ev)
-            evtimer_add(cancel_ev, &cancel_tv);
-        if (r.submit_error) {
-            rc = 2;
-            goto done;
+    for (int i = 0; i < b.n_loops; i++) {
+        lp[i].b = &b;
+        lp[i].loop = i;
+        if (pthread_create(&lp[i].thread, NULL, loop_main, &lp[i])) {
+            fprintf(stderr, "paraserve orchestrate: cannot start loop %d's thread\n", i);
+            pthread_mutex_lock(&b.mu);
+            b.abort = 1;
+            pthread_cond_broadcast(&b.cv);
+            pthread_mutex_unlock(&b.mu);
+            break;
         }
-        if (r.finished < r.total)
-            event_base_dispatch(r.base);
-        if (r.finished < r.total) {
-            fprintf(stderr, "paraserve orchestrate: --warmup: %d of %d tasks did not end\n",
-                    r.total - r.finished, r.total);
-            goto done;
-        }
-        for (int i = 0; i < r.submitted; i++) {
-            orch_task_release(r.tasks[i]);
-            r.tasks[i] = NULL;
-        }
-        r.submitted = r.finished = r.completed = r.failed = r.cancelled = r.peak_running = 0;
-        r.warming = 0;
-        if (cancel_ev)
-            evtimer_del(cancel_ev);
+        lp[i].started = 1;
+        n_started++;
     }
-    struct exec_stats xs0, xs1;
-    exec_get_stats(orch_executor(r.orch), &xs0);
-    double cpu0 = thread_cpu_s(), user0, sys0;
-    thread_user_sys_s(&user0, &sys0);
-    int64_t mock_cpu0 = mock ? mock_agent_cpu_ns(mock) : -1;
-    int64_t mock_req0 = mock ? mock_agent_requests(mock) : 0;
-    r.t0 = orch_now_ns();
-    MEASURED_BEGIN();
-    if (r.stagger_ms > 0) {
-        on_stagger(-1, 0, &r);
-    } else {
-        while (r.submitted < r.total && !submit_next(&r))
-            ;
+    struct mock_snapshot m0 = { .mock = mock };
+    int opened = 0;
+    if (n_started == b.n_loops) {
+        MEASURED_BEGIN();
+        opened = gate_open(&b, lp, snapshot_mock, &m0);
     }
-    if (r.submit_error && (!r.stagger_ms || !r.submitted)) {
-        rc = 2;                 /* a task request was refused before the run */
+    for (int i = 0; i < n_started; i++)
+        pthread_join(lp[i].thread, NULL);
+    if (opened)
+        MEASURED_END();
+    int loops_rc = 0, submitted = 0, finished = 0, completed = 0, failed = 0, cancelled = 0;
+    int stats_oom = 0;
+    for (int i = 0; i < n_started; i++) {
+        if (lp[i].rc > loops_rc)
+            loops_rc = lp[i].rc;
+        stats_oom |= lp[i].stats_oom;
+    }
+    if (!opened || loops_rc == 2) {
+        rc = loops_rc ? loops_rc : 1;
         goto done;
     }
-    if (cancel_ev)
-        evtimer_add(cancel_ev, &cancel_tv);
-    if (r.finished < r.total && !(r.submit_error && r.finished == r.submitted))
-        event_base_dispatch(r.base);
-    int64_t t_end = orch_now_ns();
-    MEASURED_END();
-    double wall = (double)(t_end - r.t0) / 1e9;
-    double loop_cpu = thread_cpu_s() - cpu0, user1, sys1;
-    exec_get_stats(orch_executor(r.orch), &xs1);
-    int64_t connects = xs1.http_connects - xs0.http_connects;
-    double io_cpu = xs1.http_io_cpu_ns >= 0 && xs0.http_io_cpu_ns >= 0
-                        ? (double)(xs1.http_io_cpu_ns - xs0.http_io_cpu_ns) / 1e9 : -1.0;
-    thread_user_sys_s(&user1, &sys1);
+    int64_t t_end = b.t0;
+    double loop_cpu = 0, loop_cpu_max = 0, loop_user = 0, loop_sys = 0, io_cpu = 0;
+    int64_t connects = 0;
+    for (int i = 0; i < b.n_loops; i++) {
+        const struct run *r = &lp[i];
+        submitted += r->submitted;
+        finished += r->finished;
+        completed += r->completed;
+        failed += r->failed;
+        cancelled += r->cancelled;
+        if (r->t_end > t_end)
+            t_end = r->t_end;
+        loop_cpu += r->cpu_s;
+        if (r->cpu_s > loop_cpu_max)
+            loop_cpu_max = r->cpu_s;
+        loop_user += r->user_s;
+        loop_sys += r->sys_s;
+        connects += r->xs1.http_connects - r->xs0.http_connects;
+        if (io_cpu >= 0 && r->xs1.http_io_cpu_ns >= 0 && r->xs0.http_io_cpu_ns >= 0)
+            io_cpu += (double)(r->xs1.http_io_cpu_ns - r->xs0.http_io_cpu_ns) / 1e9;
+        else
+            io_cpu = -1;
+    }
+    double wall = (double)(t_end - b.t0) / 1e9;
     int64_t mock_cpu1 = mock ? mock_agent_cpu_ns(mock) : -1;
-    int64_t mock_requests = mock ? mock_agent_requests(mock) - mock_req0 : 0;
-    double mock_cpu = mock_cpu0 >= 0 && mock_cpu1 >= 0 ? (double)(mock_cpu1 - mock_cpu0) / 1e9 : -1;
+    int64_t mock_requests = mock ? mock_agent_requests(mock) - m0.requests : 0;
+    double mock_cpu = m0.cpu_ns >= 0 && mock_cpu1 >= 0 ? (double)(mock_cpu1 - m0.cpu_ns) / 1e9 : -1;
+    for (int k = 0; k < SAMPLE_KINDS && b.stats; k++)
+        if (merge_samples(lp, b.n_loops, k, &merged[k]))
+            stats_oom = 1;
+    struct samples *d2r = &merged[SAMPLE_D2R], *r2r = &merged[SAMPLE_R2R], *task_ms = &merged[SAMPLE_TASK_MS];
     /* The physical peer of loop_cpu_s: what a minimal client and this mock
      * spend on one keep-alive round trip here (-1: not measured). */
     double floor_client_us = -1, floor_mock_us = -1, open_client_us = -1, open_mock_us = -1;
@@ -576,12 +838,14 @@ int cmd_orchestrate(int argc, char **argv)
     }
     /* Queueing bounds for reply->record: the replies as the mock sent them
      * in this run, handled at the floor's cost per round trip (one thread,
-     * and one per core), and at this loop's measured CPU per call. */
+     * and one per core), and at the loops' measured CPU per call (one
+     * server per loop, each reply to the first free one: a lower bound,
+     * since a reply is its task's loop's to record). */
     double q_floor1 = -1, q_floor_cores = -1, q_loop = -1;
-    if (mock && r.stats) {
+    if (mock && b.stats) {
         int64_t *sent = NULL;
         size_t n_sent = 0;
-        if (mock_agent_send_times(mock, r.t0, t_end, &sent, &n_sent)) {
+        if (mock_agent_send_times(mock, b.t0, t_end, &sent, &n_sent)) {
             fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
             goto done;
         }
@@ -590,13 +854,13 @@ int cmd_orchestrate(int argc, char **argv)
             q_floor1 = queue_p99_us(sent, n_sent, floor_client_us, 1);
             q_floor_cores = queue_p99_us(sent, n_sent, floor_client_us, cores > 0 ? (int)cores : 1);
         }
-        if (r.n_r2r)
-            q_loop = queue_p99_us(sent, n_sent, loop_cpu * 1e6 / (double)r.n_r2r, 1);
+        if (r2r->n)
+            q_loop = queue_p99_us(sent, n_sent, loop_cpu * 1e6 / (double)r2r->n, b.n_loops);
         free(sent);
     }
-    if (r.stats && r.stats_oom) {
+    if (b.stats && stats_oom) {
         fprintf(stderr, "paraserve orchestrate: out of memory for the --stats samples; no stats printed\n");
-    } else if (r.stats) {
+    } else if (b.stats) {
         /* last_submit_s: when the last task went in (0 for a burst); the
          * ideal wall time is last_submit_s + a task's critical path. */
         printf("{\"stats\":{\"tasks\":%d,\"completed\":%d,\"failed\":%d,\"cancelled\":%d,"
@@ -605,43 +869,39 @@ int cmd_orchestrate(int argc, char **argv)
                "\"dispatch_to_recv_us_p50\":%.1f,\"dispatch_to_recv_us_p99\":%.1f,"
                "\"reply_to_record_us_p50\":%.1f,\"reply_to_record_us_p99\":%.1f,"
                "\"task_ms_p50\":%.2f,\"task_ms_p99\":%.2f,\"task_ms_max\":%.2f,"
-               "\"loop_cpu_s\":%.4f,\"loop_user_s\":%.3f,\"loop_sys_s\":%.3f,"
+               "\"loops\":%d,\"loop_cpu_s\":%.4f,\"loop_cpu_max_s\":%.4f,\"loop_user_s\":%.3f,\"loop_sys_s\":%.3f,"
                "\"mock_cpu_s\":%.4f,\"mock_requests\":%lld,"
                "\"connections\":%lld,\"floor_requests\":%d,\"floor_client_us\":%.1f,\"floor_mock_us\":%.1f,"
                "\"floor_open_client_us\":%.1f,\"floor_open_mock_us\":%.1f,"
                "\"reply_queue_floor_p99_us\":%.1f,\"reply_queue_floor_cores_p99_us\":%.1f,"
                "\"reply_queue_loop_p99_us\":%.1f,\"http_threads\":%d,\"http_threads_cpu_s\":%.4f,"
                "\"mock_threads\":%d,\"allocator\":\"%s\"}}\n",
-               r.submitted, r.completed, r.failed, r.cancelled, wall, r.submitted / wall, r.stagger_ms,
-               r.total > 1 ? (double)(r.total - 1) * r.stagger_ms / r.total / 1000.0 : 0.0,
-               r.peak_running, r.n_d2r,
-               pct(r.d2r, r.n_d2r, 0.5), pct(r.d2r, r.n_d2r, 0.99),
-               pct(r.r2r, r.n_r2r, 0.5), pct(r.r2r, r.n_r2r, 0.99),
-               pct(r.task_ms, r.n_task, 0.5), pct(r.task_ms, r.n_task, 0.99),
-               pct(r.task_ms, r.n_task, 1.0), loop_cpu, user1 - user0, sys1 - sys0, mock_cpu,
-               (long long)mock_requests,
+               submitted, completed, failed, cancelled, wall, submitted / wall, b.stagger_ms,
+               b.all_tasks > 1 ? (double)(b.all_tasks - 1) * b.stagger_ms / b.all_tasks / 1000.0 : 0.0,
+               atomic_load(&b.peak_running), d2r->n,
+               pct(d2r->v, d2r->n, 0.5), pct(d2r->v, d2r->n, 0.99),
+               pct(r2r->v, r2r->n, 0.5), pct(r2r->v, r2r->n, 0.99),
+               pct(task_ms->v, task_ms->n, 0.5), pct(task_ms->v, task_ms->n, 0.99),
+               pct(task_ms->v, task_ms->n, 1.0), b.n_loops, loop_cpu, loop_cpu_max, loop_user, loop_sys,
+               mock_cpu, (long long)mock_requests,
                (long long)connects, floor_n, floor_client_us, floor_mock_us, open_client_us, open_mock_us,
                q_floor1, q_floor_cores, q_loop, http_threads, io_cpu, mock ? mock_agent_threads(mock) : 0,
                cli_allocator());
     }
     fflush(stdout);
-    rc = r.submit_error ? 2 : r.finished == r.total && !r.stats_oom ? 0 : 1;
+    rc = loops_rc ? loops_rc : finished == b.all_tasks && !stats_oom ? 0 : 1;
 done:
-    if (r.stagger_ev)
-        event_free(r.stagger_ev);
-    if (cancel_ev)
-        event_free(cancel_ev);
-    orch_destroy(r.orch);
+    for (int i = 0; lp && i < b.n_loops; i++)
+        loop_free(&lp[i]);
+    free(lp);
+    for (int k = 0; k < SAMPLE_KINDS; k++)
+        free(merged[k].v);
     registry_free(reg);
     mock_agent_stop(mock);
-    if (r.base)
-        event_base_free(r.base);
     cJSON_Delete(reqs);
     free(agents_text);
     free(tasks_text);
-    free(r.tasks);
-    free(r.d2r);
-    free(r.r2r);
-    free(r.task_ms);
+    pthread_cond_destroy(&b.cv);
+    pthread_mutex_destroy(&b.mu);
     return rc;
 }

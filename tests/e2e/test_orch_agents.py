@@ -216,6 +216,63 @@ def test_200_concurrent_tasks(run, threads):
         assert st["http_threads"] == 0 and st["mock_threads"] == 1 and st["http_threads_cpu_s"] == 0
 
 
+@pytest.mark.parametrize("extra", [[], ["--warmup"], ["--stagger-ms", "300"]], ids=["burst", "warm", "stagger"])
+def test_tasks_spread_over_loops(run, extra):
+    """--loops 3: every task runs once, on one of three executor loops, and
+    the stats pool the loops' samples and counters."""
+    t = {"input": "loops", "script": [
+        {"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 30}},
+                   {"id": "b", "to": "mock", "args": {"sleep_ms": 30}, "after": ["a"]},
+                   {"id": "k", "to": "calculator", "args": {"expression": "6*7"}}]},
+        {"final": {"answer": "{{k}}", "uses": ["b", "k"]}}]}
+    t2 = dict(t, input="second request")
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t, t2,
+                     extra=["--mock-agent", "0", "--repeat", "50", "--quiet", "--stats", "--loops", "3", *extra])
+    finals = [e for e in ev if e.get("event") == "task.final"]
+    assert len(finals) == 100 and all(f["data"]["output"] == "42" for f in finals)
+    st = ev[-1]["stats"]
+    assert st["loops"] == 3 and st["tasks"] == st["completed"] == 100
+    assert st["calls_measured"] == 200 and st["mock_requests"] == 200     # the timed pass only
+    assert 0 < st["loop_cpu_max_s"] <= st["loop_cpu_s"]
+    assert 1 <= st["peak_running"] <= 100
+    if "--warmup" in extra:
+        assert st["connections"] == 0       # each loop warmed its own pool
+    if "--stagger-ms" in extra:
+        assert st["wall_s"] >= 0.3 * 49 / 50  # the last task went in at 294 ms, whichever loop ran it
+        assert st["peak_running"] < 100
+    else:
+        assert st["peak_running"] == 100
+
+
+def test_loops_cancel_after_reaches_every_loop(run):
+    t = {"input": "c", "script": [{"calls": [{"id": "s", "to": "mock", "args": {"sleep_ms": 5000}}]},
+                                  {"final": {"answer": "x", "uses": ["s"]}}]}
+    t0 = time.time()
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t,
+                     extra=["--mock-agent", "0", "--repeat", "7", "--loops", "4", "--cancel-after", "200",
+                            "--quiet", "--stats"])
+    assert time.time() - t0 < 4
+    assert ev[-1]["stats"]["cancelled"] == 7 and ev[-1]["stats"]["loops"] == 4
+
+
+def test_more_loops_than_tasks_uses_one_per_task(run):
+    t = {"input": "a", "script": [{"final": {"answer": "x"}}]}
+    ev = orchestrate(run, str(AGENTS / "mock_pool.json"), t, extra=["--repeat", "2", "--loops", "8", "--stats"])
+    st = ev[-1]["stats"]
+    assert st["loops"] == 2 and st["completed"] == 2
+
+
+def test_loops_refuse_a_bad_task_before_the_run(run):
+    """A request that fails validation on any loop exits 2 and names the task."""
+    good = {"input": "a", "script": [{"final": {"answer": "x"}}]}
+    bad = {"input": "b", "max_rounds": -3, "script": [{"final": {"answer": "x"}}]}
+    r = run("orchestrate", "--agents", str(AGENTS / "mock_pool.json"), "--task", json.dumps(good),
+            "--task", json.dumps(bad), "--loops", "2", "--quiet")
+    err = r.stderr.decode()
+    assert r.returncode == 2, err
+    assert "task #2" in err and "max_rounds" in err, err
+
+
 def test_stats_name_the_allocator_the_binary_links(run, paraserve_bin):
     """--stats says which malloc served the run: mimalloc exactly when the binary links it."""
     t = {"input": "a", "script": [{"final": {"answer": "x"}}]}
@@ -486,6 +543,8 @@ def test_task_count_over_int_is_refused(run, tmp_path):
     ("--http-threads", "65", "[0, 64]"),
     ("--http-threads", "-1", "[0, 64]"),
     ("--mock-threads", "0", "[1, 64]"),
+    ("--loops", "0", "[1, 64]"),
+    ("--loops", "65", "[1, 64]"),
 ])
 def test_numeric_options_are_checked_whole(run, opt, value, rng):
     """Every numeric option of `orchestrate` is a whole base-10 integer in
