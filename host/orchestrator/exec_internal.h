@@ -113,11 +113,12 @@ void mcp_reap_all(struct exec *ex);
  * with id `id` (in a batch array, that element), or an error response
  * whose id is null or absent; else the first text/event-stream event
  * whose data lines hold a response (result or error) with id `id`; NULL
- * when there is none.  Caller frees.
+ * when there is none.  Caller frees.  *oom (may be NULL) is set to 1 when
+ * NULL is returned because memory ran out while parsing, else to 0.
  * mcp_reply_result: map a tools/call response to an outcome: FB_OK with
  * *res (caller frees; NULL only when out of memory), or an error status
  * with the message in err (always NUL-terminated). */
-cJSON         *mcp_reply_parse(const char *body, size_t len, long id);
+cJSON         *mcp_reply_parse(const char *body, size_t len, long id, int *oom);
 enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t errlen);
 
 /* Agent reply handling as pure functions (adapters.c; tests/fuzz/

@@ -60,6 +60,7 @@
 #include "common/status.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
+#include "orchestrator/json_alloc.h"
 
 extern char **environ;
 
@@ -225,11 +226,16 @@ static cJSON *rpc_response_for(cJSON *j, long id)
     return NULL;
 }
 
-cJSON *mcp_reply_parse(const char *body, size_t len, long id)
+cJSON *mcp_reply_parse(const char *body, size_t len, long id, int *oom)
 {
-    cJSON *j = cJSON_ParseWithLength(body, len);
+    int parse_oom = 0;
+    if (oom)
+        *oom = 0;
+    cJSON *j = json_parse_oom(body, len, &parse_oom);
     if (j)
         return rpc_response_for(j, id);
+    if (parse_oom)
+        goto out_of_memory;
     /* text/event-stream: events separated by blank lines, data: lines. */
     const char *p = body, *end = body + len;
     char *acc = NULL;
@@ -246,8 +252,10 @@ cJSON *mcp_reply_parse(const char *body, size_t len, long id)
             size_t dn = n - 5;
             if (dn && *d == ' ') { d++; dn--; }
             char *na = realloc(acc, alen + dn + 2);
-            if (!na)
+            if (!na) {
+                parse_oom = 1;
                 break;
+            }
             acc = na;
             memcpy(acc + alen, d, dn);
             alen += dn;
@@ -256,20 +264,27 @@ cJSON *mcp_reply_parse(const char *body, size_t len, long id)
         }
         if (n == 0 || !nl) {
             if (acc && alen) {
-                cJSON *m = cJSON_ParseWithLength(acc, alen);
+                cJSON *m = json_parse_oom(acc, alen, &parse_oom);
                 const cJSON *mid = json_get(m, "id");
                 if (rpc_id_is(mid, id) &&
                     (json_get(m, "result") || json_get(m, "error")))
                     found = m;
                 else
                     cJSON_Delete(m);
+                if (parse_oom)
+                    break;
             }
             alen = 0;
         }
         p = nl ? nl + 1 : end;
     }
     free(acc);
-    return found;
+    if (found || !parse_oom)
+        return found;
+out_of_memory:
+    if (oom)
+        *oom = 1;
+    return NULL;
 }
 
 enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t errlen)
@@ -451,9 +466,12 @@ static void http_call_done(void *ud, const struct httpc_response *resp)
         adapter_finish(op, st, NULL, err, retry, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
-    cJSON *m = mcp_reply_parse(resp->body, resp->body_len, op->rpc_id);
+    int oom;
+    cJSON *m = mcp_reply_parse(resp->body, resp->body_len, op->rpc_id, &oom);
     if (!m) {
-        adapter_finish(op, FB_PARSE_ERROR, NULL, "mcp reply carries no JSON-RPC response for the call",
+        adapter_finish(op, oom ? FB_EXEC_ERROR : FB_PARSE_ERROR, NULL,
+                       oom ? "out of memory while parsing the MCP server's reply"
+                           : "mcp reply carries no JSON-RPC response for the call",
                        0, resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
@@ -476,7 +494,10 @@ int mcp_sse_scan(struct mcp_sse_scan *st, const char *body, size_t len, long id)
         st->scanned = len;
     if (end <= st->peeked)
         return 0;
-    cJSON *m = mcp_reply_parse(body + st->peeked, end - st->peeked, id);
+    int oom;
+    cJSON *m = mcp_reply_parse(body + st->peeked, end - st->peeked, id, &oom);
+    if (oom)
+        return 0;       /* scanned again with the next bytes, or parsed whole at the end */
     st->searched += end - st->peeked;
     st->peeked = end;
     cJSON_Delete(m);
@@ -563,7 +584,13 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
         }
         return;
     }
-    cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id);
+    int oom;
+    cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id, &oom);
+    if (!m && oom) {
+        s->state = MCP_NONE;
+        fail_all(s, "mcp: out of memory while parsing the initialize reply", 1);
+        return;
+    }
     if (!cJSON_IsObject(json_get(m, "result"))) {
         init_refused(m, why, sizeof why);
         cJSON_Delete(m);
@@ -1033,11 +1060,18 @@ static void stdio_on_read(struct bufferevent *bev, void *ud)
     /* stdio_handle may close (and a failure callback respawn) the process:
      * stop as soon as this bufferevent is no longer the session's. */
     while (s->from_child && s->gen == gen && (line = evbuffer_readln(in, &n, EVBUFFER_EOL_LF))) {
-        cJSON *m = cJSON_ParseWithLength(line, n);
+        int oom;
+        cJSON *m = json_parse_oom(line, n, &oom);
         free(line);
         if (m)
             stdio_handle(s, m);
         cJSON_Delete(m);
+        if (oom) {
+            /* the line's message is lost (which call it answered is
+             * unknown): the calls it could have answered end now rather
+             * than at their timeout */
+            fail_all(s, "mcp-stdio: out of memory while parsing the agent's message", 1);
+        }
     }
     if (s->from_child && s->gen == gen && evbuffer_get_length(in) > MCP_MAX_LINE) {
         stdio_close(s, "wrote a line longer than 16 MiB");

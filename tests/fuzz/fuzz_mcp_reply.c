@@ -49,7 +49,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (!body)
         return 0;
     memcpy(body, data + 1, n);
-    cJSON *m = mcp_reply_parse(body, n, id);
+    cJSON *m = mcp_reply_parse(body, n, id, NULL);
     if (m) {
         outcome(m);
         cJSON_Delete(m);

@@ -1458,7 +1458,7 @@ static void test_mcp_reply(void)
     const char *sse = "event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}}\r\n\r\n"
                       "data: {\"jsonrpc\":\"2.0\",\"id\":1,\r\ndata: \"result\":{\"content\":"
                       "[{\"type\":\"text\",\"text\":\"3\"}]}}\r\n\r\n";
-    cJSON *m = mcp_reply_parse(sse, strlen(sse), 1), *res = NULL;
+    cJSON *m = mcp_reply_parse(sse, strlen(sse), 1, NULL), *res = NULL;
     char err[512];
     CHECK(m && cJSON_GetObjectItem(m, "id")->valuedouble == 1);
     CHECK(mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) &&
@@ -1466,22 +1466,41 @@ static void test_mcp_reply(void)
     cJSON_Delete(res);
     cJSON_Delete(m);
     const char *tool_err = "{\"id\":1,\"result\":{\"isError\":true,\"content\":[{\"text\":\"boom\"}]}}";
-    m = mcp_reply_parse(tool_err, strlen(tool_err), 1);
+    m = mcp_reply_parse(tool_err, strlen(tool_err), 1, NULL);
     CHECK(mcp_reply_result(m, &res, err, sizeof err) == FB_EXEC_ERROR && !res && !strcmp(err, "tool error: boom"));
     cJSON_Delete(m);
     /* Ids that are not the integer waited for: 1.5 was cast to 1 and taken
      * as the reply to call 1; 1e300 cast to long is undefined behaviour
      * (UBSan aborted the ASan build). */
     const char *frac = "data: {\"id\":1.5,\"result\":{}}\n\n";
-    CHECK(!mcp_reply_parse(frac, strlen(frac), 1));
+    CHECK(!mcp_reply_parse(frac, strlen(frac), 1, NULL));
     const char *huge = "data: {\"id\":1e300,\"result\":{}}\n\ndata: {\"id\":-1e300,\"error\":{}}\n\n";
-    CHECK(!mcp_reply_parse(huge, strlen(huge), 1));
+    CHECK(!mcp_reply_parse(huge, strlen(huge), 1, NULL));
     /* "error":null beside a result is a result (was "mcp error 0") */
     const char *nullerr = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"text\":\"x\"}]},\"error\":null}";
-    m = mcp_reply_parse(nullerr, strlen(nullerr), 1);
+    m = mcp_reply_parse(nullerr, strlen(nullerr), 1, NULL);
     CHECK(mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) && !strcmp(res->valuestring, "x"));
     cJSON_Delete(res);
     cJSON_Delete(m);
+    /* Memory running out while parsing says so (*oom), never "no response
+     * in the reply": each of the parse's cJSON allocations fails in turn,
+     * for a JSON body, an SSE body and a body with no response for id 1. */
+    const char *bodies[] = { nullerr, sse, frac };
+    for (size_t b = 0; b < sizeof bodies / sizeof *bodies; b++) {
+        int oom = -1;
+        long before = json_alloc_count();
+        m = mcp_reply_parse(bodies[b], strlen(bodies[b]), 1, &oom);
+        long allocs = json_alloc_count() - before;
+        CHECK(oom == 0 && (m != NULL) == (b < 2) && allocs > 0);
+        cJSON_Delete(m);
+        for (long k = 1; k <= allocs; k++) {
+            json_alloc_fail_after(k);
+            m = mcp_reply_parse(bodies[b], strlen(bodies[b]), 1, &oom);
+            json_alloc_fail_after(0);
+            CHECK(oom == 1 && !m);
+            cJSON_Delete(m);
+        }
+    }
 }
 
 

@@ -358,25 +358,25 @@ static void test_mcp_json_reply_must_carry_the_call_id(void)
     char err[512];
     cJSON *res = NULL;
     const char *other = "{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"not yours\"}]}}";
-    cJSON *m = mcp_reply_parse(other, strlen(other), 1);
+    cJSON *m = mcp_reply_parse(other, strlen(other), 1, NULL);
     CHECK_MSG(!m, "a response to request 2 was taken as request 1's");
     cJSON_Delete(m);
     const char *mine = "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"7\"}]}}";
-    m = mcp_reply_parse(mine, strlen(mine), 1);
+    m = mcp_reply_parse(mine, strlen(mine), 1, NULL);
     CHECK(m && mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) &&
           !strcmp(res->valuestring, "7"));
     cJSON_Delete(res);
     cJSON_Delete(m);
     const char *batch = "[{\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{}},"
                         "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"content\":[{\"type\":\"text\",\"text\":\"b\"}]}}]";
-    m = mcp_reply_parse(batch, strlen(batch), 1);
+    m = mcp_reply_parse(batch, strlen(batch), 1, NULL);
     res = NULL;
     CHECK(m && mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) &&
           !strcmp(res->valuestring, "b"));
     cJSON_Delete(res);
     cJSON_Delete(m);
     const char *unread = "{\"jsonrpc\":\"2.0\",\"id\":null,\"error\":{\"code\":-32700,\"message\":\"Parse error\"}}";
-    m = mcp_reply_parse(unread, strlen(unread), 1);
+    m = mcp_reply_parse(unread, strlen(unread), 1, NULL);
     res = NULL;
     CHECK(m && mcp_reply_result(m, &res, err, sizeof err) == FB_EXEC_ERROR && !res &&
           !strcmp(err, "mcp error -32700: Parse error"));
@@ -392,7 +392,7 @@ static void test_mcp_json_reply_must_carry_the_call_id(void)
         "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"sampling/createMessage\",\"params\":{}}",
     };
     for (size_t i = 0; i < sizeof none / sizeof none[0]; i++) {
-        m = mcp_reply_parse(none[i], strlen(none[i]), 1);
+        m = mcp_reply_parse(none[i], strlen(none[i]), 1, NULL);
         CHECK_MSG(!m, "taken as the answer: %s", none[i]);
         cJSON_Delete(m);
     }
