@@ -94,7 +94,6 @@ struct run {
     struct batch      *b;
     int                loop;
     pthread_t          thread;
-    int                started;        /* thread was created */
     int                ready;          /* set up (and warm): may be measured */
     int                rc;             /* 0, 1 (failed), 2 (a task request refused) */
     struct event_base *base;
@@ -243,6 +242,12 @@ static int submit_next(struct run *r)
         return -1;
     }
     r->tasks[r->submitted++] = t;
+    if (!r->warming) {
+        int running = atomic_fetch_add(&r->b->running, 1) + 1;
+        for (int peak = atomic_load(&r->b->peak_running);
+             running > peak && !atomic_compare_exchange_weak(&r->b->peak_running, &peak, running);)
+            ;
+    }
     if (!orch_task_subscribe(t, 0, on_event, r)) {
         /* unsubscribed, the task could be evicted once it ends: not ours
          * to release; it ends cancelled and the run stops as on a submit
@@ -252,12 +257,6 @@ static int submit_next(struct run *r)
         r->submit_error = 1;
         orch_task_cancel(t, "out of memory");
         return -1;
-    }
-    if (!r->warming) {
-        int running = atomic_fetch_add(&r->b->running, 1) + 1;
-        for (int peak = atomic_load(&r->b->peak_running);
-             running > peak && !atomic_compare_exchange_weak(&r->b->peak_running, &peak, running);)
-            ;
     }
     return 0;
 }
@@ -407,7 +406,7 @@ static int loop_setup(struct run *r)
         return -1;
     }
     orch_set_done_cb(r->orch, on_done, r);
-    r->total = (b->all_tasks - r->loop + b->n_loops - 1) / b->n_loops;
+    r->total = b->all_tasks / b->n_loops + (r->loop < b->all_tasks % b->n_loops);
     r->tasks = calloc((size_t)r->total + 1, sizeof *r->tasks);
     r->stagger_ev = evtimer_new(r->base, on_stagger, r);
     if (b->cancel_after >= 0)
@@ -501,6 +500,22 @@ static int gate_open(struct batch *b, struct run *loops, void (*before_open)(voi
     return ready;
 }
 
+/* What loop_setup made, freed on the loop's own thread when it is done
+ * (the loops' teardowns, stdio agents' grace periods included, overlap). */
+static void loop_teardown(struct run *r)
+{
+    if (r->stagger_ev)
+        event_free(r->stagger_ev);
+    if (r->cancel_ev)
+        event_free(r->cancel_ev);
+    r->stagger_ev = r->cancel_ev = NULL;
+    orch_destroy(r->orch);
+    r->orch = NULL;
+    if (r->base)
+        event_base_free(r->base);
+    r->base = NULL;
+}
+
 /* One executor loop's thread: set up, warm up, wait at the gate, run its
  * tasks; the result is in r (rc, samples, CPU, executor counters). */
 static void *loop_main(void *arg)
@@ -511,8 +526,10 @@ static void *loop_main(void *arg)
         r->ready = 1;
     else if (!r->rc)
         r->rc = 1;
-    if (gate_pass(r))
+    if (gate_pass(r)) {
+        loop_teardown(r);
         return NULL;
+    }
     exec_get_stats(orch_executor(r->orch), &r->xs0);
     double cpu0 = thread_cpu_s(), user0, sys0, user1, sys1;
     thread_user_sys_s(&user0, &sys0);
@@ -536,18 +553,13 @@ static void *loop_main(void *arg)
     r->user_s = user1 - user0;
     r->sys_s = sys1 - sys0;
     exec_get_stats(orch_executor(r->orch), &r->xs1);
+    loop_teardown(r);
     return NULL;
 }
 
+/* What the main thread still reads after the join. */
 static void loop_free(struct run *r)
 {
-    if (r->stagger_ev)
-        event_free(r->stagger_ev);
-    if (r->cancel_ev)
-        event_free(r->cancel_ev);
-    orch_destroy(r->orch);
-    if (r->base)
-        event_base_free(r->base);
     free(r->tasks);
     for (int k = 0; k < SAMPLE_KINDS; k++)
         free(r->samples[k].v);
@@ -580,9 +592,12 @@ struct mock_snapshot {
     int64_t            cpu_ns, requests;
 };
 
+/* The gate's before_open: the mock's counters at the start of the measured
+ * pass (and, in a profiling build, callgrind's collection starts). */
 static void snapshot_mock(void *ud)
 {
     struct mock_snapshot *m = ud;
+    MEASURED_BEGIN();
     m->cpu_ns = m->mock ? mock_agent_cpu_ns(m->mock) : -1;
     m->requests = m->mock ? mock_agent_requests(m->mock) : 0;
 }
@@ -658,6 +673,8 @@ int cmd_orchestrate(int argc, char **argv)
     int n_started = 0;
     pthread_mutex_init(&b.mu, NULL);
     pthread_cond_init(&b.cv, NULL);
+    atomic_init(&b.running, 0);
+    atomic_init(&b.peak_running, 0);
     if (!reqs)
         goto done;
     if (mock_port >= 0 && !(mock = mock_agent_start_threads(mock_port, mock_threads))) {
@@ -742,6 +759,15 @@ int cmd_orchestrate(int argc, char **argv)
         rc = 2;
         goto done;
     }
+    /* every request is checked here, before any loop starts: a bad one
+     * exits 2 with nothing run (as the first submission of it would) */
+    for (int i = 0; i < cJSON_GetArraySize(reqs); i++) {
+        if (orch_task_request_check(cJSON_GetArrayItem(reqs, i))) {
+            fprintf(stderr, "paraserve orchestrate: task #%d: %s\n", i + 1, ps_error_last());
+            rc = 2;
+            goto done;
+        }
+    }
     b.reg = reg;
     b.ecfg = &ecfg;
     b.ocfg = &ocfg;
@@ -763,15 +789,12 @@ int cmd_orchestrate(int argc, char **argv)
             pthread_mutex_unlock(&b.mu);
             break;
         }
-        lp[i].started = 1;
         n_started++;
     }
     struct mock_snapshot m0 = { .mock = mock };
     int opened = 0;
-    if (n_started == b.n_loops) {
-        MEASURED_BEGIN();
+    if (n_started == b.n_loops)
         opened = gate_open(&b, lp, snapshot_mock, &m0);
-    }
     for (int i = 0; i < n_started; i++)
         pthread_join(lp[i].thread, NULL);
     if (opened)

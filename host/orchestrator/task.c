@@ -1686,6 +1686,9 @@ static void on_deadline(evutil_socket_t fd, short what, void *ud)
 
 /* ---- public ------------------------------------------------------------------------ */
 
+/* Per-task limits where orch_config leaves them 0 (task.h). */
+static const struct orch_config LIMIT_DEFAULTS = { .max_rounds = 16, .max_calls = 256, .deadline_ms = 300000 };
+
 struct orch *orch_create(struct event_base *base, const struct registry *reg,
                          const struct exec_config *ecfg, const struct orch_config *ocfg)
 {
@@ -1696,9 +1699,9 @@ struct orch *orch_create(struct event_base *base, const struct registry *reg,
     }
     o->base = base;
     o->reg = reg;
-    o->cfg.max_rounds = ocfg && ocfg->max_rounds ? ocfg->max_rounds : 16;
-    o->cfg.max_calls = ocfg && ocfg->max_calls ? ocfg->max_calls : 256;
-    o->cfg.deadline_ms = ocfg && ocfg->deadline_ms ? ocfg->deadline_ms : 300000;
+    o->cfg.max_rounds = ocfg && ocfg->max_rounds ? ocfg->max_rounds : LIMIT_DEFAULTS.max_rounds;
+    o->cfg.max_calls = ocfg && ocfg->max_calls ? ocfg->max_calls : LIMIT_DEFAULTS.max_calls;
+    o->cfg.deadline_ms = ocfg && ocfg->deadline_ms ? ocfg->deadline_ms : LIMIT_DEFAULTS.deadline_ms;
     o->cfg.keep_finished = ocfg && ocfg->keep_finished ? ocfg->keep_finished : 10000;
     o->cfg.max_events = ocfg && ocfg->max_events >= 4 ? ocfg->max_events : 100000;
     o->next_id = ((uint64_t)orch_now_ns() * 2654435761u) & 0xffffffffu;
@@ -1859,9 +1862,11 @@ static int get_limit(const cJSON *req, const char *key, int lo, int hi, int def,
     return PS_OK;
 }
 
-int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struct orch_task **out)
+/* Validate a task request against the limits' defaults in cfg: PS_OK with
+ * the script (NULL: none) and limits, or PS_EINVAL naming the field. */
+static int request_parse(const struct orch_config *cfg, const cJSON *req, const cJSON **script_out,
+                         int *max_rounds, int *max_calls, int *deadline_ms)
 {
-    *out = NULL;
     if (!cJSON_IsObject(req))
         return ps_error_set(PS_EINVAL, "request body must be a JSON object");
     static const char *const fields[] = { "input", "stream", "max_rounds", "max_calls", "deadline_ms", "script", "metadata" };
@@ -1890,13 +1895,32 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     } else {
         script = NULL;
     }
-    int max_rounds, max_calls, deadline_ms;
-    if (get_limit(req, "max_rounds", 1, 1000, o->cfg.max_rounds, &max_rounds) ||
-        get_limit(req, "max_calls", 1, 100000, o->cfg.max_calls, &max_calls) ||
-        get_limit(req, "deadline_ms", 1, 86400000, o->cfg.deadline_ms, &deadline_ms))
+    if (get_limit(req, "max_rounds", 1, 1000, cfg->max_rounds, max_rounds) ||
+        get_limit(req, "max_calls", 1, 100000, cfg->max_calls, max_calls) ||
+        get_limit(req, "deadline_ms", 1, 86400000, cfg->deadline_ms, deadline_ms))
         return PS_EINVAL;
-    if (script && max_rounds < cJSON_GetArraySize(script) && !json_get(req, "max_rounds"))
-        max_rounds = cJSON_GetArraySize(script);
+    if (script && *max_rounds < cJSON_GetArraySize(script) && !json_get(req, "max_rounds"))
+        *max_rounds = cJSON_GetArraySize(script);
+    *script_out = script;
+    return PS_OK;
+}
+
+int orch_task_request_check(const cJSON *req)
+{
+    const cJSON *script;
+    int max_rounds, max_calls, deadline_ms;
+    return request_parse(&LIMIT_DEFAULTS, req, &script, &max_rounds, &max_calls, &deadline_ms);
+}
+
+int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struct orch_task **out)
+{
+    *out = NULL;
+    const cJSON *script;
+    int max_rounds, max_calls, deadline_ms;
+    int rc = request_parse(&o->cfg, req, &script, &max_rounds, &max_calls, &deadline_ms);
+    if (rc)
+        return rc;
+    const cJSON *input = json_get(req, "input");
 
     struct orch_task *t = calloc(1, sizeof *t);
     if (!t)
@@ -1935,7 +1959,7 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
         return ps_error_set(PS_ENOMEM, "out of memory");
     }
     /* its local agents' generations run as its tenant */
-    int rc = exec_group_set_tenant(t->g, t->tenant);
+    rc = exec_group_set_tenant(t->g, t->tenant);
     if (rc) {
         t->status = TASK_FAILED;
         o->n_running--;

@@ -112,6 +112,11 @@ void orch_set_done_cb(struct orch *o, orch_done_fn cb, void *ud);
 int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant,
                      struct orch_task **out);
 
+/* The request checks of orch_task_submit alone (the same PS_EINVAL and
+ * message for a bad request; PS_OK for one it would accept), on any
+ * thread: nothing is created or started. */
+int orch_task_request_check(const cJSON *req);
+
 /* NULL when unknown (or evicted). */
 struct orch_task *orch_task_find(struct orch *o, const char *id);
 const char *orch_task_id(const struct orch_task *t);

@@ -770,8 +770,28 @@ static void test_script_actions_as_the_parser_sees_them(void)
         struct orch_task *t = NULL;
         CHECK(orch_task_submit(c.orch, req, NULL, &t) == PS_EINVAL && !t);
         CHECK_MSG(!strncmp(ps_error_last(), why[i], strlen(why[i])), "%s", ps_error_last());
+        /* the check alone says the same, creating nothing */
+        int running = orch_running(c.orch);
+        CHECK(orch_task_request_check(req) == PS_EINVAL && orch_running(c.orch) == running);
+        CHECK_MSG(!strncmp(ps_error_last(), why[i], strlen(why[i])), "%s", ps_error_last());
         cJSON_Delete(req);
     }
+    const char *checked[][2] = {
+        { "{\"input\":\"x\",\"max_rounds\":0}", "max_rounds" },
+        { "{\"input\":\"x\",\"deadline_ms\":\"soon\"}", "deadline_ms" },
+        { "{\"input\":\"x\",\"colour\":1}", "colour: unknown field" },
+        { "{\"script\":[]}", "input: required" },
+        { "[1]", "request body must be a JSON object" },
+    };
+    for (size_t i = 0; i < sizeof checked / sizeof *checked; i++) {
+        cJSON *req = cJSON_Parse(checked[i][0]);
+        CHECK(orch_task_request_check(req) == PS_EINVAL);
+        CHECK_MSG(!strncmp(ps_error_last(), checked[i][1], strlen(checked[i][1])), "%s", ps_error_last());
+        cJSON_Delete(req);
+    }
+    cJSON *ok = cJSON_Parse("{\"input\":\"x\",\"max_rounds\":3,\"script\":[{\"final\":{\"answer\":\"a\"}}]}");
+    CHECK(orch_task_request_check(ok) == PS_OK && orch_running(c.orch) == 0);
+    cJSON_Delete(ok);
     struct orch_task *t1 = submit(&c, "{\"input\":\"x\",\"script\":[{\"thought\":\"t\",\"calls\":["
         "{\"id\":\"a\",\"to\":\"calculator\",\"args\":{\"expression\":\"1+1\"}},"
         "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"2+2\"}},"
