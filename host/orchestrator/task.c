@@ -60,6 +60,7 @@ struct orch_task {
     char                 *tenant;
     char                 *input;
     cJSON                *script;      /* NULL: model-driven */
+    int                   script_borrowed; /* script is still the request's (submit not done) */
     int                   script_pos;
     int                   max_rounds, max_calls, deadline_ms;
     enum orch_task_status status;
@@ -1818,7 +1819,8 @@ static void task_free(struct orch_task *t)
     free(t->fallback);
     free(t->transcript);
     cJSON_Delete(t->usage);
-    cJSON_Delete(t->script);
+    if (!t->script_borrowed)
+        cJSON_Delete(t->script);
     cJSON_Delete(t->ledger);
     cJSON_Delete(t->output);
     cJSON_Delete(t->final_pending);
@@ -1912,7 +1914,9 @@ int orch_task_request_check(const cJSON *req)
     return request_parse(&LIMIT_DEFAULTS, req, &script, &max_rounds, &max_calls, &deadline_ms);
 }
 
-int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struct orch_task **out)
+/* take_script: the task takes req's script (detached from req once the
+ * task exists) instead of a copy; on failure req is left as it was. */
+static int task_submit(struct orch *o, cJSON *req, int take_script, const char *tenant, struct orch_task **out)
 {
     *out = NULL;
     const cJSON *script;
@@ -1932,7 +1936,12 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
     t->id_hash = task_id_hash(t->id);
     t->tenant = strdup(tenant ? tenant : "default");
     t->input = strdup(input->valuestring);
-    t->script = script ? cJSON_Duplicate(script, 1) : NULL;
+    if (script && take_script) {
+        t->script = (cJSON *)script;       /* req's own child: detached at the end */
+        t->script_borrowed = 1;
+    } else if (script) {
+        t->script = cJSON_Duplicate(script, 1);
+    }
     t->max_rounds = max_rounds;
     t->max_calls = max_calls;
     t->deadline_ms = deadline_ms;
@@ -1985,9 +1994,23 @@ int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struc
         task_free(t);
         return ps_error_set(PS_ENOMEM, "out of memory");
     }
+    if (t->script_borrowed) {
+        cJSON_DetachItemViaPointer(req, t->script);   /* allocates nothing */
+        t->script_borrowed = 0;
+    }
     event_active(t->kick, 0, 0);
     *out = t;
     return PS_OK;
+}
+
+int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant, struct orch_task **out)
+{
+    return task_submit(o, (cJSON *)req, 0, tenant, out);
+}
+
+int orch_task_submit_take(struct orch *o, cJSON *req, const char *tenant, struct orch_task **out)
+{
+    return task_submit(o, req, 1, tenant, out);
 }
 
 struct orch_task *orch_task_find(struct orch *o, const char *id)

@@ -111,6 +111,11 @@ void orch_set_done_cb(struct orch *o, orch_done_fn cb, void *ud);
  * request. */
 int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant,
                      struct orch_task **out);
+/* The same, but the task takes the request's "script" (detached from req
+ * on success) instead of copying it: for a caller that is done with the
+ * request (the server's parsed body).  On failure req is unchanged. */
+int orch_task_submit_take(struct orch *o, cJSON *req, const char *tenant,
+                          struct orch_task **out);
 
 /* The request checks of orch_task_submit alone (the same PS_EINVAL and
  * message for a bad request; PS_OK for one it would accept), on any

@@ -406,7 +406,7 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req, con
     }
     bool want_stream = stream && cJSON_IsTrue(stream);
     struct orch_task *t;
-    int rc = orch_task_submit(api->orch, root, tenant, &t);
+    int rc = orch_task_submit_take(api->orch, root, tenant, &t);
     if (rc) {
         if (rc == PS_EINVAL)
             submit_error(&e, ps_error_last(), root);

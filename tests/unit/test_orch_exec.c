@@ -3107,6 +3107,52 @@ static int summary_says(const cJSON *sum, const char *needle)
     return yes;
 }
 
+/* orch_task_submit_take (the server's): on success the task has the
+ * request's script (detached from it) and runs it; a submit refused for
+ * lack of memory - each of its cJSON allocations failing in turn - leaves
+ * the request exactly as it was, and nothing leaks (ASan). */
+static void test_submit_take(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    cJSON *req = cJSON_Parse("{\"input\":\"take\",\"script\":[{\"calls\":["
+        "{\"id\":\"k\",\"to\":\"calculator\",\"args\":{\"expression\":\"6*7\"}}]},"
+        "{\"final\":{\"answer\":\"{{k}}\",\"uses\":[\"k\"]}}]}");
+    char *orig = cJSON_PrintUnformatted(req);
+    CHECK(req && orig);
+    int refused = 0, taken = 0;
+    for (long k = 1; k <= 64 && !taken; k++) {
+        cJSON *copy = cJSON_Duplicate(req, 1);
+        CHECK(copy != NULL);
+        struct orch_task *t = NULL;
+        json_alloc_fail_after(k);
+        int st = orch_task_submit_take(c.orch, copy, NULL, &t);
+        json_alloc_fail_after(0);
+        if (st != PS_OK) {
+            refused++;
+            char *now = cJSON_PrintUnformatted(copy);
+            CHECK_MSG(st == PS_ENOMEM && now && !strcmp(now, orig), "allocation %ld: %d, request now %s", k, st,
+                      now ? now : "(none)");
+            free(now);
+        } else {
+            taken = 1;
+            CHECK(!json_get(copy, "script") && json_get(copy, "input"));
+            c.run.expect++;
+            run_loop(&c);
+            cJSON *sum = orch_task_summary(t);
+            const cJSON *out = json_get(sum, "output");
+            CHECK_MSG(orch_task_status(t) == TASK_COMPLETED && cJSON_IsString(out) && !strcmp(out->valuestring, "42"),
+                      "taken script: %s", orch_task_status_str(orch_task_status(t)));
+            cJSON_Delete(sum);
+        }
+        cJSON_Delete(copy);   /* the task's script is its own now */
+    }
+    CHECK(refused > 0 && taken);
+    free(orig);
+    cJSON_Delete(req);
+    ctx_close(&c);
+}
+
 static void test_cjson_out_of_memory_everywhere(void)
 {
     struct ctx c;
@@ -3205,6 +3251,7 @@ int main(void)
     test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
     test_mock_threads_share_a_port();
+    test_submit_take();
     test_cjson_out_of_memory_everywhere();
     test_many_tasks();
     test_task_lookup_and_eviction_at_scale();
