@@ -333,17 +333,23 @@ def test_reply_queue_bounds(run):
     assert st["reply_queue_loop_p99_us"] > 0
 
 
-def test_mcp_http_and_stdio(run, server_proc, tmp_path):
+def mcp_pool(server_proc, tmp_path, *http_tools):
+    """A pool of the SDK's MCP server: `http_tools` over streamable HTTP (a
+    server started here) and "shout" over stdio (a process per session).
+    No input_schema: the describe step takes the server's (tools/list)."""
     pytest.importorskip("mcp")
     port = free_port()
     server_proc(AGENTS / "mcp_server.py", "http", port, port=port)
-    pool = write_pool(tmp_path, [
-        # no input_schema: the describe step takes the server's (tools/list),
-        # which rejects "bad" below without calling
-        {"name": "add", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000},
-        {"name": "nap", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000},
+    return write_pool(tmp_path, [
+        *[{"name": n, "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000}
+          for n in http_tools],
         {"name": "shout", "kind": "mcp-stdio", "timeout_ms": 30000,
          "command": [sys.executable, str(AGENTS / "mcp_server.py"), "stdio"]}])
+
+
+def test_mcp_http_and_stdio(run, server_proc, tmp_path):
+    # add's schema from tools/list rejects "bad" below without calling
+    pool = mcp_pool(server_proc, tmp_path, "add", "nap")
     ev = orchestrate(run, pool, {"input": "mcp", "script": [
         {"calls": [{"id": "a", "to": "add", "args": {"a": 2, "b": 40}},
                    {"id": "bad", "to": "add", "args": {"a": "two", "b": 1}},
@@ -361,13 +367,7 @@ def test_mcp_http_and_stdio(run, server_proc, tmp_path):
 
 def test_mcp_agents_on_several_loops(run, server_proc, tmp_path):
     """Each loop has its own MCP session and its own stdio agent process."""
-    pytest.importorskip("mcp")
-    port = free_port()
-    server_proc(AGENTS / "mcp_server.py", "http", port, port=port)
-    pool = write_pool(tmp_path, [
-        {"name": "add", "kind": "mcp-http", "url": f"http://127.0.0.1:{port}/mcp", "timeout_ms": 10000},
-        {"name": "shout", "kind": "mcp-stdio", "timeout_ms": 30000,
-         "command": [sys.executable, str(AGENTS / "mcp_server.py"), "stdio"]}])
+    pool = mcp_pool(server_proc, tmp_path, "add")
     ev = orchestrate(run, pool, {"input": "mcp", "script": [
         {"calls": [{"id": "a", "to": "add", "args": {"a": 2, "b": 40}},
                    {"id": "s", "to": "shout", "args": {"text": "answer {{a}}"}, "after": ["a"]}]},
