@@ -64,7 +64,8 @@ struct orch_task {
     int                   script_pos;
     int                   max_rounds, max_calls, deadline_ms;
     enum orch_task_status status;
-    char                 *error;
+    char                 *error;       /* error_short when strdup failed */
+    char                  error_short[160];
     cJSON                *output;
     int                   rounds, n_calls;
     cJSON                *ledger;      /* [{id,to,args,after,status,result,error,ms,attempts}] */
@@ -564,37 +565,52 @@ static int render_answer(struct orch_task *t, const cJSON *answer, cJSON **out)
     return *out ? 0 : -1;
 }
 
+/* Add item (NULL: its creation failed) to obj under key; 0 when either
+ * failed (item freed). */
+static int summary_add(cJSON *obj, const char *key, cJSON *item)
+{
+    if (item && (key ? cJSON_AddItemToObject(obj, key, item) : cJSON_AddItemToArray(obj, item)))
+        return 1;
+    cJSON_Delete(item);
+    return 0;
+}
+
 cJSON *orch_task_summary(const struct orch_task *t)
 {
-    cJSON *o = cJSON_CreateObject();
-    cJSON_AddStringToObject(o, "id", t->id);
-    cJSON_AddStringToObject(o, "status", orch_task_status_str(t->status));
-    cJSON_AddItemToObject(o, "output", t->output ? cJSON_Duplicate(t->output, 1) : cJSON_CreateNull());
-    cJSON *calls = cJSON_AddArrayToObject(o, "calls");
+    cJSON *o = cJSON_CreateObject(), *calls = NULL;
+    int ok = o && cJSON_AddStringToObject(o, "id", t->id) &&
+             cJSON_AddStringToObject(o, "status", orch_task_status_str(t->status)) &&
+             summary_add(o, "output", t->output ? cJSON_Duplicate(t->output, 1) : cJSON_CreateNull()) &&
+             (calls = cJSON_AddArrayToObject(o, "calls"));
     const cJSON *e;
-    cJSON_ArrayForEach(e, t->ledger) {
+    for (e = ok ? t->ledger->child : NULL; e && ok; e = e->next) {
         cJSON *c = cJSON_CreateObject();
+        ok = summary_add(calls, NULL, c);
         static const char *const keys[] = { "id", "to", "status", "result", "error", "ms", "attempts" };
-        for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        for (size_t i = 0; i < sizeof keys / sizeof keys[0] && ok; i++) {
             const cJSON *v = json_get(e, keys[i]);
-            cJSON_AddItemToObject(c, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
+            ok = summary_add(c, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
         }
-        cJSON_AddItemToArray(calls, c);
     }
-    cJSON_AddNumberToObject(o, "rounds", t->rounds);
-    if (t->usage && cJSON_GetArraySize(t->usage)) {
+    ok = ok && cJSON_AddNumberToObject(o, "rounds", t->rounds);
+    if (ok && t->usage && cJSON_GetArraySize(t->usage)) {
         int sum[3] = { 0, 0, 0 };
         static const char *const uk[] = { "prompt_tokens", "cached_tokens", "completion_tokens" };
         cJSON_ArrayForEach(e, t->usage)
             for (int i = 0; i < 3; i++)
                 sum[i] += (int)cJSON_GetNumberValue(json_get(e, uk[i]));
         cJSON *u = cJSON_AddObjectToObject(o, "usage");
-        for (int i = 0; i < 3; i++)
-            cJSON_AddNumberToObject(u, uk[i], sum[i]);
-        cJSON_AddItemToObject(u, "decisions", cJSON_Duplicate(t->usage, 1));
+        ok = u != NULL;
+        for (int i = 0; i < 3 && ok; i++)
+            ok = cJSON_AddNumberToObject(u, uk[i], sum[i]) != NULL;
+        ok = ok && summary_add(u, "decisions", cJSON_Duplicate(t->usage, 1));
     }
-    if (t->error)
-        cJSON_AddStringToObject(o, "error", t->error);
+    if (ok && t->error)
+        ok = cJSON_AddStringToObject(o, "error", t->error) != NULL;
+    if (!ok) {
+        cJSON_Delete(o);
+        return NULL;
+    }
     return o;
 }
 
@@ -670,8 +686,11 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     /* Ended before its calls are cancelled: a subscriber that ends the
      * task again from one of their `cancelled` records finds it ended. */
     t->status = st;
-    if (error)
-        t->error = strdup(error);
+    if (error && !(t->error = strdup(error))) {
+        /* out of memory: the message cut to fit, never dropped */
+        snprintf(t->error_short, sizeof t->error_short, "%s", error);
+        t->error = t->error_short;
+    }
     exec_group_cancel_all(t->g, st == TASK_COMPLETED ? "not used by the final answer" :
                                 st == TASK_CANCELLED ? "task cancelled" : "task failed");
     if (t->deadline)
@@ -1826,7 +1845,8 @@ static void task_free(struct orch_task *t)
     cJSON_Delete(t->final_pending);
     free(t->tenant);
     free(t->input);
-    free(t->error);
+    if (t->error != t->error_short)
+        free(t->error);
     if (t->prev) t->prev->next = t->next; else if (o->head == t) o->head = t->next;
     if (t->next) t->next->prev = t->prev; else if (o->tail == t) o->tail = t->prev;
     if (t->in_fin == FIN_LISTED)

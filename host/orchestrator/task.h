@@ -131,7 +131,8 @@ const char *orch_task_id(const struct orch_task *t);
 int64_t orch_task_created_ns(const struct orch_task *t);
 const char *orch_task_tenant(const struct orch_task *t);
 enum orch_task_status orch_task_status(const struct orch_task *t);
-/* {"id","status","output","calls":[...],"rounds","error"?} (caller frees). */
+/* {"id","status","output","calls":[...],"rounds","error"?} (caller frees);
+ * NULL when memory ran out (never a summary with a member missing). */
 cJSON *orch_task_summary(const struct orch_task *t);
 /* The prompt the model reads (caller frees; NULL when out of memory):
  * instructions, agent catalogue, task, then the transcript of every

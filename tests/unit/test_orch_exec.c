@@ -3143,6 +3143,23 @@ static void test_submit_take(void)
             const cJSON *out = json_get(sum, "output");
             CHECK_MSG(orch_task_status(t) == TASK_COMPLETED && cJSON_IsString(out) && !strcmp(out->valuestring, "42"),
                       "taken script: %s", orch_task_status_str(orch_task_status(t)));
+            /* the summary, each of its allocations failing in turn: NULL,
+             * never one with a member missing */
+            char *whole = sum ? cJSON_PrintUnformatted(sum) : NULL;
+            long a0 = json_alloc_count();
+            cJSON_Delete(orch_task_summary(t));
+            long n = json_alloc_count() - a0;
+            CHECK(whole && n > 10);
+            for (long f = 1; f <= n; f++) {
+                json_alloc_fail_after(f);
+                cJSON *part = orch_task_summary(t);
+                json_alloc_fail_after(0);
+                char *txt = part ? cJSON_PrintUnformatted(part) : NULL;
+                CHECK_MSG(!part || (txt && !strcmp(txt, whole)), "allocation %ld of %ld: %s", f, n, txt ? txt : "?");
+                free(txt);
+                cJSON_Delete(part);
+            }
+            free(whole);
             cJSON_Delete(sum);
         }
         cJSON_Delete(copy);   /* the task's script is its own now */
