@@ -171,19 +171,16 @@ static int chat_start(struct adapter_op *op, const char *url, const char *model)
     int st = PS_ENOMEM;
     if (!user || !body || !msgs)
         goto done;
-    cJSON_AddStringToObject(body, "model", model);
-    if (a->system_prompt) {
-        cJSON *m = cJSON_CreateObject();
-        cJSON_AddStringToObject(m, "role", "system");
-        cJSON_AddStringToObject(m, "content", a->system_prompt);
-        cJSON_AddItemToArray(msgs, m);
-    }
-    cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "role", "user");
-    cJSON_AddStringToObject(m, "content", user);
-    cJSON_AddItemToArray(msgs, m);
-    cJSON_AddNumberToObject(body, "max_tokens", a->max_tokens);
-    cJSON_AddBoolToObject(body, "stream", 0);
+    cJSON *sys = NULL, *m = NULL;
+    /* every member or no request: never a chat without its user message */
+    if (!cJSON_AddStringToObject(body, "model", model) ||
+        (a->system_prompt && (!json_add(msgs, NULL, sys = cJSON_CreateObject()) ||
+                              !cJSON_AddStringToObject(sys, "role", "system") ||
+                              !cJSON_AddStringToObject(sys, "content", a->system_prompt))) ||
+        !json_add(msgs, NULL, m = cJSON_CreateObject()) || !cJSON_AddStringToObject(m, "role", "user") ||
+        !cJSON_AddStringToObject(m, "content", user) || !cJSON_AddNumberToObject(body, "max_tokens", a->max_tokens) ||
+        !cJSON_AddBoolToObject(body, "stream", 0))
+        goto done;
     st = post_json(op, url, body, NULL, chat_done);
 done:
     free(user);

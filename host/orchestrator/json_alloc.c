@@ -49,3 +49,11 @@ cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom)
 
 void json_alloc_fail_after(long n) { fail_countdown = n > 0 ? n : 0; }
 long json_alloc_count(void) { return allocs; }
+
+int json_add(cJSON *to, const char *key, cJSON *item)
+{
+    if (item && to && (key ? cJSON_AddItemToObject(to, key, item) : cJSON_AddItemToArray(to, item)))
+        return 1;
+    cJSON_Delete(item);
+    return 0;
+}

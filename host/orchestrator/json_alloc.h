@@ -19,6 +19,11 @@ cJSON *json_parse_oom(const char *s, size_t n, int *oom);
 /* The same, with cJSON_ParseWithLengthOpts's end pointer (no trailing-
  * text check). */
 cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom);
+/* Add item to `to`: under key (copied) in an object, or appended to an
+ * array when key is NULL.  1 when added; 0 when item is NULL (its creation
+ * failed) or the key could not be copied, item then freed - so a builder
+ * can chain adds with && and drop the whole object on the first 0. */
+int    json_add(cJSON *to, const char *key, cJSON *item);
 /* Tests: the n-th cJSON allocation from now on this thread fails (0: none
  * fails); json_alloc_count: cJSON allocations made on this thread. */
 void   json_alloc_fail_after(long n);

@@ -170,14 +170,26 @@ static void build_headers(struct mcp_session *s)
     s->hdrs[i] = NULL;
 }
 
+/* The message builders return NULL when memory ran out, never a message
+ * with a member missing (a tools/call without its arguments, say); the
+ * senders (http_notify, http_send_call, stdio_write) take NULL as a
+ * message that could not be sent. */
+
+/* m when ok, else NULL (m freed). */
+static cJSON *msg_or_null(cJSON *m, int ok)
+{
+    if (ok)
+        return m;
+    cJSON_Delete(m);
+    return NULL;
+}
+
 static cJSON *rpc_new(long id, const char *method)
 {
     cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "jsonrpc", "2.0");
-    if (id >= 0)
-        cJSON_AddNumberToObject(m, "id", (double)id);
-    cJSON_AddStringToObject(m, "method", method);
-    return m;
+    return msg_or_null(m, m && cJSON_AddStringToObject(m, "jsonrpc", "2.0") &&
+                              (id < 0 || cJSON_AddNumberToObject(m, "id", (double)id)) &&
+                              cJSON_AddStringToObject(m, "method", method));
 }
 
 /* The op's request: tools/call of the agent's tool with the call's args,
@@ -185,17 +197,16 @@ static cJSON *rpc_new(long id, const char *method)
 static cJSON *tools_call_msg(struct adapter_op *op)
 {
     const struct agent_spec *a = op->rt->spec;
+    cJSON *p;
     if (op->mcp_list) {
         cJSON *m = rpc_new(op->rpc_id, "tools/list");
-        if (op->mcp_cursor)
-            cJSON_AddStringToObject(cJSON_AddObjectToObject(m, "params"), "cursor", op->mcp_cursor);
-        return m;
+        return msg_or_null(m, m && (!op->mcp_cursor || ((p = cJSON_AddObjectToObject(m, "params")) &&
+                                                         cJSON_AddStringToObject(p, "cursor", op->mcp_cursor))));
     }
     cJSON *m = rpc_new(op->rpc_id, "tools/call");
-    cJSON *p = cJSON_AddObjectToObject(m, "params");
-    cJSON_AddStringToObject(p, "name", a->tool ? a->tool : a->name);
-    cJSON_AddItemToObject(p, "arguments", cJSON_Duplicate(op->args, 1));
-    return m;
+    return msg_or_null(m, m && (p = cJSON_AddObjectToObject(m, "params")) &&
+                              cJSON_AddStringToObject(p, "name", a->tool ? a->tool : a->name) &&
+                              json_add(p, "arguments", cJSON_Duplicate(op->args, 1)));
 }
 
 /* The response to request `id` in a JSON body (takes j; NULL when there
@@ -354,7 +365,11 @@ static void finish_with_reply(struct adapter_op *op, const cJSON *msg, int64_t r
         return;
     }
     st = mcp_reply_result(msg, &res, err, sizeof err);
-    adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, recv_ns, send_ns);
+    if (st == FB_OK && !res)   /* an ok result is never recorded as null */
+        adapter_finish(op, FB_EXEC_ERROR, NULL, "out of memory while reading the MCP server's result", 0, recv_ns,
+                       send_ns);
+    else
+        adapter_finish(op, st, res, st == FB_OK ? NULL : err, 0, recv_ns, send_ns);
 }
 
 /* Fail every op waiting on / in flight in the session (after it is reset).
@@ -414,13 +429,17 @@ static void noop_done(void *ud, const struct httpc_response *r) { (void)ud; (voi
  * timeout_ms like a call: a server that never answers initialize must not
  * leave the session in INIT for ever (every later call would wait on it),
  * nor one that never answers a notification keep a request and its socket. */
-static void http_notify(struct mcp_session *s, cJSON *msg,
-                        void (*cb)(void *, const struct httpc_response *), void *ud)
+/* msg NULL: it could not be built.  PS_OK when sent (with cb: it is
+ * s->init_req), else an error said with ps_error_set. */
+static int http_notify(struct mcp_session *s, cJSON *msg,
+                       void (*cb)(void *, const struct httpc_response *), void *ud)
 {
-    char *text = cJSON_PrintUnformatted(msg);
+    char *text = msg ? cJSON_PrintUnformatted(msg) : NULL;
     cJSON_Delete(msg);
+    if (cb)
+        s->init_req = NULL;
     if (!text)
-        return;
+        return ps_error_set(PS_ENOMEM, "out of memory while building the message");
     build_headers(s);
     struct httpc_req *r = httpc_request(s->ex->http, "POST", s->rt->spec->url, s->hdrs,
                                         s->rt->spec->headers, text, strlen(text),
@@ -428,6 +447,7 @@ static void http_notify(struct mcp_session *s, cJSON *msg,
     free(text);
     if (cb)
         s->init_req = r;
+    return r ? PS_OK : PS_EIO;   /* httpc_request said why */
 }
 
 static int http_start(struct mcp_session *s, struct adapter_op *op);
@@ -547,8 +567,11 @@ static void http_flush_waiting(struct mcp_session *s)
     struct adapter_op *op;
     while ((op = s->waiting)) {
         waiting_unlink(s, op);
-        if (http_send_call(s, op))
-            adapter_finish(op, FB_EXEC_ERROR, NULL, "mcp: could not send the call", 1, 0, 0);
+        if (http_send_call(s, op)) {
+            char why[300];
+            snprintf(why, sizeof why, "mcp: could not send the call: %s", ps_error_last());
+            adapter_finish(op, FB_EXEC_ERROR, NULL, why, 1, 0, 0);
+        }
     }
 }
 
@@ -607,23 +630,22 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
         if (s->sid_header)
             snprintf(s->sid_header, n, "Mcp-Session-Id: %s", resp->session_id);
     }
-    http_notify(s, rpc_new(-1, "notifications/initialized"), http_initialized_done, s);
-    if (!s->init_req) {
+    if (http_notify(s, rpc_new(-1, "notifications/initialized"), http_initialized_done, s)) {
+        snprintf(why, sizeof why, "mcp: could not send notifications/initialized: %s", ps_error_last());
         s->state = MCP_NONE;
-        fail_all(s, "mcp: could not send notifications/initialized", 1);
+        fail_all(s, why, 1);
     }
 }
 
 static cJSON *initialize_msg(long id)
 {
-    cJSON *m = rpc_new(id, "initialize");
-    cJSON *p = cJSON_AddObjectToObject(m, "params");
-    cJSON_AddStringToObject(p, "protocolVersion", MCP_PROTOCOL_VERSION);
-    cJSON_AddObjectToObject(p, "capabilities");
-    cJSON *ci = cJSON_AddObjectToObject(p, "clientInfo");
-    cJSON_AddStringToObject(ci, "name", "paraserve");
-    cJSON_AddStringToObject(ci, "version", "0.1");
-    return m;
+    cJSON *m = rpc_new(id, "initialize"), *p, *ci;
+    return msg_or_null(m, m && (p = cJSON_AddObjectToObject(m, "params")) &&
+                              cJSON_AddStringToObject(p, "protocolVersion", MCP_PROTOCOL_VERSION) &&
+                              cJSON_AddObjectToObject(p, "capabilities") &&
+                              (ci = cJSON_AddObjectToObject(p, "clientInfo")) &&
+                              cJSON_AddStringToObject(ci, "name", "paraserve") &&
+                              cJSON_AddStringToObject(ci, "version", "0.1"));
 }
 
 /* ---- stdio ---------------------------------------------------------------- */
@@ -1001,17 +1023,14 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
     const cJSON *method = json_get(m, "method");
     if (cJSON_IsString(method)) {
         if (id) {   /* a request from the server: answer ping, refuse the rest */
-            cJSON *r = cJSON_CreateObject();
-            cJSON_AddStringToObject(r, "jsonrpc", "2.0");
-            cJSON_AddItemToObject(r, "id", cJSON_Duplicate(id, 1));
-            if (!strcmp(method->valuestring, "ping")) {
-                cJSON_AddObjectToObject(r, "result");
-            } else {
-                cJSON *e = cJSON_AddObjectToObject(r, "error");
-                cJSON_AddNumberToObject(e, "code", -32601);
-                cJSON_AddStringToObject(e, "message", "method not supported by paraserve");
-            }
-            stdio_write(s, r);   /* dropped when it is not reading */
+            cJSON *r = cJSON_CreateObject(), *e;
+            int ok = r && cJSON_AddStringToObject(r, "jsonrpc", "2.0") && json_add(r, "id", cJSON_Duplicate(id, 1));
+            if (!strcmp(method->valuestring, "ping"))
+                ok = ok && cJSON_AddObjectToObject(r, "result");
+            else
+                ok = ok && (e = cJSON_AddObjectToObject(r, "error")) && cJSON_AddNumberToObject(e, "code", -32601) &&
+                     cJSON_AddStringToObject(e, "message", "method not supported by paraserve");
+            stdio_write(s, msg_or_null(r, ok));   /* dropped when it is not reading, or out of memory */
         }
         return;
     }
@@ -1246,9 +1265,12 @@ static int stdio_start(struct mcp_session *s, struct adapter_op *op)
 static int http_init_send(struct mcp_session *s)
 {
     s->init_id = s->next_id++;
-    http_notify(s, initialize_msg(s->init_id), http_init_done, s);
-    if (!s->init_req)
-        return ps_error_set(PS_EIO, "mcp: could not send initialize");
+    int st = http_notify(s, initialize_msg(s->init_id), http_init_done, s);
+    if (st) {
+        char why[256];   /* ps_error_set must not read its own buffer */
+        snprintf(why, sizeof why, "%s", ps_error_last());
+        return ps_error_set(st, "mcp: could not send initialize: %s", why);
+    }
     s->state = MCP_INIT;
     return PS_OK;
 }
@@ -1284,10 +1306,11 @@ void mcp_op_cancel(struct adapter_op *op)
         return;
     }
     list_unlink(&s->inflight, op);
-    cJSON *m = rpc_new(-1, "notifications/cancelled");
-    cJSON *p = cJSON_AddObjectToObject(m, "params");
-    cJSON_AddNumberToObject(p, "requestId", (double)op->rpc_id);
-    cJSON_AddStringToObject(p, "reason", "cancelled by the orchestrator");
+    cJSON *m = rpc_new(-1, "notifications/cancelled"), *p;
+    /* out of memory: the cancel is not announced (the call is still ended) */
+    m = msg_or_null(m, m && (p = cJSON_AddObjectToObject(m, "params")) &&
+                       cJSON_AddNumberToObject(p, "requestId", (double)op->rpc_id) &&
+                       cJSON_AddStringToObject(p, "reason", "cancelled by the orchestrator"));
     if (op->rt->spec->kind == AGENT_MCP_HTTP)
         http_notify(s, m, NULL, NULL);
     else

@@ -15,6 +15,7 @@
 #include "orchestrator/action.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jbuf.h"
+#include "orchestrator/json_alloc.h"
 #include "orchestrator/registry.h"
 
 struct ev_rec {
@@ -425,22 +426,26 @@ static void transcript_feedback(struct orch_task *t, const cJSON *rec)
     if (t->script)
         return;
     cJSON *o = cJSON_CreateObject();
+    int ok = o != NULL;
     static const char *const keys[] = { "id", "to", "status" };
-    for (size_t i = 0; o && i < 3; i++)
-        cJSON_AddItemToObject(o, keys[i], cJSON_Duplicate(json_get(rec, keys[i]), 1));
+    for (size_t i = 0; ok && i < 3; i++)
+        ok = json_add(o, keys[i], cJSON_Duplicate(json_get(rec, keys[i]), 1));
     const cJSON *err = json_get(rec, "error");
     const cJSON *res = json_get(rec, "result");
-    if (o && cJSON_IsString(err)) {
-        cJSON_AddStringToObject(o, "error", err->valuestring);
-    } else if (o && res && !cJSON_IsNull(res)) {
+    if (ok && cJSON_IsString(err)) {
+        ok = cJSON_AddStringToObject(o, "error", err->valuestring) != NULL;
+    } else if (ok && res && !cJSON_IsNull(res)) {
         char *txt = exec_result_text(res);
         if (txt && strlen(txt) > TRANSCRIPT_RESULT_MAX)
             strcpy(txt + TRANSCRIPT_RESULT_MAX - 3, "...");
-        cJSON_AddStringToObject(o, "result", txt ? txt : "");
+        ok = txt && cJSON_AddStringToObject(o, "result", txt);
         free(txt);
     }
-    char *line = o ? cJSON_PrintUnformatted(o) : NULL;
+    char *line = ok ? cJSON_PrintUnformatted(o) : NULL;
     cJSON_Delete(o);
+    /* the model must never read a result line with a member missing, nor
+     * miss one: out of memory fails the task */
+    need(t, line != NULL);
     if (line)
         transcript_add(t, "Result: ", line, "\n");
     else
@@ -565,31 +570,21 @@ static int render_answer(struct orch_task *t, const cJSON *answer, cJSON **out)
     return *out ? 0 : -1;
 }
 
-/* Add item (NULL: its creation failed) to obj under key; 0 when either
- * failed (item freed). */
-static int summary_add(cJSON *obj, const char *key, cJSON *item)
-{
-    if (item && (key ? cJSON_AddItemToObject(obj, key, item) : cJSON_AddItemToArray(obj, item)))
-        return 1;
-    cJSON_Delete(item);
-    return 0;
-}
-
 cJSON *orch_task_summary(const struct orch_task *t)
 {
     cJSON *o = cJSON_CreateObject(), *calls = NULL;
     int ok = o && cJSON_AddStringToObject(o, "id", t->id) &&
              cJSON_AddStringToObject(o, "status", orch_task_status_str(t->status)) &&
-             summary_add(o, "output", t->output ? cJSON_Duplicate(t->output, 1) : cJSON_CreateNull()) &&
+             json_add(o, "output", t->output ? cJSON_Duplicate(t->output, 1) : cJSON_CreateNull()) &&
              (calls = cJSON_AddArrayToObject(o, "calls"));
     const cJSON *e;
     for (e = ok ? t->ledger->child : NULL; e && ok; e = e->next) {
         cJSON *c = cJSON_CreateObject();
-        ok = summary_add(calls, NULL, c);
+        ok = json_add(calls, NULL, c);
         static const char *const keys[] = { "id", "to", "status", "result", "error", "ms", "attempts" };
         for (size_t i = 0; i < sizeof keys / sizeof keys[0] && ok; i++) {
             const cJSON *v = json_get(e, keys[i]);
-            ok = summary_add(c, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
+            ok = json_add(c, keys[i], v ? cJSON_Duplicate(v, 1) : cJSON_CreateNull());
         }
     }
     ok = ok && cJSON_AddNumberToObject(o, "rounds", t->rounds);
@@ -603,7 +598,7 @@ cJSON *orch_task_summary(const struct orch_task *t)
         ok = u != NULL;
         for (int i = 0; i < 3 && ok; i++)
             ok = cJSON_AddNumberToObject(u, uk[i], sum[i]) != NULL;
-        ok = ok && summary_add(u, "decisions", cJSON_Duplicate(t->usage, 1));
+        ok = ok && json_add(u, "decisions", cJSON_Duplicate(t->usage, 1));
     }
     if (ok && t->error)
         ok = cJSON_AddStringToObject(o, "error", t->error) != NULL;
@@ -874,10 +869,8 @@ static cJSON *call_with_id(const cJSON *call, const char *id)
     for (const cJSON *k = call->child; k; k = k->next) {
         if (!strcmp(k->string, "id"))
             continue;
-        cJSON *v = cJSON_Duplicate(k, 1);
-        if (!v)
+        if (!json_add(c, k->string, cJSON_Duplicate(k, 1)))
             goto fail;
-        cJSON_AddItemToObject(c, k->string, v);
     }
     return c;
 fail:
@@ -1089,7 +1082,11 @@ static cJSON *final_salvage(struct orch_task *t)
         cJSON_Delete(act);
         return NULL;
     }
-    cJSON_AddItemToObject(fin, "answer", ans);
+    if (!json_add(fin, "answer", ans)) {
+        cJSON_Delete(act);
+        log_fail(t, PS_ENOMEM);
+        return NULL;
+    }
     /* The cut text never reached "uses": the calls the answer references
      * ({{id}} / {{id.path}}) are its uses, so it waits for them - unless
      * the deadline is near (finalize): then a call still running is left
@@ -1105,8 +1102,11 @@ static cJSON *final_salvage(struct orch_task *t)
         const cJSON *u;
         cJSON_ArrayForEach(u, uses) seen |= !strcmp(u->valuestring, id);
         int cs = exec_group_call_status(t->g, id);
-        if (!seen && cs != -1 && !(t->finalize && cs == -2))
-            cJSON_AddItemToArray(uses, cJSON_CreateString(id));
+        if (!seen && cs != -1 && !(t->finalize && cs == -2) && !json_add(uses, NULL, cJSON_CreateString(id))) {
+            cJSON_Delete(act);     /* a final without one of its uses would not wait for it */
+            log_fail(t, PS_ENOMEM);
+            return NULL;
+        }
     }
     if (!cJSON_GetArraySize(uses))
         cJSON_DeleteItemFromObjectCaseSensitive(fin, "uses");

@@ -1589,6 +1589,25 @@ static void hs_hang(int fd)
     }
 }
 
+/* Whether an MCP message has every member paraserve's builders put in it
+ * (/mcp-strict). */
+static int hs_mcp_well_formed(const cJSON *m, const char *meth)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(m, "params");
+    if (!cJSON_IsString(cJSON_GetObjectItemCaseSensitive(m, "jsonrpc")) || !*meth)
+        return 0;
+    if (!strcmp(meth, "initialize"))
+        return cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "id")) &&
+               cJSON_IsString(cJSON_GetObjectItemCaseSensitive(p, "protocolVersion")) &&
+               cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(p, "capabilities")) &&
+               cJSON_IsString(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(p, "clientInfo"), "name"));
+    if (!strcmp(meth, "tools/call"))
+        return cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "id")) &&
+               cJSON_IsString(cJSON_GetObjectItemCaseSensitive(p, "name")) &&
+               cJSON_IsObject(cJSON_GetObjectItemCaseSensitive(p, "arguments"));
+    return 1;
+}
+
 /* One request (`head`: its request line and headers); returns 0 to keep
  * the connection, -1 to close it. */
 static int hs_handle(int fd, const char *path, const char *head, const char *body)
@@ -1624,6 +1643,40 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
         } else {
             hs_send(fd, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
         }
+    } else if (!strcmp(path, "/mcp-strict")) {
+        /* MCP that refuses, in JSON-RPC, a message with a member missing
+         * (built out of memory and sent anyway); its own counters (the
+         * /mcp paths' hs_inits is theirs) */
+        if (!hs_mcp_well_formed(m, meth))
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"error\":{\"code\":-32602,"
+                     "\"message\":\"malformed %s\"}}", id, meth);
+        else if (!strcmp(meth, "initialize"))
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"protocolVersion\":"
+                     "\"2025-06-18\",\"capabilities\":{},\"serverInfo\":{\"name\":\"h\",\"version\":\"1\"}}}", id);
+        else if (!strcmp(meth, "tools/call"))
+            snprintf(out, sizeof out, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"content\":"
+                     "[{\"type\":\"text\",\"text\":\"hi\"}]}}", id);
+        else
+            out[0] = 0;
+        if (out[0])
+            hs_reply(fd, 200, !strcmp(meth, "initialize") ? "Mcp-Session-Id: strict\r\n" : "", out);
+        else
+            hs_send(fd, "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n");
+    } else if (!strcmp(path, "/chat-strict")) {
+        /* an OpenAI chat request with every member the adapter sends */
+        const cJSON *msgs = cJSON_GetObjectItemCaseSensitive(m, "messages");
+        const cJSON *last = cJSON_GetArrayItem(msgs, cJSON_GetArraySize(msgs) - 1);
+        const cJSON *role = cJSON_GetObjectItemCaseSensitive(last, "role");
+        int ok = cJSON_IsString(cJSON_GetObjectItemCaseSensitive(m, "model")) && cJSON_GetArraySize(msgs) == 2 &&
+                 cJSON_IsString(role) && !strcmp(role->valuestring, "user") &&
+                 cJSON_IsString(cJSON_GetObjectItemCaseSensitive(last, "content")) &&
+                 cJSON_IsString(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(msgs, 0), "content")) &&
+                 cJSON_IsNumber(cJSON_GetObjectItemCaseSensitive(m, "max_tokens")) &&
+                 cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(m, "stream"));
+        if (ok)
+            hs_reply(fd, 200, "", "{\"choices\":[{\"message\":{\"role\":\"assistant\",\"content\":\"chat ok\"}}]}");
+        else
+            hs_reply(fd, 400, "", "{\"error\":{\"message\":\"malformed chat request\"}}");
     } else if (!strncmp(path, "/mcp", 4)) {
         int hang_notify = strstr(path, "notify-hang") != NULL;
         if (!strcmp(meth, "initialize")) {
@@ -3107,6 +3160,94 @@ static int summary_says(const cJSON *sum, const char *needle)
     return yes;
 }
 
+/* The MCP and OpenAI-chat adapters out of memory: a task with an mcp-http
+ * call and an openai-chat call (both to servers that refuse a message with
+ * a member missing, /mcp-strict and /chat-strict) runs once per cJSON
+ * allocation it makes on the loop's thread, that allocation failing, each
+ * on a fresh orchestrator (so MCP's initialize is built every time).  Each
+ * run must be refused, fail out of memory, complete with a call whose
+ * record says out of memory, or complete with the clean run's answer:
+ * never a call the server refused as malformed. */
+static void test_cjson_out_of_memory_mcp_and_chat(void)
+{
+    if (hs_start()) {
+        CHECK(!"hostile server");
+        return;
+    }
+    char pool_json[1024];
+    snprintf(pool_json, sizeof pool_json,
+             "{\"agents\":[{\"name\":\"tool\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-strict\","
+             "\"timeout_ms\":5000,\"retries\":0,\"breaker_failures\":0,\"input_schema\":{\"type\":\"object\"}},"
+             "{\"name\":\"chat\",\"kind\":\"openai-chat\",\"url\":\"http://127.0.0.1:%d/chat-strict\","
+             "\"model\":\"m\",\"system_prompt\":\"Be brief.\",\"timeout_ms\":5000,\"retries\":0,"
+             "\"breaker_failures\":0}]}", hs_port, hs_port);
+    struct registry *reg = NULL;
+    CHECK_MSG(registry_load_json(pool_json, "pool", &reg) == PS_OK, "%s", ps_error_last());
+    cJSON *req = cJSON_Parse("{\"input\":\"oom\",\"script\":[{\"calls\":["
+        "{\"id\":\"m\",\"to\":\"tool\",\"args\":{\"x\":1}},"
+        "{\"id\":\"c\",\"to\":\"chat\",\"args\":{\"input\":\"hello\"}}]},"
+        "{\"final\":{\"answer\":\"{{m}} {{c}}\",\"uses\":[\"m\",\"c\"]}}]}");
+    CHECK(reg && req);
+    int refused = 0, failed = 0, call_oom = 0, same = 0;
+    long total = 0;
+    for (long k = 0; reg && req && k <= total + 4; k++) {
+        struct event_base *base = event_base_new();
+        struct exec_config ec = { .seed = 3, .http_threads = test_http_threads() };
+        struct orch *o = orch_create(base, reg, &ec, NULL);
+        CHECK(base && o);
+        if (!o) {
+            event_base_free(base);
+            break;
+        }
+        struct run r = { .base = base, .expect = 1 };
+        orch_set_done_cb(o, on_done, &r);
+        struct orch_task *t = NULL;
+        long a0 = json_alloc_count();
+        json_alloc_fail_after(k);              /* k = 0: the clean run, counted */
+        int st = orch_task_submit(o, req, NULL, &t);
+        if (st == PS_OK) {
+            struct event *guard = evtimer_new(base, hs_guard, base);
+            struct timeval tv = { 10, 0 };
+            evtimer_add(guard, &tv);
+            event_base_dispatch(base);
+            event_free(guard);
+        }
+        json_alloc_fail_after(0);
+        if (k == 0)
+            total = json_alloc_count() - a0;
+        cJSON *sum = t ? orch_task_summary(t) : NULL;
+        char *txt = sum ? cJSON_PrintUnformatted(sum) : NULL;
+        const cJSON *out = json_get(sum, "output");
+        enum orch_task_status ts = t ? orch_task_status(t) : TASK_FAILED;
+        if (k == 0) {
+            CHECK_MSG(ts == TASK_COMPLETED && cJSON_IsString(out) && !strcmp(out->valuestring, "hi chat ok") &&
+                      total > 50, "the clean run (%ld allocations): %s", total, txt ? txt : "?");
+        } else if (st != PS_OK) {
+            refused++;
+            CHECK_MSG(st == PS_ENOMEM, "allocation %ld: submit refused with %d", k, st);
+        } else if (txt && strstr(txt, "malformed")) {
+            CHECK_MSG(0, "allocation %ld of %ld: a malformed request was sent: %s", k, total, txt);
+        } else if (ts == TASK_FAILED && txt && strstr(txt, "memory")) {
+            failed++;
+        } else if (ts == TASK_COMPLETED && txt && strstr(txt, "out of memory")) {
+            call_oom++;
+        } else if (ts == TASK_COMPLETED && cJSON_IsString(out) && !strcmp(out->valuestring, "hi chat ok")) {
+            same++;
+        } else {
+            CHECK_MSG(0, "allocation %ld of %ld: the task ended %s: %.1200s", k, total, orch_task_status_str(ts),
+                      txt ? txt : "(no summary)");
+        }
+        free(txt);
+        cJSON_Delete(sum);
+        orch_destroy(o);
+        event_base_free(base);
+    }
+    printf("mcp-http + openai-chat out of memory at each of %ld allocations: %d refused, %d failed, "
+           "%d call records, %d as without the failure\n", total, refused, failed, call_oom, same);
+    cJSON_Delete(req);
+    registry_free(reg);
+}
+
 /* orch_task_submit_take (the server's): on success the task has the
  * request's script (detached from it) and runs it; a submit refused for
  * lack of memory - each of its cJSON allocations failing in turn - leaves
@@ -3270,6 +3411,7 @@ int main(void)
     test_mock_threads_share_a_port();
     test_submit_take();
     test_cjson_out_of_memory_everywhere();
+    test_cjson_out_of_memory_mcp_and_chat();
     test_many_tasks();
     test_task_lookup_and_eviction_at_scale();
     test_subscribed_finished_tasks_kept_then_evicted();
