@@ -7,17 +7,21 @@
 static _Thread_local long fail_countdown;  /* > 0: the allocation that brings it to 0 fails */
 static _Thread_local long allocs;
 static _Thread_local int  failed;          /* an allocation failed since the last json_parse_oom began */
+static _Thread_local long failures;        /* failed allocations on this thread */
 
 static void *json_malloc(size_t n)
 {
     allocs++;
     if (fail_countdown > 0 && --fail_countdown == 0) {
         failed = 1;
+        failures++;
         return NULL;
     }
     void *p = malloc(n);
-    if (!p)
+    if (!p) {
         failed = 1;
+        failures++;
+    }
     return p;
 }
 
@@ -49,6 +53,7 @@ cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom)
 
 void json_alloc_fail_after(long n) { fail_countdown = n > 0 ? n : 0; }
 long json_alloc_count(void) { return allocs; }
+long json_alloc_failures(void) { return failures; }
 
 int json_add(cJSON *to, const char *key, cJSON *item)
 {

@@ -24,6 +24,10 @@ cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom);
  * failed) or the key could not be copied, item then freed - so a builder
  * can chain adds with && and drop the whole object on the first 0. */
 int    json_add(cJSON *to, const char *key, cJSON *item);
+/* cJSON allocations that failed on this thread so far: a builder that
+ * reads it before and after knows whether anything it added (or printed)
+ * was dropped, without checking every call. */
+long   json_alloc_failures(void);
 /* Tests: the n-th cJSON allocation from now on this thread fails (0: none
  * fails); json_alloc_count: cJSON allocations made on this thread. */
 void   json_alloc_fail_after(long n);

@@ -50,11 +50,12 @@ const char *api_http_reason(int status)
 
 char *api_error_json(const struct api_error *e)
 {
+    long f0 = json_alloc_failures();
     cJSON *root = cJSON_CreateObject();
     cJSON *err = cJSON_AddObjectToObject(root, "error");
     size_t n;
     char *msg = utf8_sanitize(e->message, strlen(e->message), &n);
-    cJSON_AddStringToObject(err, "message", msg ? msg : "error");
+    bool ok = msg && cJSON_AddStringToObject(err, "message", msg);
     free(msg);
     cJSON_AddStringToObject(err, "type", e->type ? e->type : "invalid_request_error");
     if (e->param[0])
@@ -67,6 +68,10 @@ char *api_error_json(const struct api_error *e)
         cJSON_AddNullToObject(err, "code");
     char *s = cJSON_PrintUnformatted(root);
     cJSON_Delete(root);
+    if (!ok || json_alloc_failures() != f0) {
+        free(s);
+        return NULL;
+    }
     return s;
 }
 

@@ -32,8 +32,12 @@ struct api_error {
 int api_error_set(struct api_error *e, int status, const char *type, const char *code,
                   const char *param, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
 
-/* {"error":{"message","type","param","code"}}; malloc'd, caller frees. */
+/* {"error":{"message","type","param","code"}}; malloc'd, caller frees;
+ * NULL when memory ran out (never a body with a member missing): send
+ * API_ERROR_OOM_BODY then. */
 char *api_error_json(const struct api_error *e);
+#define API_ERROR_OOM_BODY \
+    "{\"error\":{\"message\":\"out of memory\",\"type\":\"server_error\",\"param\":null,\"code\":null}}"
 
 /* The HTTP reason phrase of a status the server sends; NULL for others. */
 const char *api_http_reason(int status);

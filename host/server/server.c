@@ -22,6 +22,7 @@
 #include "../common/grow.h"
 #include "../common/json_get.h"
 #include "../common/status.h"
+#include "../orchestrator/json_alloc.h"
 #include "../engine/backend.h"
 #include "backend_cuda.h"
 #include "../engine/engine.h"
@@ -182,6 +183,10 @@ struct gen_ctx {
     bool                   failed;  /* fail: the error the request ends with
                                        (a reply when no header went out, else
                                        an error event already sent)     */
+    bool                   oom;     /* a piece of the answer (text, a chunk)
+                                       could not be kept or built: nothing
+                                       more is sent, the request ends with
+                                       the out-of-memory error */
     struct api_error       fail;
 };
 
@@ -221,7 +226,7 @@ static void reply_error(struct server *srv, struct evhttp_request *req, enum met
                         const struct api_error *e)
 {
     char *json = api_error_json(e);
-    reply_json(srv, req, route, e->status, json ? json : "{\"error\":{\"message\":\"out of memory\"}}");
+    reply_json(srv, req, route, e->status, json ? json : API_ERROR_OOM_BODY);
     free(json);
 }
 
@@ -246,13 +251,17 @@ static void reply_method(struct server *srv, struct evhttp_request *req, enum me
 
 /* ---- OpenAI JSON pieces --------------------------------------------------------------- */
 
-static void add_text(cJSON *obj, const char *key, const char *s, size_t len)
+/* False when out of memory (never an empty text in its place). */
+static bool add_text(cJSON *obj, const char *key, const char *s, size_t len)
 {
     size_t n;
     char *clean = utf8_sanitize(s, len, &n);
-    cJSON_AddStringToObject(obj, key, clean ? clean : "");
+    bool ok = clean && cJSON_AddStringToObject(obj, key, clean);
     free(clean);
+    return ok;
 }
+
+static const char answer_oom[] = "out of memory while building the answer";
 
 /* A request's usage, as OpenAI counts n > 1: the prompt once (choice 0's
  * numbers: every choice has the same prompt, and its cached tokens are
@@ -282,18 +291,6 @@ static cJSON *usage_json(const struct gen_ctx *g)
 
 /* ---- logprobs ---------------------------------------------------------------------- */
 
-/* Add item (taken: freed when it cannot be added) to an object under key,
- * or to an array (key NULL).  False when item is NULL (a failed create)
- * or out of memory. */
-static bool json_add(cJSON *to, const char *key, cJSON *item)
-{
-    if (!item)
-        return false;
-    if (key ? cJSON_AddItemToObject(to, key, item) : cJSON_AddItemToArray(to, item))
-        return true;
-    cJSON_Delete(item);
-    return false;
-}
 
 /* Record a TOKEN event's token (ev->has_logprob), taking its piece (ev->piece
  * becomes NULL); on failure l->failed: out of memory here, or in the engine
@@ -615,8 +612,8 @@ static bool chat_logprobs_add(cJSON *choice, cJSON *entries)
  * pending entry as logprobs.content (null when there are none).  NULL (no
  * chunk) when there is nothing to send yet (chat: a tool call's name not
  * complete) or the logprobs cannot be listed: then c->lp.failed. */
-static cJSON *chunk_json(struct gen_ctx *g, struct gen_choice *ch, const char *text, size_t len,
-                         const char *finish, bool role)
+static cJSON *chunk_build(struct gen_ctx *g, struct gen_choice *ch, const char *text, size_t len,
+                          const char *finish, bool role)
 {
     cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
@@ -656,7 +653,11 @@ static cJSON *chunk_json(struct gen_ctx *g, struct gen_choice *ch, const char *t
             return NULL;
         }
     } else {
-        add_text(c, "text", text ? text : "", text ? len : 0);
+        if (!add_text(c, "text", text ? text : "", text ? len : 0)) {
+            cJSON_Delete(o);
+            g->oom = true;
+            return NULL;
+        }
         if (g->logprobs && text) {
             /* The logprobs lost (ch->lp.failed): no chunk at all; the
              * request ends with the error event (choice_done). */
@@ -677,6 +678,24 @@ static cJSON *chunk_json(struct gen_ctx *g, struct gen_choice *ch, const char *t
     return o;
 }
 
+/* chunk_build, or NULL with g->oom set when any of its cJSON allocations
+ * failed (a chunk with a member missing is never sent); NULL at once once
+ * g->oom is set (a stream with a hole in it is never sent either). */
+static cJSON *chunk_json(struct gen_ctx *g, struct gen_choice *ch, const char *text, size_t len,
+                         const char *finish, bool role)
+{
+    if (g->oom)
+        return NULL;
+    long f0 = json_alloc_failures();
+    cJSON *o = chunk_build(g, ch, text, len, finish, role);
+    if (json_alloc_failures() != f0) {
+        cJSON_Delete(o);
+        g->oom = true;
+        return NULL;
+    }
+    return o;
+}
+
 /* One "data: <json>" event on g's stream; takes json (NULL: nothing sent). */
 static void sse_send_data(struct gen_ctx *g, char *json)
 {
@@ -692,8 +711,10 @@ static void sse_send_data(struct gen_ctx *g, char *json)
 
 static void sse_send(struct gen_ctx *g, cJSON *obj)
 {
-    char *s = cJSON_PrintUnformatted(obj);
+    char *s = obj ? cJSON_PrintUnformatted(obj) : NULL;
     cJSON_Delete(obj);
+    if (obj && !s)
+        g->oom = true;
     sse_send_data(g, s);
 }
 
@@ -715,7 +736,8 @@ static void sse_start(struct gen_ctx *g)
 /* A data: line holding an OpenAI error object (the stream's end). */
 static void sse_send_error(struct gen_ctx *g, const struct api_error *e)
 {
-    sse_send_data(g, api_error_json(e));
+    char *json = api_error_json(e);
+    sse_send_data(g, json ? json : strdup(API_ERROR_OOM_BODY));
 }
 
 /* ---- request context lifecycle ------------------------------------------------------- */
@@ -856,14 +878,14 @@ static void choice_done(struct gen_ctx *g, struct gen_choice *c, const struct en
         return;
     }
     if (!g->stream) {
-        if (bad || (g->logprobs && c->lp.failed)) {
+        if (ev->text_len && evbuffer_add(c->text, ev->text, ev->text_len))
+            g->oom = true;
+        if (bad || (g->logprobs && c->lp.failed) || g->oom) {
             api_error_set(&e, 500, "server_error", NULL, NULL, "%s",
-                          ev->error ? ev->error : bad ? "engine failure" : lp_oom);
+                          ev->error ? ev->error : bad ? "engine failure" : g->oom ? answer_oom : lp_oom);
             request_fail(g, &e);
             return;
         }
-        if (ev->text_len)
-            evbuffer_add(c->text, ev->text, ev->text_len);
         return;
     }
     sse_start(g);
@@ -872,14 +894,19 @@ static void choice_done(struct gen_ctx *g, struct gen_choice *c, const struct en
     /* the finish chunk carries chat's pending logprobs: made before the
      * choice between it and the error event */
     cJSON *last = bad || c->lp.failed ? NULL : chunk_json(g, c, NULL, 0, c->finish, false);
-    if (bad || (g->logprobs && c->lp.failed)) {
+    if (bad || (g->logprobs && c->lp.failed) || g->oom) {
         cJSON_Delete(last);
         api_error_set(&e, 500, "server_error", ev->finish == FINISH_CANCELLED ? "cancelled" : NULL, NULL, "%s",
-                      ev->error ? ev->error : !bad ? lp_oom : "generation cancelled (server shutting down)");
+                      ev->error ? ev->error : bad ? "generation cancelled (server shutting down)"
+                                              : g->oom ? answer_oom : lp_oom);
         request_fail(g, &e);
         return;
     }
     sse_send(g, last);
+    if (g->oom) {   /* the last chunk could not be printed */
+        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", answer_oom);
+        request_fail(g, &e);
+    }
 }
 
 /* Every submitted choice is DONE: count the request, then answer it - the
@@ -916,10 +943,22 @@ static void request_done(struct server *srv, struct gen_ctx *g)
     }
     if (g->stream) {
         if (!g->failed && g->include_usage) {
+            long f0 = json_alloc_failures();
             cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
             cJSON_AddArrayToObject(o, "choices");
             cJSON_AddItemToObject(o, "usage", usage_json(g));
-            sse_send(g, o);
+            char *text = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            if (!text || json_alloc_failures() != f0) {
+                /* the stream ends with the error event, not a usage chunk
+                 * with a member missing */
+                free(text);
+                struct api_error e;
+                api_error_set(&e, 500, "server_error", NULL, NULL, "%s", answer_oom);
+                sse_send_error(g, &e);
+            } else {
+                sse_send_data(g, text);
+            }
         }
         struct evbuffer *b = evbuffer_new();
         if (b) {
@@ -931,6 +970,8 @@ static void request_done(struct server *srv, struct gen_ctx *g)
         metrics_request(&srv->m, g->route, 200);
         return;
     }
+    long f0 = json_alloc_failures();
+    bool texts_ok = true;
     cJSON *o = base_object(g, g->chat ? "chat.completion" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     for (int32_t i = 0; i < g->n_choices; i++) {
@@ -946,7 +987,7 @@ static void request_done(struct server *srv, struct gen_ctx *g)
             cJSON_AddStringToObject(msg, "role", "assistant");
             finish = openai_output_message(ch->out, text, len, finish, msg);
         } else {
-            add_text(c, "text", text, len);
+            texts_ok = texts_ok && add_text(c, "text", text, len);
         }
         if (g->logprobs) {
             /* chat: every listed token, a tool call's included (its message
@@ -967,7 +1008,15 @@ static void request_done(struct server *srv, struct gen_ctx *g)
     cJSON_AddItemToObject(o, "usage", usage_json(g));
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
-    reply_json(srv, g->req, g->route, 200, s ? s : "{}");
+    if (!s || !texts_ok || json_alloc_failures() != f0) {
+        /* a 500, never a 200 with a member (or the whole body) missing */
+        free(s);
+        struct api_error e;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", answer_oom);
+        reply_error(srv, g->req, g->route, &e);
+        return;
+    }
+    reply_json(srv, g->req, g->route, 200, s);
     free(s);
 }
 
@@ -1001,8 +1050,8 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
                 sse_start(g);
                 if (ev->text_len)
                     sse_send(g, chunk_json(g, c, ev->text, ev->text_len, NULL, false));
-            } else if (ev->text_len) {
-                evbuffer_add(c->text, ev->text, ev->text_len);
+            } else if (ev->text_len && evbuffer_add(c->text, ev->text, ev->text_len)) {
+                g->oom = true;   /* the reply fails with it at the choice's end */
             }
             continue;
         }
@@ -1533,7 +1582,8 @@ static void guard_output(struct evbuffer *buf, const struct evbuffer_cb_info *in
     int len = snprintf(reply, sizeof reply,
                        "HTTP/1.%c %d %s\r\nContent-Type: application/json\r\n"
                        "Connection: close\r\nContent-Length: %zu\r\n\r\n%s\n",
-                       head[7], status, reason ? reason : "Error", (json ? strlen(json) : 2) + 1, json ? json : "{}");
+                       head[7], status, reason ? reason : "Error", strlen(json ? json : API_ERROR_OOM_BODY) + 1,
+                       json ? json : API_ERROR_OOM_BODY);
     free(json);
     if (len <= 0 || (size_t)len >= sizeof reply)
         return;

@@ -131,7 +131,7 @@ static void reply_json(struct tasks_api *api, struct evhttp_request *req, int st
 static void reply_error(struct tasks_api *api, struct evhttp_request *req, const struct api_error *e)
 {
     char *json = api_error_json(e);
-    reply_json(api, req, e->status, json ? json : "{\"error\":{\"message\":\"out of memory\"}}");
+    reply_json(api, req, e->status, json ? json : API_ERROR_OOM_BODY);
     free(json);
 }
 

@@ -2,7 +2,9 @@
  * JSON body: bad text is a 400 naming the byte, memory running out while
  * parsing a 500 server_error (json_alloc_fail_after makes each of the
  * parse's allocations fail in turn), never a 400 that blames the client;
- * nothing leaks (ASan). */
+ * and api_error_json, the error body every route sends: whole or NULL
+ * (the caller then sends API_ERROR_OOM_BODY), never a body with a member
+ * missing; nothing leaks (ASan). */
 #include <stdio.h>
 #include <string.h>
 
@@ -46,5 +48,32 @@ int main(void)
     root = NULL;
     CHECK(api_json_body_parse(bad, strlen(bad), &root, &err) != 0 && err.status == 400 && !root);
     CHECK_MSG(strstr(err.message, "error near byte"), "%s", err.message);
+
+    /* the error body, each of its allocations failing in turn */
+    api_error_set(&err, 400, "invalid_request_error", "invalid_value", "temperature", "temperature: %s", "too hot");
+    char *whole = api_error_json(&err);
+    CHECK(whole && strstr(whole, "\"param\":\"temperature\"") && strstr(whole, "\"code\":\"invalid_value\""));
+    a0 = json_alloc_count();
+    free(api_error_json(&err));
+    allocs = json_alloc_count() - a0;
+    int nulls = 0;
+    for (long k = 1; k <= allocs; k++) {
+        json_alloc_fail_after(k);
+        char *part = api_error_json(&err);
+        json_alloc_fail_after(0);
+        CHECK_MSG(!part || !strcmp(part, whole), "allocation %ld of %ld: %s", k, allocs, part);
+        nulls += !part;
+        free(part);
+    }
+    CHECK(nulls == allocs);
+    cJSON *oom_body = cJSON_Parse(API_ERROR_OOM_BODY);
+    const cJSON *oe = cJSON_GetObjectItemCaseSensitive(oom_body, "error");
+    CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(oe, "message")) &&
+          cJSON_IsString(cJSON_GetObjectItemCaseSensitive(oe, "type")) &&
+          cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(oe, "param")) &&
+          cJSON_IsNull(cJSON_GetObjectItemCaseSensitive(oe, "code")));
+    cJSON_Delete(oom_body);
+    free(whole);
+    printf("error body: each of its %ld allocations failing gives NULL (%d)\n", allocs, nulls);
     TEST_DONE();
 }
