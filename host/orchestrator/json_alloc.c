@@ -54,6 +54,7 @@ cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom)
 void json_alloc_fail_after(long n) { fail_countdown = n > 0 ? n : 0; }
 long json_alloc_count(void) { return allocs; }
 long json_alloc_failures(void) { return failures; }
+void json_alloc_failed(void) { failures++; }
 
 int json_add(cJSON *to, const char *key, cJSON *item)
 {

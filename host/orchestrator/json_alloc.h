@@ -28,6 +28,9 @@ int    json_add(cJSON *to, const char *key, cJSON *item);
  * reads it before and after knows whether anything it added (or printed)
  * was dropped, without checking every call. */
 long   json_alloc_failures(void);
+/* Count a failure of the builder's own (a malloc outside cJSON, say the
+ * copy of a text it was to add) among json_alloc_failures. */
+void   json_alloc_failed(void);
 /* Tests: the n-th cJSON allocation from now on this thread fails (0: none
  * fails); json_alloc_count: cJSON allocations made on this thread. */
 void   json_alloc_fail_after(long n);

@@ -943,9 +943,10 @@ static char *tools_prompt(const cJSON *list, const char *forced, bool lazy, bool
         return NULL;
     const cJSON *t;
     cJSON_ArrayForEach(t, list) {
-        cJSON *d = cJSON_Duplicate(t, 1);
-        if (d)
-            cJSON_AddItemToArray(arr, d);
+        if (!json_add(arr, NULL, cJSON_Duplicate(t, 1))) {   /* never a prompt without one of the tools */
+            cJSON_Delete(arr);
+            return NULL;
+        }
     }
     char *tools = cJSON_PrintUnformatted(arr);
     cJSON_Delete(arr);
@@ -1001,7 +1002,10 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
     const cJSON *ptc = json_get(root, "parallel_tool_calls");   /* a boolean or null */
     bool parallel = !ptc || !cJSON_IsFalse(ptc);
 
-    /* [{name, parameters}] of the callable tools (only the forced one) */
+    /* [{name, parameters}] of the callable tools (only the forced one);
+     * built all-or-nothing (f0): a tool without its parameters would get a
+     * looser grammar than it asked for */
+    long f0 = json_alloc_failures();
     cJSON *list = cJSON_CreateArray(), *shown = cJSON_CreateArray();
     char *schema = NULL;
     int rc = 0, i = 0;
@@ -1073,7 +1077,8 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
         goto done;
     }
     char *lj = cJSON_PrintUnformatted(list);
-    if (!lj) {
+    if (!lj || json_alloc_failures() != f0) {
+        free(lj);
         rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         goto done;
     }
@@ -1331,6 +1336,8 @@ static cJSON *tool_call_json(const struct openai_output *o, int k, bool first, b
     cJSON *fn = ok ? cJSON_AddObjectToObject(c, "function") : NULL;
     ok = fn && (!first || cJSON_AddStringToObject(fn, "name", o->calls[k].name));
     char *a = ok ? utf8_sanitize(args, n, NULL) : NULL;
+    if (ok && !a)
+        json_alloc_failed();
     ok = a && cJSON_AddStringToObject(fn, "arguments", a);
     free(a);
     if (!ok) {
@@ -1340,10 +1347,15 @@ static cJSON *tool_call_json(const struct openai_output *o, int k, bool first, b
     return c;
 }
 
+/* Out of memory is counted (json_alloc_failures): the caller's builder
+ * drops the whole chunk or reply, never sends "" in its place. */
 static void add_content(cJSON *obj, const char *text, size_t len)
 {
     char *clean = utf8_sanitize(text, len, NULL);
-    cJSON_AddStringToObject(obj, "content", clean ? clean : "");
+    if (!clean)
+        json_alloc_failed();
+    else
+        cJSON_AddStringToObject(obj, "content", clean);
     free(clean);
 }
 
@@ -1355,8 +1367,10 @@ bool openai_output_delta(struct openai_output *o, const char *text, size_t len, 
         add_content(delta, text, len);
         return true;
     }
-    if (out_append(o, text, len))
+    if (out_append(o, text, len)) {
+        json_alloc_failed();   /* the text is lost: the stream must not go on without it */
         return false;
+    }
     out_scan(o);
     if (o->phase == OUT_BAD && o->auto_mode) { /* a text answer */
         if (o->content_sent == o->len)
@@ -1405,6 +1419,8 @@ const char *openai_output_message(struct openai_output *o, const char *text, siz
     }
     if (!out_append(o, text, len))
         out_scan(o);
+    else
+        json_alloc_failed();
     if (!o->n_calls) {
         add_content(message, o->buf ? o->buf : "", o->len);
         return finish;

@@ -25,6 +25,7 @@
 #include "openai.h"
 #include "sse.h"
 #include "orchestrator/httpc.h"
+#include "orchestrator/json_alloc.h"
 #include "orchestrator/describe.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
@@ -573,18 +574,15 @@ static grammar *final_grammar_get(struct tasks_api *api, const char *const *ids,
             !(items = cJSON_AddObjectToObject(uses, "items")) || !(en = cJSON_AddArrayToObject(items, "enum")))
             goto oom;
         for (int i = 0; i < n; i++) {
-            cJSON *v = cJSON_CreateString(ids[i]);
-            if (!v)
+            if (!json_add(en, NULL, cJSON_CreateString(ids[i])))
                 goto oom;
-            cJSON_AddItemToArray(en, v);
         }
     }
     if (!(req = cJSON_AddArrayToObject(fin, "required")) || !cJSON_AddFalseToObject(fin, "additionalProperties"))
         goto oom;
-    cJSON_AddItemToArray(req, cJSON_CreateString("answer"));
-    if (!(req = cJSON_AddArrayToObject(root, "required")) || !cJSON_AddFalseToObject(root, "additionalProperties"))
+    if (!json_add(req, NULL, cJSON_CreateString("answer")) || !(req = cJSON_AddArrayToObject(root, "required")) ||
+        !cJSON_AddFalseToObject(root, "additionalProperties") || !json_add(req, NULL, cJSON_CreateString("final")))
         goto oom;
-    cJSON_AddItemToArray(req, cJSON_CreateString("final"));
     if (!(schema = cJSON_PrintUnformatted(root)))
         goto oom;
     /* Not in the vocabulary's shared cache: these sets would churn it. */
