@@ -5,6 +5,10 @@
  * definitions to $defs/a<i>_<name>; every "$ref" inside is rewritten to the
  * new location, so local references keep resolving.  Non-recursive refs are
  * inlined by the compiler, so the indirection costs nothing at match time.
+ *
+ * Out of memory: every item is attached with json_add (freed when it
+ * cannot be), and a schema whose build saw a cJSON allocation fail
+ * (json_alloc_failures) is PS_ENOMEM, never a schema with a part missing.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,6 +18,7 @@
 
 #include "common/status.h"
 #include "grammar.h"
+#include "orchestrator/json_alloc.h"
 
 #define ID_PATTERN "^c[0-9]{1,4}$"
 
@@ -62,7 +67,7 @@ static cJSON *id_list(int min)
 {
     cJSON *s = cJSON_CreateObject();
     cJSON_AddStringToObject(s, "type", "array");
-    cJSON_AddItemToObject(s, "items", id_schema());
+    json_add(s, "items", id_schema());
     if (min)
         cJSON_AddNumberToObject(s, "minItems", min);
     return s;
@@ -74,9 +79,9 @@ static cJSON *single_key(const char *key, cJSON *value)
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "type", "object");
     cJSON *p = cJSON_AddObjectToObject(o, "properties");
-    cJSON_AddItemToObject(p, key, value);
+    json_add(p, key, value);   /* frees value when p is NULL */
     cJSON *r = cJSON_AddArrayToObject(o, "required");
-    cJSON_AddItemToArray(r, cJSON_CreateString(key));
+    json_add(r, NULL, cJSON_CreateString(key));
     cJSON_AddFalseToObject(o, "additionalProperties");
     return o;
 }
@@ -100,7 +105,7 @@ static int relocate(cJSON *s, int i, cJSON *defs, char *ref, size_t ref_size)
                 cJSON_Delete(s);
                 return rc;
             }
-            cJSON_AddItemToObject(defs, key, item);
+            json_add(defs, key, item);
         }
         cJSON_Delete(d);
     }
@@ -111,7 +116,7 @@ static int relocate(cJSON *s, int i, cJSON *defs, char *ref, size_t ref_size)
     char key[64];
     snprintf(key, sizeof key, "a%d__root", i);
     snprintf(ref, ref_size, "#/$defs/%s", key);
-    cJSON_AddItemToObject(defs, key, s);
+    json_add(defs, key, s);
     return PS_OK;
 }
 
@@ -119,11 +124,12 @@ int grammar_tools_schema(const char *tools_json, size_t len, char **schema_out)
 {
     *schema_out = NULL;
     int rc = PS_OK;
+    long f0 = json_alloc_failures();
     cJSON *tools = cJSON_ParseWithLength(tools_json, len);
     cJSON *root = cJSON_CreateObject();
     if (!tools || !root) {
-        rc = tools ? ps_error_set(PS_ENOMEM, "out of memory")
-                   : ps_error_set(PS_EFORMAT, "tools schema: not valid JSON");
+        rc = tools || json_alloc_failures() != f0 ? ps_error_set(PS_ENOMEM, "out of memory")
+                                                  : ps_error_set(PS_EFORMAT, "tools schema: not valid JSON");
         goto done;
     }
     if (!cJSON_IsArray(tools) || !cJSON_GetArraySize(tools)) {
@@ -141,7 +147,11 @@ int grammar_tools_schema(const char *tools_json, size_t len, char **schema_out)
             goto done;
         }
         cJSON *s = params ? cJSON_Duplicate(params, 1) : cJSON_CreateObject();
-        if (!s || !cJSON_IsObject(s)) {
+        if (!s) {
+            rc = ps_error_set(PS_ENOMEM, "out of memory");
+            goto done;
+        }
+        if (!cJSON_IsObject(s)) {
             cJSON_Delete(s);
             rc = ps_error_set(PS_EINVAL, "tools schema: tool '%s': parameters must be a schema object",
                               name->valuestring);
@@ -162,14 +172,17 @@ int grammar_tools_schema(const char *tools_json, size_t len, char **schema_out)
         cJSON *args = cJSON_AddObjectToObject(p, "arguments");
         cJSON_AddStringToObject(args, "$ref", ref);
         cJSON *req = cJSON_AddArrayToObject(call, "required");
-        cJSON_AddItemToArray(req, cJSON_CreateString("name"));
-        cJSON_AddItemToArray(req, cJSON_CreateString("arguments"));
+        json_add(req, NULL, cJSON_CreateString("name"));
+        json_add(req, NULL, cJSON_CreateString("arguments"));
         cJSON_AddFalseToObject(call, "additionalProperties");
-        cJSON_AddItemToArray(any, call);
+        json_add(any, NULL, call);
     }
     *schema_out = cJSON_PrintUnformatted(root);
-    if (!*schema_out)
+    if (!*schema_out || json_alloc_failures() != f0) {
+        free(*schema_out);
+        *schema_out = NULL;
         rc = ps_error_set(PS_ENOMEM, "out of memory");
+    }
 done:
     cJSON_Delete(tools);
     cJSON_Delete(root);
@@ -180,10 +193,12 @@ int grammar_action_schema(const char *registry_json, size_t len, char **schema_o
 {
     *schema_out = NULL;
     int rc = PS_OK;
+    long f0 = json_alloc_failures();
     cJSON *reg = cJSON_ParseWithLength(registry_json, len);
     cJSON *root = cJSON_CreateObject();
-    if (!reg) {
-        rc = ps_error_set(PS_EFORMAT, "action schema: registry is not valid JSON");
+    if (!reg || !root) {
+        rc = reg || json_alloc_failures() != f0 ? ps_error_set(PS_ENOMEM, "out of memory")
+                                                : ps_error_set(PS_EFORMAT, "action schema: registry is not valid JSON");
         goto done;
     }
     if (!cJSON_IsArray(reg) || !cJSON_GetArraySize(reg)) {
@@ -203,7 +218,12 @@ int grammar_action_schema(const char *registry_json, size_t len, char **schema_o
             goto done;
         }
         cJSON *s = in ? cJSON_Duplicate(in, 1) : cJSON_CreateObject();
-        if (!s || (!cJSON_IsObject(s) && !cJSON_IsBool(s))) {
+        if (!s) {
+            cJSON_Delete(branches);
+            rc = ps_error_set(PS_ENOMEM, "out of memory");
+            goto done;
+        }
+        if (!cJSON_IsObject(s) && !cJSON_IsBool(s)) {
             cJSON_Delete(s);
             cJSON_Delete(branches);
             rc = ps_error_set(PS_EINVAL, "action schema: agent '%s': input_schema must be a schema object",
@@ -219,42 +239,45 @@ int grammar_action_schema(const char *registry_json, size_t len, char **schema_o
         cJSON *call = cJSON_CreateObject();
         cJSON_AddStringToObject(call, "type", "object");
         cJSON *p = cJSON_AddObjectToObject(call, "properties");
-        cJSON_AddItemToObject(p, "id", id_schema());
+        json_add(p, "id", id_schema());
         cJSON *to = cJSON_AddObjectToObject(p, "to");
         cJSON_AddStringToObject(to, "const", name->valuestring);
         cJSON *args = cJSON_AddObjectToObject(p, "args");
         cJSON_AddStringToObject(args, "$ref", ref);
-        cJSON_AddItemToObject(p, "after", id_list(0));
+        json_add(p, "after", id_list(0));
         cJSON *req = cJSON_AddArrayToObject(call, "required");
-        cJSON_AddItemToArray(req, cJSON_CreateString("id"));
-        cJSON_AddItemToArray(req, cJSON_CreateString("to"));
-        cJSON_AddItemToArray(req, cJSON_CreateString("args"));
+        json_add(req, NULL, cJSON_CreateString("id"));
+        json_add(req, NULL, cJSON_CreateString("to"));
+        json_add(req, NULL, cJSON_CreateString("args"));
         cJSON_AddFalseToObject(call, "additionalProperties");
-        cJSON_AddItemToArray(branches, call);
+        json_add(branches, NULL, call);
     }
     cJSON *calls = cJSON_CreateObject();
     cJSON_AddStringToObject(calls, "type", "array");
     cJSON_AddNumberToObject(calls, "minItems", 1);
     cJSON *items = cJSON_AddObjectToObject(calls, "items");
-    cJSON_AddItemToObject(items, "anyOf", branches);
-    cJSON_AddItemToArray(any, single_key("calls", calls));
+    json_add(items, "anyOf", branches);
+    json_add(any, NULL, single_key("calls", calls));
     cJSON *t = cJSON_CreateObject();
     cJSON_AddTrueToObject(t, "const");
-    cJSON_AddItemToArray(any, single_key("wait", t));
-    cJSON_AddItemToArray(any, single_key("cancel", id_list(1)));
+    json_add(any, NULL, single_key("wait", t));
+    json_add(any, NULL, single_key("cancel", id_list(1)));
     cJSON *fin = cJSON_CreateObject();
     cJSON_AddStringToObject(fin, "type", "object");
     cJSON *fp = cJSON_AddObjectToObject(fin, "properties");
     cJSON *ans = cJSON_AddObjectToObject(fp, "answer");
     cJSON_AddStringToObject(ans, "type", "string");
-    cJSON_AddItemToObject(fp, "uses", id_list(0));
+    json_add(fp, "uses", id_list(0));
     cJSON *freq = cJSON_AddArrayToObject(fin, "required");
-    cJSON_AddItemToArray(freq, cJSON_CreateString("answer"));
+    json_add(freq, NULL, cJSON_CreateString("answer"));
     cJSON_AddFalseToObject(fin, "additionalProperties");
-    cJSON_AddItemToArray(any, single_key("final", fin));
+    json_add(any, NULL, single_key("final", fin));
     *schema_out = cJSON_PrintUnformatted(root);
-    if (!*schema_out)
+    if (!*schema_out || json_alloc_failures() != f0) {
+        free(*schema_out);
+        *schema_out = NULL;
         rc = ps_error_set(PS_ENOMEM, "out of memory");
+    }
 done:
     cJSON_Delete(reg);
     cJSON_Delete(root);

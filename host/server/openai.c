@@ -867,7 +867,18 @@ static int compile_schema(const struct openai_options *opt, const char *schema, 
 {
     struct grammar_options go = { .max_compile_ms = opt->max_compile_ms > 0 ? opt->max_compile_ms : 5000,
                                   .max_docs = max_docs };
+    long f0 = json_alloc_failures();
     int rc = grammar_compile(opt->vocab, schema, strlen(schema), &go, out);
+    /* the schema's JSON read or rewritten out of memory: whatever the
+     * compiler concluded (an error, or a grammar from a schema missing a
+     * part), it is not the client's answer */
+    if (json_alloc_failures() != f0) {
+        if (!rc) {
+            grammar_free(*out);
+            *out = NULL;
+        }
+        rc = PS_ENOMEM;
+    }
     if (rc == PS_ENOMEM)
         return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory compiling %s", what);
     if (rc)
@@ -1067,8 +1078,8 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
             cJSON *pc = cJSON_Duplicate(params, 1);
             if (pc && !json_get(pc, "type"))
                 cJSON_AddStringToObject(pc, "type", "object");
-            cJSON_AddItemToObject(e, "parameters", pc);
-            cJSON_AddItemToObject(sh, "parameters", cJSON_Duplicate(params, 1));
+            json_add(e, "parameters", pc);   /* a failure is counted (f0) */
+            json_add(sh, "parameters", cJSON_Duplicate(params, 1));
         }
         i++;
     }
@@ -1082,8 +1093,16 @@ static int parse_tools(const cJSON *root, const cJSON *tools, const struct opena
         rc = api_error_set(err, 500, "server_error", NULL, NULL, "out of memory");
         goto done;
     }
+    f0 = json_alloc_failures();
     rc = grammar_tools_schema(lj, strlen(lj), &schema);
     free(lj);
+    if (json_alloc_failures() != f0) {
+        /* out of memory, whatever it concluded: a schema built with a
+         * failed allocation may lack a part (it did: a $ref to no $defs) */
+        free(schema);
+        schema = NULL;
+        rc = PS_ENOMEM;
+    }
     if (rc) {
         rc = rc == PS_ENOMEM ? api_error_set(err, 500, "server_error", NULL, NULL, "out of memory")
                              : api_error_set(err, 400, "invalid_request_error", "invalid_schema", "tools",

@@ -618,7 +618,8 @@ static cJSON *chunk_build(struct gen_ctx *g, struct gen_choice *ch, const char *
     cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
     cJSON *choices = cJSON_AddArrayToObject(o, "choices");
     cJSON *c = cJSON_CreateObject();
-    cJSON_AddItemToArray(choices, c);
+    if (!json_add(choices, NULL, c))
+        c = NULL;   /* freed; counted: the chunk is dropped (chunk_json) */
     cJSON_AddNumberToObject(c, "index", ch->index);
     if (g->chat) {
         if (g->logprobs && text) {
@@ -946,7 +947,7 @@ static void request_done(struct server *srv, struct gen_ctx *g)
             long f0 = json_alloc_failures();
             cJSON *o = base_object(g, g->chat ? "chat.completion.chunk" : "text_completion");
             cJSON_AddArrayToObject(o, "choices");
-            cJSON_AddItemToObject(o, "usage", usage_json(g));
+            json_add(o, "usage", usage_json(g));   /* a failure is counted (f0) */
             char *text = cJSON_PrintUnformatted(o);
             cJSON_Delete(o);
             if (!text || json_alloc_failures() != f0) {
@@ -980,7 +981,8 @@ static void request_done(struct server *srv, struct gen_ctx *g)
         const char *text = len ? (const char *)evbuffer_pullup(ch->text, -1) : "";
         const char *finish = ch->finish;
         cJSON *c = cJSON_CreateObject();
-        cJSON_AddItemToArray(choices, c);
+        if (!json_add(choices, NULL, c))
+            c = NULL;   /* freed; counted: the reply is a 500 */
         cJSON_AddNumberToObject(c, "index", ch->index);
         if (g->chat) {
             cJSON *msg = cJSON_AddObjectToObject(c, "message");
@@ -1005,7 +1007,7 @@ static void request_done(struct server *srv, struct gen_ctx *g)
         }
         cJSON_AddStringToObject(c, "finish_reason", finish);
     }
-    cJSON_AddItemToObject(o, "usage", usage_json(g));
+    json_add(o, "usage", usage_json(g));   /* a failure is counted (f0) */
     char *s = cJSON_PrintUnformatted(o);
     cJSON_Delete(o);
     if (!s || !texts_ok || json_alloc_failures() != f0) {

@@ -30,17 +30,9 @@
 #include "grammar/grammar.h"
 #include "model/chat.h"
 #include "server/openai.h"
+#include "../unit/byte_vocab.h"
 
-#define N_BYTE_TOKENS 256
-
-/* A small byte-level vocabulary: every byte, the JSON pieces a tokenizer
- * has whole, and one end-of-generation token. */
-static const char *const extra_pieces[] = {
-    "{\"", "\":", "\",", "\"}", "\":\"", ", \"", "true", "false", "null", "name", "arguments",
-    "  ", "\n", "123", "0.", "\\n", "\\\"", "<|im_end|>",
-};
-#define N_EXTRA (sizeof extra_pieces / sizeof extra_pieces[0])
-#define N_VOCAB (N_BYTE_TOKENS + (int32_t)N_EXTRA)
+#define N_VOCAB BYTE_VOCAB_N
 
 static chat_template *tmpl;
 static grammar_vocab *vocab;
@@ -51,23 +43,7 @@ static int setup(void)
     if (done)
         return tmpl && vocab;
     done = 1;
-    if (chat_template_from_text("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
-                                "{% endfor %}", &tmpl) != PS_OK)
-        return 0;
-    static char bytes[N_BYTE_TOKENS];
-    static const char *pieces[N_VOCAB];
-    static size_t lens[N_VOCAB];
-    for (int i = 0; i < N_BYTE_TOKENS; i++) {
-        bytes[i] = (char)i;
-        pieces[i] = &bytes[i];
-        lens[i] = 1;
-    }
-    for (size_t i = 0; i < N_EXTRA; i++) {
-        pieces[N_BYTE_TOKENS + i] = extra_pieces[i];
-        lens[N_BYTE_TOKENS + i] = strlen(extra_pieces[i]);
-    }
-    const int32_t eog = N_VOCAB - 1;
-    return grammar_vocab_create_from_pieces(N_VOCAB, pieces, lens, &eog, 1, &vocab) == PS_OK;
+    return byte_vocab_make(&tmpl, &vocab) == PS_OK;
 }
 
 static void shape_reply(struct openai_output *o, const uint8_t *text, size_t n, const char *finish)

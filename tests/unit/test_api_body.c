@@ -4,7 +4,10 @@
  * parse's allocations fail in turn), never a 400 that blames the client;
  * and api_error_json, the error body every route sends: whole or NULL
  * (the caller then sends API_ERROR_OOM_BODY), never a body with a member
- * missing; nothing leaks (ASan). */
+ * missing; and a tool-call request and its answer (openai_parse_ex,
+ * openai_output_message): out of memory is a 500 or is counted in
+ * json_alloc_failures (the server then answers 500), never a prompt or a
+ * message with a part missing; nothing leaks (ASan). */
 #include <stdio.h>
 #include <string.h>
 
@@ -13,7 +16,17 @@
 #include "common/status.h"
 #include "orchestrator/json_alloc.h"
 #include "server/openai.h"
+#include "byte_vocab.h"
 #include "test_util.h"
+
+/* A message's tool call ids, random per answer, taken out before two are
+ * compared. */
+static void drop_call_ids(cJSON *msg)
+{
+    cJSON *c;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItemCaseSensitive(msg, "tool_calls"))
+        cJSON_DeleteItemFromObjectCaseSensitive(c, "id");
+}
 
 int main(void)
 {
@@ -75,5 +88,75 @@ int main(void)
     cJSON_Delete(oom_body);
     free(whole);
     printf("error body: each of its %ld allocations failing gives NULL (%d)\n", allocs, nulls);
+
+    /* tools: the request (tools prompt, grammar) and the answer's message */
+    chat_template *tmpl = NULL;
+    grammar_vocab *vocab = NULL;
+    CHECK(byte_vocab_make(&tmpl, &vocab) == PS_OK);
+    static const char tools_body[] =
+        "{\"model\":\"smol\",\"messages\":[{\"role\":\"user\",\"content\":\"add\"}],\"tools\":["
+        "{\"type\":\"function\",\"function\":{\"name\":\"add\",\"description\":\"Adds.\",\"parameters\":"
+        "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},\"required\":[\"a\"]}}},"
+        "{\"type\":\"function\",\"function\":{\"name\":\"neg\",\"parameters\":{\"properties\":"
+        "{\"x\":{\"type\":\"number\"}}}}}]}";
+    static const char *const models[] = { "smol", NULL };
+    struct openai_options opt = { vocab, 5000 };
+    struct gen_params p;
+    memset(&err, 0, sizeof err);
+    a0 = json_alloc_count();
+    CHECK(openai_parse_ex(tools_body, strlen(tools_body), true, models, tmpl, BYTE_VOCAB_N, &opt, &p, &err) == 0);
+    long parse_allocs = json_alloc_count() - a0;
+    CHECK(p.prompt && p.output && strstr(p.prompt, "neg") && strstr(p.prompt, "Adds."));
+    char *prompt0 = p.prompt ? strdup(p.prompt) : NULL;
+    static const char answer[] = "{\"name\": \"add\", \"arguments\": {\"a\": 2}}";
+    cJSON *msg = cJSON_CreateObject();
+    struct openai_output *o = openai_output_another(p.output);
+    CHECK(msg && o && openai_output_message(o, answer, strlen(answer), "stop", msg));
+    drop_call_ids(msg);   /* random per answer */
+    char *msg0 = cJSON_PrintUnformatted(msg);
+    CHECK(msg0 && strstr(msg0, "\"tool_calls\"") && strstr(msg0, "\"add\""));
+    cJSON_Delete(msg);
+    openai_output_free(o);
+    int parse_500 = 0, msg_counted = 0;
+    for (long k = 1; k <= parse_allocs && prompt0; k++) {
+        struct gen_params q;
+        memset(&err, 0, sizeof err);
+        json_alloc_fail_after(k);
+        int st = openai_parse_ex(tools_body, strlen(tools_body), true, models, tmpl, BYTE_VOCAB_N, &opt, &q, &err);
+        json_alloc_fail_after(0);
+        if (st) {
+            CHECK_MSG(st == 500 && strstr(err.message, "memory"), "allocation %ld: %d %s", k, st, err.message);
+            parse_500++;
+        } else {
+            CHECK_MSG(q.prompt && !strcmp(q.prompt, prompt0) && q.output, "allocation %ld: a prompt unlike the clean "
+                      "one:\n%s", k, q.prompt ? q.prompt : "(none)");
+            gen_params_free(&q);
+        }
+    }
+    for (long k = 1; k <= 64 && msg0; k++) {
+        o = openai_output_another(p.output);
+        msg = cJSON_CreateObject();
+        long f0 = json_alloc_failures();
+        json_alloc_fail_after(k);
+        openai_output_message(o, answer, strlen(answer), "stop", msg);
+        json_alloc_fail_after(0);
+        drop_call_ids(msg);
+        char *txt = cJSON_PrintUnformatted(msg);
+        if (json_alloc_failures() != f0)
+            msg_counted++;
+        else
+            CHECK_MSG(txt && !strcmp(txt, msg0), "allocation %ld: an uncounted partial message %s", k, txt);
+        free(txt);
+        cJSON_Delete(msg);
+        openai_output_free(o);
+    }
+    CHECK(parse_500 > 0 && msg_counted > 0);
+    printf("tools request: %d of %ld parse allocations failing give a 500, the rest the same prompt; "
+           "answer message: %d counted failures\n", parse_500, parse_allocs, msg_counted);
+    free(prompt0);
+    free(msg0);
+    gen_params_free(&p);
+    grammar_vocab_free(vocab);
+    chat_template_free(tmpl);
     TEST_DONE();
 }
