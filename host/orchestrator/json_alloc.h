@@ -1,5 +1,6 @@
-/* json_alloc.h - cJSON's allocator for the process: malloc and free, plus
- * what cJSON 1.7.15 does not tell: whether an allocation failed.  A parse
+/* json_alloc.h - cJSON's allocator for the process (orchestrator, server,
+ * grammar): malloc and free, plus what cJSON 1.7.15 does not tell: whether
+ * an allocation failed.  A parse
  * that returns NULL met either bad text or no memory; an agent's reply
  * must be reported as parse_error only for the first.  Tests can also make
  * the n-th cJSON allocation on their thread fail. */
