@@ -183,6 +183,8 @@ static int chat_start(struct adapter_op *op, const char *url, const char *model)
         goto done;
     st = post_json(op, url, body, NULL, chat_done);
 done:
+    if (st == PS_ENOMEM)   /* exec records ps_error_last(): this call's reason, not an older one */
+        ps_error_set(PS_ENOMEM, "out of memory while building the chat request");
     free(user);
     cJSON_Delete(body);
     return st;

@@ -650,7 +650,8 @@ static cJSON *initialize_msg(long id)
 
 /* ---- stdio ---------------------------------------------------------------- */
 
-enum { STDIO_WRITTEN, STDIO_FULL, STDIO_FAILED };
+enum { STDIO_WRITTEN, STDIO_FULL, STDIO_FAILED, STDIO_NOMEM };
+static const char stdio_nomem_call[] = "mcp-stdio: out of memory while building the call";
 
 /* Queue one message (and its newline) for the child, unless that would put
  * more than MCP_MAX_PENDING bytes in wait for it. */
@@ -658,7 +659,7 @@ static int stdio_write(struct mcp_session *s, cJSON *msg)
 {
     char *text = msg ? cJSON_PrintUnformatted(msg) : NULL;
     cJSON_Delete(msg);
-    int rc = STDIO_FAILED;
+    int rc = text ? STDIO_FAILED : STDIO_NOMEM;   /* msg NULL: it could not be built */
     if (text && s->to_child) {
         size_t n = strlen(text);
         size_t pending = evbuffer_get_length(bufferevent_get_output(s->to_child));
@@ -1044,7 +1045,15 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
             fail_all(s, why, 0);
             return;
         }
-        stdio_write(s, rpc_new(-1, "notifications/initialized"));
+        int wr = stdio_write(s, rpc_new(-1, "notifications/initialized"));
+        if (wr == STDIO_FAILED || wr == STDIO_NOMEM) {
+            /* as over HTTP: no call goes to a server not told it is ready */
+            evtimer_del(s->init_timer);
+            stdio_close(s, "could not be told initialize ended");
+            fail_all(s, wr == STDIO_NOMEM ? "mcp-stdio: out of memory while sending notifications/initialized"
+                                          : "mcp-stdio: could not send notifications/initialized", 1);
+            return;
+        }
         s->state = MCP_READY;
         s->failed_starts = 0;
         evtimer_del(s->init_timer);
@@ -1056,7 +1065,9 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
             if (rc == STDIO_FULL)
                 adapter_finish(op, FB_EXEC_ERROR, NULL, pending_msg(s, why, sizeof why), 1, 0, 0);
             else if (rc != STDIO_WRITTEN)
-                adapter_finish(op, FB_EXEC_ERROR, NULL, "mcp-stdio: could not write the call", 1, 0, 0);
+                adapter_finish(op, FB_EXEC_ERROR, NULL, rc == STDIO_NOMEM ? stdio_nomem_call
+                                                                          : "mcp-stdio: could not write the call",
+                               1, 0, 0);
         }
         return;
     }
@@ -1228,9 +1239,11 @@ static int stdio_launch(struct mcp_session *s, int *held, char *why, size_t whyl
     int st = stdio_spawn(s);
     if (st)
         return st;
-    if (stdio_write(s, initialize_msg(s->init_id)) != STDIO_WRITTEN) {
+    int wr = stdio_write(s, initialize_msg(s->init_id));
+    if (wr != STDIO_WRITTEN) {
         stdio_close(s, "could not be set up");
-        return ps_error_set(PS_ENOMEM, "mcp-stdio: could not write initialize");
+        return ps_error_set(PS_ENOMEM, wr == STDIO_NOMEM ? "mcp-stdio: out of memory while building initialize"
+                                                         : "mcp-stdio: could not write initialize");
     }
     struct timeval tv = { s->rt->spec->timeout_ms / 1000, (s->rt->spec->timeout_ms % 1000) * 1000 };
     evtimer_add(s->init_timer, &tv);
@@ -1246,6 +1259,7 @@ static int stdio_start(struct mcp_session *s, struct adapter_op *op)
         if (rc == STDIO_WRITTEN)
             return PS_OK;
         return adapter_fail_later(op, FB_EXEC_ERROR, rc == STDIO_FULL ? pending_msg(s, why, sizeof why)
+                                  : rc == STDIO_NOMEM ? stdio_nomem_call
                                   : "mcp-stdio: could not write the call", 1);
     }
     if (s->state == MCP_NONE) {

@@ -684,6 +684,7 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     if (error && !(t->error = strdup(error))) {
         /* out of memory: the message cut to fit, never dropped */
         snprintf(t->error_short, sizeof t->error_short, "%s", error);
+        utf8_scrub(t->error_short);   /* the cut may split a character */
         t->error = t->error_short;
     }
     exec_group_cancel_all(t->g, st == TASK_COMPLETED ? "not used by the final answer" :
@@ -1093,6 +1094,11 @@ static cJSON *final_salvage(struct orch_task *t)
      * out, its reference stays text, and the task ends before the deadline
      * instead of waiting into it. */
     cJSON *uses = cJSON_AddArrayToObject(fin, "uses");
+    if (!uses) {
+        cJSON_Delete(act);
+        log_fail(t, PS_ENOMEM);
+        return NULL;
+    }
     char id[80];
     const char *end, *path;
     for (const char *r = ans->valuestring; uses && answer_ref_next(r, &end, id, sizeof id, &path); r = end) {

@@ -738,7 +738,15 @@ static void sse_start(struct gen_ctx *g)
 static void sse_send_error(struct gen_ctx *g, const struct api_error *e)
 {
     char *json = api_error_json(e);
-    sse_send_data(g, json ? json : strdup(API_ERROR_OOM_BODY));
+    if (json) {
+        sse_send_data(g, json);
+        return;
+    }
+    struct evbuffer *b = evbuffer_new();   /* the constant itself: no copy to fail */
+    if (b && evbuffer_add_printf(b, "data: %s\n\n", API_ERROR_OOM_BODY) >= 0)
+        evhttp_send_reply_chunk(g->req, b);
+    if (b)
+        evbuffer_free(b);
 }
 
 /* ---- request context lifecycle ------------------------------------------------------- */
@@ -1053,7 +1061,15 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
                 if (ev->text_len)
                     sse_send(g, chunk_json(g, c, ev->text, ev->text_len, NULL, false));
             } else if (ev->text_len && evbuffer_add(c->text, ev->text, ev->text_len)) {
-                g->oom = true;   /* the reply fails with it at the choice's end */
+                g->oom = true;
+            }
+            if (g->oom) {
+                /* a piece of the answer is lost: fail now (the error event,
+                 * or the 500 at the end) and stop the generation, rather
+                 * than decode to max_tokens for an answer never sent */
+                struct api_error e;
+                api_error_set(&e, 500, "server_error", NULL, NULL, "%s", answer_oom);
+                request_fail(g, &e);
             }
             continue;
         }

@@ -8,6 +8,7 @@
  * openai_output_message): out of memory is a 500 or is counted in
  * json_alloc_failures (the server then answers 500), never a prompt or a
  * message with a part missing; nothing leaks (ASan). */
+#include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -21,6 +22,20 @@
 
 /* A message's tool call ids, random per answer, taken out before two are
  * compared. */
+static const char good_call[] = "{\"name\": \"add\", \"arguments\": {\"a\": 2}}";
+static const char bad_call[] = "{\"name\": \"add\", \"arguments\": {\"a\": \"x\"}}";
+
+/* Whether grammar g takes text whole. */
+static bool grammar_takes(grammar *g, const char *text)
+{
+    grammar_matcher *m = NULL;
+    if (!g || grammar_matcher_create(g, &m))
+        return false;
+    bool ok = grammar_matcher_accept_bytes(m, text, strlen(text)) == PS_OK && grammar_matcher_can_end(m);
+    grammar_matcher_free(m);
+    return ok;
+}
+
 static void drop_call_ids(cJSON *msg)
 {
     cJSON *c;
@@ -98,7 +113,7 @@ int main(void)
         "{\"type\":\"function\",\"function\":{\"name\":\"add\",\"description\":\"Adds.\",\"parameters\":"
         "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"integer\"}},\"required\":[\"a\"]}}},"
         "{\"type\":\"function\",\"function\":{\"name\":\"neg\",\"parameters\":{\"properties\":"
-        "{\"x\":{\"type\":\"number\"}}}}}]}";
+        "{\"x\":{\"type\":\"number\"}}}}}],\"tool_choice\":\"required\",\"parallel_tool_calls\":false}";
     static const char *const models[] = { "smol", NULL };
     struct openai_options opt = { vocab, 5000 };
     struct gen_params p;
@@ -118,21 +133,37 @@ int main(void)
     cJSON_Delete(msg);
     openai_output_free(o);
     int parse_500 = 0, msg_counted = 0;
+    CHECK(grammar_takes(p.grammar, good_call) && !grammar_takes(p.grammar, bad_call));
     for (long k = 1; k <= parse_allocs && prompt0; k++) {
+        /* a fresh vocabulary each time: the grammar is compiled, not taken
+         * from the clean run's cache entry */
+        chat_template *t2 = NULL;
+        grammar_vocab *v2 = NULL;
+        CHECK(byte_vocab_make(&t2, &v2) == PS_OK);
+        struct openai_options opt2 = { v2, 5000 };
         struct gen_params q;
         memset(&err, 0, sizeof err);
         json_alloc_fail_after(k);
-        int st = openai_parse_ex(tools_body, strlen(tools_body), true, models, tmpl, BYTE_VOCAB_N, &opt, &q, &err);
+        int st = openai_parse_ex(tools_body, strlen(tools_body), true, models, t2, BYTE_VOCAB_N, &opt2, &q, &err);
         json_alloc_fail_after(0);
         if (st) {
             CHECK_MSG(st == 500 && strstr(err.message, "memory"), "allocation %ld: %d %s", k, st, err.message);
             parse_500++;
         } else {
+            /* the same prompt, and a grammar as strict as the clean one's */
             CHECK_MSG(q.prompt && !strcmp(q.prompt, prompt0) && q.output, "allocation %ld: a prompt unlike the clean "
                       "one:\n%s", k, q.prompt ? q.prompt : "(none)");
+            CHECK_MSG(grammar_takes(q.grammar, good_call) && !grammar_takes(q.grammar, bad_call),
+                      "allocation %ld: the grammar %s", k, grammar_takes(q.grammar, bad_call) ? "is looser" : "refuses the call");
             gen_params_free(&q);
         }
+        grammar_vocab_free(v2);
+        chat_template_free(t2);
     }
+    /* the answer message with each cJSON allocation failing: no crash and
+     * no leak (ASan); a message unlike the clean one always comes with a
+     * counted failure, which makes the server answer 500 (the failures of
+     * its own mallocs, counted by json_alloc_failed, are not injected here) */
     for (long k = 1; k <= 64 && msg0; k++) {
         o = openai_output_another(p.output);
         msg = cJSON_CreateObject();

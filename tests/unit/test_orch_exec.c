@@ -3203,6 +3203,7 @@ static void test_cjson_out_of_memory_mcp_and_chat(void)
         orch_set_done_cb(o, on_done, &r);
         struct orch_task *t = NULL;
         long a0 = json_alloc_count();
+        ps_error_clear();                      /* no reason left over from the run before */
         json_alloc_fail_after(k);              /* k = 0: the clean run, counted */
         int st = orch_task_submit(o, req, NULL, &t);
         if (st == PS_OK) {
