@@ -34,6 +34,7 @@
 #include "common/grow.h"
 #include "common/status.h"
 #include "grammar_internal.h"
+#include "orchestrator/json_alloc.h"
 
 #define EMPTY       (-1)
 #define BOTTOM      (-2)
@@ -692,7 +693,16 @@ static int compile_uncached(grammar_vocab *v, const char *text, size_t len, cons
     struct schema_limits lim = { o->max_nfa_nodes > 0 ? o->max_nfa_nodes : 200000,
                                  (o->flags & GRAMMAR_OPT_LAX_OBJECTS) != 0, o->max_docs };
     struct nfa n;
+    /* the schema's JSON read out of memory: whatever schema_to_nfa
+     * concluded (an error, or an automaton from a schema missing a part),
+     * it is PS_ENOMEM, and nothing is cached */
+    long f0 = json_alloc_failures();
     int rc = schema_to_nfa(text, len, &lim, &n);
+    if (json_alloc_failures() != f0) {
+        if (!rc)
+            nfa_free(&n);
+        return ps_error_set(PS_ENOMEM, "grammar: out of memory reading the schema");
+    }
     if (rc)
         return rc;
     grammar *g = calloc(1, sizeof *g);

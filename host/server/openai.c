@@ -867,18 +867,9 @@ static int compile_schema(const struct openai_options *opt, const char *schema, 
 {
     struct grammar_options go = { .max_compile_ms = opt->max_compile_ms > 0 ? opt->max_compile_ms : 5000,
                                   .max_docs = max_docs };
-    long f0 = json_alloc_failures();
+    /* PS_ENOMEM also when the schema's JSON was read out of memory,
+     * whatever the compiler would have concluded (grammar.c) */
     int rc = grammar_compile(opt->vocab, schema, strlen(schema), &go, out);
-    /* the schema's JSON read or rewritten out of memory: whatever the
-     * compiler concluded (an error, or a grammar from a schema missing a
-     * part), it is not the client's answer */
-    if (json_alloc_failures() != f0) {
-        if (!rc) {
-            grammar_free(*out);
-            *out = NULL;
-        }
-        rc = PS_ENOMEM;
-    }
     if (rc == PS_ENOMEM)
         return api_error_set(err, 500, "server_error", NULL, NULL, "out of memory compiling %s", what);
     if (rc)
