@@ -537,7 +537,9 @@ static void on_adapter_done(void *ud, struct adapter_result *r)
     rt->running--;
     ex->stats.running--;
     agent_slot_freed(ex, rt);
-    c->d2r_ns = r->agent_recv_ns > 0 ? r->agent_recv_ns - c->t_dispatch : -1;
+    /* the agent's receipt stamp comes from its own clock reads: one within
+     * their error of the dispatch counts as 0, not as unknown */
+    c->d2r_ns = r->agent_recv_ns > 0 ? (r->agent_recv_ns > c->t_dispatch ? r->agent_recv_ns - c->t_dispatch : 0) : -1;
     /* The breaker counts what says the agent is unavailable (transport
      * errors, 429, 5xx: the retryable failures; timeouts), not replies
      * that blame the call (4xx, a tool or JSON-RPC error, a failed A2A

@@ -375,11 +375,15 @@ static void reply_status_only(struct conn *c, int code, const char *body)
  * (or when the clocks disagree: a stamp from the future). */
 static int64_t mock_receipt_ns(const struct conn *c)
 {
-    int64_t now = orch_now_ns();
     if (!c->rx_rt_ns)
-        return now;
+        return orch_now_ns();
+    /* CLOCK_REALTIME first, then the monotonic clock: the time between the
+     * two reads makes the receipt later than it was, never earlier (read
+     * the other way round, a request taken within microseconds of its
+     * dispatch could be stamped before it: a negative dispatch->recv) */
     struct timespec rt;
     clock_gettime(CLOCK_REALTIME, &rt);
+    int64_t now = orch_now_ns();
     int64_t age = (int64_t)rt.tv_sec * 1000000000 + rt.tv_nsec - c->rx_rt_ns;
     return age >= 0 && age < now ? now - age : now;
 }
