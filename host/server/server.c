@@ -862,6 +862,18 @@ static void request_fail(struct gen_ctx *g, const struct api_error *e)
     cancel_choices(g);
 }
 
+/* g->oom (a piece of the answer is lost): fail the request now - the
+ * error event, or the 500 at the end - and stop its generation, rather
+ * than decode to max_tokens for an answer never sent. */
+static void fail_if_oom(struct gen_ctx *g)
+{
+    if (!g->oom)
+        return;
+    struct api_error e;
+    api_error_set(&e, 500, "server_error", NULL, NULL, "%s", answer_oom);
+    request_fail(g, &e);
+}
+
 /* Choice c's DONE event (the client still there): record its numbers; in
  * a stream send the rest of its text and its own finish chunk, or fail the
  * request with its error. */
@@ -912,10 +924,7 @@ static void choice_done(struct gen_ctx *g, struct gen_choice *c, const struct en
         return;
     }
     sse_send(g, last);
-    if (g->oom) {   /* the last chunk could not be printed */
-        api_error_set(&e, 500, "server_error", NULL, NULL, "%s", answer_oom);
-        request_fail(g, &e);
-    }
+    fail_if_oom(g);   /* the last chunk could not be printed */
 }
 
 /* Every submitted choice is DONE: count the request, then answer it - the
@@ -1063,14 +1072,7 @@ static void on_engine_events(evutil_socket_t fd, short what, void *arg)
             } else if (ev->text_len && evbuffer_add(c->text, ev->text, ev->text_len)) {
                 g->oom = true;
             }
-            if (g->oom) {
-                /* a piece of the answer is lost: fail now (the error event,
-                 * or the 500 at the end) and stop the generation, rather
-                 * than decode to max_tokens for an answer never sent */
-                struct api_error e;
-                api_error_set(&e, 500, "server_error", NULL, NULL, "%s", answer_oom);
-                request_fail(g, &e);
-            }
+            fail_if_oom(g);
             continue;
         }
         c->live = false;
