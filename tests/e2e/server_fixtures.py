@@ -21,6 +21,14 @@ import pytest
 THREADS = int(os.environ.get("PARASERVE_TEST_THREADS", "2"))
 
 
+def sanitized(binary):
+    """The binary is built with ASan: several times slower, and its freed
+    memory sits in quarantine (RSS says nothing about leaks; its leak check
+    at exit does)."""
+    with open(binary, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

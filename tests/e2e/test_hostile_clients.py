@@ -12,19 +12,12 @@ import time
 import httpx
 import pytest
 
-from server_fixtures import start_server  # noqa: F401  (fixture)
+from server_fixtures import sanitized, start_server  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
 def srv(start_server):  # noqa: F811
     return start_server("--kv-blocks", 128, "--max-body-bytes", 1 << 20)
-
-
-def sanitized(binary):
-    """ASan keeps freed memory in quarantine, so RSS says nothing about
-    leaks there; its leak check at exit (the fixture wants exit 0) does."""
-    with open(binary, "rb") as f:
-        return b"__asan_init" in f.read()
 
 
 def raw(srv, data, timeout=10):
