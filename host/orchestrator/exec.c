@@ -51,6 +51,7 @@ struct exec_call {
     struct adapter_op *op;
     int64_t            t_submit;
     int64_t            t_dispatch;
+    int64_t            t_first_dispatch;  /* 0: never dispatched */
     int64_t            d2r_ns;
     enum fb_status     status;
     cJSON             *result;
@@ -180,6 +181,15 @@ static void call_finish(struct exec_call *c, enum fb_status st, cJSON *result,
     g->n_open--;
     ex->stats.calls_finished++;
     int64_t now = orch_now_ns();
+    const struct agent_spec *spec = c->rt ? c->rt->spec : registry_find(ex->reg, c->to);
+    struct agent_rt *rt = spec ? &ex->agents[spec - registry_at(ex->reg, 0)] : NULL;
+    if (rt) {
+        rt->calls[st]++;
+        if (c->t_first_dispatch)
+            histogram_observe(&rt->duration_s, (double)(now - c->t_first_dispatch) / 1e9);
+    } else {
+        ex->unknown_agent_calls++;
+    }
     struct exec_feedback fb = {
         .id = c->id, .to = c->to, .status = st, .result = c->result,
         .error = c->error ? c->error : (st == FB_OK ? NULL : "(no detail)"),
@@ -223,10 +233,15 @@ static void call_start(struct exec_call *c)
     ex->stats.running++;
     c->attempts++;
     ex->stats.attempts++;
-    if (c->attempts > 1)
+    rt->attempts++;
+    if (c->attempts > 1) {
         ex->stats.retries++;
+        rt->retries++;
+    }
     c->state = CS_RUNNING;
     c->t_dispatch = orch_now_ns();
+    if (!c->t_first_dispatch)
+        c->t_first_dispatch = c->t_dispatch;
     c->op = adapter_start(ex, rt, c->id, c->final_args, c->g->tenant_line, on_adapter_done, c);
     if (!c->op) {
         rt->running--;
@@ -258,6 +273,7 @@ static int breaker_refuses(struct exec_call *c)
         snprintf(err, sizeof err, "circuit open for agent '%s' after %d consecutive failures",
                  rt->spec->name, rt->consecutive_failures);
         ex->stats.breaker_rejects++;
+        rt->breaker_rejects++;
         call_finish(c, FB_EXEC_ERROR, NULL, err, 0);
         return 1;
     }
@@ -633,6 +649,9 @@ struct exec *exec_create(struct event_base *base, const struct registry *reg,
         ex->agents[i].a2a_stream = ex->agents[i].spec->a2a_streaming == 1;
         if (!(ex->agents[i].pump = event_new(base, -1, 0, agent_pump, &ex->agents[i])))
             goto fail;
+        static const double duration_bounds[] = { EXEC_DURATION_BOUNDS };
+        histogram_init(&ex->agents[i].duration_s, duration_bounds,
+                       (int)(sizeof duration_bounds / sizeof *duration_bounds));
     }
     if (cfg && cfg->local_url && !(ex->local_url = strdup(cfg->local_url)))
         goto fail;
@@ -901,3 +920,23 @@ void exec_get_stats(const struct exec *ex, struct exec_stats *st)
     st->http_connects = httpc_connects(ex->http);
     st->http_io_cpu_ns = httpc_io_cpu_ns(ex->http);
 }
+
+int exec_agent_count(const struct exec *ex) { return ex->n_agents; }
+
+int exec_get_agent_stats(const struct exec *ex, int i, struct exec_agent_stats *st)
+{
+    if (i < 0 || i >= ex->n_agents)
+        return ps_error_set(PS_EINVAL, "executor: no agent %d (it has %d)", i, ex->n_agents);
+    const struct agent_rt *rt = &ex->agents[i];
+    *st = (struct exec_agent_stats){
+        .name = rt->spec->name, .attempts = rt->attempts, .retries = rt->retries,
+        .breaker_rejects = rt->breaker_rejects, .running = rt->running, .queued = rt->queued,
+        .breaker = !rt->open_until_ns ? BREAKER_CLOSED
+                 : orch_now_ns() < rt->open_until_ns ? BREAKER_OPEN : BREAKER_HALF_OPEN,
+        .duration_s = rt->duration_s,
+    };
+    memcpy(st->calls, rt->calls, sizeof st->calls);
+    return PS_OK;
+}
+
+int64_t exec_unknown_agent_calls(const struct exec *ex) { return ex->unknown_agent_calls; }

@@ -31,6 +31,9 @@ struct agent_rt {
     int                a2a_stream;         /* a2a: stream replies (spec's a2a_streaming == 1,
                                               until the agent refuses) */
     struct event      *pump;               /* starts queued calls as slots free */
+    int64_t            calls[FB_STATUS_COUNT];   /* exec_agent_stats */
+    int64_t            attempts, retries, breaker_rejects;
+    struct histogram   duration_s;
 };
 
 /* the header lines of every JSON request an adapter sends */
@@ -55,6 +58,7 @@ struct exec {
     long                   a2a_rpc_id;     /* last JSON-RPC id of an a2a request (each executor its own:
                                               executors on different threads share nothing) */
     struct exec_stats      stats;
+    int64_t                unknown_agent_calls;
 };
 
 /* Outcome of one adapter attempt.  The executor may take ownership of

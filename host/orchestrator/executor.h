@@ -43,6 +43,8 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
+#include "common/histogram.h"
+
 struct event_base;
 struct registry;
 struct exec;
@@ -147,5 +149,27 @@ struct exec_stats {
     int64_t http_io_cpu_ns;  /* CPU time of httpc's I/O threads so far (0: none) */
 };
 void exec_get_stats(const struct exec *ex, struct exec_stats *st);
+
+enum exec_breaker_state { BREAKER_CLOSED, BREAKER_OPEN, BREAKER_HALF_OPEN };
+
+/* One agent's numbers since the executor was created. */
+struct exec_agent_stats {
+    const char *name;                   /* the registry's (borrowed) */
+    int64_t     calls[FB_STATUS_COUNT]; /* finished calls naming it, by status */
+    int64_t     attempts, retries, breaker_rejects;
+    int         running, queued;        /* now */
+    enum exec_breaker_state breaker;    /* now; half-open: the next call probes */
+    struct histogram duration_s;        /* first dispatch -> feedback, retries
+                                           included, of the calls that were
+                                           dispatched (EXEC_DURATION_BOUNDS) */
+};
+/* Seconds: EXEC_DURATION_BOUNDS' upper bucket bounds. */
+#define EXEC_DURATION_BOUNDS 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300
+/* Agents of the executor's registry (registry order). */
+int  exec_agent_count(const struct exec *ex);
+/* Agent i's numbers (0 <= i < exec_agent_count; PS_EINVAL otherwise). */
+int  exec_get_agent_stats(const struct exec *ex, int i, struct exec_agent_stats *st);
+/* Calls naming no agent of the registry (all rejected). */
+int64_t exec_unknown_agent_calls(const struct exec *ex);
 
 #endif /* PS_ORCH_EXECUTOR_H */

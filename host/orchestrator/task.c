@@ -122,6 +122,7 @@ struct orch {
     size_t                 index_cap, index_n;
     int                    n_running, n_finished;
     uint64_t               next_id;
+    struct orch_stats      stats;         /* n_running apart */
 };
 
 static const char *const task_status_names[] = { "running", "completed", "failed", "cancelled" };
@@ -712,6 +713,8 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     }
     o->n_running--;
     o->n_finished++;
+    o->stats.ended[st]++;
+    histogram_observe(&o->stats.task_s, (double)(orch_now_ns() - t->t_start) / 1e9);
     t->fin_prev = o->fin_tail;
     if (o->fin_tail) o->fin_tail->fin_next = t; else o->fin_head = t;
     o->fin_tail = t;
@@ -1311,8 +1314,11 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         return;
     t->deciding = 0;
     t->decider_handle = NULL;
-    if (!t->script)
-        reserve_update(t, (orch_now_ns() - t->t_decide) / 1000000);
+    if (!t->script) {
+        int64_t took = orch_now_ns() - t->t_decide;
+        histogram_observe(&t->o->stats.decision_s, (double)took / 1e9);
+        reserve_update(t, took / 1000000);
+    }
     if (status) {
         char why[512];
         snprintf(why, sizeof why, "decision failed: %s", error ? error : ps_status_str(status));
@@ -1539,6 +1545,7 @@ static void decide(struct orch_task *t)
         return;
     }
     t->rounds++;
+    o->stats.decisions[!t->script]++;
     t->final_only = !t->script && (t->rounds >= t->max_rounds || t->n_calls >= t->max_calls || t->finalize ||
                                    t->repeated);
     t->t_decide = orch_now_ns();
@@ -1729,6 +1736,9 @@ struct orch *orch_create(struct event_base *base, const struct registry *reg,
     o->cfg.keep_finished = ocfg && ocfg->keep_finished ? ocfg->keep_finished : 10000;
     o->cfg.max_events = ocfg && ocfg->max_events >= 4 ? ocfg->max_events : 100000;
     o->next_id = ((uint64_t)orch_now_ns() * 2654435761u) & 0xffffffffu;
+    static const double duration_bounds[] = { ORCH_DURATION_BOUNDS };
+    histogram_init(&o->stats.task_s, duration_bounds, (int)(sizeof duration_bounds / sizeof *duration_bounds));
+    histogram_init(&o->stats.decision_s, duration_bounds, (int)(sizeof duration_bounds / sizeof *duration_bounds));
     if (!(o->ex = exec_create(base, reg, ecfg))) {
         free(o);
         return NULL;
@@ -2023,6 +2033,7 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
         t->script_borrowed = 0;
     }
     event_active(t->kick, 0, 0);
+    o->stats.created[!t->script]++;
     *out = t;
     return PS_OK;
 }
@@ -2053,6 +2064,12 @@ int64_t orch_task_created_ns(const struct orch_task *t) { return t->t_start; }
 const char *orch_task_tenant(const struct orch_task *t) { return t->tenant; }
 enum orch_task_status orch_task_status(const struct orch_task *t) { return t->status; }
 int orch_running(const struct orch *o) { return o->n_running; }
+
+void orch_get_stats(const struct orch *o, struct orch_stats *st)
+{
+    *st = o->stats;
+    st->running = o->n_running;
+}
 
 void orch_task_cancel(struct orch_task *t, const char *reason)
 {

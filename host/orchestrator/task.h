@@ -36,6 +36,7 @@
 #include <stdint.h>
 #include <cjson/cJSON.h>
 
+#include "common/histogram.h"
 #include "orchestrator/executor.h"
 
 struct event_base;
@@ -202,5 +203,19 @@ void orch_cancel_all(struct orch *o, const char *reason);
 
 /* Tasks not yet finished. */
 int orch_running(const struct orch *o);
+
+/* The orchestrator's numbers since orch_create. */
+struct orch_stats {
+    int64_t created[2];          /* tasks accepted: [0] scripted, [1] model-driven */
+    int64_t ended[4];            /* by enum orch_task_status ([TASK_RUNNING] unused) */
+    int     running;
+    int64_t decisions[2];        /* decisions started: [0] scripted actions, [1] the model's */
+    struct histogram task_s;     /* submit -> end of every ended task, seconds */
+    struct histogram decision_s; /* the model's decisions: start -> end (the engine's
+                                    queue, prefill and decode), seconds */
+};
+/* Seconds: upper bucket bounds of task_s and decision_s. */
+#define ORCH_DURATION_BOUNDS 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600
+void orch_get_stats(const struct orch *o, struct orch_stats *st);
 
 #endif /* PS_ORCH_TASK_H */

@@ -15,19 +15,12 @@ static const char *const route_names[ROUTE_COUNT] = {
     "/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics", "other",
 };
 
-static void hist_init(struct histogram *h, const double *b, int n)
-{
-    memset(h, 0, sizeof *h);
-    h->bounds = b;
-    h->n = n;
-}
-
 void metrics_init(struct metrics *m)
 {
     memset(m, 0, sizeof *m);
-    hist_init(&m->ttft, ttft_bounds, (int)(sizeof ttft_bounds / sizeof *ttft_bounds));
-    hist_init(&m->itl, itl_bounds, (int)(sizeof itl_bounds / sizeof *itl_bounds));
-    hist_init(&m->e2e, e2e_bounds, (int)(sizeof e2e_bounds / sizeof *e2e_bounds));
+    histogram_init(&m->ttft, ttft_bounds, (int)(sizeof ttft_bounds / sizeof *ttft_bounds));
+    histogram_init(&m->itl, itl_bounds, (int)(sizeof itl_bounds / sizeof *itl_bounds));
+    histogram_init(&m->e2e, e2e_bounds, (int)(sizeof e2e_bounds / sizeof *e2e_bounds));
 }
 
 void metrics_request(struct metrics *m, enum metrics_route r, int status)
@@ -35,6 +28,13 @@ void metrics_request(struct metrics *m, enum metrics_route r, int status)
     if (status < 100 || status >= 600)
         status = 599;
     m->requests[r][status]++;
+}
+
+void metrics_stream_error(struct metrics *m, enum metrics_route r, int status)
+{
+    if (status < 100 || status >= 600)
+        status = 599;
+    m->stream_errors[r][status]++;
 }
 
 void metrics_tenant_done(struct metrics *m, uint32_t t, int32_t n_prompt, int32_t n_generated,
@@ -47,16 +47,6 @@ void metrics_tenant_done(struct metrics *m, uint32_t t, int32_t n_prompt, int32_
     mt->prompt_tokens += (uint64_t)n_prompt;
     mt->generated_tokens += (uint64_t)n_generated;
     mt->cached_prompt_tokens += (uint64_t)n_cached;
-}
-
-void histogram_observe(struct histogram *h, double v)
-{
-    int i = 0;
-    while (i < h->n && v > h->bounds[i])
-        i++;
-    h->counts[i]++;
-    h->sum += v;
-    h->count++;
 }
 
 struct sbuf {
@@ -94,17 +84,34 @@ static void sb_printf(struct sbuf *b, const char *fmt, ...)
     }
 }
 
-static void render_hist(struct sbuf *b, const char *name, const char *help, const struct histogram *h)
+/* One histogram series: `labels` ("agent=\"x\"", or NULL / "") go before le. */
+static void hist_series(struct sbuf *b, const char *name, const char *labels, const struct histogram *h)
 {
-    sb_printf(b, "# HELP %s %s\n# TYPE %s histogram\n", name, help, name);
+    const char *sep = labels && *labels ? "," : "";
+    labels = labels ? labels : "";
     uint64_t cum = 0;
     for (int i = 0; i < h->n; i++) {
         cum += h->counts[i];
-        sb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, h->bounds[i], (unsigned long long)cum);
+        sb_printf(b, "%s_bucket{%s%sle=\"%g\"} %llu\n", name, labels, sep, h->bounds[i], (unsigned long long)cum);
     }
     cum += h->counts[h->n];
-    sb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n%s_sum %.6f\n%s_count %llu\n", name,
-              (unsigned long long)cum, name, h->sum, name, (unsigned long long)h->count);
+    sb_printf(b, "%s_bucket{%s%sle=\"+Inf\"} %llu\n", name, labels, sep, (unsigned long long)cum);
+    if (*labels)
+        sb_printf(b, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels, h->sum, name, labels,
+                  (unsigned long long)h->count);
+    else
+        sb_printf(b, "%s_sum %.6f\n%s_count %llu\n", name, h->sum, name, (unsigned long long)h->count);
+}
+
+static void family(struct sbuf *b, const char *name, const char *type, const char *help)
+{
+    sb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void render_hist(struct sbuf *b, const char *name, const char *help, const struct histogram *h)
+{
+    family(b, name, "histogram", help);
+    hist_series(b, name, NULL, h);
 }
 
 static void counter(struct sbuf *b, const char *name, const char *help, unsigned long long v)
@@ -117,7 +124,77 @@ static void gauge(struct sbuf *b, const char *name, const char *help, long long 
     sb_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
 
-char *metrics_render(const struct metrics *m, const struct engine_stats *es, const char *model_name)
+/* Tasks, agents and agent calls of the tasks API.  Agent names are
+ * registry names ([A-Za-z0-9_.-]): safe as label values. */
+static void render_orch(struct sbuf *b, const struct metrics_orch *o)
+{
+    static const char *const modes[2] = { "script", "model" };
+    family(b, "paraserve_tasks_created_total", "counter",
+           "Tasks accepted (POST /v1/tasks), by mode: script (replayed actions) or model (the served model decides).");
+    for (int i = 0; i < 2; i++)
+        sb_printf(b, "paraserve_tasks_created_total{mode=\"%s\"} %lld\n", modes[i], (long long)o->tasks.created[i]);
+    family(b, "paraserve_tasks_finished_total", "counter", "Tasks ended, by status.");
+    for (int st = TASK_COMPLETED; st <= TASK_CANCELLED; st++)
+        sb_printf(b, "paraserve_tasks_finished_total{status=\"%s\"} %lld\n", orch_task_status_str((enum orch_task_status)st),
+                  (long long)o->tasks.ended[st]);
+    gauge(b, "paraserve_tasks_running", "Tasks not yet ended.", o->tasks.running);
+    family(b, "paraserve_task_decisions_total", "counter",
+           "Decisions started: script (a replayed action) or model (one engine generation each).");
+    for (int i = 0; i < 2; i++)
+        sb_printf(b, "paraserve_task_decisions_total{mode=\"%s\"} %lld\n", modes[i], (long long)o->tasks.decisions[i]);
+    render_hist(b, "paraserve_task_duration_seconds", "Time from a task's submission to its end.", &o->tasks.task_s);
+    render_hist(b, "paraserve_task_decision_duration_seconds",
+                "Time of one decision of the model: engine queue, prefill and decode.", &o->tasks.decision_s);
+
+    family(b, "paraserve_agent_calls_total", "counter",
+           "Agent and tool calls finished, by agent and feedback status.");
+    for (int i = 0; i < o->n_agents; i++)
+        for (int st = 0; st < FB_STATUS_COUNT; st++)
+            sb_printf(b, "paraserve_agent_calls_total{agent=\"%s\",status=\"%s\"} %lld\n", o->agents[i].name,
+                      fb_status_str((enum fb_status)st), (long long)o->agents[i].calls[st]);
+    counter(b, "paraserve_agent_calls_unknown_agent_total",
+            "Calls naming no agent of the pool (each rejected without a call).",
+            (unsigned long long)o->unknown_agent_calls);
+    family(b, "paraserve_agent_attempts_total", "counter", "Adapter attempts started (retries included), by agent.");
+    for (int i = 0; i < o->n_agents; i++)
+        sb_printf(b, "paraserve_agent_attempts_total{agent=\"%s\"} %lld\n", o->agents[i].name,
+                  (long long)o->agents[i].attempts);
+    family(b, "paraserve_agent_retries_total", "counter", "Attempts that were retries, by agent.");
+    for (int i = 0; i < o->n_agents; i++)
+        sb_printf(b, "paraserve_agent_retries_total{agent=\"%s\"} %lld\n", o->agents[i].name,
+                  (long long)o->agents[i].retries);
+    family(b, "paraserve_agent_breaker_rejects_total", "counter",
+           "Calls failed at once because the agent's circuit breaker was open, by agent.");
+    for (int i = 0; i < o->n_agents; i++)
+        sb_printf(b, "paraserve_agent_breaker_rejects_total{agent=\"%s\"} %lld\n", o->agents[i].name,
+                  (long long)o->agents[i].breaker_rejects);
+    family(b, "paraserve_agent_calls_running", "gauge", "Attempts in an adapter now, by agent.");
+    for (int i = 0; i < o->n_agents; i++)
+        sb_printf(b, "paraserve_agent_calls_running{agent=\"%s\"} %d\n", o->agents[i].name, o->agents[i].running);
+    family(b, "paraserve_agent_calls_queued", "gauge",
+           "Calls ready but waiting for a slot under the agent's max_concurrency, by agent.");
+    for (int i = 0; i < o->n_agents; i++)
+        sb_printf(b, "paraserve_agent_calls_queued{agent=\"%s\"} %d\n", o->agents[i].name, o->agents[i].queued);
+    family(b, "paraserve_agent_breaker_state", "gauge",
+           "The agent's circuit breaker: 0 closed, 1 open, 2 half-open (the next call probes).");
+    for (int i = 0; i < o->n_agents; i++)
+        sb_printf(b, "paraserve_agent_breaker_state{agent=\"%s\"} %d\n", o->agents[i].name, (int)o->agents[i].breaker);
+    family(b, "paraserve_agent_call_duration_seconds", "histogram",
+           "Time from a call's first dispatch to its feedback (retries and backoff included), by agent.");
+    for (int i = 0; i < o->n_agents; i++) {
+        char labels[96];
+        snprintf(labels, sizeof labels, "agent=\"%s\"", o->agents[i].name);
+        hist_series(b, "paraserve_agent_call_duration_seconds", labels, &o->agents[i].duration_s);
+    }
+    gauge(b, "paraserve_agent_http_connections_active", "Outbound HTTP exchanges of agent calls in progress.",
+          o->exec.http_active);
+    counter(b, "paraserve_agent_http_connections_opened_total",
+            "Outbound connections opened for agent calls (the rest reused a kept-alive one).",
+            (unsigned long long)o->exec.http_connects);
+}
+
+char *metrics_render(const struct metrics *m, const struct engine_stats *es, const char *model_name,
+                     const struct metrics_orch *orch)
 {
     struct sbuf b = { malloc(8192), 0, 8192, 0 };
     if (!b.p)
@@ -132,6 +209,14 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
             if (m->requests[r][st])
                 sb_printf(&b, "paraserve_requests_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
                           st, (unsigned long long)m->requests[r][st]);
+    family(&b, "paraserve_stream_errors_total", "counter",
+           "Streamed replies (their 200 already sent, so counted as 200 in paraserve_requests_total) that "
+           "ended with an error event, by route and the error's status.");
+    for (int r = 0; r < ROUTE_COUNT; r++)
+        for (int st = 0; st < 600; st++)
+            if (m->stream_errors[r][st])
+                sb_printf(&b, "paraserve_stream_errors_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
+                          st, (unsigned long long)m->stream_errors[r][st]);
     counter(&b, "paraserve_prompt_tokens_total", "Prompt tokens of finished requests.", m->prompt_tokens);
     counter(&b, "paraserve_generation_tokens_total", "Tokens generated for finished requests.",
             m->generated_tokens);
@@ -210,6 +295,8 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
                 "Time between consecutive tokens of a request (of one choice when n > 1).",
                 &m->itl);
     render_hist(&b, "paraserve_request_duration_seconds", "Time from request to last token.", &m->e2e);
+    if (orch)
+        render_orch(&b, orch);
     if (b.oom) {
         free(b.p);
         return NULL;

@@ -10,21 +10,13 @@
 
 #include <stdint.h>
 
+#include "../common/histogram.h"
 #include "../engine/engine.h"
+#include "../orchestrator/task.h"
 
 enum metrics_route {
     ROUTE_CHAT, ROUTE_COMPLETIONS, ROUTE_MODELS, ROUTE_HEALTH, ROUTE_METRICS, ROUTE_OTHER,
     ROUTE_COUNT
-};
-
-#define METRICS_MAX_BUCKETS 16
-
-struct histogram {
-    const double *bounds; /* [n] upper bounds, ascending; +Inf implied */
-    int           n;
-    uint64_t      counts[METRICS_MAX_BUCKETS + 1];
-    double        sum;
-    uint64_t      count;
 };
 
 #define METRICS_MAX_TENANTS 65 /* tenant 0 (no API keys) + one per key */
@@ -39,6 +31,9 @@ struct metrics_tenant {
 struct metrics {
     /* requests_total{route, status}: status classes tracked individually */
     uint64_t requests[ROUTE_COUNT][600];
+    /* stream_errors_total{route, status}: streamed replies (their 200 sent)
+     * that ended with an error event of that status */
+    uint64_t stream_errors[ROUTE_COUNT][600];
     uint64_t prompt_tokens, generated_tokens, cached_prompt_tokens;
     uint64_t client_disconnects;
     struct histogram ttft, itl, e2e;
@@ -54,15 +49,27 @@ struct metrics {
     uint64_t idle_closed;         /* connections closed by the idle timeout */
 };
 
+/* The tasks API's numbers at render time (metrics_render's `orch`). */
+struct metrics_orch {
+    struct orch_stats              tasks;
+    struct exec_stats              exec;
+    const struct exec_agent_stats *agents;   /* [n_agents], registry order */
+    int                            n_agents;
+    int64_t                        unknown_agent_calls;
+};
+
 void metrics_init(struct metrics *m);
 void metrics_request(struct metrics *m, enum metrics_route r, int status);
+/* A streamed reply of route r ended with an error event of HTTP status `status`. */
+void metrics_stream_error(struct metrics *m, enum metrics_route r, int status);
 /* Count a finished generation request of tenant `t` (ignored when out of range). */
 void metrics_tenant_done(struct metrics *m, uint32_t t, int32_t n_prompt, int32_t n_generated,
                          int32_t n_cached);
-void histogram_observe(struct histogram *h, double v);
 
-/* Render everything into a malloc'd NUL-terminated string (caller frees);
- * NULL when out of memory. */
-char *metrics_render(const struct metrics *m, const struct engine_stats *es, const char *model_name);
+/* Render everything (orch: the tasks, agents and agent calls; NULL: none)
+ * into a malloc'd NUL-terminated string (caller frees); NULL when out of
+ * memory. */
+char *metrics_render(const struct metrics *m, const struct engine_stats *es, const char *model_name,
+                     const struct metrics_orch *orch);
 
 #endif /* PS_SERVER_METRICS_H */

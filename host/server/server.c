@@ -737,6 +737,7 @@ static void sse_start(struct gen_ctx *g)
 /* A data: line holding an OpenAI error object (the stream's end). */
 static void sse_send_error(struct gen_ctx *g, const struct api_error *e)
 {
+    metrics_stream_error(&g->srv->m, g->route, e->status);
     char *json = api_error_json(e);
     if (json) {
         sse_send_data(g, json);
@@ -1293,18 +1294,42 @@ static void handle_model(struct server *srv, struct evhttp_request *req, const c
     reply_object(srv, req, model_object(srv));
 }
 
+/* A scrape that could not be rendered: 500, counted as such (not as the
+ * 200 its page already counted). */
+static void metrics_oom(struct server *srv, struct evhttp_request *req)
+{
+    srv->m.requests[ROUTE_METRICS][200]--;
+    struct api_error e;
+    api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory while rendering the metrics");
+    reply_error(srv, req, ROUTE_METRICS, &e);
+}
+
 static void handle_metrics(struct server *srv, struct evhttp_request *req)
 {
     struct engine_stats es;
     engine_get_stats(srv->eng, &es);
     metrics_request(&srv->m, ROUTE_METRICS, 200); /* count this scrape in its own output */
-    char *text = metrics_render(&srv->m, &es, srv->model_name);
+    struct metrics_orch orch;
+    int orch_ok = srv->tasks && !tasks_api_metrics(srv->tasks, &orch);
+    /* without the orchestration numbers (out of memory) the scrape is a 500,
+     * not a page that silently lacks them */
+    char *text = !srv->tasks || orch_ok ? metrics_render(&srv->m, &es, srv->model_name, orch_ok ? &orch : NULL) : NULL;
+    if (orch_ok)
+        free((void *)orch.agents);
     struct evbuffer *out = is_head(req) ? NULL : evbuffer_new();
-    if (text && out) {
-        evbuffer_add(out, text, strlen(text));
+    if (!text || (!is_head(req) && !out)) {
+        /* a page missing what could not be rendered would read as zeros */
+        if (out)
+            evbuffer_free(out);
+        free(text);
+        metrics_oom(srv, req);
+        return;
+    }
+    if (out) {
+        int added = evbuffer_add(out, text, strlen(text));
         /* the local agents' port (its own tracker, m_local) */
         const struct metrics *l = &srv->m_local;
-        evbuffer_add_printf(out,
+        added = evbuffer_add_printf(out,
                             "# HELP paraserve_local_connections_open Connections open on the local agents' port.\n"
                             "# TYPE paraserve_local_connections_open gauge\n"
                             "paraserve_local_connections_open %d\n"
@@ -1316,7 +1341,13 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
                             "# TYPE paraserve_local_connections_accepted_total counter\n"
                             "paraserve_local_connections_accepted_total %llu\n",
                             (int)l->conns_open, srv->conns_local ? (int)l->conns_max : 0,
-                            (unsigned long long)l->conns_accepted);
+                            (unsigned long long)l->conns_accepted) < 0 ? -1 : added;
+        if (added) {
+            evbuffer_free(out);
+            free(text);
+            metrics_oom(srv, req);
+            return;
+        }
     }
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type",
                       "text/plain; version=0.0.4; charset=utf-8");

@@ -1015,6 +1015,21 @@ int64_t tasks_api_local_concurrency(const struct tasks_api *api)
     return n;
 }
 
+int tasks_api_metrics(const struct tasks_api *api, struct metrics_orch *out)
+{
+    struct exec *ex = orch_executor(api->orch);
+    int n = exec_agent_count(ex);
+    struct exec_agent_stats *agents = calloc((size_t)n + 1, sizeof *agents);
+    if (!agents)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    for (int i = 0; i < n; i++)
+        exec_get_agent_stats(ex, i, &agents[i]);
+    *out = (struct metrics_orch){ .agents = agents, .n_agents = n, .unknown_agent_calls = exec_unknown_agent_calls(ex) };
+    orch_get_stats(api->orch, &out->tasks);
+    exec_get_stats(ex, &out->exec);
+    return PS_OK;
+}
+
 void tasks_api_drain(struct tasks_api *api)
 {
     if (!api)

@@ -125,6 +125,12 @@ bool tasks_api_owns_event(const struct engine_event *ev);
 /* Consume such an event (borrowed; the caller frees the list). */
 void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev);
 
+/* The numbers /metrics shows of the tasks, agents and agent calls: *out
+ * filled, out->agents malloc'd (the caller frees it; its names are
+ * borrowed from the pool).  PS_ENOMEM. */
+struct metrics_orch;
+int  tasks_api_metrics(const struct tasks_api *api, struct metrics_orch *out);
+
 /* Shutdown: refuse new tasks (503) and cancel the running ones. */
 void tasks_api_drain(struct tasks_api *api);
 

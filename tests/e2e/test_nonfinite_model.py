@@ -121,6 +121,10 @@ def test_serve_fails_request_keeps_serving(paraserve_bin, models):
         events = [line[6:] for line in r.text.splitlines() if line.startswith("data: ")]
         assert '"content":"~"' in events[1], events
         assert MSG in events[-2] and '"error"' in events[-2] and events[-1] == "[DONE]", events
+        # its 200 went out before the error: /metrics counts the stream's error apart
+        m = srv.metrics()
+        assert m['paraserve_stream_errors_total{route="/v1/chat/completions",status="500"}'] == 1, m
+        assert m['paraserve_requests_total{route="/v1/chat/completions",status="200"}'] == 1
         # grammar-constrained sampling reports the same error
         r = chat(srv.url, "~", response_format={"type": "json_object"})
         assert r.status_code == 500 and r.json()["error"]["message"].startswith(MSG), r.text

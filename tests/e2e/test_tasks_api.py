@@ -509,6 +509,10 @@ def test_model_driven_task_near_its_deadline_answers(srv, paraserve_bin):
     wall = time.time() - t0
     s = check_model_events(ev, 50)
     assert wall < deadline_ms / 1000 + 0.5, wall
+    m = prom_samples(srv)
+    assert m[("paraserve_tasks_created_total", (("mode", "model"),))] >= 1
+    assert m[("paraserve_task_decisions_total", (("mode", "model"),))] >= s["rounds"]
+    assert m[("paraserve_task_decision_duration_seconds_count", ())] >= s["rounds"]
     print(f"\nshort deadline: final in {wall:.1f} s, rounds {s['rounds']}, "
           f"calls {[(c['id'], c['to'], c['status']) for c in s['calls']]}")
 
@@ -632,3 +636,88 @@ def test_event_streams_carry_keepalive_comments_while_a_task_waits(start_server,
     ev = sse_events(lines)
     assert [e["event"] for e in ev][-1] == "task.final" and ev[-1]["data"]["output"] == "true", ev
     assert [e["id"] for e in ev] == list(range(1, len(ev) + 1))
+
+
+def prom_samples(srv):
+    """GET /metrics parsed by prometheus_client (a strict parser of the text
+    format): {(sample name, ((label, value), ...)): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+    r = httpx.get(srv.url + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+    out = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            key = (s.name, tuple(sorted(s.labels.items())))
+            assert key not in out, f"sample {key} twice"
+            out[key] = s.value
+    return out
+
+
+def test_metrics_count_tasks_agent_calls_by_status_and_their_durations(srv):
+    """/metrics shows the tasks (by mode and end status, running now, their
+    durations) and every agent's calls by feedback status, attempts,
+    retries, running / queued calls, breaker state and call durations."""
+    def val(m, name, **labels):
+        return m.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    before = prom_samples(srv)
+    s = post(srv, {"input": "metrics", "script": [
+        {"calls": [{"id": "ok", "to": "mock", "args": {}},
+                   {"id": "e5xx", "to": "mock", "args": {"fault": "5xx"}},
+                   {"id": "html", "to": "mock", "args": {"fault": "nonjson"}},
+                   {"id": "hang", "to": "mock", "args": {"fault": "hang"}},
+                   {"id": "bad", "to": "mock", "args": {"sleep_ms": "soon"}},
+                   {"id": "calc", "to": "calculator", "args": {"expression": "6*7"}},
+                   {"id": "who", "to": "nobody", "args": {}}]},
+        {"final": {"answer": "{{calc}}", "uses": ["ok", "e5xx", "html", "hang", "bad", "calc", "who"]}}]},
+        timeout=30).json()
+    assert s["status"] == "completed", s
+    calls = by_id(s)
+    assert {k: c["status"] for k, c in calls.items()} == {
+        "ok": "ok", "e5xx": "exec_error", "html": "parse_error", "hang": "timeout", "bad": "rejected",
+        "calc": "ok", "who": "rejected"}, calls
+    # a task cancelled with a call in flight
+    with httpx.stream("POST", srv.url + "/v1/tasks", timeout=30, json={"input": "metrics cancel", "stream": True, "script": [
+            {"calls": [{"id": "slow", "to": "mock", "args": {"sleep_ms": 5000}}]},
+            {"final": {"answer": "x", "uses": ["slow"]}}]}) as r:
+        tid = r.headers["x-task-id"]
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("event: call.dispatched"):
+                break
+        during = prom_samples(srv)
+        httpx.delete(f"{srv.url}/v1/tasks/{tid}", timeout=10)
+        list(lines)
+    after = prom_samples(srv)
+
+    def delta(name, **labels):
+        return val(after, name, **labels) - val(before, name, **labels)
+
+    assert val(during, "paraserve_tasks_running") >= val(before, "paraserve_tasks_running") + 1
+    assert val(during, "paraserve_agent_calls_running", agent="mock") >= 1
+    assert delta("paraserve_tasks_created_total", mode="script") == 2
+    assert delta("paraserve_tasks_created_total", mode="model") == 0
+    assert delta("paraserve_tasks_finished_total", status="completed") == 1
+    assert delta("paraserve_tasks_finished_total", status="cancelled") == 1
+    assert delta("paraserve_tasks_finished_total", status="failed") == 0
+    assert delta("paraserve_task_decisions_total", mode="script") == 3   # 2 + the cancelled task's first
+    assert delta("paraserve_task_duration_seconds_count") == 2
+    for st, n in {"ok": 1, "exec_error": 1, "parse_error": 1, "timeout": 1, "rejected": 1, "cancelled": 1}.items():
+        assert delta("paraserve_agent_calls_total", agent="mock", status=st) == n, st
+    assert delta("paraserve_agent_calls_total", agent="calculator", status="ok") == 1
+    assert delta("paraserve_agent_calls_unknown_agent_total") == 1
+    mock_attempts = sum(c["attempts"] for c in s["calls"] if c["to"] == "mock") + 1
+    assert delta("paraserve_agent_attempts_total", agent="mock") == mock_attempts
+    assert delta("paraserve_agent_retries_total", agent="mock") == mock_attempts - 5   # 5 mock calls dispatched
+    assert calls["e5xx"]["attempts"] == 2                                            # retries: 1
+    # durations: the 5 dispatched mock calls, the hung one over its 800 ms timeout
+    assert delta("paraserve_agent_call_duration_seconds_count", agent="mock") == 5
+    assert delta("paraserve_agent_call_duration_seconds_sum", agent="mock") >= 0.8
+    assert delta("paraserve_agent_call_duration_seconds_bucket", agent="mock", le="+Inf") == 5
+    assert delta("paraserve_agent_call_duration_seconds_bucket", agent="mock", le="0.5") >= 3  # ok, 5xx, html
+    assert val(after, "paraserve_agent_breaker_state", agent="mock") == 0
+    assert val(after, "paraserve_agent_calls_queued", agent="mock") == 0
+    # cumulative buckets never decrease
+    buckets = sorted(((float(dict(k[1])["le"]), v) for k, v in after.items()
+                      if k[0] == "paraserve_agent_call_duration_seconds_bucket" and dict(k[1])["agent"] == "mock"))
+    assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), buckets
