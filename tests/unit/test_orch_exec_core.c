@@ -234,7 +234,13 @@ static void test_breaker_probe_cancelled(void)
     submit(g, "{\"id\":\"q\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
     run_until(base, &s, 1, 2000);
     CHECK(fbs_status(&s, "b", NULL) == FB_EXEC_ERROR);
+    struct exec_agent_stats as;
+    CHECK(exec_agent_count(r.ex) == 1 && exec_get_agent_stats(r.ex, 0, &as) == PS_OK);
+    CHECK_MSG(as.breaker == BREAKER_OPEN && as.running == 1 && !strcmp(as.name, "brk"),
+              "after b's 503: breaker %d, running %d", (int)as.breaker, as.running);
+    CHECK(exec_get_agent_stats(r.ex, 1, &as) == PS_EINVAL);
     run_for(base, 120);   /* the breaker is half-open now */
+    CHECK(exec_get_agent_stats(r.ex, 0, &as) == PS_OK && as.breaker == BREAKER_HALF_OPEN);
 
     /* p probes, and is cancelled with the rest before it ends. */
     submit(g, "{\"id\":\"p\",\"to\":\"brk\",\"args\":{\"sleep_ms\":3000}}");
@@ -250,6 +256,18 @@ static void test_breaker_probe_cancelled(void)
     const char *err;
     int st = fbs_status(&s, "n", &err);
     CHECK_MSG(st == FB_OK, "call after the cancelled probe: %s (%s)", st >= 0 ? fb_status_str(st) : "none", err);
+    /* its numbers: b failed; q, queued when the breaker opened, refused by
+     * it; a and p cancelled; n ok.  Four reached the agent: a, b, p, n. */
+    CHECK(exec_get_agent_stats(r.ex, 0, &as) == PS_OK);
+    CHECK_MSG(as.breaker == BREAKER_CLOSED && as.running == 0 && as.queued == 0, "breaker %d running %d queued %d",
+              (int)as.breaker, as.running, as.queued);
+    CHECK_MSG(as.calls[FB_OK] == 1 && as.calls[FB_EXEC_ERROR] == 2 && as.calls[FB_CANCELLED] == 2 &&
+              as.calls[FB_TIMEOUT] == 0 && as.breaker_rejects == 1, "ok %lld exec_error %lld cancelled %lld rejects %lld",
+              (long long)as.calls[FB_OK], (long long)as.calls[FB_EXEC_ERROR], (long long)as.calls[FB_CANCELLED],
+              (long long)as.breaker_rejects);
+    CHECK_MSG(as.attempts == 4 && as.retries == 0 && as.duration_s.count == 4, "attempts %lld durations %llu",
+              (long long)as.attempts, (unsigned long long)as.duration_s.count);
+    CHECK(exec_unknown_agent_calls(r.ex) == 0);
 
     rig_close(&r);
     mock_agent_stop(m);
