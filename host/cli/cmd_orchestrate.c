@@ -401,7 +401,9 @@ static int loop_setup(struct run *r)
         fprintf(stderr, "paraserve orchestrate: loop %d: cannot create its event base\n", r->loop);
         return -1;
     }
-    if (!(r->orch = orch_create(r->base, b->reg, b->ecfg, b->ocfg))) {
+    struct orch_config ocfg = *b->ocfg;
+    ocfg.id_lane = r->loop;   /* ids unique over the loops by construction */
+    if (!(r->orch = orch_create(r->base, b->reg, b->ecfg, &ocfg))) {
         fprintf(stderr, "paraserve orchestrate: %s\n", ps_error_last());
         return -1;
     }

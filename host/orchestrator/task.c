@@ -1734,6 +1734,12 @@ struct orch *orch_create(struct event_base *base, const struct registry *reg,
     o->cfg.max_calls = ocfg && ocfg->max_calls ? ocfg->max_calls : LIMIT_DEFAULTS.max_calls;
     o->cfg.deadline_ms = ocfg && ocfg->deadline_ms ? ocfg->deadline_ms : LIMIT_DEFAULTS.deadline_ms;
     o->cfg.keep_finished = ocfg && ocfg->keep_finished ? ocfg->keep_finished : 10000;
+    o->cfg.id_lane = ocfg ? ocfg->id_lane : 0;
+    if (o->cfg.id_lane < 0 || o->cfg.id_lane > 255) {
+        free(o);
+        ps_error_set(PS_EINVAL, "orchestrator: id_lane %d is not in 0-255", ocfg->id_lane);
+        return NULL;
+    }
     o->cfg.max_events = ocfg && ocfg->max_events >= 4 ? ocfg->max_events : 100000;
     o->next_id = ((uint64_t)orch_now_ns() * 2654435761u) & 0xffffffffu;
     static const double duration_bounds[] = { ORCH_DURATION_BOUNDS };
@@ -1965,8 +1971,8 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
         return ps_error_set(PS_ENOMEM, "out of memory");
     t->o = o;
     o->next_id++;
-    snprintf(t->id, sizeof t->id, "task_%08llx%04x", (unsigned long long)o->next_id,
-             (unsigned)(orch_now_ns() & 0xffff));
+    snprintf(t->id, sizeof t->id, "task_%08x%02x%02x", (unsigned)(o->next_id & 0xffffffffu),
+             (unsigned)o->cfg.id_lane, (unsigned)(orch_now_ns() & 0xff));
     t->id_hash = task_id_hash(t->id);
     t->tenant = strdup(tenant ? tenant : "default");
     t->input = strdup(input->valuestring);
@@ -2064,6 +2070,22 @@ int64_t orch_task_created_ns(const struct orch_task *t) { return t->t_start; }
 const char *orch_task_tenant(const struct orch_task *t) { return t->tenant; }
 enum orch_task_status orch_task_status(const struct orch_task *t) { return t->status; }
 int orch_running(const struct orch *o) { return o->n_running; }
+
+int orch_task_id_lane(const char *id)
+{
+    if (!id || strncmp(id, "task_", 5) || strlen(id) != 5 + 12)
+        return -1;
+    int lane = 0;
+    for (int i = 0; i < 12; i++) {
+        char c = id[5 + i];
+        int v = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+        if (v < 0)
+            return -1;
+        if (i == 8 || i == 9)
+            lane = lane * 16 + v;
+    }
+    return lane;
+}
 
 void orch_get_stats(const struct orch *o, struct orch_stats *st)
 {

@@ -58,7 +58,16 @@ struct orch_config {
                             stored for lack of memory, fails with a typed error
                             ("event log full ..." / "out of memory ...") and
                             still ends with its terminal event. */
+    int id_lane;         /* 0-255, written into every task id (the two hex digits
+                            after the counter's eight): orchestrators with
+                            different lanes (executor loops of one process)
+                            never give the same id, and the lane can be read
+                            back from an id (orch_task_id_lane) to route to its
+                            orchestrator.  One orchestrator's ids are unique
+                            by its counter (2^32 tasks before it wraps). */
 };
+/* The id_lane written into a task id, or -1 when `id` is not one of ours. */
+int orch_task_id_lane(const char *id);
 
 /* A model that makes decisions (the engine).  start() begins decoding one
  * decision for `t` from `prompt` (borrowed: copy it) and streams text with

@@ -3,6 +3,7 @@ scripted tasks against a Python mock HTTP agent (latency and faults), the
 built-in loopback mock (fan-out, 200 concurrent tasks), a real MCP server
 (the `mcp` SDK) over streamable HTTP and over stdio, cancel, bad configs."""
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -231,7 +232,11 @@ def test_tasks_spread_over_loops(run, extra):
                      extra=["--mock-agent", "0", "--repeat", "50", "--quiet", "--stats", "--loops", "3", *extra])
     finals = [e for e in ev if e.get("event") == "task.final"]
     assert len(finals) == 100 and all(f["data"]["output"] == "42" for f in finals)
-    assert len({f["data"]["id"] for f in finals}) == 100                  # task ids unique over the loops
+    ids = [f["data"]["id"] for f in finals]
+    assert len(set(ids)) == 100                                           # task ids unique over the loops
+    # by construction: each loop writes its index (the id lane) into its ids
+    assert all(re.fullmatch(r"task_[0-9a-f]{12}", i) for i in ids), ids
+    assert sorted({int(i[13:15], 16) for i in ids}) == [0, 1, 2]
     st = ev[-1]["stats"]
     assert st["loops"] == 3 and st["tasks"] == st["completed"] == 100
     assert st["calls_measured"] == 200 and st["mock_requests"] == 200     # the timed pass only

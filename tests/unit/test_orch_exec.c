@@ -3091,6 +3091,27 @@ static void test_orch_create_failure_status(void)
     ec.http_threads = 0;
     CHECK((o = orch_create(base, reg, &ec, NULL)) != NULL);
     orch_destroy(o);
+    /* id lanes: out of 0-255 refused; in range, every id carries its lane */
+    struct orch_config oc = { .id_lane = 256 };
+    CHECK(orch_create(base, reg, &ec, &oc) == NULL && ps_error_last_status() == PS_EINVAL);
+    oc.id_lane = -1;
+    CHECK(orch_create(base, reg, &ec, &oc) == NULL && ps_error_last_status() == PS_EINVAL);
+    static const int lanes[] = { 0, 7, 255 };
+    for (int i = 0; i < 3; i++) {
+        oc.id_lane = lanes[i];
+        CHECK((o = orch_create(base, reg, &ec, &oc)) != NULL);
+        cJSON *req = cJSON_Parse("{\"input\":\"x\",\"script\":[{\"final\":{\"answer\":\"y\"}}]}");
+        struct orch_task *t = NULL;
+        CHECK(o && req && orch_task_submit(o, req, NULL, &t) == PS_OK);
+        CHECK_MSG(t && orch_task_id_lane(orch_task_id(t)) == lanes[i], "lane %d: id %s", lanes[i],
+                  t ? orch_task_id(t) : "-");
+        cJSON_Delete(req);
+        orch_destroy(o);
+    }
+    CHECK(orch_task_id_lane("task_00000001ff00") == 255 && orch_task_id_lane("task_0000000107ab") == 7);
+    CHECK(orch_task_id_lane("task_00000001ff0") == -1 && orch_task_id_lane("task_00000001ff00a") == -1);
+    CHECK(orch_task_id_lane("task_00000001FF00") == -1 && orch_task_id_lane("job_000000001ff00") == -1);
+    CHECK(orch_task_id_lane(NULL) == -1);
     event_base_free(base);
     registry_free(reg);
 }
