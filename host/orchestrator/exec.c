@@ -531,7 +531,12 @@ static void call_make_ready(struct exec_call *c)
     const char *path[JSCHEMA_MAX_DEPTH + 1];
     if (!c->final_args ||
         substitute(c->g, c->rt->spec->input_schema, path, c->final_args, 0, err, sizeof err)) {
-        call_finish(c, FB_REJECTED, NULL, err[0] ? err : "out of memory", 0);
+        /* a reference that does not resolve is the caller's fault
+         * (rejected); a lack of memory is ours (err left empty) */
+        if (err[0])
+            call_finish(c, FB_REJECTED, NULL, err, 0);
+        else
+            call_finish(c, FB_EXEC_ERROR, NULL, "out of memory while substituting the args' references", 0);
         return;
     }
     if (jschema_validate(c->rt->spec->input_schema, c->final_args, "args", err, sizeof err)) {

@@ -740,6 +740,19 @@ static int json_set_string(cJSON *node, const char *s)
     return 0;
 }
 
+/* Set a ledger field to a static text, allocating nothing (it cannot fail):
+ * the node refers to `literal` (cJSON_IsReference: never freed; copies made
+ * of it own theirs). */
+static void json_set_static(cJSON *node, const char *literal)
+{
+    if (!node)
+        return;
+    if ((cJSON_IsString(node) || cJSON_IsRaw(node)) && !(node->type & cJSON_IsReference))
+        free(node->valuestring);
+    node->valuestring = (char *)literal;
+    node->type = cJSON_String | cJSON_IsReference | (node->type & cJSON_StringIsConst);
+}
+
 static void json_set_null(cJSON *node)
 {
     if ((cJSON_IsString(node) || cJSON_IsRaw(node)) && !(node->type & cJSON_IsReference))
@@ -792,28 +805,44 @@ static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
         if (!f[k])
             f[k] = ledger_field(e, keys[k]);
     cJSON *st = f[K_STATUS], *res = f[K_RESULT], *err = f[K_ERROR], *ms = f[K_MS], *att = f[K_ATTEMPTS];
-    cJSON *rcopy = fb->result ? cJSON_Duplicate(fb->result, 1) : NULL;
-    int oom = !st || !res || !err || !ms || !att || (fb->result && !rcopy) ||
-              json_set_string(st, fb_status_str(fb->status)) ||
-              (fb->error ? json_set_string(err, fb->error) : (json_set_null(err), 0));
-    if (!oom && rcopy && json_put_literal(e, "result", rcopy))
-        oom = 1;
-    else if (!oom && rcopy)
-        f[K_RESULT] = rcopy, rcopy = NULL;      /* the ledger owns it */
-    else if (!oom)
-        json_set_null(res);
-    cJSON_Delete(rcopy);
-    if (ms && att) {
-        cJSON_SetNumberValue(ms, (double)fb->ms);
-        cJSON_SetNumberValue(att, fb->attempts);
-        ms->type = cJSON_Number | (ms->type & cJSON_StringIsConst);
-        att->type = cJSON_Number | (att->type & cJSON_StringIsConst);
-    }
-    if (oom) {
+    if (!st || !res || !err || !ms || !att) {
+        /* only an entry made here (own) can lack members */
         cJSON_Delete(own);
         log_fail(t, PS_ENOMEM);
         return;
     }
+    /* The entry is always left whole and typed: the status is a static
+     * text; a result that cannot be copied makes the call an exec_error
+     * (the summary never shows "ok" without its result), an error text that
+     * cannot be copied a static one.  Either way the record lost what the
+     * agent said, so the task fails (log_fail) rather than answer without
+     * it. */
+    cJSON *rcopy = fb->result ? cJSON_Duplicate(fb->result, 1) : NULL;
+    if (rcopy && json_put_literal(e, "result", rcopy)) {
+        cJSON_Delete(rcopy);
+        rcopy = NULL;
+    } else if (rcopy) {
+        f[K_RESULT] = rcopy;                    /* the ledger owns it */
+    } else {
+        json_set_null(res);
+    }
+    if (fb->result && !rcopy) {
+        json_set_static(st, fb_status_str(FB_EXEC_ERROR));
+        json_set_static(err, "out of memory while recording the agent's result");
+        log_fail(t, PS_ENOMEM);
+    } else {
+        json_set_static(st, fb_status_str(fb->status));
+        if (!fb->error) {
+            json_set_null(err);
+        } else if (json_set_string(err, fb->error)) {
+            json_set_static(err, "(the error's text was lost: out of memory)");
+            log_fail(t, PS_ENOMEM);
+        }
+    }
+    cJSON_SetNumberValue(ms, (double)fb->ms);
+    cJSON_SetNumberValue(att, fb->attempts);
+    ms->type = cJSON_Number | (ms->type & cJSON_StringIsConst);
+    att->type = cJSON_Number | (att->type & cJSON_StringIsConst);
     if (t->status == TASK_RUNNING)
         transcript_feedback(t, e);
     char stack[4096];
@@ -959,8 +988,10 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         snprintf(err, sizeof err, "task call limit (%d) reached", t->max_calls);
     if (err[0]) {
         cJSON *rec = NULL;
-        if (json_set_string(json_get(e, "status"), "rejected") ||
-            json_set_string(json_get(e, "error"), err) || !(rec = cJSON_Duplicate(e, 1))) {
+        json_set_static(json_get(e, "status"), fb_status_str(FB_REJECTED));
+        if (json_set_string(json_get(e, "error"), err))
+            json_set_static(json_get(e, "error"), "rejected (its reason was lost: out of memory)");
+        if (!(rec = cJSON_Duplicate(e, 1))) {
             cJSON_Delete(e);
             cJSON_Delete(own);
             log_fail(t, PS_ENOMEM);
@@ -997,8 +1028,8 @@ static void on_call_closed(void *ud, const cJSON *call_in)
     if (exec_group_submit(t->g, call) != PS_OK) {
         /* its record, which no feedback will fill: the task's end (task
          * summaries need a status for every call) */
-        if (json_set_string(json_get(e, "status"), "exec_error") == 0)
-            json_set_string(json_get(e, "error"), "out of memory");
+        json_set_static(json_get(e, "status"), fb_status_str(FB_EXEC_ERROR));
+        json_set_static(json_get(e, "error"), "out of memory: the executor could not take the call");
         log_fail(t, PS_ENOMEM);
     }
     emit_text(t, "call.dispatched", &b, 0);
@@ -1620,7 +1651,7 @@ static void on_kick(evutil_socket_t fd, short what, void *ud)
         if (t->log_error == PS_EFULL)
             snprintf(why, sizeof why, "event log full: the task reached max_events (%d)", t->o->cfg.max_events);
         else
-            snprintf(why, sizeof why, "out of memory: an event could not be recorded");
+            snprintf(why, sizeof why, "out of memory: an event or a call's record could not be stored");
         task_finish(t, TASK_FAILED, why);
         return;
     }

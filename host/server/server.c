@@ -1357,6 +1357,42 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
     free(text);
 }
 
+#ifdef PS_FAULT_INJECTION
+/* Test builds (PARASERVE_FAULT_INJECTION): POST /debug/fail-json-alloc?after=N
+ * makes the N-th cJSON allocation on this loop's thread from now on fail
+ * (0: none); GET reads the thread's counts.  The reply is built without
+ * cJSON, so arming costs no allocation of the count.  Answers
+ * {"armed":N,"allocs":A,"failures":F}. */
+static void handle_fail_json_alloc(struct server *srv, struct evhttp_request *req)
+{
+    enum evhttp_cmd_type method = evhttp_request_get_command(req);
+    struct api_error e;
+    long after = -1;
+    if (method == EVHTTP_REQ_POST) {
+        const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+        char *endp = NULL;
+        if (q && !strncmp(q, "after=", 6)) {
+            errno = 0;
+            after = strtol(q + 6, &endp, 10);
+        }
+        if (!endp || *endp || errno || after < 0) {
+            api_error_set(&e, 400, "invalid_request_error", "invalid_value", "after",
+                          "POST /debug/fail-json-alloc?after=N (N >= 0; 0 disarms)");
+            reply_error(srv, req, ROUTE_OTHER, &e);
+            return;
+        }
+        json_alloc_fail_after(after);
+    } else if (method != EVHTTP_REQ_GET) {
+        reply_method(srv, req, ROUTE_OTHER, "/debug/fail-json-alloc", "GET, POST, OPTIONS");
+        return;
+    }
+    char body[160];
+    snprintf(body, sizeof body, "{\"armed\":%ld,\"allocs\":%ld,\"failures\":%ld}", after < 0 ? 0 : after,
+             json_alloc_count(), json_alloc_failures());
+    reply_json(srv, req, ROUTE_OTHER, 200, body);
+}
+#endif
+
 /* Constant-time comparison of a presented key with a configured one. */
 static bool key_equal(const char *given, size_t glen, const char *key)
 {
@@ -1476,6 +1512,12 @@ static void serve_request(struct server *srv, struct evhttp_request *req, bool l
         tasks_api_handle(srv->tasks, req, path, who.tenant);
         return;
     }
+#ifdef PS_FAULT_INJECTION
+    if (!local && !strcmp(path, "/debug/fail-json-alloc")) {
+        handle_fail_json_alloc(srv, req);
+        return;
+    }
+#endif
 
     static const struct { const char *path; enum metrics_route route; enum evhttp_cmd_type method; } routes[] = {
         { "/v1/chat/completions", ROUTE_CHAT, EVHTTP_REQ_POST },
@@ -1965,6 +2007,10 @@ int server_run(const struct server_config *cfg)
             tasks_api_n_agents(srv->tasks),
             tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)",
             local_url[0] ? local_url : "nothing (no local port)", (int)srv->m_local.conns_max);
+#ifdef PS_FAULT_INJECTION
+    fprintf(stderr, "paraserve: WARNING: a fault-injection build: POST /debug/fail-json-alloc is open "
+                    "(tests only, never deploy this binary)\n");
+#endif
     if (cfg->n_api_keys)
         fprintf(stderr, "paraserve: /v1/* requires an API key: %d key(s), %d tenant(s)\n", (int)cfg->n_api_keys,
                 (int)srv->m.n_tenants - 1);
