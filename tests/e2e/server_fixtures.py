@@ -6,6 +6,7 @@ sends SIGTERM and checks the exit status.  `server` is one shared default
 server for the module that imports it; tests needing other settings start
 their own with `start_server(...)`.
 """
+import json
 import os
 import re
 import resource
@@ -27,6 +28,25 @@ def sanitized(binary):
     at exit does)."""
     with open(binary, "rb") as f:
         return b"__asan_init" in f.read()
+
+
+def sse_events(lines):
+    """Parse SSE lines into [{"id","event","data"}]."""
+    out, cur = [], {}
+    for line in lines:
+        if line == "":
+            if cur:
+                out.append(cur)
+            cur = {}
+        elif line.startswith("id: "):
+            cur["id"] = int(line[4:])
+        elif line.startswith("event: "):
+            cur["event"] = line[7:]
+        elif line.startswith("data: "):
+            cur["data"] = json.loads(line[6:])
+    if cur:
+        out.append(cur)
+    return out
 
 
 def free_port():

@@ -17,7 +17,7 @@ import json
 import httpx
 import pytest
 
-from server_fixtures import start_server  # noqa: F401  (fixture)
+from server_fixtures import sse_events, start_server  # noqa: F401  (fixture)
 
 MAX_N = 800   # no request here makes more cJSON allocations on the loop
 
@@ -181,18 +181,7 @@ def test_task_stream_events_are_whole_and_end_once(srv):
         if r.status_code != 200:
             assert is_error_body(r), (n, r.status_code, r.text)
             return "500"
-        ev, cur = [], {}
-        for line in r.text.splitlines():
-            if not line:
-                if cur:
-                    ev.append(cur)
-                cur = {}
-            elif line.startswith("id: "):
-                cur["id"] = int(line[4:])
-            elif line.startswith("event: "):
-                cur["event"] = line[7:]
-            elif line.startswith("data: "):
-                cur["data"] = json.loads(line[6:])          # every event whole JSON
+        ev = sse_events(r.text.splitlines())      # every event's data whole JSON
         assert ev and [e["id"] for e in ev] == list(range(1, len(ev) + 1)), (n, r.text)
         terminal = [e for e in ev if e["event"] in ("task.final", "task.error")]
         assert terminal == [ev[-1]], (n, r.text)

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 import server_fixtures
-from server_fixtures import free_port, sanitized, start_server  # noqa: F401  (fixture)
+from server_fixtures import free_port, sanitized, sse_events, start_server  # noqa: F401  (fixture)
 
 AGENTS = Path(__file__).resolve().parent / "agents"
 
@@ -89,25 +89,6 @@ def hsrv(request):
 
 def post(srv, body, timeout=30):
     return httpx.post(srv.url + "/v1/tasks", json=body, timeout=timeout)
-
-
-def sse_events(lines):
-    """Parse SSE lines into [{"id","event","data"}]."""
-    out, cur = [], {}
-    for line in lines:
-        if line == "":
-            if cur:
-                out.append(cur)
-            cur = {}
-        elif line.startswith("id: "):
-            cur["id"] = int(line[4:])
-        elif line.startswith("event: "):
-            cur["event"] = line[7:]
-        elif line.startswith("data: "):
-            cur["data"] = json.loads(line[6:])
-    if cur:
-        out.append(cur)
-    return out
 
 
 def stream_task(srv, body, timeout=30):
