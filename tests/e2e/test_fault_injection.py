@@ -190,3 +190,31 @@ def test_task_stream_events_are_whole_and_end_once(srv):
     n, kinds = sweep(srv, request, check)
     print(f"\ntask stream: {n - 1} allocations failed in turn: {kinds}")
     assert len(kinds) >= 2, kinds
+
+
+def test_get_and_events_of_a_stored_task_are_whole_or_a_500(srv):
+    s = httpx.post(srv.url + "/v1/tasks", json=TASK, timeout=60).json()
+    assert s["status"] == "completed", s
+    url = f"{srv.url}/v1/tasks/{s['id']}"
+    ref_events = sse_events(httpx.get(url + "/events", timeout=10).text.splitlines())
+
+    def check_get(r, hit, n):
+        if r.status_code != 200:
+            assert is_error_body(r), (n, r.status_code, r.text)
+            return "500"
+        assert r.json() == s, (n, r.text)
+        return "whole"
+
+    def check_events(r, hit, n):
+        if r.status_code != 200:
+            assert is_error_body(r), (n, r.status_code, r.text)
+            return "500"
+        assert sse_events(r.text.splitlines()) == ref_events, (n, r.text)
+        return "whole"
+
+    n, kinds = sweep(srv, lambda: httpx.get(url, timeout=10), check_get)
+    print(f"\nGET task: {n - 1} allocations failed in turn: {kinds}")
+    n, kinds = sweep(srv, lambda: httpx.get(url + "/events", timeout=10), check_events)
+    print(f"GET events: {n - 1} allocations failed in turn: {kinds}")
+    n, kinds = sweep(srv, lambda: httpx.delete(url, timeout=10), check_get)   # ended: nothing to cancel
+    print(f"DELETE ended task: {n - 1} allocations failed in turn: {kinds}")
