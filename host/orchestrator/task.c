@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/grow.h"
 #include "common/json_get.h"
@@ -97,6 +98,7 @@ struct orch_task {
     int64_t               reserve_ms;  /* time kept for the last decision(s) */
     int64_t               t_decide;    /* start of the decision being made */
     int64_t               t_start;
+    int64_t               created_unix_ms;
     struct orch_task     *prev, *next;          /* creation order */
     struct orch_task     *fin_prev, *fin_next;  /* finish order (in_fin == FIN_LISTED) */
     int                   in_fin;               /* enum fin_state */
@@ -2027,6 +2029,9 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     if (!script)
         t->finalize_ev = evtimer_new(o->base, on_finalize, t);
     t->t_start = orch_now_ns();
+    struct timespec now_rt;
+    clock_gettime(CLOCK_REALTIME, &now_rt);
+    t->created_unix_ms = (int64_t)now_rt.tv_sec * 1000 + now_rt.tv_nsec / 1000000;
     t->prev = o->tail;
     if (o->tail) o->tail->next = t; else o->head = t;
     o->tail = t;
@@ -2099,6 +2104,14 @@ struct orch_task *orch_task_find(struct orch *o, const char *id)
 const char *orch_task_id(const struct orch_task *t) { return t->id; }
 int64_t orch_task_created_ns(const struct orch_task *t) { return t->t_start; }
 const char *orch_task_tenant(const struct orch_task *t) { return t->tenant; }
+int64_t orch_task_created_unix_ms(const struct orch_task *t) { return t->created_unix_ms; }
+int orch_task_scripted(const struct orch_task *t) { return t->script != NULL; }
+const char *orch_task_input(const struct orch_task *t) { return t->input; }
+int orch_task_n_calls(const struct orch_task *t) { return cJSON_GetArraySize(t->ledger); }
+struct orch_task *orch_task_oldest(const struct orch *o) { return o->head; }
+struct orch_task *orch_task_newest(const struct orch *o) { return o->tail; }
+struct orch_task *orch_task_newer(const struct orch_task *t) { return t->next; }
+struct orch_task *orch_task_older(const struct orch_task *t) { return t->prev; }
 enum orch_task_status orch_task_status(const struct orch_task *t) { return t->status; }
 int orch_running(const struct orch *o) { return o->n_running; }
 

@@ -141,6 +141,21 @@ const char *orch_task_id(const struct orch_task *t);
 int64_t orch_task_created_ns(const struct orch_task *t);
 const char *orch_task_tenant(const struct orch_task *t);
 enum orch_task_status orch_task_status(const struct orch_task *t);
+/* When the task was created, CLOCK_REALTIME in ms (what clients see). */
+int64_t orch_task_created_unix_ms(const struct orch_task *t);
+/* 1 for a scripted task, 0 for a model-driven one. */
+int orch_task_scripted(const struct orch_task *t);
+const char *orch_task_input(const struct orch_task *t);
+/* Calls entered in the task's ledger (rejected ones included). */
+int orch_task_n_calls(const struct orch_task *t);
+/* The orchestrator's tasks (running, and finished ones not yet evicted) in
+ * creation order: the oldest / newest, and the next one newer / older than
+ * t; NULL past the end.  Borrowed: valid on the loop's thread until the
+ * loop runs again (a finished task may be evicted then). */
+struct orch_task *orch_task_oldest(const struct orch *o);
+struct orch_task *orch_task_newest(const struct orch *o);
+struct orch_task *orch_task_newer(const struct orch_task *t);
+struct orch_task *orch_task_older(const struct orch_task *t);
 /* {"id","status","output","calls":[...],"rounds","error"?} (caller frees);
  * NULL when memory ran out (never a summary with a member missing). */
 cJSON *orch_task_summary(const struct orch_task *t);

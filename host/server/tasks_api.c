@@ -8,6 +8,7 @@
 #include <event2/bufferevent.h>
 #include <event2/event.h>
 #include <event2/http.h>
+#include <event2/keyvalq_struct.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -451,6 +452,127 @@ static void handle_events(struct tasks_api *api, struct evhttp_request *req, str
     waiter_start(api, req, t, true, after);
 }
 
+#define LIST_LIMIT_DEFAULT 20
+#define LIST_LIMIT_MAX     100
+#define LIST_INPUT_BYTES   256   /* of each task's input, cut on a character boundary */
+
+/* GET /v1/tasks?limit=&after=&status=&order=: the caller's tenant's tasks
+ * (running, and finished ones not yet evicted), newest first unless
+ * order=asc, as an OpenAI list {"object":"list","data":[...],"first_id",
+ * "last_id","has_more"}; `after` is the last id of the previous page. */
+static void handle_list(struct tasks_api *api, struct evhttp_request *req, const char *tenant)
+{
+    struct api_error e;
+    struct evkeyvalq q;
+    q.tqh_first = NULL;
+    q.tqh_last = &q.tqh_first;
+    const char *query = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    if (query && evhttp_parse_query_str(query, &q)) {
+        api_error_set(&e, 400, "invalid_request_error", "invalid_value", NULL, "The query string is malformed");
+        reply_error(api, req, &e);
+        return;
+    }
+    long limit = LIST_LIMIT_DEFAULT;
+    int desc = 1, status = -1;
+    struct orch_task *after = NULL;
+    for (struct evkeyval *kv = q.tqh_first; kv; kv = kv->next.tqe_next) {
+        const char *k = kv->key, *v = kv->value;
+        int bad = 0;
+        if (!strcmp(k, "limit")) {
+            char *end;
+            errno = 0;
+            limit = strtol(v, &end, 10);
+            bad = errno || end == v || *end || limit < 1 || limit > LIST_LIMIT_MAX;
+            if (bad)
+                api_error_set(&e, 400, "invalid_request_error", "invalid_value", "limit",
+                              "limit must be an integer from 1 to %d", LIST_LIMIT_MAX);
+        } else if (!strcmp(k, "order")) {
+            bad = strcmp(v, "asc") && strcmp(v, "desc");
+            desc = strcmp(v, "asc") != 0;
+            if (bad)
+                api_error_set(&e, 400, "invalid_request_error", "invalid_value", "order", "order must be asc or desc");
+        } else if (!strcmp(k, "status")) {
+            for (int s = TASK_RUNNING; s <= TASK_CANCELLED; s++)
+                if (!strcmp(v, orch_task_status_str((enum orch_task_status)s)))
+                    status = s;
+            bad = status < 0;
+            if (bad)
+                api_error_set(&e, 400, "invalid_request_error", "invalid_value", "status",
+                              "status must be running, completed, failed or cancelled");
+        } else if (!strcmp(k, "after")) {
+            after = orch_task_find(api->orch, v);
+            bad = !after || strcmp(orch_task_tenant(after), tenant);
+            if (bad)
+                api_error_set(&e, 400, "invalid_request_error", "invalid_value", "after",
+                              "after: no task with id '%.64s' (unknown, or evicted after it finished)", v);
+        } else {
+            bad = 1;
+            api_error_set(&e, 400, "invalid_request_error", "unknown_parameter", k,
+                          "Unknown query parameter '%.64s' (limit, after, status, order)", k);
+        }
+        if (bad) {
+            evhttp_clear_headers(&q);
+            reply_error(api, req, &e);
+            return;
+        }
+    }
+    evhttp_clear_headers(&q);
+    struct orch_task *t = after ? (desc ? orch_task_older(after) : orch_task_newer(after))
+                                : (desc ? orch_task_newest(api->orch) : orch_task_oldest(api->orch));
+    long f0 = json_alloc_failures();
+    cJSON *root = cJSON_CreateObject(), *data = cJSON_CreateArray();
+    const char *first = NULL, *last = NULL;
+    long n = 0;
+    bool more = false;
+    for (; t && root && data; t = desc ? orch_task_older(t) : orch_task_newer(t)) {
+        if (strcmp(orch_task_tenant(t), tenant) || (status >= 0 && (int)orch_task_status(t) != status))
+            continue;
+        if (n == limit) {
+            more = true;
+            break;
+        }
+        const char *input = orch_task_input(t);
+        size_t len = strlen(input), cut = len <= LIST_INPUT_BYTES ? len : LIST_INPUT_BYTES;
+        while (cut < len && cut > 0 && ((unsigned char)input[cut] & 0xC0) == 0x80)
+            cut--;   /* never inside a character */
+        char *in = strndup(input, cut);
+        if (!in)
+            json_alloc_failed();
+        cJSON *it = cJSON_CreateObject();
+        json_add(data, NULL, it);
+        json_add(it, "id", cJSON_CreateString(orch_task_id(t)));
+        json_add(it, "object", cJSON_CreateString("task"));
+        json_add(it, "created_at", cJSON_CreateNumber((double)(orch_task_created_unix_ms(t) / 1000)));
+        json_add(it, "status", cJSON_CreateString(orch_task_status_str(orch_task_status(t))));
+        json_add(it, "mode", cJSON_CreateString(orch_task_scripted(t) ? "script" : "model"));
+        json_add(it, "input", in ? cJSON_CreateString(in) : NULL);
+        json_add(it, "input_truncated", cJSON_CreateBool(cut < len));
+        json_add(it, "rounds", cJSON_CreateNumber(orch_task_rounds(t)));
+        json_add(it, "calls", cJSON_CreateNumber(orch_task_n_calls(t)));
+        free(in);
+        if (!first)
+            first = orch_task_id(t);
+        last = orch_task_id(t);
+        n++;
+    }
+    json_add(root, "object", cJSON_CreateString("list"));
+    json_add(root, "data", data);
+    json_add(root, "first_id", first ? cJSON_CreateString(first) : cJSON_CreateNull());
+    json_add(root, "last_id", last ? cJSON_CreateString(last) : cJSON_CreateNull());
+    json_add(root, "has_more", cJSON_CreateBool(more));
+    char *text = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!text || json_alloc_failures() != f0) {
+        /* never a page with tasks or members missing */
+        free(text);
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        reply_error(api, req, &e);
+        return;
+    }
+    reply_json(api, req, 200, text);
+    free(text);
+}
+
 /* A method `path` does not serve: OPTIONS is answered 204 No Content, any
  * other method 405 with the OpenAI error body; both carry "Allow: allow"
  * (the route's methods, OPTIONS included), as server.c's reply_method. */
@@ -481,10 +603,12 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
     const char *rest = path + 9;
     if (!*rest || !strcmp(rest, "/")) {
-        if (method != EVHTTP_REQ_POST)
-            reply_method(api, req, "/v1/tasks", "POST, OPTIONS");
-        else
+        if (method == EVHTTP_REQ_POST)
             handle_create(api, req, tenant_key);
+        else if (method == EVHTTP_REQ_GET || method == EVHTTP_REQ_HEAD)
+            handle_list(api, req, tenant_key);
+        else
+            reply_method(api, req, "/v1/tasks", "GET, HEAD, POST, OPTIONS");
         return;
     }
     const char *id = rest + 1;

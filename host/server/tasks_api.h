@@ -11,6 +11,14 @@
  *          stream true: SSE, one event per task event:
  *            "id: N\nevent: TYPE\ndata: JSON\n\n", ending after task.final /
  *            task.error.
+ *   GET    /v1/tasks?limit=&after=&status=&order=
+ *                                 the caller's tenant's tasks (running, and finished
+ *                                 ones not yet evicted), newest first (order=asc:
+ *                                 oldest first), limit 1-100 (20), after = the
+ *                                 previous page's last_id, status filter:
+ *            {"object":"list","data":[{"id","object":"task","created_at","status",
+ *             "mode","input" (256 bytes at most),"input_truncated","rounds",
+ *             "calls"}],"first_id","last_id","has_more"}
  *   GET    /v1/tasks/{id}         200 summary (status "running" while it runs)
  *   GET    /v1/tasks/{id}/events  SSE replay of events with id > Last-Event-ID
  *                                 (request header; 0 when absent), then live ones

@@ -43,7 +43,7 @@ def _preflight(port, path, origin, method="POST", headers=None):
 
 def test_preflight_from_an_allowed_origin_needs_no_key(cors_server):
     for path, allow in (("/v1/chat/completions", "POST, OPTIONS"), ("/v1/completions", "POST, OPTIONS"),
-                        ("/v1/models", "GET, HEAD, OPTIONS"), ("/v1/tasks", "POST, OPTIONS"),
+                        ("/v1/models", "GET, HEAD, OPTIONS"), ("/v1/tasks", "GET, HEAD, POST, OPTIONS"),
                         ("/v1/tasks/task_x", "GET, HEAD, DELETE, OPTIONS"),
                         ("/v1/tasks/task_x/events", "GET, HEAD, OPTIONS")):
         r, body = _preflight(cors_server.port, path, ORIGIN,

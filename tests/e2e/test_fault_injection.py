@@ -192,7 +192,7 @@ def test_task_stream_events_are_whole_and_end_once(srv):
     assert len(kinds) >= 2, kinds
 
 
-def test_get_and_events_of_a_stored_task_are_whole_or_a_500(srv):
+def test_get_list_and_events_of_stored_tasks_are_whole_or_a_500(srv):
     s = httpx.post(srv.url + "/v1/tasks", json=TASK, timeout=60).json()
     assert s["status"] == "completed", s
     url = f"{srv.url}/v1/tasks/{s['id']}"
@@ -218,3 +218,17 @@ def test_get_and_events_of_a_stored_task_are_whole_or_a_500(srv):
     print(f"GET events: {n - 1} allocations failed in turn: {kinds}")
     n, kinds = sweep(srv, lambda: httpx.delete(url, timeout=10), check_get)   # ended: nothing to cancel
     print(f"DELETE ended task: {n - 1} allocations failed in turn: {kinds}")
+    for _ in range(3):
+        assert httpx.post(srv.url + "/v1/tasks", json=TASK, timeout=60).json()["status"] == "completed"
+    ref_list = httpx.get(srv.url + "/v1/tasks?limit=3", timeout=10).json()
+    assert len(ref_list["data"]) == 3 and ref_list["has_more"]
+
+    def check_list(r, hit, n):
+        if r.status_code != 200:
+            assert is_error_body(r), (n, r.status_code, r.text)
+            return "500"
+        assert r.json() == ref_list, (n, r.text)   # never a page with a task or member missing
+        return "whole"
+
+    n, kinds = sweep(srv, lambda: httpx.get(srv.url + "/v1/tasks?limit=3", timeout=10), check_list)
+    print(f"GET /v1/tasks?limit=3: {n - 1} allocations failed in turn: {kinds}")

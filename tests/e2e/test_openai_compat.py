@@ -643,7 +643,7 @@ ROUTES = [
     ("/v1/models/default", "GET, HEAD, OPTIONS"),
     ("/health", "GET, HEAD, OPTIONS"),
     ("/metrics", "GET, HEAD, OPTIONS"),
-    ("/v1/tasks", "POST, OPTIONS"),
+    ("/v1/tasks", "GET, HEAD, POST, OPTIONS"),
     ("/v1/tasks/task_x", "GET, HEAD, DELETE, OPTIONS"),
     ("/v1/tasks/task_x/events", "GET, HEAD, OPTIONS"),
 ]

@@ -335,9 +335,9 @@ def test_unknown_tasks_and_methods(srv):
     err_shape(httpx.delete(srv.url + "/v1/tasks/task_nope", timeout=10), 404)
     err_shape(httpx.get(srv.url + "/v1/tasks/task_nope/events", timeout=10), 404)
     err_shape(httpx.get(srv.url + "/v1/tasks/a/b", timeout=10), 404)
-    r = httpx.get(srv.url + "/v1/tasks", timeout=10)
+    r = httpx.put(srv.url + "/v1/tasks", timeout=10)
     err_shape(r, 405)
-    assert r.headers["allow"] == "POST, OPTIONS"
+    assert r.headers["allow"] == "GET, HEAD, POST, OPTIONS"
     r = httpx.post(srv.url + "/v1/tasks/task_x", timeout=10)
     err_shape(r, 405)
     assert r.headers["allow"] == "GET, HEAD, DELETE, OPTIONS"   # HEAD is served too
@@ -702,3 +702,87 @@ def test_metrics_count_tasks_agent_calls_by_status_and_their_durations(srv):
     buckets = sorted(((float(dict(k[1])["le"]), v) for k, v in after.items()
                       if k[0] == "paraserve_agent_call_duration_seconds_bucket" and dict(k[1])["agent"] == "mock"))
     assert all(a[1] <= b[1] for a, b in zip(buckets, buckets[1:])), buckets
+
+
+def test_list_tasks_pages_filters_and_keeps_tenants_apart(start_server, mock_port, tmp_path):  # noqa: F811
+    """GET /v1/tasks: the caller's tenant's tasks, newest first (or
+    order=asc), `limit` per page, `after` the previous page's last id,
+    `status` filter; an OpenAI list; bad parameters a 400 naming them."""
+    cfg = tmp_path / "server.json"
+    cfg.write_text(json.dumps({"api_keys": [{"key": "sk-list-alpha", "tenant": "alpha"},
+                                            {"key": "sk-list-beta", "tenant": "beta"}]}))
+    pool = tmp_path / "agents.json"
+    pool.write_text(json.dumps({"agents": [
+        {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{mock_port}/",
+         "description": "Mock agent.", "input_schema": {"type": "object"}, "timeout_ms": 60000}]}))
+    s = start_server("--config", str(cfg), "--agents", str(pool), "--kv-blocks", 64)
+    A, B = {"Authorization": "Bearer sk-list-alpha"}, {"Authorization": "Bearer sk-list-beta"}
+
+    def submit(h, body):
+        r = httpx.post(s.url + "/v1/tasks", json=body, headers=h, timeout=30)
+        assert r.status_code == 200, r.text
+        return r.json()["id"]
+
+    def page(h, **q):
+        r = httpx.get(s.url + "/v1/tasks", params=q, headers=h, timeout=10)
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    done = {"script": [{"final": {"answer": "x"}}]}
+    long_input = "é" * 200 + "tail"     # 404 bytes: cut at 256, on a character boundary
+    ids = [submit(A, {"input": long_input if i == 0 else f"alpha {i}", **done}) for i in range(5)]
+    beta = submit(B, {"input": "beta 0", **done})
+    bad = submit(A, {"input": "fails", "script": [{"calls": [{"id": "k", "to": "mock", "args": {}}]}]})  # no final
+    # one still running: its call sleeps 30 s (cancelled at the end)
+    with httpx.stream("POST", s.url + "/v1/tasks", headers=A, timeout=60, json={
+            "input": "running", "stream": True,
+            "script": [{"calls": [{"id": "a", "to": "mock", "args": {"sleep_ms": 30000}}]},
+                       {"final": {"answer": "{{a}}", "uses": ["a"]}}]}) as r:
+        running = r.headers["x-task-id"]
+        lines = r.iter_lines()
+        for line in lines:
+            if line.startswith("event: call.dispatched"):
+                break
+        newest_first = [running, bad] + ids[::-1]
+        p = page(A)
+        assert p["object"] == "list" and [t["id"] for t in p["data"]] == newest_first and not p["has_more"]
+        assert p["first_id"] == running and p["last_id"] == ids[0]
+        assert beta not in [t["id"] for t in p["data"]]                      # another tenant's
+        assert [t["id"] for t in page(B)["data"]] == [beta]
+        first = {t["id"]: t for t in p["data"]}
+        t0 = first[ids[0]]
+        assert t0["input"] == "é" * 128 and t0["input_truncated"] is True and len(t0["input"].encode()) == 256
+        assert first[ids[1]] == {**first[ids[1]], "object": "task", "status": "completed", "mode": "script",
+                                 "input": "alpha 1", "input_truncated": False, "rounds": 1, "calls": 0}
+        assert abs(first[ids[1]]["created_at"] - time.time()) < 120
+        assert first[running]["status"] == "running" and first[running]["calls"] == 1
+        assert first[bad]["status"] == "failed"
+        # pages of 3, newest first, then oldest first
+        got, after, pages = [], None, 0
+        while True:
+            q = {"limit": 3, **({"after": after} if after else {})}
+            pg = page(A, **q)
+            got += [t["id"] for t in pg["data"]]
+            pages += 1
+            if not pg["has_more"]:
+                break
+            after = pg["last_id"]
+        assert got == newest_first and pages == 3
+        assert [t["id"] for t in page(A, order="asc", limit=100)["data"]] == newest_first[::-1]
+        assert [t["id"] for t in page(A, order="asc", after=ids[3])["data"]] == [ids[4], bad, running]
+        assert [t["id"] for t in page(A, status="running")["data"]] == [running]
+        assert [t["id"] for t in page(A, status="completed", limit=2)["data"]] == ids[:-3:-1]
+        assert page(A, status="cancelled")["data"] == [] and page(A, status="cancelled")["first_id"] is None
+        # bad parameters: 400 naming them; another tenant's id as a cursor is unknown
+        for q, param in [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "x"}, "limit"),
+                         ({"order": "up"}, "order"), ({"status": "done"}, "status"),
+                         ({"after": "task_nope"}, "after"), ({"after": beta}, "after"), ({"sort": "id"}, "sort")]:
+            r = httpx.get(s.url + "/v1/tasks", params=q, headers=A, timeout=10)
+            err_shape(r, 400)
+            assert r.json()["error"]["param"] == param, (q, r.text)
+        assert httpx.get(s.url + "/v1/tasks", timeout=10).status_code == 401     # a key is needed
+        h = httpx.head(s.url + "/v1/tasks", headers=A, timeout=10)
+        assert h.status_code == 200 and h.content == b""
+        httpx.delete(f"{s.url}/v1/tasks/{running}", headers=A, timeout=10)
+        list(lines)
+    assert [t["status"] for t in page(A, limit=1)["data"]] == ["cancelled"]
