@@ -1326,10 +1326,10 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
         return;
     }
     if (out) {
-        int added = evbuffer_add(out, text, strlen(text));
+        bool failed = evbuffer_add(out, text, strlen(text)) != 0;
         /* the local agents' port (its own tracker, m_local) */
         const struct metrics *l = &srv->m_local;
-        added = evbuffer_add_printf(out,
+        failed |= evbuffer_add_printf(out,
                             "# HELP paraserve_local_connections_open Connections open on the local agents' port.\n"
                             "# TYPE paraserve_local_connections_open gauge\n"
                             "paraserve_local_connections_open %d\n"
@@ -1341,8 +1341,8 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
                             "# TYPE paraserve_local_connections_accepted_total counter\n"
                             "paraserve_local_connections_accepted_total %llu\n",
                             (int)l->conns_open, srv->conns_local ? (int)l->conns_max : 0,
-                            (unsigned long long)l->conns_accepted) < 0 ? -1 : added;
-        if (added) {
+                            (unsigned long long)l->conns_accepted) < 0;
+        if (failed) {
             evbuffer_free(out);
             free(text);
             metrics_oom(srv, req);
