@@ -18,6 +18,7 @@
 
 #include "common/json_get.h"
 #include "common/status.h"
+#include "common/str_index.h"
 #include "orchestrator/exec_internal.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jschema.h"
@@ -41,6 +42,9 @@ struct exec_call {
                                       themselves when they reference nothing) */
     char             **after;
     int                n_after;
+    struct exec_call **dependents; /* calls whose `after` names this one, once per
+                                      mention, in submit order */
+    int                n_dependents, cap_dependents;
     int                pending;    /* unfinished dependencies */
     enum call_state    state;
     int                attempts;
@@ -63,7 +67,8 @@ struct exec_group {
     exec_feedback_fn   cb;
     void              *ud;
     struct exec_call  *head, *tail;
-    int                n_open;
+    int                n_calls, n_open;
+    struct str_index   by_id;        /* call id -> its first call */
     char              *tenant_line;  /* "<local_tenant_header>: tenant"; NULL: none (owned) */
     struct exec_group *prev, *next;
 };
@@ -91,10 +96,22 @@ static uint64_t rng_next(struct exec *ex)
 
 static struct exec_call *group_find(const struct exec_group *g, const char *id)
 {
-    for (struct exec_call *c = g->head; c; c = c->next)
-        if (!strcmp(c->id, id))
-            return c;
-    return NULL;
+    return str_index_get(&g->by_id, id);
+}
+
+/* Note that d waits for c (once per mention in d's `after`). */
+static int dependent_add(struct exec_call *c, struct exec_call *d)
+{
+    if (c->n_dependents == c->cap_dependents) {
+        int cap = c->cap_dependents ? c->cap_dependents * 2 : 4;
+        struct exec_call **p = realloc(c->dependents, (size_t)cap * sizeof *p);
+        if (!p)
+            return PS_ENOMEM;
+        c->dependents = p;
+        c->cap_dependents = cap;
+    }
+    c->dependents[c->n_dependents++] = d;
+    return PS_OK;
 }
 
 static void queue_remove(struct agent_rt *rt, struct exec_call *c)
@@ -200,18 +217,15 @@ static void call_finish(struct exec_call *c, enum fb_status st, cJSON *result,
     };
     g->cb(g->ud, &fb);
 
-    /* Resolve dependents (they come after c in the list). */
-    for (struct exec_call *d = c->is_dup ? NULL : c->next; d; d = d->next) {
+    /* Resolve dependents, in submit order; one listing c twice counted
+     * twice in `pending` and appears twice (each read afresh: the list
+     * cannot grow now, c being done). */
+    for (int i = 0; i < c->n_dependents; i++) {
+        struct exec_call *d = c->dependents[i];
         if (d->state != CS_WAITING)
             continue;
-        /* An id listed twice counted twice in `pending` (submit). */
-        int depends = 0;
-        for (int i = 0; i < d->n_after; i++)
-            depends += !strcmp(d->after[i], c->id);
-        if (!depends)
-            continue;
         if (st == FB_OK) {
-            if ((d->pending -= depends) == 0)
+            if (--d->pending == 0)
                 call_make_ready(d);
         } else {
             char why[256];
@@ -733,6 +747,7 @@ static void call_free(struct exec_call *c)
     for (int i = 0; i < c->n_after; i++)
         free(c->after[i]);
     free(c->after);
+    free(c->dependents);
     free(c->error);
     free(c);
 }
@@ -752,6 +767,7 @@ void exec_group_destroy(struct exec_group *g)
     }
     if (g->prev) g->prev->next = g->next; else ex->groups = g->next;
     if (g->next) g->next->prev = g->prev;
+    str_index_free(&g->by_id);
     free(g->tenant_line);
     free(g);
 }
@@ -802,10 +818,7 @@ int exec_group_submit(struct exec_group *g, const cJSON *call)
         c->id = strdup(id->valuestring);
     } else {
         char gen[32];
-        int n = 0;
-        for (struct exec_call *p = g->head; p; p = p->next)
-            n++;
-        snprintf(gen, sizeof gen, "#%d", n + 1);
+        snprintf(gen, sizeof gen, "#%d", g->n_calls + 1);
         c->id = strdup(gen);
         snprintf(why, sizeof why, "call 'id' must be a string of 1-%d characters", EXEC_MAX_ID);
     }
@@ -818,9 +831,14 @@ int exec_group_submit(struct exec_group *g, const cJSON *call)
     /* A generated "#N" may be taken too: either way nothing depends on it. */
     c->is_dup = group_find(g, c->id) != NULL;
     int dup = !why[0] && c->is_dup;
+    if (!c->is_dup && str_index_put(&g->by_id, c->id, c)) {
+        call_free(c);
+        return ps_error_set(PS_ENOMEM, "executor: out of memory");
+    }
     /* Link first: the call exists (and yields feedback) whatever is wrong with it. */
     if (g->tail) g->tail->next = c; else g->head = c;
     g->tail = c;
+    g->n_calls++;
     g->n_open++;
     ex->stats.calls_started++;
     c->state = CS_NEW;
@@ -859,9 +877,13 @@ int exec_group_submit(struct exec_group *g, const cJSON *call)
                 break;
             }
             c->n_after++;
-            if (dep->state != CS_DONE)
+            if (dep->state != CS_DONE) {
+                if (dependent_add(dep, c)) {
+                    snprintf(why, sizeof why, "out of memory");
+                    break;
+                }
                 c->pending++;
-            else if (dep->status != FB_OK)
+            } else if (dep->status != FB_OK)
                 snprintf(why, sizeof why, "dependency '%s' ended %s", dep->id, fb_status_str(dep->status));
         }
         if (why[0] && !strncmp(why, "dependency", 10)) {

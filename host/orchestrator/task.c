@@ -13,6 +13,7 @@
 #include "common/grow.h"
 #include "common/json_get.h"
 #include "common/status.h"
+#include "common/str_index.h"
 #include "orchestrator/action.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jbuf.h"
@@ -70,6 +71,8 @@ struct orch_task {
     char                  error_short[160];
     cJSON                *output;
     int                   rounds, n_calls;
+    int                   n_ledger;      /* entries in ledger */
+    struct str_index      ledger_ix;     /* call id -> its (first) ledger entry */
     cJSON                *ledger;      /* [{id,to,args,after,status,result,error,ms,attempts}] */
     struct exec_group    *g;
     struct ev_rec        *events;
@@ -480,13 +483,18 @@ static void utf8_scrub(char *s)
  * and answers mean the first. */
 static cJSON *ledger_find(struct orch_task *t, const char *id)
 {
-    cJSON *e;
-    cJSON_ArrayForEach(e, t->ledger) {
-        const cJSON *i = json_get(e, "id");
-        if (cJSON_IsString(i) && !strcmp(i->valuestring, id))
-            return e;
-    }
-    return NULL;
+    return str_index_get(&t->ledger_ix, id);
+}
+
+/* Append entry e to the ledger and index its id (the first entry of an id
+ * stays the one found).  PS_OK, or PS_ENOMEM with e appended but not
+ * findable: the caller fails the task. */
+static int ledger_append(struct orch_task *t, cJSON *e)
+{
+    cJSON_AddItemToArray(t->ledger, e);
+    t->n_ledger++;
+    const cJSON *id = json_get(e, "id");
+    return cJSON_IsString(id) ? str_index_put(&t->ledger_ix, id->valuestring, e) : PS_OK;
 }
 
 /* The next reference "{{id}}" or "{{id.path}}" in s: returns where its "{{"
@@ -885,7 +893,7 @@ static void on_feedback(void *ud, const struct exec_feedback *fb)
  * (a script may use c-ids itself).  Unique within the task by construction. */
 static void fresh_id(struct orch_task *t, char *buf, size_t n)
 {
-    int k = cJSON_GetArraySize(t->ledger) + 1;
+    int k = t->n_ledger + 1;
     for (;; k++) {
         snprintf(buf, n, "c%d", k);
         if (!ledger_find(t, buf))
@@ -1001,7 +1009,8 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         }
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "args");
         cJSON_DeleteItemFromObjectCaseSensitive(rec, "after");
-        cJSON_AddItemToArray(t->ledger, e);
+        if (ledger_append(t, e))
+            log_fail(t, PS_ENOMEM);
         transcript_feedback(t, rec);
         emit(t, "call.result", rec, 0);
         t->new_feedback++;
@@ -1010,7 +1019,14 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         return;
     }
     t->n_calls++;
-    cJSON_AddItemToArray(t->ledger, e);
+    if (ledger_append(t, e)) {
+        /* a call whose feedback could not find its entry: not submitted */
+        json_set_static(json_get(e, "status"), fb_status_str(FB_EXEC_ERROR));
+        json_set_static(json_get(e, "error"), "out of memory: the call could not be entered");
+        log_fail(t, PS_ENOMEM);
+        cJSON_Delete(own);
+        return;
+    }
     /* The event, {"id","to","args","after"}, printed from the ledger entry
      * (no copy of it). */
     char stack[4096];
@@ -1894,6 +1910,7 @@ static void task_free(struct orch_task *t)
     if (!t->script_borrowed)
         cJSON_Delete(t->script);
     cJSON_Delete(t->ledger);
+    str_index_free(&t->ledger_ix);
     cJSON_Delete(t->output);
     cJSON_Delete(t->final_pending);
     free(t->tenant);
@@ -2107,7 +2124,7 @@ const char *orch_task_tenant(const struct orch_task *t) { return t->tenant; }
 int64_t orch_task_created_unix_ms(const struct orch_task *t) { return t->created_unix_ms; }
 int orch_task_scripted(const struct orch_task *t) { return t->script != NULL; }
 const char *orch_task_input(const struct orch_task *t) { return t->input; }
-int orch_task_n_calls(const struct orch_task *t) { return cJSON_GetArraySize(t->ledger); }
+int orch_task_n_calls(const struct orch_task *t) { return t->n_ledger; }
 struct orch_task *orch_task_oldest(const struct orch *o) { return o->head; }
 struct orch_task *orch_task_newest(const struct orch *o) { return o->tail; }
 struct orch_task *orch_task_newer(const struct orch_task *t) { return t->next; }

@@ -1946,7 +1946,15 @@ int server_run(const struct server_config *cfg)
      * again here for other callers); failing, the limit stays as it is */
     (void)server_fd_limit_raise();
     const int32_t max_conns = server_config_max_connections(cfg, server_fd_limit());
-    srv->base = event_base_new();
+    /* No cached time: a timer armed after a long callback (a request of
+     * many thousands of calls) would count from the loop turn's start and
+     * could fire at once - an idle timeout cut a reply being written. */
+    struct event_config *ecfg = event_config_new();
+    if (ecfg)
+        event_config_set_flag(ecfg, EVENT_BASE_FLAG_NO_CACHE_TIME);
+    srv->base = ecfg ? event_base_new_with_config(ecfg) : NULL;
+    if (ecfg)
+        event_config_free(ecfg);
     srv->http = srv->base ? evhttp_new(srv->base) : NULL;
     if (!srv->http) {
         rc = ps_error_set(PS_EINTERNAL, "libevent: cannot create the event base / http server");
