@@ -24,7 +24,7 @@
 #include "orchestrator/jschema.h"
 #include "orchestrator/json_alloc.h"
 
-#define EXEC_MAX_ID      64
+#define EXEC_MAX_ID      64   /* = ORCH_MAX_CALL_ID (task.h) */
 #define EXEC_MAX_AFTER   64
 #define EXEC_BACKOFF_CAP 5000
 
@@ -967,3 +967,12 @@ int exec_get_agent_stats(const struct exec *ex, int i, struct exec_agent_stats *
 }
 
 int64_t exec_unknown_agent_calls(const struct exec *ex) { return ex->unknown_agent_calls; }
+
+void exec_count_rejected(struct exec *ex, const char *to)
+{
+    const struct agent_spec *spec = to ? registry_find(ex->reg, to) : NULL;
+    if (spec)
+        ex->agents[spec - registry_at(ex->reg, 0)].calls[FB_REJECTED]++;
+    else
+        ex->unknown_agent_calls++;
+}

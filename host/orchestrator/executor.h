@@ -171,5 +171,9 @@ int  exec_agent_count(const struct exec *ex);
 int  exec_get_agent_stats(const struct exec *ex, int i, struct exec_agent_stats *st);
 /* Calls naming no agent of the registry (all rejected). */
 int64_t exec_unknown_agent_calls(const struct exec *ex);
+/* Count a call its caller rejected without submitting it (a duplicate id,
+ * a task's call limit) under its agent `to` (NULL or unknown: the unknown
+ * agents' count), so that every finished call is counted once. */
+void    exec_count_rejected(struct exec *ex, const char *to);
 
 #endif /* PS_ORCH_EXECUTOR_H */

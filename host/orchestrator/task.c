@@ -962,12 +962,29 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         return;
     cJSON *own = NULL;
     const cJSON *call = call_in;
-    if (cJSON_IsObject(call_in) && !json_get(call_in, "id")) {
+    /* A call without a usable id gets a fresh one, so that its record and
+     * its events carry the same id, found once: absent (the grammar leaves
+     * ids out), or - rejected then - not a string of 1-ORCH_MAX_CALL_ID
+     * characters, or the call not an object at all. */
+    const cJSON *given = cJSON_IsObject(call_in) ? json_get(call_in, "id") : NULL;
+    char bad[192] = "";
+    if (!cJSON_IsObject(call_in))
+        snprintf(bad, sizeof bad, "a call must be a JSON object {\"to\", \"args\", ...}");
+    else if (given && !(cJSON_IsString(given) && given->valuestring[0] &&
+                        strlen(given->valuestring) <= ORCH_MAX_CALL_ID))
+        snprintf(bad, sizeof bad, "call 'id' must be a string of 1-%d characters", ORCH_MAX_CALL_ID);
+    if (bad[0] || !given) {
         char idb[32];
         fresh_id(t, idb, sizeof idb);
-        if (!(own = call_with_id(call_in, idb))) {
+        own = cJSON_IsObject(call_in) ? call_with_id(call_in, idb) : cJSON_CreateObject();
+        if (!own || (!cJSON_IsObject(call_in) && !cJSON_AddStringToObject(own, "id", idb))) {
+            cJSON_Delete(own);
             log_fail(t, PS_ENOMEM);
             return;
+        }
+        if (bad[0]) {
+            size_t n = strlen(bad);
+            snprintf(bad + n, sizeof bad - n, " (recorded as '%s')", idb);
         }
         call = own;
     }
@@ -991,12 +1008,16 @@ static void on_call_closed(void *ud, const cJSON *call_in)
      * rejected without reaching the executor.  (A duplicate that reached it
      * would be rejected there too, but its feedback, matched by id, could
      * land on the first call's ledger entry.) */
-    char err[96] = "";
-    if (cJSON_IsString(id) && ledger_find(t, id->valuestring))
+    char err[192] = "";
+    if (bad[0])
+        snprintf(err, sizeof err, "%s", bad);
+    else if (cJSON_IsString(id) && ledger_find(t, id->valuestring))
         snprintf(err, sizeof err, "duplicate call id '%.64s'", id->valuestring);
     else if (t->n_calls >= t->max_calls)
         snprintf(err, sizeof err, "task call limit (%d) reached", t->max_calls);
     if (err[0]) {
+        const cJSON *to = json_get(call, "to");
+        exec_count_rejected(t->o->ex, cJSON_IsString(to) ? to->valuestring : NULL);
         cJSON *rec = NULL;
         json_set_static(json_get(e, "status"), fb_status_str(FB_REJECTED));
         if (json_set_string(json_get(e, "error"), err))

@@ -228,6 +228,10 @@ void orch_cancel_all(struct orch *o, const char *reason);
 /* Tasks not yet finished. */
 int orch_running(const struct orch *o);
 
+/* A call id is a string of 1 to ORCH_MAX_CALL_ID characters; a call without
+ * one gets a fresh id ("c<k>"), rejected when it gave a bad one. */
+#define ORCH_MAX_CALL_ID 64
+
 /* The orchestrator's numbers since orch_create. */
 struct orch_stats {
     int64_t created[2];          /* tasks accepted: [0] scripted, [1] model-driven */

@@ -811,3 +811,41 @@ def test_one_action_of_many_calls_costs_linear_time(srv):
     assert len(set(ids)) == n                       # fresh ids, each once
     assert took < 20, f"{n} calls took {took:.1f} s"   # linear: ~0.3 s here (Release), seconds under ASan
     print(f"\n{n} calls in one action: {took:.2f} s")
+
+
+def test_calls_with_bad_ids_get_fresh_ids_and_every_call_is_counted_once(srv):
+    """A call whose id is not a string of 1-64 characters (or that is not an
+    object) is recorded rejected under a fresh id, the same in its events
+    and its record; duplicate ids and calls over max_calls, rejected by the
+    task itself, count in paraserve_agent_calls_total like the executor's
+    rejections (before: null ids and statuses, a `call.result` under an
+    id the executor made up, landing on another call's record, and these
+    rejections missing from the metrics)."""
+    before = prom_samples(srv)
+    ev = stream_task(srv, {"input": "ids", "max_calls": 1, "script": [
+        {"calls": [{"id": 5, "to": "calculator", "args": {"expression": "1"}},
+                   {"id": "#2", "to": "calculator", "args": {"expression": "2"}},
+                   {"id": "x" * 65, "to": "mock", "args": {}},
+                   {"id": "#2", "to": "calculator", "args": {"expression": "3"}},
+                   {"id": "", "to": "calculator", "args": {}},
+                   {"id": "late", "to": "calculator", "args": {"expression": "4"}}]},
+        {"final": {"answer": "{{#2}}", "uses": ["#2"]}}]})
+    s = ev[-1]["data"]
+    assert ev[-1]["event"] == "task.final" and s["output"] == "2", s
+    recs = [(c["id"], c["to"], c["status"]) for c in s["calls"]]
+    assert recs == [("c1", "calculator", "rejected"), ("#2", "calculator", "ok"), ("c3", "mock", "rejected"),
+                    ("#2", "calculator", "rejected"), ("c5", "calculator", "rejected"),
+                    ("late", "calculator", "rejected")], recs
+    errs = [c["error"] for c in s["calls"]]
+    assert "must be a string of 1-64 characters (recorded as 'c1')" in errs[0] and "'c3'" in errs[2]
+    assert "duplicate call id" in errs[3] and "call limit (1)" in errs[5]
+    results = [e["data"]["id"] for e in ev if e["event"] == "call.result"]
+    assert sorted(results) == sorted(c[0] for c in recs)          # one result per record, same ids
+    assert all(c["status"] for c in s["calls"])
+    after = prom_samples(srv)
+
+    def delta(agent, st):
+        key = ("paraserve_agent_calls_total", (("agent", agent), ("status", st)))
+        return after.get(key, 0) - before.get(key, 0)
+    assert delta("calculator", "rejected") == 4 and delta("mock", "rejected") == 1
+    assert delta("calculator", "ok") == 1
