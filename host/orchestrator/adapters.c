@@ -58,7 +58,8 @@ enum fb_status http_json_reply(const char *body, size_t len, cJSON **res, char *
     if (oom)
         return FB_EXEC_ERROR;
     if (!j) {
-        snprintf(err, errlen, "agent reply is not valid JSON");
+        const char *why = json_parse_refusal();
+        snprintf(err, errlen, "agent reply is not valid JSON%s%s", why[0] ? ": " : "", why);
         return FB_PARSE_ERROR;
     }
     *res = j;

@@ -2,7 +2,11 @@
 #include "orchestrator/json_alloc.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "model/unicode.h"
 
 static _Thread_local long fail_countdown;  /* > 0: the allocation that brings it to 0 fails */
 static _Thread_local long allocs;
@@ -38,8 +42,52 @@ void json_alloc_install(void)
     pthread_once(&install_once, install);
 }
 
+static _Thread_local char refusal[96];
+
+const char *json_parse_refusal(void) { return refusal; }
+
+/* 0 when s[0..n) is UTF-8 and none of its strings holds a NUL; else 1 with
+ * `refusal` set.  In a string each backslash takes the next byte with it,
+ * so an escaped backslash never starts an escape. */
+static int text_refused(const char *s, size_t n)
+{
+    int in = 0;
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        if (c >= 0x80) {
+            uint32_t cp;
+            size_t k = unicode_utf8_decode((const uint8_t *)s + i, n - i, &cp);
+            if (cp == UNICODE_INVALID) {
+                snprintf(refusal, sizeof refusal, "invalid UTF-8 at byte %zu", i);
+                return 1;
+            }
+            i += k;
+            continue;
+        }
+        if (c == 0 && !in) {
+            snprintf(refusal, sizeof refusal, "a 0 byte at byte %zu", i);   /* cJSON would skip it */
+            return 1;
+        }
+        if (in && (c == 0 || (c == '\\' && i + 5 < n && !memcmp(s + i + 1, "u0000", 5)))) {
+            snprintf(refusal, sizeof refusal, "a NUL character (\\u0000) in a string at byte %zu", i);
+            return 1;
+        }
+        if (c == '"')
+            in = !in;
+        else if (in && c == '\\' && i + 1 < n)
+            i++;        /* the escaped byte */
+        i++;
+    }
+    return 0;
+}
+
 cJSON *json_parse_oom(const char *s, size_t n, int *oom)
 {
+    refusal[0] = 0;
+    if (text_refused(s, n)) {
+        *oom = 0;
+        return NULL;
+    }
     return json_parse_end_oom(s, n, NULL, oom);
 }
 

@@ -14,9 +14,17 @@
  * from any thread, any number of times.  Memory cJSON allocated before is
  * freed the same way (free). */
 void   json_alloc_install(void);
-/* Parse n bytes of s; NULL with *oom set when memory ran out, NULL with
- * *oom clear when the text is not JSON. */
+/* Parse n bytes of s, text from outside (an agent's reply), strictly: it
+ * must be UTF-8 (RFC 8259) and no string may hold a NUL character (a raw
+ * 0 byte or \u0000, which cJSON would end the string at, silently
+ * cutting it).  NULL with *oom set when memory ran out, NULL with *oom
+ * clear when the text is not JSON or is refused (json_parse_refusal()
+ * then says why). */
 cJSON *json_parse_oom(const char *s, size_t n, int *oom);
+/* Why the thread's last json_parse_oom refused text that cJSON alone would
+ * have taken ("invalid UTF-8 at byte 12", "a NUL character (\u0000) in a
+ * string at byte 40"), or "" when it did not. */
+const char *json_parse_refusal(void);
 /* The same, with cJSON_ParseWithLengthOpts's end pointer (no trailing-
  * text check). */
 cJSON *json_parse_end_oom(const char *s, size_t n, const char **end, int *oom);

@@ -303,6 +303,10 @@ static int mock_decide(struct mock_agent *m, const char *text, size_t len,
         fixed = "{\"error\":\"bad request\"}";
     } else if (!strcmp(fault, "nonjson")) {
         fixed = "<html>this is not json</html>";
+    } else if (!strcmp(fault, "badutf8")) {
+        fixed = "{\"ok\":true,\"v\":\"a\xff\"}";      /* JSON in shape, not UTF-8 */
+    } else if (!strcmp(fault, "nul")) {
+        fixed = "{\"ok\":true,\"v\":\"a\\u0000b\"}";  /* a NUL character in a string */
     } else if (!strcmp(fault, "drop")) {
         cJSON_Delete(args);
         return 0;

@@ -5,7 +5,9 @@
  *   fault     "hang" (never reply), "5xx" (503), "4xx" (400), "nonjson"
  *             (200 with a non-JSON body), "drop" (close the connection
  *             without replying), "flaky" (503 on the first `fail_times`
- *             requests carrying the same `key`, then ok)
+ *             requests carrying the same `key`, then ok), "badutf8" (200
+ *             with a JSON-shaped body holding a 0xFF byte), "nul" (200 with
+ *             {"v":"a\u0000b"})
  * Replies {"ok":true,"args":<args>} with X-Agent-Recv-Ns / X-Agent-Send-Ns
  * headers (CLOCK_MONOTONIC) so callers can measure their own overhead:
  * Recv is when the kernel delivered the request's last bytes to the socket

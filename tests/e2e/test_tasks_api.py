@@ -849,3 +849,28 @@ def test_calls_with_bad_ids_get_fresh_ids_and_every_call_is_counted_once(srv):
         return after.get(key, 0) - before.get(key, 0)
     assert delta("calculator", "rejected") == 4 and delta("mock", "rejected") == 1
     assert delta("calculator", "ok") == 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_agent_reply_not_utf8_or_holding_nul_is_a_parse_error(hsrv, stream):
+    """An agent reply is JSON text only when it is UTF-8 (RFC 8259), and a
+    string holding a NUL (\\u0000) would reach the model and the client cut
+    short: both are parse_error, and every reply and event stays valid
+    UTF-8 JSON (before: the raw 0xFF byte reached the summary and the SSE
+    events, and "a\\u0000b" became "a")."""
+    body = {"input": "bad bytes", "script": [
+        {"calls": [{"id": "u", "to": "mock", "args": {"fault": "badutf8"}},
+                   {"id": "z", "to": "mock", "args": {"fault": "nul"}},
+                   {"id": "k", "to": "mock", "args": {}}]},
+        {"final": {"answer": "{{u}} {{z}} {{k.ok}}", "uses": ["u", "z", "k"]}}]}
+    if stream:
+        ev = stream_task(hsrv, body)     # each event's data parsed as JSON (UTF-8)
+        s = ev[-1]["data"]
+    else:
+        r = post(hsrv, body)
+        r.content.decode("utf-8")        # strict: raises on a stray byte
+        s = r.json()
+    c = by_id(s)
+    assert c["u"]["status"] == "parse_error" and "invalid UTF-8 at byte" in c["u"]["error"], c["u"]
+    assert c["z"]["status"] == "parse_error" and "NUL character" in c["z"]["error"], c["z"]
+    assert c["k"]["status"] == "ok" and s["output"] == "{{u}} {{z}} true", s

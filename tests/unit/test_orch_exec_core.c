@@ -371,6 +371,35 @@ static void test_ref_into_an_array_needs_an_index(void)
  * another request was taken as this one's); an error response whose id is
  * null (the server could not read the request) is still reported; in a
  * batch, the element with the id. */
+/* An agent's reply must be UTF-8 with no NUL in a string (a raw 0 byte
+ * or \u0000: cJSON would cut the string there); an escaped backslash
+ * followed by the text u0000 is not a NUL. */
+static void test_agent_reply_text_is_strict(void)
+{
+    static const struct { const char *body; size_t len; int ok; const char *why; } cases[] = {
+        { "{\"v\":\"caf\xc3\xa9\"}", 0, 1, NULL },
+        { "{\"v\":\"a\xff\"}", 0, 0, "invalid UTF-8 at byte 7" },
+        { "{\"v\":\"\xed\xa0\x80\"}", 0, 0, "invalid UTF-8 at byte 6" },        /* a surrogate */
+        { "{\"v\":\"\xc0\xaf\"}", 0, 0, "invalid UTF-8" },                     /* overlong */
+        { "{\"v\":\"a\\u0000b\"}", 0, 0, "NUL character (\\u0000) in a string at byte 7" },
+        { "{\"v\":\"a\0b\"}", 10, 0, "NUL character" },
+        { "{\"v\":1}\0", 8, 0, "a 0 byte at byte 7" },
+        { "{\"v\":\"a\\\\u0000b\"}", 0, 1, NULL },      /* backslash, then the text u0000 */
+        { "{\"v\\u0000\":1}", 0, 0, "NUL character" },     /* in a key too */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        size_t len = cases[i].len ? cases[i].len : strlen(cases[i].body);
+        cJSON *res = NULL;
+        char err[256];
+        enum fb_status st = http_json_reply(cases[i].body, len, &res, err, sizeof err);
+        if (cases[i].ok)
+            CHECK_MSG(st == FB_OK && res, "case %zu: %s", i, err);
+        else
+            CHECK_MSG(st == FB_PARSE_ERROR && strstr(err, cases[i].why), "case %zu: %d %s", i, (int)st, err);
+        cJSON_Delete(res);
+    }
+}
+
 static void test_mcp_json_reply_must_carry_the_call_id(void)
 {
     char err[512];
@@ -519,6 +548,7 @@ int main(void)
 {
     test_after_names_a_call_twice();
     test_duplicate_id_leaves_dependents_alone();
+    test_agent_reply_text_is_strict();
     test_breaker_probe_cancelled();
     test_cancel_before_rejection_is_delivered();
     test_breaker_open_fails_queued_calls();

@@ -6,6 +6,7 @@ built-in C mock, host/orchestrator/mock_agent.h):
   sleep_ms  reply after this long            fault "slow"    = sleep_ms default 300
   fault     "hang" never reply   "5xx" 503   "4xx" 400   "nonjson" 200 + HTML
             "drop" close the connection without a reply
+            "badutf8" 200 + JSON-shaped bytes holding 0xFF   "nul" 200 + {"v":"a\\u0000b"}
 Reply: {"ok": true, "args": <the request>} with X-Agent-Recv-Ns/X-Agent-Send-Ns.
 """
 import json
@@ -48,7 +49,10 @@ class Handler(BaseHTTPRequestHandler):
             code, body = 400, '{"error":"bad request"}'
         elif fault == "nonjson":
             body = "<html>not json</html>"
-        data = body.encode()
+        elif fault == "nul":
+            body = '{"ok":true,"v":"a\\u0000b"}'
+        data = body.encode() if fault != "badutf8" else b'{"ok":true,"v":"a\xff"}'
+
         self.send_response(code)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
