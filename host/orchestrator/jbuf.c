@@ -147,8 +147,11 @@ static void add_number(struct jbuf *b, double d)
     }
     n = snprintf(num, sizeof num, "%1.15g", d);
     double test = 0;
-    /* cJSON's compare_double: equal within DBL_EPSILON of the larger */
-    if (sscanf(num, "%lg", &test) != 1 ||
+    /* cJSON's compare_double: equal within DBL_EPSILON of the larger; and,
+     * unlike cJSON (whose inf - x > inf * eps is false), 17 digits when 15
+     * read back as infinity: 1.7976931348623157e308 printed as
+     * 1.79769313486232e+308 would parse as inf */
+    if (sscanf(num, "%lg", &test) != 1 || isinf(test) ||
         fabs(test - d) > (fabs(test) > fabs(d) ? fabs(test) : fabs(d)) * DBL_EPSILON)
         n = snprintf(num, sizeof num, "%1.17g", d);
     if (n > 0)

@@ -4,7 +4,9 @@
  * agent call (request body, events); cJSON 1.7.15 prints every number with
  * sprintf("%1.15g") and re-reads it with sscanf, and grows its buffer with
  * realloc.  Here integers (|x| < 2^53) are printed by hand and the
- * rest as cJSON does, into one buffer.
+ * rest as cJSON does, into one buffer - except a number whose 15 digits
+ * would read back as infinity (near DBL_MAX), which gets 17 (cJSON keeps
+ * the 15: a text that no longer parses to the number).
  *
  * Usage:
  *   char stack[4096];

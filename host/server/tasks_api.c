@@ -26,6 +26,7 @@
 #include "openai.h"
 #include "sse.h"
 #include "orchestrator/httpc.h"
+#include "orchestrator/jbuf.h"
 #include "orchestrator/json_alloc.h"
 #include "orchestrator/describe.h"
 #include "orchestrator/registry.h"
@@ -140,7 +141,15 @@ static void reply_error(struct tasks_api *api, struct evhttp_request *req, const
 static void reply_summary(struct tasks_api *api, struct evhttp_request *req, const struct orch_task *t)
 {
     cJSON *s = orch_task_summary(t);
-    char *text = s ? cJSON_PrintUnformatted(s) : NULL;
+    char *text = NULL;
+    if (s) {
+        /* jbuf, not cJSON's printer: a number near DBL_MAX must read back */
+        char stack[4096];
+        struct jbuf b;
+        jbuf_init(&b, stack, sizeof stack);
+        jbuf_json(&b, s);
+        text = jbuf_take(&b);
+    }
     cJSON_Delete(s);
     if (!text) {
         struct api_error e;

@@ -66,6 +66,21 @@ int main(void)
         "1.5e-7,2.5,-2.5,1e15,1e16,123456789.123456789,4294967296,-2147483649]");
     doc("[[[[[[[[[[[[[[[[[[[[\"deep\"]]]]]]]]]]]]]]]]]]]]");
 
+    /* near DBL_MAX 15 digits read back as infinity: jbuf prints 17 (cJSON
+     * keeps the 15), and the text parses back to the number */
+    static const double huge[] = { 1.7976931348623157e308, -1.7976931348623157e308, 1.797693134862315e308 };
+    for (size_t i = 0; i < sizeof huge / sizeof huge[0]; i++) {
+        cJSON *num = cJSON_CreateNumber(huge[i]);
+        char stack[64];
+        struct jbuf b;
+        jbuf_init(&b, stack, sizeof stack);
+        jbuf_json(&b, num);
+        double back = strtod(b.p, NULL);
+        CHECK_MSG(!b.oom && back == huge[i] && !isinf(back), "%.17g printed as %s", huge[i], b.p);
+        jbuf_free(&b);
+        cJSON_Delete(num);
+    }
+
     /* every byte value (the escape table), alone and together, into
      * buffers from 1 byte up: the text grows past the stack at each length */
     char all[256];
