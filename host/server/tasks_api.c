@@ -440,7 +440,8 @@ static void handle_events(struct tasks_api *api, struct evhttp_request *req, str
         char *endp;
         errno = 0;
         long long v = strtoll(last, &endp, 10);
-        if (errno || endp == last || *endp || v < 0) {
+        /* digits only: strtoll would also take leading spaces and a sign */
+        if (errno || endp == last || *endp || v < 0 || last[0] < '0' || last[0] > '9') {
             api_error_set(&e, 400, "invalid_request_error", "invalid_value", "Last-Event-ID",
                           "Last-Event-ID must be a non-negative integer event id");
             reply_error(api, req, &e);
