@@ -1080,6 +1080,25 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
     /* A late reply to a cancelled call: dropped. */
 }
 
+/* A line refused as agent JSON (not UTF-8, or a NUL in a string) that is
+ * still JSON in shape: when it answers a call in flight, that call ends
+ * parse_error now, saying why, rather than wait for its timeout. */
+static void stdio_refused_reply(struct mcp_session *s, const char *line, size_t n)
+{
+    char why[200];
+    snprintf(why, sizeof why, "mcp-stdio: the agent's reply is not valid JSON text: %s", json_parse_refusal());
+    int oom;
+    cJSON *m = json_parse_end_oom(line, n, NULL, &oom);
+    const cJSON *id = json_get(m, "id");
+    for (struct adapter_op *op = cJSON_IsNumber(id) ? s->inflight : NULL; op; op = op->mcp_next)
+        if (rpc_id_is(id, op->rpc_id)) {
+            list_unlink(&s->inflight, op);
+            adapter_finish(op, FB_PARSE_ERROR, NULL, why, 0, 0, 0);
+            break;
+        }
+    cJSON_Delete(m);
+}
+
 static void stdio_on_read(struct bufferevent *bev, void *ud)
 {
     struct mcp_session *s = ud;
@@ -1092,6 +1111,8 @@ static void stdio_on_read(struct bufferevent *bev, void *ud)
     while (s->from_child && s->gen == gen && (line = evbuffer_readln(in, &n, EVBUFFER_EOL_LF))) {
         int oom;
         cJSON *m = json_parse_oom(line, n, &oom);
+        if (!m && !oom && json_parse_refusal()[0])
+            stdio_refused_reply(s, line, n);
         free(line);
         if (m)
             stdio_handle(s, m);

@@ -2787,6 +2787,44 @@ static void test_mcp_stdio_calls_keep_their_order(void)
     registry_free(reg);
 }
 
+/* A reply line that is JSON in shape but not UTF-8 (or holds \u0000)
+ * ends its call parse_error at once, saying why, instead of being skipped
+ * as a non-JSON line (the call then waited for its timeout, 10 s here);
+ * the session goes on serving the next call. */
+static void test_mcp_stdio_reply_not_utf8(void)
+{
+    struct registry *reg = stdio_reg("bytes", "read -r l; printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
+                                     "{\"capabilities\":{}}}\\n' \"$(rid)\"; k=0; while read -r l; do case \"$l\" in "
+                                     "*'\"tools/call\"'*) k=$((k+1)); if [ $k = 1 ]; then t=\"$(printf 'a\\377')\"; "
+                                     "elif [ $k = 2 ]; then t='a\\u0000b'; else t=ok; fi; "
+                                     "printf '{\"jsonrpc\":\"2.0\",\"id\":%s,\"result\":"
+                                     "{\"content\":[{\"type\":\"text\",\"text\":\"%s\"}]}}\\n' \"$(rid)\" \"$t\";; esac; done",
+                                     10000, 0);
+    struct event_base *base = event_base_new();
+    struct exec_config ec = { .seed = 7, .http_threads = test_http_threads() };
+    struct exec *ex = exec_create(base, reg, &ec);
+    struct fbs s = { .base = base };
+    struct exec_group *g = exec_group_create(ex, fbs_cb, &s);
+    hs_call(g, &s, "u", "bytes", "{}");
+    hs_run(&s);
+    hs_call(g, &s, "z", "bytes", "{}");
+    hs_run(&s);
+    hs_call(g, &s, "k", "bytes", "{}");
+    hs_run(&s);
+    int i = fbs_find(&s, "u");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_PARSE_ERROR && strstr(s.f[i].err, "invalid UTF-8") && s.f[i].ms < 5000,
+              "u: %s in %lld ms: %s", i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? (long long)s.f[i].ms : 0LL,
+              i >= 0 ? s.f[i].err : "");
+    i = fbs_find(&s, "z");
+    CHECK_MSG(i >= 0 && s.f[i].st == FB_PARSE_ERROR && strstr(s.f[i].err, "NUL character") && s.f[i].ms < 5000,
+              "z: %s: %s", i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "");
+    fbs_expect_ok(&s, "k", "\"ok\"", 0);
+    exec_group_destroy(g);
+    exec_destroy(ex);
+    event_base_free(base);
+    registry_free(reg);
+}
+
 /* Waiting calls cancelled at both ends of the list (the oldest and the
  * newest), then more calls while the session still initializes: the list's
  * head and tail stay sound, and what is left goes out in the order made
@@ -3445,6 +3483,7 @@ int main(void)
     test_mcp_stdio_restart();
     test_mcp_stdio_late_joiner();
     test_mcp_stdio_calls_keep_their_order();
+    test_mcp_stdio_reply_not_utf8();
     test_mcp_stdio_waiting_cancel_keeps_the_order();
     test_mcp_stdio_cancel_in_callback();
     test_mcp_stdio_backpressure();
