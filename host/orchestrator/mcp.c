@@ -1090,6 +1090,8 @@ static void stdio_refused_reply(struct mcp_session *s, const char *line, size_t 
     int oom;
     cJSON *m = json_parse_end_oom(line, n, NULL, &oom);
     const cJSON *id = json_get(m, "id");
+    if (json_get(m, "method"))
+        id = NULL;   /* a request or notification from the server, not a reply */
     for (struct adapter_op *op = cJSON_IsNumber(id) ? s->inflight : NULL; op; op = op->mcp_next)
         if (rpc_id_is(id, op->rpc_id)) {
             list_unlink(&s->inflight, op);

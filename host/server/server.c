@@ -1362,7 +1362,8 @@ static void handle_metrics(struct server *srv, struct evhttp_request *req)
  * makes the N-th cJSON allocation on this loop's thread from now on fail
  * (0: none); GET reads the thread's counts.  The reply is built without
  * cJSON, so arming costs no allocation of the count.  Answers
- * {"armed":N,"allocs":A,"failures":F}. */
+ * {"allocs":A,"failures":F}: the thread's cJSON allocations and failed
+ * ones so far. */
 static void handle_fail_json_alloc(struct server *srv, struct evhttp_request *req)
 {
     enum evhttp_cmd_type method = evhttp_request_get_command(req);
@@ -1387,8 +1388,7 @@ static void handle_fail_json_alloc(struct server *srv, struct evhttp_request *re
         return;
     }
     char body[160];
-    snprintf(body, sizeof body, "{\"armed\":%ld,\"allocs\":%ld,\"failures\":%ld}", after < 0 ? 0 : after,
-             json_alloc_count(), json_alloc_failures());
+    snprintf(body, sizeof body, "{\"allocs\":%ld,\"failures\":%ld}", json_alloc_count(), json_alloc_failures());
     reply_json(srv, req, ROUTE_OTHER, 200, body);
 }
 #endif

@@ -502,6 +502,7 @@ static void handle_list(struct tasks_api *api, struct evhttp_request *req, const
             if (bad)
                 api_error_set(&e, 400, "invalid_request_error", "invalid_value", "order", "order must be asc or desc");
         } else if (!strcmp(k, "status")) {
+            status = -1;      /* each value on its own (a repeated key: the last) */
             for (int s = TASK_RUNNING; s <= TASK_CANCELLED; s++)
                 if (!strcmp(v, orch_task_status_str((enum orch_task_status)s)))
                     status = s;

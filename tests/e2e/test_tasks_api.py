@@ -777,7 +777,8 @@ def test_list_tasks_pages_filters_and_keeps_tenants_apart(start_server, mock_por
         # bad parameters: 400 naming them; another tenant's id as a cursor is unknown
         for q, param in [({"limit": 0}, "limit"), ({"limit": 101}, "limit"), ({"limit": "x"}, "limit"),
                          ({"order": "up"}, "order"), ({"status": "done"}, "status"),
-                         ({"after": "task_nope"}, "after"), ({"after": beta}, "after"), ({"sort": "id"}, "sort")]:
+                         ({"after": "task_nope"}, "after"), ({"after": beta}, "after"), ({"sort": "id"}, "sort"),
+                         ({"status": ["running", "bogus"]}, "status")]:
             r = httpx.get(s.url + "/v1/tasks", params=q, headers=A, timeout=10)
             err_shape(r, 400)
             assert r.json()["error"]["param"] == param, (q, r.text)
@@ -875,3 +876,4 @@ def test_agent_reply_not_utf8_or_holding_nul_is_a_parse_error(hsrv, stream):
     assert c["u"]["status"] == "parse_error" and "invalid UTF-8 at byte" in c["u"]["error"], c["u"]
     assert c["z"]["status"] == "parse_error" and "NUL character" in c["z"]["error"], c["z"]
     assert c["k"]["status"] == "ok" and s["output"] == "{{u}} {{z}} true", s
+
