@@ -1975,6 +1975,50 @@ static int get_limit(const cJSON *req, const char *key, int lo, int hi, int def,
     return PS_OK;
 }
 
+/* Containers nested in `it`, itself counted (a scalar: 0). */
+static int json_nesting(const cJSON *it)
+{
+    if (!cJSON_IsArray(it) && !cJSON_IsObject(it))
+        return 0;
+    int deepest = 0;
+    for (const cJSON *c = it->child; c; c = c->next) {
+        int d = json_nesting(c);
+        if (d > deepest)
+            deepest = d;
+    }
+    return deepest + 1;
+}
+
+/* A scripted action is decided as the model's text is (printed, then read
+ * by the action parser): one the parser would refuse - nested deeper than
+ * ACTION_MAX_DEPTH, or printed longer than ACTION_MAX_BYTES (possible with
+ * a body limit above 1 MiB) - is refused at submit, PS_EINVAL naming it,
+ * rather than end its decision with that error while the task goes on
+ * without its calls.  The length is printed only when a cheap upper bound
+ * passes the limit. */
+static int script_action_fits(const cJSON *a, int i)
+{
+    if (json_nesting(a) > ACTION_MAX_DEPTH)
+        return ps_error_set(PS_EINVAL, "script[%d]: the action is nested deeper than %d", i, ACTION_MAX_DEPTH);
+    size_t bound = 0;
+    (void)script_text_same(a, 1, &bound);
+    if (bound <= ACTION_MAX_BYTES)
+        return PS_OK;
+    char stack[256];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    jbuf_json(&b, a);
+    int oom = b.oom;
+    size_t len = b.len;
+    jbuf_free(&b);
+    if (oom)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    if (len > ACTION_MAX_BYTES)
+        return ps_error_set(PS_EINVAL, "script[%d]: the action's JSON text has %zu bytes; the limit is %u", i, len,
+                            (unsigned)ACTION_MAX_BYTES);
+    return PS_OK;
+}
+
 /* Validate a task request against the limits' defaults in cfg: PS_OK with
  * the script (NULL: none) and limits, or PS_EINVAL naming the field. */
 static int request_parse(const struct orch_config *cfg, const cJSON *req, const cJSON **script_out,
@@ -2003,6 +2047,9 @@ static int request_parse(const struct orch_config *cfg, const cJSON *req, const 
             char err[256];
             if (action_check(a, err, sizeof err))
                 return ps_error_set(PS_EINVAL, "script[%d]: %s", i, err);
+            int rc = script_action_fits(a, i);
+            if (rc)
+                return rc;
             i++;
         }
     } else {

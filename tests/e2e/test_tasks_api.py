@@ -877,3 +877,28 @@ def test_agent_reply_not_utf8_or_holding_nul_is_a_parse_error(hsrv, stream):
     assert c["z"]["status"] == "parse_error" and "NUL character" in c["z"]["error"], c["z"]
     assert c["k"]["status"] == "ok" and s["output"] == "{{u}} {{z}} true", s
 
+
+
+def test_script_action_over_the_parser_limit_is_refused(start_server):  # noqa: F811
+    """A script action the action parser would refuse - printed longer than
+    1 MiB (possible with --max-body-bytes above it), or nested deeper than
+    64 - is a 400 naming it (before: the decision ended "action: incomplete
+    JSON object" and the task completed without those calls)."""
+    s = start_server("--max-body-bytes", 8 << 20, "--kv-blocks", 64)
+    calls = [{"to": "calculator", "args": {"expression": "1+%d" % i}} for i in range(40000)]   # ~1.9 MB
+    r = httpx.post(s.url + "/v1/tasks", timeout=60, json={"input": "big", "max_calls": 100000, "script": [
+        {"calls": calls}, {"final": {"answer": "x"}}]})
+    err_shape(r, 400)
+    e = r.json()["error"]
+    assert e["param"] == "script[0]" and "the limit is 1048576" in e["message"], e
+    deep = 1
+    for _ in range(61):
+        deep = [deep]
+    r = httpx.post(s.url + "/v1/tasks", timeout=60, json={"input": "deep", "script": [
+        {"final": {"answer": "x"}}, {"calls": [{"to": "calculator", "args": {"x": deep}}]}]})
+    err_shape(r, 400)
+    assert r.json()["error"]["param"] == "script[1]" and "nested deeper than 64" in r.json()["error"]["message"]
+    # within both: accepted and run
+    r = httpx.post(s.url + "/v1/tasks", timeout=60, json={"input": "fits", "max_calls": 100000, "script": [
+        {"calls": calls[:15000]}, {"final": {"answer": "x"}}]})
+    assert r.status_code == 200 and r.json()["status"] == "completed" and len(r.json()["calls"]) == 15000, r.text[:300]
