@@ -94,6 +94,14 @@ static uint64_t rng_next(struct exec *ex)
     return ex->rng;
 }
 
+/* The runtime state of the agent named `name`, or NULL for a name the
+ * registry does not hold. */
+static struct agent_rt *agent_rt_find(const struct exec *ex, const char *name)
+{
+    const struct agent_spec *spec = name ? registry_find(ex->reg, name) : NULL;
+    return spec ? &ex->agents[spec - registry_at(ex->reg, 0)] : NULL;
+}
+
 static struct exec_call *group_find(const struct exec_group *g, const char *id)
 {
     return str_index_get(&g->by_id, id);
@@ -198,8 +206,7 @@ static void call_finish(struct exec_call *c, enum fb_status st, cJSON *result,
     g->n_open--;
     ex->stats.calls_finished++;
     int64_t now = orch_now_ns();
-    const struct agent_spec *spec = c->rt ? c->rt->spec : registry_find(ex->reg, c->to);
-    struct agent_rt *rt = spec ? &ex->agents[spec - registry_at(ex->reg, 0)] : NULL;
+    struct agent_rt *rt = c->rt ? c->rt : agent_rt_find(ex, c->to);
     if (rt) {
         rt->calls[st]++;
         if (c->t_first_dispatch)
@@ -856,7 +863,7 @@ int exec_group_submit(struct exec_group *g, const cJSON *call)
         snprintf(why, sizeof why, "call 'after' must be a list of at most %d call ids", EXEC_MAX_AFTER);
     }
     if (!why[0]) {
-        c->rt = &ex->agents[registry_find(ex->reg, c->to) - registry_at(ex->reg, 0)];
+        c->rt = agent_rt_find(ex, c->to);
         int n = after ? cJSON_GetArraySize(after) : 0;
         c->after = calloc((size_t)n + 1, sizeof *c->after);
         if (!c->after)
@@ -970,9 +977,9 @@ int64_t exec_unknown_agent_calls(const struct exec *ex) { return ex->unknown_age
 
 void exec_count_rejected(struct exec *ex, const char *to)
 {
-    const struct agent_spec *spec = to ? registry_find(ex->reg, to) : NULL;
-    if (spec)
-        ex->agents[spec - registry_at(ex->reg, 0)].calls[FB_REJECTED]++;
+    struct agent_rt *rt = agent_rt_find(ex, to);
+    if (rt)
+        rt->calls[FB_REJECTED]++;
     else
         ex->unknown_agent_calls++;
 }

@@ -1018,6 +1018,19 @@ static int stdio_send_call(struct mcp_session *s, struct adapter_op *op)
     return rc;
 }
 
+/* The call in flight that JSON-RPC id `id` answers, unlinked from the
+ * session's in-flight list; NULL when none (a late reply to a cancelled
+ * call). */
+static struct adapter_op *inflight_take(struct mcp_session *s, const cJSON *id)
+{
+    for (struct adapter_op *op = s->inflight; op; op = op->mcp_next)
+        if (rpc_id_is(id, op->rpc_id)) {
+            list_unlink(&s->inflight, op);
+            return op;
+        }
+    return NULL;
+}
+
 static void stdio_handle(struct mcp_session *s, cJSON *m)
 {
     const cJSON *id = json_get(m, "id");
@@ -1071,13 +1084,10 @@ static void stdio_handle(struct mcp_session *s, cJSON *m)
         }
         return;
     }
-    for (struct adapter_op *op = s->inflight; op; op = op->mcp_next)
-        if (rpc_id_is(id, op->rpc_id)) {
-            list_unlink(&s->inflight, op);
-            finish_with_reply(op, m, 0, 0);
-            return;
-        }
-    /* A late reply to a cancelled call: dropped. */
+    struct adapter_op *op = inflight_take(s, id);
+    if (op)
+        finish_with_reply(op, m, 0, 0);
+    /* else a late reply to a cancelled call: dropped. */
 }
 
 /* A line refused as agent JSON (not UTF-8, or a NUL in a string) that is
@@ -1090,14 +1100,10 @@ static void stdio_refused_reply(struct mcp_session *s, const char *line, size_t 
     int oom;
     cJSON *m = json_parse_end_oom(line, n, NULL, &oom);
     const cJSON *id = json_get(m, "id");
-    if (json_get(m, "method"))
-        id = NULL;   /* a request or notification from the server, not a reply */
-    for (struct adapter_op *op = cJSON_IsNumber(id) ? s->inflight : NULL; op; op = op->mcp_next)
-        if (rpc_id_is(id, op->rpc_id)) {
-            list_unlink(&s->inflight, op);
-            adapter_finish(op, FB_PARSE_ERROR, NULL, why, 0, 0, 0);
-            break;
-        }
+    /* a message with a method is a request or notification from the server */
+    struct adapter_op *op = cJSON_IsNumber(id) && !json_get(m, "method") ? inflight_take(s, id) : NULL;
+    if (op)
+        adapter_finish(op, FB_PARSE_ERROR, NULL, why, 0, 0, 0);
     cJSON_Delete(m);
 }
 
