@@ -23,18 +23,20 @@ void metrics_init(struct metrics *m)
     histogram_init(&m->e2e, e2e_bounds, (int)(sizeof e2e_bounds / sizeof *e2e_bounds));
 }
 
+/* The cell of an HTTP status in a [ROUTE_COUNT][600] table (599: not one). */
+static int status_cell(int status)
+{
+    return status < 100 || status >= 600 ? 599 : status;
+}
+
 void metrics_request(struct metrics *m, enum metrics_route r, int status)
 {
-    if (status < 100 || status >= 600)
-        status = 599;
-    m->requests[r][status]++;
+    m->requests[r][status_cell(status)]++;
 }
 
 void metrics_stream_error(struct metrics *m, enum metrics_route r, int status)
 {
-    if (status < 100 || status >= 600)
-        status = 599;
-    m->stream_errors[r][status]++;
+    m->stream_errors[r][status_cell(status)]++;
 }
 
 void metrics_tenant_done(struct metrics *m, uint32_t t, int32_t n_prompt, int32_t n_generated,
@@ -124,6 +126,50 @@ static void gauge(struct sbuf *b, const char *name, const char *help, long long 
     sb_printf(b, "# HELP %s %s\n# TYPE %s gauge\n%s %lld\n", name, help, name, name, v);
 }
 
+/* A counter family by route and HTTP status: its non-zero cells. */
+static void route_status_family(struct sbuf *b, const char *name, const char *help,
+                                const uint64_t (*cells)[600])
+{
+    family(b, name, "counter", help);
+    for (int r = 0; r < ROUTE_COUNT; r++)
+        for (int st = 0; st < 600; st++)
+            if (cells[r][st])
+                sb_printf(b, "%s{route=\"%s\",status=\"%d\"} %llu\n", name, route_names[r], st,
+                          (unsigned long long)cells[r][st]);
+}
+
+/* The one-number-per-agent families, in the order they are rendered. */
+enum agent_number { AN_ATTEMPTS, AN_RETRIES, AN_BREAKER_REJECTS, AN_RUNNING, AN_QUEUED, AN_BREAKER };
+
+static const struct {
+    const char *name, *type, *help;
+    enum agent_number what;
+} agent_families[] = {
+    { "paraserve_agent_attempts_total", "counter", "Adapter attempts started (retries included), by agent.",
+      AN_ATTEMPTS },
+    { "paraserve_agent_retries_total", "counter", "Attempts that were retries, by agent.", AN_RETRIES },
+    { "paraserve_agent_breaker_rejects_total", "counter",
+      "Calls failed at once because the agent's circuit breaker was open, by agent.", AN_BREAKER_REJECTS },
+    { "paraserve_agent_calls_running", "gauge", "Attempts in an adapter now, by agent.", AN_RUNNING },
+    { "paraserve_agent_calls_queued", "gauge",
+      "Calls ready but waiting for a slot under the agent's max_concurrency, by agent.", AN_QUEUED },
+    { "paraserve_agent_breaker_state", "gauge",
+      "The agent's circuit breaker: 0 closed, 1 open, 2 half-open (the next call probes).", AN_BREAKER },
+};
+
+static long long agent_number(const struct exec_agent_stats *a, enum agent_number what)
+{
+    switch (what) {
+    case AN_ATTEMPTS:        return a->attempts;
+    case AN_RETRIES:         return a->retries;
+    case AN_BREAKER_REJECTS: return a->breaker_rejects;
+    case AN_RUNNING:         return a->running;
+    case AN_QUEUED:          return a->queued;
+    case AN_BREAKER:         return (long long)a->breaker;
+    }
+    return 0;
+}
+
 /* Tasks, agents and agent calls of the tasks API.  Agent names are
  * registry names ([A-Za-z0-9_.-]): safe as label values. */
 static void render_orch(struct sbuf *b, const struct metrics_orch *o)
@@ -155,30 +201,12 @@ static void render_orch(struct sbuf *b, const struct metrics_orch *o)
     counter(b, "paraserve_agent_calls_unknown_agent_total",
             "Calls naming no agent of the pool (each rejected without a call).",
             (unsigned long long)o->unknown_agent_calls);
-    family(b, "paraserve_agent_attempts_total", "counter", "Adapter attempts started (retries included), by agent.");
-    for (int i = 0; i < o->n_agents; i++)
-        sb_printf(b, "paraserve_agent_attempts_total{agent=\"%s\"} %lld\n", o->agents[i].name,
-                  (long long)o->agents[i].attempts);
-    family(b, "paraserve_agent_retries_total", "counter", "Attempts that were retries, by agent.");
-    for (int i = 0; i < o->n_agents; i++)
-        sb_printf(b, "paraserve_agent_retries_total{agent=\"%s\"} %lld\n", o->agents[i].name,
-                  (long long)o->agents[i].retries);
-    family(b, "paraserve_agent_breaker_rejects_total", "counter",
-           "Calls failed at once because the agent's circuit breaker was open, by agent.");
-    for (int i = 0; i < o->n_agents; i++)
-        sb_printf(b, "paraserve_agent_breaker_rejects_total{agent=\"%s\"} %lld\n", o->agents[i].name,
-                  (long long)o->agents[i].breaker_rejects);
-    family(b, "paraserve_agent_calls_running", "gauge", "Attempts in an adapter now, by agent.");
-    for (int i = 0; i < o->n_agents; i++)
-        sb_printf(b, "paraserve_agent_calls_running{agent=\"%s\"} %d\n", o->agents[i].name, o->agents[i].running);
-    family(b, "paraserve_agent_calls_queued", "gauge",
-           "Calls ready but waiting for a slot under the agent's max_concurrency, by agent.");
-    for (int i = 0; i < o->n_agents; i++)
-        sb_printf(b, "paraserve_agent_calls_queued{agent=\"%s\"} %d\n", o->agents[i].name, o->agents[i].queued);
-    family(b, "paraserve_agent_breaker_state", "gauge",
-           "The agent's circuit breaker: 0 closed, 1 open, 2 half-open (the next call probes).");
-    for (int i = 0; i < o->n_agents; i++)
-        sb_printf(b, "paraserve_agent_breaker_state{agent=\"%s\"} %d\n", o->agents[i].name, (int)o->agents[i].breaker);
+    for (size_t f = 0; f < sizeof agent_families / sizeof agent_families[0]; f++) {
+        family(b, agent_families[f].name, agent_families[f].type, agent_families[f].help);
+        for (int i = 0; i < o->n_agents; i++)
+            sb_printf(b, "%s{agent=\"%s\"} %lld\n", agent_families[f].name, o->agents[i].name,
+                      agent_number(&o->agents[i], agent_families[f].what));
+    }
     family(b, "paraserve_agent_call_duration_seconds", "histogram",
            "Time from a call's first dispatch to its feedback (retries and backoff included), by agent.");
     for (int i = 0; i < o->n_agents; i++) {
@@ -202,21 +230,12 @@ char *metrics_render(const struct metrics *m, const struct engine_stats *es, con
     const struct sched_stats *s = &es->sched;
     sb_printf(&b, "# HELP paraserve_info Server information.\n# TYPE paraserve_info gauge\n"
                   "paraserve_info{model=\"%s\",n_ctx=\"%d\"} 1\n", model_name, (int)es->n_ctx);
-    sb_printf(&b, "# HELP paraserve_requests_total HTTP requests answered, by route and status.\n"
-                  "# TYPE paraserve_requests_total counter\n");
-    for (int r = 0; r < ROUTE_COUNT; r++)
-        for (int st = 0; st < 600; st++)
-            if (m->requests[r][st])
-                sb_printf(&b, "paraserve_requests_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
-                          st, (unsigned long long)m->requests[r][st]);
-    family(&b, "paraserve_stream_errors_total", "counter",
-           "Streamed replies (their 200 already sent, so counted as 200 in paraserve_requests_total) that "
-           "ended with an error event, by route and the error's status.");
-    for (int r = 0; r < ROUTE_COUNT; r++)
-        for (int st = 0; st < 600; st++)
-            if (m->stream_errors[r][st])
-                sb_printf(&b, "paraserve_stream_errors_total{route=\"%s\",status=\"%d\"} %llu\n", route_names[r],
-                          st, (unsigned long long)m->stream_errors[r][st]);
+    route_status_family(&b, "paraserve_requests_total", "HTTP requests answered, by route and status.",
+                        m->requests);
+    route_status_family(&b, "paraserve_stream_errors_total",
+                        "Streamed replies (their 200 already sent, so counted as 200 in paraserve_requests_total) "
+                        "that ended with an error event, by route and the error's status.",
+                        m->stream_errors);
     counter(&b, "paraserve_prompt_tokens_total", "Prompt tokens of finished requests.", m->prompt_tokens);
     counter(&b, "paraserve_generation_tokens_total", "Tokens generated for finished requests.",
             m->generated_tokens);
