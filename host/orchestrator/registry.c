@@ -11,6 +11,7 @@
 
 #include "common/json_get.h"
 #include "common/status.h"
+#include "common/utf8_cut.h"
 #include "orchestrator/builtin.h"
 #include "orchestrator/jschema.h"
 
@@ -471,9 +472,7 @@ static char *one_line(const char *text)
         o[k++] = (char)c;
     }
     if (k > REGISTRY_DESCRIBED_MAX) {
-        k = REGISTRY_DESCRIBED_MAX;
-        while (k > 0 && ((unsigned char)o[k] & 0xC0) == 0x80)   /* o[k]: a continuation byte */
-            k--;
+        k = utf8_cut(o, REGISTRY_DESCRIBED_MAX);
     }
     while (k > 0 && o[k - 1] == ' ')
         k--;

@@ -13,6 +13,7 @@
 #include "../common/grow.h"
 #include "../common/json_get.h"
 #include "../common/status.h"
+#include "../common/utf8_cut.h"
 #include "../orchestrator/json_alloc.h"
 #include "../engine/scheduler.h"
 #include "../model/unicode.h"
@@ -142,9 +143,7 @@ static bool json_nul_find(const char *s, size_t len, size_t *at, bool *in_string
 static void path_append(char *out, size_t cap, size_t *len, const char *p, size_t n)
 {
     if (*len + n >= cap) {
-        n = cap - 1 - *len;
-        while (n > 0 && ((unsigned char)p[n] & 0xC0) == 0x80)
-            n--;
+        n = utf8_cut(p, cap - 1 - *len);
         memcpy(out + *len, p, n);
         *len = cap - 1;
         out[*len] = '\0';

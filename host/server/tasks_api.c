@@ -18,6 +18,7 @@
 
 #include "common/json_get.h"
 #include "common/status.h"
+#include "common/utf8_cut.h"
 #include "grammar/grammar.h"
 #include "conn_limit.h"
 #include "cors.h"
@@ -543,9 +544,7 @@ static void handle_list(struct tasks_api *api, struct evhttp_request *req, const
             break;
         }
         const char *input = orch_task_input(t);
-        size_t len = strlen(input), cut = len <= LIST_INPUT_BYTES ? len : LIST_INPUT_BYTES;
-        while (cut < len && cut > 0 && ((unsigned char)input[cut] & 0xC0) == 0x80)
-            cut--;   /* never inside a character */
+        size_t len = strlen(input), cut = len <= LIST_INPUT_BYTES ? len : utf8_cut(input, LIST_INPUT_BYTES);
         char *in = strndup(input, cut);
         if (!in)
             json_alloc_failed();

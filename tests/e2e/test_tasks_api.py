@@ -98,6 +98,17 @@ def stream_task(srv, body, timeout=30):
         return sse_events(list(r.iter_lines()))
 
 
+def until_dispatched(lines):
+    """Read an SSE task stream's lines up to its first call.dispatched
+    event; returns the lines read."""
+    got = []
+    for line in lines:
+        got.append(line)
+        if line.startswith("event: call.dispatched"):
+            break
+    return got
+
+
 def by_id(summary):
     return {c["id"]: c for c in summary["calls"]}
 
@@ -199,11 +210,7 @@ def test_delete_cancels_in_flight_and_late_results_never_appear(hsrv):
     with httpx.stream("POST", hsrv.url + "/v1/tasks", json=body, timeout=30) as r:
         tid = r.headers["x-task-id"]
         lines = r.iter_lines()
-        got = []
-        for line in lines:
-            got.append(line)
-            if line.startswith("event: call.dispatched"):
-                break
+        got = until_dispatched(lines)
         time.sleep(0.15)
         d = httpx.delete(f"{hsrv.url}/v1/tasks/{tid}", timeout=10)
         assert d.status_code == 200 and d.json()["status"] == "cancelled"
@@ -365,9 +372,7 @@ def test_stream_client_disconnect_leaks_nothing(srv):
             {"final": {"answer": "x", "uses": ["h"]}}]}
         with httpx.stream("POST", srv.url + "/v1/tasks", json=body, timeout=10) as r:
             tid = r.headers["x-task-id"]
-            for line in r.iter_lines():
-                if line.startswith("event: call.dispatched"):
-                    break
+            until_dispatched(r.iter_lines())
         # closed mid-stream; the task runs on and can still be read
     assert httpx.get(srv.url + "/health", timeout=10).status_code == 200
     deadline = time.time() + 5
@@ -664,9 +669,7 @@ def test_metrics_count_tasks_agent_calls_by_status_and_their_durations(srv):
             {"final": {"answer": "x", "uses": ["slow"]}}]}) as r:
         tid = r.headers["x-task-id"]
         lines = r.iter_lines()
-        for line in lines:
-            if line.startswith("event: call.dispatched"):
-                break
+        until_dispatched(lines)
         during = prom_samples(srv)
         httpx.delete(f"{srv.url}/v1/tasks/{tid}", timeout=10)
         list(lines)
@@ -741,9 +744,7 @@ def test_list_tasks_pages_filters_and_keeps_tenants_apart(start_server, mock_por
                        {"final": {"answer": "{{a}}", "uses": ["a"]}}]}) as r:
         running = r.headers["x-task-id"]
         lines = r.iter_lines()
-        for line in lines:
-            if line.startswith("event: call.dispatched"):
-                break
+        until_dispatched(lines)
         newest_first = [running, bad] + ids[::-1]
         p = page(A)
         assert p["object"] == "list" and [t["id"] for t in p["data"]] == newest_first and not p["has_more"]
