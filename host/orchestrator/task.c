@@ -13,6 +13,7 @@
 #include "common/grow.h"
 #include "common/json_get.h"
 #include "common/status.h"
+#include "common/shared_text.h"
 #include "common/str_index.h"
 #include "orchestrator/action.h"
 #include "orchestrator/httpc.h"
@@ -24,6 +25,7 @@ struct ev_rec {
     int64_t     id;
     const char *type;   /* a string literal */
     char       *data;
+    size_t      len;    /* strlen(data) */
     int64_t     t_us;   /* the numbers struct orch_event carries */
     int64_t     d2r_us, r2r_us;
 };
@@ -79,6 +81,7 @@ struct orch_task {
     int                   n_events, cap_events;  /* cap_events > n_events while running */
     int                   log_error;   /* a non-terminal event could not be stored */
     char                 *fallback;    /* preallocated terminal event text */
+    struct shared_text   *summary_text; /* the finished task's summary, once printed */
     char                 *transcript;  /* append-only decision/feedback history */
     size_t                tr_len, tr_cap;
     cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
@@ -229,7 +232,7 @@ static void deliver(struct orch_task *t)
                     continue;
                 s->seen = id;
                 const struct ev_rec *e = &t->events[id - 1];
-                struct orch_event ev = { e->id, e->type, e->data, e->t_us, e->d2r_us, e->r2r_us };
+                struct orch_event ev = { e->id, e->type, e->data, e->len, e->t_us, e->d2r_us, e->r2r_us };
                 s->cb(s->ud, t, &ev);
             }
         }
@@ -249,6 +252,7 @@ static int emit_text_n(struct orch_task *t, const char *type, struct jbuf *b, in
                        int64_t r2r_us)
 {
     char *text = NULL;
+    size_t len = 0;
     int64_t us = (orch_now_ns() - t->t_start) / 1000;
     if (b && !b->oom && !(terminal ? 0 : t->log_error) && b->len >= 2 && b->p[b->len - 1] == '}') {
         /* "task" and "t_ms" appended as text (no printf): one malloc for
@@ -264,6 +268,7 @@ static int emit_text_n(struct orch_task *t, const char *type, struct jbuf *b, in
         jbuf_add_int(b, (long long)(us / 1000));
         jbuf_add(b, ".", 1);
         jbuf_add(b, frac, 4);
+        len = b->len;
         text = jbuf_take(b);
     } else if (b) {
         jbuf_free(b);
@@ -299,11 +304,13 @@ static int emit_text_n(struct orch_task *t, const char *type, struct jbuf *b, in
                  "\"error\":\"out of memory while reporting the task's end\",\"task\":\"%s\",\"t_ms\":0}",
                  t->id, orch_task_status_str(t->status), t->rounds, t->id);
         us = 0;                 /* as the text says */
+        len = strlen(text);
     }
     struct ev_rec *e = &t->events[t->n_events++];
     e->id = t->n_events;
     e->type = type;
     e->data = text;
+    e->len = len;
     e->t_us = us;
     e->d2r_us = d2r_us;
     e->r2r_us = r2r_us;
@@ -678,6 +685,41 @@ static void evict_finished(struct orch *o, const struct orch_task *ending)
     }
 }
 
+/* The summary's text into b: summary_print where it gives the same text
+ * (no usage records), else orch_task_summary printed by jbuf (not cJSON's
+ * printer: a number near DBL_MAX must read back). */
+static void summary_text_print(const struct orch_task *t, struct jbuf *b)
+{
+    if (cJSON_GetArraySize(t->usage) > 0) {
+        cJSON *s = orch_task_summary(t);
+        if (s)
+            jbuf_json(b, s);
+        else
+            b->oom = 1;
+        cJSON_Delete(s);
+    } else {
+        summary_print(t, b);
+    }
+}
+
+struct shared_text *orch_task_summary_text(struct orch_task *t)
+{
+    if (t->summary_text)
+        return shared_text_ref(t->summary_text);
+    char stack[4096];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    summary_text_print(t, &b);
+    size_t len = b.len;
+    struct shared_text *st = shared_text_adopt(jbuf_take(&b), len);
+    /* a finished task's summary no longer changes once its end is logged */
+    if (st && t->status != TASK_RUNNING && t->n_events > 0 &&
+        (!strcmp(t->events[t->n_events - 1].type, "task.final") ||
+         !strcmp(t->events[t->n_events - 1].type, "task.error")))
+        t->summary_text = shared_text_ref(st);
+    return st;
+}
+
 static void task_finish(struct orch_task *t, enum orch_task_status st, const char *error)
 {
     if (t->status != TASK_RUNNING)
@@ -703,15 +745,11 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     if (t->finalize_ev)
         event_del(t->finalize_ev);
     const char *type = st == TASK_COMPLETED ? "task.final" : "task.error";
-    if (cJSON_GetArraySize(t->usage) > 0) {
-        emit(t, type, orch_task_summary(t), 1);
-    } else {
-        char stack[4096];
-        struct jbuf b;
-        jbuf_init(&b, stack, sizeof stack);
-        summary_print(t, &b);
-        emit_text(t, type, &b, 1);
-    }
+    char stack[4096];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    summary_text_print(t, &b);
+    emit_text(t, type, &b, 1);
     if (t->in_feedback) {
         /* Ended from a subscriber's callback inside the executor's feedback
          * callback: the executor goes on with the group when that returns,
@@ -732,6 +770,14 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     if (o->done_cb)
         o->done_cb(o->done_ud, t);
     evict_finished(o, t);
+}
+
+/* The task's summary changes: a shared text printed before no longer
+ * stands for it (its holders keep theirs). */
+static void summary_changed(struct orch_task *t)
+{
+    shared_text_unref(t->summary_text);
+    t->summary_text = NULL;
 }
 
 /* Set a ledger field in place (the entry's placeholders are replaced by
@@ -789,6 +835,7 @@ static cJSON *ledger_field(cJSON *e, const char *key)
  * the largest share of the loop's allocations per call.) */
 static void feedback_record(struct orch_task *t, const struct exec_feedback *fb)
 {
+    summary_changed(t);
     cJSON *e = ledger_find(t, fb->id), *own = NULL;
     if (!e) {
         /* not in the ledger (cannot happen: every call is entered before it
@@ -1336,6 +1383,7 @@ void orch_task_decision_usage(struct orch_task *t, int round, int n_prompt, int 
         !cJSON_AddNumberToObject(u, "completion_tokens", n_generated))
         goto fail;
     cJSON_AddItemToArray(t->usage, u);
+    summary_changed(t);   /* the engine's answer to a cancel comes after the end */
     return;
 fail:
     cJSON_Delete(u);   /* usage is informational: losing a record fails nothing */
@@ -1921,6 +1969,7 @@ static void task_free(struct orch_task *t)
     if (t->deadline) event_free(t->deadline);
     if (t->finalize_ev) event_free(t->finalize_ev);
     cJSON_Delete(t->made);
+    shared_text_unref(t->summary_text);
     action_parser_free(t->parser);
     for (int i = 0; i < t->n_events; i++)
         free(t->events[i].data);
@@ -2272,6 +2321,17 @@ void orch_unsubscribe(struct orch_sub *s)
     }
     sub_unlink_free(s);
 }
+
+int orch_task_event_at(const struct orch_task *t, int64_t id, struct orch_event *out)
+{
+    if (id < 1 || id > t->n_events)
+        return 0;
+    const struct ev_rec *e = &t->events[id - 1];
+    *out = (struct orch_event){ e->id, e->type, e->data, e->len, e->t_us, e->d2r_us, e->r2r_us };
+    return 1;
+}
+
+int64_t orch_task_n_events(const struct orch_task *t) { return t->n_events; }
 
 void orch_task_release(struct orch_task *t)
 {

@@ -91,10 +91,13 @@ struct orch_decider {
     int32_t (*over_context)(void *ctx, struct orch_task *t, const char *prompt);
 };
 
+struct shared_text;
+
 struct orch_event {
     int64_t     id;
     const char *type;   /* "task.created", ... */
     const char *data;   /* JSON object text */
+    size_t      data_len; /* strlen(data) */
     /* Numbers the text carries, for subscribers that want them without
      * parsing it: t_ms in microseconds, and a call.result's overheads
      * ("dispatch_to_recv_us", "reply_to_record_us"; -1 where absent). */
@@ -159,6 +162,13 @@ struct orch_task *orch_task_older(const struct orch_task *t);
 /* {"id","status","output","calls":[...],"rounds","error"?} (caller frees);
  * NULL when memory ran out (never a summary with a member missing). */
 cJSON *orch_task_summary(const struct orch_task *t);
+/* orch_task_summary printed (jbuf), as a reference the caller drops with
+ * shared_text_unref (host/common/shared_text.h); it stays valid after the
+ * task is freed.  A finished task's text is printed once and shared by
+ * the calls that follow until its summary changes again (a decision's
+ * usage, which the engine reports after a cancel, may come after the end);
+ * a running task's is printed afresh each time.  NULL when out of memory. */
+struct shared_text *orch_task_summary_text(struct orch_task *t);
 /* The prompt the model reads (caller frees; NULL when out of memory):
  * instructions, agent catalogue, task, then the transcript of every
  * decision ("Decision k: {action}") and result ("Result: {id,to,status,
@@ -184,6 +194,14 @@ void orch_task_cancel(struct orch_task *t, const char *reason);
 struct orch_sub *orch_task_subscribe(struct orch_task *t, int64_t after_id,
                                      orch_event_fn cb, void *ud);
 void orch_unsubscribe(struct orch_sub *s);
+
+/* Stored event `id` (1 .. orch_task_n_events) into *out: 1, or 0 when the
+ * log has no such event (yet).  *out points into the log, valid while the
+ * task lives (a subscribed task is not evicted).  For subscribers that
+ * write at their client's pace: they keep their own position and read the
+ * log from it, the callbacks only telling them that it grew. */
+int     orch_task_event_at(const struct orch_task *t, int64_t id, struct orch_event *out);
+int64_t orch_task_n_events(const struct orch_task *t);
 
 /* Free a finished task now (CLI); NULL-safe, no-op while running. */
 void orch_task_release(struct orch_task *t);

@@ -62,6 +62,9 @@ static const struct opt_desc opts[] = {
     { "sse_heartbeat_ms", 0, OPT_INT, OFF(sse_heartbeat_ms), 0, 0, 3600000,
       "task event streams (SSE) get a ': keep-alive' comment this often, so proxies do not cut a stream "
       "that waits on slow agents; 0 = off (default 15000)" },
+    { "keep_tasks", 0, OPT_INT, OFF(keep_tasks), 0, 1, 1 << 24,
+      "finished /v1/tasks kept for GET and event replay; past it the oldest end is freed (never one a client "
+      "is still reading) and GET is 404 (default 10000)" },
     { "http_threads", 0, OPT_INT, OFF(http_threads), 0, 0, 64,
       "I/O threads that carry /v1/tasks calls to plain-http agents (connect, send, receive, HTTP parsing), "
       "so the event loop keeps only the bookkeeping; for many concurrent calls on machines with cores to "
@@ -97,6 +100,7 @@ void server_config_defaults(struct server_config *c)
     c->idle_timeout_ms = 60000;
     c->shutdown_grace_ms = 5000;
     c->sse_heartbeat_ms = 15000;
+    c->keep_tasks = 10000;
     c->prefix_cache = true;
     c->device_sampling = true;
 }

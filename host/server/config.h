@@ -53,6 +53,7 @@ struct server_config {
                                    closed after this long (0: never), default 60 s */
     int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
     int32_t sse_heartbeat_ms;   /* task event streams: a comment line this often (0: off) */
+    int32_t keep_tasks;         /* finished tasks kept for GET (the oldest end goes first), default 10000 */
     int32_t http_threads;       /* I/O threads for /v1/tasks agent calls (0: the loop's own) */
     bool    prefix_cache;       /* default true                                 */
     bool    device_sampling;    /* sample on the device when the backend can, default true */

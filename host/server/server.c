@@ -2005,7 +2005,8 @@ int server_run(const struct server_config *cfg)
                                    .local_header = local_header[0] ? local_header : NULL,
                                    .local_tenant_header = SERVER_TENANT_HEADER,
                                    .max_body_bytes = cfg->max_body_bytes, .sse_heartbeat_ms = cfg->sse_heartbeat_ms,
-                                   .http_threads = cfg->http_threads, .flushing = &srv->flushing,
+                                   .http_threads = cfg->http_threads, .keep_tasks = cfg->keep_tasks,
+                                   .flushing = &srv->flushing,
                                    .drained = on_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))
         goto done;

@@ -17,6 +17,7 @@
 #include <unistd.h>
 
 #include "common/json_get.h"
+#include "common/shared_text.h"
 #include "common/status.h"
 #include "common/utf8_cut.h"
 #include "grammar/grammar.h"
@@ -70,14 +71,26 @@ struct decision {
     struct decision  *prev, *next;
 };
 
+/* An event stream keeps at most about this much unwritten output per
+ * client: past it, the waiter stops copying the task's log and goes on
+ * when libevent reports the output written.  A client that reads slowly,
+ * or not at all until its idle timeout, costs this much rather than a copy
+ * of the log (one task's events can hold results of many megabytes, and
+ * every resume replays them).  Event texts are copied in slices of at most
+ * SSE_SLICE_BYTES. */
+#define SSE_OUTPUT_HIGH (256 * 1024)
+#define SSE_SLICE_BYTES (64 * 1024)
+
 struct waiter {
     struct tasks_api      *api;
     struct evhttp_request *req;
     struct orch_task      *t;
-    struct orch_sub       *sub;
+    struct orch_sub       *sub;     /* pins the task; its callbacks say the log grew */
     struct event          *watch;   /* EOF watch on the client socket */
     struct event          *finish;  /* deferred end after the terminal event */
-    bool                   stream, headers_sent, terminal;
+    int64_t                next_id; /* stream: the next event to write, */
+    size_t                 off;     /* and how much of its text is written */
+    bool                   stream, headers_sent, terminal, pumping;
     struct waiter         *prev, *next;
 };
 
@@ -139,27 +152,44 @@ static void reply_error(struct tasks_api *api, struct evhttp_request *req, const
     free(json);
 }
 
-static void reply_summary(struct tasks_api *api, struct evhttp_request *req, const struct orch_task *t)
+static void text_unref(const void *data, size_t len, void *ud)
 {
-    cJSON *s = orch_task_summary(t);
-    char *text = NULL;
-    if (s) {
-        /* jbuf, not cJSON's printer: a number near DBL_MAX must read back */
-        char stack[4096];
-        struct jbuf b;
-        jbuf_init(&b, stack, sizeof stack);
-        jbuf_json(&b, s);
-        text = jbuf_take(&b);
+    (void)data;
+    (void)len;
+    shared_text_unref(ud);
+}
+
+/* The task's summary, 200.  The body refers to the summary's shared text
+ * (orch_task_summary_text) rather than copying it: a finished task's
+ * summary exists once however many clients are slow to read it. */
+static void reply_summary(struct tasks_api *api, struct evhttp_request *req, struct orch_task *t)
+{
+    struct shared_text *st = orch_task_summary_text(t);
+    bool head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+    struct evbuffer *out = st && !head ? evbuffer_new() : NULL;
+    if (out && evbuffer_add_reference(out, st->data, st->len, text_unref, st) == 0) {
+        st = NULL;   /* the buffer's now: dropped once written or discarded */
+        if (evbuffer_add(out, "\n", 1)) {
+            evbuffer_free(out);
+            out = NULL;
+        }
+    } else if (out) {
+        evbuffer_free(out);
+        out = NULL;
     }
-    cJSON_Delete(s);
-    if (!text) {
+    if (!out && !(st && head)) {
+        shared_text_unref(st);
         struct api_error e;
         api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
         reply_error(api, req, &e);
         return;
     }
-    reply_json(api, req, 200, text);
-    free(text);
+    shared_text_unref(st);
+    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
+    evhttp_send_reply(req, 200, "OK", out);
+    if (out)
+        evbuffer_free(out);
+    metrics_request(api->cfg.m, ROUTE_OTHER, 200);
 }
 
 /* ---- waiters ------------------------------------------------------------------- */
@@ -268,21 +298,104 @@ static void on_finish(evutil_socket_t fd, short what, void *arg)
     notify_drained(api);
 }
 
+static bool event_is_terminal(const char *type)
+{
+    return !strcmp(type, "task.final") || !strcmp(type, "task.error");
+}
+
+/* The connection's unwritten output; NULL once the client has left. */
+/* The task's log holds its terminal event (a finished task's status is set
+ * before the cancellations and the terminal event are emitted). */
+static bool log_ended(const struct orch_task *t)
+{
+    struct orch_event last;
+    return orch_task_event_at(t, orch_task_n_events(t), &last) && event_is_terminal(last.type);
+}
+
+static struct evbuffer *conn_output(struct evhttp_request *req)
+{
+    struct evhttp_connection *c = req ? evhttp_request_get_connection(req) : NULL;
+    struct bufferevent *bev = c ? evhttp_connection_get_bufferevent(c) : NULL;
+    return bev ? bufferevent_get_output(bev) : NULL;
+}
+
+static void pump(struct waiter *w);
+
+/* libevent wrote the connection's output to the socket: room for more.
+ * Every chunk of a stream is sent with this callback (a chunk sent without
+ * one would clear it); ending the reply replaces it, before the waiter is
+ * freed. */
+static void on_output_drained(struct evhttp_connection *c, void *arg)
+{
+    (void)c;
+    pump(arg);
+}
+
+/* Stream the task's log from w->next_id (w->off bytes into its text) while
+ * the connection's unwritten output is under SSE_OUTPUT_HIGH; the rest
+ * follows from on_output_drained or the next event.  After the terminal
+ * event (or, resuming a finished task, the log's end) the reply ends from
+ * on_finish on a later turn: never inside the task's emit().  Out of
+ * memory ends the stream where it stands: the client resumes from the last
+ * event it got whole (Last-Event-ID). */
+static void pump(struct waiter *w)
+{
+    if (w->terminal || w->pumping)
+        return;
+    struct evbuffer *out = conn_output(w->req);
+    struct orch_event ev;
+    if (!out || evbuffer_get_length(out) >= SSE_OUTPUT_HIGH || !orch_task_event_at(w->t, w->next_id, &ev)) {
+        if (out && w->next_id > orch_task_n_events(w->t) && log_ended(w->t)) {
+            w->terminal = true;
+            event_active(w->finish, 0, 0);
+        }
+        return;
+    }
+    w->pumping = true;
+    struct evbuffer *b = evbuffer_new();
+    bool ok = b != NULL;
+    while (ok) {
+        if (w->off == 0)
+            ok = evbuffer_add_printf(b, "id: %lld\nevent: %s\ndata: ", (long long)ev.id, ev.type) >= 0;
+        size_t n = ev.data_len - w->off < SSE_SLICE_BYTES ? ev.data_len - w->off : SSE_SLICE_BYTES;
+        if (!ok || evbuffer_add(b, ev.data + w->off, n)) {
+            ok = false;
+            break;
+        }
+        w->off += n;
+        if (w->off == ev.data_len) {
+            ok = !evbuffer_add(b, "\n\n", 2);
+            w->off = 0;
+            w->next_id++;
+            if (event_is_terminal(ev.type)) {
+                w->terminal = true;
+                break;
+            }
+        }
+        if (evbuffer_get_length(out) + evbuffer_get_length(b) >= SSE_OUTPUT_HIGH ||
+            (w->off == 0 && !orch_task_event_at(w->t, w->next_id, &ev)))
+            break;
+    }
+    if (b && evbuffer_get_length(b))
+        evhttp_send_reply_chunk_with_cb(w->req, b, on_output_drained, w);
+    if (b)
+        evbuffer_free(b);
+    w->pumping = false;
+    if (!ok)
+        w->terminal = true;
+    if (!w->terminal && w->next_id > orch_task_n_events(w->t) && log_ended(w->t))
+        w->terminal = true;
+    if (w->terminal)
+        event_active(w->finish, 0, 0);
+}
+
 static void on_task_event(void *ud, struct orch_task *t, const struct orch_event *ev)
 {
     struct waiter *w = ud;
     (void)t;
-    if (w->terminal)
-        return;
     if (w->stream) {
-        struct evbuffer *b = evbuffer_new();
-        if (b && evbuffer_add_printf(b, "id: %lld\nevent: %s\ndata: %s\n\n", (long long)ev->id, ev->type,
-                                     ev->data) >= 0)
-            evhttp_send_reply_chunk(w->req, b);
-        if (b)
-            evbuffer_free(b);
-    }
-    if (!strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error")) {
+        pump(w);
+    } else if (!w->terminal && event_is_terminal(ev->type)) {
         w->terminal = true;
         event_active(w->finish, 0, 0);   /* never end the reply inside emit() */
     }
@@ -297,11 +410,13 @@ static void on_heartbeat(evutil_socket_t fd, short what, void *arg)
     (void)fd;
     (void)what;
     for (struct waiter *w = api->waiters; w; w = w->next) {
-        if (!w->stream || w->terminal || !w->headers_sent || !w->req)
+        /* a stream with output pending is writing, or blocked on its client */
+        struct evbuffer *out = w->stream && !w->terminal && w->headers_sent ? conn_output(w->req) : NULL;
+        if (!out || evbuffer_get_length(out))
             continue;
         struct evbuffer *b = evbuffer_new();
         if (b && !evbuffer_add(b, ": keep-alive\n\n", 14))
-            evhttp_send_reply_chunk(w->req, b);
+            evhttp_send_reply_chunk_with_cb(w->req, b, on_output_drained, w);
         if (b)
             evbuffer_free(b);
     }
@@ -324,6 +439,7 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
     w->req = req;
     w->t = t;
     w->stream = stream;
+    w->next_id = (after_id < 0 ? 0 : after_id < orch_task_n_events(t) ? after_id : orch_task_n_events(t)) + 1;
     api->cfg.m->in_flight++;   /* waiter_free takes it back */
     w->next = api->waiters;
     if (api->waiters)
@@ -362,8 +478,11 @@ static void waiter_start(struct tasks_api *api, struct evhttp_request *req, stru
     /* A finished task whose terminal event lies at or before after_id (a
      * client resuming after the end) has nothing more to send: end now
      * rather than wait for an event that never comes (and keep the task
-     * from eviction while waiting). */
-    if (!w->terminal && orch_task_status(t) != TASK_RUNNING) {
+     * from eviction while waiting).  A stream decides that in pump(), which
+     * the replay ran unless the log had nothing after after_id. */
+    if (stream)
+        pump(w);
+    else if (!w->terminal && orch_task_status(t) != TASK_RUNNING) {
         w->terminal = true;
         event_active(w->finish, 0, 0);
     }
@@ -1073,8 +1192,9 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     struct exec_config ecfg = { .local_url = cfg->local_url, .local_header = cfg->local_header,
                                 .local_tenant_header = cfg->local_tenant_header, .local_model = "default",
                                 .http_threads = cfg->http_threads };
+    const struct orch_config ocfg = { .keep_finished = cfg->keep_tasks };
     ps_error_clear();
-    if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, NULL))) {
+    if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, &ocfg))) {
         /* orch_create states its cause (ps_error_set): an allocation, an
          * I/O thread that could not start, ... */
         rc = ps_error_last_status() != PS_OK ? ps_error_last_status() : PS_EINTERNAL;

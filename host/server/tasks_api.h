@@ -91,6 +91,7 @@ struct tasks_api_config {
     int                  max_body_bytes;
     int                  sse_heartbeat_ms; /* event streams: ': keep-alive' this often (0: off) */
     int                  http_threads;     /* exec_config.http_threads */
+    int                  keep_tasks;       /* orch_config.keep_finished (0: its default) */
     /* Shutdown accounting shared with the server: every waiting request
      * counts in m->in_flight until its reply ends, and its final reply in
      * *flushing until libevent has written it; drained(drained_ud) is called

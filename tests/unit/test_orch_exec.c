@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "common/json_get.h"
+#include "common/shared_text.h"
 #include "common/status.h"
 #include "orchestrator/action.h"
 #include "orchestrator/builtin.h"
@@ -1142,6 +1143,63 @@ static void test_cancel_from_result_and_decision_events(void)
                   c.run.done, orch_running(c.orch));
         ctx_close(&c);
     }
+}
+
+/* Readers at their own pace (tasks_api's event streams and summaries):
+ * orch_task_event_at gives the log as subscribers got it, with each text's
+ * length; a finished task's summary text is printed once, shared, equal to
+ * the summary and to its terminal event's text, and outlives the task. */
+static void test_log_reads_and_shared_summary(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    struct orch_task *t = submit(&c, "{\"input\":\"x\",\"script\":["
+        "{\"calls\":[{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":30,\"v\":\"\\u00e9\"}}]},"
+        "{\"final\":{\"answer\":\"{{a.args.v}}\",\"uses\":[\"a\"]}}]}");
+    if (!t) {
+        ctx_close(&c);
+        return;
+    }
+    struct shared_text *r1 = orch_task_summary_text(t), *r2 = orch_task_summary_text(t);
+    CHECK_MSG(r1 && r2 && r1 != r2 && strstr(r1->data, "\"running\""),
+              "a running task's summary is printed each time: %p %p", (void *)r1, (void *)r2);
+    shared_text_unref(r1);
+    shared_text_unref(r2);
+    run_loop(&c);
+    CHECK(orch_task_status(t) == TASK_COMPLETED);
+    int64_t n = orch_task_n_events(t);
+    struct orch_event ev;
+    CHECK(n >= 5 && !orch_task_event_at(t, 0, &ev) && !orch_task_event_at(t, n + 1, &ev));
+    for (int64_t id = 1; id <= n; id++) {
+        CHECK(orch_task_event_at(t, id, &ev) == 1);
+        CHECK_MSG(ev.id == id && ev.data_len == strlen(ev.data) && ev.data[0] == '{', "event %lld",
+                  (long long)id);
+    }
+    CHECK(orch_task_event_at(t, n, &ev) && !strcmp(ev.type, "task.final"));
+    struct shared_text *s1 = orch_task_summary_text(t), *s2 = orch_task_summary_text(t);
+    CHECK_MSG(s1 && s1 == s2 && s1->refs == 3 && s1->len == strlen(s1->data), "shared: %p %p",
+              (void *)s1, (void *)s2);
+    if (s1) {
+        cJSON *got = cJSON_Parse(s1->data), *want = orch_task_summary(t);
+        CHECK(got && want && cJSON_Compare(got, want, 1));
+        cJSON_Delete(got);
+        cJSON_Delete(want);
+        /* task.final's text is the summary with "task" and "t_ms" added */
+        CHECK(ev.data_len > s1->len && !memcmp(ev.data, s1->data, s1->len - 1) && ev.data[s1->len - 1] == ',');
+    }
+    /* a decision's usage reported after the end (the engine answering a
+     * cancel) changes the summary: printed again, the old text kept by its
+     * holders */
+    orch_task_decision_usage(t, 1, 100, 64, 7);
+    struct shared_text *s3 = orch_task_summary_text(t);
+    CHECK_MSG(s3 && s3 != s1 && strstr(s3->data, "\"completion_tokens\":7") && s1 && s1->refs == 2 &&
+              !strstr(s1->data, "usage"), "after usage: %s", s3 ? s3->data : "(null)");
+    shared_text_unref(s3);
+    orch_task_release(t);   /* the log and the task's own reference go */
+    CHECK(s1 && s1->refs == 2 && strlen(s1->data) == s1->len && strstr(s1->data, "\"completed\""));
+    shared_text_unref(s2);
+    shared_text_unref(s1);
+    ctx_close(&c);
 }
 
 /* The task a caller ends is not evicted by its own end: tasks_api's DELETE
@@ -3492,6 +3550,7 @@ int main(void)
     test_subscribers_acting_in_callbacks();
     test_cancel_from_result_and_decision_events();
     test_cancelled_task_outlives_its_end();
+    test_log_reads_and_shared_summary();
     test_duplicate_id_feedback_goes_to_its_own_call();
     test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
