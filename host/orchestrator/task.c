@@ -140,6 +140,14 @@ const char *orch_task_status_str(enum orch_task_status s)
     return (unsigned)s < 4 ? task_status_names[s] : "?";
 }
 
+/* The task's summary changes: a shared text printed before no longer
+ * stands for it (its holders keep theirs). */
+static void summary_changed(struct orch_task *t)
+{
+    shared_text_unref(t->summary_text);
+    t->summary_text = NULL;
+}
+
 /* ---- events ------------------------------------------------------------------ */
 
 /* Append an event to the log and deliver it to subscribers.
@@ -254,6 +262,7 @@ static int emit_text_n(struct orch_task *t, const char *type, struct jbuf *b, in
     char *text = NULL;
     size_t len = 0;
     int64_t us = (orch_now_ns() - t->t_start) / 1000;
+    summary_changed(t);   /* whatever the event reports changed the task */
     if (b && !b->oom && !(terminal ? 0 : t->log_error) && b->len >= 2 && b->p[b->len - 1] == '}') {
         /* "task" and "t_ms" appended as text (no printf): one malloc for
          * the event */
@@ -498,6 +507,7 @@ static cJSON *ledger_find(struct orch_task *t, const char *id)
  * findable: the caller fails the task. */
 static int ledger_append(struct orch_task *t, cJSON *e)
 {
+    summary_changed(t);
     cJSON_AddItemToArray(t->ledger, e);
     t->n_ledger++;
     const cJSON *id = json_get(e, "id");
@@ -712,11 +722,8 @@ struct shared_text *orch_task_summary_text(struct orch_task *t)
     summary_text_print(t, &b);
     size_t len = b.len;
     struct shared_text *st = shared_text_adopt(jbuf_take(&b), len);
-    /* a finished task's summary no longer changes once its end is logged */
-    if (st && t->status != TASK_RUNNING && t->n_events > 0 &&
-        (!strcmp(t->events[t->n_events - 1].type, "task.final") ||
-         !strcmp(t->events[t->n_events - 1].type, "task.error")))
-        t->summary_text = shared_text_ref(st);
+    if (st)
+        t->summary_text = shared_text_ref(st);   /* until summary_changed() */
     return st;
 }
 
@@ -732,6 +739,7 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     /* Ended before its calls are cancelled: a subscriber that ends the
      * task again from one of their `cancelled` records finds it ended. */
     t->status = st;
+    summary_changed(t);
     if (error && !(t->error = strdup(error))) {
         /* out of memory: the message cut to fit, never dropped */
         snprintf(t->error_short, sizeof t->error_short, "%s", error);
@@ -772,13 +780,6 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     evict_finished(o, t);
 }
 
-/* The task's summary changes: a shared text printed before no longer
- * stands for it (its holders keep theirs). */
-static void summary_changed(struct orch_task *t)
-{
-    shared_text_unref(t->summary_text);
-    t->summary_text = NULL;
-}
 
 /* Set a ledger field in place (the entry's placeholders are replaced by
  * value, no node or key allocated).  0, or -1 when out of memory. */
@@ -1663,6 +1664,7 @@ static void decide(struct orch_task *t)
         return;
     }
     t->rounds++;
+    summary_changed(t);
     o->stats.decisions[!t->script]++;
     t->final_only = !t->script && (t->rounds >= t->max_rounds || t->n_calls >= t->max_calls || t->finalize ||
                                    t->repeated);
@@ -1752,6 +1754,7 @@ static void on_kick(evutil_socket_t fd, short what, void *ud)
         if (running && !(t->finalize && !t->script && t->rounds < t->max_rounds))
             return;   /* a used call is still running */
         if (!running) {
+            summary_changed(t);
             if (render_answer(t, json_get(t->final_pending, "answer"), &t->output))
                 task_finish(t, TASK_FAILED, "out of memory while rendering the final answer");
             else

@@ -164,10 +164,11 @@ struct orch_task *orch_task_older(const struct orch_task *t);
 cJSON *orch_task_summary(const struct orch_task *t);
 /* orch_task_summary printed (jbuf), as a reference the caller drops with
  * shared_text_unref (host/common/shared_text.h); it stays valid after the
- * task is freed.  A finished task's text is printed once and shared by
- * the calls that follow until its summary changes again (a decision's
- * usage, which the engine reports after a cancel, may come after the end);
- * a running task's is printed afresh each time.  NULL when out of memory. */
+ * task is freed.  The text is printed once and shared by the calls that
+ * follow until the summary changes (a call entered or finished, a round,
+ * the answer, the end, any event; a decision's usage, which the engine may
+ * report after the end): clients polling a task with large results cost
+ * one print per change, not one per request.  NULL when out of memory. */
 struct shared_text *orch_task_summary_text(struct orch_task *t);
 /* The prompt the model reads (caller frees; NULL when out of memory):
  * instructions, agent catalogue, task, then the transcript of every

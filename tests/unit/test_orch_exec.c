@@ -1161,8 +1161,8 @@ static void test_log_reads_and_shared_summary(void)
         return;
     }
     struct shared_text *r1 = orch_task_summary_text(t), *r2 = orch_task_summary_text(t);
-    CHECK_MSG(r1 && r2 && r1 != r2 && strstr(r1->data, "\"running\""),
-              "a running task's summary is printed each time: %p %p", (void *)r1, (void *)r2);
+    CHECK_MSG(r1 && r1 == r2 && strstr(r1->data, "\"running\""),
+              "a running task's unchanged summary is shared: %p %p", (void *)r1, (void *)r2);
     shared_text_unref(r1);
     shared_text_unref(r2);
     run_loop(&c);
@@ -1199,6 +1199,88 @@ static void test_log_reads_and_shared_summary(void)
     CHECK(s1 && s1->refs == 2 && strlen(s1->data) == s1->len && strstr(s1->data, "\"completed\""));
     shared_text_unref(s2);
     shared_text_unref(s1);
+    ctx_close(&c);
+}
+
+/* The cached summary text (orch_task_summary_text) never goes stale: a
+ * 1 ms timer, between the loop's callbacks like a GET, compares it with a
+ * fresh orch_task_summary of every task, while tasks with every fault,
+ * retries, a DAG, rejections, a duplicate id, a wait, a cancel and a
+ * deferred final run; and once more when all have ended. */
+struct summary_probe {
+    struct orch_task *ts[8];
+    int               n, checks, stale;
+};
+
+static void summary_compare(struct summary_probe *p)
+{
+    for (int i = 0; i < p->n; i++) {
+        struct shared_text *st = orch_task_summary_text(p->ts[i]);
+        cJSON *got = st ? cJSON_Parse(st->data) : NULL, *want = orch_task_summary(p->ts[i]);
+        if (!got || !want || !cJSON_Compare(got, want, 1)) {
+            if (!p->stale++) {
+                char *w = want ? cJSON_PrintUnformatted(want) : NULL;
+                fprintf(stderr, "stale summary of task %d:\n  cached %s\n  fresh  %s\n", i,
+                        st ? st->data : "(null)", w ? w : "(null)");
+                free(w);
+            }
+        }
+        p->checks++;
+        cJSON_Delete(got);
+        cJSON_Delete(want);
+        shared_text_unref(st);
+    }
+}
+
+static void on_summary_probe(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd;
+    (void)what;
+    summary_compare(arg);
+}
+
+static void test_cached_summary_follows_every_change(void)
+{
+    struct ctx c;
+    CHECK(ctx_open(&c) == 0);
+    struct summary_probe p = { .n = 0 };
+    static const char *const tasks[] = {
+        "{\"input\":\"faults\",\"script\":[{\"calls\":["
+        "{\"id\":\"x5\",\"to\":\"mock\",\"args\":{\"fault\":\"5xx\"}},"
+        "{\"id\":\"nj\",\"to\":\"mock\",\"args\":{\"fault\":\"nonjson\"}},"
+        "{\"id\":\"flaky\",\"to\":\"mock\",\"args\":{\"fault\":\"flaky\",\"key\":\"sc\",\"fail_times\":2}},"
+        "{\"id\":\"hang\",\"to\":\"mock\",\"args\":{\"fault\":\"hang\"}},"
+        "{\"id\":\"unk\",\"to\":\"nobody\",\"args\":{}},"
+        "{\"id\":\"dep\",\"to\":\"mock\",\"args\":{\"sleep_ms\":5},\"after\":[\"x5\"]},"
+        "{\"id\":\"k\",\"to\":\"calculator\",\"args\":{\"expression\":\"6*7\"}}]},"
+        "{\"calls\":[{\"id\":\"k\",\"to\":\"calculator\",\"args\":{\"expression\":\"1\"}}]},"
+        "{\"wait\":true},"
+        "{\"final\":{\"answer\":\"{{k}}\",\"uses\":[\"k\",\"flaky\",\"hang\"]}}]}",
+        "{\"input\":\"dag\",\"script\":[{\"calls\":["
+        "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":20}},"
+        "{\"id\":\"b\",\"to\":\"mock\",\"args\":{\"v\":\"{{a.args.sleep_ms}}\"},\"after\":[\"a\"]},"
+        "{\"id\":\"s\",\"to\":\"mock\",\"args\":{\"sleep_ms\":400}}]},"
+        "{\"cancel\":[\"s\"]},"
+        "{\"final\":{\"answer\":\"{{b}}\",\"uses\":[\"b\"]}}]}",
+        "{\"input\":\"unused\",\"script\":[{\"calls\":["
+        "{\"id\":\"q\",\"to\":\"mock\",\"args\":{\"sleep_ms\":10}},"
+        "{\"id\":\"slow\",\"to\":\"mock\",\"args\":{\"sleep_ms\":3000}}]},"
+        "{\"final\":{\"answer\":\"{{q}}\",\"uses\":[\"q\"]}}]}",
+    };
+    for (size_t i = 0; i < sizeof tasks / sizeof tasks[0]; i++)
+        if ((p.ts[p.n] = submit(&c, tasks[i])))
+            p.n++;
+    struct event *tick = event_new(c.base, -1, EV_PERSIST, on_summary_probe, &p);
+    const struct timeval ms1 = { 0, 1000 };
+    CHECK(tick && event_add(tick, &ms1) == 0);
+    run_loop(&c);
+    event_free(tick);
+    summary_compare(&p);
+    for (int i = 0; i < p.n; i++)
+        CHECK_MSG(orch_task_status(p.ts[i]) == TASK_COMPLETED, "task %d: %s", i,
+                  orch_task_status_str(orch_task_status(p.ts[i])));
+    CHECK_MSG(p.n == 3 && p.stale == 0 && p.checks > 30, "%d tasks, %d checks, %d stale", p.n, p.checks, p.stale);
+    printf("cached summaries: %d checks against a fresh print, %d stale\n", p.checks, p.stale);
     ctx_close(&c);
 }
 
@@ -3551,6 +3633,7 @@ int main(void)
     test_cancel_from_result_and_decision_events();
     test_cancelled_task_outlives_its_end();
     test_log_reads_and_shared_summary();
+    test_cached_summary_follows_every_change();
     test_duplicate_id_feedback_goes_to_its_own_call();
     test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
