@@ -117,11 +117,15 @@ void mcp_reap_all(struct exec *ex);
  * with id `id` (in a batch array, that element), or an error response
  * whose id is null or absent; else the first text/event-stream event
  * whose data lines hold a response (result or error) with id `id`; NULL
- * when there is none.  Caller frees.  *oom (may be NULL) is set to 1 when
- * NULL is returned because memory ran out while parsing, else to 0.
+ * when there is none.  Caller frees.  *oom (may be NULL) is set when NULL
+ * is returned: MCP_REPLY_OOM when memory ran out while parsing,
+ * MCP_REPLY_REFUSED when the response to `id` is there, JSON in shape, but
+ * its text was refused as agent JSON (not UTF-8, or a NUL in a string:
+ * json_parse_refusal() says where), else 0.
  * mcp_reply_result: map a tools/call response to an outcome: FB_OK with
  * *res (caller frees; NULL only when out of memory), or an error status
  * with the message in err (always NUL-terminated). */
+enum { MCP_REPLY_OOM = 1, MCP_REPLY_REFUSED = 2 };
 cJSON         *mcp_reply_parse(const char *body, size_t len, long id, int *oom);
 enum fb_status mcp_reply_result(const cJSON *msg, cJSON **res, char *err, size_t errlen);
 

@@ -237,9 +237,20 @@ static cJSON *rpc_response_for(cJSON *j, long id)
     return NULL;
 }
 
+/* Text json_parse_oom refused (json_parse_refusal() set): 1 when it is
+ * still JSON in shape and holds the response to `id`, so the caller can say
+ * why that response was refused rather than that none came. */
+static int refused_response_for(const char *text, size_t len, long id)
+{
+    int oom;
+    cJSON *m = rpc_response_for(json_parse_end_oom(text, len, NULL, &oom), id);
+    cJSON_Delete(m);
+    return m != NULL;
+}
+
 cJSON *mcp_reply_parse(const char *body, size_t len, long id, int *oom)
 {
-    int parse_oom = 0;
+    int parse_oom = 0, refused = 0;
     if (oom)
         *oom = 0;
     cJSON *j = json_parse_oom(body, len, &parse_oom);
@@ -247,6 +258,11 @@ cJSON *mcp_reply_parse(const char *body, size_t len, long id, int *oom)
         return rpc_response_for(j, id);
     if (parse_oom)
         goto out_of_memory;
+    if (json_parse_refusal()[0] && refused_response_for(body, len, id)) {
+        if (oom)
+            *oom = MCP_REPLY_REFUSED;
+        return NULL;
+    }
     /* text/event-stream: events separated by blank lines, data: lines. */
     const char *p = body, *end = body + len;
     char *acc = NULL;
@@ -284,17 +300,23 @@ cJSON *mcp_reply_parse(const char *body, size_t len, long id, int *oom)
                     cJSON_Delete(m);
                 if (parse_oom)
                     break;
+                if (!m && json_parse_refusal()[0] && refused_response_for(acc, alen, id)) {
+                    refused = 1;
+                    break;
+                }
             }
             alen = 0;
         }
         p = nl ? nl + 1 : end;
     }
     free(acc);
+    if (refused && oom)
+        *oom = MCP_REPLY_REFUSED;
     if (found || !parse_oom)
         return found;
 out_of_memory:
     if (oom)
-        *oom = 1;
+        *oom = MCP_REPLY_OOM;
     return NULL;
 }
 
@@ -489,10 +511,15 @@ static void http_call_done(void *ud, const struct httpc_response *resp)
     int oom;
     cJSON *m = mcp_reply_parse(resp->body, resp->body_len, op->rpc_id, &oom);
     if (!m) {
-        adapter_finish(op, oom ? FB_EXEC_ERROR : FB_PARSE_ERROR, NULL,
-                       oom ? "out of memory while parsing the MCP server's reply"
-                           : "mcp reply carries no JSON-RPC response for the call",
-                       0, resp->agent_recv_ns, resp->agent_send_ns);
+        char why[160];
+        snprintf(why, sizeof why, "%s",
+                 oom == MCP_REPLY_OOM ? "out of memory while parsing the MCP server's reply"
+                 : oom == MCP_REPLY_REFUSED ? "mcp reply: the response to the call is not valid JSON text: "
+                 : "mcp reply carries no JSON-RPC response for the call");
+        if (oom == MCP_REPLY_REFUSED)
+            snprintf(why + strlen(why), sizeof why - strlen(why), "%s", json_parse_refusal());
+        adapter_finish(op, oom == MCP_REPLY_OOM ? FB_EXEC_ERROR : FB_PARSE_ERROR, NULL, why, 0,
+                       resp->agent_recv_ns, resp->agent_send_ns);
         return;
     }
     finish_with_reply(op, m, resp->agent_recv_ns, resp->agent_send_ns);
@@ -516,12 +543,13 @@ int mcp_sse_scan(struct mcp_sse_scan *st, const char *body, size_t len, long id)
         return 0;
     int oom;
     cJSON *m = mcp_reply_parse(body + st->peeked, end - st->peeked, id, &oom);
-    if (oom)
+    if (oom == MCP_REPLY_OOM)
         return 0;       /* scanned again with the next bytes, or parsed whole at the end */
     st->searched += end - st->peeked;
     st->peeked = end;
     cJSON_Delete(m);
-    return m != NULL;
+    /* a refused response ends the request too: the whole body's parse says why */
+    return m != NULL || oom == MCP_REPLY_REFUSED;
 }
 
 /* An SSE reply that already holds the call's response ends the request:
@@ -609,7 +637,7 @@ static void http_init_done(void *ud, const struct httpc_response *resp)
     }
     int oom;
     cJSON *m = mcp_reply_parse(resp->body, resp->body_len, s->init_id, &oom);
-    if (!m && oom) {
+    if (!m && oom == MCP_REPLY_OOM) {
         s->state = MCP_NONE;
         fail_all(s, "mcp: out of memory while parsing the initialize reply", 1);
         return;

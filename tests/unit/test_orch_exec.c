@@ -1872,7 +1872,22 @@ static int hs_handle(int fd, const char *path, const char *head, const char *bod
             }
         } else if (!strcmp(meth, "tools/call")) {
             const cJSON *args = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(m, "params"), "arguments");
-            if (strstr(path, "sse-partial")) {
+            if (strstr(path, "badutf8")) {
+                /* the response to the call, JSON in shape, with a 0xFF in
+                 * its text; over SSE, on a stream that stays open */
+                char body[256];
+                snprintf(body, sizeof body, "{\"jsonrpc\":\"2.0\",\"id\":%ld,\"result\":{\"content\":"
+                         "[{\"type\":\"text\",\"text\":\"a\xff\"}]}}", id);
+                if (strstr(path, "sse")) {
+                    hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
+                    snprintf(out, sizeof out, "event: message\ndata: %s\n\n", body);
+                    hs_send(fd, out);
+                    hs_hang(fd);
+                    rc = -1;
+                } else {
+                    hs_reply(fd, 200, "", body);
+                }
+            } else if (strstr(path, "sse-partial")) {
                 /* the response, then half of the next event in the same
                  * write, then silence: the response alone ends the call */
                 hs_send(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n\r\n");
@@ -2322,6 +2337,10 @@ static const char *hs_pool =
     "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"ssepart\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-partial\","
     "\"timeout_ms\":1500,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"badutf8\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-badutf8\","
+    "\"timeout_ms\":3000,\"retries\":0,\"breaker_failures\":0},"
+    "{\"name\":\"ssebadutf8\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-badutf8\","
+    "\"timeout_ms\":3000,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"sseflood\",\"kind\":\"mcp-http\",\"url\":\"http://127.0.0.1:%d/mcp-sse-flood\","
     "\"timeout_ms\":20000,\"retries\":0,\"breaker_failures\":0},"
     "{\"name\":\"s-closed\",\"kind\":\"a2a\",\"url\":\"http://127.0.0.1:%d/a2as-closed\",\"a2a_version\":\"1.0\","
@@ -2371,7 +2390,7 @@ static void test_hostile_mcp_http_a2a(void)
     }
     char buf[8192];
     int p = hs_port;
-    int n = snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
+    int n = snprintf(buf, sizeof buf, hs_pool, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p, p);
     CHECK(n > 0 && (size_t)n < sizeof buf);
     struct registry *reg = NULL;
     CHECK_MSG(registry_load_json(buf, "pool", &reg) == PS_OK, "%s", ps_error_last());
@@ -2617,6 +2636,19 @@ static void test_hostile_mcp_http_a2a(void)
         hs_call(g, &s, pid, "ssepart", "{}");
         hs_run(&s);
         fbs_expect_ok(&s, pid, "\"partial\"", 1000);
+        /* a response refused as agent JSON (0xFF in its text) ends its call
+         * parse_error at once, naming the byte, JSON body or SSE event */
+        for (int sse = 0; sse < 2; sse++) {
+            char bid[32];
+            snprintf(bid, sizeof bid, "bad%s_%s", sse ? "sse" : "json", curl ? "curl" : "fast");
+            hs_call(g, &s, bid, sse ? "ssebadutf8" : "badutf8", "{}");
+            hs_run(&s);
+            i = fbs_find(&s, bid);
+            CHECK_MSG(i >= 0 && s.f[i].st == FB_PARSE_ERROR && strstr(s.f[i].err, "not valid JSON text") &&
+                      strstr(s.f[i].err, "invalid UTF-8 at byte") && s.f[i].ms < 1000,
+                      "%s: %s %s %lld ms", bid, i >= 0 ? fb_status_str(s.f[i].st) : "-", i >= 0 ? s.f[i].err : "",
+                      i >= 0 ? (long long)s.f[i].ms : -1LL);
+        }
         const char *fid = curl ? "flood_curl" : "flood_fast";
         hs_call(g, &s, fid, "sseflood", "{}");
         hs_run(&s);
