@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "orchestrator/json_alloc.h"
+
 void jbuf_init(struct jbuf *b, char *stack, size_t cap)
 {
     b->p = stack;
@@ -26,7 +28,7 @@ static int jbuf_reserve(struct jbuf *b, size_t n)
     size_t cap = b->cap * 2;
     while (cap < b->len + n + 1)
         cap *= 2;
-    char *np = b->heap ? realloc(b->p, cap) : malloc(cap);
+    char *np = json_alloc_fail_now() ? NULL : b->heap ? realloc(b->p, cap) : malloc(cap);
     if (!np) {
         b->oom = 1;
         return -1;
@@ -217,7 +219,7 @@ char *jbuf_take(struct jbuf *b)
         if (b->heap) {
             r = b->p;
             b->heap = 0;
-        } else if ((r = malloc(b->len + 1))) {
+        } else if (!json_alloc_fail_now() && (r = malloc(b->len + 1))) {
             memcpy(r, b->p, b->len + 1);
         }
     }

@@ -13,14 +13,21 @@ static _Thread_local long allocs;
 static _Thread_local int  failed;          /* an allocation failed since the last json_parse_oom began */
 static _Thread_local long failures;        /* failed allocations on this thread */
 
-static void *json_malloc(size_t n)
+int json_alloc_fail_now(void)
 {
     allocs++;
     if (fail_countdown > 0 && --fail_countdown == 0) {
         failed = 1;
         failures++;
-        return NULL;
+        return 1;
     }
+    return 0;
+}
+
+static void *json_malloc(size_t n)
+{
+    if (json_alloc_fail_now())
+        return NULL;
     void *p = malloc(n);
     if (!p) {
         failed = 1;
@@ -46,39 +53,70 @@ static _Thread_local char refusal[96];
 
 const char *json_parse_refusal(void) { return refusal; }
 
-/* 0 when s[0..n) is UTF-8 and none of its strings holds a NUL; else 1 with
- * `refusal` set.  In a string each backslash takes the next byte with it,
- * so an escaped backslash never starts an escape. */
-static int text_refused(const char *s, size_t n)
+size_t utf8_invalid_at(const char *s, size_t len)
 {
-    int in = 0;
-    for (size_t i = 0; i < n;) {
-        unsigned char c = (unsigned char)s[i];
-        if (c >= 0x80) {
-            uint32_t cp;
-            size_t k = unicode_utf8_decode((const uint8_t *)s + i, n - i, &cp);
-            if (cp == UNICODE_INVALID) {
-                snprintf(refusal, sizeof refusal, "invalid UTF-8 at byte %zu", i);
-                return 1;
-            }
-            i += k;
+    size_t i = 0;
+    while (i < len) {
+        if ((unsigned char)s[i] < 0x80) {
+            i++;
             continue;
         }
-        if (c == 0 && !in) {
-            snprintf(refusal, sizeof refusal, "a 0 byte at byte %zu", i);   /* cJSON would skip it */
-            return 1;
-        }
-        if (in && (c == 0 || (c == '\\' && i + 5 < n && !memcmp(s + i + 1, "u0000", 5)))) {
-            snprintf(refusal, sizeof refusal, "a NUL character (\\u0000) in a string at byte %zu", i);
-            return 1;
-        }
-        if (c == '"')
-            in = !in;
-        else if (in && c == '\\' && i + 1 < n)
-            i++;        /* the escaped byte */
-        i++;
+        uint32_t cp;
+        size_t n = unicode_utf8_decode((const uint8_t *)s + i, len - i, &cp);
+        if (cp == UNICODE_INVALID)
+            return i;
+        i += n;
     }
-    return 0;
+    return len;
+}
+
+bool json_nul_find(const char *s, size_t len, size_t *at, bool *in_string)
+{
+    bool in = false, found = false;
+    for (size_t i = 0; i < len; i++) {
+        const char c = s[i];
+        if (c == '\0') {
+            if (!in) {
+                *at = i;
+                *in_string = false;
+                return true;
+            }
+            if (!found) {
+                *at = i;
+                *in_string = found = true;
+            }
+            continue;
+        }
+        if (c == '"') {
+            in = !in;
+            continue;
+        }
+        if (!in || c != '\\' || i + 1 >= len)
+            continue;
+        if (s[i + 1] == 'u' && len - i >= 6 && !memcmp(s + i + 2, "0000", 4) && !found) {
+            *at = i;
+            *in_string = found = true;
+        }
+        if (s[i + 1] != '\0')
+            i++; /* the escaped byte */
+    }
+    return found;
+}
+
+/* 0 when s[0..n) is UTF-8 and none of its strings holds a NUL; else 1 with
+ * `refusal` set. */
+static int text_refused(const char *s, size_t n)
+{
+    size_t at = utf8_invalid_at(s, n);
+    bool in_string;
+    if (at < n)
+        snprintf(refusal, sizeof refusal, "invalid UTF-8 at byte %zu", at);
+    else if (json_nul_find(s, n, &at, &in_string))
+        snprintf(refusal, sizeof refusal, in_string ? "a NUL character (\\u0000) in a string at byte %zu"
+                                                    : "a 0 byte at byte %zu", at);   /* cJSON would skip it */
+    else
+        return 0;
+    return 1;
 }
 
 cJSON *json_parse_oom(const char *s, size_t n, int *oom)

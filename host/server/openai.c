@@ -76,67 +76,7 @@ char *api_error_json(const struct api_error *e)
     return s;
 }
 
-bool utf8_valid(const char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        if ((unsigned char)s[i] < 0x80) {
-            i++;
-            continue;
-        }
-        uint32_t cp;
-        size_t n = unicode_utf8_decode((const uint8_t *)s + i, len - i, &cp);
-        if (cp == UNICODE_INVALID)
-            return false;
-        i += n;
-    }
-    return true;
-}
-
-/* ---- NUL characters in JSON strings ---------------------------------------------- */
-
-/* A NUL in JSON text s[0..len) (text cJSON parsed, or a string's value
- * that is itself JSON): *at its offset and *in_string whether a string
- * holds it.  In a string, a NUL is a raw 0 byte or a \u0000 escape (*at:
- * its backslash); outside every string only a raw 0 byte (which cJSON
- * skips as whitespace: JSON allows none there).  The first raw 0 byte
- * outside the strings is reported if there is one (the text is not JSON),
- * else the first NUL in a string.  In a string each backslash takes the
- * next byte with it (a 0 byte excepted), so an escaped backslash never
- * starts an escape; \u0000 outside a string is not JSON either, and is not
- * reported (cJSON refuses it). */
-static bool json_nul_find(const char *s, size_t len, size_t *at, bool *in_string)
-{
-    bool in = false, found = false;
-    for (size_t i = 0; i < len; i++) {
-        const char c = s[i];
-        if (c == '\0') {
-            if (!in) {
-                *at = i;
-                *in_string = false;
-                return true;
-            }
-            if (!found) {
-                *at = i;
-                *in_string = found = true;
-            }
-            continue;
-        }
-        if (c == '"') {
-            in = !in;
-            continue;
-        }
-        if (!in || c != '\\' || i + 1 >= len)
-            continue;
-        if (s[i + 1] == 'u' && len - i >= 6 && !memcmp(s + i + 2, "0000", 4) && !found) {
-            *at = i;
-            *in_string = found = true;
-        }
-        if (s[i + 1] != '\0')
-            i++; /* the escaped byte */
-    }
-    return found;
-}
+/* ---- NUL characters in JSON strings (json_nul_find: json_alloc.h) ---------------- */
 
 /* Append p[0..n) to out[0..cap) at *len; what does not fit is cut at a
  * UTF-8 character boundary and later appends add nothing (*len = cap - 1). */

@@ -101,9 +101,6 @@ struct openai_options {
     int32_t max_compile_ms;    /* per schema; 0 = 5000 (PS_ERANGE -> 400)  */
 };
 
-/* Check that body[0..len) is valid UTF-8 (strict). */
-bool utf8_valid(const char *s, size_t len);
-
 /* The NUL check of every route that parses a JSON request body (chat,
  * completions, POST /v1/tasks), run on the bytes cJSON parsed,
  * body[0..len).  cJSON ends a string at a NUL, so a string holding one

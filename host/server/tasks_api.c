@@ -303,7 +303,6 @@ static bool event_is_terminal(const char *type)
     return !strcmp(type, "task.final") || !strcmp(type, "task.error");
 }
 
-/* The connection's unwritten output; NULL once the client has left. */
 /* The task's log holds its terminal event (a finished task's status is set
  * before the cancellations and the terminal event are emitted). */
 static bool log_ended(const struct orch_task *t)
@@ -312,6 +311,7 @@ static bool log_ended(const struct orch_task *t)
     return orch_task_event_at(t, orch_task_n_events(t), &last) && event_is_terminal(last.type);
 }
 
+/* The connection's unwritten output; NULL once the client has left. */
 static struct evbuffer *conn_output(struct evhttp_request *req)
 {
     struct evhttp_connection *c = req ? evhttp_request_get_connection(req) : NULL;

@@ -29,6 +29,7 @@
 #include "engine/sampler.h"
 #include "grammar/grammar.h"
 #include "model/chat.h"
+#include "orchestrator/json_alloc.h"
 #include "server/openai.h"
 #include "../unit/byte_vocab.h"
 
