@@ -59,10 +59,19 @@ struct answer_watch {
     int    calls;        /* "calls" seen: never an answer */
 };
 
+/* Running tasks of one tenant (max_running_per_tenant).  Kept for the
+ * orch's life: tenants are few (the server's API keys). */
+struct tenant_load {
+    char               *tenant;
+    int                 running;
+    struct tenant_load *next;
+};
+
 struct orch_task {
     struct orch          *o;
     char                  id[40];
     char                 *tenant;
+    struct tenant_load   *load;        /* its tenant's running count */
     char                 *input;
     cJSON                *script;      /* NULL: model-driven */
     int                   script_borrowed; /* script is still the request's (submit not done) */
@@ -129,6 +138,8 @@ struct orch {
     struct orch_task     **index;
     size_t                 index_cap, index_n;
     int                    n_running, n_finished;
+    struct tenant_load    *loads;         /* every tenant seen */
+    struct str_index       loads_ix;      /* by tenant */
     uint64_t               next_id;
     struct orch_stats      stats;         /* n_running apart */
 };
@@ -727,6 +738,14 @@ struct shared_text *orch_task_summary_text(struct orch_task *t)
     return st;
 }
 
+/* A task starts (+1) or stops (-1) running: the orch's and its tenant's counts. */
+static void running_add(struct orch_task *t, int d)
+{
+    t->o->n_running += d;
+    if (t->load)
+        t->load->running += d;
+}
+
 static void task_finish(struct orch_task *t, enum orch_task_status st, const char *error)
 {
     if (t->status != TASK_RUNNING)
@@ -767,7 +786,7 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
         exec_group_destroy(t->g);
         t->g = NULL;
     }
-    o->n_running--;
+    running_add(t, -1);
     o->n_finished++;
     o->stats.ended[st]++;
     histogram_observe(&o->stats.task_s, (double)(orch_now_ns() - t->t_start) / 1e9);
@@ -1855,6 +1874,8 @@ struct orch *orch_create(struct event_base *base, const struct registry *reg,
     o->cfg.max_calls = ocfg && ocfg->max_calls ? ocfg->max_calls : LIMIT_DEFAULTS.max_calls;
     o->cfg.deadline_ms = ocfg && ocfg->deadline_ms ? ocfg->deadline_ms : LIMIT_DEFAULTS.deadline_ms;
     o->cfg.keep_finished = ocfg && ocfg->keep_finished ? ocfg->keep_finished : 10000;
+    o->cfg.max_running = ocfg && ocfg->max_running > 0 ? ocfg->max_running : 0;
+    o->cfg.max_running_per_tenant = ocfg && ocfg->max_running_per_tenant > 0 ? ocfg->max_running_per_tenant : 0;
     o->cfg.id_lane = ocfg ? ocfg->id_lane : 0;
     if (o->cfg.id_lane < 0 || o->cfg.id_lane > 255) {
         free(o);
@@ -2010,6 +2031,12 @@ void orch_destroy(struct orch *o)
     }
     exec_destroy(o->ex);
     free(o->index);
+    for (struct tenant_load *ld = o->loads, *nx; ld; ld = nx) {
+        nx = ld->next;
+        free(ld->tenant);
+        free(ld);
+    }
+    str_index_free(&o->loads_ix);
     free(o);
 }
 
@@ -2124,6 +2151,45 @@ int orch_task_request_check(const cJSON *req)
     return request_parse(&LIMIT_DEFAULTS, req, &script, &max_rounds, &max_calls, &deadline_ms);
 }
 
+/* The running count of `tenant`, made on its first task.  NULL when out of
+ * memory. */
+static struct tenant_load *tenant_load_get(struct orch *o, const char *tenant)
+{
+    struct tenant_load *ld = str_index_get(&o->loads_ix, tenant);
+    if (ld)
+        return ld;
+    if (!(ld = calloc(1, sizeof *ld)) || !(ld->tenant = strdup(tenant)) ||
+        str_index_put(&o->loads_ix, ld->tenant, ld)) {
+        if (ld)
+            free(ld->tenant);
+        free(ld);
+        return NULL;
+    }
+    ld->next = o->loads;
+    o->loads = ld;
+    return ld;
+}
+
+/* May `tenant` start one more task?  PS_OK with *load its count, PS_EFULL
+ * at max_running or its max_running_per_tenant (counted in the stats), or
+ * PS_ENOMEM. */
+static int admit(struct orch *o, const char *tenant, struct tenant_load **load)
+{
+    if (o->cfg.max_running > 0 && o->n_running >= o->cfg.max_running) {
+        o->stats.refused[ORCH_REFUSED_MAX_RUNNING]++;
+        return ps_error_set(PS_EFULL, "too many tasks running: %d, the server's limit; retry when some have ended",
+                            o->n_running);
+    }
+    if (!(*load = tenant_load_get(o, tenant)))
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    if (o->cfg.max_running_per_tenant > 0 && (*load)->running >= o->cfg.max_running_per_tenant) {
+        o->stats.refused[ORCH_REFUSED_MAX_RUNNING_PER_TENANT]++;
+        return ps_error_set(PS_EFULL, "too many of your tasks running: %d, the limit per tenant; retry when some "
+                            "have ended", (*load)->running);
+    }
+    return PS_OK;
+}
+
 /* take_script: the task takes req's script (detached from req once the
  * task exists) instead of a copy; on failure req is left as it was. */
 static int task_submit(struct orch *o, cJSON *req, int take_script, const char *tenant, struct orch_task **out)
@@ -2135,11 +2201,15 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     if (rc)
         return rc;
     const cJSON *input = json_get(req, "input");
+    struct tenant_load *load = NULL;
+    if ((rc = admit(o, tenant ? tenant : "default", &load)))
+        return rc;
 
     struct orch_task *t = calloc(1, sizeof *t);
     if (!t)
         return ps_error_set(PS_ENOMEM, "out of memory");
     t->o = o;
+    t->load = load;
     o->next_id++;
     snprintf(t->id, sizeof t->id, "task_%08x%02x%02x", (unsigned)(o->next_id & 0xffffffffu),
              (unsigned)o->cfg.id_lane, (unsigned)(orch_now_ns() & 0xff));
@@ -2172,11 +2242,11 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     t->prev = o->tail;
     if (o->tail) o->tail->next = t; else o->head = t;
     o->tail = t;
-    o->n_running++;
+    running_add(t, +1);
     if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->usage || !t->events ||
         !t->fallback || !t->g || !t->kick || !t->deadline || (!script && !t->finalize_ev) || index_add(o, t)) {
         t->status = TASK_FAILED;
-        o->n_running--;
+        running_add(t, -1);
         task_free(t);
         return ps_error_set(PS_ENOMEM, "out of memory");
     }
@@ -2184,7 +2254,7 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     rc = exec_group_set_tenant(t->g, t->tenant);
     if (rc) {
         t->status = TASK_FAILED;
-        o->n_running--;
+        running_add(t, -1);
         task_free(t);
         return rc;
     }
@@ -2203,7 +2273,7 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     if (emit(t, "task.created", d, 0)) {
         evtimer_del(t->deadline);
         t->status = TASK_FAILED;
-        o->n_running--;
+        running_add(t, -1);
         task_free(t);
         return ps_error_set(PS_ENOMEM, "out of memory");
     }

@@ -53,6 +53,9 @@ struct orch_config {
     int max_calls;       /* per task (256) */
     int deadline_ms;     /* default per task (300000) */
     int keep_finished;   /* finished tasks kept for GET before eviction (10000) */
+    int max_running;     /* tasks running at once; a submit past it is PS_EFULL
+                            (0: no limit) */
+    int max_running_per_tenant; /* the same, per tenant (0: no limit) */
     int max_events;      /* events per task, terminal one included (100000; >= 4).
                             A task whose log is full, or whose event could not be
                             stored for lack of memory, fails with a typed error
@@ -121,7 +124,8 @@ void orch_set_done_cb(struct orch *o, orch_done_fn cb, void *ud);
 /* Create and start a task from a request object {"input", "max_rounds"?,
  * "max_calls"?, "deadline_ms"?, "script"?} (borrowed).  `tenant` may be
  * NULL ("default").  PS_EINVAL with a message naming the field for a bad
- * request. */
+ * request; PS_EFULL when max_running tasks run, or max_running_per_tenant
+ * of the tenant's (a request is checked first: a bad one is PS_EINVAL). */
 int orch_task_submit(struct orch *o, const cJSON *req, const char *tenant,
                      struct orch_task **out);
 /* The same, but the task takes the request's "script" (detached from req
@@ -252,8 +256,10 @@ int orch_running(const struct orch *o);
 #define ORCH_MAX_CALL_ID 64
 
 /* The orchestrator's numbers since orch_create. */
+enum { ORCH_REFUSED_MAX_RUNNING, ORCH_REFUSED_MAX_RUNNING_PER_TENANT };
 struct orch_stats {
     int64_t created[2];          /* tasks accepted: [0] scripted, [1] model-driven */
+    int64_t refused[2];          /* submits refused PS_EFULL, by ORCH_REFUSED_* */
     int64_t ended[4];            /* by enum orch_task_status ([TASK_RUNNING] unused) */
     int     running;
     int64_t decisions[2];        /* decisions started: [0] scripted actions, [1] the model's */

@@ -65,6 +65,13 @@ static const struct opt_desc opts[] = {
     { "keep_tasks", 0, OPT_INT, OFF(keep_tasks), 0, 1, 1 << 24,
       "finished /v1/tasks kept for GET and event replay; past it the oldest end is freed (never one a client "
       "is still reading) and GET is 404 (default 10000)" },
+    { "max_running_tasks", 0, OPT_INT, OFF(max_running_tasks), 0, 0, 1 << 24,
+      "/v1/tasks running at once; a POST past it gets 429 (rate_limit_exceeded, Retry-After) until some have "
+      "ended (tasks outlive their connections: without a limit a client could start them without end); "
+      "0 = no limit (default 16384)" },
+    { "max_running_tasks_per_tenant", 0, OPT_INT, OFF(max_running_tasks_per_tenant), 0, 0, 1 << 24,
+      "the same limit per tenant (API key), so one tenant cannot take them all; 0 = none but the server's "
+      "(default 0)" },
     { "http_threads", 0, OPT_INT, OFF(http_threads), 0, 0, 64,
       "I/O threads that carry /v1/tasks calls to plain-http agents (connect, send, receive, HTTP parsing), "
       "so the event loop keeps only the bookkeeping; for many concurrent calls on machines with cores to "
@@ -101,6 +108,7 @@ void server_config_defaults(struct server_config *c)
     c->shutdown_grace_ms = 5000;
     c->sse_heartbeat_ms = 15000;
     c->keep_tasks = 10000;
+    c->max_running_tasks = 16384;
     c->prefix_cache = true;
     c->device_sampling = true;
 }

@@ -53,6 +53,8 @@ struct server_config {
                                    closed after this long (0: never), default 60 s */
     int32_t shutdown_grace_ms;  /* SIGTERM: wait for in-flight, then cancel     */
     int32_t sse_heartbeat_ms;   /* task event streams: a comment line this often (0: off) */
+    int32_t max_running_tasks;  /* /v1/tasks running at once, 429 past it (0: no limit), default 16384 */
+    int32_t max_running_tasks_per_tenant; /* the same per tenant (0: none), default 0 */
     int32_t keep_tasks;         /* finished tasks kept for GET (the oldest end goes first), default 10000 */
     int32_t http_threads;       /* I/O threads for /v1/tasks agent calls (0: the loop's own) */
     bool    prefix_cache;       /* default true                                 */

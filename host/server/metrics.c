@@ -184,6 +184,12 @@ static void render_orch(struct sbuf *b, const struct metrics_orch *o)
         sb_printf(b, "paraserve_tasks_finished_total{status=\"%s\"} %lld\n", orch_task_status_str((enum orch_task_status)st),
                   (long long)o->tasks.ended[st]);
     gauge(b, "paraserve_tasks_running", "Tasks not yet ended.", o->tasks.running);
+    family(b, "paraserve_tasks_refused_total", "counter",
+           "POST /v1/tasks refused 429 at a running-task limit: max_running (--max-running-tasks) or "
+           "max_running_per_tenant (--max-running-tasks-per-tenant).");
+    static const char *const limits[2] = { "max_running", "max_running_per_tenant" };
+    for (int i = 0; i < 2; i++)
+        sb_printf(b, "paraserve_tasks_refused_total{limit=\"%s\"} %lld\n", limits[i], (long long)o->tasks.refused[i]);
     family(b, "paraserve_task_decisions_total", "counter",
            "Decisions started: script (a replayed action) or model (one engine generation each).");
     for (int i = 0; i < 2; i++)

@@ -2006,6 +2006,8 @@ int server_run(const struct server_config *cfg)
                                    .local_tenant_header = SERVER_TENANT_HEADER,
                                    .max_body_bytes = cfg->max_body_bytes, .sse_heartbeat_ms = cfg->sse_heartbeat_ms,
                                    .http_threads = cfg->http_threads, .keep_tasks = cfg->keep_tasks,
+                                   .max_running = cfg->max_running_tasks,
+                                   .max_running_per_tenant = cfg->max_running_tasks_per_tenant,
                                    .flushing = &srv->flushing,
                                    .drained = on_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))

@@ -539,9 +539,14 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req, con
     struct orch_task *t;
     int rc = orch_task_submit_take(api->orch, root, tenant, &t);
     if (rc) {
-        if (rc == PS_EINVAL)
+        if (rc == PS_EINVAL) {
             submit_error(&e, ps_error_last(), root);
-        else
+        } else if (rc == PS_EFULL) {
+            /* OpenAI's shape for a rate limit; clients (the openai SDK)
+             * retry a 429 after Retry-After */
+            api_error_set(&e, 429, "requests", "rate_limit_exceeded", NULL, "%s", ps_error_last());
+            evhttp_add_header(evhttp_request_get_output_headers(req), "Retry-After", "1");
+        } else
             api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
         cJSON_Delete(root);
         reply_error(api, req, &e);
@@ -1192,7 +1197,8 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     struct exec_config ecfg = { .local_url = cfg->local_url, .local_header = cfg->local_header,
                                 .local_tenant_header = cfg->local_tenant_header, .local_model = "default",
                                 .http_threads = cfg->http_threads };
-    const struct orch_config ocfg = { .keep_finished = cfg->keep_tasks };
+    const struct orch_config ocfg = { .keep_finished = cfg->keep_tasks, .max_running = cfg->max_running,
+                                      .max_running_per_tenant = cfg->max_running_per_tenant };
     ps_error_clear();
     if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, &ocfg))) {
         /* orch_create states its cause (ps_error_set): an allocation, an

@@ -92,6 +92,8 @@ struct tasks_api_config {
     int                  sse_heartbeat_ms; /* event streams: ': keep-alive' this often (0: off) */
     int                  http_threads;     /* exec_config.http_threads */
     int                  keep_tasks;       /* orch_config.keep_finished (0: its default) */
+    int                  max_running;      /* orch_config.max_running (0: no limit) */
+    int                  max_running_per_tenant; /* orch_config.max_running_per_tenant */
     /* Shutdown accounting shared with the server: every waiting request
      * counts in m->in_flight until its reply ends, and its final reply in
      * *flushing until libevent has written it; drained(drained_ud) is called

@@ -1284,6 +1284,51 @@ static void test_cached_summary_follows_every_change(void)
     ctx_close(&c);
 }
 
+/* Running-task limits: max_running for the orch, max_running_per_tenant
+ * for each tenant; a submit past either is PS_EFULL (after the request's
+ * own checks), counted in the stats; every end (cancel, completion)
+ * gives the slot back to its tenant. */
+static void test_running_task_limits(void)
+{
+    struct ctx c;
+    const struct orch_config oc = { .max_running = 3, .max_running_per_tenant = 2 };
+    CHECK(ctx_open_with(&c, &oc) == 0);
+    if (!c.orch) {
+        ctx_close(&c);
+        return;
+    }
+    cJSON *slow = cJSON_Parse("{\"input\":\"x\",\"script\":[{\"calls\":[{\"id\":\"a\",\"to\":\"mock\","
+                              "\"args\":{\"sleep_ms\":150}}]},{\"final\":{\"answer\":\"{{a}}\",\"uses\":[\"a\"]}}]}");
+    cJSON *bad = cJSON_Parse("{\"input\":3}");
+    struct orch_task *a1 = NULL, *a2 = NULL, *a3 = NULL, *b1 = NULL, *b2 = NULL, *b3 = NULL;
+    CHECK(orch_task_submit(c.orch, slow, "a", &a1) == PS_OK && orch_task_submit(c.orch, slow, "a", &a2) == PS_OK);
+    CHECK_MSG(orch_task_submit(c.orch, slow, "a", &a3) == PS_EFULL && !a3 && strstr(ps_error_last(), "per tenant"),
+              "a's third: %s", ps_error_last());
+    CHECK(orch_task_submit(c.orch, bad, "a", &a3) == PS_EINVAL);   /* the request is judged first */
+    CHECK(orch_task_submit(c.orch, slow, "b", &b1) == PS_OK);
+    CHECK_MSG(orch_task_submit(c.orch, slow, "b", &b2) == PS_EFULL && !b2 && strstr(ps_error_last(), "server's limit"),
+              "b's second: %s", ps_error_last());
+    struct orch_stats st;
+    orch_get_stats(c.orch, &st);
+    CHECK_MSG(st.running == 3 && st.refused[ORCH_REFUSED_MAX_RUNNING] == 1 &&
+              st.refused[ORCH_REFUSED_MAX_RUNNING_PER_TENANT] == 1, "running %d, refused %lld / %lld", st.running,
+              (long long)st.refused[0], (long long)st.refused[1]);
+    orch_task_cancel(a1, "test");            /* a's slot, and one of the server's, free again */
+    CHECK(orch_task_submit(c.orch, slow, "b", &b2) == PS_OK);
+    CHECK(orch_task_submit(c.orch, slow, "a", &a3) == PS_EFULL);   /* the server's limit again */
+    c.run.done = 0;                          /* a1 (cancelled) counted */
+    c.run.expect = 3;                        /* a2, b1, b2 complete */
+    run_loop(&c);
+    CHECK_MSG(orch_running(c.orch) == 0 && orch_task_status(a2) == TASK_COMPLETED &&
+              orch_task_status(b2) == TASK_COMPLETED, "running %d", orch_running(c.orch));
+    CHECK(orch_task_submit(c.orch, slow, "a", &a3) == PS_OK && orch_task_submit(c.orch, slow, "a", &b3) == PS_OK);
+    orch_task_cancel(a3, "test");
+    orch_task_cancel(b3, "test");
+    cJSON_Delete(slow);
+    cJSON_Delete(bad);
+    ctx_close(&c);
+}
+
 /* The task a caller ends is not evicted by its own end: tasks_api's DELETE
  * cancels a task, then replies with its summary.  With keep_finished 1, a
  * long task whose client left (no subscriber), created before two quick
@@ -3672,6 +3717,7 @@ int main(void)
     test_cancelled_task_outlives_its_end();
     test_log_reads_and_shared_summary();
     test_cached_summary_follows_every_change();
+    test_running_task_limits();
     test_duplicate_id_feedback_goes_to_its_own_call();
     test_duplicate_id_answer_renders_the_first_call();
     test_script_direct_path_keeps_the_text_paths_limits_and_values();
