@@ -13,7 +13,10 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import time
+from contextlib import contextmanager
+from pathlib import Path
 import urllib.error
 import urllib.request
 
@@ -53,6 +56,32 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    """Until something listens on the loopback port (RuntimeError after timeout s)."""
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} never opened")
+
+
+@contextmanager
+def mock_agent():
+    """The Python mock agent (agents/mock_agent.py) on a free port: yields the port."""
+    port = free_port()
+    p = subprocess.Popen([sys.executable, str(Path(__file__).resolve().parent / "agents" / "mock_agent.py"),
+                          str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port)
+        yield port
+    finally:
+        p.kill()
+        p.wait()
 
 
 class ServerProcess:

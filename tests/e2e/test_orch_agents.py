@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from server_fixtures import wait_port
+
 ROOT = Path(__file__).resolve().parents[2]
 AGENTS = ROOT / "tests" / "e2e" / "agents"
 
@@ -22,17 +24,6 @@ def free_port():
     port = s.getsockname()[1]
     s.close()
     return port
-
-
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f"port {port} never opened")
 
 
 @pytest.fixture

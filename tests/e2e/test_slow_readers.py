@@ -7,8 +7,6 @@ memory (SSE_OUTPUT_HIGH in tasks_api.c, 256 KiB, plus a slice), not a copy
 of megabytes of results; the readers still get every byte."""
 import json
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,32 +14,16 @@ import httpx
 import pytest
 
 import server_fixtures
-from server_fixtures import free_port, sanitized, sse_events, start_server  # noqa: F401  (fixture)
+from server_fixtures import sse_events, start_server  # noqa: F401  (fixture)
 
-AGENTS = Path(__file__).resolve().parent / "agents"
 PAD = 900 << 10          # bytes of padding in each call's args (echoed in its result;
 CALLS = 6                # an action's text is at most 1 MiB: one call per action)
 NON_READERS = 24
 
 
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
-
-
 @pytest.fixture(scope="module")
 def srv(start_server, tmp_path_factory):  # noqa: F811
-    port = free_port()
-    mock = subprocess.Popen([sys.executable, str(AGENTS / "mock_agent.py"), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
+    with server_fixtures.mock_agent() as port:
         pool = tmp_path_factory.mktemp("pool") / "agents.json"
         pool.write_text(json.dumps({"agents": [
             {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/",
@@ -49,9 +31,6 @@ def srv(start_server, tmp_path_factory):  # noqa: F811
              "retries": 0, "breaker_failures": 0}]}))
         yield start_server("--agents", str(pool), "--kv-blocks", 128, "--max-body-bytes", 16 << 20,
                            "--max-connections", 256, "--keep-tasks", 4)
-    finally:
-        mock.kill()
-        mock.wait()
 
 
 def run_task(srv, name, calls, pad):

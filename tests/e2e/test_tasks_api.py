@@ -6,7 +6,6 @@ bad requests, and clients that leave in the middle of a stream."""
 import json
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,26 +19,10 @@ from server_fixtures import free_port, sanitized, sse_events, start_server  # no
 AGENTS = Path(__file__).resolve().parent / "agents"
 
 
-def wait_port(port, timeout=30):
-    end = time.time() + timeout
-    while time.time() < end:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"port {port} never opened")
-
-
 @pytest.fixture(scope="module")
 def mock_port():
-    port = free_port()
-    p = subprocess.Popen([sys.executable, str(AGENTS / "mock_agent.py"), str(port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_port(port)
-    yield port
-    p.kill()
-    p.wait()
+    with server_fixtures.mock_agent() as port:
+        yield port
 
 
 def _start_srv(start_server, mock_port, tmp_path_factory, *extra, env=None):  # noqa: F811

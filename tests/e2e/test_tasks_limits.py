@@ -6,8 +6,6 @@ with OpenAI's rate-limit error and Retry-After, which the openai SDK turns
 into RateLimitError and, with retries, waits out; a tenant at its own
 limit does not hold the others back; every end frees a slot."""
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,9 +14,9 @@ import httpx
 import openai
 import pytest
 
-from server_fixtures import free_port, start_server, wait_for  # noqa: F401  (fixture)
+import server_fixtures
+from server_fixtures import start_server, wait_for  # noqa: F401  (fixture)
 
-AGENTS = Path(__file__).resolve().parent / "agents"
 KEYS = {"alpha": "sk-limits-alpha", "beta": "sk-limits-beta"}
 SLOW = {"input": "hold a slot", "script": [
     {"calls": [{"id": "s", "to": "mock", "args": {"sleep_ms": 20000}}]},
@@ -27,12 +25,7 @@ SLOW = {"input": "hold a slot", "script": [
 
 @pytest.fixture(scope="module")
 def srv(start_server, tmp_path_factory):  # noqa: F811
-    from test_slow_readers import wait_port
-    port = free_port()
-    mock = subprocess.Popen([sys.executable, str(AGENTS / "mock_agent.py"), str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port)
+    with server_fixtures.mock_agent() as port:
         d = tmp_path_factory.mktemp("limits")
         (d / "agents.json").write_text(json.dumps({"agents": [
             {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/", "description": "Mock agent.",
@@ -41,9 +34,6 @@ def srv(start_server, tmp_path_factory):  # noqa: F811
             {"key": KEYS["alpha"], "tenant": "alpha"}, {"key": KEYS["beta"], "tenant": "beta"}]}))
         yield start_server("--config", str(d / "server.json"), "--agents", str(d / "agents.json"),
                            "--kv-blocks", 64, "--max-running-tasks", 3, "--max-running-tasks-per-tenant", 2)
-    finally:
-        mock.kill()
-        mock.wait()
 
 
 def auth(who):
