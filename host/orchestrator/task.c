@@ -2054,14 +2054,24 @@ static int get_limit(const cJSON *req, const char *key, int lo, int hi, int def,
     return PS_OK;
 }
 
-/* Containers nested in `it`, itself counted (a scalar: 0). */
-static int json_nesting(const cJSON *it)
+/* Containers nested in `it`, itself counted (a scalar: 0), in one walk of
+ * the whole item with *bytes grown by an upper bound of its printed length
+ * (strings as if every byte were escaped, numbers at 32: the accounting of
+ * script_text_same, which stops at the first item that cannot go the
+ * direct way and so bounds nothing). */
+static int json_nesting_bound(const cJSON *it, size_t *bytes)
 {
-    if (!cJSON_IsArray(it) && !cJSON_IsObject(it))
+    if (it->string)
+        *bytes += 6 * strlen(it->string) + 3;
+    if (!cJSON_IsArray(it) && !cJSON_IsObject(it)) {
+        *bytes += cJSON_IsString(it) ? 6 * strlen(it->valuestring ? it->valuestring : "") + 2 : 32;
         return 0;
+    }
+    *bytes += 2;
     int deepest = 0;
     for (const cJSON *c = it->child; c; c = c->next) {
-        int d = json_nesting(c);
+        *bytes += 1;
+        int d = json_nesting_bound(c, bytes);
         if (d > deepest)
             deepest = d;
     }
@@ -2077,10 +2087,9 @@ static int json_nesting(const cJSON *it)
  * passes the limit. */
 static int script_action_fits(const cJSON *a, int i)
 {
-    if (json_nesting(a) > ACTION_MAX_DEPTH)
-        return ps_error_set(PS_EINVAL, "script[%d]: the action is nested deeper than %d", i, ACTION_MAX_DEPTH);
     size_t bound = 0;
-    (void)script_text_same(a, 1, &bound);
+    if (json_nesting_bound(a, &bound) > ACTION_MAX_DEPTH)
+        return ps_error_set(PS_EINVAL, "script[%d]: the action is nested deeper than %d", i, ACTION_MAX_DEPTH);
     if (bound <= ACTION_MAX_BYTES)
         return PS_OK;
     char stack[256];
