@@ -213,14 +213,16 @@ static cJSON *tools_call_msg(struct adapter_op *op)
  * is none): the object itself when its id is `id` and it has a result or
  * an error, or when it has no id (null or absent: a server that could not
  * read the request) and carries a non-null error; in a batch (array), the
- * element with id `id`.  A response to
- * another request is not this call's answer. */
+ * element with id `id` and a result or a non-null error (a request of the
+ * server's may carry the same id).  A response to another request is not
+ * this call's answer.  JSON bodies and SSE events are judged alike. */
 static cJSON *rpc_response_for(cJSON *j, long id)
 {
     if (cJSON_IsArray(j)) {
         int i = 0;
         for (const cJSON *e = j->child; e; e = e->next, i++)
-            if (cJSON_IsObject(e) && rpc_id_is(json_get(e, "id"), id)) {
+            if (cJSON_IsObject(e) && rpc_id_is(json_get(e, "id"), id) &&
+                (json_get(e, "result") || (json_get(e, "error") && !cJSON_IsNull(json_get(e, "error"))))) {
                 cJSON *m = cJSON_DetachItemFromArray(j, i);
                 cJSON_Delete(j);
                 return m;
@@ -292,15 +294,10 @@ cJSON *mcp_reply_parse(const char *body, size_t len, long id, int *oom)
         if (n == 0 || !nl) {
             if (acc && alen) {
                 cJSON *m = json_parse_oom(acc, alen, &parse_oom);
-                const cJSON *mid = json_get(m, "id");
-                if (rpc_id_is(mid, id) &&
-                    (json_get(m, "result") || json_get(m, "error")))
-                    found = m;
-                else
-                    cJSON_Delete(m);
+                found = m ? rpc_response_for(m, id) : NULL;   /* the same test as a JSON body's */
                 if (parse_oom)
                     break;
-                if (!m && json_parse_refusal()[0] && refused_response_for(acc, alen, id)) {
+                if (!m && !parse_oom && json_parse_refusal()[0] && refused_response_for(acc, alen, id)) {
                     refused = 1;
                     break;
                 }
@@ -514,7 +511,7 @@ static void http_call_done(void *ud, const struct httpc_response *resp)
         char why[160];
         snprintf(why, sizeof why, "%s",
                  oom == MCP_REPLY_OOM ? "out of memory while parsing the MCP server's reply"
-                 : oom == MCP_REPLY_REFUSED ? "mcp reply: the response to the call is not valid JSON text: "
+                 : oom == MCP_REPLY_REFUSED ? "mcp reply holding the call's response is not valid JSON text: "
                  : "mcp reply carries no JSON-RPC response for the call");
         if (oom == MCP_REPLY_REFUSED)
             snprintf(why + strlen(why), sizeof why - strlen(why), "%s", json_parse_refusal());

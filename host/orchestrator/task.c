@@ -759,6 +759,7 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
      * task again from one of their `cancelled` records finds it ended. */
     t->status = st;
     summary_changed(t);
+    running_add(t, -1);   /* before the terminal event: its subscribers may submit */
     if (error && !(t->error = strdup(error))) {
         /* out of memory: the message cut to fit, never dropped */
         snprintf(t->error_short, sizeof t->error_short, "%s", error);
@@ -786,7 +787,6 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
         exec_group_destroy(t->g);
         t->g = NULL;
     }
-    running_add(t, -1);
     o->n_finished++;
     o->stats.ended[st]++;
     histogram_observe(&o->stats.task_s, (double)(orch_now_ns() - t->t_start) / 1e9);

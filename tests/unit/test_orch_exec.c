@@ -1288,6 +1288,22 @@ static void test_cached_summary_follows_every_change(void)
  * for each tenant; a submit past either is PS_EFULL (after the request's
  * own checks), counted in the stats; every end (cancel, completion)
  * gives the slot back to its tenant. */
+struct resubmit {
+    struct orch *o;
+    cJSON       *req;
+    int          rc;
+    struct orch_task *t;
+};
+
+/* On a task's terminal event, submit another (a client chaining tasks). */
+static void resubmit_on_end(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    struct resubmit *r = ud;
+    (void)t;
+    if (!strcmp(ev->type, "task.final") || !strcmp(ev->type, "task.error"))
+        r->rc = orch_task_submit(r->o, r->req, "a", &r->t);
+}
+
 static void test_running_task_limits(void)
 {
     struct ctx c;
@@ -1326,6 +1342,22 @@ static void test_running_task_limits(void)
     orch_task_cancel(b3, "test");
     cJSON_Delete(slow);
     cJSON_Delete(bad);
+    ctx_close(&c);
+    /* an ending task's slot is free by its terminal event: a subscriber
+     * may start the next one from there (max_running 1) */
+    const struct orch_config one = { .max_running = 1 };
+    CHECK(ctx_open_with(&c, &one) == 0);
+    struct resubmit r = { .o = c.orch, .rc = -1,
+                          .req = cJSON_Parse("{\"input\":\"x\",\"script\":[{\"final\":{\"answer\":\"y\"}}]}") };
+    struct orch_task *first = NULL;
+    CHECK(c.orch && orch_task_submit(c.orch, r.req, "a", &first) == PS_OK);
+    if (first)
+        orch_task_subscribe(first, 0, resubmit_on_end, &r);
+    c.run.expect = 2;
+    run_loop(&c);
+    CHECK_MSG(r.rc == PS_OK && r.t && orch_task_status(r.t) == TASK_COMPLETED, "resubmit: %d (%s)", r.rc,
+              ps_error_last());
+    cJSON_Delete(r.req);
     ctx_close(&c);
 }
 
@@ -1714,6 +1746,28 @@ static void test_mcp_reply(void)
     CHECK(mcp_reply_result(m, &res, err, sizeof err) == FB_OK && cJSON_IsString(res) && !strcmp(res->valuestring, "x"));
     cJSON_Delete(res);
     cJSON_Delete(m);
+    /* What is this call's response, the same in a JSON body and an SSE
+     * event: in a batch the element with our id and a result or error (a
+     * server's request may carry our id), or an error with a null id; a
+     * refusal (MCP_REPLY_REFUSED, text not UTF-8 or holding a NUL) only for
+     * text that is such a response. */
+    static const struct { const char *body; int found, why; } cases[] = {
+        { "[{\"id\":1,\"method\":\"ping\"},{\"id\":1,\"result\":{}}]", 1, 0 },
+        { "data: [{\"id\":1,\"method\":\"ping\"},{\"id\":1,\"result\":{}}]\n\n", 1, 0 },
+        { "data: [{\"id\":1,\"method\":\"ping\",\"params\":{\"x\":\"\\u0000\"}}]\n\n", 0, 0 },
+        { "data: {\"id\":null,\"error\":{\"code\":-32700,\"message\":\"parse\"}}\n\n", 1, 0 },
+        { "{\"id\":null,\"error\":{\"code\":-32700,\"message\":\"parse\"}}", 1, 0 },
+        { "data: {\"id\":1,\"result\":{\"v\":\"a\xff\"}}\n\n", 0, MCP_REPLY_REFUSED },
+        { "{\"id\":1,\"result\":{\"v\":\"a\\u0000\"}}", 0, MCP_REPLY_REFUSED },
+        { "data: {\"id\":2,\"result\":{\"v\":\"a\xff\"}}\n\ndata: {\"id\":1,\"result\":{}}\n\n", 1, 0 },
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        int why = -1;
+        m = mcp_reply_parse(cases[k].body, strlen(cases[k].body), 1, &why);
+        CHECK_MSG((m != NULL) == cases[k].found && why == cases[k].why, "case %zu: found %d, why %d", k,
+                  m != NULL, why);
+        cJSON_Delete(m);
+    }
     /* Memory running out while parsing says so (*oom), never "no response
      * in the reply": each of the parse's cJSON allocations fails in turn,
      * for a JSON body, an SSE body and a body with no response for id 1. */
