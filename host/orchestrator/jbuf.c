@@ -28,8 +28,11 @@ static int jbuf_reserve(struct jbuf *b, size_t n)
     size_t cap = b->cap * 2;
     while (cap < b->len + n + 1)
         cap *= 2;
-    char *np = json_alloc_fail_now() ? NULL : b->heap ? realloc(b->p, cap) : malloc(cap);
+    int injected = json_alloc_fail_now();
+    char *np = injected ? NULL : b->heap ? realloc(b->p, cap) : malloc(cap);
     if (!np) {
+        if (!injected)
+            json_alloc_failed();   /* counted like an injected failure */
         b->oom = 1;
         return -1;
     }
@@ -219,8 +222,11 @@ char *jbuf_take(struct jbuf *b)
         if (b->heap) {
             r = b->p;
             b->heap = 0;
-        } else if (!json_alloc_fail_now() && (r = malloc(b->len + 1))) {
-            memcpy(r, b->p, b->len + 1);
+        } else if (!json_alloc_fail_now()) {
+            if ((r = malloc(b->len + 1)))
+                memcpy(r, b->p, b->len + 1);
+            else
+                json_alloc_failed();
         }
     }
     jbuf_free(b);
