@@ -216,21 +216,26 @@ static cJSON *tools_call_msg(struct adapter_op *op)
  * element with id `id` and a result or a non-null error (a request of the
  * server's may carry the same id).  A response to another request is not
  * this call's answer.  JSON bodies and SSE events are judged alike. */
+static int rpc_has_error(const cJSON *m)
+{
+    const cJSON *err = json_get(m, "error");
+    return err && !cJSON_IsNull(err);   /* "error": null beside a result is none */
+}
+
 static cJSON *rpc_response_for(cJSON *j, long id)
 {
     if (cJSON_IsArray(j)) {
         int i = 0;
         for (const cJSON *e = j->child; e; e = e->next, i++)
             if (cJSON_IsObject(e) && rpc_id_is(json_get(e, "id"), id) &&
-                (json_get(e, "result") || (json_get(e, "error") && !cJSON_IsNull(json_get(e, "error"))))) {
+                (json_get(e, "result") || rpc_has_error(e))) {
                 cJSON *m = cJSON_DetachItemFromArray(j, i);
                 cJSON_Delete(j);
                 return m;
             }
     } else if (cJSON_IsObject(j)) {
         const cJSON *mid = json_get(j, "id");
-        const cJSON *err = json_get(j, "error");
-        int has_error = err && !cJSON_IsNull(err);   /* "error": null beside a result is none */
+        int has_error = rpc_has_error(j);
         if ((rpc_id_is(mid, id) && (has_error || json_get(j, "result"))) ||
             ((!mid || cJSON_IsNull(mid)) && has_error))
             return j;
@@ -297,7 +302,7 @@ cJSON *mcp_reply_parse(const char *body, size_t len, long id, int *oom)
                 found = m ? rpc_response_for(m, id) : NULL;   /* the same test as a JSON body's */
                 if (parse_oom)
                     break;
-                if (!m && !parse_oom && json_parse_refusal()[0] && refused_response_for(acc, alen, id)) {
+                if (!m && json_parse_refusal()[0] && refused_response_for(acc, alen, id)) {
                     refused = 1;
                     break;
                 }

@@ -90,7 +90,7 @@ struct orch_task {
     int                   n_events, cap_events;  /* cap_events > n_events while running */
     int                   log_error;   /* a non-terminal event could not be stored */
     char                 *fallback;    /* preallocated terminal event text */
-    struct shared_text   *summary_text; /* the finished task's summary, once printed */
+    struct shared_text   *summary_text; /* orch_task_summary_text's, until summary_changed() */
     char                 *transcript;  /* append-only decision/feedback history */
     size_t                tr_len, tr_cap;
     cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
@@ -343,19 +343,19 @@ static int emit_text(struct orch_task *t, const char *type, struct jbuf *b, int 
     return emit_text_n(t, type, b, terminal, -1, -1);
 }
 
-/* emit_text for a cJSON object (taken), printed by jbuf: integers without
+/* emit_text of a non-terminal event from a cJSON object (taken), printed by jbuf: integers without
  * cJSON's sprintf + sscanf round trip, into a stack buffer. */
-static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */, int terminal)
+static int emit(struct orch_task *t, const char *type, cJSON *data /* taken */)
 {
     char stack[4096];
     struct jbuf b;
     jbuf_init(&b, stack, sizeof stack);
-    if (data && !(terminal ? 0 : t->log_error))
+    if (data && !t->log_error)
         jbuf_json(&b, data);
     else
         b.oom = 1;
     cJSON_Delete(data);
-    return emit_text(t, type, &b, terminal);
+    return emit_text(t, type, &b, 0);
 }
 
 /* ,"key":<item> (or {"key":<item> when first) into b; a NULL item as null. */
@@ -799,7 +799,6 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     evict_finished(o, t);
 }
 
-
 /* Set a ledger field in place (the entry's placeholders are replaced by
  * value, no node or key allocated).  0, or -1 when out of memory. */
 static int json_set_string(cJSON *node, const char *s)
@@ -1100,7 +1099,7 @@ static void on_call_closed(void *ud, const cJSON *call_in)
         if (ledger_append(t, e))
             log_fail(t, PS_ENOMEM);
         transcript_feedback(t, rec);
-        emit(t, "call.result", rec, 0);
+        emit(t, "call.result", rec);
         t->new_feedback++;
         event_active(t->kick, 0, 0);
         cJSON_Delete(own);
@@ -1520,7 +1519,7 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
         need(t, cJSON_AddStringToObject(d, "error", perr) != NULL);
         transcript_add(t, round, "(not a valid action: ", perr);
         transcript_add(t, ")\n", NULL, NULL);
-        emit(t, "decision", d, 0);
+        emit(t, "decision", d);
         t->new_feedback++;
         event_active(t->kick, 0, 0);
         return;
@@ -1553,7 +1552,7 @@ static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const c
             log_fail(t, PS_ENOMEM);
         free(atext);
     }
-    emit(t, "decision", d, 0);
+    emit(t, "decision", d);
     if (!t->script && repeats_only(t, action)) {
         t->repeated = 1;
         transcript_add(t, "(Those calls repeat calls already answered: their results are above.)\n", NULL, NULL);
@@ -2279,7 +2278,7 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
         cJSON_Delete(d);
         d = NULL;                          /* emit refuses it: out of memory */
     }
-    if (emit(t, "task.created", d, 0)) {
+    if (emit(t, "task.created", d)) {
         evtimer_del(t->deadline);
         t->status = TASK_FAILED;
         running_add(t, -1);

@@ -28,7 +28,6 @@
 #include "openai.h"
 #include "sse.h"
 #include "orchestrator/httpc.h"
-#include "orchestrator/jbuf.h"
 #include "orchestrator/json_alloc.h"
 #include "orchestrator/describe.h"
 #include "orchestrator/registry.h"
@@ -130,19 +129,30 @@ static void tok_cache_clear(struct tasks_api *api)
 
 /* ---- replies ------------------------------------------------------------------ */
 
-static void reply_json(struct tasks_api *api, struct evhttp_request *req, int status, const char *json)
+/* No body after a HEAD reply (libevent would write it: server.c is_head). */
+static bool is_head(struct evhttp_request *req)
 {
-    /* no body after a HEAD reply (libevent would write it: server.c is_head) */
-    struct evbuffer *out = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD ? NULL : evbuffer_new();
-    if (out) {
-        evbuffer_add(out, json, strlen(json));
-        evbuffer_add(out, "\n", 1);
-    }
+    return evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
+}
+
+/* A JSON reply with body `out` (NULL: none; freed here). */
+static void reply_body(struct tasks_api *api, struct evhttp_request *req, int status, struct evbuffer *out)
+{
     evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
     evhttp_send_reply(req, status, api_http_reason(status), out);
     if (out)
         evbuffer_free(out);
     metrics_request(api->cfg.m, ROUTE_OTHER, status);
+}
+
+static void reply_json(struct tasks_api *api, struct evhttp_request *req, int status, const char *json)
+{
+    struct evbuffer *out = is_head(req) ? NULL : evbuffer_new();
+    if (out) {
+        evbuffer_add(out, json, strlen(json));
+        evbuffer_add(out, "\n", 1);
+    }
+    reply_body(api, req, status, out);
 }
 
 static void reply_error(struct tasks_api *api, struct evhttp_request *req, const struct api_error *e)
@@ -165,31 +175,24 @@ static void text_unref(const void *data, size_t len, void *ud)
 static void reply_summary(struct tasks_api *api, struct evhttp_request *req, struct orch_task *t)
 {
     struct shared_text *st = orch_task_summary_text(t);
-    bool head = evhttp_request_get_command(req) == EVHTTP_REQ_HEAD;
-    struct evbuffer *out = st && !head ? evbuffer_new() : NULL;
-    if (out && evbuffer_add_reference(out, st->data, st->len, text_unref, st) == 0) {
-        st = NULL;   /* the buffer's now: dropped once written or discarded */
-        if (evbuffer_add(out, "\n", 1)) {
-            evbuffer_free(out);
-            out = NULL;
-        }
-    } else if (out) {
-        evbuffer_free(out);
-        out = NULL;
+    struct evbuffer *out = NULL;
+    bool ok = st != NULL;
+    if (ok && !is_head(req)) {
+        ok = (out = evbuffer_new()) && !evbuffer_add_reference(out, st->data, st->len, text_unref, st);
+        if (ok)
+            st = NULL;   /* the buffer's now: dropped once written or discarded */
+        ok = ok && !evbuffer_add(out, "\n", 1);
     }
-    if (!out && !(st && head)) {
-        shared_text_unref(st);
+    shared_text_unref(st);
+    if (!ok) {
+        if (out)
+            evbuffer_free(out);
         struct api_error e;
         api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
         reply_error(api, req, &e);
         return;
     }
-    shared_text_unref(st);
-    evhttp_add_header(evhttp_request_get_output_headers(req), "Content-Type", "application/json");
-    evhttp_send_reply(req, 200, "OK", out);
-    if (out)
-        evbuffer_free(out);
-    metrics_request(api->cfg.m, ROUTE_OTHER, 200);
+    reply_body(api, req, 200, out);
 }
 
 /* ---- waiters ------------------------------------------------------------------- */
@@ -331,6 +334,44 @@ static void on_output_drained(struct evhttp_connection *c, void *arg)
     pump(arg);
 }
 
+/* Copy events, from *ev (= w->next_id, w->off bytes of it written), into
+ * one chunk while the connection's output and the chunk stay under
+ * SSE_OUTPUT_HIGH, and send it.  false when out of memory. */
+static bool pump_events(struct waiter *w, struct evbuffer *out, struct orch_event *ev)
+{
+    w->pumping = true;
+    struct evbuffer *b = evbuffer_new();
+    bool ok = b != NULL;
+    while (ok) {
+        if (w->off == 0)
+            ok = evbuffer_add_printf(b, "id: %lld\nevent: %s\ndata: ", (long long)ev->id, ev->type) >= 0;
+        size_t n = ev->data_len - w->off < SSE_SLICE_BYTES ? ev->data_len - w->off : SSE_SLICE_BYTES;
+        if (!ok || evbuffer_add(b, ev->data + w->off, n)) {
+            ok = false;
+            break;
+        }
+        w->off += n;
+        if (w->off == ev->data_len) {
+            ok = !evbuffer_add(b, "\n\n", 2);
+            w->off = 0;
+            w->next_id++;
+            if (event_is_terminal(ev->type)) {
+                w->terminal = true;
+                break;
+            }
+        }
+        if (evbuffer_get_length(out) + evbuffer_get_length(b) >= SSE_OUTPUT_HIGH ||
+            (w->off == 0 && !orch_task_event_at(w->t, w->next_id, ev)))
+            break;
+    }
+    if (b && evbuffer_get_length(b))
+        evhttp_send_reply_chunk_with_cb(w->req, b, on_output_drained, w);
+    if (b)
+        evbuffer_free(b);
+    w->pumping = false;
+    return ok;
+}
+
 /* Stream the task's log from w->next_id (w->off bytes into its text) while
  * the connection's unwritten output is under SSE_OUTPUT_HIGH; the rest
  * follows from on_output_drained or the next event.  After the terminal
@@ -340,50 +381,16 @@ static void on_output_drained(struct evhttp_connection *c, void *arg)
  * event it got whole (Last-Event-ID). */
 static void pump(struct waiter *w)
 {
-    if (w->terminal || w->pumping)
+    /* ended, inside a pump (sending calls back), or the client left (its
+     * close callback ends the waiter) */
+    struct evbuffer *out = w->terminal || w->pumping ? NULL : conn_output(w->req);
+    if (!out)
         return;
-    struct evbuffer *out = conn_output(w->req);
     struct orch_event ev;
-    if (!out || evbuffer_get_length(out) >= SSE_OUTPUT_HIGH || !orch_task_event_at(w->t, w->next_id, &ev)) {
-        if (out && w->next_id > orch_task_n_events(w->t) && log_ended(w->t)) {
-            w->terminal = true;
-            event_active(w->finish, 0, 0);
-        }
-        return;
-    }
-    w->pumping = true;
-    struct evbuffer *b = evbuffer_new();
-    bool ok = b != NULL;
-    while (ok) {
-        if (w->off == 0)
-            ok = evbuffer_add_printf(b, "id: %lld\nevent: %s\ndata: ", (long long)ev.id, ev.type) >= 0;
-        size_t n = ev.data_len - w->off < SSE_SLICE_BYTES ? ev.data_len - w->off : SSE_SLICE_BYTES;
-        if (!ok || evbuffer_add(b, ev.data + w->off, n)) {
-            ok = false;
-            break;
-        }
-        w->off += n;
-        if (w->off == ev.data_len) {
-            ok = !evbuffer_add(b, "\n\n", 2);
-            w->off = 0;
-            w->next_id++;
-            if (event_is_terminal(ev.type)) {
-                w->terminal = true;
-                break;
-            }
-        }
-        if (evbuffer_get_length(out) + evbuffer_get_length(b) >= SSE_OUTPUT_HIGH ||
-            (w->off == 0 && !orch_task_event_at(w->t, w->next_id, &ev)))
-            break;
-    }
-    if (b && evbuffer_get_length(b))
-        evhttp_send_reply_chunk_with_cb(w->req, b, on_output_drained, w);
-    if (b)
-        evbuffer_free(b);
-    w->pumping = false;
-    if (!ok)
-        w->terminal = true;
-    if (!w->terminal && w->next_id > orch_task_n_events(w->t) && log_ended(w->t))
+    bool ok = true;
+    if (evbuffer_get_length(out) < SSE_OUTPUT_HIGH && orch_task_event_at(w->t, w->next_id, &ev))
+        ok = pump_events(w, out, &ev);
+    if (!ok || (!w->terminal && w->next_id > orch_task_n_events(w->t) && log_ended(w->t)))
         w->terminal = true;
     if (w->terminal)
         event_active(w->finish, 0, 0);
@@ -574,7 +581,7 @@ static void handle_events(struct tasks_api *api, struct evhttp_request *req, str
         }
         after = v;
     }
-    if (evhttp_request_get_command(req) == EVHTTP_REQ_HEAD) {
+    if (is_head(req)) {
         /* the stream's headers, no body (nothing after a HEAD reply) */
         struct evkeyvalq *h = evhttp_request_get_output_headers(req);
         evhttp_add_header(h, "Content-Type", "text/event-stream");
