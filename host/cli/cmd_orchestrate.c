@@ -21,7 +21,9 @@
  * loop k mod N), started together once every loop is set up (and warm);
  * the stats then sum the loops' CPU and counters and pool their samples.
  */
+#include <errno.h>
 #include <event2/event.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -78,6 +80,10 @@ struct batch {
     int                arrived, gate_open, abort;
     int64_t            t0;
     atomic_int         running, peak_running;   /* measured pass, over every loop */
+    /* --trajectories: the file (-1: none), written by every loop in turn */
+    int                traj_fd;
+    pthread_mutex_t    traj_mu;
+    int                traj_errors;
 };
 
 /* Per-call and per-task samples of the measured pass. */
@@ -142,6 +148,10 @@ static void usage(FILE *out)
         "                     pools hold the connections the run needs (a server in steady\n"
         "                     state); without it the run starts cold.  Agent state carries over\n"
         "                     (the mock's flaky counters, open circuit breakers)\n"
+        "  --trajectories FILE  append each task's trajectory, when it ends, to FILE as one JSON line\n"
+        "                     (proto/trajectory.schema.json: every decision as chat messages, the\n"
+        "                     calls, reward terms); tasks record one unless they say\n"
+        "                     \"trajectory\": false.  The --warmup pass writes none\n"
         "  --quiet            print only each task's terminal event\n"
         "  --stats            print a final {\"stats\":...} line (overheads, tasks/s)\n"
         "  --floor N          with --stats and --mock-agent: after the run, N keep-alive round\n"
@@ -205,6 +215,13 @@ static void on_event(void *ud, struct orch_task *t, const struct orch_event *ev)
 static void on_done(void *ud, struct orch_task *t)
 {
     struct run *r = ud;
+    struct batch *b = r->b;
+    if (b->traj_fd >= 0 && !r->warming && orch_task_recorded(t)) {
+        pthread_mutex_lock(&b->traj_mu);
+        if (orch_task_trajectory_write(t, b->traj_fd) && b->traj_errors++ == 0)
+            fprintf(stderr, "paraserve orchestrate: --trajectories: %s: %s\n", orch_task_id(t), ps_error_last());
+        pthread_mutex_unlock(&b->traj_mu);
+    }
     r->finished++;
     if (!r->warming)
         atomic_fetch_sub(&r->b->running, 1);
@@ -616,20 +633,21 @@ int cmd_orchestrate(int argc, char **argv)
         {"stagger-ms", required_argument, 0, 'w'}, {"floor", required_argument, 0, 'F'},
         {"warmup", no_argument, 0, 'W'}, {"catalogue", no_argument, 0, 'C'},
         {"http-threads", required_argument, 0, 'H'}, {"mock-threads", required_argument, 0, 'M'},
-        {"loops", required_argument, 0, 'L'},
+        {"loops", required_argument, 0, 'L'}, {"trajectories", required_argument, 0, 'T'},
         {"help", no_argument, 0, 'h'}, {0, 0, 0, 0},
     };
     const char *agents_path = "configs/agents.default.json", *tasks_file = NULL, *local_url = NULL;
+    const char *traj_path = NULL;
     const char *task_args[ORCH_MAX_TASK_ARGS];
     int n_task_args = 0;
     int32_t repeat = 1, mock_port = -1, max_events = 0, floor_n = 0;
     int32_t http_threads = 0, mock_threads = 1;
     int print_catalogue = 0;
-    struct batch b = { .cancel_after = -1 };
+    struct batch b = { .cancel_after = -1, .traj_fd = -1 };
     int32_t loops = 1;
     int c;
     optind = 1;
-    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:H:M:L:qshWC", opts, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "a:t:f:r:m:l:c:e:w:F:H:M:L:T:qshWC", opts, NULL)) != -1) {
         switch (c) {
         case 'a': agents_path = optarg; break;
         case 't':
@@ -644,6 +662,7 @@ int cmd_orchestrate(int argc, char **argv)
         case 'r': if (cli_parse_i32("orchestrate", "--repeat", optarg, 1, 1000000, &repeat)) return 2; break;
         case 'm': if (cli_parse_i32("orchestrate", "--mock-agent", optarg, 0, 65535, &mock_port)) return 2; break;
         case 'l': local_url = optarg; break;
+        case 'T': traj_path = optarg; break;
         case 'c': if (cli_parse_i32("orchestrate", "--cancel-after", optarg, 0, INT32_MAX, &b.cancel_after)) return 2; break;
         case 'e': if (cli_parse_i32("orchestrate", "--max-events", optarg, 4, INT32_MAX, &max_events)) return 2; break;
         case 'w': if (cli_parse_i32("orchestrate", "--stagger-ms", optarg, 0, 3600000, &b.stagger_ms)) return 2; break;
@@ -675,6 +694,7 @@ int cmd_orchestrate(int argc, char **argv)
     struct samples merged[SAMPLE_KINDS] = {0};
     int n_started = 0;
     pthread_mutex_init(&b.mu, NULL);
+    pthread_mutex_init(&b.traj_mu, NULL);
     pthread_cond_init(&b.cv, NULL);
     atomic_init(&b.running, 0);
     atomic_init(&b.peak_running, 0);
@@ -728,7 +748,11 @@ int cmd_orchestrate(int argc, char **argv)
         }
     }
     struct exec_config ecfg = { .local_url = local_url, .http_threads = http_threads };
-    struct orch_config ocfg = { .max_events = max_events };
+    struct orch_config ocfg = { .max_events = max_events, .record_trajectories = traj_path != NULL };
+    if (traj_path && (b.traj_fd = open(traj_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0) {
+        fprintf(stderr, "paraserve orchestrate: --trajectories %s: %s\n", traj_path, strerror(errno));
+        goto done;
+    }
     /* the registry is settled here, once, on this thread: the loops only
      * read it */
     if (agents_describe(reg, &ecfg, DESCRIBE_WAIT_MS, stderr, NULL)) {
@@ -913,8 +937,11 @@ int cmd_orchestrate(int argc, char **argv)
                cli_allocator());
     }
     fflush(stdout);
-    rc = loops_rc ? loops_rc : finished == b.all_tasks && !stats_oom ? 0 : 1;
+    rc = loops_rc ? loops_rc : finished == b.all_tasks && !stats_oom && !b.traj_errors ? 0 : 1;
 done:
+    if (b.traj_fd >= 0)
+        close(b.traj_fd);
+    pthread_mutex_destroy(&b.traj_mu);
     for (int i = 0; lp && i < b.n_loops; i++)
         loop_free(&lp[i]);
     free(lp);

@@ -20,6 +20,7 @@
 #include "orchestrator/jbuf.h"
 #include "orchestrator/json_alloc.h"
 #include "orchestrator/registry.h"
+#include "orchestrator/trajectory.h"
 
 struct ev_rec {
     int64_t     id;
@@ -92,6 +93,7 @@ struct orch_task {
     char                 *fallback;    /* preallocated terminal event text */
     struct shared_text   *summary_text; /* orch_task_summary_text's, until summary_changed() */
     char                 *transcript;  /* append-only decision/feedback history */
+    struct trajectory    *traj;        /* NULL: the task records none */
     size_t                tr_len, tr_cap;
     cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
     struct orch_sub      *subs;
@@ -112,7 +114,7 @@ struct orch_task {
     struct event         *finalize_ev; /* fires at deadline - reserve (model-driven) */
     int64_t               reserve_ms;  /* time kept for the last decision(s) */
     int64_t               t_decide;    /* start of the decision being made */
-    int64_t               t_start;
+    int64_t               t_start, t_end;   /* t_end: 0 while running */
     int64_t               created_unix_ms;
     struct orch_task     *prev, *next;          /* creation order */
     struct orch_task     *fin_prev, *fin_next;  /* finish order (in_fin == FIN_LISTED) */
@@ -187,6 +189,21 @@ static void need(struct orch_task *t, int added)
 {
     if (!added)
         log_fail(t, PS_ENOMEM);
+}
+
+/* The trajectory's step for the decision being made begins / ends (a
+ * task that records one; a step that could not be kept fails the task as
+ * a lost event does: training data never has a decision missing). */
+static void traj_begin(struct orch_task *t, const char *prompt)
+{
+    if (t->traj)
+        need(t, prompt && trajectory_begin(t->traj, t->rounds, prompt, t->n_ledger) == PS_OK);
+}
+
+static void traj_end(struct orch_task *t, const char *text, size_t n, int valid, const char *note)
+{
+    if (t->traj)
+        need(t, trajectory_end(t->traj, text, n, valid, note, (orch_now_ns() - t->t_decide) / 1000000) == PS_OK);
 }
 
 /* Where a task stands for eviction.  A finished task with subscribers is
@@ -375,8 +392,8 @@ static void jb_member(struct jbuf *b, int first, const char *key, const cJSON *i
  * Out of memory fails the task like a lost event. */
 static void transcript_add(struct orch_task *t, const char *a, const char *b, const char *c)
 {
-    if (t->script)
-        return;   /* only a model reads it */
+    if (t->script && !t->traj)
+        return;   /* only a model reads it, or a trajectory records it */
     const char *parts[3] = { a, b, c };
     size_t n = 0;
     for (int i = 0; i < 3; i++)
@@ -456,7 +473,7 @@ static int transcript_fit(struct orch_task *t)
  * the result cut to TRANSCRIPT_RESULT_MAX bytes of text. */
 static void transcript_feedback(struct orch_task *t, const cJSON *rec)
 {
-    if (t->script)
+    if (t->script && !t->traj)
         return;
     cJSON *o = cJSON_CreateObject();
     int ok = o != NULL;
@@ -758,8 +775,13 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     /* Ended before its calls are cancelled: a subscriber that ends the
      * task again from one of their `cancelled` records finds it ended. */
     t->status = st;
+    t->t_end = orch_now_ns();
     summary_changed(t);
     running_add(t, -1);   /* before the terminal event: its subscribers may submit */
+    if (t->traj) {
+        traj_end(t, NULL, 0, 0, NULL);   /* a decision it ended during */
+        trajectory_seal(t->traj);
+    }
     if (error && !(t->error = strdup(error))) {
         /* out of memory: the message cut to fit, never dropped */
         snprintf(t->error_short, sizeof t->error_short, "%s", error);
@@ -1459,6 +1481,7 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     if (status) {
         char why[512];
         snprintf(why, sizeof why, "decision failed: %s", error ? error : ps_status_str(status));
+        traj_end(t, NULL, 0, 0, why);
         task_finish(t, TASK_FAILED, why);
         return;
     }
@@ -1471,6 +1494,11 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     cJSON *salvaged = st && (t->final_only || t->answer_keep) ? final_salvage(t) : NULL;
     if (salvaged && t->answer_keep)
         snprintf(perr, sizeof perr, "the answer repeated itself: cut after its first time");
+    if (t->traj) {
+        size_t tl;
+        const char *txt = action_parser_text(t->parser, &tl);
+        traj_end(t, txt, tl, st == PS_OK, st ? perr : NULL);
+    }
     cJSON *d = cJSON_CreateObject();
     need(t, cJSON_AddNumberToObject(d, "round", t->rounds) != NULL);
     if (st) {
@@ -1544,7 +1572,12 @@ static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const c
         cJSON_Delete(ref);
         log_fail(t, PS_ENOMEM);
     }
-    if (!t->script) {
+    if (!t->script || t->traj) {
+        char rbuf[32];
+        if (!round) {
+            snprintf(rbuf, sizeof rbuf, "Decision %d: ", t->rounds);
+            round = rbuf;
+        }
         char *atext = cJSON_PrintUnformatted(action);
         if (atext)
             transcript_add(t, round, atext, "\n");
@@ -1660,6 +1693,15 @@ static void decide_script_direct(struct orch_task *t, cJSON *act)
         return;
     }
     need(t, cJSON_AddNumberToObject(d, "round", t->rounds) != NULL);
+    if (t->traj) {
+        char stack[4096];
+        struct jbuf b;
+        jbuf_init(&b, stack, sizeof stack);
+        jbuf_json(&b, act);
+        need(t, !b.oom);
+        traj_end(t, b.oom ? NULL : b.p, b.len, !b.oom, b.oom ? "out of memory" : NULL);
+        jbuf_free(&b);
+    }
     decision_apply(t, d, act, NULL);
 }
 
@@ -1693,6 +1735,12 @@ static void decide(struct orch_task *t)
      * gets a fresh id, or when a model's decision stops early; a scripted
      * action whose calls all carry ids does without the copies. */
     const cJSON *act = t->script ? cJSON_GetArrayItem(t->script, t->script_pos) : NULL;
+    if (act && t->traj) {
+        /* the prompt a model would read here: the script is its demonstration */
+        char *prompt = orch_task_prompt(t);
+        traj_begin(t, prompt);
+        free(prompt);
+    }
     if (act && script_direct_ok(act)) {
         decide_script_direct(t, cJSON_GetArrayItem(t->script, t->script_pos++));
         return;
@@ -1735,6 +1783,8 @@ static void decide(struct orch_task *t)
         prompt = orch_task_prompt(t);
     }
     int have_prompt = prompt != NULL;
+    if (prompt)
+        traj_begin(t, prompt);
     t->decider_handle = prompt ? o->decider.start(o->decider.ctx, t, prompt) : NULL;
     free(prompt);
     if (!t->decider_handle && t->deciding) {
@@ -1875,6 +1925,7 @@ struct orch *orch_create(struct event_base *base, const struct registry *reg,
     o->cfg.keep_finished = ocfg && ocfg->keep_finished ? ocfg->keep_finished : 10000;
     o->cfg.max_running = ocfg && ocfg->max_running > 0 ? ocfg->max_running : 0;
     o->cfg.max_running_per_tenant = ocfg && ocfg->max_running_per_tenant > 0 ? ocfg->max_running_per_tenant : 0;
+    o->cfg.record_trajectories = ocfg && ocfg->record_trajectories;
     o->cfg.id_lane = ocfg ? ocfg->id_lane : 0;
     if (o->cfg.id_lane < 0 || o->cfg.id_lane > 255) {
         free(o);
@@ -1999,6 +2050,7 @@ static void task_free(struct orch_task *t)
     free(t->events);
     free(t->fallback);
     free(t->transcript);
+    trajectory_free(t->traj);
     cJSON_Delete(t->usage);
     if (!t->script_borrowed)
         cJSON_Delete(t->script);
@@ -2109,11 +2161,12 @@ static int script_action_fits(const cJSON *a, int i)
 /* Validate a task request against the limits' defaults in cfg: PS_OK with
  * the script (NULL: none) and limits, or PS_EINVAL naming the field. */
 static int request_parse(const struct orch_config *cfg, const cJSON *req, const cJSON **script_out,
-                         int *max_rounds, int *max_calls, int *deadline_ms)
+                         int *max_rounds, int *max_calls, int *deadline_ms, int *record)
 {
     if (!cJSON_IsObject(req))
         return ps_error_set(PS_EINVAL, "request body must be a JSON object");
-    static const char *const fields[] = { "input", "stream", "max_rounds", "max_calls", "deadline_ms", "script", "metadata" };
+    static const char *const fields[] = { "input", "stream", "max_rounds", "max_calls", "deadline_ms", "script",
+                                          "metadata", "trajectory" };
     for (const cJSON *k = req->child; k; k = k->next) {
         int known = 0;
         for (size_t i = 0; i < sizeof fields / sizeof fields[0] && !known; i++)
@@ -2148,6 +2201,10 @@ static int request_parse(const struct orch_config *cfg, const cJSON *req, const 
         return PS_EINVAL;
     if (script && *max_rounds < cJSON_GetArraySize(script) && !json_get(req, "max_rounds"))
         *max_rounds = cJSON_GetArraySize(script);
+    const cJSON *traj = json_get(req, "trajectory");
+    if (traj && !cJSON_IsNull(traj) && !cJSON_IsBool(traj))
+        return ps_error_set(PS_EINVAL, "trajectory: must be a boolean");
+    *record = traj && cJSON_IsBool(traj) ? cJSON_IsTrue(traj) : cfg->record_trajectories != 0;
     *script_out = script;
     return PS_OK;
 }
@@ -2155,8 +2212,8 @@ static int request_parse(const struct orch_config *cfg, const cJSON *req, const 
 int orch_task_request_check(const cJSON *req)
 {
     const cJSON *script;
-    int max_rounds, max_calls, deadline_ms;
-    return request_parse(&LIMIT_DEFAULTS, req, &script, &max_rounds, &max_calls, &deadline_ms);
+    int max_rounds, max_calls, deadline_ms, record;
+    return request_parse(&LIMIT_DEFAULTS, req, &script, &max_rounds, &max_calls, &deadline_ms, &record);
 }
 
 /* The running count of `tenant`, made on its first task.  NULL when out of
@@ -2204,8 +2261,8 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
 {
     *out = NULL;
     const cJSON *script;
-    int max_rounds, max_calls, deadline_ms;
-    int rc = request_parse(&o->cfg, req, &script, &max_rounds, &max_calls, &deadline_ms);
+    int max_rounds, max_calls, deadline_ms, record;
+    int rc = request_parse(&o->cfg, req, &script, &max_rounds, &max_calls, &deadline_ms, &record);
     if (rc)
         return rc;
     const cJSON *input = json_get(req, "input");
@@ -2235,6 +2292,8 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     t->deadline_ms = deadline_ms;
     t->ledger = cJSON_CreateArray();
     t->usage = cJSON_CreateArray();
+    if (record)
+        t->traj = trajectory_new();
     t->cap_events = 16;
     t->events = malloc((size_t)t->cap_events * sizeof *t->events);
     t->fallback = malloc(TASK_FALLBACK_BYTES);
@@ -2251,7 +2310,8 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     if (o->tail) o->tail->next = t; else o->head = t;
     o->tail = t;
     running_add(t, +1);
-    if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->usage || !t->events ||
+    if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->usage || (record && !t->traj) ||
+        !t->events ||
         !t->fallback || !t->g || !t->kick || !t->deadline || (!script && !t->finalize_ev) || index_add(o, t)) {
         t->status = TASK_FAILED;
         running_add(t, -1);
@@ -2329,6 +2389,48 @@ struct orch_task *orch_task_newer(const struct orch_task *t) { return t->next; }
 struct orch_task *orch_task_older(const struct orch_task *t) { return t->prev; }
 enum orch_task_status orch_task_status(const struct orch_task *t) { return t->status; }
 int orch_running(const struct orch *o) { return o->n_running; }
+int orch_task_recorded(const struct orch_task *t) { return t->traj != NULL; }
+
+int orch_task_trajectory_text(const struct orch_task *t, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    if (!t->traj)
+        return ps_error_set(PS_ENOTFOUND, "task %s records no trajectory: submit it with \"trajectory\": true "
+                            "(or serve with --trajectories)", t->id);
+    const struct trajectory_task facts = {
+        .id = t->id, .input = t->input, .mode = t->script ? "script" : "model",
+        .status = orch_task_status_str(t->status), .error = t->error, .system = ORCH_SYSTEM_PROMPT,
+        .output = t->output, .ledger = t->ledger, .usage = t->usage, .rounds = t->rounds,
+        .max_rounds = t->max_rounds, .created_unix_ms = t->created_unix_ms,
+        .wall_ms = ((t->t_end ? t->t_end : orch_now_ns()) - t->t_start) / 1000000,
+    };
+    char stack[4096];
+    struct jbuf b;
+    jbuf_init(&b, stack, sizeof stack);
+    trajectory_print(t->traj, &facts, &b);
+    size_t n = b.len;
+    if (b.oom) {
+        jbuf_free(&b);
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    }
+    if (!(*out = jbuf_take(&b)))
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    *len = n;
+    return PS_OK;
+}
+
+int orch_task_trajectory_write(const struct orch_task *t, int fd)
+{
+    char *text;
+    size_t len;
+    int rc = orch_task_trajectory_text(t, &text, &len);
+    if (rc)
+        return rc;
+    rc = trajectory_line_write(fd, text, len);
+    free(text);
+    return rc;
+}
 
 int orch_task_id_lane(const char *id)
 {

@@ -61,6 +61,8 @@ struct orch_config {
                             stored for lack of memory, fails with a typed error
                             ("event log full ..." / "out of memory ...") and
                             still ends with its terminal event. */
+    int record_trajectories; /* a task records its trajectory unless its request
+                            says "trajectory": false (0: only those that say true) */
     int id_lane;         /* 0-255, written into every task id (the two hex digits
                             after the counter's eight): orchestrators with
                             different lanes (executor loops of one process)
@@ -71,6 +73,11 @@ struct orch_config {
 };
 /* The id_lane written into a task id, or -1 when `id` is not one of ours. */
 int orch_task_id_lane(const char *id);
+
+/* The system message of every decision: the model's role.  The user
+ * message is orch_task_prompt(). */
+#define ORCH_SYSTEM_PROMPT "You are the orchestrator. You never solve tasks yourself: you call agents " \
+                           "and tools, then give the final answer. You reply with one JSON action only."
 
 /* A model that makes decisions (the engine).  start() begins decoding one
  * decision for `t` from `prompt` (borrowed: copy it) and streams text with
@@ -122,7 +129,7 @@ void orch_set_decider(struct orch *o, const struct orch_decider *d);
 void orch_set_done_cb(struct orch *o, orch_done_fn cb, void *ud);
 
 /* Create and start a task from a request object {"input", "max_rounds"?,
- * "max_calls"?, "deadline_ms"?, "script"?} (borrowed).  `tenant` may be
+ * "max_calls"?, "deadline_ms"?, "script"?, "trajectory"?} (borrowed).  `tenant` may be
  * NULL ("default").  PS_EINVAL with a message naming the field for a bad
  * request; PS_EFULL when max_running tasks run, or max_running_per_tenant
  * of the tenant's (a request is checked first: a bad one is PS_EINVAL). */
@@ -179,8 +186,24 @@ struct shared_text *orch_task_summary_text(struct orch_task *t);
  * decision ("Decision k: {action}") and result ("Result: {id,to,status,
  * result|error}") in the order they happened.  Append-only: each round's
  * prompt starts with the previous round's, so the prefix cache serves all
- * but the new lines.  Scripted tasks keep no transcript (no model reads it). */
+ * but the new lines.  Scripted tasks keep no transcript (no model reads
+ * it) unless they record their trajectory. */
 char *orch_task_prompt(const struct orch_task *t);
+
+/* Whether the task records its trajectory (request "trajectory", or
+ * orch_config.record_trajectories). */
+int orch_task_recorded(const struct orch_task *t);
+/* The task's trajectory (host/orchestrator/trajectory.h,
+ * proto/trajectory.schema.json) printed: *out (caller frees), *len bytes.
+ * It may be read while the task runs (the steps so far).  PS_ENOTFOUND
+ * when the task does not record one, PS_ENOMEM. */
+int orch_task_trajectory_text(const struct orch_task *t, char **out, size_t *len);
+/* The trajectory appended to `fd` (opened O_APPEND) as one line: written
+ * whole or not at all - a failed write is cut off again with ftruncate,
+ * so the caller must be the file's only writer (or serialize the writers).
+ * PS_ENOTFOUND (records none), PS_ENOMEM, PS_EIO (the message names the
+ * system's error). */
+int orch_task_trajectory_write(const struct orch_task *t, int fd);
 
 /* Cooperative cancel: in-flight calls are cancelled, late results ignored,
  * then task.error with status "cancelled".  No-op on a finished task.  A

@@ -86,6 +86,11 @@ static const struct opt_desc opts[] = {
       "'https://app.example.com,http://localhost:3000'; preflights need no API key (default: none, no CORS headers)" },
     { "agents", 0, OPT_STR, OFF(agents), sizeof(((struct server_config *)0)->agents), 0, 0,
       "agent pool of /v1/tasks (default configs/agents.default.json when present)" },
+    { "trajectories", 0, OPT_STR, OFF(trajectories), sizeof(((struct server_config *)0)->trajectories), 0, 0,
+      "append each /v1/tasks task's trajectory, when it ends, to this file as one JSON line: every decision's "
+      "prompt and completion as chat messages (for fine-tuning the orchestrator), its calls, and reward terms "
+      "(proto/trajectory.schema.json); every task records one unless its request says \"trajectory\": false "
+      "(default: none; a request with \"trajectory\": true records one for GET /v1/tasks/{id}/trajectory)" },
 };
 #define N_OPTS (sizeof opts / sizeof opts[0])
 

@@ -194,6 +194,11 @@ static void render_orch(struct sbuf *b, const struct metrics_orch *o)
            "Decisions started: script (a replayed action) or model (one engine generation each).");
     for (int i = 0; i < 2; i++)
         sb_printf(b, "paraserve_task_decisions_total{mode=\"%s\"} %lld\n", modes[i], (long long)o->tasks.decisions[i]);
+    counter(b, "paraserve_trajectories_written_total",
+            "Task trajectories appended to the --trajectories file.", (unsigned long long)o->trajectories_written);
+    counter(b, "paraserve_trajectory_write_errors_total",
+            "Task trajectories that could not be printed or written to the --trajectories file.",
+            (unsigned long long)o->trajectory_write_errors);
     render_hist(b, "paraserve_task_duration_seconds", "Time from a task's submission to its end.", &o->tasks.task_s);
     render_hist(b, "paraserve_task_decision_duration_seconds",
                 "Time of one decision of the model: engine queue, prefill and decode.", &o->tasks.decision_s);

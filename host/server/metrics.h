@@ -56,6 +56,8 @@ struct metrics_orch {
     const struct exec_agent_stats *agents;   /* [n_agents], registry order */
     int                            n_agents;
     int64_t                        unknown_agent_calls;
+    int64_t                        trajectories_written;    /* --trajectories lines */
+    int64_t                        trajectory_write_errors; /* trajectories not written */
 };
 
 void metrics_init(struct metrics *m);

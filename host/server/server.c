@@ -2008,6 +2008,7 @@ int server_run(const struct server_config *cfg)
                                    .http_threads = cfg->http_threads, .keep_tasks = cfg->keep_tasks,
                                    .max_running = cfg->max_running_tasks,
                                    .max_running_per_tenant = cfg->max_running_tasks_per_tenant,
+                                   .trajectories_path = cfg->trajectories,
                                    .flushing = &srv->flushing,
                                    .drained = on_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))

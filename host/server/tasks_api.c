@@ -4,6 +4,7 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -40,8 +41,6 @@
  * continues a JSON object instead of prose.  With the action grammar the
  * grammar produces the whole document and nothing is forced. */
 #define DECISION_PREFIX      "{\""
-#define DECISION_SYSTEM      "You are the orchestrator. You never solve tasks yourself: you call agents " \
-                             "and tools, then give the final answer. You reply with one JSON action only."
 #define DECISION_TAG         ((uintptr_t)1)   /* low bit of engine_request.user */
 /* Final-only decisions (orch_task_final_only): {"final":{"answer","uses"?}}
  * with uses naming up to FINAL_USES of the task's finished calls.  The
@@ -67,6 +66,8 @@ struct decision {
     uint64_t          eng_id;
     int               usage_recorded; /* the task has this round's usage (taken when
                                          the action closed, before the engine's end) */
+    int               trajectory_due; /* its task ended during it: the task's trajectory
+                                         line waits for this decision's usage */
     struct decision  *prev, *next;
 };
 
@@ -116,6 +117,10 @@ struct tasks_api {
     char                   *tok_text;
     int32_t                *tok_ids;
     size_t                  tok_n;
+    /* --trajectories: the file every recorded task's trajectory is
+     * appended to as one line when it ends (-1: none) */
+    int                     traj_fd;
+    int64_t                 traj_written, traj_write_errors;
 };
 
 static void tok_cache_clear(struct tasks_api *api)
@@ -193,6 +198,83 @@ static void reply_summary(struct tasks_api *api, struct evhttp_request *req, str
         return;
     }
     reply_body(api, req, 200, out);
+}
+
+static void text_free(const void *data, size_t len, void *ud)
+{
+    (void)len;
+    (void)ud;
+    free((void *)data);
+}
+
+/* GET /v1/tasks/{id}/trajectory: the task's trajectory document
+ * (proto/trajectory.schema.json), the steps so far while it runs; 404
+ * when the task records none. */
+static void reply_trajectory(struct tasks_api *api, struct evhttp_request *req, struct orch_task *t)
+{
+    struct api_error e;
+    char *text;
+    size_t len;
+    int rc = orch_task_trajectory_text(t, &text, &len);
+    if (rc) {
+        if (rc == PS_ENOTFOUND)
+            api_error_set(&e, 404, "invalid_request_error", "trajectory_not_recorded", NULL, "%s", ps_error_last());
+        else
+            api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
+        reply_error(api, req, &e);
+        return;
+    }
+    struct evbuffer *out = NULL;
+    bool ok = true;
+    if (!is_head(req)) {
+        ok = (out = evbuffer_new()) && !evbuffer_add_reference(out, text, len, text_free, NULL);
+        if (ok)
+            text = NULL;   /* the buffer's now */
+        ok = ok && !evbuffer_add(out, "\n", 1);
+    }
+    free(text);
+    if (!ok) {
+        if (out)
+            evbuffer_free(out);
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        reply_error(api, req, &e);
+        return;
+    }
+    reply_body(api, req, 200, out);
+}
+
+/* The task's trajectory appended to the --trajectories file as one line
+ * (orch_task_trajectory_write); a failure is counted, and reported on
+ * stderr the first time. */
+static void trajectory_append(struct tasks_api *api, struct orch_task *t)
+{
+    if (orch_task_trajectory_write(t, api->traj_fd) == PS_OK) {
+        api->traj_written++;
+        return;
+    }
+    if (api->traj_write_errors++ == 0)
+        fprintf(stderr, "paraserve: --trajectories: the trajectory of %s was not written: %s (counted in "
+                        "paraserve_trajectory_write_errors_total; reported once)\n", orch_task_id(t), ps_error_last());
+}
+
+/* A task ended (orch done callback, with --trajectories).  One that ended
+ * during a decision (cancelled, its deadline) has that decision's usage
+ * still to come from the engine: its line is written when it comes
+ * (tasks_api_engine_event; at the latest tasks_api_stop). */
+static void on_task_done(void *ud, struct orch_task *t)
+{
+    struct tasks_api *api = ud;
+    if (api->traj_fd < 0 || !orch_task_recorded(t))
+        return;
+    if (!orch_task_scripted(t)) {
+        for (struct decision *d = api->decisions; d; d = d->next) {
+            if (!d->usage_recorded && !strcmp(d->task_id, orch_task_id(t))) {
+                d->trajectory_due = 1;
+                return;
+            }
+        }
+    }
+    trajectory_append(api, t);
 }
 
 /* ---- waiters ------------------------------------------------------------------- */
@@ -756,15 +838,15 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
     const char *slash = strchr(id, '/');
     size_t id_len = slash ? (size_t)(slash - id) : strlen(id);
     const char *sub = slash ? slash : "";
-    bool events = !strcmp(sub, "/events");
+    bool events = !strcmp(sub, "/events"), trajectory = !strcmp(sub, "/trajectory");
     char idbuf[64];
-    if ((*sub && !events) || id_len == 0 || id_len >= sizeof idbuf) {
+    if ((*sub && !events && !trajectory) || id_len == 0 || id_len >= sizeof idbuf) {
         api_error_set(&e, 404, "invalid_request_error", "not_found", NULL, "Unknown path %.100s", path);
         reply_error(api, req, &e);
         return;
     }
-    if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD && (events || method != EVHTTP_REQ_DELETE)) {
-        reply_method(api, req, path, events ? "GET, HEAD, OPTIONS" : "GET, HEAD, DELETE, OPTIONS");
+    if (method != EVHTTP_REQ_GET && method != EVHTTP_REQ_HEAD && (*sub || method != EVHTTP_REQ_DELETE)) {
+        reply_method(api, req, path, *sub ? "GET, HEAD, OPTIONS" : "GET, HEAD, DELETE, OPTIONS");
         return;
     }
     memcpy(idbuf, id, id_len);
@@ -780,6 +862,8 @@ void tasks_api_handle(struct tasks_api *api, struct evhttp_request *req, const c
     }
     if (events)
         handle_events(api, req, t);
+    else if (trajectory)
+        reply_trajectory(api, req, t);
     else if (method == EVHTTP_REQ_DELETE) {
         orch_task_cancel(t, "cancelled by the client (DELETE)");
         reply_summary(api, req, t);
@@ -880,7 +964,7 @@ fail:
  * stays text (chat.h); the action prefix the model continues is text too. */
 static int decision_text(const struct tasks_api *api, const char *prompt, struct chat_prompt *out)
 {
-    struct chat_message msgs[2] = { { CHAT_SYSTEM, DECISION_SYSTEM }, { CHAT_USER, prompt } };
+    struct chat_message msgs[2] = { { CHAT_SYSTEM, ORCH_SYSTEM_PROMPT }, { CHAT_USER, prompt } };
     int rc = chat_template_render(api->cfg.tmpl, msgs, 2, 1, out);
     if (rc)
         return rc;
@@ -1011,6 +1095,21 @@ bool tasks_api_owns_event(const struct engine_event *ev)
     return ((uintptr_t)ev->user & DECISION_TAG) != 0;
 }
 
+/* The line on_task_done left for decision d's usage, written now (owner:
+ * its task, NULL when it is gone: evicted first, under a small
+ * --keep-tasks - then counted as not written). */
+static void trajectory_due_write(struct tasks_api *api, struct decision *d, struct orch_task *owner)
+{
+    d->trajectory_due = 0;
+    if (owner) {
+        trajectory_append(api, owner);
+    } else if (api->traj_write_errors++ == 0) {
+        fprintf(stderr, "paraserve: --trajectories: the trajectory of %s was not written: the task was evicted "
+                        "before its last decision's usage came (counted in paraserve_trajectory_write_errors_total; "
+                        "reported once)\n", d->task_id);
+    }
+}
+
 void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev)
 {
     struct decision *d = (struct decision *)((uintptr_t)ev->user & ~DECISION_TAG);
@@ -1037,6 +1136,8 @@ void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev
     struct orch_task *owner = orch_task_find(api->orch, d->task_id);
     if (owner && !d->usage_recorded)
         orch_task_decision_usage(owner, d->round, ev->n_prompt, ev->n_cached, ev->n_generated);
+    if (d->trajectory_due)
+        trajectory_due_write(api, d, owner);
     if (d->t) {
         struct orch_task *t = d->t;
         d->t = NULL;
@@ -1161,6 +1262,8 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     if (!api)
         return ps_error_set(PS_ENOMEM, "out of memory");
     api->cfg = *cfg;
+    api->traj_fd = -1;
+    api->cfg.trajectories_path = NULL;
     api->cfg.agents_path = NULL;
     api->cfg.local_url = NULL;
     api->cfg.local_header = NULL;
@@ -1204,8 +1307,16 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     struct exec_config ecfg = { .local_url = cfg->local_url, .local_header = cfg->local_header,
                                 .local_tenant_header = cfg->local_tenant_header, .local_model = "default",
                                 .http_threads = cfg->http_threads };
+    if (cfg->trajectories_path && cfg->trajectories_path[0]) {
+        api->traj_fd = open(cfg->trajectories_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (api->traj_fd < 0) {
+            rc = ps_error_set(PS_EIO, "--trajectories %s: %s", cfg->trajectories_path, strerror(errno));
+            goto fail;
+        }
+    }
     const struct orch_config ocfg = { .keep_finished = cfg->keep_tasks, .max_running = cfg->max_running,
-                                      .max_running_per_tenant = cfg->max_running_per_tenant };
+                                      .max_running_per_tenant = cfg->max_running_per_tenant,
+                                      .record_trajectories = api->traj_fd >= 0 };
     ps_error_clear();
     if (!(api->orch = orch_create(cfg->base, api->reg, &ecfg, &ocfg))) {
         /* orch_create states its cause (ps_error_set): an allocation, an
@@ -1215,6 +1326,8 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     }
     struct orch_decider dec = { decider_start, decider_cancel, api, decider_over_context };
     orch_set_decider(api->orch, &dec);
+    if (api->traj_fd >= 0)
+        orch_set_done_cb(api->orch, on_task_done, api);
     if (cfg->sse_heartbeat_ms > 0) {
         const struct timeval tv = { cfg->sse_heartbeat_ms / 1000, (cfg->sse_heartbeat_ms % 1000) * 1000 };
         if (!(api->heartbeat = event_new(cfg->base, -1, EV_PERSIST, on_heartbeat, api)) ||
@@ -1243,6 +1356,10 @@ void tasks_api_stop(struct tasks_api *api)
         w->req = NULL;
         waiter_free(w);
     }
+    /* lines waiting for a decision's usage: written without it */
+    for (struct decision *d = api->decisions; d; d = d->next)
+        if (d->trajectory_due)
+            trajectory_due_write(api, d, orch_task_find(api->orch, d->task_id));
     orch_destroy(api->orch);      /* cancels running decisions in the engine */
     api->orch = NULL;
     while (api->decisions)
@@ -1265,6 +1382,8 @@ void tasks_api_free(struct tasks_api *api)
     if (api->own_vocab)
         grammar_vocab_free(api->vocab);
     free(api->action_schema);
+    if (api->traj_fd >= 0)
+        close(api->traj_fd);
     free(api);
 }
 
@@ -1293,6 +1412,8 @@ int tasks_api_metrics(const struct tasks_api *api, struct metrics_orch *out)
         exec_get_agent_stats(ex, i, &agents[i]);
     *out = (struct metrics_orch){ .agents = agents, .n_agents = n, .unknown_agent_calls = exec_unknown_agent_calls(ex) };
     orch_get_stats(api->orch, &out->tasks);
+    out->trajectories_written = api->traj_written;
+    out->trajectory_write_errors = api->traj_write_errors;
     exec_get_stats(ex, &out->exec);
     return PS_OK;
 }

@@ -94,6 +94,11 @@ struct tasks_api_config {
     int                  keep_tasks;       /* orch_config.keep_finished (0: its default) */
     int                  max_running;      /* orch_config.max_running (0: no limit) */
     int                  max_running_per_tenant; /* orch_config.max_running_per_tenant */
+    const char          *trajectories_path; /* NULL / "": none; else every task records its
+                                         trajectory (unless its request says
+                                         "trajectory": false), appended to this file as
+                                         one JSON line when it ends (opened at create:
+                                         an error names the path) */
     /* Shutdown accounting shared with the server: every waiting request
      * counts in m->in_flight until its reply ends, and its final reply in
      * *flushing until libevent has written it; drained(drained_ud) is called

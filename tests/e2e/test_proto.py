@@ -25,7 +25,7 @@ def validator(name):
 
 def test_schemas_are_valid():
     assert set(SCHEMAS) == {"action.schema.json", "feedback.schema.json", "agent.schema.json",
-                            "event.schema.json"}
+                            "event.schema.json", "trajectory.schema.json"}
     for name in SCHEMAS:
         validator(name)
 
@@ -36,6 +36,7 @@ def test_examples_validate():
         va.validate(a)
     for f in json.loads((PROTO / "examples" / "feedback.json").read_text()):
         vf.validate(f)
+    validator("trajectory.schema.json").validate(json.loads((PROTO / "examples" / "trajectory.json").read_text()))
 
 
 BAD_ACTIONS = [

@@ -7,8 +7,10 @@
  * task with the answer decoded so far, and one that loops is cut after its
  * first time; a transcript that outgrows the
  * model's context (over_context) is cut to its newer part and the decision
- * becomes the final. */
+ * becomes the final.  A task that records its trajectory keeps each
+ * decision's prompt and text exactly as the decider saw them. */
 #include <event2/event.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,8 @@ struct fake {
     size_t             fed, text_len; /* chunked modes: bytes fed before the task said stop, of */
     int                final_only[MAX_ROUNDS + 1];
     int                n_finished[MAX_ROUNDS + 1];
+    char              *prompt[MAX_ROUNDS + 1]; /* each round's prompt (copied) */
+    char              *text[MAX_ROUNDS + 1];   /* each round's decision text (copied) */
 };
 
 struct fake_dec {
@@ -102,6 +106,8 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
     if (round <= MAX_ROUNDS) {
         f->final_only[round] = orch_task_final_only(t);
         f->n_finished[round] = orch_task_finished_ids(t, ids, 32);
+        free(f->prompt[round]);
+        f->prompt[round] = strdup(prompt);
     }
     struct fake_dec *d = calloc(1, sizeof *d);
     if (!d)
@@ -184,6 +190,10 @@ static void *fake_start(void *ctx, struct orch_task *t, const char *prompt)
     } else {
         d->text = CALLS2;   /* the same calls every round, as a small model does */
     }
+    if (round <= MAX_ROUNDS) {
+        free(f->text[round]);
+        f->text[round] = strdup(d->text);
+    }
     if (!(d->ev = event_new(f->base, -1, 0, fake_fire, d))) {
         free(d);
         return NULL;
@@ -254,6 +264,10 @@ static int ctx_open(struct ctx *c, enum fake_mode mode)
 
 static void ctx_close(struct ctx *c)
 {
+    for (int i = 0; i <= MAX_ROUNDS; i++) {
+        free(c->fake.prompt[i]);
+        free(c->fake.text[i]);
+    }
     orch_destroy(c->orch);
     if (c->base)
         event_base_free(c->base);
@@ -546,8 +560,171 @@ static void test_cut_final_near_deadline_naming_a_running_call(void)
     ctx_close(&c);
 }
 
+/* The task's trajectory, parsed (NULL when it records none). */
+static cJSON *trajectory_of(struct orch_task *t)
+{
+    char *text;
+    size_t len;
+    if (orch_task_trajectory_text(t, &text, &len))
+        return NULL;
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    CHECK_MSG(j != NULL && strlen(text) == len, "trajectory text does not parse");
+    free(text);
+    return j;
+}
+
+static const char *msg_content(const cJSON *step, int i, const char *role)
+{
+    const cJSON *m = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(step, "messages"), i);
+    const cJSON *r = cJSON_GetObjectItemCaseSensitive(m, "role");
+    const cJSON *c = cJSON_GetObjectItemCaseSensitive(m, "content");
+    return cJSON_IsString(r) && !strcmp(r->valuestring, role) && cJSON_IsString(c) ? c->valuestring : NULL;
+}
+
+static double num_at(const cJSON *j, const char *obj, const char *key)
+{
+    return cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(j, obj), key));
+}
+
+/* Each step of a recorded model-driven task is the decision exactly as the
+ * decider saw it: the prompt it was given (through a context cut, which
+ * breaks the prompts' shared prefix), the text it wrote, the calls that
+ * text made; the reward terms follow from them. */
+static void test_trajectory(void)
+{
+    struct ctx c;
+    double wall;
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    struct orch_task *t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":2}", &wall);
+    const size_t first = c.fake.first_len;
+    CHECK(t && !orch_task_recorded(t) && !trajectory_of(t));
+    char *text;
+    size_t len;
+    CHECK(t && orch_task_trajectory_text(t, &text, &len) == PS_ENOTFOUND && strstr(ps_error_last(), "\"trajectory\": true"));
+    ctx_close(&c);
+
+    CHECK(ctx_open(&c, FAKE_NEW_CALLS) == 0);
+    c.fake.budget = first + 700;
+    t = run_task(&c, "{\"input\":\"x\",\"max_rounds\":16,\"trajectory\":true}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED && orch_task_recorded(t) && c.fake.saw_dropped);
+    cJSON *j = t ? trajectory_of(t) : NULL;
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(j, "steps");
+    const int n = c.fake.n_start;
+    CHECK_MSG(cJSON_GetArraySize(steps) == n, "%d steps for %d decisions", cJSON_GetArraySize(steps), n);
+    int cut_seen = 0;
+    for (int i = 0; i < n && i < MAX_ROUNDS; i++) {
+        const cJSON *st = cJSON_GetArrayItem(steps, i);
+        const char *sys = msg_content(st, 0, "system"), *user = msg_content(st, 1, "user");
+        const char *asst = msg_content(st, 2, "assistant");
+        CHECK(sys && !strcmp(sys, ORCH_SYSTEM_PROMPT));
+        CHECK_MSG(user && c.fake.prompt[i + 1] && !strcmp(user, c.fake.prompt[i + 1]), "step %d: prompt differs", i + 1);
+        CHECK_MSG(asst && c.fake.text[i + 1] && !strcmp(asst, c.fake.text[i + 1]), "step %d: completion %s", i + 1,
+                  asst ? asst : "(none)");
+        CHECK(cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(st, "valid")));
+        CHECK((int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(st, "round")) == i + 1);
+        /* two calls a round but the final: c(2i+1), c(2i+2) */
+        const cJSON *calls = cJSON_GetObjectItemCaseSensitive(st, "calls");
+        char want[16];
+        snprintf(want, sizeof want, "c%d", 2 * i + 1);
+        if (i + 1 < n)
+            CHECK_MSG(cJSON_GetArraySize(calls) == 2 && !strcmp(cJSON_GetArrayItem(calls, 0)->valuestring, want),
+                      "step %d calls", i + 1);
+        else
+            CHECK(cJSON_GetArraySize(calls) == 0);
+        if (i > 0 && c.fake.prompt[i] && c.fake.prompt[i + 1])
+            cut_seen |= strncmp(c.fake.prompt[i], c.fake.prompt[i + 1], strlen(c.fake.prompt[i])) != 0;
+    }
+    CHECK_MSG(cut_seen, "no step's prompt broke the previous one's prefix: the cut went untested");
+    const int n_calls = 2 * (n - 1);
+    CHECK(num_at(j, "measures", "decisions") == n && num_at(j, "measures", "decisions_compliant") == n);
+    CHECK(num_at(j, "measures", "calls") == n_calls && num_at(j, "measures", "calls_ok") == n_calls);
+    CHECK(num_at(j, "measures", "agents_distinct") == 1);
+    CHECK(num_at(j, "rewards", "success") == 1 && num_at(j, "rewards", "protocol_compliance") == 1);
+    CHECK_MSG(fabs(num_at(j, "rewards", "diversity") - 1.0 / n_calls) < 1e-3, "diversity %g",
+              num_at(j, "rewards", "diversity"));
+    CHECK_MSG(fabs(num_at(j, "rewards", "efficiency") - 2.0 / n) < 1e-3, "efficiency %g",
+              num_at(j, "rewards", "efficiency"));
+    printf("trajectory: %d steps through a context cut, prompts and completions as the decider saw them\n", n);
+    cJSON_Delete(j);
+    ctx_close(&c);
+
+    /* A decision stopped near the deadline keeps the text decoded so far
+     * and its closed call, not valid; a looping final is cut, not valid. */
+    CHECK(ctx_open(&c, FAKE_HANG_FIRST) == 0);
+    t = run_task(&c, "{\"input\":\"x\",\"deadline_ms\":400,\"max_rounds\":10,\"trajectory\":true}", &wall);
+    j = t ? trajectory_of(t) : NULL;
+    steps = cJSON_GetObjectItemCaseSensitive(j, "steps");
+    const cJSON *s1 = cJSON_GetArrayItem(steps, 0);
+    CHECK(cJSON_GetArraySize(steps) == 2 && msg_content(s1, 2, "assistant") &&
+          !strcmp(msg_content(s1, 2, "assistant"), HALF));
+    CHECK(cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(s1, "valid")) &&
+          cJSON_IsString(cJSON_GetObjectItemCaseSensitive(s1, "note")));
+    CHECK(cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s1, "calls")) == 1);
+    CHECK(num_at(j, "rewards", "protocol_compliance") == 0.5);
+    cJSON_Delete(j);
+    ctx_close(&c);
+
+    /* Cancelled during a decision: the step has no completion and says why. */
+    CHECK(ctx_open(&c, FAKE_HANG_FIRST) == 0);
+    cJSON *req = cJSON_Parse("{\"input\":\"x\",\"trajectory\":true}");
+    t = NULL;
+    CHECK(orch_task_submit(c.orch, req, NULL, &t) == PS_OK);
+    cJSON_Delete(req);
+    struct timeval tv = { 0, 100000 };
+    event_base_loopexit(c.base, &tv);
+    event_base_dispatch(c.base);
+    if (t)
+        orch_task_cancel(t, "test");
+    j = t ? trajectory_of(t) : NULL;
+    s1 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(j, "steps"), 0);
+    CHECK(s1 && !msg_content(s1, 2, "assistant") && cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s1, "messages")) == 2);
+    const cJSON *note = cJSON_GetObjectItemCaseSensitive(s1, "note");
+    CHECK_MSG(cJSON_IsString(note) && strstr(note->valuestring, "ended during this decision"), "note %s",
+              cJSON_IsString(note) ? note->valuestring : "(none)");
+    CHECK(num_at(j, "rewards", "success") == 0 && num_at(j, "rewards", "efficiency") == 0);
+    cJSON_Delete(j);
+    ctx_close(&c);
+
+    /* A scripted task records the prompt a model would have read and the
+     * action as its completion; a rejected call makes its step not
+     * compliant; "trajectory" must be a boolean. */
+    CHECK(ctx_open(&c, FAKE_REPEAT) == 0);
+    t = run_task(&c, "{\"input\":\"y\",\"trajectory\":true,\"script\":["
+                     "{\"calls\":[{\"to\":\"calculator\",\"args\":{\"expression\":\"2+3\"}},{\"to\":\"nobody\"}]},"
+                     "{\"calls\":[{\"id\":\"m\",\"to\":\"mock\",\"args\":{}}]},"
+                     "{\"final\":{\"answer\":\"{{c1}}\",\"uses\":[\"c1\"]}}]}", &wall);
+    CHECK(t && orch_task_status(t) == TASK_COMPLETED);
+    j = t ? trajectory_of(t) : NULL;
+    steps = cJSON_GetObjectItemCaseSensitive(j, "steps");
+    CHECK(cJSON_GetArraySize(steps) == 3);
+    const char *u2 = msg_content(cJSON_GetArrayItem(steps, 1), 1, "user");
+    const char *u3 = msg_content(cJSON_GetArrayItem(steps, 2), 1, "user");
+    CHECK_MSG(u2 && strstr(u2, "Task: y\nDecision 1: {\"calls\":[{\"id\":\"c1\",\"to\":\"calculator\"") &&
+              strstr(u2, "Result: {\"id\":\"c2\",\"to\":\"nobody\",\"status\":\"rejected\""),
+              "step 2 prompt: %s", u2 ? u2 : "(none)");
+    CHECK(u2 && u3 && !strncmp(u3, u2, strlen(u2)) && strstr(u3, "Decision 2: {\"calls\":[{\"id\":\"m\"") &&
+          strstr(u3, "Result: {\"id\":\"c1\",\"to\":\"calculator\",\"status\":\"ok\",\"result\":\"5\"}"));
+    const char *a3 = msg_content(cJSON_GetArrayItem(steps, 2), 2, "assistant");
+    CHECK(a3 && !strcmp(a3, "{\"final\":{\"answer\":\"{{c1}}\",\"uses\":[\"c1\"]}}"));
+    CHECK((int)cJSON_GetNumberValue(cJSON_GetObjectItemCaseSensitive(cJSON_GetArrayItem(steps, 0), "rejected")) == 1);
+    CHECK(num_at(j, "measures", "calls") == 3 && num_at(j, "measures", "calls_rejected") == 1);
+    CHECK(num_at(j, "measures", "agents_distinct") == 2 && num_at(j, "rewards", "diversity") == 1);
+    CHECK_MSG(fabs(num_at(j, "rewards", "protocol_compliance") - 2.0 / 3) < 1e-3, "compliance %g",
+              num_at(j, "rewards", "protocol_compliance"));
+    CHECK_MSG(fabs(num_at(j, "rewards", "efficiency") - 2.0 / 3) < 1e-3, "efficiency %g",
+              num_at(j, "rewards", "efficiency"));
+    cJSON *mode = cJSON_GetObjectItemCaseSensitive(j, "mode");
+    CHECK(cJSON_IsString(mode) && !strcmp(mode->valuestring, "script"));
+    cJSON_Delete(j);
+    req = cJSON_Parse("{\"input\":\"y\",\"trajectory\":\"yes\"}");
+    CHECK(orch_task_submit(c.orch, req, NULL, &t) == PS_EINVAL && !strcmp(ps_error_last(), "trajectory: must be a boolean"));
+    cJSON_Delete(req);
+    ctx_close(&c);
+}
+
 int main(void)
 {
+    test_trajectory();
     test_cut_final_near_deadline_naming_a_running_call();
     test_repeat_and_cut_edges();
     test_final_waiting_near_deadline();
