@@ -15,6 +15,7 @@
 #include "common/status.h"
 #include "common/shared_text.h"
 #include "common/str_index.h"
+#include "common/utf8_cut.h"
 #include "orchestrator/action.h"
 #include "orchestrator/httpc.h"
 #include "orchestrator/jbuf.h"
@@ -487,7 +488,7 @@ static void transcript_feedback(struct orch_task *t, const cJSON *rec)
     } else if (ok && res && !cJSON_IsNull(res)) {
         char *txt = exec_result_text(res);
         if (txt && strlen(txt) > TRANSCRIPT_RESULT_MAX)
-            strcpy(txt + TRANSCRIPT_RESULT_MAX - 3, "...");
+            strcpy(txt + utf8_cut(txt, TRANSCRIPT_RESULT_MAX - 3), "...");   /* no character split */
         ok = txt && cJSON_AddStringToObject(o, "result", txt);
         free(txt);
     }

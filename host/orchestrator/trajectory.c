@@ -13,6 +13,7 @@
 #include "common/status.h"
 #include "common/str_index.h"
 #include "orchestrator/jbuf.h"
+#include "orchestrator/json_alloc.h"
 
 struct traj_step {
     int     round;
@@ -64,31 +65,52 @@ void trajectory_seal(struct trajectory *tr)
     tr->last_len = tr->last_cap = 0;
 }
 
+/* Every byte of s[0..n) that is not part of well-formed UTF-8 replaced
+ * by '?': the document is JSON text, which is UTF-8. */
+static void utf8_scrub_n(char *s, size_t n)
+{
+    size_t i = 0;
+    while ((i += utf8_invalid_at(s + i, n - i)) < n)
+        s[i++] = '?';
+}
+
 int trajectory_begin(struct trajectory *tr, int round, const char *prompt, int ledger_len)
 {
     if (tr->n > 0 && !tr->steps[tr->n - 1].ended)
         trajectory_end(tr, NULL, 0, 0, NULL, tr->steps[tr->n - 1].ms);
     size_t len = strlen(prompt), keep = 0;
+    char *scrubbed = NULL;
+    if (utf8_invalid_at(prompt, len) < len) {
+        /* rare (agent text is checked on the way in): scrubbed whole, so
+         * that a character split by the difference is not taken as bad */
+        if (!(scrubbed = strdup(prompt)))
+            return ps_error_set(PS_ENOMEM, "out of memory");
+        utf8_scrub_n(scrubbed, len);
+        prompt = scrubbed;
+    }
+    int rc = PS_OK;
     while (keep < tr->last_len && keep < len && tr->last[keep] == prompt[keep])
         keep++;
     size_t cap = (size_t)tr->cap;
     struct traj_step *ns = ps_grow(tr->steps, &cap, (size_t)tr->n + 1, sizeof *ns, 8);
-    if (!ns)
-        return ps_error_set(PS_ENOMEM, "out of memory");
-    tr->steps = ns;
-    tr->cap = (int)cap;
-    char *suffix = strdup(prompt + keep);
-    char *last = suffix ? ps_grow(tr->last, &tr->last_cap, len + 1, 1, 1024) : NULL;
-    if (!last) {
-        free(suffix);
-        return ps_error_set(PS_ENOMEM, "out of memory");
+    char *suffix = ns ? strdup(prompt + keep) : NULL;
+    char *last = NULL;
+    if (ns) {
+        tr->steps = ns;
+        tr->cap = (int)cap;
     }
-    memcpy(last + keep, prompt + keep, len - keep + 1);
-    tr->last = last;
-    tr->last_len = len;
-    tr->steps[tr->n++] = (struct traj_step){ .round = round, .keep = keep, .suffix = suffix,
-                                             .ledger_begin = ledger_len };
-    return PS_OK;
+    if (!suffix || !(last = ps_grow(tr->last, &tr->last_cap, len + 1, 1, 1024))) {
+        free(suffix);
+        rc = ps_error_set(PS_ENOMEM, "out of memory");
+    } else {
+        memcpy(last + keep, prompt + keep, len - keep + 1);
+        tr->last = last;
+        tr->last_len = len;
+        tr->steps[tr->n++] = (struct traj_step){ .round = round, .keep = keep, .suffix = suffix,
+                                                 .ledger_begin = ledger_len };
+    }
+    free(scrubbed);
+    return rc;
 }
 
 int trajectory_end(struct trajectory *tr, const char *completion, size_t n, int valid, const char *note,
@@ -106,7 +128,9 @@ int trajectory_end(struct trajectory *tr, const char *completion, size_t n, int 
         note = "the completion could not be kept: out of memory";
         rc = ps_error_set(PS_ENOMEM, "out of memory");
     }
-    s->completion_len = s->completion ? n : 0;
+    s->completion_len = s->completion ? strlen(s->completion) : 0;
+    if (s->completion)
+        utf8_scrub_n(s->completion, s->completion_len);   /* a token budget can split a character */
     if (!completion && !note)
         note = "no text: the task ended during this decision, or it could not start";
     if (note && !(s->note = strdup(note)))

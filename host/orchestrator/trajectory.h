@@ -8,6 +8,9 @@
  * entered while it was decoded).  Prompts are kept as the difference from
  * the previous step's (each round's prompt extends the previous one but
  * for a context cut), so a task costs about one copy of its transcript.
+ * The document is JSON, so UTF-8: a byte of a prompt or completion that is
+ * not part of well-formed UTF-8 (a token budget can end a decision inside
+ * a character) is kept as '?'.
  *
  * The printed document (proto/trajectory.schema.json) has each step as
  * chat messages (system, user, assistant), ready for supervised
