@@ -211,3 +211,40 @@ def test_orchestrate_cli(paraserve_bin, tmp_path):
     p = subprocess.run([paraserve_bin, "orchestrate", "--quiet", "--trajectories", "/dev/full", "--task", task],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert p.returncode == 1 and "No space left on device" in p.stderr
+
+
+def test_sft_export(paraserve_bin, tmp_path):
+    """scripts/sft-from-trajectories: one {"messages"} line per valid
+    decision of the tasks that pass the filters; a line that is not a
+    trajectory is exit 1 naming it."""
+    traj = tmp_path / "t.jsonl"
+    good = json.dumps({"input": "q", "script": [{"calls": [{"to": "calculator", "args": {"expression": "1+1"}}]},
+                                                {"final": {"answer": "{{c1}}", "uses": ["c1"]}}]})
+    failing = json.dumps({"input": "q", "script": [{"calls": [{"to": "calculator", "args": {"expression": "1+"}}]}]})
+    p = subprocess.run([paraserve_bin, "orchestrate", "--quiet", "--trajectories", str(traj), "--task", good,
+                        "--task", json.dumps(SCRIPT), "--task", failing], capture_output=True, text=True,
+                       timeout=60, cwd=ROOT)
+    assert p.returncode == 0, p.stderr
+    assert len(lines(traj)) == 3
+    sft = tmp_path / "sft.jsonl"
+    tool = str(ROOT / "scripts" / "sft-from-trajectories")
+    p = subprocess.run([tool, str(traj), "-o", str(sft), "--stats"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    got = lines(sft)
+    # completed tasks only: good (2 valid steps) + SCRIPT (its first step had a rejected call: dropped)
+    assert len(got) == 3 and "tasks 2 of 3 kept; decisions 3 of" in p.stderr
+    for ex in got:
+        assert [m["role"] for m in ex["messages"]] == ["system", "user", "assistant"]
+        json.loads(ex["messages"][2]["content"])
+    p = subprocess.run([tool, str(traj), "--min-reward", "protocol_compliance=1"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 2
+    p = subprocess.run([tool, str(traj), "--status", "failed", "--keep-invalid"], capture_output=True,
+                       text=True, timeout=60)
+    assert p.returncode == 0 and len(p.stdout.splitlines()) == 1
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(traj.read_text() + '{"object":"list"}\n')
+    p = subprocess.run([tool, str(bad)], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 1 and f"{bad}:4:" in p.stderr
+    p = subprocess.run([tool, str(traj), "--min-reward", "speed=1"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
