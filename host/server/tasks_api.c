@@ -772,6 +772,7 @@ static void handle_list(struct tasks_api *api, struct evhttp_request *req, const
         json_add(it, "input_truncated", cJSON_CreateBool(cut < len));
         json_add(it, "rounds", cJSON_CreateNumber(orch_task_rounds(t)));
         json_add(it, "calls", cJSON_CreateNumber(orch_task_n_calls(t)));
+        json_add(it, "trajectory", cJSON_CreateBool(orch_task_recorded(t)));
         free(in);
         if (!first)
             first = orch_task_id(t);
