@@ -51,6 +51,11 @@ bodies = [
     {"input": "x", "script": [{"calls": [{"id": "a", "to": "calculator", "args": "2+2"}]}]},
     {"input": "x", "script": [{"final": {"answer": {"nested": ["{{a}}"]}, "uses": "a"}}]},
 ]
+# the same, recording trajectories (prompts a model would read, the actions as completions)
+bodies += [dict(b, trajectory=True) for b in bodies[:11] if isinstance(b, dict)]
+bodies += [{"input": "caf\u00e9 \u00e8", "trajectory": True,
+            "script": [{"calls": [{"to": "echo", "args": {"t": "\u00e9" * 400}}]}, {"final": {"answer": "{{c1}}"}}]},
+           {"input": "x", "trajectory": "yes"}, {"input": "x", "trajectory": None}]
 texts = [json.dumps(b) for b in bodies] + ["{", "[]", "null", '{"input":"x","script":[' * 40]
 for i, t in enumerate(texts):
     with open(os.path.join(out, "task_%02d" % i), "w") as f:

@@ -193,8 +193,9 @@ static void need(struct orch_task *t, int added)
 }
 
 /* The trajectory's step for the decision being made begins / ends (a
- * task that records one; a step that could not be kept fails the task as
- * a lost event does: training data never has a decision missing). */
+ * task that records one; a step that could not be kept for lack of memory
+ * fails the task as a lost event does: the document never misses a
+ * decision the model made). */
 static void traj_begin(struct orch_task *t, const char *prompt)
 {
     if (t->traj)
@@ -780,7 +781,11 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     summary_changed(t);
     running_add(t, -1);   /* before the terminal event: its subscribers may submit */
     if (t->traj) {
-        traj_end(t, NULL, 0, 0, NULL);   /* a decision it ended during */
+        /* a decision it ended during: the text decoded so far, if any */
+        size_t tl = 0;
+        const char *txt = t->parser ? action_parser_text(t->parser, &tl) : NULL;
+        traj_end(t, tl ? txt : NULL, tl, 0, "the task ended during this decision (cancelled, its deadline, or a "
+                                          "failure): the text decoded until then");
         trajectory_seal(t->traj);
     }
     if (error && !(t->error = strdup(error))) {

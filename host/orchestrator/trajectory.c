@@ -20,7 +20,6 @@ struct traj_step {
     size_t  keep;        /* bytes of the previous step's prompt this one starts with */
     char   *suffix;      /* the rest of its prompt */
     char   *completion;  /* NULL: none */
-    size_t  completion_len;
     char   *note;        /* NULL: none */
     int     valid;
     int     ended;
@@ -33,6 +32,9 @@ struct trajectory {
     int               n, cap;
     char             *last;      /* the previous step's prompt, while the task runs */
     size_t            last_len, last_cap;
+    size_t            bytes;     /* the steps' prompts and completions as printed, in all */
+    int               full;      /* past TRAJECTORY_MAX_BYTES: no more steps */
+    int               full_round;/* the first round not recorded */
 };
 
 struct trajectory *trajectory_new(void)
@@ -78,15 +80,13 @@ int trajectory_begin(struct trajectory *tr, int round, const char *prompt, int l
 {
     if (tr->n > 0 && !tr->steps[tr->n - 1].ended)
         trajectory_end(tr, NULL, 0, 0, NULL, tr->steps[tr->n - 1].ms);
+    if (tr->full)
+        return PS_OK;
     size_t len = strlen(prompt), keep = 0;
-    char *scrubbed = NULL;
-    if (utf8_invalid_at(prompt, len) < len) {
-        /* rare (agent text is checked on the way in): scrubbed whole, so
-         * that a character split by the difference is not taken as bad */
-        if (!(scrubbed = strdup(prompt)))
-            return ps_error_set(PS_ENOMEM, "out of memory");
-        utf8_scrub_n(scrubbed, len);
-        prompt = scrubbed;
+    if (tr->bytes + len > TRAJECTORY_MAX_BYTES) {
+        tr->full = 1;
+        tr->full_round = round;
+        return PS_OK;
     }
     int rc = PS_OK;
     while (keep < tr->last_len && keep < len && tr->last[keep] == prompt[keep])
@@ -106,10 +106,10 @@ int trajectory_begin(struct trajectory *tr, int round, const char *prompt, int l
         memcpy(last + keep, prompt + keep, len - keep + 1);
         tr->last = last;
         tr->last_len = len;
+        tr->bytes += len;
         tr->steps[tr->n++] = (struct traj_step){ .round = round, .keep = keep, .suffix = suffix,
                                                  .ledger_begin = ledger_len };
     }
-    free(scrubbed);
     return rc;
 }
 
@@ -128,9 +128,7 @@ int trajectory_end(struct trajectory *tr, const char *completion, size_t n, int 
         note = "the completion could not be kept: out of memory";
         rc = ps_error_set(PS_ENOMEM, "out of memory");
     }
-    s->completion_len = s->completion ? strlen(s->completion) : 0;
-    if (s->completion)
-        utf8_scrub_n(s->completion, s->completion_len);   /* a token budget can split a character */
+    tr->bytes += s->completion ? strlen(s->completion) : 0;
     if (!completion && !note)
         note = "no text: the task ended during this decision, or it could not start";
     if (note && !(s->note = strdup(note)))
@@ -211,6 +209,7 @@ static const cJSON *usage_of(const cJSON *usage, int round)
 
 void trajectory_print(const struct trajectory *tr, const struct trajectory_task *task, struct jbuf *b)
 {
+    const size_t start = b->len;
     put_str_member(b, 1, "object", "task.trajectory");
     put_str_member(b, 0, "id", task->id);
     put_str_member(b, 0, "mode", task->mode);
@@ -226,6 +225,12 @@ void trajectory_print(const struct trajectory *tr, const struct trajectory_task 
     put_int_member(b, 0, "created_at", task->created_unix_ms / 1000);
     put_int_member(b, 0, "wall_ms", task->wall_ms);
     put_int_member(b, 0, "max_rounds", task->max_rounds);
+    if (tr && tr->full) {
+        char why[160];
+        snprintf(why, sizeof why, "the trajectory reached its size limit (%d MiB of prompts and completions): "
+                 "rounds from %d on are not recorded", TRAJECTORY_MAX_BYTES >> 20, tr->full_round);
+        put_str_member(b, 0, "truncated", why);
+    }
 
     /* the ledger in an array, to find each step's calls by position */
     const int n_ledger = cJSON_GetArraySize(task->ledger);
@@ -352,6 +357,12 @@ void trajectory_print(const struct trajectory *tr, const struct trajectory_task 
     put_num_member(b, "diversity", dispatched ? (double)distinct / dispatched : 0.0, dispatched == 0);
     put_num_member(b, "efficiency", eff > 1.0 ? 1.0 : eff, 0);
     jbuf_add(b, "}}", 2);
+    /* JSON text is UTF-8: a byte that is not part of well-formed UTF-8 -
+     * a token budget ending a decision inside a character, an agent's or
+     * a library caller's text - becomes '?', which is never JSON syntax
+     * (such bytes only occur inside strings) */
+    if (!b->oom)
+        utf8_scrub_n(b->p + start, b->len - start);
 }
 
 int trajectory_line_write(int fd, const char *text, size_t len)

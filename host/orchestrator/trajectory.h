@@ -8,9 +8,9 @@
  * entered while it was decoded).  Prompts are kept as the difference from
  * the previous step's (each round's prompt extends the previous one but
  * for a context cut), so a task costs about one copy of its transcript.
- * The document is JSON, so UTF-8: a byte of a prompt or completion that is
- * not part of well-formed UTF-8 (a token budget can end a decision inside
- * a character) is kept as '?'.
+ * The document is JSON, so UTF-8: a byte anywhere in it that is not part
+ * of well-formed UTF-8 (a token budget can end a decision inside a
+ * character) is printed as '?'.
  *
  * The printed document (proto/trajectory.schema.json) has each step as
  * chat messages (system, user, assistant), ready for supervised
@@ -35,6 +35,13 @@
 struct jbuf;
 struct trajectory;
 
+/* A task's steps, prompts and completions as printed (each prompt whole),
+ * are kept to this many bytes: past it no more steps are recorded and the
+ * document says so ("truncated").  Without it a scripted task of N short
+ * actions would print N prompts of up to N lines each - O(N^2) - on the
+ * event loop. */
+#define TRAJECTORY_MAX_BYTES (16 << 20)
+
 /* NULL when out of memory. */
 struct trajectory *trajectory_new(void);
 void trajectory_free(struct trajectory *tr);
@@ -42,8 +49,8 @@ void trajectory_free(struct trajectory *tr);
 /* A decision starts: its round, its prompt (copied as the difference from
  * the previous step's) and the ledger's length (the step's calls are the
  * entries entered from there until the next step begins).  A step still
- * open ends first, without a completion.  PS_OK or PS_ENOMEM (nothing
- * recorded). */
+ * open ends first, without a completion.  Past TRAJECTORY_MAX_BYTES
+ * nothing is recorded (PS_OK).  PS_OK or PS_ENOMEM (nothing recorded). */
 int trajectory_begin(struct trajectory *tr, int round, const char *prompt, int ledger_len);
 
 /* The open step ends (no-op without one): the completion (n bytes,

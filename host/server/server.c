@@ -1391,6 +1391,32 @@ static void handle_fail_json_alloc(struct server *srv, struct evhttp_request *re
     snprintf(body, sizeof body, "{\"allocs\":%ld,\"failures\":%ld}", json_alloc_count(), json_alloc_failures());
     reply_json(srv, req, ROUTE_OTHER, 200, body);
 }
+
+/* POST /debug/fail-decisions?n=N: the next N model decisions of /v1/tasks
+ * end as engine failures (tasks_api_fail_decisions). */
+static void handle_fail_decisions(struct server *srv, struct evhttp_request *req)
+{
+    if (evhttp_request_get_command(req) != EVHTTP_REQ_POST) {
+        reply_method(srv, req, ROUTE_OTHER, "/debug/fail-decisions", "POST, OPTIONS");
+        return;
+    }
+    const char *q = evhttp_uri_get_query(evhttp_request_get_evhttp_uri(req));
+    char *endp = NULL;
+    long n = -1;
+    if (q && !strncmp(q, "n=", 2)) {
+        errno = 0;
+        n = strtol(q + 2, &endp, 10);
+    }
+    if (!endp || *endp || errno || n < 0 || n > 1000000 || !srv->tasks) {
+        struct api_error e;
+        api_error_set(&e, 400, "invalid_request_error", "invalid_value", "n",
+                      "POST /debug/fail-decisions?n=N (0 <= N <= 1000000; 0 disarms)");
+        reply_error(srv, req, ROUTE_OTHER, &e);
+        return;
+    }
+    tasks_api_fail_decisions(srv->tasks, (int)n);
+    reply_json(srv, req, ROUTE_OTHER, 200, "{}");
+}
 #endif
 
 /* Constant-time comparison of a presented key with a configured one. */
@@ -1515,6 +1541,10 @@ static void serve_request(struct server *srv, struct evhttp_request *req, bool l
 #ifdef PS_FAULT_INJECTION
     if (!local && !strcmp(path, "/debug/fail-json-alloc")) {
         handle_fail_json_alloc(srv, req);
+        return;
+    }
+    if (!local && !strcmp(path, "/debug/fail-decisions")) {
+        handle_fail_decisions(srv, req);
         return;
     }
 #endif
@@ -2020,8 +2050,8 @@ int server_run(const struct server_config *cfg)
             tasks_api_agents_path(srv->tasks)[0] ? tasks_api_agents_path(srv->tasks) : "(no pool)",
             local_url[0] ? local_url : "nothing (no local port)", (int)srv->m_local.conns_max);
 #ifdef PS_FAULT_INJECTION
-    fprintf(stderr, "paraserve: WARNING: a fault-injection build: POST /debug/fail-json-alloc is open "
-                    "(tests only, never deploy this binary)\n");
+    fprintf(stderr, "paraserve: WARNING: a fault-injection build: POST /debug/fail-json-alloc and "
+                    "/debug/fail-decisions are open (tests only, never deploy this binary)\n");
 #endif
     if (cfg->n_api_keys)
         fprintf(stderr, "paraserve: /v1/* requires an API key: %d key(s), %d tenant(s)\n", (int)cfg->n_api_keys,

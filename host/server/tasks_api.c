@@ -68,6 +68,10 @@ struct decision {
                                          the action closed, before the engine's end) */
     int               trajectory_due; /* its task ended during it: the task's trajectory
                                          line waits for this decision's usage */
+    struct orch_sub  *pin;            /* with trajectory_due: keeps the task from
+                                         eviction until the line is written */
+    int               inject_failure; /* test builds: the engine's end is taken as an
+                                         engine failure, its tokens ignored */
     struct decision  *prev, *next;
 };
 
@@ -121,6 +125,7 @@ struct tasks_api {
      * appended to as one line when it ends (-1: none) */
     int                     traj_fd;
     int64_t                 traj_written, traj_write_errors;
+    int                     fail_decisions;  /* test builds: decisions still to fail */
 };
 
 static void tok_cache_clear(struct tasks_api *api)
@@ -257,6 +262,13 @@ static void trajectory_append(struct tasks_api *api, struct orch_task *t)
                         "paraserve_trajectory_write_errors_total; reported once)\n", orch_task_id(t), ps_error_last());
 }
 
+static void pin_event(void *ud, struct orch_task *t, const struct orch_event *ev)
+{
+    (void)ud;
+    (void)t;
+    (void)ev;
+}
+
 /* A task ended (orch done callback, with --trajectories).  One that ended
  * during a decision (cancelled, its deadline) has that decision's usage
  * still to come from the engine: its line is written when it comes
@@ -269,8 +281,12 @@ static void on_task_done(void *ud, struct orch_task *t)
     if (!orch_task_scripted(t)) {
         for (struct decision *d = api->decisions; d; d = d->next) {
             if (!d->usage_recorded && !strcmp(d->task_id, orch_task_id(t))) {
-                d->trajectory_due = 1;
-                return;
+                /* a subscriber's task is never evicted (orch_task_subscribe) */
+                if ((d->pin = orch_task_subscribe(t, orch_task_n_events(t), pin_event, NULL))) {
+                    d->trajectory_due = 1;
+                    return;
+                }
+                break;   /* out of memory: written now, without that usage */
             }
         }
     }
@@ -1069,6 +1085,12 @@ static void *decider_start(void *ctx, struct orch_task *t, const char *prompt)
     d->api = api;
     d->t = t;
     d->round = orch_task_rounds(t);
+#ifdef PS_FAULT_INJECTION
+    if (api->fail_decisions > 0) {
+        api->fail_decisions--;
+        d->inject_failure = 1;
+    }
+#endif
     snprintf(d->task_id, sizeof d->task_id, "%s", orch_task_id(t));
     d->next = api->decisions;
     if (api->decisions)
@@ -1097,23 +1119,21 @@ bool tasks_api_owns_event(const struct engine_event *ev)
 }
 
 /* The line on_task_done left for decision d's usage, written now (owner:
- * its task, NULL when it is gone: evicted first, under a small
- * --keep-tasks - then counted as not written). */
+ * its task, kept from eviction by d->pin), and the pin dropped. */
 static void trajectory_due_write(struct tasks_api *api, struct decision *d, struct orch_task *owner)
 {
     d->trajectory_due = 0;
-    if (owner) {
+    if (owner)   /* always: pinned until now */
         trajectory_append(api, owner);
-    } else if (api->traj_write_errors++ == 0) {
-        fprintf(stderr, "paraserve: --trajectories: the trajectory of %s was not written: the task was evicted "
-                        "before its last decision's usage came (counted in paraserve_trajectory_write_errors_total; "
-                        "reported once)\n", d->task_id);
-    }
+    orch_unsubscribe(d->pin);
+    d->pin = NULL;
 }
 
 void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev)
 {
     struct decision *d = (struct decision *)((uintptr_t)ev->user & ~DECISION_TAG);
+    if (ev->kind == ENGINE_EV_TOKEN && d->inject_failure)
+        return;
     if (ev->kind == ENGINE_EV_TOKEN) {
         /* The action closed (or cannot be one): stop decoding, decide now. */
         /* decision_text may end the task (a subscriber cancels it from an
@@ -1135,14 +1155,20 @@ void tasks_api_engine_event(struct tasks_api *api, const struct engine_event *ev
     api->cfg.m->cached_prompt_tokens += (uint64_t)ev->n_cached;
     api->cfg.m->generated_tokens += (uint64_t)ev->n_generated;
     struct orch_task *owner = orch_task_find(api->orch, d->task_id);
-    if (owner && !d->usage_recorded)
+    if (owner && !d->usage_recorded) {
         orch_task_decision_usage(owner, d->round, ev->n_prompt, ev->n_cached, ev->n_generated);
+        /* recorded before the decision ends below: a task that ends there
+         * (an engine error fails it) has its line written at once */
+        d->usage_recorded = 1;
+    }
     if (d->trajectory_due)
         trajectory_due_write(api, d, owner);
     if (d->t) {
         struct orch_task *t = d->t;
         d->t = NULL;
-        if (ev->status)
+        if (d->inject_failure)
+            orch_task_decision_end(t, PS_EINTERNAL, "engine failure (injected: POST /debug/fail-decisions)");
+        else if (ev->status)
             orch_task_decision_end(t, PS_EINVAL, ev->error ? ev->error : "the engine rejected the decision prompt");
         else if (ev->finish == FINISH_ERROR)
             orch_task_decision_end(t, PS_EINTERNAL, ev->error ? ev->error : "engine failure");
@@ -1418,6 +1444,10 @@ int tasks_api_metrics(const struct tasks_api *api, struct metrics_orch *out)
     exec_get_stats(ex, &out->exec);
     return PS_OK;
 }
+
+#ifdef PS_FAULT_INJECTION
+void tasks_api_fail_decisions(struct tasks_api *api, int n) { api->fail_decisions = n; }
+#endif
 
 void tasks_api_drain(struct tasks_api *api)
 {

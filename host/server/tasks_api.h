@@ -129,6 +129,12 @@ int         tasks_api_n_agents(const struct tasks_api *api);
  * kind-local agents' max_concurrency (0 without local agents). */
 int64_t     tasks_api_local_concurrency(const struct tasks_api *api);
 
+#ifdef PS_FAULT_INJECTION
+/* Test builds: the next n model decisions fail as an engine failure does
+ * (their tokens are ignored; the engine's end reports the failure). */
+void tasks_api_fail_decisions(struct tasks_api *api, int n);
+#endif
+
 /* True for "/v1/tasks" and every path below it. */
 bool tasks_api_route(const char *path);
 /* Answer one request under /v1/tasks (takes over `req`) for the caller's

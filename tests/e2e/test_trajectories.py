@@ -117,6 +117,17 @@ def test_model_task(srv):
             json.loads(asst)               # grammar-constrained: a whole action
         else:
             assert s["note"]
+    # each valid completion is the action the task took (the model's grammar leaves ids out)
+    r = httpx.get(f"{srv.url}/v1/tasks/{task['id']}/events", timeout=30)
+    decisions = {e["data"]["round"]: e["data"] for e in server_fixtures.sse_events(r.text.splitlines())
+                 if e.get("event") == "decision"}
+    for s in line["steps"]:
+        d = decisions[s["round"]]
+        if s["valid"] and "incomplete" not in d:
+            action = json.loads(s["messages"][2]["content"])
+            for c in d["action"].get("calls", []):
+                c.pop("id", None)
+            assert action == d["action"], (action, d)
     # the task's own summary counts the same tokens
     assert line["measures"]["completion_tokens"] == task["usage"]["completion_tokens"]
     assert line["measures"]["prompt_tokens"] == task["usage"]["prompt_tokens"]
@@ -138,7 +149,8 @@ def test_cancelled_mid_decision_is_written_with_its_usage(srv):
     VALIDATOR.validate(line)
     assert line["steps"], line
     last = line["steps"][-1]
-    assert "usage" in last, last
+    assert "ended during this decision" in last.get("note", ""), last   # the DELETE came mid-decision
+    assert last["valid"] is False and "usage" in last, last
     assert line["rewards"]["success"] == 0 and line["rewards"]["efficiency"] == 0
 
 
@@ -252,3 +264,68 @@ def test_sft_export(paraserve_bin, tmp_path):
     assert p.returncode == 1 and f"{bad}:4:" in p.stderr
     p = subprocess.run([tool, str(traj), "--min-reward", "speed=1"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
+
+
+def test_size_limit(srv):
+    """A scripted task of 1,200 waits prints 1,200 prompts of up to 1,200
+    lines each (O(N^2)): recording stops at 16 MiB, saying so, and the
+    task is not held back."""
+    body = {"input": "many waits", "script": [{"wait": True}] * 1200 + [{"final": {"answer": "done"}}]}
+    t0 = time.time()
+    r = httpx.post(srv.url + "/v1/tasks", json=body, timeout=120)
+    assert r.status_code == 200 and r.json()["status"] == "completed", r.text
+    tid = r.json()["id"]
+    r = httpx.get(f"{srv.url}/v1/tasks/{tid}/trajectory", timeout=60)
+    assert r.status_code == 200
+    doc = r.json()
+    assert len(r.content) < 18 << 20
+    assert "size limit" in doc["truncated"] and 100 < len(doc["steps"]) < 1201
+    first_missing = len(doc["steps"]) + 1
+    assert f"rounds from {first_missing} on" in doc["truncated"]
+    assert doc["measures"]["rounds"] == 1201
+    print(f"1,201 rounds: {len(doc['steps'])} steps recorded, {len(r.content) / 1e6:.1f} MB, "
+          f"task and GET in {time.time() - t0:.2f} s")
+
+
+def fault_server(start_server, *args):  # noqa: F811
+    s = start_server(*args)
+    r = httpx.post(s.url + "/debug/fail-decisions?n=0", timeout=10)
+    if r.status_code == 404:
+        pytest.skip("this binary was built without PARASERVE_FAULT_INJECTION (scripts/test's ASan build has it)")
+    assert r.status_code == 200, r.text
+    return s
+
+
+def test_engine_failure_writes_the_line(start_server, tmp_path):  # noqa: F811
+    """A decision the engine ends with a failure fails its task from the
+    engine's end event; the line is written then (it was once left waiting
+    for a usage already taken, and lost)."""
+    path = tmp_path / "t.jsonl"
+    s = fault_server(start_server, "--trajectories", str(path), "--kv-blocks", 256)
+    assert httpx.post(s.url + "/debug/fail-decisions?n=1", timeout=10).status_code == 200
+    r = httpx.post(s.url + "/v1/tasks", json={"input": "What is 2+2?"}, timeout=120)
+    task = r.json()
+    assert task["status"] == "failed" and "engine failure (injected" in task["error"], task
+    s.trajectories = path
+    line = line_of(s, task["id"], timeout=10)
+    assert line["steps"][0]["note"].startswith("decision failed: engine failure")
+    assert s.metrics()["paraserve_trajectory_write_errors_total"] == 0
+
+
+def test_lines_wait_without_eviction(start_server, tmp_path):  # noqa: F811
+    """--keep-tasks 1 and tasks DELETEd mid-decision: each line waits for
+    its decision's usage, and the task is kept until it is written."""
+    path = tmp_path / "t.jsonl"
+    s = start_server("--trajectories", str(path), "--keep-tasks", 1, "--kv-blocks", 512)
+    s.trajectories = path
+    ids = []
+    for i in range(4):
+        with httpx.stream("POST", s.url + "/v1/tasks", json={"input": f"What is {i}*7?", "stream": True},
+                          timeout=60) as r:
+            ids.append(r.headers["x-task-id"])
+    for tid in ids:
+        httpx.delete(f"{s.url}/v1/tasks/{tid}", timeout=30)
+    for tid in ids:
+        line = line_of(s, tid)
+        assert line["status"] == "cancelled" and "usage" in line["steps"][-1]
+    assert s.metrics()["paraserve_trajectory_write_errors_total"] == 0

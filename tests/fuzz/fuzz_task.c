@@ -13,7 +13,10 @@
  * not 1, 2, 3, ... in delivery order, a task ends without exactly one
  * terminal event (task.final for completed, task.error otherwise) as its
  * last, or its summary is missing its id, status or calls, or names a
- * status outside the schema's.
+ * status outside the schema's; or, for a task that records its trajectory,
+ * the document cannot be printed (but for lack of memory), is not UTF-8,
+ * does not parse, or has a step count other than the task's rounds (unless
+ * it says it was truncated) or a scripted step without its completion.
  */
 #include <event2/event.h>
 #include <stdint.h>
@@ -22,6 +25,7 @@
 
 #include "fuzz_util.h"
 #include "common/status.h"
+#include "orchestrator/json_alloc.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
 
@@ -86,6 +90,28 @@ static int setup(void)
     return 1;
 }
 
+static void check_trajectory(struct orch_task *t)
+{
+    char *text;
+    size_t len;
+    int st = orch_task_trajectory_text(t, &text, &len);
+    if (st == PS_ENOMEM)
+        return;
+    if (st != PS_OK || utf8_invalid_at(text, len) != len)
+        abort();
+    cJSON *j = cJSON_ParseWithLength(text, len);
+    free(text);
+    if (!j)
+        abort();
+    const cJSON *steps = cJSON_GetObjectItemCaseSensitive(j, "steps"), *s;
+    if (cJSON_GetArraySize(steps) != orch_task_rounds(t) && !cJSON_GetObjectItemCaseSensitive(j, "truncated"))
+        abort();
+    cJSON_ArrayForEach(s, steps)
+        if (cJSON_GetArraySize(cJSON_GetObjectItemCaseSensitive(s, "messages")) != 3)
+            abort();
+    cJSON_Delete(j);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (!setup())
@@ -140,6 +166,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             abort();
         cJSON_Delete(sum);
     }
+    if (orch_task_recorded(t))
+        check_trajectory(t);
     orch_unsubscribe(sub);
     orch_task_release(t);
     return 0;

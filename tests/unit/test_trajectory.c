@@ -2,8 +2,8 @@
  * differences rebuild exactly (a difference inside a character, a prompt
  * shorter than the last, an empty one), text that is not UTF-8 is printed
  * as '?' (the document is JSON), steps left open or never ended, the
- * calls of each step by ledger position, the reward terms, and a line
- * written whole or not at all. */
+ * calls of each step by ledger position, the reward terms, the size
+ * limit, and a line written whole or not at all. */
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -126,6 +126,37 @@ static void test_calls_and_rewards(void)
     cJSON_Delete(usage);
 }
 
+/* Past TRAJECTORY_MAX_BYTES no step is recorded and the document says
+ * from which round. */
+static void test_size_limit(void)
+{
+    const size_t big = (TRAJECTORY_MAX_BYTES / 4) + 1;
+    char *p = malloc(big + 1);
+    CHECK(p);
+    if (!p)
+        return;
+    memset(p, 'x', big);
+    p[big] = 0;
+    struct trajectory *tr = trajectory_new();
+    for (int r = 1; r <= 5; r++) {
+        CHECK(trajectory_begin(tr, r, p, 0) == PS_OK);
+        CHECK(trajectory_end(tr, "{}", 2, 1, NULL, 1) == PS_OK);
+    }
+    CHECK_MSG(trajectory_steps(tr) == 3, "%d steps", trajectory_steps(tr));
+    cJSON *ledger = cJSON_CreateArray(), *usage = cJSON_CreateArray();
+    const struct trajectory_task task = { .id = "t", .input = "i", .mode = "script", .status = "completed",
+                                          .system = "S", .ledger = ledger, .usage = usage, .rounds = 5, .max_rounds = 5 };
+    cJSON *j = print(tr, &task);
+    const cJSON *tr_note = cJSON_GetObjectItemCaseSensitive(j, "truncated");
+    CHECK_MSG(cJSON_IsString(tr_note) && strstr(tr_note->valuestring, "rounds from 4 on"), "truncated: %s",
+              cJSON_IsString(tr_note) ? tr_note->valuestring : "(none)");
+    cJSON_Delete(j);
+    cJSON_Delete(ledger);
+    cJSON_Delete(usage);
+    trajectory_free(tr);
+    free(p);
+}
+
 static void test_line_write(void)
 {
     char path[] = "/tmp/test_trajectory_XXXXXX";
@@ -154,6 +185,7 @@ int main(void)
 {
     test_prompts_rebuild();
     test_calls_and_rewards();
+    test_size_limit();
     test_line_write();
     TEST_DONE();
 }
