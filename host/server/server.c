@@ -61,7 +61,7 @@ struct server {
     struct conn_limit   *conns_local;
     struct metrics       m_local;
     char                 local_token[33];
-    struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_grace;
+    struct event        *ev_engine, *ev_sigterm, *ev_sigint, *ev_sighup, *ev_grace;
     struct conn_limit   *conns;   /* open connections counted and capped */
     engine              *eng;
     struct tasks_api    *tasks;   /* /v1/tasks and the model's decisions */
@@ -1845,6 +1845,19 @@ static void on_grace_over(evutil_socket_t fd, short what, void *arg)
     evtimer_add(srv->ev_grace, &tv);
 }
 
+/* SIGHUP: files reopened after a log rotation (--trajectories); the
+ * server goes on (the default action would end it). */
+static void on_sighup(evutil_socket_t sig, short what, void *arg)
+{
+    struct server *srv = arg;
+    (void)sig;
+    (void)what;
+    if (tasks_api_reopen_trajectories(srv->tasks))
+        fprintf(stderr, "paraserve: SIGHUP: %s\n", ps_error_last());
+    else
+        fprintf(stderr, "paraserve: SIGHUP: files reopened\n");
+}
+
 static void on_signal(evutil_socket_t sig, short what, void *arg)
 {
     struct server *srv = arg;
@@ -2019,8 +2032,9 @@ int server_run(const struct server_config *cfg)
     srv->ev_engine = event_new(srv->base, engine_events_fd(srv->eng), EV_READ | EV_PERSIST, on_engine_events, srv);
     srv->ev_sigterm = evsignal_new(srv->base, SIGTERM, on_signal, srv);
     srv->ev_sigint = evsignal_new(srv->base, SIGINT, on_signal, srv);
-    if (!srv->ev_engine || !srv->ev_sigterm || !srv->ev_sigint || event_add(srv->ev_engine, NULL) ||
-        event_add(srv->ev_sigterm, NULL) || event_add(srv->ev_sigint, NULL)) {
+    srv->ev_sighup = evsignal_new(srv->base, SIGHUP, on_sighup, srv);
+    if (!srv->ev_engine || !srv->ev_sigterm || !srv->ev_sigint || !srv->ev_sighup || event_add(srv->ev_engine, NULL) ||
+        event_add(srv->ev_sigterm, NULL) || event_add(srv->ev_sigint, NULL) || event_add(srv->ev_sighup, NULL)) {
         rc = ps_error_set(PS_EINTERNAL, "libevent: cannot register events");
         goto done;
     }
@@ -2085,6 +2099,8 @@ done:
         event_free(srv->ev_sigint);
     if (srv->ev_sigterm)
         event_free(srv->ev_sigterm);
+    if (srv->ev_sighup)
+        event_free(srv->ev_sighup);
     if (srv->ev_engine)
         event_free(srv->ev_engine);
     if (srv->base)

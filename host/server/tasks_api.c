@@ -124,6 +124,7 @@ struct tasks_api {
     /* --trajectories: the file every recorded task's trajectory is
      * appended to as one line when it ends (-1: none) */
     int                     traj_fd;
+    char                    traj_path[1024];
     int64_t                 traj_written, traj_write_errors;
     int                     fail_decisions;  /* test builds: decisions still to fail */
 };
@@ -1335,9 +1336,14 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
                                 .local_tenant_header = cfg->local_tenant_header, .local_model = "default",
                                 .http_threads = cfg->http_threads };
     if (cfg->trajectories_path && cfg->trajectories_path[0]) {
-        api->traj_fd = open(cfg->trajectories_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (strlen(cfg->trajectories_path) >= sizeof api->traj_path) {
+            rc = ps_error_set(PS_EINVAL, "--trajectories: the path is longer than %zu bytes", sizeof api->traj_path - 1);
+            goto fail;
+        }
+        snprintf(api->traj_path, sizeof api->traj_path, "%s", cfg->trajectories_path);
+        api->traj_fd = open(api->traj_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
         if (api->traj_fd < 0) {
-            rc = ps_error_set(PS_EIO, "--trajectories %s: %s", cfg->trajectories_path, strerror(errno));
+            rc = ps_error_set(PS_EIO, "--trajectories %s: %s", api->traj_path, strerror(errno));
             goto fail;
         }
     }
@@ -1442,6 +1448,19 @@ int tasks_api_metrics(const struct tasks_api *api, struct metrics_orch *out)
     out->trajectories_written = api->traj_written;
     out->trajectory_write_errors = api->traj_write_errors;
     exec_get_stats(ex, &out->exec);
+    return PS_OK;
+}
+
+int tasks_api_reopen_trajectories(struct tasks_api *api)
+{
+    if (!api || api->traj_fd < 0)
+        return PS_OK;
+    int fd = open(api->traj_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return ps_error_set(PS_EIO, "--trajectories %s: %s (lines go on to the file open before)", api->traj_path,
+                            strerror(errno));
+    close(api->traj_fd);
+    api->traj_fd = fd;
     return PS_OK;
 }
 

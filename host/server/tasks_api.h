@@ -129,6 +129,11 @@ int         tasks_api_n_agents(const struct tasks_api *api);
  * kind-local agents' max_concurrency (0 without local agents). */
 int64_t     tasks_api_local_concurrency(const struct tasks_api *api);
 
+/* Open the --trajectories path again (SIGHUP, after a log rotation moved
+ * the file): later lines go to the file now at that path.  PS_OK (also
+ * without --trajectories), or PS_EIO naming the path, the old file kept. */
+int tasks_api_reopen_trajectories(struct tasks_api *api);
+
 #ifdef PS_FAULT_INJECTION
 /* Test builds: the next n model decisions fail as an engine failure does
  * (their tokens are ignored; the engine's end reports the failure). */

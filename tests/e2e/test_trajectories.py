@@ -9,6 +9,7 @@ engine decoded (its usage counts it), a task cancelled mid-decision is
 written once its decision's usage is in, opting out records nothing, a bad
 field is a 400, and a file that cannot be written is counted, never fatal."""
 import json
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -329,3 +330,33 @@ def test_lines_wait_without_eviction(start_server, tmp_path):  # noqa: F811
         line = line_of(s, tid)
         assert line["status"] == "cancelled" and "usage" in line["steps"][-1]
     assert s.metrics()["paraserve_trajectory_write_errors_total"] == 0
+
+
+def test_sighup_reopens_the_file(start_server, tmp_path):  # noqa: F811
+    """Log rotation: the file moved away, SIGHUP, and later lines go to a
+    new file at the path; a path that cannot be opened then keeps the old
+    file (said on stderr); the server goes on either way."""
+    d = tmp_path / "logs"
+    d.mkdir()
+    path = d / "t.jsonl"
+    s = start_server("--trajectories", str(path), "--kv-blocks", 128)
+
+    def run():
+        r = httpx.post(s.url + "/v1/tasks", json=SCRIPT, timeout=60)
+        assert r.status_code == 200
+        return r.json()["id"]
+
+    first = run()
+    path.rename(d / "t.jsonl.1")
+    s.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "SIGHUP: files reopened" in s.output(), timeout=10), s.output()
+    second = run()
+    assert wait_for(lambda: [l["id"] for l in lines(path)] == [second])
+    assert [l["id"] for l in lines(d / "t.jsonl.1")] == [first]
+    moved = tmp_path / "moved"
+    d.rename(moved)                       # the path's folder is gone: cannot reopen
+    s.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: "lines go on to the file open before" in s.output(), timeout=10), s.output()
+    third = run()
+    assert wait_for(lambda: [l["id"] for l in lines(moved / "t.jsonl")] == [second, third])
+    assert httpx.get(s.url + "/health", timeout=10).status_code == 200
