@@ -56,6 +56,7 @@
 #include "orchestrator/describe.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
+#include "orchestrator/trajectory.h"
 
 #define ORCH_MAX_TASK_ARGS 256
 #define ORCH_MAX_TASKS     (INT_MAX - 1)   /* tasks in one run (a loop's tasks[] has its total + 1) */
@@ -217,10 +218,17 @@ static void on_done(void *ud, struct orch_task *t)
     struct run *r = ud;
     struct batch *b = r->b;
     if (b->traj_fd >= 0 && !r->warming && orch_task_recorded(t)) {
+        /* printed on this loop, written one loop at a time */
+        char *text = NULL;
+        size_t len = 0;
+        int st = orch_task_trajectory_text(t, &text, &len);
         pthread_mutex_lock(&b->traj_mu);
-        if (orch_task_trajectory_write(t, b->traj_fd) && b->traj_errors++ == 0)
+        if (!st)
+            st = trajectory_line_write(b->traj_fd, text, len);
+        if (st && b->traj_errors++ == 0)
             fprintf(stderr, "paraserve orchestrate: --trajectories: %s: %s\n", orch_task_id(t), ps_error_last());
         pthread_mutex_unlock(&b->traj_mu);
+        free(text);
     }
     r->finished++;
     if (!r->warming)

@@ -11,6 +11,7 @@
 
 int cmd_serve(int argc, char **argv)
 {
+    server_hold_sighup();
     struct server_config cfg;
     server_config_defaults(&cfg);
     /* before validation: max_connections is checked against the limit serve

@@ -198,6 +198,14 @@ static void need(struct orch_task *t, int added)
  * task that records one; a step that could not be kept for lack of memory
  * fails the task as a lost event does: the document never misses a
  * decision the model made). */
+/* The task records its trajectory and will keep more steps (not past its
+ * size limit): a scripted task keeps a transcript and builds prompts only
+ * then. */
+static int traj_live(const struct orch_task *t)
+{
+    return t->traj && !trajectory_full(t->traj);
+}
+
 static void traj_begin(struct orch_task *t, const char *prompt)
 {
     if (t->traj)
@@ -396,7 +404,7 @@ static void jb_member(struct jbuf *b, int first, const char *key, const cJSON *i
  * Out of memory fails the task like a lost event. */
 static void transcript_add(struct orch_task *t, const char *a, const char *b, const char *c)
 {
-    if (t->script && !t->traj)
+    if (t->script && !traj_live(t))
         return;   /* only a model reads it, or a trajectory records it */
     const char *parts[3] = { a, b, c };
     size_t n = 0;
@@ -477,7 +485,7 @@ static int transcript_fit(struct orch_task *t)
  * the result cut to TRANSCRIPT_RESULT_MAX bytes of text. */
 static void transcript_feedback(struct orch_task *t, const cJSON *rec)
 {
-    if (t->script && !t->traj)
+    if (t->script && !traj_live(t))
         return;
     cJSON *o = cJSON_CreateObject();
     int ok = o != NULL;
@@ -1489,7 +1497,9 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     if (status) {
         char why[512];
         snprintf(why, sizeof why, "decision failed: %s", error ? error : ps_status_str(status));
-        traj_end(t, NULL, 0, 0, why);
+        size_t tl = 0;
+        const char *txt = t->parser ? action_parser_text(t->parser, &tl) : NULL;
+        traj_end(t, tl ? txt : NULL, tl, 0, why);   /* with the text decoded until then */
         task_finish(t, TASK_FAILED, why);
         return;
     }
@@ -1580,7 +1590,7 @@ static void decision_apply(struct orch_task *t, cJSON *d, cJSON *action, const c
         cJSON_Delete(ref);
         log_fail(t, PS_ENOMEM);
     }
-    if (!t->script || t->traj) {
+    if (!t->script || traj_live(t)) {
         char rbuf[32];
         if (!round) {
             snprintf(rbuf, sizeof rbuf, "Decision %d: ", t->rounds);
@@ -1743,7 +1753,7 @@ static void decide(struct orch_task *t)
      * gets a fresh id, or when a model's decision stops early; a scripted
      * action whose calls all carry ids does without the copies. */
     const cJSON *act = t->script ? cJSON_GetArrayItem(t->script, t->script_pos) : NULL;
-    if (act && t->traj) {
+    if (act && traj_live(t)) {
         /* the prompt a model would read here: the script is its demonstration */
         char *prompt = orch_task_prompt(t);
         traj_begin(t, prompt);

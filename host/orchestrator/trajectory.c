@@ -35,6 +35,7 @@ struct trajectory {
     size_t            bytes;     /* the steps' prompts and completions as printed, in all */
     int               full;      /* past TRAJECTORY_MAX_BYTES: no more steps */
     int               full_round;/* the first round not recorded */
+    int               full_ledger; /* the ledger's length then: the last step's calls end there */
 };
 
 struct trajectory *trajectory_new(void)
@@ -57,6 +58,22 @@ void trajectory_free(struct trajectory *tr)
 }
 
 int trajectory_steps(const struct trajectory *tr) { return tr ? tr->n : 0; }
+int trajectory_full(const struct trajectory *tr) { return tr && tr->full; }
+
+/* Bytes of s[0..n) as a JSON string's contents (jbuf / cJSON escaping:
+ * quote and backslash 2, \b \f \n \r \t 2, other control bytes 6). */
+static size_t json_escaped_len(const char *s, size_t n)
+{
+    size_t out = n;
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\' || c == '\b' || c == '\f' || c == '\n' || c == '\r' || c == '\t')
+            out += 1;
+        else if (c < 0x20)
+            out += 5;
+    }
+    return out;
+}
 
 void trajectory_seal(struct trajectory *tr)
 {
@@ -83,9 +100,11 @@ int trajectory_begin(struct trajectory *tr, int round, const char *prompt, int l
     if (tr->full)
         return PS_OK;
     size_t len = strlen(prompt), keep = 0;
-    if (tr->bytes + len > TRAJECTORY_MAX_BYTES) {
+    const size_t printed = json_escaped_len(prompt, len);
+    if (tr->bytes + printed > TRAJECTORY_MAX_BYTES) {
         tr->full = 1;
         tr->full_round = round;
+        tr->full_ledger = ledger_len;
         return PS_OK;
     }
     int rc = PS_OK;
@@ -106,7 +125,7 @@ int trajectory_begin(struct trajectory *tr, int round, const char *prompt, int l
         memcpy(last + keep, prompt + keep, len - keep + 1);
         tr->last = last;
         tr->last_len = len;
-        tr->bytes += len;
+        tr->bytes += printed;
         tr->steps[tr->n++] = (struct traj_step){ .round = round, .keep = keep, .suffix = suffix,
                                                  .ledger_begin = ledger_len };
     }
@@ -128,7 +147,7 @@ int trajectory_end(struct trajectory *tr, const char *completion, size_t n, int 
         note = "the completion could not be kept: out of memory";
         rc = ps_error_set(PS_ENOMEM, "out of memory");
     }
-    tr->bytes += s->completion ? strlen(s->completion) : 0;
+    tr->bytes += s->completion ? json_escaped_len(s->completion, strlen(s->completion)) : 0;
     if (!completion && !note)
         note = "no text: the task ended during this decision, or it could not start";
     if (note && !(s->note = strdup(note)))
@@ -226,9 +245,10 @@ void trajectory_print(const struct trajectory *tr, const struct trajectory_task 
     put_int_member(b, 0, "wall_ms", task->wall_ms);
     put_int_member(b, 0, "max_rounds", task->max_rounds);
     if (tr && tr->full) {
-        char why[160];
-        snprintf(why, sizeof why, "the trajectory reached its size limit (%d MiB of prompts and completions): "
-                 "rounds from %d on are not recorded", TRAJECTORY_MAX_BYTES >> 20, tr->full_round);
+        char why[256];
+        snprintf(why, sizeof why, "the trajectory reached its size limit (%d MiB of prompts and completions as "
+                 "printed): rounds from %d on are not recorded (decisions and protocol_compliance count "
+                 "the recorded ones)", TRAJECTORY_MAX_BYTES >> 20, tr->full_round);
         put_str_member(b, 0, "truncated", why);
     }
 
@@ -260,7 +280,9 @@ void trajectory_print(const struct trajectory *tr, const struct trajectory_task 
         prompt = np;
         memcpy(prompt + s->keep, s->suffix, sl + 1);
         const int lo = s->ledger_begin < n_ledger ? s->ledger_begin : n_ledger;
-        int hi = i + 1 < tr->n ? tr->steps[i + 1].ledger_begin : n_ledger;
+        /* the last step's calls end where the next decision began: the
+         * ledger's end, or where recording stopped (truncated) */
+        int hi = i + 1 < tr->n ? tr->steps[i + 1].ledger_begin : tr->full ? tr->full_ledger : n_ledger;
         hi = hi < lo ? lo : hi > n_ledger ? n_ledger : hi;
         int rejected = 0;
         for (int j = lo; j < hi; j++)

@@ -35,8 +35,8 @@
 struct jbuf;
 struct trajectory;
 
-/* A task's steps, prompts and completions as printed (each prompt whole),
- * are kept to this many bytes: past it no more steps are recorded and the
+/* A task's steps, prompts and completions as printed (each prompt whole,
+ * JSON-escaped), are kept to this many bytes: past it no more steps are recorded and the
  * document says so ("truncated").  Without it a scripted task of N short
  * actions would print N prompts of up to N lines each - O(N^2) - on the
  * event loop. */
@@ -67,6 +67,8 @@ void trajectory_seal(struct trajectory *tr);
 
 /* Steps recorded. */
 int trajectory_steps(const struct trajectory *tr);
+/* 1 once TRAJECTORY_MAX_BYTES is reached: no more steps will be kept. */
+int trajectory_full(const struct trajectory *tr);
 
 /* What the document says of the task besides its steps (borrowed). */
 struct trajectory_task {

@@ -1852,10 +1852,12 @@ static void on_sighup(evutil_socket_t sig, short what, void *arg)
     struct server *srv = arg;
     (void)sig;
     (void)what;
-    if (tasks_api_reopen_trajectories(srv->tasks))
+    if (!srv->cfg.trajectories[0])
+        fprintf(stderr, "paraserve: SIGHUP: no file to reopen (--trajectories is not set)\n");
+    else if (tasks_api_reopen_trajectories(srv->tasks))
         fprintf(stderr, "paraserve: SIGHUP: %s\n", ps_error_last());
     else
-        fprintf(stderr, "paraserve: SIGHUP: files reopened\n");
+        fprintf(stderr, "paraserve: SIGHUP: --trajectories %s reopened\n", srv->cfg.trajectories);
 }
 
 static void on_signal(evutil_socket_t sig, short what, void *arg)
@@ -1906,9 +1908,26 @@ static void set_model_names(struct server *srv, const struct server_config *cfg,
     srv->model_names[3] = NULL;
 }
 
+/* SIGHUP before the loop's handler is in place (loading the model takes
+ * seconds): nothing to reopen yet, and the default action would end the
+ * server.  A handler, not SIG_IGN: an ignored signal stays ignored in the
+ * agents it spawns (mcp-stdio), a handler is reset by exec. */
+static void sighup_early(int sig)
+{
+    (void)sig;
+}
+
+void server_hold_sighup(void)
+{
+    struct sigaction hup = { .sa_handler = sighup_early };
+    sigemptyset(&hup.sa_mask);
+    sigaction(SIGHUP, &hup, NULL);
+}
+
 int server_run(const struct server_config *cfg)
 {
     int rc;
+    server_hold_sighup();
     struct model *m = NULL;
     tokenizer *tok = NULL;
     chat_template *tmpl = NULL;

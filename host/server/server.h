@@ -41,5 +41,9 @@
 /* Load the model, start the engine, serve until a shutdown signal.
  * Returns PS_OK after a clean shutdown, else a status with a detail. */
 int server_run(const struct server_config *cfg);
+/* SIGHUP does nothing until server_run's loop handles it (it reopens the
+ * --trajectories file): its default action would end the server while
+ * it starts.  Call first thing; server_run calls it too. */
+void server_hold_sighup(void);
 
 #endif /* PS_SERVER_SERVER_H */

@@ -260,9 +260,14 @@ def test_sft_export(paraserve_bin, tmp_path):
                        text=True, timeout=60)
     assert p.returncode == 0 and len(p.stdout.splitlines()) == 1
     bad = tmp_path / "bad.jsonl"
-    bad.write_text(traj.read_text() + '{"object":"list"}\n')
+    good_text = traj.read_bytes()
+    bad.write_bytes(good_text + b'{"object":"list"}\n[]\n{"object":"task.trajectory"}\n\xff\xfe\n'
+                    + good_text.splitlines()[0][:-40] + b"\n")    # the last one cut, as a killed writer leaves it
     p = subprocess.run([tool, str(bad)], capture_output=True, text=True, timeout=60)
     assert p.returncode == 1 and f"{bad}:4:" in p.stderr
+    p = subprocess.run([tool, str(bad), "--skip-bad", "--stats"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr
+    assert len(p.stdout.splitlines()) == 3 and "5 bad line(s) skipped" in p.stderr, p.stderr
     p = subprocess.run([tool, str(traj), "--min-reward", "speed=1"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2
 
@@ -349,7 +354,7 @@ def test_sighup_reopens_the_file(start_server, tmp_path):  # noqa: F811
     first = run()
     path.rename(d / "t.jsonl.1")
     s.proc.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: "SIGHUP: files reopened" in s.output(), timeout=10), s.output()
+    assert wait_for(lambda: f"SIGHUP: --trajectories {path} reopened" in s.output(), timeout=10), s.output()
     second = run()
     assert wait_for(lambda: [l["id"] for l in lines(path)] == [second])
     assert [l["id"] for l in lines(d / "t.jsonl.1")] == [first]
@@ -360,3 +365,28 @@ def test_sighup_reopens_the_file(start_server, tmp_path):  # noqa: F811
     third = run()
     assert wait_for(lambda: [l["id"] for l in lines(moved / "t.jsonl")] == [second, third])
     assert httpx.get(s.url + "/health", timeout=10).status_code == 200
+
+
+def test_sighup_while_starting_and_without_a_file(paraserve_bin, model_path):
+    """SIGHUP while the server starts (the model loading) does not end it
+    (the default action would), and without --trajectories it says there
+    is nothing to reopen."""
+    port = server_fixtures.free_port()
+    p = subprocess.Popen([paraserve_bin, "serve", "-m", model_path, "--port", str(port), "--kv-blocks", "64"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        # once in main (its first line; before it the dynamic loader, ~0.1 s
+        # with the CUDA libraries, runs no code of ours), while the model loads
+        first = p.stderr.readline()
+        assert "allocator" in first, first
+        p.send_signal(signal.SIGHUP)
+        server_fixtures.wait_port(port, timeout=60)
+        assert p.poll() is None
+        p.send_signal(signal.SIGHUP)
+        time.sleep(0.3)
+        assert httpx.get(f"http://127.0.0.1:{port}/health", timeout=10).status_code == 200
+    finally:
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=60)
+    assert p.returncode == 0, err
+    assert "SIGHUP: no file to reopen" in err

@@ -139,21 +139,37 @@ static void test_size_limit(void)
     p[big] = 0;
     struct trajectory *tr = trajectory_new();
     for (int r = 1; r <= 5; r++) {
-        CHECK(trajectory_begin(tr, r, p, 0) == PS_OK);
+        CHECK(trajectory_begin(tr, r, p, r - 1) == PS_OK);   /* each round makes one call */
         CHECK(trajectory_end(tr, "{}", 2, 1, NULL, 1) == PS_OK);
     }
-    CHECK_MSG(trajectory_steps(tr) == 3, "%d steps", trajectory_steps(tr));
-    cJSON *ledger = cJSON_CreateArray(), *usage = cJSON_CreateArray();
+    CHECK_MSG(trajectory_steps(tr) == 3 && trajectory_full(tr), "%d steps", trajectory_steps(tr));
+    cJSON *ledger = cJSON_Parse("[{\"id\":\"c1\",\"to\":\"a\",\"status\":\"ok\"},{\"id\":\"c2\",\"to\":\"a\",\"status\":\"ok\"},"
+                                "{\"id\":\"c3\",\"to\":\"a\",\"status\":\"ok\"},{\"id\":\"c4\",\"to\":\"a\",\"status\":\"rejected\"},"
+                                "{\"id\":\"c5\",\"to\":\"a\",\"status\":\"ok\"}]");
+    cJSON *usage = cJSON_CreateArray();
     const struct trajectory_task task = { .id = "t", .input = "i", .mode = "script", .status = "completed",
                                           .system = "S", .ledger = ledger, .usage = usage, .rounds = 5, .max_rounds = 5 };
     cJSON *j = print(tr, &task);
     const cJSON *tr_note = cJSON_GetObjectItemCaseSensitive(j, "truncated");
     CHECK_MSG(cJSON_IsString(tr_note) && strstr(tr_note->valuestring, "rounds from 4 on"), "truncated: %s",
               cJSON_IsString(tr_note) ? tr_note->valuestring : "(none)");
+    /* the last recorded step has its own call, not those of the rounds left out */
+    const cJSON *c3 = cJSON_GetObjectItemCaseSensitive(step(j, 2), "calls");
+    CHECK_MSG(cJSON_GetArraySize(c3) == 1 && !strcmp(cJSON_GetArrayItem(c3, 0)->valuestring, "c3"), "%d calls",
+              cJSON_GetArraySize(c3));
+    CHECK(num(j, "rewards", "protocol_compliance") == 1 && num(j, "measures", "calls_rejected") == 1);
     cJSON_Delete(j);
+    trajectory_free(tr);
+    /* the budget counts bytes as printed: a control byte is 6 ("\u0001") */
+    memset(p, 1, big / 6 + 1);
+    p[big / 6 + 1] = 0;
+    tr = trajectory_new();
+    for (int r = 1; r <= 5; r++)
+        CHECK(trajectory_begin(tr, r, p, 0) == PS_OK);
+    CHECK_MSG(trajectory_steps(tr) == 3, "%d steps of control bytes", trajectory_steps(tr));
+    trajectory_free(tr);
     cJSON_Delete(ledger);
     cJSON_Delete(usage);
-    trajectory_free(tr);
     free(p);
 }
 
