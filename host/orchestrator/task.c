@@ -75,6 +75,7 @@ struct orch_task {
     char                 *tenant;
     struct tenant_load   *load;        /* its tenant's running count */
     char                 *input;
+    cJSON                *metadata;    /* the request's, or NULL */
     cJSON                *script;      /* NULL: model-driven */
     int                   script_borrowed; /* script is still the request's (submit not done) */
     int                   script_pos;
@@ -654,6 +655,8 @@ cJSON *orch_task_summary(const struct orch_task *t)
         }
     }
     ok = ok && cJSON_AddNumberToObject(o, "rounds", t->rounds);
+    if (ok && t->metadata)
+        ok = json_add(o, "metadata", cJSON_Duplicate(t->metadata, 1));
     if (ok && t->usage && cJSON_GetArraySize(t->usage)) {
         int sum[3] = { 0, 0, 0 };
         static const char *const uk[] = { "prompt_tokens", "cached_tokens", "completion_tokens" };
@@ -706,6 +709,8 @@ static void summary_print(const struct orch_task *t, struct jbuf *b)
     char num[48];
     int n = snprintf(num, sizeof num, "],\"rounds\":%d", t->rounds);
     jbuf_add(b, num, (size_t)n);
+    if (t->metadata)
+        jb_member(b, 0, "metadata", t->metadata);
     if (t->error) {
         str.valuestring = t->error;
         jb_member(b, 0, "error", &str);
@@ -2078,6 +2083,7 @@ static void task_free(struct orch_task *t)
     cJSON_Delete(t->final_pending);
     free(t->tenant);
     free(t->input);
+    cJSON_Delete(t->metadata);
     if (t->error != t->error_short)
         free(t->error);
     if (t->prev) t->prev->next = t->next; else if (o->head == t) o->head = t->next;
@@ -2220,6 +2226,28 @@ static int request_parse(const struct orch_config *cfg, const cJSON *req, const 
         return PS_EINVAL;
     if (script && *max_rounds < cJSON_GetArraySize(script) && !json_get(req, "max_rounds"))
         *max_rounds = cJSON_GetArraySize(script);
+    const cJSON *meta = json_get(req, "metadata");
+    if (meta && !cJSON_IsNull(meta)) {
+        /* OpenAI's metadata: at most 16 pairs of strings, keys up to 64
+         * characters, values up to 512 */
+        if (!cJSON_IsObject(meta))
+            return ps_error_set(PS_EINVAL, "metadata: must be an object of string values");
+        int n = 0;
+        for (const cJSON *m = meta->child; m; m = m->next) {
+            if (++n > ORCH_METADATA_MAX_PAIRS)
+                return ps_error_set(PS_EINVAL, "metadata: at most %d pairs", ORCH_METADATA_MAX_PAIRS);
+            if (!m->string[0] || strlen(m->string) > ORCH_METADATA_MAX_KEY)
+                return ps_error_set(PS_EINVAL, "metadata: keys must have 1 to %d characters", ORCH_METADATA_MAX_KEY);
+            if (!cJSON_IsString(m))
+                return ps_error_set(PS_EINVAL, "metadata: the value of '%s' must be a string", m->string);
+            if (strlen(m->valuestring) > ORCH_METADATA_MAX_VALUE)
+                return ps_error_set(PS_EINVAL, "metadata: the value of '%s' is over %d characters", m->string,
+                                    ORCH_METADATA_MAX_VALUE);
+            for (const cJSON *o = meta->child; o != m; o = o->next)
+                if (!strcmp(o->string, m->string))
+                    return ps_error_set(PS_EINVAL, "metadata: key '%s' twice", m->string);
+        }
+    }
     const cJSON *traj = json_get(req, "trajectory");
     if (traj && !cJSON_IsNull(traj) && !cJSON_IsBool(traj))
         return ps_error_set(PS_EINVAL, "trajectory: must be a boolean");
@@ -2300,6 +2328,10 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     t->id_hash = task_id_hash(t->id);
     t->tenant = strdup(tenant ? tenant : "default");
     t->input = strdup(input->valuestring);
+    const cJSON *meta = json_get(req, "metadata");
+    int has_meta = cJSON_IsObject(meta) && meta->child;
+    if (has_meta)
+        t->metadata = cJSON_Duplicate(meta, 1);
     if (script && take_script) {
         t->script = (cJSON *)script;       /* req's own child: detached at the end */
         t->script_borrowed = 1;
@@ -2329,7 +2361,8 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     if (o->tail) o->tail->next = t; else o->head = t;
     o->tail = t;
     running_add(t, +1);
-    if (!t->tenant || !t->input || (script && !t->script) || !t->ledger || !t->usage || (record && !t->traj) ||
+    if (!t->tenant || !t->input || (script && !t->script) || (has_meta && !t->metadata) || !t->ledger || !t->usage ||
+        (record && !t->traj) ||
         !t->events ||
         !t->fallback || !t->g || !t->kick || !t->deadline || (!script && !t->finalize_ev) || index_add(o, t)) {
         t->status = TASK_FAILED;
@@ -2353,7 +2386,8 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
     if (!cJSON_AddStringToObject(d, "id", t->id) || !cJSON_AddStringToObject(d, "input", t->input) ||
         !cJSON_AddStringToObject(d, "mode", script ? "script" : "model") ||
         !cJSON_AddNumberToObject(d, "max_rounds", max_rounds) || !cJSON_AddNumberToObject(d, "max_calls", max_calls) ||
-        !cJSON_AddNumberToObject(d, "deadline_ms", deadline_ms)) {
+        !cJSON_AddNumberToObject(d, "deadline_ms", deadline_ms) ||
+        (t->metadata && !json_add(d, "metadata", cJSON_Duplicate(t->metadata, 1)))) {
         cJSON_Delete(d);
         d = NULL;                          /* emit refuses it: out of memory */
     }
@@ -2401,6 +2435,7 @@ const char *orch_task_tenant(const struct orch_task *t) { return t->tenant; }
 int64_t orch_task_created_unix_ms(const struct orch_task *t) { return t->created_unix_ms; }
 int orch_task_scripted(const struct orch_task *t) { return t->script != NULL; }
 const char *orch_task_input(const struct orch_task *t) { return t->input; }
+const cJSON *orch_task_metadata(const struct orch_task *t) { return t->metadata; }
 int orch_task_n_calls(const struct orch_task *t) { return t->n_ledger; }
 struct orch_task *orch_task_oldest(const struct orch *o) { return o->head; }
 struct orch_task *orch_task_newest(const struct orch *o) { return o->tail; }
@@ -2418,7 +2453,7 @@ int orch_task_trajectory_text(const struct orch_task *t, char **out, size_t *len
         return ps_error_set(PS_ENOTFOUND, "task %s records no trajectory: submit it with \"trajectory\": true "
                             "(or serve with --trajectories)", t->id);
     const struct trajectory_task facts = {
-        .id = t->id, .input = t->input, .mode = t->script ? "script" : "model",
+        .id = t->id, .input = t->input, .metadata = t->metadata, .mode = t->script ? "script" : "model",
         .status = orch_task_status_str(t->status), .error = t->error, .system = ORCH_SYSTEM_PROMPT,
         .output = t->output, .ledger = t->ledger, .usage = t->usage, .rounds = t->rounds,
         .max_rounds = t->max_rounds, .created_unix_ms = t->created_unix_ms,

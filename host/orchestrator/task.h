@@ -128,8 +128,16 @@ void orch_set_decider(struct orch *o, const struct orch_decider *d);
 /* Called once per task when it reaches a terminal state. */
 void orch_set_done_cb(struct orch *o, orch_done_fn cb, void *ud);
 
+/* A request's "metadata": at most this many string pairs (OpenAI's limits);
+ * kept with the task and shown in its summary, list entry, task.created
+ * event and trajectory (e.g. a reference answer to score it by). */
+#define ORCH_METADATA_MAX_PAIRS 16
+#define ORCH_METADATA_MAX_KEY   64
+#define ORCH_METADATA_MAX_VALUE 512
+
 /* Create and start a task from a request object {"input", "max_rounds"?,
- * "max_calls"?, "deadline_ms"?, "script"?, "trajectory"?} (borrowed).  `tenant` may be
+ * "max_calls"?, "deadline_ms"?, "script"?, "trajectory"?, "metadata"?}
+ * (borrowed).  `tenant` may be
  * NULL ("default").  PS_EINVAL with a message naming the field for a bad
  * request; PS_EFULL when max_running tasks run, or max_running_per_tenant
  * of the tenant's (a request is checked first: a bad one is PS_EINVAL). */
@@ -160,6 +168,8 @@ int64_t orch_task_created_unix_ms(const struct orch_task *t);
 /* 1 for a scripted task, 0 for a model-driven one. */
 int orch_task_scripted(const struct orch_task *t);
 const char *orch_task_input(const struct orch_task *t);
+/* The request's metadata object (borrowed), or NULL when it had none. */
+const cJSON *orch_task_metadata(const struct orch_task *t);
 /* Calls entered in the task's ledger (rejected ones included). */
 int orch_task_n_calls(const struct orch_task *t);
 /* The orchestrator's tasks (running, and finished ones not yet evicted) in
@@ -170,7 +180,7 @@ struct orch_task *orch_task_oldest(const struct orch *o);
 struct orch_task *orch_task_newest(const struct orch *o);
 struct orch_task *orch_task_newer(const struct orch_task *t);
 struct orch_task *orch_task_older(const struct orch_task *t);
-/* {"id","status","output","calls":[...],"rounds","error"?} (caller frees);
+/* {"id","status","output","calls":[...],"rounds","metadata"?,"usage"?,"error"?} (caller frees);
  * NULL when memory ran out (never a summary with a member missing). */
 cJSON *orch_task_summary(const struct orch_task *t);
 /* orch_task_summary printed (jbuf), as a reference the caller drops with

@@ -234,6 +234,10 @@ void trajectory_print(const struct trajectory *tr, const struct trajectory_task 
     put_str_member(b, 0, "mode", task->mode);
     put_str_member(b, 0, "status", task->status);
     put_str_member(b, 0, "input", task->input);
+    if (task->metadata) {
+        put_key(b, 0, "metadata");
+        jbuf_json(b, task->metadata);
+    }
     put_key(b, 0, "output");
     if (task->output)
         jbuf_json(b, task->output);

@@ -73,6 +73,7 @@ int trajectory_full(const struct trajectory *tr);
 /* What the document says of the task besides its steps (borrowed). */
 struct trajectory_task {
     const char  *id, *input, *mode, *status, *error /* NULL: none */, *system;
+    const cJSON *metadata; /* NULL: none */
     const cJSON *output;   /* NULL: none yet */
     const cJSON *ledger;   /* [{id,to,args,after,status,result,error,ms,attempts}] */
     const cJSON *usage;    /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */

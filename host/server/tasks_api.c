@@ -790,6 +790,8 @@ static void handle_list(struct tasks_api *api, struct evhttp_request *req, const
         json_add(it, "rounds", cJSON_CreateNumber(orch_task_rounds(t)));
         json_add(it, "calls", cJSON_CreateNumber(orch_task_n_calls(t)));
         json_add(it, "trajectory", cJSON_CreateBool(orch_task_recorded(t)));
+        if (orch_task_metadata(t))
+            json_add(it, "metadata", cJSON_Duplicate(orch_task_metadata(t), 1));
         free(in);
         if (!first)
             first = orch_task_id(t);

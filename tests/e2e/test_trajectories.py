@@ -390,3 +390,33 @@ def test_sighup_while_starting_and_without_a_file(paraserve_bin, model_path):
         _, err = p.communicate(timeout=60)
     assert p.returncode == 0, err
     assert "SIGHUP: no file to reopen" in err
+
+
+def test_metadata(srv):
+    """A request's metadata (OpenAI's shape: up to 16 string pairs) stays
+    with the task - summary, list, task.created, trajectory - so a trainer
+    can score a trajectory by, say, a reference answer; anything else is a
+    400 naming `metadata` (it was once accepted and dropped)."""
+    meta = {"reference": "5 and 20", "suite": "arith é"}
+    r = httpx.post(srv.url + "/v1/tasks", json={**SCRIPT, "metadata": meta}, timeout=60)
+    assert r.status_code == 200, r.text
+    task = r.json()
+    assert task["metadata"] == meta
+    assert trajectory(srv, task["id"])["metadata"] == meta
+    assert line_of(srv, task["id"])["metadata"] == meta
+    listed = {t["id"]: t for t in httpx.get(srv.url + "/v1/tasks?limit=100", timeout=30).json()["data"]}
+    assert listed[task["id"]]["metadata"] == meta
+    ev = server_fixtures.sse_events(httpx.get(f"{srv.url}/v1/tasks/{task['id']}/events", timeout=30).text.splitlines())
+    assert ev[0]["event"] == "task.created" and ev[0]["data"]["metadata"] == meta
+    plain = httpx.post(srv.url + "/v1/tasks", json=SCRIPT, timeout=60).json()
+    assert "metadata" not in plain and "metadata" not in trajectory(srv, plain["id"])
+    for bad, why in [([1], "must be an object"), ({"k": 1}, "must be a string"),
+                     ({f"k{i}": "v" for i in range(17)}, "at most 16"), ({"k" * 65: "v"}, "1 to 64"),
+                     ({"": "v"}, "1 to 64"), ({"k": "v" * 513}, "over 512")]:
+        r = httpx.post(srv.url + "/v1/tasks", json={**SCRIPT, "metadata": bad}, timeout=30)
+        assert r.status_code == 400, (bad, r.text)
+        err = r.json()["error"]
+        assert err["param"] == "metadata" and why in err["message"], err
+    r = httpx.post(srv.url + "/v1/tasks", content='{"input":"x","metadata":{"k":"a","k":"b"}}', timeout=30)
+    assert r.status_code == 400 and "twice" in r.json()["error"]["message"]
+    assert httpx.post(srv.url + "/v1/tasks", json={**SCRIPT, "metadata": None}, timeout=60).status_code == 200

@@ -700,7 +700,8 @@ static void test_event_numbers(void)
         "{\"id\":\"a\",\"to\":\"mock\",\"args\":{\"sleep_ms\":1,\"neg\":-12,\"f\":1.5,\"big\":1e20,"
         "\"z\":0,\"m\":123456789012,\"e\":-0.25}},"
         "{\"id\":\"b\",\"to\":\"calculator\",\"args\":{\"expression\":\"{{a.args.neg}} * 2\"},\"after\":[\"a\"]}]},"
-        "{\"final\":{\"answer\":\"{{a.args.m}} {{b}}\",\"uses\":[\"a\",\"b\"]}}]}");
+        "{\"final\":{\"answer\":\"{{a.args.m}} {{b}}\",\"uses\":[\"a\",\"b\"]}}],"
+        "\"metadata\":{\"ref\":\"123456789012 -24\",\"suite\":\"\\u00e9 \\\"q\\\"\"}}");
     if (t)
         orch_task_subscribe(t, 0, on_capture, &cap);
     run_loop(&c);
@@ -713,6 +714,9 @@ static void test_event_numbers(void)
     const cJSON *out = cJSON_GetObjectItemCaseSensitive(s, "output");
     CHECK_MSG(cJSON_IsString(out) && !strcmp(out->valuestring, "123456789012 -24"), "output %s",
               cJSON_IsString(out) ? out->valuestring : "?");
+    const cJSON *meta = cJSON_GetObjectItemCaseSensitive(s, "metadata");
+    CHECK(cJSON_IsString(cJSON_GetObjectItemCaseSensitive(meta, "ref")) &&
+          !strcmp(cJSON_GetObjectItemCaseSensitive(meta, "ref")->valuestring, "123456789012 -24"));
     const cJSON *call0 = cJSON_GetArrayItem(cJSON_GetObjectItemCaseSensitive(s, "calls"), 0);
     const cJSON *neg = exec_json_path(cJSON_GetObjectItemCaseSensitive(call0, "result"), "args.neg");
     CHECK(cJSON_IsNumber(neg) && neg->valuedouble == -12);
