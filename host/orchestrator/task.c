@@ -96,6 +96,11 @@ struct orch_task {
     struct shared_text   *summary_text; /* orch_task_summary_text's, until summary_changed() */
     char                 *transcript;  /* append-only decision/feedback history */
     struct trajectory    *traj;        /* NULL: the task records none */
+    /* a finished task restored from a store (orch_task_restore): its
+     * summary is summary_text, its calls a count, its trajectory a text */
+    int                   restored;
+    int                   restored_script, restored_calls;
+    char                 *restored_traj;
     size_t                tr_len, tr_cap;
     cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
     struct orch_sub      *subs;
@@ -639,6 +644,8 @@ static int render_answer(struct orch_task *t, const cJSON *answer, cJSON **out)
 
 cJSON *orch_task_summary(const struct orch_task *t)
 {
+    if (t->restored)
+        return cJSON_ParseWithLength(t->summary_text->data, t->summary_text->len);
     cJSON *o = cJSON_CreateObject(), *calls = NULL;
     int ok = o && cJSON_AddStringToObject(o, "id", t->id) &&
              cJSON_AddStringToObject(o, "status", orch_task_status_str(t->status)) &&
@@ -2074,6 +2081,7 @@ static void task_free(struct orch_task *t)
     free(t->fallback);
     free(t->transcript);
     trajectory_free(t->traj);
+    free(t->restored_traj);
     cJSON_Delete(t->usage);
     if (!t->script_borrowed)
         cJSON_Delete(t->script);
@@ -2322,9 +2330,11 @@ static int task_submit(struct orch *o, cJSON *req, int take_script, const char *
         return ps_error_set(PS_ENOMEM, "out of memory");
     t->o = o;
     t->load = load;
-    o->next_id++;
-    snprintf(t->id, sizeof t->id, "task_%08x%02x%02x", (unsigned)(o->next_id & 0xffffffffu),
-             (unsigned)o->cfg.id_lane, (unsigned)(orch_now_ns() & 0xff));
+    do {   /* an id of a task restored from a store is never given again */
+        o->next_id++;
+        snprintf(t->id, sizeof t->id, "task_%08x%02x%02x", (unsigned)(o->next_id & 0xffffffffu),
+                 (unsigned)o->cfg.id_lane, (unsigned)(orch_now_ns() & 0xff));
+    } while (o->index_n && orch_task_find(o, t->id));
     t->id_hash = task_id_hash(t->id);
     t->tenant = strdup(tenant ? tenant : "default");
     t->input = strdup(input->valuestring);
@@ -2433,22 +2443,28 @@ const char *orch_task_id(const struct orch_task *t) { return t->id; }
 int64_t orch_task_created_ns(const struct orch_task *t) { return t->t_start; }
 const char *orch_task_tenant(const struct orch_task *t) { return t->tenant; }
 int64_t orch_task_created_unix_ms(const struct orch_task *t) { return t->created_unix_ms; }
-int orch_task_scripted(const struct orch_task *t) { return t->script != NULL; }
+int orch_task_scripted(const struct orch_task *t) { return t->script != NULL || t->restored_script; }
 const char *orch_task_input(const struct orch_task *t) { return t->input; }
 const cJSON *orch_task_metadata(const struct orch_task *t) { return t->metadata; }
-int orch_task_n_calls(const struct orch_task *t) { return t->n_ledger; }
+int orch_task_n_calls(const struct orch_task *t) { return t->restored ? t->restored_calls : t->n_ledger; }
 struct orch_task *orch_task_oldest(const struct orch *o) { return o->head; }
 struct orch_task *orch_task_newest(const struct orch *o) { return o->tail; }
 struct orch_task *orch_task_newer(const struct orch_task *t) { return t->next; }
 struct orch_task *orch_task_older(const struct orch_task *t) { return t->prev; }
 enum orch_task_status orch_task_status(const struct orch_task *t) { return t->status; }
 int orch_running(const struct orch *o) { return o->n_running; }
-int orch_task_recorded(const struct orch_task *t) { return t->traj != NULL; }
+int orch_task_recorded(const struct orch_task *t) { return t->traj != NULL || t->restored_traj != NULL; }
 
 int orch_task_trajectory_text(const struct orch_task *t, char **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
+    if (t->restored_traj) {
+        *len = strlen(t->restored_traj);
+        if (!(*out = strdup(t->restored_traj)))
+            return ps_error_set(PS_ENOMEM, "out of memory");
+        return PS_OK;
+    }
     if (!t->traj)
         return ps_error_set(PS_ENOTFOUND, "task %s records no trajectory: submit it with \"trajectory\": true "
                             "(or serve with --trajectories)", t->id);
@@ -2569,6 +2585,97 @@ int orch_task_event_at(const struct orch_task *t, int64_t id, struct orch_event 
 }
 
 int64_t orch_task_n_events(const struct orch_task *t) { return t->n_events; }
+
+static const char *const EVENT_TYPES[] = { "task.created", "decision", "call.dispatched", "call.result",
+                                           "task.final", "task.error" };
+
+int orch_task_restore(struct orch *o, const struct orch_restore *r, struct orch_task **out)
+{
+    if (out)
+        *out = NULL;
+    int status = -1;
+    for (int s = TASK_COMPLETED; s <= TASK_CANCELLED; s++)
+        if (r->status && !strcmp(r->status, task_status_names[s]))
+            status = s;
+    if (status < 0)
+        return ps_error_set(PS_EINVAL, "restore: status '%.32s' is not one of a finished task",
+                            r->status ? r->status : "");
+    if (!r->id || strlen(r->id) >= sizeof ((struct orch_task *)0)->id || !r->id[0])
+        return ps_error_set(PS_EINVAL, "restore: a task id of 1-%zu characters is needed",
+                            sizeof ((struct orch_task *)0)->id - 1);
+    if (orch_task_find(o, r->id))
+        return ps_error_set(PS_EINVAL, "restore: task %s exists already", r->id);
+    if (!r->mode || (strcmp(r->mode, "script") && strcmp(r->mode, "model")) || !r->tenant || !r->input ||
+        !r->summary || r->n_events < 1 || r->rounds < 0 || r->calls < 0)
+        return ps_error_set(PS_EINVAL, "restore: task %s lacks its mode, tenant, input, summary or events", r->id);
+    const char *const last = r->events[r->n_events - 1].type;
+    if (!last || (strcmp(last, "task.final") && strcmp(last, "task.error")))
+        return ps_error_set(PS_EINVAL, "restore: task %s: its log does not end with its terminal event", r->id);
+    struct orch_task *t = calloc(1, sizeof *t);
+    if (!t)
+        return ps_error_set(PS_ENOMEM, "out of memory");
+    t->o = o;
+    t->restored = 1;
+    t->restored_script = !strcmp(r->mode, "script");
+    t->restored_calls = r->calls;
+    t->status = (enum orch_task_status)status;
+    t->rounds = r->rounds;
+    snprintf(t->id, sizeof t->id, "%s", r->id);
+    t->id_hash = task_id_hash(t->id);
+    t->created_unix_ms = r->created_unix_ms;
+    t->t_start = t->t_end = orch_now_ns();
+    t->tenant = strdup(r->tenant);
+    t->input = strdup(r->input);
+    t->ledger = cJSON_CreateArray();
+    t->usage = cJSON_CreateArray();
+    t->metadata = r->metadata ? cJSON_Duplicate(r->metadata, 1) : NULL;
+    t->restored_traj = r->trajectory ? strdup(r->trajectory) : NULL;
+    char *sum = strdup(r->summary);
+    t->summary_text = sum ? shared_text_adopt(sum, strlen(sum)) : NULL;
+    if (sum && !t->summary_text)
+        free(sum);
+    t->events = calloc((size_t)r->n_events, sizeof *t->events);
+    int ok = t->tenant && t->input && t->ledger && t->usage && (!r->metadata || t->metadata) &&
+             (!r->trajectory || t->restored_traj) && t->summary_text && t->events && r->n_events <= INT32_MAX;
+    int bad_type = 0;
+    for (int64_t i = 0; ok && i < r->n_events; i++) {
+        const struct orch_restore_event *e = &r->events[i];
+        const char *type = NULL;
+        for (size_t k = 0; k < sizeof EVENT_TYPES / sizeof *EVENT_TYPES && !type; k++)
+            if (e->type && !strcmp(e->type, EVENT_TYPES[k]))
+                type = EVENT_TYPES[k];   /* the log keeps literals */
+        if (!type || !e->data) {
+            bad_type = 1;
+            break;
+        }
+        char *d = malloc(e->len + 1);
+        ok = d != NULL;
+        if (d) {
+            memcpy(d, e->data, e->len);
+            d[e->len] = 0;
+            t->events[i] = (struct ev_rec){ .id = i + 1, .type = type, .data = d, .len = e->len, .t_us = 0,
+                                            .d2r_us = -1, .r2r_us = -1 };
+            t->n_events = t->cap_events = (int)(i + 1);
+        }
+    }
+    t->prev = o->tail;
+    if (o->tail) o->tail->next = t; else o->head = t;
+    o->tail = t;
+    if (!ok || bad_type || index_add(o, t)) {
+        task_free(t);
+        return bad_type ? ps_error_set(PS_EINVAL, "restore: task %s: an event of an unknown type", r->id)
+                        : ps_error_set(PS_ENOMEM, "out of memory");
+    }
+    t->fin_prev = o->fin_tail;
+    if (o->fin_tail) o->fin_tail->fin_next = t; else o->fin_head = t;
+    o->fin_tail = t;
+    t->in_fin = FIN_LISTED;
+    o->n_finished++;
+    evict_finished(o, t);
+    if (out)
+        *out = t;
+    return PS_OK;
+}
 
 void orch_task_release(struct orch_task *t)
 {

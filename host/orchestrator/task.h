@@ -241,6 +241,30 @@ void orch_unsubscribe(struct orch_sub *s);
 int     orch_task_event_at(const struct orch_task *t, int64_t id, struct orch_event *out);
 int64_t orch_task_n_events(const struct orch_task *t);
 
+/* A finished task brought back (serve --task-store, after a restart):
+ * its summary text, event log (each type one of the six, the last a
+ * terminal one), trajectory text (or NULL), metadata (or NULL) and counts
+ * as they were when it ended.  GET, the event replay, the list, DELETE
+ * (a no-op: it has ended) and the trajectory serve it as they served the
+ * task; it counts among the finished tasks kept (keep_finished), and in
+ * no statistic.  PS_EINVAL naming what is wrong (a status that is not an
+ * end, an id in use, a log without its end, an unknown event type),
+ * PS_ENOMEM; *out (may be NULL) the task. */
+struct orch_restore_event {
+    const char *type, *data;   /* data: JSON object text of len bytes */
+    size_t      len;
+};
+struct orch_restore {
+    const char  *id, *tenant, *input, *mode /* "script" | "model" */, *status, *summary;
+    const cJSON *metadata;
+    const char  *trajectory;
+    int64_t      created_unix_ms;
+    int          rounds, calls;
+    const struct orch_restore_event *events;
+    int64_t      n_events;
+};
+int orch_task_restore(struct orch *o, const struct orch_restore *r, struct orch_task **out);
+
 /* Free a finished task now (CLI); NULL-safe, no-op while running. */
 void orch_task_release(struct orch_task *t);
 

@@ -86,6 +86,11 @@ static const struct opt_desc opts[] = {
       "'https://app.example.com,http://localhost:3000'; preflights need no API key (default: none, no CORS headers)" },
     { "agents", 0, OPT_STR, OFF(agents), sizeof(((struct server_config *)0)->agents), 0, 0,
       "agent pool of /v1/tasks (default configs/agents.default.json when present)" },
+    { "task_store", 0, OPT_STR, OFF(task_store), sizeof(((struct server_config *)0)->task_store), 0, 0,
+      "keep finished /v1/tasks in this SQLite file (created if missing; WAL): after a restart the newest "
+      "keep_tasks of them are served again - GET, event replay with Last-Event-ID, the list, trajectories - "
+      "under the tenant (API key tenant name) they belong to; tasks still running when the server is killed "
+      "are not kept (SIGTERM ends them first, so they are) (default: none)" },
     { "trajectories", 0, OPT_STR, OFF(trajectories), sizeof(((struct server_config *)0)->trajectories), 0, 0,
       "append each /v1/tasks task's trajectory, when it ends, to this file as one JSON line: every decision's "
       "prompt and completion as chat messages (for fine-tuning the orchestrator), its calls, and reward terms "

@@ -65,6 +65,7 @@ struct server_config {
                                    (cors.h) */
     char    agents[1024];       /* agent pool for /v1/tasks; "" = configs/agents.default.json
                                    when that file exists, else no agents    */
+    char    task_store[1024];   /* "" = none; else the SQLite file finished tasks are kept in */
     char    trajectories[1024]; /* "" = none; else the JSONL file every task's trajectory is
                                    appended to when it ends (tasks_api_config.trajectories_path) */
     /* Authentication: none configured = open server (everything tenant 0);

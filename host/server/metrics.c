@@ -194,6 +194,11 @@ static void render_orch(struct sbuf *b, const struct metrics_orch *o)
            "Decisions started: script (a replayed action) or model (one engine generation each).");
     for (int i = 0; i < 2; i++)
         sb_printf(b, "paraserve_task_decisions_total{mode=\"%s\"} %lld\n", modes[i], (long long)o->tasks.decisions[i]);
+    counter(b, "paraserve_tasks_stored_total", "Finished tasks written to the --task-store.",
+            (unsigned long long)o->tasks_stored);
+    counter(b, "paraserve_task_store_errors_total", "Finished tasks that could not be written to the --task-store.",
+            (unsigned long long)o->task_store_errors);
+    gauge(b, "paraserve_tasks_restored", "Finished tasks restored from the --task-store at startup.", o->tasks_restored);
     counter(b, "paraserve_trajectories_written_total",
             "Task trajectories appended to the --trajectories file.", (unsigned long long)o->trajectories_written);
     counter(b, "paraserve_trajectory_write_errors_total",

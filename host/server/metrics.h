@@ -58,6 +58,9 @@ struct metrics_orch {
     int64_t                        unknown_agent_calls;
     int64_t                        trajectories_written;    /* --trajectories lines */
     int64_t                        trajectory_write_errors; /* trajectories not written */
+    int64_t                        tasks_stored;      /* --task-store rows written */
+    int64_t                        task_store_errors; /* finished tasks not stored */
+    int64_t                        tasks_restored;    /* restored at startup */
 };
 
 void metrics_init(struct metrics *m);

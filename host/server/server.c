@@ -2062,6 +2062,9 @@ int server_run(const struct server_config *cfg)
         fprintf(stderr, "paraserve: warning: %s; local agents will fail\n", ps_error_last());
         local_url[0] = local_header[0] = '\0';
     }
+    const char *tenant_names[METRICS_MAX_TENANTS];
+    for (int i = 0; i < srv->m.n_tenants && i < METRICS_MAX_TENANTS; i++)
+        tenant_names[i] = srv->m.tenants[i].name;
     struct tasks_api_config tc = { .base = srv->base, .eng = srv->eng, .tmpl = tmpl, .vocab = srv->gvocab,
                                    .tok = tok, .n_ctx = n_ctx, .m = &srv->m,
                                    .agents_path = cfg->agents, .local_url = local_url[0] ? local_url : NULL,
@@ -2072,6 +2075,8 @@ int server_run(const struct server_config *cfg)
                                    .max_running = cfg->max_running_tasks,
                                    .max_running_per_tenant = cfg->max_running_tasks_per_tenant,
                                    .trajectories_path = cfg->trajectories,
+                                   .task_store_path = cfg->task_store, .tenant_names = tenant_names,
+                                   .n_tenant_names = srv->m.n_tenants,
                                    .flushing = &srv->flushing,
                                    .drained = on_drained, .drained_ud = srv };
     if ((rc = tasks_api_create(&tc, &srv->tasks)))

@@ -33,6 +33,8 @@
 #include "orchestrator/describe.h"
 #include "orchestrator/registry.h"
 #include "orchestrator/task.h"
+#include "orchestrator/trajectory.h"
+#include "store/task_store.h"
 
 #define DEFAULT_AGENTS       "configs/agents.default.json"
 #define DECISION_MAX_TOKENS  160
@@ -126,7 +128,13 @@ struct tasks_api {
     int                     traj_fd;
     char                    traj_path[1024];
     int64_t                 traj_written, traj_write_errors;
+    /* --task-store: finished tasks kept across restarts (NULL: none) */
+    struct task_store      *store;
+    char                    store_path[1024];
+    int64_t                 stored, store_errors, restored;
     int                     fail_decisions;  /* test builds: decisions still to fail */
+    const char             *tenant_names[METRICS_MAX_TENANTS]; /* by engine tenant id */
+    int                     n_tenant_names;
 };
 
 static void tok_cache_clear(struct tasks_api *api)
@@ -249,18 +257,124 @@ static void reply_trajectory(struct tasks_api *api, struct evhttp_request *req, 
     reply_body(api, req, 200, out);
 }
 
-/* The task's trajectory appended to the --trajectories file as one line
- * (orch_task_trajectory_write); a failure is counted, and reported on
- * stderr the first time. */
-static void trajectory_append(struct tasks_api *api, struct orch_task *t)
+/* The task as a store row (traj: its trajectory text, or NULL).  PS_OK,
+ * or a status with its reason. */
+static int task_store_write(struct tasks_api *api, struct orch_task *t, const char *traj)
 {
-    if (orch_task_trajectory_write(t, api->traj_fd) == PS_OK) {
-        api->traj_written++;
-        return;
+    const long tenant = strtol(orch_task_tenant(t), NULL, 10);
+    if (tenant < 0 || tenant >= api->n_tenant_names || !api->tenant_names[tenant])
+        return ps_error_set(PS_EINVAL, "tenant %s has no name", orch_task_tenant(t));
+    const int64_t n = orch_task_n_events(t);
+    struct shared_text *sum = orch_task_summary_text(t);
+    struct stored_event *ev = n > 0 ? malloc((size_t)n * sizeof *ev) : NULL;
+    char *meta = orch_task_metadata(t) ? cJSON_PrintUnformatted(orch_task_metadata(t)) : NULL;
+    int rc;
+    if (!sum || !ev || (orch_task_metadata(t) && !meta)) {
+        rc = ps_error_set(PS_ENOMEM, "out of memory");
+        goto done;
     }
-    if (api->traj_write_errors++ == 0)
-        fprintf(stderr, "paraserve: --trajectories: the trajectory of %s was not written: %s (counted in "
-                        "paraserve_trajectory_write_errors_total; reported once)\n", orch_task_id(t), ps_error_last());
+    for (int64_t i = 0; i < n; i++) {
+        struct orch_event oe;
+        orch_task_event_at(t, i + 1, &oe);
+        ev[i] = (struct stored_event){ .id = oe.id, .type = oe.type, .data = oe.data, .len = oe.data_len };
+    }
+    const struct stored_task st = {
+        .id = orch_task_id(t), .tenant = api->tenant_names[tenant], .input = orch_task_input(t),
+        .mode = orch_task_scripted(t) ? "script" : "model", .status = orch_task_status_str(orch_task_status(t)),
+        .summary = sum->data, .metadata = meta, .trajectory = traj, .created_unix_ms = orch_task_created_unix_ms(t),
+        .rounds = orch_task_rounds(t), .calls = orch_task_n_calls(t), .events = ev, .n_events = n,
+    };
+    rc = task_store_put(api->store, &st);
+done:
+    shared_text_unref(sum);
+    free(ev);
+    free(meta);
+    return rc;
+}
+
+/* Restore one stored task (task_store_each): its tenant by name (a
+ * tenant no longer configured: skipped, never shown to another). */
+struct restore_ctx {
+    struct tasks_api *api;
+    int               skipped;
+    char              first_skip[256];
+};
+
+static int restore_one(void *ud, const struct stored_task *st)
+{
+    struct restore_ctx *rc = ud;
+    struct tasks_api *api = rc->api;
+    char why[256] = "", tenant[16];
+    int id = -1;
+    for (int i = 0; i < api->n_tenant_names && id < 0; i++)
+        if (api->tenant_names[i] && !strcmp(api->tenant_names[i], st->tenant))
+            id = i;
+    cJSON *meta = st->metadata ? cJSON_Parse(st->metadata) : NULL;
+    struct orch_restore_event *ev = malloc((size_t)st->n_events * sizeof *ev);
+    if (id < 0)
+        snprintf(why, sizeof why, "task %s: its tenant '%.64s' is not configured now", st->id, st->tenant);
+    else if (st->metadata && !cJSON_IsObject(meta))
+        snprintf(why, sizeof why, "task %s: its metadata is not a JSON object", st->id);
+    else if (!ev)
+        snprintf(why, sizeof why, "out of memory");
+    if (!why[0]) {
+        for (int64_t i = 0; i < st->n_events; i++)
+            ev[i] = (struct orch_restore_event){ st->events[i].type, st->events[i].data, st->events[i].len };
+        snprintf(tenant, sizeof tenant, "%d", id);
+        const struct orch_restore r = {
+            .id = st->id, .tenant = tenant, .input = st->input, .mode = st->mode, .status = st->status,
+            .summary = st->summary, .metadata = meta, .trajectory = st->trajectory,
+            .created_unix_ms = st->created_unix_ms, .rounds = st->rounds, .calls = st->calls, .events = ev,
+            .n_events = st->n_events,
+        };
+        if (orch_task_restore(api->orch, &r, NULL))
+            snprintf(why, sizeof why, "%s", ps_error_last());
+        else
+            api->restored++;
+    }
+    if (why[0] && rc->skipped++ == 0)
+        snprintf(rc->first_skip, sizeof rc->first_skip, "%s", why);
+    cJSON_Delete(meta);
+    free(ev);
+    return 0;
+}
+
+/* A failure of a finished task's sinks: counted, and said on stderr the
+ * first time for each sink. */
+static void sink_failed(int64_t *errors, const char *sink, const char *id, const char *why, const char *counter)
+{
+    if ((*errors)++ == 0)
+        fprintf(stderr, "paraserve: %s: task %s was not written: %s (counted in %s; reported once)\n", sink, id, why,
+                counter);
+}
+
+/* A finished task to its sinks: its trajectory appended to the
+ * --trajectories file as one line (orch_task_trajectory_write's rules),
+ * and the task to the --task-store. */
+static void task_finished_write(struct tasks_api *api, struct orch_task *t)
+{
+    char *traj = NULL;
+    size_t tl = 0;
+    int traj_rc = orch_task_recorded(t) ? orch_task_trajectory_text(t, &traj, &tl) : PS_ENOTFOUND;
+    char why[256] = "";
+    if (traj_rc && traj_rc != PS_ENOTFOUND)
+        snprintf(why, sizeof why, "%s", ps_error_last());
+    if (api->traj_fd >= 0 && orch_task_recorded(t)) {
+        if (!traj_rc && !trajectory_line_write(api->traj_fd, traj, tl))
+            api->traj_written++;
+        else
+            sink_failed(&api->traj_write_errors, "--trajectories", orch_task_id(t), traj_rc ? why : ps_error_last(),
+                        "paraserve_trajectory_write_errors_total");
+    }
+    if (api->store) {
+        int rc = task_store_write(api, t, traj_rc ? NULL : traj);
+        if (!rc)
+            api->stored++;
+        else
+            sink_failed(&api->store_errors, "--task-store", orch_task_id(t), ps_error_last(),
+                        "paraserve_task_store_errors_total");
+    }
+    free(traj);
 }
 
 static void pin_event(void *ud, struct orch_task *t, const struct orch_event *ev)
@@ -277,7 +391,7 @@ static void pin_event(void *ud, struct orch_task *t, const struct orch_event *ev
 static void on_task_done(void *ud, struct orch_task *t)
 {
     struct tasks_api *api = ud;
-    if (api->traj_fd < 0 || !orch_task_recorded(t))
+    if (!api->store && (api->traj_fd < 0 || !orch_task_recorded(t)))
         return;
     if (!orch_task_scripted(t)) {
         for (struct decision *d = api->decisions; d; d = d->next) {
@@ -291,7 +405,7 @@ static void on_task_done(void *ud, struct orch_task *t)
             }
         }
     }
-    trajectory_append(api, t);
+    task_finished_write(api, t);
 }
 
 /* ---- waiters ------------------------------------------------------------------- */
@@ -1127,7 +1241,7 @@ static void trajectory_due_write(struct tasks_api *api, struct decision *d, stru
 {
     d->trajectory_due = 0;
     if (owner)   /* always: pinned until now */
-        trajectory_append(api, owner);
+        task_finished_write(api, owner);
     orch_unsubscribe(d->pin);
     d->pin = NULL;
 }
@@ -1294,6 +1408,8 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     api->cfg = *cfg;
     api->traj_fd = -1;
     api->cfg.trajectories_path = NULL;
+    api->cfg.task_store_path = NULL;
+    api->cfg.tenant_names = NULL;
     api->cfg.agents_path = NULL;
     api->cfg.local_url = NULL;
     api->cfg.local_header = NULL;
@@ -1361,7 +1477,28 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     }
     struct orch_decider dec = { decider_start, decider_cancel, api, decider_over_context };
     orch_set_decider(api->orch, &dec);
-    if (api->traj_fd >= 0)
+    api->n_tenant_names = cfg->n_tenant_names < METRICS_MAX_TENANTS ? cfg->n_tenant_names : METRICS_MAX_TENANTS;
+    for (int i = 0; i < api->n_tenant_names; i++)
+        api->tenant_names[i] = cfg->tenant_names[i];
+    if (cfg->task_store_path && cfg->task_store_path[0]) {
+        snprintf(api->store_path, sizeof api->store_path, "%s", cfg->task_store_path);
+        if ((rc = task_store_open(api->store_path, ocfg.keep_finished > 0 ? ocfg.keep_finished : 10000,
+                                  &api->store)))
+            goto fail;
+        struct restore_ctx rctx = { .api = api };
+        int damaged = 0;
+        const int64_t t0 = orch_now_ns();
+        if ((rc = task_store_each(api->store, restore_one, &rctx, &damaged)))
+            goto fail;
+        fprintf(stderr, "paraserve: task store %s: %lld finished task(s) restored in %.0f ms", api->store_path,
+                (long long)api->restored, (double)(orch_now_ns() - t0) / 1e6);
+        if (damaged)
+            fprintf(stderr, "; %d damaged row(s) skipped", damaged);
+        if (rctx.skipped)
+            fprintf(stderr, "; %d skipped (the first: %s)", rctx.skipped, rctx.first_skip);
+        fprintf(stderr, "\n");
+    }
+    if (api->traj_fd >= 0 || api->store)
         orch_set_done_cb(api->orch, on_task_done, api);
     if (cfg->sse_heartbeat_ms > 0) {
         const struct timeval tv = { cfg->sse_heartbeat_ms / 1000, (cfg->sse_heartbeat_ms % 1000) * 1000 };
@@ -1419,6 +1556,7 @@ void tasks_api_free(struct tasks_api *api)
     free(api->action_schema);
     if (api->traj_fd >= 0)
         close(api->traj_fd);
+    task_store_close(api->store);
     free(api);
 }
 
@@ -1449,6 +1587,9 @@ int tasks_api_metrics(const struct tasks_api *api, struct metrics_orch *out)
     orch_get_stats(api->orch, &out->tasks);
     out->trajectories_written = api->traj_written;
     out->trajectory_write_errors = api->traj_write_errors;
+    out->tasks_stored = api->stored;
+    out->task_store_errors = api->store_errors;
+    out->tasks_restored = api->restored;
     exec_get_stats(ex, &out->exec);
     return PS_OK;
 }

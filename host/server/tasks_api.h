@@ -94,6 +94,12 @@ struct tasks_api_config {
     int                  keep_tasks;       /* orch_config.keep_finished (0: its default) */
     int                  max_running;      /* orch_config.max_running (0: no limit) */
     int                  max_running_per_tenant; /* orch_config.max_running_per_tenant */
+    const char          *task_store_path; /* NULL / "": none; else finished tasks are kept in
+                                         this SQLite file (host/store/task_store.h) and
+                                         the newest keep_tasks of them restored at create */
+    const char *const   *tenant_names;  /* [n_tenant_names]: each engine tenant id's name
+                                         (the store keeps tasks by tenant name) */
+    int                  n_tenant_names;
     const char          *trajectories_path; /* NULL / "": none; else every task records its
                                          trajectory (unless its request says
                                          "trajectory": false), appended to this file as

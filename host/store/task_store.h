@@ -1,0 +1,63 @@
+/* task_store.h - finished /v1/tasks kept in SQLite, so that they survive a
+ * restart (serve --task-store FILE).
+ *
+ * One row per finished task: its id, tenant (by name: engine tenant ids
+ * follow the configured keys and may differ after a restart), creation
+ * time, input, metadata, mode, status, rounds, call count, summary text,
+ * trajectory text (if it recorded one) and its whole event log.  The file
+ * is in WAL mode with synchronous=NORMAL: a put is durable against a crash
+ * of the process (not of the machine) when it returns.  The store keeps
+ * the newest `keep` rows (older ones are deleted as new ones come), the
+ * same window of finished tasks the server keeps in memory.
+ *
+ * Not thread-safe: one thread (the server's loop) uses a store.
+ */
+#ifndef PS_STORE_TASK_STORE_H
+#define PS_STORE_TASK_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct task_store;
+
+/* One event of a stored task's log; ids run 1, 2, ... */
+struct stored_event {
+    int64_t     id;
+    const char *type;   /* "task.created", ... */
+    const char *data;   /* JSON object text */
+    size_t      len;    /* strlen(data) */
+};
+
+/* A finished task as stored (borrowed strings; NULL where noted). */
+struct stored_task {
+    const char *id, *tenant, *input, *mode, *status, *summary;
+    const char *metadata;    /* JSON object text, or NULL */
+    const char *trajectory;  /* the trajectory document, or NULL */
+    int64_t     created_unix_ms;
+    int         rounds, calls;
+    const struct stored_event *events;
+    int64_t     n_events;
+};
+
+/* Open (creating it and its table when new) the store at `path`, keeping
+ * the newest `keep` tasks (>= 1).  PS_OK, or PS_EIO / PS_EFORMAT with a
+ * message naming the path and SQLite's reason (not a database, locked by
+ * another server, a table of another shape). */
+int  task_store_open(const char *path, int keep, struct task_store **out);
+void task_store_close(struct task_store *s);
+
+/* Store a finished task (replacing a row of the same id).  PS_OK, or
+ * PS_EIO / PS_ENOMEM naming the reason (the store is unchanged). */
+int task_store_put(struct task_store *s, const struct stored_task *t);
+
+/* The stored tasks, oldest first, each to fn (its strings valid during
+ * the call); fn returns 0 to go on.  A row that does not read back as a
+ * task (a damaged event log, a missing field) is skipped and counted in
+ * *skipped.  PS_OK, or PS_EIO naming SQLite's reason. */
+typedef int (*task_store_fn)(void *ud, const struct stored_task *t);
+int task_store_each(struct task_store *s, task_store_fn fn, void *ud, int *skipped);
+
+/* Rows in the store. */
+int64_t task_store_count(struct task_store *s);
+
+#endif /* PS_STORE_TASK_STORE_H */
