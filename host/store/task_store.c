@@ -177,6 +177,16 @@ int task_store_put(struct task_store *s, const struct stored_task *t)
  * *events and *strings, which holds each type and text NUL-terminated)
  * and *n; 0, or -1 when the blob is damaged or memory ran out. */
 static int events_parse(const unsigned char *b, size_t len, struct stored_event **events, char **strings,
+                        int64_t *n);
+
+int task_store_events_parse(const void *blob, size_t len, struct stored_event **events, char **strings, int64_t *n)
+{
+    if (events_parse(blob ? blob : "", blob ? len : 0, events, strings, n))
+        return ps_error_set(PS_EFORMAT, "task store: a damaged event log (or out of memory)");
+    return PS_OK;
+}
+
+static int events_parse(const unsigned char *b, size_t len, struct stored_event **events, char **strings,
                         int64_t *n)
 {
     *events = NULL;

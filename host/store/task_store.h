@@ -57,6 +57,16 @@ int task_store_put(struct task_store *s, const struct stored_task *t);
 typedef int (*task_store_fn)(void *ud, const struct stored_task *t);
 int task_store_each(struct task_store *s, task_store_fn fn, void *ud, int *skipped);
 
+/* A row's event log back from its blob (task_store_put's format: per
+ * event its type's length byte, the type, its text's length in 4 bytes
+ * little-endian, the text): *events and *strings, which holds the types
+ * and texts NUL-terminated (caller frees both), *n of them.  PS_OK, or
+ * PS_EFORMAT when the blob is damaged (a length past its end, an empty or
+ * long type, a NUL inside a text) or memory ran out.  task_store_each uses
+ * it; exposed for fuzzing. */
+int task_store_events_parse(const void *blob, size_t len, struct stored_event **events, char **strings,
+                            int64_t *n);
+
 /* Rows in the store. */
 int64_t task_store_count(struct task_store *s);
 
