@@ -57,9 +57,10 @@ bodies += [{"input": "caf\u00e9 \u00e8", "trajectory": True,
             "script": [{"calls": [{"to": "echo", "args": {"t": "\u00e9" * 400}}]}, {"final": {"answer": "{{c1}}"}}]},
            {"input": "x", "trajectory": "yes"}, {"input": "x", "trajectory": None},
            dict(bodies[0], metadata={"reference": "28", "suite": "s"}, trajectory=True),
-           {"input": "x", "metadata": {"k": 1}}, {"input": "x", "metadata": {"k": "v", "k": "w"}},
-           {"input": "x", "metadata": [1]}]
-texts = [json.dumps(b) for b in bodies] + ["{", "[]", "null", '{"input":"x","script":[' * 40]
+           {"input": "x", "metadata": {"k": 1}}, {"input": "x", "metadata": [1]},
+           {"input": "x", "metadata": {"\u00e9" * 64: "\u00e9" * 512}}]
+texts = [json.dumps(b) for b in bodies] + ["{", "[]", "null", '{"input":"x","script":[' * 40,
+                                             '{"input":"x","metadata":{"k":"v","k":"w"}}']   # a key twice
 for i, t in enumerate(texts):
     with open(os.path.join(out, "task_%02d" % i), "w") as f:
         f.write(t)

@@ -21,9 +21,9 @@ def blob(events):
     return b
 
 
-final = json.dumps({"id": "task_f", "status": "completed", "output": "5", "calls": [], "rounds": 1})
+final = json.dumps({"id": "task_0000000f0000", "status": "completed", "output": "5", "calls": [], "rounds": 1})
 logs = [
-    [("task.created", '{"id":"task_f","input":"in"}'), ("decision", '{"round":1}'), ("task.final", final)],
+    [("task.created", '{"id":"task_0000000f0000","input":"in"}'), ("decision", '{"round":1}'), ("task.final", final)],
     [("task.created", "{}"), ("call.dispatched", '{"id":"c1"}'), ("call.result", '{"id":"c1","status":"ok"}'),
      ("task.error", '{"status":"failed","error":"x"}')],
     [("task.created", "{}")],

@@ -99,8 +99,7 @@ struct orch_task {
     /* a finished task restored from a store (orch_task_restore): its
      * summary is summary_text, its calls a count, its trajectory a text */
     int                   restored;
-    int                   restored_script, restored_calls;
-    char                 *restored_traj;
+    int                   restored_script, restored_calls, restored_traj;
     size_t                tr_len, tr_cap;
     cJSON                *usage;       /* [{round,prompt_tokens,cached_tokens,completion_tokens}] */
     struct orch_sub      *subs;
@@ -2081,7 +2080,6 @@ static void task_free(struct orch_task *t)
     free(t->fallback);
     free(t->transcript);
     trajectory_free(t->traj);
-    free(t->restored_traj);
     cJSON_Delete(t->usage);
     if (!t->script_borrowed)
         cJSON_Delete(t->script);
@@ -2191,6 +2189,15 @@ static int script_action_fits(const cJSON *a, int i)
     return PS_OK;
 }
 
+/* Characters (code points) of UTF-8 text: bytes that do not continue one. */
+static size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
+    return n;
+}
+
 /* Validate a task request against the limits' defaults in cfg: PS_OK with
  * the script (NULL: none) and limits, or PS_EINVAL naming the field. */
 static int request_parse(const struct orch_config *cfg, const cJSON *req, const cJSON **script_out,
@@ -2244,11 +2251,11 @@ static int request_parse(const struct orch_config *cfg, const cJSON *req, const 
         for (const cJSON *m = meta->child; m; m = m->next) {
             if (++n > ORCH_METADATA_MAX_PAIRS)
                 return ps_error_set(PS_EINVAL, "metadata: at most %d pairs", ORCH_METADATA_MAX_PAIRS);
-            if (!m->string[0] || strlen(m->string) > ORCH_METADATA_MAX_KEY)
+            if (!m->string[0] || utf8_chars(m->string) > ORCH_METADATA_MAX_KEY)
                 return ps_error_set(PS_EINVAL, "metadata: keys must have 1 to %d characters", ORCH_METADATA_MAX_KEY);
             if (!cJSON_IsString(m))
                 return ps_error_set(PS_EINVAL, "metadata: the value of '%s' must be a string", m->string);
-            if (strlen(m->valuestring) > ORCH_METADATA_MAX_VALUE)
+            if (utf8_chars(m->valuestring) > ORCH_METADATA_MAX_VALUE)
                 return ps_error_set(PS_EINVAL, "metadata: the value of '%s' is over %d characters", m->string,
                                     ORCH_METADATA_MAX_VALUE);
             for (const cJSON *o = meta->child; o != m; o = o->next)
@@ -2453,18 +2460,15 @@ struct orch_task *orch_task_newer(const struct orch_task *t) { return t->next; }
 struct orch_task *orch_task_older(const struct orch_task *t) { return t->prev; }
 enum orch_task_status orch_task_status(const struct orch_task *t) { return t->status; }
 int orch_running(const struct orch *o) { return o->n_running; }
-int orch_task_recorded(const struct orch_task *t) { return t->traj != NULL || t->restored_traj != NULL; }
+int orch_task_recorded(const struct orch_task *t) { return t->traj != NULL || t->restored_traj; }
+int orch_task_restored(const struct orch_task *t) { return t->restored; }
 
 int orch_task_trajectory_text(const struct orch_task *t, char **out, size_t *len)
 {
     *out = NULL;
     *len = 0;
-    if (t->restored_traj) {
-        *len = strlen(t->restored_traj);
-        if (!(*out = strdup(t->restored_traj)))
-            return ps_error_set(PS_ENOMEM, "out of memory");
-        return PS_OK;
-    }
+    if (t->restored_traj)
+        return ps_error_set(PS_EUNSUPPORTED, "task %s was restored: its trajectory is in the task store", t->id);
     if (!t->traj)
         return ps_error_set(PS_ENOTFOUND, "task %s records no trajectory: submit it with \"trajectory\": true "
                             "(or serve with --trajectories)", t->id);
@@ -2600,9 +2604,12 @@ int orch_task_restore(struct orch *o, const struct orch_restore *r, struct orch_
     if (status < 0)
         return ps_error_set(PS_EINVAL, "restore: status '%.32s' is not one of a finished task",
                             r->status ? r->status : "");
-    if (!r->id || strlen(r->id) >= sizeof ((struct orch_task *)0)->id || !r->id[0])
-        return ps_error_set(PS_EINVAL, "restore: a task id of 1-%zu characters is needed",
-                            sizeof ((struct orch_task *)0)->id - 1);
+    unsigned counter = 0, lane = 0, low = 0;
+    int idn = 0;
+    if (!r->id || strlen(r->id) != 17 || sscanf(r->id, "task_%8x%2x%2x%n", &counter, &lane, &low, &idn) != 3 ||
+        idn != 17 || strspn(r->id + 5, "0123456789abcdef") != 12)
+        return ps_error_set(PS_EINVAL, "restore: '%.40s' is not a task id of ours (task_ and 12 hex digits)",
+                            r->id ? r->id : "");
     if (orch_task_find(o, r->id))
         return ps_error_set(PS_EINVAL, "restore: task %s exists already", r->id);
     if (!r->mode || (strcmp(r->mode, "script") && strcmp(r->mode, "model")) || !r->tenant || !r->input ||
@@ -2611,6 +2618,18 @@ int orch_task_restore(struct orch *o, const struct orch_restore *r, struct orch_
     const char *const last = r->events[r->n_events - 1].type;
     if (!last || (strcmp(last, "task.final") && strcmp(last, "task.error")))
         return ps_error_set(PS_EINVAL, "restore: task %s: its log does not end with its terminal event", r->id);
+    /* every text a client will read is a JSON object, as one the task
+     * printed (a damaged or hostile store is refused row by row) */
+    for (int64_t i = -1; i < r->n_events; i++) {
+        const char *txt = i < 0 ? r->summary : r->events[i].data;
+        const size_t len = i < 0 ? strlen(r->summary) : r->events[i].len;
+        cJSON *j = txt ? cJSON_ParseWithLength(txt, len) : NULL;
+        const int obj = cJSON_IsObject(j);
+        cJSON_Delete(j);
+        if (!obj)
+            return ps_error_set(PS_EINVAL, "restore: task %s: %s is not a JSON object", r->id,
+                                i < 0 ? "its summary" : "an event's text");
+    }
     struct orch_task *t = calloc(1, sizeof *t);
     if (!t)
         return ps_error_set(PS_ENOMEM, "out of memory");
@@ -2629,14 +2648,14 @@ int orch_task_restore(struct orch *o, const struct orch_restore *r, struct orch_
     t->ledger = cJSON_CreateArray();
     t->usage = cJSON_CreateArray();
     t->metadata = r->metadata ? cJSON_Duplicate(r->metadata, 1) : NULL;
-    t->restored_traj = r->trajectory ? strdup(r->trajectory) : NULL;
+    t->restored_traj = r->has_trajectory != 0;
     char *sum = strdup(r->summary);
     t->summary_text = sum ? shared_text_adopt(sum, strlen(sum)) : NULL;
     if (sum && !t->summary_text)
         free(sum);
     t->events = calloc((size_t)r->n_events, sizeof *t->events);
-    int ok = t->tenant && t->input && t->ledger && t->usage && (!r->metadata || t->metadata) &&
-             (!r->trajectory || t->restored_traj) && t->summary_text && t->events && r->n_events <= INT32_MAX;
+    int ok = t->tenant && t->input && t->ledger && t->usage && (!r->metadata || t->metadata) && t->summary_text &&
+             t->events && r->n_events <= INT32_MAX;
     int bad_type = 0;
     for (int64_t i = 0; ok && i < r->n_events; i++) {
         const struct orch_restore_event *e = &r->events[i];
@@ -2671,6 +2690,10 @@ int orch_task_restore(struct orch *o, const struct orch_restore *r, struct orch_
     o->fin_tail = t;
     t->in_fin = FIN_LISTED;
     o->n_finished++;
+    /* new ids of this lane after the restored ones: none repeats an old
+     * id, kept or evicted (up to the counter's wrap, 2^32 tasks) */
+    if ((int)lane == o->cfg.id_lane && (uint64_t)counter >= (o->next_id & 0xffffffffu))
+        o->next_id = counter;   /* the next task takes counter + 1 */
     evict_finished(o, t);
     if (out)
         *out = t;

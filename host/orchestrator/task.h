@@ -203,6 +203,8 @@ char *orch_task_prompt(const struct orch_task *t);
 /* Whether the task records its trajectory (request "trajectory", or
  * orch_config.record_trajectories). */
 int orch_task_recorded(const struct orch_task *t);
+/* 1 for a task restored from a store (orch_task_restore). */
+int orch_task_restored(const struct orch_task *t);
 /* The task's trajectory (host/orchestrator/trajectory.h,
  * proto/trajectory.schema.json) printed: *out (caller frees), *len bytes.
  * It may be read while the task runs (the steps so far).  PS_ENOTFOUND
@@ -243,13 +245,16 @@ int64_t orch_task_n_events(const struct orch_task *t);
 
 /* A finished task brought back (serve --task-store, after a restart):
  * its summary text, event log (each type one of the six, the last a
- * terminal one), trajectory text (or NULL), metadata (or NULL) and counts
- * as they were when it ended.  GET, the event replay, the list, DELETE
- * (a no-op: it has ended) and the trajectory serve it as they served the
- * task; it counts among the finished tasks kept (keep_finished), and in
- * no statistic.  PS_EINVAL naming what is wrong (a status that is not an
- * end, an id in use, a log without its end, an unknown event type),
- * PS_ENOMEM; *out (may be NULL) the task. */
+ * terminal one; every text a JSON object, as the summary), metadata (or
+ * NULL), whether it has a trajectory (kept by the store, not here:
+ * orch_task_trajectory_text answers PS_EUNSUPPORTED for it) and counts as
+ * they were when it ended.  GET, the event replay, the list and DELETE (a
+ * no-op: it has ended) serve it as they served the task; it counts among
+ * the finished tasks kept (keep_finished), and in no statistic; later
+ * task ids of this orchestrator's lane come after its.  PS_EINVAL naming
+ * what is wrong (a status that is not an end, an id that is not one of
+ * ours or in use, a log without its end, an unknown event type, a text
+ * that is not a JSON object), PS_ENOMEM; *out (may be NULL) the task. */
 struct orch_restore_event {
     const char *type, *data;   /* data: JSON object text of len bytes */
     size_t      len;
@@ -257,7 +262,7 @@ struct orch_restore_event {
 struct orch_restore {
     const char  *id, *tenant, *input, *mode /* "script" | "model" */, *status, *summary;
     const cJSON *metadata;
-    const char  *trajectory;
+    int          has_trajectory;
     int64_t      created_unix_ms;
     int          rounds, calls;
     const struct orch_restore_event *events;

@@ -229,9 +229,11 @@ static void reply_trajectory(struct tasks_api *api, struct evhttp_request *req, 
     struct api_error e;
     char *text;
     size_t len;
-    int rc = orch_task_trajectory_text(t, &text, &len);
+    int rc = orch_task_restored(t) && orch_task_recorded(t) && api->store
+                 ? task_store_trajectory(api->store, orch_task_id(t), &text, &len)
+                 : orch_task_trajectory_text(t, &text, &len);
     if (rc) {
-        if (rc == PS_ENOTFOUND)
+        if (rc == PS_ENOTFOUND && !orch_task_restored(t))
             api_error_set(&e, 404, "invalid_request_error", "trajectory_not_recorded", NULL, "%s", ps_error_last());
         else
             api_error_set(&e, 500, "server_error", NULL, NULL, "%s", ps_error_last());
@@ -292,6 +294,8 @@ done:
     return rc;
 }
 
+#define TASK_STORE_TENANT_NO_KEY "(no key)"
+
 /* Restore one stored task (task_store_each): its tenant by name (a
  * tenant no longer configured: skipped, never shown to another). */
 struct restore_ctx {
@@ -323,7 +327,7 @@ static int restore_one(void *ud, const struct stored_task *st)
         snprintf(tenant, sizeof tenant, "%d", id);
         const struct orch_restore r = {
             .id = st->id, .tenant = tenant, .input = st->input, .mode = st->mode, .status = st->status,
-            .summary = st->summary, .metadata = meta, .trajectory = st->trajectory,
+            .summary = st->summary, .metadata = meta, .has_trajectory = st->has_trajectory,
             .created_unix_ms = st->created_unix_ms, .rounds = st->rounds, .calls = st->calls, .events = ev,
             .n_events = st->n_events,
         };
@@ -1480,6 +1484,11 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     api->n_tenant_names = cfg->n_tenant_names < METRICS_MAX_TENANTS ? cfg->n_tenant_names : METRICS_MAX_TENANTS;
     for (int i = 0; i < api->n_tenant_names; i++)
         api->tenant_names[i] = cfg->tenant_names[i];
+    /* tenant 0 (requests without a key) is stored under a name no key's
+     * tenant can have ([A-Za-z0-9_.:-]): a key tenant named like the
+     * open server's "anonymous" never inherits its tasks, nor they its */
+    if (api->n_tenant_names > 0)
+        api->tenant_names[0] = TASK_STORE_TENANT_NO_KEY;
     if (cfg->task_store_path && cfg->task_store_path[0]) {
         snprintf(api->store_path, sizeof api->store_path, "%s", cfg->task_store_path);
         if ((rc = task_store_open(api->store_path, ocfg.keep_finished > 0 ? ocfg.keep_finished : 10000,

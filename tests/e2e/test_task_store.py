@@ -119,13 +119,19 @@ def test_keep_and_bad_files(start_server, paraserve_bin, model_path, tmp_path): 
                        timeout=30)
         assert r.status_code == 200
     assert s.stop() == 0
-    with sqlite3.connect(store) as db:
-        rows = [r[0] for r in db.execute("select input from tasks order by rowid")]
-    assert rows == ["t2", "t3", "t4"]
     s = start_server("--task-store", str(store), "--keep-tasks", 3, "--kv-blocks", 64)
     listed = httpx.get(s.url + "/v1/tasks?order=asc", timeout=30).json()["data"]
     assert [t["input"] for t in listed] == ["t2", "t3", "t4"]
+    # one server per file: a second one is refused at once, naming it
+    t0 = time.time()
+    p = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--port", "0", "--task-store", str(store)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode != 0 and "in use by another process" in p.stderr and str(store) in p.stderr, p.stderr
+    assert httpx.get(s.url + "/health", timeout=5).status_code == 200
     assert s.stop() == 0
+    with sqlite3.connect(store) as db:   # the rows past --keep-tasks went at the open
+        rows = [r[0] for r in db.execute("select input from tasks order by rowid")]
+    assert rows == ["t2", "t3", "t4"]
 
     for content, why in [(b"not a database at all, only text " * 10, "not a database"),
                          (None, "cannot open")]:
@@ -135,3 +141,39 @@ def test_keep_and_bad_files(start_server, paraserve_bin, model_path, tmp_path): 
         p = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--port", "0", "--task-store", str(path)],
                            capture_output=True, text=True, timeout=60)
         assert p.returncode != 0 and str(path) in p.stderr and why in p.stderr, p.stderr
+
+
+def test_order_and_open_tenant(start_server, tmp_path):  # noqa: F811
+    """The list keeps its creation order across a restart (tasks are stored
+    as they end); the open server's tasks (no key) never go to a key's
+    tenant, even one named "anonymous"."""
+    store = tmp_path / "tasks.db"
+    with server_fixtures.mock_agent() as port:
+        (tmp_path / "agents.json").write_text(json.dumps({"agents": [
+            {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/", "description": "Mock.",
+             "timeout_ms": 30000, "retries": 0}]}))
+        args = ("--agents", str(tmp_path / "agents.json"), "--task-store", str(store), "--kv-blocks", 64)
+        s = start_server(*args)
+        with httpx.stream("POST", s.url + "/v1/tasks", timeout=60, json={
+                "input": "slow first", "stream": True,
+                "script": [{"calls": [{"id": "s", "to": "mock", "args": {"sleep_ms": 800}}]},
+                           {"final": {"answer": "{{s}}", "uses": ["s"]}}]}) as r:
+            slow = r.headers["x-task-id"]
+            fast = httpx.post(s.url + "/v1/tasks", json={"input": "fast second", "script": [
+                {"final": {"answer": "x"}}]}, timeout=30).json()["id"]
+            for _ in r.iter_lines():
+                pass
+        before = [t["id"] for t in httpx.get(s.url + "/v1/tasks?order=asc", timeout=30).json()["data"]]
+        assert before == [slow, fast]
+        assert s.stop() == 0
+        s = start_server(*args)
+        assert [t["id"] for t in httpx.get(s.url + "/v1/tasks?order=asc", timeout=30).json()["data"]] == before
+        assert s.stop() == 0
+        # now with a key whose tenant is named "anonymous", as the open server's tenant is
+        cfg = tmp_path / "server.json"
+        cfg.write_text(json.dumps({"api_keys": [{"key": "sk-anon", "tenant": "anonymous"}]}))
+        s = start_server("--config", str(cfg), *args)
+        h = {"Authorization": "Bearer sk-anon"}
+        assert httpx.get(f"{s.url}/v1/tasks/{fast}", headers=h, timeout=30).status_code == 404
+        assert httpx.get(f"{s.url}/v1/tasks", headers=h, timeout=30).json()["data"] == []
+        assert s.stop() == 0

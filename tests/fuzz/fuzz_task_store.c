@@ -54,7 +54,7 @@ static int on_row(void *ud, const struct stored_task *st)
     b->rows++;
     int same = !strcmp(st->id, p->id) && !strcmp(st->status, p->status) && !strcmp(st->mode, p->mode) &&
                !strcmp(st->summary, p->summary) && st->n_events == p->n_events && st->rounds == p->rounds &&
-               st->calls == p->calls && !st->trajectory == !p->trajectory;
+               st->calls == p->calls && st->has_trajectory == (p->trajectory != NULL);
     for (int64_t i = 0; same && i < st->n_events; i++)
         same = st->events[i].len == p->events[i].len && !strcmp(st->events[i].type, p->events[i].type) &&
                !memcmp(st->events[i].data, p->events[i].data, p->events[i].len);
@@ -83,7 +83,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         if (ev[i].id != i + 1 || strlen(ev[i].data) != ev[i].len || !ev[i].type[0])
             abort();
     const struct stored_task row = {
-        .id = "task_f", .tenant = "t", .input = "in", .mode = modes[data[1] % 3], .status = statuses[data[0] % 5],
+        .id = "task_0000000f0000", .tenant = "t", .input = "in", .mode = modes[data[1] % 3], .status = statuses[data[0] % 5],
         .summary = summaries[data[2] % 3], .trajectory = data[3] & 1 ? "{}" : NULL, .created_unix_ms = data[3],
         .rounds = data[3] >> 4, .calls = (data[3] >> 1) % 8, .events = ev, .n_events = n,
     };
@@ -101,7 +101,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             rev[i] = (struct orch_restore_event){ ev[i].type, ev[i].data, ev[i].len };
         const struct orch_restore r = {
             .id = row.id, .tenant = "0", .input = row.input, .mode = row.mode, .status = row.status,
-            .summary = row.summary, .trajectory = row.trajectory, .created_unix_ms = row.created_unix_ms,
+            .summary = row.summary, .has_trajectory = row.trajectory != NULL, .created_unix_ms = row.created_unix_ms,
             .rounds = row.rounds, .calls = row.calls, .events = rev, .n_events = n,
         };
         struct orch_config oc = { .keep_finished = 2 };
@@ -119,7 +119,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             cJSON_Delete(orch_task_summary(t));
             char *traj;
             size_t len;
-            if (orch_task_trajectory_text(t, &traj, &len) == PS_OK)
+            if (task_store_trajectory(store, row.id, &traj, &len) == PS_OK)
                 free(traj);
             orch_task_cancel(t, "fuzz");
         }

@@ -20,9 +20,9 @@
 #include "test_util.h"
 
 static const struct stored_event EVENTS[] = {
-    { 1, "task.created", "{\"id\":\"task_a\",\"input\":\"q \\u00e9\"}", 0 },
+    { 1, "task.created", "{\"id\":\"task_000000a10000\",\"input\":\"q \\u00e9\"}", 0 },
     { 2, "decision", "{\"round\":1,\"action\":{\"final\":{\"answer\":\"x\"}}}", 0 },
-    { 3, "task.final", "{\"id\":\"task_a\",\"status\":\"completed\",\"output\":\"x\",\"calls\":[],\"rounds\":1}", 0 },
+    { 3, "task.final", "{\"id\":\"task_000000a10000\",\"status\":\"completed\",\"output\":\"x\",\"calls\":[],\"rounds\":1}", 0 },
 };
 
 static struct stored_task task_a(struct stored_event *ev)
@@ -31,7 +31,7 @@ static struct stored_task task_a(struct stored_event *ev)
         ev[i] = EVENTS[i];
         ev[i].len = strlen(ev[i].data);
     }
-    return (struct stored_task){ .id = "task_a", .tenant = "alpha", .input = "q \xc3\xa9", .mode = "script",
+    return (struct stored_task){ .id = "task_000000a10000", .tenant = "alpha", .input = "q \xc3\xa9", .mode = "script",
                                  .status = "completed", .summary = EVENTS[2].data, .metadata = "{\"ref\":\"x\"}",
                                  .trajectory = "{\"object\":\"task.trajectory\"}", .created_unix_ms = 1700000000123,
                                  .rounds = 1, .calls = 0, .events = ev, .n_events = 3 };
@@ -49,10 +49,10 @@ static int on_row(void *ud, const struct stored_task *t)
     if (s->n < 8)
         snprintf(s->ids[s->n], sizeof s->ids[0], "%s", t->id);
     s->n++;
-    if (!strcmp(t->id, "task_a")) {
+    if (!strcmp(t->id, "task_000000a10000")) {
         int ok = !strcmp(t->tenant, "alpha") && !strcmp(t->input, "q \xc3\xa9") && !strcmp(t->mode, "script") &&
                  !strcmp(t->status, "completed") && !strcmp(t->summary, EVENTS[2].data) && t->metadata &&
-                 !strcmp(t->metadata, "{\"ref\":\"x\"}") && t->trajectory && t->created_unix_ms == 1700000000123 &&
+                 !strcmp(t->metadata, "{\"ref\":\"x\"}") && t->has_trajectory && t->created_unix_ms == 1700000000123 &&
                  t->rounds == 1 && t->calls == 0 && t->n_events == 3;
         for (int i = 0; ok && i < 3; i++)
             ok = t->events[i].id == i + 1 && !strcmp(t->events[i].type, EVENTS[i].type) &&
@@ -73,39 +73,56 @@ static void test_round_trip_keep_and_damage(const char *path)
     struct stored_task a = task_a(ev);
     CHECK(task_store_put(s, &a) == PS_OK);
     /* four more: only the newest three rows stay */
-    char id[16];
+    char id[32];
     for (int i = 0; i < 4; i++) {
         struct stored_task b = a;
-        snprintf(id, sizeof id, "task_b%d", i);
+        snprintf(id, sizeof id, "task_%08x0000", 0xb0 + i);
         b.id = id;
         b.metadata = NULL;
         b.trajectory = NULL;
         CHECK(task_store_put(s, &b) == PS_OK);
     }
-    CHECK_MSG(task_store_count(s) == 3, "%lld rows", (long long)task_store_count(s));
+    /* the newest three are read back; the rows past them go at the next open */
     struct seen seen = { 0 };
     int skipped = -1;
     CHECK(task_store_each(s, on_row, &seen, &skipped) == PS_OK && skipped == 0);
-    CHECK_MSG(seen.n == 3 && !strcmp(seen.ids[0], "task_b1") && !strcmp(seen.ids[2], "task_b3"), "%d rows, %s..%s",
-              seen.n, seen.ids[0], seen.ids[seen.n > 0 ? seen.n - 1 : 0]);
-    /* the same id again replaces its row */
+    CHECK_MSG(seen.n == 3 && !strcmp(seen.ids[0], "task_000000b10000") && !strcmp(seen.ids[2], "task_000000b30000"),
+              "%d rows, %s..%s", seen.n, seen.ids[0], seen.ids[seen.n > 0 ? seen.n - 1 : 0]);
+    char *traj = NULL;
+    size_t tl = 0;
+    task_store_close(s);
+    CHECK(task_store_open(path, 3, &s) == PS_OK && s);
+    if (!s)
+        return;
+    CHECK_MSG(task_store_count(s) == 3, "%lld rows after the open", (long long)task_store_count(s));
+    CHECK(task_store_trajectory(s, "task_000000b10000", &traj, &tl) == PS_ENOTFOUND);   /* b rows have none */
+    CHECK(task_store_trajectory(s, "task_000000a10000", &traj, &tl) == PS_ENOTFOUND);   /* a's row went at the open */
+    /* the same id again replaces its row; its trajectory reads back whole */
     CHECK(task_store_put(s, &a) == PS_OK);
     memset(&seen, 0, sizeof seen);
     CHECK(task_store_each(s, on_row, &seen, &skipped) == PS_OK && seen.ok_a);
+    CHECK(task_store_trajectory(s, "task_000000a10000", &traj, &tl) == PS_OK && traj &&
+          !strcmp(traj, "{\"object\":\"task.trajectory\"}") && tl == strlen(traj));
+    free(traj);
+    /* a second server on the same file is refused at once */
+    struct task_store *other = NULL;
+    CHECK_MSG(task_store_open(path, 3, &other) != PS_OK && !other && strstr(ps_error_last(), "in use"), "%s",
+              ps_error_last());
     task_store_close(s);
 
     /* damaged rows (a blob cut short, a NUL inside a text, no events) are skipped and counted */
     sqlite3 *db = NULL;
     CHECK(sqlite3_open(path, &db) == SQLITE_OK);
-    CHECK(sqlite3_exec(db, "UPDATE tasks SET events = substr(events, 1, 10) WHERE id = 'task_b2';"
-                           "UPDATE tasks SET events = X'' WHERE id = 'task_b3';"
-                           "INSERT INTO tasks VALUES ('task_c','alpha',1,'i',NULL,'script','completed',1,0,'{}',NULL,"
+    CHECK(sqlite3_exec(db, "UPDATE tasks SET events = substr(events, 1, 10) WHERE id = 'task_000000b20000';"
+                           "UPDATE tasks SET events = X'' WHERE id = 'task_000000b30000';"
+                           "INSERT INTO tasks VALUES ('task_c','alpha',1,'i',NULL,'script','completed',1,0,'{}',NULL,NULL,"
                            " X'0564656369730100000000');", NULL, NULL, NULL) == SQLITE_OK);
     sqlite3_close(db);
     CHECK(task_store_open(path, 3, &s) == PS_OK);
     memset(&seen, 0, sizeof seen);
     CHECK(s && task_store_each(s, on_row, &seen, &skipped) == PS_OK);
-    CHECK_MSG(seen.n == 1 && seen.ok_a && skipped == 3, "%d good, %d skipped", seen.n, skipped);
+    /* the newest three rows: b3 (cut), a, c (a NUL in a text) */
+    CHECK_MSG(seen.n == 1 && seen.ok_a && skipped == 2, "%d good, %d skipped", seen.n, skipped);
     task_store_close(s);
 
     /* not a store: refused at open, naming the path */
@@ -157,11 +174,11 @@ static void test_restore(void)
     for (int i = 0; i < 3; i++)
         ev[i] = (struct orch_restore_event){ EVENTS[i].type, EVENTS[i].data, strlen(EVENTS[i].data) };
     cJSON *meta = cJSON_Parse("{\"ref\":\"x\"}");
-    struct orch_restore r = { .id = "task_a", .tenant = "0", .input = "q", .mode = "script", .status = "completed",
-                              .summary = EVENTS[2].data, .metadata = meta, .trajectory = "{\"object\":\"task.trajectory\"}",
+    struct orch_restore r = { .id = "task_000000a10000", .tenant = "0", .input = "q", .mode = "script", .status = "completed",
+                              .summary = EVENTS[2].data, .metadata = meta, .has_trajectory = 1,
                               .created_unix_ms = 1700000000123, .rounds = 1, .calls = 4, .events = ev, .n_events = 3 };
     struct orch_task *t = NULL;
-    CHECK(orch_task_restore(o, &r, &t) == PS_OK && t && orch_task_find(o, "task_a") == t);
+    CHECK(orch_task_restore(o, &r, &t) == PS_OK && t && orch_task_find(o, "task_000000a10000") == t);
     CHECK(t && orch_task_status(t) == TASK_COMPLETED && orch_task_scripted(t) && orch_task_n_calls(t) == 4 &&
           orch_task_rounds(t) == 1 && orch_task_created_unix_ms(t) == 1700000000123 && orch_task_recorded(t));
     struct shared_text *st = t ? orch_task_summary_text(t) : NULL;
@@ -172,8 +189,8 @@ static void test_restore(void)
     cJSON_Delete(sum);
     char *traj = NULL;
     size_t tl = 0;
-    CHECK(t && orch_task_trajectory_text(t, &traj, &tl) == PS_OK && !strcmp(traj, "{\"object\":\"task.trajectory\"}"));
-    free(traj);
+    CHECK(t && orch_task_trajectory_text(t, &traj, &tl) == PS_EUNSUPPORTED && strstr(ps_error_last(), "task store"));
+    CHECK(t && orch_task_restored(t));
     struct capture cap = { 0 };
     struct orch_sub *sub = t ? orch_task_subscribe(t, 1, on_event, &cap) : NULL;
     CHECK_MSG(sub && !strcmp(cap.last_type, "task.final"), "replay after 1 ended with '%s'", cap.last_type);
@@ -185,7 +202,7 @@ static void test_restore(void)
     /* refused, naming the fault */
     struct orch_restore bad = r;
     CHECK(orch_task_restore(o, &bad, NULL) == PS_EINVAL && strstr(ps_error_last(), "exists already"));
-    bad.id = "task_b";
+    bad.id = "task_000000b10000";
     bad.status = "running";
     CHECK(orch_task_restore(o, &bad, NULL) == PS_EINVAL && strstr(ps_error_last(), "not one of a finished task"));
     bad.status = "failed";
@@ -194,21 +211,38 @@ static void test_restore(void)
     struct orch_restore_event odd[2] = { { "task.teleport", "{}", 2 }, { "task.error", "{}", 2 } };
     bad.events = odd;
     CHECK(orch_task_restore(o, &bad, NULL) == PS_EINVAL && strstr(ps_error_last(), "unknown type"));
-    CHECK(!orch_task_find(o, "task_b"));
+    struct orch_restore_event notjson[2] = { { "task.created", "<<<", 3 }, { "task.error", "{}", 2 } };
+    bad.events = notjson;
+    CHECK(orch_task_restore(o, &bad, NULL) == PS_EINVAL && strstr(ps_error_last(), "not a JSON object"));
+    bad = r;
+    bad.id = "task_000000b10000";
+    bad.summary = "this is not json";
+    CHECK(orch_task_restore(o, &bad, NULL) == PS_EINVAL && strstr(ps_error_last(), "its summary"));
+    bad.summary = r.summary;
+    bad.id = "task_\"x\"\n";
+    CHECK(orch_task_restore(o, &bad, NULL) == PS_EINVAL && strstr(ps_error_last(), "not a task id of ours"));
+    CHECK(!orch_task_find(o, "task_000000b10000"));
 
     /* new tasks never take a restored id; keep_finished applies to restored ones */
     for (int i = 0; i < 3; i++) {
-        char id[16];
-        snprintf(id, sizeof id, "task_r%d", i);
+        char id[32];
+        snprintf(id, sizeof id, "task_%08x0000", 0xc0 + i);
         struct orch_restore more = r;
         more.id = id;
         CHECK(orch_task_restore(o, &more, NULL) == PS_OK);
     }
-    CHECK_MSG(!orch_task_find(o, "task_a") && !orch_task_find(o, "task_r0") && orch_task_find(o, "task_r2"),
-              "the oldest restored tasks are evicted past keep_finished");
+    CHECK_MSG(!orch_task_find(o, "task_000000a10000") && !orch_task_find(o, "task_000000c00000") &&
+              orch_task_find(o, "task_000000c20000"), "the oldest restored tasks are evicted past keep_finished");
+    struct orch_restore high = r;
+    high.id = "task_ffffff000000";
+    CHECK(orch_task_restore(o, &high, NULL) == PS_OK);
     cJSON *req = cJSON_Parse("{\"input\":\"x\",\"script\":[{\"final\":{\"answer\":\"y\"}}]}");
     struct orch_task *nt = NULL;
-    CHECK(orch_task_submit(o, req, NULL, &nt) == PS_OK && nt && strncmp(orch_task_id(nt), "task_r", 6));
+    CHECK(orch_task_submit(o, req, NULL, &nt) == PS_OK && nt);
+    /* after the restored ids of its lane (0) */
+    unsigned counter = 0;
+    CHECK_MSG(nt && sscanf(orch_task_id(nt), "task_%8x", &counter) == 1 && counter == 0xffffff01u, "new id %s",
+              nt ? orch_task_id(nt) : "-");
     cJSON_Delete(req);
     event_base_loop(base, EVLOOP_NONBLOCK);
     cJSON_Delete(meta);
