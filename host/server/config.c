@@ -89,8 +89,8 @@ static const struct opt_desc opts[] = {
     { "task_store", 0, OPT_STR, OFF(task_store), sizeof(((struct server_config *)0)->task_store), 0, 0,
       "keep finished /v1/tasks in this SQLite file (created if missing; WAL): after a restart the newest "
       "keep_tasks of them are served again - GET, event replay with Last-Event-ID, the list, trajectories - "
-      "under the tenant (API key tenant name) they belong to; tasks still running when the server is killed "
-      "are not kept (SIGTERM ends them first, so they are) (default: none)" },
+      "under the tenant (API key tenant name) they belong to; a task still running when the server is killed "
+      "is ended at the next start (failed: the server stopped) (default: none)" },
     { "trajectories", 0, OPT_STR, OFF(trajectories), sizeof(((struct server_config *)0)->trajectories), 0, 0,
       "append each /v1/tasks task's trajectory, when it ends, to this file as one JSON line: every decision's "
       "prompt and completion as chat messages (for fine-tuning the orchestrator), its calls, and reward terms "

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/json_get.h"
@@ -259,6 +260,15 @@ static void reply_trajectory(struct tasks_api *api, struct evhttp_request *req, 
     reply_body(api, req, 200, out);
 }
 
+/* A failure of a finished task's sinks: counted, and said on stderr the
+ * first time for each sink. */
+static void sink_failed(int64_t *errors, const char *sink, const char *id, const char *why, const char *counter)
+{
+    if ((*errors)++ == 0)
+        fprintf(stderr, "paraserve: %s: task %s was not written: %s (counted in %s; reported once)\n", sink, id, why,
+                counter);
+}
+
 /* The task as a store row (traj: its trajectory text, or NULL).  PS_OK,
  * or a status with its reason. */
 static int task_store_write(struct tasks_api *api, struct orch_task *t, const char *traj)
@@ -300,15 +310,84 @@ done:
  * tenant no longer configured: skipped, never shown to another). */
 struct restore_ctx {
     struct tasks_api *api;
-    int               skipped;
+    int               skipped, interrupted;
     char              first_skip[256];
 };
 
-static int restore_one(void *ud, const struct stored_task *st)
+#define INTERRUPTED_ERROR "the server stopped while the task ran (it was not resumed)"
+
+/* A row written as its task started and never replaced by its end: the
+ * server stopped without ending it (killed, crashed).  Into *out its
+ * ended form - status failed, the error above, its log closed by a
+ * task.error whose text is the summary (with "task" and "t_ms", as every
+ * event) - whose strings live in *summary, *terminal and *events (caller
+ * frees).  PS_OK, PS_EINVAL (the summary is not a JSON object), PS_ENOMEM. */
+static int interrupted_end(const struct stored_task *st, struct stored_task *out, char **summary, char **terminal,
+                           struct stored_event **events)
+{
+    *summary = *terminal = NULL;
+    *events = NULL;
+    cJSON *s = cJSON_Parse(st->summary);
+    int rc = PS_OK;
+    if (!cJSON_IsObject(s)) {
+        cJSON_Delete(s);
+        return ps_error_set(PS_EINVAL, "task %s: its summary is not a JSON object", st->id);
+    }
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    const int64_t now_ms = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000;
+    const double t_ms = now_ms > st->created_unix_ms ? (double)(now_ms - st->created_unix_ms) : 0;
+    cJSON_DeleteItemFromObjectCaseSensitive(s, "status");
+    cJSON_DeleteItemFromObjectCaseSensitive(s, "error");
+    if (!cJSON_AddStringToObject(s, "status", "failed") || !cJSON_AddStringToObject(s, "error", INTERRUPTED_ERROR) ||
+        !(*summary = cJSON_PrintUnformatted(s)) || !cJSON_AddStringToObject(s, "task", st->id) ||
+        !cJSON_AddNumberToObject(s, "t_ms", t_ms) || !(*terminal = cJSON_PrintUnformatted(s)) ||
+        !(*events = malloc((size_t)(st->n_events + 1) * sizeof **events)))
+        rc = ps_error_set(PS_ENOMEM, "out of memory");
+    cJSON_Delete(s);
+    if (rc) {
+        free(*summary);
+        free(*terminal);
+        free(*events);
+        *summary = *terminal = NULL;
+        *events = NULL;
+        return rc;
+    }
+    memcpy(*events, st->events, (size_t)st->n_events * sizeof **events);
+    (*events)[st->n_events] = (struct stored_event){ .id = st->n_events + 1, .type = "task.error", .data = *terminal,
+                                                     .len = strlen(*terminal) };
+    *out = *st;
+    out->status = "failed";
+    out->summary = *summary;
+    out->events = *events;
+    out->n_events = st->n_events + 1;
+    out->trajectory = NULL;
+    out->has_trajectory = 0;
+    return PS_OK;
+}
+
+static int restore_one(void *ud, const struct stored_task *st_in)
 {
     struct restore_ctx *rc = ud;
     struct tasks_api *api = rc->api;
     char why[256] = "", tenant[16];
+    struct stored_task ended;
+    char *isum = NULL, *iterm = NULL;
+    struct stored_event *iev = NULL;
+    const struct stored_task *st = st_in;
+    if (!strcmp(st_in->status, "running")) {
+        /* ended now, and written back so */
+        if (interrupted_end(st_in, &ended, &isum, &iterm, &iev)) {
+            if (rc->skipped++ == 0)
+                snprintf(rc->first_skip, sizeof rc->first_skip, "%s", ps_error_last());
+            return 0;
+        }
+        st = &ended;
+        if (task_store_put(api->store, st))
+            sink_failed(&api->store_errors, "--task-store", st->id, ps_error_last(),
+                        "paraserve_task_store_errors_total");
+        rc->interrupted++;
+    }
     int id = -1;
     for (int i = 0; i < api->n_tenant_names && id < 0; i++)
         if (api->tenant_names[i] && !strcmp(api->tenant_names[i], st->tenant))
@@ -340,17 +419,12 @@ static int restore_one(void *ud, const struct stored_task *st)
         snprintf(rc->first_skip, sizeof rc->first_skip, "%s", why);
     cJSON_Delete(meta);
     free(ev);
+    free(isum);
+    free(iterm);
+    free(iev);
     return 0;
 }
 
-/* A failure of a finished task's sinks: counted, and said on stderr the
- * first time for each sink. */
-static void sink_failed(int64_t *errors, const char *sink, const char *id, const char *why, const char *counter)
-{
-    if ((*errors)++ == 0)
-        fprintf(stderr, "paraserve: %s: task %s was not written: %s (counted in %s; reported once)\n", sink, id, why,
-                counter);
-}
 
 /* A finished task to its sinks: its trajectory appended to the
  * --trajectories file as one line (orch_task_trajectory_write's rules),
@@ -777,6 +851,13 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req, con
         return;
     }
     cJSON_Delete(root);
+    /* with a store, the task is written as it starts too: if the server
+     * dies before the task ends, the next start can still say so */
+    if (api->store && orch_task_status(t) == TASK_RUNNING) {
+        if (task_store_write(api, t, NULL))
+            sink_failed(&api->store_errors, "--task-store", orch_task_id(t), ps_error_last(),
+                        "paraserve_task_store_errors_total");
+    }
     waiter_start(api, req, t, want_stream, 0);
 }
 
@@ -1501,6 +1582,8 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
             goto fail;
         fprintf(stderr, "paraserve: task store %s: %lld finished task(s) restored in %.0f ms", api->store_path,
                 (long long)api->restored, (double)(orch_now_ns() - t0) / 1e6);
+        if (rctx.interrupted)
+            fprintf(stderr, "; %d of them had not ended when the server stopped: failed now", rctx.interrupted);
         if (damaged)
             fprintf(stderr, "; %d damaged row(s) skipped", damaged);
         if (rctx.skipped)

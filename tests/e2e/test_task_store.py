@@ -177,3 +177,47 @@ def test_order_and_open_tenant(start_server, tmp_path):  # noqa: F811
         assert httpx.get(f"{s.url}/v1/tasks/{fast}", headers=h, timeout=30).status_code == 404
         assert httpx.get(f"{s.url}/v1/tasks", headers=h, timeout=30).json()["data"] == []
         assert s.stop() == 0
+
+
+def test_killed_server(start_server, paraserve_bin, model_path, tmp_path):  # noqa: F811
+    """A task is written as it starts: when the server is killed (SIGKILL)
+    while it runs, the next start ends it - failed, saying the server
+    stopped, its log closed by a task.error - rather than forget it (a
+    client polling its id would get 404)."""
+    store = tmp_path / "tasks.db"
+    with server_fixtures.mock_agent() as port:
+        (tmp_path / "agents.json").write_text(json.dumps({"agents": [
+            {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/", "description": "Mock.",
+             "timeout_ms": 60000, "retries": 0}]}))
+        args = ("--agents", str(tmp_path / "agents.json"), "--task-store", str(store), "--kv-blocks", 64)
+        s = server_fixtures.ServerProcess(paraserve_bin, model_path, *args)   # killed below: not the fixture's
+        with httpx.stream("POST", s.url + "/v1/tasks", timeout=60, json={
+                "input": "slow", "stream": True, "metadata": {"k": "v"},
+                "script": [{"calls": [{"id": "s", "to": "mock", "args": {"sleep_ms": 30000}}]},
+                           {"final": {"answer": "{{s}}", "uses": ["s"]}}]}) as r:
+            tid = r.headers["x-task-id"]
+            for line in r.iter_lines():
+                if line.startswith("event: call.dispatched"):
+                    break
+        done = httpx.post(s.url + "/v1/tasks", json={"input": "quick", "script": [{"final": {"answer": "q"}}]},
+                          timeout=30).json()["id"]
+        s.proc.kill()
+        s.proc.wait()
+        s.log.close()
+        s2 = start_server(*args)
+        assert "2 finished task(s) restored" in s2.output() and "1 of them had not ended" in s2.output(), s2.output()
+        t = httpx.get(f"{s2.url}/v1/tasks/{tid}", timeout=30).json()
+        assert t["status"] == "failed" and "the server stopped while the task ran" in t["error"], t
+        assert t["metadata"] == {"k": "v"}
+        ev = server_fixtures.sse_events(httpx.get(f"{s2.url}/v1/tasks/{tid}/events", timeout=30).text.splitlines())
+        assert [e["event"] for e in ev] == ["task.created", "task.error"]
+        assert ev[-1]["data"]["status"] == "failed" and ev[-1]["data"]["task"] == tid
+        assert httpx.get(f"{s2.url}/v1/tasks/{done}", timeout=30).json()["status"] == "completed"
+        assert s2.stop() == 0
+        # written back ended: the next start restores it as it is now
+        s3 = start_server(*args)
+        assert "1 of them had not ended" not in s3.output()
+        assert httpx.get(f"{s3.url}/v1/tasks/{tid}", timeout=30).content == \
+            httpx.get(f"{s3.url}/v1/tasks/{tid}", timeout=30).content
+        assert httpx.get(f"{s3.url}/v1/tasks/{tid}", timeout=30).json()["status"] == "failed"
+        assert s3.stop() == 0
