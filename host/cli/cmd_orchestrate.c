@@ -21,9 +21,7 @@
  * loop k mod N), started together once every loop is set up (and warm);
  * the stats then sum the loops' CPU and counters and pool their samples.
  */
-#include <errno.h>
 #include <event2/event.h>
-#include <fcntl.h>
 #include <getopt.h>
 #include <limits.h>
 #include <math.h>
@@ -757,8 +755,8 @@ int cmd_orchestrate(int argc, char **argv)
     }
     struct exec_config ecfg = { .local_url = local_url, .http_threads = http_threads };
     struct orch_config ocfg = { .max_events = max_events, .record_trajectories = traj_path != NULL };
-    if (traj_path && (b.traj_fd = open(traj_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644)) < 0) {
-        fprintf(stderr, "paraserve orchestrate: --trajectories %s: %s\n", traj_path, strerror(errno));
+    if (traj_path && (b.traj_fd = trajectory_file_open(traj_path)) < 0) {
+        fprintf(stderr, "paraserve orchestrate: --trajectories %s\n", ps_error_last());
         goto done;
     }
     /* the registry is settled here, once, on this thread: the loops only

@@ -1,4 +1,5 @@
-/* utf8_cut.h - where to cut UTF-8 text so that no character is split. */
+/* utf8_cut.h - where to cut UTF-8 text so that no character is split, and
+ * how many characters it has. */
 #ifndef PS_COMMON_UTF8_CUT_H
 #define PS_COMMON_UTF8_CUT_H
 
@@ -11,6 +12,16 @@ static inline size_t utf8_cut(const char *s, size_t n)
 {
     while (n > 0 && ((unsigned char)s[n] & 0xC0) == 0x80)
         n--;
+    return n;
+}
+
+/* Characters (code points) of NUL-terminated UTF-8 text: its bytes that
+ * do not continue a character. */
+static inline size_t utf8_chars(const char *s)
+{
+    size_t n = 0;
+    for (; *s; s++)
+        n += ((unsigned char)*s & 0xC0) != 0x80;
     return n;
 }
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "common/json_get.h"
+#include "common/utf8_cut.h"
 #include "common/status.h"
 
 static const char *const known_types[] = {
@@ -150,16 +151,6 @@ static int type_matches(const char *t, const cJSON *v)
     return !strcmp(t, type_of(v));
 }
 
-/* Length in code points of a UTF-8 string. */
-static size_t utf8_len(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        if (((unsigned char)*s & 0xC0) != 0x80)
-            n++;
-    return n;
-}
-
 static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int depth,
                         char *err, size_t errlen)
 {
@@ -221,7 +212,7 @@ static int validate_rec(const cJSON *s, const cJSON *v, const char *where, int d
         }
     }
     if (cJSON_IsString(v)) {
-        size_t n = utf8_len(v->valuestring);
+        size_t n = utf8_chars(v->valuestring);
         const cJSON *b;
         if ((b = json_get(s, "minLength")) && cJSON_IsNumber(b) && (double)n < b->valuedouble)
             return fail(err, errlen, "%s: string shorter than minLength%s", where, "");

@@ -97,7 +97,8 @@ struct orch_task {
     char                 *transcript;  /* append-only decision/feedback history */
     struct trajectory    *traj;        /* NULL: the task records none */
     /* a finished task restored from a store (orch_task_restore): its
-     * summary is summary_text, its calls a count, its trajectory a text */
+     * summary is summary_text, its calls a count, its trajectory in the
+     * store (restored_traj: it has one) */
     int                   restored;
     int                   restored_script, restored_calls, restored_traj;
     size_t                tr_len, tr_cap;
@@ -199,10 +200,6 @@ static void need(struct orch_task *t, int added)
         log_fail(t, PS_ENOMEM);
 }
 
-/* The trajectory's step for the decision being made begins / ends (a
- * task that records one; a step that could not be kept for lack of memory
- * fails the task as a lost event does: the document never misses a
- * decision the model made). */
 /* The task records its trajectory and will keep more steps (not past its
  * size limit): a scripted task keeps a transcript and builds prompts only
  * then. */
@@ -211,6 +208,10 @@ static int traj_live(const struct orch_task *t)
     return t->traj && !trajectory_full(t->traj);
 }
 
+/* The trajectory's step for the decision being made begins / ends (a
+ * task that records one; a step that could not be kept for lack of memory
+ * fails the task as a lost event does: the document never misses a
+ * decision the model made). */
 static void traj_begin(struct orch_task *t, const char *prompt)
 {
     if (t->traj)
@@ -221,6 +222,15 @@ static void traj_end(struct orch_task *t, const char *text, size_t n, int valid,
 {
     if (t->traj)
         need(t, trajectory_end(t->traj, text, n, valid, note, (orch_now_ns() - t->t_decide) / 1000000) == PS_OK);
+}
+
+/* The step ends cut short (the decision failed, or the task ended during
+ * it): not valid, with the text decoded until then, if any. */
+static void traj_end_cut(struct orch_task *t, const char *note)
+{
+    size_t tl = 0;
+    const char *txt = t->traj && t->parser ? action_parser_text(t->parser, &tl) : NULL;
+    traj_end(t, tl ? txt : NULL, tl, 0, note);
 }
 
 /* Where a task stands for eviction.  A finished task with subscribers is
@@ -802,11 +812,8 @@ static void task_finish(struct orch_task *t, enum orch_task_status st, const cha
     summary_changed(t);
     running_add(t, -1);   /* before the terminal event: its subscribers may submit */
     if (t->traj) {
-        /* a decision it ended during: the text decoded so far, if any */
-        size_t tl = 0;
-        const char *txt = t->parser ? action_parser_text(t->parser, &tl) : NULL;
-        traj_end(t, tl ? txt : NULL, tl, 0, "the task ended during this decision (cancelled, its deadline, or a "
-                                          "failure): the text decoded until then");
+        traj_end_cut(t, "the task ended during this decision (cancelled, its deadline, or a failure): the text "
+                        "decoded until then");   /* a no-op unless it ended during one */
         trajectory_seal(t->traj);
     }
     if (error && !(t->error = strdup(error))) {
@@ -1508,9 +1515,7 @@ void orch_task_decision_end(struct orch_task *t, int status, const char *error)
     if (status) {
         char why[512];
         snprintf(why, sizeof why, "decision failed: %s", error ? error : ps_status_str(status));
-        size_t tl = 0;
-        const char *txt = t->parser ? action_parser_text(t->parser, &tl) : NULL;
-        traj_end(t, tl ? txt : NULL, tl, 0, why);   /* with the text decoded until then */
+        traj_end_cut(t, why);
         task_finish(t, TASK_FAILED, why);
         return;
     }
@@ -2189,15 +2194,6 @@ static int script_action_fits(const cJSON *a, int i)
     return PS_OK;
 }
 
-/* Characters (code points) of UTF-8 text: bytes that do not continue one. */
-static size_t utf8_chars(const char *s)
-{
-    size_t n = 0;
-    for (; *s; s++)
-        n += ((unsigned char)*s & 0xC0) != 0x80;
-    return n;
-}
-
 /* Validate a task request against the limits' defaults in cfg: PS_OK with
  * the script (NULL: none) and limits, or PS_EINVAL naming the field. */
 static int request_parse(const struct orch_config *cfg, const cJSON *req, const cJSON **script_out,
@@ -2492,18 +2488,6 @@ int orch_task_trajectory_text(const struct orch_task *t, char **out, size_t *len
         return ps_error_set(PS_ENOMEM, "out of memory");
     *len = n;
     return PS_OK;
-}
-
-int orch_task_trajectory_write(const struct orch_task *t, int fd)
-{
-    char *text;
-    size_t len;
-    int rc = orch_task_trajectory_text(t, &text, &len);
-    if (rc)
-        return rc;
-    rc = trajectory_line_write(fd, text, len);
-    free(text);
-    return rc;
 }
 
 int orch_task_id_lane(const char *id)

@@ -210,12 +210,6 @@ int orch_task_restored(const struct orch_task *t);
  * It may be read while the task runs (the steps so far).  PS_ENOTFOUND
  * when the task does not record one, PS_ENOMEM. */
 int orch_task_trajectory_text(const struct orch_task *t, char **out, size_t *len);
-/* The trajectory appended to `fd` (opened O_APPEND) as one line: written
- * whole or not at all - a failed write is cut off again with ftruncate,
- * so the caller must be the file's only writer (or serialize the writers).
- * PS_ENOTFOUND (records none), PS_ENOMEM, PS_EIO (the message names the
- * system's error). */
-int orch_task_trajectory_write(const struct orch_task *t, int fd);
 
 /* Cooperative cancel: in-flight calls are cancelled, late results ignored,
  * then task.error with status "cancelled".  No-op on a finished task.  A

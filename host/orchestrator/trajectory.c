@@ -2,6 +2,7 @@
 #include "orchestrator/trajectory.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -389,6 +390,14 @@ void trajectory_print(const struct trajectory *tr, const struct trajectory_task 
      * (such bytes only occur inside strings) */
     if (!b->oom)
         utf8_scrub_n(b->p + start, b->len - start);
+}
+
+int trajectory_file_open(const char *path)
+{
+    const int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0)
+        ps_error_set(PS_EIO, "%s: %s", path, strerror(errno));
+    return fd;
 }
 
 int trajectory_line_write(int fd, const char *text, size_t len)

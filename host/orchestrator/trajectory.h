@@ -91,4 +91,9 @@ void trajectory_print(const struct trajectory *tr, const struct trajectory_task 
  * PS_OK, or PS_EIO naming the system's error. */
 int trajectory_line_write(int fd, const char *text, size_t len);
 
+/* A trajectories file opened for trajectory_line_write (appending,
+ * created 0644 when missing, close-on-exec): its fd, or -1 with PS_EIO
+ * naming the path and the system's error. */
+int trajectory_file_open(const char *path);
+
 #endif /* PS_ORCH_TRAJECTORY_H */

@@ -4,7 +4,6 @@
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/event.h>
@@ -131,7 +130,6 @@ struct tasks_api {
     int64_t                 traj_written, traj_write_errors;
     /* --task-store: finished tasks kept across restarts (NULL: none) */
     struct task_store      *store;
-    char                    store_path[1024];
     int64_t                 stored, store_errors, restored;
     int                     fail_decisions;  /* test builds: decisions still to fail */
     const char             *tenant_names[METRICS_MAX_TENANTS]; /* by engine tenant id */
@@ -189,21 +187,21 @@ static void text_unref(const void *data, size_t len, void *ud)
     shared_text_unref(ud);
 }
 
-/* The task's summary, 200.  The body refers to the summary's shared text
- * (orch_task_summary_text) rather than copying it: a finished task's
- * summary exists once however many clients are slow to read it. */
-static void reply_summary(struct tasks_api *api, struct evhttp_request *req, struct orch_task *t)
+/* A 200 whose body is data[0..len) and a newline, referred to, not
+ * copied; done(data, len, ud) releases the text once the reply no longer
+ * needs it (written, discarded, a HEAD reply, or out of memory: then a
+ * 500). */
+static void reply_reference(struct tasks_api *api, struct evhttp_request *req, const char *data, size_t len,
+                            evbuffer_ref_cleanup_cb done, void *ud)
 {
-    struct shared_text *st = orch_task_summary_text(t);
     struct evbuffer *out = NULL;
-    bool ok = st != NULL;
-    if (ok && !is_head(req)) {
-        ok = (out = evbuffer_new()) && !evbuffer_add_reference(out, st->data, st->len, text_unref, st);
-        if (ok)
-            st = NULL;   /* the buffer's now: dropped once written or discarded */
+    bool ok = true, given = false;
+    if (!is_head(req)) {
+        given = ok = (out = evbuffer_new()) && !evbuffer_add_reference(out, data, len, done, ud);
         ok = ok && !evbuffer_add(out, "\n", 1);
     }
-    shared_text_unref(st);
+    if (!given)
+        done(data, len, ud);
     if (!ok) {
         if (out)
             evbuffer_free(out);
@@ -213,6 +211,21 @@ static void reply_summary(struct tasks_api *api, struct evhttp_request *req, str
         return;
     }
     reply_body(api, req, 200, out);
+}
+
+/* The task's summary, 200.  The body refers to the summary's shared text
+ * (orch_task_summary_text) rather than copying it: a finished task's
+ * summary exists once however many clients are slow to read it. */
+static void reply_summary(struct tasks_api *api, struct evhttp_request *req, struct orch_task *t)
+{
+    struct shared_text *st = orch_task_summary_text(t);
+    if (!st) {
+        struct api_error e;
+        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
+        reply_error(api, req, &e);
+        return;
+    }
+    reply_reference(api, req, st->data, st->len, text_unref, st);
 }
 
 static void text_free(const void *data, size_t len, void *ud)
@@ -241,23 +254,7 @@ static void reply_trajectory(struct tasks_api *api, struct evhttp_request *req, 
         reply_error(api, req, &e);
         return;
     }
-    struct evbuffer *out = NULL;
-    bool ok = true;
-    if (!is_head(req)) {
-        ok = (out = evbuffer_new()) && !evbuffer_add_reference(out, text, len, text_free, NULL);
-        if (ok)
-            text = NULL;   /* the buffer's now */
-        ok = ok && !evbuffer_add(out, "\n", 1);
-    }
-    free(text);
-    if (!ok) {
-        if (out)
-            evbuffer_free(out);
-        api_error_set(&e, 500, "server_error", NULL, NULL, "out of memory");
-        reply_error(api, req, &e);
-        return;
-    }
-    reply_body(api, req, 200, out);
+    reply_reference(api, req, text, len, text_free, NULL);
 }
 
 /* A failure of a finished task's sinks: counted, and said on stderr the
@@ -267,6 +264,11 @@ static void sink_failed(int64_t *errors, const char *sink, const char *id, const
     if ((*errors)++ == 0)
         fprintf(stderr, "paraserve: %s: task %s was not written: %s (counted in %s; reported once)\n", sink, id, why,
                 counter);
+}
+
+static void store_failed(struct tasks_api *api, const char *id)
+{
+    sink_failed(&api->store_errors, "--task-store", id, ps_error_last(), "paraserve_task_store_errors_total");
 }
 
 /* The task as a store row (traj: its trajectory text, or NULL).  PS_OK,
@@ -375,25 +377,25 @@ static int restore_one(void *ud, const struct stored_task *st_in)
     char *isum = NULL, *iterm = NULL;
     struct stored_event *iev = NULL;
     const struct stored_task *st = st_in;
+    cJSON *meta = NULL;
+    struct orch_restore_event *ev = NULL;
+    int id = -1;
     if (!strcmp(st_in->status, "running")) {
         /* ended now, and written back so */
         if (interrupted_end(st_in, &ended, &isum, &iterm, &iev)) {
-            if (rc->skipped++ == 0)
-                snprintf(rc->first_skip, sizeof rc->first_skip, "%s", ps_error_last());
-            return 0;
+            snprintf(why, sizeof why, "%s", ps_error_last());
+            goto done;
         }
         st = &ended;
         if (task_store_put(api->store, st))
-            sink_failed(&api->store_errors, "--task-store", st->id, ps_error_last(),
-                        "paraserve_task_store_errors_total");
+            store_failed(api, st->id);
         rc->interrupted++;
     }
-    int id = -1;
     for (int i = 0; i < api->n_tenant_names && id < 0; i++)
         if (api->tenant_names[i] && !strcmp(api->tenant_names[i], st->tenant))
             id = i;
-    cJSON *meta = st->metadata ? cJSON_Parse(st->metadata) : NULL;
-    struct orch_restore_event *ev = malloc((size_t)st->n_events * sizeof *ev);
+    meta = st->metadata ? cJSON_Parse(st->metadata) : NULL;
+    ev = malloc((size_t)st->n_events * sizeof *ev);
     if (id < 0)
         snprintf(why, sizeof why, "task %s: its tenant '%.64s' is not configured now", st->id, st->tenant);
     else if (st->metadata && !cJSON_IsObject(meta))
@@ -415,6 +417,7 @@ static int restore_one(void *ud, const struct stored_task *st_in)
         else
             api->restored++;
     }
+done:
     if (why[0] && rc->skipped++ == 0)
         snprintf(rc->first_skip, sizeof rc->first_skip, "%s", why);
     cJSON_Delete(meta);
@@ -427,7 +430,7 @@ static int restore_one(void *ud, const struct stored_task *st_in)
 
 
 /* A finished task to its sinks: its trajectory appended to the
- * --trajectories file as one line (orch_task_trajectory_write's rules),
+ * --trajectories file as one line (trajectory_line_write: whole or not at all),
  * and the task to the --task-store. */
 static void task_finished_write(struct tasks_api *api, struct orch_task *t)
 {
@@ -445,12 +448,10 @@ static void task_finished_write(struct tasks_api *api, struct orch_task *t)
                         "paraserve_trajectory_write_errors_total");
     }
     if (api->store) {
-        int rc = task_store_write(api, t, traj_rc ? NULL : traj);
-        if (!rc)
+        if (!task_store_write(api, t, traj_rc ? NULL : traj))
             api->stored++;
         else
-            sink_failed(&api->store_errors, "--task-store", orch_task_id(t), ps_error_last(),
-                        "paraserve_task_store_errors_total");
+            store_failed(api, orch_task_id(t));
     }
     free(traj);
 }
@@ -462,7 +463,7 @@ static void pin_event(void *ud, struct orch_task *t, const struct orch_event *ev
     (void)ev;
 }
 
-/* A task ended (orch done callback, with --trajectories).  One that ended
+/* A task ended (orch done callback, with --trajectories or --task-store).  One that ended
  * during a decision (cancelled, its deadline) has that decision's usage
  * still to come from the engine: its line is written when it comes
  * (tasks_api_engine_event; at the latest tasks_api_stop). */
@@ -855,8 +856,7 @@ static void handle_create(struct tasks_api *api, struct evhttp_request *req, con
      * dies before the task ends, the next start can still say so */
     if (api->store && orch_task_status(t) == TASK_RUNNING) {
         if (task_store_write(api, t, NULL))
-            sink_failed(&api->store_errors, "--task-store", orch_task_id(t), ps_error_last(),
-                        "paraserve_task_store_errors_total");
+            store_failed(api, orch_task_id(t));
     }
     waiter_start(api, req, t, want_stream, 0);
 }
@@ -1544,9 +1544,10 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
             goto fail;
         }
         snprintf(api->traj_path, sizeof api->traj_path, "%s", cfg->trajectories_path);
-        api->traj_fd = open(api->traj_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-        if (api->traj_fd < 0) {
-            rc = ps_error_set(PS_EIO, "--trajectories %s: %s", api->traj_path, strerror(errno));
+        if ((api->traj_fd = trajectory_file_open(api->traj_path)) < 0) {
+            char why[1280];   /* a copy: ps_error_set must not read the message it writes */
+            snprintf(why, sizeof why, "%s", ps_error_last());
+            rc = ps_error_set(PS_EIO, "--trajectories %s", why);
             goto fail;
         }
     }
@@ -1571,8 +1572,7 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
     if (api->n_tenant_names > 0)
         api->tenant_names[0] = TASK_STORE_TENANT_NO_KEY;
     if (cfg->task_store_path && cfg->task_store_path[0]) {
-        snprintf(api->store_path, sizeof api->store_path, "%s", cfg->task_store_path);
-        if ((rc = task_store_open(api->store_path, ocfg.keep_finished > 0 ? ocfg.keep_finished : 10000,
+        if ((rc = task_store_open(cfg->task_store_path, ocfg.keep_finished > 0 ? ocfg.keep_finished : 10000,
                                   &api->store)))
             goto fail;
         struct restore_ctx rctx = { .api = api };
@@ -1580,7 +1580,7 @@ int tasks_api_create(const struct tasks_api_config *cfg, struct tasks_api **out)
         const int64_t t0 = orch_now_ns();
         if ((rc = task_store_each(api->store, restore_one, &rctx, &damaged)))
             goto fail;
-        fprintf(stderr, "paraserve: task store %s: %lld finished task(s) restored in %.0f ms", api->store_path,
+        fprintf(stderr, "paraserve: task store %s: %lld finished task(s) restored in %.0f ms", cfg->task_store_path,
                 (long long)api->restored, (double)(orch_now_ns() - t0) / 1e6);
         if (rctx.interrupted)
             fprintf(stderr, "; %d of them had not ended when the server stopped: failed now", rctx.interrupted);
@@ -1690,10 +1690,12 @@ int tasks_api_reopen_trajectories(struct tasks_api *api)
 {
     if (!api || api->traj_fd < 0)
         return PS_OK;
-    int fd = open(api->traj_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-    if (fd < 0)
-        return ps_error_set(PS_EIO, "--trajectories %s: %s (lines go on to the file open before)", api->traj_path,
-                            strerror(errno));
+    int fd = trajectory_file_open(api->traj_path);
+    if (fd < 0) {
+        char why[1280];   /* a copy: ps_error_set must not read the message it writes */
+        snprintf(why, sizeof why, "%s", ps_error_last());
+        return ps_error_set(PS_EIO, "--trajectories %s (lines go on to the file open before)", why);
+    }
     close(api->traj_fd);
     api->traj_fd = fd;
     return PS_OK;

@@ -42,6 +42,16 @@ static int db_error(struct task_store *s, const char *what)
                         "task store %s: %s: %s", s->path, what, sqlite3_errmsg(s->db));
 }
 
+/* A failure while taking the file: "in use" when another connection
+ * holds it (another server), else SQLite's reason. */
+static int open_error(struct task_store *s, const char *what)
+{
+    const int code = sqlite3_errcode(s->db);
+    if (code == SQLITE_BUSY || code == SQLITE_LOCKED)
+        return ps_error_set(PS_EIO, "task store %s: in use by another process (another server?)", s->path);
+    return db_error(s, what);
+}
+
 int task_store_open(const char *path, int keep, struct task_store **out)
 {
     *out = NULL;
@@ -66,15 +76,11 @@ int task_store_open(const char *path, int keep, struct task_store **out)
     if (sqlite3_exec(s->db, "PRAGMA locking_mode=EXCLUSIVE", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(s->db, "PRAGMA journal_mode=WAL", NULL, NULL, NULL) != SQLITE_OK ||
         sqlite3_exec(s->db, "PRAGMA synchronous=NORMAL", NULL, NULL, NULL) != SQLITE_OK) {
-        rc = sqlite3_errcode(s->db) == SQLITE_BUSY || sqlite3_errcode(s->db) == SQLITE_LOCKED
-                 ? ps_error_set(PS_EIO, "task store %s: in use by another process (another server?)", path)
-                 : db_error(s, "cannot set up");
+        rc = open_error(s, "cannot set up");
         goto fail;
     }
     if (sqlite3_exec(s->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK) {
-        rc = sqlite3_errcode(s->db) == SQLITE_BUSY || sqlite3_errcode(s->db) == SQLITE_LOCKED
-                 ? ps_error_set(PS_EIO, "task store %s: in use by another process (another server?)", path)
-                 : db_error(s, "cannot lock");
+        rc = open_error(s, "cannot lock");
         goto fail;
     }
     if (sqlite3_exec(s->db, SCHEMA, NULL, NULL, NULL) != SQLITE_OK ||

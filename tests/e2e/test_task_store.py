@@ -9,10 +9,8 @@ it."""
 import json
 import sqlite3
 import subprocess
-import time
 
 import httpx
-import pytest
 
 import server_fixtures
 from server_fixtures import start_server, wait_for  # noqa: F401  (fixture)
@@ -25,6 +23,14 @@ SCRIPT = {"input": "What is 2+3?", "metadata": {"ref": "5"}, "trajectory": True,
 
 def auth(who):
     return {"Authorization": f"Bearer {KEYS[who]}"}
+
+
+def mock_store_args(tmp_path, port, timeout_ms):
+    """serve arguments: a pool of the mock agent alone, and the task store in tmp_path."""
+    (tmp_path / "agents.json").write_text(json.dumps({"agents": [
+        {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/", "description": "Mock.",
+         "timeout_ms": timeout_ms, "retries": 0}]}))
+    return ("--agents", str(tmp_path / "agents.json"), "--task-store", str(tmp_path / "tasks.db"), "--kv-blocks", 64)
 
 
 def snapshot(s, who, tid):
@@ -123,7 +129,6 @@ def test_keep_and_bad_files(start_server, paraserve_bin, model_path, tmp_path): 
     listed = httpx.get(s.url + "/v1/tasks?order=asc", timeout=30).json()["data"]
     assert [t["input"] for t in listed] == ["t2", "t3", "t4"]
     # one server per file: a second one is refused at once, naming it
-    t0 = time.time()
     p = subprocess.run([paraserve_bin, "serve", "-m", model_path, "--port", "0", "--task-store", str(store)],
                        capture_output=True, text=True, timeout=60)
     assert p.returncode != 0 and "in use by another process" in p.stderr and str(store) in p.stderr, p.stderr
@@ -147,12 +152,8 @@ def test_order_and_open_tenant(start_server, tmp_path):  # noqa: F811
     """The list keeps its creation order across a restart (tasks are stored
     as they end); the open server's tasks (no key) never go to a key's
     tenant, even one named "anonymous"."""
-    store = tmp_path / "tasks.db"
     with server_fixtures.mock_agent() as port:
-        (tmp_path / "agents.json").write_text(json.dumps({"agents": [
-            {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/", "description": "Mock.",
-             "timeout_ms": 30000, "retries": 0}]}))
-        args = ("--agents", str(tmp_path / "agents.json"), "--task-store", str(store), "--kv-blocks", 64)
+        args = mock_store_args(tmp_path, port, 30000)
         s = start_server(*args)
         with httpx.stream("POST", s.url + "/v1/tasks", timeout=60, json={
                 "input": "slow first", "stream": True,
@@ -184,12 +185,8 @@ def test_killed_server(start_server, paraserve_bin, model_path, tmp_path):  # no
     while it runs, the next start ends it - failed, saying the server
     stopped, its log closed by a task.error - rather than forget it (a
     client polling its id would get 404)."""
-    store = tmp_path / "tasks.db"
     with server_fixtures.mock_agent() as port:
-        (tmp_path / "agents.json").write_text(json.dumps({"agents": [
-            {"name": "mock", "kind": "http-json", "url": f"http://127.0.0.1:{port}/", "description": "Mock.",
-             "timeout_ms": 60000, "retries": 0}]}))
-        args = ("--agents", str(tmp_path / "agents.json"), "--task-store", str(store), "--kv-blocks", 64)
+        args = mock_store_args(tmp_path, port, 60000)
         s = server_fixtures.ServerProcess(paraserve_bin, model_path, *args)   # killed below: not the fixture's
         with httpx.stream("POST", s.url + "/v1/tasks", timeout=60, json={
                 "input": "slow", "stream": True, "metadata": {"k": "v"},
